@@ -1,0 +1,1 @@
+//! Black-box interop test harness.

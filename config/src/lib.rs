@@ -1,1 +1,354 @@
 //! Configuration schema and loader.
+//!
+//! The schema is plain serde types; every struct denies unknown fields so a typo fails start-up
+//! instead of being silently ignored. The single source of default values is the embedded,
+//! commented [`DEFAULT_TOML`]; [`Config::default`] is built by parsing it.
+//!
+//! Loading ([`Config::load`]) layers, lowest first: embedded defaults, the TOML file, then
+//! `GATEWAY_*` environment variables with `__` between key levels. Only variables whose name
+//! contains `__` are read, so unrelated ones such as `GATEWAY_CONFIG` never count as unknown keys.
+//! The gateway can add its own layer (CLI flags) between [`Config::figment`] and
+//! [`Config::from_figment`].
+//!
+//! `auth.password_file` and `auth.acl_file` are `Option<PathBuf>`: the empty string written in
+//! TOML (and the default) is `None`, and `None` is written back as `""`.
+
+mod duration;
+mod load;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::{Duration, DurationError};
+pub use load::{ConfigError, Problem};
+
+/// The embedded defaults, a commented TOML file with every key of the schema.
+pub const DEFAULT_TOML: &str = include_str!("../default.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub mqtt: MqttConfig,
+    pub retainer: RetainerConfig,
+    pub auth: AuthConfig,
+    pub sys: SysConfig,
+    pub listeners: ListenersConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing env-filter syntax; checked by the binary, which owns tracing-subscriber.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Bytes, whole packet, both directions.
+    pub max_packet_size: u32,
+    pub max_client_id_length: u32,
+    pub max_topic_levels: u32,
+    /// 0..=2, checked by validation.
+    pub max_qos_allowed: u8,
+    /// 0 disables topic aliases.
+    pub max_topic_alias: u16,
+    pub retain_available: bool,
+    pub wildcard_subscription: bool,
+    pub shared_subscription: bool,
+    pub subscription_identifiers: bool,
+    /// 1..=65535; wider than u16 so an out-of-range value gets the range message, not a type error.
+    pub receive_maximum: u32,
+    /// 1..=65535, same reason.
+    pub max_inflight: u32,
+    pub max_awaiting_rel: u32,
+    pub await_rel_timeout: Duration,
+    /// 0 = unlimited.
+    pub max_queued_messages: u64,
+    /// 0 = unlimited.
+    pub max_queued_bytes: u64,
+    pub queue_qos0: bool,
+    /// Seconds.
+    pub max_keepalive: u16,
+    /// Seconds; 0 = use the client's.
+    pub server_keepalive: u16,
+    pub keepalive_multiplier: f64,
+    pub session_expiry_interval: Duration,
+    pub shared_subscription_strategy: SharedSubscriptionStrategy,
+    /// 0 = unlimited.
+    pub max_subscriptions: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedSubscriptionStrategy {
+    Random,
+    RoundRobin,
+    Sticky,
+    HashClientid,
+    HashTopic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetainerConfig {
+    pub enable: bool,
+    /// 0 = unlimited.
+    pub max_retained_messages: u64,
+    /// Bytes.
+    pub max_payload_size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub allow_anonymous: bool,
+    /// `None` when the TOML value is `""`.
+    #[serde(with = "empty_is_none")]
+    pub password_file: Option<PathBuf>,
+    /// `None` when the TOML value is `""`.
+    #[serde(with = "empty_is_none")]
+    pub acl_file: Option<PathBuf>,
+    pub acl_no_match: AclNoMatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AclNoMatch {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysConfig {
+    pub enable: bool,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenersConfig {
+    /// Keyed by listener name (letters, digits, `_` and `-`).
+    pub tcp: BTreeMap<String, TcpListenerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpListenerConfig {
+    pub enable: bool,
+    /// `"ip:port"`, `"[v6]:port"` or `"port"`; see [`TcpListenerConfig::bind_addr`].
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub handshake_timeout: Duration,
+}
+
+/// Why a `bind` value is not an address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid address {0:?}: expected \"ip:port\", \"[ipv6]:port\" or \"port\"")]
+pub struct BindAddrError(pub String);
+
+impl TcpListenerConfig {
+    /// The socket address to bind; a bare port means every IPv4 interface, as the schema says.
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+}
+
+pub(crate) fn parse_bind(text: &str) -> Result<SocketAddr, BindAddrError> {
+    let trimmed = text.trim();
+    if let Ok(port) = trimmed.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    trimmed
+        .parse::<SocketAddr>()
+        .map_err(|_| BindAddrError(text.to_owned()))
+}
+
+impl Default for Config {
+    /// Parses [`DEFAULT_TOML`]. Its validity is a unit test; should it ever break, the
+    /// hard-coded fallback below keeps this infallible without a second list of values
+    /// drifting silently: the test compares against the embedded file, not this fallback.
+    fn default() -> Self {
+        toml::from_str::<Config>(DEFAULT_TOML).unwrap_or_else(|_| Config::fallback())
+    }
+}
+
+impl Config {
+    // Only reachable if default.toml stops parsing, which the test suite forbids.
+    fn fallback() -> Config {
+        Config {
+            log: LogConfig {
+                level: "info".into(),
+                format: LogFormat::Human,
+            },
+            mqtt: MqttConfig {
+                max_packet_size: 1_048_576,
+                max_client_id_length: 65_535,
+                max_topic_levels: 128,
+                max_qos_allowed: 2,
+                max_topic_alias: 65_535,
+                retain_available: true,
+                wildcard_subscription: true,
+                shared_subscription: true,
+                subscription_identifiers: true,
+                receive_maximum: 32,
+                max_inflight: 32,
+                max_awaiting_rel: 100,
+                await_rel_timeout: Duration::from_secs(300),
+                max_queued_messages: 1000,
+                max_queued_bytes: 67_108_864,
+                queue_qos0: true,
+                max_keepalive: 65_535,
+                server_keepalive: 0,
+                keepalive_multiplier: 1.5,
+                session_expiry_interval: Duration::from_secs(7200),
+                shared_subscription_strategy: SharedSubscriptionStrategy::RoundRobin,
+                max_subscriptions: 0,
+            },
+            retainer: RetainerConfig {
+                enable: true,
+                max_retained_messages: 0,
+                max_payload_size: 1_048_576,
+            },
+            auth: AuthConfig {
+                allow_anonymous: true,
+                password_file: None,
+                acl_file: None,
+                acl_no_match: AclNoMatch::Allow,
+            },
+            sys: SysConfig {
+                enable: true,
+                interval: Duration::from_secs(10),
+            },
+            listeners: ListenersConfig {
+                tcp: BTreeMap::from([(
+                    "default".to_owned(),
+                    TcpListenerConfig {
+                        enable: true,
+                        bind: "0.0.0.0:1883".into(),
+                        max_connections: 1_024_000,
+                        handshake_timeout: Duration::from_secs(10),
+                    },
+                )]),
+            },
+        }
+    }
+}
+
+/// Paths where the TOML writes `""` for "none": env vars and TOML have no null.
+mod empty_is_none {
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        let text = value
+            .as_deref()
+            .map(Path::to_string_lossy)
+            .unwrap_or_default();
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        let text = super::string_or_integer(d)?;
+        Ok((!text.is_empty()).then(|| PathBuf::from(text)))
+    }
+}
+
+/// Env values that look numeric reach serde as integers (`GATEWAY_..._BIND=1883`), so
+/// string keys that may hold a bare number accept both.
+fn string_or_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    d.deserialize_any(V)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_parses_to_default_and_fallback_agrees() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        // The fallback must never matter, but if it did it should be the same values.
+        assert_eq!(parsed, Config::fallback());
+    }
+
+    #[test]
+    fn every_default_key_has_a_comment_above_it() {
+        let mut previous = "";
+        for line in DEFAULT_TOML.lines() {
+            let trimmed = line.trim();
+            if !trimmed.is_empty() && !trimmed.starts_with('#') && !trimmed.starts_with('[') {
+                assert!(
+                    previous.trim_start().starts_with('#'),
+                    "key line without a comment above it: {line}"
+                );
+            }
+            previous = line;
+        }
+    }
+
+    #[test]
+    fn bind_addr_forms() {
+        let cases: &[(&str, &str)] = &[
+            ("0.0.0.0:1883", "0.0.0.0:1883"),
+            ("127.0.0.1:21883", "127.0.0.1:21883"),
+            ("1883", "0.0.0.0:1883"),
+            ("[::]:1883", "[::]:1883"),
+            ("[::1]:8883", "[::1]:8883"),
+            ("0", "0.0.0.0:0"),
+        ];
+        for (bind, want) in cases {
+            let l = TcpListenerConfig {
+                enable: true,
+                bind: (*bind).into(),
+                max_connections: 1,
+                handshake_timeout: Duration::from_secs(1),
+            };
+            assert_eq!(l.bind_addr().unwrap().to_string(), *want, "{bind}");
+        }
+        for bad in [
+            "",
+            "localhost:1883",
+            "1.2.3.4",
+            "::1:1883",
+            "65536",
+            "1.2.3.4:99999",
+            ":1883",
+        ] {
+            assert!(parse_bind(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+}

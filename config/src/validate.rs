@@ -1,0 +1,217 @@
+//! Checks serde cannot express: ranges, cross-key rules, addresses.
+
+use std::net::SocketAddr;
+
+use crate::{parse_bind, Config};
+
+/// A broken rule, before the loader adds where the value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Violation {
+    pub key: String,
+    pub message: String,
+}
+
+/// Largest whole MQTT packet: a 268,435,455-byte remaining length plus the fixed header.
+const MQTT_MAX_PACKET: u32 = 268_435_460;
+
+pub(crate) fn is_valid_listener_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+pub(crate) fn check(config: &Config) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut fail = |key: &str, message: String| {
+        out.push(Violation {
+            key: key.to_owned(),
+            message,
+        })
+    };
+    let m = &config.mqtt;
+
+    if config.log.level.trim().is_empty() {
+        fail("log.level", "log.level must not be empty".into());
+    }
+    if !(1..=MQTT_MAX_PACKET).contains(&m.max_packet_size) {
+        fail(
+            "mqtt.max_packet_size",
+            format!(
+                "mqtt.max_packet_size must be 1..={MQTT_MAX_PACKET} bytes, got {}",
+                m.max_packet_size
+            ),
+        );
+    }
+    // MQTT-3.1.3-5: a server must accept client ids of 1 to 23 characters; a client id is
+    // a UTF-8 string, so 65535 bytes is the ceiling.
+    if !(23..=65_535).contains(&m.max_client_id_length) {
+        fail(
+            "mqtt.max_client_id_length",
+            format!(
+                "mqtt.max_client_id_length must be 23..=65535, got {}",
+                m.max_client_id_length
+            ),
+        );
+    }
+    if m.max_topic_levels == 0 {
+        fail(
+            "mqtt.max_topic_levels",
+            "mqtt.max_topic_levels must be >= 1".into(),
+        );
+    }
+    if m.max_qos_allowed > 2 {
+        fail(
+            "mqtt.max_qos_allowed",
+            format!(
+                "mqtt.max_qos_allowed must be 0, 1 or 2, got {}",
+                m.max_qos_allowed
+            ),
+        );
+    }
+    for (key, value) in [
+        ("mqtt.receive_maximum", m.receive_maximum),
+        ("mqtt.max_inflight", m.max_inflight),
+    ] {
+        if !(1..=65_535).contains(&value) {
+            fail(key, format!("{key} must be 1..=65535, got {value}"));
+        }
+    }
+    if m.max_awaiting_rel == 0 {
+        fail(
+            "mqtt.max_awaiting_rel",
+            "mqtt.max_awaiting_rel must be >= 1".into(),
+        );
+    }
+    if m.await_rel_timeout.is_zero() {
+        fail(
+            "mqtt.await_rel_timeout",
+            "mqtt.await_rel_timeout must be longer than 0s".into(),
+        );
+    }
+    if m.max_keepalive == 0 {
+        fail(
+            "mqtt.max_keepalive",
+            "mqtt.max_keepalive must be 1..=65535 seconds".into(),
+        );
+    }
+    if m.server_keepalive > m.max_keepalive {
+        fail(
+            "mqtt.server_keepalive",
+            format!(
+                "mqtt.server_keepalive ({}) must not exceed mqtt.max_keepalive ({})",
+                m.server_keepalive, m.max_keepalive
+            ),
+        );
+    }
+    // NaN fails this comparison too, which is what we want.
+    if !(m.keepalive_multiplier >= 1.0 && m.keepalive_multiplier.is_finite()) {
+        fail(
+            "mqtt.keepalive_multiplier",
+            format!(
+                "mqtt.keepalive_multiplier must be >= 1.0, got {}",
+                m.keepalive_multiplier
+            ),
+        );
+    }
+    // MQTT 5 carries Session Expiry Interval as four bytes of seconds.
+    if m.session_expiry_interval.as_secs() > u64::from(u32::MAX) {
+        fail(
+            "mqtt.session_expiry_interval",
+            format!(
+                "mqtt.session_expiry_interval must be at most {} seconds",
+                u32::MAX
+            ),
+        );
+    }
+    if config.sys.enable && config.sys.interval.is_zero() {
+        fail(
+            "sys.interval",
+            "sys.interval must be longer than 0s when sys.enable is true".into(),
+        );
+    }
+
+    let mut enabled: Vec<(&str, SocketAddr)> = Vec::new();
+    for (name, listener) in &config.listeners.tcp {
+        let prefix = format!("listeners.tcp.{name}");
+        if !is_valid_listener_name(name) {
+            fail(
+                &prefix,
+                format!("listeners.tcp: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
+            );
+        }
+        if listener.max_connections == 0 {
+            fail(
+                &format!("{prefix}.max_connections"),
+                format!("{prefix}.max_connections must be >= 1"),
+            );
+        }
+        if listener.handshake_timeout.is_zero() {
+            fail(
+                &format!("{prefix}.handshake_timeout"),
+                format!("{prefix}.handshake_timeout must be longer than 0s"),
+            );
+        }
+        let key = format!("{prefix}.bind");
+        match parse_bind(&listener.bind) {
+            Err(e) => fail(&key, format!("{key}: {e}")),
+            Ok(addr) if listener.enable => {
+                if let Some((other, _)) = enabled.iter().find(|(_, a)| binds_overlap(*a, addr)) {
+                    fail(
+                        &key,
+                        format!(
+                            "{key}: address {addr} is also bound by enabled listener listeners.tcp.{other}"
+                        ),
+                    );
+                }
+                enabled.push((name, addr));
+            }
+            Ok(_) => {}
+        }
+    }
+    out
+}
+
+/// Two binds that the OS would refuse together: same port and same address, or a wildcard
+/// address of the same family. Port 0 asks the OS for a free port, so it never collides.
+/// IPv6 wildcards that also take IPv4 (dual-stack) are not judged here; the OS reports those.
+fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || a.port() != b.port() || a.is_ipv4() != b.is_ipv4() {
+        return false;
+    }
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn overlap_rules() {
+        assert!(binds_overlap(addr("0.0.0.0:1883"), addr("0.0.0.0:1883")));
+        assert!(binds_overlap(addr("0.0.0.0:1883"), addr("127.0.0.1:1883")));
+        assert!(binds_overlap(addr("127.0.0.1:1883"), addr("0.0.0.0:1883")));
+        assert!(binds_overlap(addr("[::]:1883"), addr("[::1]:1883")));
+        assert!(!binds_overlap(
+            addr("127.0.0.1:1883"),
+            addr("127.0.0.2:1883")
+        ));
+        assert!(!binds_overlap(addr("0.0.0.0:1883"), addr("0.0.0.0:1884")));
+        assert!(!binds_overlap(addr("0.0.0.0:0"), addr("0.0.0.0:0")));
+        assert!(!binds_overlap(addr("0.0.0.0:1883"), addr("[::]:1883")));
+    }
+
+    #[test]
+    fn listener_names() {
+        for ok in ["default", "tcp-2", "lan_1", "A"] {
+            assert!(is_valid_listener_name(ok), "{ok}");
+        }
+        for bad in ["", "a.b", "a b", "é"] {
+            assert!(!is_valid_listener_name(bad), "{bad}");
+        }
+    }
+}

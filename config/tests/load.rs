@@ -1,0 +1,426 @@
+//! Loading through the public API: layering, listener templates, and error messages that name
+//! the key and where the value came from. Env tests run inside `figment::Jail`, which
+//! serialises them and restores the environment afterwards.
+
+// Jail closures must return figment::Result, whose error type is large; not ours to change.
+#![allow(clippy::result_large_err)]
+
+use std::path::Path;
+use std::time::Duration as StdDuration;
+
+use figment::Jail;
+use gateway_config::{
+    AclNoMatch, Config, ConfigError, LogFormat, SharedSubscriptionStrategy, DEFAULT_TOML,
+};
+
+// A valid config yields text no assertion looks for, so the caller's assert shows it.
+fn err_text(result: Result<Config, ConfigError>) -> String {
+    match result {
+        Ok(config) => format!("unexpectedly valid: {config:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn defaults_parse_and_validate() {
+    let c = Config::from_toml_str("").unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.log.level, "info");
+    assert_eq!(c.log.format, LogFormat::Human);
+    assert_eq!(c.mqtt.max_packet_size, 1_048_576);
+    assert_eq!(c.mqtt.await_rel_timeout.get(), StdDuration::from_secs(300));
+    assert_eq!(
+        c.mqtt.session_expiry_interval.get(),
+        StdDuration::from_secs(7200)
+    );
+    assert_eq!(
+        c.mqtt.shared_subscription_strategy,
+        SharedSubscriptionStrategy::RoundRobin
+    );
+    assert_eq!(c.auth.password_file, None);
+    assert_eq!(c.auth.acl_file, None);
+    assert_eq!(c.auth.acl_no_match, AclNoMatch::Allow);
+    let l = &c.listeners.tcp["default"];
+    assert!(l.enable);
+    assert_eq!(l.bind_addr().unwrap().to_string(), "0.0.0.0:1883");
+    assert_eq!(l.handshake_timeout.get(), StdDuration::from_secs(10));
+}
+
+#[test]
+fn default_toml_is_the_whole_config_and_round_trips() {
+    // DEFAULT_TOML alone (not merged over itself) must already be a full config.
+    let alone: Config = toml::from_str(DEFAULT_TOML).unwrap();
+    assert_eq!(alone, Config::default());
+    // Printing the effective config and loading it back changes nothing.
+    let printed = toml::to_string(&Config::default()).unwrap();
+    assert_eq!(Config::from_toml_str(&printed).unwrap(), Config::default());
+}
+
+#[test]
+fn all_enum_spellings() {
+    for (text, want) in [
+        ("random", SharedSubscriptionStrategy::Random),
+        ("round_robin", SharedSubscriptionStrategy::RoundRobin),
+        ("sticky", SharedSubscriptionStrategy::Sticky),
+        ("hash_clientid", SharedSubscriptionStrategy::HashClientid),
+        ("hash_topic", SharedSubscriptionStrategy::HashTopic),
+    ] {
+        let c = Config::from_toml_str(&format!(
+            "[mqtt]\nshared_subscription_strategy = \"{text}\""
+        ))
+        .unwrap();
+        assert_eq!(c.mqtt.shared_subscription_strategy, want);
+    }
+    let c =
+        Config::from_toml_str("[log]\nformat = \"json\"\n[auth]\nacl_no_match = \"deny\"").unwrap();
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.auth.acl_no_match, AclNoMatch::Deny);
+}
+
+#[test]
+fn file_overrides_defaults_and_keeps_the_rest() {
+    let c = Config::from_toml_str(
+        r#"
+        [mqtt]
+        max_packet_size = 4096
+        keepalive_multiplier = 2
+        await_rel_timeout = 60
+        [auth]
+        allow_anonymous = false
+        password_file = "/etc/gateway/passwd"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.max_packet_size, 4096);
+    assert_eq!(c.mqtt.keepalive_multiplier, 2.0);
+    assert_eq!(c.mqtt.await_rel_timeout.get(), StdDuration::from_secs(60));
+    assert_eq!(c.mqtt.receive_maximum, 32);
+    assert!(!c.auth.allow_anonymous);
+    assert_eq!(
+        c.auth.password_file.as_deref(),
+        Some(Path::new("/etc/gateway/passwd"))
+    );
+    assert_eq!(c.auth.acl_file, None);
+}
+
+#[test]
+fn new_listener_takes_defaults_and_default_listener_stays() {
+    let c = Config::from_toml_str(
+        r#"
+        [listeners.tcp.local]
+        bind = "127.0.0.1:11883"
+        [listeners.tcp.wide]
+        bind = 21883
+        max_connections = 10
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.listeners.tcp.len(), 3);
+    assert!(c.listeners.tcp["default"].enable);
+    let local = &c.listeners.tcp["local"];
+    assert!(local.enable);
+    assert_eq!(local.max_connections, 1_024_000);
+    assert_eq!(local.handshake_timeout.get(), StdDuration::from_secs(10));
+    let wide = &c.listeners.tcp["wide"];
+    assert_eq!(wide.bind_addr().unwrap().to_string(), "0.0.0.0:21883");
+    assert_eq!(wide.max_connections, 10);
+}
+
+#[test]
+fn default_listener_can_be_disabled() {
+    let c = Config::from_toml_str("[listeners.tcp.default]\nenable = false").unwrap();
+    assert!(!c.listeners.tcp["default"].enable);
+    // Disabled listeners do not count for bind clashes.
+    let c = Config::from_toml_str(
+        "[listeners.tcp.default]\nenable = false\n[listeners.tcp.other]\nbind = \"1883\"",
+    )
+    .unwrap();
+    assert!(c.listeners.tcp["other"].enable);
+}
+
+#[test]
+fn new_listener_without_bind_names_the_key() {
+    let e = err_text(Config::from_toml_str(
+        "[listeners.tcp.extra]\nenable = true",
+    ));
+    assert!(e.contains("listeners.tcp.extra.bind"), "{e}");
+}
+
+#[test]
+fn unknown_keys_name_the_key() {
+    let e = err_text(Config::from_toml_str("[mqtt]\nmax_packet_sise = 10"));
+    assert!(e.contains("mqtt.max_packet_sise"), "{e}");
+    assert!(e.contains("unknown key"), "{e}");
+    assert!(e.contains("the given TOML"), "{e}");
+
+    let e = err_text(Config::from_toml_str("[mqqt]\nx = 1"));
+    assert!(e.contains("unknown key `mqqt`"), "{e}");
+
+    let e = err_text(Config::from_toml_str(
+        "[listeners.tcp.default]\nbacklog = 5",
+    ));
+    assert!(e.contains("listeners.tcp.default.backlog"), "{e}");
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let cases = [
+        ("[mqtt]\nmax_packet_size = \"big\"", "mqtt.max_packet_size"),
+        ("[mqtt]\nmax_topic_alias = 70000", "mqtt.max_topic_alias"),
+        (
+            "[mqtt]\nretain_available = \"yes\"",
+            "mqtt.retain_available",
+        ),
+        (
+            "[mqtt]\nawait_rel_timeout = \"5 minutes\"",
+            "mqtt.await_rel_timeout",
+        ),
+        (
+            "[mqtt]\nshared_subscription_strategy = \"fastest\"",
+            "mqtt.shared_subscription_strategy",
+        ),
+        ("[log]\nformat = \"xml\"", "log.format"),
+        ("[auth]\nacl_no_match = \"maybe\"", "auth.acl_no_match"),
+        ("[sys]\ninterval = -1", "sys.interval"),
+        ("[listeners]\ntcp = 5", "listeners.tcp"),
+    ];
+    for (toml, key) in cases {
+        let e = err_text(Config::from_toml_str(toml));
+        assert!(e.contains(key), "{toml:?} -> {e}");
+    }
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let cases = [
+        (
+            "[mqtt]\nmax_qos_allowed = 3",
+            "mqtt.max_qos_allowed must be 0, 1 or 2",
+        ),
+        (
+            "[mqtt]\nreceive_maximum = 0",
+            "mqtt.receive_maximum must be 1..=65535",
+        ),
+        (
+            "[mqtt]\nreceive_maximum = 65536",
+            "mqtt.receive_maximum must be 1..=65535",
+        ),
+        (
+            "[mqtt]\nmax_inflight = 0",
+            "mqtt.max_inflight must be 1..=65535",
+        ),
+        (
+            "[mqtt]\nkeepalive_multiplier = 0.5",
+            "mqtt.keepalive_multiplier must be >= 1.0",
+        ),
+        (
+            "[mqtt]\nkeepalive_multiplier = nan",
+            "mqtt.keepalive_multiplier must be >= 1.0",
+        ),
+        (
+            "[mqtt]\nmax_packet_size = 0",
+            "mqtt.max_packet_size must be",
+        ),
+        (
+            "[mqtt]\nmax_packet_size = 300000000",
+            "mqtt.max_packet_size must be",
+        ),
+        (
+            "[mqtt]\nmax_client_id_length = 10",
+            "mqtt.max_client_id_length must be 23..=65535",
+        ),
+        (
+            "[mqtt]\nmax_topic_levels = 0",
+            "mqtt.max_topic_levels must be >= 1",
+        ),
+        (
+            "[mqtt]\nmax_awaiting_rel = 0",
+            "mqtt.max_awaiting_rel must be >= 1",
+        ),
+        (
+            "[mqtt]\nawait_rel_timeout = \"0s\"",
+            "mqtt.await_rel_timeout must be longer",
+        ),
+        ("[mqtt]\nmax_keepalive = 0", "mqtt.max_keepalive must be"),
+        (
+            "[mqtt]\nmax_keepalive = 60\nserver_keepalive = 120",
+            "mqtt.server_keepalive (120) must not exceed",
+        ),
+        (
+            "[mqtt]\nsession_expiry_interval = \"50000d\"",
+            "mqtt.session_expiry_interval must be at most",
+        ),
+        ("[sys]\ninterval = 0", "sys.interval must be longer"),
+        ("[log]\nlevel = \"\"", "log.level must not be empty"),
+        (
+            "[listeners.tcp.default]\nbind = \"localhost:1883\"",
+            "listeners.tcp.default.bind: invalid address \"localhost:1883\"",
+        ),
+        (
+            "[listeners.tcp.default]\nmax_connections = 0",
+            "listeners.tcp.default.max_connections must be >= 1",
+        ),
+        (
+            "[listeners.tcp.default]\nhandshake_timeout = 0",
+            "listeners.tcp.default.handshake_timeout must be longer",
+        ),
+        (
+            "[listeners.tcp.\"a.b\"]\nbind = 1",
+            "invalid listener name \"a.b\"",
+        ),
+    ];
+    for (toml, want) in cases {
+        let e = err_text(Config::from_toml_str(toml));
+        assert!(e.contains(want), "{toml:?} -> {e}");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_with_its_source() {
+    let result = Config::from_toml_str("[mqtt]\nmax_qos_allowed = 7\nreceive_maximum = 0");
+    let Err(e) = result else { panic!("must fail") };
+    let problems = e.problems();
+    assert_eq!(problems.len(), 2, "{e}");
+    assert_eq!(problems[0].key, "mqtt.max_qos_allowed");
+    assert_eq!(problems[0].origin.as_deref(), Some("the given TOML"));
+    assert_eq!(problems[1].key, "mqtt.receive_maximum");
+}
+
+#[test]
+fn two_enabled_listeners_on_one_address() {
+    let e = err_text(Config::from_toml_str(
+        "[listeners.tcp.other]\nbind = \"1883\"",
+    ));
+    assert!(
+        e.contains("listeners.tcp.other.bind: address 0.0.0.0:1883 is also bound by enabled listener listeners.tcp.default"),
+        "{e}"
+    );
+    let e = err_text(Config::from_toml_str(
+        "[listeners.tcp.lo]\nbind = \"127.0.0.1:1883\"",
+    ));
+    assert!(e.contains("listeners.tcp.lo.bind"), "{e}");
+    // Different port: fine.
+    Config::from_toml_str("[listeners.tcp.lo]\nbind = \"127.0.0.1:1884\"").unwrap();
+}
+
+#[test]
+fn toml_syntax_error_is_reported() {
+    let e = err_text(Config::from_toml_str("[mqtt\nmax_qos_allowed = 1"));
+    assert!(e.contains("the given TOML"), "{e}");
+}
+
+#[test]
+fn load_missing_file_fails() {
+    let e = Config::load(Some(Path::new("/nonexistent/gateway.toml"))).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e.to_string().contains("/nonexistent/gateway.toml"), "{e}");
+}
+
+#[test]
+fn load_file_then_env() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "gw.toml",
+            r#"
+            [mqtt]
+            max_packet_size = 2048
+            max_inflight = 8
+            [listeners.tcp.default]
+            bind = "127.0.0.1:1883"
+            "#,
+        )?;
+        jail.set_env("GATEWAY_MQTT__MAX_PACKET_SIZE", "1024");
+        jail.set_env("GATEWAY_LISTENERS__TCP__DEFAULT__BIND", "127.0.0.1:21883");
+        jail.set_env("GATEWAY_MQTT__SESSION_EXPIRY_INTERVAL", "5m");
+        jail.set_env("GATEWAY_AUTH__PASSWORD_FILE", "/tmp/pw");
+        jail.set_env("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false");
+        jail.set_env("GATEWAY_MQTT__KEEPALIVE_MULTIPLIER", "2.5");
+        jail.set_env("GATEWAY_LOG__FORMAT", "json");
+        // Not nested: belongs to the CLI, ignored here rather than an unknown key.
+        jail.set_env("GATEWAY_CONFIG", "/somewhere/else.toml");
+
+        let c = Config::load(Some(Path::new("gw.toml"))).map_err(|e| e.to_string())?;
+        assert_eq!(c.mqtt.max_packet_size, 1024, "env beats file");
+        assert_eq!(c.mqtt.max_inflight, 8, "file beats defaults");
+        assert_eq!(c.mqtt.receive_maximum, 32, "defaults stay");
+        assert_eq!(
+            c.listeners.tcp["default"]
+                .bind_addr()
+                .map_err(|e| e.to_string())?
+                .to_string(),
+            "127.0.0.1:21883"
+        );
+        assert_eq!(
+            c.mqtt.session_expiry_interval.get(),
+            StdDuration::from_secs(300)
+        );
+        assert_eq!(c.auth.password_file.as_deref(), Some(Path::new("/tmp/pw")));
+        assert!(!c.auth.allow_anonymous);
+        assert_eq!(c.mqtt.keepalive_multiplier, 2.5);
+        assert_eq!(c.log.format, LogFormat::Json);
+        Ok(())
+    });
+}
+
+#[test]
+fn env_adds_a_listener_with_a_bare_port() {
+    Jail::expect_with(|jail| {
+        jail.set_env("GATEWAY_LISTENERS__TCP__EXTRA__BIND", "11883");
+        jail.set_env("GATEWAY_LISTENERS__TCP__DEFAULT__ENABLE", "false");
+        let c = Config::load(None).map_err(|e| e.to_string())?;
+        assert!(!c.listeners.tcp["default"].enable);
+        let extra = &c.listeners.tcp["extra"];
+        assert!(extra.enable);
+        assert_eq!(
+            extra.bind_addr().map_err(|e| e.to_string())?.to_string(),
+            "0.0.0.0:11883"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    Jail::expect_with(|jail| {
+        jail.set_env("GATEWAY_MQTT__MAX_QOS_ALLOWED", "5");
+        let e = err_text(Config::load(None));
+        assert!(e.contains("mqtt.max_qos_allowed must be 0, 1 or 2"), "{e}");
+        assert!(e.contains("env GATEWAY_MQTT__MAX_QOS_ALLOWED"), "{e}");
+        Ok(())
+    });
+    Jail::expect_with(|jail| {
+        jail.set_env("GATEWAY_MQTT__MAX_PAKET_SIZE", "5");
+        let e = err_text(Config::load(None));
+        assert!(e.contains("unknown key `mqtt.max_paket_size`"), "{e}");
+        assert!(e.contains("env GATEWAY_MQTT__MAX_PAKET_SIZE"), "{e}");
+        Ok(())
+    });
+    Jail::expect_with(|jail| {
+        jail.set_env("GATEWAY_MQTT__RETAIN_AVAILABLE", "often");
+        let e = err_text(Config::load(None));
+        assert!(e.contains("mqtt.retain_available"), "{e}");
+        assert!(e.contains("env GATEWAY_MQTT__RETAIN_AVAILABLE"), "{e}");
+        Ok(())
+    });
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    Jail::expect_with(|jail| {
+        jail.create_file("bad.toml", "[mqtt]\nreceive_maximum = 0\nbogus = 1\n")?;
+        let e = err_text(Config::load(Some(Path::new("bad.toml"))));
+        assert!(e.contains("unknown key `mqtt.bogus`"), "{e}");
+        assert!(e.contains("bad.toml"), "{e}");
+        Ok(())
+    });
+    Jail::expect_with(|jail| {
+        jail.create_file("bad.toml", "[mqtt]\nreceive_maximum = 0\n")?;
+        let e = err_text(Config::load(Some(Path::new("bad.toml"))));
+        assert!(
+            e.contains("mqtt.receive_maximum must be 1..=65535, got 0"),
+            "{e}"
+        );
+        assert!(e.contains("(from file ") && e.contains("bad.toml)"), "{e}");
+        Ok(())
+    });
+}

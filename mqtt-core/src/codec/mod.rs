@@ -7,6 +7,7 @@ mod decode;
 mod encode;
 mod error;
 mod packet;
+mod wire;
 
 pub use decode::Decoder;
 pub use encode::{encode, encoded_len};

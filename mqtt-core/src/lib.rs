@@ -3,6 +3,7 @@
 //!
 //! Everything here is sans-io: no socket, no clock. Callers pass `now` in.
 
+pub mod auth;
 pub mod codec;
 pub mod topic;
 pub mod trie;

@@ -1,1 +1,240 @@
-fn main() {}
+//! The gateway binary: command line, configuration, wiring and graceful shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use gateway_config::{Config, LogFormat};
+use mqtt_core::auth::Auth;
+use mqtt_core::broker::Broker;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Multi-protocol IoT gateway: an MQTT broker with protocol adapters"
+)]
+struct Cli {
+    /// TOML configuration file, applied over the embedded defaults.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Log format; overrides `log.format`.
+    #[arg(long, value_parser = ["human", "json"])]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Add or update a user in a password file (Mosquitto-compatible format).
+    Passwd {
+        file: PathBuf,
+        username: String,
+        /// The password; read from standard input when absent.
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the embedded default configuration.
+    PrintDefault,
+    /// Check a configuration file (with the environment applied) and report the first error.
+    Check { file: PathBuf },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Config {
+            action: ConfigAction::PrintDefault,
+        }) => {
+            print!("{}", gateway_config::DEFAULT_TOML);
+            Ok(())
+        }
+        Some(Command::Config {
+            action: ConfigAction::Check { file },
+        }) => {
+            Config::load(Some(&file))
+                .with_context(|| format!("{} is not a valid configuration", file.display()))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Some(Command::Passwd {
+            file,
+            username,
+            password,
+        }) => {
+            let password = match password {
+                Some(password) => password,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the password from standard input")?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            if password.is_empty() {
+                bail!("the password must not be empty");
+            }
+            mqtt_core::auth::add_user(&file, &username, &password)
+                .with_context(|| format!("updating {}", file.display()))?;
+            Ok(())
+        }
+        None => {
+            let config =
+                Config::load(cli.config.as_deref()).context("loading the configuration")?;
+            init_logging(&config, cli.log_format.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(run(config))
+        }
+    }
+}
+
+fn init_logging(config: &Config, format_flag: Option<&str>) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .with_context(|| format!("log.level: invalid filter {:?}", config.log.level))?;
+    let json = match format_flag {
+        Some(flag) => flag == "json",
+        None => config.log.format == LogFormat::Json,
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+async fn run(config: Config) -> Result<()> {
+    let auth = Auth::from_config(&config.auth).context("loading authentication and ACL files")?;
+    let broker = Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        auth,
+        Instant::now(),
+    ));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    for (name, listener) in &config.listeners.tcp {
+        if !listener.enable {
+            continue;
+        }
+        let bind = listener
+            .bind_addr()
+            .with_context(|| format!("listeners.tcp.{name}.bind"))?;
+        let settings = adapter_mqtt::TcpListenerSettings {
+            name: Arc::from(format!("tcp:{name}")),
+            bind,
+            max_connections: listener.max_connections as usize,
+            handshake_timeout: listener.handshake_timeout.get(),
+        };
+        let socket = adapter_mqtt::bind_tcp(&settings)
+            .await
+            .with_context(|| format!("listeners.tcp.{name}: cannot listen on {bind}"))?;
+        tracing::info!(listener = %settings.name, %bind, "MQTT listener started");
+        tasks.spawn(adapter_mqtt::serve_tcp(
+            socket,
+            settings,
+            broker.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+
+    tasks.spawn(housekeeping(
+        broker.clone(),
+        config.sys.enable.then(|| config.sys.interval.get()),
+        shutdown_rx.clone(),
+    ));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("connections still open after 10 s; exiting anyway");
+    }
+    Ok(())
+}
+
+/// Session expiry, delayed wills, retained-message expiry and `$SYS`.
+async fn housekeeping(
+    broker: Arc<Broker>,
+    sys_interval: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_sys = Instant::now();
+    let mut next_purge = Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        broker.handle_timeouts(now);
+        if let Some(interval) = sys_interval {
+            if now >= next_sys {
+                mqtt_core::sys::publish_sys(&broker, now);
+                next_sys = now + interval;
+            }
+        }
+        if now >= next_purge {
+            broker.purge_expired_retained(now);
+            next_purge = now + Duration::from_secs(60);
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -802,10 +802,10 @@ fn parse_rule_filter(token: &str) -> Result<RuleFilter, String> {
     if text.is_empty() {
         return Err(format!("empty topic filter in {token:?}"));
     }
-    if !exact && !is_valid_filter(text) {
-        return Err(format!(
-            "invalid topic filter {text:?}: '+' and '#' must fill a whole level and '#' must be last"
-        ));
+    if !exact {
+        if let Err(error) = crate::topic::validate_topic_filter(text, 0) {
+            return Err(format!("invalid topic filter {text:?}: {error}"));
+        }
     }
     Ok(RuleFilter {
         text: text.to_owned(),
@@ -813,20 +813,6 @@ fn parse_rule_filter(token: &str) -> Result<RuleFilter, String> {
         needs_user: text.contains("%u"),
         needs_client: text.contains("%c"),
     })
-}
-
-fn is_valid_filter(filter: &str) -> bool {
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        let last = levels.peek().is_none();
-        if level.contains('#') && (level != "#" || !last) {
-            return false;
-        }
-        if level.contains('+') && level != "+" {
-            return false;
-        }
-    }
-    !filter.contains('\0')
 }
 
 /// A placeholder value that would change the rule's shape is treated as absent.
@@ -857,8 +843,8 @@ impl RuleFilter {
         };
         match action {
             _ if self.exact => *filter == *topic,
-            Action::Publish { .. } => filter_matches(&filter, topic),
-            Action::Subscribe { .. } => filter_covers(&filter, topic),
+            Action::Publish { .. } => crate::topic::matches(&filter, topic),
+            Action::Subscribe { .. } => crate::topic::filter_covers(&filter, topic),
         }
     }
 }
@@ -897,159 +883,20 @@ impl Authorizer for AclAuthorizer {
     }
 }
 
-// TODO(merge): use topic::matches
-/// Whether topic name `topic` matches `filter`. Wildcards at the first level skip `$` topics.
-fn filter_matches(filter: &str, topic: &str) -> bool {
-    let mut filter_levels = filter.split('/');
-    let mut topic_levels = topic.split('/');
-    let mut first = true;
-    loop {
-        match (filter_levels.next(), topic_levels.next()) {
-            // "a/#" also matches "a": '#' covers the parent level.
-            (Some("#"), level) => return !(first && level.is_some_and(|l| l.starts_with('$'))),
-            (Some("+"), Some(level)) => {
-                if first && level.starts_with('$') {
-                    return false;
-                }
-            }
-            (Some(f), Some(t)) => {
-                if f != t {
-                    return false;
-                }
-            }
-            (None, None) => return true,
-            _ => return false,
-        }
-        first = false;
-    }
-}
-
-// TODO(merge): use topic::filter_covers
-/// Whether every topic `inner` can match is matched by `outer`.
-fn filter_covers(outer: &str, inner: &str) -> bool {
-    let mut outer_levels = outer.split('/');
-    let mut inner_levels = inner.split('/');
-    let mut first = true;
-    loop {
-        match (outer_levels.next(), inner_levels.next()) {
-            // Inner wildcards at the first level yield no `$` topics; a literal `$x` does.
-            (Some("#"), level) => return !(first && level.is_some_and(|l| l.starts_with('$'))),
-            (Some("+"), Some("#")) => return false,
-            (Some("+"), Some(level)) => {
-                if first && level.starts_with('$') {
-                    return false;
-                }
-            }
-            // A literal covers only the same literal, never '+' or '#'.
-            (Some(o), Some(i)) => {
-                if o != i {
-                    return false;
-                }
-            }
-            (None, None) => return true,
-            _ => return false,
-        }
-        first = false;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn matches_table() {
-        let cases: &[(&str, &str, bool)] = &[
-            ("a/b", "a/b", true),
-            ("a/b", "a/c", false),
-            ("a/+", "a/b", true),
-            ("a/+", "a/b/c", false),
-            ("a/+", "a", false),
-            ("a/+", "a/", true),
-            ("a/#", "a", true),
-            ("a/#", "a/b/c", true),
-            ("a/#", "ab", false),
-            ("#", "a/b", true),
-            ("#", "/", true),
-            ("+/+", "/", true),
-            ("+", "a/b", false),
-            ("#", "$SYS/x", false),
-            ("+/x", "$SYS/x", false),
-            ("$SYS/#", "$SYS/x", true),
-            ("$SYS/+", "$SYS/x", true),
-            ("a/+/c", "a/b/c", true),
-            ("a/+/c", "a/b/d", false),
-            ("a//c", "a//c", true),
-        ];
-        for (filter, topic, want) in cases {
-            assert_eq!(filter_matches(filter, topic), *want, "{filter} vs {topic}");
-        }
-    }
-
-    #[test]
-    fn covers_table() {
-        let cases: &[(&str, &str, bool)] = &[
-            ("sensors/#", "sensors/+/temp", true),
-            ("sensors/#", "sensors/#", true),
-            ("sensors/#", "sensors", true),
-            ("sensors/#", "sensors/a/b", true),
-            ("sensors/+", "sensors/#", false),
-            ("sensors/+", "sensors/+", true),
-            ("sensors/+", "sensors/a", true),
-            ("sensors/+", "sensors/a/b", false),
-            ("sensors/+", "sensors", false),
-            ("sensors/a", "sensors/+", false),
-            ("sensors/a", "sensors/a", true),
-            ("a/+/#", "a/#", false),
-            ("a/+/#", "a/b/#", true),
-            ("a/+/#", "a/+", true),
-            ("a/+/#", "a", false),
-            ("#", "#", true),
-            ("#", "+/x", true),
-            ("#", "$SYS/#", false),
-            ("+/#", "$SYS/x", false),
-            ("$SYS/#", "$SYS/+/x", true),
-            ("+", "+", true),
-            ("+", "#", false),
-            ("a", "a/#", false),
-        ];
-        for (outer, inner, want) in cases {
-            assert_eq!(filter_covers(outer, inner), *want, "{outer} covers {inner}");
-        }
-    }
-
-    #[test]
-    fn covers_agrees_with_matches_on_samples() {
-        // If outer covers inner, every sample topic inner matches, outer matches too.
-        let filters = [
-            "#", "+", "a", "a/#", "a/+", "a/b", "+/b", "a/+/c", "+/+", "a/+/#", "$SYS/#", "+/#",
-        ];
-        let topics = [
-            "a", "b", "a/b", "a/c", "b/b", "a/b/c", "a/x/c", "$SYS/a", "$SYS", "/", "a/", "x/y/z",
-        ];
-        for outer in filters {
-            for inner in filters {
-                if filter_covers(outer, inner) {
-                    for topic in topics {
-                        if filter_matches(inner, topic) {
-                            assert!(
-                                filter_matches(outer, topic),
-                                "{outer} covers {inner} but misses {topic}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
     fn filter_validity() {
         for ok in ["a", "#", "+", "a/#", "a/+/b", "/", "+/+", "%u/#", "a b"] {
-            assert!(is_valid_filter(ok), "{ok}");
+            assert!(crate::topic::validate_topic_filter(ok, 0).is_ok(), "{ok}");
         }
         for bad in ["a#", "#/a", "a/#/b", "a+", "+a/b", "a/b+"] {
-            assert!(!is_valid_filter(bad), "{bad}");
+            assert!(
+                crate::topic::validate_topic_filter(bad, 0).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -1,9 +1,16 @@
 //! The MQTT core every adapter stands on: codec, topics, subscription index, router,
 //! retained store, the unified session model and the auth hooks.
 //!
-//! Everything here is sans-io: no socket, no clock. Callers pass `now` in.
+//! The protocol logic here is sans-io: no socket, no clock. Callers pass `now` in.
 
 pub mod auth;
+pub mod broker;
 pub mod codec;
+pub mod message;
+pub mod protocol;
+pub mod retained;
+pub mod router;
+pub mod session;
+pub mod sys;
 pub mod topic;
 pub mod trie;

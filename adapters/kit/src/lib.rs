@@ -1,1 +1,9 @@
-//! The contract every adapter shares.
+//! The contract every adapter shares: a sans-io channel driven by a generic transport
+//! driver that owns the socket, the timers, back-pressure and the byte counters.
+
+mod stream;
+
+pub use mqtt_core::protocol::Flow;
+pub use stream::{
+    drive_stream, serve_stream_listener, ListenerLimits, NotifyWakeup, StreamChannel,
+};

@@ -1,0 +1,523 @@
+//! The broker handle every adapter uses: sessions by client id, subscribe, publish,
+//! wills and expiries. Thread-safe and clock-free: callers pass `now`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway_config::{MqttConfig, RetainerConfig};
+use parking_lot::{Mutex, RwLock};
+
+use crate::auth::{Action, Auth, ClientInfo};
+use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
+use crate::message::{Delivery, Message, SessionId};
+use crate::retained::{RetainOutcome, RetainedStore};
+use crate::router::{Router, Subscriber};
+use crate::session::{
+    ConnControl, Enqueued, SessionCell, SessionKey, SessionLimits, Subscription, Will,
+};
+use crate::topic::{parse_subscription, SubscriptionFilter};
+
+/// Counters behind `$SYS` and the metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub dropped_qos0: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub retained_refused: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::Relaxed);
+    }
+}
+
+/// How a closing connection's will is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WillDisposition {
+    /// Normal DISCONNECT: the will is deleted [MQTT-3.14.4-3].
+    Discard,
+    /// Abnormal close, or DISCONNECT 0x04: the will is published, after its delay.
+    Publish,
+}
+
+pub struct ConnectRequest {
+    pub key: SessionKey,
+    pub clean_start: bool,
+    /// Seconds; `u32::MAX` = never expires.
+    pub expiry_interval: u32,
+    pub will: Option<Will>,
+    pub control: Arc<ConnControl>,
+}
+
+pub struct Attached {
+    pub session: Arc<SessionCell>,
+    pub session_present: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    pub qos: QoS,
+    pub existed: bool,
+}
+
+pub struct Broker {
+    pub config: MqttConfig,
+    limits: SessionLimits,
+    retain_enabled: bool,
+    max_retained_payload: usize,
+    router: Router,
+    retained: RwLock<RetainedStore>,
+    registry: Mutex<HashMap<SessionKey, Arc<SessionCell>>>,
+    /// Due times of session expiries and delayed wills.
+    timers: Mutex<BTreeMap<(Instant, SessionId), SessionKey>>,
+    pub auth: Auth,
+    pub stats: Stats,
+    next_session_id: AtomicU64,
+    next_connection_id: AtomicU64,
+    pub started_at: Instant,
+}
+
+impl Broker {
+    pub fn new(config: MqttConfig, retainer: &RetainerConfig, auth: Auth, now: Instant) -> Broker {
+        let limits = SessionLimits {
+            max_queued_messages: config.max_queued_messages as usize,
+            max_queued_bytes: config.max_queued_bytes as usize,
+            queue_qos0_offline: config.queue_qos0,
+            max_awaiting_rel: config.max_awaiting_rel as usize,
+            max_subscriptions: config.max_subscriptions as usize,
+        };
+        Broker {
+            router: Router::new(config.shared_subscription_strategy),
+            retain_enabled: retainer.enable && config.retain_available,
+            max_retained_payload: retainer.max_payload_size as usize,
+            retained: RwLock::new(RetainedStore::new(retainer.max_retained_messages as usize)),
+            limits,
+            config,
+            registry: Mutex::new(HashMap::new()),
+            timers: Mutex::new(BTreeMap::new()),
+            auth,
+            stats: Stats::default(),
+            next_session_id: AtomicU64::new(1),
+            next_connection_id: AtomicU64::new(1),
+            started_at: now,
+        }
+    }
+
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.registry.lock().len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.router.subscription_count()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    pub fn session(&self, key: &SessionKey) -> Option<Arc<SessionCell>> {
+        self.registry.lock().get(key).cloned()
+    }
+
+    /// Opens or resumes the session named by `request.key` and attaches the connection.
+    /// A connection already attached is asked to close with 0x8E [MQTT-3.1.4-3].
+    pub fn connect(&self, request: ConnectRequest, now: Instant) -> Attached {
+        let mut wills = Vec::new();
+        let mut ended = None;
+        let attached = {
+            let mut registry = self.registry.lock();
+            let existing = registry.get(&request.key).cloned();
+            match existing {
+                Some(cell) if !request.clean_start => {
+                    let mut state = cell.state.lock();
+                    if let Some(previous) =
+                        cell.set_connection(&mut state, Some(request.control.clone()))
+                    {
+                        previous.close(ReasonCode::SESSION_TAKEN_OVER);
+                        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                        // The old connection closed without DISCONNECT, so its will goes out
+                        // unless a delay lets this resumption cancel it [MQTT-3.1.3-9].
+                        if let Some(will) = state.will.take() {
+                            if will.delay_interval == 0 {
+                                wills.push(will);
+                            }
+                        }
+                    }
+                    state.will = request.will;
+                    state.will_at = None;
+                    state.expires_at = None;
+                    state.expiry_interval = request.expiry_interval;
+                    drop(state);
+                    Attached {
+                        session: cell,
+                        session_present: true,
+                    }
+                }
+                previous => {
+                    if let Some(previous) = previous {
+                        registry.remove(&request.key);
+                        ended = Some(previous);
+                    }
+                    let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+                    let cell = SessionCell::new(id, request.key.clone());
+                    {
+                        let mut state = cell.state.lock();
+                        cell.set_connection(&mut state, Some(request.control.clone()));
+                        state.will = request.will;
+                        state.expiry_interval = request.expiry_interval;
+                    }
+                    registry.insert(request.key, cell.clone());
+                    Attached {
+                        session: cell,
+                        session_present: false,
+                    }
+                }
+            }
+        };
+        if let Some(previous) = ended {
+            if let Some(will) = self.finish_session(&previous, true) {
+                wills.push(will);
+            }
+        }
+        for will in wills {
+            self.publish_will(will, &attached.session.key, now);
+        }
+        Stats::add(&self.stats.connections, 1);
+        attached
+    }
+
+    /// Detaches connection `conn_id` from its session. Does nothing if another connection
+    /// has taken the session over meanwhile.
+    pub fn disconnect(
+        &self,
+        session: &Arc<SessionCell>,
+        conn_id: u64,
+        will: WillDisposition,
+        now: Instant,
+    ) {
+        let (end_now, publish_now) = {
+            let mut state = session.state.lock();
+            match &state.connection {
+                Some(connection) if connection.conn_id == conn_id => {}
+                _ => return,
+            }
+            session.set_connection(&mut state, None);
+            self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            if will == WillDisposition::Discard {
+                state.will = None;
+            }
+            if state.expiry_interval == 0 {
+                (true, None)
+            } else {
+                if state.expiry_interval != u32::MAX {
+                    let at = now + Duration::from_secs(u64::from(state.expiry_interval));
+                    state.expires_at = Some(at);
+                    self.timers
+                        .lock()
+                        .insert((at, session.id), session.key.clone());
+                }
+                let mut publish_now = None;
+                if let Some(delay) = state
+                    .will
+                    .as_ref()
+                    .map(|will| will.delay_interval.min(state.expiry_interval))
+                {
+                    if delay == 0 {
+                        publish_now = state.will.take();
+                    } else {
+                        let at = now + Duration::from_secs(u64::from(delay));
+                        state.will_at = Some(at);
+                        self.timers
+                            .lock()
+                            .insert((at, session.id), session.key.clone());
+                    }
+                }
+                (false, publish_now)
+            }
+        };
+        if let Some(will) = publish_now {
+            self.publish_will(will, &session.key, now);
+        }
+        if end_now {
+            if let Some(will) = self.end_session(session) {
+                self.publish_will(will, &session.key, now);
+            }
+        }
+    }
+
+    /// Changes a connected session's expiry, as DISCONNECT's property may.
+    pub fn set_expiry_interval(&self, session: &SessionCell, seconds: u32) {
+        session.state.lock().expiry_interval = seconds;
+    }
+
+    /// Ends a session that is not connected: removes it from the registry and the router.
+    /// Returns its pending will, which is due now that the session has ended.
+    fn end_session(&self, session: &Arc<SessionCell>) -> Option<Will> {
+        let mut registry = self.registry.lock();
+        if session.state.lock().connection.is_some() {
+            return None;
+        }
+        if registry
+            .get(&session.key)
+            .is_some_and(|cell| Arc::ptr_eq(cell, session))
+        {
+            registry.remove(&session.key);
+        }
+        drop(registry);
+        self.finish_session(session, false)
+    }
+
+    /// Marks a session removed from the registry as ended and drops its subscriptions.
+    fn finish_session(&self, session: &Arc<SessionCell>, taken_over: bool) -> Option<Will> {
+        let (subscriptions, will) = {
+            let mut state = session.state.lock();
+            state.ended = true;
+            if let Some(previous) = session.set_connection(&mut state, None) {
+                if taken_over {
+                    previous.close(ReasonCode::SESSION_TAKEN_OVER);
+                    self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            (std::mem::take(&mut state.subscriptions), state.will.take())
+        };
+        for filter in subscriptions.keys() {
+            self.remove_from_router(filter, session.id);
+        }
+        will
+    }
+
+    fn remove_from_router(&self, filter: &str, session: SessionId) -> bool {
+        match parse_subscription(filter, 0) {
+            Ok(SubscriptionFilter::Plain(plain)) => self.router.unsubscribe(plain, None, session),
+            Ok(SubscriptionFilter::Shared { group, filter }) => {
+                self.router.unsubscribe(filter, Some(group), session)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Fires due wills and session expiries.
+    pub fn handle_timeouts(&self, now: Instant) {
+        loop {
+            let due = {
+                let mut timers = self.timers.lock();
+                match timers.first_key_value() {
+                    Some((&(at, id), _)) if at <= now => {
+                        timers.remove(&(at, id)).map(|key| (id, key))
+                    }
+                    _ => None,
+                }
+            };
+            let Some((id, key)) = due else {
+                break;
+            };
+            let Some(session) = self.session(&key).filter(|cell| cell.id == id) else {
+                continue;
+            };
+            let (will, expired) = {
+                let mut state = session.state.lock();
+                if state.connection.is_some() {
+                    continue;
+                }
+                let will = match state.will_at {
+                    Some(at) if at <= now => {
+                        state.will_at = None;
+                        state.will.take()
+                    }
+                    _ => None,
+                };
+                (will, state.expires_at.is_some_and(|at| at <= now))
+            };
+            if let Some(will) = will {
+                self.publish_will(will, &key, now);
+            }
+            if expired {
+                if let Some(will) = self.end_session(&session) {
+                    self.publish_will(will, &key, now);
+                }
+            }
+        }
+    }
+
+    /// When `handle_timeouts` next has work.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timers.lock().first_key_value().map(|((at, _), _)| *at)
+    }
+
+    fn publish_will(&self, will: Will, publisher: &SessionKey, now: Instant) {
+        let mut message = Message::new(will.topic, will.payload, will.qos, will.retain, now);
+        message.properties = will.properties;
+        message.publisher_client_id = Some(publisher.client_id.clone());
+        let message = message.with_expiry_from_properties(now);
+        tracing::debug!(client_id = %publisher.client_id, topic = %message.topic, "publishing will");
+        self.publish(Arc::new(message), now);
+    }
+
+    pub fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {
+        self.auth.authorizer.authorize(client, action, topic)
+    }
+
+    /// Routes a message to every matching session and updates the retained store.
+    /// Returns how many sessions it reached.
+    pub fn publish(&self, message: Arc<Message>, now: Instant) -> usize {
+        Stats::add(&self.stats.messages_received, 1);
+        self.dispatch(message, now)
+    }
+
+    /// `publish` for the broker's own messages, which are not counted as received.
+    pub fn dispatch(&self, message: Arc<Message>, now: Instant) -> usize {
+        if message.retain && self.retain_enabled {
+            self.retain(message.clone());
+        }
+        let targets = self.router.route(&message);
+        let reached = targets.len();
+        for target in targets {
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: target.qos,
+                retain: target.retain,
+                subscription_ids: target.subscription_ids,
+            };
+            self.count(
+                target.session.deliver(delivery, &self.limits),
+                &target.session,
+            );
+        }
+        let _ = now;
+        reached
+    }
+
+    fn retain(&self, message: Arc<Message>) {
+        if message.payload.len() > self.max_retained_payload {
+            Stats::add(&self.stats.retained_refused, 1);
+            return;
+        }
+        if self.retained.write().set(message) == RetainOutcome::Full {
+            Stats::add(&self.stats.retained_refused, 1);
+            tracing::warn!("retained message store is full; message not retained");
+        }
+    }
+
+    fn count(&self, outcome: Enqueued, session: &SessionCell) {
+        match outcome {
+            Enqueued::Queued => {}
+            Enqueued::DroppedQos0 | Enqueued::QueuedEvictingQos0 => {
+                Stats::add(&self.stats.dropped_qos0, 1)
+            }
+            Enqueued::DroppedQueueFull => {
+                Stats::add(&self.stats.dropped_queue_full, 1);
+                tracing::warn!(client_id = %session.key.client_id, "session queue full: QoS 1/2 message dropped");
+            }
+        }
+    }
+
+    /// Subscribes `session` to `filter` (which may be `$share/...`), replays retained
+    /// messages as the retain handling option says, and records the subscription in the
+    /// session. Errors carry the reason code for SUBACK.
+    pub fn subscribe(
+        &self,
+        session: &Arc<SessionCell>,
+        client: &ClientInfo,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+        now: Instant,
+    ) -> Result<Granted, ReasonCode> {
+        let parsed = parse_subscription(filter, self.config.max_topic_levels as usize)
+            .map_err(|_| ReasonCode::TOPIC_FILTER_INVALID)?;
+        let (plain, group) = match parsed {
+            SubscriptionFilter::Plain(plain) => (plain, None),
+            SubscriptionFilter::Shared { group, filter } => (filter, Some(group)),
+        };
+        if group.is_some() && !self.config.shared_subscription {
+            return Err(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+        }
+        if !self.config.wildcard_subscription && (plain.contains('+') || plain.contains('#')) {
+            return Err(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED);
+        }
+        let qos = options
+            .qos
+            .min(QoS::from_u8(self.config.max_qos_allowed).unwrap_or(QoS::ExactlyOnce));
+        if !self.authorize(client, Action::Subscribe { qos: qos.as_u8() }, plain) {
+            return Err(ReasonCode::NOT_AUTHORIZED);
+        }
+        {
+            let state = session.state.lock();
+            if self.limits.max_subscriptions > 0
+                && state.subscriptions.len() >= self.limits.max_subscriptions
+                && !state.subscriptions.contains_key(filter)
+            {
+                return Err(ReasonCode::QUOTA_EXCEEDED);
+            }
+        }
+        let options = SubscriptionOptions { qos, ..options };
+        let existed = self.router.subscribe(
+            plain,
+            group,
+            Subscriber {
+                session: session.clone(),
+                options,
+                identifier,
+            },
+        );
+        session.state.lock().subscriptions.insert(
+            filter.to_owned(),
+            Subscription {
+                options,
+                identifier,
+            },
+        );
+
+        // Retained messages are never sent for a shared subscription (MQTT 5.0 section
+        // 4.8.2); for others, retain handling 0 always sends them and 1 only for a new subscription.
+        let send_retained = group.is_none()
+            && (options.retain_handling == 0 || (options.retain_handling == 1 && !existed));
+        if send_retained && self.retain_enabled {
+            let retained = self.retained.read().matching(plain, now);
+            for message in retained {
+                let delivery = Delivery {
+                    qos: message.qos.min(qos),
+                    message,
+                    retain: true,
+                    subscription_ids: identifier.into_iter().collect(),
+                };
+                self.count(session.deliver(delivery, &self.limits), session);
+            }
+        }
+        Ok(Granted { qos, existed })
+    }
+
+    /// Returns whether the subscription existed.
+    pub fn unsubscribe(&self, session: &Arc<SessionCell>, filter: &str) -> bool {
+        let existed = session.state.lock().subscriptions.remove(filter).is_some();
+        self.remove_from_router(filter, session.id) || existed
+    }
+
+    /// Drops expired retained messages; called now and then by the runtime.
+    pub fn purge_expired_retained(&self, now: Instant) -> usize {
+        self.retained.write().purge_expired(now)
+    }
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,85 @@
+//! Messages as the router sees them: one shared allocation per publish, however many
+//! sessions it reaches.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use smallvec::SmallVec;
+
+use crate::codec::{PublishProperties, QoS};
+
+/// Identifies one incarnation of a session; a clean start makes a new one.
+pub type SessionId = u64;
+
+/// An application message accepted by the broker.
+///
+/// `properties` never carries a topic alias or subscription identifiers: those belong to one
+/// connection and are filled in per delivery.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: PublishProperties,
+    /// The publishing session, for the No Local option.
+    pub publisher: Option<SessionId>,
+    /// The publishing client's id, for the `hash_clientid` shared-subscription strategy.
+    pub publisher_client_id: Option<Arc<str>>,
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    pub fn new(topic: ByteString, payload: Bytes, qos: QoS, retain: bool, now: Instant) -> Message {
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties: PublishProperties::default(),
+            publisher: None,
+            publisher_client_id: None,
+            expires_at: None,
+        }
+        .with_expiry_from_properties(now)
+    }
+
+    /// Sets `expires_at` from the Message Expiry Interval property.
+    pub fn with_expiry_from_properties(mut self, now: Instant) -> Message {
+        self.expires_at = self
+            .properties
+            .message_expiry_interval
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        self
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The Message Expiry Interval to forward: the time left, rounded up so a message still
+    /// alive is never sent with 0 [MQTT-3.3.2-6].
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Bytes a queued copy is charged against a session's byte limit.
+    pub fn weight(&self) -> usize {
+        self.payload.len() + self.topic.len()
+    }
+}
+
+/// One message on its way to one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: SmallVec<[u32; 1]>,
+}

@@ -1,0 +1,954 @@
+//! The MQTT protocol channel: one connection's packets turned into session calls, and the
+//! session's deliveries turned into packets. Sans-io: the transport driver feeds it bytes,
+//! wake-ups and timer ticks with `now`, and writes out what it appends to `out`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+
+use crate::auth::{Action, AuthOutcome, ClientInfo, DenyReason};
+use crate::broker::{Broker, ConnectRequest, Stats, WillDisposition};
+use crate::codec::{
+    encode, encoded_len, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder,
+    Disconnect, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
+};
+use crate::message::{Delivery, Message};
+use crate::session::{ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, Wakeup, Will};
+use crate::topic::{parse_subscription, validate_topic_name, SubscriptionFilter};
+
+/// The namespace of sessions opened by native MQTT clients.
+pub const MQTT_NAMESPACE: &str = "mqtt";
+
+/// Output beyond this stays queued in the session instead, so a slow reader's backlog is
+/// bounded by its session limits rather than by its socket buffer.
+const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+
+/// What the driver should do after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Write what is in `out`, then close the connection.
+    Close,
+}
+
+/// Facts about the transport the channel runs on.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub listener: Arc<str>,
+    pub peer: Option<SocketAddr>,
+    pub handshake_timeout: Duration,
+}
+
+enum Phase {
+    AwaitConnect { deadline: Instant },
+    Connected,
+    Closed,
+}
+
+/// Per-connection protocol state; what outlives the connection lives in the session.
+pub struct MqttChannel {
+    broker: Arc<Broker>,
+    info: ConnectionInfo,
+    phase: Phase,
+    decoder: Decoder,
+    version: ProtocolVersion,
+    control: Arc<ConnControl>,
+    session: Option<Arc<SessionCell>>,
+    client: Option<ClientInfo>,
+    /// Keep-alive times the multiplier: silence longer than this closes the connection.
+    keep_alive_window: Option<Duration>,
+    last_received: Instant,
+    /// Outbound QoS 1/2 window: the client's Receive Maximum capped by our max inflight.
+    send_window: usize,
+    client_max_packet_size: u32,
+    client_topic_alias_max: u16,
+    inbound_aliases: HashMap<u16, ByteString>,
+    outbound_aliases: HashMap<ByteString, u16>,
+    will_disposition: WillDisposition,
+    /// A drain stopped at the output high-water mark with messages still queued.
+    drain_blocked: bool,
+}
+
+impl MqttChannel {
+    pub fn new(
+        broker: Arc<Broker>,
+        info: ConnectionInfo,
+        wakeup: Arc<dyn Wakeup>,
+        now: Instant,
+    ) -> MqttChannel {
+        let control = ConnControl::new(broker.next_connection_id(), wakeup);
+        let max_packet_size = broker.config.max_packet_size;
+        let deadline = now + info.handshake_timeout;
+        MqttChannel {
+            decoder: Decoder::new(max_packet_size),
+            broker,
+            info,
+            phase: Phase::AwaitConnect { deadline },
+            version: ProtocolVersion::V3_1_1,
+            control,
+            session: None,
+            client: None,
+            keep_alive_window: None,
+            last_received: now,
+            send_window: 1,
+            client_max_packet_size: u32::MAX,
+            client_topic_alias_max: 0,
+            inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            will_disposition: WillDisposition::Publish,
+            drain_blocked: false,
+        }
+    }
+
+    pub fn client_id(&self) -> Option<&str> {
+        self.client.as_ref().map(|client| client.client_id.as_str())
+    }
+
+    pub fn version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    /// Decodes and handles every complete packet in `input`.
+    pub fn handle_input(&mut self, input: &mut BytesMut, out: &mut BytesMut, now: Instant) -> Flow {
+        loop {
+            match self.decoder.decode(input) {
+                Ok(Some(packet)) => {
+                    self.last_received = now;
+                    if self.handle_packet(packet, out, now) == Flow::Close {
+                        return self.close();
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => return self.reject_input(&error, out),
+            }
+        }
+        if matches!(self.phase, Phase::Connected) {
+            self.drain(out, now);
+        }
+        Flow::Continue
+    }
+
+    /// Called when the session has new deliveries or the broker asks the connection to go.
+    pub fn handle_wakeup(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
+        if let Some(reason) = self.control.close_requested() {
+            tracing::info!(reason = reason.0, "connection closed by the broker");
+            self.send_disconnect(reason, out);
+            return self.close();
+        }
+        if matches!(self.phase, Phase::Connected) {
+            self.drain(out, now);
+        }
+        Flow::Continue
+    }
+
+    pub fn handle_timeout(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
+        match self.phase {
+            Phase::AwaitConnect { deadline } if now >= deadline => {
+                tracing::info!("no CONNECT within the handshake timeout");
+                self.close()
+            }
+            Phase::Connected => match self.keep_alive_window {
+                Some(window) if now >= self.last_received + window => {
+                    tracing::info!("keep-alive timeout");
+                    self.send_disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT, out);
+                    self.close()
+                }
+                _ => Flow::Continue,
+            },
+            _ => Flow::Continue,
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitConnect { deadline } => Some(deadline),
+            Phase::Connected => self
+                .keep_alive_window
+                .map(|window| self.last_received + window),
+            Phase::Closed => None,
+        }
+    }
+
+    /// Whether a drain stopped at the output high-water mark and should resume once the
+    /// driver has written some of `out`.
+    pub fn wants_drain(&self) -> bool {
+        self.drain_blocked
+    }
+
+    /// The server is shutting down.
+    pub fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
+        self.send_disconnect(ReasonCode::SERVER_SHUTTING_DOWN, out);
+        self.close()
+    }
+
+    /// The transport is gone; hands the session back to the broker.
+    pub fn handle_closed(&mut self, now: Instant) {
+        self.phase = Phase::Closed;
+        if let Some(session) = self.session.take() {
+            self.broker
+                .disconnect(&session, self.control.conn_id, self.will_disposition, now);
+        }
+    }
+
+    fn close(&mut self) -> Flow {
+        self.phase = Phase::Closed;
+        Flow::Close
+    }
+
+    fn reject_input(&mut self, error: &DecodeError, out: &mut BytesMut) -> Flow {
+        tracing::warn!(peer = ?self.info.peer, %error, "closing connection on bad input");
+        match self.phase {
+            Phase::AwaitConnect { .. } => {
+                if let DecodeError::UnsupportedProtocolVersion { .. } = error {
+                    // The client's level is unknown to us, so answer in the 3.1.1 form that
+                    // every level can read as "unacceptable protocol version".
+                    self.version = ProtocolVersion::V3_1_1;
+                    self.send_connack(
+                        false,
+                        ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                        ConnAckProperties::default(),
+                        out,
+                    );
+                }
+            }
+            _ => self.send_disconnect(error.reason_code(), out),
+        }
+        self.close()
+    }
+
+    fn handle_packet(&mut self, packet: Packet, out: &mut BytesMut, now: Instant) -> Flow {
+        if let Phase::AwaitConnect { .. } = self.phase {
+            return match packet {
+                Packet::Connect(connect) => self.handle_connect(*connect, out, now),
+                other => self.protocol_error(
+                    other.name(),
+                    "[MQTT-3.1.0-1] the first packet must be CONNECT",
+                    out,
+                ),
+            };
+        }
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(publish, out, now),
+            Packet::PubAck(ack) => {
+                self.with_session(|state| state.puback(ack.packet_id));
+                Flow::Continue
+            }
+            Packet::PubRec(ack) => self.handle_pubrec(ack, out),
+            Packet::PubRel(ack) => self.handle_pubrel(ack, out),
+            Packet::PubComp(ack) => {
+                self.with_session(|state| state.pubcomp(ack.packet_id));
+                Flow::Continue
+            }
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe, out, now),
+            Packet::Unsubscribe(unsubscribe) => self.handle_unsubscribe(unsubscribe, out),
+            Packet::PingReq => {
+                self.send(&Packet::PingResp, out);
+                Flow::Continue
+            }
+            Packet::Disconnect(disconnect) => self.handle_disconnect(disconnect, out),
+            Packet::Connect(_) => {
+                self.protocol_error("CONNECT", "[MQTT-3.1.0-2] a second CONNECT", out)
+            }
+            Packet::Auth(_) => self.protocol_error(
+                "AUTH",
+                "[MQTT-4.12.0-1] AUTH without an authentication method in CONNECT",
+                out,
+            ),
+            other => self.protocol_error(other.name(), "a packet only a server sends", out),
+        }
+    }
+
+    fn protocol_error(&mut self, packet: &str, rule: &'static str, out: &mut BytesMut) -> Flow {
+        tracing::warn!(peer = ?self.info.peer, packet, rule, "protocol error, closing connection");
+        self.send_disconnect(ReasonCode::PROTOCOL_ERROR, out);
+        Flow::Close
+    }
+
+    fn with_session<R>(&self, f: impl FnOnce(&mut crate::session::SessionState) -> R) -> Option<R> {
+        self.session
+            .as_ref()
+            .map(|session| f(&mut session.state.lock()))
+    }
+
+    fn handle_connect(&mut self, connect: Connect, out: &mut BytesMut, now: Instant) -> Flow {
+        self.version = connect.protocol;
+        let broker = self.broker.clone();
+        let config = &broker.config;
+        let v5 = connect.protocol.is_v5();
+
+        let mut assigned_client_id = None;
+        let client_id = if connect.client_id.is_empty() {
+            // 3.1.1 only lets the server assign an id to a clean session [MQTT-3.1.3-8];
+            // 3.1 never does.
+            if v5 || (connect.protocol == ProtocolVersion::V3_1_1 && connect.clean_start) {
+                let id = generate_client_id();
+                assigned_client_id = Some(id.clone());
+                id
+            } else {
+                return self.refuse(
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    "empty client id with a persistent session",
+                    out,
+                );
+            }
+        } else {
+            connect.client_id
+        };
+        if client_id.len() > config.max_client_id_length as usize {
+            return self.refuse(
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "client id too long",
+                out,
+            );
+        }
+        tracing::Span::current().record("client_id", client_id.as_str());
+
+        if connect.properties.authentication_method.is_some() {
+            return self.refuse(
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                "enhanced authentication is not supported",
+                out,
+            );
+        }
+        let client = ClientInfo {
+            protocol: MQTT_NAMESPACE,
+            listener: self.info.listener.to_string(),
+            client_id: client_id.clone(),
+            username: connect.username,
+            password: connect.password,
+            peer: self.info.peer,
+        };
+        match self.broker.auth.authenticator.authenticate(&client) {
+            AuthOutcome::Allow => {}
+            AuthOutcome::Deny(DenyReason::BadCredentials) => {
+                return self.refuse(
+                    ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                    "bad user name or password",
+                    out,
+                )
+            }
+            AuthOutcome::Deny(DenyReason::NotAuthorized) => {
+                return self.refuse(ReasonCode::NOT_AUTHORIZED, "not authorized", out)
+            }
+        }
+
+        let max_qos = QoS::from_u8(config.max_qos_allowed).unwrap_or(QoS::ExactlyOnce);
+        let will = match connect.will {
+            Some(will) => {
+                if validate_topic_name(&will.topic, config.max_topic_levels as usize).is_err() {
+                    return self.refuse(ReasonCode::TOPIC_NAME_INVALID, "invalid will topic", out);
+                }
+                if will.qos > max_qos {
+                    return self.refuse(
+                        ReasonCode::QOS_NOT_SUPPORTED,
+                        "will QoS above the maximum",
+                        out,
+                    );
+                }
+                if will.retain && !config.retain_available {
+                    return self.refuse(
+                        ReasonCode::RETAIN_NOT_SUPPORTED,
+                        "retained will without retain support",
+                        out,
+                    );
+                }
+                let action = Action::Publish {
+                    qos: will.qos.as_u8(),
+                    retain: will.retain,
+                };
+                if self.broker.authorize(&client, action, &will.topic) {
+                    Some(Will {
+                        delay_interval: will.properties.will_delay_interval.unwrap_or(0),
+                        topic: will.topic,
+                        payload: will.payload,
+                        qos: will.qos,
+                        retain: will.retain,
+                        properties: crate::codec::PublishProperties {
+                            payload_format_indicator: will.properties.payload_format_indicator,
+                            message_expiry_interval: will.properties.message_expiry_interval,
+                            content_type: will.properties.content_type,
+                            response_topic: will.properties.response_topic,
+                            correlation_data: will.properties.correlation_data,
+                            user_properties: will.properties.user_properties,
+                            ..Default::default()
+                        },
+                    })
+                } else {
+                    tracing::info!(topic = %will.topic, "will not authorized; dropped");
+                    None
+                }
+            }
+            None => None,
+        };
+
+        let (keep_alive, server_keep_alive) = if config.server_keepalive > 0 {
+            (config.server_keepalive, Some(config.server_keepalive))
+        } else if connect.keep_alive > config.max_keepalive
+            || (connect.keep_alive == 0 && v5 && config.max_keepalive < 65535)
+        {
+            (config.max_keepalive, Some(config.max_keepalive))
+        } else {
+            (connect.keep_alive, None)
+        };
+        self.keep_alive_window = (keep_alive > 0)
+            .then(|| Duration::from_secs_f64(f64::from(keep_alive) * config.keepalive_multiplier));
+
+        let expiry_interval = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::try_from(config.session_expiry_interval.get().as_secs()).unwrap_or(u32::MAX)
+        };
+        let client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        self.send_window = usize::from(
+            client_receive_maximum
+                .min(config.max_inflight as u16)
+                .max(1),
+        );
+        self.client_max_packet_size = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+        self.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+
+        let attached = self.broker.connect(
+            ConnectRequest {
+                key: SessionKey {
+                    namespace: MQTT_NAMESPACE,
+                    client_id: Arc::from(client_id.as_str()),
+                },
+                clean_start: connect.clean_start,
+                expiry_interval,
+                will,
+                control: self.control.clone(),
+            },
+            now,
+        );
+        let properties = ConnAckProperties {
+            receive_maximum: (config.receive_maximum < 65535)
+                .then_some(config.receive_maximum as u16),
+            maximum_qos: (max_qos < QoS::ExactlyOnce).then_some(max_qos),
+            retain_available: (!config.retain_available).then_some(false),
+            maximum_packet_size: (config.max_packet_size < u32::MAX)
+                .then_some(config.max_packet_size),
+            assigned_client_identifier: assigned_client_id,
+            topic_alias_maximum: (config.max_topic_alias > 0).then_some(config.max_topic_alias),
+            wildcard_subscription_available: (!config.wildcard_subscription).then_some(false),
+            subscription_identifiers_available: (!config.subscription_identifiers).then_some(false),
+            shared_subscription_available: (!config.shared_subscription).then_some(false),
+            server_keep_alive,
+            ..Default::default()
+        };
+        tracing::info!(
+            version = self.version.as_str(),
+            clean_start = connect.clean_start,
+            session_present = attached.session_present,
+            keep_alive,
+            "client connected"
+        );
+        self.send_connack(
+            attached.session_present,
+            ReasonCode::SUCCESS,
+            properties,
+            out,
+        );
+        self.client = Some(client);
+        self.session = Some(attached.session);
+        self.phase = Phase::Connected;
+        if attached.session_present {
+            self.resend_unacknowledged(out, now);
+        }
+        Flow::Continue
+    }
+
+    /// Answers CONNECT with an error and closes [MQTT-3.2.2-6].
+    fn refuse(&mut self, reason: ReasonCode, why: &'static str, out: &mut BytesMut) -> Flow {
+        tracing::info!(peer = ?self.info.peer, reason = reason.0, why, "connection refused");
+        self.send_connack(false, reason, ConnAckProperties::default(), out);
+        Flow::Close
+    }
+
+    fn send_connack(
+        &mut self,
+        session_present: bool,
+        reason_code: ReasonCode,
+        properties: ConnAckProperties,
+        out: &mut BytesMut,
+    ) {
+        self.send(
+            &Packet::ConnAck(ConnAck {
+                session_present,
+                reason_code,
+                properties,
+            }),
+            out,
+        );
+    }
+
+    /// 3.x has no server DISCONNECT: closing the connection is all it gets.
+    fn send_disconnect(&mut self, reason_code: ReasonCode, out: &mut BytesMut) {
+        if self.version.is_v5() && matches!(self.phase, Phase::Connected) {
+            self.send(
+                &Packet::Disconnect(Disconnect {
+                    reason_code,
+                    ..Default::default()
+                }),
+                out,
+            );
+        }
+    }
+
+    fn send(&self, packet: &Packet, out: &mut BytesMut) {
+        if let Err(error) = encode(packet, self.version, out) {
+            tracing::error!(packet = packet.name(), %error, "could not encode packet");
+        }
+    }
+
+    fn ack(
+        &self,
+        packet: fn(PubResponse) -> Packet,
+        packet_id: u16,
+        reason_code: ReasonCode,
+        out: &mut BytesMut,
+    ) {
+        self.send(
+            &packet(PubResponse {
+                packet_id,
+                reason_code,
+                properties: AckProperties::default(),
+            }),
+            out,
+        );
+    }
+
+    fn handle_publish(&mut self, mut publish: Publish, out: &mut BytesMut, now: Instant) -> Flow {
+        let broker = self.broker.clone();
+        let config = &broker.config;
+        if let Some(alias) = publish.properties.topic_alias.take() {
+            if alias == 0 || alias > config.max_topic_alias {
+                return self.disconnect_with(
+                    ReasonCode::TOPIC_ALIAS_INVALID,
+                    "[MQTT-3.3.2-9] topic alias out of range",
+                    out,
+                );
+            }
+            if publish.topic.is_empty() {
+                match self.inbound_aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => {
+                        return self.disconnect_with(
+                            ReasonCode::PROTOCOL_ERROR,
+                            "unknown topic alias",
+                            out,
+                        )
+                    }
+                }
+            } else {
+                self.inbound_aliases.insert(alias, publish.topic.clone());
+            }
+        }
+        if validate_topic_name(&publish.topic, config.max_topic_levels as usize).is_err() {
+            return self.disconnect_with(ReasonCode::TOPIC_NAME_INVALID, "invalid topic name", out);
+        }
+        if publish.qos.as_u8() > config.max_qos_allowed {
+            return self.disconnect_with(
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "[MQTT-3.2.2-11] QoS above the maximum",
+                out,
+            );
+        }
+        if publish.retain && !config.retain_available {
+            return self.disconnect_with(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "[MQTT-3.2.2-14] retain not available",
+                out,
+            );
+        }
+        let Some(session) = self.session.clone() else {
+            return Flow::Close;
+        };
+        let allowed = match &self.client {
+            Some(client) => self.broker.authorize(
+                client,
+                Action::Publish {
+                    qos: publish.qos.as_u8(),
+                    retain: publish.retain,
+                },
+                &publish.topic,
+            ),
+            None => false,
+        };
+        if !allowed {
+            tracing::info!(topic = %publish.topic, "publish not authorized");
+        }
+        let packet_id = publish.packet_id;
+        let qos = publish.qos;
+        match qos {
+            QoS::AtMostOnce => {
+                if allowed {
+                    self.route(publish, &session, now);
+                }
+            }
+            QoS::AtLeastOnce => {
+                let reason = if allowed {
+                    self.route_with_reason(publish, &session, now)
+                } else {
+                    ReasonCode::NOT_AUTHORIZED
+                };
+                self.ack(Packet::PubAck, packet_id, reason, out);
+            }
+            QoS::ExactlyOnce => {
+                let duplicate = {
+                    let mut state = session.state.lock();
+                    if state.awaiting_rel.contains_key(&packet_id) {
+                        true
+                    } else {
+                        let timeout = config.await_rel_timeout.get();
+                        state
+                            .awaiting_rel
+                            .retain(|_, since| now.saturating_duration_since(*since) < timeout);
+                        let limit = if self.version.is_v5() {
+                            config.receive_maximum as usize
+                        } else {
+                            config.max_awaiting_rel as usize
+                        };
+                        if state.awaiting_rel.len() >= limit {
+                            drop(state);
+                            return self.disconnect_with(
+                                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                                "[MQTT-3.3.4-9] more QoS 2 messages in flight than Receive Maximum",
+                                out,
+                            );
+                        }
+                        if allowed {
+                            state.awaiting_rel.insert(packet_id, now);
+                        }
+                        false
+                    }
+                };
+                // A resent PUBLISH of a message already accepted is acknowledged again but
+                // never routed twice [MQTT-4.3.3-10].
+                let reason = if duplicate {
+                    ReasonCode::SUCCESS
+                } else if allowed {
+                    self.route_with_reason(publish, &session, now)
+                } else {
+                    ReasonCode::NOT_AUTHORIZED
+                };
+                self.ack(Packet::PubRec, packet_id, reason, out);
+            }
+        }
+        Flow::Continue
+    }
+
+    fn route_with_reason(
+        &self,
+        publish: Publish,
+        session: &SessionCell,
+        now: Instant,
+    ) -> ReasonCode {
+        let reached = self.route(publish, session, now);
+        if reached == 0 && self.version.is_v5() {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        }
+    }
+
+    fn route(&self, publish: Publish, session: &SessionCell, now: Instant) -> usize {
+        let mut properties = publish.properties;
+        properties.subscription_identifiers.clear();
+        let message = Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            publisher: Some(session.id),
+            publisher_client_id: Some(session.key.client_id.clone()),
+            expires_at: None,
+        }
+        .with_expiry_from_properties(now);
+        self.broker.publish(Arc::new(message), now)
+    }
+
+    fn disconnect_with(
+        &mut self,
+        reason: ReasonCode,
+        rule: &'static str,
+        out: &mut BytesMut,
+    ) -> Flow {
+        tracing::warn!(peer = ?self.info.peer, reason = reason.0, rule, "closing connection");
+        self.send_disconnect(reason, out);
+        Flow::Close
+    }
+
+    fn handle_pubrec(&mut self, ack: PubResponse, out: &mut BytesMut) -> Flow {
+        let found = self
+            .with_session(|state| state.pubrec(ack.packet_id, ack.reason_code))
+            .unwrap_or(false);
+        if !ack.reason_code.is_error() {
+            let reason = if found {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+            };
+            self.ack(Packet::PubRel, ack.packet_id, reason, out);
+        }
+        Flow::Continue
+    }
+
+    fn handle_pubrel(&mut self, ack: PubResponse, out: &mut BytesMut) -> Flow {
+        let found = self
+            .with_session(|state| state.awaiting_rel.remove(&ack.packet_id).is_some())
+            .unwrap_or(false);
+        let reason = if found {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.ack(Packet::PubComp, ack.packet_id, reason, out);
+        Flow::Continue
+    }
+
+    fn handle_subscribe(&mut self, subscribe: Subscribe, out: &mut BytesMut, now: Instant) -> Flow {
+        if subscribe.subscription_identifier.is_some()
+            && !self.broker.config.subscription_identifiers
+        {
+            return self.disconnect_with(
+                ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                "subscription identifiers are not available",
+                out,
+            );
+        }
+        let (Some(session), Some(client)) = (self.session.clone(), self.client.as_ref()) else {
+            return Flow::Close;
+        };
+        let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
+        for (filter, options) in &subscribe.filters {
+            let shared = matches!(
+                parse_subscription(filter, 0),
+                Ok(SubscriptionFilter::Shared { .. })
+            );
+            if shared && options.no_local {
+                return self.disconnect_with(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "[MQTT-3.8.3-4] No Local on a shared subscription",
+                    out,
+                );
+            }
+            let code = match self.broker.subscribe(
+                &session,
+                client,
+                filter,
+                *options,
+                subscribe.subscription_identifier,
+                now,
+            ) {
+                Ok(granted) => ReasonCode(granted.qos.as_u8()),
+                Err(reason) => {
+                    tracing::info!(filter, reason = reason.0, "subscription refused");
+                    reason
+                }
+            };
+            reason_codes.push(code);
+        }
+        self.send(
+            &Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                properties: AckProperties::default(),
+                reason_codes,
+            }),
+            out,
+        );
+        Flow::Continue
+    }
+
+    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe, out: &mut BytesMut) -> Flow {
+        let Some(session) = self.session.clone() else {
+            return Flow::Close;
+        };
+        let reason_codes = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                if parse_subscription(filter, self.broker.config.max_topic_levels as usize).is_err()
+                {
+                    ReasonCode::TOPIC_FILTER_INVALID
+                } else if self.broker.unsubscribe(&session, filter) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.send(
+            &Packet::UnsubAck(UnsubAck {
+                packet_id: unsubscribe.packet_id,
+                properties: AckProperties::default(),
+                reason_codes,
+            }),
+            out,
+        );
+        Flow::Continue
+    }
+
+    fn handle_disconnect(&mut self, disconnect: Disconnect, out: &mut BytesMut) -> Flow {
+        if let (Some(expiry), Some(session)) = (
+            disconnect.properties.session_expiry_interval,
+            self.session.as_ref(),
+        ) {
+            if session.state.lock().expiry_interval == 0 && expiry != 0 {
+                return self.disconnect_with(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "[MQTT-3.14.2-2] session expiry set on DISCONNECT after 0 in CONNECT",
+                    out,
+                );
+            }
+            self.broker.set_expiry_interval(session, expiry);
+        }
+        self.will_disposition = if disconnect.reason_code == ReasonCode::DISCONNECT_WITH_WILL {
+            WillDisposition::Publish
+        } else {
+            WillDisposition::Discard
+        };
+        tracing::info!(reason = disconnect.reason_code.0, "client disconnected");
+        self.close()
+    }
+
+    /// On resume, unacknowledged messages go out again first, in their original order,
+    /// PUBLISH with DUP set or PUBREL [MQTT-4.4.0-1].
+    fn resend_unacknowledged(&mut self, out: &mut BytesMut, now: Instant) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let pending: Vec<Outgoing> = session.state.lock().outgoing().cloned().collect();
+        for outgoing in pending {
+            match outgoing.state {
+                OutgoingState::AwaitPubAck | OutgoingState::AwaitPubRec => {
+                    self.write_publish(&outgoing.delivery, outgoing.packet_id, true, out, now);
+                }
+                OutgoingState::AwaitPubComp => {
+                    self.ack(Packet::PubRel, outgoing.packet_id, ReasonCode::SUCCESS, out);
+                }
+            }
+        }
+    }
+
+    /// Moves queued deliveries into `out` while the send window and the output allow.
+    fn drain(&mut self, out: &mut BytesMut, now: Instant) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        self.drain_blocked = false;
+        let mut state = session.state.lock();
+        loop {
+            if out.len() >= OUTPUT_HIGH_WATER {
+                self.drain_blocked = state.has_queued();
+                break;
+            }
+            let Some(delivery) = state.pop_queued(now) else {
+                break;
+            };
+            if delivery.qos == QoS::AtMostOnce {
+                self.write_publish(&delivery, 0, false, out, now);
+                continue;
+            }
+            if state.outgoing_len() >= self.send_window {
+                state.unpop_queued(delivery);
+                break;
+            }
+            let packet_id = state.allocate_packet_id();
+            if self.write_publish(&delivery, packet_id, false, out, now) {
+                let awaiting = if delivery.qos == QoS::AtLeastOnce {
+                    OutgoingState::AwaitPubAck
+                } else {
+                    OutgoingState::AwaitPubRec
+                };
+                state.push_outgoing(Outgoing {
+                    packet_id,
+                    delivery,
+                    state: awaiting,
+                });
+            }
+        }
+    }
+
+    /// Encodes one delivery; returns false if it was dropped for exceeding the client's
+    /// Maximum Packet Size, which counts as delivered [MQTT-3.1.2-25].
+    fn write_publish(
+        &mut self,
+        delivery: &Delivery,
+        packet_id: u16,
+        dup: bool,
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> bool {
+        let message = &delivery.message;
+        let mut publish = Publish {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: message.topic.clone(),
+            packet_id,
+            payload: message.payload.clone(),
+            properties: Default::default(),
+        };
+        let mut new_alias = None;
+        if self.version.is_v5() {
+            publish.properties = message.properties.clone();
+            publish.properties.message_expiry_interval = message.remaining_expiry(now);
+            publish.properties.subscription_identifiers = delivery.subscription_ids.to_vec();
+            if self.client_topic_alias_max > 0 {
+                match self.outbound_aliases.get(&message.topic) {
+                    Some(&alias) => {
+                        publish.properties.topic_alias = Some(alias);
+                        publish.topic = ByteString::new();
+                    }
+                    None if self.outbound_aliases.len()
+                        < usize::from(self.client_topic_alias_max) =>
+                    {
+                        let alias = (self.outbound_aliases.len() + 1) as u16;
+                        publish.properties.topic_alias = Some(alias);
+                        new_alias = Some(alias);
+                    }
+                    None => {}
+                }
+            }
+        }
+        let packet = Packet::Publish(publish);
+        match encoded_len(&packet, self.version) {
+            Ok(len) if len as u64 > u64::from(self.client_max_packet_size) => {
+                tracing::debug!(
+                    len,
+                    max = self.client_max_packet_size,
+                    "delivery exceeds the client's maximum packet size; dropped"
+                );
+                return false;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, "could not size a delivery");
+                return false;
+            }
+        }
+        if let Some(alias) = new_alias {
+            self.outbound_aliases.insert(message.topic.clone(), alias);
+        }
+        let before = out.len();
+        self.send(&packet, out);
+        if out.len() > before {
+            Stats::add(&self.broker.stats.messages_sent, 1);
+        }
+        true
+    }
+}
+
+fn generate_client_id() -> String {
+    use rand::Rng;
+    let suffix: u64 = rand::thread_rng().gen();
+    format!("auto-{suffix:016x}")
+}

@@ -1,0 +1,555 @@
+//! The unified session model: what a client's session holds between and across its
+//! connections, whatever protocol the client speaks.
+//!
+//! Everything here is plain data behind one per-session mutex (`SessionCell`), so the router
+//! can push into many sessions without any global write lock, and a connection drains its
+//! own session at its own pace.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use parking_lot::Mutex;
+
+use crate::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
+use crate::message::{Delivery, SessionId};
+
+/// Wakes the connection task that drains a session; implemented by the runtime.
+pub trait Wakeup: Send + Sync {
+    fn wake(&self);
+}
+
+/// The broker's handle on one live connection: how it is woken and how it is told to go.
+pub struct ConnControl {
+    pub conn_id: u64,
+    closing: AtomicU8,
+    wakeup: Arc<dyn Wakeup>,
+}
+
+impl ConnControl {
+    pub fn new(conn_id: u64, wakeup: Arc<dyn Wakeup>) -> Arc<ConnControl> {
+        Arc::new(ConnControl {
+            conn_id,
+            closing: AtomicU8::new(0),
+            wakeup,
+        })
+    }
+
+    pub fn wake(&self) {
+        self.wakeup.wake();
+    }
+
+    /// Asks the connection to close with `reason` (e.g. 0x8E when taken over).
+    pub fn close(&self, reason: ReasonCode) {
+        // 0 means "not asked"; a success code is never a reason to be closed by the broker.
+        let code = if reason.0 == 0 {
+            ReasonCode::UNSPECIFIED_ERROR.0
+        } else {
+            reason.0
+        };
+        self.closing.store(code, Ordering::Release);
+        self.wakeup.wake();
+    }
+
+    pub fn close_requested(&self) -> Option<ReasonCode> {
+        match self.closing.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(ReasonCode(code)),
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnControl")
+            .field("conn_id", &self.conn_id)
+            .finish()
+    }
+}
+
+/// Sessions are named per protocol namespace, so an MQTT-SN "dev1" and an MQTT "dev1" are
+/// different sessions unless a listener chooses to share the MQTT namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub namespace: &'static str,
+    pub client_id: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+/// A will message as given at connect time; turned into a `Message` when it is published,
+/// so its expiry counts from then.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: PublishProperties,
+    pub delay_interval: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutgoingState {
+    AwaitPubAck,
+    AwaitPubRec,
+    AwaitPubComp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub state: OutgoingState,
+}
+
+/// Limits applied to one session's queue and windows.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// 0 = unlimited.
+    pub max_queued_messages: usize,
+    /// 0 = unlimited.
+    pub max_queued_bytes: usize,
+    pub queue_qos0_offline: bool,
+    pub max_awaiting_rel: usize,
+    /// 0 = unlimited.
+    pub max_subscriptions: usize,
+}
+
+/// What happened to a delivery offered to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Queued after evicting an older QoS 0 message to make room.
+    QueuedEvictingQos0,
+    /// Dropped by policy (QoS 0 over the limit, or QoS 0 for an offline session).
+    DroppedQos0,
+    /// Dropped because the queue is full of QoS 1/2 messages; counted and logged.
+    DroppedQueueFull,
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    pub subscriptions: HashMap<String, Subscription>,
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    /// In the order the messages were first sent, which is the order they are resent in.
+    outgoing: VecDeque<Outgoing>,
+    next_packet_id: u16,
+    /// Inbound QoS 2 packet ids received but not yet released, with when they arrived.
+    pub awaiting_rel: HashMap<u16, Instant>,
+    pub connection: Option<Arc<ConnControl>>,
+    /// Seconds the session lives after its connection closes; `u32::MAX` = forever.
+    pub expiry_interval: u32,
+    pub will: Option<Will>,
+    /// When a disconnected session ends, if it does.
+    pub expires_at: Option<Instant>,
+    /// When a delayed will is due.
+    pub will_at: Option<Instant>,
+    pub dropped_qos0: u64,
+    pub dropped_full: u64,
+    /// Set once the session has ended, so late pushes from the router are refused.
+    pub ended: bool,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        SessionState {
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            outgoing: VecDeque::new(),
+            next_packet_id: 1,
+            awaiting_rel: HashMap::new(),
+            connection: None,
+            expiry_interval: 0,
+            will: None,
+            expires_at: None,
+            will_at: None,
+            dropped_qos0: 0,
+            dropped_full: 0,
+            ended: false,
+        }
+    }
+}
+
+impl SessionState {
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    pub fn outgoing_len(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connection.is_some()
+    }
+
+    /// Queues a delivery under the session's limits. QoS 0 is the first to go when full;
+    /// a QoS 1/2 message is only refused when nothing of QoS 0 is left to make room.
+    pub fn enqueue(&mut self, delivery: Delivery, limits: &SessionLimits) -> Enqueued {
+        if delivery.qos == QoS::AtMostOnce
+            && self.connection.is_none()
+            && !limits.queue_qos0_offline
+        {
+            self.dropped_qos0 += 1;
+            return Enqueued::DroppedQos0;
+        }
+        let weight = delivery.message.weight();
+        let mut evicted = false;
+        while self.is_full(weight, limits) {
+            if delivery.qos == QoS::AtMostOnce {
+                self.dropped_qos0 += 1;
+                return Enqueued::DroppedQos0;
+            }
+            match self
+                .queue
+                .iter()
+                .position(|queued| queued.qos == QoS::AtMostOnce)
+            {
+                Some(index) => {
+                    if let Some(evicted) = self.queue.remove(index) {
+                        self.queued_bytes -= evicted.message.weight();
+                        self.dropped_qos0 += 1;
+                    }
+                    evicted = true;
+                }
+                None => {
+                    self.dropped_full += 1;
+                    return Enqueued::DroppedQueueFull;
+                }
+            }
+        }
+        self.queued_bytes += weight;
+        self.queue.push_back(delivery);
+        if evicted {
+            Enqueued::QueuedEvictingQos0
+        } else {
+            Enqueued::Queued
+        }
+    }
+
+    fn is_full(&self, weight: usize, limits: &SessionLimits) -> bool {
+        (limits.max_queued_messages > 0 && self.queue.len() >= limits.max_queued_messages)
+            || (limits.max_queued_bytes > 0
+                && !self.queue.is_empty()
+                && self.queued_bytes + weight > limits.max_queued_bytes)
+    }
+
+    /// The next queued delivery that has not expired.
+    pub fn pop_queued(&mut self, now: Instant) -> Option<Delivery> {
+        while let Some(delivery) = self.queue.pop_front() {
+            self.queued_bytes -= delivery.message.weight();
+            if !delivery.message.is_expired(now) {
+                return Some(delivery);
+            }
+        }
+        None
+    }
+
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Puts back a delivery taken with `pop_queued` that could not be sent yet.
+    pub fn unpop_queued(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.message.weight();
+        self.queue.push_front(delivery);
+    }
+
+    /// A packet identifier not used by any unacknowledged outgoing message [MQTT-2.2.1-3].
+    /// The caller keeps the window below 65535, so one is always free.
+    pub fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.outgoing.iter().any(|out| out.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    pub fn push_outgoing(&mut self, outgoing: Outgoing) {
+        self.outgoing.push_back(outgoing);
+    }
+
+    /// Acknowledges an outgoing message in `expected` state; returns whether one was found.
+    fn take_outgoing(&mut self, packet_id: u16, expected: OutgoingState) -> Option<Outgoing> {
+        let index = self
+            .outgoing
+            .iter()
+            .position(|out| out.packet_id == packet_id && out.state == expected)?;
+        self.outgoing.remove(index)
+    }
+
+    pub fn puback(&mut self, packet_id: u16) -> bool {
+        self.take_outgoing(packet_id, OutgoingState::AwaitPubAck)
+            .is_some()
+    }
+
+    /// PUBREC moves the message to awaiting PUBCOMP; a PUBREC with an error code ends it.
+    pub fn pubrec(&mut self, packet_id: u16, reason: ReasonCode) -> bool {
+        let Some(out) = self
+            .outgoing
+            .iter_mut()
+            .find(|out| out.packet_id == packet_id && out.state != OutgoingState::AwaitPubAck)
+        else {
+            return false;
+        };
+        if reason.is_error() {
+            self.take_outgoing(packet_id, OutgoingState::AwaitPubRec);
+        } else {
+            out.state = OutgoingState::AwaitPubComp;
+        }
+        true
+    }
+
+    pub fn pubcomp(&mut self, packet_id: u16) -> bool {
+        self.take_outgoing(packet_id, OutgoingState::AwaitPubComp)
+            .is_some()
+    }
+
+    /// Unacknowledged outgoing messages in first-sent order, for resending on resume.
+    pub fn outgoing(&self) -> impl Iterator<Item = &Outgoing> {
+        self.outgoing.iter()
+    }
+
+    /// Drops outgoing messages that cannot be resent (used when a session is taken over by a
+    /// client that cannot accept them); returns how many.
+    pub fn clear_outgoing(&mut self) -> usize {
+        let count = self.outgoing.len();
+        self.outgoing.clear();
+        count
+    }
+}
+
+/// A session and its lock. Cells are shared by the registry, the router and the connection.
+#[derive(Debug)]
+pub struct SessionCell {
+    pub id: SessionId,
+    pub key: SessionKey,
+    pub state: Mutex<SessionState>,
+    /// Mirrors `state.connection.is_some()` so shared-subscription choice needs no lock.
+    connected: AtomicBool,
+}
+
+impl SessionCell {
+    pub fn new(id: SessionId, key: SessionKey) -> Arc<SessionCell> {
+        Arc::new(SessionCell {
+            id,
+            key,
+            state: Mutex::new(SessionState::default()),
+            connected: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Attaches or detaches the connection; the caller holds `state`'s lock.
+    pub fn set_connection(
+        &self,
+        state: &mut SessionState,
+        connection: Option<Arc<ConnControl>>,
+    ) -> Option<Arc<ConnControl>> {
+        self.connected
+            .store(connection.is_some(), Ordering::Relaxed);
+        std::mem::replace(&mut state.connection, connection)
+    }
+
+    /// Offers a delivery and wakes the connection if one is attached.
+    pub fn deliver(&self, delivery: Delivery, limits: &SessionLimits) -> Enqueued {
+        let (outcome, connection) = {
+            let mut state = self.state.lock();
+            if state.ended {
+                return Enqueued::DroppedQos0;
+            }
+            let outcome = state.enqueue(delivery, limits);
+            (outcome, state.connection.clone())
+        };
+        if matches!(outcome, Enqueued::Queued | Enqueued::QueuedEvictingQos0) {
+            if let Some(connection) = connection {
+                connection.wake();
+            }
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn delivery(qos: QoS, payload: &'static [u8], now: Instant) -> Delivery {
+        Delivery {
+            message: Arc::new(Message::new(
+                ByteString::from_static("t"),
+                Bytes::from_static(payload),
+                qos,
+                false,
+                now,
+            )),
+            qos,
+            retain: false,
+            subscription_ids: Default::default(),
+        }
+    }
+
+    fn limits(messages: usize, bytes: usize) -> SessionLimits {
+        SessionLimits {
+            max_queued_messages: messages,
+            max_queued_bytes: bytes,
+            queue_qos0_offline: true,
+            max_awaiting_rel: 10,
+            max_subscriptions: 0,
+        }
+    }
+
+    #[test]
+    fn full_queue_evicts_qos0_before_refusing_qos1() {
+        let now = Instant::now();
+        let mut state = SessionState::default();
+        let limits = limits(2, 0);
+        assert_eq!(
+            state.enqueue(delivery(QoS::AtMostOnce, b"a", now), &limits),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            state.enqueue(delivery(QoS::AtLeastOnce, b"b", now), &limits),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            state.enqueue(delivery(QoS::AtMostOnce, b"c", now), &limits),
+            Enqueued::DroppedQos0
+        );
+        assert_eq!(
+            state.enqueue(delivery(QoS::ExactlyOnce, b"d", now), &limits),
+            Enqueued::QueuedEvictingQos0
+        );
+        assert_eq!(
+            state.enqueue(delivery(QoS::AtLeastOnce, b"e", now), &limits),
+            Enqueued::DroppedQueueFull
+        );
+        let payloads: Vec<_> = std::iter::from_fn(|| state.pop_queued(now))
+            .map(|d| d.message.payload.clone())
+            .collect();
+        assert_eq!(
+            payloads,
+            vec![Bytes::from_static(b"b"), Bytes::from_static(b"d")]
+        );
+        assert_eq!(state.dropped_qos0, 2);
+        assert_eq!(state.dropped_full, 1);
+        assert_eq!(state.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn byte_limit_counts_payload_and_topic() {
+        let now = Instant::now();
+        let mut state = SessionState::default();
+        let limits = limits(0, 10);
+        assert_eq!(
+            state.enqueue(delivery(QoS::AtLeastOnce, b"12345678", now), &limits),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            state.enqueue(delivery(QoS::AtLeastOnce, b"12", now), &limits),
+            Enqueued::DroppedQueueFull
+        );
+        assert_eq!(state.queued_bytes(), 9);
+    }
+
+    #[test]
+    fn offline_session_drops_qos0_when_configured() {
+        let now = Instant::now();
+        let mut state = SessionState::default();
+        let mut limits = limits(0, 0);
+        limits.queue_qos0_offline = false;
+        assert_eq!(
+            state.enqueue(delivery(QoS::AtMostOnce, b"a", now), &limits),
+            Enqueued::DroppedQos0
+        );
+        assert_eq!(
+            state.enqueue(delivery(QoS::AtLeastOnce, b"a", now), &limits),
+            Enqueued::Queued
+        );
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap_past_zero() {
+        let now = Instant::now();
+        let mut state = SessionState {
+            next_packet_id: 65535,
+            ..Default::default()
+        };
+        let first = state.allocate_packet_id();
+        assert_eq!(first, 65535);
+        state.push_outgoing(Outgoing {
+            packet_id: 1,
+            delivery: delivery(QoS::AtLeastOnce, b"", now),
+            state: OutgoingState::AwaitPubAck,
+        });
+        assert_eq!(state.allocate_packet_id(), 2);
+    }
+
+    #[test]
+    fn qos2_outgoing_walks_rec_then_comp() {
+        let now = Instant::now();
+        let mut state = SessionState::default();
+        let id = state.allocate_packet_id();
+        state.push_outgoing(Outgoing {
+            packet_id: id,
+            delivery: delivery(QoS::ExactlyOnce, b"", now),
+            state: OutgoingState::AwaitPubRec,
+        });
+        assert!(!state.puback(id));
+        assert!(!state.pubcomp(id));
+        assert!(state.pubrec(id, ReasonCode::SUCCESS));
+        assert!(state.pubcomp(id));
+        assert_eq!(state.outgoing_len(), 0);
+    }
+
+    #[test]
+    fn expired_messages_are_skipped_when_popped() {
+        let now = Instant::now();
+        let mut state = SessionState::default();
+        let mut message = Message::new(
+            ByteString::from_static("t"),
+            Bytes::new(),
+            QoS::AtLeastOnce,
+            false,
+            now,
+        );
+        message.properties.message_expiry_interval = Some(1);
+        let message = message.with_expiry_from_properties(now);
+        let limits = limits(0, 0);
+        state.enqueue(
+            Delivery {
+                message: Arc::new(message),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: Default::default(),
+            },
+            &limits,
+        );
+        state.enqueue(delivery(QoS::AtLeastOnce, b"kept", now), &limits);
+        let later = now + std::time::Duration::from_secs(2);
+        assert_eq!(
+            state.pop_queued(later).map(|d| d.message.payload.clone()),
+            Some(Bytes::from_static(b"kept"))
+        );
+    }
+}

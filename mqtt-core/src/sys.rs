@@ -1,0 +1,66 @@
+//! `$SYS` topics, named as Mosquitto names them so existing dashboards keep working.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use crate::broker::Broker;
+use crate::codec::QoS;
+use crate::message::Message;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Publishes the broker's current figures as retained `$SYS` messages.
+pub fn publish_sys(broker: &Broker, now: Instant) {
+    let stats = &broker.stats;
+    let uptime = now.saturating_duration_since(broker.started_at).as_secs();
+    let figures: [(&'static str, String); 10] = [
+        ("$SYS/broker/version", format!("gateway version {VERSION}")),
+        ("$SYS/broker/uptime", format!("{uptime} seconds")),
+        (
+            "$SYS/broker/clients/connected",
+            stats.connections.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "$SYS/broker/clients/total",
+            broker.session_count().to_string(),
+        ),
+        (
+            "$SYS/broker/messages/received",
+            stats.messages_received.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "$SYS/broker/messages/sent",
+            stats.messages_sent.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "$SYS/broker/bytes/received",
+            stats.bytes_received.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "$SYS/broker/bytes/sent",
+            stats.bytes_sent.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "$SYS/broker/subscriptions/count",
+            broker.subscription_count().to_string(),
+        ),
+        (
+            "$SYS/broker/retained messages/count",
+            broker.retained_count().to_string(),
+        ),
+    ];
+    for (topic, value) in figures {
+        let message = Message::new(
+            ByteString::from_static(topic),
+            Bytes::from(value),
+            QoS::AtMostOnce,
+            true,
+            now,
+        );
+        broker.dispatch(Arc::new(message), now);
+    }
+}

@@ -1,0 +1,964 @@
+//! The MQTT channel and the broker driven packet by packet on a virtual clock: no socket,
+//! no sleeping. Each test names the behaviour it proves.
+
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use mqtt_core::auth::Auth;
+use mqtt_core::broker::Broker;
+use mqtt_core::codec::*;
+use mqtt_core::protocol::{ConnectionInfo, Flow, MqttChannel};
+use mqtt_core::session::{SessionKey, Wakeup};
+
+#[derive(Default)]
+struct CountingWakeup(AtomicUsize);
+
+impl Wakeup for CountingWakeup {
+    fn wake(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn broker_with(edit: impl FnOnce(&mut gateway_config::Config), now: Instant) -> Arc<Broker> {
+    let mut config = gateway_config::Config::from_toml_str("").expect("defaults");
+    edit(&mut config);
+    Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth::allow_all(),
+        now,
+    ))
+}
+
+fn broker(now: Instant) -> Arc<Broker> {
+    broker_with(|_| {}, now)
+}
+
+struct Client {
+    channel: MqttChannel,
+    version: ProtocolVersion,
+    decoder: Decoder,
+    out: BytesMut,
+    wakeup: Arc<CountingWakeup>,
+    closed: bool,
+    /// Packets that arrived behind the one a helper waited for (CONNACK, SUBACK).
+    pending: Vec<Packet>,
+}
+
+impl Client {
+    fn new(broker: &Arc<Broker>, version: ProtocolVersion, now: Instant) -> Client {
+        let wakeup = Arc::new(CountingWakeup::default());
+        let info = ConnectionInfo {
+            listener: Arc::from("tcp:test"),
+            peer: None,
+            handshake_timeout: Duration::from_secs(10),
+        };
+        Client {
+            channel: MqttChannel::new(broker.clone(), info, wakeup.clone(), now),
+            version,
+            decoder: Decoder::with_version(version, u32::MAX),
+            out: BytesMut::new(),
+            wakeup,
+            closed: false,
+            pending: Vec::new(),
+        }
+    }
+
+    fn connect_with(broker: &Arc<Broker>, connect: Connect, now: Instant) -> (Client, ConnAck) {
+        let mut client = Client::new(broker, connect.protocol, now);
+        client.send(Packet::Connect(Box::new(connect)), now);
+        match client.take_first() {
+            Some(Packet::ConnAck(connack)) => (client, connack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    fn connect(broker: &Arc<Broker>, client_id: &str, now: Instant) -> Client {
+        Client::connect_with(broker, connect_v5(client_id), now).0
+    }
+
+    fn send(&mut self, packet: Packet, now: Instant) -> Flow {
+        let mut bytes = BytesMut::new();
+        encode(&packet, self.version, &mut bytes).expect("encode");
+        let flow = self.channel.handle_input(&mut bytes, &mut self.out, now);
+        assert!(bytes.is_empty(), "the channel must consume whole packets");
+        if flow == Flow::Close {
+            self.close(now);
+        }
+        flow
+    }
+
+    /// What a driver does when the session says it has news.
+    fn wake(&mut self, now: Instant) -> Flow {
+        let flow = self.channel.handle_wakeup(&mut self.out, now);
+        if flow == Flow::Close {
+            self.close(now);
+        }
+        flow
+    }
+
+    fn tick(&mut self, now: Instant) -> Flow {
+        let flow = self.channel.handle_timeout(&mut self.out, now);
+        if flow == Flow::Close {
+            self.close(now);
+        }
+        flow
+    }
+
+    /// The transport drops without DISCONNECT.
+    fn close(&mut self, now: Instant) {
+        if !self.closed {
+            self.closed = true;
+            self.channel.handle_closed(now);
+        }
+    }
+
+    /// The first packet received; the rest wait in `pending`.
+    fn take_first(&mut self) -> Option<Packet> {
+        let mut packets = self.receive().into_iter();
+        let first = packets.next();
+        self.pending.extend(packets);
+        first
+    }
+
+    fn receive(&mut self) -> Vec<Packet> {
+        let mut packets = std::mem::take(&mut self.pending);
+        while let Some(packet) = self
+            .decoder
+            .decode(&mut self.out)
+            .expect("server output decodes")
+        {
+            packets.push(packet);
+        }
+        packets
+    }
+
+    fn publishes(&mut self, now: Instant) -> Vec<Publish> {
+        self.wake(now);
+        self.receive()
+            .into_iter()
+            .filter_map(|packet| match packet {
+                Packet::Publish(publish) => Some(publish),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: QoS, now: Instant) -> Vec<ReasonCode> {
+        self.subscribe_with(
+            filter,
+            SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+            None,
+            now,
+        )
+    }
+
+    fn subscribe_with(
+        &mut self,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+        now: Instant,
+    ) -> Vec<ReasonCode> {
+        self.send(
+            Packet::Subscribe(Subscribe {
+                packet_id: 1,
+                subscription_identifier: id,
+                user_properties: vec![],
+                filters: vec![(filter.to_owned(), options)],
+            }),
+            now,
+        );
+        match self.take_first() {
+            Some(Packet::SubAck(suback)) => suback.reason_codes,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    fn publish(
+        &mut self,
+        topic: &str,
+        payload: &'static [u8],
+        qos: QoS,
+        packet_id: u16,
+        now: Instant,
+    ) -> Vec<Packet> {
+        self.send(
+            Packet::Publish(publish(topic, payload, qos, packet_id)),
+            now,
+        );
+        self.receive()
+    }
+}
+
+fn connect_v5(client_id: &str) -> Connect {
+    Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 0,
+        client_id: client_id.to_owned(),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    }
+}
+
+fn persistent_v5(client_id: &str, expiry: u32) -> Connect {
+    Connect {
+        clean_start: false,
+        properties: ConnectProperties {
+            session_expiry_interval: Some(expiry),
+            ..Default::default()
+        },
+        ..connect_v5(client_id)
+    }
+}
+
+fn publish(topic: &str, payload: &'static [u8], qos: QoS, packet_id: u16) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: ByteString::from(topic),
+        packet_id,
+        payload: Bytes::from_static(payload),
+        properties: PublishProperties::default(),
+    }
+}
+
+fn will(topic: &str, delay: Option<u32>) -> LastWill {
+    LastWill {
+        topic: ByteString::from(topic),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: WillProperties {
+            will_delay_interval: delay,
+            ..Default::default()
+        },
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[test]
+fn keep_alive_expiry_closes_with_0x8d_and_publishes_the_will() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut watcher = Client::connect(&broker, "watcher", t0);
+    watcher.subscribe("wills/#", QoS::AtLeastOnce, t0);
+    let connect = Connect {
+        keep_alive: 10,
+        will: Some(will("wills/dev", None)),
+        ..connect_v5("dev")
+    };
+    let (mut device, _) = Client::connect_with(&broker, connect, t0);
+    assert_eq!(
+        device.channel.next_deadline(),
+        Some(t0 + secs(15)),
+        "keep-alive times 1.5"
+    );
+    assert_eq!(device.tick(t0 + secs(14)), Flow::Continue);
+    assert!(watcher.publishes(t0 + secs(14)).is_empty());
+    assert_eq!(device.tick(t0 + secs(15)), Flow::Close);
+    assert!(
+        matches!(device.receive().as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode::KEEP_ALIVE_TIMEOUT)
+    );
+    let wills = watcher.publishes(t0 + secs(15));
+    assert_eq!(wills.len(), 1);
+    assert_eq!(&*wills[0].topic, "wills/dev");
+}
+
+#[test]
+fn any_packet_resets_the_keep_alive_timer() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let connect = Connect {
+        keep_alive: 10,
+        ..connect_v5("dev")
+    };
+    let (mut device, _) = Client::connect_with(&broker, connect, t0);
+    device.send(Packet::PingReq, t0 + secs(12));
+    assert!(matches!(device.receive().as_slice(), [Packet::PingResp]));
+    assert_eq!(device.tick(t0 + secs(20)), Flow::Continue);
+    assert_eq!(device.tick(t0 + secs(27)), Flow::Close);
+}
+
+#[test]
+fn handshake_timeout_closes_a_silent_connection() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut silent = Client::new(&broker, ProtocolVersion::V5, t0);
+    assert_eq!(silent.tick(t0 + secs(9)), Flow::Continue);
+    assert_eq!(silent.tick(t0 + secs(10)), Flow::Close);
+}
+
+#[test]
+fn session_survives_until_its_expiry_and_no_longer() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let (mut sub, connack) = Client::connect_with(&broker, persistent_v5("sub", 60), t0);
+    assert!(!connack.session_present);
+    sub.subscribe("t", QoS::AtLeastOnce, t0);
+    sub.send(Packet::Disconnect(Disconnect::default()), t0);
+
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    publisher.publish("t", b"queued", QoS::AtLeastOnce, 1, t0);
+
+    broker.handle_timeouts(t0 + secs(59));
+    let (mut sub, connack) = Client::connect_with(&broker, persistent_v5("sub", 60), t0 + secs(59));
+    assert!(connack.session_present);
+    let got = sub.publishes(t0 + secs(59));
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"queued");
+
+    sub.send(Packet::Disconnect(Disconnect::default()), t0 + secs(60));
+    broker.handle_timeouts(t0 + secs(119));
+    assert!(broker.session(&key("sub")).is_some());
+    broker.handle_timeouts(t0 + secs(120));
+    assert!(
+        broker.session(&key("sub")).is_none(),
+        "expired session is removed"
+    );
+    assert_eq!(
+        broker.subscription_count(),
+        0,
+        "and its subscriptions with it"
+    );
+    let (_, connack) = Client::connect_with(&broker, persistent_v5("sub", 60), t0 + secs(121));
+    assert!(!connack.session_present);
+}
+
+fn key(client_id: &str) -> SessionKey {
+    SessionKey {
+        namespace: "mqtt",
+        client_id: Arc::from(client_id),
+    }
+}
+
+#[test]
+fn session_expiry_zero_ends_the_session_at_disconnect() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut sub = Client::connect(&broker, "sub", t0);
+    sub.subscribe("t", QoS::AtLeastOnce, t0);
+    sub.close(t0);
+    assert!(broker.session(&key("sub")).is_none());
+    assert_eq!(broker.subscription_count(), 0);
+}
+
+#[test]
+fn will_delay_holds_the_will_and_a_reconnect_cancels_it() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut watcher = Client::connect(&broker, "watcher", t0);
+    watcher.subscribe("wills/#", QoS::AtLeastOnce, t0);
+
+    let with_will = |id: &str| Connect {
+        will: Some(will(&format!("wills/{id}"), Some(30))),
+        ..persistent_v5(id, 300)
+    };
+    let (mut late, _) = Client::connect_with(&broker, with_will("late"), t0);
+    late.close(t0);
+    broker.handle_timeouts(t0 + secs(29));
+    assert!(
+        watcher.publishes(t0 + secs(29)).is_empty(),
+        "not before the delay"
+    );
+    broker.handle_timeouts(t0 + secs(30));
+    let wills = watcher.publishes(t0 + secs(30));
+    assert_eq!(
+        wills
+            .iter()
+            .map(|p| p.topic.to_string())
+            .collect::<Vec<_>>(),
+        vec!["wills/late"]
+    );
+
+    let (mut back, _) = Client::connect_with(&broker, with_will("back"), t0);
+    back.close(t0);
+    let (_back_again, connack) = Client::connect_with(&broker, with_will("back"), t0 + secs(10));
+    assert!(connack.session_present);
+    broker.handle_timeouts(t0 + secs(60));
+    assert!(
+        watcher.publishes(t0 + secs(60)).is_empty(),
+        "reconnect within the delay cancels the will"
+    );
+}
+
+#[test]
+fn will_is_published_when_the_session_ends_before_the_delay() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut watcher = Client::connect(&broker, "watcher", t0);
+    watcher.subscribe("wills/#", QoS::AtLeastOnce, t0);
+    let connect = Connect {
+        will: Some(will("wills/dev", Some(100))),
+        ..persistent_v5("dev", 10)
+    };
+    let (mut device, _) = Client::connect_with(&broker, connect, t0);
+    device.close(t0);
+    broker.handle_timeouts(t0 + secs(10));
+    assert_eq!(watcher.publishes(t0 + secs(10)).len(), 1);
+}
+
+#[test]
+fn normal_disconnect_discards_the_will_and_0x04_publishes_it() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut watcher = Client::connect(&broker, "watcher", t0);
+    watcher.subscribe("wills/#", QoS::AtLeastOnce, t0);
+    let (mut polite, _) = Client::connect_with(
+        &broker,
+        Connect {
+            will: Some(will("wills/a", None)),
+            ..connect_v5("a")
+        },
+        t0,
+    );
+    polite.send(Packet::Disconnect(Disconnect::default()), t0);
+    assert!(watcher.publishes(t0).is_empty());
+    let (mut explicit, _) = Client::connect_with(
+        &broker,
+        Connect {
+            will: Some(will("wills/b", None)),
+            ..connect_v5("b")
+        },
+        t0,
+    );
+    explicit.send(
+        Packet::Disconnect(Disconnect {
+            reason_code: ReasonCode::DISCONNECT_WITH_WILL,
+            ..Default::default()
+        }),
+        t0,
+    );
+    assert_eq!(watcher.publishes(t0).len(), 1);
+}
+
+#[test]
+fn message_expiry_forwards_the_remaining_time_and_drops_expired_messages() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let (mut sub, _) = Client::connect_with(&broker, persistent_v5("sub", 600), t0);
+    sub.subscribe("t", QoS::AtLeastOnce, t0);
+    sub.close(t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    for (payload, expiry) in [(&b"short"[..], 10u32), (&b"long"[..], 100)] {
+        let mut message = publish("t", b"", QoS::AtLeastOnce, 1);
+        message.payload = Bytes::copy_from_slice(payload);
+        message.properties.message_expiry_interval = Some(expiry);
+        publisher.send(Packet::Publish(message), t0);
+    }
+    let (mut sub, _) = Client::connect_with(&broker, persistent_v5("sub", 600), t0 + secs(40));
+    let got = sub.publishes(t0 + secs(40));
+    assert_eq!(got.len(), 1, "the 10 s message expired while queued");
+    assert_eq!(&got[0].payload[..], b"long");
+    assert_eq!(got[0].properties.message_expiry_interval, Some(60));
+}
+
+#[test]
+fn qos2_delivery_resumes_after_reconnect_with_dup_then_pubrel() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let (mut sub, _) = Client::connect_with(&broker, persistent_v5("sub", 600), t0);
+    sub.subscribe("t", QoS::ExactlyOnce, t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    publisher.publish("t", b"once", QoS::ExactlyOnce, 9, t0);
+    let first = sub.publishes(t0);
+    assert_eq!(first.len(), 1);
+    let packet_id = first[0].packet_id;
+    assert!(!first[0].dup);
+    sub.close(t0);
+
+    // Reconnect before PUBREC: the PUBLISH comes again, DUP set, same packet id.
+    let (mut sub, connack) = Client::connect_with(&broker, persistent_v5("sub", 600), t0 + secs(1));
+    assert!(connack.session_present);
+    let again = sub.publishes(t0 + secs(1));
+    assert_eq!(again.len(), 1);
+    assert!(again[0].dup);
+    assert_eq!(again[0].packet_id, packet_id);
+    sub.send(
+        Packet::PubRec(PubResponse {
+            packet_id,
+            ..Default::default()
+        }),
+        t0 + secs(1),
+    );
+    assert!(
+        matches!(sub.receive().as_slice(), [Packet::PubRel(rel)] if rel.packet_id == packet_id)
+    );
+    sub.close(t0 + secs(1));
+
+    // Reconnect after PUBREC: only PUBREL comes again, never the message.
+    let (mut sub, _) = Client::connect_with(&broker, persistent_v5("sub", 600), t0 + secs(2));
+    let resent = sub.receive();
+    assert!(
+        matches!(resent.as_slice(), [Packet::PubRel(rel)] if rel.packet_id == packet_id),
+        "{resent:?}"
+    );
+    sub.send(
+        Packet::PubComp(PubResponse {
+            packet_id,
+            ..Default::default()
+        }),
+        t0 + secs(2),
+    );
+    sub.close(t0 + secs(2));
+    let (mut sub, _) = Client::connect_with(&broker, persistent_v5("sub", 600), t0 + secs(3));
+    assert!(sub.receive().is_empty(), "completed flow is not resent");
+}
+
+#[test]
+fn inbound_qos2_is_routed_exactly_once() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut sub = Client::connect(&broker, "sub", t0);
+    sub.subscribe("t", QoS::AtMostOnce, t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    let acks = publisher.publish("t", b"x", QoS::ExactlyOnce, 7, t0);
+    assert!(
+        matches!(acks.as_slice(), [Packet::PubRec(rec)] if rec.packet_id == 7 && rec.reason_code == ReasonCode::SUCCESS)
+    );
+    let mut resent = publish("t", b"x", QoS::ExactlyOnce, 7);
+    resent.dup = true;
+    publisher.send(Packet::Publish(resent), t0);
+    assert!(matches!(
+        publisher.receive().as_slice(),
+        [Packet::PubRec(_)]
+    ));
+    assert_eq!(
+        sub.publishes(t0).len(),
+        1,
+        "a resent QoS 2 PUBLISH is not routed again"
+    );
+    publisher.send(
+        Packet::PubRel(PubResponse {
+            packet_id: 7,
+            ..Default::default()
+        }),
+        t0,
+    );
+    assert!(
+        matches!(publisher.receive().as_slice(), [Packet::PubComp(c)] if c.reason_code == ReasonCode::SUCCESS)
+    );
+    publisher.publish("t", b"y", QoS::ExactlyOnce, 7, t0);
+    assert_eq!(
+        sub.publishes(t0).len(),
+        1,
+        "after PUBREL the id is free for a new message"
+    );
+}
+
+#[test]
+fn takeover_sends_0x8e_to_the_old_connection() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let (mut first, _) = Client::connect_with(&broker, persistent_v5("dev", 60), t0);
+    first.subscribe("t", QoS::AtLeastOnce, t0);
+    let (mut second, connack) = Client::connect_with(&broker, persistent_v5("dev", 60), t0);
+    assert!(connack.session_present);
+    assert!(
+        first.wakeup.0.load(Ordering::SeqCst) > 0,
+        "old connection was woken"
+    );
+    assert_eq!(first.wake(t0), Flow::Close);
+    assert!(
+        matches!(first.receive().as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode::SESSION_TAKEN_OVER)
+    );
+    // The old connection's close must not detach the new one.
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    publisher.publish("t", b"after", QoS::AtLeastOnce, 1, t0);
+    assert_eq!(second.publishes(t0).len(), 1);
+    assert_eq!(broker.stats.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn fan_out_to_a_thousand_sessions_shares_one_payload() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    // The clients stay alive so their sessions stay attached.
+    let _subscribers: Vec<Client> = (0..1000)
+        .map(|i| {
+            let mut client = Client::connect(&broker, &format!("s{i}"), t0);
+            client.subscribe("fan/out", QoS::AtMostOnce, t0);
+            client
+        })
+        .collect();
+    let payload = Bytes::from(vec![7u8; 512]);
+    let message = mqtt_core::message::Message::new(
+        ByteString::from_static("fan/out"),
+        payload.clone(),
+        QoS::AtMostOnce,
+        false,
+        t0,
+    );
+    assert_eq!(broker.publish(Arc::new(message), t0), 1000);
+    for i in 0..1000 {
+        let session = broker.session(&key(&format!("s{i}"))).expect("session");
+        let queued = session
+            .state
+            .lock()
+            .pop_queued(t0)
+            .expect("one delivery queued");
+        assert_eq!(
+            queued.message.payload.as_ptr(),
+            payload.as_ptr(),
+            "subscriber {i} got a copy"
+        );
+    }
+}
+
+#[test]
+fn overlapping_subscriptions_give_one_copy_with_every_identifier() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut sub = Client::connect(&broker, "sub", t0);
+    sub.subscribe_with(
+        "a/+",
+        SubscriptionOptions {
+            qos: QoS::AtMostOnce,
+            ..Default::default()
+        },
+        Some(1),
+        t0,
+    );
+    sub.subscribe_with(
+        "a/#",
+        SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        },
+        Some(2),
+        t0,
+    );
+    sub.subscribe_with(
+        "a/b",
+        SubscriptionOptions {
+            qos: QoS::ExactlyOnce,
+            ..Default::default()
+        },
+        None,
+        t0,
+    );
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    publisher.publish("a/b", b"x", QoS::AtLeastOnce, 1, t0);
+    let got = sub.publishes(t0);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].qos,
+        QoS::AtLeastOnce,
+        "highest granted, capped by the published QoS"
+    );
+    let mut ids = got[0].properties.subscription_identifiers.clone();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2]);
+}
+
+#[test]
+fn no_local_skips_the_publishers_own_subscription() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut client = Client::connect(&broker, "c", t0);
+    client.subscribe_with(
+        "t",
+        SubscriptionOptions {
+            no_local: true,
+            ..Default::default()
+        },
+        None,
+        t0,
+    );
+    let mut other = Client::connect(&broker, "o", t0);
+    other.subscribe("t", QoS::AtMostOnce, t0);
+    client.publish("t", b"x", QoS::AtMostOnce, 0, t0);
+    assert!(client.publishes(t0).is_empty());
+    assert_eq!(other.publishes(t0).len(), 1);
+}
+
+#[test]
+fn shared_subscription_round_robin_delivers_each_message_once() {
+    let t0 = Instant::now();
+    let broker = broker_with(
+        |c| {
+            c.mqtt.shared_subscription_strategy =
+                gateway_config::SharedSubscriptionStrategy::RoundRobin
+        },
+        t0,
+    );
+    let mut members: Vec<Client> = (0..3)
+        .map(|i| {
+            let mut client = Client::connect(&broker, &format!("m{i}"), t0);
+            assert_eq!(
+                client.subscribe("$share/g/jobs/+", QoS::AtLeastOnce, t0),
+                vec![ReasonCode::GRANTED_QOS_1]
+            );
+            client
+        })
+        .collect();
+    let mut queue_member = Client::connect(&broker, "q", t0);
+    queue_member.subscribe("$queue/jobs/+", QoS::AtMostOnce, t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    for i in 0..30u16 {
+        publisher.publish("jobs/x", b"job", QoS::AtLeastOnce, i + 1, t0);
+    }
+    let counts: Vec<usize> = members.iter_mut().map(|m| m.publishes(t0).len()).collect();
+    assert_eq!(counts, vec![10, 10, 10]);
+    assert_eq!(
+        queue_member.publishes(t0).len(),
+        30,
+        "$queue is a group of its own"
+    );
+}
+
+#[test]
+fn retained_messages_follow_retain_handling() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    let mut retained = publish("r/a", b"kept", QoS::AtLeastOnce, 1);
+    retained.retain = true;
+    publisher.send(Packet::Publish(retained), t0);
+
+    let mut sub = Client::connect(&broker, "sub", t0);
+    let options = |rh| SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        retain_handling: rh,
+        ..Default::default()
+    };
+    sub.subscribe_with("r/+", options(0), None, t0);
+    let got = sub.publishes(t0);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].retain, "retained delivery carries RETAIN");
+    sub.subscribe_with("r/+", options(1), None, t0);
+    assert!(
+        sub.publishes(t0).is_empty(),
+        "rh=1 sends nothing for an existing subscription"
+    );
+    sub.subscribe_with("r/#", options(1), None, t0);
+    assert_eq!(
+        sub.publishes(t0).len(),
+        1,
+        "rh=1 sends for a new subscription"
+    );
+    sub.subscribe_with("r/a", options(2), None, t0);
+    assert!(sub.publishes(t0).is_empty(), "rh=2 never sends");
+
+    // Live forwarding clears RETAIN unless retain-as-published.
+    let mut live = Client::connect(&broker, "live", t0);
+    live.subscribe_with(
+        "r/b",
+        SubscriptionOptions {
+            retain_handling: 2,
+            ..Default::default()
+        },
+        None,
+        t0,
+    );
+    live.subscribe_with(
+        "r/c",
+        SubscriptionOptions {
+            retain_handling: 2,
+            retain_as_published: true,
+            ..Default::default()
+        },
+        None,
+        t0,
+    );
+    for topic in ["r/b", "r/c"] {
+        let mut message = publish(topic, b"v", QoS::AtMostOnce, 0);
+        message.retain = true;
+        publisher.send(Packet::Publish(message), t0);
+    }
+    let flags: Vec<(String, bool)> = live
+        .publishes(t0)
+        .iter()
+        .map(|p| (p.topic.to_string(), p.retain))
+        .collect();
+    assert_eq!(
+        flags,
+        vec![("r/b".to_owned(), false), ("r/c".to_owned(), true)]
+    );
+
+    let mut clear = publish("r/a", b"", QoS::AtMostOnce, 0);
+    clear.retain = true;
+    publisher.send(Packet::Publish(clear), t0);
+    let mut late = Client::connect(&broker, "late", t0);
+    late.subscribe("r/a", QoS::AtMostOnce, t0);
+    assert!(
+        late.publishes(t0).is_empty(),
+        "empty payload cleared the retained message"
+    );
+    assert_eq!(broker.retained_count(), 2);
+}
+
+#[test]
+fn topic_aliases_work_in_both_directions() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let connect = Connect {
+        properties: ConnectProperties {
+            topic_alias_maximum: Some(5),
+            ..Default::default()
+        },
+        ..connect_v5("sub")
+    };
+    let (mut sub, _) = Client::connect_with(&broker, connect, t0);
+    sub.subscribe("alias/t", QoS::AtMostOnce, t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    let mut first = publish("alias/t", b"1", QoS::AtMostOnce, 0);
+    first.properties.topic_alias = Some(3);
+    publisher.send(Packet::Publish(first), t0);
+    let mut second = publish("", b"2", QoS::AtMostOnce, 0);
+    second.properties.topic_alias = Some(3);
+    publisher.send(Packet::Publish(second), t0);
+    let got = sub.publishes(t0);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (&*got[0].topic, got[0].properties.topic_alias),
+        ("alias/t", Some(1))
+    );
+    assert_eq!(
+        (&*got[1].topic, got[1].properties.topic_alias),
+        ("", Some(1))
+    );
+
+    let mut unknown = publish("", b"3", QoS::AtMostOnce, 0);
+    unknown.properties.topic_alias = Some(4);
+    assert_eq!(publisher.send(Packet::Publish(unknown), t0), Flow::Close);
+}
+
+#[test]
+fn deliveries_over_the_clients_maximum_packet_size_are_dropped() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let connect = Connect {
+        properties: ConnectProperties {
+            maximum_packet_size: Some(64),
+            ..Default::default()
+        },
+        ..connect_v5("small")
+    };
+    let (mut small, _) = Client::connect_with(&broker, connect, t0);
+    small.subscribe("t", QoS::AtLeastOnce, t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    publisher.send(
+        Packet::Publish(Publish {
+            payload: Bytes::from(vec![0u8; 100]),
+            ..publish("t", b"", QoS::AtLeastOnce, 1)
+        }),
+        t0,
+    );
+    publisher.publish("t", b"fits", QoS::AtLeastOnce, 2, t0);
+    let got = small.publishes(t0);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"fits");
+}
+
+#[test]
+fn outbound_window_follows_the_clients_receive_maximum() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let connect = Connect {
+        properties: ConnectProperties {
+            receive_maximum: Some(2),
+            ..Default::default()
+        },
+        ..connect_v5("sub")
+    };
+    let (mut sub, _) = Client::connect_with(&broker, connect, t0);
+    sub.subscribe("t", QoS::AtLeastOnce, t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    for i in 1..=5 {
+        publisher.publish("t", b"m", QoS::AtLeastOnce, i, t0);
+    }
+    let first = sub.publishes(t0);
+    assert_eq!(first.len(), 2);
+    sub.send(
+        Packet::PubAck(PubResponse {
+            packet_id: first[0].packet_id,
+            ..Default::default()
+        }),
+        t0,
+    );
+    assert_eq!(sub.receive().len(), 1, "one ack opens one slot");
+}
+
+#[test]
+fn unsupported_authentication_method_gets_0x8c() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let connect = Connect {
+        properties: ConnectProperties {
+            authentication_method: Some("SCRAM-SHA-1".into()),
+            ..Default::default()
+        },
+        ..connect_v5("c")
+    };
+    let (_, connack) = Client::connect_with(&broker, connect, t0);
+    assert_eq!(connack.reason_code, ReasonCode::BAD_AUTHENTICATION_METHOD);
+}
+
+#[test]
+fn v5_puback_says_when_nobody_subscribed() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    let acks = publisher.publish("nobody", b"x", QoS::AtLeastOnce, 1, t0);
+    assert!(
+        matches!(acks.as_slice(), [Packet::PubAck(a)] if a.reason_code == ReasonCode::NO_MATCHING_SUBSCRIBERS)
+    );
+}
+
+#[test]
+fn empty_client_id_is_assigned_in_v5_and_refused_for_a_persistent_v311_session() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let (_, connack) = Client::connect_with(&broker, connect_v5(""), t0);
+    assert_eq!(connack.reason_code, ReasonCode::SUCCESS);
+    assert!(connack.properties.assigned_client_identifier.is_some());
+    let v311 = Connect {
+        protocol: ProtocolVersion::V3_1_1,
+        clean_start: false,
+        ..connect_v5("")
+    };
+    let (_, connack) = Client::connect_with(&broker, v311, t0);
+    assert_eq!(connack.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+}
+
+#[test]
+fn queue_limit_drops_qos0_first_and_counts_it() {
+    let t0 = Instant::now();
+    let broker = broker_with(|c| c.mqtt.max_queued_messages = 2, t0);
+    let (mut sub, _) = Client::connect_with(&broker, persistent_v5("sub", 60), t0);
+    sub.subscribe("t", QoS::AtLeastOnce, t0);
+    sub.close(t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    publisher.publish("t", b"q0", QoS::AtMostOnce, 0, t0);
+    publisher.publish("t", b"q1", QoS::AtLeastOnce, 1, t0);
+    publisher.publish("t", b"q1b", QoS::AtLeastOnce, 2, t0);
+    publisher.publish("t", b"q1c", QoS::AtLeastOnce, 3, t0);
+    assert_eq!(broker.stats.dropped_qos0.load(Ordering::SeqCst), 1);
+    assert_eq!(broker.stats.dropped_queue_full.load(Ordering::SeqCst), 1);
+    let (mut sub, _) = Client::connect_with(&broker, persistent_v5("sub", 60), t0);
+    let payloads: Vec<Bytes> = sub.publishes(t0).into_iter().map(|p| p.payload).collect();
+    assert_eq!(
+        payloads,
+        vec![Bytes::from_static(b"q1"), Bytes::from_static(b"q1b")]
+    );
+}

@@ -14,8 +14,8 @@ use crate::auth::{Action, AuthOutcome, ClientInfo, DenyReason};
 use crate::broker::{Broker, ConnectRequest, Stats, WillDisposition};
 use crate::codec::{
     encode, encoded_len, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder,
-    Disconnect, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    Disconnect, DisconnectProperties, Packet, ProtocolVersion, PubResponse, Publish, QoS,
+    ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::message::{Delivery, Message};
 use crate::session::{ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, Wakeup, Will};
@@ -225,8 +225,8 @@ impl MqttChannel {
         if let Phase::AwaitConnect { .. } = self.phase {
             return match packet {
                 Packet::Connect(connect) => self.handle_connect(*connect, out, now),
-                other => self.protocol_error(
-                    other.name(),
+                _ => self.disconnect_with(
+                    ReasonCode::PROTOCOL_ERROR,
                     "[MQTT-3.1.0-1] the first packet must be CONNECT",
                     out,
                 ),
@@ -251,22 +251,22 @@ impl MqttChannel {
                 Flow::Continue
             }
             Packet::Disconnect(disconnect) => self.handle_disconnect(disconnect, out),
-            Packet::Connect(_) => {
-                self.protocol_error("CONNECT", "[MQTT-3.1.0-2] a second CONNECT", out)
-            }
-            Packet::Auth(_) => self.protocol_error(
-                "AUTH",
+            Packet::Connect(_) => self.disconnect_with(
+                ReasonCode::PROTOCOL_ERROR,
+                "[MQTT-3.1.0-2] a second CONNECT",
+                out,
+            ),
+            Packet::Auth(_) => self.disconnect_with(
+                ReasonCode::PROTOCOL_ERROR,
                 "[MQTT-4.12.0-1] AUTH without an authentication method in CONNECT",
                 out,
             ),
-            other => self.protocol_error(other.name(), "a packet only a server sends", out),
+            _ => self.disconnect_with(
+                ReasonCode::PROTOCOL_ERROR,
+                "CONNACK, SUBACK, UNSUBACK and PINGRESP are sent only by a server",
+                out,
+            ),
         }
-    }
-
-    fn protocol_error(&mut self, packet: &str, rule: &'static str, out: &mut BytesMut) -> Flow {
-        tracing::warn!(peer = ?self.info.peer, packet, rule, "protocol error, closing connection");
-        self.send_disconnect(ReasonCode::PROTOCOL_ERROR, out);
-        Flow::Close
     }
 
     fn with_session<R>(&self, f: impl FnOnce(&mut crate::session::SessionState) -> R) -> Option<R> {
@@ -467,7 +467,11 @@ impl MqttChannel {
     /// Answers CONNECT with an error and closes [MQTT-3.2.2-6].
     fn refuse(&mut self, reason: ReasonCode, why: &'static str, out: &mut BytesMut) -> Flow {
         tracing::info!(peer = ?self.info.peer, reason = reason.0, why, "connection refused");
-        self.send_connack(false, reason, ConnAckProperties::default(), out);
+        let properties = ConnAckProperties {
+            reason_string: Some(why.to_owned()),
+            ..Default::default()
+        };
+        self.send_connack(false, reason, properties, out);
         Flow::Close
     }
 
@@ -490,14 +494,25 @@ impl MqttChannel {
 
     /// 3.x has no server DISCONNECT: closing the connection is all it gets.
     fn send_disconnect(&mut self, reason_code: ReasonCode, out: &mut BytesMut) {
+        self.send_disconnect_saying(reason_code, None, out);
+    }
+
+    fn send_disconnect_saying(
+        &mut self,
+        reason_code: ReasonCode,
+        reason_string: Option<&str>,
+        out: &mut BytesMut,
+    ) {
         if self.version.is_v5() && matches!(self.phase, Phase::Connected) {
-            self.send(
-                &Packet::Disconnect(Disconnect {
-                    reason_code,
-                    ..Default::default()
-                }),
-                out,
-            );
+            let properties = DisconnectProperties {
+                reason_string: reason_string.map(str::to_owned),
+                ..Default::default()
+            };
+            let disconnect = Disconnect {
+                reason_code,
+                properties,
+            };
+            self.send(&Packet::Disconnect(disconnect), out);
         }
     }
 
@@ -682,7 +697,7 @@ impl MqttChannel {
         out: &mut BytesMut,
     ) -> Flow {
         tracing::warn!(peer = ?self.info.peer, reason = reason.0, rule, "closing connection");
-        self.send_disconnect(reason, out);
+        self.send_disconnect_saying(reason, Some(rule), out);
         Flow::Close
     }
 

@@ -201,7 +201,7 @@ impl MqttChannel {
     }
 
     fn reject_input(&mut self, error: &DecodeError, out: &mut BytesMut) -> Flow {
-        tracing::warn!(peer = ?self.info.peer, %error, "closing connection on bad input");
+        tracing::warn!(%error, "closing connection on bad input");
         match self.phase {
             Phase::AwaitConnect { .. } => {
                 if let DecodeError::UnsupportedProtocolVersion { .. } = error {
@@ -466,7 +466,7 @@ impl MqttChannel {
 
     /// Answers CONNECT with an error and closes [MQTT-3.2.2-6].
     fn refuse(&mut self, reason: ReasonCode, why: &'static str, out: &mut BytesMut) -> Flow {
-        tracing::info!(peer = ?self.info.peer, reason = reason.0, why, "connection refused");
+        tracing::info!(reason = reason.0, why, "connection refused");
         let properties = ConnAckProperties {
             reason_string: Some(why.to_owned()),
             ..Default::default()
@@ -696,7 +696,7 @@ impl MqttChannel {
         rule: &'static str,
         out: &mut BytesMut,
     ) -> Flow {
-        tracing::warn!(peer = ?self.info.peer, reason = reason.0, rule, "closing connection");
+        tracing::warn!(reason = reason.0, rule, "closing connection");
         self.send_disconnect_saying(reason, Some(rule), out);
         Flow::Close
     }

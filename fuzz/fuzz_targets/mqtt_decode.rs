@@ -18,9 +18,13 @@ fuzz_target!(|data: &[u8]| {
     let read_size = usize::from(first % 32) + 1;
     for read in [data.len().max(1), read_size] {
         run(Decoder::new(MAX_PACKET_SIZE), data, read);
-        run(Decoder::with_version(ProtocolVersion::V5, MAX_PACKET_SIZE), data, read);
-        run(Decoder::with_version(ProtocolVersion::V3_1_1, MAX_PACKET_SIZE), data, read);
-        run(Decoder::with_version(ProtocolVersion::V3_1, MAX_PACKET_SIZE), data, read);
+        for version in [
+            ProtocolVersion::V5,
+            ProtocolVersion::V3_1_1,
+            ProtocolVersion::V3_1,
+        ] {
+            run(Decoder::with_version(version, MAX_PACKET_SIZE), data, read);
+        }
     }
 });
 
@@ -31,7 +35,9 @@ fn run(mut decoder: Decoder, data: &[u8], read: usize) {
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(packet)) => {
-                    let version = decoder.version().expect("a decoded packet fixes the version");
+                    let version = decoder
+                        .version()
+                        .expect("a decoded packet fixes the version");
                     check_round_trip(&packet, version);
                 }
                 Ok(None) => break,
@@ -51,7 +57,11 @@ fn check_round_trip(packet: &Packet, version: ProtocolVersion) {
     if let Err(e) = encode(packet, version, &mut out) {
         panic!("decoded {packet:?} does not encode for {version:?}: {e}");
     }
-    assert_eq!(encoded_len(packet, version), Ok(out.len()), "encoded_len of {packet:?}");
+    assert_eq!(
+        encoded_len(packet, version),
+        Ok(out.len()),
+        "encoded_len of {packet:?}"
+    );
     let mut again = Decoder::with_version(version, u32::MAX);
     match again.decode(&mut out) {
         Ok(Some(decoded)) => assert_eq!(&decoded, packet),

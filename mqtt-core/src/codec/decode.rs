@@ -86,6 +86,13 @@ impl Decoder {
         self.version
     }
 
+    /// Whether a fixed header has been consumed and its body is still awaited. With the
+    /// bytes left in the caller's buffer, this tells a driver whether end-of-stream cut a
+    /// packet in two.
+    pub fn has_partial_packet(&self) -> bool {
+        self.pending.is_some()
+    }
+
     /// Takes effect from the next fixed header read.
     pub fn set_max_packet_size(&mut self, max_packet_size: u32) {
         self.max_packet_size = max_packet_size;
@@ -885,7 +892,7 @@ fn has_wildcard(topic: &str) -> bool {
 
 /// Parses a Variable Byte Integer from the front of `bytes`: `Ok(None)` if it is not
 /// complete yet, else the value, the bytes it took, and whether it took the fewest possible.
-fn parse_vbi(bytes: &[u8]) -> Result<Option<(u32, usize, bool)>> {
+pub(super) fn parse_vbi(bytes: &[u8]) -> Result<Option<(u32, usize, bool)>> {
     let mut value = 0u32;
     for (i, &byte) in bytes.iter().take(4).enumerate() {
         value |= u32::from(byte & 0x7F) << (7 * i);

@@ -834,3 +834,78 @@ impl Properties for UserOnly<'_> {
         prop_users(s, self.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::decode::parse_vbi;
+    use super::*;
+
+    fn vbi_bytes(value: usize) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        write_vbi(&mut out, value, "test").unwrap();
+        out.to_vec()
+    }
+
+    #[test]
+    fn variable_byte_integer_boundaries() {
+        // Table 1-1 of 5.0 §1.5.5.
+        let cases: [(usize, &[u8]); 8] = [
+            (0, &[0x00]),
+            (127, &[0x7F]),
+            (128, &[0x80, 0x01]),
+            (16_383, &[0xFF, 0x7F]),
+            (16_384, &[0x80, 0x80, 0x01]),
+            (2_097_151, &[0xFF, 0xFF, 0x7F]),
+            (2_097_152, &[0x80, 0x80, 0x80, 0x01]),
+            (268_435_455, &[0xFF, 0xFF, 0xFF, 0x7F]),
+        ];
+        for (value, bytes) in cases {
+            assert_eq!(vbi_bytes(value), bytes, "{value}");
+            assert_eq!(wire::vbi_len(value), Some(bytes.len()));
+            assert_eq!(
+                parse_vbi(bytes),
+                Ok(Some((value as u32, bytes.len(), true)))
+            );
+            // Every proper prefix asks for more bytes.
+            for cut in 0..bytes.len() {
+                assert_eq!(parse_vbi(&bytes[..cut]), Ok(None));
+            }
+        }
+        assert_eq!(wire::vbi_len(268_435_456), None);
+        let mut out = BytesMut::new();
+        assert_eq!(
+            write_vbi(&mut out, 268_435_456, "x"),
+            Err(EncodeError::TooLong("x"))
+        );
+    }
+
+    #[test]
+    fn variable_byte_integer_rejects_five_bytes_and_flags_padding() {
+        assert!(parse_vbi(&[0x80, 0x80, 0x80, 0x80, 0x01]).is_err());
+        assert!(parse_vbi(&[0xFF, 0xFF, 0xFF, 0xFF]).is_err());
+        assert_eq!(parse_vbi(&[0x80, 0x00]), Ok(Some((0, 2, false))));
+        assert_eq!(parse_vbi(&[0xFF, 0x80, 0x00]), Ok(Some((127, 3, false))));
+        assert_eq!(parse_vbi(&[0x85, 0x01]), Ok(Some((133, 2, true))));
+    }
+
+    #[test]
+    fn counter_and_buffer_agree_on_properties() {
+        let props = PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(9),
+            topic_alias: Some(3),
+            response_topic: Some("r".into()),
+            correlation_data: Some(bytes::Bytes::from_static(b"c")),
+            user_properties: vec![("a".into(), "b".into())],
+            subscription_identifiers: vec![1, 200, 70_000],
+            content_type: Some("t".into()),
+        };
+        let mut counter = Counter(0);
+        write_properties(&mut counter, &props).unwrap();
+        let mut out = BytesMut::new();
+        write_properties(&mut out, &props).unwrap();
+        assert_eq!(counter.0, out.len());
+        // Property Length, then 2+5+3+4+4+(1+2+1+2+1)+1+2+3+4
+        assert_eq!(out.first(), Some(&((out.len() - 1) as u8)));
+    }
+}

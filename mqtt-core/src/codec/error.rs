@@ -14,7 +14,7 @@ pub enum DecodeError {
     Protocol(&'static str),
     /// CONNECT named a protocol name and level this server does not speak (5.0: CONNACK 0x84,
     /// 3.x: CONNACK return code 1).
-    #[error("unsupported protocol version: name {name:?}, level {level}")]
+    #[error("[MQTT-3.1.2-1] [MQTT-3.1.2-2] unsupported protocol: name {name:?}, level {level}")]
     UnsupportedProtocolVersion { name: String, level: u8 },
     /// The whole packet, fixed header included, is larger than the limit (5.0: 0x95).
     #[error("packet of {size} bytes exceeds the maximum packet size {max} [MQTT-3.2.2-15]")]

@@ -1,7 +1,15 @@
 //! Sans-io MQTT codec: bytes in, packets out, with every rule of the specs checked.
 //!
-//! The decoder keeps the fixed header it has already parsed, so a packet that arrives in
-//! pieces is not re-parsed from the start on every read.
+//! One [`Decoder`] per connection. A server-side decoder learns the version (3.1, 3.1.1 or
+//! 5.0) from the first CONNECT; it keeps the fixed header it has already parsed, so a
+//! packet that arrives in pieces is not re-parsed from the start on every read, and it
+//! refuses an oversized packet from its fixed header, before the body is buffered. Each
+//! [`DecodeError`] names the clause it enforces and maps to the 5.0 reason code to close
+//! the connection with.
+//!
+//! [`encode`] writes one packet for a given version, dropping what the version cannot carry
+//! (properties and reason codes before 5.0) and mapping reason codes to 3.x return codes;
+//! [`encoded_len`] gives its exact size without encoding it.
 
 mod decode;
 mod encode;

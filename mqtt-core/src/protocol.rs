@@ -203,8 +203,8 @@ impl MqttChannel {
     fn reject_input(&mut self, error: &DecodeError, out: &mut BytesMut) -> Flow {
         tracing::warn!(%error, "closing connection on bad input");
         match self.phase {
-            Phase::AwaitConnect { .. } => {
-                if let DecodeError::UnsupportedProtocolVersion { .. } = error {
+            Phase::AwaitConnect { .. } => match (error, self.decoder.version()) {
+                (DecodeError::UnsupportedProtocolVersion { .. }, _) => {
                     // The client's level is unknown to us, so answer in the 3.1.1 form that
                     // every level can read as "unacceptable protocol version".
                     self.version = ProtocolVersion::V3_1_1;
@@ -215,7 +215,18 @@ impl MqttChannel {
                         out,
                     );
                 }
-            }
+                // A 5.0 CONNECT that fails later in its body still told us its level, so the
+                // client can be told why (MQTT 5.0 section 4.13); 3.x has no return code for it.
+                (_, Some(ProtocolVersion::V5)) => {
+                    self.version = ProtocolVersion::V5;
+                    let properties = ConnAckProperties {
+                        reason_string: Some(error.to_string()),
+                        ..Default::default()
+                    };
+                    self.send_connack(false, error.reason_code(), properties, out);
+                }
+                _ => {}
+            },
             _ => self.send_disconnect(error.reason_code(), out),
         }
         self.close()

@@ -962,3 +962,44 @@ fn queue_limit_drops_qos0_first_and_counts_it() {
         vec![Bytes::from_static(b"q1"), Bytes::from_static(b"q1b")]
     );
 }
+
+#[test]
+fn malformed_v5_connect_is_answered_with_connack_0x81() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut client = Client::new(&broker, ProtocolVersion::V5, t0);
+    // CONNECT, level 5, with the reserved flag bit set [MQTT-3.1.2-3].
+    let mut bytes = BytesMut::from(&b"\x10\x0d\x00\x04MQTT\x05\x03\x00\x3c\x00\x00\x00"[..]);
+    let flow = client.channel.handle_input(&mut bytes, &mut client.out, t0);
+    assert_eq!(flow, Flow::Close);
+    assert!(
+        matches!(client.receive().as_slice(), [Packet::ConnAck(c)] if c.reason_code == ReasonCode::MALFORMED_PACKET)
+    );
+}
+
+#[test]
+fn malformed_packet_after_connect_gets_disconnect_0x81_and_publishes_the_will() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut watcher = Client::connect(&broker, "watcher", t0);
+    watcher.subscribe("wills/#", QoS::AtLeastOnce, t0);
+    let (mut device, _) = Client::connect_with(
+        &broker,
+        Connect {
+            will: Some(will("wills/dev", None)),
+            ..connect_v5("dev")
+        },
+        t0,
+    );
+    // PUBLISH with both QoS bits set.
+    let mut bytes = BytesMut::from(&b"\x36\x00"[..]);
+    assert_eq!(
+        device.channel.handle_input(&mut bytes, &mut device.out, t0),
+        Flow::Close
+    );
+    device.close(t0);
+    assert!(
+        matches!(device.receive().as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode::MALFORMED_PACKET)
+    );
+    assert_eq!(watcher.publishes(t0).len(), 1);
+}

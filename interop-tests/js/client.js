@@ -238,7 +238,12 @@ const ops = {
     const opts = { qos: cmd.qos || 0, retain: Boolean(cmd.retain) }
     if (v5 && cmd.props) opts.properties = propsFromJson(cmd.props)
     const payload = Buffer.from(cmd.payload || '', 'hex')
-    await withTimeout('publish completion', (done) => client.publish(cmd.topic, payload, opts, (err) => done(err)))
+    if (cmd.wait === false) {
+      // Handed to MQTT.js, acknowledgement not awaited (the broker may drop us).
+      client.publish(cmd.topic, payload, opts, () => {})
+    } else {
+      await withTimeout('publish completion', (done) => client.publish(cmd.topic, payload, opts, (err) => done(err)))
+    }
     emit('published', {})
   },
 

@@ -125,6 +125,9 @@ class Driver:
         elif flags.is_disconnect_packet_from_server:
             emit("server_disconnect", reason_code=reason_code.value,
                  props=props_to_json(properties))
+            # paho closes the connection on a DISCONNECT and says nothing more; the
+            # protocol promises a connection_lost whenever the connection ends.
+            emit("connection_lost", reason="after server DISCONNECT")
         else:
             emit("connection_lost", reason=str(reason_code))
         # Unblock a connect that never got its CONNACK (connection refused by close).

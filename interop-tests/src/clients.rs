@@ -74,8 +74,11 @@ impl Subscriber {
     /// subscribed to) and returns every message received before it. The broker sends
     /// one session's messages in order, so once the barrier is in, anything the broker
     /// was going to send before it (retained messages, queued ones) is in too.
+    /// The barrier is published at QoS 2; subscribe to it at QoS 2 when QoS 2
+    /// messages may precede it (clients hand those over only on PUBREL, so a barrier
+    /// of a lower QoS could overtake them).
     pub fn until_barrier(&mut self, broker: &Broker, barrier_topic: &str) -> Vec<Msg> {
-        mosquitto_pub(broker, Version::V311, barrier_topic, b"barrier", 1, false, &[]);
+        mosquitto_pub(broker, Version::V311, barrier_topic, b"barrier", 2, false, &[]);
         let mut before = Vec::new();
         loop {
             let msg = self.recv(crate::TIMEOUT);

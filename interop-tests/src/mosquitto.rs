@@ -4,6 +4,7 @@
 //! ("Subscribed (mid: 1): <granted QoS list>" once the SUBACK arrived); each message
 //! is printed on one line in a tab-separated format with the payload in hex.
 
+use std::collections::VecDeque;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ pub struct MosquittoSub {
     proc: Proc,
     /// The SUBACK's granted QoS, one per filter.
     pub granted: Vec<u8>,
+    /// Messages that arrived before the SUBACK (a resumed session's queue).
+    early: VecDeque<Msg>,
 }
 
 impl MosquittoSub {
@@ -48,13 +51,17 @@ impl MosquittoSub {
         cmd.args(extra);
         let mut proc = Proc::spawn(&format!("mosquitto_sub {version:?}"), cmd);
         let deadline = Instant::now() + TIMEOUT;
+        let mut early = VecDeque::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match proc.next_line(left) {
                 Line::Line(line) => {
                     if let Some(list) = line.strip_prefix("Subscribed (mid: ").and_then(|rest| rest.split_once("): ")) {
                         let granted = list.1.split(", ").map(|q| q.trim().parse().unwrap_or(255)).collect();
-                        return MosquittoSub { proc, granted };
+                        return MosquittoSub { proc, granted, early };
+                    }
+                    if let Some(msg) = parse_message(&line) {
+                        early.push_back(msg);
                     }
                 }
                 Line::Eof => panic!("mosquitto_sub exited before its SUBACK; stderr:\n{}", proc.stderr()),
@@ -73,20 +80,16 @@ impl MosquittoSub {
 
     /// The next message, or None when none comes within `timeout`.
     pub fn try_recv(&mut self, timeout: Duration) -> Option<Msg> {
+        if let Some(msg) = self.early.pop_front() {
+            return Some(msg);
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.proc.next_line(left) {
                 Line::Line(line) => {
-                    let fields: Vec<&str> = line.split('\t').collect();
-                    if fields.len() == 5 && fields[0] == MSG_MARK {
-                        return Some(Msg {
-                            topic: fields[1].to_string(),
-                            qos: fields[2].parse().unwrap_or(255),
-                            retain: fields[3] == "1",
-                            payload: from_hex(fields[4]),
-                            props: json!({}),
-                        });
+                    if let Some(msg) = parse_message(&line) {
+                        return Some(msg);
                     }
                 }
                 Line::Timeout => return None,
@@ -99,6 +102,21 @@ impl MosquittoSub {
     pub fn kill(&mut self) {
         self.proc.kill();
     }
+}
+
+/// A message line of the `-F` format above; None for debug lines.
+fn parse_message(line: &str) -> Option<Msg> {
+    let fields: Vec<&str> = line.split('\t').collect();
+    if fields.len() != 5 || fields[0] != MSG_MARK {
+        return None;
+    }
+    Some(Msg {
+        topic: fields[1].to_string(),
+        qos: fields[2].parse().unwrap_or(255),
+        retain: fields[3] == "1",
+        payload: from_hex(fields[4]),
+        props: json!({}),
+    })
 }
 
 /// Publishes one message with `mosquitto_pub` (plus `extra` arguments, e.g. `-D

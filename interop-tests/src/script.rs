@@ -166,7 +166,17 @@ impl ScriptClient {
     /// Publishes `count` messages with payloads "0", "1", ... padded with '.' to
     /// `payload_size` bytes, and waits for all of them to complete.
     pub fn publish_many(&mut self, topic: &str, count: usize, qos: u8, payload_size: usize) {
+        self.start_publish_many(topic, count, qos, payload_size);
+        self.finish_publish_many();
+    }
+
+    /// `publish_many` without waiting: the test can act while the stream flows, then
+    /// call `finish_publish_many`.
+    pub fn start_publish_many(&mut self, topic: &str, count: usize, qos: u8, payload_size: usize) {
         self.command("publish_many", json!({ "topic": topic, "count": count, "qos": qos, "payload_size": payload_size }));
+    }
+
+    pub fn finish_publish_many(&mut self) {
         self.expect_event("published_many", Duration::from_secs(60));
     }
 
@@ -218,8 +228,11 @@ impl ScriptClient {
     /// subscribed to) from another connection and returns every message received
     /// before it: the broker sends one session's messages in order, so anything it was
     /// going to send before the barrier (retained or queued messages) has arrived.
+    /// The barrier is published at QoS 2; subscribe to it at QoS 2 when QoS 2
+    /// messages may precede it (clients hand those over only on PUBREL, so a barrier
+    /// of a lower QoS could overtake them).
     pub fn until_barrier(&mut self, broker: &Broker, barrier_topic: &str) -> Vec<Msg> {
-        crate::mosquitto_pub(broker, Version::V311, barrier_topic, b"barrier", 1, false, &[]);
+        crate::mosquitto_pub(broker, Version::V311, barrier_topic, b"barrier", 2, false, &[]);
         let mut before = Vec::new();
         loop {
             let msg = self.recv(crate::TIMEOUT);

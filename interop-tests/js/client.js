@@ -170,9 +170,19 @@ const ops = {
     closing = false
     await withTimeout('CONNACK', (done) => {
       client = mqtt.connect({ host, port, protocol: 'mqtt', ...options })
+      let settled = false
+      const settle = () => { if (!settled) { settled = true; done(null) } }
       client.on('packetreceive', (packet) => {
-        if (packet.cmd === 'connack') lastConnack = packet
-        else if (packet.cmd === 'suback') lastSuback = packet
+        if (packet.cmd === 'connack') {
+          // Reported as it arrives so that events keep the order of the wire.
+          lastConnack = packet
+          emit('connack', {
+            reason_code: v5 ? (packet.reasonCode || 0) : (packet.returnCode || 0),
+            session_present: Boolean(packet.sessionPresent),
+            props: v5 ? propsToJson(packet.properties) : {}
+          })
+          settle()
+        } else if (packet.cmd === 'suback') lastSuback = packet
         else if (packet.cmd === 'unsuback') lastUnsuback = packet
         else if (packet.cmd === 'disconnect') {
           emit('server_disconnect', { reason_code: packet.reasonCode || 0, props: propsToJson(packet.properties) })
@@ -188,28 +198,15 @@ const ops = {
           props: v5 ? propsToJson(packet.properties) : {}
         })
       })
-      let settled = false
-      const settle = () => { if (!settled) { settled = true; done(null) } }
-      client.on('connect', settle)
       client.on('error', (err) => {
-        // A refused CONNACK arrives as an error; the packet itself is reported below.
+        // A refused CONNACK also arrives as an error; it was reported as a connack.
         if (!lastConnack) emit('client_error', { message: String(err.message || err) })
-        settle()
       })
       client.on('close', () => {
-        if (!closing && settled) emit('connection_lost', { reason: 'closed' })
+        if (!closing) emit('connection_lost', { reason: lastConnack ? 'closed' : 'closed before CONNACK' })
         settle()
       })
     })
-    if (lastConnack) {
-      emit('connack', {
-        reason_code: v5 ? (lastConnack.reasonCode || 0) : (lastConnack.returnCode || 0),
-        session_present: Boolean(lastConnack.sessionPresent),
-        props: v5 ? propsToJson(lastConnack.properties) : {}
-      })
-    } else {
-      emit('connection_lost', { reason: 'closed before CONNACK' })
-    }
   },
 
   async subscribe (cmd) {

@@ -100,7 +100,7 @@ class Driver:
         self.protocol = {"31": mqtt.MQTTv31, "311": mqtt.MQTTv311, "5": mqtt.MQTTv5}[version]
         self.client = None
         # Set by callbacks, awaited by the command being executed.
-        self.connack = None
+        self.connack = None  # True once a CONNACK arrived
         self.connack_done = threading.Event()
         self.acks = {}
         self.acks_lock = threading.Lock()
@@ -112,11 +112,12 @@ class Driver:
         code = reason_code.value
         if not self.v5:
             code = V5_TO_V3_CONNACK.get(code, code)
-        self.connack = {
-            "reason_code": code,
-            "session_present": bool(flags.session_present),
-            "props": props_to_json(properties) if self.v5 else {},
-        }
+        self.connack = True
+        # Reported from here, not by op_connect: paho may report the close of a
+        # refused connection before op_connect wakes up, and events must keep the
+        # order of the wire.
+        emit("connack", reason_code=code, session_present=bool(flags.session_present),
+             props=props_to_json(properties) if self.v5 else {})
         self.connack_done.set()
 
     def on_disconnect(self, client, userdata, flags, reason_code, properties):
@@ -199,9 +200,7 @@ class Driver:
         c.loop_start()
         if not self.connack_done.wait(OP_TIMEOUT):
             raise TimeoutError("no CONNACK")
-        if self.connack is not None:
-            emit("connack", **self.connack)
-        # else: on_disconnect already reported connection_lost
+        # on_connect reported the CONNACK, or on_disconnect the close before it.
 
     def op_subscribe(self, cmd):
         subs = []

@@ -106,6 +106,8 @@ impl ScriptClient {
     /// Sends a CONNECT built from `opts` (the fields of the `connect` command:
     /// client_id, clean, keepalive, username, password, will, props).
     pub fn connect(&mut self, opts: Value) -> ConnectOutcome {
+        // Events of an earlier connection of this client would answer for this one.
+        self.backlog.retain(|e| !["connack", "connection_lost", "server_disconnect"].iter().any(|n| e["event"] == *n));
         self.command("connect", opts);
         let event = self.expect_one_of(&["connack", "connection_lost"], COMMAND_TIMEOUT);
         if event["event"] == "connack" {

@@ -148,7 +148,14 @@ fn v5_taken_over_connection_gets_disconnect_0x8e_session_taken_over() {
     let broker = Broker::start();
     for (first_lib, second_lib) in [(Lib::Paho, Lib::MqttJs), (Lib::MqttJs, Lib::Paho)] {
         let end = take_over(&broker, Version::V5, first_lib, second_lib);
-        assert_eq!(end["event"], "server_disconnect", "{first_lib:?}: the first connection got no DISCONNECT: {end}");
-        assert_eq!(end["reason_code"], 0x8E, "{first_lib:?}: DISCONNECT reason (0x8E session taken over)");
+        if end["event"] == "server_disconnect" {
+            assert_eq!(end["reason_code"], 0x8E, "{first_lib:?}: DISCONNECT reason (0x8E session taken over)");
+        }
+        // The spec's MUST is the close (checked in take_over); the DISCONNECT that
+        // says why is a SHOULD (4.13) that the gateway promises.
+        broker.gateway_promise(
+            end["event"] == "server_disconnect",
+            &format!("{first_lib:?}: the taken-over connection gets DISCONNECT 0x8E before the close"),
+        );
     }
 }

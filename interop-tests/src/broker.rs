@@ -36,7 +36,11 @@ pub struct Setting {
 
 impl Setting {
     pub fn new(gateway_env: &'static str, value: impl Into<String>) -> Setting {
-        Setting { gateway_env, value: value.into(), external_env: None }
+        Setting {
+            gateway_env,
+            value: value.into(),
+            external_env: None,
+        }
     }
 
     /// A setting an external broker can satisfy when `external_env` states its value.
@@ -121,10 +125,8 @@ pub fn free_port() -> u16 {
 impl Broker {
     /// The broker with its default configuration.
     pub fn start() -> Broker {
-        match Broker::start_with(&[]) {
-            Some(broker) => broker,
-            None => unreachable!("no setting was asked for"),
-        }
+        // With no setting asked for, an external broker always qualifies.
+        Broker::start_with(&[]).expect("a broker without settings")
     }
 
     /// A broker configured with `settings`. Returns None, after printing why, when the
@@ -157,7 +159,9 @@ impl Broker {
     fn external(settings: &[Setting]) -> Option<Broker> {
         let host = std::env::var("GATEWAY_TEST_HOST").unwrap_or_default();
         let port = match std::env::var("GATEWAY_TEST_MQTT_PORT") {
-            Ok(text) => text.parse().unwrap_or_else(|_| panic!("GATEWAY_TEST_MQTT_PORT={text} is not a port")),
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_MQTT_PORT={text} is not a port")),
             Err(_) => 1883,
         };
         let mut values = Vec::new();
@@ -177,7 +181,12 @@ impl Broker {
                 }
             }
         }
-        Some(Broker { host, port, values, gateway: None })
+        Some(Broker {
+            host,
+            port,
+            values,
+            gateway: None,
+        })
     }
 
     fn spawn_gateway(settings: &[Setting]) -> Broker {
@@ -186,7 +195,20 @@ impl Broker {
         let log = File::create(&log_path).expect("create the gateway log");
         let port = free_port();
         let mut cmd = gateway_command();
-        cmd.env("GATEWAY_LISTENERS__TCP__DEFAULT__BIND", format!("127.0.0.1:{port}"));
+        cmd.env(
+            "GATEWAY_LISTENERS__TCP__DEFAULT__BIND",
+            format!("127.0.0.1:{port}"),
+        );
+        // Extra configuration for every started gateway, e.g. to turn off a listener
+        // whose fixed default port would clash between gateways running in parallel.
+        if let Ok(extra) = std::env::var("GATEWAY_TEST_GATEWAY_ENV") {
+            for pair in extra.split_whitespace() {
+                match pair.split_once('=') {
+                    Some((key, value)) => cmd.env(key, value),
+                    None => panic!("GATEWAY_TEST_GATEWAY_ENV: {pair:?} is not KEY=VALUE"),
+                };
+            }
+        }
         let mut values = Vec::new();
         for s in settings {
             cmd.env(s.gateway_env, &s.value);
@@ -195,12 +217,18 @@ impl Broker {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log handle"))
             .stderr(log);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
         let mut broker = Broker {
             host: "127.0.0.1".to_string(),
             port,
             values,
-            gateway: Some(Gateway { child, log_path, _dir: dir }),
+            gateway: Some(Gateway {
+                child,
+                log_path,
+                _dir: dir,
+            }),
         };
         broker.wait_ready();
         broker
@@ -269,7 +297,9 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let Some(gw) = self.gateway.as_mut() else { return };
+        let Some(gw) = self.gateway.as_mut() else {
+            return;
+        };
         // SIGTERM first: the gateway is meant to shut down gracefully.
         unsafe {
             libc::kill(gw.child.id() as libc::pid_t, libc::SIGTERM);
@@ -300,7 +330,9 @@ impl Drop for Broker {
 }
 
 fn read_tail(path: &Path, max: u64) -> String {
-    let Ok(mut file) = File::open(path) else { return String::new() };
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(max)));
     let mut bytes = Vec::new();

@@ -40,7 +40,12 @@ pub enum Subscriber {
 impl Subscriber {
     /// Subscribes to each (filter, QoS) and returns once every SUBACK arrived, with
     /// the granted QoS in the same order.
-    pub fn start(family: Family, version: Version, broker: &Broker, subs: &[(&str, u8)]) -> (Subscriber, Vec<u8>) {
+    pub fn start(
+        family: Family,
+        version: Version,
+        broker: &Broker,
+        subs: &[(&str, u8)],
+    ) -> (Subscriber, Vec<u8>) {
         match family.lib() {
             None => {
                 // One mosquitto_sub per distinct QoS, holding all filters of that QoS, so
@@ -51,7 +56,8 @@ impl Subscriber {
                 let mut procs = Vec::new();
                 let mut granted = vec![255u8; subs.len()];
                 for qos in qos_levels {
-                    let indexes: Vec<usize> = (0..subs.len()).filter(|i| subs[*i].1 == qos).collect();
+                    let indexes: Vec<usize> =
+                        (0..subs.len()).filter(|i| subs[*i].1 == qos).collect();
                     let filters: Vec<&str> = indexes.iter().map(|i| subs[*i].0).collect();
                     let proc = MosquittoSub::start(broker, version, &filters, qos, &[]);
                     for (k, i) in indexes.iter().enumerate() {
@@ -62,8 +68,12 @@ impl Subscriber {
                 (Subscriber::Mosquitto(procs), granted)
             }
             Some(lib) => {
-                let mut client = ScriptClient::connected(lib, version, broker, &unique_client_id("sub"));
-                let list: Vec<_> = subs.iter().map(|(f, q)| json!({ "filter": f, "qos": q })).collect();
+                let mut client =
+                    ScriptClient::connected(lib, version, broker, &unique_client_id("sub"));
+                let list: Vec<_> = subs
+                    .iter()
+                    .map(|(f, q)| json!({ "filter": f, "qos": q }))
+                    .collect();
                 let granted = client.subscribe_with(json!(list), json!({}));
                 (Subscriber::Script(client), granted)
             }
@@ -78,7 +88,15 @@ impl Subscriber {
     /// messages may precede it (clients hand those over only on PUBREL, so a barrier
     /// of a lower QoS could overtake them).
     pub fn until_barrier(&mut self, broker: &Broker, barrier_topic: &str) -> Vec<Msg> {
-        mosquitto_pub(broker, Version::V311, barrier_topic, b"barrier", 2, false, &[]);
+        mosquitto_pub(
+            broker,
+            Version::V311,
+            barrier_topic,
+            b"barrier",
+            2,
+            false,
+            &[],
+        );
         let mut before = Vec::new();
         loop {
             let msg = self.recv(crate::TIMEOUT);
@@ -120,7 +138,10 @@ impl Subscriber {
 /// A publisher of any family.
 pub enum Publisher<'a> {
     /// One mosquitto_pub run per message.
-    Mosquitto { broker: &'a Broker, version: Version },
+    Mosquitto {
+        broker: &'a Broker,
+        version: Version,
+    },
     Script(ScriptClient),
 }
 
@@ -128,14 +149,21 @@ impl<'a> Publisher<'a> {
     pub fn start(family: Family, version: Version, broker: &'a Broker) -> Publisher<'a> {
         match family.lib() {
             None => Publisher::Mosquitto { broker, version },
-            Some(lib) => Publisher::Script(ScriptClient::connected(lib, version, broker, &unique_client_id("pub"))),
+            Some(lib) => Publisher::Script(ScriptClient::connected(
+                lib,
+                version,
+                broker,
+                &unique_client_id("pub"),
+            )),
         }
     }
 
     /// Publishes and returns once the broker acknowledged it (written, for QoS 0).
     pub fn publish(&mut self, topic: &str, payload: &[u8], qos: u8, retain: bool) {
         match self {
-            Publisher::Mosquitto { broker, version } => mosquitto_pub(broker, *version, topic, payload, qos, retain, &[]),
+            Publisher::Mosquitto { broker, version } => {
+                mosquitto_pub(broker, *version, topic, payload, qos, retain, &[])
+            }
             Publisher::Script(client) => client.publish(topic, payload, qos, retain),
         }
     }

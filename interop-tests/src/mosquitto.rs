@@ -26,7 +26,14 @@ fn base_command(program: &str, broker: &Broker, version: Version) -> Command {
     // stdout line-buffered.
     let mut cmd = Command::new("stdbuf");
     cmd.args(["-oL", program]);
-    cmd.args(["-h", &broker.host, "-p", &broker.port.to_string(), "-V", &version_arg(version)]);
+    cmd.args([
+        "-h",
+        &broker.host,
+        "-p",
+        &broker.port.to_string(),
+        "-V",
+        &version_arg(version),
+    ]);
     cmd
 }
 
@@ -42,9 +49,21 @@ pub struct MosquittoSub {
 impl MosquittoSub {
     /// Subscribes to `filters` at `qos` (plus `extra` arguments, e.g. `-c -i ID`) and
     /// returns once the SUBACK arrived.
-    pub fn start(broker: &Broker, version: Version, filters: &[&str], qos: u8, extra: &[&str]) -> MosquittoSub {
+    pub fn start(
+        broker: &Broker,
+        version: Version,
+        filters: &[&str],
+        qos: u8,
+        extra: &[&str],
+    ) -> MosquittoSub {
         let mut cmd = base_command("mosquitto_sub", broker, version);
-        cmd.args(["-d", "-q", &qos.to_string(), "-F", &format!("{MSG_MARK}\\t%t\\t%q\\t%r\\t%x")]);
+        cmd.args([
+            "-d",
+            "-q",
+            &qos.to_string(),
+            "-F",
+            &format!("{MSG_MARK}\\t%t\\t%q\\t%r\\t%x"),
+        ]);
         for filter in filters {
             cmd.args(["-t", filter]);
         }
@@ -56,16 +75,33 @@ impl MosquittoSub {
             let left = deadline.saturating_duration_since(Instant::now());
             match proc.next_line(left) {
                 Line::Line(line) => {
-                    if let Some(list) = line.strip_prefix("Subscribed (mid: ").and_then(|rest| rest.split_once("): ")) {
-                        let granted = list.1.split(", ").map(|q| q.trim().parse().unwrap_or(255)).collect();
-                        return MosquittoSub { proc, granted, early };
+                    if let Some(list) = line
+                        .strip_prefix("Subscribed (mid: ")
+                        .and_then(|rest| rest.split_once("): "))
+                    {
+                        let granted = list
+                            .1
+                            .split(", ")
+                            .map(|q| q.trim().parse().unwrap_or(255))
+                            .collect();
+                        return MosquittoSub {
+                            proc,
+                            granted,
+                            early,
+                        };
                     }
                     if let Some(msg) = parse_message(&line) {
                         early.push_back(msg);
                     }
                 }
-                Line::Eof => panic!("mosquitto_sub exited before its SUBACK; stderr:\n{}", proc.stderr()),
-                Line::Timeout => panic!("mosquitto_sub got no SUBACK within {TIMEOUT:?}; stderr:\n{}", proc.stderr()),
+                Line::Eof => panic!(
+                    "mosquitto_sub exited before its SUBACK; stderr:\n{}",
+                    proc.stderr()
+                ),
+                Line::Timeout => panic!(
+                    "mosquitto_sub got no SUBACK within {TIMEOUT:?}; stderr:\n{}",
+                    proc.stderr()
+                ),
             }
         }
     }
@@ -74,7 +110,10 @@ impl MosquittoSub {
     pub fn recv(&mut self, timeout: Duration) -> Msg {
         match self.try_recv(timeout) {
             Some(msg) => msg,
-            None => panic!("mosquitto_sub: no message within {timeout:?}; stderr:\n{}", self.proc.stderr()),
+            None => panic!(
+                "mosquitto_sub: no message within {timeout:?}; stderr:\n{}",
+                self.proc.stderr()
+            ),
         }
     }
 
@@ -122,7 +161,15 @@ fn parse_message(line: &str) -> Option<Msg> {
 /// Publishes one message with `mosquitto_pub` (plus `extra` arguments, e.g. `-D
 /// publish user-property k v`) and waits for it to finish: for QoS 1/2 it exits only
 /// after the broker acknowledged the message.
-pub fn mosquitto_pub(broker: &Broker, version: Version, topic: &str, payload: &[u8], qos: u8, retain: bool, extra: &[&str]) {
+pub fn mosquitto_pub(
+    broker: &Broker,
+    version: Version,
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+    retain: bool,
+    extra: &[&str],
+) {
     let mut cmd = base_command("mosquitto_pub", broker, version);
     cmd.args(["-t", topic, "-q", &qos.to_string()]);
     if retain {
@@ -140,7 +187,13 @@ pub fn mosquitto_pub(broker: &Broker, version: Version, topic: &str, payload: &[
     let mut proc = Proc::spawn("mosquitto_pub", cmd);
     match proc.wait(TIMEOUT) {
         Some(status) if status.success() => {}
-        Some(status) => panic!("mosquitto_pub -t {topic} failed ({status}); stderr:\n{}", proc.stderr()),
-        None => panic!("mosquitto_pub -t {topic} did not finish within {TIMEOUT:?}; stderr:\n{}", proc.stderr()),
+        Some(status) => panic!(
+            "mosquitto_pub -t {topic} failed ({status}); stderr:\n{}",
+            proc.stderr()
+        ),
+        None => panic!(
+            "mosquitto_pub -t {topic} did not finish within {TIMEOUT:?}; stderr:\n{}",
+            proc.stderr()
+        ),
     }
 }

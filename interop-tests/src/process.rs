@@ -32,7 +32,9 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with piped stdio. `name` labels it in failure messages.
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let program = cmd.get_program().to_string_lossy().into_owned();
         let mut child = match cmd.spawn() {
             Ok(child) => child,
@@ -52,7 +54,9 @@ impl Proc {
                 match reader.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+                        let line = String::from_utf8_lossy(&buf)
+                            .trim_end_matches(['\r', '\n'])
+                            .to_string();
                         if tx.send(line).is_err() {
                             break;
                         }
@@ -73,34 +77,40 @@ impl Proc {
                 kept.push_str(&String::from_utf8_lossy(&chunk[..n]));
                 if kept.len() > STDERR_KEEP {
                     let cut = kept.len() - STDERR_KEEP;
-                    let cut = (cut..kept.len()).find(|i| kept.is_char_boundary(*i)).unwrap_or(0);
+                    let cut = (cut..kept.len())
+                        .find(|i| kept.is_char_boundary(*i))
+                        .unwrap_or(0);
                     kept.drain(..cut);
                 }
             }
         });
         let stdin = child.stdin.take();
-        Proc { name: name.to_string(), child, stdin, lines: rx, stderr }
+        Proc {
+            name: name.to_string(),
+            child,
+            stdin,
+            lines: rx,
+            stderr,
+        }
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Writes one line to the child's stdin.
     pub fn send_line(&mut self, line: &str) {
         let name = &self.name;
-        let stdin = self.stdin.as_mut().unwrap_or_else(|| panic!("{name}: stdin already closed"));
+        let stdin = self
+            .stdin
+            .as_mut()
+            .unwrap_or_else(|| panic!("{name}: stdin already closed"));
         if let Err(e) = writeln!(stdin, "{line}").and_then(|_| stdin.flush()) {
-            panic!("{name}: cannot write to its stdin ({e}); stderr:\n{}", self.stderr());
+            panic!(
+                "{name}: cannot write to its stdin ({e}); stderr:\n{}",
+                self.stderr()
+            );
         }
-    }
-
-    pub fn close_stdin(&mut self) {
-        self.stdin = None;
     }
 
     /// The next stdout line, waiting at most `timeout`.
@@ -114,7 +124,10 @@ impl Proc {
 
     /// What the child wrote on stderr so far (the last 16 KiB).
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits for the child to exit; kills it after `timeout` and returns None then.

@@ -29,7 +29,9 @@ pub struct Packet {
 impl Packet {
     /// The reason code of a CONNACK (its second byte; the return code in 3.1.1).
     pub fn connack_code(&self) -> Option<u8> {
-        (self.kind == CONNACK).then(|| self.body.get(1).copied()).flatten()
+        (self.kind == CONNACK)
+            .then(|| self.body.get(1).copied())
+            .flatten()
     }
 
     /// The reason code of an MQTT 5 DISCONNECT (absent means 0x00).
@@ -60,7 +62,13 @@ pub struct ConnectOpts {
 
 impl ConnectOpts {
     pub fn new(version: Version, client_id: &str) -> ConnectOpts {
-        ConnectOpts { version, client_id: client_id.to_string(), keep_alive: 60, clean: true, will: None }
+        ConnectOpts {
+            version,
+            client_id: client_id.to_string(),
+            keep_alive: 60,
+            clean: true,
+            will: None,
+        }
     }
 }
 
@@ -72,7 +80,8 @@ pub struct RawClient {
 impl RawClient {
     /// Opens a TCP connection to the broker (no MQTT yet).
     pub fn open(broker: &Broker, version: Version) -> RawClient {
-        let stream = TcpStream::connect(broker.addr()).unwrap_or_else(|e| panic!("connect to {}: {e}", broker.addr()));
+        let stream = TcpStream::connect(broker.addr())
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", broker.addr()));
         stream.set_nodelay(true).ok();
         RawClient { stream, version }
     }
@@ -81,14 +90,20 @@ impl RawClient {
     /// that a client that never reads pushes back on the broker quickly. The buffer
     /// must be set before connecting (it fixes the window scale), which std's
     /// TcpStream cannot do, hence libc.
-    pub fn open_with_small_receive_buffer(broker: &Broker, version: Version, rcvbuf: i32) -> RawClient {
+    pub fn open_with_small_receive_buffer(
+        broker: &Broker,
+        version: Version,
+        rcvbuf: i32,
+    ) -> RawClient {
         let addr = broker
             .addr()
             .to_socket_addrs()
             .ok()
             .and_then(|mut a| a.find(|a| a.is_ipv4()))
             .unwrap_or_else(|| panic!("{} has no IPv4 address", broker.addr()));
-        let std::net::SocketAddr::V4(v4) = addr else { unreachable!("filtered to IPv4") };
+        let std::net::SocketAddr::V4(v4) = addr else {
+            unreachable!("filtered to IPv4")
+        };
         // SAFETY: plain socket calls on a descriptor this function owns until it hands
         // it to TcpStream, which then closes it.
         let stream = unsafe {
@@ -103,11 +118,17 @@ impl RawClient {
                 &size as *const libc::c_int as *const libc::c_void,
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
-            assert!(rc == 0, "setsockopt(SO_RCVBUF): {}", std::io::Error::last_os_error());
+            assert!(
+                rc == 0,
+                "setsockopt(SO_RCVBUF): {}",
+                std::io::Error::last_os_error()
+            );
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
                 sin_zero: [0; 8],
             };
             let rc = libc::connect(
@@ -115,7 +136,11 @@ impl RawClient {
                 &sin as *const libc::sockaddr_in as *const libc::sockaddr,
                 std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
             );
-            assert!(rc == 0, "connect({addr}): {}", std::io::Error::last_os_error());
+            assert!(
+                rc == 0,
+                "connect({addr}): {}",
+                std::io::Error::last_os_error()
+            );
             stream
         };
         RawClient { stream, version }
@@ -149,8 +174,15 @@ impl RawClient {
             match self.read_packet(deadline.saturating_duration_since(Instant::now())) {
                 // A retained message may come first; only the SUBACK matters here.
                 Received::Packet(p) if p.kind == SUBACK => {
-                    let props_len = if self.version.is_v5() { varint_len(&p.body[2..]) } else { 0 };
-                    return *p.body.get(2 + props_len).unwrap_or_else(|| panic!("short SUBACK {p:?}"));
+                    let props_len = if self.version.is_v5() {
+                        varint_len(&p.body[2..])
+                    } else {
+                        0
+                    };
+                    return *p
+                        .body
+                        .get(2 + props_len)
+                        .unwrap_or_else(|| panic!("short SUBACK {p:?}"));
                 }
                 Received::Packet(_) => continue,
                 other => panic!("expected SUBACK, got {other:?}"),
@@ -162,11 +194,6 @@ impl RawClient {
         // A broker that already closed the connection makes this fail; the reader
         // sees that as Closed, which is what the tests check, so the error is moot.
         let _ = self.stream.write_all(bytes);
-    }
-
-    /// Like `send`, but reports whether the bytes could be written.
-    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
     }
 
     /// Reads the next packet, waiting at most `timeout` for it to be complete.
@@ -193,7 +220,11 @@ impl RawClient {
         }
         let mut body = vec![0u8; len];
         match self.read_exact_by(&mut body, deadline) {
-            Ok(true) => Received::Packet(Packet { kind: first[0] >> 4, flags: first[0] & 0x0f, body }),
+            Ok(true) => Received::Packet(Packet {
+                kind: first[0] >> 4,
+                flags: first[0] & 0x0f,
+                body,
+            }),
             Ok(false) => Received::Closed,
             Err(()) => Received::Timeout,
         }
@@ -231,7 +262,9 @@ impl RawClient {
             match self.stream.read(&mut buf[filled..]) {
                 Ok(0) => return Ok(false),
                 Ok(n) => filled += n,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Err(()),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(())
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // A reset is the broker closing the connection too.
                 Err(_) => return Ok(false),
@@ -325,7 +358,13 @@ pub fn subscribe_packet(version: Version, packet_id: u16, filter: &str, qos: u8)
 }
 
 /// A PUBLISH; `packet_id` is used when qos > 0.
-pub fn publish_packet(version: Version, topic: &str, qos: u8, packet_id: u16, payload: &[u8]) -> Vec<u8> {
+pub fn publish_packet(
+    version: Version,
+    topic: &str,
+    qos: u8,
+    packet_id: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut body = Vec::new();
     put_str(&mut body, topic.as_bytes());
     if qos > 0 {

@@ -65,7 +65,10 @@ fn script_command(lib: Lib, broker: &Broker, version: Version) -> Command {
         Lib::MqttJs => {
             let js = dir.join("js");
             if !js.join("node_modules/mqtt").is_dir() {
-                panic!("MQTT.js is not installed in {}: run scripts/install-test-tools.sh", js.display());
+                panic!(
+                    "MQTT.js is not installed in {}: run scripts/install-test-tools.sh",
+                    js.display()
+                );
             }
             let mut cmd = Command::new("node");
             cmd.arg(js.join("client.js"));
@@ -107,7 +110,11 @@ impl ScriptClient {
     /// client_id, clean, keepalive, username, password, will, props).
     pub fn connect(&mut self, opts: Value) -> ConnectOutcome {
         // Events of an earlier connection of this client would answer for this one.
-        self.backlog.retain(|e| !["connack", "connection_lost", "server_disconnect"].iter().any(|n| e["event"] == *n));
+        self.backlog.retain(|e| {
+            !["connack", "connection_lost", "server_disconnect"]
+                .iter()
+                .any(|n| e["event"] == *n)
+        });
         self.command("connect", opts);
         let event = self.expect_one_of(&["connack", "connection_lost"], COMMAND_TIMEOUT);
         if event["event"] == "connack" {
@@ -125,7 +132,11 @@ impl ScriptClient {
     pub fn connect_ok(&mut self, opts: Value) -> Connack {
         match self.connect(opts.clone()) {
             ConnectOutcome::Connack(ack) if ack.reason_code == 0 => ack,
-            other => panic!("{}: connect {opts} refused: {other:?}; stderr:\n{}", self.name(), self.proc.stderr()),
+            other => panic!(
+                "{}: connect {opts} refused: {other:?}; stderr:\n{}",
+                self.name(),
+                self.proc.stderr()
+            ),
         }
     }
 
@@ -144,7 +155,12 @@ impl ScriptClient {
             .as_array()
             .map(|a| a.iter().map(|c| c.as_u64().unwrap_or(255) as u8).collect())
             .unwrap_or_default();
-        assert_eq!(codes.len(), count, "{}: SUBACK {event} does not answer {count} filters", self.name());
+        assert_eq!(
+            codes.len(),
+            count,
+            "{}: SUBACK {event} does not answer {count} filters",
+            self.name()
+        );
         codes
     }
 
@@ -155,7 +171,9 @@ impl ScriptClient {
 
     /// Publishes and waits until the broker acknowledged it (written, for QoS 0).
     pub fn publish(&mut self, topic: &str, payload: &[u8], qos: u8, retain: bool) {
-        self.publish_with(json!({ "topic": topic, "payload": to_hex(payload), "qos": qos, "retain": retain }));
+        self.publish_with(
+            json!({ "topic": topic, "payload": to_hex(payload), "qos": qos, "retain": retain }),
+        );
     }
 
     /// Publishes the `publish` command's fields as given (topic, payload in hex, qos,
@@ -175,7 +193,10 @@ impl ScriptClient {
     /// `publish_many` without waiting: the test can act while the stream flows, then
     /// call `finish_publish_many`.
     pub fn start_publish_many(&mut self, topic: &str, count: usize, qos: u8, payload_size: usize) {
-        self.command("publish_many", json!({ "topic": topic, "count": count, "qos": qos, "payload_size": payload_size }));
+        self.command(
+            "publish_many",
+            json!({ "topic": topic, "count": count, "qos": qos, "payload_size": payload_size }),
+        );
     }
 
     pub fn finish_publish_many(&mut self) {
@@ -197,7 +218,11 @@ impl ScriptClient {
     pub fn recv(&mut self, timeout: Duration) -> Msg {
         match self.try_recv(timeout) {
             Some(msg) => msg,
-            None => panic!("{}: no message within {timeout:?}; {}", self.name(), self.diagnostics()),
+            None => panic!(
+                "{}: no message within {timeout:?}; {}",
+                self.name(),
+                self.diagnostics()
+            ),
         }
     }
 
@@ -234,7 +259,15 @@ impl ScriptClient {
     /// messages may precede it (clients hand those over only on PUBREL, so a barrier
     /// of a lower QoS could overtake them).
     pub fn until_barrier(&mut self, broker: &Broker, barrier_topic: &str) -> Vec<Msg> {
-        crate::mosquitto_pub(broker, Version::V311, barrier_topic, b"barrier", 2, false, &[]);
+        crate::mosquitto_pub(
+            broker,
+            Version::V311,
+            barrier_topic,
+            b"barrier",
+            2,
+            false,
+            &[],
+        );
         let mut before = Vec::new();
         loop {
             let msg = self.recv(crate::TIMEOUT);
@@ -254,17 +287,20 @@ impl ScriptClient {
     pub fn expect_one_of(&mut self, names: &[&str], timeout: Duration) -> Value {
         match self.next_matching(names, timeout) {
             Some(event) => event,
-            None => panic!("{}: no {names:?} event within {timeout:?}; {}", self.name(), self.diagnostics()),
+            None => panic!(
+                "{}: no {names:?} event within {timeout:?}; {}",
+                self.name(),
+                self.diagnostics()
+            ),
         }
     }
 
-    /// Like `expect_one_of` but returns None on timeout.
-    pub fn wait_for_any(&mut self, names: &[&str], timeout: Duration) -> Option<Value> {
-        self.next_matching(names, timeout)
-    }
-
     fn next_matching(&mut self, names: &[&str], timeout: Duration) -> Option<Value> {
-        if let Some(pos) = self.backlog.iter().position(|e| names.iter().any(|n| e["event"] == *n)) {
+        if let Some(pos) = self
+            .backlog
+            .iter()
+            .position(|e| names.iter().any(|n| e["event"] == *n))
+        {
             return self.backlog.remove(pos);
         }
         let deadline = Instant::now() + timeout;
@@ -283,7 +319,11 @@ impl ScriptClient {
                 return Some(event);
             }
             if event["event"] == "error" {
-                panic!("{}: command failed: {event}; {}", self.name(), self.diagnostics());
+                panic!(
+                    "{}: command failed: {event}; {}",
+                    self.name(),
+                    self.diagnostics()
+                );
             }
             self.backlog.push_back(event);
         }
@@ -297,7 +337,11 @@ impl ScriptClient {
     /// Pending events and stderr, for failure messages.
     fn diagnostics(&self) -> String {
         let pending: Vec<String> = self.backlog.iter().map(|e| e.to_string()).collect();
-        format!("pending events: [{}]; stderr:\n{}", pending.join(", "), self.proc.stderr())
+        format!(
+            "pending events: [{}]; stderr:\n{}",
+            pending.join(", "),
+            self.proc.stderr()
+        )
     }
 }
 

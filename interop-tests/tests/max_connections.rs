@@ -11,7 +11,9 @@ use serde_json::json;
 
 use interop_tests::raw::{connect_packet, ConnectOpts, RawClient, Received};
 use interop_tests::script::ConnectOutcome;
-use interop_tests::{unique_client_id, unique_topic, Broker, Lib, ScriptClient, Setting, Version, TIMEOUT};
+use interop_tests::{
+    unique_client_id, unique_topic, Broker, Lib, ScriptClient, Setting, Version, TIMEOUT,
+};
 
 const MAX_CONNECTIONS: &str = "GATEWAY_LISTENERS__TCP__DEFAULT__MAX_CONNECTIONS";
 
@@ -20,9 +22,17 @@ const MAX_CONNECTIONS: &str = "GATEWAY_LISTENERS__TCP__DEFAULT__MAX_CONNECTIONS"
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn limited_broker() -> Option<(Broker, usize)> {
-    let broker = Broker::start_with(&[Setting::new(MAX_CONNECTIONS, "3").or_external("GATEWAY_TEST_MAX_CONNECTIONS")])?;
-    let max: usize = broker.value(MAX_CONNECTIONS).parse().expect("a connection count");
-    assert!((1..=50).contains(&max), "these tests open {max} connections; give them a small limit");
+    let broker = Broker::start_with(&[
+        Setting::new(MAX_CONNECTIONS, "3").or_external("GATEWAY_TEST_MAX_CONNECTIONS")
+    ])?;
+    let max: usize = broker
+        .value(MAX_CONNECTIONS)
+        .parse()
+        .expect("a connection count");
+    assert!(
+        (1..=50).contains(&max),
+        "these tests open {max} connections; give them a small limit"
+    );
     Some((broker, max))
 }
 
@@ -33,7 +43,10 @@ fn fill(broker: &Broker, max: usize, prefix: &str) -> Vec<ScriptClient> {
             let mut c = ScriptClient::spawn(Lib::Paho, Version::V311, broker);
             match c.connect(json!({ "client_id": unique_client_id("slot") })) {
                 ConnectOutcome::Connack(ack) if ack.reason_code == 0 => {}
-                other => panic!("connection {} of the {max} allowed was refused: {other:?}", i + 1),
+                other => panic!(
+                    "connection {} of the {max} allowed was refused: {other:?}",
+                    i + 1
+                ),
             }
             c.subscribe(&format!("{prefix}/{i}"), 1);
             c
@@ -45,15 +58,26 @@ fn fill(broker: &Broker, max: usize, prefix: &str) -> Vec<ScriptClient> {
 /// a CONNACK error, for a raw socket and for MQTT.js.
 fn assert_full(broker: &Broker, max: usize, version: Version, when: &str) {
     let mut extra = RawClient::open(broker, version);
-    extra.send(&connect_packet(&ConnectOpts::new(version, &unique_client_id("extra"))));
+    extra.send(&connect_packet(&ConnectOpts::new(
+        version,
+        &unique_client_id("extra"),
+    )));
     match extra.read_packet(TIMEOUT) {
         Received::Closed => {}
         Received::Packet(p) if p.connack_code().is_some_and(|c| c != 0) => {}
-        other => panic!("{when}, {version:?}: connection {} with {max} allowed was not refused: {other:?}", max + 1),
+        other => panic!(
+            "{when}, {version:?}: connection {} with {max} allowed was not refused: {other:?}",
+            max + 1
+        ),
     }
     let mut late = ScriptClient::spawn(Lib::MqttJs, version, broker);
-    if let ConnectOutcome::Connack(ack) = late.connect(json!({ "client_id": unique_client_id("late") })) {
-        assert_ne!(ack.reason_code, 0, "{when}, {version:?}: MQTT.js connected beyond the limit of {max}");
+    if let ConnectOutcome::Connack(ack) =
+        late.connect(json!({ "client_id": unique_client_id("late") }))
+    {
+        assert_ne!(
+            ack.reason_code, 0,
+            "{when}, {version:?}: MQTT.js connected beyond the limit of {max}"
+        );
     }
 }
 
@@ -68,7 +92,9 @@ fn assert_all_work(clients: &mut [ScriptClient], prefix: &str) {
 #[test]
 fn connection_beyond_the_listener_limit_is_refused_and_the_others_keep_working() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some((broker, max)) = limited_broker() else { return };
+    let Some((broker, max)) = limited_broker() else {
+        return;
+    };
     let prefix = unique_topic("maxconn");
     let mut clients = fill(&broker, max, &prefix);
     for version in [Version::V311, Version::V5] {
@@ -83,7 +109,9 @@ fn connection_beyond_the_listener_limit_is_refused_and_the_others_keep_working()
 #[test]
 fn connection_count_follows_real_connections_after_refusals_aborted_handshakes_and_departures() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some((broker, max)) = limited_broker() else { return };
+    let Some((broker, max)) = limited_broker() else {
+        return;
+    };
     let prefix = unique_topic("maxconn-count");
 
     // Connections that end before CONNECT, while there is room.
@@ -98,7 +126,12 @@ fn connection_count_follows_real_connections_after_refusals_aborted_handshakes_a
             RawClient::open(&broker, Version::V311).drop_connection();
         }
     }
-    assert_full(&broker, max, Version::V311, "full after refusals and aborted handshakes");
+    assert_full(
+        &broker,
+        max,
+        Version::V311,
+        "full after refusals and aborted handshakes",
+    );
 
     // A client leaving frees exactly one slot.
     clients.pop().expect("at least one client").disconnect();
@@ -111,11 +144,18 @@ fn connection_count_follows_real_connections_after_refusals_aborted_handshakes_a
                 clients.push(again);
                 break;
             }
-            other if Instant::now() > deadline => panic!("a slot freed by a disconnect was not reusable: {other:?}"),
+            other if Instant::now() > deadline => {
+                panic!("a slot freed by a disconnect was not reusable: {other:?}")
+            }
             // The broker may notice the departure a moment after the client left.
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
-    assert_full(&broker, max, Version::V311, "full again after the freed slot was taken");
+    assert_full(
+        &broker,
+        max,
+        Version::V311,
+        "full again after the freed slot was taken",
+    );
     assert_all_work(&mut clients, &prefix);
 }

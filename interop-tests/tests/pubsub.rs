@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use interop_tests::{sample_payloads, unique_topic, Broker, Family, Publisher, Subscriber, Version, TIMEOUT};
+use interop_tests::{
+    sample_payloads, unique_topic, Broker, Family, Publisher, Subscriber, Version, TIMEOUT,
+};
 
 /// Runs the full QoS grid from every publisher family into a `sub_family` subscriber.
 fn qos_grid_into(sub_family: Family, version: Version) {
@@ -15,9 +17,17 @@ fn qos_grid_into(sub_family: Family, version: Version) {
     for pub_family in Family::ALL {
         let prefix = unique_topic(&format!("qos-{sub_family:?}-{pub_family:?}"));
         let filters: Vec<String> = (0..3).map(|sq| format!("{prefix}/s{sq}/+")).collect();
-        let subs: Vec<(&str, u8)> = filters.iter().enumerate().map(|(q, f)| (f.as_str(), q as u8)).collect();
+        let subs: Vec<(&str, u8)> = filters
+            .iter()
+            .enumerate()
+            .map(|(q, f)| (f.as_str(), q as u8))
+            .collect();
         let (mut subscriber, granted) = Subscriber::start(sub_family, version, &broker, &subs);
-        assert_eq!(granted, vec![0, 1, 2], "{sub_family:?} {version:?}: granted QoS");
+        assert_eq!(
+            granted,
+            vec![0, 1, 2],
+            "{sub_family:?} {version:?}: granted QoS"
+        );
 
         let payloads = sample_payloads();
         let mut expected = BTreeMap::new();
@@ -40,11 +50,22 @@ fn qos_grid_into(sub_family: Family, version: Version) {
                     expected.keys().collect::<Vec<_>>()
                 );
             };
-            assert!(!msg.retain, "{pub_family:?} -> {sub_family:?} {version:?}: retain set on {}", msg.topic);
+            assert!(
+                !msg.retain,
+                "{pub_family:?} -> {sub_family:?} {version:?}: retain set on {}",
+                msg.topic
+            );
             let previous = received.insert(msg.topic.clone(), (msg.payload, msg.qos));
-            assert!(previous.is_none(), "{pub_family:?} -> {sub_family:?} {version:?}: {} delivered twice", msg.topic);
+            assert!(
+                previous.is_none(),
+                "{pub_family:?} -> {sub_family:?} {version:?}: {} delivered twice",
+                msg.topic
+            );
         }
-        assert_eq!(received, expected, "{pub_family:?} -> {sub_family:?} {version:?}: (payload, QoS) per topic");
+        assert_eq!(
+            received, expected,
+            "{pub_family:?} -> {sub_family:?} {version:?}: (payload, QoS) per topic"
+        );
     }
 }
 
@@ -85,13 +106,22 @@ fn v31_clients_of_every_family_exchange_messages() {
     for sub_family in Family::ALL {
         let prefix = unique_topic(&format!("v31-{sub_family:?}"));
         let filter = format!("{prefix}/#");
-        let (mut subscriber, granted) = Subscriber::start(sub_family, Version::V31, &broker, &[(&filter, 2)]);
+        let (mut subscriber, granted) =
+            Subscriber::start(sub_family, Version::V31, &broker, &[(&filter, 2)]);
         assert_eq!(granted, vec![2]);
         for pub_family in Family::ALL {
             let topic = format!("{prefix}/{pub_family:?}");
-            Publisher::start(pub_family, Version::V31, &broker).publish(&topic, b"\x00v31\xff", 2, false);
+            Publisher::start(pub_family, Version::V31, &broker).publish(
+                &topic,
+                b"\x00v31\xff",
+                2,
+                false,
+            );
             let msg = subscriber.recv(TIMEOUT);
-            assert_eq!((msg.topic.as_str(), msg.payload.as_slice(), msg.qos), (topic.as_str(), &b"\x00v31\xff"[..], 2));
+            assert_eq!(
+                (msg.topic.as_str(), msg.payload.as_slice(), msg.qos),
+                (topic.as_str(), &b"\x00v31\xff"[..], 2)
+            );
         }
     }
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use interop_tests::raw::{self, ConnectOpts, RawClient};
-use interop_tests::{unique_client_id, unique_topic, Broker, Lib, Msg, ScriptClient, Version, TIMEOUT};
+use interop_tests::{
+    unique_client_id, unique_topic, Broker, Lib, Msg, ScriptClient, Version, TIMEOUT,
+};
 
 /// Checks that `msgs` are the payloads "0".."count-1" of publish_many, each once.
 fn assert_complete_stream(msgs: &[Msg], count: usize, what: &str) {
@@ -14,11 +16,17 @@ fn assert_complete_stream(msgs: &[Msg], count: usize, what: &str) {
         .iter()
         .map(|m| {
             let text = String::from_utf8_lossy(&m.payload);
-            text.trim_end_matches('.').parse().unwrap_or_else(|_| panic!("{what}: unexpected payload {text:?}"))
+            text.trim_end_matches('.')
+                .parse()
+                .unwrap_or_else(|_| panic!("{what}: unexpected payload {text:?}"))
         })
         .collect();
     assert_eq!(msgs.len(), count, "{what}: message count");
-    assert_eq!(indexes, (0..count).collect(), "{what}: every message exactly once");
+    assert_eq!(
+        indexes,
+        (0..count).collect(),
+        "{what}: every message exactly once"
+    );
 }
 
 /// (what, the bytes sent after a valid CONNECT, reason codes acceptable in an MQTT 5
@@ -29,9 +37,17 @@ fn garbage() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
         // both describe it; Mosquitto says 0x82.
         ("reserved packet type 0", vec![0x00, 0x00], vec![0x81, 0x82]),
         // MQTT-3.3.1-4: both QoS bits set is a Malformed Packet.
-        ("PUBLISH with QoS 3", raw::packet(0x36, &[0x00, 0x01, b'a', 0x00, 0x01, 0x00, b'x']), vec![0x81]),
+        (
+            "PUBLISH with QoS 3",
+            raw::packet(0x36, &[0x00, 0x01, b'a', 0x00, 0x01, 0x00, b'x']),
+            vec![0x81],
+        ),
         // A remaining length whose fifth byte still has the continuation bit.
-        ("remaining length over 4 bytes", vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01], vec![0x81]),
+        (
+            "remaining length over 4 bytes",
+            vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+            vec![0x81],
+        ),
     ]
 }
 
@@ -40,16 +56,21 @@ fn malformed_packet_closes_only_its_connection_while_a_qos1_stream_flows_without
     let broker = Broker::start();
     let topic = unique_topic("malformed");
     let count = 1000;
-    let mut sub = ScriptClient::connected(Lib::Paho, Version::V5, &broker, &unique_client_id("steady"));
+    let mut sub =
+        ScriptClient::connected(Lib::Paho, Version::V5, &broker, &unique_client_id("steady"));
     assert_eq!(sub.subscribe(&topic, 1), 1);
-    let mut publisher = ScriptClient::connected(Lib::Paho, Version::V5, &broker, &unique_client_id("stream"));
+    let mut publisher =
+        ScriptClient::connected(Lib::Paho, Version::V5, &broker, &unique_client_id("stream"));
     publisher.start_publish_many(&topic, count, 1, 16);
 
     // While the stream flows, connections misbehave.
     for version in [Version::V311, Version::V5] {
         for (what, bytes, reasons) in garbage() {
             let what = format!("{version:?}, {what}");
-            let (mut bad, code) = RawClient::connect(&broker, &ConnectOpts::new(version, &unique_client_id("bad")));
+            let (mut bad, code) = RawClient::connect(
+                &broker,
+                &ConnectOpts::new(version, &unique_client_id("bad")),
+            );
             assert_eq!(code, 0, "{what}: CONNACK");
             bad.send(&bytes);
             let Some(packets) = bad.read_until_closed(TIMEOUT) else {
@@ -68,7 +89,10 @@ fn malformed_packet_closes_only_its_connection_while_a_qos1_stream_flows_without
                     &format!("{what}: DISCONNECT with one of {reasons:02x?} before the close"),
                 );
             } else {
-                assert!(packets.is_empty(), "{what}: MQTT 3.1.1 has no DISCONNECT from the server, got {packets:?}");
+                assert!(
+                    packets.is_empty(),
+                    "{what}: MQTT 3.1.1 has no DISCONNECT from the server, got {packets:?}"
+                );
             }
         }
     }
@@ -88,21 +112,33 @@ fn subscriber_that_never_reads_does_not_starve_another_subscriber_of_the_same_to
     let mut stalled = Vec::new();
     for (version, qos) in [(Version::V311, 0), (Version::V5, 1)] {
         let mut raw = RawClient::open_with_small_receive_buffer(&broker, version, 4096);
-        assert_eq!(raw.handshake(&ConnectOpts::new(version, &unique_client_id("stalled"))), 0);
+        assert_eq!(
+            raw.handshake(&ConnectOpts::new(version, &unique_client_id("stalled"))),
+            0
+        );
         assert_eq!(raw.subscribe(1, &topic, qos), qos);
         stalled.push(raw);
     }
-    let mut reader = ScriptClient::connected(Lib::Paho, Version::V5, &broker, &unique_client_id("reader"));
+    let mut reader =
+        ScriptClient::connected(Lib::Paho, Version::V5, &broker, &unique_client_id("reader"));
     assert_eq!(reader.subscribe(&topic, 1), 1);
-    let mut publisher = ScriptClient::connected(Lib::Paho, Version::V5, &broker, &unique_client_id("busy"));
+    let mut publisher =
+        ScriptClient::connected(Lib::Paho, Version::V5, &broker, &unique_client_id("busy"));
 
     // 1 KiB payloads: 2000 of them are far more than the stalled sockets can absorb.
     for (qos, count) in [(0u8, 2000usize), (1, 500)] {
         publisher.start_publish_many(&topic, count, qos, 1024);
         let msgs = reader.recv_n(count, Duration::from_secs(60));
         publisher.finish_publish_many();
-        assert_complete_stream(&msgs, count, &format!("QoS {qos} stream beside stalled subscribers"));
-        assert!(msgs.iter().all(|m| m.qos == qos), "QoS {qos}: delivered at another QoS");
+        assert_complete_stream(
+            &msgs,
+            count,
+            &format!("QoS {qos} stream beside stalled subscribers"),
+        );
+        assert!(
+            msgs.iter().all(|m| m.qos == qos),
+            "QoS {qos}: delivered at another QoS"
+        );
     }
     drop(stalled);
 }

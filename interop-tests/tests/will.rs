@@ -7,8 +7,8 @@ use serde_json::json;
 
 use interop_tests::raw::{ConnectOpts, RawClient};
 use interop_tests::{
-    mosquitto_pub, to_hex, unique_client_id, unique_topic, Broker, Lib, MosquittoSub, Msg, ScriptClient, Version,
-    QUIET, TIMEOUT,
+    mosquitto_pub, to_hex, unique_client_id, unique_topic, Broker, Lib, MosquittoSub, Msg,
+    ScriptClient, Version, QUIET, TIMEOUT,
 };
 
 /// A paho subscriber to `topic`, connected and subscribed at QoS 1.
@@ -48,7 +48,12 @@ fn will_is_published_when_a_client_process_is_killed() {
                 "will": { "topic": topic, "payload": to_hex(&payload), "qos": 1 },
             }));
             client.kill();
-            assert_is_will(&w.recv(TIMEOUT), &topic, &payload, &format!("{lib:?} {version:?}"));
+            assert_is_will(
+                &w.recv(TIMEOUT),
+                &topic,
+                &payload,
+                &format!("{lib:?} {version:?}"),
+            );
         }
 
         let topic = unique_topic("will-kill-mosq");
@@ -58,10 +63,22 @@ fn will_is_published_when_a_client_process_is_killed() {
             version,
             &[&unique_topic("unused")],
             0,
-            &["--will-topic", &topic, "--will-payload", "mosquitto gone", "--will-qos", "1"],
+            &[
+                "--will-topic",
+                &topic,
+                "--will-payload",
+                "mosquitto gone",
+                "--will-qos",
+                "1",
+            ],
         );
         sub.kill();
-        assert_is_will(&w.recv(TIMEOUT), &topic, b"mosquitto gone", &format!("mosquitto_sub {version:?}"));
+        assert_is_will(
+            &w.recv(TIMEOUT),
+            &topic,
+            b"mosquitto gone",
+            &format!("mosquitto_sub {version:?}"),
+        );
     }
 }
 
@@ -76,7 +93,12 @@ fn will_is_published_when_the_socket_closes_without_disconnect() {
         let (raw, code) = RawClient::connect(&broker, &opts);
         assert_eq!(code, 0, "CONNACK");
         raw.drop_connection();
-        assert_is_will(&w.recv(TIMEOUT), &topic, b"socket closed", &format!("raw {version:?}"));
+        assert_is_will(
+            &w.recv(TIMEOUT),
+            &topic,
+            b"socket closed",
+            &format!("raw {version:?}"),
+        );
     }
 }
 
@@ -99,15 +121,34 @@ fn will_is_discarded_after_a_normal_disconnect() {
         let topic = unique_topic("will-normal-mosq");
         let mut w = watcher(&broker, &topic);
         let other = unique_topic("unused");
-        mosquitto_pub(&broker, version, &other, b"x", 1, false, &["--will-topic", &topic, "--will-payload", "must not appear"]);
-        assert_no_will(&broker, &mut w, &topic, &format!("mosquitto_pub {version:?}"));
+        mosquitto_pub(
+            &broker,
+            version,
+            &other,
+            b"x",
+            1,
+            false,
+            &["--will-topic", &topic, "--will-payload", "must not appear"],
+        );
+        assert_no_will(
+            &broker,
+            &mut w,
+            &topic,
+            &format!("mosquitto_pub {version:?}"),
+        );
     }
 }
 
 /// The will delay used below; long enough to tell "after the delay" from "at once".
 const WILL_DELAY: u64 = 2;
 
-fn connect_with_delayed_will(lib: Lib, broker: &Broker, client_id: &str, topic: &str, session_expiry: u64) -> ScriptClient {
+fn connect_with_delayed_will(
+    lib: Lib,
+    broker: &Broker,
+    client_id: &str,
+    topic: &str,
+    session_expiry: u64,
+) -> ScriptClient {
     let mut client = ScriptClient::spawn(lib, Version::V5, broker);
     client.connect_ok(json!({
         "client_id": client_id,
@@ -129,7 +170,8 @@ fn v5_will_is_published_only_after_the_will_delay() {
     for lib in Lib::ALL {
         let topic = unique_topic("will-delay");
         let mut w = watcher(&broker, &topic);
-        let mut client = connect_with_delayed_will(lib, &broker, &unique_client_id("delay"), &topic, 60);
+        let mut client =
+            connect_with_delayed_will(lib, &broker, &unique_client_id("delay"), &topic, 60);
         client.kill();
         let killed = Instant::now();
         let msg = w.recv(Duration::from_secs(WILL_DELAY) + TIMEOUT);
@@ -162,7 +204,12 @@ fn v5_will_is_published_when_the_session_expires_before_the_will_delay() {
         }));
         client.kill();
         // The session ends after 1 s, long before the 300 s will delay.
-        assert_is_will(&w.recv(TIMEOUT), &topic, b"session over", &format!("{lib:?}"));
+        assert_is_will(
+            &w.recv(TIMEOUT),
+            &topic,
+            b"session over",
+            &format!("{lib:?}"),
+        );
     }
 }
 
@@ -182,11 +229,19 @@ fn v5_reconnecting_within_the_will_delay_cancels_the_will() {
             "clean": false,
             "props": { "session_expiry_interval": 60 },
         }));
-        assert!(ack.session_present, "{lib:?}: the session should have been resumed");
-        assert!(killed.elapsed() < Duration::from_secs(WILL_DELAY), "{lib:?}: reconnect too slow for this test");
+        assert!(
+            ack.session_present,
+            "{lib:?}: the session should have been resumed"
+        );
+        assert!(
+            killed.elapsed() < Duration::from_secs(WILL_DELAY),
+            "{lib:?}: reconnect too slow for this test"
+        );
         // Wait out the delay, then prove nothing came.
         if let Some(msg) = w.try_recv(Duration::from_secs(WILL_DELAY + 1)) {
-            panic!("{lib:?}: will published although the client came back within the delay: {msg:?}");
+            panic!(
+                "{lib:?}: will published although the client came back within the delay: {msg:?}"
+            );
         }
         assert_no_will(&broker, &mut w, &topic, &format!("{lib:?}"));
         second.disconnect();
@@ -203,7 +258,10 @@ fn keep_alive_deadline(broker: &Broker) -> Duration {
         return default;
     }
     match std::env::var("GATEWAY_TEST_KEEPALIVE_MAX_SECS") {
-        Ok(text) => Duration::from_secs_f64(text.parse().expect("GATEWAY_TEST_KEEPALIVE_MAX_SECS is a number")),
+        Ok(text) => Duration::from_secs_f64(
+            text.parse()
+                .expect("GATEWAY_TEST_KEEPALIVE_MAX_SECS is a number"),
+        ),
         Err(_) => default,
     }
 }
@@ -224,11 +282,19 @@ fn silent_client_is_disconnected_after_one_and_a_half_keep_alives_and_its_will_p
         // The client now says nothing at all; MQTT-3.1.2-24 gives it 1.5 x keep-alive.
         let packets = raw.read_until_closed(latest + Duration::from_secs(1));
         let closed_after = connected.elapsed();
-        assert!(packets.is_some(), "{version:?}: connection still open {closed_after:?} after a 1 s keep-alive");
+        assert!(
+            packets.is_some(),
+            "{version:?}: connection still open {closed_after:?} after a 1 s keep-alive"
+        );
         assert!(
             closed_after >= Duration::from_millis(1000) && closed_after <= latest,
             "{version:?}: closed {closed_after:?} after CONNACK; expected about 1.5 s (1 s to {latest:?})"
         );
-        assert_is_will(&w.recv(TIMEOUT), &topic, b"timed out", &format!("keep-alive {version:?}"));
+        assert_is_will(
+            &w.recv(TIMEOUT),
+            &topic,
+            b"timed out",
+            &format!("keep-alive {version:?}"),
+        );
     }
 }

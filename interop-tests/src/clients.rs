@@ -32,7 +32,7 @@ impl Family {
 /// A subscriber of any family.
 pub enum Subscriber {
     /// mosquitto_sub applies one QoS to all its filters, so there is one process per
-    /// (filter, QoS) pair.
+    /// distinct QoS.
     Mosquitto(Vec<MosquittoSub>),
     Script(ScriptClient),
 }

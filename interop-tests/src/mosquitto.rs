@@ -1,7 +1,7 @@
 //! The mosquitto command line clients (Debian `mosquitto-clients`).
 //!
 //! `mosquitto_sub -d` prints its protocol exchange, which gives the readiness signal
-//! ("Subscribed (mid: 1): <granted QoS list>" once the SUBACK arrived); each message
+//! ("Subscribed (mid: 1): " and the granted QoS list once the SUBACK arrived); each message
 //! is printed on one line in a tab-separated format with the payload in hex.
 
 use std::collections::VecDeque;

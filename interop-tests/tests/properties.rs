@@ -98,6 +98,21 @@ fn v5_properties_from_mosquitto_pub_reach_paho_and_mqttjs() {
         let mut sub = v5(sub_lib, &broker, "msub");
         sub.subscribe(&topic, 1);
         let expiry = EXPIRY.to_string();
+        let props: [&[&str]; 7] = [
+            &["user-property", "a", "1"],
+            &["user-property", "a", "2"],
+            &["content-type", "application/x-test; charset=utf-8"],
+            &["response-topic", &reply_to],
+            // mosquitto_pub sends correlation data as the text given; bytes like
+            // 00 ff 10 cannot be typed, so this one is checked as text.
+            &["correlation-data", "corr"],
+            &["payload-format-indicator", "1"],
+            &["message-expiry-interval", &expiry],
+        ];
+        let args: Vec<&str> = props
+            .iter()
+            .flat_map(|p| ["-D", "publish"].into_iter().chain(p.iter().copied()))
+            .collect();
         mosquitto_pub(
             &broker,
             Version::V5,
@@ -105,40 +120,7 @@ fn v5_properties_from_mosquitto_pub_reach_paho_and_mqttjs() {
             b"from mosquitto",
             1,
             false,
-            &[
-                "-D",
-                "publish",
-                "user-property",
-                "a",
-                "1",
-                "-D",
-                "publish",
-                "user-property",
-                "a",
-                "2",
-                "-D",
-                "publish",
-                "content-type",
-                "application/x-test; charset=utf-8",
-                "-D",
-                "publish",
-                "response-topic",
-                &reply_to,
-                // mosquitto_pub sends correlation data as the text given: "\x00\xff\x10"
-                // cannot be typed, so this one is checked as text.
-                "-D",
-                "publish",
-                "correlation-data",
-                "corr",
-                "-D",
-                "publish",
-                "payload-format-indicator",
-                "1",
-                "-D",
-                "publish",
-                "message-expiry-interval",
-                &expiry,
-            ],
+            &args,
         );
         let msg = sub.recv(TIMEOUT);
         let what = format!("mosquitto_pub -> {sub_lib:?}");

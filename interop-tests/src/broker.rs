@@ -1,0 +1,341 @@
+//! The broker under test: a gateway process started for one test, or an external
+//! broker named by `GATEWAY_TEST_HOST` / `GATEWAY_TEST_MQTT_PORT`.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a freshly started gateway may take to accept TCP connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the gateway gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much of the gateway's log a failing test prints.
+const LOG_TAIL_BYTES: u64 = 8 * 1024;
+
+/// One configuration value a test needs from the broker.
+///
+/// A started gateway gets it through its environment variable. An external broker
+/// cannot be configured from here, so the test runs against one only when the user
+/// states the broker's value in `external_env` (for example
+/// `GATEWAY_TEST_MAX_PACKET_SIZE=1024` for a broker configured that way).
+#[derive(Clone, Debug)]
+pub struct Setting {
+    /// The gateway's environment variable, e.g. `GATEWAY_MQTT__MAX_PACKET_SIZE`.
+    pub gateway_env: &'static str,
+    pub value: String,
+    /// The variable through which a user tells the value of an external broker; None
+    /// when the test can only run against a gateway it starts itself.
+    pub external_env: Option<&'static str>,
+}
+
+impl Setting {
+    pub fn new(gateway_env: &'static str, value: impl Into<String>) -> Setting {
+        Setting {
+            gateway_env,
+            value: value.into(),
+            external_env: None,
+        }
+    }
+
+    /// A setting an external broker can satisfy when `external_env` states its value.
+    pub fn or_external(mut self, external_env: &'static str) -> Setting {
+        self.external_env = Some(external_env);
+        self
+    }
+}
+
+/// The broker a test talks to. Dropping it stops a gateway the test started.
+pub struct Broker {
+    pub host: String,
+    pub port: u16,
+    values: Vec<(&'static str, String)>,
+    gateway: Option<Gateway>,
+}
+
+struct Gateway {
+    child: Child,
+    log_path: PathBuf,
+    // Holds the log file (and anything else the test put there) until the end.
+    _dir: tempfile::TempDir,
+}
+
+/// True when tests run against `GATEWAY_TEST_HOST` instead of starting a gateway.
+pub fn external_mode() -> bool {
+    std::env::var_os("GATEWAY_TEST_HOST").is_some()
+}
+
+/// The workspace root: the parent of this crate's directory.
+pub fn workspace_root() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir.parent().unwrap_or(crate_dir).to_path_buf()
+}
+
+/// `$GATEWAY_BIN`, else `<workspace>/target/release/gateway`; panics with the command
+/// that builds it when it is missing.
+pub fn gateway_bin() -> PathBuf {
+    let bin = match std::env::var_os("GATEWAY_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_root().join("target/release/gateway"),
+    };
+    if !bin.is_file() {
+        panic!(
+            "gateway binary not found at {}: run `cargo build --release -p gateway` first \
+             (or set GATEWAY_BIN, or GATEWAY_TEST_HOST to test an external broker)",
+            bin.display()
+        );
+    }
+    bin
+}
+
+/// A command running the gateway binary with an environment free of the caller's
+/// `GATEWAY_*` variables: the gateway reads every one of those as configuration and
+/// rejects unknown keys, and the test harness's own (`GATEWAY_TEST_HOST`, ...) are not
+/// meant for it.
+pub fn gateway_command() -> Command {
+    let mut cmd = Command::new(gateway_bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("GATEWAY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago and that no other test of this
+/// process has been given.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local address").port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+}
+
+impl Broker {
+    /// The broker with its default configuration.
+    pub fn start() -> Broker {
+        // With no setting asked for, an external broker always qualifies.
+        Broker::start_with(&[]).expect("a broker without settings")
+    }
+
+    /// A broker configured with `settings`. Returns None, after printing why, when the
+    /// tests run against an external broker that is not known to have them.
+    pub fn start_with(settings: &[Setting]) -> Option<Broker> {
+        if external_mode() {
+            return Broker::external(settings);
+        }
+        Some(Broker::spawn_gateway(settings))
+    }
+
+    /// A gateway started with `settings`, or an external broker used as it is: for
+    /// settings that make a check sharper but that the test does not depend on.
+    pub fn start_preferring(settings: &[Setting]) -> Broker {
+        if external_mode() {
+            return Broker::start();
+        }
+        Broker::spawn_gateway(settings)
+    }
+
+    /// A gateway-only check: None, after saying so, in external mode.
+    pub fn start_gateway_only(needs: &str, settings: &[Setting]) -> Option<Broker> {
+        if external_mode() {
+            println!("not applicable in external mode: needs {needs}");
+            return None;
+        }
+        Some(Broker::spawn_gateway(settings))
+    }
+
+    fn external(settings: &[Setting]) -> Option<Broker> {
+        let host = std::env::var("GATEWAY_TEST_HOST").unwrap_or_default();
+        let port = match std::env::var("GATEWAY_TEST_MQTT_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_MQTT_PORT={text} is not a port")),
+            Err(_) => 1883,
+        };
+        let mut values = Vec::new();
+        for s in settings {
+            match s.external_env.and_then(|var| std::env::var(var).ok()) {
+                Some(value) => values.push((s.gateway_env, value)),
+                None => {
+                    let how = match s.external_env {
+                        Some(var) => format!(" (set {var} to the broker's value to run it)"),
+                        None => String::new(),
+                    };
+                    println!(
+                        "not applicable in external mode: needs {}={}{how}",
+                        s.gateway_env, s.value
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(Broker {
+            host,
+            port,
+            values,
+            gateway: None,
+        })
+    }
+
+    fn spawn_gateway(settings: &[Setting]) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir for the gateway log");
+        let log_path = dir.path().join("gateway.log");
+        let log = File::create(&log_path).expect("create the gateway log");
+        let port = free_port();
+        let mut cmd = gateway_command();
+        cmd.env(
+            "GATEWAY_LISTENERS__TCP__DEFAULT__BIND",
+            format!("127.0.0.1:{port}"),
+        );
+        // Extra configuration for every started gateway, e.g. to turn off a listener
+        // whose fixed default port would clash between gateways running in parallel.
+        if let Ok(extra) = std::env::var("GATEWAY_TEST_GATEWAY_ENV") {
+            for pair in extra.split_whitespace() {
+                match pair.split_once('=') {
+                    Some((key, value)) => cmd.env(key, value),
+                    None => panic!("GATEWAY_TEST_GATEWAY_ENV: {pair:?} is not KEY=VALUE"),
+                };
+            }
+        }
+        let mut values = Vec::new();
+        for s in settings {
+            cmd.env(s.gateway_env, &s.value);
+            values.push((s.gateway_env, s.value.clone()));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log handle"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+        let mut broker = Broker {
+            host: "127.0.0.1".to_string(),
+            port,
+            values,
+            gateway: Some(Gateway {
+                child,
+                log_path,
+                _dir: dir,
+            }),
+        };
+        broker.wait_ready();
+        broker
+    }
+
+    /// Polls the TCP port until it accepts a connection; panics when the gateway exits
+    /// or stays closed for READY_TIMEOUT (Drop then prints its log).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let addr = self.addr();
+        loop {
+            if TcpStream::connect(&addr).is_ok() {
+                return;
+            }
+            if let Some(gw) = self.gateway.as_mut() {
+                if let Ok(Some(status)) = gw.child.try_wait() {
+                    panic!("gateway exited during start-up ({status})");
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("gateway not accepting connections on {addr} after {READY_TIMEOUT:?}");
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Checks a promise the gateway makes beyond what the MQTT spec demands (a SHOULD
+    /// there, or one of several behaviours the spec allows). A gateway that breaks it
+    /// fails the test; an external broker is judged by the spec, so it only gets a note.
+    pub fn gateway_promise(&self, kept: bool, promise: &str) {
+        if kept {
+            return;
+        }
+        if self.is_gateway() {
+            panic!("broken promise: {promise}");
+        }
+        println!("note: the external broker does not do this (the spec allows it; the gateway must): {promise}");
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// True when this test started the gateway (false against an external broker).
+    pub fn is_gateway(&self) -> bool {
+        self.gateway.is_some()
+    }
+
+    /// The value in force for a setting the test asked for.
+    pub fn value(&self, gateway_env: &str) -> &str {
+        match self.values.iter().find(|(k, _)| *k == gateway_env) {
+            Some((_, v)) => v,
+            None => panic!("{gateway_env} was not among the settings this test asked for"),
+        }
+    }
+
+    /// The end of the gateway's stdout/stderr ("" against an external broker).
+    pub fn log_tail(&self) -> String {
+        match &self.gateway {
+            Some(gw) => read_tail(&gw.log_path, LOG_TAIL_BYTES),
+            None => String::new(),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let Some(gw) = self.gateway.as_mut() else {
+            return;
+        };
+        // SIGTERM first: the gateway is meant to shut down gracefully.
+        unsafe {
+            libc::kill(gw.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let mut stopped = false;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = gw.child.try_wait() {
+                stopped = true;
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        if !stopped {
+            let _ = gw.child.kill();
+            let _ = gw.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "---- gateway log tail ({}) ----\n{}\n---- end of gateway log ----",
+                gw.log_path.display(),
+                read_tail(&gw.log_path, LOG_TAIL_BYTES)
+            );
+        } else if !stopped {
+            eprintln!("warning: the gateway did not exit within {STOP_TIMEOUT:?} of SIGTERM and was killed");
+        }
+    }
+}
+
+fn read_tail(path: &Path, max: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}

@@ -1,0 +1,158 @@
+//! Authentication: a password file written by `gateway passwd` with anonymous access
+//! off, and MQTT 5 enhanced authentication with a method the broker does not know.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use interop_tests::broker::gateway_command;
+use interop_tests::process::Proc;
+use interop_tests::script::ConnectOutcome;
+use interop_tests::{
+    external_mode, unique_client_id, Broker, Lib, ScriptClient, Setting, Version, TIMEOUT,
+};
+
+/// Adds a user with `gateway passwd FILE USERNAME --password PASSWORD`.
+fn gateway_passwd(file: &Path, username: &str, password: &str) {
+    let mut cmd = gateway_command();
+    cmd.arg("passwd")
+        .arg(file)
+        .arg(username)
+        .arg("--password")
+        .arg(password);
+    let mut proc = Proc::spawn("gateway passwd", cmd);
+    match proc.wait(TIMEOUT) {
+        Some(status) if status.success() => {}
+        other => panic!(
+            "gateway passwd {} {username} failed ({other:?}); stderr:\n{}",
+            file.display(),
+            proc.stderr()
+        ),
+    }
+}
+
+/// A broker with anonymous access off and one known user: (broker, user, password).
+/// An external broker must be configured so and name a user in GATEWAY_TEST_USERNAME
+/// and GATEWAY_TEST_PASSWORD. The temp dir holds the password file.
+fn broker_with_user() -> Option<(Broker, String, String, Option<tempfile::TempDir>)> {
+    if external_mode() {
+        let (Ok(user), Ok(password)) = (
+            std::env::var("GATEWAY_TEST_USERNAME"),
+            std::env::var("GATEWAY_TEST_PASSWORD"),
+        ) else {
+            println!(
+                "not applicable in external mode: needs a broker with anonymous access off and a user named by \
+                 GATEWAY_TEST_USERNAME / GATEWAY_TEST_PASSWORD"
+            );
+            return None;
+        };
+        return Some((Broker::start(), user, password, None));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("passwd");
+    // Two users, the second added to an existing file, and the first one's password
+    // updated: the file format must survive being edited.
+    gateway_passwd(&file, "device-1", "initial password");
+    gateway_passwd(&file, "operator", "another one");
+    gateway_passwd(&file, "device-1", "s3cret: with spaces & ünïcode");
+    let broker = Broker::start_with(&[
+        Setting::new("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false"),
+        Setting::new(
+            "GATEWAY_AUTH__PASSWORD_FILE",
+            file.to_string_lossy().into_owned(),
+        ),
+    ])?;
+    Some((
+        broker,
+        "device-1".into(),
+        "s3cret: with spaces & ünïcode".into(),
+        Some(dir),
+    ))
+}
+
+/// The CONNACK code for `credentials`, or None when the connection was just closed.
+fn connack_code(broker: &Broker, lib: Lib, version: Version, mut credentials: Value) -> Option<u8> {
+    credentials["client_id"] = json!(unique_client_id("auth"));
+    match ScriptClient::spawn(lib, version, broker).connect(credentials) {
+        ConnectOutcome::Connack(ack) => Some(ack.reason_code),
+        ConnectOutcome::Lost(_) => None,
+    }
+}
+
+#[test]
+fn password_file_from_gateway_passwd_admits_the_right_password_only() {
+    let Some((broker, user, password, _dir)) = broker_with_user() else {
+        return;
+    };
+    for version in [Version::V311, Version::V5] {
+        for lib in Lib::ALL {
+            let what = format!("{lib:?} {version:?}");
+            let (bad_credentials, not_authorized) = if version.is_v5() {
+                (0x86, 0x87)
+            } else {
+                (4, 5)
+            };
+
+            let right = connack_code(
+                &broker,
+                lib,
+                version,
+                json!({ "username": user, "password": password }),
+            );
+            assert_eq!(right, Some(0), "{what}: right password");
+
+            // Refused: the spec leaves the code to the server (Mosquitto says "not
+            // authorized"); the gateway promises "bad user name or password".
+            for (case, credentials) in [
+                (
+                    "wrong password",
+                    json!({ "username": user, "password": "not it" }),
+                ),
+                (
+                    "unknown user",
+                    json!({ "username": "nobody", "password": password }),
+                ),
+            ] {
+                let code = connack_code(&broker, lib, version, credentials);
+                assert!(
+                    code == Some(bad_credentials) || code == Some(not_authorized),
+                    "{what}: {case} got {code:?}, not a refusal"
+                );
+                broker.gateway_promise(
+                    code == Some(bad_credentials),
+                    &format!("{what}: {case} gets CONNACK {bad_credentials:#04x} 'bad user name or password', got {code:?}"),
+                );
+            }
+
+            // No user name at all: refused, as bad credentials or as not authorized.
+            let anonymous = connack_code(&broker, lib, version, json!({}));
+            assert!(
+                anonymous == Some(bad_credentials) || anonymous == Some(not_authorized),
+                "{what}: anonymous connection with anonymous access off got {anonymous:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn v5_connect_with_an_unsupported_authentication_method_gets_connack_0x8c() {
+    let broker = Broker::start();
+    for lib in Lib::ALL {
+        let mut client = ScriptClient::spawn(lib, Version::V5, &broker);
+        let outcome = client.connect(json!({
+            "client_id": unique_client_id("authm"),
+            "props": { "authentication_method": "X-UNSUPPORTED-METHOD", "authentication_data": "0102" },
+        }));
+        match outcome {
+            ConnectOutcome::Connack(ack) => {
+                assert_eq!(
+                    ack.reason_code, 0x8C,
+                    "{lib:?}: CONNACK reason (0x8C bad authentication method)"
+                )
+            }
+            other => {
+                panic!("{lib:?}: no CONNACK for an unsupported authentication method: {other:?}")
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs the reference clients that interop-tests/ drives, when they are missing:
+#   - mosquitto_pub / mosquitto_sub and the mosquitto broker (Debian packages),
+#   - paho-mqtt for Python (PyPI, pinned below),
+#   - MQTT.js (npm ci from interop-tests/js/package-lock.json).
+# Meant for a Debian machine that has Rust, Python 3.11+ with pip and Node 20+ with
+# npm; run as root. Idempotent; silent when there is nothing to do or all went well,
+# and prints the failing command's output otherwise.
+set -euo pipefail
+
+PAHO_VERSION=2.2.0
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+js_dir="$root/interop-tests/js"
+python=${GATEWAY_TEST_PYTHON:-python3}
+
+fail() {
+    echo "install-test-tools: $*" >&2
+    exit 1
+}
+
+# Runs a command with its output kept aside, shown only if it fails.
+quietly() {
+    local log
+    log=$(mktemp)
+    if ! "$@" >"$log" 2>&1; then
+        echo "install-test-tools: failed: $*" >&2
+        cat "$log" >&2
+        rm -f "$log"
+        exit 1
+    fi
+    rm -f "$log"
+}
+
+for tool in "$python" node npm stdbuf; do
+    command -v "$tool" >/dev/null || fail "$tool is required but not installed"
+done
+
+# --- Debian packages ----------------------------------------------------------------
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+missing=()
+for pkg in mosquitto-clients mosquitto; do
+    installed "$pkg" || missing+=("$pkg")
+done
+if ((${#missing[@]} > 0)); then
+    quietly apt-get update
+    quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+fi
+
+# --- paho-mqtt ----------------------------------------------------------------------
+paho_version() {
+    "$python" -c 'import importlib.metadata as m; print(m.version("paho-mqtt"))' 2>/dev/null || true
+}
+if [[ "$(paho_version)" != "$PAHO_VERSION" ]]; then
+    # A Debian-managed Python refuses pip installs unless told otherwise (PEP 668);
+    # the variables are ignored by a pip that does not know them.
+    quietly env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        "$python" -m pip install --quiet "paho-mqtt==$PAHO_VERSION"
+    [[ "$(paho_version)" == "$PAHO_VERSION" ]] || fail "paho-mqtt $PAHO_VERSION not importable by $python after install"
+fi
+
+# --- MQTT.js ------------------------------------------------------------------------
+# npm ci wipes and rebuilds node_modules, so it runs only when the lock file changed
+# since the last install (recorded in a stamp inside node_modules).
+stamp="$js_dir/node_modules/.lock-sha256"
+want=$(sha256sum "$js_dir/package-lock.json" | cut -d' ' -f1)
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    (cd "$js_dir" && quietly npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" >"$stamp"
+fi
+(cd "$js_dir" && node -e 'require("mqtt")') || fail "MQTT.js is not loadable from $js_dir"

@@ -1003,3 +1003,222 @@ fn malformed_packet_after_connect_gets_disconnect_0x81_and_publishes_the_will() 
     );
     assert_eq!(watcher.publishes(t0).len(), 1);
 }
+
+fn broker_with_acl(rules: &str, t0: Instant) -> Arc<Broker> {
+    use mqtt_core::auth::{AclAuthorizer, AllowAll};
+    let config = gateway_config::Config::default();
+    let authorizer = AclAuthorizer::parse(
+        rules,
+        std::path::Path::new("test.acl"),
+        gateway_config::AclNoMatch::Deny,
+    )
+    .expect("rules parse");
+    let auth = Auth {
+        authenticator: Arc::new(AllowAll),
+        authorizer: Arc::new(authorizer),
+    };
+    Arc::new(Broker::new(config.mqtt.clone(), &config.retainer, auth, t0))
+}
+
+#[test]
+fn acl_denials_answer_0x87_in_v5_and_0x80_in_v311() {
+    let t0 = Instant::now();
+    let broker = broker_with_acl(
+        "allow all all open/#\nallow client:reader subscribe secret/#\n",
+        t0,
+    );
+    let mut v5 = Client::connect(&broker, "writer", t0);
+    let acks = v5.publish("secret/x", b"x", QoS::AtLeastOnce, 1, t0);
+    assert!(
+        matches!(acks.as_slice(), [Packet::PubAck(a)] if a.reason_code == ReasonCode::NOT_AUTHORIZED)
+    );
+    assert_eq!(
+        v5.subscribe("secret/#", QoS::AtLeastOnce, t0),
+        vec![ReasonCode::NOT_AUTHORIZED]
+    );
+    assert_eq!(
+        v5.subscribe("open/+", QoS::AtLeastOnce, t0),
+        vec![ReasonCode::GRANTED_QOS_1]
+    );
+
+    let (mut v311, _) = Client::connect_with(
+        &broker,
+        Connect {
+            protocol: ProtocolVersion::V3_1_1,
+            ..connect_v5("old")
+        },
+        t0,
+    );
+    assert_eq!(
+        v311.subscribe("secret/#", QoS::AtLeastOnce, t0),
+        vec![ReasonCode(0x80)]
+    );
+
+    let mut reader = Client::connect(&broker, "reader", t0);
+    assert_eq!(
+        reader.subscribe("secret/+", QoS::AtMostOnce, t0),
+        vec![ReasonCode::GRANTED_QOS_0]
+    );
+    v5.publish("secret/x", b"denied", QoS::AtMostOnce, 0, t0);
+    assert!(
+        reader.publishes(t0).is_empty(),
+        "a denied publish is dropped"
+    );
+}
+
+#[test]
+fn configured_limits_are_advertised_and_enforced() {
+    let t0 = Instant::now();
+    let broker = broker_with(
+        |c| {
+            c.mqtt.max_qos_allowed = 1;
+            c.mqtt.retain_available = false;
+            c.mqtt.wildcard_subscription = false;
+            c.mqtt.shared_subscription = false;
+            c.mqtt.subscription_identifiers = false;
+            c.mqtt.max_topic_alias = 2;
+            c.mqtt.max_keepalive = 30;
+            c.mqtt.max_topic_levels = 3;
+            c.mqtt.max_subscriptions = 2;
+            c.mqtt.receive_maximum = 20;
+            c.mqtt.max_packet_size = 4096;
+        },
+        t0,
+    );
+    let (mut client, connack) = Client::connect_with(
+        &broker,
+        Connect {
+            keep_alive: 100,
+            ..connect_v5("c")
+        },
+        t0,
+    );
+    let p = &connack.properties;
+    assert_eq!(p.maximum_qos, Some(QoS::AtLeastOnce));
+    assert_eq!(p.retain_available, Some(false));
+    assert_eq!(p.wildcard_subscription_available, Some(false));
+    assert_eq!(p.shared_subscription_available, Some(false));
+    assert_eq!(p.subscription_identifiers_available, Some(false));
+    assert_eq!(p.topic_alias_maximum, Some(2));
+    assert_eq!(p.server_keep_alive, Some(30));
+    assert_eq!(p.receive_maximum, Some(20));
+    assert_eq!(p.maximum_packet_size, Some(4096));
+    assert_eq!(
+        client.channel.next_deadline(),
+        Some(t0 + secs(45)),
+        "server keep alive times 1.5"
+    );
+
+    assert_eq!(
+        client.subscribe("a/b", QoS::ExactlyOnce, t0),
+        vec![ReasonCode::GRANTED_QOS_1],
+        "granted QoS capped"
+    );
+    assert_eq!(
+        client.subscribe("a/+", QoS::AtMostOnce, t0),
+        vec![ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED]
+    );
+    assert_eq!(
+        client.subscribe("$share/g/a", QoS::AtMostOnce, t0),
+        vec![ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED]
+    );
+    assert_eq!(
+        client.subscribe("a/b/c/d", QoS::AtMostOnce, t0),
+        vec![ReasonCode::TOPIC_FILTER_INVALID],
+        "too many levels"
+    );
+    assert_eq!(
+        client.subscribe("x", QoS::AtMostOnce, t0),
+        vec![ReasonCode::GRANTED_QOS_0]
+    );
+    assert_eq!(
+        client.subscribe("y", QoS::AtMostOnce, t0),
+        vec![ReasonCode::QUOTA_EXCEEDED],
+        "max subscriptions"
+    );
+
+    let refused = |edit: &dyn Fn(&mut Publish), expected: ReasonCode| {
+        let mut client = Client::connect(&broker, "p", t0);
+        let mut message = publish("a/b", b"x", QoS::AtLeastOnce, 1);
+        edit(&mut message);
+        assert_eq!(client.send(Packet::Publish(message), t0), Flow::Close);
+        let reply = client.receive();
+        assert!(
+            matches!(reply.as_slice(), [Packet::Disconnect(d)] if d.reason_code == expected),
+            "{expected:?}: {reply:?}"
+        );
+    };
+    refused(&|m| m.qos = QoS::ExactlyOnce, ReasonCode::QOS_NOT_SUPPORTED);
+    refused(&|m| m.retain = true, ReasonCode::RETAIN_NOT_SUPPORTED);
+    refused(
+        &|m| m.properties.topic_alias = Some(3),
+        ReasonCode::TOPIC_ALIAS_INVALID,
+    );
+    refused(
+        &|m| m.topic = ByteString::from_static("a/b/c/d"),
+        ReasonCode::TOPIC_NAME_INVALID,
+    );
+
+    let mut with_id = Client::connect(&broker, "i", t0);
+    with_id.send(
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            subscription_identifier: Some(5),
+            user_properties: vec![],
+            filters: vec![("x".into(), SubscriptionOptions::default())],
+        }),
+        t0,
+    );
+    assert!(
+        matches!(with_id.receive().as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+    );
+}
+
+#[test]
+fn client_id_longer_than_the_limit_is_refused() {
+    let t0 = Instant::now();
+    let broker = broker_with(|c| c.mqtt.max_client_id_length = 23, t0);
+    let (_, connack) = Client::connect_with(&broker, connect_v5(&"x".repeat(24)), t0);
+    assert_eq!(connack.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    let (_, connack) = Client::connect_with(&broker, connect_v5(&"x".repeat(23)), t0);
+    assert_eq!(connack.reason_code, ReasonCode::SUCCESS);
+}
+
+#[test]
+fn more_qos2_in_flight_than_receive_maximum_disconnects_with_0x93() {
+    let t0 = Instant::now();
+    let broker = broker_with(|c| c.mqtt.receive_maximum = 2, t0);
+    let mut client = Client::connect(&broker, "c", t0);
+    client.publish("t", b"1", QoS::ExactlyOnce, 1, t0);
+    client.publish("t", b"2", QoS::ExactlyOnce, 2, t0);
+    assert_eq!(
+        client.send(Packet::Publish(publish("t", b"3", QoS::ExactlyOnce, 3)), t0),
+        Flow::Close
+    );
+    assert!(
+        matches!(client.receive().as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)
+    );
+}
+
+#[test]
+fn retained_store_keeps_at_most_its_configured_count() {
+    let t0 = Instant::now();
+    let broker = broker_with(|c| c.retainer.max_retained_messages = 2, t0);
+    let mut publisher = Client::connect(&broker, "p", t0);
+    for topic in ["r/1", "r/2", "r/3"] {
+        let mut message = publish(topic, b"v", QoS::AtMostOnce, 0);
+        message.retain = true;
+        publisher.send(Packet::Publish(message), t0);
+    }
+    assert_eq!(broker.retained_count(), 2);
+    let mut replace = publish("r/1", b"new", QoS::AtMostOnce, 0);
+    replace.retain = true;
+    publisher.send(Packet::Publish(replace), t0);
+    let mut sub = Client::connect(&broker, "s", t0);
+    sub.subscribe("r/1", QoS::AtMostOnce, t0);
+    assert_eq!(
+        &sub.publishes(t0)[0].payload[..],
+        b"new",
+        "an existing topic may still be replaced"
+    );
+}

@@ -1222,3 +1222,73 @@ fn retained_store_keeps_at_most_its_configured_count() {
         "an existing topic may still be replaced"
     );
 }
+
+#[test]
+fn every_shared_subscription_strategy_delivers_each_message_to_exactly_one_member() {
+    use gateway_config::SharedSubscriptionStrategy as Strategy;
+    for strategy in [
+        Strategy::Random,
+        Strategy::RoundRobin,
+        Strategy::Sticky,
+        Strategy::HashClientid,
+        Strategy::HashTopic,
+    ] {
+        let t0 = Instant::now();
+        let broker = broker_with(|c| c.mqtt.shared_subscription_strategy = strategy, t0);
+        let mut members: Vec<Client> = (0..3)
+            .map(|i| {
+                let mut client = Client::connect(&broker, &format!("m{i}"), t0);
+                client.subscribe("$share/g/s/+", QoS::AtMostOnce, t0);
+                client
+            })
+            .collect();
+        let mut publisher = Client::connect(&broker, "pub", t0);
+        for i in 0..60u16 {
+            // Two topics, so hash_topic has something to tell apart.
+            publisher.publish(
+                if i % 2 == 0 { "s/a" } else { "s/b" },
+                b"m",
+                QoS::AtMostOnce,
+                0,
+                t0,
+            );
+        }
+        let received: Vec<Vec<String>> = members
+            .iter_mut()
+            .map(|m| {
+                m.publishes(t0)
+                    .iter()
+                    .map(|p| p.topic.to_string())
+                    .collect()
+            })
+            .collect();
+        let counts: Vec<usize> = received.iter().map(Vec::len).collect();
+        assert_eq!(
+            counts.iter().sum::<usize>(),
+            60,
+            "{strategy:?}: each message once"
+        );
+        match strategy {
+            Strategy::RoundRobin => assert_eq!(counts, vec![20, 20, 20]),
+            Strategy::Sticky | Strategy::HashClientid => {
+                assert_eq!(
+                    counts.iter().filter(|&&n| n > 0).count(),
+                    1,
+                    "{strategy:?}: one member takes all: {counts:?}"
+                )
+            }
+            Strategy::HashTopic => {
+                for topics in &received {
+                    for topic in ["s/a", "s/b"] {
+                        let n = topics.iter().filter(|t| *t == topic).count();
+                        assert!(
+                            n == 0 || n == 30,
+                            "hash_topic keeps {topic} on one member: {topics:?}"
+                        );
+                    }
+                }
+            }
+            Strategy::Random => {}
+        }
+    }
+}

@@ -17,7 +17,7 @@ use crate::router::{Router, Subscriber};
 use crate::session::{
     ConnControl, Enqueued, SessionCell, SessionKey, SessionLimits, Subscription, Will,
 };
-use crate::topic::{parse_subscription, SubscriptionFilter};
+use crate::topic::{parse_subscription, validate_topic_name, SubscriptionFilter};
 
 /// Counters behind `$SYS` and the metrics.
 #[derive(Debug, Default)]
@@ -366,6 +366,32 @@ impl Broker {
         let message = message.with_expiry_from_properties(now);
         tracing::debug!(client_id = %publisher.client_id, topic = %message.topic, "publishing will");
         self.publish(Arc::new(message), now);
+    }
+
+    /// Whether a message with this topic, QoS and retain flag may be published at all under
+    /// the configured limits; the error names the reason code and the rule.
+    pub fn check_publish(
+        &self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<(), (ReasonCode, &'static str)> {
+        if validate_topic_name(topic, self.config.max_topic_levels as usize).is_err() {
+            return Err((ReasonCode::TOPIC_NAME_INVALID, "invalid topic name"));
+        }
+        if qos.as_u8() > self.config.max_qos_allowed {
+            return Err((
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "[MQTT-3.2.2-11] QoS above the maximum",
+            ));
+        }
+        if retain && !self.config.retain_available {
+            return Err((
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "[MQTT-3.2.2-14] retain not available",
+            ));
+        }
+        Ok(())
     }
 
     pub fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {

@@ -19,7 +19,7 @@ use crate::codec::{
 };
 use crate::message::{Delivery, Message};
 use crate::session::{ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, Wakeup, Will};
-use crate::topic::{parse_subscription, validate_topic_name, SubscriptionFilter};
+use crate::topic::{parse_subscription, SubscriptionFilter};
 
 /// The namespace of sessions opened by native MQTT clients.
 pub const MQTT_NAMESPACE: &str = "mqtt";
@@ -351,22 +351,9 @@ impl MqttChannel {
         let max_qos = QoS::from_u8(config.max_qos_allowed).unwrap_or(QoS::ExactlyOnce);
         let will = match connect.will {
             Some(will) => {
-                if validate_topic_name(&will.topic, config.max_topic_levels as usize).is_err() {
-                    return self.refuse(ReasonCode::TOPIC_NAME_INVALID, "invalid will topic", out);
-                }
-                if will.qos > max_qos {
-                    return self.refuse(
-                        ReasonCode::QOS_NOT_SUPPORTED,
-                        "will QoS above the maximum",
-                        out,
-                    );
-                }
-                if will.retain && !config.retain_available {
-                    return self.refuse(
-                        ReasonCode::RETAIN_NOT_SUPPORTED,
-                        "retained will without retain support",
-                        out,
-                    );
+                if let Err((reason, why)) = broker.check_publish(&will.topic, will.qos, will.retain)
+                {
+                    return self.refuse(reason, why, out);
                 }
                 let action = Action::Publish {
                     qos: will.qos.as_u8(),
@@ -576,22 +563,10 @@ impl MqttChannel {
                 self.inbound_aliases.insert(alias, publish.topic.clone());
             }
         }
-        if validate_topic_name(&publish.topic, config.max_topic_levels as usize).is_err() {
-            return self.disconnect_with(ReasonCode::TOPIC_NAME_INVALID, "invalid topic name", out);
-        }
-        if publish.qos.as_u8() > config.max_qos_allowed {
-            return self.disconnect_with(
-                ReasonCode::QOS_NOT_SUPPORTED,
-                "[MQTT-3.2.2-11] QoS above the maximum",
-                out,
-            );
-        }
-        if publish.retain && !config.retain_available {
-            return self.disconnect_with(
-                ReasonCode::RETAIN_NOT_SUPPORTED,
-                "[MQTT-3.2.2-14] retain not available",
-                out,
-            );
+        if let Err((reason, why)) =
+            broker.check_publish(&publish.topic, publish.qos, publish.retain)
+        {
+            return self.disconnect_with(reason, why, out);
         }
         let Some(session) = self.session.clone() else {
             return Flow::Close;

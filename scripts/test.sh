@@ -8,4 +8,11 @@ scripts/install-test-tools.sh
 
 # One release build serves the binary under test and every test harness.
 cargo build --release --locked -p gateway
-cargo test --release --locked --workspace
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --locked --workspace 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run, since cargo prints one per test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"

@@ -5,5 +5,5 @@ mod stream;
 
 pub use mqtt_core::protocol::Flow;
 pub use stream::{
-    drive_stream, serve_stream_listener, ListenerLimits, NotifyWakeup, StreamChannel,
+    drive_stream, serve_stream_listener, ListenerLimits, NotifyWakeup, StreamChannel, Transport,
 };

@@ -1,7 +1,11 @@
-//! The byte-stream driver: TCP today, any `AsyncRead + AsyncWrite` (TLS, WebSocket, a QUIC
-//! stream) through the same loop.
+//! The byte-stream driver: one loop per connection that owns the socket, the channel's
+//! deadline, back-pressure and the byte counters.
+//!
+//! It waits for readiness before it holds a read buffer, so an idle connection costs no
+//! buffer at all: the input buffer exists only while it holds bytes of a partial packet.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +14,7 @@ use bytes::{Buf, BytesMut};
 use mqtt_core::broker::Stats;
 use mqtt_core::protocol::Flow;
 use mqtt_core::session::Wakeup;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -28,6 +31,30 @@ pub trait StreamChannel: Send {
     fn handle_closed(&mut self, now: Instant);
 }
 
+/// A byte stream driven by readiness: wait until it can be read or written, then try.
+/// Waiting this way needs no buffer, which is what keeps idle connections small.
+pub trait Transport: Send + Sync {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl Transport for TcpStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        TcpStream::try_read_buf(self, buf)
+    }
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::writable(self)
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+}
+
 /// Wakes a connection task through a tokio `Notify`; a wake with no waiter is kept as a
 /// permit, so none is lost between two polls.
 pub struct NotifyWakeup(pub Arc<Notify>);
@@ -41,23 +68,27 @@ impl Wakeup for NotifyWakeup {
 /// Reads stop while this much output waits to be written: a client that does not read
 /// cannot make us buffer without bound by sending requests that need answers.
 const OUTPUT_READ_PAUSE: usize = 256 * 1024;
-const READ_CHUNK: usize = 4 * 1024;
-/// An idle connection keeps no large buffers: after a burst they are given back.
-const IDLE_BUFFER_LIMIT: usize = 64 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What one step of the loop decided.
+enum Step {
+    Go(Flow),
+    /// The peer closed or the socket failed: nothing more can be written.
+    Gone,
+}
+
 /// Runs one connection until either side closes it or `shutdown` turns true.
-pub async fn drive_stream<S, C>(
-    stream: S,
+pub async fn drive_stream<T, C>(
+    transport: T,
     channel: &mut C,
     notify: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
     stats: &Stats,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    T: Transport,
     C: StreamChannel,
 {
-    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut input = BytesMut::new();
     let mut out = BytesMut::new();
     loop {
@@ -65,68 +96,114 @@ pub async fn drive_stream<S, C>(
             && channel.wants_drain()
             && channel.handle_wakeup(&mut out, Instant::now()) == Flow::Close
         {
+            flush(&transport, &mut out, stats).await;
             break;
-        }
-        if out.is_empty() && out.capacity() > IDLE_BUFFER_LIMIT {
-            out = BytesMut::new();
-        }
-        if input.is_empty() && input.capacity() > IDLE_BUFFER_LIMIT {
-            input = BytesMut::new();
-        }
-        if input.capacity() - input.len() < READ_CHUNK / 4 {
-            input.reserve(READ_CHUNK);
         }
         let deadline = channel.next_deadline();
         let can_read = out.len() < OUTPUT_READ_PAUSE;
-        let flow = tokio::select! {
+        let step = tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
-                    channel.shutdown(&mut out)
+                    Step::Go(channel.shutdown(&mut out))
                 } else {
-                    Flow::Continue
+                    Step::Go(Flow::Continue)
                 }
             }
-            written = writer.write(&out), if !out.is_empty() => match written {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    Stats::add(&stats.bytes_sent, n as u64);
-                    out.advance(n);
-                    Flow::Continue
-                }
+            ready = transport.writable(), if !out.is_empty() => match ready {
+                Ok(()) => write_some(&transport, &mut out, stats),
+                Err(_) => Step::Gone,
             },
-            read = reader.read_buf(&mut input), if can_read => match read {
-                // MQTT has no half-close: end of input ends the connection.
-                Ok(0) => break,
-                Ok(n) => {
-                    Stats::add(&stats.bytes_received, n as u64);
-                    channel.handle_input(&mut input, &mut out, Instant::now())
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "read failed");
-                    break;
-                }
+            ready = transport.readable(), if can_read => match ready {
+                Ok(()) => read_some(&transport, channel, &mut input, &mut out, stats),
+                Err(_) => Step::Gone,
             },
-            _ = notify.notified() => channel.handle_wakeup(&mut out, Instant::now()),
-            _ = sleep_until(deadline), if deadline.is_some() => channel.handle_timeout(&mut out, Instant::now()),
+            _ = notify.notified() => Step::Go(channel.handle_wakeup(&mut out, Instant::now())),
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                Step::Go(channel.handle_timeout(&mut out, Instant::now()))
+            }
         };
-        if flow == Flow::Close {
-            flush(&mut writer, &mut out, stats).await;
-            break;
+        match step {
+            Step::Gone => break,
+            Step::Go(Flow::Close) => {
+                flush(&transport, &mut out, stats).await;
+                break;
+            }
+            Step::Go(Flow::Continue) => {
+                // Most replies fit the socket buffer at once: write now rather than after
+                // another trip through the poll loop.
+                if !out.is_empty() {
+                    if let Step::Gone = write_some(&transport, &mut out, stats) {
+                        break;
+                    }
+                }
+            }
         }
     }
-    let _ = writer.shutdown().await;
     channel.handle_closed(Instant::now());
 }
 
-async fn flush<W: AsyncWrite + Unpin>(writer: &mut W, out: &mut BytesMut, stats: &Stats) {
-    if out.is_empty() {
-        return;
+fn read_some<T: Transport, C: StreamChannel>(
+    transport: &T,
+    channel: &mut C,
+    input: &mut BytesMut,
+    out: &mut BytesMut,
+    stats: &Stats,
+) -> Step {
+    input.reserve(READ_CHUNK);
+    let step = match transport.try_read_buf(input) {
+        // MQTT has no half-close: end of input ends the connection.
+        Ok(0) => Step::Gone,
+        Ok(n) => {
+            Stats::add(&stats.bytes_received, n as u64);
+            Step::Go(channel.handle_input(input, out, Instant::now()))
+        }
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Step::Go(Flow::Continue),
+        Err(error) => {
+            tracing::debug!(%error, "read failed");
+            Step::Gone
+        }
+    };
+    if input.is_empty() {
+        *input = BytesMut::new();
     }
-    let written = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer.write_all(out)).await;
-    if let Ok(Ok(())) = written {
-        Stats::add(&stats.bytes_sent, out.len() as u64);
+    step
+}
+
+fn write_some<T: Transport>(transport: &T, out: &mut BytesMut, stats: &Stats) -> Step {
+    match transport.try_write(out) {
+        Ok(0) => Step::Gone,
+        Ok(n) => {
+            Stats::add(&stats.bytes_sent, n as u64);
+            out.advance(n);
+            if out.is_empty() {
+                *out = BytesMut::new();
+            }
+            Step::Go(Flow::Continue)
+        }
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Step::Go(Flow::Continue),
+        Err(error) => {
+            tracing::debug!(%error, "write failed");
+            Step::Gone
+        }
     }
-    out.clear();
+}
+
+/// Writes what is left before a close, for at most `CLOSE_FLUSH_TIMEOUT`.
+async fn flush<T: Transport>(transport: &T, out: &mut BytesMut, stats: &Stats) {
+    let written = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+        while !out.is_empty() {
+            if transport.writable().await.is_err() {
+                return;
+            }
+            if let Step::Gone = write_some(transport, out, stats) {
+                return;
+            }
+        }
+    })
+    .await;
+    if written.is_err() {
+        tracing::debug!(left = out.len(), "peer too slow to take the last bytes before close");
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -150,7 +227,7 @@ pub async fn serve_stream_listener<F, Fut>(
     mut shutdown: watch::Receiver<bool>,
     serve: F,
 ) where
-    F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));

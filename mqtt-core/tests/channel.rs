@@ -1292,3 +1292,33 @@ fn every_shared_subscription_strategy_delivers_each_message_to_exactly_one_membe
         }
     }
 }
+
+#[test]
+fn retained_messages_honour_their_message_expiry() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut publisher = Client::connect(&broker, "p", t0);
+    let mut message = publish("r/exp", b"short-lived", QoS::AtLeastOnce, 1);
+    message.retain = true;
+    message.properties.message_expiry_interval = Some(10);
+    publisher.send(Packet::Publish(message), t0);
+
+    let mut early = Client::connect(&broker, "early", t0 + secs(4));
+    early.subscribe("r/#", QoS::AtLeastOnce, t0 + secs(4));
+    let got = early.publishes(t0 + secs(4));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].properties.message_expiry_interval,
+        Some(6),
+        "remaining time forwarded"
+    );
+
+    let mut late = Client::connect(&broker, "late", t0 + secs(11));
+    late.subscribe("r/#", QoS::AtLeastOnce, t0 + secs(11));
+    assert!(
+        late.publishes(t0 + secs(11)).is_empty(),
+        "expired retained message not delivered"
+    );
+    assert_eq!(broker.purge_expired_retained(t0 + secs(11)), 1);
+    assert_eq!(broker.retained_count(), 0);
+}

@@ -202,7 +202,10 @@ async fn flush<T: Transport>(transport: &T, out: &mut BytesMut, stats: &Stats) {
     })
     .await;
     if written.is_err() {
-        tracing::debug!(left = out.len(), "peer too slow to take the last bytes before close");
+        tracing::debug!(
+            left = out.len(),
+            "peer too slow to take the last bytes before close"
+        );
     }
 }
 

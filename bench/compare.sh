@@ -55,8 +55,6 @@ if [[ ! -x $MOSQUITTO ]]; then
     apt-get update
     apt-get install -y mosquitto
 fi
-# mosquitto.deb starts a system instance; ours runs with its own configuration.
-systemctl stop mosquitto >/dev/null 2>&1 || true
 
 # Both the broker and the generator hold one descriptor per connection.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -143,6 +141,9 @@ run_one() {
     shift 4
     start_broker "$broker" "$cores"
     local base="$OUT/$label.$broker.$rep"
+    # Other work on the machine shows up here and in the CPU figures.
+    local load
+    load=$(cut -d' ' -f1 /proc/loadavg)
     local status=0
     timeout "$RUN_LIMIT" taskset -c "$GEN_CORE" "$BENCH" "$@" \
         --size 64 --version 3.1.1 --port "$PORT" --broker-pid "$BROKER_PID" --quiet \
@@ -167,8 +168,8 @@ else:
 print(f"  {label:<11} {broker:<12} {what}  (cpu gen {r.get('cpu_pct')}%, broker {r.get('broker_cpu_pct')}%)")
 EOF
     fi
-    printf '{"label":"%s","broker":"%s","rep":%s,"report":%s}\n' \
-        "$label" "$broker" "$rep" "$line" >>"$RUNS"
+    printf '{"label":"%s","broker":"%s","rep":%s,"load":%s,"report":%s}\n' \
+        "$label" "$broker" "$rep" "$load" "$line" >>"$RUNS"
 }
 
 D=$DURATION
@@ -196,7 +197,8 @@ SCALING=(fanin-q0 fanin-q1 fanout-q0 p2p-q1)
 
 for rep in $(seq 1 "$REPS"); do
     if (( rep % 2 == 1 )); then brokers=(gateway mosquitto); else brokers=(mosquitto gateway); fi
-    echo "== repetition $rep of $REPS (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo "== repetition $rep of $REPS (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/machine.txt"
+    top -bn1 | sed -n '8,10p' | sed 's/^/   busiest now: /' >>"$OUT/machine.txt"
     for label in "${ORDER[@]}"; do
         for broker in "${brokers[@]}"; do
             # shellcheck disable=SC2086
@@ -280,16 +282,16 @@ for label in ["fanin-q0", "fanin-q1", "fanout-q0", "p2p-q1", "latency-q1", "conn
             print(f"| {label} | {broker} | {gen} | {brk} |")
 
 print()
-print("| run | broker | rep | QoS | sent | expected | received | lost | duplicated | reordered | errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| run | broker | rep | load | QoS | sent | expected | received | lost | duplicated | reordered | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for run in runs:
     r = run["report"]
     if r is None:
-        print(f"| {run['label']} | {run['broker']} | {run['rep']} | - | FAILED | | | | | | |")
+        print(f"| {run['label']} | {run['broker']} | {run['rep']} | {run['load']} | - | FAILED | | | | | | |")
         continue
     if "sent" not in r:
         continue
-    print(f"| {run['label']} | {run['broker']} | {run['rep']} | {r['qos']} | {r['sent']} | {r['expected']} "
+    print(f"| {run['label']} | {run['broker']} | {run['rep']} | {run['load']} | {r['qos']} | {r['sent']} | {r['expected']} "
           f"| {r['received']} | {r['lost']} | {r['duplicated']} | {r['reordered']} | {r['errors']} |")
 for (label, broker), n in sorted(failed.items()):
     print(f"\n{n} run(s) of {label} against {broker} failed")

@@ -70,7 +70,13 @@ RUNS=$OUT/runs.jsonl
 : >"$RUNS"
 
 BROKER_PID=""
+GEN_PID=""
 cleanup() {
+    if [[ -n $GEN_PID ]]; then
+        kill "$GEN_PID" 2>/dev/null || true
+        wait "$GEN_PID" 2>/dev/null || true
+        GEN_PID=""
+    fi
     if [[ -n $BROKER_PID ]]; then
         kill "$BROKER_PID" 2>/dev/null || true
         wait "$BROKER_PID" 2>/dev/null || true
@@ -135,19 +141,51 @@ EOF
     fi
 }
 
+# Busy time of all cores over one second, in % of one core (steal included).
+machine_busy() {
+    local a b
+    a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+    awk -v a="$a" -v b="$b" -v n="$(nproc)" 'BEGIN {
+        split(a, x, " "); split(b, y, " ");
+        total = y[2] - x[2]; if (total <= 0) { print 0; exit }
+        printf "%.0f", (y[1] - x[1]) / total * 100 * n }'
+}
+
+# Other work on this machine (other users' builds) distorts every figure: wait up to
+# QUIET_WAIT seconds for less than QUIET_BUSY % of one core in use before each run.
+QUIET_BUSY=${QUIET_BUSY:-25}
+QUIET_WAIT=${QUIET_WAIT:-90}
+wait_for_quiet() {
+    local waited=0 busy
+    busy=$(machine_busy)
+    while (( busy > QUIET_BUSY && waited < QUIET_WAIT )); do
+        sleep 4
+        waited=$((waited + 5))
+        busy=$(machine_busy)
+    done
+    echo "$busy"
+}
+
 # run_one LABEL BROKER CORES REP ARGS...: one generator run against a fresh broker.
 run_one() {
     local label=$1 broker=$2 cores=$3 rep=$4
     shift 4
+    local idle_before
+    idle_before=$(wait_for_quiet)
     start_broker "$broker" "$cores"
     local base="$OUT/$label.$broker.$rep"
-    # Other work on the machine shows up here and in the CPU figures.
     local load
     load=$(cut -d' ' -f1 /proc/loadavg)
     local status=0
+    # In the background, so that an interrupt reaches the trap at once.
     timeout "$RUN_LIMIT" taskset -c "$GEN_CORE" "$BENCH" "$@" \
         --size 64 --version 3.1.1 --port "$PORT" --broker-pid "$BROKER_PID" --quiet \
-        >"$base.out" 2>"$base.err" || status=$?
+        >"$base.out" 2>"$base.err" &
+    GEN_PID=$!
+    wait "$GEN_PID" || status=$?
+    GEN_PID=""
     cleanup
     local line
     line=$(grep '^{"scenario":' "$base.out" || true)
@@ -165,11 +203,12 @@ elif label.startswith("latency"):
     what = f"p99 {lat.get('p99')} us"
 else:
     what = f"out {r['out_rate']:.0f} msg/s, lost {r['lost']}, dup {r['duplicated']}"
-print(f"  {label:<11} {broker:<12} {what}  (cpu gen {r.get('cpu_pct')}%, broker {r.get('broker_cpu_pct')}%)")
+print(f"  {label:<11} {broker:<14} {what}  (CPU % of a core: generator {r.get('cpu_pct')}, "
+      f"broker {r.get('broker_cpu_pct')}, everything else {r.get('others_cpu_pct')})")
 EOF
     fi
-    printf '{"label":"%s","broker":"%s","rep":%s,"load":%s,"report":%s}\n' \
-        "$label" "$broker" "$rep" "$load" "$line" >>"$RUNS"
+    printf '{"label":"%s","broker":"%s","rep":%s,"load":%s,"busy_before":%s,"report":%s}\n' \
+        "$label" "$broker" "$rep" "$load" "$idle_before" "$line" >>"$RUNS"
 }
 
 D=$DURATION
@@ -272,26 +311,27 @@ for label, name, path, _, higher, target in METRICS:
     print(f"| {label} | {name} | {gs} | {ms} | {ratio} | {target} | {g2s} |")
 
 print()
-print("| scenario | broker | generator CPU % (median) | broker CPU % (median) |")
-print("|---|---|---|---|")
+print("| scenario | broker | generator CPU % | broker CPU % | everything else CPU % |")
+print("|---|---|---|---|---|")
 for label in ["fanin-q0", "fanin-q1", "fanout-q0", "p2p-q1", "latency-q1", "conn"]:
     for broker in ["gateway", "mosquitto", "gateway-2cores"]:
         if by[(label, broker)]:
             _, gen = stats(label, broker, "cpu_pct")
             _, brk = stats(label, broker, "broker_cpu_pct")
-            print(f"| {label} | {broker} | {gen} | {brk} |")
+            _, oth = stats(label, broker, "others_cpu_pct")
+            print(f"| {label} | {broker} | {gen} | {brk} | {oth} |")
 
 print()
-print("| run | broker | rep | load | QoS | sent | expected | received | lost | duplicated | reordered | errors |")
+print("| run | broker | rep | others CPU % | QoS | sent | expected | received | lost | duplicated | reordered | errors |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for run in runs:
     r = run["report"]
     if r is None:
-        print(f"| {run['label']} | {run['broker']} | {run['rep']} | {run['load']} | - | FAILED | | | | | | |")
+        print(f"| {run['label']} | {run['broker']} | {run['rep']} | - | - | FAILED | | | | | | |")
         continue
     if "sent" not in r:
         continue
-    print(f"| {run['label']} | {run['broker']} | {run['rep']} | {run['load']} | {r['qos']} | {r['sent']} | {r['expected']} "
+    print(f"| {run['label']} | {run['broker']} | {run['rep']} | {r.get('others_cpu_pct')} | {r['qos']} | {r['sent']} | {r['expected']} "
           f"| {r['received']} | {r['lost']} | {r['duplicated']} | {r['reordered']} | {r['errors']} |")
 for (label, broker), n in sorted(failed.items()):
     print(f"\n{n} run(s) of {label} against {broker} failed")

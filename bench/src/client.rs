@@ -2,7 +2,7 @@
 //! (CONNECT/CONNACK, SUBSCRIBE/SUBACK) done here and the hot loops in `publisher` and
 //! `subscriber`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -11,7 +11,7 @@ use mqtt_core::codec::{
     PubResponse, QoS, Subscribe, SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::error::BenchError;
 
@@ -22,6 +22,9 @@ pub const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
+    /// Local address to connect from (port chosen by the kernel); `None` lets the kernel
+    /// choose both.
+    pub source: Option<IpAddr>,
     pub client_id: String,
     pub version: ProtocolVersion,
     pub keep_alive: u16,
@@ -57,9 +60,11 @@ impl Conn {
         addr: SocketAddr,
         options: &ConnectOptions,
     ) -> Result<(Conn, ConnAck), BenchError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(BenchError::io("TCP connect"))?;
+        let stream = match options.source {
+            None => TcpStream::connect(addr).await,
+            Some(source) => connect_from(source, addr).await,
+        }
+        .map_err(BenchError::io("TCP connect"))?;
         stream
             .set_nodelay(true)
             .map_err(BenchError::io("setting TCP_NODELAY"))?;
@@ -211,6 +216,43 @@ impl Conn {
         }
     }
 }
+
+/// Connects from a chosen local address. Tens of thousands of connections to one broker
+/// address exhaust one source address's ephemeral ports and make every `connect` search
+/// them, so large runs spread their clients over several loopback addresses.
+async fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if source.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    defer_port_choice(&socket);
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
+/// Lets `connect` pick the local port for the whole 4-tuple, instead of `bind` picking one
+/// that must be unique on its own (Linux `IP_BIND_ADDRESS_NO_PORT`). Best effort: without
+/// it the connection still works, only port choice is costlier.
+#[cfg(target_os = "linux")]
+fn defer_port_choice(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: the descriptor is open for the lifetime of `socket`, and the option value is
+    // a c_int whose size is passed alongside it.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            std::ptr::addr_of!(one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn defer_port_choice(_socket: &TcpSocket) {}
 
 /// Makes sure `buf` has room for a large read without reallocating on every call.
 pub fn reserve_for_read(buf: &mut BytesMut) {

@@ -39,6 +39,7 @@ pub struct ConnRun {
     pub figures: ConnFigures,
     pub cpu_pct: Option<f64>,
     pub broker_cpu_pct: Option<f64>,
+    pub others_cpu_pct: Option<f64>,
     pub errors: Vec<String>,
 }
 
@@ -73,6 +74,7 @@ pub async fn run_conn(cfg: &RunConfig, plan: &ConnPlan) -> Result<ConnRun, Bench
     let start = Instant::now();
     let cpu_before = sys::self_cpu_time();
     let broker_before = cfg.broker_pid.and_then(sys::process_cpu_time);
+    let machine_before = sys::machine_busy_time();
     let progress = cfg
         .progress
         .then(|| tokio::spawn(progress_loop(start, shared.clone())));
@@ -84,7 +86,7 @@ pub async fn run_conn(cfg: &RunConfig, plan: &ConnPlan) -> Result<ConnRun, Bench
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let options = cfg.connect_options(format!("{}-c{k}", cfg.client_prefix));
+        let options = cfg.connect_options(k, format!("{}-c{k}", cfg.client_prefix));
         let (addr, timeout, ping) = (cfg.addr, cfg.connect_timeout, cfg.ping_period());
         let (shared, latencies, stop) = (shared.clone(), latencies.clone(), stop_rx.clone());
         tasks.spawn(async move {
@@ -117,6 +119,7 @@ pub async fn run_conn(cfg: &RunConfig, plan: &ConnPlan) -> Result<ConnRun, Bench
     let connect_window = Duration::from_nanos(shared.last_connack_ns.load(Ordering::Relaxed));
     let cpu_after = sys::self_cpu_time();
     let broker_after = cfg.broker_pid.and_then(sys::process_cpu_time);
+    let machine_after = sys::machine_busy_time();
     let connect_wall = start.elapsed();
 
     tokio::time::sleep(SETTLE).await;
@@ -165,6 +168,12 @@ pub async fn run_conn(cfg: &RunConfig, plan: &ConnPlan) -> Result<ConnRun, Bench
         figures,
         cpu_pct: sys::cpu_percent(cpu_before, cpu_after, connect_wall).map(round2),
         broker_cpu_pct: sys::cpu_percent(broker_before, broker_after, connect_wall).map(round2),
+        others_cpu_pct: sys::others_percent(
+            (machine_before, machine_after),
+            (cpu_before, cpu_after),
+            (broker_before, broker_after),
+            connect_wall,
+        ),
         errors,
     })
 }

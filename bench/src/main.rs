@@ -1,6 +1,6 @@
 //! `gateway-bench`: the command line. Scenario names follow the Open MQTT Benchmark Suite.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -124,6 +124,11 @@ struct Cli {
     /// Seconds allowed for TCP connect + CONNACK (and SUBACK).
     #[arg(long, default_value_t = 30.0)]
     connect_timeout: f64,
+    /// Loopback source addresses to spread the clients over (127.0.0.1, 127.0.0.2, …), so
+    /// tens of thousands of connections do not exhaust one address's ephemeral ports.
+    /// 0 = one per 5,000 clients when the broker is on 127.0.0.0/8, else none.
+    #[arg(long, default_value_t = 0)]
+    source_addrs: u8,
     /// Runtime worker threads; default: available cores.
     #[arg(long)]
     threads: Option<usize>,
@@ -163,6 +168,14 @@ fn main() -> Result<()> {
         .topic_prefix
         .clone()
         .unwrap_or_else(|| format!("gwbench/{run_id}"));
+    let plan = match cli.scenario {
+        Scenario::Conn => None,
+        _ => Some(traffic_plan(&cli, &prefix)?),
+    };
+    let clients = plan.as_ref().map_or(cli.connections, |plan| {
+        plan.publishers.len() + plan.groups.iter().map(|g| g.members).sum::<usize>()
+    });
+    let sources = source_addresses(addr, cli.source_addrs, clients);
     let cfg = RunConfig {
         addr,
         version: match cli.version.as_str() {
@@ -180,6 +193,7 @@ fn main() -> Result<()> {
         keep_alive: cli.keep_alive,
         sub_stall: Duration::from_secs_f64(cli.sub_stall),
         client_prefix: format!("gwb{run_id}"),
+        sources,
         username: cli.username.clone(),
         password: cli.password.clone(),
         broker_pid: cli.broker_pid,
@@ -211,12 +225,27 @@ fn main() -> Result<()> {
         conn: None,
         cpu_pct: None,
         broker_cpu_pct: None,
+        others_cpu_pct: None,
         broker_rss_kib: None,
         errors: 0,
         error_samples: Vec::new(),
     };
 
-    let errors = if cli.scenario == Scenario::Conn {
+    let errors = if let Some(plan) = plan {
+        report.publishers = plan.publishers.len();
+        report.subscribers = plan.groups.iter().map(|g| g.members).sum();
+        report.rate = plan.rate;
+        let run = runtime
+            .block_on(run_traffic(&cfg, &plan))
+            .with_context(|| format!("{} scenario against {addr}", report.scenario))?;
+        report.cpu_pct = run.cpu_pct;
+        report.broker_cpu_pct = run.broker_cpu_pct;
+        report.others_cpu_pct = run.others_cpu_pct;
+        report.broker_rss_kib = run.broker_rss_kib;
+        report.errors = run.errors.len();
+        report.traffic = Some(run.figures);
+        run.errors
+    } else {
         let plan = ConnPlan {
             connections: cli.connections,
             rate: cli.conn_rate,
@@ -229,23 +258,10 @@ fn main() -> Result<()> {
         report.duration_s = 0.0;
         report.cpu_pct = run.cpu_pct;
         report.broker_cpu_pct = run.broker_cpu_pct;
+        report.others_cpu_pct = run.others_cpu_pct;
         report.broker_rss_kib = run.figures.broker_rss_kib_after;
         report.errors = (run.figures.failed + run.figures.closed_during_hold) as usize;
         report.conn = Some(run.figures);
-        run.errors
-    } else {
-        let plan = traffic_plan(&cli, &prefix)?;
-        report.publishers = plan.publishers.len();
-        report.subscribers = plan.groups.iter().map(|g| g.members).sum();
-        report.rate = plan.rate;
-        let run = runtime
-            .block_on(run_traffic(&cfg, &plan))
-            .with_context(|| format!("{} scenario against {addr}", report.scenario))?;
-        report.cpu_pct = run.cpu_pct;
-        report.broker_cpu_pct = run.broker_cpu_pct;
-        report.broker_rss_kib = run.broker_rss_kib;
-        report.errors = run.errors.len();
-        report.traffic = Some(run.figures);
         run.errors
     };
     report.error_samples = errors.into_iter().take(5).collect();
@@ -353,6 +369,27 @@ fn traffic_plan(cli: &Cli, prefix: &str) -> Result<TrafficPlan> {
         bail!("give --duration or --count, or publishing never ends");
     }
     Ok(plan)
+}
+
+/// 127.0.0.1..=127.0.0.N for a broker on 127.0.0.0/8; nothing (the kernel's choice)
+/// otherwise or when one address is enough.
+fn source_addresses(broker: SocketAddr, requested: u8, clients: usize) -> Vec<IpAddr> {
+    let IpAddr::V4(ip) = broker.ip() else {
+        return Vec::new();
+    };
+    if !ip.is_loopback() {
+        return Vec::new();
+    }
+    let count = match requested {
+        0 => clients.div_ceil(5_000).clamp(1, 254) as u8,
+        n => n,
+    };
+    if count <= 1 {
+        return Vec::new();
+    }
+    (1..=count)
+        .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+        .collect()
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr> {

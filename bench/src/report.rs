@@ -32,6 +32,9 @@ pub struct Report {
     pub cpu_pct: Option<f64>,
     /// The broker's CPU over the same window, given `--broker-pid`.
     pub broker_cpu_pct: Option<f64>,
+    /// Everything else this machine ran meanwhile (other processes, steal), % of one core:
+    /// when it is high, the figures are not the broker's alone.
+    pub others_cpu_pct: Option<f64>,
     pub broker_rss_kib: Option<u64>,
     pub errors: usize,
     pub error_samples: Vec<String>,
@@ -248,9 +251,10 @@ impl Report {
             &mut t,
             "CPU (one core = 100%)",
             format!(
-                "generator {}  broker {}",
+                "generator {}  broker {}  everything else {}",
                 pct(self.cpu_pct),
-                pct(self.broker_cpu_pct)
+                pct(self.broker_cpu_pct),
+                pct(self.others_cpu_pct)
             ),
         );
         if self.errors > 0 {

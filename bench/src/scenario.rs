@@ -2,7 +2,7 @@
 //! started together on one schedule, then a grace period for deliveries still on their way,
 //! then the accounting.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub keep_alive: u16,
     pub sub_stall: Duration,
     pub client_prefix: String,
+    /// Local addresses the clients connect from, in turn; empty = the kernel's choice.
+    pub sources: Vec<IpAddr>,
     pub username: Option<String>,
     pub password: Option<String>,
     pub broker_pid: Option<u32>,
@@ -59,8 +61,14 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    pub fn connect_options(&self, client_id: String) -> ConnectOptions {
+    /// Options for the `index`-th client of the run.
+    pub fn connect_options(&self, index: usize, client_id: String) -> ConnectOptions {
+        let source = match self.sources.len() {
+            0 => None,
+            n => self.sources.get(index % n).copied(),
+        };
         ConnectOptions {
+            source,
             client_id,
             version: self.version,
             keep_alive: self.keep_alive,
@@ -107,6 +115,7 @@ pub struct TrafficRun {
     pub figures: TrafficFigures,
     pub cpu_pct: Option<f64>,
     pub broker_cpu_pct: Option<f64>,
+    pub others_cpu_pct: Option<f64>,
     pub broker_rss_kib: Option<u64>,
     pub errors: Vec<String>,
 }
@@ -152,11 +161,12 @@ pub async fn run_traffic(cfg: &RunConfig, plan: &TrafficPlan) -> Result<TrafficR
             member_group.push(group_index);
         }
     }
-    let subscribers = connect_all(cfg, sub_jobs).await?;
+    let sub_count = sub_jobs.len();
+    let subscribers = connect_all(cfg, 0, sub_jobs).await?;
     let pub_jobs = (0..plan.publishers.len())
         .map(|i| (format!("{}-p{i}", cfg.client_prefix), None))
         .collect();
-    let publishers = connect_all(cfg, pub_jobs).await?;
+    let publishers = connect_all(cfg, sub_count, pub_jobs).await?;
 
     let pub_counters: Arc<[Arc<PubCounters>]> = (0..publishers.len())
         .map(|_| Arc::new(PubCounters::default()))
@@ -202,6 +212,7 @@ pub async fn run_traffic(cfg: &RunConfig, plan: &TrafficPlan) -> Result<TrafficR
 
     let cpu_before = sys::self_cpu_time();
     let broker_before = cfg.broker_pid.and_then(sys::process_cpu_time);
+    let machine_before = sys::machine_busy_time();
 
     let mut reports = Vec::with_capacity(publishers.len());
     let mut pub_tasks = Vec::with_capacity(publishers.len());
@@ -278,6 +289,7 @@ pub async fn run_traffic(cfg: &RunConfig, plan: &TrafficPlan) -> Result<TrafficR
     let measured_end = Instant::now();
     let cpu_after = sys::self_cpu_time();
     let broker_after = cfg.broker_pid.and_then(sys::process_cpu_time);
+    let machine_after = sys::machine_busy_time();
     let broker_rss_kib = cfg.broker_pid.and_then(sys::process_rss_kib);
     if let Some(progress) = progress {
         progress.abort();
@@ -314,6 +326,12 @@ pub async fn run_traffic(cfg: &RunConfig, plan: &TrafficPlan) -> Result<TrafficR
         figures,
         cpu_pct: sys::cpu_percent(cpu_before, cpu_after, wall).map(round2),
         broker_cpu_pct: sys::cpu_percent(broker_before, broker_after, wall).map(round2),
+        others_cpu_pct: sys::others_percent(
+            (machine_before, machine_after),
+            (cpu_before, cpu_after),
+            (broker_before, broker_after),
+            wall,
+        ),
         broker_rss_kib,
         errors,
     })
@@ -331,13 +349,14 @@ fn window_for(connack: &ConnAck, inflight: u16) -> u16 {
 /// Connects (and subscribes, where a filter is given) every job, a bounded number at a time.
 async fn connect_all(
     cfg: &RunConfig,
+    first_index: usize,
     jobs: Vec<(String, Option<String>)>,
 ) -> Result<Vec<(Conn, ConnAck)>, BenchError> {
     let total = jobs.len();
     let permits = Arc::new(Semaphore::new(SETUP_PARALLELISM));
     let mut set = JoinSet::new();
     for (index, (client_id, filter)) in jobs.into_iter().enumerate() {
-        let options = cfg.connect_options(client_id);
+        let options = cfg.connect_options(first_index + index, client_id);
         let permits = permits.clone();
         let (addr, timeout, qos) = (cfg.addr, cfg.connect_timeout, cfg.qos);
         set.spawn(async move {

@@ -39,6 +39,28 @@ pub fn process_cpu_time(pid: u32) -> Option<Duration> {
     ))
 }
 
+/// Time all cores together spent on anything but idling, from the first line of
+/// `/proc/stat`; time the hypervisor gave to other machines (steal) counts as busy, since
+/// it was not ours either.
+pub fn machine_busy_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let mut fields = stat.lines().next()?.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let values: Vec<u64> = fields.take(8).filter_map(|v| v.parse().ok()).collect();
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = values.as_slice() else {
+        return None;
+    };
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        return None;
+    }
+    let busy = user + nice + system + irq + softirq + steal;
+    Some(Duration::from_secs_f64(busy as f64 / ticks as f64))
+}
+
 /// Resident set size of a process in KiB (`VmRSS` in `/proc/PID/status`).
 pub fn process_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -83,6 +105,21 @@ pub fn cpu_percent(
     (wall > Duration::ZERO).then(|| used.as_secs_f64() / wall.as_secs_f64() * 100.0)
 }
 
+/// What the machine spent on neither us nor the broker, as a percentage of one core.
+/// Each pair is (before, after); the broker's may be absent.
+pub fn others_percent(
+    machine: (Option<Duration>, Option<Duration>),
+    us: (Option<Duration>, Option<Duration>),
+    broker: (Option<Duration>, Option<Duration>),
+    wall: Duration,
+) -> Option<f64> {
+    let all = cpu_percent(machine.0, machine.1, wall)?;
+    let ours = cpu_percent(us.0, us.1, wall)?;
+    let brokers = cpu_percent(broker.0, broker.1, wall).unwrap_or(0.0);
+    // Jiffies are coarse: over a short window the difference can dip below zero.
+    Some(((all - ours - brokers).max(0.0) * 100.0).round() / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +129,7 @@ mod tests {
         let pid = std::process::id();
         assert!(self_cpu_time().is_some());
         assert!(process_cpu_time(pid).is_some());
+        assert!(machine_busy_time().is_some());
         assert!(process_rss_kib(pid).is_some_and(|kib| kib > 0));
         assert_eq!(process_rss_kib(u32::MAX), None);
     }

@@ -10,10 +10,17 @@
 # gateway/Mosquitto of the medians, and every run's QoS 1/2 loss and duplicate counts.
 #
 # Usage: bench/compare.sh [--quick] [--reps N] [--duration SECONDS] [--out DIR]
+#        bench/compare.sh --summarize DIR [DIR...]
 #   --quick       3 s runs, one repetition, 2,000 connections: a smoke run
 #   --reps N      repetitions per scenario and broker (default 3)
 #   --duration S  publishing seconds per throughput run (default 10)
 #   --out DIR     where raw results go (default bench/results/DATE)
+#   --summarize   print the summary of earlier runs (several result folders are pooled)
+#
+# Other work on the machine distorts every figure. Before each run the script waits (up
+# to QUIET_WAIT=90 s) for the machine to be nearly idle; a run during which other processes
+# used more than MAX_OTHERS=25 % of a core, or that failed, is run once more, and the
+# summary leaves such runs out (and says how many).
 #
 # Needs: cargo, python3, taskset; installs mosquitto (Debian package) if it is missing.
 # Only loopback addresses are used.
@@ -25,16 +32,127 @@ DURATION=10
 CONNS=20000
 OUT=""
 QUICK=0
+SUMMARIZE=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --summarize) shift; SUMMARIZE=("$@"); break ;;
         --quick) QUICK=1; REPS=1; DURATION=3; CONNS=2000; shift ;;
         --reps) REPS="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
+
+# summarize RUNS.jsonl...: the tables, from runs no other work disturbed.
+summarize() {
+    python3 - "$MAX_OTHERS" "$@" <<'EOF'
+import json, statistics, sys
+from collections import defaultdict
+
+max_others = float(sys.argv[1])
+runs = [json.loads(line) for path in sys.argv[2:] for line in open(path) if line.strip()]
+by = defaultdict(list)
+failed = defaultdict(int)
+disturbed = defaultdict(int)
+for run in runs:
+    report = run["report"]
+    if report is None:
+        failed[(run["label"], run["broker"])] += 1
+    elif (report.get("others_cpu_pct") or 0) > max_others or report.get("broker_cpu_pct") is None:
+        disturbed[(run["label"], run["broker"])] += 1
+    else:
+        by[(run["label"], run["broker"])].append(report)
+
+def get(report, path):
+    value = report
+    for key in path.split("."):
+        value = (value or {}).get(key) if isinstance(value, dict) else None
+    return value
+
+# (label, metric name, JSON path, unit, higher is better, target)
+METRICS = [
+    ("fanin-q0", "delivered msg/s", "out_rate", "", True, ">= 10x"),
+    ("fanin-q1", "delivered msg/s", "out_rate", "", True, ">= 15x"),
+    ("fanout-q0", "deliveries/s", "out_rate", "", True, ">= 20x"),
+    ("fanout-q0", "slowest/fastest subscriber", "fairness", "", True, ">= 0.90"),
+    ("p2p-q1", "delivered msg/s", "out_rate", "", True, ">= 12x"),
+    ("latency-q1", "p99 latency us", "latency_us.p99", "", False, "<= 1x"),
+    ("latency-q1", "p50 latency us", "latency_us.p50", "", False, ""),
+    ("conn", "RSS per idle connection B", "rss_per_conn_bytes", "", False, "<= 2048 B"),
+    ("conn", "connections/s", "conn_rate", "", True, ">= 1x"),
+]
+
+def fmt(x):
+    if x is None:
+        return "-"
+    if abs(x) >= 1e6:
+        return f"{x/1e6:.2f}M"
+    if abs(x) >= 1e4:
+        return f"{x/1e3:.0f}k"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.3g}"
+
+def stats(label, broker, path):
+    values = [v for v in (get(r, path) for r in by[(label, broker)]) if v is not None]
+    if not values:
+        return None, "-"
+    med = statistics.median(values)
+    return med, f"{fmt(med)} ({fmt(min(values))}-{fmt(max(values))})"
+
+print("| scenario | metric | gateway, 1 core: median (min-max) | Mosquitto: median (min-max) | ratio gateway/Mosquitto | target | gateway, 2 cores |")
+print("|---|---|---|---|---|---|---|")
+for label, name, path, _, higher, target in METRICS:
+    g, gs = stats(label, "gateway", path)
+    m, ms = stats(label, "mosquitto", path)
+    g2, g2s = stats(label, "gateway-2cores", path)
+    ratio = f"{g / m:.2f}x" if g is not None and m else "-"
+    print(f"| {label} | {name} | {gs} | {ms} | {ratio} | {target} | {g2s} |")
+
+print()
+print("| scenario | broker | generator CPU % | broker CPU % | everything else CPU % |")
+print("|---|---|---|---|---|")
+for label in ["fanin-q0", "fanin-q1", "fanout-q0", "p2p-q1", "latency-q1", "conn"]:
+    for broker in ["gateway", "mosquitto", "gateway-2cores"]:
+        if by[(label, broker)]:
+            _, gen = stats(label, broker, "cpu_pct")
+            _, brk = stats(label, broker, "broker_cpu_pct")
+            _, oth = stats(label, broker, "others_cpu_pct")
+            print(f"| {label} | {broker} | {gen} | {brk} | {oth} |")
+
+print()
+print("| run | broker | rep | others CPU % | QoS | sent | expected | received | lost | duplicated | reordered | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for run in runs:
+    r = run["report"]
+    if r is None:
+        print(f"| {run['label']} | {run['broker']} | {run['rep']} | - | - | FAILED | | | | | | |")
+        continue
+    if "sent" not in r:
+        continue
+    print(f"| {run['label']} | {run['broker']} | {run['rep']} | {r.get('others_cpu_pct')} | {r['qos']} | {r['sent']} | {r['expected']} "
+          f"| {r['received']} | {r['lost']} | {r['duplicated']} | {r['reordered']} | {r['errors']} |")
+print()
+counted = {key: len(value) for key, value in by.items()}
+print("Runs counted per scenario and broker: " + ", ".join(
+    f"{label} {broker} {n}" for (label, broker), n in sorted(counted.items()) if n))
+for (label, broker), n in sorted(disturbed.items()):
+    print(f"- left out: {n} run(s) of {label} against {broker} during which other processes "
+          f"used more than {max_others:g} % of a core (or the broker vanished)")
+for (label, broker), n in sorted(failed.items()):
+    print(f"- left out: {n} failed run(s) of {label} against {broker}")
+EOF
+}
+
+MAX_OTHERS=${MAX_OTHERS:-25}
+if [[ ${#SUMMARIZE[@]} -gt 0 ]]; then
+    files=()
+    for dir in "${SUMMARIZE[@]}"; do files+=("$dir/runs.jsonl"); done
+    summarize "${files[@]}"
+    exit 0
+fi
 
 BROKER_CORE=0
 GEN_CORE=1
@@ -168,8 +286,19 @@ wait_for_quiet() {
     echo "$busy"
 }
 
-# run_one LABEL BROKER CORES REP ARGS...: one generator run against a fresh broker.
+# run_one LABEL BROKER CORES REP ARGS...: a run, and a second one if the first failed or
+# other work disturbed it (both are recorded; the summary skips the disturbed one).
 run_one() {
+    attempt_one "$@"
+    if [[ $LAST_OK -eq 0 ]]; then
+        echo "  (running it again)" >&2
+        attempt_one "$@"
+    fi
+}
+
+# attempt_one LABEL BROKER CORES REP ARGS...: one generator run against a fresh broker;
+# sets LAST_OK to 1 if it finished undisturbed.
+attempt_one() {
     local label=$1 broker=$2 cores=$3 rep=$4
     shift 4
     local idle_before
@@ -189,10 +318,14 @@ run_one() {
     cleanup
     local line
     line=$(grep '^{"scenario":' "$base.out" || true)
+    LAST_OK=0
     if [[ $status -ne 0 || -z $line ]]; then
         echo "  $label $broker rep $rep: FAILED (exit $status, see $base.err)" >&2
         line=null
     else
+        if python3 -c 'import json, sys; r = json.loads(sys.argv[1]); sys.exit(0 if (r.get("others_cpu_pct") or 0) <= float(sys.argv[2]) and r.get("broker_cpu_pct") is not None else 1)' "$line" "$MAX_OTHERS"; then
+            LAST_OK=1
+        fi
         python3 - "$line" "$label" "$broker" <<'EOF' >&2
 import json, sys
 r, label, broker = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -251,89 +384,5 @@ for rep in $(seq 1 "$REPS"); do
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"
 
-python3 - "$RUNS" <<'EOF' | tee "$OUT/summary.md"
-import json, statistics, sys
-from collections import defaultdict
-
-runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-by = defaultdict(list)
-failed = defaultdict(int)
-for run in runs:
-    if run["report"] is None:
-        failed[(run["label"], run["broker"])] += 1
-    else:
-        by[(run["label"], run["broker"])].append(run["report"])
-
-def get(report, path):
-    value = report
-    for key in path.split("."):
-        value = (value or {}).get(key) if isinstance(value, dict) else None
-    return value
-
-# (label, metric name, JSON path, unit, higher is better, target)
-METRICS = [
-    ("fanin-q0", "delivered msg/s", "out_rate", "", True, ">= 10x"),
-    ("fanin-q1", "delivered msg/s", "out_rate", "", True, ">= 15x"),
-    ("fanout-q0", "deliveries/s", "out_rate", "", True, ">= 20x"),
-    ("fanout-q0", "slowest/fastest subscriber", "fairness", "", True, ">= 0.90"),
-    ("p2p-q1", "delivered msg/s", "out_rate", "", True, ">= 12x"),
-    ("latency-q1", "p99 latency us", "latency_us.p99", "", False, "<= 1x"),
-    ("latency-q1", "p50 latency us", "latency_us.p50", "", False, ""),
-    ("conn", "RSS per idle connection B", "rss_per_conn_bytes", "", False, "<= 2048 B"),
-    ("conn", "connections/s", "conn_rate", "", True, ">= 1x"),
-]
-
-def fmt(x):
-    if x is None:
-        return "-"
-    if abs(x) >= 1e6:
-        return f"{x/1e6:.2f}M"
-    if abs(x) >= 1e4:
-        return f"{x/1e3:.0f}k"
-    if abs(x) >= 100:
-        return f"{x:.0f}"
-    return f"{x:.3g}"
-
-def stats(label, broker, path):
-    values = [v for v in (get(r, path) for r in by[(label, broker)]) if v is not None]
-    if not values:
-        return None, "-"
-    med = statistics.median(values)
-    return med, f"{fmt(med)} ({fmt(min(values))}-{fmt(max(values))})"
-
-print("| scenario | metric | gateway, 1 core: median (min-max) | Mosquitto: median (min-max) | ratio gateway/Mosquitto | target | gateway, 2 cores |")
-print("|---|---|---|---|---|---|---|")
-for label, name, path, _, higher, target in METRICS:
-    g, gs = stats(label, "gateway", path)
-    m, ms = stats(label, "mosquitto", path)
-    g2, g2s = stats(label, "gateway-2cores", path)
-    ratio = f"{g / m:.2f}x" if g is not None and m else "-"
-    print(f"| {label} | {name} | {gs} | {ms} | {ratio} | {target} | {g2s} |")
-
-print()
-print("| scenario | broker | generator CPU % | broker CPU % | everything else CPU % |")
-print("|---|---|---|---|---|")
-for label in ["fanin-q0", "fanin-q1", "fanout-q0", "p2p-q1", "latency-q1", "conn"]:
-    for broker in ["gateway", "mosquitto", "gateway-2cores"]:
-        if by[(label, broker)]:
-            _, gen = stats(label, broker, "cpu_pct")
-            _, brk = stats(label, broker, "broker_cpu_pct")
-            _, oth = stats(label, broker, "others_cpu_pct")
-            print(f"| {label} | {broker} | {gen} | {brk} | {oth} |")
-
-print()
-print("| run | broker | rep | others CPU % | QoS | sent | expected | received | lost | duplicated | reordered | errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-for run in runs:
-    r = run["report"]
-    if r is None:
-        print(f"| {run['label']} | {run['broker']} | {run['rep']} | - | - | FAILED | | | | | | |")
-        continue
-    if "sent" not in r:
-        continue
-    print(f"| {run['label']} | {run['broker']} | {run['rep']} | {r.get('others_cpu_pct')} | {r['qos']} | {r['sent']} | {r['expected']} "
-          f"| {r['received']} | {r['lost']} | {r['duplicated']} | {r['reordered']} | {r['errors']} |")
-for (label, broker), n in sorted(failed.items()):
-    print(f"\n{n} run(s) of {label} against {broker} failed")
-EOF
+summarize "$RUNS" | tee "$OUT/summary.md"
 echo "raw results: $OUT"

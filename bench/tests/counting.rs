@@ -224,9 +224,10 @@ fn messages_a_broker_drops_are_reported_lost() {
     let dir = std::env::temp_dir().join(format!("gateway-bench-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mosquitto = start_dropping_mosquitto(&dir);
-    // 60 MB of QoS 0 at a subscriber that reads nothing for 3 s: more than the socket
-    // buffers on both sides can hold (32 MiB receive, 4 MiB send at most), so Mosquitto
-    // has to queue, and it keeps only 10.
+    // 60 MB of QoS 0 at a subscriber that reads nothing for 8 s, long enough for the
+    // publishers to finish even on a loaded machine: more than the socket buffers on both
+    // sides can hold (32 MiB receive, 4 MiB send at most), so Mosquitto has to queue, and
+    // it keeps only 10.
     let report = bench(
         mosquitto.port,
         &[
@@ -240,7 +241,7 @@ fn messages_a_broker_drops_are_reported_lost() {
             "--size",
             "1024",
             "--sub-stall",
-            "3",
+            "8",
             "--duration",
             "30",
             "--grace",

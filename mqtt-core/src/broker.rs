@@ -52,7 +52,8 @@ pub struct ConnectRequest {
     pub clean_start: bool,
     /// Seconds; `u32::MAX` = never expires.
     pub expiry_interval: u32,
-    pub will: Option<Will>,
+    /// Boxed: most sessions have no will, and an idle session should stay small.
+    pub will: Option<Box<Will>>,
     pub control: Arc<ConnControl>,
 }
 
@@ -267,7 +268,7 @@ impl Broker {
 
     /// Ends a session that is not connected: removes it from the registry and the router.
     /// Returns its pending will, which is due now that the session has ended.
-    fn end_session(&self, session: &Arc<SessionCell>) -> Option<Will> {
+    fn end_session(&self, session: &Arc<SessionCell>) -> Option<Box<Will>> {
         let mut registry = self.registry.lock();
         if session.state.lock().connection.is_some() {
             return None;
@@ -283,7 +284,7 @@ impl Broker {
     }
 
     /// Marks a session removed from the registry as ended and drops its subscriptions.
-    fn finish_session(&self, session: &Arc<SessionCell>, taken_over: bool) -> Option<Will> {
+    fn finish_session(&self, session: &Arc<SessionCell>, taken_over: bool) -> Option<Box<Will>> {
         let (subscriptions, will) = {
             let mut state = session.state.lock();
             state.ended = true;
@@ -359,7 +360,8 @@ impl Broker {
         self.timers.lock().first_key_value().map(|((at, _), _)| *at)
     }
 
-    fn publish_will(&self, will: Will, publisher: &SessionKey, now: Instant) {
+    fn publish_will(&self, will: Box<Will>, publisher: &SessionKey, now: Instant) {
+        let will = *will;
         let mut message = Message::new(will.topic, will.payload, will.qos, will.retain, now);
         message.properties = will.properties;
         message.publisher_client_id = Some(publisher.client_id.clone());

@@ -360,7 +360,7 @@ impl MqttChannel {
                     retain: will.retain,
                 };
                 if self.broker.authorize(&client, action, &will.topic) {
-                    Some(Will {
+                    Some(Box::new(Will {
                         delay_interval: will.properties.will_delay_interval.unwrap_or(0),
                         topic: will.topic,
                         payload: will.payload,
@@ -375,7 +375,7 @@ impl MqttChannel {
                             user_properties: will.properties.user_properties,
                             ..Default::default()
                         },
-                    })
+                    }))
                 } else {
                     tracing::info!(topic = %will.topic, "will not authorized; dropped");
                     None

@@ -148,7 +148,7 @@ pub struct SessionState {
     pub connection: Option<Arc<ConnControl>>,
     /// Seconds the session lives after its connection closes; `u32::MAX` = forever.
     pub expiry_interval: u32,
-    pub will: Option<Will>,
+    pub will: Option<Box<Will>>,
     /// When a disconnected session ends, if it does.
     pub expires_at: Option<Instant>,
     /// When a delayed will is due.

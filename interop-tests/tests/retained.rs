@@ -9,9 +9,16 @@
 use serde_json::json;
 
 use interop_tests::{
-    unique_client_id, unique_topic, Broker, Family, Lib, Msg, Publisher, ScriptClient, Subscriber,
-    Version, TIMEOUT,
+    mosquitto_pub, unique_client_id, unique_topic, Broker, Family, Lib, Msg, Publisher,
+    ScriptClient, Subscriber, Version, TIMEOUT,
 };
+
+/// Removes retained messages a test set, so a shared external broker is left as found.
+fn clear_retained(broker: &Broker, topics: &[String]) {
+    for topic in topics {
+        mosquitto_pub(broker, Version::V311, topic, b"", 1, true, &[]);
+    }
+}
 
 fn topics_of(msgs: &[Msg]) -> Vec<&str> {
     let mut topics: Vec<&str> = msgs.iter().map(|m| m.topic.as_str()).collect();
@@ -50,6 +57,7 @@ fn retained_message_from_each_client_reaches_a_later_subscriber_with_retain_flag
                 "{setter:?} -> {reader:?} {version:?}: retain flag not set on a retained message"
             );
             assert_eq!(got[0].qos, 1);
+            clear_retained(&broker, &[topic]);
         }
     }
 }
@@ -76,8 +84,7 @@ fn wildcard_subscription_gets_every_matching_retained_message_and_no_other() {
             let (mut sub, _) =
                 Subscriber::start(family, Version::V311, &broker, &[(&full, 1), (&barrier, 1)]);
             let mut got = sub.until_barrier(&broker, &barrier);
-            // The '#' filter matches the barrier topic too: the barrier is not retained,
-            // so it arrives once, as the barrier itself.
+            // '#' also matches the barrier topic; only the retained messages count.
             got.retain(|m| m.topic != barrier);
             let expected: Vec<String> = expected
                 .iter()
@@ -93,6 +100,8 @@ fn wildcard_subscription_gets_every_matching_retained_message_and_no_other() {
                 .all(|m| m.retain && m.payload == m.topic.as_bytes()[prefix.len() + 1..]));
         }
     }
+    let leaves = ["a/1", "a/2", "a/x/3", "b/1"].map(|leaf| format!("{prefix}/{leaf}"));
+    clear_retained(&broker, &leaves);
 }
 
 #[test]
@@ -152,6 +161,7 @@ fn v5_retain_handling_0_sends_always_1_only_on_new_subscription_2_never() {
             }
             sub.unsubscribe(&[&topic]);
         }
+        clear_retained(&broker, &[topic]);
     }
 }
 

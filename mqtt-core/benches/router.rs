@@ -84,7 +84,7 @@ fn fan_out(c: &mut Criterion) {
                     now,
                 );
                 let started = Instant::now();
-                broker.publish(Arc::new(message), now);
+                broker.publish(Arc::new(message));
                 spent += started.elapsed();
                 // Emptying the queues is the connections' work, not the router's.
                 for session in &sessions {

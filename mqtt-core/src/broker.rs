@@ -367,7 +367,7 @@ impl Broker {
         message.publisher_client_id = Some(publisher.client_id.clone());
         let message = message.with_expiry_from_properties(now);
         tracing::debug!(client_id = %publisher.client_id, topic = %message.topic, "publishing will");
-        self.publish(Arc::new(message), now);
+        self.publish(Arc::new(message));
     }
 
     /// Whether a message with this topic, QoS and retain flag may be published at all under
@@ -402,13 +402,13 @@ impl Broker {
 
     /// Routes a message to every matching session and updates the retained store.
     /// Returns how many sessions it reached.
-    pub fn publish(&self, message: Arc<Message>, now: Instant) -> usize {
+    pub fn publish(&self, message: Arc<Message>) -> usize {
         Stats::add(&self.stats.messages_received, 1);
-        self.dispatch(message, now)
+        self.dispatch(message)
     }
 
     /// `publish` for the broker's own messages, which are not counted as received.
-    pub fn dispatch(&self, message: Arc<Message>, now: Instant) -> usize {
+    pub fn dispatch(&self, message: Arc<Message>) -> usize {
         if message.retain && self.retain_enabled {
             self.retain(message.clone());
         }
@@ -426,7 +426,6 @@ impl Broker {
                 &target.session,
             );
         }
-        let _ = now;
         reached
     }
 

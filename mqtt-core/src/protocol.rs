@@ -673,7 +673,7 @@ impl MqttChannel {
             expires_at: None,
         }
         .with_expiry_from_properties(now);
-        self.broker.publish(Arc::new(message), now)
+        self.broker.publish(Arc::new(message))
     }
 
     fn disconnect_with(

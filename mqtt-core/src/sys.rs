@@ -61,6 +61,6 @@ pub fn publish_sys(broker: &Broker, now: Instant) {
             true,
             now,
         );
-        broker.dispatch(Arc::new(message), now);
+        broker.dispatch(Arc::new(message));
     }
 }

@@ -88,23 +88,7 @@ impl Subscriber {
     /// messages may precede it (clients hand those over only on PUBREL, so a barrier
     /// of a lower QoS could overtake them).
     pub fn until_barrier(&mut self, broker: &Broker, barrier_topic: &str) -> Vec<Msg> {
-        mosquitto_pub(
-            broker,
-            Version::V311,
-            barrier_topic,
-            b"barrier",
-            2,
-            false,
-            &[],
-        );
-        let mut before = Vec::new();
-        loop {
-            let msg = self.recv(crate::TIMEOUT);
-            if msg.topic == barrier_topic {
-                return before;
-            }
-            before.push(msg);
-        }
+        crate::collect_until_barrier(broker, barrier_topic, |timeout| self.recv(timeout))
     }
 
     /// The next message (from whichever process has one), or None after `timeout`.

@@ -111,3 +111,29 @@ pub fn sample_payloads() -> Vec<Vec<u8>> {
         "héllo wörld ✓".as_bytes().to_vec(),
     ]
 }
+
+/// Publishes a QoS 2 barrier message and returns what a subscriber received before it, so a
+/// test can assert that nothing (or exactly this) arrived without waiting on a fixed sleep.
+pub fn collect_until_barrier(
+    broker: &Broker,
+    barrier_topic: &str,
+    mut recv: impl FnMut(Duration) -> Msg,
+) -> Vec<Msg> {
+    mosquitto_pub(
+        broker,
+        Version::V311,
+        barrier_topic,
+        b"barrier",
+        2,
+        false,
+        &[],
+    );
+    let mut before = Vec::new();
+    loop {
+        let msg = recv(TIMEOUT);
+        if msg.topic == barrier_topic {
+            return before;
+        }
+        before.push(msg);
+    }
+}

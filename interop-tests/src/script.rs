@@ -259,23 +259,7 @@ impl ScriptClient {
     /// messages may precede it (clients hand those over only on PUBREL, so a barrier
     /// of a lower QoS could overtake them).
     pub fn until_barrier(&mut self, broker: &Broker, barrier_topic: &str) -> Vec<Msg> {
-        crate::mosquitto_pub(
-            broker,
-            Version::V311,
-            barrier_topic,
-            b"barrier",
-            2,
-            false,
-            &[],
-        );
-        let mut before = Vec::new();
-        loop {
-            let msg = self.recv(crate::TIMEOUT);
-            if msg.topic == barrier_topic {
-                return before;
-            }
-            before.push(msg);
-        }
+        crate::collect_until_barrier(broker, barrier_topic, |timeout| self.recv(timeout))
     }
 
     /// Waits for the event named `name`, keeping any other event for later.

@@ -325,14 +325,6 @@ impl SessionState {
     pub fn outgoing(&self) -> impl Iterator<Item = &Outgoing> {
         self.outgoing.iter()
     }
-
-    /// Drops outgoing messages that cannot be resent (used when a session is taken over by a
-    /// client that cannot accept them); returns how many.
-    pub fn clear_outgoing(&mut self) -> usize {
-        let count = self.outgoing.len();
-        self.outgoing.clear();
-        count
-    }
 }
 
 /// A session and its lock. Cells are shared by the registry, the router and the connection.

@@ -12,7 +12,8 @@ cargo build --release --locked -p gateway
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --release --locked --workspace 2>&1 | tee "$log" || status=$?
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run, since cargo prints one per test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
 exit "$status"

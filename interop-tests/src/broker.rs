@@ -295,24 +295,35 @@ impl Broker {
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let Some(gw) = self.gateway.as_mut() else {
-            return;
-        };
-        // SIGTERM first: the gateway is meant to shut down gracefully.
-        unsafe {
-            libc::kill(gw.child.id() as libc::pid_t, libc::SIGTERM);
+impl Broker {
+    /// Sends the gateway SIGTERM and waits for it to exit: how long it took, or None when
+    /// it was still running after the stop timeout (it is killed when dropped).
+    pub fn terminate(&mut self) -> Option<Duration> {
+        let gw = self.gateway.as_mut()?;
+        let start = Instant::now();
+        // Once reaped, the child's pid may belong to another process: never signal it.
+        if !matches!(gw.child.try_wait(), Ok(Some(_))) {
+            unsafe {
+                libc::kill(gw.child.id() as libc::pid_t, libc::SIGTERM);
+            }
         }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let mut stopped = false;
-        while Instant::now() < deadline {
+        while start.elapsed() < STOP_TIMEOUT {
             if let Ok(Some(_)) = gw.child.try_wait() {
-                stopped = true;
-                break;
+                return Some(start.elapsed());
             }
             thread::sleep(Duration::from_millis(20));
         }
+        None
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // SIGTERM first: the gateway is meant to shut down gracefully.
+        let stopped = self.terminate().is_some();
+        let Some(gw) = self.gateway.as_mut() else {
+            return;
+        };
         if !stopped {
             let _ = gw.child.kill();
             let _ = gw.child.wait();

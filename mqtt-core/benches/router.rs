@@ -48,7 +48,7 @@ fn broker_with_subscribers(now: Instant) -> (Arc<Broker>, Vec<Arc<SessionCell>>)
             let client = ClientInfo {
                 protocol: "mqtt",
                 listener: "bench".into(),
-                client_id,
+                client_id: client_id.into(),
                 username: None,
                 password: None,
                 peer: None,

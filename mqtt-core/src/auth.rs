@@ -92,9 +92,12 @@ pub struct ClientInfo {
     /// `"mqtt"`, `"mqtt-sn"`, `"coap"`, `"lwm2m"`, `"stomp"`.
     pub protocol: &'static str,
     /// The listener name from the config, e.g. `"default"`.
-    pub listener: String,
-    pub client_id: String,
+    /// Shared with the listener's settings: every connection names the same listener.
+    pub listener: Arc<str>,
+    /// Shared with the session key.
+    pub client_id: Arc<str>,
     pub username: Option<String>,
+    /// Present only until the client is authenticated.
     pub password: Option<Bytes>,
     pub peer: Option<SocketAddr>,
 }
@@ -861,7 +864,7 @@ impl Rule {
             && match &self.who {
                 Who::All => true,
                 Who::User(name) => client.username.as_deref() == Some(name.as_str()),
-                Who::Client(id) => client.client_id == *id,
+                Who::Client(id) => *client.client_id == **id,
                 Who::Ip(net) => client.peer.is_some_and(|peer| net.contains(peer.ip())),
             }
     }

@@ -410,7 +410,7 @@ impl Broker {
     /// `publish` for the broker's own messages, which are not counted as received.
     pub fn dispatch(&self, message: Arc<Message>) -> usize {
         if message.retain && self.retain_enabled {
-            self.retain(message.clone());
+            self.retain(&message);
         }
         let targets = self.router.route(&message);
         let reached = targets.len();
@@ -429,12 +429,12 @@ impl Broker {
         reached
     }
 
-    fn retain(&self, message: Arc<Message>) {
+    fn retain(&self, message: &Message) {
         if message.payload.len() > self.max_retained_payload {
             Stats::add(&self.stats.retained_refused, 1);
             return;
         }
-        if self.retained.write().set(message) == RetainOutcome::Full {
+        if self.retained.write().set(Arc::new(message.detached())) == RetainOutcome::Full {
             Stats::add(&self.stats.retained_refused, 1);
             tracing::warn!("retained message store is full; message not retained");
         }

@@ -17,7 +17,7 @@ pub type SessionId = u64;
 ///
 /// `properties` never carries a topic alias or subscription identifiers: those belong to one
 /// connection and are filled in per delivery.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Message {
     pub topic: ByteString,
     pub payload: Bytes,
@@ -67,6 +67,20 @@ impl Message {
             let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
             u32::try_from(secs).unwrap_or(u32::MAX)
         })
+    }
+
+    /// A copy that owns its bytes. Decoded topics and payloads share the read buffer they
+    /// arrived in, which a message kept for long (a retained one) would keep alive whole.
+    pub fn detached(&self) -> Message {
+        let mut copy = self.clone();
+        copy.topic = ByteString::from(&*self.topic);
+        copy.payload = Bytes::copy_from_slice(&self.payload);
+        copy.properties.correlation_data = self
+            .properties
+            .correlation_data
+            .as_deref()
+            .map(Bytes::copy_from_slice);
+        copy
     }
 
     /// Bytes a queued copy is charged against a session's byte limit.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::auth::{Action, AuthOutcome, ClientInfo, DenyReason};
@@ -44,6 +44,12 @@ pub struct ConnectionInfo {
     pub handshake_timeout: Duration,
 }
 
+#[derive(Default)]
+struct TopicAliases {
+    inbound: HashMap<u16, ByteString>,
+    outbound: HashMap<ByteString, u16>,
+}
+
 enum Phase {
     AwaitConnect { deadline: Instant },
     Connected,
@@ -67,8 +73,8 @@ pub struct MqttChannel {
     send_window: usize,
     client_max_packet_size: u32,
     client_topic_alias_max: u16,
-    inbound_aliases: HashMap<u16, ByteString>,
-    outbound_aliases: HashMap<ByteString, u16>,
+    /// Only MQTT 5 clients that use topic aliases pay for the maps.
+    aliases: Option<Box<TopicAliases>>,
     will_disposition: WillDisposition,
     /// A drain stopped at the output high-water mark with messages still queued.
     drain_blocked: bool,
@@ -98,15 +104,14 @@ impl MqttChannel {
             send_window: 1,
             client_max_packet_size: u32::MAX,
             client_topic_alias_max: 0,
-            inbound_aliases: HashMap::new(),
-            outbound_aliases: HashMap::new(),
+            aliases: None,
             will_disposition: WillDisposition::Publish,
             drain_blocked: false,
         }
     }
 
     pub fn client_id(&self) -> Option<&str> {
-        self.client.as_ref().map(|client| client.client_id.as_str())
+        self.client.as_ref().map(|client| &*client.client_id)
     }
 
     pub fn version(&self) -> ProtocolVersion {
@@ -326,9 +331,10 @@ impl MqttChannel {
                 out,
             );
         }
-        let client = ClientInfo {
+        let client_id: Arc<str> = Arc::from(client_id);
+        let mut client = ClientInfo {
             protocol: MQTT_NAMESPACE,
-            listener: self.info.listener.to_string(),
+            listener: self.info.listener.clone(),
             client_id: client_id.clone(),
             username: connect.username,
             password: connect.password,
@@ -360,10 +366,12 @@ impl MqttChannel {
                     retain: will.retain,
                 };
                 if self.broker.authorize(&client, action, &will.topic) {
+                    // Copied: the decoded fields share the read buffer they came from, which
+                    // a will kept for the whole connection would otherwise keep alive.
                     Some(Box::new(Will {
                         delay_interval: will.properties.will_delay_interval.unwrap_or(0),
-                        topic: will.topic,
-                        payload: will.payload,
+                        topic: ByteString::from(&*will.topic),
+                        payload: Bytes::copy_from_slice(&will.payload),
                         qos: will.qos,
                         retain: will.retain,
                         properties: crate::codec::PublishProperties {
@@ -371,7 +379,11 @@ impl MqttChannel {
                             message_expiry_interval: will.properties.message_expiry_interval,
                             content_type: will.properties.content_type,
                             response_topic: will.properties.response_topic,
-                            correlation_data: will.properties.correlation_data,
+                            correlation_data: will
+                                .properties
+                                .correlation_data
+                                .as_deref()
+                                .map(Bytes::copy_from_slice),
                             user_properties: will.properties.user_properties,
                             ..Default::default()
                         },
@@ -416,7 +428,7 @@ impl MqttChannel {
             ConnectRequest {
                 key: SessionKey {
                     namespace: MQTT_NAMESPACE,
-                    client_id: Arc::from(client_id.as_str()),
+                    client_id: client_id.clone(),
                 },
                 clean_start: connect.clean_start,
                 expiry_interval,
@@ -453,6 +465,7 @@ impl MqttChannel {
             properties,
             out,
         );
+        client.password = None;
         self.client = Some(client);
         self.session = Some(attached.session);
         self.phase = Phase::Connected;
@@ -549,7 +562,11 @@ impl MqttChannel {
                 );
             }
             if publish.topic.is_empty() {
-                match self.inbound_aliases.get(&alias) {
+                match self
+                    .aliases
+                    .as_ref()
+                    .and_then(|aliases| aliases.inbound.get(&alias))
+                {
                     Some(topic) => publish.topic = topic.clone(),
                     None => {
                         return self.disconnect_with(
@@ -560,7 +577,10 @@ impl MqttChannel {
                     }
                 }
             } else {
-                self.inbound_aliases.insert(alias, publish.topic.clone());
+                self.aliases
+                    .get_or_insert_with(Box::default)
+                    .inbound
+                    .insert(alias, publish.topic.clone());
             }
         }
         if let Err((reason, why)) =
@@ -904,15 +924,14 @@ impl MqttChannel {
             publish.properties.message_expiry_interval = message.remaining_expiry(now);
             publish.properties.subscription_identifiers = delivery.subscription_ids.to_vec();
             if self.client_topic_alias_max > 0 {
-                match self.outbound_aliases.get(&message.topic) {
+                let outbound = &self.aliases.get_or_insert_with(Box::default).outbound;
+                match outbound.get(&message.topic) {
                     Some(&alias) => {
                         publish.properties.topic_alias = Some(alias);
                         publish.topic = ByteString::new();
                     }
-                    None if self.outbound_aliases.len()
-                        < usize::from(self.client_topic_alias_max) =>
-                    {
-                        let alias = (self.outbound_aliases.len() + 1) as u16;
+                    None if outbound.len() < usize::from(self.client_topic_alias_max) => {
+                        let alias = (outbound.len() + 1) as u16;
                         publish.properties.topic_alias = Some(alias);
                         new_alias = Some(alias);
                     }
@@ -937,7 +956,10 @@ impl MqttChannel {
             }
         }
         if let Some(alias) = new_alias {
-            self.outbound_aliases.insert(message.topic.clone(), alias);
+            self.aliases
+                .get_or_insert_with(Box::default)
+                .outbound
+                .insert(message.topic.clone(), alias);
         }
         let before = out.len();
         self.send(&packet, out);

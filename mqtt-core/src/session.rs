@@ -275,12 +275,26 @@ impl SessionState {
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.outgoing.iter().any(|out| out.packet_id == id) {
+            if !self.packet_id_in_use(id) {
                 return id;
             }
         }
     }
 
+    /// Identifiers are handed out in increasing order (wrapping from 65535 to 1) and the
+    /// outgoing window is kept in send order, so every identifier in use lies on the arc
+    /// from the oldest to the newest; one outside it is free without a search.
+    fn packet_id_in_use(&self, id: u16) -> bool {
+        let (Some(oldest), Some(newest)) = (self.outgoing.front(), self.outgoing.back()) else {
+            return false;
+        };
+        let distance = |from: u16, to: u16| (i32::from(to) - i32::from(from)).rem_euclid(65535);
+        distance(oldest.packet_id, id) <= distance(oldest.packet_id, newest.packet_id)
+            && self.outgoing.iter().any(|out| out.packet_id == id)
+    }
+
+    /// `outgoing.packet_id` comes from the latest `allocate_packet_id`, which keeps the
+    /// window in identifier order.
     pub fn push_outgoing(&mut self, outgoing: Outgoing) {
         self.outgoing.push_back(outgoing);
     }
@@ -495,6 +509,36 @@ mod tests {
             state: OutgoingState::AwaitPubAck,
         });
         assert_eq!(state.allocate_packet_id(), 2);
+    }
+
+    #[test]
+    fn packet_ids_in_flight_are_never_reused_across_wraps() {
+        let now = Instant::now();
+        let mut state = SessionState::default();
+        let mut in_flight = std::collections::BTreeSet::new();
+        // A deterministic pseudo-random walk: windows up to 300 wide, acknowledged out of
+        // order, over several wraps of the 16-bit identifier space.
+        let mut seed: u32 = 12345;
+        let mut next_random = || {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            seed >> 8
+        };
+        for _ in 0..300_000 {
+            if in_flight.len() < 300 && next_random() % 3 != 0 {
+                let id = state.allocate_packet_id();
+                assert!(in_flight.insert(id), "packet id {id} handed out twice");
+                state.push_outgoing(Outgoing {
+                    packet_id: id,
+                    delivery: delivery(QoS::AtLeastOnce, b"", now),
+                    state: OutgoingState::AwaitPubAck,
+                });
+            } else if !in_flight.is_empty() {
+                let pick = next_random() as usize % in_flight.len().min(8);
+                let id = *in_flight.iter().nth(pick).unwrap_or(&0);
+                assert!(state.puback(id));
+                in_flight.remove(&id);
+            }
+        }
     }
 
     #[test]

@@ -12,13 +12,36 @@
 //! last level is stored, but what lies under it is never matched.
 
 use std::collections::HashMap;
-use std::str::Split;
 
-/// Splits a key into levels without allocating.
-type Levels<'k> = Split<'k, char>;
+/// Splits a key into levels without allocating. What `str::split('/')` does, by a byte
+/// scan that suits short levels: every publish walks its topic through here.
+#[derive(Clone)]
+struct Levels<'k> {
+    rest: Option<&'k str>,
+}
+
+impl<'k> Iterator for Levels<'k> {
+    type Item = &'k str;
+
+    fn next(&mut self) -> Option<&'k str> {
+        let rest = self.rest?;
+        match rest.bytes().position(|byte| byte == b'/') {
+            Some(slash) => {
+                // `/` is ASCII, so both sides of it are character boundaries.
+                let (level, tail) = rest.split_at(slash);
+                self.rest = Some(tail.get(1..).unwrap_or_default());
+                Some(level)
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
 
 fn levels(key: &str) -> Levels<'_> {
-    key.split('/')
+    Levels { rest: Some(key) }
 }
 
 /// A map from topic filters (or topic names) to values, matched level by level.
@@ -31,9 +54,10 @@ pub struct TopicTrie<V> {
 #[derive(Debug, Clone)]
 struct Node<V> {
     value: Option<V>,
-    // SipHash rather than a faster hasher: the levels come from the network, and a
-    // flooding client must not be able to pick keys that collide.
-    children: HashMap<Box<str>, Node<V>>,
+    // The levels come from the network, so the hasher is seeded at random (a flooding
+    // client must not be able to pick keys that collide), but it is foldhash rather than
+    // SipHash: every publish hashes each of its levels here.
+    children: HashMap<Box<str>, Node<V>, foldhash::fast::RandomState>,
     single: Option<Box<Node<V>>>,
     multi: Option<Box<Node<V>>>,
 }
@@ -42,7 +66,7 @@ impl<V> Default for Node<V> {
     fn default() -> Self {
         Node {
             value: None,
-            children: HashMap::new(),
+            children: HashMap::default(),
             single: None,
             multi: None,
         }

@@ -5,5 +5,6 @@ mod stream;
 
 pub use mqtt_core::protocol::Flow;
 pub use stream::{
-    drive_stream, serve_stream_listener, ListenerLimits, NotifyWakeup, StreamChannel, Transport,
+    drive_stream, serve_stream_listener, ConnWakeup, DriveStream, ListenerLimits, StreamChannel,
+    Transport,
 };

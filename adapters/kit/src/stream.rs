@@ -1,21 +1,32 @@
-//! The byte-stream driver: one loop per connection that owns the socket, the channel's
-//! deadline, back-pressure and the byte counters.
+//! The byte-stream driver: one future per connection that owns the transport, the
+//! channel, the channel's deadline, back-pressure and the byte counters.
 //!
-//! It waits for readiness before it holds a read buffer, so an idle connection costs no
-//! buffer at all: the input buffer exists only while it holds bytes of a partial packet.
+//! The future is written by hand rather than as an `async fn`: an async loop keeps every
+//! future it waits on (readiness, wake-up, shutdown, timer) in its state, plus copies of
+//! its arguments, which made that state most of an idle connection's memory. Here the
+//! transport is polled for readiness directly, the wake-up is an atomic waker, and the
+//! only stored timer is re-armed in place. An idle connection holds no buffer either:
+//! the transport reserves room only once bytes are there to read.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use atomic_waker::AtomicWaker;
 use bytes::{Buf, BytesMut};
-use mqtt_core::broker::Stats;
+use mqtt_core::broker::{Broker, Stats};
 use mqtt_core::protocol::Flow;
 use mqtt_core::session::Wakeup;
+use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -23,6 +34,8 @@ use tracing::Instrument;
 pub trait StreamChannel: Send {
     fn handle_input(&mut self, input: &mut BytesMut, out: &mut BytesMut, now: Instant) -> Flow;
     fn handle_wakeup(&mut self, out: &mut BytesMut, now: Instant) -> Flow;
+    /// May come before `next_deadline()` (the driver's timer only moves earlier), so it
+    /// acts only on what is due at `now`.
     fn handle_timeout(&mut self, out: &mut BytesMut, now: Instant) -> Flow;
     fn next_deadline(&self) -> Option<Instant>;
     /// True when the channel stopped filling `out` at its high-water mark with more to send.
@@ -31,188 +44,372 @@ pub trait StreamChannel: Send {
     fn handle_closed(&mut self, now: Instant);
 }
 
-/// A byte stream driven by readiness: wait until it can be read or written, then try.
-/// Waiting this way needs no buffer, which is what keeps idle connections small.
-pub trait Transport: Send + Sync {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
-    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+/// A byte stream the driver polls directly. Both calls either make progress at once or
+/// register `cx` to be woken when they can.
+pub trait Transport: Send + Unpin {
+    /// Appends what can be read now to `buf`, growing it only by what was read; `Ok(0)`
+    /// is the end of the stream.
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
 }
 
 impl Transport for TcpStream {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        TcpStream::readable(self)
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.poll_read_ready(cx))?;
+            let read: io::Result<usize> = SCRATCH.with_borrow_mut(|scratch| {
+                let n = self.try_read(scratch)?;
+                buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
+                Ok(n)
+            });
+            match read {
+                // The readiness was stale; `try_read` cleared it, so poll again.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
     }
-    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        TcpStream::try_read_buf(self, buf)
-    }
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        TcpStream::writable(self)
-    }
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        TcpStream::try_write(self, buf)
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.poll_write_ready(cx))?;
+            match self.try_write(buf) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
     }
 }
 
-/// Wakes a connection task through a tokio `Notify`; a wake with no waiter is kept as a
-/// permit, so none is lost between two polls.
-pub struct NotifyWakeup(pub Arc<Notify>);
+const WOKEN: u8 = 1;
+const SHUTTING_DOWN: u8 = 2;
 
-impl Wakeup for NotifyWakeup {
+/// How the broker, and the listener at shutdown, wake one connection. A wake that comes
+/// while the connection is busy is kept in `pending`, so none is lost.
+#[derive(Default)]
+pub struct ConnWakeup {
+    waker: AtomicWaker,
+    pending: AtomicU8,
+    /// Index in the listener's `Connections`, kept so removal is O(1).
+    slot: AtomicUsize,
+}
+
+impl ConnWakeup {
+    fn raise(&self, bits: u8) {
+        self.pending.fetch_or(bits, Ordering::AcqRel);
+        self.waker.wake();
+    }
+}
+
+impl Wakeup for ConnWakeup {
     fn wake(&self) {
-        self.0.notify_one();
+        self.raise(WOKEN);
     }
 }
 
 /// Reads stop while this much output waits to be written: a client that does not read
 /// cannot make us buffer without bound by sending requests that need answers.
 const OUTPUT_READ_PAUSE: usize = 256 * 1024;
-const READ_CHUNK: usize = 8 * 1024;
-const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes one read takes. Reads land in a per-thread scratch buffer and are copied
+/// into the connection's input at their exact size: decoded payloads share the input
+/// buffer, so a message waiting in a queue keeps alive the bytes of its own read, not a
+/// whole fixed-size buffer.
+const READ_CHUNK: usize = 64 * 1024;
 
-/// What one step of the loop decided.
-enum Step {
-    Go(Flow),
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rounds of reading, writing and waking in one poll before the task yields, so one busy
+/// connection cannot hold its worker thread.
+const ROUNDS_PER_POLL: usize = 32;
+
+enum Phase {
+    Running,
+    /// Writing what is left before closing, until the timer fires.
+    Flushing,
+    Done,
+}
+
+pin_project_lite::pin_project! {
+    /// One connection, from accept to close: see [`drive_stream`].
+    #[project = Projection]
+    pub struct DriveStream<T, C> {
+        transport: T,
+        channel: C,
+        wakeup: Arc<ConnWakeup>,
+        broker: Arc<Broker>,
+        input: BytesMut,
+        out: BytesMut,
+        #[pin]
+        timer: Sleep,
+        armed: Option<Instant>,
+        phase: Phase,
+    }
+}
+
+/// Runs one connection until either side closes it or its listener shuts down. The
+/// channel is woken through `wakeup`, which it must also hand to the broker.
+pub fn drive_stream<T, C>(
+    transport: T,
+    channel: C,
+    wakeup: Arc<ConnWakeup>,
+    broker: Arc<Broker>,
+) -> DriveStream<T, C>
+where
+    T: Transport,
+    C: StreamChannel,
+{
+    DriveStream {
+        transport,
+        channel,
+        wakeup,
+        broker,
+        input: BytesMut::new(),
+        out: BytesMut::new(),
+        timer: tokio::time::sleep(Duration::ZERO),
+        armed: None,
+        phase: Phase::Running,
+    }
+}
+
+/// What one attempt at the socket came to.
+enum Io {
+    Progress,
+    Blocked,
     /// The peer closed or the socket failed: nothing more can be written.
     Gone,
 }
 
-/// Runs one connection until either side closes it or `shutdown` turns true.
-pub async fn drive_stream<T, C>(
-    transport: T,
-    channel: &mut C,
-    notify: Arc<Notify>,
-    mut shutdown: watch::Receiver<bool>,
-    stats: &Stats,
-) where
-    T: Transport,
-    C: StreamChannel,
-{
-    let mut input = BytesMut::new();
-    let mut out = BytesMut::new();
-    loop {
-        if out.len() < OUTPUT_READ_PAUSE / 4
-            && channel.wants_drain()
-            && channel.handle_wakeup(&mut out, Instant::now()) == Flow::Close
-        {
-            flush(&transport, &mut out, stats).await;
-            break;
-        }
-        let deadline = channel.next_deadline();
-        let can_read = out.len() < OUTPUT_READ_PAUSE;
-        let step = tokio::select! {
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    Step::Go(channel.shutdown(&mut out))
-                } else {
-                    Step::Go(Flow::Continue)
+impl<T: Transport, C: StreamChannel> Future for DriveStream<T, C> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            match this.phase {
+                Phase::Running => match run(&mut this, cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Flow::Continue) => {
+                        tracing::debug!("connection lost");
+                        *this.phase = Phase::Done;
+                    }
+                    Poll::Ready(Flow::Close) => {
+                        let until = tokio::time::Instant::now() + CLOSE_FLUSH_TIMEOUT;
+                        this.timer.as_mut().reset(until);
+                        *this.phase = Phase::Flushing;
+                    }
+                },
+                Phase::Flushing => {
+                    while !this.out.is_empty() {
+                        match write(this.transport, cx, this.out, &this.broker.stats) {
+                            Io::Progress => {}
+                            Io::Gone => this.out.clear(),
+                            Io::Blocked => {
+                                if this.timer.as_mut().poll(cx).is_pending() {
+                                    return Poll::Pending;
+                                }
+                                tracing::debug!(
+                                    left = this.out.len(),
+                                    "peer too slow to take the last bytes before close"
+                                );
+                                this.out.clear();
+                            }
+                        }
+                    }
+                    *this.phase = Phase::Done;
+                }
+                Phase::Done => {
+                    this.channel.handle_closed(Instant::now());
+                    // Nothing is polled after this, but a stray poll must not close twice.
+                    *this.phase = Phase::Flushing;
+                    this.out.clear();
+                    return Poll::Ready(());
                 }
             }
-            ready = transport.writable(), if !out.is_empty() => match ready {
-                Ok(()) => write_some(&transport, &mut out, stats),
-                Err(_) => Step::Gone,
-            },
-            ready = transport.readable(), if can_read => match ready {
-                Ok(()) => read_some(&transport, channel, &mut input, &mut out, stats),
-                Err(_) => Step::Gone,
-            },
-            _ = notify.notified() => Step::Go(channel.handle_wakeup(&mut out, Instant::now())),
-            _ = sleep_until(deadline), if deadline.is_some() => {
-                Step::Go(channel.handle_timeout(&mut out, Instant::now()))
+        }
+    }
+}
+
+/// Runs the connection until it must close (`Close`: flush first; `Continue`: the peer
+/// is gone) or nothing more can happen now (`Pending`).
+fn run<T: Transport, C: StreamChannel>(
+    this: &mut Projection<'_, T, C>,
+    cx: &mut Context<'_>,
+) -> Poll<Flow> {
+    // Registered before `pending` is read: a wake between the two is not lost.
+    this.wakeup.waker.register(cx.waker());
+    for _ in 0..ROUNDS_PER_POLL {
+        let mut progress = false;
+        let pending = this.wakeup.pending.swap(0, Ordering::AcqRel);
+        if pending & SHUTTING_DOWN != 0 && this.channel.shutdown(this.out) == Flow::Close {
+            return Poll::Ready(Flow::Close);
+        }
+        let drain = this.out.len() < OUTPUT_READ_PAUSE / 4 && this.channel.wants_drain();
+        if (pending & WOKEN != 0 || drain)
+            && this.channel.handle_wakeup(this.out, Instant::now()) == Flow::Close
+        {
+            return Poll::Ready(Flow::Close);
+        }
+
+        // The timer only ever moves earlier; when it fires for a deadline that has since
+        // moved later (keep-alive after traffic), the channel finds nothing due and the
+        // timer is re-armed. That spares a timer update on every packet.
+        if let Some(deadline) = this.channel.next_deadline() {
+            if this.armed.is_none_or(|armed| deadline < armed) {
+                this.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(deadline));
+                *this.armed = Some(deadline);
             }
-        };
-        match step {
-            Step::Gone => break,
-            Step::Go(Flow::Close) => {
-                flush(&transport, &mut out, stats).await;
-                break;
+        }
+        if this.armed.is_some() && this.timer.as_mut().poll(cx).is_ready() {
+            *this.armed = None;
+            progress = true;
+            if this.channel.handle_timeout(this.out, Instant::now()) == Flow::Close {
+                return Poll::Ready(Flow::Close);
             }
-            Step::Go(Flow::Continue) => {
-                // Most replies fit the socket buffer at once: write now rather than after
-                // another trip through the poll loop.
-                if !out.is_empty() {
-                    if let Step::Gone = write_some(&transport, &mut out, stats) {
-                        break;
+        }
+
+        if !this.out.is_empty() {
+            match write(this.transport, cx, this.out, &this.broker.stats) {
+                Io::Progress => progress = true,
+                Io::Blocked => {}
+                Io::Gone => return Poll::Ready(Flow::Continue),
+            }
+        }
+
+        if this.out.len() < OUTPUT_READ_PAUSE {
+            match this.transport.poll_read_buf(cx, this.input) {
+                // MQTT has no half-close: end of input ends the connection.
+                Poll::Ready(Ok(0)) => return Poll::Ready(Flow::Continue),
+                Poll::Ready(Ok(n)) => {
+                    progress = true;
+                    Stats::add(&this.broker.stats.bytes_received, n as u64);
+                    if this
+                        .channel
+                        .handle_input(this.input, this.out, Instant::now())
+                        == Flow::Close
+                    {
+                        return Poll::Ready(Flow::Close);
                     }
                 }
+                Poll::Ready(Err(error)) => {
+                    tracing::debug!(%error, "read failed");
+                    return Poll::Ready(Flow::Continue);
+                }
+                Poll::Pending => {}
+            }
+            if this.input.is_empty() && this.input.capacity() > 0 {
+                // An idle connection keeps no read buffer.
+                *this.input = BytesMut::new();
             }
         }
+
+        if !progress && this.wakeup.pending.load(Ordering::Acquire) == 0 {
+            return Poll::Pending;
+        }
     }
-    channel.handle_closed(Instant::now());
+    // Busy: let the other connections on this worker run, and come back.
+    cx.waker().wake_by_ref();
+    Poll::Pending
 }
 
-fn read_some<T: Transport, C: StreamChannel>(
-    transport: &T,
-    channel: &mut C,
-    input: &mut BytesMut,
+fn write<T: Transport>(
+    transport: &mut T,
+    cx: &mut Context<'_>,
     out: &mut BytesMut,
     stats: &Stats,
-) -> Step {
-    input.reserve(READ_CHUNK);
-    let step = match transport.try_read_buf(input) {
-        // MQTT has no half-close: end of input ends the connection.
-        Ok(0) => Step::Gone,
-        Ok(n) => {
-            Stats::add(&stats.bytes_received, n as u64);
-            Step::Go(channel.handle_input(input, out, Instant::now()))
-        }
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Step::Go(Flow::Continue),
-        Err(error) => {
-            tracing::debug!(%error, "read failed");
-            Step::Gone
-        }
-    };
-    if input.is_empty() {
-        *input = BytesMut::new();
-    }
-    step
-}
-
-fn write_some<T: Transport>(transport: &T, out: &mut BytesMut, stats: &Stats) -> Step {
-    match transport.try_write(out) {
-        Ok(0) => Step::Gone,
-        Ok(n) => {
+) -> Io {
+    match transport.poll_write(cx, out) {
+        Poll::Ready(Ok(0)) => Io::Gone,
+        Poll::Ready(Ok(n)) => {
             Stats::add(&stats.bytes_sent, n as u64);
             out.advance(n);
             if out.is_empty() {
                 *out = BytesMut::new();
             }
-            Step::Go(Flow::Continue)
+            Io::Progress
         }
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Step::Go(Flow::Continue),
-        Err(error) => {
+        Poll::Ready(Err(error)) => {
             tracing::debug!(%error, "write failed");
-            Step::Gone
+            Io::Gone
+        }
+        Poll::Pending => Io::Blocked,
+    }
+}
+
+/// The live connections of one listener, so that shutdown can reach each of them.
+#[derive(Default)]
+struct Connections {
+    members: Mutex<Vec<Arc<ConnWakeup>>>,
+    shutting_down: AtomicBool,
+}
+
+impl Connections {
+    fn join(&self, wakeup: &Arc<ConnWakeup>) {
+        let mut members = self.members.lock();
+        wakeup.slot.store(members.len(), Ordering::Relaxed);
+        members.push(wakeup.clone());
+        // Checked under the lock: a connection that joins after shutdown began is told too.
+        if self.shutting_down.load(Ordering::Acquire) {
+            wakeup.raise(SHUTTING_DOWN);
+        }
+    }
+
+    fn leave(&self, wakeup: &ConnWakeup) {
+        let mut members = self.members.lock();
+        let slot = wakeup.slot.load(Ordering::Relaxed);
+        if slot < members.len() {
+            members.swap_remove(slot);
+            if let Some(moved) = members.get(slot) {
+                moved.slot.store(slot, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn shut_down(&self) {
+        let members = self.members.lock();
+        self.shutting_down.store(true, Ordering::Release);
+        for member in members.iter() {
+            member.raise(SHUTTING_DOWN);
         }
     }
 }
 
-/// Writes what is left before a close, for at most `CLOSE_FLUSH_TIMEOUT`.
-async fn flush<T: Transport>(transport: &T, out: &mut BytesMut, stats: &Stats) {
-    let written = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-        while !out.is_empty() {
-            if transport.writable().await.is_err() {
-                return;
-            }
-            if let Step::Gone = write_some(transport, out, stats) {
-                return;
-            }
+pin_project_lite::pin_project! {
+    /// A connection that holds its listener slot until it ends. A struct rather than an
+    /// async block: a block that captures the connection future and awaits it stores that
+    /// future twice.
+    struct Membership<F> {
+        #[pin]
+        connection: F,
+        wakeup: Arc<ConnWakeup>,
+        connections: Arc<Connections>,
+        _permit: OwnedSemaphorePermit,
+    }
+
+    impl<F> PinnedDrop for Membership<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            this.connections.leave(this.wakeup);
         }
-    })
-    .await;
-    if written.is_err() {
-        tracing::debug!(
-            left = out.len(),
-            "peer too slow to take the last bytes before close"
-        );
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
-        None => std::future::pending().await,
+impl<F: Future> Future for Membership<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().connection.poll(cx)
     }
 }
 
@@ -222,22 +419,29 @@ pub struct ListenerLimits {
     pub max_connections: usize,
 }
 
-/// Accepts connections until `shutdown` turns true, then waits for them to close.
-/// `serve` runs one connection; connections beyond the limit are closed at once.
+/// Accepts connections until `shutdown` turns true, then tells every connection to
+/// close and waits for them. `serve` builds one connection's future around the wake-up
+/// its channel must hand to the broker; connections beyond the limit are closed at once.
 pub async fn serve_stream_listener<F, Fut>(
     listener: TcpListener,
     limits: ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Arc<ConnWakeup>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = Arc::new(Connections::default());
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.changed() => break,
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -256,15 +460,24 @@ pub async fn serve_stream_listener<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let span = tracing::info_span!("conn", listener = %limits.name, %peer, client_id = tracing::field::Empty);
-        let connection = serve(stream, peer, shutdown.clone());
+        let wakeup = Arc::new(ConnWakeup::default());
+        connections.join(&wakeup);
+        let connection = span.in_scope(|| {
+            tracing::debug!("connection accepted");
+            serve(stream, peer, wakeup.clone())
+        });
         tracker.spawn(
-            async move {
-                connection.await;
-                drop(permit);
+            Membership {
+                connection,
+                wakeup,
+                connections: connections.clone(),
+                _permit: permit,
             }
             .instrument(span),
         );
     }
+    drop(listener);
+    connections.shut_down();
     tracker.close();
     tracker.wait().await;
 }

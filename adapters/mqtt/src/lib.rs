@@ -5,14 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapter_kit::{
-    drive_stream, serve_stream_listener, Flow, ListenerLimits, NotifyWakeup, StreamChannel,
-};
+use adapter_kit::{drive_stream, serve_stream_listener, Flow, ListenerLimits, StreamChannel};
 use bytes::BytesMut;
 use mqtt_core::broker::Broker;
 use mqtt_core::protocol::{ConnectionInfo, MqttChannel};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 /// The MQTT channel as the kit's driver sees it.
 struct MqttStream(MqttChannel);
@@ -66,26 +64,14 @@ pub async fn serve_tcp(
         name: settings.name.clone(),
         max_connections: settings.max_connections,
     };
-    serve_stream_listener(listener, limits, shutdown, move |stream, peer, shutdown| {
-        let broker = broker.clone();
+    serve_stream_listener(listener, limits, shutdown, move |stream, peer, wakeup| {
         let info = ConnectionInfo {
             listener: settings.name.clone(),
             peer: Some(peer),
             handshake_timeout: settings.handshake_timeout,
         };
-        async move {
-            let notify = Arc::new(Notify::new());
-            let wakeup = Arc::new(NotifyWakeup(notify.clone()));
-            let mut channel = MqttStream(MqttChannel::new(
-                broker.clone(),
-                info,
-                wakeup,
-                Instant::now(),
-            ));
-            tracing::debug!("connection accepted");
-            drive_stream(stream, &mut channel, notify, shutdown, &broker.stats).await;
-            tracing::debug!("connection closed");
-        }
+        let channel = MqttChannel::new(broker.clone(), info, wakeup.clone(), Instant::now());
+        drive_stream(stream, MqttStream(channel), wakeup, broker.clone())
     })
     .await;
 }

@@ -1,0 +1,221 @@
+//! MQTT-SN 1.2 over real UDP: the mqtt-sn-12 client from PyPI on one side, mosquitto
+//! clients on the MQTT side, the built gateway in between.
+
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
+use interop_tests::{
+    collect_until_barrier, mosquitto_pub, unique_client_id, unique_topic, Broker, MosquittoSub,
+    Setting, SnClient, Version, QUIET, TIMEOUT,
+};
+use serde_json::json;
+
+const PREDEFINED_ID: u16 = 7;
+
+/// A gateway with one predefined topic id, `PREDEFINED_ID` -> `topic`.
+fn broker_with_predefined(topic: &str) -> Option<Broker> {
+    Broker::start_with(&[Setting::new(
+        "GATEWAY_GATEWAY__MQTTSN__PREDEFINED",
+        format!("[{{id={PREDEFINED_ID},topic=\"{topic}\"}}]"),
+    )
+    .or_external("GATEWAY_TEST_MQTTSN_PREDEFINED")])
+}
+
+#[test]
+fn mqttsn_publishes_reach_mqtt_subscribers_at_every_qos() {
+    let prefix = unique_topic("sn-up");
+    let predefined = format!("{prefix}/predefined");
+    let Some(broker) = broker_with_predefined(&predefined) else {
+        return;
+    };
+    let mut sub = MosquittoSub::start(
+        &broker,
+        Version::V311,
+        &[&format!("{prefix}/#"), "zz"],
+        2,
+        &[],
+    );
+    let mut sn = SnClient::connected(&broker, &unique_client_id("snpub"), json!({}));
+    for qos in 0u8..3 {
+        // A long name: the client REGISTERs it, then publishes with the topic id.
+        let topic = format!("{prefix}/qos{qos}");
+        let payload: Vec<u8> = (0u8..=255).rev().chain([qos]).collect();
+        sn.publish(&topic, &payload, qos, false);
+        let msg = sub.recv(TIMEOUT);
+        assert_eq!(
+            (msg.topic.as_str(), &msg.payload, msg.qos),
+            (topic.as_str(), &payload, qos)
+        );
+    }
+    // Predefined and short topic ids need no REGISTER.
+    sn.publish_predefined(PREDEFINED_ID, b"by predefined id", 1);
+    let msg = sub.recv(TIMEOUT);
+    assert_eq!(
+        (msg.topic.as_str(), &msg.payload[..]),
+        (predefined.as_str(), &b"by predefined id"[..])
+    );
+    sn.publish("zz", b"by short name", 1, false);
+    let msg = sub.recv(TIMEOUT);
+    assert_eq!(
+        (msg.topic.as_str(), &msg.payload[..]),
+        ("zz", &b"by short name"[..])
+    );
+    // Retained from MQTT-SN, replayed to a later MQTT subscriber.
+    let retained = format!("{prefix}/retained");
+    sn.publish(&retained, b"kept", 1, true);
+    let _ = sub.recv(TIMEOUT);
+    let mut late = MosquittoSub::start(&broker, Version::V5, &[&retained], 1, &[]);
+    let msg = late.recv(TIMEOUT);
+    assert!(msg.retain);
+    assert_eq!(msg.payload, b"kept");
+    sn.disconnect();
+}
+
+#[test]
+fn mqtt_publishes_reach_an_mqttsn_subscriber_through_register_at_every_qos() {
+    let prefix = unique_topic("sn-down");
+    let predefined = format!("{prefix}/predefined");
+    let Some(broker) = broker_with_predefined(&predefined) else {
+        return;
+    };
+    let mut sn = SnClient::connected(&broker, &unique_client_id("snsub"), json!({}));
+    // A wildcard: no topic id in SUBACK; the gateway REGISTERs each topic before its first
+    // PUBLISH, and the client names each message by what it registered.
+    assert_eq!(sn.subscribe(&format!("{prefix}/w/#"), 2), None);
+    // A plain name: its topic id comes in SUBACK.
+    let plain = format!("{prefix}/plain");
+    assert!(sn.subscribe(&plain, 1).is_some());
+    sn.subscribe_predefined(PREDEFINED_ID, &predefined, 2);
+    for qos in 0u8..3 {
+        let topic = format!("{prefix}/w/q{qos}/long/topic/name");
+        let payload = format!("to sn at qos {qos}");
+        mosquitto_pub(
+            &broker,
+            Version::V311,
+            &topic,
+            payload.as_bytes(),
+            qos,
+            false,
+            &[],
+        );
+        let msg = sn.recv();
+        assert_eq!(msg.topic.as_deref(), Some(topic.as_str()));
+        assert_eq!((msg.payload, msg.qos), (payload.into_bytes(), qos));
+    }
+    // The same topic again reuses its id: no second REGISTER, still named right.
+    let again = format!("{prefix}/w/q1/long/topic/name");
+    mosquitto_pub(&broker, Version::V5, &again, b"again", 1, false, &[]);
+    let msg = sn.recv();
+    assert_eq!(msg.topic.as_deref(), Some(again.as_str()));
+    // Granted QoS caps the delivery.
+    mosquitto_pub(&broker, Version::V311, &plain, b"plain", 2, false, &[]);
+    let msg = sn.recv();
+    assert_eq!((msg.topic.as_deref(), msg.qos), (Some(plain.as_str()), 1));
+    mosquitto_pub(&broker, Version::V311, &predefined, b"pre", 2, false, &[]);
+    let msg = sn.recv();
+    assert_eq!(
+        (msg.topic_id, msg.qos, &msg.payload[..]),
+        (PREDEFINED_ID, 2, &b"pre"[..])
+    );
+    sn.disconnect();
+}
+
+#[test]
+fn qos_minus_one_from_a_client_that_never_connected() {
+    let prefix = unique_topic("sn-neg");
+    let predefined = format!("{prefix}/predefined");
+    let Some(broker) = broker_with_predefined(&predefined) else {
+        return;
+    };
+    let mut sub = MosquittoSub::start(&broker, Version::V311, &[&predefined, "n1"], 1, &[]);
+    let mut sn = SnClient::spawn(&broker);
+    sn.publish_minus_one("predefined", PREDEFINED_ID, b"fire and forget");
+    let msg = sub.recv(TIMEOUT);
+    assert_eq!(
+        (msg.topic.as_str(), &msg.payload[..], msg.qos),
+        (predefined.as_str(), &b"fire and forget"[..], 0)
+    );
+    sn.publish_minus_one("short", u16::from_be_bytes(*b"n1"), b"short too");
+    let msg = sub.recv(TIMEOUT);
+    assert_eq!(
+        (msg.topic.as_str(), &msg.payload[..]),
+        ("n1", &b"short too"[..])
+    );
+}
+
+#[test]
+fn sleeping_client_gets_its_buffered_messages_when_it_wakes_on_a_new_port() {
+    let broker = Broker::start();
+    let prefix = unique_topic("sn-sleep");
+    let mut sn = SnClient::connected(
+        &broker,
+        &unique_client_id("sleeper"),
+        json!({ "clean": false }),
+    );
+    sn.subscribe(&format!("{prefix}/#"), 1);
+    sn.sleep(60);
+    for (i, qos) in [1u8, 0, 1].into_iter().enumerate() {
+        mosquitto_pub(
+            &broker,
+            Version::V311,
+            &format!("{prefix}/m{i}"),
+            format!("while asleep {i}").as_bytes(),
+            qos,
+            false,
+            &[],
+        );
+    }
+    // Awake from another UDP port: every buffered message, then PINGRESP.
+    let messages = sn.wake();
+    let got: Vec<(Option<String>, Vec<u8>)> =
+        messages.into_iter().map(|m| (m.topic, m.payload)).collect();
+    let want: Vec<(Option<String>, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                Some(format!("{prefix}/m{i}")),
+                format!("while asleep {i}").into_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // Back asleep: the next wake has nothing to replay.
+    assert!(sn.wake().is_empty());
+    sn.disconnect();
+}
+
+#[test]
+fn will_is_published_when_the_client_is_lost_not_after_disconnect() {
+    let prefix = unique_topic("sn-will");
+    let broker = Broker::start();
+    let mut sub = MosquittoSub::start(&broker, Version::V311, &[&format!("{prefix}/#")], 1, &[]);
+
+    // A clean DISCONNECT deletes the will.
+    let polite = format!("{prefix}/polite");
+    let mut sn = SnClient::connected(
+        &broker,
+        &unique_client_id("polite"),
+        json!({ "keepalive": 1, "will": { "topic": polite, "payload": "706f6c697465", "qos": 1 } }),
+    );
+    sn.disconnect();
+
+    // A client that stops talking is lost after 1.5 times its keep-alive: its will goes out.
+    let lost = format!("{prefix}/lost");
+    let mut gone = SnClient::connected(
+        &broker,
+        &unique_client_id("lost"),
+        json!({ "keepalive": 1, "will": { "topic": lost, "payload": "676f6e65", "qos": 1 } }),
+    );
+    gone.vanish();
+    let msg = sub.recv(TIMEOUT);
+    assert_eq!(
+        (msg.topic.as_str(), &msg.payload[..]),
+        (lost.as_str(), &b"gone"[..])
+    );
+    let before = collect_until_barrier(&broker, &format!("{prefix}/barrier"), |t| sub.recv(t));
+    assert!(before.is_empty(), "unexpected: {before:?}");
+    assert!(sub.try_recv(QUIET).is_none());
+}

@@ -25,6 +25,7 @@ Commands:
                                           or timeout
   {"cmd": "sleep", "duration": 60}     -> asleep
   {"cmd": "wake", "timeout": 10}       -> message ... then pingresp (from a new UDP port)
+  {"cmd": "searchgw"}                  -> gwinfo (from a fresh socket)
   {"cmd": "disconnect"}                -> disconnected
   {"cmd": "vanish"}                    -> vanished (socket closed, nothing sent)
 """
@@ -214,6 +215,12 @@ class Driver:
             ping.client_id = self.client_id
             self.client.send_packet(ping.encode())
             self.receive(cmd.get("timeout", 10), until=C.TYPE_PINGRESP)
+        elif name == "searchgw":
+            searcher = self.new_client()
+            # The library raises unless GWINFO answers.
+            searcher.send_search_gateway(1)
+            searcher.close()
+            emit("gwinfo")
         elif name == "disconnect":
             self.client.send_disconnect(0)
             emit("disconnected")

@@ -166,6 +166,11 @@ impl SnClient {
         }
     }
 
+    /// SEARCHGW from a fresh socket; returns once GWINFO answered.
+    pub fn search_gateway(&mut self) {
+        self.run("searchgw", json!({}), "gwinfo");
+    }
+
     pub fn disconnect(&mut self) {
         self.run("disconnect", json!({}), "disconnected");
     }

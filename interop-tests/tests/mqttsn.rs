@@ -18,11 +18,13 @@ const PREDEFINED_ID: u16 = 7;
 
 /// A gateway with one predefined topic id, `PREDEFINED_ID` -> `topic`.
 fn broker_with_predefined(topic: &str) -> Option<Broker> {
-    Broker::start_with(&[Setting::new(
-        "GATEWAY_GATEWAY__MQTTSN__PREDEFINED",
-        format!("[{{id={PREDEFINED_ID},topic=\"{topic}\"}}]"),
+    Broker::start_gateway_only(
+        "a predefined topic id for a topic this test names",
+        &[Setting::new(
+            "GATEWAY_GATEWAY__MQTTSN__PREDEFINED",
+            format!("[{{id={PREDEFINED_ID},topic=\"{topic}\"}}]"),
+        )],
     )
-    .or_external("GATEWAY_TEST_MQTTSN_PREDEFINED")])
 }
 
 #[test]
@@ -218,4 +220,89 @@ fn will_is_published_when_the_client_is_lost_not_after_disconnect() {
     let before = collect_until_barrier(&broker, &format!("{prefix}/barrier"), |t| sub.recv(t));
     assert!(before.is_empty(), "unexpected: {before:?}");
     assert!(sub.try_recv(QUIET).is_none());
+}
+
+#[test]
+fn searchgw_is_answered_and_advertise_is_sent_on_its_interval() {
+    let listener = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    let Some(broker) = Broker::start_gateway_only(
+        "a gateway configured to advertise to this test's socket",
+        &[
+            Setting::new("GATEWAY_GATEWAY__MQTTSN__BROADCAST", "true"),
+            Setting::new(
+                "GATEWAY_GATEWAY__MQTTSN__BROADCAST_ADDRESS",
+                target.to_string(),
+            ),
+            Setting::new("GATEWAY_GATEWAY__MQTTSN__ADVERTISE_INTERVAL", "1s"),
+            Setting::new("GATEWAY_GATEWAY__MQTTSN__GATEWAY_ID", "42"),
+        ],
+    ) else {
+        return;
+    };
+    SnClient::spawn(&broker).search_gateway();
+    listener.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 64];
+    for _ in 0..2 {
+        let (len, _) = listener.recv_from(&mut buf).expect("an ADVERTISE");
+        // Length 5, ADVERTISE, GwId 42, Duration 1 s (spec 5.4.1).
+        assert_eq!(&buf[..len], &[0x05, 0x00, 42, 0x00, 0x01]);
+    }
+}
+
+#[test]
+fn a_forwarder_relays_clients_in_encapsulation_frames() {
+    let broker = Broker::start();
+    let prefix = unique_topic("sn-fwd");
+    let mut sub = MosquittoSub::start(&broker, Version::V311, &[&format!("{prefix}/#")], 1, &[]);
+    let forwarder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    forwarder.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let gateway = format!("{}:{}", broker.host, broker.mqttsn_port);
+    let wrap = |node: u8, inner: &[u8]| -> Vec<u8> {
+        let mut frame = vec![0x04, 0xFE, 0x00, node];
+        frame.extend_from_slice(inner);
+        frame
+    };
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let (len, _) = forwarder
+            .recv_from(&mut buf)
+            .expect("an answer for the forwarder");
+        buf[..len].to_vec()
+    };
+    // Two wireless nodes behind one forwarder address are two clients.
+    for node in [1u8, 2] {
+        let client_id = format!("node{node}-{}", &prefix[prefix.len() - 6..]);
+        let mut connect = vec![6 + client_id.len() as u8, 0x04, 0x04, 0x01, 0x00, 0x3C];
+        connect.extend_from_slice(client_id.as_bytes());
+        forwarder.send_to(&wrap(node, &connect), &gateway).unwrap();
+        assert_eq!(
+            recv(),
+            wrap(node, &[0x03, 0x05, 0x00]),
+            "CONNACK to node {node}"
+        );
+        let topic = format!("{prefix}/node{node}");
+        let mut register = vec![6 + topic.len() as u8, 0x0A, 0x00, 0x00, 0x00, 0x01];
+        register.extend_from_slice(topic.as_bytes());
+        forwarder.send_to(&wrap(node, &register), &gateway).unwrap();
+        let regack = recv();
+        assert_eq!(
+            &regack[..6],
+            &wrap(node, &[0x07, 0x0B])[..],
+            "REGACK to node {node}"
+        );
+        let (id_hi, id_lo) = (regack[6], regack[7]);
+        assert_eq!(&regack[8..], &[0x00, 0x01, 0x00]);
+        let publish = [0x09, 0x0C, 0x20, id_hi, id_lo, 0x00, 0x02, b'h', b'i'];
+        forwarder.send_to(&wrap(node, &publish), &gateway).unwrap();
+        assert_eq!(
+            recv(),
+            wrap(node, &[0x07, 0x0D, id_hi, id_lo, 0x00, 0x02, 0x00])
+        );
+        let msg = sub.recv(TIMEOUT);
+        assert_eq!(
+            (msg.topic.as_str(), &msg.payload[..]),
+            (topic.as_str(), &b"hi"[..])
+        );
+    }
 }

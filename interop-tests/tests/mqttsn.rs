@@ -306,3 +306,34 @@ fn a_forwarder_relays_clients_in_encapsulation_frames() {
         );
     }
 }
+
+#[test]
+fn peers_beyond_the_listener_limit_are_not_served_and_the_others_are() {
+    let Some(broker) = Broker::start_gateway_only(
+        "max_connections = 1 on the MQTT-SN listener",
+        &[Setting::new(
+            "GATEWAY_GATEWAY__MQTTSN__LISTENERS__UDP__DEFAULT__MAX_CONNECTIONS",
+            "1",
+        )],
+    ) else {
+        return;
+    };
+    let mut first = SnClient::connected(&broker, &unique_client_id("first"), json!({}));
+    // A second peer's CONNECT is dropped: no CONNACK ever comes.
+    let second = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    second.set_read_timeout(Some(QUIET * 3)).unwrap();
+    let connect = [0x0A, 0x04, 0x04, 0x01, 0x00, 0x3C, b'p', b'e', b'e', b'r'];
+    second
+        .send_to(&connect, format!("{}:{}", broker.host, broker.mqttsn_port))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        second.recv_from(&mut buf).is_err(),
+        "a peer beyond the limit was answered"
+    );
+    // The first keeps working.
+    let topic = unique_topic("sn-limit");
+    let mut sub = MosquittoSub::start(&broker, Version::V311, &[&topic], 1, &[]);
+    first.publish(&topic, b"still served", 1, false);
+    assert_eq!(sub.recv(TIMEOUT).payload, b"still served");
+}

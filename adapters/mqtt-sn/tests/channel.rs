@@ -972,3 +972,36 @@ fn peers_that_never_connect_are_forgotten_and_bad_input_closes_only_that_peer() 
         }]
     );
 }
+
+#[test]
+fn mountpoint_prefixes_topics_both_ways_with_the_client_id() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let obs = observer(&broker, "#", now);
+    let mut mounted = (*settings()).clone();
+    mounted.mountpoint = "sn/{clientid}/".to_owned();
+    let mut sn = Sn::with_settings(&broker, Arc::new(mounted), now);
+    sn.send(connect_message("m1", true, false, 30), now);
+    let id = sn.subscribe("cmd", Qos::One, now);
+    assert_ne!(id, 0);
+    assert!(sn
+        .send(
+            publish(0x7570, TopicIdType::Short, Qos::Zero, 0, b"up"),
+            now
+        )
+        .is_empty());
+    assert_eq!(
+        received(&obs, now),
+        vec![("sn/m1/up".into(), Bytes::from_static(b"up"))]
+    );
+    // A message on the mounted topic reaches the client under its own name's id.
+    mqtt_publish(&broker, "sn/m1/cmd", b"down", QoS::AtLeastOnce, now);
+    let replies = sn.wake(now);
+    let [Message::Publish { topic_id, data, .. }] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    assert_eq!((*topic_id, &data[..]), (id, &b"down"[..]));
+    // Outside the mountpoint nothing reaches it.
+    mqtt_publish(&broker, "cmd", b"not mine", QoS::AtLeastOnce, now);
+    assert!(sn.wake(now).is_empty());
+}

@@ -250,7 +250,9 @@ impl<D: Demux> Peer<D> {
                 }
                 received = inbox.recv() => match received {
                     Some((from, datagram)) => {
+                        // The table moved this peer here if `from` is new to it.
                         address = from;
+                        self.key.0 = from;
                         channel.handle_datagram(datagram, &mut out, Instant::now())
                     }
                     None => Flow::Close,
@@ -286,17 +288,26 @@ impl<D: Demux> Peer<D> {
         }
     }
 
+    /// This peer's key in the table: the address it last heard from, unless a datagram from
+    /// an older address was still queued behind a move, which only a scan can tell.
+    fn current_key(&self, table: &PeerTable) -> Option<PeerKey> {
+        match table.by_key.get(&self.key) {
+            Some(entry) if entry.task_id == self.task_id => Some(self.key.clone()),
+            _ => table
+                .by_key
+                .iter()
+                .find(|(_, entry)| entry.task_id == self.task_id)
+                .map(|(key, _)| key.clone()),
+        }
+    }
+
     /// Keeps the table's identity index in step with what the channel allows.
     fn publish_identity(&mut self, identity: Option<Arc<str>>) {
         if self.rebindable == identity {
             return;
         }
         let mut table = self.table.lock();
-        let key = table
-            .by_key
-            .iter()
-            .find(|(_, entry)| entry.task_id == self.task_id)
-            .map(|(key, _)| key.clone());
+        let key = self.current_key(&table);
         if let Some(old) = self.rebindable.take() {
             if table.by_identity.get(&old) == key.as_ref() {
                 table.by_identity.remove(&old);
@@ -311,9 +322,9 @@ impl<D: Demux> Peer<D> {
     fn forget(&mut self) {
         self.publish_identity(None);
         let mut table = self.table.lock();
-        table
-            .by_key
-            .retain(|_, entry| entry.task_id != self.task_id);
+        if let Some(key) = self.current_key(&table) {
+            table.by_key.remove(&key);
+        }
         self.stats.peers.fetch_sub(1, Ordering::Relaxed);
     }
 }

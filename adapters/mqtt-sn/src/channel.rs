@@ -29,6 +29,10 @@ pub const MQTTSN_NAMESPACE: &str = "mqtt-sn";
 /// The client id QoS -1 publishes are authorized as (EMQX's name for it).
 pub const QOS_MINUS_ONE_CLIENT_ID: &str = "NegQoS-Client";
 
+/// The most data a PUBLISH can carry: 65535 bytes less the 3-octet length, MsgType, Flags,
+/// TopicId and MsgId.
+const MAX_PUBLISH_DATA: usize = 65_535 - 9;
+
 /// What every channel of one listener shares.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -1259,6 +1263,15 @@ impl MqttSnChannel {
         let Some(session) = self.session.clone() else {
             return;
         };
+        if delivery.message.payload.len() > MAX_PUBLISH_DATA {
+            // No MQTT-SN frame can carry it; resending would only lose the client.
+            tracing::warn!(
+                len = delivery.message.payload.len(),
+                topic = %delivery.message.topic,
+                "delivery too large for an MQTT-SN PUBLISH; dropped"
+            );
+            return;
+        }
         let topic = ByteString::from(self.unmount(&delivery.message.topic));
         if self.downlink_topic(&topic).is_none() {
             let Some(topic_id) = self.with_registry(TopicRegistry::free_id).flatten() else {

@@ -1005,3 +1005,19 @@ fn mountpoint_prefixes_topics_both_ways_with_the_client_id() {
     mqtt_publish(&broker, "cmd", b"not mine", QoS::AtLeastOnce, now);
     assert!(sn.wake(now).is_empty());
 }
+
+#[test]
+fn a_delivery_no_frame_can_carry_is_dropped_not_retried_forever() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut sn = Sn::connect(&broker, "big", true, now);
+    sn.subscribe("b/1", Qos::One, now);
+    let huge: &'static [u8] = Box::leak(vec![1u8; 65_527].into_boxed_slice());
+    mqtt_publish(&broker, "b/1", huge, QoS::AtLeastOnce, now);
+    mqtt_publish(&broker, "b/1", b"small", QoS::AtLeastOnce, now);
+    let replies = sn.wake(now);
+    let [Message::Publish { data, .. }] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(&data[..], b"small");
+}

@@ -248,6 +248,7 @@ EOF
             GATEWAY_MQTT__MAX_QUEUED_BYTES=0 \
             GATEWAY_MQTT__MAX_INFLIGHT=65535 \
             GATEWAY_SYS__ENABLE=false \
+            GATEWAY_GATEWAY__MQTTSN__ENABLE=false \
             GATEWAY_LOG__LEVEL=warn \
                 taskset -c "$cores" "$GATEWAY" >>"$OUT/gateway.log" 2>&1 &
             ;;

@@ -2,6 +2,7 @@
 # Installs the reference clients that interop-tests/ drives, when they are missing:
 #   - mosquitto_pub / mosquitto_sub and the mosquitto broker (Debian packages),
 #   - paho-mqtt for Python (PyPI, pinned below),
+#   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),
 #   - MQTT.js (npm ci from interop-tests/js/package-lock.json).
 # Meant for a Debian machine that has Rust, Python 3.11+ with pip and Node 20+ with
 # npm; run as root. Idempotent; silent when there is nothing to do or all went well,
@@ -9,6 +10,7 @@
 set -euo pipefail
 
 PAHO_VERSION=2.2.0
+MQTTSN_VERSION=1.0.9
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 js_dir="$root/interop-tests/js"
@@ -59,6 +61,16 @@ if [[ "$(paho_version)" != "$PAHO_VERSION" ]]; then
     quietly env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
         "$python" -m pip install --quiet "paho-mqtt==$PAHO_VERSION"
     [[ "$(paho_version)" == "$PAHO_VERSION" ]] || fail "paho-mqtt $PAHO_VERSION not importable by $python after install"
+fi
+
+# --- mqtt-sn-12 ---------------------------------------------------------------------
+mqttsn_version() {
+    "$python" -c 'import importlib.metadata as m; print(m.version("mqtt-sn-12"))' 2>/dev/null || true
+}
+if [[ "$(mqttsn_version)" != "$MQTTSN_VERSION" ]]; then
+    quietly env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        "$python" -m pip install --quiet "mqtt-sn-12==$MQTTSN_VERSION"
+    [[ "$(mqttsn_version)" == "$MQTTSN_VERSION" ]] || fail "mqtt-sn-12 $MQTTSN_VERSION not importable by $python after install"
 fi
 
 # --- MQTT.js ------------------------------------------------------------------------

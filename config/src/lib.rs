@@ -39,6 +39,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub sys: SysConfig,
     pub listeners: ListenersConfig,
+    pub gateway: GatewaysConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +159,79 @@ pub struct TcpListenerConfig {
     pub handshake_timeout: Duration,
 }
 
+/// Device protocol gateways, under EMQX's names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaysConfig {
+    pub mqttsn: MqttSnConfig,
+}
+
+/// MQTT-SN 1.2 over UDP (EMQX's `gateway.mqttsn`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSnConfig {
+    pub enable: bool,
+    /// GwId of ADVERTISE and GWINFO.
+    pub gateway_id: u8,
+    /// Send ADVERTISE every `advertise_interval` to `broadcast_address`.
+    pub broadcast: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub broadcast_address: String,
+    pub advertise_interval: Duration,
+    /// Accept QoS -1 publishes from clients that never connected.
+    pub enable_qos3: bool,
+    /// Prefix of every topic this gateway's clients publish and subscribe to.
+    pub mountpoint: String,
+    /// Time a peer may stay silent before CONNECT or inside the will handshake.
+    pub idle_timeout: Duration,
+    /// T_RETRY: wait before a gateway-to-client message or REGISTER is sent again.
+    pub retry_interval: Duration,
+    /// N_RETRY: resends before the client is taken as lost.
+    pub max_retries: u32,
+    /// Topic ids one session may register, both directions together.
+    pub max_registered_topics: u32,
+    pub predefined: Vec<PredefinedTopic>,
+    pub listeners: MqttSnListenersConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredefinedTopic {
+    /// 1..=1024.
+    pub id: u16,
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSnListenersConfig {
+    pub udp: BTreeMap<String, UdpListenerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    /// Peers tracked at once.
+    pub max_connections: u32,
+    /// Largest datagram accepted, bytes.
+    pub max_packet_size: u32,
+}
+
+impl UdpListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+}
+
+impl MqttSnConfig {
+    pub fn broadcast_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.broadcast_address)
+    }
+}
+
 /// Why a `bind` value is not an address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid address {0:?}: expected \"ip:port\", \"[ipv6]:port\" or \"port\"")]
@@ -246,6 +320,33 @@ impl Config {
                         handshake_timeout: Duration::from_secs(10),
                     },
                 )]),
+            },
+            gateway: GatewaysConfig {
+                mqttsn: MqttSnConfig {
+                    enable: true,
+                    gateway_id: 1,
+                    broadcast: false,
+                    broadcast_address: "255.255.255.255:1884".into(),
+                    advertise_interval: Duration::from_secs(900),
+                    enable_qos3: true,
+                    mountpoint: String::new(),
+                    idle_timeout: Duration::from_secs(30),
+                    retry_interval: Duration::from_secs(10),
+                    max_retries: 3,
+                    max_registered_topics: 1000,
+                    predefined: Vec::new(),
+                    listeners: MqttSnListenersConfig {
+                        udp: BTreeMap::from([(
+                            "default".to_owned(),
+                            UdpListenerConfig {
+                                enable: true,
+                                bind: "0.0.0.0:1884".into(),
+                                max_connections: 1_024_000,
+                                max_packet_size: 65_535,
+                            },
+                        )]),
+                    },
+                },
             },
         }
     }

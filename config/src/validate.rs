@@ -169,7 +169,103 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             Ok(_) => {}
         }
     }
+    check_mqttsn(&config.gateway.mqttsn, &mut fail);
     out
+}
+
+/// Predefined ids above this would collide with the ids the gateway hands out itself.
+pub(crate) const MQTTSN_MAX_PREDEFINED_ID: u16 = 1024;
+
+fn check_mqttsn(sn: &crate::MqttSnConfig, fail: &mut impl FnMut(&str, String)) {
+    let p = "gateway.mqttsn";
+    for (key, value) in [
+        ("idle_timeout", sn.idle_timeout),
+        ("retry_interval", sn.retry_interval),
+        ("advertise_interval", sn.advertise_interval),
+    ] {
+        if value.is_zero() {
+            fail(
+                &format!("{p}.{key}"),
+                format!("{p}.{key} must be longer than 0s"),
+            );
+        }
+    }
+    // ADVERTISE carries the interval in a 16-bit count of seconds.
+    if sn.advertise_interval.as_secs() > u64::from(u16::MAX) {
+        fail(
+            &format!("{p}.advertise_interval"),
+            format!(
+                "{p}.advertise_interval must be at most 65535s, the 16-bit Duration of ADVERTISE"
+            ),
+        );
+    }
+    if let Err(e) = sn.broadcast_addr() {
+        fail(
+            &format!("{p}.broadcast_address"),
+            format!("{p}.broadcast_address: {e}"),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, topic) in sn.predefined.iter().enumerate() {
+        let key = format!("{p}.predefined.{i}");
+        if !(1..=MQTTSN_MAX_PREDEFINED_ID).contains(&topic.id) {
+            fail(
+                &key,
+                format!(
+                    "{key}.id must be 1..={MQTTSN_MAX_PREDEFINED_ID}, got {}",
+                    topic.id
+                ),
+            );
+        }
+        if !seen.insert(topic.id) {
+            fail(&key, format!("{key}.id {} is defined twice", topic.id));
+        }
+        if topic.topic.is_empty() || topic.topic.contains(['+', '#']) {
+            fail(
+                &key,
+                format!(
+                    "{key}.topic must be a topic name without wildcards, got {:?}",
+                    topic.topic
+                ),
+            );
+        }
+    }
+    let mut enabled: Vec<(&str, SocketAddr)> = Vec::new();
+    for (name, listener) in &sn.listeners.udp {
+        let prefix = format!("{p}.listeners.udp.{name}");
+        if !is_valid_listener_name(name) {
+            fail(
+                &prefix,
+                format!("{p}.listeners.udp: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
+            );
+        }
+        if listener.max_connections == 0 {
+            fail(
+                &format!("{prefix}.max_connections"),
+                format!("{prefix}.max_connections must be >= 1"),
+            );
+        }
+        if !(2..=65_535).contains(&listener.max_packet_size) {
+            fail(
+                &format!("{prefix}.max_packet_size"),
+                format!("{prefix}.max_packet_size must be 2..=65535 bytes, the range of MQTT-SN's length field"),
+            );
+        }
+        let key = format!("{prefix}.bind");
+        match parse_bind(&listener.bind) {
+            Err(e) => fail(&key, format!("{key}: {e}")),
+            Ok(addr) if listener.enable && sn.enable => {
+                if let Some((other, _)) = enabled.iter().find(|(_, a)| binds_overlap(*a, addr)) {
+                    fail(
+                        &key,
+                        format!("{key}: address {addr} is also bound by enabled listener {p}.listeners.udp.{other}"),
+                    );
+                }
+                enabled.push((name, addr));
+            }
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Two binds that the OS would refuse together: same port and same address, or a wildcard

@@ -167,6 +167,51 @@ async fn run(config: Config) -> Result<()> {
         ));
     }
 
+    let sn = &config.gateway.mqttsn;
+    if sn.enable {
+        let advertise = if sn.broadcast {
+            let target = sn
+                .broadcast_addr()
+                .context("gateway.mqttsn.broadcast_address")?;
+            Some((target, sn.advertise_interval.get()))
+        } else {
+            None
+        };
+        for (name, listener) in &sn.listeners.udp {
+            if !listener.enable {
+                continue;
+            }
+            let bind = listener
+                .bind_addr()
+                .with_context(|| format!("gateway.mqttsn.listeners.udp.{name}.bind"))?;
+            let listener_name: Arc<str> = Arc::from(format!("udp:{name}"));
+            let settings = Arc::new(adapter_mqtt_sn::Settings::from_config(
+                listener_name.clone(),
+                sn,
+            ));
+            let socket = adapter_kit::bind_udp(bind, advertise.is_some())
+                .await
+                .with_context(|| {
+                    format!("gateway.mqttsn.listeners.udp.{name}: cannot listen on {bind}")
+                })?;
+            tracing::info!(listener = %listener_name, %bind, "MQTT-SN listener started");
+            tasks.spawn(adapter_mqtt_sn::serve_udp(
+                socket,
+                adapter_mqtt_sn::UdpListenerSettings {
+                    name: listener_name,
+                    bind,
+                    max_peers: listener.max_connections as usize,
+                    max_packet_size: listener.max_packet_size as usize,
+                    advertise,
+                },
+                settings,
+                broker.clone(),
+                Arc::new(adapter_kit::DatagramMetrics::default()),
+                shutdown_rx.clone(),
+            ));
+        }
+    }
+
     tasks.spawn(housekeeping(
         broker.clone(),
         config.sys.enable.then(|| config.sys.interval.get()),

@@ -54,6 +54,8 @@ impl Setting {
 pub struct Broker {
     pub host: String,
     pub port: u16,
+    /// The MQTT-SN listener's UDP port.
+    pub mqttsn_port: u16,
     values: Vec<(&'static str, String)>,
     gateway: Option<Gateway>,
 }
@@ -122,6 +124,21 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A UDP port on 127.0.0.1 that was free a moment ago and that no other test of this
+/// process has been given.
+pub fn free_udp_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
+        let port = socket.local_addr().expect("local address").port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+}
+
 impl Broker {
     /// The broker with its default configuration.
     pub fn start() -> Broker {
@@ -181,9 +198,16 @@ impl Broker {
                 }
             }
         }
+        let mqttsn_port = match std::env::var("GATEWAY_TEST_MQTTSN_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_MQTTSN_PORT={text} is not a port")),
+            Err(_) => 1884,
+        };
         Some(Broker {
             host,
             port,
+            mqttsn_port,
             values,
             gateway: None,
         })
@@ -198,6 +222,12 @@ impl Broker {
         cmd.env(
             "GATEWAY_LISTENERS__TCP__DEFAULT__BIND",
             format!("127.0.0.1:{port}"),
+        );
+        // Every gateway runs the MQTT-SN listener; its fixed default port would clash.
+        let mqttsn_port = free_udp_port();
+        cmd.env(
+            "GATEWAY_GATEWAY__MQTTSN__LISTENERS__UDP__DEFAULT__BIND",
+            format!("127.0.0.1:{mqttsn_port}"),
         );
         // Extra configuration for every started gateway, e.g. to turn off a listener
         // whose fixed default port would clash between gateways running in parallel.
@@ -223,6 +253,7 @@ impl Broker {
         let mut broker = Broker {
             host: "127.0.0.1".to_string(),
             port,
+            mqttsn_port,
             values,
             gateway: Some(Gateway {
                 child,

@@ -10,6 +10,7 @@
 pub mod broker;
 pub mod clients;
 pub mod mosquitto;
+pub mod mqttsn;
 pub mod process;
 pub mod raw;
 pub mod script;
@@ -19,6 +20,7 @@ use std::time::Duration;
 pub use broker::{external_mode, Broker, Setting};
 pub use clients::{Family, Publisher, Subscriber};
 pub use mosquitto::{mosquitto_pub, MosquittoSub};
+pub use mqttsn::{SnClient, SnMsg};
 pub use raw::RawClient;
 pub use script::{Lib, ScriptClient};
 

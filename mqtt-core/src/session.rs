@@ -157,6 +157,33 @@ pub struct SessionState {
     pub dropped_full: u64,
     /// Set once the session has ended, so late pushes from the router are refused.
     pub ended: bool,
+    /// What a device adapter keeps with the session so it survives reconnects, such as an
+    /// MQTT-SN client's topic ids.
+    pub extension: Extension,
+}
+
+/// One value of an adapter's own type, stored in a session the core knows nothing about.
+#[derive(Default)]
+pub struct Extension(Option<Box<dyn std::any::Any + Send>>);
+
+impl Extension {
+    pub fn get_mut<T: Send + 'static>(&mut self) -> Option<&mut T> {
+        self.0.as_mut().and_then(|value| value.downcast_mut::<T>())
+    }
+
+    pub fn set<T: Send + 'static>(&mut self, value: T) {
+        self.0 = Some(Box::new(value));
+    }
+}
+
+impl std::fmt::Debug for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Extension(..)"
+        } else {
+            "Extension(None)"
+        })
+    }
 }
 
 impl Default for SessionState {
@@ -176,6 +203,7 @@ impl Default for SessionState {
             dropped_qos0: 0,
             dropped_full: 0,
             ended: false,
+            extension: Extension::default(),
         }
     }
 }

@@ -1,8 +1,13 @@
 //! The contract every adapter shares: a sans-io channel driven by a generic transport
 //! driver that owns the socket, the timers, back-pressure and the byte counters.
 
+mod datagram;
 mod stream;
 
+pub use datagram::{
+    bind_udp, serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, DatagramSettings,
+    Demux,
+};
 pub use mqtt_core::protocol::Flow;
 pub use stream::{
     drive_stream, serve_stream_listener, ConnWakeup, DriveStream, ListenerLimits, StreamChannel,

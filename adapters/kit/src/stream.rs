@@ -107,6 +107,20 @@ impl ConnWakeup {
         self.pending.fetch_or(bits, Ordering::AcqRel);
         self.waker.wake();
     }
+
+    /// Resolves once woken, for a driver written as an async loop (the datagram one).
+    /// Only one task may wait.
+    pub async fn woken(&self) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.pending.fetch_and(!WOKEN, Ordering::AcqRel) & WOKEN != 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 impl Wakeup for ConnWakeup {

@@ -1,0 +1,124 @@
+//! MQTT-SN 1.2 over UDP: the codec, the per-client channel and its listener on the kit's
+//! datagram driver.
+
+pub mod channel;
+pub mod codec;
+pub mod topics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adapter_kit::{
+    serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, DatagramSettings, Demux,
+    Flow,
+};
+use bytes::Bytes;
+use mqtt_core::broker::Broker;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+pub use channel::{MqttSnChannel, Settings, MQTTSN_NAMESPACE};
+
+impl DatagramChannel for MqttSnChannel {
+    fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        MqttSnChannel::handle_datagram(self, datagram, out, now)
+    }
+    fn handle_wakeup(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        MqttSnChannel::handle_wakeup(self, out, now)
+    }
+    fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        MqttSnChannel::handle_timeout(self, out, now)
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        MqttSnChannel::next_deadline(self)
+    }
+    fn shutdown(&mut self, out: &mut Vec<Bytes>) -> Flow {
+        MqttSnChannel::shutdown(self, out)
+    }
+    fn handle_closed(&mut self, now: Instant) {
+        MqttSnChannel::handle_closed(self, now)
+    }
+    fn rebindable_identity(&self) -> Option<Arc<str>> {
+        MqttSnChannel::rebindable_identity(self)
+    }
+}
+
+/// Datagrams waiting for one client's channel: a client waits for each answer, so more than
+/// a few means a flood, dropped as the network might drop it.
+const PEER_QUEUE: usize = 64;
+
+/// Finds peers by what a datagram says before any channel reads it.
+struct SnDemux;
+
+impl Demux for SnDemux {
+    fn sub_key(&self, datagram: &Bytes) -> Option<Bytes> {
+        codec::wireless_node(datagram)
+    }
+    fn identity(&self, datagram: &Bytes) -> Option<Arc<str>> {
+        codec::client_id_hint(datagram).map(|id| Arc::from(&*id))
+    }
+    fn wrap(&self, sub_key: &Bytes, datagram: Bytes) -> Bytes {
+        codec::encapsulate(0, sub_key, &datagram)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UdpListenerSettings {
+    /// `udp:NAME`.
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    pub max_peers: usize,
+    pub max_packet_size: usize,
+    /// ADVERTISE every interval to this address, when broadcasting is on.
+    pub advertise: Option<(SocketAddr, Duration)>,
+}
+
+/// Serves MQTT-SN on a bound UDP socket until `shutdown` turns true.
+pub async fn serve_udp(
+    socket: UdpSocket,
+    listener: UdpListenerSettings,
+    settings: Arc<Settings>,
+    broker: Arc<Broker>,
+    metrics: Arc<DatagramMetrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let beacon = listener.advertise.and_then(|(target, interval)| {
+        let duration = u16::try_from(interval.as_secs()).unwrap_or(u16::MAX);
+        let advertise = codec::Message::Advertise {
+            gw_id: settings.gateway_id,
+            duration,
+        };
+        codec::to_datagram(&advertise).ok().map(|datagram| Beacon {
+            datagram,
+            target,
+            interval,
+        })
+    });
+    let limits = DatagramSettings {
+        name: listener.name.clone(),
+        max_peers: listener.max_peers,
+        max_datagram_size: listener.max_packet_size,
+        peer_queue: PEER_QUEUE,
+        beacon,
+    };
+    let channel_broker = broker.clone();
+    serve_datagram_listener(
+        socket,
+        limits,
+        SnDemux,
+        metrics,
+        broker,
+        shutdown,
+        move |peer, wakeup| {
+            MqttSnChannel::new(
+                channel_broker.clone(),
+                settings.clone(),
+                Some(peer),
+                wakeup,
+                Instant::now(),
+            )
+        },
+    )
+    .await;
+}

@@ -1,0 +1,1023 @@
+//! The MQTT-SN channel and the broker driven message by message on a virtual clock: no
+//! socket, no sleeping. An "observer" MQTT session on the same broker plays the MQTT side.
+
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adapter_mqtt_sn::codec::*;
+use adapter_mqtt_sn::topics::{Predefined, FIRST_NORMAL_ID};
+use adapter_mqtt_sn::{MqttSnChannel, Settings, MQTTSN_NAMESPACE};
+use bytes::Bytes;
+use bytestring::ByteString;
+use mqtt_core::auth::{Auth, ClientInfo};
+use mqtt_core::broker::{Broker, ConnectRequest};
+use mqtt_core::codec::{QoS, SubscriptionOptions};
+use mqtt_core::message::Message as Routed;
+use mqtt_core::protocol::Flow;
+use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+
+#[derive(Default)]
+struct CountingWakeup(AtomicUsize);
+
+impl Wakeup for CountingWakeup {
+    fn wake(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn broker(now: Instant) -> Arc<Broker> {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth::allow_all(),
+        now,
+    ))
+}
+
+fn settings() -> Arc<Settings> {
+    Arc::new(Settings {
+        listener: Arc::from("udp:test"),
+        gateway_id: 7,
+        enable_qos3: true,
+        mountpoint: String::new(),
+        idle_timeout: Duration::from_secs(30),
+        retry_interval: Duration::from_secs(10),
+        max_retries: 3,
+        max_registered_topics: 100,
+        predefined: Predefined::new([(1, "pre/one".to_owned())]),
+    })
+}
+
+struct Sn {
+    channel: MqttSnChannel,
+    out: Vec<Bytes>,
+    closed: bool,
+}
+
+impl Sn {
+    fn new(broker: &Arc<Broker>, now: Instant) -> Sn {
+        Sn::with_settings(broker, settings(), now)
+    }
+
+    fn with_settings(broker: &Arc<Broker>, settings: Arc<Settings>, now: Instant) -> Sn {
+        Sn {
+            channel: MqttSnChannel::new(
+                broker.clone(),
+                settings,
+                None,
+                Arc::new(CountingWakeup::default()),
+                now,
+            ),
+            out: Vec::new(),
+            closed: false,
+        }
+    }
+
+    fn note(&mut self, flow: Flow, now: Instant) {
+        if flow == Flow::Close && !self.closed {
+            self.closed = true;
+            self.channel.handle_closed(now);
+        }
+    }
+
+    fn send(&mut self, message: Message, now: Instant) -> Vec<Message> {
+        let flow = self
+            .channel
+            .handle_datagram(to_datagram(&message).unwrap(), &mut self.out, now);
+        self.note(flow, now);
+        self.take()
+    }
+
+    fn wake(&mut self, now: Instant) -> Vec<Message> {
+        let flow = self.channel.handle_wakeup(&mut self.out, now);
+        self.note(flow, now);
+        self.take()
+    }
+
+    fn tick(&mut self, now: Instant) -> Vec<Message> {
+        let flow = self.channel.handle_timeout(&mut self.out, now);
+        self.note(flow, now);
+        self.take()
+    }
+
+    fn take(&mut self) -> Vec<Message> {
+        self.out.drain(..).map(|d| decode(&d).unwrap()).collect()
+    }
+
+    fn connect(broker: &Arc<Broker>, client_id: &str, clean: bool, now: Instant) -> Sn {
+        let mut sn = Sn::new(broker, now);
+        let replies = sn.send(connect_message(client_id, clean, false, 30), now);
+        assert_eq!(
+            replies,
+            vec![Message::ConnAck {
+                return_code: ReturnCode::ACCEPTED
+            }]
+        );
+        sn
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: Qos, now: Instant) -> u16 {
+        let replies = self.send(
+            Message::Subscribe {
+                flags: Flags {
+                    qos,
+                    ..Flags::default()
+                },
+                msg_id: 77,
+                topic: TopicRef::Name(ByteString::from(filter)),
+            },
+            now,
+        );
+        match replies.as_slice() {
+            [Message::SubAck {
+                topic_id,
+                msg_id: 77,
+                return_code: ReturnCode::ACCEPTED,
+                ..
+            }] => *topic_id,
+            other => panic!("SUBSCRIBE {filter}: {other:?}"),
+        }
+    }
+}
+
+fn connect_message(client_id: &str, clean: bool, will: bool, keep_alive: u16) -> Message {
+    Message::Connect {
+        flags: Flags {
+            clean_session: clean,
+            will,
+            ..Flags::default()
+        },
+        protocol_id: PROTOCOL_ID,
+        duration: keep_alive,
+        client_id: ByteString::from(client_id),
+    }
+}
+
+/// An MQTT session on the same broker, subscribed to `filter`.
+fn observer(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<SessionCell> {
+    let control = ConnControl::new(
+        broker.next_connection_id(),
+        Arc::new(CountingWakeup::default()),
+    );
+    let attached = broker.connect(
+        ConnectRequest {
+            key: SessionKey {
+                namespace: "mqtt",
+                client_id: Arc::from("observer"),
+            },
+            clean_start: true,
+            expiry_interval: 0,
+            will: None,
+            control,
+        },
+        now,
+    );
+    let client = ClientInfo {
+        protocol: "mqtt",
+        listener: "tcp:test".into(),
+        client_id: "observer".into(),
+        username: None,
+        password: None,
+        peer: None,
+    };
+    broker
+        .subscribe(
+            &attached.session,
+            &client,
+            filter,
+            SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                ..Default::default()
+            },
+            None,
+            now,
+        )
+        .unwrap();
+    attached.session
+}
+
+fn received(observer: &SessionCell, now: Instant) -> Vec<(String, Bytes)> {
+    let mut state = observer.state.lock();
+    std::iter::from_fn(|| state.pop_queued(now))
+        .map(|d| (d.message.topic.to_string(), d.message.payload.clone()))
+        .collect()
+}
+
+fn mqtt_publish(broker: &Broker, topic: &str, payload: &'static [u8], qos: QoS, now: Instant) {
+    broker.publish(Arc::new(Routed::new(
+        ByteString::from(topic),
+        Bytes::from_static(payload),
+        qos,
+        false,
+        now,
+    )));
+}
+
+fn publish(
+    topic_id: u16,
+    kind: TopicIdType,
+    qos: Qos,
+    msg_id: u16,
+    data: &'static [u8],
+) -> Message {
+    Message::Publish {
+        flags: Flags {
+            qos,
+            topic_id_type: kind,
+            ..Flags::default()
+        },
+        topic_id,
+        msg_id,
+        data: Bytes::from_static(data),
+    }
+}
+
+#[test]
+fn register_then_publish_every_qos_reaches_mqtt() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let obs = observer(&broker, "#", now);
+    let mut sn = Sn::connect(&broker, "dev1", true, now);
+    let replies = sn.send(
+        Message::Register {
+            topic_id: 0,
+            msg_id: 1,
+            topic_name: ByteString::from("a/b"),
+        },
+        now,
+    );
+    assert_eq!(
+        replies,
+        vec![Message::RegAck {
+            topic_id: FIRST_NORMAL_ID,
+            msg_id: 1,
+            return_code: ReturnCode::ACCEPTED
+        }]
+    );
+    let id = FIRST_NORMAL_ID;
+    assert!(sn
+        .send(publish(id, TopicIdType::Normal, Qos::Zero, 0, b"q0"), now)
+        .is_empty());
+    assert_eq!(
+        sn.send(publish(id, TopicIdType::Normal, Qos::One, 2, b"q1"), now),
+        vec![Message::PubAck {
+            topic_id: id,
+            msg_id: 2,
+            return_code: ReturnCode::ACCEPTED
+        }]
+    );
+    assert_eq!(
+        sn.send(publish(id, TopicIdType::Normal, Qos::Two, 3, b"q2"), now),
+        vec![Message::PubRec { msg_id: 3 }]
+    );
+    // A PUBLISH sent again before PUBREL is acknowledged again and routed once.
+    assert_eq!(
+        sn.send(publish(id, TopicIdType::Normal, Qos::Two, 3, b"q2"), now),
+        vec![Message::PubRec { msg_id: 3 }]
+    );
+    assert_eq!(
+        sn.send(Message::PubRel { msg_id: 3 }, now),
+        vec![Message::PubComp { msg_id: 3 }]
+    );
+    // Predefined and short topic ids need no registration.
+    assert!(sn
+        .send(
+            publish(1, TopicIdType::Predefined, Qos::Zero, 0, b"pre"),
+            now
+        )
+        .is_empty());
+    assert!(sn
+        .send(
+            publish(0x7a7a, TopicIdType::Short, Qos::Zero, 0, b"short"),
+            now
+        )
+        .is_empty());
+    assert_eq!(
+        received(&obs, now),
+        vec![
+            ("a/b".into(), Bytes::from_static(b"q0")),
+            ("a/b".into(), Bytes::from_static(b"q1")),
+            ("a/b".into(), Bytes::from_static(b"q2")),
+            ("pre/one".into(), Bytes::from_static(b"pre")),
+            ("zz".into(), Bytes::from_static(b"short")),
+        ]
+    );
+}
+
+#[test]
+fn return_codes_follow_the_spec() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut sn = Sn::connect(&broker, "dev2", true, now);
+    // Unknown normal and predefined ids: rejected, invalid topic id.
+    for (id, kind) in [(4321, TopicIdType::Normal), (99, TopicIdType::Predefined)] {
+        assert_eq!(
+            sn.send(publish(id, kind, Qos::One, 5, b"x"), now),
+            vec![Message::PubAck {
+                topic_id: id,
+                msg_id: 5,
+                return_code: ReturnCode::INVALID_TOPIC_ID
+            }]
+        );
+    }
+    // QoS 0 to an unknown id is answered too (spec 6.5).
+    assert_eq!(
+        sn.send(publish(4321, TopicIdType::Normal, Qos::Zero, 0, b"x"), now),
+        vec![Message::PubAck {
+            topic_id: 4321,
+            msg_id: 0,
+            return_code: ReturnCode::INVALID_TOPIC_ID
+        }]
+    );
+    // A wildcard in REGISTER is not supported.
+    assert_eq!(
+        sn.send(
+            Message::Register {
+                topic_id: 0,
+                msg_id: 6,
+                topic_name: ByteString::from("a/+")
+            },
+            now
+        ),
+        vec![Message::RegAck {
+            topic_id: 0,
+            msg_id: 6,
+            return_code: ReturnCode::NOT_SUPPORTED
+        }]
+    );
+    // REGISTER of a predefined name answers with the predefined id.
+    assert_eq!(
+        sn.send(
+            Message::Register {
+                topic_id: 0,
+                msg_id: 7,
+                topic_name: ByteString::from("pre/one")
+            },
+            now
+        ),
+        vec![Message::RegAck {
+            topic_id: 1,
+            msg_id: 7,
+            return_code: ReturnCode::ACCEPTED
+        }]
+    );
+    let sub = |kind, topic| Message::Subscribe {
+        flags: Flags {
+            topic_id_type: kind,
+            ..Flags::default()
+        },
+        msg_id: 8,
+        topic,
+    };
+    assert!(matches!(
+        sn.send(sub(TopicIdType::Predefined, TopicRef::Id(99)), now)
+            .as_slice(),
+        [Message::SubAck {
+            return_code: ReturnCode::INVALID_TOPIC_ID,
+            topic_id: 99,
+            ..
+        }]
+    ));
+    assert!(matches!(
+        sn.send(sub(TopicIdType::Reserved, TopicRef::Id(1)), now)
+            .as_slice(),
+        [Message::SubAck {
+            return_code: ReturnCode::NOT_SUPPORTED,
+            ..
+        }]
+    ));
+    assert!(matches!(
+        sn.send(sub(TopicIdType::Predefined, TopicRef::Id(1)), now)
+            .as_slice(),
+        [Message::SubAck {
+            return_code: ReturnCode::ACCEPTED,
+            topic_id: 1,
+            ..
+        }]
+    ));
+    // A wildcard subscription has no topic id.
+    assert_eq!(sn.subscribe("w/#", Qos::One, now), 0);
+    // A name subscription registers the name: the same id as REGISTER gives.
+    let id = sn.subscribe("n/1", Qos::One, now);
+    assert_eq!(
+        sn.send(
+            Message::Register {
+                topic_id: 0,
+                msg_id: 9,
+                topic_name: ByteString::from("n/1")
+            },
+            now
+        ),
+        vec![Message::RegAck {
+            topic_id: id,
+            msg_id: 9,
+            return_code: ReturnCode::ACCEPTED
+        }]
+    );
+    // UNSUBSCRIBE is always answered.
+    assert_eq!(
+        sn.send(
+            Message::Unsubscribe {
+                flags: Flags::default(),
+                msg_id: 10,
+                topic: TopicRef::Name(ByteString::from("never/subscribed"))
+            },
+            now
+        ),
+        vec![Message::UnsubAck { msg_id: 10 }]
+    );
+    assert_eq!(
+        sn.send(Message::PingReq { client_id: None }, now),
+        vec![Message::PingResp]
+    );
+    assert_eq!(
+        sn.send(Message::SearchGw { radius: 0 }, now),
+        vec![Message::GwInfo {
+            gw_id: 7,
+            gw_add: Bytes::new()
+        }]
+    );
+}
+
+#[test]
+fn gateway_registers_a_new_topic_and_holds_the_message_until_regack() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut sn = Sn::connect(&broker, "dev3", true, now);
+    assert_eq!(sn.subscribe("x/#", Qos::One, now), 0);
+    // QoS 0 included: held, not lost.
+    mqtt_publish(&broker, "x/long/topic", b"first", QoS::AtMostOnce, now);
+    let replies = sn.wake(now);
+    let (topic_id, msg_id) = match replies.as_slice() {
+        [Message::Register {
+            topic_id,
+            msg_id,
+            topic_name,
+        }] => {
+            assert_eq!(topic_name, "x/long/topic");
+            (*topic_id, *msg_id)
+        }
+        other => panic!("expected REGISTER alone, got {other:?}"),
+    };
+    // Another message meanwhile waits behind it.
+    mqtt_publish(&broker, "x/long/topic", b"second", QoS::AtLeastOnce, now);
+    assert!(sn.wake(now).is_empty());
+    let replies = sn.send(
+        Message::RegAck {
+            topic_id,
+            msg_id,
+            return_code: ReturnCode::ACCEPTED,
+        },
+        now,
+    );
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(
+        replies[0],
+        publish(topic_id, TopicIdType::Normal, Qos::Zero, 0, b"first")
+    );
+    let Message::Publish {
+        flags,
+        topic_id: second_id,
+        msg_id,
+        data,
+    } = &replies[1]
+    else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(
+        (flags.qos, *second_id, &data[..]),
+        (Qos::One, topic_id, &b"second"[..])
+    );
+    assert!(sn
+        .send(
+            Message::PubAck {
+                topic_id,
+                msg_id: *msg_id,
+                return_code: ReturnCode::ACCEPTED
+            },
+            now
+        )
+        .is_empty());
+    // Short and predefined topics go out without registration.
+    sn.subscribe("pre/one", Qos::Zero, now);
+    mqtt_publish(&broker, "x/", b"short", QoS::AtMostOnce, now);
+    mqtt_publish(&broker, "pre/one", b"pre", QoS::AtMostOnce, now);
+    assert_eq!(
+        sn.wake(now),
+        vec![
+            publish(
+                short_topic_id("x/").unwrap(),
+                TopicIdType::Short,
+                Qos::Zero,
+                0,
+                b"short"
+            ),
+            publish(1, TopicIdType::Predefined, Qos::Zero, 0, b"pre"),
+        ]
+    );
+}
+
+#[test]
+fn qos2_to_the_client_walks_pubrec_pubrel_pubcomp() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut sn = Sn::connect(&broker, "dev4", true, now);
+    let id = sn.subscribe("q/2", Qos::Two, now);
+    mqtt_publish(&broker, "q/2", b"exactly", QoS::ExactlyOnce, now);
+    let Message::Publish { msg_id, flags, .. } = sn.wake(now)[0].clone() else {
+        panic!()
+    };
+    assert_eq!(flags.qos, Qos::Two);
+    assert_eq!(
+        sn.send(Message::PubRec { msg_id }, now),
+        vec![Message::PubRel { msg_id }]
+    );
+    // PUBREL is what is resent while PUBCOMP is missing.
+    assert_eq!(
+        sn.tick(now + Duration::from_secs(10)),
+        vec![Message::PubRel { msg_id }]
+    );
+    assert!(sn.send(Message::PubComp { msg_id }, now).is_empty());
+    assert_eq!(sn.tick(now + Duration::from_secs(30)), vec![]);
+    let _ = id;
+}
+
+#[test]
+fn unacknowledged_publish_is_resent_then_the_client_is_lost_and_its_will_published() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let obs = observer(&broker, "will/#", now);
+    let mut sn = Sn::new(&broker, now);
+    assert_eq!(
+        sn.send(connect_message("dev5", true, true, 0), now),
+        vec![Message::WillTopicReq]
+    );
+    let will = WillTopic {
+        flags: Flags::default(),
+        topic: ByteString::from("will/dev5"),
+    };
+    assert_eq!(
+        sn.send(Message::WillTopic(Some(will)), now),
+        vec![Message::WillMsgReq]
+    );
+    assert_eq!(
+        sn.send(
+            Message::WillMsg {
+                payload: Bytes::from_static(b"gone")
+            },
+            now
+        ),
+        vec![Message::ConnAck {
+            return_code: ReturnCode::ACCEPTED
+        }]
+    );
+    let topic_id = sn.subscribe("r/1", Qos::One, now);
+    mqtt_publish(&broker, "r/1", b"retry me", QoS::AtLeastOnce, now);
+    let first = sn.wake(now);
+    let Message::Publish { msg_id, flags, .. } = first[0].clone() else {
+        panic!("{first:?}")
+    };
+    assert!(!flags.dup);
+    let mut at = now;
+    for _ in 0..3 {
+        at += Duration::from_secs(10);
+        assert_eq!(sn.channel.next_deadline(), Some(at));
+        let again = sn.tick(at);
+        assert_eq!(
+            again,
+            vec![Message::Publish {
+                flags: Flags {
+                    dup: true,
+                    qos: Qos::One,
+                    ..Flags::default()
+                },
+                topic_id,
+                msg_id,
+                data: Bytes::from_static(b"retry me"),
+            }]
+        );
+    }
+    at += Duration::from_secs(10);
+    assert_eq!(sn.tick(at), vec![Message::Disconnect { duration: None }]);
+    assert!(sn.closed);
+    assert_eq!(
+        received(&obs, at),
+        vec![("will/dev5".into(), Bytes::from_static(b"gone"))]
+    );
+}
+
+#[test]
+fn keep_alive_timeout_publishes_the_will_but_disconnect_does_not() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let obs = observer(&broker, "will/#", now);
+    for clean_disconnect in [false, true] {
+        let mut sn = Sn::new(&broker, now);
+        assert_eq!(
+            sn.send(connect_message("dev6", true, true, 10), now),
+            vec![Message::WillTopicReq]
+        );
+        sn.send(
+            Message::WillTopic(Some(WillTopic {
+                flags: Flags::default(),
+                topic: ByteString::from("will/dev6"),
+            })),
+            now,
+        );
+        sn.send(
+            Message::WillMsg {
+                payload: Bytes::from_static(b"w"),
+            },
+            now,
+        );
+        // Will updates: topic changed, message changed.
+        assert_eq!(
+            sn.send(
+                Message::WillTopicUpd(Some(WillTopic {
+                    flags: Flags::default(),
+                    topic: ByteString::from("will/six")
+                })),
+                now
+            ),
+            vec![Message::WillTopicResp {
+                return_code: ReturnCode::ACCEPTED
+            }]
+        );
+        assert_eq!(
+            sn.send(
+                Message::WillMsgUpd {
+                    payload: Bytes::from_static(b"bye")
+                },
+                now
+            ),
+            vec![Message::WillMsgResp {
+                return_code: ReturnCode::ACCEPTED
+            }]
+        );
+        if clean_disconnect {
+            assert_eq!(
+                sn.send(Message::Disconnect { duration: None }, now),
+                vec![Message::Disconnect { duration: None }]
+            );
+            assert!(sn.closed);
+        } else {
+            // 1.5 times the keep-alive.
+            assert_eq!(
+                sn.channel.next_deadline(),
+                Some(now + Duration::from_secs(15))
+            );
+            assert!(sn.tick(now + Duration::from_secs(14)).is_empty());
+            assert_eq!(
+                sn.tick(now + Duration::from_secs(15)),
+                vec![Message::Disconnect { duration: None }]
+            );
+            assert!(sn.closed);
+        }
+    }
+    // Only the lost client's will: the clean DISCONNECT deleted the second.
+    assert_eq!(
+        received(&obs, now),
+        vec![("will/six".into(), Bytes::from_static(b"bye"))]
+    );
+}
+
+#[test]
+fn deleting_the_will_with_an_empty_update() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let obs = observer(&broker, "will/#", now);
+    let mut sn = Sn::new(&broker, now);
+    sn.send(connect_message("dev7", true, true, 10), now);
+    sn.send(
+        Message::WillTopic(Some(WillTopic {
+            flags: Flags::default(),
+            topic: ByteString::from("will/dev7"),
+        })),
+        now,
+    );
+    sn.send(
+        Message::WillMsg {
+            payload: Bytes::from_static(b"w"),
+        },
+        now,
+    );
+    assert_eq!(
+        sn.send(Message::WillTopicUpd(None), now),
+        vec![Message::WillTopicResp {
+            return_code: ReturnCode::ACCEPTED
+        }]
+    );
+    assert_eq!(
+        sn.send(
+            Message::WillMsgUpd {
+                payload: Bytes::from_static(b"x")
+            },
+            now
+        ),
+        vec![Message::WillMsgResp {
+            return_code: ReturnCode::NOT_SUPPORTED
+        }]
+    );
+    sn.tick(now + Duration::from_secs(15));
+    assert!(sn.closed);
+    assert!(received(&obs, now).is_empty());
+}
+
+#[test]
+fn full_sleep_cycle_buffers_delivers_on_ping_then_pingresp_and_times_out() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let obs = observer(&broker, "will/#", now);
+    let mut sn = Sn::new(&broker, now);
+    sn.send(connect_message("sleeper", false, true, 30), now);
+    sn.send(
+        Message::WillTopic(Some(WillTopic {
+            flags: Flags::default(),
+            topic: ByteString::from("will/sleeper"),
+        })),
+        now,
+    );
+    sn.send(
+        Message::WillMsg {
+            payload: Bytes::from_static(b"zzz"),
+        },
+        now,
+    );
+    let topic_id = sn.subscribe("s/1", Qos::One, now);
+    assert_eq!(
+        sn.send(Message::Disconnect { duration: Some(60) }, now),
+        vec![Message::Disconnect { duration: None }]
+    );
+    assert_eq!(sn.channel.rebindable_identity().as_deref(), Some("sleeper"));
+    mqtt_publish(&broker, "s/1", b"one", QoS::AtLeastOnce, now);
+    mqtt_publish(&broker, "s/1", b"two", QoS::AtMostOnce, now);
+    // Asleep: nothing goes out, and keep-alive no longer applies.
+    assert!(sn.wake(now).is_empty());
+    let t = now + Duration::from_secs(50);
+    assert!(sn.tick(t).is_empty());
+    // Awake: the buffered messages first, PINGRESP only after the last acknowledgement.
+    let replies = sn.send(
+        Message::PingReq {
+            client_id: Some(ByteString::from("sleeper")),
+        },
+        t,
+    );
+    let [Message::Publish { msg_id, data, .. }] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(&data[..], b"one");
+    let replies = sn.send(
+        Message::PubAck {
+            topic_id,
+            msg_id: *msg_id,
+            return_code: ReturnCode::ACCEPTED,
+        },
+        t,
+    );
+    assert_eq!(
+        replies,
+        vec![
+            publish(topic_id, TopicIdType::Normal, Qos::Zero, 0, b"two"),
+            Message::PingResp
+        ]
+    );
+    // Buffered messages are not replayed on the next wake.
+    let t2 = t + Duration::from_secs(30);
+    assert_eq!(
+        sn.send(
+            Message::PingReq {
+                client_id: Some(ByteString::from("sleeper"))
+            },
+            t2
+        ),
+        vec![Message::PingResp]
+    );
+    // A PINGREQ naming another client is ignored.
+    assert!(sn
+        .send(
+            Message::PingReq {
+                client_id: Some(ByteString::from("other"))
+            },
+            t2
+        )
+        .is_empty());
+    // Sleep timeout (1.5 times the duration) ends the session and publishes the will.
+    let late = t2 + Duration::from_secs(90);
+    assert_eq!(sn.channel.next_deadline(), Some(late));
+    assert_eq!(sn.tick(late), vec![Message::Disconnect { duration: None }]);
+    assert!(sn.closed);
+    assert_eq!(
+        received(&obs, late),
+        vec![("will/sleeper".into(), Bytes::from_static(b"zzz"))]
+    );
+    assert!(broker
+        .session(&SessionKey {
+            namespace: MQTTSN_NAMESPACE,
+            client_id: Arc::from("sleeper")
+        })
+        .is_none());
+}
+
+#[test]
+fn topic_ids_survive_a_reconnect_of_a_persistent_session() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut sn = Sn::connect(&broker, "keeper", false, now);
+    let replies = sn.send(
+        Message::Register {
+            topic_id: 0,
+            msg_id: 1,
+            topic_name: ByteString::from("k/eep"),
+        },
+        now,
+    );
+    let [Message::RegAck { topic_id, .. }] = replies.as_slice() else {
+        panic!()
+    };
+    let topic_id = *topic_id;
+    sn.send(Message::Disconnect { duration: None }, now);
+    let obs = observer(&broker, "k/#", now);
+    let mut again = Sn::connect(&broker, "keeper", false, now);
+    assert_eq!(
+        again.send(
+            publish(topic_id, TopicIdType::Normal, Qos::One, 2, b"same id"),
+            now
+        ),
+        vec![Message::PubAck {
+            topic_id,
+            msg_id: 2,
+            return_code: ReturnCode::ACCEPTED
+        }]
+    );
+    assert_eq!(
+        received(&obs, now),
+        vec![("k/eep".into(), Bytes::from_static(b"same id"))]
+    );
+}
+
+#[test]
+fn qos_minus_one_from_a_client_that_never_connected() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let obs = observer(&broker, "#", now);
+    let mut sn = Sn::new(&broker, now);
+    assert!(sn
+        .send(
+            publish(1, TopicIdType::Predefined, Qos::MinusOne, 0, b"neg"),
+            now
+        )
+        .is_empty());
+    assert!(sn.closed);
+    let mut short = Sn::new(&broker, now);
+    short.send(
+        publish(
+            short_topic_id("ab").unwrap(),
+            TopicIdType::Short,
+            Qos::MinusOne,
+            0,
+            b"neg2",
+        ),
+        now,
+    );
+    // Normal ids mean nothing without a session: dropped.
+    let mut normal = Sn::new(&broker, now);
+    normal.send(
+        publish(
+            FIRST_NORMAL_ID,
+            TopicIdType::Normal,
+            Qos::MinusOne,
+            0,
+            b"lost",
+        ),
+        now,
+    );
+    assert_eq!(
+        received(&obs, now),
+        vec![
+            ("pre/one".into(), Bytes::from_static(b"neg")),
+            ("ab".into(), Bytes::from_static(b"neg2")),
+        ]
+    );
+    // Turned off, nothing is published.
+    let mut off = (*settings()).clone();
+    off.enable_qos3 = false;
+    let mut sn = Sn::with_settings(&broker, Arc::new(off), now);
+    sn.send(
+        publish(1, TopicIdType::Predefined, Qos::MinusOne, 0, b"off"),
+        now,
+    );
+    assert!(received(&obs, now).is_empty());
+}
+
+#[test]
+fn peers_that_never_connect_are_forgotten_and_bad_input_closes_only_that_peer() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut idle = Sn::new(&broker, now);
+    assert_eq!(
+        idle.channel.next_deadline(),
+        Some(now + Duration::from_secs(30))
+    );
+    idle.tick(now + Duration::from_secs(30));
+    assert!(idle.closed);
+    // A PUBLISH before CONNECT is told to connect.
+    let mut early = Sn::new(&broker, now);
+    assert_eq!(
+        early.send(publish(1, TopicIdType::Predefined, Qos::One, 1, b"x"), now),
+        vec![Message::Disconnect { duration: None }]
+    );
+    // Garbage from a connected client closes it; another client carries on.
+    let mut bad = Sn::connect(&broker, "bad", true, now);
+    let mut good = Sn::connect(&broker, "good", true, now);
+    let flow =
+        bad.channel
+            .handle_datagram(Bytes::from_static(&[0x05, 0x0C, 0x00]), &mut bad.out, now);
+    assert_eq!(flow, Flow::Close);
+    assert_eq!(
+        good.send(Message::PingReq { client_id: None }, now),
+        vec![Message::PingResp]
+    );
+    // A wrong protocol id is refused.
+    let mut wrong = Sn::new(&broker, now);
+    let Message::Connect {
+        flags,
+        duration,
+        client_id,
+        ..
+    } = connect_message("w", true, false, 5)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        wrong.send(
+            Message::Connect {
+                flags,
+                protocol_id: 2,
+                duration,
+                client_id
+            },
+            now
+        ),
+        vec![Message::ConnAck {
+            return_code: ReturnCode::NOT_SUPPORTED
+        }]
+    );
+}
+
+#[test]
+fn mountpoint_prefixes_topics_both_ways_with_the_client_id() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let obs = observer(&broker, "#", now);
+    let mut mounted = (*settings()).clone();
+    mounted.mountpoint = "sn/{clientid}/".to_owned();
+    let mut sn = Sn::with_settings(&broker, Arc::new(mounted), now);
+    sn.send(connect_message("m1", true, false, 30), now);
+    let id = sn.subscribe("cmd", Qos::One, now);
+    assert_ne!(id, 0);
+    assert!(sn
+        .send(
+            publish(0x7570, TopicIdType::Short, Qos::Zero, 0, b"up"),
+            now
+        )
+        .is_empty());
+    assert_eq!(
+        received(&obs, now),
+        vec![("sn/m1/up".into(), Bytes::from_static(b"up"))]
+    );
+    // A message on the mounted topic reaches the client under its own name's id.
+    mqtt_publish(&broker, "sn/m1/cmd", b"down", QoS::AtLeastOnce, now);
+    let replies = sn.wake(now);
+    let [Message::Publish { topic_id, data, .. }] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    assert_eq!((*topic_id, &data[..]), (id, &b"down"[..]));
+    // Outside the mountpoint nothing reaches it.
+    mqtt_publish(&broker, "cmd", b"not mine", QoS::AtLeastOnce, now);
+    assert!(sn.wake(now).is_empty());
+}
+
+#[test]
+fn a_delivery_no_frame_can_carry_is_dropped_not_retried_forever() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut sn = Sn::connect(&broker, "big", true, now);
+    sn.subscribe("b/1", Qos::One, now);
+    let huge: &'static [u8] = Box::leak(vec![1u8; 65_527].into_boxed_slice());
+    mqtt_publish(&broker, "b/1", huge, QoS::AtLeastOnce, now);
+    mqtt_publish(&broker, "b/1", b"small", QoS::AtLeastOnce, now);
+    let replies = sn.wake(now);
+    let [Message::Publish { data, .. }] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(&data[..], b"small");
+}

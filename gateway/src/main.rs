@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use adapter_kit::tls::TlsAcceptor;
+use adapter_mqtt::{Layers, ListenerSettings};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use gateway_config::{Config, LogFormat};
+use gateway_config::{Config, LogFormat, TlsConfig};
 use mqtt_core::auth::Auth;
 use mqtt_core::broker::Broker;
 use tokio::sync::watch;
@@ -142,30 +144,24 @@ async fn run(config: Config) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
-    for (name, listener) in &config.listeners.tcp {
-        if !listener.enable {
-            continue;
-        }
-        let bind = listener
-            .bind_addr()
-            .with_context(|| format!("listeners.tcp.{name}.bind"))?;
-        let settings = adapter_mqtt::TcpListenerSettings {
-            name: Arc::from(format!("tcp:{name}")),
-            bind,
-            max_connections: listener.max_connections as usize,
-            handshake_timeout: listener.handshake_timeout.get(),
-        };
-        let socket = adapter_mqtt::bind_tcp(&settings)
-            .await
-            .with_context(|| format!("listeners.tcp.{name}: cannot listen on {bind}"))?;
+    let (listeners, tls_acceptors) = listener_settings(&config)?;
+    for settings in listeners {
+        let bind = settings.bind;
+        let socket = adapter_mqtt::bind(&settings).await.with_context(|| {
+            format!(
+                "listeners.{}: cannot listen on {bind}",
+                settings.name.replace(':', ".")
+            )
+        })?;
         tracing::info!(listener = %settings.name, %bind, "MQTT listener started");
-        tasks.spawn(adapter_mqtt::serve_tcp(
+        tasks.spawn(adapter_mqtt::serve(
             socket,
             settings,
             broker.clone(),
             shutdown_rx.clone(),
         ));
     }
+    drop(tls_acceptors);
 
     tasks.spawn(housekeeping(
         broker.clone(),
@@ -184,6 +180,89 @@ async fn run(config: Config) -> Result<()> {
         tracing::warn!("connections still open after 10 s; exiting anyway");
     }
     Ok(())
+}
+
+/// The listeners that start, in config order by kind, and the TLS configurations among them.
+fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Arc<TlsAcceptor>>)> {
+    let listeners = &config.listeners;
+    let mut out = Vec::new();
+    let mut acceptors = Vec::new();
+    let mut tls = |key: &str, tls: &TlsConfig| -> Result<Option<Arc<TlsAcceptor>>> {
+        if !tls.has_certificate() {
+            tracing::info!(
+                "{key}: not started: it has no certificate (set tls.certfile and tls.keyfile, or tls.self_signed = true)"
+            );
+            return Ok(None);
+        }
+        if tls.certfile.is_none() {
+            tracing::warn!("{key}: using a self-signed certificate made up at start; clients cannot verify it, use it for testing only");
+        }
+        let acceptor = Arc::new(TlsAcceptor::new(tls, &[]).with_context(|| format!("{key}.tls"))?);
+        acceptors.push(acceptor.clone());
+        Ok(Some(acceptor))
+    };
+    let common = |kind: &str,
+                  name: &str,
+                  bind: Result<std::net::SocketAddr, gateway_config::BindAddrError>,
+                  max_connections: u32,
+                  handshake_timeout: gateway_config::Duration,
+                  layers: Layers|
+     -> Result<ListenerSettings> {
+        Ok(ListenerSettings {
+            name: Arc::from(format!("{kind}:{name}")),
+            bind: bind.with_context(|| format!("listeners.{kind}.{name}.bind"))?,
+            max_connections: max_connections as usize,
+            handshake_timeout: handshake_timeout.get(),
+            layers,
+        })
+    };
+    for (name, l) in listeners.tcp.iter().filter(|(_, l)| l.enable) {
+        out.push(common(
+            "tcp",
+            name,
+            l.bind_addr(),
+            l.max_connections,
+            l.handshake_timeout,
+            Layers::Tcp,
+        )?);
+    }
+    for (name, l) in listeners.ssl.iter().filter(|(_, l)| l.enable) {
+        if let Some(acceptor) = tls(&format!("listeners.ssl.{name}"), &l.tls)? {
+            out.push(common(
+                "ssl",
+                name,
+                l.bind_addr(),
+                l.max_connections,
+                l.handshake_timeout,
+                Layers::Tls(acceptor),
+            )?);
+        }
+    }
+    for (name, l) in listeners.ws.iter().filter(|(_, l)| l.enable) {
+        let layers = Layers::Ws(Arc::new(l.websocket.clone()));
+        out.push(common(
+            "ws",
+            name,
+            l.bind_addr(),
+            l.max_connections,
+            l.handshake_timeout,
+            layers,
+        )?);
+    }
+    for (name, l) in listeners.wss.iter().filter(|(_, l)| l.enable) {
+        if let Some(acceptor) = tls(&format!("listeners.wss.{name}"), &l.tls)? {
+            let layers = Layers::Wss(acceptor, Arc::new(l.websocket.clone()));
+            out.push(common(
+                "wss",
+                name,
+                l.bind_addr(),
+                l.max_connections,
+                l.handshake_timeout,
+                layers,
+            )?);
+        }
+    }
+    Ok((out, acceptors))
 }
 
 /// Session expiry, delayed wills, retained-message expiry and `$SYS`.

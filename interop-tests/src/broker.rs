@@ -54,6 +54,8 @@ impl Setting {
 pub struct Broker {
     pub host: String,
     pub port: u16,
+    /// MQTT over WebSocket (`/mqtt`); check it with [`Broker::wait_listening`] first.
+    pub ws_port: u16,
     values: Vec<(&'static str, String)>,
     gateway: Option<Gateway>,
 }
@@ -164,6 +166,12 @@ impl Broker {
                 .unwrap_or_else(|_| panic!("GATEWAY_TEST_MQTT_PORT={text} is not a port")),
             Err(_) => 1883,
         };
+        let ws_port = match std::env::var("GATEWAY_TEST_WS_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_WS_PORT={text} is not a port")),
+            Err(_) => 8083,
+        };
         let mut values = Vec::new();
         for s in settings {
             match s.external_env.and_then(|var| std::env::var(var).ok()) {
@@ -184,6 +192,7 @@ impl Broker {
         Some(Broker {
             host,
             port,
+            ws_port,
             values,
             gateway: None,
         })
@@ -194,10 +203,17 @@ impl Broker {
         let log_path = dir.path().join("gateway.log");
         let log = File::create(&log_path).expect("create the gateway log");
         let port = free_port();
+        let ws_port = free_port();
         let mut cmd = gateway_command();
         cmd.env(
             "GATEWAY_LISTENERS__TCP__DEFAULT__BIND",
             format!("127.0.0.1:{port}"),
+        );
+        // Every listener the defaults start gets a port of its own, so gateways of tests
+        // running in parallel do not collide.
+        cmd.env(
+            "GATEWAY_LISTENERS__WS__DEFAULT__BIND",
+            format!("127.0.0.1:{ws_port}"),
         );
         // Extra configuration for every started gateway, e.g. to turn off a listener
         // whose fixed default port would clash between gateways running in parallel.
@@ -223,6 +239,7 @@ impl Broker {
         let mut broker = Broker {
             host: "127.0.0.1".to_string(),
             port,
+            ws_port,
             values,
             gateway: Some(Gateway {
                 child,
@@ -237,8 +254,14 @@ impl Broker {
     /// Polls the TCP port until it accepts a connection; panics when the gateway exits
     /// or stays closed for READY_TIMEOUT (Drop then prints its log).
     fn wait_ready(&mut self) {
+        self.wait_listening(self.port);
+    }
+
+    /// Polls `port` until it accepts a connection: listeners bind one after another, so
+    /// a test on another listener than TCP waits for its port too.
+    pub fn wait_listening(&mut self, port: u16) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let addr = self.addr();
+        let addr = format!("{}:{port}", self.host);
         loop {
             if TcpStream::connect(&addr).is_ok() {
                 return;

@@ -33,11 +33,23 @@ pub trait StreamChannel: Send {
 
 /// A byte stream driven by readiness: wait until it can be read or written, then try.
 /// Waiting this way needs no buffer, which is what keeps idle connections small.
+///
+/// A layered transport (TLS, WebSocket) may hold bytes of its own: records or frames
+/// accepted from `try_write` but not yet on the socket. It says so through
+/// `has_buffered_output`, and the driver then waits for `writable` and calls `try_flush`
+/// even when it has nothing more to write.
 pub trait Transport: Send + Sync {
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
     fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    fn has_buffered_output(&self) -> bool {
+        false
+    }
+    /// Pushes buffered output towards the socket; `WouldBlock` when some is left.
+    fn try_flush(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Transport for TcpStream {
@@ -109,7 +121,8 @@ pub async fn drive_stream<T, C>(
                     Step::Go(Flow::Continue)
                 }
             }
-            ready = transport.writable(), if !out.is_empty() => match ready {
+            ready = transport.writable(), if !out.is_empty() || transport.has_buffered_output() => match ready {
+                Ok(()) if out.is_empty() => flush_buffered(&transport),
                 Ok(()) => write_some(&transport, &mut out, stats),
                 Err(_) => Step::Gone,
             },
@@ -158,6 +171,11 @@ fn read_some<T: Transport, C: StreamChannel>(
             Step::Go(channel.handle_input(input, out, Instant::now()))
         }
         Err(error) if error.kind() == io::ErrorKind::WouldBlock => Step::Go(Flow::Continue),
+        // A layer under the protocol (TLS, WebSocket) refused what the peer sent.
+        Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+            tracing::info!(%error, "connection closed: malformed input");
+            Step::Gone
+        }
         Err(error) => {
             tracing::debug!(%error, "read failed");
             Step::Gone
@@ -167,6 +185,17 @@ fn read_some<T: Transport, C: StreamChannel>(
         *input = BytesMut::new();
     }
     step
+}
+
+fn flush_buffered<T: Transport>(transport: &T) -> Step {
+    match transport.try_flush() {
+        Ok(()) => Step::Go(Flow::Continue),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Step::Go(Flow::Continue),
+        Err(error) => {
+            tracing::debug!(%error, "write failed");
+            Step::Gone
+        }
+    }
 }
 
 fn write_some<T: Transport>(transport: &T, out: &mut BytesMut, stats: &Stats) -> Step {
@@ -191,11 +220,16 @@ fn write_some<T: Transport>(transport: &T, out: &mut BytesMut, stats: &Stats) ->
 /// Writes what is left before a close, for at most `CLOSE_FLUSH_TIMEOUT`.
 async fn flush<T: Transport>(transport: &T, out: &mut BytesMut, stats: &Stats) {
     let written = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-        while !out.is_empty() {
+        while !out.is_empty() || transport.has_buffered_output() {
             if transport.writable().await.is_err() {
                 return;
             }
-            if let Step::Gone = write_some(transport, out, stats) {
+            let step = if out.is_empty() {
+                flush_buffered(transport)
+            } else {
+                write_some(transport, out, stats)
+            };
+            if let Step::Gone = step {
                 return;
             }
         }
@@ -255,7 +289,14 @@ pub async fn serve_stream_listener<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let span = tracing::info_span!("conn", listener = %limits.name, %peer, client_id = tracing::field::Empty);
+        // `client_addr` is filled in when a proxy names the real client.
+        let span = tracing::info_span!(
+            "conn",
+            listener = %limits.name,
+            %peer,
+            client_addr = tracing::field::Empty,
+            client_id = tracing::field::Empty
+        );
         let connection = serve(stream, peer, shutdown.clone());
         tracker.spawn(
             async move {

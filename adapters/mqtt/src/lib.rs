@@ -1,14 +1,19 @@
-//! Native MQTT listeners: the MQTT channel of the core on the kit's stream driver.
+//! Native MQTT listeners: the MQTT channel of the core on the kit's stream driver, over
+//! TCP, TLS, WebSocket or WebSocket over TLS. The channel does not know which.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use adapter_kit::tls::TlsAcceptor;
+use adapter_kit::ws::{accept_websocket, Upgraded};
 use adapter_kit::{
-    drive_stream, serve_stream_listener, Flow, ListenerLimits, NotifyWakeup, StreamChannel,
+    drive_stream, serve_stream_listener, Flow, LayeredTransport, ListenerLimits, NotifyWakeup,
+    PlainStream, SocketStream, StreamChannel, Transport,
 };
 use bytes::BytesMut;
+use gateway_config::WebSocketConfig;
 use mqtt_core::broker::Broker;
 use mqtt_core::protocol::{ConnectionInfo, MqttChannel};
 use tokio::net::TcpListener;
@@ -41,24 +46,35 @@ impl StreamChannel for MqttStream {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct TcpListenerSettings {
-    /// `tcp:NAME`, as logs and auth rules name the listener.
+/// What MQTT travels in on a listener, from the socket up.
+#[derive(Clone)]
+pub enum Layers {
+    Tcp,
+    Tls(Arc<TlsAcceptor>),
+    Ws(Arc<WebSocketConfig>),
+    Wss(Arc<TlsAcceptor>, Arc<WebSocketConfig>),
+}
+
+#[derive(Clone)]
+pub struct ListenerSettings {
+    /// `KIND:NAME` (`tcp:default`, `wss:default`), as logs and auth rules name the listener.
     pub name: Arc<str>,
     pub bind: SocketAddr,
     pub max_connections: usize,
+    /// From accept to a complete CONNECT, TLS handshake and HTTP upgrade included.
     pub handshake_timeout: Duration,
+    pub layers: Layers,
 }
 
 /// Binds the listener; errors here are start-up errors the caller reports.
-pub async fn bind_tcp(settings: &TcpListenerSettings) -> io::Result<TcpListener> {
+pub async fn bind(settings: &ListenerSettings) -> io::Result<TcpListener> {
     TcpListener::bind(settings.bind).await
 }
 
-/// Serves MQTT on a bound TCP listener until `shutdown` turns true.
-pub async fn serve_tcp(
+/// Serves MQTT on a bound listener until `shutdown` turns true.
+pub async fn serve(
     listener: TcpListener,
-    settings: TcpListenerSettings,
+    settings: ListenerSettings,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -66,26 +82,95 @@ pub async fn serve_tcp(
         name: settings.name.clone(),
         max_connections: settings.max_connections,
     };
-    serve_stream_listener(listener, limits, shutdown, move |stream, peer, shutdown| {
+    serve_stream_listener(listener, limits, shutdown, move |socket, peer, shutdown| {
         let broker = broker.clone();
-        let info = ConnectionInfo {
-            listener: settings.name.clone(),
-            peer: Some(peer),
-            handshake_timeout: settings.handshake_timeout,
-        };
+        let settings = settings.clone();
         async move {
-            let notify = Arc::new(Notify::new());
-            let wakeup = Arc::new(NotifyWakeup(notify.clone()));
-            let mut channel = MqttStream(MqttChannel::new(
-                broker.clone(),
-                info,
-                wakeup,
-                Instant::now(),
-            ));
+            let accepted = Instant::now();
+            let deadline = tokio::time::Instant::from_std(accepted + settings.handshake_timeout);
+            let connection = Connection {
+                broker,
+                info: ConnectionInfo {
+                    listener: settings.name.clone(),
+                    peer: Some(peer),
+                    handshake_timeout: settings.handshake_timeout,
+                },
+                accepted,
+                shutdown,
+            };
             tracing::debug!("connection accepted");
-            drive_stream(stream, &mut channel, notify, shutdown, &broker.stats).await;
+            match settings.layers {
+                Layers::Tcp => connection.run(socket).await,
+                Layers::Tls(acceptor) => {
+                    let tls = tokio::time::timeout_at(deadline, acceptor.accept(socket)).await;
+                    match tls {
+                        Ok(Ok(tls)) => connection.run(LayeredTransport::new(tls)).await,
+                        Ok(Err(error)) => tracing::info!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::info!("TLS handshake timed out"),
+                    }
+                }
+                Layers::Ws(options) => {
+                    let upgrade = accept_websocket(PlainStream::new(socket), &options);
+                    match tokio::time::timeout_at(deadline, upgrade).await {
+                        Ok(Ok(upgraded)) => connection.run_websocket(upgraded).await,
+                        Ok(Err(error)) => tracing::info!(%error, "WebSocket upgrade failed"),
+                        Err(_) => tracing::info!("WebSocket upgrade timed out"),
+                    }
+                }
+                Layers::Wss(acceptor, options) => {
+                    let upgrade = async {
+                        let tls = acceptor.accept(socket).await?;
+                        accept_websocket(tls, &options).await
+                    };
+                    match tokio::time::timeout_at(deadline, upgrade).await {
+                        Ok(Ok(upgraded)) => connection.run_websocket(upgraded).await,
+                        Ok(Err(error)) => tracing::info!(%error, "TLS or WebSocket upgrade failed"),
+                        Err(_) => tracing::info!("TLS handshake or WebSocket upgrade timed out"),
+                    }
+                }
+            }
             tracing::debug!("connection closed");
         }
     })
     .await;
+}
+
+/// One accepted connection, whatever carries it.
+struct Connection {
+    broker: Arc<Broker>,
+    info: ConnectionInfo,
+    accepted: Instant,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run_websocket<S: SocketStream>(mut self, upgraded: Upgraded<S>) {
+        if let (Some(ip), Some(peer)) = (upgraded.forwarded_for, self.info.peer.as_mut()) {
+            // The proxy names no port; the socket's own would be the proxy's.
+            *peer = SocketAddr::new(ip, 0);
+            tracing::Span::current().record("client_addr", tracing::field::display(ip));
+        }
+        tracing::debug!(subprotocol = ?upgraded.subprotocol, "WebSocket upgraded");
+        self.run(LayeredTransport::new(upgraded.stream)).await
+    }
+
+    async fn run<T: Transport>(self, transport: T) {
+        let notify = Arc::new(Notify::new());
+        let wakeup = Arc::new(NotifyWakeup(notify.clone()));
+        // The handshake deadline counts from accept, so TLS and the upgrade spend from it.
+        let mut channel = MqttStream(MqttChannel::new(
+            self.broker.clone(),
+            self.info,
+            wakeup,
+            self.accepted,
+        ));
+        drive_stream(
+            transport,
+            &mut channel,
+            notify,
+            self.shutdown,
+            &self.broker.stats,
+        )
+        .await;
+    }
 }

@@ -1,0 +1,185 @@
+//! Streams layered on a TCP socket (TLS records, WebSocket frames) driven by readiness.
+//!
+//! Each layer is a blocking-style `Read + Write` over a non-blocking socket: where the socket
+//! would block the layer returns `WouldBlock` and keeps its state, so the next call resumes.
+//! The driver still waits on the socket's readiness, not on a task per direction, and an idle
+//! connection holds only what the layer itself keeps (rustls's and tungstenite's state).
+
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+use crate::Transport;
+
+/// One call to `try_read_buf` takes at most this much: the rest stays in the layer, and
+/// `readable` reports it at once, so a fast sender cannot starve the connection's writes.
+const READ_BUDGET: usize = 64 * 1024;
+
+/// A `Read + Write` stream over a shared non-blocking socket.
+pub trait SocketStream: Read + Write + Send + 'static {
+    fn socket(&self) -> &Arc<TcpStream>;
+    /// Whether the last `WouldBlock` came from writing to the socket (else from reading).
+    fn blocked_on_write(&self) -> bool;
+    /// Bytes accepted by `write` that are not yet on the socket.
+    fn has_buffered_output(&self) -> bool;
+}
+
+/// Waits until `stream` can make progress on what last blocked it: for handshakes, where
+/// reads and writes alternate inside the layer.
+pub async fn wait_for_progress<S: SocketStream>(stream: &S) -> io::Result<()> {
+    let socket = stream.socket().clone();
+    if stream.blocked_on_write() {
+        socket.writable().await
+    } else {
+        socket.readable().await
+    }
+}
+
+/// The socket itself, as a blocking-style stream that answers `WouldBlock`.
+pub struct PlainStream {
+    socket: Arc<TcpStream>,
+    blocked_on_write: bool,
+}
+
+impl PlainStream {
+    pub fn new(socket: TcpStream) -> PlainStream {
+        PlainStream {
+            socket: Arc::new(socket),
+            blocked_on_write: false,
+        }
+    }
+}
+
+impl Read for PlainStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.socket.try_read(buf);
+        if is_would_block(&read) {
+            self.blocked_on_write = false;
+        }
+        read
+    }
+}
+
+impl Write for PlainStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.socket.try_write(buf);
+        if is_would_block(&written) {
+            self.blocked_on_write = true;
+        }
+        written
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SocketStream for PlainStream {
+    fn socket(&self) -> &Arc<TcpStream> {
+        &self.socket
+    }
+    fn blocked_on_write(&self) -> bool {
+        self.blocked_on_write
+    }
+    fn has_buffered_output(&self) -> bool {
+        false
+    }
+}
+
+pub(crate) fn is_would_block<T>(result: &io::Result<T>) -> bool {
+    matches!(result, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// A layered stream as the driver's [`Transport`]: MQTT bytes in and out, whatever the
+/// layer makes of them on the wire.
+pub struct LayeredTransport<S: SocketStream> {
+    socket: Arc<TcpStream>,
+    state: Mutex<LayerState<S>>,
+}
+
+struct LayerState<S> {
+    stream: S,
+    /// The layer may hold input the socket no longer signals: bytes decrypted along with
+    /// the handshake, or left over when a read stopped at its budget.
+    more_input: bool,
+}
+
+impl<S: SocketStream> LayeredTransport<S> {
+    pub fn new(stream: S) -> LayeredTransport<S> {
+        LayeredTransport {
+            socket: stream.socket().clone(),
+            state: Mutex::new(LayerState {
+                stream,
+                more_input: true,
+            }),
+        }
+    }
+
+    /// Runs `f` on the stream, for what the connection needs of the layer (a peer
+    /// certificate, say).
+    pub fn with_stream<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.state.lock().stream)
+    }
+}
+
+impl<S: SocketStream> Transport for LayeredTransport<S> {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        let more_input = self.state.lock().more_input;
+        async move {
+            if more_input {
+                Ok(())
+            } else {
+                self.socket.readable().await
+            }
+        }
+    }
+
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut state = self.state.lock();
+        state.more_input = false;
+        let start = buf.len();
+        let mut chunk = [0u8; 8 * 1024];
+        loop {
+            if buf.len() - start >= READ_BUDGET {
+                state.more_input = true;
+                break;
+            }
+            match state.stream.read(&mut chunk) {
+                Ok(0) if buf.len() == start => return Ok(0),
+                Ok(0) => {
+                    // Hand over what came before the end; the next read reports the end.
+                    state.more_input = true;
+                    break;
+                }
+                Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        match buf.len() - start {
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.socket.writable()
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut state = self.state.lock();
+        state.stream.flush()?;
+        state.stream.write(buf)
+    }
+
+    fn has_buffered_output(&self) -> bool {
+        self.state.lock().stream.has_buffered_output()
+    }
+
+    fn try_flush(&self) -> io::Result<()> {
+        self.state.lock().stream.flush()
+    }
+}

@@ -162,6 +162,8 @@ pub struct SslListenerConfig {
     pub bind: String,
     pub max_connections: u32,
     pub handshake_timeout: Duration,
+    pub proxy_protocol: bool,
+    pub proxy_protocol_timeout: Duration,
     pub tls: TlsConfig,
 }
 
@@ -257,6 +259,8 @@ pub struct TcpListenerConfig {
     pub bind: String,
     pub max_connections: u32,
     pub handshake_timeout: Duration,
+    pub proxy_protocol: bool,
+    pub proxy_protocol_timeout: Duration,
 }
 
 /// Why a `bind` value is not an address.
@@ -363,6 +367,8 @@ impl Config {
                         bind: "0.0.0.0:1883".into(),
                         max_connections: 1_024_000,
                         handshake_timeout: Duration::from_secs(10),
+                        proxy_protocol: false,
+                        proxy_protocol_timeout: Duration::from_secs(3),
                     },
                 )]),
                 ssl: BTreeMap::from([(
@@ -372,6 +378,8 @@ impl Config {
                         bind: "0.0.0.0:8883".into(),
                         max_connections: 1_024_000,
                         handshake_timeout: Duration::from_secs(10),
+                        proxy_protocol: false,
+                        proxy_protocol_timeout: Duration::from_secs(3),
                         tls: TlsConfig::fallback(),
                     },
                 )]),
@@ -517,6 +525,8 @@ mod tests {
                 bind: (*bind).into(),
                 max_connections: 1,
                 handshake_timeout: Duration::from_secs(1),
+                proxy_protocol: false,
+                proxy_protocol_timeout: Duration::from_secs(1),
             };
             assert_eq!(l.bind_addr().unwrap().to_string(), *want, "{bind}");
         }

@@ -143,6 +143,22 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             l.handshake_timeout,
         ));
     }
+    for (kind, name, proxy_protocol, timeout) in listeners
+        .tcp
+        .iter()
+        .map(|(n, l)| ("tcp", n, l.proxy_protocol, l.proxy_protocol_timeout))
+        .chain(
+            listeners
+                .ssl
+                .iter()
+                .map(|(n, l)| ("ssl", n, l.proxy_protocol, l.proxy_protocol_timeout)),
+        )
+    {
+        if proxy_protocol && timeout.is_zero() {
+            let key = format!("listeners.{kind}.{name}.proxy_protocol_timeout");
+            fail(&key, format!("{key} must be longer than 0s"));
+        }
+    }
     for (name, l) in &listeners.ssl {
         let starts = l.enable && l.tls.has_certificate();
         common.push(CommonListener::new(

@@ -491,3 +491,18 @@ fn tls_and_websocket_settings_are_checked() {
         );
     }
 }
+
+#[test]
+fn proxy_protocol_is_off_by_default_and_its_timeout_checked() {
+    let c = Config::default();
+    assert!(!c.listeners.tcp["default"].proxy_protocol);
+    assert!(!c.listeners.ssl["default"].proxy_protocol);
+    let err = Config::from_toml_str(
+        "[listeners.tcp.default]\nproxy_protocol = true\nproxy_protocol_timeout = \"0s\"",
+    )
+    .unwrap_err();
+    assert!(err
+        .problems()
+        .iter()
+        .any(|p| p.key == "listeners.tcp.default.proxy_protocol_timeout"));
+}

@@ -182,7 +182,7 @@ async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// The listeners that start, in config order by kind, and the TLS configurations among them.
+/// The listeners that start, by kind then name, and the TLS configurations among them.
 fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Arc<TlsAcceptor>>)> {
     let listeners = &config.listeners;
     let mut out = Vec::new();
@@ -201,66 +201,56 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Arc<
         acceptors.push(acceptor.clone());
         Ok(Some(acceptor))
     };
-    let common = |kind: &str,
-                  name: &str,
-                  bind: Result<std::net::SocketAddr, gateway_config::BindAddrError>,
-                  max_connections: u32,
-                  handshake_timeout: gateway_config::Duration,
-                  layers: Layers|
-     -> Result<ListenerSettings> {
-        Ok(ListenerSettings {
-            name: Arc::from(format!("{kind}:{name}")),
-            bind: bind.with_context(|| format!("listeners.{kind}.{name}.bind"))?,
-            max_connections: max_connections as usize,
-            handshake_timeout: handshake_timeout.get(),
-            layers,
-        })
-    };
+    let proxy = |enabled: bool, timeout: gateway_config::Duration| enabled.then(|| timeout.get());
     for (name, l) in listeners.tcp.iter().filter(|(_, l)| l.enable) {
-        out.push(common(
-            "tcp",
-            name,
-            l.bind_addr(),
-            l.max_connections,
-            l.handshake_timeout,
-            Layers::Tcp,
-        )?);
+        let key = format!("listeners.tcp.{name}");
+        out.push(ListenerSettings {
+            name: Arc::from(format!("tcp:{name}")),
+            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
+            max_connections: l.max_connections as usize,
+            handshake_timeout: l.handshake_timeout.get(),
+            proxy_protocol: proxy(l.proxy_protocol, l.proxy_protocol_timeout),
+            layers: Layers::Tcp,
+        });
     }
     for (name, l) in listeners.ssl.iter().filter(|(_, l)| l.enable) {
-        if let Some(acceptor) = tls(&format!("listeners.ssl.{name}"), &l.tls)? {
-            out.push(common(
-                "ssl",
-                name,
-                l.bind_addr(),
-                l.max_connections,
-                l.handshake_timeout,
-                Layers::Tls(acceptor),
-            )?);
-        }
+        let key = format!("listeners.ssl.{name}");
+        let Some(acceptor) = tls(&key, &l.tls)? else {
+            continue;
+        };
+        out.push(ListenerSettings {
+            name: Arc::from(format!("ssl:{name}")),
+            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
+            max_connections: l.max_connections as usize,
+            handshake_timeout: l.handshake_timeout.get(),
+            proxy_protocol: proxy(l.proxy_protocol, l.proxy_protocol_timeout),
+            layers: Layers::Tls(acceptor),
+        });
     }
     for (name, l) in listeners.ws.iter().filter(|(_, l)| l.enable) {
-        let layers = Layers::Ws(Arc::new(l.websocket.clone()));
-        out.push(common(
-            "ws",
-            name,
-            l.bind_addr(),
-            l.max_connections,
-            l.handshake_timeout,
-            layers,
-        )?);
+        let key = format!("listeners.ws.{name}");
+        out.push(ListenerSettings {
+            name: Arc::from(format!("ws:{name}")),
+            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
+            max_connections: l.max_connections as usize,
+            handshake_timeout: l.handshake_timeout.get(),
+            proxy_protocol: None,
+            layers: Layers::Ws(Arc::new(l.websocket.clone())),
+        });
     }
     for (name, l) in listeners.wss.iter().filter(|(_, l)| l.enable) {
-        if let Some(acceptor) = tls(&format!("listeners.wss.{name}"), &l.tls)? {
-            let layers = Layers::Wss(acceptor, Arc::new(l.websocket.clone()));
-            out.push(common(
-                "wss",
-                name,
-                l.bind_addr(),
-                l.max_connections,
-                l.handshake_timeout,
-                layers,
-            )?);
-        }
+        let key = format!("listeners.wss.{name}");
+        let Some(acceptor) = tls(&key, &l.tls)? else {
+            continue;
+        };
+        out.push(ListenerSettings {
+            name: Arc::from(format!("wss:{name}")),
+            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
+            max_connections: l.max_connections as usize,
+            handshake_timeout: l.handshake_timeout.get(),
+            proxy_protocol: None,
+            layers: Layers::Wss(acceptor, Arc::new(l.websocket.clone())),
+        });
     }
     Ok((out, acceptors))
 }

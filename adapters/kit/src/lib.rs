@@ -1,8 +1,9 @@
 //! The contract every adapter shares: a sans-io channel driven by a generic transport
 //! driver that owns the socket, the timers, back-pressure and the byte counters, and the
-//! layers a byte stream may travel in (TLS, WebSocket).
+//! layers a byte stream may travel in (PROXY protocol header, TLS, WebSocket).
 
 mod layered;
+pub mod proxy;
 mod stream;
 pub mod tls;
 pub mod ws;

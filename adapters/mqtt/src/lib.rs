@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use adapter_kit::proxy::read_proxy_header;
 use adapter_kit::tls::TlsAcceptor;
 use adapter_kit::ws::{accept_websocket, Upgraded};
 use adapter_kit::{
@@ -63,6 +64,8 @@ pub struct ListenerSettings {
     pub max_connections: usize,
     /// From accept to a complete CONNECT, TLS handshake and HTTP upgrade included.
     pub handshake_timeout: Duration,
+    /// Some(time allowed for it): every connection starts with a PROXY protocol header.
+    pub proxy_protocol: Option<Duration>,
     pub layers: Layers,
 }
 
@@ -82,56 +85,86 @@ pub async fn serve(
         name: settings.name.clone(),
         max_connections: settings.max_connections,
     };
-    serve_stream_listener(listener, limits, shutdown, move |socket, peer, shutdown| {
-        let broker = broker.clone();
-        let settings = settings.clone();
-        async move {
-            let accepted = Instant::now();
-            let deadline = tokio::time::Instant::from_std(accepted + settings.handshake_timeout);
-            let connection = Connection {
-                broker,
-                info: ConnectionInfo {
-                    listener: settings.name.clone(),
-                    peer: Some(peer),
-                    handshake_timeout: settings.handshake_timeout,
-                },
-                accepted,
-                shutdown,
-            };
-            tracing::debug!("connection accepted");
-            match settings.layers {
-                Layers::Tcp => connection.run(socket).await,
-                Layers::Tls(acceptor) => {
-                    let tls = tokio::time::timeout_at(deadline, acceptor.accept(socket)).await;
-                    match tls {
-                        Ok(Ok(tls)) => connection.run(LayeredTransport::new(tls)).await,
-                        Ok(Err(error)) => tracing::info!(%error, "TLS handshake failed"),
-                        Err(_) => tracing::info!("TLS handshake timed out"),
+    serve_stream_listener(
+        listener,
+        limits,
+        shutdown,
+        move |mut socket, peer, shutdown| {
+            let broker = broker.clone();
+            let settings = settings.clone();
+            async move {
+                let accepted = Instant::now();
+                let deadline =
+                    tokio::time::Instant::from_std(accepted + settings.handshake_timeout);
+                tracing::debug!("connection accepted");
+                let mut client = peer;
+                if let Some(timeout) = settings.proxy_protocol {
+                    match tokio::time::timeout(timeout, read_proxy_header(&mut socket)).await {
+                        Ok(Ok(Some(named))) => {
+                            client = named;
+                            tracing::Span::current()
+                                .record("client_addr", tracing::field::display(named));
+                        }
+                        // A health check of the proxy's own: served as the proxy.
+                        Ok(Ok(None)) => {}
+                        Ok(Err(error)) => {
+                            tracing::info!(%error, "connection closed: bad PROXY protocol header");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!("connection closed: no PROXY protocol header in time");
+                            return;
+                        }
                     }
                 }
-                Layers::Ws(options) => {
-                    let upgrade = accept_websocket(PlainStream::new(socket), &options);
-                    match tokio::time::timeout_at(deadline, upgrade).await {
-                        Ok(Ok(upgraded)) => connection.run_websocket(upgraded).await,
-                        Ok(Err(error)) => tracing::info!(%error, "WebSocket upgrade failed"),
-                        Err(_) => tracing::info!("WebSocket upgrade timed out"),
+                let connection = Connection {
+                    broker,
+                    info: ConnectionInfo {
+                        listener: settings.name.clone(),
+                        peer: Some(client),
+                        handshake_timeout: settings.handshake_timeout,
+                    },
+                    accepted,
+                    shutdown,
+                };
+                match settings.layers {
+                    Layers::Tcp => connection.run(socket).await,
+                    Layers::Tls(acceptor) => {
+                        let tls = tokio::time::timeout_at(deadline, acceptor.accept(socket)).await;
+                        match tls {
+                            Ok(Ok(tls)) => connection.run(LayeredTransport::new(tls)).await,
+                            Ok(Err(error)) => tracing::info!(%error, "TLS handshake failed"),
+                            Err(_) => tracing::info!("TLS handshake timed out"),
+                        }
+                    }
+                    Layers::Ws(options) => {
+                        let upgrade = accept_websocket(PlainStream::new(socket), &options);
+                        match tokio::time::timeout_at(deadline, upgrade).await {
+                            Ok(Ok(upgraded)) => connection.run_websocket(upgraded).await,
+                            Ok(Err(error)) => tracing::info!(%error, "WebSocket upgrade failed"),
+                            Err(_) => tracing::info!("WebSocket upgrade timed out"),
+                        }
+                    }
+                    Layers::Wss(acceptor, options) => {
+                        let upgrade = async {
+                            let tls = acceptor.accept(socket).await?;
+                            accept_websocket(tls, &options).await
+                        };
+                        match tokio::time::timeout_at(deadline, upgrade).await {
+                            Ok(Ok(upgraded)) => connection.run_websocket(upgraded).await,
+                            Ok(Err(error)) => {
+                                tracing::info!(%error, "TLS or WebSocket upgrade failed")
+                            }
+                            Err(_) => {
+                                tracing::info!("TLS handshake or WebSocket upgrade timed out")
+                            }
+                        }
                     }
                 }
-                Layers::Wss(acceptor, options) => {
-                    let upgrade = async {
-                        let tls = acceptor.accept(socket).await?;
-                        accept_websocket(tls, &options).await
-                    };
-                    match tokio::time::timeout_at(deadline, upgrade).await {
-                        Ok(Ok(upgraded)) => connection.run_websocket(upgraded).await,
-                        Ok(Err(error)) => tracing::info!(%error, "TLS or WebSocket upgrade failed"),
-                        Err(_) => tracing::info!("TLS handshake or WebSocket upgrade timed out"),
-                    }
-                }
+                tracing::debug!("connection closed");
             }
-            tracing::debug!("connection closed");
-        }
-    })
+        },
+    )
     .await;
 }
 

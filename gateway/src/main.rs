@@ -161,7 +161,7 @@ async fn run(config: Config) -> Result<()> {
             shutdown_rx.clone(),
         ));
     }
-    drop(tls_acceptors);
+    tasks.spawn(reload_certificates(tls_acceptors, shutdown_rx.clone()));
 
     tasks.spawn(housekeeping(
         broker.clone(),
@@ -183,7 +183,7 @@ async fn run(config: Config) -> Result<()> {
 }
 
 /// The listeners that start, by kind then name, and the TLS configurations among them.
-fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Arc<TlsAcceptor>>)> {
+fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<NamedAcceptor>)> {
     let listeners = &config.listeners;
     let mut out = Vec::new();
     let mut acceptors = Vec::new();
@@ -198,7 +198,7 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Arc<
             tracing::warn!("{key}: using a self-signed certificate made up at start; clients cannot verify it, use it for testing only");
         }
         let acceptor = Arc::new(TlsAcceptor::new(tls, &[]).with_context(|| format!("{key}.tls"))?);
-        acceptors.push(acceptor.clone());
+        acceptors.push((key.to_owned(), acceptor.clone()));
         Ok(Some(acceptor))
     };
     let proxy = |enabled: bool, timeout: gateway_config::Duration| enabled.then(|| timeout.get());
@@ -253,6 +253,64 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Arc<
         });
     }
     Ok((out, acceptors))
+}
+
+/// A TLS configuration in use and the listener key that names it in logs.
+type NamedAcceptor = (String, Arc<TlsAcceptor>);
+
+/// How often certificate files are checked for changes.
+const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reloads TLS certificates on SIGHUP and when a file changes; connections accepted
+/// afterwards get the new ones. A reload that fails keeps the previous configuration.
+async fn reload_certificates(acceptors: Vec<NamedAcceptor>, mut shutdown: watch::Receiver<bool>) {
+    let stamps = |acceptor: &TlsAcceptor| -> Vec<Option<std::time::SystemTime>> {
+        acceptor
+            .watched_files()
+            .iter()
+            .map(|file| std::fs::metadata(file).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut seen: Vec<_> = acceptors.iter().map(|(_, a)| stamps(a)).collect();
+    let reload = |key: &str, acceptor: &TlsAcceptor, why: &str| match acceptor.reload() {
+        Ok(()) => tracing::info!(listener = key, why, "TLS certificate reloaded"),
+        Err(error) => {
+            tracing::warn!(listener = key, why, %error, "TLS certificate reload failed; the previous one stays in use")
+        }
+    };
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hangup_received = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup_received = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = hangup_received => {
+                for (key, acceptor) in &acceptors {
+                    reload(key, acceptor, "SIGHUP");
+                }
+                seen = acceptors.iter().map(|(_, a)| stamps(a)).collect();
+            }
+            _ = tick.tick() => {
+                for ((key, acceptor), seen) in acceptors.iter().zip(seen.iter_mut()) {
+                    let now = stamps(acceptor);
+                    if now != *seen {
+                        *seen = now;
+                        reload(key, acceptor, "file changed");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Session expiry, delayed wills, retained-message expiry and `$SYS`.

@@ -291,6 +291,17 @@ impl Broker {
         println!("note: the external broker does not do this (the spec allows it; the gateway must): {promise}");
     }
 
+    /// Sends a signal (`libc::SIGHUP`, ...) to a gateway this test started.
+    pub fn signal(&self, signal: i32) {
+        let gw = self
+            .gateway
+            .as_ref()
+            .expect("only a gateway started by the test can be signalled");
+        unsafe {
+            libc::kill(gw.child.id() as libc::pid_t, signal);
+        }
+    }
+
     /// `host:port`.
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)

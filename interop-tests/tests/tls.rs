@@ -440,3 +440,59 @@ fn a_self_signed_certificate_is_made_up_with_a_warning() {
     assert!(text.contains("CONNECTION ESTABLISHED"), "{text}");
     std::thread::sleep(Duration::from_millis(10));
 }
+
+/// Overwrites the server certificate and key with ones issued by another CA.
+fn replace_server_certificate(gw: &TlsGateway, with: &TestPki) {
+    let (old, new) = (gw.pki.server(), with.server());
+    std::fs::copy(&new.cert, &old.cert).unwrap();
+    std::fs::copy(&new.key, &old.key).unwrap();
+}
+
+/// Retries a TLS publish trusting `ca` until it succeeds or `deadline` passes.
+fn publishes_within(gw: &TlsGateway, ca: &std::path::Path, deadline: Duration) -> bool {
+    let until = std::time::Instant::now() + deadline;
+    let topic = unique_topic("tls-reload");
+    while std::time::Instant::now() < until {
+        if mosquitto_pub_tls(gw, &topic, &["--cafile", path(ca)]).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn certificates_are_reloaded_on_sighup_and_when_their_files_change() {
+    let Some(gw) = tls_gateway("SSL", TestPki::new(), &[]) else { return };
+    let first_ca = gw.pki.ca();
+    let topic = unique_topic("tls-reload");
+    mosquitto_pub_tls(&gw, &topic, &["--cafile", path(&first_ca)]).unwrap();
+
+    // SIGHUP: new connections get the new certificate.
+    let second = TestPki::new();
+    replace_server_certificate(&gw, &second);
+    gw.broker.signal(libc::SIGHUP);
+    assert!(
+        publishes_within(&gw, &second.ca(), TIMEOUT),
+        "after SIGHUP the certificate of the second CA is served:\n{}",
+        gw.broker.log_tail()
+    );
+    assert!(mosquitto_pub_tls(&gw, &topic, &["--cafile", path(&first_ca)]).is_err());
+
+    // A change of the files alone is noticed too.
+    let third = TestPki::new();
+    replace_server_certificate(&gw, &third);
+    assert!(
+        publishes_within(&gw, &third.ca(), TIMEOUT),
+        "a changed certificate file is picked up without a signal:\n{}",
+        gw.broker.log_tail()
+    );
+
+    // A broken file keeps the certificate in use.
+    std::fs::write(gw.pki.server().cert, "broken").unwrap();
+    gw.broker.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    mosquitto_pub_tls(&gw, &topic, &["--cafile", path(&third.ca())])
+        .expect("a failed reload keeps the previous certificate");
+    assert!(gw.broker.log_tail().contains("reload failed"));
+}

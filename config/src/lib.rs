@@ -206,6 +206,21 @@ pub struct TlsConfig {
     /// rustls suite names; empty = every suite rustls offers for the versions.
     pub ciphers: Vec<String>,
     pub self_signed: bool,
+    pub peer_cert_as_username: PeerCertField,
+    pub peer_cert_as_clientid: PeerCertField,
+}
+
+/// Which part of a client certificate names the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerCertField {
+    None,
+    /// The subject's common name.
+    Cn,
+    /// The whole subject distinguished name.
+    Dn,
+    /// The first DNS name, e-mail address or URI of the subject alternative names.
+    San,
 }
 
 impl TlsConfig {
@@ -419,6 +434,8 @@ impl TlsConfig {
             versions: vec![TlsVersion::Tlsv13, TlsVersion::Tlsv12],
             ciphers: Vec::new(),
             self_signed: false,
+            peer_cert_as_username: PeerCertField::None,
+            peer_cert_as_clientid: PeerCertField::None,
         }
     }
 }

@@ -28,16 +28,26 @@ struct TlsGateway {
 
 /// A gateway with an ssl listener (or a wss one, `kind` = "WSS") on a port of its own.
 fn tls_gateway(kind: &str, pki: TestPki, extra: &[(&'static str, String)]) -> Option<TlsGateway> {
+    tls_gateway_with(kind, pki, extra, Vec::new())
+}
+
+/// `tls_gateway` with `settings` besides the listener's.
+fn tls_gateway_with(
+    kind: &str,
+    pki: TestPki,
+    extra: &[(&'static str, String)],
+    mut settings: Vec<Setting>,
+) -> Option<TlsGateway> {
     let port = free_port();
     let server = pki.server();
     let key = |k: &str| -> &'static str {
         Box::leak(format!("GATEWAY_LISTENERS__{kind}__DEFAULT__{k}").into_boxed_str())
     };
-    let mut settings = vec![
+    settings.extend([
         Setting::new(key("BIND"), format!("127.0.0.1:{port}")),
         Setting::new(key("TLS__CERTFILE"), server.cert.display().to_string()),
         Setting::new(key("TLS__KEYFILE"), server.key.display().to_string()),
-    ];
+    ]);
     for (k, v) in extra {
         settings.push(Setting::new(key(k), v.clone()));
     }
@@ -463,7 +473,9 @@ fn publishes_within(gw: &TlsGateway, ca: &std::path::Path, deadline: Duration) -
 
 #[test]
 fn certificates_are_reloaded_on_sighup_and_when_their_files_change() {
-    let Some(gw) = tls_gateway("SSL", TestPki::new(), &[]) else { return };
+    let Some(gw) = tls_gateway("SSL", TestPki::new(), &[]) else {
+        return;
+    };
     let first_ca = gw.pki.ca();
     let topic = unique_topic("tls-reload");
     mosquitto_pub_tls(&gw, &topic, &["--cafile", path(&first_ca)]).unwrap();
@@ -495,4 +507,69 @@ fn certificates_are_reloaded_on_sighup_and_when_their_files_change() {
     mosquitto_pub_tls(&gw, &topic, &["--cafile", path(&third.ca())])
         .expect("a failed reload keeps the previous certificate");
     assert!(gw.broker.log_tail().contains("reload failed"));
+}
+
+/// `peer_cert_as_username = "cn"` and `peer_cert_as_clientid = "cn"`: the certificate, not
+/// CONNECT, names the client, and the ACL's `%u` rule follows it.
+#[test]
+fn the_certificate_common_name_is_the_username_and_client_id() {
+    let pki = TestPki::new();
+    let ca = pki.ca();
+    let acl = pki.dir().join("acl");
+    std::fs::write(&acl, "allow all all devices/%u/#\ndeny all all #\n").unwrap();
+    let acl_setting = Setting::new("GATEWAY_AUTH__ACL_FILE", acl.display().to_string());
+    let Some(gw) = tls_gateway_with(
+        "SSL",
+        pki,
+        &[
+            ("TLS__VERIFY", "required".into()),
+            ("TLS__CACERTFILE", ca.display().to_string()),
+            ("TLS__PEER_CERT_AS_USERNAME", "cn".into()),
+            ("TLS__PEER_CERT_AS_CLIENTID", "cn".into()),
+        ],
+        vec![acl_setting],
+    ) else {
+        return;
+    };
+    let port = gw.tls_port;
+    let subscribe_as = |device: &str| {
+        let pair = gw.pki.client(device, "ca");
+        let port = port.to_string();
+        MosquittoSub::start(
+            &gw.broker,
+            Version::V311,
+            &["devices/device-1/#"],
+            1,
+            &[
+                "-p",
+                &port,
+                "--cafile",
+                path(&ca),
+                "--cert",
+                path(&pair.cert),
+                "--key",
+                path(&pair.key),
+                "-u",
+                "impostor",
+                "-i",
+                "chosen-id",
+            ],
+        )
+    };
+    assert_eq!(
+        subscribe_as("device-1").granted,
+        vec![1],
+        "device-1 may use devices/device-1/#"
+    );
+    assert_eq!(
+        subscribe_as("device-2").granted,
+        vec![0x80],
+        "device-2 may not, whatever CONNECT says"
+    );
+    let log = gw.broker.log_tail();
+    assert!(
+        log.contains("client_id=\"device-1\""),
+        "the client id is the certificate's:\n{log}"
+    );
+    assert!(!log.contains("chosen-id"), "{log}");
 }

@@ -5,7 +5,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gateway_config::{TlsConfig, TlsVerify, TlsVersion};
+use gateway_config::{PeerCertField, TlsConfig, TlsVerify, TlsVersion};
+use mqtt_core::protocol::CertificateIdentity;
 use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -89,6 +90,18 @@ impl TlsAcceptor {
             .collect()
     }
 
+    /// The user name and client id the verified client certificate of `stream` gives, as
+    /// `peer_cert_as_username` and `peer_cert_as_clientid` say.
+    pub fn certificate_identity(&self, stream: &TlsStream) -> CertificateIdentity {
+        let Some(leaf) = stream.peer_certificates().and_then(|chain| chain.first()) else {
+            return CertificateIdentity::default();
+        };
+        CertificateIdentity {
+            username: certificate_field(leaf, self.settings.peer_cert_as_username),
+            client_id: certificate_field(leaf, self.settings.peer_cert_as_clientid),
+        }
+    }
+
     /// Runs the server side of the handshake; the caller bounds it in time.
     pub async fn accept(&self, socket: TcpStream) -> io::Result<TlsStream> {
         let config = self.current.read().clone();
@@ -107,6 +120,33 @@ impl TlsAcceptor {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// One field of a certificate rustls has verified; None when it lacks the field.
+fn certificate_field(der: &CertificateDer<'_>, field: PeerCertField) -> Option<String> {
+    if field == PeerCertField::None {
+        return None;
+    }
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    match field {
+        PeerCertField::None => None,
+        PeerCertField::Cn => cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned),
+        PeerCertField::Dn => Some(cert.subject().to_string()),
+        PeerCertField::San => {
+            let san = cert.subject_alternative_name().ok()??;
+            san.value.general_names.iter().find_map(|name| match name {
+                x509_parser::extensions::GeneralName::DNSName(s)
+                | x509_parser::extensions::GeneralName::RFC822Name(s)
+                | x509_parser::extensions::GeneralName::URI(s) => Some((*s).to_owned()),
+                _ => None,
+            })
         }
     }
 }

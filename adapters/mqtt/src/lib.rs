@@ -16,7 +16,7 @@ use adapter_kit::{
 use bytes::BytesMut;
 use gateway_config::WebSocketConfig;
 use mqtt_core::broker::Broker;
-use mqtt_core::protocol::{ConnectionInfo, MqttChannel};
+use mqtt_core::protocol::{CertificateIdentity, ConnectionInfo, MqttChannel};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
@@ -123,6 +123,7 @@ pub async fn serve(
                         listener: settings.name.clone(),
                         peer: Some(client),
                         handshake_timeout: settings.handshake_timeout,
+                        certificate_identity: CertificateIdentity::default(),
                     },
                     accepted,
                     shutdown,
@@ -132,7 +133,13 @@ pub async fn serve(
                     Layers::Tls(acceptor) => {
                         let tls = tokio::time::timeout_at(deadline, acceptor.accept(socket)).await;
                         match tls {
-                            Ok(Ok(tls)) => connection.run(LayeredTransport::new(tls)).await,
+                            Ok(Ok(tls)) => {
+                                let identity = acceptor.certificate_identity(&tls);
+                                connection
+                                    .with_identity(identity)
+                                    .run(LayeredTransport::new(tls))
+                                    .await
+                            }
                             Ok(Err(error)) => tracing::info!(%error, "TLS handshake failed"),
                             Err(_) => tracing::info!("TLS handshake timed out"),
                         }
@@ -177,6 +184,11 @@ struct Connection {
 }
 
 impl Connection {
+    fn with_identity(mut self, identity: CertificateIdentity) -> Connection {
+        self.info.certificate_identity = identity;
+        self
+    }
+
     async fn run_websocket<S: SocketStream>(mut self, upgraded: Upgraded<S>) {
         if let (Some(ip), Some(peer)) = (upgraded.forwarded_for, self.info.peer.as_mut()) {
             // The proxy names no port; the socket's own would be the proxy's.

@@ -244,6 +244,7 @@ EOF
             ;;
         gateway*)
             GATEWAY_LISTENERS__TCP__DEFAULT__BIND=127.0.0.1:$PORT \
+            GATEWAY_LISTENERS__WS__DEFAULT__ENABLE=false \
             GATEWAY_MQTT__MAX_QUEUED_MESSAGES=100000 \
             GATEWAY_MQTT__MAX_QUEUED_BYTES=0 \
             GATEWAY_MQTT__MAX_INFLIGHT=65535 \

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the reference clients that interop-tests/ drives, when they are missing:
 #   - mosquitto_pub / mosquitto_sub and the mosquitto broker (Debian packages),
+#   - openssl, which makes the TLS tests' certificates, and haproxy, the PROXY protocol
+#     tests' load balancer (Debian packages),
 #   - paho-mqtt for Python (PyPI, pinned below),
 #   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),
 #   - MQTT.js (npm ci from interop-tests/js/package-lock.json).
@@ -43,7 +45,7 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 missing=()
-for pkg in mosquitto-clients mosquitto; do
+for pkg in mosquitto-clients mosquitto openssl haproxy; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]} > 0)); then

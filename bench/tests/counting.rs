@@ -82,6 +82,8 @@ fn start_gateway() -> Broker {
             "GATEWAY_LISTENERS__TCP__DEFAULT__BIND",
             format!("127.0.0.1:{port}"),
         )
+        // Only the TCP listener: the WebSocket one's fixed port would clash between runs.
+        .env("GATEWAY_LISTENERS__WS__DEFAULT__ENABLE", "false")
         .env("GATEWAY_MQTT__MAX_QUEUED_MESSAGES", "100000")
         .env("GATEWAY_SYS__ENABLE", "false")
         // Only MQTT is measured; MQTT-SN's fixed UDP port would clash between runs.

@@ -141,11 +141,129 @@ pub struct SysConfig {
     pub interval: Duration,
 }
 
+/// Listeners by kind, then by name (letters, digits, `_` and `-`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenersConfig {
-    /// Keyed by listener name (letters, digits, `_` and `-`).
     pub tcp: BTreeMap<String, TcpListenerConfig>,
+    /// MQTT over TLS (EMQX calls the kind `ssl`).
+    pub ssl: BTreeMap<String, SslListenerConfig>,
+    pub ws: BTreeMap<String, WsListenerConfig>,
+    pub wss: BTreeMap<String, WssListenerConfig>,
+}
+
+/// The listener kinds, as they appear under `listeners.`.
+pub const LISTENER_KINDS: [&str; 4] = ["tcp", "ssl", "ws", "wss"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SslListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub handshake_timeout: Duration,
+    pub proxy_protocol: bool,
+    pub proxy_protocol_timeout: Duration,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub handshake_timeout: Duration,
+    pub websocket: WebSocketConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WssListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub handshake_timeout: Duration,
+    pub websocket: WebSocketConfig,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM chain, leaf first; `None` when `""`.
+    #[serde(with = "empty_is_none")]
+    pub certfile: Option<PathBuf>,
+    #[serde(with = "empty_is_none")]
+    pub keyfile: Option<PathBuf>,
+    /// CA that signs client certificates; `None` when `""`.
+    #[serde(with = "empty_is_none")]
+    pub cacertfile: Option<PathBuf>,
+    pub verify: TlsVerify,
+    pub versions: Vec<TlsVersion>,
+    /// rustls suite names; empty = every suite rustls offers for the versions.
+    pub ciphers: Vec<String>,
+    pub self_signed: bool,
+    pub peer_cert_as_username: PeerCertField,
+    pub peer_cert_as_clientid: PeerCertField,
+}
+
+/// Which part of a client certificate names the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerCertField {
+    None,
+    /// The subject's common name.
+    Cn,
+    /// The whole subject distinguished name.
+    Dn,
+    /// The first DNS name, e-mail address or URI of the subject alternative names.
+    San,
+}
+
+impl TlsConfig {
+    /// Whether the listener has what it needs to start: a certificate and key, or leave
+    /// to make one up.
+    pub fn has_certificate(&self) -> bool {
+        self.self_signed || (self.certfile.is_some() && self.keyfile.is_some())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsVerify {
+    /// No client certificate is asked for.
+    None,
+    /// A client certificate is asked for and checked when sent.
+    Optional,
+    /// A client without a certificate signed by the CA is refused.
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "tlsv1.2")]
+    Tlsv12,
+    #[serde(rename = "tlsv1.3")]
+    Tlsv13,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    pub mqtt_path: String,
+    pub supported_subprotocols: Vec<String>,
+    pub fail_if_no_subprotocol: bool,
+    /// Bytes; also the largest message of fragmented frames.
+    pub max_frame_size: u32,
+    pub check_origin_enable: bool,
+    pub allow_origin_absence: bool,
+    pub check_origins: Vec<String>,
+    /// Header naming the client address when a trusted proxy is in front; "" = none.
+    pub proxy_address_header: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +275,8 @@ pub struct TcpListenerConfig {
     pub bind: String,
     pub max_connections: u32,
     pub handshake_timeout: Duration,
+    pub proxy_protocol: bool,
+    pub proxy_protocol_timeout: Duration,
 }
 
 /// Device protocol gateways, under EMQX's names.
@@ -244,6 +364,24 @@ impl TcpListenerConfig {
     }
 }
 
+impl SslListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+}
+
+impl WsListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+}
+
+impl WssListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+}
+
 pub(crate) fn parse_bind(text: &str) -> Result<SocketAddr, BindAddrError> {
     let trimmed = text.trim();
     if let Ok(port) = trimmed.parse::<u16>() {
@@ -318,6 +456,41 @@ impl Config {
                         bind: "0.0.0.0:1883".into(),
                         max_connections: 1_024_000,
                         handshake_timeout: Duration::from_secs(10),
+                        proxy_protocol: false,
+                        proxy_protocol_timeout: Duration::from_secs(3),
+                    },
+                )]),
+                ssl: BTreeMap::from([(
+                    "default".to_owned(),
+                    SslListenerConfig {
+                        enable: true,
+                        bind: "0.0.0.0:8883".into(),
+                        max_connections: 1_024_000,
+                        handshake_timeout: Duration::from_secs(10),
+                        proxy_protocol: false,
+                        proxy_protocol_timeout: Duration::from_secs(3),
+                        tls: TlsConfig::fallback(),
+                    },
+                )]),
+                ws: BTreeMap::from([(
+                    "default".to_owned(),
+                    WsListenerConfig {
+                        enable: true,
+                        bind: "0.0.0.0:8083".into(),
+                        max_connections: 1_024_000,
+                        handshake_timeout: Duration::from_secs(10),
+                        websocket: WebSocketConfig::fallback(),
+                    },
+                )]),
+                wss: BTreeMap::from([(
+                    "default".to_owned(),
+                    WssListenerConfig {
+                        enable: true,
+                        bind: "0.0.0.0:8084".into(),
+                        max_connections: 1_024_000,
+                        handshake_timeout: Duration::from_secs(10),
+                        websocket: WebSocketConfig::fallback(),
+                        tls: TlsConfig::fallback(),
                     },
                 )]),
             },
@@ -348,6 +521,39 @@ impl Config {
                     },
                 },
             },
+        }
+    }
+}
+
+impl TlsConfig {
+    fn fallback() -> TlsConfig {
+        TlsConfig {
+            certfile: None,
+            keyfile: None,
+            cacertfile: None,
+            verify: TlsVerify::None,
+            versions: vec![TlsVersion::Tlsv13, TlsVersion::Tlsv12],
+            ciphers: Vec::new(),
+            self_signed: false,
+            peer_cert_as_username: PeerCertField::None,
+            peer_cert_as_clientid: PeerCertField::None,
+        }
+    }
+}
+
+impl WebSocketConfig {
+    fn fallback() -> WebSocketConfig {
+        WebSocketConfig {
+            mqtt_path: "/mqtt".into(),
+            supported_subprotocols: ["mqtt", "mqttv3.1", "mqtt-v3", "mqtt-v3.1.1", "mqtt-v5"]
+                .map(String::from)
+                .to_vec(),
+            fail_if_no_subprotocol: true,
+            max_frame_size: 2_097_152,
+            check_origin_enable: false,
+            allow_origin_absence: true,
+            check_origins: Vec::new(),
+            proxy_address_header: String::new(),
         }
     }
 }
@@ -437,6 +643,8 @@ mod tests {
                 bind: (*bind).into(),
                 max_connections: 1,
                 handshake_timeout: Duration::from_secs(1),
+                proxy_protocol: false,
+                proxy_protocol_timeout: Duration::from_secs(1),
             };
             assert_eq!(l.bind_addr().unwrap().to_string(), *want, "{bind}");
         }

@@ -12,7 +12,7 @@ use crate::{validate, Config};
 const ENV_PREFIX: &str = "GATEWAY_";
 const ENV_SEPARATOR: &str = "__";
 const DEFAULTS_NAME: &str = "embedded defaults";
-const TEMPLATE_NAME: &str = "defaults of listeners.tcp.default";
+const TEMPLATE_NAME: &str = "defaults of the kind's default listener";
 
 /// Loading failed: the file could not be read, or the layered values are not a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -167,37 +167,40 @@ impl Config {
 }
 
 /// Lets a listener added under a new name leave out every key but `bind`, taking the rest from
-/// the embedded `listeners.tcp.default`, so there is still one place that states defaults.
+/// the embedded `listeners.<kind>.default`, so there is still one place that states defaults.
 fn with_listener_templates(figment: &Figment) -> Result<Figment, ConfigError> {
-    let Ok(listeners) = figment.extract_inner::<Map<String, Value>>("listeners.tcp") else {
-        // Not a table: extraction reports it with the key and source.
-        return Ok(figment.clone());
-    };
-    let bad_names: Vec<Problem> = listeners
-        .keys()
-        .filter(|name| !validate::is_valid_listener_name(name))
-        .map(|name| Problem {
-            key: format!("listeners.tcp.{name}"),
-            message: format!(
-                "listeners.tcp: invalid listener name {name:?}: use letters, digits, '_' and '-'"
-            ),
-            origin: None,
-        })
-        .collect();
-    if !bad_names.is_empty() {
-        return Err(ConfigError::Invalid(bad_names));
-    }
-    let mut template = Figment::from(defaults_provider())
-        .extract_inner::<Dict>("listeners.tcp.default")
-        .map_err(|e| ConfigError::Invalid(figment_problems(figment, e)))?;
-    template.remove("bind");
-
     let mut out = figment.clone();
-    for name in listeners.keys().filter(|name| *name != "default") {
-        out = out.join(Named {
-            inner: Serialized::default(&format!("listeners.tcp.{name}"), &template),
-            metadata: Metadata::named(TEMPLATE_NAME),
-        });
+    for kind in crate::LISTENER_KINDS {
+        let Ok(listeners) =
+            figment.extract_inner::<Map<String, Value>>(&format!("listeners.{kind}"))
+        else {
+            // Not a table: extraction reports it with the key and source.
+            continue;
+        };
+        let bad_names: Vec<Problem> = listeners
+            .keys()
+            .filter(|name| !validate::is_valid_listener_name(name))
+            .map(|name| Problem {
+                key: format!("listeners.{kind}.{name}"),
+                message: format!(
+                    "listeners.{kind}: invalid listener name {name:?}: use letters, digits, '_' and '-'"
+                ),
+                origin: None,
+            })
+            .collect();
+        if !bad_names.is_empty() {
+            return Err(ConfigError::Invalid(bad_names));
+        }
+        let mut template = Figment::from(defaults_provider())
+            .extract_inner::<Dict>(&format!("listeners.{kind}.default"))
+            .map_err(|e| ConfigError::Invalid(figment_problems(figment, e)))?;
+        template.remove("bind");
+        for name in listeners.keys().filter(|name| *name != "default") {
+            out = out.join(Named {
+                inner: Serialized::default(&format!("listeners.{kind}.{name}"), &template),
+                metadata: Metadata::named(TEMPLATE_NAME),
+            });
+        }
     }
     Ok(out)
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use crate::{parse_bind, Config};
+use crate::{parse_bind, Config, TlsConfig, TlsVerify, WebSocketConfig};
 
 /// A broken rule, before the loader adds where the value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,13 +131,89 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
         );
     }
 
-    let mut enabled: Vec<(&str, SocketAddr)> = Vec::new();
-    for (name, listener) in &config.listeners.tcp {
-        let prefix = format!("listeners.tcp.{name}");
-        if !is_valid_listener_name(name) {
+    let listeners = &config.listeners;
+    let mut common: Vec<CommonListener<'_>> = Vec::new();
+    for (name, l) in &listeners.tcp {
+        common.push(CommonListener::new(
+            "tcp",
+            name,
+            l.enable,
+            &l.bind,
+            l.max_connections,
+            l.handshake_timeout,
+        ));
+    }
+    for (kind, name, proxy_protocol, timeout) in listeners
+        .tcp
+        .iter()
+        .map(|(n, l)| ("tcp", n, l.proxy_protocol, l.proxy_protocol_timeout))
+        .chain(
+            listeners
+                .ssl
+                .iter()
+                .map(|(n, l)| ("ssl", n, l.proxy_protocol, l.proxy_protocol_timeout)),
+        )
+    {
+        if proxy_protocol && timeout.is_zero() {
+            let key = format!("listeners.{kind}.{name}.proxy_protocol_timeout");
+            fail(&key, format!("{key} must be longer than 0s"));
+        }
+    }
+    for (name, l) in &listeners.ssl {
+        let starts = l.enable && l.tls.has_certificate();
+        common.push(CommonListener::new(
+            "ssl",
+            name,
+            starts,
+            &l.bind,
+            l.max_connections,
+            l.handshake_timeout,
+        ));
+        check_tls(&format!("listeners.ssl.{name}.tls"), &l.tls, &mut fail);
+    }
+    for (name, l) in &listeners.ws {
+        common.push(CommonListener::new(
+            "ws",
+            name,
+            l.enable,
+            &l.bind,
+            l.max_connections,
+            l.handshake_timeout,
+        ));
+        check_websocket(
+            &format!("listeners.ws.{name}.websocket"),
+            &l.websocket,
+            &mut fail,
+        );
+    }
+    for (name, l) in &listeners.wss {
+        let starts = l.enable && l.tls.has_certificate();
+        common.push(CommonListener::new(
+            "wss",
+            name,
+            starts,
+            &l.bind,
+            l.max_connections,
+            l.handshake_timeout,
+        ));
+        check_tls(&format!("listeners.wss.{name}.tls"), &l.tls, &mut fail);
+        check_websocket(
+            &format!("listeners.wss.{name}.websocket"),
+            &l.websocket,
+            &mut fail,
+        );
+    }
+
+    let mut started: Vec<(String, SocketAddr)> = Vec::new();
+    for listener in common {
+        let prefix = format!("listeners.{}.{}", listener.kind, listener.name);
+        if !is_valid_listener_name(listener.name) {
             fail(
                 &prefix,
-                format!("listeners.tcp: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
+                format!(
+                    "listeners.{}: invalid listener name {:?}: use letters, digits, '_' and '-'",
+                    listener.kind, listener.name
+                ),
             );
         }
         if listener.max_connections == 0 {
@@ -153,18 +229,16 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             );
         }
         let key = format!("{prefix}.bind");
-        match parse_bind(&listener.bind) {
+        match parse_bind(listener.bind) {
             Err(e) => fail(&key, format!("{key}: {e}")),
-            Ok(addr) if listener.enable => {
-                if let Some((other, _)) = enabled.iter().find(|(_, a)| binds_overlap(*a, addr)) {
+            Ok(addr) if listener.starts => {
+                if let Some((other, _)) = started.iter().find(|(_, a)| binds_overlap(*a, addr)) {
                     fail(
                         &key,
-                        format!(
-                            "{key}: address {addr} is also bound by enabled listener listeners.tcp.{other}"
-                        ),
+                        format!("{key}: address {addr} is also bound by enabled listener {other}"),
                     );
                 }
-                enabled.push((name, addr));
+                started.push((prefix, addr));
             }
             Ok(_) => {}
         }
@@ -265,6 +339,82 @@ fn check_mqttsn(sn: &crate::MqttSnConfig, fail: &mut impl FnMut(&str, String)) {
             }
             Ok(_) => {}
         }
+    }
+}
+
+/// What every listener kind has.
+struct CommonListener<'a> {
+    kind: &'static str,
+    name: &'a str,
+    /// Enabled and, for TLS kinds, given a certificate: it will bind.
+    starts: bool,
+    bind: &'a str,
+    max_connections: u32,
+    handshake_timeout: crate::Duration,
+}
+
+impl<'a> CommonListener<'a> {
+    fn new(
+        kind: &'static str,
+        name: &'a str,
+        starts: bool,
+        bind: &'a str,
+        max_connections: u32,
+        handshake_timeout: crate::Duration,
+    ) -> Self {
+        CommonListener {
+            kind,
+            name,
+            starts,
+            bind,
+            max_connections,
+            handshake_timeout,
+        }
+    }
+}
+
+fn check_tls(prefix: &str, tls: &TlsConfig, fail: &mut impl FnMut(&str, String)) {
+    if tls.certfile.is_some() != tls.keyfile.is_some() {
+        fail(
+            &format!("{prefix}.keyfile"),
+            format!("{prefix}: certfile and keyfile go together: set both or neither"),
+        );
+    }
+    if tls.verify != TlsVerify::None && tls.cacertfile.is_none() {
+        fail(
+            &format!("{prefix}.cacertfile"),
+            format!("{prefix}.cacertfile must name the CA of client certificates when verify is not \"none\""),
+        );
+    }
+    if tls.versions.is_empty() {
+        fail(
+            &format!("{prefix}.versions"),
+            format!("{prefix}.versions must list at least one of \"tlsv1.3\", \"tlsv1.2\""),
+        );
+    }
+}
+
+fn check_websocket(prefix: &str, ws: &WebSocketConfig, fail: &mut impl FnMut(&str, String)) {
+    if !ws.mqtt_path.starts_with('/') {
+        fail(
+            &format!("{prefix}.mqtt_path"),
+            format!(
+                "{prefix}.mqtt_path must start with '/', got {:?}",
+                ws.mqtt_path
+            ),
+        );
+    }
+    if ws.max_frame_size == 0 {
+        fail(
+            &format!("{prefix}.max_frame_size"),
+            format!("{prefix}.max_frame_size must be >= 1"),
+        );
+    }
+    if ws.fail_if_no_subprotocol && ws.supported_subprotocols.is_empty() {
+        fail(
+            &format!("{prefix}.supported_subprotocols"),
+            format!("{prefix}.supported_subprotocols is empty while fail_if_no_subprotocol refuses every upgrade without one"),
+        );
     }
 }
 

@@ -424,3 +424,85 @@ fn file_errors_name_the_file() {
         Ok(())
     });
 }
+
+#[test]
+fn listeners_of_every_kind_take_their_kinds_defaults_nested_tables_included() {
+    let c = Config::from_toml_str(
+        r#"
+        [listeners.ws.lan]
+        bind = "[::1]:18083"
+        [listeners.ws.lan.websocket]
+        mqtt_path = "/lan"
+        [listeners.wss.public]
+        bind = 18084
+        [listeners.wss.public.tls]
+        certfile = "/etc/gw/cert.pem"
+        keyfile = "/etc/gw/key.pem"
+        [listeners.ssl.internal]
+        bind = 18883
+        "#,
+    )
+    .unwrap();
+    let lan = &c.listeners.ws["lan"];
+    assert_eq!(lan.bind_addr().unwrap().to_string(), "[::1]:18083");
+    assert_eq!(lan.websocket.mqtt_path, "/lan");
+    assert!(lan.websocket.fail_if_no_subprotocol);
+    assert_eq!(lan.websocket.max_frame_size, 2_097_152);
+    let public = &c.listeners.wss["public"];
+    assert!(public.tls.has_certificate());
+    assert_eq!(public.websocket.mqtt_path, "/mqtt");
+    assert_eq!(public.tls.versions.len(), 2);
+    // Without a certificate a TLS listener is valid but does not start, so it claims no port.
+    assert!(!c.listeners.ssl["internal"].tls.has_certificate());
+}
+
+#[test]
+fn tls_and_websocket_settings_are_checked() {
+    for (toml, key) in [
+        (
+            "[listeners.ssl.default.tls]\ncertfile = \"/c.pem\"",
+            "listeners.ssl.default.tls.keyfile",
+        ),
+        (
+            "[listeners.ssl.default.tls]\nverify = \"required\"",
+            "listeners.ssl.default.tls.cacertfile",
+        ),
+        (
+            "[listeners.wss.default.tls]\nversions = []",
+            "listeners.wss.default.tls.versions",
+        ),
+        (
+            "[listeners.ws.default.websocket]\nmqtt_path = \"mqtt\"",
+            "listeners.ws.default.websocket.mqtt_path",
+        ),
+        (
+            "[listeners.ws.default.websocket]\nmax_frame_size = 0",
+            "listeners.ws.default.websocket.max_frame_size",
+        ),
+        (
+            "[listeners.ws.default]\nbind = \"1883\"",
+            "listeners.ws.default.bind",
+        ),
+    ] {
+        let err = Config::from_toml_str(toml).unwrap_err();
+        assert!(
+            err.problems().iter().any(|p| p.key == key),
+            "{toml}: expected a problem at {key}, got {err}"
+        );
+    }
+}
+
+#[test]
+fn proxy_protocol_is_off_by_default_and_its_timeout_checked() {
+    let c = Config::default();
+    assert!(!c.listeners.tcp["default"].proxy_protocol);
+    assert!(!c.listeners.ssl["default"].proxy_protocol);
+    let err = Config::from_toml_str(
+        "[listeners.tcp.default]\nproxy_protocol = true\nproxy_protocol_timeout = \"0s\"",
+    )
+    .unwrap_err();
+    assert!(err
+        .problems()
+        .iter()
+        .any(|p| p.key == "listeners.tcp.default.proxy_protocol_timeout"));
+}

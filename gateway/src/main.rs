@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use adapter_kit::tls::TlsAcceptor;
+use adapter_mqtt::{Layers, ListenerSettings};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use gateway_config::{Config, LogFormat};
+use gateway_config::{Config, LogFormat, TlsConfig};
 use mqtt_core::auth::Auth;
 use mqtt_core::broker::Broker;
 use tokio::sync::watch;
@@ -142,30 +144,24 @@ async fn run(config: Config) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
-    for (name, listener) in &config.listeners.tcp {
-        if !listener.enable {
-            continue;
-        }
-        let bind = listener
-            .bind_addr()
-            .with_context(|| format!("listeners.tcp.{name}.bind"))?;
-        let settings = adapter_mqtt::TcpListenerSettings {
-            name: Arc::from(format!("tcp:{name}")),
-            bind,
-            max_connections: listener.max_connections as usize,
-            handshake_timeout: listener.handshake_timeout.get(),
-        };
-        let socket = adapter_mqtt::bind_tcp(&settings)
-            .await
-            .with_context(|| format!("listeners.tcp.{name}: cannot listen on {bind}"))?;
+    let (listeners, tls_acceptors) = listener_settings(&config)?;
+    for settings in listeners {
+        let bind = settings.bind;
+        let socket = adapter_mqtt::bind(&settings).await.with_context(|| {
+            format!(
+                "listeners.{}: cannot listen on {bind}",
+                settings.name.replace(':', ".")
+            )
+        })?;
         tracing::info!(listener = %settings.name, %bind, "MQTT listener started");
-        tasks.spawn(adapter_mqtt::serve_tcp(
+        tasks.spawn(adapter_mqtt::serve(
             socket,
             settings,
             broker.clone(),
             shutdown_rx.clone(),
         ));
     }
+    tasks.spawn(reload_certificates(tls_acceptors, shutdown_rx.clone()));
 
     let sn = &config.gateway.mqttsn;
     if sn.enable {
@@ -229,6 +225,137 @@ async fn run(config: Config) -> Result<()> {
         tracing::warn!("connections still open after 10 s; exiting anyway");
     }
     Ok(())
+}
+
+/// The listeners that start, by kind then name, and the TLS configurations among them.
+fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<NamedAcceptor>)> {
+    let listeners = &config.listeners;
+    let mut out = Vec::new();
+    let mut acceptors = Vec::new();
+    let mut tls = |key: &str, tls: &TlsConfig| -> Result<Option<Arc<TlsAcceptor>>> {
+        if !tls.has_certificate() {
+            tracing::info!(
+                "{key}: not started: it has no certificate (set tls.certfile and tls.keyfile, or tls.self_signed = true)"
+            );
+            return Ok(None);
+        }
+        if tls.certfile.is_none() {
+            tracing::warn!("{key}: using a self-signed certificate made up at start; clients cannot verify it, use it for testing only");
+        }
+        let acceptor = Arc::new(TlsAcceptor::new(tls, &[]).with_context(|| format!("{key}.tls"))?);
+        acceptors.push((key.to_owned(), acceptor.clone()));
+        Ok(Some(acceptor))
+    };
+    let proxy = |enabled: bool, timeout: gateway_config::Duration| enabled.then(|| timeout.get());
+    for (name, l) in listeners.tcp.iter().filter(|(_, l)| l.enable) {
+        let key = format!("listeners.tcp.{name}");
+        out.push(ListenerSettings {
+            name: Arc::from(format!("tcp:{name}")),
+            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
+            max_connections: l.max_connections as usize,
+            handshake_timeout: l.handshake_timeout.get(),
+            proxy_protocol: proxy(l.proxy_protocol, l.proxy_protocol_timeout),
+            layers: Layers::Tcp,
+        });
+    }
+    for (name, l) in listeners.ssl.iter().filter(|(_, l)| l.enable) {
+        let key = format!("listeners.ssl.{name}");
+        let Some(acceptor) = tls(&key, &l.tls)? else {
+            continue;
+        };
+        out.push(ListenerSettings {
+            name: Arc::from(format!("ssl:{name}")),
+            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
+            max_connections: l.max_connections as usize,
+            handshake_timeout: l.handshake_timeout.get(),
+            proxy_protocol: proxy(l.proxy_protocol, l.proxy_protocol_timeout),
+            layers: Layers::Tls(acceptor),
+        });
+    }
+    for (name, l) in listeners.ws.iter().filter(|(_, l)| l.enable) {
+        let key = format!("listeners.ws.{name}");
+        out.push(ListenerSettings {
+            name: Arc::from(format!("ws:{name}")),
+            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
+            max_connections: l.max_connections as usize,
+            handshake_timeout: l.handshake_timeout.get(),
+            proxy_protocol: None,
+            layers: Layers::Ws(Arc::new(l.websocket.clone())),
+        });
+    }
+    for (name, l) in listeners.wss.iter().filter(|(_, l)| l.enable) {
+        let key = format!("listeners.wss.{name}");
+        let Some(acceptor) = tls(&key, &l.tls)? else {
+            continue;
+        };
+        out.push(ListenerSettings {
+            name: Arc::from(format!("wss:{name}")),
+            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
+            max_connections: l.max_connections as usize,
+            handshake_timeout: l.handshake_timeout.get(),
+            proxy_protocol: None,
+            layers: Layers::Wss(acceptor, Arc::new(l.websocket.clone())),
+        });
+    }
+    Ok((out, acceptors))
+}
+
+/// A TLS configuration in use and the listener key that names it in logs.
+type NamedAcceptor = (String, Arc<TlsAcceptor>);
+
+/// How often certificate files are checked for changes.
+const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reloads TLS certificates on SIGHUP and when a file changes; connections accepted
+/// afterwards get the new ones. A reload that fails keeps the previous configuration.
+async fn reload_certificates(acceptors: Vec<NamedAcceptor>, mut shutdown: watch::Receiver<bool>) {
+    let stamps = |acceptor: &TlsAcceptor| -> Vec<Option<std::time::SystemTime>> {
+        acceptor
+            .watched_files()
+            .iter()
+            .map(|file| std::fs::metadata(file).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut seen: Vec<_> = acceptors.iter().map(|(_, a)| stamps(a)).collect();
+    let reload = |key: &str, acceptor: &TlsAcceptor, why: &str| match acceptor.reload() {
+        Ok(()) => tracing::info!(listener = key, why, "TLS certificate reloaded"),
+        Err(error) => {
+            tracing::warn!(listener = key, why, %error, "TLS certificate reload failed; the previous one stays in use")
+        }
+    };
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hangup_received = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup_received = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = hangup_received => {
+                for (key, acceptor) in &acceptors {
+                    reload(key, acceptor, "SIGHUP");
+                }
+                seen = acceptors.iter().map(|(_, a)| stamps(a)).collect();
+            }
+            _ = tick.tick() => {
+                for ((key, acceptor), seen) in acceptors.iter().zip(seen.iter_mut()) {
+                    let now = stamps(acceptor);
+                    if now != *seen {
+                        *seen = now;
+                        reload(key, acceptor, "file changed");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Session expiry, delayed wills, retained-message expiry and `$SYS`.

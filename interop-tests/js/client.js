@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // An MQTT.js client driven line by line by the Rust interop tests.
 //
-// Usage: node client.js HOST PORT VERSION     (VERSION is "31", "311" or "5")
+// Usage: node client.js HOST PORT VERSION [--ws PATH] [--cafile CA [--cert CERT --key KEY]]
+//        (VERSION is "31", "311" or "5"; --ws: MQTT over WebSocket on PATH; --cafile:
+//        TLS trusting CA, with a client certificate when --cert and --key are given)
 //
 // Same line protocol as py/client.py (see interop-tests/README.md): one JSON command
 // per line on stdin, one JSON event per line on stdout, payloads and binary
@@ -11,8 +13,11 @@
 
 const mqtt = require('mqtt')
 const readline = require('readline')
+const fs = require('fs')
 
-const [host, portText, versionText] = process.argv.slice(2)
+const [host, portText, versionText, ...flagList] = process.argv.slice(2)
+const flags = {}
+for (let i = 0; i + 1 < flagList.length; i += 2) flags[flagList[i]] = flagList[i + 1]
 const port = Number(portText)
 const v5 = versionText === '5'
 // MQTT 3.1 differs from 3.1.1 in the CONNECT's protocol name and level only.
@@ -169,7 +174,22 @@ const ops = {
     lastConnack = null
     closing = false
     await withTimeout('CONNACK', (done) => {
-      client = mqtt.connect({ host, port, protocol: 'mqtt', ...options })
+      const tls = flags['--cafile'] !== undefined
+      const transport = {
+        host,
+        port,
+        protocol: flags['--ws'] !== undefined ? (tls ? 'wss' : 'ws') : (tls ? 'mqtts' : 'mqtt')
+      }
+      if (flags['--ws'] !== undefined) transport.path = flags['--ws']
+      if (tls) {
+        transport.ca = fs.readFileSync(flags['--cafile'])
+        transport.rejectUnauthorized = true
+        if (flags['--cert'] !== undefined) {
+          transport.cert = fs.readFileSync(flags['--cert'])
+          transport.key = fs.readFileSync(flags['--key'])
+        }
+      }
+      client = mqtt.connect({ ...transport, ...options })
       let settled = false
       const settle = () => { if (!settled) { settled = true; done(null) } }
       client.on('packetreceive', (packet) => {

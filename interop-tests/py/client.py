@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """A paho-mqtt client driven line by line by the Rust interop tests.
 
-Usage: client.py HOST PORT VERSION     (VERSION is "31", "311" or "5")
+Usage: client.py HOST PORT VERSION [--ws PATH] [--cafile CA [--cert CERT --key KEY]]
+       (VERSION is "31", "311" or "5"; --ws: MQTT over WebSocket on PATH; --cafile:
+       TLS trusting CA, with a client certificate when --cert and --key are given)
 
 Reads one JSON command per line on stdin and prints one JSON event per line on
 stdout.  js/client.js speaks exactly the same protocol with MQTT.js, so a Rust test
@@ -93,7 +95,8 @@ def props_from_json(packet_type, spec):
 
 
 class Driver:
-    def __init__(self, host, port, version):
+    def __init__(self, host, port, version, options):
+        self.options = options
         self.host = host
         self.port = port
         self.v5 = version == "5"
@@ -172,8 +175,14 @@ class Driver:
             # A lost connection must stay lost: the tests observe takeovers and
             # refusals, which an automatic reconnect would hide.
             reconnect_on_failure=False,
+            transport="websockets" if "--ws" in self.options else "tcp",
         )
         c = self.client
+        if "--ws" in self.options:
+            c.ws_set_options(path=self.options["--ws"])
+        if "--cafile" in self.options:
+            c.tls_set(ca_certs=self.options["--cafile"], certfile=self.options.get("--cert"),
+                      keyfile=self.options.get("--key"))
         c.on_connect = self.on_connect
         c.on_disconnect = self.on_disconnect
         c.on_message = self.on_message
@@ -272,4 +281,5 @@ class Driver:
 
 
 if __name__ == "__main__":
-    Driver(sys.argv[1], int(sys.argv[2]), sys.argv[3]).run()
+    flags = sys.argv[4:]
+    Driver(sys.argv[1], int(sys.argv[2]), sys.argv[3], dict(zip(flags[::2], flags[1::2]))).run()

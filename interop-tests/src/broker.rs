@@ -56,6 +56,8 @@ pub struct Broker {
     pub port: u16,
     /// The MQTT-SN listener's UDP port.
     pub mqttsn_port: u16,
+    /// MQTT over WebSocket (`/mqtt`); check it with [`Broker::wait_listening`] first.
+    pub ws_port: u16,
     values: Vec<(&'static str, String)>,
     gateway: Option<Gateway>,
 }
@@ -181,6 +183,12 @@ impl Broker {
                 .unwrap_or_else(|_| panic!("GATEWAY_TEST_MQTT_PORT={text} is not a port")),
             Err(_) => 1883,
         };
+        let ws_port = match std::env::var("GATEWAY_TEST_WS_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_WS_PORT={text} is not a port")),
+            Err(_) => 8083,
+        };
         let mut values = Vec::new();
         for s in settings {
             match s.external_env.and_then(|var| std::env::var(var).ok()) {
@@ -208,6 +216,7 @@ impl Broker {
             host,
             port,
             mqttsn_port,
+            ws_port,
             values,
             gateway: None,
         })
@@ -218,12 +227,18 @@ impl Broker {
         let log_path = dir.path().join("gateway.log");
         let log = File::create(&log_path).expect("create the gateway log");
         let port = free_port();
+        let ws_port = free_port();
         let mut cmd = gateway_command();
         cmd.env(
             "GATEWAY_LISTENERS__TCP__DEFAULT__BIND",
             format!("127.0.0.1:{port}"),
         );
-        // Every gateway runs the MQTT-SN listener; its fixed default port would clash.
+        // Every listener the defaults start gets a port of its own, so gateways of tests
+        // running in parallel do not collide.
+        cmd.env(
+            "GATEWAY_LISTENERS__WS__DEFAULT__BIND",
+            format!("127.0.0.1:{ws_port}"),
+        );
         let mqttsn_port = free_udp_port();
         cmd.env(
             "GATEWAY_GATEWAY__MQTTSN__LISTENERS__UDP__DEFAULT__BIND",
@@ -254,6 +269,7 @@ impl Broker {
             host: "127.0.0.1".to_string(),
             port,
             mqttsn_port,
+            ws_port,
             values,
             gateway: Some(Gateway {
                 child,
@@ -268,8 +284,14 @@ impl Broker {
     /// Polls the TCP port until it accepts a connection; panics when the gateway exits
     /// or stays closed for READY_TIMEOUT (Drop then prints its log).
     fn wait_ready(&mut self) {
+        self.wait_listening(self.port);
+    }
+
+    /// Polls `port` until it accepts a connection: listeners bind one after another, so
+    /// a test on another listener than TCP waits for its port too.
+    pub fn wait_listening(&mut self, port: u16) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let addr = self.addr();
+        let addr = format!("{}:{port}", self.host);
         loop {
             if TcpStream::connect(&addr).is_ok() {
                 return;
@@ -297,6 +319,17 @@ impl Broker {
             panic!("broken promise: {promise}");
         }
         println!("note: the external broker does not do this (the spec allows it; the gateway must): {promise}");
+    }
+
+    /// Sends a signal (`libc::SIGHUP`, ...) to a gateway this test started.
+    pub fn signal(&self, signal: i32) {
+        let gw = self
+            .gateway
+            .as_ref()
+            .expect("only a gateway started by the test can be signalled");
+        unsafe {
+            libc::kill(gw.child.id() as libc::pid_t, signal);
+        }
     }
 
     /// `host:port`.

@@ -8,12 +8,15 @@
 //! killed when its handle is dropped, so a broken broker fails a test, never hangs it.
 
 pub mod broker;
+pub mod carried;
+pub mod certs;
 pub mod clients;
 pub mod mosquitto;
 pub mod mqttsn;
 pub mod process;
 pub mod raw;
 pub mod script;
+pub mod ws;
 
 use std::time::Duration;
 
@@ -22,7 +25,7 @@ pub use clients::{Family, Publisher, Subscriber};
 pub use mosquitto::{mosquitto_pub, MosquittoSub};
 pub use mqttsn::{SnClient, SnMsg};
 pub use raw::RawClient;
-pub use script::{Lib, ScriptClient};
+pub use script::{Carrier, Lib, ScriptClient};
 
 /// How long a test waits for anything the broker should do promptly (a CONNACK, a
 /// message, an acknowledgement). Generous: two cores are shared with other work.

@@ -80,8 +80,12 @@ pub struct RawClient {
 impl RawClient {
     /// Opens a TCP connection to the broker (no MQTT yet).
     pub fn open(broker: &Broker, version: Version) -> RawClient {
-        let stream = TcpStream::connect(broker.addr())
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", broker.addr()));
+        RawClient::open_at(&broker.addr(), version)
+    }
+
+    /// Opens a TCP connection to `addr` (`host:port`), another listener than MQTT over TCP.
+    pub fn open_at(addr: &str, version: Version) -> RawClient {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
         stream.set_nodelay(true).ok();
         RawClient { stream, version }
     }

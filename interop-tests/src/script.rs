@@ -53,7 +53,60 @@ pub enum ConnectOutcome {
     Lost(String),
 }
 
-fn script_command(lib: Lib, broker: &Broker, version: Version) -> Command {
+/// How a script client reaches the broker: the broker's TCP port, or another listener.
+#[derive(Clone, Debug, Default)]
+pub struct Carrier {
+    /// None: the broker's MQTT over TCP port.
+    pub port: Option<u16>,
+    /// MQTT over WebSocket on this HTTP path.
+    pub ws_path: Option<String>,
+    /// TLS, trusting this CA file.
+    pub cafile: Option<PathBuf>,
+    /// A client certificate and its key, for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl Carrier {
+    pub fn ws(port: u16) -> Carrier {
+        Carrier {
+            port: Some(port),
+            ws_path: Some("/mqtt".into()),
+            ..Carrier::default()
+        }
+    }
+
+    pub fn tls(port: u16, cafile: &std::path::Path) -> Carrier {
+        Carrier {
+            port: Some(port),
+            cafile: Some(cafile.to_owned()),
+            ..Carrier::default()
+        }
+    }
+
+    pub fn wss(port: u16, cafile: &std::path::Path) -> Carrier {
+        Carrier {
+            ws_path: Some("/mqtt".into()),
+            ..Carrier::tls(port, cafile)
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(path) = &self.ws_path {
+            args.extend(["--ws".to_owned(), path.clone()]);
+        }
+        if let Some(ca) = &self.cafile {
+            args.extend(["--cafile".to_owned(), ca.display().to_string()]);
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            args.extend(["--cert".to_owned(), cert.display().to_string()]);
+            args.extend(["--key".to_owned(), key.display().to_string()]);
+        }
+        args
+    }
+}
+
+fn script_command(lib: Lib, broker: &Broker, version: Version, carrier: &Carrier) -> Command {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut cmd = match lib {
         Lib::Paho => {
@@ -76,17 +129,34 @@ fn script_command(lib: Lib, broker: &Broker, version: Version) -> Command {
         }
     };
     cmd.arg(&broker.host)
-        .arg(broker.port.to_string())
-        .arg(version.arg());
+        .arg(carrier.port.unwrap_or(broker.port).to_string())
+        .arg(version.arg())
+        .args(carrier.args());
     cmd
 }
 
 impl ScriptClient {
     /// Starts a script (not yet connected).
     pub fn spawn(lib: Lib, version: Version, broker: &Broker) -> ScriptClient {
-        let name = format!("{lib:?} {version:?} client");
+        ScriptClient::spawn_via(lib, version, broker, &Carrier::default())
+    }
+
+    /// Starts a script (not yet connected) that reaches the broker through `carrier`.
+    pub fn spawn_via(
+        lib: Lib,
+        version: Version,
+        broker: &Broker,
+        carrier: &Carrier,
+    ) -> ScriptClient {
+        let over = match (&carrier.ws_path, &carrier.cafile) {
+            (None, None) => "",
+            (Some(_), None) => " over ws",
+            (None, Some(_)) => " over tls",
+            (Some(_), Some(_)) => " over wss",
+        };
+        let name = format!("{lib:?} {version:?}{over} client");
         let mut client = ScriptClient {
-            proc: Proc::spawn(&name, script_command(lib, broker, version)),
+            proc: Proc::spawn(&name, script_command(lib, broker, version, carrier)),
             lib,
             version,
             backlog: VecDeque::new(),
@@ -97,7 +167,18 @@ impl ScriptClient {
 
     /// Starts a script and connects it with a clean session; panics unless accepted.
     pub fn connected(lib: Lib, version: Version, broker: &Broker, client_id: &str) -> ScriptClient {
-        let mut client = ScriptClient::spawn(lib, version, broker);
+        ScriptClient::connected_via(lib, version, broker, &Carrier::default(), client_id)
+    }
+
+    /// `connected` through `carrier`.
+    pub fn connected_via(
+        lib: Lib,
+        version: Version,
+        broker: &Broker,
+        carrier: &Carrier,
+        client_id: &str,
+    ) -> ScriptClient {
+        let mut client = ScriptClient::spawn_via(lib, version, broker, carrier);
         client.connect_ok(json!({ "client_id": client_id }));
         client
     }

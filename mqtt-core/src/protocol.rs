@@ -42,6 +42,15 @@ pub struct ConnectionInfo {
     pub listener: Arc<str>,
     pub peer: Option<SocketAddr>,
     pub handshake_timeout: Duration,
+    /// The identity a verified client certificate gives; it replaces what CONNECT says.
+    pub certificate_identity: CertificateIdentity,
+}
+
+/// User name and client id taken from a client certificate, as the listener is configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateIdentity {
+    pub username: Option<String>,
+    pub client_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -298,7 +307,9 @@ impl MqttChannel {
         let v5 = connect.protocol.is_v5();
 
         let mut assigned_client_id = None;
-        let client_id = if connect.client_id.is_empty() {
+        let client_id = if let Some(id) = self.info.certificate_identity.client_id.clone() {
+            id
+        } else if connect.client_id.is_empty() {
             // 3.1.1 only lets the server assign an id to a clean session [MQTT-3.1.3-8];
             // 3.1 never does.
             if v5 || (connect.protocol == ProtocolVersion::V3_1_1 && connect.clean_start) {
@@ -336,7 +347,12 @@ impl MqttChannel {
             protocol: MQTT_NAMESPACE,
             listener: self.info.listener.clone(),
             client_id: client_id.clone(),
-            username: connect.username,
+            username: self
+                .info
+                .certificate_identity
+                .username
+                .clone()
+                .or(connect.username),
             password: connect.password,
             peer: self.info.peer,
         };

@@ -61,6 +61,7 @@ impl Client {
             listener: Arc::from("tcp:test"),
             peer: None,
             handshake_timeout: Duration::from_secs(10),
+            certificate_identity: Default::default(),
         };
         Client {
             channel: MqttChannel::new(broker.clone(), info, wakeup.clone(), now),

@@ -1,13 +1,19 @@
 //! The contract every adapter shares: a sans-io channel driven by a generic transport
-//! driver that owns the socket, the timers, back-pressure and the byte counters.
+//! driver that owns the socket, the timers, back-pressure and the byte counters, and the
+//! layers a byte stream may travel in (PROXY protocol header, TLS, WebSocket).
 
 mod datagram;
+mod layered;
+pub mod proxy;
 mod stream;
+pub mod tls;
+pub mod ws;
 
 pub use datagram::{
     bind_udp, serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, DatagramSettings,
     Demux,
 };
+pub use layered::{LayeredTransport, PlainStream, SocketStream};
 pub use mqtt_core::protocol::Flow;
 pub use stream::{
     drive_stream, serve_stream_listener, ConnWakeup, DriveStream, ListenerLimits, StreamChannel,

@@ -44,8 +44,13 @@ pub trait StreamChannel: Send {
     fn handle_closed(&mut self, now: Instant);
 }
 
-/// A byte stream the driver polls directly. Both calls either make progress at once or
-/// register `cx` to be woken when they can.
+/// A byte stream the driver polls directly. Every call either makes progress at once or
+/// registers `cx` to be woken when it can.
+///
+/// A layered transport (TLS, WebSocket) may hold bytes of its own: records or frames
+/// accepted by `poll_write` but not yet on the socket. It says so through
+/// `has_buffered_output`, and the driver then calls `poll_flush` even when it has nothing
+/// more to write. A layer that refuses what the peer sent reports `InvalidData`.
 pub trait Transport: Send + Unpin {
     /// Appends what can be read now to `buf`, growing it only by what was read; `Ok(0)`
     /// is the end of the stream.
@@ -55,6 +60,13 @@ pub trait Transport: Send + Unpin {
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>>;
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+    fn has_buffered_output(&self) -> bool {
+        false
+    }
+    /// Pushes buffered output towards the socket; ready once none is left.
+    fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Transport for TcpStream {
@@ -223,10 +235,13 @@ impl<T: Transport, C: StreamChannel> Future for DriveStream<T, C> {
                     }
                 },
                 Phase::Flushing => {
-                    while !this.out.is_empty() {
+                    while !this.out.is_empty() || this.transport.has_buffered_output() {
                         match write(this.transport, cx, this.out, &this.broker.stats) {
                             Io::Progress => {}
-                            Io::Gone => this.out.clear(),
+                            Io::Gone => {
+                                this.out.clear();
+                                break;
+                            }
                             Io::Blocked => {
                                 if this.timer.as_mut().poll(cx).is_pending() {
                                     return Poll::Pending;
@@ -236,6 +251,7 @@ impl<T: Transport, C: StreamChannel> Future for DriveStream<T, C> {
                                     "peer too slow to take the last bytes before close"
                                 );
                                 this.out.clear();
+                                break;
                             }
                         }
                     }
@@ -293,7 +309,7 @@ fn run<T: Transport, C: StreamChannel>(
             }
         }
 
-        if !this.out.is_empty() {
+        if !this.out.is_empty() || this.transport.has_buffered_output() {
             match write(this.transport, cx, this.out, &this.broker.stats) {
                 Io::Progress => progress = true,
                 Io::Blocked => {}
@@ -316,6 +332,11 @@ fn run<T: Transport, C: StreamChannel>(
                         return Poll::Ready(Flow::Close);
                     }
                 }
+                // A layer under the protocol (TLS, WebSocket) refused what the peer sent.
+                Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::InvalidData => {
+                    tracing::info!(%error, "connection closed: malformed input");
+                    return Poll::Ready(Flow::Continue);
+                }
                 Poll::Ready(Err(error)) => {
                     tracing::debug!(%error, "read failed");
                     return Poll::Ready(Flow::Continue);
@@ -337,12 +358,23 @@ fn run<T: Transport, C: StreamChannel>(
     Poll::Pending
 }
 
+/// Writes `out`, or, once it is empty, what the transport itself still holds.
 fn write<T: Transport>(
     transport: &mut T,
     cx: &mut Context<'_>,
     out: &mut BytesMut,
     stats: &Stats,
 ) -> Io {
+    if out.is_empty() {
+        return match transport.poll_flush(cx) {
+            Poll::Ready(Ok(())) => Io::Progress,
+            Poll::Ready(Err(error)) => {
+                tracing::debug!(%error, "write failed");
+                Io::Gone
+            }
+            Poll::Pending => Io::Blocked,
+        };
+    }
     match transport.poll_write(cx, out) {
         Poll::Ready(Ok(0)) => Io::Gone,
         Poll::Ready(Ok(n)) => {
@@ -473,7 +505,14 @@ pub async fn serve_stream_listener<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let span = tracing::info_span!("conn", listener = %limits.name, %peer, client_id = tracing::field::Empty);
+        // `client_addr` is filled in when a proxy names the real client.
+        let span = tracing::info_span!(
+            "conn",
+            listener = %limits.name,
+            %peer,
+            client_addr = tracing::field::Empty,
+            client_id = tracing::field::Empty
+        );
         let wakeup = Arc::new(ConnWakeup::default());
         connections.join(&wakeup);
         let connection = span.in_scope(|| {

@@ -1,15 +1,26 @@
-//! Native MQTT listeners: the MQTT channel of the core on the kit's stream driver.
+//! Native MQTT listeners: the MQTT channel of the core on the kit's stream driver, over
+//! TCP, TLS, WebSocket or WebSocket over TLS. The channel does not know which.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use adapter_kit::{drive_stream, serve_stream_listener, Flow, ListenerLimits, StreamChannel};
+use adapter_kit::proxy::read_proxy_header;
+use adapter_kit::tls::TlsAcceptor;
+use adapter_kit::ws::{accept_websocket, Upgraded, WsStream};
+use adapter_kit::{
+    drive_stream, serve_stream_listener, ConnWakeup, DriveStream, Flow, LayeredTransport,
+    ListenerLimits, PlainStream, SocketStream, StreamChannel, Transport,
+};
 use bytes::BytesMut;
+use gateway_config::WebSocketConfig;
 use mqtt_core::broker::Broker;
-use mqtt_core::protocol::{ConnectionInfo, MqttChannel};
-use tokio::net::TcpListener;
+use mqtt_core::protocol::{CertificateIdentity, ConnectionInfo, MqttChannel};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// The MQTT channel as the kit's driver sees it.
@@ -39,24 +50,37 @@ impl StreamChannel for MqttStream {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct TcpListenerSettings {
-    /// `tcp:NAME`, as logs and auth rules name the listener.
+/// What MQTT travels in on a listener, from the socket up.
+#[derive(Clone)]
+pub enum Layers {
+    Tcp,
+    Tls(Arc<TlsAcceptor>),
+    Ws(Arc<WebSocketConfig>),
+    Wss(Arc<TlsAcceptor>, Arc<WebSocketConfig>),
+}
+
+#[derive(Clone)]
+pub struct ListenerSettings {
+    /// `KIND:NAME` (`tcp:default`, `wss:default`), as logs and auth rules name the listener.
     pub name: Arc<str>,
     pub bind: SocketAddr,
     pub max_connections: usize,
+    /// From accept to a complete CONNECT, TLS handshake and HTTP upgrade included.
     pub handshake_timeout: Duration,
+    /// Some(time allowed for it): every connection starts with a PROXY protocol header.
+    pub proxy_protocol: Option<Duration>,
+    pub layers: Layers,
 }
 
 /// Binds the listener; errors here are start-up errors the caller reports.
-pub async fn bind_tcp(settings: &TcpListenerSettings) -> io::Result<TcpListener> {
+pub async fn bind(settings: &ListenerSettings) -> io::Result<TcpListener> {
     TcpListener::bind(settings.bind).await
 }
 
-/// Serves MQTT on a bound TCP listener until `shutdown` turns true.
-pub async fn serve_tcp(
+/// Serves MQTT on a bound listener until `shutdown` turns true.
+pub async fn serve(
     listener: TcpListener,
-    settings: TcpListenerSettings,
+    settings: ListenerSettings,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -64,14 +88,158 @@ pub async fn serve_tcp(
         name: settings.name.clone(),
         max_connections: settings.max_connections,
     };
-    serve_stream_listener(listener, limits, shutdown, move |stream, peer, wakeup| {
-        let info = ConnectionInfo {
-            listener: settings.name.clone(),
-            peer: Some(peer),
-            handshake_timeout: settings.handshake_timeout,
-        };
-        let channel = MqttChannel::new(broker.clone(), info, wakeup.clone(), Instant::now());
-        drive_stream(stream, MqttStream(channel), wakeup, broker.clone())
-    })
+    serve_stream_listener(
+        listener,
+        limits,
+        shutdown,
+        move |mut socket, peer, wakeup| {
+            let connection = Connection {
+                broker: broker.clone(),
+                info: ConnectionInfo {
+                    listener: settings.name.clone(),
+                    peer: Some(peer),
+                    handshake_timeout: settings.handshake_timeout,
+                    certificate_identity: CertificateIdentity::default(),
+                },
+                accepted: Instant::now(),
+                wakeup,
+            };
+            if settings.proxy_protocol.is_none() && matches!(settings.layers, Layers::Tcp) {
+                return Accepted::Plain {
+                    drive: connection.drive(socket),
+                };
+            }
+            let settings = settings.clone();
+            let setup = async move {
+                let deadline = tokio::time::Instant::from_std(
+                    connection.accepted + settings.handshake_timeout,
+                );
+                let mut connection = connection;
+                if let Some(timeout) = settings.proxy_protocol {
+                    match tokio::time::timeout(timeout, read_proxy_header(&mut socket)).await {
+                        Ok(Ok(Some(named))) => {
+                            connection.info.peer = Some(named);
+                            tracing::Span::current()
+                                .record("client_addr", tracing::field::display(named));
+                        }
+                        // A health check of the proxy's own: served as the proxy.
+                        Ok(Ok(None)) => {}
+                        Ok(Err(error)) => {
+                            tracing::info!(%error, "connection closed: bad PROXY protocol header");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!("connection closed: no PROXY protocol header in time");
+                            return;
+                        }
+                    }
+                }
+                match settings.layers {
+                    Layers::Tcp => connection.drive(socket).await,
+                    Layers::Tls(acceptor) => {
+                        let tls = tokio::time::timeout_at(deadline, acceptor.accept(socket)).await;
+                        match tls {
+                            Ok(Ok(tls)) => {
+                                let identity = acceptor.certificate_identity(&tls);
+                                connection
+                                    .with_identity(identity)
+                                    .drive(LayeredTransport::new(tls))
+                                    .await
+                            }
+                            Ok(Err(error)) => tracing::info!(%error, "TLS handshake failed"),
+                            Err(_) => tracing::info!("TLS handshake timed out"),
+                        }
+                    }
+                    Layers::Ws(options) => {
+                        let upgrade = accept_websocket(PlainStream::new(socket), &options);
+                        match tokio::time::timeout_at(deadline, upgrade).await {
+                            Ok(Ok(upgraded)) => connection.drive_websocket(upgraded).await,
+                            Ok(Err(error)) => tracing::info!(%error, "WebSocket upgrade failed"),
+                            Err(_) => tracing::info!("WebSocket upgrade timed out"),
+                        }
+                    }
+                    Layers::Wss(acceptor, options) => {
+                        let upgrade = async {
+                            let tls = acceptor.accept(socket).await?;
+                            accept_websocket(tls, &options).await
+                        };
+                        match tokio::time::timeout_at(deadline, upgrade).await {
+                            Ok(Ok(upgraded)) => connection.drive_websocket(upgraded).await,
+                            Ok(Err(error)) => {
+                                tracing::info!(%error, "TLS or WebSocket upgrade failed")
+                            }
+                            Err(_) => {
+                                tracing::info!("TLS handshake or WebSocket upgrade timed out")
+                            }
+                        }
+                    }
+                }
+            };
+            Accepted::Layered {
+                setup: Box::pin(setup),
+            }
+        },
+    )
     .await;
+}
+
+pin_project_lite::pin_project! {
+    /// One connection's future. Plain TCP, the common case, is the driver itself; anything
+    /// with a handshake first (PROXY header, TLS, WebSocket upgrade) is an async block,
+    /// boxed so that its size does not become every plain connection's size.
+    #[project = AcceptedProjection]
+    enum Accepted {
+        Plain { #[pin] drive: DriveStream<TcpStream, MqttStream> },
+        Layered { setup: Pin<Box<dyn Future<Output = ()> + Send>> },
+    }
+}
+
+impl Future for Accepted {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project() {
+            AcceptedProjection::Plain { drive } => drive.poll(cx),
+            AcceptedProjection::Layered { setup } => setup.as_mut().poll(cx),
+        }
+    }
+}
+
+/// One accepted connection, whatever carries it.
+struct Connection {
+    broker: Arc<Broker>,
+    info: ConnectionInfo,
+    accepted: Instant,
+    wakeup: Arc<ConnWakeup>,
+}
+
+impl Connection {
+    fn with_identity(mut self, identity: CertificateIdentity) -> Connection {
+        self.info.certificate_identity = identity;
+        self
+    }
+
+    fn drive_websocket<S: SocketStream>(
+        mut self,
+        upgraded: Upgraded<S>,
+    ) -> DriveStream<LayeredTransport<WsStream<S>>, MqttStream> {
+        if let (Some(ip), Some(peer)) = (upgraded.forwarded_for, self.info.peer.as_mut()) {
+            // The proxy names no port; the socket's own would be the proxy's.
+            *peer = SocketAddr::new(ip, 0);
+            tracing::Span::current().record("client_addr", tracing::field::display(ip));
+        }
+        tracing::debug!(subprotocol = ?upgraded.subprotocol, "WebSocket upgraded");
+        self.drive(LayeredTransport::new(upgraded.stream))
+    }
+
+    fn drive<T: Transport>(self, transport: T) -> DriveStream<T, MqttStream> {
+        // The handshake deadline counts from accept, so TLS and the upgrade spend from it.
+        let channel = MqttChannel::new(
+            self.broker.clone(),
+            self.info,
+            self.wakeup.clone(),
+            self.accepted,
+        );
+        drive_stream(transport, MqttStream(channel), self.wakeup, self.broker)
+    }
 }

@@ -1,0 +1,314 @@
+//! WebSocket (RFC 6455) with tungstenite: the HTTP upgrade with path, subprotocol, Origin
+//! and proxy-header checks, then binary frames as a byte stream.
+//!
+//! The carried protocol sees only bytes: a packet may span frames and a frame may hold
+//! several packets, because frames are concatenated before the protocol decoder sees them.
+//! Outgoing bytes waiting at a write go out as one frame, so several packets share one.
+
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use gateway_config::WebSocketConfig;
+use parking_lot::Mutex;
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::handshake::HandshakeError;
+use tungstenite::http::{HeaderValue, StatusCode};
+use tungstenite::protocol::WebSocketConfig as FrameLimits;
+use tungstenite::{Message, WebSocket};
+
+use crate::layered::{wait_for_progress, SocketStream};
+
+/// tungstenite's read buffer is allocated per connection; frames larger than this are
+/// still read, in several steps.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Why an upgrade did not produce a WebSocket.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// Answered with an HTTP error status, the reason in its body.
+    #[error("upgrade refused with HTTP {status}: {reason}")]
+    Refused { status: u16, reason: String },
+    #[error("not a WebSocket upgrade: {0}")]
+    Handshake(tungstenite::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The result of a successful upgrade.
+pub struct Upgraded<S: SocketStream> {
+    pub stream: WsStream<S>,
+    /// The client address a trusted proxy named in the configured header.
+    pub forwarded_for: Option<IpAddr>,
+    pub subprotocol: Option<String>,
+}
+
+#[derive(Default)]
+struct Decision {
+    forwarded_for: Option<IpAddr>,
+    subprotocol: Option<String>,
+}
+
+/// Runs the server side of the HTTP upgrade on `stream`; the caller bounds it in time.
+// The callback's error type is tungstenite's; it is built once per refused upgrade.
+#[allow(clippy::result_large_err)]
+pub async fn accept_websocket<S: SocketStream>(
+    stream: S,
+    options: &WebSocketConfig,
+) -> Result<Upgraded<S>, UpgradeError> {
+    let decision = Arc::new(Mutex::new(Decision::default()));
+    let callback = {
+        let decision = decision.clone();
+        let options = options.clone();
+        move |request: &Request, response: Response| {
+            check_request(&options, request, response, &mut decision.lock())
+        }
+    };
+    let limits = FrameLimits::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_frame_size(Some(options.max_frame_size as usize))
+        .max_message_size(Some(options.max_frame_size as usize));
+    let mut attempt = tungstenite::accept_hdr_with_config(stream, callback, Some(limits));
+    let ws = loop {
+        match attempt {
+            Ok(ws) => break ws,
+            Err(HandshakeError::Interrupted(mid)) => {
+                wait_for_progress(mid.get_ref().get_ref()).await?;
+                attempt = mid.handshake();
+            }
+            Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                let reason = response
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default()
+                    .into_owned();
+                return Err(UpgradeError::Refused {
+                    status: response.status().as_u16(),
+                    reason,
+                });
+            }
+            Err(HandshakeError::Failure(tungstenite::Error::Io(e))) => return Err(e.into()),
+            Err(HandshakeError::Failure(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::HandshakeIncomplete,
+            ))) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Err(HandshakeError::Failure(e)) => return Err(UpgradeError::Handshake(e)),
+        }
+    };
+    let decision = std::mem::take(&mut *decision.lock());
+    Ok(Upgraded {
+        stream: WsStream {
+            ws,
+            leftover: Bytes::new(),
+            flush_pending: false,
+            closed: false,
+        },
+        forwarded_for: decision.forwarded_for,
+        subprotocol: decision.subprotocol,
+    })
+}
+
+fn refuse(status: StatusCode, reason: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(reason.to_owned()));
+    *response.status_mut() = status;
+    response
+}
+
+fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+#[allow(clippy::result_large_err)]
+fn check_request(
+    options: &WebSocketConfig,
+    request: &Request,
+    mut response: Response,
+    decision: &mut Decision,
+) -> Result<Response, ErrorResponse> {
+    if request.uri().path() != options.mqtt_path {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            &format!("no WebSocket endpoint at {}", request.uri().path()),
+        ));
+    }
+    if options.check_origin_enable {
+        match header(request, "origin") {
+            None if !options.allow_origin_absence => {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    "an Origin header is required",
+                ));
+            }
+            None => {}
+            Some(origin) if options.check_origins.iter().any(|o| o == origin) => {}
+            Some(origin) => {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    &format!("origin {origin} is not allowed"),
+                ));
+            }
+        }
+    }
+    // The first protocol of the client's list that we support, as RFC 6455 4.2.2 asks.
+    let offered = request
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| {
+            options
+                .supported_subprotocols
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(p))
+        });
+    match offered {
+        Some(protocol) => {
+            if let Ok(value) = HeaderValue::from_str(protocol) {
+                response
+                    .headers_mut()
+                    .insert("sec-websocket-protocol", value);
+                decision.subprotocol = Some(protocol.to_owned());
+            }
+        }
+        None if options.fail_if_no_subprotocol => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "no supported WebSocket subprotocol offered; supported: {}",
+                    options.supported_subprotocols.join(", ")
+                ),
+            ));
+        }
+        None => {}
+    }
+    if !options.proxy_address_header.is_empty() {
+        // The leftmost entry is the client as the first proxy saw it.
+        decision.forwarded_for = header(request, &options.proxy_address_header)
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+    }
+    Ok(response)
+}
+
+/// Binary frames in, binary frames out, as a byte stream.
+pub struct WsStream<S: SocketStream> {
+    ws: WebSocket<S>,
+    /// The part of the last frame not yet read.
+    leftover: Bytes,
+    flush_pending: bool,
+    closed: bool,
+}
+
+impl<S: SocketStream> WsStream<S> {
+    /// The stream under the frames (TLS for WSS).
+    pub fn inner(&self) -> &S {
+        self.ws.get_ref()
+    }
+
+    fn note_flush(&mut self, result: tungstenite::Result<()>) -> io::Result<()> {
+        match result {
+            Ok(()) => {
+                self.flush_pending = false;
+                Ok(())
+            }
+            Err(tungstenite::Error::Io(e)) => {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.flush_pending = true;
+                }
+                Err(e)
+            }
+            Err(e) => Err(to_io(e)),
+        }
+    }
+}
+
+fn to_io(error: tungstenite::Error) -> io::Error {
+    match error {
+        tungstenite::Error::Io(e) => e,
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            io::ErrorKind::BrokenPipe.into()
+        }
+        tungstenite::Error::Capacity(e) => {
+            io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket: {e}"))
+        }
+        e => io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket: {e}")),
+    }
+}
+
+impl<S: SocketStream> Read for WsStream<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if !self.leftover.is_empty() {
+                let n = buf.len().min(self.leftover.len());
+                if let (Some(dst), Some(src)) = (buf.get_mut(..n), self.leftover.get(..n)) {
+                    dst.copy_from_slice(src);
+                }
+                self.leftover.advance(n);
+                return Ok(n);
+            }
+            if self.closed {
+                return Ok(0);
+            }
+            match self.ws.read() {
+                Ok(Message::Binary(frame)) => self.leftover = frame,
+                Ok(Message::Text(_)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "WebSocket text frame: MQTT travels in binary frames",
+                    ))
+                }
+                Ok(Message::Close(_)) => {
+                    // tungstenite has queued the answering Close frame.
+                    self.closed = true;
+                    let flushed = self.ws.flush();
+                    let _ = self.note_flush(flushed);
+                }
+                // A Ping's Pong is queued; it leaves with the next flush.
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {
+                    self.flush_pending = true;
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    self.closed = true;
+                }
+                Err(e) => return Err(to_io(e)),
+            }
+        }
+    }
+}
+
+impl<S: SocketStream> Write for WsStream<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.flush()?;
+        match self.ws.write(Message::Binary(Bytes::copy_from_slice(buf))) {
+            // A frame that met a full socket stays queued inside tungstenite.
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(to_io(e)),
+        }
+        let flushed = self.ws.flush();
+        match self.note_flush(flushed) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let flushed = self.ws.flush();
+        self.note_flush(flushed)
+    }
+}
+
+impl<S: SocketStream> SocketStream for WsStream<S> {
+    fn socket(&self) -> &Arc<tokio::net::TcpStream> {
+        self.ws.get_ref().socket()
+    }
+    fn blocked_on_write(&self) -> bool {
+        self.ws.get_ref().blocked_on_write()
+    }
+    fn has_buffered_output(&self) -> bool {
+        self.flush_pending || self.ws.get_ref().has_buffered_output()
+    }
+}

@@ -228,20 +228,13 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
                 format!("{prefix}.handshake_timeout must be longer than 0s"),
             );
         }
-        let key = format!("{prefix}.bind");
-        match parse_bind(listener.bind) {
-            Err(e) => fail(&key, format!("{key}: {e}")),
-            Ok(addr) if listener.starts => {
-                if let Some((other, _)) = started.iter().find(|(_, a)| binds_overlap(*a, addr)) {
-                    fail(
-                        &key,
-                        format!("{key}: address {addr} is also bound by enabled listener {other}"),
-                    );
-                }
-                started.push((prefix, addr));
-            }
-            Ok(_) => {}
-        }
+        check_bind(
+            prefix,
+            listener.bind,
+            listener.starts,
+            &mut started,
+            &mut fail,
+        );
     }
     check_mqttsn(&config.gateway.mqttsn, &mut fail);
     out
@@ -304,7 +297,7 @@ fn check_mqttsn(sn: &crate::MqttSnConfig, fail: &mut impl FnMut(&str, String)) {
             );
         }
     }
-    let mut enabled: Vec<(&str, SocketAddr)> = Vec::new();
+    let mut enabled: Vec<(String, SocketAddr)> = Vec::new();
     for (name, listener) in &sn.listeners.udp {
         let prefix = format!("{p}.listeners.udp.{name}");
         if !is_valid_listener_name(name) {
@@ -325,20 +318,8 @@ fn check_mqttsn(sn: &crate::MqttSnConfig, fail: &mut impl FnMut(&str, String)) {
                 format!("{prefix}.max_packet_size must be 2..=65535 bytes, the range of MQTT-SN's length field"),
             );
         }
-        let key = format!("{prefix}.bind");
-        match parse_bind(&listener.bind) {
-            Err(e) => fail(&key, format!("{key}: {e}")),
-            Ok(addr) if listener.enable && sn.enable => {
-                if let Some((other, _)) = enabled.iter().find(|(_, a)| binds_overlap(*a, addr)) {
-                    fail(
-                        &key,
-                        format!("{key}: address {addr} is also bound by enabled listener {p}.listeners.udp.{other}"),
-                    );
-                }
-                enabled.push((name, addr));
-            }
-            Ok(_) => {}
-        }
+        let starts = listener.enable && sn.enable;
+        check_bind(prefix, &listener.bind, starts, &mut enabled, fail);
     }
 }
 
@@ -415,6 +396,31 @@ fn check_websocket(prefix: &str, ws: &WebSocketConfig, fail: &mut impl FnMut(&st
             &format!("{prefix}.supported_subprotocols"),
             format!("{prefix}.supported_subprotocols is empty while fail_if_no_subprotocol refuses every upgrade without one"),
         );
+    }
+}
+
+/// Checks the listener at `prefix` binds a valid address and, when it `starts`, one that no
+/// listener already in `taken` (of the same transport) binds; records it there.
+fn check_bind(
+    prefix: String,
+    bind: &str,
+    starts: bool,
+    taken: &mut Vec<(String, SocketAddr)>,
+    fail: &mut impl FnMut(&str, String),
+) {
+    let key = format!("{prefix}.bind");
+    match parse_bind(bind) {
+        Err(e) => fail(&key, format!("{key}: {e}")),
+        Ok(addr) if starts => {
+            if let Some((other, _)) = taken.iter().find(|(_, a)| binds_overlap(*a, addr)) {
+                fail(
+                    &key,
+                    format!("{key}: address {addr} is also bound by enabled listener {other}"),
+                );
+            }
+            taken.push((prefix, addr));
+        }
+        Ok(_) => {}
     }
 }
 

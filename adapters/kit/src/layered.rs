@@ -12,6 +12,7 @@ use std::task::{ready, Context, Poll};
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+use crate::stream::try_when_ready;
 use crate::Transport;
 
 /// One read takes at most this much: the rest stays in the layer and is read on the next
@@ -166,14 +167,12 @@ impl<S: SocketStream> Transport for LayeredTransport<S> {
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.socket.poll_write_ready(cx))?;
-            let written = self.stream.flush().and_then(|()| self.stream.write(buf));
-            match written {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        let (socket, stream) = (&self.socket, &mut self.stream);
+        try_when_ready(
+            cx,
+            |cx| socket.poll_write_ready(cx),
+            || stream.flush().and_then(|()| stream.write(buf)),
+        )
     }
 
     fn has_buffered_output(&self) -> bool {
@@ -181,12 +180,7 @@ impl<S: SocketStream> Transport for LayeredTransport<S> {
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.socket.poll_write_ready(cx))?;
-            match self.stream.flush() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        let (socket, stream) = (&self.socket, &mut self.stream);
+        try_when_ready(cx, |cx| socket.poll_write_ready(cx), || stream.flush())
     }
 }

@@ -75,28 +75,42 @@ impl Transport for TcpStream {
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.poll_read_ready(cx))?;
-            let read: io::Result<usize> = SCRATCH.with_borrow_mut(|scratch| {
-                let n = self.try_read(scratch)?;
-                buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
-                Ok(n)
-            });
-            match read {
-                // The readiness was stale; `try_read` cleared it, so poll again.
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        let socket = &*self;
+        try_when_ready(
+            cx,
+            |cx| socket.poll_read_ready(cx),
+            || {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let n = socket.try_read(scratch)?;
+                    buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
+                    Ok(n)
+                })
+            },
+        )
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.poll_write_ready(cx))?;
-            match self.try_write(buf) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
+        let socket = &*self;
+        try_when_ready(
+            cx,
+            |cx| socket.poll_write_ready(cx),
+            || socket.try_write(buf),
+        )
+    }
+}
+
+/// Waits with `ready`, then makes `attempt`. A `WouldBlock` means the readiness was stale
+/// and the attempt cleared it, so it waits again.
+pub(crate) fn try_when_ready<R>(
+    cx: &mut Context<'_>,
+    mut ready: impl FnMut(&mut Context<'_>) -> Poll<io::Result<()>>,
+    mut attempt: impl FnMut() -> io::Result<R>,
+) -> Poll<io::Result<R>> {
+    loop {
+        ready!(ready(cx))?;
+        match attempt() {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return Poll::Ready(result),
         }
     }
 }
@@ -162,7 +176,9 @@ enum Phase {
     Running,
     /// Writing what is left before closing, until the timer fires.
     Flushing,
+    /// The channel is told the connection closed, once.
     Done,
+    Closed,
 }
 
 pin_project_lite::pin_project! {
@@ -259,11 +275,11 @@ impl<T: Transport, C: StreamChannel> Future for DriveStream<T, C> {
                 }
                 Phase::Done => {
                     this.channel.handle_closed(Instant::now());
-                    // Nothing is polled after this, but a stray poll must not close twice.
-                    *this.phase = Phase::Flushing;
-                    this.out.clear();
+                    *this.phase = Phase::Closed;
                     return Poll::Ready(());
                 }
+                // A future is not polled after it finished; if it is, nothing happens again.
+                Phase::Closed => return Poll::Ready(()),
             }
         }
     }

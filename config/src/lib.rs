@@ -15,6 +15,7 @@
 
 mod duration;
 mod load;
+mod rate;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{Duration, DurationError};
 pub use load::{ConfigError, Problem};
+pub use rate::{Rate, RateError};
 
 /// The embedded defaults, a commented TOML file with every key of the schema.
 pub const DEFAULT_TOML: &str = include_str!("../default.toml");
@@ -163,6 +165,10 @@ pub struct SslListenerConfig {
     pub bind: String,
     pub max_connections: u32,
     pub handshake_timeout: Duration,
+    /// Connections accepted per period; beyond it, accepting pauses and clients wait.
+    pub max_conn_rate: Rate,
+    /// Topic prefix of this listener's clients; `${clientid}` and `${username}` replaced.
+    pub mountpoint: String,
     pub proxy_protocol: bool,
     pub proxy_protocol_timeout: Duration,
     pub tls: TlsConfig,
@@ -176,6 +182,10 @@ pub struct WsListenerConfig {
     pub bind: String,
     pub max_connections: u32,
     pub handshake_timeout: Duration,
+    /// Connections accepted per period; beyond it, accepting pauses and clients wait.
+    pub max_conn_rate: Rate,
+    /// Topic prefix of this listener's clients; `${clientid}` and `${username}` replaced.
+    pub mountpoint: String,
     pub websocket: WebSocketConfig,
 }
 
@@ -187,6 +197,10 @@ pub struct WssListenerConfig {
     pub bind: String,
     pub max_connections: u32,
     pub handshake_timeout: Duration,
+    /// Connections accepted per period; beyond it, accepting pauses and clients wait.
+    pub max_conn_rate: Rate,
+    /// Topic prefix of this listener's clients; `${clientid}` and `${username}` replaced.
+    pub mountpoint: String,
     pub websocket: WebSocketConfig,
     pub tls: TlsConfig,
 }
@@ -275,6 +289,10 @@ pub struct TcpListenerConfig {
     pub bind: String,
     pub max_connections: u32,
     pub handshake_timeout: Duration,
+    /// Connections accepted per period; beyond it, accepting pauses and clients wait.
+    pub max_conn_rate: Rate,
+    /// Topic prefix of this listener's clients; `${clientid}` and `${username}` replaced.
+    pub mountpoint: String,
     pub proxy_protocol: bool,
     pub proxy_protocol_timeout: Duration,
 }
@@ -456,6 +474,8 @@ impl Config {
                         bind: "0.0.0.0:1883".into(),
                         max_connections: 1_024_000,
                         handshake_timeout: Duration::from_secs(10),
+                        max_conn_rate: Rate::Infinity,
+                        mountpoint: String::new(),
                         proxy_protocol: false,
                         proxy_protocol_timeout: Duration::from_secs(3),
                     },
@@ -467,6 +487,8 @@ impl Config {
                         bind: "0.0.0.0:8883".into(),
                         max_connections: 1_024_000,
                         handshake_timeout: Duration::from_secs(10),
+                        max_conn_rate: Rate::Infinity,
+                        mountpoint: String::new(),
                         proxy_protocol: false,
                         proxy_protocol_timeout: Duration::from_secs(3),
                         tls: TlsConfig::fallback(),
@@ -479,6 +501,8 @@ impl Config {
                         bind: "0.0.0.0:8083".into(),
                         max_connections: 1_024_000,
                         handshake_timeout: Duration::from_secs(10),
+                        max_conn_rate: Rate::Infinity,
+                        mountpoint: String::new(),
                         websocket: WebSocketConfig::fallback(),
                     },
                 )]),
@@ -489,6 +513,8 @@ impl Config {
                         bind: "0.0.0.0:8084".into(),
                         max_connections: 1_024_000,
                         handshake_timeout: Duration::from_secs(10),
+                        max_conn_rate: Rate::Infinity,
+                        mountpoint: String::new(),
                         websocket: WebSocketConfig::fallback(),
                         tls: TlsConfig::fallback(),
                     },
@@ -643,6 +669,8 @@ mod tests {
                 bind: (*bind).into(),
                 max_connections: 1,
                 handshake_timeout: Duration::from_secs(1),
+                max_conn_rate: Rate::Infinity,
+                mountpoint: String::new(),
                 proxy_protocol: false,
                 proxy_protocol_timeout: Duration::from_secs(1),
             };

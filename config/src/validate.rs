@@ -141,6 +141,7 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             &l.bind,
             l.max_connections,
             l.handshake_timeout,
+            &l.mountpoint,
         ));
     }
     for (kind, name, proxy_protocol, timeout) in listeners
@@ -168,6 +169,7 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             &l.bind,
             l.max_connections,
             l.handshake_timeout,
+            &l.mountpoint,
         ));
         check_tls(&format!("listeners.ssl.{name}.tls"), &l.tls, &mut fail);
     }
@@ -179,6 +181,7 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             &l.bind,
             l.max_connections,
             l.handshake_timeout,
+            &l.mountpoint,
         ));
         check_websocket(
             &format!("listeners.ws.{name}.websocket"),
@@ -195,6 +198,7 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             &l.bind,
             l.max_connections,
             l.handshake_timeout,
+            &l.mountpoint,
         ));
         check_tls(&format!("listeners.wss.{name}.tls"), &l.tls, &mut fail);
         check_websocket(
@@ -228,6 +232,11 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
                 format!("{prefix}.handshake_timeout must be longer than 0s"),
             );
         }
+        check_mountpoint(
+            &format!("{prefix}.mountpoint"),
+            listener.mountpoint,
+            &mut fail,
+        );
         check_bind(
             prefix,
             listener.bind,
@@ -243,8 +252,20 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
 /// Predefined ids above this would collide with the ids the gateway hands out itself.
 pub(crate) const MQTTSN_MAX_PREDEFINED_ID: u16 = 1024;
 
+/// A mountpoint is a topic prefix: wildcards or NUL in it would make every topic under it
+/// invalid.
+fn check_mountpoint(key: &str, mountpoint: &str, fail: &mut impl FnMut(&str, String)) {
+    if mountpoint.contains(['+', '#', '\0']) {
+        fail(
+            key,
+            format!("{key} {mountpoint:?} must not contain '+', '#' or NUL"),
+        );
+    }
+}
+
 fn check_mqttsn(sn: &crate::MqttSnConfig, fail: &mut impl FnMut(&str, String)) {
     let p = "gateway.mqttsn";
+    check_mountpoint(&format!("{p}.mountpoint"), &sn.mountpoint, fail);
     for (key, value) in [
         ("idle_timeout", sn.idle_timeout),
         ("retry_interval", sn.retry_interval),
@@ -332,6 +353,7 @@ struct CommonListener<'a> {
     bind: &'a str,
     max_connections: u32,
     handshake_timeout: crate::Duration,
+    mountpoint: &'a str,
 }
 
 impl<'a> CommonListener<'a> {
@@ -342,6 +364,7 @@ impl<'a> CommonListener<'a> {
         bind: &'a str,
         max_connections: u32,
         handshake_timeout: crate::Duration,
+        mountpoint: &'a str,
     ) -> Self {
         CommonListener {
             kind,
@@ -350,6 +373,7 @@ impl<'a> CommonListener<'a> {
             bind,
             max_connections,
             handshake_timeout,
+            mountpoint,
         }
     }
 }

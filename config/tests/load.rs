@@ -268,6 +268,18 @@ fn bad_values_name_the_key() {
             "[listeners.tcp.\"a.b\"]\nbind = 1",
             "invalid listener name \"a.b\"",
         ),
+        (
+            "[listeners.ws.default]\nmountpoint = \"a/+/\"",
+            "listeners.ws.default.mountpoint \"a/+/\" must not contain",
+        ),
+        (
+            "[gateway.mqttsn]\nmountpoint = \"#\"",
+            "gateway.mqttsn.mountpoint \"#\" must not contain",
+        ),
+        (
+            "[listeners.tcp.default]\nmax_conn_rate = \"fast\"",
+            "listeners.tcp.default.max_conn_rate",
+        ),
     ];
     for (toml, want) in cases {
         let e = err_text(Config::from_toml_str(toml));

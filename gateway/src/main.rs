@@ -254,6 +254,8 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Name
             bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
             max_connections: l.max_connections as usize,
             handshake_timeout: l.handshake_timeout.get(),
+            max_conn_rate: l.max_conn_rate,
+            mountpoint: Arc::from(l.mountpoint.as_str()),
             proxy_protocol: proxy(l.proxy_protocol, l.proxy_protocol_timeout),
             layers: Layers::Tcp,
         });
@@ -268,6 +270,8 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Name
             bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
             max_connections: l.max_connections as usize,
             handshake_timeout: l.handshake_timeout.get(),
+            max_conn_rate: l.max_conn_rate,
+            mountpoint: Arc::from(l.mountpoint.as_str()),
             proxy_protocol: proxy(l.proxy_protocol, l.proxy_protocol_timeout),
             layers: Layers::Tls(acceptor),
         });
@@ -279,6 +283,8 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Name
             bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
             max_connections: l.max_connections as usize,
             handshake_timeout: l.handshake_timeout.get(),
+            max_conn_rate: l.max_conn_rate,
+            mountpoint: Arc::from(l.mountpoint.as_str()),
             proxy_protocol: None,
             layers: Layers::Ws(Arc::new(l.websocket.clone())),
         });
@@ -293,6 +299,8 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Name
             bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
             max_connections: l.max_connections as usize,
             handshake_timeout: l.handshake_timeout.get(),
+            max_conn_rate: l.max_conn_rate,
+            mountpoint: Arc::from(l.mountpoint.as_str()),
             proxy_protocol: None,
             layers: Layers::Wss(acceptor, Arc::new(l.websocket.clone())),
         });

@@ -52,6 +52,7 @@ fn broker_with_subscribers(now: Instant) -> (Arc<Broker>, Vec<Arc<SessionCell>>)
                 username: None,
                 password: None,
                 peer: None,
+                mountpoint: None,
             };
             let options = SubscriptionOptions {
                 qos: QoS::AtLeastOnce,

@@ -58,10 +58,13 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STAN
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use bytes::Bytes;
+use bytestring::ByteString;
 use gateway_config::{AclNoMatch, AuthConfig};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha512};
 use subtle::ConstantTimeEq as _;
+
+use crate::mountpoint::Mountpoint;
 
 /// PBKDF2 iterations for hashes we create.
 ///
@@ -100,6 +103,26 @@ pub struct ClientInfo {
     /// Present only until the client is authenticated.
     pub password: Option<Bytes>,
     pub peer: Option<SocketAddr>,
+    /// The listener's mountpoint resolved for this client: its topics as the router sees them.
+    pub mountpoint: Option<Mountpoint>,
+}
+
+impl ClientInfo {
+    /// The topic as the router knows it.
+    pub fn mount(&self, topic: &str) -> ByteString {
+        match &self.mountpoint {
+            Some(mountpoint) => mountpoint.mount(topic),
+            None => ByteString::from(topic),
+        }
+    }
+
+    /// A routed topic as this client knows it, sharing the routed topic's bytes.
+    pub fn unmount(&self, topic: &ByteString) -> ByteString {
+        match &self.mountpoint {
+            Some(mountpoint) => topic.slice_ref(mountpoint.unmount(topic)),
+            None => topic.clone(),
+        }
+    }
 }
 
 // Hand-written so a logged ClientInfo never carries a password.
@@ -112,6 +135,7 @@ impl fmt::Debug for ClientInfo {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("peer", &self.peer)
+            .field("mountpoint", &self.mountpoint)
             .finish()
     }
 }

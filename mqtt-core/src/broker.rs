@@ -12,6 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::auth::{Action, Auth, ClientInfo};
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
 use crate::message::{Delivery, Message, SessionId};
+use crate::mountpoint::mounted_filter;
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::router::{Router, Subscriber};
 use crate::session::{
@@ -483,6 +484,17 @@ impl Broker {
         if !self.authorize(client, Action::Subscribe { qos: qos.as_u8() }, plain) {
             return Err(ReasonCode::NOT_AUTHORIZED);
         }
+        // Authorized as the client wrote it; indexed and remembered as the router sees it.
+        let mounted = client.mountpoint.as_ref().map(|mountpoint| {
+            (
+                mountpoint.mount_filter(filter),
+                mountpoint.mount(plain).to_string(),
+            )
+        });
+        let (filter, plain) = match &mounted {
+            Some((filter, plain)) => (filter.as_str(), plain.as_str()),
+            None => (filter, plain),
+        };
         {
             let state = session.state.lock();
             if self.limits.max_subscriptions > 0
@@ -530,7 +542,13 @@ impl Broker {
     }
 
     /// Returns whether the subscription existed.
-    pub fn unsubscribe(&self, session: &Arc<SessionCell>, filter: &str) -> bool {
+    pub fn unsubscribe(
+        &self,
+        session: &Arc<SessionCell>,
+        client: &ClientInfo,
+        filter: &str,
+    ) -> bool {
+        let filter = &*mounted_filter(client.mountpoint.as_ref(), filter);
         let existed = session.state.lock().subscriptions.remove(filter).is_some();
         self.remove_from_router(filter, session.id) || existed
     }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod message;
+pub mod mountpoint;
 pub mod protocol;
 pub mod retained;
 pub mod router;

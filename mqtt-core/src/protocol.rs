@@ -18,6 +18,7 @@ use crate::codec::{
     ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::message::{Delivery, Message};
+use crate::mountpoint::Mountpoint;
 use crate::session::{ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, Wakeup, Will};
 use crate::topic::{parse_subscription, SubscriptionFilter};
 
@@ -44,6 +45,8 @@ pub struct ConnectionInfo {
     pub handshake_timeout: Duration,
     /// The identity a verified client certificate gives; it replaces what CONNECT says.
     pub certificate_identity: CertificateIdentity,
+    /// The listener's mountpoint template; `""` for none.
+    pub mountpoint: Arc<str>,
 }
 
 /// User name and client id taken from a client certificate, as the listener is configured.
@@ -355,9 +358,16 @@ impl MqttChannel {
                 .or(connect.username),
             password: connect.password,
             peer: self.info.peer,
+            mountpoint: None,
         };
         match self.broker.auth.authenticator.authenticate(&client) {
-            AuthOutcome::Allow => {}
+            AuthOutcome::Allow => {
+                client.mountpoint = Mountpoint::resolve(
+                    &self.info.mountpoint,
+                    &client.client_id,
+                    client.username.as_deref(),
+                );
+            }
             AuthOutcome::Deny(DenyReason::BadCredentials) => {
                 return self.refuse(
                     ReasonCode::BAD_USER_NAME_OR_PASSWORD,
@@ -386,7 +396,7 @@ impl MqttChannel {
                     // a will kept for the whole connection would otherwise keep alive.
                     Some(Box::new(Will {
                         delay_interval: will.properties.will_delay_interval.unwrap_or(0),
-                        topic: ByteString::from(&*will.topic),
+                        topic: client.mount(&will.topic),
                         payload: Bytes::copy_from_slice(&will.payload),
                         qos: will.qos,
                         retain: will.retain,
@@ -698,8 +708,12 @@ impl MqttChannel {
     fn route(&self, publish: Publish, session: &SessionCell, now: Instant) -> usize {
         let mut properties = publish.properties;
         properties.subscription_identifiers.clear();
+        let topic = match self.client.as_ref() {
+            Some(client) if client.mountpoint.is_some() => client.mount(&publish.topic),
+            _ => publish.topic,
+        };
         let message = Message {
-            topic: publish.topic,
+            topic,
             payload: publish.payload,
             qos: publish.qos,
             retain: publish.retain,
@@ -805,7 +819,7 @@ impl MqttChannel {
     }
 
     fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe, out: &mut BytesMut) -> Flow {
-        let Some(session) = self.session.clone() else {
+        let (Some(session), Some(client)) = (self.session.clone(), self.client.as_ref()) else {
             return Flow::Close;
         };
         let reason_codes = unsubscribe
@@ -815,7 +829,7 @@ impl MqttChannel {
                 if parse_subscription(filter, self.broker.config.max_topic_levels as usize).is_err()
                 {
                     ReasonCode::TOPIC_FILTER_INVALID
-                } else if self.broker.unsubscribe(&session, filter) {
+                } else if self.broker.unsubscribe(&session, client, filter) {
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
@@ -925,11 +939,15 @@ impl MqttChannel {
         now: Instant,
     ) -> bool {
         let message = &delivery.message;
+        let topic = match self.client.as_ref() {
+            Some(client) => client.unmount(&message.topic),
+            None => message.topic.clone(),
+        };
         let mut publish = Publish {
             dup,
             qos: delivery.qos,
             retain: delivery.retain,
-            topic: message.topic.clone(),
+            topic,
             packet_id,
             payload: message.payload.clone(),
             properties: Default::default(),

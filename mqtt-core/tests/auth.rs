@@ -43,6 +43,7 @@ fn client(client_id: &str, username: Option<&str>, password: Option<&str>) -> Cl
         username: username.map(Into::into),
         password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
         peer: None,
+        mountpoint: None,
     }
 }
 

@@ -62,6 +62,7 @@ impl Client {
             peer: None,
             handshake_timeout: Duration::from_secs(10),
             certificate_identity: Default::default(),
+            mountpoint: Arc::from(""),
         };
         Client {
             channel: MqttChannel::new(broker.clone(), info, wakeup.clone(), now),

@@ -5,6 +5,7 @@
 mod datagram;
 mod layered;
 pub mod proxy;
+mod rate;
 mod stream;
 pub mod tls;
 pub mod ws;
@@ -15,6 +16,7 @@ pub use datagram::{
 };
 pub use layered::{LayeredTransport, PlainStream, SocketStream};
 pub use mqtt_core::protocol::Flow;
+pub use rate::TokenBucket;
 pub use stream::{
     drive_stream, serve_stream_listener, ConnWakeup, DriveStream, ListenerLimits, StreamChannel,
     Transport,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 use bytes::{Buf, BytesMut};
+use gateway_config::Rate;
 use mqtt_core::broker::{Broker, Stats};
 use mqtt_core::protocol::Flow;
 use mqtt_core::session::Wakeup;
@@ -29,6 +30,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use crate::rate::TokenBucket;
 
 /// The sans-io side of a connection, as the driver sees it.
 pub trait StreamChannel: Send {
@@ -479,6 +482,7 @@ impl<F: Future> Future for Membership<F> {
 pub struct ListenerLimits {
     pub name: Arc<str>,
     pub max_connections: usize,
+    pub max_conn_rate: Rate,
 }
 
 /// Accepts connections until `shutdown` turns true, then tells every connection to
@@ -496,7 +500,23 @@ pub async fn serve_stream_listener<F, Fut>(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let connections = Arc::new(Connections::default());
     let tracker = TaskTracker::new();
+    let mut accept_rate = TokenBucket::new(limits.max_conn_rate, Instant::now());
     loop {
+        // Over the rate, connections wait in the kernel's backlog rather than being refused.
+        if let Some(Err(wait)) = accept_rate
+            .as_mut()
+            .map(|bucket| bucket.take(Instant::now()))
+        {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
         let accepted = tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {

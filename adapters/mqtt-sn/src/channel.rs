@@ -12,6 +12,7 @@ use mqtt_core::auth::{Action, AuthOutcome, ClientInfo};
 use mqtt_core::broker::{Broker, ConnectRequest, Stats, WillDisposition};
 use mqtt_core::codec::{QoS, ReasonCode, SubscriptionOptions};
 use mqtt_core::message::{Delivery, Message as RoutedMessage};
+use mqtt_core::mountpoint::Mountpoint;
 use mqtt_core::protocol::Flow;
 use mqtt_core::session::{
     ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, Wakeup, Will,
@@ -40,7 +41,7 @@ pub struct Settings {
     pub listener: Arc<str>,
     pub gateway_id: u8,
     pub enable_qos3: bool,
-    /// May contain `{clientid}`.
+    /// May contain `${clientid}`.
     pub mountpoint: String,
     pub idle_timeout: Duration,
     pub retry_interval: Duration,
@@ -136,7 +137,6 @@ pub struct MqttSnChannel {
     keep_alive: Option<Duration>,
     session: Option<Arc<SessionCell>>,
     client: Option<ClientInfo>,
-    mountpoint: String,
     in_flight: Option<InFlight>,
     will_disposition: WillDisposition,
 }
@@ -161,7 +161,6 @@ impl MqttSnChannel {
             keep_alive: None,
             session: None,
             client: None,
-            mountpoint: String::new(),
             in_flight: None,
             will_disposition: WillDisposition::Publish,
         }
@@ -565,23 +564,12 @@ impl MqttSnChannel {
         now: Instant,
     ) -> Flow {
         let client_id: Arc<str> = Arc::from(&*pending.client_id);
-        let client = ClientInfo {
-            protocol: MQTTSN_NAMESPACE,
-            listener: self.settings.listener.clone(),
-            client_id: client_id.clone(),
-            username: None,
-            password: None,
-            peer: self.peer,
-        };
+        let client = self.client_info(client_id.clone());
         if let AuthOutcome::Deny(reason) = self.broker.auth.authenticator.authenticate(&client) {
             tracing::info!(?reason, "client not authorized");
             self.send_connack(ReturnCode::NOT_SUPPORTED, out);
             return Flow::Close;
         }
-        self.mountpoint = self
-            .settings
-            .mountpoint
-            .replace("{clientid}", &pending.client_id);
         let will = will.and_then(|(topic, payload)| self.make_will(&client, topic, payload));
         let config = &self.broker.config;
         let expiry_interval = if pending.clean_session {
@@ -627,8 +615,8 @@ impl MqttSnChannel {
         payload: Bytes,
     ) -> Option<Box<Will>> {
         let qos = to_core_qos(topic.flags.qos);
-        let name = self.mount(&topic.topic);
-        if let Err((_, why)) = self.broker.check_publish(&name, qos, topic.flags.retain) {
+        let name = &topic.topic;
+        if let Err((_, why)) = self.broker.check_publish(name, qos, topic.flags.retain) {
             tracing::info!(topic = %name, why, "will refused");
             return None;
         }
@@ -636,12 +624,12 @@ impl MqttSnChannel {
             qos: qos.as_u8(),
             retain: topic.flags.retain,
         };
-        if !self.broker.authorize(client, action, &name) {
+        if !self.broker.authorize(client, action, name) {
             tracing::info!(topic = %name, "will not authorized; dropped");
             return None;
         }
         Some(Box::new(Will {
-            topic: ByteString::from(name),
+            topic: client.mount(name),
             payload,
             qos,
             retain: topic.flags.retain,
@@ -755,8 +743,17 @@ impl MqttSnChannel {
 
     // ---- topics -------------------------------------------------------------------------
 
-    fn mount(&self, topic: &str) -> String {
-        format!("{}{topic}", self.mountpoint)
+    /// Who the client is to the core, its mountpoint resolved.
+    fn client_info(&self, client_id: Arc<str>) -> ClientInfo {
+        ClientInfo {
+            protocol: MQTTSN_NAMESPACE,
+            listener: self.settings.listener.clone(),
+            mountpoint: Mountpoint::resolve(&self.settings.mountpoint, &client_id, None),
+            client_id,
+            username: None,
+            password: None,
+            peer: self.peer,
+        }
     }
 
     fn with_registry<R>(&self, f: impl FnOnce(&mut TopicRegistry) -> R) -> Option<R> {
@@ -902,9 +899,8 @@ impl MqttSnChannel {
         };
         // QoS -1 from a connected client counts as QoS 0.
         let qos = to_core_qos(flags.qos);
-        let name = self.mount(&topic);
-        if let Err((_, why)) = self.broker.check_publish(&name, qos, flags.retain) {
-            tracing::info!(topic = %name, why, "PUBLISH refused");
+        if let Err((_, why)) = self.broker.check_publish(&topic, qos, flags.retain) {
+            tracing::info!(%topic, why, "PUBLISH refused");
             self.send(&puback(ReturnCode::NOT_SUPPORTED), out);
             return Flow::Continue;
         }
@@ -912,15 +908,15 @@ impl MqttSnChannel {
             qos: qos.as_u8(),
             retain: flags.retain,
         };
-        if !self.broker.authorize(client, action, &name) {
-            tracing::info!(topic = %name, "PUBLISH not authorized");
+        if !self.broker.authorize(client, action, &topic) {
+            tracing::info!(%topic, "PUBLISH not authorized");
             self.send(&puback(ReturnCode::NOT_SUPPORTED), out);
             return Flow::Continue;
         }
         let message = RoutedMessage {
             publisher: Some(session.id),
             publisher_client_id: Some(session.key.client_id.clone()),
-            ..RoutedMessage::new(ByteString::from(name), data, qos, flags.retain, now)
+            ..RoutedMessage::new(client.mount(&topic), data, qos, flags.retain, now)
         };
         match qos {
             QoS::AtMostOnce => {
@@ -985,25 +981,14 @@ impl MqttSnChannel {
             );
             return;
         };
-        let client = ClientInfo {
-            protocol: MQTTSN_NAMESPACE,
-            listener: self.settings.listener.clone(),
-            client_id: Arc::from(QOS_MINUS_ONE_CLIENT_ID),
-            username: None,
-            password: None,
-            peer: self.peer,
-        };
-        self.mountpoint = self
-            .settings
-            .mountpoint
-            .replace("{clientid}", QOS_MINUS_ONE_CLIENT_ID);
-        let name = self.mount(&topic);
+        let client = self.client_info(Arc::from(QOS_MINUS_ONE_CLIENT_ID));
+        let name = &topic;
         let allowed = matches!(
             self.broker.auth.authenticator.authenticate(&client),
             AuthOutcome::Allow
         ) && self
             .broker
-            .check_publish(&name, QoS::AtMostOnce, flags.retain)
+            .check_publish(name, QoS::AtMostOnce, flags.retain)
             .is_ok()
             && self.broker.authorize(
                 &client,
@@ -1011,7 +996,7 @@ impl MqttSnChannel {
                     qos: 0,
                     retain: flags.retain,
                 },
-                &name,
+                name,
             );
         if !allowed {
             tracing::info!(topic = %name, "QoS -1 PUBLISH not authorized");
@@ -1019,13 +1004,7 @@ impl MqttSnChannel {
         }
         let message = RoutedMessage {
             publisher_client_id: Some(Arc::from(QOS_MINUS_ONE_CLIENT_ID)),
-            ..RoutedMessage::new(
-                ByteString::from(name),
-                data,
-                QoS::AtMostOnce,
-                flags.retain,
-                now,
-            )
+            ..RoutedMessage::new(client.mount(name), data, QoS::AtMostOnce, flags.retain, now)
         };
         self.broker.publish(Arc::new(message));
     }
@@ -1107,7 +1086,7 @@ impl MqttSnChannel {
                 return Flow::Continue;
             }
         };
-        let filter = self.mount(&name);
+        let filter = name;
         let options = SubscriptionOptions {
             qos: requested,
             ..SubscriptionOptions::default()
@@ -1118,7 +1097,7 @@ impl MqttSnChannel {
         {
             Ok(granted) => suback(granted.qos, topic_id, ReturnCode::ACCEPTED),
             Err(reason) => {
-                tracing::info!(filter, reason = reason.0, "subscription refused");
+                tracing::info!(%filter, reason = reason.0, "subscription refused");
                 let code = if reason == ReasonCode::QUOTA_EXCEEDED {
                     ReturnCode::CONGESTION
                 } else {
@@ -1138,11 +1117,12 @@ impl MqttSnChannel {
         topic: TopicRef,
         out: &mut Vec<Bytes>,
     ) -> Flow {
-        if let (Ok((name, _)), Some(session)) = (
+        if let (Ok((name, _)), Some(session), Some(client)) = (
             self.subscription_topic(flags, topic, false),
             self.session.clone(),
+            self.client.as_ref(),
         ) {
-            self.broker.unsubscribe(&session, &self.mount(&name));
+            self.broker.unsubscribe(&session, client, &name);
         }
         // Always answered, even when nothing matched.
         self.send(&Message::UnsubAck { msg_id }, out);
@@ -1253,10 +1233,11 @@ impl MqttSnChannel {
         short_topic_id(topic).map(|id| (TopicIdType::Short, id))
     }
 
-    fn unmount<'a>(&self, topic: &'a str) -> &'a str {
-        topic
-            .strip_prefix(self.mountpoint.as_str())
-            .unwrap_or(topic)
+    fn unmount(&self, topic: &ByteString) -> ByteString {
+        match &self.client {
+            Some(client) => client.unmount(topic),
+            None => topic.clone(),
+        }
     }
 
     /// Sends one delivery, or a REGISTER that holds it until REGACK.
@@ -1273,7 +1254,7 @@ impl MqttSnChannel {
             );
             return;
         }
-        let topic = ByteString::from(self.unmount(&delivery.message.topic));
+        let topic = self.unmount(&delivery.message.topic);
         if self.downlink_topic(&topic).is_none() {
             let Some(topic_id) = self.with_registry(TopicRegistry::free_id).flatten() else {
                 tracing::warn!(%topic, "topic registry full; delivery dropped");
@@ -1343,7 +1324,7 @@ impl MqttSnChannel {
     }
 
     fn write_publish(&mut self, delivery: &Delivery, msg_id: u16, dup: bool, out: &mut Vec<Bytes>) {
-        let topic = self.unmount(&delivery.message.topic).to_owned();
+        let topic = self.unmount(&delivery.message.topic);
         // A topic the client has not learnt (a resumed message whose id was forgotten) goes
         // out under the type it would get now; an unknown normal id reads as 0.
         let (topic_id_type, topic_id) = self

@@ -188,6 +188,7 @@ fn observer(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<SessionCell
         username: None,
         password: None,
         peer: None,
+        mountpoint: None,
     };
     broker
         .subscribe(
@@ -979,7 +980,7 @@ fn mountpoint_prefixes_topics_both_ways_with_the_client_id() {
     let broker = broker(now);
     let obs = observer(&broker, "#", now);
     let mut mounted = (*settings()).clone();
-    mounted.mountpoint = "sn/{clientid}/".to_owned();
+    mounted.mountpoint = "sn/${clientid}/".to_owned();
     let mut sn = Sn::with_settings(&broker, Arc::new(mounted), now);
     sn.send(connect_message("m1", true, false, 30), now);
     let id = sn.subscribe("cmd", Qos::One, now);

@@ -17,7 +17,7 @@ use adapter_kit::{
     ListenerLimits, PlainStream, SocketStream, StreamChannel, Transport,
 };
 use bytes::BytesMut;
-use gateway_config::WebSocketConfig;
+use gateway_config::{Rate, WebSocketConfig};
 use mqtt_core::broker::Broker;
 use mqtt_core::protocol::{CertificateIdentity, ConnectionInfo, MqttChannel};
 use tokio::net::{TcpListener, TcpStream};
@@ -69,6 +69,9 @@ pub struct ListenerSettings {
     pub handshake_timeout: Duration,
     /// Some(time allowed for it): every connection starts with a PROXY protocol header.
     pub proxy_protocol: Option<Duration>,
+    pub max_conn_rate: Rate,
+    /// Template with `${clientid}` and `${username}`; `""` for none.
+    pub mountpoint: Arc<str>,
     pub layers: Layers,
 }
 
@@ -87,6 +90,7 @@ pub async fn serve(
     let limits = ListenerLimits {
         name: settings.name.clone(),
         max_connections: settings.max_connections,
+        max_conn_rate: settings.max_conn_rate,
     };
     serve_stream_listener(
         listener,
@@ -100,6 +104,7 @@ pub async fn serve(
                     peer: Some(peer),
                     handshake_timeout: settings.handshake_timeout,
                     certificate_identity: CertificateIdentity::default(),
+                    mountpoint: settings.mountpoint.clone(),
                 },
                 accepted: Instant::now(),
                 wakeup,

@@ -65,10 +65,7 @@ pub async fn accept_websocket<S: SocketStream>(
             check_request(&options, request, response, &mut decision.lock())
         }
     };
-    let limits = FrameLimits::default()
-        .read_buffer_size(READ_BUFFER)
-        .max_frame_size(Some(options.max_frame_size as usize))
-        .max_message_size(Some(options.max_frame_size as usize));
+    let limits = frame_limits(options.max_frame_size);
     let mut attempt = tungstenite::accept_hdr_with_config(stream, callback, Some(limits));
     let ws = loop {
         match attempt {
@@ -98,12 +95,7 @@ pub async fn accept_websocket<S: SocketStream>(
     };
     let decision = std::mem::take(&mut *decision.lock());
     Ok(Upgraded {
-        stream: WsStream {
-            ws,
-            leftover: Bytes::new(),
-            flush_pending: false,
-            closed: false,
-        },
+        stream: WsStream::from_websocket(ws),
         forwarded_for: decision.forwarded_for,
         subprotocol: decision.subprotocol,
     })
@@ -193,8 +185,15 @@ fn check_request(
     Ok(response)
 }
 
+fn frame_limits(max_frame_size: u32) -> FrameLimits {
+    FrameLimits::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_frame_size(Some(max_frame_size as usize))
+        .max_message_size(Some(max_frame_size as usize))
+}
+
 /// Binary frames in, binary frames out, as a byte stream.
-pub struct WsStream<S: SocketStream> {
+pub struct WsStream<S> {
     ws: WebSocket<S>,
     /// The part of the last frame not yet read.
     leftover: Bytes,
@@ -202,7 +201,26 @@ pub struct WsStream<S: SocketStream> {
     closed: bool,
 }
 
-impl<S: SocketStream> WsStream<S> {
+impl<S: Read + Write> WsStream<S> {
+    /// The server side of a connection whose upgrade is already done: what follows on
+    /// `stream` are the client's frames.
+    pub fn after_upgrade(stream: S, max_frame_size: u32) -> WsStream<S> {
+        WsStream::from_websocket(WebSocket::from_raw_socket(
+            stream,
+            tungstenite::protocol::Role::Server,
+            Some(frame_limits(max_frame_size)),
+        ))
+    }
+
+    fn from_websocket(ws: WebSocket<S>) -> WsStream<S> {
+        WsStream {
+            ws,
+            leftover: Bytes::new(),
+            flush_pending: false,
+            closed: false,
+        }
+    }
+
     /// The stream under the frames (TLS for WSS).
     pub fn inner(&self) -> &S {
         self.ws.get_ref()
@@ -238,7 +256,7 @@ fn to_io(error: tungstenite::Error) -> io::Error {
     }
 }
 
-impl<S: SocketStream> Read for WsStream<S> {
+impl<S: Read + Write> Read for WsStream<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if !self.leftover.is_empty() {
@@ -279,7 +297,7 @@ impl<S: SocketStream> Read for WsStream<S> {
     }
 }
 
-impl<S: SocketStream> Write for WsStream<S> {
+impl<S: Read + Write> Write for WsStream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.flush()?;
         match self.ws.write(Message::Binary(Bytes::copy_from_slice(buf))) {
@@ -310,5 +328,85 @@ impl<S: SocketStream> SocketStream for WsStream<S> {
     }
     fn has_buffered_output(&self) -> bool {
         self.flush_pending || self.ws.get_ref().has_buffered_output()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    /// A client's frames as they arrive; what the server writes is kept apart.
+    struct Wire {
+        incoming: Cursor<Vec<u8>>,
+        outgoing: Vec<u8>,
+    }
+
+    impl Read for Wire {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.incoming.read(buf)
+        }
+    }
+
+    impl Write for Wire {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.outgoing.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Frames as a client sends them: masked.
+    fn client_frames(messages: Vec<Message>) -> Vec<u8> {
+        let wire = Wire {
+            incoming: Cursor::new(Vec::new()),
+            outgoing: Vec::new(),
+        };
+        let mut client =
+            WebSocket::from_raw_socket(wire, tungstenite::protocol::Role::Client, None);
+        for message in messages {
+            client.send(message).unwrap();
+        }
+        client.get_ref().outgoing.clone()
+    }
+
+    fn server(frames: Vec<u8>, max_frame_size: u32) -> WsStream<Wire> {
+        let wire = Wire {
+            incoming: Cursor::new(frames),
+            outgoing: Vec::new(),
+        };
+        WsStream::after_upgrade(wire, max_frame_size)
+    }
+
+    #[test]
+    fn binary_frames_read_as_one_byte_stream_and_pings_are_answered() {
+        let frames = client_frames(vec![
+            Message::binary(b"ab".to_vec()),
+            Message::Ping(Bytes::from_static(b"p")),
+            Message::binary(b"cde".to_vec()),
+            Message::Close(None),
+        ]);
+        let mut stream = server(frames, 1024);
+        let mut read = Vec::new();
+        stream.read_to_end(&mut read).unwrap();
+        assert_eq!(read, b"abcde");
+        assert!(
+            !stream.inner().outgoing.is_empty(),
+            "the Pong and the closing Close went out"
+        );
+    }
+
+    #[test]
+    fn text_and_oversized_frames_are_errors() {
+        let mut stream = server(client_frames(vec![Message::text("x")]), 1024);
+        let error = stream.read(&mut [0; 16]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+
+        let mut stream = server(client_frames(vec![Message::binary(vec![0; 100])]), 64);
+        let error = stream.read(&mut [0; 16]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -1,0 +1,203 @@
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+//! MQTT over QUIC (`quic` listeners, 14567/udp by default) with aioquic as the client, its
+//! certificate made by openssl at test time: MQTT 3.1.1 and 5 on one bidirectional stream
+//! with ALPN `mqtt`, QoS 0 and 1 both ways with mosquitto clients on TCP, a wrong ALPN
+//! refused, a client that never sends CONNECT dropped after the handshake timeout, SIGTERM
+//! answered with DISCONNECT 0x8B, and the listener off without a certificate.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use interop_tests::broker::free_udp_port;
+use interop_tests::certs::TestPki;
+use interop_tests::quic::{QuicClient, QuicEnd};
+use interop_tests::{
+    mosquitto_pub, unique_client_id, unique_topic, Broker, MosquittoSub, Setting, Version, TIMEOUT,
+};
+
+struct QuicGateway {
+    broker: Broker,
+    port: u16,
+    pki: TestPki,
+}
+
+/// A gateway with its quic listener on a UDP port of its own and a certificate for
+/// localhost, plus `settings`.
+fn quic_gateway(mut settings: Vec<Setting>) -> Option<QuicGateway> {
+    let pki = TestPki::new();
+    let port = free_udp_port();
+    let server = pki.server();
+    settings.extend([
+        Setting::new(
+            "GATEWAY_LISTENERS__QUIC__DEFAULT__BIND",
+            format!("127.0.0.1:{port}"),
+        ),
+        Setting::new(
+            "GATEWAY_LISTENERS__QUIC__DEFAULT__TLS__CERTFILE",
+            server.cert.display().to_string(),
+        ),
+        Setting::new(
+            "GATEWAY_LISTENERS__QUIC__DEFAULT__TLS__KEYFILE",
+            server.key.display().to_string(),
+        ),
+    ]);
+    let broker = Broker::start_gateway_only("a QUIC listener with test certificates", &settings)?;
+    wait_for_log(&broker, "listener=quic:default");
+    Some(QuicGateway { broker, port, pki })
+}
+
+/// Waits until the gateway's log shows `text`: a UDP listener cannot be probed the way a
+/// TCP one is.
+fn wait_for_log(broker: &Broker, text: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !broker.log_tail().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never logged {text:?}; log:\n{}",
+            broker.log_tail()
+        );
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn quic_clients_exchange_qos0_and_qos1_with_tcp_clients() {
+    let Some(gw) = quic_gateway(Vec::new()) else {
+        return;
+    };
+    for version in [Version::V311, Version::V5] {
+        let to_quic = unique_topic("to-quic");
+        let from_quic = unique_topic("from-quic");
+        let mut quic =
+            QuicClient::connected(gw.port, &gw.pki.ca(), version, &unique_client_id("quic"));
+        assert_eq!(quic.subscribe(&format!("{to_quic}/#"), 1), 1);
+        let mut tcp_sub = MosquittoSub::start(&gw.broker, Version::V311, &[&from_quic], 1, &[]);
+
+        // TCP to QUIC, at each QoS: the delivered QoS is the lower of publish and subscription.
+        for qos in [0u8, 1] {
+            let topic = format!("{to_quic}/q{qos}");
+            let payload: Vec<u8> = (0u8..=255).chain([qos]).collect();
+            mosquitto_pub(&gw.broker, Version::V311, &topic, &payload, qos, false, &[]);
+            let msg = quic.recv();
+            assert_eq!(
+                (msg.topic.as_str(), msg.payload.as_slice(), msg.qos),
+                (topic.as_str(), payload.as_slice(), qos),
+                "{version:?}"
+            );
+        }
+
+        // QUIC to TCP, at each QoS; QoS 1 is acknowledged with success.
+        for qos in [0u8, 1] {
+            let payload = format!("from quic {version:?} at qos {qos}").into_bytes();
+            let ack = quic.publish(&from_quic, &payload, qos);
+            assert_eq!(ack, (qos == 1).then_some(0), "{version:?} PUBACK");
+            let msg = tcp_sub.recv(TIMEOUT);
+            assert_eq!((msg.payload, msg.qos), (payload, qos), "{version:?}");
+        }
+
+        quic.ping();
+        quic.disconnect();
+    }
+}
+
+#[test]
+fn a_client_offering_another_alpn_is_refused() {
+    let Some(gw) = quic_gateway(Vec::new()) else {
+        return;
+    };
+    let mut wrong = QuicClient::spawn(gw.port, &gw.pki.ca());
+    let refused = wrong.handshake(&["h3"]);
+    assert!(
+        refused.is_err(),
+        "a handshake with ALPN h3 succeeded: {refused:?}"
+    );
+    wait_for_log(&gw.broker, "QUIC connection closed before its stream");
+    // The same listener serves a client offering mqtt among others.
+    let mut right = QuicClient::spawn(gw.port, &gw.pki.ca());
+    assert_eq!(right.handshake(&["h3", "mqtt"]).as_deref(), Ok("mqtt"));
+}
+
+#[test]
+fn a_client_that_never_sends_connect_is_dropped_after_the_handshake_timeout() {
+    let Some(gw) = quic_gateway(vec![Setting::new(
+        "GATEWAY_LISTENERS__QUIC__DEFAULT__HANDSHAKE_TIMEOUT",
+        "1s",
+    )]) else {
+        return;
+    };
+    // One opens no stream at all; the other opens it with half a CONNECT.
+    for partial in [None, Some(&[0x10u8][..])] {
+        let mut idle = QuicClient::spawn(gw.port, &gw.pki.ca());
+        idle.handshake(&["mqtt"]).expect("QUIC handshake");
+        if let Some(bytes) = partial {
+            idle.send_raw(bytes);
+        }
+        match idle.end(Duration::from_secs(8)) {
+            Some(QuicEnd::Closed { after, .. }) => assert!(
+                after >= Duration::from_millis(900) && after < Duration::from_secs(6),
+                "closed {after:?} after the handshake with a 1 s handshake timeout ({partial:?})"
+            ),
+            other => panic!("expected the gateway to close the connection, got {other:?}"),
+        }
+    }
+    // A client that does connect in time stays.
+    let mut prompt = QuicClient::connected(
+        gw.port,
+        &gw.pki.ca(),
+        Version::V5,
+        &unique_client_id("prompt"),
+    );
+    thread::sleep(Duration::from_millis(1500));
+    prompt.ping();
+}
+
+#[test]
+fn sigterm_sends_disconnect_0x8b_to_mqtt5_clients_over_quic() {
+    let Some(mut gw) = quic_gateway(Vec::new()) else {
+        return;
+    };
+    let mut v5 = QuicClient::connected(
+        gw.port,
+        &gw.pki.ca(),
+        Version::V5,
+        &unique_client_id("term5"),
+    );
+    let mut v311 = QuicClient::connected(
+        gw.port,
+        &gw.pki.ca(),
+        Version::V311,
+        &unique_client_id("term3"),
+    );
+    let took = gw
+        .broker
+        .terminate()
+        .expect("the gateway exits after SIGTERM");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    assert_eq!(
+        v5.end(TIMEOUT),
+        Some(QuicEnd::Disconnect(0x8B)),
+        "MQTT 5: DISCONNECT with Server shutting down"
+    );
+    // MQTT 3.1.1 has no server DISCONNECT: the connection just closes.
+    assert!(
+        matches!(v311.end(TIMEOUT), Some(QuicEnd::Closed { .. })),
+        "MQTT 3.1.1 client's connection not closed"
+    );
+}
+
+#[test]
+fn the_quic_listener_stays_off_without_a_certificate() {
+    let Some(broker) = Broker::start_gateway_only("the default configuration", &[]) else {
+        return;
+    };
+    wait_for_log(
+        &broker,
+        "listeners.quic.default: not started: it has no certificate",
+    );
+    assert!(!broker.log_tail().contains("listener=quic:default"));
+}

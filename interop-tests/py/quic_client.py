@@ -13,7 +13,12 @@ Reads one JSON command per line on stdin and prints one JSON event per line on s
 payloads travel as hex.
 
 Commands:
-  {"cmd": "handshake", "alpn": ["mqtt"]}      -> handshake {alpn} | error {error}
+  {"cmd": "handshake", "alpn": ["mqtt"]}      -> handshake {alpn, session_resumed,
+                                                 early_data_accepted} | error {error}
+      With "resume": true the session ticket of the previous connection is offered (that
+      connection is closed first); with "early": {"version", "client_id"} CONNECT is sent
+      before the handshake completes, as 0-RTT data when the ticket allows it, and the
+      answer carries the CONNACK's reason_code.
   {"cmd": "send_raw", "data": hex}            -> sent (bytes on the stream, opening it)
   {"cmd": "connect", "version": "311"|"5", "client_id": ..., "keepalive": 30}
                                               -> connack {reason_code, session_present}
@@ -40,7 +45,7 @@ import traceback
 from aioquic.asyncio import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, StreamDataReceived
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
 
 CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP, DISCONNECT = 2, 3, 4, 9, 13, 14
 
@@ -80,6 +85,7 @@ class MqttOverQuic(QuicConnectionProtocol):
         self.closed = asyncio.get_event_loop().create_future()
         self.stream_id = None
         self.opened_at = time.monotonic()
+        self.handshake_completed = None
 
     def stream(self):
         if self.stream_id is None:
@@ -91,7 +97,9 @@ class MqttOverQuic(QuicConnectionProtocol):
         self.transmit()
 
     def quic_event_received(self, event):
-        if isinstance(event, StreamDataReceived):
+        if isinstance(event, HandshakeCompleted):
+            self.handshake_completed = event
+        elif isinstance(event, StreamDataReceived):
             self.buffer += event.data
             self.split_packets()
         elif isinstance(event, ConnectionTerminated):
@@ -126,6 +134,7 @@ class Client:
         self.next_id = 0
         self.events = asyncio.Queue()
         self.reader = None
+        self.tickets = []
 
     def packet_id(self):
         self.next_id = self.next_id % 65535 + 1
@@ -140,20 +149,52 @@ class Client:
         )
         config.verify_mode = ssl.CERT_REQUIRED
         config.load_verify_locations(self.cafile)
+        if cmd.get("resume"):
+            if not self.tickets:
+                raise RuntimeError("no session ticket from the previous connection")
+            config.session_ticket = self.tickets[-1]
+        if self.context is not None:
+            self.proto.close()
+            await self.context.__aexit__(None, None, None)
+            self.reader.cancel()
+            self.events = asyncio.Queue()
+        early = cmd.get("early")
         self.context = connect(
             self.host,
             self.port,
             configuration=config,
             create_protocol=MqttOverQuic,
+            session_ticket_handler=self.tickets.append,
+            wait_connected=early is None,
         )
         try:
             self.proto = await asyncio.wait_for(self.context.__aenter__(), 10)
+            if early is not None:
+                self.proto.send(self.connect_packet(early))
+                await asyncio.wait_for(self.proto.wait_connected(), 10)
         except Exception as e:  # noqa: BLE001 - the test reads what failed
             self.context = None
             emit("error", error=f"{type(e).__name__}: {e}")
             return
         self.reader = asyncio.ensure_future(self.read_loop())
-        emit("handshake", alpn=self.proto._quic.tls.alpn_negotiated)
+        done = self.proto.handshake_completed
+        fields = {
+            "alpn": self.proto._quic.tls.alpn_negotiated,
+            "session_resumed": bool(done and done.session_resumed),
+            "early_data_accepted": bool(done and done.early_data_accepted),
+        }
+        if early is not None:
+            fields["reason_code"] = (await self.expect(CONNACK))[1]
+        emit("handshake", **fields)
+
+    def connect_packet(self, cmd):
+        self.v5 = cmd.get("version", "311") == "5"
+        body = utf8("MQTT") + bytes([5 if self.v5 else 4, 0x02])
+        body += cmd.get("keepalive", 30).to_bytes(2, "big")
+        if self.v5:
+            body += varint(0)
+        body += utf8(cmd["client_id"])
+        return packet(0x10, body)
 
     async def read_loop(self):
         """Turns packets that nobody asked for into events, acknowledging QoS 1."""
@@ -240,13 +281,7 @@ class Client:
             self.proto.send(bytes.fromhex(cmd["data"]))
             emit("sent")
         elif op == "connect":
-            self.v5 = cmd.get("version", "311") == "5"
-            body = utf8("MQTT") + bytes([5 if self.v5 else 4, 0x02])
-            body += cmd.get("keepalive", 30).to_bytes(2, "big")
-            if self.v5:
-                body += varint(0)
-            body += utf8(cmd["client_id"])
-            self.proto.send(packet(0x10, body))
+            self.proto.send(self.connect_packet(cmd))
             ack = await self.expect(CONNACK)
             emit("connack", session_present=bool(ack[0] & 1), reason_code=ack[1])
         elif op == "subscribe":

@@ -59,10 +59,26 @@ impl QuicClient {
 
     /// The QUIC handshake offering these ALPN protocols: the one agreed on, or why it failed.
     pub fn handshake(&mut self, alpn: &[&str]) -> Result<String, String> {
-        self.send(&json!({ "cmd": "handshake", "alpn": alpn }));
+        self.handshake_with(json!({ "alpn": alpn }))
+            .map(|event| event["alpn"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// A new connection (the current one closed first) resuming the TLS session of the
+    /// last, with CONNECT sent before the handshake completes: as 0-RTT data when the
+    /// gateway's ticket allows it. The `handshake` event: `session_resumed`,
+    /// `early_data_accepted` and the CONNACK's `reason_code`.
+    pub fn resume_with_early_connect(&mut self, version: Version, client_id: &str) -> Value {
+        let early = json!({ "version": version.arg(), "client_id": client_id });
+        self.handshake_with(json!({ "resume": true, "early": early }))
+            .unwrap_or_else(|error| panic!("resumed handshake failed: {error}"))
+    }
+
+    fn handshake_with(&mut self, mut fields: Value) -> Result<Value, String> {
+        fields["cmd"] = json!("handshake");
+        self.send(&fields);
         let event = self.event();
         match event["event"].as_str() {
-            Some("handshake") => Ok(event["alpn"].as_str().unwrap_or_default().to_owned()),
+            Some("handshake") => Ok(event),
             Some("error") => Err(event["error"].to_string()),
             _ => panic!("aioquic client: unexpected {event}"),
         }

@@ -8,7 +8,8 @@
 //! certificate made by openssl at test time: MQTT 3.1.1 and 5 on one bidirectional stream
 //! with ALPN `mqtt`, QoS 0 and 1 both ways with mosquitto clients on TCP, a wrong ALPN
 //! refused, a client that never sends CONNECT dropped after the handshake timeout, SIGTERM
-//! answered with DISCONNECT 0x8B, and the listener off without a certificate.
+//! answered with DISCONNECT 0x8B, 0-RTT CONNECT taken only when enabled, the connection
+//! limit, and the listener off without a certificate.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -188,6 +189,69 @@ fn sigterm_sends_disconnect_0x8b_to_mqtt5_clients_over_quic() {
         matches!(v311.end(TIMEOUT), Some(QuicEnd::Closed { .. })),
         "MQTT 3.1.1 client's connection not closed"
     );
+}
+
+#[test]
+fn zero_rtt_carries_connect_only_when_enabled() {
+    for enabled in [false, true] {
+        let Some(gw) = quic_gateway(vec![Setting::new(
+            "GATEWAY_LISTENERS__QUIC__DEFAULT__ENABLE_0RTT",
+            enabled.to_string(),
+        )]) else {
+            return;
+        };
+        let id = unique_client_id("zerortt");
+        // The first connection brings the session ticket.
+        let mut client = QuicClient::connected(gw.port, &gw.pki.ca(), Version::V5, &id);
+        client.ping();
+        let resumed = client.resume_with_early_connect(Version::V5, &id);
+        assert_eq!(
+            resumed["session_resumed"], true,
+            "enable_0rtt = {enabled}: {resumed}"
+        );
+        assert_eq!(
+            resumed["early_data_accepted"], enabled,
+            "enable_0rtt = {enabled}: {resumed}"
+        );
+        assert_eq!(
+            resumed["reason_code"], 0,
+            "enable_0rtt = {enabled}: {resumed}"
+        );
+        client.ping();
+    }
+}
+
+#[test]
+fn connections_beyond_max_connections_are_refused() {
+    let Some(gw) = quic_gateway(vec![Setting::new(
+        "GATEWAY_LISTENERS__QUIC__DEFAULT__MAX_CONNECTIONS",
+        "1",
+    )]) else {
+        return;
+    };
+    let mut first = QuicClient::connected(
+        gw.port,
+        &gw.pki.ca(),
+        Version::V311,
+        &unique_client_id("first"),
+    );
+    let mut second = QuicClient::spawn(gw.port, &gw.pki.ca());
+    assert!(
+        second.handshake(&["mqtt"]).is_err(),
+        "a second connection was accepted with max_connections = 1"
+    );
+    first.ping();
+    // The slot is free again once the first leaves.
+    first.disconnect();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut third = QuicClient::spawn(gw.port, &gw.pki.ca());
+        if third.handshake(&["mqtt"]).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never came free");
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

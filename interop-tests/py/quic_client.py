@@ -18,9 +18,10 @@ Commands:
       With "resume": true the session ticket of the previous connection is offered (that
       connection is closed first); with "early": {"version", "client_id"} CONNECT is sent
       before the handshake completes, as 0-RTT data when the ticket allows it, and the
-      answer carries the CONNACK's reason_code.
+      answer carries the CONNACK's reason_code. "cert" and "key" (PEM files) present a
+      client certificate.
   {"cmd": "send_raw", "data": hex}            -> sent (bytes on the stream, opening it)
-  {"cmd": "connect", "version": "311"|"5", "client_id": ..., "keepalive": 30}
+  {"cmd": "connect", "version": "311"|"5", "client_id": ..., "keepalive": 30, "username": ...}
                                               -> connack {reason_code, session_present}
   {"cmd": "subscribe", "topic": ..., "qos": 1} -> suback {granted}
   {"cmd": "publish", "topic": ..., "payload": hex, "qos": 0|1, "retain": false}
@@ -149,6 +150,8 @@ class Client:
         )
         config.verify_mode = ssl.CERT_REQUIRED
         config.load_verify_locations(self.cafile)
+        if cmd.get("cert"):
+            config.load_cert_chain(cmd["cert"], cmd["key"])
         if cmd.get("resume"):
             if not self.tickets:
                 raise RuntimeError("no session ticket from the previous connection")
@@ -189,11 +192,15 @@ class Client:
 
     def connect_packet(self, cmd):
         self.v5 = cmd.get("version", "311") == "5"
-        body = utf8("MQTT") + bytes([5 if self.v5 else 4, 0x02])
+        username = cmd.get("username")
+        flags = 0x02 | (0x80 if username is not None else 0)
+        body = utf8("MQTT") + bytes([5 if self.v5 else 4, flags])
         body += cmd.get("keepalive", 30).to_bytes(2, "big")
         if self.v5:
             body += varint(0)
         body += utf8(cmd["client_id"])
+        if username is not None:
+            body += utf8(username)
         return packet(0x10, body)
 
     async def read_loop(self):

@@ -63,6 +63,30 @@ impl QuicClient {
             .map(|event| event["alpn"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// The QUIC handshake with ALPN `mqtt`, presenting this client certificate.
+    pub fn handshake_with_certificate(&mut self, cert: &Path, key: &Path) -> Result<(), String> {
+        self.handshake_with(json!({ "cert": cert, "key": key }))
+            .map(|_| ())
+    }
+
+    /// MQTT's CONNECT on a connection whose handshake is done: the CONNACK's reason code,
+    /// or None when the connection closed instead.
+    pub fn try_connect(
+        &mut self,
+        version: Version,
+        client_id: &str,
+        username: Option<&str>,
+    ) -> Option<u8> {
+        let fields = json!({ "cmd": "connect", "version": version.arg(), "client_id": client_id, "username": username });
+        self.send(&fields);
+        let event = self.event();
+        match event["event"].as_str() {
+            Some("connack") => event["reason_code"].as_u64().map(|code| code as u8),
+            Some("error") => None,
+            _ => panic!("aioquic client: expected connack, got {event}"),
+        }
+    }
+
     /// A new connection (the current one closed first) resuming the TLS session of the
     /// last, with CONNECT sent before the handshake completes: as 0-RTT data when the
     /// gateway's ticket allows it. The `handshake` event: `session_resumed`,

@@ -29,8 +29,12 @@ struct QuicGateway {
 
 /// A gateway with its quic listener on a UDP port of its own and a certificate for
 /// localhost, plus `settings`.
-fn quic_gateway(mut settings: Vec<Setting>) -> Option<QuicGateway> {
-    let pki = TestPki::new();
+fn quic_gateway(settings: Vec<Setting>) -> Option<QuicGateway> {
+    quic_gateway_with(TestPki::new(), settings)
+}
+
+/// `quic_gateway` with certificates from `pki`.
+fn quic_gateway_with(pki: TestPki, mut settings: Vec<Setting>) -> Option<QuicGateway> {
     let port = free_udp_port();
     let server = pki.server();
     settings.extend([
@@ -218,6 +222,72 @@ fn zero_rtt_carries_connect_only_when_enabled() {
             "enable_0rtt = {enabled}: {resumed}"
         );
         client.ping();
+    }
+}
+
+#[test]
+fn client_certificates_are_required_and_their_common_name_names_the_client() {
+    let pki = TestPki::new();
+    let ca = pki.ca();
+    let acl = pki.dir().join("acl");
+    std::fs::write(&acl, "allow all all devices/%u/#\ndeny all all #\n").unwrap();
+    let key = |k: &str| -> &'static str {
+        Box::leak(format!("GATEWAY_LISTENERS__QUIC__DEFAULT__TLS__{k}").into_boxed_str())
+    };
+    let Some(gw) = quic_gateway_with(
+        pki,
+        vec![
+            Setting::new("GATEWAY_AUTH__ACL_FILE", acl.display().to_string()),
+            Setting::new(key("VERIFY"), "required"),
+            Setting::new(key("CACERTFILE"), ca.display().to_string()),
+            Setting::new(key("PEER_CERT_AS_USERNAME"), "cn"),
+            Setting::new(key("PEER_CERT_AS_CLIENTID"), "cn"),
+        ],
+    ) else {
+        return;
+    };
+    // The certificate's CN, not CONNECT's user name, is what the %u rule sees.
+    for (device, granted) in [("quic-dev-1", 1u8), ("quic-dev-2", 0x87)] {
+        let pair = gw.pki.client(device, "ca");
+        let mut client = QuicClient::spawn(gw.port, &ca);
+        client
+            .handshake_with_certificate(&pair.cert, &pair.key)
+            .unwrap_or_else(|e| panic!("{device}: handshake with a certificate failed: {e}"));
+        assert_eq!(
+            client.try_connect(Version::V5, "chosen-id", Some("impostor")),
+            Some(0),
+            "{device}"
+        );
+        assert_eq!(
+            client.subscribe("devices/quic-dev-1/#", 1),
+            granted,
+            "{device}"
+        );
+    }
+    let log = gw.broker.log_tail();
+    assert!(
+        log.contains("client_id=\"quic-dev-1\""),
+        "the client id is the certificate's:\n{log}"
+    );
+    assert!(!log.contains("chosen-id"), "{log}");
+
+    // Without a certificate, or with one from another CA, no MQTT session.
+    let rogue = gw.pki.client("quic-rogue", "rogue-ca");
+    for cert in [None, Some(&rogue)] {
+        let mut client = QuicClient::spawn(gw.port, &ca);
+        let handshake = match cert {
+            Some(pair) => client.handshake_with_certificate(&pair.cert, &pair.key),
+            None => client.handshake(&["mqtt"]).map(|_| ()),
+        };
+        // TLS 1.3 clients finish their side before the server judges their certificate,
+        // so the refusal may come as the connection's close instead of a failed handshake.
+        if handshake.is_ok() {
+            assert_eq!(
+                client.try_connect(Version::V311, "no-cert", None),
+                None,
+                "a client with {cert:?} got a CONNACK"
+            );
+        }
     }
 }
 

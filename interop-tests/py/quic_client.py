@@ -27,6 +27,8 @@ Commands:
   {"cmd": "publish", "topic": ..., "payload": hex, "qos": 0|1, "retain": false}
                                               -> published | puback {reason_code}
   {"cmd": "ping"}                             -> pingresp
+  {"cmd": "migrate"}                          -> migrated {local_port} (the connection moves
+                                                 to a new UDP socket, the old one closed)
   {"cmd": "recv", "timeout": 10}              -> message {topic, payload, qos, retain}
                                                  | disconnect {reason_code}
                                                  | closed {error_code, reason, seconds}
@@ -38,6 +40,7 @@ Messages of QoS 1 are acknowledged as they arrive. Anything that goes wrong is a
 
 import asyncio
 import json
+import socket
 import ssl
 import sys
 import time
@@ -321,6 +324,18 @@ class Client:
             self.proto.send(packet(0xC0, b""))
             await self.expect(PINGRESP)
             emit("pingresp")
+        elif op == "migrate":
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0, 0, 0))
+            old = self.proto._transport
+            # The protocol takes the new socket as its transport: what it sends from now
+            # on leaves from another port, which the server sees as a new path.
+            await asyncio.get_event_loop().create_datagram_endpoint(
+                lambda: self.proto, sock=sock
+            )
+            old.close()
+            emit("migrated", local_port=sock.getsockname()[1])
         elif op == "recv":
             try:
                 event = await asyncio.wait_for(self.events.get(), cmd.get("timeout", 10))

@@ -131,6 +131,12 @@ impl QuicClient {
         }
     }
 
+    /// Moves the connection to a new UDP socket (another local port); the new port.
+    pub fn migrate(&mut self) -> u16 {
+        let event = self.run("migrate", json!({}), "migrated");
+        event["local_port"].as_u64().unwrap_or_default() as u16
+    }
+
     pub fn ping(&mut self) {
         self.run("ping", json!({}), "pingresp");
     }

@@ -9,7 +9,8 @@
 //! with ALPN `mqtt`, QoS 0 and 1 both ways with mosquitto clients on TCP, a wrong ALPN
 //! refused, a client that never sends CONNECT dropped after the handshake timeout, SIGTERM
 //! answered with DISCONNECT 0x8B, 0-RTT CONNECT taken only when enabled, the connection
-//! limit, and the listener off without a certificate.
+//! limit, client certificates, connection migration, and the listener off without a
+//! certificate.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -108,6 +109,37 @@ fn quic_clients_exchange_qos0_and_qos1_with_tcp_clients() {
         quic.ping();
         quic.disconnect();
     }
+}
+
+#[test]
+fn a_client_moving_to_another_port_keeps_its_session() {
+    let Some(gw) = quic_gateway(Vec::new()) else {
+        return;
+    };
+    let topic = unique_topic("migrate");
+    let mut quic = QuicClient::connected(
+        gw.port,
+        &gw.pki.ca(),
+        Version::V5,
+        &unique_client_id("mover"),
+    );
+    assert_eq!(quic.subscribe(&topic, 1), 1);
+    let new_port = quic.migrate();
+    quic.ping();
+    mosquitto_pub(
+        &gw.broker,
+        Version::V311,
+        &topic,
+        b"after the move",
+        1,
+        false,
+        &[],
+    );
+    assert_eq!(quic.recv().payload, b"after the move");
+    assert_eq!(quic.publish(&topic, b"from the new port", 1), Some(0));
+    assert_eq!(quic.recv().payload, b"from the new port");
+    wait_for_log(&gw.broker, &format!("to=127.0.0.1:{new_port}"));
+    assert!(gw.broker.log_tail().contains("QUIC connection migrated"));
 }
 
 #[test]

@@ -9,9 +9,10 @@
 //! with ALPN `mqtt`, QoS 0 and 1 both ways with mosquitto clients on TCP, a wrong ALPN
 //! refused, a client that never sends CONNECT dropped after the handshake timeout, SIGTERM
 //! answered with DISCONNECT 0x8B, 0-RTT CONNECT taken only when enabled, the connection
-//! limit, client certificates, connection migration, and the listener off without a
-//! certificate.
+//! limit, client certificates, connection migration, certificate reload, and the listener
+//! off without a certificate.
 
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -354,6 +355,59 @@ fn connections_beyond_max_connections_are_refused() {
         assert!(Instant::now() < deadline, "the slot never came free");
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Retries a QUIC handshake trusting `ca` until it succeeds or `TIMEOUT` passes.
+fn handshakes_within(port: u16, ca: &Path) -> bool {
+    let until = Instant::now() + TIMEOUT;
+    while Instant::now() < until {
+        if QuicClient::spawn(port, ca).handshake(&["mqtt"]).is_ok() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn certificates_are_reloaded_on_sighup_and_when_their_files_change() {
+    let Some(gw) = quic_gateway(Vec::new()) else {
+        return;
+    };
+    let replace_with = |with: &TestPki| {
+        let (old, new) = (gw.pki.server(), with.server());
+        std::fs::copy(&new.cert, &old.cert).unwrap();
+        std::fs::copy(&new.key, &old.key).unwrap();
+    };
+    let mut before = QuicClient::connected(
+        gw.port,
+        &gw.pki.ca(),
+        Version::V5,
+        &unique_client_id("before"),
+    );
+
+    // SIGHUP: new connections get the new certificate, open ones keep going.
+    let second = TestPki::new();
+    replace_with(&second);
+    gw.broker.signal(libc::SIGHUP);
+    assert!(
+        handshakes_within(gw.port, &second.ca()),
+        "after SIGHUP the certificate of the second CA is served:\n{}",
+        gw.broker.log_tail()
+    );
+    assert!(QuicClient::spawn(gw.port, &gw.pki.ca())
+        .handshake(&["mqtt"])
+        .is_err());
+    before.ping();
+
+    // A change of the files alone is noticed too.
+    let third = TestPki::new();
+    replace_with(&third);
+    assert!(
+        handshakes_within(gw.port, &third.ca()),
+        "a changed certificate file is picked up without a signal:\n{}",
+        gw.broker.log_tail()
+    );
 }
 
 #[test]

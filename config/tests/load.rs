@@ -539,6 +539,16 @@ fn quic_listener_needs_tls13_and_shares_udp_ports_with_mqttsn() {
             "{toml}: expected a problem at {key}, got {err}"
         );
     }
+    // QUIC's idle timeout follows the longest keep-alive granted unless set.
+    assert_eq!(
+        quic.effective_idle_timeout(&c.mqtt),
+        std::time::Duration::from_secs_f64(65_535.0 * 1.5)
+    );
+    let set = Config::from_toml_str("[listeners.quic.default]\nidle_timeout = \"45s\"").unwrap();
+    assert_eq!(
+        set.listeners.quic["default"].effective_idle_timeout(&set.mqtt),
+        std::time::Duration::from_secs(45)
+    );
     // UDP and TCP ports are separate spaces: QUIC on 1883/udp beside MQTT on 1883/tcp is fine.
     let c = Config::from_toml_str(
         "[listeners.quic.default]\nbind = \"0.0.0.0:1883\"\n[listeners.quic.default.tls]\nself_signed = true",

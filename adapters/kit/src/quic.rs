@@ -211,11 +211,6 @@ pub struct QuicStream {
 }
 
 impl QuicStream {
-    /// The client's address as the connection's latest packets give it.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
-
     /// The user name and client id the client certificate gives, as the TLS settings say.
     pub fn certificate_identity(&self) -> CertificateIdentity {
         self.identity.clone()

@@ -152,10 +152,33 @@ pub struct ListenersConfig {
     pub ssl: BTreeMap<String, SslListenerConfig>,
     pub ws: BTreeMap<String, WsListenerConfig>,
     pub wss: BTreeMap<String, WssListenerConfig>,
+    /// MQTT over QUIC: one bidirectional stream per connection carries the session.
+    pub quic: BTreeMap<String, QuicListenerConfig>,
 }
 
 /// The listener kinds, as they appear under `listeners.`.
-pub const LISTENER_KINDS: [&str; 4] = ["tcp", "ssl", "ws", "wss"];
+pub const LISTENER_KINDS: [&str; 5] = ["tcp", "ssl", "ws", "wss", "quic"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicListenerConfig {
+    pub enable: bool,
+    /// A UDP address.
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    /// From the first packet to a complete CONNECT, QUIC handshake and stream opening included.
+    pub handshake_timeout: Duration,
+    /// Connections accepted per period; beyond it, accepting pauses and handshakes wait.
+    pub max_conn_rate: Rate,
+    /// Topic prefix of this listener's clients; `${clientid}` and `${username}` replaced.
+    pub mountpoint: String,
+    /// QUIC idle timeout; zero = as long as the longest MQTT keep-alive the broker grants.
+    pub idle_timeout: Duration,
+    /// Accept 0-RTT data from resuming clients (replayable: off unless asked for).
+    pub enable_0rtt: bool,
+    pub tls: TlsConfig,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -400,6 +423,22 @@ impl WssListenerConfig {
     }
 }
 
+impl QuicListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+
+    /// QUIC's idle timeout: `idle_timeout`, or when that is zero the longest a session's
+    /// keep-alive may let a client stay silent, so QUIC never cuts a client MQTT would keep.
+    pub fn effective_idle_timeout(&self, mqtt: &MqttConfig) -> std::time::Duration {
+        if !self.idle_timeout.is_zero() {
+            return self.idle_timeout.get();
+        }
+        let secs = f64::from(mqtt.max_keepalive) * mqtt.keepalive_multiplier;
+        std::time::Duration::try_from_secs_f64(secs).unwrap_or(std::time::Duration::MAX)
+    }
+}
+
 pub(crate) fn parse_bind(text: &str) -> Result<SocketAddr, BindAddrError> {
     let trimmed = text.trim();
     if let Ok(port) = trimmed.parse::<u16>() {
@@ -517,6 +556,23 @@ impl Config {
                         mountpoint: String::new(),
                         websocket: WebSocketConfig::fallback(),
                         tls: TlsConfig::fallback(),
+                    },
+                )]),
+                quic: BTreeMap::from([(
+                    "default".to_owned(),
+                    QuicListenerConfig {
+                        enable: true,
+                        bind: "0.0.0.0:14567".into(),
+                        max_connections: 1_024_000,
+                        handshake_timeout: Duration::from_secs(10),
+                        max_conn_rate: Rate::Infinity,
+                        mountpoint: String::new(),
+                        idle_timeout: Duration::from_secs(0),
+                        enable_0rtt: false,
+                        tls: TlsConfig {
+                            versions: vec![TlsVersion::Tlsv13],
+                            ..TlsConfig::fallback()
+                        },
                     },
                 )]),
             },

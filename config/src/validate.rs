@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use crate::{parse_bind, Config, TlsConfig, TlsVerify, WebSocketConfig};
+use crate::{parse_bind, Config, TlsConfig, TlsVerify, TlsVersion, WebSocketConfig};
 
 /// A broken rule, before the loader adds where the value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,7 +208,25 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
         );
     }
 
+    for (name, l) in &listeners.quic {
+        let prefix = format!("listeners.quic.{name}");
+        let starts = l.enable && l.tls.has_certificate();
+        common.push(CommonListener::new(
+            "quic",
+            name,
+            starts,
+            &l.bind,
+            l.max_connections,
+            l.handshake_timeout,
+            &l.mountpoint,
+        ));
+        check_tls(&format!("{prefix}.tls"), &l.tls, &mut fail);
+        check_quic_tls(&format!("{prefix}.tls"), &l.tls, &mut fail);
+    }
+
     let mut started: Vec<(String, SocketAddr)> = Vec::new();
+    // QUIC listens on UDP, where MQTT-SN listens too.
+    let mut udp_started: Vec<(String, SocketAddr)> = Vec::new();
     for listener in common {
         let prefix = format!("listeners.{}.{}", listener.kind, listener.name);
         if !is_valid_listener_name(listener.name) {
@@ -237,16 +255,34 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             listener.mountpoint,
             &mut fail,
         );
-        check_bind(
-            prefix,
-            listener.bind,
-            listener.starts,
-            &mut started,
-            &mut fail,
+        let taken = if listener.kind == "quic" {
+            &mut udp_started
+        } else {
+            &mut started
+        };
+        check_bind(prefix, listener.bind, listener.starts, taken, &mut fail);
+    }
+    check_mqttsn(&config.gateway.mqttsn, &mut udp_started, &mut fail);
+    out
+}
+
+/// The QUIC header protection of the first packets uses TLS13_AES_128_GCM_SHA256 (RFC 9001
+/// 5.2), and QUIC carries TLS 1.3 only.
+const QUIC_INITIAL_SUITE: &str = "TLS13_AES_128_GCM_SHA256";
+
+fn check_quic_tls(prefix: &str, tls: &TlsConfig, fail: &mut impl FnMut(&str, String)) {
+    if !tls.versions.contains(&TlsVersion::Tlsv13) {
+        fail(
+            &format!("{prefix}.versions"),
+            format!("{prefix}.versions must list \"tlsv1.3\": QUIC runs on TLS 1.3 only"),
         );
     }
-    check_mqttsn(&config.gateway.mqttsn, &mut fail);
-    out
+    if !tls.ciphers.is_empty() && !tls.ciphers.iter().any(|c| c == QUIC_INITIAL_SUITE) {
+        fail(
+            &format!("{prefix}.ciphers"),
+            format!("{prefix}.ciphers must include {QUIC_INITIAL_SUITE}, which QUIC's first packets use"),
+        );
+    }
 }
 
 /// Predefined ids above this would collide with the ids the gateway hands out itself.
@@ -263,7 +299,11 @@ fn check_mountpoint(key: &str, mountpoint: &str, fail: &mut impl FnMut(&str, Str
     }
 }
 
-fn check_mqttsn(sn: &crate::MqttSnConfig, fail: &mut impl FnMut(&str, String)) {
+fn check_mqttsn(
+    sn: &crate::MqttSnConfig,
+    udp_started: &mut Vec<(String, SocketAddr)>,
+    fail: &mut impl FnMut(&str, String),
+) {
     let p = "gateway.mqttsn";
     check_mountpoint(&format!("{p}.mountpoint"), &sn.mountpoint, fail);
     for (key, value) in [
@@ -318,7 +358,6 @@ fn check_mqttsn(sn: &crate::MqttSnConfig, fail: &mut impl FnMut(&str, String)) {
             );
         }
     }
-    let mut enabled: Vec<(String, SocketAddr)> = Vec::new();
     for (name, listener) in &sn.listeners.udp {
         let prefix = format!("{p}.listeners.udp.{name}");
         if !is_valid_listener_name(name) {
@@ -340,7 +379,7 @@ fn check_mqttsn(sn: &crate::MqttSnConfig, fail: &mut impl FnMut(&str, String)) {
             );
         }
         let starts = listener.enable && sn.enable;
-        check_bind(prefix, &listener.bind, starts, &mut enabled, fail);
+        check_bind(prefix, &listener.bind, starts, udp_started, fail);
     }
 }
 

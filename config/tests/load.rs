@@ -518,3 +518,53 @@ fn proxy_protocol_is_off_by_default_and_its_timeout_checked() {
         .iter()
         .any(|p| p.key == "listeners.tcp.default.proxy_protocol_timeout"));
 }
+
+#[test]
+fn quic_listener_needs_tls13_and_shares_udp_ports_with_mqttsn() {
+    let c = Config::default();
+    let quic = &c.listeners.quic["default"];
+    assert_eq!(quic.bind_addr().unwrap().to_string(), "0.0.0.0:14567");
+    assert!(!quic.enable_0rtt);
+    // Listed but off until it has a certificate, like ssl and wss.
+    assert!(!quic.tls.has_certificate());
+    for (toml, key) in [
+        (
+            "[listeners.quic.default.tls]\nversions = [\"tlsv1.2\"]",
+            "listeners.quic.default.tls.versions",
+        ),
+        (
+            "[listeners.quic.default.tls]\nciphers = [\"TLS13_AES_256_GCM_SHA384\"]",
+            "listeners.quic.default.tls.ciphers",
+        ),
+        (
+            "[listeners.quic.default]\nhandshake_timeout = \"0s\"",
+            "listeners.quic.default.handshake_timeout",
+        ),
+        (
+            "[listeners.quic.default]\nbind = \"0.0.0.0:1884\"\n[listeners.quic.default.tls]\nself_signed = true",
+            "gateway.mqttsn.listeners.udp.default.bind",
+        ),
+    ] {
+        let err = Config::from_toml_str(toml).unwrap_err();
+        assert!(
+            err.problems().iter().any(|p| p.key == key),
+            "{toml}: expected a problem at {key}, got {err}"
+        );
+    }
+    // QUIC's idle timeout follows the longest keep-alive granted unless set.
+    assert_eq!(
+        quic.effective_idle_timeout(&c.mqtt),
+        std::time::Duration::from_secs_f64(65_535.0 * 1.5)
+    );
+    let set = Config::from_toml_str("[listeners.quic.default]\nidle_timeout = \"45s\"").unwrap();
+    assert_eq!(
+        set.listeners.quic["default"].effective_idle_timeout(&set.mqtt),
+        std::time::Duration::from_secs(45)
+    );
+    // UDP and TCP ports are separate spaces: QUIC on 1883/udp beside MQTT on 1883/tcp is fine.
+    let c = Config::from_toml_str(
+        "[listeners.quic.default]\nbind = \"0.0.0.0:1883\"\n[listeners.quic.default.tls]\nself_signed = true",
+    )
+    .unwrap();
+    assert!(c.listeners.quic["default"].tls.has_certificate());
+}

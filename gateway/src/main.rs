@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use adapter_kit::quic::{QuicListener, QuicReloader, QuicSettings};
 use adapter_kit::tls::TlsAcceptor;
-use adapter_mqtt::{Layers, ListenerSettings};
+use adapter_mqtt::{Layers, ListenerSettings, QuicListenerSettings};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use gateway_config::{Config, LogFormat, TlsConfig};
@@ -144,7 +145,7 @@ async fn run(config: Config) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
-    let (listeners, tls_acceptors) = listener_settings(&config)?;
+    let (listeners, mut tls_acceptors) = listener_settings(&config)?;
     for settings in listeners {
         let bind = settings.bind;
         let socket = adapter_mqtt::bind(&settings).await.with_context(|| {
@@ -156,6 +157,16 @@ async fn run(config: Config) -> Result<()> {
         tracing::info!(listener = %settings.name, %bind, "MQTT listener started");
         tasks.spawn(adapter_mqtt::serve(
             socket,
+            settings,
+            broker.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    for (listener, settings) in quic_listeners(&config, &mut tls_acceptors)? {
+        let bind = listener.endpoint().local_addr().ok();
+        tracing::info!(listener = %settings.name, ?bind, "MQTT over QUIC listener started (UDP)");
+        tasks.spawn(adapter_mqtt::serve_quic(
+            listener,
             settings,
             broker.clone(),
             shutdown_rx.clone(),
@@ -233,17 +244,11 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Name
     let mut out = Vec::new();
     let mut acceptors = Vec::new();
     let mut tls = |key: &str, tls: &TlsConfig| -> Result<Option<Arc<TlsAcceptor>>> {
-        if !tls.has_certificate() {
-            tracing::info!(
-                "{key}: not started: it has no certificate (set tls.certfile and tls.keyfile, or tls.self_signed = true)"
-            );
+        if !starts_with_certificate(key, tls) {
             return Ok(None);
         }
-        if tls.certfile.is_none() {
-            tracing::warn!("{key}: using a self-signed certificate made up at start; clients cannot verify it, use it for testing only");
-        }
         let acceptor = Arc::new(TlsAcceptor::new(tls, &[]).with_context(|| format!("{key}.tls"))?);
-        acceptors.push((key.to_owned(), acceptor.clone()));
+        acceptors.push((key.to_owned(), acceptor.clone() as Arc<dyn Reload>));
         Ok(Some(acceptor))
     };
     let proxy = |enabled: bool, timeout: gateway_config::Duration| enabled.then(|| timeout.get());
@@ -308,24 +313,97 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Name
     Ok((out, acceptors))
 }
 
-/// A TLS configuration in use and the listener key that names it in logs.
-type NamedAcceptor = (String, Arc<TlsAcceptor>);
+/// Whether a listener that needs a certificate has one, saying why not, or that it is a
+/// made-up one.
+fn starts_with_certificate(key: &str, tls: &TlsConfig) -> bool {
+    if !tls.has_certificate() {
+        tracing::info!(
+            "{key}: not started: it has no certificate (set tls.certfile and tls.keyfile, or tls.self_signed = true)"
+        );
+        return false;
+    }
+    if tls.certfile.is_none() {
+        tracing::warn!("{key}: using a self-signed certificate made up at start; clients cannot verify it, use it for testing only");
+    }
+    true
+}
+
+/// The QUIC listeners that start, with their endpoints bound.
+fn quic_listeners(
+    config: &Config,
+    acceptors: &mut Vec<NamedAcceptor>,
+) -> Result<Vec<(QuicListener, QuicListenerSettings)>> {
+    let mut out = Vec::new();
+    for (name, l) in config.listeners.quic.iter().filter(|(_, l)| l.enable) {
+        let key = format!("listeners.quic.{name}");
+        if !starts_with_certificate(&key, &l.tls) {
+            continue;
+        }
+        let bind = l.bind_addr().with_context(|| format!("{key}.bind"))?;
+        let settings = QuicSettings {
+            tls: l.tls.clone(),
+            idle_timeout: l.effective_idle_timeout(&config.mqtt),
+            enable_0rtt: l.enable_0rtt,
+        };
+        let listener = QuicListener::bind(bind, settings)
+            .with_context(|| format!("{key}: cannot start on {bind} (UDP)"))?;
+        acceptors.push((key, Arc::new(listener.reloader()) as Arc<dyn Reload>));
+        out.push((
+            listener,
+            QuicListenerSettings {
+                name: Arc::from(format!("quic:{name}")),
+                max_connections: l.max_connections as usize,
+                handshake_timeout: l.handshake_timeout.get(),
+                max_conn_rate: l.max_conn_rate,
+                mountpoint: Arc::from(l.mountpoint.as_str()),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// A certificate configuration in use, TLS or QUIC, that can be read again from its files.
+trait Reload: Send + Sync {
+    fn reload(&self) -> Result<(), String>;
+    fn watched_files(&self) -> Vec<PathBuf>;
+}
+
+impl Reload for TlsAcceptor {
+    fn reload(&self) -> Result<(), String> {
+        TlsAcceptor::reload(self).map_err(|e| e.to_string())
+    }
+    fn watched_files(&self) -> Vec<PathBuf> {
+        TlsAcceptor::watched_files(self)
+    }
+}
+
+impl Reload for QuicReloader {
+    fn reload(&self) -> Result<(), String> {
+        QuicReloader::reload(self).map_err(|e| e.to_string())
+    }
+    fn watched_files(&self) -> Vec<PathBuf> {
+        QuicReloader::watched_files(self)
+    }
+}
+
+/// A certificate configuration in use and the listener key that names it in logs.
+type NamedAcceptor = (String, Arc<dyn Reload>);
 
 /// How often certificate files are checked for changes.
 const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Reloads TLS certificates on SIGHUP and when a file changes; connections accepted
+/// Reloads TLS and QUIC certificates on SIGHUP and when a file changes; connections accepted
 /// afterwards get the new ones. A reload that fails keeps the previous configuration.
 async fn reload_certificates(acceptors: Vec<NamedAcceptor>, mut shutdown: watch::Receiver<bool>) {
-    let stamps = |acceptor: &TlsAcceptor| -> Vec<Option<std::time::SystemTime>> {
+    let stamps = |acceptor: &dyn Reload| -> Vec<Option<std::time::SystemTime>> {
         acceptor
             .watched_files()
             .iter()
             .map(|file| std::fs::metadata(file).and_then(|m| m.modified()).ok())
             .collect()
     };
-    let mut seen: Vec<_> = acceptors.iter().map(|(_, a)| stamps(a)).collect();
-    let reload = |key: &str, acceptor: &TlsAcceptor, why: &str| match acceptor.reload() {
+    let mut seen: Vec<_> = acceptors.iter().map(|(_, a)| stamps(&**a)).collect();
+    let reload = |key: &str, acceptor: &dyn Reload, why: &str| match acceptor.reload() {
         Ok(()) => tracing::info!(listener = key, why, "TLS certificate reloaded"),
         Err(error) => {
             tracing::warn!(listener = key, why, %error, "TLS certificate reload failed; the previous one stays in use")
@@ -349,16 +427,16 @@ async fn reload_certificates(acceptors: Vec<NamedAcceptor>, mut shutdown: watch:
             _ = shutdown.changed() => return,
             _ = hangup_received => {
                 for (key, acceptor) in &acceptors {
-                    reload(key, acceptor, "SIGHUP");
+                    reload(key, &**acceptor, "SIGHUP");
                 }
-                seen = acceptors.iter().map(|(_, a)| stamps(a)).collect();
+                seen = acceptors.iter().map(|(_, a)| stamps(&**a)).collect();
             }
             _ = tick.tick() => {
                 for ((key, acceptor), seen) in acceptors.iter().zip(seen.iter_mut()) {
-                    let now = stamps(acceptor);
+                    let now = stamps(&**acceptor);
                     if now != *seen {
                         *seen = now;
-                        reload(key, acceptor, "file changed");
+                        reload(key, &**acceptor, "file changed");
                     }
                 }
             }

@@ -3,9 +3,10 @@
 //! The tests in `tests/` start the gateway binary (or use an external broker, see
 //! [`broker`]) and drive it with reference clients nobody here wrote: the mosquitto
 //! command line clients ([`mosquitto`]), paho-mqtt and MQTT.js through small scripts
-//! speaking a JSON line protocol ([`script`]), and, for what no client will send, a
-//! raw TCP socket ([`raw`]). Every wait has a deadline and every child process is
-//! killed when its handle is dropped, so a broken broker fails a test, never hangs it.
+//! speaking a JSON line protocol ([`script`]), MQTT over QUIC on aioquic ([`quic`]), and,
+//! for what no client will send, a raw TCP socket ([`raw`]). Every wait has a deadline and
+//! every child process is killed when its handle is dropped, so a broken broker fails a
+//! test, never hangs it.
 
 pub mod broker;
 pub mod carried;
@@ -14,6 +15,7 @@ pub mod clients;
 pub mod mosquitto;
 pub mod mqttsn;
 pub mod process;
+pub mod quic;
 pub mod raw;
 pub mod script;
 pub mod ws;

@@ -1,10 +1,12 @@
 //! The contract every adapter shares: a sans-io channel driven by a generic transport
 //! driver that owns the socket, the timers, back-pressure and the byte counters, and the
-//! layers a byte stream may travel in (PROXY protocol header, TLS, WebSocket).
+//! layers a byte stream may travel in (PROXY protocol header, TLS, WebSocket), or the QUIC
+//! stream it may be.
 
 mod datagram;
 mod layered;
 pub mod proxy;
+pub mod quic;
 mod rate;
 mod stream;
 pub mod tls;
@@ -18,6 +20,6 @@ pub use layered::{LayeredTransport, PlainStream, SocketStream};
 pub use mqtt_core::protocol::Flow;
 pub use rate::TokenBucket;
 pub use stream::{
-    drive_stream, serve_stream_listener, ConnWakeup, DriveStream, ListenerLimits, StreamChannel,
-    Transport,
+    drive_stream, serve_stream_listener, Acceptor, ConnWakeup, DriveStream, ListenerLimits,
+    StreamChannel, Transport,
 };

@@ -82,13 +82,7 @@ impl Transport for TcpStream {
         try_when_ready(
             cx,
             |cx| socket.poll_read_ready(cx),
-            || {
-                SCRATCH.with_borrow_mut(|scratch| {
-                    let n = socket.try_read(scratch)?;
-                    buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
-                    Ok(n)
-                })
-            },
+            || read_through_scratch(buf, |scratch| socket.try_read(scratch)),
         )
     }
 
@@ -99,6 +93,41 @@ impl Transport for TcpStream {
             |cx| socket.poll_write_ready(cx),
             || socket.try_write(buf),
         )
+    }
+}
+
+/// Reads with `read` into the per-thread scratch buffer and appends what it read to `buf`,
+/// so that `buf` grows by exactly that much.
+pub(crate) fn read_through_scratch<R: ReadOutcome>(
+    buf: &mut BytesMut,
+    read: impl FnOnce(&mut [u8]) -> R,
+) -> R {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let result = read(scratch);
+        if let Some(n) = result.bytes_read() {
+            buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
+        }
+        result
+    })
+}
+
+/// How many bytes a read into the scratch buffer produced, if it produced any.
+pub(crate) trait ReadOutcome {
+    fn bytes_read(&self) -> Option<usize>;
+}
+
+impl ReadOutcome for io::Result<usize> {
+    fn bytes_read(&self) -> Option<usize> {
+        self.as_ref().ok().copied()
+    }
+}
+
+impl ReadOutcome for Poll<io::Result<usize>> {
+    fn bytes_read(&self) -> Option<usize> {
+        match self {
+            Poll::Ready(result) => result.bytes_read(),
+            Poll::Pending => None,
+        }
     }
 }
 
@@ -223,6 +252,14 @@ where
         timer: tokio::time::sleep(Duration::ZERO),
         armed: None,
         phase: Phase::Running,
+    }
+}
+
+impl<T, C> DriveStream<T, C> {
+    /// The transport, for what is left to do with it once the connection ended: a QUIC
+    /// stream waits for its last bytes to be acknowledged before the connection closes.
+    pub fn transport_mut(self: Pin<&mut Self>) -> &mut T {
+        self.project().transport
     }
 }
 
@@ -478,6 +515,23 @@ impl<F: Future> Future for Membership<F> {
     }
 }
 
+/// Where a stream listener's connections come from: a TCP listener or a QUIC endpoint.
+pub trait Acceptor: Send {
+    /// An accepted connection, before any handshake of its own.
+    type Conn: Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Conn, SocketAddr)>> + Send;
+}
+
+impl Acceptor for TcpListener {
+    type Conn = TcpStream;
+
+    async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, peer))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ListenerLimits {
     pub name: Arc<str>,
@@ -488,13 +542,14 @@ pub struct ListenerLimits {
 /// Accepts connections until `shutdown` turns true, then tells every connection to
 /// close and waits for them. `serve` builds one connection's future around the wake-up
 /// its channel must hand to the broker; connections beyond the limit are closed at once.
-pub async fn serve_stream_listener<F, Fut>(
-    listener: TcpListener,
+pub async fn serve_stream_listener<A, F, Fut>(
+    listener: A,
     limits: ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, Arc<ConnWakeup>) -> Fut,
+    A: Acceptor,
+    F: Fn(A::Conn, SocketAddr, Arc<ConnWakeup>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -540,7 +595,6 @@ pub async fn serve_stream_listener<F, Fut>(
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
         // `client_addr` is filled in when a proxy names the real client.
         let span = tracing::info_span!(
             "conn",

@@ -63,8 +63,7 @@ pub struct TlsAcceptor {
 impl TlsAcceptor {
     /// Reads and checks every file now, so a bad one stops start-up.
     pub fn new(settings: &TlsConfig, alpn: &[&str]) -> Result<TlsAcceptor, TlsSetupError> {
-        let mut config = server_config(settings)?;
-        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let config = server_config_with_alpn(settings, alpn)?;
         Ok(TlsAcceptor {
             settings: settings.clone(),
             current: RwLock::new(Arc::new(config)),
@@ -93,13 +92,7 @@ impl TlsAcceptor {
     /// The user name and client id the verified client certificate of `stream` gives, as
     /// `peer_cert_as_username` and `peer_cert_as_clientid` say.
     pub fn certificate_identity(&self, stream: &TlsStream) -> CertificateIdentity {
-        let Some(leaf) = stream.peer_certificates().and_then(|chain| chain.first()) else {
-            return CertificateIdentity::default();
-        };
-        CertificateIdentity {
-            username: certificate_field(leaf, self.settings.peer_cert_as_username),
-            client_id: certificate_field(leaf, self.settings.peer_cert_as_clientid),
-        }
+        certificate_identity(&self.settings, stream.peer_certificates())
     }
 
     /// Runs the server side of the handshake; the caller bounds it in time.
@@ -121,6 +114,32 @@ impl TlsAcceptor {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The server configuration of `settings` offering these ALPN protocols, for a transport
+/// that runs the TLS handshake itself (QUIC). Reads and checks every file now.
+pub fn server_config_with_alpn(
+    settings: &TlsConfig,
+    alpn: &[&str],
+) -> Result<ServerConfig, TlsSetupError> {
+    let mut config = server_config(settings)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(config)
+}
+
+/// The user name and client id a verified client certificate chain (leaf first) gives, as
+/// `peer_cert_as_username` and `peer_cert_as_clientid` of `settings` say.
+pub fn certificate_identity(
+    settings: &TlsConfig,
+    chain: Option<&[CertificateDer<'static>]>,
+) -> CertificateIdentity {
+    let Some(leaf) = chain.and_then(|chain| chain.first()) else {
+        return CertificateIdentity::default();
+    };
+    CertificateIdentity {
+        username: certificate_field(leaf, settings.peer_cert_as_username),
+        client_id: certificate_field(leaf, settings.peer_cert_as_clientid),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Native MQTT listeners: the MQTT channel of the core on the kit's stream driver, over
-//! TCP, TLS, WebSocket or WebSocket over TLS. The channel does not know which.
+//! TCP, TLS, WebSocket, WebSocket over TLS or a QUIC stream. The channel does not know which.
 
 use std::future::Future;
 use std::io;
@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use adapter_kit::proxy::read_proxy_header;
+use adapter_kit::quic::QuicListener;
 use adapter_kit::tls::TlsAcceptor;
 use adapter_kit::ws::{accept_websocket, Upgraded, WsStream};
 use adapter_kit::{
@@ -97,18 +98,14 @@ pub async fn serve(
         limits,
         shutdown,
         move |mut socket, peer, wakeup| {
-            let connection = Connection {
-                broker: broker.clone(),
-                info: ConnectionInfo {
-                    listener: settings.name.clone(),
-                    peer: Some(peer),
-                    handshake_timeout: settings.handshake_timeout,
-                    certificate_identity: CertificateIdentity::default(),
-                    mountpoint: settings.mountpoint.clone(),
-                },
-                accepted: Instant::now(),
+            let connection = Connection::new(
+                &broker,
+                &settings.name,
+                peer,
+                settings.handshake_timeout,
+                &settings.mountpoint,
                 wakeup,
-            };
+            );
             if settings.proxy_protocol.is_none() && matches!(settings.layers, Layers::Tcp) {
                 return Accepted::Plain {
                     drive: connection.drive(socket),
@@ -188,6 +185,69 @@ pub async fn serve(
     .await;
 }
 
+/// What a QUIC listener needs besides its endpoint.
+#[derive(Clone)]
+pub struct QuicListenerSettings {
+    /// `quic:NAME`.
+    pub name: Arc<str>,
+    pub max_connections: usize,
+    /// From the client's first packet to a complete CONNECT, QUIC handshake and the opening
+    /// of the stream included.
+    pub handshake_timeout: Duration,
+    pub max_conn_rate: Rate,
+    /// Template with `${clientid}` and `${username}`; `""` for none.
+    pub mountpoint: Arc<str>,
+}
+
+/// How long shutdown waits for closing QUIC connections to send their last packets.
+const QUIC_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves MQTT on a bound QUIC endpoint until `shutdown` turns true: one bidirectional
+/// stream per connection carries the session.
+pub async fn serve_quic(
+    listener: QuicListener,
+    settings: QuicListenerSettings,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let endpoint = listener.endpoint().clone();
+    let limits = ListenerLimits {
+        name: settings.name.clone(),
+        max_connections: settings.max_connections,
+        max_conn_rate: settings.max_conn_rate,
+    };
+    serve_stream_listener(listener, limits, shutdown, move |incoming, peer, wakeup| {
+        let connection = Connection::new(
+            &broker,
+            &settings.name,
+            peer,
+            settings.handshake_timeout,
+            &settings.mountpoint,
+            wakeup,
+        );
+        let deadline =
+            tokio::time::Instant::from_std(connection.accepted + settings.handshake_timeout);
+        async move {
+            match tokio::time::timeout_at(deadline, incoming.establish()).await {
+                Ok(Ok(stream)) => {
+                    let identity = stream.certificate_identity();
+                    let drive = connection.with_identity(identity).drive(stream);
+                    let mut drive = std::pin::pin!(drive);
+                    drive.as_mut().await;
+                    drive.transport_mut().close().await;
+                }
+                Ok(Err(error)) => {
+                    tracing::info!(%error, "QUIC connection closed before its stream")
+                }
+                Err(_) => tracing::info!("QUIC handshake or stream opening timed out"),
+            }
+        }
+    })
+    .await;
+    // Connections closed at shutdown still have their CONNECTION_CLOSE to send.
+    let _ = tokio::time::timeout(QUIC_DRAIN_TIMEOUT, endpoint.wait_idle()).await;
+}
+
 pin_project_lite::pin_project! {
     /// One connection's future. Plain TCP, the common case, is the driver itself; anything
     /// with a handshake first (PROXY header, TLS, WebSocket upgrade) is an async block,
@@ -219,6 +279,28 @@ struct Connection {
 }
 
 impl Connection {
+    fn new(
+        broker: &Arc<Broker>,
+        listener: &Arc<str>,
+        peer: SocketAddr,
+        handshake_timeout: Duration,
+        mountpoint: &Arc<str>,
+        wakeup: Arc<ConnWakeup>,
+    ) -> Connection {
+        Connection {
+            broker: broker.clone(),
+            info: ConnectionInfo {
+                listener: listener.clone(),
+                peer: Some(peer),
+                handshake_timeout,
+                certificate_identity: CertificateIdentity::default(),
+                mountpoint: mountpoint.clone(),
+            },
+            accepted: Instant::now(),
+            wakeup,
+        }
+    }
+
     fn with_identity(mut self, identity: CertificateIdentity) -> Connection {
         self.info.certificate_identity = identity;
         self

@@ -236,14 +236,21 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             &mut fail,
         );
     }
-    check_mqttsn(&config.gateway.mqttsn, &mut fail);
+    // UDP ports are their own space, shared by the UDP gateways.
+    let mut udp_binds: Vec<(String, SocketAddr)> = Vec::new();
+    check_mqttsn(&config.gateway.mqttsn, &mut udp_binds, &mut fail);
+    check_coap(&config.gateway.coap, &mut udp_binds, &mut fail);
     out
 }
 
 /// Predefined ids above this would collide with the ids the gateway hands out itself.
 pub(crate) const MQTTSN_MAX_PREDEFINED_ID: u16 = 1024;
 
-fn check_mqttsn(sn: &crate::MqttSnConfig, fail: &mut impl FnMut(&str, String)) {
+fn check_mqttsn(
+    sn: &crate::MqttSnConfig,
+    enabled: &mut Vec<(String, SocketAddr)>,
+    fail: &mut impl FnMut(&str, String),
+) {
     let p = "gateway.mqttsn";
     for (key, value) in [
         ("idle_timeout", sn.idle_timeout),
@@ -297,7 +304,6 @@ fn check_mqttsn(sn: &crate::MqttSnConfig, fail: &mut impl FnMut(&str, String)) {
             );
         }
     }
-    let mut enabled: Vec<(String, SocketAddr)> = Vec::new();
     for (name, listener) in &sn.listeners.udp {
         let prefix = format!("{p}.listeners.udp.{name}");
         if !is_valid_listener_name(name) {
@@ -319,7 +325,66 @@ fn check_mqttsn(sn: &crate::MqttSnConfig, fail: &mut impl FnMut(&str, String)) {
             );
         }
         let starts = listener.enable && sn.enable;
-        check_bind(prefix, &listener.bind, starts, &mut enabled, fail);
+        check_bind(prefix, &listener.bind, starts, enabled, fail);
+    }
+}
+
+fn check_coap(
+    coap: &crate::CoapConfig,
+    enabled: &mut Vec<(String, SocketAddr)>,
+    fail: &mut impl FnMut(&str, String),
+) {
+    let p = "gateway.coap";
+    for (key, value) in [
+        ("heartbeat", coap.heartbeat),
+        ("ack_timeout", coap.ack_timeout),
+        ("exchange_lifetime", coap.exchange_lifetime),
+        ("non_lifetime", coap.non_lifetime),
+    ] {
+        if value.is_zero() {
+            fail(
+                &format!("{p}.{key}"),
+                format!("{p}.{key} must be longer than 0s"),
+            );
+        }
+    }
+    if !(1.0..=10.0).contains(&coap.ack_random_factor) {
+        fail(
+            &format!("{p}.ack_random_factor"),
+            format!(
+                "{p}.ack_random_factor must be 1.0..=10.0, got {}",
+                coap.ack_random_factor
+            ),
+        );
+    }
+    if coap.max_retransmit > 20 {
+        fail(
+            &format!("{p}.max_retransmit"),
+            format!("{p}.max_retransmit must be at most 20 (each retransmission doubles the wait)"),
+        );
+    }
+    for (name, listener) in &coap.listeners.udp {
+        let prefix = format!("{p}.listeners.udp.{name}");
+        if !is_valid_listener_name(name) {
+            fail(
+                &prefix,
+                format!("{p}.listeners.udp: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
+            );
+        }
+        if listener.max_connections == 0 {
+            fail(
+                &format!("{prefix}.max_connections"),
+                format!("{prefix}.max_connections must be >= 1"),
+            );
+        }
+        if !(64..=65_535).contains(&listener.max_packet_size) {
+            fail(
+                &format!("{prefix}.max_packet_size"),
+                format!("{prefix}.max_packet_size must be 64..=65535 bytes"),
+            );
+        }
+        let starts = listener.enable && coap.enable;
+        check_bind(prefix, &listener.bind, starts, enabled, fail);
     }
 }
 

@@ -305,7 +305,9 @@ impl CoapChannel {
                 }
             }
         }
-        if !self.ping_in_flight && now >= self.last_received + self.settings.heartbeat {
+        // A confirmable message in flight already asks the client whether it is there.
+        let probing = self.ping_in_flight || self.exchange.in_flight() > 0;
+        if !probing && now >= self.last_received + self.settings.heartbeat {
             if self.observations.is_empty() {
                 tracing::debug!("client silent for the heartbeat interval; forgotten");
                 return Flow::Close;
@@ -317,8 +319,8 @@ impl CoapChannel {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        let heartbeat =
-            (!self.ping_in_flight).then(|| self.last_received + self.settings.heartbeat);
+        let probing = self.ping_in_flight || self.exchange.in_flight() > 0;
+        let heartbeat = (!probing).then(|| self.last_received + self.settings.heartbeat);
         match (heartbeat, self.exchange.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -5,6 +5,7 @@
 #     tests' load balancer (Debian packages),
 #   - paho-mqtt for Python (PyPI, pinned below),
 #   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),
+#   - libcoap's coap-client (Debian libcoap3-bin) and aiocoap (PyPI, pinned below),
 #   - MQTT.js (npm ci from interop-tests/js/package-lock.json).
 # Meant for a Debian machine that has Rust, Python 3.11+ with pip and Node 20+ with
 # npm; run as root. Idempotent; silent when there is nothing to do or all went well,
@@ -13,6 +14,7 @@ set -euo pipefail
 
 PAHO_VERSION=2.2.0
 MQTTSN_VERSION=1.0.9
+AIOCOAP_VERSION=0.4.17
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 js_dir="$root/interop-tests/js"
@@ -45,7 +47,7 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 missing=()
-for pkg in mosquitto-clients mosquitto openssl haproxy; do
+for pkg in mosquitto-clients mosquitto openssl haproxy libcoap3-bin; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]} > 0)); then
@@ -73,6 +75,16 @@ if [[ "$(mqttsn_version)" != "$MQTTSN_VERSION" ]]; then
     quietly env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
         "$python" -m pip install --quiet "mqtt-sn-12==$MQTTSN_VERSION"
     [[ "$(mqttsn_version)" == "$MQTTSN_VERSION" ]] || fail "mqtt-sn-12 $MQTTSN_VERSION not importable by $python after install"
+fi
+
+# --- aiocoap -------------------------------------------------------------------------
+aiocoap_version() {
+    "$python" -c 'import importlib.metadata as m; print(m.version("aiocoap"))' 2>/dev/null || true
+}
+if [[ "$(aiocoap_version)" != "$AIOCOAP_VERSION" ]]; then
+    quietly env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        "$python" -m pip install --quiet "aiocoap==$AIOCOAP_VERSION"
+    [[ "$(aiocoap_version)" == "$AIOCOAP_VERSION" ]] || fail "aiocoap $AIOCOAP_VERSION not importable by $python after install"
 fi
 
 # --- MQTT.js ------------------------------------------------------------------------

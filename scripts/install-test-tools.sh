@@ -6,6 +6,7 @@
 #   - paho-mqtt for Python (PyPI, pinned below),
 #   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),
 #   - aioquic, the QUIC implementation under the MQTT over QUIC test client (PyPI, pinned below),
+#   - libcoap's coap-client (Debian libcoap3-bin) and aiocoap (PyPI, pinned below),
 #   - MQTT.js (npm ci from interop-tests/js/package-lock.json).
 # Meant for a Debian machine that has Rust, Python 3.11+ with pip and Node 20+ with
 # npm; run as root. Idempotent; silent when there is nothing to do or all went well,
@@ -15,6 +16,7 @@ set -euo pipefail
 PAHO_VERSION=2.2.0
 MQTTSN_VERSION=1.0.9
 AIOQUIC_VERSION=1.7.2
+AIOCOAP_VERSION=0.4.17
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 js_dir="$root/interop-tests/js"
@@ -47,7 +49,7 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 missing=()
-for pkg in mosquitto-clients mosquitto openssl haproxy; do
+for pkg in mosquitto-clients mosquitto openssl haproxy libcoap3-bin; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]} > 0)); then
@@ -55,37 +57,23 @@ if ((${#missing[@]} > 0)); then
     quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 fi
 
-# --- paho-mqtt ----------------------------------------------------------------------
-paho_version() {
-    "$python" -c 'import importlib.metadata as m; print(m.version("paho-mqtt"))' 2>/dev/null || true
+# --- Python packages, each pinned --------------------------------------------------
+installed_version() {
+    "$python" -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$1" 2>/dev/null || true
 }
-if [[ "$(paho_version)" != "$PAHO_VERSION" ]]; then
+pip_pinned() {
+    local package=$1 version=$2
+    [[ "$(installed_version "$package")" == "$version" ]] && return
     # A Debian-managed Python refuses pip installs unless told otherwise (PEP 668);
     # the variables are ignored by a pip that does not know them.
     quietly env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        "$python" -m pip install --quiet "paho-mqtt==$PAHO_VERSION"
-    [[ "$(paho_version)" == "$PAHO_VERSION" ]] || fail "paho-mqtt $PAHO_VERSION not importable by $python after install"
-fi
-
-# --- mqtt-sn-12 ---------------------------------------------------------------------
-mqttsn_version() {
-    "$python" -c 'import importlib.metadata as m; print(m.version("mqtt-sn-12"))' 2>/dev/null || true
+        "$python" -m pip install --quiet "$package==$version"
+    [[ "$(installed_version "$package")" == "$version" ]] || fail "$package $version not importable by $python after install"
 }
-if [[ "$(mqttsn_version)" != "$MQTTSN_VERSION" ]]; then
-    quietly env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        "$python" -m pip install --quiet "mqtt-sn-12==$MQTTSN_VERSION"
-    [[ "$(mqttsn_version)" == "$MQTTSN_VERSION" ]] || fail "mqtt-sn-12 $MQTTSN_VERSION not importable by $python after install"
-fi
-
-# --- aioquic -----------------------------------------------------------------------
-aioquic_version() {
-    "$python" -c 'import importlib.metadata as m; print(m.version("aioquic"))' 2>/dev/null || true
-}
-if [[ "$(aioquic_version)" != "$AIOQUIC_VERSION" ]]; then
-    quietly env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        "$python" -m pip install --quiet "aioquic==$AIOQUIC_VERSION"
-    [[ "$(aioquic_version)" == "$AIOQUIC_VERSION" ]] || fail "aioquic $AIOQUIC_VERSION not importable by $python after install"
-fi
+pip_pinned paho-mqtt "$PAHO_VERSION"
+pip_pinned mqtt-sn-12 "$MQTTSN_VERSION"
+pip_pinned aioquic "$AIOQUIC_VERSION"
+pip_pinned aiocoap "$AIOCOAP_VERSION"
 
 # --- MQTT.js ------------------------------------------------------------------------
 # npm ci wipes and rebuilds node_modules, so it runs only when the lock file changed

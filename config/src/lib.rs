@@ -321,10 +321,69 @@ pub struct TcpListenerConfig {
 }
 
 /// Device protocol gateways, under EMQX's names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaysConfig {
     pub mqttsn: MqttSnConfig,
+    pub coap: CoapConfig,
+}
+
+/// CoAP over UDP (EMQX's `gateway.coap`): `/ps/{topic}` publish and observe, and
+/// `/mqtt/connection` in connection mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoapConfig {
+    pub enable: bool,
+    /// Silence after which a client is pinged (it has observations) or forgotten; in
+    /// connection mode, the interval its PUT heartbeats must keep.
+    pub heartbeat: Duration,
+    /// Requests need a token from `POST /mqtt/connection`.
+    pub connection_required: bool,
+    pub notify_type: CoapNotifyType,
+    pub subscribe_qos: CoapQos,
+    pub publish_qos: CoapQos,
+    /// Prefix of every topic; `{clientid}` and `{username}` are replaced.
+    pub mountpoint: String,
+    /// Kept for EMQX configuration files; the listener counters are always kept.
+    pub enable_stats: bool,
+    /// RFC 7252 ACK_TIMEOUT.
+    pub ack_timeout: Duration,
+    /// RFC 7252 ACK_RANDOM_FACTOR, >= 1.0.
+    pub ack_random_factor: f64,
+    /// RFC 7252 MAX_RETRANSMIT.
+    pub max_retransmit: u32,
+    /// RFC 7252 EXCHANGE_LIFETIME: how long a confirmable message id is remembered.
+    pub exchange_lifetime: Duration,
+    /// RFC 7252 NON_LIFETIME: the same for non-confirmable message ids.
+    pub non_lifetime: Duration,
+    pub listeners: CoapListenersConfig,
+}
+
+/// The message type of notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoapNotifyType {
+    /// Non-confirmable for QoS 0 deliveries, confirmable for QoS 1 and 2.
+    Qos,
+    Con,
+    Non,
+}
+
+/// The MQTT QoS of a CoAP publish or subscription when the request names none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoapQos {
+    /// QoS 1 for a confirmable request, QoS 0 for a non-confirmable one.
+    Coap,
+    Qos0,
+    Qos1,
+    Qos2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoapListenersConfig {
+    pub udp: BTreeMap<String, UdpListenerConfig>,
 }
 
 /// MQTT-SN 1.2 over UDP (EMQX's `gateway.mqttsn`).
@@ -596,6 +655,32 @@ impl Config {
                             UdpListenerConfig {
                                 enable: true,
                                 bind: "0.0.0.0:1884".into(),
+                                max_connections: 1_024_000,
+                                max_packet_size: 65_535,
+                            },
+                        )]),
+                    },
+                },
+                coap: CoapConfig {
+                    enable: true,
+                    heartbeat: Duration::from_secs(30),
+                    connection_required: false,
+                    notify_type: CoapNotifyType::Qos,
+                    subscribe_qos: CoapQos::Coap,
+                    publish_qos: CoapQos::Coap,
+                    mountpoint: String::new(),
+                    enable_stats: true,
+                    ack_timeout: Duration::from_secs(2),
+                    ack_random_factor: 1.5,
+                    max_retransmit: 4,
+                    exchange_lifetime: Duration::from_secs(247),
+                    non_lifetime: Duration::from_secs(145),
+                    listeners: CoapListenersConfig {
+                        udp: BTreeMap::from([(
+                            "default".to_owned(),
+                            UdpListenerConfig {
+                                enable: true,
+                                bind: "0.0.0.0:5683".into(),
                                 max_connections: 1_024_000,
                                 max_packet_size: 65_535,
                             },

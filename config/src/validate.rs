@@ -262,7 +262,9 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
         };
         check_bind(prefix, listener.bind, listener.starts, taken, &mut fail);
     }
+    // UDP ports are their own space, shared by QUIC and the UDP gateways.
     check_mqttsn(&config.gateway.mqttsn, &mut udp_started, &mut fail);
+    check_coap(&config.gateway.coap, &mut udp_started, &mut fail);
     out
 }
 
@@ -301,7 +303,7 @@ fn check_mountpoint(key: &str, mountpoint: &str, fail: &mut impl FnMut(&str, Str
 
 fn check_mqttsn(
     sn: &crate::MqttSnConfig,
-    udp_started: &mut Vec<(String, SocketAddr)>,
+    enabled: &mut Vec<(String, SocketAddr)>,
     fail: &mut impl FnMut(&str, String),
 ) {
     let p = "gateway.mqttsn";
@@ -379,7 +381,67 @@ fn check_mqttsn(
             );
         }
         let starts = listener.enable && sn.enable;
-        check_bind(prefix, &listener.bind, starts, udp_started, fail);
+        check_bind(prefix, &listener.bind, starts, enabled, fail);
+    }
+}
+
+fn check_coap(
+    coap: &crate::CoapConfig,
+    enabled: &mut Vec<(String, SocketAddr)>,
+    fail: &mut impl FnMut(&str, String),
+) {
+    let p = "gateway.coap";
+    check_mountpoint(&format!("{p}.mountpoint"), &coap.mountpoint, fail);
+    for (key, value) in [
+        ("heartbeat", coap.heartbeat),
+        ("ack_timeout", coap.ack_timeout),
+        ("exchange_lifetime", coap.exchange_lifetime),
+        ("non_lifetime", coap.non_lifetime),
+    ] {
+        if value.is_zero() {
+            fail(
+                &format!("{p}.{key}"),
+                format!("{p}.{key} must be longer than 0s"),
+            );
+        }
+    }
+    if !(1.0..=10.0).contains(&coap.ack_random_factor) {
+        fail(
+            &format!("{p}.ack_random_factor"),
+            format!(
+                "{p}.ack_random_factor must be 1.0..=10.0, got {}",
+                coap.ack_random_factor
+            ),
+        );
+    }
+    if coap.max_retransmit > 20 {
+        fail(
+            &format!("{p}.max_retransmit"),
+            format!("{p}.max_retransmit must be at most 20 (each retransmission doubles the wait)"),
+        );
+    }
+    for (name, listener) in &coap.listeners.udp {
+        let prefix = format!("{p}.listeners.udp.{name}");
+        if !is_valid_listener_name(name) {
+            fail(
+                &prefix,
+                format!("{p}.listeners.udp: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
+            );
+        }
+        if listener.max_connections == 0 {
+            fail(
+                &format!("{prefix}.max_connections"),
+                format!("{prefix}.max_connections must be >= 1"),
+            );
+        }
+        if !(64..=65_535).contains(&listener.max_packet_size) {
+            fail(
+                &format!("{prefix}.max_packet_size"),
+                format!("{prefix}.max_packet_size must be 64..=65535 bytes"),
+            );
+        }
+        let starts = listener.enable && coap.enable;
+        check_bind(prefix, &listener.bind, starts, enabled, fail);
     }
 }
 

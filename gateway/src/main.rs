@@ -219,6 +219,42 @@ async fn run(config: Config) -> Result<()> {
         }
     }
 
+    let coap = &config.gateway.coap;
+    if coap.enable {
+        for (name, listener) in &coap.listeners.udp {
+            if !listener.enable {
+                continue;
+            }
+            let bind = listener
+                .bind_addr()
+                .with_context(|| format!("gateway.coap.listeners.udp.{name}.bind"))?;
+            let listener_name: Arc<str> = Arc::from(format!("udp:{name}"));
+            let max_packet_size = listener.max_packet_size as usize;
+            let settings = Arc::new(adapter_coap::Settings::from_config(
+                listener_name.clone(),
+                coap,
+                max_packet_size,
+            ));
+            let socket = adapter_kit::bind_udp(bind, false).await.with_context(|| {
+                format!("gateway.coap.listeners.udp.{name}: cannot listen on {bind}")
+            })?;
+            tracing::info!(listener = %listener_name, %bind, "CoAP listener started");
+            tasks.spawn(adapter_coap::serve_udp(
+                socket,
+                adapter_coap::UdpListenerSettings {
+                    name: listener_name,
+                    bind,
+                    max_peers: listener.max_connections as usize,
+                    max_packet_size,
+                },
+                settings,
+                broker.clone(),
+                Arc::new(adapter_kit::DatagramMetrics::default()),
+                shutdown_rx.clone(),
+            ));
+        }
+    }
+
     tasks.spawn(housekeeping(
         broker.clone(),
         config.sys.enable.then(|| config.sys.interval.get()),

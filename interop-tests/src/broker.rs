@@ -56,6 +56,8 @@ pub struct Broker {
     pub port: u16,
     /// The MQTT-SN listener's UDP port.
     pub mqttsn_port: u16,
+    /// The CoAP listener (UDP).
+    pub coap_port: u16,
     /// MQTT over WebSocket (`/mqtt`); check it with [`Broker::wait_listening`] first.
     pub ws_port: u16,
     values: Vec<(&'static str, String)>,
@@ -212,10 +214,17 @@ impl Broker {
                 .unwrap_or_else(|_| panic!("GATEWAY_TEST_MQTTSN_PORT={text} is not a port")),
             Err(_) => 1884,
         };
+        let coap_port = match std::env::var("GATEWAY_TEST_COAP_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_COAP_PORT={text} is not a port")),
+            Err(_) => 5683,
+        };
         Some(Broker {
             host,
             port,
             mqttsn_port,
+            coap_port,
             ws_port,
             values,
             gateway: None,
@@ -244,6 +253,11 @@ impl Broker {
             "GATEWAY_GATEWAY__MQTTSN__LISTENERS__UDP__DEFAULT__BIND",
             format!("127.0.0.1:{mqttsn_port}"),
         );
+        let coap_port = free_udp_port();
+        cmd.env(
+            "GATEWAY_GATEWAY__COAP__LISTENERS__UDP__DEFAULT__BIND",
+            format!("127.0.0.1:{coap_port}"),
+        );
         // Extra configuration for every started gateway, e.g. to turn off a listener
         // whose fixed default port would clash between gateways running in parallel.
         if let Ok(extra) = std::env::var("GATEWAY_TEST_GATEWAY_ENV") {
@@ -269,6 +283,7 @@ impl Broker {
             host: "127.0.0.1".to_string(),
             port,
             mqttsn_port,
+            coap_port,
             ws_port,
             values,
             gateway: Some(Gateway {

@@ -12,6 +12,7 @@ pub mod broker;
 pub mod carried;
 pub mod certs;
 pub mod clients;
+pub mod coap;
 pub mod mosquitto;
 pub mod mqttsn;
 pub mod process;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use broker::{external_mode, Broker, Setting};
 pub use clients::{Family, Publisher, Subscriber};
+pub use coap::{coap_client, AiocoapClient};
 pub use mosquitto::{mosquitto_pub, MosquittoSub};
 pub use mqttsn::{SnClient, SnMsg};
 pub use raw::RawClient;

@@ -1,1 +1,3 @@
-//! Pure mappings between device protocols and MQTT topics and payloads; adapters fill this in.
+//! Pure mappings between device protocols and MQTT topics and payloads.
+
+pub mod coap;

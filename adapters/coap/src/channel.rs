@@ -1,0 +1,871 @@
+//! One CoAP peer as a sans-io state machine: datagrams, broker wake-ups and timer ticks in,
+//! with `now`; datagrams out. The message layer (deduplication, retransmission, format
+//! rules) is the kit's `Exchange`; this channel maps the resources `/ps/{topic}` and
+//! `/mqtt/connection` onto a session of the unified model named by the client id.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adapter_kit::coap::{
+    CoapOption, Exchange, Inbound, MessageClass, MessageType, Packet, Request, RequestType,
+    ResponseType, TransmissionParams,
+};
+use bytes::Bytes;
+use gateway_config::{CoapNotifyType, CoapQos};
+use mqtt_core::auth::{Action, AuthOutcome, ClientInfo};
+use mqtt_core::broker::{Broker, ConnectRequest, Stats, WillDisposition};
+use mqtt_core::codec::{QoS, ReasonCode, SubscriptionOptions};
+use mqtt_core::message::{Delivery, Message as RoutedMessage};
+use mqtt_core::mountpoint::Mountpoint;
+use mqtt_core::protocol::Flow;
+use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+
+/// The namespace of CoAP sessions: a CoAP "dev1" is not the MQTT "dev1".
+pub const COAP_NAMESPACE: &str = "coap";
+
+/// Critical options the resources understand: Uri-Host, Uri-Port, Uri-Path, Uri-Query,
+/// Accept. Others (If-Match, Block1, Block2, Proxy-Uri, ...) get 4.02 Bad Option.
+pub const UNDERSTOOD_CRITICAL: &[u16] = &[3, 7, 11, 15, 17];
+
+/// Observe sequence numbers are 24 bits (RFC 7641 4.4).
+const OBSERVE_MASK: u32 = 0x00FF_FFFF;
+
+/// 2.07, EMQX's answer to a cancelled observation, is not a registered code; a
+/// cancellation is an ordinary GET answered 2.05 without Observe (RFC 7641 3.6).
+const CONTENT: ResponseType = ResponseType::Content;
+
+/// What every channel of one listener shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `udp:NAME`, as logs and auth rules name the listener.
+    pub listener: Arc<str>,
+    pub heartbeat: Duration,
+    pub connection_required: bool,
+    pub notify_type: CoapNotifyType,
+    pub subscribe_qos: CoapQos,
+    pub publish_qos: CoapQos,
+    /// May contain `${clientid}` and `${username}`.
+    pub mountpoint: String,
+    pub transmission: TransmissionParams,
+}
+
+impl Settings {
+    pub fn from_config(
+        listener: Arc<str>,
+        config: &gateway_config::CoapConfig,
+        max_message_size: usize,
+    ) -> Settings {
+        Settings {
+            listener,
+            heartbeat: config.heartbeat.get(),
+            connection_required: config.connection_required,
+            notify_type: config.notify_type,
+            subscribe_qos: config.subscribe_qos,
+            publish_qos: config.publish_qos,
+            mountpoint: config.mountpoint.clone(),
+            transmission: TransmissionParams {
+                ack_timeout: config.ack_timeout.get(),
+                ack_random_factor: config.ack_random_factor,
+                max_retransmit: config.max_retransmit,
+                exchange_lifetime: config.exchange_lifetime.get(),
+                non_lifetime: config.non_lifetime.get(),
+                max_message_size,
+                ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL)
+            },
+        }
+    }
+}
+
+/// What a confirmable or non-confirmable message of ours was, for its ACK or Reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Notification {
+        subscription_id: u32,
+        confirmable: bool,
+    },
+    /// An empty confirmable message probing a silent observer (RFC 7641 4.5).
+    Ping,
+}
+
+/// One observe relation: a subscription of the session, notified with the request's token.
+#[derive(Debug, Clone)]
+struct Observation {
+    subscription_id: u32,
+    /// The mounted filter, as the session holds it.
+    filter: String,
+    token: Vec<u8>,
+    sequence: u32,
+}
+
+/// The connection-mode token of a session, kept in the session so that the client may
+/// come back from another address.
+#[derive(Debug, Clone)]
+struct ConnectionToken(String);
+
+/// Why a request is refused, with the response code it gets.
+#[derive(Debug, Clone, thiserror::Error)]
+enum Refusal {
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    #[error("no such resource")]
+    NotFound,
+}
+
+impl Refusal {
+    fn code(&self) -> ResponseType {
+        match self {
+            Refusal::BadRequest(_) => ResponseType::BadRequest,
+            Refusal::Unauthorized(_) => ResponseType::Unauthorized,
+            Refusal::MethodNotAllowed => ResponseType::MethodNotAllowed,
+            Refusal::NotFound => ResponseType::NotFound,
+        }
+    }
+}
+
+/// The query parameters of a request, under EMQX's names and short aliases.
+#[derive(Debug, Default)]
+struct Query {
+    client_id: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    qos: Option<String>,
+    retain: Option<String>,
+    expiry: Option<String>,
+}
+
+impl Query {
+    fn parse(packet: &Packet) -> Query {
+        let mut query = Query::default();
+        for raw in packet
+            .get_option(CoapOption::UriQuery)
+            .into_iter()
+            .flatten()
+        {
+            let text = String::from_utf8_lossy(raw);
+            let (key, value) = text.split_once('=').unwrap_or((&text, ""));
+            let slot = match key {
+                "clientid" | "c" => &mut query.client_id,
+                "username" | "u" => &mut query.username,
+                "password" | "p" => &mut query.password,
+                "token" | "t" => &mut query.token,
+                "qos" | "q" => &mut query.qos,
+                "retain" | "r" => &mut query.retain,
+                "expiry" => &mut query.expiry,
+                _ => continue,
+            };
+            *slot = Some(value.to_owned());
+        }
+        query
+    }
+}
+
+/// The resource a request names.
+enum Resource {
+    /// `/ps/{topic...}`: the segments after `ps` joined by `/`.
+    PubSub(String),
+    Connection,
+}
+
+fn resource(packet: &Packet) -> Result<Resource, Refusal> {
+    let segments: Vec<String> = packet
+        .get_option(CoapOption::UriPath)
+        .into_iter()
+        .flatten()
+        .map(|segment| String::from_utf8_lossy(segment).into_owned())
+        .collect();
+    match segments.split_first() {
+        Some((first, rest)) if first == "ps" => {
+            let topic = rest.join("/");
+            if topic.is_empty() {
+                return Err(Refusal::BadRequest("invalid topic"));
+            }
+            Ok(Resource::PubSub(topic))
+        }
+        Some((first, rest)) if first == "mqtt" && rest == ["connection"] => {
+            Ok(Resource::Connection)
+        }
+        _ => Err(Refusal::NotFound),
+    }
+}
+
+pub struct CoapChannel {
+    broker: Arc<Broker>,
+    settings: Arc<Settings>,
+    peer: Option<SocketAddr>,
+    control: Arc<ConnControl>,
+    exchange: Exchange<Sent>,
+    last_received: Instant,
+    client: Option<ClientInfo>,
+    session: Option<Arc<SessionCell>>,
+    /// Set in connection mode once `POST /mqtt/connection` succeeded.
+    token: Option<String>,
+    observations: Vec<Observation>,
+    next_subscription_id: u32,
+    /// A confirmable notification waits for its acknowledgement: nothing else goes out
+    /// until then, and deliveries wait in the session's bounded queue.
+    notification_in_flight: bool,
+    ping_in_flight: bool,
+}
+
+impl CoapChannel {
+    pub fn new(
+        broker: Arc<Broker>,
+        settings: Arc<Settings>,
+        peer: Option<SocketAddr>,
+        wakeup: Arc<dyn Wakeup>,
+        seed: u64,
+        now: Instant,
+    ) -> CoapChannel {
+        let control = ConnControl::new(broker.next_connection_id(), wakeup);
+        let exchange = Exchange::new(settings.transmission.clone(), seed);
+        CoapChannel {
+            broker,
+            settings,
+            peer,
+            control,
+            exchange,
+            last_received: now,
+            client: None,
+            session: None,
+            token: None,
+            observations: Vec::new(),
+            next_subscription_id: 1,
+            notification_in_flight: false,
+            ping_in_flight: false,
+        }
+    }
+
+    pub fn client_id(&self) -> Option<&str> {
+        self.client.as_ref().map(|client| &*client.client_id)
+    }
+
+    pub fn observation_count(&self) -> usize {
+        self.observations.len()
+    }
+
+    pub fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        // Any datagram, an acknowledgement included, shows the client is there.
+        self.last_received = now;
+        let flow = match self.exchange.receive(&datagram, now, out) {
+            Inbound::Request(request) => self.handle_request(request, out, now),
+            Inbound::Acknowledged { tag, .. } => {
+                self.settled(tag, false);
+                Flow::Continue
+            }
+            Inbound::Reset { tag } => {
+                if let Some(tag) = tag {
+                    self.settled(tag, true);
+                }
+                Flow::Continue
+            }
+            Inbound::Response(_) | Inbound::Handled => Flow::Continue,
+        };
+        if flow == Flow::Close {
+            return Flow::Close;
+        }
+        self.fill(out, now);
+        if self.session.is_none() && self.exchange.in_flight() == 0 {
+            // Nothing to keep for a peer that holds no session: a repeated request is
+            // answered the same way by a fresh channel.
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    pub fn handle_wakeup(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if let Some(reason) = self.control.close_requested() {
+            tracing::info!(
+                reason = reason.0,
+                "client taken over or closed by the broker"
+            );
+            return Flow::Close;
+        }
+        self.fill(out, now);
+        Flow::Continue
+    }
+
+    pub fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        for tag in self.exchange.handle_timeout(now, out) {
+            match tag {
+                Sent::Ping => {
+                    tracing::info!("observer did not answer a ping; forgotten");
+                    return Flow::Close;
+                }
+                Sent::Notification { .. } => {
+                    tracing::info!("notification not acknowledged after retransmissions");
+                    self.settled(tag, true);
+                }
+            }
+        }
+        // A confirmable message in flight already asks the client whether it is there.
+        let probing = self.ping_in_flight || self.exchange.in_flight() > 0;
+        if !probing && now >= self.last_received + self.settings.heartbeat {
+            if self.observations.is_empty() {
+                tracing::debug!("client silent for the heartbeat interval; forgotten");
+                return Flow::Close;
+            }
+            self.ping_in_flight = self.exchange.ping(Sent::Ping, now, out).is_some();
+        }
+        self.fill(out, now);
+        Flow::Continue
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let probing = self.ping_in_flight || self.exchange.in_flight() > 0;
+        let heartbeat = (!probing).then(|| self.last_received + self.settings.heartbeat);
+        match (heartbeat, self.exchange.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// UDP has nothing to say at shutdown: the session is handed back.
+    pub fn shutdown(&mut self, _out: &mut Vec<Bytes>) -> Flow {
+        Flow::Close
+    }
+
+    /// The peer is forgotten; hands the session back to the broker.
+    pub fn handle_closed(&mut self, now: Instant) {
+        self.release_session(now);
+    }
+
+    fn release_session(&mut self, now: Instant) {
+        self.exchange.cancel_all();
+        self.observations.clear();
+        self.notification_in_flight = false;
+        self.ping_in_flight = false;
+        self.token = None;
+        if let Some(session) = self.session.take() {
+            self.broker.disconnect(
+                &session,
+                self.control.conn_id,
+                WillDisposition::Discard,
+                now,
+            );
+        }
+        self.client = None;
+    }
+
+    /// Our message `tag` was acknowledged, or rejected with Reset or given up (`failed`).
+    fn settled(&mut self, tag: Sent, failed: bool) {
+        match tag {
+            Sent::Ping => self.ping_in_flight = false,
+            Sent::Notification {
+                subscription_id,
+                confirmable,
+            } => {
+                if confirmable {
+                    self.notification_in_flight = false;
+                }
+                if failed {
+                    // RFC 7641 3.6 and 4.5: the client no longer wants it, or is gone.
+                    self.remove_observation(subscription_id);
+                }
+            }
+        }
+    }
+
+    fn remove_observation(&mut self, subscription_id: u32) {
+        let Some(at) = self
+            .observations
+            .iter()
+            .position(|o| o.subscription_id == subscription_id)
+        else {
+            return;
+        };
+        let observation = self.observations.swap_remove(at);
+        tracing::info!(filter = %observation.filter, "observer removed");
+        if let (Some(session), Some(client)) = (&self.session, &self.client) {
+            self.broker
+                .unsubscribe(session, client, &observation.filter);
+        }
+    }
+
+    fn handle_request(&mut self, request: Request, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        let mut close = false;
+        let response = match self.serve(&request, &mut close, now) {
+            Ok(response) => response,
+            Err(refusal) => {
+                tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
+                let mut response = Packet::new();
+                response.header.code = MessageClass::Response(refusal.code());
+                let reason = refusal.to_string();
+                response.payload = reason.into_bytes();
+                response
+            }
+        };
+        if let Err(error) = self.exchange.respond(&request.packet, response, now, out) {
+            tracing::warn!(%error, "response not sent");
+        }
+        if close {
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn serve(
+        &mut self,
+        request: &Request,
+        close: &mut bool,
+        now: Instant,
+    ) -> Result<Packet, Refusal> {
+        let query = Query::parse(&request.packet);
+        match resource(&request.packet)? {
+            Resource::Connection => self.serve_connection(request, &query, close, now),
+            Resource::PubSub(topic) => {
+                self.admit(&query, now)?;
+                match request.method {
+                    RequestType::Post | RequestType::Put => {
+                        self.publish(request, &query, &topic, now)
+                    }
+                    RequestType::Get => self.observe(request, &query, &topic, now),
+                    _ => Err(Refusal::MethodNotAllowed),
+                }
+            }
+        }
+    }
+
+    // ---- clients and sessions ------------------------------------------------------------
+
+    fn authenticate(&self, client_id: &str, query: &Query) -> Result<ClientInfo, Refusal> {
+        let client = ClientInfo {
+            protocol: COAP_NAMESPACE,
+            listener: self.settings.listener.clone(),
+            client_id: Arc::from(client_id),
+            username: query.username.clone(),
+            password: query.password.clone().map(Bytes::from),
+            peer: self.peer,
+            mountpoint: Mountpoint::resolve(
+                &self.settings.mountpoint,
+                client_id,
+                query.username.as_deref(),
+            ),
+        };
+        if client_id.is_empty()
+            || client_id.len() > self.broker.config.max_client_id_length as usize
+        {
+            return Err(Refusal::BadRequest("unacceptable clientid"));
+        }
+        match self.broker.auth.authenticator.authenticate(&client) {
+            AuthOutcome::Allow => Ok(ClientInfo {
+                password: None,
+                ..client
+            }),
+            AuthOutcome::Deny(reason) => {
+                tracing::info!(?reason, client_id, "client not authenticated");
+                Err(Refusal::Unauthorized("authentication failed"))
+            }
+        }
+    }
+
+    fn open_session(&mut self, client: ClientInfo, clean_start: bool, now: Instant) {
+        let attached = self.broker.connect(
+            ConnectRequest {
+                key: SessionKey {
+                    namespace: COAP_NAMESPACE,
+                    client_id: client.client_id.clone(),
+                },
+                clean_start,
+                expiry_interval: 0,
+                will: None,
+                control: self.control.clone(),
+            },
+            now,
+        );
+        tracing::Span::current().record("client_id", &*client.client_id);
+        tracing::info!(
+            session_present = attached.session_present,
+            "client connected"
+        );
+        self.session = Some(attached.session);
+        self.client = Some(client);
+    }
+
+    /// The client a `/ps` request acts for: in connection mode the one its token names, in
+    /// connectionless mode the one its query names, authenticated on every request.
+    fn admit(&mut self, query: &Query, now: Instant) -> Result<(), Refusal> {
+        if self.settings.connection_required {
+            return self.admit_connected(query, now);
+        }
+        let client_id = match (&query.client_id, self.client_id()) {
+            (Some(id), _) => id.clone(),
+            (None, Some(bound)) => bound.to_owned(),
+            (None, None) => format!("coap-{:016x}", self.exchange.random()),
+        };
+        let client = self.authenticate(&client_id, query)?;
+        if self.client_id() != Some(client_id.as_str()) {
+            // Another client behind the same address: the previous one's relations end.
+            self.release_session(now);
+            self.open_session(client, true, now);
+        }
+        Ok(())
+    }
+
+    fn admit_connected(&mut self, query: &Query, now: Instant) -> Result<(), Refusal> {
+        let (Some(client_id), Some(token)) = (&query.client_id, &query.token) else {
+            return Err(Refusal::BadRequest(
+                "Missing token or clientid in connection mode",
+            ));
+        };
+        if self.client_id() == Some(client_id.as_str()) && self.token.as_ref() == Some(token) {
+            return Ok(());
+        }
+        // The client may come back from another address with its token: it takes its
+        // session over.
+        let key = SessionKey {
+            namespace: COAP_NAMESPACE,
+            client_id: Arc::from(client_id.as_str()),
+        };
+        let known = self.broker.session(&key).and_then(|session| {
+            session
+                .state
+                .lock()
+                .extension
+                .get_mut::<ConnectionToken>()
+                .map(|known| known.0.clone())
+        });
+        if known.as_ref() != Some(token) {
+            return Err(Refusal::Unauthorized(
+                "Invalid token or clientid in connection mode",
+            ));
+        }
+        let client = ClientInfo {
+            protocol: COAP_NAMESPACE,
+            listener: self.settings.listener.clone(),
+            mountpoint: Mountpoint::resolve(&self.settings.mountpoint, &key.client_id, None),
+            client_id: key.client_id,
+            username: None,
+            password: None,
+            peer: self.peer,
+        };
+        self.release_session(now);
+        self.open_session(client, false, now);
+        self.set_token(token.clone());
+        Ok(())
+    }
+
+    fn set_token(&mut self, token: String) {
+        if let Some(session) = &self.session {
+            session
+                .state
+                .lock()
+                .extension
+                .set(ConnectionToken(token.clone()));
+        }
+        self.token = Some(token);
+    }
+
+    fn serve_connection(
+        &mut self,
+        request: &Request,
+        query: &Query,
+        close: &mut bool,
+        now: Instant,
+    ) -> Result<Packet, Refusal> {
+        match request.method {
+            RequestType::Post => {
+                let Some(client_id) = query.client_id.clone() else {
+                    return Err(Refusal::BadRequest("Login Failed: clientid is required"));
+                };
+                if self.token.is_some() {
+                    return Err(Refusal::BadRequest("client has connected"));
+                }
+                let client = self.authenticate(&client_id, query)?;
+                self.release_session(now);
+                self.open_session(client, true, now);
+                let token = (self.exchange.random() as u32).to_string();
+                self.set_token(token.clone());
+                tracing::info!("connection opened");
+                Ok(response(ResponseType::Created, token.into_bytes()))
+            }
+            RequestType::Put | RequestType::Delete => {
+                let (Some(client_id), Some(token)) = (&query.client_id, &query.token) else {
+                    return Err(Refusal::BadRequest(
+                        "Missing token or clientid in connection mode",
+                    ));
+                };
+                if self.client_id() != Some(client_id.as_str())
+                    || self.token.as_ref() != Some(token)
+                {
+                    self.admit_connected(query, now)?;
+                }
+                if request.method == RequestType::Put {
+                    return Ok(response(ResponseType::Changed, Vec::new()));
+                }
+                tracing::info!("connection closed by the client");
+                self.release_session(now);
+                *close = true;
+                Ok(response(ResponseType::Deleted, Vec::new()))
+            }
+            _ => Err(Refusal::MethodNotAllowed),
+        }
+    }
+
+    // ---- publish and observe -------------------------------------------------------------
+
+    fn qos(
+        &self,
+        query: Option<&str>,
+        default: CoapQos,
+        request: &Request,
+    ) -> Result<QoS, Refusal> {
+        match query {
+            Some("0") => Ok(QoS::AtMostOnce),
+            Some("1") => Ok(QoS::AtLeastOnce),
+            Some("2") => Ok(QoS::ExactlyOnce),
+            Some(_) => Err(Refusal::BadRequest("invalid qos")),
+            None => Ok(match default {
+                CoapQos::Coap if request.confirmable() => QoS::AtLeastOnce,
+                CoapQos::Coap | CoapQos::Qos0 => QoS::AtMostOnce,
+                CoapQos::Qos1 => QoS::AtLeastOnce,
+                CoapQos::Qos2 => QoS::ExactlyOnce,
+            }),
+        }
+    }
+
+    fn publish(
+        &mut self,
+        request: &Request,
+        query: &Query,
+        topic: &str,
+        now: Instant,
+    ) -> Result<Packet, Refusal> {
+        let qos = self.qos(query.qos.as_deref(), self.settings.publish_qos, request)?;
+        let retain = query.retain.as_deref() == Some("true");
+        let expiry = match query.expiry.as_deref() {
+            None => None,
+            Some(text) => Some(
+                text.parse::<u32>()
+                    .map_err(|_| Refusal::BadRequest("invalid expiry"))?,
+            ),
+        };
+        let name = topic;
+        if let Err((_, why)) = self.broker.check_publish(name, qos, retain) {
+            tracing::info!(topic = %name, why, "publish refused");
+            return Err(Refusal::BadRequest("invalid topic or options"));
+        }
+        let (Some(session), Some(client)) = (&self.session, &self.client) else {
+            return Err(Refusal::Unauthorized("not connected"));
+        };
+        if !self.broker.authorize(
+            client,
+            Action::Publish {
+                qos: qos.as_u8(),
+                retain,
+            },
+            name,
+        ) {
+            tracing::info!(topic = %name, "publish not authorized");
+            return Err(Refusal::Unauthorized("not authorized"));
+        }
+        let mut message = RoutedMessage {
+            publisher: Some(session.id),
+            publisher_client_id: Some(session.key.client_id.clone()),
+            ..RoutedMessage::new(
+                client.mount(name),
+                Bytes::from(request.packet.payload.clone()),
+                qos,
+                retain,
+                now,
+            )
+        };
+        message.properties.message_expiry_interval = expiry;
+        message.properties.content_type = request
+            .packet
+            .get_first_option(CoapOption::ContentFormat)
+            .map(|raw| {
+                let number = raw.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+                translations::coap::content_type(u16::try_from(number).unwrap_or(u16::MAX))
+                    .to_owned()
+            });
+        let message = message.with_expiry_from_properties(now);
+        self.broker.publish(Arc::new(message));
+        Ok(response(ResponseType::Changed, Vec::new()))
+    }
+
+    fn observe(
+        &mut self,
+        request: &Request,
+        query: &Query,
+        topic: &str,
+        now: Instant,
+    ) -> Result<Packet, Refusal> {
+        let observe = match request.packet.get_observe_value() {
+            Some(Ok(value)) => value,
+            Some(Err(_)) | None => return Err(Refusal::BadRequest("invalid observe value")),
+        };
+        let token = request.packet.get_token().to_vec();
+        let filter = topic.to_owned();
+        match observe {
+            0 => {
+                if token.is_empty() {
+                    return Err(Refusal::BadRequest("observe without token"));
+                }
+                let qos = self.qos(query.qos.as_deref(), self.settings.subscribe_qos, request)?;
+                self.subscribe(filter, token, qos, now)
+            }
+            1 => {
+                if let Some(at) = self.observations.iter().position(|o| o.filter == filter) {
+                    let id = self.observations.get(at).map_or(0, |o| o.subscription_id);
+                    self.remove_observation(id);
+                }
+                Ok(response(CONTENT, Vec::new()))
+            }
+            _ => Err(Refusal::BadRequest("invalid observe value")),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        filter: String,
+        token: Vec<u8>,
+        qos: QoS,
+        now: Instant,
+    ) -> Result<Packet, Refusal> {
+        let (Some(session), Some(client)) = (self.session.clone(), self.client.clone()) else {
+            return Err(Refusal::Unauthorized("not connected"));
+        };
+        let existing = self.observations.iter().position(|o| o.filter == filter);
+        let subscription_id = match existing.and_then(|at| self.observations.get(at)) {
+            Some(observation) => observation.subscription_id,
+            None => {
+                let id = self.next_subscription_id;
+                self.next_subscription_id = id.wrapping_add(1).max(1);
+                id
+            }
+        };
+        let options = SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        match self.broker.subscribe(
+            &session,
+            &client,
+            &filter,
+            options,
+            Some(subscription_id),
+            now,
+        ) {
+            Ok(_) => {}
+            Err(reason) if reason == ReasonCode::NOT_AUTHORIZED => {
+                tracing::info!(filter, "observe not authorized");
+                return Err(Refusal::Unauthorized("not authorized"));
+            }
+            Err(reason) => {
+                tracing::info!(filter, reason = reason.0, "observe refused");
+                return Err(Refusal::BadRequest("invalid topic filter"));
+            }
+        }
+        let sequence = match existing.and_then(|at| self.observations.get_mut(at)) {
+            Some(observation) => {
+                observation.token = token;
+                observation.sequence
+            }
+            None => {
+                self.observations.push(Observation {
+                    subscription_id,
+                    filter: filter.clone(),
+                    token,
+                    sequence: 0,
+                });
+                0
+            }
+        };
+        tracing::info!(filter, qos = qos.as_u8(), "observer added");
+        let mut packet = response(CONTENT, Vec::new());
+        packet.set_observe_value(sequence);
+        Ok(packet)
+    }
+
+    // ---- notifications -------------------------------------------------------------------
+
+    /// Sends queued deliveries as notifications while no confirmable one is in flight.
+    fn fill(&mut self, out: &mut Vec<Bytes>, now: Instant) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        while !self.notification_in_flight {
+            let Some(delivery) = session.state.lock().pop_queued(now) else {
+                break;
+            };
+            self.notify(&delivery, out, now);
+        }
+    }
+
+    fn notify(&mut self, delivery: &Delivery, out: &mut Vec<Bytes>, now: Instant) {
+        let confirmable = match self.settings.notify_type {
+            CoapNotifyType::Con => true,
+            CoapNotifyType::Non => false,
+            CoapNotifyType::Qos => delivery.qos != QoS::AtMostOnce,
+        };
+        let content_format = delivery
+            .message
+            .properties
+            .content_type
+            .as_deref()
+            .and_then(translations::coap::content_format);
+        for &subscription_id in &delivery.subscription_ids {
+            let Some(observation) = self
+                .observations
+                .iter_mut()
+                .find(|o| o.subscription_id == subscription_id)
+            else {
+                // Cancelled after the message was queued.
+                continue;
+            };
+            observation.sequence = (observation.sequence + 1) & OBSERVE_MASK;
+            let mut packet = response(CONTENT, delivery.message.payload.to_vec());
+            packet.set_token(observation.token.clone());
+            packet.set_observe_value(observation.sequence);
+            if let Some(format) = content_format {
+                packet.add_option(CoapOption::ContentFormat, minimal_bytes(format));
+            }
+            let tag = Sent::Notification {
+                subscription_id,
+                confirmable,
+            };
+            let sent = if confirmable {
+                self.exchange.send_confirmable(packet, tag, now, out)
+            } else {
+                self.exchange.send_non_confirmable(packet, tag, out)
+            };
+            match sent {
+                Ok(_) => {
+                    Stats::add(&self.broker.stats.messages_sent, 1);
+                    if confirmable {
+                        self.notification_in_flight = true;
+                    }
+                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    topic = %delivery.message.topic,
+                    "notification not sent"
+                ),
+            }
+        }
+    }
+}
+
+fn response(code: ResponseType, payload: Vec<u8>) -> Packet {
+    let mut packet = Packet::new();
+    packet.header.code = MessageClass::Response(code);
+    packet.header.set_type(MessageType::Acknowledgement);
+    packet.payload = payload;
+    packet
+}
+
+/// An option's unsigned integer in the fewest bytes (RFC 7252 3.2).
+fn minimal_bytes(value: u16) -> Vec<u8> {
+    match value {
+        0 => Vec::new(),
+        1..=0xFF => vec![value as u8],
+        _ => value.to_be_bytes().to_vec(),
+    }
+}

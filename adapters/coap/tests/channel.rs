@@ -1,0 +1,789 @@
+//! The CoAP channel and the broker driven datagram by datagram on a virtual clock: no
+//! socket, no sleeping. An MQTT session on the same broker plays the MQTT side.
+
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::too_many_arguments,
+    clippy::type_complexity
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adapter_coap::{CoapChannel, Settings, UNDERSTOOD_CRITICAL};
+use adapter_kit::coap::{
+    CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType, TransmissionParams,
+};
+use bytes::Bytes;
+use bytestring::ByteString;
+use gateway_config::AclNoMatch;
+use gateway_config::{CoapNotifyType, CoapQos};
+use mqtt_core::auth::{AclAuthorizer, Auth, ClientInfo, PasswordAuthenticator};
+use mqtt_core::broker::{Broker, ConnectRequest};
+use mqtt_core::codec::{QoS, SubscriptionOptions};
+use mqtt_core::message::Message as Routed;
+use mqtt_core::protocol::Flow;
+use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+
+struct NoWakeup;
+
+impl Wakeup for NoWakeup {
+    fn wake(&self) {}
+}
+
+fn broker(now: Instant) -> Arc<Broker> {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth::allow_all(),
+        now,
+    ))
+}
+
+fn settings() -> Settings {
+    Settings {
+        listener: Arc::from("udp:test"),
+        heartbeat: Duration::from_secs(30),
+        connection_required: false,
+        notify_type: CoapNotifyType::Qos,
+        subscribe_qos: CoapQos::Coap,
+        publish_qos: CoapQos::Coap,
+        mountpoint: String::new(),
+        transmission: TransmissionParams {
+            ack_random_factor: 1.0,
+            ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL)
+        },
+    }
+}
+
+struct Peer {
+    channel: CoapChannel,
+    next_id: u16,
+    closed: bool,
+}
+
+impl Peer {
+    fn new(broker: &Arc<Broker>, settings: Settings, now: Instant) -> Peer {
+        Peer {
+            channel: CoapChannel::new(
+                broker.clone(),
+                Arc::new(settings),
+                None,
+                Arc::new(NoWakeup),
+                7,
+                now,
+            ),
+            next_id: 100,
+            closed: false,
+        }
+    }
+
+    fn send_raw(&mut self, datagram: Vec<u8>, now: Instant) -> Vec<Packet> {
+        let mut out = Vec::new();
+        let flow = self
+            .channel
+            .handle_datagram(Bytes::from(datagram), &mut out, now);
+        self.closed |= flow == Flow::Close;
+        decode_all(out)
+    }
+
+    /// Sends a request and returns everything the channel sent back.
+    fn request(
+        &mut self,
+        kind: MessageType,
+        method: RequestType,
+        path: &str,
+        token: &[u8],
+        observe: Option<u32>,
+        payload: &[u8],
+        now: Instant,
+    ) -> Vec<Packet> {
+        self.next_id += 1;
+        let datagram = build(kind, method, self.next_id, path, token, observe, payload);
+        self.send_raw(datagram, now)
+    }
+
+    fn post(&mut self, path: &str, payload: &[u8], now: Instant) -> Packet {
+        let answers = self.request(
+            MessageType::Confirmable,
+            RequestType::Post,
+            path,
+            b"p",
+            None,
+            payload,
+            now,
+        );
+        answers.into_iter().next().expect("an answer")
+    }
+
+    fn observe(&mut self, path: &str, token: &[u8], now: Instant) -> Vec<Packet> {
+        self.request(
+            MessageType::Confirmable,
+            RequestType::Get,
+            path,
+            token,
+            Some(0),
+            b"",
+            now,
+        )
+    }
+
+    fn wake(&mut self, now: Instant) -> Vec<Packet> {
+        let mut out = Vec::new();
+        let flow = self.channel.handle_wakeup(&mut out, now);
+        self.closed |= flow == Flow::Close;
+        decode_all(out)
+    }
+
+    fn tick(&mut self, now: Instant) -> Vec<Packet> {
+        let mut out = Vec::new();
+        let flow = self.channel.handle_timeout(&mut out, now);
+        self.closed |= flow == Flow::Close;
+        decode_all(out)
+    }
+
+    fn ack(&mut self, message: &Packet, now: Instant) -> Vec<Packet> {
+        let id = message.header.message_id;
+        self.send_raw(vec![0x60, 0, (id >> 8) as u8, id as u8], now)
+    }
+
+    fn reset(&mut self, message: &Packet, now: Instant) -> Vec<Packet> {
+        let id = message.header.message_id;
+        self.send_raw(vec![0x70, 0, (id >> 8) as u8, id as u8], now)
+    }
+}
+
+fn decode_all(out: Vec<Bytes>) -> Vec<Packet> {
+    out.iter()
+        .map(|datagram| Packet::from_bytes(datagram).expect("the channel sends valid CoAP"))
+        .collect()
+}
+
+/// A request to `path`, which may carry a `?query` with `&`-separated parameters.
+fn build(
+    kind: MessageType,
+    method: RequestType,
+    message_id: u16,
+    path: &str,
+    token: &[u8],
+    observe: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut packet = Packet::new();
+    packet.header.set_type(kind);
+    packet.header.code = MessageClass::Request(method);
+    packet.header.message_id = message_id;
+    packet.set_token(token.to_vec());
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        packet.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
+    }
+    for pair in query.split('&').filter(|s| !s.is_empty()) {
+        packet.add_option(CoapOption::UriQuery, pair.as_bytes().to_vec());
+    }
+    if let Some(value) = observe {
+        packet.set_observe_value(value);
+    }
+    packet.payload = payload.to_vec();
+    packet.to_bytes_unlimited().unwrap()
+}
+
+fn code(packet: &Packet) -> MessageClass {
+    packet.header.code
+}
+
+fn content() -> MessageClass {
+    MessageClass::Response(ResponseType::Content)
+}
+
+/// An MQTT session subscribed to `filter`, to see what CoAP clients publish.
+fn mqtt_subscriber(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<SessionCell> {
+    let attached = broker.connect(
+        ConnectRequest {
+            key: SessionKey {
+                namespace: "mqtt",
+                client_id: Arc::from("watcher"),
+            },
+            clean_start: true,
+            expiry_interval: 0,
+            will: None,
+            control: ConnControl::new(broker.next_connection_id(), Arc::new(NoWakeup)),
+        },
+        now,
+    );
+    let client = ClientInfo {
+        protocol: "mqtt",
+        listener: "tcp:test".into(),
+        client_id: "watcher".into(),
+        username: None,
+        password: None,
+        peer: None,
+        mountpoint: None,
+    };
+    broker
+        .subscribe(
+            &attached.session,
+            &client,
+            filter,
+            SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                ..SubscriptionOptions::default()
+            },
+            None,
+            now,
+        )
+        .unwrap();
+    attached.session
+}
+
+fn drain(session: &SessionCell, now: Instant) -> Vec<Arc<Routed>> {
+    let mut state = session.state.lock();
+    std::iter::from_fn(|| state.pop_queued(now).map(|d| d.message)).collect()
+}
+
+fn mqtt_publish(broker: &Broker, topic: &str, payload: &[u8], qos: QoS, now: Instant) {
+    broker.publish(Arc::new(Routed::new(
+        ByteString::from(topic),
+        Bytes::copy_from_slice(payload),
+        qos,
+        false,
+        now,
+    )));
+}
+
+#[test]
+fn a_duplicate_confirmable_publish_is_answered_again_but_routed_once() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let watcher = mqtt_subscriber(&broker, "dup/#", now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    let datagram = build(
+        MessageType::Confirmable,
+        RequestType::Post,
+        9,
+        "/ps/dup/a?clientid=c1&qos=1",
+        b"tk",
+        None,
+        b"once",
+    );
+    let first = peer.send_raw(datagram.clone(), now);
+    let again = peer.send_raw(datagram, now + Duration::from_secs(3));
+    assert_eq!(first.len(), 1);
+    assert_eq!(first, again);
+    assert_eq!(
+        code(&first[0]),
+        MessageClass::Response(ResponseType::Changed)
+    );
+    assert_eq!(first[0].header.get_type(), MessageType::Acknowledgement);
+    let routed = drain(&watcher, now);
+    assert_eq!(routed.len(), 1);
+    assert_eq!(
+        (&*routed[0].topic, &routed[0].payload[..], routed[0].qos),
+        ("dup/a", &b"once"[..], QoS::AtLeastOnce)
+    );
+}
+
+#[test]
+fn publish_queries_set_qos_retain_expiry_and_put_publishes_too() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let watcher = mqtt_subscriber(&broker, "q/#", now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    let answer = peer.request(
+        MessageType::NonConfirmable,
+        RequestType::Put,
+        "/ps/q/1?c=c2&q=2&r=true&expiry=60",
+        b"",
+        None,
+        b"x",
+        now,
+    );
+    assert_eq!(answer[0].header.get_type(), MessageType::NonConfirmable);
+    assert_eq!(
+        code(&answer[0]),
+        MessageClass::Response(ResponseType::Changed)
+    );
+    // Without a qos query a non-confirmable publish is QoS 0, a confirmable one QoS 1.
+    peer.request(
+        MessageType::NonConfirmable,
+        RequestType::Post,
+        "/ps/q/2",
+        b"",
+        None,
+        b"y",
+        now,
+    );
+    peer.post("/ps/q/3", b"z", now);
+    let routed = drain(&watcher, now);
+    assert_eq!(routed.len(), 3);
+    assert_eq!(routed[0].qos, QoS::ExactlyOnce);
+    assert!(routed[0].retain);
+    assert_eq!(routed[0].properties.message_expiry_interval, Some(60));
+    assert_eq!(routed[1].qos, QoS::AtMostOnce);
+    assert!(!routed[1].retain);
+    assert_eq!(routed[2].qos, QoS::AtLeastOnce);
+    assert_eq!(broker.retained_count(), 1);
+}
+
+#[test]
+fn bad_requests_get_their_codes() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    let cases: &[(RequestType, &str, Option<u32>, &[u8], ResponseType)] = &[
+        (
+            RequestType::Post,
+            "/ps",
+            None,
+            b"t",
+            ResponseType::BadRequest,
+        ),
+        (
+            RequestType::Post,
+            "/ps/a/%2B",
+            None,
+            b"t",
+            ResponseType::Changed,
+        ),
+        (
+            RequestType::Post,
+            "/ps/a/+",
+            None,
+            b"t",
+            ResponseType::BadRequest,
+        ),
+        (
+            RequestType::Post,
+            "/ps/a?qos=5",
+            None,
+            b"t",
+            ResponseType::BadRequest,
+        ),
+        (
+            RequestType::Post,
+            "/other",
+            None,
+            b"t",
+            ResponseType::NotFound,
+        ),
+        (
+            RequestType::Delete,
+            "/ps/a",
+            None,
+            b"t",
+            ResponseType::MethodNotAllowed,
+        ),
+        (
+            RequestType::Get,
+            "/ps/a",
+            None,
+            b"t",
+            ResponseType::BadRequest,
+        ),
+        (
+            RequestType::Get,
+            "/ps/a",
+            Some(2),
+            b"t",
+            ResponseType::BadRequest,
+        ),
+        (
+            RequestType::Get,
+            "/ps/a",
+            Some(0),
+            b"",
+            ResponseType::BadRequest,
+        ),
+    ];
+    for (method, path, observe, token, want) in cases {
+        let answer = peer.request(
+            MessageType::Confirmable,
+            *method,
+            &format!(
+                "{path}{}clientid=bad",
+                if path.contains('?') { "&" } else { "?" }
+            ),
+            token,
+            *observe,
+            b"",
+            now,
+        );
+        assert_eq!(
+            code(&answer[0]),
+            MessageClass::Response(*want),
+            "{method:?} {path} observe {observe:?}"
+        );
+    }
+}
+
+#[test]
+fn observe_subscribes_with_wildcards_and_notifies_with_increasing_sequence_numbers() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    // `#` arrives percent-decoded in the Uri-Path option.
+    let answer = peer.observe("/ps/obs/#?clientid=o1", b"ob", now);
+    assert_eq!(answer.len(), 1);
+    assert_eq!(code(&answer[0]), content());
+    let registered = answer[0].get_observe_value().unwrap().unwrap();
+    mqtt_publish(&broker, "obs/a", b"n1", QoS::AtMostOnce, now);
+    mqtt_publish(&broker, "obs/b/c", b"n2", QoS::AtMostOnce, now);
+    let notes = peer.wake(now);
+    assert_eq!(notes.len(), 2);
+    let mut last = registered;
+    for (note, payload) in notes.iter().zip([&b"n1"[..], b"n2"]) {
+        assert_eq!(note.header.get_type(), MessageType::NonConfirmable);
+        assert_eq!(note.get_token(), b"ob");
+        assert_eq!(note.payload, payload);
+        assert!(note.get_content_format().is_none());
+        let sequence = note.get_observe_value().unwrap().unwrap();
+        assert!(sequence > last);
+        last = sequence;
+    }
+    // Observe 1 cancels: nothing more arrives.
+    let answer = peer.request(
+        MessageType::Confirmable,
+        RequestType::Get,
+        "/ps/obs/#",
+        b"ob",
+        Some(1),
+        b"",
+        now,
+    );
+    assert_eq!(code(&answer[0]), content());
+    assert!(answer[0].get_observe_value().is_none());
+    assert_eq!(peer.channel.observation_count(), 0);
+    mqtt_publish(&broker, "obs/a", b"n3", QoS::AtMostOnce, now);
+    assert!(peer.wake(now).is_empty());
+}
+
+#[test]
+fn one_confirmable_notification_in_flight_and_the_rest_wait_for_its_ack() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    peer.observe("/ps/con?clientid=o2", b"cn", now);
+    for payload in [b"1", b"2", b"3"] {
+        mqtt_publish(&broker, "con", payload, QoS::AtLeastOnce, now);
+    }
+    let first = peer.wake(now);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].header.get_type(), MessageType::Confirmable);
+    assert_eq!(first[0].payload, b"1");
+    // The ACK releases the next one.
+    let second = peer.ack(&first[0], now);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].payload, b"2");
+    let third = peer.ack(&second[0], now);
+    assert_eq!(third[0].payload, b"3");
+    assert!(peer.ack(&third[0], now).is_empty());
+}
+
+#[test]
+fn an_unacknowledged_notification_is_retransmitted_then_the_observer_removed() {
+    let start = Instant::now();
+    let broker = broker(start);
+    let mut peer = Peer::new(&broker, settings(), start);
+    peer.observe("/ps/gone?clientid=o3", b"gn", start);
+    mqtt_publish(&broker, "gone", b"hello", QoS::AtLeastOnce, start);
+    let sent = peer.wake(start);
+    assert_eq!(sent.len(), 1);
+    let mut now = start;
+    for wait in [2, 4, 8, 16] {
+        now += Duration::from_secs(wait);
+        let again = peer.tick(now);
+        assert_eq!(again, sent, "retransmitted after {wait} s");
+    }
+    now += Duration::from_secs(32);
+    // Given up: the observer is removed, and the silent client is then pinged.
+    let after = peer.tick(now);
+    assert_eq!(peer.channel.observation_count(), 0);
+    assert!(after.iter().all(|p| p.payload.is_empty()));
+    mqtt_publish(&broker, "gone", b"later", QoS::AtLeastOnce, now);
+    assert!(peer.wake(now).iter().all(|p| p.payload.is_empty()));
+}
+
+#[test]
+fn a_reset_notification_removes_the_observer() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    peer.observe("/ps/rst/+?clientid=o4", b"rs", now);
+    mqtt_publish(&broker, "rst/x", b"a", QoS::AtMostOnce, now);
+    let note = peer.wake(now);
+    assert_eq!(note[0].header.get_type(), MessageType::NonConfirmable);
+    peer.reset(&note[0], now);
+    assert_eq!(peer.channel.observation_count(), 0);
+    mqtt_publish(&broker, "rst/x", b"b", QoS::AtMostOnce, now);
+    assert!(peer.wake(now).is_empty());
+}
+
+#[test]
+fn notify_type_con_and_non_override_the_qos() {
+    let now = Instant::now();
+    let broker = broker(now);
+    for (kind, qos, want) in [
+        (
+            CoapNotifyType::Con,
+            QoS::AtMostOnce,
+            MessageType::Confirmable,
+        ),
+        (
+            CoapNotifyType::Non,
+            QoS::AtLeastOnce,
+            MessageType::NonConfirmable,
+        ),
+    ] {
+        let mut peer = Peer::new(
+            &broker,
+            Settings {
+                notify_type: kind,
+                ..settings()
+            },
+            now,
+        );
+        peer.observe(&format!("/ps/nt/{kind:?}?clientid=nt{kind:?}"), b"n", now);
+        mqtt_publish(&broker, &format!("nt/{kind:?}"), b"m", qos, now);
+        let note = peer.wake(now);
+        assert_eq!(note[0].header.get_type(), want, "{kind:?}");
+    }
+}
+
+#[test]
+fn retained_messages_arrive_after_the_observe_answer() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut publisher = Peer::new(&broker, settings(), now);
+    publisher.post("/ps/ret/a?clientid=rp&retain=true", b"kept", now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    let answer = peer.observe("/ps/ret/#?clientid=ro", b"rt", now);
+    assert_eq!(answer.len(), 2);
+    assert_eq!(code(&answer[0]), content());
+    assert_eq!(answer[1].payload, b"kept");
+    assert_eq!(answer[1].get_token(), b"rt");
+}
+
+#[test]
+fn content_format_becomes_the_content_type_and_back() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let watcher = mqtt_subscriber(&broker, "cf", now);
+    let mut observer = Peer::new(&broker, settings(), now);
+    observer.observe("/ps/cf?clientid=cfo", b"cf", now);
+    let mut datagram = Packet::from_bytes(&build(
+        MessageType::Confirmable,
+        RequestType::Post,
+        1,
+        "/ps/cf?clientid=cfp",
+        b"x",
+        None,
+        b"{}",
+    ))
+    .unwrap();
+    datagram.add_option(CoapOption::ContentFormat, vec![50]);
+    let mut publisher = Peer::new(&broker, settings(), now);
+    publisher.send_raw(datagram.to_bytes_unlimited().unwrap(), now);
+    let routed = drain(&watcher, now);
+    assert_eq!(
+        routed[0].properties.content_type.as_deref(),
+        Some("application/json")
+    );
+    let note = observer.wake(now);
+    assert_eq!(
+        note[0].get_first_option(CoapOption::ContentFormat),
+        Some(&vec![50])
+    );
+}
+
+#[test]
+fn mountpoint_prefixes_topics_with_the_client_id() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let watcher = mqtt_subscriber(&broker, "coap/#", now);
+    let mut peer = Peer::new(
+        &broker,
+        Settings {
+            mountpoint: "coap/${clientid}/".into(),
+            ..settings()
+        },
+        now,
+    );
+    peer.post("/ps/t?clientid=m1", b"v", now);
+    assert_eq!(&*drain(&watcher, now)[0].topic, "coap/m1/t");
+    peer.observe("/ps/in", b"i", now);
+    mqtt_publish(&broker, "coap/m1/in", b"w", QoS::AtMostOnce, now);
+    assert_eq!(peer.wake(now)[0].payload, b"w");
+}
+
+#[test]
+fn a_silent_observer_is_pinged_and_forgotten_when_it_does_not_answer() {
+    let start = Instant::now();
+    let broker = broker(start);
+    let mut peer = Peer::new(&broker, settings(), start);
+    peer.observe("/ps/quiet?clientid=q1", b"q", start);
+    let mut now = start + Duration::from_secs(30);
+    let ping = peer.tick(now);
+    assert_eq!(ping.len(), 1);
+    assert_eq!(ping[0].header.code, MessageClass::Empty);
+    assert_eq!(ping[0].header.get_type(), MessageType::Confirmable);
+    // Its Reset proves it is there.
+    peer.reset(&ping[0], now);
+    assert!(!peer.closed);
+    assert_eq!(
+        peer.channel.next_deadline(),
+        Some(now + Duration::from_secs(30))
+    );
+    now += Duration::from_secs(30);
+    let ping = peer.tick(now);
+    assert_eq!(ping.len(), 1);
+    for wait in [2, 4, 8, 16, 32] {
+        now += Duration::from_secs(wait);
+        peer.tick(now);
+    }
+    assert!(peer.closed);
+    assert!(broker
+        .session(&SessionKey {
+            namespace: "coap",
+            client_id: Arc::from("q1"),
+        })
+        .is_some());
+    peer.channel.handle_closed(now);
+    assert!(broker
+        .session(&SessionKey {
+            namespace: "coap",
+            client_id: Arc::from("q1"),
+        })
+        .is_none());
+}
+
+#[test]
+fn a_client_without_observations_is_forgotten_after_the_heartbeat() {
+    let start = Instant::now();
+    let broker = broker(start);
+    let mut peer = Peer::new(&broker, settings(), start);
+    peer.post("/ps/hb?clientid=h1", b"v", start);
+    assert!(!peer.closed);
+    assert_eq!(
+        peer.channel.next_deadline(),
+        Some(start + Duration::from_secs(30))
+    );
+    peer.tick(start + Duration::from_secs(30));
+    assert!(peer.closed);
+}
+
+#[test]
+fn connection_mode_hands_out_a_token_and_checks_it() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let watcher = mqtt_subscriber(&broker, "cm/#", now);
+    let connected = || Settings {
+        connection_required: true,
+        ..settings()
+    };
+    let mut peer = Peer::new(&broker, connected(), now);
+    let missing = peer.post("/mqtt/connection", b"", now);
+    assert_eq!(
+        code(&missing),
+        MessageClass::Response(ResponseType::BadRequest)
+    );
+    let created = peer.post(
+        "/mqtt/connection?clientid=cm1&username=u&password=p",
+        b"",
+        now,
+    );
+    assert_eq!(
+        code(&created),
+        MessageClass::Response(ResponseType::Created)
+    );
+    let token = String::from_utf8(created.payload.clone()).unwrap();
+    assert!(token.parse::<u32>().is_ok(), "{token}");
+
+    let no_token = peer.post("/ps/cm/a?clientid=cm1", b"v", now);
+    assert_eq!(
+        code(&no_token),
+        MessageClass::Response(ResponseType::BadRequest)
+    );
+    let wrong = peer.post(&format!("/ps/cm/a?clientid=cm1&token={token}0"), b"v", now);
+    assert_eq!(
+        code(&wrong),
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
+    assert!(drain(&watcher, now).is_empty());
+    let good = peer.post(&format!("/ps/cm/a?clientid=cm1&token={token}"), b"v", now);
+    assert_eq!(code(&good), MessageClass::Response(ResponseType::Changed));
+    assert_eq!(drain(&watcher, now).len(), 1);
+
+    // The token works from another address too, taking the session over.
+    let mut moved = Peer::new(&broker, connected(), now);
+    let good = moved.post(&format!("/ps/cm/b?clientid=cm1&token={token}"), b"w", now);
+    assert_eq!(code(&good), MessageClass::Response(ResponseType::Changed));
+    assert_eq!(drain(&watcher, now).len(), 1);
+    assert!(peer.wake(now).is_empty());
+    assert!(peer.closed, "the first address is closed by the takeover");
+
+    let heartbeat = moved.request(
+        MessageType::Confirmable,
+        RequestType::Put,
+        &format!("/mqtt/connection?clientid=cm1&token={token}"),
+        b"h",
+        None,
+        b"",
+        now,
+    );
+    assert_eq!(
+        code(&heartbeat[0]),
+        MessageClass::Response(ResponseType::Changed)
+    );
+    let deleted = moved.request(
+        MessageType::Confirmable,
+        RequestType::Delete,
+        &format!("/mqtt/connection?clientid=cm1&token={token}"),
+        b"d",
+        None,
+        b"",
+        now,
+    );
+    assert_eq!(
+        code(&deleted[0]),
+        MessageClass::Response(ResponseType::Deleted)
+    );
+    assert!(moved.closed);
+}
+
+#[test]
+fn bad_credentials_get_4_01() {
+    let now = Instant::now();
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let broker = Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth {
+            authenticator: Arc::new(PasswordAuthenticator::new(None, false)),
+            authorizer: Arc::new(AclAuthorizer::empty(AclNoMatch::Allow)),
+        },
+        now,
+    ));
+    let mut peer = Peer::new(&broker, settings(), now);
+    let refused = peer.post("/ps/a?clientid=x", b"v", now);
+    assert_eq!(
+        code(&refused),
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
+    let mut peer = Peer::new(
+        &broker,
+        Settings {
+            connection_required: true,
+            ..settings()
+        },
+        now,
+    );
+    let refused = peer.post("/mqtt/connection?clientid=x", b"", now);
+    assert_eq!(
+        code(&refused),
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
+}

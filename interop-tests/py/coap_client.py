@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""A CoAP client on aiocoap (PyPI), driven by one JSON command per stdin line and answering
+one JSON event per line on stdout. One client context, so every request leaves from the same
+UDP port, as a device's would.
+
+Commands (field "cmd"):
+  request      method, uri, payload (hex), non (bool)      -> response {code, payload}
+  observe      uri                                          -> observing {code, observe}
+  notification timeout (s)                                  -> notification {payload, observe,
+                                                               mtype} or timeout
+  cancel                                                    -> cancelled
+"""
+
+import asyncio
+import json
+import sys
+
+from aiocoap import CON, GET, NON, Context, Message
+from aiocoap.numbers.codes import Code
+
+
+def say(event, **fields):
+    fields["event"] = event
+    print(json.dumps(fields), flush=True)
+
+
+async def main():
+    context = await Context.create_client_context()
+    notifications = asyncio.Queue()
+    observation = None
+    reader = None
+    loop = asyncio.get_running_loop()
+    say("started")
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        command = json.loads(line)
+        op = command["cmd"]
+        try:
+            if op == "request":
+                message = Message(
+                    code=Code[command["method"]],
+                    uri=command["uri"],
+                    payload=bytes.fromhex(command.get("payload", "")),
+                    mtype=NON if command.get("non") else CON,
+                )
+                response = await asyncio.wait_for(context.request(message).response, 20)
+                say("response", code=response.code.dotted, payload=response.payload.hex())
+            elif op == "observe":
+                request = context.request(Message(code=GET, uri=command["uri"], observe=0))
+                response = await asyncio.wait_for(request.response, 20)
+                observation = request.observation
+
+                async def collect(observed):
+                    try:
+                        async for note in observed:
+                            await notifications.put(note)
+                    except Exception as error:  # the observation ended
+                        await notifications.put(error)
+
+                reader = asyncio.ensure_future(collect(observation))
+                say("observing", code=response.code.dotted, observe=response.opt.observe)
+            elif op == "notification":
+                try:
+                    note = await asyncio.wait_for(notifications.get(), command.get("timeout", 10))
+                except asyncio.TimeoutError:
+                    say("timeout")
+                    continue
+                if isinstance(note, Exception):
+                    say("ended", error=repr(note))
+                    continue
+                say(
+                    "notification",
+                    payload=note.payload.hex(),
+                    observe=note.opt.observe,
+                    mtype=str(note.mtype),
+                    code=note.code.dotted,
+                )
+            elif op == "cancel":
+                if observation is not None:
+                    observation.cancel()
+                if reader is not None:
+                    reader.cancel()
+                observation = None
+                say("cancelled")
+            else:
+                say("error", error="unknown command " + op)
+        except Exception as error:
+            say("error", error=repr(error))
+    await context.shutdown()
+
+
+asyncio.run(main())

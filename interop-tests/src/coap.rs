@@ -1,0 +1,165 @@
+//! CoAP clients nobody here wrote: aiocoap from PyPI, driven through `py/coap_client.py`
+//! (one JSON command per line, one JSON event per answer), and libcoap's `coap-client`
+//! (Debian libcoap3-bin, the build without DTLS) run once per request.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::process::{Line, Proc};
+use crate::{from_hex, to_hex, Broker};
+
+/// aiocoap gives up on a confirmable request after about 93 s by itself; the script stops
+/// waiting after 20 s, and this a little later so that its own report arrives first.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// libcoap's client without DTLS support, as Debian names it.
+pub const COAP_CLIENT: &str = "coap-client-notls";
+
+/// A response as aiocoap read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoapResponse {
+    /// Dotted, e.g. "2.04".
+    pub code: String,
+    pub payload: Vec<u8>,
+}
+
+/// A notification as aiocoap read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub payload: Vec<u8>,
+    pub observe: u64,
+    /// "CON" or "NON".
+    pub mtype: String,
+}
+
+pub struct AiocoapClient {
+    proc: Proc,
+    base: String,
+}
+
+impl AiocoapClient {
+    pub fn spawn(broker: &Broker) -> AiocoapClient {
+        let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut cmd = Command::new(python);
+        cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/coap_client.py"));
+        let mut client = AiocoapClient {
+            proc: Proc::spawn("aiocoap client", cmd),
+            base: format!("coap://{}:{}", broker.host, broker.coap_port),
+        };
+        client.expect("started");
+        client
+    }
+
+    fn run(&mut self, mut fields: Value, answer: &str) -> Value {
+        self.proc.send_line(&fields.take().to_string());
+        self.expect(answer)
+    }
+
+    fn expect(&mut self, name: &str) -> Value {
+        match self.proc.next_line(COMMAND_TIMEOUT) {
+            Line::Line(line) => {
+                let event: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("aiocoap client printed {line:?}: {e}"));
+                if event["event"] != name {
+                    panic!(
+                        "aiocoap client: expected {name}, got {event}; stderr:\n{}",
+                        self.proc.stderr()
+                    );
+                }
+                event
+            }
+            other => panic!(
+                "aiocoap client: no {name} ({other:?}); stderr:\n{}",
+                self.proc.stderr()
+            ),
+        }
+    }
+
+    /// Sends `method` to `path_and_query` (e.g. "/ps/a?qos=1"), confirmable unless `non`.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path_and_query: &str,
+        payload: &[u8],
+        non: bool,
+    ) -> CoapResponse {
+        let event = self.run(
+            json!({
+                "cmd": "request",
+                "method": method,
+                "uri": format!("{}{path_and_query}", self.base),
+                "payload": to_hex(payload),
+                "non": non,
+            }),
+            "response",
+        );
+        CoapResponse {
+            code: event["code"].as_str().unwrap_or_default().to_owned(),
+            payload: from_hex(event["payload"].as_str().unwrap_or_default()),
+        }
+    }
+
+    /// Registers an observation; returns the response code.
+    pub fn observe(&mut self, path_and_query: &str) -> String {
+        let event = self.run(
+            json!({ "cmd": "observe", "uri": format!("{}{path_and_query}", self.base) }),
+            "observing",
+        );
+        event["code"].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub fn notification(&mut self) -> Notification {
+        let event = self.run(
+            json!({ "cmd": "notification", "timeout": 10 }),
+            "notification",
+        );
+        Notification {
+            payload: from_hex(event["payload"].as_str().unwrap_or_default()),
+            observe: event["observe"].as_u64().unwrap_or_default(),
+            mtype: event["mtype"].as_str().unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// True when no notification arrives within `timeout`.
+    pub fn no_notification_for(&mut self, timeout: Duration) -> bool {
+        self.proc.send_line(
+            &json!({ "cmd": "notification", "timeout": timeout.as_secs_f64() }).to_string(),
+        );
+        match self.proc.next_line(COMMAND_TIMEOUT) {
+            Line::Line(line) => line.contains("\"timeout\""),
+            other => panic!("aiocoap client: {other:?}"),
+        }
+    }
+
+    /// Stops observing: aiocoap answers the next notification with Reset.
+    pub fn cancel(&mut self) {
+        self.run(json!({ "cmd": "cancel" }), "cancelled");
+    }
+}
+
+/// Runs `coap-client` with `args` and the URI `path_and_query` on the broker; returns
+/// (exit success, stdout, stderr).
+pub fn coap_client(broker: &Broker, args: &[&str], path_and_query: &str) -> (bool, String, String) {
+    let mut cmd = Command::new(COAP_CLIENT);
+    cmd.args(args).arg(format!(
+        "coap://{}:{}{path_and_query}",
+        broker.host, broker.coap_port
+    ));
+    let mut proc = Proc::spawn(COAP_CLIENT, cmd);
+    let mut stdout = String::new();
+    loop {
+        match proc.next_line(COMMAND_TIMEOUT) {
+            Line::Line(line) => {
+                stdout.push_str(&line);
+                stdout.push('\n');
+            }
+            Line::Eof => break,
+            Line::Timeout => panic!("{COAP_CLIENT} {args:?} hung; stderr:\n{}", proc.stderr()),
+        }
+    }
+    let status = proc.wait(COMMAND_TIMEOUT);
+    (status.is_some_and(|s| s.success()), stdout, proc.stderr())
+}

@@ -301,6 +301,22 @@ fn check_mountpoint(key: &str, mountpoint: &str, fail: &mut impl FnMut(&str, Str
     }
 }
 
+/// Durations of a gateway that must not be zero, by key.
+fn check_longer_than_zero(
+    gateway: &str,
+    durations: &[(&str, crate::Duration)],
+    fail: &mut impl FnMut(&str, String),
+) {
+    for (key, value) in durations {
+        if value.is_zero() {
+            fail(
+                &format!("{gateway}.{key}"),
+                format!("{gateway}.{key} must be longer than 0s"),
+            );
+        }
+    }
+}
+
 fn check_mqttsn(
     sn: &crate::MqttSnConfig,
     enabled: &mut Vec<(String, SocketAddr)>,
@@ -308,18 +324,15 @@ fn check_mqttsn(
 ) {
     let p = "gateway.mqttsn";
     check_mountpoint(&format!("{p}.mountpoint"), &sn.mountpoint, fail);
-    for (key, value) in [
-        ("idle_timeout", sn.idle_timeout),
-        ("retry_interval", sn.retry_interval),
-        ("advertise_interval", sn.advertise_interval),
-    ] {
-        if value.is_zero() {
-            fail(
-                &format!("{p}.{key}"),
-                format!("{p}.{key} must be longer than 0s"),
-            );
-        }
-    }
+    check_longer_than_zero(
+        p,
+        &[
+            ("idle_timeout", sn.idle_timeout),
+            ("retry_interval", sn.retry_interval),
+            ("advertise_interval", sn.advertise_interval),
+        ],
+        fail,
+    );
     // ADVERTISE carries the interval in a 16-bit count of seconds.
     if sn.advertise_interval.as_secs() > u64::from(u16::MAX) {
         fail(
@@ -360,29 +373,11 @@ fn check_mqttsn(
             );
         }
     }
-    for (name, listener) in &sn.listeners.udp {
-        let prefix = format!("{p}.listeners.udp.{name}");
-        if !is_valid_listener_name(name) {
-            fail(
-                &prefix,
-                format!("{p}.listeners.udp: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
-            );
-        }
-        if listener.max_connections == 0 {
-            fail(
-                &format!("{prefix}.max_connections"),
-                format!("{prefix}.max_connections must be >= 1"),
-            );
-        }
-        if !(2..=65_535).contains(&listener.max_packet_size) {
-            fail(
-                &format!("{prefix}.max_packet_size"),
-                format!("{prefix}.max_packet_size must be 2..=65535 bytes, the range of MQTT-SN's length field"),
-            );
-        }
-        let starts = listener.enable && sn.enable;
-        check_bind(prefix, &listener.bind, starts, enabled, fail);
-    }
+    let sizes = PacketSizes {
+        least: 2,
+        why: ", the range of MQTT-SN's length field",
+    };
+    check_udp_listeners(p, &sn.listeners.udp, sn.enable, sizes, enabled, fail);
 }
 
 fn check_coap(
@@ -392,19 +387,16 @@ fn check_coap(
 ) {
     let p = "gateway.coap";
     check_mountpoint(&format!("{p}.mountpoint"), &coap.mountpoint, fail);
-    for (key, value) in [
-        ("heartbeat", coap.heartbeat),
-        ("ack_timeout", coap.ack_timeout),
-        ("exchange_lifetime", coap.exchange_lifetime),
-        ("non_lifetime", coap.non_lifetime),
-    ] {
-        if value.is_zero() {
-            fail(
-                &format!("{p}.{key}"),
-                format!("{p}.{key} must be longer than 0s"),
-            );
-        }
-    }
+    check_longer_than_zero(
+        p,
+        &[
+            ("heartbeat", coap.heartbeat),
+            ("ack_timeout", coap.ack_timeout),
+            ("exchange_lifetime", coap.exchange_lifetime),
+            ("non_lifetime", coap.non_lifetime),
+        ],
+        fail,
+    );
     if !(1.0..=10.0).contains(&coap.ack_random_factor) {
         fail(
             &format!("{p}.ack_random_factor"),
@@ -420,12 +412,31 @@ fn check_coap(
             format!("{p}.max_retransmit must be at most 20 (each retransmission doubles the wait)"),
         );
     }
-    for (name, listener) in &coap.listeners.udp {
-        let prefix = format!("{p}.listeners.udp.{name}");
+    let sizes = PacketSizes { least: 64, why: "" };
+    check_udp_listeners(p, &coap.listeners.udp, coap.enable, sizes, enabled, fail);
+}
+
+/// The packet sizes a UDP gateway's listener may be given: `least..=65535` bytes.
+struct PacketSizes {
+    least: u32,
+    why: &'static str,
+}
+
+/// `[{gateway}.listeners.udp.*]` of a UDP gateway, started only with the gateway.
+fn check_udp_listeners(
+    gateway: &str,
+    listeners: &std::collections::BTreeMap<String, crate::UdpListenerConfig>,
+    gateway_enabled: bool,
+    sizes: PacketSizes,
+    enabled: &mut Vec<(String, SocketAddr)>,
+    fail: &mut impl FnMut(&str, String),
+) {
+    for (name, listener) in listeners {
+        let prefix = format!("{gateway}.listeners.udp.{name}");
         if !is_valid_listener_name(name) {
             fail(
                 &prefix,
-                format!("{p}.listeners.udp: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
+                format!("{gateway}.listeners.udp: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
             );
         }
         if listener.max_connections == 0 {
@@ -434,13 +445,16 @@ fn check_coap(
                 format!("{prefix}.max_connections must be >= 1"),
             );
         }
-        if !(64..=65_535).contains(&listener.max_packet_size) {
+        if !(sizes.least..=65_535).contains(&listener.max_packet_size) {
             fail(
                 &format!("{prefix}.max_packet_size"),
-                format!("{prefix}.max_packet_size must be 64..=65535 bytes"),
+                format!(
+                    "{prefix}.max_packet_size must be {}..=65535 bytes{}",
+                    sizes.least, sizes.why
+                ),
             );
         }
-        let starts = listener.enable && coap.enable;
+        let starts = listener.enable && gateway_enabled;
         check_bind(prefix, &listener.bind, starts, enabled, fail);
     }
 }

@@ -438,6 +438,8 @@ pub struct UdpListenerConfig {
     pub max_connections: u32,
     /// Largest datagram accepted, bytes.
     pub max_packet_size: u32,
+    /// Datagrams waiting for one peer's channel; more are dropped as the network would.
+    pub max_queued_datagrams: u32,
 }
 
 impl UdpListenerConfig {
@@ -657,6 +659,7 @@ impl Config {
                                 bind: "0.0.0.0:1884".into(),
                                 max_connections: 1_024_000,
                                 max_packet_size: 65_535,
+                                max_queued_datagrams: 64,
                             },
                         )]),
                     },
@@ -683,6 +686,7 @@ impl Config {
                                 bind: "0.0.0.0:5683".into(),
                                 max_connections: 1_024_000,
                                 max_packet_size: 65_535,
+                                max_queued_datagrams: 64,
                             },
                         )]),
                     },

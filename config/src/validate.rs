@@ -454,6 +454,12 @@ fn check_udp_listeners(
                 ),
             );
         }
+        if listener.max_queued_datagrams == 0 {
+            fail(
+                &format!("{prefix}.max_queued_datagrams"),
+                format!("{prefix}.max_queued_datagrams must be >= 1"),
+            );
+        }
         let starts = listener.enable && gateway_enabled;
         check_bind(prefix, &listener.bind, starts, enabled, fail);
     }

@@ -273,6 +273,10 @@ fn bad_values_name_the_key() {
             "listeners.ws.default.mountpoint \"a/+/\" must not contain",
         ),
         (
+            "[gateway.coap.listeners.udp.default]\nmax_queued_datagrams = 0",
+            "gateway.coap.listeners.udp.default.max_queued_datagrams must be >= 1",
+        ),
+        (
             "[gateway.mqttsn]\nmountpoint = \"#\"",
             "gateway.mqttsn.mountpoint \"#\" must not contain",
         ),

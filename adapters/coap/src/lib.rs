@@ -45,10 +45,6 @@ impl DatagramChannel for CoapChannel {
     }
 }
 
-/// Datagrams waiting for one client's channel; beyond it they are dropped as the network
-/// might drop them, and the client retransmits.
-const PEER_QUEUE: usize = 64;
-
 /// One peer per source address: a client coming back from another address proves itself
 /// with its connection token instead.
 struct CoapDemux;
@@ -71,6 +67,8 @@ pub struct UdpListenerSettings {
     pub name: Arc<str>,
     pub bind: SocketAddr,
     pub max_peers: usize,
+    /// Datagrams waiting for one peer's channel; more are dropped.
+    pub max_queued_datagrams: usize,
     /// The largest datagram accepted; larger ones are refused before decoding.
     pub max_packet_size: usize,
 }
@@ -90,7 +88,7 @@ pub async fn serve_udp(
         // One byte more than accepted, so an oversized datagram is seen as such rather
         // than arriving truncated.
         max_datagram_size: listener.max_packet_size.saturating_add(1),
-        peer_queue: PEER_QUEUE,
+        max_queued_datagrams: listener.max_queued_datagrams,
         beacon: None,
     };
     let channel_broker = broker.clone();

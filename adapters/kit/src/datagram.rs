@@ -57,7 +57,7 @@ pub struct DatagramSettings {
     /// Largest datagram read; longer ones arrive truncated and fail to decode.
     pub max_datagram_size: usize,
     /// Datagrams queued for one peer's task; beyond it they are dropped as the network might.
-    pub peer_queue: usize,
+    pub max_queued_datagrams: usize,
     pub beacon: Option<Beacon>,
 }
 
@@ -173,7 +173,7 @@ pub async fn serve_datagram_listener<C, D, F>(
         }
         next_task_id += 1;
         let task_id = next_task_id;
-        let (inbox, rx) = mpsc::channel(limits.peer_queue.max(1));
+        let (inbox, rx) = mpsc::channel(limits.max_queued_datagrams.max(1));
         let entry = PeerEntry { task_id, inbox };
         offer(&entry, from, datagram, &stats);
         guard.by_key.insert(key.clone(), entry);

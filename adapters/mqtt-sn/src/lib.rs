@@ -44,10 +44,6 @@ impl DatagramChannel for MqttSnChannel {
     }
 }
 
-/// Datagrams waiting for one client's channel: a client waits for each answer, so more than
-/// a few means a flood, dropped as the network might drop it.
-const PEER_QUEUE: usize = 64;
-
 /// Finds peers by what a datagram says before any channel reads it.
 struct SnDemux;
 
@@ -69,6 +65,8 @@ pub struct UdpListenerSettings {
     pub name: Arc<str>,
     pub bind: SocketAddr,
     pub max_peers: usize,
+    /// Datagrams waiting for one peer's channel; more are dropped.
+    pub max_queued_datagrams: usize,
     pub max_packet_size: usize,
     /// ADVERTISE every interval to this address, when broadcasting is on.
     pub advertise: Option<(SocketAddr, Duration)>,
@@ -99,7 +97,7 @@ pub async fn serve_udp(
         name: listener.name.clone(),
         max_peers: listener.max_peers,
         max_datagram_size: listener.max_packet_size,
-        peer_queue: PEER_QUEUE,
+        max_queued_datagrams: listener.max_queued_datagrams,
         beacon,
     };
     let channel_broker = broker.clone();

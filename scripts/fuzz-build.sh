@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Builds every cargo-fuzz target so they never rot. The toolchain here is stable: sanitizer
-# flags need RUSTC_BOOTSTRAP. To fuzz: RUSTC_BOOTSTRAP=1 cargo fuzz run mqtt_decode
+# Type-checks every fuzz target so they never rot. A check needs neither cargo-fuzz nor the
+# sanitizer build, which would double CI's compile time; fuzz/README.md says how to fuzz.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-RUSTC_BOOTSTRAP=1 cargo fuzz build
+cd "$(dirname "$0")/../fuzz"
+cargo check --locked --bins

@@ -157,7 +157,17 @@ pub struct ListenersConfig {
 }
 
 /// The listener kinds, as they appear under `listeners.`.
-pub const LISTENER_KINDS: [&str; 5] = ["tcp", "ssl", "ws", "wss", "quic"];
+/// Every table of named listeners: a listener added under a new name takes its omitted keys
+/// from the `default` one of its table.
+pub const LISTENER_TABLES: [&str; 7] = [
+    "listeners.tcp",
+    "listeners.ssl",
+    "listeners.ws",
+    "listeners.wss",
+    "listeners.quic",
+    "gateway.mqttsn.listeners.udp",
+    "gateway.coap.listeners.udp",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -411,7 +421,24 @@ pub struct MqttSnConfig {
     /// Topic ids one session may register, both directions together.
     pub max_registered_topics: u32,
     pub predefined: Vec<PredefinedTopic>,
+    pub clientinfo_override: ClientInfoOverride,
     pub listeners: MqttSnListenersConfig,
+}
+
+/// EMQX's `clientinfo_override`: templates for what a gateway's clients are authenticated
+/// and authorized as, for protocols whose CONNECT carries less than MQTT's. An empty template
+/// keeps what the client presented.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientInfoOverride {
+    pub clientid: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl ClientInfoOverride {
+    /// What a template may name, as `${name}`.
+    pub const PLACEHOLDERS: [&'static str; 4] = ["clientid", "username", "password", "peerhost"];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -440,11 +467,22 @@ pub struct UdpListenerConfig {
     pub max_packet_size: u32,
     /// Datagrams waiting for one peer's channel; more are dropped as the network would.
     pub max_queued_datagrams: u32,
+    /// Replaces the gateway's mountpoint for this listener's clients when not empty.
+    pub mountpoint: String,
 }
 
 impl UdpListenerConfig {
     pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
         parse_bind(&self.bind)
+    }
+
+    /// The mountpoint template of this listener's clients: its own, or else its gateway's.
+    pub fn mountpoint_or<'a>(&'a self, gateway_mountpoint: &'a str) -> &'a str {
+        if self.mountpoint.is_empty() {
+            gateway_mountpoint
+        } else {
+            &self.mountpoint
+        }
     }
 }
 
@@ -651,6 +689,7 @@ impl Config {
                     max_retries: 3,
                     max_registered_topics: 1000,
                     predefined: Vec::new(),
+                    clientinfo_override: ClientInfoOverride::default(),
                     listeners: MqttSnListenersConfig {
                         udp: BTreeMap::from([(
                             "default".to_owned(),
@@ -660,6 +699,7 @@ impl Config {
                                 max_connections: 1_024_000,
                                 max_packet_size: 65_535,
                                 max_queued_datagrams: 64,
+                                mountpoint: String::new(),
                             },
                         )]),
                     },
@@ -687,6 +727,7 @@ impl Config {
                                 max_connections: 1_024_000,
                                 max_packet_size: 65_535,
                                 max_queued_datagrams: 64,
+                                mountpoint: String::new(),
                             },
                         )]),
                     },

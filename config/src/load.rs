@@ -167,13 +167,11 @@ impl Config {
 }
 
 /// Lets a listener added under a new name leave out every key but `bind`, taking the rest from
-/// the embedded `listeners.<kind>.default`, so there is still one place that states defaults.
+/// the embedded `default` listener of its table, so there is still one place that states defaults.
 fn with_listener_templates(figment: &Figment) -> Result<Figment, ConfigError> {
     let mut out = figment.clone();
-    for kind in crate::LISTENER_KINDS {
-        let Ok(listeners) =
-            figment.extract_inner::<Map<String, Value>>(&format!("listeners.{kind}"))
-        else {
+    for table in crate::LISTENER_TABLES {
+        let Ok(listeners) = figment.extract_inner::<Map<String, Value>>(table) else {
             // Not a table: extraction reports it with the key and source.
             continue;
         };
@@ -181,9 +179,9 @@ fn with_listener_templates(figment: &Figment) -> Result<Figment, ConfigError> {
             .keys()
             .filter(|name| !validate::is_valid_listener_name(name))
             .map(|name| Problem {
-                key: format!("listeners.{kind}.{name}"),
+                key: format!("{table}.{name}"),
                 message: format!(
-                    "listeners.{kind}: invalid listener name {name:?}: use letters, digits, '_' and '-'"
+                    "{table}: invalid listener name {name:?}: use letters, digits, '_' and '-'"
                 ),
                 origin: None,
             })
@@ -192,12 +190,12 @@ fn with_listener_templates(figment: &Figment) -> Result<Figment, ConfigError> {
             return Err(ConfigError::Invalid(bad_names));
         }
         let mut template = Figment::from(defaults_provider())
-            .extract_inner::<Dict>(&format!("listeners.{kind}.default"))
+            .extract_inner::<Dict>(&format!("{table}.default"))
             .map_err(|e| ConfigError::Invalid(figment_problems(figment, e)))?;
         template.remove("bind");
         for name in listeners.keys().filter(|name| *name != "default") {
             out = out.join(Named {
-                inner: Serialized::default(&format!("listeners.{kind}.{name}"), &template),
+                inner: Serialized::default(&format!("{table}.{name}"), &template),
                 metadata: Metadata::named(TEMPLATE_NAME),
             });
         }

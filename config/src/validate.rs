@@ -290,6 +290,41 @@ fn check_quic_tls(prefix: &str, tls: &TlsConfig, fail: &mut impl FnMut(&str, Str
 /// Predefined ids above this would collide with the ids the gateway hands out itself.
 pub(crate) const MQTTSN_MAX_PREDEFINED_ID: u16 = 1024;
 
+/// A placeholder the gateway does not know would reach the authenticator verbatim.
+fn check_clientinfo_override(
+    prefix: &str,
+    templates: &crate::ClientInfoOverride,
+    fail: &mut impl FnMut(&str, String),
+) {
+    for (key, template) in [
+        ("clientid", &templates.clientid),
+        ("username", &templates.username),
+        ("password", &templates.password),
+    ] {
+        let mut rest = template.as_str();
+        while let Some((_, after)) = rest.split_once("${") {
+            let Some((name, tail)) = after.split_once('}') else {
+                fail(
+                    &format!("{prefix}.{key}"),
+                    format!("{prefix}.{key} {template:?}: unclosed \"${{\""),
+                );
+                break;
+            };
+            if !crate::ClientInfoOverride::PLACEHOLDERS.contains(&name) {
+                let known = crate::ClientInfoOverride::PLACEHOLDERS.map(|p| format!("${{{p}}}"));
+                fail(
+                    &format!("{prefix}.{key}"),
+                    format!(
+                        "{prefix}.{key} {template:?}: unknown placeholder ${{{name}}}; known: {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+            rest = tail;
+        }
+    }
+}
+
 /// A mountpoint is a topic prefix: wildcards or NUL in it would make every topic under it
 /// invalid.
 fn check_mountpoint(key: &str, mountpoint: &str, fail: &mut impl FnMut(&str, String)) {
@@ -324,6 +359,11 @@ fn check_mqttsn(
 ) {
     let p = "gateway.mqttsn";
     check_mountpoint(&format!("{p}.mountpoint"), &sn.mountpoint, fail);
+    check_clientinfo_override(
+        &format!("{p}.clientinfo_override"),
+        &sn.clientinfo_override,
+        fail,
+    );
     check_longer_than_zero(
         p,
         &[
@@ -460,6 +500,7 @@ fn check_udp_listeners(
                 format!("{prefix}.max_queued_datagrams must be >= 1"),
             );
         }
+        check_mountpoint(&format!("{prefix}.mountpoint"), &listener.mountpoint, fail);
         let starts = listener.enable && gateway_enabled;
         check_bind(prefix, &listener.bind, starts, enabled, fail);
     }

@@ -281,6 +281,18 @@ fn bad_values_name_the_key() {
             "gateway.mqttsn.mountpoint \"#\" must not contain",
         ),
         (
+            "[gateway.mqttsn.listeners.udp.default]\nmountpoint = \"a/#\"",
+            "gateway.mqttsn.listeners.udp.default.mountpoint \"a/#\" must not contain",
+        ),
+        (
+            "[gateway.mqttsn.clientinfo_override]\nusername = \"${client_id}\"",
+            "unknown placeholder ${client_id}; known: ${clientid}, ${username}",
+        ),
+        (
+            "[gateway.mqttsn.clientinfo_override]\npassword = \"x${clientid\"",
+            "gateway.mqttsn.clientinfo_override.password \"x${clientid\": unclosed",
+        ),
+        (
             "[listeners.tcp.default]\nmax_conn_rate = \"fast\"",
             "listeners.tcp.default.max_conn_rate",
         ),
@@ -470,6 +482,25 @@ fn listeners_of_every_kind_take_their_kinds_defaults_nested_tables_included() {
     assert_eq!(public.tls.versions.len(), 2);
     // Without a certificate a TLS listener is valid but does not start, so it claims no port.
     assert!(!c.listeners.ssl["internal"].tls.has_certificate());
+}
+
+#[test]
+fn gateway_udp_listeners_added_by_name_take_their_tables_defaults() {
+    let c = Config::from_toml_str(
+        r#"
+        [gateway.mqttsn.listeners.udp.lan]
+        bind = 11884
+        mountpoint = "lan/"
+        [gateway.coap.listeners.udp.lan]
+        bind = 15683
+        "#,
+    )
+    .unwrap();
+    let sn = &c.gateway.mqttsn.listeners.udp["lan"];
+    assert_eq!(sn.max_queued_datagrams, 64);
+    assert_eq!(sn.mountpoint, "lan/");
+    assert_eq!(c.gateway.mqttsn.listeners.udp["default"].mountpoint, "");
+    assert_eq!(c.gateway.coap.listeners.udp["lan"].max_packet_size, 65_535);
 }
 
 #[test]

@@ -195,6 +195,7 @@ async fn run(config: Config) -> Result<()> {
             let settings = Arc::new(adapter_mqtt_sn::Settings::from_config(
                 listener_name.clone(),
                 sn,
+                listener,
             ));
             let socket = adapter_kit::bind_udp(bind, advertise.is_some())
                 .await
@@ -230,11 +231,10 @@ async fn run(config: Config) -> Result<()> {
                 .bind_addr()
                 .with_context(|| format!("gateway.coap.listeners.udp.{name}.bind"))?;
             let listener_name: Arc<str> = Arc::from(format!("udp:{name}"));
-            let max_packet_size = listener.max_packet_size as usize;
             let settings = Arc::new(adapter_coap::Settings::from_config(
                 listener_name.clone(),
                 coap,
-                max_packet_size,
+                listener,
             ));
             let socket = adapter_kit::bind_udp(bind, false).await.with_context(|| {
                 format!("gateway.coap.listeners.udp.{name}: cannot listen on {bind}")
@@ -247,7 +247,7 @@ async fn run(config: Config) -> Result<()> {
                     bind,
                     max_peers: listener.max_connections as usize,
                     max_queued_datagrams: listener.max_queued_datagrams as usize,
-                    max_packet_size,
+                    max_packet_size: listener.max_packet_size as usize,
                 },
                 settings,
                 broker.clone(),

@@ -337,3 +337,44 @@ fn peers_beyond_the_listener_limit_are_not_served_and_the_others_are() {
     first.publish(&topic, b"still served", 1, false);
     assert_eq!(sub.recv(TIMEOUT).payload, b"still served");
 }
+
+#[test]
+fn clientinfo_override_names_the_user_and_the_listener_mountpoint_uses_it() {
+    let Some(broker) = Broker::start_gateway_only(
+        "clientinfo_override and a listener mountpoint",
+        &[
+            Setting::new(
+                "GATEWAY_GATEWAY__MQTTSN__CLIENTINFO_OVERRIDE__USERNAME",
+                "u-${clientid}",
+            ),
+            // The gateway-wide mountpoint is replaced by the listener's.
+            Setting::new("GATEWAY_GATEWAY__MQTTSN__MOUNTPOINT", "gateway-wide/"),
+            Setting::new(
+                "GATEWAY_GATEWAY__MQTTSN__LISTENERS__UDP__DEFAULT__MOUNTPOINT",
+                "sn/${username}/",
+            ),
+        ],
+    ) else {
+        return;
+    };
+    let client_id = unique_client_id("snover");
+    let mounted = format!("sn/u-{client_id}");
+    let mut sub = MosquittoSub::start(&broker, Version::V5, &[&format!("{mounted}/#")], 1, &[]);
+    let mut sn = SnClient::connected(&broker, &client_id, json!({}));
+    sn.publish("up/long/name", b"mounted", 1, false);
+    let msg = sub.recv(TIMEOUT);
+    assert_eq!(
+        (msg.topic.as_str(), &msg.payload[..]),
+        (format!("{mounted}/up/long/name").as_str(), &b"mounted"[..])
+    );
+    // Downstream the client sees its own topic, without the mountpoint.
+    assert!(sn.subscribe("down/here", 1).is_some());
+    let down = format!("{mounted}/down/here");
+    mosquitto_pub(&broker, Version::V311, &down, b"unmounted", 1, false, &[]);
+    let msg = sn.recv();
+    assert_eq!(
+        (msg.topic.as_deref(), &msg.payload[..]),
+        (Some("down/here"), &b"unmounted"[..])
+    );
+    sn.disconnect();
+}

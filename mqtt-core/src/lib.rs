@@ -13,5 +13,6 @@ pub mod retained;
 pub mod router;
 pub mod session;
 pub mod sys;
+pub mod template;
 pub mod topic;
 pub mod trie;

@@ -16,9 +16,11 @@ impl Mountpoint {
         if template.is_empty() {
             return None;
         }
-        let resolved = template
-            .replace("${clientid}", client_id)
-            .replace("${username}", username.unwrap_or(""));
+        let resolved = crate::template::expand(template, |name| match name {
+            "clientid" => Some(client_id),
+            "username" => Some(username.unwrap_or("")),
+            _ => None,
+        });
         (!resolved.is_empty()).then(|| Mountpoint(Arc::from(resolved)))
     }
 

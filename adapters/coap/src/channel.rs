@@ -54,7 +54,7 @@ impl Settings {
     pub fn from_config(
         listener: Arc<str>,
         config: &gateway_config::CoapConfig,
-        max_message_size: usize,
+        listener_config: &gateway_config::UdpListenerConfig,
     ) -> Settings {
         Settings {
             listener,
@@ -63,14 +63,14 @@ impl Settings {
             notify_type: config.notify_type,
             subscribe_qos: config.subscribe_qos,
             publish_qos: config.publish_qos,
-            mountpoint: config.mountpoint.clone(),
+            mountpoint: listener_config.mountpoint_or(&config.mountpoint).to_owned(),
             transmission: TransmissionParams {
                 ack_timeout: config.ack_timeout.get(),
                 ack_random_factor: config.ack_random_factor,
                 max_retransmit: config.max_retransmit,
                 exchange_lifetime: config.exchange_lifetime.get(),
                 non_lifetime: config.non_lifetime.get(),
-                max_message_size,
+                max_message_size: listener_config.max_packet_size as usize,
                 ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL)
             },
         }

@@ -41,8 +41,9 @@ pub struct Settings {
     pub listener: Arc<str>,
     pub gateway_id: u8,
     pub enable_qos3: bool,
-    /// May contain `${clientid}`.
+    /// The listener's or else the gateway's; may contain `${clientid}` and `${username}`.
     pub mountpoint: String,
+    pub clientinfo_override: gateway_config::ClientInfoOverride,
     pub idle_timeout: Duration,
     pub retry_interval: Duration,
     pub max_retries: u32,
@@ -51,12 +52,17 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(listener: Arc<str>, config: &gateway_config::MqttSnConfig) -> Settings {
+    pub fn from_config(
+        listener: Arc<str>,
+        config: &gateway_config::MqttSnConfig,
+        listener_config: &gateway_config::UdpListenerConfig,
+    ) -> Settings {
         Settings {
             listener,
             gateway_id: config.gateway_id,
             enable_qos3: config.enable_qos3,
-            mountpoint: config.mountpoint.clone(),
+            mountpoint: listener_config.mountpoint_or(&config.mountpoint).to_owned(),
+            clientinfo_override: config.clientinfo_override.clone(),
             idle_timeout: config.idle_timeout.get(),
             retry_interval: config.retry_interval.get(),
             max_retries: config.max_retries,
@@ -136,6 +142,8 @@ pub struct MqttSnChannel {
     last_received: Instant,
     keep_alive: Option<Duration>,
     session: Option<Arc<SessionCell>>,
+    /// The client id of CONNECT, which PINGREQ repeats; the session's may be overridden.
+    presented_client_id: Option<Arc<str>>,
     client: Option<ClientInfo>,
     in_flight: Option<InFlight>,
     will_disposition: WillDisposition,
@@ -160,14 +168,16 @@ impl MqttSnChannel {
             last_received: now,
             keep_alive: None,
             session: None,
+            presented_client_id: None,
             client: None,
             in_flight: None,
             will_disposition: WillDisposition::Publish,
         }
     }
 
+    /// The client id the client connected with.
     pub fn client_id(&self) -> Option<&str> {
-        self.client.as_ref().map(|client| &*client.client_id)
+        self.presented_client_id.as_deref()
     }
 
     pub fn is_asleep(&self) -> bool {
@@ -563,8 +573,9 @@ impl MqttSnChannel {
         out: &mut Vec<Bytes>,
         now: Instant,
     ) -> Flow {
-        let client_id: Arc<str> = Arc::from(&*pending.client_id);
-        let client = self.client_info(client_id.clone());
+        let presented_client_id: Arc<str> = Arc::from(&*pending.client_id);
+        let client = self.client_info(presented_client_id.clone());
+        let client_id = client.client_id.clone();
         if let AuthOutcome::Deny(reason) = self.broker.auth.authenticator.authenticate(&client) {
             tracing::info!(?reason, "client not authorized");
             self.send_connack(ReturnCode::NOT_SUPPORTED, out);
@@ -600,6 +611,7 @@ impl MqttSnChannel {
             "client connected"
         );
         self.send_connack(ReturnCode::ACCEPTED, out);
+        self.presented_client_id = Some(presented_client_id);
         self.client = Some(client);
         self.session = Some(attached.session);
         self.phase = Phase::Connected;
@@ -743,17 +755,25 @@ impl MqttSnChannel {
 
     // ---- topics -------------------------------------------------------------------------
 
-    /// Who the client is to the core, its mountpoint resolved.
+    /// Who the client is to the core: the identity it presented, overridden as configured,
+    /// then its mountpoint resolved from that.
     fn client_info(&self, client_id: Arc<str>) -> ClientInfo {
-        ClientInfo {
+        let mut client = ClientInfo {
             protocol: MQTTSN_NAMESPACE,
             listener: self.settings.listener.clone(),
-            mountpoint: Mountpoint::resolve(&self.settings.mountpoint, &client_id, None),
+            mountpoint: None,
             client_id,
             username: None,
             password: None,
             peer: self.peer,
-        }
+        };
+        client.apply_override(&self.settings.clientinfo_override);
+        client.mountpoint = Mountpoint::resolve(
+            &self.settings.mountpoint,
+            &client.client_id,
+            client.username.as_deref(),
+        );
+        client
     }
 
     fn with_registry<R>(&self, f: impl FnOnce(&mut TopicRegistry) -> R) -> Option<R> {

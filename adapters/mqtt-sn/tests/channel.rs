@@ -49,6 +49,7 @@ fn settings() -> Arc<Settings> {
         gateway_id: 7,
         enable_qos3: true,
         mountpoint: String::new(),
+        clientinfo_override: Default::default(),
         idle_timeout: Duration::from_secs(30),
         retry_interval: Duration::from_secs(10),
         max_retries: 3,

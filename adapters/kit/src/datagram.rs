@@ -253,6 +253,11 @@ impl<D: Demux> Peer<D> {
                 received = inbox.recv() => match received {
                     Some((from, datagram)) => {
                         // The table moved this peer here if `from` is new to it.
+                        if from != address {
+                            // The span names the peer where its replies go now.
+                            tracing::Span::current().record("peer", tracing::field::display(from));
+                            tracing::info!(old = %address, "peer moved to a new address");
+                        }
                         address = from;
                         self.key.0 = from;
                         channel.handle_datagram(datagram, &mut out, Instant::now())

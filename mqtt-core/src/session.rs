@@ -336,6 +336,15 @@ impl SessionState {
         self.outgoing.remove(index)
     }
 
+    /// Takes back an outgoing message its receiver refused instead of acknowledging (an
+    /// MQTT-SN PUBACK with a return code, which answers QoS 1 and QoS 2 alike).
+    pub fn withdraw_outgoing(&mut self, packet_id: u16) -> Option<Outgoing> {
+        let index = self.outgoing.iter().position(|out| {
+            out.packet_id == packet_id && out.state != OutgoingState::AwaitPubComp
+        })?;
+        self.outgoing.remove(index)
+    }
+
     pub fn puback(&mut self, packet_id: u16) -> bool {
         self.take_outgoing(packet_id, OutgoingState::AwaitPubAck)
             .is_some()

@@ -1166,14 +1166,29 @@ impl MqttSnChannel {
             // The client asks us to wait: the retry timer sends it again.
             return Flow::Continue;
         }
-        if return_code == ReturnCode::INVALID_TOPIC_ID {
-            // The client lost the id: the next message on that topic registers it again.
-            self.with_registry(|registry| registry.forget(topic_id));
-        }
-        if let Some(session) = &self.session {
-            session.state.lock().puback(msg_id);
-        }
         self.in_flight = None;
+        let Some(session) = self.session.clone() else {
+            return Flow::Continue;
+        };
+        if return_code == ReturnCode::ACCEPTED {
+            session.state.lock().puback(msg_id);
+            return Flow::Continue;
+        }
+        let refused = session.state.lock().withdraw_outgoing(msg_id);
+        if return_code == ReturnCode::INVALID_TOPIC_ID {
+            // The client no longer knows the id (it restarted, say): the message goes first
+            // again, and sending it registers its topic anew, so nothing is lost.
+            self.with_registry(|registry| registry.forget(topic_id));
+            if let Some(refused) = refused {
+                session.state.lock().unpop_queued(refused.delivery);
+            }
+        } else if refused.is_some() {
+            tracing::info!(
+                msg_id,
+                ?return_code,
+                "delivery refused by the client; dropped"
+            );
+        }
         Flow::Continue
     }
 

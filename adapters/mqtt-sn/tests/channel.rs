@@ -529,6 +529,83 @@ fn gateway_registers_a_new_topic_and_holds_the_message_until_regack() {
 }
 
 #[test]
+fn a_delivery_refused_for_an_unknown_topic_id_is_registered_again_and_resent() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut sn = Sn::connect(&broker, "dev-forgets", true, now);
+    let mut topic_id = sn.subscribe("kept/topic", Qos::Two, now);
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        mqtt_publish(&broker, "kept/topic", b"not lost", qos, now);
+        let Message::Publish { msg_id, .. } = sn.wake(now)[0].clone() else {
+            panic!()
+        };
+        // The client restarted and lost its ids.
+        let replies = sn.send(
+            Message::PubAck {
+                topic_id,
+                msg_id,
+                return_code: ReturnCode::INVALID_TOPIC_ID,
+            },
+            now,
+        );
+        let [Message::Register {
+            topic_id: new_id,
+            msg_id: register_id,
+            topic_name,
+        }] = replies.as_slice()
+        else {
+            panic!("expected REGISTER, got {replies:?}")
+        };
+        assert_eq!(topic_name, "kept/topic");
+        let replies = sn.send(
+            Message::RegAck {
+                topic_id: *new_id,
+                msg_id: *register_id,
+                return_code: ReturnCode::ACCEPTED,
+            },
+            now,
+        );
+        let [Message::Publish {
+            topic_id: sent_id,
+            msg_id,
+            data,
+            flags,
+        }] = replies.as_slice()
+        else {
+            panic!("expected the PUBLISH again, got {replies:?}")
+        };
+        assert_eq!((*sent_id, &data[..]), (*new_id, &b"not lost"[..]));
+        match qos {
+            QoS::AtLeastOnce => {
+                assert_eq!(flags.qos, Qos::One);
+                assert!(sn
+                    .send(
+                        Message::PubAck {
+                            topic_id: *new_id,
+                            msg_id: *msg_id,
+                            return_code: ReturnCode::ACCEPTED
+                        },
+                        now
+                    )
+                    .is_empty());
+            }
+            _ => {
+                assert_eq!(flags.qos, Qos::Two);
+                let msg_id = *msg_id;
+                assert_eq!(
+                    sn.send(Message::PubRec { msg_id }, now),
+                    vec![Message::PubRel { msg_id }]
+                );
+                assert!(sn.send(Message::PubComp { msg_id }, now).is_empty());
+            }
+        }
+        // The topic's id is the new one from now on.
+        topic_id = *new_id;
+    }
+    assert_eq!(sn.tick(now + Duration::from_secs(30)), vec![]);
+}
+
+#[test]
 fn qos2_to_the_client_walks_pubrec_pubrel_pubcomp() {
     let now = Instant::now();
     let broker = broker(now);

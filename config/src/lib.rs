@@ -421,6 +421,8 @@ pub struct MqttSnConfig {
     /// Topic ids one session may register, both directions together.
     pub max_registered_topics: u32,
     pub predefined: Vec<PredefinedTopic>,
+    /// REGISTER every subscribed topic name again when a session is resumed.
+    pub subs_resume: bool,
     pub clientinfo_override: ClientInfoOverride,
     pub listeners: MqttSnListenersConfig,
 }
@@ -689,6 +691,7 @@ impl Config {
                     max_retries: 3,
                     max_registered_topics: 1000,
                     predefined: Vec::new(),
+                    subs_resume: false,
                     clientinfo_override: ClientInfoOverride::default(),
                     listeners: MqttSnListenersConfig {
                         udp: BTreeMap::from([(

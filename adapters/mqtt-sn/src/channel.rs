@@ -49,6 +49,7 @@ pub struct Settings {
     pub max_retries: u32,
     pub max_registered_topics: usize,
     pub predefined: Predefined,
+    pub subs_resume: bool,
 }
 
 impl Settings {
@@ -73,6 +74,7 @@ impl Settings {
                     .iter()
                     .map(|topic| (topic.id, topic.topic.clone())),
             ),
+            subs_resume: config.subs_resume,
         }
     }
 }
@@ -107,12 +109,13 @@ enum Phase {
 enum Pending {
     /// The session's outgoing QoS 1/2 message with this id (PUBLISH or PUBREL, by its state).
     Outgoing { msg_id: u16 },
-    /// REGISTER of a topic, holding the message that needs it until REGACK (spec 6.10).
+    /// REGISTER of a topic, holding the message that needs it until REGACK (spec 6.10), or
+    /// none when a resumed session's subscriptions are registered again.
     Register {
         msg_id: u16,
         topic_id: u16,
         topic: ByteString,
-        held: Delivery,
+        held: Option<Delivery>,
     },
 }
 
@@ -146,6 +149,8 @@ pub struct MqttSnChannel {
     presented_client_id: Option<Arc<str>>,
     client: Option<ClientInfo>,
     in_flight: Option<InFlight>,
+    /// Subscribed topic names still to REGISTER after a resume (`subs_resume`).
+    resume_registers: Vec<ByteString>,
     will_disposition: WillDisposition,
 }
 
@@ -171,6 +176,7 @@ impl MqttSnChannel {
             presented_client_id: None,
             client: None,
             in_flight: None,
+            resume_registers: Vec::new(),
             will_disposition: WillDisposition::Publish,
         }
     }
@@ -611,6 +617,23 @@ impl MqttSnChannel {
             "client connected"
         );
         self.send_connack(ReturnCode::ACCEPTED, out);
+        if attached.session_present && self.settings.subs_resume {
+            let state = attached.session.state.lock();
+            // Reversed, so popping from the end registers them in filter order.
+            let mut names: Vec<ByteString> = state
+                .subscriptions
+                .keys()
+                .map(|filter| client.unmount(&ByteString::from(filter.as_str())))
+                .filter(|name| {
+                    !name.contains(['+', '#'])
+                        && !name.starts_with("$share/")
+                        && self.settings.predefined.id(name).is_none()
+                        && short_topic_id(name).is_none()
+                })
+                .collect();
+            names.sort_unstable_by(|a, b| b.cmp(a));
+            self.resume_registers = names;
+        }
         self.presented_client_id = Some(presented_client_id);
         self.client = Some(client);
         self.session = Some(attached.session);
@@ -882,7 +905,9 @@ impl MqttSnChannel {
         }
         let id = if topic_id != 0 { topic_id } else { offered };
         self.with_registry(|registry| registry.insert(id, topic));
-        self.send_delivery(held, out, now);
+        if let Some(held) = held {
+            self.send_delivery(held, out, now);
+        }
         Flow::Continue
     }
 
@@ -1235,6 +1260,12 @@ impl MqttSnChannel {
         let Some(session) = self.session.clone() else {
             return;
         };
+        while self.in_flight.is_none() {
+            let Some(topic) = self.resume_registers.pop() else {
+                break;
+            };
+            self.register(topic, None, out, now);
+        }
         if self.in_flight.is_none() {
             // An unacknowledged message of a resumed session goes first, again.
             let left = session.state.lock().outgoing().next().cloned();
@@ -1275,6 +1306,45 @@ impl MqttSnChannel {
         }
     }
 
+    /// Sends REGISTER for `topic`, under the id it already has or a free one, holding the
+    /// delivery that needs it, if any, until REGACK.
+    fn register(
+        &mut self,
+        topic: ByteString,
+        held: Option<Delivery>,
+        out: &mut Vec<Bytes>,
+        now: Instant,
+    ) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let known = self.with_registry(|registry| registry.id(&topic)).flatten();
+        let Some(topic_id) = known.or_else(|| self.with_registry(TopicRegistry::free_id).flatten())
+        else {
+            tracing::warn!(%topic, "topic registry full; delivery dropped");
+            return;
+        };
+        let msg_id = session.state.lock().allocate_packet_id();
+        self.send(
+            &Message::Register {
+                topic_id,
+                msg_id,
+                topic_name: topic.clone(),
+            },
+            out,
+        );
+        self.in_flight = Some(InFlight {
+            pending: Pending::Register {
+                msg_id,
+                topic_id,
+                topic,
+                held,
+            },
+            retry_at: now + self.settings.retry_interval,
+            retries: 0,
+        });
+    }
+
     /// Sends one delivery, or a REGISTER that holds it until REGACK.
     fn send_delivery(&mut self, delivery: Delivery, out: &mut Vec<Bytes>, now: Instant) {
         let Some(session) = self.session.clone() else {
@@ -1291,29 +1361,7 @@ impl MqttSnChannel {
         }
         let topic = self.unmount(&delivery.message.topic);
         if self.downlink_topic(&topic).is_none() {
-            let Some(topic_id) = self.with_registry(TopicRegistry::free_id).flatten() else {
-                tracing::warn!(%topic, "topic registry full; delivery dropped");
-                return;
-            };
-            let msg_id = session.state.lock().allocate_packet_id();
-            self.send(
-                &Message::Register {
-                    topic_id,
-                    msg_id,
-                    topic_name: topic.clone(),
-                },
-                out,
-            );
-            self.in_flight = Some(InFlight {
-                pending: Pending::Register {
-                    msg_id,
-                    topic_id,
-                    topic,
-                    held: delivery,
-                },
-                retry_at: now + self.settings.retry_interval,
-                retries: 0,
-            });
+            self.register(topic, Some(delivery), out, now);
             return;
         }
         if delivery.qos == QoS::AtMostOnce {

@@ -55,6 +55,7 @@ fn settings() -> Arc<Settings> {
         max_retries: 3,
         max_registered_topics: 100,
         predefined: Predefined::new([(1, "pre/one".to_owned())]),
+        subs_resume: false,
     })
 }
 
@@ -940,6 +941,76 @@ fn topic_ids_survive_a_reconnect_of_a_persistent_session() {
     assert_eq!(
         received(&obs, now),
         vec![("k/eep".into(), Bytes::from_static(b"same id"))]
+    );
+}
+
+#[test]
+fn subs_resume_registers_the_subscribed_topic_names_of_a_resumed_session() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let settings = Arc::new(Settings {
+        subs_resume: true,
+        ..(*settings()).clone()
+    });
+    let mut sn = Sn::with_settings(&broker, settings.clone(), now);
+    assert_eq!(
+        sn.send(connect_message("resumer", false, false, 30), now)
+            .len(),
+        1
+    );
+    let first_id = sn.subscribe("r/one", Qos::One, now);
+    sn.subscribe("r/two", Qos::One, now);
+    // Neither a wildcard, a predefined topic nor a short name needs registering.
+    sn.subscribe("r/#", Qos::One, now);
+    sn.subscribe("pre/one", Qos::One, now);
+    sn.subscribe("ab", Qos::One, now);
+    sn.send(Message::Disconnect { duration: None }, now);
+
+    let mut again = Sn::with_settings(&broker, settings, now);
+    let replies = again.send(connect_message("resumer", false, false, 30), now);
+    let [Message::ConnAck { .. }, Message::Register {
+        topic_id,
+        msg_id,
+        topic_name,
+    }] = replies.as_slice()
+    else {
+        panic!("expected CONNACK then REGISTER, got {replies:?}")
+    };
+    assert_eq!((&**topic_name, *topic_id), ("r/one", first_id));
+    let replies = again.send(
+        Message::RegAck {
+            topic_id: *topic_id,
+            msg_id: *msg_id,
+            return_code: ReturnCode::ACCEPTED,
+        },
+        now,
+    );
+    let [Message::Register {
+        topic_name,
+        msg_id,
+        topic_id,
+    }] = replies.as_slice()
+    else {
+        panic!("expected the second REGISTER, got {replies:?}")
+    };
+    assert_eq!(&**topic_name, "r/two");
+    let done = again.send(
+        Message::RegAck {
+            topic_id: *topic_id,
+            msg_id: *msg_id,
+            return_code: ReturnCode::ACCEPTED,
+        },
+        now,
+    );
+    assert!(done.is_empty(), "{done:?}");
+    // Off (the default), a resumed session gets no REGISTER.
+    again.send(Message::Disconnect { duration: None }, now);
+    let replies = Sn::new(&broker, now).send(connect_message("resumer", false, false, 30), now);
+    assert_eq!(
+        replies,
+        vec![Message::ConnAck {
+            return_code: ReturnCode::ACCEPTED
+        }]
     );
 }
 

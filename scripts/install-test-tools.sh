@@ -86,4 +86,4 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "$want" >"$stamp"
 fi
 (cd "$js_dir" && node -e 'require("mqtt")') || fail "MQTT.js is not loadable from $js_dir"
-(cd "$js_dir" && node -e 'require("lwm2m-node-lib")') || fail "lwm2m-node-lib is not loadable from $js_dir"
+(cd "$js_dir" && node -e 'require("lwm2m-node-lib")' 2>/dev/null) || fail "lwm2m-node-lib is not loadable from $js_dir"

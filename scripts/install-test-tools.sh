@@ -7,7 +7,8 @@
 #   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),
 #   - aioquic, the QUIC implementation under the MQTT over QUIC test client (PyPI, pinned below),
 #   - libcoap's coap-client (Debian libcoap3-bin) and aiocoap (PyPI, pinned below),
-#   - MQTT.js (npm ci from interop-tests/js/package-lock.json).
+#   - MQTT.js and the LwM2M client library lwm2m-node-lib (npm ci from
+#     interop-tests/js/package-lock.json, both pinned there).
 # Meant for a Debian machine that has Rust, Python 3.11+ with pip and Node 20+ with
 # npm; run as root. Idempotent; silent when there is nothing to do or all went well,
 # and prints the failing command's output otherwise.
@@ -75,7 +76,7 @@ pip_pinned mqtt-sn-12 "$MQTTSN_VERSION"
 pip_pinned aioquic "$AIOQUIC_VERSION"
 pip_pinned aiocoap "$AIOCOAP_VERSION"
 
-# --- MQTT.js ------------------------------------------------------------------------
+# --- MQTT.js and lwm2m-node-lib ------------------------------------------------------
 # npm ci wipes and rebuilds node_modules, so it runs only when the lock file changed
 # since the last install (recorded in a stamp inside node_modules).
 stamp="$js_dir/node_modules/.lock-sha256"
@@ -85,3 +86,4 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "$want" >"$stamp"
 fi
 (cd "$js_dir" && node -e 'require("mqtt")') || fail "MQTT.js is not loadable from $js_dir"
+(cd "$js_dir" && node -e 'require("lwm2m-node-lib")' 2>/dev/null) || fail "lwm2m-node-lib is not loadable from $js_dir"

@@ -159,7 +159,7 @@ pub struct ListenersConfig {
 /// The listener kinds, as they appear under `listeners.`.
 /// Every table of named listeners: a listener added under a new name takes its omitted keys
 /// from the `default` one of its table.
-pub const LISTENER_TABLES: [&str; 7] = [
+pub const LISTENER_TABLES: [&str; 8] = [
     "listeners.tcp",
     "listeners.ssl",
     "listeners.ws",
@@ -167,6 +167,7 @@ pub const LISTENER_TABLES: [&str; 7] = [
     "listeners.quic",
     "gateway.mqttsn.listeners.udp",
     "gateway.coap.listeners.udp",
+    "gateway.lwm2m.listeners.udp",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,6 +337,7 @@ pub struct TcpListenerConfig {
 pub struct GatewaysConfig {
     pub mqttsn: MqttSnConfig,
     pub coap: CoapConfig,
+    pub lwm2m: Lwm2mConfig,
 }
 
 /// CoAP over UDP (EMQX's `gateway.coap`): `/ps/{topic}` publish and observe, and
@@ -388,6 +390,71 @@ pub enum CoapQos {
     Qos0,
     Qos1,
     Qos2,
+}
+
+/// LwM2M 1.0 / 1.1 over UDP (EMQX's `gateway.lwm2m`): devices register over CoAP and
+/// are managed with JSON commands over MQTT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lwm2mConfig {
+    pub enable: bool,
+    /// Directory of extra OMA object definitions (`*.xml`); "" = only the built-in ones.
+    pub xml_dir: String,
+    /// Lifetimes below this are raised to it.
+    pub lifetime_min: Duration,
+    /// Lifetimes above this (and `lt=0`) are lowered to it.
+    pub lifetime_max: Duration,
+    /// A device in queue mode is reachable this long after its last message.
+    pub qmode_time_window: Duration,
+    /// Objects observed as soon as a device registers: `false`, `true` or `"on"` (all
+    /// but the management objects), or a list of paths (a list or a comma-separated string).
+    pub auto_observe: AutoObserve,
+    pub update_msg_publish_condition: UpdatePublishCondition,
+    /// Prefix of every topic; `${endpoint_name}`, `${clientid}` and `${username}` replaced.
+    pub mountpoint: String,
+    pub translators: Lwm2mTranslators,
+    /// Commands waiting for a device's turn; beyond it the oldest is answered with a failure.
+    pub max_queued_commands: u32,
+    /// Extra time past the lifetime before a silent device's registration ends.
+    pub lifetime_grace: Duration,
+    /// RFC 7252 ACK_TIMEOUT for requests to devices.
+    pub ack_timeout: Duration,
+    /// RFC 7252 MAX_RETRANSMIT for requests to devices.
+    pub max_retransmit: u32,
+    pub listeners: CoapListenersConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AutoObserve {
+    Enabled(bool),
+    Text(String),
+    Paths(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdatePublishCondition {
+    Always,
+    ContainsObjectList,
+}
+
+/// The MQTT topics of the LwM2M gateway, relative to the mountpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lwm2mTranslators {
+    pub command: Translator,
+    pub response: Translator,
+    pub notify: Translator,
+    pub register: Translator,
+    pub update: Translator,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Translator {
+    pub topic: String,
+    pub qos: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -727,6 +794,55 @@ impl Config {
                             UdpListenerConfig {
                                 enable: true,
                                 bind: "0.0.0.0:5683".into(),
+                                max_connections: 1_024_000,
+                                max_packet_size: 65_535,
+                                max_queued_datagrams: 64,
+                                mountpoint: String::new(),
+                            },
+                        )]),
+                    },
+                },
+                lwm2m: Lwm2mConfig {
+                    enable: true,
+                    xml_dir: String::new(),
+                    lifetime_min: Duration::from_secs(15),
+                    lifetime_max: Duration::from_secs(86_400),
+                    qmode_time_window: Duration::from_secs(22),
+                    auto_observe: AutoObserve::Enabled(false),
+                    update_msg_publish_condition: UpdatePublishCondition::Always,
+                    mountpoint: "lwm2m/${endpoint_name}/".into(),
+                    translators: Lwm2mTranslators {
+                        command: Translator {
+                            topic: "dn/#".into(),
+                            qos: 0,
+                        },
+                        response: Translator {
+                            topic: "up/resp".into(),
+                            qos: 0,
+                        },
+                        notify: Translator {
+                            topic: "up/notify".into(),
+                            qos: 0,
+                        },
+                        register: Translator {
+                            topic: "up/resp".into(),
+                            qos: 0,
+                        },
+                        update: Translator {
+                            topic: "up/update".into(),
+                            qos: 0,
+                        },
+                    },
+                    max_queued_commands: 100,
+                    lifetime_grace: Duration::from_secs(30),
+                    ack_timeout: Duration::from_secs(2),
+                    max_retransmit: 4,
+                    listeners: CoapListenersConfig {
+                        udp: BTreeMap::from([(
+                            "default".to_owned(),
+                            UdpListenerConfig {
+                                enable: true,
+                                bind: "0.0.0.0:5783".into(),
                                 max_connections: 1_024_000,
                                 max_packet_size: 65_535,
                                 max_queued_datagrams: 64,

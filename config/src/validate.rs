@@ -265,6 +265,7 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
     // UDP ports are their own space, shared by QUIC and the UDP gateways.
     check_mqttsn(&config.gateway.mqttsn, &mut udp_started, &mut fail);
     check_coap(&config.gateway.coap, &mut udp_started, &mut fail);
+    check_lwm2m(&config.gateway.lwm2m, &mut udp_started, &mut fail);
     out
 }
 
@@ -454,6 +455,70 @@ fn check_coap(
     }
     let sizes = PacketSizes { least: 64, why: "" };
     check_udp_listeners(p, &coap.listeners.udp, coap.enable, sizes, enabled, fail);
+}
+
+fn check_lwm2m(
+    lwm2m: &crate::Lwm2mConfig,
+    enabled: &mut Vec<(String, SocketAddr)>,
+    fail: &mut impl FnMut(&str, String),
+) {
+    let p = "gateway.lwm2m";
+    check_mountpoint(&format!("{p}.mountpoint"), &lwm2m.mountpoint, fail);
+    check_longer_than_zero(
+        p,
+        &[
+            ("lifetime_min", lwm2m.lifetime_min),
+            ("lifetime_max", lwm2m.lifetime_max),
+            ("ack_timeout", lwm2m.ack_timeout),
+        ],
+        fail,
+    );
+    if lwm2m.lifetime_min > lwm2m.lifetime_max {
+        fail(
+            &format!("{p}.lifetime_min"),
+            format!("{p}.lifetime_min must not be longer than {p}.lifetime_max"),
+        );
+    }
+    if lwm2m.max_retransmit > 20 {
+        fail(
+            &format!("{p}.max_retransmit"),
+            format!("{p}.max_retransmit must be at most 20 (each retransmission doubles the wait)"),
+        );
+    }
+    if lwm2m.max_queued_commands == 0 {
+        fail(
+            &format!("{p}.max_queued_commands"),
+            format!("{p}.max_queued_commands must be >= 1"),
+        );
+    }
+    let t = &lwm2m.translators;
+    for (name, translator) in [
+        ("command", &t.command),
+        ("response", &t.response),
+        ("notify", &t.notify),
+        ("register", &t.register),
+        ("update", &t.update),
+    ] {
+        let key = format!("{p}.translators.{name}");
+        let wildcard_ok = name == "command";
+        if translator.topic.is_empty()
+            || translator.topic.contains('\0')
+            || (!wildcard_ok && translator.topic.contains(['+', '#']))
+        {
+            fail(
+                &format!("{key}.topic"),
+                format!("{key}.topic {:?} is not a valid topic", translator.topic),
+            );
+        }
+        if translator.qos > 2 {
+            fail(
+                &format!("{key}.qos"),
+                format!("{key}.qos must be 0, 1 or 2"),
+            );
+        }
+    }
+    let sizes = PacketSizes { least: 64, why: "" };
+    check_udp_listeners(p, &lwm2m.listeners.udp, lwm2m.enable, sizes, enabled, fail);
 }
 
 /// The packet sizes a UDP gateway's listener may be given: `least..=65535` bytes.

@@ -257,6 +257,47 @@ async fn run(config: Config) -> Result<()> {
         }
     }
 
+    let lwm2m = &config.gateway.lwm2m;
+    if lwm2m.enable {
+        let objects = Arc::new(
+            adapter_lwm2m::ObjectRegistry::load(&lwm2m.xml_dir)
+                .context("gateway.lwm2m.xml_dir: object definitions")?,
+        );
+        for (name, listener) in &lwm2m.listeners.udp {
+            if !listener.enable {
+                continue;
+            }
+            let bind = listener
+                .bind_addr()
+                .with_context(|| format!("gateway.lwm2m.listeners.udp.{name}.bind"))?;
+            let listener_name: Arc<str> = Arc::from(format!("udp:{name}"));
+            let settings = Arc::new(adapter_lwm2m::Settings::from_config(
+                listener_name.clone(),
+                lwm2m,
+                listener,
+                objects.clone(),
+            ));
+            let socket = adapter_kit::bind_udp(bind, false).await.with_context(|| {
+                format!("gateway.lwm2m.listeners.udp.{name}: cannot listen on {bind}")
+            })?;
+            tracing::info!(listener = %listener_name, %bind, objects = objects.len(), "LwM2M listener started");
+            tasks.spawn(adapter_lwm2m::serve_udp(
+                socket,
+                adapter_lwm2m::UdpListenerSettings {
+                    name: listener_name,
+                    bind,
+                    max_peers: listener.max_connections as usize,
+                    max_queued_datagrams: listener.max_queued_datagrams as usize,
+                    max_packet_size: listener.max_packet_size as usize,
+                },
+                settings,
+                broker.clone(),
+                Arc::new(adapter_kit::DatagramMetrics::default()),
+                shutdown_rx.clone(),
+            ));
+        }
+    }
+
     tasks.spawn(housekeeping(
         broker.clone(),
         config.sys.enable.then(|| config.sys.interval.get()),

@@ -58,6 +58,8 @@ pub struct Broker {
     pub mqttsn_port: u16,
     /// The CoAP listener (UDP).
     pub coap_port: u16,
+    /// The LwM2M listener (UDP).
+    pub lwm2m_port: u16,
     /// MQTT over WebSocket (`/mqtt`); check it with [`Broker::wait_listening`] first.
     pub ws_port: u16,
     values: Vec<(&'static str, String)>,
@@ -220,11 +222,18 @@ impl Broker {
                 .unwrap_or_else(|_| panic!("GATEWAY_TEST_COAP_PORT={text} is not a port")),
             Err(_) => 5683,
         };
+        let lwm2m_port = match std::env::var("GATEWAY_TEST_LWM2M_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_LWM2M_PORT={text} is not a port")),
+            Err(_) => 5783,
+        };
         Some(Broker {
             host,
             port,
             mqttsn_port,
             coap_port,
+            lwm2m_port,
             ws_port,
             values,
             gateway: None,
@@ -258,6 +267,11 @@ impl Broker {
             "GATEWAY_GATEWAY__COAP__LISTENERS__UDP__DEFAULT__BIND",
             format!("127.0.0.1:{coap_port}"),
         );
+        let lwm2m_port = free_udp_port();
+        cmd.env(
+            "GATEWAY_GATEWAY__LWM2M__LISTENERS__UDP__DEFAULT__BIND",
+            format!("127.0.0.1:{lwm2m_port}"),
+        );
         // Extra configuration for every started gateway, e.g. to turn off a listener
         // whose fixed default port would clash between gateways running in parallel.
         if let Ok(extra) = std::env::var("GATEWAY_TEST_GATEWAY_ENV") {
@@ -284,6 +298,7 @@ impl Broker {
             port,
             mqttsn_port,
             coap_port,
+            lwm2m_port,
             ws_port,
             values,
             gateway: Some(Gateway {

@@ -1,0 +1,1180 @@
+//! One LwM2M device as a sans-io state machine: datagrams, broker wake-ups and timer ticks
+//! in, with `now`; datagrams out. The CoAP message layer is the kit's `Exchange`. On top of
+//! it: the registration interface (register, update, de-register, lifetime, queue mode),
+//! the device's session in namespace `lwm2m` subscribed to its command topic, commands
+//! sent one at a time with the rest queued, observations, and LwM2M 1.1 Send.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adapter_kit::coap::{
+    CoapOption, Exchange, Inbound, MessageClass, MessageType, Packet, Request, RequestType,
+    ResponseType, TransmissionParams,
+};
+use bytes::Bytes;
+use gateway_config::{AutoObserve, Lwm2mConfig, UpdatePublishCondition};
+use mqtt_core::auth::{Action, AuthOutcome, ClientInfo};
+use mqtt_core::broker::{Broker, ConnectRequest, WillDisposition};
+use mqtt_core::codec::{QoS, SubscriptionOptions};
+use mqtt_core::message::Message as RoutedMessage;
+use mqtt_core::mountpoint::Mountpoint;
+use mqtt_core::protocol::Flow;
+use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use serde_json::{json, Map, Value as Json};
+
+use crate::command::{self, Command, CommandError, Operation};
+use crate::objects::ObjectRegistry;
+use crate::translations::{self, Path};
+
+/// The namespace of LwM2M sessions.
+pub const LWM2M_NAMESPACE: &str = "lwm2m";
+
+/// Critical options understood: Uri-Host, Uri-Port, Uri-Path, Uri-Query, Accept.
+pub const UNDERSTOOD_CRITICAL: &[u16] = &[3, 7, 11, 15, 17];
+
+/// Objects `auto_observe = true` leaves alone: management objects (EMQX's list).
+const NOT_AUTO_OBSERVED: &[u16] = &[0, 1, 2, 4, 5, 6, 7, 9, 15];
+
+/// LwM2M 1.0's default lifetime when `lt` is absent (Core TS 1.0.2 5.3.1).
+const DEFAULT_LIFETIME: u64 = 86_400;
+
+/// One MQTT topic of the gateway: relative to the mountpoint, with its QoS.
+#[derive(Debug, Clone)]
+pub struct Topic {
+    pub topic: String,
+    pub qos: QoS,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AutoObserveMode {
+    Off,
+    All,
+    Paths(Vec<String>),
+}
+
+/// What every channel of one listener shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listener: Arc<str>,
+    pub lifetime_min: Duration,
+    pub lifetime_max: Duration,
+    pub lifetime_grace: Duration,
+    pub qmode_time_window: Duration,
+    pub auto_observe: AutoObserveMode,
+    pub publish_update_always: bool,
+    pub mountpoint: String,
+    pub command: Topic,
+    pub response: Topic,
+    pub notify: Topic,
+    pub register: Topic,
+    pub update: Topic,
+    pub max_queued_commands: usize,
+    pub transmission: TransmissionParams,
+    pub objects: Arc<ObjectRegistry>,
+}
+
+fn qos(level: u8) -> QoS {
+    match level {
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtMostOnce,
+    }
+}
+
+impl Settings {
+    pub fn from_config(
+        listener: Arc<str>,
+        config: &Lwm2mConfig,
+        listener_config: &gateway_config::UdpListenerConfig,
+        objects: Arc<ObjectRegistry>,
+    ) -> Settings {
+        let topic = |t: &gateway_config::Translator| Topic {
+            topic: t.topic.clone(),
+            qos: qos(t.qos),
+        };
+        let paths = |items: Vec<String>| {
+            AutoObserveMode::Paths(
+                items
+                    .into_iter()
+                    .map(|item| item.trim().to_owned())
+                    .filter(|item| !item.is_empty())
+                    .collect(),
+            )
+        };
+        let auto_observe = match &config.auto_observe {
+            AutoObserve::Enabled(true) => AutoObserveMode::All,
+            AutoObserve::Enabled(false) => AutoObserveMode::Off,
+            AutoObserve::Text(text) if text == "on" || text == "true" => AutoObserveMode::All,
+            AutoObserve::Text(text) if text == "off" || text == "false" || text.is_empty() => {
+                AutoObserveMode::Off
+            }
+            AutoObserve::Text(text) => paths(text.split(',').map(str::to_owned).collect()),
+            AutoObserve::Paths(list) => paths(list.clone()),
+        };
+        let t = &config.translators;
+        Settings {
+            listener,
+            lifetime_min: config.lifetime_min.get(),
+            lifetime_max: config.lifetime_max.get(),
+            lifetime_grace: config.lifetime_grace.get(),
+            qmode_time_window: config.qmode_time_window.get(),
+            auto_observe,
+            publish_update_always: config.update_msg_publish_condition
+                == UpdatePublishCondition::Always,
+            mountpoint: listener_config.mountpoint_or(&config.mountpoint).to_owned(),
+            command: topic(&t.command),
+            response: topic(&t.response),
+            notify: topic(&t.notify),
+            register: topic(&t.register),
+            update: topic(&t.update),
+            max_queued_commands: config.max_queued_commands as usize,
+            transmission: TransmissionParams {
+                ack_timeout: config.ack_timeout.get(),
+                max_retransmit: config.max_retransmit,
+                max_message_size: listener_config.max_packet_size as usize,
+                ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL)
+            },
+            objects,
+        }
+    }
+}
+
+/// What a confirmable message of ours was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// The command with this sequence number.
+    Command(u64),
+}
+
+/// The registration of the device this channel serves.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub endpoint: String,
+    pub lifetime: Duration,
+    pub version: String,
+    pub queue_mode: bool,
+    /// Path segments before every object path (`</lwm2m>;rt="oma.lwm2m"`).
+    pub alternate_path: Vec<String>,
+    pub object_list: Vec<String>,
+    /// The query parameters and object list as published in register / update events.
+    info: Map<String, Json>,
+}
+
+/// A command waiting for its turn.
+#[derive(Debug)]
+struct Queued {
+    command: Command,
+    expires_at: Option<Instant>,
+}
+
+/// The one request on its way to the device.
+#[derive(Debug)]
+struct InFlight {
+    sequence: u64,
+    token: Vec<u8>,
+    command: Command,
+    /// After an empty ACK, the separate response is awaited until then.
+    separate_deadline: Option<Instant>,
+}
+
+/// Why a registration interface request is refused.
+#[derive(Debug, Clone, thiserror::Error)]
+enum Refusal {
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("authentication failed")]
+    Unauthorized,
+    #[error("no such registration")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+impl Refusal {
+    fn code(&self) -> ResponseType {
+        match self {
+            Refusal::BadRequest(_) => ResponseType::BadRequest,
+            Refusal::Unauthorized => ResponseType::Unauthorized,
+            Refusal::NotFound => ResponseType::NotFound,
+            Refusal::MethodNotAllowed => ResponseType::MethodNotAllowed,
+        }
+    }
+}
+
+pub struct Lwm2mChannel {
+    broker: Arc<Broker>,
+    settings: Arc<Settings>,
+    peer: Option<SocketAddr>,
+    control: Arc<ConnControl>,
+    exchange: Exchange<Sent>,
+    last_received: Instant,
+    registration: Option<Registration>,
+    client: Option<ClientInfo>,
+    session: Option<Arc<SessionCell>>,
+    queue: VecDeque<Queued>,
+    in_flight: Option<InFlight>,
+    next_sequence: u64,
+    /// Observation token → the observe command, echoed in every notification.
+    observations: HashMap<Vec<u8>, Command>,
+}
+
+impl Lwm2mChannel {
+    pub fn new(
+        broker: Arc<Broker>,
+        settings: Arc<Settings>,
+        peer: Option<SocketAddr>,
+        wakeup: Arc<dyn Wakeup>,
+        seed: u64,
+        now: Instant,
+    ) -> Lwm2mChannel {
+        let control = ConnControl::new(broker.next_connection_id(), wakeup);
+        let exchange = Exchange::new(settings.transmission.clone(), seed);
+        Lwm2mChannel {
+            broker,
+            settings,
+            peer,
+            control,
+            exchange,
+            last_received: now,
+            registration: None,
+            client: None,
+            session: None,
+            queue: VecDeque::new(),
+            in_flight: None,
+            next_sequence: 0,
+            observations: HashMap::new(),
+        }
+    }
+
+    pub fn registration(&self) -> Option<&Registration> {
+        self.registration.as_ref()
+    }
+
+    pub fn queued_commands(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn observation_count(&self) -> usize {
+        self.observations.len()
+    }
+
+    /// The endpoint name, by which a device that moved to another address is recognised.
+    pub fn endpoint(&self) -> Option<Arc<str>> {
+        self.registration
+            .as_ref()
+            .map(|registration| Arc::from(registration.endpoint.as_str()))
+    }
+
+    pub fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        // Every message from the device keeps its registration alive (as EMQX does) and
+        // opens the queue-mode window.
+        self.last_received = now;
+        let flow = match self.exchange.receive(&datagram, now, out) {
+            Inbound::Request(request) => self.handle_request(request, out, now),
+            Inbound::Acknowledged { tag, response } => {
+                let Sent::Command(sequence) = tag;
+                match response {
+                    Some(packet) => self.handle_response(packet, now),
+                    None => self.separate_response_follows(sequence, now),
+                }
+                Flow::Continue
+            }
+            Inbound::Reset { tag } => {
+                if let Some(Sent::Command(sequence)) = tag {
+                    self.command_failed(sequence, "coap_reset", now);
+                }
+                Flow::Continue
+            }
+            Inbound::Response(packet) => {
+                self.handle_response(packet, now);
+                Flow::Continue
+            }
+            Inbound::Handled => Flow::Continue,
+        };
+        if flow == Flow::Close {
+            return Flow::Close;
+        }
+        if self.registration.is_none() && self.exchange.in_flight() == 0 {
+            // A peer that never registered holds nothing worth keeping.
+            return Flow::Close;
+        }
+        self.send_next(out, now);
+        Flow::Continue
+    }
+
+    pub fn handle_wakeup(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if let Some(reason) = self.control.close_requested() {
+            tracing::info!(
+                reason = reason.0,
+                "registration taken over or closed by the broker"
+            );
+            return Flow::Close;
+        }
+        self.take_commands(now);
+        self.send_next(out, now);
+        Flow::Continue
+    }
+
+    pub fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        for Sent::Command(sequence) in self.exchange.handle_timeout(now, out) {
+            tracing::info!("device did not acknowledge a request");
+            self.command_failed(sequence, "coap_timeout", now);
+        }
+        if let Some(in_flight) = &self.in_flight {
+            if in_flight
+                .separate_deadline
+                .is_some_and(|deadline| now >= deadline)
+            {
+                let sequence = in_flight.sequence;
+                tracing::info!("separate response never came");
+                self.command_failed(sequence, "coap_timeout", now);
+            }
+        }
+        if let Some(expiry) = self.expiry() {
+            if now >= expiry {
+                tracing::info!("registration lifetime expired");
+                return Flow::Close;
+            }
+        }
+        self.send_next(out, now);
+        Flow::Continue
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let separate = self
+            .in_flight
+            .as_ref()
+            .and_then(|in_flight| in_flight.separate_deadline);
+        [self.exchange.next_deadline(), self.expiry(), separate]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When the registration ends unless the device speaks: its lifetime plus the grace
+    /// period after its last message; a peer that never registered goes at once.
+    fn expiry(&self) -> Option<Instant> {
+        self.registration.as_ref().map(|registration| {
+            self.last_received + registration.lifetime + self.settings.lifetime_grace
+        })
+    }
+
+    pub fn shutdown(&mut self, _out: &mut Vec<Bytes>) -> Flow {
+        Flow::Close
+    }
+
+    pub fn handle_closed(&mut self, now: Instant) {
+        self.end_registration(now);
+    }
+
+    fn end_registration(&mut self, now: Instant) {
+        self.exchange.cancel_all();
+        // Observations die with their registration.
+        self.observations.clear();
+        self.queue.clear();
+        self.in_flight = None;
+        self.registration = None;
+        if let Some(session) = self.session.take() {
+            self.broker.disconnect(
+                &session,
+                self.control.conn_id,
+                WillDisposition::Discard,
+                now,
+            );
+        }
+        self.client = None;
+    }
+
+    // ---- the registration interface ------------------------------------------------------
+
+    fn handle_request(&mut self, request: Request, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        let segments: Vec<String> = request
+            .packet
+            .get_option(CoapOption::UriPath)
+            .into_iter()
+            .flatten()
+            .map(|segment| String::from_utf8_lossy(segment).into_owned())
+            .collect();
+        let mut close = false;
+        let outcome = match (request.method, segments.as_slice()) {
+            (RequestType::Post, [rd]) if rd == "rd" => self.register(&request.packet, now),
+            (RequestType::Post, [rd, ep]) if rd == "rd" => self.update(&request.packet, ep, now),
+            (RequestType::Delete, [rd, ep]) if rd == "rd" => self.deregister(ep, &mut close, now),
+            (RequestType::Post, [dp]) if dp == "dp" => self.send_operation(&request.packet, now),
+            (_, [rd, ..]) if rd == "rd" || rd == "dp" => Err(Refusal::MethodNotAllowed),
+            _ => Err(Refusal::NotFound),
+        };
+        let response = match outcome {
+            Ok(response) => response,
+            Err(refusal) => {
+                tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
+                reply(refusal.code(), refusal.to_string().into_bytes())
+            }
+        };
+        if let Err(error) = self.exchange.respond(&request.packet, response, now, out) {
+            tracing::warn!(%error, "response not sent");
+        }
+        if close {
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn register(&mut self, packet: &Packet, now: Instant) -> Result<Packet, Refusal> {
+        let query = queries(packet);
+        let endpoint = query
+            .get("ep")
+            .filter(|ep| !ep.is_empty() && !ep.contains(['/', '+', '#']))
+            .cloned()
+            .ok_or(Refusal::BadRequest("invalid queries"))?;
+        let version = query.get("lwm2m").cloned().unwrap_or_else(|| "1.0".into());
+        if !matches!(version.as_str(), "1.0" | "1" | "1.1" | "1.2") {
+            return Err(Refusal::BadRequest("invalid lwm2m version"));
+        }
+        let lifetime = match query.get("lt") {
+            None => DEFAULT_LIFETIME,
+            Some(lt) => lt
+                .parse::<u64>()
+                .map_err(|_| Refusal::BadRequest("invalid queries"))?,
+        };
+        let (alternate_path, object_list) = parse_object_list(&packet.payload)?;
+        let client_id = query
+            .get("device_id")
+            .cloned()
+            .unwrap_or_else(|| endpoint.clone());
+        let username = query
+            .get("imei")
+            .cloned()
+            .unwrap_or_else(|| endpoint.clone());
+        let password = query.get("password").cloned();
+
+        let mut info = Map::new();
+        for (key, value) in &query {
+            if key != "password" {
+                info.insert(key.clone(), value.clone().into());
+            }
+        }
+        info.insert("ep".into(), endpoint.clone().into());
+        info.insert("lt".into(), lifetime.into());
+        info.insert("lwm2m".into(), version.clone().into());
+        info.entry("b").or_insert_with(|| "U".into());
+        info.insert(
+            "alternatePath".into(),
+            alternate_path_text(&alternate_path).into(),
+        );
+        info.insert("objectList".into(), object_list.clone().into());
+
+        // A second registration on a live channel starts over.
+        self.end_registration(now);
+        let client = self.authenticate(&client_id, &endpoint, username, password)?;
+        let binding = query.get("b").map(String::as_str).unwrap_or("U");
+        let registration = Registration {
+            lifetime: self.clamp_lifetime(lifetime),
+            queue_mode: binding.contains('Q') || query.contains_key("Q"),
+            endpoint: endpoint.clone(),
+            version,
+            alternate_path,
+            object_list,
+            info,
+        };
+        self.open_session(client, now);
+        tracing::Span::current().record("client_id", endpoint.as_str());
+        tracing::info!(
+            lifetime = registration.lifetime.as_secs(),
+            queue_mode = registration.queue_mode,
+            version = %registration.version,
+            "device registered"
+        );
+        let event =
+            json!({ "msgType": "register", "data": Json::Object(registration.info.clone()) });
+        self.registration = Some(registration);
+        self.subscribe_commands(now);
+        self.publish(&self.settings.register.clone(), &event, now);
+        self.auto_observe(now);
+
+        let mut response = reply(ResponseType::Created, Vec::new());
+        response.add_option(CoapOption::LocationPath, b"rd".to_vec());
+        response.add_option(CoapOption::LocationPath, endpoint.into_bytes());
+        Ok(response)
+    }
+
+    fn clamp_lifetime(&self, seconds: u64) -> Duration {
+        if seconds == 0 {
+            return self.settings.lifetime_max;
+        }
+        Duration::from_secs(seconds).clamp(self.settings.lifetime_min, self.settings.lifetime_max)
+    }
+
+    fn update(&mut self, packet: &Packet, endpoint: &str, now: Instant) -> Result<Packet, Refusal> {
+        let clamp = |this: &Self, lt| this.clamp_lifetime(lt);
+        let lifetime = match queries(packet).get("lt") {
+            None => None,
+            Some(lt) => Some(
+                lt.parse::<u64>()
+                    .map_err(|_| Refusal::BadRequest("invalid queries"))?,
+            ),
+        };
+        let new_lifetime = lifetime.map(|lt| clamp(self, lt));
+        let object_list = if packet.payload.is_empty() {
+            None
+        } else {
+            Some(parse_object_list(&packet.payload)?)
+        };
+        let query = queries(packet);
+        let Some(registration) = self
+            .registration
+            .as_mut()
+            .filter(|registration| registration.endpoint == endpoint)
+        else {
+            return Err(Refusal::NotFound);
+        };
+        let mut changed = Map::new();
+        for (key, value) in &query {
+            if key != "password" {
+                changed.insert(key.clone(), value.clone().into());
+            }
+        }
+        if let (Some(lt), Some(lifetime)) = (lifetime, new_lifetime) {
+            changed.insert("lt".into(), lt.into());
+            registration.lifetime = lifetime;
+        }
+        if let Some(binding) = query.get("b") {
+            registration.queue_mode = binding.contains('Q') || query.contains_key("Q");
+        }
+        if let Some((alternate_path, objects)) = object_list {
+            changed.insert(
+                "alternatePath".into(),
+                alternate_path_text(&alternate_path).into(),
+            );
+            changed.insert("objectList".into(), objects.clone().into());
+            registration.alternate_path = alternate_path;
+            registration.object_list = objects;
+        }
+        let has_object_list = changed.contains_key("objectList");
+        for (key, value) in changed {
+            registration.info.insert(key, value);
+        }
+        let event = json!({ "msgType": "update", "data": Json::Object(registration.info.clone()) });
+        tracing::info!(
+            lifetime = registration.lifetime.as_secs(),
+            "registration updated"
+        );
+        if self.settings.publish_update_always || has_object_list {
+            self.publish(&self.settings.update.clone(), &event, now);
+        }
+        Ok(reply(ResponseType::Changed, Vec::new()))
+    }
+
+    fn deregister(
+        &mut self,
+        endpoint: &str,
+        close: &mut bool,
+        now: Instant,
+    ) -> Result<Packet, Refusal> {
+        if self.registration.as_ref().map(|r| r.endpoint.as_str()) != Some(endpoint) {
+            return Err(Refusal::NotFound);
+        }
+        tracing::info!("device de-registered");
+        self.end_registration(now);
+        *close = true;
+        Ok(reply(ResponseType::Deleted, Vec::new()))
+    }
+
+    /// LwM2M 1.1 Send: the values go to the notify topic as msgType `send`.
+    fn send_operation(&mut self, packet: &Packet, now: Instant) -> Result<Packet, Refusal> {
+        if self.registration.is_none() {
+            return Err(Refusal::NotFound);
+        }
+        let root = Path::default();
+        let content = match command::content_format(packet).and_then(|format| {
+            translations::decode(format, &root, &packet.payload, &*self.settings.objects)
+        }) {
+            Ok(entries) => entries
+                .iter()
+                .map(translations::Entry::to_json)
+                .collect::<Vec<_>>(),
+            Err(error) => {
+                tracing::info!(%error, "Send payload refused");
+                return Err(Refusal::BadRequest("undecodable payload"));
+            }
+        };
+        let event = json!({
+            "msgType": "send",
+            "data": { "reqPath": "/dp", "code": "2.04", "codeMsg": "changed", "content": content },
+        });
+        self.publish(&self.settings.notify.clone(), &event, now);
+        Ok(reply(ResponseType::Changed, Vec::new()))
+    }
+
+    fn authenticate(
+        &self,
+        client_id: &str,
+        endpoint: &str,
+        username: String,
+        password: Option<String>,
+    ) -> Result<ClientInfo, Refusal> {
+        if client_id.is_empty()
+            || client_id.len() > self.broker.config.max_client_id_length as usize
+        {
+            return Err(Refusal::BadRequest("invalid queries"));
+        }
+        let template = self
+            .settings
+            .mountpoint
+            .replace("${endpoint_name}", endpoint);
+        let client = ClientInfo {
+            protocol: LWM2M_NAMESPACE,
+            listener: self.settings.listener.clone(),
+            client_id: Arc::from(client_id),
+            mountpoint: Mountpoint::resolve(&template, client_id, Some(&username)),
+            username: Some(username),
+            password: password.map(Bytes::from),
+            peer: self.peer,
+        };
+        match self.broker.auth.authenticator.authenticate(&client) {
+            AuthOutcome::Allow => Ok(ClientInfo {
+                password: None,
+                ..client
+            }),
+            AuthOutcome::Deny(reason) => {
+                tracing::info!(?reason, client_id, "device not authenticated");
+                Err(Refusal::Unauthorized)
+            }
+        }
+    }
+
+    fn open_session(&mut self, client: ClientInfo, now: Instant) {
+        let attached = self.broker.connect(
+            ConnectRequest {
+                key: SessionKey {
+                    namespace: LWM2M_NAMESPACE,
+                    client_id: client.client_id.clone(),
+                },
+                clean_start: true,
+                expiry_interval: 0,
+                will: None,
+                control: self.control.clone(),
+            },
+            now,
+        );
+        self.session = Some(attached.session);
+        self.client = Some(client);
+    }
+
+    fn subscribe_commands(&mut self, now: Instant) {
+        let (Some(session), Some(client)) = (&self.session, &self.client) else {
+            return;
+        };
+        let options = SubscriptionOptions {
+            qos: self.settings.command.qos,
+            ..SubscriptionOptions::default()
+        };
+        if let Err(reason) = self.broker.subscribe(
+            session,
+            client,
+            &self.settings.command.topic,
+            options,
+            None,
+            now,
+        ) {
+            tracing::warn!(reason = reason.0, topic = %self.settings.command.topic, "command topic not subscribed");
+        }
+    }
+
+    fn auto_observe(&mut self, now: Instant) {
+        let Some(registration) = &self.registration else {
+            return;
+        };
+        let wanted: Vec<String> = match &self.settings.auto_observe {
+            AutoObserveMode::Off => return,
+            AutoObserveMode::All => registration
+                .object_list
+                .iter()
+                .filter(|path| {
+                    path.parse::<Path>()
+                        .ok()
+                        .and_then(|p| p.object())
+                        .is_some_and(|object| !NOT_AUTO_OBSERVED.contains(&object))
+                })
+                .cloned()
+                .collect(),
+            AutoObserveMode::Paths(paths) => paths
+                .iter()
+                .filter(|path| registration.object_list.contains(path))
+                .cloned()
+                .collect(),
+        };
+        for path in wanted {
+            let object = path.parse::<Path>().ok().and_then(|p| p.object());
+            if object
+                .and_then(|id| self.settings.objects.object(id))
+                .is_none()
+            {
+                tracing::warn!(path, "not auto-observed: no object definition");
+                continue;
+            }
+            let command = Command {
+                json:
+                    json!({"msgType": "observe", "data": {"path": path}, "is_auto_observe": true})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                operation: Some(Operation::Observe),
+            };
+            self.enqueue(command, None, now);
+        }
+    }
+
+    // ---- commands ------------------------------------------------------------------------
+
+    /// Moves commands delivered to the session into the device's queue.
+    fn take_commands(&mut self, now: Instant) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        loop {
+            let Some(delivery) = session.state.lock().pop_queued(now) else {
+                break;
+            };
+            match Command::parse(&delivery.message.payload) {
+                Ok(command) => self.enqueue(command, delivery.message.expires_at, now),
+                Err((echo, error)) => {
+                    tracing::info!(%error, "invalid command");
+                    self.answer_invalid(echo.as_ref(), &error, now);
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, command: Command, expires_at: Option<Instant>, now: Instant) {
+        if self.queue.len() >= self.settings.max_queued_commands {
+            if let Some(oldest) = self.queue.pop_front() {
+                tracing::warn!(
+                    max = self.settings.max_queued_commands,
+                    "command queue full: oldest command dropped"
+                );
+                let event = command::event(&oldest.command.json, "coap_timeout");
+                self.publish(&self.settings.response.clone(), &event, now);
+            }
+        }
+        self.queue.push_back(Queued {
+            command,
+            expires_at,
+        });
+    }
+
+    fn answer_invalid(
+        &mut self,
+        echo: Option<&Map<String, Json>>,
+        error: &CommandError,
+        now: Instant,
+    ) {
+        let msg_type = echo
+            .and_then(|e| e.get("msgType"))
+            .and_then(Json::as_str)
+            .unwrap_or("unknown")
+            .to_owned();
+        let path = echo
+            .map(|json| {
+                Command {
+                    json: json.clone(),
+                    operation: None,
+                }
+                .request_path()
+            })
+            .unwrap_or_else(|| "/".into());
+        let body = command::response(
+            echo,
+            &msg_type,
+            &path,
+            ResponseType::BadRequest,
+            None,
+            Some(error.to_string()),
+        );
+        self.publish(&self.settings.response.clone(), &body, now);
+    }
+
+    /// A device in queue mode listens only shortly after it spoke.
+    fn reachable(&self, now: Instant) -> bool {
+        match &self.registration {
+            Some(registration) => {
+                !registration.queue_mode
+                    || now < self.last_received + self.settings.qmode_time_window
+            }
+            None => false,
+        }
+    }
+
+    /// Sends the next queued command when none is outstanding and the device listens.
+    fn send_next(&mut self, out: &mut Vec<Bytes>, now: Instant) {
+        while self.in_flight.is_none() && self.reachable(now) {
+            let Some(queued) = self.queue.pop_front() else {
+                return;
+            };
+            if queued.expires_at.is_some_and(|at| now >= at) {
+                tracing::debug!("queued command expired");
+                continue;
+            }
+            let alternate = self
+                .registration
+                .as_ref()
+                .map(|r| r.alternate_path.clone())
+                .unwrap_or_default();
+            let mut packet = match command::to_request(&queued.command, &alternate) {
+                Ok(packet) => packet,
+                Err(error) => {
+                    tracing::info!(%error, "invalid command");
+                    self.answer_invalid(Some(&queued.command.json), &error, now);
+                    continue;
+                }
+            };
+            let token = match queued.command.operation {
+                // A cancellation names the observation by its token (RFC 7641 3.6).
+                Some(Operation::CancelObserve) => self
+                    .observation_token(&queued.command.request_path())
+                    .unwrap_or_else(|| self.new_token()),
+                _ => self.new_token(),
+            };
+            packet.set_token(token.clone());
+            self.next_sequence += 1;
+            let sequence = self.next_sequence;
+            match self
+                .exchange
+                .send_confirmable(packet, Sent::Command(sequence), now, out)
+            {
+                Ok(_) => {
+                    self.in_flight = Some(InFlight {
+                        sequence,
+                        token,
+                        command: queued.command,
+                        separate_deadline: None,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "command not sent");
+                    let body = command::response(
+                        Some(&queued.command.json),
+                        queued
+                            .command
+                            .json
+                            .get("msgType")
+                            .and_then(Json::as_str)
+                            .unwrap_or(""),
+                        &queued.command.request_path(),
+                        ResponseType::RequestEntityTooLarge,
+                        None,
+                        Some(error.to_string()),
+                    );
+                    self.publish(&self.settings.response.clone(), &body, now);
+                }
+            }
+        }
+    }
+
+    fn new_token(&mut self) -> Vec<u8> {
+        (self.exchange.random() as u32).to_be_bytes().to_vec()
+    }
+
+    fn observation_token(&self, path: &str) -> Option<Vec<u8>> {
+        self.observations
+            .iter()
+            .find(|(_, command)| command.request_path() == path)
+            .map(|(token, _)| token.clone())
+    }
+
+    fn separate_response_follows(&mut self, sequence: u64, now: Instant) {
+        let params = &self.settings.transmission;
+        // MAX_TRANSMIT_WAIT (RFC 7252 4.8.2) for the device to send what it promised.
+        let wait = params
+            .ack_timeout
+            .mul_f64(params.ack_random_factor.max(1.0))
+            .saturating_mul(
+                2u32.saturating_pow(params.max_retransmit + 1)
+                    .saturating_sub(1),
+            );
+        let Some(in_flight) = self.in_flight.as_mut().filter(|f| f.sequence == sequence) else {
+            return;
+        };
+        in_flight.separate_deadline = Some(now + wait);
+        let event = command::event(&in_flight.command.json, "ack");
+        self.publish(&self.settings.response.clone(), &event, now);
+    }
+
+    fn command_failed(&mut self, sequence: u64, msg_type: &str, now: Instant) {
+        let Some(in_flight) = self.in_flight.take_if(|f| f.sequence == sequence) else {
+            return;
+        };
+        let event = command::event(&in_flight.command.json, msg_type);
+        self.publish(&self.settings.response.clone(), &event, now);
+    }
+
+    /// A response to the command in flight, or a notification of an observation.
+    fn handle_response(&mut self, packet: Packet, now: Instant) {
+        let token = packet.get_token().to_vec();
+        let MessageClass::Response(code) = packet.header.code else {
+            return;
+        };
+        if let Some(in_flight) = self.in_flight.take_if(|f| f.token == token) {
+            self.answer(in_flight.command, token, &packet, code, now);
+            return;
+        }
+        if let Some(observe) = self.observations.get(&token).cloned() {
+            let mut body = self.read_like(&observe, "notify", &packet, code);
+            if let (Json::Object(map), Some(Ok(sequence))) = (&mut body, packet.get_observe_value())
+            {
+                map.insert("seqNum".into(), sequence.into());
+            }
+            if !code.is_success() {
+                self.observations.remove(&token);
+            }
+            self.publish(&self.settings.notify.clone(), &body, now);
+            return;
+        }
+        tracing::debug!("response matching no request or observation");
+    }
+
+    fn answer(
+        &mut self,
+        command: Command,
+        token: Vec<u8>,
+        packet: &Packet,
+        code: ResponseType,
+        now: Instant,
+    ) {
+        let msg_type = command
+            .json
+            .get("msgType")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let path = command.request_path();
+        let body = match command.operation {
+            Some(Operation::Read) => self.read_like(&command, &msg_type, packet, code),
+            Some(Operation::Observe) => {
+                if code.is_success() {
+                    self.observations.insert(token, command.clone());
+                }
+                let mut body = self.read_like(&command, &msg_type, packet, code);
+                if let (Json::Object(map), Some(Ok(sequence))) =
+                    (&mut body, packet.get_observe_value())
+                {
+                    if sequence > 0 {
+                        map.insert("seqNum".into(), sequence.into());
+                    }
+                }
+                body
+            }
+            Some(Operation::CancelObserve) => {
+                self.observations
+                    .retain(|_, observed| observed.request_path() != path);
+                self.read_like(&command, &msg_type, packet, code)
+            }
+            Some(Operation::Discover) if code.is_success() => command::response(
+                Some(&command.json),
+                &msg_type,
+                &path,
+                code,
+                Some(command::discover_content(packet)),
+                None,
+            ),
+            _ => command::response(Some(&command.json), &msg_type, &path, code, None, None),
+        };
+        self.publish(&self.settings.response.clone(), &body, now);
+    }
+
+    /// A read, observe or notification answer: the content typed by the definitions, or
+    /// 4.00 naming why it could not be.
+    fn read_like(
+        &self,
+        command: &Command,
+        msg_type: &str,
+        packet: &Packet,
+        code: ResponseType,
+    ) -> Json {
+        let request_path = command.request_path();
+        if !code.is_success() {
+            return command::response(
+                Some(&command.json),
+                msg_type,
+                &request_path,
+                code,
+                None,
+                None,
+            );
+        }
+        if packet.payload.is_empty() {
+            return command::response(
+                Some(&command.json),
+                msg_type,
+                &request_path,
+                code,
+                None,
+                None,
+            );
+        }
+        let decoded = request_path
+            .parse::<Path>()
+            .map_err(|e| e.to_string())
+            .and_then(|path| {
+                command::read_content(packet, &path, &self.settings.objects)
+                    .map_err(|e| e.to_string())
+            });
+        match decoded {
+            Ok(content) => command::response(
+                Some(&command.json),
+                msg_type,
+                &request_path,
+                code,
+                Some(content),
+                None,
+            ),
+            Err(error) => {
+                tracing::info!(%error, "device answer not decoded");
+                command::response(
+                    Some(&command.json),
+                    msg_type,
+                    &request_path,
+                    ResponseType::BadRequest,
+                    None,
+                    Some(error),
+                )
+            }
+        }
+    }
+
+    fn publish(&self, topic: &Topic, body: &Json, now: Instant) {
+        let Some(client) = &self.client else {
+            return;
+        };
+        if !self.broker.authorize(
+            client,
+            Action::Publish {
+                qos: topic.qos.as_u8(),
+                retain: false,
+            },
+            &topic.topic,
+        ) {
+            tracing::info!(topic = %topic.topic, "publish not authorized");
+            return;
+        }
+        let message = RoutedMessage {
+            publisher: self.session.as_ref().map(|s| s.id),
+            publisher_client_id: Some(client.client_id.clone()),
+            ..RoutedMessage::new(
+                client.mount(&topic.topic),
+                Bytes::from(body.to_string()),
+                topic.qos,
+                false,
+                now,
+            )
+        };
+        self.broker.publish(Arc::new(message));
+    }
+}
+
+trait Success {
+    fn is_success(&self) -> bool;
+}
+
+impl Success for ResponseType {
+    fn is_success(&self) -> bool {
+        (u8::from(MessageClass::Response(*self)) >> 5) == 2
+    }
+}
+
+fn reply(code: ResponseType, payload: Vec<u8>) -> Packet {
+    let mut packet = Packet::new();
+    packet.header.code = MessageClass::Response(code);
+    packet.header.set_type(MessageType::Acknowledgement);
+    packet.payload = payload;
+    packet
+}
+
+/// `key=value` query options; a key without `=` (such as `Q`) maps to "".
+fn queries(packet: &Packet) -> HashMap<String, String> {
+    packet
+        .get_option(CoapOption::UriQuery)
+        .into_iter()
+        .flatten()
+        .map(|raw| {
+            let text = String::from_utf8_lossy(raw);
+            match text.split_once('=') {
+                Some((key, value)) => (key.to_owned(), value.to_owned()),
+                None => (text.into_owned(), String::new()),
+            }
+        })
+        .collect()
+}
+
+fn alternate_path_text(segments: &[String]) -> String {
+    if segments.is_empty() {
+        "/".into()
+    } else {
+        format!("/{}", segments.join("/"))
+    }
+}
+
+/// The CoRE link-format object list of a registration: the alternate path (a link with
+/// `rt="oma.lwm2m"`) and the object and instance links under it.
+fn parse_object_list(payload: &[u8]) -> Result<(Vec<String>, Vec<String>), Refusal> {
+    let text =
+        std::str::from_utf8(payload).map_err(|_| Refusal::BadRequest("invalid object list"))?;
+    let mut alternate: Vec<String> = Vec::new();
+    let mut links = Vec::new();
+    for link in text.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+        let mut parts = link.split(';');
+        let target = parts
+            .next()
+            .and_then(|t| t.trim().strip_prefix('<'))
+            .and_then(|t| t.strip_suffix('>'))
+            .ok_or(Refusal::BadRequest("invalid object list"))?;
+        let is_root = parts.any(|attr| {
+            let attr = attr.trim();
+            attr == "rt=\"oma.lwm2m\"" || attr == "rt=oma.lwm2m"
+        });
+        if is_root {
+            alternate = target
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        } else {
+            links.push(target.to_owned());
+        }
+    }
+    let prefix = alternate_path_text(&alternate);
+    let objects = links
+        .into_iter()
+        .map(|link| {
+            if prefix != "/" {
+                link.strip_prefix(&prefix)
+                    .map(str::to_owned)
+                    .unwrap_or(link)
+            } else {
+                link
+            }
+        })
+        .collect();
+    Ok((alternate, objects))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_lists_with_and_without_alternate_path() {
+        let (alternate, objects) = parse_object_list(b"</1/0>,</3/0>,</5>").unwrap();
+        assert!(alternate.is_empty());
+        assert_eq!(objects, ["/1/0", "/3/0", "/5"]);
+        let (alternate, objects) =
+            parse_object_list(br#"</lwm2m>;rt="oma.lwm2m";ct=11543,</lwm2m/1/0>,</lwm2m/3/0>"#)
+                .unwrap();
+        assert_eq!(alternate, ["lwm2m"]);
+        assert_eq!(objects, ["/1/0", "/3/0"]);
+        assert!(parse_object_list(b"/1/0").is_err());
+    }
+}

@@ -1,0 +1,240 @@
+//! LwM2M over real UDP: a device on lwm2m-node-lib (npm) registers with the built gateway
+//! and is managed with EMQX-style JSON commands published by mosquitto_pub; its answers,
+//! notifications and registration events are read by mosquitto_sub on the `up/` topics.
+
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use interop_tests::broker::workspace_root;
+use interop_tests::process::{Line, Proc};
+use interop_tests::{mosquitto_pub, unique_client_id, Broker, MosquittoSub, Version, TIMEOUT};
+use serde_json::{json, Value};
+
+fn device(broker: &Broker, endpoint: &str) -> Proc {
+    let js = workspace_root().join("interop-tests/js");
+    assert!(
+        js.join("node_modules/lwm2m-node-lib").is_dir(),
+        "lwm2m-node-lib is not installed in {}: run scripts/install-test-tools.sh",
+        js.display()
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(js.join("lwm2m_client.js"))
+        .arg(&broker.host)
+        .arg(broker.lwm2m_port.to_string())
+        .arg(endpoint)
+        .arg("60");
+    Proc::spawn("lwm2m-node-lib client", cmd)
+}
+
+fn expect_line(device: &mut Proc, prefix: &str) -> String {
+    loop {
+        match device.next_line(TIMEOUT) {
+            Line::Line(line) if line.starts_with(prefix) => return line,
+            Line::Line(_) => continue,
+            other => panic!(
+                "device: waiting for {prefix:?}, got {other:?}; stderr:\n{}",
+                device.stderr()
+            ),
+        }
+    }
+}
+
+/// The next message on the `up/` topics, as (topic suffix, JSON).
+fn next_event(sub: &mut MosquittoSub, endpoint: &str) -> (String, Value) {
+    let msg = sub.recv(TIMEOUT);
+    let suffix = msg
+        .topic
+        .strip_prefix(&format!("lwm2m/{endpoint}/"))
+        .unwrap_or_else(|| panic!("unexpected topic {}", msg.topic))
+        .to_owned();
+    let json = serde_json::from_slice(&msg.payload)
+        .unwrap_or_else(|e| panic!("{}: not JSON ({e})", String::from_utf8_lossy(&msg.payload)));
+    (suffix, json)
+}
+
+fn command(broker: &Broker, endpoint: &str, body: Value) {
+    mosquitto_pub(
+        broker,
+        Version::V311,
+        &format!("lwm2m/{endpoint}/dn/cmd"),
+        body.to_string().as_bytes(),
+        0,
+        false,
+        &[],
+    );
+}
+
+/// Sends `body` and returns the response published for it.
+fn ask(broker: &Broker, sub: &mut MosquittoSub, endpoint: &str, body: Value) -> Value {
+    command(broker, endpoint, body);
+    let (topic, json) = next_event(sub, endpoint);
+    assert_eq!(topic, "up/resp", "{json}");
+    json
+}
+
+#[test]
+fn lwm2m_node_lib_device_registers_and_is_read_written_executed_and_observed() {
+    let Some(broker) = Broker::start_gateway_only("an LwM2M listener", &[]) else {
+        return;
+    };
+    let endpoint = unique_client_id("lwm2m-ep");
+    let mut sub = MosquittoSub::start(
+        &broker,
+        Version::V311,
+        &[&format!("lwm2m/{endpoint}/up/#")],
+        0,
+        &[],
+    );
+    let mut device = device(&broker, &endpoint);
+    let registered = expect_line(&mut device, "registered");
+    assert_eq!(registered, format!("registered rd/{endpoint}"));
+
+    let (topic, event) = next_event(&mut sub, &endpoint);
+    assert_eq!(topic, "up/resp");
+    assert_eq!(event["msgType"], "register");
+    assert_eq!(event["data"]["ep"], endpoint.as_str());
+    assert_eq!(event["data"]["lt"], 60);
+    assert_eq!(event["data"]["lwm2m"], "1.0");
+    assert_eq!(event["data"]["alternatePath"], "/");
+    assert_eq!(event["data"]["objectList"], json!(["/3/0", "/3303/0"]));
+
+    // Read: a String and a Float, typed by the object definitions.
+    let read = ask(
+        &broker,
+        &mut sub,
+        &endpoint,
+        json!({"reqID": 1, "msgType": "read", "data": {"path": "/3/0/0"}}),
+    );
+    assert_eq!(
+        read,
+        json!({"reqID": 1, "msgType": "read", "data": {
+            "reqPath": "/3/0/0", "code": "2.05", "codeMsg": "content",
+            "content": [{"path": "/3/0/0", "value": "Open Mobile Alliance"}]}})
+    );
+    let read = ask(
+        &broker,
+        &mut sub,
+        &endpoint,
+        json!({"reqID": 2, "msgType": "read", "data": {"path": "/3303/0/5700"}}),
+    );
+    assert_eq!(
+        read["data"]["content"],
+        json!([{"path": "/3303/0/5700", "value": 21.5}])
+    );
+
+    // Write, then read back what the device stored.
+    let write = ask(
+        &broker,
+        &mut sub,
+        &endpoint,
+        json!({"reqID": 3, "msgType": "write",
+               "data": {"path": "/3/0/14", "type": "String", "value": "+05:00"}}),
+    );
+    assert_eq!(
+        write,
+        json!({"reqID": 3, "msgType": "write", "data": {
+            "reqPath": "/3/0/14", "code": "2.04", "codeMsg": "changed"}})
+    );
+    assert_eq!(expect_line(&mut device, "write"), "write /3/0/14 +05:00");
+    let read = ask(
+        &broker,
+        &mut sub,
+        &endpoint,
+        json!({"reqID": 4, "msgType": "read", "data": {"path": "/3/0/14"}}),
+    );
+    assert_eq!(
+        read["data"]["content"],
+        json!([{"path": "/3/0/14", "value": "+05:00"}])
+    );
+
+    // Execute and discover.
+    let execute = ask(
+        &broker,
+        &mut sub,
+        &endpoint,
+        json!({"reqID": 5, "msgType": "execute", "data": {"path": "/3/0/4", "args": "now"}}),
+    );
+    assert_eq!(execute["data"]["code"], "2.04", "{execute}");
+    assert_eq!(expect_line(&mut device, "execute"), "execute /3/0/4 now");
+    let discover = ask(
+        &broker,
+        &mut sub,
+        &endpoint,
+        json!({"reqID": 6, "msgType": "discover", "data": {"path": "/3/0"}}),
+    );
+    assert_eq!(discover["data"]["code"], "2.05", "{discover}");
+    let links = discover["data"]["content"].as_array().unwrap();
+    assert!(links.contains(&json!("</3/0/0>")), "{discover}");
+
+    // An invalid command is answered 4.00 with its fields echoed.
+    let invalid = ask(
+        &broker,
+        &mut sub,
+        &endpoint,
+        json!({"reqID": 7, "msgType": "write",
+               "data": {"path": "/3/0/14", "type": "Integer", "value": "x"}}),
+    );
+    assert_eq!(invalid["reqID"], 7);
+    assert_eq!(invalid["data"]["code"], "4.00");
+    assert_eq!(invalid["data"]["codeMsg"], "bad_request");
+
+    // Observe, then a changed value arrives as a notification.
+    let observe = ask(
+        &broker,
+        &mut sub,
+        &endpoint,
+        json!({"reqID": 8, "msgType": "observe", "data": {"path": "/3303/0/5700"}}),
+    );
+    assert_eq!(observe["data"]["code"], "2.05", "{observe}");
+    assert_eq!(
+        observe["data"]["content"],
+        json!([{"path": "/3303/0/5700", "value": 21.5}])
+    );
+    device.send_line("set /3303/0 5700 30.25");
+    let (topic, notify) = next_event(&mut sub, &endpoint);
+    assert_eq!(topic, "up/notify", "{notify}");
+    assert_eq!(notify["msgType"], "notify");
+    assert_eq!(notify["reqID"], 8);
+    assert!(notify["seqNum"].as_u64().is_some(), "{notify}");
+    assert_eq!(
+        notify["data"]["content"],
+        json!([{"path": "/3303/0/5700", "value": 30.25}])
+    );
+
+    // An update (from a new source port, as this client sends it) is published.
+    device.send_line("update");
+    expect_line(&mut device, "updated");
+    let (topic, update) = next_event(&mut sub, &endpoint);
+    assert_eq!(topic, "up/update", "{update}");
+    assert_eq!(update["msgType"], "update");
+    assert_eq!(update["data"]["ep"], endpoint.as_str());
+
+    // The device is still reachable at its new address.
+    let read = ask(
+        &broker,
+        &mut sub,
+        &endpoint,
+        json!({"reqID": 9, "msgType": "read", "data": {"path": "/3/0/9"}}),
+    );
+    assert_eq!(
+        read["data"]["content"],
+        json!([{"path": "/3/0/9", "value": 87}])
+    );
+
+    device.send_line("deregister");
+    expect_line(&mut device, "deregistered");
+    // Commands to a de-registered device go nowhere.
+    command(
+        &broker,
+        &endpoint,
+        json!({"reqID": 10, "msgType": "read", "data": {"path": "/3/0/0"}}),
+    );
+    assert!(sub.try_recv(Duration::from_millis(500)).is_none());
+}

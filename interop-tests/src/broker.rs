@@ -60,6 +60,10 @@ pub struct Broker {
     pub coap_port: u16,
     /// MQTT over WebSocket (`/mqtt`); check it with [`Broker::wait_listening`] first.
     pub ws_port: u16,
+    /// STOMP over TCP; check it with [`Broker::wait_listening`] first.
+    pub stomp_port: u16,
+    /// STOMP over WebSocket (`/ws`), when a test enables it.
+    pub stomp_ws_port: u16,
     values: Vec<(&'static str, String)>,
     gateway: Option<Gateway>,
 }
@@ -220,12 +224,26 @@ impl Broker {
                 .unwrap_or_else(|_| panic!("GATEWAY_TEST_COAP_PORT={text} is not a port")),
             Err(_) => 5683,
         };
+        let stomp_port = match std::env::var("GATEWAY_TEST_STOMP_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_STOMP_PORT={text} is not a port")),
+            Err(_) => 61613,
+        };
+        let stomp_ws_port = match std::env::var("GATEWAY_TEST_STOMP_WS_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_STOMP_WS_PORT={text} is not a port")),
+            Err(_) => 15674,
+        };
         Some(Broker {
             host,
             port,
             mqttsn_port,
             coap_port,
             ws_port,
+            stomp_port,
+            stomp_ws_port,
             values,
             gateway: None,
         })
@@ -258,6 +276,16 @@ impl Broker {
             "GATEWAY_GATEWAY__COAP__LISTENERS__UDP__DEFAULT__BIND",
             format!("127.0.0.1:{coap_port}"),
         );
+        let stomp_port = free_port();
+        cmd.env(
+            "GATEWAY_GATEWAY__STOMP__LISTENERS__TCP__DEFAULT__BIND",
+            format!("127.0.0.1:{stomp_port}"),
+        );
+        let stomp_ws_port = free_port();
+        cmd.env(
+            "GATEWAY_GATEWAY__STOMP__LISTENERS__WS__DEFAULT__BIND",
+            format!("127.0.0.1:{stomp_ws_port}"),
+        );
         // Extra configuration for every started gateway, e.g. to turn off a listener
         // whose fixed default port would clash between gateways running in parallel.
         if let Ok(extra) = std::env::var("GATEWAY_TEST_GATEWAY_ENV") {
@@ -285,6 +313,8 @@ impl Broker {
             mqttsn_port,
             coap_port,
             ws_port,
+            stomp_port,
+            stomp_ws_port,
             values,
             gateway: Some(Gateway {
                 child,

@@ -7,8 +7,9 @@
 #   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),
 #   - aioquic, the QUIC implementation under the MQTT over QUIC test client (PyPI, pinned below),
 #   - libcoap's coap-client (Debian libcoap3-bin) and aiocoap (PyPI, pinned below),
-#   - MQTT.js and the LwM2M client library lwm2m-node-lib (npm ci from
-#     interop-tests/js/package-lock.json, both pinned there).
+#   - the STOMP client stomp.py (PyPI, pinned below),
+#   - MQTT.js, @stomp/stompjs, ws and the LwM2M client library lwm2m-node-lib (npm ci from
+#     interop-tests/js/package-lock.json, all pinned there).
 # Meant for a Debian machine that has Rust, Python 3.11+ with pip and Node 20+ with
 # npm; run as root. Idempotent; silent when there is nothing to do or all went well,
 # and prints the failing command's output otherwise.
@@ -18,6 +19,7 @@ PAHO_VERSION=2.2.0
 MQTTSN_VERSION=1.0.9
 AIOQUIC_VERSION=1.7.2
 AIOCOAP_VERSION=0.4.17
+STOMP_PY_VERSION=9.0.0
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 js_dir="$root/interop-tests/js"
@@ -75,8 +77,9 @@ pip_pinned paho-mqtt "$PAHO_VERSION"
 pip_pinned mqtt-sn-12 "$MQTTSN_VERSION"
 pip_pinned aioquic "$AIOQUIC_VERSION"
 pip_pinned aiocoap "$AIOCOAP_VERSION"
+pip_pinned stomp-py "$STOMP_PY_VERSION"
 
-# --- MQTT.js and lwm2m-node-lib ------------------------------------------------------
+# --- MQTT.js, @stomp/stompjs and lwm2m-node-lib ------------------------------------
 # npm ci wipes and rebuilds node_modules, so it runs only when the lock file changed
 # since the last install (recorded in a stamp inside node_modules).
 stamp="$js_dir/node_modules/.lock-sha256"
@@ -85,5 +88,6 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     (cd "$js_dir" && quietly npm ci --no-audit --no-fund --loglevel=error)
     echo "$want" >"$stamp"
 fi
-(cd "$js_dir" && node -e 'require("mqtt")') || fail "MQTT.js is not loadable from $js_dir"
+(cd "$js_dir" && node -e 'require("mqtt"); require("@stomp/stompjs"); require("ws")') ||
+    fail "MQTT.js, @stomp/stompjs or ws is not loadable from $js_dir"
 (cd "$js_dir" && node -e 'require("lwm2m-node-lib")' 2>/dev/null) || fail "lwm2m-node-lib is not loadable from $js_dir"

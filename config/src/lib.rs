@@ -159,7 +159,7 @@ pub struct ListenersConfig {
 /// The listener kinds, as they appear under `listeners.`.
 /// Every table of named listeners: a listener added under a new name takes its omitted keys
 /// from the `default` one of its table.
-pub const LISTENER_TABLES: [&str; 8] = [
+pub const LISTENER_TABLES: [&str; 10] = [
     "listeners.tcp",
     "listeners.ssl",
     "listeners.ws",
@@ -168,6 +168,8 @@ pub const LISTENER_TABLES: [&str; 8] = [
     "gateway.mqttsn.listeners.udp",
     "gateway.coap.listeners.udp",
     "gateway.lwm2m.listeners.udp",
+    "gateway.stomp.listeners.tcp",
+    "gateway.stomp.listeners.ws",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,6 +340,118 @@ pub struct GatewaysConfig {
     pub mqttsn: MqttSnConfig,
     pub coap: CoapConfig,
     pub lwm2m: Lwm2mConfig,
+    pub stomp: StompConfig,
+}
+
+/// STOMP 1.0, 1.1 and 1.2 over TCP and WebSocket (EMQX's `gateway.stomp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StompConfig {
+    pub enable: bool,
+    /// Prefix of every destination; `${clientid}` and `${username}` are replaced. A
+    /// listener's own `mountpoint`, when not empty, replaces it.
+    pub mountpoint: String,
+    /// Time allowed from accept (and WebSocket upgrade) to a complete CONNECT.
+    pub idle_timeout: Duration,
+    /// How long the session of a client that named itself with `client-id` outlives its
+    /// connection, holding its subscriptions and unacknowledged messages.
+    pub session_expiry_interval: Duration,
+    /// Messages of `client` and `client-individual` subscriptions sent and not yet
+    /// acknowledged, per connection; beyond it deliveries wait in the session's queue.
+    pub max_unacked: u32,
+    pub nack: StompNack,
+    /// An open transaction older than this is aborted.
+    pub transaction_timeout: Duration,
+    /// Transactions open at once per connection.
+    pub max_transactions: u32,
+    /// SEND, ACK and NACK frames one transaction may hold.
+    pub max_transaction_frames: u32,
+    pub frame: StompFrameConfig,
+    pub listeners: StompListenersConfig,
+}
+
+/// What a NACK does to the message it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StompNack {
+    /// Delivered again (to this client, or after a reconnect of its session).
+    Redeliver,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StompFrameConfig {
+    /// Headers per frame.
+    pub max_headers: u32,
+    /// Longest header line (name, colon and value as sent), bytes.
+    pub max_headers_length: u32,
+    /// Longest body, bytes.
+    pub max_body_length: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StompListenersConfig {
+    pub tcp: BTreeMap<String, StompTcpListenerConfig>,
+    pub ws: BTreeMap<String, StompWsListenerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StompTcpListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub max_conn_rate: Rate,
+    /// Replaces the gateway's mountpoint for this listener's clients; `""` keeps it.
+    pub mountpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StompWsListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub max_conn_rate: Rate,
+    /// Replaces the gateway's mountpoint for this listener's clients; `""` keeps it.
+    pub mountpoint: String,
+    /// The HTTP path of the upgrade.
+    pub path: String,
+    pub supported_subprotocols: Vec<String>,
+    pub fail_if_no_subprotocol: bool,
+    /// Bytes; also the largest message of fragmented frames.
+    pub max_frame_size: u32,
+}
+
+impl StompTcpListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+}
+
+impl StompWsListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+
+    /// The kit's WebSocket options for this listener: no Origin check and no proxy
+    /// header, which STOMP listeners do not configure.
+    pub fn websocket(&self) -> WebSocketConfig {
+        WebSocketConfig {
+            mqtt_path: self.path.clone(),
+            supported_subprotocols: self.supported_subprotocols.clone(),
+            fail_if_no_subprotocol: self.fail_if_no_subprotocol,
+            max_frame_size: self.max_frame_size,
+            check_origin_enable: false,
+            allow_origin_absence: true,
+            check_origins: Vec::new(),
+            proxy_address_header: String::new(),
+        }
+    }
 }
 
 /// CoAP over UDP (EMQX's `gateway.coap`): `/ps/{topic}` publish and observe, and
@@ -847,6 +961,50 @@ impl Config {
                                 max_packet_size: 65_535,
                                 max_queued_datagrams: 64,
                                 mountpoint: String::new(),
+                            },
+                        )]),
+                    },
+                },
+                stomp: StompConfig {
+                    enable: true,
+                    mountpoint: String::new(),
+                    idle_timeout: Duration::from_secs(30),
+                    session_expiry_interval: Duration::from_secs(7200),
+                    max_unacked: 1000,
+                    nack: StompNack::Redeliver,
+                    transaction_timeout: Duration::from_secs(60),
+                    max_transactions: 16,
+                    max_transaction_frames: 1000,
+                    frame: StompFrameConfig {
+                        max_headers: 10,
+                        max_headers_length: 1024,
+                        max_body_length: 65_536,
+                    },
+                    listeners: StompListenersConfig {
+                        tcp: BTreeMap::from([(
+                            "default".to_owned(),
+                            StompTcpListenerConfig {
+                                enable: true,
+                                bind: "0.0.0.0:61613".into(),
+                                max_connections: 1_024_000,
+                                max_conn_rate: Rate::Infinity,
+                                mountpoint: String::new(),
+                            },
+                        )]),
+                        ws: BTreeMap::from([(
+                            "default".to_owned(),
+                            StompWsListenerConfig {
+                                enable: false,
+                                bind: "0.0.0.0:15674".into(),
+                                max_connections: 1_024_000,
+                                max_conn_rate: Rate::Infinity,
+                                mountpoint: String::new(),
+                                path: "/ws".into(),
+                                supported_subprotocols: ["v12.stomp", "v11.stomp", "v10.stomp"]
+                                    .map(String::from)
+                                    .to_vec(),
+                                fail_if_no_subprotocol: false,
+                                max_frame_size: 1_048_576,
                             },
                         )]),
                     },

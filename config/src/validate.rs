@@ -266,7 +266,108 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
     check_mqttsn(&config.gateway.mqttsn, &mut udp_started, &mut fail);
     check_coap(&config.gateway.coap, &mut udp_started, &mut fail);
     check_lwm2m(&config.gateway.lwm2m, &mut udp_started, &mut fail);
+    check_stomp(&config.gateway.stomp, &mut started, &mut fail);
     out
+}
+
+fn check_stomp(
+    stomp: &crate::StompConfig,
+    tcp_started: &mut Vec<(String, SocketAddr)>,
+    fail: &mut impl FnMut(&str, String),
+) {
+    let p = "gateway.stomp";
+    check_mountpoint(&format!("{p}.mountpoint"), &stomp.mountpoint, fail);
+    check_longer_than_zero(
+        p,
+        &[
+            ("idle_timeout", stomp.idle_timeout),
+            ("transaction_timeout", stomp.transaction_timeout),
+        ],
+        fail,
+    );
+    if stomp.session_expiry_interval.get().as_secs() > u64::from(u32::MAX) {
+        fail(
+            &format!("{p}.session_expiry_interval"),
+            format!(
+                "{p}.session_expiry_interval must be at most {} seconds",
+                u32::MAX
+            ),
+        );
+    }
+    let at_least_one = [
+        ("max_unacked", stomp.max_unacked),
+        ("max_transactions", stomp.max_transactions),
+        ("max_transaction_frames", stomp.max_transaction_frames),
+        ("frame.max_headers", stomp.frame.max_headers),
+        ("frame.max_headers_length", stomp.frame.max_headers_length),
+    ];
+    for (key, value) in at_least_one {
+        if value == 0 {
+            fail(&format!("{p}.{key}"), format!("{p}.{key} must be >= 1"));
+        }
+    }
+    let listeners = stomp
+        .listeners
+        .tcp
+        .iter()
+        .map(|(name, l)| {
+            (
+                "tcp",
+                name,
+                l.enable,
+                &l.bind,
+                l.max_connections,
+                &l.mountpoint,
+            )
+        })
+        .chain(stomp.listeners.ws.iter().map(|(name, l)| {
+            (
+                "ws",
+                name,
+                l.enable,
+                &l.bind,
+                l.max_connections,
+                &l.mountpoint,
+            )
+        }));
+    for (kind, name, enable, bind, max_connections, mountpoint) in listeners {
+        let prefix = format!("{p}.listeners.{kind}.{name}");
+        if !is_valid_listener_name(name) {
+            fail(
+                &prefix,
+                format!("{p}.listeners.{kind}: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
+            );
+        }
+        if max_connections == 0 {
+            fail(
+                &format!("{prefix}.max_connections"),
+                format!("{prefix}.max_connections must be >= 1"),
+            );
+        }
+        check_mountpoint(&format!("{prefix}.mountpoint"), mountpoint, fail);
+        check_bind(prefix, bind, enable && stomp.enable, tcp_started, fail);
+    }
+    for (name, l) in &stomp.listeners.ws {
+        let prefix = format!("{p}.listeners.ws.{name}");
+        if !l.path.starts_with('/') {
+            fail(
+                &format!("{prefix}.path"),
+                format!("{prefix}.path must start with '/', got {:?}", l.path),
+            );
+        }
+        if l.max_frame_size == 0 {
+            fail(
+                &format!("{prefix}.max_frame_size"),
+                format!("{prefix}.max_frame_size must be >= 1"),
+            );
+        }
+        if l.fail_if_no_subprotocol && l.supported_subprotocols.is_empty() {
+            fail(
+                &format!("{prefix}.supported_subprotocols"),
+                format!("{prefix}.supported_subprotocols is empty while fail_if_no_subprotocol refuses every upgrade without one"),
+            );
+        }
+    }
 }
 
 /// The QUIC header protection of the first packets uses TLS13_AES_128_GCM_SHA256 (RFC 9001

@@ -298,6 +298,71 @@ async fn run(config: Config) -> Result<()> {
         }
     }
 
+    let stomp = &config.gateway.stomp;
+    if stomp.enable {
+        let tcp = stomp
+            .listeners
+            .tcp
+            .iter()
+            .filter(|(_, l)| l.enable)
+            .map(|(name, l)| {
+                (
+                    "tcp",
+                    name,
+                    l.bind_addr(),
+                    l.max_connections,
+                    l.max_conn_rate,
+                    &l.mountpoint,
+                    adapter_stomp::Layers::Tcp,
+                )
+            });
+        let ws = stomp
+            .listeners
+            .ws
+            .iter()
+            .filter(|(_, l)| l.enable)
+            .map(|(name, l)| {
+                (
+                    "ws",
+                    name,
+                    l.bind_addr(),
+                    l.max_connections,
+                    l.max_conn_rate,
+                    &l.mountpoint,
+                    adapter_stomp::Layers::Ws(Arc::new(l.websocket())),
+                )
+            });
+        for (kind, name, bind, max_connections, max_conn_rate, mountpoint, layers) in tcp.chain(ws)
+        {
+            let key = format!("gateway.stomp.listeners.{kind}.{name}");
+            let bind = bind.with_context(|| format!("{key}.bind"))?;
+            let listener_name: Arc<str> = Arc::from(format!("stomp:{kind}:{name}"));
+            let settings = adapter_stomp::ListenerSettings {
+                name: listener_name.clone(),
+                bind,
+                max_connections: max_connections as usize,
+                max_conn_rate,
+                layers,
+            };
+            let channel_settings = Arc::new(adapter_stomp::Settings::from_config(
+                listener_name.clone(),
+                stomp,
+                mountpoint,
+            ));
+            let socket = adapter_stomp::bind(&settings)
+                .await
+                .with_context(|| format!("{key}: cannot listen on {bind}"))?;
+            tracing::info!(listener = %listener_name, %bind, "STOMP listener started");
+            tasks.spawn(adapter_stomp::serve(
+                socket,
+                settings,
+                channel_settings,
+                broker.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
+    }
+
     tasks.spawn(housekeeping(
         broker.clone(),
         config.sys.enable.then(|| config.sys.interval.get()),

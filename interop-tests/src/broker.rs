@@ -62,6 +62,10 @@ pub struct Broker {
     pub lwm2m_port: u16,
     /// MQTT over WebSocket (`/mqtt`); check it with [`Broker::wait_listening`] first.
     pub ws_port: u16,
+    /// STOMP over TCP; check it with [`Broker::wait_listening`] first.
+    pub stomp_port: u16,
+    /// STOMP over WebSocket (`/ws`), when a test enables it.
+    pub stomp_ws_port: u16,
     values: Vec<(&'static str, String)>,
     gateway: Option<Gateway>,
 }
@@ -228,6 +232,18 @@ impl Broker {
                 .unwrap_or_else(|_| panic!("GATEWAY_TEST_LWM2M_PORT={text} is not a port")),
             Err(_) => 5783,
         };
+        let stomp_port = match std::env::var("GATEWAY_TEST_STOMP_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_STOMP_PORT={text} is not a port")),
+            Err(_) => 61613,
+        };
+        let stomp_ws_port = match std::env::var("GATEWAY_TEST_STOMP_WS_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_STOMP_WS_PORT={text} is not a port")),
+            Err(_) => 15674,
+        };
         Some(Broker {
             host,
             port,
@@ -235,6 +251,8 @@ impl Broker {
             coap_port,
             lwm2m_port,
             ws_port,
+            stomp_port,
+            stomp_ws_port,
             values,
             gateway: None,
         })
@@ -272,6 +290,16 @@ impl Broker {
             "GATEWAY_GATEWAY__LWM2M__LISTENERS__UDP__DEFAULT__BIND",
             format!("127.0.0.1:{lwm2m_port}"),
         );
+        let stomp_port = free_port();
+        cmd.env(
+            "GATEWAY_GATEWAY__STOMP__LISTENERS__TCP__DEFAULT__BIND",
+            format!("127.0.0.1:{stomp_port}"),
+        );
+        let stomp_ws_port = free_port();
+        cmd.env(
+            "GATEWAY_GATEWAY__STOMP__LISTENERS__WS__DEFAULT__BIND",
+            format!("127.0.0.1:{stomp_ws_port}"),
+        );
         // Extra configuration for every started gateway, e.g. to turn off a listener
         // whose fixed default port would clash between gateways running in parallel.
         if let Ok(extra) = std::env::var("GATEWAY_TEST_GATEWAY_ENV") {
@@ -300,6 +328,8 @@ impl Broker {
             coap_port,
             lwm2m_port,
             ws_port,
+            stomp_port,
+            stomp_ws_port,
             values,
             gateway: Some(Gateway {
                 child,

@@ -19,6 +19,7 @@ pub mod process;
 pub mod quic;
 pub mod raw;
 pub mod script;
+pub mod stomp;
 pub mod ws;
 
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub use mosquitto::{mosquitto_pub, MosquittoSub};
 pub use mqttsn::{SnClient, SnMsg};
 pub use raw::RawClient;
 pub use script::{Carrier, Lib, ScriptClient};
+pub use stomp::{StompJs, StompPy};
 
 /// How long a test waits for anything the broker should do promptly (a CONNACK, a
 /// message, an acknowledgement). Generous: two cores are shared with other work.

@@ -199,6 +199,8 @@ pub struct WsStream<S> {
     leftover: Bytes,
     flush_pending: bool,
     closed: bool,
+    /// Text frames are read as bytes too, for protocols whose clients send text (STOMP).
+    accept_text: bool,
 }
 
 impl<S: Read + Write> WsStream<S> {
@@ -218,7 +220,14 @@ impl<S: Read + Write> WsStream<S> {
             leftover: Bytes::new(),
             flush_pending: false,
             closed: false,
+            accept_text: false,
         }
+    }
+
+    /// Reads text frames as their UTF-8 bytes instead of refusing them: STOMP clients
+    /// send text frames (browsers cannot choose otherwise for string bodies).
+    pub fn accept_text_frames(&mut self) {
+        self.accept_text = true;
     }
 
     /// The stream under the frames (TLS for WSS).
@@ -272,6 +281,7 @@ impl<S: Read + Write> Read for WsStream<S> {
             }
             match self.ws.read() {
                 Ok(Message::Binary(frame)) => self.leftover = frame,
+                Ok(Message::Text(text)) if self.accept_text => self.leftover = Bytes::from(text),
                 Ok(Message::Text(_)) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,

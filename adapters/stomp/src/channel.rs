@@ -1,0 +1,986 @@
+//! One STOMP connection as a sans-io state machine: bytes, broker wake-ups and timer ticks
+//! in, with `now`; bytes out. A connection is a session of the unified model in namespace
+//! `stomp`; destinations are MQTT topics under the listener's mountpoint.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use gateway_config::StompNack;
+use mqtt_core::auth::{Action, AuthOutcome, ClientInfo};
+use mqtt_core::broker::{Broker, ConnectRequest, Stats, WillDisposition};
+use mqtt_core::codec::{QoS, ReasonCode, SubscriptionOptions};
+use mqtt_core::message::{Delivery, Message as RoutedMessage};
+use mqtt_core::mountpoint::Mountpoint;
+use mqtt_core::protocol::Flow;
+use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+
+use crate::frame::{encode, Command, Decoder, Frame, FrameLimits, Version};
+
+/// The namespace of STOMP sessions: a STOMP "dev1" is not the MQTT "dev1".
+pub const STOMP_NAMESPACE: &str = "stomp";
+
+/// The channel stops pulling deliveries once this much output waits.
+const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+
+/// The shortest heart-beat interval the server sends or asks for: a client asking for
+/// every millisecond would only burn its own connection's time.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// Inbound heart-beats may be this late (network delay, timer slack) before the
+/// connection counts as dead.
+const HEARTBEAT_GRACE: u32 = 2;
+
+/// Headers of SEND that are the frame's own, not the message's: they do not become
+/// user properties.
+const FRAME_HEADERS: &[&str] = &[
+    "destination",
+    "content-length",
+    "content-type",
+    "transaction",
+    "receipt",
+];
+
+/// Headers of MESSAGE set by the server; a user property of the same name is not copied.
+const MESSAGE_HEADERS: &[&str] = &[
+    "destination",
+    "message-id",
+    "subscription",
+    "ack",
+    "content-type",
+    "content-length",
+];
+
+/// What every channel of one listener shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `tcp:NAME` or `ws:NAME`, as logs and auth rules name the listener.
+    pub listener: Arc<str>,
+    pub limits: FrameLimits,
+    /// May contain `${clientid}` and `${username}`.
+    pub mountpoint: String,
+    pub idle_timeout: Duration,
+    /// Seconds; for clients that name their session with `client-id`.
+    pub session_expiry_interval: u32,
+    pub max_unacked: usize,
+    pub nack: StompNack,
+    pub transaction_timeout: Duration,
+    pub max_transactions: usize,
+    pub max_transaction_frames: usize,
+}
+
+impl Settings {
+    /// `listener_mountpoint` replaces the gateway's when it is not empty.
+    pub fn from_config(
+        listener: Arc<str>,
+        config: &gateway_config::StompConfig,
+        listener_mountpoint: &str,
+    ) -> Settings {
+        let mountpoint = if listener_mountpoint.is_empty() {
+            config.mountpoint.clone()
+        } else {
+            listener_mountpoint.to_owned()
+        };
+        Settings {
+            listener,
+            limits: FrameLimits {
+                max_headers: config.frame.max_headers as usize,
+                max_headers_length: config.frame.max_headers_length as usize,
+                max_body_length: config.frame.max_body_length as usize,
+            },
+            mountpoint,
+            idle_timeout: config.idle_timeout.get(),
+            session_expiry_interval: u32::try_from(config.session_expiry_interval.get().as_secs())
+                .unwrap_or(u32::MAX),
+            max_unacked: config.max_unacked as usize,
+            nack: config.nack,
+            transaction_timeout: config.transaction_timeout.get(),
+            max_transactions: config.max_transactions as usize,
+            max_transaction_frames: config.max_transaction_frames as usize,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    Auto,
+    /// An ACK acknowledges every message of the subscription sent up to the one it names.
+    Client,
+    ClientIndividual,
+}
+
+impl AckMode {
+    fn parse(text: &str) -> Option<AckMode> {
+        match text {
+            "auto" => Some(AckMode::Auto),
+            "client" => Some(AckMode::Client),
+            "client-individual" => Some(AckMode::ClientIndividual),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AckMode::Auto => "auto",
+            AckMode::Client => "client",
+            AckMode::ClientIndividual => "client-individual",
+        }
+    }
+}
+
+/// One SUBSCRIBE: its id, the destination as the client wrote it, and the MQTT
+/// subscription identifier that marks the deliveries it causes.
+#[derive(Debug, Clone)]
+struct StompSubscription {
+    id: String,
+    destination: String,
+    ack: AckMode,
+    identifier: u32,
+}
+
+/// Subscriptions kept in the session, so that a client resuming it with `client-id` finds
+/// them, and the deliveries queued for them, again.
+#[derive(Debug, Clone, Default)]
+struct SessionSubscriptions {
+    subscriptions: Vec<StompSubscription>,
+    next_identifier: u32,
+}
+
+/// A MESSAGE sent on a subscription that wants acknowledgements, not acknowledged yet.
+#[derive(Debug)]
+struct Unacked {
+    ack_id: String,
+    identifier: u32,
+    delivery: Delivery,
+}
+
+/// Why a frame is refused: the text of the ERROR frame's `message` header. The
+/// connection is closed after it (STOMP 1.2: "the server MUST then close the connection").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StompError {
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] crate::frame::FrameError),
+    #[error("Not connected")]
+    NotConnected,
+    #[error("already connected")]
+    AlreadyConnected,
+    #[error("Supported protocol versions are 1.0,1.1,1.2")]
+    UnsupportedVersion,
+    #[error("Login Failed: {0}")]
+    LoginFailed(&'static str),
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    #[error("invalid header {0}")]
+    InvalidHeader(&'static str),
+    #[error("invalid destination {0}")]
+    InvalidDestination(String),
+    #[error("not authorized for {0}")]
+    NotAuthorized(String),
+    #[error("subscription id {0} is in use for another destination")]
+    SubscriptionIdInUse(String),
+    #[error("destination {0} is already subscribed under another id")]
+    DestinationSubscribed(String),
+    #[error("subscription refused: {0}")]
+    SubscriptionRefused(String),
+    #[error("no subscription {0}")]
+    UnknownSubscription(String),
+    #[error("no unacknowledged message {0}")]
+    UnknownAck(String),
+    #[error("transaction {0} is already open")]
+    TransactionOpen(String),
+    #[error("no open transaction {0}")]
+    UnknownTransaction(String),
+    #[error("more than {0} transactions open")]
+    TooManyTransactions(usize),
+    #[error("more than {0} frames in a transaction")]
+    TransactionFull(usize),
+    #[error("{0} frames come from the server only")]
+    ServerFrame(Command),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingConnect,
+    Connected,
+    /// DISCONNECT or an ERROR was answered; input is ignored until the close.
+    Closing,
+}
+
+struct Transaction {
+    begun: Instant,
+    frames: Vec<Frame>,
+}
+
+pub struct StompChannel {
+    broker: Arc<Broker>,
+    settings: Arc<Settings>,
+    peer: Option<SocketAddr>,
+    control: Arc<ConnControl>,
+    decoder: Decoder,
+    phase: Phase,
+    version: Version,
+    accepted: Instant,
+    seed: u64,
+    client: Option<ClientInfo>,
+    session: Option<Arc<SessionCell>>,
+    subscriptions: SessionSubscriptions,
+    next_message_id: u64,
+    unacked: VecDeque<Unacked>,
+    transactions: HashMap<String, Transaction>,
+    /// Inbound silence allowed, grace included; None = no heart-beats expected.
+    heartbeat_in: Option<Duration>,
+    heartbeat_out: Option<Duration>,
+    last_received: Instant,
+    last_sent: Instant,
+    draining: bool,
+}
+
+impl StompChannel {
+    pub fn new(
+        broker: Arc<Broker>,
+        settings: Arc<Settings>,
+        peer: Option<SocketAddr>,
+        wakeup: Arc<dyn Wakeup>,
+        seed: u64,
+        now: Instant,
+    ) -> StompChannel {
+        let control = ConnControl::new(broker.next_connection_id(), wakeup);
+        StompChannel {
+            decoder: Decoder::new(settings.limits),
+            broker,
+            settings,
+            peer,
+            control,
+            phase: Phase::AwaitingConnect,
+            version: Version::V1_0,
+            accepted: now,
+            seed,
+            client: None,
+            session: None,
+            subscriptions: SessionSubscriptions::default(),
+            next_message_id: 1,
+            unacked: VecDeque::new(),
+            transactions: HashMap::new(),
+            heartbeat_in: None,
+            heartbeat_out: None,
+            last_received: now,
+            last_sent: now,
+            draining: false,
+        }
+    }
+
+    pub fn handle_input(&mut self, input: &mut BytesMut, out: &mut BytesMut, now: Instant) -> Flow {
+        self.last_received = now;
+        loop {
+            if self.phase == Phase::Closing {
+                input.clear();
+                return Flow::Close;
+            }
+            let frame = match self.decoder.decode(input) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    input.clear();
+                    return self.refuse(StompError::Malformed(error), None, out, now);
+                }
+            };
+            let receipt = frame.header("receipt").map(str::to_owned);
+            match self.handle_frame(frame, out, now) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close) => return Flow::Close,
+                Err(error) => return self.refuse(error, receipt.as_deref(), out, now),
+            }
+        }
+        self.fill(out, now);
+        Flow::Continue
+    }
+
+    pub fn handle_wakeup(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
+        if let Some(reason) = self.control.close_requested() {
+            tracing::info!(
+                reason = reason.0,
+                "client taken over or closed by the broker"
+            );
+            return Flow::Close;
+        }
+        self.fill(out, now);
+        Flow::Continue
+    }
+
+    pub fn handle_timeout(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
+        match self.phase {
+            Phase::AwaitingConnect => {
+                if now >= self.accepted + self.settings.idle_timeout {
+                    tracing::info!("connection closed: no CONNECT within idle_timeout");
+                    return Flow::Close;
+                }
+            }
+            Phase::Connected => {
+                if let Some(allowed) = self.heartbeat_in {
+                    if now >= self.last_received + allowed {
+                        tracing::info!(
+                            silent_ms = allowed.as_millis() as u64,
+                            "connection closed: no heart-beat from the client"
+                        );
+                        return Flow::Close;
+                    }
+                }
+                if let Some(every) = self.heartbeat_out {
+                    if now >= self.last_sent + every {
+                        out.extend_from_slice(b"\n");
+                        self.last_sent = now;
+                    }
+                }
+                let timeout = self.settings.transaction_timeout;
+                self.transactions.retain(|name, transaction| {
+                    let alive = now < transaction.begun + timeout;
+                    if !alive {
+                        tracing::info!(transaction = %name, "transaction timed out and aborted");
+                    }
+                    alive
+                });
+            }
+            Phase::Closing => return Flow::Close,
+        }
+        self.fill(out, now);
+        Flow::Continue
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitingConnect => Some(self.accepted + self.settings.idle_timeout),
+            Phase::Connected => [
+                self.heartbeat_in
+                    .map(|allowed| self.last_received + allowed),
+                self.heartbeat_out.map(|every| self.last_sent + every),
+                self.transactions
+                    .values()
+                    .map(|t| t.begun + self.settings.transaction_timeout)
+                    .min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+            Phase::Closing => None,
+        }
+    }
+
+    pub fn wants_drain(&self) -> bool {
+        self.draining
+    }
+
+    /// The listener is shutting down: the client is told why before the close.
+    pub fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
+        if self.phase == Phase::Connected {
+            let frame = Frame::new(Command::Error).with_header("message", "server shutting down");
+            self.send(&frame, out, self.last_sent);
+        }
+        self.phase = Phase::Closing;
+        Flow::Close
+    }
+
+    /// Hands the session back: messages sent and not acknowledged go back to the front of
+    /// its queue, in order, for the session's next connection.
+    pub fn handle_closed(&mut self, now: Instant) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        {
+            let mut state = session.state.lock();
+            while let Some(unacked) = self.unacked.pop_back() {
+                state.unpop_queued(unacked.delivery);
+            }
+        }
+        self.broker.disconnect(
+            &session,
+            self.control.conn_id,
+            WillDisposition::Discard,
+            now,
+        );
+        tracing::debug!("session released");
+    }
+
+    pub fn client_id(&self) -> Option<&str> {
+        self.client.as_ref().map(|client| &*client.client_id)
+    }
+
+    /// Sends an ERROR frame for `error` and closes.
+    fn refuse(
+        &mut self,
+        error: StompError,
+        receipt: Option<&str>,
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Flow {
+        tracing::info!(%error, "ERROR sent, connection closed");
+        let mut frame = Frame::new(Command::Error)
+            .with_header("message", error.to_string())
+            .with_header("content-type", "text/plain");
+        if error == StompError::UnsupportedVersion {
+            frame = frame.with_header("version", "1.0,1.1,1.2");
+        }
+        if let Some(receipt) = receipt {
+            frame = frame.with_header("receipt-id", receipt);
+        }
+        self.send(&frame, out, now);
+        self.phase = Phase::Closing;
+        Flow::Close
+    }
+
+    fn send(&mut self, frame: &Frame, out: &mut BytesMut, now: Instant) {
+        encode(frame, self.version, out);
+        self.last_sent = now;
+    }
+
+    fn receipt(&mut self, frame: &Frame, out: &mut BytesMut, now: Instant) {
+        if let Some(receipt) = frame.header("receipt") {
+            let reply = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
+            self.send(&reply, out, now);
+        }
+    }
+
+    fn handle_frame(
+        &mut self,
+        frame: Frame,
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Result<Flow, StompError> {
+        match (self.phase, frame.command) {
+            (Phase::AwaitingConnect, Command::Connect | Command::Stomp) => {
+                self.connect(&frame, out, now)?;
+                return Ok(Flow::Continue);
+            }
+            (Phase::AwaitingConnect, _) => return Err(StompError::NotConnected),
+            (_, Command::Connect | Command::Stomp) => return Err(StompError::AlreadyConnected),
+            _ => {}
+        }
+        match frame.command {
+            Command::Send | Command::Ack | Command::Nack => {
+                if let Some(name) = frame.header("transaction") {
+                    let limit = self.settings.max_transaction_frames;
+                    let transaction = self
+                        .transactions
+                        .get_mut(name)
+                        .ok_or_else(|| StompError::UnknownTransaction(name.to_owned()))?;
+                    if transaction.frames.len() >= limit {
+                        return Err(StompError::TransactionFull(limit));
+                    }
+                    let receipt = frame.header("receipt").map(str::to_owned);
+                    transaction.frames.push(frame);
+                    if let Some(receipt) = receipt {
+                        let reply = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
+                        self.send(&reply, out, now);
+                    }
+                    return Ok(Flow::Continue);
+                }
+                self.apply(&frame, now)?;
+            }
+            Command::Subscribe => self.subscribe(&frame, now)?,
+            Command::Unsubscribe => self.unsubscribe(&frame)?,
+            Command::Begin => {
+                let name = required(&frame, "transaction")?;
+                if self.transactions.contains_key(name) {
+                    return Err(StompError::TransactionOpen(name.to_owned()));
+                }
+                if self.transactions.len() >= self.settings.max_transactions {
+                    return Err(StompError::TooManyTransactions(
+                        self.settings.max_transactions,
+                    ));
+                }
+                self.transactions.insert(
+                    name.to_owned(),
+                    Transaction {
+                        begun: now,
+                        frames: Vec::new(),
+                    },
+                );
+            }
+            Command::Commit => {
+                let name = required(&frame, "transaction")?;
+                let transaction = self
+                    .transactions
+                    .remove(name)
+                    .ok_or_else(|| StompError::UnknownTransaction(name.to_owned()))?;
+                for held in &transaction.frames {
+                    self.apply(held, now)?;
+                }
+            }
+            Command::Abort => {
+                let name = required(&frame, "transaction")?;
+                self.transactions
+                    .remove(name)
+                    .ok_or_else(|| StompError::UnknownTransaction(name.to_owned()))?;
+            }
+            Command::Disconnect => {
+                // Everything before it has been handled: the receipt says so.
+                self.receipt(&frame, out, now);
+                tracing::info!("client disconnected");
+                self.phase = Phase::Closing;
+                return Ok(Flow::Close);
+            }
+            command @ (Command::Connected
+            | Command::Message
+            | Command::Receipt
+            | Command::Error
+            | Command::Connect
+            | Command::Stomp) => return Err(StompError::ServerFrame(command)),
+        }
+        self.receipt(&frame, out, now);
+        Ok(Flow::Continue)
+    }
+
+    /// SEND, ACK and NACK, at once or at their transaction's COMMIT.
+    fn apply(&mut self, frame: &Frame, now: Instant) -> Result<(), StompError> {
+        match frame.command {
+            Command::Send => self.publish(frame, now),
+            Command::Ack => self.acknowledge(frame, false),
+            Command::Nack => self.acknowledge(frame, true),
+            _ => Ok(()),
+        }
+    }
+
+    // ---- connect -------------------------------------------------------------------------
+
+    fn connect(
+        &mut self,
+        frame: &Frame,
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Result<(), StompError> {
+        let version = match frame.header("accept-version") {
+            None => Version::V1_0,
+            Some(list) => list
+                .split(',')
+                .filter_map(Version::parse)
+                .max()
+                .ok_or(StompError::UnsupportedVersion)?,
+        };
+        self.version = version;
+        self.decoder.set_version(version);
+        let named = frame
+            .header("client-id")
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned);
+        if named
+            .as_ref()
+            .is_some_and(|id| id.len() > self.broker.config.max_client_id_length as usize)
+        {
+            return Err(StompError::InvalidHeader("client-id"));
+        }
+        let client_id = named
+            .clone()
+            .unwrap_or_else(|| format!("stomp-{:016x}", self.seed));
+        let username = frame.header("login").map(str::to_owned);
+        let client = ClientInfo {
+            protocol: STOMP_NAMESPACE,
+            listener: self.settings.listener.clone(),
+            client_id: Arc::from(client_id.as_str()),
+            username: username.clone(),
+            password: frame
+                .header("passcode")
+                .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
+            peer: self.peer,
+            mountpoint: Mountpoint::resolve(
+                &self.settings.mountpoint,
+                &client_id,
+                username.as_deref(),
+            ),
+        };
+        match self.broker.auth.authenticator.authenticate(&client) {
+            AuthOutcome::Allow => {}
+            AuthOutcome::Deny(reason) => {
+                tracing::info!(?reason, client_id, "client not authenticated");
+                return Err(StompError::LoginFailed("authentication failed"));
+            }
+        }
+        let client = ClientInfo {
+            password: None,
+            ..client
+        };
+        let (heartbeat_out, heartbeat_in) = negotiate_heartbeat(frame.header("heart-beat"))?;
+        let persistent = named.is_some() && self.settings.session_expiry_interval > 0;
+        let attached = self.broker.connect(
+            ConnectRequest {
+                key: SessionKey {
+                    namespace: STOMP_NAMESPACE,
+                    client_id: client.client_id.clone(),
+                },
+                clean_start: !persistent,
+                expiry_interval: if persistent {
+                    self.settings.session_expiry_interval
+                } else {
+                    0
+                },
+                will: None,
+                control: self.control.clone(),
+            },
+            now,
+        );
+        if attached.session_present {
+            let mut state = attached.session.state.lock();
+            if let Some(kept) = state.extension.get_mut::<SessionSubscriptions>() {
+                self.subscriptions = kept.clone();
+            }
+        }
+        tracing::Span::current().record("client_id", &*client.client_id);
+        tracing::info!(
+            version = version.as_str(),
+            session_present = attached.session_present,
+            "client connected"
+        );
+        self.session = Some(attached.session);
+        self.client = Some(client);
+        self.phase = Phase::Connected;
+        self.heartbeat_out = heartbeat_out;
+        self.heartbeat_in = heartbeat_in.map(|every| every * HEARTBEAT_GRACE);
+        let millis = |d: Option<Duration>| d.map_or(0, |d| d.as_millis());
+        let connected = Frame::new(Command::Connected)
+            .with_header("version", version.as_str())
+            .with_header("server", concat!("gateway/", env!("CARGO_PKG_VERSION")))
+            .with_header("session", client_id)
+            .with_header(
+                "heart-beat",
+                format!("{},{}", millis(heartbeat_out), millis(heartbeat_in)),
+            );
+        self.send(&connected, out, now);
+        Ok(())
+    }
+
+    fn connected(&self) -> Result<(Arc<SessionCell>, ClientInfo), StompError> {
+        match (&self.session, &self.client) {
+            (Some(session), Some(client)) => Ok((session.clone(), client.clone())),
+            _ => Err(StompError::NotConnected),
+        }
+    }
+
+    // ---- send ----------------------------------------------------------------------------
+
+    fn publish(&mut self, frame: &Frame, now: Instant) -> Result<(), StompError> {
+        let destination = required(frame, "destination")?;
+        let (session, client) = self.connected()?;
+        let qos = QoS::from_u8(self.broker.config.max_qos_allowed.min(1)).unwrap_or_default();
+        if self.broker.check_publish(destination, qos, false).is_err() {
+            return Err(StompError::InvalidDestination(destination.to_owned()));
+        }
+        if !self.broker.authorize(
+            &client,
+            Action::Publish {
+                qos: qos.as_u8(),
+                retain: false,
+            },
+            destination,
+        ) {
+            return Err(StompError::NotAuthorized(destination.to_owned()));
+        }
+        let mut message = RoutedMessage {
+            publisher: Some(session.id),
+            publisher_client_id: Some(session.key.client_id.clone()),
+            ..RoutedMessage::new(
+                client.mount(destination),
+                frame.body.clone(),
+                qos,
+                false,
+                now,
+            )
+        };
+        message.properties.content_type = frame.header("content-type").map(str::to_owned);
+        let mut seen: Vec<&str> = Vec::new();
+        for (name, value) in &frame.headers {
+            if FRAME_HEADERS.contains(&name.as_str()) || seen.contains(&name.as_str()) {
+                continue;
+            }
+            seen.push(name);
+            message
+                .properties
+                .user_properties
+                .push((name.clone(), value.clone()));
+        }
+        self.broker.publish(Arc::new(message));
+        Ok(())
+    }
+
+    // ---- subscriptions -------------------------------------------------------------------
+
+    fn subscribe(&mut self, frame: &Frame, now: Instant) -> Result<(), StompError> {
+        let destination = required(frame, "destination")?;
+        // 1.0 made the id optional; the destination then names the subscription.
+        let id = match (frame.header("id"), self.version) {
+            (Some(id), _) => id,
+            (None, Version::V1_0) => destination,
+            (None, _) => return Err(StompError::MissingHeader("id")),
+        };
+        let ack = match frame.header("ack") {
+            None => AckMode::Auto,
+            Some(text) => AckMode::parse(text).ok_or(StompError::InvalidHeader("ack"))?,
+        };
+        let (session, client) = self.connected()?;
+        if let Some(existing) = self.subscriptions.subscriptions.iter().find(|s| s.id == id) {
+            if existing.destination != destination {
+                return Err(StompError::SubscriptionIdInUse(id.to_owned()));
+            }
+        } else if self
+            .subscriptions
+            .subscriptions
+            .iter()
+            .any(|s| s.destination == destination)
+        {
+            return Err(StompError::DestinationSubscribed(destination.to_owned()));
+        }
+        let identifier = match self.subscriptions.subscriptions.iter().find(|s| s.id == id) {
+            Some(existing) => existing.identifier,
+            None => {
+                self.subscriptions.next_identifier =
+                    self.subscriptions.next_identifier.wrapping_add(1).max(1);
+                self.subscriptions.next_identifier
+            }
+        };
+        // Acknowledged subscriptions take QoS 1, so the session queue never drops their
+        // messages to make room.
+        let qos = match ack {
+            AckMode::Auto => QoS::AtMostOnce,
+            AckMode::Client | AckMode::ClientIndividual => QoS::AtLeastOnce,
+        };
+        let options = SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        match self.broker.subscribe(
+            &session,
+            &client,
+            destination,
+            options,
+            Some(identifier),
+            now,
+        ) {
+            Ok(_) => {}
+            Err(reason) if reason == ReasonCode::NOT_AUTHORIZED => {
+                return Err(StompError::NotAuthorized(destination.to_owned()))
+            }
+            Err(reason) if reason == ReasonCode::TOPIC_FILTER_INVALID => {
+                return Err(StompError::InvalidDestination(destination.to_owned()))
+            }
+            Err(reason) => {
+                return Err(StompError::SubscriptionRefused(format!(
+                    "reason code 0x{:02x}",
+                    reason.0
+                )))
+            }
+        }
+        let subscription = StompSubscription {
+            id: id.to_owned(),
+            destination: destination.to_owned(),
+            ack,
+            identifier,
+        };
+        match self
+            .subscriptions
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.id == id)
+        {
+            Some(existing) => *existing = subscription,
+            None => self.subscriptions.subscriptions.push(subscription),
+        }
+        tracing::debug!(id, destination, ack = ack.as_str(), "subscribed");
+        self.remember_subscriptions(&session);
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, frame: &Frame) -> Result<(), StompError> {
+        let id = match (frame.header("id"), self.version) {
+            (Some(id), _) => id,
+            (None, Version::V1_0) => required(frame, "destination")?,
+            (None, _) => return Err(StompError::MissingHeader("id")),
+        };
+        let (session, client) = self.connected()?;
+        let Some(at) = self
+            .subscriptions
+            .subscriptions
+            .iter()
+            .position(|s| s.id == id)
+        else {
+            // As EMQX: an unknown id is not an error, its RECEIPT still comes.
+            return Ok(());
+        };
+        let removed = self.subscriptions.subscriptions.remove(at);
+        self.broker
+            .unsubscribe(&session, &client, &removed.destination);
+        // Nobody can acknowledge them any more.
+        self.unacked
+            .retain(|unacked| unacked.identifier != removed.identifier);
+        self.remember_subscriptions(&session);
+        Ok(())
+    }
+
+    fn remember_subscriptions(&self, session: &SessionCell) {
+        session
+            .state
+            .lock()
+            .extension
+            .set(self.subscriptions.clone());
+    }
+
+    // ---- acknowledgements ----------------------------------------------------------------
+
+    fn acknowledge(&mut self, frame: &Frame, negative: bool) -> Result<(), StompError> {
+        // 1.2 names the MESSAGE's `ack` header in `id`; 1.0 and 1.1 name its message-id.
+        let ack_id = match self.version {
+            Version::V1_2 => frame.header("id").or_else(|| frame.header("message-id")),
+            _ => frame.header("message-id").or_else(|| frame.header("id")),
+        }
+        .ok_or(StompError::MissingHeader("id"))?;
+        let at = self
+            .unacked
+            .iter()
+            .position(|u| u.ack_id == ack_id)
+            .ok_or_else(|| StompError::UnknownAck(ack_id.to_owned()))?;
+        let identifier = self.unacked.get(at).map_or(0, |u| u.identifier);
+        let cumulative = self
+            .subscriptions
+            .subscriptions
+            .iter()
+            .any(|s| s.identifier == identifier && s.ack == AckMode::Client);
+        // In client mode an (N)ACK covers every earlier message of the same subscription.
+        let mut settled = Vec::new();
+        let mut index = 0;
+        self.unacked.retain(|unacked| {
+            let covered = if cumulative {
+                index <= at && unacked.identifier == identifier
+            } else {
+                index == at
+            };
+            index += 1;
+            if covered {
+                settled.push(unacked.delivery.clone());
+            }
+            !covered
+        });
+        if negative && self.settings.nack == StompNack::Redeliver {
+            if let Some(session) = &self.session {
+                let mut state = session.state.lock();
+                for delivery in settled.into_iter().rev() {
+                    state.unpop_queued(delivery);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- deliveries ----------------------------------------------------------------------
+
+    /// Sends queued deliveries while output has room and the unacknowledged window is not full.
+    fn fill(&mut self, out: &mut BytesMut, now: Instant) {
+        self.draining = false;
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        if self.phase != Phase::Connected {
+            return;
+        }
+        loop {
+            if out.len() >= OUTPUT_HIGH_WATER {
+                self.draining = session.state.lock().has_queued();
+                return;
+            }
+            if self.unacked.len() >= self.settings.max_unacked {
+                return;
+            }
+            let Some(delivery) = session.state.lock().pop_queued(now) else {
+                return;
+            };
+            self.deliver(delivery, out, now);
+        }
+    }
+
+    fn deliver(&mut self, delivery: Delivery, out: &mut BytesMut, now: Instant) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let destination = client.unmount(&delivery.message.topic);
+        for &identifier in &delivery.subscription_ids {
+            let Some(subscription) = self
+                .subscriptions
+                .subscriptions
+                .iter()
+                .find(|s| s.identifier == identifier)
+                .cloned()
+            else {
+                // Unsubscribed after the message was queued.
+                continue;
+            };
+            let message_id = self.next_message_id.to_string();
+            self.next_message_id += 1;
+            let frame = message_frame(&delivery, &destination, &subscription, &message_id);
+            self.send(&frame, out, now);
+            Stats::add(&self.broker.stats.messages_sent, 1);
+            if subscription.ack != AckMode::Auto {
+                self.unacked.push_back(Unacked {
+                    ack_id: message_id,
+                    identifier,
+                    delivery: Delivery {
+                        subscription_ids: std::iter::once(identifier).collect(),
+                        ..delivery.clone()
+                    },
+                });
+            }
+        }
+    }
+}
+
+fn message_frame(
+    delivery: &Delivery,
+    destination: &ByteString,
+    subscription: &StompSubscription,
+    message_id: &str,
+) -> Frame {
+    let message = &delivery.message;
+    let mut frame = Frame::new(Command::Message)
+        .with_header("subscription", subscription.id.clone())
+        .with_header("message-id", message_id)
+        .with_header("destination", &**destination);
+    if subscription.ack != AckMode::Auto {
+        frame = frame.with_header("ack", message_id);
+    }
+    if let Some(content_type) = &message.properties.content_type {
+        frame = frame.with_header("content-type", content_type.clone());
+    }
+    frame = frame.with_header("content-length", message.payload.len().to_string());
+    for (name, value) in &message.properties.user_properties {
+        if !MESSAGE_HEADERS.contains(&name.as_str()) {
+            frame = frame.with_header(name, value.clone());
+        }
+    }
+    frame.body = message.payload.clone();
+    frame
+}
+
+fn required<'a>(frame: &'a Frame, name: &'static str) -> Result<&'a str, StompError> {
+    frame.header(name).ok_or(StompError::MissingHeader(name))
+}
+
+/// The client's `heart-beat: cx,cy` against what the server does: it sends every cy (not
+/// more often than [`MIN_HEARTBEAT`]) and expects the client's heart-beats every cx
+/// (likewise). Returns (server sends every, server expects every).
+fn negotiate_heartbeat(
+    header: Option<&str>,
+) -> Result<(Option<Duration>, Option<Duration>), StompError> {
+    let Some(header) = header else {
+        return Ok((None, None));
+    };
+    let (cx, cy) = header
+        .split_once(',')
+        .ok_or(StompError::InvalidHeader("heart-beat"))?;
+    let parse = |text: &str| -> Result<Option<Duration>, StompError> {
+        let millis: u64 = text
+            .trim()
+            .parse()
+            .map_err(|_| StompError::InvalidHeader("heart-beat"))?;
+        Ok((millis > 0).then(|| Duration::from_millis(millis).max(MIN_HEARTBEAT)))
+    };
+    let client_sends = parse(cx)?;
+    let client_wants = parse(cy)?;
+    Ok((client_wants, client_sends))
+}

@@ -1,0 +1,153 @@
+//! STOMP 1.0, 1.1 and 1.2 over TCP and WebSocket: frames (`frame`), the per-connection
+//! channel mapping frames onto a session of the unified model (`channel`), on the kit's
+//! byte-stream driver.
+
+pub mod channel;
+pub mod frame;
+
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use adapter_kit::ws::accept_websocket;
+use adapter_kit::{
+    drive_stream, serve_stream_listener, DriveStream, Flow, LayeredTransport, ListenerLimits,
+    PlainStream, StreamChannel,
+};
+use bytes::BytesMut;
+use gateway_config::{Rate, WebSocketConfig};
+use mqtt_core::broker::Broker;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub use channel::{Settings, StompChannel, StompError, STOMP_NAMESPACE};
+
+impl StreamChannel for StompChannel {
+    fn handle_input(&mut self, input: &mut BytesMut, out: &mut BytesMut, now: Instant) -> Flow {
+        StompChannel::handle_input(self, input, out, now)
+    }
+    fn handle_wakeup(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
+        StompChannel::handle_wakeup(self, out, now)
+    }
+    fn handle_timeout(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
+        StompChannel::handle_timeout(self, out, now)
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        StompChannel::next_deadline(self)
+    }
+    fn wants_drain(&self) -> bool {
+        StompChannel::wants_drain(self)
+    }
+    fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
+        StompChannel::shutdown(self, out)
+    }
+    fn handle_closed(&mut self, now: Instant) {
+        StompChannel::handle_closed(self, now)
+    }
+}
+
+/// What STOMP travels in on a listener.
+#[derive(Clone)]
+pub enum Layers {
+    Tcp,
+    Ws(Arc<WebSocketConfig>),
+}
+
+#[derive(Clone)]
+pub struct ListenerSettings {
+    /// `tcp:NAME` or `ws:NAME`.
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    pub max_connections: usize,
+    pub max_conn_rate: Rate,
+    pub layers: Layers,
+}
+
+pub async fn bind(settings: &ListenerSettings) -> io::Result<TcpListener> {
+    TcpListener::bind(settings.bind).await
+}
+
+/// Serves STOMP on a bound listener until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    settings: ListenerSettings,
+    channel_settings: Arc<Settings>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = ListenerLimits {
+        name: settings.name.clone(),
+        max_connections: settings.max_connections,
+        max_conn_rate: settings.max_conn_rate,
+    };
+    let seeds = RandomState::new();
+    let counter = AtomicU64::new(0);
+    serve_stream_listener(listener, limits, shutdown, move |socket, peer, wakeup| {
+        let seed = seeds.hash_one((peer, counter.fetch_add(1, Ordering::Relaxed)));
+        let accepted = Instant::now();
+        let channel = StompChannel::new(
+            broker.clone(),
+            channel_settings.clone(),
+            Some(peer),
+            wakeup.clone(),
+            seed,
+            accepted,
+        );
+        match &settings.layers {
+            Layers::Tcp => Accepted::Plain {
+                drive: drive_stream(socket, channel, wakeup, broker.clone()),
+            },
+            Layers::Ws(options) => {
+                let options = options.clone();
+                let broker = broker.clone();
+                let deadline =
+                    tokio::time::Instant::from_std(accepted + channel_settings.idle_timeout);
+                let setup = async move {
+                    let upgrade = accept_websocket(PlainStream::new(socket), &options);
+                    match tokio::time::timeout_at(deadline, upgrade).await {
+                        Ok(Ok(mut upgraded)) => {
+                            tracing::debug!(subprotocol = ?upgraded.subprotocol, "WebSocket upgraded");
+                            upgraded.stream.accept_text_frames();
+                            let transport = LayeredTransport::new(upgraded.stream);
+                            drive_stream(transport, channel, wakeup, broker).await
+                        }
+                        Ok(Err(error)) => tracing::info!(%error, "WebSocket upgrade failed"),
+                        Err(_) => tracing::info!("WebSocket upgrade timed out"),
+                    }
+                };
+                Accepted::Layered {
+                    setup: Box::pin(setup),
+                }
+            }
+        }
+    })
+    .await;
+}
+
+pin_project_lite::pin_project! {
+    /// One connection's future: plain TCP is the driver itself; WebSocket first runs
+    /// its upgrade, boxed so that its size is not every plain connection's.
+    #[project = AcceptedProjection]
+    enum Accepted {
+        Plain { #[pin] drive: DriveStream<TcpStream, StompChannel> },
+        Layered { setup: Pin<Box<dyn Future<Output = ()> + Send>> },
+    }
+}
+
+impl Future for Accepted {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project() {
+            AcceptedProjection::Plain { drive } => drive.poll(cx),
+            AcceptedProjection::Layered { setup } => setup.as_mut().poll(cx),
+        }
+    }
+}

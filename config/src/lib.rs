@@ -482,7 +482,24 @@ pub struct CoapConfig {
     pub exchange_lifetime: Duration,
     /// RFC 7252 NON_LIFETIME: the same for non-confirmable message ids.
     pub non_lifetime: Duration,
+    pub blockwise: CoapBlockwiseConfig,
     pub listeners: CoapListenersConfig,
+}
+
+/// Block-wise transfers (RFC 7959), EMQX's `gateway.coap.blockwise`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoapBlockwiseConfig {
+    /// Off: Block1 and Block2 options are answered 4.02 Bad Option.
+    pub enable: bool,
+    /// Block size we send and accept, bytes: 16, 32, 64, 128, 256, 512 or 1024.
+    pub max_block_size: u32,
+    /// Largest body reassembled from Block1 blocks, bytes; beyond it 4.13 with Size1.
+    pub max_body_size: u32,
+    /// How long an upload waits for its next block.
+    pub exchange_lifetime: Duration,
+    /// Uploads reassembled at once per client.
+    pub max_transfers: u32,
 }
 
 /// The message type of notifications.
@@ -902,6 +919,13 @@ impl Config {
                     max_retransmit: 4,
                     exchange_lifetime: Duration::from_secs(247),
                     non_lifetime: Duration::from_secs(145),
+                    blockwise: CoapBlockwiseConfig {
+                        enable: true,
+                        max_block_size: 1024,
+                        max_body_size: 4 * 1024 * 1024,
+                        exchange_lifetime: Duration::from_secs(247),
+                        max_transfers: 4,
+                    },
                     listeners: CoapListenersConfig {
                         udp: BTreeMap::from([(
                             "default".to_owned(),

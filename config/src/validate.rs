@@ -536,9 +536,29 @@ fn check_coap(
             ("ack_timeout", coap.ack_timeout),
             ("exchange_lifetime", coap.exchange_lifetime),
             ("non_lifetime", coap.non_lifetime),
+            (
+                "blockwise.exchange_lifetime",
+                coap.blockwise.exchange_lifetime,
+            ),
         ],
         fail,
     );
+    let block = &coap.blockwise;
+    if !(16..=1024).contains(&block.max_block_size) || !block.max_block_size.is_power_of_two() {
+        fail(
+            &format!("{p}.blockwise.max_block_size"),
+            format!(
+                "{p}.blockwise.max_block_size must be 16, 32, 64, 128, 256, 512 or 1024, got {}",
+                block.max_block_size
+            ),
+        );
+    }
+    if block.max_transfers == 0 {
+        fail(
+            &format!("{p}.blockwise.max_transfers"),
+            format!("{p}.blockwise.max_transfers must be at least 1"),
+        );
+    }
     if !(1.0..=10.0).contains(&coap.ack_random_factor) {
         fail(
             &format!("{p}.ack_random_factor"),

@@ -7,8 +7,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use adapter_coap::{CoapChannel, Settings, UNDERSTOOD_CRITICAL};
+use adapter_coap::{CoapChannel, Settings, UNDERSTOOD_CRITICAL_BLOCKWISE};
 use adapter_kit::coap::{Packet, TransmissionParams};
+use adapter_kit::coap_block::BlockwiseParams;
 use bytes::Bytes;
 use gateway_config::{CoapNotifyType, CoapQos, Config};
 use libfuzzer_sys::fuzz_target;
@@ -57,8 +58,15 @@ fuzz_target!(|data: &[u8]| {
         mountpoint: String::new(),
         transmission: TransmissionParams {
             max_message_size: 1024,
-            ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL)
+            ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL_BLOCKWISE)
         },
+        // Small blocks and bodies, so that uploads complete and fail within one input.
+        blockwise: Some(BlockwiseParams {
+            max_szx: 2,
+            max_body_size: 512,
+            lifetime: Duration::from_secs(60),
+            max_transfers: 2,
+        }),
     });
     let mut channel = CoapChannel::new(broker(), settings, None, Arc::new(NoWakeup), 1, now);
     let mut out = Vec::new();

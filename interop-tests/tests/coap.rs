@@ -386,3 +386,120 @@ fn malformed_datagrams_are_reset_or_ignored_and_others_are_served() {
         "nothing answers the ignored ones"
     );
 }
+
+/// 10 KB that are not one repeated byte, so a block out of place would show.
+fn ten_kb() -> Vec<u8> {
+    (0..10 * 1024)
+        .map(|i: usize| b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36])
+        .collect()
+}
+
+#[test]
+fn a_10_kb_publish_arrives_in_block1_blocks_from_coap_client_and_aiocoap() {
+    let Some(broker) = gateway("a CoAP listener", &[]) else {
+        return;
+    };
+    let topic = unique_topic("coap-block1");
+    let mut sub = MosquittoSub::start(&broker, Version::V5, &[&format!("{topic}/#")], 1, &[]);
+    let payload = ten_kb();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &payload).unwrap();
+    // libcoap at 1024 and at 64 bytes a block.
+    for size in ["1024", "64"] {
+        let (ok, _, stderr) = coap_client(
+            &broker,
+            &[
+                "-m",
+                "post",
+                "-b",
+                size,
+                "-f",
+                file.path().to_str().unwrap(),
+            ],
+            &format!("/ps/{topic}/libcoap-{size}?clientid=blk-{size}"),
+        );
+        assert!(ok, "{COAP_CLIENT} -b {size}: {stderr}");
+        let msg = sub.recv(TIMEOUT);
+        assert_eq!(msg.topic, format!("{topic}/libcoap-{size}"));
+        assert_eq!(msg.payload.len(), payload.len(), "-b {size}");
+        assert!(msg.payload == payload, "-b {size}: the body reassembled");
+    }
+    // aiocoap splits a large request by itself.
+    let mut client = AiocoapClient::spawn(&broker);
+    let answer = client.request(
+        "PUT",
+        &format!("/ps/{topic}/aiocoap?clientid=blk-aio"),
+        &payload,
+        false,
+    );
+    assert_eq!(answer.code, "2.04");
+    let msg = sub.recv(TIMEOUT);
+    assert_eq!(msg.topic, format!("{topic}/aiocoap"));
+    assert!(msg.payload == payload, "the body reassembled");
+}
+
+#[test]
+fn a_body_over_max_body_size_is_refused_with_4_13() {
+    let Some(broker) = gateway(
+        "blockwise.max_body_size = 4096",
+        &[Setting::new(
+            "GATEWAY_GATEWAY__COAP__BLOCKWISE__MAX_BODY_SIZE",
+            "4096",
+        )],
+    ) else {
+        return;
+    };
+    let topic = unique_topic("coap-413");
+    let mut sub = MosquittoSub::start(&broker, Version::V5, &[&topic], 1, &[]);
+    let mut client = AiocoapClient::spawn(&broker);
+    let answer = client.request(
+        "POST",
+        &format!("/ps/{topic}?clientid=big413"),
+        &ten_kb(),
+        false,
+    );
+    assert_eq!(answer.code, "4.13");
+    let fits = client.request(
+        "POST",
+        &format!("/ps/{topic}?clientid=big413"),
+        &ten_kb()[..4000],
+        false,
+    );
+    assert_eq!(fits.code, "2.04");
+    assert_eq!(sub.recv(TIMEOUT).payload.len(), 4000);
+}
+
+#[test]
+fn a_10_kb_notification_is_read_in_block2_blocks_by_aiocoap_and_coap_client() {
+    let Some(broker) = gateway("a CoAP listener", &[]) else {
+        return;
+    };
+    let topic = unique_topic("coap-block2");
+    let payload = ten_kb();
+    let mut client = AiocoapClient::spawn(&broker);
+    assert_eq!(
+        client.observe(&format!("/ps/{topic}?clientid=blk2-aio")),
+        "2.05"
+    );
+    mosquitto_pub(&broker, Version::V311, &topic, &payload, 1, true, &[]);
+    mosquitto_pub(&broker, Version::V311, &topic, b"small", 0, false, &[]);
+    let note = client.notification();
+    assert_eq!(note.payload.len(), payload.len());
+    assert!(note.payload == payload, "the notification reassembled");
+    assert_eq!(client.notification().payload, b"small");
+
+    // libcoap observing the retained 10 KB message reads it block by block too.
+    let other = unique_topic("coap-block2");
+    mosquitto_pub(&broker, Version::V311, &other, &payload, 1, true, &[]);
+    let (_, stdout, stderr) = coap_client(
+        &broker,
+        &["-m", "get", "-s", "2", "-B", "3"],
+        &format!("/ps/{other}?clientid=blk2-libcoap"),
+    );
+    let text = String::from_utf8(payload).unwrap();
+    assert!(
+        stdout.contains(&text),
+        "{COAP_CLIENT} printed {} bytes: {stdout:.200} {stderr}",
+        stdout.len()
+    );
+}

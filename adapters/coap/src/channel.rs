@@ -11,6 +11,9 @@ use adapter_kit::coap::{
     CoapOption, Exchange, Inbound, MessageClass, MessageType, Packet, Request, RequestType,
     ResponseType, TransmissionParams,
 };
+use adapter_kit::coap_block::{
+    szx_of, BlockOption, BlockwiseParams, Representation, Upload, Uploads, BLOCK2, MAX_SZX,
+};
 use bytes::Bytes;
 use gateway_config::{CoapNotifyType, CoapQos};
 use mqtt_core::auth::{Action, AuthOutcome, ClientInfo};
@@ -25,8 +28,11 @@ use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
 pub const COAP_NAMESPACE: &str = "coap";
 
 /// Critical options the resources understand: Uri-Host, Uri-Port, Uri-Path, Uri-Query,
-/// Accept. Others (If-Match, Block1, Block2, Proxy-Uri, ...) get 4.02 Bad Option.
+/// Accept. Others (If-Match, Proxy-Uri, ...) get 4.02 Bad Option.
 pub const UNDERSTOOD_CRITICAL: &[u16] = &[3, 7, 11, 15, 17];
+
+/// The same with block-wise transfers on: Block2 and Block1 too.
+pub const UNDERSTOOD_CRITICAL_BLOCKWISE: &[u16] = &[3, 7, 11, 15, 17, 23, 27];
 
 /// Observe sequence numbers are 24 bits (RFC 7641 4.4).
 const OBSERVE_MASK: u32 = 0x00FF_FFFF;
@@ -48,6 +54,8 @@ pub struct Settings {
     /// May contain `${clientid}` and `${username}`.
     pub mountpoint: String,
     pub transmission: TransmissionParams,
+    /// `None` when block-wise transfers are off.
+    pub blockwise: Option<BlockwiseParams>,
 }
 
 impl Settings {
@@ -71,8 +79,18 @@ impl Settings {
                 exchange_lifetime: config.exchange_lifetime.get(),
                 non_lifetime: config.non_lifetime.get(),
                 max_message_size: listener_config.max_packet_size as usize,
-                ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL)
+                ..TransmissionParams::rfc7252(if config.blockwise.enable {
+                    UNDERSTOOD_CRITICAL_BLOCKWISE
+                } else {
+                    UNDERSTOOD_CRITICAL
+                })
             },
+            blockwise: config.blockwise.enable.then(|| BlockwiseParams {
+                max_szx: szx_of(config.blockwise.max_block_size as usize).unwrap_or(MAX_SZX),
+                max_body_size: config.blockwise.max_body_size as usize,
+                lifetime: config.blockwise.exchange_lifetime.get(),
+                max_transfers: config.blockwise.max_transfers as usize,
+            }),
         }
     }
 }
@@ -96,6 +114,12 @@ struct Observation {
     filter: String,
     token: Vec<u8>,
     sequence: u32,
+    /// Block size exponent of notifications too large for one message: ours, or smaller
+    /// when the observe request asked for it with Block2 (RFC 7959 2.4).
+    szx: u8,
+    /// The last notification sent in blocks and its Content-Format, for the client's GETs
+    /// of the other blocks.
+    representation: Option<(Representation, Option<u16>)>,
 }
 
 /// The connection-mode token of a session, kept in the session so that the client may
@@ -112,6 +136,8 @@ enum Refusal {
     Unauthorized(&'static str),
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
+    #[error("{0}")]
+    BadOption(&'static str),
     #[error("no such resource")]
     NotFound,
 }
@@ -122,6 +148,7 @@ impl Refusal {
             Refusal::BadRequest(_) => ResponseType::BadRequest,
             Refusal::Unauthorized(_) => ResponseType::Unauthorized,
             Refusal::MethodNotAllowed => ResponseType::MethodNotAllowed,
+            Refusal::BadOption(_) => ResponseType::BadOption,
             Refusal::NotFound => ResponseType::NotFound,
         }
     }
@@ -211,6 +238,12 @@ pub struct CoapChannel {
     /// until then, and deliveries wait in the session's bounded queue.
     notification_in_flight: bool,
     ping_in_flight: bool,
+    /// Block1 uploads under way; `None` when block-wise transfers are off.
+    uploads: Option<Uploads>,
+    /// While the client fetches the blocks of a notification, later notifications wait
+    /// (so that the representation it is reading stays the same), until the last block is
+    /// served or the client stops asking by this time.
+    block_transfer_until: Option<Instant>,
 }
 
 impl CoapChannel {
@@ -226,7 +259,6 @@ impl CoapChannel {
         let exchange = Exchange::new(settings.transmission.clone(), seed);
         CoapChannel {
             broker,
-            settings,
             peer,
             control,
             exchange,
@@ -238,6 +270,9 @@ impl CoapChannel {
             next_subscription_id: 1,
             notification_in_flight: false,
             ping_in_flight: false,
+            uploads: settings.blockwise.clone().map(Uploads::new),
+            block_transfer_until: None,
+            settings,
         }
     }
 
@@ -270,7 +305,11 @@ impl CoapChannel {
             return Flow::Close;
         }
         self.fill(out, now);
-        if self.session.is_none() && self.exchange.in_flight() == 0 {
+        let uploading = self
+            .uploads
+            .as_ref()
+            .is_some_and(|uploads| !uploads.is_empty());
+        if self.session.is_none() && self.exchange.in_flight() == 0 && !uploading {
             // Nothing to keep for a peer that holds no session: a repeated request is
             // answered the same way by a fresh channel.
             return Flow::Close;
@@ -319,10 +358,14 @@ impl CoapChannel {
     pub fn next_deadline(&self) -> Option<Instant> {
         let probing = self.ping_in_flight || self.exchange.in_flight() > 0;
         let heartbeat = (!probing).then(|| self.last_received + self.settings.heartbeat);
-        match (heartbeat, self.exchange.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            heartbeat,
+            self.exchange.next_deadline(),
+            self.block_transfer_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// UDP has nothing to say at shutdown: the session is handed back.
@@ -340,6 +383,7 @@ impl CoapChannel {
         self.observations.clear();
         self.notification_in_flight = false;
         self.ping_in_flight = false;
+        self.block_transfer_until = None;
         self.token = None;
         if let Some(session) = self.session.take() {
             self.broker.disconnect(
@@ -388,6 +432,19 @@ impl CoapChannel {
     }
 
     fn handle_request(&mut self, request: Request, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        let (request, block1_echo) = match self.uploads.as_mut() {
+            None => (request, None),
+            Some(uploads) => match uploads.receive(request, now) {
+                Upload::Whole(request) => (request, None),
+                Upload::Complete { request, echo } => (request, Some(echo)),
+                Upload::Answer { request, response } => {
+                    if let Err(error) = self.exchange.respond(&request.packet, response, now, out) {
+                        tracing::warn!(%error, "response not sent");
+                    }
+                    return Flow::Continue;
+                }
+            },
+        };
         let mut close = false;
         let response = match self.serve(&request, &mut close, now) {
             Ok(response) => response,
@@ -400,6 +457,11 @@ impl CoapChannel {
                 response
             }
         };
+        let mut response = response;
+        if let Some(echo) = block1_echo {
+            // RFC 7959 2.3: the response to the last block names it.
+            response.add_option(CoapOption::Block1, echo.encode());
+        }
         if let Err(error) = self.exchange.respond(&request.packet, response, now, out) {
             tracing::warn!(%error, "response not sent");
         }
@@ -697,7 +759,23 @@ impl CoapChannel {
         topic: &str,
         now: Instant,
     ) -> Result<Packet, Refusal> {
-        let observe = match request.packet.get_observe_value() {
+        let block2 = match BlockOption::of(&request.packet, BLOCK2) {
+            Some(Ok(block)) => Some(block),
+            Some(Err(error)) => {
+                tracing::info!(%error, "Block2 refused");
+                return Err(Refusal::BadRequest("invalid Block2 option"));
+            }
+            None => None,
+        };
+        let observe = request.packet.get_observe_value();
+        if let Some(block) = block2 {
+            // RFC 7959 3.4: the client reads the rest of a notification with GETs of the
+            // following blocks, without Observe.
+            if block.num > 0 || observe.is_none() {
+                return self.serve_block(topic, block, now);
+            }
+        }
+        let observe = match observe {
             Some(Ok(value)) => value,
             Some(Err(_)) | None => return Err(Refusal::BadRequest("invalid observe value")),
         };
@@ -709,7 +787,9 @@ impl CoapChannel {
                     return Err(Refusal::BadRequest("observe without token"));
                 }
                 let qos = self.qos(query.qos.as_deref(), self.settings.subscribe_qos, request)?;
-                self.subscribe(filter, token, qos, now)
+                // An observe request may ask for smaller blocks (RFC 7959 2.4).
+                let szx = block2.map_or(self.max_szx(), |block| block.szx.min(self.max_szx()));
+                self.subscribe(filter, token, qos, szx, now)
             }
             1 => {
                 if let Some(at) = self.observations.iter().position(|o| o.filter == filter) {
@@ -727,6 +807,7 @@ impl CoapChannel {
         filter: String,
         token: Vec<u8>,
         qos: QoS,
+        szx: u8,
         now: Instant,
     ) -> Result<Packet, Refusal> {
         let (Some(session), Some(client)) = (self.session.clone(), self.client.clone()) else {
@@ -766,6 +847,7 @@ impl CoapChannel {
         let sequence = match existing.and_then(|at| self.observations.get_mut(at)) {
             Some(observation) => {
                 observation.token = token;
+                observation.szx = szx;
                 observation.sequence
             }
             None => {
@@ -774,6 +856,8 @@ impl CoapChannel {
                     filter: filter.clone(),
                     token,
                     sequence: 0,
+                    szx,
+                    representation: None,
                 });
                 0
             }
@@ -784,14 +868,66 @@ impl CoapChannel {
         Ok(packet)
     }
 
+    /// A block of the last notification of the observation of `topic` sent in blocks.
+    fn serve_block(
+        &mut self,
+        topic: &str,
+        requested: BlockOption,
+        now: Instant,
+    ) -> Result<Packet, Refusal> {
+        let max_szx = self.max_szx();
+        let Some((representation, content_format)) = self
+            .observations
+            .iter()
+            .find(|o| o.filter == topic)
+            .and_then(|o| o.representation.as_ref())
+        else {
+            return Err(Refusal::BadRequest("no notification to read in blocks"));
+        };
+        let mut packet = response(CONTENT, Vec::new());
+        if let Some(format) = content_format {
+            packet.add_option(CoapOption::ContentFormat, minimal_bytes(*format));
+        }
+        let sent = representation
+            .fill(&mut packet, requested, max_szx)
+            .map_err(|error| {
+                tracing::info!(%error, "Block2 refused");
+                Refusal::BadOption("no such block")
+            })?;
+        self.block_transfer_until = sent.more.then(|| now + self.block_transfer_window());
+        Ok(packet)
+    }
+
+    fn max_szx(&self) -> u8 {
+        self.settings
+            .blockwise
+            .as_ref()
+            .map_or(MAX_SZX, |blockwise| blockwise.max_szx)
+    }
+
+    /// How long a client reading a notification in blocks may take for its next GET before
+    /// later notifications stop waiting for it: two acknowledgement timeouts, so one lost
+    /// request and its retransmission fit.
+    fn block_transfer_window(&self) -> Duration {
+        let transmission = &self.settings.transmission;
+        transmission
+            .ack_timeout
+            .mul_f64(2.0 * transmission.ack_random_factor.max(1.0))
+    }
+
     // ---- notifications -------------------------------------------------------------------
 
-    /// Sends queued deliveries as notifications while no confirmable one is in flight.
+    /// Sends queued deliveries as notifications while no confirmable one is in flight and
+    /// the client is not reading one in blocks.
     fn fill(&mut self, out: &mut Vec<Bytes>, now: Instant) {
         let Some(session) = self.session.clone() else {
             return;
         };
-        while !self.notification_in_flight {
+        if self.block_transfer_until.is_some_and(|until| until <= now) {
+            tracing::debug!("client stopped reading a notification in blocks");
+            self.block_transfer_until = None;
+        }
+        while !self.notification_in_flight && self.block_transfer_until.is_none() {
             let Some(delivery) = session.state.lock().pop_queued(now) else {
                 break;
             };
@@ -811,6 +947,7 @@ impl CoapChannel {
             .content_type
             .as_deref()
             .and_then(translations::coap::content_format);
+        let block_transfer_window = self.block_transfer_window();
         for &subscription_id in &delivery.subscription_ids {
             let Some(observation) = self
                 .observations
@@ -821,11 +958,32 @@ impl CoapChannel {
                 continue;
             };
             observation.sequence = (observation.sequence + 1) & OBSERVE_MASK;
-            let mut packet = response(CONTENT, delivery.message.payload.to_vec());
+            let mut packet = response(CONTENT, Vec::new());
             packet.set_token(observation.token.clone());
             packet.set_observe_value(observation.sequence);
             if let Some(format) = content_format {
                 packet.add_option(CoapOption::ContentFormat, minimal_bytes(format));
+            }
+            let payload = &delivery.message.payload;
+            match &self.settings.blockwise {
+                Some(blockwise) if Representation::needs_blocks(payload.len(), observation.szx) => {
+                    // RFC 7959 3.4: the first block goes out as the notification, the
+                    // client GETs the others.
+                    let etag = (self.exchange.random() as u32).to_be_bytes().to_vec();
+                    let representation = Representation::new(payload.clone(), etag);
+                    let first = BlockOption {
+                        num: 0,
+                        more: true,
+                        szx: observation.szx,
+                    };
+                    if let Err(error) = representation.fill(&mut packet, first, blockwise.max_szx) {
+                        tracing::warn!(%error, "notification not sent");
+                        continue;
+                    }
+                    observation.representation = Some((representation, content_format));
+                    self.block_transfer_until = Some(now + block_transfer_window);
+                }
+                _ => packet.payload = payload.to_vec(),
             }
             let tag = Sent::Notification {
                 subscription_id,

@@ -1,4 +1,4 @@
-//! CoAP over UDP (RFC 7252 with Observe, RFC 7641): the pub/sub resources `/ps/{topic}` and
+//! CoAP over UDP (RFC 7252 with Observe, RFC 7641, and block-wise transfers, RFC 7959): the pub/sub resources `/ps/{topic}` and
 //! the connection resource `/mqtt/connection`, EMQX's URIs and queries, on the kit's CoAP
 //! message layer and datagram driver.
 
@@ -19,7 +19,9 @@ use mqtt_core::broker::Broker;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-pub use channel::{CoapChannel, Settings, COAP_NAMESPACE, UNDERSTOOD_CRITICAL};
+pub use channel::{
+    CoapChannel, Settings, COAP_NAMESPACE, UNDERSTOOD_CRITICAL, UNDERSTOOD_CRITICAL_BLOCKWISE,
+};
 
 impl DatagramChannel for CoapChannel {
     fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {

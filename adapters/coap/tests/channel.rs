@@ -13,10 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapter_coap::{CoapChannel, Settings, UNDERSTOOD_CRITICAL};
+use adapter_coap::{CoapChannel, Settings, UNDERSTOOD_CRITICAL, UNDERSTOOD_CRITICAL_BLOCKWISE};
 use adapter_kit::coap::{
     CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType, TransmissionParams,
 };
+use adapter_kit::coap_block::{uint_option, BlockOption, BlockwiseParams};
 use bytes::Bytes;
 use bytestring::ByteString;
 use gateway_config::AclNoMatch;
@@ -57,6 +58,7 @@ fn settings() -> Settings {
             ack_random_factor: 1.0,
             ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL)
         },
+        blockwise: None,
     }
 }
 
@@ -786,4 +788,381 @@ fn bad_credentials_get_4_01() {
         code(&refused),
         MessageClass::Response(ResponseType::Unauthorized)
     );
+}
+
+// ---- block-wise transfers (RFC 7959) ----------------------------------------------------
+
+fn blockwise_settings(max_szx: u8, max_body_size: usize) -> Settings {
+    Settings {
+        transmission: TransmissionParams {
+            ack_random_factor: 1.0,
+            ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL_BLOCKWISE)
+        },
+        blockwise: Some(BlockwiseParams {
+            max_szx,
+            max_body_size,
+            lifetime: Duration::from_secs(247),
+            max_transfers: 2,
+        }),
+        ..settings()
+    }
+}
+
+fn with_options(datagram: Vec<u8>, options: &[(CoapOption, Vec<u8>)]) -> Vec<u8> {
+    let mut packet = Packet::from_bytes(&datagram).unwrap();
+    for (option, value) in options {
+        packet.add_option(*option, value.clone());
+    }
+    packet.to_bytes_unlimited().unwrap()
+}
+
+fn block_option(packet: &Packet, option: CoapOption) -> BlockOption {
+    BlockOption::decode(packet.get_first_option(option).expect("a block option")).unwrap()
+}
+
+fn uint(packet: &Packet, option: CoapOption) -> u64 {
+    packet
+        .get_first_option(option)
+        .expect("the option")
+        .iter()
+        .fold(0, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+fn body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+impl Peer {
+    /// A confirmable POST carrying one Block1 block (and Size1 if given); returns the answer.
+    fn block1(
+        &mut self,
+        path: &str,
+        block: BlockOption,
+        payload: &[u8],
+        size1: Option<u32>,
+        now: Instant,
+    ) -> Packet {
+        self.next_id += 1;
+        // Each block under a token of its own: RFC 7959 lets the token change.
+        let token = self.next_id.to_be_bytes();
+        let mut options = vec![(CoapOption::Block1, block.encode())];
+        if let Some(size) = size1 {
+            options.push((CoapOption::Size1, uint_option(size)));
+        }
+        let datagram = with_options(
+            build(
+                MessageType::Confirmable,
+                RequestType::Post,
+                self.next_id,
+                path,
+                &token,
+                None,
+                payload,
+            ),
+            &options,
+        );
+        let answers = self.send_raw(datagram, now);
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        answers.into_iter().next().unwrap()
+    }
+
+    /// A GET of block `num` of the size `szx` of `path`, without Observe; returns the
+    /// answer and whatever followed it.
+    fn get_block(&mut self, path: &str, num: u32, szx: u8, now: Instant) -> Vec<Packet> {
+        self.next_id += 1;
+        let block = BlockOption {
+            num,
+            more: false,
+            szx,
+        };
+        let datagram = with_options(
+            build(
+                MessageType::Confirmable,
+                RequestType::Get,
+                self.next_id,
+                path,
+                b"g",
+                None,
+                b"",
+            ),
+            &[(CoapOption::Block2, block.encode())],
+        );
+        self.send_raw(datagram, now)
+    }
+}
+
+fn blk(num: u32, more: bool, szx: u8) -> BlockOption {
+    BlockOption { num, more, szx }
+}
+
+fn response_code(code: ResponseType) -> MessageClass {
+    MessageClass::Response(code)
+}
+
+#[test]
+fn block1_blocks_are_continued_then_published_once_as_one_body() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let watcher = mqtt_subscriber(&broker, "up/#", now);
+    let mut peer = Peer::new(&broker, blockwise_settings(6, 64 * 1024), now);
+    let whole = body(10 * 1024 + 100);
+    let path = "/ps/up/big?clientid=up1";
+    let chunks: Vec<&[u8]> = whole.chunks(1024).collect();
+    let last = chunks.len() - 1;
+    for (num, chunk) in chunks.iter().enumerate() {
+        let more = num < last;
+        let size1 = (num == 0).then_some(whole.len() as u32);
+        let answer = peer.block1(path, blk(num as u32, more, 6), chunk, size1, now);
+        if more {
+            assert_eq!(code(&answer), response_code(ResponseType::Continue));
+            assert_eq!(
+                block_option(&answer, CoapOption::Block1),
+                blk(num as u32, true, 6)
+            );
+            assert!(
+                drain(&watcher, now).is_empty(),
+                "nothing before the last block"
+            );
+        } else {
+            assert_eq!(code(&answer), response_code(ResponseType::Changed));
+            assert_eq!(
+                block_option(&answer, CoapOption::Block1),
+                blk(num as u32, false, 6)
+            );
+        }
+        if num == 3 {
+            // The same block again under a new message id (its answer was lost): continued
+            // again, appended once.
+            let again = peer.block1(path, blk(3, true, 6), chunk, None, now);
+            assert_eq!(code(&again), response_code(ResponseType::Continue));
+        }
+    }
+    let routed = drain(&watcher, now);
+    assert_eq!(routed.len(), 1);
+    assert_eq!(&*routed[0].topic, "up/big");
+    assert_eq!(&routed[0].payload[..], &whole[..]);
+}
+
+#[test]
+fn block1_out_of_order_gets_4_08_and_a_body_over_the_limit_4_13_with_size1() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let watcher = mqtt_subscriber(&broker, "lim/#", now);
+    let mut peer = Peer::new(&broker, blockwise_settings(6, 2048), now);
+    let path = "/ps/lim/a?clientid=lim1";
+    let block = body(1024);
+    let incomplete = response_code(ResponseType::RequestEntityIncomplete);
+    let too_large = response_code(ResponseType::RequestEntityTooLarge);
+
+    // A block of no upload under way.
+    let answer = peer.block1(path, blk(1, true, 6), &block, None, now);
+    assert_eq!(code(&answer), incomplete);
+    // A gap: block 2 after block 0; the upload is then forgotten.
+    peer.block1(path, blk(0, true, 6), &block, None, now);
+    assert_eq!(
+        code(&peer.block1(path, blk(2, true, 6), &block, None, now)),
+        incomplete
+    );
+    assert_eq!(
+        code(&peer.block1(path, blk(1, false, 6), &block, None, now)),
+        incomplete
+    );
+    // Size1 announcing more than the limit: 4.13 naming the limit in Size1.
+    let answer = peer.block1(path, blk(0, true, 6), &block, Some(4096), now);
+    assert_eq!(code(&answer), too_large);
+    assert_eq!(uint(&answer, CoapOption::Size1), 2048);
+    // A body growing past the limit without Size1.
+    peer.block1(path, blk(0, true, 6), &block, None, now);
+    peer.block1(path, blk(1, true, 6), &block, None, now);
+    let answer = peer.block1(path, blk(2, false, 6), b"x", None, now);
+    assert_eq!(code(&answer), too_large);
+    assert_eq!(uint(&answer, CoapOption::Size1), 2048);
+    // The reserved size exponent 7, and a middle block shorter than its size: 4.00.
+    let answer = peer.block1(path, blk(0, true, 7), &block, None, now);
+    assert_eq!(code(&answer), response_code(ResponseType::BadRequest));
+    let answer = peer.block1(path, blk(0, true, 6), &block[..100], None, now);
+    assert_eq!(code(&answer), response_code(ResponseType::BadRequest));
+    assert!(drain(&watcher, now).is_empty());
+}
+
+#[test]
+fn block1_size_is_negotiated_down_to_ours() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let watcher = mqtt_subscriber(&broker, "neg/#", now);
+    // Our blocks are 16 bytes; the client starts with 1024.
+    let mut peer = Peer::new(&broker, blockwise_settings(0, 4096), now);
+    let path = "/ps/neg?clientid=neg1";
+    let whole = body(1024 + 16 + 5);
+    let answer = peer.block1(path, blk(0, true, 6), &whole[..1024], None, now);
+    assert_eq!(code(&answer), response_code(ResponseType::Continue));
+    assert_eq!(block_option(&answer, CoapOption::Block1), blk(0, true, 0));
+    // RFC 7959 2.5: the client goes on after the 1024 bytes at the smaller size.
+    let answer = peer.block1(path, blk(64, true, 0), &whole[1024..1040], None, now);
+    assert_eq!(block_option(&answer, CoapOption::Block1), blk(64, true, 0));
+    let answer = peer.block1(path, blk(65, false, 0), &whole[1040..], None, now);
+    assert_eq!(code(&answer), response_code(ResponseType::Changed));
+    assert_eq!(block_option(&answer, CoapOption::Block1), blk(65, false, 0));
+    let routed = drain(&watcher, now);
+    assert_eq!(routed.len(), 1);
+    assert_eq!(&routed[0].payload[..], &whole[..]);
+}
+
+#[test]
+fn block_options_are_bad_options_when_blockwise_is_off() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    let answer = peer.block1(
+        "/ps/off?clientid=off1",
+        blk(0, true, 6),
+        &body(1024),
+        None,
+        now,
+    );
+    assert_eq!(code(&answer), response_code(ResponseType::BadOption));
+}
+
+/// Observes `topic`, publishes `large` and then `next` from MQTT, and returns the first
+/// notification.
+fn observe_then_publish(
+    peer: &mut Peer,
+    broker: &Broker,
+    topic: &str,
+    large: &[u8],
+    now: Instant,
+) -> Packet {
+    let answer = peer.observe(&format!("/ps/{topic}?clientid=obs1"), b"ob", now);
+    assert_eq!(code(&answer[0]), content());
+    mqtt_publish(broker, topic, large, QoS::AtMostOnce, now);
+    mqtt_publish(broker, topic, b"next", QoS::AtMostOnce, now);
+    let sent = peer.wake(now);
+    assert_eq!(sent.len(), 1, "later notifications wait: {sent:?}");
+    sent.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_large_notification_is_read_in_block2_blocks_and_the_next_waits_for_it() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut peer = Peer::new(&broker, blockwise_settings(6, 4096), now);
+    let large = body(2500);
+    let first = observe_then_publish(&mut peer, &broker, "big", &large, now);
+    assert_eq!(first.get_token(), b"ob");
+    assert!(first.get_observe_value().is_some());
+    assert_eq!(block_option(&first, CoapOption::Block2), blk(0, true, 6));
+    assert_eq!(uint(&first, CoapOption::Size2), 2500);
+    let etag = first.get_first_option(CoapOption::ETag).unwrap().clone();
+    let mut read = first.payload.clone();
+    for num in 1..=2 {
+        let mut sent = peer.get_block("/ps/big?clientid=obs1", num, 6, now);
+        let block = sent.remove(0);
+        assert_eq!(code(&block), content());
+        assert_eq!(
+            block_option(&block, CoapOption::Block2),
+            blk(num, num < 2, 6)
+        );
+        assert_eq!(block.get_first_option(CoapOption::ETag), Some(&etag));
+        assert!(block.get_observe_value().is_none());
+        read.extend_from_slice(&block.payload);
+        if num == 1 {
+            assert!(
+                sent.is_empty() && peer.wake(now).is_empty(),
+                "still reading"
+            );
+        } else {
+            // The last block served, the next notification goes out right after it.
+            assert_eq!(sent.len(), 1);
+            let next = &sent[0];
+            assert_eq!(next.payload, b"next");
+            assert!(next.get_first_option(CoapOption::Block2).is_none());
+        }
+    }
+    assert_eq!(read, large);
+    // A block beyond the end is a bad option; smaller blocks may be asked for.
+    let beyond = peer.get_block("/ps/big?clientid=obs1", 9, 6, now).remove(0);
+    assert_eq!(code(&beyond), response_code(ResponseType::BadOption));
+    let small = peer.get_block("/ps/big?clientid=obs1", 3, 4, now).remove(0);
+    assert_eq!(block_option(&small, CoapOption::Block2), blk(3, true, 4));
+    assert_eq!(small.payload, &large[768..1024]);
+}
+
+#[test]
+fn held_notifications_go_out_when_the_client_stops_reading_blocks() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut peer = Peer::new(&broker, blockwise_settings(6, 4096), now);
+    observe_then_publish(&mut peer, &broker, "stall", &body(3000), now);
+    // Two acknowledgement timeouts (2 s, random factor 1.0) without a GET of the next block.
+    let deadline = peer.channel.next_deadline().unwrap();
+    assert_eq!(deadline, now + Duration::from_secs(4));
+    let next = peer.tick(deadline);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].payload, b"next");
+}
+
+#[test]
+fn an_observe_request_may_ask_for_smaller_blocks() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut peer = Peer::new(&broker, blockwise_settings(6, 4096), now);
+    let datagram = with_options(
+        build(
+            MessageType::Confirmable,
+            RequestType::Get,
+            7,
+            "/ps/small?clientid=sm1",
+            b"sm",
+            Some(0),
+            b"",
+        ),
+        &[(CoapOption::Block2, blk(0, false, 2).encode())],
+    );
+    let answer = peer.send_raw(datagram, now);
+    assert_eq!(code(&answer[0]), content());
+    mqtt_publish(&broker, "small", &body(100), QoS::AtMostOnce, now);
+    let sent = peer.wake(now);
+    assert_eq!(block_option(&sent[0], CoapOption::Block2), blk(0, true, 2));
+    assert_eq!(sent[0].payload.len(), 64);
+}
+
+#[test]
+fn acl_denial_gets_4_01_for_publish_and_observe() {
+    let now = Instant::now();
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let acl = AclAuthorizer::parse(
+        "deny all all secret/#\n",
+        std::path::Path::new("acl"),
+        AclNoMatch::Allow,
+    )
+    .unwrap();
+    let broker = Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth {
+            authenticator: Arc::new(PasswordAuthenticator::new(None, true)),
+            authorizer: Arc::new(acl),
+        },
+        now,
+    ));
+    let watcher = mqtt_subscriber(&broker, "#", now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    let unauthorized = response_code(ResponseType::Unauthorized);
+    assert_eq!(
+        code(&peer.post("/ps/secret/a?clientid=acl1", b"v", now)),
+        unauthorized
+    );
+    assert_eq!(
+        code(&peer.observe("/ps/secret/#?clientid=acl1", b"o", now)[0]),
+        unauthorized
+    );
+    assert_eq!(peer.channel.observation_count(), 0);
+    // Elsewhere the same client is served.
+    assert_eq!(
+        code(&peer.post("/ps/open/a?clientid=acl1", b"v", now)),
+        response_code(ResponseType::Changed)
+    );
+    let routed = drain(&watcher, now);
+    assert_eq!(routed.len(), 1);
+    assert_eq!(&*routed[0].topic, "open/a");
 }

@@ -269,14 +269,17 @@ impl<D: Demux> Peer<D> {
                     channel.handle_timeout(&mut out, Instant::now())
                 }
             };
+            if flow == Flow::Close {
+                // Closed and out of the table before the last replies leave, so a peer that
+                // answers them at once reaches a new channel, not this closing one's inbox.
+                channel.handle_closed(Instant::now());
+                self.forget();
+                self.send_all(&mut out, address).await;
+                return;
+            }
             self.send_all(&mut out, address).await;
             self.publish_identity(channel.rebindable_identity());
-            if flow == Flow::Close {
-                break;
-            }
         }
-        self.forget();
-        channel.handle_closed(Instant::now());
     }
 
     async fn send_all(&self, out: &mut Vec<Bytes>, address: SocketAddr) {

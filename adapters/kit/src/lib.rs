@@ -1,9 +1,11 @@
 //! The contract every adapter shares: a sans-io channel driven by a generic transport
 //! driver that owns the socket, the timers, back-pressure and the byte counters, and the
 //! layers a byte stream may travel in (PROXY protocol header, TLS, WebSocket), or the QUIC
-//! stream it may be, and the CoAP message layer every CoAP-speaking adapter shares.
+//! stream it may be, and the CoAP message layer (with block-wise transfers) every
+//! CoAP-speaking adapter shares.
 
 pub mod coap;
+pub mod coap_block;
 mod datagram;
 mod layered;
 pub mod proxy;

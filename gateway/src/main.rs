@@ -188,20 +188,13 @@ async fn run(config: Config) -> Result<()> {
             if !listener.enable {
                 continue;
             }
-            let bind = listener
-                .bind_addr()
-                .with_context(|| format!("gateway.mqttsn.listeners.udp.{name}.bind"))?;
-            let listener_name: Arc<str> = Arc::from(format!("udp:{name}"));
+            let (socket, listener_name, bind) =
+                bind_gateway_udp("mqttsn", name, listener, advertise.is_some()).await?;
             let settings = Arc::new(adapter_mqtt_sn::Settings::from_config(
                 listener_name.clone(),
                 sn,
                 listener,
             ));
-            let socket = adapter_kit::bind_udp(bind, advertise.is_some())
-                .await
-                .with_context(|| {
-                    format!("gateway.mqttsn.listeners.udp.{name}: cannot listen on {bind}")
-                })?;
             tracing::info!(listener = %listener_name, %bind, "MQTT-SN listener started");
             tasks.spawn(adapter_mqtt_sn::serve_udp(
                 socket,
@@ -227,18 +220,13 @@ async fn run(config: Config) -> Result<()> {
             if !listener.enable {
                 continue;
             }
-            let bind = listener
-                .bind_addr()
-                .with_context(|| format!("gateway.coap.listeners.udp.{name}.bind"))?;
-            let listener_name: Arc<str> = Arc::from(format!("udp:{name}"));
+            let (socket, listener_name, bind) =
+                bind_gateway_udp("coap", name, listener, false).await?;
             let settings = Arc::new(adapter_coap::Settings::from_config(
                 listener_name.clone(),
                 coap,
                 listener,
             ));
-            let socket = adapter_kit::bind_udp(bind, false).await.with_context(|| {
-                format!("gateway.coap.listeners.udp.{name}: cannot listen on {bind}")
-            })?;
             tracing::info!(listener = %listener_name, %bind, "CoAP listener started");
             tasks.spawn(adapter_coap::serve_udp(
                 socket,
@@ -267,19 +255,14 @@ async fn run(config: Config) -> Result<()> {
             if !listener.enable {
                 continue;
             }
-            let bind = listener
-                .bind_addr()
-                .with_context(|| format!("gateway.lwm2m.listeners.udp.{name}.bind"))?;
-            let listener_name: Arc<str> = Arc::from(format!("udp:{name}"));
+            let (socket, listener_name, bind) =
+                bind_gateway_udp("lwm2m", name, listener, false).await?;
             let settings = Arc::new(adapter_lwm2m::Settings::from_config(
                 listener_name.clone(),
                 lwm2m,
                 listener,
                 objects.clone(),
             ));
-            let socket = adapter_kit::bind_udp(bind, false).await.with_context(|| {
-                format!("gateway.lwm2m.listeners.udp.{name}: cannot listen on {bind}")
-            })?;
             tracing::info!(listener = %listener_name, %bind, objects = objects.len(), "LwM2M listener started");
             tasks.spawn(adapter_lwm2m::serve_udp(
                 socket,
@@ -383,6 +366,24 @@ async fn run(config: Config) -> Result<()> {
 }
 
 /// The listeners that start, by kind then name, and the TLS configurations among them.
+/// The bound socket of the UDP listener `gateway.{gateway}.listeners.udp.{name}`, with the
+/// name logs and auth rules give it (`udp:{name}`) and its address.
+async fn bind_gateway_udp(
+    gateway: &str,
+    name: &str,
+    listener: &gateway_config::UdpListenerConfig,
+    broadcast: bool,
+) -> Result<(tokio::net::UdpSocket, Arc<str>, std::net::SocketAddr)> {
+    let key = format!("gateway.{gateway}.listeners.udp.{name}");
+    let bind = listener
+        .bind_addr()
+        .with_context(|| format!("{key}.bind"))?;
+    let socket = adapter_kit::bind_udp(bind, broadcast)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {bind}"))?;
+    Ok((socket, Arc::from(format!("udp:{name}")), bind))
+}
+
 fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<NamedAcceptor>)> {
     let listeners = &config.listeners;
     let mut out = Vec::new();

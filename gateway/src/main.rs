@@ -198,14 +198,8 @@ async fn run(config: Config) -> Result<()> {
             tracing::info!(listener = %listener_name, %bind, "MQTT-SN listener started");
             tasks.spawn(adapter_mqtt_sn::serve_udp(
                 socket,
-                adapter_mqtt_sn::UdpListenerSettings {
-                    name: listener_name,
-                    bind,
-                    max_peers: listener.max_connections as usize,
-                    max_queued_datagrams: listener.max_queued_datagrams as usize,
-                    max_packet_size: listener.max_packet_size as usize,
-                    advertise,
-                },
+                adapter_kit::UdpListenerSettings::from_config(listener_name, listener),
+                advertise,
                 settings,
                 broker.clone(),
                 Arc::new(adapter_kit::DatagramMetrics::default()),
@@ -230,13 +224,7 @@ async fn run(config: Config) -> Result<()> {
             tracing::info!(listener = %listener_name, %bind, "CoAP listener started");
             tasks.spawn(adapter_coap::serve_udp(
                 socket,
-                adapter_coap::UdpListenerSettings {
-                    name: listener_name,
-                    bind,
-                    max_peers: listener.max_connections as usize,
-                    max_queued_datagrams: listener.max_queued_datagrams as usize,
-                    max_packet_size: listener.max_packet_size as usize,
-                },
+                adapter_kit::UdpListenerSettings::from_config(listener_name, listener),
                 settings,
                 broker.clone(),
                 Arc::new(adapter_kit::DatagramMetrics::default()),
@@ -266,13 +254,7 @@ async fn run(config: Config) -> Result<()> {
             tracing::info!(listener = %listener_name, %bind, objects = objects.len(), "LwM2M listener started");
             tasks.spawn(adapter_lwm2m::serve_udp(
                 socket,
-                adapter_lwm2m::UdpListenerSettings {
-                    name: listener_name,
-                    bind,
-                    max_peers: listener.max_connections as usize,
-                    max_queued_datagrams: listener.max_queued_datagrams as usize,
-                    max_packet_size: listener.max_packet_size as usize,
-                },
+                adapter_kit::UdpListenerSettings::from_config(listener_name, listener),
                 settings,
                 broker.clone(),
                 Arc::new(adapter_kit::DatagramMetrics::default()),

@@ -6,13 +6,13 @@ pub mod channel;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use adapter_kit::{
     serve_datagram_listener, DatagramChannel, DatagramMetrics, DatagramSettings, Demux, Flow,
+    UdpListenerSettings,
 };
 use bytes::Bytes;
 use mqtt_core::broker::Broker;
@@ -61,18 +61,6 @@ impl Demux for CoapDemux {
     fn wrap(&self, _sub_key: &Bytes, datagram: Bytes) -> Bytes {
         datagram
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct UdpListenerSettings {
-    /// `udp:NAME`.
-    pub name: Arc<str>,
-    pub bind: SocketAddr,
-    pub max_peers: usize,
-    /// Datagrams waiting for one peer's channel; more are dropped.
-    pub max_queued_datagrams: usize,
-    /// The largest datagram accepted; larger ones are refused before decoding.
-    pub max_packet_size: usize,
 }
 
 /// Serves CoAP on a bound UDP socket until `shutdown` turns true.

@@ -49,6 +49,32 @@ pub trait Demux: Send + Sync + 'static {
     fn wrap(&self, sub_key: &Bytes, datagram: Bytes) -> Bytes;
 }
 
+/// What a UDP gateway listener's configuration gives its adapter.
+#[derive(Debug, Clone)]
+pub struct UdpListenerSettings {
+    /// `udp:NAME`, as logs and auth rules name the listener.
+    pub name: Arc<str>,
+    pub max_peers: usize,
+    /// Datagrams waiting for one peer's channel; more are dropped.
+    pub max_queued_datagrams: usize,
+    /// The largest datagram accepted.
+    pub max_packet_size: usize,
+}
+
+impl UdpListenerSettings {
+    pub fn from_config(
+        name: Arc<str>,
+        config: &gateway_config::UdpListenerConfig,
+    ) -> UdpListenerSettings {
+        UdpListenerSettings {
+            name,
+            max_peers: config.max_connections as usize,
+            max_queued_datagrams: config.max_queued_datagrams as usize,
+            max_packet_size: config.max_packet_size as usize,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DatagramSettings {
     pub name: Arc<str>,

@@ -17,7 +17,7 @@ pub mod ws;
 
 pub use datagram::{
     bind_udp, serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, DatagramSettings,
-    Demux,
+    Demux, UdpListenerSettings,
 };
 pub use layered::{LayeredTransport, PlainStream, SocketStream};
 pub use mqtt_core::protocol::Flow;

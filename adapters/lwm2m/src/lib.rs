@@ -8,7 +8,6 @@ pub mod translations;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +15,7 @@ use std::time::Instant;
 use adapter_kit::coap::{CoapOption, Packet};
 use adapter_kit::{
     serve_datagram_listener, DatagramChannel, DatagramMetrics, DatagramSettings, Demux, Flow,
+    UdpListenerSettings,
 };
 use bytes::Bytes;
 use mqtt_core::broker::Broker;
@@ -77,16 +77,6 @@ impl Demux for Lwm2mDemux {
     fn wrap(&self, _sub_key: &Bytes, datagram: Bytes) -> Bytes {
         datagram
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct UdpListenerSettings {
-    /// `udp:NAME`.
-    pub name: Arc<str>,
-    pub bind: SocketAddr,
-    pub max_peers: usize,
-    pub max_queued_datagrams: usize,
-    pub max_packet_size: usize,
 }
 
 /// Serves LwM2M on a bound UDP socket until `shutdown` turns true.

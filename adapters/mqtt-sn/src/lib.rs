@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use adapter_kit::{
     serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, DatagramSettings, Demux,
-    Flow,
+    Flow, UdpListenerSettings,
 };
 use bytes::Bytes;
 use mqtt_core::broker::Broker;
@@ -59,29 +59,18 @@ impl Demux for SnDemux {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct UdpListenerSettings {
-    /// `udp:NAME`.
-    pub name: Arc<str>,
-    pub bind: SocketAddr,
-    pub max_peers: usize,
-    /// Datagrams waiting for one peer's channel; more are dropped.
-    pub max_queued_datagrams: usize,
-    pub max_packet_size: usize,
-    /// ADVERTISE every interval to this address, when broadcasting is on.
-    pub advertise: Option<(SocketAddr, Duration)>,
-}
-
-/// Serves MQTT-SN on a bound UDP socket until `shutdown` turns true.
+/// Serves MQTT-SN on a bound UDP socket until `shutdown` turns true, sending ADVERTISE
+/// every interval to the address in `advertise`, when given.
 pub async fn serve_udp(
     socket: UdpSocket,
     listener: UdpListenerSettings,
+    advertise: Option<(SocketAddr, Duration)>,
     settings: Arc<Settings>,
     broker: Arc<Broker>,
     metrics: Arc<DatagramMetrics>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let beacon = listener.advertise.and_then(|(target, interval)| {
+    let beacon = advertise.and_then(|(target, interval)| {
         let duration = u16::try_from(interval.as_secs()).unwrap_or(u16::MAX);
         let advertise = codec::Message::Advertise {
             gw_id: settings.gateway_id,

@@ -9,11 +9,13 @@
 # how it scales. Prints, per scenario, the median and min-max of each broker and the ratio
 # gateway/Mosquitto of the medians, and every run's QoS 1/2 loss and duplicate counts.
 #
-# Usage: bench/compare.sh [--quick] [--reps N] [--duration SECONDS] [--out DIR]
+# Usage: bench/compare.sh [--quick] [--reps N] [--duration SECONDS] [--only LABELS] [--out DIR]
 #        bench/compare.sh --summarize DIR [DIR...]
 #   --quick       3 s runs, one repetition, 2,000 connections: a smoke run
 #   --reps N      repetitions per scenario and broker (default 3)
 #   --duration S  publishing seconds per throughput run (default 10)
+#   --only LABELS comma-separated scenarios to run (fanin-q0,fanin-q1,fanout-q0,p2p-q1,
+#                 latency-q1,conn; default all)
 #   --out DIR     where raw results go (default bench/results/DATE)
 #   --summarize   print the summary of earlier runs (several result folders are pooled)
 #
@@ -32,6 +34,7 @@ DURATION=10
 CONNS=20000
 OUT=""
 QUICK=0
+ONLY=""
 SUMMARIZE=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -40,7 +43,8 @@ while [[ $# -gt 0 ]]; do
         --reps) REPS="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        --only) ONLY="$2"; shift 2 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -357,6 +361,15 @@ declare -A ARGS=(
 )
 ORDER=(fanin-q0 fanin-q1 fanout-q0 p2p-q1 latency-q1 conn)
 SCALING=(fanin-q0 fanin-q1 fanout-q0 p2p-q1)
+if [[ -n "$ONLY" ]]; then
+    IFS=, read -r -a wanted <<<"$ONLY"
+    for label in "${wanted[@]}"; do
+        [[ -n "${ARGS[$label]:-}" ]] || { echo "unknown scenario $label" >&2; exit 2; }
+    done
+    keep() { local label; for label in "$@"; do [[ ",$ONLY," == *",$label,"* ]] && echo "$label"; done; }
+    mapfile -t ORDER < <(keep "${ORDER[@]}")
+    mapfile -t SCALING < <(keep "${SCALING[@]}")
+fi
 
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -58,6 +58,17 @@ pub struct ConnectRequest {
     pub control: Arc<ConnControl>,
 }
 
+/// What routing one message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatched {
+    /// Sessions the message reached.
+    pub reached: usize,
+    /// A connected receiver already holds more than it writes at once: its publisher should
+    /// let it run before reading more, so a fast publisher slows down instead of filling
+    /// the receiver's queue until messages are dropped.
+    pub backlogged: bool,
+}
+
 pub struct Attached {
     pub session: Arc<SessionCell>,
     pub session_present: bool,
@@ -402,19 +413,21 @@ impl Broker {
     }
 
     /// Routes a message to every matching session and updates the retained store.
-    /// Returns how many sessions it reached.
-    pub fn publish(&self, message: Arc<Message>) -> usize {
+    pub fn publish(&self, message: Arc<Message>) -> Dispatched {
         Stats::add(&self.stats.messages_received, 1);
         self.dispatch(message)
     }
 
     /// `publish` for the broker's own messages, which are not counted as received.
-    pub fn dispatch(&self, message: Arc<Message>) -> usize {
+    pub fn dispatch(&self, message: Arc<Message>) -> Dispatched {
         if message.retain && self.retain_enabled {
             self.retain(&message);
         }
         let targets = self.router.route(&message);
-        let reached = targets.len();
+        let mut dispatched = Dispatched {
+            reached: targets.len(),
+            backlogged: false,
+        };
         for target in targets {
             let delivery = Delivery {
                 message: message.clone(),
@@ -422,12 +435,11 @@ impl Broker {
                 retain: target.retain,
                 subscription_ids: target.subscription_ids,
             };
-            self.count(
-                target.session.deliver(delivery, &self.limits),
-                &target.session,
-            );
+            let offered = target.session.deliver(delivery, &self.limits);
+            dispatched.backlogged |= offered.backlogged;
+            self.count(offered.enqueued, &target.session);
         }
-        reached
+        dispatched
     }
 
     fn retain(&self, message: &Message) {
@@ -535,7 +547,7 @@ impl Broker {
                     retain: true,
                     subscription_ids: identifier.into_iter().collect(),
                 };
-                self.count(session.deliver(delivery, &self.limits), session);
+                self.count(session.deliver(delivery, &self.limits).enqueued, session);
             }
         }
         Ok(Granted { qos, existed })

@@ -90,6 +90,8 @@ pub struct MqttChannel {
     will_disposition: WillDisposition,
     /// A drain stopped at the output high-water mark with messages still queued.
     drain_blocked: bool,
+    /// Set when a publish reached a receiver that is behind; see `take_yield_request`.
+    yield_requested: bool,
 }
 
 impl MqttChannel {
@@ -119,6 +121,7 @@ impl MqttChannel {
             aliases: None,
             will_disposition: WillDisposition::Publish,
             drain_blocked: false,
+            yield_requested: false,
         }
     }
 
@@ -195,6 +198,12 @@ impl MqttChannel {
     /// driver has written some of `out`.
     pub fn wants_drain(&self) -> bool {
         self.drain_blocked
+    }
+
+    /// True once after input that reached a receiver already behind: the driver then lets
+    /// other connections (that receiver's among them) run before it reads more.
+    pub fn take_yield_request(&mut self) -> bool {
+        std::mem::take(&mut self.yield_requested)
     }
 
     /// The server is shutting down.
@@ -692,7 +701,7 @@ impl MqttChannel {
     }
 
     fn route_with_reason(
-        &self,
+        &mut self,
         publish: Publish,
         session: &SessionCell,
         now: Instant,
@@ -705,7 +714,7 @@ impl MqttChannel {
         }
     }
 
-    fn route(&self, publish: Publish, session: &SessionCell, now: Instant) -> usize {
+    fn route(&mut self, publish: Publish, session: &SessionCell, now: Instant) -> usize {
         let mut properties = publish.properties;
         properties.subscription_identifiers.clear();
         let topic = match self.client.as_ref() {
@@ -723,7 +732,9 @@ impl MqttChannel {
             expires_at: None,
         }
         .with_expiry_from_properties(now);
-        self.broker.publish(Arc::new(message))
+        let dispatched = self.broker.publish(Arc::new(message));
+        self.yield_requested |= dispatched.backlogged;
+        dispatched.reached
     }
 
     fn disconnect_with(

@@ -123,6 +123,19 @@ pub struct SessionLimits {
     pub max_subscriptions: usize,
 }
 
+/// Deliveries a connected session may hold before its publishers are asked to yield: about
+/// what one drain writes (64 KiB of small messages), so a receiver that keeps up never
+/// reaches it, and one that falls behind gets turns to write while publishers wait theirs.
+const BACKLOG_YIELD: usize = 1024;
+
+/// What offering a delivery to a session did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offered {
+    pub enqueued: Enqueued,
+    /// The session is connected and its queue is longer than it writes at once.
+    pub backlogged: bool,
+}
+
 /// What happened to a delivery offered to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -414,21 +427,28 @@ impl SessionCell {
     }
 
     /// Offers a delivery and wakes the connection if one is attached.
-    pub fn deliver(&self, delivery: Delivery, limits: &SessionLimits) -> Enqueued {
-        let (outcome, connection) = {
+    pub fn deliver(&self, delivery: Delivery, limits: &SessionLimits) -> Offered {
+        let (enqueued, connection, queued) = {
             let mut state = self.state.lock();
             if state.ended {
-                return Enqueued::DroppedQos0;
+                return Offered {
+                    enqueued: Enqueued::DroppedQos0,
+                    backlogged: false,
+                };
             }
-            let outcome = state.enqueue(delivery, limits);
-            (outcome, state.connection.clone())
+            let enqueued = state.enqueue(delivery, limits);
+            (enqueued, state.connection.clone(), state.queue_len())
         };
-        if matches!(outcome, Enqueued::Queued | Enqueued::QueuedEvictingQos0) {
+        let backlogged = connection.is_some() && queued > BACKLOG_YIELD;
+        if matches!(enqueued, Enqueued::Queued | Enqueued::QueuedEvictingQos0) {
             if let Some(connection) = connection {
                 connection.wake();
             }
         }
-        outcome
+        Offered {
+            enqueued,
+            backlogged,
+        }
     }
 }
 

@@ -610,7 +610,7 @@ fn fan_out_to_a_thousand_sessions_shares_one_payload() {
         false,
         t0,
     );
-    assert_eq!(broker.publish(Arc::new(message)), 1000);
+    assert_eq!(broker.publish(Arc::new(message)).reached, 1000);
     for i in 0..1000 {
         let session = broker.session(&key(&format!("s{i}"))).expect("session");
         let queued = session
@@ -1323,4 +1323,41 @@ fn retained_messages_honour_their_message_expiry() {
     );
     assert_eq!(broker.purge_expired_retained(t0 + secs(11)), 1);
     assert_eq!(broker.retained_count(), 0);
+}
+
+#[test]
+fn a_publisher_feeding_a_receiver_that_is_behind_is_asked_to_yield() {
+    let t0 = Instant::now();
+    let broker = broker_with(|c| c.mqtt.max_queued_messages = 100_000, t0);
+    let mut sub = Client::connect(&broker, "sub", t0);
+    sub.subscribe("t", QoS::AtMostOnce, t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    let mut first_yield = None;
+    for sent in 1..=2000 {
+        publisher.publish("t", b"x", QoS::AtMostOnce, 0, t0);
+        if publisher.channel.take_yield_request() {
+            first_yield.get_or_insert(sent);
+        }
+    }
+    // One drain's worth (1024 small messages) may wait without slowing anyone.
+    assert_eq!(first_yield, Some(1025));
+    assert!(
+        !publisher.channel.take_yield_request(),
+        "the request is taken once"
+    );
+    assert_eq!(broker.stats.dropped_qos0.load(Ordering::SeqCst), 0);
+
+    // Once the receiver has written its backlog, publishing runs at full speed again.
+    while !sub.publishes(t0).is_empty() {}
+    publisher.publish("t", b"x", QoS::AtMostOnce, 0, t0);
+    assert!(!publisher.channel.take_yield_request());
+
+    // A receiver that is offline is no reason to slow down: its queue is only bounded.
+    let (mut offline, _) = Client::connect_with(&broker, persistent_v5("offline", 60), t0);
+    offline.subscribe("o", QoS::AtLeastOnce, t0);
+    offline.close(t0);
+    for packet_id in 1..=1100 {
+        publisher.publish("o", b"y", QoS::AtLeastOnce, packet_id, t0);
+        assert!(!publisher.channel.take_yield_request());
+    }
 }

@@ -43,6 +43,11 @@ pub trait StreamChannel: Send {
     fn next_deadline(&self) -> Option<Instant>;
     /// True when the channel stopped filling `out` at its high-water mark with more to send.
     fn wants_drain(&self) -> bool;
+    /// True once after input that fed a receiver already behind: the driver yields before
+    /// reading more, so the receiver's connection gets its turn to write.
+    fn take_yield_request(&mut self) -> bool {
+        false
+    }
     fn shutdown(&mut self, out: &mut BytesMut) -> Flow;
     fn handle_closed(&mut self, now: Instant);
 }
@@ -386,6 +391,9 @@ fn run<T: Transport, C: StreamChannel>(
                         == Flow::Close
                     {
                         return Poll::Ready(Flow::Close);
+                    }
+                    if this.channel.take_yield_request() {
+                        break;
                     }
                 }
                 // A layer under the protocol (TLS, WebSocket) refused what the peer sent.

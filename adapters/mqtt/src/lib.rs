@@ -43,6 +43,9 @@ impl StreamChannel for MqttStream {
     fn wants_drain(&self) -> bool {
         self.0.wants_drain()
     }
+    fn take_yield_request(&mut self) -> bool {
+        self.0.take_yield_request()
+    }
     fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
         self.0.shutdown(out)
     }

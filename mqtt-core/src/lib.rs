@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod retained;
 pub mod router;
 pub mod session;
+pub mod storage;
 pub mod sys;
 pub mod template;
 pub mod topic;

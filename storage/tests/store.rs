@@ -1,0 +1,226 @@
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_storage::{DiskOptions, DiskStore, Fsync};
+use mqtt_core::session::Wakeup;
+use mqtt_core::storage::{Op, Store, StoreError, Table};
+use proptest::prelude::*;
+
+fn open(path: &Path, fsync: Fsync) -> DiskStore {
+    DiskStore::open(DiskOptions {
+        path: path.to_path_buf(),
+        fsync,
+        commit_window: Duration::from_millis(2),
+        max_size: 0,
+    })
+    .expect("open store")
+}
+
+fn put(table: Table, key: &[u8], value: &'static [u8]) -> Op {
+    Op::Put {
+        table,
+        key: key.to_vec(),
+        value: Bytes::from_static(value),
+    }
+}
+
+#[derive(Default)]
+struct Count(AtomicUsize);
+
+impl Wakeup for Count {
+    fn wake(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn what_was_committed_is_there_after_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nested/store.redb");
+    {
+        let store = open(&path, Fsync::Batch);
+        store.submit(vec![
+            put(Table::Retained, b"a/b", b"one"),
+            put(Table::Queues, b"s1\0\0\0\0\0\0\0\x01", b"q1"),
+            put(Table::Queues, b"s1\0\0\0\0\0\0\0\x02", b"q2"),
+            put(Table::Queues, b"s2\0\0\0\0\0\0\0\x01", b"other"),
+        ]);
+        let ticket = store.submit(vec![
+            Op::DeletePrefix {
+                table: Table::Queues,
+                prefix: b"s1".to_vec(),
+            },
+            put(Table::Retained, b"a/b", b"two"),
+        ]);
+        assert!(store.flush());
+        assert!(store.durable() >= ticket);
+    }
+    let store = open(&path, Fsync::Batch);
+    assert_eq!(
+        store.load(Table::Retained).expect("load"),
+        vec![(b"a/b".to_vec(), Bytes::from_static(b"two"))]
+    );
+    assert_eq!(
+        store.load(Table::Queues).expect("load"),
+        vec![(
+            b"s2\0\0\0\0\0\0\0\x01".to_vec(),
+            Bytes::from_static(b"other")
+        )]
+    );
+    assert!(store.load(Table::Sessions).expect("load").is_empty());
+}
+
+#[test]
+fn waiters_are_woken_once_their_ticket_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir.path().join("store.redb"), Fsync::Always);
+    let count = Arc::new(Count::default());
+    let ticket = store.submit(vec![put(Table::Sessions, b"k", b"v")]);
+    store.wake_when_durable(ticket, count.clone());
+    assert!(store.flush());
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    // A ticket already durable wakes at once.
+    store.wake_when_durable(ticket, count.clone());
+    assert_eq!(count.0.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn fsync_never_makes_tickets_durable_at_once_and_still_stores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    {
+        let store = open(&path, Fsync::Never);
+        let ticket = store.submit(vec![put(Table::Adapter, b"k", b"v")]);
+        assert!(store.durable() >= ticket);
+    }
+    let store = open(&path, Fsync::Never);
+    assert_eq!(store.load(Table::Adapter).expect("load").len(), 1);
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    std::fs::write(&path, vec![0x5a; 8192]).expect("write");
+    match DiskStore::open(DiskOptions {
+        path: path.clone(),
+        fsync: Fsync::Batch,
+        commit_window: Duration::ZERO,
+        max_size: 0,
+    }) {
+        Err(StoreError::Unreadable { path: named, .. }) => {
+            assert_eq!(named, path.display().to_string())
+        }
+        Err(other) => panic!("expected Unreadable, got {other}"),
+        Ok(_) => panic!("garbage opened as a store"),
+    }
+}
+
+#[test]
+fn a_store_over_its_size_says_it_is_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    let store = DiskStore::open(DiskOptions {
+        path,
+        fsync: Fsync::Always,
+        commit_window: Duration::ZERO,
+        max_size: 4 * 1024 * 1024,
+    })
+    .expect("open");
+    assert!(!store.is_full());
+    let big = Bytes::from(vec![7u8; 64 * 1024]);
+    for i in 0..128u32 {
+        store.submit(vec![Op::Put {
+            table: Table::Queues,
+            key: i.to_be_bytes().to_vec(),
+            value: big.clone(),
+        }]);
+    }
+    assert!(store.flush());
+    assert!(store.is_full());
+}
+
+#[derive(Debug, Clone)]
+enum ModelOp {
+    Put(usize, u8, u8),
+    Delete(usize, u8),
+    DeletePrefix(usize, u8),
+}
+
+fn table(index: usize) -> Table {
+    Table::ALL[index % Table::ALL.len()]
+}
+
+/// Two-byte keys: a prefix byte (few values, so prefixes collide) and a suffix.
+fn key(prefix: u8, suffix: u8) -> Vec<u8> {
+    vec![prefix % 4, suffix]
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    prop_oneof![
+        4 => (0..5usize, any::<u8>(), any::<u8>()).prop_map(|(t, k, v)| ModelOp::Put(t, k, v)),
+        2 => (0..5usize, any::<u8>()).prop_map(|(t, k)| ModelOp::Delete(t, k)),
+        1 => (0..5usize, any::<u8>()).prop_map(|(t, p)| ModelOp::DeletePrefix(t, p)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random batches of changes leave the same state on disk, after reopening, as in a
+    /// plain ordered map.
+    #[test]
+    fn random_changes_survive_reopening_as_in_a_map(
+        batches in proptest::collection::vec(proptest::collection::vec(model_op(), 0..12), 1..8)
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.redb");
+        let mut model: BTreeMap<(Table, Vec<u8>), Bytes> = BTreeMap::new();
+        {
+            let store = open(&path, Fsync::Batch);
+            for batch in &batches {
+                let mut ops = Vec::new();
+                for op in batch {
+                    match *op {
+                        ModelOp::Put(t, k, v) => {
+                            let (table, key) = (table(t), key(k, k.wrapping_mul(31)));
+                            model.insert((table, key.clone()), Bytes::from(vec![v]));
+                            ops.push(Op::Put { table, key, value: Bytes::from(vec![v]) });
+                        }
+                        ModelOp::Delete(t, k) => {
+                            let (table, key) = (table(t), key(k, k.wrapping_mul(31)));
+                            model.remove(&(table, key.clone()));
+                            ops.push(Op::Delete { table, key });
+                        }
+                        ModelOp::DeletePrefix(t, p) => {
+                            let (table, prefix) = (table(t), vec![p % 4]);
+                            model.retain(|(t, k), _| !(*t == table && k.starts_with(&prefix)));
+                            ops.push(Op::DeletePrefix { table, prefix });
+                        }
+                    }
+                }
+                store.submit(ops);
+            }
+        }
+        let store = open(&path, Fsync::Batch);
+        for table in Table::ALL {
+            let expected: Vec<(Vec<u8>, Bytes)> = model
+                .iter()
+                .filter(|((t, _), _)| *t == table)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect();
+            prop_assert_eq!(store.load(table).expect("load"), expected);
+        }
+    }
+}

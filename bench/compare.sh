@@ -255,6 +255,7 @@ EOF
             GATEWAY_SYS__ENABLE=false \
             GATEWAY_GATEWAY__MQTTSN__ENABLE=false \
             GATEWAY_LOG__LEVEL=warn \
+            GATEWAY_STORAGE__BACKEND=memory \
                 taskset -c "$cores" "$GATEWAY" >>"$OUT/gateway.log" 2>&1 &
             ;;
     esac

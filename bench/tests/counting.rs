@@ -89,6 +89,8 @@ fn start_gateway() -> Broker {
         // Only MQTT is measured; MQTT-SN's fixed UDP port would clash between runs.
         .env("GATEWAY_GATEWAY__MQTTSN__ENABLE", "false")
         .env("GATEWAY_LOG__LEVEL", "warn")
+        // As Mosquitto runs here: nothing kept on disk, and no data directory to share.
+        .env("GATEWAY_STORAGE__BACKEND", "memory")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

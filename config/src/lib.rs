@@ -38,6 +38,7 @@ pub struct Config {
     pub log: LogConfig,
     pub mqtt: MqttConfig,
     pub retainer: RetainerConfig,
+    pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub sys: SysConfig,
     pub listeners: ListenersConfig,
@@ -114,6 +115,33 @@ pub struct RetainerConfig {
     pub max_retained_messages: u64,
     /// Bytes.
     pub max_payload_size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// Relative paths are taken from the working directory.
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub commit_window: Duration,
+    /// Bytes; 0 = unlimited.
+    pub max_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageBackend {
+    Memory,
+    Disk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    Always,
+    Batch,
+    Never,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -793,6 +821,13 @@ impl Config {
                 enable: true,
                 max_retained_messages: 0,
                 max_payload_size: 1_048_576,
+            },
+            storage: StorageConfig {
+                backend: StorageBackend::Disk,
+                data_dir: PathBuf::from("data"),
+                fsync: FsyncPolicy::Batch,
+                commit_window: Duration::from_millis(2),
+                max_size: 1_073_741_824,
             },
             auth: AuthConfig {
                 allow_anonymous: true,

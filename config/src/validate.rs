@@ -31,6 +31,20 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
     };
     let m = &config.mqtt;
 
+    // Acknowledgements of stored messages wait up to this long: beyond a second, clients
+    // would time out before the sync, not gain throughput.
+    if config.storage.commit_window.get() > std::time::Duration::from_secs(1) {
+        fail(
+            "storage.commit_window",
+            "storage.commit_window must be at most 1s".into(),
+        );
+    }
+    if config.storage.data_dir.as_os_str().is_empty() {
+        fail(
+            "storage.data_dir",
+            "storage.data_dir must not be empty (\".\" is the working directory)".into(),
+        );
+    }
     if config.log.level.trim().is_empty() {
         fail("log.level", "log.level must not be empty".into());
     }

@@ -603,3 +603,13 @@ fn quic_listener_needs_tls13_and_shares_udp_ports_with_mqttsn() {
     .unwrap();
     assert!(c.listeners.quic["default"].tls.has_certificate());
 }
+
+#[test]
+fn storage_settings_are_checked() {
+    let e = err_text(Config::from_toml_str("[storage]\ncommit_window = \"5s\""));
+    assert!(e.contains("storage.commit_window"), "{e}");
+    let e = err_text(Config::from_toml_str("[storage]\nfsync = \"sometimes\""));
+    assert!(e.contains("storage.fsync"), "{e}");
+    let c = Config::from_toml_str("[storage]\nbackend = \"memory\"").unwrap();
+    assert_eq!(c.storage.backend, gateway_config::StorageBackend::Memory);
+}

@@ -28,6 +28,10 @@ struct Cli {
     /// Log format; overrides `log.format`.
     #[arg(long, value_parser = ["human", "json"])]
     log_format: Option<String>,
+    /// Start with an empty store when the one in `storage.data_dir` cannot be read: the
+    /// unreadable file is renamed aside (`store.redb.unreadable-<unix time>`), not deleted.
+    #[arg(long)]
+    reset_unreadable_store: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -104,8 +108,51 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            runtime.block_on(run(config))
+            runtime.block_on(run(config, cli.reset_unreadable_store))
         }
+    }
+}
+
+/// The store `storage` asks for; `None` for memory. An unreadable store stops start-up,
+/// naming the file, unless `reset_unreadable` moves it aside.
+fn open_store(
+    storage: &gateway_config::StorageConfig,
+    reset_unreadable: bool,
+) -> Result<Option<gateway_storage::DiskStore>> {
+    use gateway_config::{FsyncPolicy, StorageBackend};
+    use gateway_storage::{DiskOptions, DiskStore, Fsync};
+    use mqtt_core::storage::StoreError;
+
+    if storage.backend == StorageBackend::Memory {
+        return Ok(None);
+    }
+    let options = DiskOptions {
+        path: storage.data_dir.join("store.redb"),
+        fsync: match storage.fsync {
+            FsyncPolicy::Always => Fsync::Always,
+            FsyncPolicy::Batch => Fsync::Batch,
+            FsyncPolicy::Never => Fsync::Never,
+        },
+        commit_window: storage.commit_window.get(),
+        max_size: storage.max_size,
+    };
+    match DiskStore::open(options.clone()) {
+        Ok(store) => Ok(Some(store)),
+        Err(StoreError::Unreadable { path, reason }) if reset_unreadable => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            let aside = PathBuf::from(format!("{path}.unreadable-{stamp}"));
+            std::fs::rename(&path, &aside)
+                .with_context(|| format!("moving the unreadable store {path} aside"))?;
+            tracing::warn!(%path, aside = %aside.display(), %reason, "unreadable store moved aside; starting empty");
+            Ok(Some(DiskStore::open(options)?))
+        }
+        Err(StoreError::Unreadable { path, reason }) => bail!(
+            "the store {path} cannot be read ({reason}); start with --reset-unreadable-store \
+             to move it aside and start empty"
+        ),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -134,14 +181,23 @@ fn init_logging(config: &Config, format_flag: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-async fn run(config: Config) -> Result<()> {
+async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
     let auth = Auth::from_config(&config.auth).context("loading authentication and ACL files")?;
-    let broker = Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        auth,
-        Instant::now(),
-    ));
+    let now = Instant::now();
+    let broker = Broker::new(config.mqtt.clone(), &config.retainer, auth, now);
+    let broker = match open_store(&config.storage, reset_unreadable_store)? {
+        Some(store) => {
+            let path = store.path().display().to_string();
+            let broker = broker.with_store(Arc::new(store), std::time::SystemTime::now());
+            let retained = broker
+                .recover(now)
+                .with_context(|| format!("restoring from the store {path}"))?;
+            tracing::info!(store = %path, retained, "state restored from the store");
+            broker
+        }
+        None => broker,
+    };
+    let broker = Arc::new(broker);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 

@@ -72,6 +72,8 @@ pub struct Broker {
 
 struct Gateway {
     child: Child,
+    /// What started it, to start it again after a crash.
+    command: Command,
     log_path: PathBuf,
     // Holds the log file (and anything else the test put there) until the end.
     _dir: tempfile::TempDir,
@@ -108,7 +110,8 @@ pub fn gateway_bin() -> PathBuf {
 /// A command running the gateway binary with an environment free of the caller's
 /// `GATEWAY_*` variables: the gateway reads every one of those as configuration and
 /// rejects unknown keys, and the test harness's own (`GATEWAY_TEST_HOST`, ...) are not
-/// meant for it.
+/// meant for it. Its store is in memory: gateways of tests running in parallel would
+/// otherwise share the default data directory (`with_data_dir` gives one of its own).
 pub fn gateway_command() -> Command {
     let mut cmd = Command::new(gateway_bin());
     for (key, _) in std::env::vars_os() {
@@ -116,7 +119,14 @@ pub fn gateway_command() -> Command {
             cmd.env_remove(key);
         }
     }
+    cmd.env("GATEWAY_STORAGE__BACKEND", "memory");
     cmd
+}
+
+/// Gives `cmd` (from `gateway_command`) the default disk store, in `dir`.
+pub fn with_data_dir(cmd: &mut Command, dir: &std::path::Path) {
+    cmd.env("GATEWAY_STORAGE__BACKEND", "disk");
+    cmd.env("GATEWAY_STORAGE__DATA_DIR", dir);
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago and that no other test of this
@@ -265,6 +275,8 @@ impl Broker {
         let port = free_port();
         let ws_port = free_port();
         let mut cmd = gateway_command();
+        // The default store, on disk, so the whole suite runs with it.
+        with_data_dir(&mut cmd, &dir.path().join("data"));
         cmd.env(
             "GATEWAY_LISTENERS__TCP__DEFAULT__BIND",
             format!("127.0.0.1:{port}"),
@@ -321,6 +333,10 @@ impl Broker {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+        // The log was handed to this child; a restart appends to it through its own handle.
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let mut broker = Broker {
             host: "127.0.0.1".to_string(),
             port,
@@ -333,6 +349,7 @@ impl Broker {
             values,
             gateway: Some(Gateway {
                 child,
+                command: cmd,
                 log_path,
                 _dir: dir,
             }),
@@ -420,6 +437,29 @@ impl Broker {
 }
 
 impl Broker {
+    /// Kills the gateway with SIGKILL (no shutdown, no flush: a crash), then starts it again
+    /// with the same configuration, ports and data directory, and waits until it listens.
+    pub fn crash_and_restart(&mut self) {
+        let gw = self
+            .gateway
+            .as_mut()
+            .expect("only a gateway started by the test can be crashed");
+        gw.child.kill().expect("SIGKILL the gateway");
+        gw.child.wait().expect("reap the gateway");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&gw.log_path)
+            .expect("reopen the gateway log");
+        gw.command
+            .stdout(log.try_clone().expect("dup log handle"))
+            .stderr(log);
+        gw.child = gw
+            .command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot restart the gateway: {e}"));
+        self.wait_ready();
+    }
+
     /// Sends the gateway SIGTERM and waits for it to exit: how long it took, or None when
     /// it was still running after the stop timeout (it is killed when dropped).
     pub fn terminate(&mut self) -> Option<Duration> {

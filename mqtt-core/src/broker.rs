@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use gateway_config::{MqttConfig, RetainerConfig};
 use parking_lot::{Mutex, RwLock};
@@ -18,6 +18,7 @@ use crate::router::{Router, Subscriber};
 use crate::session::{
     ConnControl, Enqueued, SessionCell, SessionKey, SessionLimits, Subscription, Will,
 };
+use crate::storage::{self, MemoryStore, Op, Store, Table, Ticket};
 use crate::topic::{parse_subscription, validate_topic_name, SubscriptionFilter};
 
 /// Counters behind `$SYS` and the metrics.
@@ -67,6 +68,18 @@ pub struct Dispatched {
     /// let it run before reading more, so a fast publisher slows down instead of filling
     /// the receiver's queue until messages are dropped.
     pub backlogged: bool,
+    /// The store batch that keeps what this message changed; its acknowledgement waits
+    /// until the ticket is durable.
+    pub ticket: Option<Ticket>,
+}
+
+/// Why the stored state could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error(transparent)]
+    Store(#[from] storage::StoreError),
+    #[error("unreadable record in table {table}, key {key:?}")]
+    BadRecord { table: &'static str, key: String },
 }
 
 pub struct Attached {
@@ -92,6 +105,10 @@ pub struct Broker {
     timers: Mutex<BTreeMap<(Instant, SessionId), SessionKey>>,
     pub auth: Auth,
     pub stats: Stats,
+    store: Arc<dyn Store>,
+    /// The wall-clock time of `started_at`: stored expiries are wall-clock times, so they
+    /// mean the same after a restart.
+    wall_at_start: SystemTime,
     next_session_id: AtomicU64,
     next_connection_id: AtomicU64,
     pub started_at: Instant,
@@ -117,10 +134,74 @@ impl Broker {
             timers: Mutex::new(BTreeMap::new()),
             auth,
             stats: Stats::default(),
+            store: Arc::new(MemoryStore),
+            wall_at_start: SystemTime::UNIX_EPOCH,
             next_session_id: AtomicU64::new(1),
             next_connection_id: AtomicU64::new(1),
             started_at: now,
         }
+    }
+
+    /// Keeps what must survive a restart in `store`. `wall_now` is the wall-clock time of
+    /// the `now` given to `new`.
+    pub fn with_store(mut self, store: Arc<dyn Store>, wall_now: SystemTime) -> Broker {
+        self.store = store;
+        self.wall_at_start = wall_now;
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Whether a QoS 1/2 message that must be stored (a retained one) is refused because
+    /// the store is full.
+    pub fn refuses_storing(&self, retain: bool) -> bool {
+        retain && self.retain_enabled && self.store.persistent() && self.store.is_full()
+    }
+
+    fn unix_ms(&self, at: Instant) -> u64 {
+        let wall = match at.checked_duration_since(self.started_at) {
+            Some(after) => self.wall_at_start + after,
+            None => self.wall_at_start - self.started_at.duration_since(at),
+        };
+        wall.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            })
+    }
+
+    /// Restores what the store kept: retained messages whose expiry has not passed (those
+    /// that expired while the broker was down are deleted). Returns how many came back.
+    pub fn recover(&self, now: Instant) -> Result<usize, RecoverError> {
+        let now_ms = self.unix_ms(now);
+        let mut expired = Vec::new();
+        let mut restored = 0;
+        for (key, record) in self.store.load(Table::Retained)? {
+            let Some((mut message, expires_ms)) = storage::decode_message(&record) else {
+                return Err(RecoverError::BadRecord {
+                    table: Table::Retained.name(),
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                });
+            };
+            if let Some(expires_ms) = expires_ms {
+                if expires_ms <= now_ms {
+                    expired.push(Op::Delete {
+                        table: Table::Retained,
+                        key,
+                    });
+                    continue;
+                }
+                message.expires_at = Some(now + Duration::from_millis(expires_ms - now_ms));
+            }
+            if self.retained.write().set(Arc::new(message)) == RetainOutcome::Stored {
+                restored += 1;
+            }
+        }
+        if !expired.is_empty() {
+            self.store.submit(expired);
+        }
+        Ok(restored)
     }
 
     pub fn limits(&self) -> &SessionLimits {
@@ -420,13 +501,16 @@ impl Broker {
 
     /// `publish` for the broker's own messages, which are not counted as received.
     pub fn dispatch(&self, message: Arc<Message>) -> Dispatched {
-        if message.retain && self.retain_enabled {
-            self.retain(&message);
-        }
+        let ticket = if message.retain && self.retain_enabled {
+            self.retain(&message)
+        } else {
+            None
+        };
         let targets = self.router.route(&message);
         let mut dispatched = Dispatched {
             reached: targets.len(),
             backlogged: false,
+            ticket,
         };
         for target in targets {
             let delivery = Delivery {
@@ -442,15 +526,37 @@ impl Broker {
         dispatched
     }
 
-    fn retain(&self, message: &Message) {
+    /// Returns the store's ticket for the change, if it made one.
+    fn retain(&self, message: &Message) -> Option<Ticket> {
         if message.payload.len() > self.max_retained_payload {
             Stats::add(&self.stats.retained_refused, 1);
-            return;
+            return None;
         }
-        if self.retained.write().set(Arc::new(message.detached())) == RetainOutcome::Full {
+        let outcome = self.retained.write().set(Arc::new(message.detached()));
+        if outcome == RetainOutcome::Full {
             Stats::add(&self.stats.retained_refused, 1);
             tracing::warn!("retained message store is full; message not retained");
+            return None;
         }
+        // `$` topics are the broker's own, made anew at every start.
+        if !self.store.persistent() || message.topic.starts_with('$') {
+            return None;
+        }
+        let key = message.topic.as_bytes().to_vec();
+        let op = if outcome == RetainOutcome::Cleared {
+            Op::Delete {
+                table: Table::Retained,
+                key,
+            }
+        } else {
+            let expires_ms = message.expires_at.map(|at| self.unix_ms(at));
+            Op::Put {
+                table: Table::Retained,
+                key,
+                value: storage::encode_message(message, expires_ms),
+            }
+        };
+        Some(self.store.submit(vec![op]))
     }
 
     fn count(&self, outcome: Enqueued, session: &SessionCell) {
@@ -567,7 +673,19 @@ impl Broker {
 
     /// Drops expired retained messages; called now and then by the runtime.
     pub fn purge_expired_retained(&self, now: Instant) -> usize {
-        self.retained.write().purge_expired(now)
+        let expired = self.retained.write().purge_expired(now);
+        if self.store.persistent() && !expired.is_empty() {
+            self.store.submit(
+                expired
+                    .iter()
+                    .map(|topic| Op::Delete {
+                        table: Table::Retained,
+                        key: topic.as_bytes().to_vec(),
+                    })
+                    .collect(),
+            );
+        }
+        expired.len()
     }
 }
 

@@ -2,7 +2,7 @@
 //! session's deliveries turned into packets. Sans-io: the transport driver feeds it bytes,
 //! wake-ups and timer ticks with `now`, and writes out what it appends to `out`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::auth::{Action, AuthOutcome, ClientInfo, DenyReason};
-use crate::broker::{Broker, ConnectRequest, Stats, WillDisposition};
+use crate::broker::{Broker, ConnectRequest, Dispatched, Stats, WillDisposition};
 use crate::codec::{
     encode, encoded_len, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder,
     Disconnect, DisconnectProperties, Packet, ProtocolVersion, PubResponse, Publish, QoS,
@@ -20,6 +20,7 @@ use crate::codec::{
 use crate::message::{Delivery, Message};
 use crate::mountpoint::Mountpoint;
 use crate::session::{ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, Wakeup, Will};
+use crate::storage::Ticket;
 use crate::topic::{parse_subscription, SubscriptionFilter};
 
 /// The namespace of sessions opened by native MQTT clients.
@@ -92,6 +93,17 @@ pub struct MqttChannel {
     drain_blocked: bool,
     /// Set when a publish reached a receiver that is behind; see `take_yield_request`.
     yield_requested: bool,
+    /// PUBACKs and PUBRECs waiting for their message to be durable, in the order the
+    /// PUBLISHes came [MQTT-4.6.0-2]: once one waits, those behind it wait too.
+    held_acks: VecDeque<HeldAck>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeldAck {
+    ticket: Ticket,
+    packet_id: u16,
+    reason: ReasonCode,
+    exactly_once: bool,
 }
 
 impl MqttChannel {
@@ -122,6 +134,7 @@ impl MqttChannel {
             will_disposition: WillDisposition::Publish,
             drain_blocked: false,
             yield_requested: false,
+            held_acks: VecDeque::new(),
         }
     }
 
@@ -148,6 +161,7 @@ impl MqttChannel {
             }
         }
         if matches!(self.phase, Phase::Connected) {
+            self.release_held_acks(out);
             self.drain(out, now);
         }
         Flow::Continue
@@ -161,6 +175,7 @@ impl MqttChannel {
             return self.close();
         }
         if matches!(self.phase, Phase::Connected) {
+            self.release_held_acks(out);
             self.drain(out, now);
         }
         Flow::Continue
@@ -585,6 +600,57 @@ impl MqttChannel {
         );
     }
 
+    /// Acknowledges a QoS 1 or 2 PUBLISH once what it changed is durable (`ticket`), and
+    /// never before an earlier acknowledgement that still waits.
+    fn acknowledge_publish(
+        &mut self,
+        exactly_once: bool,
+        packet_id: u16,
+        reason: ReasonCode,
+        ticket: Option<Ticket>,
+        out: &mut BytesMut,
+    ) {
+        let store = self.broker.store();
+        let ticket = ticket.filter(|ticket| store.durable() < *ticket);
+        if ticket.is_none() && self.held_acks.is_empty() {
+            let packet = if exactly_once {
+                Packet::PubRec
+            } else {
+                Packet::PubAck
+            };
+            self.ack(packet, packet_id, reason, out);
+            return;
+        }
+        if let Some(ticket) = ticket {
+            store.wake_when_durable(ticket, self.control.wakeup());
+        }
+        self.held_acks.push_back(HeldAck {
+            ticket: ticket.unwrap_or(0),
+            packet_id,
+            reason,
+            exactly_once,
+        });
+    }
+
+    fn release_held_acks(&mut self, out: &mut BytesMut) {
+        if self.held_acks.is_empty() {
+            return;
+        }
+        let durable = self.broker.store().durable();
+        while let Some(held) = self.held_acks.front().copied() {
+            if held.ticket > durable {
+                break;
+            }
+            self.held_acks.pop_front();
+            let packet = if held.exactly_once {
+                Packet::PubRec
+            } else {
+                Packet::PubAck
+            };
+            self.ack(packet, held.packet_id, held.reason, out);
+        }
+    }
+
     fn handle_publish(&mut self, mut publish: Publish, out: &mut BytesMut, now: Instant) -> Flow {
         let broker = self.broker.clone();
         let config = &broker.config;
@@ -642,6 +708,24 @@ impl MqttChannel {
         }
         let packet_id = publish.packet_id;
         let qos = publish.qos;
+        if qos != QoS::AtMostOnce && allowed && broker.refuses_storing(publish.retain) {
+            tracing::warn!(topic = %publish.topic, "store full: message refused");
+            if !self.version.is_v5() {
+                // 3.1.1 has no way to refuse one message but closing.
+                return self.close();
+            }
+            self.ack(
+                if qos == QoS::ExactlyOnce {
+                    Packet::PubRec
+                } else {
+                    Packet::PubAck
+                },
+                packet_id,
+                ReasonCode::QUOTA_EXCEEDED,
+                out,
+            );
+            return Flow::Continue;
+        }
         match qos {
             QoS::AtMostOnce => {
                 if allowed {
@@ -649,12 +733,12 @@ impl MqttChannel {
                 }
             }
             QoS::AtLeastOnce => {
-                let reason = if allowed {
+                let (reason, ticket) = if allowed {
                     self.route_with_reason(publish, &session, now)
                 } else {
-                    ReasonCode::NOT_AUTHORIZED
+                    (ReasonCode::NOT_AUTHORIZED, None)
                 };
-                self.ack(Packet::PubAck, packet_id, reason, out);
+                self.acknowledge_publish(false, packet_id, reason, ticket, out);
             }
             QoS::ExactlyOnce => {
                 let duplicate = {
@@ -687,34 +771,36 @@ impl MqttChannel {
                 };
                 // A resent PUBLISH of a message already accepted is acknowledged again but
                 // never routed twice [MQTT-4.3.3-10].
-                let reason = if duplicate {
-                    ReasonCode::SUCCESS
+                let (reason, ticket) = if duplicate {
+                    (ReasonCode::SUCCESS, None)
                 } else if allowed {
                     self.route_with_reason(publish, &session, now)
                 } else {
-                    ReasonCode::NOT_AUTHORIZED
+                    (ReasonCode::NOT_AUTHORIZED, None)
                 };
-                self.ack(Packet::PubRec, packet_id, reason, out);
+                self.acknowledge_publish(true, packet_id, reason, ticket, out);
             }
         }
         Flow::Continue
     }
 
+    /// Routes, and says what the acknowledgement carries and which store ticket it waits for.
     fn route_with_reason(
         &mut self,
         publish: Publish,
         session: &SessionCell,
         now: Instant,
-    ) -> ReasonCode {
-        let reached = self.route(publish, session, now);
-        if reached == 0 && self.version.is_v5() {
+    ) -> (ReasonCode, Option<Ticket>) {
+        let dispatched = self.route(publish, session, now);
+        let reason = if dispatched.reached == 0 && self.version.is_v5() {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS
-        }
+        };
+        (reason, dispatched.ticket)
     }
 
-    fn route(&mut self, publish: Publish, session: &SessionCell, now: Instant) -> usize {
+    fn route(&mut self, publish: Publish, session: &SessionCell, now: Instant) -> Dispatched {
         let mut properties = publish.properties;
         properties.subscription_identifiers.clear();
         let topic = match self.client.as_ref() {
@@ -734,7 +820,7 @@ impl MqttChannel {
         .with_expiry_from_properties(now);
         let dispatched = self.broker.publish(Arc::new(message));
         self.yield_requested |= dispatched.backlogged;
-        dispatched.reached
+        dispatched
     }
 
     fn disconnect_with(

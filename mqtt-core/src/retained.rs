@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytestring::ByteString;
+
 use crate::message::Message;
 use crate::trie::TopicTrie;
 
@@ -65,8 +67,8 @@ impl RetainedStore {
         found
     }
 
-    /// Drops expired messages; returns how many.
-    pub fn purge_expired(&mut self, now: Instant) -> usize {
+    /// Drops expired messages; returns their topics.
+    pub fn purge_expired(&mut self, now: Instant) -> Vec<ByteString> {
         let mut expired = Vec::new();
         self.messages.for_each_matched_by("#", |message| {
             if message.is_expired(now) {
@@ -77,6 +79,6 @@ impl RetainedStore {
         for topic in &expired {
             self.messages.remove(topic);
         }
-        expired.len()
+        expired
     }
 }

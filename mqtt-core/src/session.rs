@@ -42,6 +42,12 @@ impl ConnControl {
         self.wakeup.wake();
     }
 
+    /// The connection's wake-up, for whoever else must wake it (the store, when what the
+    /// connection waits to acknowledge is durable).
+    pub fn wakeup(&self) -> Arc<dyn Wakeup> {
+        self.wakeup.clone()
+    }
+
     /// Asks the connection to close with `reason` (e.g. 0x8E when taken over).
     pub fn close(&self, reason: ReasonCode) {
         // 0 means "not asked"; a success code is never a reason to be closed by the broker.

@@ -9,8 +9,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::codec::{encode, Decoder, Packet, ProtocolVersion, Publish, QoS};
+use crate::message::Message;
 use crate::session::Wakeup;
 
 /// The tables of a store. Keys are ordered bytewise within a table.
@@ -98,6 +100,11 @@ pub trait Store: Send + Sync {
     /// True once the store has reached its configured size: new QoS 1/2 messages are then
     /// refused rather than stored.
     fn is_full(&self) -> bool;
+
+    /// False for a store that keeps nothing, so the broker does not even build its changes.
+    fn persistent(&self) -> bool {
+        true
+    }
 }
 
 /// Keeps nothing: the broker's state lives and dies with the process, as with Mosquitto
@@ -125,6 +132,65 @@ impl Store for MemoryStore {
     fn is_full(&self) -> bool {
         false
     }
+
+    fn persistent(&self) -> bool {
+        false
+    }
+}
+
+/// The first byte of every stored message record; a store written by a later format is
+/// refused rather than misread.
+const MESSAGE_FORMAT: u8 = 1;
+const NO_EXPIRY: u64 = u64::MAX;
+
+/// A message as stored: when it expires on the wall clock (milliseconds since the Unix
+/// epoch), then the message as an MQTT 5 PUBLISH, which carries every property exactly.
+pub fn encode_message(message: &Message, expires_unix_ms: Option<u64>) -> Bytes {
+    let publish = Publish {
+        dup: false,
+        qos: message.qos,
+        retain: message.retain,
+        topic: message.topic.clone(),
+        packet_id: u16::from(message.qos != QoS::AtMostOnce),
+        payload: message.payload.clone(),
+        properties: message.properties.clone(),
+    };
+    let mut out = BytesMut::with_capacity(16 + message.topic.len() + message.payload.len());
+    out.put_u8(MESSAGE_FORMAT);
+    out.put_u64(expires_unix_ms.unwrap_or(NO_EXPIRY));
+    // Only a message over the protocol's maximum size fails to encode, and no such message
+    // was ever accepted; storing nothing then is the same as losing it at a crash.
+    if encode(&Packet::Publish(publish), ProtocolVersion::V5, &mut out).is_err() {
+        tracing::error!(topic = %message.topic, "message too large to store");
+    }
+    out.freeze()
+}
+
+/// Reads a record written by `encode_message`: the message (without its `expires_at`,
+/// which only the caller's clock can give) and its wall-clock expiry.
+pub fn decode_message(record: &[u8]) -> Option<(Message, Option<u64>)> {
+    let (&format, rest) = record.split_first()?;
+    if format != MESSAGE_FORMAT {
+        return None;
+    }
+    let expiry = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let mut packet = BytesMut::from(rest.get(8..)?);
+    let Ok(Some(Packet::Publish(publish))) =
+        Decoder::with_version(ProtocolVersion::V5, u32::MAX).decode(&mut packet)
+    else {
+        return None;
+    };
+    let message = Message {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: publish.retain,
+        properties: publish.properties,
+        publisher: None,
+        publisher_client_id: None,
+        expires_at: None,
+    };
+    Some((message, (expiry != NO_EXPIRY).then_some(expiry)))
 }
 
 /// The key of everything a session owns: its namespace and client id, each length-prefixed
@@ -161,6 +227,38 @@ mod tests {
         let first = session_entry_key(&a, 1);
         let second = session_entry_key(&a, 256);
         assert!(first < second && first.starts_with(&a));
+    }
+
+    #[test]
+    fn a_message_record_keeps_every_field_and_its_expiry() {
+        let mut message = Message::new(
+            bytestring::ByteString::from_static("a/b"),
+            Bytes::from_static(b"payload"),
+            QoS::ExactlyOnce,
+            true,
+            std::time::Instant::now(),
+        );
+        message.properties.content_type = Some("text/plain".into());
+        message.properties.user_properties = vec![("k".into(), "v".into())];
+        message.properties.message_expiry_interval = Some(60);
+        let record = encode_message(&message, Some(1_700_000_000_000));
+        let (back, expiry) = decode_message(&record).expect("decodes");
+        assert_eq!(expiry, Some(1_700_000_000_000));
+        assert_eq!(back.topic, message.topic);
+        assert_eq!(back.payload, message.payload);
+        assert_eq!((back.qos, back.retain), (QoS::ExactlyOnce, true));
+        assert_eq!(back.properties, message.properties);
+        let plain = Message::new(
+            bytestring::ByteString::from_static("t"),
+            Bytes::new(),
+            QoS::AtMostOnce,
+            false,
+            std::time::Instant::now(),
+        );
+        let (_, expiry) = decode_message(&encode_message(&plain, None)).expect("decodes");
+        assert_eq!(expiry, None);
+        assert!(decode_message(b"").is_none());
+        assert!(decode_message(&[2, 0, 0]).is_none());
     }
 
     #[test]

@@ -1361,3 +1361,123 @@ fn a_publisher_feeding_a_receiver_that_is_behind_is_asked_to_yield() {
         assert!(!publisher.channel.take_yield_request());
     }
 }
+
+/// A store whose batches become durable only when the test says so.
+#[derive(Default)]
+struct ManualStore {
+    submitted: std::sync::Mutex<Vec<mqtt_core::storage::Op>>,
+    durable: std::sync::atomic::AtomicU64,
+    full: std::sync::atomic::AtomicBool,
+    waiters: std::sync::Mutex<Vec<(u64, Arc<dyn Wakeup>)>>,
+}
+
+impl ManualStore {
+    fn make_durable(&self, ticket: u64) {
+        self.durable.store(ticket, Ordering::SeqCst);
+        let mut waiters = self.waiters.lock().unwrap();
+        waiters.retain(|(wanted, wakeup)| {
+            let due = *wanted <= ticket;
+            if due {
+                wakeup.wake();
+            }
+            !due
+        });
+    }
+}
+
+impl mqtt_core::storage::Store for ManualStore {
+    fn submit(&self, ops: Vec<mqtt_core::storage::Op>) -> u64 {
+        let mut submitted = self.submitted.lock().unwrap();
+        submitted.extend(ops);
+        submitted.len() as u64
+    }
+    fn durable(&self) -> u64 {
+        self.durable.load(Ordering::SeqCst)
+    }
+    fn wake_when_durable(&self, ticket: u64, wakeup: Arc<dyn Wakeup>) {
+        self.waiters.lock().unwrap().push((ticket, wakeup));
+    }
+    fn load(
+        &self,
+        _table: mqtt_core::storage::Table,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, mqtt_core::storage::StoreError> {
+        Ok(Vec::new())
+    }
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::SeqCst)
+    }
+}
+
+fn broker_with_store(store: Arc<ManualStore>, now: Instant) -> Arc<Broker> {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    Arc::new(
+        Broker::new(
+            config.mqtt.clone(),
+            &config.retainer,
+            Auth::allow_all(),
+            now,
+        )
+        .with_store(store, std::time::SystemTime::now()),
+    )
+}
+
+fn acks(packets: Vec<Packet>) -> Vec<(char, u16, u8)> {
+    packets
+        .into_iter()
+        .filter_map(|packet| match packet {
+            Packet::PubAck(ack) => Some(('A', ack.packet_id, ack.reason_code.0)),
+            Packet::PubRec(rec) => Some(('R', rec.packet_id, rec.reason_code.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn acknowledgements_of_stored_messages_wait_until_durable_and_keep_their_order() {
+    let t0 = Instant::now();
+    let store = Arc::new(ManualStore::default());
+    let broker = broker_with_store(store.clone(), t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    let mut retained = publish("kept", b"1", QoS::AtLeastOnce, 1);
+    retained.retain = true;
+    publisher.send(Packet::Publish(retained), t0);
+    // Not retained, so nothing to store, but its PUBACK must not overtake the first.
+    publisher.send(
+        Packet::Publish(publish("plain", b"2", QoS::AtLeastOnce, 2)),
+        t0,
+    );
+    let mut exactly_once = publish("kept2", b"3", QoS::ExactlyOnce, 3);
+    exactly_once.retain = true;
+    publisher.send(Packet::Publish(exactly_once), t0);
+    assert_eq!(acks(publisher.receive()), vec![], "nothing is durable yet");
+    assert_eq!(store.submitted.lock().unwrap().len(), 2);
+
+    store.make_durable(1);
+    assert!(
+        publisher.wakeup.0.load(Ordering::SeqCst) > 0,
+        "the store woke it"
+    );
+    publisher.wake(t0);
+    assert_eq!(
+        acks(publisher.receive()),
+        vec![('A', 1, 0x10), ('A', 2, 0x10)],
+        "the first and the one behind it, in order (0x10: nobody subscribed)"
+    );
+    store.make_durable(2);
+    publisher.wake(t0);
+    assert_eq!(acks(publisher.receive()), vec![('R', 3, 0x10)]);
+
+    // A full store refuses what it would have to keep, and only that.
+    store.full.store(true, Ordering::SeqCst);
+    let mut refused = publish("kept", b"4", QoS::AtLeastOnce, 4);
+    refused.retain = true;
+    publisher.send(Packet::Publish(refused), t0);
+    publisher.send(
+        Packet::Publish(publish("plain", b"5", QoS::AtLeastOnce, 5)),
+        t0,
+    );
+    assert_eq!(
+        acks(publisher.receive()),
+        vec![('A', 4, 0x97), ('A', 5, 0x10)]
+    );
+}

@@ -8,8 +8,8 @@
 #   - aioquic, the QUIC implementation under the MQTT over QUIC test client (PyPI, pinned below),
 #   - libcoap's coap-client (Debian libcoap3-bin) and aiocoap (PyPI, pinned below),
 #   - the STOMP client stomp.py (PyPI, pinned below),
-#   - MQTT.js, @stomp/stompjs, ws and the LwM2M client library lwm2m-node-lib (npm ci from
-#     interop-tests/js/package-lock.json, all pinned there).
+#   - MQTT.js, @stomp/stompjs, ws and the LwM2M client libraries lwm2m-node-lib and
+#     coap-node (npm ci from interop-tests/js/package-lock.json, all pinned there).
 # Meant for a Debian machine that has Rust, Python 3.11+ with pip and Node 20+ with
 # npm; run as root. Idempotent; silent when there is nothing to do or all went well,
 # and prints the failing command's output otherwise.
@@ -91,3 +91,5 @@ fi
 (cd "$js_dir" && node -e 'require("mqtt"); require("@stomp/stompjs"); require("ws")') ||
     fail "MQTT.js, @stomp/stompjs or ws is not loadable from $js_dir"
 (cd "$js_dir" && node -e 'require("lwm2m-node-lib")' 2>/dev/null) || fail "lwm2m-node-lib is not loadable from $js_dir"
+(cd "$js_dir" && node -e 'require("coap-node"); require("smartobject")' 2>/dev/null) ||
+    fail "coap-node or smartobject is not loadable from $js_dir"

@@ -1,7 +1,8 @@
 //! LwM2M over real UDP: devices on two LwM2M client libraries from npm, lwm2m-node-lib
 //! and coap-node, register with the built gateway and are managed with EMQX-style JSON
 //! commands published by mosquitto_pub; their answers, notifications and registration
-//! events are read by mosquitto_sub on the `up/` topics.
+//! events are read by mosquitto_sub on the `up/` topics. A reporting-only LwM2M 1.1 device
+//! on aiocoap sends SenML encoded by cbor2.
 
 #![allow(
     clippy::expect_used,
@@ -442,4 +443,54 @@ fn coap_node_device_answers_in_tlv_and_is_created_deleted_attributed_and_cancell
         json!([{"path": "/3311/0/5850", "value": true},
                {"path": "/3311/0/5851", "value": 80}])
     );
+}
+
+/// LwM2M 1.1 Send from a device on aiocoap whose SenML CBOR is written by cbor2 (in
+/// canonical form: half-precision floats, `bn` after `n`), then SenML JSON.
+#[test]
+fn lwm2m_1_1_send_in_senml_cbor_and_json_is_published_on_the_notify_topic() {
+    let Some(broker) = Broker::start_gateway_only("an LwM2M listener", &[]) else {
+        return;
+    };
+    let endpoint = unique_client_id("lwm2m-send");
+    let mut sub = MosquittoSub::start(
+        &broker,
+        Version::V311,
+        &[&format!("lwm2m/{endpoint}/up/#")],
+        0,
+        &[],
+    );
+    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(python);
+    cmd.arg(workspace_root().join("interop-tests/py/lwm2m_send.py"))
+        .arg(&broker.host)
+        .arg(broker.lwm2m_port.to_string())
+        .arg(&endpoint);
+    let mut device = Proc::spawn("aiocoap LwM2M 1.1 device", cmd);
+    assert_eq!(
+        expect_line(&mut device, "register"),
+        format!("register 2.01 rd/{endpoint}")
+    );
+    let (topic, event) = next_event(&mut sub, &endpoint);
+    assert_eq!(topic, "up/resp");
+    assert_eq!(event["data"]["lwm2m"], "1.1");
+    assert_eq!(event["data"]["objectList"], json!(["/3303/0"]));
+
+    assert_eq!(expect_line(&mut device, "send-cbor"), "send-cbor 2.04");
+    let (topic, send) = next_event(&mut sub, &endpoint);
+    assert_eq!(topic, "up/notify", "{send}");
+    assert_eq!(
+        send,
+        json!({"msgType": "send", "data": {"reqPath": "/dp", "code": "2.04", "codeMsg": "changed",
+               "content": [{"path": "/3303/0/5700", "value": 21.5},
+                           {"path": "/3303/0/5701", "value": "Cel"}]}})
+    );
+    assert_eq!(expect_line(&mut device, "send-json"), "send-json 2.04");
+    let (topic, send) = next_event(&mut sub, &endpoint);
+    assert_eq!(topic, "up/notify", "{send}");
+    assert_eq!(
+        send["data"]["content"],
+        json!([{"path": "/3303/0/5700", "value": 30.25}])
+    );
+    assert_eq!(expect_line(&mut device, "deregister"), "deregister 2.02");
 }

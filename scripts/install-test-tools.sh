@@ -7,9 +7,10 @@
 #   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),
 #   - aioquic, the QUIC implementation under the MQTT over QUIC test client (PyPI, pinned below),
 #   - libcoap's coap-client (Debian libcoap3-bin) and aiocoap (PyPI, pinned below),
+#   - cbor2, the CBOR encoder of the LwM2M Send test's SenML (PyPI, pinned below),
 #   - the STOMP client stomp.py (PyPI, pinned below),
-#   - MQTT.js, @stomp/stompjs, ws and the LwM2M client library lwm2m-node-lib (npm ci from
-#     interop-tests/js/package-lock.json, all pinned there).
+#   - MQTT.js, @stomp/stompjs, ws and the LwM2M client libraries lwm2m-node-lib and
+#     coap-node (npm ci from interop-tests/js/package-lock.json, all pinned there).
 # Meant for a Debian machine that has Rust, Python 3.11+ with pip and Node 20+ with
 # npm; run as root. Idempotent; silent when there is nothing to do or all went well,
 # and prints the failing command's output otherwise.
@@ -20,6 +21,7 @@ MQTTSN_VERSION=1.0.9
 AIOQUIC_VERSION=1.7.2
 AIOCOAP_VERSION=0.4.17
 STOMP_PY_VERSION=9.0.0
+CBOR2_VERSION=5.6.5
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 js_dir="$root/interop-tests/js"
@@ -78,6 +80,7 @@ pip_pinned mqtt-sn-12 "$MQTTSN_VERSION"
 pip_pinned aioquic "$AIOQUIC_VERSION"
 pip_pinned aiocoap "$AIOCOAP_VERSION"
 pip_pinned stomp-py "$STOMP_PY_VERSION"
+pip_pinned cbor2 "$CBOR2_VERSION"
 
 # --- MQTT.js, @stomp/stompjs and lwm2m-node-lib ------------------------------------
 # npm ci wipes and rebuilds node_modules, so it runs only when the lock file changed
@@ -91,3 +94,5 @@ fi
 (cd "$js_dir" && node -e 'require("mqtt"); require("@stomp/stompjs"); require("ws")') ||
     fail "MQTT.js, @stomp/stompjs or ws is not loadable from $js_dir"
 (cd "$js_dir" && node -e 'require("lwm2m-node-lib")' 2>/dev/null) || fail "lwm2m-node-lib is not loadable from $js_dir"
+(cd "$js_dir" && node -e 'require("coap-node"); require("smartobject")' 2>/dev/null) ||
+    fail "coap-node or smartobject is not loadable from $js_dir"

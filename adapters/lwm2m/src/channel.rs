@@ -1141,6 +1141,9 @@ fn parse_object_list(payload: &[u8]) -> Result<(Vec<String>, Vec<String>), Refus
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect();
+        } else if target.trim_matches('/').is_empty() {
+            // `</>;ct=11543` describes the client (its content formats), not an object.
+            continue;
         } else {
             links.push(target.to_owned());
         }
@@ -1175,6 +1178,10 @@ mod tests {
                 .unwrap();
         assert_eq!(alternate, ["lwm2m"]);
         assert_eq!(objects, ["/1/0", "/3/0"]);
+        let (alternate, objects) =
+            parse_object_list(br#"</>;ct=11543;hb,</1/0>,</3303/0>"#).unwrap();
+        assert!(alternate.is_empty());
+        assert_eq!(objects, ["/1/0", "/3303/0"]);
         assert!(parse_object_list(b"/1/0").is_err());
     }
 }

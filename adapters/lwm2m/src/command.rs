@@ -179,7 +179,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Batch content: paths absolute (under `base`) or relative to it.
+/// Batch content: paths absolute (`base` itself or under it) or relative to it.
 fn batch_entries(base: &Path, content: &[Json], hex: bool) -> Result<Vec<Entry>, CommandError> {
     content
         .iter()
@@ -190,7 +190,7 @@ fn batch_entries(base: &Path, content: &[Json], hex: bool) -> Result<Vec<Entry>,
                 .and_then(Json::as_str)
                 .ok_or(CommandError::Field("path"))?;
             let given: Path = text.parse()?;
-            let path = if given.starts_with(base) && given.len() > base.len() {
+            let path = if given.starts_with(base) {
                 given
             } else {
                 let mut ids = base.ids().to_vec();
@@ -493,6 +493,21 @@ mod tests {
             batch.payload,
             [0xC6, 14, b'+', b'0', b'2', b':', b'0', b'0', 0xC1, 13, 5]
         );
+
+        // A resource base with its own absolute path in the content: that one resource.
+        let resource = to_request(
+            &command(
+                r#"{"msgType":"write","data":{"basePath":"/3311/0/5851","content":[
+                {"path":"/3311/0/5851","type":"Integer","value":"60"}]}}"#,
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            resource.header.code,
+            MessageClass::Request(RequestType::Put)
+        );
+        assert_eq!(resource.payload, [0xE1, 0x16, 0xDB, 60]);
 
         let attrs = to_request(
             &command(r#"{"msgType":"write-attr","data":{"path":"/3/0/9","pmin":"1","pmax":5,"gt":null,"x":"y"}}"#),

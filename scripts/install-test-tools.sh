@@ -6,7 +6,8 @@
 #   - paho-mqtt for Python (PyPI, pinned below),
 #   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),
 #   - aioquic, the QUIC implementation under the MQTT over QUIC test client (PyPI, pinned below),
-#   - libcoap's coap-client (Debian libcoap3-bin) and aiocoap (PyPI, pinned below),
+#   - libcoap's coap-client (Debian libcoap3-bin) and aiocoap (PyPI, pinned below) with
+#     websockets (PyPI, pinned below) for its CoAP over WebSocket transport,
 #   - the STOMP client stomp.py (PyPI, pinned below),
 #   - MQTT.js, @stomp/stompjs, ws and the LwM2M client library lwm2m-node-lib (npm ci from
 #     interop-tests/js/package-lock.json, all pinned there).
@@ -19,6 +20,7 @@ PAHO_VERSION=2.2.0
 MQTTSN_VERSION=1.0.9
 AIOQUIC_VERSION=1.7.2
 AIOCOAP_VERSION=0.4.17
+WEBSOCKETS_VERSION=15.0.1
 STOMP_PY_VERSION=9.0.0
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -77,6 +79,7 @@ pip_pinned paho-mqtt "$PAHO_VERSION"
 pip_pinned mqtt-sn-12 "$MQTTSN_VERSION"
 pip_pinned aioquic "$AIOQUIC_VERSION"
 pip_pinned aiocoap "$AIOCOAP_VERSION"
+pip_pinned websockets "$WEBSOCKETS_VERSION"
 pip_pinned stomp-py "$STOMP_PY_VERSION"
 
 # --- MQTT.js, @stomp/stompjs and lwm2m-node-lib ------------------------------------

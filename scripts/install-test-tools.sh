@@ -6,7 +6,8 @@
 #   - paho-mqtt for Python (PyPI, pinned below),
 #   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),
 #   - aioquic, the QUIC implementation under the MQTT over QUIC test client (PyPI, pinned below),
-#   - libcoap's coap-client (Debian libcoap3-bin) and aiocoap (PyPI, pinned below),
+#   - libcoap's coap-client (Debian libcoap3-bin) and aiocoap (PyPI, pinned below) with
+#     websockets (PyPI, pinned below) for its CoAP over WebSocket transport,
 #   - cbor2, the CBOR encoder of the LwM2M Send test's SenML (PyPI, pinned below),
 #   - the STOMP client stomp.py (PyPI, pinned below),
 #   - MQTT.js, @stomp/stompjs, ws and the LwM2M client libraries lwm2m-node-lib and
@@ -20,6 +21,7 @@ PAHO_VERSION=2.2.0
 MQTTSN_VERSION=1.0.9
 AIOQUIC_VERSION=1.7.2
 AIOCOAP_VERSION=0.4.17
+WEBSOCKETS_VERSION=15.0.1
 STOMP_PY_VERSION=9.0.0
 CBOR2_VERSION=5.6.5
 
@@ -79,6 +81,7 @@ pip_pinned paho-mqtt "$PAHO_VERSION"
 pip_pinned mqtt-sn-12 "$MQTTSN_VERSION"
 pip_pinned aioquic "$AIOQUIC_VERSION"
 pip_pinned aiocoap "$AIOCOAP_VERSION"
+pip_pinned websockets "$WEBSOCKETS_VERSION"
 pip_pinned stomp-py "$STOMP_PY_VERSION"
 pip_pinned cbor2 "$CBOR2_VERSION"
 

@@ -187,7 +187,7 @@ pub struct ListenersConfig {
 /// The listener kinds, as they appear under `listeners.`.
 /// Every table of named listeners: a listener added under a new name takes its omitted keys
 /// from the `default` one of its table.
-pub const LISTENER_TABLES: [&str; 10] = [
+pub const LISTENER_TABLES: [&str; 12] = [
     "listeners.tcp",
     "listeners.ssl",
     "listeners.ws",
@@ -195,6 +195,8 @@ pub const LISTENER_TABLES: [&str; 10] = [
     "listeners.quic",
     "gateway.mqttsn.listeners.udp",
     "gateway.coap.listeners.udp",
+    "gateway.coap.listeners.tcp",
+    "gateway.coap.listeners.ws",
     "gateway.lwm2m.listeners.udp",
     "gateway.stomp.listeners.tcp",
     "gateway.stomp.listeners.ws",
@@ -510,8 +512,81 @@ pub struct CoapConfig {
     pub exchange_lifetime: Duration,
     /// RFC 7252 NON_LIFETIME: the same for non-confirmable message ids.
     pub non_lifetime: Duration,
+    /// Answer confirmable requests with an empty acknowledgement and a separate
+    /// confirmable response (RFC 7252 5.2.2) instead of piggybacked.
+    pub separate_response: bool,
     pub blockwise: CoapBlockwiseConfig,
-    pub listeners: CoapListenersConfig,
+    pub listeners: CoapGatewayListenersConfig,
+}
+
+/// CoAP's listeners: over UDP (RFC 7252), and over TCP and WebSocket (RFC 8323).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoapGatewayListenersConfig {
+    pub udp: BTreeMap<String, UdpListenerConfig>,
+    pub tcp: BTreeMap<String, CoapTcpListenerConfig>,
+    pub ws: BTreeMap<String, CoapWsListenerConfig>,
+}
+
+/// CoAP over TCP (RFC 8323).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoapTcpListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub max_conn_rate: Rate,
+    /// Our Max-Message-Size (RFC 8323 5.3.1): the largest message accepted, header
+    /// included, announced in our CSM; a larger one aborts the connection.
+    pub max_message_size: u32,
+    /// Replaces the gateway's mountpoint for this listener's clients; `""` keeps it.
+    pub mountpoint: String,
+}
+
+/// CoAP over WebSocket (RFC 8323): one CoAP message per binary WebSocket message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoapWsListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub max_conn_rate: Rate,
+    /// Our Max-Message-Size, also the largest WebSocket message accepted.
+    pub max_message_size: u32,
+    /// Replaces the gateway's mountpoint for this listener's clients; `""` keeps it.
+    pub mountpoint: String,
+    /// The HTTP path of the upgrade (RFC 8323 4.1: `/.well-known/coap`).
+    pub path: String,
+    pub supported_subprotocols: Vec<String>,
+    pub fail_if_no_subprotocol: bool,
+}
+
+impl CoapTcpListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+}
+
+impl CoapWsListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+
+    /// The kit's WebSocket options for this listener.
+    pub fn websocket(&self) -> WebSocketConfig {
+        WebSocketConfig {
+            mqtt_path: self.path.clone(),
+            supported_subprotocols: self.supported_subprotocols.clone(),
+            fail_if_no_subprotocol: self.fail_if_no_subprotocol,
+            max_frame_size: self.max_message_size,
+            check_origin_enable: false,
+            allow_origin_absence: true,
+            check_origins: Vec::new(),
+            proxy_address_header: String::new(),
+        }
+    }
 }
 
 /// Block-wise transfers (RFC 7959), EMQX's `gateway.coap.blockwise`.
@@ -954,6 +1029,7 @@ impl Config {
                     max_retransmit: 4,
                     exchange_lifetime: Duration::from_secs(247),
                     non_lifetime: Duration::from_secs(145),
+                    separate_response: false,
                     blockwise: CoapBlockwiseConfig {
                         enable: true,
                         max_block_size: 1024,
@@ -961,7 +1037,7 @@ impl Config {
                         exchange_lifetime: Duration::from_secs(247),
                         max_transfers: 4,
                     },
-                    listeners: CoapListenersConfig {
+                    listeners: CoapGatewayListenersConfig {
                         udp: BTreeMap::from([(
                             "default".to_owned(),
                             UdpListenerConfig {
@@ -971,6 +1047,31 @@ impl Config {
                                 max_packet_size: 65_535,
                                 max_queued_datagrams: 64,
                                 mountpoint: String::new(),
+                            },
+                        )]),
+                        tcp: BTreeMap::from([(
+                            "default".to_owned(),
+                            CoapTcpListenerConfig {
+                                enable: true,
+                                bind: "0.0.0.0:5683".into(),
+                                max_connections: 1_024_000,
+                                max_conn_rate: Rate::Infinity,
+                                max_message_size: 1_048_576,
+                                mountpoint: String::new(),
+                            },
+                        )]),
+                        ws: BTreeMap::from([(
+                            "default".to_owned(),
+                            CoapWsListenerConfig {
+                                enable: false,
+                                bind: "0.0.0.0:8683".into(),
+                                max_connections: 1_024_000,
+                                max_conn_rate: Rate::Infinity,
+                                max_message_size: 1_048_576,
+                                mountpoint: String::new(),
+                                path: "/.well-known/coap".into(),
+                                supported_subprotocols: vec!["coap".into()],
+                                fail_if_no_subprotocol: true,
                             },
                         )]),
                     },

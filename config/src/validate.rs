@@ -278,7 +278,12 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
     }
     // UDP ports are their own space, shared by QUIC and the UDP gateways.
     check_mqttsn(&config.gateway.mqttsn, &mut udp_started, &mut fail);
-    check_coap(&config.gateway.coap, &mut udp_started, &mut fail);
+    check_coap(
+        &config.gateway.coap,
+        &mut udp_started,
+        &mut started,
+        &mut fail,
+    );
     check_lwm2m(&config.gateway.lwm2m, &mut udp_started, &mut fail);
     check_stomp(&config.gateway.stomp, &mut started, &mut fail);
     out
@@ -539,6 +544,7 @@ fn check_mqttsn(
 fn check_coap(
     coap: &crate::CoapConfig,
     enabled: &mut Vec<(String, SocketAddr)>,
+    tcp_started: &mut Vec<(String, SocketAddr)>,
     fail: &mut impl FnMut(&str, String),
 ) {
     let p = "gateway.coap";
@@ -590,6 +596,57 @@ fn check_coap(
     }
     let sizes = PacketSizes { least: 64, why: "" };
     check_udp_listeners(p, &coap.listeners.udp, coap.enable, sizes, enabled, fail);
+    let streams = coap
+        .listeners
+        .tcp
+        .iter()
+        .map(|(name, l)| {
+            let common = (l.enable, &l.bind, l.max_connections, l.max_message_size);
+            ("tcp", name, common, &l.mountpoint)
+        })
+        .chain(coap.listeners.ws.iter().map(|(name, l)| {
+            let common = (l.enable, &l.bind, l.max_connections, l.max_message_size);
+            ("ws", name, common, &l.mountpoint)
+        }));
+    for (kind, name, (enable, bind, max_connections, max_message_size), mountpoint) in streams {
+        let prefix = format!("{p}.listeners.{kind}.{name}");
+        if !is_valid_listener_name(name) {
+            fail(
+                &prefix,
+                format!("{p}.listeners.{kind}: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
+            );
+        }
+        if max_connections == 0 {
+            fail(
+                &format!("{prefix}.max_connections"),
+                format!("{prefix}.max_connections must be >= 1"),
+            );
+        }
+        // RFC 8323 5.3.1: 1152 is what every peer must take.
+        if max_message_size < 1152 {
+            fail(
+                &format!("{prefix}.max_message_size"),
+                format!("{prefix}.max_message_size must be at least 1152 (RFC 8323 5.3.1), got {max_message_size}"),
+            );
+        }
+        check_mountpoint(&format!("{prefix}.mountpoint"), mountpoint, fail);
+        check_bind(prefix, bind, enable && coap.enable, tcp_started, fail);
+    }
+    for (name, l) in &coap.listeners.ws {
+        let prefix = format!("{p}.listeners.ws.{name}");
+        if !l.path.starts_with('/') {
+            fail(
+                &format!("{prefix}.path"),
+                format!("{prefix}.path must start with '/', got {:?}", l.path),
+            );
+        }
+        if l.fail_if_no_subprotocol && l.supported_subprotocols.is_empty() {
+            fail(
+                &format!("{prefix}.supported_subprotocols"),
+                format!("{prefix}.supported_subprotocols is empty while fail_if_no_subprotocol refuses every upgrade without one"),
+            );
+        }
+    }
 }
 
 fn check_lwm2m(

@@ -613,3 +613,45 @@ fn storage_settings_are_checked() {
     let c = Config::from_toml_str("[storage]\nbackend = \"memory\"").unwrap();
     assert_eq!(c.storage.backend, gateway_config::StorageBackend::Memory);
 }
+
+#[test]
+fn coap_stream_listeners_take_their_defaults_and_are_checked() {
+    let c = Config::from_toml_str(
+        r#"
+        [gateway.coap.listeners.tcp.lan]
+        bind = 15684
+        [gateway.coap.listeners.ws.default]
+        enable = true
+        "#,
+    )
+    .unwrap();
+    let coap = &c.gateway.coap;
+    assert_eq!(coap.listeners.tcp["default"].bind, "0.0.0.0:5683");
+    assert_eq!(coap.listeners.tcp["lan"].max_message_size, 1_048_576);
+    assert_eq!(coap.listeners.ws["default"].path, "/.well-known/coap");
+    assert_eq!(
+        coap.listeners.ws["default"].websocket().max_frame_size,
+        1_048_576
+    );
+    assert!(!coap.separate_response);
+
+    let cases = [
+        (
+            "[gateway.coap.listeners.tcp.default]\nmax_message_size = 1000",
+            "gateway.coap.listeners.tcp.default.max_message_size must be at least 1152",
+        ),
+        (
+            "[gateway.coap.listeners.ws.default]\npath = \"coap\"",
+            "gateway.coap.listeners.ws.default.path must start with '/'",
+        ),
+        (
+            // TCP 5683 is CoAP over TCP's, so another TCP listener may not take it.
+            "[gateway.stomp.listeners.tcp.default]\nbind = 5683",
+            "is also bound by enabled listener gateway.coap.listeners.tcp.default",
+        ),
+    ];
+    for (toml, want) in cases {
+        let e = err_text(Config::from_toml_str(toml));
+        assert!(e.contains(want), "{toml}: {e}");
+    }
+}

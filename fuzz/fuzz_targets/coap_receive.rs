@@ -67,6 +67,8 @@ fuzz_target!(|data: &[u8]| {
             lifetime: Duration::from_secs(60),
             max_transfers: 2,
         }),
+        // The second bit: answers piggybacked or separate.
+        separate_response: data.first().is_some_and(|b| b & 2 == 2),
     });
     let mut channel = CoapChannel::new(broker(), settings, None, Arc::new(NoWakeup), 1, now);
     let mut out = Vec::new();

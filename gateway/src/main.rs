@@ -287,6 +287,7 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
                 shutdown_rx.clone(),
             ));
         }
+        spawn_coap_stream_listeners(coap, &broker, &shutdown_rx, &mut tasks).await?;
     }
 
     let lwm2m = &config.gateway.lwm2m;
@@ -404,6 +405,86 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
 }
 
 /// The listeners that start, by kind then name, and the TLS configurations among them.
+/// CoAP over TCP and WebSocket (RFC 8323): `gateway.coap.listeners.{tcp,ws}.*`.
+async fn spawn_coap_stream_listeners(
+    coap: &gateway_config::CoapConfig,
+    broker: &Arc<Broker>,
+    shutdown_rx: &tokio::sync::watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<()> {
+    let tcp = coap
+        .listeners
+        .tcp
+        .iter()
+        .filter(|(_, l)| l.enable)
+        .map(|(name, l)| {
+            let common = (l.bind_addr(), l.max_connections, l.max_conn_rate);
+            let size = l.max_message_size as usize;
+            (
+                "tcp",
+                name,
+                common,
+                size,
+                &l.mountpoint,
+                adapter_coap::Layers::Tcp,
+            )
+        });
+    let ws = coap
+        .listeners
+        .ws
+        .iter()
+        .filter(|(_, l)| l.enable)
+        .map(|(name, l)| {
+            let common = (l.bind_addr(), l.max_connections, l.max_conn_rate);
+            let size = l.max_message_size as usize;
+            let layers = adapter_coap::Layers::Ws(Arc::new(l.websocket()));
+            ("ws", name, common, size, &l.mountpoint, layers)
+        });
+    for (
+        kind,
+        name,
+        (bind, max_connections, max_conn_rate),
+        max_message_size,
+        mountpoint,
+        layers,
+    ) in tcp.chain(ws)
+    {
+        let key = format!("gateway.coap.listeners.{kind}.{name}");
+        let bind = bind.with_context(|| format!("{key}.bind"))?;
+        let listener_name: Arc<str> = Arc::from(format!("{kind}:{name}"));
+        let settings = adapter_coap::StreamListenerSettings {
+            name: listener_name.clone(),
+            bind,
+            max_connections: max_connections as usize,
+            max_conn_rate,
+            layers,
+        };
+        let mountpoint = if mountpoint.is_empty() {
+            &coap.mountpoint
+        } else {
+            mountpoint
+        };
+        let channel_settings = Arc::new(adapter_coap::Settings::for_listener(
+            listener_name.clone(),
+            coap,
+            mountpoint,
+            max_message_size,
+        ));
+        let socket = adapter_coap::bind_stream(&settings)
+            .await
+            .with_context(|| format!("{key}: cannot listen on {bind}"))?;
+        tracing::info!(listener = %listener_name, %bind, "CoAP listener started");
+        tasks.spawn(adapter_coap::serve_stream(
+            socket,
+            settings,
+            channel_settings,
+            broker.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    Ok(())
+}
+
 /// The bound socket of the UDP listener `gateway.{gateway}.listeners.udp.{name}`, with the
 /// name logs and auth rules give it (`udp:{name}`) and its address.
 async fn bind_gateway_udp(

@@ -58,6 +58,10 @@ pub struct Broker {
     pub mqttsn_port: u16,
     /// The CoAP listener (UDP).
     pub coap_port: u16,
+    /// CoAP over TCP (RFC 8323); check it with [`Broker::wait_listening`] first.
+    pub coap_tcp_port: u16,
+    /// CoAP over WebSocket (`/.well-known/coap`), when a test enables it.
+    pub coap_ws_port: u16,
     /// The LwM2M listener (UDP).
     pub lwm2m_port: u16,
     /// MQTT over WebSocket (`/mqtt`); check it with [`Broker::wait_listening`] first.
@@ -236,6 +240,18 @@ impl Broker {
                 .unwrap_or_else(|_| panic!("GATEWAY_TEST_COAP_PORT={text} is not a port")),
             Err(_) => 5683,
         };
+        let coap_tcp_port = match std::env::var("GATEWAY_TEST_COAP_TCP_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_COAP_TCP_PORT={text} is not a port")),
+            Err(_) => 5683,
+        };
+        let coap_ws_port = match std::env::var("GATEWAY_TEST_COAP_WS_PORT") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("GATEWAY_TEST_COAP_WS_PORT={text} is not a port")),
+            Err(_) => 8683,
+        };
         let lwm2m_port = match std::env::var("GATEWAY_TEST_LWM2M_PORT") {
             Ok(text) => text
                 .parse()
@@ -259,6 +275,8 @@ impl Broker {
             port,
             mqttsn_port,
             coap_port,
+            coap_tcp_port,
+            coap_ws_port,
             lwm2m_port,
             ws_port,
             stomp_port,
@@ -296,6 +314,16 @@ impl Broker {
         cmd.env(
             "GATEWAY_GATEWAY__COAP__LISTENERS__UDP__DEFAULT__BIND",
             format!("127.0.0.1:{coap_port}"),
+        );
+        let coap_tcp_port = free_port();
+        cmd.env(
+            "GATEWAY_GATEWAY__COAP__LISTENERS__TCP__DEFAULT__BIND",
+            format!("127.0.0.1:{coap_tcp_port}"),
+        );
+        let coap_ws_port = free_port();
+        cmd.env(
+            "GATEWAY_GATEWAY__COAP__LISTENERS__WS__DEFAULT__BIND",
+            format!("127.0.0.1:{coap_ws_port}"),
         );
         let lwm2m_port = free_udp_port();
         cmd.env(
@@ -342,6 +370,8 @@ impl Broker {
             port,
             mqttsn_port,
             coap_port,
+            coap_tcp_port,
+            coap_ws_port,
             lwm2m_port,
             ws_port,
             stomp_port,

@@ -42,12 +42,25 @@ pub struct AiocoapClient {
 
 impl AiocoapClient {
     pub fn spawn(broker: &Broker) -> AiocoapClient {
+        AiocoapClient::spawn_to(format!("coap://{}:{}", broker.host, broker.coap_port))
+    }
+
+    /// A client whose requests go to `base` (`coap://host:port`, `coap+tcp://host:port`,
+    /// `coap+ws://host:port`) rather than to the broker's UDP port.
+    pub fn spawn_to(base: String) -> AiocoapClient {
         let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut cmd = Command::new(python);
         cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/coap_client.py"));
+        // The transport the URI names, explicitly: a missing one (websockets not installed)
+        // fails the test instead of going unnoticed.
+        if base.starts_with("coap+tcp:") {
+            cmd.env("AIOCOAP_CLIENT_TRANSPORT", "tcpclient");
+        } else if base.starts_with("coap+ws:") {
+            cmd.env("AIOCOAP_CLIENT_TRANSPORT", "ws");
+        }
         let mut client = AiocoapClient {
             proc: Proc::spawn("aiocoap client", cmd),
-            base: format!("coap://{}:{}", broker.host, broker.coap_port),
+            base,
         };
         client.expect("started");
         client

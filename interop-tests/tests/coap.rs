@@ -503,3 +503,258 @@ fn a_10_kb_notification_is_read_in_block2_blocks_by_aiocoap_and_coap_client() {
         stdout.len()
     );
 }
+
+/// A NAT in front of the gateway: datagrams from the client leave from an outside port of
+/// its own, and `rebind` moves that mapping to a new outside port and forgets the old one,
+/// as a NAT does when its mapping expires.
+struct Nat {
+    inside_port: u16,
+    rebind: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Nat {
+    fn start(target: String) -> Nat {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let inside = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inside_port = inside.local_addr().unwrap().port();
+        let rebind = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (rebind_flag, stop_flag) = (rebind.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let poll = Some(Duration::from_millis(5));
+            inside.set_read_timeout(poll).unwrap();
+            let outside_socket = || {
+                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+                socket.set_read_timeout(poll).unwrap();
+                socket
+            };
+            let mut outside = outside_socket();
+            let mut client = None;
+            let mut buf = [0u8; 65536];
+            while !stop_flag.load(Ordering::Relaxed) {
+                if rebind_flag.load(Ordering::SeqCst) {
+                    outside = outside_socket();
+                    rebind_flag.store(false, Ordering::SeqCst);
+                }
+                if let Ok((n, from)) = inside.recv_from(&mut buf) {
+                    client = Some(from);
+                    let _ = outside.send_to(&buf[..n], &target);
+                }
+                if let (Ok((n, _)), Some(client)) = (outside.recv_from(&mut buf), client) {
+                    let _ = inside.send_to(&buf[..n], client);
+                }
+            }
+        });
+        Nat {
+            inside_port,
+            rebind,
+            stop,
+        }
+    }
+
+    /// Returns once the NAT uses its new outside port.
+    fn rebind(&self) {
+        use std::sync::atomic::Ordering;
+        self.rebind.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while self.rebind.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the NAT did not rebind"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Nat {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_client_behind_a_rebinding_nat_keeps_its_session_and_observations() {
+    let Some(broker) = gateway("a CoAP listener", &[]) else {
+        return;
+    };
+    let topic = unique_topic("coap-nat");
+    let id = unique_client_id("nat");
+    let nat = Nat::start(format!("{}:{}", broker.host, broker.coap_port));
+    let mut client = AiocoapClient::spawn_to(format!("coap://127.0.0.1:{}", nat.inside_port));
+    assert_eq!(
+        client.observe(&format!("/ps/{topic}/%23?clientid={id}")),
+        "2.05"
+    );
+    mosquitto_pub(
+        &broker,
+        Version::V311,
+        &format!("{topic}/a"),
+        b"before",
+        0,
+        false,
+        &[],
+    );
+    let before = client.notification();
+    assert_eq!(before.payload, b"before");
+
+    // The NAT gives the client a new outside port; its next request, connectionless,
+    // names its client id and continues its session from there.
+    nat.rebind();
+    let mut sub = MosquittoSub::start(&broker, Version::V5, &[&format!("{topic}/up")], 1, &[]);
+    let answer = client.request(
+        "POST",
+        &format!("/ps/{topic}/up?clientid={id}"),
+        b"moved",
+        false,
+    );
+    assert_eq!(answer.code, "2.04");
+    assert_eq!(sub.recv(TIMEOUT).payload, b"moved");
+    // Its own publish matched its own wildcard observation: a notification, at the new port.
+    assert_eq!(client.notification().payload, b"moved");
+
+    // The observation made from the old port notifies the new one, confirmable included.
+    mosquitto_pub(
+        &broker,
+        Version::V5,
+        &format!("{topic}/b"),
+        b"after",
+        1,
+        false,
+        &[],
+    );
+    let after = client.notification();
+    assert_eq!(
+        (after.payload.as_slice(), after.mtype.as_str()),
+        (&b"after"[..], "CON")
+    );
+    assert!(after.observe > before.observe);
+    assert!(
+        broker.log_tail().contains("peer moved to a new address"),
+        "log:\n{}",
+        broker.log_tail()
+    );
+}
+
+/// A CoAP request built by hand: `path` segments as Uri-Path, then `query` as Uri-Query.
+fn raw_request(
+    kind: u8,
+    code: u8,
+    message_id: u16,
+    token: &[u8],
+    path: &str,
+    query: &[&str],
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = vec![0x40 | (kind << 4) | token.len() as u8, code];
+    out.extend_from_slice(&message_id.to_be_bytes());
+    out.extend_from_slice(token);
+    let mut previous = 0u16;
+    let options = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| (11u16, s))
+        .chain(query.iter().map(|q| (15u16, *q)));
+    for (number, value) in options {
+        let delta = number - previous;
+        previous = number;
+        assert!(delta < 13 && value.len() < 269);
+        if value.len() < 13 {
+            out.push(((delta as u8) << 4) | value.len() as u8);
+        } else {
+            out.push(((delta as u8) << 4) | 13);
+            out.push((value.len() - 13) as u8);
+        }
+        out.extend_from_slice(value.as_bytes());
+    }
+    if !payload.is_empty() {
+        out.push(0xFF);
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+#[test]
+fn separate_responses_are_acknowledged_and_understood_by_coap_client_and_aiocoap() {
+    let Some(broker) = gateway(
+        "separate_response = true",
+        &[Setting::new(
+            "GATEWAY_GATEWAY__COAP__SEPARATE_RESPONSE",
+            "true",
+        )],
+    ) else {
+        return;
+    };
+    let topic = unique_topic("coap-sep");
+    let id = unique_client_id("sep");
+    let mut sub = MosquittoSub::start(&broker, Version::V5, &[&format!("{topic}/#")], 1, &[]);
+
+    // On the wire: an empty ACK for the request, then the 2.04 as a confirmable message
+    // with the request's token, sent again until we acknowledge it.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let target = format!("{}:{}", broker.host, broker.coap_port);
+    let query = format!("clientid={id}");
+    let post = raw_request(
+        0,
+        0x02,
+        0x7001,
+        b"\x5e",
+        &format!("ps/{topic}/raw"),
+        &[&query],
+        b"raw",
+    );
+    socket.send_to(&post, &target).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &[0x60, 0x00, 0x70, 0x01], "an empty ACK first");
+    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        &buf[..2],
+        &[0x41, 0x44],
+        "a confirmable 2.04: {:?}",
+        &buf[..n]
+    );
+    assert_eq!(buf[4], 0x5e, "with the request's token");
+    let (first_high, first_low) = (buf[2], buf[3]);
+    assert_eq!(sub.recv(TIMEOUT).payload, b"raw");
+    // Not acknowledged: it comes again with the same message id.
+    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        (&buf[..2], buf[2], buf[3]),
+        (&[0x41u8, 0x44][..], first_high, first_low),
+        "the retransmission: {:?}",
+        &buf[..n]
+    );
+    socket
+        .send_to(&[0x60, 0x00, first_high, first_low], &target)
+        .unwrap();
+    // A duplicate of the request gets the empty ACK again and is not published twice.
+    socket.send_to(&post, &target).unwrap();
+    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &[0x60, 0x00, 0x70, 0x01]);
+
+    // Reference clients take separate responses as answers.
+    let (ok, _, stderr) = coap_client(
+        &broker,
+        &["-m", "post", "-e", "libcoap"],
+        &format!("/ps/{topic}/libcoap?clientid={id}-l"),
+    );
+    assert!(ok, "{COAP_CLIENT}: {stderr}");
+    assert_eq!(sub.recv(TIMEOUT).payload, b"libcoap");
+    let mut client = AiocoapClient::spawn(&broker);
+    let answer = client.request(
+        "POST",
+        &format!("/ps/{topic}/aiocoap?clientid={id}-a"),
+        b"aiocoap",
+        false,
+    );
+    assert_eq!(answer.code, "2.04");
+    assert_eq!(sub.recv(TIMEOUT).payload, b"aiocoap");
+    assert_eq!(
+        client.observe(&format!("/ps/{topic}/aiocoap?clientid={id}-a")),
+        "2.05"
+    );
+}

@@ -102,6 +102,7 @@ fn an_unreadable_store_stops_start_up_by_name_unless_moved_aside() {
             "LISTENERS__WS__DEFAULT",
             "GATEWAY__MQTTSN__LISTENERS__UDP__DEFAULT",
             "GATEWAY__COAP__LISTENERS__UDP__DEFAULT",
+            "GATEWAY__COAP__LISTENERS__TCP__DEFAULT",
             "GATEWAY__LWM2M__LISTENERS__UDP__DEFAULT",
             "GATEWAY__STOMP__LISTENERS__TCP__DEFAULT",
         ] {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_kit::coap::{
-    CoapOption, Exchange, Inbound, MessageClass, MessageType, Packet, Request, RequestType,
-    ResponseType, TransmissionParams,
+    CoapOption, EncodeError, Exchange, Inbound, MessageClass, MessageType, Packet, Request,
+    RequestType, ResponseType, TransmissionParams,
 };
 use adapter_kit::coap_block::{
     szx_of, BlockOption, BlockwiseParams, Representation, Upload, Uploads, BLOCK2, MAX_SZX,
@@ -23,6 +23,9 @@ use mqtt_core::message::{Delivery, Message as RoutedMessage};
 use mqtt_core::mountpoint::Mountpoint;
 use mqtt_core::protocol::Flow;
 use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+
+use crate::framing::{Frame, Framing};
+use crate::reliable::{self, ReliableLink};
 
 /// The namespace of CoAP sessions: a CoAP "dev1" is not the MQTT "dev1".
 pub const COAP_NAMESPACE: &str = "coap";
@@ -56,6 +59,9 @@ pub struct Settings {
     pub transmission: TransmissionParams,
     /// `None` when block-wise transfers are off.
     pub blockwise: Option<BlockwiseParams>,
+    /// Confirmable requests get an empty acknowledgement at once and their response as a
+    /// confirmable message of its own (RFC 7252 5.2.2), instead of piggybacked.
+    pub separate_response: bool,
 }
 
 impl Settings {
@@ -64,6 +70,22 @@ impl Settings {
         config: &gateway_config::CoapConfig,
         listener_config: &gateway_config::UdpListenerConfig,
     ) -> Settings {
+        Settings::for_listener(
+            listener,
+            config,
+            listener_config.mountpoint_or(&config.mountpoint),
+            listener_config.max_packet_size as usize,
+        )
+    }
+
+    /// The settings of any listener: `mountpoint` is the listener's (or the gateway's),
+    /// `max_message_size` the largest message it accepts.
+    pub fn for_listener(
+        listener: Arc<str>,
+        config: &gateway_config::CoapConfig,
+        mountpoint: &str,
+        max_message_size: usize,
+    ) -> Settings {
         Settings {
             listener,
             heartbeat: config.heartbeat.get(),
@@ -71,14 +93,14 @@ impl Settings {
             notify_type: config.notify_type,
             subscribe_qos: config.subscribe_qos,
             publish_qos: config.publish_qos,
-            mountpoint: listener_config.mountpoint_or(&config.mountpoint).to_owned(),
+            mountpoint: mountpoint.to_owned(),
             transmission: TransmissionParams {
                 ack_timeout: config.ack_timeout.get(),
                 ack_random_factor: config.ack_random_factor,
                 max_retransmit: config.max_retransmit,
                 exchange_lifetime: config.exchange_lifetime.get(),
                 non_lifetime: config.non_lifetime.get(),
-                max_message_size: listener_config.max_packet_size as usize,
+                max_message_size,
                 ..TransmissionParams::rfc7252(if config.blockwise.enable {
                     UNDERSTOOD_CRITICAL_BLOCKWISE
                 } else {
@@ -91,6 +113,7 @@ impl Settings {
                 lifetime: config.blockwise.exchange_lifetime.get(),
                 max_transfers: config.blockwise.max_transfers as usize,
             }),
+            separate_response: config.separate_response,
         }
     }
 }
@@ -104,6 +127,8 @@ enum Sent {
     },
     /// An empty confirmable message probing a silent observer (RFC 7641 4.5).
     Ping,
+    /// A separate response to a confirmable request (RFC 7252 5.2.2).
+    Response,
 }
 
 /// One observe relation: a subscription of the session, notified with the request's token.
@@ -192,6 +217,20 @@ impl Query {
     }
 }
 
+/// The client id a request's query names (`clientid` or `c`), read from an undecoded
+/// datagram: how the listener finds the peer of a client that comes from a new address.
+pub fn requested_client_id(datagram: &[u8]) -> Option<String> {
+    let [first, code, ..] = *datagram else {
+        return None;
+    };
+    // Requests only (class 0, not Empty), of CoAP version 1.
+    if first >> 6 != 1 || code == 0 || code >> 5 != 0 {
+        return None;
+    }
+    let packet = Packet::from_bytes(datagram).ok()?;
+    Query::parse(&packet).client_id.filter(|id| !id.is_empty())
+}
+
 /// The resource a request names.
 enum Resource {
     /// `/ps/{topic...}`: the segments after `ps` joined by `/`.
@@ -221,12 +260,115 @@ fn resource(packet: &Packet) -> Result<Resource, Refusal> {
     }
 }
 
+/// The message layer under the resources: RFC 7252's over UDP (types, acknowledgements,
+/// deduplication, retransmission), RFC 8323's over TCP and WebSocket (signalling only).
+enum Link {
+    Datagram(Exchange<Sent>),
+    Stream(ReliableLink),
+}
+
+impl Link {
+    fn random(&mut self) -> u64 {
+        match self {
+            Link::Datagram(exchange) => exchange.random(),
+            Link::Stream(link) => link.random(),
+        }
+    }
+
+    /// Our messages waiting for an acknowledgement; none on a reliable transport.
+    fn in_flight(&self) -> usize {
+        match self {
+            Link::Datagram(exchange) => exchange.in_flight(),
+            Link::Stream(_) => 0,
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            Link::Datagram(exchange) => exchange.next_deadline(),
+            Link::Stream(link) => link.next_deadline(),
+        }
+    }
+
+    fn cancel_all(&mut self) {
+        if let Link::Datagram(exchange) = self {
+            exchange.cancel_all();
+        }
+    }
+
+    fn respond(
+        &mut self,
+        request: &Packet,
+        response: Packet,
+        separate: bool,
+        now: Instant,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), EncodeError> {
+        match self {
+            Link::Datagram(exchange) if separate => {
+                exchange.respond_separately(request, response, Sent::Response, now, out)
+            }
+            Link::Datagram(exchange) => exchange.respond(request, response, now, out),
+            Link::Stream(link) => link.respond(request, response, out),
+        }
+    }
+
+    /// Sends a notification; true when it waits for an acknowledgement.
+    fn notify(
+        &mut self,
+        packet: Packet,
+        confirmable: bool,
+        tag: Sent,
+        now: Instant,
+        out: &mut Vec<Bytes>,
+    ) -> Result<bool, EncodeError> {
+        match self {
+            Link::Datagram(exchange) if confirmable => exchange
+                .send_confirmable(packet, tag, now, out)
+                .map(|_| true),
+            Link::Datagram(exchange) => exchange
+                .send_non_confirmable(packet, tag, out)
+                .map(|_| false),
+            Link::Stream(link) => link.send(&packet, out).map(|()| false),
+        }
+    }
+
+    /// Asks a silent client whether it is there: an empty confirmable message over UDP
+    /// (answered with Reset), a Ping over a stream (answered with Pong).
+    fn ping(&mut self, now: Instant, out: &mut Vec<Bytes>) -> bool {
+        match self {
+            Link::Datagram(exchange) => exchange.ping(Sent::Ping, now, out).is_some(),
+            Link::Stream(link) => link.ping(now, out),
+        }
+    }
+
+    /// Retransmits what is due; returns what was given up.
+    fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Vec<Sent> {
+        match self {
+            Link::Datagram(exchange) => exchange.handle_timeout(now, out),
+            Link::Stream(link) if link.pong_overdue(now) => vec![Sent::Ping],
+            Link::Stream(_) => Vec::new(),
+        }
+    }
+
+    /// Whether a payload of `len` bytes goes out in Block2 blocks of `szx`: over UDP when
+    /// it is larger than a block, over a stream when it does not fit the peer's
+    /// Max-Message-Size whole.
+    fn needs_blocks(&self, len: usize, szx: u8) -> bool {
+        match self {
+            Link::Datagram(_) => Representation::needs_blocks(len, szx),
+            // Room for the header, token and options of a notification.
+            Link::Stream(link) => len.saturating_add(64) > link.peer_max_message_size(),
+        }
+    }
+}
+
 pub struct CoapChannel {
     broker: Arc<Broker>,
     settings: Arc<Settings>,
     peer: Option<SocketAddr>,
     control: Arc<ConnControl>,
-    exchange: Exchange<Sent>,
+    link: Link,
     last_received: Instant,
     client: Option<ClientInfo>,
     session: Option<Arc<SessionCell>>,
@@ -244,7 +386,12 @@ pub struct CoapChannel {
     /// (so that the representation it is reading stays the same), until the last block is
     /// served or the client stops asking by this time.
     block_transfer_until: Option<Instant>,
+    /// On a stream, notifications stopped at the output high-water mark with more queued.
+    output_full: bool,
 }
+
+/// Notification bytes one call writes to a stream before it waits for the driver to drain.
+const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 
 impl CoapChannel {
     pub fn new(
@@ -255,13 +402,52 @@ impl CoapChannel {
         seed: u64,
         now: Instant,
     ) -> CoapChannel {
-        let control = ConnControl::new(broker.next_connection_id(), wakeup);
         let exchange = Exchange::new(settings.transmission.clone(), seed);
+        CoapChannel::with_link(
+            broker,
+            settings,
+            peer,
+            wakeup,
+            Link::Datagram(exchange),
+            now,
+        )
+    }
+
+    /// A channel for one TCP or WebSocket connection (RFC 8323); [`CoapChannel::start`]
+    /// sends its CSM, which announces the settings' `max_message_size` as ours.
+    pub fn new_stream(
+        broker: Arc<Broker>,
+        settings: Arc<Settings>,
+        peer: Option<SocketAddr>,
+        wakeup: Arc<dyn Wakeup>,
+        framing: Framing,
+        seed: u64,
+        now: Instant,
+    ) -> CoapChannel {
+        let link = ReliableLink::new(
+            framing,
+            settings.transmission.max_message_size,
+            pong_timeout(&settings.transmission),
+            settings.transmission.understood_critical,
+            seed,
+        );
+        CoapChannel::with_link(broker, settings, peer, wakeup, Link::Stream(link), now)
+    }
+
+    fn with_link(
+        broker: Arc<Broker>,
+        settings: Arc<Settings>,
+        peer: Option<SocketAddr>,
+        wakeup: Arc<dyn Wakeup>,
+        link: Link,
+        now: Instant,
+    ) -> CoapChannel {
+        let control = ConnControl::new(broker.next_connection_id(), wakeup);
         CoapChannel {
             broker,
             peer,
             control,
-            exchange,
+            link,
             last_received: now,
             client: None,
             session: None,
@@ -272,12 +458,27 @@ impl CoapChannel {
             ping_in_flight: false,
             uploads: settings.blockwise.clone().map(Uploads::new),
             block_transfer_until: None,
+            output_full: false,
             settings,
         }
     }
 
+    /// True when notifications stopped at the output high-water mark with more waiting.
+    pub fn wants_drain(&self) -> bool {
+        self.output_full
+    }
+
     pub fn client_id(&self) -> Option<&str> {
         self.client.as_ref().map(|client| &*client.client_id)
+    }
+
+    /// In connectionless mode, the client id under which a request from another address
+    /// reaches this peer: the client id is what names a CoAP client, not its address.
+    pub fn rebindable_identity(&self) -> Option<Arc<str>> {
+        if self.settings.connection_required {
+            return None;
+        }
+        self.client.as_ref().map(|client| client.client_id.clone())
     }
 
     pub fn observation_count(&self) -> usize {
@@ -287,7 +488,10 @@ impl CoapChannel {
     pub fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
         // Any datagram, an acknowledgement included, shows the client is there.
         self.last_received = now;
-        let flow = match self.exchange.receive(&datagram, now, out) {
+        let Link::Datagram(exchange) = &mut self.link else {
+            return Flow::Continue;
+        };
+        let flow = match exchange.receive(&datagram, now, out) {
             Inbound::Request(request) => self.handle_request(request, out, now),
             Inbound::Acknowledged { tag, .. } => {
                 self.settled(tag, false);
@@ -309,12 +513,64 @@ impl CoapChannel {
             .uploads
             .as_ref()
             .is_some_and(|uploads| !uploads.is_empty());
-        if self.session.is_none() && self.exchange.in_flight() == 0 && !uploading {
+        if self.session.is_none() && self.link.in_flight() == 0 && !uploading {
             // Nothing to keep for a peer that holds no session: a repeated request is
             // answered the same way by a fresh channel.
             return Flow::Close;
         }
         Flow::Continue
+    }
+
+    /// Sends what opens a connection: our CSM (RFC 8323 5.3). Nothing over UDP.
+    pub fn start(&mut self, out: &mut Vec<Bytes>) {
+        if let Link::Stream(link) = &mut self.link {
+            link.start(out);
+        }
+    }
+
+    /// One message from a TCP or WebSocket connection.
+    pub fn handle_frame(&mut self, frame: Frame, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        self.last_received = now;
+        let Link::Stream(link) = &mut self.link else {
+            return Flow::Continue;
+        };
+        let flow = match link.receive(frame, out) {
+            reliable::Inbound::Request(request) => self.handle_request(request, out, now),
+            reliable::Inbound::Pong => {
+                self.settled(Sent::Ping, false);
+                Flow::Continue
+            }
+            reliable::Inbound::Close => Flow::Close,
+            reliable::Inbound::Handled => Flow::Continue,
+        };
+        if flow == Flow::Continue {
+            self.fill(out, now);
+        }
+        flow
+    }
+
+    /// Aborts a TCP or WebSocket connection whose input cannot be read as messages, with
+    /// `diagnostic` as the Abort's payload (RFC 8323 5.6).
+    pub fn abort(&mut self, diagnostic: &str, out: &mut Vec<Bytes>) -> Flow {
+        if let Link::Stream(link) = &mut self.link {
+            link.abort(diagnostic, None, out);
+        }
+        Flow::Close
+    }
+
+    /// Our Max-Message-Size on a stream, which its decoder enforces.
+    pub fn max_message_size(&self) -> Option<usize> {
+        match &self.link {
+            Link::Stream(link) => Some(link.max_message_size()),
+            Link::Datagram(_) => None,
+        }
+    }
+
+    pub fn framing(&self) -> Option<Framing> {
+        match &self.link {
+            Link::Stream(link) => Some(link.framing()),
+            Link::Datagram(_) => None,
+        }
     }
 
     pub fn handle_wakeup(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
@@ -330,7 +586,7 @@ impl CoapChannel {
     }
 
     pub fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
-        for tag in self.exchange.handle_timeout(now, out) {
+        for tag in self.link.handle_timeout(now, out) {
             match tag {
                 Sent::Ping => {
                     tracing::info!("observer did not answer a ping; forgotten");
@@ -340,27 +596,32 @@ impl CoapChannel {
                     tracing::info!("notification not acknowledged after retransmissions");
                     self.settled(tag, true);
                 }
+                Sent::Response => {
+                    tracing::info!("separate response not acknowledged after retransmissions");
+                }
             }
         }
         // A confirmable message in flight already asks the client whether it is there.
-        let probing = self.ping_in_flight || self.exchange.in_flight() > 0;
+        let probing = self.ping_in_flight || self.link.in_flight() > 0;
         if !probing && now >= self.last_received + self.settings.heartbeat {
-            if self.observations.is_empty() {
+            // A UDP client without observations has nothing to keep; a connection is
+            // kept while it answers.
+            if self.observations.is_empty() && matches!(self.link, Link::Datagram(_)) {
                 tracing::debug!("client silent for the heartbeat interval; forgotten");
                 return Flow::Close;
             }
-            self.ping_in_flight = self.exchange.ping(Sent::Ping, now, out).is_some();
+            self.ping_in_flight = self.link.ping(now, out);
         }
         self.fill(out, now);
         Flow::Continue
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        let probing = self.ping_in_flight || self.exchange.in_flight() > 0;
+        let probing = self.ping_in_flight || self.link.in_flight() > 0;
         let heartbeat = (!probing).then(|| self.last_received + self.settings.heartbeat);
         [
             heartbeat,
-            self.exchange.next_deadline(),
+            self.link.next_deadline(),
             self.block_transfer_until,
         ]
         .into_iter()
@@ -368,8 +629,12 @@ impl CoapChannel {
         .min()
     }
 
-    /// UDP has nothing to say at shutdown: the session is handed back.
-    pub fn shutdown(&mut self, _out: &mut Vec<Bytes>) -> Flow {
+    /// UDP has nothing to say at shutdown: the session is handed back. A connection is
+    /// released (RFC 8323 5.5), so the client knows to reconnect rather than to abort.
+    pub fn shutdown(&mut self, out: &mut Vec<Bytes>) -> Flow {
+        if let Link::Stream(link) = &mut self.link {
+            link.release(out);
+        }
         Flow::Close
     }
 
@@ -379,7 +644,7 @@ impl CoapChannel {
     }
 
     fn release_session(&mut self, now: Instant) {
-        self.exchange.cancel_all();
+        self.link.cancel_all();
         self.observations.clear();
         self.notification_in_flight = false;
         self.ping_in_flight = false;
@@ -400,6 +665,7 @@ impl CoapChannel {
     fn settled(&mut self, tag: Sent, failed: bool) {
         match tag {
             Sent::Ping => self.ping_in_flight = false,
+            Sent::Response => {}
             Sent::Notification {
                 subscription_id,
                 confirmable,
@@ -438,9 +704,7 @@ impl CoapChannel {
                 Upload::Whole(request) => (request, None),
                 Upload::Complete { request, echo } => (request, Some(echo)),
                 Upload::Answer { request, response } => {
-                    if let Err(error) = self.exchange.respond(&request.packet, response, now, out) {
-                        tracing::warn!(%error, "response not sent");
-                    }
+                    self.answer(&request.packet, response, false, now, out);
                     return Flow::Continue;
                 }
             },
@@ -462,13 +726,28 @@ impl CoapChannel {
             // RFC 7959 2.3: the response to the last block names it.
             response.add_option(CoapOption::Block1, echo.encode());
         }
-        if let Err(error) = self.exchange.respond(&request.packet, response, now, out) {
-            tracing::warn!(%error, "response not sent");
-        }
+        self.answer(&request.packet, response, close, now, out);
         if close {
             Flow::Close
         } else {
             Flow::Continue
+        }
+    }
+
+    /// Sends `response` to `request`, piggybacked or, when configured, separately. A
+    /// request that ends the client (`closing`) is answered piggybacked: nothing would be
+    /// left to retransmit a separate response.
+    fn answer(
+        &mut self,
+        request: &Packet,
+        response: Packet,
+        closing: bool,
+        now: Instant,
+        out: &mut Vec<Bytes>,
+    ) {
+        let separate = self.settings.separate_response && !closing;
+        if let Err(error) = self.link.respond(request, response, separate, now, out) {
+            tracing::warn!(%error, "response not sent");
         }
     }
 
@@ -559,7 +838,7 @@ impl CoapChannel {
         let client_id = match (&query.client_id, self.client_id()) {
             (Some(id), _) => id.clone(),
             (None, Some(bound)) => bound.to_owned(),
-            (None, None) => format!("coap-{:016x}", self.exchange.random()),
+            (None, None) => format!("coap-{:016x}", self.link.random()),
         };
         let client = self.authenticate(&client_id, query)?;
         if self.client_id() != Some(client_id.as_str()) {
@@ -642,7 +921,7 @@ impl CoapChannel {
                 let client = self.authenticate(&client_id, query)?;
                 self.release_session(now);
                 self.open_session(client, true, now);
-                let token = (self.exchange.random() as u32).to_string();
+                let token = (self.link.random() as u32).to_string();
                 self.set_token(token.clone());
                 tracing::info!("connection opened");
                 Ok(response(ResponseType::Created, token.into_bytes()))
@@ -927,7 +1206,16 @@ impl CoapChannel {
             tracing::debug!("client stopped reading a notification in blocks");
             self.block_transfer_until = None;
         }
+        self.output_full = false;
         while !self.notification_in_flight && self.block_transfer_until.is_none() {
+            // On a stream nothing waits for an acknowledgement: stop at the high-water
+            // mark instead, so a slow reader's backlog stays in its session queue.
+            if matches!(self.link, Link::Stream(_))
+                && out.iter().map(Bytes::len).sum::<usize>() >= OUTPUT_HIGH_WATER
+            {
+                self.output_full = true;
+                break;
+            }
             let Some(delivery) = session.state.lock().pop_queued(now) else {
                 break;
             };
@@ -966,10 +1254,10 @@ impl CoapChannel {
             }
             let payload = &delivery.message.payload;
             match &self.settings.blockwise {
-                Some(blockwise) if Representation::needs_blocks(payload.len(), observation.szx) => {
+                Some(blockwise) if self.link.needs_blocks(payload.len(), observation.szx) => {
                     // RFC 7959 3.4: the first block goes out as the notification, the
                     // client GETs the others.
-                    let etag = (self.exchange.random() as u32).to_be_bytes().to_vec();
+                    let etag = (self.link.random() as u32).to_be_bytes().to_vec();
                     let representation = Representation::new(payload.clone(), etag);
                     let first = BlockOption {
                         num: 0,
@@ -989,15 +1277,10 @@ impl CoapChannel {
                 subscription_id,
                 confirmable,
             };
-            let sent = if confirmable {
-                self.exchange.send_confirmable(packet, tag, now, out)
-            } else {
-                self.exchange.send_non_confirmable(packet, tag, out)
-            };
-            match sent {
-                Ok(_) => {
+            match self.link.notify(packet, confirmable, tag, now, out) {
+                Ok(awaits_ack) => {
                     Stats::add(&self.broker.stats.messages_sent, 1);
-                    if confirmable {
+                    if awaits_ack {
                         self.notification_in_flight = true;
                     }
                 }
@@ -1009,6 +1292,17 @@ impl CoapChannel {
             }
         }
     }
+}
+
+/// How long a Ping over a stream waits for its Pong: MAX_TRANSMIT_WAIT (RFC 7252 4.8.2),
+/// as long as a confirmable message over UDP may wait for its acknowledgement.
+fn pong_timeout(params: &TransmissionParams) -> Duration {
+    let attempts = 2u32
+        .saturating_pow(params.max_retransmit.saturating_add(1).min(31))
+        .saturating_sub(1);
+    params
+        .ack_timeout
+        .mul_f64(f64::from(attempts) * params.ack_random_factor.max(1.0))
 }
 
 fn response(code: ResponseType, payload: Vec<u8>) -> Packet {

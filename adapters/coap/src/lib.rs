@@ -1,8 +1,12 @@
-//! CoAP over UDP (RFC 7252 with Observe, RFC 7641, and block-wise transfers, RFC 7959): the pub/sub resources `/ps/{topic}` and
-//! the connection resource `/mqtt/connection`, EMQX's URIs and queries, on the kit's CoAP
-//! message layer and datagram driver.
+//! CoAP (RFC 7252 with Observe, RFC 7641, and block-wise transfers, RFC 7959): the pub/sub
+//! resources `/ps/{topic}` and the connection resource `/mqtt/connection`, EMQX's URIs and
+//! queries, over UDP on the kit's CoAP message layer and datagram driver, and over TCP and
+//! WebSocket (RFC 8323) on the kit's byte-stream driver. The resources are one channel
+//! (`channel`) whatever carries them.
 
 pub mod channel;
+pub mod framing;
+pub mod reliable;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -10,14 +14,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use adapter_kit::ws::accept_websocket;
 use adapter_kit::{
-    serve_datagram_listener, DatagramChannel, DatagramMetrics, DatagramSettings, Demux, Flow,
-    UdpListenerSettings,
+    drive_stream, serve_datagram_listener, serve_stream_listener, DatagramChannel, DatagramMetrics,
+    DatagramSettings, Demux, DriveStream, Flow, LayeredTransport, ListenerLimits, PlainStream,
+    StreamChannel, UdpListenerSettings,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use gateway_config::{Rate, WebSocketConfig};
 use mqtt_core::broker::Broker;
-use tokio::net::UdpSocket;
+use mqtt_core::session::Wakeup;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
+
+use framing::Framing;
 
 pub use channel::{
     CoapChannel, Settings, COAP_NAMESPACE, UNDERSTOOD_CRITICAL, UNDERSTOOD_CRITICAL_BLOCKWISE,
@@ -43,20 +59,27 @@ impl DatagramChannel for CoapChannel {
         CoapChannel::handle_closed(self, now)
     }
     fn rebindable_identity(&self) -> Option<Arc<str>> {
-        None
+        CoapChannel::rebindable_identity(self)
     }
 }
 
-/// One peer per source address: a client coming back from another address proves itself
-/// with its connection token instead.
-struct CoapDemux;
+/// One peer per source address, except that in connectionless mode a request naming a
+/// client id that a peer at another address holds reaches that peer (NAT rebinding: the
+/// device's session and observations follow it). In connection mode the client proves
+/// itself with its token instead, checked by the channel.
+struct CoapDemux {
+    connectionless: bool,
+}
 
 impl Demux for CoapDemux {
     fn sub_key(&self, _datagram: &Bytes) -> Option<Bytes> {
         None
     }
-    fn identity(&self, _datagram: &Bytes) -> Option<Arc<str>> {
-        None
+    fn identity(&self, datagram: &Bytes) -> Option<Arc<str>> {
+        if !self.connectionless {
+            return None;
+        }
+        channel::requested_client_id(datagram).map(Arc::from)
     }
     fn wrap(&self, _sub_key: &Bytes, datagram: Bytes) -> Bytes {
         datagram
@@ -81,13 +104,16 @@ pub async fn serve_udp(
         max_queued_datagrams: listener.max_queued_datagrams,
         beacon: None,
     };
+    let demux = CoapDemux {
+        connectionless: !settings.connection_required,
+    };
     let channel_broker = broker.clone();
     let seeds = RandomState::new();
     let counter = AtomicU64::new(0);
     serve_datagram_listener(
         socket,
         limits,
-        CoapDemux,
+        demux,
         metrics,
         broker,
         shutdown,
@@ -104,4 +130,195 @@ pub async fn serve_udp(
         },
     )
     .await;
+}
+
+/// A CoAP channel on a byte stream (RFC 8323): the driver's bytes are cut into messages
+/// by the connection's framing, and the channel's messages appended to its output.
+pub struct CoapStream {
+    channel: CoapChannel,
+    framing: Framing,
+    max_message_size: usize,
+    messages: Vec<Bytes>,
+    started: bool,
+}
+
+impl CoapStream {
+    pub fn new(channel: CoapChannel) -> CoapStream {
+        CoapStream {
+            framing: channel.framing().unwrap_or(Framing::Tcp),
+            max_message_size: channel.max_message_size().unwrap_or(usize::MAX),
+            channel,
+            messages: Vec::new(),
+            started: false,
+        }
+    }
+
+    /// Our CSM goes first, whatever wakes the connection first.
+    fn start(&mut self) {
+        if !self.started {
+            self.started = true;
+            self.channel.start(&mut self.messages);
+        }
+    }
+
+    fn flush(&mut self, out: &mut BytesMut) {
+        for message in self.messages.drain(..) {
+            out.extend_from_slice(&message);
+        }
+    }
+}
+
+impl StreamChannel for CoapStream {
+    fn handle_input(&mut self, input: &mut BytesMut, out: &mut BytesMut, now: Instant) -> Flow {
+        self.start();
+        let flow = loop {
+            match framing::decode(self.framing, input, self.max_message_size) {
+                Ok(None) => break Flow::Continue,
+                Ok(Some(frame)) => {
+                    if self.channel.handle_frame(frame, &mut self.messages, now) == Flow::Close {
+                        break Flow::Close;
+                    }
+                }
+                Err(error) => {
+                    tracing::info!(%error, "malformed CoAP message");
+                    break self.channel.abort(&error.to_string(), &mut self.messages);
+                }
+            }
+        };
+        self.flush(out);
+        flow
+    }
+    fn handle_wakeup(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
+        self.start();
+        let flow = self.channel.handle_wakeup(&mut self.messages, now);
+        self.flush(out);
+        flow
+    }
+    fn handle_timeout(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
+        self.start();
+        let flow = self.channel.handle_timeout(&mut self.messages, now);
+        self.flush(out);
+        flow
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        self.channel.next_deadline()
+    }
+    fn wants_drain(&self) -> bool {
+        self.channel.wants_drain()
+    }
+    fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
+        let flow = self.channel.shutdown(&mut self.messages);
+        self.flush(out);
+        flow
+    }
+    fn handle_closed(&mut self, now: Instant) {
+        self.channel.handle_closed(now);
+    }
+}
+
+/// What CoAP travels in on a stream listener.
+#[derive(Clone)]
+pub enum Layers {
+    Tcp,
+    Ws(Arc<WebSocketConfig>),
+}
+
+#[derive(Clone)]
+pub struct StreamListenerSettings {
+    /// `tcp:NAME` or `ws:NAME`.
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    pub max_connections: usize,
+    pub max_conn_rate: Rate,
+    pub layers: Layers,
+}
+
+pub async fn bind_stream(settings: &StreamListenerSettings) -> io::Result<TcpListener> {
+    TcpListener::bind(settings.bind).await
+}
+
+/// Serves CoAP over TCP or WebSocket on a bound listener until `shutdown` turns true.
+pub async fn serve_stream(
+    listener: TcpListener,
+    settings: StreamListenerSettings,
+    channel_settings: Arc<Settings>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = ListenerLimits {
+        name: settings.name.clone(),
+        max_connections: settings.max_connections,
+        max_conn_rate: settings.max_conn_rate,
+    };
+    let seeds = RandomState::new();
+    let counter = AtomicU64::new(0);
+    serve_stream_listener(listener, limits, shutdown, move |socket, peer, wakeup| {
+        let seed = seeds.hash_one((peer, counter.fetch_add(1, Ordering::Relaxed)));
+        let accepted = Instant::now();
+        let framing = match settings.layers {
+            Layers::Tcp => Framing::Tcp,
+            Layers::Ws(_) => Framing::WebSocket,
+        };
+        let channel = CoapStream::new(CoapChannel::new_stream(
+            broker.clone(),
+            channel_settings.clone(),
+            Some(peer),
+            wakeup.clone(),
+            framing,
+            seed,
+            accepted,
+        ));
+        // The first poll sends our CSM without waiting for the client's.
+        wakeup.wake();
+        match &settings.layers {
+            Layers::Tcp => Accepted::Plain {
+                drive: drive_stream(socket, channel, wakeup, broker.clone()),
+            },
+            Layers::Ws(options) => {
+                let options = options.clone();
+                let broker = broker.clone();
+                // The upgrade gets the heartbeat interval, as a silent client would.
+                let deadline =
+                    tokio::time::Instant::from_std(accepted + channel_settings.heartbeat);
+                let setup = async move {
+                    let upgrade = accept_websocket(PlainStream::new(socket), &options);
+                    match tokio::time::timeout_at(deadline, upgrade).await {
+                        Ok(Ok(mut upgraded)) => {
+                            tracing::debug!(subprotocol = ?upgraded.subprotocol, "WebSocket upgraded");
+                            upgraded.stream.preserve_messages();
+                            let transport = LayeredTransport::new(upgraded.stream);
+                            drive_stream(transport, channel, wakeup, broker).await
+                        }
+                        Ok(Err(error)) => tracing::info!(%error, "WebSocket upgrade failed"),
+                        Err(_) => tracing::info!("WebSocket upgrade timed out"),
+                    }
+                };
+                Accepted::Layered {
+                    setup: Box::pin(setup),
+                }
+            }
+        }
+    })
+    .await;
+}
+
+pin_project_lite::pin_project! {
+    /// One connection's future: plain TCP is the driver itself; WebSocket first runs
+    /// its upgrade, boxed so that its size is not every plain connection's.
+    #[project = AcceptedProjection]
+    enum Accepted {
+        Plain { #[pin] drive: DriveStream<TcpStream, CoapStream> },
+        Layered { setup: Pin<Box<dyn Future<Output = ()> + Send>> },
+    }
+}
+
+impl Future for Accepted {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project() {
+            AcceptedProjection::Plain { drive } => drive.poll(cx),
+            AcceptedProjection::Layered { setup } => setup.as_mut().poll(cx),
+        }
+    }
 }

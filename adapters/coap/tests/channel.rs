@@ -59,6 +59,7 @@ fn settings() -> Settings {
             ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL)
         },
         blockwise: None,
+        separate_response: false,
     }
 }
 

@@ -168,14 +168,9 @@ impl<T: Clone> Exchange<T> {
         &self.params
     }
 
-    /// A pseudo-random number from the seed (xorshift64*): jitter, ids, tokens.
+    /// A pseudo-random number from the seed: jitter, ids, tokens.
     pub fn random(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        next_random(&mut self.rng)
     }
 
     /// Confirmable messages of ours still waiting for an acknowledgement.
@@ -339,42 +334,13 @@ impl<T: Clone> Exchange<T> {
             tracing::debug!(message_id = header.message_id, "duplicate request");
             return Inbound::Handled;
         }
-        let method = match packet.header.code {
-            MessageClass::Request(
-                method @ (RequestType::Get
-                | RequestType::Post
-                | RequestType::Put
-                | RequestType::Delete),
-            ) => method,
-            _ => {
-                self.answer(&packet, ResponseType::MethodNotAllowed, now, out);
-                return Inbound::Handled;
+        match check_request(packet, self.params.understood_critical) {
+            Ok(request) => Inbound::Request(request),
+            Err((packet, code)) => {
+                self.answer(&packet, code, now, out);
+                Inbound::Handled
             }
-        };
-        if let Some(number) = self.unacceptable_option(&packet) {
-            tracing::info!(
-                option = number,
-                "request with a critical option not understood"
-            );
-            self.answer(&packet, ResponseType::BadOption, now, out);
-            return Inbound::Handled;
         }
-        Inbound::Request(Request { packet, method })
-    }
-
-    /// An unknown critical option, or a critical one repeated that may not be (RFC 7252
-    /// 5.4.1, 5.4.5).
-    fn unacceptable_option(&self, packet: &Packet) -> Option<u16> {
-        packet.options().find_map(|(&number, values)| {
-            let critical = number & 1 == 1;
-            if !critical {
-                return None;
-            }
-            if !self.params.understood_critical.contains(&number) {
-                return Some(number);
-            }
-            (values.len() > 1 && !repeatable(number)).then_some(number)
-        })
     }
 
     fn answer(&mut self, request: &Packet, code: ResponseType, now: Instant, out: &mut Vec<Bytes>) {
@@ -407,6 +373,29 @@ impl<T: Clone> Exchange<T> {
         self.remember(request.header.message_id, confirmable, remembered, now);
         out.push(encoded?);
         Ok(())
+    }
+
+    /// Answers a confirmable `request` with a separate response (RFC 7252 5.2.2): an empty
+    /// acknowledgement now, which a duplicate of the request gets again, then `response`
+    /// as a confirmable message of its own with the request's token, retransmitted as
+    /// [`Exchange::send_confirmable`] does and reported with `tag`. A non-confirmable
+    /// request is answered as [`Exchange::respond`] does.
+    pub fn respond_separately(
+        &mut self,
+        request: &Packet,
+        mut response: Packet,
+        tag: T,
+        now: Instant,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), EncodeError> {
+        if request.header.get_type() != MessageType::Confirmable {
+            return self.respond(request, response, now, out);
+        }
+        let ack = empty(MessageType::Acknowledgement, request.header.message_id);
+        self.remember(request.header.message_id, true, Some(ack.clone()), now);
+        out.push(ack);
+        response.set_token(request.get_token().to_vec());
+        self.send_confirmable(response, tag, now, out).map(|_| ())
     }
 
     /// Sends a confirmable message and retransmits it until it is acknowledged, reset or
@@ -586,6 +575,81 @@ impl<T: Clone> Exchange<T> {
             }
         }
     }
+}
+
+/// A decoded request as the application may serve it, or the request with the answer the
+/// message layer gives it: 4.05 for a method other than GET, POST, PUT and DELETE, 4.02 for
+/// a critical option not in `understood_critical` or repeated where it may not be (RFC 7252
+/// 5.4.1, 5.4.5). The same rules hold whatever carries the request (UDP, TCP, WebSocket).
+pub fn check_request(
+    packet: Packet,
+    understood_critical: &[u16],
+) -> Result<Request, (Packet, ResponseType)> {
+    let method = match packet.header.code {
+        MessageClass::Request(
+            method
+            @ (RequestType::Get | RequestType::Post | RequestType::Put | RequestType::Delete),
+        ) => method,
+        _ => return Err((packet, ResponseType::MethodNotAllowed)),
+    };
+    let unacceptable = packet.options().find_map(|(&number, values)| {
+        let critical = number & 1 == 1;
+        if !critical {
+            return None;
+        }
+        if !understood_critical.contains(&number) {
+            return Some(number);
+        }
+        (values.len() > 1 && !repeatable(number)).then_some(number)
+    });
+    if let Some(number) = unacceptable {
+        tracing::info!(
+            option = number,
+            "request with a critical option not understood"
+        );
+        return Err((packet, ResponseType::BadOption));
+    }
+    Ok(Request { packet, method })
+}
+
+/// Decodes a message whose header its transport framed (RFC 8323: a length instead of the
+/// type and message id): `code`, `token`, then `body`, the options and payload, under the
+/// same format rules as a datagram's (token length, option encoding, a payload marker
+/// followed by a payload). The packet's type and message id are meaningless.
+pub fn decode_framed(code: u8, token: &[u8], body: &[u8]) -> Result<Packet, Rejected> {
+    let token_length = u8::try_from(token.len()).unwrap_or(u8::MAX);
+    if token.len() > MAX_TOKEN {
+        return Err(Rejected::TokenLength(token_length));
+    }
+    let mut datagram = Vec::with_capacity(4 + token.len() + body.len());
+    datagram.extend_from_slice(&[(VERSION << 6) | token_length, code, 0, 0]);
+    datagram.extend_from_slice(token);
+    datagram.extend_from_slice(body);
+    check_payload_marker(&datagram, 4 + token.len())?;
+    Packet::from_bytes(&datagram).map_err(|error| Rejected::Options(error.to_string()))
+}
+
+/// The parts of `packet` a framing transport sends (RFC 8323): its code, token, and its
+/// options and payload encoded as in a datagram.
+pub fn encode_framed(packet: &Packet) -> Result<(u8, Vec<u8>, Vec<u8>), EncodeError> {
+    let datagram = packet
+        .to_bytes_unlimited()
+        .map_err(|error| EncodeError::Invalid(error.to_string()))?;
+    let token = packet.get_token().to_vec();
+    let code = datagram.get(1).copied().unwrap_or_default();
+    let body = datagram.get(4 + token.len()..).unwrap_or_default().to_vec();
+    Ok((code, token, body))
+}
+
+/// xorshift64* over `state`, which must not be zero: the message layer's jitter, ids and
+/// tokens, from a seed, so a test on a virtual clock is exact.
+pub fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
 /// Options that may occur more than once (RFC 7252 5.10).

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use gateway_config::WebSocketConfig;
 use parking_lot::Mutex;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -201,7 +201,13 @@ pub struct WsStream<S> {
     closed: bool,
     /// Text frames are read as bytes too, for protocols whose clients send text (STOMP).
     accept_text: bool,
+    /// Message mode, for protocols whose messages are WebSocket messages (CoAP, RFC 8323
+    /// 4): what is written but not yet a whole record.
+    records: Option<BytesMut>,
 }
+
+/// The length prefix of a record in message mode.
+const RECORD_HEADER: usize = 4;
 
 impl<S: Read + Write> WsStream<S> {
     /// The server side of a connection whose upgrade is already done: what follows on
@@ -221,7 +227,16 @@ impl<S: Read + Write> WsStream<S> {
             flush_pending: false,
             closed: false,
             accept_text: false,
+            records: None,
         }
+    }
+
+    /// Keeps message boundaries, for a protocol that has one message per WebSocket message
+    /// and no length of its own: each binary message is read as a record, its length in 4
+    /// bytes (big-endian) and then its bytes, and what is written must be such records,
+    /// each of which leaves as one binary message.
+    pub fn preserve_messages(&mut self) {
+        self.records = Some(BytesMut::new());
     }
 
     /// Reads text frames as their UTF-8 bytes instead of refusing them: STOMP clients
@@ -280,6 +295,12 @@ impl<S: Read + Write> Read for WsStream<S> {
                 return Ok(0);
             }
             match self.ws.read() {
+                Ok(Message::Binary(frame)) if self.records.is_some() => {
+                    let mut record = BytesMut::with_capacity(RECORD_HEADER + frame.len());
+                    record.put_u32(u32::try_from(frame.len()).unwrap_or(u32::MAX));
+                    record.extend_from_slice(&frame);
+                    self.leftover = record.freeze();
+                }
                 Ok(Message::Binary(frame)) => self.leftover = frame,
                 Ok(Message::Text(text)) if self.accept_text => self.leftover = Bytes::from(text),
                 Ok(Message::Text(_)) => {
@@ -310,11 +331,32 @@ impl<S: Read + Write> Read for WsStream<S> {
 impl<S: Read + Write> Write for WsStream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.flush()?;
-        match self.ws.write(Message::Binary(Bytes::copy_from_slice(buf))) {
-            // A frame that met a full socket stays queued inside tungstenite.
-            Ok(()) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(to_io(e)),
+        let messages = match &mut self.records {
+            None => vec![Bytes::copy_from_slice(buf)],
+            Some(pending) => {
+                pending.extend_from_slice(buf);
+                let mut whole = Vec::new();
+                while let Some(header) = pending.get(..RECORD_HEADER) {
+                    let mut length = [0u8; RECORD_HEADER];
+                    length.copy_from_slice(header);
+                    let end = RECORD_HEADER + u32::from_be_bytes(length) as usize;
+                    if pending.len() < end {
+                        break;
+                    }
+                    let mut record = pending.split_to(end);
+                    record.advance(RECORD_HEADER);
+                    whole.push(record.freeze());
+                }
+                whole
+            }
+        };
+        for message in messages {
+            match self.ws.write(Message::Binary(message)) {
+                // A frame that met a full socket stays queued inside tungstenite.
+                Ok(()) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(to_io(e)),
+            }
         }
         let flushed = self.ws.flush();
         match self.note_flush(flushed) {
@@ -407,6 +449,38 @@ mod tests {
             !stream.inner().outgoing.is_empty(),
             "the Pong and the closing Close went out"
         );
+    }
+
+    #[test]
+    fn message_mode_keeps_message_boundaries_both_ways() {
+        let frames = client_frames(vec![
+            Message::binary(b"ab".to_vec()),
+            Message::binary(b"cde".to_vec()),
+            Message::Close(None),
+        ]);
+        let mut stream = server(frames, 1024);
+        stream.preserve_messages();
+        let mut read = Vec::new();
+        stream.read_to_end(&mut read).unwrap();
+        assert_eq!(read, b"\0\0\0\x02ab\0\0\0\x03cde");
+
+        let mut stream = server(Vec::new(), 1024);
+        stream.preserve_messages();
+        // Two records and the start of a third in one write, the rest in the next.
+        stream.write_all(b"\0\0\0\x01x\0\0\0\x02yz\0\0").unwrap();
+        stream.write_all(b"\0\x01w").unwrap();
+        let sent = stream.inner().outgoing.clone();
+        let mut client = WebSocket::from_raw_socket(
+            Wire {
+                incoming: Cursor::new(sent),
+                outgoing: Vec::new(),
+            },
+            tungstenite::protocol::Role::Client,
+            None,
+        );
+        for want in [&b"x"[..], b"yz", b"w"] {
+            assert_eq!(client.read().unwrap(), Message::binary(want.to_vec()));
+        }
     }
 
     #[test]

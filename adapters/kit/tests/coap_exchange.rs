@@ -451,3 +451,70 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_separate_response_is_an_empty_ack_then_a_retransmitted_confirmable_response() {
+    let mut ex = exchange();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let datagram = request(MessageType::Confirmable, RequestType::Post, 0x0101, b"sep");
+    let Inbound::Request(req) = ex.receive(&datagram, now, &mut out) else {
+        panic!("expected a request");
+    };
+    ex.respond_separately(&req.packet, changed(), "answer", now, &mut out)
+        .unwrap();
+    assert_eq!(out.len(), 2);
+    let ack = decode(&out[0]);
+    assert_eq!(ack.header.get_type(), MessageType::Acknowledgement);
+    assert_eq!(ack.header.code, MessageClass::Empty);
+    assert_eq!(ack.header.message_id, 0x0101);
+    let response = decode(&out[1]);
+    assert_eq!(response.header.get_type(), MessageType::Confirmable);
+    assert_eq!(
+        response.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    assert_eq!(response.get_token(), b"sep");
+    assert_ne!(response.header.message_id, 0x0101);
+
+    // A duplicate of the request gets the empty acknowledgement again, not a new answer.
+    out.clear();
+    assert!(matches!(
+        ex.receive(&datagram, now, &mut out),
+        Inbound::Handled
+    ));
+    assert_eq!(out, vec![Bytes::from_static(&[0x60, 0x00, 0x01, 0x01])]);
+
+    // Unacknowledged, the response is sent again after ACK_TIMEOUT.
+    out.clear();
+    assert!(ex
+        .handle_timeout(now + Duration::from_secs(2), &mut out)
+        .is_empty());
+    assert_eq!(
+        decode(&out[0]).header.message_id,
+        response.header.message_id
+    );
+    // The client's acknowledgement settles it.
+    out.clear();
+    let [high, low] = response.header.message_id.to_be_bytes();
+    match ex.receive(&[0x60, 0x00, high, low], now, &mut out) {
+        Inbound::Acknowledged { tag, .. } => assert_eq!(tag, "answer"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ex.in_flight(), 0);
+
+    // A non-confirmable request is answered non-confirmable, as ever.
+    let non = request(MessageType::NonConfirmable, RequestType::Post, 0x0202, b"n");
+    let Inbound::Request(req) = ex.receive(&non, now, &mut out) else {
+        panic!("expected a request");
+    };
+    out.clear();
+    ex.respond_separately(&req.packet, changed(), "answer", now, &mut out)
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        decode(&out[0]).header.get_type(),
+        MessageType::NonConfirmable
+    );
+    assert_eq!(ex.in_flight(), 0);
+}

@@ -390,6 +390,9 @@ pub struct StompConfig {
     /// acknowledged, per connection; beyond it deliveries wait in the session's queue.
     pub max_unacked: u32,
     pub nack: StompNack,
+    /// Where unacknowledged messages of a `$share/` subscription go when their client's
+    /// connection closes.
+    pub shared_redelivery: StompSharedRedelivery,
     /// An open transaction older than this is aborted.
     pub transaction_timeout: Duration,
     /// Transactions open at once per connection.
@@ -407,6 +410,18 @@ pub enum StompNack {
     /// Delivered again (to this client, or after a reconnect of its session).
     Redeliver,
     Drop,
+}
+
+/// Where the unacknowledged messages of a shared subscription go when a client leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StompSharedRedelivery {
+    /// To another member of the share group at once, even when the client's session
+    /// lives on.
+    Group,
+    /// They stay with a session that lives on, for its return; they go to another member
+    /// only when the session ends with the connection.
+    Session,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1132,6 +1147,7 @@ impl Config {
                     session_expiry_interval: Duration::from_secs(7200),
                     max_unacked: 1000,
                     nack: StompNack::Redeliver,
+                    shared_redelivery: StompSharedRedelivery::Group,
                     transaction_timeout: Duration::from_secs(60),
                     max_transactions: 16,
                     max_transaction_frames: 1000,

@@ -19,6 +19,7 @@ disconnected, heartbeat_timeout.
 """
 
 import json
+import socket
 import sys
 import threading
 
@@ -137,6 +138,9 @@ def main():
             elif op == "heartbeats":
                 say("ok", count=listener.heartbeats)
             elif op == "close":
+                # close() alone leaves the connection open while the receiver thread
+                # still blocks in recv on it.
+                conn.transport.socket.shutdown(socket.SHUT_RDWR)
                 conn.transport.socket.close()
                 say("ok")
             else:

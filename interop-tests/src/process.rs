@@ -94,6 +94,15 @@ impl Proc {
         }
     }
 
+    /// Stops (`libc::SIGSTOP`) or resumes (`libc::SIGCONT`) the child: a client that
+    /// falls silent mid-connection, without closing its socket.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid, which `Child` has not reaped yet.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, signal);
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -84,6 +84,16 @@ impl StompClient {
         answer
     }
 
+    /// Freezes the client process: its library sends nothing, heart-beats included,
+    /// until `resume`.
+    pub fn suspend(&self) {
+        self.proc.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.proc.signal(libc::SIGCONT);
+    }
+
     /// stomp.py: connects over TCP to the broker's STOMP port; the CONNECTED or ERROR
     /// arrives as an event. `extra` adds fields (login, passcode, client_id, heartbeats).
     pub fn connect_tcp(&mut self, broker: &Broker, version: &str, extra: Value) {

@@ -526,6 +526,44 @@ impl Broker {
         dispatched
     }
 
+    /// Hands `delivery` to another member of a shared subscription: `from` held it under
+    /// `filter` (`$share/{group}/...` or `$queue/...`, mounted, as the session holds it) and
+    /// will not acknowledge it, because its connection or session is going away. Gives the
+    /// delivery back when `filter` is not shared or nobody else is in the group.
+    pub fn redispatch_shared(
+        &self,
+        filter: &str,
+        from: SessionId,
+        delivery: Delivery,
+    ) -> Result<(), Delivery> {
+        let Ok(SubscriptionFilter::Shared { group, filter }) = parse_subscription(filter, 0) else {
+            return Err(delivery);
+        };
+        let Some(target) = self
+            .router
+            .pick_other(filter, group, from, &delivery.message)
+        else {
+            return Err(delivery);
+        };
+        tracing::debug!(
+            group,
+            to = %target.session.key.client_id,
+            topic = %delivery.message.topic,
+            "shared message handed to another member"
+        );
+        let handed = Delivery {
+            message: delivery.message,
+            qos: target.qos,
+            retain: target.retain,
+            subscription_ids: target.subscription_ids,
+        };
+        self.count(
+            target.session.deliver(handed, &self.limits).enqueued,
+            &target.session,
+        );
+        Ok(())
+    }
+
     /// Returns the store's ticket for the change, if it made one.
     fn retain(&self, message: &Message) -> Option<Ticket> {
         if message.payload.len() > self.max_retained_payload {

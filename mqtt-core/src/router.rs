@@ -163,6 +163,36 @@ impl Router {
         targets
     }
 
+    /// Another member of share `group` on `filter` for a message that member `from` took
+    /// and will not acknowledge: the next in the group's rotation other than `from`, a
+    /// connected one when there is one. None when `from` is alone in the group. The
+    /// configured strategy is not asked: a hash or sticky choice could name `from` again.
+    pub fn pick_other(
+        &self,
+        filter: &str,
+        group: &str,
+        from: SessionId,
+        message: &Message,
+    ) -> Option<Target> {
+        let index = self.index.read();
+        let shared = index.get(filter)?.shared.get(group)?;
+        let others: SmallVec<[&Subscriber; 8]> = shared
+            .members
+            .iter()
+            .filter(|member| member.session.id != from)
+            .collect();
+        let count = others.len();
+        if count == 0 {
+            return None;
+        }
+        let start = shared.next.fetch_add(1, Ordering::Relaxed) % count;
+        let chosen = (0..count)
+            .filter_map(|offset| others.get((start + offset) % count))
+            .find(|member| member.session.is_connected())
+            .or_else(|| others.get(start))?;
+        Some(target_for(chosen, message, true))
+    }
+
     fn pick<'a>(&self, group: &'a SharedGroup, message: &Message) -> Option<&'a Subscriber> {
         let members = &group.members;
         let count = members.len();

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use bytestring::ByteString;
-use gateway_config::StompNack;
+use gateway_config::{StompNack, StompSharedRedelivery};
 use mqtt_core::auth::{Action, AuthOutcome, ClientInfo};
 use mqtt_core::broker::{Broker, ConnectRequest, Stats, WillDisposition};
 use mqtt_core::codec::{QoS, ReasonCode, SubscriptionOptions};
 use mqtt_core::message::{Delivery, Message as RoutedMessage};
-use mqtt_core::mountpoint::Mountpoint;
+use mqtt_core::mountpoint::{mounted_filter, Mountpoint};
 use mqtt_core::protocol::Flow;
 use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use mqtt_core::topic::{parse_subscription, SubscriptionFilter};
 
 use crate::frame::{encode, Command, Decoder, Frame, FrameLimits, Version};
 
@@ -67,6 +68,7 @@ pub struct Settings {
     pub session_expiry_interval: u32,
     pub max_unacked: usize,
     pub nack: StompNack,
+    pub shared_redelivery: StompSharedRedelivery,
     pub transaction_timeout: Duration,
     pub max_transactions: usize,
     pub max_transaction_frames: usize,
@@ -97,6 +99,7 @@ impl Settings {
                 .unwrap_or(u32::MAX),
             max_unacked: config.max_unacked as usize,
             nack: config.nack,
+            shared_redelivery: config.shared_redelivery,
             transaction_timeout: config.transaction_timeout.get(),
             max_transactions: config.max_transactions as usize,
             max_transaction_frames: config.max_transaction_frames as usize,
@@ -226,6 +229,8 @@ pub struct StompChannel {
     seed: u64,
     client: Option<ClientInfo>,
     session: Option<Arc<SessionCell>>,
+    /// The session outlives the connection (the client named it with `client-id`).
+    persistent: bool,
     subscriptions: SessionSubscriptions,
     next_message_id: u64,
     unacked: VecDeque<Unacked>,
@@ -260,6 +265,7 @@ impl StompChannel {
             seed,
             client: None,
             session: None,
+            persistent: false,
             subscriptions: SessionSubscriptions::default(),
             next_message_id: 1,
             unacked: VecDeque::new(),
@@ -383,15 +389,51 @@ impl StompChannel {
     }
 
     /// Hands the session back: messages sent and not acknowledged go back to the front of
-    /// its queue, in order, for the session's next connection.
+    /// its queue, in order, for the session's next connection. Those of a shared
+    /// subscription go to another member of its group instead when `shared_redelivery`
+    /// says so or the session ends now, together with the ones still queued.
     pub fn handle_closed(&mut self, now: Instant) {
         let Some(session) = self.session.take() else {
             return;
         };
+        let unacked = std::mem::take(&mut self.unacked);
+        let mut leaving = Vec::new();
         {
             let mut state = session.state.lock();
-            while let Some(unacked) = self.unacked.pop_back() {
-                state.unpop_queued(unacked.delivery);
+            // A connection that took the session over keeps everything.
+            let attached = state
+                .connection
+                .as_ref()
+                .is_some_and(|connection| connection.conn_id == self.control.conn_id);
+            let to_group = attached
+                && (self.settings.shared_redelivery == StompSharedRedelivery::Group
+                    || !self.persistent);
+            let mut kept: Vec<Delivery> = unacked.into_iter().map(|u| u.delivery).collect();
+            if to_group {
+                kept.extend(std::iter::from_fn(|| state.pop_queued(now)));
+                let (shared, others): (Vec<Delivery>, Vec<Delivery>) = kept
+                    .into_iter()
+                    .partition(|delivery| self.shared_filter(delivery).is_some());
+                leaving = shared;
+                kept = others;
+            }
+            for delivery in kept.into_iter().rev() {
+                state.unpop_queued(delivery);
+            }
+        }
+        let mut unplaced = Vec::new();
+        for delivery in leaving {
+            let Some(filter) = self.shared_filter(&delivery) else {
+                continue;
+            };
+            if let Err(delivery) = self.broker.redispatch_shared(&filter, session.id, delivery) {
+                unplaced.push(delivery);
+            }
+        }
+        if !unplaced.is_empty() {
+            let mut state = session.state.lock();
+            for delivery in unplaced.into_iter().rev() {
+                state.unpop_queued(delivery);
             }
         }
         self.broker.disconnect(
@@ -401,6 +443,26 @@ impl StompChannel {
             now,
         );
         tracing::debug!("session released");
+    }
+
+    /// The shared subscription a delivery came through, as the router knows it (mounted),
+    /// or None when it came through a plain one. Shared copies are never merged with
+    /// others, so such a delivery names exactly one subscription.
+    fn shared_filter(&self, delivery: &Delivery) -> Option<String> {
+        let [identifier] = delivery.subscription_ids.as_slice() else {
+            return None;
+        };
+        let subscription = self
+            .subscriptions
+            .subscriptions
+            .iter()
+            .find(|s| s.identifier == *identifier)?;
+        match parse_subscription(&subscription.destination, 0) {
+            Ok(SubscriptionFilter::Shared { .. }) => {}
+            _ => return None,
+        }
+        let mountpoint = self.client.as_ref().and_then(|c| c.mountpoint.as_ref());
+        Some(mounted_filter(mountpoint, &subscription.destination).into_owned())
     }
 
     pub fn client_id(&self) -> Option<&str> {
@@ -633,6 +695,7 @@ impl StompChannel {
         );
         self.session = Some(attached.session);
         self.client = Some(client);
+        self.persistent = persistent;
         self.phase = Phase::Connected;
         self.heartbeat_out = heartbeat_out;
         self.heartbeat_in = heartbeat_in.map(|every| every * HEARTBEAT_GRACE);

@@ -1,0 +1,347 @@
+//! The STOMP channel and the broker driven frame by frame on a virtual clock: no socket,
+//! no sleeping. Other STOMP channels on the same broker play the other clients.
+
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adapter_stomp::frame::{encode, Command, Decoder, Frame, FrameLimits, Version};
+use adapter_stomp::{Settings, StompChannel};
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use gateway_config::StompSharedRedelivery;
+use mqtt_core::auth::Auth;
+use mqtt_core::broker::Broker;
+use mqtt_core::codec::QoS;
+use mqtt_core::message::Message;
+use mqtt_core::protocol::Flow;
+use mqtt_core::session::Wakeup;
+
+struct NoWakeup;
+
+impl Wakeup for NoWakeup {
+    fn wake(&self) {}
+}
+
+fn broker(now: Instant) -> Arc<Broker> {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth::allow_all(),
+        now,
+    ))
+}
+
+fn settings(edit: impl FnOnce(&mut Settings)) -> Arc<Settings> {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let mut settings = Settings::from_config(Arc::from("tcp:test"), &config.gateway.stomp, "");
+    edit(&mut settings);
+    Arc::new(settings)
+}
+
+fn publish(broker: &Broker, topic: &str, payload: &[u8], now: Instant) {
+    broker.publish(Arc::new(Message::new(
+        ByteString::from(topic),
+        Bytes::copy_from_slice(payload),
+        QoS::AtLeastOnce,
+        false,
+        now,
+    )));
+}
+
+/// One STOMP 1.2 client: frames in, the frames the channel answered out.
+struct Client {
+    channel: StompChannel,
+    decoder: Decoder,
+    out: BytesMut,
+    /// Frames that came behind the one a helper waited for (CONNECTED, RECEIPT).
+    pending: Vec<Frame>,
+    closed: bool,
+}
+
+/// Unnamed clients are named after their seed, so each gets its own.
+static NEXT_SEED: AtomicU64 = AtomicU64::new(1);
+
+impl Client {
+    /// Connects, with `client-id` when `client_id` is given.
+    fn connect(
+        broker: &Arc<Broker>,
+        settings: &Arc<Settings>,
+        client_id: Option<&str>,
+        now: Instant,
+    ) -> Client {
+        let mut decoder = Decoder::new(FrameLimits {
+            max_headers: 64,
+            max_headers_length: 4096,
+            max_body_length: 1 << 20,
+        });
+        decoder.set_version(Version::V1_2);
+        let mut client = Client {
+            channel: StompChannel::new(
+                broker.clone(),
+                settings.clone(),
+                None,
+                Arc::new(NoWakeup),
+                NEXT_SEED.fetch_add(1, Ordering::Relaxed),
+                now,
+            ),
+            decoder,
+            out: BytesMut::new(),
+            pending: Vec::new(),
+            closed: false,
+        };
+        let mut connect = Frame::new(Command::Connect).with_header("accept-version", "1.2");
+        if let Some(id) = client_id {
+            connect = connect.with_header("client-id", id);
+        }
+        let mut answer = client.send(connect, now);
+        assert_eq!(answer[0].command, Command::Connected, "{answer:?}");
+        // A resumed session's subscriptions deliver at once.
+        client.pending = answer.split_off(1);
+        client
+    }
+
+    /// Sends one frame; returns what the channel answered.
+    fn send(&mut self, frame: Frame, now: Instant) -> Vec<Frame> {
+        let mut input = BytesMut::new();
+        encode(&frame, Version::V1_2, &mut input);
+        if self.channel.handle_input(&mut input, &mut self.out, now) == Flow::Close {
+            self.closed = true;
+        }
+        self.frames()
+    }
+
+    fn frame(command: Command, headers: &[(&str, &str)]) -> Frame {
+        headers
+            .iter()
+            .fold(Frame::new(command), |frame, (name, value)| {
+                frame.with_header(name, *value)
+            })
+    }
+
+    /// Subscribes as `s`; returns the MESSAGE frames sent since the last look, the RECEIPT
+    /// left out.
+    fn subscribe(&mut self, destination: &str, ack: &str, now: Instant) -> Vec<Frame> {
+        let answer = self.send(
+            Client::frame(
+                Command::Subscribe,
+                &[
+                    ("destination", destination),
+                    ("id", "s"),
+                    ("ack", ack),
+                    ("receipt", "subscribed"),
+                ],
+            ),
+            now,
+        );
+        let (receipts, messages): (Vec<Frame>, Vec<Frame>) = answer
+            .into_iter()
+            .partition(|f| f.command == Command::Receipt);
+        assert_eq!(receipts.len(), 1, "{messages:?}");
+        messages
+    }
+
+    /// What the broker queued for this client, as the channel sends it.
+    fn wake(&mut self, now: Instant) -> Vec<Frame> {
+        if self.channel.handle_wakeup(&mut self.out, now) == Flow::Close {
+            self.closed = true;
+        }
+        self.frames()
+    }
+
+    fn tick(&mut self, now: Instant) -> Vec<Frame> {
+        if self.channel.handle_timeout(&mut self.out, now) == Flow::Close {
+            self.closed = true;
+        }
+        self.frames()
+    }
+
+    fn frames(&mut self) -> Vec<Frame> {
+        let mut frames = std::mem::take(&mut self.pending);
+        frames.extend(std::iter::from_fn(|| {
+            self.decoder
+                .decode(&mut self.out)
+                .expect("well-formed output")
+        }));
+        frames
+    }
+
+    fn close(mut self, now: Instant) {
+        self.channel.handle_closed(now);
+    }
+}
+
+fn bodies(frames: &[Frame]) -> Vec<&[u8]> {
+    frames
+        .iter()
+        .filter(|f| f.command == Command::Message)
+        .map(|f| &f.body[..])
+        .collect()
+}
+
+#[test]
+fn a_timed_out_transaction_leaves_nothing_behind() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let timeout = Duration::from_secs(5);
+    let settings = settings(|s| s.transaction_timeout = timeout);
+    let mut watcher = Client::connect(&broker, &settings, None, t0);
+    watcher.subscribe("out/#", "auto", t0);
+    let mut client = Client::connect(&broker, &settings, Some("tx-client"), t0);
+    client.subscribe("in/t", "client", t0);
+    publish(&broker, "in/t", b"held", t0);
+    let message = client.wake(t0);
+    assert_eq!(bodies(&message), vec![&b"held"[..]]);
+    let ack_id = message[0].header("ack").unwrap().to_owned();
+
+    // A committed transaction is published, so the watcher does see what a commit sends.
+    client.send(Client::frame(Command::Begin, &[("transaction", "ok")]), t0);
+    client.send(
+        Client::frame(
+            Command::Send,
+            &[("destination", "out/committed"), ("transaction", "ok")],
+        ),
+        t0,
+    );
+    client.send(Client::frame(Command::Commit, &[("transaction", "ok")]), t0);
+    assert_eq!(bodies(&watcher.wake(t0)).len(), 1);
+
+    client.send(Client::frame(Command::Begin, &[("transaction", "tx")]), t0);
+    client.send(
+        Client::frame(
+            Command::Send,
+            &[("destination", "out/never"), ("transaction", "tx")],
+        ),
+        t0,
+    );
+    client.send(
+        Client::frame(
+            Command::Ack,
+            &[("id", ack_id.as_str()), ("transaction", "tx")],
+        ),
+        t0,
+    );
+    assert_eq!(client.channel.next_deadline(), Some(t0 + timeout));
+    let almost = t0 + timeout - Duration::from_millis(1);
+    client.tick(almost);
+    let expired = t0 + timeout;
+    client.tick(expired);
+    assert!(
+        !client.closed,
+        "a timed-out transaction does not close the connection"
+    );
+    assert_eq!(client.channel.next_deadline(), None, "no timer left");
+
+    // It is gone: COMMIT names no open transaction, and nothing was published.
+    let answer = client.send(
+        Client::frame(Command::Commit, &[("transaction", "tx"), ("receipt", "c")]),
+        expired,
+    );
+    assert_eq!(answer[0].command, Command::Error);
+    assert_eq!(answer[0].header("message"), Some("no open transaction tx"));
+    assert!(client.closed);
+    assert!(
+        bodies(&watcher.wake(expired)).is_empty(),
+        "its SEND was never published"
+    );
+
+    // Its ACK was never applied: the session hands the message out again.
+    client.close(expired);
+    let mut again = Client::connect(&broker, &settings, Some("tx-client"), expired);
+    let resent = again.subscribe("in/t", "client", expired);
+    assert_eq!(bodies(&resent), vec![&b"held"[..]]);
+}
+
+#[test]
+fn unacknowledged_messages_are_bounded_by_max_unacked() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let settings = settings(|s| s.max_unacked = 2);
+    let mut client = Client::connect(&broker, &settings, None, t0);
+    client.subscribe("t", "client-individual", t0);
+    for body in ["1", "2", "3"] {
+        publish(&broker, "t", body.as_bytes(), t0);
+    }
+    let sent = client.wake(t0);
+    assert_eq!(
+        bodies(&sent),
+        vec![&b"1"[..], b"2"],
+        "two in flight at most"
+    );
+    assert!(client.wake(t0).is_empty(), "the third waits");
+    let ack = sent[1].header("ack").unwrap().to_owned();
+    let answer = client.send(Client::frame(Command::Ack, &[("id", ack.as_str())]), t0);
+    assert_eq!(bodies(&answer), vec![&b"3"[..]], "an ACK makes room");
+}
+
+/// A client-individual member of `$share/g/jobs` holds two messages sent and one queued
+/// (max_unacked 2) when its connection closes without an ACK.
+#[test]
+fn shared_messages_a_client_leaves_unacknowledged_follow_shared_redelivery() {
+    for (mode, named, to_group) in [
+        (StompSharedRedelivery::Group, true, true),
+        (StompSharedRedelivery::Group, false, true),
+        (StompSharedRedelivery::Session, true, false),
+        // A session that ends with its connection cannot keep them.
+        (StompSharedRedelivery::Session, false, true),
+    ] {
+        let case = format!("{mode:?}, client-id: {named}");
+        let t0 = Instant::now();
+        let broker = broker(t0);
+        let settings = settings(|s| {
+            s.shared_redelivery = mode;
+            s.max_unacked = 2;
+        });
+        let client_id = named.then_some("leaver");
+        let mut leaver = Client::connect(&broker, &settings, client_id, t0);
+        leaver.subscribe("$share/g/jobs", "client-individual", t0);
+        for body in ["j1", "j2", "j3"] {
+            publish(&broker, "jobs", body.as_bytes(), t0);
+        }
+        assert_eq!(bodies(&leaver.wake(t0)), vec![&b"j1"[..], b"j2"], "{case}");
+
+        let mut other = Client::connect(&broker, &settings, None, t0);
+        other.subscribe("$share/g/jobs", "auto", t0);
+        // Plain subscribers are not part of the group.
+        let mut plain = Client::connect(&broker, &settings, None, t0);
+        plain.subscribe("jobs", "auto", t0);
+        leaver.close(t0);
+
+        let handed = other.wake(t0);
+        let back = if to_group {
+            assert_eq!(
+                bodies(&handed),
+                vec![&b"j1"[..], b"j2", b"j3"],
+                "{case}: in order"
+            );
+            assert_eq!(handed[0].header("subscription"), Some("s"));
+            Vec::new()
+        } else {
+            assert!(handed.is_empty(), "{case}: {handed:?}");
+            vec![&b"j1"[..], b"j2", b"j3"]
+        };
+        assert!(plain.wake(t0).is_empty(), "{case}");
+        if named {
+            let mut returning = Client::connect(&broker, &settings, client_id, t0);
+            let resent = returning.subscribe("$share/g/jobs", "client-individual", t0);
+            let mut got = bodies(&resent)
+                .into_iter()
+                .map(<[u8]>::to_vec)
+                .collect::<Vec<_>>();
+            // Past the window of two, the rest follows the first ACKs.
+            if got.len() == 2 {
+                let frames = returning.send(Client::frame(Command::Ack, &[("id", "1")]), t0);
+                got.extend(bodies(&frames).into_iter().map(<[u8]>::to_vec));
+            }
+            assert_eq!(got, back, "{case}: what the returning session gets");
+        }
+    }
+}

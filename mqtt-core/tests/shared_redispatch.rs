@@ -1,0 +1,208 @@
+//! `Broker::redispatch_shared`: a message one member of a shared subscription took and will
+//! not acknowledge goes to another member of the same group, never back to the one leaving.
+
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use mqtt_core::auth::{Auth, ClientInfo};
+use mqtt_core::broker::{Broker, ConnectRequest, WillDisposition};
+use mqtt_core::codec::{QoS, SubscriptionOptions};
+use mqtt_core::message::{Delivery, Message};
+use mqtt_core::mountpoint::Mountpoint;
+use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+
+struct NoWakeup;
+
+impl Wakeup for NoWakeup {
+    fn wake(&self) {}
+}
+
+fn broker(now: Instant) -> Arc<Broker> {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth::allow_all(),
+        now,
+    ))
+}
+
+struct Member {
+    session: Arc<SessionCell>,
+    client: ClientInfo,
+    conn_id: u64,
+}
+
+fn member(broker: &Broker, id: &str, mountpoint: Option<&str>, now: Instant) -> Member {
+    let control = ConnControl::new(broker.next_connection_id(), Arc::new(NoWakeup));
+    let conn_id = control.conn_id;
+    let attached = broker.connect(
+        ConnectRequest {
+            key: SessionKey {
+                namespace: "mqtt",
+                client_id: Arc::from(id),
+            },
+            clean_start: true,
+            expiry_interval: 3600,
+            will: None,
+            control,
+        },
+        now,
+    );
+    Member {
+        session: attached.session,
+        client: ClientInfo {
+            protocol: "mqtt",
+            listener: Arc::from("tcp:test"),
+            client_id: Arc::from(id),
+            username: None,
+            password: None,
+            peer: None,
+            mountpoint: mountpoint.and_then(|m| Mountpoint::resolve(m, id, None)),
+        },
+        conn_id,
+    }
+}
+
+impl Member {
+    fn subscribe(&self, broker: &Broker, filter: &str, identifier: u32, now: Instant) {
+        broker
+            .subscribe(
+                &self.session,
+                &self.client,
+                filter,
+                SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..SubscriptionOptions::default()
+                },
+                Some(identifier),
+                now,
+            )
+            .expect("subscribed");
+    }
+
+    fn take(&self, now: Instant) -> Vec<Delivery> {
+        let mut state = self.session.state.lock();
+        std::iter::from_fn(|| state.pop_queued(now)).collect()
+    }
+}
+
+fn publish(broker: &Broker, topic: &'static str, payload: &'static [u8], now: Instant) {
+    broker.publish(Arc::new(Message::new(
+        ByteString::from_static(topic),
+        Bytes::from_static(payload),
+        QoS::AtLeastOnce,
+        false,
+        now,
+    )));
+}
+
+#[test]
+fn a_shared_message_goes_to_another_member_with_that_members_subscription() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let leaving = member(&broker, "leaving", None, now);
+    leaving.subscribe(&broker, "$share/g/jobs/+", 1, now);
+    publish(&broker, "jobs/a", b"one", now);
+    let held = leaving.take(now);
+    assert_eq!(held.len(), 1);
+
+    let other = member(&broker, "other", None, now);
+    other.subscribe(&broker, "$share/g/jobs/+", 7, now);
+    // Members of another group, and plain subscribers, are not candidates.
+    let stranger = member(&broker, "stranger", None, now);
+    stranger.subscribe(&broker, "$share/h/jobs/+", 3, now);
+    let plain = member(&broker, "plain", None, now);
+    plain.subscribe(&broker, "jobs/+", 4, now);
+    for _ in 0..4 {
+        broker
+            .redispatch_shared("$share/g/jobs/+", leaving.session.id, held[0].clone())
+            .expect("another member took it");
+    }
+    let handed = other.take(now);
+    assert_eq!(handed.len(), 4, "every hand-over reaches the other member");
+    assert_eq!(&handed[0].message.payload[..], b"one");
+    assert_eq!(handed[0].subscription_ids.as_slice(), &[7]);
+    assert_eq!(handed[0].qos, QoS::AtLeastOnce);
+    assert!(
+        leaving.take(now).is_empty(),
+        "never back to the one leaving"
+    );
+    assert!(stranger.take(now).is_empty() && plain.take(now).is_empty());
+}
+
+#[test]
+fn connected_members_are_preferred_and_a_lone_member_gets_its_message_back() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let leaving = member(&broker, "leaving", None, now);
+    leaving.subscribe(&broker, "$queue/work", 1, now);
+    publish(&broker, "work", b"w", now);
+    let held = leaving.take(now).remove(0);
+
+    // Alone in the group: the delivery comes back to the caller.
+    let back = broker
+        .redispatch_shared("$queue/work", leaving.session.id, held)
+        .expect_err("nobody else in the group");
+    // A plain filter is not a group either.
+    let back = broker
+        .redispatch_shared("work", leaving.session.id, back)
+        .expect_err("not shared");
+
+    let away = member(&broker, "away", None, now);
+    away.subscribe(&broker, "$queue/work", 2, now);
+    broker.disconnect(&away.session, away.conn_id, WillDisposition::Discard, now);
+    let here = member(&broker, "here", None, now);
+    here.subscribe(&broker, "$share/$queue/work", 3, now);
+    for _ in 0..3 {
+        broker
+            .redispatch_shared("$queue/work", leaving.session.id, back.clone())
+            .expect("handed over");
+    }
+    assert_eq!(
+        here.take(now).len(),
+        3,
+        "the connected member takes them all"
+    );
+    assert!(away.take(now).is_empty());
+
+    // When only a disconnected member is left, its session keeps the message.
+    broker.disconnect(&here.session, here.conn_id, WillDisposition::Discard, now);
+    broker
+        .redispatch_shared("$queue/work", leaving.session.id, back)
+        .expect("handed to a disconnected member");
+    assert_eq!(away.take(now).len() + here.take(now).len(), 1);
+}
+
+#[test]
+fn mounted_shared_filters_are_found_as_the_session_holds_them() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let leaving = member(&broker, "leaving", Some("site/"), now);
+    leaving.subscribe(&broker, "$share/g/t", 1, now);
+    let other = member(&broker, "other", Some("site/"), now);
+    other.subscribe(&broker, "$share/g/t", 2, now);
+    publish(&broker, "site/t", b"m", now);
+    let held: Vec<Delivery> = leaving
+        .take(now)
+        .into_iter()
+        .chain(other.take(now))
+        .collect();
+    assert_eq!(held.len(), 1, "one member got it");
+    let filter =
+        &*mqtt_core::mountpoint::mounted_filter(leaving.client.mountpoint.as_ref(), "$share/g/t");
+    assert_eq!(filter, "$share/g/site/t");
+    broker
+        .redispatch_shared(filter, leaving.session.id, held[0].clone())
+        .expect("handed over");
+    assert_eq!(other.take(now).len(), 1);
+}

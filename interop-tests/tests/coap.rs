@@ -758,3 +758,31 @@ fn separate_responses_are_acknowledged_and_understood_by_coap_client_and_aiocoap
         "2.05"
     );
 }
+
+#[test]
+fn a_listener_mountpoint_replaces_the_gateways() {
+    let Some(broker) = gateway(
+        "a CoAP listener with its own mountpoint",
+        &[
+            Setting::new("GATEWAY_GATEWAY__COAP__MOUNTPOINT", "gateway-wide/"),
+            Setting::new(
+                "GATEWAY_GATEWAY__COAP__LISTENERS__UDP__DEFAULT__MOUNTPOINT",
+                "site-a/${clientid}/",
+            ),
+        ],
+    ) else {
+        return;
+    };
+    let topic = unique_topic("coap-mounted");
+    let id = unique_client_id("mounted");
+    let mut sub = MosquittoSub::start(&broker, Version::V5, &["#"], 1, &[]);
+    let (ok, _, stderr) = coap_client(
+        &broker,
+        &["-m", "post", "-e", "mounted"],
+        &format!("/ps/{topic}?clientid={id}"),
+    );
+    assert!(ok, "{COAP_CLIENT}: {stderr}");
+    let msg = sub.recv(TIMEOUT);
+    assert_eq!(msg.topic, format!("site-a/{id}/{topic}"));
+    assert_eq!(msg.payload, b"mounted");
+}

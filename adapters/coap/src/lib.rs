@@ -14,23 +14,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use adapter_kit::ws::accept_websocket;
+use adapter_kit::tcp_or_ws::drive_tcp_or_ws;
+use adapter_kit::ws::WsStream;
 use adapter_kit::{
-    drive_stream, serve_datagram_listener, serve_stream_listener, DatagramChannel, DatagramMetrics,
-    DatagramSettings, Demux, DriveStream, Flow, LayeredTransport, ListenerLimits, PlainStream,
-    StreamChannel, UdpListenerSettings,
+    serve_datagram_listener, serve_stream_listener, DatagramChannel, DatagramMetrics,
+    DatagramSettings, Demux, Flow, ListenerLimits, StreamChannel, UdpListenerSettings,
 };
 use bytes::{Bytes, BytesMut};
-use gateway_config::{Rate, WebSocketConfig};
+use gateway_config::Rate;
 use mqtt_core::broker::Broker;
 use mqtt_core::session::Wakeup;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
 use framing::Framing;
@@ -217,11 +214,7 @@ impl StreamChannel for CoapStream {
 }
 
 /// What CoAP travels in on a stream listener.
-#[derive(Clone)]
-pub enum Layers {
-    Tcp,
-    Ws(Arc<WebSocketConfig>),
-}
+pub use adapter_kit::tcp_or_ws::StreamLayers as Layers;
 
 #[derive(Clone)]
 pub struct StreamListenerSettings {
@@ -270,55 +263,16 @@ pub async fn serve_stream(
         ));
         // The first poll sends our CSM without waiting for the client's.
         wakeup.wake();
-        match &settings.layers {
-            Layers::Tcp => Accepted::Plain {
-                drive: drive_stream(socket, channel, wakeup, broker.clone()),
-            },
-            Layers::Ws(options) => {
-                let options = options.clone();
-                let broker = broker.clone();
-                // The upgrade gets the heartbeat interval, as a silent client would.
-                let deadline =
-                    tokio::time::Instant::from_std(accepted + channel_settings.heartbeat);
-                let setup = async move {
-                    let upgrade = accept_websocket(PlainStream::new(socket), &options);
-                    match tokio::time::timeout_at(deadline, upgrade).await {
-                        Ok(Ok(mut upgraded)) => {
-                            tracing::debug!(subprotocol = ?upgraded.subprotocol, "WebSocket upgraded");
-                            upgraded.stream.preserve_messages();
-                            let transport = LayeredTransport::new(upgraded.stream);
-                            drive_stream(transport, channel, wakeup, broker).await
-                        }
-                        Ok(Err(error)) => tracing::info!(%error, "WebSocket upgrade failed"),
-                        Err(_) => tracing::info!("WebSocket upgrade timed out"),
-                    }
-                };
-                Accepted::Layered {
-                    setup: Box::pin(setup),
-                }
-            }
-        }
+        // The upgrade gets the heartbeat interval, as a silent client would.
+        drive_tcp_or_ws(
+            socket,
+            &settings.layers,
+            accepted + channel_settings.heartbeat,
+            WsStream::preserve_messages,
+            channel,
+            wakeup,
+            broker.clone(),
+        )
     })
     .await;
-}
-
-pin_project_lite::pin_project! {
-    /// One connection's future: plain TCP is the driver itself; WebSocket first runs
-    /// its upgrade, boxed so that its size is not every plain connection's.
-    #[project = AcceptedProjection]
-    enum Accepted {
-        Plain { #[pin] drive: DriveStream<TcpStream, CoapStream> },
-        Layered { setup: Pin<Box<dyn Future<Output = ()> + Send>> },
-    }
-}
-
-impl Future for Accepted {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.project() {
-            AcceptedProjection::Plain { drive } => drive.poll(cx),
-            AcceptedProjection::Layered { setup } => setup.as_mut().poll(cx),
-        }
-    }
 }

@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod quic;
 mod rate;
 mod stream;
+pub mod tcp_or_ws;
 pub mod tls;
 pub mod ws;
 

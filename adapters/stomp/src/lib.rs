@@ -6,25 +6,20 @@ pub mod channel;
 pub mod frame;
 
 use std::collections::hash_map::RandomState;
-use std::future::Future;
 use std::hash::BuildHasher;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use adapter_kit::ws::accept_websocket;
-use adapter_kit::{
-    drive_stream, serve_stream_listener, DriveStream, Flow, LayeredTransport, ListenerLimits,
-    PlainStream, StreamChannel,
-};
+use adapter_kit::tcp_or_ws::drive_tcp_or_ws;
+use adapter_kit::ws::WsStream;
+use adapter_kit::{serve_stream_listener, Flow, ListenerLimits, StreamChannel};
 use bytes::BytesMut;
-use gateway_config::{Rate, WebSocketConfig};
+use gateway_config::Rate;
 use mqtt_core::broker::Broker;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use channel::{Settings, StompChannel, StompError, STOMP_NAMESPACE};
@@ -54,11 +49,7 @@ impl StreamChannel for StompChannel {
 }
 
 /// What STOMP travels in on a listener.
-#[derive(Clone)]
-pub enum Layers {
-    Tcp,
-    Ws(Arc<WebSocketConfig>),
-}
+pub use adapter_kit::tcp_or_ws::StreamLayers as Layers;
 
 #[derive(Clone)]
 pub struct ListenerSettings {
@@ -100,54 +91,15 @@ pub async fn serve(
             seed,
             accepted,
         );
-        match &settings.layers {
-            Layers::Tcp => Accepted::Plain {
-                drive: drive_stream(socket, channel, wakeup, broker.clone()),
-            },
-            Layers::Ws(options) => {
-                let options = options.clone();
-                let broker = broker.clone();
-                let deadline =
-                    tokio::time::Instant::from_std(accepted + channel_settings.idle_timeout);
-                let setup = async move {
-                    let upgrade = accept_websocket(PlainStream::new(socket), &options);
-                    match tokio::time::timeout_at(deadline, upgrade).await {
-                        Ok(Ok(mut upgraded)) => {
-                            tracing::debug!(subprotocol = ?upgraded.subprotocol, "WebSocket upgraded");
-                            upgraded.stream.accept_text_frames();
-                            let transport = LayeredTransport::new(upgraded.stream);
-                            drive_stream(transport, channel, wakeup, broker).await
-                        }
-                        Ok(Err(error)) => tracing::info!(%error, "WebSocket upgrade failed"),
-                        Err(_) => tracing::info!("WebSocket upgrade timed out"),
-                    }
-                };
-                Accepted::Layered {
-                    setup: Box::pin(setup),
-                }
-            }
-        }
+        drive_tcp_or_ws(
+            socket,
+            &settings.layers,
+            accepted + channel_settings.idle_timeout,
+            WsStream::accept_text_frames,
+            channel,
+            wakeup,
+            broker.clone(),
+        )
     })
     .await;
-}
-
-pin_project_lite::pin_project! {
-    /// One connection's future: plain TCP is the driver itself; WebSocket first runs
-    /// its upgrade, boxed so that its size is not every plain connection's.
-    #[project = AcceptedProjection]
-    enum Accepted {
-        Plain { #[pin] drive: DriveStream<TcpStream, StompChannel> },
-        Layered { setup: Pin<Box<dyn Future<Output = ()> + Send>> },
-    }
-}
-
-impl Future for Accepted {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.project() {
-            AcceptedProjection::Plain { drive } => drive.poll(cx),
-            AcceptedProjection::Layered { setup } => setup.as_mut().poll(cx),
-        }
-    }
 }

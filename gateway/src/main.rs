@@ -189,10 +189,16 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
         Some(store) => {
             let path = store.path().display().to_string();
             let broker = broker.with_store(Arc::new(store), std::time::SystemTime::now());
-            let retained = broker
+            let recovered = broker
                 .recover(now)
                 .with_context(|| format!("restoring from the store {path}"))?;
-            tracing::info!(store = %path, retained, "state restored from the store");
+            tracing::info!(
+                store = %path,
+                retained = recovered.retained,
+                sessions = recovered.sessions,
+                messages = recovered.messages,
+                "state restored from the store"
+            );
             broker
         }
         None => broker,

@@ -470,12 +470,27 @@ impl Broker {
     /// Kills the gateway with SIGKILL (no shutdown, no flush: a crash), then starts it again
     /// with the same configuration, ports and data directory, and waits until it listens.
     pub fn crash_and_restart(&mut self) {
+        self.crash();
+        self.restart();
+    }
+
+    /// Kills the gateway with SIGKILL: no shutdown, no flush.
+    pub fn crash(&mut self) {
         let gw = self
             .gateway
             .as_mut()
             .expect("only a gateway started by the test can be crashed");
         gw.child.kill().expect("SIGKILL the gateway");
         gw.child.wait().expect("reap the gateway");
+    }
+
+    /// Starts a crashed gateway again with the same configuration, ports and data
+    /// directory, and waits until it listens.
+    pub fn restart(&mut self) {
+        let gw = self
+            .gateway
+            .as_mut()
+            .expect("only a gateway started by the test can be restarted");
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(&gw.log_path)

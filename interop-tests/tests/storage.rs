@@ -7,12 +7,213 @@
 //! The disk store: what the gateway acknowledged survives SIGKILL, and a store it cannot
 //! read stops start-up by name unless the operator asks to move it aside.
 
-use std::collections::BTreeMap;
-use std::process::Stdio;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use interop_tests::broker::{gateway_command, with_data_dir};
-use interop_tests::{mosquitto_pub, unique_topic, Broker, MosquittoSub, Setting, Version};
+use interop_tests::process::{Line, Proc};
+use interop_tests::{
+    mosquitto_pub, unique_client_id, unique_topic, Broker, MosquittoSub, Setting, Version,
+};
+
+/// One role of `py/crash_flow.py` (paho-mqtt) against `broker`.
+fn crash_flow(broker: &Broker, args: &[&str]) -> Proc {
+    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(python);
+    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/crash_flow.py"))
+        .arg(&broker.host)
+        .arg(broker.port.to_string())
+        .args(args);
+    Proc::spawn(&format!("crash_flow.py {}", args[0]), cmd)
+}
+
+/// The next line of `proc`, failing the test on silence or exit.
+fn expect_line(proc: &mut Proc, timeout: Duration) -> String {
+    match proc.next_line(timeout) {
+        Line::Line(line) => line,
+        other => panic!("{}: {other:?}\n{}", proc.name(), proc.stderr()),
+    }
+}
+
+/// Every "acked N" a publisher printed until it reported `until` (or exited).
+fn acked_numbers(proc: &mut Proc, until: &str, timeout: Duration) -> BTreeSet<u64> {
+    let mut acked = BTreeSet::new();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match proc.next_line(Duration::from_millis(200)) {
+            Line::Line(line) if line == until => return acked,
+            Line::Line(line) => {
+                if let Some(number) = line.strip_prefix("acked ") {
+                    acked.insert(number.parse().expect("a number"));
+                }
+            }
+            Line::Eof => return acked,
+            Line::Timeout => {}
+        }
+    }
+    panic!("{} never said {until:?}\n{}", proc.name(), proc.stderr());
+}
+
+/// A message as the receiving role printed it: its number, DUP flag and QoS.
+fn received(broker: &Broker, client_id: &str) -> Vec<(u64, bool, u8)> {
+    let mut receiver = crash_flow(broker, &["receive", client_id, "3"]);
+    assert_eq!(
+        expect_line(&mut receiver, Duration::from_secs(10)),
+        "session_present 1",
+        "the subscriber's session survived the crash"
+    );
+    let mut got = Vec::new();
+    loop {
+        match receiver.next_line(Duration::from_secs(30)) {
+            Line::Line(line) => {
+                let fields: Vec<&str> = line.split(' ').collect();
+                assert_eq!(fields.len(), 4, "{line}");
+                got.push((
+                    fields[1].parse().expect("a number"),
+                    fields[2] == "1",
+                    fields[3].parse().expect("a QoS"),
+                ));
+            }
+            Line::Eof => return got,
+            Line::Timeout => panic!("receiver stalled\n{}", receiver.stderr()),
+        }
+    }
+}
+
+/// A gateway on disk storage whose queues can hold every message of a crash test.
+fn crashable_gateway() -> Option<Broker> {
+    Broker::start_gateway_only(
+        "a gateway it can kill and restart",
+        &[
+            Setting::new("GATEWAY_STORAGE__FSYNC", "batch"),
+            Setting::new("GATEWAY_MQTT__MAX_QUEUED_MESSAGES", "100000"),
+        ],
+    )
+}
+
+#[test]
+fn qos1_messages_acknowledged_before_a_crash_reach_a_persistent_subscriber_after_it() {
+    const PER_PUBLISHER: u64 = 25_000;
+    let Some(mut broker) = crashable_gateway() else {
+        return;
+    };
+    let topic = unique_topic("crash/qos1");
+    let subscriber = unique_client_id("crash-sub1");
+    let mut setup = crash_flow(&broker, &["subscribe", &subscriber, &topic, "1"]);
+    assert_eq!(expect_line(&mut setup, Duration::from_secs(10)), "ready");
+
+    let per = PER_PUBLISHER.to_string();
+    let mut publishers: Vec<Proc> = (0..2u64)
+        .map(|n| {
+            let first = (n * PER_PUBLISHER).to_string();
+            let id = unique_client_id("crash-pub");
+            crash_flow(&broker, &["publish", &id, &topic, "1", &first, &per])
+        })
+        .collect();
+    // Kill once the publishers have about 20,000 acknowledgements between them.
+    let mut acked = BTreeSet::new();
+    while acked.len() < 20_000 {
+        for publisher in &mut publishers {
+            if let Line::Line(line) = publisher.next_line(Duration::from_millis(50)) {
+                if let Some(number) = line.strip_prefix("acked ") {
+                    acked.insert(number.parse::<u64>().expect("a number"));
+                } else {
+                    panic!("{} said {line:?} before the crash", publisher.name());
+                }
+            }
+        }
+    }
+    broker.crash();
+    for publisher in &mut publishers {
+        acked.extend(acked_numbers(publisher, "lost", Duration::from_secs(20)));
+        publisher.kill();
+    }
+    assert!(
+        (acked.len() as u64) < 2 * PER_PUBLISHER,
+        "the crash came after every message was acknowledged; it proves nothing"
+    );
+    broker.restart();
+
+    let got = received(&broker, &subscriber);
+    let mut seen = BTreeSet::new();
+    for (number, dup, qos) in &got {
+        assert_eq!(*qos, 1);
+        assert!(
+            seen.insert(*number) || *dup,
+            "{number} came twice, the second time without DUP"
+        );
+    }
+    let lost: Vec<_> = acked.difference(&seen).take(10).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost after the crash, e.g. {lost:?}",
+        acked.difference(&seen).count(),
+        acked.len()
+    );
+}
+
+#[test]
+fn a_qos2_flow_interrupted_by_a_crash_completes_exactly_once_after_it() {
+    const COUNT: u64 = 3_000;
+    let Some(mut broker) = crashable_gateway() else {
+        return;
+    };
+    let topic = unique_topic("crash/qos2");
+    let subscriber = unique_client_id("crash-sub2");
+    let mut setup = crash_flow(&broker, &["subscribe", &subscriber, &topic, "2"]);
+    assert_eq!(expect_line(&mut setup, Duration::from_secs(10)), "ready");
+
+    // The publisher keeps its session and resumes it after the restart: flows that had
+    // their PUBREC go on with PUBREL, the others with the PUBLISH again (DUP).
+    let publisher_id = unique_client_id("crash-pub2");
+    let count = COUNT.to_string();
+    let mut publisher = crash_flow(
+        &broker,
+        &[
+            "publish",
+            &publisher_id,
+            &topic,
+            "2",
+            "0",
+            &count,
+            "--resume",
+        ],
+    );
+    let mut before = 0;
+    while before < COUNT / 3 {
+        let line = expect_line(&mut publisher, Duration::from_secs(20));
+        assert!(line.starts_with("acked "), "{line}");
+        before += 1;
+    }
+    broker.crash();
+    broker.restart();
+    let acked = acked_numbers(&mut publisher, "done", Duration::from_secs(60));
+    assert_eq!(
+        acked.len() as u64 + before,
+        COUNT,
+        "every flow completes after the restart"
+    );
+
+    let got = received(&broker, &subscriber);
+    let mut counts = BTreeMap::new();
+    for (number, _, qos) in &got {
+        assert_eq!(*qos, 2);
+        *counts.entry(*number).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let missing: Vec<_> = (0..COUNT)
+        .filter(|n| !counts.contains_key(n))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {COUNT} messages never delivered, e.g. {missing:?}",
+        COUNT as usize - counts.len()
+    );
+}
 
 #[test]
 fn retained_messages_acknowledged_before_a_crash_come_back_after_it() {

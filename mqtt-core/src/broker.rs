@@ -16,9 +16,10 @@ use crate::mountpoint::mounted_filter;
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::router::{Router, Subscriber};
 use crate::session::{
-    ConnControl, Enqueued, SessionCell, SessionKey, SessionLimits, Subscription, Will,
+    intern_namespace, ConnControl, Enqueued, RestoredSession, SessionCell, SessionKey,
+    SessionLimits, SessionState, Subscription, Will,
 };
-use crate::storage::{self, MemoryStore, Op, Store, Table, Ticket};
+use crate::storage::{self, MemoryStore, Op, SessionRecord, Store, Table, Ticket, WallClock};
 use crate::topic::{parse_subscription, validate_topic_name, SubscriptionFilter};
 
 /// Counters behind `$SYS` and the metrics.
@@ -82,6 +83,24 @@ pub enum RecoverError {
     BadRecord { table: &'static str, key: String },
 }
 
+impl RecoverError {
+    fn bad(table: Table, key: &[u8]) -> RecoverError {
+        RecoverError::BadRecord {
+            table: table.name(),
+            key: String::from_utf8_lossy(key).into_owned(),
+        }
+    }
+}
+
+/// What came back from the store at start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub retained: usize,
+    pub sessions: usize,
+    /// Queued and in-flight messages of those sessions.
+    pub messages: usize,
+}
+
 pub struct Attached {
     pub session: Arc<SessionCell>,
     pub session_present: bool,
@@ -106,9 +125,8 @@ pub struct Broker {
     pub auth: Auth,
     pub stats: Stats,
     store: Arc<dyn Store>,
-    /// The wall-clock time of `started_at`: stored expiries are wall-clock times, so they
-    /// mean the same after a restart.
-    wall_at_start: SystemTime,
+    /// Stored expiries are wall-clock times, so they mean the same after a restart.
+    clock: WallClock,
     next_session_id: AtomicU64,
     next_connection_id: AtomicU64,
     pub started_at: Instant,
@@ -135,7 +153,7 @@ impl Broker {
             auth,
             stats: Stats::default(),
             store: Arc::new(MemoryStore),
-            wall_at_start: SystemTime::UNIX_EPOCH,
+            clock: WallClock::new(now, SystemTime::UNIX_EPOCH),
             next_session_id: AtomicU64::new(1),
             next_connection_id: AtomicU64::new(1),
             started_at: now,
@@ -146,7 +164,7 @@ impl Broker {
     /// the `now` given to `new`.
     pub fn with_store(mut self, store: Arc<dyn Store>, wall_now: SystemTime) -> Broker {
         self.store = store;
-        self.wall_at_start = wall_now;
+        self.clock = WallClock::new(self.started_at, wall_now);
         self
     }
 
@@ -154,39 +172,31 @@ impl Broker {
         &self.store
     }
 
-    /// Whether a QoS 1/2 message that must be stored (a retained one) is refused because
-    /// the store is full.
-    pub fn refuses_storing(&self, retain: bool) -> bool {
-        retain && self.retain_enabled && self.store.persistent() && self.store.is_full()
+    /// Whether new QoS 1/2 messages are refused because the store is full: any of them
+    /// may have to be kept, and the store must not grow without bound.
+    pub fn refuses_storing(&self) -> bool {
+        self.store.persistent() && self.store.is_full()
     }
 
     fn unix_ms(&self, at: Instant) -> u64 {
-        let wall = match at.checked_duration_since(self.started_at) {
-            Some(after) => self.wall_at_start + after,
-            None => self.wall_at_start - self.started_at.duration_since(at),
-        };
-        wall.duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-            })
+        self.clock.unix_ms(at)
     }
 
-    /// Restores what the store kept: retained messages whose expiry has not passed (those
-    /// that expired while the broker was down are deleted). Returns how many came back.
-    pub fn recover(&self, now: Instant) -> Result<usize, RecoverError> {
+    /// Restores what the store kept: retained messages and persistent sessions with their
+    /// queues, in-flight windows and QoS 2 packet ids awaiting release. What expired while
+    /// the broker was down is deleted; the wills of sessions that ended meanwhile, or whose
+    /// delay passed, are published once everything is back.
+    pub fn recover(&self, now: Instant) -> Result<Recovered, RecoverError> {
         let now_ms = self.unix_ms(now);
-        let mut expired = Vec::new();
-        let mut restored = 0;
+        let mut forget = Vec::new();
+        let mut recovered = Recovered::default();
         for (key, record) in self.store.load(Table::Retained)? {
             let Some((mut message, expires_ms)) = storage::decode_message(&record) else {
-                return Err(RecoverError::BadRecord {
-                    table: Table::Retained.name(),
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                });
+                return Err(RecoverError::bad(Table::Retained, &key));
             };
             if let Some(expires_ms) = expires_ms {
                 if expires_ms <= now_ms {
-                    expired.push(Op::Delete {
+                    forget.push(Op::Delete {
                         table: Table::Retained,
                         key,
                     });
@@ -195,13 +205,202 @@ impl Broker {
                 message.expires_at = Some(now + Duration::from_millis(expires_ms - now_ms));
             }
             if self.retained.write().set(Arc::new(message)) == RetainOutcome::Stored {
-                restored += 1;
+                recovered.retained += 1;
             }
         }
-        if !expired.is_empty() {
-            self.store.submit(expired);
+
+        let mut wills = Vec::new();
+        let mut restored: BTreeMap<Vec<u8>, (Arc<SessionCell>, RestoredSession)> = BTreeMap::new();
+        for (key, record) in self.store.load(Table::Sessions)? {
+            let (Some((namespace, client_id, [])), Some(record)) = (
+                storage::split_session_key(&key),
+                storage::decode_session(&record),
+            ) else {
+                return Err(RecoverError::bad(Table::Sessions, &key));
+            };
+            let session_key = SessionKey {
+                namespace: intern_namespace(namespace),
+                client_id: Arc::from(client_id),
+            };
+            let closed_ms = record.disconnected_unix_ms.unwrap_or(now_ms);
+            let lifetime_ms = u64::from(record.expiry_interval) * 1000;
+            if record.expiry_interval != u32::MAX && closed_ms + lifetime_ms <= now_ms {
+                forget.extend(storage::forget_session(&key));
+                wills.extend(record.will.map(|will| (will, session_key)));
+                continue;
+            }
+            let cell = self.restore_session(&session_key, record, closed_ms, now, &mut wills);
+            let parts = RestoredSession {
+                key: key.clone(),
+                store: self.store.clone(),
+                clock: self.clock,
+                deliveries: Vec::new(),
+                awaiting_release: Vec::new(),
+                adapter_state: None,
+            };
+            restored.insert(key, (cell, parts));
         }
-        Ok(restored)
+
+        let mut sent = BTreeMap::new();
+        for (key, record) in self.store.load(Table::Inflight)? {
+            let (Some(entry), Some(state)) =
+                (session_entry(&key), storage::decode_in_flight(&record))
+            else {
+                return Err(RecoverError::bad(Table::Inflight, &key));
+            };
+            if restored.contains_key(entry.0) {
+                sent.insert((entry.0.to_vec(), entry.1), state);
+            }
+        }
+        for (key, record) in self.store.load(Table::Queues)? {
+            let Some((session, seq)) = session_entry(&key) else {
+                return Err(RecoverError::bad(Table::Queues, &key));
+            };
+            let Some((_, parts)) = restored.get_mut(session) else {
+                forget.push(Op::Delete {
+                    table: Table::Queues,
+                    key,
+                });
+                continue;
+            };
+            let Some(delivery) = storage::decode_delivery(&record, seq, &self.clock, now) else {
+                return Err(RecoverError::bad(Table::Queues, &key));
+            };
+            let state = sent.remove(&(session.to_vec(), seq));
+            parts.deliveries.push((delivery, state));
+            recovered.messages += 1;
+        }
+        for (key, _) in self.store.load(Table::AwaitingRel)? {
+            let Some((session, packet_id)) = session_entry(&key) else {
+                return Err(RecoverError::bad(Table::AwaitingRel, &key));
+            };
+            match (restored.get_mut(session), u16::try_from(packet_id)) {
+                (Some((_, parts)), Ok(packet_id)) => parts.awaiting_release.push(packet_id),
+                _ => forget.push(Op::Delete {
+                    table: Table::AwaitingRel,
+                    key,
+                }),
+            }
+        }
+        for (key, record) in self.store.load(Table::Adapter)? {
+            match restored.get_mut(key.as_slice()) {
+                Some((_, parts)) => parts.adapter_state = Some(record),
+                None => forget.push(Op::Delete {
+                    table: Table::Adapter,
+                    key,
+                }),
+            }
+        }
+        // In-flight marks whose message is gone are left from an acknowledgement that was
+        // half written; they mean nothing.
+        for ((session, seq), _) in sent {
+            forget.push(Op::Delete {
+                table: Table::Inflight,
+                key: storage::session_entry_key(&session, seq),
+            });
+        }
+
+        recovered.sessions = restored.len();
+        for (_, (cell, parts)) in restored {
+            cell.state.lock().restore_persisted(parts, now);
+        }
+        if !forget.is_empty() {
+            self.store.submit(forget);
+        }
+        for (will, publisher) in wills {
+            self.publish_will(will, &publisher, now);
+        }
+        Ok(recovered)
+    }
+
+    /// Puts a stored session back in the registry and the router, disconnected, with its
+    /// expiry and will timers counted from when its connection closed.
+    fn restore_session(
+        &self,
+        key: &SessionKey,
+        record: SessionRecord,
+        closed_ms: u64,
+        now: Instant,
+        wills: &mut Vec<(Box<Will>, SessionKey)>,
+    ) -> Arc<SessionCell> {
+        let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let cell = SessionCell::new(id, key.clone());
+        {
+            let mut state = cell.state.lock();
+            state.expiry_interval = record.expiry_interval;
+            state.disconnected_at = Some(self.clock.instant_at(closed_ms, now));
+            if record.expiry_interval != u32::MAX {
+                let ends_ms = closed_ms + u64::from(record.expiry_interval) * 1000;
+                let at = self.clock.instant_at(ends_ms, now);
+                state.expires_at = Some(at);
+                self.timers.lock().insert((at, id), key.clone());
+            }
+            if let Some(will) = record.will {
+                let delay = will.delay_interval.min(record.expiry_interval);
+                let due_ms = closed_ms + u64::from(delay) * 1000;
+                if due_ms <= self.unix_ms(now) {
+                    wills.push((will, key.clone()));
+                } else {
+                    let at = self.clock.instant_at(due_ms, now);
+                    state.will_at = Some(at);
+                    state.will = Some(will);
+                    self.timers.lock().insert((at, id), key.clone());
+                }
+            }
+            for (filter, subscription) in record.subscriptions {
+                let Ok(parsed) = parse_subscription(&filter, 0) else {
+                    continue;
+                };
+                let (plain, group) = match parsed {
+                    SubscriptionFilter::Plain(plain) => (plain, None),
+                    SubscriptionFilter::Shared { group, filter } => (filter, Some(group)),
+                };
+                self.router.subscribe(
+                    plain,
+                    group,
+                    Subscriber {
+                        session: cell.clone(),
+                        options: subscription.options,
+                        identifier: subscription.identifier,
+                    },
+                );
+                state.subscriptions.insert(filter, subscription);
+            }
+        }
+        self.registry.lock().insert(key.clone(), cell.clone());
+        cell
+    }
+
+    /// Keeps a session in the store while it outlives its connection (expiry above 0),
+    /// and forgets it there once it no longer does. Called, with the session locked, after
+    /// every change to its record.
+    fn store_session(&self, cell: &SessionCell, state: &mut SessionState) {
+        if !self.store.persistent() {
+            return;
+        }
+        if state.expiry_interval == 0 {
+            state.stop_persisting();
+            return;
+        }
+        state.start_persisting(
+            storage::session_key(cell.key.namespace, &cell.key.client_id),
+            self.store.clone(),
+            self.clock,
+        );
+        let record = SessionRecord {
+            expiry_interval: state.expiry_interval,
+            disconnected_unix_ms: match (&state.connection, state.disconnected_at) {
+                (None, Some(at)) => Some(self.unix_ms(at)),
+                _ => None,
+            },
+            will: state.will.clone(),
+            subscriptions: state
+                .subscriptions
+                .iter()
+                .map(|(filter, subscription)| (filter.clone(), subscription.clone()))
+                .collect(),
+        };
+        state.store_record(storage::encode_session(&record));
     }
 
     pub fn limits(&self) -> &SessionLimits {
@@ -255,7 +454,9 @@ impl Broker {
                     state.will = request.will;
                     state.will_at = None;
                     state.expires_at = None;
+                    state.disconnected_at = None;
                     state.expiry_interval = request.expiry_interval;
+                    self.store_session(&cell, &mut state);
                     drop(state);
                     Attached {
                         session: cell,
@@ -274,6 +475,7 @@ impl Broker {
                         cell.set_connection(&mut state, Some(request.control.clone()));
                         state.will = request.will;
                         state.expiry_interval = request.expiry_interval;
+                        self.store_session(&cell, &mut state);
                     }
                     registry.insert(request.key, cell.clone());
                     Attached {
@@ -315,6 +517,7 @@ impl Broker {
             if will == WillDisposition::Discard {
                 state.will = None;
             }
+            state.disconnected_at = Some(now);
             if state.expiry_interval == 0 {
                 (true, None)
             } else {
@@ -341,6 +544,7 @@ impl Broker {
                             .insert((at, session.id), session.key.clone());
                     }
                 }
+                self.store_session(session, &mut state);
                 (false, publish_now)
             }
         };
@@ -356,7 +560,12 @@ impl Broker {
 
     /// Changes a connected session's expiry, as DISCONNECT's property may.
     pub fn set_expiry_interval(&self, session: &SessionCell, seconds: u32) {
-        session.state.lock().expiry_interval = seconds;
+        let mut state = session.state.lock();
+        state.expiry_interval = seconds;
+        // A session that now ends with its connection is forgotten when it does.
+        if seconds > 0 {
+            self.store_session(session, &mut state);
+        }
     }
 
     /// Ends a session that is not connected: removes it from the registry and the router.
@@ -381,6 +590,7 @@ impl Broker {
         let (subscriptions, will) = {
             let mut state = session.state.lock();
             state.ended = true;
+            state.stop_persisting();
             if let Some(previous) = session.set_connection(&mut state, None) {
                 if taken_over {
                     previous.close(ReasonCode::SESSION_TAKEN_OVER);
@@ -431,7 +641,9 @@ impl Broker {
                 let will = match state.will_at {
                     Some(at) if at <= now => {
                         state.will_at = None;
-                        state.will.take()
+                        let will = state.will.take();
+                        self.store_session(&session, &mut state);
+                        will
                     }
                     _ => None,
                 };
@@ -518,9 +730,11 @@ impl Broker {
                 qos: target.qos,
                 retain: target.retain,
                 subscription_ids: target.subscription_ids,
+                store_seq: None,
             };
             let offered = target.session.deliver(delivery, &self.limits);
             dispatched.backlogged |= offered.backlogged;
+            dispatched.ticket = dispatched.ticket.max(offered.ticket);
             self.count(offered.enqueued, &target.session);
         }
         dispatched
@@ -556,6 +770,7 @@ impl Broker {
             qos: target.qos,
             retain: target.retain,
             subscription_ids: target.subscription_ids,
+            store_seq: None,
         };
         self.count(
             target.session.deliver(handed, &self.limits).enqueued,
@@ -670,13 +885,17 @@ impl Broker {
                 identifier,
             },
         );
-        session.state.lock().subscriptions.insert(
-            filter.to_owned(),
-            Subscription {
-                options,
-                identifier,
-            },
-        );
+        {
+            let mut state = session.state.lock();
+            state.subscriptions.insert(
+                filter.to_owned(),
+                Subscription {
+                    options,
+                    identifier,
+                },
+            );
+            self.store_session(session, &mut state);
+        }
 
         // Retained messages are never sent for a shared subscription (MQTT 5.0 section
         // 4.8.2); for others, retain handling 0 always sends them and 1 only for a new subscription.
@@ -690,6 +909,7 @@ impl Broker {
                     message,
                     retain: true,
                     subscription_ids: identifier.into_iter().collect(),
+                    store_seq: None,
                 };
                 self.count(session.deliver(delivery, &self.limits).enqueued, session);
             }
@@ -705,7 +925,14 @@ impl Broker {
         filter: &str,
     ) -> bool {
         let filter = &*mounted_filter(client.mountpoint.as_ref(), filter);
-        let existed = session.state.lock().subscriptions.remove(filter).is_some();
+        let existed = {
+            let mut state = session.state.lock();
+            let existed = state.subscriptions.remove(filter).is_some();
+            if existed {
+                self.store_session(session, &mut state);
+            }
+            existed
+        };
         self.remove_from_router(filter, session.id) || existed
     }
 
@@ -725,6 +952,14 @@ impl Broker {
         }
         expired.len()
     }
+}
+
+/// Splits a key made by `session_entry_key` into the session's key and the number.
+fn session_entry(key: &[u8]) -> Option<(&[u8], u64)> {
+    let split = key.len().checked_sub(8)?;
+    let (session, number) = key.split_at(split);
+    storage::split_session_key(session).filter(|(_, _, rest)| rest.is_empty())?;
+    Some((session, u64::from_be_bytes(number.try_into().ok()?)))
 }
 
 impl std::fmt::Debug for Broker {

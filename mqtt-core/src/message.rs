@@ -96,4 +96,6 @@ pub struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: SmallVec<[u32; 1]>,
+    /// Its number in the session's stored queue, when a persistent session holds it.
+    pub store_seq: Option<u64>,
 }

@@ -708,7 +708,7 @@ impl MqttChannel {
         }
         let packet_id = publish.packet_id;
         let qos = publish.qos;
-        if qos != QoS::AtMostOnce && allowed && broker.refuses_storing(publish.retain) {
+        if qos != QoS::AtMostOnce && allowed && broker.refuses_storing() {
             tracing::warn!(topic = %publish.topic, "store full: message refused");
             if !self.version.is_v5() {
                 // 3.1.1 has no way to refuse one message but closing.
@@ -741,21 +741,18 @@ impl MqttChannel {
                 self.acknowledge_publish(false, packet_id, reason, ticket, out);
             }
             QoS::ExactlyOnce => {
-                let duplicate = {
+                let (duplicate, awaiting_ticket) = {
                     let mut state = session.state.lock();
-                    if state.awaiting_rel.contains_key(&packet_id) {
-                        true
+                    if state.is_awaiting_release(packet_id) {
+                        (true, None)
                     } else {
-                        let timeout = config.await_rel_timeout.get();
-                        state
-                            .awaiting_rel
-                            .retain(|_, since| now.saturating_duration_since(*since) < timeout);
+                        state.expire_awaiting_release(now, config.await_rel_timeout.get());
                         let limit = if self.version.is_v5() {
                             config.receive_maximum as usize
                         } else {
                             config.max_awaiting_rel as usize
                         };
-                        if state.awaiting_rel.len() >= limit {
+                        if state.awaiting_release_count() >= limit {
                             drop(state);
                             return self.disconnect_with(
                                 ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
@@ -763,10 +760,12 @@ impl MqttChannel {
                                 out,
                             );
                         }
-                        if allowed {
-                            state.awaiting_rel.insert(packet_id, now);
-                        }
-                        false
+                        let ticket = if allowed {
+                            state.await_release(packet_id, now)
+                        } else {
+                            None
+                        };
+                        (false, ticket)
                     }
                 };
                 // A resent PUBLISH of a message already accepted is acknowledged again but
@@ -778,6 +777,7 @@ impl MqttChannel {
                 } else {
                     (ReasonCode::NOT_AUTHORIZED, None)
                 };
+                let ticket = ticket.max(awaiting_ticket);
                 self.acknowledge_publish(true, packet_id, reason, ticket, out);
             }
         }
@@ -851,7 +851,7 @@ impl MqttChannel {
 
     fn handle_pubrel(&mut self, ack: PubResponse, out: &mut BytesMut) -> Flow {
         let found = self
-            .with_session(|state| state.awaiting_rel.remove(&ack.packet_id).is_some())
+            .with_session(|state| state.release(ack.packet_id))
             .unwrap_or(false);
         let reason = if found {
             ReasonCode::SUCCESS

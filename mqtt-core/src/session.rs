@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 
 use crate::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use crate::message::{Delivery, SessionId};
+use crate::storage::{self, Op, Store, Table, Ticket, WallClock};
 
 /// Wakes the connection task that drains a session; implemented by the runtime.
 pub trait Wakeup: Send + Sync {
@@ -74,6 +75,20 @@ impl std::fmt::Debug for ConnControl {
             .field("conn_id", &self.conn_id)
             .finish()
     }
+}
+
+/// The `&'static` name of a namespace read back from the store. Adapters name their
+/// namespaces with constants; one read from a file is kept for the life of the process,
+/// once per distinct name.
+pub fn intern_namespace(name: &str) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock();
+    if let Some(known) = names.iter().find(|known| **known == name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.push(leaked);
+    leaked
 }
 
 /// Sessions are named per protocol namespace, so an MQTT-SN "dev1" and an MQTT "dev1" are
@@ -140,6 +155,8 @@ pub struct Offered {
     pub enqueued: Enqueued,
     /// The session is connected and its queue is longer than it writes at once.
     pub backlogged: bool,
+    /// The store batch that keeps the delivery, for a persistent session.
+    pub ticket: Option<Ticket>,
 }
 
 /// What happened to a delivery offered to a session.
@@ -163,13 +180,15 @@ pub struct SessionState {
     outgoing: VecDeque<Outgoing>,
     next_packet_id: u16,
     /// Inbound QoS 2 packet ids received but not yet released, with when they arrived.
-    pub awaiting_rel: HashMap<u16, Instant>,
+    awaiting_rel: HashMap<u16, Instant>,
     pub connection: Option<Arc<ConnControl>>,
     /// Seconds the session lives after its connection closes; `u32::MAX` = forever.
     pub expiry_interval: u32,
     pub will: Option<Box<Will>>,
     /// When a disconnected session ends, if it does.
     pub expires_at: Option<Instant>,
+    /// When its last connection closed, while it has none.
+    pub disconnected_at: Option<Instant>,
     /// When a delayed will is due.
     pub will_at: Option<Instant>,
     pub dropped_qos0: u64,
@@ -179,6 +198,60 @@ pub struct SessionState {
     /// What a device adapter keeps with the session so it survives reconnects, such as an
     /// MQTT-SN client's topic ids.
     pub extension: Extension,
+    /// The adapter's state as it last stored it, or as it came back from the store after a
+    /// restart, for the adapter to read when the client resumes.
+    adapter_record: Option<Bytes>,
+    /// Set while the session outlives its connection and the broker has a store: every
+    /// change to what must survive a restart is then written there.
+    persistence: Option<Box<Persistence>>,
+}
+
+/// What came back from the store for one session, in the order it was stored.
+pub struct RestoredSession {
+    pub key: Vec<u8>,
+    pub store: Arc<dyn Store>,
+    pub clock: WallClock,
+    /// Each delivery numbered as stored, with its packet id and state if it had been sent.
+    pub deliveries: Vec<(Delivery, Option<(OutgoingState, u16)>)>,
+    pub awaiting_release: Vec<u16>,
+    pub adapter_state: Option<Bytes>,
+}
+
+/// Where a persistent session keeps itself.
+struct Persistence {
+    key: Vec<u8>,
+    store: Arc<dyn Store>,
+    clock: WallClock,
+    /// The number of the next stored QoS 1/2 delivery; numbers order the session's queue.
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persistence")
+            .field("next_seq", &self.next_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Persistence {
+    fn forget(&self, seq: u64) -> Vec<Op> {
+        [Table::Queues, Table::Inflight]
+            .into_iter()
+            .map(|table| Op::Delete {
+                table,
+                key: storage::session_entry_key(&self.key, seq),
+            })
+            .collect()
+    }
+
+    fn in_flight(&self, seq: u64, state: OutgoingState, packet_id: u16) -> Op {
+        Op::Put {
+            table: Table::Inflight,
+            key: storage::session_entry_key(&self.key, seq),
+            value: storage::encode_in_flight(state, packet_id),
+        }
+    }
 }
 
 /// One value of an adapter's own type, stored in a session the core knows nothing about.
@@ -218,11 +291,14 @@ impl Default for SessionState {
             expiry_interval: 0,
             will: None,
             expires_at: None,
+            disconnected_at: None,
             will_at: None,
             dropped_qos0: 0,
             dropped_full: 0,
             ended: false,
             extension: Extension::default(),
+            adapter_record: None,
+            persistence: None,
         }
     }
 }
@@ -302,6 +378,7 @@ impl SessionState {
             if !delivery.message.is_expired(now) {
                 return Some(delivery);
             }
+            self.forget_stored(&delivery);
         }
         None
     }
@@ -343,7 +420,21 @@ impl SessionState {
     /// `outgoing.packet_id` comes from the latest `allocate_packet_id`, which keeps the
     /// window in identifier order.
     pub fn push_outgoing(&mut self, outgoing: Outgoing) {
+        if let (Some(persistence), Some(seq)) = (&self.persistence, outgoing.delivery.store_seq) {
+            persistence.store.submit(vec![persistence.in_flight(
+                seq,
+                outgoing.state,
+                outgoing.packet_id,
+            )]);
+        }
         self.outgoing.push_back(outgoing);
+    }
+
+    /// Deletes a delivery that is done with from the store.
+    fn forget_stored(&self, delivery: &Delivery) {
+        if let (Some(persistence), Some(seq)) = (&self.persistence, delivery.store_seq) {
+            persistence.store.submit(persistence.forget(seq));
+        }
     }
 
     /// Acknowledges an outgoing message in `expected` state; returns whether one was found.
@@ -352,7 +443,9 @@ impl SessionState {
             .outgoing
             .iter()
             .position(|out| out.packet_id == packet_id && out.state == expected)?;
-        self.outgoing.remove(index)
+        let outgoing = self.outgoing.remove(index)?;
+        self.forget_stored(&outgoing.delivery);
+        Some(outgoing)
     }
 
     /// Takes back an outgoing message its receiver refused instead of acknowledging (an
@@ -361,7 +454,9 @@ impl SessionState {
         let index = self.outgoing.iter().position(|out| {
             out.packet_id == packet_id && out.state != OutgoingState::AwaitPubComp
         })?;
-        self.outgoing.remove(index)
+        let outgoing = self.outgoing.remove(index)?;
+        self.forget_stored(&outgoing.delivery);
+        Some(outgoing)
     }
 
     pub fn puback(&mut self, packet_id: u16) -> bool {
@@ -382,6 +477,13 @@ impl SessionState {
             self.take_outgoing(packet_id, OutgoingState::AwaitPubRec);
         } else {
             out.state = OutgoingState::AwaitPubComp;
+            if let (Some(persistence), Some(seq)) = (&self.persistence, out.delivery.store_seq) {
+                persistence.store.submit(vec![persistence.in_flight(
+                    seq,
+                    OutgoingState::AwaitPubComp,
+                    packet_id,
+                )]);
+            }
         }
         true
     }
@@ -394,6 +496,209 @@ impl SessionState {
     /// Unacknowledged outgoing messages in first-sent order, for resending on resume.
     pub fn outgoing(&self) -> impl Iterator<Item = &Outgoing> {
         self.outgoing.iter()
+    }
+
+    pub fn is_awaiting_release(&self, packet_id: u16) -> bool {
+        self.awaiting_rel.contains_key(&packet_id)
+    }
+
+    pub fn awaiting_release_count(&self) -> usize {
+        self.awaiting_rel.len()
+    }
+
+    /// Remembers an inbound QoS 2 packet id until its PUBREL, so a resent PUBLISH is not
+    /// routed twice [MQTT-4.3.3-10]; returns the store's ticket when the session keeps it.
+    pub fn await_release(&mut self, packet_id: u16, now: Instant) -> Option<Ticket> {
+        self.awaiting_rel.insert(packet_id, now);
+        let persistence = self.persistence.as_ref()?;
+        Some(persistence.store.submit(vec![Op::Put {
+            table: Table::AwaitingRel,
+            key: storage::session_entry_key(&persistence.key, u64::from(packet_id)),
+            value: Bytes::new(),
+        }]))
+    }
+
+    /// PUBREL: returns whether the packet id was awaiting it.
+    pub fn release(&mut self, packet_id: u16) -> bool {
+        let found = self.awaiting_rel.remove(&packet_id).is_some();
+        if let (true, Some(persistence)) = (found, &self.persistence) {
+            persistence.store.submit(vec![Op::Delete {
+                table: Table::AwaitingRel,
+                key: storage::session_entry_key(&persistence.key, u64::from(packet_id)),
+            }]);
+        }
+        found
+    }
+
+    /// Forgets packet ids whose PUBREL has not come within `timeout`.
+    pub fn expire_awaiting_release(&mut self, now: Instant, timeout: std::time::Duration) {
+        let expired: Vec<u16> = self
+            .awaiting_rel
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for packet_id in expired {
+            self.release(packet_id);
+        }
+    }
+
+    /// What the adapter last kept with the session (see `keep_adapter_state`).
+    pub fn adapter_state(&self) -> Option<&Bytes> {
+        self.adapter_record.as_ref()
+    }
+
+    /// Keeps an adapter's own state (an MQTT-SN client's topic ids, say) with the session,
+    /// in the store too when the session is persistent, so it comes back after a restart.
+    pub fn keep_adapter_state(&mut self, record: Bytes) {
+        if let Some(persistence) = &self.persistence {
+            persistence.store.submit(vec![Op::Put {
+                table: Table::Adapter,
+                key: persistence.key.clone(),
+                value: record.clone(),
+            }]);
+        }
+        self.adapter_record = Some(record);
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.persistence.is_some()
+    }
+
+    /// Stores the QoS 1/2 delivery just queued at the back, if the session is persistent.
+    fn store_newest(&mut self) -> Option<Ticket> {
+        let persistence = self.persistence.as_mut()?;
+        let delivery = self.queue.back_mut()?;
+        if delivery.qos == QoS::AtMostOnce || delivery.store_seq.is_some() {
+            return None;
+        }
+        let seq = persistence.next_seq;
+        persistence.next_seq += 1;
+        delivery.store_seq = Some(seq);
+        Some(persistence.store.submit(vec![Op::Put {
+            table: Table::Queues,
+            key: storage::session_entry_key(&persistence.key, seq),
+            value: storage::encode_delivery(delivery, &persistence.clock),
+        }]))
+    }
+
+    /// Starts keeping the session in `store` under `key`: everything it holds now (queued,
+    /// in flight, awaiting release, the adapter's state) is written, then every change.
+    /// The caller writes the session's own record.
+    pub fn start_persisting(
+        &mut self,
+        key: Vec<u8>,
+        store: Arc<dyn Store>,
+        clock: WallClock,
+    ) -> Option<Ticket> {
+        if self.persistence.is_some() {
+            return None;
+        }
+        let mut persistence = Persistence {
+            key,
+            store,
+            clock,
+            next_seq: 1,
+        };
+        let mut ops = Vec::new();
+        let outgoing = self
+            .outgoing
+            .iter_mut()
+            .map(|out| (&mut out.delivery, Some((out.state, out.packet_id))));
+        let queued = self.queue.iter_mut().map(|delivery| (delivery, None));
+        for (delivery, sent) in outgoing.chain(queued) {
+            if delivery.qos == QoS::AtMostOnce {
+                continue;
+            }
+            let seq = persistence.next_seq;
+            persistence.next_seq += 1;
+            delivery.store_seq = Some(seq);
+            ops.push(Op::Put {
+                table: Table::Queues,
+                key: storage::session_entry_key(&persistence.key, seq),
+                value: storage::encode_delivery(delivery, &clock),
+            });
+            if let Some((state, packet_id)) = sent {
+                ops.push(persistence.in_flight(seq, state, packet_id));
+            }
+        }
+        for packet_id in self.awaiting_rel.keys() {
+            ops.push(Op::Put {
+                table: Table::AwaitingRel,
+                key: storage::session_entry_key(&persistence.key, u64::from(*packet_id)),
+                value: Bytes::new(),
+            });
+        }
+        if let Some(record) = &self.adapter_record {
+            ops.push(Op::Put {
+                table: Table::Adapter,
+                key: persistence.key.clone(),
+                value: record.clone(),
+            });
+        }
+        let ticket = (!ops.is_empty()).then(|| persistence.store.submit(ops));
+        self.persistence = Some(Box::new(persistence));
+        ticket
+    }
+
+    /// Puts back what the store kept of a session after a restart: its queue and in-flight
+    /// window (each delivery numbered as stored), the QoS 2 packet ids awaiting release
+    /// and the adapter's state; the session goes on being kept under `key`.
+    pub fn restore_persisted(&mut self, restored: RestoredSession, now: Instant) {
+        let mut next_seq = 1;
+        for (delivery, sent) in restored.deliveries {
+            next_seq = next_seq.max(delivery.store_seq.map_or(0, |seq| seq + 1));
+            match sent {
+                Some((state, packet_id)) => self.outgoing.push_back(Outgoing {
+                    packet_id,
+                    delivery,
+                    state,
+                }),
+                None => {
+                    self.queued_bytes += delivery.message.weight();
+                    self.queue.push_back(delivery);
+                }
+            }
+        }
+        if let Some(newest) = self.outgoing.back() {
+            self.next_packet_id = newest.packet_id.checked_add(1).unwrap_or(1);
+        }
+        for packet_id in restored.awaiting_release {
+            self.awaiting_rel.insert(packet_id, now);
+        }
+        self.adapter_record = restored.adapter_state;
+        self.persistence = Some(Box::new(Persistence {
+            key: restored.key,
+            store: restored.store,
+            clock: restored.clock,
+            next_seq,
+        }));
+    }
+
+    /// Stops keeping the session and deletes everything it had in the store.
+    pub fn stop_persisting(&mut self) {
+        let Some(persistence) = self.persistence.take() else {
+            return;
+        };
+        persistence
+            .store
+            .submit(storage::forget_session(&persistence.key));
+        for delivery in self.queue.iter_mut() {
+            delivery.store_seq = None;
+        }
+        for out in self.outgoing.iter_mut() {
+            out.delivery.store_seq = None;
+        }
+    }
+
+    /// Writes the session's own record (subscriptions, expiry, will).
+    pub fn store_record(&self, record: Bytes) -> Option<Ticket> {
+        let persistence = self.persistence.as_ref()?;
+        Some(persistence.store.submit(vec![Op::Put {
+            table: Table::Sessions,
+            key: persistence.key.clone(),
+            value: record,
+        }]))
     }
 }
 
@@ -434,16 +739,26 @@ impl SessionCell {
 
     /// Offers a delivery and wakes the connection if one is attached.
     pub fn deliver(&self, delivery: Delivery, limits: &SessionLimits) -> Offered {
-        let (enqueued, connection, queued) = {
+        let (enqueued, ticket, connection, queued) = {
             let mut state = self.state.lock();
             if state.ended {
                 return Offered {
                     enqueued: Enqueued::DroppedQos0,
                     backlogged: false,
+                    ticket: None,
                 };
             }
             let enqueued = state.enqueue(delivery, limits);
-            (enqueued, state.connection.clone(), state.queue_len())
+            let ticket = match enqueued {
+                Enqueued::Queued | Enqueued::QueuedEvictingQos0 => state.store_newest(),
+                _ => None,
+            };
+            (
+                enqueued,
+                ticket,
+                state.connection.clone(),
+                state.queue_len(),
+            )
         };
         let backlogged = connection.is_some() && queued > BACKLOG_YIELD;
         if matches!(enqueued, Enqueued::Queued | Enqueued::QueuedEvictingQos0) {
@@ -454,6 +769,7 @@ impl SessionCell {
         Offered {
             enqueued,
             backlogged,
+            ticket,
         }
     }
 }
@@ -475,6 +791,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: Default::default(),
+            store_seq: None,
         }
     }
 
@@ -641,6 +958,7 @@ mod tests {
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 subscription_ids: Default::default(),
+                store_seq: None,
             },
             &limits,
         );

@@ -8,12 +8,13 @@
 //! they acknowledge would survive a crash.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::codec::{encode, Decoder, Packet, ProtocolVersion, Publish, QoS};
-use crate::message::Message;
-use crate::session::Wakeup;
+use crate::codec::{encode, Decoder, Packet, ProtocolVersion, Publish, QoS, SubscriptionOptions};
+use crate::message::{Delivery, Message};
+use crate::session::{OutgoingState, Subscription, Wakeup, Will};
 
 /// The tables of a store. Keys are ordered bytewise within a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,6 +23,9 @@ pub enum Table {
     Sessions,
     /// Session key + sequence number → a queued or in-flight outgoing message.
     Queues,
+    /// Session key + sequence number → the packet id and state of a queued message that
+    /// was sent, so it is resent as it was (same packet id, or PUBREL) after a restart.
+    Inflight,
     /// Session key + packet id → an incoming QoS 2 message awaiting PUBREL.
     AwaitingRel,
     /// Topic → its retained message.
@@ -31,9 +35,10 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Sessions,
         Table::Queues,
+        Table::Inflight,
         Table::AwaitingRel,
         Table::Retained,
         Table::Adapter,
@@ -43,6 +48,7 @@ impl Table {
         match self {
             Table::Sessions => "sessions",
             Table::Queues => "queues",
+            Table::Inflight => "inflight",
             Table::AwaitingRel => "awaiting_rel",
             Table::Retained => "retained",
             Table::Adapter => "adapter",
@@ -191,6 +197,275 @@ pub fn decode_message(record: &[u8]) -> Option<(Message, Option<u64>)> {
         expires_at: None,
     };
     Some((message, (expiry != NO_EXPIRY).then_some(expiry)))
+}
+
+/// Maps the monotonic clock the broker runs on to the wall clock that stored times use, so
+/// an expiry means the same moment after a restart.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    pub instant: Instant,
+    pub wall: SystemTime,
+}
+
+impl WallClock {
+    pub fn new(instant: Instant, wall: SystemTime) -> WallClock {
+        WallClock { instant, wall }
+    }
+
+    /// Milliseconds since the Unix epoch at `at`.
+    pub fn unix_ms(&self, at: Instant) -> u64 {
+        let wall = match at.checked_duration_since(self.instant) {
+            Some(after) => self.wall + after,
+            None => self.wall - self.instant.duration_since(at),
+        };
+        wall.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            })
+    }
+
+    /// The instant of a stored wall-clock time, no earlier than `now` minus nothing: a time
+    /// already past comes back as `now`, which is what every caller needs (it is due).
+    pub fn instant_at(&self, unix_ms: u64, now: Instant) -> Instant {
+        let now_ms = self.unix_ms(now);
+        now + Duration::from_millis(unix_ms.saturating_sub(now_ms))
+    }
+}
+
+const DELIVERY_FORMAT: u8 = 1;
+
+/// A queued delivery as stored: its QoS, retain flag and subscription identifiers, then
+/// the message record.
+pub fn encode_delivery(delivery: &Delivery, clock: &WallClock) -> Bytes {
+    let expires = delivery.message.expires_at.map(|at| clock.unix_ms(at));
+    let message = encode_message(&delivery.message, expires);
+    let ids = &delivery.subscription_ids;
+    let mut out = BytesMut::with_capacity(4 + ids.len() * 4 + message.len());
+    out.put_u8(DELIVERY_FORMAT);
+    out.put_u8(delivery.qos.as_u8());
+    out.put_u8(u8::from(delivery.retain));
+    let count = ids.len().min(usize::from(u8::MAX));
+    out.put_u8(count as u8);
+    for id in ids.iter().take(count) {
+        out.put_u32(*id);
+    }
+    out.put_slice(&message);
+    out.freeze()
+}
+
+/// Reads a record written by `encode_delivery`, numbered `seq`.
+pub fn decode_delivery(
+    record: &[u8],
+    seq: u64,
+    clock: &WallClock,
+    now: Instant,
+) -> Option<Delivery> {
+    let mut buf = record;
+    if buf.remaining() < 4 || buf.get_u8() != DELIVERY_FORMAT {
+        return None;
+    }
+    let qos = QoS::from_u8(buf.get_u8())?;
+    let retain = buf.get_u8() != 0;
+    let count = usize::from(buf.get_u8());
+    if buf.remaining() < count * 4 {
+        return None;
+    }
+    let subscription_ids = (0..count).map(|_| buf.get_u32()).collect();
+    let (mut message, expires) = decode_message(buf)?;
+    message.expires_at = expires.map(|ms| clock.instant_at(ms, now));
+    Some(Delivery {
+        message: Arc::new(message),
+        qos,
+        retain,
+        subscription_ids,
+        store_seq: Some(seq),
+    })
+}
+
+pub fn encode_in_flight(state: OutgoingState, packet_id: u16) -> Bytes {
+    let mut out = BytesMut::with_capacity(3);
+    out.put_u8(match state {
+        OutgoingState::AwaitPubAck => 1,
+        OutgoingState::AwaitPubRec => 2,
+        OutgoingState::AwaitPubComp => 3,
+    });
+    out.put_u16(packet_id);
+    out.freeze()
+}
+
+pub fn decode_in_flight(record: &[u8]) -> Option<(OutgoingState, u16)> {
+    let [state, high, low] = *record else {
+        return None;
+    };
+    let state = match state {
+        1 => OutgoingState::AwaitPubAck,
+        2 => OutgoingState::AwaitPubRec,
+        3 => OutgoingState::AwaitPubComp,
+        _ => return None,
+    };
+    Some((state, u16::from_be_bytes([high, low])))
+}
+
+/// A session as stored, apart from its messages.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// Seconds; `u32::MAX` = never expires.
+    pub expiry_interval: u32,
+    /// When its last connection closed, or None if it was connected when written (a
+    /// session connected at a crash counts as closed when the broker restarts).
+    pub disconnected_unix_ms: Option<u64>,
+    pub will: Option<Box<Will>>,
+    /// Filters as the session holds them (mounted, `$share/` included).
+    pub subscriptions: Vec<(String, Subscription)>,
+}
+
+const SESSION_FORMAT: u8 = 1;
+
+fn options_byte(options: &SubscriptionOptions) -> u8 {
+    options.qos.as_u8()
+        | u8::from(options.no_local) << 2
+        | u8::from(options.retain_as_published) << 3
+        | (options.retain_handling & 3) << 4
+}
+
+fn options_from_byte(byte: u8) -> Option<SubscriptionOptions> {
+    Some(SubscriptionOptions {
+        qos: QoS::from_u8(byte & 3)?,
+        no_local: byte & 4 != 0,
+        retain_as_published: byte & 8 != 0,
+        retain_handling: (byte >> 4) & 3,
+    })
+}
+
+pub fn encode_session(record: &SessionRecord) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_u8(SESSION_FORMAT);
+    out.put_u32(record.expiry_interval);
+    out.put_u64(record.disconnected_unix_ms.unwrap_or(NO_EXPIRY));
+    match &record.will {
+        Some(will) => {
+            let mut message = Message {
+                topic: will.topic.clone(),
+                payload: will.payload.clone(),
+                qos: will.qos,
+                retain: will.retain,
+                properties: will.properties.clone(),
+                publisher: None,
+                publisher_client_id: None,
+                expires_at: None,
+            };
+            message.properties.message_expiry_interval = will.properties.message_expiry_interval;
+            let encoded = encode_message(&message, None);
+            out.put_u8(1);
+            out.put_u32(will.delay_interval);
+            out.put_u32(encoded.len() as u32);
+            out.put_slice(&encoded);
+        }
+        None => out.put_u8(0),
+    }
+    out.put_u32(record.subscriptions.len() as u32);
+    for (filter, subscription) in &record.subscriptions {
+        let filter = filter.as_bytes();
+        let len = filter.len().min(usize::from(u16::MAX));
+        out.put_u16(len as u16);
+        out.put_slice(filter.get(..len).unwrap_or_default());
+        out.put_u8(options_byte(&subscription.options));
+        out.put_u32(subscription.identifier.unwrap_or(0));
+    }
+    out.freeze()
+}
+
+pub fn decode_session(record: &[u8]) -> Option<SessionRecord> {
+    let mut buf = record;
+    if buf.remaining() < 14 || buf.get_u8() != SESSION_FORMAT {
+        return None;
+    }
+    let expiry_interval = buf.get_u32();
+    let disconnected = buf.get_u64();
+    let will = match buf.get_u8() {
+        0 => None,
+        1 => {
+            if buf.remaining() < 8 {
+                return None;
+            }
+            let delay_interval = buf.get_u32();
+            let len = buf.get_u32() as usize;
+            let (message, _) = decode_message(buf.get(..len)?)?;
+            buf.advance(len);
+            Some(Box::new(Will {
+                topic: message.topic,
+                payload: message.payload,
+                qos: message.qos,
+                retain: message.retain,
+                properties: message.properties,
+                delay_interval,
+            }))
+        }
+        _ => return None,
+    };
+    if buf.remaining() < 4 {
+        return None;
+    }
+    let count = buf.get_u32() as usize;
+    let mut subscriptions = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        if buf.remaining() < 2 {
+            return None;
+        }
+        let len = usize::from(buf.get_u16());
+        let filter = std::str::from_utf8(buf.get(..len)?).ok()?.to_owned();
+        buf.advance(len);
+        if buf.remaining() < 5 {
+            return None;
+        }
+        let options = options_from_byte(buf.get_u8())?;
+        let identifier = Some(buf.get_u32()).filter(|id| *id != 0);
+        subscriptions.push((
+            filter,
+            Subscription {
+                options,
+                identifier,
+            },
+        ));
+    }
+    Some(SessionRecord {
+        expiry_interval,
+        disconnected_unix_ms: (disconnected != NO_EXPIRY).then_some(disconnected),
+        will,
+        subscriptions,
+    })
+}
+
+/// Splits a key made by `session_key` (possibly followed by more) into its namespace,
+/// client id and the rest.
+pub fn split_session_key(key: &[u8]) -> Option<(&str, &str, &[u8])> {
+    let mut rest = key;
+    let mut parts = [""; 2];
+    for part in &mut parts {
+        let len = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
+        *part = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
+        rest = rest.get(2 + len..)?;
+    }
+    let [namespace, client_id] = parts;
+    Some((namespace, client_id, rest))
+}
+
+/// Deletes everything stored under a session's key.
+pub fn forget_session(key: &[u8]) -> Vec<Op> {
+    let mut ops: Vec<Op> = [Table::Queues, Table::Inflight, Table::AwaitingRel]
+        .into_iter()
+        .map(|table| Op::DeletePrefix {
+            table,
+            prefix: key.to_vec(),
+        })
+        .collect();
+    for table in [Table::Sessions, Table::Adapter] {
+        ops.push(Op::Delete {
+            table,
+            key: key.to_vec(),
+        });
+    }
+    ops
 }
 
 /// The key of everything a session owns: its namespace and client id, each length-prefixed

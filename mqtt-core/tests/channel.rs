@@ -1467,17 +1467,267 @@ fn acknowledgements_of_stored_messages_wait_until_durable_and_keep_their_order()
     publisher.wake(t0);
     assert_eq!(acks(publisher.receive()), vec![('R', 3, 0x10)]);
 
-    // A full store refuses what it would have to keep, and only that.
+    // A full store refuses every QoS 1/2 message, any of which a persistent session might
+    // have to keep; QoS 0 still flows.
     store.full.store(true, Ordering::SeqCst);
     let mut refused = publish("kept", b"4", QoS::AtLeastOnce, 4);
     refused.retain = true;
     publisher.send(Packet::Publish(refused), t0);
     publisher.send(
-        Packet::Publish(publish("plain", b"5", QoS::AtLeastOnce, 5)),
+        Packet::Publish(publish("plain", b"5", QoS::ExactlyOnce, 5)),
         t0,
     );
     assert_eq!(
         acks(publisher.receive()),
-        vec![('A', 4, 0x97), ('A', 5, 0x10)]
+        vec![('A', 4, 0x97), ('R', 5, 0x97)]
     );
+}
+
+/// A store that keeps its tables in memory and is durable at once: a restart is a new
+/// broker on the same `MapStore`, a crash is the old broker dropped without a word.
+#[derive(Default)]
+struct MapStore {
+    tables: std::sync::Mutex<std::collections::BTreeMap<(u8, Vec<u8>), Bytes>>,
+    tickets: std::sync::atomic::AtomicU64,
+}
+
+impl MapStore {
+    fn count(&self, table: mqtt_core::storage::Table) -> usize {
+        self.load(table).unwrap().len()
+    }
+}
+
+use mqtt_core::storage::Store as _;
+
+impl mqtt_core::storage::Store for MapStore {
+    fn submit(&self, ops: Vec<mqtt_core::storage::Op>) -> u64 {
+        use mqtt_core::storage::Op;
+        let mut tables = self.tables.lock().unwrap();
+        for op in ops {
+            match op {
+                Op::Put { table, key, value } => {
+                    tables.insert((table as u8, key), value);
+                }
+                Op::Delete { table, key } => {
+                    tables.remove(&(table as u8, key));
+                }
+                Op::DeletePrefix { table, prefix } => {
+                    tables.retain(|(t, key), _| !(*t == table as u8 && key.starts_with(&prefix)));
+                }
+            }
+        }
+        self.tickets.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    fn durable(&self) -> u64 {
+        self.tickets.load(Ordering::SeqCst)
+    }
+    fn wake_when_durable(&self, _ticket: u64, wakeup: Arc<dyn Wakeup>) {
+        wakeup.wake();
+    }
+    fn load(
+        &self,
+        table: mqtt_core::storage::Table,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, mqtt_core::storage::StoreError> {
+        Ok(self
+            .tables
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((t, _), _)| *t == table as u8)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+    fn is_full(&self) -> bool {
+        false
+    }
+}
+
+/// A broker started at `now` on `store`; the wall clock moves with the virtual one from
+/// a fixed date at `t0`, so a virtual downtime is a real one to the store's records.
+fn restarted(
+    store: &Arc<MapStore>,
+    t0: Instant,
+    now: Instant,
+) -> (Arc<Broker>, mqtt_core::broker::Recovered) {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let wall = std::time::SystemTime::UNIX_EPOCH + secs(1_800_000_000) + (now - t0);
+    let broker = Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth::allow_all(),
+        now,
+    )
+    .with_store(store.clone(), wall);
+    let recovered = broker.recover(now).expect("recover");
+    (Arc::new(broker), recovered)
+}
+
+fn ack(packet_id: u16) -> PubResponse {
+    PubResponse {
+        packet_id,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_persistent_session_comes_back_from_the_store_with_its_queue_and_window() {
+    let t0 = Instant::now();
+    let store = Arc::new(MapStore::default());
+    let (broker, _) = restarted(&store, t0, t0);
+    let (mut sub, _) = Client::connect_with(&broker, persistent_v5("sub", 3600), t0);
+    sub.subscribe_with(
+        "t/#",
+        SubscriptionOptions {
+            qos: QoS::ExactlyOnce,
+            no_local: true,
+            ..Default::default()
+        },
+        Some(7),
+        t0,
+    );
+    let (mut publisher, _) = Client::connect_with(&broker, persistent_v5("pub", 3600), t0);
+    publisher.publish("t/1", b"acked", QoS::AtLeastOnce, 1, t0);
+    publisher.publish("t/2", b"unacked", QoS::AtLeastOnce, 2, t0);
+    publisher.publish("t/3", b"received", QoS::ExactlyOnce, 3, t0);
+    publisher.publish("t/0", b"at most once", QoS::AtMostOnce, 0, t0);
+    let sent = sub.publishes(t0);
+    assert_eq!(sent.len(), 4);
+    assert_eq!(sent[0].properties.subscription_identifiers, vec![7]);
+    sub.send(Packet::PubAck(ack(sent[0].packet_id)), t0);
+    sub.send(Packet::PubRec(ack(sent[2].packet_id)), t0);
+    assert!(matches!(sub.receive().as_slice(), [Packet::PubRel(_)]));
+    sub.close(t0);
+    publisher.publish("t/4", b"queued", QoS::AtLeastOnce, 4, t0);
+    // A QoS 2 message whose PUBREC is out but whose PUBREL has not come yet.
+    let answer = publisher.publish("t/5", b"once", QoS::ExactlyOnce, 5, t0);
+    assert!(matches!(answer.as_slice(), [Packet::PubRec(_)]));
+    assert_eq!(store.count(mqtt_core::storage::Table::Sessions), 2);
+
+    // The crash: the old broker is never told. The new one starts ten seconds later.
+    drop((sub, publisher));
+    let later = t0 + secs(10);
+    let (broker, recovered) = restarted(&store, t0, later);
+    assert_eq!((recovered.sessions, recovered.messages), (2, 4));
+
+    // The publisher resends its unreleased QoS 2 PUBLISH: acknowledged, not routed again.
+    let (mut publisher, connack) = Client::connect_with(&broker, persistent_v5("pub", 3600), later);
+    assert!(connack.session_present);
+    let mut dup = publish("t/5", b"once", QoS::ExactlyOnce, 5);
+    dup.dup = true;
+    publisher.send(Packet::Publish(dup), later);
+    assert!(matches!(publisher.receive().as_slice(), [Packet::PubRec(rec)] if rec.packet_id == 5));
+    publisher.send(Packet::PubRel(ack(5)), later);
+    assert!(
+        matches!(publisher.receive().as_slice(), [Packet::PubComp(comp)] if comp.packet_id == 5 && comp.reason_code == ReasonCode::SUCCESS),
+        "the packet id awaiting release came back"
+    );
+
+    // The subscriber gets, in order: the unacknowledged QoS 1 again (DUP, same packet id),
+    // PUBREL for the QoS 2 it had received, then what was queued while it was away.
+    let (mut sub, connack) = Client::connect_with(&broker, persistent_v5("sub", 3600), later);
+    assert!(connack.session_present);
+    sub.wake(later);
+    let packets = sub.receive();
+    let summary: Vec<String> = packets
+        .iter()
+        .map(|packet| match packet {
+            Packet::Publish(p) => format!(
+                "{} {} dup={} id={}",
+                p.topic,
+                String::from_utf8_lossy(&p.payload),
+                p.dup,
+                p.packet_id == sent[1].packet_id
+            ),
+            Packet::PubRel(rel) => format!("PUBREL {}", rel.packet_id == sent[2].packet_id),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            "t/2 unacked dup=true id=true",
+            "PUBREL true",
+            "t/4 queued dup=false id=false",
+            "t/5 once dup=false id=false",
+        ]
+    );
+    // The subscription came back with its options: still No Local, still identifier 7.
+    let Packet::Publish(queued) = &packets[2] else {
+        panic!("the third packet is the queued PUBLISH")
+    };
+    assert_eq!(queued.properties.subscription_identifiers, vec![7]);
+    sub.publish("t/own", b"mine", QoS::AtLeastOnce, 9, later);
+    assert!(sub.publishes(later).is_empty(), "No Local came back");
+    publisher.publish("t/6", b"live", QoS::AtLeastOnce, 6, later);
+    assert_eq!(sub.publishes(later).len(), 1);
+}
+
+#[test]
+fn sessions_that_expired_while_the_broker_was_down_are_gone_and_their_wills_sent() {
+    let t0 = Instant::now();
+    let store = Arc::new(MapStore::default());
+    let (broker, _) = restarted(&store, t0, t0);
+    let (mut watcher, _) = Client::connect_with(&broker, persistent_v5("watcher", 3600), t0);
+    watcher.subscribe("wills/#", QoS::AtLeastOnce, t0);
+    let mut short = persistent_v5("short", 5);
+    short.will = Some(will("wills/short", Some(60)));
+    let (mut short, _) = Client::connect_with(&broker, short, t0);
+    short.subscribe("x", QoS::AtLeastOnce, t0);
+    let mut delayed = persistent_v5("delayed", 3600);
+    delayed.will = Some(will("wills/delayed", Some(30)));
+    let (mut delayed, _) = Client::connect_with(&broker, delayed, t0);
+    short.close(t0);
+    delayed.close(t0);
+    watcher.close(t0);
+    drop((short, delayed, watcher));
+
+    // Down for 10 s: "short" (5 s) has expired, and its will goes out at the restart;
+    // "delayed" is still there, its will 20 s away.
+    let later = t0 + secs(10);
+    let (broker, recovered) = restarted(&store, t0, later);
+    assert_eq!(recovered.sessions, 2);
+    let (mut watcher, connack) =
+        Client::connect_with(&broker, persistent_v5("watcher", 3600), later);
+    assert!(connack.session_present);
+    let topics: Vec<_> = watcher
+        .publishes(later)
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    assert_eq!(topics, vec!["wills/short"]);
+    let (_, connack) = Client::connect_with(&broker, persistent_v5("short", 5), later);
+    assert!(!connack.session_present, "the expired session is gone");
+
+    broker.handle_timeouts(t0 + secs(31));
+    let topics: Vec<_> = watcher
+        .publishes(t0 + secs(31))
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    assert_eq!(
+        topics,
+        vec!["wills/delayed"],
+        "the will delay counts across the downtime"
+    );
+}
+
+#[test]
+fn a_clean_session_is_never_stored_and_an_ended_one_is_forgotten() {
+    let t0 = Instant::now();
+    let store = Arc::new(MapStore::default());
+    let (broker, _) = restarted(&store, t0, t0);
+    let mut clean = Client::connect(&broker, "clean", t0);
+    clean.subscribe("t", QoS::AtLeastOnce, t0);
+    let (mut kept, _) = Client::connect_with(&broker, persistent_v5("kept", 3600), t0);
+    kept.subscribe("t", QoS::AtLeastOnce, t0);
+    kept.close(t0);
+    clean.publish("t", b"x", QoS::AtLeastOnce, 1, t0);
+    use mqtt_core::storage::Table;
+    assert_eq!(store.count(Table::Sessions), 1);
+    assert_eq!(store.count(Table::Queues), 1);
+    // A clean start ends the stored session, queue and all.
+    let _fresh = Client::connect(&broker, "kept", t0);
+    for table in Table::ALL.into_iter().filter(|t| *t != Table::Retained) {
+        assert_eq!(store.count(table), 0, "{}", table.name());
+    }
 }

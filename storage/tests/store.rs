@@ -169,9 +169,9 @@ fn key(prefix: u8, suffix: u8) -> Vec<u8> {
 
 fn model_op() -> impl Strategy<Value = ModelOp> {
     prop_oneof![
-        4 => (0..5usize, any::<u8>(), any::<u8>()).prop_map(|(t, k, v)| ModelOp::Put(t, k, v)),
-        2 => (0..5usize, any::<u8>()).prop_map(|(t, k)| ModelOp::Delete(t, k)),
-        1 => (0..5usize, any::<u8>()).prop_map(|(t, p)| ModelOp::DeletePrefix(t, p)),
+        4 => (0..Table::ALL.len(), any::<u8>(), any::<u8>()).prop_map(|(t, k, v)| ModelOp::Put(t, k, v)),
+        2 => (0..Table::ALL.len(), any::<u8>()).prop_map(|(t, k)| ModelOp::Delete(t, k)),
+        1 => (0..Table::ALL.len(), any::<u8>()).prop_map(|(t, p)| ModelOp::DeletePrefix(t, p)),
     ]
 }
 

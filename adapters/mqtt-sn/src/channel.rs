@@ -420,7 +420,7 @@ impl MqttSnChannel {
             Message::PubRec { msg_id } => self.handle_pubrec(msg_id, out, now),
             Message::PubRel { msg_id } => {
                 if let Some(session) = &self.session {
-                    session.state.lock().awaiting_rel.remove(&msg_id);
+                    session.state.lock().release(msg_id);
                 }
                 self.send(&Message::PubComp { msg_id }, out);
                 Flow::Continue
@@ -974,17 +974,17 @@ impl MqttSnChannel {
             QoS::ExactlyOnce => {
                 let first = {
                     let mut state = session.state.lock();
-                    if state.awaiting_rel.contains_key(&msg_id) {
+                    if state.is_awaiting_release(msg_id) {
                         Some(false)
                     } else {
-                        let timeout = self.broker.config.await_rel_timeout.get();
-                        state
-                            .awaiting_rel
-                            .retain(|_, since| now.saturating_duration_since(*since) < timeout);
-                        if state.awaiting_rel.len() >= self.broker.limits().max_awaiting_rel {
+                        state.expire_awaiting_release(
+                            now,
+                            self.broker.config.await_rel_timeout.get(),
+                        );
+                        if state.awaiting_release_count() >= self.broker.limits().max_awaiting_rel {
                             None
                         } else {
-                            state.awaiting_rel.insert(msg_id, now);
+                            state.await_release(msg_id, now);
                             Some(true)
                         }
                     }

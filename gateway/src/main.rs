@@ -197,6 +197,7 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
                 retained = recovered.retained,
                 sessions = recovered.sessions,
                 messages = recovered.messages,
+                awaiting_release = recovered.awaiting_release,
                 "state restored from the store"
             );
             broker

@@ -189,6 +189,19 @@ fn a_qos2_flow_interrupted_by_a_crash_completes_exactly_once_after_it() {
     }
     broker.crash();
     broker.restart();
+    // What the test is about: flows cut between PUBREC and PUBREL, whose packet ids the
+    // gateway must remember across the crash (it logs how many came back).
+    let log = broker.log_tail();
+    let restored = log
+        .rsplit("awaiting_release=")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse::<u32>().ok());
+    println!("QoS 2 packet ids awaiting release after the restart: {restored:?}");
+    assert!(
+        restored.is_some_and(|count| count > 0),
+        "no flow was between PUBREC and PUBREL at the crash\n{log}"
+    );
     let acked = acked_numbers(&mut publisher, "done", Duration::from_secs(60));
     assert_eq!(
         acked.len() as u64 + before,

@@ -99,6 +99,8 @@ pub struct Recovered {
     pub sessions: usize,
     /// Queued and in-flight messages of those sessions.
     pub messages: usize,
+    /// Incoming QoS 2 packet ids of those sessions still awaiting PUBREL.
+    pub awaiting_release: usize,
 }
 
 pub struct Attached {
@@ -275,7 +277,10 @@ impl Broker {
                 return Err(RecoverError::bad(Table::AwaitingRel, &key));
             };
             match (restored.get_mut(session), u16::try_from(packet_id)) {
-                (Some((_, parts)), Ok(packet_id)) => parts.awaiting_release.push(packet_id),
+                (Some((_, parts)), Ok(packet_id)) => {
+                    parts.awaiting_release.push(packet_id);
+                    recovered.awaiting_release += 1;
+                }
                 _ => forget.push(Op::Delete {
                     table: Table::AwaitingRel,
                     key,

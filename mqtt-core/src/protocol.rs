@@ -101,9 +101,9 @@ pub struct MqttChannel {
 #[derive(Debug, Clone, Copy)]
 struct HeldAck {
     ticket: Ticket,
+    packet: fn(PubResponse) -> Packet,
     packet_id: u16,
     reason: ReasonCode,
-    exactly_once: bool,
 }
 
 impl MqttChannel {
@@ -600,11 +600,13 @@ impl MqttChannel {
         );
     }
 
-    /// Acknowledges a QoS 1 or 2 PUBLISH once what it changed is durable (`ticket`), and
-    /// never before an earlier acknowledgement that still waits.
-    fn acknowledge_publish(
+    /// Sends PUBACK, PUBREC or PUBCOMP once what it acknowledges is durable (`ticket`),
+    /// and never before an earlier acknowledgement that still waits [MQTT-4.6.0-2]. PUBCOMP
+    /// waits too: a client told its flow is complete must not meet the packet id still
+    /// awaiting release after a restart.
+    fn acknowledge_durably(
         &mut self,
-        exactly_once: bool,
+        packet: fn(PubResponse) -> Packet,
         packet_id: u16,
         reason: ReasonCode,
         ticket: Option<Ticket>,
@@ -613,11 +615,6 @@ impl MqttChannel {
         let store = self.broker.store();
         let ticket = ticket.filter(|ticket| store.durable() < *ticket);
         if ticket.is_none() && self.held_acks.is_empty() {
-            let packet = if exactly_once {
-                Packet::PubRec
-            } else {
-                Packet::PubAck
-            };
             self.ack(packet, packet_id, reason, out);
             return;
         }
@@ -626,9 +623,9 @@ impl MqttChannel {
         }
         self.held_acks.push_back(HeldAck {
             ticket: ticket.unwrap_or(0),
+            packet,
             packet_id,
             reason,
-            exactly_once,
         });
     }
 
@@ -642,12 +639,7 @@ impl MqttChannel {
                 break;
             }
             self.held_acks.pop_front();
-            let packet = if held.exactly_once {
-                Packet::PubRec
-            } else {
-                Packet::PubAck
-            };
-            self.ack(packet, held.packet_id, held.reason, out);
+            self.ack(held.packet, held.packet_id, held.reason, out);
         }
     }
 
@@ -738,7 +730,7 @@ impl MqttChannel {
                 } else {
                     (ReasonCode::NOT_AUTHORIZED, None)
                 };
-                self.acknowledge_publish(false, packet_id, reason, ticket, out);
+                self.acknowledge_durably(Packet::PubAck, packet_id, reason, ticket, out);
             }
             QoS::ExactlyOnce => {
                 let (duplicate, awaiting_ticket) = {
@@ -778,7 +770,7 @@ impl MqttChannel {
                     (ReasonCode::NOT_AUTHORIZED, None)
                 };
                 let ticket = ticket.max(awaiting_ticket);
-                self.acknowledge_publish(true, packet_id, reason, ticket, out);
+                self.acknowledge_durably(Packet::PubRec, packet_id, reason, ticket, out);
             }
         }
         Flow::Continue
@@ -850,15 +842,12 @@ impl MqttChannel {
     }
 
     fn handle_pubrel(&mut self, ack: PubResponse, out: &mut BytesMut) -> Flow {
-        let found = self
-            .with_session(|state| state.release(ack.packet_id))
-            .unwrap_or(false);
-        let reason = if found {
-            ReasonCode::SUCCESS
-        } else {
-            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        let released = self.with_session(|state| state.release(ack.packet_id));
+        let (reason, ticket) = match released {
+            Some(Some(ticket)) => (ReasonCode::SUCCESS, ticket),
+            _ => (ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, None),
         };
-        self.ack(Packet::PubComp, ack.packet_id, reason, out);
+        self.acknowledge_durably(Packet::PubComp, ack.packet_id, reason, ticket, out);
         Flow::Continue
     }
 

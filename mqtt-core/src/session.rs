@@ -518,16 +518,16 @@ impl SessionState {
         }]))
     }
 
-    /// PUBREL: returns whether the packet id was awaiting it.
-    pub fn release(&mut self, packet_id: u16) -> bool {
-        let found = self.awaiting_rel.remove(&packet_id).is_some();
-        if let (true, Some(persistence)) = (found, &self.persistence) {
+    /// PUBREL: None if the packet id was not awaiting it; else the store's ticket for
+    /// forgetting it, when the session is kept in a store.
+    pub fn release(&mut self, packet_id: u16) -> Option<Option<Ticket>> {
+        self.awaiting_rel.remove(&packet_id)?;
+        Some(self.persistence.as_ref().map(|persistence| {
             persistence.store.submit(vec![Op::Delete {
                 table: Table::AwaitingRel,
                 key: storage::session_entry_key(&persistence.key, u64::from(packet_id)),
-            }]);
-        }
-        found
+            }])
+        }))
     }
 
     /// Forgets packet ids whose PUBREL has not come within `timeout`.

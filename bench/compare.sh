@@ -14,10 +14,15 @@
 #   --quick       3 s runs, one repetition, 2,000 connections: a smoke run
 #   --reps N      repetitions per scenario and broker (default 3)
 #   --duration S  publishing seconds per throughput run (default 10)
-#   --only LABELS comma-separated scenarios to run (fanin-q0,fanin-q1,fanout-q0,p2p-q1,
-#                 latency-q1,conn; default all)
+#   --only LABELS comma-separated scenarios to run (fanin-q0,fanin-q1,fanin-q1-durable,
+#                 fanout-q0,p2p-q1,latency-q1,conn; default all)
 #   --out DIR     where raw results go (default bench/results/DATE)
 #   --summarize   print the summary of earlier runs (several result folders are pooled)
+#
+# fanin-q1-durable is fanin-q1 with a persistent-session subscriber, so every message is
+# written to the store before its PUBACK; it runs the gateway with storage = "memory" (as
+# every other scenario does) and again with storage = "disk" (a fresh data directory per
+# run, fsync = batch), and the summary gives disk/memory.
 #
 # Other work on the machine distorts every figure. Before each run the script waits (up
 # to QUIET_WAIT=90 s) for the machine to be nearly idle; a run during which other processes
@@ -79,6 +84,7 @@ def get(report, path):
 METRICS = [
     ("fanin-q0", "delivered msg/s", "out_rate", "", True, ">= 10x"),
     ("fanin-q1", "delivered msg/s", "out_rate", "", True, ">= 15x"),
+    ("fanin-q1-durable", "delivered msg/s", "out_rate", "", True, ""),
     ("fanout-q0", "deliveries/s", "out_rate", "", True, ">= 20x"),
     ("fanout-q0", "slowest/fastest subscriber", "fairness", "", True, ">= 0.90"),
     ("p2p-q1", "delivered msg/s", "out_rate", "", True, ">= 12x"),
@@ -115,11 +121,20 @@ for label, name, path, _, higher, target in METRICS:
     ratio = f"{g / m:.2f}x" if g is not None and m else "-"
     print(f"| {label} | {name} | {gs} | {ms} | {ratio} | {target} | {g2s} |")
 
+disk, disk_s = stats("fanin-q1-durable", "gateway-disk", "out_rate")
+memory, _ = stats("fanin-q1-durable", "gateway", "out_rate")
+if disk is not None:
+    ratio = f"{disk / memory:.2f}" if memory else "-"
+    print()
+    print("| scenario | gateway storage = disk: median (min-max) | ratio disk/memory | target |")
+    print("|---|---|---|---|")
+    print(f"| fanin-q1-durable | {disk_s} | {ratio} | >= 0.5 |")
+
 print()
 print("| scenario | broker | generator CPU % | broker CPU % | everything else CPU % |")
 print("|---|---|---|---|---|")
-for label in ["fanin-q0", "fanin-q1", "fanout-q0", "p2p-q1", "latency-q1", "conn"]:
-    for broker in ["gateway", "mosquitto", "gateway-2cores"]:
+for label in ["fanin-q0", "fanin-q1", "fanin-q1-durable", "fanout-q0", "p2p-q1", "latency-q1", "conn"]:
+    for broker in ["gateway", "gateway-disk", "mosquitto", "gateway-2cores"]:
         if by[(label, broker)]:
             _, gen = stats(label, broker, "cpu_pct")
             _, brk = stats(label, broker, "broker_cpu_pct")
@@ -248,6 +263,10 @@ EOF
             taskset -c "$cores" "$MOSQUITTO" -c "$OUT/mosquitto.conf" >>"$OUT/mosquitto.log" 2>&1 &
             ;;
         gateway*)
+            local storage=memory
+            if [[ $name == gateway-disk ]]; then storage=disk; fi
+            GATEWAY_STORAGE__BACKEND=$storage \
+            GATEWAY_STORAGE__DATA_DIR="$(mktemp -d "$OUT/store.XXXXXX")" \
             GATEWAY_LISTENERS__TCP__DEFAULT__BIND=127.0.0.1:$PORT \
             GATEWAY_LISTENERS__WS__DEFAULT__ENABLE=false \
             GATEWAY_MQTT__MAX_QUEUED_MESSAGES=100000 \
@@ -256,7 +275,6 @@ EOF
             GATEWAY_SYS__ENABLE=false \
             GATEWAY_GATEWAY__MQTTSN__ENABLE=false \
             GATEWAY_LOG__LEVEL=warn \
-            GATEWAY_STORAGE__BACKEND=memory \
                 taskset -c "$cores" "$GATEWAY" >>"$OUT/gateway.log" 2>&1 &
             ;;
     esac
@@ -356,12 +374,13 @@ D=$DURATION
 declare -A ARGS=(
     [fanin-q0]="fanin --qos 0 --publishers 10 --subscribers 1 --duration $D"
     [fanin-q1]="fanin --qos 1 --publishers 10 --subscribers 1 --duration $D"
+    [fanin-q1-durable]="fanin --qos 1 --publishers 10 --subscribers 1 --persistent-subscribers --duration $D"
     [fanout-q0]="fanout --qos 0 --publishers 1 --subscribers 100 --duration $D"
     [p2p-q1]="p2p --qos 1 --pairs 100 --duration $D"
     [latency-q1]="latency --qos 1 --total-rate 5000 --pairs 10 --duration $D"
     [conn]="conn --connections $CONNS --conn-concurrency 100 --hold 3"
 )
-ORDER=(fanin-q0 fanin-q1 fanout-q0 p2p-q1 latency-q1 conn)
+ORDER=(fanin-q0 fanin-q1 fanin-q1-durable fanout-q0 p2p-q1 latency-q1 conn)
 SCALING=(fanin-q0 fanin-q1 fanout-q0 p2p-q1)
 if [[ -n "$ONLY" ]]; then
     IFS=, read -r -a wanted <<<"$ONLY"
@@ -393,6 +412,10 @@ for rep in $(seq 1 "$REPS"); do
             # shellcheck disable=SC2086
             run_one "$label" "$broker" "$BROKER_CORE" "$rep" ${ARGS[$label]}
         done
+        if [[ $label == fanin-q1-durable ]]; then
+            # shellcheck disable=SC2086
+            run_one "$label" gateway-disk "$BROKER_CORE" "$rep" ${ARGS[$label]}
+        fi
     done
     for label in "${SCALING[@]}"; do
         # shellcheck disable=SC2086

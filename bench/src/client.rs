@@ -28,6 +28,8 @@ pub struct ConnectOptions {
     pub client_id: String,
     pub version: ProtocolVersion,
     pub keep_alive: u16,
+    /// Keeps the session after the connection (an hour under MQTT 5).
+    pub persistent: bool,
     pub username: Option<String>,
     pub password: Option<String>,
 }
@@ -77,13 +79,18 @@ impl Conn {
         };
         let connect = Connect {
             protocol: options.version,
-            clean_start: true,
+            clean_start: !options.persistent,
             keep_alive: options.keep_alive,
             client_id: options.client_id.clone(),
             will: None,
             username: options.username.clone(),
             password: options.password.clone().map(Into::into),
-            properties: ConnectProperties::default(),
+            properties: ConnectProperties {
+                session_expiry_interval: (options.persistent
+                    && options.version == ProtocolVersion::V5)
+                    .then_some(3600),
+                ..ConnectProperties::default()
+            },
         };
         conn.send(&Packet::Connect(Box::new(connect))).await?;
         match conn.read_packet().await? {

@@ -86,7 +86,7 @@ pub async fn run_conn(cfg: &RunConfig, plan: &ConnPlan) -> Result<ConnRun, Bench
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let options = cfg.connect_options(k, format!("{}-c{k}", cfg.client_prefix));
+        let options = cfg.connect_options(k, format!("{}-c{k}", cfg.client_prefix), false);
         let (addr, timeout, ping) = (cfg.addr, cfg.connect_timeout, cfg.ping_period());
         let (shared, latencies, stop) = (shared.clone(), latencies.clone(), stop_rx.clone());
         tasks.spawn(async move {

@@ -114,6 +114,10 @@ struct Cli {
     /// consumer: shows the broker's queue limits).
     #[arg(long, default_value_t = 0.0)]
     sub_stall: f64,
+    /// Subscribers keep their sessions (clean session 0 / clean start 0 with a Session
+    /// Expiry Interval): what a broker with durable storage writes to disk.
+    #[arg(long)]
+    persistent_subscribers: bool,
     /// MQTT keep-alive, seconds; 0 = off. Clients send PINGREQ every half of it.
     #[arg(long, default_value_t = 0)]
     keep_alive: u16,
@@ -192,6 +196,7 @@ fn main() -> Result<()> {
         grace_max: Duration::from_secs_f64(cli.grace_max),
         keep_alive: cli.keep_alive,
         sub_stall: Duration::from_secs_f64(cli.sub_stall),
+        persistent_subscribers: cli.persistent_subscribers,
         client_prefix: format!("gwb{run_id}"),
         sources,
         username: cli.username.clone(),

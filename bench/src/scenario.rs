@@ -50,6 +50,7 @@ pub struct RunConfig {
     pub grace_max: Duration,
     pub keep_alive: u16,
     pub sub_stall: Duration,
+    pub persistent_subscribers: bool,
     pub client_prefix: String,
     /// Local addresses the clients connect from, in turn; empty = the kernel's choice.
     pub sources: Vec<IpAddr>,
@@ -62,7 +63,12 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// Options for the `index`-th client of the run.
-    pub fn connect_options(&self, index: usize, client_id: String) -> ConnectOptions {
+    pub fn connect_options(
+        &self,
+        index: usize,
+        client_id: String,
+        persistent: bool,
+    ) -> ConnectOptions {
         let source = match self.sources.len() {
             0 => None,
             n => self.sources.get(index % n).copied(),
@@ -72,6 +78,7 @@ impl RunConfig {
             client_id,
             version: self.version,
             keep_alive: self.keep_alive,
+            persistent,
             username: self.username.clone(),
             password: self.password.clone(),
         }
@@ -356,7 +363,8 @@ async fn connect_all(
     let permits = Arc::new(Semaphore::new(SETUP_PARALLELISM));
     let mut set = JoinSet::new();
     for (index, (client_id, filter)) in jobs.into_iter().enumerate() {
-        let options = cfg.connect_options(first_index + index, client_id);
+        let persistent = cfg.persistent_subscribers && filter.is_some();
+        let options = cfg.connect_options(first_index + index, client_id, persistent);
         let permits = permits.clone();
         let (addr, timeout, qos) = (cfg.addr, cfg.connect_timeout, cfg.qos);
         set.spawn(async move {

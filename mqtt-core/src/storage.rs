@@ -21,10 +21,13 @@ use crate::session::{OutgoingState, Subscription, Wakeup, Will};
 pub enum Table {
     /// Session key → the session: subscriptions, expiry, will.
     Sessions,
-    /// Session key + sequence number → a queued or in-flight outgoing message.
+    /// Session key + sequence number → a queued or in-flight outgoing message. A key is
+    /// put only while absent (numbers are not reused while their entry exists), so a store
+    /// may leave out a put and a delete of the same key that meet in one commit.
     Queues,
     /// Session key + sequence number → the packet id and state of a queued message that
     /// was sent, so it is resent as it was (same packet id, or PUBREL) after a restart.
+    /// Exists only while the `Queues` entry of the same key does, and is deleted with it.
     Inflight,
     /// Session key + packet id → an incoming QoS 2 message awaiting PUBREL.
     AwaitingRel,

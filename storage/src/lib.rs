@@ -7,6 +7,8 @@
 //! read transactions beside the writer.
 
 use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -158,6 +160,62 @@ impl DiskStore {
     }
 }
 
+/// The shortest pause in arriving writes that closes a group before `commit_window`.
+const MIN_PAUSE: Duration = Duration::from_micros(50);
+
+/// The tables of one write transaction, each opened once however many changes it gets.
+struct OpenTables<'txn> {
+    transaction: &'txn redb::WriteTransaction,
+    open: FxHashMap<Table, redb::Table<'txn, &'static [u8], &'static [u8]>>,
+}
+
+impl<'txn> OpenTables<'txn> {
+    fn new(transaction: &'txn redb::WriteTransaction) -> OpenTables<'txn> {
+        OpenTables {
+            transaction,
+            open: FxHashMap::default(),
+        }
+    }
+
+    fn get(
+        &mut self,
+        table: Table,
+    ) -> Result<&mut redb::Table<'txn, &'static [u8], &'static [u8]>, redb::Error> {
+        Ok(match self.open.entry(table) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(self.transaction.open_table(definition(table))?)
+            }
+        })
+    }
+
+    fn apply<'a>(
+        &mut self,
+        changes: impl Iterator<Item = ((Table, &'a [u8]), Change<'a>)>,
+    ) -> Result<(), redb::Error> {
+        for ((table, key), change) in changes {
+            match change.value {
+                Some(value) => {
+                    self.get(table)?.insert(key, value)?;
+                }
+                None if change.created => {}
+                None => {
+                    self.get(table)?.remove(key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The last state of one key within a commit.
+struct Change<'a> {
+    value: Option<&'a [u8]>,
+    /// The key's first change in the group was a put of a numbered entry, which never
+    /// existed before it.
+    created: bool,
+}
+
 /// Wakes a thread waiting on a channel, once.
 struct Signal(Mutex<Option<Sender<()>>>);
 
@@ -243,15 +301,29 @@ struct Writer {
 impl Writer {
     fn run(self, receiver: Receiver<Batch>) {
         let mut last_sync = Instant::now();
-        while let Ok(first) = receiver.recv() {
-            let mut batches = vec![first];
-            if self.options.fsync == Fsync::Batch && !self.options.commit_window.is_zero() {
-                let until = Instant::now() + self.options.commit_window;
-                loop {
-                    let left = until.saturating_duration_since(Instant::now());
-                    match receiver.recv_timeout(left) {
-                        Ok(batch) => batches.push(batch),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        loop {
+            // Under load, what arrived during the last commit is the next group: it already
+            // shares one sync, and waiting longer would only add latency. A writer that was
+            // idle waits for the writes arriving together with the first, up to
+            // `commit_window`, but no longer than they keep coming: clients waiting for
+            // their acknowledgements send nothing more, so a pause means the burst is in.
+            let mut batches: Vec<Batch> = receiver.try_iter().collect();
+            if batches.is_empty() {
+                let Ok(first) = receiver.recv() else {
+                    break;
+                };
+                batches.push(first);
+                if self.options.fsync == Fsync::Batch && !self.options.commit_window.is_zero() {
+                    let until = Instant::now() + self.options.commit_window;
+                    let pause = (self.options.commit_window / 8).max(MIN_PAUSE);
+                    loop {
+                        let left = until.saturating_duration_since(Instant::now()).min(pause);
+                        match receiver.recv_timeout(left) {
+                            Ok(batch) => batches.push(batch),
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                                break
+                            }
+                        }
                     }
                 }
             }
@@ -293,21 +365,35 @@ impl Writer {
         transaction
             .set_durability(durability)
             .map_err(|error| redb::Error::Corrupted(error.to_string()))?;
-        for batch in batches {
-            for op in &batch.ops {
+        {
+            // Only each key's last state in the group is written, and a queued message
+            // acknowledged within the group not at all: its key was new (see
+            // `Table::Queues`), and so was its in-flight mark, so nothing is on disk to
+            // delete.
+            let mut last: FxHashMap<(Table, &[u8]), Change<'_>> = FxHashMap::default();
+            let mut tables = OpenTables::new(&transaction);
+            for op in batches.iter().flat_map(|batch| &batch.ops) {
                 match op {
                     Op::Put { table, key, value } => {
-                        transaction
-                            .open_table(definition(*table))?
-                            .insert(key.as_slice(), value.as_ref())?;
+                        let created = *table == Table::Queues;
+                        last.entry((*table, key.as_slice()))
+                            .and_modify(|change| change.value = Some(value.as_ref()))
+                            .or_insert(Change {
+                                value: Some(value.as_ref()),
+                                created,
+                            });
                     }
                     Op::Delete { table, key } => {
-                        transaction
-                            .open_table(definition(*table))?
-                            .remove(key.as_slice())?;
+                        last.entry((*table, key.as_slice()))
+                            .and_modify(|change| change.value = None)
+                            .or_insert(Change {
+                                value: None,
+                                created: false,
+                            });
                     }
                     Op::DeletePrefix { table, prefix } => {
-                        let mut opened = transaction.open_table(definition(*table))?;
+                        tables.apply(last.drain())?;
+                        let opened = tables.get(*table)?;
                         let mut doomed = Vec::new();
                         for entry in opened.range(prefix.as_slice()..)? {
                             let key = entry?.0.value().to_vec();
@@ -322,6 +408,21 @@ impl Writer {
                     }
                 }
             }
+            let unwritten: Vec<&[u8]> = last
+                .iter()
+                .filter(|((table, _), change)| {
+                    *table == Table::Queues && change.created && change.value.is_none()
+                })
+                .map(|((_, key), _)| *key)
+                .collect();
+            for key in unwritten {
+                if let Some(mark) = last.get_mut(&(Table::Inflight, key)) {
+                    if mark.value.is_none() {
+                        mark.created = true;
+                    }
+                }
+            }
+            tables.apply(last.drain())?;
         }
         transaction.commit()?;
         Ok(())

@@ -176,7 +176,7 @@ fn model_op() -> impl Strategy<Value = ModelOp> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Random batches of changes leave the same state on disk, after reopening, as in a
     /// plain ordered map.
@@ -195,18 +195,38 @@ proptest! {
                     match *op {
                         ModelOp::Put(t, k, v) => {
                             let (table, key) = (table(t), key(k, k.wrapping_mul(31)));
-                            model.insert((table, key.clone()), Bytes::from(vec![v]));
-                            ops.push(Op::Put { table, key, value: Bytes::from(vec![v]) });
+                            // The contract of the numbered tables: a queue entry is put only
+                            // while absent, an in-flight mark only beside its queue entry.
+                            let allowed = match table {
+                                Table::Queues => !model.contains_key(&(table, key.clone())),
+                                Table::Inflight => model.contains_key(&(Table::Queues, key.clone())),
+                                _ => true,
+                            };
+                            if allowed {
+                                model.insert((table, key.clone()), Bytes::from(vec![v]));
+                                ops.push(Op::Put { table, key, value: Bytes::from(vec![v]) });
+                            }
                         }
                         ModelOp::Delete(t, k) => {
                             let (table, key) = (table(t), key(k, k.wrapping_mul(31)));
                             model.remove(&(table, key.clone()));
+                            if table == Table::Queues {
+                                model.remove(&(Table::Inflight, key.clone()));
+                                ops.push(Op::Delete { table: Table::Inflight, key: key.clone() });
+                            }
                             ops.push(Op::Delete { table, key });
                         }
                         ModelOp::DeletePrefix(t, p) => {
                             let (table, prefix) = (table(t), vec![p % 4]);
-                            model.retain(|(t, k), _| !(*t == table && k.starts_with(&prefix)));
-                            ops.push(Op::DeletePrefix { table, prefix });
+                            let tables = if table == Table::Queues {
+                                vec![Table::Inflight, Table::Queues]
+                            } else {
+                                vec![table]
+                            };
+                            for table in tables {
+                                model.retain(|(t, k), _| !(*t == table && k.starts_with(&prefix)));
+                                ops.push(Op::DeletePrefix { table, prefix: prefix.clone() });
+                            }
                         }
                     }
                 }

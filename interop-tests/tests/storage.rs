@@ -82,6 +82,16 @@ fn received(broker: &Broker, client_id: &str) -> Vec<(u64, bool, u8)> {
     }
 }
 
+/// A topic, and the client id of a paho subscriber whose persistent session subscribed to
+/// it at `qos` and left.
+fn offline_subscriber(broker: &Broker, label: &str, qos: &str) -> (String, String) {
+    let topic = unique_topic(label);
+    let subscriber = unique_client_id(&format!("{label}-sub"));
+    let mut setup = crash_flow(broker, &["subscribe", &subscriber, &topic, qos]);
+    assert_eq!(expect_line(&mut setup, Duration::from_secs(10)), "ready");
+    (topic, subscriber)
+}
+
 /// A gateway on disk storage whose queues can hold every message of a crash test.
 fn crashable_gateway() -> Option<Broker> {
     Broker::start_gateway_only(
@@ -99,10 +109,7 @@ fn qos1_messages_acknowledged_before_a_crash_reach_a_persistent_subscriber_after
     let Some(mut broker) = crashable_gateway() else {
         return;
     };
-    let topic = unique_topic("crash/qos1");
-    let subscriber = unique_client_id("crash-sub1");
-    let mut setup = crash_flow(&broker, &["subscribe", &subscriber, &topic, "1"]);
-    assert_eq!(expect_line(&mut setup, Duration::from_secs(10)), "ready");
+    let (topic, subscriber) = offline_subscriber(&broker, "crash1", "1");
 
     let per = PER_PUBLISHER.to_string();
     let mut publishers: Vec<Proc> = (0..2u64)
@@ -160,10 +167,7 @@ fn a_qos2_flow_interrupted_by_a_crash_completes_exactly_once_after_it() {
     let Some(mut broker) = crashable_gateway() else {
         return;
     };
-    let topic = unique_topic("crash/qos2");
-    let subscriber = unique_client_id("crash-sub2");
-    let mut setup = crash_flow(&broker, &["subscribe", &subscriber, &topic, "2"]);
-    assert_eq!(expect_line(&mut setup, Duration::from_secs(10)), "ready");
+    let (topic, subscriber) = offline_subscriber(&broker, "crash2", "2");
 
     // The publisher keeps its session and resumes it after the restart: flows that had
     // their PUBREC go on with PUBREL, the others with the PUBLISH again (DUP).

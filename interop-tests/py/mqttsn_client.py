@@ -13,12 +13,17 @@ library's packets.
 
 Commands:
   {"cmd": "connect", "client_id": ..., "clean": true, "keepalive": 30,
-   "will": {"topic": ..., "payload": hex, "qos": 0, "retain": false}}  -> connack
+   "will": {"topic": ..., "payload": hex, "qos": 0, "retain": false},
+   "keep_topics": false}  -> connack (keep_topics: a new socket that keeps the topic ids
+                             learnt so far, as a device resuming its session does)
+  {"cmd": "register", "topic": ...}                                   -> registered {topic_id}
   {"cmd": "subscribe", "topic": ..., "qos": 1}                        -> suback {topic_id}
   {"cmd": "subscribe_predefined", "topic_id": 1, "qos": 1}            -> suback
   {"cmd": "publish", "topic": ..., "payload": hex, "qos": 1, "retain": false}
                                        -> published {topic_id} (REGISTER first unless short)
   {"cmd": "publish_predefined", "topic_id": 1, "payload": hex, "qos": 1}  -> published
+  {"cmd": "publish_id", "topic_id": 1025, "payload": hex, "qos": 1}
+                                       -> published (a normal topic id, no REGISTER)
   {"cmd": "publish_minus_one", "topic_id": 1, "type": "predefined"|"short", "payload": hex}
                                        -> published (from a fresh socket, never connected)
   {"cmd": "recv", "timeout": 10}       -> message {topic, topic_id, payload, qos, retain, dup}
@@ -154,7 +159,12 @@ class Driver:
     def run(self, cmd):
         name = cmd["cmd"]
         if name == "connect":
+            previous = self.client
             self.client = self.new_client()
+            if previous is not None:
+                if cmd.get("keep_topics", False):
+                    self.client.topic_map = dict(previous.topic_map)
+                previous.close()
             self.client_id = cmd["client_id"]
             self.client.set_client_id(self.client_id)
             self.client.set_clean_session(cmd.get("clean", True))
@@ -185,6 +195,19 @@ class Driver:
                 cmd.get("retain", False),
             )
             emit("published", topic_id=topic_id)
+        elif name == "register":
+            topic_id = self.client.send_register(cmd["topic"])
+            # What the library's send_publish would record, so a delivery under it is named.
+            self.client.register_topic(topic_id, cmd["topic"])
+            emit("registered", topic_id=topic_id)
+        elif name == "publish_id":
+            self.client.send_publish_with_id(
+                cmd["topic_id"],
+                C.TOPIC_TYPE_NORMAL,
+                bytes.fromhex(cmd["payload"]),
+                cmd.get("qos", 0),
+            )
+            emit("published", topic_id=cmd["topic_id"])
         elif name == "publish_predefined":
             self.client.send_publish_predefined(
                 cmd["topic_id"], bytes.fromhex(cmd["payload"]), cmd.get("qos", 0)

@@ -105,6 +105,31 @@ impl SnClient {
         );
     }
 
+    /// REGISTERs `topic` and returns the id the gateway gave it.
+    pub fn register(&mut self, topic: &str) -> u16 {
+        let event = self.run("register", json!({ "topic": topic }), "registered");
+        event["topic_id"].as_u64().expect("a topic id") as u16
+    }
+
+    /// Publishes under a normal topic id the client learnt earlier, without REGISTER.
+    pub fn publish_id(&mut self, topic_id: u16, payload: &[u8], qos: u8) {
+        self.run(
+            "publish_id",
+            json!({ "topic_id": topic_id, "payload": to_hex(payload), "qos": qos }),
+            "published",
+        );
+    }
+
+    /// Connects again from a new socket as a device resuming its session: clean session
+    /// off, keeping the topic ids it learnt.
+    pub fn resume(&mut self, client_id: &str) {
+        self.run(
+            "connect",
+            json!({ "client_id": client_id, "clean": false, "keep_topics": true }),
+            "connack",
+        );
+    }
+
     pub fn publish_predefined(&mut self, topic_id: u16, payload: &[u8], qos: u8) {
         self.run(
             "publish_predefined",

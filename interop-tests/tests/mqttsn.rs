@@ -378,3 +378,57 @@ fn clientinfo_override_names_the_user_and_the_listener_mountpoint_uses_it() {
     );
     sn.disconnect();
 }
+
+#[test]
+fn a_persistent_mqttsn_session_keeps_its_topic_ids_and_queue_across_a_gateway_crash() {
+    let Some(mut broker) = Broker::start_gateway_only("a gateway to kill and restart", &[]) else {
+        return;
+    };
+    let prefix = unique_topic("sn-crash");
+    let uplink = format!("{prefix}/up");
+    let downlink = format!("{prefix}/down");
+    let client_id = unique_client_id("sncrash");
+    let mut sn = SnClient::connected(&broker, &client_id, json!({ "clean": false }));
+    let up_id = sn.register(&uplink);
+    let down_id = sn
+        .subscribe(&downlink, 1)
+        .expect("a plain name's id in SUBACK");
+    assert_ne!(up_id, down_id);
+    sn.disconnect();
+    // Each PUBACK mosquitto_pub waits for comes once the queued copy is on disk.
+    let payloads: Vec<String> = (0..3).map(|i| format!("queued {i}")).collect();
+    for payload in &payloads {
+        mosquitto_pub(
+            &broker,
+            Version::V311,
+            &downlink,
+            payload.as_bytes(),
+            1,
+            false,
+            &[],
+        );
+    }
+    broker.crash_and_restart();
+
+    sn.resume(&client_id);
+    for payload in &payloads {
+        let msg = sn.recv();
+        // The id the client learnt before the crash: no REGISTER needed, none sent.
+        assert_eq!(
+            (msg.topic_id, msg.topic.as_deref(), msg.qos),
+            (down_id, Some(downlink.as_str()), 1),
+            "{}",
+            broker.log_tail()
+        );
+        assert_eq!(msg.payload, payload.as_bytes());
+    }
+    let mut sub = MosquittoSub::start(&broker, Version::V311, &[&uplink], 1, &[]);
+    // The library raises on any PUBACK return code but accepted (0x02: unknown id).
+    sn.publish_id(up_id, b"by the old id", 1);
+    let msg = sub.recv(TIMEOUT);
+    assert_eq!(
+        (msg.topic.as_str(), &msg.payload[..]),
+        (uplink.as_str(), &b"by the old id"[..])
+    );
+    sn.disconnect();
+}

@@ -2,6 +2,7 @@
 //! in, with `now`; datagrams out. The client is a session of the unified model in its own
 //! namespace; this channel only translates frames and topic ids.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use mqtt_core::protocol::Flow;
 use mqtt_core::session::{
     ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, Wakeup, Will,
 };
+use mqtt_core::storage::Ticket;
 
 use crate::codec::{
     self, short_topic_id, short_topic_name, Flags, Message, Qos, ReturnCode, TopicIdType, TopicRef,
@@ -152,6 +154,16 @@ pub struct MqttSnChannel {
     /// Subscribed topic names still to REGISTER after a resume (`subs_resume`).
     resume_registers: Vec<ByteString>,
     will_disposition: WillDisposition,
+    /// PUBACKs and PUBRECs waiting for what their PUBLISH changed to be durable, in the
+    /// order the PUBLISHes came: once one waits, those behind it wait too.
+    held_acks: VecDeque<HeldAck>,
+}
+
+/// An answer to a client's PUBLISH that waits for the store.
+#[derive(Debug)]
+struct HeldAck {
+    ticket: Ticket,
+    reply: Message,
 }
 
 impl MqttSnChannel {
@@ -178,6 +190,7 @@ impl MqttSnChannel {
             in_flight: None,
             resume_registers: Vec::new(),
             will_disposition: WillDisposition::Publish,
+            held_acks: VecDeque::new(),
         }
     }
 
@@ -506,6 +519,9 @@ impl MqttSnChannel {
             );
             self.in_flight = None;
         }
+        // Answers to the previous connection's PUBLISHes: the client sends again what it
+        // still waits for.
+        self.held_acks.clear();
         let pending = PendingConnect {
             client_id,
             clean_session: flags.clean_session,
@@ -799,15 +815,41 @@ impl MqttSnChannel {
         client
     }
 
+    /// Runs `f` on the session's topic registry: the one in memory, else the one kept with
+    /// the session (a restart brought it back from the store), else a new one. Every change
+    /// is kept with the session, so a persistent session's ids survive a restart.
     fn with_registry<R>(&self, f: impl FnOnce(&mut TopicRegistry) -> R) -> Option<R> {
         let session = self.session.as_ref()?;
         let mut state = session.state.lock();
         if state.extension.get_mut::<TopicRegistry>().is_none() {
-            state
-                .extension
-                .set(TopicRegistry::new(self.settings.max_registered_topics));
+            let registry = self.restore_registry(state.adapter_state());
+            state.extension.set(registry);
         }
-        state.extension.get_mut::<TopicRegistry>().map(f)
+        let registry = state.extension.get_mut::<TopicRegistry>()?;
+        let result = f(registry);
+        let record = registry.take_changed().then(|| registry.encode());
+        if let Some(record) = record {
+            state.keep_adapter_state(record);
+        }
+        Some(result)
+    }
+
+    fn restore_registry(&self, kept: Option<&Bytes>) -> TopicRegistry {
+        let limit = self.settings.max_registered_topics;
+        let Some(record) = kept else {
+            return TopicRegistry::new(limit);
+        };
+        match TopicRegistry::decode(record, limit) {
+            Ok(registry) => {
+                tracing::debug!(topics = registry.len(), "topic ids restored");
+                registry
+            }
+            Err(error) => {
+                // The client learns of each lost id from PUBACK 0x02 and registers again.
+                tracing::warn!(%error, "stored topic ids unreadable; starting without them");
+                TopicRegistry::new(limit)
+            }
+        }
     }
 
     /// The topic name a client's PUBLISH names. Normal ids are looked up in the predefined
@@ -935,7 +977,7 @@ impl MqttSnChannel {
                     code = return_code.0,
                     "PUBLISH to an unknown topic id"
                 );
-                self.send(&puback(return_code), out);
+                self.acknowledge(puback(return_code), None, out);
                 return Flow::Continue;
             }
         };
@@ -946,7 +988,7 @@ impl MqttSnChannel {
         let qos = to_core_qos(flags.qos);
         if let Err((_, why)) = self.broker.check_publish(&topic, qos, flags.retain) {
             tracing::info!(%topic, why, "PUBLISH refused");
-            self.send(&puback(ReturnCode::NOT_SUPPORTED), out);
+            self.acknowledge(puback(ReturnCode::NOT_SUPPORTED), None, out);
             return Flow::Continue;
         }
         let action = Action::Publish {
@@ -955,7 +997,14 @@ impl MqttSnChannel {
         };
         if !self.broker.authorize(client, action, &topic) {
             tracing::info!(%topic, "PUBLISH not authorized");
-            self.send(&puback(ReturnCode::NOT_SUPPORTED), out);
+            self.acknowledge(puback(ReturnCode::NOT_SUPPORTED), None, out);
+            return Flow::Continue;
+        }
+        if qos != QoS::AtMostOnce && self.broker.refuses_storing() {
+            // Any QoS 1/2 message may have to be kept, and the store is full: the client
+            // is told to wait, as for any congestion (spec 5.3.10).
+            tracing::warn!(%topic, "store full: message refused");
+            self.acknowledge(puback(ReturnCode::CONGESTION), None, out);
             return Flow::Continue;
         }
         let message = RoutedMessage {
@@ -968,14 +1017,14 @@ impl MqttSnChannel {
                 self.broker.publish(Arc::new(message));
             }
             QoS::AtLeastOnce => {
-                self.broker.publish(Arc::new(message));
-                self.send(&puback(ReturnCode::ACCEPTED), out);
+                let ticket = self.broker.publish(Arc::new(message)).ticket;
+                self.acknowledge(puback(ReturnCode::ACCEPTED), ticket, out);
             }
             QoS::ExactlyOnce => {
                 let first = {
                     let mut state = session.state.lock();
                     if state.is_awaiting_release(msg_id) {
-                        Some(false)
+                        Some((false, None))
                     } else {
                         state.expire_awaiting_release(
                             now,
@@ -984,28 +1033,65 @@ impl MqttSnChannel {
                         if state.awaiting_release_count() >= self.broker.limits().max_awaiting_rel {
                             None
                         } else {
-                            state.await_release(msg_id, now);
-                            Some(true)
+                            Some((true, state.await_release(msg_id, now)))
                         }
                     }
                 };
                 match first {
                     None => {
                         tracing::info!("too many QoS 2 messages awaiting PUBREL");
-                        self.send(&puback(ReturnCode::CONGESTION), out);
+                        self.acknowledge(puback(ReturnCode::CONGESTION), None, out);
                         return Flow::Continue;
                     }
                     // A PUBLISH sent again is acknowledged again but routed once.
-                    Some(first) => {
-                        if first {
-                            self.broker.publish(Arc::new(message));
-                        }
-                        self.send(&Message::PubRec { msg_id }, out);
+                    Some((first, awaiting_ticket)) => {
+                        let routed_ticket = if first {
+                            self.broker.publish(Arc::new(message)).ticket
+                        } else {
+                            None
+                        };
+                        let ticket = routed_ticket.max(awaiting_ticket);
+                        self.acknowledge(Message::PubRec { msg_id }, ticket, out);
                     }
                 }
             }
         }
         Flow::Continue
+    }
+
+    /// Answers a PUBLISH once what it changed is durable (`ticket`), and never before an
+    /// earlier answer that still waits: a client must not learn its message is safe before
+    /// a crash could no longer lose it.
+    fn acknowledge(&mut self, reply: Message, ticket: Option<Ticket>, out: &mut Vec<Bytes>) {
+        let store = self.broker.store();
+        let ticket = ticket.filter(|ticket| store.durable() < *ticket);
+        if ticket.is_none() && self.held_acks.is_empty() {
+            self.send(&reply, out);
+            return;
+        }
+        if let Some(ticket) = ticket {
+            store.wake_when_durable(ticket, self.control.wakeup());
+        }
+        self.held_acks.push_back(HeldAck {
+            ticket: ticket.unwrap_or(0),
+            reply,
+        });
+    }
+
+    fn release_held_acks(&mut self, out: &mut Vec<Bytes>) {
+        if self.held_acks.is_empty() {
+            return;
+        }
+        let durable = self.broker.store().durable();
+        while self
+            .held_acks
+            .front()
+            .is_some_and(|held| held.ticket <= durable)
+        {
+            if let Some(held) = self.held_acks.pop_front() {
+                self.send(&held.reply, out);
+            }
+        }
     }
 
     /// Spec 6.8: a client that never connected publishes to a predefined or short topic.
@@ -1234,6 +1320,7 @@ impl MqttSnChannel {
 
     /// After every input: send what may go out now, and finish a wake-up cycle.
     fn after_step(&mut self, out: &mut Vec<Bytes>, now: Instant) {
+        self.release_held_acks(out);
         match self.phase {
             Phase::Connected => self.fill(out, now),
             Phase::Awake { duration } => {

@@ -63,6 +63,7 @@ struct Sn {
     channel: MqttSnChannel,
     out: Vec<Bytes>,
     closed: bool,
+    wakeup: Arc<CountingWakeup>,
 }
 
 impl Sn {
@@ -71,16 +72,12 @@ impl Sn {
     }
 
     fn with_settings(broker: &Arc<Broker>, settings: Arc<Settings>, now: Instant) -> Sn {
+        let wakeup = Arc::new(CountingWakeup::default());
         Sn {
-            channel: MqttSnChannel::new(
-                broker.clone(),
-                settings,
-                None,
-                Arc::new(CountingWakeup::default()),
-                now,
-            ),
+            channel: MqttSnChannel::new(broker.clone(), settings, None, wakeup.clone(), now),
             out: Vec::new(),
             closed: false,
+            wakeup,
         }
     }
 
@@ -1170,4 +1167,378 @@ fn a_delivery_no_frame_can_carry_is_dropped_not_retried_forever() {
         panic!("{replies:?}")
     };
     assert_eq!(&data[..], b"small");
+}
+
+/// A store whose durability the test decides: tickets count the operations submitted.
+#[derive(Default)]
+struct ManualStore {
+    submitted: std::sync::Mutex<Vec<mqtt_core::storage::Op>>,
+    durable: std::sync::atomic::AtomicU64,
+    full: std::sync::atomic::AtomicBool,
+    waiters: std::sync::Mutex<Vec<(u64, Arc<dyn Wakeup>)>>,
+}
+
+impl ManualStore {
+    fn submitted(&self) -> u64 {
+        self.submitted.lock().unwrap().len() as u64
+    }
+
+    fn make_durable(&self, ticket: u64) {
+        self.durable.store(ticket, Ordering::SeqCst);
+        self.waiters.lock().unwrap().retain(|(wanted, wakeup)| {
+            let due = *wanted <= ticket;
+            if due {
+                wakeup.wake();
+            }
+            !due
+        });
+    }
+}
+
+impl mqtt_core::storage::Store for ManualStore {
+    fn submit(&self, ops: Vec<mqtt_core::storage::Op>) -> u64 {
+        let mut submitted = self.submitted.lock().unwrap();
+        submitted.extend(ops);
+        submitted.len() as u64
+    }
+    fn durable(&self) -> u64 {
+        self.durable.load(Ordering::SeqCst)
+    }
+    fn wake_when_durable(&self, ticket: u64, wakeup: Arc<dyn Wakeup>) {
+        self.waiters.lock().unwrap().push((ticket, wakeup));
+    }
+    fn load(
+        &self,
+        _table: mqtt_core::storage::Table,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, mqtt_core::storage::StoreError> {
+        Ok(Vec::new())
+    }
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::SeqCst)
+    }
+}
+
+fn broker_on(store: Arc<dyn mqtt_core::storage::Store>, now: Instant) -> Arc<Broker> {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let broker = Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth::allow_all(),
+        now,
+    )
+    .with_store(store, std::time::SystemTime::now());
+    broker.recover(now).expect("recover");
+    Arc::new(broker)
+}
+
+fn retained(topic_id: u16, qos: Qos, msg_id: u16, data: &'static [u8]) -> Message {
+    Message::Publish {
+        flags: Flags {
+            qos,
+            retain: true,
+            ..Flags::default()
+        },
+        topic_id,
+        msg_id,
+        data: Bytes::from_static(data),
+    }
+}
+
+fn puback(topic_id: u16, msg_id: u16, return_code: ReturnCode) -> Message {
+    Message::PubAck {
+        topic_id,
+        msg_id,
+        return_code,
+    }
+}
+
+#[test]
+fn acknowledgements_wait_until_the_message_is_durable_and_keep_their_order() {
+    let now = Instant::now();
+    let store = Arc::new(ManualStore::default());
+    let broker = broker_on(store.clone(), now);
+    let mut sn = Sn::connect(&broker, "durable", true, now);
+    let replies = sn.send(
+        Message::Register {
+            topic_id: 0,
+            msg_id: 1,
+            topic_name: ByteString::from("d/urable"),
+        },
+        now,
+    );
+    let [Message::RegAck { topic_id: id, .. }] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    let id = *id;
+    // Retained, so stored: its PUBACK waits for the store.
+    assert_eq!(sn.send(retained(id, Qos::One, 2, b"kept"), now), vec![]);
+    let first = store.submitted();
+    assert!(first > 0);
+    // Nothing to store, but its answer must not overtake the first.
+    assert_eq!(
+        sn.send(publish(id, TopicIdType::Normal, Qos::One, 3, b"plain"), now),
+        vec![]
+    );
+    assert_eq!(
+        sn.send(
+            publish(9999, TopicIdType::Normal, Qos::One, 4, b"lost"),
+            now
+        ),
+        vec![],
+        "even a refusal waits its turn"
+    );
+    assert_eq!(sn.send(retained(id, Qos::Two, 5, b"kept 2"), now), vec![]);
+    let second = store.submitted();
+    assert!(second > first);
+
+    store.make_durable(first);
+    assert!(sn.wakeup.0.load(Ordering::SeqCst) > 0, "the store woke it");
+    assert_eq!(
+        sn.wake(now),
+        vec![
+            puback(id, 2, ReturnCode::ACCEPTED),
+            puback(id, 3, ReturnCode::ACCEPTED),
+            puback(9999, 4, ReturnCode::INVALID_TOPIC_ID),
+        ]
+    );
+    store.make_durable(second);
+    assert_eq!(sn.wake(now), vec![Message::PubRec { msg_id: 5 }]);
+    assert_eq!(
+        sn.send(Message::PubRel { msg_id: 5 }, now),
+        vec![Message::PubComp { msg_id: 5 }]
+    );
+
+    // With nothing held and nothing to store, the answer goes at once.
+    assert_eq!(
+        sn.send(publish(id, TopicIdType::Normal, Qos::One, 6, b"plain"), now),
+        vec![puback(id, 6, ReturnCode::ACCEPTED)]
+    );
+
+    // A full store refuses every QoS 1/2 message as congestion; QoS 0 still flows.
+    let obs = observer(&broker, "d/#", now);
+    store.full.store(true, Ordering::SeqCst);
+    assert_eq!(
+        sn.send(
+            publish(id, TopicIdType::Normal, Qos::One, 7, b"no room"),
+            now
+        ),
+        vec![puback(id, 7, ReturnCode::CONGESTION)]
+    );
+    assert_eq!(
+        sn.send(
+            publish(id, TopicIdType::Normal, Qos::Two, 8, b"no room"),
+            now
+        ),
+        vec![puback(id, 8, ReturnCode::CONGESTION)]
+    );
+    assert_eq!(
+        sn.send(
+            publish(id, TopicIdType::Normal, Qos::Zero, 0, b"qos 0"),
+            now
+        ),
+        vec![]
+    );
+    assert_eq!(
+        received(&obs, now),
+        vec![
+            ("d/urable".into(), Bytes::from_static(b"kept 2")),
+            ("d/urable".into(), Bytes::from_static(b"qos 0"))
+        ],
+        "the retained message, then only the QoS 0 one"
+    );
+}
+
+/// A store that keeps its tables in memory and is durable at once: a restart is a new
+/// broker on the same `MapStore`, a crash the old one dropped without a word.
+#[derive(Default)]
+struct MapStore {
+    tables: std::sync::Mutex<std::collections::BTreeMap<(u8, Vec<u8>), Bytes>>,
+    tickets: std::sync::atomic::AtomicU64,
+}
+
+impl mqtt_core::storage::Store for MapStore {
+    fn submit(&self, ops: Vec<mqtt_core::storage::Op>) -> u64 {
+        use mqtt_core::storage::Op;
+        let mut tables = self.tables.lock().unwrap();
+        for op in ops {
+            match op {
+                Op::Put { table, key, value } => {
+                    tables.insert((table as u8, key), value);
+                }
+                Op::Delete { table, key } => {
+                    tables.remove(&(table as u8, key));
+                }
+                Op::DeletePrefix { table, prefix } => {
+                    tables.retain(|(t, key), _| !(*t == table as u8 && key.starts_with(&prefix)));
+                }
+            }
+        }
+        self.tickets.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    fn durable(&self) -> u64 {
+        self.tickets.load(Ordering::SeqCst)
+    }
+    fn wake_when_durable(&self, _ticket: u64, wakeup: Arc<dyn Wakeup>) {
+        wakeup.wake();
+    }
+    fn load(
+        &self,
+        table: mqtt_core::storage::Table,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, mqtt_core::storage::StoreError> {
+        Ok(self
+            .tables
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((t, _), _)| *t == table as u8)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+    fn is_full(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn topic_ids_of_a_persistent_session_survive_a_restart() {
+    let now = Instant::now();
+    let store = Arc::new(MapStore::default());
+    let broker = broker_on(store.clone(), now);
+    let mut sn = Sn::connect(&broker, "survivor", false, now);
+    let replies = sn.send(
+        Message::Register {
+            topic_id: 0,
+            msg_id: 1,
+            topic_name: ByteString::from("up/link"),
+        },
+        now,
+    );
+    let [Message::RegAck {
+        topic_id: uplink, ..
+    }] = replies.as_slice()
+    else {
+        panic!("{replies:?}")
+    };
+    let uplink = *uplink;
+    let downlink = sn.subscribe("down/link", Qos::One, now);
+    sn.send(Message::Disconnect { duration: None }, now);
+    mqtt_publish(&broker, "down/link", b"while away", QoS::AtLeastOnce, now);
+    // A clean session keeps its ids in memory only.
+    let mut clean = Sn::connect(&broker, "forgetful", true, now);
+    clean.send(
+        Message::Register {
+            topic_id: 0,
+            msg_id: 1,
+            topic_name: ByteString::from("up/link"),
+        },
+        now,
+    );
+    drop(clean);
+    drop(sn);
+    drop(broker);
+
+    let broker = broker_on(store.clone(), now);
+    let obs = observer(&broker, "up/#", now);
+    let mut sn = Sn::new(&broker, now);
+    let replies = sn.send(connect_message("survivor", false, false, 30), now);
+    // The queued message goes out under the id the client learnt before the restart.
+    let [Message::ConnAck {
+        return_code: ReturnCode::ACCEPTED,
+    }, Message::Publish {
+        flags,
+        topic_id,
+        msg_id,
+        data,
+    }] = replies.as_slice()
+    else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(
+        (flags.topic_id_type, *topic_id, flags.qos, &data[..]),
+        (TopicIdType::Normal, downlink, Qos::One, &b"while away"[..])
+    );
+    let msg_id = *msg_id;
+    sn.send(puback(downlink, msg_id, ReturnCode::ACCEPTED), now);
+    assert_eq!(
+        sn.send(
+            publish(uplink, TopicIdType::Normal, Qos::One, 2, b"old id"),
+            now
+        ),
+        vec![puback(uplink, 2, ReturnCode::ACCEPTED)]
+    );
+    assert_eq!(
+        received(&obs, now),
+        vec![("up/link".into(), Bytes::from_static(b"old id"))]
+    );
+    // The clean session's ids are gone with it.
+    let mut clean = Sn::connect(&broker, "forgetful", false, now);
+    assert_eq!(
+        clean.send(
+            publish(uplink, TopicIdType::Normal, Qos::One, 2, b"old id"),
+            now
+        ),
+        vec![puback(uplink, 2, ReturnCode::INVALID_TOPIC_ID)]
+    );
+}
+
+#[test]
+fn unreadable_stored_topic_ids_start_an_empty_registry() {
+    let now = Instant::now();
+    let store = Arc::new(MapStore::default());
+    let broker = broker_on(store.clone(), now);
+    let mut sn = Sn::connect(&broker, "garbled", false, now);
+    sn.send(
+        Message::Register {
+            topic_id: 0,
+            msg_id: 1,
+            topic_name: ByteString::from("g/one"),
+        },
+        now,
+    );
+    sn.send(Message::Disconnect { duration: None }, now);
+    drop(sn);
+    drop(broker);
+    for value in store
+        .tables
+        .lock()
+        .unwrap()
+        .iter_mut()
+        .filter_map(|((table, _), value)| {
+            (*table == mqtt_core::storage::Table::Adapter as u8).then_some(value)
+        })
+    {
+        *value = Bytes::from_static(&[1, 0xff]);
+    }
+
+    let broker = broker_on(store.clone(), now);
+    let mut sn = Sn::connect(&broker, "garbled", false, now);
+    assert_eq!(
+        sn.send(
+            publish(
+                FIRST_NORMAL_ID,
+                TopicIdType::Normal,
+                Qos::One,
+                2,
+                b"lost id"
+            ),
+            now
+        ),
+        vec![puback(FIRST_NORMAL_ID, 2, ReturnCode::INVALID_TOPIC_ID)]
+    );
+    // Registering again works, and is stored again.
+    let replies = sn.send(
+        Message::Register {
+            topic_id: 0,
+            msg_id: 3,
+            topic_name: ByteString::from("g/one"),
+        },
+        now,
+    );
+    assert!(matches!(
+        replies.as_slice(),
+        [Message::RegAck {
+            return_code: ReturnCode::ACCEPTED,
+            ..
+        }]
+    ));
 }

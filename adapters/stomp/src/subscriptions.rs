@@ -256,4 +256,34 @@ mod tests {
             let _ = SessionSubscriptions::decode(&flipped);
         }
     }
+
+    fn subscription() -> impl proptest::strategy::Strategy<Value = StompSubscription> {
+        use proptest::prelude::*;
+        (any::<String>(), any::<String>(), 0u8..3, any::<u32>()).prop_map(
+            |(id, destination, code, identifier)| StompSubscription {
+                id,
+                destination,
+                ack: AckMode::from_code(code).unwrap_or(AckMode::Auto),
+                identifier,
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_subscriptions_read_back_as_written(
+            subscriptions in proptest::collection::vec(subscription(), 0..8),
+            next_identifier in proptest::prelude::any::<u32>(),
+        ) {
+            let kept = SessionSubscriptions { subscriptions, next_identifier };
+            proptest::prop_assert_eq!(SessionSubscriptions::decode(&kept.encode()), Ok(kept));
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_refused_or_read_never_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let _ = SessionSubscriptions::decode(&bytes);
+        }
+    }
 }

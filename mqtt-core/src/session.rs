@@ -571,15 +571,17 @@ impl SessionState {
 
     /// Keeps an adapter's own state (an MQTT-SN client's topic ids, say) with the session,
     /// in the store too when the session is persistent, so it comes back after a restart.
-    pub fn keep_adapter_state(&mut self, record: Bytes) {
-        if let Some(persistence) = &self.persistence {
+    /// Returns the store's ticket for it then, for a reply that must wait until it is kept.
+    pub fn keep_adapter_state(&mut self, record: Bytes) -> Option<Ticket> {
+        let ticket = self.persistence.as_ref().map(|persistence| {
             persistence.store.submit(vec![Op::Put {
                 table: Table::Adapter,
                 key: persistence.key.clone(),
                 value: record.clone(),
-            }]);
-        }
+            }])
+        });
         self.adapter_record = Some(record);
+        ticket
     }
 
     pub fn is_persistent(&self) -> bool {

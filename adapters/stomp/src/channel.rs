@@ -575,8 +575,8 @@ impl StompChannel {
                 let durable_receipt = frame.header("receipt").is_some();
                 ticket = self.apply(&frame, durable_receipt, now)?;
             }
-            Command::Subscribe => self.subscribe(&frame, now)?,
-            Command::Unsubscribe => self.unsubscribe(&frame)?,
+            Command::Subscribe => ticket = self.subscribe(&frame, now)?,
+            Command::Unsubscribe => ticket = self.unsubscribe(&frame)?,
             Command::Begin => {
                 let name = required(&frame, "transaction")?;
                 if self.transactions.contains_key(name) {
@@ -824,7 +824,8 @@ impl StompChannel {
 
     // ---- subscriptions -------------------------------------------------------------------
 
-    fn subscribe(&mut self, frame: &Frame, now: Instant) -> Result<(), StompError> {
+    /// Returns the store ticket a RECEIPT waits for.
+    fn subscribe(&mut self, frame: &Frame, now: Instant) -> Result<Option<Ticket>, StompError> {
         let destination = required(frame, "destination")?;
         // 1.0 made the id optional; the destination then names the subscription.
         let id = match (frame.header("id"), self.version) {
@@ -905,11 +906,10 @@ impl StompChannel {
             None => self.subscriptions.subscriptions.push(subscription),
         }
         tracing::debug!(id, destination, ack = ack.as_str(), "subscribed");
-        self.remember_subscriptions(&session);
-        Ok(())
+        Ok(self.remember_subscriptions(&session))
     }
 
-    fn unsubscribe(&mut self, frame: &Frame) -> Result<(), StompError> {
+    fn unsubscribe(&mut self, frame: &Frame) -> Result<Option<Ticket>, StompError> {
         let id = match (frame.header("id"), self.version) {
             (Some(id), _) => id,
             (None, Version::V1_0) => required(frame, "destination")?,
@@ -923,7 +923,7 @@ impl StompChannel {
             .position(|s| s.id == id)
         else {
             // As EMQX: an unknown id is not an error, its RECEIPT still comes.
-            return Ok(());
+            return Ok(None);
         };
         let removed = self.subscriptions.subscriptions.remove(at);
         self.broker
@@ -934,14 +934,15 @@ impl StompChannel {
             .partition(|unacked| unacked.identifier == removed.identifier);
         self.unacked = kept.into();
         self.settle(gone, false);
-        self.remember_subscriptions(&session);
-        Ok(())
+        Ok(self.remember_subscriptions(&session))
     }
 
-    fn remember_subscriptions(&self, session: &SessionCell) {
+    /// Returns the store's ticket for them (which covers the core's record of the
+    /// subscription too, written before), when the session is persistent.
+    fn remember_subscriptions(&self, session: &SessionCell) -> Option<Ticket> {
         let mut state = session.state.lock();
-        state.keep_adapter_state(self.subscriptions.encode());
         state.extension.set(self.subscriptions.clone());
+        state.keep_adapter_state(self.subscriptions.encode())
     }
 
     // ---- acknowledgements ----------------------------------------------------------------

@@ -464,9 +464,22 @@ fn receipts_of_sends_wait_until_the_message_is_durable_and_keep_their_order() {
     let store = Arc::new(TestStore::default());
     let broker = broker_on(&store, t0);
     let settings = settings(|_| {});
-    // A persistent subscriber, so a SEND to its destination has something to store.
+    // A persistent subscriber, so a SEND to its destination has something to store. Its
+    // SUBSCRIBE's RECEIPT, too, says the subscription is kept.
     let mut keeper = Client::connect(&broker, &settings, Some("keeper"), t0);
-    keeper.subscribe("kept/t", "client", t0);
+    store.hold_back();
+    let subscribe = Client::frame(
+        Command::Subscribe,
+        &[
+            ("destination", "kept/t"),
+            ("id", "s"),
+            ("ack", "client"),
+            ("receipt", "sub"),
+        ],
+    );
+    assert!(receipt_ids(&keeper.send(subscribe, t0)).is_empty());
+    store.make_durable();
+    assert_eq!(receipt_ids(&keeper.wake(t0)), vec!["sub"]);
     keeper.close(t0);
 
     let mut sender = Client::connect(&broker, &settings, None, t0);

@@ -325,6 +325,13 @@ fn check_stomp(
             fail(&format!("{p}.{key}"), format!("{p}.{key} must be >= 1"));
         }
     }
+    // Unacknowledged messages wait in the session's outgoing window, numbered as MQTT's.
+    if stomp.max_unacked > u32::from(u16::MAX) {
+        fail(
+            &format!("{p}.max_unacked"),
+            format!("{p}.max_unacked must be at most {}", u16::MAX),
+        );
+    }
     let listeners = stomp
         .listeners
         .tcp

@@ -277,6 +277,10 @@ fn bad_values_name_the_key() {
             "gateway.coap.listeners.udp.default.max_queued_datagrams must be >= 1",
         ),
         (
+            "[gateway.stomp]\nmax_unacked = 65536",
+            "gateway.stomp.max_unacked must be at most 65535",
+        ),
+        (
             "[gateway.mqttsn]\nmountpoint = \"#\"",
             "gateway.mqttsn.mountpoint \"#\" must not contain",
         ),

@@ -619,3 +619,79 @@ fn mountpoints_are_per_listener_and_mqtt_clients_see_the_prefixed_topics() {
         ("web/up/js", &b"from ws"[..])
     );
 }
+
+/// A session named by client-id on the gateway's disk store survives SIGKILL: its
+/// subscription comes back with the client's id and ack mode, and with it every message
+/// it was sent and never acknowledged and every one queued meanwhile. A SEND whose
+/// RECEIPT came before the crash reaches a persistent MQTT subscriber after it.
+#[test]
+fn a_persistent_stomp_session_and_its_receipted_sends_survive_a_gateway_crash() {
+    let Some(mut broker) = gateway(&[]) else {
+        return;
+    };
+    let topic = unique_topic("stomp-crash");
+    let client_id = unique_client_id("stomp-crash");
+    let mut stomp = stomp_py(&broker, "1.2", json!({"client_id": client_id}));
+    stomp.run(json!({
+        "cmd": "subscribe", "destination": topic, "id": "jobs-7", "ack": "client",
+        "headers": {"receipt": "subscribed"},
+    }));
+    assert_eq!(
+        stomp.expect("receipt").header("receipt-id"),
+        Some("subscribed")
+    );
+    // Two are sent to the client, which holds them unacknowledged through the crash.
+    for body in ["m1", "m2"] {
+        mosquitto_pub(&broker, Version::V5, &topic, body.as_bytes(), 1, false, &[]);
+        assert_eq!(stomp.expect("message").body, body.as_bytes());
+    }
+
+    // An MQTT subscriber that outlives its connection, away at the crash.
+    let mqtt_id = unique_client_id("stomp-crash-mqtt");
+    let up = unique_topic("stomp-crash-up");
+    let persistent = ["-c", "-i", mqtt_id.as_str(), "-x", "300"];
+    let mut away = MosquittoSub::start(&broker, Version::V5, &[&up], 1, &persistent);
+    away.kill();
+    let mut sender = stomp_py(&broker, "1.2", json!({}));
+    sender.send(&up, b"receipted", json!({"receipt": "kept"}));
+    assert_eq!(sender.expect("receipt").header("receipt-id"), Some("kept"));
+    // Three more are queued for the session while its connection is still open but
+    // the client reads nothing more: the PUBACKs say they are kept.
+    stomp.suspend();
+    for body in ["m3", "m4", "m5"] {
+        mosquitto_pub(&broker, Version::V5, &topic, body.as_bytes(), 1, false, &[]);
+    }
+
+    broker.crash_and_restart();
+    let stomp_port = broker.stomp_port;
+    broker.wait_listening(stomp_port);
+    stomp.resume();
+    drop(stomp);
+    drop(sender);
+
+    // No SUBSCRIBE: the session brings its subscription back.
+    let mut back = stomp_py(&broker, "1.2", json!({"client_id": client_id}));
+    let mut last_ack = String::new();
+    for body in ["m1", "m2", "m3", "m4", "m5"] {
+        let message = back.expect("message");
+        assert_eq!(message.body, body.as_bytes(), "every message, in order");
+        assert_eq!(message.header("subscription"), Some("jobs-7"));
+        last_ack = message.header("ack").expect("an ack header").to_owned();
+    }
+    assert!(back.none_within("message", QUIET), "nothing else");
+    // The ack mode came back too: in client mode one ACK covers all five.
+    back.run(json!({"cmd": "ack", "id": last_ack, "receipt": "acked"}));
+    assert_eq!(back.expect("receipt").header("receipt-id"), Some("acked"));
+    back.run(json!({"cmd": "disconnect", "receipt": "bye"}));
+    back.expect("receipt");
+    drop(back);
+    let mut again = stomp_py(&broker, "1.2", json!({"client_id": client_id}));
+    assert!(
+        again.none_within("message", QUIET),
+        "acknowledged messages are not sent again"
+    );
+
+    let mut returned = MosquittoSub::start(&broker, Version::V5, &[&up], 1, &persistent);
+    let message = returned.recv(TIMEOUT);
+    assert_eq!(message.payload, b"receipted");
+}

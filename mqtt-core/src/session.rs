@@ -430,8 +430,10 @@ impl SessionState {
         self.outgoing.push_back(outgoing);
     }
 
-    /// Deletes a delivery that is done with from the store.
-    fn forget_stored(&self, delivery: &Delivery) {
+    /// Deletes a delivery that is done with from the store: one taken with `pop_queued`
+    /// and handled without the outgoing window (sent where no acknowledgement comes, or
+    /// handed to another session).
+    pub fn forget_stored(&self, delivery: &Delivery) {
         if let (Some(persistence), Some(seq)) = (&self.persistence, delivery.store_seq) {
             persistence.store.submit(persistence.forget(seq));
         }
@@ -457,6 +459,25 @@ impl SessionState {
         let outgoing = self.outgoing.remove(index)?;
         self.forget_stored(&outgoing.delivery);
         Some(outgoing)
+    }
+
+    /// Takes an outgoing message back as if it had not been sent: it leaves the window
+    /// but stays stored, for the caller to queue again with `unpop_queued` (a STOMP NACK,
+    /// or a STOMP client resuming its session, whose message ids do not outlive a
+    /// connection).
+    pub fn recall_outgoing(&mut self, packet_id: u16) -> Option<Delivery> {
+        let index = self
+            .outgoing
+            .iter()
+            .position(|out| out.packet_id == packet_id)?;
+        let outgoing = self.outgoing.remove(index)?;
+        if let (Some(persistence), Some(seq)) = (&self.persistence, outgoing.delivery.store_seq) {
+            persistence.store.submit(vec![Op::Delete {
+                table: Table::Inflight,
+                key: storage::session_entry_key(&persistence.key, seq),
+            }]);
+        }
+        Some(outgoing.delivery)
     }
 
     pub fn puback(&mut self, packet_id: u16) -> bool {
@@ -550,15 +571,17 @@ impl SessionState {
 
     /// Keeps an adapter's own state (an MQTT-SN client's topic ids, say) with the session,
     /// in the store too when the session is persistent, so it comes back after a restart.
-    pub fn keep_adapter_state(&mut self, record: Bytes) {
-        if let Some(persistence) = &self.persistence {
+    /// Returns the store's ticket for it then, for a reply that must wait until it is kept.
+    pub fn keep_adapter_state(&mut self, record: Bytes) -> Option<Ticket> {
+        let ticket = self.persistence.as_ref().map(|persistence| {
             persistence.store.submit(vec![Op::Put {
                 table: Table::Adapter,
                 key: persistence.key.clone(),
                 value: record.clone(),
-            }]);
-        }
+            }])
+        });
         self.adapter_record = Some(record);
+        ticket
     }
 
     pub fn is_persistent(&self) -> bool {

@@ -16,10 +16,14 @@ use mqtt_core::codec::{QoS, ReasonCode, SubscriptionOptions};
 use mqtt_core::message::{Delivery, Message as RoutedMessage};
 use mqtt_core::mountpoint::{mounted_filter, Mountpoint};
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use mqtt_core::session::{
+    ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, SessionState, Wakeup,
+};
+use mqtt_core::storage::Ticket;
 use mqtt_core::topic::{parse_subscription, SubscriptionFilter};
 
 use crate::frame::{encode, Command, Decoder, Frame, FrameLimits, Version};
+use crate::subscriptions::{AckMode, SessionSubscriptions, StompSubscription};
 
 /// The namespace of STOMP sessions: a STOMP "dev1" is not the MQTT "dev1".
 pub const STOMP_NAMESPACE: &str = "stomp";
@@ -107,57 +111,23 @@ impl Settings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckMode {
-    Auto,
-    /// An ACK acknowledges every message of the subscription sent up to the one it names.
-    Client,
-    ClientIndividual,
-}
-
-impl AckMode {
-    fn parse(text: &str) -> Option<AckMode> {
-        match text {
-            "auto" => Some(AckMode::Auto),
-            "client" => Some(AckMode::Client),
-            "client-individual" => Some(AckMode::ClientIndividual),
-            _ => None,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            AckMode::Auto => "auto",
-            AckMode::Client => "client",
-            AckMode::ClientIndividual => "client-individual",
-        }
-    }
-}
-
-/// One SUBSCRIBE: its id, the destination as the client wrote it, and the MQTT
-/// subscription identifier that marks the deliveries it causes.
-#[derive(Debug, Clone)]
-struct StompSubscription {
-    id: String,
-    destination: String,
-    ack: AckMode,
-    identifier: u32,
-}
-
-/// Subscriptions kept in the session, so that a client resuming it with `client-id` finds
-/// them, and the deliveries queued for them, again.
-#[derive(Debug, Clone, Default)]
-struct SessionSubscriptions {
-    subscriptions: Vec<StompSubscription>,
-    next_identifier: u32,
-}
-
 /// A MESSAGE sent on a subscription that wants acknowledgements, not acknowledged yet.
+/// The delivery itself waits in the session's outgoing window under `packet_id` (stored
+/// there for a persistent session), once for all the subscriptions it was sent to.
 #[derive(Debug)]
 struct Unacked {
     ack_id: String,
     identifier: u32,
-    delivery: Delivery,
+    packet_id: u16,
+    message: Arc<RoutedMessage>,
+}
+
+/// A RECEIPT waiting for what its frame changed to be durable (`ticket`), or for an
+/// earlier RECEIPT that waits: receipts keep the order of their frames.
+#[derive(Debug)]
+struct HeldReceipt {
+    ticket: Ticket,
+    receipt_id: String,
 }
 
 /// Why a frame is refused: the text of the ERROR frame's `message` header. The
@@ -202,6 +172,10 @@ pub enum StompError {
     TransactionFull(usize),
     #[error("{0} frames come from the server only")]
     ServerFrame(Command),
+    /// The broker's store has reached its size: a message sent for a receipt could not
+    /// be kept, so the receipt cannot be given.
+    #[error("message refused: the store is full")]
+    StoreFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +208,7 @@ pub struct StompChannel {
     subscriptions: SessionSubscriptions,
     next_message_id: u64,
     unacked: VecDeque<Unacked>,
+    held_receipts: VecDeque<HeldReceipt>,
     transactions: HashMap<String, Transaction>,
     /// Inbound silence allowed, grace included; None = no heart-beats expected.
     heartbeat_in: Option<Duration>,
@@ -269,6 +244,7 @@ impl StompChannel {
             subscriptions: SessionSubscriptions::default(),
             next_message_id: 1,
             unacked: VecDeque::new(),
+            held_receipts: VecDeque::new(),
             transactions: HashMap::new(),
             heartbeat_in: None,
             heartbeat_out: None,
@@ -283,7 +259,7 @@ impl StompChannel {
         loop {
             if self.phase == Phase::Closing {
                 input.clear();
-                return Flow::Close;
+                return self.finish_closing(out, now);
             }
             let frame = match self.decoder.decode(input) {
                 Ok(Some(frame)) => frame,
@@ -300,6 +276,7 @@ impl StompChannel {
                 Err(error) => return self.refuse(error, receipt.as_deref(), out, now),
             }
         }
+        self.release_held_receipts(out, now);
         self.fill(out, now);
         Flow::Continue
     }
@@ -312,6 +289,10 @@ impl StompChannel {
             );
             return Flow::Close;
         }
+        if self.phase == Phase::Closing {
+            return self.finish_closing(out, now);
+        }
+        self.release_held_receipts(out, now);
         self.fill(out, now);
         Flow::Continue
     }
@@ -349,7 +330,7 @@ impl StompChannel {
                     alive
                 });
             }
-            Phase::Closing => return Flow::Close,
+            Phase::Closing => return self.finish_closing(out, now),
         }
         self.fill(out, now);
         Flow::Continue
@@ -396,42 +377,51 @@ impl StompChannel {
         let Some(session) = self.session.take() else {
             return;
         };
-        let unacked = std::mem::take(&mut self.unacked);
+        self.unacked.clear();
         let mut leaving = Vec::new();
         {
             let mut state = session.state.lock();
-            // A connection that took the session over keeps everything.
+            // A connection that took the session over keeps everything, the outgoing
+            // window included: it is the new connection's now.
             let attached = state
                 .connection
                 .as_ref()
                 .is_some_and(|connection| connection.conn_id == self.control.conn_id);
+            if attached {
+                recall_sent(&mut state);
+            }
             let to_group = attached
                 && (self.settings.shared_redelivery == StompSharedRedelivery::Group
                     || !self.persistent);
-            let mut kept: Vec<Delivery> = unacked.into_iter().map(|u| u.delivery).collect();
             if to_group {
-                kept.extend(std::iter::from_fn(|| state.pop_queued(now)));
-                let (shared, others): (Vec<Delivery>, Vec<Delivery>) = kept
+                let queued: Vec<Delivery> = std::iter::from_fn(|| state.pop_queued(now)).collect();
+                let (shared, others): (Vec<Delivery>, Vec<Delivery>) = queued
                     .into_iter()
                     .partition(|delivery| self.shared_filter(delivery).is_some());
                 leaving = shared;
-                kept = others;
-            }
-            for delivery in kept.into_iter().rev() {
-                state.unpop_queued(delivery);
+                for delivery in others.into_iter().rev() {
+                    state.unpop_queued(delivery);
+                }
             }
         }
         let mut unplaced = Vec::new();
+        let mut handed = Vec::new();
         for delivery in leaving {
             let Some(filter) = self.shared_filter(&delivery) else {
                 continue;
             };
-            if let Err(delivery) = self.broker.redispatch_shared(&filter, session.id, delivery) {
-                unplaced.push(delivery);
+            let kept = delivery.clone();
+            match self.broker.redispatch_shared(&filter, session.id, delivery) {
+                Ok(()) => handed.push(kept),
+                Err(delivery) => unplaced.push(delivery),
             }
         }
-        if !unplaced.is_empty() {
+        if !unplaced.is_empty() || !handed.is_empty() {
             let mut state = session.state.lock();
+            // The member that took a message keeps it now, in its own session.
+            for delivery in &handed {
+                state.forget_stored(delivery);
+            }
             for delivery in unplaced.into_iter().rev() {
                 state.unpop_queued(delivery);
             }
@@ -477,6 +467,8 @@ impl StompChannel {
         out: &mut BytesMut,
         now: Instant,
     ) -> Flow {
+        // What was kept before the error still gets its receipt.
+        self.release_held_receipts(out, now);
         tracing::info!(%error, "ERROR sent, connection closed");
         let mut frame = Frame::new(Command::Error)
             .with_header("message", error.to_string())
@@ -497,10 +489,53 @@ impl StompChannel {
         self.last_sent = now;
     }
 
-    fn receipt(&mut self, frame: &Frame, out: &mut BytesMut, now: Instant) {
-        if let Some(receipt) = frame.header("receipt") {
-            let reply = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
+    /// Answers a frame's `receipt` header once what the frame changed is durable
+    /// (`ticket`) and every earlier RECEIPT has gone.
+    fn receipt(&mut self, frame: &Frame, ticket: Option<Ticket>, out: &mut BytesMut, now: Instant) {
+        let Some(receipt_id) = frame.header("receipt") else {
+            return;
+        };
+        let store = self.broker.store().clone();
+        let ticket = ticket.filter(|ticket| store.durable() < *ticket);
+        if ticket.is_none() && self.held_receipts.is_empty() {
+            let reply = Frame::new(Command::Receipt).with_header("receipt-id", receipt_id);
             self.send(&reply, out, now);
+            return;
+        }
+        if let Some(ticket) = ticket {
+            store.wake_when_durable(ticket, self.control.wakeup());
+        }
+        self.held_receipts.push_back(HeldReceipt {
+            ticket: ticket.unwrap_or(0),
+            receipt_id: receipt_id.to_owned(),
+        });
+    }
+
+    fn release_held_receipts(&mut self, out: &mut BytesMut, now: Instant) {
+        if self.held_receipts.is_empty() {
+            return;
+        }
+        let durable = self.broker.store().durable();
+        while self
+            .held_receipts
+            .front()
+            .is_some_and(|held| held.ticket <= durable)
+        {
+            let Some(held) = self.held_receipts.pop_front() else {
+                break;
+            };
+            let reply = Frame::new(Command::Receipt).with_header("receipt-id", held.receipt_id);
+            self.send(&reply, out, now);
+        }
+    }
+
+    /// After DISCONNECT: the connection closes once its last RECEIPT has gone.
+    fn finish_closing(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
+        self.release_held_receipts(out, now);
+        if self.held_receipts.is_empty() {
+            Flow::Close
+        } else {
+            Flow::Continue
         }
     }
 
@@ -519,6 +554,7 @@ impl StompChannel {
             (_, Command::Connect | Command::Stomp) => return Err(StompError::AlreadyConnected),
             _ => {}
         }
+        let mut ticket = None;
         match frame.command {
             Command::Send | Command::Ack | Command::Nack => {
                 if let Some(name) = frame.header("transaction") {
@@ -530,18 +566,17 @@ impl StompChannel {
                     if transaction.frames.len() >= limit {
                         return Err(StompError::TransactionFull(limit));
                     }
-                    let receipt = frame.header("receipt").map(str::to_owned);
+                    // Its RECEIPT says it is in the transaction; COMMIT's says it happened.
+                    let receipt = frame.clone();
                     transaction.frames.push(frame);
-                    if let Some(receipt) = receipt {
-                        let reply = Frame::new(Command::Receipt).with_header("receipt-id", receipt);
-                        self.send(&reply, out, now);
-                    }
+                    self.receipt(&receipt, None, out, now);
                     return Ok(Flow::Continue);
                 }
-                self.apply(&frame, now)?;
+                let durable_receipt = frame.header("receipt").is_some();
+                ticket = self.apply(&frame, durable_receipt, now)?;
             }
-            Command::Subscribe => self.subscribe(&frame, now)?,
-            Command::Unsubscribe => self.unsubscribe(&frame)?,
+            Command::Subscribe => ticket = self.subscribe(&frame, now)?,
+            Command::Unsubscribe => ticket = self.unsubscribe(&frame)?,
             Command::Begin => {
                 let name = required(&frame, "transaction")?;
                 if self.transactions.contains_key(name) {
@@ -566,8 +601,10 @@ impl StompChannel {
                     .transactions
                     .remove(name)
                     .ok_or_else(|| StompError::UnknownTransaction(name.to_owned()))?;
+                let durable_receipt = frame.header("receipt").is_some();
                 for held in &transaction.frames {
-                    self.apply(held, now)?;
+                    let applied = self.apply(held, durable_receipt, now)?;
+                    ticket = ticket.max(applied);
                 }
             }
             Command::Abort => {
@@ -577,11 +614,11 @@ impl StompChannel {
                     .ok_or_else(|| StompError::UnknownTransaction(name.to_owned()))?;
             }
             Command::Disconnect => {
-                // Everything before it has been handled: the receipt says so.
-                self.receipt(&frame, out, now);
+                // Everything before it has been handled and kept: the receipt says so.
+                self.receipt(&frame, None, out, now);
                 tracing::info!("client disconnected");
                 self.phase = Phase::Closing;
-                return Ok(Flow::Close);
+                return Ok(self.finish_closing(out, now));
             }
             command @ (Command::Connected
             | Command::Message
@@ -590,17 +627,24 @@ impl StompChannel {
             | Command::Connect
             | Command::Stomp) => return Err(StompError::ServerFrame(command)),
         }
-        self.receipt(&frame, out, now);
+        self.receipt(&frame, ticket, out, now);
         Ok(Flow::Continue)
     }
 
-    /// SEND, ACK and NACK, at once or at their transaction's COMMIT.
-    fn apply(&mut self, frame: &Frame, now: Instant) -> Result<(), StompError> {
+    /// SEND, ACK and NACK, at once or at their transaction's COMMIT. `durable_receipt`:
+    /// the client asked for a receipt that says the message is kept. Returns the store
+    /// ticket a receipt waits for.
+    fn apply(
+        &mut self,
+        frame: &Frame,
+        durable_receipt: bool,
+        now: Instant,
+    ) -> Result<Option<Ticket>, StompError> {
         match frame.command {
-            Command::Send => self.publish(frame, now),
-            Command::Ack => self.acknowledge(frame, false),
-            Command::Nack => self.acknowledge(frame, true),
-            _ => Ok(()),
+            Command::Send => self.publish(frame, durable_receipt, now),
+            Command::Ack => self.acknowledge(frame, false).map(|()| None),
+            Command::Nack => self.acknowledge(frame, true).map(|()| None),
+            _ => Ok(None),
         }
     }
 
@@ -683,9 +727,8 @@ impl StompChannel {
         );
         if attached.session_present {
             let mut state = attached.session.state.lock();
-            if let Some(kept) = state.extension.get_mut::<SessionSubscriptions>() {
-                self.subscriptions = kept.clone();
-            }
+            self.subscriptions = resumed_subscriptions(&mut state);
+            recall_sent(&mut state);
         }
         tracing::Span::current().record("client_id", &*client.client_id);
         tracing::info!(
@@ -721,10 +764,25 @@ impl StompChannel {
 
     // ---- send ----------------------------------------------------------------------------
 
-    fn publish(&mut self, frame: &Frame, now: Instant) -> Result<(), StompError> {
+    /// Publishes a SEND at QoS 1 (as far as the broker allows), so persistent sessions
+    /// keep it. With the store full, a SEND whose receipt would promise that is refused,
+    /// and one without a receipt, promised nothing, goes at QoS 0 and is stored nowhere.
+    fn publish(
+        &mut self,
+        frame: &Frame,
+        durable_receipt: bool,
+        now: Instant,
+    ) -> Result<Option<Ticket>, StompError> {
         let destination = required(frame, "destination")?;
         let (session, client) = self.connected()?;
-        let qos = QoS::from_u8(self.broker.config.max_qos_allowed.min(1)).unwrap_or_default();
+        let mut qos = QoS::from_u8(self.broker.config.max_qos_allowed.min(1)).unwrap_or_default();
+        if qos != QoS::AtMostOnce && self.broker.refuses_storing() {
+            if durable_receipt {
+                tracing::warn!(destination, "store full: message refused");
+                return Err(StompError::StoreFull);
+            }
+            qos = QoS::AtMostOnce;
+        }
         if self.broker.check_publish(destination, qos, false).is_err() {
             return Err(StompError::InvalidDestination(destination.to_owned()));
         }
@@ -761,13 +819,13 @@ impl StompChannel {
                 .user_properties
                 .push((name.clone(), value.clone()));
         }
-        self.broker.publish(Arc::new(message));
-        Ok(())
+        Ok(self.broker.publish(Arc::new(message)).ticket)
     }
 
     // ---- subscriptions -------------------------------------------------------------------
 
-    fn subscribe(&mut self, frame: &Frame, now: Instant) -> Result<(), StompError> {
+    /// Returns the store ticket a RECEIPT waits for.
+    fn subscribe(&mut self, frame: &Frame, now: Instant) -> Result<Option<Ticket>, StompError> {
         let destination = required(frame, "destination")?;
         // 1.0 made the id optional; the destination then names the subscription.
         let id = match (frame.header("id"), self.version) {
@@ -848,11 +906,10 @@ impl StompChannel {
             None => self.subscriptions.subscriptions.push(subscription),
         }
         tracing::debug!(id, destination, ack = ack.as_str(), "subscribed");
-        self.remember_subscriptions(&session);
-        Ok(())
+        Ok(self.remember_subscriptions(&session))
     }
 
-    fn unsubscribe(&mut self, frame: &Frame) -> Result<(), StompError> {
+    fn unsubscribe(&mut self, frame: &Frame) -> Result<Option<Ticket>, StompError> {
         let id = match (frame.header("id"), self.version) {
             (Some(id), _) => id,
             (None, Version::V1_0) => required(frame, "destination")?,
@@ -866,24 +923,26 @@ impl StompChannel {
             .position(|s| s.id == id)
         else {
             // As EMQX: an unknown id is not an error, its RECEIPT still comes.
-            return Ok(());
+            return Ok(None);
         };
         let removed = self.subscriptions.subscriptions.remove(at);
         self.broker
             .unsubscribe(&session, &client, &removed.destination);
         // Nobody can acknowledge them any more.
-        self.unacked
-            .retain(|unacked| unacked.identifier != removed.identifier);
-        self.remember_subscriptions(&session);
-        Ok(())
+        let (gone, kept): (Vec<Unacked>, Vec<Unacked>) = std::mem::take(&mut self.unacked)
+            .into_iter()
+            .partition(|unacked| unacked.identifier == removed.identifier);
+        self.unacked = kept.into();
+        self.settle(gone, false);
+        Ok(self.remember_subscriptions(&session))
     }
 
-    fn remember_subscriptions(&self, session: &SessionCell) {
-        session
-            .state
-            .lock()
-            .extension
-            .set(self.subscriptions.clone());
+    /// Returns the store's ticket for them (which covers the core's record of the
+    /// subscription too, written before), when the session is persistent.
+    fn remember_subscriptions(&self, session: &SessionCell) -> Option<Ticket> {
+        let mut state = session.state.lock();
+        state.extension.set(self.subscriptions.clone());
+        state.keep_adapter_state(self.subscriptions.encode())
     }
 
     // ---- acknowledgements ----------------------------------------------------------------
@@ -908,27 +967,22 @@ impl StompChannel {
             .any(|s| s.identifier == identifier && s.ack == AckMode::Client);
         // In client mode an (N)ACK covers every earlier message of the same subscription.
         let mut settled = Vec::new();
-        let mut index = 0;
-        self.unacked.retain(|unacked| {
+        let mut kept = VecDeque::with_capacity(self.unacked.len());
+        for (index, unacked) in std::mem::take(&mut self.unacked).into_iter().enumerate() {
             let covered = if cumulative {
                 index <= at && unacked.identifier == identifier
             } else {
                 index == at
             };
-            index += 1;
             if covered {
-                settled.push(unacked.delivery.clone());
-            }
-            !covered
-        });
-        if negative && self.settings.nack == StompNack::Redeliver {
-            if let Some(session) = &self.session {
-                let mut state = session.state.lock();
-                for delivery in settled.into_iter().rev() {
-                    state.unpop_queued(delivery);
-                }
+                settled.push(unacked);
+            } else {
+                kept.push_back(unacked);
             }
         }
+        self.unacked = kept;
+        let redeliver = negative && self.settings.nack == StompNack::Redeliver;
+        self.settle(settled, redeliver);
         Ok(())
     }
 
@@ -958,11 +1012,15 @@ impl StompChannel {
         }
     }
 
+    /// Sends one delivery to each of its subscriptions. Those that want acknowledgements
+    /// leave it in the session's outgoing window until the last of them is settled, so a
+    /// persistent session keeps it in the store meanwhile; otherwise it is done with.
     fn deliver(&mut self, delivery: Delivery, out: &mut BytesMut, now: Instant) {
-        let Some(client) = self.client.clone() else {
+        let (Some(client), Some(session)) = (self.client.clone(), self.session.clone()) else {
             return;
         };
         let destination = client.unmount(&delivery.message.topic);
+        let mut awaiting = Vec::new();
         for &identifier in &delivery.subscription_ids {
             let Some(subscription) = self
                 .subscriptions
@@ -980,16 +1038,128 @@ impl StompChannel {
             self.send(&frame, out, now);
             Stats::add(&self.broker.stats.messages_sent, 1);
             if subscription.ack != AckMode::Auto {
-                self.unacked.push_back(Unacked {
-                    ack_id: message_id,
-                    identifier,
-                    delivery: Delivery {
-                        subscription_ids: std::iter::once(identifier).collect(),
-                        ..delivery.clone()
-                    },
-                });
+                awaiting.push((message_id, identifier));
             }
         }
+        let mut state = session.state.lock();
+        if awaiting.is_empty() {
+            state.forget_stored(&delivery);
+            return;
+        }
+        let packet_id = state.allocate_packet_id();
+        for (ack_id, identifier) in &awaiting {
+            self.unacked.push_back(Unacked {
+                ack_id: ack_id.clone(),
+                identifier: *identifier,
+                packet_id,
+                message: delivery.message.clone(),
+            });
+        }
+        state.push_outgoing(Outgoing {
+            packet_id,
+            delivery: Delivery {
+                subscription_ids: awaiting.iter().map(|(_, identifier)| *identifier).collect(),
+                ..delivery
+            },
+            state: OutgoingState::AwaitPubAck,
+        });
+    }
+
+    /// Ends what `settled` (taken out of `unacked`) held in the outgoing window: a message
+    /// none of whose copies still awaits an acknowledgement is deleted, or, when
+    /// `redeliver`, queued again at the front for the subscriptions that settled it.
+    fn settle(&mut self, settled: Vec<Unacked>, redeliver: bool) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let mut state = session.state.lock();
+        let mut requeue = Vec::new();
+        let mut done: Vec<u16> = Vec::new();
+        for unacked in &settled {
+            if done.contains(&unacked.packet_id) {
+                continue;
+            }
+            // After a take-over the window is the new connection's: touch only our own.
+            let Some(sent) = state
+                .outgoing()
+                .find(|out| {
+                    out.packet_id == unacked.packet_id
+                        && Arc::ptr_eq(&out.delivery.message, &unacked.message)
+                })
+                .map(|out| out.delivery.clone())
+            else {
+                continue;
+            };
+            if self
+                .unacked
+                .iter()
+                .any(|other| other.packet_id == unacked.packet_id)
+            {
+                // Another subscription still holds the stored message; this one gets a
+                // copy that lives in memory only.
+                if redeliver {
+                    requeue.push(Delivery {
+                        subscription_ids: std::iter::once(unacked.identifier).collect(),
+                        store_seq: None,
+                        ..sent
+                    });
+                }
+                continue;
+            }
+            done.push(unacked.packet_id);
+            if redeliver {
+                if let Some(mut delivery) = state.recall_outgoing(unacked.packet_id) {
+                    delivery.subscription_ids = settled
+                        .iter()
+                        .filter(|u| u.packet_id == unacked.packet_id)
+                        .map(|u| u.identifier)
+                        .collect();
+                    requeue.push(delivery);
+                }
+            } else {
+                state.puback(unacked.packet_id);
+            }
+        }
+        for delivery in requeue.into_iter().rev() {
+            state.unpop_queued(delivery);
+        }
+    }
+}
+
+/// The subscriptions of a resumed session: as the session holds them, or, after a
+/// restart, as its stored record says.
+fn resumed_subscriptions(state: &mut SessionState) -> SessionSubscriptions {
+    if let Some(kept) = state.extension.get_mut::<SessionSubscriptions>() {
+        return kept.clone();
+    }
+    let Some(record) = state.adapter_state() else {
+        return SessionSubscriptions::default();
+    };
+    match SessionSubscriptions::decode(record) {
+        Ok(restored) => {
+            state.extension.set(restored.clone());
+            restored
+        }
+        Err(error) => {
+            // The core's subscriptions still route; their messages wait unsent until the
+            // client subscribes again under some id.
+            tracing::warn!(%error, "stored STOMP subscriptions unreadable; starting without them");
+            SessionSubscriptions::default()
+        }
+    }
+}
+
+/// Puts every message a previous connection sent and nobody acknowledged back at the
+/// front of the queue, in order: STOMP acknowledges by message ids that die with their
+/// connection, so they are sent anew.
+fn recall_sent(state: &mut SessionState) {
+    let packet_ids: Vec<u16> = state.outgoing().map(|out| out.packet_id).collect();
+    let recalled: Vec<_> = packet_ids
+        .into_iter()
+        .filter_map(|packet_id| state.recall_outgoing(packet_id))
+        .collect();
+    for delivery in recalled.into_iter().rev() {
+        state.unpop_queued(delivery);
     }
 }
 

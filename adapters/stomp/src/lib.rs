@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod frame;
+pub mod subscriptions;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;

@@ -345,3 +345,300 @@ fn shared_messages_a_client_leaves_unacknowledged_follow_shared_redelivery() {
         }
     }
 }
+
+/// A store whose durability the test decides; it keeps its tables in memory, so a
+/// restart is a new broker on the same store and a crash the old one dropped unheard.
+#[derive(Default)]
+struct TestStore {
+    tables: std::sync::Mutex<std::collections::BTreeMap<(u8, Vec<u8>), Bytes>>,
+    submitted: AtomicU64,
+    /// Durable at once unless the test holds it back.
+    held_back: std::sync::atomic::AtomicBool,
+    durable: AtomicU64,
+    full: std::sync::atomic::AtomicBool,
+    waiters: std::sync::Mutex<Vec<(u64, Arc<dyn Wakeup>)>>,
+}
+
+impl TestStore {
+    fn hold_back(&self) {
+        self.held_back.store(true, Ordering::SeqCst);
+    }
+
+    /// Everything submitted so far becomes durable, and whoever waits for it is woken.
+    fn make_durable(&self) {
+        self.held_back.store(false, Ordering::SeqCst);
+        let ticket = self.submitted.load(Ordering::SeqCst);
+        self.durable.store(ticket, Ordering::SeqCst);
+        let mut waiters = self.waiters.lock().unwrap();
+        waiters.retain(|(wanted, wakeup)| {
+            let due = *wanted <= ticket;
+            if due {
+                wakeup.wake();
+            }
+            !due
+        });
+    }
+
+    fn count(&self, table: mqtt_core::storage::Table) -> usize {
+        use mqtt_core::storage::Store as _;
+        self.load(table).unwrap().len()
+    }
+}
+
+impl mqtt_core::storage::Store for TestStore {
+    fn submit(&self, ops: Vec<mqtt_core::storage::Op>) -> u64 {
+        use mqtt_core::storage::Op;
+        let mut tables = self.tables.lock().unwrap();
+        for op in ops {
+            match op {
+                Op::Put { table, key, value } => {
+                    tables.insert((table as u8, key), value);
+                }
+                Op::Delete { table, key } => {
+                    tables.remove(&(table as u8, key));
+                }
+                Op::DeletePrefix { table, prefix } => {
+                    tables.retain(|(t, key), _| !(*t == table as u8 && key.starts_with(&prefix)));
+                }
+            }
+        }
+        let ticket = self.submitted.fetch_add(1, Ordering::SeqCst) + 1;
+        if !self.held_back.load(Ordering::SeqCst) {
+            self.durable.store(ticket, Ordering::SeqCst);
+        }
+        ticket
+    }
+    fn durable(&self) -> u64 {
+        self.durable.load(Ordering::SeqCst)
+    }
+    fn wake_when_durable(&self, ticket: u64, wakeup: Arc<dyn Wakeup>) {
+        if ticket <= self.durable() {
+            wakeup.wake();
+        } else {
+            self.waiters.lock().unwrap().push((ticket, wakeup));
+        }
+    }
+    fn load(
+        &self,
+        table: mqtt_core::storage::Table,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, mqtt_core::storage::StoreError> {
+        Ok(self
+            .tables
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((t, _), _)| *t == table as u8)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::SeqCst)
+    }
+}
+
+/// A broker (re)started at `now` on `store`, with what the store kept restored.
+fn broker_on(store: &Arc<TestStore>, now: Instant) -> Arc<Broker> {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let broker = Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth::allow_all(),
+        now,
+    )
+    .with_store(store.clone(), std::time::SystemTime::now());
+    broker.recover(now).expect("recover");
+    Arc::new(broker)
+}
+
+fn receipt_ids(frames: &[Frame]) -> Vec<&str> {
+    frames
+        .iter()
+        .filter(|f| f.command == Command::Receipt)
+        .filter_map(|f| f.header("receipt-id"))
+        .collect()
+}
+
+#[test]
+fn receipts_of_sends_wait_until_the_message_is_durable_and_keep_their_order() {
+    let t0 = Instant::now();
+    let store = Arc::new(TestStore::default());
+    let broker = broker_on(&store, t0);
+    let settings = settings(|_| {});
+    // A persistent subscriber, so a SEND to its destination has something to store. Its
+    // SUBSCRIBE's RECEIPT, too, says the subscription is kept.
+    let mut keeper = Client::connect(&broker, &settings, Some("keeper"), t0);
+    store.hold_back();
+    let subscribe = Client::frame(
+        Command::Subscribe,
+        &[
+            ("destination", "kept/t"),
+            ("id", "s"),
+            ("ack", "client"),
+            ("receipt", "sub"),
+        ],
+    );
+    assert!(receipt_ids(&keeper.send(subscribe, t0)).is_empty());
+    store.make_durable();
+    assert_eq!(receipt_ids(&keeper.wake(t0)), vec!["sub"]);
+    keeper.close(t0);
+
+    let mut sender = Client::connect(&broker, &settings, None, t0);
+    store.hold_back();
+    let send = |destination: &str, receipt: &str| {
+        Client::frame(
+            Command::Send,
+            &[("destination", destination), ("receipt", receipt)],
+        )
+    };
+    assert!(receipt_ids(&sender.send(send("kept/t", "r1"), t0)).is_empty());
+    // Nothing of this one is stored, but its RECEIPT must not overtake the first.
+    assert!(receipt_ids(&sender.send(send("nobody/t", "r2"), t0)).is_empty());
+    assert!(
+        receipt_ids(&sender.wake(t0)).is_empty(),
+        "nothing durable yet"
+    );
+    // A DISCONNECT with a receipt closes only once every RECEIPT before it has gone.
+    let answer = sender.send(
+        Client::frame(Command::Disconnect, &[("receipt", "bye")]),
+        t0,
+    );
+    assert!(answer.is_empty() && !sender.closed, "{answer:?}");
+
+    store.make_durable();
+    assert_eq!(receipt_ids(&sender.wake(t0)), vec!["r1", "r2", "bye"]);
+    assert!(sender.closed);
+    assert_eq!(store.count(mqtt_core::storage::Table::Queues), 1);
+}
+
+#[test]
+fn a_full_store_refuses_a_send_that_asks_for_a_receipt_with_an_error() {
+    let t0 = Instant::now();
+    let store = Arc::new(TestStore::default());
+    let broker = broker_on(&store, t0);
+    let settings = settings(|_| {});
+    let mut keeper = Client::connect(&broker, &settings, Some("keeper"), t0);
+    keeper.subscribe("kept/t", "client", t0);
+    store.full.store(true, Ordering::SeqCst);
+
+    // Without a receipt nothing was promised: it goes at most once, stored nowhere.
+    let mut sender = Client::connect(&broker, &settings, None, t0);
+    sender.send(
+        Client::frame(Command::Send, &[("destination", "kept/t")]),
+        t0,
+    );
+    assert_eq!(bodies(&keeper.wake(t0)), vec![&b""[..]]);
+    assert_eq!(store.count(mqtt_core::storage::Table::Queues), 0);
+
+    let answer = sender.send(
+        Client::frame(
+            Command::Send,
+            &[("destination", "kept/t"), ("receipt", "r1")],
+        ),
+        t0,
+    );
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(answer[0].command, Command::Error);
+    assert_eq!(
+        answer[0].header("message"),
+        Some("message refused: the store is full")
+    );
+    assert_eq!(answer[0].header("receipt-id"), Some("r1"));
+    assert!(sender.closed, "an ERROR closes the connection");
+    assert!(
+        keeper.wake(t0).is_empty(),
+        "the refused message went nowhere"
+    );
+}
+
+#[test]
+fn a_persistent_session_gets_its_unacknowledged_messages_again_after_a_crash() {
+    use mqtt_core::storage::Table;
+    let t0 = Instant::now();
+    let store = Arc::new(TestStore::default());
+    let broker = broker_on(&store, t0);
+    let settings = settings(|_| {});
+    let mut client = Client::connect(&broker, &settings, Some("durable"), t0);
+    let subscribed = client.send(
+        Client::frame(
+            Command::Subscribe,
+            &[
+                ("destination", "jobs/+"),
+                ("id", "my-jobs"),
+                ("ack", "client-individual"),
+            ],
+        ),
+        t0,
+    );
+    assert!(subscribed.is_empty(), "{subscribed:?}");
+    for body in ["1", "2", "3"] {
+        publish(&broker, "jobs/a", body.as_bytes(), t0);
+    }
+    let sent = client.wake(t0);
+    assert_eq!(bodies(&sent), vec![&b"1"[..], b"2", b"3"]);
+    let ack = sent[1].header("ack").unwrap().to_owned();
+    client.send(Client::frame(Command::Ack, &[("id", ack.as_str())]), t0);
+    assert_eq!(
+        store.count(Table::Queues),
+        2,
+        "the acknowledged one is deleted"
+    );
+    assert_eq!(
+        store.count(Table::Inflight),
+        2,
+        "the others are stored as sent"
+    );
+    // The crash: the broker and the connection vanish without a word.
+    drop(client);
+    drop(broker);
+
+    let broker = broker_on(&store, t0);
+    publish(&broker, "jobs/b", b"4", t0);
+    let mut client = Client::connect(&broker, &settings, Some("durable"), t0);
+    let resent = client.wake(t0);
+    assert_eq!(bodies(&resent), vec![&b"1"[..], b"3", b"4"]);
+    assert!(
+        resent
+            .iter()
+            .all(|f| f.header("subscription") == Some("my-jobs") && f.header("ack").is_some()),
+        "{resent:?}"
+    );
+    for frame in &resent {
+        let ack = frame.header("ack").unwrap();
+        client.send(Client::frame(Command::Ack, &[("id", ack)]), t0);
+    }
+    assert_eq!(store.count(Table::Queues), 0);
+    assert_eq!(store.count(Table::Inflight), 0);
+
+    // Unsubscribing is kept too: after another restart nothing reaches the old id.
+    client.send(
+        Client::frame(Command::Unsubscribe, &[("id", "my-jobs")]),
+        t0,
+    );
+    drop(client);
+    drop(broker);
+    let broker = broker_on(&store, t0);
+    publish(&broker, "jobs/c", b"5", t0);
+    let mut client = Client::connect(&broker, &settings, Some("durable"), t0);
+    assert!(client.wake(t0).is_empty());
+}
+
+#[test]
+fn a_nacked_message_stays_stored_until_it_is_acknowledged() {
+    use mqtt_core::storage::Table;
+    let t0 = Instant::now();
+    let store = Arc::new(TestStore::default());
+    let broker = broker_on(&store, t0);
+    let settings = settings(|_| {});
+    let mut client = Client::connect(&broker, &settings, Some("nacker"), t0);
+    client.subscribe("t", "client", t0);
+    publish(&broker, "t", b"x", t0);
+    let sent = client.wake(t0);
+    let ack = sent[0].header("ack").unwrap().to_owned();
+    let again = client.send(Client::frame(Command::Nack, &[("id", ack.as_str())]), t0);
+    assert_eq!(bodies(&again), vec![&b"x"[..]], "sent again at once");
+    assert_eq!(store.count(Table::Queues), 1);
+    let ack = again[0].header("ack").unwrap().to_owned();
+    client.send(Client::frame(Command::Ack, &[("id", ack.as_str())]), t0);
+    assert_eq!(store.count(Table::Queues), 0);
+    assert_eq!(store.count(Table::Inflight), 0);
+}

@@ -2,7 +2,7 @@
 //! session's deliveries turned into packets. Sans-io: the transport driver feeds it bytes,
 //! wake-ups and timer ticks with `now`, and writes out what it appends to `out`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use crate::codec::{
 use crate::message::{Delivery, Message};
 use crate::mountpoint::Mountpoint;
 use crate::session::{ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, Wakeup, Will};
-use crate::storage::Ticket;
+use crate::storage::{HeldReplies, Ticket};
 use crate::topic::{parse_subscription, SubscriptionFilter};
 
 /// The namespace of sessions opened by native MQTT clients.
@@ -95,12 +95,11 @@ pub struct MqttChannel {
     yield_requested: bool,
     /// PUBACKs and PUBRECs waiting for their message to be durable, in the order the
     /// PUBLISHes came [MQTT-4.6.0-2]: once one waits, those behind it wait too.
-    held_acks: VecDeque<HeldAck>,
+    held_acks: HeldReplies<HeldAck>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct HeldAck {
-    ticket: Ticket,
     packet: fn(PubResponse) -> Packet,
     packet_id: u16,
     reason: ReasonCode,
@@ -134,7 +133,7 @@ impl MqttChannel {
             will_disposition: WillDisposition::Publish,
             drain_blocked: false,
             yield_requested: false,
-            held_acks: VecDeque::new(),
+            held_acks: HeldReplies::default(),
         }
     }
 
@@ -612,33 +611,24 @@ impl MqttChannel {
         ticket: Option<Ticket>,
         out: &mut BytesMut,
     ) {
-        let store = self.broker.store();
-        let ticket = ticket.filter(|ticket| store.durable() < *ticket);
-        if ticket.is_none() && self.held_acks.is_empty() {
-            self.ack(packet, packet_id, reason, out);
-            return;
-        }
-        if let Some(ticket) = ticket {
-            store.wake_when_durable(ticket, self.control.wakeup());
-        }
-        self.held_acks.push_back(HeldAck {
-            ticket: ticket.unwrap_or(0),
+        let held = HeldAck {
             packet,
             packet_id,
             reason,
-        });
+        };
+        let control = &self.control;
+        if let Some(now) = self
+            .held_acks
+            .hold(held, ticket, self.broker.store().as_ref(), || {
+                control.wakeup()
+            })
+        {
+            self.ack(now.packet, now.packet_id, now.reason, out);
+        }
     }
 
     fn release_held_acks(&mut self, out: &mut BytesMut) {
-        if self.held_acks.is_empty() {
-            return;
-        }
-        let durable = self.broker.store().durable();
-        while let Some(held) = self.held_acks.front().copied() {
-            if held.ticket > durable {
-                break;
-            }
-            self.held_acks.pop_front();
+        while let Some(held) = self.held_acks.pop_due(self.broker.store().as_ref()) {
             self.ack(held.packet, held.packet_id, held.reason, out);
         }
     }

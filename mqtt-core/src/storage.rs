@@ -7,6 +7,7 @@
 //! tickets are durable, so a connection can hold its acknowledgements until the message
 //! they acknowledge would survive a crash.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -144,6 +145,179 @@ impl Store for MemoryStore {
 
     fn persistent(&self) -> bool {
         false
+    }
+}
+
+/// Replies a connection owes its client that confirm something stored (PUBACK, a
+/// RECEIPT): each waits until its ticket is durable, and none overtakes an earlier one, so a
+/// client never learns its message is safe before a crash could no longer lose it, and
+/// acknowledgements keep their order.
+#[derive(Debug)]
+pub struct HeldReplies<T> {
+    held: std::collections::VecDeque<(Ticket, T)>,
+}
+
+impl<T> Default for HeldReplies<T> {
+    fn default() -> Self {
+        HeldReplies {
+            held: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl<T> HeldReplies<T> {
+    /// Gives `reply` back to be sent now when it need not wait; otherwise keeps it, and has
+    /// the store call `wakeup` once `ticket` is durable.
+    pub fn hold(
+        &mut self,
+        reply: T,
+        ticket: Option<Ticket>,
+        store: &dyn Store,
+        wakeup: impl FnOnce() -> Arc<dyn Wakeup>,
+    ) -> Option<T> {
+        let ticket = ticket.filter(|ticket| store.durable() < *ticket);
+        if ticket.is_none() && self.held.is_empty() {
+            return Some(reply);
+        }
+        if let Some(ticket) = ticket {
+            store.wake_when_durable(ticket, wakeup());
+        }
+        self.held.push_back((ticket.unwrap_or(0), reply));
+        None
+    }
+
+    /// The oldest held reply, once it may go.
+    pub fn pop_due(&mut self, store: &dyn Store) -> Option<T> {
+        let (ticket, _) = self.held.front()?;
+        if *ticket > store.durable() {
+            return None;
+        }
+        self.held.pop_front().map(|(_, reply)| reply)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.held.clear();
+    }
+}
+
+/// Keeps the tables in a map in memory: a store that outlives a broker but not the
+/// process, so a restart is a new `Broker` on the same `MapStore` and a crash is the old one
+/// dropped unheard. Its tickets are durable at once, or, after `hold_back`, only up to what
+/// `make_durable` says, so whatever waits for durability can be driven step by step.
+#[derive(Default)]
+pub struct MapStore {
+    tables: parking_lot::Mutex<std::collections::BTreeMap<(Table, Vec<u8>), Bytes>>,
+    submitted: AtomicU64,
+    durable: AtomicU64,
+    held_back: AtomicBool,
+    full: AtomicBool,
+    waiters: parking_lot::Mutex<Vec<(Ticket, Arc<dyn Wakeup>)>>,
+}
+
+impl MapStore {
+    /// Tickets from now on become durable only through `make_durable` or `release`.
+    pub fn hold_back(&self) {
+        self.held_back.store(true, Ordering::SeqCst);
+    }
+
+    /// Every ticket up to `ticket` is durable; whoever waits for one is woken.
+    pub fn make_durable(&self, ticket: Ticket) {
+        self.durable.fetch_max(ticket, Ordering::SeqCst);
+        let durable = self.durable.load(Ordering::SeqCst);
+        let due: Vec<Arc<dyn Wakeup>> = {
+            let mut waiters = self.waiters.lock();
+            let (due, waiting) = std::mem::take(&mut *waiters)
+                .into_iter()
+                .partition(|(wanted, _)| *wanted <= durable);
+            *waiters = waiting;
+            due.into_iter().map(|(_, wakeup)| wakeup).collect()
+        };
+        for wakeup in due {
+            wakeup.wake();
+        }
+    }
+
+    /// Everything submitted is durable, and so is everything submitted from now on.
+    pub fn release(&self) {
+        self.held_back.store(false, Ordering::SeqCst);
+        self.make_durable(self.submitted());
+    }
+
+    /// The last ticket handed out.
+    pub fn submitted(&self) -> Ticket {
+        self.submitted.load(Ordering::SeqCst)
+    }
+
+    pub fn set_full(&self, full: bool) {
+        self.full.store(full, Ordering::SeqCst);
+    }
+
+    /// How many entries `table` holds.
+    pub fn count(&self, table: Table) -> usize {
+        self.tables
+            .lock()
+            .keys()
+            .filter(|(t, _)| *t == table)
+            .count()
+    }
+}
+
+impl Store for MapStore {
+    fn submit(&self, ops: Vec<Op>) -> Ticket {
+        let ticket = {
+            let mut tables = self.tables.lock();
+            for op in ops {
+                match op {
+                    Op::Put { table, key, value } => {
+                        tables.insert((table, key), value);
+                    }
+                    Op::Delete { table, key } => {
+                        tables.remove(&(table, key));
+                    }
+                    Op::DeletePrefix { table, prefix } => {
+                        tables.retain(|(t, key), _| !(*t == table && key.starts_with(&prefix)));
+                    }
+                }
+            }
+            self.submitted.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        if !self.held_back.load(Ordering::SeqCst) {
+            self.make_durable(ticket);
+        }
+        ticket
+    }
+
+    fn durable(&self) -> Ticket {
+        self.durable.load(Ordering::SeqCst)
+    }
+
+    fn wake_when_durable(&self, ticket: Ticket, wakeup: Arc<dyn Wakeup>) {
+        {
+            let mut waiters = self.waiters.lock();
+            if self.durable.load(Ordering::SeqCst) < ticket {
+                waiters.push((ticket, wakeup));
+                return;
+            }
+        }
+        wakeup.wake();
+    }
+
+    fn load(&self, table: Table) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
+        Ok(self
+            .tables
+            .lock()
+            .iter()
+            .filter(|((t, _), _)| *t == table)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::SeqCst)
     }
 }
 

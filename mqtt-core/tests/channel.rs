@@ -18,6 +18,7 @@ use mqtt_core::broker::Broker;
 use mqtt_core::codec::*;
 use mqtt_core::protocol::{ConnectionInfo, Flow, MqttChannel};
 use mqtt_core::session::{SessionKey, Wakeup};
+use mqtt_core::storage::MapStore;
 
 #[derive(Default)]
 struct CountingWakeup(AtomicUsize);
@@ -1362,53 +1363,7 @@ fn a_publisher_feeding_a_receiver_that_is_behind_is_asked_to_yield() {
     }
 }
 
-/// A store whose batches become durable only when the test says so.
-#[derive(Default)]
-struct ManualStore {
-    submitted: std::sync::Mutex<Vec<mqtt_core::storage::Op>>,
-    durable: std::sync::atomic::AtomicU64,
-    full: std::sync::atomic::AtomicBool,
-    waiters: std::sync::Mutex<Vec<(u64, Arc<dyn Wakeup>)>>,
-}
-
-impl ManualStore {
-    fn make_durable(&self, ticket: u64) {
-        self.durable.store(ticket, Ordering::SeqCst);
-        let mut waiters = self.waiters.lock().unwrap();
-        waiters.retain(|(wanted, wakeup)| {
-            let due = *wanted <= ticket;
-            if due {
-                wakeup.wake();
-            }
-            !due
-        });
-    }
-}
-
-impl mqtt_core::storage::Store for ManualStore {
-    fn submit(&self, ops: Vec<mqtt_core::storage::Op>) -> u64 {
-        let mut submitted = self.submitted.lock().unwrap();
-        submitted.extend(ops);
-        submitted.len() as u64
-    }
-    fn durable(&self) -> u64 {
-        self.durable.load(Ordering::SeqCst)
-    }
-    fn wake_when_durable(&self, ticket: u64, wakeup: Arc<dyn Wakeup>) {
-        self.waiters.lock().unwrap().push((ticket, wakeup));
-    }
-    fn load(
-        &self,
-        _table: mqtt_core::storage::Table,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, mqtt_core::storage::StoreError> {
-        Ok(Vec::new())
-    }
-    fn is_full(&self) -> bool {
-        self.full.load(Ordering::SeqCst)
-    }
-}
-
-fn broker_with_store(store: Arc<ManualStore>, now: Instant) -> Arc<Broker> {
+fn broker_with_store(store: Arc<MapStore>, now: Instant) -> Arc<Broker> {
     let config = gateway_config::Config::from_toml_str("").expect("defaults");
     Arc::new(
         Broker::new(
@@ -1435,7 +1390,8 @@ fn acks(packets: Vec<Packet>) -> Vec<(char, u16, u8)> {
 #[test]
 fn acknowledgements_of_stored_messages_wait_until_durable_and_keep_their_order() {
     let t0 = Instant::now();
-    let store = Arc::new(ManualStore::default());
+    let store = Arc::new(MapStore::default());
+    store.hold_back();
     let broker = broker_with_store(store.clone(), t0);
     let mut publisher = Client::connect(&broker, "pub", t0);
     let mut retained = publish("kept", b"1", QoS::AtLeastOnce, 1);
@@ -1450,7 +1406,7 @@ fn acknowledgements_of_stored_messages_wait_until_durable_and_keep_their_order()
     exactly_once.retain = true;
     publisher.send(Packet::Publish(exactly_once), t0);
     assert_eq!(acks(publisher.receive()), vec![], "nothing is durable yet");
-    assert_eq!(store.submitted.lock().unwrap().len(), 2);
+    assert_eq!(store.submitted(), 2);
 
     store.make_durable(1);
     assert!(
@@ -1469,7 +1425,7 @@ fn acknowledgements_of_stored_messages_wait_until_durable_and_keep_their_order()
 
     // A full store refuses every QoS 1/2 message, any of which a persistent session might
     // have to keep; QoS 0 still flows.
-    store.full.store(true, Ordering::SeqCst);
+    store.set_full(true);
     let mut refused = publish("kept", b"4", QoS::AtLeastOnce, 4);
     refused.retain = true;
     publisher.send(Packet::Publish(refused), t0);
@@ -1481,65 +1437,6 @@ fn acknowledgements_of_stored_messages_wait_until_durable_and_keep_their_order()
         acks(publisher.receive()),
         vec![('A', 4, 0x97), ('R', 5, 0x97)]
     );
-}
-
-/// A store that keeps its tables in memory and is durable at once: a restart is a new
-/// broker on the same `MapStore`, a crash is the old broker dropped without a word.
-#[derive(Default)]
-struct MapStore {
-    tables: std::sync::Mutex<std::collections::BTreeMap<(u8, Vec<u8>), Bytes>>,
-    tickets: std::sync::atomic::AtomicU64,
-}
-
-impl MapStore {
-    fn count(&self, table: mqtt_core::storage::Table) -> usize {
-        self.load(table).unwrap().len()
-    }
-}
-
-use mqtt_core::storage::Store as _;
-
-impl mqtt_core::storage::Store for MapStore {
-    fn submit(&self, ops: Vec<mqtt_core::storage::Op>) -> u64 {
-        use mqtt_core::storage::Op;
-        let mut tables = self.tables.lock().unwrap();
-        for op in ops {
-            match op {
-                Op::Put { table, key, value } => {
-                    tables.insert((table as u8, key), value);
-                }
-                Op::Delete { table, key } => {
-                    tables.remove(&(table as u8, key));
-                }
-                Op::DeletePrefix { table, prefix } => {
-                    tables.retain(|(t, key), _| !(*t == table as u8 && key.starts_with(&prefix)));
-                }
-            }
-        }
-        self.tickets.fetch_add(1, Ordering::SeqCst) + 1
-    }
-    fn durable(&self) -> u64 {
-        self.tickets.load(Ordering::SeqCst)
-    }
-    fn wake_when_durable(&self, _ticket: u64, wakeup: Arc<dyn Wakeup>) {
-        wakeup.wake();
-    }
-    fn load(
-        &self,
-        table: mqtt_core::storage::Table,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, mqtt_core::storage::StoreError> {
-        Ok(self
-            .tables
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|((t, _), _)| *t == table as u8)
-            .map(|((_, key), value)| (key.clone(), value.clone()))
-            .collect())
-    }
-    fn is_full(&self) -> bool {
-        false
-    }
 }
 
 /// A broker started at `now` on `store`; the wall clock moves with the virtual one from

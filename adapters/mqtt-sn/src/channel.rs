@@ -2,7 +2,6 @@
 //! in, with `now`; datagrams out. The client is a session of the unified model in its own
 //! namespace; this channel only translates frames and topic ids.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use mqtt_core::protocol::Flow;
 use mqtt_core::session::{
     ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, Wakeup, Will,
 };
-use mqtt_core::storage::Ticket;
+use mqtt_core::storage::{HeldReplies, Ticket};
 
 use crate::codec::{
     self, short_topic_id, short_topic_name, Flags, Message, Qos, ReturnCode, TopicIdType, TopicRef,
@@ -156,14 +155,7 @@ pub struct MqttSnChannel {
     will_disposition: WillDisposition,
     /// PUBACKs and PUBRECs waiting for what their PUBLISH changed to be durable, in the
     /// order the PUBLISHes came: once one waits, those behind it wait too.
-    held_acks: VecDeque<HeldAck>,
-}
-
-/// An answer to a client's PUBLISH that waits for the store.
-#[derive(Debug)]
-struct HeldAck {
-    ticket: Ticket,
-    reply: Message,
+    held_acks: HeldReplies<Message>,
 }
 
 impl MqttSnChannel {
@@ -190,7 +182,7 @@ impl MqttSnChannel {
             in_flight: None,
             resume_registers: Vec::new(),
             will_disposition: WillDisposition::Publish,
-            held_acks: VecDeque::new(),
+            held_acks: HeldReplies::default(),
         }
     }
 
@@ -1063,34 +1055,20 @@ impl MqttSnChannel {
     /// earlier answer that still waits: a client must not learn its message is safe before
     /// a crash could no longer lose it.
     fn acknowledge(&mut self, reply: Message, ticket: Option<Ticket>, out: &mut Vec<Bytes>) {
-        let store = self.broker.store();
-        let ticket = ticket.filter(|ticket| store.durable() < *ticket);
-        if ticket.is_none() && self.held_acks.is_empty() {
+        let control = &self.control;
+        if let Some(reply) =
+            self.held_acks
+                .hold(reply, ticket, self.broker.store().as_ref(), || {
+                    control.wakeup()
+                })
+        {
             self.send(&reply, out);
-            return;
         }
-        if let Some(ticket) = ticket {
-            store.wake_when_durable(ticket, self.control.wakeup());
-        }
-        self.held_acks.push_back(HeldAck {
-            ticket: ticket.unwrap_or(0),
-            reply,
-        });
     }
 
     fn release_held_acks(&mut self, out: &mut Vec<Bytes>) {
-        if self.held_acks.is_empty() {
-            return;
-        }
-        let durable = self.broker.store().durable();
-        while self
-            .held_acks
-            .front()
-            .is_some_and(|held| held.ticket <= durable)
-        {
-            if let Some(held) = self.held_acks.pop_front() {
-                self.send(&held.reply, out);
-            }
+        while let Some(reply) = self.held_acks.pop_due(self.broker.store().as_ref()) {
+            self.send(&reply, out);
         }
     }
 

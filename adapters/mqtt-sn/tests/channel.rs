@@ -23,6 +23,7 @@ use mqtt_core::codec::{QoS, SubscriptionOptions};
 use mqtt_core::message::Message as Routed;
 use mqtt_core::protocol::Flow;
 use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use mqtt_core::storage::{MapStore, Store as _};
 
 #[derive(Default)]
 struct CountingWakeup(AtomicUsize);
@@ -1169,55 +1170,6 @@ fn a_delivery_no_frame_can_carry_is_dropped_not_retried_forever() {
     assert_eq!(&data[..], b"small");
 }
 
-/// A store whose durability the test decides: tickets count the operations submitted.
-#[derive(Default)]
-struct ManualStore {
-    submitted: std::sync::Mutex<Vec<mqtt_core::storage::Op>>,
-    durable: std::sync::atomic::AtomicU64,
-    full: std::sync::atomic::AtomicBool,
-    waiters: std::sync::Mutex<Vec<(u64, Arc<dyn Wakeup>)>>,
-}
-
-impl ManualStore {
-    fn submitted(&self) -> u64 {
-        self.submitted.lock().unwrap().len() as u64
-    }
-
-    fn make_durable(&self, ticket: u64) {
-        self.durable.store(ticket, Ordering::SeqCst);
-        self.waiters.lock().unwrap().retain(|(wanted, wakeup)| {
-            let due = *wanted <= ticket;
-            if due {
-                wakeup.wake();
-            }
-            !due
-        });
-    }
-}
-
-impl mqtt_core::storage::Store for ManualStore {
-    fn submit(&self, ops: Vec<mqtt_core::storage::Op>) -> u64 {
-        let mut submitted = self.submitted.lock().unwrap();
-        submitted.extend(ops);
-        submitted.len() as u64
-    }
-    fn durable(&self) -> u64 {
-        self.durable.load(Ordering::SeqCst)
-    }
-    fn wake_when_durable(&self, ticket: u64, wakeup: Arc<dyn Wakeup>) {
-        self.waiters.lock().unwrap().push((ticket, wakeup));
-    }
-    fn load(
-        &self,
-        _table: mqtt_core::storage::Table,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, mqtt_core::storage::StoreError> {
-        Ok(Vec::new())
-    }
-    fn is_full(&self) -> bool {
-        self.full.load(Ordering::SeqCst)
-    }
-}
-
 fn broker_on(store: Arc<dyn mqtt_core::storage::Store>, now: Instant) -> Arc<Broker> {
     let config = gateway_config::Config::from_toml_str("").expect("defaults");
     let broker = Broker::new(
@@ -1255,7 +1207,8 @@ fn puback(topic_id: u16, msg_id: u16, return_code: ReturnCode) -> Message {
 #[test]
 fn acknowledgements_wait_until_the_message_is_durable_and_keep_their_order() {
     let now = Instant::now();
-    let store = Arc::new(ManualStore::default());
+    let store = Arc::new(MapStore::default());
+    store.hold_back();
     let broker = broker_on(store.clone(), now);
     let mut sn = Sn::connect(&broker, "durable", true, now);
     let replies = sn.send(
@@ -1316,7 +1269,7 @@ fn acknowledgements_wait_until_the_message_is_durable_and_keep_their_order() {
 
     // A full store refuses every QoS 1/2 message as congestion; QoS 0 still flows.
     let obs = observer(&broker, "d/#", now);
-    store.full.store(true, Ordering::SeqCst);
+    store.set_full(true);
     assert_eq!(
         sn.send(
             publish(id, TopicIdType::Normal, Qos::One, 7, b"no room"),
@@ -1346,57 +1299,6 @@ fn acknowledgements_wait_until_the_message_is_durable_and_keep_their_order() {
         ],
         "the retained message, then only the QoS 0 one"
     );
-}
-
-/// A store that keeps its tables in memory and is durable at once: a restart is a new
-/// broker on the same `MapStore`, a crash the old one dropped without a word.
-#[derive(Default)]
-struct MapStore {
-    tables: std::sync::Mutex<std::collections::BTreeMap<(u8, Vec<u8>), Bytes>>,
-    tickets: std::sync::atomic::AtomicU64,
-}
-
-impl mqtt_core::storage::Store for MapStore {
-    fn submit(&self, ops: Vec<mqtt_core::storage::Op>) -> u64 {
-        use mqtt_core::storage::Op;
-        let mut tables = self.tables.lock().unwrap();
-        for op in ops {
-            match op {
-                Op::Put { table, key, value } => {
-                    tables.insert((table as u8, key), value);
-                }
-                Op::Delete { table, key } => {
-                    tables.remove(&(table as u8, key));
-                }
-                Op::DeletePrefix { table, prefix } => {
-                    tables.retain(|(t, key), _| !(*t == table as u8 && key.starts_with(&prefix)));
-                }
-            }
-        }
-        self.tickets.fetch_add(1, Ordering::SeqCst) + 1
-    }
-    fn durable(&self) -> u64 {
-        self.tickets.load(Ordering::SeqCst)
-    }
-    fn wake_when_durable(&self, _ticket: u64, wakeup: Arc<dyn Wakeup>) {
-        wakeup.wake();
-    }
-    fn load(
-        &self,
-        table: mqtt_core::storage::Table,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, mqtt_core::storage::StoreError> {
-        Ok(self
-            .tables
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|((t, _), _)| *t == table as u8)
-            .map(|((_, key), value)| (key.clone(), value.clone()))
-            .collect())
-    }
-    fn is_full(&self) -> bool {
-        false
-    }
 }
 
 #[test]
@@ -1498,17 +1400,18 @@ fn unreadable_stored_topic_ids_start_an_empty_registry() {
     sn.send(Message::Disconnect { duration: None }, now);
     drop(sn);
     drop(broker);
-    for value in store
-        .tables
-        .lock()
+    let table = mqtt_core::storage::Table::Adapter;
+    let garbled = store
+        .load(table)
         .unwrap()
-        .iter_mut()
-        .filter_map(|((table, _), value)| {
-            (*table == mqtt_core::storage::Table::Adapter as u8).then_some(value)
+        .into_iter()
+        .map(|(key, _)| mqtt_core::storage::Op::Put {
+            table,
+            key,
+            value: Bytes::from_static(&[1, 0xff]),
         })
-    {
-        *value = Bytes::from_static(&[1, 0xff]);
-    }
+        .collect();
+    store.submit(garbled);
 
     let broker = broker_on(store.clone(), now);
     let mut sn = Sn::connect(&broker, "garbled", false, now);

@@ -19,7 +19,7 @@ use mqtt_core::protocol::Flow;
 use mqtt_core::session::{
     ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, SessionState, Wakeup,
 };
-use mqtt_core::storage::Ticket;
+use mqtt_core::storage::{HeldReplies, Ticket};
 use mqtt_core::topic::{parse_subscription, SubscriptionFilter};
 
 use crate::frame::{encode, Command, Decoder, Frame, FrameLimits, Version};
@@ -122,14 +122,6 @@ struct Unacked {
     message: Arc<RoutedMessage>,
 }
 
-/// A RECEIPT waiting for what its frame changed to be durable (`ticket`), or for an
-/// earlier RECEIPT that waits: receipts keep the order of their frames.
-#[derive(Debug)]
-struct HeldReceipt {
-    ticket: Ticket,
-    receipt_id: String,
-}
-
 /// Why a frame is refused: the text of the ERROR frame's `message` header. The
 /// connection is closed after it (STOMP 1.2: "the server MUST then close the connection").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -208,7 +200,7 @@ pub struct StompChannel {
     subscriptions: SessionSubscriptions,
     next_message_id: u64,
     unacked: VecDeque<Unacked>,
-    held_receipts: VecDeque<HeldReceipt>,
+    held_receipts: HeldReplies<String>,
     transactions: HashMap<String, Transaction>,
     /// Inbound silence allowed, grace included; None = no heart-beats expected.
     heartbeat_in: Option<Duration>,
@@ -244,7 +236,7 @@ impl StompChannel {
             subscriptions: SessionSubscriptions::default(),
             next_message_id: 1,
             unacked: VecDeque::new(),
-            held_receipts: VecDeque::new(),
+            held_receipts: HeldReplies::default(),
             transactions: HashMap::new(),
             heartbeat_in: None,
             heartbeat_out: None,
@@ -495,36 +487,21 @@ impl StompChannel {
         let Some(receipt_id) = frame.header("receipt") else {
             return;
         };
-        let store = self.broker.store().clone();
-        let ticket = ticket.filter(|ticket| store.durable() < *ticket);
-        if ticket.is_none() && self.held_receipts.is_empty() {
+        let control = &self.control;
+        if let Some(receipt_id) = self.held_receipts.hold(
+            receipt_id.to_owned(),
+            ticket,
+            self.broker.store().as_ref(),
+            || control.wakeup(),
+        ) {
             let reply = Frame::new(Command::Receipt).with_header("receipt-id", receipt_id);
             self.send(&reply, out, now);
-            return;
         }
-        if let Some(ticket) = ticket {
-            store.wake_when_durable(ticket, self.control.wakeup());
-        }
-        self.held_receipts.push_back(HeldReceipt {
-            ticket: ticket.unwrap_or(0),
-            receipt_id: receipt_id.to_owned(),
-        });
     }
 
     fn release_held_receipts(&mut self, out: &mut BytesMut, now: Instant) {
-        if self.held_receipts.is_empty() {
-            return;
-        }
-        let durable = self.broker.store().durable();
-        while self
-            .held_receipts
-            .front()
-            .is_some_and(|held| held.ticket <= durable)
-        {
-            let Some(held) = self.held_receipts.pop_front() else {
-                break;
-            };
-            let reply = Frame::new(Command::Receipt).with_header("receipt-id", held.receipt_id);
+        while let Some(receipt_id) = self.held_receipts.pop_due(self.broker.store().as_ref()) {
+            let reply = Frame::new(Command::Receipt).with_header("receipt-id", receipt_id);
             self.send(&reply, out, now);
         }
     }

@@ -23,6 +23,7 @@ use mqtt_core::codec::QoS;
 use mqtt_core::message::Message;
 use mqtt_core::protocol::Flow;
 use mqtt_core::session::Wakeup;
+use mqtt_core::storage::MapStore;
 
 struct NoWakeup;
 
@@ -346,98 +347,8 @@ fn shared_messages_a_client_leaves_unacknowledged_follow_shared_redelivery() {
     }
 }
 
-/// A store whose durability the test decides; it keeps its tables in memory, so a
-/// restart is a new broker on the same store and a crash the old one dropped unheard.
-#[derive(Default)]
-struct TestStore {
-    tables: std::sync::Mutex<std::collections::BTreeMap<(u8, Vec<u8>), Bytes>>,
-    submitted: AtomicU64,
-    /// Durable at once unless the test holds it back.
-    held_back: std::sync::atomic::AtomicBool,
-    durable: AtomicU64,
-    full: std::sync::atomic::AtomicBool,
-    waiters: std::sync::Mutex<Vec<(u64, Arc<dyn Wakeup>)>>,
-}
-
-impl TestStore {
-    fn hold_back(&self) {
-        self.held_back.store(true, Ordering::SeqCst);
-    }
-
-    /// Everything submitted so far becomes durable, and whoever waits for it is woken.
-    fn make_durable(&self) {
-        self.held_back.store(false, Ordering::SeqCst);
-        let ticket = self.submitted.load(Ordering::SeqCst);
-        self.durable.store(ticket, Ordering::SeqCst);
-        let mut waiters = self.waiters.lock().unwrap();
-        waiters.retain(|(wanted, wakeup)| {
-            let due = *wanted <= ticket;
-            if due {
-                wakeup.wake();
-            }
-            !due
-        });
-    }
-
-    fn count(&self, table: mqtt_core::storage::Table) -> usize {
-        use mqtt_core::storage::Store as _;
-        self.load(table).unwrap().len()
-    }
-}
-
-impl mqtt_core::storage::Store for TestStore {
-    fn submit(&self, ops: Vec<mqtt_core::storage::Op>) -> u64 {
-        use mqtt_core::storage::Op;
-        let mut tables = self.tables.lock().unwrap();
-        for op in ops {
-            match op {
-                Op::Put { table, key, value } => {
-                    tables.insert((table as u8, key), value);
-                }
-                Op::Delete { table, key } => {
-                    tables.remove(&(table as u8, key));
-                }
-                Op::DeletePrefix { table, prefix } => {
-                    tables.retain(|(t, key), _| !(*t == table as u8 && key.starts_with(&prefix)));
-                }
-            }
-        }
-        let ticket = self.submitted.fetch_add(1, Ordering::SeqCst) + 1;
-        if !self.held_back.load(Ordering::SeqCst) {
-            self.durable.store(ticket, Ordering::SeqCst);
-        }
-        ticket
-    }
-    fn durable(&self) -> u64 {
-        self.durable.load(Ordering::SeqCst)
-    }
-    fn wake_when_durable(&self, ticket: u64, wakeup: Arc<dyn Wakeup>) {
-        if ticket <= self.durable() {
-            wakeup.wake();
-        } else {
-            self.waiters.lock().unwrap().push((ticket, wakeup));
-        }
-    }
-    fn load(
-        &self,
-        table: mqtt_core::storage::Table,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, mqtt_core::storage::StoreError> {
-        Ok(self
-            .tables
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|((t, _), _)| *t == table as u8)
-            .map(|((_, key), value)| (key.clone(), value.clone()))
-            .collect())
-    }
-    fn is_full(&self) -> bool {
-        self.full.load(Ordering::SeqCst)
-    }
-}
-
 /// A broker (re)started at `now` on `store`, with what the store kept restored.
-fn broker_on(store: &Arc<TestStore>, now: Instant) -> Arc<Broker> {
+fn broker_on(store: &Arc<MapStore>, now: Instant) -> Arc<Broker> {
     let config = gateway_config::Config::from_toml_str("").expect("defaults");
     let broker = Broker::new(
         config.mqtt.clone(),
@@ -461,7 +372,7 @@ fn receipt_ids(frames: &[Frame]) -> Vec<&str> {
 #[test]
 fn receipts_of_sends_wait_until_the_message_is_durable_and_keep_their_order() {
     let t0 = Instant::now();
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MapStore::default());
     let broker = broker_on(&store, t0);
     let settings = settings(|_| {});
     // A persistent subscriber, so a SEND to its destination has something to store. Its
@@ -478,7 +389,7 @@ fn receipts_of_sends_wait_until_the_message_is_durable_and_keep_their_order() {
         ],
     );
     assert!(receipt_ids(&keeper.send(subscribe, t0)).is_empty());
-    store.make_durable();
+    store.release();
     assert_eq!(receipt_ids(&keeper.wake(t0)), vec!["sub"]);
     keeper.close(t0);
 
@@ -504,7 +415,7 @@ fn receipts_of_sends_wait_until_the_message_is_durable_and_keep_their_order() {
     );
     assert!(answer.is_empty() && !sender.closed, "{answer:?}");
 
-    store.make_durable();
+    store.release();
     assert_eq!(receipt_ids(&sender.wake(t0)), vec!["r1", "r2", "bye"]);
     assert!(sender.closed);
     assert_eq!(store.count(mqtt_core::storage::Table::Queues), 1);
@@ -513,12 +424,12 @@ fn receipts_of_sends_wait_until_the_message_is_durable_and_keep_their_order() {
 #[test]
 fn a_full_store_refuses_a_send_that_asks_for_a_receipt_with_an_error() {
     let t0 = Instant::now();
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MapStore::default());
     let broker = broker_on(&store, t0);
     let settings = settings(|_| {});
     let mut keeper = Client::connect(&broker, &settings, Some("keeper"), t0);
     keeper.subscribe("kept/t", "client", t0);
-    store.full.store(true, Ordering::SeqCst);
+    store.set_full(true);
 
     // Without a receipt nothing was promised: it goes at most once, stored nowhere.
     let mut sender = Client::connect(&broker, &settings, None, t0);
@@ -554,7 +465,7 @@ fn a_full_store_refuses_a_send_that_asks_for_a_receipt_with_an_error() {
 fn a_persistent_session_gets_its_unacknowledged_messages_again_after_a_crash() {
     use mqtt_core::storage::Table;
     let t0 = Instant::now();
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MapStore::default());
     let broker = broker_on(&store, t0);
     let settings = settings(|_| {});
     let mut client = Client::connect(&broker, &settings, Some("durable"), t0);
@@ -626,7 +537,7 @@ fn a_persistent_session_gets_its_unacknowledged_messages_again_after_a_crash() {
 fn a_nacked_message_stays_stored_until_it_is_acknowledged() {
     use mqtt_core::storage::Table;
     let t0 = Instant::now();
-    let store = Arc::new(TestStore::default());
+    let store = Arc::new(MapStore::default());
     let broker = broker_on(&store, t0);
     let settings = settings(|_| {});
     let mut client = Client::connect(&broker, &settings, Some("nacker"), t0);

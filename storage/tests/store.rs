@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gateway_storage::{DiskOptions, DiskStore, Fsync};
 use mqtt_core::session::Wakeup;
-use mqtt_core::storage::{Op, Store, StoreError, Table};
+use mqtt_core::storage::{MapStore, Op, Store, StoreError, Table};
 use proptest::prelude::*;
 
 fn open(path: &Path, fsync: Fsync) -> DiskStore {
@@ -179,7 +179,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Random batches of changes leave the same state on disk, after reopening, as in a
-    /// plain ordered map.
+    /// plain ordered map and in the in-memory `MapStore`.
     #[test]
     fn random_changes_survive_reopening_as_in_a_map(
         batches in proptest::collection::vec(proptest::collection::vec(model_op(), 0..12), 1..8)
@@ -187,6 +187,7 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store.redb");
         let mut model: BTreeMap<(Table, Vec<u8>), Bytes> = BTreeMap::new();
+        let memory = MapStore::default();
         {
             let store = open(&path, Fsync::Batch);
             for batch in &batches {
@@ -230,6 +231,7 @@ proptest! {
                         }
                     }
                 }
+                memory.submit(ops.clone());
                 store.submit(ops);
             }
         }
@@ -240,7 +242,8 @@ proptest! {
                 .filter(|((t, _), _)| *t == table)
                 .map(|((_, k), v)| (k.clone(), v.clone()))
                 .collect();
-            prop_assert_eq!(store.load(table).expect("load"), expected);
+            prop_assert_eq!(&store.load(table).expect("load"), &expected);
+            prop_assert_eq!(memory.load(table).expect("load"), expected);
         }
     }
 }

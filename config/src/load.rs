@@ -13,6 +13,7 @@ const ENV_PREFIX: &str = "GATEWAY_";
 const ENV_SEPARATOR: &str = "__";
 const DEFAULTS_NAME: &str = "embedded defaults";
 const TEMPLATE_NAME: &str = "defaults of the kind's default listener";
+const STORAGE_SHORTHAND_NAME: &str = "the `storage = \"...\"` shorthand";
 
 /// Loading failed: the file could not be read, or the layered values are not a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +147,7 @@ impl Config {
     /// Extracts and validates a figment built by [`Config::figment`] (plus any layers the
     /// caller added on top).
     pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
-        let figment = with_listener_templates(figment)?;
+        let figment = with_storage_shorthand(&with_listener_templates(figment)?)?;
         let config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(figment_problems(&figment, e)))?;
@@ -164,6 +165,22 @@ impl Config {
             Err(ConfigError::Invalid(problems))
         }
     }
+}
+
+/// `storage = "disk"` (or `"memory"`) is short for a `[storage]` table with that backend
+/// and every other storage setting at its default.
+fn with_storage_shorthand(figment: &Figment) -> Result<Figment, ConfigError> {
+    let Ok(Value::String(_, backend)) = figment.find_value("storage") else {
+        return Ok(figment.clone());
+    };
+    let mut table = Figment::from(defaults_provider())
+        .extract_inner::<Dict>("storage")
+        .map_err(|e| ConfigError::Invalid(figment_problems(figment, e)))?;
+    table.insert("backend".into(), Value::from(backend));
+    Ok(figment.clone().merge(Named {
+        inner: Serialized::default("storage", &table),
+        metadata: Metadata::named(STORAGE_SHORTHAND_NAME),
+    }))
 }
 
 /// Lets a listener added under a new name leave out every key but `bind`, taking the rest from

@@ -609,6 +609,24 @@ fn quic_listener_needs_tls13_and_shares_udp_ports_with_mqttsn() {
 }
 
 #[test]
+fn storage_shorthand_selects_the_backend_with_default_settings() {
+    let c = Config::from_toml_str("storage = \"memory\"").unwrap();
+    assert_eq!(c.storage.backend, gateway_config::StorageBackend::Memory);
+    let defaults = Config::from_toml_str("").unwrap().storage;
+    assert_eq!(
+        c.storage,
+        gateway_config::StorageConfig {
+            backend: gateway_config::StorageBackend::Memory,
+            ..defaults
+        }
+    );
+    let c = Config::from_toml_str("storage = \"disk\"").unwrap();
+    assert_eq!(c.storage.backend, gateway_config::StorageBackend::Disk);
+    let e = err_text(Config::from_toml_str("storage = \"tape\""));
+    assert!(e.contains("storage.backend"), "{e}");
+}
+
+#[test]
 fn storage_settings_are_checked() {
     let e = err_text(Config::from_toml_str("[storage]\ncommit_window = \"5s\""));
     assert!(e.contains("storage.commit_window"), "{e}");

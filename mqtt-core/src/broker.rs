@@ -204,7 +204,7 @@ impl Broker {
                     });
                     continue;
                 }
-                message.expires_at = Some(now + Duration::from_millis(expires_ms - now_ms));
+                message.expires_at = Some(self.clock.instant_at(expires_ms, now));
             }
             if self.retained.write().set(Arc::new(message)) == RetainOutcome::Stored {
                 recovered.retained += 1;
@@ -225,13 +225,19 @@ impl Broker {
                 client_id: Arc::from(client_id),
             };
             let closed_ms = record.disconnected_unix_ms.unwrap_or(now_ms);
-            let lifetime_ms = u64::from(record.expiry_interval) * 1000;
-            if record.expiry_interval != u32::MAX && closed_ms + lifetime_ms <= now_ms {
+            let ends_ms = (record.expiry_interval != u32::MAX)
+                .then(|| closed_ms + u64::from(record.expiry_interval) * 1000);
+            if ends_ms.is_some_and(|ends_ms| ends_ms <= now_ms) {
                 forget.extend(storage::forget_session(&key));
                 wills.extend(record.will.map(|will| (will, session_key)));
                 continue;
             }
-            let cell = self.restore_session(&session_key, record, closed_ms, now, &mut wills);
+            let times = RestoredTimes {
+                closed_ms,
+                ends_ms,
+                now_ms,
+            };
+            let cell = self.restore_session(&session_key, record, times, now, &mut wills);
             let parts = RestoredSession {
                 key: key.clone(),
                 store: self.store.clone(),
@@ -324,7 +330,7 @@ impl Broker {
         &self,
         key: &SessionKey,
         record: SessionRecord,
-        closed_ms: u64,
+        times: RestoredTimes,
         now: Instant,
         wills: &mut Vec<(Box<Will>, SessionKey)>,
     ) -> Arc<SessionCell> {
@@ -333,17 +339,16 @@ impl Broker {
         {
             let mut state = cell.state.lock();
             state.expiry_interval = record.expiry_interval;
-            state.disconnected_at = Some(self.clock.instant_at(closed_ms, now));
-            if record.expiry_interval != u32::MAX {
-                let ends_ms = closed_ms + u64::from(record.expiry_interval) * 1000;
+            state.disconnected_at = Some(self.clock.instant_at(times.closed_ms, now));
+            if let Some(ends_ms) = times.ends_ms {
                 let at = self.clock.instant_at(ends_ms, now);
                 state.expires_at = Some(at);
                 self.timers.lock().insert((at, id), key.clone());
             }
             if let Some(will) = record.will {
                 let delay = will.delay_interval.min(record.expiry_interval);
-                let due_ms = closed_ms + u64::from(delay) * 1000;
-                if due_ms <= self.unix_ms(now) {
+                let due_ms = times.closed_ms + u64::from(delay) * 1000;
+                if due_ms <= times.now_ms {
                     wills.push((will, key.clone()));
                 } else {
                     let at = self.clock.instant_at(due_ms, now);
@@ -356,13 +361,9 @@ impl Broker {
                 let Ok(parsed) = parse_subscription(&filter, 0) else {
                     continue;
                 };
-                let (plain, group) = match parsed {
-                    SubscriptionFilter::Plain(plain) => (plain, None),
-                    SubscriptionFilter::Shared { group, filter } => (filter, Some(group)),
-                };
                 self.router.subscribe(
-                    plain,
-                    group,
+                    parsed.filter(),
+                    parsed.group(),
                     Subscriber {
                         session: cell.clone(),
                         options: subscription.options,
@@ -611,13 +612,10 @@ impl Broker {
     }
 
     fn remove_from_router(&self, filter: &str, session: SessionId) -> bool {
-        match parse_subscription(filter, 0) {
-            Ok(SubscriptionFilter::Plain(plain)) => self.router.unsubscribe(plain, None, session),
-            Ok(SubscriptionFilter::Shared { group, filter }) => {
-                self.router.unsubscribe(filter, Some(group), session)
-            }
-            Err(_) => false,
-        }
+        parse_subscription(filter, 0).is_ok_and(|parsed| {
+            self.router
+                .unsubscribe(parsed.filter(), parsed.group(), session)
+        })
     }
 
     /// Fires due wills and session expiries.
@@ -844,10 +842,7 @@ impl Broker {
     ) -> Result<Granted, ReasonCode> {
         let parsed = parse_subscription(filter, self.config.max_topic_levels as usize)
             .map_err(|_| ReasonCode::TOPIC_FILTER_INVALID)?;
-        let (plain, group) = match parsed {
-            SubscriptionFilter::Plain(plain) => (plain, None),
-            SubscriptionFilter::Shared { group, filter } => (filter, Some(group)),
-        };
+        let (plain, group) = (parsed.filter(), parsed.group());
         if group.is_some() && !self.config.shared_subscription {
             return Err(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
         }
@@ -957,6 +952,15 @@ impl Broker {
         }
         expired.len()
     }
+}
+
+/// When a stored session's connection closed and when it ends (None: never), as Unix
+/// milliseconds, and the time of the restart.
+#[derive(Debug, Clone, Copy)]
+struct RestoredTimes {
+    closed_ms: u64,
+    ends_ms: Option<u64>,
+    now_ms: u64,
 }
 
 /// Splits a key made by `session_entry_key` into the session's key and the number.

@@ -252,6 +252,34 @@ impl Persistence {
             value: storage::encode_in_flight(state, packet_id),
         }
     }
+
+    /// Numbers `delivery` as the newest of the session's stored queue and stores it.
+    fn queued(&mut self, delivery: &mut Delivery) -> Op {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        delivery.store_seq = Some(seq);
+        Op::Put {
+            table: Table::Queues,
+            key: storage::session_entry_key(&self.key, seq),
+            value: storage::encode_delivery(delivery, &self.clock),
+        }
+    }
+
+    fn awaiting_release(&self, packet_id: u16) -> Op {
+        Op::Put {
+            table: Table::AwaitingRel,
+            key: storage::session_entry_key(&self.key, u64::from(packet_id)),
+            value: Bytes::new(),
+        }
+    }
+
+    fn adapter_state(&self, record: Bytes) -> Op {
+        Op::Put {
+            table: Table::Adapter,
+            key: self.key.clone(),
+            value: record,
+        }
+    }
 }
 
 /// One value of an adapter's own type, stored in a session the core knows nothing about.
@@ -532,11 +560,11 @@ impl SessionState {
     pub fn await_release(&mut self, packet_id: u16, now: Instant) -> Option<Ticket> {
         self.awaiting_rel.insert(packet_id, now);
         let persistence = self.persistence.as_ref()?;
-        Some(persistence.store.submit(vec![Op::Put {
-            table: Table::AwaitingRel,
-            key: storage::session_entry_key(&persistence.key, u64::from(packet_id)),
-            value: Bytes::new(),
-        }]))
+        Some(
+            persistence
+                .store
+                .submit(vec![persistence.awaiting_release(packet_id)]),
+        )
     }
 
     /// PUBREL: None if the packet id was not awaiting it; else the store's ticket for
@@ -574,11 +602,9 @@ impl SessionState {
     /// Returns the store's ticket for it then, for a reply that must wait until it is kept.
     pub fn keep_adapter_state(&mut self, record: Bytes) -> Option<Ticket> {
         let ticket = self.persistence.as_ref().map(|persistence| {
-            persistence.store.submit(vec![Op::Put {
-                table: Table::Adapter,
-                key: persistence.key.clone(),
-                value: record.clone(),
-            }])
+            persistence
+                .store
+                .submit(vec![persistence.adapter_state(record.clone())])
         });
         self.adapter_record = Some(record);
         ticket
@@ -595,14 +621,8 @@ impl SessionState {
         if delivery.qos == QoS::AtMostOnce || delivery.store_seq.is_some() {
             return None;
         }
-        let seq = persistence.next_seq;
-        persistence.next_seq += 1;
-        delivery.store_seq = Some(seq);
-        Some(persistence.store.submit(vec![Op::Put {
-            table: Table::Queues,
-            key: storage::session_entry_key(&persistence.key, seq),
-            value: storage::encode_delivery(delivery, &persistence.clock),
-        }]))
+        let op = persistence.queued(delivery);
+        Some(persistence.store.submit(vec![op]))
     }
 
     /// Starts keeping the session in `store` under `key`: everything it holds now (queued,
@@ -633,31 +653,16 @@ impl SessionState {
             if delivery.qos == QoS::AtMostOnce {
                 continue;
             }
-            let seq = persistence.next_seq;
-            persistence.next_seq += 1;
-            delivery.store_seq = Some(seq);
-            ops.push(Op::Put {
-                table: Table::Queues,
-                key: storage::session_entry_key(&persistence.key, seq),
-                value: storage::encode_delivery(delivery, &clock),
-            });
-            if let Some((state, packet_id)) = sent {
+            ops.push(persistence.queued(delivery));
+            if let (Some((state, packet_id)), Some(seq)) = (sent, delivery.store_seq) {
                 ops.push(persistence.in_flight(seq, state, packet_id));
             }
         }
         for packet_id in self.awaiting_rel.keys() {
-            ops.push(Op::Put {
-                table: Table::AwaitingRel,
-                key: storage::session_entry_key(&persistence.key, u64::from(*packet_id)),
-                value: Bytes::new(),
-            });
+            ops.push(persistence.awaiting_release(*packet_id));
         }
         if let Some(record) = &self.adapter_record {
-            ops.push(Op::Put {
-                table: Table::Adapter,
-                key: persistence.key.clone(),
-                value: record.clone(),
-            });
+            ops.push(persistence.adapter_state(record.clone()));
         }
         let ticket = (!ops.is_empty()).then(|| persistence.store.submit(ops));
         self.persistence = Some(Box::new(persistence));

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mqtt_core::auth::{Auth, ClientInfo};
-use mqtt_core::broker::{Broker, ConnectRequest};
+use mqtt_core::auth::Auth;
+use mqtt_core::broker::Broker;
+use mqtt_core::client::ClientSession;
 use mqtt_core::codec::{QoS, SubscriptionOptions};
 use mqtt_core::message::Message;
-use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use mqtt_core::session::Wakeup;
 
 struct NoWakeup;
 
@@ -22,7 +23,7 @@ impl Wakeup for NoWakeup {
 
 const SUBSCRIBERS: usize = 1000;
 
-fn broker_with_subscribers(now: Instant) -> (Arc<Broker>, Vec<Arc<SessionCell>>) {
+fn broker_with_subscribers(now: Instant) -> (Arc<Broker>, Vec<ClientSession>) {
     let mut config = gateway_config::Config::default();
     config.mqtt.max_queued_messages = 0;
     let broker = Arc::new(Broker::new(
@@ -34,34 +35,24 @@ fn broker_with_subscribers(now: Instant) -> (Arc<Broker>, Vec<Arc<SessionCell>>)
     let sessions = (0..SUBSCRIBERS)
         .map(|i| {
             let client_id = format!("sub-{i}");
-            let request = ConnectRequest {
-                key: SessionKey {
-                    namespace: "mqtt",
-                    client_id: Arc::from(client_id.as_str()),
-                },
-                clean_start: true,
-                expiry_interval: 0,
-                will: None,
-                control: ConnControl::new(i as u64, Arc::new(NoWakeup)),
-            };
-            let session = broker.connect(request, now).session;
-            let client = ClientInfo {
-                protocol: "mqtt",
-                listener: "bench".into(),
-                client_id: client_id.into(),
-                username: None,
-                password: None,
-                peer: None,
-                mountpoint: None,
-            };
+            let client = mqtt_core::testing::open_session(
+                &broker,
+                "mqtt",
+                &client_id,
+                true,
+                0,
+                Arc::new(NoWakeup),
+                now,
+            )
+            .expect("opens");
             let options = SubscriptionOptions {
                 qos: QoS::AtLeastOnce,
                 ..Default::default()
             };
-            broker
-                .subscribe(&session, &client, "fleet/+/status", options, None, now)
+            client
+                .subscribe("fleet/+/status", options, None, now)
                 .expect("subscribes");
-            session
+            client
         })
         .collect();
     (broker, sessions)
@@ -85,11 +76,11 @@ fn fan_out(c: &mut Criterion) {
                     now,
                 );
                 let started = Instant::now();
-                broker.publish(Arc::new(message));
+                let _ = mqtt_core::testing::route(&broker, message);
                 spent += started.elapsed();
                 // Emptying the queues is the connections' work, not the router's.
-                for session in &sessions {
-                    session.state.lock().pop_queued(now);
+                for client in &sessions {
+                    client.session().state.lock().pop_queued(now);
                 }
             }
             spent

@@ -108,44 +108,6 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
-    /// Applies a gateway's `clientinfo_override`: each template that is not empty replaces
-    /// its field, every template seeing what the client presented. The mountpoint is left to
-    /// the caller, to resolve from the identity that results.
-    pub fn apply_override(&mut self, templates: &gateway_config::ClientInfoOverride) {
-        let password = self
-            .password
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default();
-        let peerhost = self
-            .peer
-            .map(|peer| peer.ip().to_string())
-            .unwrap_or_default();
-        let expand = |template: &str| {
-            (!template.is_empty()).then(|| {
-                crate::template::expand(template, |name| match name {
-                    "clientid" => Some(&*self.client_id),
-                    "username" => Some(self.username.as_deref().unwrap_or("")),
-                    "password" => Some(&*password),
-                    "peerhost" => Some(&*peerhost),
-                    _ => None,
-                })
-            })
-        };
-        let client_id = expand(&templates.clientid);
-        let username = expand(&templates.username);
-        let new_password = expand(&templates.password);
-        if let Some(client_id) = client_id {
-            self.client_id = Arc::from(client_id);
-        }
-        if username.is_some() {
-            self.username = username;
-        }
-        if let Some(new_password) = new_password {
-            self.password = Some(Bytes::from(new_password));
-        }
-    }
-
     /// The topic as the router knows it.
     pub fn mount(&self, topic: &str) -> ByteString {
         match &self.mountpoint {
@@ -951,27 +913,6 @@ impl Authorizer for AclAuthorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clientinfo_override_templates_see_what_the_client_presented() {
-        let mut client = ClientInfo {
-            protocol: "mqtt-sn",
-            listener: Arc::from("udp:default"),
-            client_id: Arc::from("dev1"),
-            username: None,
-            password: None,
-            peer: Some(SocketAddr::from(([10, 0, 0, 7], 5000))),
-            mountpoint: None,
-        };
-        client.apply_override(&gateway_config::ClientInfoOverride {
-            clientid: "sn-${clientid}".into(),
-            username: "${clientid}@${peerhost}".into(),
-            password: String::new(),
-        });
-        assert_eq!(&*client.client_id, "sn-dev1");
-        assert_eq!(client.username.as_deref(), Some("dev1@10.0.0.7"));
-        assert_eq!(client.password, None, "an empty template keeps the field");
-    }
 
     #[test]
     fn filter_validity() {

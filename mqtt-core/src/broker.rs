@@ -10,6 +10,7 @@ use gateway_config::{MqttConfig, RetainerConfig};
 use parking_lot::{Mutex, RwLock};
 
 use crate::auth::{Action, Auth, ClientInfo};
+use crate::client::ConnectRefused;
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
 use crate::message::{Delivery, Message, SessionId};
 use crate::mountpoint::mounted_filter;
@@ -58,10 +59,13 @@ pub struct ConnectRequest {
     /// Boxed: most sessions have no will, and an idle session should stay small.
     pub will: Option<Box<Will>>,
     pub control: Arc<ConnControl>,
+    /// The user name that made the session; only the same may resume or take it over.
+    pub owner: Option<Arc<str>>,
 }
 
 /// What routing one message did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use = "the acknowledgement must wait for the ticket, and a backlog asks the publisher to yield"]
 pub struct Dispatched {
     /// Sessions the message reached.
     pub reached: usize,
@@ -124,7 +128,7 @@ pub struct Broker {
     registry: Mutex<HashMap<SessionKey, Arc<SessionCell>>>,
     /// Due times of session expiries and delayed wills.
     timers: Mutex<BTreeMap<(Instant, SessionId), SessionKey>>,
-    pub auth: Auth,
+    pub(crate) auth: Auth,
     pub stats: Stats,
     store: Arc<dyn Store>,
     /// Stored expiries are wall-clock times, so they mean the same after a restart.
@@ -339,6 +343,7 @@ impl Broker {
         {
             let mut state = cell.state.lock();
             state.expiry_interval = record.expiry_interval;
+            state.owner = record.owner;
             state.disconnected_at = Some(self.clock.instant_at(times.closed_ms, now));
             if let Some(ends_ms) = times.ends_ms {
                 let at = self.clock.instant_at(ends_ms, now);
@@ -400,6 +405,7 @@ impl Broker {
                 _ => None,
             },
             will: state.will.clone(),
+            owner: state.owner.clone(),
             subscriptions: state
                 .subscriptions
                 .iter()
@@ -407,6 +413,11 @@ impl Broker {
                 .collect(),
         };
         state.store_record(storage::encode_session(&record));
+    }
+
+    /// The longest session expiry a client gets; longer requests are cut to it.
+    pub fn max_session_expiry(&self) -> u32 {
+        u32::MAX
     }
 
     pub fn limits(&self) -> &SessionLimits {
@@ -434,13 +445,30 @@ impl Broker {
     }
 
     /// Opens or resumes the session named by `request.key` and attaches the connection.
-    /// A connection already attached is asked to close with 0x8E [MQTT-3.1.4-3].
-    pub fn connect(&self, request: ConnectRequest, now: Instant) -> Attached {
+    /// A connection already attached is asked to close with 0x8E [MQTT-3.1.4-3]. A session
+    /// made by another owner is left as it is and the request refused.
+    pub(crate) fn connect(
+        &self,
+        request: ConnectRequest,
+        now: Instant,
+    ) -> Result<Attached, ConnectRefused> {
         let mut wills = Vec::new();
         let mut ended = None;
         let attached = {
             let mut registry = self.registry.lock();
             let existing = registry.get(&request.key).cloned();
+            if let Some(cell) = &existing {
+                let owner = cell.state.lock().owner.clone();
+                if owner != request.owner {
+                    tracing::warn!(
+                        client_id = %request.key.client_id,
+                        owner = owner.as_deref().unwrap_or(""),
+                        user = request.owner.as_deref().unwrap_or(""),
+                        "session belongs to another user: refused"
+                    );
+                    return Err(ConnectRefused::SessionOwnedByAnother);
+                }
+            }
             match existing {
                 Some(cell) if !request.clean_start => {
                     let mut state = cell.state.lock();
@@ -481,6 +509,7 @@ impl Broker {
                         cell.set_connection(&mut state, Some(request.control.clone()));
                         state.will = request.will;
                         state.expiry_interval = request.expiry_interval;
+                        state.owner = request.owner;
                         self.store_session(&cell, &mut state);
                     }
                     registry.insert(request.key, cell.clone());
@@ -500,12 +529,12 @@ impl Broker {
             self.publish_will(will, &attached.session.key, now);
         }
         Stats::add(&self.stats.connections, 1);
-        attached
+        Ok(attached)
     }
 
     /// Detaches connection `conn_id` from its session. Does nothing if another connection
     /// has taken the session over meanwhile.
-    pub fn disconnect(
+    pub(crate) fn disconnect(
         &self,
         session: &Arc<SessionCell>,
         conn_id: u64,
@@ -565,7 +594,7 @@ impl Broker {
     }
 
     /// Changes a connected session's expiry, as DISCONNECT's property may.
-    pub fn set_expiry_interval(&self, session: &SessionCell, seconds: u32) {
+    pub(crate) fn set_expiry_interval(&self, session: &SessionCell, seconds: u32) {
         let mut state = session.state.lock();
         state.expiry_interval = seconds;
         // A session that now ends with its connection is forgotten when it does.
@@ -675,12 +704,13 @@ impl Broker {
         message.publisher_client_id = Some(publisher.client_id.clone());
         let message = message.with_expiry_from_properties(now);
         tracing::debug!(client_id = %publisher.client_id, topic = %message.topic, "publishing will");
-        self.publish(Arc::new(message));
+        // Nobody waits to acknowledge a will, and the broker yields to no one.
+        let _ = self.publish(Arc::new(message));
     }
 
     /// Whether a message with this topic, QoS and retain flag may be published at all under
     /// the configured limits; the error names the reason code and the rule.
-    pub fn check_publish(
+    pub(crate) fn check_publish(
         &self,
         topic: &str,
         qos: QoS,
@@ -704,18 +734,18 @@ impl Broker {
         Ok(())
     }
 
-    pub fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {
+    pub(crate) fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {
         self.auth.authorizer.authorize(client, action, topic)
     }
 
     /// Routes a message to every matching session and updates the retained store.
-    pub fn publish(&self, message: Arc<Message>) -> Dispatched {
+    pub(crate) fn publish(&self, message: Arc<Message>) -> Dispatched {
         Stats::add(&self.stats.messages_received, 1);
         self.dispatch(message)
     }
 
     /// `publish` for the broker's own messages, which are not counted as received.
-    pub fn dispatch(&self, message: Arc<Message>) -> Dispatched {
+    pub(crate) fn dispatch(&self, message: Arc<Message>) -> Dispatched {
         let ticket = if message.retain && self.retain_enabled {
             self.retain(&message)
         } else {
@@ -747,7 +777,7 @@ impl Broker {
     /// `filter` (`$share/{group}/...` or `$queue/...`, mounted, as the session holds it) and
     /// will not acknowledge it, because its connection or session is going away. Gives the
     /// delivery back when `filter` is not shared or nobody else is in the group.
-    pub fn redispatch_shared(
+    pub(crate) fn redispatch_shared(
         &self,
         filter: &str,
         from: SessionId,
@@ -831,7 +861,7 @@ impl Broker {
     /// Subscribes `session` to `filter` (which may be `$share/...`), replays retained
     /// messages as the retain handling option says, and records the subscription in the
     /// session. Errors carry the reason code for SUBACK.
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         &self,
         session: &Arc<SessionCell>,
         client: &ClientInfo,
@@ -918,7 +948,7 @@ impl Broker {
     }
 
     /// Returns whether the subscription existed.
-    pub fn unsubscribe(
+    pub(crate) fn unsubscribe(
         &self,
         session: &Arc<SessionCell>,
         client: &ClientInfo,

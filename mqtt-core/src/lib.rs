@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod client;
 pub mod codec;
 pub mod message;
 pub mod mountpoint;
@@ -15,5 +16,7 @@ pub mod session;
 pub mod storage;
 pub mod sys;
 pub mod template;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topic;
 pub mod trie;

@@ -10,16 +10,17 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
-use crate::auth::{Action, AuthOutcome, ClientInfo, DenyReason};
-use crate::broker::{Broker, ConnectRequest, Dispatched, Stats, WillDisposition};
+use crate::broker::{Broker, Dispatched, Stats, WillDisposition};
+use crate::client::{
+    ClientSession, ConnectRefused, OpenSession, Presented, PublishPermit, PublishRefused,
+};
 use crate::codec::{
     encode, encoded_len, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder,
     Disconnect, DisconnectProperties, Packet, ProtocolVersion, PubResponse, Publish, QoS,
     ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use crate::message::{Delivery, Message};
-use crate::mountpoint::Mountpoint;
-use crate::session::{ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, Wakeup, Will};
+use crate::message::Delivery;
+use crate::session::{ConnControl, Outgoing, OutgoingState, Wakeup, Will};
 use crate::storage::{HeldReplies, Ticket};
 use crate::topic::{parse_subscription, SubscriptionFilter};
 
@@ -77,8 +78,8 @@ pub struct MqttChannel {
     decoder: Decoder,
     version: ProtocolVersion,
     control: Arc<ConnControl>,
-    session: Option<Arc<SessionCell>>,
-    client: Option<ClientInfo>,
+    /// The session this connection opened, once CONNECT was accepted.
+    client: Option<ClientSession>,
     /// Keep-alive times the multiplier: silence longer than this closes the connection.
     keep_alive_window: Option<Duration>,
     last_received: Instant,
@@ -122,7 +123,6 @@ impl MqttChannel {
             phase: Phase::AwaitConnect { deadline },
             version: ProtocolVersion::V3_1_1,
             control,
-            session: None,
             client: None,
             keep_alive_window: None,
             last_received: now,
@@ -138,7 +138,7 @@ impl MqttChannel {
     }
 
     pub fn client_id(&self) -> Option<&str> {
-        self.client.as_ref().map(|client| &*client.client_id)
+        self.client.as_ref().map(|client| &**client.client_id())
     }
 
     pub fn version(&self) -> ProtocolVersion {
@@ -229,9 +229,8 @@ impl MqttChannel {
     /// The transport is gone; hands the session back to the broker.
     pub fn handle_closed(&mut self, now: Instant) {
         self.phase = Phase::Closed;
-        if let Some(session) = self.session.take() {
-            self.broker
-                .disconnect(&session, self.control.conn_id, self.will_disposition, now);
+        if let Some(client) = self.client.take() {
+            client.close(self.will_disposition, now);
         }
     }
 
@@ -321,9 +320,9 @@ impl MqttChannel {
     }
 
     fn with_session<R>(&self, f: impl FnOnce(&mut crate::session::SessionState) -> R) -> Option<R> {
-        self.session
+        self.client
             .as_ref()
-            .map(|session| f(&mut session.state.lock()))
+            .map(|client| f(&mut client.session().state.lock()))
     }
 
     fn handle_connect(&mut self, connect: Connect, out: &mut BytesMut, now: Instant) -> Flow {
@@ -368,11 +367,10 @@ impl MqttChannel {
                 out,
             );
         }
-        let client_id: Arc<str> = Arc::from(client_id);
-        let mut client = ClientInfo {
+        let presented = Presented {
             protocol: MQTT_NAMESPACE,
             listener: self.info.listener.clone(),
-            client_id: client_id.clone(),
+            client_id: Arc::from(client_id),
             username: self
                 .info
                 .certificate_identity
@@ -381,69 +379,39 @@ impl MqttChannel {
                 .or(connect.username),
             password: connect.password,
             peer: self.info.peer,
-            mountpoint: None,
+            mountpoint: self.info.mountpoint.clone(),
+            mountpoint_values: Vec::new(),
         };
-        match self.broker.auth.authenticator.authenticate(&client) {
-            AuthOutcome::Allow => {
-                client.mountpoint = Mountpoint::resolve(
-                    &self.info.mountpoint,
-                    &client.client_id,
-                    client.username.as_deref(),
-                );
-            }
-            AuthOutcome::Deny(DenyReason::BadCredentials) => {
-                return self.refuse(
-                    ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-                    "bad user name or password",
-                    out,
-                )
-            }
-            AuthOutcome::Deny(DenyReason::NotAuthorized) => {
-                return self.refuse(ReasonCode::NOT_AUTHORIZED, "not authorized", out)
-            }
-        }
+        let who = match self.broker.authenticate(presented) {
+            Ok(who) => who,
+            Err(refused) => return self.refuse_connect(&refused, out),
+        };
 
         let max_qos = QoS::from_u8(config.max_qos_allowed).unwrap_or(QoS::ExactlyOnce);
-        let will = match connect.will {
-            Some(will) => {
-                if let Err((reason, why)) = broker.check_publish(&will.topic, will.qos, will.retain)
-                {
-                    return self.refuse(reason, why, out);
-                }
-                let action = Action::Publish {
-                    qos: will.qos.as_u8(),
-                    retain: will.retain,
-                };
-                if self.broker.authorize(&client, action, &will.topic) {
-                    // Copied: the decoded fields share the read buffer they came from, which
-                    // a will kept for the whole connection would otherwise keep alive.
-                    Some(Box::new(Will {
-                        delay_interval: will.properties.will_delay_interval.unwrap_or(0),
-                        topic: client.mount(&will.topic),
-                        payload: Bytes::copy_from_slice(&will.payload),
-                        qos: will.qos,
-                        retain: will.retain,
-                        properties: crate::codec::PublishProperties {
-                            payload_format_indicator: will.properties.payload_format_indicator,
-                            message_expiry_interval: will.properties.message_expiry_interval,
-                            content_type: will.properties.content_type,
-                            response_topic: will.properties.response_topic,
-                            correlation_data: will
-                                .properties
-                                .correlation_data
-                                .as_deref()
-                                .map(Bytes::copy_from_slice),
-                            user_properties: will.properties.user_properties,
-                            ..Default::default()
-                        },
-                    }))
-                } else {
-                    tracing::info!(topic = %will.topic, "will not authorized; dropped");
-                    None
-                }
-            }
-            None => None,
-        };
+        // Copied: the decoded fields share the read buffer they came from, which a will kept
+        // for the whole connection would otherwise keep alive.
+        let will = connect.will.map(|will| {
+            Box::new(Will {
+                delay_interval: will.properties.will_delay_interval.unwrap_or(0),
+                topic: ByteString::from(&*will.topic),
+                payload: Bytes::copy_from_slice(&will.payload),
+                qos: will.qos,
+                retain: will.retain,
+                properties: crate::codec::PublishProperties {
+                    payload_format_indicator: will.properties.payload_format_indicator,
+                    message_expiry_interval: will.properties.message_expiry_interval,
+                    content_type: will.properties.content_type,
+                    response_topic: will.properties.response_topic,
+                    correlation_data: will
+                        .properties
+                        .correlation_data
+                        .as_deref()
+                        .map(Bytes::copy_from_slice),
+                    user_properties: will.properties.user_properties,
+                    ..Default::default()
+                },
+            })
+        });
 
         let (keep_alive, server_keep_alive) = if config.server_keepalive > 0 {
             (config.server_keepalive, Some(config.server_keepalive))
@@ -473,12 +441,9 @@ impl MqttChannel {
         self.client_max_packet_size = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
         self.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
 
-        let attached = self.broker.connect(
-            ConnectRequest {
-                key: SessionKey {
-                    namespace: MQTT_NAMESPACE,
-                    client_id: client_id.clone(),
-                },
+        let opened = self.broker.open_session(
+            who,
+            OpenSession {
                 clean_start: connect.clean_start,
                 expiry_interval,
                 will,
@@ -486,6 +451,10 @@ impl MqttChannel {
             },
             now,
         );
+        let client = match opened {
+            Ok(client) => client,
+            Err(refused) => return self.refuse_connect(&refused, out),
+        };
         let properties = ConnAckProperties {
             receive_maximum: (config.receive_maximum < 65535)
                 .then_some(config.receive_maximum as u16),
@@ -504,24 +473,29 @@ impl MqttChannel {
         tracing::info!(
             version = self.version.as_str(),
             clean_start = connect.clean_start,
-            session_present = attached.session_present,
+            session_present = client.session_present(),
             keep_alive,
             "client connected"
         );
-        self.send_connack(
-            attached.session_present,
-            ReasonCode::SUCCESS,
-            properties,
-            out,
-        );
-        client.password = None;
+        let session_present = client.session_present();
+        self.send_connack(session_present, ReasonCode::SUCCESS, properties, out);
         self.client = Some(client);
-        self.session = Some(attached.session);
         self.phase = Phase::Connected;
-        if attached.session_present {
+        if session_present {
             self.resend_unacknowledged(out, now);
         }
         Flow::Continue
+    }
+
+    /// Answers CONNECT with the reason the session layer gave and closes.
+    fn refuse_connect(&mut self, refused: &ConnectRefused, out: &mut BytesMut) -> Flow {
+        tracing::info!(%refused, "connection refused");
+        let properties = ConnAckProperties {
+            reason_string: Some(refused.to_string()),
+            ..Default::default()
+        };
+        self.send_connack(false, refused.mqtt5_reason_code(), properties, out);
+        Flow::Close
     }
 
     /// Answers CONNECT with an error and closes [MQTT-3.2.2-6].
@@ -666,59 +640,50 @@ impl MqttChannel {
                     .insert(alias, publish.topic.clone());
             }
         }
-        if let Err((reason, why)) =
-            broker.check_publish(&publish.topic, publish.qos, publish.retain)
-        {
-            return self.disconnect_with(reason, why, out);
-        }
-        let Some(session) = self.session.clone() else {
+        let Some(client) = self.client.as_ref() else {
             return Flow::Close;
         };
-        let allowed = match &self.client {
-            Some(client) => self.broker.authorize(
-                client,
-                Action::Publish {
-                    qos: publish.qos.as_u8(),
-                    retain: publish.retain,
-                },
-                &publish.topic,
-            ),
-            None => false,
-        };
-        if !allowed {
-            tracing::info!(topic = %publish.topic, "publish not authorized");
-        }
-        let packet_id = publish.packet_id;
-        let qos = publish.qos;
-        if qos != QoS::AtMostOnce && allowed && broker.refuses_storing() {
-            tracing::warn!(topic = %publish.topic, "store full: message refused");
-            if !self.version.is_v5() {
-                // 3.1.1 has no way to refuse one message but closing.
-                return self.close();
+        let session = client.session().clone();
+        let permit = match client.permit(&publish.topic, publish.qos, publish.retain) {
+            Ok(permit) => Ok(permit),
+            Err(refused) if refused.is_invalid() => {
+                let PublishRefused::Invalid(reason, why) = refused else {
+                    return Flow::Close;
+                };
+                return self.disconnect_with(reason, why, out);
             }
-            self.ack(
-                if qos == QoS::ExactlyOnce {
+            Err(PublishRefused::StoreFull) => {
+                tracing::warn!(topic = %publish.topic, "store full: message refused");
+                if !self.version.is_v5() {
+                    // 3.1.1 has no way to refuse one message but closing.
+                    return self.close();
+                }
+                let ack = if publish.qos == QoS::ExactlyOnce {
                     Packet::PubRec
                 } else {
                     Packet::PubAck
-                },
-                packet_id,
-                ReasonCode::QUOTA_EXCEEDED,
-                out,
-            );
-            return Flow::Continue;
-        }
+                };
+                self.ack(ack, publish.packet_id, ReasonCode::QUOTA_EXCEEDED, out);
+                return Flow::Continue;
+            }
+            Err(refused) => {
+                tracing::info!(topic = %publish.topic, %refused, "publish refused");
+                Err(refused.reason_code())
+            }
+        };
+        let packet_id = publish.packet_id;
+        let qos = publish.qos;
         match qos {
             QoS::AtMostOnce => {
-                if allowed {
-                    self.route(publish, &session, now);
+                if let Ok(permit) = permit {
+                    // QoS 0 is acknowledged to nobody; `route` notes the backlog.
+                    let _ = self.route(permit, publish, now);
                 }
             }
             QoS::AtLeastOnce => {
-                let (reason, ticket) = if allowed {
-                    self.route_with_reason(publish, &session, now)
-                } else {
-                    (ReasonCode::NOT_AUTHORIZED, None)
+                let (reason, ticket) = match permit {
+                    Ok(permit) => self.route_with_reason(permit, publish, now),
+                    Err(reason) => (reason, None),
                 };
                 self.acknowledge_durably(Packet::PubAck, packet_id, reason, ticket, out);
             }
@@ -742,7 +707,7 @@ impl MqttChannel {
                                 out,
                             );
                         }
-                        let ticket = if allowed {
+                        let ticket = if permit.is_ok() {
                             state.await_release(packet_id, now)
                         } else {
                             None
@@ -752,12 +717,10 @@ impl MqttChannel {
                 };
                 // A resent PUBLISH of a message already accepted is acknowledged again but
                 // never routed twice [MQTT-4.3.3-10].
-                let (reason, ticket) = if duplicate {
-                    (ReasonCode::SUCCESS, None)
-                } else if allowed {
-                    self.route_with_reason(publish, &session, now)
-                } else {
-                    (ReasonCode::NOT_AUTHORIZED, None)
+                let (reason, ticket) = match permit {
+                    _ if duplicate => (ReasonCode::SUCCESS, None),
+                    Ok(permit) => self.route_with_reason(permit, publish, now),
+                    Err(reason) => (reason, None),
                 };
                 let ticket = ticket.max(awaiting_ticket);
                 self.acknowledge_durably(Packet::PubRec, packet_id, reason, ticket, out);
@@ -769,11 +732,11 @@ impl MqttChannel {
     /// Routes, and says what the acknowledgement carries and which store ticket it waits for.
     fn route_with_reason(
         &mut self,
+        permit: PublishPermit,
         publish: Publish,
-        session: &SessionCell,
         now: Instant,
     ) -> (ReasonCode, Option<Ticket>) {
-        let dispatched = self.route(publish, session, now);
+        let dispatched = self.route(permit, publish, now);
         let reason = if dispatched.reached == 0 && self.version.is_v5() {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
@@ -782,25 +745,11 @@ impl MqttChannel {
         (reason, dispatched.ticket)
     }
 
-    fn route(&mut self, publish: Publish, session: &SessionCell, now: Instant) -> Dispatched {
-        let mut properties = publish.properties;
-        properties.subscription_identifiers.clear();
-        let topic = match self.client.as_ref() {
-            Some(client) if client.mountpoint.is_some() => client.mount(&publish.topic),
-            _ => publish.topic,
+    fn route(&mut self, permit: PublishPermit, publish: Publish, now: Instant) -> Dispatched {
+        let Some(client) = self.client.as_ref() else {
+            return Dispatched::default();
         };
-        let message = Message {
-            topic,
-            payload: publish.payload,
-            qos: publish.qos,
-            retain: publish.retain,
-            properties,
-            publisher: Some(session.id),
-            publisher_client_id: Some(session.key.client_id.clone()),
-            expires_at: None,
-        }
-        .with_expiry_from_properties(now);
-        let dispatched = self.broker.publish(Arc::new(message));
+        let dispatched = client.publish_permitted(permit, publish.payload, publish.properties, now);
         self.yield_requested |= dispatched.backlogged;
         dispatched
     }
@@ -851,7 +800,7 @@ impl MqttChannel {
                 out,
             );
         }
-        let (Some(session), Some(client)) = (self.session.clone(), self.client.as_ref()) else {
+        let Some(client) = self.client.as_ref() else {
             return Flow::Close;
         };
         let mut reason_codes = Vec::with_capacity(subscribe.filters.len());
@@ -867,20 +816,14 @@ impl MqttChannel {
                     out,
                 );
             }
-            let code = match self.broker.subscribe(
-                &session,
-                client,
-                filter,
-                *options,
-                subscribe.subscription_identifier,
-                now,
-            ) {
-                Ok(granted) => ReasonCode(granted.qos.as_u8()),
-                Err(reason) => {
-                    tracing::info!(filter, reason = reason.0, "subscription refused");
-                    reason
-                }
-            };
+            let code =
+                match client.subscribe(filter, *options, subscribe.subscription_identifier, now) {
+                    Ok(granted) => ReasonCode(granted.qos.as_u8()),
+                    Err(reason) => {
+                        tracing::info!(filter, reason = reason.0, "subscription refused");
+                        reason
+                    }
+                };
             reason_codes.push(code);
         }
         self.send(
@@ -895,7 +838,7 @@ impl MqttChannel {
     }
 
     fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe, out: &mut BytesMut) -> Flow {
-        let (Some(session), Some(client)) = (self.session.clone(), self.client.as_ref()) else {
+        let Some(client) = self.client.as_ref() else {
             return Flow::Close;
         };
         let reason_codes = unsubscribe
@@ -905,7 +848,7 @@ impl MqttChannel {
                 if parse_subscription(filter, self.broker.config.max_topic_levels as usize).is_err()
                 {
                     ReasonCode::TOPIC_FILTER_INVALID
-                } else if self.broker.unsubscribe(&session, client, filter) {
+                } else if client.unsubscribe(filter) {
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
@@ -924,18 +867,18 @@ impl MqttChannel {
     }
 
     fn handle_disconnect(&mut self, disconnect: Disconnect, out: &mut BytesMut) -> Flow {
-        if let (Some(expiry), Some(session)) = (
+        if let (Some(expiry), Some(client)) = (
             disconnect.properties.session_expiry_interval,
-            self.session.as_ref(),
+            self.client.as_mut(),
         ) {
-            if session.state.lock().expiry_interval == 0 && expiry != 0 {
+            if client.expiry_interval() == 0 && expiry != 0 {
                 return self.disconnect_with(
                     ReasonCode::PROTOCOL_ERROR,
                     "[MQTT-3.14.2-2] session expiry set on DISCONNECT after 0 in CONNECT",
                     out,
                 );
             }
-            self.broker.set_expiry_interval(session, expiry);
+            client.set_expiry_interval(expiry);
         }
         self.will_disposition = if disconnect.reason_code == ReasonCode::DISCONNECT_WITH_WILL {
             WillDisposition::Publish
@@ -949,7 +892,7 @@ impl MqttChannel {
     /// On resume, unacknowledged messages go out again first, in their original order,
     /// PUBLISH with DUP set or PUBREL [MQTT-4.4.0-1].
     fn resend_unacknowledged(&mut self, out: &mut BytesMut, now: Instant) {
-        let Some(session) = self.session.clone() else {
+        let Some(session) = self.client.as_ref().map(|client| client.session().clone()) else {
             return;
         };
         let pending: Vec<Outgoing> = session.state.lock().outgoing().cloned().collect();
@@ -967,7 +910,7 @@ impl MqttChannel {
 
     /// Moves queued deliveries into `out` while the send window and the output allow.
     fn drain(&mut self, out: &mut BytesMut, now: Instant) {
-        let Some(session) = self.session.clone() else {
+        let Some(session) = self.client.as_ref().map(|client| client.session().clone()) else {
             return;
         };
         self.drain_blocked = false;
@@ -1016,7 +959,7 @@ impl MqttChannel {
     ) -> bool {
         let message = &delivery.message;
         let topic = match self.client.as_ref() {
-            Some(client) => client.unmount(&message.topic),
+            Some(client) => client.client().unmount(&message.topic),
             None => message.topic.clone(),
         };
         let mut publish = Publish {

@@ -185,6 +185,8 @@ pub struct SessionState {
     /// Seconds the session lives after its connection closes; `u32::MAX` = forever.
     pub expiry_interval: u32,
     pub will: Option<Box<Will>>,
+    /// The user name of the identity that made the session (None: anonymous).
+    pub owner: Option<Arc<str>>,
     /// When a disconnected session ends, if it does.
     pub expires_at: Option<Instant>,
     /// When its last connection closed, while it has none.
@@ -318,6 +320,7 @@ impl Default for SessionState {
             connection: None,
             expiry_interval: 0,
             will: None,
+            owner: None,
             expires_at: None,
             disconnected_at: None,
             will_at: None,

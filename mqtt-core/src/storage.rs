@@ -492,11 +492,16 @@ pub struct SessionRecord {
     /// session connected at a crash counts as closed when the broker restarts).
     pub disconnected_unix_ms: Option<u64>,
     pub will: Option<Box<Will>>,
+    /// The user name that made the session, so that after a restart too only it resumes it.
+    pub owner: Option<Arc<str>>,
     /// Filters as the session holds them (mounted, `$share/` included).
     pub subscriptions: Vec<(String, Subscription)>,
 }
 
-const SESSION_FORMAT: u8 = 1;
+/// Format 2 adds the owner after the subscriptions; format 1 records (no owner) are still
+/// read, as sessions of anonymous clients.
+const SESSION_FORMAT: u8 = 2;
+const SESSION_FORMAT_WITHOUT_OWNER: u8 = 1;
 
 fn options_byte(options: &SubscriptionOptions) -> u8 {
     options.qos.as_u8()
@@ -549,12 +554,26 @@ pub fn encode_session(record: &SessionRecord) -> Bytes {
         out.put_u8(options_byte(&subscription.options));
         out.put_u32(subscription.identifier.unwrap_or(0));
     }
+    match &record.owner {
+        Some(owner) => {
+            let owner = owner.as_bytes();
+            let len = owner.len().min(usize::from(u16::MAX));
+            out.put_u8(1);
+            out.put_u16(len as u16);
+            out.put_slice(owner.get(..len).unwrap_or_default());
+        }
+        None => out.put_u8(0),
+    }
     out.freeze()
 }
 
 pub fn decode_session(record: &[u8]) -> Option<SessionRecord> {
     let mut buf = record;
-    if buf.remaining() < 14 || buf.get_u8() != SESSION_FORMAT {
+    if buf.remaining() < 14 {
+        return None;
+    }
+    let format = buf.get_u8();
+    if format != SESSION_FORMAT && format != SESSION_FORMAT_WITHOUT_OWNER {
         return None;
     }
     let expiry_interval = buf.get_u32();
@@ -605,10 +624,28 @@ pub fn decode_session(record: &[u8]) -> Option<SessionRecord> {
             },
         ));
     }
+    let owner = if format == SESSION_FORMAT_WITHOUT_OWNER {
+        None
+    } else {
+        match buf.try_get_u8().ok()? {
+            0 => None,
+            1 => {
+                let len = usize::from(buf.try_get_u16().ok()?);
+                let owner = std::str::from_utf8(buf.get(..len)?).ok()?;
+                buf.advance(len);
+                Some(Arc::from(owner))
+            }
+            _ => return None,
+        }
+    };
+    if buf.has_remaining() {
+        return None;
+    }
     Some(SessionRecord {
         expiry_interval,
         disconnected_unix_ms: (disconnected != NO_EXPIRY).then_some(disconnected),
         will,
+        owner,
         subscriptions,
     })
 }

@@ -2,7 +2,7 @@
 
 /// Replaces each `${name}` that `value` knows in one pass, so a value that itself contains
 /// `${...}` is never expanded again; an unknown or unclosed placeholder stays as written.
-pub fn expand<'a>(template: &str, value: impl Fn(&str) -> Option<&'a str>) -> String {
+pub fn expand<'a>(template: &str, mut value: impl FnMut(&str) -> Option<&'a str>) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some((before, after)) = rest.split_once("${") {

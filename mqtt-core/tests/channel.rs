@@ -611,7 +611,7 @@ fn fan_out_to_a_thousand_sessions_shares_one_payload() {
         false,
         t0,
     );
-    assert_eq!(broker.publish(Arc::new(message)).reached, 1000);
+    assert_eq!(mqtt_core::testing::route(&broker, message).reached, 1000);
     for i in 0..1000 {
         let session = broker.session(&key(&format!("s{i}"))).expect("session");
         let queued = session

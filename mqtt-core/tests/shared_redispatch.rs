@@ -13,12 +13,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use mqtt_core::auth::{Auth, ClientInfo};
-use mqtt_core::broker::{Broker, ConnectRequest, WillDisposition};
+use mqtt_core::auth::Auth;
+use mqtt_core::broker::{Broker, WillDisposition};
+use mqtt_core::client::{ClientSession, OpenSession, Presented};
 use mqtt_core::codec::{QoS, SubscriptionOptions};
 use mqtt_core::message::{Delivery, Message};
-use mqtt_core::mountpoint::Mountpoint;
-use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use mqtt_core::session::{ConnControl, SessionCell, Wakeup};
+use mqtt_core::testing;
 
 struct NoWakeup;
 
@@ -37,48 +38,48 @@ fn broker(now: Instant) -> Arc<Broker> {
 }
 
 struct Member {
+    client: Option<ClientSession>,
     session: Arc<SessionCell>,
-    client: ClientInfo,
-    conn_id: u64,
 }
 
-fn member(broker: &Broker, id: &str, mountpoint: Option<&str>, now: Instant) -> Member {
-    let control = ConnControl::new(broker.next_connection_id(), Arc::new(NoWakeup));
-    let conn_id = control.conn_id;
-    let attached = broker.connect(
-        ConnectRequest {
-            key: SessionKey {
-                namespace: "mqtt",
-                client_id: Arc::from(id),
-            },
-            clean_start: true,
-            expiry_interval: 3600,
-            will: None,
-            control,
-        },
-        now,
-    );
-    Member {
-        session: attached.session,
-        client: ClientInfo {
+fn member(broker: &Arc<Broker>, id: &str, mountpoint: Option<&str>, now: Instant) -> Member {
+    let who = broker
+        .authenticate(Presented {
             protocol: "mqtt",
             listener: Arc::from("tcp:test"),
             client_id: Arc::from(id),
             username: None,
             password: None,
             peer: None,
-            mountpoint: mountpoint.and_then(|m| Mountpoint::resolve(m, id, None)),
-        },
-        conn_id,
+            mountpoint: Arc::from(mountpoint.unwrap_or("")),
+            mountpoint_values: Vec::new(),
+        })
+        .expect("authenticated");
+    let control = ConnControl::new(broker.next_connection_id(), Arc::new(NoWakeup));
+    let client = broker
+        .open_session(
+            who,
+            OpenSession {
+                clean_start: true,
+                expiry_interval: 3600,
+                will: None,
+                control,
+            },
+            now,
+        )
+        .expect("opened");
+    Member {
+        session: client.session().clone(),
+        client: Some(client),
     }
 }
 
 impl Member {
-    fn subscribe(&self, broker: &Broker, filter: &str, identifier: u32, now: Instant) {
-        broker
+    fn subscribe(&self, filter: &str, identifier: u32, now: Instant) {
+        self.client
+            .as_ref()
+            .expect("connected")
             .subscribe(
-                &self.session,
-                &self.client,
                 filter,
                 SubscriptionOptions {
                     qos: QoS::AtLeastOnce,
@@ -90,6 +91,19 @@ impl Member {
             .expect("subscribed");
     }
 
+    fn leave(&mut self, now: Instant) {
+        if let Some(client) = self.client.take() {
+            client.close(WillDisposition::Discard, now);
+        }
+    }
+
+    fn redispatch(&self, filter: &str, delivery: Delivery) -> Result<(), Delivery> {
+        self.client
+            .as_ref()
+            .expect("connected")
+            .redispatch_shared(filter, delivery)
+    }
+
     fn take(&self, now: Instant) -> Vec<Delivery> {
         let mut state = self.session.state.lock();
         std::iter::from_fn(|| state.pop_queued(now)).collect()
@@ -97,13 +111,16 @@ impl Member {
 }
 
 fn publish(broker: &Broker, topic: &'static str, payload: &'static [u8], now: Instant) {
-    broker.publish(Arc::new(Message::new(
-        ByteString::from_static(topic),
-        Bytes::from_static(payload),
-        QoS::AtLeastOnce,
-        false,
-        now,
-    )));
+    let _ = testing::route(
+        broker,
+        Message::new(
+            ByteString::from_static(topic),
+            Bytes::from_static(payload),
+            QoS::AtLeastOnce,
+            false,
+            now,
+        ),
+    );
 }
 
 #[test]
@@ -111,21 +128,21 @@ fn a_shared_message_goes_to_another_member_with_that_members_subscription() {
     let now = Instant::now();
     let broker = broker(now);
     let leaving = member(&broker, "leaving", None, now);
-    leaving.subscribe(&broker, "$share/g/jobs/+", 1, now);
+    leaving.subscribe("$share/g/jobs/+", 1, now);
     publish(&broker, "jobs/a", b"one", now);
     let held = leaving.take(now);
     assert_eq!(held.len(), 1);
 
     let other = member(&broker, "other", None, now);
-    other.subscribe(&broker, "$share/g/jobs/+", 7, now);
+    other.subscribe("$share/g/jobs/+", 7, now);
     // Members of another group, and plain subscribers, are not candidates.
     let stranger = member(&broker, "stranger", None, now);
-    stranger.subscribe(&broker, "$share/h/jobs/+", 3, now);
+    stranger.subscribe("$share/h/jobs/+", 3, now);
     let plain = member(&broker, "plain", None, now);
-    plain.subscribe(&broker, "jobs/+", 4, now);
+    plain.subscribe("jobs/+", 4, now);
     for _ in 0..4 {
-        broker
-            .redispatch_shared("$share/g/jobs/+", leaving.session.id, held[0].clone())
+        leaving
+            .redispatch("$share/g/jobs/+", held[0].clone())
             .expect("another member took it");
     }
     let handed = other.take(now);
@@ -145,27 +162,25 @@ fn connected_members_are_preferred_and_a_lone_member_gets_its_message_back() {
     let now = Instant::now();
     let broker = broker(now);
     let leaving = member(&broker, "leaving", None, now);
-    leaving.subscribe(&broker, "$queue/work", 1, now);
+    leaving.subscribe("$queue/work", 1, now);
     publish(&broker, "work", b"w", now);
     let held = leaving.take(now).remove(0);
 
     // Alone in the group: the delivery comes back to the caller.
-    let back = broker
-        .redispatch_shared("$queue/work", leaving.session.id, held)
+    let back = leaving
+        .redispatch("$queue/work", held)
         .expect_err("nobody else in the group");
     // A plain filter is not a group either.
-    let back = broker
-        .redispatch_shared("work", leaving.session.id, back)
-        .expect_err("not shared");
+    let back = leaving.redispatch("work", back).expect_err("not shared");
 
-    let away = member(&broker, "away", None, now);
-    away.subscribe(&broker, "$queue/work", 2, now);
-    broker.disconnect(&away.session, away.conn_id, WillDisposition::Discard, now);
-    let here = member(&broker, "here", None, now);
-    here.subscribe(&broker, "$share/$queue/work", 3, now);
+    let mut away = member(&broker, "away", None, now);
+    away.subscribe("$queue/work", 2, now);
+    away.leave(now);
+    let mut here = member(&broker, "here", None, now);
+    here.subscribe("$share/$queue/work", 3, now);
     for _ in 0..3 {
-        broker
-            .redispatch_shared("$queue/work", leaving.session.id, back.clone())
+        leaving
+            .redispatch("$queue/work", back.clone())
             .expect("handed over");
     }
     assert_eq!(
@@ -176,9 +191,9 @@ fn connected_members_are_preferred_and_a_lone_member_gets_its_message_back() {
     assert!(away.take(now).is_empty());
 
     // When only a disconnected member is left, its session keeps the message.
-    broker.disconnect(&here.session, here.conn_id, WillDisposition::Discard, now);
-    broker
-        .redispatch_shared("$queue/work", leaving.session.id, back)
+    here.leave(now);
+    leaving
+        .redispatch("$queue/work", back)
         .expect("handed to a disconnected member");
     assert_eq!(away.take(now).len() + here.take(now).len(), 1);
 }
@@ -188,9 +203,9 @@ fn mounted_shared_filters_are_found_as_the_session_holds_them() {
     let now = Instant::now();
     let broker = broker(now);
     let leaving = member(&broker, "leaving", Some("site/"), now);
-    leaving.subscribe(&broker, "$share/g/t", 1, now);
+    leaving.subscribe("$share/g/t", 1, now);
     let other = member(&broker, "other", Some("site/"), now);
-    other.subscribe(&broker, "$share/g/t", 2, now);
+    other.subscribe("$share/g/t", 2, now);
     publish(&broker, "site/t", b"m", now);
     let held: Vec<Delivery> = leaving
         .take(now)
@@ -198,11 +213,17 @@ fn mounted_shared_filters_are_found_as_the_session_holds_them() {
         .chain(other.take(now))
         .collect();
     assert_eq!(held.len(), 1, "one member got it");
-    let filter =
-        &*mqtt_core::mountpoint::mounted_filter(leaving.client.mountpoint.as_ref(), "$share/g/t");
+    let mountpoint = leaving
+        .client
+        .as_ref()
+        .expect("connected")
+        .client()
+        .mountpoint
+        .clone();
+    let filter = &*mqtt_core::mountpoint::mounted_filter(mountpoint.as_ref(), "$share/g/t");
     assert_eq!(filter, "$share/g/site/t");
-    broker
-        .redispatch_shared(filter, leaving.session.id, held[0].clone())
+    leaving
+        .redispatch(filter, held[0].clone())
         .expect("handed over");
     assert_eq!(other.take(now).len(), 1);
 }

@@ -1,0 +1,516 @@
+//! The one client-session path: every adapter authenticates, opens its session, publishes,
+//! subscribes and closes through this module, and nothing else reaches the router.
+//!
+//! The steps are types, so none can be skipped: [`Broker::authenticate`] turns what a client
+//! presented into an [`Authenticated`] identity (credentials checked, client id bounded,
+//! mountpoint resolved from values that cannot widen it); only that opens a
+//! [`ClientSession`] ([`Broker::open_session`], which refuses another owner's session); and
+//! only a `ClientSession` publishes, through a [`PublishPermit`] that carries the checks
+//! (topic, QoS, retain, `$SYS`, authorization, a full store) into the routing call.
+//! `Broker`'s own routing calls are crate-private.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use crate::auth::{Action, AuthOutcome, ClientInfo, DenyReason};
+use crate::broker::{Broker, ConnectRequest, Dispatched, Granted, WillDisposition};
+use crate::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
+use crate::message::{Delivery, Message};
+use crate::mountpoint::{Mountpoint, UnsafeMountpointValue};
+use crate::session::{ConnControl, SessionCell, SessionKey, Will};
+
+/// Why a client may not connect or open its session. Each adapter answers in its own
+/// protocol's terms; MQTT's codes are here because the core speaks MQTT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectRefused {
+    #[error("client id empty or longer than the configured maximum")]
+    ClientIdInvalid,
+    #[error("bad user name or password")]
+    BadCredentials,
+    #[error("not authorized to connect")]
+    NotAuthorized,
+    #[error(transparent)]
+    UnsafeMountpoint(#[from] UnsafeMountpointValue),
+    /// Another identity made this session: resuming or taking it over would hand it its
+    /// queued and future messages.
+    #[error("the session belongs to another user")]
+    SessionOwnedByAnother,
+    #[error("will refused: {1}")]
+    WillInvalid(ReasonCode, &'static str),
+}
+
+impl ConnectRefused {
+    /// CONNACK reason code of MQTT 5.
+    pub fn mqtt5_reason_code(&self) -> ReasonCode {
+        match self {
+            ConnectRefused::ClientIdInvalid | ConnectRefused::UnsafeMountpoint(_) => {
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID
+            }
+            ConnectRefused::BadCredentials => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            ConnectRefused::NotAuthorized | ConnectRefused::SessionOwnedByAnother => {
+                ReasonCode::NOT_AUTHORIZED
+            }
+            ConnectRefused::WillInvalid(reason, _) => *reason,
+        }
+    }
+
+    /// Whether the client's credentials were wrong, as opposed to right but not enough.
+    pub fn is_bad_credentials(&self) -> bool {
+        matches!(self, ConnectRefused::BadCredentials)
+    }
+}
+
+impl From<DenyReason> for ConnectRefused {
+    fn from(reason: DenyReason) -> ConnectRefused {
+        match reason {
+            DenyReason::BadCredentials => ConnectRefused::BadCredentials,
+            DenyReason::NotAuthorized => ConnectRefused::NotAuthorized,
+        }
+    }
+}
+
+/// Why one message is not published. The first three close an MQTT connection; the others
+/// are answered per message where the protocol can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishRefused {
+    #[error("{1}")]
+    Invalid(ReasonCode, &'static str),
+    /// `$SYS` topics are the broker's own; no client writes them.
+    #[error("publishing to $SYS is reserved to the broker")]
+    SysTopic,
+    #[error("publish not authorized")]
+    NotAuthorized,
+    /// The store is full and a QoS 1/2 message may have to be kept.
+    #[error("store full: message refused")]
+    StoreFull,
+}
+
+impl PublishRefused {
+    /// The reason code an MQTT 5 acknowledgement or DISCONNECT carries.
+    pub fn reason_code(self) -> ReasonCode {
+        match self {
+            PublishRefused::Invalid(reason, _) => reason,
+            PublishRefused::SysTopic | PublishRefused::NotAuthorized => ReasonCode::NOT_AUTHORIZED,
+            PublishRefused::StoreFull => ReasonCode::QUOTA_EXCEEDED,
+        }
+    }
+
+    /// A malformed request rather than a refusal of a well-formed one.
+    pub fn is_invalid(self) -> bool {
+        matches!(self, PublishRefused::Invalid(..))
+    }
+}
+
+/// What a client presented before it is authenticated.
+pub struct Presented {
+    /// The session namespace and auth protocol name: `"mqtt"`, `"mqtt-sn"`, `"coap"`, ...
+    pub protocol: &'static str,
+    pub listener: Arc<str>,
+    pub client_id: Arc<str>,
+    pub username: Option<String>,
+    pub password: Option<Bytes>,
+    pub peer: Option<std::net::SocketAddr>,
+    /// The listener's mountpoint template (`""` for none).
+    pub mountpoint: Arc<str>,
+    /// Placeholders of the adapter's own for the mountpoint, such as LwM2M's
+    /// `${endpoint_name}`; `${clientid}` and `${username}` are always known.
+    pub mountpoint_values: Vec<(&'static str, String)>,
+}
+
+impl Presented {
+    /// Applies a gateway's `clientinfo_override`: each template that is not empty replaces
+    /// its field, every template seeing what the client presented. Done before
+    /// authentication, so the authenticator, the mountpoint and the session key all see the
+    /// identity that results.
+    pub fn apply_override(&mut self, templates: &gateway_config::ClientInfoOverride) {
+        let password = self
+            .password
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let peerhost = self
+            .peer
+            .map(|peer| peer.ip().to_string())
+            .unwrap_or_default();
+        let expand = |template: &str| {
+            (!template.is_empty()).then(|| {
+                crate::template::expand(template, |name| match name {
+                    "clientid" => Some(&*self.client_id),
+                    "username" => Some(self.username.as_deref().unwrap_or("")),
+                    "password" => Some(&*password),
+                    "peerhost" => Some(&*peerhost),
+                    _ => None,
+                })
+            })
+        };
+        let client_id = expand(&templates.clientid);
+        let username = expand(&templates.username);
+        let new_password = expand(&templates.password);
+        if let Some(client_id) = client_id {
+            self.client_id = Arc::from(client_id);
+        }
+        if username.is_some() {
+            self.username = username;
+        }
+        if let Some(new_password) = new_password {
+            self.password = Some(Bytes::from(new_password));
+        }
+    }
+}
+
+/// A client whose credentials the configured authenticator accepted, with its mountpoint
+/// resolved. Only [`Broker::authenticate`] makes one.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    client: ClientInfo,
+}
+
+impl Authenticated {
+    pub fn client(&self) -> &ClientInfo {
+        &self.client
+    }
+}
+
+/// How to open the session of an authenticated client.
+pub struct OpenSession {
+    pub clean_start: bool,
+    /// Seconds; `u32::MAX` = never expires. Capped by `mqtt.max_session_expiry_interval`.
+    pub expiry_interval: u32,
+    /// The will as the client wrote it: checked, authorized and mounted here.
+    pub will: Option<Box<Will>>,
+    pub control: Arc<ConnControl>,
+}
+
+/// A message a client may publish: what checking it found, carried to the routing call.
+#[derive(Debug)]
+#[must_use = "a permit does nothing until the message is published with it"]
+pub struct PublishPermit {
+    topic: ByteString,
+    qos: QoS,
+    retain: bool,
+}
+
+impl PublishPermit {
+    /// The topic as the router sees it (mounted).
+    pub fn routed_topic(&self) -> &ByteString {
+        &self.topic
+    }
+}
+
+impl Broker {
+    /// Checks what a client presented: its client id's length, its credentials through the
+    /// configured authenticator, and the values its mountpoint is made of.
+    pub fn authenticate(&self, presented: Presented) -> Result<Authenticated, ConnectRefused> {
+        if presented.client_id.is_empty()
+            || presented.client_id.len() > self.config.max_client_id_length as usize
+        {
+            return Err(ConnectRefused::ClientIdInvalid);
+        }
+        let mut client = ClientInfo {
+            protocol: presented.protocol,
+            listener: presented.listener,
+            client_id: presented.client_id,
+            username: presented.username,
+            password: presented.password,
+            peer: presented.peer,
+            mountpoint: None,
+        };
+        if let AuthOutcome::Deny(reason) = self.auth.authenticator.authenticate(&client) {
+            return Err(reason.into());
+        }
+        client.password = None;
+        let mut values: Vec<(&'static str, &str)> = presented
+            .mountpoint_values
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        values.push(("clientid", &client.client_id));
+        values.push(("username", client.username.as_deref().unwrap_or("")));
+        client.mountpoint = Mountpoint::resolve(&presented.mountpoint, &values)?;
+        Ok(Authenticated { client })
+    }
+
+    /// Opens or resumes the session of `who` and attaches the connection. A session another
+    /// identity made is refused, whether resumed or started clean: either would take it from
+    /// its owner.
+    pub fn open_session(
+        self: &Arc<Self>,
+        who: Authenticated,
+        request: OpenSession,
+        now: Instant,
+    ) -> Result<ClientSession, ConnectRefused> {
+        let client = who.client;
+        let will = match request.will {
+            Some(will) => self.admit_will(&client, will)?,
+            None => None,
+        };
+        let expiry_interval = request.expiry_interval.min(self.max_session_expiry());
+        let attached = self.connect(
+            ConnectRequest {
+                key: SessionKey {
+                    namespace: client.protocol,
+                    client_id: client.client_id.clone(),
+                },
+                clean_start: request.clean_start,
+                expiry_interval,
+                will,
+                control: request.control.clone(),
+                owner: client.username.as_deref().map(Arc::from),
+            },
+            now,
+        )?;
+        Ok(ClientSession {
+            broker: self.clone(),
+            client,
+            session: attached.session,
+            control: request.control,
+            session_present: attached.session_present,
+            expiry_interval,
+        })
+    }
+
+    /// A will that is not authorized is dropped, not refused (as MQTT brokers do); one that
+    /// could never be published refuses the connection.
+    fn admit_will(
+        &self,
+        client: &ClientInfo,
+        mut will: Box<Will>,
+    ) -> Result<Option<Box<Will>>, ConnectRefused> {
+        match self.permit(client, &will.topic, will.qos, will.retain) {
+            Ok(permit) => {
+                will.topic = permit.topic;
+                Ok(Some(will))
+            }
+            Err(PublishRefused::Invalid(reason, why)) => {
+                Err(ConnectRefused::WillInvalid(reason, why))
+            }
+            Err(refused) => {
+                tracing::info!(topic = %will.topic, %refused, "will dropped");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Every check a client's message passes before it is routed, in the order MQTT reports
+    /// them: a malformed topic or options first, then the right to publish, then room.
+    fn permit(
+        &self,
+        client: &ClientInfo,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<PublishPermit, PublishRefused> {
+        self.check_publish(topic, qos, retain)
+            .map_err(|(reason, why)| PublishRefused::Invalid(reason, why))?;
+        let routed = client.mount(topic);
+        if is_sys_topic(&routed) {
+            return Err(PublishRefused::SysTopic);
+        }
+        let action = Action::Publish {
+            qos: qos.as_u8(),
+            retain,
+        };
+        if !self.authorize(client, action, topic) {
+            return Err(PublishRefused::NotAuthorized);
+        }
+        if qos != QoS::AtMostOnce && self.refuses_storing() {
+            return Err(PublishRefused::StoreFull);
+        }
+        Ok(PublishPermit {
+            topic: routed,
+            qos,
+            retain,
+        })
+    }
+}
+
+fn is_sys_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
+/// One client's open session: the only handle through which it publishes, subscribes and
+/// leaves. Dropping it without [`ClientSession::close`] leaves the session attached until
+/// another connection takes it over, so channels close it on every way out.
+pub struct ClientSession {
+    broker: Arc<Broker>,
+    client: ClientInfo,
+    session: Arc<SessionCell>,
+    control: Arc<ConnControl>,
+    session_present: bool,
+    expiry_interval: u32,
+}
+
+impl ClientSession {
+    pub fn client(&self) -> &ClientInfo {
+        &self.client
+    }
+
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.client.client_id
+    }
+
+    /// The session's state (queue, windows, subscriptions), locked by its own mutex.
+    pub fn session(&self) -> &Arc<SessionCell> {
+        &self.session
+    }
+
+    pub fn session_present(&self) -> bool {
+        self.session_present
+    }
+
+    /// The expiry the session got, after the broker's cap.
+    pub fn expiry_interval(&self) -> u32 {
+        self.expiry_interval
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Checks that this client may publish to `topic` (as it wrote it) now.
+    pub fn permit(
+        &self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<PublishPermit, PublishRefused> {
+        self.broker.permit(&self.client, topic, qos, retain)
+    }
+
+    /// Routes a permitted message. What it returns must be acted on: the store ticket the
+    /// acknowledgement waits for, and whether a receiver is behind (the publisher yields).
+    #[must_use = "the acknowledgement must wait for the ticket, and a backlog asks the publisher to yield"]
+    pub fn publish_permitted(
+        &self,
+        permit: PublishPermit,
+        payload: Bytes,
+        mut properties: PublishProperties,
+        now: Instant,
+    ) -> Dispatched {
+        properties.subscription_identifiers.clear();
+        let message = Message {
+            topic: permit.topic,
+            payload,
+            qos: permit.qos,
+            retain: permit.retain,
+            properties,
+            publisher: Some(self.session.id),
+            publisher_client_id: Some(self.client.client_id.clone()),
+            expires_at: None,
+        }
+        .with_expiry_from_properties(now);
+        self.broker.publish(Arc::new(message))
+    }
+
+    /// [`permit`](Self::permit) and [`publish_permitted`](Self::publish_permitted) in one.
+    #[must_use = "the acknowledgement must wait for the ticket, and a backlog asks the publisher to yield"]
+    pub fn publish(
+        &self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: Bytes,
+        properties: PublishProperties,
+        now: Instant,
+    ) -> Result<Dispatched, PublishRefused> {
+        let permit = self.permit(topic, qos, retain)?;
+        Ok(self.publish_permitted(permit, payload, properties, now))
+    }
+
+    /// Subscribes to `filter` as the client wrote it (`$share/...` allowed): authorized,
+    /// bounded by the session's subscription quota, mounted, retained messages replayed.
+    pub fn subscribe(
+        &self,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+        now: Instant,
+    ) -> Result<Granted, ReasonCode> {
+        self.broker.subscribe(
+            &self.session,
+            &self.client,
+            filter,
+            options,
+            identifier,
+            now,
+        )
+    }
+
+    /// Returns whether the subscription existed.
+    pub fn unsubscribe(&self, filter: &str) -> bool {
+        self.broker.unsubscribe(&self.session, &self.client, filter)
+    }
+
+    /// Changes the session's expiry while connected (MQTT 5 DISCONNECT may), capped.
+    pub fn set_expiry_interval(&mut self, seconds: u32) {
+        let seconds = seconds.min(self.broker.max_session_expiry());
+        self.expiry_interval = seconds;
+        self.broker.set_expiry_interval(&self.session, seconds);
+    }
+
+    /// Hands a delivery of a shared subscription to another member of its group; see
+    /// [`Broker::redispatch_shared`].
+    pub fn redispatch_shared(&self, filter: &str, delivery: Delivery) -> Result<(), Delivery> {
+        self.broker
+            .redispatch_shared(filter, self.session.id, delivery)
+    }
+
+    /// Detaches this connection; the session ends or waits for its expiry, and the will is
+    /// published or discarded as `will` says. Does nothing if another connection has taken
+    /// the session over meanwhile.
+    pub fn close(self, will: WillDisposition, now: Instant) {
+        self.broker
+            .disconnect(&self.session, self.control.conn_id, will, now);
+    }
+}
+
+impl std::fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("client", &self.client)
+            .field("session", &self.session.key)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn clientinfo_override_templates_see_what_the_client_presented() {
+        let mut presented = Presented {
+            protocol: "mqtt-sn",
+            listener: Arc::from("udp:default"),
+            client_id: Arc::from("dev1"),
+            username: None,
+            password: None,
+            peer: Some(SocketAddr::from(([10, 0, 0, 7], 5000))),
+            mountpoint: Arc::from(""),
+            mountpoint_values: Vec::new(),
+        };
+        presented.apply_override(&gateway_config::ClientInfoOverride {
+            clientid: "sn-${clientid}".into(),
+            username: "${clientid}@${peerhost}".into(),
+            password: String::new(),
+        });
+        assert_eq!(&*presented.client_id, "sn-dev1");
+        assert_eq!(presented.username.as_deref(), Some("dev1@10.0.0.7"));
+        assert_eq!(
+            presented.password, None,
+            "an empty template keeps the field"
+        );
+    }
+
+    #[test]
+    fn only_sys_and_its_subtopics_are_the_brokers() {
+        assert!(is_sys_topic("$SYS"));
+        assert!(is_sys_topic("$SYS/broker/uptime"));
+        assert!(!is_sys_topic("$SYSTEM/x"));
+        assert!(!is_sys_topic("m/$SYS/x"));
+    }
+}

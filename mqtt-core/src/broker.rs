@@ -215,15 +215,42 @@ impl Broker {
             }
         }
 
+        let mut subscriptions: BTreeMap<Vec<u8>, Vec<(String, Subscription)>> = BTreeMap::new();
+        for (key, record) in self.store.load(Table::Subscriptions)? {
+            let parsed = storage::split_session_key(&key).and_then(|(_, _, filter)| {
+                let split = key.len() - filter.len();
+                Some((
+                    key.get(..split)?.to_vec(),
+                    std::str::from_utf8(filter).ok()?.to_owned(),
+                    storage::decode_subscription(&record)?,
+                ))
+            });
+            let Some((session, filter, subscription)) = parsed else {
+                return Err(RecoverError::bad(Table::Subscriptions, &key));
+            };
+            subscriptions
+                .entry(session)
+                .or_default()
+                .push((filter, subscription));
+        }
+
+        let mut legacy = Vec::new();
         let mut wills = Vec::new();
         let mut restored: BTreeMap<Vec<u8>, (Arc<SessionCell>, RestoredSession)> = BTreeMap::new();
         for (key, record) in self.store.load(Table::Sessions)? {
-            let (Some((namespace, client_id, [])), Some(record)) = (
+            let (Some((namespace, client_id, [])), Some(mut record)) = (
                 storage::split_session_key(&key),
                 storage::decode_session(&record),
             ) else {
                 return Err(RecoverError::bad(Table::Sessions, &key));
             };
+            if !record.subscriptions.is_empty() {
+                // A format 1 record: its subscriptions move to their own table below.
+                legacy.push(key.clone());
+            }
+            record
+                .subscriptions
+                .extend(subscriptions.remove(&key).unwrap_or_default());
             let session_key = SessionKey {
                 namespace: intern_namespace(namespace),
                 client_id: Arc::from(client_id),
@@ -306,8 +333,14 @@ impl Broker {
                 }),
             }
         }
-        // In-flight marks whose message is gone are left from an acknowledgement that was
-        // half written; they mean nothing.
+        // Subscriptions of a session that is gone were left by a forget that was half
+        // written, as are in-flight marks whose message is gone; they mean nothing.
+        for (session, filters) in subscriptions {
+            forget.extend(filters.into_iter().map(|(filter, _)| Op::Delete {
+                table: Table::Subscriptions,
+                key: storage::subscription_key(&session, &filter),
+            }));
+        }
         for ((session, seq), _) in sent {
             forget.push(Op::Delete {
                 table: Table::Inflight,
@@ -316,8 +349,15 @@ impl Broker {
         }
 
         recovered.sessions = restored.len();
-        for (_, (cell, parts)) in restored {
-            cell.state.lock().restore_persisted(parts, now);
+        for (key, (cell, parts)) in restored {
+            let mut state = cell.state.lock();
+            state.restore_persisted(parts, now);
+            if legacy.contains(&key) {
+                let filters: Vec<String> = state.subscriptions.keys().cloned().collect();
+                for filter in filters {
+                    let _ = state.store_subscription(&filter);
+                }
+            }
         }
         if !forget.is_empty() {
             self.store.submit(forget);
@@ -406,11 +446,7 @@ impl Broker {
             },
             will: state.will.clone(),
             owner: state.owner.clone(),
-            subscriptions: state
-                .subscriptions
-                .iter()
-                .map(|(filter, subscription)| (filter.clone(), subscription.clone()))
-                .collect(),
+            subscriptions: Vec::new(),
         };
         state.store_record(storage::encode_session(&record));
     }
@@ -924,7 +960,8 @@ impl Broker {
                     identifier,
                 },
             );
-            self.store_session(session, &mut state);
+            // Only this subscription's entry: a session with thousands pays for one.
+            let _ = state.store_subscription(filter);
         }
 
         // Retained messages are never sent for a shared subscription (MQTT 5.0 section
@@ -959,7 +996,7 @@ impl Broker {
             let mut state = session.state.lock();
             let existed = state.subscriptions.remove(filter).is_some();
             if existed {
-                self.store_session(session, &mut state);
+                let _ = state.store_subscription(filter);
             }
             existed
         };

@@ -634,10 +634,12 @@ impl MqttChannel {
                     }
                 }
             } else {
+                // Copied: the decoded topic shares the packet's read buffer, payload and all,
+                // which the alias would keep alive for the whole connection.
                 self.aliases
                     .get_or_insert_with(Box::default)
                     .inbound
-                    .insert(alias, publish.topic.clone());
+                    .insert(alias, ByteString::from(&*publish.topic));
             }
         }
         let Some(client) = self.client.as_ref() else {
@@ -1012,7 +1014,8 @@ impl MqttChannel {
             self.aliases
                 .get_or_insert_with(Box::default)
                 .outbound
-                .insert(message.topic.clone(), alias);
+                // Copied: a routed topic shares its publisher's read buffer, payload and all.
+                .insert(ByteString::from(&*message.topic), alias);
         }
         let before = out.len();
         self.send(&packet, out);
@@ -1027,4 +1030,119 @@ fn generate_client_id() -> String {
     use rand::Rng;
     let suffix: u64 = rand::thread_rng().gen();
     format!("auto-{suffix:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Auth;
+    use crate::codec::{ConnectProperties, PublishProperties, SubscriptionOptions};
+
+    struct NoWakeup;
+
+    impl Wakeup for NoWakeup {
+        fn wake(&self) {}
+    }
+
+    fn channel(broker: &Arc<Broker>, now: Instant) -> MqttChannel {
+        let info = ConnectionInfo {
+            listener: Arc::from("tcp:test"),
+            peer: None,
+            handshake_timeout: Duration::from_secs(10),
+            certificate_identity: CertificateIdentity::default(),
+            mountpoint: Arc::from(""),
+        };
+        MqttChannel::new(broker.clone(), info, Arc::new(NoWakeup), now)
+    }
+
+    fn feed(channel: &mut MqttChannel, packet: Packet, now: Instant) -> std::ops::Range<usize> {
+        let mut input = BytesMut::new();
+        encode(&packet, ProtocolVersion::V5, &mut input).unwrap_or_default();
+        let start = input.as_ptr() as usize;
+        let read = start..start + input.len();
+        let mut out = BytesMut::new();
+        channel.handle_input(&mut input, &mut out, now);
+        read
+    }
+
+    fn connect(client_id: &str) -> Packet {
+        Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: client_id.to_owned(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties {
+                topic_alias_maximum: Some(10),
+                ..Default::default()
+            },
+        }))
+    }
+
+    fn points_into(topic: &ByteString, buffer: &std::ops::Range<usize>) -> bool {
+        buffer.contains(&(topic.as_bytes().as_ptr() as usize))
+    }
+
+    #[test]
+    fn topic_aliases_keep_their_topic_not_the_packet_it_came_in() {
+        let now = Instant::now();
+        let mut config = gateway_config::Config::from_toml_str("").expect("defaults");
+        config.mqtt.max_topic_alias = 10;
+        let broker = Arc::new(Broker::new(
+            config.mqtt.clone(),
+            &config.retainer,
+            Auth::allow_all(),
+            now,
+        ));
+        let mut subscriber = channel(&broker, now);
+        feed(&mut subscriber, connect("sub"), now);
+        let subscribe = Subscribe {
+            packet_id: 1,
+            subscription_identifier: None,
+            user_properties: Vec::new(),
+            filters: vec![(
+                "big/+".to_owned(),
+                SubscriptionOptions {
+                    qos: QoS::AtMostOnce,
+                    ..Default::default()
+                },
+            )],
+        };
+        feed(&mut subscriber, Packet::Subscribe(subscribe), now);
+
+        let mut publisher = channel(&broker, now);
+        feed(&mut publisher, connect("pub"), now);
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: ByteString::from_static("big/one"),
+            packet_id: 0,
+            payload: Bytes::from(vec![0u8; 256 * 1024]),
+            properties: PublishProperties {
+                topic_alias: Some(1),
+                ..Default::default()
+            },
+        };
+        let read = feed(&mut publisher, Packet::Publish(publish), now);
+        let mut out = BytesMut::new();
+        subscriber.handle_wakeup(&mut out, now);
+
+        let inbound = &publisher
+            .aliases
+            .as_ref()
+            .map(|a| a.inbound.clone())
+            .unwrap_or_default();
+        let outbound = &subscriber
+            .aliases
+            .as_ref()
+            .map(|a| a.outbound.clone())
+            .unwrap_or_default();
+        assert_eq!(inbound.len(), 1);
+        assert_eq!(outbound.len(), 1, "the delivery was given an alias");
+        assert!(inbound.values().all(|topic| !points_into(topic, &read)));
+        assert!(outbound.keys().all(|topic| !points_into(topic, &read)));
+    }
 }

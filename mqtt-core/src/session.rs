@@ -275,6 +275,21 @@ impl Persistence {
         }
     }
 
+    fn subscription(&self, filter: &str, subscription: Option<&Subscription>) -> Op {
+        let key = storage::subscription_key(&self.key, filter);
+        match subscription {
+            Some(subscription) => Op::Put {
+                table: Table::Subscriptions,
+                key,
+                value: storage::encode_subscription(subscription),
+            },
+            None => Op::Delete {
+                table: Table::Subscriptions,
+                key,
+            },
+        }
+    }
+
     fn adapter_state(&self, record: Bytes) -> Op {
         Op::Put {
             table: Table::Adapter,
@@ -667,6 +682,9 @@ impl SessionState {
         if let Some(record) = &self.adapter_record {
             ops.push(persistence.adapter_state(record.clone()));
         }
+        for (filter, subscription) in &self.subscriptions {
+            ops.push(persistence.subscription(filter, Some(subscription)));
+        }
         let ticket = (!ops.is_empty()).then(|| persistence.store.submit(ops));
         self.persistence = Some(Box::new(persistence));
         ticket
@@ -722,7 +740,15 @@ impl SessionState {
         }
     }
 
-    /// Writes the session's own record (subscriptions, expiry, will).
+    /// Records `filter`'s subscription as the session now holds it (None: gone), if the
+    /// session is kept.
+    pub fn store_subscription(&self, filter: &str) -> Option<Ticket> {
+        let persistence = self.persistence.as_ref()?;
+        let op = persistence.subscription(filter, self.subscriptions.get(filter));
+        Some(persistence.store.submit(vec![op]))
+    }
+
+    /// Writes the session's own record (expiry, will, owner).
     pub fn store_record(&self, record: Bytes) -> Option<Ticket> {
         let persistence = self.persistence.as_ref()?;
         Some(persistence.store.submit(vec![Op::Put {

@@ -36,16 +36,20 @@ pub enum Table {
     Retained,
     /// Session key → what a device adapter keeps with the session.
     Adapter,
+    /// Session key + filter (mounted, `$share/` included) → its options and identifier:
+    /// one entry each, so a subscription costs one write however many the session has.
+    Subscriptions,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Sessions,
         Table::Queues,
         Table::Inflight,
         Table::AwaitingRel,
         Table::Retained,
         Table::Adapter,
+        Table::Subscriptions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +60,7 @@ impl Table {
             Table::AwaitingRel => "awaiting_rel",
             Table::Retained => "retained",
             Table::Adapter => "adapter",
+            Table::Subscriptions => "subscriptions",
         }
     }
 }
@@ -212,6 +217,7 @@ impl<T> HeldReplies<T> {
 pub struct MapStore {
     tables: parking_lot::Mutex<std::collections::BTreeMap<(Table, Vec<u8>), Bytes>>,
     submitted: AtomicU64,
+    written_bytes: AtomicU64,
     durable: AtomicU64,
     held_back: AtomicBool,
     full: AtomicBool,
@@ -256,6 +262,11 @@ impl MapStore {
         self.full.store(full, Ordering::SeqCst);
     }
 
+    /// Keys and values put so far, in bytes: what a change costs the store.
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes.load(Ordering::SeqCst)
+    }
+
     /// How many entries `table` holds.
     pub fn count(&self, table: Table) -> usize {
         self.tables
@@ -273,6 +284,8 @@ impl Store for MapStore {
             for op in ops {
                 match op {
                     Op::Put { table, key, value } => {
+                        self.written_bytes
+                            .fetch_add((key.len() + value.len()) as u64, Ordering::SeqCst);
                         tables.insert((table, key), value);
                     }
                     Op::Delete { table, key } => {
@@ -494,7 +507,8 @@ pub struct SessionRecord {
     pub will: Option<Box<Will>>,
     /// The user name that made the session, so that after a restart too only it resumes it.
     pub owner: Option<Arc<str>>,
-    /// Filters as the session holds them (mounted, `$share/` included).
+    /// Filters as the session holds them (mounted, `$share/` included). Written in the
+    /// `subscriptions` table, not in the record; a format 1 record still carries them.
     pub subscriptions: Vec<(String, Subscription)>,
 }
 
@@ -519,6 +533,32 @@ fn options_from_byte(byte: u8) -> Option<SubscriptionOptions> {
     })
 }
 
+/// A subscription's entry in `Table::Subscriptions`: options byte, then identifier (0: none).
+pub fn encode_subscription(subscription: &Subscription) -> Bytes {
+    let mut out = BytesMut::with_capacity(5);
+    out.put_u8(options_byte(&subscription.options));
+    out.put_u32(subscription.identifier.unwrap_or(0));
+    out.freeze()
+}
+
+pub fn decode_subscription(mut record: &[u8]) -> Option<Subscription> {
+    let options = options_from_byte(record.try_get_u8().ok()?)?;
+    let identifier = Some(record.try_get_u32().ok()?).filter(|id| *id != 0);
+    (!record.has_remaining()).then_some(Subscription {
+        options,
+        identifier,
+    })
+}
+
+/// The key of one subscription of the session whose key is `session`.
+pub fn subscription_key(session: &[u8], filter: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(session.len() + filter.len());
+    key.extend_from_slice(session);
+    key.extend_from_slice(filter.as_bytes());
+    key
+}
+
+/// The session record; its subscriptions are written apart (`encode_subscription`).
 pub fn encode_session(record: &SessionRecord) -> Bytes {
     let mut out = BytesMut::with_capacity(64);
     out.put_u8(SESSION_FORMAT);
@@ -545,15 +585,8 @@ pub fn encode_session(record: &SessionRecord) -> Bytes {
         }
         None => out.put_u8(0),
     }
-    out.put_u32(record.subscriptions.len() as u32);
-    for (filter, subscription) in &record.subscriptions {
-        let filter = filter.as_bytes();
-        let len = filter.len().min(usize::from(u16::MAX));
-        out.put_u16(len as u16);
-        out.put_slice(filter.get(..len).unwrap_or_default());
-        out.put_u8(options_byte(&subscription.options));
-        out.put_u32(subscription.identifier.unwrap_or(0));
-    }
+    // Format 1 listed the subscriptions here; they now have a table of their own.
+    out.put_u32(0);
     match &record.owner {
         Some(owner) => {
             let owner = owner.as_bytes();
@@ -666,13 +699,18 @@ pub fn split_session_key(key: &[u8]) -> Option<(&str, &str, &[u8])> {
 
 /// Deletes everything stored under a session's key.
 pub fn forget_session(key: &[u8]) -> Vec<Op> {
-    let mut ops: Vec<Op> = [Table::Queues, Table::Inflight, Table::AwaitingRel]
-        .into_iter()
-        .map(|table| Op::DeletePrefix {
-            table,
-            prefix: key.to_vec(),
-        })
-        .collect();
+    let mut ops: Vec<Op> = [
+        Table::Queues,
+        Table::Inflight,
+        Table::AwaitingRel,
+        Table::Subscriptions,
+    ]
+    .into_iter()
+    .map(|table| Op::DeletePrefix {
+        table,
+        prefix: key.to_vec(),
+    })
+    .collect();
     for table in [Table::Sessions, Table::Adapter] {
         ops.push(Op::Delete {
             table,

@@ -1628,3 +1628,166 @@ fn a_clean_session_is_never_stored_and_an_ended_one_is_forgotten() {
         assert_eq!(store.count(table), 0, "{}", table.name());
     }
 }
+
+fn broker_with_users(users: &[(&str, &str)], now: Instant) -> Arc<Broker> {
+    use mqtt_core::auth::{hash_password, AllowAll, PasswordAuthenticator, PasswordFile};
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let text: String = users
+        .iter()
+        .map(|(user, password)| format!("{user}:{}\n", hash_password(password)))
+        .collect();
+    let file = PasswordFile::parse(&text, std::path::Path::new("test.passwd")).expect("parses");
+    let auth = Auth {
+        authenticator: Arc::new(PasswordAuthenticator::new(Some(file), false)),
+        authorizer: Arc::new(AllowAll),
+    };
+    Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        auth,
+        now,
+    ))
+}
+
+fn as_user(connect: Connect, user: &str, password: &str) -> Connect {
+    Connect {
+        username: Some(user.to_owned()),
+        password: Some(Bytes::from(password.to_owned())),
+        ..connect
+    }
+}
+
+#[test]
+fn another_user_can_neither_resume_nor_take_over_a_session() {
+    let t0 = Instant::now();
+    let broker = broker_with_users(&[("alice", "a-secret"), ("bob", "b-secret")], t0);
+    let (mut alice, connack) = Client::connect_with(
+        &broker,
+        as_user(persistent_v5("phone", 3600), "alice", "a-secret"),
+        t0,
+    );
+    assert_eq!(connack.reason_code, ReasonCode::SUCCESS);
+    alice.subscribe("inbox/#", QoS::AtLeastOnce, t0);
+    alice.close(t0);
+    let mut sender =
+        Client::connect_with(&broker, as_user(connect_v5("s"), "bob", "b-secret"), t0).0;
+    sender.publish("inbox/1", b"for alice", QoS::AtLeastOnce, 1, t0);
+
+    for connect in [
+        persistent_v5("phone", 3600),
+        connect_v5("phone"),
+        Connect {
+            protocol: ProtocolVersion::V3_1_1,
+            ..persistent_v5("phone", 0)
+        },
+    ] {
+        let version = connect.protocol;
+        let (mut thief, connack) =
+            Client::connect_with(&broker, as_user(connect, "bob", "b-secret"), t0);
+        // 3.1.1's return code 5 decodes as 0x87 too.
+        assert_eq!(
+            connack.reason_code,
+            ReasonCode::NOT_AUTHORIZED,
+            "{version:?}"
+        );
+        assert!(!connack.session_present);
+        assert!(thief.closed && thief.publishes(t0).is_empty());
+    }
+
+    let (mut alice, connack) = Client::connect_with(
+        &broker,
+        as_user(persistent_v5("phone", 3600), "alice", "a-secret"),
+        t0,
+    );
+    assert!(connack.session_present, "the owner's session is intact");
+    let delivered = alice.publishes(t0);
+    assert_eq!(delivered.len(), 1, "with the message queued for it");
+    assert_eq!(&delivered[0].payload[..], b"for alice");
+}
+
+#[test]
+fn clients_cannot_publish_to_sys_topics() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut watcher = Client::connect(&broker, "watcher", t0);
+    watcher.subscribe("$SYS/#", QoS::AtLeastOnce, t0);
+    let mut forger = Client::connect(&broker, "forger", t0);
+    for topic in ["$SYS/broker/uptime", "$SYS"] {
+        let acks = forger.publish(topic, b"forged", QoS::AtLeastOnce, 1, t0);
+        assert!(
+            matches!(acks.as_slice(), [Packet::PubAck(a)] if a.reason_code == ReasonCode::NOT_AUTHORIZED),
+            "{topic}: {acks:?}"
+        );
+    }
+    forger.publish("$SYS/broker/uptime", b"forged", QoS::AtMostOnce, 0, t0);
+    assert!(watcher.publishes(t0).is_empty());
+}
+
+#[test]
+fn mountpoint_values_holding_wildcards_or_separators_are_refused() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let connect_under = |client_id: &str| {
+        let mut client = Client::new(&broker, ProtocolVersion::V5, t0);
+        client.channel = MqttChannel::new(
+            broker.clone(),
+            ConnectionInfo {
+                listener: Arc::from("tcp:test"),
+                peer: None,
+                handshake_timeout: Duration::from_secs(10),
+                certificate_identity: Default::default(),
+                mountpoint: Arc::from("t/${clientid}/"),
+            },
+            client.wakeup.clone(),
+            t0,
+        );
+        client.send(Packet::Connect(Box::new(connect_v5(client_id))), t0);
+        match client.take_first() {
+            Some(Packet::ConnAck(connack)) => (client, connack.reason_code),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    };
+    let (mut alice, accepted) = connect_under("alice");
+    assert_eq!(accepted, ReasonCode::SUCCESS);
+    alice.subscribe("private", QoS::AtMostOnce, t0);
+    for hostile in ["+", "#", "alice/private", "${username}"] {
+        let (client, refused) = connect_under(hostile);
+        assert_eq!(
+            refused,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "{hostile}"
+        );
+        assert!(client.closed);
+    }
+    let (mut other, _) = connect_under("mallory");
+    other.publish("private", b"mine", QoS::AtMostOnce, 0, t0);
+    assert!(
+        alice.publishes(t0).is_empty(),
+        "mallory/private is not alice/private"
+    );
+}
+
+#[test]
+fn a_subscription_of_a_persistent_session_writes_only_itself() {
+    let t0 = Instant::now();
+    let store = Arc::new(MapStore::default());
+    let broker = broker_with_store(store.clone(), t0);
+    let mut client = Client::connect_with(&broker, persistent_v5("many", 3600), t0).0;
+    let mut cost = Vec::new();
+    for i in 0..2000 {
+        let before = store.written_bytes();
+        client.subscribe(&format!("sensors/{i}/+"), QoS::AtLeastOnce, t0);
+        cost.push(store.written_bytes() - before);
+    }
+    assert!(
+        cost.iter().all(|bytes| *bytes < 64),
+        "each subscription writes its own entry only: {:?}",
+        &cost[1990..]
+    );
+    assert_eq!(store.count(mqtt_core::storage::Table::Subscriptions), 2000);
+    client.close(t0);
+    let restarted = broker_with_store(store.clone(), t0);
+    restarted.recover(t0).expect("recovers");
+    let session = restarted.session(&key("many")).expect("restored");
+    assert_eq!(session.state.lock().subscriptions.len(), 2000);
+}

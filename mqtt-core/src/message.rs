@@ -83,11 +83,29 @@ impl Message {
         copy
     }
 
-    /// Bytes a queued copy is charged against a session's byte limit.
+    /// Bytes a queued copy is charged against a session's byte limit: what the message
+    /// holds in memory, not its size on the wire. A user property costs two strings of its
+    /// own, several times its few wire bytes, so a packet full of small ones would
+    /// otherwise fill memory far beyond the limit.
     pub fn weight(&self) -> usize {
-        self.payload.len() + self.topic.len()
+        let properties = &self.properties;
+        let user_properties: usize = properties
+            .user_properties
+            .iter()
+            .map(|(name, value)| USER_PROPERTY_OVERHEAD + name.len() + value.len())
+            .sum();
+        self.payload.len()
+            + self.topic.len()
+            + user_properties
+            + properties.response_topic.as_ref().map_or(0, String::len)
+            + properties.correlation_data.as_ref().map_or(0, Bytes::len)
+            + properties.content_type.as_ref().map_or(0, String::len)
     }
 }
+
+/// What one user property costs beyond its text: the pair's two `String`s and an
+/// allocator's bookkeeping for each of their buffers.
+const USER_PROPERTY_OVERHEAD: usize = 2 * std::mem::size_of::<String>() + 2 * 16;
 
 /// One message on its way to one session.
 #[derive(Debug, Clone)]

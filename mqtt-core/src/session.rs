@@ -916,6 +916,29 @@ mod tests {
     }
 
     #[test]
+    fn byte_limit_counts_user_properties_at_their_cost_in_memory() {
+        let now = Instant::now();
+        let mut state = SessionState::default();
+        let limits = limits(0, 4096);
+        let mut heavy = delivery(QoS::AtLeastOnce, b"p", now);
+        let mut message = (*heavy.message).clone();
+        // 100 one-byte pairs: 600 bytes on the wire, a few KiB in memory.
+        message.properties.user_properties = vec![("k".to_owned(), "v".to_owned()); 100];
+        heavy.message = Arc::new(message);
+        assert!(heavy.message.weight() > 100 * (2 * std::mem::size_of::<String>()));
+        assert_eq!(
+            state.enqueue(heavy.clone(), &limits),
+            Enqueued::Queued,
+            "one fits"
+        );
+        assert_eq!(
+            state.enqueue(heavy, &limits),
+            Enqueued::DroppedQueueFull,
+            "the second would pass the byte limit"
+        );
+    }
+
+    #[test]
     fn offline_session_drops_qos0_when_configured() {
         let now = Instant::now();
         let mut state = SessionState::default();

@@ -156,3 +156,156 @@ fn v5_connect_with_an_unsupported_authentication_method_gets_connack_0x8c() {
         }
     }
 }
+
+/// A broker with anonymous access off and users `alice` and `bob`, each with the password
+/// `{name}-secret`; None in external mode, which cannot be configured so.
+fn broker_with_two_users() -> Option<(Broker, tempfile::TempDir)> {
+    if external_mode() {
+        println!("not applicable in external mode: needs a password file with two users");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("passwd");
+    gateway_passwd(&file, "alice", "alice-secret");
+    gateway_passwd(&file, "bob", "bob-secret");
+    let broker = Broker::start_with(&[
+        Setting::new("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false"),
+        Setting::new(
+            "GATEWAY_AUTH__PASSWORD_FILE",
+            file.to_string_lossy().into_owned(),
+        ),
+    ])?;
+    Some((broker, dir))
+}
+
+#[test]
+fn another_user_neither_resumes_nor_takes_over_a_persistent_session() {
+    let Some((broker, _dir)) = broker_with_two_users() else {
+        return;
+    };
+    for version in [Version::V311, Version::V5] {
+        for lib in Lib::ALL {
+            let what = format!("{lib:?} {version:?}");
+            let client_id = unique_client_id("owned");
+            let topic = interop_tests::unique_topic("owned");
+            let alice_login = |clean: bool| {
+                let mut opts = json!({
+                    "client_id": client_id, "clean": clean,
+                    "username": "alice", "password": "alice-secret",
+                });
+                if version.is_v5() {
+                    opts["props"] = json!({ "session_expiry_interval": 600 });
+                }
+                opts
+            };
+            let mut alice = ScriptClient::spawn(lib, version, &broker);
+            alice.connect_ok(alice_login(false));
+            assert_eq!(alice.subscribe(&format!("{topic}/#"), 1), 1, "{what}");
+            alice.disconnect();
+
+            let mut sender = ScriptClient::spawn(lib, version, &broker);
+            sender.connect_ok(json!({
+                "client_id": unique_client_id("sender"),
+                "username": "bob", "password": "bob-secret",
+            }));
+            sender.publish(&format!("{topic}/1"), b"for alice only", 1, false);
+
+            // Resuming and taking over with a clean start are both refused: either would
+            // hand bob alice's queued and future messages, or end her session.
+            for clean in [false, true] {
+                let mut bob = ScriptClient::spawn(lib, version, &broker);
+                let mut opts = json!({
+                    "client_id": client_id, "clean": clean,
+                    "username": "bob", "password": "bob-secret",
+                });
+                if version.is_v5() {
+                    opts["props"] = json!({ "session_expiry_interval": 600 });
+                }
+                let code = match bob.connect(opts) {
+                    ConnectOutcome::Connack(ack) => Some(ack.reason_code),
+                    ConnectOutcome::Lost(_) => None,
+                };
+                let refused = if version.is_v5() { 0x87 } else { 5 };
+                assert_eq!(
+                    code,
+                    Some(refused),
+                    "{what}: bob as {client_id}, clean {clean}"
+                );
+                assert!(
+                    bob.try_recv(std::time::Duration::from_millis(300))
+                        .is_none(),
+                    "{what}: nothing reaches bob"
+                );
+            }
+
+            let mut alice = ScriptClient::spawn(lib, version, &broker);
+            let ack = alice.connect_ok(alice_login(false));
+            assert!(ack.session_present, "{what}: alice's session is intact");
+            let message = alice.recv(TIMEOUT);
+            assert_eq!(message.payload, b"for alice only", "{what}");
+            alice.disconnect();
+        }
+    }
+}
+
+#[test]
+fn clients_cannot_publish_to_sys_topics() {
+    let broker = Broker::start();
+    let mut watcher =
+        ScriptClient::connected(Lib::Paho, Version::V5, &broker, &unique_client_id("sysw"));
+    assert_eq!(watcher.subscribe("$SYS/forged/#", 1), 1);
+    for lib in Lib::ALL {
+        for version in [Version::V311, Version::V5] {
+            let mut forger =
+                ScriptClient::connected(lib, version, &broker, &unique_client_id("sysf"));
+            forger.publish("$SYS/forged/uptime", b"0 seconds", 1, true);
+            forger.publish("$SYS/forged/uptime", b"0 seconds", 0, false);
+        }
+    }
+    let forged = watcher.try_recv(std::time::Duration::from_millis(500));
+    if broker.is_gateway() {
+        assert!(
+            forged.is_none(),
+            "a client's $SYS publish was routed: {forged:?}"
+        );
+    }
+}
+
+#[test]
+fn a_client_id_holding_a_wildcard_or_separator_is_refused_a_per_client_mountpoint() {
+    if external_mode() {
+        println!("not applicable in external mode: needs a listener mountpoint");
+        return;
+    }
+    let Some(broker) = Broker::start_with(&[Setting::new(
+        "GATEWAY_LISTENERS__TCP__DEFAULT__MOUNTPOINT",
+        "tenants/${clientid}/",
+    )]) else {
+        return;
+    };
+    for version in [Version::V311, Version::V5] {
+        for lib in Lib::ALL {
+            let what = format!("{lib:?} {version:?}");
+            let mut alice = ScriptClient::connected(lib, version, &broker, "alice");
+            assert_eq!(alice.subscribe("private", 0), 0);
+            for hostile in ["+", "#", "alice/private"] {
+                let mut client = ScriptClient::spawn(lib, version, &broker);
+                let code = match client.connect(json!({ "client_id": hostile })) {
+                    ConnectOutcome::Connack(ack) => Some(ack.reason_code),
+                    ConnectOutcome::Lost(_) => None,
+                };
+                let invalid = if version.is_v5() { 0x85 } else { 2 };
+                assert_eq!(code, Some(invalid), "{what}: client id {hostile:?}");
+            }
+            let mut mallory = ScriptClient::connected(lib, version, &broker, "mallory");
+            mallory.publish("private", b"mallory's", 1, false);
+            assert!(
+                alice
+                    .try_recv(std::time::Duration::from_millis(300))
+                    .is_none(),
+                "{what}: mallory's private topic is not alice's"
+            );
+            alice.disconnect();
+        }
+    }
+}

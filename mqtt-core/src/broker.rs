@@ -854,6 +854,13 @@ impl Broker {
             Stats::add(&self.stats.retained_refused, 1);
             return None;
         }
+        // A full store takes no new retained message, whatever its QoS: every write must
+        // be bounded. Clearing one still passes, as it frees room.
+        if !message.payload.is_empty() && self.refuses_storing() && !message.topic.starts_with('$')
+        {
+            Stats::add(&self.stats.retained_refused, 1);
+            return None;
+        }
         let outcome = self.retained.write().set(Arc::new(message.detached()));
         if outcome == RetainOutcome::Full {
             Stats::add(&self.stats.retained_refused, 1);

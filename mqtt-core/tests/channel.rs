@@ -1437,6 +1437,26 @@ fn acknowledgements_of_stored_messages_wait_until_durable_and_keep_their_order()
         acks(publisher.receive()),
         vec![('A', 4, 0x97), ('R', 5, 0x97)]
     );
+
+    // A retained QoS 0 message is routed but not kept: no write passes a full store.
+    let retained_before = store.count(mqtt_core::storage::Table::Retained);
+    let mut qos0 = publish("kept/0", b"6", QoS::AtMostOnce, 0);
+    qos0.retain = true;
+    publisher.send(Packet::Publish(qos0), t0);
+    assert_eq!(
+        store.count(mqtt_core::storage::Table::Retained),
+        retained_before
+    );
+    assert_eq!(broker.stats.retained_refused.load(Ordering::Relaxed), 1);
+    // Once room is freed the store takes them again.
+    store.set_full(false);
+    let mut qos0 = publish("kept/0", b"7", QoS::AtMostOnce, 0);
+    qos0.retain = true;
+    publisher.send(Packet::Publish(qos0), t0);
+    assert_eq!(
+        store.count(mqtt_core::storage::Table::Retained),
+        retained_before + 1
+    );
 }
 
 /// A broker started at `now` on `store`; the wall clock moves with the virtual one from

@@ -17,13 +17,15 @@ use adapter_mqtt_sn::topics::{Predefined, FIRST_NORMAL_ID};
 use adapter_mqtt_sn::{MqttSnChannel, Settings, MQTTSN_NAMESPACE};
 use bytes::Bytes;
 use bytestring::ByteString;
-use mqtt_core::auth::{Auth, ClientInfo};
-use mqtt_core::broker::{Broker, ConnectRequest};
+use mqtt_core::auth::Auth;
+use mqtt_core::broker::Broker;
+use mqtt_core::client::ClientSession;
 use mqtt_core::codec::{QoS, SubscriptionOptions};
 use mqtt_core::message::Message as Routed;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use mqtt_core::session::{SessionKey, Wakeup};
 use mqtt_core::storage::{MapStore, Store as _};
+use mqtt_core::testing;
 
 #[derive(Default)]
 struct CountingWakeup(AtomicUsize);
@@ -163,37 +165,19 @@ fn connect_message(client_id: &str, clean: bool, will: bool, keep_alive: u16) ->
 }
 
 /// An MQTT session on the same broker, subscribed to `filter`.
-fn observer(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<SessionCell> {
-    let control = ConnControl::new(
-        broker.next_connection_id(),
+fn observer(broker: &Arc<Broker>, filter: &str, now: Instant) -> ClientSession {
+    let observer = testing::open_session(
+        broker,
+        "mqtt",
+        "observer",
+        true,
+        0,
         Arc::new(CountingWakeup::default()),
-    );
-    let attached = broker.connect(
-        ConnectRequest {
-            key: SessionKey {
-                namespace: "mqtt",
-                client_id: Arc::from("observer"),
-            },
-            clean_start: true,
-            expiry_interval: 0,
-            will: None,
-            control,
-        },
         now,
-    );
-    let client = ClientInfo {
-        protocol: "mqtt",
-        listener: "tcp:test".into(),
-        client_id: "observer".into(),
-        username: None,
-        password: None,
-        peer: None,
-        mountpoint: None,
-    };
-    broker
+    )
+    .unwrap();
+    observer
         .subscribe(
-            &attached.session,
-            &client,
             filter,
             SubscriptionOptions {
                 qos: QoS::ExactlyOnce,
@@ -203,24 +187,27 @@ fn observer(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<SessionCell
             now,
         )
         .unwrap();
-    attached.session
+    observer
 }
 
-fn received(observer: &SessionCell, now: Instant) -> Vec<(String, Bytes)> {
-    let mut state = observer.state.lock();
+fn received(observer: &ClientSession, now: Instant) -> Vec<(String, Bytes)> {
+    let mut state = observer.session().state.lock();
     std::iter::from_fn(|| state.pop_queued(now))
         .map(|d| (d.message.topic.to_string(), d.message.payload.clone()))
         .collect()
 }
 
 fn mqtt_publish(broker: &Broker, topic: &str, payload: &'static [u8], qos: QoS, now: Instant) {
-    broker.publish(Arc::new(Routed::new(
-        ByteString::from(topic),
-        Bytes::from_static(payload),
-        qos,
-        false,
-        now,
-    )));
+    let _ = testing::route(
+        broker,
+        Routed::new(
+            ByteString::from(topic),
+            Bytes::from_static(payload),
+            qos,
+            false,
+            now,
+        ),
+    );
 }
 
 fn publish(

@@ -1652,6 +1652,26 @@ fn the_will_is_given_as_written_mounted_and_dropped_if_not_authorized() {
         sn.tick(now + Duration::from_secs(15));
         assert!(sn.closed);
     }
+    // A will no message could ever be published to refuses the connection.
+    let mut sn = Sn::with_settings(&broker, mounted, now);
+    sn.send(connect_message("w3", true, true, 10), now);
+    sn.send(
+        Message::WillTopic(Some(WillTopic {
+            flags: Flags::default(),
+            topic: ByteString::from("will/+"),
+        })),
+        now,
+    );
+    assert_eq!(
+        sn.send(
+            Message::WillMsg {
+                payload: Bytes::from_static(b"never"),
+            },
+            now
+        ),
+        connack(ReturnCode::NOT_SUPPORTED)
+    );
+    assert!(sn.closed);
     assert_eq!(
         received(&obs, now),
         vec![("sn/w1/will/t".into(), Bytes::from_static(b"gone"))]
@@ -1830,4 +1850,29 @@ fn qos_minus_one_goes_through_a_session_that_ends_with_the_datagram() {
     assert!(plain.closed);
     assert!(received(&obs, now).is_empty());
     assert_eq!(broker.session_count(), sessions);
+}
+
+#[test]
+fn a_publish_that_reaches_a_receiver_behind_asks_the_driver_to_yield() {
+    let now = Instant::now();
+    // A queue long enough to fall behind by more than one drain's worth (1,024).
+    let config =
+        gateway_config::Config::from_toml_str("[mqtt]\nmax_queued_messages = 2000").unwrap();
+    let broker = Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth::allow_all(),
+        now,
+    ));
+    // Connected, never drained.
+    let _slow = observer(&broker, "#", now);
+    let mut sn = Sn::connect(&broker, "fast", true, now);
+    let id = register(&mut sn, "flood", 1, now);
+    let mut asked = 0;
+    for _ in 0..1_100 {
+        sn.send(publish(id, TopicIdType::Normal, Qos::Zero, 0, b"x"), now);
+        asked += usize::from(sn.channel.take_yield_request());
+    }
+    assert!(asked > 0, "the receiver's backlog never asked for a yield");
+    assert!(!sn.channel.take_yield_request(), "asked once per publish");
 }

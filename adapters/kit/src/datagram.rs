@@ -37,6 +37,11 @@ pub trait DatagramChannel: Send + 'static {
     /// The name under which a datagram from another address may reach this peer, while the
     /// peer allows it (a sleeping client does; a connected one does not).
     fn rebindable_identity(&self) -> Option<Arc<str>>;
+    /// True once after input that fed a receiver already behind: the driver yields before
+    /// this peer's next datagram, so that receiver's task gets its turn to drain.
+    fn take_yield_request(&mut self) -> bool {
+        false
+    }
 }
 
 /// What the driver needs to know about a datagram before any channel has seen it.
@@ -305,6 +310,9 @@ impl<D: Demux> Peer<D> {
             }
             self.send_all(&mut out, address).await;
             self.publish_identity(channel.rebindable_identity());
+            if channel.take_yield_request() {
+                tokio::task::yield_now().await;
+            }
         }
     }
 

@@ -8,15 +8,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use mqtt_core::auth::{Action, AuthOutcome, ClientInfo};
-use mqtt_core::broker::{Broker, ConnectRequest, Stats, WillDisposition};
-use mqtt_core::codec::{QoS, ReasonCode, SubscriptionOptions};
-use mqtt_core::message::{Delivery, Message as RoutedMessage};
-use mqtt_core::mountpoint::Mountpoint;
-use mqtt_core::protocol::Flow;
-use mqtt_core::session::{
-    ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, Wakeup, Will,
+use mqtt_core::broker::{Broker, Dispatched, Stats, WillDisposition};
+use mqtt_core::client::{
+    Authenticated, ClientSession, ConnectRefused, OpenSession, Presented, PublishRefused,
 };
+use mqtt_core::codec::{QoS, ReasonCode, SubscriptionOptions};
+use mqtt_core::message::Delivery;
+use mqtt_core::protocol::Flow;
+use mqtt_core::session::{ConnControl, Outgoing, OutgoingState, Wakeup, Will};
 use mqtt_core::storage::{HeldReplies, Ticket};
 
 use crate::codec::{
@@ -80,10 +79,12 @@ impl Settings {
     }
 }
 
-/// CONNECT fields kept while the will handshake runs.
+/// CONNECT, authenticated, kept while the will handshake runs.
 #[derive(Debug, Clone)]
 struct PendingConnect {
+    /// As the client sent it: a CONNECT sent again is recognised by it.
     client_id: ByteString,
+    who: Authenticated,
     clean_session: bool,
     duration: u16,
 }
@@ -145,10 +146,10 @@ pub struct MqttSnChannel {
     created: Instant,
     last_received: Instant,
     keep_alive: Option<Duration>,
-    session: Option<Arc<SessionCell>>,
+    /// The open session; every publish, subscription and the will go through it.
+    client: Option<ClientSession>,
     /// The client id of CONNECT, which PINGREQ repeats; the session's may be overridden.
     presented_client_id: Option<Arc<str>>,
-    client: Option<ClientInfo>,
     in_flight: Option<InFlight>,
     /// Subscribed topic names still to REGISTER after a resume (`subs_resume`).
     resume_registers: Vec<ByteString>,
@@ -156,6 +157,8 @@ pub struct MqttSnChannel {
     /// PUBACKs and PUBRECs waiting for what their PUBLISH changed to be durable, in the
     /// order the PUBLISHes came: once one waits, those behind it wait too.
     held_acks: HeldReplies<Message>,
+    /// Set when a publish reached a receiver that is behind; see `take_yield_request`.
+    yield_requested: bool,
 }
 
 impl MqttSnChannel {
@@ -176,13 +179,13 @@ impl MqttSnChannel {
             created: now,
             last_received: now,
             keep_alive: None,
-            session: None,
-            presented_client_id: None,
             client: None,
+            presented_client_id: None,
             in_flight: None,
             resume_registers: Vec::new(),
             will_disposition: WillDisposition::Publish,
             held_acks: HeldReplies::default(),
+            yield_requested: false,
         }
     }
 
@@ -292,8 +295,14 @@ impl MqttSnChannel {
         }
     }
 
+    /// True once after input that reached a receiver already behind: the driver then lets
+    /// other peers (that receiver's among them) run before it reads more.
+    pub fn take_yield_request(&mut self) -> bool {
+        std::mem::take(&mut self.yield_requested)
+    }
+
     pub fn shutdown(&mut self, out: &mut Vec<Bytes>) -> Flow {
-        if self.session.is_some() {
+        if self.client.is_some() {
             self.send(&Message::Disconnect { duration: None }, out);
         }
         self.close()
@@ -302,9 +311,8 @@ impl MqttSnChannel {
     /// The peer is forgotten; hands the session back to the broker.
     pub fn handle_closed(&mut self, now: Instant) {
         self.phase = Phase::Closed;
-        if let Some(session) = self.session.take() {
-            self.broker
-                .disconnect(&session, self.control.conn_id, self.will_disposition, now);
+        if let Some(client) = self.client.take() {
+            client.close(self.will_disposition, now);
         }
     }
 
@@ -321,9 +329,9 @@ impl MqttSnChannel {
     /// broker publish its will.
     fn lose(&mut self, why: Lost, out: &mut Vec<Bytes>, _now: Instant) -> Flow {
         tracing::info!(reason = ?why, "client lost");
-        if let (Lost::SleepTimeout, Some(session)) = (why, self.session.as_ref()) {
+        if let (Lost::SleepTimeout, Some(client)) = (why, self.client.as_mut()) {
             // A sleep timeout ends the session (spec 6.14), whatever its clean flag said.
-            self.broker.set_expiry_interval(session, 0);
+            client.set_expiry_interval(0);
         }
         self.will_disposition = WillDisposition::Publish;
         self.send(&Message::Disconnect { duration: None }, out);
@@ -364,7 +372,7 @@ impl MqttSnChannel {
                 topic_id,
                 msg_id: _,
                 data,
-            } if flags.qos == Qos::MinusOne && self.session.is_none() => {
+            } if flags.qos == Qos::MinusOne && self.client.is_none() => {
                 self.handle_qos_minus_one(flags, topic_id, data, now);
                 Flow::Close
             }
@@ -383,7 +391,7 @@ impl MqttSnChannel {
     }
 
     fn continue_if_attached(&self) -> Flow {
-        if self.session.is_some() {
+        if self.client.is_some() {
             Flow::Continue
         } else {
             Flow::Close
@@ -424,16 +432,16 @@ impl MqttSnChannel {
             } => self.handle_puback(topic_id, msg_id, return_code),
             Message::PubRec { msg_id } => self.handle_pubrec(msg_id, out, now),
             Message::PubRel { msg_id } => {
-                if let Some(session) = &self.session {
-                    session.state.lock().release(msg_id);
+                if let Some(client) = &self.client {
+                    client.session().state.lock().release(msg_id);
                 }
                 self.send(&Message::PubComp { msg_id }, out);
                 Flow::Continue
             }
             Message::PubComp { msg_id } => {
                 if self.pending_outgoing(msg_id) {
-                    if let Some(session) = &self.session {
-                        session.state.lock().pubcomp(msg_id);
+                    if let Some(client) = &self.client {
+                        client.session().state.lock().pubcomp(msg_id);
                     }
                     self.in_flight = None;
                 }
@@ -490,36 +498,31 @@ impl MqttSnChannel {
             self.send_connack(ReturnCode::NOT_SUPPORTED, out);
             return Flow::Close;
         }
-        if client_id.is_empty()
-            || client_id.len() > self.broker.config.max_client_id_length as usize
-        {
-            tracing::info!(
-                len = client_id.len(),
-                "CONNECT with an unacceptable client id"
-            );
-            self.send_connack(ReturnCode::NOT_SUPPORTED, out);
-            return Flow::Close;
-        }
         // A client that connects again (its CONNACK lost, or back from sleep) starts over on
         // the same peer: hand the session back first, keeping it if it is persistent.
-        if let Some(session) = self.session.take() {
-            self.broker.disconnect(
-                &session,
-                self.control.conn_id,
-                WillDisposition::Discard,
-                now,
-            );
+        if let Some(client) = self.client.take() {
+            client.close(WillDisposition::Discard, now);
             self.in_flight = None;
         }
         // Answers to the previous connection's PUBLISHes: the client sends again what it
         // still waits for.
         self.held_acks.clear();
+        tracing::Span::current().record("client_id", &*client_id);
+        // Checked before the will handshake, so a client that may not connect is told at
+        // once rather than after sending its will.
+        let who = match self
+            .broker
+            .authenticate(self.presented(Arc::from(&*client_id)))
+        {
+            Ok(who) => who,
+            Err(refused) => return self.refuse_connect(&refused, out),
+        };
         let pending = PendingConnect {
             client_id,
+            who,
             clean_session: flags.clean_session,
             duration,
         };
-        tracing::Span::current().record("client_id", pending.client_id.as_ref() as &str);
         if flags.will {
             self.phase = Phase::AwaitWillTopic(pending);
             self.send(&Message::WillTopicReq, out);
@@ -580,6 +583,14 @@ impl MqttSnChannel {
         self.send(&Message::ConnAck { return_code }, out);
     }
 
+    /// Answers CONNECT with the refusal of the session layer and forgets the peer. MQTT-SN
+    /// has no return code for credentials or ownership: all are 0x03 "not supported".
+    fn refuse_connect(&mut self, refused: &ConnectRefused, out: &mut Vec<Bytes>) -> Flow {
+        tracing::info!(%refused, "connection refused");
+        self.send_connack(ReturnCode::NOT_SUPPORTED, out);
+        Flow::Close
+    }
+
     fn finish_connect(
         &mut self,
         pending: PendingConnect,
@@ -587,30 +598,28 @@ impl MqttSnChannel {
         out: &mut Vec<Bytes>,
         now: Instant,
     ) -> Flow {
-        let presented_client_id: Arc<str> = Arc::from(&*pending.client_id);
-        let client = self.client_info(presented_client_id.clone());
-        let client_id = client.client_id.clone();
-        if let AuthOutcome::Deny(reason) = self.broker.auth.authenticator.authenticate(&client) {
-            tracing::info!(?reason, "client not authorized");
-            self.send_connack(ReturnCode::NOT_SUPPORTED, out);
-            return Flow::Close;
-        }
-        let will = will.and_then(|(topic, payload)| self.make_will(&client, topic, payload));
+        let will = will.map(|(topic, payload)| {
+            Box::new(Will {
+                topic: topic.topic,
+                payload,
+                qos: to_core_qos(topic.flags.qos),
+                retain: topic.flags.retain,
+                properties: Default::default(),
+                delay_interval: 0,
+            })
+        });
         let config = &self.broker.config;
         let expiry_interval = if pending.clean_session {
             0
         } else {
             u32::try_from(config.session_expiry_interval.get().as_secs()).unwrap_or(u32::MAX)
         };
-        self.keep_alive = (pending.duration > 0).then(|| {
+        let keep_alive = (pending.duration > 0).then(|| {
             Duration::from_secs_f64(f64::from(pending.duration) * config.keepalive_multiplier)
         });
-        let attached = self.broker.connect(
-            ConnectRequest {
-                key: SessionKey {
-                    namespace: MQTTSN_NAMESPACE,
-                    client_id,
-                },
+        let opened = self.broker.open_session(
+            pending.who,
+            OpenSession {
                 clean_start: pending.clean_session,
                 expiry_interval,
                 will,
@@ -618,20 +627,24 @@ impl MqttSnChannel {
             },
             now,
         );
+        let client = match opened {
+            Ok(client) => client,
+            Err(refused) => return self.refuse_connect(&refused, out),
+        };
         tracing::info!(
             clean_session = pending.clean_session,
-            session_present = attached.session_present,
+            session_present = client.session_present(),
             keep_alive = pending.duration,
             "client connected"
         );
         self.send_connack(ReturnCode::ACCEPTED, out);
-        if attached.session_present && self.settings.subs_resume {
-            let state = attached.session.state.lock();
+        if client.session_present() && self.settings.subs_resume {
+            let state = client.session().state.lock();
             // Reversed, so popping from the end registers them in filter order.
             let mut names: Vec<ByteString> = state
                 .subscriptions
                 .keys()
-                .map(|filter| client.unmount(&ByteString::from(filter.as_str())))
+                .map(|filter| client.client().unmount(&ByteString::from(filter.as_str())))
                 .filter(|name| {
                     !name.contains(['+', '#'])
                         && !name.starts_with("$share/")
@@ -642,68 +655,49 @@ impl MqttSnChannel {
             names.sort_unstable_by(|a, b| b.cmp(a));
             self.resume_registers = names;
         }
-        self.presented_client_id = Some(presented_client_id);
+        self.keep_alive = keep_alive;
+        self.presented_client_id = Some(Arc::from(&*pending.client_id));
         self.client = Some(client);
-        self.session = Some(attached.session);
         self.phase = Phase::Connected;
         self.will_disposition = WillDisposition::Publish;
         Flow::Continue
     }
 
-    /// A will the client may publish, or none: an unauthorized will is dropped, not refused.
-    fn make_will(
-        &self,
-        client: &ClientInfo,
-        topic: WillTopic,
-        payload: Bytes,
-    ) -> Option<Box<Will>> {
-        let qos = to_core_qos(topic.flags.qos);
-        let name = &topic.topic;
-        if let Err((_, why)) = self.broker.check_publish(name, qos, topic.flags.retain) {
-            tracing::info!(topic = %name, why, "will refused");
-            return None;
-        }
-        let action = Action::Publish {
-            qos: qos.as_u8(),
-            retain: topic.flags.retain,
-        };
-        if !self.broker.authorize(client, action, name) {
-            tracing::info!(topic = %name, "will not authorized; dropped");
-            return None;
-        }
-        Some(Box::new(Will {
-            topic: client.mount(name),
-            payload,
-            qos,
-            retain: topic.flags.retain,
-            properties: Default::default(),
-            delay_interval: 0,
-        }))
-    }
-
+    /// A new will topic, checked and mounted as a publish to it would be; the payload of the
+    /// will it replaces is kept (spec 6.3).
     fn handle_will_topic_update(&mut self, will: Option<WillTopic>, out: &mut Vec<Bytes>) -> Flow {
-        let (Some(session), Some(client)) = (self.session.clone(), self.client.clone()) else {
+        let Some(client) = &self.client else {
             return Flow::Close;
         };
         let return_code = match will {
             None => {
-                session.state.lock().will = None;
+                client.session().state.lock().will = None;
                 ReturnCode::ACCEPTED
             }
             Some(topic) => {
-                let payload = session
-                    .state
-                    .lock()
-                    .will
-                    .as_ref()
-                    .map(|will| will.payload.clone())
-                    .unwrap_or_default();
-                match self.make_will(&client, topic, payload) {
-                    Some(will) => {
-                        session.state.lock().will = Some(will);
+                let qos = to_core_qos(topic.flags.qos);
+                match client.permit(&topic.topic, qos, topic.flags.retain) {
+                    Ok(permit) => {
+                        let mut state = client.session().state.lock();
+                        let payload = state
+                            .will
+                            .as_ref()
+                            .map(|will| will.payload.clone())
+                            .unwrap_or_default();
+                        state.will = Some(Box::new(Will {
+                            topic: permit.routed_topic().clone(),
+                            payload,
+                            qos,
+                            retain: topic.flags.retain,
+                            properties: Default::default(),
+                            delay_interval: 0,
+                        }));
                         ReturnCode::ACCEPTED
                     }
-                    None => ReturnCode::NOT_SUPPORTED,
+                    Err(refused) => {
+                        tracing::info!(topic = %topic.topic, %refused, "will topic update refused");
+                        refusal_code(refused)
+                    }
                 }
             }
         };
@@ -712,10 +706,10 @@ impl MqttSnChannel {
     }
 
     fn handle_will_msg_update(&mut self, payload: Bytes, out: &mut Vec<Bytes>) -> Flow {
-        let Some(session) = &self.session else {
+        let Some(client) = &self.client else {
             return Flow::Close;
         };
-        let return_code = match session.state.lock().will.as_mut() {
+        let return_code = match client.session().state.lock().will.as_mut() {
             Some(will) => {
                 will.payload = payload;
                 ReturnCode::ACCEPTED
@@ -786,33 +780,28 @@ impl MqttSnChannel {
 
     // ---- topics -------------------------------------------------------------------------
 
-    /// Who the client is to the core: the identity it presented, overridden as configured,
-    /// then its mountpoint resolved from that.
-    fn client_info(&self, client_id: Arc<str>) -> ClientInfo {
-        let mut client = ClientInfo {
+    /// What the client presented as the core's session layer takes it: MQTT-SN carries no
+    /// credentials, so the identity is its client id, overridden as configured.
+    fn presented(&self, client_id: Arc<str>) -> Presented {
+        let mut presented = Presented {
             protocol: MQTTSN_NAMESPACE,
             listener: self.settings.listener.clone(),
-            mountpoint: None,
             client_id,
             username: None,
             password: None,
             peer: self.peer,
+            mountpoint: Arc::from(&*self.settings.mountpoint),
+            mountpoint_values: Vec::new(),
         };
-        client.apply_override(&self.settings.clientinfo_override);
-        client.mountpoint = Mountpoint::resolve(
-            &self.settings.mountpoint,
-            &client.client_id,
-            client.username.as_deref(),
-        );
-        client
+        presented.apply_override(&self.settings.clientinfo_override);
+        presented
     }
 
     /// Runs `f` on the session's topic registry: the one in memory, else the one kept with
     /// the session (a restart brought it back from the store), else a new one. Every change
     /// is kept with the session, so a persistent session's ids survive a restart.
     fn with_registry<R>(&self, f: impl FnOnce(&mut TopicRegistry) -> R) -> Option<R> {
-        let session = self.session.as_ref()?;
-        let mut state = session.state.lock();
+        let mut state = self.client.as_ref()?.session().state.lock();
         if state.extension.get_mut::<TopicRegistry>().is_none() {
             let registry = self.restore_registry(state.adapter_state());
             state.extension.set(registry);
@@ -973,44 +962,33 @@ impl MqttSnChannel {
                 return Flow::Continue;
             }
         };
-        let (Some(session), Some(client)) = (self.session.clone(), self.client.as_ref()) else {
+        let Some(client) = &self.client else {
             return Flow::Close;
         };
         // QoS -1 from a connected client counts as QoS 0.
         let qos = to_core_qos(flags.qos);
-        if let Err((_, why)) = self.broker.check_publish(&topic, qos, flags.retain) {
-            tracing::info!(%topic, why, "PUBLISH refused");
-            self.acknowledge(puback(ReturnCode::NOT_SUPPORTED), None, out);
-            return Flow::Continue;
-        }
-        let action = Action::Publish {
-            qos: qos.as_u8(),
-            retain: flags.retain,
+        let permit = match client.permit(&topic, qos, flags.retain) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                if refused == PublishRefused::StoreFull {
+                    tracing::warn!(%topic, "store full: message refused");
+                } else {
+                    tracing::info!(%topic, %refused, "PUBLISH refused");
+                }
+                self.acknowledge(puback(refusal_code(refused)), None, out);
+                return Flow::Continue;
+            }
         };
-        if !self.broker.authorize(client, action, &topic) {
-            tracing::info!(%topic, "PUBLISH not authorized");
-            self.acknowledge(puback(ReturnCode::NOT_SUPPORTED), None, out);
-            return Flow::Continue;
-        }
-        if qos != QoS::AtMostOnce && self.broker.refuses_storing() {
-            // Any QoS 1/2 message may have to be kept, and the store is full: the client
-            // is told to wait, as for any congestion (spec 5.3.10).
-            tracing::warn!(%topic, "store full: message refused");
-            self.acknowledge(puback(ReturnCode::CONGESTION), None, out);
-            return Flow::Continue;
-        }
-        let message = RoutedMessage {
-            publisher: Some(session.id),
-            publisher_client_id: Some(session.key.client_id.clone()),
-            ..RoutedMessage::new(client.mount(&topic), data, qos, flags.retain, now)
-        };
+        let session = client.session().clone();
         match qos {
             QoS::AtMostOnce => {
-                self.broker.publish(Arc::new(message));
+                let dispatched = client.publish_permitted(permit, data, Default::default(), now);
+                self.note_dispatched(&dispatched);
             }
             QoS::AtLeastOnce => {
-                let ticket = self.broker.publish(Arc::new(message)).ticket;
-                self.acknowledge(puback(ReturnCode::ACCEPTED), ticket, out);
+                let dispatched = client.publish_permitted(permit, data, Default::default(), now);
+                self.note_dispatched(&dispatched);
+                self.acknowledge(puback(ReturnCode::ACCEPTED), dispatched.ticket, out);
             }
             QoS::ExactlyOnce => {
                 let first = {
@@ -1038,7 +1016,10 @@ impl MqttSnChannel {
                     // A PUBLISH sent again is acknowledged again but routed once.
                     Some((first, awaiting_ticket)) => {
                         let routed_ticket = if first {
-                            self.broker.publish(Arc::new(message)).ticket
+                            let dispatched =
+                                client.publish_permitted(permit, data, Default::default(), now);
+                            self.note_dispatched(&dispatched);
+                            dispatched.ticket
                         } else {
                             None
                         };
@@ -1072,7 +1053,15 @@ impl MqttSnChannel {
         }
     }
 
-    /// Spec 6.8: a client that never connected publishes to a predefined or short topic.
+    /// A publish reached a receiver that is behind: the driver lets it catch up before this
+    /// peer's next datagram is read.
+    fn note_dispatched(&mut self, dispatched: &Dispatched) {
+        self.yield_requested |= dispatched.backlogged;
+    }
+
+    /// Spec 6.8: a client that never connected publishes to a predefined or short topic. It
+    /// takes the one client-session path like any other: authenticated as
+    /// [`QOS_MINUS_ONE_CLIENT_ID`], through a session that ends with this datagram.
     fn handle_qos_minus_one(&mut self, flags: Flags, topic_id: u16, data: Bytes, now: Instant) {
         if !self.settings.enable_qos3 {
             tracing::info!("QoS -1 PUBLISH refused: enable_qos3 is false");
@@ -1090,32 +1079,40 @@ impl MqttSnChannel {
             );
             return;
         };
-        let client = self.client_info(Arc::from(QOS_MINUS_ONE_CLIENT_ID));
-        let name = &topic;
-        let allowed = matches!(
-            self.broker.auth.authenticator.authenticate(&client),
-            AuthOutcome::Allow
-        ) && self
+        let opened = self
             .broker
-            .check_publish(name, QoS::AtMostOnce, flags.retain)
-            .is_ok()
-            && self.broker.authorize(
-                &client,
-                Action::Publish {
-                    qos: 0,
-                    retain: flags.retain,
-                },
-                name,
-            );
-        if !allowed {
-            tracing::info!(topic = %name, "QoS -1 PUBLISH not authorized");
-            return;
-        }
-        let message = RoutedMessage {
-            publisher_client_id: Some(Arc::from(QOS_MINUS_ONE_CLIENT_ID)),
-            ..RoutedMessage::new(client.mount(name), data, QoS::AtMostOnce, flags.retain, now)
+            .authenticate(self.presented(Arc::from(QOS_MINUS_ONE_CLIENT_ID)))
+            .and_then(|who| {
+                self.broker.open_session(
+                    who,
+                    OpenSession {
+                        clean_start: true,
+                        expiry_interval: 0,
+                        will: None,
+                        control: self.control.clone(),
+                    },
+                    now,
+                )
+            });
+        let client = match opened {
+            Ok(client) => client,
+            Err(refused) => {
+                tracing::info!(%refused, "QoS -1 PUBLISH refused");
+                return;
+            }
         };
-        self.broker.publish(Arc::new(message));
+        match client.publish(
+            &topic,
+            QoS::AtMostOnce,
+            flags.retain,
+            data,
+            Default::default(),
+            now,
+        ) {
+            Ok(dispatched) => self.note_dispatched(&dispatched),
+            Err(refused) => tracing::info!(%topic, %refused, "QoS -1 PUBLISH refused"),
+        }
+        client.close(WillDisposition::Discard, now);
     }
 
     // ---- subscriptions --------------------------------------------------------------------
@@ -1175,9 +1172,9 @@ impl MqttSnChannel {
         out: &mut Vec<Bytes>,
         now: Instant,
     ) -> Flow {
-        let (Some(session), Some(client)) = (self.session.clone(), self.client.clone()) else {
+        if self.client.is_none() {
             return Flow::Close;
-        };
+        }
         let suback = |qos: QoS, topic_id, return_code| Message::SubAck {
             flags: Flags {
                 qos: from_core_qos(qos),
@@ -1200,10 +1197,10 @@ impl MqttSnChannel {
             qos: requested,
             ..SubscriptionOptions::default()
         };
-        let reply = match self
-            .broker
-            .subscribe(&session, &client, &filter, options, None, now)
-        {
+        let Some(client) = &self.client else {
+            return Flow::Close;
+        };
+        let reply = match client.subscribe(&filter, options, None, now) {
             Ok(granted) => suback(granted.qos, topic_id, ReturnCode::ACCEPTED),
             Err(reason) => {
                 tracing::info!(%filter, reason = reason.0, "subscription refused");
@@ -1226,12 +1223,11 @@ impl MqttSnChannel {
         topic: TopicRef,
         out: &mut Vec<Bytes>,
     ) -> Flow {
-        if let (Ok((name, _)), Some(session), Some(client)) = (
+        if let (Ok((name, _)), Some(client)) = (
             self.subscription_topic(flags, topic, false),
-            self.session.clone(),
             self.client.as_ref(),
         ) {
-            self.broker.unsubscribe(&session, client, &name);
+            client.unsubscribe(&name);
         }
         // Always answered, even when nothing matched.
         self.send(&Message::UnsubAck { msg_id }, out);
@@ -1256,7 +1252,7 @@ impl MqttSnChannel {
             return Flow::Continue;
         }
         self.in_flight = None;
-        let Some(session) = self.session.clone() else {
+        let Some(session) = self.client.as_ref().map(|client| client.session().clone()) else {
             return Flow::Continue;
         };
         if return_code == ReturnCode::ACCEPTED {
@@ -1285,8 +1281,12 @@ impl MqttSnChannel {
         if !self.pending_outgoing(msg_id) {
             return Flow::Continue;
         }
-        if let Some(session) = &self.session {
-            session.state.lock().pubrec(msg_id, ReasonCode::SUCCESS);
+        if let Some(client) = &self.client {
+            client
+                .session()
+                .state
+                .lock()
+                .pubrec(msg_id, ReasonCode::SUCCESS);
         }
         self.send(&Message::PubRel { msg_id }, out);
         if let Some(in_flight) = &mut self.in_flight {
@@ -1304,9 +1304,9 @@ impl MqttSnChannel {
             Phase::Awake { duration } => {
                 self.fill(out, now);
                 let queued = self
-                    .session
+                    .client
                     .as_ref()
-                    .is_some_and(|session| session.state.lock().has_queued());
+                    .is_some_and(|client| client.session().state.lock().has_queued());
                 // Spec 6.14 (and EMQX #4434): PINGRESP only once everything buffered is
                 // delivered and acknowledged, then back to sleep.
                 if self.in_flight.is_none() && !queued {
@@ -1322,7 +1322,7 @@ impl MqttSnChannel {
     /// Sends queued deliveries while nothing is in flight: one QoS 1/2 message or REGISTER
     /// at a time (spec 6.13), QoS 0 as long as their topics are known.
     fn fill(&mut self, out: &mut Vec<Bytes>, now: Instant) {
-        let Some(session) = self.session.clone() else {
+        let Some(session) = self.client.as_ref().map(|client| client.session().clone()) else {
             return;
         };
         while self.in_flight.is_none() {
@@ -1366,7 +1366,7 @@ impl MqttSnChannel {
 
     fn unmount(&self, topic: &ByteString) -> ByteString {
         match &self.client {
-            Some(client) => client.unmount(topic),
+            Some(client) => client.client().unmount(topic),
             None => topic.clone(),
         }
     }
@@ -1380,7 +1380,7 @@ impl MqttSnChannel {
         out: &mut Vec<Bytes>,
         now: Instant,
     ) {
-        let Some(session) = self.session.clone() else {
+        let Some(session) = self.client.as_ref().map(|client| client.session().clone()) else {
             return;
         };
         let known = self.with_registry(|registry| registry.id(&topic)).flatten();
@@ -1412,7 +1412,7 @@ impl MqttSnChannel {
 
     /// Sends one delivery, or a REGISTER that holds it until REGACK.
     fn send_delivery(&mut self, delivery: Delivery, out: &mut Vec<Bytes>, now: Instant) {
-        let Some(session) = self.session.clone() else {
+        let Some(session) = self.client.as_ref().map(|client| client.session().clone()) else {
             return;
         };
         if delivery.message.payload.len() > MAX_PUBLISH_DATA {
@@ -1516,8 +1516,9 @@ impl MqttSnChannel {
                 out,
             ),
             Pending::Outgoing { msg_id, .. } => {
-                let outgoing = self.session.as_ref().and_then(|session| {
-                    session
+                let outgoing = self.client.as_ref().and_then(|client| {
+                    client
+                        .session()
                         .state
                         .lock()
                         .outgoing()
@@ -1549,6 +1550,17 @@ impl MqttSnChannel {
             if let Some(in_flight) = &mut self.in_flight {
                 in_flight.retries = 0;
             }
+        }
+    }
+}
+
+/// How a PUBACK or WILLTOPICRESP refuses: MQTT-SN has no "not authorized", so that is 0x03
+/// "not supported"; a full store is congestion, which the client retries later (spec 5.3.10).
+fn refusal_code(refused: PublishRefused) -> ReturnCode {
+    match refused {
+        PublishRefused::StoreFull => ReturnCode::CONGESTION,
+        PublishRefused::Invalid(..) | PublishRefused::SysTopic | PublishRefused::NotAuthorized => {
+            ReturnCode::NOT_SUPPORTED
         }
     }
 }

@@ -42,6 +42,9 @@ impl DatagramChannel for MqttSnChannel {
     fn rebindable_identity(&self) -> Option<Arc<str>> {
         MqttSnChannel::rebindable_identity(self)
     }
+    fn take_yield_request(&mut self) -> bool {
+        MqttSnChannel::take_yield_request(self)
+    }
 }
 
 /// Finds peers by what a datagram says before any channel reads it.

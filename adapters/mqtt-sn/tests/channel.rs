@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,13 +18,17 @@ use adapter_mqtt_sn::topics::{Predefined, FIRST_NORMAL_ID};
 use adapter_mqtt_sn::{MqttSnChannel, Settings, MQTTSN_NAMESPACE};
 use bytes::Bytes;
 use bytestring::ByteString;
-use mqtt_core::auth::{Auth, ClientInfo};
-use mqtt_core::broker::{Broker, ConnectRequest};
+use mqtt_core::auth::{
+    Action, Auth, AuthOutcome, Authenticator, Authorizer, ClientInfo, DenyReason,
+};
+use mqtt_core::broker::Broker;
+use mqtt_core::client::ClientSession;
 use mqtt_core::codec::{QoS, SubscriptionOptions};
 use mqtt_core::message::Message as Routed;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use mqtt_core::session::{SessionKey, Wakeup};
 use mqtt_core::storage::{MapStore, Store as _};
+use mqtt_core::testing;
 
 #[derive(Default)]
 struct CountingWakeup(AtomicUsize);
@@ -73,9 +78,18 @@ impl Sn {
     }
 
     fn with_settings(broker: &Arc<Broker>, settings: Arc<Settings>, now: Instant) -> Sn {
+        Sn::at(broker, settings, None, now)
+    }
+
+    fn at(
+        broker: &Arc<Broker>,
+        settings: Arc<Settings>,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    ) -> Sn {
         let wakeup = Arc::new(CountingWakeup::default());
         Sn {
-            channel: MqttSnChannel::new(broker.clone(), settings, None, wakeup.clone(), now),
+            channel: MqttSnChannel::new(broker.clone(), settings, peer, wakeup.clone(), now),
             out: Vec::new(),
             closed: false,
             wakeup,
@@ -163,37 +177,19 @@ fn connect_message(client_id: &str, clean: bool, will: bool, keep_alive: u16) ->
 }
 
 /// An MQTT session on the same broker, subscribed to `filter`.
-fn observer(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<SessionCell> {
-    let control = ConnControl::new(
-        broker.next_connection_id(),
+fn observer(broker: &Arc<Broker>, filter: &str, now: Instant) -> ClientSession {
+    let observer = testing::open_session(
+        broker,
+        "mqtt",
+        "observer",
+        true,
+        0,
         Arc::new(CountingWakeup::default()),
-    );
-    let attached = broker.connect(
-        ConnectRequest {
-            key: SessionKey {
-                namespace: "mqtt",
-                client_id: Arc::from("observer"),
-            },
-            clean_start: true,
-            expiry_interval: 0,
-            will: None,
-            control,
-        },
         now,
-    );
-    let client = ClientInfo {
-        protocol: "mqtt",
-        listener: "tcp:test".into(),
-        client_id: "observer".into(),
-        username: None,
-        password: None,
-        peer: None,
-        mountpoint: None,
-    };
-    broker
+    )
+    .unwrap();
+    observer
         .subscribe(
-            &attached.session,
-            &client,
             filter,
             SubscriptionOptions {
                 qos: QoS::ExactlyOnce,
@@ -203,24 +199,27 @@ fn observer(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<SessionCell
             now,
         )
         .unwrap();
-    attached.session
+    observer
 }
 
-fn received(observer: &SessionCell, now: Instant) -> Vec<(String, Bytes)> {
-    let mut state = observer.state.lock();
+fn received(observer: &ClientSession, now: Instant) -> Vec<(String, Bytes)> {
+    let mut state = observer.session().state.lock();
     std::iter::from_fn(|| state.pop_queued(now))
         .map(|d| (d.message.topic.to_string(), d.message.payload.clone()))
         .collect()
 }
 
 fn mqtt_publish(broker: &Broker, topic: &str, payload: &'static [u8], qos: QoS, now: Instant) {
-    broker.publish(Arc::new(Routed::new(
-        ByteString::from(topic),
-        Bytes::from_static(payload),
-        qos,
-        false,
-        now,
-    )));
+    let _ = testing::route(
+        broker,
+        Routed::new(
+            ByteString::from(topic),
+            Bytes::from_static(payload),
+            qos,
+            false,
+            now,
+        ),
+    );
 }
 
 fn publish(
@@ -1444,4 +1443,436 @@ fn unreadable_stored_topic_ids_start_an_empty_registry() {
             ..
         }]
     ));
+}
+
+// ---- the client-session layer: every refusal in MQTT-SN's terms ----------------------------
+
+/// Authentication and authorization decided by plain functions, so each test states its rule.
+struct Rules {
+    admit: fn(&ClientInfo) -> bool,
+    allow: fn(&ClientInfo, Action, &str) -> bool,
+}
+
+impl Authenticator for Rules {
+    fn authenticate(&self, client: &ClientInfo) -> AuthOutcome {
+        if (self.admit)(client) {
+            AuthOutcome::Allow
+        } else {
+            AuthOutcome::Deny(DenyReason::NotAuthorized)
+        }
+    }
+}
+
+impl Authorizer for Rules {
+    fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {
+        (self.allow)(client, action, topic)
+    }
+}
+
+fn broker_with(rules: Rules, now: Instant) -> Arc<Broker> {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let rules = Arc::new(rules);
+    Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth {
+            authenticator: rules.clone(),
+            authorizer: rules,
+        },
+        now,
+    ))
+}
+
+fn connack(return_code: ReturnCode) -> Vec<Message> {
+    vec![Message::ConnAck { return_code }]
+}
+
+fn register(sn: &mut Sn, topic: &str, msg_id: u16, now: Instant) -> u16 {
+    let replies = sn.send(
+        Message::Register {
+            topic_id: 0,
+            msg_id,
+            topic_name: ByteString::from(topic),
+        },
+        now,
+    );
+    match replies.as_slice() {
+        [Message::RegAck {
+            topic_id,
+            return_code: ReturnCode::ACCEPTED,
+            ..
+        }] => *topic_id,
+        other => panic!("REGISTER {topic}: {other:?}"),
+    }
+}
+
+fn sn_key(client_id: &str) -> SessionKey {
+    SessionKey {
+        namespace: MQTTSN_NAMESPACE,
+        client_id: Arc::from(client_id),
+    }
+}
+
+#[test]
+fn another_users_session_is_refused_and_left_to_its_owner() {
+    let now = Instant::now();
+    let broker = broker(now);
+    // MQTT-SN carries no user name: the gateway makes one of the peer's address.
+    let mut by_host = (*settings()).clone();
+    by_host.clientinfo_override.username = "${peerhost}".to_owned();
+    let by_host = Arc::new(by_host);
+    let owner_at = SocketAddr::from(([10, 0, 0, 1], 5000));
+    let intruder_at = SocketAddr::from(([10, 0, 0, 2], 5000));
+
+    let mut owner = Sn::at(&broker, by_host.clone(), Some(owner_at), now);
+    assert_eq!(
+        owner.send(connect_message("dev1", false, false, 30), now),
+        connack(ReturnCode::ACCEPTED)
+    );
+    let topic_id = owner.subscribe("own/1", Qos::One, now);
+    owner.send(Message::Disconnect { duration: None }, now);
+    assert!(owner.closed);
+    mqtt_publish(&broker, "own/1", b"queued", QoS::AtLeastOnce, now);
+
+    // Neither resuming it nor starting it clean: both would take it from its owner.
+    for clean in [false, true] {
+        let mut intruder = Sn::at(&broker, by_host.clone(), Some(intruder_at), now);
+        assert_eq!(
+            intruder.send(connect_message("dev1", clean, false, 30), now),
+            connack(ReturnCode::NOT_SUPPORTED),
+            "clean = {clean}"
+        );
+        assert!(intruder.closed);
+    }
+    let session = broker
+        .session(&sn_key("dev1"))
+        .expect("the owner's session");
+    {
+        let state = session.state.lock();
+        assert_eq!(state.subscriptions.len(), 1);
+        assert_eq!(state.queue_len(), 1);
+    }
+
+    // The owner resumes it whole: its subscription, its topic id and its queued message.
+    let mut owner = Sn::at(&broker, by_host, Some(owner_at), now);
+    let replies = owner.send(connect_message("dev1", false, false, 30), now);
+    let [Message::ConnAck {
+        return_code: ReturnCode::ACCEPTED,
+    }, Message::Publish {
+        topic_id: sent_id,
+        data,
+        ..
+    }] = replies.as_slice()
+    else {
+        panic!("{replies:?}")
+    };
+    assert_eq!((*sent_id, &data[..]), (topic_id, &b"queued"[..]));
+}
+
+#[test]
+fn a_client_id_that_would_widen_its_mountpoint_is_refused_before_the_will_handshake() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let obs = observer(&broker, "#", now);
+    let mut mounted = (*settings()).clone();
+    mounted.mountpoint = "sn/${clientid}/".to_owned();
+    let mounted = Arc::new(mounted);
+    for client_id in ["a/b", "a+", "#", "${clientid}"] {
+        for will in [false, true] {
+            let mut sn = Sn::with_settings(&broker, mounted.clone(), now);
+            assert_eq!(
+                sn.send(connect_message(client_id, true, will, 30), now),
+                connack(ReturnCode::NOT_SUPPORTED),
+                "{client_id:?}, will = {will}"
+            );
+            assert!(sn.closed);
+            assert!(broker.session(&sn_key(client_id)).is_none());
+        }
+    }
+    // A plain id connects, and publishes and subscribes under its own mountpoint.
+    let mut sn = Sn::with_settings(&broker, mounted, now);
+    assert_eq!(
+        sn.send(connect_message("ok", true, false, 30), now),
+        connack(ReturnCode::ACCEPTED)
+    );
+    let id = register(&mut sn, "up", 1, now);
+    assert!(sn
+        .send(publish(id, TopicIdType::Normal, Qos::Zero, 0, b"x"), now)
+        .is_empty());
+    assert_eq!(
+        received(&obs, now),
+        vec![("sn/ok/up".into(), Bytes::from_static(b"x"))]
+    );
+}
+
+#[test]
+fn the_will_is_given_as_written_mounted_and_dropped_if_not_authorized() {
+    let now = Instant::now();
+    let broker = broker_with(
+        Rules {
+            admit: |_| true,
+            allow: |_, _, topic| !topic.starts_with("secret/"),
+        },
+        now,
+    );
+    let obs = observer(&broker, "#", now);
+    let mut mounted = (*settings()).clone();
+    mounted.mountpoint = "sn/${clientid}/".to_owned();
+    let mounted = Arc::new(mounted);
+    for (client_id, will_topic) in [("w1", "will/t"), ("w2", "secret/will")] {
+        let mut sn = Sn::with_settings(&broker, mounted.clone(), now);
+        assert_eq!(
+            sn.send(connect_message(client_id, true, true, 10), now),
+            vec![Message::WillTopicReq]
+        );
+        assert_eq!(
+            sn.send(
+                Message::WillTopic(Some(WillTopic {
+                    flags: Flags {
+                        qos: Qos::One,
+                        ..Flags::default()
+                    },
+                    topic: ByteString::from(will_topic),
+                })),
+                now
+            ),
+            vec![Message::WillMsgReq]
+        );
+        // Accepted either way: a will that may not be published is dropped, not refused.
+        assert_eq!(
+            sn.send(
+                Message::WillMsg {
+                    payload: Bytes::from_static(b"gone"),
+                },
+                now
+            ),
+            connack(ReturnCode::ACCEPTED),
+            "{will_topic}"
+        );
+        sn.tick(now + Duration::from_secs(15));
+        assert!(sn.closed);
+    }
+    // A will no message could ever be published to refuses the connection.
+    let mut sn = Sn::with_settings(&broker, mounted, now);
+    sn.send(connect_message("w3", true, true, 10), now);
+    sn.send(
+        Message::WillTopic(Some(WillTopic {
+            flags: Flags::default(),
+            topic: ByteString::from("will/+"),
+        })),
+        now,
+    );
+    assert_eq!(
+        sn.send(
+            Message::WillMsg {
+                payload: Bytes::from_static(b"never"),
+            },
+            now
+        ),
+        connack(ReturnCode::NOT_SUPPORTED)
+    );
+    assert!(sn.closed);
+    assert_eq!(
+        received(&obs, now),
+        vec![("sn/w1/will/t".into(), Bytes::from_static(b"gone"))]
+    );
+}
+
+#[test]
+fn publishing_to_sys_is_refused() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let obs = observer(&broker, "$SYS/#", now);
+    let mut with_sys = (*settings()).clone();
+    with_sys.predefined = Predefined::new([(2, "$SYS/broker/fake".to_owned())]);
+    let with_sys = Arc::new(with_sys);
+    let mut sn = Sn::with_settings(&broker, with_sys.clone(), now);
+    assert_eq!(
+        sn.send(connect_message("sys", true, false, 30), now),
+        connack(ReturnCode::ACCEPTED)
+    );
+    let id = register(&mut sn, "$SYS/broker/uptime", 1, now);
+    for (qos, msg_id) in [(Qos::Zero, 0), (Qos::One, 2), (Qos::Two, 3)] {
+        assert_eq!(
+            sn.send(publish(id, TopicIdType::Normal, qos, msg_id, b"fake"), now),
+            vec![puback(id, msg_id, ReturnCode::NOT_SUPPORTED)],
+            "{qos:?}"
+        );
+    }
+    assert_eq!(
+        sn.send(
+            publish(2, TopicIdType::Predefined, Qos::One, 4, b"fake"),
+            now
+        ),
+        vec![puback(2, 4, ReturnCode::NOT_SUPPORTED)]
+    );
+    assert_eq!(
+        sn.send(
+            Message::WillTopicUpd(Some(WillTopic {
+                flags: Flags::default(),
+                topic: ByteString::from("$SYS/will"),
+            })),
+            now
+        ),
+        vec![Message::WillTopicResp {
+            return_code: ReturnCode::NOT_SUPPORTED
+        }]
+    );
+    // Nor as a will, which is dropped: the client is accepted, and lost without a trace.
+    let mut willing = Sn::with_settings(&broker, with_sys.clone(), now);
+    willing.send(connect_message("willing", true, true, 10), now);
+    willing.send(
+        Message::WillTopic(Some(WillTopic {
+            flags: Flags::default(),
+            topic: ByteString::from("$SYS/will"),
+        })),
+        now,
+    );
+    assert_eq!(
+        willing.send(
+            Message::WillMsg {
+                payload: Bytes::from_static(b"fake"),
+            },
+            now
+        ),
+        connack(ReturnCode::ACCEPTED)
+    );
+    willing.tick(now + Duration::from_secs(15));
+    assert!(willing.closed);
+    // Nor without a connection.
+    let mut neg = Sn::with_settings(&broker, with_sys, now);
+    neg.send(
+        publish(2, TopicIdType::Predefined, Qos::MinusOne, 0, b"fake"),
+        now,
+    );
+    assert!(neg.closed);
+    assert!(received(&obs, now).is_empty());
+}
+
+#[test]
+fn acl_denied_publish_and_subscribe_are_refused_with_nothing_delivered() {
+    let now = Instant::now();
+    let broker = broker_with(
+        Rules {
+            admit: |_| true,
+            allow: |_, _, topic| !topic.starts_with("secret/"),
+        },
+        now,
+    );
+    let obs = observer(&broker, "#", now);
+    let mut with_secret = (*settings()).clone();
+    with_secret.predefined = Predefined::new([(2, "secret/pre".to_owned())]);
+    let with_secret = Arc::new(with_secret);
+    let mut sn = Sn::with_settings(&broker, with_secret.clone(), now);
+    assert_eq!(
+        sn.send(connect_message("acl", true, false, 30), now),
+        connack(ReturnCode::ACCEPTED)
+    );
+    assert!(matches!(
+        sn.send(
+            Message::Subscribe {
+                flags: Flags {
+                    qos: Qos::One,
+                    ..Flags::default()
+                },
+                msg_id: 1,
+                topic: TopicRef::Name(ByteString::from("secret/x")),
+            },
+            now
+        )
+        .as_slice(),
+        [Message::SubAck {
+            msg_id: 1,
+            return_code: ReturnCode::NOT_SUPPORTED,
+            ..
+        }]
+    ));
+    let id = register(&mut sn, "secret/x", 2, now);
+    for (qos, msg_id) in [(Qos::Zero, 0), (Qos::One, 3), (Qos::Two, 4)] {
+        assert_eq!(
+            sn.send(publish(id, TopicIdType::Normal, qos, msg_id, b"leak"), now),
+            vec![puback(id, msg_id, ReturnCode::NOT_SUPPORTED)],
+            "{qos:?}"
+        );
+    }
+    // The refused subscription delivers nothing either.
+    mqtt_publish(&broker, "secret/x", b"from mqtt", QoS::AtLeastOnce, now);
+    assert!(sn.wake(now).is_empty());
+    // QoS -1 is authorized like any publish.
+    let mut neg = Sn::with_settings(&broker, with_secret, now);
+    neg.send(
+        publish(2, TopicIdType::Predefined, Qos::MinusOne, 0, b"leak"),
+        now,
+    );
+    assert_eq!(
+        received(&obs, now),
+        vec![("secret/x".into(), Bytes::from_static(b"from mqtt"))],
+        "only the MQTT client's own message"
+    );
+}
+
+#[test]
+fn qos_minus_one_goes_through_a_session_that_ends_with_the_datagram() {
+    let now = Instant::now();
+    let broker = broker_with(
+        Rules {
+            // Seen with the gateway's override, as every MQTT-SN client is.
+            admit: |client| client.protocol == "mqtt" || &*client.client_id == "sn-NegQoS-Client",
+            allow: |_, _, _| true,
+        },
+        now,
+    );
+    let obs = observer(&broker, "#", now);
+    let sessions = broker.session_count();
+    let mut overridden = (*settings()).clone();
+    overridden.clientinfo_override.clientid = "sn-${clientid}".to_owned();
+    overridden.mountpoint = "m/${clientid}/".to_owned();
+    let mut neg = Sn::with_settings(&broker, Arc::new(overridden), now);
+    neg.send(
+        publish(1, TopicIdType::Predefined, Qos::MinusOne, 0, b"neg"),
+        now,
+    );
+    assert!(neg.closed);
+    assert_eq!(
+        received(&obs, now),
+        vec![(
+            "m/sn-NegQoS-Client/pre/one".into(),
+            Bytes::from_static(b"neg")
+        )]
+    );
+    assert_eq!(broker.session_count(), sessions, "no session left behind");
+    // Without the override the authenticator refuses it: nothing is published.
+    let mut plain = Sn::new(&broker, now);
+    plain.send(
+        publish(1, TopicIdType::Predefined, Qos::MinusOne, 0, b"no"),
+        now,
+    );
+    assert!(plain.closed);
+    assert!(received(&obs, now).is_empty());
+    assert_eq!(broker.session_count(), sessions);
+}
+
+#[test]
+fn a_publish_that_reaches_a_receiver_behind_asks_the_driver_to_yield() {
+    let now = Instant::now();
+    // A queue long enough to fall behind by more than one drain's worth (1,024).
+    let config =
+        gateway_config::Config::from_toml_str("[mqtt]\nmax_queued_messages = 2000").unwrap();
+    let broker = Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth::allow_all(),
+        now,
+    ));
+    // Connected, never drained.
+    let _slow = observer(&broker, "#", now);
+    let mut sn = Sn::connect(&broker, "fast", true, now);
+    let id = register(&mut sn, "flood", 1, now);
+    let mut asked = 0;
+    for _ in 0..1_100 {
+        sn.send(publish(id, TopicIdType::Normal, Qos::Zero, 0, b"x"), now);
+        asked += usize::from(sn.channel.take_yield_request());
+    }
+    assert!(asked > 0, "the receiver's backlog never asked for a yield");
+    assert!(!sn.channel.take_yield_request(), "asked once per publish");
 }

@@ -267,7 +267,7 @@ pub struct Lwm2mChannel {
     /// order; a retransmission of a request held here is not served again.
     held_answers: HeldReplies<HeldAnswer>,
     held_message_ids: HashSet<u16>,
-    /// Events of this registration refused by the broker (logged once each registration).
+    /// Events of this registration the broker refused; the first is logged.
     refused_events: u64,
     queue: VecDeque<Queued>,
     in_flight: Option<InFlight>,
@@ -327,10 +327,15 @@ impl Lwm2mChannel {
     }
 
     pub fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        let inbound = self.exchange.receive(&datagram, now, out);
         // Every message from the device keeps its registration alive (as EMQX does) and
-        // opens the queue-mode window.
-        self.last_received = now;
-        let flow = match self.exchange.receive(&datagram, now, out) {
+        // opens the queue-mode window; a request only once honoured, since a refused one
+        // (a register with a wrong password, an update of another location) may come from
+        // anyone who names the endpoint.
+        if !matches!(inbound, Inbound::Request(_)) {
+            self.last_received = now;
+        }
+        let flow = match inbound {
             Inbound::Request(request) => self.handle_request(request, out, now),
             Inbound::Acknowledged { tag, response } => {
                 let Sent::Command(sequence) = tag;
@@ -522,7 +527,10 @@ impl Lwm2mChannel {
             _ => Err(Refusal::NotFound),
         };
         let (response, ticket) = match outcome {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                self.last_received = now;
+                answer
+            }
             Err(refusal) => {
                 tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
                 (
@@ -1204,8 +1212,8 @@ impl Lwm2mChannel {
 
     /// Publishes an event of the gateway's own (a command's answer, a notification, `ack`,
     /// `coap_timeout`): no request of the device waits on it, as the message layer
-    /// acknowledged the device's answer already, so its ticket has nothing to hold and a
-    /// refusal (not authorized, store full) is counted, logged once per registration.
+    /// acknowledged the device's answer already, so its ticket has nothing to hold, and a
+    /// refusal (not authorized, store full) drops the event, logged once per registration.
     fn publish(&mut self, topic: &Topic, body: &Json, now: Instant) {
         let Some(session) = &self.session else {
             return;

@@ -4,7 +4,7 @@
 //! the device's session in namespace `lwm2m` subscribed to its command topic, commands
 //! sent one at a time with the rest queued, observations, and LwM2M 1.1 Send.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,13 +15,14 @@ use adapter_kit::coap::{
 };
 use bytes::Bytes;
 use gateway_config::{AutoObserve, Lwm2mConfig, UpdatePublishCondition};
-use mqtt_core::auth::{Action, AuthOutcome, ClientInfo};
-use mqtt_core::broker::{Broker, ConnectRequest, WillDisposition};
-use mqtt_core::codec::{QoS, SubscriptionOptions};
-use mqtt_core::message::Message as RoutedMessage;
-use mqtt_core::mountpoint::Mountpoint;
+use mqtt_core::broker::{Broker, WillDisposition};
+use mqtt_core::client::{
+    ClientSession, ConnectRefused, OpenSession, Presented, PublishPermit, PublishRefused,
+};
+use mqtt_core::codec::{PublishProperties, QoS, SubscriptionOptions};
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use mqtt_core::session::{ConnControl, Wakeup};
+use mqtt_core::storage::{HeldReplies, Ticket};
 use serde_json::{json, Map, Value as Json};
 
 use crate::command::{self, Command, CommandError, Operation};
@@ -64,7 +65,7 @@ pub struct Settings {
     pub qmode_time_window: Duration,
     pub auto_observe: AutoObserveMode,
     pub publish_update_always: bool,
-    pub mountpoint: String,
+    pub mountpoint: Arc<str>,
     pub command: Topic,
     pub response: Topic,
     pub notify: Topic,
@@ -123,7 +124,7 @@ impl Settings {
             auto_observe,
             publish_update_always: config.update_msg_publish_condition
                 == UpdatePublishCondition::Always,
-            mountpoint: listener_config.mountpoint_or(&config.mountpoint).to_owned(),
+            mountpoint: Arc::from(listener_config.mountpoint_or(&config.mountpoint)),
             command: topic(&t.command),
             response: topic(&t.response),
             notify: topic(&t.notify),
@@ -140,6 +141,9 @@ impl Settings {
         }
     }
 }
+
+/// The answer to a device's request, and the store ticket it waits for.
+type Answer = (Packet, Option<Ticket>);
 
 /// What a confirmable message of ours was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,10 +190,17 @@ enum Refusal {
     BadRequest(&'static str),
     #[error("authentication failed")]
     Unauthorized,
+    /// Right credentials, but not for this: another user's session, or a topic the device
+    /// may not publish or subscribe to.
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("no such registration")]
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The store is full: an event the operator asked to keep (QoS 1/2) cannot be.
+    #[error("store full")]
+    StoreFull,
 }
 
 impl Refusal {
@@ -197,22 +208,67 @@ impl Refusal {
         match self {
             Refusal::BadRequest(_) => ResponseType::BadRequest,
             Refusal::Unauthorized => ResponseType::Unauthorized,
+            Refusal::Forbidden(_) => ResponseType::Forbidden,
             Refusal::NotFound => ResponseType::NotFound,
             Refusal::MethodNotAllowed => ResponseType::MethodNotAllowed,
+            Refusal::StoreFull => ResponseType::ServiceUnavailable,
         }
     }
+}
+
+impl From<ConnectRefused> for Refusal {
+    fn from(refused: ConnectRefused) -> Refusal {
+        match refused {
+            ConnectRefused::BadCredentials | ConnectRefused::NotAuthorized => Refusal::Unauthorized,
+            ConnectRefused::SessionOwnedByAnother => {
+                Refusal::Forbidden("registration belongs to another user")
+            }
+            ConnectRefused::UnsafeMountpoint(_) => Refusal::BadRequest("unsafe endpoint name"),
+            ConnectRefused::ClientIdInvalid | ConnectRefused::WillInvalid(..) => {
+                Refusal::BadRequest("invalid queries")
+            }
+        }
+    }
+}
+
+impl From<PublishRefused> for Refusal {
+    fn from(refused: PublishRefused) -> Refusal {
+        match refused {
+            PublishRefused::Invalid(_, why) => Refusal::BadRequest(why),
+            PublishRefused::SysTopic | PublishRefused::NotAuthorized => {
+                Refusal::Forbidden("publish not authorized")
+            }
+            PublishRefused::StoreFull => Refusal::StoreFull,
+        }
+    }
+}
+
+/// An answer to the device that confirms an event it caused, sent once the event is
+/// durable.
+#[derive(Debug)]
+struct HeldAnswer {
+    request: Packet,
+    response: Packet,
 }
 
 pub struct Lwm2mChannel {
     broker: Arc<Broker>,
     settings: Arc<Settings>,
     peer: Option<SocketAddr>,
+    wakeup: Arc<dyn Wakeup>,
+    /// The connection of the current registration's session; each registration gets its
+    /// own, so one that replaces another is not closed by taking the old session over.
     control: Arc<ConnControl>,
     exchange: Exchange<Sent>,
     last_received: Instant,
     registration: Option<Registration>,
-    client: Option<ClientInfo>,
-    session: Option<Arc<SessionCell>>,
+    session: Option<ClientSession>,
+    /// Answers to register, update and Send that wait until their event is durable, in
+    /// order; a retransmission of a request held here is not served again.
+    held_answers: HeldReplies<HeldAnswer>,
+    held_message_ids: HashSet<u16>,
+    /// Events of this registration the broker refused; the first is logged.
+    refused_events: u64,
     queue: VecDeque<Queued>,
     in_flight: Option<InFlight>,
     next_sequence: u64,
@@ -229,18 +285,21 @@ impl Lwm2mChannel {
         seed: u64,
         now: Instant,
     ) -> Lwm2mChannel {
-        let control = ConnControl::new(broker.next_connection_id(), wakeup);
+        let control = ConnControl::new(broker.next_connection_id(), wakeup.clone());
         let exchange = Exchange::new(settings.transmission.clone(), seed);
         Lwm2mChannel {
             broker,
             settings,
             peer,
+            wakeup,
             control,
             exchange,
             last_received: now,
             registration: None,
-            client: None,
             session: None,
+            held_answers: HeldReplies::default(),
+            held_message_ids: HashSet::new(),
+            refused_events: 0,
             queue: VecDeque::new(),
             in_flight: None,
             next_sequence: 0,
@@ -268,10 +327,15 @@ impl Lwm2mChannel {
     }
 
     pub fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        let inbound = self.exchange.receive(&datagram, now, out);
         // Every message from the device keeps its registration alive (as EMQX does) and
-        // opens the queue-mode window.
-        self.last_received = now;
-        let flow = match self.exchange.receive(&datagram, now, out) {
+        // opens the queue-mode window; a request only once honoured, since a refused one
+        // (a register with a wrong password, an update of another location) may come from
+        // anyone who names the endpoint.
+        if !matches!(inbound, Inbound::Request(_)) {
+            self.last_received = now;
+        }
+        let flow = match inbound {
             Inbound::Request(request) => self.handle_request(request, out, now),
             Inbound::Acknowledged { tag, response } => {
                 let Sent::Command(sequence) = tag;
@@ -296,12 +360,20 @@ impl Lwm2mChannel {
         if flow == Flow::Close {
             return Flow::Close;
         }
-        if self.registration.is_none() && self.exchange.in_flight() == 0 {
-            // A peer that never registered holds nothing worth keeping.
+        self.release_held_answers(out, now);
+        if self.holds_nothing() {
             return Flow::Close;
         }
         self.send_next(out, now);
         Flow::Continue
+    }
+
+    /// No registration, nothing of ours in flight and no answer owed: a peer that never
+    /// registered, or one that de-registered, has nothing worth keeping.
+    fn holds_nothing(&self) -> bool {
+        self.registration.is_none()
+            && self.exchange.in_flight() == 0
+            && self.held_answers.is_empty()
     }
 
     pub fn handle_wakeup(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
@@ -310,6 +382,10 @@ impl Lwm2mChannel {
                 reason = reason.0,
                 "registration taken over or closed by the broker"
             );
+            return Flow::Close;
+        }
+        self.release_held_answers(out, now);
+        if self.holds_nothing() {
             return Flow::Close;
         }
         self.take_commands(now);
@@ -377,19 +453,62 @@ impl Lwm2mChannel {
         self.in_flight = None;
         self.registration = None;
         if let Some(session) = self.session.take() {
-            self.broker.disconnect(
-                &session,
-                self.control.conn_id,
-                WillDisposition::Discard,
-                now,
-            );
+            session.close(WillDisposition::Discard, now);
         }
-        self.client = None;
+    }
+
+    /// Sends `response` to `request` once `ticket` (the store batch of the event the
+    /// request caused) is durable, and never before an answer held for an earlier request.
+    /// The answer stays piggybacked: the store commits well within the device's
+    /// ACK_TIMEOUT, and a retransmission meanwhile is dropped, not served twice.
+    fn answer_durably(
+        &mut self,
+        request: Packet,
+        response: Packet,
+        ticket: Option<Ticket>,
+        out: &mut Vec<Bytes>,
+        now: Instant,
+    ) {
+        let message_id = request.header.message_id;
+        let wakeup = &self.wakeup;
+        let held = HeldAnswer { request, response };
+        match self
+            .held_answers
+            .hold(held, ticket, self.broker.store().as_ref(), || {
+                wakeup.clone()
+            }) {
+            Some(held) => self.respond(&held.request, held.response, out, now),
+            None => {
+                self.held_message_ids.insert(message_id);
+            }
+        }
+    }
+
+    fn release_held_answers(&mut self, out: &mut Vec<Bytes>, now: Instant) {
+        let store = self.broker.store().clone();
+        while let Some(held) = self.held_answers.pop_due(store.as_ref()) {
+            self.held_message_ids
+                .remove(&held.request.header.message_id);
+            self.respond(&held.request, held.response, out, now);
+        }
+    }
+
+    fn respond(&mut self, request: &Packet, response: Packet, out: &mut Vec<Bytes>, now: Instant) {
+        if let Err(error) = self.exchange.respond(request, response, now, out) {
+            tracing::warn!(%error, "response not sent");
+        }
     }
 
     // ---- the registration interface ------------------------------------------------------
 
     fn handle_request(&mut self, request: Request, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if self
+            .held_message_ids
+            .contains(&request.packet.header.message_id)
+        {
+            tracing::debug!("retransmission of a request whose answer waits for the store");
+            return Flow::Continue;
+        }
         let segments: Vec<String> = request
             .packet
             .get_option(CoapOption::UriPath)
@@ -397,33 +516,42 @@ impl Lwm2mChannel {
             .flatten()
             .map(|segment| String::from_utf8_lossy(segment).into_owned())
             .collect();
-        let mut close = false;
         let outcome = match (request.method, segments.as_slice()) {
             (RequestType::Post, [rd]) if rd == "rd" => self.register(&request.packet, now),
-            (RequestType::Post, [rd, ep]) if rd == "rd" => self.update(&request.packet, ep, now),
-            (RequestType::Delete, [rd, ep]) if rd == "rd" => self.deregister(ep, &mut close, now),
+            (RequestType::Post, [rd, location]) if rd == "rd" => {
+                self.update(&request.packet, location, now)
+            }
+            (RequestType::Delete, [rd, location]) if rd == "rd" => self.deregister(location, now),
             (RequestType::Post, [dp]) if dp == "dp" => self.send_operation(&request.packet, now),
             (_, [rd, ..]) if rd == "rd" || rd == "dp" => Err(Refusal::MethodNotAllowed),
             _ => Err(Refusal::NotFound),
         };
-        let response = match outcome {
-            Ok(response) => response,
+        let (response, ticket) = match outcome {
+            Ok(answer) => {
+                self.last_received = now;
+                answer
+            }
             Err(refusal) => {
                 tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
-                reply(refusal.code(), refusal.to_string().into_bytes())
+                (
+                    reply(refusal.code(), refusal.to_string().into_bytes()),
+                    None,
+                )
             }
         };
-        if let Err(error) = self.exchange.respond(&request.packet, response, now, out) {
-            tracing::warn!(%error, "response not sent");
-        }
-        if close {
-            Flow::Close
-        } else {
-            Flow::Continue
-        }
+        self.answer_durably(request.packet, response, ticket, out, now);
+        Flow::Continue
     }
 
-    fn register(&mut self, packet: &Packet, now: Instant) -> Result<Packet, Refusal> {
+    /// Whether `location` (`/rd/{location}`) names the registration this channel holds:
+    /// only its holder updates or ends a registration.
+    fn holds_location(&self, location: &str) -> bool {
+        self.registration
+            .as_ref()
+            .is_some_and(|registration| registration.endpoint == location)
+    }
+
+    fn register(&mut self, packet: &Packet, now: Instant) -> Result<Answer, Refusal> {
         let query = queries(packet);
         let endpoint = query
             .get("ep")
@@ -467,9 +595,26 @@ impl Lwm2mChannel {
         );
         info.insert("objectList".into(), object_list.clone().into());
 
+        // Checked and opened before anything this channel holds is touched: a refused
+        // register (wrong password, unsafe endpoint name, another user's session) leaves
+        // the registration of whoever holds it as it was.
+        let (session, control) =
+            self.open_session(&client_id, &endpoint, username, password, now)?;
         // A second registration on a live channel starts over.
         self.end_registration(now);
-        let client = self.authenticate(&client_id, &endpoint, username, password)?;
+        self.control = control;
+        self.session = Some(session);
+        self.refused_events = 0;
+        let permit = match self
+            .subscribe_commands(now)
+            .and_then(|()| self.permit_event(&self.settings.register))
+        {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                self.end_registration(now);
+                return Err(refusal);
+            }
+        };
         let binding = query.get("b").map(String::as_str).unwrap_or("U");
         let registration = Registration {
             lifetime: self.clamp_lifetime(lifetime),
@@ -480,7 +625,6 @@ impl Lwm2mChannel {
             object_list,
             info,
         };
-        self.open_session(client, now);
         tracing::Span::current().record("client_id", endpoint.as_str());
         tracing::info!(
             lifetime = registration.lifetime.as_secs(),
@@ -491,14 +635,13 @@ impl Lwm2mChannel {
         let event =
             json!({ "msgType": "register", "data": Json::Object(registration.info.clone()) });
         self.registration = Some(registration);
-        self.subscribe_commands(now);
-        self.publish(&self.settings.register.clone(), &event, now);
+        let ticket = self.publish_permitted(permit, &event, now);
         self.auto_observe(now);
 
         let mut response = reply(ResponseType::Created, Vec::new());
         response.add_option(CoapOption::LocationPath, b"rd".to_vec());
         response.add_option(CoapOption::LocationPath, endpoint.into_bytes());
-        Ok(response)
+        Ok((response, ticket))
     }
 
     fn clamp_lifetime(&self, seconds: u64) -> Duration {
@@ -508,7 +651,7 @@ impl Lwm2mChannel {
         Duration::from_secs(seconds).clamp(self.settings.lifetime_min, self.settings.lifetime_max)
     }
 
-    fn update(&mut self, packet: &Packet, endpoint: &str, now: Instant) -> Result<Packet, Refusal> {
+    fn update(&mut self, packet: &Packet, location: &str, now: Instant) -> Result<Answer, Refusal> {
         let clamp = |this: &Self, lt| this.clamp_lifetime(lt);
         let lifetime = match queries(packet).get("lt") {
             None => None,
@@ -524,11 +667,16 @@ impl Lwm2mChannel {
             Some(parse_object_list(&packet.payload)?)
         };
         let query = queries(packet);
-        let Some(registration) = self
-            .registration
-            .as_mut()
-            .filter(|registration| registration.endpoint == endpoint)
-        else {
+        if !self.holds_location(location) {
+            return Err(Refusal::NotFound);
+        }
+        // Refused, the update changes nothing.
+        let permit = if self.settings.publish_update_always || object_list.is_some() {
+            Some(self.permit_event(&self.settings.update)?)
+        } else {
+            None
+        };
+        let Some(registration) = self.registration.as_mut() else {
             return Err(Refusal::NotFound);
         };
         let mut changed = Map::new();
@@ -553,7 +701,6 @@ impl Lwm2mChannel {
             registration.alternate_path = alternate_path;
             registration.object_list = objects;
         }
-        let has_object_list = changed.contains_key("objectList");
         for (key, value) in changed {
             registration.info.insert(key, value);
         }
@@ -562,32 +709,26 @@ impl Lwm2mChannel {
             lifetime = registration.lifetime.as_secs(),
             "registration updated"
         );
-        if self.settings.publish_update_always || has_object_list {
-            self.publish(&self.settings.update.clone(), &event, now);
-        }
-        Ok(reply(ResponseType::Changed, Vec::new()))
+        let ticket = permit.and_then(|permit| self.publish_permitted(permit, &event, now));
+        Ok((reply(ResponseType::Changed, Vec::new()), ticket))
     }
 
-    fn deregister(
-        &mut self,
-        endpoint: &str,
-        close: &mut bool,
-        now: Instant,
-    ) -> Result<Packet, Refusal> {
-        if self.registration.as_ref().map(|r| r.endpoint.as_str()) != Some(endpoint) {
+    /// Ends the registration; the channel closes once its answer is sent.
+    fn deregister(&mut self, location: &str, now: Instant) -> Result<Answer, Refusal> {
+        if !self.holds_location(location) {
             return Err(Refusal::NotFound);
         }
         tracing::info!("device de-registered");
         self.end_registration(now);
-        *close = true;
-        Ok(reply(ResponseType::Deleted, Vec::new()))
+        Ok((reply(ResponseType::Deleted, Vec::new()), None))
     }
 
     /// LwM2M 1.1 Send: the values go to the notify topic as msgType `send`.
-    fn send_operation(&mut self, packet: &Packet, now: Instant) -> Result<Packet, Refusal> {
+    fn send_operation(&mut self, packet: &Packet, now: Instant) -> Result<Answer, Refusal> {
         if self.registration.is_none() {
             return Err(Refusal::NotFound);
         }
+        let permit = self.permit_event(&self.settings.notify)?;
         let root = Path::default();
         let content = match command::content_format(packet).and_then(|format| {
             translations::decode(format, &root, &packet.payload, &*self.settings.objects)
@@ -605,83 +746,72 @@ impl Lwm2mChannel {
             "msgType": "send",
             "data": { "reqPath": "/dp", "code": "2.04", "codeMsg": "changed", "content": content },
         });
-        self.publish(&self.settings.notify.clone(), &event, now);
-        Ok(reply(ResponseType::Changed, Vec::new()))
+        let ticket = self.publish_permitted(permit, &event, now);
+        Ok((reply(ResponseType::Changed, Vec::new()), ticket))
     }
 
-    fn authenticate(
+    /// Authenticates the device and opens its session on a connection of its own.
+    fn open_session(
         &self,
         client_id: &str,
         endpoint: &str,
         username: String,
         password: Option<String>,
-    ) -> Result<ClientInfo, Refusal> {
-        if client_id.is_empty()
-            || client_id.len() > self.broker.config.max_client_id_length as usize
-        {
-            return Err(Refusal::BadRequest("invalid queries"));
-        }
-        let template = self
-            .settings
-            .mountpoint
-            .replace("${endpoint_name}", endpoint);
-        let client = ClientInfo {
-            protocol: LWM2M_NAMESPACE,
-            listener: self.settings.listener.clone(),
-            client_id: Arc::from(client_id),
-            mountpoint: Mountpoint::resolve(&template, client_id, Some(&username)),
-            username: Some(username),
-            password: password.map(Bytes::from),
-            peer: self.peer,
+        now: Instant,
+    ) -> Result<(ClientSession, Arc<ConnControl>), Refusal> {
+        let refused = |refused: ConnectRefused| {
+            tracing::info!(%refused, client_id, "registration refused");
+            Refusal::from(refused)
         };
-        match self.broker.auth.authenticator.authenticate(&client) {
-            AuthOutcome::Allow => Ok(ClientInfo {
-                password: None,
-                ..client
-            }),
-            AuthOutcome::Deny(reason) => {
-                tracing::info!(?reason, client_id, "device not authenticated");
-                Err(Refusal::Unauthorized)
-            }
-        }
-    }
-
-    fn open_session(&mut self, client: ClientInfo, now: Instant) {
-        let attached = self.broker.connect(
-            ConnectRequest {
-                key: SessionKey {
-                    namespace: LWM2M_NAMESPACE,
-                    client_id: client.client_id.clone(),
+        // The endpoint name is a value of the mountpoint, never part of its template: one
+        // holding a wildcard, a separator or a placeholder is refused, not substituted.
+        let who = self
+            .broker
+            .authenticate(Presented {
+                protocol: LWM2M_NAMESPACE,
+                listener: self.settings.listener.clone(),
+                client_id: Arc::from(client_id),
+                username: Some(username),
+                password: password.map(Bytes::from),
+                peer: self.peer,
+                mountpoint: self.settings.mountpoint.clone(),
+                mountpoint_values: vec![("endpoint_name", endpoint.to_owned())],
+            })
+            .map_err(refused)?;
+        let control = ConnControl::new(self.broker.next_connection_id(), self.wakeup.clone());
+        let session = self
+            .broker
+            .open_session(
+                who,
+                OpenSession {
+                    clean_start: true,
+                    expiry_interval: 0,
+                    will: None,
+                    control: control.clone(),
                 },
-                clean_start: true,
-                expiry_interval: 0,
-                will: None,
-                control: self.control.clone(),
-            },
-            now,
-        );
-        self.session = Some(attached.session);
-        self.client = Some(client);
+                now,
+            )
+            .map_err(refused)?;
+        Ok((session, control))
     }
 
-    fn subscribe_commands(&mut self, now: Instant) {
-        let (Some(session), Some(client)) = (&self.session, &self.client) else {
-            return;
+    /// A device that cannot receive commands cannot be managed: its registration is
+    /// refused rather than accepted deaf.
+    fn subscribe_commands(&mut self, now: Instant) -> Result<(), Refusal> {
+        let Some(session) = &self.session else {
+            return Err(Refusal::NotFound);
         };
         let options = SubscriptionOptions {
             qos: self.settings.command.qos,
             ..SubscriptionOptions::default()
         };
-        if let Err(reason) = self.broker.subscribe(
-            session,
-            client,
-            &self.settings.command.topic,
-            options,
-            None,
-            now,
-        ) {
-            tracing::warn!(reason = reason.0, topic = %self.settings.command.topic, "command topic not subscribed");
-        }
+        session
+            .subscribe(&self.settings.command.topic, options, None, now)
+            .map(|_| ())
+            .map_err(|reason| {
+                tracing::info!(reason = reason.0, topic = %self.settings.command.topic, "command topic not subscribed");
+                Refusal::Forbidden("command topic not authorized")
+            })
     }
 
     fn auto_observe(&mut self, now: Instant) {
@@ -732,7 +862,7 @@ impl Lwm2mChannel {
 
     /// Moves commands delivered to the session into the device's queue.
     fn take_commands(&mut self, now: Instant) {
-        let Some(session) = self.session.clone() else {
+        let Some(session) = self.session.as_ref().map(|s| s.session().clone()) else {
             return;
         };
         loop {
@@ -809,8 +939,10 @@ impl Lwm2mChannel {
     }
 
     /// Sends the next queued command when none is outstanding and the device listens.
+    /// Nothing goes while an answer to the device is held: a device is not managed before
+    /// it has heard that it is registered.
     fn send_next(&mut self, out: &mut Vec<Bytes>, now: Instant) {
-        while self.in_flight.is_none() && self.reachable(now) {
+        while self.in_flight.is_none() && self.held_answers.is_empty() && self.reachable(now) {
             let Some(queued) = self.queue.pop_front() else {
                 return;
             };
@@ -1045,33 +1177,61 @@ impl Lwm2mChannel {
         }
     }
 
-    fn publish(&self, topic: &Topic, body: &Json, now: Instant) {
-        let Some(client) = &self.client else {
+    /// Checks an event a request of the device causes (register, update, Send): refused,
+    /// so is the request.
+    fn permit_event(&self, topic: &Topic) -> Result<PublishPermit, Refusal> {
+        let Some(session) = &self.session else {
+            return Err(Refusal::NotFound);
+        };
+        session
+            .permit(&topic.topic, topic.qos, false)
+            .map_err(|refused| {
+                tracing::info!(topic = %topic.topic, %refused, "event refused");
+                Refusal::from(refused)
+            })
+    }
+
+    /// Publishes a permitted event; returns the store ticket the device's answer waits for.
+    fn publish_permitted(
+        &self,
+        permit: PublishPermit,
+        body: &Json,
+        now: Instant,
+    ) -> Option<Ticket> {
+        let session = self.session.as_ref()?;
+        let dispatched = session.publish_permitted(
+            permit,
+            Bytes::from(body.to_string()),
+            PublishProperties::default(),
+            now,
+        );
+        // `backlogged` is not acted on: the datagram driver reads one datagram per peer
+        // at a time and has no yield to give, and a device's events are few.
+        dispatched.ticket
+    }
+
+    /// Publishes an event of the gateway's own (a command's answer, a notification, `ack`,
+    /// `coap_timeout`): no request of the device waits on it, as the message layer
+    /// acknowledged the device's answer already, so its ticket has nothing to hold, and a
+    /// refusal (not authorized, store full) drops the event, logged once per registration.
+    fn publish(&mut self, topic: &Topic, body: &Json, now: Instant) {
+        let Some(session) = &self.session else {
             return;
         };
-        if !self.broker.authorize(
-            client,
-            Action::Publish {
-                qos: topic.qos.as_u8(),
-                retain: false,
-            },
+        let result = session.publish(
             &topic.topic,
-        ) {
-            tracing::info!(topic = %topic.topic, "publish not authorized");
-            return;
+            topic.qos,
+            false,
+            Bytes::from(body.to_string()),
+            PublishProperties::default(),
+            now,
+        );
+        if let Err(refused) = result {
+            self.refused_events += 1;
+            if self.refused_events == 1 {
+                tracing::warn!(topic = %topic.topic, %refused, "event not published (further refusals of this registration are not logged)");
+            }
         }
-        let message = RoutedMessage {
-            publisher: self.session.as_ref().map(|s| s.id),
-            publisher_client_id: Some(client.client_id.clone()),
-            ..RoutedMessage::new(
-                client.mount(&topic.topic),
-                Bytes::from(body.to_string()),
-                topic.qos,
-                false,
-                now,
-            )
-        };
-        self.broker.publish(Arc::new(message));
     }
 }
 

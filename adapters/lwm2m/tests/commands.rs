@@ -22,12 +22,14 @@ use adapter_lwm2m::command::uint_option;
 use adapter_lwm2m::{Lwm2mChannel, ObjectRegistry, Settings};
 use bytes::Bytes;
 use bytestring::ByteString;
-use mqtt_core::auth::{Auth, ClientInfo};
-use mqtt_core::broker::{Broker, ConnectRequest};
+use mqtt_core::auth::Auth;
+use mqtt_core::broker::Broker;
+use mqtt_core::client::ClientSession;
 use mqtt_core::codec::{QoS, SubscriptionOptions};
 use mqtt_core::message::Message as Routed;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use mqtt_core::session::Wakeup;
+use mqtt_core::testing;
 use serde_json::{json, Value};
 
 struct NoWakeup;
@@ -61,7 +63,7 @@ fn settings() -> Settings {
 struct Harness {
     broker: Arc<Broker>,
     channel: Lwm2mChannel,
-    watcher: Arc<SessionCell>,
+    watcher: ClientSession,
     next_id: u16,
 }
 
@@ -168,16 +170,19 @@ impl Harness {
         expires_at: Option<Instant>,
         now: Instant,
     ) -> Vec<Packet> {
-        self.broker.publish(Arc::new(Routed {
-            expires_at,
-            ..Routed::new(
-                ByteString::from(format!("lwm2m/{endpoint}/dn/cmd")),
-                Bytes::from(command.to_string()),
-                QoS::AtMostOnce,
-                false,
-                now,
-            )
-        }));
+        let _ = testing::route(
+            &self.broker,
+            Routed {
+                expires_at,
+                ..Routed::new(
+                    ByteString::from(format!("lwm2m/{endpoint}/dn/cmd")),
+                    Bytes::from(command.to_string()),
+                    QoS::AtMostOnce,
+                    false,
+                    now,
+                )
+            },
+        );
         let mut out = Vec::new();
         assert_eq!(self.channel.handle_wakeup(&mut out, now), Flow::Continue);
         decode(out)
@@ -191,7 +196,7 @@ impl Harness {
 
     /// What the gateway published on `up/` since the last look, as (topic, JSON).
     fn published(&self, now: Instant) -> Vec<(String, Value)> {
-        let mut state = self.watcher.state.lock();
+        let mut state = self.watcher.session().state.lock();
         std::iter::from_fn(|| state.pop_queued(now).map(|d| d.message))
             .map(|message| {
                 (
@@ -212,33 +217,19 @@ impl Harness {
     }
 }
 
-fn watch(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<SessionCell> {
-    let attached = broker.connect(
-        ConnectRequest {
-            key: SessionKey {
-                namespace: "mqtt",
-                client_id: Arc::from("application"),
-            },
-            clean_start: true,
-            expiry_interval: 0,
-            will: None,
-            control: ConnControl::new(broker.next_connection_id(), Arc::new(NoWakeup)),
-        },
+fn watch(broker: &Arc<Broker>, filter: &str, now: Instant) -> ClientSession {
+    let watcher = testing::open_session(
+        broker,
+        "mqtt",
+        "application",
+        true,
+        0,
+        Arc::new(NoWakeup),
         now,
-    );
-    let client = ClientInfo {
-        protocol: "mqtt",
-        listener: "tcp:test".into(),
-        client_id: "application".into(),
-        username: None,
-        password: None,
-        peer: None,
-        mountpoint: None,
-    };
-    broker
+    )
+    .unwrap();
+    watcher
         .subscribe(
-            &attached.session,
-            &client,
             filter,
             SubscriptionOptions {
                 qos: QoS::AtLeastOnce,
@@ -248,7 +239,7 @@ fn watch(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<SessionCell> {
             now,
         )
         .unwrap();
-    attached.session
+    watcher
 }
 
 fn decode(out: Vec<Bytes>) -> Vec<Packet> {
@@ -622,7 +613,7 @@ fn invalid_commands_are_answered_4_00_and_the_next_command_still_goes() {
         false,
         now,
     );
-    h.broker.publish(Arc::new(broken));
+    let _ = testing::route(&h.broker, broken);
     let mut out = Vec::new();
     h.channel.handle_wakeup(&mut out, now);
     assert!(out.is_empty());

@@ -214,13 +214,16 @@ fn queue_mode_holds_commands_until_the_device_speaks() {
     // Past qmode_time_window (22 s) the device sleeps: the command waits.
     let later = start + Duration::from_secs(30);
     let command = br#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/0"}}"#;
-    broker.publish(Arc::new(Routed::new(
-        "lwm2m/sleepy/dn/read".into(),
-        Bytes::from_static(command),
-        QoS::AtMostOnce,
-        false,
-        later,
-    )));
+    let _ = mqtt_core::testing::route(
+        &broker,
+        Routed::new(
+            "lwm2m/sleepy/dn/read".into(),
+            Bytes::from_static(command),
+            QoS::AtMostOnce,
+            false,
+            later,
+        ),
+    );
     let mut out = Vec::new();
     channel.handle_wakeup(&mut out, later);
     assert!(out.is_empty());

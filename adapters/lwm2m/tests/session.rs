@@ -1,0 +1,545 @@
+//! Registrations through the client-session layer, on a virtual clock: what a register
+//! that is refused (wrong password, another user's endpoint, an endpoint name that would
+//! widen the mountpoint) must leave alone, which channel may update or end a registration,
+//! and how events the broker refuses (`$SYS`, the ACL, a full store) and events that must
+//! first be durable are answered to the device.
+
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use adapter_kit::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use adapter_lwm2m::{Lwm2mChannel, ObjectRegistry, Settings};
+use bytes::Bytes;
+use mqtt_core::auth::{
+    hash_password, AclAuthorizer, AllowAll, Auth, PasswordAuthenticator, PasswordFile,
+};
+use mqtt_core::broker::Broker;
+use mqtt_core::client::ClientSession;
+use mqtt_core::codec::{QoS, SubscriptionOptions};
+use mqtt_core::message::Message as Routed;
+use mqtt_core::protocol::Flow;
+use mqtt_core::session::Wakeup;
+use mqtt_core::storage::MapStore;
+use mqtt_core::testing;
+
+#[derive(Default)]
+struct CountingWakeup(AtomicUsize);
+
+impl Wakeup for CountingWakeup {
+    fn wake(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn defaults() -> gateway_config::Config {
+    gateway_config::Config::from_toml_str("").expect("defaults")
+}
+
+fn settings() -> Settings {
+    let config = defaults();
+    let listener = gateway_config::UdpListenerConfig {
+        max_packet_size: 1152,
+        ..config.gateway.lwm2m.listeners.udp["default"].clone()
+    };
+    Settings::from_config(
+        Arc::from("udp:test"),
+        &config.gateway.lwm2m,
+        &listener,
+        Arc::new(ObjectRegistry::built_in()),
+    )
+}
+
+fn broker(auth: Auth, now: Instant) -> Arc<Broker> {
+    let config = defaults();
+    Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        auth,
+        now,
+    ))
+}
+
+/// Users `dev` (password `right`) and `mallory` (password `mallory-pw`).
+fn broker_with_users(now: Instant) -> Arc<Broker> {
+    let passwords = format!(
+        "dev:{}\nmallory:{}\n",
+        hash_password("right"),
+        hash_password("mallory-pw")
+    );
+    let users = PasswordFile::parse(&passwords, std::path::Path::new("test.passwd")).unwrap();
+    broker(
+        Auth {
+            authenticator: Arc::new(PasswordAuthenticator::new(Some(users), false)),
+            authorizer: Arc::new(AllowAll),
+        },
+        now,
+    )
+}
+
+/// ACL rules (topics relative to the mountpoint), anything else denied; the test's MQTT
+/// application (client `application`) may subscribe to everything.
+fn broker_with_acl(rules: &str, now: Instant) -> Arc<Broker> {
+    let rules = format!("allow client:application subscribe #\n{rules}");
+    let authorizer = AclAuthorizer::parse(
+        &rules,
+        std::path::Path::new("test.acl"),
+        gateway_config::AclNoMatch::Deny,
+    )
+    .unwrap();
+    broker(
+        Auth {
+            authenticator: Arc::new(AllowAll),
+            authorizer: Arc::new(authorizer),
+        },
+        now,
+    )
+}
+
+fn broker_with_store(store: Arc<MapStore>, now: Instant) -> Arc<Broker> {
+    let config = defaults();
+    Arc::new(
+        Broker::new(
+            config.mqtt.clone(),
+            &config.retainer,
+            Auth::allow_all(),
+            now,
+        )
+        .with_store(store, std::time::SystemTime::now()),
+    )
+}
+
+/// One device's channel, as the datagram driver would make it for one address.
+struct Device {
+    channel: Lwm2mChannel,
+    wakeup: Arc<CountingWakeup>,
+}
+
+impl Device {
+    fn new(broker: &Arc<Broker>, settings: Settings, now: Instant) -> Device {
+        let wakeup = Arc::new(CountingWakeup::default());
+        let channel = Lwm2mChannel::new(
+            broker.clone(),
+            Arc::new(settings),
+            None,
+            wakeup.clone(),
+            3,
+            now,
+        );
+        Device { channel, wakeup }
+    }
+
+    fn send(&mut self, datagram: Bytes, now: Instant) -> (Flow, Vec<Packet>) {
+        let mut out = Vec::new();
+        let flow = self.channel.handle_datagram(datagram, &mut out, now);
+        (flow, decode(out))
+    }
+
+    fn request(
+        &mut self,
+        method: RequestType,
+        path: &[&str],
+        queries: &[&str],
+        payload: &[u8],
+        now: Instant,
+    ) -> (Flow, Vec<Packet>) {
+        self.send(request(method, next_id(), path, queries, payload), now)
+    }
+
+    /// The answer to a register, which must be the only datagram out.
+    fn register(&mut self, queries: &[&str], now: Instant) -> ResponseType {
+        let (_, out) = self.request(RequestType::Post, &["rd"], queries, b"</1/0>,</3/0>", now);
+        assert_eq!(out.len(), 1, "{out:?}");
+        response_code(&out[0])
+    }
+
+    fn wake(&mut self, now: Instant) -> (Flow, Vec<Packet>) {
+        let mut out = Vec::new();
+        let flow = self.channel.handle_wakeup(&mut out, now);
+        (flow, decode(out))
+    }
+
+    /// Routes a read to `endpoint`'s command topic and says whether this device was sent it.
+    fn gets_command_for(&mut self, broker: &Broker, endpoint: &str, now: Instant) -> bool {
+        command_to(broker, endpoint, now);
+        let (_, out) = self.wake(now);
+        out.iter()
+            .any(|packet| packet.header.code == MessageClass::Request(RequestType::Get))
+    }
+}
+
+fn next_id() -> u16 {
+    static NEXT_ID: AtomicU16 = AtomicU16::new(1);
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+fn request(method: RequestType, id: u16, path: &[&str], queries: &[&str], payload: &[u8]) -> Bytes {
+    let mut packet = Packet::new();
+    packet.header.set_type(MessageType::Confirmable);
+    packet.header.code = MessageClass::Request(method);
+    packet.header.message_id = id;
+    packet.set_token(id.to_be_bytes().to_vec());
+    for segment in path {
+        packet.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
+    }
+    for query in queries {
+        packet.add_option(CoapOption::UriQuery, query.as_bytes().to_vec());
+    }
+    packet.payload = payload.to_vec();
+    Bytes::from(packet.to_bytes().unwrap())
+}
+
+fn decode(out: Vec<Bytes>) -> Vec<Packet> {
+    out.iter().map(|d| Packet::from_bytes(d).unwrap()).collect()
+}
+
+fn response_code(packet: &Packet) -> ResponseType {
+    match packet.header.code {
+        MessageClass::Response(code) => code,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
+fn command_to(broker: &Broker, endpoint: &str, now: Instant) {
+    let command = r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/0"}}"#;
+    let _ = testing::route(
+        broker,
+        Routed::new(
+            format!("lwm2m/{endpoint}/dn/cmd").into(),
+            Bytes::from_static(command.as_bytes()),
+            QoS::AtMostOnce,
+            false,
+            now,
+        ),
+    );
+}
+
+/// An MQTT application subscribed to `filter`.
+fn watch(broker: &Arc<Broker>, filter: &str, expiry_interval: u32, now: Instant) -> ClientSession {
+    let watcher = testing::open_session(
+        broker,
+        "mqtt",
+        "application",
+        true,
+        expiry_interval,
+        Arc::new(CountingWakeup::default()),
+        now,
+    )
+    .unwrap();
+    watcher
+        .subscribe(
+            filter,
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..SubscriptionOptions::default()
+            },
+            None,
+            now,
+        )
+        .unwrap();
+    watcher
+}
+
+/// The topics of what `watcher` received since the last look.
+fn received(watcher: &ClientSession, now: Instant) -> Vec<String> {
+    let mut state = watcher.session().state.lock();
+    std::iter::from_fn(|| state.pop_queued(now).map(|d| d.message.topic.to_string())).collect()
+}
+
+#[test]
+fn a_register_with_a_wrong_password_leaves_the_registration_untouched() {
+    let now = Instant::now();
+    let broker = broker_with_users(now);
+    let mut device = Device::new(&broker, settings(), now);
+    let genuine = ["ep=dev", "imei=dev", "password=right"];
+    assert_eq!(device.register(&genuine, now), ResponseType::Created);
+
+    // The datagram driver hands a register naming a registered endpoint to the channel
+    // that holds it, whichever address it came from.
+    let forged = ["ep=dev", "imei=dev", "password=wrong"];
+    assert_eq!(device.register(&forged, now), ResponseType::Unauthorized);
+    assert!(device.channel.registration().is_some());
+    assert!(device.gets_command_for(&broker, "dev", now));
+
+    // From a channel of its own, too.
+    let mut elsewhere = Device::new(&broker, settings(), now);
+    assert_eq!(elsewhere.register(&forged, now), ResponseType::Unauthorized);
+    assert!(elsewhere.channel.registration().is_none());
+    assert!(device.channel.registration().is_some());
+
+    // The device itself registering again starts over and stays reachable.
+    assert_eq!(device.register(&genuine, now), ResponseType::Created);
+    let (_, out) = device.request(RequestType::Post, &["rd", "dev"], &[], &[], now);
+    // The answer to the read sent above (still in flight) is not awaited: registering
+    // again cancelled it.
+    assert_eq!(response_code(&out[0]), ResponseType::Changed);
+    assert!(device.gets_command_for(&broker, "dev", now));
+}
+
+#[test]
+fn another_users_register_of_an_endpoint_is_refused_4_03_and_the_owner_keeps_its_session() {
+    let start = Instant::now();
+    let broker = broker_with_users(start);
+    let mut device = Device::new(&broker, settings(), start);
+    let owner = ["ep=dev", "imei=dev", "password=right", "lt=300", "b=UQ"];
+    assert_eq!(device.register(&owner, start), ResponseType::Created);
+    // Asleep in queue mode: a command waits in the channel.
+    let asleep = start + std::time::Duration::from_secs(60);
+    assert!(!device.gets_command_for(&broker, "dev", asleep));
+    assert_eq!(device.channel.queued_commands(), 1);
+
+    // Right credentials of another user, for the endpoint (and so the client id) `dev`.
+    let intruder = ["ep=dev", "imei=mallory", "password=mallory-pw"];
+    let mut elsewhere = Device::new(&broker, settings(), asleep);
+    assert_eq!(
+        elsewhere.register(&intruder, asleep),
+        ResponseType::Forbidden
+    );
+    assert!(elsewhere.channel.registration().is_none());
+    assert_eq!(device.register(&intruder, asleep), ResponseType::Forbidden);
+
+    let registration = device.channel.registration().unwrap();
+    assert_eq!(registration.endpoint, "dev");
+    assert!(registration.queue_mode);
+    assert_eq!(device.channel.queued_commands(), 1);
+    // The session is still subscribed: a second command is delivered and queued too.
+    assert!(!device.gets_command_for(&broker, "dev", asleep));
+    assert_eq!(device.channel.queued_commands(), 2);
+    let (_, out) = device.request(RequestType::Post, &["rd", "dev"], &[], &[], asleep);
+    assert_eq!(response_code(&out[0]), ResponseType::Changed);
+    assert_eq!(
+        out[1].header.code,
+        MessageClass::Request(RequestType::Get),
+        "the device woke: the first queued command goes"
+    );
+}
+
+#[test]
+fn an_endpoint_name_that_would_widen_the_mountpoint_is_refused_4_00() {
+    let now = Instant::now();
+    let broker = broker(Auth::allow_all(), now);
+    let mut victim = Device::new(&broker, settings(), now);
+    assert_eq!(victim.register(&["ep=victim"], now), ResponseType::Created);
+
+    for queries in [
+        ["ep=${username}", "imei=+"],
+        ["ep=${clientid}", "device_id=+"],
+        // Substituted into the template, these would lead into the victim's prefix.
+        ["ep=${username}", "imei=victim"],
+        ["ep=${clientid}", "device_id=victim"],
+        ["ep=${username}", "imei=#"],
+        ["ep=a/b", "imei=x"],
+        ["ep=+", "imei=x"],
+    ] {
+        let mut attacker = Device::new(&broker, settings(), now);
+        assert_eq!(
+            attacker.register(&queries, now),
+            ResponseType::BadRequest,
+            "{queries:?}"
+        );
+        assert!(attacker.channel.registration().is_none());
+        assert!(
+            !attacker.gets_command_for(&broker, "victim", now),
+            "{queries:?} received the victim's command"
+        );
+    }
+    assert!(victim.gets_command_for(&broker, "victim", now));
+}
+
+#[test]
+fn update_and_deregister_are_honoured_only_by_the_channel_holding_the_registration() {
+    let now = Instant::now();
+    let broker = broker(Auth::allow_all(), now);
+    let mut holder = Device::new(&broker, settings(), now);
+    assert_eq!(holder.register(&["ep=a"], now), ResponseType::Created);
+
+    // A channel that holds no registration, then one that holds another.
+    let mut other = Device::new(&broker, settings(), now);
+    for method in [RequestType::Post, RequestType::Delete] {
+        let (flow, out) = other.request(method, &["rd", "a"], &["lt=20"], &[], now);
+        assert_eq!(response_code(&out[0]), ResponseType::NotFound);
+        assert_eq!(flow, Flow::Close, "it holds nothing");
+    }
+    let mut other = Device::new(&broker, settings(), now);
+    assert_eq!(other.register(&["ep=b"], now), ResponseType::Created);
+    for method in [RequestType::Post, RequestType::Delete] {
+        let (flow, out) = other.request(method, &["rd", "a"], &["lt=20"], &[], now);
+        assert_eq!(response_code(&out[0]), ResponseType::NotFound);
+        assert_eq!(flow, Flow::Continue);
+    }
+    assert_eq!(other.channel.registration().unwrap().endpoint, "b");
+
+    let registration = holder.channel.registration().unwrap();
+    assert_eq!(registration.endpoint, "a");
+    assert_ne!(registration.lifetime.as_secs(), 20);
+    assert!(holder.gets_command_for(&broker, "a", now));
+    // The holder's own de-registration is honoured, once.
+    let (flow, out) = holder.request(RequestType::Delete, &["rd", "a"], &[], &[], now);
+    assert_eq!(response_code(&out[0]), ResponseType::Deleted);
+    assert_eq!(flow, Flow::Close);
+    assert!(!other.gets_command_for(&broker, "a", now));
+}
+
+#[test]
+fn a_mountpoint_that_resolves_into_sys_refuses_the_registration() {
+    let now = Instant::now();
+    let broker = broker(Auth::allow_all(), now);
+    let watcher = watch(&broker, "$SYS/#", 0, now);
+    let mut settings = settings();
+    settings.mountpoint = Arc::from("${endpoint_name}/");
+    let mut device = Device::new(&broker, settings, now);
+    // `$SYS` is a safe value as far as topic levels go, but its events would be the broker's.
+    assert_eq!(device.register(&["ep=$SYS"], now), ResponseType::Forbidden);
+    assert!(device.channel.registration().is_none());
+    assert_eq!(received(&watcher, now), Vec::<String>::new());
+}
+
+#[test]
+fn acl_denials_refuse_what_the_device_asked_for_and_deliver_nothing() {
+    let now = Instant::now();
+
+    // No right to the command topic: a device that cannot be managed is not registered.
+    let broker = broker_with_acl("allow all publish up/#\n", now);
+    let watcher = watch(&broker, "lwm2m/#", 0, now);
+    let mut device = Device::new(&broker, settings(), now);
+    assert_eq!(device.register(&["ep=deaf"], now), ResponseType::Forbidden);
+    assert!(device.channel.registration().is_none());
+    assert_eq!(received(&watcher, now), Vec::<String>::new());
+
+    // Commands and the register event allowed; Send (on up/notify) and the update event not.
+    let broker = broker_with_acl("allow all subscribe dn/#\nallow all publish up/resp\n", now);
+    let watcher = watch(&broker, "lwm2m/#", 0, now);
+    let mut device = Device::new(&broker, settings(), now);
+    assert_eq!(
+        device.register(&["ep=d", "lwm2m=1.1"], now),
+        ResponseType::Created
+    );
+    assert_eq!(received(&watcher, now), ["lwm2m/d/up/resp"]);
+
+    let senml = br#"[{"bn":"/3/0/","n":"0","vs":"acme"}]"#;
+    let mut send =
+        Packet::from_bytes(&request(RequestType::Post, next_id(), &["dp"], &[], senml)).unwrap();
+    send.add_option(CoapOption::ContentFormat, vec![110]);
+    let (_, out) = device.send(Bytes::from(send.to_bytes().unwrap()), now);
+    assert_eq!(response_code(&out[0]), ResponseType::Forbidden);
+
+    let (_, out) = device.request(
+        RequestType::Post,
+        &["rd", "d"],
+        &["lt=600"],
+        b"</1/0>,</3/0>,</5/0>",
+        now,
+    );
+    assert_eq!(response_code(&out[0]), ResponseType::Forbidden);
+    let registration = device.channel.registration().unwrap();
+    assert_eq!(
+        registration.object_list,
+        ["/1/0", "/3/0"],
+        "the update changed nothing"
+    );
+    assert_ne!(registration.lifetime.as_secs(), 600);
+    assert_eq!(received(&watcher, now), Vec::<String>::new());
+    // The command path still works.
+    assert!(device.gets_command_for(&broker, "d", now));
+}
+
+#[test]
+fn a_full_store_refuses_events_kept_at_qos_1_with_5_03() {
+    let now = Instant::now();
+    let store = Arc::new(MapStore::default());
+    let broker = broker_with_store(store.clone(), now);
+    let watcher = watch(&broker, "lwm2m/#", 0, now);
+    let mut settings = settings();
+    settings.register.qos = QoS::AtLeastOnce;
+    settings.update.qos = QoS::AtLeastOnce;
+    settings.notify.qos = QoS::AtLeastOnce;
+    let mut device = Device::new(&broker, settings, now);
+
+    store.set_full(true);
+    assert_eq!(
+        device.register(&["ep=full", "lwm2m=1.1"], now),
+        ResponseType::ServiceUnavailable
+    );
+    assert!(device.channel.registration().is_none());
+    assert!(
+        !device.gets_command_for(&broker, "full", now),
+        "no session left subscribed"
+    );
+    assert_eq!(received(&watcher, now), ["lwm2m/full/dn/cmd"]);
+
+    store.set_full(false);
+    assert_eq!(
+        device.register(&["ep=full", "lwm2m=1.1"], now),
+        ResponseType::Created
+    );
+    assert_eq!(received(&watcher, now), ["lwm2m/full/up/resp"]);
+    store.set_full(true);
+    let (_, out) = device.request(RequestType::Post, &["rd", "full"], &["lt=600"], &[], now);
+    assert_eq!(response_code(&out[0]), ResponseType::ServiceUnavailable);
+    assert_ne!(
+        device.channel.registration().unwrap().lifetime.as_secs(),
+        600
+    );
+    let senml = br#"[{"bn":"/3/0/","n":"0","vs":"acme"}]"#;
+    let mut send =
+        Packet::from_bytes(&request(RequestType::Post, next_id(), &["dp"], &[], senml)).unwrap();
+    send.add_option(CoapOption::ContentFormat, vec![110]);
+    let (_, out) = device.send(Bytes::from(send.to_bytes().unwrap()), now);
+    assert_eq!(response_code(&out[0]), ResponseType::ServiceUnavailable);
+    assert_eq!(received(&watcher, now), Vec::<String>::new());
+    // Commands (QoS 0) still reach the device.
+    assert!(device.gets_command_for(&broker, "full", now));
+}
+
+#[test]
+fn the_answer_to_a_register_waits_until_its_event_is_durable() {
+    let now = Instant::now();
+    let store = Arc::new(MapStore::default());
+    store.hold_back();
+    let broker = broker_with_store(store.clone(), now);
+    // A persistent subscriber: the register event (QoS 1) is stored for it.
+    let watcher = watch(&broker, "lwm2m/+/up/#", 3600, now);
+    let mut settings = settings();
+    settings.register.qos = QoS::AtLeastOnce;
+    let mut device = Device::new(&broker, settings, now);
+
+    let id = next_id();
+    let register = request(RequestType::Post, id, &["rd"], &["ep=slow"], b"</3/0>");
+    let (flow, out) = device.send(register.clone(), now);
+    assert_eq!(flow, Flow::Continue);
+    assert!(
+        out.is_empty(),
+        "answered before the event is durable: {out:?}"
+    );
+    assert_eq!(received(&watcher, now), ["lwm2m/slow/up/resp"]);
+    // The device retransmits: not registered twice.
+    let (_, out) = device.send(register.clone(), now);
+    assert!(out.is_empty());
+    assert_eq!(received(&watcher, now), Vec::<String>::new());
+    // Nor is it sent a command before it knows it is registered.
+    assert!(!device.gets_command_for(&broker, "slow", now));
+
+    let woken = device.wakeup.0.load(Ordering::SeqCst);
+    store.make_durable(store.submitted());
+    assert!(
+        device.wakeup.0.load(Ordering::SeqCst) > woken,
+        "the store woke it"
+    );
+    let (flow, out) = device.wake(now);
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(response_code(&out[0]), ResponseType::Created);
+    assert_eq!(out[0].header.message_id, id);
+    assert_eq!(out[1].header.code, MessageClass::Request(RequestType::Get));
+    // A retransmission now gets the same answer again from the message layer.
+    let (_, out) = device.send(register, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(response_code(&out[0]), ResponseType::Created);
+    assert_eq!(received(&watcher, now), Vec::<String>::new());
+}

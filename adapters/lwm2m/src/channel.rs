@@ -573,6 +573,13 @@ impl Lwm2mChannel {
             .get("device_id")
             .cloned()
             .unwrap_or_else(|| endpoint.clone());
+        // A mountpoint made of the endpoint name must be this session's own: under another
+        // session's client id, `ep=victim` would read the victim's commands and answer for it.
+        if client_id != endpoint && self.settings.mountpoint.contains("${endpoint_name}") {
+            return Err(Refusal::BadRequest(
+                "device_id differs from ep, whose name the mountpoint carries",
+            ));
+        }
         let username = query
             .get("imei")
             .cloned()

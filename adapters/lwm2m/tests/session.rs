@@ -337,6 +337,8 @@ fn an_endpoint_name_that_would_widen_the_mountpoint_is_refused_4_00() {
         ["ep=${username}", "imei=#"],
         ["ep=a/b", "imei=x"],
         ["ep=+", "imei=x"],
+        // Another session's client id under the victim's endpoint name.
+        ["ep=victim", "device_id=mine"],
     ] {
         let mut attacker = Device::new(&broker, settings(), now);
         assert_eq!(

@@ -49,13 +49,16 @@ fn settings(edit: impl FnOnce(&mut Settings)) -> Arc<Settings> {
 }
 
 fn publish(broker: &Broker, topic: &str, payload: &[u8], now: Instant) {
-    broker.publish(Arc::new(Message::new(
-        ByteString::from(topic),
-        Bytes::copy_from_slice(payload),
-        QoS::AtLeastOnce,
-        false,
-        now,
-    )));
+    let _ = mqtt_core::testing::route(
+        broker,
+        Message::new(
+            ByteString::from(topic),
+            Bytes::copy_from_slice(payload),
+            QoS::AtLeastOnce,
+            false,
+            now,
+        ),
+    );
 }
 
 /// One STOMP 1.2 client: frames in, the frames the channel answered out.

@@ -77,6 +77,7 @@ pub struct Settings {
     pub transaction_timeout: Duration,
     pub max_transactions: usize,
     pub max_transaction_frames: usize,
+    pub max_transaction_bytes: usize,
 }
 
 impl Settings {
@@ -108,6 +109,7 @@ impl Settings {
             transaction_timeout: config.transaction_timeout.get(),
             max_transactions: config.max_transactions as usize,
             max_transaction_frames: config.max_transaction_frames as usize,
+            max_transaction_bytes: config.max_transaction_bytes as usize,
         }
     }
 }
@@ -166,6 +168,8 @@ pub enum StompError {
     TooManyTransactions(usize),
     #[error("more than {0} frames in a transaction")]
     TransactionFull(usize),
+    #[error("more than {0} bytes in a transaction (max_transaction_bytes)")]
+    TransactionTooLarge(usize),
     #[error("{0} frames come from the server only")]
     ServerFrame(Command),
     /// The broker's store has reached its size: a message sent for a receipt could not
@@ -185,6 +189,8 @@ enum Phase {
 struct Transaction {
     begun: Instant,
     frames: Vec<Frame>,
+    /// Bodies and headers of `frames`: what the transaction keeps in memory until COMMIT.
+    bytes: usize,
 }
 
 pub struct StompChannel {
@@ -451,6 +457,8 @@ impl StompChannel {
         // What was kept before the error still gets its receipt.
         self.release_held_receipts(out, now);
         tracing::info!(%error, "ERROR sent, connection closed");
+        // Nothing of them will be committed: their memory need not wait for the close.
+        self.transactions.clear();
         let mut frame = Frame::new(Command::Error)
             .with_header("message", error.to_string())
             .with_header("content-type", "text/plain");
@@ -532,6 +540,12 @@ impl StompChannel {
                     if transaction.frames.len() >= limit {
                         return Err(StompError::TransactionFull(limit));
                     }
+                    let max_bytes = self.settings.max_transaction_bytes;
+                    let bytes = transaction.bytes.saturating_add(held_bytes(&frame));
+                    if bytes > max_bytes {
+                        return Err(StompError::TransactionTooLarge(max_bytes));
+                    }
+                    transaction.bytes = bytes;
                     // Its RECEIPT says it is in the transaction; COMMIT's says it happened.
                     let receipt = frame.clone();
                     transaction.frames.push(frame);
@@ -563,6 +577,7 @@ impl StompChannel {
                     Transaction {
                         begun: now,
                         frames: Vec::new(),
+                        bytes: 0,
                     },
                 );
             }
@@ -1177,6 +1192,15 @@ fn connect_error(refused: ConnectRefused, client_id: &str) -> StompError {
         ConnectRefused::ClientIdInvalid => StompError::InvalidHeader("client-id"),
         refused => StompError::ConnectRefused(refused),
     }
+}
+
+/// What a frame held in a transaction keeps in memory, its body and headers.
+fn held_bytes(frame: &Frame) -> usize {
+    frame
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .fold(frame.body.len(), usize::saturating_add)
 }
 
 fn required<'a>(frame: &'a Frame, name: &'static str) -> Result<&'a str, StompError> {

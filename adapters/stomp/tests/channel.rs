@@ -809,3 +809,49 @@ fn a_send_that_feeds_a_receiver_behind_asks_the_driver_to_yield() {
     sender.send(Client::frame(Command::Send, &[("destination", "t")]), t0);
     assert!(!sender.channel.take_yield_request());
 }
+/// A SEND of `body` in transaction `tx`, with a receipt.
+fn send_in_transaction(receipt: &str, body: &[u8]) -> Frame {
+    let mut frame = Client::frame(
+        Command::Send,
+        &[
+            ("destination", "out/t"),
+            ("transaction", "tx"),
+            ("receipt", receipt),
+        ],
+    );
+    frame.body = Bytes::copy_from_slice(body);
+    frame
+}
+
+#[test]
+fn a_transaction_holds_at_most_max_transaction_bytes() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    // The defaults: bodies up to 64 KiB, transactions up to 1 MiB.
+    let settings = settings(|_| {});
+    let mut watcher = Client::connect(&broker, &settings, None, t0);
+    watcher.subscribe("out/#", "auto", t0);
+    let mut client = Client::connect(&broker, &settings, None, t0);
+    client.send(Client::frame(Command::Begin, &[("transaction", "tx")]), t0);
+    let body = vec![b'x'; 60 * 1024];
+    // 17 bodies of 60 KiB and their headers fit in 1 MiB; an 18th does not.
+    for n in 1..=17 {
+        let receipt = format!("r{n}");
+        let answer = client.send(send_in_transaction(&receipt, &body), t0);
+        assert_eq!(receipt_ids(&answer), vec![receipt.as_str()]);
+    }
+    let answer = client.send(send_in_transaction("r18", &body), t0);
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(answer[0].command, Command::Error);
+    assert_eq!(
+        answer[0].header("message"),
+        Some("more than 1048576 bytes in a transaction (max_transaction_bytes)")
+    );
+    assert_eq!(answer[0].header("receipt-id"), Some("r18"));
+    assert!(client.closed);
+    client.close(t0);
+    assert!(
+        bodies(&watcher.wake(t0)).is_empty(),
+        "nothing of the transaction was published"
+    );
+}

@@ -399,6 +399,8 @@ pub struct StompConfig {
     pub max_transactions: u32,
     /// SEND, ACK and NACK frames one transaction may hold.
     pub max_transaction_frames: u32,
+    /// Bytes (bodies and headers) of the frames one transaction may hold.
+    pub max_transaction_bytes: u32,
     pub frame: StompFrameConfig,
     pub listeners: StompListenersConfig,
 }
@@ -1151,6 +1153,7 @@ impl Config {
                     transaction_timeout: Duration::from_secs(60),
                     max_transactions: 16,
                     max_transaction_frames: 1000,
+                    max_transaction_bytes: 1024 * 1024,
                     frame: StompFrameConfig {
                         max_headers: 10,
                         max_headers_length: 1024,

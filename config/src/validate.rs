@@ -317,6 +317,7 @@ fn check_stomp(
         ("max_unacked", stomp.max_unacked),
         ("max_transactions", stomp.max_transactions),
         ("max_transaction_frames", stomp.max_transaction_frames),
+        ("max_transaction_bytes", stomp.max_transaction_bytes),
         ("frame.max_headers", stomp.frame.max_headers),
         ("frame.max_headers_length", stomp.frame.max_headers_length),
     ];

@@ -10,15 +10,16 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use bytestring::ByteString;
 use gateway_config::{StompNack, StompSharedRedelivery};
-use mqtt_core::auth::{Action, AuthOutcome, ClientInfo};
-use mqtt_core::broker::{Broker, ConnectRequest, Stats, WillDisposition};
-use mqtt_core::codec::{QoS, ReasonCode, SubscriptionOptions};
-use mqtt_core::message::{Delivery, Message as RoutedMessage};
-use mqtt_core::mountpoint::{mounted_filter, Mountpoint};
-use mqtt_core::protocol::Flow;
-use mqtt_core::session::{
-    ConnControl, Outgoing, OutgoingState, SessionCell, SessionKey, SessionState, Wakeup,
+use mqtt_core::auth::ClientInfo;
+use mqtt_core::broker::{Broker, Stats, WillDisposition};
+use mqtt_core::client::{
+    ClientSession, ConnectRefused, OpenSession, Presented, PublishPermit, PublishRefused,
 };
+use mqtt_core::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
+use mqtt_core::message::{Delivery, Message as RoutedMessage};
+use mqtt_core::mountpoint::mounted_filter;
+use mqtt_core::protocol::Flow;
+use mqtt_core::session::{ConnControl, Outgoing, OutgoingState, SessionState, Wakeup};
 use mqtt_core::storage::{HeldReplies, Ticket};
 use mqtt_core::topic::{parse_subscription, SubscriptionFilter};
 
@@ -66,7 +67,7 @@ pub struct Settings {
     pub listener: Arc<str>,
     pub limits: FrameLimits,
     /// May contain `${clientid}` and `${username}`.
-    pub mountpoint: String,
+    pub mountpoint: Arc<str>,
     pub idle_timeout: Duration,
     /// Seconds; for clients that name their session with `client-id`.
     pub session_expiry_interval: u32,
@@ -76,6 +77,7 @@ pub struct Settings {
     pub transaction_timeout: Duration,
     pub max_transactions: usize,
     pub max_transaction_frames: usize,
+    pub max_transaction_bytes: usize,
 }
 
 impl Settings {
@@ -85,11 +87,11 @@ impl Settings {
         config: &gateway_config::StompConfig,
         listener_mountpoint: &str,
     ) -> Settings {
-        let mountpoint = if listener_mountpoint.is_empty() {
-            config.mountpoint.clone()
+        let mountpoint = Arc::from(if listener_mountpoint.is_empty() {
+            config.mountpoint.as_str()
         } else {
-            listener_mountpoint.to_owned()
-        };
+            listener_mountpoint
+        });
         Settings {
             listener,
             limits: FrameLimits {
@@ -107,6 +109,7 @@ impl Settings {
             transaction_timeout: config.transaction_timeout.get(),
             max_transactions: config.max_transactions as usize,
             max_transaction_frames: config.max_transaction_frames as usize,
+            max_transaction_bytes: config.max_transaction_bytes as usize,
         }
     }
 }
@@ -136,6 +139,9 @@ pub enum StompError {
     UnsupportedVersion,
     #[error("Login Failed: {0}")]
     LoginFailed(&'static str),
+    /// Another user's session, or a mountpoint the client's values would widen.
+    #[error("{0}")]
+    ConnectRefused(ConnectRefused),
     #[error("missing header {0}")]
     MissingHeader(&'static str),
     #[error("invalid header {0}")]
@@ -162,6 +168,8 @@ pub enum StompError {
     TooManyTransactions(usize),
     #[error("more than {0} frames in a transaction")]
     TransactionFull(usize),
+    #[error("more than {0} bytes in a transaction (max_transaction_bytes)")]
+    TransactionTooLarge(usize),
     #[error("{0} frames come from the server only")]
     ServerFrame(Command),
     /// The broker's store has reached its size: a message sent for a receipt could not
@@ -181,6 +189,8 @@ enum Phase {
 struct Transaction {
     begun: Instant,
     frames: Vec<Frame>,
+    /// Bodies and headers of `frames`: what the transaction keeps in memory until COMMIT.
+    bytes: usize,
 }
 
 pub struct StompChannel {
@@ -193,8 +203,7 @@ pub struct StompChannel {
     version: Version,
     accepted: Instant,
     seed: u64,
-    client: Option<ClientInfo>,
-    session: Option<Arc<SessionCell>>,
+    client: Option<ClientSession>,
     /// The session outlives the connection (the client named it with `client-id`).
     persistent: bool,
     subscriptions: SessionSubscriptions,
@@ -208,6 +217,8 @@ pub struct StompChannel {
     last_received: Instant,
     last_sent: Instant,
     draining: bool,
+    /// Set when a SEND reached a receiver that is behind; see `take_yield_request`.
+    yield_requested: bool,
 }
 
 impl StompChannel {
@@ -231,7 +242,6 @@ impl StompChannel {
             accepted: now,
             seed,
             client: None,
-            session: None,
             persistent: false,
             subscriptions: SessionSubscriptions::default(),
             next_message_id: 1,
@@ -243,6 +253,7 @@ impl StompChannel {
             last_received: now,
             last_sent: now,
             draining: false,
+            yield_requested: false,
         }
     }
 
@@ -351,6 +362,12 @@ impl StompChannel {
         self.draining
     }
 
+    /// True once after input whose SEND fed a receiver already behind: the driver lets the
+    /// receivers run before it reads more.
+    pub fn take_yield_request(&mut self) -> bool {
+        std::mem::take(&mut self.yield_requested)
+    }
+
     /// The listener is shutting down: the client is told why before the close.
     pub fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
         if self.phase == Phase::Connected {
@@ -366,9 +383,10 @@ impl StompChannel {
     /// subscription go to another member of its group instead when `shared_redelivery`
     /// says so or the session ends now, together with the ones still queued.
     pub fn handle_closed(&mut self, now: Instant) {
-        let Some(session) = self.session.take() else {
+        let Some(client) = self.client.take() else {
             return;
         };
+        let session = client.session().clone();
         self.unacked.clear();
         let mut leaving = Vec::new();
         {
@@ -387,9 +405,10 @@ impl StompChannel {
                     || !self.persistent);
             if to_group {
                 let queued: Vec<Delivery> = std::iter::from_fn(|| state.pop_queued(now)).collect();
-                let (shared, others): (Vec<Delivery>, Vec<Delivery>) = queued
-                    .into_iter()
-                    .partition(|delivery| self.shared_filter(delivery).is_some());
+                let (shared, others): (Vec<Delivery>, Vec<Delivery>) =
+                    queued.into_iter().partition(|delivery| {
+                        shared_filter(&self.subscriptions, client.client(), delivery).is_some()
+                    });
                 leaving = shared;
                 for delivery in others.into_iter().rev() {
                     state.unpop_queued(delivery);
@@ -399,11 +418,12 @@ impl StompChannel {
         let mut unplaced = Vec::new();
         let mut handed = Vec::new();
         for delivery in leaving {
-            let Some(filter) = self.shared_filter(&delivery) else {
+            let Some(filter) = shared_filter(&self.subscriptions, client.client(), &delivery)
+            else {
                 continue;
             };
             let kept = delivery.clone();
-            match self.broker.redispatch_shared(&filter, session.id, delivery) {
+            match client.redispatch_shared(&filter, delivery) {
                 Ok(()) => handed.push(kept),
                 Err(delivery) => unplaced.push(delivery),
             }
@@ -418,37 +438,12 @@ impl StompChannel {
                 state.unpop_queued(delivery);
             }
         }
-        self.broker.disconnect(
-            &session,
-            self.control.conn_id,
-            WillDisposition::Discard,
-            now,
-        );
+        client.close(WillDisposition::Discard, now);
         tracing::debug!("session released");
     }
 
-    /// The shared subscription a delivery came through, as the router knows it (mounted),
-    /// or None when it came through a plain one. Shared copies are never merged with
-    /// others, so such a delivery names exactly one subscription.
-    fn shared_filter(&self, delivery: &Delivery) -> Option<String> {
-        let [identifier] = delivery.subscription_ids.as_slice() else {
-            return None;
-        };
-        let subscription = self
-            .subscriptions
-            .subscriptions
-            .iter()
-            .find(|s| s.identifier == *identifier)?;
-        match parse_subscription(&subscription.destination, 0) {
-            Ok(SubscriptionFilter::Shared { .. }) => {}
-            _ => return None,
-        }
-        let mountpoint = self.client.as_ref().and_then(|c| c.mountpoint.as_ref());
-        Some(mounted_filter(mountpoint, &subscription.destination).into_owned())
-    }
-
     pub fn client_id(&self) -> Option<&str> {
-        self.client.as_ref().map(|client| &*client.client_id)
+        self.client.as_ref().map(|client| &**client.client_id())
     }
 
     /// Sends an ERROR frame for `error` and closes.
@@ -462,6 +457,8 @@ impl StompChannel {
         // What was kept before the error still gets its receipt.
         self.release_held_receipts(out, now);
         tracing::info!(%error, "ERROR sent, connection closed");
+        // Nothing of them will be committed: their memory need not wait for the close.
+        self.transactions.clear();
         let mut frame = Frame::new(Command::Error)
             .with_header("message", error.to_string())
             .with_header("content-type", "text/plain");
@@ -543,14 +540,25 @@ impl StompChannel {
                     if transaction.frames.len() >= limit {
                         return Err(StompError::TransactionFull(limit));
                     }
+                    let max_bytes = self.settings.max_transaction_bytes;
+                    let bytes = transaction.bytes.saturating_add(held_bytes(&frame));
+                    if bytes > max_bytes {
+                        return Err(StompError::TransactionTooLarge(max_bytes));
+                    }
+                    transaction.bytes = bytes;
                     // Its RECEIPT says it is in the transaction; COMMIT's says it happened.
                     let receipt = frame.clone();
                     transaction.frames.push(frame);
                     self.receipt(&receipt, None, out, now);
                     return Ok(Flow::Continue);
                 }
-                let durable_receipt = frame.header("receipt").is_some();
-                ticket = self.apply(&frame, durable_receipt, now)?;
+                let permit = match frame.command {
+                    Command::Send => {
+                        Some(self.permit_send(&frame, frame.header("receipt").is_some())?)
+                    }
+                    _ => None,
+                };
+                ticket = self.apply(&frame, permit, now)?;
             }
             Command::Subscribe => ticket = self.subscribe(&frame, now)?,
             Command::Unsubscribe => ticket = self.unsubscribe(&frame)?,
@@ -569,6 +577,7 @@ impl StompChannel {
                     Transaction {
                         begun: now,
                         frames: Vec::new(),
+                        bytes: 0,
                     },
                 );
             }
@@ -579,8 +588,19 @@ impl StompChannel {
                     .remove(name)
                     .ok_or_else(|| StompError::UnknownTransaction(name.to_owned()))?;
                 let durable_receipt = frame.header("receipt").is_some();
-                for held in &transaction.frames {
-                    let applied = self.apply(held, durable_receipt, now)?;
+                // Every SEND is checked before any is published: a refused one leaves the
+                // whole transaction unpublished.
+                let permits = transaction
+                    .frames
+                    .iter()
+                    .map(|held| {
+                        (held.command == Command::Send)
+                            .then(|| self.permit_send(held, durable_receipt))
+                            .transpose()
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                for (held, permit) in transaction.frames.iter().zip(permits) {
+                    let applied = self.apply(held, permit, now)?;
                     ticket = ticket.max(applied);
                 }
             }
@@ -608,19 +628,18 @@ impl StompChannel {
         Ok(Flow::Continue)
     }
 
-    /// SEND, ACK and NACK, at once or at their transaction's COMMIT. `durable_receipt`:
-    /// the client asked for a receipt that says the message is kept. Returns the store
-    /// ticket a receipt waits for.
+    /// SEND (with its permit), ACK and NACK, at once or at their transaction's COMMIT.
+    /// Returns the store ticket a receipt waits for.
     fn apply(
         &mut self,
         frame: &Frame,
-        durable_receipt: bool,
+        permit: Option<PublishPermit>,
         now: Instant,
     ) -> Result<Option<Ticket>, StompError> {
-        match frame.command {
-            Command::Send => self.publish(frame, durable_receipt, now),
-            Command::Ack => self.acknowledge(frame, false).map(|()| None),
-            Command::Nack => self.acknowledge(frame, true).map(|()| None),
+        match (frame.command, permit) {
+            (Command::Send, Some(permit)) => self.publish(frame, permit, now),
+            (Command::Ack, _) => self.acknowledge(frame, false).map(|()| None),
+            (Command::Nack, _) => self.acknowledge(frame, true).map(|()| None),
             _ => Ok(None),
         }
     }
@@ -647,73 +666,53 @@ impl StompChannel {
             .header("client-id")
             .filter(|id| !id.is_empty())
             .map(str::to_owned);
-        if named
-            .as_ref()
-            .is_some_and(|id| id.len() > self.broker.config.max_client_id_length as usize)
-        {
-            return Err(StompError::InvalidHeader("client-id"));
-        }
-        let client_id = named
-            .clone()
-            .unwrap_or_else(|| format!("stomp-{:016x}", self.seed));
-        let username = frame.header("login").map(str::to_owned);
-        let client = ClientInfo {
+        let persistent = named.is_some() && self.settings.session_expiry_interval > 0;
+        let client_id = named.unwrap_or_else(|| format!("stomp-{:016x}", self.seed));
+        let presented = Presented {
             protocol: STOMP_NAMESPACE,
             listener: self.settings.listener.clone(),
             client_id: Arc::from(client_id.as_str()),
-            username: username.clone(),
+            username: frame.header("login").map(str::to_owned),
             password: frame
                 .header("passcode")
                 .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
             peer: self.peer,
-            mountpoint: Mountpoint::resolve(
-                &self.settings.mountpoint,
-                &client_id,
-                username.as_deref(),
-            ),
+            mountpoint: self.settings.mountpoint.clone(),
+            mountpoint_values: Vec::new(),
         };
-        match self.broker.auth.authenticator.authenticate(&client) {
-            AuthOutcome::Allow => {}
-            AuthOutcome::Deny(reason) => {
-                tracing::info!(?reason, client_id, "client not authenticated");
-                return Err(StompError::LoginFailed("authentication failed"));
-            }
-        }
-        let client = ClientInfo {
-            password: None,
-            ..client
-        };
+        let who = self
+            .broker
+            .authenticate(presented)
+            .map_err(|refused| connect_error(refused, &client_id))?;
         let (heartbeat_out, heartbeat_in) = negotiate_heartbeat(frame.header("heart-beat"))?;
-        let persistent = named.is_some() && self.settings.session_expiry_interval > 0;
-        let attached = self.broker.connect(
-            ConnectRequest {
-                key: SessionKey {
-                    namespace: STOMP_NAMESPACE,
-                    client_id: client.client_id.clone(),
+        let client = self
+            .broker
+            .open_session(
+                who,
+                OpenSession {
+                    clean_start: !persistent,
+                    expiry_interval: if persistent {
+                        self.settings.session_expiry_interval
+                    } else {
+                        0
+                    },
+                    will: None,
+                    control: self.control.clone(),
                 },
-                clean_start: !persistent,
-                expiry_interval: if persistent {
-                    self.settings.session_expiry_interval
-                } else {
-                    0
-                },
-                will: None,
-                control: self.control.clone(),
-            },
-            now,
-        );
-        if attached.session_present {
-            let mut state = attached.session.state.lock();
+                now,
+            )
+            .map_err(|refused| connect_error(refused, &client_id))?;
+        if client.session_present() {
+            let mut state = client.session().state.lock();
             self.subscriptions = resumed_subscriptions(&mut state);
             recall_sent(&mut state);
         }
-        tracing::Span::current().record("client_id", &*client.client_id);
+        tracing::Span::current().record("client_id", client_id.as_str());
         tracing::info!(
             version = version.as_str(),
-            session_present = attached.session_present,
+            session_present = client.session_present(),
             "client connected"
         );
-        self.session = Some(attached.session);
         self.client = Some(client);
         self.persistent = persistent;
         self.phase = Phase::Connected;
@@ -732,71 +731,67 @@ impl StompChannel {
         Ok(())
     }
 
-    fn connected(&self) -> Result<(Arc<SessionCell>, ClientInfo), StompError> {
-        match (&self.session, &self.client) {
-            (Some(session), Some(client)) => Ok((session.clone(), client.clone())),
-            _ => Err(StompError::NotConnected),
-        }
+    fn connected(&self) -> Result<&ClientSession, StompError> {
+        self.client.as_ref().ok_or(StompError::NotConnected)
     }
 
     // ---- send ----------------------------------------------------------------------------
 
-    /// Publishes a SEND at QoS 1 (as far as the broker allows), so persistent sessions
-    /// keep it. With the store full, a SEND whose receipt would promise that is refused,
-    /// and one without a receipt, promised nothing, goes at QoS 0 and is stored nowhere.
+    /// Checks a SEND for publishing at QoS 1 (as far as the broker allows), so persistent
+    /// sessions keep it. With the store full, a SEND whose receipt would promise that is
+    /// refused, and one without a receipt, promised nothing, goes at QoS 0 and is stored
+    /// nowhere.
+    fn permit_send(
+        &self,
+        frame: &Frame,
+        durable_receipt: bool,
+    ) -> Result<PublishPermit, StompError> {
+        let destination = required(frame, "destination")?;
+        let client = self.connected()?;
+        let qos = QoS::from_u8(self.broker.config.max_qos_allowed.min(1)).unwrap_or_default();
+        let permitted = match client.permit(destination, qos, false) {
+            Err(PublishRefused::StoreFull) if !durable_receipt => {
+                client.permit(destination, QoS::AtMostOnce, false)
+            }
+            permitted => permitted,
+        };
+        permitted.map_err(|refused| match refused {
+            PublishRefused::Invalid(..) => StompError::InvalidDestination(destination.to_owned()),
+            PublishRefused::SysTopic | PublishRefused::NotAuthorized => {
+                StompError::NotAuthorized(destination.to_owned())
+            }
+            PublishRefused::StoreFull => {
+                tracing::warn!(destination, "store full: message refused");
+                StompError::StoreFull
+            }
+        })
+    }
+
+    /// Publishes a permitted SEND; returns the store ticket its receipt waits for.
     fn publish(
         &mut self,
         frame: &Frame,
-        durable_receipt: bool,
+        permit: PublishPermit,
         now: Instant,
     ) -> Result<Option<Ticket>, StompError> {
-        let destination = required(frame, "destination")?;
-        let (session, client) = self.connected()?;
-        let mut qos = QoS::from_u8(self.broker.config.max_qos_allowed.min(1)).unwrap_or_default();
-        if qos != QoS::AtMostOnce && self.broker.refuses_storing() {
-            if durable_receipt {
-                tracing::warn!(destination, "store full: message refused");
-                return Err(StompError::StoreFull);
-            }
-            qos = QoS::AtMostOnce;
-        }
-        if self.broker.check_publish(destination, qos, false).is_err() {
-            return Err(StompError::InvalidDestination(destination.to_owned()));
-        }
-        if !self.broker.authorize(
-            &client,
-            Action::Publish {
-                qos: qos.as_u8(),
-                retain: false,
-            },
-            destination,
-        ) {
-            return Err(StompError::NotAuthorized(destination.to_owned()));
-        }
-        let mut message = RoutedMessage {
-            publisher: Some(session.id),
-            publisher_client_id: Some(session.key.client_id.clone()),
-            ..RoutedMessage::new(
-                client.mount(destination),
-                frame.body.clone(),
-                qos,
-                false,
-                now,
-            )
+        let client = self.connected()?;
+        let mut properties = PublishProperties {
+            content_type: frame.header("content-type").map(str::to_owned),
+            ..PublishProperties::default()
         };
-        message.properties.content_type = frame.header("content-type").map(str::to_owned);
         let mut seen: Vec<&str> = Vec::new();
         for (name, value) in &frame.headers {
             if FRAME_HEADERS.contains(&name.as_str()) || seen.contains(&name.as_str()) {
                 continue;
             }
             seen.push(name);
-            message
-                .properties
+            properties
                 .user_properties
                 .push((name.clone(), value.clone()));
         }
-        Ok(self.broker.publish(Arc::new(message)).ticket)
+        let dispatched = client.publish_permitted(permit, frame.body.clone(), properties, now);
+        self.yield_requested |= dispatched.backlogged;
+        Ok(dispatched.ticket)
     }
 
     // ---- subscriptions -------------------------------------------------------------------
@@ -814,7 +809,7 @@ impl StompChannel {
             None => AckMode::Auto,
             Some(text) => AckMode::parse(text).ok_or(StompError::InvalidHeader("ack"))?,
         };
-        let (session, client) = self.connected()?;
+        self.connected()?;
         if let Some(existing) = self.subscriptions.subscriptions.iter().find(|s| s.id == id) {
             if existing.destination != destination {
                 return Err(StompError::SubscriptionIdInUse(id.to_owned()));
@@ -845,14 +840,10 @@ impl StompChannel {
             qos,
             ..SubscriptionOptions::default()
         };
-        match self.broker.subscribe(
-            &session,
-            &client,
-            destination,
-            options,
-            Some(identifier),
-            now,
-        ) {
+        match self
+            .connected()?
+            .subscribe(destination, options, Some(identifier), now)
+        {
             Ok(_) => {}
             Err(reason) if reason == ReasonCode::NOT_AUTHORIZED => {
                 return Err(StompError::NotAuthorized(destination.to_owned()))
@@ -883,7 +874,7 @@ impl StompChannel {
             None => self.subscriptions.subscriptions.push(subscription),
         }
         tracing::debug!(id, destination, ack = ack.as_str(), "subscribed");
-        Ok(self.remember_subscriptions(&session))
+        Ok(self.remember_subscriptions())
     }
 
     fn unsubscribe(&mut self, frame: &Frame) -> Result<Option<Ticket>, StompError> {
@@ -892,7 +883,7 @@ impl StompChannel {
             (None, Version::V1_0) => required(frame, "destination")?,
             (None, _) => return Err(StompError::MissingHeader("id")),
         };
-        let (session, client) = self.connected()?;
+        self.connected()?;
         let Some(at) = self
             .subscriptions
             .subscriptions
@@ -903,21 +894,21 @@ impl StompChannel {
             return Ok(None);
         };
         let removed = self.subscriptions.subscriptions.remove(at);
-        self.broker
-            .unsubscribe(&session, &client, &removed.destination);
+        self.connected()?.unsubscribe(&removed.destination);
         // Nobody can acknowledge them any more.
         let (gone, kept): (Vec<Unacked>, Vec<Unacked>) = std::mem::take(&mut self.unacked)
             .into_iter()
             .partition(|unacked| unacked.identifier == removed.identifier);
         self.unacked = kept.into();
         self.settle(gone, false);
-        Ok(self.remember_subscriptions(&session))
+        Ok(self.remember_subscriptions())
     }
 
     /// Returns the store's ticket for them (which covers the core's record of the
     /// subscription too, written before), when the session is persistent.
-    fn remember_subscriptions(&self, session: &SessionCell) -> Option<Ticket> {
-        let mut state = session.state.lock();
+    fn remember_subscriptions(&self) -> Option<Ticket> {
+        let client = self.client.as_ref()?;
+        let mut state = client.session().state.lock();
         state.extension.set(self.subscriptions.clone());
         state.keep_adapter_state(self.subscriptions.encode())
     }
@@ -968,7 +959,7 @@ impl StompChannel {
     /// Sends queued deliveries while output has room and the unacknowledged window is not full.
     fn fill(&mut self, out: &mut BytesMut, now: Instant) {
         self.draining = false;
-        let Some(session) = self.session.clone() else {
+        let Some(session) = self.client.as_ref().map(|c| c.session().clone()) else {
             return;
         };
         if self.phase != Phase::Connected {
@@ -993,10 +984,11 @@ impl StompChannel {
     /// leave it in the session's outgoing window until the last of them is settled, so a
     /// persistent session keeps it in the store meanwhile; otherwise it is done with.
     fn deliver(&mut self, delivery: Delivery, out: &mut BytesMut, now: Instant) {
-        let (Some(client), Some(session)) = (self.client.clone(), self.session.clone()) else {
+        let Some(client) = self.client.as_ref() else {
             return;
         };
-        let destination = client.unmount(&delivery.message.topic);
+        let destination = client.client().unmount(&delivery.message.topic);
+        let session = client.session().clone();
         let mut awaiting = Vec::new();
         for &identifier in &delivery.subscription_ids {
             let Some(subscription) = self
@@ -1046,7 +1038,7 @@ impl StompChannel {
     /// none of whose copies still awaits an acknowledgement is deleted, or, when
     /// `redeliver`, queued again at the front for the subscriptions that settled it.
     fn settle(&mut self, settled: Vec<Unacked>, redeliver: bool) {
-        let Some(session) = self.session.clone() else {
+        let Some(session) = self.client.as_ref().map(|c| c.session().clone()) else {
             return;
         };
         let mut state = session.state.lock();
@@ -1126,6 +1118,28 @@ fn resumed_subscriptions(state: &mut SessionState) -> SessionSubscriptions {
     }
 }
 
+/// The shared subscription a delivery came through, as the router knows it (mounted),
+/// or None when it came through a plain one. Shared copies are never merged with
+/// others, so such a delivery names exactly one subscription.
+fn shared_filter(
+    subscriptions: &SessionSubscriptions,
+    client: &ClientInfo,
+    delivery: &Delivery,
+) -> Option<String> {
+    let [identifier] = delivery.subscription_ids.as_slice() else {
+        return None;
+    };
+    let subscription = subscriptions
+        .subscriptions
+        .iter()
+        .find(|s| s.identifier == *identifier)?;
+    match parse_subscription(&subscription.destination, 0) {
+        Ok(SubscriptionFilter::Shared { .. }) => {}
+        _ => return None,
+    }
+    Some(mounted_filter(client.mountpoint.as_ref(), &subscription.destination).into_owned())
+}
+
 /// Puts every message a previous connection sent and nobody acknowledged back at the
 /// front of the queue, in order: STOMP acknowledges by message ids that die with their
 /// connection, so they are sent anew.
@@ -1165,6 +1179,28 @@ fn message_frame(
     }
     frame.body = message.payload.clone();
     frame
+}
+
+/// A refused CONNECT in STOMP's terms: credentials are a failed login, as STOMP brokers
+/// say; the rest keeps the session layer's words.
+fn connect_error(refused: ConnectRefused, client_id: &str) -> StompError {
+    tracing::info!(%refused, client_id, "CONNECT refused");
+    match refused {
+        ConnectRefused::BadCredentials | ConnectRefused::NotAuthorized => {
+            StompError::LoginFailed("authentication failed")
+        }
+        ConnectRefused::ClientIdInvalid => StompError::InvalidHeader("client-id"),
+        refused => StompError::ConnectRefused(refused),
+    }
+}
+
+/// What a frame held in a transaction keeps in memory, its body and headers.
+fn held_bytes(frame: &Frame) -> usize {
+    frame
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .fold(frame.body.len(), usize::saturating_add)
 }
 
 fn required<'a>(frame: &'a Frame, name: &'static str) -> Result<&'a str, StompError> {

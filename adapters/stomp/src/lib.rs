@@ -41,6 +41,9 @@ impl StreamChannel for StompChannel {
     fn wants_drain(&self) -> bool {
         StompChannel::wants_drain(self)
     }
+    fn take_yield_request(&mut self) -> bool {
+        StompChannel::take_yield_request(self)
+    }
     fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
         StompChannel::shutdown(self, out)
     }

@@ -13,16 +13,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_stomp::frame::{encode, Command, Decoder, Frame, FrameLimits, Version};
-use adapter_stomp::{Settings, StompChannel};
+use adapter_stomp::{Settings, StompChannel, STOMP_NAMESPACE};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use gateway_config::StompSharedRedelivery;
-use mqtt_core::auth::Auth;
+use mqtt_core::auth::{
+    Action, Auth, AuthOutcome, Authenticator, Authorizer, ClientInfo, DenyReason,
+};
 use mqtt_core::broker::Broker;
 use mqtt_core::codec::QoS;
 use mqtt_core::message::Message;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::Wakeup;
+use mqtt_core::session::{SessionKey, Wakeup};
 use mqtt_core::storage::MapStore;
 
 struct NoWakeup;
@@ -32,13 +34,48 @@ impl Wakeup for NoWakeup {
 }
 
 fn broker(now: Instant) -> Arc<Broker> {
+    broker_with(Auth::allow_all(), now)
+}
+
+fn broker_with(auth: Auth, now: Instant) -> Arc<Broker> {
     let config = gateway_config::Config::from_toml_str("").expect("defaults");
     Arc::new(Broker::new(
         config.mqtt.clone(),
         &config.retainer,
-        Auth::allow_all(),
+        auth,
         now,
     ))
+}
+
+/// Anyone anonymous; a user whose passcode is its own name; `mallory` may neither publish
+/// nor subscribe under `secret`.
+struct TestUsers;
+
+impl Authenticator for TestUsers {
+    fn authenticate(&self, client: &ClientInfo) -> AuthOutcome {
+        match (client.username.as_deref(), client.password.as_deref()) {
+            (None, _) => AuthOutcome::Allow,
+            (Some(user), Some(passcode)) if user.as_bytes() == passcode => AuthOutcome::Allow,
+            _ => AuthOutcome::Deny(DenyReason::BadCredentials),
+        }
+    }
+}
+
+impl Authorizer for TestUsers {
+    fn authorize(&self, client: &ClientInfo, _action: Action, topic: &str) -> bool {
+        client.username.as_deref() != Some("mallory") || !topic.starts_with("secret")
+    }
+}
+
+fn users_broker(now: Instant) -> Arc<Broker> {
+    let users = Arc::new(TestUsers);
+    broker_with(
+        Auth {
+            authenticator: users.clone(),
+            authorizer: users,
+        },
+        now,
+    )
 }
 
 fn settings(edit: impl FnOnce(&mut Settings)) -> Arc<Settings> {
@@ -49,13 +86,16 @@ fn settings(edit: impl FnOnce(&mut Settings)) -> Arc<Settings> {
 }
 
 fn publish(broker: &Broker, topic: &str, payload: &[u8], now: Instant) {
-    broker.publish(Arc::new(Message::new(
-        ByteString::from(topic),
-        Bytes::copy_from_slice(payload),
-        QoS::AtLeastOnce,
-        false,
-        now,
-    )));
+    let _ = mqtt_core::testing::route(
+        broker,
+        Message::new(
+            ByteString::from(topic),
+            Bytes::copy_from_slice(payload),
+            QoS::AtLeastOnce,
+            false,
+            now,
+        ),
+    );
 }
 
 /// One STOMP 1.2 client: frames in, the frames the channel answered out.
@@ -79,6 +119,32 @@ impl Client {
         client_id: Option<&str>,
         now: Instant,
     ) -> Client {
+        Client::connect_as(broker, settings, client_id, None, now)
+    }
+
+    /// Connects with `login` and a passcode of the same name when `login` is given.
+    fn connect_as(
+        broker: &Arc<Broker>,
+        settings: &Arc<Settings>,
+        client_id: Option<&str>,
+        login: Option<&str>,
+        now: Instant,
+    ) -> Client {
+        let (mut client, mut answer) = Client::try_connect(broker, settings, client_id, login, now);
+        assert_eq!(answer[0].command, Command::Connected, "{answer:?}");
+        // A resumed session's subscriptions deliver at once.
+        client.pending = answer.split_off(1);
+        client
+    }
+
+    /// Sends CONNECT; returns the client and what the channel answered.
+    fn try_connect(
+        broker: &Arc<Broker>,
+        settings: &Arc<Settings>,
+        client_id: Option<&str>,
+        login: Option<&str>,
+        now: Instant,
+    ) -> (Client, Vec<Frame>) {
         let mut decoder = Decoder::new(FrameLimits {
             max_headers: 64,
             max_headers_length: 4096,
@@ -103,11 +169,13 @@ impl Client {
         if let Some(id) = client_id {
             connect = connect.with_header("client-id", id);
         }
-        let mut answer = client.send(connect, now);
-        assert_eq!(answer[0].command, Command::Connected, "{answer:?}");
-        // A resumed session's subscriptions deliver at once.
-        client.pending = answer.split_off(1);
-        client
+        if let Some(login) = login {
+            connect = connect
+                .with_header("login", login)
+                .with_header("passcode", login);
+        }
+        let answer = client.send(connect, now);
+        (client, answer)
     }
 
     /// Sends one frame; returns what the channel answered.
@@ -552,4 +620,238 @@ fn a_nacked_message_stays_stored_until_it_is_acknowledged() {
     client.send(Client::frame(Command::Ack, &[("id", ack.as_str())]), t0);
     assert_eq!(store.count(Table::Queues), 0);
     assert_eq!(store.count(Table::Inflight), 0);
+}
+
+/// The ERROR frame a refused client got, and that its connection closed.
+fn assert_refused(client: &Client, answer: &[Frame], message: &str) {
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(answer[0].command, Command::Error, "{answer:?}");
+    assert_eq!(answer[0].header("message"), Some(message), "{answer:?}");
+    assert!(client.closed, "an ERROR closes the connection");
+}
+
+#[test]
+fn another_users_named_session_is_refused_and_left_to_its_owner() {
+    let t0 = Instant::now();
+    let broker = users_broker(t0);
+    let settings = settings(|_| {});
+    let mut alice = Client::connect_as(&broker, &settings, Some("desk"), Some("alice"), t0);
+    alice.subscribe("t", "client", t0);
+
+    // While alice is connected: bob neither takes the session over nor closes her.
+    let (bob, answer) = Client::try_connect(&broker, &settings, Some("desk"), Some("bob"), t0);
+    assert_refused(&bob, &answer, "the session belongs to another user");
+    bob.close(t0);
+    publish(&broker, "t", b"m1", t0);
+    let sent = alice.wake(t0);
+    assert_eq!(bodies(&sent), vec![&b"m1"[..]]);
+    assert!(!alice.closed);
+
+    // While it waits for her return: bob neither resumes nor replaces it.
+    alice.close(t0);
+    publish(&broker, "t", b"m2", t0);
+    let (bob, answer) = Client::try_connect(&broker, &settings, Some("desk"), Some("bob"), t0);
+    assert_refused(&bob, &answer, "the session belongs to another user");
+    bob.close(t0);
+    // Nor does an anonymous client.
+    let (anonymous, answer) = Client::try_connect(&broker, &settings, Some("desk"), None, t0);
+    assert_refused(&anonymous, &answer, "the session belongs to another user");
+    anonymous.close(t0);
+
+    // Her subscription and her messages, the unacknowledged one first, are all there.
+    let mut alice = Client::connect_as(&broker, &settings, Some("desk"), Some("alice"), t0);
+    let resent = alice.wake(t0);
+    assert_eq!(bodies(&resent), vec![&b"m1"[..], b"m2"]);
+    assert!(resent.iter().all(|f| f.header("subscription") == Some("s")));
+}
+
+#[test]
+fn a_mountpoint_value_that_would_widen_the_mountpoint_is_refused() {
+    let t0 = Instant::now();
+    let broker = users_broker(t0);
+    let settings = settings(|s| s.mountpoint = Arc::from("tenants/${username}/"));
+    for login in ["a/b", "+", "#", "x/#"] {
+        let (client, answer) = Client::try_connect(&broker, &settings, None, Some(login), t0);
+        assert_refused(
+            &client,
+            &answer,
+            &format!(
+                "mountpoint placeholder ${{username}}: value {login:?} is empty or holds a \
+                 wildcard, a separator or a placeholder"
+            ),
+        );
+        client.close(t0);
+    }
+    // A plain name is mounted under its own prefix.
+    let mut alice = Client::connect_as(&broker, &settings, None, Some("alice"), t0);
+    alice.subscribe("t", "auto", t0);
+    publish(&broker, "tenants/alice/t", b"mine", t0);
+    publish(&broker, "tenants/bob/t", b"bob's", t0);
+    let got = alice.wake(t0);
+    assert_eq!(bodies(&got), vec![&b"mine"[..]]);
+    assert_eq!(got[0].header("destination"), Some("t"));
+}
+
+#[test]
+fn a_send_to_sys_is_refused() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let settings = settings(|_| {});
+    let mut watcher = Client::connect(&broker, &settings, None, t0);
+    watcher.subscribe("$SYS/#", "auto", t0);
+    let mut client = Client::connect(&broker, &settings, None, t0);
+    let answer = client.send(
+        Client::frame(Command::Send, &[("destination", "$SYS/broker/uptime")]),
+        t0,
+    );
+    assert_refused(&client, &answer, "not authorized for $SYS/broker/uptime");
+    assert!(bodies(&watcher.wake(t0)).is_empty());
+}
+
+#[test]
+fn acl_denied_sends_and_subscriptions_are_refused_and_deliver_nothing() {
+    let t0 = Instant::now();
+    let broker = users_broker(t0);
+    let settings = settings(|_| {});
+    let mut watcher = Client::connect(&broker, &settings, None, t0);
+    watcher.subscribe("secret/#", "auto", t0);
+
+    let mut mallory = Client::connect_as(&broker, &settings, None, Some("mallory"), t0);
+    let answer = mallory.send(
+        Client::frame(Command::Send, &[("destination", "secret/plans")]),
+        t0,
+    );
+    assert_refused(&mallory, &answer, "not authorized for secret/plans");
+    assert!(bodies(&watcher.wake(t0)).is_empty());
+    mallory.close(t0);
+
+    // A named session, so what its refused SUBSCRIBE left behind can be looked at after.
+    let mut mallory = Client::connect_as(&broker, &settings, Some("m"), Some("mallory"), t0);
+    let answer = mallory.send(
+        Client::frame(
+            Command::Subscribe,
+            &[("destination", "secret/#"), ("id", "s")],
+        ),
+        t0,
+    );
+    assert_refused(&mallory, &answer, "not authorized for secret/#");
+    mallory.close(t0);
+    publish(&broker, "secret/plans", b"x", t0);
+    let key = SessionKey {
+        namespace: STOMP_NAMESPACE,
+        client_id: Arc::from("m"),
+    };
+    let session = broker.session(&key).expect("the named session waits");
+    assert!(
+        !session.state.lock().has_queued(),
+        "nothing was queued for the refused subscription"
+    );
+    assert_eq!(bodies(&watcher.wake(t0)), vec![&b"x"[..]]);
+}
+
+#[test]
+fn a_refused_send_in_a_transaction_leaves_the_whole_transaction_unpublished() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let settings = settings(|_| {});
+    let mut watcher = Client::connect(&broker, &settings, None, t0);
+    watcher.subscribe("out/#", "auto", t0);
+    let mut client = Client::connect(&broker, &settings, None, t0);
+    client.send(Client::frame(Command::Begin, &[("transaction", "tx")]), t0);
+    for destination in ["out/first", "$SYS/x", "out/last"] {
+        client.send(
+            Client::frame(
+                Command::Send,
+                &[("destination", destination), ("transaction", "tx")],
+            ),
+            t0,
+        );
+    }
+    let answer = client.send(Client::frame(Command::Commit, &[("transaction", "tx")]), t0);
+    assert_refused(&client, &answer, "not authorized for $SYS/x");
+    assert!(bodies(&watcher.wake(t0)).is_empty());
+}
+
+#[test]
+fn a_send_that_feeds_a_receiver_behind_asks_the_driver_to_yield() {
+    let t0 = Instant::now();
+    let config = gateway_config::Config::from_toml_str("[mqtt]\nmax_queued_messages = 4000")
+        .expect("config");
+    let broker = Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth::allow_all(),
+        t0,
+    ));
+    let settings = settings(|_| {});
+    // Connected, and never woken: its queue only grows.
+    let mut slow = Client::connect(&broker, &settings, None, t0);
+    slow.subscribe("t", "auto", t0);
+    let mut sender = Client::connect(&broker, &settings, None, t0);
+    let mut first_yield = None;
+    for n in 1..=2000 {
+        sender.send(Client::frame(Command::Send, &[("destination", "t")]), t0);
+        if sender.channel.take_yield_request() {
+            first_yield.get_or_insert(n);
+            assert!(
+                !sender.channel.take_yield_request(),
+                "a request is taken once"
+            );
+        }
+    }
+    let first_yield = first_yield.expect("the sender was asked to yield");
+    assert!(
+        first_yield > 1000,
+        "not before the receiver is behind: {first_yield}"
+    );
+    // Once the receiver has caught up, sending goes on without yielding.
+    while !slow.wake(t0).is_empty() {}
+    sender.send(Client::frame(Command::Send, &[("destination", "t")]), t0);
+    assert!(!sender.channel.take_yield_request());
+}
+/// A SEND of `body` in transaction `tx`, with a receipt.
+fn send_in_transaction(receipt: &str, body: &[u8]) -> Frame {
+    let mut frame = Client::frame(
+        Command::Send,
+        &[
+            ("destination", "out/t"),
+            ("transaction", "tx"),
+            ("receipt", receipt),
+        ],
+    );
+    frame.body = Bytes::copy_from_slice(body);
+    frame
+}
+
+#[test]
+fn a_transaction_holds_at_most_max_transaction_bytes() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    // The defaults: bodies up to 64 KiB, transactions up to 1 MiB.
+    let settings = settings(|_| {});
+    let mut watcher = Client::connect(&broker, &settings, None, t0);
+    watcher.subscribe("out/#", "auto", t0);
+    let mut client = Client::connect(&broker, &settings, None, t0);
+    client.send(Client::frame(Command::Begin, &[("transaction", "tx")]), t0);
+    let body = vec![b'x'; 60 * 1024];
+    // 17 bodies of 60 KiB and their headers fit in 1 MiB; an 18th does not.
+    for n in 1..=17 {
+        let receipt = format!("r{n}");
+        let answer = client.send(send_in_transaction(&receipt, &body), t0);
+        assert_eq!(receipt_ids(&answer), vec![receipt.as_str()]);
+    }
+    let answer = client.send(send_in_transaction("r18", &body), t0);
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(answer[0].command, Command::Error);
+    assert_eq!(
+        answer[0].header("message"),
+        Some("more than 1048576 bytes in a transaction (max_transaction_bytes)")
+    );
+    assert_eq!(answer[0].header("receipt-id"), Some("r18"));
+    assert!(client.closed);
+    client.close(t0);
+    assert!(
+        bodies(&watcher.wake(t0)).is_empty(),
+        "nothing of the transaction was published"
+    );
 }

@@ -141,7 +141,7 @@ enum Sent {
 #[derive(Debug, Clone)]
 struct Observation {
     subscription_id: u32,
-    /// The mounted filter, as the session holds it.
+    /// The filter as the client wrote it (the session holds it mounted).
     filter: String,
     token: Vec<u8>,
     sequence: u32,

@@ -532,6 +532,11 @@ pub struct CoapConfig {
     /// Answer confirmable requests with an empty acknowledgement and a separate
     /// confirmable response (RFC 7252 5.2.2) instead of piggybacked.
     pub separate_response: bool,
+    /// Failed authentications from one source within `auth_failure_window` after which its
+    /// requests that need checking are refused (4.29) unchecked for `auth_lockout`; 0 = no limit.
+    pub max_auth_failures: u32,
+    pub auth_failure_window: Duration,
+    pub auth_lockout: Duration,
     pub blockwise: CoapBlockwiseConfig,
     pub listeners: CoapGatewayListenersConfig,
 }
@@ -1047,6 +1052,9 @@ impl Config {
                     exchange_lifetime: Duration::from_secs(247),
                     non_lifetime: Duration::from_secs(145),
                     separate_response: false,
+                    max_auth_failures: 5,
+                    auth_failure_window: Duration::from_secs(60),
+                    auth_lockout: Duration::from_secs(60),
                     blockwise: CoapBlockwiseConfig {
                         enable: true,
                         max_block_size: 1024,

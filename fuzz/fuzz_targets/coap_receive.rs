@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use adapter_coap::{CoapChannel, Settings, UNDERSTOOD_CRITICAL_BLOCKWISE};
+use adapter_coap::{AuthFailureLimit, CoapChannel, Settings, UNDERSTOOD_CRITICAL_BLOCKWISE};
 use adapter_kit::coap::{Packet, TransmissionParams};
 use adapter_kit::coap_block::BlockwiseParams;
 use bytes::Bytes;
@@ -69,6 +69,12 @@ fuzz_target!(|data: &[u8]| {
         }),
         // The second bit: answers piggybacked or separate.
         separate_response: data.first().is_some_and(|b| b & 2 == 2),
+        // Small, so that inputs (wrong connection tokens) reach the lockout and its end.
+        auth_failures: AuthFailureLimit {
+            max: 3,
+            window: Duration::from_secs(10),
+            lockout: Duration::from_secs(5),
+        },
     });
     let mut channel = CoapChannel::new(broker(), settings, None, Arc::new(NoWakeup), 1, now);
     let mut out = Vec::new();

@@ -9,7 +9,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use adapter_coap::framing::{self, Framing};
-use adapter_coap::{CoapChannel, CoapStream, Settings, UNDERSTOOD_CRITICAL_BLOCKWISE};
+use adapter_coap::{
+    AuthFailureLimit, CoapChannel, CoapStream, Settings, UNDERSTOOD_CRITICAL_BLOCKWISE,
+};
 use adapter_kit::coap::{decode_framed, TransmissionParams};
 use adapter_kit::coap_block::BlockwiseParams;
 use adapter_kit::StreamChannel;
@@ -78,6 +80,12 @@ fuzz_target!(|data: &[u8]| {
             max_transfers: 2,
         }),
         separate_response: false,
+        // Small, so that inputs (wrong connection tokens) reach the lockout and its end.
+        auth_failures: AuthFailureLimit {
+            max: 3,
+            window: Duration::from_secs(10),
+            lockout: Duration::from_secs(5),
+        },
     });
     let channel = CoapChannel::new_stream(
         broker(),

@@ -12,18 +12,21 @@ use adapter_kit::coap::{
     RequestType, ResponseType, TransmissionParams,
 };
 use adapter_kit::coap_block::{
-    szx_of, BlockOption, BlockwiseParams, Representation, Upload, Uploads, BLOCK2, MAX_SZX,
+    szx_of, BlockOption, BlockwiseParams, Representation, Upload, Uploads, BLOCK1, BLOCK2, MAX_SZX,
 };
 use bytes::Bytes;
 use gateway_config::{CoapNotifyType, CoapQos};
-use mqtt_core::auth::{Action, AuthOutcome, ClientInfo};
-use mqtt_core::broker::{Broker, ConnectRequest, Stats, WillDisposition};
-use mqtt_core::codec::{QoS, ReasonCode, SubscriptionOptions};
-use mqtt_core::message::{Delivery, Message as RoutedMessage};
-use mqtt_core::mountpoint::Mountpoint;
+use mqtt_core::broker::{Broker, Stats, WillDisposition};
+use mqtt_core::client::{
+    Authenticated, ClientSession, ConnectRefused, OpenSession, Presented, PublishRefused,
+};
+use mqtt_core::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
+use mqtt_core::message::Delivery;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use mqtt_core::session::{ConnControl, SessionKey, Wakeup};
+use mqtt_core::storage::{HeldReplies, Ticket};
 
+use crate::admission::{AuthFailureLimit, AuthFailures, Credentials};
 use crate::framing::{Frame, Framing};
 use crate::reliable::{self, ReliableLink};
 
@@ -62,6 +65,8 @@ pub struct Settings {
     /// Confirmable requests get an empty acknowledgement at once and their response as a
     /// confirmable message of its own (RFC 7252 5.2.2), instead of piggybacked.
     pub separate_response: bool,
+    /// Failed authentications one source may make before it is refused for a while.
+    pub auth_failures: AuthFailureLimit,
 }
 
 impl Settings {
@@ -114,6 +119,7 @@ impl Settings {
                 max_transfers: config.blockwise.max_transfers as usize,
             }),
             separate_response: config.separate_response,
+            auth_failures: AuthFailureLimit::from_config(config),
         }
     }
 }
@@ -135,7 +141,7 @@ enum Sent {
 #[derive(Debug, Clone)]
 struct Observation {
     subscription_id: u32,
-    /// The mounted filter, as the session holds it.
+    /// The filter as the client wrote it (the session holds it mounted).
     filter: String,
     token: Vec<u8>,
     sequence: u32,
@@ -147,10 +153,17 @@ struct Observation {
     representation: Option<(Representation, Option<u16>)>,
 }
 
-/// The connection-mode token of a session, kept in the session so that the client may
-/// come back from another address.
+/// The connection-mode token of a session and the identity that obtained it, kept in the
+/// session so that the client may come back from another address with the token alone.
 #[derive(Debug, Clone)]
-struct ConnectionToken(String);
+struct ConnectionToken {
+    token: String,
+    who: Authenticated,
+}
+
+/// How long a client told to wait by 5.03 waits (Max-Age, RFC 7252 5.9.3.4): the store
+/// frees room as subscribers take their messages, in seconds rather than milliseconds.
+const STORE_FULL_RETRY: Duration = Duration::from_secs(5);
 
 /// Why a request is refused, with the response code it gets.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -159,12 +172,20 @@ enum Refusal {
     BadRequest(&'static str),
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
     #[error("{0}")]
     BadOption(&'static str),
     #[error("no such resource")]
     NotFound,
+    /// RFC 8516: too many failed authentications from this source; retry after the time.
+    #[error("too many failed authentications")]
+    TooManyRequests(Duration),
+    /// The store is full: a QoS 1/2 message cannot be taken now; retry after the time.
+    #[error("store full")]
+    Unavailable(Duration),
 }
 
 impl Refusal {
@@ -172,9 +193,43 @@ impl Refusal {
         match self {
             Refusal::BadRequest(_) => ResponseType::BadRequest,
             Refusal::Unauthorized(_) => ResponseType::Unauthorized,
+            Refusal::Forbidden(_) => ResponseType::Forbidden,
             Refusal::MethodNotAllowed => ResponseType::MethodNotAllowed,
             Refusal::BadOption(_) => ResponseType::BadOption,
             Refusal::NotFound => ResponseType::NotFound,
+            Refusal::TooManyRequests(_) => ResponseType::TooManyRequests,
+            Refusal::Unavailable(_) => ResponseType::ServiceUnavailable,
+        }
+    }
+
+    /// The response: its code, the reason as diagnostic payload, and for a refusal that
+    /// passes, when to retry (Max-Age, whole seconds rounded up).
+    fn response(&self) -> Packet {
+        let mut response = Packet::new();
+        response.header.code = MessageClass::Response(self.code());
+        response.payload = self.to_string().into_bytes();
+        if let Refusal::TooManyRequests(after) | Refusal::Unavailable(after) = self {
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            let seconds = u32::try_from(seconds).unwrap_or(u32::MAX);
+            response.add_option(CoapOption::MaxAge, minimal_uint(seconds));
+        }
+        response
+    }
+
+    /// How a refused identity or session is answered.
+    fn of_connect(refused: &ConnectRefused) -> Refusal {
+        match refused {
+            ConnectRefused::BadCredentials | ConnectRefused::NotAuthorized => {
+                Refusal::Unauthorized("authentication failed")
+            }
+            ConnectRefused::SessionOwnedByAnother => {
+                Refusal::Forbidden("the session belongs to another user")
+            }
+            ConnectRefused::ClientIdInvalid => Refusal::BadRequest("unacceptable clientid"),
+            ConnectRefused::UnsafeMountpoint(_) => {
+                Refusal::BadRequest("clientid or username unusable in the mountpoint")
+            }
+            ConnectRefused::WillInvalid(..) => Refusal::BadRequest("invalid will"),
         }
     }
 }
@@ -370,10 +425,19 @@ pub struct CoapChannel {
     control: Arc<ConnControl>,
     link: Link,
     last_received: Instant,
-    client: Option<ClientInfo>,
-    session: Option<Arc<SessionCell>>,
+    /// The client this peer acts for, and its session.
+    client: Option<ClientSession>,
+    /// What the client was admitted with: a request presenting the same client id and
+    /// credentials is its own, without the authenticator.
+    credentials: Option<Credentials>,
+    /// This source's failed authentications.
+    failures: AuthFailures,
     /// Set in connection mode once `POST /mqtt/connection` succeeded.
     token: Option<String>,
+    /// Answers to publishes that wait until a subscriber's stored copy is durable.
+    held: HeldReplies<HeldResponse>,
+    /// A publish reached a receiver that is behind; see `take_yield_request`.
+    yield_requested: bool,
     observations: Vec<Observation>,
     next_subscription_id: u32,
     /// A confirmable notification waits for its acknowledgement: nothing else goes out
@@ -388,6 +452,22 @@ pub struct CoapChannel {
     block_transfer_until: Option<Instant>,
     /// On a stream, notifications stopped at the output high-water mark with more queued.
     output_full: bool,
+}
+
+/// The answer to a publish, sent once the store ticket it waits for is durable.
+struct HeldResponse {
+    /// The request's header and token, all an answer needs of it.
+    request: Packet,
+    response: Packet,
+}
+
+/// What serving a request leaves to do after its answer.
+#[derive(Debug, Default)]
+struct Aftermath {
+    /// The client is gone: close once answered.
+    close: bool,
+    /// The store ticket the answer waits for.
+    ticket: Option<Ticket>,
 }
 
 /// Notification bytes one call writes to a stream before it waits for the driver to drain.
@@ -450,8 +530,11 @@ impl CoapChannel {
             link,
             last_received: now,
             client: None,
-            session: None,
+            credentials: None,
+            failures: AuthFailures::default(),
             token: None,
+            held: HeldReplies::default(),
+            yield_requested: false,
             observations: Vec::new(),
             next_subscription_id: 1,
             notification_in_flight: false,
@@ -469,7 +552,7 @@ impl CoapChannel {
     }
 
     pub fn client_id(&self) -> Option<&str> {
-        self.client.as_ref().map(|client| &*client.client_id)
+        self.client.as_ref().map(|client| &**client.client_id())
     }
 
     /// In connectionless mode, the client id under which a request from another address
@@ -478,11 +561,35 @@ impl CoapChannel {
         if self.settings.connection_required {
             return None;
         }
-        self.client.as_ref().map(|client| client.client_id.clone())
+        self.client
+            .as_ref()
+            .map(|client| client.client_id().clone())
     }
 
     pub fn observation_count(&self) -> usize {
         self.observations.len()
+    }
+
+    /// Block1 uploads being reassembled.
+    pub fn upload_count(&self) -> usize {
+        self.uploads.as_ref().map_or(0, Uploads::len)
+    }
+
+    /// True once after a publish that reached a receiver already behind: the driver then
+    /// lets other connections (that receiver's among them) run before it reads more.
+    pub fn take_yield_request(&mut self) -> bool {
+        std::mem::take(&mut self.yield_requested)
+    }
+
+    /// Nothing here is worth keeping the peer for: no session, nothing of ours in flight
+    /// or held, no upload, no failed authentication to remember. A repeated request is
+    /// then answered the same way by a fresh channel.
+    fn holds_nothing(&self, now: Instant) -> bool {
+        self.client.is_none()
+            && self.link.in_flight() == 0
+            && self.held.is_empty()
+            && self.upload_count() == 0
+            && !self.failures.remembers(&self.settings.auth_failures, now)
     }
 
     pub fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
@@ -508,14 +615,9 @@ impl CoapChannel {
         if flow == Flow::Close {
             return Flow::Close;
         }
+        self.release_held(out, now);
         self.fill(out, now);
-        let uploading = self
-            .uploads
-            .as_ref()
-            .is_some_and(|uploads| !uploads.is_empty());
-        if self.session.is_none() && self.link.in_flight() == 0 && !uploading {
-            // Nothing to keep for a peer that holds no session: a repeated request is
-            // answered the same way by a fresh channel.
+        if self.holds_nothing(now) {
             return Flow::Close;
         }
         Flow::Continue
@@ -544,6 +646,7 @@ impl CoapChannel {
             reliable::Inbound::Handled => Flow::Continue,
         };
         if flow == Flow::Continue {
+            self.release_held(out, now);
             self.fill(out, now);
         }
         flow
@@ -581,6 +684,7 @@ impl CoapChannel {
             );
             return Flow::Close;
         }
+        self.release_held(out, now);
         self.fill(out, now);
         Flow::Continue
     }
@@ -601,6 +705,20 @@ impl CoapChannel {
                 }
             }
         }
+        if self.without_client_over_udp() {
+            // Kept only for what it still holds: a failed authentication to remember, an
+            // answer still going out.
+            self.failures
+                .forget_expired(&self.settings.auth_failures, now);
+            if let Some(uploads) = &mut self.uploads {
+                uploads.forget_expired(now);
+            }
+            return if self.holds_nothing(now) {
+                Flow::Close
+            } else {
+                Flow::Continue
+            };
+        }
         // A confirmable message in flight already asks the client whether it is there.
         let probing = self.ping_in_flight || self.link.in_flight() > 0;
         if !probing && now >= self.last_received + self.settings.heartbeat {
@@ -618,15 +736,29 @@ impl CoapChannel {
 
     pub fn next_deadline(&self) -> Option<Instant> {
         let probing = self.ping_in_flight || self.link.in_flight() > 0;
-        let heartbeat = (!probing).then(|| self.last_received + self.settings.heartbeat);
+        let (heartbeat, forgotten) = if self.without_client_over_udp() {
+            let failures = self.failures.forgotten_at(&self.settings.auth_failures);
+            let uploads = self.uploads.as_ref().and_then(Uploads::next_expiry);
+            (None, failures.into_iter().chain(uploads).min())
+        } else {
+            let heartbeat = (!probing).then(|| self.last_received + self.settings.heartbeat);
+            (heartbeat, None)
+        };
         [
             heartbeat,
+            forgotten,
             self.link.next_deadline(),
             self.block_transfer_until,
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// A UDP peer that acts for no client is not pinged: it is kept only while it holds
+    /// something (see `holds_nothing`).
+    fn without_client_over_udp(&self) -> bool {
+        self.client.is_none() && matches!(self.link, Link::Datagram(_))
     }
 
     /// UDP has nothing to say at shutdown: the session is handed back. A connection is
@@ -650,15 +782,10 @@ impl CoapChannel {
         self.ping_in_flight = false;
         self.block_transfer_until = None;
         self.token = None;
-        if let Some(session) = self.session.take() {
-            self.broker.disconnect(
-                &session,
-                self.control.conn_id,
-                WillDisposition::Discard,
-                now,
-            );
+        self.credentials = None;
+        if let Some(client) = self.client.take() {
+            client.close(WillDisposition::Discard, now);
         }
-        self.client = None;
     }
 
     /// Our message `tag` was acknowledged, or rejected with Reset or given up (`failed`).
@@ -691,13 +818,17 @@ impl CoapChannel {
         };
         let observation = self.observations.swap_remove(at);
         tracing::info!(filter = %observation.filter, "observer removed");
-        if let (Some(session), Some(client)) = (&self.session, &self.client) {
-            self.broker
-                .unsubscribe(session, client, &observation.filter);
+        if let Some(client) = &self.client {
+            client.unsubscribe(&observation.filter);
         }
     }
 
     fn handle_request(&mut self, request: Request, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if let Err(refusal) = self.admit_upload(&request, now) {
+            // Refused at its first block: nothing of the body is kept.
+            self.refuse(&request.packet, &refusal, now, out);
+            return Flow::Continue;
+        }
         let (request, block1_echo) = match self.uploads.as_mut() {
             None => (request, None),
             Some(uploads) => match uploads.receive(request, now) {
@@ -709,28 +840,48 @@ impl CoapChannel {
                 }
             },
         };
-        let mut close = false;
-        let response = match self.serve(&request, &mut close, now) {
+        let mut after = Aftermath::default();
+        let mut response = match self.serve(&request, &mut after, now) {
             Ok(response) => response,
             Err(refusal) => {
                 tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
-                let mut response = Packet::new();
-                response.header.code = MessageClass::Response(refusal.code());
-                let reason = refusal.to_string();
-                response.payload = reason.into_bytes();
-                response
+                refusal.response()
             }
         };
-        let mut response = response;
         if let Some(echo) = block1_echo {
             // RFC 7959 2.3: the response to the last block names it.
             response.add_option(CoapOption::Block1, echo.encode());
         }
-        self.answer(&request.packet, response, close, now, out);
-        if close {
-            Flow::Close
-        } else {
-            Flow::Continue
+        if after.close {
+            self.answer(&request.packet, response, true, now, out);
+            return Flow::Close;
+        }
+        self.answer_when_durable(&request.packet, response, after.ticket, now, out);
+        Flow::Continue
+    }
+
+    fn refuse(&mut self, request: &Packet, refusal: &Refusal, now: Instant, out: &mut Vec<Bytes>) {
+        tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
+        self.answer(request, refusal.response(), false, now, out);
+    }
+
+    /// The first block of a Block1 upload is admitted before anything of the body is kept:
+    /// a body is buffered only for a client that may publish it (RFC 7959 2.5 lets the
+    /// server act on the first block). Later blocks carry the same query (an upload is
+    /// keyed by it), hence the same client.
+    fn admit_upload(&mut self, request: &Request, now: Instant) -> Result<(), Refusal> {
+        if self.uploads.is_none() {
+            return Ok(());
+        }
+        match BlockOption::of(&request.packet, BLOCK1) {
+            Some(Ok(block)) if block.num == 0 && block.more => {}
+            // A whole body, a later block, or a bad option: no new upload starts here.
+            _ => return Ok(()),
+        }
+        match resource(&request.packet)? {
+            Resource::PubSub(_) => self.admit(&Query::parse(&request.packet), now),
+            // It takes no body.
+            Resource::Connection => Err(Refusal::BadOption("Block1 on a resource without a body")),
         }
     }
 
@@ -751,20 +902,79 @@ impl CoapChannel {
         }
     }
 
+    /// Answers a publish once what it routed is durable (`ticket`), so a client told 2.04
+    /// never loses its message to a crash. Until then a confirmable request has its empty
+    /// acknowledgement, so it is not retransmitted, and the answer follows as a separate
+    /// response (RFC 7252 5.2.2); over a stream it simply follows. Answers that wait for
+    /// nothing go at once: CoAP answers each request on its own, in no order.
+    fn answer_when_durable(
+        &mut self,
+        request: &Packet,
+        response: Packet,
+        ticket: Option<Ticket>,
+        now: Instant,
+        out: &mut Vec<Bytes>,
+    ) {
+        let store = self.broker.store().clone();
+        if ticket.is_none_or(|ticket| ticket <= store.durable()) {
+            self.answer(request, response, false, now, out);
+            return;
+        }
+        let mut stub = Packet::new();
+        stub.header = request.header.clone();
+        stub.set_token(request.get_token().to_vec());
+        let held = HeldResponse {
+            request: stub,
+            response,
+        };
+        let control = &self.control;
+        let Some(ready) = self
+            .held
+            .hold(held, ticket, store.as_ref(), || control.wakeup())
+        else {
+            tracing::debug!("answer held until the message is durable");
+            if let Link::Datagram(exchange) = &mut self.link {
+                exchange.defer(request, now, out);
+            }
+            return;
+        };
+        self.answer(&ready.request, ready.response, false, now, out);
+    }
+
+    /// Sends the held answers whose messages are now durable.
+    fn release_held(&mut self, out: &mut Vec<Bytes>, now: Instant) {
+        let store = self.broker.store().clone();
+        while let Some(held) = self.held.pop_due(store.as_ref()) {
+            let sent = match &mut self.link {
+                Link::Datagram(exchange) => exchange.respond_deferred(
+                    &held.request,
+                    held.response,
+                    Sent::Response,
+                    now,
+                    out,
+                ),
+                Link::Stream(link) => link.respond(&held.request, held.response, out),
+            };
+            if let Err(error) = sent {
+                tracing::warn!(%error, "response not sent");
+            }
+        }
+    }
+
     fn serve(
         &mut self,
         request: &Request,
-        close: &mut bool,
+        after: &mut Aftermath,
         now: Instant,
     ) -> Result<Packet, Refusal> {
         let query = Query::parse(&request.packet);
         match resource(&request.packet)? {
-            Resource::Connection => self.serve_connection(request, &query, close, now),
+            Resource::Connection => self.serve_connection(request, &query, &mut after.close, now),
             Resource::PubSub(topic) => {
                 self.admit(&query, now)?;
                 match request.method {
                     RequestType::Post | RequestType::Put => {
-                        self.publish(request, &query, &topic, now)
+                        self.publish(request, &query, &topic, &mut after.ticket, now)
                     }
                     RequestType::Get => self.observe(request, &query, &topic, now),
                     _ => Err(Refusal::MethodNotAllowed),
@@ -775,62 +985,88 @@ impl CoapChannel {
 
     // ---- clients and sessions ------------------------------------------------------------
 
-    fn authenticate(&self, client_id: &str, query: &Query) -> Result<ClientInfo, Refusal> {
-        let client = ClientInfo {
+    /// Runs the authenticator on what a request presents, unless this source is locked
+    /// out for failing too often; failures are counted.
+    fn authenticate(
+        &mut self,
+        client_id: &str,
+        query: &Query,
+        now: Instant,
+    ) -> Result<Authenticated, Refusal> {
+        let limit = self.settings.auth_failures;
+        if let Some(remaining) = self.failures.locked(now) {
+            return Err(Refusal::TooManyRequests(remaining));
+        }
+        let presented = Presented {
             protocol: COAP_NAMESPACE,
             listener: self.settings.listener.clone(),
             client_id: Arc::from(client_id),
             username: query.username.clone(),
             password: query.password.clone().map(Bytes::from),
             peer: self.peer,
-            mountpoint: Mountpoint::resolve(
-                &self.settings.mountpoint,
-                client_id,
-                query.username.as_deref(),
-            ),
+            mountpoint: Arc::from(self.settings.mountpoint.as_str()),
+            mountpoint_values: Vec::new(),
         };
-        if client_id.is_empty()
-            || client_id.len() > self.broker.config.max_client_id_length as usize
-        {
-            return Err(Refusal::BadRequest("unacceptable clientid"));
-        }
-        match self.broker.auth.authenticator.authenticate(&client) {
-            AuthOutcome::Allow => Ok(ClientInfo {
-                password: None,
-                ..client
-            }),
-            AuthOutcome::Deny(reason) => {
-                tracing::info!(?reason, client_id, "client not authenticated");
-                Err(Refusal::Unauthorized("authentication failed"))
+        self.broker.authenticate(presented).map_err(|refused| {
+            if matches!(
+                refused,
+                ConnectRefused::BadCredentials | ConnectRefused::NotAuthorized
+            ) {
+                self.failed_authentication(&limit, now);
             }
+            tracing::info!(%refused, client_id, "client not authenticated");
+            Refusal::of_connect(&refused)
+        })
+    }
+
+    fn failed_authentication(&mut self, limit: &AuthFailureLimit, now: Instant) {
+        if self.failures.record(limit, now) {
+            tracing::warn!(
+                failures = limit.max,
+                lockout_secs = limit.lockout.as_secs(),
+                "too many failed authentications from this source: refused for a while"
+            );
         }
     }
 
-    fn open_session(&mut self, client: ClientInfo, clean_start: bool, now: Instant) {
-        let attached = self.broker.connect(
-            ConnectRequest {
-                key: SessionKey {
-                    namespace: COAP_NAMESPACE,
-                    client_id: client.client_id.clone(),
+    /// Opens the session of `who` and makes it this peer's client, in place of the one it
+    /// acted for (whose relations end). On a refusal the previous client stays.
+    fn open_session(
+        &mut self,
+        who: Authenticated,
+        clean_start: bool,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let opened = self
+            .broker
+            .open_session(
+                who,
+                OpenSession {
+                    clean_start,
+                    expiry_interval: 0,
+                    will: None,
+                    control: self.control.clone(),
                 },
-                clean_start,
-                expiry_interval: 0,
-                will: None,
-                control: self.control.clone(),
-            },
-            now,
-        );
-        tracing::Span::current().record("client_id", &*client.client_id);
+                now,
+            )
+            .map_err(|refused| {
+                tracing::info!(%refused, "session refused");
+                Refusal::of_connect(&refused)
+            })?;
+        self.release_session(now);
+        tracing::Span::current().record("client_id", &**opened.client_id());
         tracing::info!(
-            session_present = attached.session_present,
+            session_present = opened.session_present(),
             "client connected"
         );
-        self.session = Some(attached.session);
-        self.client = Some(client);
+        self.client = Some(opened);
+        Ok(())
     }
 
     /// The client a `/ps` request acts for: in connection mode the one its token names, in
-    /// connectionless mode the one its query names, authenticated on every request.
+    /// connectionless mode the one its query names. A request presenting the client id
+    /// and credentials this peer's client was admitted with is that client's, without the
+    /// authenticator; any other is authenticated.
     fn admit(&mut self, query: &Query, now: Instant) -> Result<(), Refusal> {
         if self.settings.connection_required {
             return self.admit_connected(query, now);
@@ -840,12 +1076,36 @@ impl CoapChannel {
             (None, Some(bound)) => bound.to_owned(),
             (None, None) => format!("coap-{:016x}", self.link.random()),
         };
-        let client = self.authenticate(&client_id, query)?;
-        if self.client_id() != Some(client_id.as_str()) {
-            // Another client behind the same address: the previous one's relations end.
-            self.release_session(now);
-            self.open_session(client, true, now);
+        let presented = Credentials::of(
+            query.username.as_deref(),
+            query.password.as_deref().map(str::as_bytes),
+        );
+        let same_client = self.client_id() == Some(client_id.as_str());
+        if same_client
+            && self
+                .credentials
+                .as_ref()
+                .is_some_and(|admitted| admitted.matches(&presented))
+        {
+            return Ok(());
         }
+        let who = self.authenticate(&client_id, query, now)?;
+        if same_client {
+            // New credentials for the client this peer acts for: its session stays its
+            // owner's, whoever else they prove to be.
+            let owner = self
+                .client
+                .as_ref()
+                .and_then(|c| c.client().username.as_deref());
+            if who.client().username.as_deref() != owner {
+                tracing::info!(client_id, "session belongs to another user: refused");
+                return Err(Refusal::of_connect(&ConnectRefused::SessionOwnedByAnother));
+            }
+        } else {
+            // Another client behind the same address: the previous one's relations end.
+            self.open_session(who, true, now)?;
+        }
+        self.credentials = Some(presented);
         Ok(())
     }
 
@@ -855,11 +1115,19 @@ impl CoapChannel {
                 "Missing token or clientid in connection mode",
             ));
         };
-        if self.client_id() == Some(client_id.as_str()) && self.token.as_ref() == Some(token) {
+        if self.client_id() == Some(client_id.as_str())
+            && self
+                .token
+                .as_ref()
+                .is_some_and(|ours| same_token(ours, token))
+        {
             return Ok(());
         }
         // The client may come back from another address with its token: it takes its
-        // session over.
+        // session over, as the identity that obtained the token.
+        if let Some(remaining) = self.failures.locked(now) {
+            return Err(Refusal::TooManyRequests(remaining));
+        }
         let key = SessionKey {
             namespace: COAP_NAMESPACE,
             client_id: Arc::from(client_id.as_str()),
@@ -870,35 +1138,31 @@ impl CoapChannel {
                 .lock()
                 .extension
                 .get_mut::<ConnectionToken>()
-                .map(|known| known.0.clone())
+                .cloned()
         });
-        if known.as_ref() != Some(token) {
+        let Some(known) = known.filter(|known| same_token(&known.token, token)) else {
+            let limit = self.settings.auth_failures;
+            self.failed_authentication(&limit, now);
             return Err(Refusal::Unauthorized(
                 "Invalid token or clientid in connection mode",
             ));
-        }
-        let client = ClientInfo {
-            protocol: COAP_NAMESPACE,
-            listener: self.settings.listener.clone(),
-            mountpoint: Mountpoint::resolve(&self.settings.mountpoint, &key.client_id, None),
-            client_id: key.client_id,
-            username: None,
-            password: None,
-            peer: self.peer,
         };
-        self.release_session(now);
-        self.open_session(client, false, now);
-        self.set_token(token.clone());
+        self.open_session(known.who.clone(), false, now)?;
+        self.set_token(known.token, known.who);
         Ok(())
     }
 
-    fn set_token(&mut self, token: String) {
-        if let Some(session) = &self.session {
-            session
+    fn set_token(&mut self, token: String, who: Authenticated) {
+        if let Some(client) = &self.client {
+            client
+                .session()
                 .state
                 .lock()
                 .extension
-                .set(ConnectionToken(token.clone()));
+                .set(ConnectionToken {
+                    token: token.clone(),
+                    who,
+                });
         }
         self.token = Some(token);
     }
@@ -918,11 +1182,10 @@ impl CoapChannel {
                 if self.token.is_some() {
                     return Err(Refusal::BadRequest("client has connected"));
                 }
-                let client = self.authenticate(&client_id, query)?;
-                self.release_session(now);
-                self.open_session(client, true, now);
+                let who = self.authenticate(&client_id, query, now)?;
+                self.open_session(who.clone(), true, now)?;
                 let token = (self.link.random() as u32).to_string();
-                self.set_token(token.clone());
+                self.set_token(token.clone(), who);
                 tracing::info!("connection opened");
                 Ok(response(ResponseType::Created, token.into_bytes()))
             }
@@ -933,7 +1196,10 @@ impl CoapChannel {
                     ));
                 };
                 if self.client_id() != Some(client_id.as_str())
-                    || self.token.as_ref() != Some(token)
+                    || !self
+                        .token
+                        .as_ref()
+                        .is_some_and(|ours| same_token(ours, token))
                 {
                     self.admit_connected(query, now)?;
                 }
@@ -976,6 +1242,7 @@ impl CoapChannel {
         request: &Request,
         query: &Query,
         topic: &str,
+        ticket: &mut Option<Ticket>,
         now: Instant,
     ) -> Result<Packet, Refusal> {
         let qos = self.qos(query.qos.as_deref(), self.settings.publish_qos, request)?;
@@ -987,47 +1254,44 @@ impl CoapChannel {
                     .map_err(|_| Refusal::BadRequest("invalid expiry"))?,
             ),
         };
-        let name = topic;
-        if let Err((_, why)) = self.broker.check_publish(name, qos, retain) {
-            tracing::info!(topic = %name, why, "publish refused");
-            return Err(Refusal::BadRequest("invalid topic or options"));
-        }
-        let (Some(session), Some(client)) = (&self.session, &self.client) else {
+        let Some(client) = &self.client else {
             return Err(Refusal::Unauthorized("not connected"));
         };
-        if !self.broker.authorize(
-            client,
-            Action::Publish {
-                qos: qos.as_u8(),
-                retain,
-            },
-            name,
-        ) {
-            tracing::info!(topic = %name, "publish not authorized");
-            return Err(Refusal::Unauthorized("not authorized"));
-        }
-        let mut message = RoutedMessage {
-            publisher: Some(session.id),
-            publisher_client_id: Some(session.key.client_id.clone()),
-            ..RoutedMessage::new(
-                client.mount(name),
-                Bytes::from(request.packet.payload.clone()),
-                qos,
-                retain,
-                now,
-            )
+        let properties = PublishProperties {
+            message_expiry_interval: expiry,
+            content_type: request
+                .packet
+                .get_first_option(CoapOption::ContentFormat)
+                .map(|raw| {
+                    let number = raw.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+                    translations::coap::content_type(u16::try_from(number).unwrap_or(u16::MAX))
+                        .to_owned()
+                }),
+            ..PublishProperties::default()
         };
-        message.properties.message_expiry_interval = expiry;
-        message.properties.content_type = request
-            .packet
-            .get_first_option(CoapOption::ContentFormat)
-            .map(|raw| {
-                let number = raw.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
-                translations::coap::content_type(u16::try_from(number).unwrap_or(u16::MAX))
-                    .to_owned()
-            });
-        let message = message.with_expiry_from_properties(now);
-        self.broker.publish(Arc::new(message));
+        let payload = Bytes::from(request.packet.payload.clone());
+        let dispatched = match client.publish(topic, qos, retain, payload, properties, now) {
+            Ok(dispatched) => dispatched,
+            Err(refused @ PublishRefused::Invalid(_, why)) => {
+                tracing::info!(topic, why, %refused, "publish refused");
+                return Err(Refusal::BadRequest("invalid topic or options"));
+            }
+            Err(refused @ (PublishRefused::SysTopic | PublishRefused::NotAuthorized)) => {
+                tracing::info!(topic, %refused, "publish not authorized");
+                return Err(Refusal::Unauthorized("not authorized"));
+            }
+            Err(PublishRefused::StoreFull) => {
+                // RFC 7252 5.9.3.4: overloaded for now, retry after Max-Age. Not 4.13,
+                // which would say this request is too large whenever it comes.
+                tracing::warn!(topic, "store full: message refused");
+                return Err(Refusal::Unavailable(STORE_FULL_RETRY));
+            }
+        };
+        self.yield_requested |= dispatched.backlogged;
+        // A QoS 0 message is promised nothing beyond routing.
+        if qos != QoS::AtMostOnce {
+            *ticket = dispatched.ticket;
+        }
         Ok(response(ResponseType::Changed, Vec::new()))
     }
 
@@ -1089,7 +1353,7 @@ impl CoapChannel {
         szx: u8,
         now: Instant,
     ) -> Result<Packet, Refusal> {
-        let (Some(session), Some(client)) = (self.session.clone(), self.client.clone()) else {
+        let Some(client) = &self.client else {
             return Err(Refusal::Unauthorized("not connected"));
         };
         let existing = self.observations.iter().position(|o| o.filter == filter);
@@ -1105,14 +1369,7 @@ impl CoapChannel {
             qos,
             ..SubscriptionOptions::default()
         };
-        match self.broker.subscribe(
-            &session,
-            &client,
-            &filter,
-            options,
-            Some(subscription_id),
-            now,
-        ) {
+        match client.subscribe(&filter, options, Some(subscription_id), now) {
             Ok(_) => {}
             Err(reason) if reason == ReasonCode::NOT_AUTHORIZED => {
                 tracing::info!(filter, "observe not authorized");
@@ -1165,7 +1422,7 @@ impl CoapChannel {
         };
         let mut packet = response(CONTENT, Vec::new());
         if let Some(format) = content_format {
-            packet.add_option(CoapOption::ContentFormat, minimal_bytes(*format));
+            packet.add_option(CoapOption::ContentFormat, minimal_uint(u32::from(*format)));
         }
         let sent = representation
             .fill(&mut packet, requested, max_szx)
@@ -1199,7 +1456,7 @@ impl CoapChannel {
     /// Sends queued deliveries as notifications while no confirmable one is in flight and
     /// the client is not reading one in blocks.
     fn fill(&mut self, out: &mut Vec<Bytes>, now: Instant) {
-        let Some(session) = self.session.clone() else {
+        let Some(session) = self.client.as_ref().map(|client| client.session().clone()) else {
             return;
         };
         if self.block_transfer_until.is_some_and(|until| until <= now) {
@@ -1250,7 +1507,7 @@ impl CoapChannel {
             packet.set_token(observation.token.clone());
             packet.set_observe_value(observation.sequence);
             if let Some(format) = content_format {
-                packet.add_option(CoapOption::ContentFormat, minimal_bytes(format));
+                packet.add_option(CoapOption::ContentFormat, minimal_uint(u32::from(format)));
             }
             let payload = &delivery.message.payload;
             match &self.settings.blockwise {
@@ -1314,10 +1571,15 @@ fn response(code: ResponseType, payload: Vec<u8>) -> Packet {
 }
 
 /// An option's unsigned integer in the fewest bytes (RFC 7252 3.2).
-fn minimal_bytes(value: u16) -> Vec<u8> {
-    match value {
-        0 => Vec::new(),
-        1..=0xFF => vec![value as u8],
-        _ => value.to_be_bytes().to_vec(),
-    }
+fn minimal_uint(value: u32) -> Vec<u8> {
+    let bytes = value.to_be_bytes();
+    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    bytes.get(first..).unwrap_or_default().to_vec()
+}
+
+/// Compares connection tokens in constant time, so a guess learns nothing from the time
+/// its refusal takes.
+fn same_token(ours: &str, presented: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    ours.as_bytes().ct_eq(presented.as_bytes()).into()
 }

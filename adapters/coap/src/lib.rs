@@ -4,6 +4,7 @@
 //! WebSocket (RFC 8323) on the kit's byte-stream driver. The resources are one channel
 //! (`channel`) whatever carries them.
 
+mod admission;
 pub mod channel;
 pub mod framing;
 pub mod reliable;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 
 use framing::Framing;
 
+pub use admission::AuthFailureLimit;
 pub use channel::{
     CoapChannel, Settings, COAP_NAMESPACE, UNDERSTOOD_CRITICAL, UNDERSTOOD_CRITICAL_BLOCKWISE,
 };
@@ -202,6 +204,9 @@ impl StreamChannel for CoapStream {
     }
     fn wants_drain(&self) -> bool {
         self.channel.wants_drain()
+    }
+    fn take_yield_request(&mut self) -> bool {
+        self.channel.take_yield_request()
     }
     fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
         let flow = self.channel.shutdown(&mut self.messages);

@@ -10,10 +10,13 @@
     clippy::type_complexity
 )]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapter_coap::{CoapChannel, Settings, UNDERSTOOD_CRITICAL, UNDERSTOOD_CRITICAL_BLOCKWISE};
+use adapter_coap::{
+    AuthFailureLimit, CoapChannel, Settings, UNDERSTOOD_CRITICAL, UNDERSTOOD_CRITICAL_BLOCKWISE,
+};
 use adapter_kit::coap::{
     CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType, TransmissionParams,
 };
@@ -22,12 +25,17 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use gateway_config::AclNoMatch;
 use gateway_config::{CoapNotifyType, CoapQos};
-use mqtt_core::auth::{AclAuthorizer, Auth, ClientInfo, PasswordAuthenticator};
-use mqtt_core::broker::{Broker, ConnectRequest};
+use mqtt_core::auth::{
+    hash_password, AclAuthorizer, Auth, AuthOutcome, Authenticator, PasswordAuthenticator,
+    PasswordFile,
+};
+use mqtt_core::broker::Broker;
 use mqtt_core::codec::{QoS, SubscriptionOptions};
 use mqtt_core::message::Message as Routed;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::{ConnControl, SessionCell, SessionKey, Wakeup};
+use mqtt_core::session::{SessionCell, SessionKey, Wakeup};
+use mqtt_core::storage::MapStore;
+use mqtt_core::testing;
 
 struct NoWakeup;
 
@@ -60,6 +68,11 @@ fn settings() -> Settings {
         },
         blockwise: None,
         separate_response: false,
+        auth_failures: AuthFailureLimit {
+            max: 5,
+            window: Duration::from_secs(60),
+            lockout: Duration::from_secs(60),
+        },
     }
 }
 
@@ -205,32 +218,11 @@ fn content() -> MessageClass {
 
 /// An MQTT session subscribed to `filter`, to see what CoAP clients publish.
 fn mqtt_subscriber(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<SessionCell> {
-    let attached = broker.connect(
-        ConnectRequest {
-            key: SessionKey {
-                namespace: "mqtt",
-                client_id: Arc::from("watcher"),
-            },
-            clean_start: true,
-            expiry_interval: 0,
-            will: None,
-            control: ConnControl::new(broker.next_connection_id(), Arc::new(NoWakeup)),
-        },
-        now,
-    );
-    let client = ClientInfo {
-        protocol: "mqtt",
-        listener: "tcp:test".into(),
-        client_id: "watcher".into(),
-        username: None,
-        password: None,
-        peer: None,
-        mountpoint: None,
-    };
-    broker
+    let watcher =
+        testing::open_session(broker, "mqtt", "watcher", true, 0, Arc::new(NoWakeup), now)
+            .expect("the watcher's session");
+    watcher
         .subscribe(
-            &attached.session,
-            &client,
             filter,
             SubscriptionOptions {
                 qos: QoS::ExactlyOnce,
@@ -240,7 +232,8 @@ fn mqtt_subscriber(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<Sess
             now,
         )
         .unwrap();
-    attached.session
+    // Dropped unclosed, the session stays attached, as to a connection that never closes.
+    watcher.session().clone()
 }
 
 fn drain(session: &SessionCell, now: Instant) -> Vec<Arc<Routed>> {
@@ -249,13 +242,16 @@ fn drain(session: &SessionCell, now: Instant) -> Vec<Arc<Routed>> {
 }
 
 fn mqtt_publish(broker: &Broker, topic: &str, payload: &[u8], qos: QoS, now: Instant) {
-    broker.publish(Arc::new(Routed::new(
-        ByteString::from(topic),
-        Bytes::copy_from_slice(payload),
-        qos,
-        false,
-        now,
-    )));
+    let _ = testing::route(
+        broker,
+        Routed::new(
+            ByteString::from(topic),
+            Bytes::copy_from_slice(payload),
+            qos,
+            false,
+            now,
+        ),
+    );
 }
 
 #[test]
@@ -1166,4 +1162,470 @@ fn acl_denial_gets_4_01_for_publish_and_observe() {
     let routed = drain(&watcher, now);
     assert_eq!(routed.len(), 1);
     assert_eq!(&*routed[0].topic, "open/a");
+}
+
+// ---- the client-session layer: credentials, ownership, refusals --------------------------
+
+/// The password-file authenticator, counting how often it runs: each run is a PBKDF2 hash.
+struct Counting {
+    inner: PasswordAuthenticator,
+    calls: AtomicUsize,
+}
+
+impl Authenticator for Counting {
+    fn authenticate(&self, client: &mqtt_core::auth::ClientInfo) -> AuthOutcome {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.authenticate(client)
+    }
+}
+
+impl Counting {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Counts from zero again (after the test's own MQTT sessions were authenticated).
+    fn reset(&self) {
+        self.calls.store(0, Ordering::SeqCst);
+    }
+}
+
+/// A broker whose users are alice (password "wonder") and mallory ("evil"), with `acl`
+/// (rules; no match allows). Anonymous clients are let in, as the MQTT watcher is.
+fn broker_with_users(acl: &str, now: Instant) -> (Arc<Broker>, Arc<Counting>) {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let users = PasswordFile::parse(
+        &format!(
+            "alice:{}\nmallory:{}\n",
+            hash_password("wonder"),
+            hash_password("evil")
+        ),
+        std::path::Path::new("passwd"),
+    )
+    .unwrap();
+    let counting = Arc::new(Counting {
+        inner: PasswordAuthenticator::new(Some(users), true),
+        calls: AtomicUsize::new(0),
+    });
+    let acl = AclAuthorizer::parse(acl, std::path::Path::new("acl"), AclNoMatch::Allow).unwrap();
+    let broker = Arc::new(Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        Auth {
+            authenticator: counting.clone(),
+            authorizer: Arc::new(acl),
+        },
+        now,
+    ));
+    (broker, counting)
+}
+
+const ALICE: &str = "u=alice&p=wonder";
+
+#[test]
+fn a_client_pays_the_password_check_once_not_per_request() {
+    let now = Instant::now();
+    let (broker, auth) = broker_with_users("", now);
+    let watcher = mqtt_subscriber(&broker, "once/#", now);
+    auth.reset();
+    let mut peer = Peer::new(&broker, settings(), now);
+    for n in 0..200 {
+        let answer = peer.post(&format!("/ps/once/{n}?clientid=dev1&{ALICE}"), b"v", now);
+        assert_eq!(code(&answer), response_code(ResponseType::Changed));
+    }
+    let observed = peer.observe(&format!("/ps/once/in?clientid=dev1&{ALICE}"), b"o", now);
+    assert_eq!(code(&observed[0]), content());
+    assert_eq!(auth.calls(), 1, "one check for 201 requests");
+    assert_eq!(drain(&watcher, now).len(), 200);
+
+    // Anything else presented is checked: a wrong password is refused and the session it
+    // named is left as it was.
+    let wrong = peer.post("/ps/once/x?clientid=dev1&u=alice&p=wander", b"v", now);
+    assert_eq!(code(&wrong), response_code(ResponseType::Unauthorized));
+    assert_eq!(auth.calls(), 2);
+    let no_password = peer.post("/ps/once/x?clientid=dev1&u=alice", b"v", now);
+    assert_eq!(
+        code(&no_password),
+        response_code(ResponseType::Unauthorized)
+    );
+    assert_eq!(auth.calls(), 3);
+    assert!(drain(&watcher, now).is_empty());
+    assert_eq!(peer.channel.observation_count(), 1);
+    let again = peer.post(&format!("/ps/once/y?clientid=dev1&{ALICE}"), b"v", now);
+    assert_eq!(code(&again), response_code(ResponseType::Changed));
+    assert_eq!(
+        auth.calls(),
+        3,
+        "the admitted credentials still need no check"
+    );
+    // Another client id behind the same address is another client: checked.
+    let other = peer.post(&format!("/ps/once/z?clientid=dev2&{ALICE}"), b"v", now);
+    assert_eq!(code(&other), response_code(ResponseType::Changed));
+    assert_eq!(auth.calls(), 4);
+}
+
+#[test]
+fn a_source_failing_too_often_gets_4_29_unchecked_until_its_lockout_ends() {
+    let t0 = Instant::now();
+    let (broker, auth) = broker_with_users("", t0);
+    let watcher = mqtt_subscriber(&broker, "lock/#", t0);
+    auth.reset();
+    let mut peer = Peer::new(&broker, settings(), t0);
+    for n in 0..5 {
+        let wrong = peer.post(
+            &format!("/ps/lock/a?clientid=d&u=alice&p=guess{n}"),
+            b"v",
+            t0,
+        );
+        assert_eq!(code(&wrong), response_code(ResponseType::Unauthorized));
+        assert!(!peer.closed, "the source's failures are remembered");
+    }
+    assert_eq!(auth.calls(), 5);
+    // Locked out: refused without a check, even with the right password, for a minute.
+    let at = t0 + Duration::from_secs(10);
+    for n in 0..1000 {
+        let refused = peer.post(
+            &format!("/ps/lock/a?clientid=d&u=alice&p=guess{n}"),
+            b"v",
+            at,
+        );
+        assert_eq!(code(&refused), response_code(ResponseType::TooManyRequests));
+        assert_eq!(uint(&refused, CoapOption::MaxAge), 50, "seconds left");
+    }
+    let right = peer.post(&format!("/ps/lock/a?clientid=d&{ALICE}"), b"v", at);
+    assert_eq!(code(&right), response_code(ResponseType::TooManyRequests));
+    assert_eq!(auth.calls(), 5);
+    assert!(drain(&watcher, at).is_empty());
+
+    // Once the lockout is over the source is checked again.
+    let after = t0 + Duration::from_secs(60);
+    let right = peer.post(&format!("/ps/lock/a?clientid=d&{ALICE}"), b"v", after);
+    assert_eq!(code(&right), response_code(ResponseType::Changed));
+    assert_eq!(auth.calls(), 6);
+    assert_eq!(drain(&watcher, after).len(), 1);
+}
+
+#[test]
+fn a_lockout_does_not_refuse_the_client_already_admitted_and_is_forgotten_in_time() {
+    let t0 = Instant::now();
+    let (broker, auth) = broker_with_users("", t0);
+    let mut peer = Peer::new(&broker, settings(), t0);
+    let admitted = peer.post(&format!("/ps/k/a?clientid=d&{ALICE}"), b"v", t0);
+    assert_eq!(code(&admitted), response_code(ResponseType::Changed));
+    for _ in 0..5 {
+        peer.post("/ps/k/a?clientid=d&u=alice&p=nope", b"v", t0);
+    }
+    let refused = peer.post("/ps/k/a?clientid=d&u=alice&p=nope", b"v", t0);
+    assert_eq!(code(&refused), response_code(ResponseType::TooManyRequests));
+    let served = peer.post(&format!("/ps/k/a?clientid=d&{ALICE}"), b"v", t0);
+    assert_eq!(code(&served), response_code(ResponseType::Changed));
+    assert_eq!(auth.calls(), 6);
+
+    // A source without a session is kept only while its failures count.
+    let mut stranger = Peer::new(&broker, settings(), t0);
+    stranger.post("/ps/k/a?clientid=s&u=alice&p=nope", b"v", t0);
+    assert!(!stranger.closed);
+    let forgotten = t0 + Duration::from_secs(60);
+    assert_eq!(stranger.channel.next_deadline(), Some(forgotten));
+    stranger.tick(forgotten - Duration::from_millis(1));
+    assert!(!stranger.closed);
+    stranger.tick(forgotten);
+    assert!(stranger.closed);
+}
+
+#[test]
+fn another_users_session_is_refused_with_4_03_and_left_to_its_owner() {
+    let now = Instant::now();
+    let (broker, _) = broker_with_users("", now);
+    let mut owner = Peer::new(&broker, settings(), now);
+    let observed = owner.observe(&format!("/ps/own/t?clientid=dev&{ALICE}"), b"o", now);
+    assert_eq!(code(&observed[0]), content());
+    // One confirmable notification in flight, the second waits in the session's queue.
+    mqtt_publish(&broker, "own/t", b"1", QoS::AtLeastOnce, now);
+    mqtt_publish(&broker, "own/t", b"2", QoS::AtLeastOnce, now);
+    let first = owner.wake(now);
+    assert_eq!(first.len(), 1);
+
+    let forbidden = response_code(ResponseType::Forbidden);
+    let mut thief = Peer::new(&broker, settings(), now);
+    let taken = thief.observe("/ps/own/#?clientid=dev&u=mallory&p=evil", b"m", now);
+    assert_eq!(code(&taken[0]), forbidden);
+    assert!(thief.closed, "nothing kept for the refused peer");
+    // From the owner's own address too.
+    let taken = owner.post("/ps/own/t?clientid=dev&u=mallory&p=evil", b"m", now);
+    assert_eq!(code(&taken), forbidden);
+
+    // Nor can a connection be opened on it.
+    let mut connecting = Peer::new(
+        &broker,
+        Settings {
+            connection_required: true,
+            ..settings()
+        },
+        now,
+    );
+    let taken = connecting.post("/mqtt/connection?clientid=dev&u=mallory&p=evil", b"", now);
+    assert_eq!(code(&taken), forbidden);
+
+    let key = SessionKey {
+        namespace: "coap",
+        client_id: Arc::from("dev"),
+    };
+    let session = broker.session(&key).expect("the owner's session");
+    assert_eq!(session.state.lock().subscriptions.len(), 1);
+    let second = owner.ack(&first[0], now);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].payload, b"2", "the queued message is still there");
+}
+
+#[test]
+fn a_client_id_that_would_widen_the_mountpoint_is_refused_with_4_00() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let watcher = mqtt_subscriber(&broker, "#", now);
+    let mountpointed = || Settings {
+        mountpoint: "coap/${clientid}/".into(),
+        ..settings()
+    };
+    for client_id in ["a+b", "#", "a/b"] {
+        let mut peer = Peer::new(&broker, mountpointed(), now);
+        let answer = peer.post(&format!("/ps/t?clientid={client_id}"), b"v", now);
+        assert_eq!(
+            code(&answer),
+            response_code(ResponseType::BadRequest),
+            "{client_id}"
+        );
+        let observed = peer.observe(&format!("/ps/t?clientid={client_id}"), b"o", now);
+        assert_eq!(code(&observed[0]), response_code(ResponseType::BadRequest));
+        assert_eq!(peer.channel.observation_count(), 0);
+    }
+    assert!(drain(&watcher, now).is_empty());
+}
+
+#[test]
+fn publishing_to_sys_is_refused_with_4_01() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let watcher = mqtt_subscriber(&broker, "$SYS/#", now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    let answer = peer.post("/ps/$SYS/broker/uptime?clientid=sys1", b"0", now);
+    assert_eq!(code(&answer), response_code(ResponseType::Unauthorized));
+    assert!(drain(&watcher, now).is_empty());
+}
+
+#[test]
+fn acl_denial_refuses_publish_and_observe_with_nothing_delivered() {
+    let now = Instant::now();
+    let (broker, _) = broker_with_users("deny user:alice all secret/#\n", now);
+    let watcher = mqtt_subscriber(&broker, "#", now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    let refused = peer.post(&format!("/ps/secret/a?clientid=acl2&{ALICE}"), b"v", now);
+    assert_eq!(code(&refused), response_code(ResponseType::Unauthorized));
+    let observed = peer.observe(&format!("/ps/secret/a?clientid=acl2&{ALICE}"), b"o", now);
+    assert_eq!(
+        code(&observed[0]),
+        response_code(ResponseType::Unauthorized)
+    );
+    mqtt_publish(&broker, "secret/a", b"x", QoS::AtMostOnce, now);
+    assert!(peer.wake(now).is_empty(), "nothing delivered");
+    assert_eq!(drain(&watcher, now).len(), 1, "only the MQTT publish");
+}
+
+// ---- durability of what a publish is answered for ----------------------------------------
+
+/// A broker on `store` with a persistent MQTT session subscribed to `filter` at QoS 1, so
+/// that a QoS 1 message to it is stored.
+fn broker_with_keeper(store: &Arc<MapStore>, filter: &str, now: Instant) -> Arc<Broker> {
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let broker = Arc::new(
+        Broker::new(
+            config.mqtt.clone(),
+            &config.retainer,
+            Auth::allow_all(),
+            now,
+        )
+        .with_store(store.clone(), std::time::SystemTime::now()),
+    );
+    let keeper = testing::open_session(
+        &broker,
+        "mqtt",
+        "keeper",
+        false,
+        3600,
+        Arc::new(NoWakeup),
+        now,
+    )
+    .unwrap();
+    keeper
+        .subscribe(
+            filter,
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..SubscriptionOptions::default()
+            },
+            None,
+            now,
+        )
+        .unwrap();
+    broker
+}
+
+#[test]
+fn a_qos_1_publish_is_answered_2_04_only_once_the_stored_copy_is_durable() {
+    let now = Instant::now();
+    let store = Arc::new(MapStore::default());
+    let broker = broker_with_keeper(&store, "kept/#", now);
+    store.hold_back();
+    let mut peer = Peer::new(&broker, settings(), now);
+    let datagram = build(
+        MessageType::Confirmable,
+        RequestType::Post,
+        0x0A0A,
+        "/ps/kept/a?clientid=dur1&qos=1",
+        b"tk",
+        None,
+        b"v",
+    );
+    let first = peer.send_raw(datagram.clone(), now);
+    // Only the empty acknowledgement, so the client stops retransmitting.
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].header.get_type(), MessageType::Acknowledgement);
+    assert_eq!(first[0].header.code, MessageClass::Empty);
+    assert_eq!(first[0].header.message_id, 0x0A0A);
+    // Its retransmission gets the same, and is not published again.
+    let again = peer.send_raw(datagram, now + Duration::from_secs(2));
+    assert_eq!(again, first);
+    assert_eq!(store.count(mqtt_core::storage::Table::Queues), 1);
+    assert!(peer.wake(now).is_empty(), "not durable yet");
+    // A QoS 0 publish promised nothing more than routing: answered at once.
+    let zero = peer.request(
+        MessageType::Confirmable,
+        RequestType::Post,
+        "/ps/kept/b?clientid=dur1&qos=0",
+        b"z",
+        None,
+        b"v",
+        now,
+    );
+    assert_eq!(code(&zero[0]), response_code(ResponseType::Changed));
+
+    store.release();
+    let answer = peer.wake(now);
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(answer[0].header.get_type(), MessageType::Confirmable);
+    assert_eq!(code(&answer[0]), response_code(ResponseType::Changed));
+    assert_eq!(answer[0].get_token(), b"tk");
+    // Retransmitted until acknowledged, like any confirmable message of ours.
+    assert_eq!(peer.tick(now + Duration::from_secs(2)), answer);
+    peer.ack(&answer[0], now);
+    assert!(peer.tick(now + Duration::from_secs(6)).is_empty());
+}
+
+#[test]
+fn a_full_store_refuses_qos_1_with_5_03_and_max_age_and_routes_nothing() {
+    let now = Instant::now();
+    let store = Arc::new(MapStore::default());
+    let broker = broker_with_keeper(&store, "full/#", now);
+    let watcher = mqtt_subscriber(&broker, "full/#", now);
+    store.set_full(true);
+    let mut peer = Peer::new(&broker, settings(), now);
+    for qos in ["1", "2"] {
+        let answer = peer.post(&format!("/ps/full/a?clientid=f1&qos={qos}"), b"v", now);
+        assert_eq!(
+            code(&answer),
+            response_code(ResponseType::ServiceUnavailable)
+        );
+        assert_eq!(uint(&answer, CoapOption::MaxAge), 5);
+    }
+    assert!(drain(&watcher, now).is_empty());
+    // QoS 0 is stored nowhere, so it still goes.
+    let answer = peer.post("/ps/full/a?clientid=f1&qos=0", b"v", now);
+    assert_eq!(code(&answer), response_code(ResponseType::Changed));
+    assert_eq!(drain(&watcher, now).len(), 1);
+}
+
+// ---- Block1 uploads are admitted at their first block ------------------------------------
+
+#[test]
+fn block1_from_an_unauthenticated_client_is_refused_at_the_first_block_and_nothing_kept() {
+    let now = Instant::now();
+    let (broker, auth) = broker_with_users("", now);
+    let watcher = mqtt_subscriber(&broker, "bw/#", now);
+    auth.reset();
+    let mut peer = Peer::new(&broker, blockwise_settings(6, 64 * 1024), now);
+    let block = body(1024);
+    let wrong = "/ps/bw/a?clientid=b1&u=alice&p=nope";
+    let answer = peer.block1(wrong, blk(0, true, 6), &block, None, now);
+    assert_eq!(code(&answer), response_code(ResponseType::Unauthorized));
+    assert_eq!(peer.channel.upload_count(), 0, "nothing of the body kept");
+    // Its later blocks continue no upload.
+    let answer = peer.block1(wrong, blk(1, true, 6), &block, None, now);
+    assert_eq!(
+        code(&answer),
+        response_code(ResponseType::RequestEntityIncomplete)
+    );
+    assert_eq!(peer.channel.upload_count(), 0);
+    assert_eq!(auth.calls(), 1);
+
+    // A client that may publish has its upload kept, checked once for every block.
+    let right = format!("/ps/bw/a?clientid=b1&{ALICE}");
+    let whole = body(3000);
+    let chunks: Vec<&[u8]> = whole.chunks(1024).collect();
+    let first = peer.block1(&right, blk(0, true, 6), chunks[0], None, now);
+    assert_eq!(code(&first), response_code(ResponseType::Continue));
+    assert_eq!(peer.channel.upload_count(), 1);
+    peer.block1(&right, blk(1, true, 6), chunks[1], None, now);
+    let last = peer.block1(&right, blk(2, false, 6), chunks[2], None, now);
+    assert_eq!(code(&last), response_code(ResponseType::Changed));
+    assert_eq!(auth.calls(), 2);
+    let routed = drain(&watcher, now);
+    assert_eq!(routed.len(), 1);
+    assert_eq!(&routed[0].payload[..], &whole[..]);
+
+    // The connection resource takes no body.
+    let mut connected = Peer::new(
+        &broker,
+        Settings {
+            connection_required: true,
+            ..blockwise_settings(6, 64 * 1024)
+        },
+        now,
+    );
+    let answer = connected.block1(
+        &format!("/mqtt/connection?clientid=b2&{ALICE}"),
+        blk(0, true, 6),
+        &block,
+        None,
+        now,
+    );
+    assert_eq!(code(&answer), response_code(ResponseType::BadOption));
+    assert_eq!(connected.channel.upload_count(), 0);
+}
+
+#[test]
+fn guessed_connection_tokens_count_as_failed_authentications() {
+    let now = Instant::now();
+    let (broker, auth) = broker_with_users("", now);
+    let connected = || Settings {
+        connection_required: true,
+        ..settings()
+    };
+    let mut owner = Peer::new(&broker, connected(), now);
+    let created = owner.post(&format!("/mqtt/connection?clientid=cm&{ALICE}"), b"", now);
+    assert_eq!(code(&created), response_code(ResponseType::Created));
+    let token = String::from_utf8(created.payload.clone()).unwrap();
+    let mut guesser = Peer::new(&broker, connected(), now);
+    for guess in 0..5 {
+        let wrong = guesser.post(&format!("/ps/cm/a?clientid=cm&token=x{guess}"), b"v", now);
+        assert_eq!(code(&wrong), response_code(ResponseType::Unauthorized));
+    }
+    let right = guesser.post(&format!("/ps/cm/a?clientid=cm&token={token}"), b"v", now);
+    assert_eq!(code(&right), response_code(ResponseType::TooManyRequests));
+    // The token proves the identity that obtained it: taking the session over from a new
+    // address runs no password check.
+    let calls = auth.calls();
+    let mut moved = Peer::new(&broker, connected(), now);
+    let right = moved.post(&format!("/ps/cm/a?clientid=cm&token={token}"), b"v", now);
+    assert_eq!(code(&right), response_code(ResponseType::Changed));
+    assert_eq!(auth.calls(), calls);
 }

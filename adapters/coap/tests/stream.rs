@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_coap::framing::{self, Frame, FrameError, Framing};
-use adapter_coap::{CoapChannel, CoapStream, Settings, UNDERSTOOD_CRITICAL};
+use adapter_coap::{AuthFailureLimit, CoapChannel, CoapStream, Settings, UNDERSTOOD_CRITICAL};
 use adapter_kit::coap::{
     decode_framed, encode_framed, CoapOption, MessageClass, Packet, RequestType, ResponseType,
     TransmissionParams,
@@ -26,6 +26,7 @@ use mqtt_core::codec::QoS;
 use mqtt_core::message::Message as Routed;
 use mqtt_core::protocol::Flow;
 use mqtt_core::session::Wakeup;
+use mqtt_core::testing::route;
 use proptest::prelude::*;
 
 struct NoWakeup;
@@ -128,6 +129,11 @@ fn settings() -> Settings {
         },
         blockwise: None,
         separate_response: false,
+        auth_failures: AuthFailureLimit {
+            max: 5,
+            window: Duration::from_secs(60),
+            lockout: Duration::from_secs(60),
+        },
     }
 }
 
@@ -259,13 +265,16 @@ fn csm_first_then_requests_and_notifications_without_acknowledgements() {
 
     // Confirmable-worthy QoS 1 deliveries go out back to back: nothing waits for an ACK.
     for n in 0..3u8 {
-        broker.publish(Arc::new(Routed::new(
-            format!("s/{n}").into(),
-            Bytes::from(vec![n]),
-            QoS::AtLeastOnce,
-            false,
-            now,
-        )));
+        let _ = route(
+            &broker,
+            Routed::new(
+                format!("s/{n}").into(),
+                Bytes::from(vec![n]),
+                QoS::AtLeastOnce,
+                false,
+                now,
+            ),
+        );
     }
     let notes = client.wake(now);
     assert_eq!(notes.len(), 3);
@@ -280,13 +289,16 @@ fn csm_first_then_requests_and_notifications_without_acknowledgements() {
     assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
 
     // A notification larger than the client's Max-Message-Size is not sent whole.
-    broker.publish(Arc::new(Routed::new(
-        "s/big".into(),
-        Bytes::from(vec![0u8; 3000]),
-        QoS::AtMostOnce,
-        false,
-        now,
-    )));
+    let _ = route(
+        &broker,
+        Routed::new(
+            "s/big".into(),
+            Bytes::from(vec![0u8; 3000]),
+            QoS::AtMostOnce,
+            false,
+            now,
+        ),
+    );
     assert!(client.wake(now).is_empty());
 
     // Unknown methods are 4.05 as over UDP.
@@ -356,4 +368,65 @@ fn malformed_input_and_a_missing_csm_are_aborted() {
             "{error:?}"
         );
     }
+}
+
+#[test]
+fn a_qos_1_publish_is_answered_over_a_stream_once_durable() {
+    use mqtt_core::codec::SubscriptionOptions;
+    use mqtt_core::storage::MapStore;
+
+    let now = Instant::now();
+    let store = Arc::new(MapStore::default());
+    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let broker = Arc::new(
+        Broker::new(
+            config.mqtt.clone(),
+            &config.retainer,
+            Auth::allow_all(),
+            now,
+        )
+        .with_store(store.clone(), std::time::SystemTime::now()),
+    );
+    // A persistent subscriber, so that the message is stored.
+    let keeper = mqtt_core::testing::open_session(
+        &broker,
+        "mqtt",
+        "keeper",
+        false,
+        3600,
+        Arc::new(NoWakeup),
+        now,
+    )
+    .unwrap();
+    keeper
+        .subscribe(
+            "kept/#",
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..SubscriptionOptions::default()
+            },
+            None,
+            now,
+        )
+        .unwrap();
+    let (mut client, _) = Client::connect(&broker, now);
+    client.send_raw(&[0x00, 0xE1], now);
+    store.hold_back();
+    let mut publish = request(
+        RequestType::Post,
+        "/ps/kept/a?clientid=tcpd&qos=1",
+        b"pb",
+        None,
+    );
+    publish.payload = b"v".to_vec();
+    assert!(client.send(&publish, now).is_empty(), "not durable yet");
+    store.release();
+    let answers = client.wake(now);
+    assert_eq!(answers.len(), 1);
+    let answer = packet(&answers[0]);
+    assert_eq!(
+        answer.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    assert_eq!(answer.get_token(), b"pb");
 }

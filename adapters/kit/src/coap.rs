@@ -391,11 +391,44 @@ impl<T: Clone> Exchange<T> {
         if request.header.get_type() != MessageType::Confirmable {
             return self.respond(request, response, now, out);
         }
-        let ack = empty(MessageType::Acknowledgement, request.header.message_id);
-        self.remember(request.header.message_id, true, Some(ack.clone()), now);
-        out.push(ack);
+        self.defer(request, now, out);
         response.set_token(request.get_token().to_vec());
         self.send_confirmable(response, tag, now, out).map(|_| ())
+    }
+
+    /// Says that the answer to `request` comes later (RFC 7252 5.2.2): a confirmable
+    /// request gets an empty acknowledgement now, which its duplicates get again, so its
+    /// client stops retransmitting; a non-confirmable one is remembered, so its duplicates
+    /// are ignored. Either way the request is not handed to the application again. The
+    /// answer then goes with [`Exchange::respond_deferred`].
+    pub fn defer(&mut self, request: &Packet, now: Instant, out: &mut Vec<Bytes>) {
+        let message_id = request.header.message_id;
+        if request.header.get_type() == MessageType::Confirmable {
+            let ack = empty(MessageType::Acknowledgement, message_id);
+            self.remember(message_id, true, Some(ack.clone()), now);
+            out.push(ack);
+        } else {
+            self.remember(message_id, false, None, now);
+        }
+    }
+
+    /// Sends the answer to a request [deferred](Exchange::defer), with its token: as a
+    /// confirmable message (retransmitted and reported with `tag`) to a confirmable
+    /// request, as a non-confirmable one otherwise.
+    pub fn respond_deferred(
+        &mut self,
+        request: &Packet,
+        mut response: Packet,
+        tag: T,
+        now: Instant,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), EncodeError> {
+        response.set_token(request.get_token().to_vec());
+        if request.header.get_type() == MessageType::Confirmable {
+            self.send_confirmable(response, tag, now, out).map(|_| ())
+        } else {
+            self.send_non_confirmable(response, tag, out).map(|_| ())
+        }
     }
 
     /// Sends a confirmable message and retransmits it until it is acknowledged, reset or

@@ -518,3 +518,53 @@ fn a_separate_response_is_an_empty_ack_then_a_retransmitted_confirmable_response
     );
     assert_eq!(ex.in_flight(), 0);
 }
+
+#[test]
+fn a_deferred_request_is_acknowledged_now_never_delivered_again_and_answered_later() {
+    let mut ex = exchange();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let datagram = request(MessageType::Confirmable, RequestType::Post, 0x0303, b"df");
+    let Inbound::Request(req) = ex.receive(&datagram, now, &mut out) else {
+        panic!("expected a request");
+    };
+    ex.defer(&req.packet, now, &mut out);
+    assert_eq!(out, vec![Bytes::from_static(&[0x60, 0x00, 0x03, 0x03])]);
+    // Its retransmission, while the answer is not ready, gets the empty ACK again.
+    out.clear();
+    let later = now + Duration::from_secs(2);
+    assert!(matches!(
+        ex.receive(&datagram, later, &mut out),
+        Inbound::Handled
+    ));
+    assert_eq!(out, vec![Bytes::from_static(&[0x60, 0x00, 0x03, 0x03])]);
+    out.clear();
+    ex.respond_deferred(&req.packet, changed(), "late", later, &mut out)
+        .unwrap();
+    let response = decode(&out[0]);
+    assert_eq!(response.header.get_type(), MessageType::Confirmable);
+    assert_eq!(response.get_token(), b"df");
+    assert_eq!(ex.in_flight(), 1);
+
+    // A non-confirmable request: no acknowledgement, its duplicate ignored, the answer
+    // non-confirmable.
+    let non = request(
+        MessageType::NonConfirmable,
+        RequestType::Post,
+        0x0404,
+        b"nd",
+    );
+    out.clear();
+    let Inbound::Request(req) = ex.receive(&non, now, &mut out) else {
+        panic!("expected a request");
+    };
+    ex.defer(&req.packet, now, &mut out);
+    assert!(out.is_empty());
+    assert!(matches!(ex.receive(&non, now, &mut out), Inbound::Handled));
+    assert!(out.is_empty());
+    ex.respond_deferred(&req.packet, changed(), "late", now, &mut out)
+        .unwrap();
+    let response = decode(&out[0]);
+    assert_eq!(response.header.get_type(), MessageType::NonConfirmable);
+    assert_eq!(response.get_token(), b"nd");
+}

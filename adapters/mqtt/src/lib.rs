@@ -304,7 +304,7 @@ impl Connection {
         options: &WebSocketConfig,
         deadline: tokio::time::Instant,
     ) {
-        let upgrade = accept_websocket(stream, options);
+        let upgrade = accept_websocket(stream, options, self.info.peer);
         match tokio::time::timeout_at(deadline, upgrade).await {
             Ok(Ok(upgraded)) => self.drive_websocket(upgraded).await,
             Ok(Err(error)) => tracing::info!(%error, "WebSocket upgrade failed"),

@@ -137,6 +137,7 @@ mod tests {
         assert!(!any.contains(ip("::1")));
         let v6: IpNet = "fd00::/8".parse().unwrap();
         assert!(v6.contains(ip("fd12::1")));
+        assert!(!v6.contains(ip("fe80::1")));
         let host: IpNet = "::1".parse().unwrap();
         assert!(host.contains(ip("::1")));
         assert!(!host.contains(ip("::2")));
@@ -154,6 +155,8 @@ mod tests {
         for bad in [
             "",
             "10.0.0",
+            "10.0.0/8",
+            "host",
             "10.0.0.0/33",
             "::/129",
             "10.0.0.0/",

@@ -14,6 +14,7 @@
 //! TOML (and the default) is `None`, and `None` is written back as `""`.
 
 mod duration;
+mod ipnet;
 mod load;
 mod rate;
 mod validate;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{Duration, DurationError};
+pub use ipnet::{IpNet, IpNetError};
 pub use load::{ConfigError, Problem};
 pub use rate::{Rate, RateError};
 
@@ -342,8 +344,12 @@ pub struct WebSocketConfig {
     pub check_origin_enable: bool,
     pub allow_origin_absence: bool,
     pub check_origins: Vec<String>,
-    /// Header naming the client address when a trusted proxy is in front; "" = none.
+    /// Header in which proxies name the client, X-Forwarded-For's form (addresses separated
+    /// by commas, each proxy appending the one it saw); "" = none.
     pub proxy_address_header: String,
+    /// The peers whose `proxy_address_header` is believed, and whose entries in it are
+    /// skipped from the right; empty = any peer, whose last entry names the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -497,6 +503,7 @@ impl StompWsListenerConfig {
             allow_origin_absence: true,
             check_origins: Vec::new(),
             proxy_address_header: String::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -607,6 +614,7 @@ impl CoapWsListenerConfig {
             allow_origin_absence: true,
             check_origins: Vec::new(),
             proxy_address_header: String::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -1230,6 +1238,7 @@ impl WebSocketConfig {
             allow_origin_absence: true,
             check_origins: Vec::new(),
             proxy_address_header: String::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -848,6 +848,12 @@ fn check_websocket(prefix: &str, ws: &WebSocketConfig, fail: &mut impl FnMut(&st
             format!("{prefix}.supported_subprotocols is empty while fail_if_no_subprotocol refuses every upgrade without one"),
         );
     }
+    if !ws.trusted_proxies.is_empty() && ws.proxy_address_header.is_empty() {
+        fail(
+            &format!("{prefix}.trusted_proxies"),
+            format!("{prefix}.trusted_proxies lists proxies but {prefix}.proxy_address_header is empty, so no proxy can name a client"),
+        );
+    }
 }
 
 /// Checks the listener at `prefix` binds a valid address and, when it `starts`, one that no

@@ -544,6 +544,37 @@ fn tls_and_websocket_settings_are_checked() {
 }
 
 #[test]
+fn trusted_proxies_are_networks_and_need_the_proxy_header() {
+    let c = Config::from_toml_str(
+        "[listeners.wss.default.websocket]\nproxy_address_header = \"x-forwarded-for\"\ntrusted_proxies = [\"10.0.0.5\", \"fd00::/8\"]",
+    )
+    .unwrap();
+    let trusted = &c.listeners.wss["default"].websocket.trusted_proxies;
+    assert!(trusted[0].contains("10.0.0.5".parse().unwrap()));
+    assert!(trusted[1].contains("fd00::7".parse().unwrap()));
+    assert!(c.listeners.ws["default"]
+        .websocket
+        .trusted_proxies
+        .is_empty());
+    for (toml, key) in [
+        (
+            "[listeners.ws.default.websocket]\ntrusted_proxies = [\"10.0.0.5\"]",
+            "listeners.ws.default.websocket.trusted_proxies",
+        ),
+        (
+            "[listeners.ws.default.websocket]\nproxy_address_header = \"x-forwarded-for\"\ntrusted_proxies = [\"10.0.0.0/40\"]",
+            "listeners.ws.default.websocket.trusted_proxies",
+        ),
+    ] {
+        let err = Config::from_toml_str(toml).unwrap_err();
+        assert!(
+            err.problems().iter().any(|p| p.key.starts_with(key)),
+            "{toml}: expected a problem at {key}, got {err}"
+        );
+    }
+}
+
+#[test]
 fn proxy_protocol_is_off_by_default_and_its_timeout_checked() {
     let c = Config::default();
     assert!(!c.listeners.tcp["default"].proxy_protocol);

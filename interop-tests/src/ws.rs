@@ -29,7 +29,7 @@ pub struct Refused {
 
 impl RawWs {
     /// Upgrades a new connection to `ws://host:port{path}` with the given subprotocols
-    /// (none sends no header) and extra headers.
+    /// (none sends no header) and extra headers, in order.
     pub fn open(
         host: &str,
         port: u16,
@@ -46,8 +46,9 @@ impl RawWs {
                 HeaderValue::from_str(&protocols.join(", ")).expect("header value"),
             );
         }
+        // Appended, not inserted: a name given twice is sent as two header lines.
         for (name, value) in headers {
-            request.headers_mut().insert(
+            request.headers_mut().append(
                 tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
                 HeaderValue::from_str(value).expect("header value"),
             );

@@ -573,3 +573,53 @@ fn the_certificate_common_name_is_the_username_and_client_id() {
     );
     assert!(!log.contains("chosen-id"), "{log}");
 }
+
+/// The same certificate identity over WSS as over ssl: a client whose certificate says
+/// CN=dev1 is dev1 whatever user name and client id its CONNECT claims, so it cannot claim
+/// `admin`'s rights by naming itself admin; a certificate that says admin can.
+#[test]
+fn the_certificate_common_name_names_the_client_over_wss_too() {
+    let pki = TestPki::new();
+    let ca = pki.ca();
+    let acl = pki.dir().join("acl");
+    std::fs::write(&acl, "allow user:admin subscribe admin/#\ndeny all all #\n").unwrap();
+    let acl_setting = Setting::new("GATEWAY_AUTH__ACL_FILE", acl.display().to_string());
+    let Some(gw) = tls_gateway_with(
+        "WSS",
+        pki,
+        &[
+            ("TLS__VERIFY", "required".into()),
+            ("TLS__CACERTFILE", ca.display().to_string()),
+            ("TLS__PEER_CERT_AS_USERNAME", "cn".into()),
+            ("TLS__PEER_CERT_AS_CLIENTID", "cn".into()),
+        ],
+        vec![acl_setting],
+    ) else {
+        return;
+    };
+    for lib in Lib::ALL {
+        for (device, granted) in [("dev1", 0x80u8), ("admin", 1)] {
+            let pair = gw.pki.client(device, "ca");
+            let mut carrier = Carrier::wss(gw.tls_port, &ca);
+            carrier.client_cert = Some((pair.cert, pair.key));
+            let mut client =
+                interop_tests::ScriptClient::spawn_via(lib, Version::V311, &gw.broker, &carrier);
+            client.connect_ok(serde_json::json!({
+                "client_id": "chosen-id",
+                "username": "admin",
+            }));
+            assert_eq!(
+                client.subscribe("admin/#", 1),
+                granted,
+                "{lib:?} with the certificate of {device}, claiming admin in CONNECT"
+            );
+            client.disconnect();
+        }
+    }
+    let log = gw.broker.log_tail();
+    assert!(
+        log.contains("client_id=\"dev1\""),
+        "the client id is the certificate's:\n{log}"
+    );
+    assert!(!log.contains("chosen-id"), "{log}");
+}

@@ -10,14 +10,12 @@
 //! subprotocol negotiation, text frames, the frame size limit, Origin checks and a
 //! trusted proxy's X-Forwarded-For.
 
-use std::io::Write;
-
 use interop_tests::carried::exchange_with_tcp_clients;
 use interop_tests::raw::{
     connect_packet, publish_packet, subscribe_packet, ConnectOpts, Received, CONNACK, PUBLISH,
     SUBACK,
 };
-use interop_tests::ws::RawWs;
+use interop_tests::ws::{RawWs, Refused};
 use interop_tests::{
     mosquitto_pub, unique_client_id, unique_topic, Broker, Carrier, Lib, MosquittoSub,
     ScriptClient, Setting, Version, TIMEOUT,
@@ -243,60 +241,145 @@ fn origin_is_checked_when_configured() {
     assert_eq!(refused.status, Some(403), "{refused:?}");
 }
 
+/// An ACL granting everything to 10.9.9.9 and nothing to anyone else, the test's own
+/// address (127.0.0.1) included.
+fn acl_for_10_9_9_9(dir: &tempfile::TempDir) -> Setting {
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "allow ip:10.9.9.9 all #\ndeny all all #\n").unwrap();
+    Setting::new("GATEWAY_AUTH__ACL_FILE", acl.display().to_string())
+}
+
+const XFF_HEADER_KEY: &str = "GATEWAY_LISTENERS__WS__DEFAULT__WEBSOCKET__PROXY_ADDRESS_HEADER";
+const TRUSTED_PROXIES_KEY: &str = "GATEWAY_LISTENERS__WS__DEFAULT__WEBSOCKET__TRUSTED_PROXIES";
+
+/// The SUBACK code of `itest/xff` for a client upgrading with these headers, as the ACL
+/// judges the address the gateway believes; the upgrade's refusal when it is refused.
+fn subscribe_code_with(broker: &Broker, headers: &[(&str, &str)]) -> Result<u8, Refused> {
+    let mut ws = RawWs::open(&broker.host, broker.ws_port, "/mqtt", &["mqtt"], headers)?;
+    ws.send_frame(&connect_packet(&ConnectOpts::new(
+        Version::V311,
+        &unique_client_id("xff"),
+    )));
+    expect_packet(&mut ws, CONNACK, "CONNACK");
+    ws.send_frame(&subscribe_packet(Version::V311, 1, "itest/xff", 1));
+    Ok(expect_packet(&mut ws, SUBACK, "SUBACK")[2])
+}
+
+fn forwarded_for(broker: &Broker, value: &str) -> Result<u8, Refused> {
+    subscribe_code_with(broker, &[("x-forwarded-for", value)])
+}
+
 /// Behind a trusted proxy the client address comes from X-Forwarded-For: the ACL and the
 /// log see it. Without the setting the header is ignored.
 #[test]
 fn x_forwarded_for_names_the_client_only_when_trusted() {
     let dir = tempfile::tempdir().unwrap();
-    let acl = dir.path().join("acl");
-    let mut file = std::fs::File::create(&acl).unwrap();
-    writeln!(file, "allow ip:203.0.113.0/24 all #").unwrap();
-    writeln!(file, "deny all all #").unwrap();
-    drop(file);
-    let acl = acl.display().to_string();
-    let subscribe_code = |broker: &Broker| {
-        let mut ws = RawWs::open(
-            &broker.host,
-            broker.ws_port,
-            "/mqtt",
-            &["mqtt"],
-            &[("x-forwarded-for", "203.0.113.7, 10.0.0.1")],
-        )
-        .unwrap();
-        ws.send_frame(&connect_packet(&ConnectOpts::new(
-            Version::V311,
-            &unique_client_id("xff"),
-        )));
-        expect_packet(&mut ws, CONNACK, "CONNACK");
-        ws.send_frame(&subscribe_packet(Version::V311, 1, "itest/xff", 1));
-        expect_packet(&mut ws, SUBACK, "SUBACK")[2]
-    };
-
     let Some(trusting) = ws_broker(&[
-        Setting::new("GATEWAY_AUTH__ACL_FILE", &acl),
-        Setting::new(
-            "GATEWAY_LISTENERS__WS__DEFAULT__WEBSOCKET__PROXY_ADDRESS_HEADER",
-            "x-forwarded-for",
-        ),
+        acl_for_10_9_9_9(&dir),
+        Setting::new(XFF_HEADER_KEY, "x-forwarded-for"),
         Setting::new("GATEWAY_LOG__LEVEL", "debug"),
     ]) else {
         return;
     };
     assert_eq!(
-        subscribe_code(&trusting),
+        forwarded_for(&trusting, "10.9.9.9").unwrap(),
         1,
         "allowed by the forwarded address"
     );
     let log = trusting.log_tail();
     assert!(
-        log.contains("client_addr=203.0.113.7"),
+        log.contains("client_addr=10.9.9.9"),
         "the log names the forwarded address:\n{log}"
     );
 
-    let distrusting = ws_broker(&[Setting::new("GATEWAY_AUTH__ACL_FILE", &acl)]).unwrap();
+    let distrusting = ws_broker(&[acl_for_10_9_9_9(&dir)]).unwrap();
     assert_eq!(
-        subscribe_code(&distrusting),
+        forwarded_for(&distrusting, "10.9.9.9").unwrap(),
         0x80,
         "the header is not trusted by default"
+    );
+}
+
+/// A client writes X-Forwarded-For itself and the proxy appends the address it saw, so
+/// only the rightmost entry, the proxy's, is believed: a forged leftmost entry grants
+/// nothing, whether the proxy appends to the client's line (nginx) or adds a line of its
+/// own (HAProxy). Entries left of the client are not read; a malformed entry where the
+/// client should be refuses the upgrade (the socket's peer is the proxy, whose address
+/// must not stand in for a client).
+#[test]
+fn a_forged_leftmost_x_forwarded_for_entry_is_not_believed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = ws_broker(&[
+        acl_for_10_9_9_9(&dir),
+        Setting::new(XFF_HEADER_KEY, "x-forwarded-for"),
+    ]) else {
+        return;
+    };
+    assert_eq!(
+        forwarded_for(&broker, "10.9.9.9, 127.0.0.1").unwrap(),
+        0x80,
+        "the forged leftmost entry is not the client"
+    );
+    assert_eq!(
+        subscribe_code_with(
+            &broker,
+            &[
+                ("x-forwarded-for", "10.9.9.9"),
+                ("x-forwarded-for", "127.0.0.1")
+            ]
+        )
+        .unwrap(),
+        0x80,
+        "nor is a forged line before the proxy's"
+    );
+    assert_eq!(
+        forwarded_for(&broker, "not an address, 10.9.9.9").unwrap(),
+        1,
+        "what the client wrote before the proxy's entry is not read"
+    );
+    for malformed in ["10.9.9.9, not-an-address", "10.9.9.9, ", "unknown"] {
+        let refused = forwarded_for(&broker, malformed)
+            .err()
+            .unwrap_or_else(|| panic!("{malformed:?} upgraded"));
+        assert_eq!(refused.status, Some(400), "{malformed:?}: {refused:?}");
+    }
+}
+
+/// With `trusted_proxies`, only those peers may name a client, and entries they appended
+/// are skipped from the right: the client is the first address that is not a trusted
+/// proxy.
+#[test]
+fn trusted_proxies_are_skipped_and_only_they_may_name_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(behind_two) = ws_broker(&[
+        acl_for_10_9_9_9(&dir),
+        Setting::new(XFF_HEADER_KEY, "x-forwarded-for"),
+        Setting::new(TRUSTED_PROXIES_KEY, "[\"127.0.0.1\", \"198.51.100.0/24\"]"),
+        Setting::new("GATEWAY_LOG__LEVEL", "debug"),
+    ]) else {
+        return;
+    };
+    assert_eq!(
+        forwarded_for(&behind_two, "203.0.113.7, 10.9.9.9, 198.51.100.4").unwrap(),
+        1,
+        "the client behind the two proxies is 10.9.9.9"
+    );
+    assert!(behind_two.log_tail().contains("client_addr=10.9.9.9"));
+    assert_eq!(
+        forwarded_for(&behind_two, "10.9.9.9, 203.0.113.7, 198.51.100.4").unwrap(),
+        0x80,
+        "203.0.113.7 is no proxy of ours: the entry it wrote is not believed"
+    );
+
+    let elsewhere = ws_broker(&[
+        acl_for_10_9_9_9(&dir),
+        Setting::new(XFF_HEADER_KEY, "x-forwarded-for"),
+        Setting::new(TRUSTED_PROXIES_KEY, "[\"192.0.2.1\"]"),
+    ])
+    .unwrap();
+    assert_eq!(
+        forwarded_for(&elsewhere, "10.9.9.9").unwrap(),
+        0x80,
+        "a peer that is not a trusted proxy names no one"
     );
 }

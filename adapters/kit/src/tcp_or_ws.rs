@@ -63,7 +63,8 @@ pub fn drive_tcp_or_ws<C: StreamChannel + 'static>(
             let options = options.clone();
             let deadline = tokio::time::Instant::from_std(upgrade_deadline);
             let setup = async move {
-                let upgrade = accept_websocket(PlainStream::new(socket), &options);
+                let peer = socket.peer_addr().ok();
+                let upgrade = accept_websocket(PlainStream::new(socket), &options, peer);
                 match tokio::time::timeout_at(deadline, upgrade).await {
                     Ok(Ok(mut upgraded)) => {
                         tracing::debug!(subprotocol = ?upgraded.subprotocol, "WebSocket upgraded");

@@ -1,16 +1,20 @@
 //! WebSocket (RFC 6455) with tungstenite: the HTTP upgrade with path, subprotocol, Origin
 //! and proxy-header checks, then binary frames as a byte stream.
 //!
+//! A proxy header (X-Forwarded-For) is a list each proxy appends the address it saw to, so
+//! everything left of what our own proxies wrote was written by the client and is never
+//! believed: the client is the rightmost entry that is not one of `trusted_proxies`.
+//!
 //! The carried protocol sees only bytes: a packet may span frames and a frame may hold
 //! several packets, because frames are concatenated before the protocol decoder sees them.
 //! Outgoing bytes waiting at a write go out as one frame, so several packets share one.
 
 use std::io::{self, Read, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use gateway_config::WebSocketConfig;
+use gateway_config::{IpNet, WebSocketConfig};
 use parking_lot::Mutex;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::handshake::HandshakeError;
@@ -36,10 +40,22 @@ pub enum UpgradeError {
     Io(#[from] io::Error),
 }
 
+/// Why the proxy header names no client; the upgrade is refused (HTTP 400) rather than
+/// served as the socket's peer, since that peer is the proxy, whose address an ACL may
+/// trust more than any client's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardedError {
+    #[error("{header}: {entry:?} is not an IP address")]
+    NotAnAddress { header: String, entry: String },
+    #[error("{header}: a value that is not visible ASCII")]
+    NotText { header: String },
+}
+
 /// The result of a successful upgrade.
 pub struct Upgraded<S: SocketStream> {
     pub stream: WsStream<S>,
-    /// The client address a trusted proxy named in the configured header.
+    /// The client address a trusted proxy named in the configured header; None when the
+    /// client is the socket's peer.
     pub forwarded_for: Option<IpAddr>,
     pub subprotocol: Option<String>,
 }
@@ -51,18 +67,22 @@ struct Decision {
 }
 
 /// Runs the server side of the HTTP upgrade on `stream`; the caller bounds it in time.
+/// `peer` is the connection's peer as far as the gateway knows it (the socket's, or what a
+/// PROXY protocol header named): the only one that may be a trusted proxy.
 // The callback's error type is tungstenite's; it is built once per refused upgrade.
 #[allow(clippy::result_large_err)]
 pub async fn accept_websocket<S: SocketStream>(
     stream: S,
     options: &WebSocketConfig,
+    peer: Option<SocketAddr>,
 ) -> Result<Upgraded<S>, UpgradeError> {
     let decision = Arc::new(Mutex::new(Decision::default()));
     let callback = {
         let decision = decision.clone();
         let options = options.clone();
+        let peer = peer.map(|p| p.ip());
         move |request: &Request, response: Response| {
-            check_request(&options, request, response, &mut decision.lock())
+            check_request(&options, peer, request, response, &mut decision.lock())
         }
     };
     let limits = frame_limits(options.max_frame_size);
@@ -114,6 +134,7 @@ fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
 #[allow(clippy::result_large_err)]
 fn check_request(
     options: &WebSocketConfig,
+    peer: Option<IpAddr>,
     request: &Request,
     mut response: Response,
     decision: &mut Decision,
@@ -176,13 +197,77 @@ fn check_request(
         }
         None => {}
     }
-    if !options.proxy_address_header.is_empty() {
-        // The leftmost entry is the client as the first proxy saw it.
-        decision.forwarded_for = header(request, &options.proxy_address_header)
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok());
-    }
+    decision.forwarded_for = forwarded_client(options, peer, request)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, &e.to_string()))?;
     Ok(response)
+}
+
+/// The client a trusted proxy names in the configured header for a connection from
+/// `peer`; None when the header is not configured, not present, or `peer` is not one of
+/// the configured `trusted_proxies`.
+fn forwarded_client(
+    options: &WebSocketConfig,
+    peer: Option<IpAddr>,
+    request: &Request,
+) -> Result<Option<IpAddr>, ForwardedError> {
+    let name = options.proxy_address_header.as_str();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let lines = request.headers().get_all(name);
+    let trusted = &options.trusted_proxies;
+    let from_a_proxy = peer.is_some_and(|peer| trusted.iter().any(|net| net.contains(peer)));
+    if !trusted.is_empty() && !from_a_proxy {
+        if lines.iter().next().is_some() {
+            tracing::debug!(
+                ?peer,
+                header = name,
+                "header ignored: the peer is no trusted proxy"
+            );
+        }
+        return Ok(None);
+    }
+    client_in_header(name, lines.iter(), trusted)
+}
+
+/// The client named by a header whose lines, in order, each hold addresses separated by
+/// commas, every proxy appending the one it saw: the rightmost entry that is not one of
+/// `trusted` (every entry trusted: the leftmost, a proxy speaking for itself). Entries
+/// further left are the client's own writing and are not read; a malformed entry before
+/// the client is found is an error. None when there is no line.
+fn client_in_header<'a>(
+    header: &str,
+    lines: impl DoubleEndedIterator<Item = &'a HeaderValue>,
+    trusted: &[IpNet],
+) -> Result<Option<IpAddr>, ForwardedError> {
+    let mut leftmost_proxy = None;
+    for line in lines.rev() {
+        let text = line.to_str().map_err(|_| ForwardedError::NotText {
+            header: header.to_owned(),
+        })?;
+        for entry in text.rsplit(',').map(str::trim) {
+            let ip = parse_forwarded_entry(entry).ok_or_else(|| ForwardedError::NotAnAddress {
+                header: header.to_owned(),
+                entry: entry.to_owned(),
+            })?;
+            if !trusted.iter().any(|net| net.contains(ip)) {
+                return Ok(Some(ip));
+            }
+            leftmost_proxy = Some(ip);
+        }
+    }
+    Ok(leftmost_proxy)
+}
+
+/// An entry as proxies write them: an address, bracketed or not for IPv6, with or without
+/// a port (which we do not use: it is the client's side of a connection to the proxy).
+fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
+    let ip = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())?;
+    Some(ip.to_canonical())
 }
 
 fn frame_limits(max_frame_size: u32) -> FrameLimits {
@@ -481,6 +566,173 @@ mod tests {
         for want in [&b"x"[..], b"yz", b"w"] {
             assert_eq!(client.read().unwrap(), Message::binary(want.to_vec()));
         }
+    }
+
+    fn upgrade_request(lines: &[&str]) -> Request {
+        let mut request = Request::builder().uri("/mqtt");
+        for line in lines {
+            request = request.header("X-Forwarded-For", *line);
+        }
+        request.body(()).unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    /// The client as `client_in_header` finds it in these header lines.
+    fn named(lines: &[&str], trusted: &[&str]) -> Result<Option<IpAddr>, ForwardedError> {
+        let request = upgrade_request(lines);
+        let lines = request.headers().get_all("x-forwarded-for");
+        client_in_header("x-forwarded-for", lines.iter(), &nets(trusted))
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_entry_not_a_trusted_proxy() {
+        let cases: &[(&[&str], &[&str], &str)] = &[
+            // One proxy in front: what it appended, whatever the client wrote before.
+            (&["203.0.113.7"], &[], "203.0.113.7"),
+            (&["10.9.9.9, 127.0.0.1"], &[], "127.0.0.1"),
+            (&["10.9.9.9,127.0.0.1"], &[], "127.0.0.1"),
+            // A proxy that adds its own line (HAProxy) after the client's forged one.
+            (&["10.9.9.9", "127.0.0.1"], &[], "127.0.0.1"),
+            (
+                &["10.9.9.9, 10.8.8.8", "127.0.0.1, 198.51.100.4"],
+                &["198.51.100.0/24"],
+                "127.0.0.1",
+            ),
+            // A chain of our own proxies is skipped from the right.
+            (
+                &["10.9.9.9, 203.0.113.7, 198.51.100.4, 10.0.0.5"],
+                &["198.51.100.0/24", "10.0.0.5"],
+                "203.0.113.7",
+            ),
+            (
+                &["203.0.113.7", "198.51.100.4"],
+                &["198.51.100.0/24"],
+                "203.0.113.7",
+            ),
+            // Every entry a proxy of ours: the leftmost, a proxy speaking for itself.
+            (
+                &["198.51.100.9, 198.51.100.4"],
+                &["198.51.100.0/24"],
+                "198.51.100.9",
+            ),
+            // Forms proxies write: IPv6 bare or bracketed, with a port.
+            (&["2001:db8::1"], &[], "2001:db8::1"),
+            (&["[2001:db8::1]"], &[], "2001:db8::1"),
+            (&["[2001:db8::1]:4711"], &[], "2001:db8::1"),
+            (&["203.0.113.7:4711"], &[], "203.0.113.7"),
+            (&["::ffff:203.0.113.7"], &[], "203.0.113.7"),
+            // What lies left of the client is the client's writing and is not read.
+            (&["unknown, <script>, 203.0.113.7"], &[], "203.0.113.7"),
+        ];
+        for (lines, trusted, client) in cases {
+            assert_eq!(
+                named(lines, trusted),
+                Ok(Some(ip(client))),
+                "{lines:?} with trusted proxies {trusted:?}"
+            );
+        }
+        assert_eq!(named(&[], &[]), Ok(None), "no header: the socket's peer");
+    }
+
+    #[test]
+    fn a_malformed_entry_where_the_client_should_be_is_an_error() {
+        let cases: &[(&[&str], &[&str], &str)] = &[
+            (&["10.9.9.9, unknown"], &[], "unknown"),
+            (&["10.9.9.9, "], &[], ""),
+            (&[""], &[], ""),
+            (&["10.9.9.9", ""], &[], ""),
+            (&["10.9.9.9, 198.51.100.4:x"], &[], "198.51.100.4:x"),
+            (&["fe80::1%eth0"], &[], "fe80::1%eth0"),
+            // Past a trusted proxy's entry the walk goes on, and so does the check.
+            (
+                &["10.9.9.9, garbage, 198.51.100.4"],
+                &["198.51.100.0/24"],
+                "garbage",
+            ),
+        ];
+        for (lines, trusted, entry) in cases {
+            assert_eq!(
+                named(lines, trusted),
+                Err(ForwardedError::NotAnAddress {
+                    header: "x-forwarded-for".into(),
+                    entry: (*entry).into()
+                }),
+                "{lines:?} with trusted proxies {trusted:?}"
+            );
+        }
+        let mut request = upgrade_request(&[]);
+        request.headers_mut().insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.7\xff").unwrap(),
+        );
+        let lines = request.headers().get_all("x-forwarded-for");
+        assert_eq!(
+            client_in_header("x-forwarded-for", lines.iter(), &[]),
+            Err(ForwardedError::NotText {
+                header: "x-forwarded-for".into()
+            })
+        );
+    }
+
+    #[test]
+    fn only_the_configured_header_from_a_trusted_peer_is_read() {
+        let request = upgrade_request(&["10.9.9.9, 203.0.113.7"]);
+        let mut options = WebSocketConfig {
+            mqtt_path: "/mqtt".into(),
+            supported_subprotocols: vec!["mqtt".into()],
+            fail_if_no_subprotocol: false,
+            max_frame_size: 1024,
+            check_origin_enable: false,
+            allow_origin_absence: true,
+            check_origins: Vec::new(),
+            proxy_address_header: String::new(),
+            trusted_proxies: Vec::new(),
+        };
+        let peer = Some(ip("127.0.0.1"));
+        assert_eq!(forwarded_client(&options, peer, &request), Ok(None));
+
+        options.proxy_address_header = "X-Forwarded-For".into();
+        // Without trusted proxies any peer's header is read, its rightmost entry believed.
+        assert_eq!(
+            forwarded_client(&options, peer, &request),
+            Ok(Some(ip("203.0.113.7")))
+        );
+        assert_eq!(
+            forwarded_client(&options, None, &request),
+            Ok(Some(ip("203.0.113.7")))
+        );
+
+        options.trusted_proxies = nets(&["127.0.0.0/8"]);
+        assert_eq!(
+            forwarded_client(&options, peer, &request),
+            Ok(Some(ip("203.0.113.7")))
+        );
+        assert_eq!(
+            forwarded_client(&options, Some(ip("::ffff:127.0.0.1")), &request),
+            Ok(Some(ip("203.0.113.7"))),
+            "an IPv4-mapped peer is the IPv4 proxy"
+        );
+        for stranger in [Some(ip("192.0.2.1")), None] {
+            assert_eq!(
+                forwarded_client(&options, stranger, &request),
+                Ok(None),
+                "{stranger:?} is no proxy of ours: it is its own client"
+            );
+        }
+        let bad = upgrade_request(&["10.9.9.9, bad"]);
+        assert!(forwarded_client(&options, Some(ip("192.0.2.1")), &bad).is_ok());
+        assert!(forwarded_client(&options, peer, &bad).is_err());
+        assert_eq!(
+            forwarded_client(&options, peer, &upgrade_request(&[])),
+            Ok(None)
+        );
     }
 
     #[test]

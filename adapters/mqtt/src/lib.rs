@@ -139,45 +139,33 @@ pub async fn serve(
                         }
                     }
                 }
-                match settings.layers {
-                    Layers::Tcp => connection.drive(socket).await,
-                    Layers::Tls(acceptor) => {
-                        let tls = tokio::time::timeout_at(deadline, acceptor.accept(socket)).await;
-                        match tls {
-                            Ok(Ok(tls)) => {
-                                let identity = acceptor.certificate_identity(&tls);
-                                connection
-                                    .with_identity(identity)
-                                    .drive(LayeredTransport::new(tls))
-                                    .await
-                            }
-                            Ok(Err(error)) => tracing::info!(%error, "TLS handshake failed"),
-                            Err(_) => tracing::info!("TLS handshake timed out"),
-                        }
-                    }
+                let (acceptor, websocket) = match settings.layers {
+                    Layers::Tcp => return connection.drive(socket).await,
                     Layers::Ws(options) => {
-                        let upgrade = accept_websocket(PlainStream::new(socket), &options);
-                        match tokio::time::timeout_at(deadline, upgrade).await {
-                            Ok(Ok(upgraded)) => connection.drive_websocket(upgraded).await,
-                            Ok(Err(error)) => tracing::info!(%error, "WebSocket upgrade failed"),
-                            Err(_) => tracing::info!("WebSocket upgrade timed out"),
-                        }
+                        return connection
+                            .upgrade(PlainStream::new(socket), &options, deadline)
+                            .await
                     }
-                    Layers::Wss(acceptor, options) => {
-                        let upgrade = async {
-                            let tls = acceptor.accept(socket).await?;
-                            accept_websocket(tls, &options).await
-                        };
-                        match tokio::time::timeout_at(deadline, upgrade).await {
-                            Ok(Ok(upgraded)) => connection.drive_websocket(upgraded).await,
-                            Ok(Err(error)) => {
-                                tracing::info!(%error, "TLS or WebSocket upgrade failed")
-                            }
-                            Err(_) => {
-                                tracing::info!("TLS handshake or WebSocket upgrade timed out")
-                            }
-                        }
+                    Layers::Tls(acceptor) => (acceptor, None),
+                    Layers::Wss(acceptor, options) => (acceptor, Some(options)),
+                };
+                // One path for every TLS listener, so the client certificate names the client
+                // whatever travels over TLS.
+                let tls = match tokio::time::timeout_at(deadline, acceptor.accept(socket)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        tracing::info!(%error, "TLS handshake failed");
+                        return;
                     }
+                    Err(_) => {
+                        tracing::info!("TLS handshake timed out");
+                        return;
+                    }
+                };
+                let connection = connection.with_identity(acceptor.certificate_identity(&tls));
+                match websocket {
+                    None => connection.drive(LayeredTransport::new(tls)).await,
+                    Some(options) => connection.upgrade(tls, &options, deadline).await,
                 }
             };
             Accepted::Layered {
@@ -307,6 +295,21 @@ impl Connection {
     fn with_identity(mut self, identity: CertificateIdentity) -> Connection {
         self.info.certificate_identity = identity;
         self
+    }
+
+    /// Upgrades `stream` to WebSocket by `deadline`, then serves MQTT over it.
+    async fn upgrade<S: SocketStream>(
+        self,
+        stream: S,
+        options: &WebSocketConfig,
+        deadline: tokio::time::Instant,
+    ) {
+        let upgrade = accept_websocket(stream, options, self.info.peer);
+        match tokio::time::timeout_at(deadline, upgrade).await {
+            Ok(Ok(upgraded)) => self.drive_websocket(upgraded).await,
+            Ok(Err(error)) => tracing::info!(%error, "WebSocket upgrade failed"),
+            Err(_) => tracing::info!("WebSocket upgrade timed out"),
+        }
     }
 
     fn drive_websocket<S: SocketStream>(

@@ -258,8 +258,13 @@ fn clients_cannot_publish_to_sys_topics() {
         for version in [Version::V311, Version::V5] {
             let mut forger =
                 ScriptClient::connected(lib, version, &broker, &unique_client_id("sysf"));
-            forger.publish("$SYS/forged/uptime", b"0 seconds", 1, true);
-            forger.publish("$SYS/forged/uptime", b"0 seconds", 0, false);
+            forger.publish("$SYS/forged/uptime", b"0 seconds", 0, true);
+            // 3.1.1 acknowledges a refused QoS 1 message like any other; MQTT 5's PUBACK
+            // says 0x87, which the clients report as a failed publish (the channel test
+            // checks the code).
+            if !version.is_v5() {
+                forger.publish("$SYS/forged/uptime", b"0 seconds", 1, true);
+            }
         }
     }
     let forged = watcher.try_recv(std::time::Duration::from_millis(500));

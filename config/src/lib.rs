@@ -2,7 +2,8 @@
 //!
 //! The schema is plain serde types; every struct denies unknown fields so a typo fails start-up
 //! instead of being silently ignored. The single source of default values is the embedded,
-//! commented [`DEFAULT_TOML`]; [`Config::default`] is built by parsing it.
+//! commented [`DEFAULT_TOML`]; [`Config::defaults`] loads it alone. There is no `Default`
+//! impl: it would be a second list of values, or a parse that cannot report failure.
 //!
 //! Loading ([`Config::load`]) layers, lowest first: embedded defaults, the TOML file, then
 //! `GATEWAY_*` environment variables with `__` between key levels. Only variables whose name
@@ -15,6 +16,7 @@
 
 mod duration;
 mod ipnet;
+mod listeners;
 mod load;
 mod rate;
 mod validate;
@@ -27,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{Duration, DurationError};
 pub use ipnet::{IpNet, IpNetError};
+pub use listeners::{ListenerEntry, ListenerKind};
 pub use load::{ConfigError, Problem};
 pub use rate::{Rate, RateError};
 
@@ -94,6 +97,8 @@ pub struct MqttConfig {
     pub server_keepalive: u16,
     pub keepalive_multiplier: f64,
     pub session_expiry_interval: Duration,
+    /// The longest Session Expiry Interval any session gets; longer requests are lowered to it.
+    pub max_session_expiry_interval: Duration,
     pub shared_subscription_strategy: SharedSubscriptionStrategy,
     /// 0 = unlimited.
     pub max_subscriptions: u32,
@@ -115,6 +120,8 @@ pub struct RetainerConfig {
     pub enable: bool,
     /// 0 = unlimited.
     pub max_retained_messages: u64,
+    /// Topic and payload bytes of all retained messages; 0 = unlimited.
+    pub max_retained_bytes: u64,
     /// Bytes.
     pub max_payload_size: u32,
 }
@@ -185,24 +192,6 @@ pub struct ListenersConfig {
     /// MQTT over QUIC: one bidirectional stream per connection carries the session.
     pub quic: BTreeMap<String, QuicListenerConfig>,
 }
-
-/// The listener kinds, as they appear under `listeners.`.
-/// Every table of named listeners: a listener added under a new name takes its omitted keys
-/// from the `default` one of its table.
-pub const LISTENER_TABLES: [&str; 12] = [
-    "listeners.tcp",
-    "listeners.ssl",
-    "listeners.ws",
-    "listeners.wss",
-    "listeners.quic",
-    "gateway.mqttsn.listeners.udp",
-    "gateway.coap.listeners.udp",
-    "gateway.coap.listeners.tcp",
-    "gateway.coap.listeners.ws",
-    "gateway.lwm2m.listeners.udp",
-    "gateway.stomp.listeners.tcp",
-    "gateway.stomp.listeners.ws",
-];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -761,7 +750,7 @@ pub struct MqttSnConfig {
 /// EMQX's `clientinfo_override`: templates for what a gateway's clients are authenticated
 /// and authorized as, for protocols whose CONNECT carries less than MQTT's. An empty template
 /// keeps what the client presented.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientInfoOverride {
     pub clientid: String,
@@ -800,6 +789,9 @@ pub struct UdpListenerConfig {
     pub max_packet_size: u32,
     /// Datagrams waiting for one peer's channel; more are dropped as the network would.
     pub max_queued_datagrams: u32,
+    /// Peers tracked at once from one source IP address (an IPv6 /64 is one address), so one
+    /// host cannot take every slot of `max_connections`.
+    pub max_peers_per_source: u32,
     /// Replaces the gateway's mountpoint for this listener's clients when not empty.
     pub mountpoint: String,
 }
@@ -881,368 +873,6 @@ pub(crate) fn parse_bind(text: &str) -> Result<SocketAddr, BindAddrError> {
         .map_err(|_| BindAddrError(text.to_owned()))
 }
 
-impl Default for Config {
-    /// Parses [`DEFAULT_TOML`]. Its validity is a unit test; should it ever break, the
-    /// hard-coded fallback below keeps this infallible without a second list of values
-    /// drifting silently: the test compares against the embedded file, not this fallback.
-    fn default() -> Self {
-        toml::from_str::<Config>(DEFAULT_TOML).unwrap_or_else(|_| Config::fallback())
-    }
-}
-
-impl Config {
-    // Only reachable if default.toml stops parsing, which the test suite forbids.
-    fn fallback() -> Config {
-        Config {
-            log: LogConfig {
-                level: "info".into(),
-                format: LogFormat::Human,
-            },
-            mqtt: MqttConfig {
-                max_packet_size: 1_048_576,
-                max_client_id_length: 65_535,
-                max_topic_levels: 128,
-                max_qos_allowed: 2,
-                max_topic_alias: 65_535,
-                retain_available: true,
-                wildcard_subscription: true,
-                shared_subscription: true,
-                subscription_identifiers: true,
-                receive_maximum: 32,
-                max_inflight: 32,
-                max_awaiting_rel: 100,
-                await_rel_timeout: Duration::from_secs(300),
-                max_queued_messages: 1000,
-                max_queued_bytes: 67_108_864,
-                queue_qos0: true,
-                max_keepalive: 65_535,
-                server_keepalive: 0,
-                keepalive_multiplier: 1.5,
-                session_expiry_interval: Duration::from_secs(7200),
-                shared_subscription_strategy: SharedSubscriptionStrategy::RoundRobin,
-                max_subscriptions: 0,
-            },
-            retainer: RetainerConfig {
-                enable: true,
-                max_retained_messages: 0,
-                max_payload_size: 1_048_576,
-            },
-            storage: StorageConfig {
-                backend: StorageBackend::Disk,
-                data_dir: PathBuf::from("data"),
-                fsync: FsyncPolicy::Batch,
-                commit_window: Duration::from_millis(2),
-                max_size: 1_073_741_824,
-            },
-            auth: AuthConfig {
-                allow_anonymous: true,
-                password_file: None,
-                acl_file: None,
-                acl_no_match: AclNoMatch::Allow,
-            },
-            sys: SysConfig {
-                enable: true,
-                interval: Duration::from_secs(10),
-            },
-            listeners: ListenersConfig {
-                tcp: BTreeMap::from([(
-                    "default".to_owned(),
-                    TcpListenerConfig {
-                        enable: true,
-                        bind: "0.0.0.0:1883".into(),
-                        max_connections: 1_024_000,
-                        handshake_timeout: Duration::from_secs(10),
-                        max_conn_rate: Rate::Infinity,
-                        mountpoint: String::new(),
-                        proxy_protocol: false,
-                        proxy_protocol_timeout: Duration::from_secs(3),
-                    },
-                )]),
-                ssl: BTreeMap::from([(
-                    "default".to_owned(),
-                    SslListenerConfig {
-                        enable: true,
-                        bind: "0.0.0.0:8883".into(),
-                        max_connections: 1_024_000,
-                        handshake_timeout: Duration::from_secs(10),
-                        max_conn_rate: Rate::Infinity,
-                        mountpoint: String::new(),
-                        proxy_protocol: false,
-                        proxy_protocol_timeout: Duration::from_secs(3),
-                        tls: TlsConfig::fallback(),
-                    },
-                )]),
-                ws: BTreeMap::from([(
-                    "default".to_owned(),
-                    WsListenerConfig {
-                        enable: true,
-                        bind: "0.0.0.0:8083".into(),
-                        max_connections: 1_024_000,
-                        handshake_timeout: Duration::from_secs(10),
-                        max_conn_rate: Rate::Infinity,
-                        mountpoint: String::new(),
-                        websocket: WebSocketConfig::fallback(),
-                    },
-                )]),
-                wss: BTreeMap::from([(
-                    "default".to_owned(),
-                    WssListenerConfig {
-                        enable: true,
-                        bind: "0.0.0.0:8084".into(),
-                        max_connections: 1_024_000,
-                        handshake_timeout: Duration::from_secs(10),
-                        max_conn_rate: Rate::Infinity,
-                        mountpoint: String::new(),
-                        websocket: WebSocketConfig::fallback(),
-                        tls: TlsConfig::fallback(),
-                    },
-                )]),
-                quic: BTreeMap::from([(
-                    "default".to_owned(),
-                    QuicListenerConfig {
-                        enable: true,
-                        bind: "0.0.0.0:14567".into(),
-                        max_connections: 1_024_000,
-                        handshake_timeout: Duration::from_secs(10),
-                        max_conn_rate: Rate::Infinity,
-                        mountpoint: String::new(),
-                        idle_timeout: Duration::from_secs(0),
-                        enable_0rtt: false,
-                        tls: TlsConfig {
-                            versions: vec![TlsVersion::Tlsv13],
-                            ..TlsConfig::fallback()
-                        },
-                    },
-                )]),
-            },
-            gateway: GatewaysConfig {
-                mqttsn: MqttSnConfig {
-                    enable: true,
-                    gateway_id: 1,
-                    broadcast: false,
-                    broadcast_address: "255.255.255.255:1884".into(),
-                    advertise_interval: Duration::from_secs(900),
-                    enable_qos3: true,
-                    mountpoint: String::new(),
-                    idle_timeout: Duration::from_secs(30),
-                    retry_interval: Duration::from_secs(10),
-                    max_retries: 3,
-                    max_registered_topics: 1000,
-                    predefined: Vec::new(),
-                    subs_resume: false,
-                    clientinfo_override: ClientInfoOverride::default(),
-                    listeners: MqttSnListenersConfig {
-                        udp: BTreeMap::from([(
-                            "default".to_owned(),
-                            UdpListenerConfig {
-                                enable: true,
-                                bind: "0.0.0.0:1884".into(),
-                                max_connections: 1_024_000,
-                                max_packet_size: 65_535,
-                                max_queued_datagrams: 64,
-                                mountpoint: String::new(),
-                            },
-                        )]),
-                    },
-                },
-                coap: CoapConfig {
-                    enable: true,
-                    heartbeat: Duration::from_secs(30),
-                    connection_required: false,
-                    notify_type: CoapNotifyType::Qos,
-                    subscribe_qos: CoapQos::Coap,
-                    publish_qos: CoapQos::Coap,
-                    mountpoint: String::new(),
-                    enable_stats: true,
-                    ack_timeout: Duration::from_secs(2),
-                    ack_random_factor: 1.5,
-                    max_retransmit: 4,
-                    exchange_lifetime: Duration::from_secs(247),
-                    non_lifetime: Duration::from_secs(145),
-                    separate_response: false,
-                    max_auth_failures: 5,
-                    auth_failure_window: Duration::from_secs(60),
-                    auth_lockout: Duration::from_secs(60),
-                    blockwise: CoapBlockwiseConfig {
-                        enable: true,
-                        max_block_size: 1024,
-                        max_body_size: 4 * 1024 * 1024,
-                        exchange_lifetime: Duration::from_secs(247),
-                        max_transfers: 4,
-                    },
-                    listeners: CoapGatewayListenersConfig {
-                        udp: BTreeMap::from([(
-                            "default".to_owned(),
-                            UdpListenerConfig {
-                                enable: true,
-                                bind: "0.0.0.0:5683".into(),
-                                max_connections: 1_024_000,
-                                max_packet_size: 65_535,
-                                max_queued_datagrams: 64,
-                                mountpoint: String::new(),
-                            },
-                        )]),
-                        tcp: BTreeMap::from([(
-                            "default".to_owned(),
-                            CoapTcpListenerConfig {
-                                enable: true,
-                                bind: "0.0.0.0:5683".into(),
-                                max_connections: 1_024_000,
-                                max_conn_rate: Rate::Infinity,
-                                max_message_size: 1_048_576,
-                                mountpoint: String::new(),
-                            },
-                        )]),
-                        ws: BTreeMap::from([(
-                            "default".to_owned(),
-                            CoapWsListenerConfig {
-                                enable: false,
-                                bind: "0.0.0.0:8683".into(),
-                                max_connections: 1_024_000,
-                                max_conn_rate: Rate::Infinity,
-                                max_message_size: 1_048_576,
-                                mountpoint: String::new(),
-                                path: "/.well-known/coap".into(),
-                                supported_subprotocols: vec!["coap".into()],
-                                fail_if_no_subprotocol: true,
-                            },
-                        )]),
-                    },
-                },
-                lwm2m: Lwm2mConfig {
-                    enable: true,
-                    xml_dir: String::new(),
-                    lifetime_min: Duration::from_secs(15),
-                    lifetime_max: Duration::from_secs(86_400),
-                    qmode_time_window: Duration::from_secs(22),
-                    auto_observe: AutoObserve::Enabled(false),
-                    update_msg_publish_condition: UpdatePublishCondition::Always,
-                    mountpoint: "lwm2m/${endpoint_name}/".into(),
-                    translators: Lwm2mTranslators {
-                        command: Translator {
-                            topic: "dn/#".into(),
-                            qos: 0,
-                        },
-                        response: Translator {
-                            topic: "up/resp".into(),
-                            qos: 0,
-                        },
-                        notify: Translator {
-                            topic: "up/notify".into(),
-                            qos: 0,
-                        },
-                        register: Translator {
-                            topic: "up/resp".into(),
-                            qos: 0,
-                        },
-                        update: Translator {
-                            topic: "up/update".into(),
-                            qos: 0,
-                        },
-                    },
-                    max_queued_commands: 100,
-                    lifetime_grace: Duration::from_secs(30),
-                    ack_timeout: Duration::from_secs(2),
-                    max_retransmit: 4,
-                    listeners: CoapListenersConfig {
-                        udp: BTreeMap::from([(
-                            "default".to_owned(),
-                            UdpListenerConfig {
-                                enable: true,
-                                bind: "0.0.0.0:5783".into(),
-                                max_connections: 1_024_000,
-                                max_packet_size: 65_535,
-                                max_queued_datagrams: 64,
-                                mountpoint: String::new(),
-                            },
-                        )]),
-                    },
-                },
-                stomp: StompConfig {
-                    enable: true,
-                    mountpoint: String::new(),
-                    idle_timeout: Duration::from_secs(30),
-                    session_expiry_interval: Duration::from_secs(7200),
-                    max_unacked: 1000,
-                    nack: StompNack::Redeliver,
-                    shared_redelivery: StompSharedRedelivery::Group,
-                    transaction_timeout: Duration::from_secs(60),
-                    max_transactions: 16,
-                    max_transaction_frames: 1000,
-                    max_transaction_bytes: 1024 * 1024,
-                    frame: StompFrameConfig {
-                        max_headers: 10,
-                        max_headers_length: 1024,
-                        max_body_length: 65_536,
-                    },
-                    listeners: StompListenersConfig {
-                        tcp: BTreeMap::from([(
-                            "default".to_owned(),
-                            StompTcpListenerConfig {
-                                enable: true,
-                                bind: "0.0.0.0:61613".into(),
-                                max_connections: 1_024_000,
-                                max_conn_rate: Rate::Infinity,
-                                mountpoint: String::new(),
-                            },
-                        )]),
-                        ws: BTreeMap::from([(
-                            "default".to_owned(),
-                            StompWsListenerConfig {
-                                enable: false,
-                                bind: "0.0.0.0:15674".into(),
-                                max_connections: 1_024_000,
-                                max_conn_rate: Rate::Infinity,
-                                mountpoint: String::new(),
-                                path: "/ws".into(),
-                                supported_subprotocols: ["v12.stomp", "v11.stomp", "v10.stomp"]
-                                    .map(String::from)
-                                    .to_vec(),
-                                fail_if_no_subprotocol: false,
-                                max_frame_size: 1_048_576,
-                            },
-                        )]),
-                    },
-                },
-            },
-        }
-    }
-}
-
-impl TlsConfig {
-    fn fallback() -> TlsConfig {
-        TlsConfig {
-            certfile: None,
-            keyfile: None,
-            cacertfile: None,
-            verify: TlsVerify::None,
-            versions: vec![TlsVersion::Tlsv13, TlsVersion::Tlsv12],
-            ciphers: Vec::new(),
-            self_signed: false,
-            peer_cert_as_username: PeerCertField::None,
-            peer_cert_as_clientid: PeerCertField::None,
-        }
-    }
-}
-
-impl WebSocketConfig {
-    fn fallback() -> WebSocketConfig {
-        WebSocketConfig {
-            mqtt_path: "/mqtt".into(),
-            supported_subprotocols: ["mqtt", "mqttv3.1", "mqtt-v3", "mqtt-v3.1.1", "mqtt-v5"]
-                .map(String::from)
-                .to_vec(),
-            fail_if_no_subprotocol: true,
-            max_frame_size: 2_097_152,
-            check_origin_enable: false,
-            allow_origin_absence: true,
-            check_origins: Vec::new(),
-            proxy_address_header: String::new(),
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
-
 /// Paths where the TOML writes `""` for "none": env vars and TOML have no null.
 mod empty_is_none {
     use std::path::{Path, PathBuf};
@@ -1290,11 +920,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_toml_parses_to_default_and_fallback_agrees() {
+    fn default_toml_alone_is_the_whole_valid_config() {
         let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
-        assert_eq!(parsed, Config::default());
-        // The fallback must never matter, but if it did it should be the same values.
-        assert_eq!(parsed, Config::fallback());
+        assert_eq!(parsed, Config::defaults().unwrap());
     }
 
     #[test]

@@ -120,6 +120,11 @@ impl Config {
         Config::from_figment(&Config::figment(file)?)
     }
 
+    /// The embedded defaults alone, validated: what a file without keys loads to.
+    pub fn defaults() -> Result<Config, ConfigError> {
+        Config::from_figment(&Figment::from(defaults_provider()))
+    }
+
     /// Embedded defaults <- `toml`, no environment: for tests and `gateway config check`.
     pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
         let figment = Figment::from(defaults_provider()).merge(Named {
@@ -127,6 +132,18 @@ impl Config {
             metadata: Metadata::named("the given TOML"),
         });
         Config::from_figment(&figment)
+    }
+
+    /// What is valid but unsafe to run with, each naming its keys: for `gateway config check`.
+    pub fn warnings(&self) -> Vec<Problem> {
+        validate::warnings(self)
+            .into_iter()
+            .map(|v| Problem {
+                key: v.key,
+                message: v.message,
+                origin: None,
+            })
+            .collect()
     }
 
     /// The layers of [`Config::load`] before extraction, so the binary can merge CLI flags
@@ -187,7 +204,7 @@ fn with_storage_shorthand(figment: &Figment) -> Result<Figment, ConfigError> {
 /// the embedded `default` listener of its table, so there is still one place that states defaults.
 fn with_listener_templates(figment: &Figment) -> Result<Figment, ConfigError> {
     let mut out = figment.clone();
-    for table in crate::LISTENER_TABLES {
+    for table in crate::ListenerKind::ALL.map(crate::ListenerKind::table) {
         let Ok(listeners) = figment.extract_inner::<Map<String, Value>>(table) else {
             // Not a table: extraction reports it with the key and source.
             continue;

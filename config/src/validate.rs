@@ -1,8 +1,12 @@
 //! Checks serde cannot express: ranges, cross-key rules, addresses.
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::net::SocketAddr;
 
-use crate::{parse_bind, Config, TlsConfig, TlsVerify, TlsVersion, WebSocketConfig};
+use crate::{
+    parse_bind, AclNoMatch, Config, ListenerEntry, TlsConfig, TlsVerify, TlsVersion,
+    WebSocketConfig,
+};
 
 /// A broken rule, before the loader adds where the value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,13 +133,56 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
         );
     }
     // MQTT 5 carries Session Expiry Interval as four bytes of seconds.
-    if m.session_expiry_interval.as_secs() > u64::from(u32::MAX) {
+    for (key, value) in [
+        ("mqtt.session_expiry_interval", m.session_expiry_interval),
+        (
+            "mqtt.max_session_expiry_interval",
+            m.max_session_expiry_interval,
+        ),
+    ] {
+        if value.as_secs() > u64::from(u32::MAX) {
+            fail(key, format!("{key} must be at most {} seconds", u32::MAX));
+        }
+    }
+    // A configured expiry above the cap would be lowered without a word.
+    for (key, value) in [
+        ("mqtt.session_expiry_interval", m.session_expiry_interval),
+        (
+            "gateway.stomp.session_expiry_interval",
+            config.gateway.stomp.session_expiry_interval,
+        ),
+    ] {
+        if value > m.max_session_expiry_interval {
+            fail(
+                key,
+                format!(
+                    "{key} ({value}) must not exceed mqtt.max_session_expiry_interval ({})",
+                    m.max_session_expiry_interval
+                ),
+            );
+        }
+    }
+    let retainer = &config.retainer;
+    if retainer.max_retained_bytes != 0
+        && retainer.max_retained_bytes < u64::from(retainer.max_payload_size)
+    {
         fail(
-            "mqtt.session_expiry_interval",
+            "retainer.max_retained_bytes",
             format!(
-                "mqtt.session_expiry_interval must be at most {} seconds",
-                u32::MAX
+                "retainer.max_retained_bytes ({}) must be 0 (unlimited) or at least \
+                 retainer.max_payload_size ({}), or the largest retained message could never be kept",
+                retainer.max_retained_bytes, retainer.max_payload_size
             ),
+        );
+    }
+    // Without a password file, a user name is taken as given: refusing only clients that
+    // send none would keep nobody out.
+    if !config.auth.allow_anonymous && config.auth.password_file.is_none() {
+        fail(
+            "auth.allow_anonymous",
+            "auth.allow_anonymous = false needs auth.password_file: without a password file \
+             any user name would be accepted"
+                .into(),
         );
     }
     if config.sys.enable && config.sys.interval.is_zero() {
@@ -286,6 +333,65 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
     );
     check_lwm2m(&config.gateway.lwm2m, &mut udp_started, &mut fail);
     check_stomp(&config.gateway.stomp, &mut started, &mut fail);
+    check_unique_listener_names(&config.all_listeners(), &mut fail);
+    out
+}
+
+/// Logs, metrics and auth rules tell listeners apart by name alone.
+fn check_unique_listener_names(
+    listeners: &[ListenerEntry<'_>],
+    fail: &mut impl FnMut(&str, String),
+) {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for listener in listeners {
+        let key = listener.key();
+        match seen.entry(listener.listener_name()) {
+            Entry::Occupied(other) => fail(
+                &key,
+                format!(
+                    "{key} and {} would both be named {:?} in logs and auth rules",
+                    other.get(),
+                    other.key()
+                ),
+            ),
+            Entry::Vacant(slot) => {
+                slot.insert(key);
+            }
+        }
+    }
+}
+
+/// Settings that are valid but that an operator should hear about before starting.
+pub(crate) fn warnings(config: &Config) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let auth = &config.auth;
+    // With no ACL file, acl_no_match is the whole authorization.
+    let allow_all = auth.acl_file.is_none() && auth.acl_no_match == AclNoMatch::Allow;
+    if auth.allow_anonymous && allow_all {
+        let exposed: Vec<String> = config
+            .all_listeners()
+            .iter()
+            .filter(|l| l.starts)
+            .filter_map(|l| {
+                let addr = l.bind_addr().ok()?;
+                (!addr.ip().is_loopback()).then(|| format!("{} ({addr})", l.key()))
+            })
+            .collect();
+        if !exposed.is_empty() {
+            out.push(Violation {
+                key: "auth.allow_anonymous".into(),
+                message: format!(
+                    "anyone may connect without credentials and publish and subscribe to every \
+                     topic (auth.allow_anonymous = true, no auth.acl_file, auth.acl_no_match = \
+                     \"allow\") on listeners bound beyond loopback: {}; set \
+                     auth.allow_anonymous = false with an auth.password_file, restrict topics \
+                     with an auth.acl_file or auth.acl_no_match = \"deny\", or bind the \
+                     listeners to a loopback address",
+                    exposed.join(", ")
+                ),
+            });
+        }
+    }
     out
 }
 
@@ -765,6 +871,12 @@ fn check_udp_listeners(
                 format!("{prefix}.max_queued_datagrams must be >= 1"),
             );
         }
+        if listener.max_peers_per_source == 0 {
+            fail(
+                &format!("{prefix}.max_peers_per_source"),
+                format!("{prefix}.max_peers_per_source must be >= 1"),
+            );
+        }
         check_mountpoint(&format!("{prefix}.mountpoint"), &listener.mountpoint, fail);
         let starts = listener.enable && gateway_enabled;
         check_bind(prefix, &listener.bind, starts, enabled, fail);
@@ -894,6 +1006,7 @@ fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ListenerKind;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -912,6 +1025,29 @@ mod tests {
         assert!(!binds_overlap(addr("0.0.0.0:1883"), addr("0.0.0.0:1884")));
         assert!(!binds_overlap(addr("0.0.0.0:0"), addr("0.0.0.0:0")));
         assert!(!binds_overlap(addr("0.0.0.0:1883"), addr("[::]:1883")));
+    }
+
+    #[test]
+    fn two_listeners_under_one_name_are_refused() {
+        let entry = |kind, name| ListenerEntry {
+            kind,
+            name,
+            bind: "0",
+            starts: true,
+        };
+        let mut problems = Vec::new();
+        check_unique_listener_names(
+            &[
+                entry(ListenerKind::CoapUdp, "default"),
+                entry(ListenerKind::Lwm2mUdp, "default"),
+                entry(ListenerKind::CoapUdp, "default"),
+            ],
+            &mut |key, message| problems.push((key.to_owned(), message)),
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let (key, message) = &problems[0];
+        assert_eq!(key, "gateway.coap.listeners.udp.default");
+        assert!(message.contains("\"coap:udp:default\""), "{message}");
     }
 
     #[test]

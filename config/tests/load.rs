@@ -24,7 +24,7 @@ fn err_text(result: Result<Config, ConfigError>) -> String {
 #[test]
 fn defaults_parse_and_validate() {
     let c = Config::from_toml_str("").unwrap();
-    assert_eq!(c, Config::default());
+    assert_eq!(c, Config::defaults().unwrap());
     assert_eq!(c.log.level, "info");
     assert_eq!(c.log.format, LogFormat::Human);
     assert_eq!(c.mqtt.max_packet_size, 1_048_576);
@@ -50,10 +50,13 @@ fn defaults_parse_and_validate() {
 fn default_toml_is_the_whole_config_and_round_trips() {
     // DEFAULT_TOML alone (not merged over itself) must already be a full config.
     let alone: Config = toml::from_str(DEFAULT_TOML).unwrap();
-    assert_eq!(alone, Config::default());
+    assert_eq!(alone, Config::defaults().unwrap());
     // Printing the effective config and loading it back changes nothing.
-    let printed = toml::to_string(&Config::default()).unwrap();
-    assert_eq!(Config::from_toml_str(&printed).unwrap(), Config::default());
+    let printed = toml::to_string(&Config::defaults().unwrap()).unwrap();
+    assert_eq!(
+        Config::from_toml_str(&printed).unwrap(),
+        Config::defaults().unwrap()
+    );
 }
 
 #[test]
@@ -576,7 +579,7 @@ fn trusted_proxies_are_networks_and_need_the_proxy_header() {
 
 #[test]
 fn proxy_protocol_is_off_by_default_and_its_timeout_checked() {
-    let c = Config::default();
+    let c = Config::defaults().unwrap();
     assert!(!c.listeners.tcp["default"].proxy_protocol);
     assert!(!c.listeners.ssl["default"].proxy_protocol);
     let err = Config::from_toml_str(
@@ -591,7 +594,7 @@ fn proxy_protocol_is_off_by_default_and_its_timeout_checked() {
 
 #[test]
 fn quic_listener_needs_tls13_and_shares_udp_ports_with_mqttsn() {
-    let c = Config::default();
+    let c = Config::defaults().unwrap();
     let quic = &c.listeners.quic["default"];
     assert_eq!(quic.bind_addr().unwrap().to_string(), "0.0.0.0:14567");
     assert!(!quic.enable_0rtt);
@@ -706,5 +709,200 @@ fn coap_stream_listeners_take_their_defaults_and_are_checked() {
     for (toml, want) in cases {
         let e = err_text(Config::from_toml_str(toml));
         assert!(e.contains(want), "{toml}: {e}");
+    }
+}
+
+#[test]
+fn anonymous_access_off_without_a_password_file_is_refused_naming_both_keys() {
+    // Without a password file a user name is taken as given, so "no anonymous clients"
+    // would still let in anyone who types a name.
+    let err = Config::from_toml_str("[auth]\nallow_anonymous = false").unwrap_err();
+    let problem = err
+        .problems()
+        .iter()
+        .find(|p| p.key == "auth.allow_anonymous")
+        .unwrap_or_else(|| panic!("no problem at auth.allow_anonymous: {err}"));
+    assert!(
+        problem.message.contains("auth.allow_anonymous = false")
+            && problem.message.contains("auth.password_file"),
+        "{problem}"
+    );
+    assert_eq!(problem.origin.as_deref(), Some("the given TOML"));
+
+    Jail::expect_with(|jail| {
+        jail.set_env("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false");
+        let err = err_text(Config::load(None));
+        assert!(
+            err.contains("auth.password_file") && err.contains("env GATEWAY_AUTH__ALLOW_ANONYMOUS"),
+            "{err}"
+        );
+        jail.set_env("GATEWAY_AUTH__PASSWORD_FILE", "/etc/gateway/passwd");
+        Config::load(None).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+}
+
+#[test]
+fn public_deployment_caps_have_finite_defaults() {
+    let c = Config::defaults().unwrap();
+    assert_eq!(
+        c.mqtt.max_session_expiry_interval.get(),
+        StdDuration::from_secs(86_400)
+    );
+    assert_eq!(c.mqtt.max_subscriptions, 1000);
+    assert_eq!(c.retainer.max_retained_messages, 1_000_000);
+    assert_eq!(c.retainer.max_retained_bytes, 256 * 1024 * 1024);
+    assert_eq!(c.gateway.stomp.max_transaction_bytes, 1024 * 1024);
+    for udp in [
+        &c.gateway.mqttsn.listeners.udp,
+        &c.gateway.coap.listeners.udp,
+        &c.gateway.lwm2m.listeners.udp,
+    ] {
+        assert_eq!(udp["default"].max_peers_per_source, 16);
+    }
+    // A UDP listener added by name takes its table's cap too.
+    let c = Config::from_toml_str("[gateway.lwm2m.listeners.udp.lan]\nbind = 15783").unwrap();
+    assert_eq!(
+        c.gateway.lwm2m.listeners.udp["lan"].max_peers_per_source,
+        16
+    );
+}
+
+#[test]
+fn public_deployment_caps_are_checked() {
+    let cases = [
+        (
+            "[mqtt]\nmax_session_expiry_interval = \"50000d\"",
+            "mqtt.max_session_expiry_interval must be at most 4294967295 seconds",
+        ),
+        (
+            "[mqtt]\nmax_session_expiry_interval = \"1h\"",
+            "mqtt.session_expiry_interval (2h) must not exceed mqtt.max_session_expiry_interval (1h)",
+        ),
+        (
+            "[mqtt]\nmax_session_expiry_interval = \"3h\"\n[gateway.stomp]\nsession_expiry_interval = \"4h\"",
+            "gateway.stomp.session_expiry_interval (4h) must not exceed mqtt.max_session_expiry_interval (3h)",
+        ),
+        (
+            "[retainer]\nmax_retained_bytes = 1000",
+            "retainer.max_retained_bytes (1000) must be 0 (unlimited) or at least retainer.max_payload_size (1048576)",
+        ),
+        (
+            "[gateway.stomp]\nmax_transaction_bytes = 0",
+            "gateway.stomp.max_transaction_bytes must be >= 1",
+        ),
+        (
+            "[gateway.mqttsn.listeners.udp.default]\nmax_peers_per_source = 0",
+            "gateway.mqttsn.listeners.udp.default.max_peers_per_source must be >= 1",
+        ),
+        (
+            "[gateway.coap.listeners.udp.default]\nmax_peers_per_source = 0",
+            "gateway.coap.listeners.udp.default.max_peers_per_source must be >= 1",
+        ),
+        (
+            "[gateway.lwm2m.listeners.udp.default]\nmax_peers_per_source = 0",
+            "gateway.lwm2m.listeners.udp.default.max_peers_per_source must be >= 1",
+        ),
+    ];
+    for (toml, want) in cases {
+        let e = err_text(Config::from_toml_str(toml));
+        assert!(e.contains(want), "{toml:?} -> {e}");
+    }
+    // The limits that mean "unlimited" at 0 still do.
+    let c = Config::from_toml_str(
+        "[mqtt]\nmax_subscriptions = 0\n[retainer]\nmax_retained_messages = 0\nmax_retained_bytes = 0",
+    )
+    .unwrap();
+    assert_eq!(c.retainer.max_retained_bytes, 0);
+}
+
+#[test]
+fn every_listener_has_a_name_of_its_own_across_gateways() {
+    let c = Config::defaults().unwrap();
+    let listeners = c.all_listeners();
+    let names: std::collections::HashSet<String> =
+        listeners.iter().map(|l| l.listener_name()).collect();
+    assert_eq!(names.len(), listeners.len(), "{names:?}");
+    for udp in [
+        "mqttsn:udp:default",
+        "coap:udp:default",
+        "lwm2m:udp:default",
+    ] {
+        assert!(names.contains(udp), "{udp} in {names:?}");
+    }
+    // CoAP over TCP is not MQTT over TCP.
+    assert!(names.contains("tcp:default") && names.contains("coap:tcp:default"));
+}
+
+/// Every listener that starts by default, bound to loopback.
+const ALL_ON_LOOPBACK: &str = r#"
+[listeners.tcp.default]
+bind = "127.0.0.1:1883"
+[listeners.ws.default]
+bind = "127.0.0.1:8083"
+[gateway.mqttsn.listeners.udp.default]
+bind = "127.0.0.1:1884"
+[gateway.coap.listeners.udp.default]
+bind = "127.0.0.1:5683"
+[gateway.coap.listeners.tcp.default]
+bind = "127.0.0.1:5683"
+[gateway.lwm2m.listeners.udp.default]
+bind = "127.0.0.1:5783"
+[gateway.stomp.listeners.tcp.default]
+bind = "[::1]:61613"
+"#;
+
+#[test]
+fn anonymous_allow_all_on_a_listener_beyond_loopback_is_warned_about() {
+    let defaults = Config::defaults().unwrap();
+    let warnings = defaults.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let warning = &warnings[0].message;
+    for named in [
+        "auth.allow_anonymous = true",
+        "auth.acl_file",
+        "auth.acl_no_match = \"allow\"",
+        "listeners.tcp.default (0.0.0.0:1883)",
+        "gateway.coap.listeners.udp.default (0.0.0.0:5683)",
+        "gateway.stomp.listeners.tcp.default (0.0.0.0:61613)",
+    ] {
+        assert!(warning.contains(named), "{named} not in {warning}");
+    }
+    // Listeners that do not start expose nothing: TLS ones without a certificate, disabled ones.
+    for quiet in [
+        "listeners.ssl.default",
+        "gateway.stomp.listeners.ws.default",
+    ] {
+        assert!(!warning.contains(quiet), "{quiet} in {warning}");
+    }
+
+    assert_eq!(
+        Config::from_toml_str(ALL_ON_LOOPBACK).unwrap().warnings(),
+        []
+    );
+    let one_exposed = format!("{ALL_ON_LOOPBACK}\n[listeners.tcp.lan]\nbind = \"10.0.0.1:1883\"");
+    let warnings = Config::from_toml_str(&one_exposed).unwrap().warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0]
+        .message
+        .contains("listeners.tcp.lan (10.0.0.1:1883)"));
+    assert!(!warnings[0].message.contains("listeners.tcp.default"));
+    // Disabled gateways' listeners do not count.
+    let gateway_off = format!("{ALL_ON_LOOPBACK}\n[gateway.coap]\nenable = false\n[gateway.coap.listeners.udp.default]\nbind = 5683");
+    let gateway_off = gateway_off.replacen(
+        "[gateway.coap.listeners.udp.default]\nbind = \"127.0.0.1:5683\"\n",
+        "",
+        1,
+    );
+    assert_eq!(Config::from_toml_str(&gateway_off).unwrap().warnings(), []);
+
+    // Credentials, or an authorization that is not allow-all, silence it.
+    for closed in [
+        "[auth]\nallow_anonymous = false\npassword_file = \"/etc/gateway/passwd\"",
+        "[auth]\nacl_no_match = \"deny\"",
+        "[auth]\nacl_file = \"/etc/gateway/acl\"",
+    ] {
+        let c = Config::from_toml_str(closed).unwrap();
+        assert_eq!(c.warnings(), [], "{closed}");
     }
 }

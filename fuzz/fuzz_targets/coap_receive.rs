@@ -28,7 +28,7 @@ fn broker() -> Arc<Broker> {
     static BROKER: OnceLock<Arc<Broker>> = OnceLock::new();
     BROKER
         .get_or_init(|| {
-            let config = Config::default();
+            let config = Config::defaults().expect("embedded defaults");
             Arc::new(Broker::new(
                 config.mqtt.clone(),
                 &config.retainer,

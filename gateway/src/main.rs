@@ -9,7 +9,7 @@ use adapter_kit::tls::TlsAcceptor;
 use adapter_mqtt::{Layers, ListenerSettings, QuicListenerSettings};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use gateway_config::{Config, LogFormat, TlsConfig};
+use gateway_config::{Config, ListenerKind, LogFormat, TlsConfig};
 use mqtt_core::auth::Auth;
 use mqtt_core::broker::Broker;
 use tokio::sync::watch;
@@ -57,7 +57,8 @@ enum Command {
 enum ConfigAction {
     /// Print the embedded default configuration.
     PrintDefault,
-    /// Check a configuration file (with the environment applied) and report the first error.
+    /// Check a configuration file (with the environment applied): report its errors, or
+    /// else what it leaves open (warnings, which do not fail the check).
     Check { file: PathBuf },
 }
 
@@ -73,8 +74,11 @@ fn main() -> Result<()> {
         Some(Command::Config {
             action: ConfigAction::Check { file },
         }) => {
-            Config::load(Some(&file))
+            let config = Config::load(Some(&file))
                 .with_context(|| format!("{} is not a valid configuration", file.display()))?;
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!("{}: ok", file.display());
             Ok(())
         }
@@ -252,7 +256,8 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
                 continue;
             }
             let (socket, listener_name, bind) =
-                bind_gateway_udp("mqttsn", name, listener, advertise.is_some()).await?;
+                bind_gateway_udp(ListenerKind::MqttSnUdp, name, listener, advertise.is_some())
+                    .await?;
             let settings = Arc::new(adapter_mqtt_sn::Settings::from_config(
                 listener_name.clone(),
                 sn,
@@ -278,7 +283,7 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
                 continue;
             }
             let (socket, listener_name, bind) =
-                bind_gateway_udp("coap", name, listener, false).await?;
+                bind_gateway_udp(ListenerKind::CoapUdp, name, listener, false).await?;
             let settings = Arc::new(adapter_coap::Settings::from_config(
                 listener_name.clone(),
                 coap,
@@ -308,7 +313,7 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
                 continue;
             }
             let (socket, listener_name, bind) =
-                bind_gateway_udp("lwm2m", name, listener, false).await?;
+                bind_gateway_udp(ListenerKind::Lwm2mUdp, name, listener, false).await?;
             let settings = Arc::new(adapter_lwm2m::Settings::from_config(
                 listener_name.clone(),
                 lwm2m,
@@ -336,7 +341,7 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
             .filter(|(_, l)| l.enable)
             .map(|(name, l)| {
                 (
-                    "tcp",
+                    ListenerKind::StompTcp,
                     name,
                     l.bind_addr(),
                     l.max_connections,
@@ -352,7 +357,7 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
             .filter(|(_, l)| l.enable)
             .map(|(name, l)| {
                 (
-                    "ws",
+                    ListenerKind::StompWs,
                     name,
                     l.bind_addr(),
                     l.max_connections,
@@ -363,9 +368,9 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
             });
         for (kind, name, bind, max_connections, max_conn_rate, mountpoint, layers) in tcp.chain(ws)
         {
-            let key = format!("gateway.stomp.listeners.{kind}.{name}");
+            let key = format!("{}.{name}", kind.table());
             let bind = bind.with_context(|| format!("{key}.bind"))?;
-            let listener_name: Arc<str> = Arc::from(format!("stomp:{kind}:{name}"));
+            let listener_name: Arc<str> = Arc::from(kind.listener_name(name));
             let settings = adapter_stomp::ListenerSettings {
                 name: listener_name.clone(),
                 bind,
@@ -428,7 +433,7 @@ async fn spawn_coap_stream_listeners(
             let common = (l.bind_addr(), l.max_connections, l.max_conn_rate);
             let size = l.max_message_size as usize;
             (
-                "tcp",
+                ListenerKind::CoapTcp,
                 name,
                 common,
                 size,
@@ -445,7 +450,14 @@ async fn spawn_coap_stream_listeners(
             let common = (l.bind_addr(), l.max_connections, l.max_conn_rate);
             let size = l.max_message_size as usize;
             let layers = adapter_coap::Layers::Ws(Arc::new(l.websocket()));
-            ("ws", name, common, size, &l.mountpoint, layers)
+            (
+                ListenerKind::CoapWs,
+                name,
+                common,
+                size,
+                &l.mountpoint,
+                layers,
+            )
         });
     for (
         kind,
@@ -456,9 +468,9 @@ async fn spawn_coap_stream_listeners(
         layers,
     ) in tcp.chain(ws)
     {
-        let key = format!("gateway.coap.listeners.{kind}.{name}");
+        let key = format!("{}.{name}", kind.table());
         let bind = bind.with_context(|| format!("{key}.bind"))?;
-        let listener_name: Arc<str> = Arc::from(format!("{kind}:{name}"));
+        let listener_name: Arc<str> = Arc::from(kind.listener_name(name));
         let settings = adapter_coap::StreamListenerSettings {
             name: listener_name.clone(),
             bind,
@@ -492,22 +504,22 @@ async fn spawn_coap_stream_listeners(
     Ok(())
 }
 
-/// The bound socket of the UDP listener `gateway.{gateway}.listeners.udp.{name}`, with the
-/// name logs and auth rules give it (`udp:{name}`) and its address.
+/// The bound socket of the UDP listener `name` of `kind`, with the name logs and auth rules
+/// give it (`coap:udp:{name}`) and its address.
 async fn bind_gateway_udp(
-    gateway: &str,
+    kind: ListenerKind,
     name: &str,
     listener: &gateway_config::UdpListenerConfig,
     broadcast: bool,
 ) -> Result<(tokio::net::UdpSocket, Arc<str>, std::net::SocketAddr)> {
-    let key = format!("gateway.{gateway}.listeners.udp.{name}");
+    let key = format!("{}.{name}", kind.table());
     let bind = listener
         .bind_addr()
         .with_context(|| format!("{key}.bind"))?;
     let socket = adapter_kit::bind_udp(bind, broadcast)
         .await
         .with_context(|| format!("{key}: cannot listen on {bind}"))?;
-    Ok((socket, Arc::from(format!("udp:{name}")), bind))
+    Ok((socket, Arc::from(kind.listener_name(name)), bind))
 }
 
 fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<NamedAcceptor>)> {
@@ -526,7 +538,7 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Name
     for (name, l) in listeners.tcp.iter().filter(|(_, l)| l.enable) {
         let key = format!("listeners.tcp.{name}");
         out.push(ListenerSettings {
-            name: Arc::from(format!("tcp:{name}")),
+            name: Arc::from(ListenerKind::Tcp.listener_name(name)),
             bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
             max_connections: l.max_connections as usize,
             handshake_timeout: l.handshake_timeout.get(),
@@ -542,7 +554,7 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Name
             continue;
         };
         out.push(ListenerSettings {
-            name: Arc::from(format!("ssl:{name}")),
+            name: Arc::from(ListenerKind::Ssl.listener_name(name)),
             bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
             max_connections: l.max_connections as usize,
             handshake_timeout: l.handshake_timeout.get(),
@@ -555,7 +567,7 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Name
     for (name, l) in listeners.ws.iter().filter(|(_, l)| l.enable) {
         let key = format!("listeners.ws.{name}");
         out.push(ListenerSettings {
-            name: Arc::from(format!("ws:{name}")),
+            name: Arc::from(ListenerKind::Ws.listener_name(name)),
             bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
             max_connections: l.max_connections as usize,
             handshake_timeout: l.handshake_timeout.get(),
@@ -571,7 +583,7 @@ fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<Name
             continue;
         };
         out.push(ListenerSettings {
-            name: Arc::from(format!("wss:{name}")),
+            name: Arc::from(ListenerKind::Wss.listener_name(name)),
             bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
             max_connections: l.max_connections as usize,
             handshake_timeout: l.handshake_timeout.get(),
@@ -622,7 +634,7 @@ fn quic_listeners(
         out.push((
             listener,
             QuicListenerSettings {
-                name: Arc::from(format!("quic:{name}")),
+                name: Arc::from(ListenerKind::Quic.listener_name(name)),
                 max_connections: l.max_connections as usize,
                 handshake_timeout: l.handshake_timeout.get(),
                 max_conn_rate: l.max_conn_rate,

@@ -331,15 +331,41 @@ fn connection_mode_hands_out_tokens_and_refuses_bad_ones() {
 
 #[test]
 fn bad_credentials_get_4_01() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwd");
+    let status = interop_tests::broker::gateway_command()
+        .arg("passwd")
+        .arg(&passwords)
+        .args(["alice", "--password", "secret"])
+        .status()
+        .unwrap();
+    assert!(status.success());
     let Some(broker) = gateway(
         "anonymous access off",
-        &[Setting::new("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false")],
+        &[
+            Setting::new("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false"),
+            Setting::new("GATEWAY_AUTH__PASSWORD_FILE", passwords.to_str().unwrap()),
+        ],
     ) else {
         return;
     };
     let mut client = AiocoapClient::spawn(&broker);
     let refused = client.request("POST", "/ps/anything?clientid=anon", b"x", false);
-    assert_eq!(refused.code, "4.01");
+    assert_eq!(refused.code, "4.01", "no user name");
+    let refused = client.request(
+        "POST",
+        "/ps/anything?clientid=alice&username=alice&password=wrong",
+        b"x",
+        false,
+    );
+    assert_eq!(refused.code, "4.01", "a wrong password");
+    let accepted = client.request(
+        "POST",
+        "/ps/anything?clientid=alice&username=alice&password=secret",
+        b"x",
+        false,
+    );
+    assert_eq!(accepted.code, "2.04", "the right password");
 }
 
 #[test]

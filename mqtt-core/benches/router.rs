@@ -24,7 +24,7 @@ impl Wakeup for NoWakeup {
 const SUBSCRIBERS: usize = 1000;
 
 fn broker_with_subscribers(now: Instant) -> (Arc<Broker>, Vec<ClientSession>) {
-    let mut config = gateway_config::Config::default();
+    let mut config = gateway_config::Config::defaults().expect("embedded defaults");
     config.mqtt.max_queued_messages = 0;
     let broker = Arc::new(Broker::new(
         config.mqtt.clone(),

@@ -565,7 +565,9 @@ fn auth_from_config_reads_both_files() {
 
 #[test]
 fn auth_from_default_config_lets_everyone_in() {
-    let defaults = gateway_config::Config::default().auth;
+    let defaults = gateway_config::Config::defaults()
+        .expect("embedded defaults")
+        .auth;
     let auth = Auth::from_config(&defaults).unwrap();
     let c = client("c", Some("who"), Some("ever"));
     assert_eq!(auth.authenticator.authenticate(&c), AuthOutcome::Allow);

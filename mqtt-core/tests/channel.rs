@@ -1009,7 +1009,7 @@ fn malformed_packet_after_connect_gets_disconnect_0x81_and_publishes_the_will() 
 
 fn broker_with_acl(rules: &str, t0: Instant) -> Arc<Broker> {
     use mqtt_core::auth::{AclAuthorizer, AllowAll};
-    let config = gateway_config::Config::default();
+    let config = gateway_config::Config::defaults().expect("embedded defaults");
     let authorizer = AclAuthorizer::parse(
         rules,
         std::path::Path::new("test.acl"),

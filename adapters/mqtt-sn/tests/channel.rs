@@ -55,7 +55,11 @@ fn settings() -> Arc<Settings> {
         gateway_id: 7,
         enable_qos3: true,
         mountpoint: String::new(),
-        clientinfo_override: Default::default(),
+        clientinfo_override: gateway_config::Config::defaults()
+            .expect("embedded defaults")
+            .gateway
+            .mqttsn
+            .clientinfo_override,
         idle_timeout: Duration::from_secs(30),
         retry_interval: Duration::from_secs(10),
         max_retries: 3,

@@ -1,0 +1,234 @@
+//! Every listener of every kind in one list, under the one name that logs and auth rules
+//! give it, so the binary, validation and `config check` cannot disagree on either.
+
+use crate::{parse_bind, BindAddrError, Config};
+
+/// A table of named listeners. A listener added to a table under a new name takes its
+/// omitted keys from the table's `default` listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    /// MQTT over TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Ssl,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+    /// MQTT over QUIC.
+    Quic,
+    MqttSnUdp,
+    CoapUdp,
+    CoapTcp,
+    CoapWs,
+    Lwm2mUdp,
+    StompTcp,
+    StompWs,
+}
+
+impl ListenerKind {
+    pub const ALL: [ListenerKind; 12] = [
+        ListenerKind::Tcp,
+        ListenerKind::Ssl,
+        ListenerKind::Ws,
+        ListenerKind::Wss,
+        ListenerKind::Quic,
+        ListenerKind::MqttSnUdp,
+        ListenerKind::CoapUdp,
+        ListenerKind::CoapTcp,
+        ListenerKind::CoapWs,
+        ListenerKind::Lwm2mUdp,
+        ListenerKind::StompTcp,
+        ListenerKind::StompWs,
+    ];
+
+    /// The table of this kind's listeners, e.g. `gateway.coap.listeners.udp`.
+    pub const fn table(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "listeners.tcp",
+            ListenerKind::Ssl => "listeners.ssl",
+            ListenerKind::Ws => "listeners.ws",
+            ListenerKind::Wss => "listeners.wss",
+            ListenerKind::Quic => "listeners.quic",
+            ListenerKind::MqttSnUdp => "gateway.mqttsn.listeners.udp",
+            ListenerKind::CoapUdp => "gateway.coap.listeners.udp",
+            ListenerKind::CoapTcp => "gateway.coap.listeners.tcp",
+            ListenerKind::CoapWs => "gateway.coap.listeners.ws",
+            ListenerKind::Lwm2mUdp => "gateway.lwm2m.listeners.udp",
+            ListenerKind::StompTcp => "gateway.stomp.listeners.tcp",
+            ListenerKind::StompWs => "gateway.stomp.listeners.ws",
+        }
+    }
+
+    /// What the names of this kind's listeners start with: the transport alone for MQTT's
+    /// own listeners (EMQX's `tcp:default`), the gateway and the transport for a gateway's.
+    const fn name_prefix(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Ssl => "ssl",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+            ListenerKind::Quic => "quic",
+            ListenerKind::MqttSnUdp => "mqttsn:udp",
+            ListenerKind::CoapUdp => "coap:udp",
+            ListenerKind::CoapTcp => "coap:tcp",
+            ListenerKind::CoapWs => "coap:ws",
+            ListenerKind::Lwm2mUdp => "lwm2m:udp",
+            ListenerKind::StompTcp => "stomp:tcp",
+            ListenerKind::StompWs => "stomp:ws",
+        }
+    }
+
+    /// The name logs and auth rules give the listener `name` of this kind's table:
+    /// `tcp:default`, `coap:udp:default`, `stomp:ws:browsers`.
+    pub fn listener_name(self, name: &str) -> String {
+        format!("{}:{name}", self.name_prefix())
+    }
+}
+
+/// One configured listener, whatever its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerEntry<'a> {
+    pub kind: ListenerKind,
+    /// Its name in its table (`default`).
+    pub name: &'a str,
+    pub bind: &'a str,
+    /// Enabled, its gateway enabled, and given a certificate when it needs one: it will bind.
+    pub starts: bool,
+}
+
+impl ListenerEntry<'_> {
+    /// Its table's key, e.g. `gateway.coap.listeners.udp.default`.
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.kind.table(), self.name)
+    }
+
+    /// See [`ListenerKind::listener_name`].
+    pub fn listener_name(&self) -> String {
+        self.kind.listener_name(self.name)
+    }
+
+    pub fn bind_addr(&self) -> Result<std::net::SocketAddr, BindAddrError> {
+        parse_bind(self.bind)
+    }
+}
+
+impl Config {
+    /// Every configured listener, started or not, by kind in [`ListenerKind::ALL`]'s order
+    /// and then by name.
+    pub fn all_listeners(&self) -> Vec<ListenerEntry<'_>> {
+        fn entries<'a, L>(
+            out: &mut Vec<ListenerEntry<'a>>,
+            kind: ListenerKind,
+            table: &'a std::collections::BTreeMap<String, L>,
+            fields: impl Fn(&'a L) -> (&'a str, bool),
+        ) {
+            out.extend(table.iter().map(|(name, listener)| {
+                let (bind, starts) = fields(listener);
+                ListenerEntry {
+                    kind,
+                    name,
+                    bind,
+                    starts,
+                }
+            }));
+        }
+        let mut out = Vec::new();
+        let l = &self.listeners;
+        entries(&mut out, ListenerKind::Tcp, &l.tcp, |l| (&l.bind, l.enable));
+        entries(&mut out, ListenerKind::Ssl, &l.ssl, |l| {
+            (&l.bind, l.enable && l.tls.has_certificate())
+        });
+        entries(&mut out, ListenerKind::Ws, &l.ws, |l| (&l.bind, l.enable));
+        entries(&mut out, ListenerKind::Wss, &l.wss, |l| {
+            (&l.bind, l.enable && l.tls.has_certificate())
+        });
+        entries(&mut out, ListenerKind::Quic, &l.quic, |l| {
+            (&l.bind, l.enable && l.tls.has_certificate())
+        });
+        let g = &self.gateway;
+        entries(
+            &mut out,
+            ListenerKind::MqttSnUdp,
+            &g.mqttsn.listeners.udp,
+            |l| (&l.bind, l.enable && g.mqttsn.enable),
+        );
+        entries(
+            &mut out,
+            ListenerKind::CoapUdp,
+            &g.coap.listeners.udp,
+            |l| (&l.bind, l.enable && g.coap.enable),
+        );
+        entries(
+            &mut out,
+            ListenerKind::CoapTcp,
+            &g.coap.listeners.tcp,
+            |l| (&l.bind, l.enable && g.coap.enable),
+        );
+        entries(&mut out, ListenerKind::CoapWs, &g.coap.listeners.ws, |l| {
+            (&l.bind, l.enable && g.coap.enable)
+        });
+        entries(
+            &mut out,
+            ListenerKind::Lwm2mUdp,
+            &g.lwm2m.listeners.udp,
+            |l| (&l.bind, l.enable && g.lwm2m.enable),
+        );
+        entries(
+            &mut out,
+            ListenerKind::StompTcp,
+            &g.stomp.listeners.tcp,
+            |l| (&l.bind, l.enable && g.stomp.enable),
+        );
+        entries(
+            &mut out,
+            ListenerKind::StompWs,
+            &g.stomp.listeners.ws,
+            |l| (&l.bind, l.enable && g.stomp.enable),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_is_listed_once_and_names_its_kind_apart() {
+        let tables: std::collections::HashSet<_> =
+            ListenerKind::ALL.iter().map(|k| k.table()).collect();
+        assert_eq!(tables.len(), ListenerKind::ALL.len());
+        // Listener names cannot hold ':', so distinct prefixes make distinct names.
+        let prefixes: std::collections::HashSet<_> =
+            ListenerKind::ALL.iter().map(|k| k.name_prefix()).collect();
+        assert_eq!(prefixes.len(), ListenerKind::ALL.len());
+    }
+
+    #[test]
+    fn every_default_listener_is_listed_under_its_name() {
+        let config = Config::defaults().unwrap();
+        let names: Vec<String> = config
+            .all_listeners()
+            .iter()
+            .map(ListenerEntry::listener_name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "tcp:default",
+                "ssl:default",
+                "ws:default",
+                "wss:default",
+                "quic:default",
+                "mqttsn:udp:default",
+                "coap:udp:default",
+                "coap:tcp:default",
+                "coap:ws:default",
+                "lwm2m:udp:default",
+                "stomp:tcp:default",
+                "stomp:ws:default",
+            ]
+        );
+    }
+}

@@ -151,7 +151,10 @@ impl Broker {
             router: Router::new(config.shared_subscription_strategy),
             retain_enabled: retainer.enable && config.retain_available,
             max_retained_payload: retainer.max_payload_size as usize,
-            retained: RwLock::new(RetainedStore::new(retainer.max_retained_messages as usize)),
+            retained: RwLock::new(RetainedStore::new(
+                retainer.max_retained_messages as usize,
+                usize::try_from(retainer.max_retained_bytes).unwrap_or(usize::MAX),
+            )),
             limits,
             config,
             registry: Mutex::new(HashMap::new()),
@@ -453,7 +456,7 @@ impl Broker {
 
     /// The longest session expiry a client gets; longer requests are cut to it.
     pub fn max_session_expiry(&self) -> u32 {
-        u32::MAX
+        u32::try_from(self.config.max_session_expiry_interval.get().as_secs()).unwrap_or(u32::MAX)
     }
 
     pub fn limits(&self) -> &SessionLimits {
@@ -863,16 +866,16 @@ impl Broker {
         }
         let outcome = self.retained.write().set(Arc::new(message.detached()));
         if outcome == RetainOutcome::Full {
+            // Counted, not logged: a flood of refusals must not become a flood of lines.
             Stats::add(&self.stats.retained_refused, 1);
-            tracing::warn!("retained message store is full; message not retained");
-            return None;
         }
         // `$` topics are the broker's own, made anew at every start.
         if !self.store.persistent() || message.topic.starts_with('$') {
             return None;
         }
         let key = message.topic.as_bytes().to_vec();
-        let op = if outcome == RetainOutcome::Cleared {
+        // A refused replacement took the topic's older message with it.
+        let op = if outcome != RetainOutcome::Stored {
             Op::Delete {
                 table: Table::Retained,
                 key,

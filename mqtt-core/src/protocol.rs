@@ -468,6 +468,9 @@ impl MqttChannel {
             subscription_identifiers_available: (!config.subscription_identifiers).then_some(false),
             shared_subscription_available: (!config.shared_subscription).then_some(false),
             server_keep_alive,
+            // A request past the broker's cap is told what it got [MQTT-3.2.2.3.2].
+            session_expiry_interval: (v5 && client.expiry_interval() != expiry_interval)
+                .then_some(client.expiry_interval()),
             ..Default::default()
         };
         tracing::info!(

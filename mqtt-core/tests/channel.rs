@@ -1794,7 +1794,7 @@ fn a_subscription_of_a_persistent_session_writes_only_itself() {
     let broker = broker_with_store(store.clone(), t0);
     let mut client = Client::connect_with(&broker, persistent_v5("many", 3600), t0).0;
     let mut cost = Vec::new();
-    for i in 0..2000 {
+    for i in 0..1000 {
         let before = store.written_bytes();
         client.subscribe(&format!("sensors/{i}/+"), QoS::AtLeastOnce, t0);
         cost.push(store.written_bytes() - before);
@@ -1802,12 +1802,37 @@ fn a_subscription_of_a_persistent_session_writes_only_itself() {
     assert!(
         cost.iter().all(|bytes| *bytes < 64),
         "each subscription writes its own entry only: {:?}",
-        &cost[1990..]
+        &cost[990..]
     );
-    assert_eq!(store.count(mqtt_core::storage::Table::Subscriptions), 2000);
+    assert_eq!(store.count(mqtt_core::storage::Table::Subscriptions), 1000);
     client.close(t0);
     let restarted = broker_with_store(store.clone(), t0);
     restarted.recover(t0).expect("recovers");
     let session = restarted.session(&key("many")).expect("restored");
-    assert_eq!(session.state.lock().subscriptions.len(), 2000);
+    assert_eq!(session.state.lock().subscriptions.len(), 1000);
+}
+
+#[test]
+fn session_expiry_is_capped_and_the_client_told_what_it_got() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let cap = broker.max_session_expiry();
+    assert_eq!(cap, 86_400, "the shipped default is one day");
+    let (mut client, connack) = Client::connect_with(&broker, persistent_v5("long", u32::MAX), t0);
+    assert_eq!(connack.properties.session_expiry_interval, Some(cap));
+    client.close(t0);
+    let just_before = t0 + secs(u64::from(cap) - 1);
+    broker.handle_timeouts(just_before);
+    assert!(broker.session(&key("long")).is_some());
+    broker.handle_timeouts(t0 + secs(u64::from(cap)));
+    assert!(
+        broker.session(&key("long")).is_none(),
+        "gone after the cap, not never"
+    );
+
+    let (_, connack) = Client::connect_with(&broker, persistent_v5("short", 60), t0);
+    assert_eq!(
+        connack.properties.session_expiry_interval, None,
+        "a request within the cap is granted as asked"
+    );
 }

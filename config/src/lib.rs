@@ -125,7 +125,9 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub commit_window: Duration,
-    /// Bytes; 0 = unlimited.
+    /// With `fsync = "never"`, the longest a write waits for its sync.
+    pub never_sync_interval: Duration,
+    /// Bytes in use in the store; 0 = unlimited.
     pub max_size: u64,
 }
 
@@ -917,6 +919,7 @@ impl Config {
                 data_dir: PathBuf::from("data"),
                 fsync: FsyncPolicy::Batch,
                 commit_window: Duration::from_millis(2),
+                never_sync_interval: Duration::from_secs(1),
                 max_size: 1_073_741_824,
             },
             auth: AuthConfig {

@@ -134,7 +134,9 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub commit_window: Duration,
-    /// Bytes; 0 = unlimited.
+    /// With `fsync = "never"`, the longest a write waits for its sync.
+    pub never_sync_interval: Duration,
+    /// Bytes in use in the store; 0 = unlimited.
     pub max_size: u64,
 }
 

@@ -668,6 +668,15 @@ fn storage_settings_are_checked() {
     assert!(e.contains("storage.fsync"), "{e}");
     let c = Config::from_toml_str("[storage]\nbackend = \"memory\"").unwrap();
     assert_eq!(c.storage.backend, gateway_config::StorageBackend::Memory);
+    let c = Config::from_toml_str("[storage]\nnever_sync_interval = \"250ms\"").unwrap();
+    assert_eq!(
+        c.storage.never_sync_interval.get(),
+        std::time::Duration::from_millis(250)
+    );
+    let e = err_text(Config::from_toml_str(
+        "[storage]\nnever_sync_interval = \"soon\"",
+    ));
+    assert!(e.contains("storage.never_sync_interval"), "{e}");
 }
 
 #[test]

@@ -138,6 +138,7 @@ fn open_store(
             FsyncPolicy::Never => Fsync::Never,
         },
         commit_window: storage.commit_window.get(),
+        never_sync_interval: storage.never_sync_interval.get(),
         max_size: storage.max_size,
     };
     match DiskStore::open(options.clone()) {

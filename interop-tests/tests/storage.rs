@@ -307,6 +307,40 @@ fn retained_messages_acknowledged_before_a_crash_come_back_after_it() {
 }
 
 #[test]
+fn retained_messages_under_fsync_never_survive_a_crash_one_sync_interval_later() {
+    let Some(mut broker) = Broker::start_gateway_only(
+        "a gateway it can kill and restart",
+        &[Setting::new("GATEWAY_STORAGE__FSYNC", "never")],
+    ) else {
+        return;
+    };
+    let base = unique_topic("never");
+    // Two in a row: should a sync cover the first, the second comes well within the same
+    // interval, and then no write follows that could carry it to the disk.
+    let topics = [format!("{base}/first"), format!("{base}/second")];
+    for topic in &topics {
+        mosquitto_pub(&broker, Version::V5, topic, b"kept", 1, true, &[]);
+    }
+    // Twice the default never_sync_interval (1s) and a margin; time is what is awaited.
+    std::thread::sleep(Duration::from_millis(2500));
+    broker.crash_and_restart();
+
+    let filter = format!("{base}/#");
+    let mut sub = MosquittoSub::start(&broker, Version::V5, &[&filter], 1, &[]);
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < topics.len() && Instant::now() < deadline {
+        if let Some(msg) = sub.try_recv(Duration::from_millis(500)) {
+            assert!(msg.retain, "{} came without the retain flag", msg.topic);
+            assert_eq!(msg.payload, b"kept");
+            got.insert(msg.topic);
+        }
+    }
+    let expected: BTreeSet<String> = topics.into_iter().collect();
+    assert_eq!(got, expected, "retained messages synced before the crash");
+}
+
+#[test]
 fn an_unreadable_store_stops_start_up_by_name_unless_moved_aside() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("store.redb");

@@ -112,8 +112,10 @@ pub trait Store: Send + Sync {
     /// Every entry of `table`, in key order, as last written.
     fn load(&self, table: Table) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError>;
 
-    /// True once the store has reached its configured size: new QoS 1/2 messages are then
-    /// refused rather than stored.
+    /// True while the store is at its configured size: new QoS 1/2 messages are then
+    /// refused rather than stored. A store may leave out the puts that would make it grow
+    /// from batches submitted while it says so (deletes always apply); such a change is
+    /// missing after a restart, and its ticket becomes durable all the same.
     fn is_full(&self) -> bool;
 
     /// False for a store that keeps nothing, so the broker does not even build its changes.

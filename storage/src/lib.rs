@@ -5,6 +5,10 @@
 //! ticket becomes durable when the transaction holding its batch has committed, and the
 //! connections waiting for it are woken then. Readers (start-up recovery) use their own
 //! read transactions beside the writer.
+//!
+//! `max_size` bounds the bytes redb has allocated, not the file: the file grows in steps and
+//! keeps free pages inside it, so its length says little of the room left. Once the store is
+//! full it leaves out the puts that would make it grow, and deletes free room again.
 
 use std::collections::BTreeMap;
 
@@ -29,8 +33,8 @@ pub enum Fsync {
     Always,
     /// Every transaction, after waiting `commit_window` for more batches to join it.
     Batch,
-    /// Never waited for: tickets are durable as soon as they are submitted, and the file is
-    /// synced about once a second, so a crash loses up to the last second.
+    /// Never waited for: tickets are durable as soon as they are submitted, and a commit is
+    /// synced within `never_sync_interval`, so a crash loses up to that interval of writes.
     Never,
 }
 
@@ -39,22 +43,30 @@ pub struct DiskOptions {
     pub path: PathBuf,
     pub fsync: Fsync,
     pub commit_window: Duration,
-    /// Bytes; 0 = unlimited.
+    /// With `Fsync::Never`, the longest a commit waits for its sync (zero: none waits, each
+    /// is synced as it is made).
+    pub never_sync_interval: Duration,
+    /// Bytes allocated in the store; 0 = unlimited.
     pub max_size: u64,
 }
-
-/// How often `Fsync::Never` still makes a durable commit.
-const NEVER_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Batch {
     ticket: Ticket,
     ops: Vec<Op>,
+    /// Submitted while the store said it was full. Only such a batch has puts left out:
+    /// one submitted before was let in by a broker that saw room, and may be a message it
+    /// acknowledges once the ticket is durable.
+    bounded: bool,
+    /// Told, once the batch is committed and the store's size checked, whether the commit
+    /// succeeded.
+    flushed: Option<Sender<bool>>,
 }
 
 struct Shared {
     durable: AtomicU64,
     waiters: Mutex<BTreeMap<Ticket, Vec<Arc<dyn Wakeup>>>>,
     full: AtomicBool,
+    left_out: AtomicU64,
 }
 
 impl Shared {
@@ -123,15 +135,19 @@ impl DiskStore {
             durable: AtomicU64::new(0),
             waiters: Mutex::new(BTreeMap::new()),
             full: AtomicBool::new(false),
+            left_out: AtomicU64::new(0),
         });
         let (sender, receiver) = mpsc::channel();
         let fsync = options.fsync;
-        let writer = Writer {
+        let mut writer = Writer {
             db: db.clone(),
             shared: shared.clone(),
+            size: Size::new(options.max_size),
             options,
+            unsynced_since: None,
+            failed: false,
         };
-        writer.check_size();
+        writer.check_size(true);
         let handle = std::thread::Builder::new()
             .name("store-writer".to_owned())
             .spawn(move || writer.run(receiver))
@@ -150,13 +166,40 @@ impl DiskStore {
         &self.path
     }
 
-    /// Waits until every batch submitted so far is committed (for an orderly shutdown and
-    /// for tests); returns false if the writer has stopped.
+    /// Waits until every batch submitted so far is committed and `is_full` tells the room
+    /// left after them (for an orderly shutdown and for tests); false if a commit failed or
+    /// the writer has stopped.
     pub fn flush(&self) -> bool {
-        let last = self.submit.lock().0;
         let (sender, receiver) = mpsc::channel();
-        self.wake_when_durable(last, Arc::new(Signal(Mutex::new(Some(sender)))));
-        receiver.recv().is_ok()
+        self.send(Vec::new(), Some(sender));
+        receiver.recv().unwrap_or(false)
+    }
+
+    fn send(&self, ops: Vec<Op>, flushed: Option<Sender<bool>>) -> Ticket {
+        let mut submit = self.submit.lock();
+        submit.0 += 1;
+        let ticket = submit.0;
+        let batch = Batch {
+            ticket,
+            ops,
+            bounded: self.shared.full.load(Ordering::Relaxed),
+            flushed,
+        };
+        if let Some(sender) = &submit.1 {
+            if sender.send(batch).is_err() {
+                tracing::error!(path = %self.path.display(), "store writer has stopped; change not stored");
+            }
+        }
+        drop(submit);
+        if self.fsync == Fsync::Never {
+            self.shared.advance(ticket);
+        }
+        ticket
+    }
+
+    /// How many puts the store left out because it was full, since it was opened.
+    pub fn left_out_puts(&self) -> u64 {
+        self.shared.left_out.load(Ordering::Relaxed)
     }
 }
 
@@ -192,11 +235,15 @@ impl<'txn> OpenTables<'txn> {
     fn apply<'a>(
         &mut self,
         changes: impl Iterator<Item = ((Table, &'a [u8]), Change<'a>)>,
+        room: &mut Room,
     ) -> Result<(), redb::Error> {
         for ((table, key), change) in changes {
             match change.value {
                 Some(value) => {
-                    self.get(table)?.insert(key, value)?;
+                    let opened = self.get(table)?;
+                    if room.admits(opened, table, key, value, &change)? {
+                        opened.insert(key, value)?;
+                    }
                 }
                 None if change.created => {}
                 None => {
@@ -208,40 +255,71 @@ impl<'txn> OpenTables<'txn> {
     }
 }
 
+/// What a commit may still add to a bounded store.
+struct Room {
+    /// Bytes of keys and values; `None` when the store is unbounded.
+    left: Option<u64>,
+    /// Bytes of keys and values written, to estimate the store's size until it is measured.
+    added: u64,
+    left_out: u64,
+}
+
+impl Room {
+    fn new(left: Option<u64>) -> Room {
+        Room {
+            left,
+            added: 0,
+            left_out: 0,
+        }
+    }
+
+    /// Whether a put goes in. A put of a batch submitted while the store was full goes in
+    /// only while room is left, or if it cannot grow the store: a value replacing a larger
+    /// or equal one (a session record marked disconnected, say), or an in-flight mark, a few
+    /// bytes that exist only beside a queued message already stored and without which a
+    /// restart would resend that message under a new packet id.
+    fn admits(
+        &mut self,
+        opened: &redb::Table<'_, &'static [u8], &'static [u8]>,
+        table: Table,
+        key: &[u8],
+        value: &[u8],
+        change: &Change<'_>,
+    ) -> Result<bool, redb::Error> {
+        let Some(left) = self.left else {
+            return Ok(true);
+        };
+        let size = (key.len() + value.len()) as u64;
+        if size <= left || !change.bounded || table == Table::Inflight {
+            self.left = Some(left.saturating_sub(size));
+            self.added += size;
+            return Ok(true);
+        }
+        if !change.created {
+            if let Some(old) = opened.get(key)? {
+                if old.value().len() >= value.len() {
+                    return Ok(true);
+                }
+            }
+        }
+        self.left_out += 1;
+        Ok(false)
+    }
+}
+
 /// The last state of one key within a commit.
 struct Change<'a> {
     value: Option<&'a [u8]>,
     /// The key's first change in the group was a put of a numbered entry, which never
     /// existed before it.
     created: bool,
-}
-
-/// Wakes a thread waiting on a channel, once.
-struct Signal(Mutex<Option<Sender<()>>>);
-
-impl Wakeup for Signal {
-    fn wake(&self) {
-        if let Some(sender) = self.0.lock().take() {
-            let _ = sender.send(());
-        }
-    }
+    /// The last put comes from a batch submitted while the store was full.
+    bounded: bool,
 }
 
 impl Store for DiskStore {
     fn submit(&self, ops: Vec<Op>) -> Ticket {
-        let mut submit = self.submit.lock();
-        submit.0 += 1;
-        let ticket = submit.0;
-        if let Some(sender) = &submit.1 {
-            if sender.send(Batch { ticket, ops }).is_err() {
-                tracing::error!(path = %self.path.display(), "store writer has stopped; change not stored");
-            }
-        }
-        drop(submit);
-        if self.fsync == Fsync::Never {
-            self.shared.advance(ticket);
-        }
-        ticket
+        self.send(ops, None)
     }
 
     fn durable(&self) -> Ticket {
@@ -296,11 +374,16 @@ struct Writer {
     db: Arc<Database>,
     shared: Arc<Shared>,
     options: DiskOptions,
+    size: Size,
+    /// When the oldest commit not yet synced was made (`Fsync::Never`).
+    unsynced_since: Option<Instant>,
+    /// The last commit failed: new messages are refused as if the store were full until
+    /// one succeeds.
+    failed: bool,
 }
 
 impl Writer {
-    fn run(self, receiver: Receiver<Batch>) {
-        let mut last_sync = Instant::now();
+    fn run(mut self, receiver: Receiver<Batch>) {
         loop {
             // Under load, what arrived during the last commit is the next group: it already
             // shares one sync, and waiting longer would only add latency. A writer that was
@@ -309,7 +392,22 @@ impl Writer {
             // their acknowledgements send nothing more, so a pause means the burst is in.
             let mut batches: Vec<Batch> = receiver.try_iter().collect();
             if batches.is_empty() {
-                let Ok(first) = receiver.recv() else {
+                // An idle writer still wakes for what is due without a write: the sync of
+                // what `Fsync::Never` committed, and a measure of the room deletes freed.
+                let first = match self.due_at() {
+                    None => receiver.recv().ok(),
+                    Some(at) => {
+                        match receiver.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                            Ok(batch) => Some(batch),
+                            Err(RecvTimeoutError::Timeout) => {
+                                self.on_idle();
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => None,
+                        }
+                    }
+                };
+                let Some(first) = first else {
                     break;
                 };
                 batches.push(first);
@@ -328,39 +426,115 @@ impl Writer {
                 }
             }
             batches.extend(receiver.try_iter());
-            let sync =
-                self.options.fsync != Fsync::Never || last_sync.elapsed() >= NEVER_SYNC_INTERVAL;
-            let durability = if sync {
-                Durability::Immediate
-            } else {
-                Durability::None
-            };
-            let last = batches.last().map_or(0, |batch| batch.ticket);
-            match self.commit(&batches, durability) {
-                Ok(()) => {
-                    if sync {
-                        last_sync = Instant::now();
-                    }
-                    self.shared.advance(last);
-                    self.check_size();
-                }
-                Err(error) => {
-                    // Tickets of a failed commit never become durable: what waits for them
-                    // is never acknowledged, and new messages are refused as if full.
-                    self.shared.full.store(true, Ordering::Relaxed);
-                    tracing::error!(path = %self.options.path.display(), %error, "store commit failed");
-                }
-            }
+            self.write(&batches);
         }
-        if self.options.fsync == Fsync::Never {
-            // What the last second left unsynced is synced on an orderly stop.
-            if let Err(error) = self.commit(&[], Durability::Immediate) {
-                tracing::error!(path = %self.options.path.display(), %error, "store sync failed");
-            }
+        // What the last interval left unsynced is synced on an orderly stop.
+        if self.unsynced_since.is_some() {
+            self.sync();
         }
     }
 
-    fn commit(&self, batches: &[Batch], durability: Durability) -> Result<(), redb::Error> {
+    fn write(&mut self, batches: &[Batch]) {
+        let sync = match self.options.fsync {
+            Fsync::Never => {
+                self.options.never_sync_interval.is_zero()
+                    || self
+                        .unsynced_since
+                        .is_some_and(|since| since.elapsed() >= self.options.never_sync_interval)
+            }
+            Fsync::Always | Fsync::Batch => true,
+        };
+        let durability = if sync {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        let last = batches.last().map_or(0, |batch| batch.ticket);
+        let mut room = Room::new(self.size.room());
+        let committed = self.commit(batches, durability, &mut room);
+        match &committed {
+            Ok(()) => {
+                if sync {
+                    self.unsynced_since = None;
+                } else if self.unsynced_since.is_none() {
+                    self.unsynced_since = Some(Instant::now());
+                }
+                self.failed = false;
+                self.shared.advance(last);
+                if room.left_out > 0 {
+                    self.size.left_out += room.left_out;
+                    self.shared
+                        .left_out
+                        .fetch_add(room.left_out, Ordering::Relaxed);
+                }
+                self.size.used = self.size.used.saturating_add(room.added);
+                let flushing = batches.iter().any(|batch| batch.flushed.is_some());
+                self.check_size(flushing);
+            }
+            Err(error) => {
+                // Tickets of a failed commit never become durable: what waits for them
+                // is never acknowledged, and new messages are refused as if full.
+                self.failed = true;
+                self.publish_full();
+                tracing::error!(path = %self.options.path.display(), %error, "store commit failed");
+            }
+        }
+        for flushed in batches.iter().filter_map(|batch| batch.flushed.as_ref()) {
+            let _ = flushed.send(committed.is_ok());
+        }
+    }
+
+    /// The next moment the writer has something to do without a write.
+    fn due_at(&self) -> Option<Instant> {
+        let sync = self
+            .unsynced_since
+            .map(|since| since + self.options.never_sync_interval);
+        let measure = self.size.pending.then_some(self.size.next_measure);
+        match (sync, measure) {
+            (Some(sync), Some(measure)) => Some(sync.min(measure)),
+            (sync, measure) => sync.or(measure),
+        }
+    }
+
+    fn on_idle(&mut self) {
+        let now = Instant::now();
+        let sync_due = self
+            .unsynced_since
+            .is_some_and(|since| now >= since + self.options.never_sync_interval);
+        if sync_due {
+            // Pages freed by unsynced commits are reused only after a sync: the room they
+            // give is measured then.
+            self.sync();
+        }
+        if sync_due || (self.size.pending && now >= self.size.next_measure) {
+            self.check_size(false);
+        }
+    }
+
+    /// Makes every commit so far durable: an empty durable commit carries the ones before.
+    fn sync(&mut self) {
+        match self.commit(&[], Durability::Immediate, &mut Room::new(None)) {
+            Ok(()) => {
+                self.unsynced_since = None;
+                self.failed = false;
+            }
+            Err(error) => {
+                // Tried again one interval later, not at once: a failing disk is not
+                // helped by a writer spinning on it.
+                self.unsynced_since = Some(Instant::now());
+                self.failed = true;
+                tracing::error!(path = %self.options.path.display(), %error, "store sync failed");
+            }
+        }
+        self.publish_full();
+    }
+
+    fn commit(
+        &self,
+        batches: &[Batch],
+        durability: Durability,
+        room: &mut Room,
+    ) -> Result<(), redb::Error> {
         let mut transaction = self.db.begin_write()?;
         transaction
             .set_durability(durability)
@@ -372,15 +546,22 @@ impl Writer {
             // delete.
             let mut last: FxHashMap<(Table, &[u8]), Change<'_>> = FxHashMap::default();
             let mut tables = OpenTables::new(&transaction);
-            for op in batches.iter().flat_map(|batch| &batch.ops) {
+            let ops = batches
+                .iter()
+                .flat_map(|batch| batch.ops.iter().map(move |op| (op, batch.bounded)));
+            for (op, bounded) in ops {
                 match op {
                     Op::Put { table, key, value } => {
                         let created = *table == Table::Queues;
                         last.entry((*table, key.as_slice()))
-                            .and_modify(|change| change.value = Some(value.as_ref()))
+                            .and_modify(|change| {
+                                change.value = Some(value.as_ref());
+                                change.bounded = bounded;
+                            })
                             .or_insert(Change {
                                 value: Some(value.as_ref()),
                                 created,
+                                bounded,
                             });
                     }
                     Op::Delete { table, key } => {
@@ -389,10 +570,11 @@ impl Writer {
                             .or_insert(Change {
                                 value: None,
                                 created: false,
+                                bounded,
                             });
                     }
                     Op::DeletePrefix { table, prefix } => {
-                        tables.apply(last.drain())?;
+                        tables.apply(last.drain(), room)?;
                         let opened = tables.get(*table)?;
                         let mut doomed = Vec::new();
                         for entry in opened.range(prefix.as_slice()..)? {
@@ -422,19 +604,123 @@ impl Writer {
                     }
                 }
             }
-            tables.apply(last.drain())?;
+            tables.apply(last.drain(), room)?;
         }
         transaction.commit()?;
         Ok(())
     }
 
-    fn check_size(&self) {
-        if self.options.max_size == 0 {
+    /// Brings `full` up to date after a commit: from the file's length while that is below
+    /// the bound, which the pages in use cannot exceed, and otherwise from redb's count of
+    /// them, when a measure is due or `now` (at open, and for a flush).
+    fn check_size(&mut self, now: bool) {
+        if self.size.max == 0 {
+            self.publish_full();
             return;
         }
-        let size = std::fs::metadata(&self.options.path).map_or(0, |meta| meta.len());
+        let file = std::fs::metadata(&self.options.path).map_or(u64::MAX, |meta| meta.len());
+        // A full store is measured however small its file: only a measure tells it has
+        // room again.
+        if file < self.size.max && !self.size.full {
+            self.size.used = self.size.used.min(file);
+            self.size.pending = false;
+        } else if now || Instant::now() >= self.size.next_measure {
+            let started = Instant::now();
+            match self.allocated() {
+                Ok(used) => self.size.used = used,
+                Err(error) => {
+                    tracing::warn!(path = %self.options.path.display(), %error, "cannot measure the store")
+                }
+            }
+            let finished = Instant::now();
+            self.size.next_measure = finished + (finished - started) * MEASURE_SPACING;
+            self.size.pending = false;
+        } else {
+            self.size.pending = true;
+        }
+        self.size.update(&self.options.path);
+        self.publish_full();
+    }
+
+    /// Bytes of the pages redb has allocated: what the data needs, however large the file.
+    fn allocated(&self) -> Result<u64, redb::Error> {
+        let transaction = self.db.begin_write()?;
+        let stats = transaction.stats()?;
+        transaction.abort()?;
+        Ok(stats
+            .allocated_pages()
+            .saturating_mul(stats.page_size() as u64))
+    }
+
+    fn publish_full(&self) {
         self.shared
             .full
-            .store(size >= self.options.max_size, Ordering::Relaxed);
+            .store(self.size.full || self.failed, Ordering::Relaxed);
+    }
+}
+
+/// Measuring walks every page in use, so a measure waits this many times its own duration
+/// after it: at most a twentieth of the writer's time goes to it.
+const MEASURE_SPACING: u32 = 19;
+
+/// A full store has room again once this share of `max_size` is free, not as soon as
+/// anything is: each commit frees the pages the one before it replaced, and a store that
+/// left the full state for those would let the next burst of writes through whole.
+const FREED_TO_LEAVE_FULL: u64 = 10;
+
+/// How much of `max_size` the store uses.
+struct Size {
+    /// 0 = unlimited.
+    max: u64,
+    /// Bytes allocated at the last measure, plus what was put since.
+    used: u64,
+    full: bool,
+    /// A measure was due after a commit but spaced out: the idle writer still makes it,
+    /// so a store emptied by deletes does not stay full for want of another write.
+    pending: bool,
+    next_measure: Instant,
+    /// Puts left out since the store last became full.
+    left_out: u64,
+}
+
+impl Size {
+    fn new(max: u64) -> Size {
+        Size {
+            max,
+            used: 0,
+            full: false,
+            pending: false,
+            next_measure: Instant::now(),
+            left_out: 0,
+        }
+    }
+
+    /// What the next commit may add from batches submitted while the store was full;
+    /// `None` when unbounded.
+    fn room(&self) -> Option<u64> {
+        (self.max != 0).then(|| {
+            if self.full {
+                0
+            } else {
+                self.max.saturating_sub(self.used)
+            }
+        })
+    }
+
+    fn update(&mut self, path: &Path) {
+        let full = if self.full {
+            self.used > self.max - self.max / FREED_TO_LEAVE_FULL
+        } else {
+            self.used >= self.max
+        };
+        if full && !self.full {
+            tracing::warn!(path = %path.display(), used = self.used, max_size = self.max,
+                "store full: new QoS 1/2 messages are refused and puts that would grow it are left out");
+        } else if !full && self.full {
+            tracing::info!(path = %path.display(), used = self.used, max_size = self.max,
+                left_out = self.left_out, "store has room again");
+            self.left_out = 0;
+        }
+        self.full = full;
     }
 }

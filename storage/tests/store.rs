@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway_storage::{DiskOptions, DiskStore, Fsync};
@@ -22,6 +22,7 @@ fn open(path: &Path, fsync: Fsync) -> DiskStore {
         path: path.to_path_buf(),
         fsync,
         commit_window: Duration::from_millis(2),
+        never_sync_interval: Duration::from_secs(1),
         max_size: 0,
     })
     .expect("open store")
@@ -108,6 +109,55 @@ fn fsync_never_makes_tickets_durable_at_once_and_still_stores() {
     assert_eq!(store.load(Table::Adapter).expect("load").len(), 1);
 }
 
+/// What a crash would leave of `table` in the store at `path`: a copy of its file as it is
+/// now (a SIGKILL loses nothing the file already has, and nothing more), opened as a
+/// store; `None` if the copy caught a write halfway and does not open.
+fn after_a_crash(path: &Path, dir: &Path, table: Table) -> Option<Vec<(Vec<u8>, Bytes)>> {
+    let copy = dir.join("crashed.redb");
+    std::fs::copy(path, &copy).expect("copy the store file");
+    let store = DiskStore::open(DiskOptions {
+        path: copy,
+        fsync: Fsync::Batch,
+        commit_window: Duration::ZERO,
+        never_sync_interval: Duration::from_secs(1),
+        max_size: 0,
+    })
+    .ok()?;
+    store.load(table).ok()
+}
+
+#[test]
+fn fsync_never_syncs_a_write_within_its_interval_without_another_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    let interval = Duration::from_millis(250);
+    let store = DiskStore::open(DiskOptions {
+        path: path.clone(),
+        fsync: Fsync::Never,
+        commit_window: Duration::ZERO,
+        never_sync_interval: interval,
+        max_size: 0,
+    })
+    .expect("open store");
+    let written = Instant::now();
+    store.submit(vec![put(Table::Retained, b"a/b", b"kept")]);
+    // No further write comes to trigger a sync: the writer must wake by itself. Time is
+    // what is awaited; the limit leaves a loaded machine its scheduling delays.
+    let kept = vec![(b"a/b".to_vec(), Bytes::from_static(b"kept"))];
+    loop {
+        std::thread::sleep(interval / 5);
+        if after_a_crash(&path, dir.path(), Table::Retained).as_ref() == Some(&kept) {
+            break;
+        }
+        assert!(
+            written.elapsed() < interval * 20,
+            "a write under fsync = never is still not on disk after {:?}",
+            written.elapsed()
+        );
+    }
+    println!("on disk {:?} after the write", written.elapsed());
+}
+
 #[test]
 fn a_file_that_is_not_a_store_is_refused_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -117,6 +167,7 @@ fn a_file_that_is_not_a_store_is_refused_naming_it() {
         path: path.clone(),
         fsync: Fsync::Batch,
         commit_window: Duration::ZERO,
+        never_sync_interval: Duration::from_secs(1),
         max_size: 0,
     }) {
         Err(StoreError::Unreadable { path: named, .. }) => {
@@ -135,6 +186,7 @@ fn a_store_over_its_size_says_it_is_full() {
         path,
         fsync: Fsync::Always,
         commit_window: Duration::ZERO,
+        never_sync_interval: Duration::from_secs(1),
         max_size: 4 * 1024 * 1024,
     })
     .expect("open");
@@ -149,6 +201,134 @@ fn a_store_over_its_size_says_it_is_full() {
     }
     assert!(store.flush());
     assert!(store.is_full());
+}
+
+fn bounded(path: &Path, max_size: u64) -> DiskStore {
+    DiskStore::open(DiskOptions {
+        path: path.to_path_buf(),
+        fsync: Fsync::Batch,
+        commit_window: Duration::ZERO,
+        never_sync_interval: Duration::from_secs(1),
+        max_size,
+    })
+    .expect("open")
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).expect("store file").len()
+}
+
+#[test]
+fn a_full_store_that_is_emptied_is_no_longer_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = bounded(&dir.path().join("store.redb"), 4 * 1024 * 1024);
+    let big = Bytes::from(vec![7u8; 64 * 1024]);
+    for i in 0..128u32 {
+        store.submit(vec![Op::Put {
+            table: Table::Retained,
+            key: i.to_be_bytes().to_vec(),
+            value: big.clone(),
+        }]);
+    }
+    assert!(store.flush());
+    assert!(store.is_full());
+    store.submit(
+        (0..128u32)
+            .map(|i| Op::Delete {
+                table: Table::Retained,
+                key: i.to_be_bytes().to_vec(),
+            })
+            .collect(),
+    );
+    assert!(store.flush());
+    assert!(store.load(Table::Retained).expect("load").is_empty());
+    assert!(!store.is_full(), "emptied, the store has room again");
+    let ticket = store.submit(vec![put(Table::Retained, b"after", b"room")]);
+    assert!(store.flush() && store.durable() >= ticket);
+    assert_eq!(store.load(Table::Retained).expect("load").len(), 1);
+}
+
+#[test]
+fn puts_into_a_full_store_do_not_grow_its_file() {
+    const MAX: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    let store = bounded(&path, MAX);
+    let value = Bytes::from(vec![3u8; 4096]);
+    let mut next = 0u32;
+    let mut put_next = |store: &DiskStore| {
+        store.submit(vec![Op::Put {
+            table: Table::Retained,
+            key: next.to_be_bytes().to_vec(),
+            value: value.clone(),
+        }]);
+        next += 1;
+    };
+    for _ in 0..4096 {
+        if store.is_full() {
+            break;
+        }
+        put_next(&store);
+        assert!(store.flush());
+    }
+    assert!(store.is_full(), "16 MiB of puts never filled a 1 MiB store");
+    let kept = store.load(Table::Retained).expect("load");
+
+    // A full store still replaces an entry with one no larger (say, a session's record
+    // marked disconnected), but not with a larger one.
+    let (first, _) = kept[0].clone();
+    let (second, _) = kept[1].clone();
+    store.submit(vec![
+        Op::Put {
+            table: Table::Retained,
+            key: first.clone(),
+            value: Bytes::from_static(b"smaller"),
+        },
+        Op::Put {
+            table: Table::Retained,
+            key: second.clone(),
+            value: Bytes::from(vec![4u8; 8192]),
+        },
+    ]);
+    assert!(store.flush());
+    let now: BTreeMap<Vec<u8>, Bytes> = store
+        .load(Table::Retained)
+        .expect("load")
+        .into_iter()
+        .collect();
+    assert_eq!(now[&first], Bytes::from_static(b"smaller"));
+    assert_eq!(now[&second], value, "a larger value is left out while full");
+    assert_eq!(store.left_out_puts(), 1);
+
+    // 16 MiB of new entries more, sixteen times the bound: all left out, and counted.
+    for _ in 0..4096 {
+        put_next(&store);
+    }
+    assert!(store.flush());
+    assert!(store.is_full());
+    let len = file_len(&path);
+    println!(
+        "full after {} puts of 4 KiB; file {len} bytes after 4096 more, max_size {MAX}",
+        kept.len()
+    );
+    assert!(
+        len <= 4 * MAX,
+        "the file grew to {len} bytes, max_size {MAX}"
+    );
+    assert_eq!(store.load(Table::Retained).expect("load").len(), kept.len());
+    assert_eq!(store.left_out_puts(), 1 + 4096);
+
+    store.submit(vec![Op::DeletePrefix {
+        table: Table::Retained,
+        prefix: Vec::new(),
+    }]);
+    assert!(store.flush());
+    assert!(store.load(Table::Retained).expect("load").is_empty());
+    assert!(!store.is_full());
+    put_next(&store);
+    assert!(store.flush());
+    assert_eq!(store.load(Table::Retained).expect("load").len(), 1);
+    assert!(file_len(&path) <= 4 * MAX);
 }
 
 #[derive(Debug, Clone)]

@@ -255,13 +255,23 @@ const ops = {
     const opts = { qos: cmd.qos || 0, retain: Boolean(cmd.retain) }
     if (v5 && cmd.props) opts.properties = propsFromJson(cmd.props)
     const payload = Buffer.from(cmd.payload || '', 'hex')
+    let reasonCode = 0
     if (cmd.wait === false) {
       // Handed to MQTT.js, acknowledgement not awaited (the broker may drop us).
       client.publish(cmd.topic, payload, opts, () => {})
     } else {
-      await withTimeout('publish completion', (done) => client.publish(cmd.topic, payload, opts, (err) => done(err)))
+      await withTimeout('publish completion', (done) => client.publish(cmd.topic, payload, opts, (err) => {
+        // A 5.0 PUBACK or PUBREC refusing the message completes it too; MQTT.js makes
+        // it an error carrying the reason code, which the test reads.
+        if (err && typeof err.code === 'number') {
+          reasonCode = err.code
+          done(null)
+        } else {
+          done(err)
+        }
+      }))
     }
-    emit('published', {})
+    emit('published', { reason_code: reasonCode })
   },
 
   // Publishes count messages whose payloads are their index in decimal, padded with

@@ -1,12 +1,18 @@
 // An LwM2M device on lwm2m-node-lib's client, driven line by line from stdin so that a
 // test can pace it: `set OBJ_URI RESOURCE VALUE`, `update`, `deregister`. Everything the
 // library reports goes to stdout as one line per event.
+//
+// Usage: node lwm2m_client.js HOST PORT ENDPOINT [LIFETIME [QUERY]]; QUERY (e.g.
+// `imei=alice&password=secret`) is added to the registration's queries.
 'use strict';
 
 const readline = require('readline');
 const client = require('lwm2m-node-lib').client;
 
-const [host, port, endpoint, lifetime] = process.argv.slice(2);
+const [host, port, endpoint, lifetime, query] = process.argv.slice(2);
+// The library writes the endpoint name into the registration query as it is, and has no
+// other way to add a query; what follows `&` becomes queries of their own.
+const registered = query ? endpoint + '&' + query : endpoint;
 
 function say(line) {
     process.stdout.write(line + '\n');
@@ -54,9 +60,10 @@ function create(index, done) {
 }
 
 create(0, () => {
-    client.register(host, Number(port), null, endpoint, (error, info) => {
+    client.register(host, Number(port), null, registered, (error, info) => {
         if (error) {
-            say('error register ' + error);
+            // A refusal carries the response code.
+            say('error register ' + (error.code || error));
             process.exit(1);
         }
         device = info;

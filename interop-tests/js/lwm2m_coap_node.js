@@ -2,13 +2,16 @@
 // from stdin so that a test can pace it: `set OID IID RID VALUE` changes a resource as
 // the device itself would, `dump OID` prints an object's instances as JSON. What the
 // library reports goes to stdout, one line per event.
+//
+// Usage: node lwm2m_coap_node.js HOST PORT ENDPOINT [LIFETIME [QUERY]]; QUERY (e.g.
+// `imei=alice&password=secret`) is added to the registration's queries.
 'use strict';
 
 const readline = require('readline');
 const CoapNode = require('coap-node');
 const SmartObject = require('smartobject');
 
-const [host, port, endpoint, lifetime] = process.argv.slice(2);
+const [host, port, endpoint, lifetime, query] = process.argv.slice(2);
 
 function say(line) {
     process.stdout.write(line + '\n');
@@ -18,7 +21,9 @@ const so = new SmartObject();
 so.init(3303, 0, { 5700: 21.5, 5701: 'Cel' });
 so.init(3311, 0, { 5850: true, 5851: 40 });
 
-const node = new CoapNode(endpoint, so, {
+// coap-node writes the client name into the registration query as it is, and has no
+// other way to add a query; what follows `&` becomes queries of their own.
+const node = new CoapNode(query ? endpoint + '&' + query : endpoint, so, {
     lifetime: Number(lifetime || '60'),
     version: '1.0',
     manuf: 'Open Mobile Alliance',

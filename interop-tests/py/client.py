@@ -107,6 +107,8 @@ class Driver:
         self.connack_done = threading.Event()
         self.acks = {}
         self.acks_lock = threading.Lock()
+        # PUBACK / PUBREC reason codes by mid, read once the publish completed.
+        self.publish_reasons = {}
         self.closing = False
 
     # ---- callbacks (network thread) -------------------------------------------------
@@ -141,6 +143,10 @@ class Driver:
         emit("message", topic=msg.topic, payload=msg.payload.hex(), qos=msg.qos,
              retain=bool(msg.retain), dup=bool(msg.dup),
              props=props_to_json(msg.properties) if self.v5 else {})
+
+    def on_publish(self, client, userdata, mid, reason_code, properties):
+        with self.acks_lock:
+            self.publish_reasons[mid] = reason_code.value
 
     def on_subscribe(self, client, userdata, mid, reason_codes, properties):
         self._ack(mid, [rc.value for rc in reason_codes])
@@ -186,6 +192,7 @@ class Driver:
         c.on_connect = self.on_connect
         c.on_disconnect = self.on_disconnect
         c.on_message = self.on_message
+        c.on_publish = self.on_publish
         c.on_subscribe = self.on_subscribe
         c.on_unsubscribe = self.on_unsubscribe
         if "username" in cmd:
@@ -241,7 +248,9 @@ class Driver:
             info.wait_for_publish(OP_TIMEOUT)
             if not info.is_published():
                 raise TimeoutError(f"publish not completed (rc {info.rc})")
-        emit("published", mid=info.mid)
+        with self.acks_lock:
+            reason = self.publish_reasons.pop(info.mid, 0)
+        emit("published", mid=info.mid, reason_code=reason)
 
     def op_publish_many(self, cmd):
         """Publishes count messages whose payloads are their index in decimal, padded

@@ -50,7 +50,6 @@ async def main():
             elif op == "observe":
                 request = context.request(Message(code=GET, uri=command["uri"], observe=0))
                 response = await asyncio.wait_for(request.response, 20)
-                observation = request.observation
 
                 async def collect(observed):
                     try:
@@ -59,7 +58,11 @@ async def main():
                     except Exception as error:  # the observation ended
                         await notifications.put(error)
 
-                reader = asyncio.ensure_future(collect(observation))
+                # A refused observation has nothing to collect: its end would otherwise
+                # be queued ahead of the notifications of a later, accepted one.
+                if response.code.is_successful():
+                    observation = request.observation
+                    reader = asyncio.ensure_future(collect(observation))
                 say("observing", code=response.code.dotted, observe=response.opt.observe)
             elif op == "notification":
                 try:

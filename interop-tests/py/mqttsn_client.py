@@ -14,8 +14,10 @@ library's packets.
 Commands:
   {"cmd": "connect", "client_id": ..., "clean": true, "keepalive": 30,
    "will": {"topic": ..., "payload": hex, "qos": 0, "retain": false},
-   "keep_topics": false}  -> connack (keep_topics: a new socket that keeps the topic ids
-                             learnt so far, as a device resuming its session does)
+   "keep_topics": false, "source": "127.0.0.2"}
+                          -> connack (keep_topics: a new socket that keeps the topic ids
+                             learnt so far, as a device resuming its session does; source:
+                             the local address the socket is bound to)
   {"cmd": "register", "topic": ...}                                   -> registered {topic_id}
   {"cmd": "subscribe", "topic": ..., "qos": 1}                        -> suback {topic_id}
   {"cmd": "subscribe_predefined", "topic_id": 1, "qos": 1}            -> suback
@@ -161,6 +163,9 @@ class Driver:
         if name == "connect":
             previous = self.client
             self.client = self.new_client()
+            if cmd.get("source"):
+                # A device on another host, as the gateway's ${peerhost} sees it.
+                self.client.datagram_socket.bind((cmd["source"], 0))
             if previous is not None:
                 if cmd.get("keep_topics", False):
                     self.client.topic_map = dict(previous.topic_map)

@@ -21,7 +21,8 @@ Commands:
       answer carries the CONNACK's reason_code. "cert" and "key" (PEM files) present a
       client certificate.
   {"cmd": "send_raw", "data": hex}            -> sent (bytes on the stream, opening it)
-  {"cmd": "connect", "version": "311"|"5", "client_id": ..., "keepalive": 30, "username": ...}
+  {"cmd": "connect", "version": "311"|"5", "client_id": ..., "keepalive": 30, "username": ...,
+   "password": ..., "clean": true}
                                               -> connack {reason_code, session_present}
   {"cmd": "subscribe", "topic": ..., "qos": 1} -> suback {granted}
   {"cmd": "publish", "topic": ..., "payload": hex, "qos": 0|1, "retain": false}
@@ -196,7 +197,10 @@ class Client:
     def connect_packet(self, cmd):
         self.v5 = cmd.get("version", "311") == "5"
         username = cmd.get("username")
-        flags = 0x02 | (0x80 if username is not None else 0)
+        password = cmd.get("password")
+        flags = 0x02 if cmd.get("clean", True) else 0
+        flags |= 0x80 if username is not None else 0
+        flags |= 0x40 if password is not None else 0
         body = utf8("MQTT") + bytes([5 if self.v5 else 4, flags])
         body += cmd.get("keepalive", 30).to_bytes(2, "big")
         if self.v5:
@@ -204,6 +208,8 @@ class Client:
         body += utf8(cmd["client_id"])
         if username is not None:
             body += utf8(username)
+        if password is not None:
+            body += utf8(password)
         return packet(0x10, body)
 
     async def read_loop(self):

@@ -61,6 +61,31 @@ impl SnClient {
         self.expect(answer)
     }
 
+    /// Sends a command and returns the event that answers it, or the message of the error
+    /// the library raised (a refusal: "CONNECT error: Rejected: not supported (3)").
+    pub fn try_run(&mut self, op: &str, mut fields: Value, answer: &str) -> Result<Value, String> {
+        fields["cmd"] = json!(op);
+        self.proc.send_line(&fields.to_string());
+        let event = match self.proc.next_line(COMMAND_TIMEOUT) {
+            Line::Line(line) => serde_json::from_str::<Value>(&line)
+                .unwrap_or_else(|e| panic!("mqtt-sn client printed {line:?}: {e}")),
+            other => panic!(
+                "mqtt-sn client: no {answer} ({other:?}); stderr:\n{}",
+                self.proc.stderr()
+            ),
+        };
+        if event["event"] == answer {
+            Ok(event)
+        } else if event["event"] == "error" {
+            Err(event["message"].as_str().unwrap_or_default().to_owned())
+        } else {
+            panic!(
+                "mqtt-sn client: expected {answer}, got {event}; stderr:\n{}",
+                self.proc.stderr()
+            )
+        }
+    }
+
     fn expect(&mut self, name: &str) -> Value {
         match self.proc.next_line(COMMAND_TIMEOUT) {
             Line::Line(line) => {

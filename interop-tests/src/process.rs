@@ -27,6 +27,8 @@ pub struct Proc {
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     stderr: Arc<Mutex<String>>,
+    /// Disconnected once the child's stderr is read to its end.
+    stderr_read: Receiver<()>,
 }
 
 impl Proc {
@@ -66,7 +68,10 @@ impl Proc {
         });
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&stderr);
+        let (read_to_end, stderr_read) = mpsc::channel::<()>();
         thread::spawn(move || {
+            // Dropped when this thread ends: `wait` knows the whole of stderr is kept.
+            let _read_to_end = read_to_end;
             let mut pipe = stderr_pipe;
             let mut chunk = [0u8; 4096];
             while let Ok(n) = pipe.read(&mut chunk) {
@@ -91,6 +96,7 @@ impl Proc {
             stdin,
             lines: rx,
             stderr,
+            stderr_read,
         }
     }
 
@@ -139,12 +145,17 @@ impl Proc {
             .clone()
     }
 
-    /// Waits for the child to exit; kills it after `timeout` and returns None then.
+    /// Waits for the child to exit, and for its stderr to be read to the end so that
+    /// `stderr` has all of it; kills it after `timeout` and returns None then.
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
+                Ok(Some(status)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let _ = self.stderr_read.recv_timeout(left);
+                    return Some(status);
+                }
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
                 _ => {
                     self.kill();

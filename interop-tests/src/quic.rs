@@ -87,6 +87,29 @@ impl QuicClient {
         }
     }
 
+    /// MQTT's CONNECT with credentials (a clean session) on a connection whose handshake is
+    /// done: the CONNACK's reason code, or None when the connection closed instead.
+    pub fn try_login(
+        &mut self,
+        version: Version,
+        client_id: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> Option<u8> {
+        let mut fields =
+            json!({ "cmd": "connect", "version": version.arg(), "client_id": client_id });
+        if let Some((username, password)) = credentials {
+            fields["username"] = json!(username);
+            fields["password"] = json!(password);
+        }
+        self.send(&fields);
+        let event = self.event();
+        match event["event"].as_str() {
+            Some("connack") => event["reason_code"].as_u64().map(|code| code as u8),
+            Some("error") => None,
+            _ => panic!("aioquic client: expected connack, got {event}"),
+        }
+    }
+
     /// A new connection (the current one closed first) resuming the TLS session of the
     /// last, with CONNECT sent before the handshake completes: as 0-RTT data when the
     /// gateway's ticket allows it. The `handshake` event: `session_resumed`,

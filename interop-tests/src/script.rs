@@ -257,6 +257,20 @@ impl ScriptClient {
         );
     }
 
+    /// Publishes and waits until the broker acknowledged it: the 5.0 PUBACK's or PUBREC's
+    /// reason code (0 for QoS 0 and for 3.1/3.1.1, which have none).
+    pub fn publish_reason(&mut self, topic: &str, payload: &[u8], qos: u8) -> u8 {
+        self.command(
+            "publish",
+            json!({ "topic": topic, "payload": to_hex(payload), "qos": qos, "retain": false }),
+        );
+        let event = self.expect_event("published", COMMAND_TIMEOUT);
+        match event["reason_code"].as_u64() {
+            Some(code) => code as u8,
+            None => panic!("{}: published without a reason code: {event}", self.name()),
+        }
+    }
+
     /// Publishes the `publish` command's fields as given (topic, payload in hex, qos,
     /// retain, props, wait) and waits for it to complete.
     pub fn publish_with(&mut self, fields: Value) {

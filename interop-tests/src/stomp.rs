@@ -141,6 +141,16 @@ impl StompClient {
         }
     }
 
+    /// The next event of any of `kinds` (its `kind` says which); others stay for later.
+    pub fn expect_any(&mut self, kinds: &[&str]) -> StompEvent {
+        let event = self.expect_kind_any(kinds, TIMEOUT);
+        StompEvent {
+            kind: event["event"].as_str().unwrap_or_default().to_owned(),
+            headers: event["headers"].clone(),
+            body: from_hex(event["body"].as_str().unwrap_or("")),
+        }
+    }
+
     /// True when no event of `kind` arrives within `quiet`.
     pub fn none_within(&mut self, kind: &str, quiet: Duration) -> bool {
         self.try_kind(&[kind], quiet).is_none()

@@ -272,9 +272,14 @@ impl Query {
     }
 }
 
-/// The client id a request's query names (`clientid` or `c`), read from an undecoded
-/// datagram: how the listener finds the peer of a client that comes from a new address.
-pub fn requested_client_id(datagram: &[u8]) -> Option<String> {
+/// The client a request names, read from an undecoded datagram: how the listener finds
+/// the peer of a client that comes from a new address (connectionless mode). The client id
+/// (`clientid` or `c`) goes with the credentials the request presents, so only a request
+/// presenting those the client was admitted with (`rebindable_identity`) reaches, and
+/// moves, its peer; one naming the client id without them (anonymously, as another user)
+/// is a peer of its own, refused there, and cannot draw the client's answers and
+/// notifications to its address.
+pub fn requested_identity(datagram: &[u8]) -> Option<Arc<str>> {
     let [first, code, ..] = *datagram else {
         return None;
     };
@@ -283,7 +288,18 @@ pub fn requested_client_id(datagram: &[u8]) -> Option<String> {
         return None;
     }
     let packet = Packet::from_bytes(datagram).ok()?;
-    Query::parse(&packet).client_id.filter(|id| !id.is_empty())
+    let query = Query::parse(&packet);
+    let client_id = query.client_id.as_deref().filter(|id| !id.is_empty())?;
+    let presented = Credentials::of(
+        query.username.as_deref(),
+        query.password.as_deref().map(str::as_bytes),
+    );
+    Some(identity(client_id, &presented))
+}
+
+/// A client id behind the fixed-length digest of credentials, so no two pairs share one.
+fn identity(client_id: &str, credentials: &Credentials) -> Arc<str> {
+    Arc::from(format!("{}{client_id}", credentials.to_hex()))
 }
 
 /// The resource a request names.
@@ -555,15 +571,16 @@ impl CoapChannel {
         self.client.as_ref().map(|client| &**client.client_id())
     }
 
-    /// In connectionless mode, the client id under which a request from another address
-    /// reaches this peer: the client id is what names a CoAP client, not its address.
+    /// In connectionless mode, the identity under which a request from another address
+    /// reaches this peer: the client id names a CoAP client, not its address, with the
+    /// credentials it was admitted with (see `requested_identity`).
     pub fn rebindable_identity(&self) -> Option<Arc<str>> {
         if self.settings.connection_required {
             return None;
         }
-        self.client
-            .as_ref()
-            .map(|client| client.client_id().clone())
+        let client = self.client.as_ref()?;
+        let credentials = self.credentials.as_ref()?;
+        Some(identity(client.client_id(), credentials))
     }
 
     pub fn observation_count(&self) -> usize {

@@ -78,7 +78,7 @@ impl Demux for CoapDemux {
         if !self.connectionless {
             return None;
         }
-        channel::requested_client_id(datagram).map(Arc::from)
+        channel::requested_identity(datagram)
     }
     fn wrap(&self, _sub_key: &Bytes, datagram: Bytes) -> Bytes {
         datagram

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use adapter_coap::channel::requested_identity;
 use adapter_coap::{
     AuthFailureLimit, CoapChannel, Settings, UNDERSTOOD_CRITICAL, UNDERSTOOD_CRITICAL_BLOCKWISE,
 };
@@ -1376,6 +1377,53 @@ fn another_users_session_is_refused_with_4_03_and_left_to_its_owner() {
     let second = owner.ack(&first[0], now);
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].payload, b"2", "the queued message is still there");
+}
+
+/// The UDP listener hands a datagram from an unknown address to the peer whose
+/// `rebindable_identity` its `requested_identity` names, and that peer's replies follow it
+/// there. Only the credentials the client was admitted with may move it: a request naming
+/// its client id as another user, or with no or wrong credentials, must be a peer of its
+/// own, refused there, or it would take the owner's notifications to its own address.
+#[test]
+fn only_the_admitted_credentials_move_a_client_to_another_address() {
+    let now = Instant::now();
+    let (broker, _) = broker_with_users("", now);
+    let mut owner = Peer::new(&broker, settings(), now);
+    let observed = owner.observe(&format!("/ps/own/t?clientid=dev&{ALICE}"), b"o", now);
+    assert_eq!(code(&observed[0]), content());
+    let identity = owner
+        .channel
+        .rebindable_identity()
+        .expect("an admitted client can move");
+    let named = |query: &str| {
+        requested_identity(&build(
+            MessageType::Confirmable,
+            RequestType::Post,
+            1,
+            &format!("/ps/own/t?{query}"),
+            b"t",
+            None,
+            b"v",
+        ))
+    };
+    // The client itself from a new address (NAT rebinding), under either query name.
+    assert_eq!(
+        named(&format!("clientid=dev&{ALICE}")),
+        Some(identity.clone())
+    );
+    assert_eq!(
+        named("c=dev&username=alice&password=wonder"),
+        Some(identity.clone())
+    );
+    for other in [
+        "clientid=dev&u=mallory&p=evil",
+        "clientid=dev",
+        "clientid=dev&u=alice",
+        "clientid=dev&u=alice&p=guess",
+    ] {
+        assert_ne!(named(other), Some(identity.clone()), "{other}");
+    }
+    assert_eq!(named(ALICE), None, "no client id, no identity");
 }
 
 #[test]

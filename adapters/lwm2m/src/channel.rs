@@ -183,6 +183,21 @@ struct InFlight {
     separate_deadline: Option<Instant>,
 }
 
+/// The endpoint a datagram names, by which the listener finds the peer of a device that
+/// comes from a new address (`Lwm2mChannel::endpoint`): the location of an update or a
+/// de-register (`/rd/{ep}`). Not a register's `ep`: a register presents credentials of its
+/// own, and moving the registered device's peer to whoever sends one would hand it the
+/// device's commands before they are checked; from a new address it is a new peer, which
+/// takes its own user's session over or is refused there.
+pub fn requested_identity(datagram: &[u8]) -> Option<Arc<str>> {
+    let packet = Packet::from_bytes(datagram).ok()?;
+    let mut path = packet.get_option(CoapOption::UriPath)?.iter();
+    if path.next()?.as_slice() != b"rd" {
+        return None;
+    }
+    std::str::from_utf8(path.next()?).ok().map(Arc::from)
+}
+
 /// Why a registration interface request is refused.
 #[derive(Debug, Clone, thiserror::Error)]
 enum Refusal {

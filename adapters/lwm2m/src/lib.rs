@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use adapter_kit::coap::{CoapOption, Packet};
 use adapter_kit::{
     serve_datagram_listener, DatagramChannel, DatagramMetrics, DatagramSettings, Demux, Flow,
     UdpListenerSettings,
@@ -50,8 +49,8 @@ impl DatagramChannel for Lwm2mChannel {
 }
 
 /// One peer per source address; a device that comes back from another address (NAT
-/// rebinding, a new socket) is recognised by the endpoint name its update or
-/// registration names, and keeps its registration.
+/// rebinding, a new socket) is recognised by the endpoint its update names, and keeps its
+/// registration.
 struct Lwm2mDemux;
 
 impl Demux for Lwm2mDemux {
@@ -59,20 +58,7 @@ impl Demux for Lwm2mDemux {
         None
     }
     fn identity(&self, datagram: &Bytes) -> Option<Arc<str>> {
-        let packet = Packet::from_bytes(datagram).ok()?;
-        let mut path = packet.get_option(CoapOption::UriPath)?.iter();
-        if path.next()?.as_slice() != b"rd" {
-            return None;
-        }
-        if let Some(endpoint) = path.next() {
-            return std::str::from_utf8(endpoint).ok().map(Arc::from);
-        }
-        packet
-            .get_option(CoapOption::UriQuery)?
-            .iter()
-            .find_map(|query| query.strip_prefix(b"ep="))
-            .and_then(|ep| std::str::from_utf8(ep).ok())
-            .map(Arc::from)
+        channel::requested_identity(datagram)
     }
     fn wrap(&self, _sub_key: &Bytes, datagram: Bytes) -> Bytes {
         datagram

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use adapter_kit::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use adapter_lwm2m::channel::requested_identity;
 use adapter_lwm2m::{Lwm2mChannel, ObjectRegistry, Settings};
 use bytes::Bytes;
 use mqtt_core::auth::{
@@ -319,6 +320,35 @@ fn another_users_register_of_an_endpoint_is_refused_4_03_and_the_owner_keeps_its
         MessageClass::Request(RequestType::Get),
         "the device woke: the first queued command goes"
     );
+}
+
+/// The UDP listener hands a datagram from an unknown address to the peer whose endpoint
+/// its `requested_identity` names, and that peer's replies follow it there. An update
+/// (`/rd/{ep}`) names its endpoint, so a device rebinding keeps its registration; a
+/// register names none: it carries credentials of its own, which must not move a device
+/// registered with others, so it is a peer of its own, refused there (4.03 for another
+/// user) or taking its own user's session over.
+#[test]
+fn only_an_update_moves_a_registered_device_to_another_address() {
+    let now = Instant::now();
+    let broker = broker_with_users(now);
+    let mut device = Device::new(&broker, settings(), now);
+    let owner = ["ep=dev", "imei=dev", "password=right"];
+    assert_eq!(device.register(&owner, now), ResponseType::Created);
+    assert_eq!(device.channel.endpoint().as_deref(), Some("dev"));
+
+    let update = request(RequestType::Post, next_id(), &["rd", "dev"], &[], &[]);
+    assert_eq!(requested_identity(&update), device.channel.endpoint());
+    let deregister = request(RequestType::Delete, next_id(), &["rd", "dev"], &[], &[]);
+    assert_eq!(requested_identity(&deregister), device.channel.endpoint());
+    for queries in [
+        ["ep=dev", "imei=mallory", "password=mallory-pw"],
+        ["ep=dev", "imei=dev", "password=wrong"],
+        ["ep=dev", "imei=dev", "password=right"],
+    ] {
+        let register = request(RequestType::Post, next_id(), &["rd"], &queries, b"</3/0>");
+        assert_eq!(requested_identity(&register), None, "{queries:?}");
+    }
 }
 
 #[test]

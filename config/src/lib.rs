@@ -745,6 +745,9 @@ pub struct MqttSnConfig {
     pub mountpoint: String,
     /// Time a peer may stay silent before CONNECT or inside the will handshake.
     pub idle_timeout: Duration,
+    /// Time a connected client whose CONNECT asked for no keep-alive (Duration 0) may stay
+    /// silent before it counts as lost: no peer is kept for ever.
+    pub max_idle_without_keepalive: Duration,
     /// T_RETRY: wait before a gateway-to-client message or REGISTER is sent again.
     pub retry_interval: Duration,
     /// N_RETRY: resends before the client is taken as lost.
@@ -796,6 +799,9 @@ pub struct UdpListenerConfig {
     pub bind: String,
     /// Peers tracked at once.
     pub max_connections: u32,
+    /// Peers tracked at once for one source IP address, every port and MQTT-SN forwarder
+    /// node behind it included.
+    pub max_peers_per_source: u32,
     /// Largest datagram accepted, bytes.
     pub max_packet_size: u32,
     /// Datagrams waiting for one peer's channel; more are dropped as the network would.
@@ -1025,6 +1031,7 @@ impl Config {
                     enable_qos3: true,
                     mountpoint: String::new(),
                     idle_timeout: Duration::from_secs(30),
+                    max_idle_without_keepalive: Duration::from_secs(3600),
                     retry_interval: Duration::from_secs(10),
                     max_retries: 3,
                     max_registered_topics: 1000,
@@ -1040,6 +1047,7 @@ impl Config {
                                 max_connections: 1_024_000,
                                 max_packet_size: 65_535,
                                 max_queued_datagrams: 64,
+                                max_peers_per_source: 32,
                                 mountpoint: String::new(),
                             },
                         )]),
@@ -1079,6 +1087,7 @@ impl Config {
                                 max_connections: 1_024_000,
                                 max_packet_size: 65_535,
                                 max_queued_datagrams: 64,
+                                max_peers_per_source: 32,
                                 mountpoint: String::new(),
                             },
                         )]),
@@ -1153,6 +1162,7 @@ impl Config {
                                 max_connections: 1_024_000,
                                 max_packet_size: 65_535,
                                 max_queued_datagrams: 64,
+                                max_peers_per_source: 32,
                                 mountpoint: String::new(),
                             },
                         )]),

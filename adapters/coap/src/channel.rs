@@ -452,6 +452,10 @@ pub struct CoapChannel {
     block_transfer_until: Option<Instant>,
     /// On a stream, notifications stopped at the output high-water mark with more queued.
     output_full: bool,
+    /// The client answered something of ours at its current address (an acknowledgement
+    /// or Reset of our message, our connection token): until then no notification goes
+    /// out, since a forged source address would receive it; a ping asks first.
+    validated: bool,
 }
 
 /// The answer to a publish, sent once the store ticket it waits for is durable.
@@ -542,6 +546,7 @@ impl CoapChannel {
             uploads: settings.blockwise.clone().map(Uploads::new),
             block_transfer_until: None,
             output_full: false,
+            validated: false,
             settings,
         }
     }
@@ -564,6 +569,47 @@ impl CoapChannel {
         self.client
             .as_ref()
             .map(|client| client.client_id().clone())
+    }
+
+    /// Whether a request from another address that names this peer's client is that
+    /// client's: it presents the client id and the very credentials the client was
+    /// admitted with (compared as their keyed hash, without the authenticator). Only then
+    /// does the peer move there, its session and observations with it. Any other request
+    /// goes to a channel of its own, which authenticates it (and takes the session over
+    /// through the core if it proves the same owner). Changes nothing here.
+    pub fn vouch(&self, datagram: &[u8]) -> bool {
+        if self.settings.connection_required || !matches!(self.link, Link::Datagram(_)) {
+            return false;
+        }
+        let (Some(client_id), Some(admitted)) = (self.client_id(), &self.credentials) else {
+            return false;
+        };
+        let Ok(packet) = Packet::from_bytes(datagram) else {
+            return false;
+        };
+        if !matches!(packet.header.code, MessageClass::Request(_)) {
+            return false;
+        }
+        let query = Query::parse(&packet);
+        let presented = Credentials::of(
+            query.username.as_deref(),
+            query.password.as_deref().map(str::as_bytes),
+        );
+        query.client_id.as_deref() == Some(client_id) && admitted.matches(&presented)
+    }
+
+    /// The peer moved to `address`: notifications wait until the client shows it receives
+    /// there.
+    pub fn rebound(&mut self, address: SocketAddr) {
+        self.peer = Some(address);
+        if matches!(self.link, Link::Datagram(_)) {
+            self.validated = false;
+        }
+    }
+
+    /// Whether the client showed that it receives at its address; a stream's handshake did.
+    pub fn address_validated(&self) -> bool {
+        self.validated || matches!(self.link, Link::Stream(_))
     }
 
     pub fn observation_count(&self) -> usize {
@@ -601,11 +647,14 @@ impl CoapChannel {
         let flow = match exchange.receive(&datagram, now, out) {
             Inbound::Request(request) => self.handle_request(request, out, now),
             Inbound::Acknowledged { tag, .. } => {
+                // It answered a message id only the receiver of ours knew.
+                self.validated = true;
                 self.settled(tag, false);
                 Flow::Continue
             }
             Inbound::Reset { tag } => {
                 if let Some(tag) = tag {
+                    self.validated = true;
                     self.settled(tag, true);
                 }
                 Flow::Continue
@@ -1121,6 +1170,8 @@ impl CoapChannel {
                 .as_ref()
                 .is_some_and(|ours| same_token(ours, token))
         {
+            // Our token came back: the client receives at this address.
+            self.validated = true;
             return Ok(());
         }
         // The client may come back from another address with its token: it takes its
@@ -1149,6 +1200,7 @@ impl CoapChannel {
         };
         self.open_session(known.who.clone(), false, now)?;
         self.set_token(known.token, known.who);
+        self.validated = true;
         Ok(())
     }
 
@@ -1464,6 +1516,16 @@ impl CoapChannel {
             self.block_transfer_until = None;
         }
         self.output_full = false;
+        if !self.address_validated() {
+            // No notification leaves for an address not shown to receive (a forged source
+            // would get it, retained replay and all): an observer is pinged first, and its
+            // Reset shows it, while the deliveries wait in the session's queue.
+            let waiting = !self.observations.is_empty() || session.state.lock().has_queued();
+            if waiting && !self.ping_in_flight {
+                self.ping_in_flight = self.link.ping(now, out);
+            }
+            return;
+        }
         while !self.notification_in_flight && self.block_transfer_until.is_none() {
             // On a stream nothing waits for an acknowledgement: stop at the high-water
             // mark instead, so a slow reader's backlog stays in its session queue.
@@ -1480,11 +1542,14 @@ impl CoapChannel {
         }
     }
 
+    /// Sends `delivery` to its observations. A retained message replayed to a new
+    /// observation goes confirmable whatever its QoS, so a replay of many leaves one per
+    /// acknowledgement, paced by the one-in-flight window, instead of all at once.
     fn notify(&mut self, delivery: &Delivery, out: &mut Vec<Bytes>, now: Instant) {
         let confirmable = match self.settings.notify_type {
             CoapNotifyType::Con => true,
             CoapNotifyType::Non => false,
-            CoapNotifyType::Qos => delivery.qos != QoS::AtMostOnce,
+            CoapNotifyType::Qos => delivery.qos != QoS::AtMostOnce || delivery.retain,
         };
         let content_format = delivery
             .message

@@ -80,6 +80,9 @@ struct Peer {
     channel: CoapChannel,
     next_id: u16,
     closed: bool,
+    /// Answers the ping that asks whether it receives at its address, as a real client
+    /// does, and leaves it out of what the test sees.
+    answers_address_check: bool,
 }
 
 impl Peer {
@@ -95,16 +98,25 @@ impl Peer {
             ),
             next_id: 100,
             closed: false,
+            answers_address_check: true,
         }
     }
 
     fn send_raw(&mut self, datagram: Vec<u8>, now: Instant) -> Vec<Packet> {
+        let validated = self.channel.address_validated();
         let mut out = Vec::new();
         let flow = self
             .channel
             .handle_datagram(Bytes::from(datagram), &mut out, now);
         self.closed |= flow == Flow::Close;
-        decode_all(out)
+        let mut answers = decode_all(out);
+        if !validated && self.answers_address_check {
+            if let Some(at) = answers.iter().position(is_ping) {
+                let ping = answers.remove(at);
+                answers.extend(self.reset(&ping, now));
+            }
+        }
+        answers
     }
 
     /// Sends a request and returns everything the channel sent back.
@@ -171,6 +183,11 @@ impl Peer {
         let id = message.header.message_id;
         self.send_raw(vec![0x70, 0, (id >> 8) as u8, id as u8], now)
     }
+}
+
+fn is_ping(packet: &Packet) -> bool {
+    packet.header.code == MessageClass::Empty
+        && packet.header.get_type() == MessageType::Confirmable
 }
 
 fn decode_all(out: Vec<Bytes>) -> Vec<Packet> {
@@ -1628,4 +1645,150 @@ fn guessed_connection_tokens_count_as_failed_authentications() {
     let right = moved.post(&format!("/ps/cm/a?clientid=cm&token={token}"), b"v", now);
     assert_eq!(code(&right), response_code(ResponseType::Changed));
     assert_eq!(auth.calls(), calls);
+}
+
+// ---- address validation and claims from other addresses --------------------------------
+
+#[test]
+fn notifications_wait_until_the_observer_shows_it_receives_at_its_address() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut publisher = Peer::new(&broker, settings(), now);
+    for n in 0..5 {
+        publisher.post(
+            &format!("/ps/spoof/{n}?clientid=sp&retain=true"),
+            &[b'r'; 100],
+            now,
+        );
+    }
+    // A forged source: the observe request reaches us, nothing we send reaches it back.
+    let mut forged = Peer::new(&broker, settings(), now);
+    forged.answers_address_check = false;
+    let answer = forged.request(
+        MessageType::NonConfirmable,
+        RequestType::Get,
+        "/ps/spoof/#",
+        b"t",
+        Some(0),
+        b"",
+        now,
+    );
+    assert_eq!(code(&answer[0]), content());
+    assert_eq!(
+        answer.len(),
+        2,
+        "the answer and a ping, no retained replay: {answer:?}"
+    );
+    assert!(is_ping(&answer[1]));
+    assert!(forged.wake(now).is_empty(), "the replay waits");
+    mqtt_publish(&broker, "spoof/live", b"live", QoS::AtMostOnce, now);
+    assert!(forged.wake(now).is_empty(), "live traffic waits too");
+    // The ping is retransmitted (4 bytes each) and given up: the observer is forgotten.
+    let mut at = now;
+    let mut sent = 0;
+    while !forged.closed {
+        at = forged.channel.next_deadline().expect("a deadline");
+        let out = forged.tick(at);
+        assert!(out.iter().all(is_ping), "{out:?}");
+        sent += out.len();
+        assert!(at < now + Duration::from_secs(120));
+    }
+    assert_eq!(sent, 4, "MAX_RETRANSMIT retransmissions of the ping");
+
+    // A real client answers the ping: the replay follows, then the live traffic.
+    let mut real = Peer::new(&broker, settings(), at);
+    let answer = real.observe("/ps/spoof/#?clientid=real", b"ob", at);
+    assert_eq!(code(&answer[0]), content());
+    assert_eq!(answer[1].payload, vec![b'r'; 100]);
+    assert!(real.channel.address_validated());
+}
+
+#[test]
+fn a_retained_replay_leaves_one_confirmable_notification_per_acknowledgement() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut publisher = Peer::new(&broker, settings(), now);
+    for n in 0..3 {
+        publisher.post(
+            &format!("/ps/replay/{n}?clientid=rp&qos=0&retain=true"),
+            b"kept",
+            now,
+        );
+    }
+    let mut peer = Peer::new(&broker, settings(), now);
+    let answer = peer.observe("/ps/replay/#?clientid=ro", b"rt", now);
+    assert_eq!(
+        answer.len(),
+        2,
+        "the answer, then one notification: {answer:?}"
+    );
+    let mut note = answer[1].clone();
+    for _ in 0..2 {
+        assert_eq!(note.header.get_type(), MessageType::Confirmable);
+        assert!(
+            peer.wake(now).is_empty(),
+            "the next waits for the acknowledgement"
+        );
+        let next = peer.ack(&note, now);
+        assert_eq!(next.len(), 1);
+        note = next[0].clone();
+    }
+    assert_eq!(note.header.get_type(), MessageType::Confirmable);
+    assert!(peer.ack(&note, now).is_empty());
+    // Live QoS 0 messages are non-confirmable as before.
+    mqtt_publish(&broker, "replay/live", b"live", QoS::AtMostOnce, now);
+    let live = peer.wake(now);
+    assert_eq!(live[0].header.get_type(), MessageType::NonConfirmable);
+}
+
+#[test]
+fn a_request_from_another_address_is_vouched_for_only_with_the_admitted_credentials() {
+    let now = Instant::now();
+    let (broker, auth) = broker_with_users("", now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    let answer = peer.observe(&format!("/ps/v/#?clientid=dev1&{ALICE}"), b"o", now);
+    assert_eq!(code(&answer[0]), content());
+    auth.reset();
+    let claim = |query: &str| {
+        Bytes::from(build(
+            MessageType::Confirmable,
+            RequestType::Post,
+            1,
+            &format!("/ps/v/x?{query}"),
+            b"c",
+            None,
+            b"",
+        ))
+    };
+    assert!(peer
+        .channel
+        .vouch(&claim(&format!("clientid=dev1&{ALICE}"))));
+    for refused in [
+        "clientid=dev1&u=alice&p=wander".to_owned(),
+        "clientid=dev1".to_owned(),
+        "clientid=dev1&u=mallory&p=evil".to_owned(),
+        format!("clientid=dev2&{ALICE}"),
+    ] {
+        assert!(!peer.channel.vouch(&claim(&refused)), "{refused}");
+    }
+    // An acknowledgement names no one.
+    assert!(!peer.channel.vouch(&Bytes::from_static(&[0x60, 0, 0, 1])));
+    assert_eq!(
+        auth.calls(),
+        0,
+        "vouching compares, it runs no password check"
+    );
+    assert_eq!(peer.channel.observation_count(), 1, "and changes nothing");
+
+    // Moved, the peer asks again whether the client receives at its new address.
+    let elsewhere: std::net::SocketAddr = "127.0.0.2:5683".parse().unwrap();
+    peer.channel.rebound(elsewhere);
+    assert!(!peer.channel.address_validated());
+    mqtt_publish(&broker, "v/after", b"after", QoS::AtMostOnce, now);
+    let out = peer.wake(now);
+    assert_eq!(out.len(), 1);
+    assert!(is_ping(&out[0]), "{out:?}");
+    let replay = peer.reset(&out[0], now);
+    assert_eq!(replay.len(), 1);
+    assert_eq!(replay[0].payload, b"after");
 }

@@ -57,6 +57,7 @@ fn settings() -> Arc<Settings> {
         mountpoint: String::new(),
         clientinfo_override: Default::default(),
         idle_timeout: Duration::from_secs(30),
+        max_idle_without_keepalive: Duration::from_secs(120),
         retry_interval: Duration::from_secs(10),
         max_retries: 3,
         max_registered_topics: 100,
@@ -690,6 +691,36 @@ fn unacknowledged_publish_is_resent_then_the_client_is_lost_and_its_will_publish
         received(&obs, at),
         vec![("will/dev5".into(), Bytes::from_static(b"gone"))]
     );
+}
+
+#[test]
+fn a_client_without_keep_alive_is_forgotten_after_the_idle_bound() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut sn = Sn::new(&broker, now);
+    assert_eq!(
+        sn.send(connect_message("no-keepalive", true, false, 0), now),
+        vec![Message::ConnAck {
+            return_code: ReturnCode::ACCEPTED
+        }]
+    );
+    // Duration 0 asks for no keep-alive, yet the peer is not kept for ever.
+    let bound = now + Duration::from_secs(120);
+    assert_eq!(sn.channel.next_deadline(), Some(bound));
+    assert!(sn.tick(bound - Duration::from_secs(1)).is_empty());
+    assert!(!sn.closed);
+    // A message from the client restarts the count.
+    sn.send(
+        Message::PingReq { client_id: None },
+        now + Duration::from_secs(60),
+    );
+    assert!(sn.tick(bound).is_empty());
+    assert!(!sn.closed);
+    assert_eq!(
+        sn.tick(bound + Duration::from_secs(60)),
+        vec![Message::Disconnect { duration: None }]
+    );
+    assert!(sn.closed, "the peer is forgotten");
 }
 
 #[test]

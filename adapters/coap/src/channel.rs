@@ -356,10 +356,14 @@ impl Link {
         request: &Packet,
         response: Packet,
         separate: bool,
+        confirmable: bool,
         now: Instant,
         out: &mut Vec<Bytes>,
     ) -> Result<(), EncodeError> {
         match self {
+            Link::Datagram(exchange) if confirmable => {
+                exchange.respond_confirmably(request, response, Sent::Response, now, out)
+            }
             Link::Datagram(exchange) if separate => {
                 exchange.respond_separately(request, response, Sent::Response, now, out)
             }
@@ -607,6 +611,11 @@ impl CoapChannel {
         }
     }
 
+    /// An observer over UDP that has not shown it receives at its address.
+    fn needs_address_check(&self) -> bool {
+        !self.address_validated() && !self.observations.is_empty()
+    }
+
     /// Whether the client showed that it receives at its address; a stream's handshake did.
     pub fn address_validated(&self) -> bool {
         self.validated || matches!(self.link, Link::Stream(_))
@@ -748,6 +757,11 @@ impl CoapChannel {
                 Sent::Notification { .. } => {
                     tracing::info!("notification not acknowledged after retransmissions");
                     self.settled(tag, true);
+                }
+                Sent::Response if self.needs_address_check() => {
+                    // It never showed it receives here: its source may have been forged.
+                    tracing::info!("observer did not acknowledge its answer; forgotten");
+                    return Flow::Close;
                 }
                 Sent::Response => {
                     tracing::info!("separate response not acknowledged after retransmissions");
@@ -946,7 +960,13 @@ impl CoapChannel {
         out: &mut Vec<Bytes>,
     ) {
         let separate = self.settings.separate_response && !closing;
-        if let Err(error) = self.link.respond(request, response, separate, now, out) {
+        // An observer whose address is not shown gets its answer as a confirmable message:
+        // its acknowledgement shows it, and the notifications follow.
+        let confirmable = !closing && self.needs_address_check();
+        if let Err(error) = self
+            .link
+            .respond(request, response, separate, confirmable, now, out)
+        {
             tracing::warn!(%error, "response not sent");
         }
     }
@@ -1518,10 +1538,11 @@ impl CoapChannel {
         self.output_full = false;
         if !self.address_validated() {
             // No notification leaves for an address not shown to receive (a forged source
-            // would get it, retained replay and all): an observer is pinged first, and its
-            // Reset shows it, while the deliveries wait in the session's queue.
+            // would get it, retained replay and all): the deliveries wait in the session's
+            // queue until the client acknowledges a message of ours (the answer to its
+            // observe goes confirmable for that), or else the Reset of a ping.
             let waiting = !self.observations.is_empty() || session.state.lock().has_queued();
-            if waiting && !self.ping_in_flight {
+            if waiting && !self.ping_in_flight && self.link.in_flight() == 0 {
                 self.ping_in_flight = self.link.ping(now, out);
             }
             return;

@@ -1907,3 +1907,54 @@ fn a_publish_that_reaches_a_receiver_behind_asks_the_driver_to_yield() {
     assert!(asked > 0, "the receiver's backlog never asked for a yield");
     assert!(!sn.channel.take_yield_request(), "asked once per publish");
 }
+
+#[test]
+fn a_wake_up_from_another_address_is_vouched_for_only_when_the_session_layer_accepts_it() {
+    let now = Instant::now();
+    // Clients are admitted from 127.0.0.1 only, whatever port.
+    let broker = broker_with(
+        Rules {
+            admit: |client| {
+                client
+                    .peer
+                    .is_some_and(|peer| peer.ip() == std::net::Ipv4Addr::LOCALHOST)
+            },
+            allow: |_, _, _| true,
+        },
+        now,
+    );
+    let home: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mut sn = Sn::at(&broker, settings(), Some(home), now);
+    assert_eq!(
+        sn.send(connect_message("sleeper", false, false, 30), now),
+        connack(ReturnCode::ACCEPTED)
+    );
+    assert!(
+        sn.channel.address_validated(),
+        "the session layer accepted it"
+    );
+    sn.send(Message::Disconnect { duration: Some(60) }, now);
+    let wake = |id: &str| {
+        to_datagram(&Message::PingReq {
+            client_id: Some(ByteString::from(id)),
+        })
+        .unwrap()
+    };
+    let new_port: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+    let other_host: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+    assert!(sn.channel.vouch(&wake("sleeper"), new_port));
+    assert!(
+        !sn.channel.vouch(&wake("sleeper"), other_host),
+        "refused by the authenticator"
+    );
+    assert!(
+        !sn.channel.vouch(&wake("another"), new_port),
+        "another client id"
+    );
+    let connect = to_datagram(&connect_message("sleeper", false, false, 30)).unwrap();
+    assert!(
+        !sn.channel.vouch(&connect, new_port),
+        "only a wake-up moves a sleeper"
+    );
+    assert!(sn.channel.is_asleep(), "vouching changes nothing");
+}

@@ -497,6 +497,7 @@ fn check_mqttsn(
         p,
         &[
             ("idle_timeout", sn.idle_timeout),
+            ("max_idle_without_keepalive", sn.max_idle_without_keepalive),
             ("retry_interval", sn.retry_interval),
             ("advertise_interval", sn.advertise_interval),
         ],
@@ -757,6 +758,12 @@ fn check_udp_listeners(
                     "{prefix}.max_packet_size must be {}..=65535 bytes{}",
                     sizes.least, sizes.why
                 ),
+            );
+        }
+        if listener.max_peers_per_source == 0 {
+            fail(
+                &format!("{prefix}.max_peers_per_source"),
+                format!("{prefix}.max_peers_per_source must be >= 1"),
             );
         }
         if listener.max_queued_datagrams == 0 {

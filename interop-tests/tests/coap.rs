@@ -878,8 +878,9 @@ fn one_small_non_observe_gets_at_most_three_times_its_bytes_until_the_client_ans
     let sent: usize = unanswered.iter().map(Vec::len).sum();
     assert!(
         sent <= 3 * request.len(),
-        "{sent} bytes sent for a request of {} bytes: {unanswered:?}",
-        request.len()
+        "{sent} bytes sent for a request of {} bytes, in datagrams of {:?} bytes",
+        request.len(),
+        unanswered.iter().map(Vec::len).collect::<Vec<_>>()
     );
     // The observe is answered 2.05 in a confirmable message, whose acknowledgement would
     // show that the client receives here; a real client acknowledges it, and the retained

@@ -567,7 +567,7 @@ impl<D: Demux> Peer<D> {
     /// The claim was not this peer's client's: a peer of its own serves it.
     fn refuse_claim(&mut self, key: PeerKey, datagram: Bytes) {
         Stats::add(&self.stats.claims_refused, 1);
-        tracing::info!(claimant = %key.0, "a datagram from another address named this peer and was not vouched for");
+        tracing::debug!(claimant = %key.0, "a datagram from another address named this peer and was not vouched for");
         if self.refused.try_send((key, datagram)).is_err() {
             Stats::add(&self.stats.datagrams_dropped, 1);
         }

@@ -378,7 +378,7 @@ impl Lwm2mChannel {
                     && who.client().username == client.username
             }
             Err(refused) => {
-                tracing::info!(%refused, ?method, claimant = %from, "request for this registration from another address not authenticated");
+                tracing::debug!(%refused, ?method, claimant = %from, "request for this registration from another address not authenticated");
                 false
             }
         }

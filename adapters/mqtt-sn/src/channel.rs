@@ -236,7 +236,7 @@ impl MqttSnChannel {
                     && who.client().username == client.client().username
             }
             Err(refused) => {
-                tracing::info!(%refused, claimant = %from, "wake-up from another address not authenticated");
+                tracing::debug!(%refused, claimant = %from, "wake-up from another address not authenticated");
                 false
             }
         }

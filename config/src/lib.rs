@@ -736,6 +736,9 @@ pub struct MqttSnConfig {
     pub mountpoint: String,
     /// Time a peer may stay silent before CONNECT or inside the will handshake.
     pub idle_timeout: Duration,
+    /// Time a connected client whose CONNECT asked for no keep-alive (Duration 0) may stay
+    /// silent before it counts as lost: no peer is kept for ever.
+    pub max_idle_without_keepalive: Duration,
     /// T_RETRY: wait before a gateway-to-client message or REGISTER is sent again.
     pub retry_interval: Duration,
     /// N_RETRY: resends before the client is taken as lost.
@@ -787,13 +790,13 @@ pub struct UdpListenerConfig {
     pub bind: String,
     /// Peers tracked at once.
     pub max_connections: u32,
+    /// Peers tracked at once for one source IP address, every port and MQTT-SN forwarder
+    /// node behind it included.
+    pub max_peers_per_source: u32,
     /// Largest datagram accepted, bytes.
     pub max_packet_size: u32,
     /// Datagrams waiting for one peer's channel; more are dropped as the network would.
     pub max_queued_datagrams: u32,
-    /// Peers tracked at once from one source IP address (an IPv6 /64 is one address), so one
-    /// host cannot take every slot of `max_connections`.
-    pub max_peers_per_source: u32,
     /// Replaces the gateway's mountpoint for this listener's clients when not empty.
     pub mountpoint: String,
 }

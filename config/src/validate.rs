@@ -603,6 +603,7 @@ fn check_mqttsn(
         p,
         &[
             ("idle_timeout", sn.idle_timeout),
+            ("max_idle_without_keepalive", sn.max_idle_without_keepalive),
             ("retry_interval", sn.retry_interval),
             ("advertise_interval", sn.advertise_interval),
         ],
@@ -865,16 +866,16 @@ fn check_udp_listeners(
                 ),
             );
         }
-        if listener.max_queued_datagrams == 0 {
-            fail(
-                &format!("{prefix}.max_queued_datagrams"),
-                format!("{prefix}.max_queued_datagrams must be >= 1"),
-            );
-        }
         if listener.max_peers_per_source == 0 {
             fail(
                 &format!("{prefix}.max_peers_per_source"),
                 format!("{prefix}.max_peers_per_source must be >= 1"),
+            );
+        }
+        if listener.max_queued_datagrams == 0 {
+            fail(
+                &format!("{prefix}.max_queued_datagrams"),
+                format!("{prefix}.max_queued_datagrams must be >= 1"),
             );
         }
         check_mountpoint(&format!("{prefix}.mountpoint"), &listener.mountpoint, fail);

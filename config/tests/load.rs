@@ -280,6 +280,14 @@ fn bad_values_name_the_key() {
             "gateway.coap.listeners.udp.default.max_queued_datagrams must be >= 1",
         ),
         (
+            "[gateway.mqttsn.listeners.udp.default]\nmax_peers_per_source = 0",
+            "gateway.mqttsn.listeners.udp.default.max_peers_per_source must be >= 1",
+        ),
+        (
+            "[gateway.mqttsn]\nmax_idle_without_keepalive = \"0s\"",
+            "gateway.mqttsn.max_idle_without_keepalive must be longer",
+        ),
+        (
             "[gateway.stomp]\nmax_unacked = 65536",
             "gateway.stomp.max_unacked must be at most 65535",
         ),

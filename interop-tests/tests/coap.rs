@@ -152,13 +152,24 @@ fn an_observer_answering_reset_is_removed() {
         get.extend_from_slice(segment.as_bytes());
     }
     socket.send_to(&get, &target).unwrap();
+    // Before it notifies an address, the gateway has the client acknowledge something
+    // there: the 2.05 comes as a separate, confirmable response.
+    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        &buf[..n],
+        &[0x60, 0x00, 0x00, 0x01],
+        "an empty acknowledgement"
+    );
     let (n, _) = socket.recv_from(&mut buf).unwrap();
     assert_eq!(
         &buf[..2],
-        &[0x61, 0x45],
-        "2.05 piggybacked: {:?}",
+        &[0x41, 0x45],
+        "2.05, confirmable: {:?}",
         &buf[..n]
     );
+    socket
+        .send_to(&[0x60, 0x00, buf[2], buf[3]], &target)
+        .unwrap();
     mosquitto_pub(&broker, Version::V311, &topic, b"first", 1, false, &[]);
     let (n, _) = socket.recv_from(&mut buf).unwrap();
     assert_eq!(
@@ -497,7 +508,10 @@ fn a_body_over_max_body_size_is_refused_with_4_13() {
 
 #[test]
 fn a_10_kb_notification_is_read_in_block2_blocks_by_aiocoap_and_coap_client() {
-    let Some(broker) = gateway("a CoAP listener", &[]) else {
+    let Some(broker) = gateway(
+        "a CoAP listener",
+        &[Setting::new("GATEWAY_LOG__LEVEL", "debug")],
+    ) else {
         return;
     };
     let topic = unique_topic("coap-block2");
@@ -811,4 +825,190 @@ fn a_listener_mountpoint_replaces_the_gateways() {
     let msg = sub.recv(TIMEOUT);
     assert_eq!(msg.topic, format!("site-a/{id}/{topic}"));
     assert_eq!(msg.payload, b"mounted");
+}
+
+/// A CoAP message built by hand with any options, given in ascending number order.
+fn coap_message(
+    kind: u8,
+    code: u8,
+    message_id: u16,
+    token: &[u8],
+    options: &[(u16, &[u8])],
+) -> Vec<u8> {
+    fn nibble(value: usize, extended: &mut Vec<u8>) -> u8 {
+        match value {
+            0..=12 => value as u8,
+            13..=268 => {
+                extended.push((value - 13) as u8);
+                13
+            }
+            _ => {
+                extended.extend_from_slice(&((value - 269) as u16).to_be_bytes());
+                14
+            }
+        }
+    }
+    let mut out = vec![0x40 | (kind << 4) | token.len() as u8, code];
+    out.extend_from_slice(&message_id.to_be_bytes());
+    out.extend_from_slice(token);
+    let mut previous = 0u16;
+    for (number, value) in options {
+        let mut extended = Vec::new();
+        let delta = nibble(usize::from(number - previous), &mut extended);
+        let length = nibble(value.len(), &mut extended);
+        previous = *number;
+        out.push((delta << 4) | length);
+        out.extend_from_slice(&extended);
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// Everything a socket receives until it has been quiet for `quiet`.
+fn receive_until_quiet(socket: &UdpSocket, quiet: Duration) -> Vec<Vec<u8>> {
+    socket.set_read_timeout(Some(quiet)).unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = socket.recv(&mut buf) {
+        received.push(buf[..n].to_vec());
+    }
+    received
+}
+
+#[test]
+fn one_small_non_observe_gets_at_most_three_times_its_bytes_until_the_client_answers() {
+    let Some(broker) = gateway("a CoAP listener", &[]) else {
+        return;
+    };
+    let prefix = unique_topic("coap-amp");
+    for n in 0..20 {
+        let topic = format!("{prefix}/{n}");
+        mosquitto_pub(&broker, Version::V311, &topic, &[b'r'; 1000], 1, true, &[]);
+    }
+    // One non-confirmable GET with Observe of the whole tree, from an address anyone could
+    // have written into the datagram: 20 KB of retained messages wait for it.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .connect(format!("{}:{}", broker.host, broker.coap_port))
+        .unwrap();
+    let request = coap_message(
+        1,
+        0x01,
+        0x4242,
+        b"t",
+        &[(6, b""), (11, b"ps"), (11, prefix.as_bytes()), (11, b"#")],
+    );
+    socket.send(&request).unwrap();
+    // A retransmission of the answer (ACK_TIMEOUT 2 s x up to 1.5) fits in the wait.
+    let unanswered = receive_until_quiet(&socket, Duration::from_millis(3500));
+    let sent: usize = unanswered.iter().map(Vec::len).sum();
+    assert!(
+        sent <= 3 * request.len(),
+        "{sent} bytes sent for a request of {} bytes, in datagrams of {:?} bytes",
+        request.len(),
+        unanswered.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    // The observe is answered 2.05 in a confirmable message, whose acknowledgement would
+    // show that the client receives here; a real client acknowledges it, and the retained
+    // messages follow, one confirmable notification per acknowledgement.
+    let answer = unanswered
+        .iter()
+        .find(|d| d.len() > 4 && d[1] == 0x45 && d[0] >> 4 & 0x3 == 0)
+        .expect("the observe is answered 2.05, confirmable");
+    socket.send(&[0x60, 0, answer[2], answer[3]]).unwrap();
+    let mut retained = 0;
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 65536];
+    while retained < 3 {
+        let n = socket.recv(&mut buf).expect("a retained notification");
+        let datagram = &buf[..n];
+        if datagram[1] == 0x45 && datagram.ends_with(&[b'r'; 1000]) {
+            retained += 1;
+            assert_eq!(
+                datagram[0] >> 4 & 0x3,
+                0,
+                "confirmable, so paced by its ACK"
+            );
+            socket.send(&[0x60, 0, datagram[2], datagram[3]]).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_request_with_wrong_credentials_naming_a_client_moves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwd");
+    let status = interop_tests::broker::gateway_command()
+        .arg("passwd")
+        .arg(&passwords)
+        .args(["alice", "--password", "secret"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let Some(broker) = gateway(
+        "a password file",
+        &[
+            Setting::new("GATEWAY_AUTH__PASSWORD_FILE", passwords.to_str().unwrap()),
+            Setting::new("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false"),
+        ],
+    ) else {
+        return;
+    };
+    let topic = unique_topic("coap-claim");
+    let id = unique_client_id("victim");
+    let mut victim = AiocoapClient::spawn(&broker);
+    assert_eq!(
+        victim.observe(&format!("/ps/{topic}/%23?clientid={id}&u=alice&p=secret")),
+        "2.05"
+    );
+    let publish = |payload: &[u8]| {
+        mosquitto_pub(
+            &broker,
+            Version::V311,
+            &format!("{topic}/a"),
+            payload,
+            1,
+            false,
+            &["-u", "alice", "-P", "secret"],
+        )
+    };
+    publish(b"before");
+    assert_eq!(victim.notification().payload, b"before");
+
+    // From another address, naming the victim's client id with a wrong password.
+    let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    forger
+        .connect(format!("{}:{}", broker.host, broker.coap_port))
+        .unwrap();
+    let client_query = format!("clientid={id}");
+    let claim = coap_message(
+        0,
+        0x02,
+        0x0777,
+        b"f",
+        &[
+            (11, b"ps"),
+            (11, topic.as_bytes()),
+            (11, b"x"),
+            (15, client_query.as_bytes()),
+            (15, b"u=alice"),
+            (15, b"p=wrong"),
+        ],
+    );
+    forger.send(&claim).unwrap();
+    forger.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = forger.recv(&mut buf).expect("an answer");
+    assert_eq!(buf[1], 0x81, "4.01: {:?}", &buf[..n]);
+
+    // The victim's observation still notifies the victim, and nothing reaches the forger.
+    publish(b"after");
+    let after = victim.notification();
+    assert_eq!(after.payload, b"after");
+    assert!(receive_until_quiet(&forger, Duration::from_millis(500)).is_empty());
+    assert!(
+        !broker.log_tail().contains("peer moved to a new address"),
+        "log:\n{}",
+        broker.log_tail()
+    );
 }

@@ -43,11 +43,6 @@ impl Credentials {
     pub(crate) fn matches(&self, other: &Credentials) -> bool {
         self.0.ct_eq(&other.0).into()
     }
-
-    /// The digest in hex: a name that stands for the credentials without revealing them.
-    pub(crate) fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
 }
 
 impl fmt::Debug for Credentials {

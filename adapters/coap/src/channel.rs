@@ -272,14 +272,9 @@ impl Query {
     }
 }
 
-/// The client a request names, read from an undecoded datagram: how the listener finds
-/// the peer of a client that comes from a new address (connectionless mode). The client id
-/// (`clientid` or `c`) goes with the credentials the request presents, so only a request
-/// presenting those the client was admitted with (`rebindable_identity`) reaches, and
-/// moves, its peer; one naming the client id without them (anonymously, as another user)
-/// is a peer of its own, refused there, and cannot draw the client's answers and
-/// notifications to its address.
-pub fn requested_identity(datagram: &[u8]) -> Option<Arc<str>> {
+/// The client id a request's query names (`clientid` or `c`), read from an undecoded
+/// datagram: how the listener finds the peer of a client that comes from a new address.
+pub fn requested_client_id(datagram: &[u8]) -> Option<String> {
     let [first, code, ..] = *datagram else {
         return None;
     };
@@ -288,18 +283,7 @@ pub fn requested_identity(datagram: &[u8]) -> Option<Arc<str>> {
         return None;
     }
     let packet = Packet::from_bytes(datagram).ok()?;
-    let query = Query::parse(&packet);
-    let client_id = query.client_id.as_deref().filter(|id| !id.is_empty())?;
-    let presented = Credentials::of(
-        query.username.as_deref(),
-        query.password.as_deref().map(str::as_bytes),
-    );
-    Some(identity(client_id, &presented))
-}
-
-/// A client id behind the fixed-length digest of credentials, so no two pairs share one.
-fn identity(client_id: &str, credentials: &Credentials) -> Arc<str> {
-    Arc::from(format!("{}{client_id}", credentials.to_hex()))
+    Query::parse(&packet).client_id.filter(|id| !id.is_empty())
 }
 
 /// The resource a request names.
@@ -372,10 +356,14 @@ impl Link {
         request: &Packet,
         response: Packet,
         separate: bool,
+        confirmable: bool,
         now: Instant,
         out: &mut Vec<Bytes>,
     ) -> Result<(), EncodeError> {
         match self {
+            Link::Datagram(exchange) if confirmable => {
+                exchange.respond_confirmably(request, response, Sent::Response, now, out)
+            }
             Link::Datagram(exchange) if separate => {
                 exchange.respond_separately(request, response, Sent::Response, now, out)
             }
@@ -468,6 +456,10 @@ pub struct CoapChannel {
     block_transfer_until: Option<Instant>,
     /// On a stream, notifications stopped at the output high-water mark with more queued.
     output_full: bool,
+    /// The client answered something of ours at its current address (an acknowledgement
+    /// or Reset of our message, our connection token): until then no notification goes
+    /// out, since a forged source address would receive it; a ping asks first.
+    validated: bool,
 }
 
 /// The answer to a publish, sent once the store ticket it waits for is durable.
@@ -558,6 +550,7 @@ impl CoapChannel {
             uploads: settings.blockwise.clone().map(Uploads::new),
             block_transfer_until: None,
             output_full: false,
+            validated: false,
             settings,
         }
     }
@@ -571,16 +564,61 @@ impl CoapChannel {
         self.client.as_ref().map(|client| &**client.client_id())
     }
 
-    /// In connectionless mode, the identity under which a request from another address
-    /// reaches this peer: the client id names a CoAP client, not its address, with the
-    /// credentials it was admitted with (see `requested_identity`).
+    /// In connectionless mode, the client id under which a request from another address
+    /// reaches this peer: the client id is what names a CoAP client, not its address.
     pub fn rebindable_identity(&self) -> Option<Arc<str>> {
         if self.settings.connection_required {
             return None;
         }
-        let client = self.client.as_ref()?;
-        let credentials = self.credentials.as_ref()?;
-        Some(identity(client.client_id(), credentials))
+        self.client
+            .as_ref()
+            .map(|client| client.client_id().clone())
+    }
+
+    /// Whether a request from another address that names this peer's client is that
+    /// client's: it presents the client id and the very credentials the client was
+    /// admitted with (compared as their keyed hash, without the authenticator). Only then
+    /// does the peer move there, its session and observations with it. Any other request
+    /// goes to a channel of its own, which authenticates it (and takes the session over
+    /// through the core if it proves the same owner). Changes nothing here.
+    pub fn vouch(&self, datagram: &[u8]) -> bool {
+        if self.settings.connection_required || !matches!(self.link, Link::Datagram(_)) {
+            return false;
+        }
+        let (Some(client_id), Some(admitted)) = (self.client_id(), &self.credentials) else {
+            return false;
+        };
+        let Ok(packet) = Packet::from_bytes(datagram) else {
+            return false;
+        };
+        if !matches!(packet.header.code, MessageClass::Request(_)) {
+            return false;
+        }
+        let query = Query::parse(&packet);
+        let presented = Credentials::of(
+            query.username.as_deref(),
+            query.password.as_deref().map(str::as_bytes),
+        );
+        query.client_id.as_deref() == Some(client_id) && admitted.matches(&presented)
+    }
+
+    /// The peer moved to `address`: notifications wait until the client shows it receives
+    /// there.
+    pub fn rebound(&mut self, address: SocketAddr) {
+        self.peer = Some(address);
+        if matches!(self.link, Link::Datagram(_)) {
+            self.validated = false;
+        }
+    }
+
+    /// An observer over UDP that has not shown it receives at its address.
+    fn needs_address_check(&self) -> bool {
+        !self.address_validated() && !self.observations.is_empty()
+    }
+
+    /// Whether the client showed that it receives at its address; a stream's handshake did.
+    pub fn address_validated(&self) -> bool {
+        self.validated || matches!(self.link, Link::Stream(_))
     }
 
     pub fn observation_count(&self) -> usize {
@@ -618,11 +656,14 @@ impl CoapChannel {
         let flow = match exchange.receive(&datagram, now, out) {
             Inbound::Request(request) => self.handle_request(request, out, now),
             Inbound::Acknowledged { tag, .. } => {
+                // It answered a message id only the receiver of ours knew.
+                self.validated = true;
                 self.settled(tag, false);
                 Flow::Continue
             }
             Inbound::Reset { tag } => {
                 if let Some(tag) = tag {
+                    self.validated = true;
                     self.settled(tag, true);
                 }
                 Flow::Continue
@@ -716,6 +757,11 @@ impl CoapChannel {
                 Sent::Notification { .. } => {
                     tracing::info!("notification not acknowledged after retransmissions");
                     self.settled(tag, true);
+                }
+                Sent::Response if self.needs_address_check() => {
+                    // It never showed it receives here: its source may have been forged.
+                    tracing::info!("observer did not acknowledge its answer; forgotten");
+                    return Flow::Close;
                 }
                 Sent::Response => {
                     tracing::info!("separate response not acknowledged after retransmissions");
@@ -914,7 +960,13 @@ impl CoapChannel {
         out: &mut Vec<Bytes>,
     ) {
         let separate = self.settings.separate_response && !closing;
-        if let Err(error) = self.link.respond(request, response, separate, now, out) {
+        // An observer whose address is not shown gets its answer as a confirmable message:
+        // its acknowledgement shows it, and the notifications follow.
+        let confirmable = !closing && self.needs_address_check();
+        if let Err(error) = self
+            .link
+            .respond(request, response, separate, confirmable, now, out)
+        {
             tracing::warn!(%error, "response not sent");
         }
     }
@@ -1138,6 +1190,8 @@ impl CoapChannel {
                 .as_ref()
                 .is_some_and(|ours| same_token(ours, token))
         {
+            // Our token came back: the client receives at this address.
+            self.validated = true;
             return Ok(());
         }
         // The client may come back from another address with its token: it takes its
@@ -1166,6 +1220,7 @@ impl CoapChannel {
         };
         self.open_session(known.who.clone(), false, now)?;
         self.set_token(known.token, known.who);
+        self.validated = true;
         Ok(())
     }
 
@@ -1481,6 +1536,17 @@ impl CoapChannel {
             self.block_transfer_until = None;
         }
         self.output_full = false;
+        if !self.address_validated() {
+            // No notification leaves for an address not shown to receive (a forged source
+            // would get it, retained replay and all): the deliveries wait in the session's
+            // queue until the client acknowledges a message of ours (the answer to its
+            // observe goes confirmable for that), or else the Reset of a ping.
+            let waiting = !self.observations.is_empty() || session.state.lock().has_queued();
+            if waiting && !self.ping_in_flight && self.link.in_flight() == 0 {
+                self.ping_in_flight = self.link.ping(now, out);
+            }
+            return;
+        }
         while !self.notification_in_flight && self.block_transfer_until.is_none() {
             // On a stream nothing waits for an acknowledgement: stop at the high-water
             // mark instead, so a slow reader's backlog stays in its session queue.
@@ -1497,11 +1563,14 @@ impl CoapChannel {
         }
     }
 
+    /// Sends `delivery` to its observations. A retained message replayed to a new
+    /// observation goes confirmable whatever its QoS, so a replay of many leaves one per
+    /// acknowledgement, paced by the one-in-flight window, instead of all at once.
     fn notify(&mut self, delivery: &Delivery, out: &mut Vec<Bytes>, now: Instant) {
         let confirmable = match self.settings.notify_type {
             CoapNotifyType::Con => true,
             CoapNotifyType::Non => false,
-            CoapNotifyType::Qos => delivery.qos != QoS::AtMostOnce,
+            CoapNotifyType::Qos => delivery.qos != QoS::AtMostOnce || delivery.retain,
         };
         let content_format = delivery
             .message

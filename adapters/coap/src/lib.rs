@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use adapter_kit::tcp_or_ws::drive_tcp_or_ws;
 use adapter_kit::ws::WsStream;
 use adapter_kit::{
-    serve_datagram_listener, serve_stream_listener, DatagramChannel, DatagramMetrics,
-    DatagramSettings, Demux, Flow, ListenerLimits, StreamChannel, UdpListenerSettings,
+    serve_datagram_listener, serve_stream_listener, DatagramChannel, DatagramMetrics, Demux, Flow,
+    ListenerLimits, StreamChannel, UdpListenerSettings,
 };
 use bytes::{Bytes, BytesMut};
 use gateway_config::Rate;
@@ -60,12 +60,25 @@ impl DatagramChannel for CoapChannel {
     fn rebindable_identity(&self) -> Option<Arc<str>> {
         CoapChannel::rebindable_identity(self)
     }
+    fn vouch(&mut self, datagram: &Bytes, _from: SocketAddr, _now: Instant) -> bool {
+        CoapChannel::vouch(self, datagram)
+    }
+    fn rebound(&mut self, address: SocketAddr) {
+        CoapChannel::rebound(self, address)
+    }
+    fn address_validated(&self) -> bool {
+        CoapChannel::address_validated(self)
+    }
+    fn take_yield_request(&mut self) -> bool {
+        CoapChannel::take_yield_request(self)
+    }
 }
 
-/// One peer per source address, except that in connectionless mode a request naming a
-/// client id that a peer at another address holds reaches that peer (NAT rebinding: the
-/// device's session and observations follow it). In connection mode the client proves
-/// itself with its token instead, checked by the channel.
+/// One peer per source address, except that in connectionless mode a request from a new
+/// address naming a client id that a peer elsewhere holds is a claim on that peer: the peer
+/// moves there (NAT rebinding: the device's session and observations follow it) only when
+/// the request presents the credentials its client was admitted with. In connection mode
+/// the client proves itself with its token instead, checked by a channel of its own.
 struct CoapDemux {
     connectionless: bool,
 }
@@ -78,7 +91,7 @@ impl Demux for CoapDemux {
         if !self.connectionless {
             return None;
         }
-        channel::requested_identity(datagram)
+        channel::requested_client_id(datagram).map(Arc::from)
     }
     fn wrap(&self, _sub_key: &Bytes, datagram: Bytes) -> Bytes {
         datagram
@@ -94,15 +107,9 @@ pub async fn serve_udp(
     metrics: Arc<DatagramMetrics>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let limits = DatagramSettings {
-        name: listener.name.clone(),
-        max_peers: listener.max_peers,
-        // One byte more than accepted, so an oversized datagram is seen as such rather
-        // than arriving truncated.
-        max_datagram_size: listener.max_packet_size.saturating_add(1),
-        max_queued_datagrams: listener.max_queued_datagrams,
-        beacon: None,
-    };
+    // One byte more than accepted, so an oversized datagram is seen as such rather
+    // than arriving truncated.
+    let limits = listener.limits(listener.max_packet_size.saturating_add(1), None);
     let demux = CoapDemux {
         connectionless: !settings.connection_required,
     };

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapter_coap::channel::requested_identity;
 use adapter_coap::{
     AuthFailureLimit, CoapChannel, Settings, UNDERSTOOD_CRITICAL, UNDERSTOOD_CRITICAL_BLOCKWISE,
 };
@@ -81,6 +80,9 @@ struct Peer {
     channel: CoapChannel,
     next_id: u16,
     closed: bool,
+    /// Answers the ping that asks whether it receives at its address, as a real client
+    /// does, and leaves it out of what the test sees.
+    answers_address_check: bool,
 }
 
 impl Peer {
@@ -96,16 +98,41 @@ impl Peer {
             ),
             next_id: 100,
             closed: false,
+            answers_address_check: true,
         }
     }
 
     fn send_raw(&mut self, datagram: Vec<u8>, now: Instant) -> Vec<Packet> {
+        let validated = self.channel.address_validated();
         let mut out = Vec::new();
         let flow = self
             .channel
             .handle_datagram(Bytes::from(datagram), &mut out, now);
         self.closed |= flow == Flow::Close;
-        decode_all(out)
+        let mut answers = decode_all(out);
+        if validated || !self.answers_address_check {
+            return answers;
+        }
+        // An observer's address is checked with a confirmable message: the answer to its
+        // observe (after an empty acknowledgement), or a ping. A real client acknowledges
+        // the one and resets the other; what follows is what the test sees.
+        self.answers_address_check = false;
+        if let Some(at) = answers.iter().position(is_ping) {
+            let ping = answers.remove(at);
+            answers.extend(self.reset(&ping, now));
+        } else if let Some(answer) = answers
+            .iter()
+            .find(|p| {
+                p.header.get_type() == MessageType::Confirmable
+                    && matches!(code(p), MessageClass::Response(_))
+            })
+            .cloned()
+        {
+            answers.retain(|packet| !is_empty_ack(packet));
+            answers.extend(self.ack(&answer, now));
+        }
+        self.answers_address_check = true;
+        answers
     }
 
     /// Sends a request and returns everything the channel sent back.
@@ -172,6 +199,16 @@ impl Peer {
         let id = message.header.message_id;
         self.send_raw(vec![0x70, 0, (id >> 8) as u8, id as u8], now)
     }
+}
+
+fn is_empty_ack(packet: &Packet) -> bool {
+    packet.header.code == MessageClass::Empty
+        && packet.header.get_type() == MessageType::Acknowledgement
+}
+
+fn is_ping(packet: &Packet) -> bool {
+    packet.header.code == MessageClass::Empty
+        && packet.header.get_type() == MessageType::Confirmable
 }
 
 fn decode_all(out: Vec<Bytes>) -> Vec<Packet> {
@@ -1379,53 +1416,6 @@ fn another_users_session_is_refused_with_4_03_and_left_to_its_owner() {
     assert_eq!(second[0].payload, b"2", "the queued message is still there");
 }
 
-/// The UDP listener hands a datagram from an unknown address to the peer whose
-/// `rebindable_identity` its `requested_identity` names, and that peer's replies follow it
-/// there. Only the credentials the client was admitted with may move it: a request naming
-/// its client id as another user, or with no or wrong credentials, must be a peer of its
-/// own, refused there, or it would take the owner's notifications to its own address.
-#[test]
-fn only_the_admitted_credentials_move_a_client_to_another_address() {
-    let now = Instant::now();
-    let (broker, _) = broker_with_users("", now);
-    let mut owner = Peer::new(&broker, settings(), now);
-    let observed = owner.observe(&format!("/ps/own/t?clientid=dev&{ALICE}"), b"o", now);
-    assert_eq!(code(&observed[0]), content());
-    let identity = owner
-        .channel
-        .rebindable_identity()
-        .expect("an admitted client can move");
-    let named = |query: &str| {
-        requested_identity(&build(
-            MessageType::Confirmable,
-            RequestType::Post,
-            1,
-            &format!("/ps/own/t?{query}"),
-            b"t",
-            None,
-            b"v",
-        ))
-    };
-    // The client itself from a new address (NAT rebinding), under either query name.
-    assert_eq!(
-        named(&format!("clientid=dev&{ALICE}")),
-        Some(identity.clone())
-    );
-    assert_eq!(
-        named("c=dev&username=alice&password=wonder"),
-        Some(identity.clone())
-    );
-    for other in [
-        "clientid=dev&u=mallory&p=evil",
-        "clientid=dev",
-        "clientid=dev&u=alice",
-        "clientid=dev&u=alice&p=guess",
-    ] {
-        assert_ne!(named(other), Some(identity.clone()), "{other}");
-    }
-    assert_eq!(named(ALICE), None, "no client id, no identity");
-}
-
 #[test]
 fn a_client_id_that_would_widen_the_mountpoint_is_refused_with_4_00() {
     let now = Instant::now();
@@ -1676,4 +1666,149 @@ fn guessed_connection_tokens_count_as_failed_authentications() {
     let right = moved.post(&format!("/ps/cm/a?clientid=cm&token={token}"), b"v", now);
     assert_eq!(code(&right), response_code(ResponseType::Changed));
     assert_eq!(auth.calls(), calls);
+}
+
+// ---- address validation and claims from other addresses --------------------------------
+
+#[test]
+fn notifications_wait_until_the_observer_shows_it_receives_at_its_address() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut publisher = Peer::new(&broker, settings(), now);
+    for n in 0..5 {
+        publisher.post(
+            &format!("/ps/spoof/{n}?clientid=sp&retain=true"),
+            &[b'r'; 100],
+            now,
+        );
+    }
+    // A forged source: the observe request reaches us, nothing we send reaches it back.
+    let mut forged = Peer::new(&broker, settings(), now);
+    forged.answers_address_check = false;
+    let answer = forged.request(
+        MessageType::NonConfirmable,
+        RequestType::Get,
+        "/ps/spoof/#",
+        b"t",
+        Some(0),
+        b"",
+        now,
+    );
+    // The answer only, confirmable, so that its acknowledgement shows the address: no
+    // retained replay yet.
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(code(&answer[0]), content());
+    assert_eq!(answer[0].header.get_type(), MessageType::Confirmable);
+    assert!(forged.wake(now).is_empty(), "the replay waits");
+    mqtt_publish(&broker, "spoof/live", b"live", QoS::AtMostOnce, now);
+    assert!(forged.wake(now).is_empty(), "live traffic waits too");
+    // The answer is retransmitted, then given up: the observer is forgotten, having been
+    // sent nothing else.
+    let mut at = now;
+    let mut retransmitted = 0;
+    while !forged.closed {
+        at = forged.channel.next_deadline().expect("a deadline");
+        let out = forged.tick(at);
+        assert!(out.iter().all(|p| p == &answer[0]), "{out:?}");
+        retransmitted += out.len();
+        assert!(at < now + Duration::from_secs(120));
+    }
+    assert_eq!(retransmitted, 4, "MAX_RETRANSMIT retransmissions");
+
+    // A real client acknowledges the answer: the replay follows.
+    let mut real = Peer::new(&broker, settings(), at);
+    let answer = real.observe("/ps/spoof/#?clientid=real", b"ob", at);
+    assert_eq!(code(&answer[0]), content());
+    assert_eq!(answer[1].payload, vec![b'r'; 100]);
+    assert!(real.channel.address_validated());
+}
+
+#[test]
+fn a_retained_replay_leaves_one_confirmable_notification_per_acknowledgement() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut publisher = Peer::new(&broker, settings(), now);
+    for n in 0..3 {
+        publisher.post(
+            &format!("/ps/replay/{n}?clientid=rp&qos=0&retain=true"),
+            b"kept",
+            now,
+        );
+    }
+    let mut peer = Peer::new(&broker, settings(), now);
+    let answer = peer.observe("/ps/replay/#?clientid=ro", b"rt", now);
+    assert_eq!(
+        answer.len(),
+        2,
+        "the answer, then one notification: {answer:?}"
+    );
+    let mut note = answer[1].clone();
+    for _ in 0..2 {
+        assert_eq!(note.header.get_type(), MessageType::Confirmable);
+        assert!(
+            peer.wake(now).is_empty(),
+            "the next waits for the acknowledgement"
+        );
+        let next = peer.ack(&note, now);
+        assert_eq!(next.len(), 1);
+        note = next[0].clone();
+    }
+    assert_eq!(note.header.get_type(), MessageType::Confirmable);
+    assert!(peer.ack(&note, now).is_empty());
+    // Live QoS 0 messages are non-confirmable as before.
+    mqtt_publish(&broker, "replay/live", b"live", QoS::AtMostOnce, now);
+    let live = peer.wake(now);
+    assert_eq!(live[0].header.get_type(), MessageType::NonConfirmable);
+}
+
+#[test]
+fn a_request_from_another_address_is_vouched_for_only_with_the_admitted_credentials() {
+    let now = Instant::now();
+    let (broker, auth) = broker_with_users("", now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    let answer = peer.observe(&format!("/ps/v/#?clientid=dev1&{ALICE}"), b"o", now);
+    assert_eq!(code(&answer[0]), content());
+    auth.reset();
+    let claim = |query: &str| {
+        Bytes::from(build(
+            MessageType::Confirmable,
+            RequestType::Post,
+            1,
+            &format!("/ps/v/x?{query}"),
+            b"c",
+            None,
+            b"",
+        ))
+    };
+    assert!(peer
+        .channel
+        .vouch(&claim(&format!("clientid=dev1&{ALICE}"))));
+    for refused in [
+        "clientid=dev1&u=alice&p=wander".to_owned(),
+        "clientid=dev1".to_owned(),
+        "clientid=dev1&u=mallory&p=evil".to_owned(),
+        format!("clientid=dev2&{ALICE}"),
+    ] {
+        assert!(!peer.channel.vouch(&claim(&refused)), "{refused}");
+    }
+    // An acknowledgement names no one.
+    assert!(!peer.channel.vouch(&Bytes::from_static(&[0x60, 0, 0, 1])));
+    assert_eq!(
+        auth.calls(),
+        0,
+        "vouching compares, it runs no password check"
+    );
+    assert_eq!(peer.channel.observation_count(), 1, "and changes nothing");
+
+    // Moved, the peer asks again whether the client receives at its new address.
+    let elsewhere: std::net::SocketAddr = "127.0.0.2:5683".parse().unwrap();
+    peer.channel.rebound(elsewhere);
+    assert!(!peer.channel.address_validated());
+    mqtt_publish(&broker, "v/after", b"after", QoS::AtMostOnce, now);
+    let out = peer.wake(now);
+    assert_eq!(out.len(), 1);
+    assert!(is_ping(&out[0]), "{out:?}");
+    let replay = peer.reset(&out[0], now);
+    assert_eq!(replay.len(), 1);
+    assert_eq!(replay[0].payload, b"after");
 }

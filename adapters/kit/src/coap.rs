@@ -396,6 +396,24 @@ impl<T: Clone> Exchange<T> {
         self.send_confirmable(response, tag, now, out).map(|_| ())
     }
 
+    /// Answers `request` with a confirmable message the client must acknowledge, whatever
+    /// the request's type: after an empty acknowledgement for a confirmable request (a
+    /// separate response, RFC 7252 5.2.2), at once for a non-confirmable one (5.2.3 lets a
+    /// client get a confirmable response to it). Its acknowledgement, reported with `tag`,
+    /// shows that the client receives at its address.
+    pub fn respond_confirmably(
+        &mut self,
+        request: &Packet,
+        mut response: Packet,
+        tag: T,
+        now: Instant,
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), EncodeError> {
+        self.defer(request, now, out);
+        response.set_token(request.get_token().to_vec());
+        self.send_confirmable(response, tag, now, out).map(|_| ())
+    }
+
     /// Says that the answer to `request` comes later (RFC 7252 5.2.2): a confirmable
     /// request gets an empty acknowledgement now, which its duplicates get again, so its
     /// client stops retransmitting; a non-confirmable one is remembered, so its duplicates

@@ -183,21 +183,6 @@ struct InFlight {
     separate_deadline: Option<Instant>,
 }
 
-/// The endpoint a datagram names, by which the listener finds the peer of a device that
-/// comes from a new address (`Lwm2mChannel::endpoint`): the location of an update or a
-/// de-register (`/rd/{ep}`). Not a register's `ep`: a register presents credentials of its
-/// own, and moving the registered device's peer to whoever sends one would hand it the
-/// device's commands before they are checked; from a new address it is a new peer, which
-/// takes its own user's session over or is refused there.
-pub fn requested_identity(datagram: &[u8]) -> Option<Arc<str>> {
-    let packet = Packet::from_bytes(datagram).ok()?;
-    let mut path = packet.get_option(CoapOption::UriPath)?.iter();
-    if path.next()?.as_slice() != b"rd" {
-        return None;
-    }
-    std::str::from_utf8(path.next()?).ok().map(Arc::from)
-}
-
 /// Why a registration interface request is refused.
 #[derive(Debug, Clone, thiserror::Error)]
 enum Refusal {
@@ -289,6 +274,9 @@ pub struct Lwm2mChannel {
     next_sequence: u64,
     /// Observation token → the observe command, echoed in every notification.
     observations: HashMap<Vec<u8>, Command>,
+    /// The device answered a message of ours at its current address; until then the
+    /// datagram driver bounds what it is sent.
+    validated: bool,
 }
 
 impl Lwm2mChannel {
@@ -319,6 +307,7 @@ impl Lwm2mChannel {
             in_flight: None,
             next_sequence: 0,
             observations: HashMap::new(),
+            validated: false,
         }
     }
 
@@ -341,8 +330,80 @@ impl Lwm2mChannel {
             .map(|registration| Arc::from(registration.endpoint.as_str()))
     }
 
+    /// Whether an update or de-register of this registration from another address is the
+    /// device's: the core's session layer accepts what it presents (the registration's
+    /// client id and user name, the request's `password`, the new address as the peer) as
+    /// this session's client and owner. Only then does the registration move there. A
+    /// register from elsewhere is never vouched for: a channel of its own serves it, and
+    /// accepted, it takes the session over through the core. Changes nothing here.
+    pub fn vouch(&self, datagram: &[u8], from: SocketAddr) -> bool {
+        let (Some(registration), Some(session)) = (&self.registration, &self.session) else {
+            return false;
+        };
+        let Ok(packet) = Packet::from_bytes(datagram) else {
+            return false;
+        };
+        let MessageClass::Request(method @ (RequestType::Post | RequestType::Delete)) =
+            packet.header.code
+        else {
+            return false;
+        };
+        let path: Vec<&[u8]> = packet
+            .get_option(CoapOption::UriPath)
+            .into_iter()
+            .flatten()
+            .map(Vec::as_slice)
+            .collect();
+        let names_this_registration = matches!(
+            path.as_slice(),
+            [rd, location] if *rd == b"rd" && *location == registration.endpoint.as_bytes()
+        );
+        if !names_this_registration {
+            return false;
+        }
+        let client = session.client();
+        let presented = Presented {
+            protocol: LWM2M_NAMESPACE,
+            listener: self.settings.listener.clone(),
+            client_id: client.client_id.clone(),
+            username: client.username.clone(),
+            password: queries(&packet).remove("password").map(Bytes::from),
+            peer: Some(from),
+            mountpoint: self.settings.mountpoint.clone(),
+            mountpoint_values: vec![("endpoint_name", registration.endpoint.clone())],
+        };
+        match self.broker.authenticate(presented) {
+            Ok(who) => {
+                who.client().client_id == client.client_id
+                    && who.client().username == client.username
+            }
+            Err(refused) => {
+                tracing::debug!(%refused, ?method, claimant = %from, "request for this registration from another address not authenticated");
+                false
+            }
+        }
+    }
+
+    /// The device moved to `address`; what it receives there is bounded until it answers.
+    pub fn rebound(&mut self, address: SocketAddr) {
+        self.peer = Some(address);
+        self.validated = false;
+    }
+
+    pub fn address_validated(&self) -> bool {
+        self.validated
+    }
+
     pub fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
         let inbound = self.exchange.receive(&datagram, now, out);
+        // An acknowledgement, Reset or response matched to a message of ours: the device
+        // saw what we sent to this address.
+        if matches!(
+            inbound,
+            Inbound::Acknowledged { .. } | Inbound::Reset { tag: Some(_) } | Inbound::Response(_)
+        ) {
+            self.validated = true;
+        }
         // Every message from the device keeps its registration alive (as EMQX does) and
         // opens the queue-mode window; a request only once honoured, since a refused one
         // (a register with a wrong password, an update of another location) may come from

@@ -8,13 +8,14 @@ pub mod translations;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use adapter_kit::coap::{CoapOption, Packet};
 use adapter_kit::{
-    serve_datagram_listener, DatagramChannel, DatagramMetrics, DatagramSettings, Demux, Flow,
-    UdpListenerSettings,
+    serve_datagram_listener, DatagramChannel, DatagramMetrics, Demux, Flow, UdpListenerSettings,
 };
 use bytes::Bytes;
 use mqtt_core::broker::Broker;
@@ -46,11 +47,22 @@ impl DatagramChannel for Lwm2mChannel {
     fn rebindable_identity(&self) -> Option<Arc<str>> {
         self.endpoint()
     }
+    fn vouch(&mut self, datagram: &Bytes, from: SocketAddr, _now: Instant) -> bool {
+        Lwm2mChannel::vouch(self, datagram, from)
+    }
+    fn rebound(&mut self, address: SocketAddr) {
+        Lwm2mChannel::rebound(self, address)
+    }
+    fn address_validated(&self) -> bool {
+        Lwm2mChannel::address_validated(self)
+    }
 }
 
-/// One peer per source address; a device that comes back from another address (NAT
-/// rebinding, a new socket) is recognised by the endpoint its update names, and keeps its
-/// registration.
+/// One peer per source address; a request from another address (NAT rebinding, a new
+/// socket) naming a registered endpoint in its `/rd/{ep}` path or `ep` query is a claim on
+/// that registration's peer, which moves there, keeping the registration, only when its
+/// channel vouches for the request (an update or de-register the session layer accepts
+/// for the same client and owner).
 struct Lwm2mDemux;
 
 impl Demux for Lwm2mDemux {
@@ -58,7 +70,20 @@ impl Demux for Lwm2mDemux {
         None
     }
     fn identity(&self, datagram: &Bytes) -> Option<Arc<str>> {
-        channel::requested_identity(datagram)
+        let packet = Packet::from_bytes(datagram).ok()?;
+        let mut path = packet.get_option(CoapOption::UriPath)?.iter();
+        if path.next()?.as_slice() != b"rd" {
+            return None;
+        }
+        if let Some(endpoint) = path.next() {
+            return std::str::from_utf8(endpoint).ok().map(Arc::from);
+        }
+        packet
+            .get_option(CoapOption::UriQuery)?
+            .iter()
+            .find_map(|query| query.strip_prefix(b"ep="))
+            .and_then(|ep| std::str::from_utf8(ep).ok())
+            .map(Arc::from)
     }
     fn wrap(&self, _sub_key: &Bytes, datagram: Bytes) -> Bytes {
         datagram
@@ -74,14 +99,9 @@ pub async fn serve_udp(
     metrics: Arc<DatagramMetrics>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let limits = DatagramSettings {
-        name: listener.name.clone(),
-        max_peers: listener.max_peers,
-        // One byte more than accepted, so an oversized datagram is seen as such.
-        max_datagram_size: listener.max_packet_size.saturating_add(1),
-        max_queued_datagrams: listener.max_queued_datagrams,
-        beacon: None,
-    };
+    // One byte more than accepted, so an oversized datagram is seen as such rather
+    // than arriving truncated.
+    let limits = listener.limits(listener.max_packet_size.saturating_add(1), None);
     let channel_broker = broker.clone();
     let seeds = RandomState::new();
     let counter = AtomicU64::new(0);

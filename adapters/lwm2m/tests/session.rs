@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use adapter_kit::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use adapter_lwm2m::channel::requested_identity;
 use adapter_lwm2m::{Lwm2mChannel, ObjectRegistry, Settings};
 use bytes::Bytes;
 use mqtt_core::auth::{
@@ -262,8 +261,8 @@ fn a_register_with_a_wrong_password_leaves_the_registration_untouched() {
     let genuine = ["ep=dev", "imei=dev", "password=right"];
     assert_eq!(device.register(&genuine, now), ResponseType::Created);
 
-    // The datagram driver hands a register naming a registered endpoint to the channel
-    // that holds it, whichever address it came from.
+    // A register naming a registered endpoint, from the address of the channel that
+    // holds it.
     let forged = ["ep=dev", "imei=dev", "password=wrong"];
     assert_eq!(device.register(&forged, now), ResponseType::Unauthorized);
     assert!(device.channel.registration().is_some());
@@ -281,6 +280,48 @@ fn a_register_with_a_wrong_password_leaves_the_registration_untouched() {
     // The answer to the read sent above (still in flight) is not awaited: registering
     // again cancelled it.
     assert_eq!(response_code(&out[0]), ResponseType::Changed);
+    assert!(device.gets_command_for(&broker, "dev", now));
+}
+
+#[test]
+fn an_update_from_another_address_is_vouched_for_only_with_the_owners_credentials() {
+    let now = Instant::now();
+    let broker = broker_with_users(now);
+    let mut device = Device::new(&broker, settings(), now);
+    let genuine = ["ep=dev", "imei=dev", "password=right"];
+    assert_eq!(device.register(&genuine, now), ResponseType::Created);
+    let from: std::net::SocketAddr = "127.0.0.2:5783".parse().unwrap();
+    let to_location =
+        |method, queries: &[&str]| request(method, next_id(), &["rd", "dev"], queries, b"");
+    for method in [RequestType::Post, RequestType::Delete] {
+        assert!(
+            !device.channel.vouch(&to_location(method, &[]), from),
+            "{method:?} without credentials"
+        );
+        assert!(!device
+            .channel
+            .vouch(&to_location(method, &["password=wrong"]), from));
+        assert!(device
+            .channel
+            .vouch(&to_location(method, &["password=right"]), from));
+    }
+    // Another location, or a register, is never vouched for: a channel of its own serves it.
+    let other = request(
+        RequestType::Post,
+        next_id(),
+        &["rd", "other"],
+        &["password=right"],
+        b"",
+    );
+    assert!(!device.channel.vouch(&other, from));
+    let register = request(RequestType::Post, next_id(), &["rd"], &genuine, b"</3/0>");
+    assert!(!device.channel.vouch(&register, from));
+
+    // That channel holds no such location: 4.04, and the registration stays where it was.
+    let mut elsewhere = Device::new(&broker, settings(), now);
+    let (_, out) = elsewhere.send(to_location(RequestType::Post, &[]), now);
+    assert_eq!(response_code(&out[0]), ResponseType::NotFound);
+    assert!(device.channel.registration().is_some());
     assert!(device.gets_command_for(&broker, "dev", now));
 }
 
@@ -320,35 +361,6 @@ fn another_users_register_of_an_endpoint_is_refused_4_03_and_the_owner_keeps_its
         MessageClass::Request(RequestType::Get),
         "the device woke: the first queued command goes"
     );
-}
-
-/// The UDP listener hands a datagram from an unknown address to the peer whose endpoint
-/// its `requested_identity` names, and that peer's replies follow it there. An update
-/// (`/rd/{ep}`) names its endpoint, so a device rebinding keeps its registration; a
-/// register names none: it carries credentials of its own, which must not move a device
-/// registered with others, so it is a peer of its own, refused there (4.03 for another
-/// user) or taking its own user's session over.
-#[test]
-fn only_an_update_moves_a_registered_device_to_another_address() {
-    let now = Instant::now();
-    let broker = broker_with_users(now);
-    let mut device = Device::new(&broker, settings(), now);
-    let owner = ["ep=dev", "imei=dev", "password=right"];
-    assert_eq!(device.register(&owner, now), ResponseType::Created);
-    assert_eq!(device.channel.endpoint().as_deref(), Some("dev"));
-
-    let update = request(RequestType::Post, next_id(), &["rd", "dev"], &[], &[]);
-    assert_eq!(requested_identity(&update), device.channel.endpoint());
-    let deregister = request(RequestType::Delete, next_id(), &["rd", "dev"], &[], &[]);
-    assert_eq!(requested_identity(&deregister), device.channel.endpoint());
-    for queries in [
-        ["ep=dev", "imei=mallory", "password=mallory-pw"],
-        ["ep=dev", "imei=dev", "password=wrong"],
-        ["ep=dev", "imei=dev", "password=right"],
-    ] {
-        let register = request(RequestType::Post, next_id(), &["rd"], &queries, b"</3/0>");
-        assert_eq!(requested_identity(&register), None, "{queries:?}");
-    }
 }
 
 #[test]

@@ -45,6 +45,8 @@ pub struct Settings {
     pub mountpoint: String,
     pub clientinfo_override: gateway_config::ClientInfoOverride,
     pub idle_timeout: Duration,
+    /// Silence allowed to a connected client that asked for no keep-alive (Duration 0).
+    pub max_idle_without_keepalive: Duration,
     pub retry_interval: Duration,
     pub max_retries: u32,
     pub max_registered_topics: usize,
@@ -65,6 +67,7 @@ impl Settings {
             mountpoint: listener_config.mountpoint_or(&config.mountpoint).to_owned(),
             clientinfo_override: config.clientinfo_override.clone(),
             idle_timeout: config.idle_timeout.get(),
+            max_idle_without_keepalive: config.max_idle_without_keepalive.get(),
             retry_interval: config.retry_interval.get(),
             max_retries: config.max_retries,
             max_registered_topics: config.max_registered_topics as usize,
@@ -205,6 +208,51 @@ impl MqttSnChannel {
             Phase::Asleep { .. } | Phase::Awake { .. } => self.client_id().map(Arc::from),
             _ => None,
         }
+    }
+
+    /// Whether a PINGREQ from another address, naming this sleeping client's id, is that
+    /// client's: the core's session layer accepts the identity it presents there (the
+    /// clientinfo override applied, with the new address as `${peerhost}`) as this
+    /// session's client and owner. Only then does the peer move there and wake (spec 6.14).
+    /// Changes nothing here.
+    pub fn vouch(&self, datagram: &Bytes, from: SocketAddr) -> bool {
+        let Some(client) = &self.client else {
+            return false;
+        };
+        let Ok(Message::PingReq {
+            client_id: Some(client_id),
+        }) = codec::decode(datagram)
+        else {
+            return false;
+        };
+        if self.presented_client_id.as_deref() != Some(&*client_id) {
+            return false;
+        }
+        let mut presented = self.presented(Arc::from(&*client_id));
+        presented.peer = Some(from);
+        match self.broker.authenticate(presented) {
+            Ok(who) => {
+                who.client().client_id == *client.client_id()
+                    && who.client().username == client.client().username
+            }
+            Err(refused) => {
+                tracing::debug!(%refused, claimant = %from, "wake-up from another address not authenticated");
+                false
+            }
+        }
+    }
+
+    /// The client moved to `address` (a wake-up from a new port that it vouched for).
+    pub fn rebound(&mut self, address: SocketAddr) {
+        self.peer = Some(address);
+    }
+
+    /// Whether the client counts as receiving at its address: once the core's session layer
+    /// accepted its CONNECT (or a wake-up it vouched for). MQTT-SN 1.2 gives a client
+    /// nothing of ours to echo before the first deliveries, so with anonymous access this
+    /// proves no more than the source address does.
+    pub fn address_validated(&self) -> bool {
+        self.client.is_some()
     }
 
     pub fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
@@ -614,8 +662,11 @@ impl MqttSnChannel {
         } else {
             u32::try_from(config.session_expiry_interval.get().as_secs()).unwrap_or(u32::MAX)
         };
-        let keep_alive = (pending.duration > 0).then(|| {
+        // Duration 0 asks for no keep-alive; a silent peer is still not kept for ever.
+        let keep_alive = Some(if pending.duration > 0 {
             Duration::from_secs_f64(f64::from(pending.duration) * config.keepalive_multiplier)
+        } else {
+            self.settings.max_idle_without_keepalive
         });
         let opened = self.broker.open_session(
             pending.who,

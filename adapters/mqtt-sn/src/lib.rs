@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_kit::{
-    serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, DatagramSettings, Demux,
-    Flow, UdpListenerSettings,
+    serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, Demux, Flow,
+    UdpListenerSettings,
 };
 use bytes::Bytes;
 use mqtt_core::broker::Broker;
@@ -42,12 +42,23 @@ impl DatagramChannel for MqttSnChannel {
     fn rebindable_identity(&self) -> Option<Arc<str>> {
         MqttSnChannel::rebindable_identity(self)
     }
+    fn vouch(&mut self, datagram: &Bytes, from: SocketAddr, _now: Instant) -> bool {
+        MqttSnChannel::vouch(self, datagram, from)
+    }
+    fn rebound(&mut self, address: SocketAddr) {
+        MqttSnChannel::rebound(self, address)
+    }
+    fn address_validated(&self) -> bool {
+        MqttSnChannel::address_validated(self)
+    }
     fn take_yield_request(&mut self) -> bool {
         MqttSnChannel::take_yield_request(self)
     }
 }
 
-/// Finds peers by what a datagram says before any channel reads it.
+/// Finds peers by what a datagram says before any channel reads it: a forwarder's node is a
+/// peer of its own, and a PINGREQ naming a client id is a claim on the sleeping client of
+/// that id, which moves only if its channel vouches for it.
 struct SnDemux;
 
 impl Demux for SnDemux {
@@ -85,13 +96,7 @@ pub async fn serve_udp(
             interval,
         })
     });
-    let limits = DatagramSettings {
-        name: listener.name.clone(),
-        max_peers: listener.max_peers,
-        max_datagram_size: listener.max_packet_size,
-        max_queued_datagrams: listener.max_queued_datagrams,
-        beacon,
-    };
+    let limits = listener.limits(listener.max_packet_size, beacon);
     let channel_broker = broker.clone();
     serve_datagram_listener(
         socket,

@@ -61,6 +61,7 @@ fn settings() -> Arc<Settings> {
             .mqttsn
             .clientinfo_override,
         idle_timeout: Duration::from_secs(30),
+        max_idle_without_keepalive: Duration::from_secs(120),
         retry_interval: Duration::from_secs(10),
         max_retries: 3,
         max_registered_topics: 100,
@@ -694,6 +695,36 @@ fn unacknowledged_publish_is_resent_then_the_client_is_lost_and_its_will_publish
         received(&obs, at),
         vec![("will/dev5".into(), Bytes::from_static(b"gone"))]
     );
+}
+
+#[test]
+fn a_client_without_keep_alive_is_forgotten_after_the_idle_bound() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut sn = Sn::new(&broker, now);
+    assert_eq!(
+        sn.send(connect_message("no-keepalive", true, false, 0), now),
+        vec![Message::ConnAck {
+            return_code: ReturnCode::ACCEPTED
+        }]
+    );
+    // Duration 0 asks for no keep-alive, yet the peer is not kept for ever.
+    let bound = now + Duration::from_secs(120);
+    assert_eq!(sn.channel.next_deadline(), Some(bound));
+    assert!(sn.tick(bound - Duration::from_secs(1)).is_empty());
+    assert!(!sn.closed);
+    // A message from the client restarts the count.
+    sn.send(
+        Message::PingReq { client_id: None },
+        now + Duration::from_secs(60),
+    );
+    assert!(sn.tick(bound).is_empty());
+    assert!(!sn.closed);
+    assert_eq!(
+        sn.tick(bound + Duration::from_secs(60)),
+        vec![Message::Disconnect { duration: None }]
+    );
+    assert!(sn.closed, "the peer is forgotten");
 }
 
 #[test]
@@ -1879,4 +1910,55 @@ fn a_publish_that_reaches_a_receiver_behind_asks_the_driver_to_yield() {
     }
     assert!(asked > 0, "the receiver's backlog never asked for a yield");
     assert!(!sn.channel.take_yield_request(), "asked once per publish");
+}
+
+#[test]
+fn a_wake_up_from_another_address_is_vouched_for_only_when_the_session_layer_accepts_it() {
+    let now = Instant::now();
+    // Clients are admitted from 127.0.0.1 only, whatever port.
+    let broker = broker_with(
+        Rules {
+            admit: |client| {
+                client
+                    .peer
+                    .is_some_and(|peer| peer.ip() == std::net::Ipv4Addr::LOCALHOST)
+            },
+            allow: |_, _, _| true,
+        },
+        now,
+    );
+    let home: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mut sn = Sn::at(&broker, settings(), Some(home), now);
+    assert_eq!(
+        sn.send(connect_message("sleeper", false, false, 30), now),
+        connack(ReturnCode::ACCEPTED)
+    );
+    assert!(
+        sn.channel.address_validated(),
+        "the session layer accepted it"
+    );
+    sn.send(Message::Disconnect { duration: Some(60) }, now);
+    let wake = |id: &str| {
+        to_datagram(&Message::PingReq {
+            client_id: Some(ByteString::from(id)),
+        })
+        .unwrap()
+    };
+    let new_port: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+    let other_host: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+    assert!(sn.channel.vouch(&wake("sleeper"), new_port));
+    assert!(
+        !sn.channel.vouch(&wake("sleeper"), other_host),
+        "refused by the authenticator"
+    );
+    assert!(
+        !sn.channel.vouch(&wake("another"), new_port),
+        "another client id"
+    );
+    let connect = to_datagram(&connect_message("sleeper", false, false, 30)).unwrap();
+    assert!(
+        !sn.channel.vouch(&connect, new_port),
+        "only a wake-up moves a sleeper"
+    );
+    assert!(sn.channel.is_asleep(), "vouching changes nothing");
 }

@@ -6,9 +6,9 @@
 
 use std::sync::OnceLock;
 
-use adapter_lwm2m::translations::{self, ContentFormat, Path};
-use adapter_lwm2m::ObjectRegistry;
 use libfuzzer_sys::fuzz_target;
+use translations::lwm2m::objects::ObjectRegistry;
+use translations::lwm2m::{self, ContentFormat, Path};
 
 fn objects() -> &'static ObjectRegistry {
     static OBJECTS: OnceLock<ObjectRegistry> = OnceLock::new();
@@ -34,9 +34,9 @@ fuzz_target!(|data: &[u8]| {
         ContentFormat::OmaJson,
         ContentFormat::Text,
     ] {
-        if let Ok(entries) = translations::decode(format, &path, payload, objects()) {
+        if let Ok(entries) = lwm2m::decode(format, &path, payload, objects()) {
             if format == ContentFormat::Tlv && !entries.is_empty() {
-                let _ = translations::encode(format, &path, &entries);
+                let _ = lwm2m::encode(format, &path, &entries);
             }
         }
     }

@@ -7,9 +7,9 @@
 
 use std::sync::OnceLock;
 
-use adapter_lwm2m::translations::{self, senml, ContentFormat, Entry, FormatError, Path};
-use adapter_lwm2m::ObjectRegistry;
 use libfuzzer_sys::fuzz_target;
+use translations::lwm2m::objects::ObjectRegistry;
+use translations::lwm2m::{self, senml, ContentFormat, Entry, FormatError, Path};
 
 type Decoder = fn(&[u8]) -> Result<Vec<Entry>, FormatError>;
 type Encoder = fn(&Path, &[Entry]) -> Vec<u8>;
@@ -27,7 +27,7 @@ fn objects() -> &'static ObjectRegistry {
 fuzz_target!(|data: &[u8]| {
     let root = Path::default();
     for format in [ContentFormat::SenmlJson, ContentFormat::SenmlCbor] {
-        let _ = translations::decode(format, &root, data, objects());
+        let _ = lwm2m::decode(format, &root, data, objects());
     }
     for (_, decode, _) in FORMATS {
         let Ok(entries) = decode(data) else {

@@ -8,9 +8,9 @@
 
 use std::sync::OnceLock;
 
-use adapter_lwm2m::translations::{tlv, Path};
-use adapter_lwm2m::ObjectRegistry;
 use libfuzzer_sys::fuzz_target;
+use translations::lwm2m::objects::ObjectRegistry;
+use translations::lwm2m::{tlv, Path};
 
 const PATHS: [&str; 6] = ["/3", "/3/0", "/3/0/7", "/3/0/9", "/3/0/7/1", "/3303/0"];
 

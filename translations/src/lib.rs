@@ -1,3 +1,4 @@
 //! Pure mappings between device protocols and MQTT topics and payloads.
 
 pub mod coap;
+pub mod lwm2m;

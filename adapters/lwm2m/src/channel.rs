@@ -24,10 +24,10 @@ use mqtt_core::protocol::Flow;
 use mqtt_core::session::{ConnControl, Wakeup};
 use mqtt_core::storage::{HeldReplies, Ticket};
 use serde_json::{json, Map, Value as Json};
+use translations::lwm2m::objects::ObjectRegistry;
+use translations::lwm2m::{self, Path};
 
 use crate::command::{self, Command, CommandError, Operation};
-use crate::objects::ObjectRegistry;
-use crate::translations::{self, Path};
 
 /// The namespace of LwM2M sessions.
 pub const LWM2M_NAMESPACE: &str = "lwm2m";
@@ -814,11 +814,11 @@ impl Lwm2mChannel {
         let permit = self.permit_event(&self.settings.notify)?;
         let root = Path::default();
         let content = match command::content_format(packet).and_then(|format| {
-            translations::decode(format, &root, &packet.payload, &*self.settings.objects)
+            lwm2m::decode(format, &root, &packet.payload, &*self.settings.objects)
         }) {
             Ok(entries) => entries
                 .iter()
-                .map(translations::Entry::to_json)
+                .map(lwm2m::Entry::to_json)
                 .collect::<Vec<_>>(),
             Err(error) => {
                 tracing::info!(%error, "Send payload refused");

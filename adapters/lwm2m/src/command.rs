@@ -5,9 +5,8 @@
 
 use adapter_kit::coap::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use serde_json::{json, Map, Value as Json};
-
-use crate::objects::ObjectRegistry;
-use crate::translations::{self, ContentFormat, Entry, FormatError, Path, ResourceType, Value};
+use translations::lwm2m::objects::ObjectRegistry;
+use translations::lwm2m::{self, ContentFormat, Entry, FormatError, Path, ResourceType, Value};
 
 /// The operations a command may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +163,7 @@ fn typed_value(item: &Map<String, Json>, hex: bool) -> Result<Value, CommandErro
     if hex {
         let text = value.as_str().ok_or(CommandError::Hex)?;
         let bytes = decode_hex(text).ok_or(CommandError::Hex)?;
-        return Ok(translations::tlv::decode_value(kind, &bytes)?);
+        return Ok(lwm2m::tlv::decode_value(kind, &bytes)?);
     }
     Ok(Value::from_command(kind, value)?)
 }
@@ -281,11 +280,9 @@ pub fn to_request(command: &Command, alternate: &[String]) -> Result<Packet, Com
                     // must accept for a single value (Core TS 1.0.2 6.4.1).
                     match value {
                         Value::Opaque(bytes) => with_format(packet, ContentFormat::Opaque, bytes),
-                        other => with_format(
-                            packet,
-                            ContentFormat::Text,
-                            translations::text::encode(&other),
-                        ),
+                        other => {
+                            with_format(packet, ContentFormat::Text, lwm2m::text::encode(&other))
+                        }
                     }
                 }
                 Some(base) => {
@@ -302,7 +299,7 @@ pub fn to_request(command: &Command, alternate: &[String]) -> Result<Packet, Com
                         3 => RequestType::Put,
                         _ => return Err(CommandError::Field("basePath")),
                     };
-                    let payload = translations::tlv::encode(&path, &entries)?;
+                    let payload = lwm2m::tlv::encode(&path, &entries)?;
                     with_format(
                         request(method, alternate, &path, &queries),
                         ContentFormat::Tlv,
@@ -323,7 +320,7 @@ pub fn to_request(command: &Command, alternate: &[String]) -> Result<Packet, Com
                 .and_then(Json::as_array)
                 .ok_or(CommandError::Field("content"))?;
             let entries = batch_entries(&path, content, hex)?;
-            let payload = translations::tlv::encode(&path, &entries)?;
+            let payload = lwm2m::tlv::encode(&path, &entries)?;
             with_format(
                 request(RequestType::Post, alternate, &path, &queries),
                 ContentFormat::Tlv,
@@ -421,7 +418,7 @@ pub fn read_content(
     objects: &ObjectRegistry,
 ) -> Result<Json, FormatError> {
     let format = content_format(packet)?;
-    let entries = translations::decode(format, path, &packet.payload, objects)?;
+    let entries = lwm2m::decode(format, path, &packet.payload, objects)?;
     Ok(Json::Array(entries.iter().map(Entry::to_json).collect()))
 }
 

@@ -3,8 +3,6 @@
 
 pub mod channel;
 pub mod command;
-pub mod objects;
-pub mod translations;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -23,7 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 pub use channel::{Lwm2mChannel, Settings, LWM2M_NAMESPACE};
-pub use objects::ObjectRegistry;
+pub use translations::lwm2m::objects::ObjectRegistry;
 
 impl DatagramChannel for Lwm2mChannel {
     fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {

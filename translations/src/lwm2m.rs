@@ -2,9 +2,11 @@
 //! text/plain (0), opaque (42), TLV (11542), OMA JSON (11543), SenML JSON (110) and SenML
 //! CBOR (112). Binary formats are parsed with nom; the JSON ones with serde_json. Every
 //! format meets the others in one shape, a list of [`Entry`] (a path and a typed value),
-//! which becomes EMQX's `[{"path": "/3/0/0", "value": ...}]` on MQTT.
+//! which becomes EMQX's `[{"path": "/3/0/0", "value": ...}]` on MQTT. The object
+//! definitions ([`objects`]) type the values of formats that do not say their types.
 
 pub mod cbor;
+pub mod objects;
 pub mod oma_json;
 pub mod senml;
 pub mod text;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path as FsPath;
 use std::sync::Arc;
 
-use crate::translations::{Path, ResourceType, TypeLookup};
+use super::{Path, ResourceType, TypeLookup};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
@@ -37,20 +37,20 @@ pub enum DefinitionError {
     },
 }
 
-/// The definitions shipped with the gateway (adapters/lwm2m/objects/).
+/// The definitions shipped with the gateway (translations/src/lwm2m/objects/).
 const BUILT_IN: &[(&str, &str)] = &[
-    ("0.xml", include_str!("../objects/0.xml")),
-    ("1.xml", include_str!("../objects/1.xml")),
-    ("2.xml", include_str!("../objects/2.xml")),
-    ("3.xml", include_str!("../objects/3.xml")),
-    ("4.xml", include_str!("../objects/4.xml")),
-    ("5.xml", include_str!("../objects/5.xml")),
-    ("6.xml", include_str!("../objects/6.xml")),
-    ("7.xml", include_str!("../objects/7.xml")),
-    ("3301.xml", include_str!("../objects/3301.xml")),
-    ("3303.xml", include_str!("../objects/3303.xml")),
-    ("3304.xml", include_str!("../objects/3304.xml")),
-    ("3311.xml", include_str!("../objects/3311.xml")),
+    ("0.xml", include_str!("objects/0.xml")),
+    ("1.xml", include_str!("objects/1.xml")),
+    ("2.xml", include_str!("objects/2.xml")),
+    ("3.xml", include_str!("objects/3.xml")),
+    ("4.xml", include_str!("objects/4.xml")),
+    ("5.xml", include_str!("objects/5.xml")),
+    ("6.xml", include_str!("objects/6.xml")),
+    ("7.xml", include_str!("objects/7.xml")),
+    ("3301.xml", include_str!("objects/3301.xml")),
+    ("3303.xml", include_str!("objects/3303.xml")),
+    ("3304.xml", include_str!("objects/3304.xml")),
+    ("3311.xml", include_str!("objects/3311.xml")),
 ];
 
 /// Object id → definition, shared by every device.

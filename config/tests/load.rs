@@ -775,13 +775,13 @@ fn public_deployment_caps_have_finite_defaults() {
         &c.gateway.coap.listeners.udp,
         &c.gateway.lwm2m.listeners.udp,
     ] {
-        assert_eq!(udp["default"].max_peers_per_source, 16);
+        assert_eq!(udp["default"].max_peers_per_source, 32);
     }
     // A UDP listener added by name takes its table's cap too.
     let c = Config::from_toml_str("[gateway.lwm2m.listeners.udp.lan]\nbind = 15783").unwrap();
     assert_eq!(
         c.gateway.lwm2m.listeners.udp["lan"].max_peers_per_source,
-        16
+        32
     );
 }
 

@@ -1,61 +1,85 @@
-//! Feeds arbitrary datagrams, one after another, to a CoAP channel on a broker, with the
-//! clock moving on between them: the whole receive path (message layer, resources,
-//! sessions, observe, retransmission). Everything the channel sends must be valid CoAP.
+//! A CoAP client over UDP on a broker with authentication on (a password file, an ACL
+//! denying what it does not name) and a per-client mountpoint: arbitrary datagrams and
+//! requests of the pub/sub and connection resources with the credentials, client ids,
+//! topics and tokens the fuzzer picks, the client's acknowledgements, other publishers,
+//! the store and the clock. The whole receive path (message layer, resources, sessions,
+//! observe, block-wise, retransmission, the refusals) and the send path of notifications;
+//! everything the channel sends must be valid CoAP.
 
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use adapter_coap::{AuthFailureLimit, CoapChannel, Settings, UNDERSTOOD_CRITICAL_BLOCKWISE};
-use adapter_kit::coap::{Packet, TransmissionParams};
+use adapter_kit::coap::{MessageClass, MessageType, Packet, TransmissionParams};
 use adapter_kit::coap_block::BlockwiseParams;
+use arbitrary::Arbitrary;
 use bytes::Bytes;
-use gateway_config::{CoapNotifyType, CoapQos, Config};
+use gateway_config::{CoapNotifyType, CoapQos};
 use libfuzzer_sys::fuzz_target;
-use mqtt_core::auth::Auth;
-use mqtt_core::broker::Broker;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::Wakeup;
+use mqtt_core_fuzz::coap::{self as request, connection_token};
+use mqtt_core_fuzz::{Mount, NoWakeup, StoreKind, World, WorldStep};
 
-struct NoWakeup;
-
-impl Wakeup for NoWakeup {
-    fn wake(&self) {}
+#[derive(Debug, Arbitrary)]
+struct Input {
+    connection_required: bool,
+    separate_response: bool,
+    confirmable_notifications: bool,
+    mount: Mount,
+    store: StoreKind,
+    steps: Vec<Step>,
 }
 
-fn broker() -> Arc<Broker> {
-    static BROKER: OnceLock<Arc<Broker>> = OnceLock::new();
-    BROKER
-        .get_or_init(|| {
-            let config = Config::defaults().expect("embedded defaults");
-            Arc::new(Broker::new(
-                config.mqtt.clone(),
-                &config.retainer,
-                Auth::allow_all(),
-                Instant::now(),
-            ))
-        })
-        .clone()
+#[derive(Debug, Arbitrary)]
+enum Step {
+    Datagram(Vec<u8>),
+    Request(request::Request),
+    /// The client acknowledges, or resets, the last confirmable message the channel sent.
+    Answer {
+        reset: bool,
+    },
+    /// The listener forgets the peer; its next datagram makes a new channel.
+    Forget,
+    World(WorldStep),
 }
 
-fn check(out: &mut Vec<Bytes>) {
-    for datagram in out.drain(..) {
-        Packet::from_bytes(&datagram).expect("the channel sends valid CoAP");
+/// What the client has learnt from the channel's datagrams.
+#[derive(Default)]
+struct Client {
+    token: Option<String>,
+    last_confirmable: Option<u16>,
+}
+
+impl Client {
+    fn read(&mut self, out: &mut Vec<Bytes>) {
+        for datagram in out.drain(..) {
+            let packet = Packet::from_bytes(&datagram).expect("the channel sends valid CoAP");
+            if packet.header.get_type() == MessageType::Confirmable {
+                self.last_confirmable = Some(packet.header.message_id);
+            }
+            if let Some(token) = connection_token(&packet) {
+                self.token = Some(token);
+            }
+        }
     }
 }
 
-fuzz_target!(|data: &[u8]| {
-    let mut now = Instant::now();
-    let settings = Arc::new(Settings {
+fn settings(input: &Input) -> Settings {
+    Settings {
         listener: Arc::from("udp:fuzz"),
         heartbeat: Duration::from_secs(30),
-        // The first byte picks the mode, so both are reached.
-        connection_required: data.first().is_some_and(|b| b & 1 == 1),
-        notify_type: CoapNotifyType::Qos,
+        connection_required: input.connection_required,
+        notify_type: if input.confirmable_notifications {
+            CoapNotifyType::Con
+        } else {
+            CoapNotifyType::Qos
+        },
         subscribe_qos: CoapQos::Coap,
         publish_qos: CoapQos::Coap,
-        mountpoint: String::new(),
+        mountpoint: input.mount.template().to_owned(),
         transmission: TransmissionParams {
             max_message_size: 1024,
             ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL_BLOCKWISE)
@@ -67,35 +91,86 @@ fuzz_target!(|data: &[u8]| {
             lifetime: Duration::from_secs(60),
             max_transfers: 2,
         }),
-        // The second bit: answers piggybacked or separate.
-        separate_response: data.first().is_some_and(|b| b & 2 == 2),
-        // Small, so that inputs (wrong connection tokens) reach the lockout and its end.
+        separate_response: input.separate_response,
+        // Small, so that inputs (wrong credentials or tokens) reach the lockout and its end.
         auth_failures: AuthFailureLimit {
             max: 3,
             window: Duration::from_secs(10),
             lockout: Duration::from_secs(5),
         },
-    });
-    let mut channel = CoapChannel::new(broker(), settings, None, Arc::new(NoWakeup), 1, now);
-    let mut out = Vec::new();
-    // Datagrams are length-prefixed by one byte.
-    let mut rest = data.get(1..).unwrap_or_default();
-    while let Some((&len, tail)) = rest.split_first() {
-        let (datagram, next) = tail.split_at(usize::from(len).min(tail.len()));
-        rest = next;
-        let flow = channel.handle_datagram(Bytes::copy_from_slice(datagram), &mut out, now);
-        check(&mut out);
-        if flow == Flow::Close {
-            break;
-        }
-        now += Duration::from_millis(1500);
-        let flow = channel.handle_wakeup(&mut out, now);
-        check(&mut out);
-        if flow == Flow::Close || channel.handle_timeout(&mut out, now) == Flow::Close {
-            check(&mut out);
-            break;
-        }
-        check(&mut out);
     }
-    channel.handle_closed(now);
+}
+
+fuzz_target!(|input: Input| {
+    let mut world = World::new(input.store, input.mount.template());
+    let settings = Arc::new(settings(&input));
+    let peer = Some(SocketAddr::from(([127, 0, 0, 1], 40_000)));
+    let new_channel = |world: &World, seed: u64| {
+        CoapChannel::new(
+            world.broker.clone(),
+            settings.clone(),
+            peer,
+            Arc::new(NoWakeup),
+            seed,
+            world.now,
+        )
+    };
+    let mut channel = new_channel(&world, 1);
+    let mut client = Client::default();
+    let mut out = Vec::new();
+    for (index, step) in input.steps.iter().enumerate() {
+        let mut timers = false;
+        let flow = match step {
+            Step::Datagram(datagram) => {
+                channel.handle_datagram(Bytes::copy_from_slice(datagram), &mut out, world.now)
+            }
+            Step::Request(request) => {
+                let packet = request.packet(client.token.as_deref());
+                match packet.to_bytes() {
+                    Ok(datagram) => {
+                        channel.handle_datagram(Bytes::from(datagram), &mut out, world.now)
+                    }
+                    Err(_) => Flow::Continue,
+                }
+            }
+            Step::Answer { reset } => match client.last_confirmable {
+                Some(message_id) => {
+                    let mut packet = Packet::new();
+                    packet.header.set_type(if *reset {
+                        MessageType::Reset
+                    } else {
+                        MessageType::Acknowledgement
+                    });
+                    packet.header.code = MessageClass::Empty;
+                    packet.header.message_id = message_id;
+                    let datagram = packet.to_bytes().expect("an empty message encodes");
+                    channel.handle_datagram(Bytes::from(datagram), &mut out, world.now)
+                }
+                None => Flow::Continue,
+            },
+            Step::Forget => Flow::Close,
+            Step::World(step) => {
+                timers = world.step(step);
+                Flow::Continue
+            }
+        };
+        client.read(&mut out);
+        let mut flow = flow;
+        if flow == Flow::Continue {
+            flow = channel.handle_wakeup(&mut out, world.now);
+            client.read(&mut out);
+        }
+        if flow == Flow::Continue
+            && timers
+            && channel.next_deadline().is_some_and(|due| due <= world.now)
+        {
+            flow = channel.handle_timeout(&mut out, world.now);
+            client.read(&mut out);
+        }
+        if flow == Flow::Close {
+            channel.handle_closed(world.now);
+            channel = new_channel(&world, index as u64 + 2);
+        }
+    }
+    channel.handle_closed(world.now);
 });

@@ -198,7 +198,7 @@ impl Matrix {
         for started in [
             "MQTT over QUIC listener started",
             "MQTT-SN listener started",
-            "CoAP listener started listener=udp:default",
+            "CoAP listener started listener=coap:udp:default",
             "LwM2M listener started",
         ] {
             wait_for_log(&broker, started);

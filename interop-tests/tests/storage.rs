@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use interop_tests::broker::{gateway_command, with_data_dir};
 use interop_tests::process::{Line, Proc};
+use interop_tests::raw::{packet, publish_packet, ConnectOpts, RawClient, Received};
 use interop_tests::{
     mosquitto_pub, unique_client_id, unique_topic, Broker, MosquittoSub, Setting, Version,
 };
@@ -164,6 +165,7 @@ fn qos1_messages_acknowledged_before_a_crash_reach_a_persistent_subscriber_after
 #[test]
 fn a_qos2_flow_interrupted_by_a_crash_completes_exactly_once_after_it() {
     const COUNT: u64 = 3_000;
+    const HELD: u16 = 3;
     let Some(mut broker) = crashable_gateway() else {
         return;
     };
@@ -191,7 +193,32 @@ fn a_qos2_flow_interrupted_by_a_crash_completes_exactly_once_after_it() {
         assert!(line.starts_with("acked "), "{line}");
         before += 1;
     }
+    // Flows certainly cut between PUBREC and PUBREL, whatever paho's timing: a raw client
+    // reads its PUBRECs and sends the PUBRELs only after the restart.
+    let holder_opts = ConnectOpts {
+        clean: false,
+        ..ConnectOpts::new(Version::V311, &unique_client_id("crash-held"))
+    };
+    let (mut holder, code) = RawClient::connect(&broker, &holder_opts);
+    assert_eq!(code, 0);
+    for id in 1..=HELD {
+        let number = (COUNT + u64::from(id) - 1).to_string();
+        holder.send(&publish_packet(
+            Version::V311,
+            &topic,
+            2,
+            id,
+            number.as_bytes(),
+        ));
+    }
+    for _ in 1..=HELD {
+        match holder.read_packet(Duration::from_secs(10)) {
+            Received::Packet(p) if p.kind == 5 => {}
+            other => panic!("expected PUBREC, got {other:?}"),
+        }
+    }
     broker.crash();
+    drop(holder);
     broker.restart();
     // What the test is about: flows cut between PUBREC and PUBREL, whose packet ids the
     // gateway must remember across the crash (it logs how many came back).
@@ -203,9 +230,20 @@ fn a_qos2_flow_interrupted_by_a_crash_completes_exactly_once_after_it() {
         .and_then(|count| count.parse::<u32>().ok());
     println!("QoS 2 packet ids awaiting release after the restart: {restored:?}");
     assert!(
-        restored.is_some_and(|count| count > 0),
-        "no flow was between PUBREC and PUBREL at the crash\n{log}"
+        restored.is_some_and(|count| count >= u32::from(HELD)),
+        "the flows held between PUBREC and PUBREL did not come back\n{log}"
     );
+    let (mut holder, code) = RawClient::connect(&broker, &holder_opts);
+    assert_eq!(code, 0);
+    for id in 1..=HELD {
+        holder.send(&packet(0x62, &id.to_be_bytes()));
+    }
+    for id in 1..=HELD {
+        match holder.read_packet(Duration::from_secs(10)) {
+            Received::Packet(p) if p.kind == 7 => assert_eq!(p.body, id.to_be_bytes()),
+            other => panic!("expected PUBCOMP for {id}, got {other:?}"),
+        }
+    }
     let acked = acked_numbers(&mut publisher, "done", Duration::from_secs(60));
     assert_eq!(
         acked.len() as u64 + before,
@@ -221,14 +259,15 @@ fn a_qos2_flow_interrupted_by_a_crash_completes_exactly_once_after_it() {
     }
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
-    let missing: Vec<_> = (0..COUNT)
+    let missing: Vec<_> = (0..COUNT + u64::from(HELD))
         .filter(|n| !counts.contains_key(n))
         .take(10)
         .collect();
     assert!(
         missing.is_empty(),
-        "{} of {COUNT} messages never delivered, e.g. {missing:?}",
-        COUNT as usize - counts.len()
+        "{} of {} messages never delivered, e.g. {missing:?}",
+        missing.len(),
+        COUNT + u64::from(HELD)
     );
 }
 

@@ -1,6 +1,6 @@
 //! What tests of the core and of the adapters need to stand in for other clients: a
 //! session opened in one call, and a message routed as if the broker had it from anyone.
-//! Only built with the `testing` feature, which nothing but test targets enables, so no
+//! Only built with the `testing` feature, which only test targets and the fuzz crate enable, so no
 //! adapter can reach the router around the session layer.
 
 use std::sync::Arc;

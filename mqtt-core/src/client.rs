@@ -97,11 +97,6 @@ impl PublishRefused {
             PublishRefused::StoreFull => ReasonCode::QUOTA_EXCEEDED,
         }
     }
-
-    /// A malformed request rather than a refusal of a well-formed one.
-    pub fn is_invalid(self) -> bool {
-        matches!(self, PublishRefused::Invalid(..))
-    }
 }
 
 /// What a client presented before it is authenticated.

@@ -651,10 +651,7 @@ impl MqttChannel {
         let session = client.session().clone();
         let permit = match client.permit(&publish.topic, publish.qos, publish.retain) {
             Ok(permit) => Ok(permit),
-            Err(refused) if refused.is_invalid() => {
-                let PublishRefused::Invalid(reason, why) = refused else {
-                    return Flow::Close;
-                };
+            Err(PublishRefused::Invalid(reason, why)) => {
                 return self.disconnect_with(reason, why, out);
             }
             Err(PublishRefused::StoreFull) => {

@@ -646,18 +646,8 @@ pub fn decode_session(record: &[u8]) -> Option<SessionRecord> {
         let len = usize::from(buf.get_u16());
         let filter = std::str::from_utf8(buf.get(..len)?).ok()?.to_owned();
         buf.advance(len);
-        if buf.remaining() < 5 {
-            return None;
-        }
-        let options = options_from_byte(buf.get_u8())?;
-        let identifier = Some(buf.get_u32()).filter(|id| *id != 0);
-        subscriptions.push((
-            filter,
-            Subscription {
-                options,
-                identifier,
-            },
-        ));
+        subscriptions.push((filter, decode_subscription(buf.get(..5)?)?));
+        buf.advance(5);
     }
     let owner = if format == SESSION_FORMAT_WITHOUT_OWNER {
         None

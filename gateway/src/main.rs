@@ -4,16 +4,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapter_kit::quic::{QuicListener, QuicReloader, QuicSettings};
-use adapter_kit::tls::TlsAcceptor;
-use adapter_mqtt::{Layers, ListenerSettings, QuicListenerSettings};
+use adapter_kit::{Launch, Reload, StartError, WatchedCertificate};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use gateway_config::{Config, ListenerKind, LogFormat, TlsConfig};
+use gateway_config::{Config, LogFormat};
 use mqtt_core::auth::Auth;
 use mqtt_core::broker::Broker;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +58,18 @@ enum ConfigAction {
     /// else what it leaves open (warnings, which do not fail the check).
     Check { file: PathBuf },
 }
+
+/// How an adapter starts its listeners from the configuration.
+type Start = fn(&Config, &mut Launch) -> Result<(), StartError>;
+
+/// Every adapter, each starting its own listeners (none when it is disabled).
+const ADAPTERS: [(&str, Start); 5] = [
+    ("MQTT", adapter_mqtt::start),
+    ("MQTT-SN", adapter_mqtt_sn::start),
+    ("CoAP", adapter_coap::start),
+    ("LwM2M", adapter_lwm2m::start),
+    ("STOMP", adapter_stomp::start),
+];
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -211,192 +220,12 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
     };
     let broker = Arc::new(broker);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-
-    let (listeners, mut tls_acceptors) = listener_settings(&config)?;
-    for settings in listeners {
-        let bind = settings.bind;
-        let socket = adapter_mqtt::bind(&settings).await.with_context(|| {
-            format!(
-                "listeners.{}: cannot listen on {bind}",
-                settings.name.replace(':', ".")
-            )
-        })?;
-        tracing::info!(listener = %settings.name, %bind, "MQTT listener started");
-        tasks.spawn(adapter_mqtt::serve(
-            socket,
-            settings,
-            broker.clone(),
-            shutdown_rx.clone(),
-        ));
+    let mut launch = Launch::new(broker.clone(), shutdown_rx.clone());
+    for (adapter, start) in ADAPTERS {
+        start(&config, &mut launch).with_context(|| format!("starting the {adapter} adapter"))?;
     }
-    for (listener, settings) in quic_listeners(&config, &mut tls_acceptors)? {
-        let bind = listener.endpoint().local_addr().ok();
-        tracing::info!(listener = %settings.name, ?bind, "MQTT over QUIC listener started (UDP)");
-        tasks.spawn(adapter_mqtt::serve_quic(
-            listener,
-            settings,
-            broker.clone(),
-            shutdown_rx.clone(),
-        ));
-    }
-    tasks.spawn(reload_certificates(tls_acceptors, shutdown_rx.clone()));
-
-    let sn = &config.gateway.mqttsn;
-    if sn.enable {
-        let advertise = if sn.broadcast {
-            let target = sn
-                .broadcast_addr()
-                .context("gateway.mqttsn.broadcast_address")?;
-            Some((target, sn.advertise_interval.get()))
-        } else {
-            None
-        };
-        for (name, listener) in &sn.listeners.udp {
-            if !listener.enable {
-                continue;
-            }
-            let (socket, listener_name, bind) =
-                bind_gateway_udp(ListenerKind::MqttSnUdp, name, listener, advertise.is_some())
-                    .await?;
-            let settings = Arc::new(adapter_mqtt_sn::Settings::from_config(
-                listener_name.clone(),
-                sn,
-                listener,
-            ));
-            tracing::info!(listener = %listener_name, %bind, "MQTT-SN listener started");
-            tasks.spawn(adapter_mqtt_sn::serve_udp(
-                socket,
-                adapter_kit::UdpListenerSettings::from_config(listener_name, listener),
-                advertise,
-                settings,
-                broker.clone(),
-                Arc::new(adapter_kit::DatagramMetrics::default()),
-                shutdown_rx.clone(),
-            ));
-        }
-    }
-
-    let coap = &config.gateway.coap;
-    if coap.enable {
-        for (name, listener) in &coap.listeners.udp {
-            if !listener.enable {
-                continue;
-            }
-            let (socket, listener_name, bind) =
-                bind_gateway_udp(ListenerKind::CoapUdp, name, listener, false).await?;
-            let settings = Arc::new(adapter_coap::Settings::from_config(
-                listener_name.clone(),
-                coap,
-                listener,
-            ));
-            tracing::info!(listener = %listener_name, %bind, "CoAP listener started");
-            tasks.spawn(adapter_coap::serve_udp(
-                socket,
-                adapter_kit::UdpListenerSettings::from_config(listener_name, listener),
-                settings,
-                broker.clone(),
-                Arc::new(adapter_kit::DatagramMetrics::default()),
-                shutdown_rx.clone(),
-            ));
-        }
-        spawn_coap_stream_listeners(coap, &broker, &shutdown_rx, &mut tasks).await?;
-    }
-
-    let lwm2m = &config.gateway.lwm2m;
-    if lwm2m.enable {
-        let objects = Arc::new(
-            adapter_lwm2m::ObjectRegistry::load(&lwm2m.xml_dir)
-                .context("gateway.lwm2m.xml_dir: object definitions")?,
-        );
-        for (name, listener) in &lwm2m.listeners.udp {
-            if !listener.enable {
-                continue;
-            }
-            let (socket, listener_name, bind) =
-                bind_gateway_udp(ListenerKind::Lwm2mUdp, name, listener, false).await?;
-            let settings = Arc::new(adapter_lwm2m::Settings::from_config(
-                listener_name.clone(),
-                lwm2m,
-                listener,
-                objects.clone(),
-            ));
-            tracing::info!(listener = %listener_name, %bind, objects = objects.len(), "LwM2M listener started");
-            tasks.spawn(adapter_lwm2m::serve_udp(
-                socket,
-                adapter_kit::UdpListenerSettings::from_config(listener_name, listener),
-                settings,
-                broker.clone(),
-                Arc::new(adapter_kit::DatagramMetrics::default()),
-                shutdown_rx.clone(),
-            ));
-        }
-    }
-
-    let stomp = &config.gateway.stomp;
-    if stomp.enable {
-        let tcp = stomp
-            .listeners
-            .tcp
-            .iter()
-            .filter(|(_, l)| l.enable)
-            .map(|(name, l)| {
-                (
-                    ListenerKind::StompTcp,
-                    name,
-                    l.bind_addr(),
-                    l.max_connections,
-                    l.max_conn_rate,
-                    &l.mountpoint,
-                    adapter_stomp::Layers::Tcp,
-                )
-            });
-        let ws = stomp
-            .listeners
-            .ws
-            .iter()
-            .filter(|(_, l)| l.enable)
-            .map(|(name, l)| {
-                (
-                    ListenerKind::StompWs,
-                    name,
-                    l.bind_addr(),
-                    l.max_connections,
-                    l.max_conn_rate,
-                    &l.mountpoint,
-                    adapter_stomp::Layers::Ws(Arc::new(l.websocket())),
-                )
-            });
-        for (kind, name, bind, max_connections, max_conn_rate, mountpoint, layers) in tcp.chain(ws)
-        {
-            let key = format!("{}.{name}", kind.table());
-            let bind = bind.with_context(|| format!("{key}.bind"))?;
-            let listener_name: Arc<str> = Arc::from(kind.listener_name(name));
-            let settings = adapter_stomp::ListenerSettings {
-                name: listener_name.clone(),
-                bind,
-                max_connections: max_connections as usize,
-                max_conn_rate,
-                layers,
-            };
-            let channel_settings = Arc::new(adapter_stomp::Settings::from_config(
-                listener_name.clone(),
-                stomp,
-                mountpoint,
-            ));
-            let socket = adapter_stomp::bind(&settings)
-                .await
-                .with_context(|| format!("{key}: cannot listen on {bind}"))?;
-            tracing::info!(listener = %listener_name, %bind, "STOMP listener started");
-            tasks.spawn(adapter_stomp::serve(
-                socket,
-                settings,
-                channel_settings,
-                broker.clone(),
-                shutdown_rx.clone(),
-            ));
-        }
-    }
+    let (mut tasks, certificates) = launch.finish();
+    tasks.spawn(reload_certificates(certificates, shutdown_rx.clone()));
 
     tasks.spawn(housekeeping(
         broker.clone(),
@@ -417,277 +246,30 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
     Ok(())
 }
 
-/// The listeners that start, by kind then name, and the TLS configurations among them.
-/// CoAP over TCP and WebSocket (RFC 8323): `gateway.coap.listeners.{tcp,ws}.*`.
-async fn spawn_coap_stream_listeners(
-    coap: &gateway_config::CoapConfig,
-    broker: &Arc<Broker>,
-    shutdown_rx: &tokio::sync::watch::Receiver<bool>,
-    tasks: &mut tokio::task::JoinSet<()>,
-) -> anyhow::Result<()> {
-    let tcp = coap
-        .listeners
-        .tcp
-        .iter()
-        .filter(|(_, l)| l.enable)
-        .map(|(name, l)| {
-            let common = (l.bind_addr(), l.max_connections, l.max_conn_rate);
-            let size = l.max_message_size as usize;
-            (
-                ListenerKind::CoapTcp,
-                name,
-                common,
-                size,
-                &l.mountpoint,
-                adapter_coap::Layers::Tcp,
-            )
-        });
-    let ws = coap
-        .listeners
-        .ws
-        .iter()
-        .filter(|(_, l)| l.enable)
-        .map(|(name, l)| {
-            let common = (l.bind_addr(), l.max_connections, l.max_conn_rate);
-            let size = l.max_message_size as usize;
-            let layers = adapter_coap::Layers::Ws(Arc::new(l.websocket()));
-            (
-                ListenerKind::CoapWs,
-                name,
-                common,
-                size,
-                &l.mountpoint,
-                layers,
-            )
-        });
-    for (
-        kind,
-        name,
-        (bind, max_connections, max_conn_rate),
-        max_message_size,
-        mountpoint,
-        layers,
-    ) in tcp.chain(ws)
-    {
-        let key = format!("{}.{name}", kind.table());
-        let bind = bind.with_context(|| format!("{key}.bind"))?;
-        let listener_name: Arc<str> = Arc::from(kind.listener_name(name));
-        let settings = adapter_coap::StreamListenerSettings {
-            name: listener_name.clone(),
-            bind,
-            max_connections: max_connections as usize,
-            max_conn_rate,
-            layers,
-        };
-        let mountpoint = if mountpoint.is_empty() {
-            &coap.mountpoint
-        } else {
-            mountpoint
-        };
-        let channel_settings = Arc::new(adapter_coap::Settings::for_listener(
-            listener_name.clone(),
-            coap,
-            mountpoint,
-            max_message_size,
-        ));
-        let socket = adapter_coap::bind_stream(&settings)
-            .await
-            .with_context(|| format!("{key}: cannot listen on {bind}"))?;
-        tracing::info!(listener = %listener_name, %bind, "CoAP listener started");
-        tasks.spawn(adapter_coap::serve_stream(
-            socket,
-            settings,
-            channel_settings,
-            broker.clone(),
-            shutdown_rx.clone(),
-        ));
-    }
-    Ok(())
-}
-
-/// The bound socket of the UDP listener `name` of `kind`, with the name logs and auth rules
-/// give it (`coap:udp:{name}`) and its address.
-async fn bind_gateway_udp(
-    kind: ListenerKind,
-    name: &str,
-    listener: &gateway_config::UdpListenerConfig,
-    broadcast: bool,
-) -> Result<(tokio::net::UdpSocket, Arc<str>, std::net::SocketAddr)> {
-    let key = format!("{}.{name}", kind.table());
-    let bind = listener
-        .bind_addr()
-        .with_context(|| format!("{key}.bind"))?;
-    let socket = adapter_kit::bind_udp(bind, broadcast)
-        .await
-        .with_context(|| format!("{key}: cannot listen on {bind}"))?;
-    Ok((socket, Arc::from(kind.listener_name(name)), bind))
-}
-
-fn listener_settings(config: &Config) -> Result<(Vec<ListenerSettings>, Vec<NamedAcceptor>)> {
-    let listeners = &config.listeners;
-    let mut out = Vec::new();
-    let mut acceptors = Vec::new();
-    let mut tls = |key: &str, tls: &TlsConfig| -> Result<Option<Arc<TlsAcceptor>>> {
-        if !starts_with_certificate(key, tls) {
-            return Ok(None);
-        }
-        let acceptor = Arc::new(TlsAcceptor::new(tls, &[]).with_context(|| format!("{key}.tls"))?);
-        acceptors.push((key.to_owned(), acceptor.clone() as Arc<dyn Reload>));
-        Ok(Some(acceptor))
-    };
-    let proxy = |enabled: bool, timeout: gateway_config::Duration| enabled.then(|| timeout.get());
-    for (name, l) in listeners.tcp.iter().filter(|(_, l)| l.enable) {
-        let key = format!("listeners.tcp.{name}");
-        out.push(ListenerSettings {
-            name: Arc::from(ListenerKind::Tcp.listener_name(name)),
-            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
-            max_connections: l.max_connections as usize,
-            handshake_timeout: l.handshake_timeout.get(),
-            max_conn_rate: l.max_conn_rate,
-            mountpoint: Arc::from(l.mountpoint.as_str()),
-            proxy_protocol: proxy(l.proxy_protocol, l.proxy_protocol_timeout),
-            layers: Layers::Tcp,
-        });
-    }
-    for (name, l) in listeners.ssl.iter().filter(|(_, l)| l.enable) {
-        let key = format!("listeners.ssl.{name}");
-        let Some(acceptor) = tls(&key, &l.tls)? else {
-            continue;
-        };
-        out.push(ListenerSettings {
-            name: Arc::from(ListenerKind::Ssl.listener_name(name)),
-            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
-            max_connections: l.max_connections as usize,
-            handshake_timeout: l.handshake_timeout.get(),
-            max_conn_rate: l.max_conn_rate,
-            mountpoint: Arc::from(l.mountpoint.as_str()),
-            proxy_protocol: proxy(l.proxy_protocol, l.proxy_protocol_timeout),
-            layers: Layers::Tls(acceptor),
-        });
-    }
-    for (name, l) in listeners.ws.iter().filter(|(_, l)| l.enable) {
-        let key = format!("listeners.ws.{name}");
-        out.push(ListenerSettings {
-            name: Arc::from(ListenerKind::Ws.listener_name(name)),
-            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
-            max_connections: l.max_connections as usize,
-            handshake_timeout: l.handshake_timeout.get(),
-            max_conn_rate: l.max_conn_rate,
-            mountpoint: Arc::from(l.mountpoint.as_str()),
-            proxy_protocol: None,
-            layers: Layers::Ws(Arc::new(l.websocket.clone())),
-        });
-    }
-    for (name, l) in listeners.wss.iter().filter(|(_, l)| l.enable) {
-        let key = format!("listeners.wss.{name}");
-        let Some(acceptor) = tls(&key, &l.tls)? else {
-            continue;
-        };
-        out.push(ListenerSettings {
-            name: Arc::from(ListenerKind::Wss.listener_name(name)),
-            bind: l.bind_addr().with_context(|| format!("{key}.bind"))?,
-            max_connections: l.max_connections as usize,
-            handshake_timeout: l.handshake_timeout.get(),
-            max_conn_rate: l.max_conn_rate,
-            mountpoint: Arc::from(l.mountpoint.as_str()),
-            proxy_protocol: None,
-            layers: Layers::Wss(acceptor, Arc::new(l.websocket.clone())),
-        });
-    }
-    Ok((out, acceptors))
-}
-
-/// Whether a listener that needs a certificate has one, saying why not, or that it is a
-/// made-up one.
-fn starts_with_certificate(key: &str, tls: &TlsConfig) -> bool {
-    if !tls.has_certificate() {
-        tracing::info!(
-            "{key}: not started: it has no certificate (set tls.certfile and tls.keyfile, or tls.self_signed = true)"
-        );
-        return false;
-    }
-    if tls.certfile.is_none() {
-        tracing::warn!("{key}: using a self-signed certificate made up at start; clients cannot verify it, use it for testing only");
-    }
-    true
-}
-
-/// The QUIC listeners that start, with their endpoints bound.
-fn quic_listeners(
-    config: &Config,
-    acceptors: &mut Vec<NamedAcceptor>,
-) -> Result<Vec<(QuicListener, QuicListenerSettings)>> {
-    let mut out = Vec::new();
-    for (name, l) in config.listeners.quic.iter().filter(|(_, l)| l.enable) {
-        let key = format!("listeners.quic.{name}");
-        if !starts_with_certificate(&key, &l.tls) {
-            continue;
-        }
-        let bind = l.bind_addr().with_context(|| format!("{key}.bind"))?;
-        let settings = QuicSettings {
-            tls: l.tls.clone(),
-            idle_timeout: l.effective_idle_timeout(&config.mqtt),
-            enable_0rtt: l.enable_0rtt,
-        };
-        let listener = QuicListener::bind(bind, settings)
-            .with_context(|| format!("{key}: cannot start on {bind} (UDP)"))?;
-        acceptors.push((key, Arc::new(listener.reloader()) as Arc<dyn Reload>));
-        out.push((
-            listener,
-            QuicListenerSettings {
-                name: Arc::from(ListenerKind::Quic.listener_name(name)),
-                max_connections: l.max_connections as usize,
-                handshake_timeout: l.handshake_timeout.get(),
-                max_conn_rate: l.max_conn_rate,
-                mountpoint: Arc::from(l.mountpoint.as_str()),
-            },
-        ));
-    }
-    Ok(out)
-}
-
-/// A certificate configuration in use, TLS or QUIC, that can be read again from its files.
-trait Reload: Send + Sync {
-    fn reload(&self) -> Result<(), String>;
-    fn watched_files(&self) -> Vec<PathBuf>;
-}
-
-impl Reload for TlsAcceptor {
-    fn reload(&self) -> Result<(), String> {
-        TlsAcceptor::reload(self).map_err(|e| e.to_string())
-    }
-    fn watched_files(&self) -> Vec<PathBuf> {
-        TlsAcceptor::watched_files(self)
-    }
-}
-
-impl Reload for QuicReloader {
-    fn reload(&self) -> Result<(), String> {
-        QuicReloader::reload(self).map_err(|e| e.to_string())
-    }
-    fn watched_files(&self) -> Vec<PathBuf> {
-        QuicReloader::watched_files(self)
-    }
-}
-
-/// A certificate configuration in use and the listener key that names it in logs.
-type NamedAcceptor = (String, Arc<dyn Reload>);
-
 /// How often certificate files are checked for changes.
 const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Reloads TLS and QUIC certificates on SIGHUP and when a file changes; connections accepted
 /// afterwards get the new ones. A reload that fails keeps the previous configuration.
-async fn reload_certificates(acceptors: Vec<NamedAcceptor>, mut shutdown: watch::Receiver<bool>) {
-    let stamps = |acceptor: &dyn Reload| -> Vec<Option<std::time::SystemTime>> {
-        acceptor
+async fn reload_certificates(
+    certificates: Vec<WatchedCertificate>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let stamps = |source: &dyn Reload| -> Vec<Option<std::time::SystemTime>> {
+        source
             .watched_files()
             .iter()
             .map(|file| std::fs::metadata(file).and_then(|m| m.modified()).ok())
             .collect()
     };
-    let mut seen: Vec<_> = acceptors.iter().map(|(_, a)| stamps(&**a)).collect();
-    let reload = |key: &str, acceptor: &dyn Reload, why: &str| match acceptor.reload() {
+    let all_stamps = || -> Vec<_> {
+        certificates
+            .iter()
+            .map(|certificate| stamps(&*certificate.source))
+            .collect()
+    };
+    let mut seen = all_stamps();
+    let reload = |key: &str, source: &dyn Reload, why: &str| match source.reload() {
         Ok(()) => tracing::info!(listener = key, why, "TLS certificate reloaded"),
         Err(error) => {
             tracing::warn!(listener = key, why, %error, "TLS certificate reload failed; the previous one stays in use")
@@ -710,17 +292,17 @@ async fn reload_certificates(acceptors: Vec<NamedAcceptor>, mut shutdown: watch:
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = hangup_received => {
-                for (key, acceptor) in &acceptors {
-                    reload(key, &**acceptor, "SIGHUP");
+                for certificate in &certificates {
+                    reload(&certificate.key, &*certificate.source, "SIGHUP");
                 }
-                seen = acceptors.iter().map(|(_, a)| stamps(&**a)).collect();
+                seen = all_stamps();
             }
             _ = tick.tick() => {
-                for ((key, acceptor), seen) in acceptors.iter().zip(seen.iter_mut()) {
-                    let now = stamps(&**acceptor);
+                for (certificate, seen) in certificates.iter().zip(seen.iter_mut()) {
+                    let now = stamps(&*certificate.source);
                     if now != *seen {
                         *seen = now;
-                        reload(key, &**acceptor, "file changed");
+                        reload(&certificate.key, &*certificate.source, "file changed");
                     }
                 }
             }

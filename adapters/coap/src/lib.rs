@@ -9,26 +9,20 @@ pub mod channel;
 pub mod framing;
 pub mod reliable;
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::io;
-use std::net::SocketAddr;
-
-use adapter_kit::tcp_or_ws::drive_tcp_or_ws;
-use adapter_kit::ws::WsStream;
+use adapter_kit::layers::{Arrival, LayeredListener, Layers, StreamProtocol, WebSocketFraming};
 use adapter_kit::{
-    serve_datagram_listener, serve_stream_listener, DatagramChannel, DatagramMetrics, Demux, Flow,
-    ListenerLimits, StreamChannel, UdpListenerSettings,
+    serve_datagram_listener, ConnWakeup, DatagramChannel, DatagramMetrics, Demux, Flow, Launch,
+    NamedListener, Seeds, StartError, StreamChannel, UdpListenerSettings,
 };
 use bytes::{Bytes, BytesMut};
-use gateway_config::Rate;
+use gateway_config::{Config, ListenerKind};
 use mqtt_core::broker::Broker;
 use mqtt_core::session::Wakeup;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use framing::Framing;
@@ -99,7 +93,7 @@ impl Demux for CoapDemux {
 }
 
 /// Serves CoAP on a bound UDP socket until `shutdown` turns true.
-pub async fn serve_udp(
+async fn serve_udp(
     socket: UdpSocket,
     listener: UdpListenerSettings,
     settings: Arc<Settings>,
@@ -114,8 +108,7 @@ pub async fn serve_udp(
         connectionless: !settings.connection_required,
     };
     let channel_broker = broker.clone();
-    let seeds = RandomState::new();
-    let counter = AtomicU64::new(0);
+    let seeds = Seeds::default();
     serve_datagram_listener(
         socket,
         limits,
@@ -124,13 +117,12 @@ pub async fn serve_udp(
         broker,
         shutdown,
         move |peer, wakeup| {
-            let seed = seeds.hash_one((peer, counter.fetch_add(1, Ordering::Relaxed)));
             CoapChannel::new(
                 channel_broker.clone(),
                 settings.clone(),
                 Some(peer),
                 wakeup,
-                seed,
+                seeds.next(peer),
                 Instant::now(),
             )
         },
@@ -225,66 +217,92 @@ impl StreamChannel for CoapStream {
     }
 }
 
-/// What CoAP travels in on a stream listener.
-pub use adapter_kit::tcp_or_ws::StreamLayers as Layers;
-
-#[derive(Clone)]
-pub struct StreamListenerSettings {
-    /// `tcp:NAME` or `ws:NAME`.
-    pub name: Arc<str>,
-    pub bind: SocketAddr,
-    pub max_connections: usize,
-    pub max_conn_rate: Rate,
-    pub layers: Layers,
-}
-
-pub async fn bind_stream(settings: &StreamListenerSettings) -> io::Result<TcpListener> {
-    TcpListener::bind(settings.bind).await
-}
-
-/// Serves CoAP over TCP or WebSocket on a bound listener until `shutdown` turns true.
-pub async fn serve_stream(
-    listener: TcpListener,
-    settings: StreamListenerSettings,
-    channel_settings: Arc<Settings>,
+/// CoAP over TCP or WebSocket (RFC 8323) as the kit's stream listeners serve it.
+struct CoapOverStream {
     broker: Arc<Broker>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let limits = ListenerLimits {
-        name: settings.name.clone(),
-        max_connections: settings.max_connections,
-        max_conn_rate: settings.max_conn_rate,
-    };
-    let seeds = RandomState::new();
-    let counter = AtomicU64::new(0);
-    serve_stream_listener(listener, limits, shutdown, move |socket, peer, wakeup| {
-        let seed = seeds.hash_one((peer, counter.fetch_add(1, Ordering::Relaxed)));
-        let accepted = Instant::now();
-        let framing = match settings.layers {
-            Layers::Tcp => Framing::Tcp,
-            Layers::Ws(_) => Framing::WebSocket,
+    settings: Arc<Settings>,
+    seeds: Seeds,
+}
+
+impl StreamProtocol for CoapOverStream {
+    type Channel = CoapStream;
+
+    fn websocket_framing(&self) -> WebSocketFraming {
+        WebSocketFraming::MessagePerRecord
+    }
+
+    fn open(&self, arrival: Arrival, wakeup: &Arc<ConnWakeup>) -> CoapStream {
+        let framing = if arrival.over_websocket {
+            Framing::WebSocket
+        } else {
+            Framing::Tcp
         };
         let channel = CoapStream::new(CoapChannel::new_stream(
-            broker.clone(),
-            channel_settings.clone(),
-            Some(peer),
+            self.broker.clone(),
+            self.settings.clone(),
+            Some(arrival.peer),
             wakeup.clone(),
             framing,
-            seed,
-            accepted,
+            self.seeds.next(arrival.peer),
+            arrival.accepted,
         ));
         // The first poll sends our CSM without waiting for the client's.
         wakeup.wake();
-        // The upgrade gets the heartbeat interval, as a silent client would.
-        drive_tcp_or_ws(
+        channel
+    }
+}
+
+/// Starts every enabled CoAP listener of `config`: `gateway.coap.listeners.{udp,tcp,ws}`.
+pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
+    let coap = &config.gateway.coap;
+    if !coap.enable {
+        return Ok(());
+    }
+    for (name, l) in coap.listeners.udp.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::CoapUdp, name);
+        let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
+        let serve = serve_udp(
             socket,
-            &settings.layers,
-            accepted + channel_settings.heartbeat,
-            WsStream::preserve_messages,
-            channel,
-            wakeup,
-            broker.clone(),
-        )
-    })
-    .await;
+            UdpListenerSettings::from_config(named.name.clone(), l),
+            Arc::new(Settings::from_config(named.name.clone(), coap, l)),
+            launch.broker().clone(),
+            Arc::new(DatagramMetrics::default()),
+            launch.shutdown_signal(),
+        );
+        launch.spawn_listener("CoAP", &named, bound, serve);
+    }
+    // The layers' handshakes get the heartbeat interval, as a silent client would.
+    let timeout = coap.heartbeat.get();
+    // A stream listener's own mountpoint, or else the gateway's.
+    let protocol = |launch: &Launch, named: &NamedListener, mountpoint: &str, max_size: u32| {
+        let mountpoint = if mountpoint.is_empty() {
+            &coap.mountpoint
+        } else {
+            mountpoint
+        };
+        let settings =
+            Settings::for_listener(named.name.clone(), coap, mountpoint, max_size as usize);
+        CoapOverStream {
+            broker: launch.broker().clone(),
+            settings: Arc::new(settings),
+            seeds: Seeds::default(),
+        }
+    };
+    for (name, l) in coap.listeners.tcp.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::CoapTcp, name);
+        let layers = Layers::Tcp;
+        let settings =
+            LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
+        let coap = protocol(launch, &named, &l.mountpoint, l.max_message_size);
+        launch.serve_stream("CoAP", &named, l.bind_addr(), settings, coap)?;
+    }
+    for (name, l) in coap.listeners.ws.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::CoapWs, name);
+        let layers = Layers::Ws(Arc::new(l.websocket()));
+        let settings =
+            LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
+        let coap = protocol(launch, &named, &l.mountpoint, l.max_message_size);
+        launch.serve_stream("CoAP", &named, l.bind_addr(), settings, coap)?;
+    }
+    Ok(())
 }

@@ -12,7 +12,6 @@
 //! sent (QUIC's anti-amplification rule, RFC 9000 8.1); the rest is dropped and counted.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -614,13 +613,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
         None => std::future::pending().await,
     }
-}
-
-/// Binds a UDP socket, with broadcast allowed when the listener advertises itself.
-pub async fn bind_udp(bind: SocketAddr, broadcast: bool) -> io::Result<UdpSocket> {
-    let socket = UdpSocket::bind(bind).await?;
-    if broadcast {
-        socket.set_broadcast(true)?;
-    }
-    Ok(socket)
 }

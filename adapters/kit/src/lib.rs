@@ -7,22 +7,28 @@
 pub mod coap;
 pub mod coap_block;
 mod datagram;
+mod launch;
 mod layered;
+pub mod layers;
 pub mod proxy;
 pub mod quic;
 mod rate;
+mod seeds;
 mod stream;
-pub mod tcp_or_ws;
 pub mod tls;
 pub mod ws;
 
 pub use datagram::{
-    bind_udp, serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, DatagramSettings,
-    Demux, UdpListenerSettings,
+    serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, DatagramSettings, Demux,
+    UdpListenerSettings,
+};
+pub use launch::{
+    starts_with_certificate, Launch, NamedListener, Reload, StartError, WatchedCertificate,
 };
 pub use layered::{LayeredTransport, PlainStream, SocketStream};
 pub use mqtt_core::protocol::Flow;
 pub use rate::TokenBucket;
+pub use seeds::Seeds;
 pub use stream::{
     drive_stream, serve_stream_listener, Acceptor, ConnWakeup, DriveStream, ListenerLimits,
     StreamChannel, Transport,

@@ -4,18 +4,17 @@
 pub mod channel;
 pub mod command;
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use adapter_kit::coap::{CoapOption, Packet};
 use adapter_kit::{
-    serve_datagram_listener, DatagramChannel, DatagramMetrics, Demux, Flow, UdpListenerSettings,
+    serve_datagram_listener, DatagramChannel, DatagramMetrics, Demux, Flow, Launch, NamedListener,
+    Seeds, StartError, UdpListenerSettings,
 };
 use bytes::Bytes;
+use gateway_config::{Config, ListenerKind};
 use mqtt_core::broker::Broker;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -88,8 +87,39 @@ impl Demux for Lwm2mDemux {
     }
 }
 
+/// Starts every enabled LwM2M listener of `config`: `gateway.lwm2m.listeners.udp`.
+pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
+    let lwm2m = &config.gateway.lwm2m;
+    if !lwm2m.enable {
+        return Ok(());
+    }
+    let objects =
+        Arc::new(
+            ObjectRegistry::load(&lwm2m.xml_dir).map_err(|source| StartError::Setting {
+                key: "gateway.lwm2m.xml_dir".to_owned(),
+                source: Box::new(source),
+            })?,
+        );
+    tracing::info!(objects = objects.len(), "LwM2M object definitions loaded");
+    for (name, l) in lwm2m.listeners.udp.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::Lwm2mUdp, name);
+        let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
+        let settings = Settings::from_config(named.name.clone(), lwm2m, l, objects.clone());
+        let serve = serve_udp(
+            socket,
+            UdpListenerSettings::from_config(named.name.clone(), l),
+            Arc::new(settings),
+            launch.broker().clone(),
+            Arc::new(DatagramMetrics::default()),
+            launch.shutdown_signal(),
+        );
+        launch.spawn_listener("LwM2M", &named, bound, serve);
+    }
+    Ok(())
+}
+
 /// Serves LwM2M on a bound UDP socket until `shutdown` turns true.
-pub async fn serve_udp(
+async fn serve_udp(
     socket: UdpSocket,
     listener: UdpListenerSettings,
     settings: Arc<Settings>,
@@ -101,8 +131,7 @@ pub async fn serve_udp(
     // than arriving truncated.
     let limits = listener.limits(listener.max_packet_size.saturating_add(1), None);
     let channel_broker = broker.clone();
-    let seeds = RandomState::new();
-    let counter = AtomicU64::new(0);
+    let seeds = Seeds::default();
     serve_datagram_listener(
         socket,
         limits,
@@ -111,13 +140,12 @@ pub async fn serve_udp(
         broker,
         shutdown,
         move |peer, wakeup| {
-            let seed = seeds.hash_one((peer, counter.fetch_add(1, Ordering::Relaxed)));
             Lwm2mChannel::new(
                 channel_broker.clone(),
                 settings.clone(),
                 Some(peer),
                 wakeup,
-                seed,
+                seeds.next(peer),
                 Instant::now(),
             )
         },

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_kit::{
-    serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, Demux, Flow,
-    UdpListenerSettings,
+    serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, Demux, Flow, Launch,
+    NamedListener, StartError, UdpListenerSettings,
 };
 use bytes::Bytes;
+use gateway_config::{Config, ListenerKind};
 use mqtt_core::broker::Broker;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -73,9 +74,41 @@ impl Demux for SnDemux {
     }
 }
 
+/// Starts every enabled MQTT-SN listener of `config`: `gateway.mqttsn.listeners.udp`.
+pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
+    let sn = &config.gateway.mqttsn;
+    if !sn.enable {
+        return Ok(());
+    }
+    let advertise = if sn.broadcast {
+        let target = sn.broadcast_addr().map_err(|source| StartError::Setting {
+            key: "gateway.mqttsn.broadcast_address".to_owned(),
+            source: Box::new(source),
+        })?;
+        Some((target, sn.advertise_interval.get()))
+    } else {
+        None
+    };
+    for (name, l) in sn.listeners.udp.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::MqttSnUdp, name);
+        let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), advertise.is_some())?;
+        let serve = serve_udp(
+            socket,
+            UdpListenerSettings::from_config(named.name.clone(), l),
+            advertise,
+            Arc::new(Settings::from_config(named.name.clone(), sn, l)),
+            launch.broker().clone(),
+            Arc::new(DatagramMetrics::default()),
+            launch.shutdown_signal(),
+        );
+        launch.spawn_listener("MQTT-SN", &named, bound, serve);
+    }
+    Ok(())
+}
+
 /// Serves MQTT-SN on a bound UDP socket until `shutdown` turns true, sending ADVERTISE
 /// every interval to the address in `advertise`, when given.
-pub async fn serve_udp(
+async fn serve_udp(
     socket: UdpSocket,
     listener: UdpListenerSettings,
     advertise: Option<(SocketAddr, Duration)>,

@@ -6,22 +6,14 @@ pub mod channel;
 pub mod frame;
 pub mod subscriptions;
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use adapter_kit::tcp_or_ws::drive_tcp_or_ws;
-use adapter_kit::ws::WsStream;
-use adapter_kit::{serve_stream_listener, Flow, ListenerLimits, StreamChannel};
+use adapter_kit::layers::{Arrival, LayeredListener, Layers, StreamProtocol, WebSocketFraming};
+use adapter_kit::{ConnWakeup, Flow, Launch, NamedListener, Seeds, StartError, StreamChannel};
 use bytes::BytesMut;
-use gateway_config::Rate;
+use gateway_config::{Config, ListenerKind};
 use mqtt_core::broker::Broker;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub use channel::{Settings, StompChannel, StompError, STOMP_NAMESPACE};
 
@@ -52,58 +44,60 @@ impl StreamChannel for StompChannel {
     }
 }
 
-/// What STOMP travels in on a listener.
-pub use adapter_kit::tcp_or_ws::StreamLayers as Layers;
-
-#[derive(Clone)]
-pub struct ListenerSettings {
-    /// `tcp:NAME` or `ws:NAME`.
-    pub name: Arc<str>,
-    pub bind: SocketAddr,
-    pub max_connections: usize,
-    pub max_conn_rate: Rate,
-    pub layers: Layers,
-}
-
-pub async fn bind(settings: &ListenerSettings) -> io::Result<TcpListener> {
-    TcpListener::bind(settings.bind).await
-}
-
-/// Serves STOMP on a bound listener until `shutdown` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    settings: ListenerSettings,
-    channel_settings: Arc<Settings>,
+/// STOMP as the kit's stream listeners serve it.
+struct Stomp {
     broker: Arc<Broker>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let limits = ListenerLimits {
-        name: settings.name.clone(),
-        max_connections: settings.max_connections,
-        max_conn_rate: settings.max_conn_rate,
-    };
-    let seeds = RandomState::new();
-    let counter = AtomicU64::new(0);
-    serve_stream_listener(listener, limits, shutdown, move |socket, peer, wakeup| {
-        let seed = seeds.hash_one((peer, counter.fetch_add(1, Ordering::Relaxed)));
-        let accepted = Instant::now();
-        let channel = StompChannel::new(
-            broker.clone(),
-            channel_settings.clone(),
-            Some(peer),
+    settings: Arc<Settings>,
+    seeds: Seeds,
+}
+
+impl StreamProtocol for Stomp {
+    type Channel = StompChannel;
+
+    fn websocket_framing(&self) -> WebSocketFraming {
+        WebSocketFraming::TextOrBinary
+    }
+
+    fn open(&self, arrival: Arrival, wakeup: &Arc<ConnWakeup>) -> StompChannel {
+        StompChannel::new(
+            self.broker.clone(),
+            self.settings.clone(),
+            Some(arrival.peer),
             wakeup.clone(),
-            seed,
-            accepted,
-        );
-        drive_tcp_or_ws(
-            socket,
-            &settings.layers,
-            accepted + channel_settings.idle_timeout,
-            WsStream::accept_text_frames,
-            channel,
-            wakeup,
-            broker.clone(),
+            self.seeds.next(arrival.peer),
+            arrival.accepted,
         )
-    })
-    .await;
+    }
+}
+
+/// Starts every enabled STOMP listener of `config`: `gateway.stomp.listeners.{tcp,ws}`.
+pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
+    let stomp = &config.gateway.stomp;
+    if !stomp.enable {
+        return Ok(());
+    }
+    // The layers' handshakes spend from the time allowed for CONNECT.
+    let timeout = stomp.idle_timeout.get();
+    let protocol = |launch: &Launch, named: &NamedListener, mountpoint: &str| Stomp {
+        broker: launch.broker().clone(),
+        settings: Arc::new(Settings::from_config(named.name.clone(), stomp, mountpoint)),
+        seeds: Seeds::default(),
+    };
+    for (name, l) in stomp.listeners.tcp.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::StompTcp, name);
+        let layers = Layers::Tcp;
+        let settings =
+            LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
+        let stomp = protocol(launch, &named, &l.mountpoint);
+        launch.serve_stream("STOMP", &named, l.bind_addr(), settings, stomp)?;
+    }
+    for (name, l) in stomp.listeners.ws.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::StompWs, name);
+        let layers = Layers::Ws(Arc::new(l.websocket()));
+        let settings =
+            LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
+        let stomp = protocol(launch, &named, &l.mountpoint);
+        launch.serve_stream("STOMP", &named, l.bind_addr(), settings, stomp)?;
+    }
+    Ok(())
 }

@@ -10,14 +10,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use adapter_coap::{AuthFailureLimit, CoapChannel, Settings, UNDERSTOOD_CRITICAL_BLOCKWISE};
-use adapter_kit::coap::{MessageClass, MessageType, Packet, TransmissionParams};
-use adapter_kit::coap_block::BlockwiseParams;
+use adapter_coap::{CoapChannel, Settings};
+use adapter_kit::coap::{MessageClass, MessageType, Packet};
 use arbitrary::Arbitrary;
 use bytes::Bytes;
-use gateway_config::{CoapNotifyType, CoapQos};
+use gateway_config::CoapNotifyType;
 use libfuzzer_sys::fuzz_target;
 use mqtt_core::protocol::Flow;
 use mqtt_core_fuzz::coap::{self as request, connection_token};
@@ -67,43 +65,17 @@ impl Client {
     }
 }
 
-fn settings(input: &Input) -> Settings {
-    Settings {
-        listener: Arc::from("udp:fuzz"),
-        heartbeat: Duration::from_secs(30),
-        connection_required: input.connection_required,
+fuzz_target!(|input: Input| {
+    let mut world = World::new(input.store, input.mount.template());
+    let settings = Arc::new(Settings {
         notify_type: if input.confirmable_notifications {
             CoapNotifyType::Con
         } else {
             CoapNotifyType::Qos
         },
-        subscribe_qos: CoapQos::Coap,
-        publish_qos: CoapQos::Coap,
-        mountpoint: input.mount.template().to_owned(),
-        transmission: TransmissionParams {
-            max_message_size: 1024,
-            ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL_BLOCKWISE)
-        },
-        // Small blocks and bodies, so that uploads complete and fail within one input.
-        blockwise: Some(BlockwiseParams {
-            max_szx: 2,
-            max_body_size: 512,
-            lifetime: Duration::from_secs(60),
-            max_transfers: 2,
-        }),
         separate_response: input.separate_response,
-        // Small, so that inputs (wrong credentials or tokens) reach the lockout and its end.
-        auth_failures: AuthFailureLimit {
-            max: 3,
-            window: Duration::from_secs(10),
-            lockout: Duration::from_secs(5),
-        },
-    }
-}
-
-fuzz_target!(|input: Input| {
-    let mut world = World::new(input.store, input.mount.template());
-    let settings = Arc::new(settings(&input));
+        ..mqtt_core_fuzz::coap::settings("udp:fuzz", 1024, input.mount, input.connection_required)
+    });
     let peer = Some(SocketAddr::from(([127, 0, 0, 1], 40_000)));
     let new_channel = |world: &World, seed: u64| {
         CoapChannel::new(

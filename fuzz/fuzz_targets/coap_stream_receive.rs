@@ -9,21 +9,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use adapter_coap::framing::{self, Frame, Framing};
-use adapter_coap::{
-    AuthFailureLimit, CoapChannel, CoapStream, Settings, UNDERSTOOD_CRITICAL_BLOCKWISE,
-};
-use adapter_kit::coap::{decode_framed, encode_framed, TransmissionParams};
-use adapter_kit::coap_block::BlockwiseParams;
+use adapter_coap::{CoapChannel, CoapStream};
+use adapter_kit::coap::{decode_framed, encode_framed};
 use adapter_kit::StreamChannel;
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
-use gateway_config::{CoapNotifyType, CoapQos};
 use libfuzzer_sys::fuzz_target;
 use mqtt_core::protocol::Flow;
-use mqtt_core_fuzz::coap::{self as request, connection_token, uint};
+use mqtt_core_fuzz::coap::{self as request, connection_token, settings, uint};
 use mqtt_core_fuzz::{Mount, NoWakeup, StoreKind, World, WorldStep};
 
 #[derive(Debug, Arbitrary)]
@@ -51,35 +46,6 @@ enum Step {
     /// The connection ends; the client connects again.
     Reconnect,
     World(WorldStep),
-}
-
-fn settings(input: &Input) -> Settings {
-    Settings {
-        listener: Arc::from("tcp:fuzz"),
-        heartbeat: Duration::from_secs(30),
-        connection_required: input.connection_required,
-        notify_type: CoapNotifyType::Qos,
-        subscribe_qos: CoapQos::Coap,
-        publish_qos: CoapQos::Coap,
-        mountpoint: input.mount.template().to_owned(),
-        transmission: TransmissionParams {
-            max_message_size: 2048,
-            ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL_BLOCKWISE)
-        },
-        blockwise: Some(BlockwiseParams {
-            max_szx: 2,
-            max_body_size: 512,
-            lifetime: Duration::from_secs(60),
-            max_transfers: 2,
-        }),
-        separate_response: false,
-        // Small, so that inputs (wrong credentials or tokens) reach the lockout and its end.
-        auth_failures: AuthFailureLimit {
-            max: 3,
-            window: Duration::from_secs(10),
-            lockout: Duration::from_secs(5),
-        },
-    }
 }
 
 /// Checks what the channel wrote and learns the connection token from it.
@@ -110,7 +76,12 @@ fuzz_target!(|input: Input| {
         Framing::Tcp
     };
     let mut world = World::new(input.store, input.mount.template());
-    let settings = Arc::new(settings(&input));
+    let settings = Arc::new(settings(
+        "tcp:fuzz",
+        2048,
+        input.mount,
+        input.connection_required,
+    ));
     let peer = Some(SocketAddr::from(([127, 0, 0, 1], 40_000)));
     let connect = |world: &World, seed: u64| {
         CoapStream::new(CoapChannel::new_stream(

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use adapter_kit::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use adapter_lwm2m::channel::AutoObserveMode;
@@ -20,13 +20,11 @@ use adapter_lwm2m::{Lwm2mChannel, ObjectRegistry, Settings};
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use mqtt_core::codec::QoS;
-use mqtt_core::message::Message;
 use mqtt_core::protocol::Flow;
-use mqtt_core::testing;
 use mqtt_core_fuzz::coap::uint;
 use mqtt_core_fuzz::{
-    config, ClientId, Credentials, Mounted, NoWakeup, StoreKind, Topic, User, World, WorldStep,
+    close_all, config, settle, ClientId, ClientSide, Credentials, Mounted, NoWakeup, StoreKind,
+    Topic, User, World, WorldStep,
 };
 use serde_json::{Map, Value as Json};
 
@@ -444,8 +442,14 @@ struct Peer {
     last: Option<Sent>,
 }
 
-impl Peer {
-    fn read(&mut self, out: &mut Vec<Bytes>) {
+impl ClientSide for Peer {
+    type Channel = Lwm2mChannel;
+
+    fn channel(&mut self) -> &mut Lwm2mChannel {
+        &mut self.channel
+    }
+
+    fn receive(&mut self, out: &mut Vec<Bytes>) {
         for datagram in out.drain(..) {
             let packet = Packet::from_bytes(&datagram).expect("the channel sends valid CoAP");
             if matches!(packet.header.code, MessageClass::Request(_)) {
@@ -550,18 +554,11 @@ impl Answer {
             AnswerKind::Separate {
                 confirmable,
                 message_id,
-            } => {
-                packet.header.set_type(if confirmable {
-                    MessageType::Confirmable
-                } else {
-                    MessageType::NonConfirmable
-                });
-                packet.header.message_id = 0x8000 | u16::from(message_id);
             }
-            AnswerKind::Notify {
-                observe,
+            | AnswerKind::Notify {
                 confirmable,
                 message_id,
+                ..
             } => {
                 packet.header.set_type(if confirmable {
                     MessageType::Confirmable
@@ -569,7 +566,9 @@ impl Answer {
                     MessageType::NonConfirmable
                 });
                 packet.header.message_id = 0x8000 | u16::from(message_id);
-                packet.set_observe_value(u32::from(observe));
+                if let AnswerKind::Notify { observe, .. } = self.kind {
+                    packet.set_observe_value(u32::from(observe));
+                }
             }
         }
         if let Some(format) = self.format {
@@ -642,21 +641,21 @@ fuzz_target!(|input: Input| {
                 if peer.channel.handle_datagram(datagram, &mut out, world.now) == Flow::Close {
                     closing = Some(*device as usize);
                 }
-                peer.read(&mut out);
+                peer.receive(&mut out);
             }
             Step::Register(device, register) => {
                 let peer = &mut peers[*device as usize];
                 if to_device(peer, register.packet(), &mut out, world.now) {
                     closing = Some(*device as usize);
                 }
-                peer.read(&mut out);
+                peer.receive(&mut out);
             }
             Step::Update(device, update) => {
                 let peer = &mut peers[*device as usize];
                 if to_device(peer, update.packet(), &mut out, world.now) {
                     closing = Some(*device as usize);
                 }
-                peer.read(&mut out);
+                peer.receive(&mut out);
             }
             Step::Deregister(device, location) => {
                 let peer = &mut peers[*device as usize];
@@ -665,7 +664,7 @@ fuzz_target!(|input: Input| {
                 if to_device(peer, packet, &mut out, world.now) {
                     closing = Some(*device as usize);
                 }
-                peer.read(&mut out);
+                peer.receive(&mut out);
             }
             Step::Send(device, format, payload) => {
                 let peer = &mut peers[*device as usize];
@@ -675,7 +674,7 @@ fuzz_target!(|input: Input| {
                 if to_device(peer, packet, &mut out, world.now) {
                     closing = Some(*device as usize);
                 }
-                peer.read(&mut out);
+                peer.receive(&mut out);
             }
             Step::Answer(device, answer) => {
                 let peer = &mut peers[*device as usize];
@@ -683,7 +682,7 @@ fuzz_target!(|input: Input| {
                     if to_device(peer, answer.packet(&sent), &mut out, world.now) {
                         closing = Some(*device as usize);
                     }
-                    peer.read(&mut out);
+                    peer.receive(&mut out);
                 }
             }
             Step::Command(command) => {
@@ -697,49 +696,21 @@ fuzz_target!(|input: Input| {
                         CommandJson::Raw(bytes) => bytes.clone(),
                         CommandJson::Built(built) => built.json(),
                     };
-                    let mut message = Message::new(
+                    world.publish(
                         topic,
                         Bytes::from(payload),
-                        QoS::from_u8(command.qos % 3).unwrap_or_default(),
+                        command.qos,
                         false,
-                        world.now,
+                        command.expiry_seconds,
                     );
-                    message.expires_at = command
-                        .expiry_seconds
-                        .map(|s| world.now + Duration::from_secs(u64::from(s)));
-                    let _ = testing::route(&world.broker, message);
                 }
             }
             Step::Forget(device) => closing = Some(*device as usize),
             Step::World(step) => timers = world.step(step),
         }
-        for (index, peer) in peers.iter_mut().enumerate() {
-            if closing == Some(index) {
-                continue;
-            }
-            let mut flow = peer.channel.handle_wakeup(&mut out, world.now);
-            peer.read(&mut out);
-            if flow == Flow::Continue
-                && timers
-                && peer
-                    .channel
-                    .next_deadline()
-                    .is_some_and(|due| due <= world.now)
-            {
-                flow = peer.channel.handle_timeout(&mut out, world.now);
-                peer.read(&mut out);
-            }
-            if flow == Flow::Close {
-                peer.channel.handle_closed(world.now);
-                *peer = connect(&world, index, number as u64 + 3);
-            }
-        }
-        if let Some(index) = closing {
-            peers[index].channel.handle_closed(world.now);
-            peers[index] = connect(&world, index, number as u64 + 3);
-        }
+        settle(&mut peers, closing, timers, &mut out, world.now, |index| {
+            connect(&world, index, number as u64 + 3)
+        });
     }
-    for peer in &mut peers {
-        peer.channel.handle_closed(world.now);
-    }
+    close_all(&mut peers, world.now);
 });

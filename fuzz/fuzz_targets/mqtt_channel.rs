@@ -23,7 +23,8 @@ use mqtt_core::codec::{
 };
 use mqtt_core::protocol::{CertificateIdentity, ConnectionInfo, Flow, MqttChannel};
 use mqtt_core_fuzz::{
-    ClientId, Credentials, Filter, Mount, NoWakeup, StoreKind, Topic, World, WorldStep,
+    close_all, settle, ClientId, ClientSide, Credentials, Filter, Mount, NoWakeup, StoreKind,
+    Topic, World, WorldStep,
 };
 
 #[derive(Debug, Arbitrary)]
@@ -272,9 +273,17 @@ impl Connection {
             last_id: 1,
         }
     }
+}
+
+impl ClientSide for Connection {
+    type Channel = MqttChannel;
+
+    fn channel(&mut self) -> &mut MqttChannel {
+        &mut self.channel
+    }
 
     /// Checks what the channel wrote, in the version it speaks, and reads packet ids off it.
-    fn read(&mut self, out: &mut BytesMut) {
+    fn receive(&mut self, out: &mut BytesMut) {
         if out.is_empty() {
             return;
         }
@@ -311,9 +320,9 @@ fuzz_target!(|input: Input| {
                     .handle_input(&mut connection.input, &mut out, world.now)
                     == Flow::Close
                 {
-                    closing = Some(*conn);
+                    closing = Some(*conn as usize);
                 }
-                connection.read(&mut out);
+                connection.receive(&mut out);
             }
             Step::Packet(conn, packet) => {
                 let connection = &mut connections[*conn as usize];
@@ -332,41 +341,21 @@ fuzz_target!(|input: Input| {
                         .handle_input(&mut connection.input, &mut out, world.now)
                         == Flow::Close
                 {
-                    closing = Some(*conn);
+                    closing = Some(*conn as usize);
                 }
-                connection.read(&mut out);
+                connection.receive(&mut out);
             }
-            Step::Drop(conn) => closing = Some(*conn),
+            Step::Drop(conn) => closing = Some(*conn as usize),
             Step::World(step) => timers = world.step(step),
         }
-        for (index, connection) in connections.iter_mut().enumerate() {
-            if closing.is_some_and(|conn| conn as usize == index) {
-                continue;
-            }
-            let mut flow = connection.channel.handle_wakeup(&mut out, world.now);
-            connection.read(&mut out);
-            if flow == Flow::Continue
-                && timers
-                && connection
-                    .channel
-                    .next_deadline()
-                    .is_some_and(|due| due <= world.now)
-            {
-                flow = connection.channel.handle_timeout(&mut out, world.now);
-                connection.read(&mut out);
-            }
-            if flow == Flow::Close {
-                connection.channel.handle_closed(world.now);
-                *connection = Connection::new(&world, index as u16 + 1);
-            }
-        }
-        if let Some(conn) = closing {
-            let index = conn as usize;
-            connections[index].channel.handle_closed(world.now);
-            connections[index] = Connection::new(&world, index as u16 + 1);
-        }
+        settle(
+            &mut connections,
+            closing,
+            timers,
+            &mut out,
+            world.now,
+            |index| Connection::new(&world, index as u16 + 1),
+        );
     }
-    for connection in &mut connections {
-        connection.channel.handle_closed(world.now);
-    }
+    close_all(&mut connections, world.now);
 });

@@ -20,7 +20,8 @@ use gateway_config::ClientInfoOverride;
 use libfuzzer_sys::fuzz_target;
 use mqtt_core::protocol::Flow;
 use mqtt_core_fuzz::{
-    config, ClientId, Filter, Mount, NoWakeup, StoreKind, Topic, User, World, WorldStep,
+    close_all, config, settle, ClientId, ClientSide, Filter, Mount, NoWakeup, StoreKind, Topic,
+    User, World, WorldStep,
 };
 
 #[derive(Debug, Arbitrary)]
@@ -360,6 +361,18 @@ struct Client {
     known: Known,
 }
 
+impl ClientSide for Client {
+    type Channel = MqttSnChannel;
+
+    fn channel(&mut self) -> &mut MqttSnChannel {
+        &mut self.channel
+    }
+
+    fn receive(&mut self, out: &mut Vec<Bytes>) {
+        self.known.read(out);
+    }
+}
+
 fuzz_target!(|input: Input| {
     let mut world = World::new(input.store, input.mount.template());
     let config = config();
@@ -414,33 +427,14 @@ fuzz_target!(|input: Input| {
             Step::Forget(peer) => closing = Some(*peer as usize),
             Step::World(step) => timers = world.step(step),
         }
-        for (index, client) in clients.iter_mut().enumerate() {
-            if closing == Some(index) {
-                continue;
-            }
-            let mut flow = client.channel.handle_wakeup(&mut out, world.now);
-            client.known.read(&mut out);
-            if flow == Flow::Continue
-                && timers
-                && client
-                    .channel
-                    .next_deadline()
-                    .is_some_and(|due| due <= world.now)
-            {
-                flow = client.channel.handle_timeout(&mut out, world.now);
-                client.known.read(&mut out);
-            }
-            if flow == Flow::Close {
-                client.channel.handle_closed(world.now);
-                *client = connect(&world, index);
-            }
-        }
-        if let Some(index) = closing {
-            clients[index].channel.handle_closed(world.now);
-            clients[index] = connect(&world, index);
-        }
+        settle(
+            &mut clients,
+            closing,
+            timers,
+            &mut out,
+            world.now,
+            |index| connect(&world, index),
+        );
     }
-    for client in &mut clients {
-        client.channel.handle_closed(world.now);
-    }
+    close_all(&mut clients, world.now);
 });

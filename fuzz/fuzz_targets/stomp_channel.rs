@@ -19,7 +19,8 @@ use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use mqtt_core::protocol::Flow;
 use mqtt_core_fuzz::{
-    config, ClientId, Credentials, Filter, Mount, NoWakeup, StoreKind, Topic, World, WorldStep,
+    close_all, config, settle, ClientId, ClientSide, Credentials, Filter, Mount, NoWakeup,
+    StoreKind, Topic, World, WorldStep,
 };
 
 #[derive(Debug, Arbitrary)]
@@ -272,9 +273,17 @@ impl Connection {
             last: Delivered::default(),
         }
     }
+}
+
+impl ClientSide for Connection {
+    type Channel = StompChannel;
+
+    fn channel(&mut self) -> &mut StompChannel {
+        &mut self.channel
+    }
 
     /// Checks what the channel wrote: whole frames and heart-beats, and nothing else.
-    fn read(&mut self, out: &mut BytesMut) {
+    fn receive(&mut self, out: &mut BytesMut) {
         while let Some(frame) = self
             .decoder
             .decode(out)
@@ -329,7 +338,7 @@ fuzz_target!(|input: Input| {
                 {
                     closing = Some(*conn as usize);
                 }
-                connection.read(&mut out);
+                connection.receive(&mut out);
             }
             Step::Frame(conn, frame) => {
                 let connection = &mut connections[*conn as usize];
@@ -342,38 +351,19 @@ fuzz_target!(|input: Input| {
                 {
                     closing = Some(*conn as usize);
                 }
-                connection.read(&mut out);
+                connection.receive(&mut out);
             }
             Step::Drop(conn) => closing = Some(*conn as usize),
             Step::World(step) => timers = world.step(step),
         }
-        for (index, connection) in connections.iter_mut().enumerate() {
-            if closing == Some(index) {
-                continue;
-            }
-            let mut flow = connection.channel.handle_wakeup(&mut out, world.now);
-            connection.read(&mut out);
-            if flow == Flow::Continue
-                && timers
-                && connection
-                    .channel
-                    .next_deadline()
-                    .is_some_and(|due| due <= world.now)
-            {
-                flow = connection.channel.handle_timeout(&mut out, world.now);
-                connection.read(&mut out);
-            }
-            if flow == Flow::Close {
-                connection.channel.handle_closed(world.now);
-                *connection = Connection::new(&world, &settings, index, number as u64 + 3);
-            }
-        }
-        if let Some(index) = closing {
-            connections[index].channel.handle_closed(world.now);
-            connections[index] = Connection::new(&world, &settings, index, number as u64 + 3);
-        }
+        settle(
+            &mut connections,
+            closing,
+            timers,
+            &mut out,
+            world.now,
+            |index| Connection::new(&world, &settings, index, number as u64 + 3),
+        );
     }
-    for connection in &mut connections {
-        connection.channel.handle_closed(world.now);
-    }
+    close_all(&mut connections, world.now);
 });

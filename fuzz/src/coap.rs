@@ -2,10 +2,57 @@
 //! the authenticated resources with the fuzzer choosing the parts; and what the targets
 //! learn from the answers (a connection token) to use in later requests.
 
-use adapter_kit::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use arbitrary::Arbitrary;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::{ClientId, Credentials, Filter, Topic};
+use adapter_coap::{AuthFailureLimit, Settings, UNDERSTOOD_CRITICAL_BLOCKWISE};
+use adapter_kit::coap::{
+    CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType, TransmissionParams,
+};
+use adapter_kit::coap_block::BlockwiseParams;
+use arbitrary::Arbitrary;
+use gateway_config::{CoapNotifyType, CoapQos};
+
+use crate::{ClientId, Credentials, Filter, Mount, Topic};
+
+/// The CoAP gateway's settings on the listener named `listener`, whose messages may be up
+/// to `max_message_size` bytes, for clients of the mountpoint `mount`: notifications at
+/// the QoS of their message, answers piggybacked, and limits small enough that inputs
+/// reach them.
+pub fn settings(
+    listener: &str,
+    max_message_size: usize,
+    mount: Mount,
+    connection_required: bool,
+) -> Settings {
+    Settings {
+        listener: Arc::from(listener),
+        heartbeat: Duration::from_secs(30),
+        connection_required,
+        notify_type: CoapNotifyType::Qos,
+        subscribe_qos: CoapQos::Coap,
+        publish_qos: CoapQos::Coap,
+        mountpoint: mount.template().to_owned(),
+        transmission: TransmissionParams {
+            max_message_size,
+            ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL_BLOCKWISE)
+        },
+        // Small blocks and bodies, so that uploads complete and fail within one input.
+        blockwise: Some(BlockwiseParams {
+            max_szx: 2,
+            max_body_size: 512,
+            lifetime: Duration::from_secs(60),
+            max_transfers: 2,
+        }),
+        separate_response: false,
+        // Small, so that inputs (wrong credentials or tokens) reach the lockout and its end.
+        auth_failures: AuthFailureLimit {
+            max: 3,
+            window: Duration::from_secs(10),
+            lockout: Duration::from_secs(5),
+        },
+    }
+}
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
 pub enum Method {

@@ -3,7 +3,9 @@
 //! mountpoint makes each client's topics its own, the rest of the world (time, the store,
 //! other publishers) as steps the fuzzer picks, and the names (users, client ids, topics)
 //! that reach the interesting paths, which arbitrary strings would only rarely hit: a
-//! password is checked through PBKDF2, so no comparison guides the fuzzer to it.
+//! password is checked through PBKDF2, so no comparison guides the fuzzer to it. What
+//! follows each step is shared too: every client's channel woken, its due timers run, and
+//! a closed connection replaced by a new one.
 
 pub mod coap;
 
@@ -12,25 +14,24 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use adapter_lwm2m::Lwm2mChannel;
+use adapter_mqtt_sn::MqttSnChannel;
+use adapter_stomp::StompChannel;
 use arbitrary::Arbitrary;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use gateway_config::{AclNoMatch, Config};
-use mqtt_core::auth::{hash_password, AclAuthorizer, Auth, PasswordAuthenticator, PasswordFile};
+use mqtt_core::auth::{AclAuthorizer, Auth, PasswordAuthenticator};
 use mqtt_core::broker::Broker;
 use mqtt_core::codec::QoS;
 use mqtt_core::message::Message;
 use mqtt_core::mountpoint::Mountpoint;
-use mqtt_core::session::Wakeup;
+use mqtt_core::protocol::{Flow, MqttChannel};
 use mqtt_core::storage::MapStore;
 use mqtt_core::testing;
 
 /// The drivers' wake-ups are not needed: every step ends with each channel woken.
-pub struct NoWakeup;
-
-impl Wakeup for NoWakeup {
-    fn wake(&self) {}
-}
+pub use mqtt_core::testing::NoWakeup;
 
 /// Small limits, so that inputs of a few kilobytes reach them: queues, windows, quotas and
 /// the gateways' own tables. Everything else is the embedded default.
@@ -130,12 +131,7 @@ allow user:alice publish up/#
 pub fn auth() -> Auth {
     static AUTH: OnceLock<Auth> = OnceLock::new();
     AUTH.get_or_init(|| {
-        let passwd: String = User::ALL
-            .iter()
-            .map(|user| format!("{}:{}\n", user.name(), hash_password(user.password())))
-            .collect();
-        let users = PasswordFile::parse(&passwd, Path::new("fuzz-passwd"))
-            .expect("hash_password's lines parse");
+        let users = testing::password_file(&User::ALL.map(|user| (user.name(), user.password())));
         let acl = AclAuthorizer::parse(ACL, Path::new("fuzz-acl"), AclNoMatch::Deny)
             .expect("the fuzz ACL parses");
         Auth {
@@ -425,21 +421,33 @@ impl World {
                 expiry_seconds,
             } => {
                 if let Some(topic) = self.mounted(to) {
-                    let qos = QoS::from_u8(qos % 3).unwrap_or_default();
-                    let mut message = Message::new(
+                    self.publish(
                         topic,
                         Bytes::copy_from_slice(payload),
-                        qos,
+                        *qos,
                         *retain,
-                        self.now,
+                        *expiry_seconds,
                     );
-                    message.expires_at =
-                        expiry_seconds.map(|s| self.now + Duration::from_secs(u64::from(s)));
-                    let _ = testing::route(&self.broker, message);
                 }
             }
         }
         false
+    }
+
+    /// Routes another client's message to `topic`, at QoS `qos` (taken modulo 3), expiring
+    /// after `expiry_seconds` when given.
+    pub fn publish(
+        &self,
+        topic: ByteString,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        expiry_seconds: Option<u8>,
+    ) {
+        let qos = QoS::from_u8(qos % 3).unwrap_or_default();
+        let mut message = Message::new(topic, payload, qos, retain, self.now);
+        message.expires_at = expiry_seconds.map(|s| self.now + Duration::from_secs(u64::from(s)));
+        let _ = testing::route(&self.broker, message);
     }
 
     /// `to`'s topic under the mountpoint its client gets, if that mountpoint and topic
@@ -460,5 +468,97 @@ impl World {
         let max_levels = config().mqtt.max_topic_levels as usize;
         mqtt_core::topic::validate_topic_name(&routed, max_levels).ok()?;
         Some(routed)
+    }
+}
+
+/// The calls a target makes on a channel after each step, which every adapter's channel
+/// has as methods of its own.
+pub trait Driven {
+    /// Where the channel writes: a stream's bytes, or datagrams.
+    type Out;
+    fn handle_wakeup(&mut self, out: &mut Self::Out, now: Instant) -> Flow;
+    fn handle_timeout(&mut self, out: &mut Self::Out, now: Instant) -> Flow;
+    fn next_deadline(&self) -> Option<Instant>;
+    fn handle_closed(&mut self, now: Instant);
+}
+
+macro_rules! driven {
+    ($($channel:ty => $out:ty),* $(,)?) => {$(
+        impl Driven for $channel {
+            type Out = $out;
+
+            fn handle_wakeup(&mut self, out: &mut $out, now: Instant) -> Flow {
+                <$channel>::handle_wakeup(self, out, now)
+            }
+
+            fn handle_timeout(&mut self, out: &mut $out, now: Instant) -> Flow {
+                <$channel>::handle_timeout(self, out, now)
+            }
+
+            fn next_deadline(&self) -> Option<Instant> {
+                <$channel>::next_deadline(self)
+            }
+
+            fn handle_closed(&mut self, now: Instant) {
+                <$channel>::handle_closed(self, now)
+            }
+        }
+    )*};
+}
+
+driven!(
+    MqttChannel => BytesMut,
+    StompChannel => BytesMut,
+    MqttSnChannel => Vec<Bytes>,
+    Lwm2mChannel => Vec<Bytes>,
+);
+
+/// One client of a target: its channel, and what it learns from what the channel writes.
+pub trait ClientSide {
+    type Channel: Driven;
+    fn channel(&mut self) -> &mut Self::Channel;
+    /// Checks what the channel wrote, and takes it out of `out`.
+    fn receive(&mut self, out: &mut <Self::Channel as Driven>::Out);
+}
+
+/// What follows every step: each peer but the one `closing` is woken and, when time passed
+/// (`timers`) and one of its timers is due, has its timers fire; a peer whose channel
+/// closes, and then the one `closing`, is closed and replaced by `reconnect(its index)`.
+pub fn settle<P: ClientSide>(
+    peers: &mut [P],
+    closing: Option<usize>,
+    timers: bool,
+    out: &mut <P::Channel as Driven>::Out,
+    now: Instant,
+    mut reconnect: impl FnMut(usize) -> P,
+) {
+    for (index, peer) in peers.iter_mut().enumerate() {
+        if closing == Some(index) {
+            continue;
+        }
+        let mut flow = peer.channel().handle_wakeup(out, now);
+        peer.receive(out);
+        if flow == Flow::Continue
+            && timers
+            && peer.channel().next_deadline().is_some_and(|due| due <= now)
+        {
+            flow = peer.channel().handle_timeout(out, now);
+            peer.receive(out);
+        }
+        if flow == Flow::Close {
+            peer.channel().handle_closed(now);
+            *peer = reconnect(index);
+        }
+    }
+    if let Some(index) = closing {
+        peers[index].channel().handle_closed(now);
+        peers[index] = reconnect(index);
+    }
+}
+
+/// The input is over: every peer's channel hands its session back.
+pub fn close_all<P: ClientSide>(peers: &mut [P], now: Instant) {
+    for peer in peers {
+        peer.channel().handle_closed(now);
     }
 }

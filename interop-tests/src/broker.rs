@@ -11,6 +11,9 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::process::Proc;
+use crate::TIMEOUT;
+
 /// How long a freshly started gateway may take to accept TCP connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the gateway gets to exit after SIGTERM before it is killed.
@@ -137,30 +140,73 @@ pub fn with_data_dir(cmd: &mut Command, dir: &std::path::Path) {
 /// process has been given.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
-    loop {
+    ungiven_port(&GIVEN, || {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = listener.local_addr().expect("local address").port();
-        if given.insert(port) {
-            return port;
-        }
-    }
+        listener.local_addr().expect("local address").port()
+    })
 }
 
 /// A UDP port on 127.0.0.1 that was free a moment ago and that no other test of this
 /// process has been given.
 pub fn free_udp_port() -> u16 {
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    ungiven_port(&GIVEN, || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
+        socket.local_addr().expect("local address").port()
+    })
+}
+
+/// The first port `ephemeral` comes up with that is not in `given`, which then holds it:
+/// the system may hand a port out again once it is closed, while a gateway the test gave
+/// it to has not bound it yet.
+fn ungiven_port(given: &Mutex<Option<HashSet<u16>>>, ephemeral: impl Fn() -> u16) -> u16 {
+    let mut given = given.lock().unwrap_or_else(|e| e.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
     loop {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
-        let port = socket.local_addr().expect("local address").port();
+        let port = ephemeral();
         if given.insert(port) {
             return port;
         }
     }
+}
+
+/// The port in `$var`, else `default`: where an external broker listens.
+fn env_port(var: &str, default: u16) -> u16 {
+    match std::env::var(var) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={text} is not a port")),
+        Err(_) => default,
+    }
+}
+
+/// Adds `username` with `password` to the password file `file` (made when missing) with
+/// `gateway passwd FILE USERNAME --password PASSWORD`.
+pub fn gateway_passwd(file: &Path, username: &str, password: &str) {
+    let mut cmd = gateway_command();
+    cmd.arg("passwd")
+        .arg(file)
+        .arg(username)
+        .arg("--password")
+        .arg(password);
+    let mut proc = Proc::spawn("gateway passwd", cmd);
+    match proc.wait(TIMEOUT) {
+        Some(status) if status.success() => {}
+        other => panic!(
+            "gateway passwd {} {username} failed ({other:?}); stderr:\n{}",
+            file.display(),
+            proc.stderr()
+        ),
+    }
+}
+
+/// The settings of a gateway that admits the users of the password file `file` and no
+/// one else.
+pub fn password_file_only(file: &Path) -> [Setting; 2] {
+    [
+        Setting::new("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false"),
+        Setting::new("GATEWAY_AUTH__PASSWORD_FILE", file.display().to_string()),
+    ]
 }
 
 impl Broker {
@@ -199,18 +245,8 @@ impl Broker {
 
     fn external(settings: &[Setting]) -> Option<Broker> {
         let host = std::env::var("GATEWAY_TEST_HOST").unwrap_or_default();
-        let port = match std::env::var("GATEWAY_TEST_MQTT_PORT") {
-            Ok(text) => text
-                .parse()
-                .unwrap_or_else(|_| panic!("GATEWAY_TEST_MQTT_PORT={text} is not a port")),
-            Err(_) => 1883,
-        };
-        let ws_port = match std::env::var("GATEWAY_TEST_WS_PORT") {
-            Ok(text) => text
-                .parse()
-                .unwrap_or_else(|_| panic!("GATEWAY_TEST_WS_PORT={text} is not a port")),
-            Err(_) => 8083,
-        };
+        let port = env_port("GATEWAY_TEST_MQTT_PORT", 1883);
+        let ws_port = env_port("GATEWAY_TEST_WS_PORT", 8083);
         let mut values = Vec::new();
         for s in settings {
             match s.external_env.and_then(|var| std::env::var(var).ok()) {
@@ -228,48 +264,13 @@ impl Broker {
                 }
             }
         }
-        let mqttsn_port = match std::env::var("GATEWAY_TEST_MQTTSN_PORT") {
-            Ok(text) => text
-                .parse()
-                .unwrap_or_else(|_| panic!("GATEWAY_TEST_MQTTSN_PORT={text} is not a port")),
-            Err(_) => 1884,
-        };
-        let coap_port = match std::env::var("GATEWAY_TEST_COAP_PORT") {
-            Ok(text) => text
-                .parse()
-                .unwrap_or_else(|_| panic!("GATEWAY_TEST_COAP_PORT={text} is not a port")),
-            Err(_) => 5683,
-        };
-        let coap_tcp_port = match std::env::var("GATEWAY_TEST_COAP_TCP_PORT") {
-            Ok(text) => text
-                .parse()
-                .unwrap_or_else(|_| panic!("GATEWAY_TEST_COAP_TCP_PORT={text} is not a port")),
-            Err(_) => 5683,
-        };
-        let coap_ws_port = match std::env::var("GATEWAY_TEST_COAP_WS_PORT") {
-            Ok(text) => text
-                .parse()
-                .unwrap_or_else(|_| panic!("GATEWAY_TEST_COAP_WS_PORT={text} is not a port")),
-            Err(_) => 8683,
-        };
-        let lwm2m_port = match std::env::var("GATEWAY_TEST_LWM2M_PORT") {
-            Ok(text) => text
-                .parse()
-                .unwrap_or_else(|_| panic!("GATEWAY_TEST_LWM2M_PORT={text} is not a port")),
-            Err(_) => 5783,
-        };
-        let stomp_port = match std::env::var("GATEWAY_TEST_STOMP_PORT") {
-            Ok(text) => text
-                .parse()
-                .unwrap_or_else(|_| panic!("GATEWAY_TEST_STOMP_PORT={text} is not a port")),
-            Err(_) => 61613,
-        };
-        let stomp_ws_port = match std::env::var("GATEWAY_TEST_STOMP_WS_PORT") {
-            Ok(text) => text
-                .parse()
-                .unwrap_or_else(|_| panic!("GATEWAY_TEST_STOMP_WS_PORT={text} is not a port")),
-            Err(_) => 15674,
-        };
+        let mqttsn_port = env_port("GATEWAY_TEST_MQTTSN_PORT", 1884);
+        let coap_port = env_port("GATEWAY_TEST_COAP_PORT", 5683);
+        let coap_tcp_port = env_port("GATEWAY_TEST_COAP_TCP_PORT", 5683);
+        let coap_ws_port = env_port("GATEWAY_TEST_COAP_WS_PORT", 8683);
+        let lwm2m_port = env_port("GATEWAY_TEST_LWM2M_PORT", 5783);
+        let stomp_port = env_port("GATEWAY_TEST_STOMP_PORT", 61613);
+        let stomp_ws_port = env_port("GATEWAY_TEST_STOMP_WS_PORT", 15674);
         Some(Broker {
             host,
             port,
@@ -290,55 +291,44 @@ impl Broker {
         let dir = tempfile::tempdir().expect("temp dir for the gateway log");
         let log_path = dir.path().join("gateway.log");
         let log = File::create(&log_path).expect("create the gateway log");
-        let port = free_port();
-        let ws_port = free_port();
         let mut cmd = gateway_command();
         // The default store, on disk, so the whole suite runs with it.
         with_data_dir(&mut cmd, &dir.path().join("data"));
-        cmd.env(
-            "GATEWAY_LISTENERS__TCP__DEFAULT__BIND",
-            format!("127.0.0.1:{port}"),
-        );
         // Every listener the defaults start gets a port of its own, so gateways of tests
         // running in parallel do not collide.
-        cmd.env(
-            "GATEWAY_LISTENERS__WS__DEFAULT__BIND",
-            format!("127.0.0.1:{ws_port}"),
-        );
-        let mqttsn_port = free_udp_port();
-        cmd.env(
+        let mut bind = |bind_env: &str, port: u16| {
+            cmd.env(bind_env, format!("127.0.0.1:{port}"));
+            port
+        };
+        let port = bind("GATEWAY_LISTENERS__TCP__DEFAULT__BIND", free_port());
+        let ws_port = bind("GATEWAY_LISTENERS__WS__DEFAULT__BIND", free_port());
+        let mqttsn_port = bind(
             "GATEWAY_GATEWAY__MQTTSN__LISTENERS__UDP__DEFAULT__BIND",
-            format!("127.0.0.1:{mqttsn_port}"),
+            free_udp_port(),
         );
-        let coap_port = free_udp_port();
-        cmd.env(
+        let coap_port = bind(
             "GATEWAY_GATEWAY__COAP__LISTENERS__UDP__DEFAULT__BIND",
-            format!("127.0.0.1:{coap_port}"),
+            free_udp_port(),
         );
-        let coap_tcp_port = free_port();
-        cmd.env(
+        let coap_tcp_port = bind(
             "GATEWAY_GATEWAY__COAP__LISTENERS__TCP__DEFAULT__BIND",
-            format!("127.0.0.1:{coap_tcp_port}"),
+            free_port(),
         );
-        let coap_ws_port = free_port();
-        cmd.env(
+        let coap_ws_port = bind(
             "GATEWAY_GATEWAY__COAP__LISTENERS__WS__DEFAULT__BIND",
-            format!("127.0.0.1:{coap_ws_port}"),
+            free_port(),
         );
-        let lwm2m_port = free_udp_port();
-        cmd.env(
+        let lwm2m_port = bind(
             "GATEWAY_GATEWAY__LWM2M__LISTENERS__UDP__DEFAULT__BIND",
-            format!("127.0.0.1:{lwm2m_port}"),
+            free_udp_port(),
         );
-        let stomp_port = free_port();
-        cmd.env(
+        let stomp_port = bind(
             "GATEWAY_GATEWAY__STOMP__LISTENERS__TCP__DEFAULT__BIND",
-            format!("127.0.0.1:{stomp_port}"),
+            free_port(),
         );
-        let stomp_ws_port = free_port();
-        cmd.env(
+        let stomp_ws_port = bind(
             "GATEWAY_GATEWAY__STOMP__LISTENERS__WS__DEFAULT__BIND",
-            format!("127.0.0.1:{stomp_ws_port}"),
+            free_port(),
         );
         // Extra configuration for every started gateway, e.g. to turn off a listener
         // whose fixed default port would clash between gateways running in parallel.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::process::{Line, Proc};
-use crate::{from_hex, to_hex, Broker};
+use crate::{from_hex, to_hex, Broker, MosquittoSub, TIMEOUT};
 
 /// aiocoap gives up on a confirmable request after about 93 s by itself; the script stops
 /// waiting after 20 s, and this a little later so that its own report arrives first.
@@ -150,6 +150,33 @@ impl AiocoapClient {
     /// Stops observing: aiocoap answers the next notification with Reset.
     pub fn cancel(&mut self) {
         self.run(json!({ "cmd": "cancel" }), "cancelled");
+    }
+
+    /// Checks that the connection of client `id` publishes to `topic` only under its
+    /// `token`: another token is refused (4.01) and nothing reaches `sub`, subscribed to
+    /// `topic`, until the message sent under `token` does.
+    pub fn publishes_only_with_token(
+        &mut self,
+        topic: &str,
+        id: &str,
+        token: &str,
+        sub: &mut MosquittoSub,
+    ) {
+        let bad = self.request(
+            "POST",
+            &format!("/ps/{topic}?clientid={id}&token=1{token}"),
+            b"x",
+            false,
+        );
+        assert_eq!(bad.code, "4.01");
+        let good = self.request(
+            "POST",
+            &format!("/ps/{topic}?clientid={id}&token={token}"),
+            b"with token",
+            false,
+        );
+        assert_eq!(good.code, "2.04");
+        assert_eq!(sub.recv(TIMEOUT).payload, b"with token");
     }
 }
 

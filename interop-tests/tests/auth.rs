@@ -1,35 +1,13 @@
 //! Authentication: a password file written by `gateway passwd` with anonymous access
 //! off, and MQTT 5 enhanced authentication with a method the broker does not know.
 
-use std::path::Path;
-
 use serde_json::{json, Value};
 
-use interop_tests::broker::gateway_command;
-use interop_tests::process::Proc;
+use interop_tests::broker::{gateway_passwd, password_file_only};
 use interop_tests::script::ConnectOutcome;
 use interop_tests::{
     external_mode, unique_client_id, Broker, Lib, ScriptClient, Setting, Version, TIMEOUT,
 };
-
-/// Adds a user with `gateway passwd FILE USERNAME --password PASSWORD`.
-fn gateway_passwd(file: &Path, username: &str, password: &str) {
-    let mut cmd = gateway_command();
-    cmd.arg("passwd")
-        .arg(file)
-        .arg(username)
-        .arg("--password")
-        .arg(password);
-    let mut proc = Proc::spawn("gateway passwd", cmd);
-    match proc.wait(TIMEOUT) {
-        Some(status) if status.success() => {}
-        other => panic!(
-            "gateway passwd {} {username} failed ({other:?}); stderr:\n{}",
-            file.display(),
-            proc.stderr()
-        ),
-    }
-}
 
 /// A broker with anonymous access off and one known user: (broker, user, password).
 /// An external broker must be configured so and name a user in GATEWAY_TEST_USERNAME
@@ -55,13 +33,7 @@ fn broker_with_user() -> Option<(Broker, String, String, Option<tempfile::TempDi
     gateway_passwd(&file, "device-1", "initial password");
     gateway_passwd(&file, "operator", "another one");
     gateway_passwd(&file, "device-1", "s3cret: with spaces & ünïcode");
-    let broker = Broker::start_with(&[
-        Setting::new("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false"),
-        Setting::new(
-            "GATEWAY_AUTH__PASSWORD_FILE",
-            file.to_string_lossy().into_owned(),
-        ),
-    ])?;
+    let broker = Broker::start_with(&password_file_only(&file))?;
     Some((
         broker,
         "device-1".into(),
@@ -168,13 +140,7 @@ fn broker_with_two_users() -> Option<(Broker, tempfile::TempDir)> {
     let file = dir.path().join("passwd");
     gateway_passwd(&file, "alice", "alice-secret");
     gateway_passwd(&file, "bob", "bob-secret");
-    let broker = Broker::start_with(&[
-        Setting::new("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false"),
-        Setting::new(
-            "GATEWAY_AUTH__PASSWORD_FILE",
-            file.to_string_lossy().into_owned(),
-        ),
-    ])?;
+    let broker = Broker::start_with(&password_file_only(&file))?;
     Some((broker, dir))
 }
 

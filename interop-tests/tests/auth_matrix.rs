@@ -18,14 +18,13 @@
 //!
 //! One gateway per test function, so a failure names the adapter family.
 
-use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use interop_tests::broker::{free_port, free_udp_port, gateway_command, workspace_root};
+use interop_tests::broker::{free_port, free_udp_port, gateway_passwd, workspace_root};
 use interop_tests::certs::TestPki;
 use interop_tests::coap::coap_client;
 use interop_tests::process::{Line, Proc};
@@ -79,23 +78,6 @@ const MQTT_MOUNT: &str = "tenants/${clientid}/";
 const SN_MOUNT: &str = "sn/${clientid}/";
 const COAP_MOUNT: &str = "coap/${clientid}/";
 const STOMP_MOUNT: &str = "stomp/${clientid}/";
-
-fn gateway_passwd(file: &Path, username: &str, password: &str) {
-    let mut cmd = gateway_command();
-    cmd.arg("passwd")
-        .arg(file)
-        .arg(username)
-        .arg("--password")
-        .arg(password);
-    let mut proc = Proc::spawn("gateway passwd", cmd);
-    match proc.wait(TIMEOUT) {
-        Some(status) if status.success() => {}
-        other => panic!(
-            "gateway passwd {username} failed ({other:?}); stderr:\n{}",
-            proc.stderr()
-        ),
-    }
-}
 
 /// The gateway, its extra ports, and a watcher subscribed to `#` on the plain TCP
 /// listener (no mountpoint) as the user the ACL lets read everything.

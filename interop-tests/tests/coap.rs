@@ -11,6 +11,7 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
+use interop_tests::broker::{gateway_passwd, password_file_only};
 use interop_tests::coap::COAP_CLIENT;
 use interop_tests::{
     coap_client, mosquitto_pub, unique_client_id, unique_topic, AiocoapClient, Broker,
@@ -287,21 +288,7 @@ fn connection_mode_hands_out_tokens_and_refuses_bad_ones() {
 
     let no_token = client.request("POST", &format!("/ps/{topic}?clientid={id}"), b"x", false);
     assert_eq!(no_token.code, "4.00");
-    let bad = client.request(
-        "POST",
-        &format!("/ps/{topic}?clientid={id}&token=1{token}"),
-        b"x",
-        false,
-    );
-    assert_eq!(bad.code, "4.01");
-    let good = client.request(
-        "POST",
-        &format!("/ps/{topic}?clientid={id}&token={token}"),
-        b"with token",
-        false,
-    );
-    assert_eq!(good.code, "2.04");
-    assert_eq!(sub.recv(TIMEOUT).payload, b"with token");
+    client.publishes_only_with_token(&topic, &id, &token, &mut sub);
 
     // libcoap from another port, with the token, is the same client.
     let (ok, _, stderr) = coap_client(
@@ -344,20 +331,8 @@ fn connection_mode_hands_out_tokens_and_refuses_bad_ones() {
 fn bad_credentials_get_4_01() {
     let dir = tempfile::tempdir().unwrap();
     let passwords = dir.path().join("passwd");
-    let status = interop_tests::broker::gateway_command()
-        .arg("passwd")
-        .arg(&passwords)
-        .args(["alice", "--password", "secret"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let Some(broker) = gateway(
-        "anonymous access off",
-        &[
-            Setting::new("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false"),
-            Setting::new("GATEWAY_AUTH__PASSWORD_FILE", passwords.to_str().unwrap()),
-        ],
-    ) else {
+    gateway_passwd(&passwords, "alice", "secret");
+    let Some(broker) = gateway("anonymous access off", &password_file_only(&passwords)) else {
         return;
     };
     let mut client = AiocoapClient::spawn(&broker);
@@ -938,20 +913,8 @@ fn one_small_non_observe_gets_at_most_three_times_its_bytes_until_the_client_ans
 fn a_request_with_wrong_credentials_naming_a_client_moves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let passwords = dir.path().join("passwd");
-    let status = interop_tests::broker::gateway_command()
-        .arg("passwd")
-        .arg(&passwords)
-        .args(["alice", "--password", "secret"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let Some(broker) = gateway(
-        "a password file",
-        &[
-            Setting::new("GATEWAY_AUTH__PASSWORD_FILE", passwords.to_str().unwrap()),
-            Setting::new("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false"),
-        ],
-    ) else {
+    gateway_passwd(&passwords, "alice", "secret");
+    let Some(broker) = gateway("a password file", &password_file_only(&passwords)) else {
         return;
     };
     let topic = unique_topic("coap-claim");

@@ -132,21 +132,7 @@ fn connection_mode_works_over_tcp() {
     );
     assert_eq!(created.code, "2.01");
     let token = String::from_utf8(created.payload).unwrap();
-    let bad = client.request(
-        "POST",
-        &format!("/ps/{topic}?clientid={id}&token=1{token}"),
-        b"x",
-        false,
-    );
-    assert_eq!(bad.code, "4.01");
-    let good = client.request(
-        "POST",
-        &format!("/ps/{topic}?clientid={id}&token={token}"),
-        b"with token",
-        false,
-    );
-    assert_eq!(good.code, "2.04");
-    assert_eq!(sub.recv(TIMEOUT).payload, b"with token");
+    client.publishes_only_with_token(&topic, &id, &token, &mut sub);
 }
 
 /// Reads one RFC 8323 TCP message: (code, token, options and payload).

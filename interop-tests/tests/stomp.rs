@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use interop_tests::broker::{gateway_passwd, password_file_only};
 use interop_tests::stomp::StompClient;
 use interop_tests::{
     mosquitto_pub, unique_client_id, unique_topic, Broker, Lib, MosquittoSub, ScriptClient,
@@ -352,17 +353,8 @@ fn malformed_frames_and_refused_logins_get_an_error_frame_then_close() {
 fn stomp_py_login_is_checked_against_the_password_file() {
     let dir = tempfile::tempdir().unwrap();
     let passwords = dir.path().join("passwd");
-    let status = interop_tests::broker::gateway_command()
-        .arg("passwd")
-        .arg(&passwords)
-        .args(["alice", "--password", "secret"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let Some(broker) = gateway(&[
-        Setting::new("GATEWAY_AUTH__PASSWORD_FILE", passwords.to_str().unwrap()),
-        Setting::new("GATEWAY_AUTH__ALLOW_ANONYMOUS", "false"),
-    ]) else {
+    gateway_passwd(&passwords, "alice", "secret");
+    let Some(broker) = gateway(&password_file_only(&passwords)) else {
         return;
     };
     let mut good = stomp_py(

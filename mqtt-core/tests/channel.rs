@@ -7,7 +7,7 @@
     clippy::unwrap_used,
     clippy::indexing_slicing
 )]
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,20 +17,12 @@ use mqtt_core::auth::Auth;
 use mqtt_core::broker::Broker;
 use mqtt_core::codec::*;
 use mqtt_core::protocol::{ConnectionInfo, Flow, MqttChannel};
-use mqtt_core::session::{SessionKey, Wakeup};
+use mqtt_core::session::SessionKey;
 use mqtt_core::storage::MapStore;
-
-#[derive(Default)]
-struct CountingWakeup(AtomicUsize);
-
-impl Wakeup for CountingWakeup {
-    fn wake(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
+use mqtt_core::testing::{self, broker, broker_on_store, CountingWakeup};
 
 fn broker_with(edit: impl FnOnce(&mut gateway_config::Config), now: Instant) -> Arc<Broker> {
-    let mut config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let mut config = testing::default_config();
     edit(&mut config);
     Arc::new(Broker::new(
         config.mqtt.clone(),
@@ -38,10 +30,6 @@ fn broker_with(edit: impl FnOnce(&mut gateway_config::Config), now: Instant) -> 
         Auth::allow_all(),
         now,
     ))
-}
-
-fn broker(now: Instant) -> Arc<Broker> {
-    broker_with(|_| {}, now)
 }
 
 struct Client {
@@ -576,10 +564,7 @@ fn takeover_sends_0x8e_to_the_old_connection() {
     first.subscribe("t", QoS::AtLeastOnce, t0);
     let (mut second, connack) = Client::connect_with(&broker, persistent_v5("dev", 60), t0);
     assert!(connack.session_present);
-    assert!(
-        first.wakeup.0.load(Ordering::SeqCst) > 0,
-        "old connection was woken"
-    );
+    assert!(first.wakeup.count() > 0, "old connection was woken");
     assert_eq!(first.wake(t0), Flow::Close);
     assert!(
         matches!(first.receive().as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode::SESSION_TAKEN_OVER)
@@ -1009,7 +994,6 @@ fn malformed_packet_after_connect_gets_disconnect_0x81_and_publishes_the_will() 
 
 fn broker_with_acl(rules: &str, t0: Instant) -> Arc<Broker> {
     use mqtt_core::auth::{AclAuthorizer, AllowAll};
-    let config = gateway_config::Config::defaults().expect("embedded defaults");
     let authorizer = AclAuthorizer::parse(
         rules,
         std::path::Path::new("test.acl"),
@@ -1020,7 +1004,7 @@ fn broker_with_acl(rules: &str, t0: Instant) -> Arc<Broker> {
         authenticator: Arc::new(AllowAll),
         authorizer: Arc::new(authorizer),
     };
-    Arc::new(Broker::new(config.mqtt.clone(), &config.retainer, auth, t0))
+    testing::broker_with_auth(auth, t0)
 }
 
 #[test]
@@ -1363,19 +1347,6 @@ fn a_publisher_feeding_a_receiver_that_is_behind_is_asked_to_yield() {
     }
 }
 
-fn broker_with_store(store: Arc<MapStore>, now: Instant) -> Arc<Broker> {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    Arc::new(
-        Broker::new(
-            config.mqtt.clone(),
-            &config.retainer,
-            Auth::allow_all(),
-            now,
-        )
-        .with_store(store, std::time::SystemTime::now()),
-    )
-}
-
 fn acks(packets: Vec<Packet>) -> Vec<(char, u16, u8)> {
     packets
         .into_iter()
@@ -1392,7 +1363,7 @@ fn acknowledgements_of_stored_messages_wait_until_durable_and_keep_their_order()
     let t0 = Instant::now();
     let store = Arc::new(MapStore::default());
     store.hold_back();
-    let broker = broker_with_store(store.clone(), t0);
+    let broker = broker_on_store(store.clone(), t0);
     let mut publisher = Client::connect(&broker, "pub", t0);
     let mut retained = publish("kept", b"1", QoS::AtLeastOnce, 1);
     retained.retain = true;
@@ -1409,10 +1380,7 @@ fn acknowledgements_of_stored_messages_wait_until_durable_and_keep_their_order()
     assert_eq!(store.submitted(), 2);
 
     store.make_durable(1);
-    assert!(
-        publisher.wakeup.0.load(Ordering::SeqCst) > 0,
-        "the store woke it"
-    );
+    assert!(publisher.wakeup.count() > 0, "the store woke it");
     publisher.wake(t0);
     assert_eq!(
         acks(publisher.receive()),
@@ -1466,7 +1434,7 @@ fn restarted(
     t0: Instant,
     now: Instant,
 ) -> (Arc<Broker>, mqtt_core::broker::Recovered) {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let config = testing::default_config();
     let wall = std::time::SystemTime::UNIX_EPOCH + secs(1_800_000_000) + (now - t0);
     let broker = Broker::new(
         config.mqtt.clone(),
@@ -1650,23 +1618,15 @@ fn a_clean_session_is_never_stored_and_an_ended_one_is_forgotten() {
 }
 
 fn broker_with_users(users: &[(&str, &str)], now: Instant) -> Arc<Broker> {
-    use mqtt_core::auth::{hash_password, AllowAll, PasswordAuthenticator, PasswordFile};
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    let text: String = users
-        .iter()
-        .map(|(user, password)| format!("{user}:{}\n", hash_password(password)))
-        .collect();
-    let file = PasswordFile::parse(&text, std::path::Path::new("test.passwd")).expect("parses");
+    use mqtt_core::auth::{AllowAll, PasswordAuthenticator};
     let auth = Auth {
-        authenticator: Arc::new(PasswordAuthenticator::new(Some(file), false)),
+        authenticator: Arc::new(PasswordAuthenticator::new(
+            Some(testing::password_file(users)),
+            false,
+        )),
         authorizer: Arc::new(AllowAll),
     };
-    Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        auth,
-        now,
-    ))
+    testing::broker_with_auth(auth, now)
 }
 
 fn as_user(connect: Connect, user: &str, password: &str) -> Connect {
@@ -1791,7 +1751,7 @@ fn mountpoint_values_holding_wildcards_or_separators_are_refused() {
 fn a_subscription_of_a_persistent_session_writes_only_itself() {
     let t0 = Instant::now();
     let store = Arc::new(MapStore::default());
-    let broker = broker_with_store(store.clone(), t0);
+    let broker = broker_on_store(store.clone(), t0);
     let mut client = Client::connect_with(&broker, persistent_v5("many", 3600), t0).0;
     let mut cost = Vec::new();
     for i in 0..1000 {
@@ -1806,7 +1766,7 @@ fn a_subscription_of_a_persistent_session_writes_only_itself() {
     );
     assert_eq!(store.count(mqtt_core::storage::Table::Subscriptions), 1000);
     client.close(t0);
-    let restarted = broker_with_store(store.clone(), t0);
+    let restarted = broker_on_store(store.clone(), t0);
     restarted.recover(t0).expect("recovers");
     let session = restarted.session(&key("many")).expect("restored");
     assert_eq!(session.state.lock().subscriptions.len(), 1000);

@@ -11,31 +11,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use bytestring::ByteString;
-use mqtt_core::auth::Auth;
 use mqtt_core::broker::{Broker, WillDisposition};
 use mqtt_core::client::{ClientSession, OpenSession, Presented};
 use mqtt_core::codec::{QoS, SubscriptionOptions};
-use mqtt_core::message::{Delivery, Message};
-use mqtt_core::session::{ConnControl, SessionCell, Wakeup};
+use mqtt_core::message::Delivery;
+use mqtt_core::session::{ConnControl, SessionCell};
 use mqtt_core::testing;
-
-struct NoWakeup;
-
-impl Wakeup for NoWakeup {
-    fn wake(&self) {}
-}
-
-fn broker(now: Instant) -> Arc<Broker> {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        Auth::allow_all(),
-        now,
-    ))
-}
 
 struct Member {
     client: Option<ClientSession>,
@@ -55,7 +36,7 @@ fn member(broker: &Arc<Broker>, id: &str, mountpoint: Option<&str>, now: Instant
             mountpoint_values: Vec::new(),
         })
         .expect("authenticated");
-    let control = ConnControl::new(broker.next_connection_id(), Arc::new(NoWakeup));
+    let control = ConnControl::new(broker.next_connection_id(), Arc::new(testing::NoWakeup));
     let client = broker
         .open_session(
             who,
@@ -110,26 +91,13 @@ impl Member {
     }
 }
 
-fn publish(broker: &Broker, topic: &'static str, payload: &'static [u8], now: Instant) {
-    let _ = testing::route(
-        broker,
-        Message::new(
-            ByteString::from_static(topic),
-            Bytes::from_static(payload),
-            QoS::AtLeastOnce,
-            false,
-            now,
-        ),
-    );
-}
-
 #[test]
 fn a_shared_message_goes_to_another_member_with_that_members_subscription() {
     let now = Instant::now();
-    let broker = broker(now);
+    let broker = testing::broker(now);
     let leaving = member(&broker, "leaving", None, now);
     leaving.subscribe("$share/g/jobs/+", 1, now);
-    publish(&broker, "jobs/a", b"one", now);
+    testing::publish(&broker, "jobs/a", b"one", QoS::AtLeastOnce, now);
     let held = leaving.take(now);
     assert_eq!(held.len(), 1);
 
@@ -160,10 +128,10 @@ fn a_shared_message_goes_to_another_member_with_that_members_subscription() {
 #[test]
 fn connected_members_are_preferred_and_a_lone_member_gets_its_message_back() {
     let now = Instant::now();
-    let broker = broker(now);
+    let broker = testing::broker(now);
     let leaving = member(&broker, "leaving", None, now);
     leaving.subscribe("$queue/work", 1, now);
-    publish(&broker, "work", b"w", now);
+    testing::publish(&broker, "work", b"w", QoS::AtLeastOnce, now);
     let held = leaving.take(now).remove(0);
 
     // Alone in the group: the delivery comes back to the caller.
@@ -201,12 +169,12 @@ fn connected_members_are_preferred_and_a_lone_member_gets_its_message_back() {
 #[test]
 fn mounted_shared_filters_are_found_as_the_session_holds_them() {
     let now = Instant::now();
-    let broker = broker(now);
+    let broker = testing::broker(now);
     let leaving = member(&broker, "leaving", Some("site/"), now);
     leaving.subscribe("$share/g/t", 1, now);
     let other = member(&broker, "other", Some("site/"), now);
     other.subscribe("$share/g/t", 2, now);
-    publish(&broker, "site/t", b"m", now);
+    testing::publish(&broker, "site/t", b"m", QoS::AtLeastOnce, now);
     let held: Vec<Delivery> = leaving
         .take(now)
         .into_iter()

@@ -10,71 +10,29 @@
     clippy::type_complexity
 )]
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapter_coap::{
-    AuthFailureLimit, CoapChannel, Settings, UNDERSTOOD_CRITICAL, UNDERSTOOD_CRITICAL_BLOCKWISE,
-};
+use adapter_coap::{CoapChannel, Settings, UNDERSTOOD_CRITICAL_BLOCKWISE};
 use adapter_kit::coap::{
     CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType, TransmissionParams,
 };
 use adapter_kit::coap_block::{uint_option, BlockOption, BlockwiseParams};
 use bytes::Bytes;
-use bytestring::ByteString;
+use common::settings;
 use gateway_config::AclNoMatch;
-use gateway_config::{CoapNotifyType, CoapQos};
-use mqtt_core::auth::{
-    hash_password, AclAuthorizer, Auth, AuthOutcome, Authenticator, PasswordAuthenticator,
-    PasswordFile,
-};
+use gateway_config::CoapNotifyType;
+use mqtt_core::auth::{AclAuthorizer, Auth, AuthOutcome, Authenticator, PasswordAuthenticator};
 use mqtt_core::broker::Broker;
-use mqtt_core::codec::{QoS, SubscriptionOptions};
+use mqtt_core::codec::QoS;
 use mqtt_core::message::Message as Routed;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::{SessionCell, SessionKey, Wakeup};
+use mqtt_core::session::{SessionCell, SessionKey};
 use mqtt_core::storage::MapStore;
-use mqtt_core::testing;
-
-struct NoWakeup;
-
-impl Wakeup for NoWakeup {
-    fn wake(&self) {}
-}
-
-fn broker(now: Instant) -> Arc<Broker> {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        Auth::allow_all(),
-        now,
-    ))
-}
-
-fn settings() -> Settings {
-    Settings {
-        listener: Arc::from("udp:test"),
-        heartbeat: Duration::from_secs(30),
-        connection_required: false,
-        notify_type: CoapNotifyType::Qos,
-        subscribe_qos: CoapQos::Coap,
-        publish_qos: CoapQos::Coap,
-        mountpoint: String::new(),
-        transmission: TransmissionParams {
-            ack_random_factor: 1.0,
-            ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL)
-        },
-        blockwise: None,
-        separate_response: false,
-        auth_failures: AuthFailureLimit {
-            max: 5,
-            window: Duration::from_secs(60),
-            lockout: Duration::from_secs(60),
-        },
-    }
-}
+use mqtt_core::testing::{self, broker, NoWakeup};
 
 struct Peer {
     channel: CoapChannel,
@@ -227,21 +185,9 @@ fn build(
     observe: Option<u32>,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut packet = Packet::new();
+    let mut packet = common::request(method, path, token, observe);
     packet.header.set_type(kind);
-    packet.header.code = MessageClass::Request(method);
     packet.header.message_id = message_id;
-    packet.set_token(token.to_vec());
-    let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    for segment in path.split('/').filter(|s| !s.is_empty()) {
-        packet.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
-    }
-    for pair in query.split('&').filter(|s| !s.is_empty()) {
-        packet.add_option(CoapOption::UriQuery, pair.as_bytes().to_vec());
-    }
-    if let Some(value) = observe {
-        packet.set_observe_value(value);
-    }
     packet.payload = payload.to_vec();
     packet.to_bytes_unlimited().unwrap()
 }
@@ -256,40 +202,15 @@ fn content() -> MessageClass {
 
 /// An MQTT session subscribed to `filter`, to see what CoAP clients publish.
 fn mqtt_subscriber(broker: &Arc<Broker>, filter: &str, now: Instant) -> Arc<SessionCell> {
-    let watcher =
-        testing::open_session(broker, "mqtt", "watcher", true, 0, Arc::new(NoWakeup), now)
-            .expect("the watcher's session");
-    watcher
-        .subscribe(
-            filter,
-            SubscriptionOptions {
-                qos: QoS::ExactlyOnce,
-                ..SubscriptionOptions::default()
-            },
-            None,
-            now,
-        )
-        .unwrap();
     // Dropped unclosed, the session stays attached, as to a connection that never closes.
-    watcher.session().clone()
+    testing::subscriber(broker, "watcher", filter, QoS::ExactlyOnce, 0, now)
+        .session()
+        .clone()
 }
 
 fn drain(session: &SessionCell, now: Instant) -> Vec<Arc<Routed>> {
     let mut state = session.state.lock();
     std::iter::from_fn(|| state.pop_queued(now).map(|d| d.message)).collect()
-}
-
-fn mqtt_publish(broker: &Broker, topic: &str, payload: &[u8], qos: QoS, now: Instant) {
-    let _ = testing::route(
-        broker,
-        Routed::new(
-            ByteString::from(topic),
-            Bytes::copy_from_slice(payload),
-            qos,
-            false,
-            now,
-        ),
-    );
 }
 
 #[test]
@@ -467,8 +388,8 @@ fn observe_subscribes_with_wildcards_and_notifies_with_increasing_sequence_numbe
     assert_eq!(answer.len(), 1);
     assert_eq!(code(&answer[0]), content());
     let registered = answer[0].get_observe_value().unwrap().unwrap();
-    mqtt_publish(&broker, "obs/a", b"n1", QoS::AtMostOnce, now);
-    mqtt_publish(&broker, "obs/b/c", b"n2", QoS::AtMostOnce, now);
+    testing::publish(&broker, "obs/a", b"n1", QoS::AtMostOnce, now);
+    testing::publish(&broker, "obs/b/c", b"n2", QoS::AtMostOnce, now);
     let notes = peer.wake(now);
     assert_eq!(notes.len(), 2);
     let mut last = registered;
@@ -494,7 +415,7 @@ fn observe_subscribes_with_wildcards_and_notifies_with_increasing_sequence_numbe
     assert_eq!(code(&answer[0]), content());
     assert!(answer[0].get_observe_value().is_none());
     assert_eq!(peer.channel.observation_count(), 0);
-    mqtt_publish(&broker, "obs/a", b"n3", QoS::AtMostOnce, now);
+    testing::publish(&broker, "obs/a", b"n3", QoS::AtMostOnce, now);
     assert!(peer.wake(now).is_empty());
 }
 
@@ -505,7 +426,7 @@ fn one_confirmable_notification_in_flight_and_the_rest_wait_for_its_ack() {
     let mut peer = Peer::new(&broker, settings(), now);
     peer.observe("/ps/con?clientid=o2", b"cn", now);
     for payload in [b"1", b"2", b"3"] {
-        mqtt_publish(&broker, "con", payload, QoS::AtLeastOnce, now);
+        testing::publish(&broker, "con", payload, QoS::AtLeastOnce, now);
     }
     let first = peer.wake(now);
     assert_eq!(first.len(), 1);
@@ -526,7 +447,7 @@ fn an_unacknowledged_notification_is_retransmitted_then_the_observer_removed() {
     let broker = broker(start);
     let mut peer = Peer::new(&broker, settings(), start);
     peer.observe("/ps/gone?clientid=o3", b"gn", start);
-    mqtt_publish(&broker, "gone", b"hello", QoS::AtLeastOnce, start);
+    testing::publish(&broker, "gone", b"hello", QoS::AtLeastOnce, start);
     let sent = peer.wake(start);
     assert_eq!(sent.len(), 1);
     let mut now = start;
@@ -540,7 +461,7 @@ fn an_unacknowledged_notification_is_retransmitted_then_the_observer_removed() {
     let after = peer.tick(now);
     assert_eq!(peer.channel.observation_count(), 0);
     assert!(after.iter().all(|p| p.payload.is_empty()));
-    mqtt_publish(&broker, "gone", b"later", QoS::AtLeastOnce, now);
+    testing::publish(&broker, "gone", b"later", QoS::AtLeastOnce, now);
     assert!(peer.wake(now).iter().all(|p| p.payload.is_empty()));
 }
 
@@ -550,12 +471,12 @@ fn a_reset_notification_removes_the_observer() {
     let broker = broker(now);
     let mut peer = Peer::new(&broker, settings(), now);
     peer.observe("/ps/rst/+?clientid=o4", b"rs", now);
-    mqtt_publish(&broker, "rst/x", b"a", QoS::AtMostOnce, now);
+    testing::publish(&broker, "rst/x", b"a", QoS::AtMostOnce, now);
     let note = peer.wake(now);
     assert_eq!(note[0].header.get_type(), MessageType::NonConfirmable);
     peer.reset(&note[0], now);
     assert_eq!(peer.channel.observation_count(), 0);
-    mqtt_publish(&broker, "rst/x", b"b", QoS::AtMostOnce, now);
+    testing::publish(&broker, "rst/x", b"b", QoS::AtMostOnce, now);
     assert!(peer.wake(now).is_empty());
 }
 
@@ -584,7 +505,7 @@ fn notify_type_con_and_non_override_the_qos() {
             now,
         );
         peer.observe(&format!("/ps/nt/{kind:?}?clientid=nt{kind:?}"), b"n", now);
-        mqtt_publish(&broker, &format!("nt/{kind:?}"), b"m", qos, now);
+        testing::publish(&broker, &format!("nt/{kind:?}"), b"m", qos, now);
         let note = peer.wake(now);
         assert_eq!(note[0].header.get_type(), want, "{kind:?}");
     }
@@ -652,7 +573,7 @@ fn mountpoint_prefixes_topics_with_the_client_id() {
     peer.post("/ps/t?clientid=m1", b"v", now);
     assert_eq!(&*drain(&watcher, now)[0].topic, "coap/m1/t");
     peer.observe("/ps/in", b"i", now);
-    mqtt_publish(&broker, "coap/m1/in", b"w", QoS::AtMostOnce, now);
+    testing::publish(&broker, "coap/m1/in", b"w", QoS::AtMostOnce, now);
     assert_eq!(peer.wake(now)[0].payload, b"w");
 }
 
@@ -1069,8 +990,8 @@ fn observe_then_publish(
 ) -> Packet {
     let answer = peer.observe(&format!("/ps/{topic}?clientid=obs1"), b"ob", now);
     assert_eq!(code(&answer[0]), content());
-    mqtt_publish(broker, topic, large, QoS::AtMostOnce, now);
-    mqtt_publish(broker, topic, b"next", QoS::AtMostOnce, now);
+    testing::publish(broker, topic, large, QoS::AtMostOnce, now);
+    testing::publish(broker, topic, b"next", QoS::AtMostOnce, now);
     let sent = peer.wake(now);
     assert_eq!(sent.len(), 1, "later notifications wait: {sent:?}");
     sent.into_iter().next().unwrap()
@@ -1155,7 +1076,7 @@ fn an_observe_request_may_ask_for_smaller_blocks() {
     );
     let answer = peer.send_raw(datagram, now);
     assert_eq!(code(&answer[0]), content());
-    mqtt_publish(&broker, "small", &body(100), QoS::AtMostOnce, now);
+    testing::publish(&broker, "small", &body(100), QoS::AtMostOnce, now);
     let sent = peer.wake(now);
     assert_eq!(block_option(&sent[0], CoapOption::Block2), blk(0, true, 2));
     assert_eq!(sent[0].payload.len(), 64);
@@ -1231,30 +1152,19 @@ impl Counting {
 /// A broker whose users are alice (password "wonder") and mallory ("evil"), with `acl`
 /// (rules; no match allows). Anonymous clients are let in, as the MQTT watcher is.
 fn broker_with_users(acl: &str, now: Instant) -> (Arc<Broker>, Arc<Counting>) {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    let users = PasswordFile::parse(
-        &format!(
-            "alice:{}\nmallory:{}\n",
-            hash_password("wonder"),
-            hash_password("evil")
-        ),
-        std::path::Path::new("passwd"),
-    )
-    .unwrap();
+    let users = testing::password_file(&[("alice", "wonder"), ("mallory", "evil")]);
     let counting = Arc::new(Counting {
         inner: PasswordAuthenticator::new(Some(users), true),
         calls: AtomicUsize::new(0),
     });
     let acl = AclAuthorizer::parse(acl, std::path::Path::new("acl"), AclNoMatch::Allow).unwrap();
-    let broker = Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
+    let broker = testing::broker_with_auth(
         Auth {
             authenticator: counting.clone(),
             authorizer: Arc::new(acl),
         },
         now,
-    ));
+    );
     (broker, counting)
 }
 
@@ -1379,8 +1289,8 @@ fn another_users_session_is_refused_with_4_03_and_left_to_its_owner() {
     let observed = owner.observe(&format!("/ps/own/t?clientid=dev&{ALICE}"), b"o", now);
     assert_eq!(code(&observed[0]), content());
     // One confirmable notification in flight, the second waits in the session's queue.
-    mqtt_publish(&broker, "own/t", b"1", QoS::AtLeastOnce, now);
-    mqtt_publish(&broker, "own/t", b"2", QoS::AtLeastOnce, now);
+    testing::publish(&broker, "own/t", b"1", QoS::AtLeastOnce, now);
+    testing::publish(&broker, "own/t", b"2", QoS::AtLeastOnce, now);
     let first = owner.wake(now);
     assert_eq!(first.len(), 1);
 
@@ -1464,55 +1374,18 @@ fn acl_denial_refuses_publish_and_observe_with_nothing_delivered() {
         code(&observed[0]),
         response_code(ResponseType::Unauthorized)
     );
-    mqtt_publish(&broker, "secret/a", b"x", QoS::AtMostOnce, now);
+    testing::publish(&broker, "secret/a", b"x", QoS::AtMostOnce, now);
     assert!(peer.wake(now).is_empty(), "nothing delivered");
     assert_eq!(drain(&watcher, now).len(), 1, "only the MQTT publish");
 }
 
 // ---- durability of what a publish is answered for ----------------------------------------
 
-/// A broker on `store` with a persistent MQTT session subscribed to `filter` at QoS 1, so
-/// that a QoS 1 message to it is stored.
-fn broker_with_keeper(store: &Arc<MapStore>, filter: &str, now: Instant) -> Arc<Broker> {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    let broker = Arc::new(
-        Broker::new(
-            config.mqtt.clone(),
-            &config.retainer,
-            Auth::allow_all(),
-            now,
-        )
-        .with_store(store.clone(), std::time::SystemTime::now()),
-    );
-    let keeper = testing::open_session(
-        &broker,
-        "mqtt",
-        "keeper",
-        false,
-        3600,
-        Arc::new(NoWakeup),
-        now,
-    )
-    .unwrap();
-    keeper
-        .subscribe(
-            filter,
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..SubscriptionOptions::default()
-            },
-            None,
-            now,
-        )
-        .unwrap();
-    broker
-}
-
 #[test]
 fn a_qos_1_publish_is_answered_2_04_only_once_the_stored_copy_is_durable() {
     let now = Instant::now();
     let store = Arc::new(MapStore::default());
-    let broker = broker_with_keeper(&store, "kept/#", now);
+    let broker = common::broker_with_keeper(&store, "kept/#", now);
     store.hold_back();
     let mut peer = Peer::new(&broker, settings(), now);
     let datagram = build(
@@ -1563,7 +1436,7 @@ fn a_qos_1_publish_is_answered_2_04_only_once_the_stored_copy_is_durable() {
 fn a_full_store_refuses_qos_1_with_5_03_and_max_age_and_routes_nothing() {
     let now = Instant::now();
     let store = Arc::new(MapStore::default());
-    let broker = broker_with_keeper(&store, "full/#", now);
+    let broker = common::broker_with_keeper(&store, "full/#", now);
     let watcher = mqtt_subscriber(&broker, "full/#", now);
     store.set_full(true);
     let mut peer = Peer::new(&broker, settings(), now);
@@ -1700,7 +1573,7 @@ fn notifications_wait_until_the_observer_shows_it_receives_at_its_address() {
     assert_eq!(code(&answer[0]), content());
     assert_eq!(answer[0].header.get_type(), MessageType::Confirmable);
     assert!(forged.wake(now).is_empty(), "the replay waits");
-    mqtt_publish(&broker, "spoof/live", b"live", QoS::AtMostOnce, now);
+    testing::publish(&broker, "spoof/live", b"live", QoS::AtMostOnce, now);
     assert!(forged.wake(now).is_empty(), "live traffic waits too");
     // The answer is retransmitted, then given up: the observer is forgotten, having been
     // sent nothing else.
@@ -1756,7 +1629,7 @@ fn a_retained_replay_leaves_one_confirmable_notification_per_acknowledgement() {
     assert_eq!(note.header.get_type(), MessageType::Confirmable);
     assert!(peer.ack(&note, now).is_empty());
     // Live QoS 0 messages are non-confirmable as before.
-    mqtt_publish(&broker, "replay/live", b"live", QoS::AtMostOnce, now);
+    testing::publish(&broker, "replay/live", b"live", QoS::AtMostOnce, now);
     let live = peer.wake(now);
     assert_eq!(live[0].header.get_type(), MessageType::NonConfirmable);
 }
@@ -1804,7 +1677,7 @@ fn a_request_from_another_address_is_vouched_for_only_with_the_admitted_credenti
     let elsewhere: std::net::SocketAddr = "127.0.0.2:5683".parse().unwrap();
     peer.channel.rebound(elsewhere);
     assert!(!peer.channel.address_validated());
-    mqtt_publish(&broker, "v/after", b"after", QoS::AtMostOnce, now);
+    testing::publish(&broker, "v/after", b"after", QoS::AtMostOnce, now);
     let out = peer.wake(now);
     assert_eq!(out.len(), 1);
     assert!(is_ping(&out[0]), "{out:?}");

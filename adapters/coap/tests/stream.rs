@@ -8,32 +8,26 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_coap::framing::{self, Frame, FrameError, Framing};
-use adapter_coap::{AuthFailureLimit, CoapChannel, CoapStream, Settings, UNDERSTOOD_CRITICAL};
+use adapter_coap::{CoapChannel, CoapStream, Settings};
 use adapter_kit::coap::{
     decode_framed, encode_framed, CoapOption, MessageClass, Packet, RequestType, ResponseType,
     TransmissionParams,
 };
 use adapter_kit::StreamChannel;
 use bytes::{Bytes, BytesMut};
-use gateway_config::{CoapNotifyType, CoapQos};
-use mqtt_core::auth::Auth;
+use common::request;
 use mqtt_core::broker::Broker;
 use mqtt_core::codec::QoS;
 use mqtt_core::message::Message as Routed;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::Wakeup;
-use mqtt_core::testing::route;
+use mqtt_core::testing::{broker, route, NoWakeup};
 use proptest::prelude::*;
-
-struct NoWakeup;
-
-impl Wakeup for NoWakeup {
-    fn wake(&self) {}
-}
 
 fn frame_strategy() -> impl Strategy<Value = Frame> {
     (
@@ -113,27 +107,16 @@ fn a_packet_survives_encode_framed_and_decode_framed() {
     assert!(decode_framed(0x02, b"", &[0xFF]).is_err());
 }
 
+/// The datagram listener's settings on a TCP listener, whose messages may be larger.
 fn settings() -> Settings {
+    let datagram = common::settings();
     Settings {
         listener: Arc::from("tcp:test"),
-        heartbeat: Duration::from_secs(30),
-        connection_required: false,
-        notify_type: CoapNotifyType::Qos,
-        subscribe_qos: CoapQos::Coap,
-        publish_qos: CoapQos::Coap,
-        mountpoint: String::new(),
         transmission: TransmissionParams {
-            ack_random_factor: 1.0,
             max_message_size: 4096,
-            ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL)
+            ..datagram.transmission
         },
-        blockwise: None,
-        separate_response: false,
-        auth_failures: AuthFailureLimit {
-            max: 5,
-            window: Duration::from_secs(60),
-            lockout: Duration::from_secs(60),
-        },
+        ..datagram
     }
 }
 
@@ -208,33 +191,6 @@ fn frames(mut out: BytesMut) -> Vec<Frame> {
 
 fn packet(frame: &Frame) -> Packet {
     decode_framed(frame.code, &frame.token, &frame.body).unwrap()
-}
-
-fn request(method: RequestType, path: &str, token: &[u8], observe: Option<u32>) -> Packet {
-    let mut packet = Packet::new();
-    packet.header.code = MessageClass::Request(method);
-    packet.set_token(token.to_vec());
-    let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    for segment in path.split('/').filter(|s| !s.is_empty()) {
-        packet.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
-    }
-    for pair in query.split('&').filter(|s| !s.is_empty()) {
-        packet.add_option(CoapOption::UriQuery, pair.as_bytes().to_vec());
-    }
-    if let Some(value) = observe {
-        packet.set_observe_value(value);
-    }
-    packet
-}
-
-fn broker(now: Instant) -> Arc<Broker> {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        Auth::allow_all(),
-        now,
-    ))
 }
 
 #[test]
@@ -372,43 +328,11 @@ fn malformed_input_and_a_missing_csm_are_aborted() {
 
 #[test]
 fn a_qos_1_publish_is_answered_over_a_stream_once_durable() {
-    use mqtt_core::codec::SubscriptionOptions;
     use mqtt_core::storage::MapStore;
 
     let now = Instant::now();
     let store = Arc::new(MapStore::default());
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    let broker = Arc::new(
-        Broker::new(
-            config.mqtt.clone(),
-            &config.retainer,
-            Auth::allow_all(),
-            now,
-        )
-        .with_store(store.clone(), std::time::SystemTime::now()),
-    );
-    // A persistent subscriber, so that the message is stored.
-    let keeper = mqtt_core::testing::open_session(
-        &broker,
-        "mqtt",
-        "keeper",
-        false,
-        3600,
-        Arc::new(NoWakeup),
-        now,
-    )
-    .unwrap();
-    keeper
-        .subscribe(
-            "kept/#",
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..SubscriptionOptions::default()
-            },
-            None,
-            now,
-        )
-        .unwrap();
+    let broker = common::broker_with_keeper(&store, "kept/#", now);
     let (mut client, _) = Client::connect(&broker, now);
     client.send_raw(&[0x00, 0xE1], now);
     store.hold_back();

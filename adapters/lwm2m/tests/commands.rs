@@ -13,30 +13,25 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_kit::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use adapter_lwm2m::channel::AutoObserveMode;
 use adapter_lwm2m::command::uint_option;
-use adapter_lwm2m::{Lwm2mChannel, ObjectRegistry, Settings};
+use adapter_lwm2m::{Lwm2mChannel, Settings};
 use bytes::Bytes;
 use bytestring::ByteString;
-use mqtt_core::auth::Auth;
+use common::{decode, settings};
 use mqtt_core::broker::Broker;
 use mqtt_core::client::ClientSession;
-use mqtt_core::codec::{QoS, SubscriptionOptions};
+use mqtt_core::codec::QoS;
 use mqtt_core::message::Message as Routed;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::Wakeup;
-use mqtt_core::testing;
+use mqtt_core::testing::{self, NoWakeup};
 use serde_json::{json, Value};
-
-struct NoWakeup;
-
-impl Wakeup for NoWakeup {
-    fn wake(&self) {}
-}
 
 const TEXT: u16 = 0;
 const TLV: u16 = 11542;
@@ -44,20 +39,6 @@ const OMA_JSON: u16 = 11543;
 const SENML_JSON: u16 = 110;
 const SENML_CBOR: u16 = 112;
 const LINK_FORMAT: u16 = 40;
-
-fn settings() -> Settings {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    let listener = gateway_config::UdpListenerConfig {
-        max_packet_size: 1152,
-        ..config.gateway.lwm2m.listeners.udp["default"].clone()
-    };
-    Settings::from_config(
-        Arc::from("udp:test"),
-        &config.gateway.lwm2m,
-        &listener,
-        Arc::new(ObjectRegistry::built_in()),
-    )
-}
 
 /// The gateway's side (channel and broker) and an MQTT application watching `up/`.
 struct Harness {
@@ -69,13 +50,7 @@ struct Harness {
 
 impl Harness {
     fn new(settings: Settings, now: Instant) -> Harness {
-        let config = gateway_config::Config::from_toml_str("").expect("defaults");
-        let broker = Arc::new(Broker::new(
-            config.mqtt.clone(),
-            &config.retainer,
-            Auth::allow_all(),
-            now,
-        ));
+        let broker = testing::broker(now);
         let channel = Lwm2mChannel::new(
             broker.clone(),
             Arc::new(settings),
@@ -84,7 +59,14 @@ impl Harness {
             11,
             now,
         );
-        let watcher = watch(&broker, "lwm2m/+/up/#", now);
+        let watcher = testing::subscriber(
+            &broker,
+            "application",
+            "lwm2m/+/up/#",
+            QoS::AtLeastOnce,
+            0,
+            now,
+        );
         Harness {
             broker,
             channel,
@@ -104,17 +86,7 @@ impl Harness {
         now: Instant,
     ) -> Vec<Packet> {
         self.next_id += 1;
-        let mut packet = Packet::new();
-        packet.header.set_type(MessageType::Confirmable);
-        packet.header.code = MessageClass::Request(method);
-        packet.header.message_id = self.next_id;
-        packet.set_token(self.next_id.to_be_bytes().to_vec());
-        for segment in path {
-            packet.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
-        }
-        for query in queries {
-            packet.add_option(CoapOption::UriQuery, query.as_bytes().to_vec());
-        }
+        let mut packet = common::confirmable(method, self.next_id, path, queries);
         if let Some(format) = format {
             packet.add_option(CoapOption::ContentFormat, uint_option(u32::from(format)));
         }
@@ -215,35 +187,6 @@ impl Harness {
         assert_eq!(got, topic, "{json}");
         json
     }
-}
-
-fn watch(broker: &Arc<Broker>, filter: &str, now: Instant) -> ClientSession {
-    let watcher = testing::open_session(
-        broker,
-        "mqtt",
-        "application",
-        true,
-        0,
-        Arc::new(NoWakeup),
-        now,
-    )
-    .unwrap();
-    watcher
-        .subscribe(
-            filter,
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..SubscriptionOptions::default()
-            },
-            None,
-            now,
-        )
-        .unwrap();
-    watcher
-}
-
-fn decode(out: Vec<Bytes>) -> Vec<Packet> {
-    out.iter().map(|d| Packet::from_bytes(d).unwrap()).collect()
 }
 
 fn code(packet: &Packet) -> MessageClass {

@@ -9,46 +9,26 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapter_kit::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use adapter_lwm2m::{Lwm2mChannel, ObjectRegistry, Settings};
+use adapter_kit::coap::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
+use adapter_lwm2m::Lwm2mChannel;
 use bytes::Bytes;
-use mqtt_core::auth::Auth;
+use common::{decode, request, settings};
 use mqtt_core::broker::Broker;
 use mqtt_core::codec::QoS;
 use mqtt_core::message::Message as Routed;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::Wakeup;
-
-struct NoWakeup;
-
-impl Wakeup for NoWakeup {
-    fn wake(&self) {}
-}
+use mqtt_core::testing::{self, NoWakeup};
 
 fn setup(now: Instant) -> (Arc<Broker>, Lwm2mChannel) {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    let broker = Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        Auth::allow_all(),
-        now,
-    ));
-    let listener = gateway_config::UdpListenerConfig {
-        max_packet_size: 1152,
-        ..config.gateway.lwm2m.listeners.udp["default"].clone()
-    };
-    let settings = Settings::from_config(
-        Arc::from("udp:test"),
-        &config.gateway.lwm2m,
-        &listener,
-        Arc::new(ObjectRegistry::built_in()),
-    );
+    let broker = testing::broker(now);
     let channel = Lwm2mChannel::new(
         broker.clone(),
-        Arc::new(settings),
+        Arc::new(settings()),
         None,
         Arc::new(NoWakeup),
         7,
@@ -57,29 +37,10 @@ fn setup(now: Instant) -> (Arc<Broker>, Lwm2mChannel) {
     (broker, channel)
 }
 
-fn request(method: RequestType, id: u16, path: &[&str], queries: &[&str], payload: &[u8]) -> Bytes {
-    let mut packet = Packet::new();
-    packet.header.set_type(MessageType::Confirmable);
-    packet.header.code = MessageClass::Request(method);
-    packet.header.message_id = id;
-    packet.set_token(vec![1, 2, id as u8]);
-    for segment in path {
-        packet.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
-    }
-    for query in queries {
-        packet.add_option(CoapOption::UriQuery, query.as_bytes().to_vec());
-    }
-    packet.payload = payload.to_vec();
-    Bytes::from(packet.to_bytes().unwrap())
-}
-
 fn send(channel: &mut Lwm2mChannel, datagram: Bytes, now: Instant) -> (Flow, Vec<Packet>) {
     let mut out = Vec::new();
     let flow = channel.handle_datagram(datagram, &mut out, now);
-    (
-        flow,
-        out.iter().map(|d| Packet::from_bytes(d).unwrap()).collect(),
-    )
+    (flow, decode(out))
 }
 
 fn register(channel: &mut Lwm2mChannel, queries: &[&str], now: Instant) -> Packet {
@@ -214,7 +175,7 @@ fn queue_mode_holds_commands_until_the_device_speaks() {
     // Past qmode_time_window (22 s) the device sleeps: the command waits.
     let later = start + Duration::from_secs(30);
     let command = br#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/0"}}"#;
-    let _ = mqtt_core::testing::route(
+    let _ = testing::route(
         &broker,
         Routed::new(
             "lwm2m/sleepy/dn/read".into(),

@@ -11,71 +11,28 @@
     clippy::indexing_slicing
 )]
 
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+mod common;
+
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use adapter_kit::coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use adapter_lwm2m::{Lwm2mChannel, ObjectRegistry, Settings};
+use adapter_kit::coap::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
+use adapter_lwm2m::{Lwm2mChannel, Settings};
 use bytes::Bytes;
-use mqtt_core::auth::{
-    hash_password, AclAuthorizer, AllowAll, Auth, PasswordAuthenticator, PasswordFile,
-};
+use common::{decode, request, settings};
+use mqtt_core::auth::{AclAuthorizer, AllowAll, Auth, PasswordAuthenticator};
 use mqtt_core::broker::Broker;
 use mqtt_core::client::ClientSession;
-use mqtt_core::codec::{QoS, SubscriptionOptions};
-use mqtt_core::message::Message as Routed;
+use mqtt_core::codec::QoS;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::Wakeup;
 use mqtt_core::storage::MapStore;
-use mqtt_core::testing;
-
-#[derive(Default)]
-struct CountingWakeup(AtomicUsize);
-
-impl Wakeup for CountingWakeup {
-    fn wake(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn defaults() -> gateway_config::Config {
-    gateway_config::Config::from_toml_str("").expect("defaults")
-}
-
-fn settings() -> Settings {
-    let config = defaults();
-    let listener = gateway_config::UdpListenerConfig {
-        max_packet_size: 1152,
-        ..config.gateway.lwm2m.listeners.udp["default"].clone()
-    };
-    Settings::from_config(
-        Arc::from("udp:test"),
-        &config.gateway.lwm2m,
-        &listener,
-        Arc::new(ObjectRegistry::built_in()),
-    )
-}
-
-fn broker(auth: Auth, now: Instant) -> Arc<Broker> {
-    let config = defaults();
-    Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        auth,
-        now,
-    ))
-}
+use mqtt_core::testing::{self, CountingWakeup};
 
 /// Users `dev` (password `right`) and `mallory` (password `mallory-pw`).
 fn broker_with_users(now: Instant) -> Arc<Broker> {
-    let passwords = format!(
-        "dev:{}\nmallory:{}\n",
-        hash_password("right"),
-        hash_password("mallory-pw")
-    );
-    let users = PasswordFile::parse(&passwords, std::path::Path::new("test.passwd")).unwrap();
-    broker(
+    let users = testing::password_file(&[("dev", "right"), ("mallory", "mallory-pw")]);
+    testing::broker_with_auth(
         Auth {
             authenticator: Arc::new(PasswordAuthenticator::new(Some(users), false)),
             authorizer: Arc::new(AllowAll),
@@ -94,25 +51,12 @@ fn broker_with_acl(rules: &str, now: Instant) -> Arc<Broker> {
         gateway_config::AclNoMatch::Deny,
     )
     .unwrap();
-    broker(
+    testing::broker_with_auth(
         Auth {
             authenticator: Arc::new(AllowAll),
             authorizer: Arc::new(authorizer),
         },
         now,
-    )
-}
-
-fn broker_with_store(store: Arc<MapStore>, now: Instant) -> Arc<Broker> {
-    let config = defaults();
-    Arc::new(
-        Broker::new(
-            config.mqtt.clone(),
-            &config.retainer,
-            Auth::allow_all(),
-            now,
-        )
-        .with_store(store, std::time::SystemTime::now()),
     )
 }
 
@@ -180,26 +124,6 @@ fn next_id() -> u16 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-fn request(method: RequestType, id: u16, path: &[&str], queries: &[&str], payload: &[u8]) -> Bytes {
-    let mut packet = Packet::new();
-    packet.header.set_type(MessageType::Confirmable);
-    packet.header.code = MessageClass::Request(method);
-    packet.header.message_id = id;
-    packet.set_token(id.to_be_bytes().to_vec());
-    for segment in path {
-        packet.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
-    }
-    for query in queries {
-        packet.add_option(CoapOption::UriQuery, query.as_bytes().to_vec());
-    }
-    packet.payload = payload.to_vec();
-    Bytes::from(packet.to_bytes().unwrap())
-}
-
-fn decode(out: Vec<Bytes>) -> Vec<Packet> {
-    out.iter().map(|d| Packet::from_bytes(d).unwrap()).collect()
-}
-
 fn response_code(packet: &Packet) -> ResponseType {
     match packet.header.code {
         MessageClass::Response(code) => code,
@@ -209,42 +133,25 @@ fn response_code(packet: &Packet) -> ResponseType {
 
 fn command_to(broker: &Broker, endpoint: &str, now: Instant) {
     let command = r#"{"reqID":1,"msgType":"read","data":{"path":"/3/0/0"}}"#;
-    let _ = testing::route(
+    testing::publish(
         broker,
-        Routed::new(
-            format!("lwm2m/{endpoint}/dn/cmd").into(),
-            Bytes::from_static(command.as_bytes()),
-            QoS::AtMostOnce,
-            false,
-            now,
-        ),
+        &format!("lwm2m/{endpoint}/dn/cmd"),
+        command.as_bytes(),
+        QoS::AtMostOnce,
+        now,
     );
 }
 
 /// An MQTT application subscribed to `filter`.
 fn watch(broker: &Arc<Broker>, filter: &str, expiry_interval: u32, now: Instant) -> ClientSession {
-    let watcher = testing::open_session(
+    testing::subscriber(
         broker,
-        "mqtt",
         "application",
-        true,
+        filter,
+        QoS::AtLeastOnce,
         expiry_interval,
-        Arc::new(CountingWakeup::default()),
         now,
     )
-    .unwrap();
-    watcher
-        .subscribe(
-            filter,
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                ..SubscriptionOptions::default()
-            },
-            None,
-            now,
-        )
-        .unwrap();
-    watcher
 }
 
 /// The topics of what `watcher` received since the last look.
@@ -366,7 +273,7 @@ fn another_users_register_of_an_endpoint_is_refused_4_03_and_the_owner_keeps_its
 #[test]
 fn an_endpoint_name_that_would_widen_the_mountpoint_is_refused_4_00() {
     let now = Instant::now();
-    let broker = broker(Auth::allow_all(), now);
+    let broker = testing::broker(now);
     let mut victim = Device::new(&broker, settings(), now);
     assert_eq!(victim.register(&["ep=victim"], now), ResponseType::Created);
 
@@ -400,7 +307,7 @@ fn an_endpoint_name_that_would_widen_the_mountpoint_is_refused_4_00() {
 #[test]
 fn update_and_deregister_are_honoured_only_by_the_channel_holding_the_registration() {
     let now = Instant::now();
-    let broker = broker(Auth::allow_all(), now);
+    let broker = testing::broker(now);
     let mut holder = Device::new(&broker, settings(), now);
     assert_eq!(holder.register(&["ep=a"], now), ResponseType::Created);
 
@@ -434,7 +341,7 @@ fn update_and_deregister_are_honoured_only_by_the_channel_holding_the_registrati
 #[test]
 fn a_mountpoint_that_resolves_into_sys_refuses_the_registration() {
     let now = Instant::now();
-    let broker = broker(Auth::allow_all(), now);
+    let broker = testing::broker(now);
     let watcher = watch(&broker, "$SYS/#", 0, now);
     let mut settings = settings();
     settings.mountpoint = Arc::from("${endpoint_name}/");
@@ -498,7 +405,7 @@ fn acl_denials_refuse_what_the_device_asked_for_and_deliver_nothing() {
 fn a_full_store_refuses_events_kept_at_qos_1_with_5_03() {
     let now = Instant::now();
     let store = Arc::new(MapStore::default());
-    let broker = broker_with_store(store.clone(), now);
+    let broker = testing::broker_on_store(store.clone(), now);
     let watcher = watch(&broker, "lwm2m/#", 0, now);
     let mut settings = settings();
     settings.register.qos = QoS::AtLeastOnce;
@@ -547,7 +454,7 @@ fn the_answer_to_a_register_waits_until_its_event_is_durable() {
     let now = Instant::now();
     let store = Arc::new(MapStore::default());
     store.hold_back();
-    let broker = broker_with_store(store.clone(), now);
+    let broker = testing::broker_on_store(store.clone(), now);
     // A persistent subscriber: the register event (QoS 1) is stored for it.
     let watcher = watch(&broker, "lwm2m/+/up/#", 3600, now);
     let mut settings = settings();
@@ -570,12 +477,9 @@ fn the_answer_to_a_register_waits_until_its_event_is_durable() {
     // Nor is it sent a command before it knows it is registered.
     assert!(!device.gets_command_for(&broker, "slow", now));
 
-    let woken = device.wakeup.0.load(Ordering::SeqCst);
+    let woken = device.wakeup.count();
     store.make_durable(store.submitted());
-    assert!(
-        device.wakeup.0.load(Ordering::SeqCst) > woken,
-        "the store woke it"
-    );
+    assert!(device.wakeup.count() > woken, "the store woke it");
     let (flow, out) = device.wake(now);
     assert_eq!(flow, Flow::Continue);
     assert_eq!(response_code(&out[0]), ResponseType::Created);

@@ -9,7 +9,6 @@
 )]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,31 +22,11 @@ use mqtt_core::auth::{
 };
 use mqtt_core::broker::Broker;
 use mqtt_core::client::ClientSession;
-use mqtt_core::codec::{QoS, SubscriptionOptions};
-use mqtt_core::message::Message as Routed;
+use mqtt_core::codec::QoS;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::{SessionKey, Wakeup};
+use mqtt_core::session::SessionKey;
 use mqtt_core::storage::{MapStore, Store as _};
-use mqtt_core::testing;
-
-#[derive(Default)]
-struct CountingWakeup(AtomicUsize);
-
-impl Wakeup for CountingWakeup {
-    fn wake(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn broker(now: Instant) -> Arc<Broker> {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        Auth::allow_all(),
-        now,
-    ))
-}
+use mqtt_core::testing::{self, broker, recovered_broker, CountingWakeup};
 
 fn settings() -> Arc<Settings> {
     Arc::new(Settings {
@@ -55,11 +34,7 @@ fn settings() -> Arc<Settings> {
         gateway_id: 7,
         enable_qos3: true,
         mountpoint: String::new(),
-        clientinfo_override: gateway_config::Config::defaults()
-            .expect("embedded defaults")
-            .gateway
-            .mqttsn
-            .clientinfo_override,
+        clientinfo_override: testing::default_config().gateway.mqttsn.clientinfo_override,
         idle_timeout: Duration::from_secs(30),
         max_idle_without_keepalive: Duration::from_secs(120),
         retry_interval: Duration::from_secs(10),
@@ -183,28 +158,7 @@ fn connect_message(client_id: &str, clean: bool, will: bool, keep_alive: u16) ->
 
 /// An MQTT session on the same broker, subscribed to `filter`.
 fn observer(broker: &Arc<Broker>, filter: &str, now: Instant) -> ClientSession {
-    let observer = testing::open_session(
-        broker,
-        "mqtt",
-        "observer",
-        true,
-        0,
-        Arc::new(CountingWakeup::default()),
-        now,
-    )
-    .unwrap();
-    observer
-        .subscribe(
-            filter,
-            SubscriptionOptions {
-                qos: QoS::ExactlyOnce,
-                ..Default::default()
-            },
-            None,
-            now,
-        )
-        .unwrap();
-    observer
+    testing::subscriber(broker, "observer", filter, QoS::ExactlyOnce, 0, now)
 }
 
 fn received(observer: &ClientSession, now: Instant) -> Vec<(String, Bytes)> {
@@ -212,19 +166,6 @@ fn received(observer: &ClientSession, now: Instant) -> Vec<(String, Bytes)> {
     std::iter::from_fn(|| state.pop_queued(now))
         .map(|d| (d.message.topic.to_string(), d.message.payload.clone()))
         .collect()
-}
-
-fn mqtt_publish(broker: &Broker, topic: &str, payload: &'static [u8], qos: QoS, now: Instant) {
-    let _ = testing::route(
-        broker,
-        Routed::new(
-            ByteString::from(topic),
-            Bytes::from_static(payload),
-            qos,
-            false,
-            now,
-        ),
-    );
 }
 
 fn publish(
@@ -460,7 +401,7 @@ fn gateway_registers_a_new_topic_and_holds_the_message_until_regack() {
     let mut sn = Sn::connect(&broker, "dev3", true, now);
     assert_eq!(sn.subscribe("x/#", Qos::One, now), 0);
     // QoS 0 included: held, not lost.
-    mqtt_publish(&broker, "x/long/topic", b"first", QoS::AtMostOnce, now);
+    testing::publish(&broker, "x/long/topic", b"first", QoS::AtMostOnce, now);
     let replies = sn.wake(now);
     let (topic_id, msg_id) = match replies.as_slice() {
         [Message::Register {
@@ -474,7 +415,7 @@ fn gateway_registers_a_new_topic_and_holds_the_message_until_regack() {
         other => panic!("expected REGISTER alone, got {other:?}"),
     };
     // Another message meanwhile waits behind it.
-    mqtt_publish(&broker, "x/long/topic", b"second", QoS::AtLeastOnce, now);
+    testing::publish(&broker, "x/long/topic", b"second", QoS::AtLeastOnce, now);
     assert!(sn.wake(now).is_empty());
     let replies = sn.send(
         Message::RegAck {
@@ -514,8 +455,8 @@ fn gateway_registers_a_new_topic_and_holds_the_message_until_regack() {
         .is_empty());
     // Short and predefined topics go out without registration.
     sn.subscribe("pre/one", Qos::Zero, now);
-    mqtt_publish(&broker, "x/", b"short", QoS::AtMostOnce, now);
-    mqtt_publish(&broker, "pre/one", b"pre", QoS::AtMostOnce, now);
+    testing::publish(&broker, "x/", b"short", QoS::AtMostOnce, now);
+    testing::publish(&broker, "pre/one", b"pre", QoS::AtMostOnce, now);
     assert_eq!(
         sn.wake(now),
         vec![
@@ -538,7 +479,7 @@ fn a_delivery_refused_for_an_unknown_topic_id_is_registered_again_and_resent() {
     let mut sn = Sn::connect(&broker, "dev-forgets", true, now);
     let mut topic_id = sn.subscribe("kept/topic", Qos::Two, now);
     for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
-        mqtt_publish(&broker, "kept/topic", b"not lost", qos, now);
+        testing::publish(&broker, "kept/topic", b"not lost", qos, now);
         let Message::Publish { msg_id, .. } = sn.wake(now)[0].clone() else {
             panic!()
         };
@@ -614,7 +555,7 @@ fn qos2_to_the_client_walks_pubrec_pubrel_pubcomp() {
     let broker = broker(now);
     let mut sn = Sn::connect(&broker, "dev4", true, now);
     let id = sn.subscribe("q/2", Qos::Two, now);
-    mqtt_publish(&broker, "q/2", b"exactly", QoS::ExactlyOnce, now);
+    testing::publish(&broker, "q/2", b"exactly", QoS::ExactlyOnce, now);
     let Message::Publish { msg_id, flags, .. } = sn.wake(now)[0].clone() else {
         panic!()
     };
@@ -663,7 +604,7 @@ fn unacknowledged_publish_is_resent_then_the_client_is_lost_and_its_will_publish
         }]
     );
     let topic_id = sn.subscribe("r/1", Qos::One, now);
-    mqtt_publish(&broker, "r/1", b"retry me", QoS::AtLeastOnce, now);
+    testing::publish(&broker, "r/1", b"retry me", QoS::AtLeastOnce, now);
     let first = sn.wake(now);
     let Message::Publish { msg_id, flags, .. } = first[0].clone() else {
         panic!("{first:?}")
@@ -870,8 +811,8 @@ fn full_sleep_cycle_buffers_delivers_on_ping_then_pingresp_and_times_out() {
         vec![Message::Disconnect { duration: None }]
     );
     assert_eq!(sn.channel.rebindable_identity().as_deref(), Some("sleeper"));
-    mqtt_publish(&broker, "s/1", b"one", QoS::AtLeastOnce, now);
-    mqtt_publish(&broker, "s/1", b"two", QoS::AtMostOnce, now);
+    testing::publish(&broker, "s/1", b"one", QoS::AtLeastOnce, now);
+    testing::publish(&broker, "s/1", b"two", QoS::AtMostOnce, now);
     // Asleep: nothing goes out, and keep-alive no longer applies.
     assert!(sn.wake(now).is_empty());
     let t = now + Duration::from_secs(50);
@@ -1177,14 +1118,14 @@ fn mountpoint_prefixes_topics_both_ways_with_the_client_id() {
         vec![("sn/m1/up".into(), Bytes::from_static(b"up"))]
     );
     // A message on the mounted topic reaches the client under its own name's id.
-    mqtt_publish(&broker, "sn/m1/cmd", b"down", QoS::AtLeastOnce, now);
+    testing::publish(&broker, "sn/m1/cmd", b"down", QoS::AtLeastOnce, now);
     let replies = sn.wake(now);
     let [Message::Publish { topic_id, data, .. }] = replies.as_slice() else {
         panic!("{replies:?}")
     };
     assert_eq!((*topic_id, &data[..]), (id, &b"down"[..]));
     // Outside the mountpoint nothing reaches it.
-    mqtt_publish(&broker, "cmd", b"not mine", QoS::AtLeastOnce, now);
+    testing::publish(&broker, "cmd", b"not mine", QoS::AtLeastOnce, now);
     assert!(sn.wake(now).is_empty());
 }
 
@@ -1194,27 +1135,14 @@ fn a_delivery_no_frame_can_carry_is_dropped_not_retried_forever() {
     let broker = broker(now);
     let mut sn = Sn::connect(&broker, "big", true, now);
     sn.subscribe("b/1", Qos::One, now);
-    let huge: &'static [u8] = Box::leak(vec![1u8; 65_527].into_boxed_slice());
-    mqtt_publish(&broker, "b/1", huge, QoS::AtLeastOnce, now);
-    mqtt_publish(&broker, "b/1", b"small", QoS::AtLeastOnce, now);
+    let huge = vec![1u8; 65_527];
+    testing::publish(&broker, "b/1", &huge, QoS::AtLeastOnce, now);
+    testing::publish(&broker, "b/1", b"small", QoS::AtLeastOnce, now);
     let replies = sn.wake(now);
     let [Message::Publish { data, .. }] = replies.as_slice() else {
         panic!("{replies:?}")
     };
     assert_eq!(&data[..], b"small");
-}
-
-fn broker_on(store: Arc<dyn mqtt_core::storage::Store>, now: Instant) -> Arc<Broker> {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    let broker = Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        Auth::allow_all(),
-        now,
-    )
-    .with_store(store, std::time::SystemTime::now());
-    broker.recover(now).expect("recover");
-    Arc::new(broker)
 }
 
 fn retained(topic_id: u16, qos: Qos, msg_id: u16, data: &'static [u8]) -> Message {
@@ -1243,7 +1171,7 @@ fn acknowledgements_wait_until_the_message_is_durable_and_keep_their_order() {
     let now = Instant::now();
     let store = Arc::new(MapStore::default());
     store.hold_back();
-    let broker = broker_on(store.clone(), now);
+    let broker = recovered_broker(store.clone(), now);
     let mut sn = Sn::connect(&broker, "durable", true, now);
     let replies = sn.send(
         Message::Register {
@@ -1279,7 +1207,7 @@ fn acknowledgements_wait_until_the_message_is_durable_and_keep_their_order() {
     assert!(second > first);
 
     store.make_durable(first);
-    assert!(sn.wakeup.0.load(Ordering::SeqCst) > 0, "the store woke it");
+    assert!(sn.wakeup.count() > 0, "the store woke it");
     assert_eq!(
         sn.wake(now),
         vec![
@@ -1339,7 +1267,7 @@ fn acknowledgements_wait_until_the_message_is_durable_and_keep_their_order() {
 fn topic_ids_of_a_persistent_session_survive_a_restart() {
     let now = Instant::now();
     let store = Arc::new(MapStore::default());
-    let broker = broker_on(store.clone(), now);
+    let broker = recovered_broker(store.clone(), now);
     let mut sn = Sn::connect(&broker, "survivor", false, now);
     let replies = sn.send(
         Message::Register {
@@ -1358,7 +1286,7 @@ fn topic_ids_of_a_persistent_session_survive_a_restart() {
     let uplink = *uplink;
     let downlink = sn.subscribe("down/link", Qos::One, now);
     sn.send(Message::Disconnect { duration: None }, now);
-    mqtt_publish(&broker, "down/link", b"while away", QoS::AtLeastOnce, now);
+    testing::publish(&broker, "down/link", b"while away", QoS::AtLeastOnce, now);
     // A clean session keeps its ids in memory only.
     let mut clean = Sn::connect(&broker, "forgetful", true, now);
     clean.send(
@@ -1373,7 +1301,7 @@ fn topic_ids_of_a_persistent_session_survive_a_restart() {
     drop(sn);
     drop(broker);
 
-    let broker = broker_on(store.clone(), now);
+    let broker = recovered_broker(store.clone(), now);
     let obs = observer(&broker, "up/#", now);
     let mut sn = Sn::new(&broker, now);
     let replies = sn.send(connect_message("survivor", false, false, 30), now);
@@ -1421,7 +1349,7 @@ fn topic_ids_of_a_persistent_session_survive_a_restart() {
 fn unreadable_stored_topic_ids_start_an_empty_registry() {
     let now = Instant::now();
     let store = Arc::new(MapStore::default());
-    let broker = broker_on(store.clone(), now);
+    let broker = recovered_broker(store.clone(), now);
     let mut sn = Sn::connect(&broker, "garbled", false, now);
     sn.send(
         Message::Register {
@@ -1447,7 +1375,7 @@ fn unreadable_stored_topic_ids_start_an_empty_registry() {
         .collect();
     store.submit(garbled);
 
-    let broker = broker_on(store.clone(), now);
+    let broker = recovered_broker(store.clone(), now);
     let mut sn = Sn::connect(&broker, "garbled", false, now);
     assert_eq!(
         sn.send(
@@ -1505,17 +1433,14 @@ impl Authorizer for Rules {
 }
 
 fn broker_with(rules: Rules, now: Instant) -> Arc<Broker> {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
     let rules = Arc::new(rules);
-    Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
+    testing::broker_with_auth(
         Auth {
             authenticator: rules.clone(),
             authorizer: rules,
         },
         now,
-    ))
+    )
 }
 
 fn connack(return_code: ReturnCode) -> Vec<Message> {
@@ -1567,7 +1492,7 @@ fn another_users_session_is_refused_and_left_to_its_owner() {
     let topic_id = owner.subscribe("own/1", Qos::One, now);
     owner.send(Message::Disconnect { duration: None }, now);
     assert!(owner.closed);
-    mqtt_publish(&broker, "own/1", b"queued", QoS::AtLeastOnce, now);
+    testing::publish(&broker, "own/1", b"queued", QoS::AtLeastOnce, now);
 
     // Neither resuming it nor starting it clean: both would take it from its owner.
     for clean in [false, true] {
@@ -1831,7 +1756,7 @@ fn acl_denied_publish_and_subscribe_are_refused_with_nothing_delivered() {
         );
     }
     // The refused subscription delivers nothing either.
-    mqtt_publish(&broker, "secret/x", b"from mqtt", QoS::AtLeastOnce, now);
+    testing::publish(&broker, "secret/x", b"from mqtt", QoS::AtLeastOnce, now);
     assert!(sn.wake(now).is_empty());
     // QoS -1 is authorized like any publish.
     let mut neg = Sn::with_settings(&broker, with_secret, now);

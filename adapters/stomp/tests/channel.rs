@@ -15,37 +15,16 @@ use std::time::{Duration, Instant};
 use adapter_stomp::frame::{encode, Command, Decoder, Frame, FrameLimits, Version};
 use adapter_stomp::{Settings, StompChannel, STOMP_NAMESPACE};
 use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
 use gateway_config::StompSharedRedelivery;
 use mqtt_core::auth::{
     Action, Auth, AuthOutcome, Authenticator, Authorizer, ClientInfo, DenyReason,
 };
 use mqtt_core::broker::Broker;
 use mqtt_core::codec::QoS;
-use mqtt_core::message::Message;
 use mqtt_core::protocol::Flow;
-use mqtt_core::session::{SessionKey, Wakeup};
+use mqtt_core::session::SessionKey;
 use mqtt_core::storage::MapStore;
-
-struct NoWakeup;
-
-impl Wakeup for NoWakeup {
-    fn wake(&self) {}
-}
-
-fn broker(now: Instant) -> Arc<Broker> {
-    broker_with(Auth::allow_all(), now)
-}
-
-fn broker_with(auth: Auth, now: Instant) -> Arc<Broker> {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        auth,
-        now,
-    ))
-}
+use mqtt_core::testing::{self, broker, recovered_broker, NoWakeup};
 
 /// Anyone anonymous; a user whose passcode is its own name; `mallory` may neither publish
 /// nor subscribe under `secret`.
@@ -69,7 +48,7 @@ impl Authorizer for TestUsers {
 
 fn users_broker(now: Instant) -> Arc<Broker> {
     let users = Arc::new(TestUsers);
-    broker_with(
+    testing::broker_with_auth(
         Auth {
             authenticator: users.clone(),
             authorizer: users,
@@ -79,23 +58,15 @@ fn users_broker(now: Instant) -> Arc<Broker> {
 }
 
 fn settings(edit: impl FnOnce(&mut Settings)) -> Arc<Settings> {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
+    let config = testing::default_config();
     let mut settings = Settings::from_config(Arc::from("tcp:test"), &config.gateway.stomp, "");
     edit(&mut settings);
     Arc::new(settings)
 }
 
+/// Another client's QoS 1 message.
 fn publish(broker: &Broker, topic: &str, payload: &[u8], now: Instant) {
-    let _ = mqtt_core::testing::route(
-        broker,
-        Message::new(
-            ByteString::from(topic),
-            Bytes::copy_from_slice(payload),
-            QoS::AtLeastOnce,
-            false,
-            now,
-        ),
-    );
+    testing::publish(broker, topic, payload, QoS::AtLeastOnce, now);
 }
 
 /// One STOMP 1.2 client: frames in, the frames the channel answered out.
@@ -415,20 +386,6 @@ fn shared_messages_a_client_leaves_unacknowledged_follow_shared_redelivery() {
     }
 }
 
-/// A broker (re)started at `now` on `store`, with what the store kept restored.
-fn broker_on(store: &Arc<MapStore>, now: Instant) -> Arc<Broker> {
-    let config = gateway_config::Config::from_toml_str("").expect("defaults");
-    let broker = Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        Auth::allow_all(),
-        now,
-    )
-    .with_store(store.clone(), std::time::SystemTime::now());
-    broker.recover(now).expect("recover");
-    Arc::new(broker)
-}
-
 fn receipt_ids(frames: &[Frame]) -> Vec<&str> {
     frames
         .iter()
@@ -441,7 +398,7 @@ fn receipt_ids(frames: &[Frame]) -> Vec<&str> {
 fn receipts_of_sends_wait_until_the_message_is_durable_and_keep_their_order() {
     let t0 = Instant::now();
     let store = Arc::new(MapStore::default());
-    let broker = broker_on(&store, t0);
+    let broker = recovered_broker(store.clone(), t0);
     let settings = settings(|_| {});
     // A persistent subscriber, so a SEND to its destination has something to store. Its
     // SUBSCRIBE's RECEIPT, too, says the subscription is kept.
@@ -493,7 +450,7 @@ fn receipts_of_sends_wait_until_the_message_is_durable_and_keep_their_order() {
 fn a_full_store_refuses_a_send_that_asks_for_a_receipt_with_an_error() {
     let t0 = Instant::now();
     let store = Arc::new(MapStore::default());
-    let broker = broker_on(&store, t0);
+    let broker = recovered_broker(store.clone(), t0);
     let settings = settings(|_| {});
     let mut keeper = Client::connect(&broker, &settings, Some("keeper"), t0);
     keeper.subscribe("kept/t", "client", t0);
@@ -534,7 +491,7 @@ fn a_persistent_session_gets_its_unacknowledged_messages_again_after_a_crash() {
     use mqtt_core::storage::Table;
     let t0 = Instant::now();
     let store = Arc::new(MapStore::default());
-    let broker = broker_on(&store, t0);
+    let broker = recovered_broker(store.clone(), t0);
     let settings = settings(|_| {});
     let mut client = Client::connect(&broker, &settings, Some("durable"), t0);
     let subscribed = client.send(
@@ -570,7 +527,7 @@ fn a_persistent_session_gets_its_unacknowledged_messages_again_after_a_crash() {
     drop(client);
     drop(broker);
 
-    let broker = broker_on(&store, t0);
+    let broker = recovered_broker(store.clone(), t0);
     publish(&broker, "jobs/b", b"4", t0);
     let mut client = Client::connect(&broker, &settings, Some("durable"), t0);
     let resent = client.wake(t0);
@@ -595,7 +552,7 @@ fn a_persistent_session_gets_its_unacknowledged_messages_again_after_a_crash() {
     );
     drop(client);
     drop(broker);
-    let broker = broker_on(&store, t0);
+    let broker = recovered_broker(store.clone(), t0);
     publish(&broker, "jobs/c", b"5", t0);
     let mut client = Client::connect(&broker, &settings, Some("durable"), t0);
     assert!(client.wake(t0).is_empty());
@@ -606,7 +563,7 @@ fn a_nacked_message_stays_stored_until_it_is_acknowledged() {
     use mqtt_core::storage::Table;
     let t0 = Instant::now();
     let store = Arc::new(MapStore::default());
-    let broker = broker_on(&store, t0);
+    let broker = recovered_broker(store.clone(), t0);
     let settings = settings(|_| {});
     let mut client = Client::connect(&broker, &settings, Some("nacker"), t0);
     client.subscribe("t", "client", t0);

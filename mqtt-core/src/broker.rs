@@ -17,7 +17,7 @@ use crate::mountpoint::mounted_filter;
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::router::{Router, Subscriber};
 use crate::session::{
-    intern_namespace, ConnControl, Enqueued, RestoredSession, SessionCell, SessionKey,
+    intern_namespace, ConnControl, Enqueued, Offered, RestoredSession, SessionCell, SessionKey,
     SessionLimits, SessionState, Subscription, Will,
 };
 use crate::storage::{self, MemoryStore, Op, SessionRecord, Store, Table, Ticket, WallClock};
@@ -34,6 +34,8 @@ pub struct Stats {
     pub dropped_qos0: AtomicU64,
     pub dropped_queue_full: AtomicU64,
     pub retained_refused: AtomicU64,
+    /// QoS 1/2 publishes refused because the store is full.
+    pub refused_store_full: AtomicU64,
 }
 
 impl Stats {
@@ -136,6 +138,17 @@ pub struct Broker {
     next_session_id: AtomicU64,
     next_connection_id: AtomicU64,
     pub started_at: Instant,
+    /// Sessions that dropped messages since the last drop report, each listed once.
+    drop_reports: Mutex<DropReports>,
+}
+
+/// How often the log sums up each session's dropped messages: one line per session and
+/// interval, however many it dropped, since a line per drop would cost more than delivery.
+pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+struct DropReports {
+    sessions: Vec<Arc<SessionCell>>,
+    next_report: Instant,
 }
 
 impl Broker {
@@ -166,6 +179,10 @@ impl Broker {
             next_session_id: AtomicU64::new(1),
             next_connection_id: AtomicU64::new(1),
             started_at: now,
+            drop_reports: Mutex::new(DropReports {
+                sessions: Vec::new(),
+                next_report: now,
+            }),
         }
     }
 
@@ -688,6 +705,7 @@ impl Broker {
 
     /// Fires due wills and session expiries.
     pub fn handle_timeouts(&self, now: Instant) {
+        self.report_drops(now);
         loop {
             let due = {
                 let mut timers = self.timers.lock();
@@ -807,7 +825,7 @@ impl Broker {
             let offered = target.session.deliver(delivery, &self.limits);
             dispatched.backlogged |= offered.backlogged;
             dispatched.ticket = dispatched.ticket.max(offered.ticket);
-            self.count(offered.enqueued, &target.session);
+            self.count(&offered, &target.session);
         }
         dispatched
     }
@@ -845,7 +863,7 @@ impl Broker {
             store_seq: None,
         };
         self.count(
-            target.session.deliver(handed, &self.limits).enqueued,
+            &target.session.deliver(handed, &self.limits),
             &target.session,
         );
         Ok(())
@@ -891,15 +909,42 @@ impl Broker {
         Some(self.store.submit(vec![op]))
     }
 
-    fn count(&self, outcome: Enqueued, session: &SessionCell) {
-        match outcome {
+    fn count(&self, offered: &Offered, session: &Arc<SessionCell>) {
+        match offered.enqueued {
             Enqueued::Queued => {}
             Enqueued::DroppedQos0 | Enqueued::QueuedEvictingQos0 => {
                 Stats::add(&self.stats.dropped_qos0, 1)
             }
-            Enqueued::DroppedQueueFull => {
-                Stats::add(&self.stats.dropped_queue_full, 1);
-                tracing::warn!(client_id = %session.key.client_id, "session queue full: QoS 1/2 message dropped");
+            Enqueued::DroppedQueueFull => Stats::add(&self.stats.dropped_queue_full, 1),
+        }
+        if offered.first_unreported_drop {
+            self.drop_reports.lock().sessions.push(session.clone());
+        }
+    }
+
+    /// Sums up in the log, one line per session, the messages each session dropped since
+    /// the last report, when `DROP_REPORT_INTERVAL` has passed since then.
+    fn report_drops(&self, now: Instant) {
+        let sessions = {
+            let mut reports = self.drop_reports.lock();
+            if now < reports.next_report {
+                return;
+            }
+            reports.next_report = now + DROP_REPORT_INTERVAL;
+            std::mem::take(&mut reports.sessions)
+        };
+        for session in sessions {
+            let (qos0, qos1_2, queued) = {
+                let mut state = session.state.lock();
+                let (qos0, qos1_2) = state.take_unreported_drops();
+                (qos0, qos1_2, state.queue_len())
+            };
+            let client_id = &session.key.client_id;
+            let interval = DROP_REPORT_INTERVAL.as_secs();
+            if qos1_2 > 0 {
+                tracing::warn!(%client_id, qos1_2, qos0, queued, "session queue full: messages dropped in the last {interval} s");
+            } else if qos0 > 0 {
+                tracing::info!(%client_id, qos0, queued, "session queue full: QoS 0 messages dropped in the last {interval} s");
             }
         }
     }
@@ -988,7 +1033,7 @@ impl Broker {
                     subscription_ids: identifier.into_iter().collect(),
                     store_seq: None,
                 };
-                self.count(session.deliver(delivery, &self.limits).enqueued, session);
+                self.count(&session.deliver(delivery, &self.limits), session);
             }
         }
         Ok(Granted { qos, existed })

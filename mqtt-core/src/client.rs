@@ -9,6 +9,7 @@
 //! (topic, QoS, retain, `$SYS`, authorization, a full store) into the routing call.
 //! `Broker`'s own routing calls are crate-private.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::auth::{Action, AuthOutcome, ClientInfo, DenyReason};
-use crate::broker::{Broker, ConnectRequest, Dispatched, Granted, WillDisposition};
+use crate::broker::{Broker, ConnectRequest, Dispatched, Granted, Stats, WillDisposition};
 use crate::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use crate::message::{Delivery, Message};
 use crate::mountpoint::{Mountpoint, UnsafeMountpointValue};
@@ -264,6 +265,7 @@ impl Broker {
             control: request.control,
             session_present: attached.session_present,
             expiry_interval,
+            store_full_refusals: AtomicU64::new(0),
         })
     }
 
@@ -336,6 +338,9 @@ pub struct ClientSession {
     control: Arc<ConnControl>,
     session_present: bool,
     expiry_interval: u32,
+    /// Publishes refused for a full store: the first is logged, the rest counted and
+    /// summed up at close, since a client may keep sending at full speed.
+    store_full_refusals: AtomicU64,
 }
 
 impl ClientSession {
@@ -372,7 +377,14 @@ impl ClientSession {
         qos: QoS,
         retain: bool,
     ) -> Result<PublishPermit, PublishRefused> {
-        self.broker.permit(&self.client, topic, qos, retain)
+        let permit = self.broker.permit(&self.client, topic, qos, retain);
+        if matches!(permit, Err(PublishRefused::StoreFull)) {
+            Stats::add(&self.broker.stats.refused_store_full, 1);
+            if self.store_full_refusals.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(topic, "store full: QoS 1/2 publish refused (further refusals on this connection are counted and summed up when it closes)");
+            }
+        }
+        permit
     }
 
     /// Routes a permitted message. What it returns must be acted on: the store ticket the
@@ -457,6 +469,13 @@ impl ClientSession {
     /// published or discarded as `will` says. Does nothing if another connection has taken
     /// the session over meanwhile.
     pub fn close(self, will: WillDisposition, now: Instant) {
+        let refused = self.store_full_refusals.load(Ordering::Relaxed);
+        if refused > 1 {
+            tracing::warn!(
+                refused,
+                "store full: QoS 1/2 publishes refused on this connection"
+            );
+        }
         self.broker
             .disconnect(&self.session, self.control.conn_id, will, now);
     }

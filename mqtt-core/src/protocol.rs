@@ -655,7 +655,6 @@ impl MqttChannel {
                 return self.disconnect_with(reason, why, out);
             }
             Err(PublishRefused::StoreFull) => {
-                tracing::warn!(topic = %publish.topic, "store full: message refused");
                 if !self.version.is_v5() {
                     // 3.1.1 has no way to refuse one message but closing.
                     return self.close();

@@ -153,6 +153,9 @@ const BACKLOG_YIELD: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offered {
     pub enqueued: Enqueued,
+    /// The offer dropped a message and the session had no drop awaiting a report: the
+    /// broker lists it for the next summary.
+    pub first_unreported_drop: bool,
     /// The session is connected and its queue is longer than it writes at once.
     pub backlogged: bool,
     /// The store batch that keeps the delivery, for a persistent session.
@@ -167,8 +170,16 @@ pub enum Enqueued {
     QueuedEvictingQos0,
     /// Dropped by policy (QoS 0 over the limit, or QoS 0 for an offline session).
     DroppedQos0,
-    /// Dropped because the queue is full of QoS 1/2 messages; counted and logged.
+    /// Dropped because the queue is full of QoS 1/2 messages; counted, and summed up in
+    /// the log once per report interval.
     DroppedQueueFull,
+}
+
+impl Enqueued {
+    /// Whether a message was lost: this one, or an older one evicted for it.
+    pub fn dropped_one(self) -> bool {
+        !matches!(self, Enqueued::Queued)
+    }
 }
 
 #[derive(Debug)]
@@ -195,6 +206,11 @@ pub struct SessionState {
     pub will_at: Option<Instant>,
     pub dropped_qos0: u64,
     pub dropped_full: u64,
+    /// How many of `dropped_qos0` and `dropped_full` the log has been told of.
+    reported_qos0: u64,
+    reported_full: u64,
+    /// The broker lists the session for its next drop report.
+    awaiting_drop_report: bool,
     /// Set once the session has ended, so late pushes from the router are refused.
     pub ended: bool,
     /// What a device adapter keeps with the session so it survives reconnects, such as an
@@ -341,6 +357,9 @@ impl Default for SessionState {
             will_at: None,
             dropped_qos0: 0,
             dropped_full: 0,
+            reported_qos0: 0,
+            reported_full: 0,
+            awaiting_drop_report: false,
             ended: false,
             extension: Extension::default(),
             adapter_record: None,
@@ -352,6 +371,18 @@ impl Default for SessionState {
 impl SessionState {
     pub fn queue_len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// The drops since the last report, QoS 0 and QoS 1/2, marked reported.
+    pub(crate) fn take_unreported_drops(&mut self) -> (u64, u64) {
+        let unreported = (
+            self.dropped_qos0 - self.reported_qos0,
+            self.dropped_full - self.reported_full,
+        );
+        self.reported_qos0 = self.dropped_qos0;
+        self.reported_full = self.dropped_full;
+        self.awaiting_drop_report = false;
+        unreported
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -801,6 +832,7 @@ impl SessionCell {
             if state.ended {
                 return Offered {
                     enqueued: Enqueued::DroppedQos0,
+                    first_unreported_drop: false,
                     backlogged: false,
                     ticket: None,
                 };
@@ -810,13 +842,16 @@ impl SessionCell {
                 Enqueued::Queued | Enqueued::QueuedEvictingQos0 => state.store_newest(),
                 _ => None,
             };
+            let first_unreported_drop = enqueued.dropped_one() && !state.awaiting_drop_report;
+            state.awaiting_drop_report |= first_unreported_drop;
             (
-                enqueued,
+                (enqueued, first_unreported_drop),
                 ticket,
                 state.connection.clone(),
                 state.queue_len(),
             )
         };
+        let (enqueued, first_unreported_drop) = enqueued;
         let backlogged = connection.is_some() && queued > BACKLOG_YIELD;
         if matches!(enqueued, Enqueued::Queued | Enqueued::QueuedEvictingQos0) {
             if let Some(connection) = connection {
@@ -825,6 +860,7 @@ impl SessionCell {
         }
         Offered {
             enqueued,
+            first_unreported_drop,
             backlogged,
             ticket,
         }

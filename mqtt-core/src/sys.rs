@@ -17,7 +17,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub fn publish_sys(broker: &Broker, now: Instant) {
     let stats = &broker.stats;
     let uptime = now.saturating_duration_since(broker.started_at).as_secs();
-    let figures: [(&'static str, String); 10] = [
+    let dropped_qos0 = stats.dropped_qos0.load(Ordering::Relaxed);
+    let dropped_full = stats.dropped_queue_full.load(Ordering::Relaxed);
+    let figures: [(&'static str, String); 14] = [
         ("$SYS/broker/version", format!("gateway version {VERSION}")),
         ("$SYS/broker/uptime", format!("{uptime} seconds")),
         (
@@ -51,6 +53,24 @@ pub fn publish_sys(broker: &Broker, now: Instant) {
         (
             "$SYS/broker/retained messages/count",
             broker.retained_count().to_string(),
+        ),
+        // Mosquitto's total, and the two reasons apart: QoS 0 by policy, QoS 1/2 only
+        // when a session's queue is full of them.
+        (
+            "$SYS/broker/publish/messages/dropped",
+            (dropped_qos0 + dropped_full).to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/dropped/qos0",
+            dropped_qos0.to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/dropped/queue_full",
+            dropped_full.to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/refused/store_full",
+            stats.refused_store_full.load(Ordering::Relaxed).to_string(),
         ),
     ];
     for (topic, value) in figures {

@@ -1355,7 +1355,6 @@ impl CoapChannel {
             Err(PublishRefused::StoreFull) => {
                 // RFC 7252 5.9.3.4: overloaded for now, retry after Max-Age. Not 4.13,
                 // which would say this request is too large whenever it comes.
-                tracing::warn!(topic, "store full: message refused");
                 return Err(Refusal::Unavailable(STORE_FULL_RETRY));
             }
         };

@@ -1021,9 +1021,8 @@ impl MqttSnChannel {
         let permit = match client.permit(&topic, qos, flags.retain) {
             Ok(permit) => permit,
             Err(refused) => {
-                if refused == PublishRefused::StoreFull {
-                    tracing::warn!(%topic, "store full: message refused");
-                } else {
+                // A full store is logged by the session layer, once per connection.
+                if refused != PublishRefused::StoreFull {
                     tracing::info!(%topic, %refused, "PUBLISH refused");
                 }
                 self.acknowledge(puback(refusal_code(refused)), None, out);

@@ -760,10 +760,7 @@ impl StompChannel {
             PublishRefused::SysTopic | PublishRefused::NotAuthorized => {
                 StompError::NotAuthorized(destination.to_owned())
             }
-            PublishRefused::StoreFull => {
-                tracing::warn!(destination, "store full: message refused");
-                StompError::StoreFull
-            }
+            PublishRefused::StoreFull => StompError::StoreFull,
         })
     }
 

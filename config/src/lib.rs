@@ -46,6 +46,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub sys: SysConfig,
+    pub flapping_detect: FlappingDetectConfig,
     pub listeners: ListenersConfig,
     pub gateway: GatewaysConfig,
 }
@@ -180,6 +181,19 @@ pub enum AclNoMatch {
 pub struct SysConfig {
     pub enable: bool,
     pub interval: Duration,
+}
+
+/// A client id that connects more than `max_count` times within `window_time` is refused
+/// for `ban_time` (EMQX's `flapping_detect`), whatever protocol it speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlappingDetectConfig {
+    pub enable: bool,
+    pub max_count: u32,
+    pub window_time: Duration,
+    pub ban_time: Duration,
+    /// Client ids tracked at once; beyond it new ones go untracked until others expire.
+    pub max_tracked: u32,
 }
 
 /// Listeners by kind, then by name (letters, digits, `_` and `-`).

@@ -191,6 +191,21 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             "sys.interval must be longer than 0s when sys.enable is true".into(),
         );
     }
+    let flapping = &config.flapping_detect;
+    if flapping.enable {
+        if flapping.max_count == 0 {
+            fail(
+                "flapping_detect.max_count",
+                "flapping_detect.max_count must be at least 1".into(),
+            );
+        }
+        if flapping.window_time.is_zero() || flapping.ban_time.is_zero() {
+            fail(
+                "flapping_detect.window_time",
+                "flapping_detect.window_time and ban_time must be longer than 0s".into(),
+            );
+        }
+    }
 
     let listeners = &config.listeners;
     let mut common: Vec<CommonListener<'_>> = Vec::new();

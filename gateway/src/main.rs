@@ -198,7 +198,8 @@ fn init_logging(config: &Config, format_flag: Option<&str>) -> Result<()> {
 async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
     let auth = Auth::from_config(&config.auth).context("loading authentication and ACL files")?;
     let now = Instant::now();
-    let broker = Broker::new(config.mqtt.clone(), &config.retainer, auth, now);
+    let broker = Broker::new(config.mqtt.clone(), &config.retainer, auth, now)
+        .with_flapping_detect(&config.flapping_detect);
     let broker = match open_store(&config.storage, reset_unreadable_store)? {
         Some(store) => {
             let path = store.path().display().to_string();

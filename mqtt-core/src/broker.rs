@@ -12,6 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::auth::{Action, Auth, ClientInfo};
 use crate::client::ConnectRefused;
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
+use crate::flapping::FlappingDetector;
 use crate::message::{Delivery, Message, SessionId};
 use crate::mountpoint::mounted_filter;
 use crate::retained::{RetainOutcome, RetainedStore};
@@ -140,6 +141,8 @@ pub struct Broker {
     pub started_at: Instant,
     /// Sessions that dropped messages since the last drop report, each listed once.
     drop_reports: Mutex<DropReports>,
+    /// `None` when flapping detection is off.
+    pub(crate) flapping: Option<FlappingDetector>,
 }
 
 /// How often the log sums up each session's dropped messages: one line per session and
@@ -183,7 +186,14 @@ impl Broker {
                 sessions: Vec::new(),
                 next_report: now,
             }),
+            flapping: None,
         }
+    }
+
+    /// Refuses client ids that connect too often, as `config` says (nothing when it is off).
+    pub fn with_flapping_detect(mut self, config: &gateway_config::FlappingDetectConfig) -> Broker {
+        self.flapping = FlappingDetector::new(config);
+        self
     }
 
     /// Keeps what must survive a restart in `store`. `wall_now` is the wall-clock time of
@@ -933,6 +943,10 @@ impl Broker {
             reports.next_report = now + DROP_REPORT_INTERVAL;
             std::mem::take(&mut reports.sessions)
         };
+        // On the same cadence: clients whose flapping window and ban are over are forgotten.
+        if let Some(flapping) = &self.flapping {
+            flapping.purge(now);
+        }
         for session in sessions {
             let (qos0, qos1_2, queued) = {
                 let mut state = session.state.lock();

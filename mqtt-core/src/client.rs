@@ -41,6 +41,9 @@ pub enum ConnectRefused {
     SessionOwnedByAnother,
     #[error("will refused: {1}")]
     WillInvalid(ReasonCode, &'static str),
+    /// The client id connected too often (flapping detection); refused for this long.
+    #[error("client id banned for connecting too often; retry in {} s", .0.as_secs().max(1))]
+    Banned(std::time::Duration),
 }
 
 impl ConnectRefused {
@@ -55,6 +58,7 @@ impl ConnectRefused {
                 ReasonCode::NOT_AUTHORIZED
             }
             ConnectRefused::WillInvalid(reason, _) => *reason,
+            ConnectRefused::Banned(_) => ReasonCode::BANNED,
         }
     }
 
@@ -239,6 +243,17 @@ impl Broker {
         now: Instant,
     ) -> Result<ClientSession, ConnectRefused> {
         let client = who.client;
+        let key = SessionKey {
+            namespace: client.protocol,
+            client_id: client.client_id.clone(),
+        };
+        if let Some(flapping) = &self.flapping {
+            if request.control.first_session() {
+                flapping
+                    .admit(&key, now)
+                    .map_err(|banned| ConnectRefused::Banned(banned.remaining))?;
+            }
+        }
         let will = match request.will {
             Some(will) => self.admit_will(&client, will)?,
             None => None,
@@ -246,10 +261,7 @@ impl Broker {
         let expiry_interval = request.expiry_interval.min(self.max_session_expiry());
         let attached = self.connect(
             ConnectRequest {
-                key: SessionKey {
-                    namespace: client.protocol,
-                    client_id: client.client_id.clone(),
-                },
+                key,
                 clean_start: request.clean_start,
                 expiry_interval,
                 will,

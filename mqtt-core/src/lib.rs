@@ -7,6 +7,7 @@ pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod codec;
+pub mod flapping;
 pub mod message;
 pub mod mountpoint;
 pub mod protocol;

@@ -27,6 +27,10 @@ pub trait Wakeup: Send + Sync {
 pub struct ConnControl {
     pub conn_id: u64,
     closing: AtomicU8,
+    /// Whether a session opened through this connection was counted by flapping detection:
+    /// only the first is, since a device adapter may open several for one device (MQTT-SN's
+    /// QoS -1 publishes each open one).
+    counted_as_connect: AtomicBool,
     wakeup: Arc<dyn Wakeup>,
 }
 
@@ -35,12 +39,18 @@ impl ConnControl {
         Arc::new(ConnControl {
             conn_id,
             closing: AtomicU8::new(0),
+            counted_as_connect: AtomicBool::new(false),
             wakeup,
         })
     }
 
     pub fn wake(&self) {
         self.wakeup.wake();
+    }
+
+    /// True the first time only: whether this is the connection's first session.
+    pub(crate) fn first_session(&self) -> bool {
+        !self.counted_as_connect.swap(true, Ordering::Relaxed)
     }
 
     /// The connection's wake-up, for whoever else must wake it (the store, when what the

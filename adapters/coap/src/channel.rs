@@ -186,6 +186,9 @@ enum Refusal {
     /// The store is full: a QoS 1/2 message cannot be taken now; retry after the time.
     #[error("store full")]
     Unavailable(Duration),
+    /// Flapping detection: the client id connected too often; retry after the time.
+    #[error("client id banned for connecting too often")]
+    Banned(Duration),
 }
 
 impl Refusal {
@@ -197,7 +200,7 @@ impl Refusal {
             Refusal::MethodNotAllowed => ResponseType::MethodNotAllowed,
             Refusal::BadOption(_) => ResponseType::BadOption,
             Refusal::NotFound => ResponseType::NotFound,
-            Refusal::TooManyRequests(_) => ResponseType::TooManyRequests,
+            Refusal::TooManyRequests(_) | Refusal::Banned(_) => ResponseType::TooManyRequests,
             Refusal::Unavailable(_) => ResponseType::ServiceUnavailable,
         }
     }
@@ -208,7 +211,10 @@ impl Refusal {
         let mut response = Packet::new();
         response.header.code = MessageClass::Response(self.code());
         response.payload = self.to_string().into_bytes();
-        if let Refusal::TooManyRequests(after) | Refusal::Unavailable(after) = self {
+        if let Refusal::TooManyRequests(after)
+        | Refusal::Unavailable(after)
+        | Refusal::Banned(after) = self
+        {
             let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             let seconds = u32::try_from(seconds).unwrap_or(u32::MAX);
             response.add_option(CoapOption::MaxAge, minimal_uint(seconds));
@@ -230,6 +236,7 @@ impl Refusal {
                 Refusal::BadRequest("clientid or username unusable in the mountpoint")
             }
             ConnectRefused::WillInvalid(..) => Refusal::BadRequest("invalid will"),
+            ConnectRefused::Banned(remaining) => Refusal::Banned(*remaining),
         }
     }
 }

@@ -201,6 +201,9 @@ enum Refusal {
     /// The store is full: an event the operator asked to keep (QoS 1/2) cannot be.
     #[error("store full")]
     StoreFull,
+    /// Flapping detection: the endpoint registered too often (RFC 8516 4.29).
+    #[error("endpoint banned for registering too often")]
+    Banned,
 }
 
 impl Refusal {
@@ -212,6 +215,7 @@ impl Refusal {
             Refusal::NotFound => ResponseType::NotFound,
             Refusal::MethodNotAllowed => ResponseType::MethodNotAllowed,
             Refusal::StoreFull => ResponseType::ServiceUnavailable,
+            Refusal::Banned => ResponseType::TooManyRequests,
         }
     }
 }
@@ -227,6 +231,7 @@ impl From<ConnectRefused> for Refusal {
             ConnectRefused::ClientIdInvalid | ConnectRefused::WillInvalid(..) => {
                 Refusal::BadRequest("invalid queries")
             }
+            ConnectRefused::Banned(_) => Refusal::Banned,
         }
     }
 }

@@ -9,8 +9,13 @@
 # how it scales. Prints, per scenario, the median and min-max of each broker and the ratio
 # gateway/Mosquitto of the medians, and every run's QoS 1/2 loss and duplicate counts.
 #
-# Usage: bench/compare.sh [--quick] [--reps N] [--duration SECONDS] [--only LABELS] [--out DIR]
+# Usage: bench/compare.sh [--defaults] [--quick] [--reps N] [--duration SECONDS] [--only LABELS] [--out DIR]
 #        bench/compare.sh --summarize DIR [DIR...]
+#   --defaults    both brokers on their shipped defaults: Mosquitto with only a listener
+#                 (and allow_anonymous, which Mosquitto 2 needs to serve it) added, the
+#                 gateway with its embedded configuration (only its listeners' ports moved
+#                 or turned off); without it, both run tuned (queue and in-flight limits
+#                 raised, $SYS and persistence off), as a capacity measurement
 #   --quick       3 s runs, one repetition, 2,000 connections: a smoke run
 #   --reps N      repetitions per scenario and broker (default 3)
 #   --duration S  publishing seconds per throughput run (default 10)
@@ -36,6 +41,7 @@ cd "$(dirname "$0")/.."
 
 REPS=3
 DURATION=10
+CONFIGURATION=tuned
 CONNS=20000
 OUT=""
 QUICK=0
@@ -45,11 +51,12 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --summarize) shift; SUMMARIZE=("$@"); break ;;
         --quick) QUICK=1; REPS=1; DURATION=3; CONNS=2000; shift ;;
+        --defaults) CONFIGURATION=defaults; shift ;;
         --reps) REPS="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -112,6 +119,17 @@ def stats(label, broker, path):
     med = statistics.median(values)
     return med, f"{fmt(med)} ({fmt(min(values))}-{fmt(max(values))})"
 
+configurations = sorted({run.get("configuration", "tuned") for run in runs})
+print(f"Configuration: {', '.join(configurations)} "
+      "(defaults: both brokers as shipped; tuned: queue and in-flight limits raised)")
+print()
+
+def lost(label, broker):
+    counted = [r for r in by[(label, broker)] if "lost" in r]
+    if not counted:
+        return "-"
+    return f"{sum(r['lost'] for r in counted)} of {sum(r['expected'] for r in counted)}"
+
 print("| scenario | metric | gateway, 1 core: median (min-max) | Mosquitto: median (min-max) | ratio gateway/Mosquitto | target | gateway, 2 cores |")
 print("|---|---|---|---|---|---|---|")
 for label, name, path, _, higher, target in METRICS:
@@ -120,6 +138,18 @@ for label, name, path, _, higher, target in METRICS:
     g2, g2s = stats(label, "gateway-2cores", path)
     ratio = f"{g / m:.2f}x" if g is not None and m else "-"
     print(f"| {label} | {name} | {gs} | {ms} | {ratio} | {target} | {g2s} |")
+
+# What each broker took in against what it delivered: one that accepts more than it
+# delivers loses the difference (QoS 0 dropped, or QoS 1 acknowledged and then dropped).
+print()
+print("| scenario | broker | accepted msg/s | delivered msg/s | lost (all counted runs) |")
+print("|---|---|---|---|---|")
+for label in ["fanin-q0", "fanin-q1", "fanin-q1-durable", "fanout-q0", "p2p-q1"]:
+    for broker in ["gateway", "gateway-disk", "mosquitto", "gateway-2cores"]:
+        if by[(label, broker)]:
+            _, accepted = stats(label, broker, "in_rate")
+            _, delivered = stats(label, broker, "out_rate")
+            print(f"| {label} | {broker} | {accepted} | {delivered} | {lost(label, broker)} |")
 
 disk, disk_s = stats("fanin-q1-durable", "gateway-disk", "out_rate")
 memory, _ = stats("fanin-q1-durable", "gateway", "out_rate")
@@ -248,7 +278,13 @@ start_broker() {
     PORT=$(free_port)
     case $name in
         mosquitto)
-            cat >"$OUT/mosquitto.conf" <<EOF
+            if [[ $CONFIGURATION == defaults ]]; then
+                cat >"$OUT/mosquitto.conf" <<EOF
+listener $PORT 127.0.0.1
+allow_anonymous true
+EOF
+            else
+                cat >"$OUT/mosquitto.conf" <<EOF
 listener $PORT 127.0.0.1
 allow_anonymous true
 persistence false
@@ -260,21 +296,34 @@ memory_limit 0
 sys_interval 0
 log_dest none
 EOF
+            fi
             taskset -c "$cores" "$MOSQUITTO" -c "$OUT/mosquitto.conf" >>"$OUT/mosquitto.log" 2>&1 &
             ;;
         gateway*)
-            local storage=memory
-            if [[ $name == gateway-disk ]]; then storage=disk; fi
-            GATEWAY_STORAGE__BACKEND=$storage \
+            # Where it listens is all the two configurations share: the other listeners
+            # are off so that no default port clashes with anything else on the machine.
+            local tuning=()
+            if [[ $CONFIGURATION == tuned ]]; then
+                local storage=memory
+                if [[ $name == gateway-disk ]]; then storage=disk; fi
+                tuning=(
+                    GATEWAY_STORAGE__BACKEND=$storage
+                    GATEWAY_MQTT__MAX_QUEUED_MESSAGES=100000
+                    GATEWAY_MQTT__MAX_QUEUED_BYTES=0
+                    GATEWAY_MQTT__MAX_INFLIGHT=65535
+                    GATEWAY_SYS__ENABLE=false
+                    GATEWAY_LOG__LEVEL=warn
+                )
+            fi
+            env "${tuning[@]}" \
             GATEWAY_STORAGE__DATA_DIR="$(mktemp -d "$OUT/store.XXXXXX")" \
             GATEWAY_LISTENERS__TCP__DEFAULT__BIND=127.0.0.1:$PORT \
             GATEWAY_LISTENERS__WS__DEFAULT__ENABLE=false \
-            GATEWAY_MQTT__MAX_QUEUED_MESSAGES=100000 \
-            GATEWAY_MQTT__MAX_QUEUED_BYTES=0 \
-            GATEWAY_MQTT__MAX_INFLIGHT=65535 \
-            GATEWAY_SYS__ENABLE=false \
+            GATEWAY_LISTENERS__QUIC__DEFAULT__ENABLE=false \
             GATEWAY_GATEWAY__MQTTSN__ENABLE=false \
-            GATEWAY_LOG__LEVEL=warn \
+            GATEWAY_GATEWAY__COAP__ENABLE=false \
+            GATEWAY_GATEWAY__LWM2M__ENABLE=false \
+            GATEWAY_GATEWAY__STOMP__ENABLE=false \
                 taskset -c "$cores" "$GATEWAY" >>"$OUT/gateway.log" 2>&1 &
             ;;
     esac
@@ -366,8 +415,8 @@ print(f"  {label:<11} {broker:<14} {what}  (CPU % of a core: generator {r.get('c
       f"broker {r.get('broker_cpu_pct')}, everything else {r.get('others_cpu_pct')})")
 EOF
     fi
-    printf '{"label":"%s","broker":"%s","rep":%s,"load":%s,"busy_before":%s,"report":%s}\n' \
-        "$label" "$broker" "$rep" "$load" "$idle_before" "$line" >>"$RUNS"
+    printf '{"label":"%s","broker":"%s","configuration":"%s","rep":%s,"load":%s,"busy_before":%s,"report":%s}\n' \
+        "$label" "$broker" "$CONFIGURATION" "$rep" "$load" "$idle_before" "$line" >>"$RUNS"
 }
 
 D=$DURATION
@@ -400,6 +449,7 @@ fi
     echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
     echo "gateway: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "open-file limit: $NOFILE (conn runs: $CONNS connections)"
+    echo "configuration: $CONFIGURATION"
     echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/machine.txt"
 

@@ -13,6 +13,7 @@ use crate::{Broker, Version};
 pub const CONNECT: u8 = 1;
 pub const CONNACK: u8 = 2;
 pub const PUBLISH: u8 = 3;
+pub const PUBREC: u8 = 5;
 pub const SUBACK: u8 = 9;
 pub const DISCONNECT: u8 = 14;
 
@@ -38,6 +39,50 @@ impl Packet {
     pub fn disconnect_code(&self) -> Option<u8> {
         (self.kind == DISCONNECT).then(|| self.body.first().copied().unwrap_or(0))
     }
+
+    /// A two-byte property of an MQTT 5 CONNACK (Receive Maximum is 0x21), if present.
+    pub fn connack_u16_property(&self, id: u8) -> Option<u16> {
+        if self.kind != CONNACK {
+            return None;
+        }
+        let block = self.body.get(2..)?;
+        let header = varint_len(block);
+        let mut props = block.get(header - varint_value(block)..header)?;
+        while let Some((&prop, rest)) = props.split_first() {
+            // The value's size by the property's type (MQTT 5 2.2.2.2).
+            let size = match prop {
+                0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => 1,
+                0x13 | 0x21 | 0x22 => 2,
+                0x11 | 0x27 => 4,
+                0x12 | 0x15 | 0x16 | 0x1a | 0x1c | 0x1f => {
+                    2 + usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]))
+                }
+                0x26 => {
+                    let key = 2 + usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+                    let value = rest.get(key..key + 2)?;
+                    key + 2 + usize::from(u16::from_be_bytes([value[0], value[1]]))
+                }
+                other => panic!("unknown CONNACK property {other:#04x} in {self:?}"),
+            };
+            if prop == id {
+                return Some(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+            }
+            props = rest.get(size..)?;
+        }
+        None
+    }
+}
+
+/// How a connection ended, as the reading side saw it.
+#[derive(Debug)]
+pub enum End {
+    /// The end of the stream: everything the broker sent was read.
+    Eof,
+    /// An error, a reset by the broker's kernel above all: whatever the broker sent that
+    /// had not been read yet was lost with it.
+    Error(std::io::Error),
+    /// Still open at the deadline.
+    Timeout,
 }
 
 /// What reading the next packet produced.
@@ -75,6 +120,8 @@ impl ConnectOpts {
 pub struct RawClient {
     stream: TcpStream,
     version: Version,
+    /// The error that ended the connection, when a read met one instead of the end.
+    end_error: Option<std::io::Error>,
 }
 
 impl RawClient {
@@ -87,7 +134,11 @@ impl RawClient {
     pub fn open_at(addr: &str, version: Version) -> RawClient {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
         stream.set_nodelay(true).ok();
-        RawClient { stream, version }
+        RawClient {
+            stream,
+            version,
+            end_error: None,
+        }
     }
 
     /// Opens a TCP connection whose kernel receive buffer is about `rcvbuf` bytes, so
@@ -147,7 +198,11 @@ impl RawClient {
             );
             stream
         };
-        RawClient { stream, version }
+        RawClient {
+            stream,
+            version,
+            end_error: None,
+        }
     }
 
     /// Opens a connection, sends CONNECT and returns the CONNACK's reason code.
@@ -159,13 +214,19 @@ impl RawClient {
 
     /// Sends CONNECT on an open connection and returns the CONNACK's reason code.
     pub fn handshake(&mut self, opts: &ConnectOpts) -> u8 {
+        let connack = self.handshake_connack(opts);
+        match connack.connack_code() {
+            Some(code) => code,
+            None => panic!("short CONNACK {connack:?}"),
+        }
+    }
+
+    /// Sends CONNECT on an open connection and returns the CONNACK.
+    pub fn handshake_connack(&mut self, opts: &ConnectOpts) -> Packet {
         self.version = opts.version;
         self.send(&connect_packet(opts));
         match self.read_packet(crate::TIMEOUT) {
-            Received::Packet(p) if p.kind == CONNACK => match p.connack_code() {
-                Some(code) => code,
-                None => panic!("short CONNACK {p:?}"),
-            },
+            Received::Packet(p) if p.kind == CONNACK => p,
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
@@ -248,6 +309,26 @@ impl RawClient {
         }
     }
 
+    /// Reads packets until the connection ends or `timeout` passes; returns them and how
+    /// it ended, telling a clean end of stream from a reset.
+    pub fn read_until_end(&mut self, timeout: Duration) -> (Vec<Packet>, End) {
+        let deadline = Instant::now() + timeout;
+        let mut packets = Vec::new();
+        loop {
+            match self.read_packet(deadline.saturating_duration_since(Instant::now())) {
+                Received::Packet(p) => packets.push(p),
+                Received::Closed => {
+                    let end = match self.end_error.take() {
+                        Some(error) => End::Error(error),
+                        None => End::Eof,
+                    };
+                    return (packets, end);
+                }
+                Received::Timeout => return (packets, End::Timeout),
+            }
+        }
+    }
+
     /// Closes the TCP connection without DISCONNECT.
     pub fn drop_connection(self) {
         let _ = self.stream.shutdown(Shutdown::Both);
@@ -271,7 +352,10 @@ impl RawClient {
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // A reset is the broker closing the connection too.
-                Err(_) => return Ok(false),
+                Err(e) => {
+                    self.end_error = Some(e);
+                    return Ok(false);
+                }
             }
         }
         Ok(true)
@@ -291,6 +375,18 @@ pub fn encode_varint(mut value: usize, out: &mut Vec<u8>) {
             break;
         }
     }
+}
+
+/// The value of the variable byte integer that `bytes` start with.
+fn varint_value(bytes: &[u8]) -> usize {
+    let mut value = 0usize;
+    for (i, b) in bytes.iter().enumerate().take(4) {
+        value |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return value;
+        }
+    }
+    panic!("bad variable byte integer in {bytes:?}")
 }
 
 /// How many bytes a property block takes: its varint length plus the properties.

@@ -1,11 +1,12 @@
 //! One bad or slow connection must not hurt the others: malformed packets close only
 //! their own connection, and a subscriber that stops reading does not slow or starve
-//! the other subscribers of the same topic.
+//! the other subscribers of the same topic. A connection closed for what it did is told
+//! why, and the telling survives the close.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use interop_tests::raw::{self, ConnectOpts, RawClient};
+use interop_tests::raw::{self, ConnectOpts, End, RawClient};
 use interop_tests::{
     unique_client_id, unique_topic, Broker, Lib, Msg, ScriptClient, Version, TIMEOUT,
 };
@@ -141,4 +142,79 @@ fn subscriber_that_never_reads_does_not_starve_another_subscriber_of_the_same_to
         );
     }
     drop(stalled);
+}
+
+/// Bytes the kernel may hold for one socket's sending side at most (`tcp_wmem`'s maximum).
+fn max_socket_send_buffer() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20)
+}
+
+#[test]
+fn exceeding_receive_maximum_is_told_with_0x93_and_a_clean_end_while_the_client_still_sends() {
+    let broker = Broker::start();
+    let own_topic = unique_topic("flood");
+    let qos2_topic = unique_topic("receive-max");
+
+    // A client that reads nothing until it has sent everything, behind a small receive
+    // buffer, so that what the broker sends it piles up in the broker's socket.
+    let mut client = RawClient::open_with_small_receive_buffer(&broker, Version::V5, 4096);
+    let connack =
+        client.handshake_connack(&ConnectOpts::new(Version::V5, &unique_client_id("rcvmax")));
+    assert_eq!(connack.connack_code(), Some(0), "CONNACK {connack:?}");
+    // Absent, Receive Maximum is 65,535 (MQTT 5 3.2.2.3.3).
+    let receive_maximum = connack.connack_u16_property(0x21).unwrap_or(u16::MAX);
+    if receive_maximum > 1000 {
+        println!("not applicable: Receive Maximum {receive_maximum} is too large to exceed here");
+        return;
+    }
+    assert_eq!(client.subscribe(1, &own_topic, 0), 0);
+
+    // 1. Messages to itself, more than the broker's socket can hold towards a client that
+    //    does not read: the broker's writes block, so its DISCONNECT waits behind them.
+    let payload = vec![b'f'; 64 * 1024];
+    let flood = 2 * max_socket_send_buffer() / payload.len() + 16;
+    let mut sent = Vec::new();
+    for _ in 0..flood {
+        sent.extend(raw::publish_packet(Version::V5, &own_topic, 0, 0, &payload));
+    }
+    // 2. One QoS 2 PUBLISH more than Receive Maximum, back to back, no PUBREL.
+    for id in 1..=receive_maximum + 1 {
+        sent.extend(raw::publish_packet(Version::V5, &qos2_topic, 2, id, b"q2"));
+    }
+    // 3. Publishing on regardless, as a client that ignores Receive Maximum does: more than
+    //    one read of the broker's takes (64 KiB), so some of it is surely left unread in
+    //    the broker's socket when the connection closes.
+    let late = vec![b'l'; 4 * 1024];
+    for id in receive_maximum + 2..receive_maximum + 2 + 24 {
+        sent.extend(raw::publish_packet(Version::V5, &qos2_topic, 2, id, &late));
+    }
+    client.send(&sent);
+
+    let (packets, end) = client.read_until_end(TIMEOUT);
+    let pubrecs = packets.iter().filter(|p| p.kind == raw::PUBREC).count();
+    let disconnect = packets.iter().find_map(|p| p.disconnect_code());
+    let summary = format!(
+        "{} packets, {pubrecs} PUBRECs, DISCONNECT {disconnect:02x?}, last {:?}, then {end:?}",
+        packets.len(),
+        packets.last().map(|p| p.kind),
+    );
+    assert!(
+        !matches!(end, End::Timeout),
+        "connection still open {TIMEOUT:?} after exceeding Receive Maximum: {summary}"
+    );
+    broker.gateway_promise(
+        disconnect == Some(0x93) && packets.last().and_then(|p| p.disconnect_code()) == Some(0x93),
+        &format!("DISCONNECT 0x93 (Receive Maximum exceeded), the last packet: {summary}"),
+    );
+    broker.gateway_promise(
+        pubrecs == usize::from(receive_maximum),
+        &format!("a PUBREC for each of the first {receive_maximum} QoS 2 messages: {summary}"),
+    );
+    broker.gateway_promise(
+        matches!(end, End::Eof),
+        &format!("the end of the stream after the DISCONNECT, not a reset: {summary}"),
+    );
 }

@@ -12,7 +12,7 @@ use std::task::{ready, Context, Poll};
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use crate::stream::try_when_ready;
+use crate::stream::{shut_down_writing, try_when_ready};
 use crate::Transport;
 
 /// One read takes at most this much: the rest stays in the layer and is read on the next
@@ -27,6 +27,12 @@ pub trait SocketStream: Read + Write + Send + Unpin + 'static {
     fn blocked_on_write(&self) -> bool;
     /// Bytes accepted by `write` that are not yet on the socket.
     fn has_buffered_output(&self) -> bool;
+    /// Queues what the layer sends at the end of its stream, if anything (TLS's
+    /// close_notify), and pushes it to the socket with what else it holds; `WouldBlock`
+    /// while the socket is full.
+    fn end_output(&mut self) -> io::Result<()> {
+        self.flush()
+    }
 }
 
 /// Waits until `stream` can make progress on what last blocked it: for handshakes, where
@@ -182,5 +188,17 @@ impl<S: SocketStream> Transport for LayeredTransport<S> {
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (socket, stream) = (&self.socket, &mut self.stream);
         try_when_ready(cx, |cx| socket.poll_write_ready(cx), || stream.flush())
+    }
+
+    /// The layers' own ending first (a WebSocket close frame is the protocol's to send),
+    /// then the socket's.
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (socket, stream) = (&self.socket, &mut self.stream);
+        ready!(try_when_ready(
+            cx,
+            |cx| socket.poll_write_ready(cx),
+            || stream.end_output()
+        ))?;
+        Poll::Ready(shut_down_writing(socket))
     }
 }

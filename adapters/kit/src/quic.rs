@@ -219,9 +219,10 @@ impl QuicStream {
     /// Ends the stream, lets the client acknowledge what is still in flight (for a while at
     /// most), then closes the connection.
     pub async fn close(&mut self) {
-        if self.send.finish().is_ok() {
-            let _ = tokio::time::timeout(CLOSE_LINGER, self.send.stopped()).await;
-        }
+        // Already finished when the driver shut the stream down after the channel closed;
+        // `stopped` returns at once for a stream that was reset or a connection that is lost.
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(CLOSE_LINGER, self.send.stopped()).await;
         self.connection.close(CLOSE_NO_ERROR, b"");
     }
 
@@ -254,5 +255,15 @@ impl Transport for QuicStream {
         Pin::new(&mut self.send)
             .poll_write(cx, buf)
             .map_err(io::Error::from)
+    }
+
+    fn poll_shutdown(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.send.finish().map_err(io::Error::from))
+    }
+
+    /// Input left unread destroys nothing in QUIC, and `close` already waits for the
+    /// client to acknowledge the last bytes before it closes the connection.
+    fn drains_before_close(&self) -> bool {
+        false
     }
 }

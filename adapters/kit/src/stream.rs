@@ -7,6 +7,12 @@
 //! transport is polled for readiness directly, the wake-up is an atomic waker, and the
 //! only stored timer is re-armed in place. An idle connection holds no buffer either:
 //! the transport reserves room only once bytes are there to read.
+//!
+//! A close the channel asks for ends in a linger: our side of the stream is shut down, so
+//! the peer reads everything we sent and then the end, and what it still sends is read
+//! and thrown away until it closes too. Closing a TCP socket with input unread makes the
+//! kernel send a reset instead, and a reset destroys what the peer has not read yet:
+//! often the very DISCONNECT or ERROR that says why it was closed.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -75,6 +81,15 @@ pub trait Transport: Send + Unpin {
     fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+    /// Ends what we send after what was written: the peer reads all of it and then the end
+    /// of the stream (TLS close_notify, TCP FIN), while what it sends can still be read.
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Whether dropping the transport with the peer's input unread can destroy what the
+    /// peer has not read yet, so that a closing connection must drain that input first:
+    /// true of TCP, which answers such a close with a reset.
+    fn drains_before_close(&self) -> bool {
+        true
+    }
 }
 
 impl Transport for TcpStream {
@@ -99,6 +114,16 @@ impl Transport for TcpStream {
             || socket.try_write(buf),
         )
     }
+
+    fn poll_shutdown(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(shut_down_writing(self))
+    }
+}
+
+/// Sends FIN once the socket has sent what it holds; reading goes on. Takes a shared
+/// reference because layered transports share their socket.
+pub(crate) fn shut_down_writing(socket: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write)
 }
 
 /// Reads with `read` into the per-thread scratch buffer and appends what it read to `buf`,
@@ -205,6 +230,13 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection the channel closed keeps draining the peer's input after our
+/// side is shut down, waiting for the peer to close its own. The peer has its last bytes
+/// by then; this only keeps a reset from destroying them before it reads them, which
+/// takes a reader a round trip or two. Long enough for a client that was busy sending
+/// (the one that exceeded a limit) to read and close, short enough that a peer that never
+/// closes holds its connection slot and session only briefly.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Rounds of reading, writing and waking in one poll before the task yields, so one busy
 /// connection cannot hold its worker thread.
 const ROUNDS_PER_POLL: usize = 32;
@@ -213,6 +245,11 @@ enum Phase {
     Running,
     /// Writing what is left before closing, until the timer fires.
     Flushing,
+    /// Our side shut down (once `write_shut`), reading and discarding the peer's input
+    /// until it closes too, the timer fires or the listener shuts down.
+    Lingering {
+        write_shut: bool,
+    },
     /// The channel is told the connection closed, once.
     Done,
     Closed,
@@ -296,11 +333,14 @@ impl<T: Transport, C: StreamChannel> Future for DriveStream<T, C> {
                     }
                 },
                 Phase::Flushing => {
+                    // Only a peer that took every byte is worth lingering for.
+                    let mut flushed = true;
                     while !this.out.is_empty() || this.transport.has_buffered_output() {
                         match write(this.transport, cx, this.out, &this.broker.stats) {
                             Io::Progress => {}
                             Io::Gone => {
                                 this.out.clear();
+                                flushed = false;
                                 break;
                             }
                             Io::Blocked => {
@@ -312,10 +352,30 @@ impl<T: Transport, C: StreamChannel> Future for DriveStream<T, C> {
                                     "peer too slow to take the last bytes before close"
                                 );
                                 this.out.clear();
+                                flushed = false;
                                 break;
                             }
                         }
                     }
+                    *this.out = BytesMut::new();
+                    *this.phase = if flushed {
+                        let until = tokio::time::Instant::now() + CLOSE_LINGER;
+                        this.timer.as_mut().reset(until);
+                        // What the channel left unread is of no use any more; the drain
+                        // starts from an empty buffer, so it holds one read at most.
+                        *this.input = BytesMut::new();
+                        Phase::Lingering { write_shut: false }
+                    } else {
+                        Phase::Done
+                    };
+                }
+                Phase::Lingering { write_shut } => {
+                    let mut write_shut = *write_shut;
+                    if linger(&mut this, cx, &mut write_shut).is_pending() {
+                        *this.phase = Phase::Lingering { write_shut };
+                        return Poll::Pending;
+                    }
+                    *this.input = BytesMut::new();
                     *this.phase = Phase::Done;
                 }
                 Phase::Done => {
@@ -342,6 +402,10 @@ fn run<T: Transport, C: StreamChannel>(
         let mut progress = false;
         let pending = this.wakeup.pending.swap(0, Ordering::AcqRel);
         if pending & SHUTTING_DOWN != 0 && this.channel.shutdown(this.out) == Flow::Close {
+            // Left pending, without a wake, so that the linger after the flush is skipped.
+            this.wakeup
+                .pending
+                .fetch_or(SHUTTING_DOWN, Ordering::AcqRel);
             return Poll::Ready(Flow::Close);
         }
         let drain = this.out.len() < OUTPUT_READ_PAUSE / 4 && this.channel.wants_drain();
@@ -418,6 +482,60 @@ fn run<T: Transport, C: StreamChannel>(
         }
     }
     // Busy: let the other connections on this worker run, and come back.
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+/// Shuts our side down, then reads and discards the peer's input until it ends (`Ready`)
+/// or nothing more can be read now (`Pending`). Ends at once when the listener shuts down
+/// or the linger's time is up.
+fn linger<T: Transport, C: StreamChannel>(
+    this: &mut Projection<'_, T, C>,
+    cx: &mut Context<'_>,
+    write_shut: &mut bool,
+) -> Poll<()> {
+    // Registered before `pending` is read, as in `run`: a shutdown in between is not lost.
+    this.wakeup.waker.register(cx.waker());
+    if this.wakeup.pending.load(Ordering::Acquire) & SHUTTING_DOWN != 0 {
+        return Poll::Ready(());
+    }
+    if !*write_shut {
+        match this.transport.poll_shutdown(cx) {
+            Poll::Ready(Ok(())) => *write_shut = true,
+            Poll::Ready(Err(error)) => {
+                tracing::debug!(%error, "shutdown failed");
+                return Poll::Ready(());
+            }
+            Poll::Pending => return this.timer.as_mut().poll(cx),
+        }
+        if !this.transport.drains_before_close() {
+            return Poll::Ready(());
+        }
+    }
+    for _ in 0..ROUNDS_PER_POLL {
+        // Each read lands in the same buffer, emptied first: bounded by one read's size.
+        this.input.clear();
+        match this.transport.poll_read_buf(cx, this.input) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(()),
+            Poll::Ready(Ok(n)) => Stats::add(&this.broker.stats.bytes_received, n as u64),
+            Poll::Ready(Err(error)) => {
+                tracing::debug!(%error, "read failed while closing");
+                return Poll::Ready(());
+            }
+            Poll::Pending => {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    tracing::debug!("peer did not close in time");
+                    return Poll::Ready(());
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+    if this.timer.as_mut().poll(cx).is_ready() {
+        tracing::debug!("peer did not stop sending in time");
+        return Poll::Ready(());
+    }
+    // Still sending: let the other connections on this worker run, and come back.
     cx.waker().wake_by_ref();
     Poll::Pending
 }

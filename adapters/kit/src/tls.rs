@@ -435,4 +435,10 @@ impl SocketStream for TlsStream {
     fn has_buffered_output(&self) -> bool {
         self.conn.wants_write()
     }
+    /// The peer learns that nothing was cut short: its TLS stack reports a clean end,
+    /// not a truncation. rustls queues the alert only once, however often this is retried.
+    fn end_output(&mut self) -> io::Result<()> {
+        self.conn.send_close_notify();
+        self.flush_records()
+    }
 }

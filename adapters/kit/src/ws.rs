@@ -466,6 +466,12 @@ impl<S: SocketStream> SocketStream for WsStream<S> {
     fn has_buffered_output(&self) -> bool {
         self.flush_pending || self.ws.get_ref().has_buffered_output()
     }
+    /// The frames tungstenite still holds, then the end of the stream under them (TLS for
+    /// WSS). No close frame: whether and when to send one is the protocol's business.
+    fn end_output(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.ws.get_mut().end_output()
+    }
 }
 
 #[cfg(test)]

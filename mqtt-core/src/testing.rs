@@ -60,27 +60,20 @@ pub fn broker(now: Instant) -> Arc<Broker> {
 
 /// A broker on the default configuration that admits and authorizes by `auth`.
 pub fn broker_with_auth(auth: Auth, now: Instant) -> Arc<Broker> {
-    let config = default_config();
-    Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        auth,
-        now,
-    ))
+    Arc::new(broker_on_config(&default_config(), auth, now))
+}
+
+/// A broker on `config`, for a test to add to (`with_store`, `with_flapping_detect`).
+pub fn broker_on_config(config: &Config, auth: Auth, now: Instant) -> Broker {
+    Broker::new(config.mqtt.clone(), &config.retainer, auth, now)
 }
 
 /// A broker on the default configuration that lets anyone do anything and keeps what
 /// is durable in `store`, without restoring what the store already holds.
 pub fn broker_on_store(store: Arc<dyn Store>, now: Instant) -> Arc<Broker> {
-    let config = default_config();
     Arc::new(
-        Broker::new(
-            config.mqtt.clone(),
-            &config.retainer,
-            Auth::allow_all(),
-            now,
-        )
-        .with_store(store, SystemTime::now()),
+        broker_on_config(&default_config(), Auth::allow_all(), now)
+            .with_store(store, SystemTime::now()),
     )
 }
 
@@ -110,6 +103,28 @@ pub fn open_session(
     wakeup: Arc<dyn Wakeup>,
     now: Instant,
 ) -> Result<ClientSession, ConnectRefused> {
+    let control = ConnControl::new(broker.next_connection_id(), wakeup);
+    open_session_on(
+        broker,
+        namespace,
+        client_id,
+        clean_start,
+        expiry_interval,
+        control,
+        now,
+    )
+}
+
+/// [`open_session`] through the connection `control`, which may have opened others before.
+pub fn open_session_on(
+    broker: &Arc<Broker>,
+    namespace: &'static str,
+    client_id: &str,
+    clean_start: bool,
+    expiry_interval: u32,
+    control: Arc<ConnControl>,
+    now: Instant,
+) -> Result<ClientSession, ConnectRefused> {
     let who = broker.authenticate(Presented {
         protocol: namespace,
         listener: Arc::from("test"),
@@ -126,7 +141,7 @@ pub fn open_session(
             clean_start,
             expiry_interval,
             will: None,
-            control: ConnControl::new(broker.next_connection_id(), wakeup),
+            control,
         },
         now,
     )

@@ -10,7 +10,7 @@ use std::time::Instant;
 use mqtt_core::auth::Auth;
 use mqtt_core::broker::{Broker, DROP_REPORT_INTERVAL};
 use mqtt_core::codec::QoS;
-use mqtt_core::testing::{default_config, publish, subscriber};
+use mqtt_core::testing::{broker_on_config, default_config, publish, subscriber};
 
 /// What the log says while `run` runs.
 fn log_of(run: impl FnOnce()) -> String {
@@ -40,12 +40,7 @@ fn log_of(run: impl FnOnce()) -> String {
 fn broker_queueing(max_queued_messages: u64, now: Instant) -> Arc<Broker> {
     let mut config = default_config();
     config.mqtt.max_queued_messages = max_queued_messages;
-    Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        Auth::allow_all(),
-        now,
-    ))
+    Arc::new(broker_on_config(&config, Auth::allow_all(), now))
 }
 
 #[test]

@@ -7,22 +7,19 @@ use std::time::{Duration, Instant};
 
 use mqtt_core::auth::Auth;
 use mqtt_core::broker::Broker;
-use mqtt_core::client::{ConnectRefused, OpenSession, Presented};
+use mqtt_core::client::ConnectRefused;
 use mqtt_core::session::ConnControl;
-use mqtt_core::testing::{default_config, open_session, NoWakeup};
+use mqtt_core::testing::{
+    broker_on_config, default_config, open_session, open_session_on, NoWakeup,
+};
 
 fn flapping_broker(max_count: u32, now: Instant) -> Arc<Broker> {
     let mut config = default_config();
     config.flapping_detect.enable = true;
     config.flapping_detect.max_count = max_count;
     Arc::new(
-        Broker::new(
-            config.mqtt.clone(),
-            &config.retainer,
-            Auth::allow_all(),
-            now,
-        )
-        .with_flapping_detect(&config.flapping_detect),
+        broker_on_config(&config, Auth::allow_all(), now)
+            .with_flapping_detect(&config.flapping_detect),
     )
 }
 
@@ -55,30 +52,16 @@ fn sessions_a_connection_opens_after_its_first_are_not_counted() {
     // peer does for each QoS -1 publish: one connect.
     let control = ConnControl::new(broker.next_connection_id(), Arc::new(NoWakeup));
     for _ in 0..10 {
-        let who = broker
-            .authenticate(Presented {
-                protocol: "mqtt-sn",
-                listener: Arc::from("test"),
-                client_id: Arc::from("sensor"),
-                username: None,
-                password: None,
-                peer: None,
-                mountpoint: Arc::from(""),
-                mountpoint_values: Vec::new(),
-            })
-            .unwrap();
-        let session = broker
-            .open_session(
-                who,
-                OpenSession {
-                    clean_start: true,
-                    expiry_interval: 0,
-                    will: None,
-                    control: control.clone(),
-                },
-                start,
-            )
-            .expect("the same connection is not flapping");
+        let session = open_session_on(
+            &broker,
+            "mqtt-sn",
+            "sensor",
+            true,
+            0,
+            control.clone(),
+            start,
+        )
+        .expect("the same connection is not flapping");
         session.close(mqtt_core::broker::WillDisposition::Discard, start);
     }
 }

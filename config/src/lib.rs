@@ -92,6 +92,11 @@ pub struct MqttConfig {
     /// 0 = unlimited.
     pub max_queued_bytes: u64,
     pub queue_qos0: bool,
+    /// Messages; 0 = no flow control from receivers back to publishers.
+    pub receiver_high_water: u64,
+    /// Messages; below `receiver_high_water`.
+    pub receiver_low_water: u64,
+    pub slow_receiver_timeout: Duration,
     /// Seconds.
     pub max_keepalive: u16,
     /// Seconds; 0 = use the client's.

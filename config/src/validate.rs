@@ -107,6 +107,32 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             "mqtt.await_rel_timeout must be longer than 0s".into(),
         );
     }
+    if m.receiver_high_water > 0 {
+        if m.receiver_low_water >= m.receiver_high_water {
+            fail(
+                "mqtt.receiver_low_water",
+                format!(
+                    "mqtt.receiver_low_water ({}) must be below mqtt.receiver_high_water ({})",
+                    m.receiver_low_water, m.receiver_high_water
+                ),
+            );
+        }
+        if m.max_queued_messages > 0 && m.receiver_high_water > m.max_queued_messages {
+            fail(
+                "mqtt.receiver_high_water",
+                format!(
+                    "mqtt.receiver_high_water ({}) must not exceed mqtt.max_queued_messages ({})",
+                    m.receiver_high_water, m.max_queued_messages
+                ),
+            );
+        }
+        if m.slow_receiver_timeout.is_zero() {
+            fail(
+                "mqtt.slow_receiver_timeout",
+                "mqtt.slow_receiver_timeout must be longer than 0s".into(),
+            );
+        }
+    }
     if m.max_keepalive == 0 {
         fail(
             "mqtt.max_keepalive",

@@ -244,6 +244,18 @@ fn bad_values_name_the_key() {
             "[mqtt]\nawait_rel_timeout = \"0s\"",
             "mqtt.await_rel_timeout must be longer",
         ),
+        (
+            "[mqtt]\nreceiver_low_water = 500",
+            "mqtt.receiver_low_water (500) must be below mqtt.receiver_high_water (500)",
+        ),
+        (
+            "[mqtt]\nmax_queued_messages = 200",
+            "mqtt.receiver_high_water (500) must not exceed mqtt.max_queued_messages (200)",
+        ),
+        (
+            "[mqtt]\nslow_receiver_timeout = \"0s\"",
+            "mqtt.slow_receiver_timeout must be longer",
+        ),
         ("[mqtt]\nmax_keepalive = 0", "mqtt.max_keepalive must be"),
         (
             "[mqtt]\nmax_keepalive = 60\nserver_keepalive = 120",

@@ -18,8 +18,8 @@ use crate::mountpoint::mounted_filter;
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::router::{Router, Subscriber};
 use crate::session::{
-    intern_namespace, ConnControl, Enqueued, Offered, RestoredSession, SessionCell, SessionKey,
-    SessionLimits, SessionState, Subscription, Will,
+    intern_namespace, ConnControl, Enqueued, FlowLimits, Offered, RestoredSession, SessionCell,
+    SessionKey, SessionLimits, SessionState, Subscription, Will,
 };
 use crate::storage::{self, MemoryStore, Op, SessionRecord, Store, Table, Ticket, WallClock};
 use crate::topic::{parse_subscription, validate_topic_name, SubscriptionFilter};
@@ -37,6 +37,11 @@ pub struct Stats {
     pub retained_refused: AtomicU64,
     /// QoS 1/2 publishes refused because the store is full.
     pub refused_store_full: AtomicU64,
+    /// Publishes a datagram adapter answered with its protocol's congestion signal while
+    /// their client was held back by a receiver that is behind.
+    pub refused_congestion: AtomicU64,
+    /// Receivers disconnected for holding publishers back while taking nothing.
+    pub slow_receivers_disconnected: AtomicU64,
 }
 
 impl Stats {
@@ -68,14 +73,10 @@ pub struct ConnectRequest {
 
 /// What routing one message did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[must_use = "the acknowledgement must wait for the ticket, and a backlog asks the publisher to yield"]
+#[must_use = "the acknowledgement must wait for the ticket"]
 pub struct Dispatched {
     /// Sessions the message reached.
     pub reached: usize,
-    /// A connected receiver already holds more than it writes at once: its publisher should
-    /// let it run before reading more, so a fast publisher slows down instead of filling
-    /// the receiver's queue until messages are dropped.
-    pub backlogged: bool,
     /// The store batch that keeps what this message changed; its acknowledgement waits
     /// until the ticket is durable.
     pub ticket: Option<Ticket>,
@@ -141,6 +142,9 @@ pub struct Broker {
     pub started_at: Instant,
     /// Sessions that dropped messages since the last drop report, each listed once.
     drop_reports: Mutex<DropReports>,
+    /// Receivers that began holding publishers back, watched until they let them go, so
+    /// one that never takes from its queue again is disconnected.
+    holding: Mutex<Vec<Arc<SessionCell>>>,
     /// `None` when flapping detection is off.
     pub(crate) flapping: Option<FlappingDetector>,
 }
@@ -162,6 +166,12 @@ impl Broker {
             queue_qos0_offline: config.queue_qos0,
             max_awaiting_rel: config.max_awaiting_rel as usize,
             max_subscriptions: config.max_subscriptions as usize,
+            flow: FlowLimits::new(
+                config.receiver_high_water as usize,
+                config.receiver_low_water as usize,
+                config.max_queued_bytes as usize,
+                config.slow_receiver_timeout.get(),
+            ),
         };
         Broker {
             router: Router::new(config.shared_subscription_strategy),
@@ -186,6 +196,7 @@ impl Broker {
                 sessions: Vec::new(),
                 next_report: now,
             }),
+            holding: Mutex::new(Vec::new()),
             flapping: None,
         }
     }
@@ -716,6 +727,7 @@ impl Broker {
     /// Fires due wills and session expiries.
     pub fn handle_timeouts(&self, now: Instant) {
         self.report_drops(now);
+        self.disconnect_stuck_receivers(now);
         loop {
             let due = {
                 let mut timers = self.timers.lock();
@@ -771,8 +783,8 @@ impl Broker {
         message.publisher_client_id = Some(publisher.client_id.clone());
         let message = message.with_expiry_from_properties(now);
         tracing::debug!(client_id = %publisher.client_id, topic = %message.topic, "publishing will");
-        // Nobody waits to acknowledge a will, and the broker yields to no one.
-        let _ = self.publish(Arc::new(message));
+        // Nobody waits to acknowledge a will, and nobody can hold the broker back.
+        let _ = self.publish(Arc::new(message), None);
     }
 
     /// Whether a message with this topic, QoS and retain flag may be published at all under
@@ -805,14 +817,23 @@ impl Broker {
         self.auth.authorizer.authorize(client, action, topic)
     }
 
-    /// Routes a message to every matching session and updates the retained store.
-    pub(crate) fn publish(&self, message: Arc<Message>) -> Dispatched {
+    /// Routes a message to every matching session and updates the retained store. A
+    /// connected receiver that is behind holds `publisher` back (see `SessionCell::deliver`).
+    pub(crate) fn publish(
+        &self,
+        message: Arc<Message>,
+        publisher: Option<&Arc<ConnControl>>,
+    ) -> Dispatched {
         Stats::add(&self.stats.messages_received, 1);
-        self.dispatch(message)
+        self.dispatch(message, publisher)
     }
 
     /// `publish` for the broker's own messages, which are not counted as received.
-    pub(crate) fn dispatch(&self, message: Arc<Message>) -> Dispatched {
+    pub(crate) fn dispatch(
+        &self,
+        message: Arc<Message>,
+        publisher: Option<&Arc<ConnControl>>,
+    ) -> Dispatched {
         let ticket = if message.retain && self.retain_enabled {
             self.retain(&message)
         } else {
@@ -821,7 +842,6 @@ impl Broker {
         let targets = self.router.route(&message);
         let mut dispatched = Dispatched {
             reached: targets.len(),
-            backlogged: false,
             ticket,
         };
         for target in targets {
@@ -832,8 +852,7 @@ impl Broker {
                 subscription_ids: target.subscription_ids,
                 store_seq: None,
             };
-            let offered = target.session.deliver(delivery, &self.limits);
-            dispatched.backlogged |= offered.backlogged;
+            let offered = target.session.deliver(delivery, &self.limits, publisher);
             dispatched.ticket = dispatched.ticket.max(offered.ticket);
             self.count(&offered, &target.session);
         }
@@ -873,7 +892,7 @@ impl Broker {
             store_seq: None,
         };
         self.count(
-            &target.session.deliver(handed, &self.limits),
+            &target.session.deliver(handed, &self.limits, None),
             &target.session,
         );
         Ok(())
@@ -930,6 +949,49 @@ impl Broker {
         if offered.first_unreported_drop {
             self.drop_reports.lock().sessions.push(session.clone());
         }
+        if offered.began_holding {
+            self.holding.lock().push(session.clone());
+        }
+    }
+
+    /// Disconnects each receiver that has held publishers back without taking anything
+    /// from its queue for the configured time: it stopped reading, and must not stall
+    /// them for good. Its publishers go on once it is detached.
+    fn disconnect_stuck_receivers(&self, now: Instant) {
+        let timeout = self.limits.flow.stuck_timeout;
+        let watched = std::mem::take(&mut *self.holding.lock());
+        let mut still_holding = Vec::with_capacity(watched.len());
+        for session in watched {
+            let stuck = {
+                let mut state = session.state.lock();
+                if state.publishers_held_back() == 0 {
+                    continue;
+                }
+                let stuck = state.is_stuck(now, timeout);
+                stuck.then(|| {
+                    (
+                        state.connection.clone(),
+                        state.queue_len(),
+                        state.publishers_held_back(),
+                    )
+                })
+            };
+            if let Some((connection, queued, held)) = stuck {
+                tracing::warn!(
+                    client_id = %session.key.client_id,
+                    queued,
+                    publishers_held = held,
+                    "receiver took nothing from its queue for {} s while holding publishers back: disconnected",
+                    timeout.as_secs()
+                );
+                Stats::add(&self.stats.slow_receivers_disconnected, 1);
+                if let Some(connection) = connection {
+                    connection.close(ReasonCode::QUOTA_EXCEEDED);
+                }
+            }
+            still_holding.push(session);
+        }
+        self.holding.lock().append(&mut still_holding);
     }
 
     /// Sums up in the log, one line per session, the messages each session dropped since
@@ -1047,7 +1109,7 @@ impl Broker {
                     subscription_ids: identifier.into_iter().collect(),
                     store_seq: None,
                 };
-                self.count(&session.deliver(delivery, &self.limits), session);
+                self.count(&session.deliver(delivery, &self.limits, None), session);
             }
         }
         Ok(Granted { qos, existed })

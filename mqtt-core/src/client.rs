@@ -278,6 +278,7 @@ impl Broker {
             session_present: attached.session_present,
             expiry_interval,
             store_full_refusals: AtomicU64::new(0),
+            congestion_refusals: AtomicU64::new(0),
         })
     }
 
@@ -353,6 +354,9 @@ pub struct ClientSession {
     /// Publishes refused for a full store: the first is logged, the rest counted and
     /// summed up at close, since a client may keep sending at full speed.
     store_full_refusals: AtomicU64,
+    /// Publishes answered with the protocol's congestion signal while held back: counted,
+    /// and summed up at close.
+    congestion_refusals: AtomicU64,
 }
 
 impl ClientSession {
@@ -367,6 +371,13 @@ impl ClientSession {
     /// The session's state (queue, windows, subscriptions), locked by its own mutex.
     pub fn session(&self) -> &Arc<SessionCell> {
         &self.session
+    }
+
+    /// Whether a receiver the client publishes to is behind: the client's next message
+    /// must wait (not read, or answered with its protocol's congestion signal) until the
+    /// connection is woken.
+    pub fn is_held_back(&self) -> bool {
+        self.control.is_held_back()
     }
 
     pub fn session_present(&self) -> bool {
@@ -399,9 +410,17 @@ impl ClientSession {
         permit
     }
 
+    /// Counts a publish a datagram adapter refused with its protocol's congestion signal
+    /// because the client is held back; the client sends it again later.
+    pub fn refuse_for_congestion(&self) {
+        Stats::add(&self.broker.stats.refused_congestion, 1);
+        self.congestion_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Routes a permitted message. What it returns must be acted on: the store ticket the
-    /// acknowledgement waits for, and whether a receiver is behind (the publisher yields).
-    #[must_use = "the acknowledgement must wait for the ticket, and a backlog asks the publisher to yield"]
+    /// acknowledgement waits for. A receiver that is behind may hold the client back
+    /// meanwhile ([`is_held_back`](Self::is_held_back)).
+    #[must_use = "the acknowledgement must wait for the ticket"]
     pub fn publish_permitted(
         &self,
         permit: PublishPermit,
@@ -421,11 +440,11 @@ impl ClientSession {
             expires_at: None,
         }
         .with_expiry_from_properties(now);
-        self.broker.publish(Arc::new(message))
+        self.broker.publish(Arc::new(message), Some(&self.control))
     }
 
     /// [`permit`](Self::permit) and [`publish_permitted`](Self::publish_permitted) in one.
-    #[must_use = "the acknowledgement must wait for the ticket, and a backlog asks the publisher to yield"]
+    #[must_use = "the acknowledgement must wait for the ticket"]
     pub fn publish(
         &self,
         topic: &str,
@@ -486,6 +505,13 @@ impl ClientSession {
             tracing::warn!(
                 refused,
                 "store full: QoS 1/2 publishes refused on this connection"
+            );
+        }
+        let congested = self.congestion_refusals.load(Ordering::Relaxed);
+        if congested > 0 {
+            tracing::info!(
+                refused = congested,
+                "publishes answered with congestion on this connection while a receiver was behind"
             );
         }
         self.broker

@@ -2,7 +2,7 @@
 //! session's deliveries turned into packets. Sans-io: the transport driver feeds it bytes,
 //! wake-ups and timer ticks with `now`, and writes out what it appends to `out`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,10 @@ pub const MQTT_NAMESPACE: &str = "mqtt";
 /// Output beyond this stays queued in the session instead, so a slow reader's backlog is
 /// bounded by its session limits rather than by its socket buffer.
 const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+
+/// Payload and topic bytes of PUBLISHes read while the client is held back beyond which
+/// nothing more is read: what keeps its acknowledgements flowing costs at most this.
+const PARKED_HIGH_WATER: usize = 64 * 1024;
 
 /// What the driver should do after a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,11 +96,29 @@ pub struct MqttChannel {
     will_disposition: WillDisposition,
     /// A drain stopped at the output high-water mark with messages still queued.
     drain_blocked: bool,
-    /// Set when a publish reached a receiver that is behind; see `take_yield_request`.
-    yield_requested: bool,
+    /// What was read while a receiver this client publishes to holds it back.
+    parked: Option<Box<Parked>>,
     /// PUBACKs and PUBRECs waiting for their message to be durable, in the order the
     /// PUBLISHes came [MQTT-4.6.0-2]: once one waits, those behind it wait too.
     held_acks: HeldReplies<HeldAck>,
+}
+
+/// PUBLISHes read while the client is held back, in order, routed once it is let go.
+/// Acknowledgements of our own messages and PINGREQ pass them: a client that both
+/// publishes and receives must keep acknowledging, or a receiver behind on its
+/// acknowledgements (itself, or one it holds back in turn) could never catch up. Any other
+/// packet waits behind them (`barrier`), and reading stops until they are through.
+#[derive(Default)]
+struct Parked {
+    publishes: VecDeque<Publish>,
+    bytes: usize,
+    barrier: Option<Packet>,
+}
+
+impl Parked {
+    fn is_full(&self) -> bool {
+        self.barrier.is_some() || self.bytes >= PARKED_HIGH_WATER
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -132,7 +154,7 @@ impl MqttChannel {
             aliases: None,
             will_disposition: WillDisposition::Publish,
             drain_blocked: false,
-            yield_requested: false,
+            parked: None,
             held_acks: HeldReplies::default(),
         }
     }
@@ -145,14 +167,20 @@ impl MqttChannel {
         self.version
     }
 
-    /// Decodes and handles every complete packet in `input`.
+    /// Decodes and handles the complete packets in `input`: all of them, unless the client
+    /// is held back and what it sent meanwhile fills its parking (`accepts_input`).
     pub fn handle_input(&mut self, input: &mut BytesMut, out: &mut BytesMut, now: Instant) -> Flow {
-        loop {
+        if self.route_parked(out, now) == Flow::Close {
+            return self.close();
+        }
+        while self.accepts_input() {
             match self.decoder.decode(input) {
                 Ok(Some(packet)) => {
                     self.last_received = now;
-                    if self.handle_packet(packet, out, now) == Flow::Close {
-                        return self.close();
+                    if let Some(packet) = self.park(packet) {
+                        if self.handle_packet(packet, out, now) == Flow::Close {
+                            return self.close();
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -173,9 +201,74 @@ impl MqttChannel {
             self.send_disconnect(reason, out);
             return self.close();
         }
+        if self.route_parked(out, now) == Flow::Close {
+            return self.close();
+        }
         if matches!(self.phase, Phase::Connected) {
             self.release_held_acks(out);
             self.drain(out, now);
+        }
+        Flow::Continue
+    }
+
+    /// False while the client is held back and what it sent meanwhile fills its parking:
+    /// the driver reads nothing more until a wake-up lets the client go on, and then
+    /// feeds what it holds again.
+    pub fn accepts_input(&self) -> bool {
+        !self.parked.as_ref().is_some_and(|parked| parked.is_full())
+    }
+
+    /// Keeps `packet` back when it must wait for the client to be let go, or returns it.
+    fn park(&mut self, packet: Packet) -> Option<Packet> {
+        if !matches!(self.phase, Phase::Connected) {
+            return Some(packet);
+        }
+        let passes = matches!(
+            packet,
+            Packet::PubAck(_)
+                | Packet::PubRec(_)
+                | Packet::PubRel(_)
+                | Packet::PubComp(_)
+                | Packet::PingReq
+        );
+        let waits = match &packet {
+            _ if passes => false,
+            Packet::Publish(_) => self.parked.is_some() || self.control.is_held_back(),
+            _ => self.parked.is_some(),
+        };
+        if !waits {
+            return Some(packet);
+        }
+        let parked = self.parked.get_or_insert_with(Box::default);
+        match packet {
+            Packet::Publish(publish) => {
+                parked.bytes += publish.topic.len() + publish.payload.len();
+                parked.publishes.push_back(publish);
+            }
+            other => parked.barrier = Some(other),
+        }
+        None
+    }
+
+    /// Handles what was parked, in order, while the client is not held back.
+    fn route_parked(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
+        while !self.control.is_held_back() {
+            let Some(parked) = self.parked.as_mut() else {
+                break;
+            };
+            let packet = match parked.publishes.pop_front() {
+                Some(publish) => {
+                    parked.bytes -= publish.topic.len() + publish.payload.len();
+                    Packet::Publish(publish)
+                }
+                None => match self.parked.take().and_then(|parked| parked.barrier) {
+                    Some(barrier) => barrier,
+                    None => break,
+                },
+            };
+            if self.handle_packet(packet, out, now) == Flow::Close {
+                return Flow::Close;
+            }
         }
         Flow::Continue
     }
@@ -185,6 +278,11 @@ impl MqttChannel {
             Phase::AwaitConnect { deadline } if now >= deadline => {
                 tracing::info!("no CONNECT within the handshake timeout");
                 self.close()
+            }
+            // Silence is ours while nothing is read: the client may well have sent a PINGREQ.
+            Phase::Connected if !self.accepts_input() => {
+                self.last_received = now;
+                Flow::Continue
             }
             Phase::Connected => match self.keep_alive_window {
                 Some(window) if now >= self.last_received + window => {
@@ -214,12 +312,6 @@ impl MqttChannel {
         self.drain_blocked
     }
 
-    /// True once after input that reached a receiver already behind: the driver then lets
-    /// other connections (that receiver's among them) run before it reads more.
-    pub fn take_yield_request(&mut self) -> bool {
-        std::mem::take(&mut self.yield_requested)
-    }
-
     /// The server is shutting down.
     pub fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
         self.send_disconnect(ReasonCode::SERVER_SHUTTING_DOWN, out);
@@ -228,6 +320,16 @@ impl MqttChannel {
 
     /// The transport is gone; hands the session back to the broker.
     pub fn handle_closed(&mut self, now: Instant) {
+        // What the client sent before it went is routed, whoever is behind: it is bounded
+        // by the parking, and would otherwise be lost.
+        if let Some(parked) = self.parked.take() {
+            let mut unsent = BytesMut::new();
+            for publish in parked.publishes {
+                if self.handle_publish(publish, &mut unsent, now) == Flow::Close {
+                    break;
+                }
+            }
+        }
         self.phase = Phase::Closed;
         if let Some(client) = self.client.take() {
             client.close(self.will_disposition, now);
@@ -677,7 +779,7 @@ impl MqttChannel {
         match qos {
             QoS::AtMostOnce => {
                 if let Ok(permit) = permit {
-                    // QoS 0 is acknowledged to nobody; `route` notes the backlog.
+                    // QoS 0 is acknowledged to nobody.
                     let _ = self.route(permit, publish, now);
                 }
             }
@@ -750,9 +852,7 @@ impl MqttChannel {
         let Some(client) = self.client.as_ref() else {
             return Dispatched::default();
         };
-        let dispatched = client.publish_permitted(permit, publish.payload, publish.properties, now);
-        self.yield_requested |= dispatched.backlogged;
-        dispatched
+        client.publish_permitted(permit, publish.payload, publish.properties, now)
     }
 
     fn disconnect_with(

@@ -6,7 +6,7 @@
 //! own session at its own pace.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +31,9 @@ pub struct ConnControl {
     /// only the first is, since a device adapter may open several for one device (MQTT-SN's
     /// QoS -1 publishes each open one).
     counted_as_connect: AtomicBool,
+    /// How many receivers that are behind hold this connection back as their publisher:
+    /// while any does, its input is not read (see `SessionState::hold`).
+    held_by: AtomicU32,
     wakeup: Arc<dyn Wakeup>,
 }
 
@@ -40,8 +43,25 @@ impl ConnControl {
             conn_id,
             closing: AtomicU8::new(0),
             counted_as_connect: AtomicBool::new(false),
+            held_by: AtomicU32::new(0),
             wakeup,
         })
+    }
+
+    /// Whether a receiver this connection publishes to is behind: its next message waits
+    /// until every such receiver has caught up (or gone), which wakes it.
+    pub fn is_held_back(&self) -> bool {
+        self.held_by.load(Ordering::Acquire) > 0
+    }
+
+    fn hold_back(&self) {
+        self.held_by.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn let_go(&self) {
+        if self.held_by.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.wakeup.wake();
+        }
     }
 
     pub fn wake(&self) {
@@ -152,12 +172,75 @@ pub struct SessionLimits {
     pub max_awaiting_rel: usize,
     /// 0 = unlimited.
     pub max_subscriptions: usize,
+    pub flow: FlowLimits,
 }
 
-/// Deliveries a connected session may hold before its publishers are asked to yield: about
-/// what one drain writes (64 KiB of small messages), so a receiver that keeps up never
-/// reaches it, and one that falls behind gets turns to write while publishers wait theirs.
-const BACKLOG_YIELD: usize = 1024;
+/// Flow control from a connected receiver back to its publishers: when it falls behind it
+/// holds back the connections that feed it, and lets them go once it has caught up.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowLimits {
+    /// Queued messages at which a connected receiver is behind; 0 = no flow control.
+    pub high_water: usize,
+    /// Queued messages at or below which it has caught up again.
+    pub low_water: usize,
+    /// Queued bytes at which it is behind (half the byte limit), and has caught up (an
+    /// eighth), so large messages hold publishers back before the byte limit is reached.
+    pub high_water_bytes: usize,
+    pub low_water_bytes: usize,
+    /// How long a receiver that holds publishers back may take nothing from its queue
+    /// before the broker disconnects it.
+    pub stuck_timeout: std::time::Duration,
+}
+
+impl FlowLimits {
+    pub const OFF: FlowLimits = FlowLimits {
+        high_water: 0,
+        low_water: 0,
+        high_water_bytes: 0,
+        low_water_bytes: 0,
+        stuck_timeout: std::time::Duration::MAX,
+    };
+
+    /// The water marks for queue limits of `max_queued_bytes` (0 = unlimited).
+    pub fn new(
+        high_water: usize,
+        low_water: usize,
+        max_queued_bytes: usize,
+        stuck_timeout: std::time::Duration,
+    ) -> FlowLimits {
+        FlowLimits {
+            high_water,
+            low_water,
+            high_water_bytes: if max_queued_bytes == 0 {
+                usize::MAX
+            } else {
+                max_queued_bytes / 2
+            },
+            low_water_bytes: if max_queued_bytes == 0 {
+                usize::MAX
+            } else {
+                max_queued_bytes / 8
+            },
+            stuck_timeout,
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.high_water > 0
+    }
+}
+
+/// The publishers a receiver that fell behind holds back, and how it is doing since.
+#[derive(Debug)]
+struct Holding {
+    publishers: Vec<Arc<ConnControl>>,
+    low_water: usize,
+    low_water_bytes: usize,
+    /// When the broker first saw the receiver holding publishers back.
+    seen_at: Option<Instant>,
+    /// When the receiver last took a message from its queue while holding them.
+    last_taken: Option<Instant>,
+}
 
 /// What offering a delivery to a session did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +249,9 @@ pub struct Offered {
     /// The offer dropped a message and the session had no drop awaiting a report: the
     /// broker lists it for the next summary.
     pub first_unreported_drop: bool,
-    /// The session is connected and its queue is longer than it writes at once.
-    pub backlogged: bool,
+    /// The receiver fell behind with this offer and began holding publishers back: the
+    /// broker watches it from now on, in case it never catches up.
+    pub began_holding: bool,
     /// The store batch that keeps the delivery, for a persistent session.
     pub ticket: Option<Ticket>,
 }
@@ -232,6 +316,8 @@ pub struct SessionState {
     /// Set while the session outlives its connection and the broker has a store: every
     /// change to what must survive a restart is then written there.
     persistence: Option<Box<Persistence>>,
+    /// Set while the connected receiver is behind and holds its publishers back.
+    holding: Option<Box<Holding>>,
 }
 
 /// What came back from the store for one session, in the order it was stored.
@@ -374,6 +460,7 @@ impl Default for SessionState {
             extension: Extension::default(),
             adapter_record: None,
             persistence: None,
+            holding: None,
         }
     }
 }
@@ -451,6 +538,13 @@ impl SessionState {
         }
     }
 
+    /// Queues a delivery whatever the limits: its publisher is held back instead.
+    fn enqueue_unbounded(&mut self, delivery: Delivery) -> Enqueued {
+        self.queued_bytes += delivery.message.weight();
+        self.queue.push_back(delivery);
+        Enqueued::Queued
+    }
+
     fn is_full(&self, weight: usize, limits: &SessionLimits) -> bool {
         (limits.max_queued_messages > 0 && self.queue.len() >= limits.max_queued_messages)
             || (limits.max_queued_bytes > 0
@@ -460,14 +554,78 @@ impl SessionState {
 
     /// The next queued delivery that has not expired.
     pub fn pop_queued(&mut self, now: Instant) -> Option<Delivery> {
+        let mut popped = None;
         while let Some(delivery) = self.queue.pop_front() {
             self.queued_bytes -= delivery.message.weight();
             if !delivery.message.is_expired(now) {
-                return Some(delivery);
+                popped = Some(delivery);
+                break;
             }
             self.forget_stored(&delivery);
         }
-        None
+        if let Some(holding) = &mut self.holding {
+            holding.last_taken = Some(now);
+            if self.queue.len() <= holding.low_water && self.queued_bytes <= holding.low_water_bytes
+            {
+                self.let_publishers_go();
+            }
+        }
+        popped
+    }
+
+    /// Whether the queue is at a high-water mark of `flow`.
+    fn is_behind(&self, flow: &FlowLimits) -> bool {
+        self.queue.len() >= flow.high_water || self.queued_bytes >= flow.high_water_bytes
+    }
+
+    /// Holds `publisher` back until this receiver catches up, once however often it
+    /// publishes meanwhile. Returns whether the receiver began holding with it.
+    fn hold(&mut self, publisher: &Arc<ConnControl>, flow: &FlowLimits) -> bool {
+        let began = self.holding.is_none();
+        let holding = self.holding.get_or_insert_with(|| {
+            Box::new(Holding {
+                publishers: Vec::new(),
+                low_water: flow.low_water,
+                low_water_bytes: flow.low_water_bytes,
+                seen_at: None,
+                last_taken: None,
+            })
+        });
+        if !holding
+            .publishers
+            .iter()
+            .any(|held| held.conn_id == publisher.conn_id)
+        {
+            publisher.hold_back();
+            holding.publishers.push(publisher.clone());
+        }
+        began
+    }
+
+    fn let_publishers_go(&mut self) {
+        if let Some(holding) = self.holding.take() {
+            for publisher in holding.publishers {
+                publisher.let_go();
+            }
+        }
+    }
+
+    /// How many publishers the receiver holds back now.
+    pub fn publishers_held_back(&self) -> usize {
+        self.holding
+            .as_ref()
+            .map_or(0, |holding| holding.publishers.len())
+    }
+
+    /// Whether a receiver holding publishers back has taken nothing from its queue for
+    /// `timeout`, counting from `now` the first time the broker asks.
+    pub(crate) fn is_stuck(&mut self, now: Instant, timeout: std::time::Duration) -> bool {
+        let Some(holding) = &mut self.holding else {
+            return false;
+        };
+        let since = *holding.seen_at.get_or_insert(now);
+        let since = holding.last_taken.map_or(since, |taken| taken.max(since));
+        now.saturating_duration_since(since) >= timeout
     }
 
     pub fn has_queued(&self) -> bool {
@@ -832,46 +990,60 @@ impl SessionCell {
     ) -> Option<Arc<ConnControl>> {
         self.connected
             .store(connection.is_some(), Ordering::Relaxed);
+        if connection.is_none() {
+            // An offline session keeps its queue limits instead.
+            state.let_publishers_go();
+        }
         std::mem::replace(&mut state.connection, connection)
     }
 
-    /// Offers a delivery and wakes the connection if one is attached.
-    pub fn deliver(&self, delivery: Delivery, limits: &SessionLimits) -> Offered {
-        let (enqueued, ticket, connection, queued) = {
-            let mut state = self.state.lock();
-            if state.ended {
-                return Offered {
-                    enqueued: Enqueued::DroppedQos0,
-                    first_unreported_drop: false,
-                    backlogged: false,
-                    ticket: None,
-                };
-            }
-            let enqueued = state.enqueue(delivery, limits);
-            let ticket = match enqueued {
-                Enqueued::Queued | Enqueued::QueuedEvictingQos0 => state.store_newest(),
-                _ => None,
+    /// Offers a delivery and wakes the connection if one is attached. A connected receiver
+    /// takes every message a publisher it can hold back sends (`publisher`: the
+    /// publisher's connection), and once behind holds that publisher back; the queue limits
+    /// decide for the rest (an offline session, the broker's own messages).
+    pub fn deliver(
+        &self,
+        delivery: Delivery,
+        limits: &SessionLimits,
+        publisher: Option<&Arc<ConnControl>>,
+    ) -> Offered {
+        let mut state = self.state.lock();
+        if state.ended {
+            return Offered {
+                enqueued: Enqueued::DroppedQos0,
+                first_unreported_drop: false,
+                began_holding: false,
+                ticket: None,
             };
-            let first_unreported_drop = enqueued.dropped_one() && !state.awaiting_drop_report;
-            state.awaiting_drop_report |= first_unreported_drop;
-            (
-                (enqueued, first_unreported_drop),
-                ticket,
-                state.connection.clone(),
-                state.queue_len(),
-            )
+        }
+        let flow = &limits.flow;
+        let held_publisher = publisher.filter(|_| state.connection.is_some() && flow.enabled());
+        let enqueued = match held_publisher {
+            Some(_) => state.enqueue_unbounded(delivery),
+            None => state.enqueue(delivery, limits),
         };
-        let (enqueued, first_unreported_drop) = enqueued;
-        let backlogged = connection.is_some() && queued > BACKLOG_YIELD;
-        if matches!(enqueued, Enqueued::Queued | Enqueued::QueuedEvictingQos0) {
-            if let Some(connection) = connection {
-                connection.wake();
-            }
+        let began_holding = match held_publisher {
+            Some(publisher) if state.is_behind(flow) => state.hold(publisher, flow),
+            _ => false,
+        };
+        let ticket = match enqueued {
+            Enqueued::Queued | Enqueued::QueuedEvictingQos0 => state.store_newest(),
+            _ => None,
+        };
+        let first_unreported_drop = enqueued.dropped_one() && !state.awaiting_drop_report;
+        state.awaiting_drop_report |= first_unreported_drop;
+        let connection = match enqueued {
+            Enqueued::Queued | Enqueued::QueuedEvictingQos0 => state.connection.clone(),
+            _ => None,
+        };
+        drop(state);
+        if let Some(connection) = connection {
+            connection.wake();
         }
         Offered {
             enqueued,
             first_unreported_drop,
-            backlogged,
+            began_holding,
             ticket,
         }
     }
@@ -905,6 +1077,7 @@ mod tests {
             queue_qos0_offline: true,
             max_awaiting_rel: 10,
             max_subscriptions: 0,
+            flow: FlowLimits::OFF,
         }
     }
 

@@ -19,7 +19,7 @@ pub fn publish_sys(broker: &Broker, now: Instant) {
     let uptime = now.saturating_duration_since(broker.started_at).as_secs();
     let dropped_qos0 = stats.dropped_qos0.load(Ordering::Relaxed);
     let dropped_full = stats.dropped_queue_full.load(Ordering::Relaxed);
-    let figures: [(&'static str, String); 14] = [
+    let figures: [(&'static str, String); 16] = [
         ("$SYS/broker/version", format!("gateway version {VERSION}")),
         ("$SYS/broker/uptime", format!("{uptime} seconds")),
         (
@@ -72,6 +72,19 @@ pub fn publish_sys(broker: &Broker, now: Instant) {
             "$SYS/broker/publish/messages/refused/store_full",
             stats.refused_store_full.load(Ordering::Relaxed).to_string(),
         ),
+        // Flow control: publishes a datagram client was told to send again later, and
+        // receivers cut off for taking nothing while they held publishers back.
+        (
+            "$SYS/broker/publish/messages/refused/congestion",
+            stats.refused_congestion.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "$SYS/broker/clients/disconnected/slow_receiver",
+            stats
+                .slow_receivers_disconnected
+                .load(Ordering::Relaxed)
+                .to_string(),
+        ),
     ];
     for (topic, value) in figures {
         let message = Message::new(
@@ -82,6 +95,6 @@ pub fn publish_sys(broker: &Broker, now: Instant) {
             now,
         );
         // The broker's own figures: nobody to acknowledge or slow down.
-        let _ = broker.dispatch(Arc::new(message));
+        let _ = broker.dispatch(Arc::new(message), None);
     }
 }

@@ -191,7 +191,7 @@ pub fn subscriber(
 /// Routes `message` as it stands, with no client's checks: for a test playing the rest of
 /// the world.
 pub fn route(broker: &Broker, message: Message) -> Dispatched {
-    broker.publish(Arc::new(message))
+    broker.publish(Arc::new(message), None)
 }
 
 /// Routes a message of `payload` to `topic` at `qos`, not retained, as another client

@@ -1310,41 +1310,286 @@ fn retained_messages_honour_their_message_expiry() {
     assert_eq!(broker.retained_count(), 0);
 }
 
+fn queued(broker: &Broker, client_id: &str) -> usize {
+    broker
+        .session(&key(client_id))
+        .map_or(0, |session| session.state.lock().queue_len())
+}
+
+/// The defaults: a receiver is behind at 500 queued messages and has caught up at 100.
+const HIGH_WATER: usize = 500;
+const LOW_WATER: usize = 100;
+
 #[test]
-fn a_publisher_feeding_a_receiver_that_is_behind_is_asked_to_yield() {
+fn a_receiver_behind_holds_its_publisher_back_until_it_is_down_to_low_water() {
     let t0 = Instant::now();
-    let broker = broker_with(|c| c.mqtt.max_queued_messages = 100_000, t0);
+    let broker = broker(t0);
     let mut sub = Client::connect(&broker, "sub", t0);
     sub.subscribe("t", QoS::AtMostOnce, t0);
     let mut publisher = Client::connect(&broker, "pub", t0);
-    let mut first_yield = None;
-    for sent in 1..=2000 {
+    for _ in 0..HIGH_WATER + 200 {
         publisher.publish("t", b"x", QoS::AtMostOnce, 0, t0);
-        if publisher.channel.take_yield_request() {
-            first_yield.get_or_insert(sent);
-        }
     }
-    // One drain's worth (1024 small messages) may wait without slowing anyone.
-    assert_eq!(first_yield, Some(1025));
+    // The message that made it behind is its last until it catches up; the rest wait in
+    // the publisher's connection, read but not routed.
+    assert_eq!(queued(&broker, "sub"), HIGH_WATER);
     assert!(
-        !publisher.channel.take_yield_request(),
-        "the request is taken once"
+        publisher.channel.accepts_input(),
+        "200 small messages fit the parking"
     );
+
+    // The receiver writes some, still above low water: nothing changes for the publisher.
+    let woken = publisher.wakeup.count();
+    let mut received = 0;
+    let mut out = BytesMut::new();
+    sub.channel.handle_wakeup(&mut out, t0);
+    received += count_publishes(&mut out, &mut sub.decoder);
+    assert!(
+        queued(&broker, "sub") <= LOW_WATER,
+        "one drain writes 64 KiB"
+    );
+    assert!(
+        publisher.wakeup.count() > woken,
+        "let go: the publisher is woken"
+    );
+
+    // Woken, the publisher routes what it parked, in order.
+    publisher.wake(t0);
+    received += sub.publishes(t0).len();
+    assert_eq!(received, HIGH_WATER + 200);
     assert_eq!(broker.stats.dropped_qos0.load(Ordering::SeqCst), 0);
+}
 
-    // Once the receiver has written its backlog, publishing runs at full speed again.
+fn count_publishes(out: &mut BytesMut, decoder: &mut Decoder) -> usize {
+    let mut count = 0;
+    while let Some(packet) = decoder.decode(out).expect("server output decodes") {
+        count += usize::from(matches!(packet, Packet::Publish(_)));
+    }
+    count
+}
+
+#[test]
+fn a_held_back_publisher_stops_taking_input_once_its_parking_is_full() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut sub = Client::connect(&broker, "sub", t0);
+    sub.subscribe("t", QoS::AtLeastOnce, t0);
+    let connect = Connect {
+        keep_alive: 10,
+        ..connect_v5("pub")
+    };
+    let (mut publisher, _) = Client::connect_with(&broker, connect, t0);
+    static KIB: [u8; 1024] = [b'p'; 1024];
+    for _ in 0..HIGH_WATER {
+        publisher.publish("t", b"x", QoS::AtMostOnce, 0, t0);
+    }
+    // 70 KiB more arrive in one read: 64 KiB are parked, the rest stays in the input.
+    let mut input = BytesMut::new();
+    for packet_id in 1..=70 {
+        encode(
+            &Packet::Publish(publish("t", &KIB, QoS::AtLeastOnce, packet_id)),
+            ProtocolVersion::V5,
+            &mut input,
+        )
+        .unwrap();
+    }
+    publisher
+        .channel
+        .handle_input(&mut input, &mut publisher.out, t0);
+    assert!(!publisher.channel.accepts_input());
+    assert!(!input.is_empty(), "what does not fit stays unread");
+    assert!(
+        !publisher
+            .receive()
+            .iter()
+            .any(|p| matches!(p, Packet::PubAck(_))),
+        "a parked QoS 1 message is not acknowledged"
+    );
+    // Nothing is read from a client held back, so its silence is not held against it.
+    assert_eq!(publisher.tick(t0 + secs(60)), Flow::Continue);
+
+    // The receiver catches up; the driver, woken, feeds the rest of the input.
     while !sub.publishes(t0).is_empty() {}
-    publisher.publish("t", b"x", QoS::AtMostOnce, 0, t0);
-    assert!(!publisher.channel.take_yield_request());
+    publisher.wake(t0);
+    assert!(publisher.channel.accepts_input());
+    publisher
+        .channel
+        .handle_input(&mut input, &mut publisher.out, t0);
+    while !sub.publishes(t0).is_empty() {}
+    publisher.wake(t0);
+    let acked: Vec<u16> = publisher
+        .receive()
+        .into_iter()
+        .filter_map(|packet| match packet {
+            Packet::PubAck(ack) => Some(ack.packet_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        acked,
+        (1..=70).collect::<Vec<u16>>(),
+        "every message, in order"
+    );
+    assert!(input.is_empty());
+}
 
-    // A receiver that is offline is no reason to slow down: its queue is only bounded.
+#[test]
+fn acknowledgements_pass_parked_publishes_and_a_subscribe_waits_behind_them() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    // `both` publishes to `sub`, and receives QoS 1 from `other`.
+    let mut sub = Client::connect(&broker, "sub", t0);
+    sub.subscribe("t", QoS::AtMostOnce, t0);
+    let mut both = Client::connect(&broker, "both", t0);
+    both.subscribe("in", QoS::AtLeastOnce, t0);
+    let mut other = Client::connect(&broker, "other", t0);
+    for _ in 0..HIGH_WATER {
+        both.publish("t", b"x", QoS::AtMostOnce, 0, t0);
+    }
+    other.publish("in", b"d", QoS::AtLeastOnce, 1, t0);
+    let delivered = both.publishes(t0);
+    assert_eq!(delivered.len(), 1);
+    let mut state = broker.session(&key("both")).unwrap();
+    assert_eq!(state.state.lock().outgoing_len(), 1);
+
+    both.publish("t", b"parked", QoS::AtMostOnce, 0, t0);
+    both.send(
+        Packet::PubAck(PubResponse {
+            packet_id: delivered[0].packet_id,
+            reason_code: ReasonCode::SUCCESS,
+            properties: AckProperties::default(),
+        }),
+        t0,
+    );
+    assert_eq!(
+        state.state.lock().outgoing_len(),
+        0,
+        "the acknowledgement passed the parked publish"
+    );
+    both.send(
+        Packet::Subscribe(Subscribe {
+            packet_id: 7,
+            subscription_identifier: None,
+            user_properties: vec![],
+            filters: vec![("late".to_owned(), SubscriptionOptions::default())],
+        }),
+        t0,
+    );
+    assert!(
+        !both
+            .receive()
+            .iter()
+            .any(|p| matches!(p, Packet::SubAck(_))),
+        "SUBSCRIBE waits behind the parked publish"
+    );
+    assert!(!both.channel.accepts_input(), "nothing is read past it");
+
+    while !sub.publishes(t0).is_empty() {}
+    both.wake(t0);
+    assert!(both.channel.accepts_input());
+    assert!(both
+        .receive()
+        .iter()
+        .any(|p| matches!(p, Packet::SubAck(_))));
+    let bodies: Vec<Bytes> = sub.publishes(t0).into_iter().map(|p| p.payload).collect();
+    assert_eq!(bodies, vec![Bytes::from_static(b"parked")]);
+    state = broker.session(&key("both")).unwrap();
+    assert!(state.state.lock().subscriptions.contains_key("late"));
+}
+
+#[test]
+fn a_receiver_that_takes_nothing_while_behind_is_disconnected_and_its_publishers_go_on() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut stuck = Client::connect(&broker, "stuck", t0);
+    stuck.subscribe("t", QoS::AtMostOnce, t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    // A publisher to another topic, and its receiver.
+    let mut bystander_sub = Client::connect(&broker, "bystander-sub", t0);
+    bystander_sub.subscribe("u", QoS::AtMostOnce, t0);
+    let mut bystander = Client::connect(&broker, "bystander", t0);
+
+    for _ in 0..HIGH_WATER + 1 {
+        publisher.publish("t", b"x", QoS::AtMostOnce, 0, t0);
+    }
+    assert_eq!(queued(&broker, "stuck"), HIGH_WATER);
+    for _ in 0..2 * HIGH_WATER {
+        bystander.publish("u", b"y", QoS::AtMostOnce, 0, t0);
+        bystander_sub.publishes(t0);
+    }
+    assert_eq!(queued(&broker, "bystander-sub"), 0, "the other topic flows");
+
+    broker.handle_timeouts(t0 + secs(1));
+    broker.handle_timeouts(t0 + secs(10));
+    assert!(!stuck.closed, "10 s from when the broker first saw it");
+    let woken = publisher.wakeup.count();
+    broker.handle_timeouts(t0 + secs(11));
+    assert_eq!(stuck.wake(t0 + secs(11)), Flow::Close);
+    let disconnect = stuck.receive().into_iter().find_map(|packet| match packet {
+        Packet::Disconnect(disconnect) => Some(disconnect.reason_code),
+        _ => None,
+    });
+    assert_eq!(disconnect, Some(ReasonCode::QUOTA_EXCEEDED));
+    assert!(publisher.wakeup.count() > woken, "its publisher is let go");
+    publisher.wake(t0 + secs(11));
+    assert_eq!(
+        broker
+            .stats
+            .slow_receivers_disconnected
+            .load(Ordering::SeqCst),
+        1
+    );
+}
+
+#[test]
+fn a_receiver_that_keeps_taking_is_never_disconnected_however_long_it_is_behind() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut slow = Client::connect(&broker, "slow", t0);
+    slow.subscribe("t", QoS::AtLeastOnce, t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    let mut packet_id = 0u16;
+    for second in 0..30 {
+        let now = t0 + secs(second);
+        for _ in 0..HIGH_WATER {
+            packet_id = packet_id.wrapping_add(1).max(1);
+            publisher.publish("t", b"x", QoS::AtLeastOnce, packet_id, now);
+        }
+        // One message a second: its window of one is acknowledged, the next goes out.
+        for publish in slow.publishes(now).into_iter().take(1) {
+            slow.send(
+                Packet::PubAck(PubResponse {
+                    packet_id: publish.packet_id,
+                    reason_code: ReasonCode::SUCCESS,
+                    properties: AckProperties::default(),
+                }),
+                now,
+            );
+        }
+        broker.handle_timeouts(now);
+        publisher.wake(now);
+    }
+    assert!(!slow.closed);
+    assert_eq!(broker.stats.dropped_queue_full.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn an_offline_receiver_holds_nobody_back_and_keeps_its_queue_limit() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
     let (mut offline, _) = Client::connect_with(&broker, persistent_v5("offline", 60), t0);
     offline.subscribe("o", QoS::AtLeastOnce, t0);
     offline.close(t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
     for packet_id in 1..=1100 {
-        publisher.publish("o", b"y", QoS::AtLeastOnce, packet_id, t0);
-        assert!(!publisher.channel.take_yield_request());
+        let acks = publisher.publish("o", b"y", QoS::AtLeastOnce, packet_id, t0);
+        assert!(
+            acks.iter().any(|p| matches!(p, Packet::PubAck(_))),
+            "never held back"
+        );
     }
+    assert_eq!(queued(&broker, "offline"), 1000);
+    assert_eq!(broker.stats.dropped_queue_full.load(Ordering::SeqCst), 100);
 }
 
 fn acks(packets: Vec<Packet>) -> Vec<(char, u16, u8)> {

@@ -164,6 +164,9 @@ struct ConnectionToken {
 /// How long a client told to wait by 5.03 waits (Max-Age, RFC 7252 5.9.3.4): the store
 /// frees room as subscribers take their messages, in seconds rather than milliseconds.
 const STORE_FULL_RETRY: Duration = Duration::from_secs(5);
+/// How long a client told to wait by 5.03 because a receiver of its messages is behind
+/// waits: a receiver that keeps reading catches up in well under a second.
+const CONGESTION_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a request is refused, with the response code it gets.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -186,6 +189,10 @@ enum Refusal {
     /// The store is full: a QoS 1/2 message cannot be taken now; retry after the time.
     #[error("store full")]
     Unavailable(Duration),
+    /// A receiver of the client's messages is behind; retry after the time. Counted by the
+    /// session layer, not logged: a fast publisher meets it many times a second.
+    #[error("a receiver is behind; retry later")]
+    Congested(Duration),
     /// Flapping detection: the client id connected too often; retry after the time.
     #[error("client id banned for connecting too often")]
     Banned(Duration),
@@ -201,7 +208,7 @@ impl Refusal {
             Refusal::BadOption(_) => ResponseType::BadOption,
             Refusal::NotFound => ResponseType::NotFound,
             Refusal::TooManyRequests(_) | Refusal::Banned(_) => ResponseType::TooManyRequests,
-            Refusal::Unavailable(_) => ResponseType::ServiceUnavailable,
+            Refusal::Unavailable(_) | Refusal::Congested(_) => ResponseType::ServiceUnavailable,
         }
     }
 
@@ -213,6 +220,7 @@ impl Refusal {
         response.payload = self.to_string().into_bytes();
         if let Refusal::TooManyRequests(after)
         | Refusal::Unavailable(after)
+        | Refusal::Congested(after)
         | Refusal::Banned(after) = self
         {
             let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
@@ -447,8 +455,6 @@ pub struct CoapChannel {
     token: Option<String>,
     /// Answers to publishes that wait until a subscriber's stored copy is durable.
     held: HeldReplies<HeldResponse>,
-    /// A publish reached a receiver that is behind; see `take_yield_request`.
-    yield_requested: bool,
     observations: Vec<Observation>,
     next_subscription_id: u32,
     /// A confirmable notification waits for its acknowledgement: nothing else goes out
@@ -549,7 +555,6 @@ impl CoapChannel {
             failures: AuthFailures::default(),
             token: None,
             held: HeldReplies::default(),
-            yield_requested: false,
             observations: Vec::new(),
             next_subscription_id: 1,
             notification_in_flight: false,
@@ -635,12 +640,6 @@ impl CoapChannel {
     /// Block1 uploads being reassembled.
     pub fn upload_count(&self) -> usize {
         self.uploads.as_ref().map_or(0, Uploads::len)
-    }
-
-    /// True once after a publish that reached a receiver already behind: the driver then
-    /// lets other connections (that receiver's among them) run before it reads more.
-    pub fn take_yield_request(&mut self) -> bool {
-        std::mem::take(&mut self.yield_requested)
     }
 
     /// Nothing here is worth keeping the peer for: no session, nothing of ours in flight
@@ -914,7 +913,9 @@ impl CoapChannel {
         let mut response = match self.serve(&request, &mut after, now) {
             Ok(response) => response,
             Err(refusal) => {
-                tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
+                if !matches!(refusal, Refusal::Congested(_)) {
+                    tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
+                }
                 refusal.response()
             }
         };
@@ -1336,6 +1337,10 @@ impl CoapChannel {
         let Some(client) = &self.client else {
             return Err(Refusal::Unauthorized("not connected"));
         };
+        if client.is_held_back() {
+            client.refuse_for_congestion();
+            return Err(Refusal::Congested(CONGESTION_RETRY));
+        }
         let properties = PublishProperties {
             message_expiry_interval: expiry,
             content_type: request
@@ -1365,7 +1370,6 @@ impl CoapChannel {
                 return Err(Refusal::Unavailable(STORE_FULL_RETRY));
             }
         };
-        self.yield_requested |= dispatched.backlogged;
         // A QoS 0 message is promised nothing beyond routing.
         if qos != QoS::AtMostOnce {
             *ticket = dispatched.ticket;

@@ -63,9 +63,6 @@ impl DatagramChannel for CoapChannel {
     fn address_validated(&self) -> bool {
         CoapChannel::address_validated(self)
     }
-    fn take_yield_request(&mut self) -> bool {
-        CoapChannel::take_yield_request(self)
-    }
 }
 
 /// One peer per source address, except that in connectionless mode a request from a new
@@ -203,9 +200,6 @@ impl StreamChannel for CoapStream {
     }
     fn wants_drain(&self) -> bool {
         self.channel.wants_drain()
-    }
-    fn take_yield_request(&mut self) -> bool {
-        self.channel.take_yield_request()
     }
     fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
         let flow = self.channel.shutdown(&mut self.messages);

@@ -1455,6 +1455,31 @@ fn a_full_store_refuses_qos_1_with_5_03_and_max_age_and_routes_nothing() {
     assert_eq!(drain(&watcher, now).len(), 1);
 }
 
+#[test]
+fn a_publish_while_a_receiver_is_behind_gets_5_03_with_max_age_until_it_catches_up() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let watcher = mqtt_subscriber(&broker, "busy/#", now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    // The default high water is 500: the 500th publish makes the receiver behind.
+    for _ in 0..500 {
+        let answer = peer.post("/ps/busy/a?clientid=c1&qos=0", b"v", now);
+        assert_eq!(code(&answer), response_code(ResponseType::Changed));
+    }
+    for qos in ["0", "1"] {
+        let answer = peer.post(&format!("/ps/busy/a?clientid=c1&qos={qos}"), b"v", now);
+        assert_eq!(
+            code(&answer),
+            response_code(ResponseType::ServiceUnavailable)
+        );
+        assert_eq!(uint(&answer, CoapOption::MaxAge), 1);
+    }
+    assert_eq!(drain(&watcher, now).len(), 500);
+    assert_eq!(broker.stats.refused_congestion.load(Ordering::SeqCst), 2);
+    let answer = peer.post("/ps/busy/a?clientid=c1&qos=1", b"v", now);
+    assert_eq!(code(&answer), response_code(ResponseType::Changed));
+}
+
 // ---- Block1 uploads are admitted at their first block ------------------------------------
 
 #[test]

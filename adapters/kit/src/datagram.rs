@@ -56,11 +56,6 @@ pub trait DatagramChannel: Send + 'static {
     /// message, a value we sent echoed), or the session layer authenticated it. Until
     /// then the driver sends it at most [`AMPLIFICATION_FACTOR`] times what it sent.
     fn address_validated(&self) -> bool;
-    /// True once after input that fed a receiver already behind: the driver yields before
-    /// this peer's next datagram, so that receiver's task gets its turn to drain.
-    fn take_yield_request(&mut self) -> bool {
-        false
-    }
 }
 
 /// What the driver needs to know about a datagram before any channel has seen it.
@@ -510,9 +505,6 @@ impl<D: Demux> Peer<D> {
             }
             self.send_all(&mut out).await;
             self.publish_identity(channel.rebindable_identity());
-            if channel.take_yield_request() {
-                tokio::task::yield_now().await;
-            }
         }
     }
 

@@ -49,10 +49,11 @@ pub trait StreamChannel: Send {
     fn next_deadline(&self) -> Option<Instant>;
     /// True when the channel stopped filling `out` at its high-water mark with more to send.
     fn wants_drain(&self) -> bool;
-    /// True once after input that fed a receiver already behind: the driver yields before
-    /// reading more, so the receiver's connection gets its turn to write.
-    fn take_yield_request(&mut self) -> bool {
-        false
+    /// False while the channel holds input it cannot take yet (its client is held back by
+    /// a receiver that is behind): the driver reads nothing more, and once a wake-up makes
+    /// it true again, hands the channel what is still buffered before it reads.
+    fn accepts_input(&self) -> bool {
+        true
     }
     fn shutdown(&mut self, out: &mut BytesMut) -> Flow;
     fn handle_closed(&mut self, now: Instant);
@@ -269,6 +270,8 @@ pin_project_lite::pin_project! {
         timer: Sleep,
         armed: Option<Instant>,
         phase: Phase,
+        // The channel stopped taking input with some of it still buffered.
+        stalled: bool,
     }
 }
 
@@ -294,6 +297,7 @@ where
         timer: tokio::time::sleep(Duration::ZERO),
         armed: None,
         phase: Phase::Running,
+        stalled: false,
     }
 }
 
@@ -442,7 +446,20 @@ fn run<T: Transport, C: StreamChannel>(
             }
         }
 
-        if this.out.len() < OUTPUT_READ_PAUSE {
+        if *this.stalled && this.channel.accepts_input() {
+            // Let go: what the channel left in the buffer may be all the peer sent.
+            *this.stalled = false;
+            progress = true;
+            if this
+                .channel
+                .handle_input(this.input, this.out, Instant::now())
+                == Flow::Close
+            {
+                return Poll::Ready(Flow::Close);
+            }
+            *this.stalled = !this.channel.accepts_input();
+        }
+        if this.out.len() < OUTPUT_READ_PAUSE && !*this.stalled {
             match this.transport.poll_read_buf(cx, this.input) {
                 // MQTT has no half-close: end of input ends the connection.
                 Poll::Ready(Ok(0)) => return Poll::Ready(Flow::Continue),
@@ -456,9 +473,7 @@ fn run<T: Transport, C: StreamChannel>(
                     {
                         return Poll::Ready(Flow::Close);
                     }
-                    if this.channel.take_yield_request() {
-                        break;
-                    }
+                    *this.stalled = !this.channel.accepts_input();
                 }
                 // A layer under the protocol (TLS, WebSocket) refused what the peer sent.
                 Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::InvalidData => {

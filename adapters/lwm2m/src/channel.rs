@@ -183,6 +183,9 @@ struct InFlight {
     separate_deadline: Option<Instant>,
 }
 
+/// Seconds a device told 5.03 because a receiver of its events is behind waits.
+const CONGESTION_RETRY_SECONDS: u8 = 1;
+
 /// Why a registration interface request is refused.
 #[derive(Debug, Clone, thiserror::Error)]
 enum Refusal {
@@ -201,6 +204,9 @@ enum Refusal {
     /// The store is full: an event the operator asked to keep (QoS 1/2) cannot be.
     #[error("store full")]
     StoreFull,
+    /// A receiver of the device's events is behind: retry after Max-Age.
+    #[error("a receiver is behind; retry later")]
+    Congested,
     /// Flapping detection: the endpoint registered too often (RFC 8516 4.29).
     #[error("endpoint banned for registering too often")]
     Banned,
@@ -214,7 +220,7 @@ impl Refusal {
             Refusal::Forbidden(_) => ResponseType::Forbidden,
             Refusal::NotFound => ResponseType::NotFound,
             Refusal::MethodNotAllowed => ResponseType::MethodNotAllowed,
-            Refusal::StoreFull => ResponseType::ServiceUnavailable,
+            Refusal::StoreFull | Refusal::Congested => ResponseType::ServiceUnavailable,
             Refusal::Banned => ResponseType::TooManyRequests,
         }
     }
@@ -614,10 +620,12 @@ impl Lwm2mChannel {
             }
             Err(refusal) => {
                 tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
-                (
-                    reply(refusal.code(), refusal.to_string().into_bytes()),
-                    None,
-                )
+                let mut response = reply(refusal.code(), refusal.to_string().into_bytes());
+                if matches!(refusal, Refusal::Congested) {
+                    // RFC 7252 5.9.3.4: retry after Max-Age, which would be 60 s unsaid.
+                    response.add_option(CoapOption::MaxAge, vec![CONGESTION_RETRY_SECONDS]);
+                }
+                (response, None)
             }
         };
         self.answer_durably(request.packet, response, ticket, out, now);
@@ -1271,6 +1279,10 @@ impl Lwm2mChannel {
         let Some(session) = &self.session else {
             return Err(Refusal::NotFound);
         };
+        if session.is_held_back() {
+            session.refuse_for_congestion();
+            return Err(Refusal::Congested);
+        }
         session
             .permit(&topic.topic, topic.qos, false)
             .map_err(|refused| {
@@ -1293,8 +1305,6 @@ impl Lwm2mChannel {
             PublishProperties::default(),
             now,
         );
-        // `backlogged` is not acted on: the datagram driver reads one datagram per peer
-        // at a time and has no yield to give, and a device's events are few.
         dispatched.ticket
     }
 

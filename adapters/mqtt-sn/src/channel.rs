@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use mqtt_core::broker::{Broker, Dispatched, Stats, WillDisposition};
+use mqtt_core::broker::{Broker, Stats, WillDisposition};
 use mqtt_core::client::{
     Authenticated, ClientSession, ConnectRefused, OpenSession, Presented, PublishRefused,
 };
@@ -160,8 +160,6 @@ pub struct MqttSnChannel {
     /// PUBACKs and PUBRECs waiting for what their PUBLISH changed to be durable, in the
     /// order the PUBLISHes came: once one waits, those behind it wait too.
     held_acks: HeldReplies<Message>,
-    /// Set when a publish reached a receiver that is behind; see `take_yield_request`.
-    yield_requested: bool,
 }
 
 impl MqttSnChannel {
@@ -188,7 +186,6 @@ impl MqttSnChannel {
             resume_registers: Vec::new(),
             will_disposition: WillDisposition::Publish,
             held_acks: HeldReplies::default(),
-            yield_requested: false,
         }
     }
 
@@ -341,12 +338,6 @@ impl MqttSnChannel {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    /// True once after input that reached a receiver already behind: the driver then lets
-    /// other peers (that receiver's among them) run before it reads more.
-    pub fn take_yield_request(&mut self) -> bool {
-        std::mem::take(&mut self.yield_requested)
     }
 
     pub fn shutdown(&mut self, out: &mut Vec<Bytes>) -> Flow {
@@ -1018,6 +1009,17 @@ impl MqttSnChannel {
         };
         // QoS -1 from a connected client counts as QoS 0.
         let qos = to_core_qos(flags.qos);
+        // A receiver this client publishes to is behind: the client is told to try again
+        // later (spec 5.3.10), except for a QoS 2 message it already gave us, which is
+        // acknowledged again below.
+        if client.is_held_back()
+            && !(qos == QoS::ExactlyOnce
+                && client.session().state.lock().is_awaiting_release(msg_id))
+        {
+            client.refuse_for_congestion();
+            self.acknowledge(puback(ReturnCode::CONGESTION), None, out);
+            return Flow::Continue;
+        }
         let permit = match client.permit(&topic, qos, flags.retain) {
             Ok(permit) => permit,
             Err(refused) => {
@@ -1032,12 +1034,10 @@ impl MqttSnChannel {
         let session = client.session().clone();
         match qos {
             QoS::AtMostOnce => {
-                let dispatched = client.publish_permitted(permit, data, Default::default(), now);
-                self.note_dispatched(&dispatched);
+                let _ = client.publish_permitted(permit, data, Default::default(), now);
             }
             QoS::AtLeastOnce => {
                 let dispatched = client.publish_permitted(permit, data, Default::default(), now);
-                self.note_dispatched(&dispatched);
                 self.acknowledge(puback(ReturnCode::ACCEPTED), dispatched.ticket, out);
             }
             QoS::ExactlyOnce => {
@@ -1066,10 +1066,9 @@ impl MqttSnChannel {
                     // A PUBLISH sent again is acknowledged again but routed once.
                     Some((first, awaiting_ticket)) => {
                         let routed_ticket = if first {
-                            let dispatched =
-                                client.publish_permitted(permit, data, Default::default(), now);
-                            self.note_dispatched(&dispatched);
-                            dispatched.ticket
+                            client
+                                .publish_permitted(permit, data, Default::default(), now)
+                                .ticket
                         } else {
                             None
                         };
@@ -1101,12 +1100,6 @@ impl MqttSnChannel {
         while let Some(reply) = self.held_acks.pop_due(self.broker.store().as_ref()) {
             self.send(&reply, out);
         }
-    }
-
-    /// A publish reached a receiver that is behind: the driver lets it catch up before this
-    /// peer's next datagram is read.
-    fn note_dispatched(&mut self, dispatched: &Dispatched) {
-        self.yield_requested |= dispatched.backlogged;
     }
 
     /// Spec 6.8: a client that never connected publishes to a predefined or short topic. It
@@ -1151,7 +1144,10 @@ impl MqttSnChannel {
                 return;
             }
         };
-        match client.publish(
+        if client.is_held_back() {
+            // Nobody can be told to try again: dropped, and counted.
+            client.refuse_for_congestion();
+        } else if let Err(refused) = client.publish(
             &topic,
             QoS::AtMostOnce,
             flags.retain,
@@ -1159,8 +1155,7 @@ impl MqttSnChannel {
             Default::default(),
             now,
         ) {
-            Ok(dispatched) => self.note_dispatched(&dispatched),
-            Err(refused) => tracing::info!(%topic, %refused, "QoS -1 PUBLISH refused"),
+            tracing::info!(%topic, %refused, "QoS -1 PUBLISH refused");
         }
         client.close(WillDisposition::Discard, now);
     }

@@ -52,9 +52,6 @@ impl DatagramChannel for MqttSnChannel {
     fn address_validated(&self) -> bool {
         MqttSnChannel::address_validated(self)
     }
-    fn take_yield_request(&mut self) -> bool {
-        MqttSnChannel::take_yield_request(self)
-    }
 }
 
 /// Finds peers by what a datagram says before any channel reads it: a forwarder's node is a

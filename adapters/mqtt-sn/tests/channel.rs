@@ -1813,28 +1813,60 @@ fn qos_minus_one_goes_through_a_session_that_ends_with_the_datagram() {
 }
 
 #[test]
-fn a_publish_that_reaches_a_receiver_behind_asks_the_driver_to_yield() {
+fn a_publish_while_a_receiver_is_behind_is_answered_congestion_until_it_catches_up() {
     let now = Instant::now();
-    // A queue long enough to fall behind by more than one drain's worth (1,024).
-    let config =
-        gateway_config::Config::from_toml_str("[mqtt]\nmax_queued_messages = 2000").unwrap();
-    let broker = Arc::new(Broker::new(
-        config.mqtt.clone(),
-        &config.retainer,
-        Auth::allow_all(),
-        now,
-    ));
-    // Connected, never drained.
-    let _slow = observer(&broker, "#", now);
+    let broker = broker(now);
+    // Connected, not drained until later.
+    let slow = observer(&broker, "#", now);
     let mut sn = Sn::connect(&broker, "fast", true, now);
     let id = register(&mut sn, "flood", 1, now);
-    let mut asked = 0;
-    for _ in 0..1_100 {
-        sn.send(publish(id, TopicIdType::Normal, Qos::Zero, 0, b"x"), now);
-        asked += usize::from(sn.channel.take_yield_request());
+    // The default high water is 500 messages: the 500th makes the receiver behind.
+    for msg_id in 1..=500 {
+        let replies = sn.send(
+            publish(id, TopicIdType::Normal, Qos::One, msg_id, b"x"),
+            now,
+        );
+        assert!(
+            matches!(
+                replies.as_slice(),
+                [Message::PubAck {
+                    return_code: ReturnCode::ACCEPTED,
+                    ..
+                }]
+            ),
+            "{msg_id}: {replies:?}"
+        );
     }
-    assert!(asked > 0, "the receiver's backlog never asked for a yield");
-    assert!(!sn.channel.take_yield_request(), "asked once per publish");
+    for (msg_id, qos) in [(501, Qos::One), (502, Qos::Zero), (503, Qos::Two)] {
+        let replies = sn.send(publish(id, TopicIdType::Normal, qos, msg_id, b"x"), now);
+        assert!(
+            matches!(
+                replies.as_slice(),
+                [Message::PubAck { msg_id: answered, return_code: ReturnCode::CONGESTION, .. }]
+                    if *answered == msg_id
+            ),
+            "{replies:?}"
+        );
+    }
+    assert_eq!(received(&slow, now).len(), 500);
+    assert_eq!(
+        broker
+            .stats
+            .refused_congestion
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+    let replies = sn.send(publish(id, TopicIdType::Normal, Qos::One, 501, b"x"), now);
+    assert!(
+        matches!(
+            replies.as_slice(),
+            [Message::PubAck {
+                return_code: ReturnCode::ACCEPTED,
+                ..
+            }]
+        ),
+        "let go once the receiver took its messages: {replies:?}"
+    );
 }
 
 #[test]

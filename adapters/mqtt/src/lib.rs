@@ -35,8 +35,8 @@ impl StreamChannel for MqttStream {
     fn wants_drain(&self) -> bool {
         self.0.wants_drain()
     }
-    fn take_yield_request(&mut self) -> bool {
-        self.0.take_yield_request()
+    fn accepts_input(&self) -> bool {
+        self.0.accepts_input()
     }
     fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
         self.0.shutdown(out)

@@ -217,8 +217,6 @@ pub struct StompChannel {
     last_received: Instant,
     last_sent: Instant,
     draining: bool,
-    /// Set when a SEND reached a receiver that is behind; see `take_yield_request`.
-    yield_requested: bool,
 }
 
 impl StompChannel {
@@ -253,13 +251,12 @@ impl StompChannel {
             last_received: now,
             last_sent: now,
             draining: false,
-            yield_requested: false,
         }
     }
 
     pub fn handle_input(&mut self, input: &mut BytesMut, out: &mut BytesMut, now: Instant) -> Flow {
         self.last_received = now;
-        loop {
+        while self.accepts_input() {
             if self.phase == Phase::Closing {
                 input.clear();
                 return self.finish_closing(out, now);
@@ -309,6 +306,10 @@ impl StompChannel {
                 }
             }
             Phase::Connected => {
+                if !self.accepts_input() {
+                    // Silence is ours while nothing is read: heart-beats may be waiting.
+                    self.last_received = now;
+                }
                 if let Some(allowed) = self.heartbeat_in {
                     if now >= self.last_received + allowed {
                         tracing::info!(
@@ -362,10 +363,10 @@ impl StompChannel {
         self.draining
     }
 
-    /// True once after input whose SEND fed a receiver already behind: the driver lets the
-    /// receivers run before it reads more.
-    pub fn take_yield_request(&mut self) -> bool {
-        std::mem::take(&mut self.yield_requested)
+    /// False while a receiver of this client's messages is behind: frames wait unread (in
+    /// the input and the socket) until the client is let go, a wake-up.
+    pub fn accepts_input(&self) -> bool {
+        !self.control.is_held_back()
     }
 
     /// The listener is shutting down: the client is told why before the close.
@@ -786,9 +787,9 @@ impl StompChannel {
                 .user_properties
                 .push((name.clone(), value.clone()));
         }
-        let dispatched = client.publish_permitted(permit, frame.body.clone(), properties, now);
-        self.yield_requested |= dispatched.backlogged;
-        Ok(dispatched.ticket)
+        Ok(client
+            .publish_permitted(permit, frame.body.clone(), properties, now)
+            .ticket)
     }
 
     // ---- subscriptions -------------------------------------------------------------------

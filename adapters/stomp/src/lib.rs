@@ -33,8 +33,8 @@ impl StreamChannel for StompChannel {
     fn wants_drain(&self) -> bool {
         StompChannel::wants_drain(self)
     }
-    fn take_yield_request(&mut self) -> bool {
-        StompChannel::take_yield_request(self)
+    fn accepts_input(&self) -> bool {
+        StompChannel::accepts_input(self)
     }
     fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
         StompChannel::shutdown(self, out)

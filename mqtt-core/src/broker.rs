@@ -71,6 +71,15 @@ pub struct ConnectRequest {
     pub owner: Option<Arc<str>>,
 }
 
+/// One filter of a SUBSCRIBE, as the client wrote it.
+pub(crate) struct SubscribeRequest<'a> {
+    pub filter: &'a str,
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+    /// The earliest the SUBSCRIBE can have arrived (`crate::arrival`); 0 = unknown.
+    pub arrival: u64,
+}
+
 /// What routing one message did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[must_use = "the acknowledgement must wait for the ticket"]
@@ -447,7 +456,8 @@ impl Broker {
                 let Ok(parsed) = parse_subscription(&filter, 0) else {
                     continue;
                 };
-                self.router.subscribe(
+                // Restored: nothing arrived after it.
+                let _ = self.router.subscribe(
                     parsed.filter(),
                     parsed.group(),
                     Subscriber {
@@ -455,6 +465,7 @@ impl Broker {
                         options: subscription.options,
                         identifier: subscription.identifier,
                     },
+                    0,
                 );
                 state.subscriptions.insert(filter, subscription);
             }
@@ -1026,17 +1037,22 @@ impl Broker {
     }
 
     /// Subscribes `session` to `filter` (which may be `$share/...`), replays retained
-    /// messages as the retain handling option says, and records the subscription in the
-    /// session. Errors carry the reason code for SUBACK.
+    /// messages as the retain handling option says, gives it what arrived after the
+    /// SUBSCRIBE but was routed before (`crate::arrival`), and records the subscription in
+    /// the session. Errors carry the reason code for SUBACK.
     pub(crate) fn subscribe(
         &self,
         session: &Arc<SessionCell>,
         client: &ClientInfo,
-        filter: &str,
-        options: SubscriptionOptions,
-        identifier: Option<u32>,
+        request: SubscribeRequest<'_>,
         now: Instant,
     ) -> Result<Granted, ReasonCode> {
+        let SubscribeRequest {
+            filter,
+            options,
+            identifier,
+            arrival,
+        } = request;
         let parsed = parse_subscription(filter, self.config.max_topic_levels as usize)
             .map_err(|_| ReasonCode::TOPIC_FILTER_INVALID)?;
         let (plain, group) = (parsed.filter(), parsed.group());
@@ -1073,7 +1089,7 @@ impl Broker {
             }
         }
         let options = SubscriptionOptions { qos, ..options };
-        let existed = self.router.subscribe(
+        let (existed, missed) = self.router.subscribe(
             plain,
             group,
             Subscriber {
@@ -1081,6 +1097,7 @@ impl Broker {
                 options,
                 identifier,
             },
+            arrival,
         );
         {
             let mut state = session.state.lock();
@@ -1111,6 +1128,17 @@ impl Broker {
                 };
                 self.count(&session.deliver(delivery, &self.limits, None), session);
             }
+        }
+        // After the retained ones, as if the subscription had been there when they came.
+        for (message, target) in missed {
+            let delivery = Delivery {
+                message,
+                qos: target.qos,
+                retain: target.retain,
+                subscription_ids: target.subscription_ids,
+                store_seq: None,
+            };
+            self.count(&session.deliver(delivery, &self.limits, None), session);
         }
         Ok(Granted { qos, existed })
     }

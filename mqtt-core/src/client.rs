@@ -17,7 +17,9 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::auth::{Action, AuthOutcome, ClientInfo, DenyReason};
-use crate::broker::{Broker, ConnectRequest, Dispatched, Granted, Stats, WillDisposition};
+use crate::broker::{
+    Broker, ConnectRequest, Dispatched, Granted, Stats, SubscribeRequest, WillDisposition,
+};
 use crate::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use crate::message::{Delivery, Message};
 use crate::mountpoint::{Mountpoint, UnsafeMountpointValue};
@@ -279,6 +281,8 @@ impl Broker {
             expiry_interval,
             store_full_refusals: AtomicU64::new(0),
             congestion_refusals: AtomicU64::new(0),
+            arrived_after: AtomicU64::new(0),
+            arrived_before: AtomicU64::new(0),
         })
     }
 
@@ -357,6 +361,11 @@ pub struct ClientSession {
     /// Publishes answered with the protocol's congestion signal while held back: counted,
     /// and summed up at close.
     congestion_refusals: AtomicU64,
+    /// Arrival stamps bounding when the input being handled arrived (`crate::arrival`): a
+    /// subscription counts as arrived at the earliest (so it misses nothing that might have
+    /// come after it), a message at the latest.
+    arrived_after: AtomicU64,
+    arrived_before: AtomicU64,
 }
 
 impl ClientSession {
@@ -410,6 +419,13 @@ impl ClientSession {
         permit
     }
 
+    /// Says when the input now being handled arrived (`crate::arrival`): after `earliest`,
+    /// before `latest`; 0 = unknown.
+    pub fn note_arrival(&self, earliest: u64, latest: u64) {
+        self.arrived_after.store(earliest, Ordering::Relaxed);
+        self.arrived_before.store(latest, Ordering::Relaxed);
+    }
+
     /// Counts a publish a datagram adapter refused with its protocol's congestion signal
     /// because the client is held back; the client sends it again later.
     pub fn refuse_for_congestion(&self) {
@@ -438,6 +454,7 @@ impl ClientSession {
             publisher: Some(self.session.id),
             publisher_client_id: Some(self.client.client_id.clone()),
             expires_at: None,
+            arrival: self.arrived_before.load(Ordering::Relaxed),
         }
         .with_expiry_from_properties(now);
         self.broker.publish(Arc::new(message), Some(&self.control))
@@ -470,9 +487,12 @@ impl ClientSession {
         self.broker.subscribe(
             &self.session,
             &self.client,
-            filter,
-            options,
-            identifier,
+            SubscribeRequest {
+                filter,
+                options,
+                identifier,
+                arrival: self.arrived_after.load(Ordering::Relaxed),
+            },
             now,
         )
     }

@@ -3,6 +3,7 @@
 //!
 //! The protocol logic here is sans-io: no socket, no clock. Callers pass `now` in.
 
+pub mod arrival;
 pub mod auth;
 pub mod broker;
 pub mod client;

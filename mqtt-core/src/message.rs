@@ -29,6 +29,8 @@ pub struct Message {
     /// The publishing client's id, for the `hash_clientid` shared-subscription strategy.
     pub publisher_client_id: Option<Arc<str>>,
     pub expires_at: Option<Instant>,
+    /// When the publish reached us, as an arrival stamp (`crate::arrival`); 0 = unknown.
+    pub arrival: u64,
 }
 
 impl Message {
@@ -42,6 +44,7 @@ impl Message {
             publisher: None,
             publisher_client_id: None,
             expires_at: None,
+            arrival: 0,
         }
         .with_expiry_from_properties(now)
     }

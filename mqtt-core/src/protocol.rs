@@ -98,6 +98,9 @@ pub struct MqttChannel {
     drain_blocked: bool,
     /// What was read while a receiver this client publishes to holds it back.
     parked: Option<Box<Parked>>,
+    /// When the input being handled arrived (`crate::arrival`): after the first stamp,
+    /// before the second.
+    arrival: (u64, u64),
     /// PUBACKs and PUBRECs waiting for their message to be durable, in the order the
     /// PUBLISHes came [MQTT-4.6.0-2]: once one waits, those behind it wait too.
     held_acks: HeldReplies<HeldAck>,
@@ -155,6 +158,7 @@ impl MqttChannel {
             will_disposition: WillDisposition::Publish,
             drain_blocked: false,
             parked: None,
+            arrival: (0, 0),
             held_acks: HeldReplies::default(),
         }
     }
@@ -209,6 +213,16 @@ impl MqttChannel {
             self.drain(out, now);
         }
         Flow::Continue
+    }
+
+    /// When the input about to be handled arrived (`crate::arrival`): after `earliest`,
+    /// before `latest`. What it subscribes to and publishes then takes effect in the order
+    /// it arrived among all clients.
+    pub fn note_arrival(&mut self, earliest: u64, latest: u64) {
+        self.arrival = (earliest, latest);
+        if let Some(client) = &self.client {
+            client.note_arrival(earliest, latest);
+        }
     }
 
     /// False while the client is held back and what it sent meanwhile fills its parking:
@@ -584,6 +598,7 @@ impl MqttChannel {
         );
         let session_present = client.session_present();
         self.send_connack(session_present, ReasonCode::SUCCESS, properties, out);
+        client.note_arrival(self.arrival.0, self.arrival.1);
         self.client = Some(client);
         self.phase = Phase::Connected;
         if session_present {

@@ -3,13 +3,13 @@
 //! The subscription index sits behind a read-write lock that publishing only ever reads;
 //! shared-subscription choice uses atomics so it needs no write lock either.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use gateway_config::SharedSubscriptionStrategy;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use smallvec::SmallVec;
 
 use crate::codec::{QoS, SubscriptionOptions};
@@ -62,6 +62,40 @@ pub struct Router {
     index: RwLock<TopicTrie<FilterEntry>>,
     strategy: SharedSubscriptionStrategy,
     subscriptions: AtomicUsize,
+    /// The last messages routed that carry an arrival stamp, sharded by publisher so
+    /// publishers on different threads rarely meet on one lock.
+    recent: [Mutex<Recent>; RECENT_SHARDS],
+}
+
+/// Shards of `Router::recent`.
+const RECENT_SHARDS: usize = 8;
+/// What each shard keeps: enough for the moments between a SUBSCRIBE's arrival and its
+/// turn, when messages routed meanwhile would be missed; bounded in bytes too, since
+/// what it keeps stays alive.
+const RECENT_MESSAGES: usize = 64;
+const RECENT_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Default)]
+struct Recent {
+    messages: VecDeque<Arc<Message>>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn record(&mut self, message: &Arc<Message>) {
+        let weight = message.weight();
+        if weight > RECENT_BYTES {
+            return;
+        }
+        while self.messages.len() >= RECENT_MESSAGES || self.bytes + weight > RECENT_BYTES {
+            match self.messages.pop_front() {
+                Some(oldest) => self.bytes -= oldest.weight(),
+                None => break,
+            }
+        }
+        self.bytes += weight;
+        self.messages.push_back(message.clone());
+    }
 }
 
 impl Router {
@@ -70,6 +104,7 @@ impl Router {
             index: RwLock::new(TopicTrie::new()),
             strategy,
             subscriptions: AtomicUsize::new(0),
+            recent: Default::default(),
         }
     }
 
@@ -78,28 +113,68 @@ impl Router {
         self.subscriptions.load(Ordering::Relaxed)
     }
 
-    /// Adds or replaces a subscription; returns whether it already existed.
-    pub fn subscribe(&self, filter: &str, group: Option<&str>, subscriber: Subscriber) -> bool {
+    /// Adds or replaces a subscription; returns whether it already existed, and what the
+    /// subscriber missed: messages routed before this call that arrived after the
+    /// SUBSCRIBE did (`arrival`, see `crate::arrival`), which it must be given now. A shared
+    /// subscription misses nothing (another member may have had the message), nor does a
+    /// session that another of its subscriptions gave the message already.
+    pub fn subscribe(
+        &self,
+        filter: &str,
+        group: Option<&str>,
+        subscriber: Subscriber,
+        arrival: u64,
+    ) -> (bool, Vec<(Arc<Message>, Target)>) {
         let mut index = self.index.write();
         let entry = index.get_or_insert_with(filter, FilterEntry::default);
         let members = match group {
             None => &mut entry.plain,
             Some(group) => &mut entry.shared.entry(group.to_owned()).or_default().members,
         };
-        match members
+        let existed = match members
             .iter_mut()
             .find(|member| member.session.id == subscriber.session.id)
         {
             Some(existing) => {
-                *existing = subscriber;
+                *existing = subscriber.clone();
                 true
             }
             None => {
-                members.push(subscriber);
+                members.push(subscriber.clone());
                 self.subscriptions.fetch_add(1, Ordering::Relaxed);
                 false
             }
+        };
+        if group.is_some() || arrival == 0 {
+            return (existed, Vec::new());
         }
+        // Every routing before this write lock was taken has been recorded, and every one
+        // after it sees the subscription: what is recorded now is exactly what it missed.
+        let mut missed = Vec::new();
+        for shard in &self.recent {
+            for message in &shard.lock().messages {
+                if message.arrival <= arrival
+                    || !crate::topic::matches(filter, &message.topic)
+                    || (subscriber.options.no_local
+                        && message.publisher == Some(subscriber.session.id))
+                {
+                    continue;
+                }
+                let mut subscribed = 0;
+                index.for_each_match(&message.topic, |entry| {
+                    subscribed += entry
+                        .plain
+                        .iter()
+                        .filter(|member| member.session.id == subscriber.session.id)
+                        .count();
+                });
+                if subscribed == 1 {
+                    missed.push((message.clone(), target_for(&subscriber, message, false)));
+                }
+            }
+        }
+        missed.sort_by_key(|(message, _)| message.arrival);
+        (existed, missed)
     }
 
     /// Removes a subscription; returns whether it existed.
@@ -135,11 +210,21 @@ impl Router {
 
     /// The sessions `message` goes to: one target per session for its ordinary
     /// subscriptions (highest QoS, every identifier), plus one per shared group.
-    pub fn route(&self, message: &Message) -> Targets {
+    pub fn route(&self, message: &Arc<Message>) -> Targets {
         let mut targets = Targets::new();
         let mut filters_matched = 0usize;
         {
             let index = self.index.read();
+            if message.arrival != 0 {
+                // Under the read lock, so that a subscription (under the write lock) sees
+                // every message routed before it here, and no message routed after it.
+                let shard = message
+                    .publisher
+                    .map_or(0, |id| id as usize % RECENT_SHARDS);
+                if let Some(recent) = self.recent.get(shard) {
+                    recent.lock().record(message);
+                }
+            }
             index.for_each_match(&message.topic, |entry| {
                 filters_matched += 1;
                 for subscriber in &entry.plain {

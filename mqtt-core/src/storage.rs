@@ -387,6 +387,7 @@ pub fn decode_message(record: &[u8]) -> Option<(Message, Option<u64>)> {
         publisher: None,
         publisher_client_id: None,
         expires_at: None,
+        arrival: 0,
     };
     Some((message, (expiry != NO_EXPIRY).then_some(expiry)))
 }
@@ -577,6 +578,7 @@ pub fn encode_session(record: &SessionRecord) -> Bytes {
                 publisher: None,
                 publisher_client_id: None,
                 expires_at: None,
+                arrival: 0,
             };
             message.properties.message_expiry_interval = will.properties.message_expiry_interval;
             let encoded = encode_message(&message, None);

@@ -166,7 +166,10 @@ impl<S: SocketStream> Transport for LayeredTransport<S> {
             }
             match self.try_read_buf(buf) {
                 // The socket's readiness was cleared by the read that blocked: wait again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    crate::stream::note_empty_read();
+                    continue;
+                }
                 result => return Poll::Ready(result),
             }
         }

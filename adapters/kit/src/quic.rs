@@ -245,8 +245,11 @@ impl Transport for QuicStream {
         let read = read_through_scratch(buf, |scratch| {
             recv.poll_read(cx, scratch).map_err(io::Error::from)
         });
-        if matches!(read, Poll::Ready(Ok(n)) if n > 0) {
-            self.note_migration();
+        match read {
+            Poll::Ready(Ok(n)) if n > 0 => self.note_migration(),
+            // quinn looked at what the connection received and found nothing for us.
+            Poll::Pending => crate::stream::note_empty_read(),
+            _ => {}
         }
         read
     }

@@ -49,6 +49,9 @@ pub trait StreamChannel: Send {
     fn next_deadline(&self) -> Option<Instant>;
     /// True when the channel stopped filling `out` at its high-water mark with more to send.
     fn wants_drain(&self) -> bool;
+    /// When the input about to be handled arrived (`mqtt_core::arrival`): after
+    /// `earliest`, before `latest`.
+    fn note_arrival(&mut self, _earliest: u64, _latest: u64) {}
     /// False while the channel holds input it cannot take yet (its client is held back by
     /// a receiver that is behind): the driver reads nothing more, and once a wake-up makes
     /// it true again, hands the channel what is still buffered before it reads.
@@ -103,7 +106,13 @@ impl Transport for TcpStream {
         try_when_ready(
             cx,
             |cx| socket.poll_read_ready(cx),
-            || read_through_scratch(buf, |scratch| socket.try_read(scratch)),
+            || {
+                let read = read_through_scratch(buf, |scratch| socket.try_read(scratch));
+                if matches!(&read, Err(error) if error.kind() == io::ErrorKind::WouldBlock) {
+                    note_empty_read();
+                }
+                read
+            },
         )
     }
 
@@ -229,6 +238,15 @@ const READ_CHUNK: usize = 64 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+    /// The arrival stamp taken when a transport's read found its socket empty, for the
+    /// driver that called it: what it reads later arrived after that.
+    static LAST_EMPTY_READ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A read found the socket empty (it would block): stamps the moment for the driver, as
+/// the earliest that input read later can have arrived (`mqtt_core::arrival`).
+pub(crate) fn note_empty_read() {
+    LAST_EMPTY_READ.set(mqtt_core::arrival::stamp());
 }
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection the channel closed keeps draining the peer's input after our
@@ -263,6 +281,9 @@ pin_project_lite::pin_project! {
         transport: T,
         channel: C,
         wakeup: Arc<ConnWakeup>,
+        // The arrival stamp of the last read that found the socket empty: what is read
+        // next arrived after it.
+        empty_at: u64,
         broker: Arc<Broker>,
         input: BytesMut,
         out: BytesMut,
@@ -290,6 +311,7 @@ where
     DriveStream {
         transport,
         channel,
+        empty_at: mqtt_core::arrival::stamp(),
         wakeup,
         broker,
         input: BytesMut::new(),
@@ -460,12 +482,21 @@ fn run<T: Transport, C: StreamChannel>(
             *this.stalled = !this.channel.accepts_input();
         }
         if this.out.len() < OUTPUT_READ_PAUSE && !*this.stalled {
-            match this.transport.poll_read_buf(cx, this.input) {
+            LAST_EMPTY_READ.set(0);
+            let read = this.transport.poll_read_buf(cx, this.input);
+            match LAST_EMPTY_READ.replace(0) {
+                0 => {}
+                empty_at => *this.empty_at = empty_at,
+            }
+            match read {
                 // MQTT has no half-close: end of input ends the connection.
                 Poll::Ready(Ok(0)) => return Poll::Ready(Flow::Continue),
                 Poll::Ready(Ok(n)) => {
                     progress = true;
                     Stats::add(&this.broker.stats.bytes_received, n as u64);
+                    // Between the last look that found nothing and now.
+                    this.channel
+                        .note_arrival(*this.empty_at, mqtt_core::arrival::stamp());
                     if this
                         .channel
                         .handle_input(this.input, this.out, Instant::now())

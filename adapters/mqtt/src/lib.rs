@@ -38,6 +38,9 @@ impl StreamChannel for MqttStream {
     fn accepts_input(&self) -> bool {
         self.0.accepts_input()
     }
+    fn note_arrival(&mut self, earliest: u64, latest: u64) {
+        self.0.note_arrival(earliest, latest)
+    }
     fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
         self.0.shutdown(out)
     }

@@ -1,0 +1,119 @@
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
+//! What arrives first takes effect first, across connections handled in parallel: a
+//! subscription applied after routing a message that arrived after it still gets that
+//! message, and gets nothing that arrived before it, nor a second copy.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use mqtt_core::client::ClientSession;
+use mqtt_core::codec::{PublishProperties, QoS, SubscriptionOptions};
+use mqtt_core::testing::{broker, open_session, subscribe, NoWakeup};
+
+fn client(broker: &Arc<mqtt_core::broker::Broker>, id: &str, now: Instant) -> ClientSession {
+    open_session(broker, "mqtt", id, true, 0, Arc::new(NoWakeup), now).unwrap()
+}
+
+/// Publishes `payload` to `topic` as input read between the stamps `after` and `before`.
+fn publish_arrived(
+    client: &ClientSession,
+    topic: &str,
+    payload: &'static [u8],
+    before: u64,
+    now: Instant,
+) {
+    client.note_arrival(before - 1, before);
+    let _ = client
+        .publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            Bytes::from_static(payload),
+            PublishProperties::default(),
+            now,
+        )
+        .unwrap();
+}
+
+fn payloads(client: &ClientSession, now: Instant) -> Vec<Bytes> {
+    let mut state = client.session().state.lock();
+    std::iter::from_fn(|| state.pop_queued(now))
+        .map(|delivery| delivery.message.payload.clone())
+        .collect()
+}
+
+#[test]
+fn a_subscription_applied_late_gets_what_arrived_after_it_and_nothing_before() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let publisher = client(&broker, "a", now);
+    let subscriber = client(&broker, "b", now);
+    let base = mqtt_core::arrival::stamp();
+    publish_arrived(&publisher, "t/1", b"before", base + 10, now);
+    publish_arrived(&publisher, "t/1", b"after", base + 30, now);
+    publish_arrived(&publisher, "other", b"elsewhere", base + 31, now);
+    // The SUBSCRIBE was read between stamps 20 and 40: it came after "before" was there.
+    subscriber.note_arrival(base + 20, base + 40);
+    subscribe(&subscriber, "t/+", QoS::AtLeastOnce, now);
+    assert_eq!(
+        payloads(&subscriber, now),
+        vec![Bytes::from_static(b"after")]
+    );
+    // From now on the subscription is in the router: no second copy of anything.
+    publish_arrived(&publisher, "t/1", b"live", base + 50, now);
+    assert_eq!(
+        payloads(&subscriber, now),
+        vec![Bytes::from_static(b"live")]
+    );
+}
+
+#[test]
+fn a_late_subscription_adds_no_copy_where_another_subscription_gave_one() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let publisher = client(&broker, "a", now);
+    let subscriber = client(&broker, "b", now);
+    subscribe(&subscriber, "t/#", QoS::AtLeastOnce, now);
+    let base = mqtt_core::arrival::stamp();
+    publish_arrived(&publisher, "t/1", b"once", base + 30, now);
+    subscriber.note_arrival(base + 20, base + 40);
+    subscribe(&subscriber, "t/1", QoS::AtLeastOnce, now);
+    assert_eq!(
+        payloads(&subscriber, now),
+        vec![Bytes::from_static(b"once")]
+    );
+}
+
+#[test]
+fn no_local_and_shared_subscriptions_catch_nothing_up() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let both = client(&broker, "both", now);
+    let base = mqtt_core::arrival::stamp();
+    publish_arrived(&both, "t/1", b"own", base + 30, now);
+    both.note_arrival(base + 20, base + 40);
+    both.subscribe(
+        "t/1",
+        SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            no_local: true,
+            ..SubscriptionOptions::default()
+        },
+        None,
+        now,
+    )
+    .unwrap();
+    assert!(
+        payloads(&both, now).is_empty(),
+        "its own message, with no local"
+    );
+
+    let member = client(&broker, "member", now);
+    member.note_arrival(base + 20, base + 40);
+    subscribe(&member, "$share/g/t/1", QoS::AtLeastOnce, now);
+    assert!(
+        payloads(&member, now).is_empty(),
+        "a share may have had it elsewhere"
+    );
+}

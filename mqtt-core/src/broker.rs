@@ -69,6 +69,15 @@ pub struct ConnectRequest {
     pub control: Arc<ConnControl>,
     /// The user name that made the session; only the same may resume or take it over.
     pub owner: Option<Arc<str>>,
+    /// The listener the connection came through, whose counters its drops go to.
+    pub listener: Arc<str>,
+}
+
+/// What one listener's clients lost: the drops of every session last connected through it.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub dropped_qos0: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
 }
 
 /// One filter of a SUBSCRIBE, as the client wrote it.
@@ -154,6 +163,8 @@ pub struct Broker {
     /// Receivers that began holding publishers back, watched until they let them go, so
     /// one that never takes from its queue again is disconnected.
     holding: Mutex<Vec<Arc<SessionCell>>>,
+    /// Per listener, by name, in the order first seen.
+    listener_stats: Mutex<Vec<(Arc<str>, Arc<ListenerStats>)>>,
     /// `None` when flapping detection is off.
     pub(crate) flapping: Option<FlappingDetector>,
 }
@@ -206,6 +217,7 @@ impl Broker {
                 next_report: now,
             }),
             holding: Mutex::new(Vec::new()),
+            listener_stats: Mutex::new(Vec::new()),
             flapping: None,
         }
     }
@@ -508,6 +520,22 @@ impl Broker {
         u32::try_from(self.config.max_session_expiry_interval.get().as_secs()).unwrap_or(u32::MAX)
     }
 
+    /// The counters of listener `name`, made on first use.
+    pub fn listener_stats(&self, name: &Arc<str>) -> Arc<ListenerStats> {
+        let mut all = self.listener_stats.lock();
+        if let Some((_, stats)) = all.iter().find(|(known, _)| known == name) {
+            return stats.clone();
+        }
+        let stats = Arc::new(ListenerStats::default());
+        all.push((name.clone(), stats.clone()));
+        stats
+    }
+
+    /// Every listener's counters, in the order the listeners were first seen.
+    pub fn all_listener_stats(&self) -> Vec<(Arc<str>, Arc<ListenerStats>)> {
+        self.listener_stats.lock().clone()
+    }
+
     pub fn limits(&self) -> &SessionLimits {
         &self.limits
     }
@@ -578,6 +606,7 @@ impl Broker {
                     state.expires_at = None;
                     state.disconnected_at = None;
                     state.expiry_interval = request.expiry_interval;
+                    state.listener = Some(self.listener_stats(&request.listener));
                     self.store_session(&cell, &mut state);
                     drop(state);
                     Attached {
@@ -598,6 +627,7 @@ impl Broker {
                         state.will = request.will;
                         state.expiry_interval = request.expiry_interval;
                         state.owner = request.owner;
+                        state.listener = Some(self.listener_stats(&request.listener));
                         self.store_session(&cell, &mut state);
                     }
                     registry.insert(request.key, cell.clone());

@@ -269,6 +269,7 @@ impl Broker {
                 will,
                 control: request.control.clone(),
                 owner: client.username.as_deref().map(Arc::from),
+                listener: client.listener.clone(),
             },
             now,
         )?;

@@ -318,6 +318,8 @@ pub struct SessionState {
     persistence: Option<Box<Persistence>>,
     /// Set while the connected receiver is behind and holds its publishers back.
     holding: Option<Box<Holding>>,
+    /// The counters of the listener its last connection came through.
+    pub listener: Option<Arc<crate::broker::ListenerStats>>,
 }
 
 /// What came back from the store for one session, in the order it was stored.
@@ -461,6 +463,7 @@ impl Default for SessionState {
             adapter_record: None,
             persistence: None,
             holding: None,
+            listener: None,
         }
     }
 }
@@ -1032,6 +1035,17 @@ impl SessionCell {
         };
         let first_unreported_drop = enqueued.dropped_one() && !state.awaiting_drop_report;
         state.awaiting_drop_report |= first_unreported_drop;
+        if let Some(listener) = &state.listener {
+            match enqueued {
+                Enqueued::Queued => {}
+                Enqueued::DroppedQos0 | Enqueued::QueuedEvictingQos0 => {
+                    listener.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+                }
+                Enqueued::DroppedQueueFull => {
+                    listener.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         let connection = match enqueued {
             Enqueued::Queued | Enqueued::QueuedEvictingQos0 => state.connection.clone(),
             _ => None,

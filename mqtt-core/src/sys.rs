@@ -86,14 +86,29 @@ pub fn publish_sys(broker: &Broker, now: Instant) {
                 .to_string(),
         ),
     ];
+    let per_listener = broker
+        .all_listener_stats()
+        .into_iter()
+        // A listener name is a configuration key, but a topic level it must not break.
+        .filter(|(name, _)| !name.contains(['/', '+', '#']))
+        .flat_map(|(name, stats)| {
+            let qos0 = stats.dropped_qos0.load(Ordering::Relaxed);
+            let full = stats.dropped_queue_full.load(Ordering::Relaxed);
+            let prefix = format!("$SYS/broker/listeners/{name}/publish/messages/dropped");
+            [
+                (ByteString::from(format!("{prefix}/qos0")), qos0.to_string()),
+                (
+                    ByteString::from(format!("{prefix}/queue_full")),
+                    full.to_string(),
+                ),
+            ]
+        });
+    let figures = figures
+        .into_iter()
+        .map(|(topic, value)| (ByteString::from_static(topic), value))
+        .chain(per_listener);
     for (topic, value) in figures {
-        let message = Message::new(
-            ByteString::from_static(topic),
-            Bytes::from(value),
-            QoS::AtMostOnce,
-            true,
-            now,
-        );
+        let message = Message::new(topic, Bytes::from(value), QoS::AtMostOnce, true, now);
         // The broker's own figures: nobody to acknowledge or slow down.
         let _ = broker.dispatch(Arc::new(message), None);
     }

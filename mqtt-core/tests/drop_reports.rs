@@ -118,4 +118,34 @@ fn the_drop_counters_are_published_under_sys() {
     ]
     .map(|(topic, value)| (topic.to_owned(), value.to_owned()));
     assert_eq!(figures, expected);
+    drop(state);
+
+    // The same drops, by the listener the dropping session came through.
+    let per_listener = subscriber(
+        &broker,
+        "listener-watcher",
+        "$SYS/broker/listeners/#",
+        QoS::AtMostOnce,
+        0,
+        start,
+    );
+    let mut figures = Vec::new();
+    let mut state = per_listener.session().state.lock();
+    while let Some(delivery) = state.pop_queued(start) {
+        let value = String::from_utf8_lossy(&delivery.message.payload).into_owned();
+        figures.push((delivery.message.topic.to_string(), value));
+    }
+    figures.sort();
+    let expected = [
+        (
+            "$SYS/broker/listeners/test/publish/messages/dropped/qos0",
+            "5",
+        ),
+        (
+            "$SYS/broker/listeners/test/publish/messages/dropped/queue_full",
+            "0",
+        ),
+    ]
+    .map(|(topic, value)| (topic.to_owned(), value.to_owned()));
+    assert_eq!(figures, expected);
 }

@@ -9,7 +9,7 @@
 //! (topic, QoS, retain, `$SYS`, authorization, a full store) into the routing call.
 //! `Broker`'s own routing calls are crate-private.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -193,9 +193,18 @@ pub struct PublishPermit {
     topic: ByteString,
     qos: QoS,
     retain: bool,
+    /// When the message arrived (`crate::arrival`): the latest it can have; 0 = unknown.
+    arrival: u64,
 }
 
 impl PublishPermit {
+    /// Says the message arrived by the stamp `latest` (`crate::arrival`), so that a
+    /// subscription that arrived before it gets it, even if applied after it is routed.
+    pub fn arrived_by(mut self, latest: u64) -> PublishPermit {
+        self.arrival = latest;
+        self
+    }
+
     /// The topic as the router sees it (mounted).
     pub fn routed_topic(&self) -> &ByteString {
         &self.topic
@@ -280,10 +289,8 @@ impl Broker {
             control: request.control,
             session_present: attached.session_present,
             expiry_interval,
-            store_full_refusals: AtomicU64::new(0),
-            congestion_refusals: AtomicU64::new(0),
-            arrived_after: AtomicU64::new(0),
-            arrived_before: AtomicU64::new(0),
+            store_full_refusals: AtomicU32::new(0),
+            congestion_refusals: AtomicU32::new(0),
         })
     }
 
@@ -338,6 +345,7 @@ impl Broker {
             topic: routed,
             qos,
             retain,
+            arrival: 0,
         })
     }
 }
@@ -358,15 +366,10 @@ pub struct ClientSession {
     expiry_interval: u32,
     /// Publishes refused for a full store: the first is logged, the rest counted and
     /// summed up at close, since a client may keep sending at full speed.
-    store_full_refusals: AtomicU64,
+    store_full_refusals: AtomicU32,
     /// Publishes answered with the protocol's congestion signal while held back: counted,
     /// and summed up at close.
-    congestion_refusals: AtomicU64,
-    /// Arrival stamps bounding when the input being handled arrived (`crate::arrival`): a
-    /// subscription counts as arrived at the earliest (so it misses nothing that might have
-    /// come after it), a message at the latest.
-    arrived_after: AtomicU64,
-    arrived_before: AtomicU64,
+    congestion_refusals: AtomicU32,
 }
 
 impl ClientSession {
@@ -420,13 +423,6 @@ impl ClientSession {
         permit
     }
 
-    /// Says when the input now being handled arrived (`crate::arrival`): after `earliest`,
-    /// before `latest`; 0 = unknown.
-    pub fn note_arrival(&self, earliest: u64, latest: u64) {
-        self.arrived_after.store(earliest, Ordering::Relaxed);
-        self.arrived_before.store(latest, Ordering::Relaxed);
-    }
-
     /// Counts a publish a datagram adapter refused with its protocol's congestion signal
     /// because the client is held back; the client sends it again later.
     pub fn refuse_for_congestion(&self) {
@@ -455,7 +451,7 @@ impl ClientSession {
             publisher: Some(self.session.id),
             publisher_client_id: Some(self.client.client_id.clone()),
             expires_at: None,
-            arrival: self.arrived_before.load(Ordering::Relaxed),
+            arrival: permit.arrival,
         }
         .with_expiry_from_properties(now);
         self.broker.publish(Arc::new(message), Some(&self.control))
@@ -485,6 +481,20 @@ impl ClientSession {
         identifier: Option<u32>,
         now: Instant,
     ) -> Result<Granted, ReasonCode> {
+        self.subscribe_arrived(filter, options, identifier, 0, now)
+    }
+
+    /// [`subscribe`](Self::subscribe) for a SUBSCRIBE that arrived after the stamp
+    /// `earliest` (`crate::arrival`): it also gets the messages that arrived after it but
+    /// were routed before it took effect.
+    pub fn subscribe_arrived(
+        &self,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+        earliest: u64,
+        now: Instant,
+    ) -> Result<Granted, ReasonCode> {
         self.broker.subscribe(
             &self.session,
             &self.client,
@@ -492,7 +502,7 @@ impl ClientSession {
                 filter,
                 options,
                 identifier,
-                arrival: self.arrived_after.load(Ordering::Relaxed),
+                arrival: earliest,
             },
             now,
         )

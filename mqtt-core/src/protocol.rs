@@ -220,9 +220,6 @@ impl MqttChannel {
     /// it arrived among all clients.
     pub fn note_arrival(&mut self, earliest: u64, latest: u64) {
         self.arrival = (earliest, latest);
-        if let Some(client) = &self.client {
-            client.note_arrival(earliest, latest);
-        }
     }
 
     /// False while the client is held back and what it sent meanwhile fills its parking:
@@ -598,7 +595,6 @@ impl MqttChannel {
         );
         let session_present = client.session_present();
         self.send_connack(session_present, ReasonCode::SUCCESS, properties, out);
-        client.note_arrival(self.arrival.0, self.arrival.1);
         self.client = Some(client);
         self.phase = Phase::Connected;
         if session_present {
@@ -767,7 +763,7 @@ impl MqttChannel {
         };
         let session = client.session().clone();
         let permit = match client.permit(&publish.topic, publish.qos, publish.retain) {
-            Ok(permit) => Ok(permit),
+            Ok(permit) => Ok(permit.arrived_by(self.arrival.1)),
             Err(PublishRefused::Invalid(reason, why)) => {
                 return self.disconnect_with(reason, why, out);
             }
@@ -932,14 +928,19 @@ impl MqttChannel {
                     out,
                 );
             }
-            let code =
-                match client.subscribe(filter, *options, subscribe.subscription_identifier, now) {
-                    Ok(granted) => ReasonCode(granted.qos.as_u8()),
-                    Err(reason) => {
-                        tracing::info!(filter, reason = reason.0, "subscription refused");
-                        reason
-                    }
-                };
+            let code = match client.subscribe_arrived(
+                filter,
+                *options,
+                subscribe.subscription_identifier,
+                self.arrival.0,
+                now,
+            ) {
+                Ok(granted) => ReasonCode(granted.qos.as_u8()),
+                Err(reason) => {
+                    tracing::info!(filter, reason = reason.0, "subscription refused");
+                    reason
+                }
+            };
             reason_codes.push(code);
         }
         self.send(

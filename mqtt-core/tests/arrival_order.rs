@@ -15,25 +15,44 @@ fn client(broker: &Arc<mqtt_core::broker::Broker>, id: &str, now: Instant) -> Cl
     open_session(broker, "mqtt", id, true, 0, Arc::new(NoWakeup), now).unwrap()
 }
 
-/// Publishes `payload` to `topic` as input read between the stamps `after` and `before`.
+/// Publishes `payload` to `topic` as input that was there by the stamp `latest`.
 fn publish_arrived(
     client: &ClientSession,
     topic: &str,
     payload: &'static [u8],
-    before: u64,
+    latest: u64,
     now: Instant,
 ) {
-    client.note_arrival(before - 1, before);
-    let _ = client
-        .publish(
-            topic,
-            QoS::AtLeastOnce,
-            false,
-            Bytes::from_static(payload),
-            PublishProperties::default(),
-            now,
-        )
+    let permit = client
+        .permit(topic, QoS::AtLeastOnce, false)
+        .unwrap()
+        .arrived_by(latest);
+    let _ = client.publish_permitted(
+        permit,
+        Bytes::from_static(payload),
+        PublishProperties::default(),
+        now,
+    );
+}
+
+/// Subscribes `client` to `filter` as a SUBSCRIBE that arrived after the stamp `earliest`.
+fn subscribe_arrived(
+    client: &ClientSession,
+    filter: &str,
+    options: SubscriptionOptions,
+    earliest: u64,
+    now: Instant,
+) {
+    client
+        .subscribe_arrived(filter, options, None, earliest, now)
         .unwrap();
+}
+
+fn at_least_once() -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..SubscriptionOptions::default()
+    }
 }
 
 fn payloads(client: &ClientSession, now: Instant) -> Vec<Bytes> {
@@ -53,9 +72,8 @@ fn a_subscription_applied_late_gets_what_arrived_after_it_and_nothing_before() {
     publish_arrived(&publisher, "t/1", b"before", base + 10, now);
     publish_arrived(&publisher, "t/1", b"after", base + 30, now);
     publish_arrived(&publisher, "other", b"elsewhere", base + 31, now);
-    // The SUBSCRIBE was read between stamps 20 and 40: it came after "before" was there.
-    subscriber.note_arrival(base + 20, base + 40);
-    subscribe(&subscriber, "t/+", QoS::AtLeastOnce, now);
+    // The SUBSCRIBE came after stamp 20, when "before" was there already.
+    subscribe_arrived(&subscriber, "t/+", at_least_once(), base + 20, now);
     assert_eq!(
         payloads(&subscriber, now),
         vec![Bytes::from_static(b"after")]
@@ -77,8 +95,7 @@ fn a_late_subscription_adds_no_copy_where_another_subscription_gave_one() {
     subscribe(&subscriber, "t/#", QoS::AtLeastOnce, now);
     let base = mqtt_core::arrival::stamp();
     publish_arrived(&publisher, "t/1", b"once", base + 30, now);
-    subscriber.note_arrival(base + 20, base + 40);
-    subscribe(&subscriber, "t/1", QoS::AtLeastOnce, now);
+    subscribe_arrived(&subscriber, "t/1", at_least_once(), base + 20, now);
     assert_eq!(
         payloads(&subscriber, now),
         vec![Bytes::from_static(b"once")]
@@ -92,26 +109,18 @@ fn no_local_and_shared_subscriptions_catch_nothing_up() {
     let both = client(&broker, "both", now);
     let base = mqtt_core::arrival::stamp();
     publish_arrived(&both, "t/1", b"own", base + 30, now);
-    both.note_arrival(base + 20, base + 40);
-    both.subscribe(
-        "t/1",
-        SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            no_local: true,
-            ..SubscriptionOptions::default()
-        },
-        None,
-        now,
-    )
-    .unwrap();
+    let no_local = SubscriptionOptions {
+        no_local: true,
+        ..at_least_once()
+    };
+    subscribe_arrived(&both, "t/1", no_local, base + 20, now);
     assert!(
         payloads(&both, now).is_empty(),
         "its own message, with no local"
     );
 
     let member = client(&broker, "member", now);
-    member.note_arrival(base + 20, base + 40);
-    subscribe(&member, "$share/g/t/1", QoS::AtLeastOnce, now);
+    subscribe_arrived(&member, "$share/g/t/1", at_least_once(), base + 20, now);
     assert!(
         payloads(&member, now).is_empty(),
         "a share may have had it elsewhere"

@@ -131,12 +131,7 @@ impl ByteRate {
 }
 
 /// Byte units, largest first, so that a rate prints in the largest that divides it.
-const BYTE_UNITS: [(&str, u64); 4] = [
-    ("GB", 1 << 30),
-    ("MB", 1 << 20),
-    ("KB", 1 << 10),
-    ("B", 1),
-];
+const BYTE_UNITS: [(&str, u64); 4] = [("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid byte rate {0:?}: expected \"infinity\" or a size per period such as \"1MB/s\", \"512KB/s\" or \"10MB/10s\" (KB = 1024 bytes), both above 0")]
@@ -153,7 +148,9 @@ impl FromStr for ByteRate {
         let error = || ByteRateError(s.to_owned());
         let (size, period) = s.split_once('/').ok_or_else(error)?;
         let size = size.trim();
-        let digits = size.find(|c: char| !c.is_ascii_digit()).unwrap_or(size.len());
+        let digits = size
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(size.len());
         let (count, unit) = size.split_at(digits);
         let count: u64 = count.parse().map_err(|_| error())?;
         let unit = unit.trim();
@@ -288,7 +285,15 @@ mod tests {
         );
         assert_eq!("infinity".parse::<ByteRate>().unwrap(), ByteRate::Infinity);
         for bad in [
-            "", "1MB", "0MB/s", "0/s", "1MB/0s", "1TB/s", "-1KB/s", "1.5MB/s", "MB/s",
+            "",
+            "1MB",
+            "0MB/s",
+            "0/s",
+            "1MB/0s",
+            "1TB/s",
+            "-1KB/s",
+            "1.5MB/s",
+            "MB/s",
             "99999999999GB/s",
         ] {
             assert!(bad.parse::<ByteRate>().is_err(), "{bad}");

@@ -948,12 +948,30 @@ fn publish_rates_are_unlimited_by_default_on_every_listener_that_takes_clients()
         (l.ssl["default"].messages_rate, l.ssl["default"].bytes_rate),
         (l.ws["default"].messages_rate, l.ws["default"].bytes_rate),
         (l.wss["default"].messages_rate, l.wss["default"].bytes_rate),
-        (l.quic["default"].messages_rate, l.quic["default"].bytes_rate),
-        (stomp.tcp["default"].messages_rate, stomp.tcp["default"].bytes_rate),
-        (stomp.ws["default"].messages_rate, stomp.ws["default"].bytes_rate),
-        (coap.tcp["default"].messages_rate, coap.tcp["default"].bytes_rate),
-        (coap.ws["default"].messages_rate, coap.ws["default"].bytes_rate),
-        (coap.udp["default"].messages_rate, coap.udp["default"].bytes_rate),
+        (
+            l.quic["default"].messages_rate,
+            l.quic["default"].bytes_rate,
+        ),
+        (
+            stomp.tcp["default"].messages_rate,
+            stomp.tcp["default"].bytes_rate,
+        ),
+        (
+            stomp.ws["default"].messages_rate,
+            stomp.ws["default"].bytes_rate,
+        ),
+        (
+            coap.tcp["default"].messages_rate,
+            coap.tcp["default"].bytes_rate,
+        ),
+        (
+            coap.ws["default"].messages_rate,
+            coap.ws["default"].bytes_rate,
+        ),
+        (
+            coap.udp["default"].messages_rate,
+            coap.udp["default"].bytes_rate,
+        ),
         (
             c.gateway.mqttsn.listeners.udp["default"].messages_rate,
             c.gateway.mqttsn.listeners.udp["default"].bytes_rate,
@@ -990,7 +1008,10 @@ fn publish_rates_are_read_in_emqx_units_from_files_and_env() {
     assert_eq!(sn.bytes_rate.burst(), Some(512 * 1024));
     Jail::expect_with(|jail| {
         jail.set_env("GATEWAY_LISTENERS__TCP__DEFAULT__MESSAGES_RATE", "100/s");
-        jail.set_env("GATEWAY_GATEWAY__STOMP__LISTENERS__TCP__DEFAULT__BYTES_RATE", "10MB/10s");
+        jail.set_env(
+            "GATEWAY_GATEWAY__STOMP__LISTENERS__TCP__DEFAULT__BYTES_RATE",
+            "10MB/10s",
+        );
         let c = Config::load(None).unwrap();
         assert_eq!(c.listeners.tcp["default"].messages_rate.burst(), Some(100));
         let stomp = &c.gateway.stomp.listeners.tcp["default"];

@@ -31,7 +31,7 @@ pub use duration::{Duration, DurationError};
 pub use ipnet::{IpNet, IpNetError};
 pub use listeners::{ListenerEntry, ListenerKind};
 pub use load::{ConfigError, Problem};
-pub use rate::{Rate, RateError};
+pub use rate::{ByteRate, ByteRateError, Rate, RateError};
 
 /// The embedded defaults, a commented TOML file with every key of the schema.
 pub const DEFAULT_TOML: &str = include_str!("../default.toml");
@@ -226,6 +226,11 @@ pub struct QuicListenerConfig {
     pub handshake_timeout: Duration,
     /// Connections accepted per period; beyond it, accepting pauses and handshakes wait.
     pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
     /// Topic prefix of this listener's clients; `${clientid}` and `${username}` replaced.
     pub mountpoint: String,
     /// QUIC idle timeout; zero = as long as the longest MQTT keep-alive the broker grants.
@@ -245,6 +250,11 @@ pub struct SslListenerConfig {
     pub handshake_timeout: Duration,
     /// Connections accepted per period; beyond it, accepting pauses and clients wait.
     pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
     /// Topic prefix of this listener's clients; `${clientid}` and `${username}` replaced.
     pub mountpoint: String,
     pub proxy_protocol: bool,
@@ -262,6 +272,11 @@ pub struct WsListenerConfig {
     pub handshake_timeout: Duration,
     /// Connections accepted per period; beyond it, accepting pauses and clients wait.
     pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
     /// Topic prefix of this listener's clients; `${clientid}` and `${username}` replaced.
     pub mountpoint: String,
     pub websocket: WebSocketConfig,
@@ -277,6 +292,11 @@ pub struct WssListenerConfig {
     pub handshake_timeout: Duration,
     /// Connections accepted per period; beyond it, accepting pauses and clients wait.
     pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
     /// Topic prefix of this listener's clients; `${clientid}` and `${username}` replaced.
     pub mountpoint: String,
     pub websocket: WebSocketConfig,
@@ -373,6 +393,11 @@ pub struct TcpListenerConfig {
     pub handshake_timeout: Duration,
     /// Connections accepted per period; beyond it, accepting pauses and clients wait.
     pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
     /// Topic prefix of this listener's clients; `${clientid}` and `${username}` replaced.
     pub mountpoint: String,
     pub proxy_protocol: bool,
@@ -468,6 +493,11 @@ pub struct StompTcpListenerConfig {
     pub bind: String,
     pub max_connections: u32,
     pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
     /// Replaces the gateway's mountpoint for this listener's clients; `""` keeps it.
     pub mountpoint: String,
 }
@@ -480,6 +510,11 @@ pub struct StompWsListenerConfig {
     pub bind: String,
     pub max_connections: u32,
     pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
     /// Replaces the gateway's mountpoint for this listener's clients; `""` keeps it.
     pub mountpoint: String,
     /// The HTTP path of the upgrade.
@@ -576,6 +611,11 @@ pub struct CoapTcpListenerConfig {
     pub bind: String,
     pub max_connections: u32,
     pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
     /// Our Max-Message-Size (RFC 8323 5.3.1): the largest message accepted, header
     /// included, announced in our CSM; a larger one aborts the connection.
     pub max_message_size: u32,
@@ -592,6 +632,11 @@ pub struct CoapWsListenerConfig {
     pub bind: String,
     pub max_connections: u32,
     pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
     /// Our Max-Message-Size, also the largest WebSocket message accepted.
     pub max_message_size: u32,
     /// Replaces the gateway's mountpoint for this listener's clients; `""` keeps it.
@@ -816,6 +861,11 @@ pub struct UdpListenerConfig {
     pub max_packet_size: u32,
     /// Datagrams waiting for one peer's channel; more are dropped as the network would.
     pub max_queued_datagrams: u32,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
     /// Replaces the gateway's mountpoint for this listener's clients when not empty.
     pub mountpoint: String,
 }
@@ -981,6 +1031,8 @@ mod tests {
                 max_connections: 1,
                 handshake_timeout: Duration::from_secs(1),
                 max_conn_rate: Rate::Infinity,
+                messages_rate: Rate::Infinity,
+                bytes_rate: ByteRate::Infinity,
                 mountpoint: String::new(),
                 proxy_protocol: false,
                 proxy_protocol_timeout: Duration::from_secs(1),

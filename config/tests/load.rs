@@ -10,7 +10,8 @@ use std::time::Duration as StdDuration;
 
 use figment::Jail;
 use gateway_config::{
-    AclNoMatch, Config, ConfigError, LogFormat, SharedSubscriptionStrategy, DEFAULT_TOML,
+    AclNoMatch, ByteRate, Config, ConfigError, LogFormat, Rate, SharedSubscriptionStrategy,
+    DEFAULT_TOML,
 };
 
 // A valid config yields text no assertion looks for, so the caller's assert shows it.
@@ -933,5 +934,130 @@ fn anonymous_allow_all_on_a_listener_beyond_loopback_is_warned_about() {
     ] {
         let c = Config::from_toml_str(closed).unwrap();
         assert_eq!(c.warnings(), [], "{closed}");
+    }
+}
+
+#[test]
+fn publish_rates_are_unlimited_by_default_on_every_listener_that_takes_clients() {
+    let c = Config::defaults().unwrap();
+    let l = &c.listeners;
+    let stomp = &c.gateway.stomp.listeners;
+    let coap = &c.gateway.coap.listeners;
+    let rates = [
+        (l.tcp["default"].messages_rate, l.tcp["default"].bytes_rate),
+        (l.ssl["default"].messages_rate, l.ssl["default"].bytes_rate),
+        (l.ws["default"].messages_rate, l.ws["default"].bytes_rate),
+        (l.wss["default"].messages_rate, l.wss["default"].bytes_rate),
+        (
+            l.quic["default"].messages_rate,
+            l.quic["default"].bytes_rate,
+        ),
+        (
+            stomp.tcp["default"].messages_rate,
+            stomp.tcp["default"].bytes_rate,
+        ),
+        (
+            stomp.ws["default"].messages_rate,
+            stomp.ws["default"].bytes_rate,
+        ),
+        (
+            coap.tcp["default"].messages_rate,
+            coap.tcp["default"].bytes_rate,
+        ),
+        (
+            coap.ws["default"].messages_rate,
+            coap.ws["default"].bytes_rate,
+        ),
+        (
+            coap.udp["default"].messages_rate,
+            coap.udp["default"].bytes_rate,
+        ),
+        (
+            c.gateway.mqttsn.listeners.udp["default"].messages_rate,
+            c.gateway.mqttsn.listeners.udp["default"].bytes_rate,
+        ),
+        (
+            c.gateway.lwm2m.listeners.udp["default"].messages_rate,
+            c.gateway.lwm2m.listeners.udp["default"].bytes_rate,
+        ),
+    ];
+    for (messages, bytes) in rates {
+        assert_eq!(messages, Rate::Infinity);
+        assert_eq!(bytes, ByteRate::Infinity);
+    }
+}
+
+#[test]
+fn publish_rates_are_read_in_emqx_units_from_files_and_env() {
+    let c = Config::from_toml_str(
+        r#"
+        [listeners.tcp.default]
+        messages_rate = "1000/s"
+        bytes_rate = "1MB/s"
+        [gateway.mqttsn.listeners.udp.default]
+        messages_rate = "50/10s"
+        bytes_rate = "512KB/s"
+        "#,
+    )
+    .unwrap();
+    let tcp = &c.listeners.tcp["default"];
+    assert_eq!(tcp.messages_rate.per_second(), Some(1000.0));
+    assert_eq!(tcp.bytes_rate.burst(), Some(1024 * 1024));
+    let sn = &c.gateway.mqttsn.listeners.udp["default"];
+    assert_eq!(sn.messages_rate.per_second(), Some(5.0));
+    assert_eq!(sn.bytes_rate.burst(), Some(512 * 1024));
+    Jail::expect_with(|jail| {
+        jail.set_env("GATEWAY_LISTENERS__TCP__DEFAULT__MESSAGES_RATE", "100/s");
+        jail.set_env(
+            "GATEWAY_GATEWAY__STOMP__LISTENERS__TCP__DEFAULT__BYTES_RATE",
+            "10MB/10s",
+        );
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.listeners.tcp["default"].messages_rate.burst(), Some(100));
+        let stomp = &c.gateway.stomp.listeners.tcp["default"];
+        assert_eq!(stomp.bytes_rate.burst(), Some(10 * 1024 * 1024));
+        assert_eq!(stomp.bytes_rate.per_second(), Some(1024.0 * 1024.0));
+        Ok(())
+    });
+}
+
+#[test]
+fn a_zero_or_malformed_publish_rate_is_refused_naming_the_key() {
+    for (toml, key) in [
+        (
+            "[listeners.tcp.default]\nmessages_rate = \"0/s\"",
+            "listeners.tcp.default.messages_rate",
+        ),
+        (
+            "[listeners.quic.default]\nbytes_rate = \"0MB/s\"",
+            "listeners.quic.default.bytes_rate",
+        ),
+        (
+            "[listeners.ws.default]\nbytes_rate = \"1MB/0s\"",
+            "listeners.ws.default.bytes_rate",
+        ),
+        (
+            "[gateway.stomp.listeners.tcp.default]\nmessages_rate = \"0/m\"",
+            "gateway.stomp.listeners.tcp.default.messages_rate",
+        ),
+        (
+            "[gateway.coap.listeners.tcp.default]\nbytes_rate = \"1TB/s\"",
+            "gateway.coap.listeners.tcp.default.bytes_rate",
+        ),
+        (
+            "[gateway.coap.listeners.udp.default]\nmessages_rate = \"fast\"",
+            "gateway.coap.listeners.udp.default.messages_rate",
+        ),
+        (
+            "[gateway.lwm2m.listeners.udp.default]\nbytes_rate = \"0/s\"",
+            "gateway.lwm2m.listeners.udp.default.bytes_rate",
+        ),
+        (
+            "[gateway.mqttsn.listeners.udp.default]\nmessages_rate = 10",
+            "gateway.mqttsn.listeners.udp.default.messages_rate",
+        ),
+    ] {
+        let e = err_text(Config::from_toml_str(toml));
+        assert!(e.contains(key), "{toml:?} -> {e}");
     }
 }

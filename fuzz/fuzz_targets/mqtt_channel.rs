@@ -22,6 +22,7 @@ use mqtt_core::codec::{
     SubscriptionOptions, Unsubscribe, WillProperties,
 };
 use mqtt_core::protocol::{CertificateIdentity, ConnectionInfo, Flow, MqttChannel};
+use mqtt_core::rate::PublishRates;
 use mqtt_core_fuzz::{
     close_all, settle, ClientId, ClientSide, Credentials, Filter, Mount, NoWakeup, StoreKind,
     Topic, World, WorldStep,
@@ -265,6 +266,7 @@ impl Connection {
             handshake_timeout: Duration::from_secs(10),
             certificate_identity: CertificateIdentity::default(),
             mountpoint: Arc::from(world.mountpoint),
+            rates: PublishRates::UNLIMITED,
         };
         Connection {
             channel: MqttChannel::new(world.broker.clone(), info, Arc::new(NoWakeup), world.now),

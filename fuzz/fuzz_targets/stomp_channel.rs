@@ -18,6 +18,7 @@ use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use mqtt_core::protocol::Flow;
+use mqtt_core::rate::PublishRates;
 use mqtt_core_fuzz::{
     close_all, config, settle, ClientId, ClientSide, Credentials, Filter, Mount, NoWakeup,
     StoreKind, Topic, World, WorldStep,
@@ -318,6 +319,7 @@ fuzz_target!(|input: Input| {
         Arc::from("tcp:fuzz"),
         &config().gateway.stomp,
         input.mount.template(),
+        PublishRates::UNLIMITED,
     ));
     let mut connections = [
         Connection::new(&world, &settings, 0, 1),

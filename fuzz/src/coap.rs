@@ -12,6 +12,7 @@ use adapter_kit::coap::{
 use adapter_kit::coap_block::BlockwiseParams;
 use arbitrary::Arbitrary;
 use gateway_config::{CoapNotifyType, CoapQos};
+use mqtt_core::rate::PublishRates;
 
 use crate::{ClientId, Credentials, Filter, Mount, Topic};
 
@@ -51,6 +52,7 @@ pub fn settings(
             window: Duration::from_secs(10),
             lockout: Duration::from_secs(5),
         },
+        rates: PublishRates::UNLIMITED,
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Stats {
     pub refused_congestion: AtomicU64,
     /// Receivers disconnected for holding publishers back while taking nothing.
     pub slow_receivers_disconnected: AtomicU64,
+    /// Pauses of clients that went over their listener's `messages_rate` or `bytes_rate`.
+    pub rate_limited: AtomicU64,
 }
 
 impl Stats {

@@ -11,10 +11,11 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use parking_lot::Mutex;
 
 use crate::auth::{Action, AuthOutcome, ClientInfo, DenyReason};
 use crate::broker::{
@@ -23,6 +24,7 @@ use crate::broker::{
 use crate::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use crate::message::{Delivery, Message};
 use crate::mountpoint::{Mountpoint, UnsafeMountpointValue};
+use crate::rate::{PublishLimiter, PublishRates};
 use crate::session::{ConnControl, SessionCell, SessionKey, Will};
 
 /// Why a client may not connect or open its session. Each adapter answers in its own
@@ -184,6 +186,8 @@ pub struct OpenSession {
     /// The will as the client wrote it: checked, authorized and mounted here.
     pub will: Option<Box<Will>>,
     pub control: Arc<ConnControl>,
+    /// What the client may publish: its listener's `messages_rate` and `bytes_rate`.
+    pub rates: PublishRates,
 }
 
 /// A message a client may publish: what checking it found, carried to the routing call.
@@ -291,6 +295,9 @@ impl Broker {
             expiry_interval,
             store_full_refusals: AtomicU32::new(0),
             congestion_refusals: AtomicU32::new(0),
+            limiter: PublishLimiter::new(request.rates, now)
+                .map(|limiter| Box::new(Mutex::new(limiter))),
+            rate_pauses: AtomicU32::new(0),
         })
     }
 
@@ -370,6 +377,12 @@ pub struct ClientSession {
     /// Publishes answered with the protocol's congestion signal while held back: counted,
     /// and summed up at close.
     congestion_refusals: AtomicU32,
+    /// The client's publish rates; `None` when unlimited, which costs nothing per message
+    /// and one pointer per session. A lock only the client's own connection takes:
+    /// `ClientSession` methods take `&self`.
+    limiter: Option<Box<Mutex<PublishLimiter>>>,
+    /// Times the client went over its rates and was paused: counted, summed up at close.
+    rate_pauses: AtomicU32,
 }
 
 impl ClientSession {
@@ -386,11 +399,34 @@ impl ClientSession {
         &self.session
     }
 
-    /// Whether a receiver the client publishes to is behind: the client's next message
-    /// must wait (not read, or answered with its protocol's congestion signal) until the
-    /// connection is woken.
-    pub fn is_held_back(&self) -> bool {
+    /// Whether the client's next message must wait (not read, or answered with its
+    /// protocol's congestion signal): a receiver it publishes to is behind, until that
+    /// receiver wakes the connection, or the client went over its publish rates, until
+    /// [`paused_until`](Self::paused_until). The one question every adapter asks before
+    /// it takes a message.
+    pub fn is_held_back(&self, now: Instant) -> bool {
         self.control.is_held_back()
+            || self
+                .limiter
+                .as_ref()
+                .is_some_and(|limiter| limiter.lock().is_paused(now))
+    }
+
+    /// When the pause for going over the publish rates ends. Unlike a receiver's hold,
+    /// which ends with a wake-up, a pause ends by time: channels count it among their
+    /// deadlines, and call [`handle_timeout`](Self::handle_timeout) when it comes.
+    pub fn paused_until(&self) -> Option<Instant> {
+        self.limiter
+            .as_ref()
+            .and_then(|limiter| limiter.lock().paused_until())
+    }
+
+    /// Ends a pause whose time has come, so that [`paused_until`](Self::paused_until) no
+    /// longer names it (a deadline in the past would fire again at once).
+    pub fn handle_timeout(&self, now: Instant) {
+        if let Some(limiter) = &self.limiter {
+            limiter.lock().is_paused(now);
+        }
     }
 
     pub fn session_present(&self) -> bool {
@@ -424,15 +460,20 @@ impl ClientSession {
     }
 
     /// Counts a publish a datagram adapter refused with its protocol's congestion signal
-    /// because the client is held back; the client sends it again later.
-    pub fn refuse_for_congestion(&self) {
+    /// because the client is held back; the client sends it again later. Returns how long
+    /// the client's rate pause has left, when it is paused: the least it should wait.
+    pub fn refuse_for_congestion(&self, now: Instant) -> Option<Duration> {
         Stats::add(&self.broker.stats.refused_congestion, 1);
         self.congestion_refusals.fetch_add(1, Ordering::Relaxed);
+        self.paused_until()
+            .map(|until| until.saturating_duration_since(now))
+            .filter(|left| !left.is_zero())
     }
 
-    /// Routes a permitted message. What it returns must be acted on: the store ticket the
-    /// acknowledgement waits for. A receiver that is behind may hold the client back
-    /// meanwhile ([`is_held_back`](Self::is_held_back)).
+    /// Routes a permitted message and spends it from the client's publish rates: one
+    /// message, and its topic (as routed) and payload bytes. What it returns must be acted
+    /// on: the store ticket the acknowledgement waits for. A receiver that is behind, or
+    /// the rates, may hold the client back meanwhile ([`is_held_back`](Self::is_held_back)).
     #[must_use = "the acknowledgement must wait for the ticket"]
     pub fn publish_permitted(
         &self,
@@ -442,6 +483,13 @@ impl ClientSession {
         now: Instant,
     ) -> Dispatched {
         properties.subscription_identifiers.clear();
+        if let Some(limiter) = &self.limiter {
+            let bytes = permit.topic.len() + payload.len();
+            if limiter.lock().spend(bytes, now) {
+                Stats::add(&self.broker.stats.rate_limited, 1);
+                self.rate_pauses.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let message = Message {
             topic: permit.topic,
             payload,
@@ -542,7 +590,14 @@ impl ClientSession {
         if congested > 0 {
             tracing::info!(
                 refused = congested,
-                "publishes answered with congestion on this connection while a receiver was behind"
+                "publishes answered with congestion on this connection while it was held back"
+            );
+        }
+        let pauses = self.rate_pauses.load(Ordering::Relaxed);
+        if pauses > 0 {
+            tracing::info!(
+                pauses,
+                "publishing paused on this connection for going over the listener's messages_rate or bytes_rate"
             );
         }
         self.broker

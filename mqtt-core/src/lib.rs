@@ -12,6 +12,7 @@ pub mod flapping;
 pub mod message;
 pub mod mountpoint;
 pub mod protocol;
+pub mod rate;
 pub mod retained;
 pub mod router;
 pub mod session;

@@ -20,6 +20,7 @@ use crate::codec::{
     ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::message::Delivery;
+use crate::rate::PublishRates;
 use crate::session::{ConnControl, Outgoing, OutgoingState, Wakeup, Will};
 use crate::storage::{HeldReplies, Ticket};
 use crate::topic::{parse_subscription, SubscriptionFilter};
@@ -53,6 +54,8 @@ pub struct ConnectionInfo {
     pub certificate_identity: CertificateIdentity,
     /// The listener's mountpoint template; `""` for none.
     pub mountpoint: Arc<str>,
+    /// What the client may publish: the listener's `messages_rate` and `bytes_rate`.
+    pub rates: PublishRates,
 }
 
 /// User name and client id taken from a client certificate, as the listener is configured.
@@ -172,7 +175,8 @@ impl MqttChannel {
     }
 
     /// Decodes and handles the complete packets in `input`: all of them, unless the client
-    /// is held back and what it sent meanwhile fills its parking (`accepts_input`).
+    /// is held back (or paused by its publish rates) and what it sent meanwhile fills its
+    /// parking (`accepts_input`).
     pub fn handle_input(&mut self, input: &mut BytesMut, out: &mut BytesMut, now: Instant) -> Flow {
         if self.route_parked(out, now) == Flow::Close {
             return self.close();
@@ -181,7 +185,7 @@ impl MqttChannel {
             match self.decoder.decode(input) {
                 Ok(Some(packet)) => {
                     self.last_received = now;
-                    if let Some(packet) = self.park(packet) {
+                    if let Some(packet) = self.park(packet, now) {
                         if self.handle_packet(packet, out, now) == Flow::Close {
                             return self.close();
                         }
@@ -223,14 +227,24 @@ impl MqttChannel {
     }
 
     /// False while the client is held back and what it sent meanwhile fills its parking:
-    /// the driver reads nothing more until a wake-up lets the client go on, and then
-    /// feeds what it holds again.
+    /// the driver reads nothing more until a wake-up lets the client go on (or, when its
+    /// publish rates paused it, the pause's end in `handle_timeout`), and then feeds what
+    /// it holds again.
     pub fn accepts_input(&self) -> bool {
         !self.parked.as_ref().is_some_and(|parked| parked.is_full())
     }
 
+    /// Whether the client's next PUBLISH must wait: a receiver is behind, or the client
+    /// went over its publish rates.
+    fn is_held_back(&self, now: Instant) -> bool {
+        match &self.client {
+            Some(client) => client.is_held_back(now),
+            None => self.control.is_held_back(),
+        }
+    }
+
     /// Keeps `packet` back when it must wait for the client to be let go, or returns it.
-    fn park(&mut self, packet: Packet) -> Option<Packet> {
+    fn park(&mut self, packet: Packet, now: Instant) -> Option<Packet> {
         if !matches!(self.phase, Phase::Connected) {
             return Some(packet);
         }
@@ -244,7 +258,7 @@ impl MqttChannel {
         );
         let waits = match &packet {
             _ if passes => false,
-            Packet::Publish(_) => self.parked.is_some() || self.control.is_held_back(),
+            Packet::Publish(_) => self.parked.is_some() || self.is_held_back(now),
             _ => self.parked.is_some(),
         };
         if !waits {
@@ -263,7 +277,11 @@ impl MqttChannel {
 
     /// Handles what was parked, in order, while the client is not held back.
     fn route_parked(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
-        while !self.control.is_held_back() {
+        if !self.accepts_input() {
+            // Nothing was read until now: the silence was ours, not the client's.
+            self.last_received = now;
+        }
+        while self.parked.is_some() && !self.is_held_back(now) {
             let Some(parked) = self.parked.as_mut() else {
                 break;
             };
@@ -285,6 +303,16 @@ impl MqttChannel {
     }
 
     pub fn handle_timeout(&mut self, out: &mut BytesMut, now: Instant) -> Flow {
+        if let Some(client) = &self.client {
+            // A rate pause ends by time, not by a wake-up: what it parked goes on now.
+            client.handle_timeout(now);
+            if self.route_parked(out, now) == Flow::Close {
+                return self.close();
+            }
+            if matches!(self.phase, Phase::Connected) {
+                self.release_held_acks(out);
+            }
+        }
         match self.phase {
             Phase::AwaitConnect { deadline } if now >= deadline => {
                 tracing::info!("no CONNECT within the handshake timeout");
@@ -310,9 +338,13 @@ impl MqttChannel {
     pub fn next_deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::AwaitConnect { deadline } => Some(deadline),
-            Phase::Connected => self
-                .keep_alive_window
-                .map(|window| self.last_received + window),
+            Phase::Connected => {
+                let keep_alive = self
+                    .keep_alive_window
+                    .map(|window| self.last_received + window);
+                let paused = self.client.as_ref().and_then(ClientSession::paused_until);
+                keep_alive.into_iter().chain(paused).min()
+            }
             Phase::Closed => None,
         }
     }
@@ -561,6 +593,7 @@ impl MqttChannel {
                 expiry_interval,
                 will,
                 control: self.control.clone(),
+                rates: self.info.rates,
             },
             now,
         );
@@ -1166,6 +1199,7 @@ mod tests {
             handshake_timeout: Duration::from_secs(10),
             certificate_identity: CertificateIdentity::default(),
             mountpoint: Arc::from(""),
+            rates: PublishRates::UNLIMITED,
         };
         MqttChannel::new(broker.clone(), info, Arc::new(NoWakeup), now)
     }

@@ -19,7 +19,7 @@ pub fn publish_sys(broker: &Broker, now: Instant) {
     let uptime = now.saturating_duration_since(broker.started_at).as_secs();
     let dropped_qos0 = stats.dropped_qos0.load(Ordering::Relaxed);
     let dropped_full = stats.dropped_queue_full.load(Ordering::Relaxed);
-    let figures: [(&'static str, String); 16] = [
+    let figures: [(&'static str, String); 17] = [
         ("$SYS/broker/version", format!("gateway version {VERSION}")),
         ("$SYS/broker/uptime", format!("{uptime} seconds")),
         (
@@ -84,6 +84,12 @@ pub fn publish_sys(broker: &Broker, now: Instant) {
                 .slow_receivers_disconnected
                 .load(Ordering::Relaxed)
                 .to_string(),
+        ),
+        // Times clients went over their listener's messages_rate or bytes_rate and were
+        // paused (EMQX's limiter), not the messages that waited.
+        (
+            "$SYS/broker/clients/rate_limited",
+            stats.rate_limited.load(Ordering::Relaxed).to_string(),
         ),
     ];
     let per_listener = broker

@@ -142,6 +142,7 @@ pub fn open_session_on(
             expiry_interval,
             will: None,
             control,
+            rates: crate::rate::PublishRates::UNLIMITED,
         },
         now,
     )

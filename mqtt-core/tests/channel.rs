@@ -17,6 +17,7 @@ use mqtt_core::auth::Auth;
 use mqtt_core::broker::Broker;
 use mqtt_core::codec::*;
 use mqtt_core::protocol::{ConnectionInfo, Flow, MqttChannel};
+use mqtt_core::rate::PublishRates;
 use mqtt_core::session::SessionKey;
 use mqtt_core::storage::MapStore;
 use mqtt_core::testing::{self, broker, broker_on_store, CountingWakeup};
@@ -52,6 +53,7 @@ impl Client {
             handshake_timeout: Duration::from_secs(10),
             certificate_identity: Default::default(),
             mountpoint: Arc::from(""),
+            rates: PublishRates::UNLIMITED,
         };
         Client {
             channel: MqttChannel::new(broker.clone(), info, wakeup.clone(), now),
@@ -1962,6 +1964,7 @@ fn mountpoint_values_holding_wildcards_or_separators_are_refused() {
                 handshake_timeout: Duration::from_secs(10),
                 certificate_identity: Default::default(),
                 mountpoint: Arc::from("t/${clientid}/"),
+                rates: PublishRates::UNLIMITED,
             },
             client.wakeup.clone(),
             t0,
@@ -2039,5 +2042,208 @@ fn session_expiry_is_capped_and_the_client_told_what_it_got() {
     assert_eq!(
         connack.properties.session_expiry_interval, None,
         "a request within the cap is granted as asked"
+    );
+}
+
+/// A client of a listener whose clients may publish `messages` and `bytes` per period,
+/// connected with `keep_alive` seconds.
+fn connect_limited(
+    broker: &Arc<Broker>,
+    client_id: &str,
+    messages: &str,
+    bytes: &str,
+    keep_alive: u16,
+    now: Instant,
+) -> Client {
+    let mut client = Client::new(broker, ProtocolVersion::V5, now);
+    client.channel = MqttChannel::new(
+        broker.clone(),
+        ConnectionInfo {
+            listener: Arc::from("tcp:test"),
+            peer: None,
+            handshake_timeout: Duration::from_secs(10),
+            certificate_identity: Default::default(),
+            mountpoint: Arc::from(""),
+            rates: PublishRates::new(
+                messages.parse().expect("a rate"),
+                bytes.parse().expect("a byte rate"),
+            ),
+        },
+        client.wakeup.clone(),
+        now,
+    );
+    let connect = Connect {
+        keep_alive,
+        ..connect_v5(client_id)
+    };
+    client.send(Packet::Connect(Box::new(connect)), now);
+    assert!(matches!(client.take_first(), Some(Packet::ConnAck(_))));
+    client
+}
+
+fn acked(packets: &[Packet]) -> Vec<u16> {
+    packets
+        .iter()
+        .filter_map(|packet| match packet {
+            Packet::PubAck(ack) => Some(ack.packet_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn over_its_messages_rate_a_client_parks_publishes_until_its_bucket_refills() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut sub = Client::connect(&broker, "sub", t0);
+    sub.subscribe("t", QoS::AtLeastOnce, t0);
+    let mut publisher = connect_limited(&broker, "pub", "10/s", "infinity", 0, t0);
+    let mut answers = Vec::new();
+    for packet_id in 1..=11 {
+        answers.extend(publisher.publish("t", b"m", QoS::AtLeastOnce, packet_id, t0));
+    }
+    assert_eq!(
+        acked(&answers),
+        (1..=10).collect::<Vec<u16>>(),
+        "the 11th is parked: not routed, not acknowledged"
+    );
+    assert_eq!(sub.publishes(t0).len(), 10);
+    assert!(
+        publisher.channel.accepts_input(),
+        "one message fits the parking"
+    );
+
+    // The pause ends by time, not by a wake-up: it is the channel's deadline.
+    let resume = publisher.channel.next_deadline().expect("the pause's end");
+    assert!(resume > t0 && resume <= t0 + Duration::from_millis(101));
+    publisher.wake(resume - Duration::from_millis(1));
+    publisher.tick(resume - Duration::from_millis(1));
+    assert!(
+        acked(&publisher.receive()).is_empty(),
+        "not before its time"
+    );
+    publisher.tick(resume);
+    assert_eq!(acked(&publisher.receive()), vec![11]);
+    assert_eq!(sub.publishes(resume).len(), 1);
+    assert_eq!(broker.stats.rate_limited.load(Ordering::SeqCst), 2);
+
+    // A second later the bucket is full again: ten go through at once.
+    let later = t0 + secs(2);
+    publisher.tick(later);
+    assert_eq!(publisher.channel.next_deadline(), None, "no pause is left");
+    let mut answers = Vec::new();
+    for packet_id in 12..=21 {
+        answers.extend(publisher.publish("t", b"m", QoS::AtLeastOnce, packet_id, later));
+    }
+    assert_eq!(acked(&answers).len(), 10);
+}
+
+#[test]
+fn over_its_bytes_rate_large_publishes_wait_until_the_debt_is_paid() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut sub = Client::connect(&broker, "sub", t0);
+    sub.subscribe("t", QoS::AtLeastOnce, t0);
+    let mut publisher = connect_limited(&broker, "pub", "infinity", "10KB/s", 0, t0);
+    static FOUR_KIB: [u8; 4096] = [b'b'; 4096];
+    let mut answers = Vec::new();
+    for packet_id in 1..=5 {
+        answers.extend(publisher.publish("t", &FOUR_KIB, QoS::AtLeastOnce, packet_id, t0));
+    }
+    // 10 KiB pay for two and a half: the third goes through into debt, the rest waits.
+    assert_eq!(acked(&answers), vec![1, 2, 3]);
+    assert_eq!(sub.publishes(t0).len(), 3);
+    let resume = publisher.channel.next_deadline().expect("the pause's end");
+    // 3 x 4097 bytes less 10240 leave 2051 bytes owed, paid at 10240 a second.
+    let owed = Duration::from_secs_f64(2051.0 / 10240.0);
+    assert!(resume >= t0 + owed && resume <= t0 + owed + Duration::from_millis(1));
+    publisher.tick(resume);
+    assert_eq!(
+        acked(&publisher.receive()),
+        vec![4],
+        "one more goes into debt"
+    );
+    publisher.tick(t0 + secs(2));
+    assert_eq!(acked(&publisher.receive()), vec![5]);
+    assert_eq!(sub.publishes(t0 + secs(2)).len(), 2);
+}
+
+#[test]
+fn a_client_over_its_rate_stops_being_read_once_its_parking_is_full_and_keeps_its_keep_alive() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut sub = Client::connect(&broker, "sub", t0);
+    sub.subscribe("t", QoS::AtLeastOnce, t0);
+    let mut publisher = connect_limited(&broker, "pub", "infinity", "2KB/s", 10, t0);
+    static BIG: [u8; 64 * 1024] = [b'p'; 64 * 1024];
+    // Four 64 KiB messages arrive in one read: the first goes through, 62 KiB into debt
+    // (31 s at 2 KiB a second); the second fills the parking; the rest is not read.
+    let mut input = BytesMut::new();
+    for packet_id in 1..=4 {
+        encode(
+            &Packet::Publish(publish("t", &BIG, QoS::AtLeastOnce, packet_id)),
+            ProtocolVersion::V5,
+            &mut input,
+        )
+        .unwrap();
+    }
+    publisher
+        .channel
+        .handle_input(&mut input, &mut publisher.out, t0);
+    assert!(!publisher.channel.accepts_input());
+    assert!(input.len() > 2 * BIG.len(), "two stay unread");
+    let mut acknowledged = acked(&publisher.receive());
+    assert_eq!(acknowledged, vec![1]);
+
+    // What a driver does: at each deadline a timeout, then the buffered input once the
+    // channel takes it again. The client pings every 10 s, as its keep-alive (15 s for
+    // us) asks, but its pings queue behind what it sent before: the silence until they
+    // are read is the channel's, not the client's.
+    let mut now = t0;
+    let mut pinged = t0;
+    while acknowledged.len() < 4 {
+        now = publisher
+            .channel
+            .next_deadline()
+            .expect("a pause to wait out");
+        if now >= pinged + secs(10) {
+            encode(&Packet::PingReq, ProtocolVersion::V5, &mut input).unwrap();
+            pinged = now;
+        }
+        assert_eq!(publisher.tick(now), Flow::Continue, "at {:?}", now - t0);
+        if publisher.channel.accepts_input() {
+            publisher
+                .channel
+                .handle_input(&mut input, &mut publisher.out, now);
+        }
+        acknowledged.extend(acked(&publisher.receive()));
+        while !sub.publishes(now).is_empty() {}
+    }
+    assert_eq!(acknowledged, vec![1, 2, 3, 4], "in order");
+    // Each message past the first waits out the 32 s the one before it owes.
+    assert!(
+        now >= t0 + secs(95) && now < t0 + secs(97),
+        "{:?}",
+        now - t0
+    );
+}
+
+#[test]
+fn rate_limited_pauses_are_counted_under_sys() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut publisher = connect_limited(&broker, "pub", "2/s", "infinity", 0, t0);
+    for _ in 0..3 {
+        publisher.publish("t", b"m", QoS::AtMostOnce, 0, t0);
+    }
+    let mut watcher = Client::connect(&broker, "watcher", t0);
+    watcher.subscribe("$SYS/broker/clients/rate_limited", QoS::AtMostOnce, t0);
+    mqtt_core::sys::publish_sys(&broker, t0);
+    let figures = watcher.publishes(t0);
+    assert_eq!(figures.len(), 1);
+    assert_eq!(
+        &figures[0].payload[..],
+        b"1",
+        "one pause, however many waited"
     );
 }

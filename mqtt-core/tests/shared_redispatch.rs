@@ -45,6 +45,7 @@ fn member(broker: &Arc<Broker>, id: &str, mountpoint: Option<&str>, now: Instant
                 expiry_interval: 3600,
                 will: None,
                 control,
+                rates: mqtt_core::rate::PublishRates::UNLIMITED,
             },
             now,
         )

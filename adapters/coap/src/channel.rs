@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_kit::coap::{
-    CoapOption, EncodeError, Exchange, Inbound, MessageClass, MessageType, Packet, Request,
-    RequestType, ResponseType, TransmissionParams,
+    set_retry_after, CoapOption, EncodeError, Exchange, Inbound, MessageClass, MessageType, Packet,
+    Request, RequestType, ResponseType, TransmissionParams,
 };
 use adapter_kit::coap_block::{
-    szx_of, BlockOption, BlockwiseParams, Representation, Upload, Uploads, BLOCK1, BLOCK2, MAX_SZX,
+    szx_of, uint_option, BlockOption, BlockwiseParams, Representation, Upload, Uploads, BLOCK1,
+    BLOCK2, MAX_SZX,
 };
 use bytes::Bytes;
 use gateway_config::{CoapNotifyType, CoapQos};
@@ -23,6 +24,7 @@ use mqtt_core::client::{
 use mqtt_core::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use mqtt_core::message::Delivery;
 use mqtt_core::protocol::Flow;
+use mqtt_core::rate::PublishRates;
 use mqtt_core::session::{ConnControl, SessionKey, Wakeup};
 use mqtt_core::storage::{HeldReplies, Ticket};
 
@@ -67,6 +69,8 @@ pub struct Settings {
     pub separate_response: bool,
     /// Failed authentications one source may make before it is refused for a while.
     pub auth_failures: AuthFailureLimit,
+    /// What one client may publish: the listener's `messages_rate` and `bytes_rate`.
+    pub rates: PublishRates,
 }
 
 impl Settings {
@@ -80,16 +84,19 @@ impl Settings {
             config,
             listener_config.mountpoint_or(&config.mountpoint),
             listener_config.max_packet_size as usize,
+            PublishRates::new(listener_config.messages_rate, listener_config.bytes_rate),
         )
     }
 
     /// The settings of any listener: `mountpoint` is the listener's (or the gateway's),
-    /// `max_message_size` the largest message it accepts.
+    /// `max_message_size` the largest message it accepts, `rates` what each client may
+    /// publish.
     pub fn for_listener(
         listener: Arc<str>,
         config: &gateway_config::CoapConfig,
         mountpoint: &str,
         max_message_size: usize,
+        rates: PublishRates,
     ) -> Settings {
         Settings {
             listener,
@@ -120,6 +127,7 @@ impl Settings {
             }),
             separate_response: config.separate_response,
             auth_failures: AuthFailureLimit::from_config(config),
+            rates,
         }
     }
 }
@@ -189,9 +197,10 @@ enum Refusal {
     /// The store is full: a QoS 1/2 message cannot be taken now; retry after the time.
     #[error("store full")]
     Unavailable(Duration),
-    /// A receiver of the client's messages is behind; retry after the time. Counted by the
-    /// session layer, not logged: a fast publisher meets it many times a second.
-    #[error("a receiver is behind; retry later")]
+    /// A receiver of the client's messages is behind, or the client went over its publish
+    /// rates; retry after the time. Counted by the session layer, not logged: a fast
+    /// publisher meets it many times a second.
+    #[error("a receiver is behind or the publish rate is exceeded; retry later")]
     Congested(Duration),
     /// Flapping detection: the client id connected too often; retry after the time.
     #[error("client id banned for connecting too often")]
@@ -223,9 +232,7 @@ impl Refusal {
         | Refusal::Congested(after)
         | Refusal::Banned(after) = self
         {
-            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            let seconds = u32::try_from(seconds).unwrap_or(u32::MAX);
-            response.add_option(CoapOption::MaxAge, minimal_uint(seconds));
+            set_retry_after(&mut response, *after);
         }
         response
     }
@@ -754,6 +761,10 @@ impl CoapChannel {
     }
 
     pub fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if let Some(client) = &self.client {
+            // A rate pause that is over ends: the next publish is taken.
+            client.handle_timeout(now);
+        }
         for tag in self.link.handle_timeout(now, out) {
             match tag {
                 Sent::Ping => {
@@ -818,6 +829,7 @@ impl CoapChannel {
             forgotten,
             self.link.next_deadline(),
             self.block_transfer_until,
+            self.client.as_ref().and_then(ClientSession::paused_until),
         ]
         .into_iter()
         .flatten()
@@ -1123,6 +1135,7 @@ impl CoapChannel {
                     expiry_interval: 0,
                     will: None,
                     control: self.control.clone(),
+                    rates: self.settings.rates,
                 },
                 now,
             )
@@ -1337,9 +1350,10 @@ impl CoapChannel {
         let Some(client) = &self.client else {
             return Err(Refusal::Unauthorized("not connected"));
         };
-        if client.is_held_back() {
-            client.refuse_for_congestion();
-            return Err(Refusal::Congested(CONGESTION_RETRY));
+        if client.is_held_back(now) {
+            // Over its rates, the client waits out its pause; behind a receiver, a second.
+            let wait = client.refuse_for_congestion(now);
+            return Err(Refusal::Congested(wait.unwrap_or(CONGESTION_RETRY)));
         }
         let properties = PublishProperties {
             message_expiry_interval: expiry,
@@ -1504,7 +1518,7 @@ impl CoapChannel {
         };
         let mut packet = response(CONTENT, Vec::new());
         if let Some(format) = content_format {
-            packet.add_option(CoapOption::ContentFormat, minimal_uint(u32::from(*format)));
+            packet.add_option(CoapOption::ContentFormat, uint_option(u32::from(*format)));
         }
         let sent = representation
             .fill(&mut packet, requested, max_szx)
@@ -1603,7 +1617,7 @@ impl CoapChannel {
             packet.set_token(observation.token.clone());
             packet.set_observe_value(observation.sequence);
             if let Some(format) = content_format {
-                packet.add_option(CoapOption::ContentFormat, minimal_uint(u32::from(format)));
+                packet.add_option(CoapOption::ContentFormat, uint_option(u32::from(format)));
             }
             let payload = &delivery.message.payload;
             match &self.settings.blockwise {
@@ -1664,13 +1678,6 @@ fn response(code: ResponseType, payload: Vec<u8>) -> Packet {
     packet.header.set_type(MessageType::Acknowledgement);
     packet.payload = payload;
     packet
-}
-
-/// An option's unsigned integer in the fewest bytes (RFC 7252 3.2).
-fn minimal_uint(value: u32) -> Vec<u8> {
-    let bytes = value.to_be_bytes();
-    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    bytes.get(first..).unwrap_or_default().to_vec()
 }
 
 /// Compares connection tokens in constant time, so a guess learns nothing from the time

@@ -21,6 +21,7 @@ use adapter_kit::{
 use bytes::{Bytes, BytesMut};
 use gateway_config::{Config, ListenerKind};
 use mqtt_core::broker::Broker;
+use mqtt_core::rate::PublishRates;
 use mqtt_core::session::Wakeup;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -268,14 +269,23 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     // The layers' handshakes get the heartbeat interval, as a silent client would.
     let timeout = coap.heartbeat.get();
     // A stream listener's own mountpoint, or else the gateway's.
-    let protocol = |launch: &Launch, named: &NamedListener, mountpoint: &str, max_size: u32| {
+    let protocol = |launch: &Launch,
+                    named: &NamedListener,
+                    mountpoint: &str,
+                    max_size: u32,
+                    rates: PublishRates| {
         let mountpoint = if mountpoint.is_empty() {
             &coap.mountpoint
         } else {
             mountpoint
         };
-        let settings =
-            Settings::for_listener(named.name.clone(), coap, mountpoint, max_size as usize);
+        let settings = Settings::for_listener(
+            named.name.clone(),
+            coap,
+            mountpoint,
+            max_size as usize,
+            rates,
+        );
         CoapOverStream {
             broker: launch.broker().clone(),
             settings: Arc::new(settings),
@@ -287,7 +297,8 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         let layers = Layers::Tcp;
         let settings =
             LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
-        let coap = protocol(launch, &named, &l.mountpoint, l.max_message_size);
+        let rates = PublishRates::new(l.messages_rate, l.bytes_rate);
+        let coap = protocol(launch, &named, &l.mountpoint, l.max_message_size, rates);
         launch.serve_stream("CoAP", &named, l.bind_addr(), settings, coap)?;
     }
     for (name, l) in coap.listeners.ws.iter().filter(|(_, l)| l.enable) {
@@ -295,7 +306,8 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         let layers = Layers::Ws(Arc::new(l.websocket()));
         let settings =
             LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
-        let coap = protocol(launch, &named, &l.mountpoint, l.max_message_size);
+        let rates = PublishRates::new(l.messages_rate, l.bytes_rate);
+        let coap = protocol(launch, &named, &l.mountpoint, l.max_message_size, rates);
         launch.serve_stream("CoAP", &named, l.bind_addr(), settings, coap)?;
     }
     Ok(())

@@ -30,6 +30,7 @@ use mqtt_core::broker::Broker;
 use mqtt_core::codec::QoS;
 use mqtt_core::message::Message as Routed;
 use mqtt_core::protocol::Flow;
+use mqtt_core::rate::PublishRates;
 use mqtt_core::session::{SessionCell, SessionKey};
 use mqtt_core::storage::MapStore;
 use mqtt_core::testing::{self, broker, NoWakeup};
@@ -1478,6 +1479,46 @@ fn a_publish_while_a_receiver_is_behind_gets_5_03_with_max_age_until_it_catches_
     assert_eq!(broker.stats.refused_congestion.load(Ordering::SeqCst), 2);
     let answer = peer.post("/ps/busy/a?clientid=c1&qos=1", b"v", now);
     assert_eq!(code(&answer), response_code(ResponseType::Changed));
+}
+
+#[test]
+fn a_publish_over_the_messages_rate_gets_5_03_with_the_seconds_left_as_max_age() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let watcher = mqtt_subscriber(&broker, "rated/#", t0);
+    // Three messages per 10 s: a pause of 3.3 s once they are spent.
+    let mut peer = Peer::new(
+        &broker,
+        Settings {
+            rates: PublishRates::new("3/10s".parse().unwrap(), "infinity".parse().unwrap()),
+            ..settings()
+        },
+        t0,
+    );
+    for _ in 0..3 {
+        let answer = peer.post("/ps/rated/a?clientid=c1&qos=1", b"v", t0);
+        assert_eq!(code(&answer), response_code(ResponseType::Changed));
+    }
+    let answer = peer.post("/ps/rated/a?clientid=c1&qos=1", b"v", t0);
+    assert_eq!(
+        code(&answer),
+        response_code(ResponseType::ServiceUnavailable)
+    );
+    assert_eq!(uint(&answer, CoapOption::MaxAge), 4, "3.3 s, rounded up");
+    let second = t0 + Duration::from_secs(2);
+    let answer = peer.post("/ps/rated/a?clientid=c1&qos=1", b"v", second);
+    assert_eq!(uint(&answer, CoapOption::MaxAge), 2, "1.3 s left");
+    assert_eq!(drain(&watcher, second).len(), 3);
+
+    // The pause ends by time: it is the channel's deadline.
+    let resume = peer.channel.next_deadline().expect("a deadline");
+    assert!(resume > t0 + Duration::from_secs(3) && resume <= t0 + Duration::from_millis(3334));
+    peer.tick(resume);
+    assert!(peer.channel.next_deadline() > Some(resume));
+    let answer = peer.post("/ps/rated/a?clientid=c1&qos=1", b"v", resume);
+    assert_eq!(code(&answer), response_code(ResponseType::Changed));
+    assert_eq!(drain(&watcher, resume).len(), 1);
+    assert_eq!(broker.stats.refused_congestion.load(Ordering::SeqCst), 2);
 }
 
 // ---- Block1 uploads are admitted at their first block ------------------------------------

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 pub use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
+use crate::coap_block::uint_option;
+
 /// The CoAP version this layer speaks; other versions are ignored silently (RFC 7252 3).
 const VERSION: u8 = 1;
 /// The largest token (RFC 7252 3).
@@ -661,6 +663,15 @@ pub fn check_request(
         return Err((packet, ResponseType::BadOption));
     }
     Ok(Request { packet, method })
+}
+
+/// Tells a client refused for now when to try again (RFC 7252 5.9.3.4): Max-Age in whole
+/// seconds, rounded up, so that it does not come back before the time; without it, Max-Age
+/// would mean 60 s.
+pub fn set_retry_after(response: &mut Packet, after: Duration) {
+    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    let seconds = u32::try_from(seconds).unwrap_or(u32::MAX);
+    response.add_option(CoapOption::MaxAge, uint_option(seconds));
 }
 
 /// Decodes a message whose header its transport framed (RFC 8323: a length instead of the

@@ -12,7 +12,6 @@ mod layered;
 pub mod layers;
 pub mod proxy;
 pub mod quic;
-mod rate;
 mod seeds;
 mod stream;
 pub mod tls;
@@ -27,7 +26,6 @@ pub use launch::{
 };
 pub use layered::{LayeredTransport, PlainStream, SocketStream};
 pub use mqtt_core::protocol::Flow;
-pub use rate::TokenBucket;
 pub use seeds::Seeds;
 pub use stream::{
     drive_stream, serve_stream_listener, Acceptor, ConnWakeup, DriveStream, ListenerLimits,

@@ -29,6 +29,7 @@ use bytes::{Buf, BytesMut};
 use gateway_config::Rate;
 use mqtt_core::broker::{Broker, Stats};
 use mqtt_core::protocol::Flow;
+use mqtt_core::rate::TokenBucket;
 use mqtt_core::session::Wakeup;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
@@ -36,8 +37,6 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-
-use crate::rate::TokenBucket;
 
 /// The sans-io side of a connection, as the driver sees it.
 pub trait StreamChannel: Send {
@@ -53,9 +52,11 @@ pub trait StreamChannel: Send {
     /// `earliest`, before `latest`.
     fn note_arrival(&mut self, _earliest: u64, _latest: u64) {}
     /// False while the channel holds input it cannot take yet (its client is held back by
-    /// a receiver that is behind): the driver reads nothing more, and once a wake-up makes
-    /// it true again, hands the channel what is still buffered before it reads.
-    fn accepts_input(&self) -> bool {
+    /// a receiver that is behind, or paused for going over its publish rates until a time
+    /// `next_deadline` names): the driver reads nothing more, and once a wake-up or a
+    /// timeout makes it true again, hands the channel what is still buffered before it
+    /// reads.
+    fn accepts_input(&self, _now: Instant) -> bool {
         true
     }
     fn shutdown(&mut self, out: &mut BytesMut) -> Flow;
@@ -468,7 +469,7 @@ fn run<T: Transport, C: StreamChannel>(
             }
         }
 
-        if *this.stalled && this.channel.accepts_input() {
+        if *this.stalled && this.channel.accepts_input(Instant::now()) {
             // Let go: what the channel left in the buffer may be all the peer sent.
             *this.stalled = false;
             progress = true;
@@ -479,7 +480,7 @@ fn run<T: Transport, C: StreamChannel>(
             {
                 return Poll::Ready(Flow::Close);
             }
-            *this.stalled = !this.channel.accepts_input();
+            *this.stalled = !this.channel.accepts_input(Instant::now());
         }
         if this.out.len() < OUTPUT_READ_PAUSE && !*this.stalled {
             LAST_EMPTY_READ.set(0);
@@ -504,7 +505,7 @@ fn run<T: Transport, C: StreamChannel>(
                     {
                         return Poll::Ready(Flow::Close);
                     }
-                    *this.stalled = !this.channel.accepts_input();
+                    *this.stalled = !this.channel.accepts_input(Instant::now());
                 }
                 // A layer under the protocol (TLS, WebSocket) refused what the peer sent.
                 Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::InvalidData => {

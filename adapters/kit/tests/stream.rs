@@ -1,7 +1,8 @@
 //! The stream driver's close: after the channel asks for it, our side is shut down and the
 //! peer's input drained, so the peer reads the last bytes and then the end instead of a
 //! reset. On a scripted transport (what the driver does, in order, on a paused clock) and
-//! over real TCP and TLS sockets on 127.0.0.1.
+//! over real TCP and TLS sockets on 127.0.0.1. And a channel that takes no input for a
+//! while (a client over its publish rates) is handed what waits when its time comes.
 
 #![allow(
     clippy::expect_used,
@@ -492,4 +493,88 @@ async fn over_tls_the_peer_reads_the_last_bytes_then_close_notify() {
         .expect("the driver ends once the peer closes")
         .unwrap();
     assert_eq!(seen.closed.load(Ordering::Relaxed), 1);
+}
+
+/// How long [`Paced`] takes no input after each item.
+const PAUSE: Duration = Duration::from_millis(50);
+
+/// Takes one `;`-ended item per call, then no input until `PAUSE` has passed: a channel
+/// paused by time, as one whose client went over its publish rates is, which no wake-up
+/// lets go.
+struct Paced {
+    seen: Arc<Mutex<Vec<(String, Instant)>>>,
+    paused_until: Option<Instant>,
+}
+
+impl StreamChannel for Paced {
+    fn handle_input(&mut self, input: &mut BytesMut, _out: &mut BytesMut, now: Instant) -> Flow {
+        if let Some(end) = input.iter().position(|b| *b == b';') {
+            let item = input.split_to(end + 1);
+            let item = String::from_utf8_lossy(&item[..end]).into_owned();
+            self.seen.lock().push((item, now));
+            self.paused_until = Some(now + PAUSE);
+        }
+        Flow::Continue
+    }
+    fn handle_wakeup(&mut self, _out: &mut BytesMut, _now: Instant) -> Flow {
+        Flow::Continue
+    }
+    fn handle_timeout(&mut self, _out: &mut BytesMut, now: Instant) -> Flow {
+        if self.paused_until.is_some_and(|until| now >= until) {
+            self.paused_until = None;
+        }
+        Flow::Continue
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        self.paused_until
+    }
+    fn wants_drain(&self) -> bool {
+        false
+    }
+    fn accepts_input(&self, now: Instant) -> bool {
+        self.paused_until.is_none_or(|until| now >= until)
+    }
+    fn shutdown(&mut self, _out: &mut BytesMut) -> Flow {
+        Flow::Close
+    }
+    fn handle_closed(&mut self, _now: Instant) {}
+}
+
+// On the real clock: the channel is handed `std::time::Instant`s, which a paused tokio
+// clock does not move.
+#[tokio::test]
+async fn input_a_paused_channel_left_buffered_is_handed_to_it_when_its_pause_ends() {
+    let broker = broker();
+    // Three items in one read, then the peer closes: only the pauses' ends, no wake-up
+    // and no more input, can make the driver hand the channel the other two.
+    let (transport, log) = script(&["a;b;c;"], Then::Eof);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let channel = Paced {
+        seen: seen.clone(),
+        paused_until: None,
+    };
+    let started = Instant::now();
+    let drive = drive_stream(
+        transport,
+        channel,
+        Arc::new(ConnWakeup::default()),
+        broker.clone(),
+    );
+    tokio::time::timeout(TIMEOUT, drive)
+        .await
+        .expect("the driver ends with the peer's close");
+    let seen = seen.lock().clone();
+    let items: Vec<&str> = seen.iter().map(|(item, _)| item.as_str()).collect();
+    assert_eq!(items, ["a", "b", "c"]);
+    for pair in seen.windows(2) {
+        assert!(
+            pair[1].1 >= pair[0].1 + PAUSE,
+            "{} came {:?} after {}",
+            pair[1].0,
+            pair[1].1 - pair[0].1,
+            pair[0].0
+        );
+    }
+    assert!(seen[0].1 < started + PAUSE, "the first at once");
+    assert_eq!(log.events(), [Event::Read("a;b;c;")]);
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_kit::coap::{
-    CoapOption, Exchange, Inbound, MessageClass, MessageType, Packet, Request, RequestType,
-    ResponseType, TransmissionParams,
+    set_retry_after, CoapOption, Exchange, Inbound, MessageClass, MessageType, Packet, Request,
+    RequestType, ResponseType, TransmissionParams,
 };
 use bytes::Bytes;
 use gateway_config::{AutoObserve, Lwm2mConfig, UpdatePublishCondition};
@@ -21,6 +21,7 @@ use mqtt_core::client::{
 };
 use mqtt_core::codec::{PublishProperties, QoS, SubscriptionOptions};
 use mqtt_core::protocol::Flow;
+use mqtt_core::rate::PublishRates;
 use mqtt_core::session::{ConnControl, Wakeup};
 use mqtt_core::storage::{HeldReplies, Ticket};
 use serde_json::{json, Map, Value as Json};
@@ -74,6 +75,8 @@ pub struct Settings {
     pub max_queued_commands: usize,
     pub transmission: TransmissionParams,
     pub objects: Arc<ObjectRegistry>,
+    /// What one device may publish: the listener's `messages_rate` and `bytes_rate`.
+    pub rates: PublishRates,
 }
 
 fn qos(level: u8) -> QoS {
@@ -138,6 +141,7 @@ impl Settings {
                 ..TransmissionParams::rfc7252(UNDERSTOOD_CRITICAL)
             },
             objects,
+            rates: PublishRates::new(listener_config.messages_rate, listener_config.bytes_rate),
         }
     }
 }
@@ -183,8 +187,9 @@ struct InFlight {
     separate_deadline: Option<Instant>,
 }
 
-/// Seconds a device told 5.03 because a receiver of its events is behind waits.
-const CONGESTION_RETRY_SECONDS: u8 = 1;
+/// How long a device told 5.03 because a receiver of its events is behind waits: a
+/// receiver that keeps reading catches up in well under a second.
+const CONGESTION_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a registration interface request is refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -204,9 +209,11 @@ enum Refusal {
     /// The store is full: an event the operator asked to keep (QoS 1/2) cannot be.
     #[error("store full")]
     StoreFull,
-    /// A receiver of the device's events is behind: retry after Max-Age.
-    #[error("a receiver is behind; retry later")]
-    Congested,
+    /// A receiver of the device's events is behind, or the device went over its publish
+    /// rates: retry after the time (Max-Age). Counted by the session layer, not logged: a
+    /// device may meet it many times a second.
+    #[error("a receiver is behind or the publish rate is exceeded; retry later")]
+    Congested(Duration),
     /// Flapping detection: the endpoint registered too often (RFC 8516 4.29).
     #[error("endpoint banned for registering too often")]
     Banned,
@@ -220,7 +227,7 @@ impl Refusal {
             Refusal::Forbidden(_) => ResponseType::Forbidden,
             Refusal::NotFound => ResponseType::NotFound,
             Refusal::MethodNotAllowed => ResponseType::MethodNotAllowed,
-            Refusal::StoreFull | Refusal::Congested => ResponseType::ServiceUnavailable,
+            Refusal::StoreFull | Refusal::Congested(_) => ResponseType::ServiceUnavailable,
             Refusal::Banned => ResponseType::TooManyRequests,
         }
     }
@@ -481,6 +488,10 @@ impl Lwm2mChannel {
     }
 
     pub fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if let Some(session) = &self.session {
+            // A rate pause that is over ends: the device's next event is taken.
+            session.handle_timeout(now);
+        }
         for Sent::Command(sequence) in self.exchange.handle_timeout(now, out) {
             tracing::info!("device did not acknowledge a request");
             self.command_failed(sequence, "coap_timeout", now);
@@ -510,10 +521,16 @@ impl Lwm2mChannel {
             .in_flight
             .as_ref()
             .and_then(|in_flight| in_flight.separate_deadline);
-        [self.exchange.next_deadline(), self.expiry(), separate]
-            .into_iter()
-            .flatten()
-            .min()
+        let paused = self.session.as_ref().and_then(ClientSession::paused_until);
+        [
+            self.exchange.next_deadline(),
+            self.expiry(),
+            separate,
+            paused,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// When the registration ends unless the device speaks: its lifetime plus the grace
@@ -619,11 +636,11 @@ impl Lwm2mChannel {
                 answer
             }
             Err(refusal) => {
-                tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
                 let mut response = reply(refusal.code(), refusal.to_string().into_bytes());
-                if matches!(refusal, Refusal::Congested) {
-                    // RFC 7252 5.9.3.4: retry after Max-Age, which would be 60 s unsaid.
-                    response.add_option(CoapOption::MaxAge, vec![CONGESTION_RETRY_SECONDS]);
+                if let Refusal::Congested(after) = refusal {
+                    set_retry_after(&mut response, after);
+                } else {
+                    tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
                 }
                 (response, None)
             }
@@ -703,7 +720,7 @@ impl Lwm2mChannel {
         self.refused_events = 0;
         let permit = match self
             .subscribe_commands(now)
-            .and_then(|()| self.permit_event(&self.settings.register))
+            .and_then(|()| self.permit_event(&self.settings.register, now))
         {
             Ok(permit) => permit,
             Err(refusal) => {
@@ -768,7 +785,7 @@ impl Lwm2mChannel {
         }
         // Refused, the update changes nothing.
         let permit = if self.settings.publish_update_always || object_list.is_some() {
-            Some(self.permit_event(&self.settings.update)?)
+            Some(self.permit_event(&self.settings.update, now)?)
         } else {
             None
         };
@@ -824,7 +841,7 @@ impl Lwm2mChannel {
         if self.registration.is_none() {
             return Err(Refusal::NotFound);
         }
-        let permit = self.permit_event(&self.settings.notify)?;
+        let permit = self.permit_event(&self.settings.notify, now)?;
         let root = Path::default();
         let content = match command::content_format(packet).and_then(|format| {
             lwm2m::decode(format, &root, &packet.payload, &*self.settings.objects)
@@ -884,6 +901,7 @@ impl Lwm2mChannel {
                     expiry_interval: 0,
                     will: None,
                     control: control.clone(),
+                    rates: self.settings.rates,
                 },
                 now,
             )
@@ -1275,13 +1293,14 @@ impl Lwm2mChannel {
 
     /// Checks an event a request of the device causes (register, update, Send): refused,
     /// so is the request.
-    fn permit_event(&self, topic: &Topic) -> Result<PublishPermit, Refusal> {
+    fn permit_event(&self, topic: &Topic, now: Instant) -> Result<PublishPermit, Refusal> {
         let Some(session) = &self.session else {
             return Err(Refusal::NotFound);
         };
-        if session.is_held_back() {
-            session.refuse_for_congestion();
-            return Err(Refusal::Congested);
+        if session.is_held_back(now) {
+            // Over its rates, the device waits out its pause; behind a receiver, a second.
+            let wait = session.refuse_for_congestion(now);
+            return Err(Refusal::Congested(wait.unwrap_or(CONGESTION_RETRY)));
         }
         session
             .permit(&topic.topic, topic.qos, false)

@@ -15,7 +15,7 @@ mod common;
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use adapter_kit::coap::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use adapter_lwm2m::{Lwm2mChannel, Settings};
@@ -26,6 +26,7 @@ use mqtt_core::broker::Broker;
 use mqtt_core::client::ClientSession;
 use mqtt_core::codec::QoS;
 use mqtt_core::protocol::Flow;
+use mqtt_core::rate::PublishRates;
 use mqtt_core::storage::MapStore;
 use mqtt_core::testing::{self, CountingWakeup};
 
@@ -490,4 +491,49 @@ fn the_answer_to_a_register_waits_until_its_event_is_durable() {
     assert_eq!(out.len(), 1);
     assert_eq!(response_code(&out[0]), ResponseType::Created);
     assert_eq!(received(&watcher, now), Vec::<String>::new());
+}
+
+#[test]
+fn an_update_over_the_messages_rate_gets_5_03_with_the_seconds_left_as_max_age() {
+    let t0 = Instant::now();
+    let broker = testing::broker(t0);
+    let watcher = watch(&broker, "lwm2m/#", 0, t0);
+    let mut settings = settings();
+    // One event per 10 s: the register event spends it.
+    settings.rates = PublishRates::new("1/10s".parse().unwrap(), "infinity".parse().unwrap());
+    let mut device = Device::new(&broker, settings, t0);
+    assert_eq!(
+        device.register(&["ep=rated", "lwm2m=1.1"], t0),
+        ResponseType::Created
+    );
+    assert_eq!(received(&watcher, t0).len(), 1);
+
+    let later = t0 + Duration::from_millis(3500);
+    let update = |device: &mut Device, now: Instant| {
+        let (_, out) = device.request(RequestType::Post, &["rd", "rated"], &["lt=600"], &[], now);
+        out.into_iter().next().expect("an answer")
+    };
+    let answer = update(&mut device, later);
+    assert_eq!(response_code(&answer), ResponseType::ServiceUnavailable);
+    let max_age = answer
+        .get_first_option(CoapOption::MaxAge)
+        .map(|raw| raw.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)));
+    assert_eq!(max_age, Some(7), "6.5 s left, rounded up");
+    assert_ne!(
+        device.channel.registration().unwrap().lifetime.as_secs(),
+        600,
+        "a refused update changes nothing"
+    );
+
+    // The pause ends by time: it is the channel's deadline.
+    let resume = device.channel.next_deadline().expect("a deadline");
+    assert!(resume >= t0 + Duration::from_secs(10));
+    assert!(resume <= t0 + Duration::from_millis(10_001));
+    device.channel.handle_timeout(&mut Vec::new(), resume);
+    assert!(device.channel.next_deadline() > Some(resume));
+    assert_eq!(
+        response_code(&update(&mut device, resume)),
+        ResponseType::Changed
+    );
+    assert_eq!(received(&watcher, resume), ["lwm2m/rated/up/update"]);
 }

@@ -15,6 +15,7 @@ use mqtt_core::client::{
 use mqtt_core::codec::{QoS, ReasonCode, SubscriptionOptions};
 use mqtt_core::message::Delivery;
 use mqtt_core::protocol::Flow;
+use mqtt_core::rate::PublishRates;
 use mqtt_core::session::{ConnControl, Outgoing, OutgoingState, Wakeup, Will};
 use mqtt_core::storage::{HeldReplies, Ticket};
 
@@ -52,6 +53,8 @@ pub struct Settings {
     pub max_registered_topics: usize,
     pub predefined: Predefined,
     pub subs_resume: bool,
+    /// What one client may publish: the listener's `messages_rate` and `bytes_rate`.
+    pub rates: PublishRates,
 }
 
 impl Settings {
@@ -78,6 +81,7 @@ impl Settings {
                     .map(|topic| (topic.id, topic.topic.clone())),
             ),
             subs_resume: config.subs_resume,
+            rates: PublishRates::new(listener_config.messages_rate, listener_config.bytes_rate),
         }
     }
 }
@@ -286,6 +290,10 @@ impl MqttSnChannel {
     }
 
     pub fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if let Some(client) = &self.client {
+            // A rate pause that is over ends: the next PUBLISH is taken.
+            client.handle_timeout(now);
+        }
         match &self.phase {
             Phase::Idle | Phase::AwaitWillTopic(_) | Phase::AwaitWillMsg(..)
                 if now >= self.last_received + self.settings.idle_timeout =>
@@ -334,10 +342,8 @@ impl MqttSnChannel {
             Phase::Closed => return None,
         };
         let retry = self.in_flight.as_ref().map(|in_flight| in_flight.retry_at);
-        match (phase, retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let paused = self.client.as_ref().and_then(ClientSession::paused_until);
+        [phase, retry, paused].into_iter().flatten().min()
     }
 
     pub fn shutdown(&mut self, out: &mut Vec<Bytes>) -> Flow {
@@ -666,6 +672,7 @@ impl MqttSnChannel {
                 expiry_interval,
                 will,
                 control: self.control.clone(),
+                rates: self.settings.rates,
             },
             now,
         );
@@ -1009,14 +1016,15 @@ impl MqttSnChannel {
         };
         // QoS -1 from a connected client counts as QoS 0.
         let qos = to_core_qos(flags.qos);
-        // A receiver this client publishes to is behind: the client is told to try again
-        // later (spec 5.3.10), except for a QoS 2 message it already gave us, which is
-        // acknowledged again below.
-        if client.is_held_back()
+        // A receiver this client publishes to is behind, or the client went over its
+        // publish rates: it is told to try again later (spec 5.3.10), except for a QoS 2
+        // message it already gave us, which is acknowledged again below.
+        if client.is_held_back(now)
             && !(qos == QoS::ExactlyOnce
                 && client.session().state.lock().is_awaiting_release(msg_id))
         {
-            client.refuse_for_congestion();
+            // CONGESTION carries no time: the client retries after its T_RETRY.
+            let _ = client.refuse_for_congestion(now);
             self.acknowledge(puback(ReturnCode::CONGESTION), None, out);
             return Flow::Continue;
         }
@@ -1133,6 +1141,9 @@ impl MqttSnChannel {
                         expiry_interval: 0,
                         will: None,
                         control: self.control.clone(),
+                        // A session that ends with its datagram has no rate to keep:
+                        // nothing would count across QoS -1 messages.
+                        rates: PublishRates::UNLIMITED,
                     },
                     now,
                 )
@@ -1144,9 +1155,9 @@ impl MqttSnChannel {
                 return;
             }
         };
-        if client.is_held_back() {
+        if client.is_held_back(now) {
             // Nobody can be told to try again: dropped, and counted.
-            client.refuse_for_congestion();
+            let _ = client.refuse_for_congestion(now);
         } else if let Err(refused) = client.publish(
             &topic,
             QoS::AtMostOnce,

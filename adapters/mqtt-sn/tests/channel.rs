@@ -24,6 +24,7 @@ use mqtt_core::broker::Broker;
 use mqtt_core::client::ClientSession;
 use mqtt_core::codec::QoS;
 use mqtt_core::protocol::Flow;
+use mqtt_core::rate::PublishRates;
 use mqtt_core::session::SessionKey;
 use mqtt_core::storage::{MapStore, Store as _};
 use mqtt_core::testing::{self, broker, recovered_broker, CountingWakeup};
@@ -42,6 +43,7 @@ fn settings() -> Arc<Settings> {
         max_registered_topics: 100,
         predefined: Predefined::new([(1, "pre/one".to_owned())]),
         subs_resume: false,
+        rates: PublishRates::UNLIMITED,
     })
 }
 
@@ -1918,4 +1920,63 @@ fn a_wake_up_from_another_address_is_vouched_for_only_when_the_session_layer_acc
         "only a wake-up moves a sleeper"
     );
     assert!(sn.channel.is_asleep(), "vouching changes nothing");
+}
+
+#[test]
+fn a_publish_over_the_messages_rate_is_answered_congestion_until_the_pause_ends() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let obs = observer(&broker, "#", t0);
+    let settings = Arc::new(Settings {
+        rates: PublishRates::new("5/s".parse().unwrap(), "infinity".parse().unwrap()),
+        ..(*settings()).clone()
+    });
+    let mut sn = Sn::with_settings(&broker, settings, t0);
+    sn.send(connect_message("fast", true, false, 30), t0);
+    let id = register(&mut sn, "flood", 1, t0);
+    let answer = |sn: &mut Sn, msg_id: u16, now: Instant| match sn
+        .send(
+            publish(id, TopicIdType::Normal, Qos::One, msg_id, b"x"),
+            now,
+        )
+        .as_slice()
+    {
+        [Message::PubAck {
+            msg_id: answered,
+            return_code,
+            ..
+        }] if *answered == msg_id => *return_code,
+        other => panic!("{msg_id}: {other:?}"),
+    };
+    for msg_id in 1..=5 {
+        assert_eq!(answer(&mut sn, msg_id, t0), ReturnCode::ACCEPTED);
+    }
+    assert_eq!(answer(&mut sn, 6, t0), ReturnCode::CONGESTION);
+    assert_eq!(received(&obs, t0).len(), 5);
+
+    // The pause ends by time: it is the channel's deadline, and no wake-up is needed.
+    let resume = sn.channel.next_deadline().expect("the pause's end");
+    assert!(resume > t0 && resume <= t0 + Duration::from_millis(201));
+    assert_eq!(
+        answer(&mut sn, 6, resume - Duration::from_millis(1)),
+        ReturnCode::CONGESTION
+    );
+    sn.tick(resume);
+    assert!(
+        sn.channel.next_deadline() > Some(resume),
+        "an ended pause is no deadline any more"
+    );
+    assert_eq!(answer(&mut sn, 6, resume), ReturnCode::ACCEPTED);
+    assert_eq!(received(&obs, resume).len(), 1);
+    let stats = &broker.stats;
+    assert_eq!(
+        stats
+            .refused_congestion
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    assert_eq!(
+        stats.rate_limited.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
 }

@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use gateway_config::{Config, ListenerKind};
 use mqtt_core::broker::Broker;
 use mqtt_core::protocol::{CertificateIdentity, ConnectionInfo, MqttChannel};
+use mqtt_core::rate::PublishRates;
 use tokio::sync::watch;
 
 /// The MQTT channel as the kit's driver sees it.
@@ -35,7 +36,8 @@ impl StreamChannel for MqttStream {
     fn wants_drain(&self) -> bool {
         self.0.wants_drain()
     }
-    fn accepts_input(&self) -> bool {
+    fn accepts_input(&self, _now: Instant) -> bool {
+        // What the channel parked decides; a rate pause ends in `handle_timeout`.
         self.0.accepts_input()
     }
     fn note_arrival(&mut self, earliest: u64, latest: u64) {
@@ -57,14 +59,22 @@ struct Mqtt {
     handshake_timeout: Duration,
     /// Template with `${clientid}` and `${username}`; `""` for none.
     mountpoint: Arc<str>,
+    /// What each client may publish: the listener's `messages_rate` and `bytes_rate`.
+    rates: PublishRates,
 }
 
 impl Mqtt {
-    fn new(launch: &Launch, handshake_timeout: Duration, mountpoint: &str) -> Mqtt {
+    fn new(
+        launch: &Launch,
+        handshake_timeout: Duration,
+        mountpoint: &str,
+        rates: PublishRates,
+    ) -> Mqtt {
         Mqtt {
             broker: launch.broker().clone(),
             handshake_timeout,
             mountpoint: Arc::from(mountpoint),
+            rates,
         }
     }
 }
@@ -79,6 +89,7 @@ impl StreamProtocol for Mqtt {
             handshake_timeout: self.handshake_timeout,
             certificate_identity: arrival.certificate_identity,
             mountpoint: self.mountpoint.clone(),
+            rates: self.rates,
         };
         // The handshake deadline counts from accept, so TLS and the upgrade spend from it.
         MqttStream(MqttChannel::new(
@@ -105,7 +116,12 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
             Layers::Tcp,
         )
         .with_proxy_protocol(proxy(l.proxy_protocol, l.proxy_protocol_timeout));
-        let protocol = Mqtt::new(launch, timeout, &l.mountpoint);
+        let protocol = Mqtt::new(
+            launch,
+            timeout,
+            &l.mountpoint,
+            PublishRates::new(l.messages_rate, l.bytes_rate),
+        );
         launch.serve_stream("MQTT", &named, l.bind_addr(), settings, protocol)?;
     }
     for (name, l) in listeners.ssl.iter().filter(|(_, l)| l.enable) {
@@ -118,7 +134,12 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         let settings =
             LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers)
                 .with_proxy_protocol(proxy(l.proxy_protocol, l.proxy_protocol_timeout));
-        let protocol = Mqtt::new(launch, timeout, &l.mountpoint);
+        let protocol = Mqtt::new(
+            launch,
+            timeout,
+            &l.mountpoint,
+            PublishRates::new(l.messages_rate, l.bytes_rate),
+        );
         launch.serve_stream("MQTT", &named, l.bind_addr(), settings, protocol)?;
     }
     for (name, l) in listeners.ws.iter().filter(|(_, l)| l.enable) {
@@ -127,7 +148,12 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         let layers = Layers::Ws(Arc::new(l.websocket.clone()));
         let settings =
             LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
-        let protocol = Mqtt::new(launch, timeout, &l.mountpoint);
+        let protocol = Mqtt::new(
+            launch,
+            timeout,
+            &l.mountpoint,
+            PublishRates::new(l.messages_rate, l.bytes_rate),
+        );
         launch.serve_stream("MQTT", &named, l.bind_addr(), settings, protocol)?;
     }
     for (name, l) in listeners.wss.iter().filter(|(_, l)| l.enable) {
@@ -139,7 +165,12 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         let layers = Layers::Wss(acceptor, Arc::new(l.websocket.clone()));
         let settings =
             LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
-        let protocol = Mqtt::new(launch, timeout, &l.mountpoint);
+        let protocol = Mqtt::new(
+            launch,
+            timeout,
+            &l.mountpoint,
+            PublishRates::new(l.messages_rate, l.bytes_rate),
+        );
         launch.serve_stream("MQTT", &named, l.bind_addr(), settings, protocol)?;
     }
     for (name, l) in listeners.quic.iter().filter(|(_, l)| l.enable) {
@@ -166,7 +197,12 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
             max_connections: l.max_connections as usize,
             max_conn_rate: l.max_conn_rate,
         };
-        let protocol = Arc::new(Mqtt::new(launch, l.handshake_timeout.get(), &l.mountpoint));
+        let protocol = Arc::new(Mqtt::new(
+            launch,
+            l.handshake_timeout.get(),
+            &l.mountpoint,
+            PublishRates::new(l.messages_rate, l.bytes_rate),
+        ));
         let serve = serve_quic(
             listener,
             limits,

@@ -19,6 +19,7 @@ use mqtt_core::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use mqtt_core::message::{Delivery, Message as RoutedMessage};
 use mqtt_core::mountpoint::mounted_filter;
 use mqtt_core::protocol::Flow;
+use mqtt_core::rate::PublishRates;
 use mqtt_core::session::{ConnControl, Outgoing, OutgoingState, SessionState, Wakeup};
 use mqtt_core::storage::{HeldReplies, Ticket};
 use mqtt_core::topic::{parse_subscription, SubscriptionFilter};
@@ -78,14 +79,18 @@ pub struct Settings {
     pub max_transactions: usize,
     pub max_transaction_frames: usize,
     pub max_transaction_bytes: usize,
+    /// What one client may publish: the listener's `messages_rate` and `bytes_rate`.
+    pub rates: PublishRates,
 }
 
 impl Settings {
-    /// `listener_mountpoint` replaces the gateway's when it is not empty.
+    /// `listener_mountpoint` replaces the gateway's when it is not empty; `rates` are the
+    /// listener's.
     pub fn from_config(
         listener: Arc<str>,
         config: &gateway_config::StompConfig,
         listener_mountpoint: &str,
+        rates: PublishRates,
     ) -> Settings {
         let mountpoint = Arc::from(if listener_mountpoint.is_empty() {
             config.mountpoint.as_str()
@@ -110,6 +115,7 @@ impl Settings {
             max_transactions: config.max_transactions as usize,
             max_transaction_frames: config.max_transaction_frames as usize,
             max_transaction_bytes: config.max_transaction_bytes as usize,
+            rates,
         }
     }
 }
@@ -256,7 +262,7 @@ impl StompChannel {
 
     pub fn handle_input(&mut self, input: &mut BytesMut, out: &mut BytesMut, now: Instant) -> Flow {
         self.last_received = now;
-        while self.accepts_input() {
+        while self.accepts_input(now) {
             if self.phase == Phase::Closing {
                 input.clear();
                 return self.finish_closing(out, now);
@@ -306,9 +312,17 @@ impl StompChannel {
                 }
             }
             Phase::Connected => {
-                if !self.accepts_input() {
+                // Asked before the pause is ended below: a pause that ends now still kept
+                // the client unread until now.
+                let paused = self.client.as_ref().and_then(ClientSession::paused_until);
+                if paused.is_some() || !self.accepts_input(now) {
                     // Silence is ours while nothing is read: heart-beats may be waiting.
                     self.last_received = now;
+                }
+                if let Some(client) = &self.client {
+                    // A rate pause ends by time: the driver feeds what waits once this
+                    // says it accepts input again.
+                    client.handle_timeout(now);
                 }
                 if let Some(allowed) = self.heartbeat_in {
                     if now >= self.last_received + allowed {
@@ -351,6 +365,7 @@ impl StompChannel {
                     .values()
                     .map(|t| t.begun + self.settings.transaction_timeout)
                     .min(),
+                self.client.as_ref().and_then(ClientSession::paused_until),
             ]
             .into_iter()
             .flatten()
@@ -363,10 +378,14 @@ impl StompChannel {
         self.draining
     }
 
-    /// False while a receiver of this client's messages is behind: frames wait unread (in
-    /// the input and the socket) until the client is let go, a wake-up.
-    pub fn accepts_input(&self) -> bool {
-        !self.control.is_held_back()
+    /// False while a receiver of this client's messages is behind, or the client went
+    /// over its publish rates: frames wait unread (in the input and the socket) until the
+    /// client is let go, a wake-up, or its pause ends, a deadline.
+    pub fn accepts_input(&self, now: Instant) -> bool {
+        match &self.client {
+            Some(client) => !client.is_held_back(now),
+            None => !self.control.is_held_back(),
+        }
     }
 
     /// The listener is shutting down: the client is told why before the close.
@@ -699,6 +718,7 @@ impl StompChannel {
                     },
                     will: None,
                     control: self.control.clone(),
+                    rates: self.settings.rates,
                 },
                 now,
             )

@@ -14,6 +14,7 @@ use adapter_kit::{ConnWakeup, Flow, Launch, NamedListener, Seeds, StartError, St
 use bytes::BytesMut;
 use gateway_config::{Config, ListenerKind};
 use mqtt_core::broker::Broker;
+use mqtt_core::rate::PublishRates;
 
 pub use channel::{Settings, StompChannel, StompError, STOMP_NAMESPACE};
 
@@ -33,8 +34,8 @@ impl StreamChannel for StompChannel {
     fn wants_drain(&self) -> bool {
         StompChannel::wants_drain(self)
     }
-    fn accepts_input(&self) -> bool {
-        StompChannel::accepts_input(self)
+    fn accepts_input(&self, now: Instant) -> bool {
+        StompChannel::accepts_input(self, now)
     }
     fn shutdown(&mut self, out: &mut BytesMut) -> Flow {
         StompChannel::shutdown(self, out)
@@ -78,17 +79,24 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     }
     // The layers' handshakes spend from the time allowed for CONNECT.
     let timeout = stomp.idle_timeout.get();
-    let protocol = |launch: &Launch, named: &NamedListener, mountpoint: &str| Stomp {
-        broker: launch.broker().clone(),
-        settings: Arc::new(Settings::from_config(named.name.clone(), stomp, mountpoint)),
-        seeds: Seeds::default(),
-    };
+    let protocol =
+        |launch: &Launch, named: &NamedListener, mountpoint: &str, rates: PublishRates| Stomp {
+            broker: launch.broker().clone(),
+            settings: Arc::new(Settings::from_config(
+                named.name.clone(),
+                stomp,
+                mountpoint,
+                rates,
+            )),
+            seeds: Seeds::default(),
+        };
     for (name, l) in stomp.listeners.tcp.iter().filter(|(_, l)| l.enable) {
         let named = NamedListener::new(ListenerKind::StompTcp, name);
         let layers = Layers::Tcp;
         let settings =
             LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
-        let stomp = protocol(launch, &named, &l.mountpoint);
+        let rates = PublishRates::new(l.messages_rate, l.bytes_rate);
+        let stomp = protocol(launch, &named, &l.mountpoint, rates);
         launch.serve_stream("STOMP", &named, l.bind_addr(), settings, stomp)?;
     }
     for (name, l) in stomp.listeners.ws.iter().filter(|(_, l)| l.enable) {
@@ -96,7 +104,8 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         let layers = Layers::Ws(Arc::new(l.websocket()));
         let settings =
             LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
-        let stomp = protocol(launch, &named, &l.mountpoint);
+        let rates = PublishRates::new(l.messages_rate, l.bytes_rate);
+        let stomp = protocol(launch, &named, &l.mountpoint, rates);
         launch.serve_stream("STOMP", &named, l.bind_addr(), settings, stomp)?;
     }
     Ok(())

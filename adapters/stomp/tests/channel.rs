@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 use adapter_stomp::frame::{encode, Command, Decoder, Frame, FrameLimits, Version};
 use adapter_stomp::{Settings, StompChannel, STOMP_NAMESPACE};
 use bytes::{Bytes, BytesMut};
-use gateway_config::StompSharedRedelivery;
+use gateway_config::{ByteRate, Rate, StompSharedRedelivery};
 use mqtt_core::auth::{
     Action, Auth, AuthOutcome, Authenticator, Authorizer, ClientInfo, DenyReason,
 };
 use mqtt_core::broker::Broker;
 use mqtt_core::codec::QoS;
 use mqtt_core::protocol::Flow;
+use mqtt_core::rate::PublishRates;
 use mqtt_core::session::SessionKey;
 use mqtt_core::storage::MapStore;
 use mqtt_core::testing::{self, broker, recovered_broker, NoWakeup};
@@ -59,7 +60,12 @@ fn users_broker(now: Instant) -> Arc<Broker> {
 
 fn settings(edit: impl FnOnce(&mut Settings)) -> Arc<Settings> {
     let config = testing::default_config();
-    let mut settings = Settings::from_config(Arc::from("tcp:test"), &config.gateway.stomp, "");
+    let mut settings = Settings::from_config(
+        Arc::from("tcp:test"),
+        &config.gateway.stomp,
+        "",
+        PublishRates::UNLIMITED,
+    );
     edit(&mut settings);
     Arc::new(settings)
 }
@@ -116,6 +122,18 @@ impl Client {
         login: Option<&str>,
         now: Instant,
     ) -> (Client, Vec<Frame>) {
+        Client::try_connect_with(broker, settings, client_id, login, &[], now)
+    }
+
+    /// [`Client::try_connect`] with more CONNECT headers.
+    fn try_connect_with(
+        broker: &Arc<Broker>,
+        settings: &Arc<Settings>,
+        client_id: Option<&str>,
+        login: Option<&str>,
+        headers: &[(&str, &str)],
+        now: Instant,
+    ) -> (Client, Vec<Frame>) {
         let mut decoder = Decoder::new(FrameLimits {
             max_headers: 64,
             max_headers_length: 4096,
@@ -144,6 +162,9 @@ impl Client {
             connect = connect
                 .with_header("login", login)
                 .with_header("passcode", login);
+        }
+        for (name, value) in headers {
+            connect = connect.with_header(name, *value);
         }
         let answer = client.send(connect, now);
         (client, answer)
@@ -740,7 +761,7 @@ fn a_sender_feeding_a_receiver_behind_is_not_read_until_it_catches_up() {
     let mut sender = Client::connect(&broker, &settings, None, t0);
     for _ in 0..499 {
         sender.send(Client::frame(Command::Send, &[("destination", "t")]), t0);
-        assert!(sender.channel.accepts_input());
+        assert!(sender.channel.accepts_input(t0));
     }
     // The 500th makes the receiver behind (the default high water): what follows stays
     // unread in the input, as it would in the socket.
@@ -753,7 +774,7 @@ fn a_sender_feeding_a_receiver_behind_is_not_read_until_it_catches_up() {
         );
     }
     sender.channel.handle_input(&mut input, &mut sender.out, t0);
-    assert!(!sender.channel.accepts_input());
+    assert!(!sender.channel.accepts_input(t0));
     let unread = input.len();
     assert!(unread > 0);
 
@@ -767,11 +788,127 @@ fn a_sender_feeding_a_receiver_behind_is_not_read_until_it_catches_up() {
         received += got;
     }
     sender.wake(t0);
-    assert!(sender.channel.accepts_input());
+    assert!(sender.channel.accepts_input(t0));
     sender.channel.handle_input(&mut input, &mut sender.out, t0);
     assert!(input.is_empty());
     received += bodies(&slow.wake(t0)).len();
     assert_eq!(received, 502);
+}
+
+/// Settings whose clients may publish `messages` and `bytes` per period.
+fn rate_limited(messages: &str, bytes: &str) -> Arc<Settings> {
+    let messages: Rate = messages.parse().expect("a rate");
+    let bytes: ByteRate = bytes.parse().expect("a byte rate");
+    settings(|settings| settings.rates = PublishRates::new(messages, bytes))
+}
+
+/// `count` SENDs to `t` in one read, each with `body`.
+fn sends(count: usize, body: &[u8]) -> BytesMut {
+    let mut input = BytesMut::new();
+    for _ in 0..count {
+        let mut frame = Client::frame(Command::Send, &[("destination", "t")]);
+        frame.body = Bytes::copy_from_slice(body);
+        encode(&frame, Version::V1_2, &mut input);
+    }
+    input
+}
+
+#[test]
+fn a_sender_over_its_messages_rate_is_not_read_until_its_pause_ends() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let settings = rate_limited("10/s", "infinity");
+    let mut watcher = Client::connect(&broker, &settings, None, t0);
+    watcher.subscribe("t", "auto", t0);
+    let mut sender = Client::connect(&broker, &settings, None, t0);
+    let mut input = sends(12, b"m");
+    sender.channel.handle_input(&mut input, &mut sender.out, t0);
+    assert_eq!(bodies(&watcher.wake(t0)).len(), 10, "one period's worth");
+    assert!(!sender.channel.accepts_input(t0));
+    assert!(
+        !input.is_empty(),
+        "the rest stays unread, as it would in the socket"
+    );
+
+    // The pause ends by time: it is the channel's deadline, and once there, the driver
+    // hands it what is still buffered.
+    let resume = sender.channel.next_deadline().expect("the pause's end");
+    assert!(resume > t0 && resume <= t0 + Duration::from_millis(101));
+    assert!(!sender
+        .channel
+        .accepts_input(resume - Duration::from_millis(1)));
+    sender.tick(resume);
+    assert!(sender.channel.accepts_input(resume));
+    assert_ne!(
+        sender.channel.next_deadline(),
+        Some(resume),
+        "an ended pause is no deadline any more"
+    );
+    sender
+        .channel
+        .handle_input(&mut input, &mut sender.out, resume);
+    assert_eq!(
+        bodies(&watcher.wake(resume)).len(),
+        1,
+        "one token came back"
+    );
+    assert!(!sender.channel.accepts_input(resume));
+
+    let later = t0 + Duration::from_secs(1);
+    sender.tick(later);
+    sender
+        .channel
+        .handle_input(&mut input, &mut sender.out, later);
+    assert!(input.is_empty());
+    assert_eq!(bodies(&watcher.wake(later)).len(), 1);
+    assert!(!sender.closed);
+    assert_eq!(broker.stats.rate_limited.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn heart_beat_silence_is_not_held_against_a_sender_paused_for_its_bytes_rate() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let settings = rate_limited("infinity", "1KB/s");
+    let mut watcher = Client::connect(&broker, &settings, None, t0);
+    watcher.subscribe("t", "auto", t0);
+    // The client sends a heart-beat every second; two seconds of silence close it.
+    let (mut sender, answer) = Client::try_connect_with(
+        &broker,
+        &settings,
+        None,
+        None,
+        &[("heart-beat", "1000,0")],
+        t0,
+    );
+    assert_eq!(answer[0].command, Command::Connected);
+
+    // 5 KiB at once leave the sender 4 KiB in debt: four seconds unread.
+    let mut input = sends(2, &[b'x'; 5 * 1024]);
+    sender.channel.handle_input(&mut input, &mut sender.out, t0);
+    assert_eq!(bodies(&watcher.wake(t0)).len(), 1);
+    assert!(!input.is_empty());
+    let mut now = t0;
+    while let Some(deadline) = sender.channel.next_deadline() {
+        if sender.channel.accepts_input(deadline) {
+            now = deadline;
+            break;
+        }
+        now = deadline;
+        sender.tick(now);
+        assert!(!sender.closed, "silent while unread at {:?}", now - t0);
+    }
+    assert!(now >= t0 + Duration::from_secs(4), "{:?}", now - t0);
+    sender.tick(now);
+    assert!(
+        !sender.closed,
+        "the pause's end is no silence of the client's"
+    );
+    sender
+        .channel
+        .handle_input(&mut input, &mut sender.out, now);
+    assert!(input.is_empty());
+    assert_eq!(bodies(&watcher.wake(now)).len(), 1);
 }
 
 /// A SEND of `body` in transaction `tx`, with a receipt.

@@ -9,6 +9,7 @@ use adapter_kit::coap::{CoapOption, MessageClass, Packet, RequestType, Transmiss
 use gateway_config::{CoapNotifyType, CoapQos};
 use mqtt_core::broker::Broker;
 use mqtt_core::codec::QoS;
+use mqtt_core::rate::PublishRates;
 use mqtt_core::storage::MapStore;
 use mqtt_core::testing::{self, NoWakeup};
 
@@ -35,6 +36,7 @@ pub fn settings() -> Settings {
             window: Duration::from_secs(60),
             lockout: Duration::from_secs(60),
         },
+        rates: PublishRates::UNLIMITED,
     }
 }
 

@@ -123,6 +123,33 @@ pub fn sample_payloads() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Receives until `expected` distinct messages are in or `deadline` passes, each known by
+/// the last level of its topic (its publisher, in tests that give each one a topic) and
+/// the index `publish_many` wrote in its payload. Fails the test on a message seen twice.
+pub fn collect_distinct(
+    expected: usize,
+    deadline: std::time::Instant,
+    mut recv: impl FnMut(std::time::Duration) -> Option<Msg>,
+) -> std::collections::BTreeSet<(String, String)> {
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < expected {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Some(msg) = recv(left) else {
+            break;
+        };
+        let publisher = msg.topic.rsplit('/').next().unwrap_or_default().to_owned();
+        let index = String::from_utf8_lossy(&msg.payload)
+            .trim_end_matches('.')
+            .to_owned();
+        assert!(
+            seen.insert((publisher, index)),
+            "a message arrived twice: {}",
+            msg.topic
+        );
+    }
+    seen
+}
+
 /// Publishes a QoS 2 barrier message and returns what a subscriber received before it, so a
 /// test can assert that nothing (or exactly this) arrived without waiting on a fixed sleep.
 pub fn collect_until_barrier(

@@ -2,12 +2,13 @@
 //! subscriber slower than all of them together are slowed to its pace, and it gets every
 //! message. A broker that takes in what it cannot deliver drops the difference instead.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use interop_tests::mosquitto::MosquittoSub;
 use interop_tests::raw::{self, ConnectOpts, RawClient, Received};
-use interop_tests::{unique_client_id, unique_topic, Broker, Lib, ScriptClient, Version};
+use interop_tests::{
+    collect_distinct, unique_client_id, unique_topic, Broker, Lib, ScriptClient, Version,
+};
 
 const PUBLISHERS: usize = 6;
 
@@ -37,23 +38,9 @@ fn fan_in_loses_nothing(qos: u8, per_publisher: usize) {
     }
 
     let expected = PUBLISHERS * per_publisher;
-    let mut seen = BTreeSet::new();
-    let deadline = started + Duration::from_secs(120);
-    while seen.len() < expected {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(msg) = sub.try_recv(left) else {
-            break;
-        };
-        let publisher = msg.topic.rsplit('/').next().unwrap_or_default().to_owned();
-        let index = String::from_utf8_lossy(&msg.payload)
-            .trim_end_matches('.')
-            .to_owned();
-        assert!(
-            seen.insert((publisher, index)),
-            "QoS {qos}: a message arrived twice: {}",
-            msg.topic
-        );
-    }
+    let seen = collect_distinct(expected, started + Duration::from_secs(120), |left| {
+        sub.try_recv(left)
+    });
     let elapsed = started.elapsed();
     for publisher in &mut publishers {
         publisher.finish_publish_many();

@@ -2,11 +2,12 @@
 //! is not read for a while and loses nothing, while a client within its rate on the same
 //! listener is not slowed.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use interop_tests::mosquitto::MosquittoSub;
-use interop_tests::{unique_client_id, unique_topic, Broker, Lib, ScriptClient, Setting, Version};
+use interop_tests::{
+    collect_distinct, unique_client_id, unique_topic, Broker, Lib, ScriptClient, Setting, Version,
+};
 
 const BURST: usize = 500;
 const CALM: usize = 50;
@@ -49,23 +50,11 @@ fn a_qos1_burst_over_messages_rate_takes_the_rates_time_and_loses_nothing_while_
     burst.finish_publish_many();
     let burst_took = started.elapsed();
 
-    let mut seen = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.len() < BURST + CALM {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(msg) = sub.try_recv(left) else {
-            break;
-        };
-        let publisher = msg.topic.rsplit('/').next().unwrap_or_default().to_owned();
-        let index = String::from_utf8_lossy(&msg.payload)
-            .trim_end_matches('.')
-            .to_owned();
-        assert!(
-            seen.insert((publisher, index)),
-            "a message arrived twice: {}",
-            msg.topic
-        );
-    }
+    let seen = collect_distinct(
+        BURST + CALM,
+        Instant::now() + Duration::from_secs(30),
+        |left| sub.try_recv(left),
+    );
     assert_eq!(
         seen.len(),
         BURST + CALM,

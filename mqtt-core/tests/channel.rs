@@ -1362,6 +1362,20 @@ fn a_receiver_behind_holds_its_publisher_back_until_it_is_down_to_low_water() {
     assert_eq!(broker.stats.dropped_qos0.load(Ordering::SeqCst), 0);
 }
 
+/// QoS 1 PUBLISHes of `payload` to `topic` with `packet_ids`, as one read brings them.
+fn qos1_publishes_in_one_read(
+    topic: &str,
+    payload: &'static [u8],
+    packet_ids: std::ops::RangeInclusive<u16>,
+) -> BytesMut {
+    let mut input = BytesMut::new();
+    for packet_id in packet_ids {
+        let packet = Packet::Publish(publish(topic, payload, QoS::AtLeastOnce, packet_id));
+        encode(&packet, ProtocolVersion::V5, &mut input).unwrap();
+    }
+    input
+}
+
 fn count_publishes(out: &mut BytesMut, decoder: &mut Decoder) -> usize {
     let mut count = 0;
     while let Some(packet) = decoder.decode(out).expect("server output decodes") {
@@ -1386,15 +1400,7 @@ fn a_held_back_publisher_stops_taking_input_once_its_parking_is_full() {
         publisher.publish("t", b"x", QoS::AtMostOnce, 0, t0);
     }
     // 70 KiB more arrive in one read: 64 KiB are parked, the rest stays in the input.
-    let mut input = BytesMut::new();
-    for packet_id in 1..=70 {
-        encode(
-            &Packet::Publish(publish("t", &KIB, QoS::AtLeastOnce, packet_id)),
-            ProtocolVersion::V5,
-            &mut input,
-        )
-        .unwrap();
-    }
+    let mut input = qos1_publishes_in_one_read("t", &KIB, 1..=70);
     publisher
         .channel
         .handle_input(&mut input, &mut publisher.out, t0);
@@ -2178,15 +2184,7 @@ fn a_client_over_its_rate_stops_being_read_once_its_parking_is_full_and_keeps_it
     static BIG: [u8; 64 * 1024] = [b'p'; 64 * 1024];
     // Four 64 KiB messages arrive in one read: the first goes through, 62 KiB into debt
     // (31 s at 2 KiB a second); the second fills the parking; the rest is not read.
-    let mut input = BytesMut::new();
-    for packet_id in 1..=4 {
-        encode(
-            &Packet::Publish(publish("t", &BIG, QoS::AtLeastOnce, packet_id)),
-            ProtocolVersion::V5,
-            &mut input,
-        )
-        .unwrap();
-    }
+    let mut input = qos1_publishes_in_one_read("t", &BIG, 1..=4);
     publisher
         .channel
         .handle_input(&mut input, &mut publisher.out, t0);

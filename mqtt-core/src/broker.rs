@@ -1010,14 +1010,15 @@ impl Broker {
                 if state.publishers_held_back() == 0 {
                     continue;
                 }
-                let stuck = state.is_stuck(now, timeout);
-                stuck.then(|| {
-                    (
-                        state.connection.clone(),
-                        state.queue_len(),
-                        state.publishers_held_back(),
-                    )
-                })
+                if !state.is_stuck(now, timeout) {
+                    None
+                } else {
+                    let held = state.publishers_held_back();
+                    // Its publishers go on now, not when its close is done (which waits
+                    // for a flush it will not read), and it is reported and counted once.
+                    state.let_publishers_go();
+                    Some((state.connection.clone(), state.queue_len(), held))
+                }
             };
             if let Some((connection, queued, held)) = stuck {
                 tracing::warn!(
@@ -1031,6 +1032,7 @@ impl Broker {
                 if let Some(connection) = connection {
                     connection.close(ReasonCode::QUOTA_EXCEEDED);
                 }
+                continue;
             }
             still_holding.push(session);
         }

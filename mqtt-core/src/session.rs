@@ -240,6 +240,10 @@ struct Holding {
     seen_at: Option<Instant>,
     /// When the receiver last took a message from its queue while holding them.
     last_taken: Option<Instant>,
+    /// `last_taken` before the latest pop: a message put back (`unpop_queued`, a window
+    /// that was full) was not taken, so a receiver that never acknowledges cannot pass
+    /// for one that reads by being drained and refilled.
+    taken_before_last_pop: Option<Instant>,
 }
 
 /// What offering a delivery to a session did.
@@ -567,7 +571,10 @@ impl SessionState {
             self.forget_stored(&delivery);
         }
         if let Some(holding) = &mut self.holding {
-            holding.last_taken = Some(now);
+            if popped.is_some() {
+                holding.taken_before_last_pop = holding.last_taken;
+                holding.last_taken = Some(now);
+            }
             if self.queue.len() <= holding.low_water && self.queued_bytes <= holding.low_water_bytes
             {
                 self.let_publishers_go();
@@ -592,6 +599,7 @@ impl SessionState {
                 low_water_bytes: flow.low_water_bytes,
                 seen_at: None,
                 last_taken: None,
+                taken_before_last_pop: None,
             })
         });
         if !holding
@@ -605,7 +613,7 @@ impl SessionState {
         began
     }
 
-    fn let_publishers_go(&mut self) {
+    pub(crate) fn let_publishers_go(&mut self) {
         if let Some(holding) = self.holding.take() {
             for publisher in holding.publishers {
                 publisher.let_go();
@@ -639,6 +647,9 @@ impl SessionState {
     pub fn unpop_queued(&mut self, delivery: Delivery) {
         self.queued_bytes += delivery.message.weight();
         self.queue.push_front(delivery);
+        if let Some(holding) = &mut self.holding {
+            holding.last_taken = holding.taken_before_last_pop;
+        }
     }
 
     /// A packet identifier not used by any unacknowledged outgoing message [MQTT-2.2.1-3].

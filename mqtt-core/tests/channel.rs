@@ -1532,6 +1532,12 @@ fn a_receiver_that_takes_nothing_while_behind_is_disconnected_and_its_publishers
     assert!(!stuck.closed, "10 s from when the broker first saw it");
     let woken = publisher.wakeup.count();
     broker.handle_timeouts(t0 + secs(11));
+    assert!(
+        publisher.wakeup.count() > woken,
+        "its publisher is let go at once"
+    );
+    // Its close takes a while (a flush it does not read): it is counted once meanwhile.
+    broker.handle_timeouts(t0 + secs(12));
     assert_eq!(stuck.wake(t0 + secs(11)), Flow::Close);
     let disconnect = stuck.receive().into_iter().find_map(|packet| match packet {
         Packet::Disconnect(disconnect) => Some(disconnect.reason_code),
@@ -1540,6 +1546,33 @@ fn a_receiver_that_takes_nothing_while_behind_is_disconnected_and_its_publishers
     assert_eq!(disconnect, Some(ReasonCode::QUOTA_EXCEEDED));
     assert!(publisher.wakeup.count() > woken, "its publisher is let go");
     publisher.wake(t0 + secs(11));
+    assert_eq!(
+        broker
+            .stats
+            .slow_receivers_disconnected
+            .load(Ordering::SeqCst),
+        1
+    );
+}
+
+#[test]
+fn a_receiver_that_never_acknowledges_is_disconnected_though_it_pings_and_is_drained() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut stuck = Client::connect(&broker, "stuck", t0);
+    stuck.subscribe("t", QoS::AtLeastOnce, t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    for packet_id in 1..=u16::try_from(HIGH_WATER + 200).unwrap() {
+        publisher.publish("t", b"x", QoS::AtLeastOnce, packet_id, t0);
+    }
+    // Its window fills and is never acknowledged; each PINGREQ drains its queue once more,
+    // which takes a message and puts it back: that is not taking one.
+    assert!(!stuck.publishes(t0).is_empty());
+    for second in 1..=11 {
+        stuck.send(Packet::PingReq, t0 + secs(second));
+        broker.handle_timeouts(t0 + secs(second));
+    }
+    assert_eq!(stuck.wake(t0 + secs(11)), Flow::Close);
     assert_eq!(
         broker
             .stats

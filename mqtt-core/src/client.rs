@@ -178,6 +178,10 @@ impl Authenticated {
     }
 }
 
+/// How long a client held back by a receiver that is behind is told to wait before it
+/// sends again: a receiver that keeps reading catches up in well under a second.
+pub const CONGESTION_RETRY: Duration = Duration::from_secs(1);
+
 /// How to open the session of an authenticated client.
 pub struct OpenSession {
     pub clean_start: bool,
@@ -461,13 +465,15 @@ impl ClientSession {
 
     /// Counts a publish a datagram adapter refused with its protocol's congestion signal
     /// because the client is held back; the client sends it again later. Returns how long
-    /// the client's rate pause has left, when it is paused: the least it should wait.
-    pub fn refuse_for_congestion(&self, now: Instant) -> Option<Duration> {
+    /// it should wait, for a protocol that can say so: what its rate pause has left, or,
+    /// held back by a receiver, [`CONGESTION_RETRY`].
+    pub fn refuse_for_congestion(&self, now: Instant) -> Duration {
         Stats::add(&self.broker.stats.refused_congestion, 1);
         self.congestion_refusals.fetch_add(1, Ordering::Relaxed);
         self.paused_until()
             .map(|until| until.saturating_duration_since(now))
             .filter(|left| !left.is_zero())
+            .unwrap_or(CONGESTION_RETRY)
     }
 
     /// Routes a permitted message and spends it from the client's publish rates: one

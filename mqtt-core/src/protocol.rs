@@ -125,6 +125,21 @@ impl Parked {
     fn is_full(&self) -> bool {
         self.barrier.is_some() || self.bytes >= PARKED_HIGH_WATER
     }
+
+    fn push(&mut self, publish: Publish) {
+        self.bytes += Parked::weight(&publish);
+        self.publishes.push_back(publish);
+    }
+
+    fn pop(&mut self) -> Option<Publish> {
+        let publish = self.publishes.pop_front()?;
+        self.bytes -= Parked::weight(&publish);
+        Some(publish)
+    }
+
+    fn weight(publish: &Publish) -> usize {
+        publish.topic.len() + publish.payload.len()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -266,10 +281,7 @@ impl MqttChannel {
         }
         let parked = self.parked.get_or_insert_with(Box::default);
         match packet {
-            Packet::Publish(publish) => {
-                parked.bytes += publish.topic.len() + publish.payload.len();
-                parked.publishes.push_back(publish);
-            }
+            Packet::Publish(publish) => parked.push(publish),
             other => parked.barrier = Some(other),
         }
         None
@@ -285,11 +297,8 @@ impl MqttChannel {
             let Some(parked) = self.parked.as_mut() else {
                 break;
             };
-            let packet = match parked.publishes.pop_front() {
-                Some(publish) => {
-                    parked.bytes -= publish.topic.len() + publish.payload.len();
-                    Packet::Publish(publish)
-                }
+            let packet = match parked.pop() {
+                Some(publish) => Packet::Publish(publish),
                 None => match self.parked.take().and_then(|parked| parked.barrier) {
                     Some(barrier) => barrier,
                     None => break,

@@ -172,9 +172,6 @@ struct ConnectionToken {
 /// How long a client told to wait by 5.03 waits (Max-Age, RFC 7252 5.9.3.4): the store
 /// frees room as subscribers take their messages, in seconds rather than milliseconds.
 const STORE_FULL_RETRY: Duration = Duration::from_secs(5);
-/// How long a client told to wait by 5.03 because a receiver of its messages is behind
-/// waits: a receiver that keeps reading catches up in well under a second.
-const CONGESTION_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a request is refused, with the response code it gets.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -1351,9 +1348,7 @@ impl CoapChannel {
             return Err(Refusal::Unauthorized("not connected"));
         };
         if client.is_held_back(now) {
-            // Over its rates, the client waits out its pause; behind a receiver, a second.
-            let wait = client.refuse_for_congestion(now);
-            return Err(Refusal::Congested(wait.unwrap_or(CONGESTION_RETRY)));
+            return Err(Refusal::Congested(client.refuse_for_congestion(now)));
         }
         let properties = PublishProperties {
             message_expiry_interval: expiry,

@@ -187,10 +187,6 @@ struct InFlight {
     separate_deadline: Option<Instant>,
 }
 
-/// How long a device told 5.03 because a receiver of its events is behind waits: a
-/// receiver that keeps reading catches up in well under a second.
-const CONGESTION_RETRY: Duration = Duration::from_secs(1);
-
 /// Why a registration interface request is refused.
 #[derive(Debug, Clone, thiserror::Error)]
 enum Refusal {
@@ -1298,9 +1294,7 @@ impl Lwm2mChannel {
             return Err(Refusal::NotFound);
         };
         if session.is_held_back(now) {
-            // Over its rates, the device waits out its pause; behind a receiver, a second.
-            let wait = session.refuse_for_congestion(now);
-            return Err(Refusal::Congested(wait.unwrap_or(CONGESTION_RETRY)));
+            return Err(Refusal::Congested(session.refuse_for_congestion(now)));
         }
         session
             .permit(&topic.topic, topic.qos, false)

@@ -494,6 +494,36 @@ fn the_answer_to_a_register_waits_until_its_event_is_durable() {
 }
 
 #[test]
+fn an_update_while_a_receiver_of_its_events_is_behind_gets_5_03_with_max_age_1() {
+    let t0 = Instant::now();
+    let broker = testing::broker(t0);
+    // Connected, and not drained until later: the default high water is 500 messages.
+    let watcher = watch(&broker, "lwm2m/#", 0, t0);
+    let mut device = Device::new(&broker, settings(), t0);
+    assert_eq!(
+        device.register(&["ep=busy", "lwm2m=1.1"], t0),
+        ResponseType::Created
+    );
+    let update = |device: &mut Device| {
+        let (_, out) = device.request(RequestType::Post, &["rd", "busy"], &[], &[], t0);
+        out.into_iter().next().expect("an answer")
+    };
+    // The register event and 499 update events make it behind.
+    for _ in 0..499 {
+        assert_eq!(response_code(&update(&mut device)), ResponseType::Changed);
+    }
+    let answer = update(&mut device);
+    assert_eq!(response_code(&answer), ResponseType::ServiceUnavailable);
+    let max_age = answer
+        .get_first_option(CoapOption::MaxAge)
+        .map(|raw| raw.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)));
+    assert_eq!(max_age, Some(1));
+    // The receiver takes its events: the device is let go.
+    assert_eq!(received(&watcher, t0).len(), 500);
+    assert_eq!(response_code(&update(&mut device)), ResponseType::Changed);
+}
+
+#[test]
 fn an_update_over_the_messages_rate_gets_5_03_with_the_seconds_left_as_max_age() {
     let t0 = Instant::now();
     let broker = testing::broker(t0);

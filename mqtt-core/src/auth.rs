@@ -57,7 +57,6 @@ use std::sync::Arc;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use bytes::Bytes;
 use bytestring::ByteString;
 use gateway_config::{AclNoMatch, AuthConfig, IpNet};
 use rand::RngCore as _;
@@ -100,8 +99,6 @@ pub struct ClientInfo {
     /// Shared with the session key.
     pub client_id: Arc<str>,
     pub username: Option<String>,
-    /// Present only until the client is authenticated.
-    pub password: Option<Bytes>,
     pub peer: Option<SocketAddr>,
     /// The listener's mountpoint resolved for this client: its topics as the router sees them.
     pub mountpoint: Option<Mountpoint>,
@@ -125,7 +122,6 @@ impl ClientInfo {
     }
 }
 
-// Hand-written so a logged ClientInfo never carries a password.
 impl fmt::Debug for ClientInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientInfo")
@@ -133,7 +129,6 @@ impl fmt::Debug for ClientInfo {
             .field("listener", &self.listener)
             .field("client_id", &self.client_id)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("peer", &self.peer)
             .field("mountpoint", &self.mountpoint)
             .finish()
@@ -174,7 +169,9 @@ pub enum AuthOutcome {
 }
 
 pub trait Authenticator: Send + Sync {
-    fn authenticate(&self, client: &ClientInfo) -> AuthOutcome;
+    /// The password is handed over for the check only, never kept with the client: a
+    /// `ClientInfo` lives as long as its session and is logged.
+    fn authenticate(&self, client: &ClientInfo, password: Option<&[u8]>) -> AuthOutcome;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,7 +256,7 @@ pub enum AuthError {
 pub struct AllowAll;
 
 impl Authenticator for AllowAll {
-    fn authenticate(&self, _client: &ClientInfo) -> AuthOutcome {
+    fn authenticate(&self, _client: &ClientInfo, _password: Option<&[u8]>) -> AuthOutcome {
         AuthOutcome::Allow
     }
 }
@@ -608,7 +605,7 @@ impl PasswordAuthenticator {
 }
 
 impl Authenticator for PasswordAuthenticator {
-    fn authenticate(&self, client: &ClientInfo) -> AuthOutcome {
+    fn authenticate(&self, client: &ClientInfo, password: Option<&[u8]>) -> AuthOutcome {
         let Some(username) = client.username.as_deref() else {
             // MQTT 5 allows a password without a username; it proves nothing on its own.
             return if self.allow_anonymous {
@@ -620,10 +617,9 @@ impl Authenticator for PasswordAuthenticator {
         let Some(users) = &self.users else {
             return AuthOutcome::Allow;
         };
-        let password = client.password.as_deref().unwrap_or_default();
         // A missing password is checked like an empty one: same timing as a wrong one, and
         // no stored hash can be of the empty password since `add_user` refuses it.
-        if users.verify(username, password) && client.password.is_some() {
+        if users.verify(username, password.unwrap_or_default()) && password.is_some() {
             AuthOutcome::Allow
         } else {
             AuthOutcome::Deny(DenyReason::BadCredentials)

@@ -233,14 +233,16 @@ impl Broker {
             listener: presented.listener,
             client_id: presented.client_id,
             username: presented.username,
-            password: presented.password,
             peer: presented.peer,
             mountpoint: None,
         };
-        if let AuthOutcome::Deny(reason) = self.auth.authenticator.authenticate(&client) {
+        if let AuthOutcome::Deny(reason) = self
+            .auth
+            .authenticator
+            .authenticate(&client, presented.password.as_deref())
+        {
             return Err(reason.into());
         }
-        client.password = None;
         let mut values: Vec<(&'static str, &str)> = presented
             .mountpoint_values
             .iter()

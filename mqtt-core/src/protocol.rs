@@ -80,7 +80,9 @@ enum Phase {
 /// Per-connection protocol state; what outlives the connection lives in the session.
 pub struct MqttChannel {
     broker: Arc<Broker>,
-    info: ConnectionInfo,
+    /// How the connection arrived: read by its CONNECT only, then let go, since a
+    /// connection lives far longer than its handshake.
+    arrived: Option<Box<ConnectionInfo>>,
     phase: Phase,
     decoder: Decoder,
     version: ProtocolVersion,
@@ -162,7 +164,7 @@ impl MqttChannel {
         MqttChannel {
             decoder: Decoder::new(max_packet_size),
             broker,
-            info,
+            arrived: Some(Box::new(info)),
             phase: Phase::AwaitConnect { deadline },
             version: ProtocolVersion::V3_1_1,
             control,
@@ -481,12 +483,19 @@ impl MqttChannel {
 
     fn handle_connect(&mut self, connect: Connect, out: &mut BytesMut, now: Instant) -> Flow {
         self.version = connect.protocol;
+        let Some(info) = self.arrived.take() else {
+            return self.disconnect_with(
+                ReasonCode::PROTOCOL_ERROR,
+                "[MQTT-3.1.0-2] a second CONNECT",
+                out,
+            );
+        };
         let broker = self.broker.clone();
         let config = &broker.config;
         let v5 = connect.protocol.is_v5();
 
         let mut assigned_client_id = None;
-        let client_id = if let Some(id) = self.info.certificate_identity.client_id.clone() {
+        let client_id = if let Some(id) = info.certificate_identity.client_id.clone() {
             id
         } else if connect.client_id.is_empty() {
             // 3.1.1 only lets the server assign an id to a clean session [MQTT-3.1.3-8];
@@ -523,17 +532,16 @@ impl MqttChannel {
         }
         let presented = Presented {
             protocol: MQTT_NAMESPACE,
-            listener: self.info.listener.clone(),
+            listener: info.listener.clone(),
             client_id: Arc::from(client_id),
-            username: self
-                .info
+            username: info
                 .certificate_identity
                 .username
                 .clone()
                 .or(connect.username),
             password: connect.password,
-            peer: self.info.peer,
-            mountpoint: self.info.mountpoint.clone(),
+            peer: info.peer,
+            mountpoint: info.mountpoint.clone(),
             mountpoint_values: Vec::new(),
         };
         let who = match self.broker.authenticate(presented) {
@@ -602,7 +610,7 @@ impl MqttChannel {
                 expiry_interval,
                 will,
                 control: self.control.clone(),
-                rates: self.info.rates,
+                rates: info.rates,
             },
             now,
         );

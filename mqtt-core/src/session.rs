@@ -289,7 +289,12 @@ pub struct SessionState {
     outgoing: VecDeque<Outgoing>,
     next_packet_id: u16,
     /// Inbound QoS 2 packet ids received but not yet released, with when they arrived.
-    awaiting_rel: HashMap<u16, Instant>,
+    /// Allocated while a QoS 2 exchange is open: most sessions never have one.
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer inline instead of a whole collection"
+    )]
+    awaiting_rel: Option<Box<HashMap<u16, Instant>>>,
     pub connection: Option<Arc<ConnControl>>,
     /// Seconds the session lives after its connection closes; `u32::MAX` = forever.
     pub expiry_interval: u32,
@@ -302,11 +307,8 @@ pub struct SessionState {
     pub disconnected_at: Option<Instant>,
     /// When a delayed will is due.
     pub will_at: Option<Instant>,
-    pub dropped_qos0: u64,
-    pub dropped_full: u64,
-    /// How many of `dropped_qos0` and `dropped_full` the log has been told of.
-    reported_qos0: u64,
-    reported_full: u64,
+    /// Allocated at the first drop: a session that keeps up never pays for the counters.
+    drops: Option<Box<DropCounts>>,
     /// The broker lists the session for its next drop report.
     awaiting_drop_report: bool,
     /// Set once the session has ended, so late pushes from the router are refused.
@@ -324,6 +326,15 @@ pub struct SessionState {
     holding: Option<Box<Holding>>,
     /// The counters of the listener its last connection came through.
     pub listener: Option<Arc<crate::broker::ListenerStats>>,
+}
+
+/// A session's drops, and how many of them the log has been told of.
+#[derive(Debug, Default)]
+struct DropCounts {
+    qos0: u64,
+    full: u64,
+    reported_qos0: u64,
+    reported_full: u64,
 }
 
 /// What came back from the store for one session, in the order it was stored.
@@ -449,7 +460,7 @@ impl Default for SessionState {
             queued_bytes: 0,
             outgoing: VecDeque::new(),
             next_packet_id: 1,
-            awaiting_rel: HashMap::new(),
+            awaiting_rel: None,
             connection: None,
             expiry_interval: 0,
             will: None,
@@ -457,10 +468,7 @@ impl Default for SessionState {
             expires_at: None,
             disconnected_at: None,
             will_at: None,
-            dropped_qos0: 0,
-            dropped_full: 0,
-            reported_qos0: 0,
-            reported_full: 0,
+            drops: None,
             awaiting_drop_report: false,
             ended: false,
             extension: Extension::default(),
@@ -479,14 +487,28 @@ impl SessionState {
 
     /// The drops since the last report, QoS 0 and QoS 1/2, marked reported.
     pub(crate) fn take_unreported_drops(&mut self) -> (u64, u64) {
-        let unreported = (
-            self.dropped_qos0 - self.reported_qos0,
-            self.dropped_full - self.reported_full,
-        );
-        self.reported_qos0 = self.dropped_qos0;
-        self.reported_full = self.dropped_full;
         self.awaiting_drop_report = false;
+        let Some(drops) = self.drops.as_mut() else {
+            return (0, 0);
+        };
+        let unreported = (
+            drops.qos0 - drops.reported_qos0,
+            drops.full - drops.reported_full,
+        );
+        drops.reported_qos0 = drops.qos0;
+        drops.reported_full = drops.full;
         unreported
+    }
+
+    /// Messages of QoS 0 and of QoS 1/2 this session dropped, ever.
+    pub fn dropped(&self) -> (u64, u64) {
+        self.drops
+            .as_ref()
+            .map_or((0, 0), |drops| (drops.qos0, drops.full))
+    }
+
+    fn count_dropped_qos0(&mut self) {
+        self.drops.get_or_insert_default().qos0 += 1;
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -508,14 +530,14 @@ impl SessionState {
             && self.connection.is_none()
             && !limits.queue_qos0_offline
         {
-            self.dropped_qos0 += 1;
+            self.count_dropped_qos0();
             return Enqueued::DroppedQos0;
         }
         let weight = delivery.message.weight();
         let mut evicted = false;
         while self.is_full(weight, limits) {
             if delivery.qos == QoS::AtMostOnce {
-                self.dropped_qos0 += 1;
+                self.count_dropped_qos0();
                 return Enqueued::DroppedQos0;
             }
             match self
@@ -526,12 +548,12 @@ impl SessionState {
                 Some(index) => {
                     if let Some(evicted) = self.queue.remove(index) {
                         self.queued_bytes -= evicted.message.weight();
-                        self.dropped_qos0 += 1;
+                        self.count_dropped_qos0();
                     }
                     evicted = true;
                 }
                 None => {
-                    self.dropped_full += 1;
+                    self.drops.get_or_insert_default().full += 1;
                     return Enqueued::DroppedQueueFull;
                 }
             }
@@ -779,17 +801,23 @@ impl SessionState {
     }
 
     pub fn is_awaiting_release(&self, packet_id: u16) -> bool {
-        self.awaiting_rel.contains_key(&packet_id)
+        self.awaiting_rel
+            .as_ref()
+            .is_some_and(|awaiting| awaiting.contains_key(&packet_id))
     }
 
     pub fn awaiting_release_count(&self) -> usize {
-        self.awaiting_rel.len()
+        self.awaiting_rel
+            .as_ref()
+            .map_or(0, |awaiting| awaiting.len())
     }
 
     /// Remembers an inbound QoS 2 packet id until its PUBREL, so a resent PUBLISH is not
     /// routed twice [MQTT-4.3.3-10]; returns the store's ticket when the session keeps it.
     pub fn await_release(&mut self, packet_id: u16, now: Instant) -> Option<Ticket> {
-        self.awaiting_rel.insert(packet_id, now);
+        self.awaiting_rel
+            .get_or_insert_default()
+            .insert(packet_id, now);
         let persistence = self.persistence.as_ref()?;
         Some(
             persistence
@@ -801,7 +829,11 @@ impl SessionState {
     /// PUBREL: None if the packet id was not awaiting it; else the store's ticket for
     /// forgetting it, when the session is kept in a store.
     pub fn release(&mut self, packet_id: u16) -> Option<Option<Ticket>> {
-        self.awaiting_rel.remove(&packet_id)?;
+        let awaiting = self.awaiting_rel.as_mut()?;
+        awaiting.remove(&packet_id)?;
+        if awaiting.is_empty() {
+            self.awaiting_rel = None;
+        }
         Some(self.persistence.as_ref().map(|persistence| {
             persistence.store.submit(vec![Op::Delete {
                 table: Table::AwaitingRel,
@@ -815,6 +847,7 @@ impl SessionState {
         let expired: Vec<u16> = self
             .awaiting_rel
             .iter()
+            .flat_map(|awaiting| awaiting.iter())
             .filter(|(_, since)| now.saturating_duration_since(**since) >= timeout)
             .map(|(id, _)| *id)
             .collect();
@@ -889,7 +922,11 @@ impl SessionState {
                 ops.push(persistence.in_flight(seq, state, packet_id));
             }
         }
-        for packet_id in self.awaiting_rel.keys() {
+        for packet_id in self
+            .awaiting_rel
+            .iter()
+            .flat_map(|awaiting| awaiting.keys())
+        {
             ops.push(persistence.awaiting_release(*packet_id));
         }
         if let Some(record) = &self.adapter_record {
@@ -926,7 +963,9 @@ impl SessionState {
             self.next_packet_id = newest.packet_id.checked_add(1).unwrap_or(1);
         }
         for packet_id in restored.awaiting_release {
-            self.awaiting_rel.insert(packet_id, now);
+            self.awaiting_rel
+                .get_or_insert_default()
+                .insert(packet_id, now);
         }
         self.adapter_record = restored.adapter_state;
         self.persistence = Some(Box::new(Persistence {
@@ -1138,8 +1177,7 @@ mod tests {
             payloads,
             vec![Bytes::from_static(b"b"), Bytes::from_static(b"d")]
         );
-        assert_eq!(state.dropped_qos0, 2);
-        assert_eq!(state.dropped_full, 1);
+        assert_eq!(state.dropped(), (2, 1));
         assert_eq!(state.queued_bytes(), 0);
     }
 

@@ -161,14 +161,18 @@ impl Store for MemoryStore {
 /// acknowledgements keep their order.
 #[derive(Debug)]
 pub struct HeldReplies<T> {
-    held: std::collections::VecDeque<(Ticket, T)>,
+    /// Allocated while something waits: most connections never wait, and every connection
+    /// has one.
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer inline instead of a whole collection"
+    )]
+    held: Option<Box<std::collections::VecDeque<(Ticket, T)>>>,
 }
 
 impl<T> Default for HeldReplies<T> {
     fn default() -> Self {
-        HeldReplies {
-            held: std::collections::VecDeque::new(),
-        }
+        HeldReplies { held: None }
     }
 }
 
@@ -183,31 +187,38 @@ impl<T> HeldReplies<T> {
         wakeup: impl FnOnce() -> Arc<dyn Wakeup>,
     ) -> Option<T> {
         let ticket = ticket.filter(|ticket| store.durable() < *ticket);
-        if ticket.is_none() && self.held.is_empty() {
+        if ticket.is_none() && self.is_empty() {
             return Some(reply);
         }
         if let Some(ticket) = ticket {
             store.wake_when_durable(ticket, wakeup());
         }
-        self.held.push_back((ticket.unwrap_or(0), reply));
+        self.held
+            .get_or_insert_default()
+            .push_back((ticket.unwrap_or(0), reply));
         None
     }
 
     /// The oldest held reply, once it may go.
     pub fn pop_due(&mut self, store: &dyn Store) -> Option<T> {
-        let (ticket, _) = self.held.front()?;
+        let held = self.held.as_mut()?;
+        let (ticket, _) = held.front()?;
         if *ticket > store.durable() {
             return None;
         }
-        self.held.pop_front().map(|(_, reply)| reply)
+        let reply = held.pop_front().map(|(_, reply)| reply);
+        if held.is_empty() {
+            self.held = None;
+        }
+        reply
     }
 
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.held.as_ref().is_none_or(|held| held.is_empty())
     }
 
     pub fn clear(&mut self) {
-        self.held.clear();
+        self.held = None;
     }
 }
 

@@ -1133,9 +1133,13 @@ struct Counting {
 }
 
 impl Authenticator for Counting {
-    fn authenticate(&self, client: &mqtt_core::auth::ClientInfo) -> AuthOutcome {
+    fn authenticate(
+        &self,
+        client: &mqtt_core::auth::ClientInfo,
+        password: Option<&[u8]>,
+    ) -> AuthOutcome {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.authenticate(client)
+        self.inner.authenticate(client, password)
     }
 }
 

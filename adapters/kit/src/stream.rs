@@ -290,7 +290,8 @@ pin_project_lite::pin_project! {
         out: BytesMut,
         #[pin]
         timer: Sleep,
-        armed: Option<Instant>,
+        // Whether `timer` is set to a deadline the channel asked for.
+        armed: bool,
         phase: Phase,
         // The channel stopped taking input with some of it still buffered.
         stalled: bool,
@@ -318,7 +319,7 @@ where
         input: BytesMut::new(),
         out: BytesMut::new(),
         timer: tokio::time::sleep(Duration::ZERO),
-        armed: None,
+        armed: false,
         phase: Phase::Running,
         stalled: false,
     }
@@ -446,15 +447,14 @@ fn run<T: Transport, C: StreamChannel>(
         // moved later (keep-alive after traffic), the channel finds nothing due and the
         // timer is re-armed. That spares a timer update on every packet.
         if let Some(deadline) = this.channel.next_deadline() {
-            if this.armed.is_none_or(|armed| deadline < armed) {
-                this.timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::from_std(deadline));
-                *this.armed = Some(deadline);
+            let deadline = tokio::time::Instant::from_std(deadline);
+            if !*this.armed || deadline < this.timer.deadline() {
+                this.timer.as_mut().reset(deadline);
+                *this.armed = true;
             }
         }
-        if this.armed.is_some() && this.timer.as_mut().poll(cx).is_ready() {
-            *this.armed = None;
+        if *this.armed && this.timer.as_mut().poll(cx).is_ready() {
+            *this.armed = false;
             progress = true;
             if this.channel.handle_timeout(this.out, Instant::now()) == Flow::Close {
                 return Poll::Ready(Flow::Close);
@@ -518,8 +518,9 @@ fn run<T: Transport, C: StreamChannel>(
                 }
                 Poll::Pending => {}
             }
-            if this.input.is_empty() && this.input.capacity() > 0 {
-                // An idle connection keeps no read buffer.
+            if this.input.is_empty() {
+                // An idle connection keeps no read buffer, nor a share of one a decoded
+                // packet was split from (which may have no capacity left).
                 *this.input = BytesMut::new();
             }
         }

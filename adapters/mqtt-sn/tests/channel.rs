@@ -1419,7 +1419,7 @@ struct Rules {
 }
 
 impl Authenticator for Rules {
-    fn authenticate(&self, client: &ClientInfo) -> AuthOutcome {
+    fn authenticate(&self, client: &ClientInfo, _password: Option<&[u8]>) -> AuthOutcome {
         if (self.admit)(client) {
             AuthOutcome::Allow
         } else {

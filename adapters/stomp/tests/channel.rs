@@ -32,8 +32,8 @@ use mqtt_core::testing::{self, broker, recovered_broker, NoWakeup};
 struct TestUsers;
 
 impl Authenticator for TestUsers {
-    fn authenticate(&self, client: &ClientInfo) -> AuthOutcome {
-        match (client.username.as_deref(), client.password.as_deref()) {
+    fn authenticate(&self, client: &ClientInfo, password: Option<&[u8]>) -> AuthOutcome {
+        match (client.username.as_deref(), password) {
             (None, _) => AuthOutcome::Allow,
             (Some(user), Some(passcode)) if user.as_bytes() == passcode => AuthOutcome::Allow,
             _ => AuthOutcome::Deny(DenyReason::BadCredentials),

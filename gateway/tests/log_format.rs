@@ -9,7 +9,8 @@ use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex, Once};
 
-use gateway::logging::{CompactSubscriber, Format};
+use gateway::logging::CompactSubscriber;
+use gateway_config::LogFormat;
 use tracing::field::{display, Empty};
 use tracing::level_filters::LevelFilter;
 use tracing::{Dispatch, Span};
@@ -190,7 +191,7 @@ fn scenario() {
     tracing::info!(target: "custom::target", "custom target");
 }
 
-fn theirs(format: Format, ansi: bool) -> (Sink, Dispatch) {
+fn theirs(format: LogFormat, ansi: bool) -> (Sink, Dispatch) {
     let sink = Sink::default();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new("trace"))
@@ -198,8 +199,8 @@ fn theirs(format: Format, ansi: bool) -> (Sink, Dispatch) {
         .with_timer(FixedTime)
         .with_writer(sink.make_writer());
     let dispatch = match format {
-        Format::Human => Dispatch::new(builder.finish()),
-        Format::Json => Dispatch::new(
+        LogFormat::Human => Dispatch::new(builder.finish()),
+        LogFormat::Json => Dispatch::new(
             builder
                 .json()
                 .flatten_event(true)
@@ -211,7 +212,7 @@ fn theirs(format: Format, ansi: bool) -> (Sink, Dispatch) {
     (sink, dispatch)
 }
 
-fn ours(format: Format, ansi: bool, filter: &str) -> (Sink, Dispatch) {
+fn ours(format: LogFormat, ansi: bool, filter: &str) -> (Sink, Dispatch) {
     let sink = Sink::default();
     let subscriber = CompactSubscriber::new(format)
         .with_ansi(ansi)
@@ -226,7 +227,7 @@ fn run(dispatch: &Dispatch, sink: &Sink, what: impl Fn()) -> String {
     sink.text()
 }
 
-fn assert_same_lines(format: Format, ansi: bool) {
+fn assert_same_lines(format: LogFormat, ansi: bool) {
     log_crate_to_tracing();
     let (sink, dispatch) = theirs(format, ansi);
     let expected = run(&dispatch, &sink, scenario);
@@ -241,23 +242,23 @@ fn assert_same_lines(format: Format, ansi: bool) {
 
 #[test]
 fn the_human_format_is_tracing_subscribers_byte_for_byte() {
-    assert_same_lines(Format::Human, false);
+    assert_same_lines(LogFormat::Human, false);
 }
 
 #[test]
 fn the_human_format_in_colour_is_tracing_subscribers_byte_for_byte() {
-    assert_same_lines(Format::Human, true);
+    assert_same_lines(LogFormat::Human, true);
 }
 
 #[test]
 fn the_json_format_is_tracing_subscribers_byte_for_byte() {
-    assert_same_lines(Format::Json, false);
+    assert_same_lines(LogFormat::Json, false);
 }
 
 #[test]
 fn every_json_line_parses() {
     log_crate_to_tracing();
-    let (sink, dispatch) = ours(Format::Json, false, "trace");
+    let (sink, dispatch) = ours(LogFormat::Json, false, "trace");
     let text = run(&dispatch, &sink, scenario);
     for line in text.lines() {
         let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|error| {
@@ -269,7 +270,7 @@ fn every_json_line_parses() {
 
 #[test]
 fn a_connection_line_reads_as_the_interop_tests_expect() {
-    let (sink, dispatch) = ours(Format::Human, false, "info");
+    let (sink, dispatch) = ours(LogFormat::Human, false, "info");
     let text = run(&dispatch, &sink, || {
         let span = tracing::info_span!(
             "conn",
@@ -299,7 +300,7 @@ fn messages(text: &str) -> Vec<&str> {
 
 #[test]
 fn a_directive_per_target_raises_that_target_only() {
-    let (sink, dispatch) = ours(Format::Human, false, "info,special=debug");
+    let (sink, dispatch) = ours(LogFormat::Human, false, "info,special=debug");
     let text = run(&dispatch, &sink, || {
         tracing::debug!(target: "special", "special debug");
         tracing::trace!(target: "special", "special trace");
@@ -311,7 +312,7 @@ fn a_directive_per_target_raises_that_target_only() {
 
 #[test]
 fn a_disabled_level_writes_nothing() {
-    let (sink, dispatch) = ours(Format::Json, false, "warn");
+    let (sink, dispatch) = ours(LogFormat::Json, false, "warn");
     let text = run(&dispatch, &sink, || {
         let span = tracing::info_span!("conn", peer = 1);
         let _entered = span.enter();
@@ -323,7 +324,7 @@ fn a_disabled_level_writes_nothing() {
 
 #[test]
 fn a_span_directive_raises_events_inside_that_span() {
-    let (sink, dispatch) = ours(Format::Human, false, "info,[conn]=debug");
+    let (sink, dispatch) = ours(LogFormat::Human, false, "info,[conn]=debug");
     let text = run(&dispatch, &sink, || {
         tracing::debug!("outside");
         let span = tracing::info_span!("conn", peer = 1);
@@ -341,7 +342,7 @@ fn the_filter_sets_the_level_hint_so_disabled_callsites_cost_nothing() {
         ("info,mqtt_core=debug", LevelFilter::DEBUG),
         ("off", LevelFilter::OFF),
     ] {
-        let subscriber = CompactSubscriber::new(Format::Human).with(EnvFilter::new(filter));
+        let subscriber = CompactSubscriber::new(LogFormat::Human).with(EnvFilter::new(filter));
         assert_eq!(
             tracing::Subscriber::max_level_hint(&subscriber),
             Some(hint),

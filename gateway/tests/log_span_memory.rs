@@ -7,7 +7,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
 
-use gateway::logging::{CompactSubscriber, Format};
+use gateway::logging::CompactSubscriber;
+use gateway_config::LogFormat;
 use tracing::field::Empty;
 use tracing::{Dispatch, Span};
 use tracing_subscriber::layer::SubscriberExt;
@@ -98,7 +99,7 @@ fn sink() -> std::io::Sink {
     std::io::sink()
 }
 
-fn compact(format: Format, filter: &str) -> Dispatch {
+fn compact(format: LogFormat, filter: &str) -> Dispatch {
     Dispatch::new(
         CompactSubscriber::new(format)
             .with_writer(sink)
@@ -109,7 +110,7 @@ fn compact(format: Format, filter: &str) -> Dispatch {
 #[test]
 fn a_connection_span_is_two_blocks_of_at_most_160_bytes_and_freed_whole() {
     let peer: SocketAddr = "127.0.0.1:59524".parse().unwrap();
-    for format in [Format::Human, Format::Json] {
+    for format in [LogFormat::Human, LogFormat::Json] {
         tracing::dispatcher::with_default(&compact(format, "info"), || {
             // Registers the callsites and sizes this thread's buffers once.
             drop(connection_span("tcp:default", peer, "warm-up-client-0"));
@@ -131,7 +132,7 @@ fn a_connection_span_is_two_blocks_of_at_most_160_bytes_and_freed_whole() {
 
 #[test]
 fn a_disabled_span_and_span_none_allocate_nothing() {
-    tracing::dispatcher::with_default(&compact(Format::Human, "warn"), || {
+    tracing::dispatcher::with_default(&compact(LogFormat::Human, "warn"), || {
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         drop(connection_span("tcp:default", peer, "warm-up-client-0"));
         let ((), usage) = measure(|| {
@@ -148,7 +149,7 @@ fn a_disabled_span_and_span_none_allocate_nothing() {
 
 #[test]
 fn an_event_in_a_span_allocates_nothing_once_the_buffers_are_warm() {
-    tracing::dispatcher::with_default(&compact(Format::Json, "info"), || {
+    tracing::dispatcher::with_default(&compact(LogFormat::Json, "info"), || {
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let span = connection_span("tcp:default", peer, "gwb7a00e1a5-c2477");
         let event = || span.in_scope(|| tracing::info!(reason = 0, "client disconnected"));
@@ -183,7 +184,7 @@ fn the_fmt_registry_spent_more_per_connection_span() {
             .with_writer(sink)
             .finish(),
     ));
-    let ours = per_span(compact(Format::Human, "info"));
+    let ours = per_span(compact(LogFormat::Human, "info"));
     eprintln!("bytes requested per connection span: fmt registry {theirs}, compact {ours}");
     assert!(
         ours * 2 < theirs,

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use adapter_kit::{Launch, Reload, StartError, WatchedCertificate};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use gateway_config::{Config, LogFormat};
+use gateway::logging::init_logging;
+use gateway_config::Config;
 use mqtt_core::auth::Auth;
 use mqtt_core::broker::Broker;
 use tokio::sync::watch;
@@ -168,31 +169,6 @@ fn open_store(
         ),
         Err(error) => Err(error.into()),
     }
-}
-
-fn init_logging(config: &Config, format_flag: Option<&str>) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
-        .with_context(|| format!("log.level: invalid filter {:?}", config.log.level))?;
-    let json = match format_flag {
-        Some(flag) => flag == "json",
-        None => config.log.format == LogFormat::Json,
-    };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
-    } else {
-        builder.init();
-    }
-    Ok(())
 }
 
 async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {

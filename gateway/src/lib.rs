@@ -1,0 +1,3 @@
+//! What the gateway binary shares with its tests: the log it installs.
+
+pub mod logging;

@@ -273,6 +273,25 @@ where
 {
     /// The span this thread is in for this subscriber: the innermost one entered and not
     /// a repetition. Alive while its entry stays in the stack, which holds a reference.
+    /// The span a new span or an event belongs to: none for a root, the current one for a
+    /// contextual one, else its explicit parent.
+    fn parent_record<'a>(
+        &self,
+        is_root: bool,
+        is_contextual: bool,
+        explicit: Option<&Id>,
+    ) -> Option<&'a SpanRecord> {
+        if is_root {
+            None
+        } else if is_contextual {
+            self.current_record()
+        } else {
+            // SAFETY: an explicit parent is held by the code creating its child or logging
+            // the event.
+            explicit.map(|id| unsafe { SpanRecord::of(id) })
+        }
+    }
+
     fn current_record<'a>(&self) -> Option<&'a SpanRecord> {
         ENTERED
             .try_with(|stack| {
@@ -356,14 +375,8 @@ where
         match self.format {
             LogFormat::Human => {
                 // The event's span, as `Context::event_span`: none for a root event.
-                let scope = if event.is_root() {
-                    None
-                } else if event.is_contextual() {
-                    self.current_record()
-                } else {
-                    // SAFETY: the event's explicit parent is held by the code logging it.
-                    event.parent().map(|id| unsafe { SpanRecord::of(id) })
-                };
+                let scope =
+                    self.parent_record(event.is_root(), event.is_contextual(), event.parent());
                 let _held = scope.map(|span| self.hold(span));
                 self.write_human(line, event, meta, scope)
             }
@@ -530,14 +543,7 @@ where
     }
 
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
-        let parent = if attrs.is_root() {
-            None
-        } else if attrs.is_contextual() {
-            self.current_record()
-        } else {
-            // SAFETY: an explicit parent is held by the code creating its child.
-            attrs.parent().map(|id| unsafe { SpanRecord::of(id) })
-        };
+        let parent = self.parent_record(attrs.is_root(), attrs.is_contextual(), attrs.parent());
         if let Some(parent) = parent {
             parent.acquire();
         }

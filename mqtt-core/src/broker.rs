@@ -888,16 +888,10 @@ impl Broker {
             ticket,
         };
         for target in targets {
-            let delivery = Delivery {
-                message: message.clone(),
-                qos: target.qos,
-                retain: target.retain,
-                subscription_ids: target.subscription_ids,
-                store_seq: None,
-            };
-            let offered = target.session.deliver(delivery, &self.limits, publisher);
+            let (session, delivery) = target.into_delivery(message.clone());
+            let offered = session.deliver(delivery, &self.limits, publisher);
             dispatched.ticket = dispatched.ticket.max(offered.ticket);
-            self.count(&offered, &target.session);
+            self.count(&offered, &session);
         }
         dispatched
     }
@@ -927,17 +921,8 @@ impl Broker {
             topic = %delivery.message.topic,
             "shared message handed to another member"
         );
-        let handed = Delivery {
-            message: delivery.message,
-            qos: target.qos,
-            retain: target.retain,
-            subscription_ids: target.subscription_ids,
-            store_seq: None,
-        };
-        self.count(
-            &target.session.deliver(handed, &self.limits, None),
-            &target.session,
-        );
+        let (session, handed) = target.into_delivery(delivery.message);
+        self.count(&session.deliver(handed, &self.limits, None), &session);
         Ok(())
     }
 
@@ -1165,13 +1150,7 @@ impl Broker {
         }
         // After the retained ones, as if the subscription had been there when they came.
         for (message, target) in missed {
-            let delivery = Delivery {
-                message,
-                qos: target.qos,
-                retain: target.retain,
-                subscription_ids: target.subscription_ids,
-                store_seq: None,
-            };
+            let (_, delivery) = target.into_delivery(message);
             self.count(&session.deliver(delivery, &self.limits, None), session);
         }
         Ok(Granted { qos, existed })

@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use smallvec::SmallVec;
 
 use crate::codec::{QoS, SubscriptionOptions};
-use crate::message::{Message, SessionId};
+use crate::message::{Delivery, Message, SessionId};
 use crate::session::SessionCell;
 use crate::trie::TopicTrie;
 
@@ -53,6 +53,20 @@ pub struct Target {
     pub subscription_ids: SmallVec<[u32; 1]>,
     /// Copies for shared subscriptions are never merged with a session's other copies.
     pub shared: bool,
+}
+
+impl Target {
+    /// `message` as this target's session gets it, with the session to offer it to.
+    pub fn into_delivery(self, message: Arc<Message>) -> (Arc<SessionCell>, Delivery) {
+        let delivery = Delivery {
+            message,
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids,
+            store_seq: None,
+        };
+        (self.session, delivery)
+    }
 }
 
 pub type Targets = SmallVec<[Target; 8]>;

@@ -5,7 +5,6 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An IPv4 or IPv6 network in CIDR notation; an address without a prefix is that address alone.
@@ -94,24 +93,12 @@ impl Serialize for IpNet {
     }
 }
 
-struct IpNetVisitor;
-
-impl Visitor<'_> for IpNetVisitor {
-    type Value = IpNet;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an IP address or a network such as \"10.0.0.0/8\" or \"fd00::/8\"")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<IpNet, E> {
-        v.parse()
-            .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
-    }
-}
-
 impl<'de> Deserialize<'de> for IpNet {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(IpNetVisitor)
+        crate::text::deserialize(
+            deserializer,
+            "an IP address or a network such as \"10.0.0.0/8\" or \"fd00::/8\"",
+        )
     }
 }
 

@@ -19,6 +19,7 @@ mod ipnet;
 mod listeners;
 mod load;
 mod rate;
+mod text;
 mod validate;
 
 use std::collections::BTreeMap;

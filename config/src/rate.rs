@@ -4,7 +4,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Duration;
@@ -77,24 +76,12 @@ impl Serialize for Rate {
     }
 }
 
-struct RateVisitor;
-
-impl Visitor<'_> for RateVisitor {
-    type Value = Rate;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"infinity\" or a rate such as \"1000/s\" or \"50/10s\"")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Rate, E> {
-        v.parse()
-            .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
-    }
-}
-
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(RateVisitor)
+        crate::text::deserialize(
+            deserializer,
+            "\"infinity\" or a rate such as \"1000/s\" or \"50/10s\"",
+        )
     }
 }
 
@@ -194,24 +181,12 @@ impl Serialize for ByteRate {
     }
 }
 
-struct ByteRateVisitor;
-
-impl Visitor<'_> for ByteRateVisitor {
-    type Value = ByteRate;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"infinity\" or a byte rate such as \"1MB/s\" or \"512KB/s\"")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteRate, E> {
-        v.parse()
-            .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
-    }
-}
-
 impl<'de> Deserialize<'de> for ByteRate {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(ByteRateVisitor)
+        crate::text::deserialize(
+            deserializer,
+            "\"infinity\" or a byte rate such as \"1MB/s\" or \"512KB/s\"",
+        )
     }
 }
 

@@ -431,7 +431,7 @@ impl ClientSession {
     /// longer names it (a deadline in the past would fire again at once).
     pub fn handle_timeout(&self, now: Instant) {
         if let Some(limiter) = &self.limiter {
-            limiter.lock().is_paused(now);
+            limiter.lock().end_pause_if_over(now);
         }
     }
 

@@ -160,10 +160,15 @@ impl PublishLimiter {
 
     /// Whether the client is paused at `now`; a pause that is over is forgotten.
     pub(crate) fn is_paused(&mut self, now: Instant) -> bool {
+        self.end_pause_if_over(now);
+        self.paused_until.is_some()
+    }
+
+    /// Forgets a pause that is over at `now`, so that `paused_until` no longer names it.
+    pub(crate) fn end_pause_if_over(&mut self, now: Instant) {
         if self.paused_until.is_some_and(|until| now >= until) {
             self.paused_until = None;
         }
-        self.paused_until.is_some()
     }
 
     /// When the current pause ends, until a call at or past that time forgets it.

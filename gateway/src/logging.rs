@@ -271,8 +271,6 @@ where
     W: for<'a> MakeWriter<'a> + 'static,
     T: FormatTime + 'static,
 {
-    /// The span this thread is in for this subscriber: the innermost one entered and not
-    /// a repetition. Alive while its entry stays in the stack, which holds a reference.
     /// The span a new span or an event belongs to: none for a root, the current one for a
     /// contextual one, else its explicit parent.
     fn parent_record<'a>(
@@ -292,6 +290,8 @@ where
         }
     }
 
+    /// The span this thread is in for this subscriber: the innermost one entered and not
+    /// a repetition. Alive while its entry stays in the stack, which holds a reference.
     fn current_record<'a>(&self) -> Option<&'a SpanRecord> {
         ENTERED
             .try_with(|stack| {

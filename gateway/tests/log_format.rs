@@ -85,6 +85,17 @@ fn log_crate_to_tracing() {
     ONCE.call_once(|| tracing_log::LogTracer::init().unwrap());
 }
 
+/// The span the stream driver opens for each connection, its later fields still empty.
+fn connection_span() -> Span {
+    tracing::info_span!(
+        "conn",
+        listener = %"tcp:default",
+        peer = %"127.0.0.1:59524",
+        client_addr = Empty,
+        client_id = Empty
+    )
+}
+
 /// Spans and events of every kind the gateway emits, and then some.
 fn scenario() {
     tracing::trace!("trace message");
@@ -125,13 +136,7 @@ fn scenario() {
     tracing::warn!(%error, "as display");
     tracing::warn!(message = &error as &dyn Error);
 
-    let conn = tracing::info_span!(
-        "conn",
-        listener = %"tcp:default",
-        peer = %"127.0.0.1:59524",
-        client_addr = Empty,
-        client_id = Empty
-    );
+    let conn = connection_span();
     conn.in_scope(|| {
         tracing::debug!("connection accepted");
         Span::current().record("client_id", "gwb7a00e1a5-c2477");
@@ -272,13 +277,7 @@ fn every_json_line_parses() {
 fn a_connection_line_reads_as_the_interop_tests_expect() {
     let (sink, dispatch) = ours(LogFormat::Human, false, "info");
     let text = run(&dispatch, &sink, || {
-        let span = tracing::info_span!(
-            "conn",
-            listener = %"tcp:default",
-            peer = %"127.0.0.1:59524",
-            client_addr = Empty,
-            client_id = Empty
-        );
+        let span = connection_span();
         let _entered = span.enter();
         Span::current().record("client_addr", display("192.0.2.7:1883"));
         Span::current().record("client_id", "device-1");

@@ -2,7 +2,8 @@
 //! peer's input drained, so the peer reads the last bytes and then the end instead of a
 //! reset. On a scripted transport (what the driver does, in order, on a paused clock) and
 //! over real TCP and TLS sockets on 127.0.0.1. And a channel that takes no input for a
-//! while (a client over its publish rates) is handed what waits when its time comes.
+//! while (a client over its publish rates) is handed what waits when its time comes. An
+//! idle connection keeps no share of the buffer its input was read into.
 
 #![allow(
     clippy::expect_used,
@@ -24,7 +25,7 @@ use adapter_kit::{
     drive_stream, serve_stream_listener, Acceptor, ConnWakeup, Flow, LayeredTransport,
     ListenerLimits, StreamChannel, Transport,
 };
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use gateway_config::{PeerCertField, Rate, TlsConfig, TlsVerify, TlsVersion};
 use mqtt_core::auth::Auth;
 use mqtt_core::broker::Broker;
@@ -255,6 +256,58 @@ async fn a_peer_that_left_is_not_lingered_for() {
     assert_eq!(log.events(), [Event::Read("hello")], "no shutdown");
     assert_eq!(seen.closed.load(Ordering::Relaxed), 1);
     assert_eq!(took, Duration::ZERO);
+}
+
+/// Keeps what it reads, as a decoder keeps a packet split from the read buffer.
+struct Keeper {
+    kept: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl StreamChannel for Keeper {
+    fn handle_input(&mut self, input: &mut BytesMut, _out: &mut BytesMut, _now: Instant) -> Flow {
+        self.kept.lock().push(input.split().freeze());
+        Flow::Continue
+    }
+    fn handle_wakeup(&mut self, _out: &mut BytesMut, _now: Instant) -> Flow {
+        Flow::Continue
+    }
+    fn handle_timeout(&mut self, _out: &mut BytesMut, _now: Instant) -> Flow {
+        Flow::Continue
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+    fn wants_drain(&self) -> bool {
+        false
+    }
+    fn shutdown(&mut self, _out: &mut BytesMut) -> Flow {
+        Flow::Close
+    }
+    fn handle_closed(&mut self, _now: Instant) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_keeps_no_share_of_the_buffer_its_input_was_read_into() {
+    // Eight bytes fill a fresh buffer exactly: once the channel splits them off, what the
+    // driver keeps has no capacity left, but would still share the allocation.
+    let (transport, _log) = script(&["12345678"], Then::Silence);
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let channel = Keeper { kept: kept.clone() };
+    let driver = tokio::spawn(drive_stream(
+        transport,
+        channel,
+        Arc::new(ConnWakeup::default()),
+        broker(),
+    ));
+    // The paused clock moves only once the driver has read, handed over and gone idle.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let kept = kept.lock();
+    assert_eq!(kept.len(), 1, "the input was handed over");
+    assert!(
+        kept[0].is_unique(),
+        "the idle driver holds no share of the buffer the input came in"
+    );
+    driver.abort();
 }
 
 /// Hands out one connection, then none.

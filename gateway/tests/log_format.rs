@@ -291,6 +291,25 @@ fn a_connection_line_reads_as_the_interop_tests_expect() {
     );
 }
 
+#[test]
+fn a_client_id_cannot_forge_a_log_line_or_colour_the_terminal() {
+    // A client picks its own id: a newline and an escape sequence in it stay inside the
+    // one line its connection logs, escaped, in either format.
+    let forged = "dev\n2026-12-07T06:00:13.902015Z  INFO forged: admin logged in\x1b[2J";
+    for format in [LogFormat::Human, LogFormat::Json] {
+        let (sink, dispatch) = ours(format, false, "info");
+        let text = run(&dispatch, &sink, || {
+            let span = connection_span();
+            let _entered = span.enter();
+            Span::current().record("client_id", forged);
+            tracing::info!("client connected");
+        });
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(text.contains(r"dev\n2026"), "{text}");
+    }
+}
+
 fn messages(text: &str) -> Vec<&str> {
     text.lines()
         .map(|line| line.rsplit(": ").next().unwrap())

@@ -55,6 +55,8 @@ fn bytes_received(broker: &Broker) -> u64 {
 #[derive(Default)]
 struct Seen {
     input: Mutex<Vec<u8>>,
+    /// The input as it was split off the driver's buffer, kept as a decoder keeps a packet.
+    kept: Mutex<Vec<Bytes>>,
     closed: AtomicUsize,
 }
 
@@ -66,9 +68,11 @@ struct Toy {
 
 impl StreamChannel for Toy {
     fn handle_input(&mut self, input: &mut BytesMut, out: &mut BytesMut, _now: Instant) -> Flow {
-        let taken = input.split();
+        let taken = input.split().freeze();
         self.seen.input.lock().extend_from_slice(&taken);
-        if taken.windows(5).any(|w| w == b"close") {
+        let close = taken.windows(5).any(|w| w == b"close");
+        self.seen.kept.lock().push(taken);
+        if close {
             out.put_slice(b"bye");
             return Flow::Close;
         }
@@ -258,41 +262,13 @@ async fn a_peer_that_left_is_not_lingered_for() {
     assert_eq!(took, Duration::ZERO);
 }
 
-/// Keeps what it reads, as a decoder keeps a packet split from the read buffer.
-struct Keeper {
-    kept: Arc<Mutex<Vec<Bytes>>>,
-}
-
-impl StreamChannel for Keeper {
-    fn handle_input(&mut self, input: &mut BytesMut, _out: &mut BytesMut, _now: Instant) -> Flow {
-        self.kept.lock().push(input.split().freeze());
-        Flow::Continue
-    }
-    fn handle_wakeup(&mut self, _out: &mut BytesMut, _now: Instant) -> Flow {
-        Flow::Continue
-    }
-    fn handle_timeout(&mut self, _out: &mut BytesMut, _now: Instant) -> Flow {
-        Flow::Continue
-    }
-    fn next_deadline(&self) -> Option<Instant> {
-        None
-    }
-    fn wants_drain(&self) -> bool {
-        false
-    }
-    fn shutdown(&mut self, _out: &mut BytesMut) -> Flow {
-        Flow::Close
-    }
-    fn handle_closed(&mut self, _now: Instant) {}
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_keeps_no_share_of_the_buffer_its_input_was_read_into() {
     // Eight bytes fill a fresh buffer exactly: once the channel splits them off, what the
     // driver keeps has no capacity left, but would still share the allocation.
     let (transport, _log) = script(&["12345678"], Then::Silence);
-    let kept = Arc::new(Mutex::new(Vec::new()));
-    let channel = Keeper { kept: kept.clone() };
+    let seen = Arc::new(Seen::default());
+    let channel = Toy { seen: seen.clone() };
     let driver = tokio::spawn(drive_stream(
         transport,
         channel,
@@ -301,7 +277,7 @@ async fn an_idle_connection_keeps_no_share_of_the_buffer_its_input_was_read_into
     ));
     // The paused clock moves only once the driver has read, handed over and gone idle.
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let kept = kept.lock();
+    let kept = seen.kept.lock();
     assert_eq!(kept.len(), 1, "the input was handed over");
     assert!(
         kept[0].is_unique(),

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mqtt_core::codec::{
-    encode, ConnAck, Connect, ConnectProperties, Decoder, Disconnect, Packet, ProtocolVersion,
-    PubResponse, QoS, Subscribe, SubscriptionOptions,
+    encode, ConnAck, Connect, ConnectProperties, Decoder, Packet, ProtocolVersion, PubResponse,
+    QoS, Subscribe, SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -97,7 +97,7 @@ impl Conn {
             Packet::ConnAck(ack) if ack.reason_code.is_error() => {
                 Err(BenchError::Refused(ack.reason_code.0))
             }
-            Packet::ConnAck(ack) => Ok((conn, ack)),
+            Packet::ConnAck(ack) => Ok((conn, *ack)),
             other => Err(BenchError::Unexpected {
                 expected: "CONNACK",
                 got: other.name(),
@@ -185,7 +185,7 @@ impl Conn {
     pub async fn disconnect(mut self) {
         self.out.clear();
         let _ = encode(
-            &Packet::Disconnect(Disconnect::default()),
+            &Packet::Disconnect(Box::default()),
             self.version,
             &mut self.out,
         );

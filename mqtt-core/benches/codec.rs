@@ -21,7 +21,8 @@ fn packets() -> Vec<(&'static str, Packet)> {
             user_properties: vec![("site".into(), "north".into())],
             message_expiry_interval: Some(60),
             ..Default::default()
-        },
+        }
+        .into(),
         ..publish.clone()
     };
     vec![

@@ -113,6 +113,15 @@ impl ClientInfo {
         }
     }
 
+    /// [`mount`](Self::mount) for a topic held as shared bytes: the same bytes, not a
+    /// copy, when there is no mountpoint.
+    pub fn mount_shared(&self, topic: &ByteString) -> ByteString {
+        match &self.mountpoint {
+            Some(mountpoint) => mountpoint.mount(topic),
+            None => topic.clone(),
+        }
+    }
+
     /// A routed topic as this client knows it, sharing the routed topic's bytes.
     pub fn unmount(&self, topic: &ByteString) -> ByteString {
         match &self.mountpoint {

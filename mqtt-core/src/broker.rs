@@ -822,7 +822,7 @@ impl Broker {
     fn publish_will(&self, will: Box<Will>, publisher: &SessionKey, now: Instant) {
         let will = *will;
         let mut message = Message::new(will.topic, will.payload, will.qos, will.retain, now);
-        message.properties = will.properties;
+        message.properties = will.properties.into();
         message.publisher_client_id = Some(publisher.client_id.clone());
         let message = message.with_expiry_from_properties(now);
         tracing::debug!(client_id = %publisher.client_id, topic = %message.topic, "publishing will");

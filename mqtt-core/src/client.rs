@@ -21,7 +21,7 @@ use crate::auth::{Action, AuthOutcome, ClientInfo, DenyReason};
 use crate::broker::{
     Broker, ConnectRequest, Dispatched, Granted, Stats, SubscribeRequest, WillDisposition,
 };
-use crate::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
+use crate::codec::{QoS, ReasonCode, SparseProperties, SubscriptionOptions};
 use crate::message::{Delivery, Message};
 use crate::mountpoint::{Mountpoint, UnsafeMountpointValue};
 use crate::rate::{PublishLimiter, PublishRates};
@@ -334,13 +334,13 @@ impl Broker {
     fn permit(
         &self,
         client: &ClientInfo,
-        topic: &str,
+        topic: &ByteString,
         qos: QoS,
         retain: bool,
     ) -> Result<PublishPermit, PublishRefused> {
         self.check_publish(topic, qos, retain)
             .map_err(|(reason, why)| PublishRefused::Invalid(reason, why))?;
-        let routed = client.mount(topic);
+        let routed = client.mount_shared(topic);
         if is_sys_topic(&routed) {
             return Err(PublishRefused::SysTopic);
         }
@@ -455,11 +455,22 @@ impl ClientSession {
         qos: QoS,
         retain: bool,
     ) -> Result<PublishPermit, PublishRefused> {
+        self.permit_shared(&ByteString::from(topic), qos, retain)
+    }
+
+    /// [`permit`](Self::permit) for a topic already held as shared bytes (a decoded
+    /// packet's): routed without a copy when the client has no mountpoint.
+    pub fn permit_shared(
+        &self,
+        topic: &ByteString,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<PublishPermit, PublishRefused> {
         let permit = self.broker.permit(&self.client, topic, qos, retain);
         if matches!(permit, Err(PublishRefused::StoreFull)) {
             Stats::add(&self.broker.stats.refused_store_full, 1);
             if self.store_full_refusals.fetch_add(1, Ordering::Relaxed) == 0 {
-                tracing::warn!(topic, "store full: QoS 1/2 publish refused (further refusals on this connection are counted and summed up when it closes)");
+                tracing::warn!(topic = &**topic, "store full: QoS 1/2 publish refused (further refusals on this connection are counted and summed up when it closes)");
             }
         }
         permit
@@ -487,10 +498,12 @@ impl ClientSession {
         &self,
         permit: PublishPermit,
         payload: Bytes,
-        mut properties: PublishProperties,
+        mut properties: SparseProperties,
         now: Instant,
     ) -> Dispatched {
-        properties.subscription_identifiers.clear();
+        if !properties.subscription_identifiers.is_empty() {
+            properties.subscription_identifiers.clear();
+        }
         if let Some(limiter) = &self.limiter {
             let bytes = permit.topic.len() + payload.len();
             if limiter.lock().spend(bytes, now) {
@@ -498,19 +511,19 @@ impl ClientSession {
                 self.rate_pauses.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let message = Message {
+        // Built in place: a builder taking the message by value would copy it once more.
+        let message = Arc::new(Message {
             topic: permit.topic,
             payload,
             qos: permit.qos,
             retain: permit.retain,
+            expires_at: Message::expiry_from(&properties, now),
             properties,
             publisher: Some(self.session.id),
             publisher_client_id: Some(self.client.client_id.clone()),
-            expires_at: None,
             arrival: permit.arrival,
-        }
-        .with_expiry_from_properties(now);
-        self.broker.publish(Arc::new(message), Some(&self.control))
+        });
+        self.broker.publish(message, Some(&self.control))
     }
 
     /// [`permit`](Self::permit) and [`publish_permitted`](Self::publish_permitted) in one.
@@ -521,7 +534,7 @@ impl ClientSession {
         qos: QoS,
         retain: bool,
         payload: Bytes,
-        properties: PublishProperties,
+        properties: SparseProperties,
         now: Instant,
     ) -> Result<Dispatched, PublishRefused> {
         let permit = self.permit(topic, qos, retain)?;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
-use crate::codec::{PublishProperties, QoS};
+use crate::codec::{PublishProperties, QoS, SparseProperties};
 
 /// Identifies one incarnation of a session; a clean start makes a new one.
 pub type SessionId = u64;
@@ -23,7 +23,7 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-    pub properties: PublishProperties,
+    pub properties: SparseProperties,
     /// The publishing session, for the No Local option.
     pub publisher: Option<SessionId>,
     /// The publishing client's id, for the `hash_clientid` shared-subscription strategy.
@@ -40,7 +40,7 @@ impl Message {
             payload,
             qos,
             retain,
-            properties: PublishProperties::default(),
+            properties: SparseProperties::default(),
             publisher: None,
             publisher_client_id: None,
             expires_at: None,
@@ -51,11 +51,15 @@ impl Message {
 
     /// Sets `expires_at` from the Message Expiry Interval property.
     pub fn with_expiry_from_properties(mut self, now: Instant) -> Message {
-        self.expires_at = self
-            .properties
-            .message_expiry_interval
-            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        self.expires_at = Message::expiry_from(&self.properties, now);
         self
+    }
+
+    /// When a message with `properties` received `now` expires.
+    pub fn expiry_from(properties: &PublishProperties, now: Instant) -> Option<Instant> {
+        properties
+            .message_expiry_interval
+            .map(|secs| now + Duration::from_secs(u64::from(secs)))
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {
@@ -78,11 +82,9 @@ impl Message {
         let mut copy = self.clone();
         copy.topic = ByteString::from(&*self.topic);
         copy.payload = Bytes::copy_from_slice(&self.payload);
-        copy.properties.correlation_data = self
-            .properties
-            .correlation_data
-            .as_deref()
-            .map(Bytes::copy_from_slice);
+        if let Some(data) = self.properties.correlation_data.as_deref() {
+            copy.properties.correlation_data = Some(Bytes::copy_from_slice(data));
+        }
         copy
     }
 

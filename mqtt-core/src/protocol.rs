@@ -456,7 +456,7 @@ impl MqttChannel {
                 self.send(&Packet::PingResp, out);
                 Flow::Continue
             }
-            Packet::Disconnect(disconnect) => self.handle_disconnect(disconnect, out),
+            Packet::Disconnect(disconnect) => self.handle_disconnect(*disconnect, out),
             Packet::Connect(_) => self.disconnect_with(
                 ReasonCode::PROTOCOL_ERROR,
                 "[MQTT-3.1.0-2] a second CONNECT",
@@ -683,11 +683,11 @@ impl MqttChannel {
         out: &mut BytesMut,
     ) {
         self.send(
-            &Packet::ConnAck(ConnAck {
+            &Packet::ConnAck(Box::new(ConnAck {
                 session_present,
                 reason_code,
                 properties,
-            }),
+            })),
             out,
         );
     }
@@ -712,7 +712,7 @@ impl MqttChannel {
                 reason_code,
                 properties,
             };
-            self.send(&Packet::Disconnect(disconnect), out);
+            self.send(&Packet::Disconnect(Box::new(disconnect)), out);
         }
     }
 
@@ -776,7 +776,7 @@ impl MqttChannel {
     fn handle_publish(&mut self, mut publish: Publish, out: &mut BytesMut, now: Instant) -> Flow {
         let broker = self.broker.clone();
         let config = &broker.config;
-        if let Some(alias) = publish.properties.topic_alias.take() {
+        if let Some(alias) = publish.properties.take_topic_alias() {
             if alias == 0 || alias > config.max_topic_alias {
                 return self.disconnect_with(
                     ReasonCode::TOPIC_ALIAS_INVALID,
@@ -812,7 +812,7 @@ impl MqttChannel {
             return Flow::Close;
         };
         let session = client.session().clone();
-        let permit = match client.permit(&publish.topic, publish.qos, publish.retain) {
+        let permit = match client.permit_shared(&publish.topic, publish.qos, publish.retain) {
             Ok(permit) => Ok(permit.arrived_by(self.arrival.1)),
             Err(PublishRefused::Invalid(reason, why)) => {
                 return self.disconnect_with(reason, why, out);
@@ -1141,8 +1141,14 @@ impl MqttChannel {
         let mut new_alias = None;
         if self.version.is_v5() {
             publish.properties = message.properties.clone();
-            publish.properties.message_expiry_interval = message.remaining_expiry(now);
-            publish.properties.subscription_identifiers = delivery.subscription_ids.to_vec();
+            // Written only when there is something to write: a write allocates the set.
+            let expiry = message.remaining_expiry(now);
+            if expiry != publish.properties.message_expiry_interval {
+                publish.properties.message_expiry_interval = expiry;
+            }
+            if !delivery.subscription_ids.is_empty() {
+                publish.properties.subscription_identifiers = delivery.subscription_ids.to_vec();
+            }
             if self.client_topic_alias_max > 0 {
                 let outbound = &self.aliases.get_or_insert_with(Box::default).outbound;
                 match outbound.get(&message.topic) {
@@ -1290,7 +1296,8 @@ mod tests {
             properties: PublishProperties {
                 topic_alias: Some(1),
                 ..Default::default()
-            },
+            }
+            .into(),
         };
         let read = feed(&mut publisher, Packet::Publish(publish), now);
         let mut out = BytesMut::new();

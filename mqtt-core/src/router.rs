@@ -69,7 +69,7 @@ impl Target {
     }
 }
 
-pub type Targets = SmallVec<[Target; 8]>;
+pub type Targets = SmallVec<[Target; 4]>;
 
 #[derive(Debug)]
 pub struct Router {

@@ -585,7 +585,7 @@ pub fn encode_session(record: &SessionRecord) -> Bytes {
                 payload: will.payload.clone(),
                 qos: will.qos,
                 retain: will.retain,
-                properties: will.properties.clone(),
+                properties: will.properties.clone().into(),
                 publisher: None,
                 publisher_client_id: None,
                 expires_at: None,
@@ -641,7 +641,7 @@ pub fn decode_session(record: &[u8]) -> Option<SessionRecord> {
                 payload: message.payload,
                 qos: message.qos,
                 retain: message.retain,
-                properties: message.properties,
+                properties: message.properties.into_inner(),
                 delay_interval,
             }))
         }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mqtt_core::client::ClientSession;
-use mqtt_core::codec::{PublishProperties, QoS, SubscriptionOptions};
+use mqtt_core::codec::{QoS, SubscriptionOptions};
 use mqtt_core::testing::{broker, open_session, subscribe, NoWakeup};
 
 fn client(broker: &Arc<mqtt_core::broker::Broker>, id: &str, now: Instant) -> ClientSession {
@@ -27,12 +27,7 @@ fn publish_arrived(
         .permit(topic, QoS::AtLeastOnce, false)
         .unwrap()
         .arrived_by(latest);
-    let _ = client.publish_permitted(
-        permit,
-        Bytes::from_static(payload),
-        PublishProperties::default(),
-        now,
-    );
+    let _ = client.publish_permitted(permit, Bytes::from_static(payload), Default::default(), now);
 }
 
 /// Subscribes `client` to `filter` as a SUBSCRIBE that arrived after the stamp `earliest`.

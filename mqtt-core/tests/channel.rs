@@ -70,7 +70,7 @@ impl Client {
         let mut client = Client::new(broker, connect.protocol, now);
         client.send(Packet::Connect(Box::new(connect)), now);
         match client.take_first() {
-            Some(Packet::ConnAck(connack)) => (client, connack),
+            Some(Packet::ConnAck(connack)) => (client, *connack),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
@@ -228,7 +228,7 @@ fn publish(topic: &str, payload: &'static [u8], qos: QoS, packet_id: u16) -> Pub
         topic: ByteString::from(topic),
         packet_id,
         payload: Bytes::from_static(payload),
-        properties: PublishProperties::default(),
+        properties: Default::default(),
     }
 }
 
@@ -308,7 +308,7 @@ fn session_survives_until_its_expiry_and_no_longer() {
     let (mut sub, connack) = Client::connect_with(&broker, persistent_v5("sub", 60), t0);
     assert!(!connack.session_present);
     sub.subscribe("t", QoS::AtLeastOnce, t0);
-    sub.send(Packet::Disconnect(Disconnect::default()), t0);
+    sub.send(Packet::Disconnect(Box::default()), t0);
 
     let mut publisher = Client::connect(&broker, "pub", t0);
     publisher.publish("t", b"queued", QoS::AtLeastOnce, 1, t0);
@@ -320,7 +320,7 @@ fn session_survives_until_its_expiry_and_no_longer() {
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].payload[..], b"queued");
 
-    sub.send(Packet::Disconnect(Disconnect::default()), t0 + secs(60));
+    sub.send(Packet::Disconnect(Box::default()), t0 + secs(60));
     broker.handle_timeouts(t0 + secs(119));
     assert!(broker.session(&key("sub")).is_some());
     broker.handle_timeouts(t0 + secs(120));
@@ -424,7 +424,7 @@ fn normal_disconnect_discards_the_will_and_0x04_publishes_it() {
         },
         t0,
     );
-    polite.send(Packet::Disconnect(Disconnect::default()), t0);
+    polite.send(Packet::Disconnect(Box::default()), t0);
     assert!(watcher.publishes(t0).is_empty());
     let (mut explicit, _) = Client::connect_with(
         &broker,
@@ -435,10 +435,10 @@ fn normal_disconnect_discards_the_will_and_0x04_publishes_it() {
         t0,
     );
     explicit.send(
-        Packet::Disconnect(Disconnect {
+        Packet::Disconnect(Box::new(Disconnect {
             reason_code: ReasonCode::DISCONNECT_WITH_WILL,
             ..Default::default()
-        }),
+        })),
         t0,
     );
     assert_eq!(watcher.publishes(t0).len(), 1);

@@ -105,19 +105,19 @@ fn hand_written(v: ProtocolVersion) -> Vec<Packet> {
             password: Some(Bytes::new()),
             ..connect(v)
         })),
-        Packet::ConnAck(ConnAck::default()),
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::default()),
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: v != V3_1,
             ..ConnAck::default()
-        }),
-        Packet::ConnAck(ConnAck {
+        })),
+        Packet::ConnAck(Box::new(ConnAck {
             reason_code: ReasonCode::NOT_AUTHORIZED,
             ..ConnAck::default()
-        }),
-        Packet::ConnAck(ConnAck {
+        })),
+        Packet::ConnAck(Box::new(ConnAck {
             reason_code: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             ..ConnAck::default()
-        }),
+        })),
         Packet::Publish(Publish {
             topic: ByteString::from_static("a/b"),
             payload: Bytes::from_static(b"hello"),
@@ -130,7 +130,7 @@ fn hand_written(v: ProtocolVersion) -> Vec<Packet> {
             topic: ByteString::from_static("温度/室内"),
             packet_id: 1,
             payload: Bytes::new(),
-            properties: PublishProperties::default(),
+            properties: Default::default(),
         }),
         Packet::Publish(Publish {
             qos: QoS::ExactlyOnce,
@@ -191,11 +191,11 @@ fn hand_written(v: ProtocolVersion) -> Vec<Packet> {
         }),
         Packet::PingReq,
         Packet::PingResp,
-        Packet::Disconnect(Disconnect::default()),
+        Packet::Disconnect(Box::default()),
     ];
     if v5 {
         packets.extend([
-            Packet::ConnAck(ConnAck {
+            Packet::ConnAck(Box::new(ConnAck {
                 session_present: true,
                 reason_code: ReasonCode::SUCCESS,
                 properties: ConnAckProperties {
@@ -217,7 +217,7 @@ fn hand_written(v: ProtocolVersion) -> Vec<Packet> {
                     authentication_method: Some("SCRAM-SHA-256".into()),
                     authentication_data: Some(Bytes::from_static(b"server-final")),
                 },
-            }),
+            })),
             Packet::Publish(Publish {
                 qos: QoS::AtLeastOnce,
                 topic: ByteString::new(),
@@ -232,7 +232,8 @@ fn hand_written(v: ProtocolVersion) -> Vec<Packet> {
                     user_properties: users(),
                     subscription_identifiers: vec![1, 127, 128, 16_384, 268_435_455],
                     content_type: Some("application/json".into()),
-                },
+                }
+                .into(),
                 ..Publish::default()
             }),
             Packet::PubAck(PubResponse {
@@ -294,11 +295,11 @@ fn hand_written(v: ProtocolVersion) -> Vec<Packet> {
                 user_properties: users(),
                 filters: vec!["a/#".into()],
             }),
-            Packet::Disconnect(Disconnect {
+            Packet::Disconnect(Box::new(Disconnect {
                 reason_code: ReasonCode::DISCONNECT_WITH_WILL,
                 properties: DisconnectProperties::default(),
-            }),
-            Packet::Disconnect(Disconnect {
+            })),
+            Packet::Disconnect(Box::new(Disconnect {
                 reason_code: ReasonCode::SERVER_MOVED,
                 properties: DisconnectProperties {
                     session_expiry_interval: Some(0),
@@ -306,16 +307,16 @@ fn hand_written(v: ProtocolVersion) -> Vec<Packet> {
                     user_properties: users(),
                     server_reference: Some("new-host:1883".into()),
                 },
-            }),
-            Packet::Disconnect(Disconnect {
+            })),
+            Packet::Disconnect(Box::new(Disconnect {
                 reason_code: ReasonCode::NORMAL_DISCONNECTION,
                 properties: DisconnectProperties {
                     session_expiry_interval: Some(10),
                     ..DisconnectProperties::default()
                 },
-            }),
-            Packet::Auth(Auth::default()),
-            Packet::Auth(Auth {
+            })),
+            Packet::Auth(Box::default()),
+            Packet::Auth(Box::new(Auth {
                 reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
                 properties: AuthProperties {
                     authentication_method: Some("SCRAM-SHA-256".into()),
@@ -323,14 +324,14 @@ fn hand_written(v: ProtocolVersion) -> Vec<Packet> {
                     reason_string: Some("step 2".into()),
                     user_properties: users(),
                 },
-            }),
-            Packet::Auth(Auth {
+            })),
+            Packet::Auth(Box::new(Auth {
                 reason_code: ReasonCode::SUCCESS,
                 properties: AuthProperties {
                     authentication_method: Some("M".into()),
                     ..AuthProperties::default()
                 },
-            }),
+            })),
         ]);
     }
     packets
@@ -364,10 +365,10 @@ fn exact_bytes_of_fixed_forms() {
     assert_eq!(bytes_of(&Packet::PingReq, V3_1_1), [0xC0, 0x00]);
     assert_eq!(bytes_of(&Packet::PingResp, V5), [0xD0, 0x00]);
     assert_eq!(
-        bytes_of(&Packet::Disconnect(Disconnect::default()), V5),
+        bytes_of(&Packet::Disconnect(Box::default()), V5),
         [0xE0, 0x00]
     );
-    assert_eq!(bytes_of(&Packet::Auth(Auth::default()), V5), [0xF0, 0x00]);
+    assert_eq!(bytes_of(&Packet::Auth(Box::default()), V5), [0xF0, 0x00]);
     let ack = |reason_code| PubResponse {
         packet_id: 0x1234,
         reason_code,
@@ -388,10 +389,10 @@ fn exact_bytes_of_fixed_forms() {
     );
     assert_eq!(
         bytes_of(
-            &Packet::Disconnect(Disconnect {
+            &Packet::Disconnect(Box::new(Disconnect {
                 reason_code: ReasonCode::DISCONNECT_WITH_WILL,
                 ..Disconnect::default()
-            }),
+            })),
             V5
         ),
         [0xE0, 0x01, 0x04]
@@ -435,10 +436,10 @@ fn v3_connack_return_codes_map_both_ways() {
     ];
     for v in [V3_1, V3_1_1] {
         for (code, wire, back) in cases {
-            let p = Packet::ConnAck(ConnAck {
+            let p = Packet::ConnAck(Box::new(ConnAck {
                 reason_code: ReasonCode(code),
                 ..ConnAck::default()
-            });
+            }));
             let b = bytes_of(&p, v);
             assert_eq!(b, [0x20, 0x02, 0x00, wire], "{code:#x} for {v:?}");
             let Packet::ConnAck(got) = round_trip(&p, v) else {
@@ -448,10 +449,10 @@ fn v3_connack_return_codes_map_both_ways() {
         }
     }
     // 3.1 has no Session Present flag.
-    let p = Packet::ConnAck(ConnAck {
+    let p = Packet::ConnAck(Box::new(ConnAck {
         session_present: true,
         ..ConnAck::default()
-    });
+    }));
     assert_eq!(bytes_of(&p, V3_1), [0x20, 0x02, 0x00, 0x00]);
     assert_eq!(bytes_of(&p, V3_1_1), [0x20, 0x02, 0x01, 0x00]);
 }
@@ -484,10 +485,10 @@ fn v3_drops_what_it_cannot_carry() {
         reason_codes: vec![ReasonCode::SUCCESS],
     });
     assert_eq!(bytes_of(&unsuback, V3_1_1), [0xB0, 0x02, 0x00, 0x05]);
-    let disconnect = Packet::Disconnect(Disconnect {
+    let disconnect = Packet::Disconnect(Box::new(Disconnect {
         reason_code: ReasonCode::SERVER_SHUTTING_DOWN,
         properties: DisconnectProperties::default(),
-    });
+    }));
     assert_eq!(bytes_of(&disconnect, V3_1), [0xE0, 0x00]);
     let subscribe = Packet::Subscribe(Subscribe {
         packet_id: 2,
@@ -512,7 +513,7 @@ fn v3_drops_what_it_cannot_carry() {
 #[test]
 fn encode_refuses_what_cannot_be_sent() {
     let mut out = BytesMut::new();
-    let auth = Packet::Auth(Auth::default());
+    let auth = Packet::Auth(Box::default());
     for v in [V3_1, V3_1_1] {
         assert!(matches!(
             encode(&auth, v, &mut out),
@@ -566,18 +567,18 @@ fn encode_refuses_what_cannot_be_sent() {
             V5,
         ),
         (
-            Packet::Auth(Auth {
+            Packet::Auth(Box::new(Auth {
                 reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
                 ..Auth::default()
-            }),
+            })),
             V5,
         ),
         (
-            Packet::ConnAck(ConnAck {
+            Packet::ConnAck(Box::new(ConnAck {
                 session_present: true,
                 reason_code: ReasonCode::BANNED,
                 ..ConnAck::default()
-            }),
+            })),
             V5,
         ),
     ];

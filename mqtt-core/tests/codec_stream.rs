@@ -79,7 +79,7 @@ fn session(v: ProtocolVersion) -> Vec<Packet> {
             ..PubResponse::default()
         }),
         Packet::PingReq,
-        Packet::Disconnect(Disconnect::default()),
+        Packet::Disconnect(Box::default()),
     ]
 }
 

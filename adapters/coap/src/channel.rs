@@ -1363,7 +1363,7 @@ impl CoapChannel {
             ..PublishProperties::default()
         };
         let payload = Bytes::from(request.packet.payload.clone());
-        let dispatched = match client.publish(topic, qos, retain, payload, properties, now) {
+        let dispatched = match client.publish(topic, qos, retain, payload, properties.into(), now) {
             Ok(dispatched) => dispatched,
             Err(refused @ PublishRefused::Invalid(_, why)) => {
                 tracing::info!(topic, why, %refused, "publish refused");

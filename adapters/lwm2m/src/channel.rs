@@ -19,7 +19,7 @@ use mqtt_core::broker::{Broker, WillDisposition};
 use mqtt_core::client::{
     ClientSession, ConnectRefused, OpenSession, Presented, PublishPermit, PublishRefused,
 };
-use mqtt_core::codec::{PublishProperties, QoS, SubscriptionOptions};
+use mqtt_core::codec::{QoS, SubscriptionOptions};
 use mqtt_core::protocol::Flow;
 use mqtt_core::rate::PublishRates;
 use mqtt_core::session::{ConnControl, Wakeup};
@@ -1315,7 +1315,7 @@ impl Lwm2mChannel {
         let dispatched = session.publish_permitted(
             permit,
             Bytes::from(body.to_string()),
-            PublishProperties::default(),
+            Default::default(),
             now,
         );
         dispatched.ticket
@@ -1334,7 +1334,7 @@ impl Lwm2mChannel {
             topic.qos,
             false,
             Bytes::from(body.to_string()),
-            PublishProperties::default(),
+            Default::default(),
             now,
         );
         if let Err(refused) = result {

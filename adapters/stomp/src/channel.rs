@@ -808,7 +808,7 @@ impl StompChannel {
                 .push((name.clone(), value.clone()));
         }
         Ok(client
-            .publish_permitted(permit, frame.body.clone(), properties, now)
+            .publish_permitted(permit, frame.body.clone(), properties.into(), now)
             .ticket)
     }
 

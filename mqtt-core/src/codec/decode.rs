@@ -217,7 +217,7 @@ impl Decoder {
         };
         let v5 = version.is_v5();
         let packet = match header.packet_type {
-            wire::CONNACK => Packet::ConnAck(decode_connack(&mut r, version)?),
+            wire::CONNACK => Packet::ConnAck(Box::new(decode_connack(&mut r, version)?)),
             wire::PUBLISH => Packet::Publish(decode_publish(&mut r, v5, header.flags)?),
             wire::PUBACK => Packet::PubAck(decode_pub_response(&mut r, v5, wire::PUBACK)?),
             wire::PUBREC => Packet::PubRec(decode_pub_response(&mut r, v5, wire::PUBREC)?),
@@ -229,8 +229,8 @@ impl Decoder {
             wire::UNSUBACK => Packet::UnsubAck(decode_unsuback(&mut r, v5)?),
             wire::PINGREQ => Packet::PingReq,
             wire::PINGRESP => Packet::PingResp,
-            wire::DISCONNECT => Packet::Disconnect(decode_disconnect(&mut r, v5)?),
-            wire::AUTH => Packet::Auth(decode_auth(&mut r)?),
+            wire::DISCONNECT => Packet::Disconnect(Box::new(decode_disconnect(&mut r, v5)?)),
+            wire::AUTH => Packet::Auth(Box::new(decode_auth(&mut r)?)),
             _ => return Err(DecodeError::Malformed("[§2.1.2] unknown packet type")),
         };
         r.finish()?;
@@ -451,7 +451,7 @@ fn decode_publish(r: &mut Reader, v5: bool, flags: u8) -> Result<Publish> {
         topic,
         packet_id,
         payload,
-        properties,
+        properties: properties.into(),
     })
 }
 

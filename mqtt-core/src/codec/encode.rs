@@ -231,7 +231,7 @@ fn write_publish<S: Sink>(s: &mut S, p: &Publish, v5: bool) -> Result<()> {
         s.u16(nonzero_packet_id(p.packet_id)?);
     }
     if v5 {
-        write_properties(s, &p.properties)?;
+        write_properties(s, &*p.properties)?;
     }
     s.put(&p.payload);
     Ok(())

@@ -122,10 +122,12 @@ impl ReasonCode {
 
 pub type UserProperties = Vec<(String, String)>;
 
+/// Packets that come once per connection are boxed: every packet is moved by value from
+/// the decoder to its handler, and a PUBLISH should not pay for the size of a CONNACK.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
     Connect(Box<Connect>),
-    ConnAck(ConnAck),
+    ConnAck(Box<ConnAck>),
     Publish(Publish),
     PubAck(PubResponse),
     PubRec(PubResponse),
@@ -137,8 +139,8 @@ pub enum Packet {
     UnsubAck(UnsubAck),
     PingReq,
     PingResp,
-    Disconnect(Disconnect),
-    Auth(Auth),
+    Disconnect(Box<Disconnect>),
+    Auth(Box<Auth>),
 }
 
 impl Packet {
@@ -247,7 +249,7 @@ pub struct Publish {
     /// Zero for QoS 0, non-zero otherwise.
     pub packet_id: u16,
     pub payload: Bytes,
-    pub properties: PublishProperties,
+    pub properties: SparseProperties,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -260,6 +262,91 @@ pub struct PublishProperties {
     pub user_properties: UserProperties,
     pub subscription_identifiers: Vec<u32>,
     pub content_type: Option<String>,
+}
+
+impl PublishProperties {
+    const NONE: PublishProperties = PublishProperties {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        topic_alias: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+        subscription_identifiers: Vec::new(),
+        content_type: None,
+    };
+
+    /// Field by field: the derived equality with an empty set calls into `memcmp` for
+    /// each empty list, once per decoded PUBLISH.
+    pub fn is_empty(&self) -> bool {
+        self.payload_format_indicator.is_none()
+            && self.message_expiry_interval.is_none()
+            && self.topic_alias.is_none()
+            && self.response_topic.is_none()
+            && self.correlation_data.is_none()
+            && self.user_properties.is_empty()
+            && self.subscription_identifiers.is_empty()
+            && self.content_type.is_none()
+    }
+}
+
+static NO_PUBLISH_PROPERTIES: PublishProperties = PublishProperties::NONE;
+
+/// A publish's properties, on the heap only when it has any. Most messages carry none,
+/// and a publish and the message made of it are moved by value several times on their way
+/// through the broker: inline, the properties' 144 bytes were most of what each move
+/// copied. Reads see an empty set when there is none; a write through `DerefMut`
+/// allocates it, so hot paths test before they write.
+#[derive(Clone, Default)]
+pub struct SparseProperties(Option<Box<PublishProperties>>);
+
+impl SparseProperties {
+    /// The topic alias, removed; allocates nothing when there is none.
+    pub fn take_topic_alias(&mut self) -> Option<u16> {
+        self.0.as_mut().and_then(|set| set.topic_alias.take())
+    }
+
+    pub fn into_inner(self) -> PublishProperties {
+        self.0.map_or_else(PublishProperties::default, |set| *set)
+    }
+}
+
+impl From<PublishProperties> for SparseProperties {
+    fn from(set: PublishProperties) -> SparseProperties {
+        if set.is_empty() {
+            SparseProperties(None)
+        } else {
+            SparseProperties(Some(Box::new(set)))
+        }
+    }
+}
+
+impl std::ops::Deref for SparseProperties {
+    type Target = PublishProperties;
+
+    fn deref(&self) -> &PublishProperties {
+        self.0.as_deref().unwrap_or(&NO_PUBLISH_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for SparseProperties {
+    fn deref_mut(&mut self) -> &mut PublishProperties {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for SparseProperties {
+    fn eq(&self, other: &SparseProperties) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for SparseProperties {}
+
+impl std::fmt::Debug for SparseProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
 }
 
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.

@@ -300,7 +300,7 @@ fn connack(v: ProtocolVersion) -> BoxedStrategy<Packet> {
     };
     (any::<bool>(), pick(codes), connack_properties())
         .prop_map(move |(session_present, reason_code, properties)| {
-            Packet::ConnAck(ConnAck {
+            Packet::ConnAck(Box::new(ConnAck {
                 // Only an accepting 3.1.1/5.0 CONNACK can say a session is present.
                 session_present: session_present
                     && reason_code == ReasonCode::SUCCESS
@@ -311,7 +311,7 @@ fn connack(v: ProtocolVersion) -> BoxedStrategy<Packet> {
                 } else {
                     ConnAckProperties::default()
                 },
-            })
+            }))
         })
         .boxed()
 }
@@ -372,7 +372,7 @@ fn publish(v: ProtocolVersion) -> BoxedStrategy<Packet> {
                     topic,
                     packet_id: if at_most_once { 0 } else { packet_id },
                     payload,
-                    properties,
+                    properties: properties.into(),
                 })
             },
         )
@@ -493,7 +493,7 @@ fn unsuback(v: ProtocolVersion) -> BoxedStrategy<Packet> {
 
 fn disconnect(v: ProtocolVersion) -> BoxedStrategy<Packet> {
     if !v.is_v5() {
-        return Just(Packet::Disconnect(Disconnect::default())).boxed();
+        return Just(Packet::Disconnect(Box::default())).boxed();
     }
     (
         pick(DISCONNECT_CODES),
@@ -503,7 +503,7 @@ fn disconnect(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         option::of(text()),
     )
         .prop_map(|(reason_code, sei, rs, up, sr)| {
-            Packet::Disconnect(Disconnect {
+            Packet::Disconnect(Box::new(Disconnect {
                 reason_code,
                 properties: DisconnectProperties {
                     session_expiry_interval: sei,
@@ -511,14 +511,14 @@ fn disconnect(v: ProtocolVersion) -> BoxedStrategy<Packet> {
                     user_properties: up,
                     server_reference: sr,
                 },
-            })
+            }))
         })
         .boxed()
 }
 
 fn auth() -> BoxedStrategy<Packet> {
     prop_oneof![
-        Just(Packet::Auth(Auth::default())),
+        Just(Packet::Auth(Box::default())),
         (
             pick(AUTH_CODES),
             text(),
@@ -527,7 +527,7 @@ fn auth() -> BoxedStrategy<Packet> {
             user_properties()
         )
             .prop_map(|(reason_code, method, data, rs, up)| {
-                Packet::Auth(Auth {
+                Packet::Auth(Box::new(Auth {
                     reason_code,
                     properties: AuthProperties {
                         authentication_method: Some(method),
@@ -535,7 +535,7 @@ fn auth() -> BoxedStrategy<Packet> {
                         reason_string: rs,
                         user_properties: up,
                     },
-                })
+                }))
             })
     ]
     .boxed()

@@ -32,6 +32,7 @@ use mqtt_core::protocol::Flow;
 use mqtt_core::rate::TokenBucket;
 use mqtt_core::session::Wakeup;
 use parking_lot::Mutex;
+use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
@@ -103,18 +104,26 @@ impl Transport for TcpStream {
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
-        let socket = &*self;
-        try_when_ready(
-            cx,
-            |cx| socket.poll_read_ready(cx),
-            || {
-                let read = read_through_scratch(buf, |scratch| socket.try_read(scratch));
-                if matches!(&read, Err(error) if error.kind() == io::ErrorKind::WouldBlock) {
-                    note_empty_read();
+        // Through tokio's `poll_read`, not `try_read`: a read that does not fill the buffer
+        // has emptied the socket, and tokio then forgets its readiness, where `try_read`
+        // would keep it and cost one more `recv` that finds nothing, after every read.
+        read_through_scratch(buf, |scratch| {
+            let capacity = scratch.len();
+            let mut read = tokio::io::ReadBuf::new(scratch);
+            match Pin::new(&mut *self).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let n = read.filled().len();
+                    if n < capacity {
+                        // The moment after it found the socket empty: what the next read
+                        // gets arrived later.
+                        note_empty_read();
+                    }
+                    Poll::Ready(Ok(n))
                 }
-                read
-            },
-        )
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -244,8 +253,9 @@ thread_local! {
     static LAST_EMPTY_READ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// A read found the socket empty (it would block): stamps the moment for the driver, as
-/// the earliest that input read later can have arrived (`mqtt_core::arrival`).
+/// A read found the socket empty (it would block, or did not fill its buffer): stamps the
+/// moment for the driver, as the earliest that input read later can have arrived
+/// (`mqtt_core::arrival`).
 pub(crate) fn note_empty_read() {
     LAST_EMPTY_READ.set(mqtt_core::arrival::stamp());
 }
@@ -485,9 +495,11 @@ fn run<T: Transport, C: StreamChannel>(
         if this.out.len() < OUTPUT_READ_PAUSE && !*this.stalled {
             LAST_EMPTY_READ.set(0);
             let read = this.transport.poll_read_buf(cx, this.input);
-            match LAST_EMPTY_READ.replace(0) {
-                0 => {}
-                empty_at => *this.empty_at = empty_at,
+            // A read that returns bytes may also have found the socket empty after them:
+            // that bounds the next input's arrival, not this one's.
+            let emptied_at = LAST_EMPTY_READ.replace(0);
+            if emptied_at != 0 && !matches!(read, Poll::Ready(Ok(n)) if n > 0) {
+                *this.empty_at = emptied_at;
             }
             match read {
                 // MQTT has no half-close: end of input ends the connection.
@@ -498,6 +510,9 @@ fn run<T: Transport, C: StreamChannel>(
                     // Between the last look that found nothing and now.
                     this.channel
                         .note_arrival(*this.empty_at, mqtt_core::arrival::stamp());
+                    if emptied_at != 0 {
+                        *this.empty_at = emptied_at;
+                    }
                     if this
                         .channel
                         .handle_input(this.input, this.out, Instant::now())

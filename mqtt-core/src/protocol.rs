@@ -1166,8 +1166,15 @@ impl MqttChannel {
             }
         }
         let packet = Packet::Publish(publish);
-        match encoded_len(&packet, self.version) {
-            Ok(len) if len as u64 > u64::from(self.client_max_packet_size) => {
+        // Sized first only for a client that set a Maximum Packet Size below what MQTT can
+        // carry at all: sizing costs nearly as much as encoding.
+        let sized = if self.client_max_packet_size < crate::codec::LARGEST_PACKET {
+            encoded_len(&packet, self.version).map(Some)
+        } else {
+            Ok(None)
+        };
+        match sized {
+            Ok(Some(len)) if len as u64 > u64::from(self.client_max_packet_size) => {
                 tracing::debug!(
                     len,
                     max = self.client_max_packet_size,
@@ -1181,17 +1188,19 @@ impl MqttChannel {
                 return false;
             }
         }
+        let before = out.len();
+        self.send(&packet, out);
+        if out.len() == before {
+            // It could not be encoded (`send` logged why): dropped, as one too large is.
+            return false;
+        }
+        Stats::add(&self.broker.stats.messages_sent, 1);
         if let Some(alias) = new_alias {
             self.aliases
                 .get_or_insert_with(Box::default)
                 .outbound
                 // Copied: a routed topic shares its publisher's read buffer, payload and all.
                 .insert(ByteString::from(&*message.topic), alias);
-        }
-        let before = out.len();
-        self.send(&packet, out);
-        if out.len() > before {
-            Stats::add(&self.broker.stats.messages_sent, 1);
         }
         true
     }

@@ -91,7 +91,9 @@ const RECENT_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Default)]
 struct Recent {
-    messages: VecDeque<Arc<Message>>,
+    /// Each with its weight, kept so that letting the oldest go reads nothing of it: by
+    /// then it is long out of the cache.
+    messages: VecDeque<(Arc<Message>, usize)>,
     bytes: usize,
 }
 
@@ -103,12 +105,12 @@ impl Recent {
         }
         while self.messages.len() >= RECENT_MESSAGES || self.bytes + weight > RECENT_BYTES {
             match self.messages.pop_front() {
-                Some(oldest) => self.bytes -= oldest.weight(),
+                Some((_, oldest_weight)) => self.bytes -= oldest_weight,
                 None => break,
             }
         }
         self.bytes += weight;
-        self.messages.push_back(message.clone());
+        self.messages.push_back((message.clone(), weight));
     }
 }
 
@@ -166,7 +168,7 @@ impl Router {
         // after it sees the subscription: what is recorded now is exactly what it missed.
         let mut missed = Vec::new();
         for shard in &self.recent {
-            for message in &shard.lock().messages {
+            for (message, _) in &shard.lock().messages {
                 if message.arrival <= arrival
                     || !crate::topic::matches(filter, &message.topic)
                     || (subscriber.options.no_local

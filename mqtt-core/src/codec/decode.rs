@@ -5,8 +5,8 @@ use super::error::DecodeError;
 use super::packet::{
     AckProperties, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, ConnectProperties,
     Disconnect, DisconnectProperties, LastWill, Packet, ProtocolVersion, PubResponse, Publish,
-    PublishProperties, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
-    Unsubscribe, UserProperties, WillProperties,
+    PublishProperties, QoS, ReasonCode, SparseProperties, SubAck, Subscribe, SubscriptionOptions,
+    UnsubAck, Unsubscribe, UserProperties, WillProperties,
 };
 use super::wire;
 
@@ -422,9 +422,9 @@ fn decode_publish(r: &mut Reader, v5: bool, flags: u8) -> Result<Publish> {
         r.packet_id()?
     };
     let properties = if v5 {
-        publish_properties(r)?
+        SparseProperties::from(publish_properties(r)?)
     } else {
-        PublishProperties::default()
+        SparseProperties::default()
     };
     if topic.is_empty() {
         if !v5 {
@@ -451,7 +451,7 @@ fn decode_publish(r: &mut Reader, v5: bool, flags: u8) -> Result<Publish> {
         topic,
         packet_id,
         payload,
-        properties: properties.into(),
+        properties,
     })
 }
 

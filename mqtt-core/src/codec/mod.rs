@@ -21,3 +21,7 @@ pub use decode::Decoder;
 pub use encode::{encode, encoded_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
+
+/// The largest packet MQTT can encode: a fixed header byte, a four-byte Remaining Length and
+/// its largest value.
+pub const LARGEST_PACKET: u32 = 1 + 4 + wire::VBI_MAX;

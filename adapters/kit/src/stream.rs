@@ -305,8 +305,6 @@ pin_project_lite::pin_project! {
         phase: Phase,
         // The channel stopped taking input with some of it still buffered.
         stalled: bool,
-        // A wake from the broker was put off once, behind the tasks already waiting.
-        deferred: bool,
     }
 }
 
@@ -334,7 +332,6 @@ where
         armed: false,
         phase: Phase::Running,
         stalled: false,
-        deferred: false,
     }
 }
 
@@ -437,16 +434,6 @@ fn run<T: Transport, C: StreamChannel>(
     this: &mut Projection<'_, T, C>,
     cx: &mut Context<'_>,
 ) -> Poll<Flow> {
-    // A wake from the broker (deliveries for this client) is answered after the tasks
-    // already waiting to run, once: those are mostly publishers with input ready, and
-    // what they route here then leaves in one write instead of one write each. A task
-    // that wakes itself goes to the back of its worker's queue.
-    if !*this.deferred && this.wakeup.pending.load(Ordering::Acquire) & WOKEN != 0 {
-        *this.deferred = true;
-        cx.waker().wake_by_ref();
-        return Poll::Pending;
-    }
-    *this.deferred = false;
     // Registered before `pending` is read: a wake between the two is not lost.
     this.wakeup.waker.register(cx.waker());
     for _ in 0..ROUNDS_PER_POLL {

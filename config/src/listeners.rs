@@ -19,6 +19,8 @@ pub enum ListenerKind {
     Quic,
     MqttSnUdp,
     CoapUdp,
+    /// CoAP over DTLS.
+    CoapDtls,
     CoapTcp,
     CoapWs,
     Lwm2mUdp,
@@ -27,7 +29,7 @@ pub enum ListenerKind {
 }
 
 impl ListenerKind {
-    pub const ALL: [ListenerKind; 12] = [
+    pub const ALL: [ListenerKind; 13] = [
         ListenerKind::Tcp,
         ListenerKind::Ssl,
         ListenerKind::Ws,
@@ -35,6 +37,7 @@ impl ListenerKind {
         ListenerKind::Quic,
         ListenerKind::MqttSnUdp,
         ListenerKind::CoapUdp,
+        ListenerKind::CoapDtls,
         ListenerKind::CoapTcp,
         ListenerKind::CoapWs,
         ListenerKind::Lwm2mUdp,
@@ -52,6 +55,7 @@ impl ListenerKind {
             ListenerKind::Quic => "listeners.quic",
             ListenerKind::MqttSnUdp => "gateway.mqttsn.listeners.udp",
             ListenerKind::CoapUdp => "gateway.coap.listeners.udp",
+            ListenerKind::CoapDtls => "gateway.coap.listeners.dtls",
             ListenerKind::CoapTcp => "gateway.coap.listeners.tcp",
             ListenerKind::CoapWs => "gateway.coap.listeners.ws",
             ListenerKind::Lwm2mUdp => "gateway.lwm2m.listeners.udp",
@@ -71,6 +75,7 @@ impl ListenerKind {
             ListenerKind::Quic => "quic",
             ListenerKind::MqttSnUdp => "mqttsn:udp",
             ListenerKind::CoapUdp => "coap:udp",
+            ListenerKind::CoapDtls => "coap:dtls",
             ListenerKind::CoapTcp => "coap:tcp",
             ListenerKind::CoapWs => "coap:ws",
             ListenerKind::Lwm2mUdp => "lwm2m:udp",
@@ -161,6 +166,12 @@ impl Config {
         );
         entries(
             &mut out,
+            ListenerKind::CoapDtls,
+            &g.coap.listeners.dtls,
+            |l| (&l.bind, l.enable && g.coap.enable && l.has_credentials()),
+        );
+        entries(
+            &mut out,
             ListenerKind::CoapTcp,
             &g.coap.listeners.tcp,
             |l| (&l.bind, l.enable && g.coap.enable),
@@ -223,6 +234,7 @@ mod tests {
                 "quic:default",
                 "mqttsn:udp:default",
                 "coap:udp:default",
+                "coap:dtls:default",
                 "coap:tcp:default",
                 "coap:ws:default",
                 "lwm2m:udp:default",

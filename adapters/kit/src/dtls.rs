@@ -1,0 +1,974 @@
+//! DTLS 1.2 for the datagram listeners (RFC 6347), with pre-shared keys (RFC 4279,
+//! `TLS_PSK_WITH_AES_128_CCM_8`, the suite CoAP mandates in RFC 7252 9.1.3.1).
+//!
+//! The listener answers a ClientHello that carries no valid cookie of ours with a
+//! HelloVerifyRequest and keeps nothing: the cookie is a keyed hash of the source address,
+//! the client's random and a coarse time window (RFC 6347 4.2.1). Only a ClientHello that
+//! returns such a cookie, which a forger at another address never saw, makes a peer. The
+//! peer then runs the handshake engine, whose first words are a HelloVerifyRequest of its
+//! own: the engine takes no cookie from outside, so the client goes through the exchange
+//! twice (clients allow a server to repeat it), at the cost of one round trip, which buys
+//! a listener that holds no state for any address that has not shown it receives there.
+//!
+//! Handshakes are limited in number, per source address and in time. The key identity a
+//! client authenticated with is what the channel behind the peer is told: the adapters
+//! make it the client's user name and refuse a client id other than it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use dimpl::{Dtls, Output};
+use hmac::{Hmac, Mac};
+use mqtt_core::protocol::Flow;
+use parking_lot::Mutex;
+use sha2::Sha256;
+
+use crate::datagram::{Admission, DatagramChannel, Demux};
+
+/// How long a cookie stays good: it names the window it was made in, and the one before
+/// is accepted too, so a cookie lives one to two windows.
+const COOKIE_WINDOW: Duration = Duration::from_secs(30);
+const COOKIE_LEN: usize = 32;
+const RECORD_HEADER_LEN: usize = 13;
+const HANDSHAKE_HEADER_LEN: usize = 12;
+const CONTENT_HANDSHAKE: u8 = 22;
+const CLIENT_HELLO: u8 = 1;
+const HELLO_VERIFY_REQUEST: u8 = 3;
+/// RFC 6347 4.2.1: the HelloVerifyRequest names DTLS 1.0, whatever is negotiated later.
+const DTLS_1_0: [u8; 2] = [0xfe, 0xff];
+/// Bytes a record adds to what it protects with the CCM_8 suite: header, explicit nonce, tag.
+pub const RECORD_OVERHEAD: usize = RECORD_HEADER_LEN + 8 + 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DtlsSetupError {
+    #[error("cannot read the pre-shared key file {path}: {error}")]
+    PskFile { path: String, error: std::io::Error },
+    #[error("pre-shared key file {path}, line {line}: {reason}")]
+    PskLine {
+        path: String,
+        line: usize,
+        reason: &'static str,
+    },
+    #[error("pre-shared key file {path} holds no key")]
+    NoKeys { path: String },
+    #[error("DTLS engine configuration: {0}")]
+    Engine(String),
+}
+
+/// Pre-shared keys by identity, as read from a file of `identity:secret` lines: the
+/// identity is everything before the first `:`, the secret the bytes after it (so a
+/// secret may hold `:`). Blank lines and lines starting with `#` are skipped.
+#[derive(Clone, Default)]
+pub struct PskTable {
+    keys: HashMap<Box<[u8]>, Box<[u8]>>,
+}
+
+impl std::fmt::Debug for PskTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("PskTable")
+            .field("identities", &self.keys.len())
+            .finish()
+    }
+}
+
+impl PskTable {
+    pub fn load(path: &Path) -> Result<PskTable, DtlsSetupError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| DtlsSetupError::PskFile {
+            path: shown.clone(),
+            error,
+        })?;
+        let table = PskTable::parse(&text).map_err(|(line, reason)| DtlsSetupError::PskLine {
+            path: shown.clone(),
+            line,
+            reason,
+        })?;
+        if table.keys.is_empty() {
+            return Err(DtlsSetupError::NoKeys { path: shown });
+        }
+        Ok(table)
+    }
+
+    /// The table in `text`, or the first bad line (from 1) and what is wrong with it.
+    pub fn parse(text: &str) -> Result<PskTable, (usize, &'static str)> {
+        let mut keys = HashMap::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((identity, secret)) = line.split_once(':') else {
+                return Err((index + 1, "expected identity:secret"));
+            };
+            if identity.is_empty() || identity.len() > 128 {
+                return Err((index + 1, "the identity must be 1 to 128 bytes"));
+            }
+            if secret.is_empty() || secret.len() > 64 {
+                return Err((index + 1, "the secret must be 1 to 64 bytes"));
+            }
+            if keys
+                .insert(Box::from(identity.as_bytes()), Box::from(secret.as_bytes()))
+                .is_some()
+            {
+                return Err((index + 1, "the identity is listed twice"));
+            }
+        }
+        Ok(PskTable { keys })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn get(&self, identity: &[u8]) -> Option<&[u8]> {
+        self.keys.get(identity).map(|secret| &**secret)
+    }
+}
+
+/// A DTLS listener's credentials and limits.
+#[derive(Clone)]
+pub struct DtlsSettings {
+    psk: Arc<PskTable>,
+    /// Handshakes under way at once on the listener.
+    pub max_handshakes: usize,
+    /// Handshakes under way at once from one source IP address.
+    pub max_handshakes_per_source: usize,
+    /// A handshake not done by then is given up, its peer forgotten.
+    pub handshake_timeout: Duration,
+    /// The largest datagram the engine sends.
+    pub mtu: usize,
+    /// The engine's configuration with the listener's keys, checked at start; a peer gets
+    /// one of its own, which tells it the identity that its client proved.
+    checked: Arc<dimpl::Config>,
+}
+
+impl std::fmt::Debug for DtlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlsSettings")
+            .field("psk", &self.psk)
+            .field("max_handshakes", &self.max_handshakes)
+            .field("max_handshakes_per_source", &self.max_handshakes_per_source)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("mtu", &self.mtu)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DtlsSettings {
+    pub fn new(
+        psk: PskTable,
+        max_handshakes: usize,
+        max_handshakes_per_source: usize,
+        handshake_timeout: Duration,
+        mtu: usize,
+    ) -> Result<DtlsSettings, DtlsSetupError> {
+        let psk = Arc::new(psk);
+        let resolver = Arc::new(RecordingResolver {
+            table: psk.clone(),
+            resolved: Mutex::new(None),
+        });
+        let checked = engine_config(resolver, handshake_timeout, mtu)?;
+        Ok(DtlsSettings {
+            psk,
+            max_handshakes,
+            max_handshakes_per_source,
+            handshake_timeout,
+            mtu,
+            checked: Arc::new(checked),
+        })
+    }
+}
+
+fn engine_config(
+    resolver: Arc<RecordingResolver>,
+    handshake_timeout: Duration,
+    mtu: usize,
+) -> Result<dimpl::Config, DtlsSetupError> {
+    dimpl::Config::builder()
+        .with_psk_server(None, resolver)
+        .handshake_timeout(handshake_timeout)
+        .mtu(mtu)
+        .build()
+        .map_err(|error| DtlsSetupError::Engine(error.to_string()))
+}
+
+/// What a ClientHello tells before any state exists for its sender.
+#[derive(Debug, PartialEq, Eq)]
+struct ClientHello<'a> {
+    /// The record's sequence number, echoed in our HelloVerifyRequest (RFC 6347 4.2.1).
+    record_sequence: &'a [u8],
+    /// client_version, random and session_id: what the cookie binds.
+    hello_prefix: &'a [u8],
+    cookie: &'a [u8],
+}
+
+/// Reads the unfragmented ClientHello that opens `datagram`, or `None`. A ClientHello
+/// that needs more than one datagram gets no cookie: clients fit the first one in one.
+fn parse_client_hello(datagram: &[u8]) -> Option<ClientHello<'_>> {
+    let header = datagram.get(..RECORD_HEADER_LEN)?;
+    // Epoch 0: a handshake record sent in the clear.
+    if header.first() != Some(&CONTENT_HANDSHAKE) || header.get(3..5)? != [0, 0] {
+        return None;
+    }
+    let record_len = usize::from(u16::from_be_bytes([*header.get(11)?, *header.get(12)?]));
+    let fragment = datagram.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + record_len)?;
+    let handshake = fragment.get(..HANDSHAKE_HEADER_LEN)?;
+    if handshake.first() != Some(&CLIENT_HELLO) {
+        return None;
+    }
+    let length = handshake.get(1..4)?;
+    // Offset 0 and the whole message in this fragment.
+    if handshake.get(6..9)? != [0, 0, 0] || handshake.get(9..12)? != length {
+        return None;
+    }
+    let length = usize::from(*length.get(1)?) << 8 | usize::from(*length.get(2)?);
+    let body = fragment.get(HANDSHAKE_HEADER_LEN..HANDSHAKE_HEADER_LEN + length)?;
+    // client_version (2), random (32), session_id <0..32>, cookie <0..255>.
+    let session_len = usize::from(*body.get(34)?);
+    let prefix_end = 35 + session_len;
+    let cookie_len = usize::from(*body.get(prefix_end)?);
+    let cookie = body.get(prefix_end + 1..prefix_end + 1 + cookie_len)?;
+    Some(ClientHello {
+        record_sequence: header.get(5..11)?,
+        hello_prefix: body.get(..prefix_end)?,
+        cookie,
+    })
+}
+
+/// Stateless cookies (RFC 6347 4.2.1): HMAC-SHA256 of the time window, the source address
+/// and the ClientHello's version, random and session id, under a key made at start.
+pub struct CookieJar {
+    key: [u8; 32],
+    started: Instant,
+}
+
+impl std::fmt::Debug for CookieJar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CookieJar").finish_non_exhaustive()
+    }
+}
+
+impl CookieJar {
+    pub fn new(now: Instant) -> CookieJar {
+        CookieJar {
+            key: rand::random(),
+            started: now,
+        }
+    }
+
+    fn window(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_secs() / COOKIE_WINDOW.as_secs()
+    }
+
+    fn cookie(&self, window: u64, from: SocketAddr, hello_prefix: &[u8]) -> [u8; COOKIE_LEN] {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            // HMAC takes a key of any length.
+            return [0; COOKIE_LEN];
+        };
+        mac.update(&window.to_be_bytes());
+        match from.ip() {
+            IpAddr::V4(ip) => mac.update(&ip.octets()),
+            IpAddr::V6(ip) => mac.update(&ip.octets()),
+        }
+        mac.update(&from.port().to_be_bytes());
+        mac.update(hello_prefix);
+        mac.finalize().into_bytes().into()
+    }
+
+    fn valid(&self, from: SocketAddr, hello: &ClientHello<'_>, now: Instant) -> bool {
+        use subtle::ConstantTimeEq;
+        let window = self.window(now);
+        [Some(window), window.checked_sub(1)]
+            .into_iter()
+            .flatten()
+            .any(|window| {
+                let expected = self.cookie(window, from, hello.hello_prefix);
+                bool::from(expected.as_slice().ct_eq(hello.cookie))
+            })
+    }
+
+    /// What to do with `datagram` from `from`, an address that has no peer.
+    fn admit(&self, from: SocketAddr, datagram: &[u8], now: Instant) -> Gate {
+        let Some(hello) = parse_client_hello(datagram) else {
+            return Gate::Ignore;
+        };
+        if self.valid(from, &hello, now) {
+            return Gate::Proven;
+        }
+        let cookie = self.cookie(self.window(now), from, hello.hello_prefix);
+        Gate::Verify(hello_verify_request(hello.record_sequence, &cookie))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    /// Not an opening ClientHello.
+    Ignore,
+    /// The ClientHello returns our cookie: its sender receives at its address.
+    Proven,
+    /// Answer with this HelloVerifyRequest and keep nothing.
+    Verify(Bytes),
+}
+
+fn hello_verify_request(record_sequence: &[u8], cookie: &[u8]) -> Bytes {
+    let body_len = 2 + 1 + cookie.len();
+    let mut out = BytesMut::with_capacity(RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN + body_len);
+    out.put_u8(CONTENT_HANDSHAKE);
+    out.put_slice(&DTLS_1_0);
+    out.put_u16(0);
+    out.put_slice(record_sequence);
+    out.put_u16((HANDSHAKE_HEADER_LEN + body_len) as u16);
+    out.put_u8(HELLO_VERIFY_REQUEST);
+    let length = (body_len as u32).to_be_bytes();
+    let length = length.get(1..).unwrap_or_default();
+    out.put_slice(length);
+    // message_seq 0: the first message of ours (RFC 6347 4.2.2).
+    out.put_u16(0);
+    out.put_slice(&[0, 0, 0]);
+    out.put_slice(length);
+    out.put_slice(&DTLS_1_0);
+    out.put_u8(cookie.len() as u8);
+    out.put_slice(cookie);
+    out.freeze()
+}
+
+/// Handshakes under way, in all and per source address.
+#[derive(Debug)]
+pub struct HandshakeLimits {
+    max: usize,
+    max_per_source: usize,
+    state: Mutex<HandshakeCount>,
+}
+
+#[derive(Debug, Default)]
+struct HandshakeCount {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+impl HandshakeLimits {
+    pub fn new(max: usize, max_per_source: usize) -> Arc<HandshakeLimits> {
+        Arc::new(HandshakeLimits {
+            max,
+            max_per_source,
+            state: Mutex::new(HandshakeCount::default()),
+        })
+    }
+
+    fn has_room(&self, ip: IpAddr) -> bool {
+        let state = self.state.lock();
+        state.total < self.max
+            && state.per_source.get(&ip).copied().unwrap_or(0) < self.max_per_source
+    }
+
+    /// A place for one handshake from `ip`, held until the slot is dropped.
+    pub fn begin(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
+        let mut state = self.state.lock();
+        let from_source = state.per_source.get(&ip).copied().unwrap_or(0);
+        if state.total >= self.max || from_source >= self.max_per_source {
+            return None;
+        }
+        state.total += 1;
+        state.per_source.insert(ip, from_source + 1);
+        Some(HandshakeSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn under_way(&self) -> usize {
+        self.state.lock().total
+    }
+}
+
+/// One handshake counted in [`HandshakeLimits`] until dropped.
+#[derive(Debug)]
+pub struct HandshakeSlot {
+    limits: Arc<HandshakeLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut state = self.limits.state.lock();
+        state.total = state.total.saturating_sub(1);
+        if let Some(count) = state.per_source.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.per_source.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The datagram listener's view of a DTLS listener: only a ClientHello returning our
+/// cookie, with a handshake place free for its source, makes a peer.
+pub struct DtlsDemux {
+    cookies: CookieJar,
+    limits: Arc<HandshakeLimits>,
+}
+
+impl DtlsDemux {
+    pub fn new(limits: Arc<HandshakeLimits>, now: Instant) -> DtlsDemux {
+        DtlsDemux {
+            cookies: CookieJar::new(now),
+            limits,
+        }
+    }
+}
+
+impl Demux for DtlsDemux {
+    fn sub_key(&self, _datagram: &Bytes) -> Option<Bytes> {
+        None
+    }
+    /// A DTLS session is bound to its address; nothing in its records names a client.
+    fn identity(&self, _datagram: &Bytes) -> Option<Arc<str>> {
+        None
+    }
+    fn wrap(&self, _sub_key: &Bytes, datagram: Bytes) -> Bytes {
+        datagram
+    }
+    fn admit(&self, from: SocketAddr, datagram: &Bytes, now: Instant) -> Admission {
+        match self.cookies.admit(from, datagram, now) {
+            Gate::Ignore => Admission::Drop,
+            Gate::Verify(reply) => Admission::Reply(reply),
+            Gate::Proven if self.limits.has_room(from.ip()) => Admission::Accept,
+            Gate::Proven => Admission::Drop,
+        }
+    }
+}
+
+/// Resolves identities from the listener's table and remembers the one that resolved,
+/// which is the client's once the handshake's Finished messages prove the key.
+struct RecordingResolver {
+    table: Arc<PskTable>,
+    resolved: Mutex<Option<Vec<u8>>>,
+}
+
+impl dimpl::PskResolver for RecordingResolver {
+    fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        let secret = self.table.get(identity)?.to_vec();
+        *self.resolved.lock() = Some(identity.to_vec());
+        Some(secret)
+    }
+}
+
+impl std::panic::UnwindSafe for RecordingResolver {}
+impl std::panic::RefUnwindSafe for RecordingResolver {}
+
+/// Makes the channel of an authenticated peer, given the identity it proved.
+pub type OpenChannel<C> = Box<dyn FnOnce(Arc<str>) -> C + Send>;
+
+enum Phase<C> {
+    Handshake {
+        open: OpenChannel<C>,
+        resolved: Arc<RecordingResolver>,
+        deadline: Instant,
+        _slot: HandshakeSlot,
+    },
+    Open(C),
+    Closed,
+}
+
+/// One peer's DTLS session around the channel that serves it: records in, the channel's
+/// datagrams out as records. The channel is made once the handshake authenticated the
+/// client, and sees nothing before.
+pub struct DtlsChannel<C> {
+    engine: Dtls,
+    phase: Phase<C>,
+    /// The engine's next retransmission or timer.
+    engine_deadline: Option<Instant>,
+    /// Whether the engine has yet to see the datagram that made the peer.
+    first: bool,
+    buf: Vec<u8>,
+}
+
+impl<C: DatagramChannel> DtlsChannel<C> {
+    /// A peer that a cookie-bearing ClientHello from `peer` made. It closes at once when
+    /// no handshake place is free after all.
+    pub fn new(
+        settings: &DtlsSettings,
+        limits: &Arc<HandshakeLimits>,
+        peer: SocketAddr,
+        open: OpenChannel<C>,
+        now: Instant,
+    ) -> DtlsChannel<C> {
+        let resolver = Arc::new(RecordingResolver {
+            table: settings.psk.clone(),
+            resolved: Mutex::new(None),
+        });
+        let config = engine_config(resolver.clone(), settings.handshake_timeout, settings.mtu);
+        let slot = limits.begin(peer.ip());
+        let (engine, phase) = match (config, slot) {
+            (Ok(config), Some(slot)) => (
+                Dtls::new_12_psk(Arc::new(config), now),
+                Phase::Handshake {
+                    open,
+                    resolved: resolver,
+                    deadline: now + settings.handshake_timeout,
+                    _slot: slot,
+                },
+            ),
+            (config, _) => {
+                if let Err(error) = config {
+                    tracing::warn!(%error, "DTLS session not made");
+                }
+                (
+                    Dtls::new_12_psk(settings.checked.clone(), now),
+                    Phase::Closed,
+                )
+            }
+        };
+        DtlsChannel {
+            engine,
+            phase,
+            engine_deadline: None,
+            first: true,
+            buf: vec![0; settings.mtu.max(2048)],
+        }
+    }
+
+    /// Takes what the engine has to say: records to send, and the plaintext received,
+    /// which goes to the channel. Loops until neither side has more.
+    fn pump(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        let mut received = Vec::new();
+        loop {
+            let mut connected = false;
+            let mut closed = false;
+            loop {
+                match self.engine.poll_output(&mut self.buf) {
+                    Output::Packet(packet) => out.push(Bytes::copy_from_slice(packet)),
+                    Output::BufferTooSmall { needed } => self.buf.resize(needed, 0),
+                    Output::Timeout(at) => {
+                        self.engine_deadline = Some(at);
+                        break;
+                    }
+                    Output::Connected => connected = true,
+                    Output::ApplicationData(data) => {
+                        received.push(Bytes::copy_from_slice(data));
+                    }
+                    Output::CloseNotify => closed = true,
+                    _ => {}
+                }
+            }
+            if connected {
+                self.open();
+            }
+            if closed {
+                tracing::debug!("DTLS close_notify received");
+                return self.close(out, now);
+            }
+            if received.is_empty() {
+                return match self.phase {
+                    Phase::Closed => Flow::Close,
+                    _ => Flow::Continue,
+                };
+            }
+            let Phase::Open(channel) = &mut self.phase else {
+                // Application data before the handshake is done is not the client's yet.
+                received.clear();
+                continue;
+            };
+            let mut plain = Vec::new();
+            let mut flow = Flow::Continue;
+            for datagram in received.drain(..) {
+                if channel.handle_datagram(datagram, &mut plain, now) == Flow::Close {
+                    flow = Flow::Close;
+                    break;
+                }
+            }
+            if self.seal(plain, out) == Flow::Close || flow == Flow::Close {
+                return self.close(out, now);
+            }
+        }
+    }
+
+    /// The handshake is done: the channel is made with the identity the key proved.
+    fn open(&mut self) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+        let Phase::Handshake { open, resolved, .. } = phase else {
+            self.phase = phase;
+            return;
+        };
+        let identity = resolved.resolved.lock().take();
+        let Some(identity) = identity else {
+            tracing::warn!("DTLS handshake done without a resolved identity");
+            return;
+        };
+        let identity: Arc<str> = Arc::from(String::from_utf8_lossy(&identity).as_ref());
+        tracing::info!(identity = %identity, "DTLS session established");
+        self.phase = Phase::Open(open(identity));
+    }
+
+    /// Hands the channel's datagrams to the engine as application data, each sent as a
+    /// datagram of its own: the engine would pack several records into one, which some
+    /// clients read only one record of until the next datagram arrives.
+    fn seal(&mut self, plain: Vec<Bytes>, out: &mut Vec<Bytes>) -> Flow {
+        for datagram in plain {
+            if let Err(error) = guarded(|| self.engine.send_application_data(&datagram)) {
+                tracing::debug!(%error, "DTLS send failed");
+                return Flow::Close;
+            }
+            self.drain_records(out);
+        }
+        Flow::Continue
+    }
+
+    /// Ends the session: the channel is closed and told, a close_notify sent when the
+    /// session was up.
+    fn close(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if let Phase::Open(channel) = &mut self.phase {
+            channel.handle_closed(now);
+            let _ = self.engine.close();
+            self.drain_records(out);
+        }
+        self.phase = Phase::Closed;
+        Flow::Close
+    }
+
+    fn drain_records(&mut self, out: &mut Vec<Bytes>) {
+        loop {
+            match self.engine.poll_output(&mut self.buf) {
+                Output::Packet(packet) => out.push(Bytes::copy_from_slice(packet)),
+                Output::BufferTooSmall { needed } => self.buf.resize(needed, 0),
+                Output::Timeout(at) => {
+                    self.engine_deadline = Some(at);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs what the channel produces outside of input (a wake-up, its timer, shutdown).
+    fn drive_channel(
+        &mut self,
+        out: &mut Vec<Bytes>,
+        now: Instant,
+        act: impl FnOnce(&mut C, &mut Vec<Bytes>) -> Flow,
+    ) -> Flow {
+        let Phase::Open(channel) = &mut self.phase else {
+            return Flow::Continue;
+        };
+        let mut plain = Vec::new();
+        let flow = act(channel, &mut plain);
+        if self.seal(plain, out) == Flow::Close || flow == Flow::Close {
+            self.drain_records(out);
+            return self.close(out, now);
+        }
+        self.pump(out, now)
+    }
+
+    fn fail(&mut self, error: &dimpl::Error, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if matches!(self.phase, Phase::Handshake { .. }) {
+            tracing::info!(%error, "DTLS handshake failed");
+        } else {
+            tracing::debug!(%error, "DTLS session failed");
+        }
+        self.close(out, now)
+    }
+}
+
+/// Runs an engine call that a peer's bytes drive, a panic in it taken as the end of that
+/// peer's session rather than of its task, which would leave the peer in the table.
+fn guarded<T>(call: impl FnOnce() -> Result<T, dimpl::Error>) -> Result<T, dimpl::Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+        .unwrap_or(Err(dimpl::Error::ConnectionClosed))
+}
+
+/// The ClientHello that made the peer, as the first one of the exchange: the engine
+/// answers it with a HelloVerifyRequest of its own (dropped), after which it takes the
+/// real one, message_seq 1, as a client's second ClientHello.
+fn as_first_hello(datagram: &[u8]) -> Vec<u8> {
+    let mut first = datagram.to_vec();
+    // message_seq, in the handshake header after type (1) and length (3).
+    let at = RECORD_HEADER_LEN + 4;
+    if let Some(seq) = first.get_mut(at..at + 2) {
+        seq.copy_from_slice(&[0, 0]);
+    }
+    first
+}
+
+impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
+    fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if matches!(self.phase, Phase::Closed) {
+            return Flow::Close;
+        }
+        if std::mem::take(&mut self.first) {
+            let first = as_first_hello(&datagram);
+            if let Err(error) = guarded(|| {
+                // The engine draws its random on its first timer.
+                self.engine.handle_timeout(now)?;
+                self.engine.handle_packet(&first)
+            }) {
+                return self.fail(&error, out, now);
+            }
+            let mut dropped = Vec::new();
+            self.drain_records(&mut dropped);
+        }
+        if let Err(error) = guarded(|| {
+            self.engine.handle_timeout(now)?;
+            self.engine.handle_packet(&datagram)
+        }) {
+            return self.fail(&error, out, now);
+        }
+        self.pump(out, now)
+    }
+
+    fn handle_wakeup(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        self.drive_channel(out, now, |channel, plain| channel.handle_wakeup(plain, now))
+    }
+
+    fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        match &self.phase {
+            Phase::Closed => return Flow::Close,
+            Phase::Handshake { deadline, .. } if now >= *deadline => {
+                tracing::info!("DTLS handshake timed out");
+                return self.close(out, now);
+            }
+            _ => {}
+        }
+        if self.engine_deadline.is_some_and(|at| now >= at) {
+            self.engine_deadline = None;
+            if let Err(error) = guarded(|| self.engine.handle_timeout(now)) {
+                return self.fail(&error, out, now);
+            }
+            if self.pump(out, now) == Flow::Close {
+                return Flow::Close;
+            }
+        }
+        let due = match &self.phase {
+            Phase::Open(channel) => channel.next_deadline().is_some_and(|at| now >= at),
+            _ => false,
+        };
+        if due {
+            return self.drive_channel(out, now, |channel, plain| {
+                channel.handle_timeout(plain, now)
+            });
+        }
+        Flow::Continue
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let own = match &self.phase {
+            Phase::Handshake { deadline, .. } => Some(*deadline),
+            Phase::Open(channel) => channel.next_deadline(),
+            Phase::Closed => None,
+        };
+        match (own, self.engine_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn shutdown(&mut self, out: &mut Vec<Bytes>) -> Flow {
+        let now = Instant::now();
+        let flow = self.drive_channel(out, now, |channel, plain| channel.shutdown(plain));
+        if flow == Flow::Close {
+            return Flow::Close;
+        }
+        self.close(out, now)
+    }
+
+    fn handle_closed(&mut self, now: Instant) {
+        if let Phase::Open(channel) = &mut self.phase {
+            channel.handle_closed(now);
+        }
+        self.phase = Phase::Closed;
+    }
+
+    fn rebindable_identity(&self) -> Option<Arc<str>> {
+        None
+    }
+
+    fn vouch(&mut self, _datagram: &Bytes, _from: SocketAddr, _now: Instant) -> bool {
+        false
+    }
+
+    fn rebound(&mut self, _address: SocketAddr) {}
+
+    /// The peer exists because its ClientHello returned our cookie.
+    fn address_validated(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_hello(record_seq: u8, message_seq: u8, cookie: &[u8]) -> Vec<u8> {
+        let mut body = vec![0xfe, 0xfd];
+        body.extend_from_slice(&[7; 32]);
+        body.push(0); // session id
+        body.push(cookie.len() as u8);
+        body.extend_from_slice(cookie);
+        body.extend_from_slice(&[0, 2, 0xc0, 0xa8, 1, 0]); // one suite, null compression
+        let len = body.len() as u8;
+        let mut hs = vec![CLIENT_HELLO, 0, 0, len, 0, message_seq, 0, 0, 0, 0, 0, len];
+        hs.extend_from_slice(&body);
+        let mut record = vec![
+            CONTENT_HANDSHAKE,
+            0xfe,
+            0xfd,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            record_seq,
+        ];
+        record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        record.extend_from_slice(&hs);
+        record
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    fn cookie_of(reply: &Bytes) -> Vec<u8> {
+        // Record and handshake headers, server_version, cookie length.
+        reply
+            .get(RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN + 3..)
+            .unwrap_or_default()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_hello_without_cookie_gets_a_small_verify_request_echoing_its_record_number() {
+        let now = Instant::now();
+        let jar = CookieJar::new(now);
+        let hello = client_hello(5, 0, &[]);
+        let Gate::Verify(reply) = jar.admit(addr(1000), &hello, now) else {
+            panic!("no HelloVerifyRequest");
+        };
+        assert_eq!(reply.len(), 60);
+        assert!(reply.len() <= hello.len() * 3);
+        assert_eq!(reply.get(5..11), Some(&[0, 0, 0, 0, 0, 5][..]));
+        assert_eq!(reply.get(13), Some(&HELLO_VERIFY_REQUEST));
+        assert_eq!(cookie_of(&reply).len(), COOKIE_LEN);
+    }
+
+    #[test]
+    fn the_cookie_admits_its_address_only_and_only_for_two_windows() {
+        let now = Instant::now();
+        let jar = CookieJar::new(now);
+        let Gate::Verify(reply) = jar.admit(addr(1000), &client_hello(0, 0, &[]), now) else {
+            panic!("no HelloVerifyRequest");
+        };
+        let cookie = cookie_of(&reply);
+        let second = client_hello(1, 1, &cookie);
+        assert_eq!(jar.admit(addr(1000), &second, now), Gate::Proven);
+        assert_eq!(
+            jar.admit(addr(1000), &second, now + COOKIE_WINDOW),
+            Gate::Proven
+        );
+        // Another port or host, a later window, another random: a new cookie.
+        assert!(matches!(
+            jar.admit(addr(1001), &second, now),
+            Gate::Verify(_)
+        ));
+        let other_host = SocketAddr::from(([192, 0, 2, 2], 1000));
+        assert!(matches!(
+            jar.admit(other_host, &second, now),
+            Gate::Verify(_)
+        ));
+        assert!(matches!(
+            jar.admit(addr(1000), &second, now + COOKIE_WINDOW * 2),
+            Gate::Verify(_)
+        ));
+        let mut other_random = second.clone();
+        if let Some(byte) = other_random.get_mut(RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN + 2) {
+            *byte ^= 1;
+        }
+        assert!(matches!(
+            jar.admit(addr(1000), &other_random, now),
+            Gate::Verify(_)
+        ));
+        // Another listener's key.
+        let other = CookieJar::new(now);
+        assert!(matches!(
+            other.admit(addr(1000), &second, now),
+            Gate::Verify(_)
+        ));
+    }
+
+    #[test]
+    fn anything_but_an_unfragmented_client_hello_is_ignored() {
+        let now = Instant::now();
+        let jar = CookieJar::new(now);
+        let hello = client_hello(0, 0, &[]);
+        for len in 0..hello.len() {
+            assert_eq!(
+                jar.admit(addr(1), hello.get(..len).unwrap_or_default(), now),
+                Gate::Ignore
+            );
+        }
+        let mut fragment = hello.clone();
+        if let Some(byte) = fragment.get_mut(RECORD_HEADER_LEN + 11) {
+            *byte -= 1; // fragment_length short of the length
+        }
+        assert_eq!(jar.admit(addr(1), &fragment, now), Gate::Ignore);
+        let mut epoch1 = hello.clone();
+        if let Some(byte) = epoch1.get_mut(4) {
+            *byte = 1;
+        }
+        assert_eq!(jar.admit(addr(1), &epoch1, now), Gate::Ignore);
+        let mut application = hello.clone();
+        if let Some(byte) = application.get_mut(0) {
+            *byte = 23;
+        }
+        assert_eq!(jar.admit(addr(1), &application, now), Gate::Ignore);
+        assert_eq!(jar.admit(addr(1), b"\x40\x01\x00\x01", now), Gate::Ignore);
+    }
+
+    #[test]
+    fn handshakes_are_limited_in_all_and_per_source() {
+        let limits = HandshakeLimits::new(3, 2);
+        let a = IpAddr::from([192, 0, 2, 1]);
+        let b = IpAddr::from([192, 0, 2, 2]);
+        let first = limits.begin(a);
+        let second = limits.begin(a);
+        assert!(first.is_some() && second.is_some());
+        assert!(!limits.has_room(a));
+        assert!(limits.begin(a).is_none());
+        let third = limits.begin(b);
+        assert!(third.is_some());
+        assert!(!limits.has_room(b), "the listener is full");
+        drop(first);
+        assert!(limits.has_room(a));
+        assert_eq!(limits.under_way(), 2);
+        drop((second, third));
+        assert_eq!(limits.under_way(), 0);
+        assert!(limits.state.lock().per_source.is_empty());
+    }
+
+    #[test]
+    fn the_key_file_splits_at_the_first_colon() {
+        let table = PskTable::parse("# devices\ndev1:secret1\n\ndev2:a:b\r\n").unwrap();
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.get(b"dev1"), Some(&b"secret1"[..]));
+        assert_eq!(table.get(b"dev2"), Some(&b"a:b"[..]));
+        assert_eq!(table.get(b"dev3"), None);
+        assert_eq!(
+            PskTable::parse("dev1\n").err(),
+            Some((1, "expected identity:secret"))
+        );
+        assert!(PskTable::parse("ok:1\n:x\n").is_err_and(|(line, _)| line == 2));
+        assert!(PskTable::parse("a:\n").is_err());
+        assert!(PskTable::parse("a:1\na:2\n").is_err());
+        assert!(!format!("{table:?}").contains("secret1"));
+    }
+}

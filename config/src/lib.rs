@@ -625,6 +625,9 @@ pub struct DtlsListenerConfig {
     pub max_handshakes_per_source: u32,
     /// A handshake not done by then is given up.
     pub handshake_timeout: Duration,
+    /// ClientHellos without the listener's cookie are answered by the listener, which
+    /// keeps nothing for them (RFC 6347 4.2.1); off, each makes a peer.
+    pub stateless_cookies: bool,
     /// Messages one client may publish per period (EMQX's `messages_rate`).
     pub messages_rate: Rate,
     /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).

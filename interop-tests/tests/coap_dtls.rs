@@ -379,3 +379,33 @@ fn the_keys_identity_is_the_user_name_that_acl_rules_see() {
         );
     }
 }
+
+#[test]
+fn with_stateless_cookies_off_the_handshakes_own_cookie_serves_clients() {
+    let Some(gw) = gateway(
+        "sensor-1:key-one\n",
+        &[Setting::new(
+            "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__STATELESS_COOKIES",
+            "false",
+        )],
+    ) else {
+        return;
+    };
+    let topic = unique_topic("dtls-stateful");
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &[&topic], 1, &[]);
+    for client in CLIENTS {
+        let mut cmd = coaps_command(client, "sensor-1", "key-one");
+        cmd.args(["-m", "post", "-e", client]);
+        cmd.arg(uri(&gw, &format!("/ps/{topic}")));
+        let (ok, out) = run(cmd);
+        assert!(ok, "{client}: {out}");
+        assert_eq!(sub.recv(TIMEOUT).payload, client.as_bytes());
+    }
+    // A ClientHello gets the handshake's HelloVerifyRequest, within 3x its size.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hello = client_hello(3, &[]);
+    let replies = exchange(&socket, gw.port, &hello);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0][13], 3, "a HelloVerifyRequest");
+    assert!(replies[0].len() <= hello.len() * 3);
+}

@@ -229,7 +229,7 @@ async fn serve_dtls(
         .saturating_add(dtls::RECORD_OVERHEAD + 1);
     let limits = listener.limits(read, None);
     let handshakes = HandshakeLimits::new(dtls.max_handshakes, dtls.max_handshakes_per_source);
-    let demux = DtlsDemux::new(handshakes.clone(), Instant::now());
+    let demux = DtlsDemux::new(&dtls, handshakes.clone(), Instant::now());
     let channel_broker = broker.clone();
     let seeds = Seeds::default();
     serve_datagram_listener(
@@ -325,6 +325,7 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
                     l.max_handshakes_per_source as usize,
                     l.handshake_timeout.get(),
                     DTLS_MTU,
+                    l.stateless_cookies,
                 )
             })
             .map_err(|source| StartError::Dtls {

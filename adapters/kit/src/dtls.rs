@@ -146,6 +146,9 @@ pub struct DtlsSettings {
     pub handshake_timeout: Duration,
     /// The largest datagram the engine sends.
     pub mtu: usize,
+    /// The listener answers ClientHellos without its cookie itself, keeping nothing;
+    /// otherwise every ClientHello makes a peer whose engine asks for its own cookie.
+    pub stateless_cookies: bool,
     /// The engine's configuration with the listener's keys, checked at start; a peer gets
     /// one of its own, which tells it the identity that its client proved.
     checked: Arc<dimpl::Config>,
@@ -159,6 +162,7 @@ impl std::fmt::Debug for DtlsSettings {
             .field("max_handshakes_per_source", &self.max_handshakes_per_source)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("mtu", &self.mtu)
+            .field("stateless_cookies", &self.stateless_cookies)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +174,7 @@ impl DtlsSettings {
         max_handshakes_per_source: usize,
         handshake_timeout: Duration,
         mtu: usize,
+        stateless_cookies: bool,
     ) -> Result<DtlsSettings, DtlsSetupError> {
         let psk = Arc::new(psk);
         let resolver = Arc::new(RecordingResolver {
@@ -183,6 +188,7 @@ impl DtlsSettings {
             max_handshakes_per_source,
             handshake_timeout,
             mtu,
+            stateless_cookies,
             checked: Arc::new(checked),
         })
     }
@@ -413,14 +419,15 @@ impl Drop for HandshakeSlot {
 /// The datagram listener's view of a DTLS listener: only a ClientHello returning our
 /// cookie, with a handshake place free for its source, makes a peer.
 pub struct DtlsDemux {
-    cookies: CookieJar,
+    /// `None` when the listener leaves cookies to each peer's engine.
+    cookies: Option<CookieJar>,
     limits: Arc<HandshakeLimits>,
 }
 
 impl DtlsDemux {
-    pub fn new(limits: Arc<HandshakeLimits>, now: Instant) -> DtlsDemux {
+    pub fn new(settings: &DtlsSettings, limits: Arc<HandshakeLimits>, now: Instant) -> DtlsDemux {
         DtlsDemux {
-            cookies: CookieJar::new(now),
+            cookies: settings.stateless_cookies.then(|| CookieJar::new(now)),
             limits,
         }
     }
@@ -438,7 +445,12 @@ impl Demux for DtlsDemux {
         datagram
     }
     fn admit(&self, from: SocketAddr, datagram: &Bytes, now: Instant) -> Admission {
-        match self.cookies.admit(from, datagram, now) {
+        let gate = match &self.cookies {
+            Some(cookies) => cookies.admit(from, datagram, now),
+            None if parse_client_hello(datagram).is_some() => Gate::Proven,
+            None => Gate::Ignore,
+        };
+        match gate {
             Gate::Ignore => Admission::Drop,
             Gate::Verify(reply) => Admission::Reply(reply),
             Gate::Proven if self.limits.has_room(from.ip()) => Admission::Accept,
@@ -487,8 +499,11 @@ pub struct DtlsChannel<C> {
     phase: Phase<C>,
     /// The engine's next retransmission or timer.
     engine_deadline: Option<Instant>,
-    /// Whether the engine has yet to see the datagram that made the peer.
+    /// Whether the engine has yet to see the datagram that made the peer, a ClientHello
+    /// that returned the listener's cookie.
     first: bool,
+    /// Whether the listener proved the peer's address before it made the peer.
+    proven: bool,
     buf: Vec<u8>,
 }
 
@@ -532,7 +547,8 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             engine,
             phase,
             engine_deadline: None,
-            first: true,
+            first: settings.stateless_cookies,
+            proven: settings.stateless_cookies,
             buf: vec![0; settings.mtu.max(2048)],
         }
     }
@@ -706,7 +722,6 @@ impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
         if std::mem::take(&mut self.first) {
             let first = as_first_hello(&datagram);
             if let Err(error) = guarded(|| {
-                // The engine draws its random on its first timer.
                 self.engine.handle_timeout(now)?;
                 self.engine.handle_packet(&first)
             }) {
@@ -716,6 +731,7 @@ impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
             self.drain_records(&mut dropped);
         }
         if let Err(error) = guarded(|| {
+            // The engine draws its random on its first timer.
             self.engine.handle_timeout(now)?;
             self.engine.handle_packet(&datagram)
         }) {
@@ -796,9 +812,10 @@ impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
 
     fn rebound(&mut self, _address: SocketAddr) {}
 
-    /// The peer exists because its ClientHello returned our cookie.
+    /// The peer's ClientHello returned the listener's cookie, or its handshake, which
+    /// began with the engine's, is done.
     fn address_validated(&self) -> bool {
-        true
+        self.proven || matches!(self.phase, Phase::Open(_))
     }
 }
 
@@ -970,5 +987,274 @@ mod tests {
         assert!(PskTable::parse("a:\n").is_err());
         assert!(PskTable::parse("a:1\na:2\n").is_err());
         assert!(!format!("{table:?}").contains("secret1"));
+    }
+
+    /// Echoes every datagram, after the identity it was opened with.
+    struct Echo {
+        identity: Arc<str>,
+        closed: Arc<Mutex<bool>>,
+    }
+
+    impl DatagramChannel for Echo {
+        fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, _: Instant) -> Flow {
+            let mut reply = BytesMut::from(self.identity.as_bytes());
+            reply.put_u8(b'|');
+            reply.put_slice(&datagram);
+            out.push(reply.freeze());
+            Flow::Continue
+        }
+        fn handle_wakeup(&mut self, _: &mut Vec<Bytes>, _: Instant) -> Flow {
+            Flow::Continue
+        }
+        fn handle_timeout(&mut self, _: &mut Vec<Bytes>, _: Instant) -> Flow {
+            Flow::Continue
+        }
+        fn next_deadline(&self) -> Option<Instant> {
+            None
+        }
+        fn shutdown(&mut self, _: &mut Vec<Bytes>) -> Flow {
+            Flow::Close
+        }
+        fn handle_closed(&mut self, _: Instant) {
+            *self.closed.lock() = true;
+        }
+        fn rebindable_identity(&self) -> Option<Arc<str>> {
+            None
+        }
+        fn vouch(&mut self, _: &Bytes, _: SocketAddr, _: Instant) -> bool {
+            false
+        }
+        fn rebound(&mut self, _: SocketAddr) {}
+        fn address_validated(&self) -> bool {
+            false
+        }
+    }
+
+    struct ClientKey(Vec<u8>);
+
+    impl dimpl::PskResolver for ClientKey {
+        fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
+            Some(self.0.clone())
+        }
+    }
+
+    fn psk_client(identity: &str, key: &str, now: Instant) -> Dtls {
+        let config = dimpl::Config::builder()
+            .with_psk_client(
+                identity.as_bytes().to_vec(),
+                Arc::new(ClientKey(key.as_bytes().to_vec())),
+            )
+            .build()
+            .unwrap();
+        let mut client = Dtls::new_12_psk(Arc::new(config), now);
+        client.set_active(true);
+        client.handle_timeout(now).unwrap();
+        client
+    }
+
+    /// The client's records, and what it received and whether it connected.
+    fn poll_client(client: &mut Dtls, received: &mut Vec<Vec<u8>>) -> (Vec<Vec<u8>>, bool) {
+        let mut buf = vec![0u8; 4096];
+        let mut packets = Vec::new();
+        let mut connected = false;
+        loop {
+            match client.poll_output(&mut buf) {
+                Output::Packet(p) => packets.push(p.to_vec()),
+                Output::Timeout(_) => break,
+                Output::Connected => connected = true,
+                Output::ApplicationData(d) => received.push(d.to_vec()),
+                _ => {}
+            }
+        }
+        (packets, connected)
+    }
+
+    struct Run {
+        channel: Option<DtlsChannel<Echo>>,
+        limits: Arc<HandshakeLimits>,
+        closed: Arc<Mutex<bool>>,
+        connected: bool,
+        received: Vec<Vec<u8>>,
+        flow: Flow,
+        /// Records the listener answered itself, before any peer.
+        stateless_replies: usize,
+    }
+
+    /// A client and a listener's admission and peer, datagrams carried between them
+    /// until neither has anything to say; `send` is sent once the client is connected.
+    fn handshake(stateless: bool, identity: &str, key: &str, send: &[u8]) -> Run {
+        let now = Instant::now();
+        let settings = DtlsSettings::new(
+            PskTable::parse("dev-1:key-one\ndev-2:key-two\n").unwrap(),
+            4,
+            2,
+            Duration::from_secs(10),
+            1200,
+            stateless,
+        )
+        .unwrap();
+        let limits = HandshakeLimits::new(4, 2);
+        let demux = DtlsDemux::new(&settings, limits.clone(), now);
+        let from = addr(5684);
+        let mut run = Run {
+            channel: None,
+            limits,
+            closed: Arc::new(Mutex::new(false)),
+            connected: false,
+            received: Vec::new(),
+            flow: Flow::Continue,
+            stateless_replies: 0,
+        };
+        let mut client = psk_client(identity, key, now);
+        let (mut to_server, _) = poll_client(&mut client, &mut run.received);
+        let mut sent = false;
+        for _ in 0..20 {
+            let mut to_client = Vec::new();
+            for datagram in to_server.drain(..) {
+                let datagram = Bytes::from(datagram);
+                if run.channel.is_none() {
+                    match demux.admit(from, &datagram, now) {
+                        Admission::Drop => {}
+                        Admission::Reply(reply) => {
+                            run.stateless_replies += 1;
+                            to_client.push(reply);
+                        }
+                        Admission::Accept => {
+                            let closed = run.closed.clone();
+                            let open: OpenChannel<Echo> =
+                                Box::new(move |identity| Echo { identity, closed });
+                            run.channel =
+                                Some(DtlsChannel::new(&settings, &run.limits, from, open, now));
+                        }
+                    }
+                }
+                if let Some(channel) = &mut run.channel {
+                    let mut out = Vec::new();
+                    run.flow = channel.handle_datagram(datagram, &mut out, now);
+                    to_client.extend(out);
+                }
+            }
+            for datagram in to_client {
+                if client.handle_packet(&datagram).is_err() {
+                    return run;
+                }
+            }
+            let (packets, connected) = poll_client(&mut client, &mut run.received);
+            run.connected |= connected;
+            to_server = packets;
+            if run.connected && !sent {
+                sent = true;
+                client.send_application_data(send).unwrap();
+                to_server.extend(poll_client(&mut client, &mut run.received).0);
+            }
+            if to_server.is_empty() {
+                break;
+            }
+        }
+        run
+    }
+
+    #[test]
+    fn a_client_with_its_key_is_served_under_the_keys_identity() {
+        let run = handshake(false, "dev-2", "key-two", b"ping");
+        assert!(run.connected);
+        assert_eq!(
+            run.stateless_replies, 0,
+            "the engine asked for its cookie itself"
+        );
+        assert_eq!(run.received, vec![b"dev-2|ping".to_vec()]);
+        assert_eq!(run.flow, Flow::Continue);
+        assert_eq!(
+            run.limits.under_way(),
+            0,
+            "the handshake's place is given back"
+        );
+        assert!(run.channel.is_some_and(|c| c.address_validated()));
+    }
+
+    /// Why stateless cookies can be turned off: a client that takes one HelloVerifyRequest
+    /// only (this engine's own client does) stops at the engine's, after the listener's.
+    /// OpenSSL's and GnuTLS's take both (the interop tests).
+    #[test]
+    fn a_client_taking_one_verify_request_only_stops_at_the_second() {
+        let run = handshake(true, "dev-2", "key-two", b"ping");
+        assert_eq!(run.stateless_replies, 1);
+        assert!(!run.connected);
+        assert!(run.channel.is_some(), "its second ClientHello made a peer");
+    }
+
+    #[test]
+    fn a_wrong_key_or_an_unknown_identity_opens_no_channel() {
+        for (identity, key) in [("dev-1", "key-two"), ("dev-3", "key-one")] {
+            let run = handshake(false, identity, key, b"ping");
+            assert!(run.received.is_empty(), "{identity}");
+            assert!(!*run.closed.lock());
+            let channel = run.channel.expect("a peer for the proven ClientHello");
+            assert!(
+                !matches!(channel.phase, Phase::Open(_)),
+                "{identity} with {key} has a channel"
+            );
+        }
+    }
+
+    #[test]
+    fn a_handshake_not_done_in_time_ends_and_gives_its_place_back() {
+        let now = Instant::now();
+        let settings = DtlsSettings::new(
+            PskTable::parse("dev-1:key-one\n").unwrap(),
+            1,
+            1,
+            Duration::from_secs(5),
+            1200,
+            true,
+        )
+        .unwrap();
+        let limits = HandshakeLimits::new(1, 1);
+        let jar = CookieJar::new(now);
+        let mut client = psk_client("dev-1", "key-one", now);
+        let mut received = Vec::new();
+        let first = poll_client(&mut client, &mut received).0.remove(0);
+        let Gate::Verify(reply) = jar.admit(addr(1), &first, now) else {
+            panic!("no HelloVerifyRequest");
+        };
+        client.handle_packet(&reply).unwrap();
+        let second = Bytes::from(poll_client(&mut client, &mut received).0.remove(0));
+        assert_eq!(jar.admit(addr(1), &second, now), Gate::Proven);
+        let open: OpenChannel<Echo> = Box::new(|identity| Echo {
+            identity,
+            closed: Arc::default(),
+        });
+        let mut channel = DtlsChannel::new(&settings, &limits, addr(1), open, now);
+        let mut out = Vec::new();
+        assert_eq!(
+            channel.handle_datagram(second, &mut out, now),
+            Flow::Continue
+        );
+        assert_eq!(out.len(), 1, "the engine's own HelloVerifyRequest");
+        assert_eq!(limits.under_way(), 1);
+        // A second peer from the same source finds no place and closes at once.
+        let open: OpenChannel<Echo> = Box::new(|identity| Echo {
+            identity,
+            closed: Arc::default(),
+        });
+        let mut other = DtlsChannel::new(&settings, &limits, addr(2), open, now);
+        assert_eq!(
+            other.handle_datagram(Bytes::new(), &mut out, now),
+            Flow::Close
+        );
+        // The client goes silent.
+        let deadline = channel.next_deadline().expect("a deadline");
+        assert!(deadline <= now + Duration::from_secs(5));
+        let mut flow = Flow::Continue;
+        let mut at = now;
+        while flow == Flow::Continue && at <= now + Duration::from_secs(6) {
+            at = channel.next_deadline().unwrap_or(at).max(at);
+            flow = channel.handle_timeout(&mut Vec::new(), at);
+            at += Duration::from_millis(1);
+        }
+        assert_eq!(flow, Flow::Close);
+        assert!(at <= now + Duration::from_secs(5) + Duration::from_millis(10));
+        drop(channel);
+        assert_eq!(limits.under_way(), 0);
     }
 }

@@ -850,6 +850,7 @@ pub struct Translator {
 #[serde(deny_unknown_fields)]
 pub struct CoapListenersConfig {
     pub udp: BTreeMap<String, UdpListenerConfig>,
+    pub dtls: BTreeMap<String, DtlsListenerConfig>,
 }
 
 /// MQTT-SN 1.2 over UDP (EMQX's `gateway.mqttsn`).

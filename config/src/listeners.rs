@@ -24,12 +24,14 @@ pub enum ListenerKind {
     CoapTcp,
     CoapWs,
     Lwm2mUdp,
+    /// LwM2M over DTLS.
+    Lwm2mDtls,
     StompTcp,
     StompWs,
 }
 
 impl ListenerKind {
-    pub const ALL: [ListenerKind; 13] = [
+    pub const ALL: [ListenerKind; 14] = [
         ListenerKind::Tcp,
         ListenerKind::Ssl,
         ListenerKind::Ws,
@@ -41,6 +43,7 @@ impl ListenerKind {
         ListenerKind::CoapTcp,
         ListenerKind::CoapWs,
         ListenerKind::Lwm2mUdp,
+        ListenerKind::Lwm2mDtls,
         ListenerKind::StompTcp,
         ListenerKind::StompWs,
     ];
@@ -59,6 +62,7 @@ impl ListenerKind {
             ListenerKind::CoapTcp => "gateway.coap.listeners.tcp",
             ListenerKind::CoapWs => "gateway.coap.listeners.ws",
             ListenerKind::Lwm2mUdp => "gateway.lwm2m.listeners.udp",
+            ListenerKind::Lwm2mDtls => "gateway.lwm2m.listeners.dtls",
             ListenerKind::StompTcp => "gateway.stomp.listeners.tcp",
             ListenerKind::StompWs => "gateway.stomp.listeners.ws",
         }
@@ -79,6 +83,7 @@ impl ListenerKind {
             ListenerKind::CoapTcp => "coap:tcp",
             ListenerKind::CoapWs => "coap:ws",
             ListenerKind::Lwm2mUdp => "lwm2m:udp",
+            ListenerKind::Lwm2mDtls => "lwm2m:dtls",
             ListenerKind::StompTcp => "stomp:tcp",
             ListenerKind::StompWs => "stomp:ws",
         }
@@ -187,6 +192,12 @@ impl Config {
         );
         entries(
             &mut out,
+            ListenerKind::Lwm2mDtls,
+            &g.lwm2m.listeners.dtls,
+            |l| (&l.bind, l.enable && g.lwm2m.enable && l.has_credentials()),
+        );
+        entries(
+            &mut out,
             ListenerKind::StompTcp,
             &g.stomp.listeners.tcp,
             |l| (&l.bind, l.enable && g.stomp.enable),
@@ -238,6 +249,7 @@ mod tests {
                 "coap:tcp:default",
                 "coap:ws:default",
                 "lwm2m:udp:default",
+                "lwm2m:dtls:default",
                 "stomp:tcp:default",
                 "stomp:ws:default",
             ]

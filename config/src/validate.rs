@@ -868,6 +868,7 @@ fn check_lwm2m(
     }
     let sizes = PacketSizes { least: 64, why: "" };
     check_udp_listeners(p, &lwm2m.listeners.udp, lwm2m.enable, sizes, enabled, fail);
+    check_dtls_listeners(p, &lwm2m.listeners.dtls, lwm2m.enable, sizes, enabled, fail);
 }
 
 /// The packet sizes a UDP gateway's listener may be given: `least..=65535` bytes.

@@ -30,19 +30,29 @@ struct DtlsGateway {
 /// A gateway whose CoAP DTLS listener knows `keys` (`identity:secret` lines), ready once
 /// the listener answers a ClientHello.
 fn gateway(keys: &str, extra: &[Setting]) -> Option<DtlsGateway> {
+    gateway_of(
+        [
+            "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__BIND",
+            "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__DTLS_OPTIONS__PSK_FILE",
+        ],
+        keys,
+        extra,
+    )
+}
+
+/// The same for the DTLS listener whose two keys `bind_and_keys` names.
+fn gateway_of(
+    bind_and_keys: [&'static str; 2],
+    keys: &str,
+    extra: &[Setting],
+) -> Option<DtlsGateway> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("psk.txt");
     std::fs::write(&file, keys).unwrap();
     let port = free_udp_port();
     let mut settings = vec![
-        Setting::new(
-            "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__BIND",
-            format!("127.0.0.1:{port}"),
-        ),
-        Setting::new(
-            "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__DTLS_OPTIONS__PSK_FILE",
-            file.display().to_string(),
-        ),
+        Setting::new(bind_and_keys[0], format!("127.0.0.1:{port}")),
+        Setting::new(bind_and_keys[1], file.display().to_string()),
     ];
     settings.extend_from_slice(extra);
     let broker = Broker::start_gateway_only("a CoAP DTLS listener", &settings)?;
@@ -408,4 +418,44 @@ fn with_stateless_cookies_off_the_handshakes_own_cookie_serves_clients() {
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0][13], 3, "a HelloVerifyRequest");
     assert!(replies[0].len() <= hello.len() * 3);
+}
+
+#[test]
+fn lwm2m_devices_register_over_dtls_under_their_keys_identity_only() {
+    let Some(gw) = gateway_of(
+        [
+            "GATEWAY_GATEWAY__LWM2M__LISTENERS__DTLS__DEFAULT__BIND",
+            "GATEWAY_GATEWAY__LWM2M__LISTENERS__DTLS__DEFAULT__DTLS_OPTIONS__PSK_FILE",
+        ],
+        "meter-1:key-one\nmeter-2:key-two\n",
+        &[],
+    ) else {
+        return;
+    };
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &["lwm2m/#"], 1, &[]);
+    let register = |client: &str, key_of: &str, endpoint: &str| {
+        let key = if key_of == "meter-1" {
+            "key-one"
+        } else {
+            "key-two"
+        };
+        let mut cmd = coaps_command(client, key_of, key);
+        cmd.args(["-m", "post", "-t", "40", "-e", "</3/0>"]);
+        cmd.arg(uri(&gw, &format!("/rd?ep={endpoint}&lt=60&lwm2m=1.0")));
+        run(cmd)
+    };
+    for client in CLIENTS {
+        // Another device's endpoint name: 4.03, no register event.
+        let (_, out) = register(client, "meter-1", "meter-2");
+        assert!(out.contains("4.03"), "{client}: {out}");
+        assert!(sub.try_recv(Duration::from_millis(300)).is_none());
+        // Its own: registered, the event under its endpoint's mountpoint.
+        let (ok, out) = register(client, "meter-2", "meter-2");
+        assert!(ok, "{client}: {out}");
+        let msg = sub.recv(TIMEOUT);
+        assert_eq!(msg.topic, "lwm2m/meter-2/up/resp", "{client}");
+        let event = String::from_utf8_lossy(&msg.payload);
+        assert!(event.contains("\"register\""), "{client}: {event}");
+        assert!(event.contains("\"meter-2\""), "{client}: {event}");
+    }
 }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use adapter_kit::dtls::{self, DtlsChannel, DtlsDemux, DtlsSettings, HandshakeLimits, PskTable};
+use adapter_kit::dtls::{serve_dtls_listener, DtlsSettings};
 use adapter_kit::layers::{Arrival, LayeredListener, Layers, StreamProtocol, WebSocketFraming};
 use adapter_kit::{
     serve_datagram_listener, ConnWakeup, DatagramChannel, DatagramMetrics, Demux, Flow, Launch,
@@ -213,46 +213,6 @@ impl StreamChannel for CoapStream {
     }
 }
 
-/// Serves CoAP over DTLS on a bound UDP socket until `shutdown` turns true: each peer's
-/// channel is made once its handshake proved a key, and acts under the key's identity.
-async fn serve_dtls(
-    socket: UdpSocket,
-    listener: UdpListenerSettings,
-    dtls: DtlsSettings,
-    settings: Arc<Settings>,
-    broker: Arc<Broker>,
-    metrics: Arc<DatagramMetrics>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let read = listener
-        .max_packet_size
-        .saturating_add(dtls::RECORD_OVERHEAD + 1);
-    let limits = listener.limits(read, None);
-    let handshakes = HandshakeLimits::new(dtls.max_handshakes, dtls.max_handshakes_per_source);
-    let demux = DtlsDemux::new(&dtls, handshakes.clone(), Instant::now());
-    let channel_broker = broker.clone();
-    let seeds = Seeds::default();
-    serve_datagram_listener(
-        socket,
-        limits,
-        demux,
-        metrics,
-        broker,
-        shutdown,
-        move |peer, wakeup| {
-            let broker = channel_broker.clone();
-            let settings = settings.clone();
-            let seed = seeds.next(peer);
-            let open: dtls::OpenChannel<CoapChannel> = Box::new(move |identity| {
-                CoapChannel::new(broker, settings, Some(peer), wakeup, seed, Instant::now())
-                    .with_transport_identity(identity)
-            });
-            DtlsChannel::new(&dtls, &handshakes, peer, open, Instant::now())
-        },
-    )
-    .await;
-}
-
 /// CoAP over TCP or WebSocket (RFC 8323) as the kit's stream listeners serve it.
 struct CoapOverStream {
     broker: Arc<Broker>,
@@ -288,10 +248,6 @@ impl StreamProtocol for CoapOverStream {
     }
 }
 
-/// The largest datagram a DTLS session sends: within the IPv6 minimum MTU of 1280 less
-/// the IP and UDP headers.
-const DTLS_MTU: usize = 1232;
-
 /// Starts every enabled CoAP listener of `config`: `gateway.coap.listeners.{udp,dtls,tcp,ws}`.
 pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     let coap = &config.gateway.coap;
@@ -313,35 +269,32 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     }
     for (name, l) in coap.listeners.dtls.iter().filter(|(_, l)| l.enable) {
         let named = NamedListener::new(ListenerKind::CoapDtls, name);
-        let Some(psk_file) = &l.dtls_options.psk_file else {
+        let Some(dtls) = DtlsSettings::from_config(&named, l)? else {
             tracing::info!(listener = %named.name, "CoAP DTLS listener not started: no dtls_options.psk_file");
             continue;
         };
-        let dtls = PskTable::load(psk_file)
-            .and_then(|psk| {
-                DtlsSettings::new(
-                    psk,
-                    l.max_handshakes as usize,
-                    l.max_handshakes_per_source as usize,
-                    l.handshake_timeout.get(),
-                    DTLS_MTU,
-                    l.stateless_cookies,
-                )
-            })
-            .map_err(|source| StartError::Dtls {
-                key: named.key.clone(),
-                source: Box::new(source),
-            })?;
         let udp = l.udp();
         let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
-        let serve = serve_dtls(
+        let settings = Arc::new(Settings::from_config(named.name.clone(), coap, &udp));
+        let broker = launch.broker().clone();
+        let serve = serve_dtls_listener(
             socket,
             UdpListenerSettings::from_config(named.name.clone(), &udp),
             dtls,
-            Arc::new(Settings::from_config(named.name.clone(), coap, &udp)),
-            launch.broker().clone(),
+            broker.clone(),
             Arc::new(DatagramMetrics::default()),
             launch.shutdown_signal(),
+            move |peer, wakeup, seed, identity| {
+                CoapChannel::new(
+                    broker.clone(),
+                    settings.clone(),
+                    Some(peer),
+                    wakeup,
+                    seed,
+                    Instant::now(),
+                )
+                .with_transport_identity(identity)
+            },
         );
         launch.spawn_listener("CoAP DTLS", &named, bound, serve);
     }

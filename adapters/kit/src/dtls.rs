@@ -27,7 +27,9 @@ use mqtt_core::protocol::Flow;
 use parking_lot::Mutex;
 use sha2::Sha256;
 
-use crate::datagram::{Admission, DatagramChannel, Demux};
+use crate::datagram::{Admission, DatagramChannel, DatagramMetrics, Demux, UdpListenerSettings};
+use crate::launch::{NamedListener, StartError};
+use crate::{serve_datagram_listener, ConnWakeup, Seeds};
 
 /// How long a cookie stays good: it names the window it was made in, and the one before
 /// is accepted too, so a cookie lives one to two windows.
@@ -42,6 +44,9 @@ const HELLO_VERIFY_REQUEST: u8 = 3;
 const DTLS_1_0: [u8; 2] = [0xfe, 0xff];
 /// Bytes a record adds to what it protects with the CCM_8 suite: header, explicit nonce, tag.
 pub const RECORD_OVERHEAD: usize = RECORD_HEADER_LEN + 8 + 8;
+/// The largest datagram a session sends: within the IPv6 minimum MTU of 1280 less the IP
+/// and UDP headers.
+pub const MTU: usize = 1232;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DtlsSetupError {
@@ -205,6 +210,74 @@ fn engine_config(
         .mtu(mtu)
         .build()
         .map_err(|error| DtlsSetupError::Engine(error.to_string()))
+}
+
+impl DtlsSettings {
+    /// The settings of the DTLS listener `l`, its key file read; a failure names the
+    /// listener's `dtls_options`.
+    pub fn from_config(
+        named: &NamedListener,
+        l: &gateway_config::DtlsListenerConfig,
+    ) -> Result<Option<DtlsSettings>, StartError> {
+        let Some(psk_file) = &l.dtls_options.psk_file else {
+            return Ok(None);
+        };
+        PskTable::load(psk_file)
+            .and_then(|psk| {
+                DtlsSettings::new(
+                    psk,
+                    l.max_handshakes as usize,
+                    l.max_handshakes_per_source as usize,
+                    l.handshake_timeout.get(),
+                    MTU,
+                    l.stateless_cookies,
+                )
+            })
+            .map(Some)
+            .map_err(|source| StartError::Dtls {
+                key: named.key.clone(),
+                source: Box::new(source),
+            })
+    }
+}
+
+/// Serves a datagram protocol over DTLS on a bound UDP socket until `shutdown` turns true.
+/// `open` makes a peer's channel once its handshake proved a key, from its address, its
+/// wake-up handle, a seed and the key's identity.
+pub async fn serve_dtls_listener<C, F>(
+    socket: tokio::net::UdpSocket,
+    listener: UdpListenerSettings,
+    dtls: DtlsSettings,
+    broker: Arc<mqtt_core::broker::Broker>,
+    metrics: Arc<DatagramMetrics>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    open: F,
+) where
+    C: DatagramChannel,
+    F: Fn(SocketAddr, Arc<ConnWakeup>, u64, Arc<str>) -> C + Clone + Send + 'static,
+{
+    // A record of the largest datagram accepted, and one byte more, so an oversized one
+    // is seen as such rather than arriving truncated.
+    let read = listener.max_packet_size.saturating_add(RECORD_OVERHEAD + 1);
+    let limits = listener.limits(read, None);
+    let handshakes = HandshakeLimits::new(dtls.max_handshakes, dtls.max_handshakes_per_source);
+    let demux = DtlsDemux::new(&dtls, handshakes.clone(), Instant::now());
+    let seeds = Seeds::default();
+    serve_datagram_listener(
+        socket,
+        limits,
+        demux,
+        metrics,
+        broker,
+        shutdown,
+        move |peer, wakeup| {
+            let seed = seeds.next(peer);
+            let open = open.clone();
+            let make: OpenChannel<C> = Box::new(move |identity| open(peer, wakeup, seed, identity));
+            DtlsChannel::new(&dtls, &handshakes, peer, make, Instant::now())
+        },
+    )
+    .await;
 }
 
 /// What a ClientHello tells before any state exists for its sender.

@@ -915,6 +915,7 @@ pub struct PredefinedTopic {
 #[serde(deny_unknown_fields)]
 pub struct MqttSnListenersConfig {
     pub udp: BTreeMap<String, UdpListenerConfig>,
+    pub dtls: BTreeMap<String, DtlsListenerConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,8 @@ pub enum ListenerKind {
     /// MQTT over QUIC.
     Quic,
     MqttSnUdp,
+    /// MQTT-SN over DTLS.
+    MqttSnDtls,
     CoapUdp,
     /// CoAP over DTLS.
     CoapDtls,
@@ -31,13 +33,14 @@ pub enum ListenerKind {
 }
 
 impl ListenerKind {
-    pub const ALL: [ListenerKind; 14] = [
+    pub const ALL: [ListenerKind; 15] = [
         ListenerKind::Tcp,
         ListenerKind::Ssl,
         ListenerKind::Ws,
         ListenerKind::Wss,
         ListenerKind::Quic,
         ListenerKind::MqttSnUdp,
+        ListenerKind::MqttSnDtls,
         ListenerKind::CoapUdp,
         ListenerKind::CoapDtls,
         ListenerKind::CoapTcp,
@@ -57,6 +60,7 @@ impl ListenerKind {
             ListenerKind::Wss => "listeners.wss",
             ListenerKind::Quic => "listeners.quic",
             ListenerKind::MqttSnUdp => "gateway.mqttsn.listeners.udp",
+            ListenerKind::MqttSnDtls => "gateway.mqttsn.listeners.dtls",
             ListenerKind::CoapUdp => "gateway.coap.listeners.udp",
             ListenerKind::CoapDtls => "gateway.coap.listeners.dtls",
             ListenerKind::CoapTcp => "gateway.coap.listeners.tcp",
@@ -78,6 +82,7 @@ impl ListenerKind {
             ListenerKind::Wss => "wss",
             ListenerKind::Quic => "quic",
             ListenerKind::MqttSnUdp => "mqttsn:udp",
+            ListenerKind::MqttSnDtls => "mqttsn:dtls",
             ListenerKind::CoapUdp => "coap:udp",
             ListenerKind::CoapDtls => "coap:dtls",
             ListenerKind::CoapTcp => "coap:tcp",
@@ -165,6 +170,12 @@ impl Config {
         );
         entries(
             &mut out,
+            ListenerKind::MqttSnDtls,
+            &g.mqttsn.listeners.dtls,
+            |l| (&l.bind, l.enable && g.mqttsn.enable && l.has_credentials()),
+        );
+        entries(
+            &mut out,
             ListenerKind::CoapUdp,
             &g.coap.listeners.udp,
             |l| (&l.bind, l.enable && g.coap.enable),
@@ -244,6 +255,7 @@ mod tests {
                 "wss:default",
                 "quic:default",
                 "mqttsn:udp:default",
+                "mqttsn:dtls:default",
                 "coap:udp:default",
                 "coap:dtls:default",
                 "coap:tcp:default",

@@ -695,6 +695,7 @@ fn check_mqttsn(
         why: ", the range of MQTT-SN's length field",
     };
     check_udp_listeners(p, &sn.listeners.udp, sn.enable, sizes, enabled, fail);
+    check_dtls_listeners(p, &sn.listeners.dtls, sn.enable, sizes, enabled, fail);
 }
 
 fn check_coap(

@@ -1,7 +1,8 @@
-//! CoAP over DTLS 1.2 with pre-shared keys: libcoap's coap-client in its OpenSSL and GnuTLS
-//! builds (Debian libcoap3-bin) publish and observe over `coaps://`, mosquitto clients on
-//! the MQTT side; a wrong key, a client id not the key's, and ClientHellos from addresses
-//! that never receive are refused without a session.
+//! DTLS 1.2 with pre-shared keys on the datagram listeners: libcoap's coap-client in its
+//! OpenSSL and GnuTLS builds (Debian libcoap3-bin) publish and observe over `coaps://` and
+//! register as LwM2M devices, `openssl s_client` carries MQTT-SN, mosquitto clients on the
+//! MQTT side; a wrong key, a client id or endpoint not the key's, and ClientHellos from
+//! addresses that never receive are refused without a session.
 
 #![allow(
     clippy::expect_used,
@@ -458,4 +459,106 @@ fn lwm2m_devices_register_over_dtls_under_their_keys_identity_only() {
         assert!(event.contains("\"register\""), "{client}: {event}");
         assert!(event.contains("\"meter-2\""), "{client}: {event}");
     }
+}
+
+/// Runs `openssl s_client` over DTLS 1.2 with a pre-shared key, sending each of `messages`
+/// as a record of its own (half a second apart), and returns what it printed: the
+/// gateway's answers, decrypted.
+fn openssl_dtls(port: u16, identity: &str, key: &str, messages: &[Vec<u8>]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-dtls1_2",
+            "-quiet",
+            "-cipher",
+            "PSK-AES128-CCM8",
+        ])
+        .args(["-psk", &hex, "-psk_identity", identity])
+        .args(["-connect", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    // The handshake goes first; what is written meanwhile waits for it.
+    std::thread::sleep(Duration::from_millis(500));
+    for message in messages {
+        stdin.write_all(message).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.join().unwrap()
+}
+
+/// An MQTT-SN 1.2 CONNECT (clean session, keep-alive 60 s).
+fn sn_connect(client_id: &str) -> Vec<u8> {
+    let mut m = vec![(6 + client_id.len()) as u8, 0x04, 0x04, 0x01, 0, 60];
+    m.extend_from_slice(client_id.as_bytes());
+    m
+}
+
+/// An MQTT-SN QoS 0 PUBLISH to a two-character short topic name.
+fn sn_publish_short(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![(7 + payload.len()) as u8, 0x0c, 0x02];
+    m.extend_from_slice(topic.as_bytes());
+    m.extend_from_slice(&[0, 0]);
+    m.extend_from_slice(payload);
+    m
+}
+
+#[test]
+fn mqtt_sn_clients_connect_over_dtls_under_their_keys_identity_only() {
+    let Some(gw) = gateway_of(
+        [
+            "GATEWAY_GATEWAY__MQTTSN__LISTENERS__DTLS__DEFAULT__BIND",
+            "GATEWAY_GATEWAY__MQTTSN__LISTENERS__DTLS__DEFAULT__DTLS_OPTIONS__PSK_FILE",
+        ],
+        "sn-dev-1:sn-key-one\nsn-dev-2:sn-key-two\n",
+        &[],
+    ) else {
+        return;
+    };
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &["ab"], 0, &[]);
+    // Its own client id: CONNACK accepted, and its publish routed.
+    let out = openssl_dtls(
+        gw.port,
+        "sn-dev-1",
+        "sn-key-one",
+        &[sn_connect("sn-dev-1"), sn_publish_short("ab", b"over DTLS")],
+    );
+    assert_eq!(out.get(..3), Some(&[3, 5, 0][..]), "{out:?}");
+    assert_eq!(sub.recv(TIMEOUT).payload, b"over DTLS");
+    // Another device's client id: CONNACK refused, its publish dropped.
+    let out = openssl_dtls(
+        gw.port,
+        "sn-dev-1",
+        "sn-key-one",
+        &[
+            sn_connect("sn-dev-2"),
+            sn_publish_short("ab", b"as another"),
+        ],
+    );
+    assert_eq!(out.get(..2), Some(&[3, 5][..]), "{out:?}");
+    assert_ne!(out.get(2), Some(&0), "{out:?}");
+    // A wrong key: no session, no answer.
+    let out = openssl_dtls(
+        gw.port,
+        "sn-dev-2",
+        "sn-key-one",
+        &[sn_connect("sn-dev-2"), sn_publish_short("ab", b"wrong key")],
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert!(sub.try_recv(Duration::from_millis(500)).is_none());
 }

@@ -490,7 +490,8 @@ impl Drop for HandshakeSlot {
 }
 
 /// The datagram listener's view of a DTLS listener: only a ClientHello returning our
-/// cookie, with a handshake place free for its source, makes a peer.
+/// cookie (any ClientHello, with stateless cookies off), with a handshake place free for
+/// the listener and its source, makes a peer.
 pub struct DtlsDemux {
     /// `None` when the listener leaves cookies to each peer's engine.
     cookies: Option<CookieJar>,

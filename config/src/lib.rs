@@ -637,13 +637,22 @@ pub struct DtlsListenerConfig {
     pub dtls_options: DtlsOptions,
 }
 
-/// A DTLS listener's credentials.
+/// A DTLS listener's credentials: pre-shared keys, a certificate, or both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DtlsOptions {
-    /// `identity:secret` lines; `None` when `""`, and then the listener does not start.
+    /// `identity:secret` lines; `None` when `""`.
     #[serde(with = "empty_is_none")]
     pub psk_file: Option<PathBuf>,
+    /// PEM, leaf first (ECDSA P-256 or P-384); `None` when `""`.
+    #[serde(with = "empty_is_none")]
+    pub certfile: Option<PathBuf>,
+    #[serde(with = "empty_is_none")]
+    pub keyfile: Option<PathBuf>,
+    /// CA that signs client certificates; `None` when `""`.
+    #[serde(with = "empty_is_none")]
+    pub cacertfile: Option<PathBuf>,
+    pub verify: TlsVerify,
 }
 
 impl DtlsListenerConfig {
@@ -651,9 +660,10 @@ impl DtlsListenerConfig {
         parse_bind(&self.bind)
     }
 
-    /// Whether it has what it needs to start: keys to accept.
+    /// Whether it has what it needs to start: keys, or a certificate and its key.
     pub fn has_credentials(&self) -> bool {
-        self.dtls_options.psk_file.is_some()
+        let o = &self.dtls_options;
+        o.psk_file.is_some() || (o.certfile.is_some() && o.keyfile.is_some())
     }
 
     /// The datagram side of the listener, as a plain UDP listener has it.

@@ -942,6 +942,29 @@ fn check_dtls_listeners(
                 );
             }
         }
+        let options = &listener.dtls_options;
+        if options.certfile.is_some() != options.keyfile.is_some() {
+            fail(
+                &format!("{prefix}.dtls_options.keyfile"),
+                format!("{prefix}.dtls_options.keyfile and certfile must be set together"),
+            );
+        }
+        if options.verify != crate::TlsVerify::None && options.cacertfile.is_none() {
+            fail(
+                &format!("{prefix}.dtls_options.cacertfile"),
+                format!(
+                    "{prefix}.dtls_options.cacertfile (the CA of client certificates) must be set when verify is not none"
+                ),
+            );
+        }
+        if options.verify != crate::TlsVerify::None && options.certfile.is_none() {
+            fail(
+                &format!("{prefix}.dtls_options.certfile"),
+                format!(
+                    "{prefix}.dtls_options.certfile and keyfile must be set when verify is not none"
+                ),
+            );
+        }
         let timeout = listener.handshake_timeout.get();
         if timeout.is_zero() || timeout > std::time::Duration::from_secs(3600) {
             fail(

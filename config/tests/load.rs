@@ -1106,6 +1106,18 @@ fn dtls_listeners_take_their_tables_defaults_start_only_with_keys_and_check_thei
         ("handshake_timeout = \"0s\"", "handshake_timeout"),
         ("handshake_timeout = \"2h\"", "handshake_timeout"),
         ("max_packet_size = 10", "max_packet_size"),
+        (
+            "[gateway.coap.listeners.dtls.default.dtls_options]\ncertfile = \"/c.pem\"",
+            "dtls_options.keyfile",
+        ),
+        (
+            "[gateway.coap.listeners.dtls.default.dtls_options]\ncertfile = \"/c\"\nkeyfile = \"/k\"\nverify = \"required\"",
+            "dtls_options.cacertfile",
+        ),
+        (
+            "[gateway.coap.listeners.dtls.default.dtls_options]\nverify = \"optional\"\ncacertfile = \"/ca\"",
+            "dtls_options.certfile",
+        ),
     ] {
         let e = err_text(Config::from_toml_str(&format!(
             "[gateway.coap.listeners.dtls.default]\n{toml}"

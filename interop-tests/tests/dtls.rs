@@ -562,3 +562,68 @@ fn mqtt_sn_clients_connect_over_dtls_under_their_keys_identity_only() {
     assert!(out.is_empty(), "{out:?}");
     assert!(sub.try_recv(Duration::from_millis(500)).is_none());
 }
+
+#[test]
+fn certificates_beside_keys_a_verified_common_name_is_the_identity_and_another_cas_is_refused() {
+    let pki = interop_tests::certs::TestPki::new();
+    let server = pki.server();
+    let key = |k: &str| -> &'static str {
+        Box::leak(
+            format!("GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__DTLS_OPTIONS__{k}")
+                .into_boxed_str(),
+        )
+    };
+    let Some(gw) = gateway(
+        "sensor-1:key-one\n",
+        &[
+            Setting::new(key("CERTFILE"), server.cert.display().to_string()),
+            Setting::new(key("KEYFILE"), server.key.display().to_string()),
+            Setting::new(key("CACERTFILE"), pki.ca().display().to_string()),
+            Setting::new(key("VERIFY"), "required"),
+        ],
+    ) else {
+        return;
+    };
+    let topic = unique_topic("dtls-cert");
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &[&format!("{topic}/#")], 1, &[]);
+    let device = pki.client("dev-7", "ca");
+    let rogue = pki.client("dev-7", "rogue-ca");
+    let with_cert = |client: &str, pair: &interop_tests::certs::Pair, path: &str, payload: &str| {
+        let mut cmd = Command::new(client);
+        cmd.args(["-B", "8", "-m", "post", "-e", payload]);
+        cmd.arg("-c").arg(&pair.cert).arg("-j").arg(&pair.key);
+        // The gateway's certificate is checked against the CA too.
+        cmd.arg("-C").arg(pki.ca());
+        cmd.arg(uri(&gw, path));
+        run(cmd)
+    };
+    for client in CLIENTS {
+        let payload = format!("{client} with a certificate");
+        let (ok, out) = with_cert(client, &device, &format!("/ps/{topic}/a"), &payload);
+        assert!(ok, "{client}: {out}");
+        let msg = sub.recv(TIMEOUT);
+        assert_eq!(msg.payload, payload.as_bytes(), "{client}");
+        // The common name is the client id it may use.
+        let (_, out) = with_cert(
+            client,
+            &device,
+            &format!("/ps/{topic}/b?clientid=dev-8"),
+            "x",
+        );
+        assert!(out.contains("4.03"), "{client}: {out}");
+        // Another CA's certificate with the same name: no session.
+        let (_, out) = with_cert(client, &rogue, &format!("/ps/{topic}/c"), "rogue");
+        assert!(!out.contains("2.04"), "{client}: {out}");
+        assert!(
+            sub.try_recv(Duration::from_millis(300)).is_none(),
+            "{client}"
+        );
+        // A key still works on the same listener.
+        let mut cmd = coaps_command(client, "sensor-1", "key-one");
+        cmd.args(["-m", "post", "-e", "by key"]);
+        cmd.arg(uri(&gw, &format!("/ps/{topic}/d")));
+        let (ok, out) = run(cmd);
+        assert!(ok, "{client}: {out}");
+        assert_eq!(sub.recv(TIMEOUT).payload, b"by key");
+    }
+}

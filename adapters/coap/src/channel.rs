@@ -577,8 +577,9 @@ impl CoapChannel {
 
     /// The channel of a client whose transport authenticated it as `identity` (a DTLS
     /// key identity): that is its user name, and the one client id it may use.
-    pub fn with_transport_identity(mut self, identity: Arc<str>) -> CoapChannel {
-        self.transport_identity = Some(identity);
+    /// `None` leaves it as a plain transport's.
+    pub fn with_transport_identity(mut self, identity: Option<Arc<str>>) -> CoapChannel {
+        self.transport_identity = identity;
         self
     }
 

@@ -1774,7 +1774,7 @@ fn a_transport_identity_is_the_user_name_and_the_only_client_id() {
             7,
             now,
         )
-        .with_transport_identity(Arc::from("alice")),
+        .with_transport_identity(Some(Arc::from("alice"))),
         next_id: 100,
         closed: false,
         answers_address_check: true,

@@ -25,6 +25,8 @@ use dimpl::{Dtls, Output};
 use hmac::{Hmac, Mac};
 use mqtt_core::protocol::Flow;
 use parking_lot::Mutex;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
 use sha2::Sha256;
 
 use crate::datagram::{Admission, DatagramChannel, DatagramMetrics, Demux, UdpListenerSettings};
@@ -42,6 +44,8 @@ const CLIENT_HELLO: u8 = 1;
 const HELLO_VERIFY_REQUEST: u8 = 3;
 /// RFC 6347 4.2.1: the HelloVerifyRequest names DTLS 1.0, whatever is negotiated later.
 const DTLS_1_0: [u8; 2] = [0xfe, 0xff];
+/// TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655).
+const PSK_AES128_CCM_8: [u8; 2] = [0xc0, 0xa8];
 /// Bytes a record adds to what it protects with the CCM_8 suite: header, explicit nonce, tag.
 pub const RECORD_OVERHEAD: usize = RECORD_HEADER_LEN + 8 + 8;
 /// The largest datagram a session sends: within the IPv6 minimum MTU of 1280 less the IP
@@ -62,6 +66,12 @@ pub enum DtlsSetupError {
     NoKeys { path: String },
     #[error("DTLS engine configuration: {0}")]
     Engine(String),
+    #[error(transparent)]
+    Files(#[from] crate::tls::TlsSetupError),
+    #[error("server certificate: {0}")]
+    Certificate(String),
+    #[error("neither psk_file nor certfile and keyfile")]
+    NoCredentials,
 }
 
 /// Pre-shared keys by identity, as read from a file of `identity:secret` lines: the
@@ -139,10 +149,101 @@ impl PskTable {
     }
 }
 
+/// How a certificate-authenticated client's certificate is checked.
+#[derive(Clone)]
+pub enum ClientCertificates {
+    /// None is asked for.
+    Ignored,
+    /// Asked for; one sent must be signed by the CA, and none is needed.
+    Optional(Arc<dyn ClientCertVerifier>),
+    /// Asked for, and one signed by the CA needed.
+    Required(Arc<dyn ClientCertVerifier>),
+}
+
+/// The server's certificate (ECDSA P-256 or P-384: the engine signs with nothing else)
+/// and how clients' certificates are checked.
+#[derive(Clone)]
+pub struct ServerCertificate {
+    pub certificate: dimpl::DtlsCertificate,
+    pub clients: ClientCertificates,
+}
+
+impl ServerCertificate {
+    /// The certificate and key in `certfile` and `keyfile` (PEM, leaf first; only the
+    /// leaf is sent), clients checked as `verify` says against `cacertfile`.
+    pub fn load(
+        certfile: &Path,
+        keyfile: &Path,
+        verify: gateway_config::TlsVerify,
+        cacertfile: Option<&Path>,
+    ) -> Result<ServerCertificate, DtlsSetupError> {
+        use gateway_config::TlsVerify;
+        let chain = crate::tls::read_chain(certfile)?;
+        let key = crate::tls::read_key(keyfile)?;
+        let Some(leaf) = chain.into_iter().next() else {
+            return Err(DtlsSetupError::Certificate("no certificate".into()));
+        };
+        let verifier = |optional: bool| -> Result<Arc<dyn ClientCertVerifier>, DtlsSetupError> {
+            let Some(ca) = cacertfile else {
+                return Err(DtlsSetupError::Certificate(
+                    "verify needs cacertfile".into(),
+                ));
+            };
+            let roots = Arc::new(crate::tls::read_roots(ca)?);
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let builder = WebPkiClientVerifier::builder_with_provider(roots, provider);
+            let builder = if optional {
+                builder.allow_unauthenticated()
+            } else {
+                builder
+            };
+            builder
+                .build()
+                .map_err(|error| DtlsSetupError::Certificate(error.to_string()))
+        };
+        let clients = match verify {
+            TlsVerify::None => ClientCertificates::Ignored,
+            TlsVerify::Optional => ClientCertificates::Optional(verifier(true)?),
+            TlsVerify::Required => ClientCertificates::Required(verifier(false)?),
+        };
+        Ok(ServerCertificate {
+            certificate: dimpl::DtlsCertificate {
+                certificate: leaf.as_ref().to_vec(),
+                private_key: key.secret_der().to_vec(),
+            },
+            clients,
+        })
+    }
+
+    /// The name a verified client certificate gives its client: its subject's common name.
+    fn client_identity(&self, der: Option<&[u8]>) -> Result<Option<Arc<str>>, &'static str> {
+        let verifier = match &self.clients {
+            ClientCertificates::Ignored => return Ok(None),
+            ClientCertificates::Optional(verifier) | ClientCertificates::Required(verifier) => {
+                verifier
+            }
+        };
+        let Some(der) = der else {
+            return match self.clients {
+                ClientCertificates::Required(_) => Err("no client certificate"),
+                _ => Ok(None),
+            };
+        };
+        let leaf = rustls_pki_types::CertificateDer::from(der);
+        verifier
+            .verify_client_cert(&leaf, &[], rustls_pki_types::UnixTime::now())
+            .map_err(|_| "client certificate not signed by the CA, or not valid now")?;
+        crate::tls::certificate_common_name(&leaf)
+            .map(|cn| Some(Arc::from(cn)))
+            .ok_or("client certificate without a common name")
+    }
+}
+
 /// A DTLS listener's credentials and limits.
 #[derive(Clone)]
 pub struct DtlsSettings {
-    psk: Arc<PskTable>,
+    psk: Option<Arc<PskTable>>,
+    certificate: Option<Arc<ServerCertificate>>,
     /// Handshakes under way at once on the listener.
     pub max_handshakes: usize,
     /// Handshakes under way at once from one source IP address.
@@ -154,15 +255,15 @@ pub struct DtlsSettings {
     /// The listener answers ClientHellos without its cookie itself, keeping nothing;
     /// otherwise every ClientHello makes a peer whose engine asks for its own cookie.
     pub stateless_cookies: bool,
-    /// The engine's configuration with the listener's keys, checked at start; a peer gets
-    /// one of its own, which tells it the identity that its client proved.
-    checked: Arc<dimpl::Config>,
+    /// The engine's configuration for certificate handshakes, shared by every peer.
+    certificate_config: Option<Arc<dimpl::Config>>,
 }
 
 impl std::fmt::Debug for DtlsSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DtlsSettings")
             .field("psk", &self.psk)
+            .field("certificate", &self.certificate.is_some())
             .field("max_handshakes", &self.max_handshakes)
             .field("max_handshakes_per_source", &self.max_handshakes_per_source)
             .field("handshake_timeout", &self.handshake_timeout)
@@ -173,33 +274,135 @@ impl std::fmt::Debug for DtlsSettings {
 }
 
 impl DtlsSettings {
+    /// Settings with pre-shared keys, a server certificate, or both (a ClientHello that
+    /// offers the PSK suite gets a PSK handshake, any other a certificate one).
     pub fn new(
-        psk: PskTable,
+        psk: Option<PskTable>,
+        certificate: Option<ServerCertificate>,
         max_handshakes: usize,
         max_handshakes_per_source: usize,
         handshake_timeout: Duration,
         mtu: usize,
         stateless_cookies: bool,
     ) -> Result<DtlsSettings, DtlsSetupError> {
-        let psk = Arc::new(psk);
-        let resolver = Arc::new(RecordingResolver {
-            table: psk.clone(),
-            resolved: Mutex::new(None),
-        });
-        let checked = engine_config(resolver, handshake_timeout, mtu)?;
+        let psk = psk.map(Arc::new);
+        if let Some(table) = &psk {
+            let resolver = Arc::new(RecordingResolver {
+                table: table.clone(),
+                resolved: Mutex::new(None),
+            });
+            // Checked once here, so that a peer's own cannot fail.
+            psk_config(resolver, handshake_timeout, mtu)?;
+        }
+        let certificate_config = match &certificate {
+            Some(certificate) => {
+                let require = !matches!(certificate.clients, ClientCertificates::Ignored);
+                let config = dimpl::Config::builder()
+                    .require_client_certificate(require)
+                    .handshake_timeout(handshake_timeout)
+                    .mtu(mtu)
+                    .build()
+                    .map_err(|error| DtlsSetupError::Engine(error.to_string()))?;
+                // The key is loaded with the first handshake: try it now.
+                let config = Arc::new(config);
+                let mut probe = Dtls::new_12(
+                    config.clone(),
+                    certificate.certificate.clone(),
+                    Instant::now(),
+                );
+                guarded(|| probe.handle_timeout(Instant::now()))
+                    .map_err(|error| DtlsSetupError::Certificate(error.to_string()))?;
+                Some(config)
+            }
+            None => None,
+        };
+        if psk.is_none() && certificate.is_none() {
+            return Err(DtlsSetupError::NoCredentials);
+        }
         Ok(DtlsSettings {
             psk,
+            certificate: certificate.map(Arc::new),
             max_handshakes,
             max_handshakes_per_source,
             handshake_timeout,
             mtu,
             stateless_cookies,
-            checked: Arc::new(checked),
+            certificate_config,
         })
+    }
+
+    /// The settings of the DTLS listener `l`, its files read, or `None` when it has no
+    /// credentials; a failure names the listener's `dtls_options`.
+    pub fn from_config(
+        named: &NamedListener,
+        l: &gateway_config::DtlsListenerConfig,
+    ) -> Result<Option<DtlsSettings>, StartError> {
+        if !l.has_credentials() {
+            return Ok(None);
+        }
+        let options = &l.dtls_options;
+        let load = || -> Result<DtlsSettings, DtlsSetupError> {
+            let psk = options
+                .psk_file
+                .as_deref()
+                .map(PskTable::load)
+                .transpose()?;
+            let certificate = match (&options.certfile, &options.keyfile) {
+                (Some(cert), Some(key)) => Some(ServerCertificate::load(
+                    cert,
+                    key,
+                    options.verify,
+                    options.cacertfile.as_deref(),
+                )?),
+                _ => None,
+            };
+            DtlsSettings::new(
+                psk,
+                certificate,
+                l.max_handshakes as usize,
+                l.max_handshakes_per_source as usize,
+                l.handshake_timeout.get(),
+                MTU,
+                l.stateless_cookies,
+            )
+        };
+        load().map(Some).map_err(|source| StartError::Dtls {
+            key: named.key.clone(),
+            source: Box::new(source),
+        })
+    }
+
+    /// A new engine for a peer whose first datagram is `hello`: a PSK one when the
+    /// ClientHello offers the PSK suite and there are keys, else a certificate one.
+    fn engine(&self, hello: &[u8], now: Instant) -> Result<(Dtls, Mode), DtlsSetupError> {
+        let offers_psk = parse_client_hello(hello).is_some_and(|hello| {
+            hello
+                .cipher_suites
+                .chunks_exact(2)
+                .any(|suite| suite == PSK_AES128_CCM_8)
+        });
+        match (&self.psk, &self.certificate, &self.certificate_config) {
+            (Some(table), _, _) if offers_psk || self.certificate.is_none() => {
+                let resolver = Arc::new(RecordingResolver {
+                    table: table.clone(),
+                    resolved: Mutex::new(None),
+                });
+                let config = psk_config(resolver.clone(), self.handshake_timeout, self.mtu)?;
+                Ok((Dtls::new_12_psk(Arc::new(config), now), Mode::Psk(resolver)))
+            }
+            (_, Some(certificate), Some(config)) => Ok((
+                Dtls::new_12(config.clone(), certificate.certificate.clone(), now),
+                Mode::Certificate {
+                    certificate: certificate.clone(),
+                    peer: None,
+                },
+            )),
+            _ => Err(DtlsSetupError::NoCredentials),
+        }
     }
 }
 
-fn engine_config(
+fn psk_config(
     resolver: Arc<RecordingResolver>,
     handshake_timeout: Duration,
     mtu: usize,
@@ -212,38 +415,9 @@ fn engine_config(
         .map_err(|error| DtlsSetupError::Engine(error.to_string()))
 }
 
-impl DtlsSettings {
-    /// The settings of the DTLS listener `l`, its key file read; a failure names the
-    /// listener's `dtls_options`.
-    pub fn from_config(
-        named: &NamedListener,
-        l: &gateway_config::DtlsListenerConfig,
-    ) -> Result<Option<DtlsSettings>, StartError> {
-        let Some(psk_file) = &l.dtls_options.psk_file else {
-            return Ok(None);
-        };
-        PskTable::load(psk_file)
-            .and_then(|psk| {
-                DtlsSettings::new(
-                    psk,
-                    l.max_handshakes as usize,
-                    l.max_handshakes_per_source as usize,
-                    l.handshake_timeout.get(),
-                    MTU,
-                    l.stateless_cookies,
-                )
-            })
-            .map(Some)
-            .map_err(|source| StartError::Dtls {
-                key: named.key.clone(),
-                source: Box::new(source),
-            })
-    }
-}
-
 /// Serves a datagram protocol over DTLS on a bound UDP socket until `shutdown` turns true.
-/// `open` makes a peer's channel once its handshake proved a key, from its address, its
-/// wake-up handle, a seed and the key's identity.
+/// `open` makes a peer's channel once its handshake authenticated it, from its address,
+/// its wake-up handle, a seed and the identity it proved (see [`OpenChannel`]).
 pub async fn serve_dtls_listener<C, F>(
     socket: tokio::net::UdpSocket,
     listener: UdpListenerSettings,
@@ -254,7 +428,7 @@ pub async fn serve_dtls_listener<C, F>(
     open: F,
 ) where
     C: DatagramChannel,
-    F: Fn(SocketAddr, Arc<ConnWakeup>, u64, Arc<str>) -> C + Clone + Send + 'static,
+    F: Fn(SocketAddr, Arc<ConnWakeup>, u64, Option<Arc<str>>) -> C + Clone + Send + 'static,
 {
     // A record of the largest datagram accepted, and one byte more, so an oversized one
     // is seen as such rather than arriving truncated.
@@ -288,6 +462,8 @@ struct ClientHello<'a> {
     /// client_version, random and session_id: what the cookie binds.
     hello_prefix: &'a [u8],
     cookie: &'a [u8],
+    /// Two bytes each.
+    cipher_suites: &'a [u8],
 }
 
 /// Reads the unfragmented ClientHello that opens `datagram`, or `None`. A ClientHello
@@ -316,10 +492,16 @@ fn parse_client_hello(datagram: &[u8]) -> Option<ClientHello<'_>> {
     let prefix_end = 35 + session_len;
     let cookie_len = usize::from(*body.get(prefix_end)?);
     let cookie = body.get(prefix_end + 1..prefix_end + 1 + cookie_len)?;
+    let suites_at = prefix_end + 1 + cookie_len;
+    let suites_len = usize::from(u16::from_be_bytes([
+        *body.get(suites_at)?,
+        *body.get(suites_at + 1)?,
+    ]));
     Some(ClientHello {
         record_sequence: header.get(5..11)?,
         hello_prefix: body.get(..prefix_end)?,
         cookie,
+        cipher_suites: body.get(suites_at + 2..suites_at + 2 + suites_len)?,
     })
 }
 
@@ -551,13 +733,26 @@ impl dimpl::PskResolver for RecordingResolver {
 impl std::panic::UnwindSafe for RecordingResolver {}
 impl std::panic::RefUnwindSafe for RecordingResolver {}
 
-/// Makes the channel of an authenticated peer, given the identity it proved.
-pub type OpenChannel<C> = Box<dyn FnOnce(Arc<str>) -> C + Send>;
+/// Makes the channel of an authenticated peer, given the identity it proved: a key's, a
+/// verified client certificate's common name, or none (a certificate handshake whose
+/// client sent no certificate where none is required).
+pub type OpenChannel<C> = Box<dyn FnOnce(Option<Arc<str>>) -> C + Send>;
+
+/// How a peer's handshake authenticates it.
+enum Mode {
+    Psk(Arc<RecordingResolver>),
+    Certificate {
+        certificate: Arc<ServerCertificate>,
+        /// The client's leaf certificate, once sent.
+        peer: Option<Vec<u8>>,
+    },
+}
 
 enum Phase<C> {
     Handshake {
         open: OpenChannel<C>,
-        resolved: Arc<RecordingResolver>,
+        /// Chosen by the first ClientHello.
+        mode: Option<Mode>,
         deadline: Instant,
         _slot: HandshakeSlot,
     },
@@ -569,7 +764,9 @@ enum Phase<C> {
 /// datagrams out as records. The channel is made once the handshake authenticated the
 /// client, and sees nothing before.
 pub struct DtlsChannel<C> {
-    engine: Dtls,
+    settings: DtlsSettings,
+    /// Made for the peer's first ClientHello, whose cipher suites choose its kind.
+    engine: Option<Dtls>,
     phase: Phase<C>,
     /// The engine's next retransmission or timer.
     engine_deadline: Option<Instant>,
@@ -582,8 +779,8 @@ pub struct DtlsChannel<C> {
 }
 
 impl<C: DatagramChannel> DtlsChannel<C> {
-    /// A peer that a cookie-bearing ClientHello from `peer` made. It closes at once when
-    /// no handshake place is free after all.
+    /// A peer that a ClientHello from `peer` made. It closes at once when no handshake
+    /// place is free after all.
     pub fn new(
         settings: &DtlsSettings,
         limits: &Arc<HandshakeLimits>,
@@ -591,34 +788,18 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         open: OpenChannel<C>,
         now: Instant,
     ) -> DtlsChannel<C> {
-        let resolver = Arc::new(RecordingResolver {
-            table: settings.psk.clone(),
-            resolved: Mutex::new(None),
-        });
-        let config = engine_config(resolver.clone(), settings.handshake_timeout, settings.mtu);
-        let slot = limits.begin(peer.ip());
-        let (engine, phase) = match (config, slot) {
-            (Ok(config), Some(slot)) => (
-                Dtls::new_12_psk(Arc::new(config), now),
-                Phase::Handshake {
-                    open,
-                    resolved: resolver,
-                    deadline: now + settings.handshake_timeout,
-                    _slot: slot,
-                },
-            ),
-            (config, _) => {
-                if let Err(error) = config {
-                    tracing::warn!(%error, "DTLS session not made");
-                }
-                (
-                    Dtls::new_12_psk(settings.checked.clone(), now),
-                    Phase::Closed,
-                )
-            }
+        let phase = match limits.begin(peer.ip()) {
+            Some(slot) => Phase::Handshake {
+                open,
+                mode: None,
+                deadline: now + settings.handshake_timeout,
+                _slot: slot,
+            },
+            None => Phase::Closed,
         };
         DtlsChannel {
-            engine,
+            settings: settings.clone(),
+            engine: None,
             phase,
             engine_deadline: None,
             first: settings.stateless_cookies,
@@ -632,10 +813,13 @@ impl<C: DatagramChannel> DtlsChannel<C> {
     fn pump(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
         let mut received = Vec::new();
         loop {
+            let Some(engine) = self.engine.as_mut() else {
+                return Flow::Close;
+            };
             let mut connected = false;
             let mut closed = false;
             loop {
-                match self.engine.poll_output(&mut self.buf) {
+                match engine.poll_output(&mut self.buf) {
                     Output::Packet(packet) => out.push(Bytes::copy_from_slice(packet)),
                     Output::BufferTooSmall { needed } => self.buf.resize(needed, 0),
                     Output::Timeout(at) => {
@@ -643,6 +827,15 @@ impl<C: DatagramChannel> DtlsChannel<C> {
                         break;
                     }
                     Output::Connected => connected = true,
+                    Output::PeerCert(der) => {
+                        if let Phase::Handshake {
+                            mode: Some(Mode::Certificate { peer, .. }),
+                            ..
+                        } = &mut self.phase
+                        {
+                            *peer = Some(der.to_vec());
+                        }
+                    }
                     Output::ApplicationData(data) => {
                         received.push(Bytes::copy_from_slice(data));
                     }
@@ -682,20 +875,37 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         }
     }
 
-    /// The handshake is done: the channel is made with the identity the key proved.
+    /// The handshake is done: the channel is made with the identity the client proved,
+    /// or the session ends if what it proved is not enough.
     fn open(&mut self) {
         let phase = std::mem::replace(&mut self.phase, Phase::Closed);
-        let Phase::Handshake { open, resolved, .. } = phase else {
+        let Phase::Handshake { open, mode, .. } = phase else {
             self.phase = phase;
             return;
         };
-        let identity = resolved.resolved.lock().take();
-        let Some(identity) = identity else {
-            tracing::warn!("DTLS handshake done without a resolved identity");
-            return;
+        let identity = match mode {
+            Some(Mode::Psk(resolver)) => {
+                let Some(identity) = resolver.resolved.lock().take() else {
+                    tracing::warn!("DTLS handshake done without a resolved identity");
+                    return;
+                };
+                Some(Arc::from(String::from_utf8_lossy(&identity).as_ref()))
+            }
+            Some(Mode::Certificate { certificate, peer }) => {
+                match certificate.client_identity(peer.as_deref()) {
+                    Ok(identity) => identity,
+                    Err(reason) => {
+                        tracing::info!(reason, "DTLS client certificate refused");
+                        return;
+                    }
+                }
+            }
+            None => return,
         };
-        let identity: Arc<str> = Arc::from(String::from_utf8_lossy(&identity).as_ref());
-        tracing::info!(identity = %identity, "DTLS session established");
+        match &identity {
+            Some(identity) => tracing::info!(identity = %identity, "DTLS session established"),
+            None => tracing::info!("DTLS session established without a client identity"),
+        }
         self.phase = Phase::Open(open(identity));
     }
 
@@ -704,7 +914,10 @@ impl<C: DatagramChannel> DtlsChannel<C> {
     /// clients read only one record of until the next datagram arrives.
     fn seal(&mut self, plain: Vec<Bytes>, out: &mut Vec<Bytes>) -> Flow {
         for datagram in plain {
-            if let Err(error) = guarded(|| self.engine.send_application_data(&datagram)) {
+            let Some(engine) = self.engine.as_mut() else {
+                return Flow::Close;
+            };
+            if let Err(error) = guarded(|| engine.send_application_data(&datagram)) {
                 tracing::debug!(%error, "DTLS send failed");
                 return Flow::Close;
             }
@@ -718,7 +931,9 @@ impl<C: DatagramChannel> DtlsChannel<C> {
     fn close(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
         if let Phase::Open(channel) = &mut self.phase {
             channel.handle_closed(now);
-            let _ = self.engine.close();
+            if let Some(engine) = self.engine.as_mut() {
+                let _ = guarded(|| engine.close());
+            }
             self.drain_records(out);
         }
         self.phase = Phase::Closed;
@@ -726,8 +941,11 @@ impl<C: DatagramChannel> DtlsChannel<C> {
     }
 
     fn drain_records(&mut self, out: &mut Vec<Bytes>) {
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
         loop {
-            match self.engine.poll_output(&mut self.buf) {
+            match engine.poll_output(&mut self.buf) {
                 Output::Packet(packet) => out.push(Bytes::copy_from_slice(packet)),
                 Output::BufferTooSmall { needed } => self.buf.resize(needed, 0),
                 Output::Timeout(at) => {
@@ -766,6 +984,23 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         }
         self.close(out, now)
     }
+
+    /// Makes the engine for the ClientHello that made the peer.
+    fn start(&mut self, hello: &[u8], now: Instant) -> bool {
+        match self.settings.engine(hello, now) {
+            Ok((engine, chosen)) => {
+                if let Phase::Handshake { mode, .. } = &mut self.phase {
+                    *mode = Some(chosen);
+                }
+                self.engine = Some(engine);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "DTLS session not made");
+                false
+            }
+        }
+    }
 }
 
 /// Runs an engine call that a peer's bytes drive, a panic in it taken as the end of that
@@ -793,21 +1028,30 @@ impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
         if matches!(self.phase, Phase::Closed) {
             return Flow::Close;
         }
+        if self.engine.is_none() && !self.start(&datagram, now) {
+            return self.close(out, now);
+        }
+        let Some(engine) = self.engine.as_mut() else {
+            return self.close(out, now);
+        };
         if std::mem::take(&mut self.first) {
             let first = as_first_hello(&datagram);
             if let Err(error) = guarded(|| {
-                self.engine.handle_timeout(now)?;
-                self.engine.handle_packet(&first)
+                engine.handle_timeout(now)?;
+                engine.handle_packet(&first)
             }) {
                 return self.fail(&error, out, now);
             }
             let mut dropped = Vec::new();
             self.drain_records(&mut dropped);
         }
+        let Some(engine) = self.engine.as_mut() else {
+            return self.close(out, now);
+        };
         if let Err(error) = guarded(|| {
             // The engine draws its random on its first timer.
-            self.engine.handle_timeout(now)?;
-            self.engine.handle_packet(&datagram)
+            engine.handle_timeout(now)?;
+            engine.handle_packet(&datagram)
         }) {
             return self.fail(&error, out, now);
         }
@@ -829,11 +1073,13 @@ impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
         }
         if self.engine_deadline.is_some_and(|at| now >= at) {
             self.engine_deadline = None;
-            if let Err(error) = guarded(|| self.engine.handle_timeout(now)) {
-                return self.fail(&error, out, now);
-            }
-            if self.pump(out, now) == Flow::Close {
-                return Flow::Close;
+            if let Some(engine) = self.engine.as_mut() {
+                if let Err(error) = guarded(|| engine.handle_timeout(now)) {
+                    return self.fail(&error, out, now);
+                }
+                if self.pump(out, now) == Flow::Close {
+                    return Flow::Close;
+                }
             }
         }
         let due = match &self.phase {
@@ -1065,13 +1311,13 @@ mod tests {
 
     /// Echoes every datagram, after the identity it was opened with.
     struct Echo {
-        identity: Arc<str>,
+        identity: Option<Arc<str>>,
         closed: Arc<Mutex<bool>>,
     }
 
     impl DatagramChannel for Echo {
         fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, _: Instant) -> Flow {
-            let mut reply = BytesMut::from(self.identity.as_bytes());
+            let mut reply = BytesMut::from(self.identity.as_deref().unwrap_or("-").as_bytes());
             reply.put_u8(b'|');
             reply.put_slice(&datagram);
             out.push(reply.freeze());
@@ -1159,7 +1405,8 @@ mod tests {
     fn handshake(stateless: bool, identity: &str, key: &str, send: &[u8]) -> Run {
         let now = Instant::now();
         let settings = DtlsSettings::new(
-            PskTable::parse("dev-1:key-one\ndev-2:key-two\n").unwrap(),
+            Some(PskTable::parse("dev-1:key-one\ndev-2:key-two\n").unwrap()),
+            None,
             4,
             2,
             Duration::from_secs(10),
@@ -1275,7 +1522,8 @@ mod tests {
     fn a_handshake_not_done_in_time_ends_and_gives_its_place_back() {
         let now = Instant::now();
         let settings = DtlsSettings::new(
-            PskTable::parse("dev-1:key-one\n").unwrap(),
+            Some(PskTable::parse("dev-1:key-one\n").unwrap()),
+            None,
             1,
             1,
             Duration::from_secs(5),

@@ -865,8 +865,9 @@ impl Lwm2mChannel {
 
     /// The channel of a device whose transport authenticated it as `identity` (a DTLS key
     /// identity): its endpoint name, client id and user name must be that.
-    pub fn with_transport_identity(mut self, identity: Arc<str>) -> Lwm2mChannel {
-        self.transport_identity = Some(identity);
+    /// `None` leaves it as a plain transport's.
+    pub fn with_transport_identity(mut self, identity: Option<Arc<str>>) -> Lwm2mChannel {
+        self.transport_identity = identity;
         self
     }
 

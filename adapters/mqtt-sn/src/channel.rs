@@ -862,8 +862,9 @@ impl MqttSnChannel {
 
     /// The channel of a client whose transport authenticated it as `identity` (a DTLS key
     /// identity): its user name, and the one client id it may connect under.
-    pub fn with_transport_identity(mut self, identity: Arc<str>) -> MqttSnChannel {
-        self.transport_identity = Some(identity);
+    /// `None` leaves it as a plain transport's.
+    pub fn with_transport_identity(mut self, identity: Option<Arc<str>>) -> MqttSnChannel {
+        self.transport_identity = identity;
         self
     }
 

@@ -303,15 +303,23 @@ impl DtlsSettings {
                     .mtu(mtu)
                     .build()
                     .map_err(|error| DtlsSetupError::Engine(error.to_string()))?;
-                // The key is loaded with the first handshake: try it now.
+                // The engine reads the key when it is made, and panics on one it cannot
+                // use (RSA, say): make one now, so that a peer's cannot fail.
                 let config = Arc::new(config);
-                let mut probe = Dtls::new_12(
-                    config.clone(),
-                    certificate.certificate.clone(),
-                    Instant::now(),
-                );
-                guarded(|| probe.handle_timeout(Instant::now()))
-                    .map_err(|error| DtlsSetupError::Certificate(error.to_string()))?;
+                let pair = certificate.certificate.clone();
+                let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut engine = Dtls::new_12(config.clone(), pair, Instant::now());
+                    engine.handle_timeout(Instant::now())
+                }));
+                match probe {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return Err(DtlsSetupError::Certificate(error.to_string())),
+                    Err(_) => {
+                        return Err(DtlsSetupError::Certificate(
+                            "the key is not an ECDSA P-256 or P-384 key".into(),
+                        ))
+                    }
+                }
                 Some(config)
             }
             None => None,
@@ -1023,8 +1031,22 @@ fn as_first_hello(datagram: &[u8]) -> Vec<u8> {
     first
 }
 
-impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
-    fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+impl<C: DatagramChannel> DtlsChannel<C> {
+    /// Runs `step`, a panic in it (the engine's, on a state nobody foresaw) ending the
+    /// session rather than the peer's task, which would leave the peer in the table.
+    fn contained(&mut self, step: impl FnOnce(&mut Self) -> Flow) -> Flow {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(&mut *self))) {
+            Ok(flow) => flow,
+            Err(_) => {
+                tracing::warn!("DTLS session ended by a panic in its engine");
+                self.engine = None;
+                self.phase = Phase::Closed;
+                Flow::Close
+            }
+        }
+    }
+
+    fn receive(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
         if matches!(self.phase, Phase::Closed) {
             return Flow::Close;
         }
@@ -1058,11 +1080,7 @@ impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
         self.pump(out, now)
     }
 
-    fn handle_wakeup(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
-        self.drive_channel(out, now, |channel, plain| channel.handle_wakeup(plain, now))
-    }
-
-    fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+    fn timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
         match &self.phase {
             Phase::Closed => return Flow::Close,
             Phase::Handshake { deadline, .. } if now >= *deadline => {
@@ -1093,6 +1111,22 @@ impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
         }
         Flow::Continue
     }
+}
+
+impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
+    fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        self.contained(|this| this.receive(datagram, out, now))
+    }
+
+    fn handle_wakeup(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        self.contained(|this| {
+            this.drive_channel(out, now, |channel, plain| channel.handle_wakeup(plain, now))
+        })
+    }
+
+    fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        self.contained(|this| this.timeout(out, now))
+    }
 
     fn next_deadline(&self) -> Option<Instant> {
         let own = match &self.phase {
@@ -1108,11 +1142,13 @@ impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
 
     fn shutdown(&mut self, out: &mut Vec<Bytes>) -> Flow {
         let now = Instant::now();
-        let flow = self.drive_channel(out, now, |channel, plain| channel.shutdown(plain));
-        if flow == Flow::Close {
-            return Flow::Close;
-        }
-        self.close(out, now)
+        self.contained(|this| {
+            let flow = this.drive_channel(out, now, |channel, plain| channel.shutdown(plain));
+            if flow == Flow::Close {
+                return Flow::Close;
+            }
+            this.close(out, now)
+        })
     }
 
     fn handle_closed(&mut self, now: Instant) {
@@ -1578,5 +1614,30 @@ mod tests {
         assert!(at <= now + Duration::from_secs(5) + Duration::from_millis(10));
         drop(channel);
         assert_eq!(limits.under_way(), 0);
+    }
+
+    #[test]
+    fn a_certificate_the_engine_cannot_use_is_refused_at_start() {
+        let certificate = ServerCertificate {
+            certificate: dimpl::DtlsCertificate {
+                certificate: vec![0x30, 0x03, 0x02, 0x01, 0x01],
+                private_key: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+            },
+            clients: ClientCertificates::Ignored,
+        };
+        let settings = DtlsSettings::new(
+            None,
+            Some(certificate),
+            1,
+            1,
+            Duration::from_secs(5),
+            1200,
+            true,
+        );
+        assert!(settings.is_err());
+        assert!(matches!(
+            DtlsSettings::new(None, None, 1, 1, Duration::from_secs(5), 1200, true),
+            Err(DtlsSetupError::NoCredentials)
+        ));
     }
 }

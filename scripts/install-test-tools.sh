@@ -6,7 +6,8 @@
 #   - paho-mqtt for Python (PyPI, pinned below),
 #   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),
 #   - aioquic, the QUIC implementation under the MQTT over QUIC test client (PyPI, pinned below),
-#   - libcoap's coap-client (Debian libcoap3-bin) and aiocoap (PyPI, pinned below) with
+#   - libcoap's coap-client (Debian libcoap3-bin: coap-client-notls, and coap-client-openssl
+#     and coap-client-gnutls for CoAP over DTLS) and aiocoap (PyPI, pinned below) with
 #     websockets (PyPI, pinned below) for its CoAP over WebSocket transport,
 #   - cbor2, the CBOR encoder of the LwM2M Send test's SenML (PyPI, pinned below),
 #   - the STOMP client stomp.py (PyPI, pinned below),

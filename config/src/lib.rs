@@ -599,8 +599,87 @@ pub struct CoapConfig {
 #[serde(deny_unknown_fields)]
 pub struct CoapGatewayListenersConfig {
     pub udp: BTreeMap<String, UdpListenerConfig>,
+    pub dtls: BTreeMap<String, DtlsListenerConfig>,
     pub tcp: BTreeMap<String, CoapTcpListenerConfig>,
     pub ws: BTreeMap<String, CoapWsListenerConfig>,
+}
+
+/// A UDP listener whose datagrams are DTLS 1.2 records (RFC 6347).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DtlsListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    /// Peers tracked at once, handshakes under way included.
+    pub max_connections: u32,
+    /// Peers tracked at once for one source IP address.
+    pub max_peers_per_source: u32,
+    /// Largest datagram accepted once decrypted, bytes.
+    pub max_packet_size: u32,
+    /// Datagrams waiting for one peer; more are dropped as the network would.
+    pub max_queued_datagrams: u32,
+    /// Handshakes under way at once on this listener.
+    pub max_handshakes: u32,
+    /// Handshakes under way at once from one source IP address.
+    pub max_handshakes_per_source: u32,
+    /// A handshake not done by then is given up.
+    pub handshake_timeout: Duration,
+    /// ClientHellos without the listener's cookie are answered by the listener, which
+    /// keeps nothing for them (RFC 6347 4.2.1); off, each makes a peer.
+    pub stateless_cookies: bool,
+    /// Messages one client may publish per period (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
+    /// Replaces the gateway's mountpoint for this listener's clients when not empty.
+    pub mountpoint: String,
+    pub dtls_options: DtlsOptions,
+}
+
+/// A DTLS listener's credentials: pre-shared keys, a certificate, or both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DtlsOptions {
+    /// `identity:secret` lines; `None` when `""`.
+    #[serde(with = "empty_is_none")]
+    pub psk_file: Option<PathBuf>,
+    /// PEM, leaf first (ECDSA P-256 or P-384); `None` when `""`.
+    #[serde(with = "empty_is_none")]
+    pub certfile: Option<PathBuf>,
+    #[serde(with = "empty_is_none")]
+    pub keyfile: Option<PathBuf>,
+    /// CA that signs client certificates; `None` when `""`.
+    #[serde(with = "empty_is_none")]
+    pub cacertfile: Option<PathBuf>,
+    pub verify: TlsVerify,
+}
+
+impl DtlsListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+
+    /// Whether it has what it needs to start: keys, or a certificate and its key.
+    pub fn has_credentials(&self) -> bool {
+        let o = &self.dtls_options;
+        o.psk_file.is_some() || (o.certfile.is_some() && o.keyfile.is_some())
+    }
+
+    /// The datagram side of the listener, as a plain UDP listener has it.
+    pub fn udp(&self) -> UdpListenerConfig {
+        UdpListenerConfig {
+            enable: self.enable,
+            bind: self.bind.clone(),
+            max_connections: self.max_connections,
+            max_peers_per_source: self.max_peers_per_source,
+            max_packet_size: self.max_packet_size,
+            max_queued_datagrams: self.max_queued_datagrams,
+            messages_rate: self.messages_rate,
+            bytes_rate: self.bytes_rate,
+            mountpoint: self.mountpoint.clone(),
+        }
+    }
 }
 
 /// CoAP over TCP (RFC 8323).
@@ -781,6 +860,7 @@ pub struct Translator {
 #[serde(deny_unknown_fields)]
 pub struct CoapListenersConfig {
     pub udp: BTreeMap<String, UdpListenerConfig>,
+    pub dtls: BTreeMap<String, DtlsListenerConfig>,
 }
 
 /// MQTT-SN 1.2 over UDP (EMQX's `gateway.mqttsn`).
@@ -845,6 +925,7 @@ pub struct PredefinedTopic {
 #[serde(deny_unknown_fields)]
 pub struct MqttSnListenersConfig {
     pub udp: BTreeMap<String, UdpListenerConfig>,
+    pub dtls: BTreeMap<String, DtlsListenerConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

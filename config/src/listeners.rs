@@ -18,26 +18,35 @@ pub enum ListenerKind {
     /// MQTT over QUIC.
     Quic,
     MqttSnUdp,
+    /// MQTT-SN over DTLS.
+    MqttSnDtls,
     CoapUdp,
+    /// CoAP over DTLS.
+    CoapDtls,
     CoapTcp,
     CoapWs,
     Lwm2mUdp,
+    /// LwM2M over DTLS.
+    Lwm2mDtls,
     StompTcp,
     StompWs,
 }
 
 impl ListenerKind {
-    pub const ALL: [ListenerKind; 12] = [
+    pub const ALL: [ListenerKind; 15] = [
         ListenerKind::Tcp,
         ListenerKind::Ssl,
         ListenerKind::Ws,
         ListenerKind::Wss,
         ListenerKind::Quic,
         ListenerKind::MqttSnUdp,
+        ListenerKind::MqttSnDtls,
         ListenerKind::CoapUdp,
+        ListenerKind::CoapDtls,
         ListenerKind::CoapTcp,
         ListenerKind::CoapWs,
         ListenerKind::Lwm2mUdp,
+        ListenerKind::Lwm2mDtls,
         ListenerKind::StompTcp,
         ListenerKind::StompWs,
     ];
@@ -51,10 +60,13 @@ impl ListenerKind {
             ListenerKind::Wss => "listeners.wss",
             ListenerKind::Quic => "listeners.quic",
             ListenerKind::MqttSnUdp => "gateway.mqttsn.listeners.udp",
+            ListenerKind::MqttSnDtls => "gateway.mqttsn.listeners.dtls",
             ListenerKind::CoapUdp => "gateway.coap.listeners.udp",
+            ListenerKind::CoapDtls => "gateway.coap.listeners.dtls",
             ListenerKind::CoapTcp => "gateway.coap.listeners.tcp",
             ListenerKind::CoapWs => "gateway.coap.listeners.ws",
             ListenerKind::Lwm2mUdp => "gateway.lwm2m.listeners.udp",
+            ListenerKind::Lwm2mDtls => "gateway.lwm2m.listeners.dtls",
             ListenerKind::StompTcp => "gateway.stomp.listeners.tcp",
             ListenerKind::StompWs => "gateway.stomp.listeners.ws",
         }
@@ -70,10 +82,13 @@ impl ListenerKind {
             ListenerKind::Wss => "wss",
             ListenerKind::Quic => "quic",
             ListenerKind::MqttSnUdp => "mqttsn:udp",
+            ListenerKind::MqttSnDtls => "mqttsn:dtls",
             ListenerKind::CoapUdp => "coap:udp",
+            ListenerKind::CoapDtls => "coap:dtls",
             ListenerKind::CoapTcp => "coap:tcp",
             ListenerKind::CoapWs => "coap:ws",
             ListenerKind::Lwm2mUdp => "lwm2m:udp",
+            ListenerKind::Lwm2mDtls => "lwm2m:dtls",
             ListenerKind::StompTcp => "stomp:tcp",
             ListenerKind::StompWs => "stomp:ws",
         }
@@ -155,9 +170,21 @@ impl Config {
         );
         entries(
             &mut out,
+            ListenerKind::MqttSnDtls,
+            &g.mqttsn.listeners.dtls,
+            |l| (&l.bind, l.enable && g.mqttsn.enable && l.has_credentials()),
+        );
+        entries(
+            &mut out,
             ListenerKind::CoapUdp,
             &g.coap.listeners.udp,
             |l| (&l.bind, l.enable && g.coap.enable),
+        );
+        entries(
+            &mut out,
+            ListenerKind::CoapDtls,
+            &g.coap.listeners.dtls,
+            |l| (&l.bind, l.enable && g.coap.enable && l.has_credentials()),
         );
         entries(
             &mut out,
@@ -173,6 +200,12 @@ impl Config {
             ListenerKind::Lwm2mUdp,
             &g.lwm2m.listeners.udp,
             |l| (&l.bind, l.enable && g.lwm2m.enable),
+        );
+        entries(
+            &mut out,
+            ListenerKind::Lwm2mDtls,
+            &g.lwm2m.listeners.dtls,
+            |l| (&l.bind, l.enable && g.lwm2m.enable && l.has_credentials()),
         );
         entries(
             &mut out,
@@ -222,10 +255,13 @@ mod tests {
                 "wss:default",
                 "quic:default",
                 "mqttsn:udp:default",
+                "mqttsn:dtls:default",
                 "coap:udp:default",
+                "coap:dtls:default",
                 "coap:tcp:default",
                 "coap:ws:default",
                 "lwm2m:udp:default",
+                "lwm2m:dtls:default",
                 "stomp:tcp:default",
                 "stomp:ws:default",
             ]

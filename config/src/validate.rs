@@ -695,6 +695,7 @@ fn check_mqttsn(
         why: ", the range of MQTT-SN's length field",
     };
     check_udp_listeners(p, &sn.listeners.udp, sn.enable, sizes, enabled, fail);
+    check_dtls_listeners(p, &sn.listeners.dtls, sn.enable, sizes, enabled, fail);
 }
 
 fn check_coap(
@@ -752,6 +753,7 @@ fn check_coap(
     }
     let sizes = PacketSizes { least: 64, why: "" };
     check_udp_listeners(p, &coap.listeners.udp, coap.enable, sizes, enabled, fail);
+    check_dtls_listeners(p, &coap.listeners.dtls, coap.enable, sizes, enabled, fail);
     let streams = coap
         .listeners
         .tcp
@@ -867,9 +869,11 @@ fn check_lwm2m(
     }
     let sizes = PacketSizes { least: 64, why: "" };
     check_udp_listeners(p, &lwm2m.listeners.udp, lwm2m.enable, sizes, enabled, fail);
+    check_dtls_listeners(p, &lwm2m.listeners.dtls, lwm2m.enable, sizes, enabled, fail);
 }
 
 /// The packet sizes a UDP gateway's listener may be given: `least..=65535` bytes.
+#[derive(Clone, Copy)]
 struct PacketSizes {
     least: u32,
     why: &'static str,
@@ -884,12 +888,108 @@ fn check_udp_listeners(
     enabled: &mut Vec<(String, SocketAddr)>,
     fail: &mut impl FnMut(&str, String),
 ) {
+    check_datagram_listeners(
+        gateway,
+        "udp",
+        listeners,
+        gateway_enabled,
+        sizes,
+        enabled,
+        fail,
+    );
+}
+
+/// `[{gateway}.listeners.dtls.*]`: a UDP listener's keys, and the handshake limits; one
+/// without keys does not start, so its address is not taken.
+fn check_dtls_listeners(
+    gateway: &str,
+    listeners: &std::collections::BTreeMap<String, crate::DtlsListenerConfig>,
+    gateway_enabled: bool,
+    sizes: PacketSizes,
+    enabled: &mut Vec<(String, SocketAddr)>,
+    fail: &mut impl FnMut(&str, String),
+) {
+    let as_udp = listeners
+        .iter()
+        .map(|(name, l)| {
+            let mut udp = l.udp();
+            udp.enable = l.enable && l.has_credentials();
+            (name.clone(), udp)
+        })
+        .collect();
+    check_datagram_listeners(
+        gateway,
+        "dtls",
+        &as_udp,
+        gateway_enabled,
+        sizes,
+        enabled,
+        fail,
+    );
     for (name, listener) in listeners {
-        let prefix = format!("{gateway}.listeners.udp.{name}");
+        let prefix = format!("{gateway}.listeners.dtls.{name}");
+        for (key, value) in [
+            ("max_handshakes", listener.max_handshakes),
+            (
+                "max_handshakes_per_source",
+                listener.max_handshakes_per_source,
+            ),
+        ] {
+            if value == 0 {
+                fail(
+                    &format!("{prefix}.{key}"),
+                    format!("{prefix}.{key} must be >= 1"),
+                );
+            }
+        }
+        let options = &listener.dtls_options;
+        if options.certfile.is_some() != options.keyfile.is_some() {
+            fail(
+                &format!("{prefix}.dtls_options.keyfile"),
+                format!("{prefix}.dtls_options.keyfile and certfile must be set together"),
+            );
+        }
+        if options.verify != crate::TlsVerify::None && options.cacertfile.is_none() {
+            fail(
+                &format!("{prefix}.dtls_options.cacertfile"),
+                format!(
+                    "{prefix}.dtls_options.cacertfile (the CA of client certificates) must be set when verify is not none"
+                ),
+            );
+        }
+        if options.verify != crate::TlsVerify::None && options.certfile.is_none() {
+            fail(
+                &format!("{prefix}.dtls_options.certfile"),
+                format!(
+                    "{prefix}.dtls_options.certfile and keyfile must be set when verify is not none"
+                ),
+            );
+        }
+        let timeout = listener.handshake_timeout.get();
+        if timeout.is_zero() || timeout > std::time::Duration::from_secs(3600) {
+            fail(
+                &format!("{prefix}.handshake_timeout"),
+                format!("{prefix}.handshake_timeout must be more than 0 and at most 1h"),
+            );
+        }
+    }
+}
+
+fn check_datagram_listeners(
+    gateway: &str,
+    table: &str,
+    listeners: &std::collections::BTreeMap<String, crate::UdpListenerConfig>,
+    gateway_enabled: bool,
+    sizes: PacketSizes,
+    enabled: &mut Vec<(String, SocketAddr)>,
+    fail: &mut impl FnMut(&str, String),
+) {
+    for (name, listener) in listeners {
+        let prefix = format!("{gateway}.listeners.{table}.{name}");
         if !is_valid_listener_name(name) {
             fail(
                 &prefix,
-                format!("{gateway}.listeners.udp: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
+                format!("{gateway}.listeners.{table}: invalid listener name {name:?}: use letters, digits, '_' and '-'"),
             );
         }
         if listener.max_connections == 0 {

@@ -1061,3 +1061,70 @@ fn a_zero_or_malformed_publish_rate_is_refused_naming_the_key() {
         assert!(e.contains(key), "{toml:?} -> {e}");
     }
 }
+
+#[test]
+fn dtls_listeners_take_their_tables_defaults_start_only_with_keys_and_check_their_limits() {
+    let c = Config::from_toml_str(
+        r#"
+        [gateway.coap.listeners.dtls.lan]
+        bind = 15684
+        [gateway.coap.listeners.dtls.lan.dtls_options]
+        psk_file = "/etc/keys"
+        "#,
+    )
+    .unwrap();
+    let lan = &c.gateway.coap.listeners.dtls["lan"];
+    assert_eq!(lan.max_handshakes_per_source, 8);
+    assert!(lan.stateless_cookies);
+    assert!(lan.has_credentials());
+    let default = &c.gateway.coap.listeners.dtls["default"];
+    assert_eq!(default.bind, "0.0.0.0:5684");
+    assert!(!default.has_credentials());
+    let starts: Vec<_> = c
+        .all_listeners()
+        .into_iter()
+        .filter(|l| l.kind == gateway_config::ListenerKind::CoapDtls)
+        .map(|l| (l.listener_name(), l.starts))
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            ("coap:dtls:default".to_string(), false),
+            ("coap:dtls:lan".to_string(), true)
+        ]
+    );
+    // Without keys it claims no port: the UDP listener may have 5684.
+    Config::from_toml_str("[gateway.coap.listeners.udp.default]\nbind = 5684").unwrap();
+    let e = err_text(Config::from_toml_str(
+        "[gateway.coap.listeners.udp.default]\nbind = 5684\n\
+         [gateway.coap.listeners.dtls.default.dtls_options]\npsk_file = \"/k\"",
+    ));
+    assert!(e.contains("5684"), "{e}");
+    for (toml, key) in [
+        ("max_handshakes = 0", "max_handshakes"),
+        ("max_handshakes_per_source = 0", "max_handshakes_per_source"),
+        ("handshake_timeout = \"0s\"", "handshake_timeout"),
+        ("handshake_timeout = \"2h\"", "handshake_timeout"),
+        ("max_packet_size = 10", "max_packet_size"),
+        (
+            "[gateway.coap.listeners.dtls.default.dtls_options]\ncertfile = \"/c.pem\"",
+            "dtls_options.keyfile",
+        ),
+        (
+            "[gateway.coap.listeners.dtls.default.dtls_options]\ncertfile = \"/c\"\nkeyfile = \"/k\"\nverify = \"required\"",
+            "dtls_options.cacertfile",
+        ),
+        (
+            "[gateway.coap.listeners.dtls.default.dtls_options]\nverify = \"optional\"\ncacertfile = \"/ca\"",
+            "dtls_options.certfile",
+        ),
+    ] {
+        let e = err_text(Config::from_toml_str(&format!(
+            "[gateway.coap.listeners.dtls.default]\n{toml}"
+        )));
+        assert!(
+            e.contains(&format!("gateway.coap.listeners.dtls.default.{key}")),
+            "{toml}: {e}"
+        );
+    }
+}

@@ -477,6 +477,9 @@ pub struct CoapChannel {
     /// or Reset of our message, our connection token): until then no notification goes
     /// out, since a forged source address would receive it; a ping asks first.
     validated: bool,
+    /// The identity the transport (DTLS) authenticated: the client's user name, and the
+    /// only client id it may use.
+    transport_identity: Option<Arc<str>>,
 }
 
 /// The answer to a publish, sent once the store ticket it waits for is durable.
@@ -567,7 +570,27 @@ impl CoapChannel {
             block_transfer_until: None,
             output_full: false,
             validated: false,
+            transport_identity: None,
             settings,
+        }
+    }
+
+    /// The channel of a client whose transport authenticated it as `identity` (a DTLS
+    /// key identity): that is its user name, and the one client id it may use.
+    /// `None` leaves it as a plain transport's.
+    pub fn with_transport_identity(mut self, identity: Option<Arc<str>>) -> CoapChannel {
+        self.transport_identity = identity;
+        self
+    }
+
+    /// A client the transport authenticated may act under its own identity only.
+    fn check_claimed_client_id(&self, client_id: Option<&str>) -> Result<(), Refusal> {
+        match (&self.transport_identity, client_id) {
+            (Some(identity), Some(claimed)) if **identity != *claimed => {
+                tracing::info!(claimed, identity = %identity, "client id other than the transport identity refused");
+                Err(Refusal::Forbidden("the clientid must be the DTLS identity"))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -1083,11 +1106,15 @@ impl CoapChannel {
         if let Some(remaining) = self.failures.locked(now) {
             return Err(Refusal::TooManyRequests(remaining));
         }
+        self.check_claimed_client_id(Some(client_id))?;
         let presented = Presented {
             protocol: COAP_NAMESPACE,
             listener: self.settings.listener.clone(),
             client_id: Arc::from(client_id),
-            username: query.username.clone(),
+            username: match &self.transport_identity {
+                Some(identity) => Some(identity.to_string()),
+                None => query.username.clone(),
+            },
             password: query.password.clone().map(Bytes::from),
             peer: self.peer,
             mountpoint: Arc::from(self.settings.mountpoint.as_str()),
@@ -1158,10 +1185,12 @@ impl CoapChannel {
         if self.settings.connection_required {
             return self.admit_connected(query, now);
         }
-        let client_id = match (&query.client_id, self.client_id()) {
-            (Some(id), _) => id.clone(),
-            (None, Some(bound)) => bound.to_owned(),
-            (None, None) => format!("coap-{:016x}", self.link.random()),
+        self.check_claimed_client_id(query.client_id.as_deref())?;
+        let client_id = match (&query.client_id, self.client_id(), &self.transport_identity) {
+            (Some(id), _, _) => id.clone(),
+            (None, Some(bound), _) => bound.to_owned(),
+            (None, None, Some(identity)) => identity.to_string(),
+            (None, None, None) => format!("coap-{:016x}", self.link.random()),
         };
         let presented = Credentials::of(
             query.username.as_deref(),
@@ -1202,6 +1231,7 @@ impl CoapChannel {
                 "Missing token or clientid in connection mode",
             ));
         };
+        self.check_claimed_client_id(Some(client_id))?;
         if self.client_id() == Some(client_id.as_str())
             && self
                 .token

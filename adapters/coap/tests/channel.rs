@@ -1755,3 +1755,103 @@ fn a_request_from_another_address_is_vouched_for_only_with_the_admitted_credenti
     assert_eq!(replay.len(), 1);
     assert_eq!(replay[0].payload, b"after");
 }
+
+/// A client its transport authenticated (DTLS): the identity is its user name and its one
+/// client id, in connectionless and connection mode alike; a password, when the broker has
+/// a password file, is still checked, against the identity.
+#[test]
+fn a_transport_identity_is_the_user_name_and_the_only_client_id() {
+    let now = Instant::now();
+    let acl = "allow all publish dev/%u/#\nallow all subscribe #\ndeny all all #\n";
+    let (broker, _) = broker_with_users(acl, now);
+    let watcher = mqtt_subscriber(&broker, "dev/#", now);
+    let dtls_peer = |settings: Settings| Peer {
+        channel: CoapChannel::new(
+            broker.clone(),
+            Arc::new(settings),
+            None,
+            Arc::new(NoWakeup),
+            7,
+            now,
+        )
+        .with_transport_identity(Some(Arc::from("alice"))),
+        next_id: 100,
+        closed: false,
+        answers_address_check: true,
+    };
+    // Connectionless: no clientid means the identity; the query's user name is not used.
+    let mut peer = dtls_peer(settings());
+    let ok = peer.post(
+        "/ps/dev/alice/t?username=mallory&password=wonder",
+        b"v",
+        now,
+    );
+    assert_eq!(code(&ok), MessageClass::Response(ResponseType::Changed));
+    assert_eq!(drain(&watcher, now).len(), 1);
+    // The user name the ACL sees is the identity's: mallory's prefix is refused.
+    let refused = peer.post(
+        "/ps/dev/mallory/t?username=mallory&password=wonder",
+        b"v",
+        now,
+    );
+    assert_eq!(
+        code(&refused),
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
+    // Mallory's password is checked against the identity, and fails.
+    let refused = peer.post("/ps/dev/alice/t?username=mallory&password=evil", b"v", now);
+    assert_eq!(
+        code(&refused),
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
+    let other = peer.post("/ps/dev/alice/t?clientid=bob&password=wonder", b"v", now);
+    assert_eq!(
+        code(&other),
+        MessageClass::Response(ResponseType::Forbidden)
+    );
+    assert!(drain(&watcher, now).is_empty());
+
+    // Connection mode: a connection for another client id is refused, and so is another
+    // client's token.
+    let connected = || Settings {
+        connection_required: true,
+        ..settings()
+    };
+    let mut peer = dtls_peer(connected());
+    let refused = peer.post("/mqtt/connection?clientid=bob&password=wonder", b"", now);
+    assert_eq!(
+        code(&refused),
+        MessageClass::Response(ResponseType::Forbidden)
+    );
+    let created = peer.post("/mqtt/connection?clientid=alice&password=wonder", b"", now);
+    assert_eq!(
+        code(&created),
+        MessageClass::Response(ResponseType::Created)
+    );
+    let token = String::from_utf8(created.payload.clone()).unwrap();
+    let ok = peer.post(
+        &format!("/ps/dev/alice/c?clientid=alice&token={token}"),
+        b"v",
+        now,
+    );
+    assert_eq!(code(&ok), MessageClass::Response(ResponseType::Changed));
+    assert_eq!(drain(&watcher, now).len(), 1);
+    let mut plain = Peer::new(&broker, connected(), now);
+    let bobs = plain.post(
+        "/mqtt/connection?clientid=bob&username=mallory&password=evil",
+        b"",
+        now,
+    );
+    assert_eq!(code(&bobs), MessageClass::Response(ResponseType::Created));
+    let bob_token = String::from_utf8(bobs.payload.clone()).unwrap();
+    let stolen = peer.post(
+        &format!("/ps/dev/mallory/c?clientid=bob&token={bob_token}"),
+        b"v",
+        now,
+    );
+    assert_eq!(
+        code(&stolen),
+        MessageClass::Response(ResponseType::Forbidden)
+    );
+    assert!(drain(&watcher, now).is_empty());
+}

@@ -67,6 +67,21 @@ pub trait Demux: Send + Sync + 'static {
     fn identity(&self, datagram: &Bytes) -> Option<Arc<str>>;
     /// Frames one outgoing datagram for a peer with `sub_key` (e.g. re-encapsulates it).
     fn wrap(&self, sub_key: &Bytes, datagram: Bytes) -> Bytes;
+    /// Whether `datagram`, from `from`, an address with no peer and claiming none, may
+    /// make a peer. The listener keeps nothing for a datagram it does not admit.
+    fn admit(&self, _from: SocketAddr, _datagram: &Bytes, _now: Instant) -> Admission {
+        Admission::Accept
+    }
+}
+
+/// What the listener does with a datagram that would make a new peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Accept,
+    /// Dropped, unanswered.
+    Drop,
+    /// Answered with this datagram, from the listener itself: no peer is made.
+    Reply(Bytes),
 }
 
 /// Bytes sent to a peer whose address is not validated, per byte received from it
@@ -138,6 +153,10 @@ pub struct DatagramMetrics {
     /// Datagrams from a new address that claimed a peer's identity and that the peer
     /// did not vouch for (served by a peer of their own instead).
     pub claims_refused: AtomicU64,
+    /// Datagrams that would have made a peer and were answered by the listener itself
+    /// (a DTLS HelloVerifyRequest) or dropped unanswered, no peer made.
+    pub datagrams_answered_statelessly: AtomicU64,
+    pub datagrams_not_admitted: AtomicU64,
 }
 
 impl UdpListenerSettings {
@@ -334,6 +353,30 @@ pub async fn serve_datagram_listener<C, D, F>(
         // datagram is its client's, and only then moves here.
         if may_claim && guard.claim(&key, &datagram, &*demux) {
             continue;
+        }
+        match demux.admit(from, &datagram, Instant::now()) {
+            Admission::Accept => {}
+            Admission::Drop => {
+                drop(guard);
+                Stats::add(&stats.datagrams_not_admitted, 1);
+                continue;
+            }
+            Admission::Reply(reply) => {
+                drop(guard);
+                Stats::add(&stats.datagrams_answered_statelessly, 1);
+                // Not awaited: a reply that finds the socket's buffer full is lost, as
+                // the network might lose it, and the client asks again.
+                match socket.try_send_to(&reply, from) {
+                    Ok(n) => {
+                        Stats::add(&stats.datagrams_sent, 1);
+                        Stats::add(&broker.stats.bytes_sent, n as u64);
+                    }
+                    Err(error) => {
+                        tracing::debug!(listener = %limits.name, %error, peer = %from, "stateless reply not sent")
+                    }
+                }
+                continue;
+            }
         }
         if guard.by_key.len() >= limits.max_peers {
             drop(guard);

@@ -40,6 +40,12 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    #[error("{key}.dtls_options")]
+    Dtls {
+        key: String,
+        #[source]
+        source: Box<crate::dtls::DtlsSetupError>,
+    },
     #[error("{key}.tls")]
     Tls {
         key: String,

@@ -7,6 +7,7 @@
 pub mod coap;
 pub mod coap_block;
 mod datagram;
+pub mod dtls;
 mod launch;
 mod layered;
 pub mod layers;
@@ -18,8 +19,8 @@ pub mod tls;
 pub mod ws;
 
 pub use datagram::{
-    serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, DatagramSettings, Demux,
-    UdpListenerSettings,
+    serve_datagram_listener, Admission, Beacon, DatagramChannel, DatagramMetrics, DatagramSettings,
+    Demux, UdpListenerSettings,
 };
 pub use launch::{
     starts_with_certificate, Launch, NamedListener, Reload, StartError, WatchedCertificate,

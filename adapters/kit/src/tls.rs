@@ -144,6 +144,11 @@ pub fn certificate_identity(
 }
 
 /// One field of a certificate rustls has verified; None when it lacks the field.
+/// The subject's common name of a certificate.
+pub(crate) fn certificate_common_name(der: &CertificateDer<'_>) -> Option<String> {
+    certificate_field(der, PeerCertField::Cn)
+}
+
 fn certificate_field(der: &CertificateDer<'_>, field: PeerCertField) -> Option<String> {
     if field == PeerCertField::None {
         return None;
@@ -256,7 +261,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
     })
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+pub(crate) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let pem = read_file(path)?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -272,7 +277,7 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
     let pem = read_file(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => TlsSetupError::NoKey {
@@ -285,7 +290,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
     })
 }
 
-fn read_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
+pub(crate) fn read_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     for cert in read_chain(path)? {
         roots.add(cert).map_err(|e| TlsSetupError::BadCa {

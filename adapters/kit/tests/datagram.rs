@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_kit::{
-    serve_datagram_listener, ConnWakeup, DatagramChannel, DatagramMetrics, DatagramSettings, Demux,
-    Flow,
+    serve_datagram_listener, Admission, ConnWakeup, DatagramChannel, DatagramMetrics,
+    DatagramSettings, Demux, Flow,
 };
 use bytes::Bytes;
 use mqtt_core::auth::Auth;
@@ -80,7 +80,8 @@ impl DatagramChannel for Toy {
     }
 }
 
-/// `node:N:...` is node N behind a forwarder; `claim:NAME:...` names NAME.
+/// `node:N:...` is node N behind a forwarder; `claim:NAME:...` names NAME; from an
+/// address without a peer, `knock` is answered `who?` by the listener and `noise` dropped.
 struct ToyDemux;
 
 impl Demux for ToyDemux {
@@ -92,6 +93,13 @@ impl Demux for ToyDemux {
     fn identity(&self, datagram: &Bytes) -> Option<Arc<str>> {
         let text = std::str::from_utf8(datagram.strip_prefix(b"claim:")?).ok()?;
         text.split(':').next().map(Arc::from)
+    }
+    fn admit(&self, _from: SocketAddr, datagram: &Bytes, _now: Instant) -> Admission {
+        match &datagram[..] {
+            b"knock" => Admission::Reply(Bytes::from_static(b"who?")),
+            b"noise" => Admission::Drop,
+            _ => Admission::Accept,
+        }
     }
     fn wrap(&self, sub_key: &Bytes, datagram: Bytes) -> Bytes {
         let mut wrapped = b"node:".to_vec();
@@ -267,4 +275,33 @@ async fn one_source_holds_at_most_max_peers_per_source_and_another_still_gets_on
     // Another source address still gets a peer.
     let other = client("127.0.0.2").await;
     assert_eq!(ask(&other, to, "hi").await, "4:hi");
+}
+
+#[tokio::test]
+async fn what_the_demux_does_not_admit_makes_no_peer_and_an_existing_peer_is_not_asked() {
+    let listener = listener(32).await;
+    let to = listener.address;
+    let stranger = client("127.0.0.1").await;
+    assert_eq!(ask(&stranger, to, "knock").await, "who?");
+    assert_eq!(ask(&stranger, to, "knock").await, "who?", "still no peer");
+    stranger.send_to(b"noise", to).await.unwrap();
+    // The first peer made is the first channel: nothing before made one.
+    assert_eq!(ask(&stranger, to, "hello").await, "1:hello");
+    assert_eq!(listener.metrics.peers.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        listener
+            .metrics
+            .datagrams_answered_statelessly
+            .load(Ordering::Relaxed),
+        2
+    );
+    assert_eq!(
+        listener
+            .metrics
+            .datagrams_not_admitted
+            .load(Ordering::Relaxed),
+        1
+    );
+    // Its peer's channel takes what the listener would have answered.
+    assert_eq!(ask(&stranger, to, "knock").await, "1:knock");
 }

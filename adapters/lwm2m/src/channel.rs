@@ -267,6 +267,9 @@ struct HeldAnswer {
 
 pub struct Lwm2mChannel {
     broker: Arc<Broker>,
+    /// The identity the transport (DTLS) authenticated: the device's endpoint name,
+    /// client id and user name, and no other.
+    transport_identity: Option<Arc<str>>,
     settings: Arc<Settings>,
     peer: Option<SocketAddr>,
     wakeup: Arc<dyn Wakeup>,
@@ -306,6 +309,7 @@ impl Lwm2mChannel {
         let exchange = Exchange::new(settings.transmission.clone(), seed);
         Lwm2mChannel {
             broker,
+            transport_identity: None,
             settings,
             peer,
             wakeup,
@@ -859,6 +863,14 @@ impl Lwm2mChannel {
         Ok((reply(ResponseType::Changed, Vec::new()), ticket))
     }
 
+    /// The channel of a device whose transport authenticated it as `identity` (a DTLS key
+    /// identity): its endpoint name, client id and user name must be that.
+    /// `None` leaves it as a plain transport's.
+    pub fn with_transport_identity(mut self, identity: Option<Arc<str>>) -> Lwm2mChannel {
+        self.transport_identity = identity;
+        self
+    }
+
     /// Authenticates the device and opens its session on a connection of its own.
     fn open_session(
         &self,
@@ -868,6 +880,14 @@ impl Lwm2mChannel {
         password: Option<String>,
         now: Instant,
     ) -> Result<(ClientSession, Arc<ConnControl>), Refusal> {
+        let username = match &self.transport_identity {
+            Some(identity) if **identity != *endpoint || **identity != *client_id => {
+                tracing::info!(endpoint, client_id, identity = %identity, "endpoint other than the transport identity refused");
+                return Err(Refusal::Forbidden("the endpoint must be the DTLS identity"));
+            }
+            Some(identity) => identity.to_string(),
+            None => username,
+        };
         let refused = |refused: ConnectRefused| {
             tracing::info!(%refused, client_id, "registration refused");
             Refusal::from(refused)

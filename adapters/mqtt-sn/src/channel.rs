@@ -146,6 +146,9 @@ enum Lost {
 
 pub struct MqttSnChannel {
     broker: Arc<Broker>,
+    /// The identity the transport (DTLS) authenticated: the client's user name, and the
+    /// one client id its CONNECT may name.
+    transport_identity: Option<Arc<str>>,
     settings: Arc<Settings>,
     peer: Option<SocketAddr>,
     control: Arc<ConnControl>,
@@ -177,6 +180,7 @@ impl MqttSnChannel {
         let control = ConnControl::new(broker.next_connection_id(), wakeup);
         MqttSnChannel {
             broker,
+            transport_identity: None,
             settings,
             peer,
             control,
@@ -555,6 +559,12 @@ impl MqttSnChannel {
         tracing::Span::current().record("client_id", &*client_id);
         // Checked before the will handshake, so a client that may not connect is told at
         // once rather than after sending its will.
+        if let Some(identity) = &self.transport_identity {
+            if **identity != *client_id {
+                tracing::info!(identity = %identity, "client id other than the transport identity refused");
+                return self.refuse_connect(&ConnectRefused::NotAuthorized, out);
+            }
+        }
         let who = match self
             .broker
             .authenticate(self.presented(Arc::from(&*client_id)))
@@ -843,7 +853,19 @@ impl MqttSnChannel {
             mountpoint_values: Vec::new(),
         };
         presented.apply_override(&self.settings.clientinfo_override);
+        if let Some(identity) = &self.transport_identity {
+            // What the transport proved, whatever an override would make of the client.
+            presented.username = Some(identity.to_string());
+        }
         presented
+    }
+
+    /// The channel of a client whose transport authenticated it as `identity` (a DTLS key
+    /// identity): its user name, and the one client id it may connect under.
+    /// `None` leaves it as a plain transport's.
+    pub fn with_transport_identity(mut self, identity: Option<Arc<str>>) -> MqttSnChannel {
+        self.transport_identity = identity;
+        self
     }
 
     /// Runs `f` on the session's topic registry: the one in memory, else the one kept with

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use adapter_kit::dtls::{serve_dtls_listener, DtlsSettings};
 use adapter_kit::{
     serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, Demux, Flow, Launch,
     NamedListener, StartError, UdpListenerSettings,
@@ -99,6 +100,37 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
             launch.shutdown_signal(),
         );
         launch.spawn_listener("MQTT-SN", &named, bound, serve);
+    }
+    // No ADVERTISE: clients find a DTLS gateway by its configured address.
+    for (name, l) in sn.listeners.dtls.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::MqttSnDtls, name);
+        let Some(dtls) = DtlsSettings::from_config(&named, l)? else {
+            tracing::info!(listener = %named.name, "MQTT-SN DTLS listener not started: no dtls_options.psk_file");
+            continue;
+        };
+        let udp = l.udp();
+        let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
+        let settings = Arc::new(Settings::from_config(named.name.clone(), sn, &udp));
+        let broker = launch.broker().clone();
+        let serve = serve_dtls_listener(
+            socket,
+            UdpListenerSettings::from_config(named.name.clone(), &udp),
+            dtls,
+            broker.clone(),
+            Arc::new(DatagramMetrics::default()),
+            launch.shutdown_signal(),
+            move |peer, wakeup, _seed, identity| {
+                MqttSnChannel::new(
+                    broker.clone(),
+                    settings.clone(),
+                    Some(peer),
+                    wakeup,
+                    Instant::now(),
+                )
+                .with_transport_identity(identity)
+            },
+        );
+        launch.spawn_listener("MQTT-SN DTLS", &named, bound, serve);
     }
     Ok(())
 }

@@ -1,0 +1,1643 @@
+//! DTLS 1.2 for the datagram listeners (RFC 6347), with pre-shared keys (RFC 4279,
+//! `TLS_PSK_WITH_AES_128_CCM_8`, the suite CoAP mandates in RFC 7252 9.1.3.1).
+//!
+//! The listener answers a ClientHello that carries no valid cookie of ours with a
+//! HelloVerifyRequest and keeps nothing: the cookie is a keyed hash of the source address,
+//! the client's random and a coarse time window (RFC 6347 4.2.1). Only a ClientHello that
+//! returns such a cookie, which a forger at another address never saw, makes a peer. The
+//! peer then runs the handshake engine, whose first words are a HelloVerifyRequest of its
+//! own: the engine takes no cookie from outside, so the client goes through the exchange
+//! twice (clients allow a server to repeat it), at the cost of one round trip, which buys
+//! a listener that holds no state for any address that has not shown it receives there.
+//!
+//! Handshakes are limited in number, per source address and in time. The key identity a
+//! client authenticated with is what the channel behind the peer is told: the adapters
+//! make it the client's user name and refuse a client id other than it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use dimpl::{Dtls, Output};
+use hmac::{Hmac, Mac};
+use mqtt_core::protocol::Flow;
+use parking_lot::Mutex;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use sha2::Sha256;
+
+use crate::datagram::{Admission, DatagramChannel, DatagramMetrics, Demux, UdpListenerSettings};
+use crate::launch::{NamedListener, StartError};
+use crate::{serve_datagram_listener, ConnWakeup, Seeds};
+
+/// How long a cookie stays good: it names the window it was made in, and the one before
+/// is accepted too, so a cookie lives one to two windows.
+const COOKIE_WINDOW: Duration = Duration::from_secs(30);
+const COOKIE_LEN: usize = 32;
+const RECORD_HEADER_LEN: usize = 13;
+const HANDSHAKE_HEADER_LEN: usize = 12;
+const CONTENT_HANDSHAKE: u8 = 22;
+const CLIENT_HELLO: u8 = 1;
+const HELLO_VERIFY_REQUEST: u8 = 3;
+/// RFC 6347 4.2.1: the HelloVerifyRequest names DTLS 1.0, whatever is negotiated later.
+const DTLS_1_0: [u8; 2] = [0xfe, 0xff];
+/// TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655).
+const PSK_AES128_CCM_8: [u8; 2] = [0xc0, 0xa8];
+/// Bytes a record adds to what it protects with the CCM_8 suite: header, explicit nonce, tag.
+pub const RECORD_OVERHEAD: usize = RECORD_HEADER_LEN + 8 + 8;
+/// The largest datagram a session sends: within the IPv6 minimum MTU of 1280 less the IP
+/// and UDP headers.
+pub const MTU: usize = 1232;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DtlsSetupError {
+    #[error("cannot read the pre-shared key file {path}: {error}")]
+    PskFile { path: String, error: std::io::Error },
+    #[error("pre-shared key file {path}, line {line}: {reason}")]
+    PskLine {
+        path: String,
+        line: usize,
+        reason: &'static str,
+    },
+    #[error("pre-shared key file {path} holds no key")]
+    NoKeys { path: String },
+    #[error("DTLS engine configuration: {0}")]
+    Engine(String),
+    #[error(transparent)]
+    Files(#[from] crate::tls::TlsSetupError),
+    #[error("server certificate: {0}")]
+    Certificate(String),
+    #[error("neither psk_file nor certfile and keyfile")]
+    NoCredentials,
+}
+
+/// Pre-shared keys by identity, as read from a file of `identity:secret` lines: the
+/// identity is everything before the first `:`, the secret the bytes after it (so a
+/// secret may hold `:`). Blank lines and lines starting with `#` are skipped.
+#[derive(Clone, Default)]
+pub struct PskTable {
+    keys: HashMap<Box<[u8]>, Box<[u8]>>,
+}
+
+impl std::fmt::Debug for PskTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("PskTable")
+            .field("identities", &self.keys.len())
+            .finish()
+    }
+}
+
+impl PskTable {
+    pub fn load(path: &Path) -> Result<PskTable, DtlsSetupError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| DtlsSetupError::PskFile {
+            path: shown.clone(),
+            error,
+        })?;
+        let table = PskTable::parse(&text).map_err(|(line, reason)| DtlsSetupError::PskLine {
+            path: shown.clone(),
+            line,
+            reason,
+        })?;
+        if table.keys.is_empty() {
+            return Err(DtlsSetupError::NoKeys { path: shown });
+        }
+        Ok(table)
+    }
+
+    /// The table in `text`, or the first bad line (from 1) and what is wrong with it.
+    pub fn parse(text: &str) -> Result<PskTable, (usize, &'static str)> {
+        let mut keys = HashMap::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((identity, secret)) = line.split_once(':') else {
+                return Err((index + 1, "expected identity:secret"));
+            };
+            if identity.is_empty() || identity.len() > 128 {
+                return Err((index + 1, "the identity must be 1 to 128 bytes"));
+            }
+            if secret.is_empty() || secret.len() > 64 {
+                return Err((index + 1, "the secret must be 1 to 64 bytes"));
+            }
+            if keys
+                .insert(Box::from(identity.as_bytes()), Box::from(secret.as_bytes()))
+                .is_some()
+            {
+                return Err((index + 1, "the identity is listed twice"));
+            }
+        }
+        Ok(PskTable { keys })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn get(&self, identity: &[u8]) -> Option<&[u8]> {
+        self.keys.get(identity).map(|secret| &**secret)
+    }
+}
+
+/// How a certificate-authenticated client's certificate is checked.
+#[derive(Clone)]
+pub enum ClientCertificates {
+    /// None is asked for.
+    Ignored,
+    /// Asked for; one sent must be signed by the CA, and none is needed.
+    Optional(Arc<dyn ClientCertVerifier>),
+    /// Asked for, and one signed by the CA needed.
+    Required(Arc<dyn ClientCertVerifier>),
+}
+
+/// The server's certificate (ECDSA P-256 or P-384: the engine signs with nothing else)
+/// and how clients' certificates are checked.
+#[derive(Clone)]
+pub struct ServerCertificate {
+    pub certificate: dimpl::DtlsCertificate,
+    pub clients: ClientCertificates,
+}
+
+impl ServerCertificate {
+    /// The certificate and key in `certfile` and `keyfile` (PEM, leaf first; only the
+    /// leaf is sent), clients checked as `verify` says against `cacertfile`.
+    pub fn load(
+        certfile: &Path,
+        keyfile: &Path,
+        verify: gateway_config::TlsVerify,
+        cacertfile: Option<&Path>,
+    ) -> Result<ServerCertificate, DtlsSetupError> {
+        use gateway_config::TlsVerify;
+        let chain = crate::tls::read_chain(certfile)?;
+        let key = crate::tls::read_key(keyfile)?;
+        let Some(leaf) = chain.into_iter().next() else {
+            return Err(DtlsSetupError::Certificate("no certificate".into()));
+        };
+        let verifier = |optional: bool| -> Result<Arc<dyn ClientCertVerifier>, DtlsSetupError> {
+            let Some(ca) = cacertfile else {
+                return Err(DtlsSetupError::Certificate(
+                    "verify needs cacertfile".into(),
+                ));
+            };
+            let roots = Arc::new(crate::tls::read_roots(ca)?);
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let builder = WebPkiClientVerifier::builder_with_provider(roots, provider);
+            let builder = if optional {
+                builder.allow_unauthenticated()
+            } else {
+                builder
+            };
+            builder
+                .build()
+                .map_err(|error| DtlsSetupError::Certificate(error.to_string()))
+        };
+        let clients = match verify {
+            TlsVerify::None => ClientCertificates::Ignored,
+            TlsVerify::Optional => ClientCertificates::Optional(verifier(true)?),
+            TlsVerify::Required => ClientCertificates::Required(verifier(false)?),
+        };
+        Ok(ServerCertificate {
+            certificate: dimpl::DtlsCertificate {
+                certificate: leaf.as_ref().to_vec(),
+                private_key: key.secret_der().to_vec(),
+            },
+            clients,
+        })
+    }
+
+    /// The name a verified client certificate gives its client: its subject's common name.
+    fn client_identity(&self, der: Option<&[u8]>) -> Result<Option<Arc<str>>, &'static str> {
+        let verifier = match &self.clients {
+            ClientCertificates::Ignored => return Ok(None),
+            ClientCertificates::Optional(verifier) | ClientCertificates::Required(verifier) => {
+                verifier
+            }
+        };
+        let Some(der) = der else {
+            return match self.clients {
+                ClientCertificates::Required(_) => Err("no client certificate"),
+                _ => Ok(None),
+            };
+        };
+        let leaf = rustls_pki_types::CertificateDer::from(der);
+        verifier
+            .verify_client_cert(&leaf, &[], rustls_pki_types::UnixTime::now())
+            .map_err(|_| "client certificate not signed by the CA, or not valid now")?;
+        crate::tls::certificate_common_name(&leaf)
+            .map(|cn| Some(Arc::from(cn)))
+            .ok_or("client certificate without a common name")
+    }
+}
+
+/// A DTLS listener's credentials and limits.
+#[derive(Clone)]
+pub struct DtlsSettings {
+    psk: Option<Arc<PskTable>>,
+    certificate: Option<Arc<ServerCertificate>>,
+    /// Handshakes under way at once on the listener.
+    pub max_handshakes: usize,
+    /// Handshakes under way at once from one source IP address.
+    pub max_handshakes_per_source: usize,
+    /// A handshake not done by then is given up, its peer forgotten.
+    pub handshake_timeout: Duration,
+    /// The largest datagram the engine sends.
+    pub mtu: usize,
+    /// The listener answers ClientHellos without its cookie itself, keeping nothing;
+    /// otherwise every ClientHello makes a peer whose engine asks for its own cookie.
+    pub stateless_cookies: bool,
+    /// The engine's configuration for certificate handshakes, shared by every peer.
+    certificate_config: Option<Arc<dimpl::Config>>,
+}
+
+impl std::fmt::Debug for DtlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlsSettings")
+            .field("psk", &self.psk)
+            .field("certificate", &self.certificate.is_some())
+            .field("max_handshakes", &self.max_handshakes)
+            .field("max_handshakes_per_source", &self.max_handshakes_per_source)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("mtu", &self.mtu)
+            .field("stateless_cookies", &self.stateless_cookies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DtlsSettings {
+    /// Settings with pre-shared keys, a server certificate, or both (a ClientHello that
+    /// offers the PSK suite gets a PSK handshake, any other a certificate one).
+    pub fn new(
+        psk: Option<PskTable>,
+        certificate: Option<ServerCertificate>,
+        max_handshakes: usize,
+        max_handshakes_per_source: usize,
+        handshake_timeout: Duration,
+        mtu: usize,
+        stateless_cookies: bool,
+    ) -> Result<DtlsSettings, DtlsSetupError> {
+        let psk = psk.map(Arc::new);
+        if let Some(table) = &psk {
+            let resolver = Arc::new(RecordingResolver {
+                table: table.clone(),
+                resolved: Mutex::new(None),
+            });
+            // Checked once here, so that a peer's own cannot fail.
+            psk_config(resolver, handshake_timeout, mtu)?;
+        }
+        let certificate_config = match &certificate {
+            Some(certificate) => {
+                let require = !matches!(certificate.clients, ClientCertificates::Ignored);
+                let config = dimpl::Config::builder()
+                    .require_client_certificate(require)
+                    .handshake_timeout(handshake_timeout)
+                    .mtu(mtu)
+                    .build()
+                    .map_err(|error| DtlsSetupError::Engine(error.to_string()))?;
+                // The engine reads the key when it is made, and panics on one it cannot
+                // use (RSA, say): make one now, so that a peer's cannot fail.
+                let config = Arc::new(config);
+                let pair = certificate.certificate.clone();
+                let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut engine = Dtls::new_12(config.clone(), pair, Instant::now());
+                    engine.handle_timeout(Instant::now())
+                }));
+                match probe {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return Err(DtlsSetupError::Certificate(error.to_string())),
+                    Err(_) => {
+                        return Err(DtlsSetupError::Certificate(
+                            "the key is not an ECDSA P-256 or P-384 key".into(),
+                        ))
+                    }
+                }
+                Some(config)
+            }
+            None => None,
+        };
+        if psk.is_none() && certificate.is_none() {
+            return Err(DtlsSetupError::NoCredentials);
+        }
+        Ok(DtlsSettings {
+            psk,
+            certificate: certificate.map(Arc::new),
+            max_handshakes,
+            max_handshakes_per_source,
+            handshake_timeout,
+            mtu,
+            stateless_cookies,
+            certificate_config,
+        })
+    }
+
+    /// The settings of the DTLS listener `l`, its files read, or `None` when it has no
+    /// credentials; a failure names the listener's `dtls_options`.
+    pub fn from_config(
+        named: &NamedListener,
+        l: &gateway_config::DtlsListenerConfig,
+    ) -> Result<Option<DtlsSettings>, StartError> {
+        if !l.has_credentials() {
+            return Ok(None);
+        }
+        let options = &l.dtls_options;
+        let load = || -> Result<DtlsSettings, DtlsSetupError> {
+            let psk = options
+                .psk_file
+                .as_deref()
+                .map(PskTable::load)
+                .transpose()?;
+            let certificate = match (&options.certfile, &options.keyfile) {
+                (Some(cert), Some(key)) => Some(ServerCertificate::load(
+                    cert,
+                    key,
+                    options.verify,
+                    options.cacertfile.as_deref(),
+                )?),
+                _ => None,
+            };
+            DtlsSettings::new(
+                psk,
+                certificate,
+                l.max_handshakes as usize,
+                l.max_handshakes_per_source as usize,
+                l.handshake_timeout.get(),
+                MTU,
+                l.stateless_cookies,
+            )
+        };
+        load().map(Some).map_err(|source| StartError::Dtls {
+            key: named.key.clone(),
+            source: Box::new(source),
+        })
+    }
+
+    /// A new engine for a peer whose first datagram is `hello`: a PSK one when the
+    /// ClientHello offers the PSK suite and there are keys, else a certificate one.
+    fn engine(&self, hello: &[u8], now: Instant) -> Result<(Dtls, Mode), DtlsSetupError> {
+        let offers_psk = parse_client_hello(hello).is_some_and(|hello| {
+            hello
+                .cipher_suites
+                .chunks_exact(2)
+                .any(|suite| suite == PSK_AES128_CCM_8)
+        });
+        match (&self.psk, &self.certificate, &self.certificate_config) {
+            (Some(table), _, _) if offers_psk || self.certificate.is_none() => {
+                let resolver = Arc::new(RecordingResolver {
+                    table: table.clone(),
+                    resolved: Mutex::new(None),
+                });
+                let config = psk_config(resolver.clone(), self.handshake_timeout, self.mtu)?;
+                Ok((Dtls::new_12_psk(Arc::new(config), now), Mode::Psk(resolver)))
+            }
+            (_, Some(certificate), Some(config)) => Ok((
+                Dtls::new_12(config.clone(), certificate.certificate.clone(), now),
+                Mode::Certificate {
+                    certificate: certificate.clone(),
+                    peer: None,
+                },
+            )),
+            _ => Err(DtlsSetupError::NoCredentials),
+        }
+    }
+}
+
+fn psk_config(
+    resolver: Arc<RecordingResolver>,
+    handshake_timeout: Duration,
+    mtu: usize,
+) -> Result<dimpl::Config, DtlsSetupError> {
+    dimpl::Config::builder()
+        .with_psk_server(None, resolver)
+        .handshake_timeout(handshake_timeout)
+        .mtu(mtu)
+        .build()
+        .map_err(|error| DtlsSetupError::Engine(error.to_string()))
+}
+
+/// Serves a datagram protocol over DTLS on a bound UDP socket until `shutdown` turns true.
+/// `open` makes a peer's channel once its handshake authenticated it, from its address,
+/// its wake-up handle, a seed and the identity it proved (see [`OpenChannel`]).
+pub async fn serve_dtls_listener<C, F>(
+    socket: tokio::net::UdpSocket,
+    listener: UdpListenerSettings,
+    dtls: DtlsSettings,
+    broker: Arc<mqtt_core::broker::Broker>,
+    metrics: Arc<DatagramMetrics>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    open: F,
+) where
+    C: DatagramChannel,
+    F: Fn(SocketAddr, Arc<ConnWakeup>, u64, Option<Arc<str>>) -> C + Clone + Send + 'static,
+{
+    // A record of the largest datagram accepted, and one byte more, so an oversized one
+    // is seen as such rather than arriving truncated.
+    let read = listener.max_packet_size.saturating_add(RECORD_OVERHEAD + 1);
+    let limits = listener.limits(read, None);
+    let handshakes = HandshakeLimits::new(dtls.max_handshakes, dtls.max_handshakes_per_source);
+    let demux = DtlsDemux::new(&dtls, handshakes.clone(), Instant::now());
+    let seeds = Seeds::default();
+    serve_datagram_listener(
+        socket,
+        limits,
+        demux,
+        metrics,
+        broker,
+        shutdown,
+        move |peer, wakeup| {
+            let seed = seeds.next(peer);
+            let open = open.clone();
+            let make: OpenChannel<C> = Box::new(move |identity| open(peer, wakeup, seed, identity));
+            DtlsChannel::new(&dtls, &handshakes, peer, make, Instant::now())
+        },
+    )
+    .await;
+}
+
+/// What a ClientHello tells before any state exists for its sender.
+#[derive(Debug, PartialEq, Eq)]
+struct ClientHello<'a> {
+    /// The record's sequence number, echoed in our HelloVerifyRequest (RFC 6347 4.2.1).
+    record_sequence: &'a [u8],
+    /// client_version, random and session_id: what the cookie binds.
+    hello_prefix: &'a [u8],
+    cookie: &'a [u8],
+    /// Two bytes each.
+    cipher_suites: &'a [u8],
+}
+
+/// Reads the unfragmented ClientHello that opens `datagram`, or `None`. A ClientHello
+/// that needs more than one datagram gets no cookie: clients fit the first one in one.
+fn parse_client_hello(datagram: &[u8]) -> Option<ClientHello<'_>> {
+    let header = datagram.get(..RECORD_HEADER_LEN)?;
+    // Epoch 0: a handshake record sent in the clear.
+    if header.first() != Some(&CONTENT_HANDSHAKE) || header.get(3..5)? != [0, 0] {
+        return None;
+    }
+    let record_len = usize::from(u16::from_be_bytes([*header.get(11)?, *header.get(12)?]));
+    let fragment = datagram.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + record_len)?;
+    let handshake = fragment.get(..HANDSHAKE_HEADER_LEN)?;
+    if handshake.first() != Some(&CLIENT_HELLO) {
+        return None;
+    }
+    let length = handshake.get(1..4)?;
+    // Offset 0 and the whole message in this fragment.
+    if handshake.get(6..9)? != [0, 0, 0] || handshake.get(9..12)? != length {
+        return None;
+    }
+    let length = usize::from(*length.get(1)?) << 8 | usize::from(*length.get(2)?);
+    let body = fragment.get(HANDSHAKE_HEADER_LEN..HANDSHAKE_HEADER_LEN + length)?;
+    // client_version (2), random (32), session_id <0..32>, cookie <0..255>.
+    let session_len = usize::from(*body.get(34)?);
+    let prefix_end = 35 + session_len;
+    let cookie_len = usize::from(*body.get(prefix_end)?);
+    let cookie = body.get(prefix_end + 1..prefix_end + 1 + cookie_len)?;
+    let suites_at = prefix_end + 1 + cookie_len;
+    let suites_len = usize::from(u16::from_be_bytes([
+        *body.get(suites_at)?,
+        *body.get(suites_at + 1)?,
+    ]));
+    Some(ClientHello {
+        record_sequence: header.get(5..11)?,
+        hello_prefix: body.get(..prefix_end)?,
+        cookie,
+        cipher_suites: body.get(suites_at + 2..suites_at + 2 + suites_len)?,
+    })
+}
+
+/// Stateless cookies (RFC 6347 4.2.1): HMAC-SHA256 of the time window, the source address
+/// and the ClientHello's version, random and session id, under a key made at start.
+pub struct CookieJar {
+    key: [u8; 32],
+    started: Instant,
+}
+
+impl std::fmt::Debug for CookieJar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CookieJar").finish_non_exhaustive()
+    }
+}
+
+impl CookieJar {
+    pub fn new(now: Instant) -> CookieJar {
+        CookieJar {
+            key: rand::random(),
+            started: now,
+        }
+    }
+
+    fn window(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_secs() / COOKIE_WINDOW.as_secs()
+    }
+
+    fn cookie(&self, window: u64, from: SocketAddr, hello_prefix: &[u8]) -> [u8; COOKIE_LEN] {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            // HMAC takes a key of any length.
+            return [0; COOKIE_LEN];
+        };
+        mac.update(&window.to_be_bytes());
+        match from.ip() {
+            IpAddr::V4(ip) => mac.update(&ip.octets()),
+            IpAddr::V6(ip) => mac.update(&ip.octets()),
+        }
+        mac.update(&from.port().to_be_bytes());
+        mac.update(hello_prefix);
+        mac.finalize().into_bytes().into()
+    }
+
+    fn valid(&self, from: SocketAddr, hello: &ClientHello<'_>, now: Instant) -> bool {
+        use subtle::ConstantTimeEq;
+        let window = self.window(now);
+        [Some(window), window.checked_sub(1)]
+            .into_iter()
+            .flatten()
+            .any(|window| {
+                let expected = self.cookie(window, from, hello.hello_prefix);
+                bool::from(expected.as_slice().ct_eq(hello.cookie))
+            })
+    }
+
+    /// What to do with `datagram` from `from`, an address that has no peer.
+    fn admit(&self, from: SocketAddr, datagram: &[u8], now: Instant) -> Gate {
+        let Some(hello) = parse_client_hello(datagram) else {
+            return Gate::Ignore;
+        };
+        if self.valid(from, &hello, now) {
+            return Gate::Proven;
+        }
+        let cookie = self.cookie(self.window(now), from, hello.hello_prefix);
+        Gate::Verify(hello_verify_request(hello.record_sequence, &cookie))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    /// Not an opening ClientHello.
+    Ignore,
+    /// The ClientHello returns our cookie: its sender receives at its address.
+    Proven,
+    /// Answer with this HelloVerifyRequest and keep nothing.
+    Verify(Bytes),
+}
+
+fn hello_verify_request(record_sequence: &[u8], cookie: &[u8]) -> Bytes {
+    let body_len = 2 + 1 + cookie.len();
+    let mut out = BytesMut::with_capacity(RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN + body_len);
+    out.put_u8(CONTENT_HANDSHAKE);
+    out.put_slice(&DTLS_1_0);
+    out.put_u16(0);
+    out.put_slice(record_sequence);
+    out.put_u16((HANDSHAKE_HEADER_LEN + body_len) as u16);
+    out.put_u8(HELLO_VERIFY_REQUEST);
+    let length = (body_len as u32).to_be_bytes();
+    let length = length.get(1..).unwrap_or_default();
+    out.put_slice(length);
+    // message_seq 0: the first message of ours (RFC 6347 4.2.2).
+    out.put_u16(0);
+    out.put_slice(&[0, 0, 0]);
+    out.put_slice(length);
+    out.put_slice(&DTLS_1_0);
+    out.put_u8(cookie.len() as u8);
+    out.put_slice(cookie);
+    out.freeze()
+}
+
+/// Handshakes under way, in all and per source address.
+#[derive(Debug)]
+pub struct HandshakeLimits {
+    max: usize,
+    max_per_source: usize,
+    state: Mutex<HandshakeCount>,
+}
+
+#[derive(Debug, Default)]
+struct HandshakeCount {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+impl HandshakeLimits {
+    pub fn new(max: usize, max_per_source: usize) -> Arc<HandshakeLimits> {
+        Arc::new(HandshakeLimits {
+            max,
+            max_per_source,
+            state: Mutex::new(HandshakeCount::default()),
+        })
+    }
+
+    fn has_room(&self, ip: IpAddr) -> bool {
+        let state = self.state.lock();
+        state.total < self.max
+            && state.per_source.get(&ip).copied().unwrap_or(0) < self.max_per_source
+    }
+
+    /// A place for one handshake from `ip`, held until the slot is dropped.
+    pub fn begin(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
+        let mut state = self.state.lock();
+        let from_source = state.per_source.get(&ip).copied().unwrap_or(0);
+        if state.total >= self.max || from_source >= self.max_per_source {
+            return None;
+        }
+        state.total += 1;
+        state.per_source.insert(ip, from_source + 1);
+        Some(HandshakeSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn under_way(&self) -> usize {
+        self.state.lock().total
+    }
+}
+
+/// One handshake counted in [`HandshakeLimits`] until dropped.
+#[derive(Debug)]
+pub struct HandshakeSlot {
+    limits: Arc<HandshakeLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut state = self.limits.state.lock();
+        state.total = state.total.saturating_sub(1);
+        if let Some(count) = state.per_source.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.per_source.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The datagram listener's view of a DTLS listener: only a ClientHello returning our
+/// cookie (any ClientHello, with stateless cookies off), with a handshake place free for
+/// the listener and its source, makes a peer.
+pub struct DtlsDemux {
+    /// `None` when the listener leaves cookies to each peer's engine.
+    cookies: Option<CookieJar>,
+    limits: Arc<HandshakeLimits>,
+}
+
+impl DtlsDemux {
+    pub fn new(settings: &DtlsSettings, limits: Arc<HandshakeLimits>, now: Instant) -> DtlsDemux {
+        DtlsDemux {
+            cookies: settings.stateless_cookies.then(|| CookieJar::new(now)),
+            limits,
+        }
+    }
+}
+
+impl Demux for DtlsDemux {
+    fn sub_key(&self, _datagram: &Bytes) -> Option<Bytes> {
+        None
+    }
+    /// A DTLS session is bound to its address; nothing in its records names a client.
+    fn identity(&self, _datagram: &Bytes) -> Option<Arc<str>> {
+        None
+    }
+    fn wrap(&self, _sub_key: &Bytes, datagram: Bytes) -> Bytes {
+        datagram
+    }
+    fn admit(&self, from: SocketAddr, datagram: &Bytes, now: Instant) -> Admission {
+        let gate = match &self.cookies {
+            Some(cookies) => cookies.admit(from, datagram, now),
+            None if parse_client_hello(datagram).is_some() => Gate::Proven,
+            None => Gate::Ignore,
+        };
+        match gate {
+            Gate::Ignore => Admission::Drop,
+            Gate::Verify(reply) => Admission::Reply(reply),
+            Gate::Proven if self.limits.has_room(from.ip()) => Admission::Accept,
+            Gate::Proven => Admission::Drop,
+        }
+    }
+}
+
+/// Resolves identities from the listener's table and remembers the one that resolved,
+/// which is the client's once the handshake's Finished messages prove the key.
+struct RecordingResolver {
+    table: Arc<PskTable>,
+    resolved: Mutex<Option<Vec<u8>>>,
+}
+
+impl dimpl::PskResolver for RecordingResolver {
+    fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        let secret = self.table.get(identity)?.to_vec();
+        *self.resolved.lock() = Some(identity.to_vec());
+        Some(secret)
+    }
+}
+
+impl std::panic::UnwindSafe for RecordingResolver {}
+impl std::panic::RefUnwindSafe for RecordingResolver {}
+
+/// Makes the channel of an authenticated peer, given the identity it proved: a key's, a
+/// verified client certificate's common name, or none (a certificate handshake whose
+/// client sent no certificate where none is required).
+pub type OpenChannel<C> = Box<dyn FnOnce(Option<Arc<str>>) -> C + Send>;
+
+/// How a peer's handshake authenticates it.
+enum Mode {
+    Psk(Arc<RecordingResolver>),
+    Certificate {
+        certificate: Arc<ServerCertificate>,
+        /// The client's leaf certificate, once sent.
+        peer: Option<Vec<u8>>,
+    },
+}
+
+enum Phase<C> {
+    Handshake {
+        open: OpenChannel<C>,
+        /// Chosen by the first ClientHello.
+        mode: Option<Mode>,
+        deadline: Instant,
+        _slot: HandshakeSlot,
+    },
+    Open(C),
+    Closed,
+}
+
+/// One peer's DTLS session around the channel that serves it: records in, the channel's
+/// datagrams out as records. The channel is made once the handshake authenticated the
+/// client, and sees nothing before.
+pub struct DtlsChannel<C> {
+    settings: DtlsSettings,
+    /// Made for the peer's first ClientHello, whose cipher suites choose its kind.
+    engine: Option<Dtls>,
+    phase: Phase<C>,
+    /// The engine's next retransmission or timer.
+    engine_deadline: Option<Instant>,
+    /// Whether the engine has yet to see the datagram that made the peer, a ClientHello
+    /// that returned the listener's cookie.
+    first: bool,
+    /// Whether the listener proved the peer's address before it made the peer.
+    proven: bool,
+    buf: Vec<u8>,
+}
+
+impl<C: DatagramChannel> DtlsChannel<C> {
+    /// A peer that a ClientHello from `peer` made. It closes at once when no handshake
+    /// place is free after all.
+    pub fn new(
+        settings: &DtlsSettings,
+        limits: &Arc<HandshakeLimits>,
+        peer: SocketAddr,
+        open: OpenChannel<C>,
+        now: Instant,
+    ) -> DtlsChannel<C> {
+        let phase = match limits.begin(peer.ip()) {
+            Some(slot) => Phase::Handshake {
+                open,
+                mode: None,
+                deadline: now + settings.handshake_timeout,
+                _slot: slot,
+            },
+            None => Phase::Closed,
+        };
+        DtlsChannel {
+            settings: settings.clone(),
+            engine: None,
+            phase,
+            engine_deadline: None,
+            first: settings.stateless_cookies,
+            proven: settings.stateless_cookies,
+            buf: vec![0; settings.mtu.max(2048)],
+        }
+    }
+
+    /// Takes what the engine has to say: records to send, and the plaintext received,
+    /// which goes to the channel. Loops until neither side has more.
+    fn pump(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        let mut received = Vec::new();
+        loop {
+            let Some(engine) = self.engine.as_mut() else {
+                return Flow::Close;
+            };
+            let mut connected = false;
+            let mut closed = false;
+            loop {
+                match engine.poll_output(&mut self.buf) {
+                    Output::Packet(packet) => out.push(Bytes::copy_from_slice(packet)),
+                    Output::BufferTooSmall { needed } => self.buf.resize(needed, 0),
+                    Output::Timeout(at) => {
+                        self.engine_deadline = Some(at);
+                        break;
+                    }
+                    Output::Connected => connected = true,
+                    Output::PeerCert(der) => {
+                        if let Phase::Handshake {
+                            mode: Some(Mode::Certificate { peer, .. }),
+                            ..
+                        } = &mut self.phase
+                        {
+                            *peer = Some(der.to_vec());
+                        }
+                    }
+                    Output::ApplicationData(data) => {
+                        received.push(Bytes::copy_from_slice(data));
+                    }
+                    Output::CloseNotify => closed = true,
+                    _ => {}
+                }
+            }
+            if connected {
+                self.open();
+            }
+            if closed {
+                tracing::debug!("DTLS close_notify received");
+                return self.close(out, now);
+            }
+            if received.is_empty() {
+                return match self.phase {
+                    Phase::Closed => Flow::Close,
+                    _ => Flow::Continue,
+                };
+            }
+            let Phase::Open(channel) = &mut self.phase else {
+                // Application data before the handshake is done is not the client's yet.
+                received.clear();
+                continue;
+            };
+            let mut plain = Vec::new();
+            let mut flow = Flow::Continue;
+            for datagram in received.drain(..) {
+                if channel.handle_datagram(datagram, &mut plain, now) == Flow::Close {
+                    flow = Flow::Close;
+                    break;
+                }
+            }
+            if self.seal(plain, out) == Flow::Close || flow == Flow::Close {
+                return self.close(out, now);
+            }
+        }
+    }
+
+    /// The handshake is done: the channel is made with the identity the client proved,
+    /// or the session ends if what it proved is not enough.
+    fn open(&mut self) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+        let Phase::Handshake { open, mode, .. } = phase else {
+            self.phase = phase;
+            return;
+        };
+        let identity = match mode {
+            Some(Mode::Psk(resolver)) => {
+                let Some(identity) = resolver.resolved.lock().take() else {
+                    tracing::warn!("DTLS handshake done without a resolved identity");
+                    return;
+                };
+                Some(Arc::from(String::from_utf8_lossy(&identity).as_ref()))
+            }
+            Some(Mode::Certificate { certificate, peer }) => {
+                match certificate.client_identity(peer.as_deref()) {
+                    Ok(identity) => identity,
+                    Err(reason) => {
+                        tracing::info!(reason, "DTLS client certificate refused");
+                        return;
+                    }
+                }
+            }
+            None => return,
+        };
+        match &identity {
+            Some(identity) => tracing::info!(identity = %identity, "DTLS session established"),
+            None => tracing::info!("DTLS session established without a client identity"),
+        }
+        self.phase = Phase::Open(open(identity));
+    }
+
+    /// Hands the channel's datagrams to the engine as application data, each sent as a
+    /// datagram of its own: the engine would pack several records into one, which some
+    /// clients read only one record of until the next datagram arrives.
+    fn seal(&mut self, plain: Vec<Bytes>, out: &mut Vec<Bytes>) -> Flow {
+        for datagram in plain {
+            let Some(engine) = self.engine.as_mut() else {
+                return Flow::Close;
+            };
+            if let Err(error) = guarded(|| engine.send_application_data(&datagram)) {
+                tracing::debug!(%error, "DTLS send failed");
+                return Flow::Close;
+            }
+            self.drain_records(out);
+        }
+        Flow::Continue
+    }
+
+    /// Ends the session: the channel is closed and told, a close_notify sent when the
+    /// session was up.
+    fn close(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if let Phase::Open(channel) = &mut self.phase {
+            channel.handle_closed(now);
+            if let Some(engine) = self.engine.as_mut() {
+                let _ = guarded(|| engine.close());
+            }
+            self.drain_records(out);
+        }
+        self.phase = Phase::Closed;
+        Flow::Close
+    }
+
+    fn drain_records(&mut self, out: &mut Vec<Bytes>) {
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        loop {
+            match engine.poll_output(&mut self.buf) {
+                Output::Packet(packet) => out.push(Bytes::copy_from_slice(packet)),
+                Output::BufferTooSmall { needed } => self.buf.resize(needed, 0),
+                Output::Timeout(at) => {
+                    self.engine_deadline = Some(at);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs what the channel produces outside of input (a wake-up, its timer, shutdown).
+    fn drive_channel(
+        &mut self,
+        out: &mut Vec<Bytes>,
+        now: Instant,
+        act: impl FnOnce(&mut C, &mut Vec<Bytes>) -> Flow,
+    ) -> Flow {
+        let Phase::Open(channel) = &mut self.phase else {
+            return Flow::Continue;
+        };
+        let mut plain = Vec::new();
+        let flow = act(channel, &mut plain);
+        if self.seal(plain, out) == Flow::Close || flow == Flow::Close {
+            self.drain_records(out);
+            return self.close(out, now);
+        }
+        self.pump(out, now)
+    }
+
+    fn fail(&mut self, error: &dimpl::Error, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if matches!(self.phase, Phase::Handshake { .. }) {
+            tracing::info!(%error, "DTLS handshake failed");
+        } else {
+            tracing::debug!(%error, "DTLS session failed");
+        }
+        self.close(out, now)
+    }
+
+    /// Makes the engine for the ClientHello that made the peer.
+    fn start(&mut self, hello: &[u8], now: Instant) -> bool {
+        match self.settings.engine(hello, now) {
+            Ok((engine, chosen)) => {
+                if let Phase::Handshake { mode, .. } = &mut self.phase {
+                    *mode = Some(chosen);
+                }
+                self.engine = Some(engine);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "DTLS session not made");
+                false
+            }
+        }
+    }
+}
+
+/// Runs an engine call that a peer's bytes drive, a panic in it taken as the end of that
+/// peer's session rather than of its task, which would leave the peer in the table.
+fn guarded<T>(call: impl FnOnce() -> Result<T, dimpl::Error>) -> Result<T, dimpl::Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+        .unwrap_or(Err(dimpl::Error::ConnectionClosed))
+}
+
+/// The ClientHello that made the peer, as the first one of the exchange: the engine
+/// answers it with a HelloVerifyRequest of its own (dropped), after which it takes the
+/// real one, message_seq 1, as a client's second ClientHello.
+fn as_first_hello(datagram: &[u8]) -> Vec<u8> {
+    let mut first = datagram.to_vec();
+    // message_seq, in the handshake header after type (1) and length (3).
+    let at = RECORD_HEADER_LEN + 4;
+    if let Some(seq) = first.get_mut(at..at + 2) {
+        seq.copy_from_slice(&[0, 0]);
+    }
+    first
+}
+
+impl<C: DatagramChannel> DtlsChannel<C> {
+    /// Runs `step`, a panic in it (the engine's, on a state nobody foresaw) ending the
+    /// session rather than the peer's task, which would leave the peer in the table.
+    fn contained(&mut self, step: impl FnOnce(&mut Self) -> Flow) -> Flow {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(&mut *self))) {
+            Ok(flow) => flow,
+            Err(_) => {
+                tracing::warn!("DTLS session ended by a panic in its engine");
+                self.engine = None;
+                self.phase = Phase::Closed;
+                Flow::Close
+            }
+        }
+    }
+
+    fn receive(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        if matches!(self.phase, Phase::Closed) {
+            return Flow::Close;
+        }
+        if self.engine.is_none() && !self.start(&datagram, now) {
+            return self.close(out, now);
+        }
+        let Some(engine) = self.engine.as_mut() else {
+            return self.close(out, now);
+        };
+        if std::mem::take(&mut self.first) {
+            let first = as_first_hello(&datagram);
+            if let Err(error) = guarded(|| {
+                engine.handle_timeout(now)?;
+                engine.handle_packet(&first)
+            }) {
+                return self.fail(&error, out, now);
+            }
+            let mut dropped = Vec::new();
+            self.drain_records(&mut dropped);
+        }
+        let Some(engine) = self.engine.as_mut() else {
+            return self.close(out, now);
+        };
+        if let Err(error) = guarded(|| {
+            // The engine draws its random on its first timer.
+            engine.handle_timeout(now)?;
+            engine.handle_packet(&datagram)
+        }) {
+            return self.fail(&error, out, now);
+        }
+        self.pump(out, now)
+    }
+
+    fn timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        match &self.phase {
+            Phase::Closed => return Flow::Close,
+            Phase::Handshake { deadline, .. } if now >= *deadline => {
+                tracing::info!("DTLS handshake timed out");
+                return self.close(out, now);
+            }
+            _ => {}
+        }
+        if self.engine_deadline.is_some_and(|at| now >= at) {
+            self.engine_deadline = None;
+            if let Some(engine) = self.engine.as_mut() {
+                if let Err(error) = guarded(|| engine.handle_timeout(now)) {
+                    return self.fail(&error, out, now);
+                }
+                if self.pump(out, now) == Flow::Close {
+                    return Flow::Close;
+                }
+            }
+        }
+        let due = match &self.phase {
+            Phase::Open(channel) => channel.next_deadline().is_some_and(|at| now >= at),
+            _ => false,
+        };
+        if due {
+            return self.drive_channel(out, now, |channel, plain| {
+                channel.handle_timeout(plain, now)
+            });
+        }
+        Flow::Continue
+    }
+}
+
+impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
+    fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        self.contained(|this| this.receive(datagram, out, now))
+    }
+
+    fn handle_wakeup(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        self.contained(|this| {
+            this.drive_channel(out, now, |channel, plain| channel.handle_wakeup(plain, now))
+        })
+    }
+
+    fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        self.contained(|this| this.timeout(out, now))
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let own = match &self.phase {
+            Phase::Handshake { deadline, .. } => Some(*deadline),
+            Phase::Open(channel) => channel.next_deadline(),
+            Phase::Closed => None,
+        };
+        match (own, self.engine_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn shutdown(&mut self, out: &mut Vec<Bytes>) -> Flow {
+        let now = Instant::now();
+        self.contained(|this| {
+            let flow = this.drive_channel(out, now, |channel, plain| channel.shutdown(plain));
+            if flow == Flow::Close {
+                return Flow::Close;
+            }
+            this.close(out, now)
+        })
+    }
+
+    fn handle_closed(&mut self, now: Instant) {
+        if let Phase::Open(channel) = &mut self.phase {
+            channel.handle_closed(now);
+        }
+        self.phase = Phase::Closed;
+    }
+
+    fn rebindable_identity(&self) -> Option<Arc<str>> {
+        None
+    }
+
+    fn vouch(&mut self, _datagram: &Bytes, _from: SocketAddr, _now: Instant) -> bool {
+        false
+    }
+
+    fn rebound(&mut self, _address: SocketAddr) {}
+
+    /// The peer's ClientHello returned the listener's cookie, or its handshake, which
+    /// began with the engine's, is done.
+    fn address_validated(&self) -> bool {
+        self.proven || matches!(self.phase, Phase::Open(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_hello(record_seq: u8, message_seq: u8, cookie: &[u8]) -> Vec<u8> {
+        let mut body = vec![0xfe, 0xfd];
+        body.extend_from_slice(&[7; 32]);
+        body.push(0); // session id
+        body.push(cookie.len() as u8);
+        body.extend_from_slice(cookie);
+        body.extend_from_slice(&[0, 2, 0xc0, 0xa8, 1, 0]); // one suite, null compression
+        let len = body.len() as u8;
+        let mut hs = vec![CLIENT_HELLO, 0, 0, len, 0, message_seq, 0, 0, 0, 0, 0, len];
+        hs.extend_from_slice(&body);
+        let mut record = vec![
+            CONTENT_HANDSHAKE,
+            0xfe,
+            0xfd,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            record_seq,
+        ];
+        record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        record.extend_from_slice(&hs);
+        record
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    fn cookie_of(reply: &Bytes) -> Vec<u8> {
+        // Record and handshake headers, server_version, cookie length.
+        reply
+            .get(RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN + 3..)
+            .unwrap_or_default()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_hello_without_cookie_gets_a_small_verify_request_echoing_its_record_number() {
+        let now = Instant::now();
+        let jar = CookieJar::new(now);
+        let hello = client_hello(5, 0, &[]);
+        let Gate::Verify(reply) = jar.admit(addr(1000), &hello, now) else {
+            panic!("no HelloVerifyRequest");
+        };
+        assert_eq!(reply.len(), 60);
+        assert!(reply.len() <= hello.len() * 3);
+        assert_eq!(reply.get(5..11), Some(&[0, 0, 0, 0, 0, 5][..]));
+        assert_eq!(reply.get(13), Some(&HELLO_VERIFY_REQUEST));
+        assert_eq!(cookie_of(&reply).len(), COOKIE_LEN);
+    }
+
+    #[test]
+    fn the_cookie_admits_its_address_only_and_only_for_two_windows() {
+        let now = Instant::now();
+        let jar = CookieJar::new(now);
+        let Gate::Verify(reply) = jar.admit(addr(1000), &client_hello(0, 0, &[]), now) else {
+            panic!("no HelloVerifyRequest");
+        };
+        let cookie = cookie_of(&reply);
+        let second = client_hello(1, 1, &cookie);
+        assert_eq!(jar.admit(addr(1000), &second, now), Gate::Proven);
+        assert_eq!(
+            jar.admit(addr(1000), &second, now + COOKIE_WINDOW),
+            Gate::Proven
+        );
+        // Another port or host, a later window, another random: a new cookie.
+        assert!(matches!(
+            jar.admit(addr(1001), &second, now),
+            Gate::Verify(_)
+        ));
+        let other_host = SocketAddr::from(([192, 0, 2, 2], 1000));
+        assert!(matches!(
+            jar.admit(other_host, &second, now),
+            Gate::Verify(_)
+        ));
+        assert!(matches!(
+            jar.admit(addr(1000), &second, now + COOKIE_WINDOW * 2),
+            Gate::Verify(_)
+        ));
+        let mut other_random = second.clone();
+        if let Some(byte) = other_random.get_mut(RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN + 2) {
+            *byte ^= 1;
+        }
+        assert!(matches!(
+            jar.admit(addr(1000), &other_random, now),
+            Gate::Verify(_)
+        ));
+        // Another listener's key.
+        let other = CookieJar::new(now);
+        assert!(matches!(
+            other.admit(addr(1000), &second, now),
+            Gate::Verify(_)
+        ));
+    }
+
+    #[test]
+    fn anything_but_an_unfragmented_client_hello_is_ignored() {
+        let now = Instant::now();
+        let jar = CookieJar::new(now);
+        let hello = client_hello(0, 0, &[]);
+        for len in 0..hello.len() {
+            assert_eq!(
+                jar.admit(addr(1), hello.get(..len).unwrap_or_default(), now),
+                Gate::Ignore
+            );
+        }
+        let mut fragment = hello.clone();
+        if let Some(byte) = fragment.get_mut(RECORD_HEADER_LEN + 11) {
+            *byte -= 1; // fragment_length short of the length
+        }
+        assert_eq!(jar.admit(addr(1), &fragment, now), Gate::Ignore);
+        let mut epoch1 = hello.clone();
+        if let Some(byte) = epoch1.get_mut(4) {
+            *byte = 1;
+        }
+        assert_eq!(jar.admit(addr(1), &epoch1, now), Gate::Ignore);
+        let mut application = hello.clone();
+        if let Some(byte) = application.get_mut(0) {
+            *byte = 23;
+        }
+        assert_eq!(jar.admit(addr(1), &application, now), Gate::Ignore);
+        assert_eq!(jar.admit(addr(1), b"\x40\x01\x00\x01", now), Gate::Ignore);
+    }
+
+    #[test]
+    fn handshakes_are_limited_in_all_and_per_source() {
+        let limits = HandshakeLimits::new(3, 2);
+        let a = IpAddr::from([192, 0, 2, 1]);
+        let b = IpAddr::from([192, 0, 2, 2]);
+        let first = limits.begin(a);
+        let second = limits.begin(a);
+        assert!(first.is_some() && second.is_some());
+        assert!(!limits.has_room(a));
+        assert!(limits.begin(a).is_none());
+        let third = limits.begin(b);
+        assert!(third.is_some());
+        assert!(!limits.has_room(b), "the listener is full");
+        drop(first);
+        assert!(limits.has_room(a));
+        assert_eq!(limits.under_way(), 2);
+        drop((second, third));
+        assert_eq!(limits.under_way(), 0);
+        assert!(limits.state.lock().per_source.is_empty());
+    }
+
+    #[test]
+    fn the_key_file_splits_at_the_first_colon() {
+        let table = PskTable::parse("# devices\ndev1:secret1\n\ndev2:a:b\r\n").unwrap();
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.get(b"dev1"), Some(&b"secret1"[..]));
+        assert_eq!(table.get(b"dev2"), Some(&b"a:b"[..]));
+        assert_eq!(table.get(b"dev3"), None);
+        assert_eq!(
+            PskTable::parse("dev1\n").err(),
+            Some((1, "expected identity:secret"))
+        );
+        assert!(PskTable::parse("ok:1\n:x\n").is_err_and(|(line, _)| line == 2));
+        assert!(PskTable::parse("a:\n").is_err());
+        assert!(PskTable::parse("a:1\na:2\n").is_err());
+        assert!(!format!("{table:?}").contains("secret1"));
+    }
+
+    /// Echoes every datagram, after the identity it was opened with.
+    struct Echo {
+        identity: Option<Arc<str>>,
+        closed: Arc<Mutex<bool>>,
+    }
+
+    impl DatagramChannel for Echo {
+        fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, _: Instant) -> Flow {
+            let mut reply = BytesMut::from(self.identity.as_deref().unwrap_or("-").as_bytes());
+            reply.put_u8(b'|');
+            reply.put_slice(&datagram);
+            out.push(reply.freeze());
+            Flow::Continue
+        }
+        fn handle_wakeup(&mut self, _: &mut Vec<Bytes>, _: Instant) -> Flow {
+            Flow::Continue
+        }
+        fn handle_timeout(&mut self, _: &mut Vec<Bytes>, _: Instant) -> Flow {
+            Flow::Continue
+        }
+        fn next_deadline(&self) -> Option<Instant> {
+            None
+        }
+        fn shutdown(&mut self, _: &mut Vec<Bytes>) -> Flow {
+            Flow::Close
+        }
+        fn handle_closed(&mut self, _: Instant) {
+            *self.closed.lock() = true;
+        }
+        fn rebindable_identity(&self) -> Option<Arc<str>> {
+            None
+        }
+        fn vouch(&mut self, _: &Bytes, _: SocketAddr, _: Instant) -> bool {
+            false
+        }
+        fn rebound(&mut self, _: SocketAddr) {}
+        fn address_validated(&self) -> bool {
+            false
+        }
+    }
+
+    struct ClientKey(Vec<u8>);
+
+    impl dimpl::PskResolver for ClientKey {
+        fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
+            Some(self.0.clone())
+        }
+    }
+
+    fn psk_client(identity: &str, key: &str, now: Instant) -> Dtls {
+        let config = dimpl::Config::builder()
+            .with_psk_client(
+                identity.as_bytes().to_vec(),
+                Arc::new(ClientKey(key.as_bytes().to_vec())),
+            )
+            .build()
+            .unwrap();
+        let mut client = Dtls::new_12_psk(Arc::new(config), now);
+        client.set_active(true);
+        client.handle_timeout(now).unwrap();
+        client
+    }
+
+    /// The client's records, and what it received and whether it connected.
+    fn poll_client(client: &mut Dtls, received: &mut Vec<Vec<u8>>) -> (Vec<Vec<u8>>, bool) {
+        let mut buf = vec![0u8; 4096];
+        let mut packets = Vec::new();
+        let mut connected = false;
+        loop {
+            match client.poll_output(&mut buf) {
+                Output::Packet(p) => packets.push(p.to_vec()),
+                Output::Timeout(_) => break,
+                Output::Connected => connected = true,
+                Output::ApplicationData(d) => received.push(d.to_vec()),
+                _ => {}
+            }
+        }
+        (packets, connected)
+    }
+
+    struct Run {
+        channel: Option<DtlsChannel<Echo>>,
+        limits: Arc<HandshakeLimits>,
+        closed: Arc<Mutex<bool>>,
+        connected: bool,
+        received: Vec<Vec<u8>>,
+        flow: Flow,
+        /// Records the listener answered itself, before any peer.
+        stateless_replies: usize,
+    }
+
+    /// A client and a listener's admission and peer, datagrams carried between them
+    /// until neither has anything to say; `send` is sent once the client is connected.
+    fn handshake(stateless: bool, identity: &str, key: &str, send: &[u8]) -> Run {
+        let now = Instant::now();
+        let settings = DtlsSettings::new(
+            Some(PskTable::parse("dev-1:key-one\ndev-2:key-two\n").unwrap()),
+            None,
+            4,
+            2,
+            Duration::from_secs(10),
+            1200,
+            stateless,
+        )
+        .unwrap();
+        let limits = HandshakeLimits::new(4, 2);
+        let demux = DtlsDemux::new(&settings, limits.clone(), now);
+        let from = addr(5684);
+        let mut run = Run {
+            channel: None,
+            limits,
+            closed: Arc::new(Mutex::new(false)),
+            connected: false,
+            received: Vec::new(),
+            flow: Flow::Continue,
+            stateless_replies: 0,
+        };
+        let mut client = psk_client(identity, key, now);
+        let (mut to_server, _) = poll_client(&mut client, &mut run.received);
+        let mut sent = false;
+        for _ in 0..20 {
+            let mut to_client = Vec::new();
+            for datagram in to_server.drain(..) {
+                let datagram = Bytes::from(datagram);
+                if run.channel.is_none() {
+                    match demux.admit(from, &datagram, now) {
+                        Admission::Drop => {}
+                        Admission::Reply(reply) => {
+                            run.stateless_replies += 1;
+                            to_client.push(reply);
+                        }
+                        Admission::Accept => {
+                            let closed = run.closed.clone();
+                            let open: OpenChannel<Echo> =
+                                Box::new(move |identity| Echo { identity, closed });
+                            run.channel =
+                                Some(DtlsChannel::new(&settings, &run.limits, from, open, now));
+                        }
+                    }
+                }
+                if let Some(channel) = &mut run.channel {
+                    let mut out = Vec::new();
+                    run.flow = channel.handle_datagram(datagram, &mut out, now);
+                    to_client.extend(out);
+                }
+            }
+            for datagram in to_client {
+                if client.handle_packet(&datagram).is_err() {
+                    return run;
+                }
+            }
+            let (packets, connected) = poll_client(&mut client, &mut run.received);
+            run.connected |= connected;
+            to_server = packets;
+            if run.connected && !sent {
+                sent = true;
+                client.send_application_data(send).unwrap();
+                to_server.extend(poll_client(&mut client, &mut run.received).0);
+            }
+            if to_server.is_empty() {
+                break;
+            }
+        }
+        run
+    }
+
+    #[test]
+    fn a_client_with_its_key_is_served_under_the_keys_identity() {
+        let run = handshake(false, "dev-2", "key-two", b"ping");
+        assert!(run.connected);
+        assert_eq!(
+            run.stateless_replies, 0,
+            "the engine asked for its cookie itself"
+        );
+        assert_eq!(run.received, vec![b"dev-2|ping".to_vec()]);
+        assert_eq!(run.flow, Flow::Continue);
+        assert_eq!(
+            run.limits.under_way(),
+            0,
+            "the handshake's place is given back"
+        );
+        assert!(run.channel.is_some_and(|c| c.address_validated()));
+    }
+
+    /// Why stateless cookies can be turned off: a client that takes one HelloVerifyRequest
+    /// only (this engine's own client does) stops at the engine's, after the listener's.
+    /// OpenSSL's and GnuTLS's take both (the interop tests).
+    #[test]
+    fn a_client_taking_one_verify_request_only_stops_at_the_second() {
+        let run = handshake(true, "dev-2", "key-two", b"ping");
+        assert_eq!(run.stateless_replies, 1);
+        assert!(!run.connected);
+        assert!(run.channel.is_some(), "its second ClientHello made a peer");
+    }
+
+    #[test]
+    fn a_wrong_key_or_an_unknown_identity_opens_no_channel() {
+        for (identity, key) in [("dev-1", "key-two"), ("dev-3", "key-one")] {
+            let run = handshake(false, identity, key, b"ping");
+            assert!(run.received.is_empty(), "{identity}");
+            assert!(!*run.closed.lock());
+            let channel = run.channel.expect("a peer for the proven ClientHello");
+            assert!(
+                !matches!(channel.phase, Phase::Open(_)),
+                "{identity} with {key} has a channel"
+            );
+        }
+    }
+
+    #[test]
+    fn a_handshake_not_done_in_time_ends_and_gives_its_place_back() {
+        let now = Instant::now();
+        let settings = DtlsSettings::new(
+            Some(PskTable::parse("dev-1:key-one\n").unwrap()),
+            None,
+            1,
+            1,
+            Duration::from_secs(5),
+            1200,
+            true,
+        )
+        .unwrap();
+        let limits = HandshakeLimits::new(1, 1);
+        let jar = CookieJar::new(now);
+        let mut client = psk_client("dev-1", "key-one", now);
+        let mut received = Vec::new();
+        let first = poll_client(&mut client, &mut received).0.remove(0);
+        let Gate::Verify(reply) = jar.admit(addr(1), &first, now) else {
+            panic!("no HelloVerifyRequest");
+        };
+        client.handle_packet(&reply).unwrap();
+        let second = Bytes::from(poll_client(&mut client, &mut received).0.remove(0));
+        assert_eq!(jar.admit(addr(1), &second, now), Gate::Proven);
+        let open: OpenChannel<Echo> = Box::new(|identity| Echo {
+            identity,
+            closed: Arc::default(),
+        });
+        let mut channel = DtlsChannel::new(&settings, &limits, addr(1), open, now);
+        let mut out = Vec::new();
+        assert_eq!(
+            channel.handle_datagram(second, &mut out, now),
+            Flow::Continue
+        );
+        assert_eq!(out.len(), 1, "the engine's own HelloVerifyRequest");
+        assert_eq!(limits.under_way(), 1);
+        // A second peer from the same source finds no place and closes at once.
+        let open: OpenChannel<Echo> = Box::new(|identity| Echo {
+            identity,
+            closed: Arc::default(),
+        });
+        let mut other = DtlsChannel::new(&settings, &limits, addr(2), open, now);
+        assert_eq!(
+            other.handle_datagram(Bytes::new(), &mut out, now),
+            Flow::Close
+        );
+        // The client goes silent.
+        let deadline = channel.next_deadline().expect("a deadline");
+        assert!(deadline <= now + Duration::from_secs(5));
+        let mut flow = Flow::Continue;
+        let mut at = now;
+        while flow == Flow::Continue && at <= now + Duration::from_secs(6) {
+            at = channel.next_deadline().unwrap_or(at).max(at);
+            flow = channel.handle_timeout(&mut Vec::new(), at);
+            at += Duration::from_millis(1);
+        }
+        assert_eq!(flow, Flow::Close);
+        assert!(at <= now + Duration::from_secs(5) + Duration::from_millis(10));
+        drop(channel);
+        assert_eq!(limits.under_way(), 0);
+    }
+
+    #[test]
+    fn a_certificate_the_engine_cannot_use_is_refused_at_start() {
+        let certificate = ServerCertificate {
+            certificate: dimpl::DtlsCertificate {
+                certificate: vec![0x30, 0x03, 0x02, 0x01, 0x01],
+                private_key: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+            },
+            clients: ClientCertificates::Ignored,
+        };
+        let settings = DtlsSettings::new(
+            None,
+            Some(certificate),
+            1,
+            1,
+            Duration::from_secs(5),
+            1200,
+            true,
+        );
+        assert!(settings.is_err());
+        assert!(matches!(
+            DtlsSettings::new(None, None, 1, 1, Duration::from_secs(5), 1200, true),
+            Err(DtlsSetupError::NoCredentials)
+        ));
+    }
+}

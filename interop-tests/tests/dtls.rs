@@ -1,0 +1,629 @@
+//! DTLS 1.2 with pre-shared keys on the datagram listeners: libcoap's coap-client in its
+//! OpenSSL and GnuTLS builds (Debian libcoap3-bin) publish and observe over `coaps://` and
+//! register as LwM2M devices, `openssl s_client` carries MQTT-SN, mosquitto clients on the
+//! MQTT side; a wrong key, a client id or endpoint not the key's, and ClientHellos from
+//! addresses that never receive are refused without a session.
+
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use interop_tests::broker::free_udp_port;
+use interop_tests::process::{Line, Proc};
+use interop_tests::{mosquitto_pub, unique_topic, Broker, MosquittoSub, Setting, Version, TIMEOUT};
+
+const CLIENTS: [&str; 2] = ["coap-client-openssl", "coap-client-gnutls"];
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct DtlsGateway {
+    broker: Broker,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// A gateway whose CoAP DTLS listener knows `keys` (`identity:secret` lines), ready once
+/// the listener answers a ClientHello.
+fn gateway(keys: &str, extra: &[Setting]) -> Option<DtlsGateway> {
+    gateway_of(
+        [
+            "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__BIND",
+            "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__DTLS_OPTIONS__PSK_FILE",
+        ],
+        keys,
+        extra,
+    )
+}
+
+/// The same for the DTLS listener whose two keys `bind_and_keys` names.
+fn gateway_of(
+    bind_and_keys: [&'static str; 2],
+    keys: &str,
+    extra: &[Setting],
+) -> Option<DtlsGateway> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("psk.txt");
+    std::fs::write(&file, keys).unwrap();
+    let port = free_udp_port();
+    let mut settings = vec![
+        Setting::new(bind_and_keys[0], format!("127.0.0.1:{port}")),
+        Setting::new(bind_and_keys[1], file.display().to_string()),
+    ];
+    settings.extend_from_slice(extra);
+    let broker = Broker::start_gateway_only("a CoAP DTLS listener", &settings)?;
+    wait_dtls(port);
+    Some(DtlsGateway {
+        broker,
+        port,
+        _dir: dir,
+    })
+}
+
+/// A DTLS 1.2 ClientHello offering TLS_PSK_WITH_AES_128_CCM_8, with `cookie`.
+fn client_hello(random: u8, cookie: &[u8]) -> Vec<u8> {
+    let mut body = vec![0xfe, 0xfd];
+    body.extend_from_slice(&[random; 32]);
+    body.push(0);
+    body.push(cookie.len() as u8);
+    body.extend_from_slice(cookie);
+    body.extend_from_slice(&[0, 2, 0xc0, 0xa8, 1, 0]);
+    let len = body.len() as u8;
+    let message_seq = u8::from(!cookie.is_empty());
+    let mut handshake = vec![1, 0, 0, len, 0, message_seq, 0, 0, 0, 0, 0, len];
+    handshake.extend_from_slice(&body);
+    let mut record = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, message_seq];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// The cookie of a HelloVerifyRequest.
+fn cookie_of(reply: &[u8]) -> Vec<u8> {
+    assert_eq!(reply[0], 22, "a handshake record");
+    assert_eq!(reply[13], 3, "a HelloVerifyRequest");
+    let len = reply[27] as usize;
+    reply[28..28 + len].to_vec()
+}
+
+/// Sends `datagram` from `socket` and returns every datagram that comes back within a
+/// short while.
+fn exchange(socket: &UdpSocket, port: u16, datagram: &[u8]) -> Vec<Vec<u8>> {
+    socket.send_to(datagram, ("127.0.0.1", port)).unwrap();
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 2048];
+    socket
+        .set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    while let Ok((n, _)) = socket.recv_from(&mut buf) {
+        replies.push(buf[..n].to_vec());
+    }
+    replies
+}
+
+fn wait_dtls(port: u16) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if !exchange(&socket, port, &client_hello(1, &[])).is_empty() {
+            return;
+        }
+    }
+    panic!("the DTLS listener on {port} never answered a ClientHello");
+}
+
+fn coaps_command(client: &str, identity: &str, key: &str) -> Command {
+    let mut cmd = Command::new(client);
+    cmd.args(["-u", identity, "-k", key, "-B", "8"]);
+    cmd
+}
+
+fn uri(gw: &DtlsGateway, path_and_query: &str) -> String {
+    format!("coaps://127.0.0.1:{}{path_and_query}", gw.port)
+}
+
+/// Runs a client to its end: (exit success, stdout and stderr).
+fn run(mut cmd: Command) -> (bool, String) {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    let mut proc = Proc::spawn(&name, {
+        cmd.stdin(std::process::Stdio::null());
+        cmd
+    });
+    let mut out = String::new();
+    loop {
+        match proc.next_line(COMMAND_TIMEOUT) {
+            Line::Line(line) => {
+                out.push_str(&line);
+                out.push('\n');
+            }
+            Line::Eof => break,
+            Line::Timeout => panic!("{name} hung; stderr:\n{}", proc.stderr()),
+        }
+    }
+    let status = proc.wait(COMMAND_TIMEOUT);
+    out.push_str(&proc.stderr());
+    (status.is_some_and(|s| s.success()), out)
+}
+
+#[test]
+fn coap_clients_publish_over_dtls_with_a_psk_as_the_keys_identity() {
+    let keys = "# devices\nsensor-1:secret-one\nsensor-2:another:secret\n";
+    let Some(gw) = gateway(keys, &[]) else {
+        return;
+    };
+    let topic = unique_topic("dtls-pub");
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &[&format!("{topic}/#")], 1, &[]);
+    for (client, (identity, key)) in CLIENTS
+        .iter()
+        .zip([("sensor-1", "secret-one"), ("sensor-2", "another:secret")])
+    {
+        let payload = format!("over DTLS from {client}");
+        let mut cmd = coaps_command(client, identity, key);
+        cmd.args(["-m", "post", "-e", &payload]);
+        cmd.arg(uri(&gw, &format!("/ps/{topic}/{identity}?qos=1")));
+        let (ok, out) = run(cmd);
+        assert!(ok, "{client}: {out}");
+        let msg = sub.recv(TIMEOUT);
+        assert_eq!(
+            (msg.topic.as_str(), msg.payload.as_slice()),
+            (format!("{topic}/{identity}").as_str(), payload.as_bytes()),
+            "{client}"
+        );
+    }
+}
+
+#[test]
+fn coap_clients_observe_over_dtls_what_mosquitto_publishes() {
+    let Some(gw) = gateway("watcher:watch-key\n", &[]) else {
+        return;
+    };
+    for client in CLIENTS {
+        let topic = unique_topic("dtls-obs");
+        let mut cmd = coaps_command(client, "watcher", "watch-key");
+        cmd.args(["-m", "get", "-s", "15"]);
+        cmd.arg(uri(&gw, &format!("/ps/{topic}?qos=1")));
+        cmd.stdin(std::process::Stdio::null());
+        let mut observer = Proc::spawn(client, cmd);
+        // The observation is registered after the handshake: publish until one arrives.
+        let deadline = Instant::now() + TIMEOUT;
+        let mut seen = None;
+        let mut n = 0;
+        while seen.is_none() && Instant::now() < deadline {
+            n += 1;
+            mosquitto_pub(
+                &gw.broker,
+                Version::V5,
+                &topic,
+                // coap-client prints payloads as they are: a newline makes each a line.
+                format!("notification {n}\n").as_bytes(),
+                1,
+                false,
+                &[],
+            );
+            if let Line::Line(line) = observer.next_line(Duration::from_millis(500)) {
+                seen = Some(line);
+            }
+        }
+        let line =
+            seen.unwrap_or_else(|| panic!("{client} saw no notification: {}", observer.stderr()));
+        assert!(
+            line.starts_with("notification "),
+            "{client} printed {line:?}"
+        );
+        // The next publish arrives too.
+        mosquitto_pub(
+            &gw.broker,
+            Version::V5,
+            &topic,
+            b"and another\n",
+            1,
+            false,
+            &[],
+        );
+        let mut later = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            match observer.next_line(Duration::from_millis(500)) {
+                Line::Line(line) if line.contains("and another") => {
+                    later.push(line);
+                    break;
+                }
+                Line::Line(line) => later.push(line),
+                _ => {}
+            }
+        }
+        assert!(
+            later.iter().any(|l| l.contains("and another")),
+            "{client} printed {later:?}; stderr: {}",
+            observer.stderr()
+        );
+        observer.kill();
+    }
+}
+
+#[test]
+fn a_wrong_key_an_unknown_identity_and_another_devices_client_id_are_refused() {
+    let Some(gw) = gateway("sensor-1:right-key\nsensor-2:other-key\n", &[]) else {
+        return;
+    };
+    let topic = unique_topic("dtls-refused");
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &[&format!("{topic}/#")], 1, &[]);
+    for client in CLIENTS {
+        for (identity, key) in [("sensor-1", "wrong-key"), ("nobody", "right-key")] {
+            let mut cmd = coaps_command(client, identity, key);
+            cmd.args(["-m", "post", "-e", "must not arrive"]);
+            cmd.arg(uri(&gw, &format!("/ps/{topic}/x")));
+            let (_, out) = run(cmd);
+            assert!(!out.contains("2.04"), "{client} {identity}: {out}");
+        }
+        // The right key, naming another device's client id: 4.03, nothing published.
+        let mut cmd = coaps_command(client, "sensor-1", "right-key");
+        cmd.args(["-m", "post", "-e", "as another device"]);
+        cmd.arg(uri(&gw, &format!("/ps/{topic}/y?clientid=sensor-2")));
+        let (_, out) = run(cmd);
+        assert!(out.contains("4.03"), "{client}: {out}");
+    }
+    assert!(
+        sub.try_recv(Duration::from_millis(500)).is_none(),
+        "a refused client published"
+    );
+    // The right key and its own client id are served.
+    let mut cmd = coaps_command(CLIENTS[0], "sensor-1", "right-key");
+    cmd.args(["-m", "post", "-e", "as itself"]);
+    cmd.arg(uri(&gw, &format!("/ps/{topic}/z?clientid=sensor-1")));
+    let (ok, out) = run(cmd);
+    assert!(ok, "{out}");
+    assert_eq!(sub.recv(TIMEOUT).payload, b"as itself");
+}
+
+#[test]
+fn client_hellos_from_addresses_that_do_not_receive_get_one_small_reply_and_no_session() {
+    // One peer and one handshake at a time: a ClientHello that made a peer would keep a
+    // real client out for the handshake timeout.
+    let Some(gw) = gateway(
+        "sensor-1:right-key\n",
+        &[
+            Setting::new(
+                "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__MAX_CONNECTIONS",
+                "1",
+            ),
+            Setting::new(
+                "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__MAX_HANDSHAKES",
+                "1",
+            ),
+            Setting::new(
+                "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__HANDSHAKE_TIMEOUT",
+                "60s",
+            ),
+        ],
+    ) else {
+        return;
+    };
+    // The owner of an address asks, and gets a cookie for it.
+    let owner = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hello = client_hello(9, &[]);
+    let replies = exchange(&owner, gw.port, &hello);
+    assert_eq!(replies.len(), 1, "one HelloVerifyRequest");
+    assert!(
+        replies[0].len() <= hello.len(),
+        "{} bytes answer {}",
+        replies[0].len(),
+        hello.len()
+    );
+    let cookie = cookie_of(&replies[0]);
+    // The same ClientHello with that cookie from another address (a forger who saw the
+    // cookie, or a spoofed source): a fresh HelloVerifyRequest, no handshake.
+    let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let replies = exchange(&forger, gw.port, &client_hello(9, &cookie));
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0][13], 3, "a HelloVerifyRequest, not a ServerHello");
+    assert_ne!(cookie_of(&replies[0]), cookie);
+    // Many sources that never answer: one small reply each, nothing kept.
+    for n in 0..40u8 {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let hello = client_hello(n, &[]);
+        let replies = exchange(&socket, gw.port, &hello);
+        assert_eq!(replies.len(), 1);
+        assert!(replies[0].len() <= hello.len());
+    }
+    // Garbage makes no reply.
+    assert!(exchange(&forger, gw.port, &[0x17, 0xfe, 0xfd, 0, 1]).is_empty());
+    assert!(exchange(&forger, gw.port, b"\x40\x01\x00\x01").is_empty());
+    // The one peer place and the one handshake place are free for a real client.
+    let topic = unique_topic("dtls-abuse");
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &[&topic], 1, &[]);
+    let mut cmd = coaps_command(CLIENTS[0], "sensor-1", "right-key");
+    cmd.args(["-m", "post", "-e", "still served"]);
+    cmd.arg(uri(&gw, &format!("/ps/{topic}")));
+    let (ok, out) = run(cmd);
+    assert!(ok, "{out}");
+    assert_eq!(sub.recv(TIMEOUT).payload, b"still served");
+}
+
+#[test]
+fn the_keys_identity_is_the_user_name_that_acl_rules_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "allow all publish devices/%u/#\nallow all subscribe #\ndeny all all #\n",
+    )
+    .unwrap();
+    let Some(gw) = gateway(
+        "sensor-1:key-one\nsensor-2:key-two\n",
+        &[Setting::new(
+            "GATEWAY_AUTH__ACL_FILE",
+            acl.display().to_string(),
+        )],
+    ) else {
+        return;
+    };
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &["devices/#"], 1, &[]);
+    for client in CLIENTS {
+        // Under its own name: published.
+        let payload = format!("{client} as sensor-1");
+        let mut cmd = coaps_command(client, "sensor-1", "key-one");
+        cmd.args(["-m", "post", "-e", &payload]);
+        cmd.arg(uri(&gw, "/ps/devices/sensor-1/t"));
+        let (ok, out) = run(cmd);
+        assert!(ok, "{client}: {out}");
+        let msg = sub.recv(TIMEOUT);
+        assert_eq!(
+            (msg.topic.as_str(), msg.payload.as_slice()),
+            ("devices/sensor-1/t", payload.as_bytes())
+        );
+        // Under another device's name, with that device's user name in the query: the
+        // key's identity is the user name all the same, and the rule refuses it.
+        let mut cmd = coaps_command(client, "sensor-1", "key-one");
+        cmd.args(["-m", "post", "-e", "into sensor-2"]);
+        cmd.arg(uri(&gw, "/ps/devices/sensor-2/t?username=sensor-2"));
+        let (_, out) = run(cmd);
+        assert!(!out.contains("2.04"), "{client}: {out}");
+        assert!(
+            sub.try_recv(Duration::from_millis(500)).is_none(),
+            "{client} published under another device's name"
+        );
+    }
+}
+
+#[test]
+fn with_stateless_cookies_off_the_handshakes_own_cookie_serves_clients() {
+    let Some(gw) = gateway(
+        "sensor-1:key-one\n",
+        &[Setting::new(
+            "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__STATELESS_COOKIES",
+            "false",
+        )],
+    ) else {
+        return;
+    };
+    let topic = unique_topic("dtls-stateful");
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &[&topic], 1, &[]);
+    for client in CLIENTS {
+        let mut cmd = coaps_command(client, "sensor-1", "key-one");
+        cmd.args(["-m", "post", "-e", client]);
+        cmd.arg(uri(&gw, &format!("/ps/{topic}")));
+        let (ok, out) = run(cmd);
+        assert!(ok, "{client}: {out}");
+        assert_eq!(sub.recv(TIMEOUT).payload, client.as_bytes());
+    }
+    // A ClientHello gets the handshake's HelloVerifyRequest, within 3x its size.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hello = client_hello(3, &[]);
+    let replies = exchange(&socket, gw.port, &hello);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0][13], 3, "a HelloVerifyRequest");
+    assert!(replies[0].len() <= hello.len() * 3);
+}
+
+#[test]
+fn lwm2m_devices_register_over_dtls_under_their_keys_identity_only() {
+    let Some(gw) = gateway_of(
+        [
+            "GATEWAY_GATEWAY__LWM2M__LISTENERS__DTLS__DEFAULT__BIND",
+            "GATEWAY_GATEWAY__LWM2M__LISTENERS__DTLS__DEFAULT__DTLS_OPTIONS__PSK_FILE",
+        ],
+        "meter-1:key-one\nmeter-2:key-two\n",
+        &[],
+    ) else {
+        return;
+    };
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &["lwm2m/#"], 1, &[]);
+    let register = |client: &str, key_of: &str, endpoint: &str| {
+        let key = if key_of == "meter-1" {
+            "key-one"
+        } else {
+            "key-two"
+        };
+        let mut cmd = coaps_command(client, key_of, key);
+        cmd.args(["-m", "post", "-t", "40", "-e", "</3/0>"]);
+        cmd.arg(uri(&gw, &format!("/rd?ep={endpoint}&lt=60&lwm2m=1.0")));
+        run(cmd)
+    };
+    for client in CLIENTS {
+        // Another device's endpoint name: 4.03, no register event.
+        let (_, out) = register(client, "meter-1", "meter-2");
+        assert!(out.contains("4.03"), "{client}: {out}");
+        assert!(sub.try_recv(Duration::from_millis(300)).is_none());
+        // Its own: registered, the event under its endpoint's mountpoint.
+        let (ok, out) = register(client, "meter-2", "meter-2");
+        assert!(ok, "{client}: {out}");
+        let msg = sub.recv(TIMEOUT);
+        assert_eq!(msg.topic, "lwm2m/meter-2/up/resp", "{client}");
+        let event = String::from_utf8_lossy(&msg.payload);
+        assert!(event.contains("\"register\""), "{client}: {event}");
+        assert!(event.contains("\"meter-2\""), "{client}: {event}");
+    }
+}
+
+/// Runs `openssl s_client` over DTLS 1.2 with a pre-shared key, sending each of `messages`
+/// as a record of its own (half a second apart), and returns what it printed: the
+/// gateway's answers, decrypted.
+fn openssl_dtls(port: u16, identity: &str, key: &str, messages: &[Vec<u8>]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-dtls1_2",
+            "-quiet",
+            "-cipher",
+            "PSK-AES128-CCM8",
+        ])
+        .args(["-psk", &hex, "-psk_identity", identity])
+        .args(["-connect", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    // The handshake goes first; what is written meanwhile waits for it.
+    std::thread::sleep(Duration::from_millis(500));
+    for message in messages {
+        stdin.write_all(message).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.join().unwrap()
+}
+
+/// An MQTT-SN 1.2 CONNECT (clean session, keep-alive 60 s).
+fn sn_connect(client_id: &str) -> Vec<u8> {
+    let mut m = vec![(6 + client_id.len()) as u8, 0x04, 0x04, 0x01, 0, 60];
+    m.extend_from_slice(client_id.as_bytes());
+    m
+}
+
+/// An MQTT-SN QoS 0 PUBLISH to a two-character short topic name.
+fn sn_publish_short(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![(7 + payload.len()) as u8, 0x0c, 0x02];
+    m.extend_from_slice(topic.as_bytes());
+    m.extend_from_slice(&[0, 0]);
+    m.extend_from_slice(payload);
+    m
+}
+
+#[test]
+fn mqtt_sn_clients_connect_over_dtls_under_their_keys_identity_only() {
+    let Some(gw) = gateway_of(
+        [
+            "GATEWAY_GATEWAY__MQTTSN__LISTENERS__DTLS__DEFAULT__BIND",
+            "GATEWAY_GATEWAY__MQTTSN__LISTENERS__DTLS__DEFAULT__DTLS_OPTIONS__PSK_FILE",
+        ],
+        "sn-dev-1:sn-key-one\nsn-dev-2:sn-key-two\n",
+        &[],
+    ) else {
+        return;
+    };
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &["ab"], 0, &[]);
+    // Its own client id: CONNACK accepted, and its publish routed.
+    let out = openssl_dtls(
+        gw.port,
+        "sn-dev-1",
+        "sn-key-one",
+        &[sn_connect("sn-dev-1"), sn_publish_short("ab", b"over DTLS")],
+    );
+    assert_eq!(out.get(..3), Some(&[3, 5, 0][..]), "{out:?}");
+    assert_eq!(sub.recv(TIMEOUT).payload, b"over DTLS");
+    // Another device's client id: CONNACK refused, its publish dropped.
+    let out = openssl_dtls(
+        gw.port,
+        "sn-dev-1",
+        "sn-key-one",
+        &[
+            sn_connect("sn-dev-2"),
+            sn_publish_short("ab", b"as another"),
+        ],
+    );
+    assert_eq!(out.get(..2), Some(&[3, 5][..]), "{out:?}");
+    assert_ne!(out.get(2), Some(&0), "{out:?}");
+    // A wrong key: no session, no answer.
+    let out = openssl_dtls(
+        gw.port,
+        "sn-dev-2",
+        "sn-key-one",
+        &[sn_connect("sn-dev-2"), sn_publish_short("ab", b"wrong key")],
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert!(sub.try_recv(Duration::from_millis(500)).is_none());
+}
+
+#[test]
+fn certificates_beside_keys_a_verified_common_name_is_the_identity_and_another_cas_is_refused() {
+    let pki = interop_tests::certs::TestPki::new();
+    let server = pki.server();
+    let key = |k: &str| -> &'static str {
+        Box::leak(
+            format!("GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__DTLS_OPTIONS__{k}")
+                .into_boxed_str(),
+        )
+    };
+    let Some(gw) = gateway(
+        "sensor-1:key-one\n",
+        &[
+            Setting::new(key("CERTFILE"), server.cert.display().to_string()),
+            Setting::new(key("KEYFILE"), server.key.display().to_string()),
+            Setting::new(key("CACERTFILE"), pki.ca().display().to_string()),
+            Setting::new(key("VERIFY"), "required"),
+        ],
+    ) else {
+        return;
+    };
+    let topic = unique_topic("dtls-cert");
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &[&format!("{topic}/#")], 1, &[]);
+    let device = pki.client("dev-7", "ca");
+    let rogue = pki.client("dev-7", "rogue-ca");
+    let with_cert = |client: &str, pair: &interop_tests::certs::Pair, path: &str, payload: &str| {
+        let mut cmd = Command::new(client);
+        cmd.args(["-B", "8", "-m", "post", "-e", payload]);
+        cmd.arg("-c").arg(&pair.cert).arg("-j").arg(&pair.key);
+        // The gateway's certificate is checked against the CA too.
+        cmd.arg("-C").arg(pki.ca());
+        cmd.arg(uri(&gw, path));
+        run(cmd)
+    };
+    for client in CLIENTS {
+        let payload = format!("{client} with a certificate");
+        let (ok, out) = with_cert(client, &device, &format!("/ps/{topic}/a"), &payload);
+        assert!(ok, "{client}: {out}");
+        let msg = sub.recv(TIMEOUT);
+        assert_eq!(msg.payload, payload.as_bytes(), "{client}");
+        // The common name is the client id it may use.
+        let (_, out) = with_cert(
+            client,
+            &device,
+            &format!("/ps/{topic}/b?clientid=dev-8"),
+            "x",
+        );
+        assert!(out.contains("4.03"), "{client}: {out}");
+        // Another CA's certificate with the same name: no session.
+        let (_, out) = with_cert(client, &rogue, &format!("/ps/{topic}/c"), "rogue");
+        assert!(!out.contains("2.04"), "{client}: {out}");
+        assert!(
+            sub.try_recv(Duration::from_millis(300)).is_none(),
+            "{client}"
+        );
+        // A key still works on the same listener.
+        let mut cmd = coaps_command(client, "sensor-1", "key-one");
+        cmd.args(["-m", "post", "-e", "by key"]);
+        cmd.arg(uri(&gw, &format!("/ps/{topic}/d")));
+        let (ok, out) = run(cmd);
+        assert!(ok, "{client}: {out}");
+        assert_eq!(sub.recv(TIMEOUT).payload, b"by key");
+    }
+}

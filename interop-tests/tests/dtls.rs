@@ -97,11 +97,15 @@ fn exchange(socket: &UdpSocket, port: u16, datagram: &[u8]) -> Vec<Vec<u8>> {
     socket.send_to(datagram, ("127.0.0.1", port)).unwrap();
     let mut replies = Vec::new();
     let mut buf = [0u8; 2048];
+    // Generous for the first answer, on a loaded machine; shorter for any more.
     socket
-        .set_read_timeout(Some(Duration::from_millis(400)))
+        .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     while let Ok((n, _)) = socket.recv_from(&mut buf) {
         replies.push(buf[..n].to_vec());
+        socket
+            .set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
     }
     replies
 }
@@ -461,11 +465,14 @@ fn lwm2m_devices_register_over_dtls_under_their_keys_identity_only() {
     }
 }
 
-/// Runs `openssl s_client` over DTLS 1.2 with a pre-shared key, sending each of `messages`
-/// as a record of its own (half a second apart), and returns what it printed: the
-/// gateway's answers, decrypted.
-fn openssl_dtls(port: u16, identity: &str, key: &str, messages: &[Vec<u8>]) -> Vec<u8> {
+/// Runs `openssl s_client` over DTLS 1.2 with a pre-shared key and returns what it printed:
+/// the gateway's answers, decrypted. Each step's message goes as a record of its own once
+/// the answers printed reach the step's count of bytes in all (the first answer proves
+/// the handshake done, so no two messages share a record), or after `TIMEOUT`; a step
+/// that expects no more waits a second instead, for anything unwanted to show.
+fn openssl_dtls(port: u16, identity: &str, key: &str, steps: &[(Vec<u8>, usize)]) -> Vec<u8> {
     use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
     let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
     let mut child = Command::new("openssl")
         .args([
@@ -483,23 +490,40 @@ fn openssl_dtls(port: u16, identity: &str, key: &str, messages: &[Vec<u8>]) -> V
         .spawn()
         .expect("openssl");
     let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stdout.read_to_end(&mut out);
-        out
-    });
+    let printed = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let printed = printed.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 1024];
+            while let Ok(n) = stdout.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                printed.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    };
     let mut stdin = child.stdin.take().unwrap();
-    // The handshake goes first; what is written meanwhile waits for it.
-    std::thread::sleep(Duration::from_millis(500));
-    for message in messages {
+    let mut expected = 0;
+    for (message, answered) in steps {
+        // s_client reads its input once the handshake is done: a first message waits.
         stdin.write_all(message).unwrap();
         stdin.flush().unwrap();
-        std::thread::sleep(Duration::from_millis(500));
+        if *answered > expected {
+            expected = *answered;
+            let deadline = Instant::now() + TIMEOUT;
+            while Instant::now() < deadline && printed.lock().unwrap().len() < expected {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
-    std::thread::sleep(Duration::from_millis(500));
     let _ = child.kill();
     let _ = child.wait();
-    reader.join().unwrap()
+    let _ = reader.join();
+    let out = printed.lock().unwrap().clone();
+    out
 }
 
 /// An MQTT-SN 1.2 CONNECT (clean session, keep-alive 60 s).
@@ -536,7 +560,10 @@ fn mqtt_sn_clients_connect_over_dtls_under_their_keys_identity_only() {
         gw.port,
         "sn-dev-1",
         "sn-key-one",
-        &[sn_connect("sn-dev-1"), sn_publish_short("ab", b"over DTLS")],
+        &[
+            (sn_connect("sn-dev-1"), 3),
+            (sn_publish_short("ab", b"over DTLS"), 3),
+        ],
     );
     assert_eq!(out.get(..3), Some(&[3, 5, 0][..]), "{out:?}");
     assert_eq!(sub.recv(TIMEOUT).payload, b"over DTLS");
@@ -546,8 +573,8 @@ fn mqtt_sn_clients_connect_over_dtls_under_their_keys_identity_only() {
         "sn-dev-1",
         "sn-key-one",
         &[
-            sn_connect("sn-dev-2"),
-            sn_publish_short("ab", b"as another"),
+            (sn_connect("sn-dev-2"), 3),
+            (sn_publish_short("ab", b"as another"), 3),
         ],
     );
     assert_eq!(out.get(..2), Some(&[3, 5][..]), "{out:?}");
@@ -557,7 +584,10 @@ fn mqtt_sn_clients_connect_over_dtls_under_their_keys_identity_only() {
         gw.port,
         "sn-dev-2",
         "sn-key-one",
-        &[sn_connect("sn-dev-2"), sn_publish_short("ab", b"wrong key")],
+        &[
+            (sn_connect("sn-dev-2"), 0),
+            (sn_publish_short("ab", b"wrong key"), 0),
+        ],
     );
     assert!(out.is_empty(), "{out:?}");
     assert!(sub.try_recv(Duration::from_millis(500)).is_none());

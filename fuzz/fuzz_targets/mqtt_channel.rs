@@ -194,7 +194,8 @@ impl ClientPacket {
                         topic_alias: alias.map(u16::from),
                         message_expiry_interval: expiry.map(u32::from),
                         ..PublishProperties::default()
-                    },
+                    }
+                    .into(),
                 })
             }
             ClientPacket::Subscribe {
@@ -233,7 +234,7 @@ impl ClientPacket {
             ClientPacket::Disconnect {
                 with_will,
                 session_expiry,
-            } => Packet::Disconnect(Disconnect {
+            } => Packet::Disconnect(Box::new(Disconnect {
                 reason_code: if *with_will {
                     ReasonCode::DISCONNECT_WITH_WILL
                 } else {
@@ -243,7 +244,7 @@ impl ClientPacket {
                     session_expiry_interval: session_expiry.map(u32::from),
                     ..DisconnectProperties::default()
                 },
-            }),
+            })),
         }
     }
 }

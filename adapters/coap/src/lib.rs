@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use adapter_kit::dtls::{serve_dtls_listener, DtlsSettings};
+use adapter_kit::dtls::spawn_dtls_listeners;
 use adapter_kit::layers::{Arrival, LayeredListener, Layers, StreamProtocol, WebSocketFraming};
 use adapter_kit::{
     serve_datagram_listener, ConnWakeup, DatagramChannel, DatagramMetrics, Demux, Flow, Launch,
@@ -267,23 +267,15 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         );
         launch.spawn_listener("CoAP", &named, bound, serve);
     }
-    for (name, l) in coap.listeners.dtls.iter().filter(|(_, l)| l.enable) {
-        let named = NamedListener::new(ListenerKind::CoapDtls, name);
-        let Some(dtls) = DtlsSettings::from_config(&named, l)? else {
-            tracing::info!(listener = %named.name, "CoAP DTLS listener not started: no dtls_options.psk_file");
-            continue;
-        };
-        let udp = l.udp();
-        let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
-        let settings = Arc::new(Settings::from_config(named.name.clone(), coap, &udp));
-        let broker = launch.broker().clone();
-        let serve = serve_dtls_listener(
-            socket,
-            UdpListenerSettings::from_config(named.name.clone(), &udp),
-            dtls,
-            broker.clone(),
-            Arc::new(DatagramMetrics::default()),
-            launch.shutdown_signal(),
+    let broker = launch.broker().clone();
+    spawn_dtls_listeners(
+        launch,
+        "CoAP",
+        ListenerKind::CoapDtls,
+        &coap.listeners.dtls,
+        |named, udp| {
+            let settings = Arc::new(Settings::from_config(named.name.clone(), coap, udp));
+            let broker = broker.clone();
             move |peer, wakeup, seed, identity| {
                 CoapChannel::new(
                     broker.clone(),
@@ -294,10 +286,9 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
                     Instant::now(),
                 )
                 .with_transport_identity(identity)
-            },
-        );
-        launch.spawn_listener("CoAP DTLS", &named, bound, serve);
-    }
+            }
+        },
+    )?;
     // The layers' handshakes get the heartbeat interval, as a silent client would.
     let timeout = coap.heartbeat.get();
     // A stream listener's own mountpoint, or else the gateway's.

@@ -14,7 +14,7 @@
 //! client authenticated with is what the channel behind the peer is told: the adapters
 //! make it the client's user name and refuse a client id other than it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use dimpl::{Dtls, Output};
+use gateway_config::{DtlsListenerConfig, ListenerKind, UdpListenerConfig};
 use hmac::{Hmac, Mac};
 use mqtt_core::protocol::Flow;
 use parking_lot::Mutex;
@@ -30,7 +31,7 @@ use rustls::server::WebPkiClientVerifier;
 use sha2::Sha256;
 
 use crate::datagram::{Admission, DatagramChannel, DatagramMetrics, Demux, UdpListenerSettings};
-use crate::launch::{NamedListener, StartError};
+use crate::launch::{Launch, NamedListener, StartError};
 use crate::{serve_datagram_listener, ConnWakeup, Seeds};
 
 /// How long a cookie stays good: it names the window it was made in, and the one before
@@ -421,6 +422,48 @@ fn psk_config(
         .mtu(mtu)
         .build()
         .map_err(|error| DtlsSetupError::Engine(error.to_string()))
+}
+
+/// Starts the enabled DTLS listeners of one kind (a gateway's `listeners.dtls` tables),
+/// the one way every datagram protocol does. `open_for` is given each listener's name and
+/// its settings as a UDP listener, and returns what makes a peer's channel (from its
+/// address, wake-up, seed and proven identity) once the peer's handshake is done. A
+/// listener whose `dtls_options` name no credentials is not started and claims no port.
+pub fn spawn_dtls_listeners<C, F>(
+    launch: &mut Launch,
+    protocol: &str,
+    kind: ListenerKind,
+    listeners: &BTreeMap<String, DtlsListenerConfig>,
+    mut open_for: impl FnMut(&NamedListener, &UdpListenerConfig) -> F,
+) -> Result<(), StartError>
+where
+    C: DatagramChannel,
+    F: Fn(SocketAddr, Arc<ConnWakeup>, u64, Option<Arc<str>>) -> C + Clone + Send + 'static,
+{
+    for (name, l) in listeners.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(kind, name);
+        let Some(dtls) = DtlsSettings::from_config(&named, l)? else {
+            tracing::info!(
+                listener = %named.name,
+                "{protocol} DTLS listener not started: dtls_options names no psk_file and no certfile"
+            );
+            continue;
+        };
+        let udp = l.udp();
+        let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
+        let open = open_for(&named, &udp);
+        let serve = serve_dtls_listener(
+            socket,
+            UdpListenerSettings::from_config(named.name.clone(), &udp),
+            dtls,
+            launch.broker().clone(),
+            Arc::new(DatagramMetrics::default()),
+            launch.shutdown_signal(),
+            open,
+        );
+        launch.spawn_listener(&format!("{protocol} DTLS"), &named, bound, serve);
+    }
+    Ok(())
 }
 
 /// Serves a datagram protocol over DTLS on a bound UDP socket until `shutdown` turns true.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use adapter_kit::coap::{CoapOption, Packet};
-use adapter_kit::dtls::{serve_dtls_listener, DtlsSettings};
+use adapter_kit::dtls::spawn_dtls_listeners;
 use adapter_kit::{
     serve_datagram_listener, DatagramChannel, DatagramMetrics, Demux, Flow, Launch, NamedListener,
     Seeds, StartError, UdpListenerSettings,
@@ -116,28 +116,20 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         );
         launch.spawn_listener("LwM2M", &named, bound, serve);
     }
-    for (name, l) in lwm2m.listeners.dtls.iter().filter(|(_, l)| l.enable) {
-        let named = NamedListener::new(ListenerKind::Lwm2mDtls, name);
-        let Some(dtls) = DtlsSettings::from_config(&named, l)? else {
-            tracing::info!(listener = %named.name, "LwM2M DTLS listener not started: no dtls_options.psk_file");
-            continue;
-        };
-        let udp = l.udp();
-        let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
-        let settings = Arc::new(Settings::from_config(
-            named.name.clone(),
-            lwm2m,
-            &udp,
-            objects.clone(),
-        ));
-        let broker = launch.broker().clone();
-        let serve = serve_dtls_listener(
-            socket,
-            UdpListenerSettings::from_config(named.name.clone(), &udp),
-            dtls,
-            broker.clone(),
-            Arc::new(DatagramMetrics::default()),
-            launch.shutdown_signal(),
+    let broker = launch.broker().clone();
+    spawn_dtls_listeners(
+        launch,
+        "LwM2M",
+        ListenerKind::Lwm2mDtls,
+        &lwm2m.listeners.dtls,
+        |named, udp| {
+            let settings = Arc::new(Settings::from_config(
+                named.name.clone(),
+                lwm2m,
+                udp,
+                objects.clone(),
+            ));
+            let broker = broker.clone();
             move |peer, wakeup, seed, identity| {
                 Lwm2mChannel::new(
                     broker.clone(),
@@ -148,10 +140,9 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
                     Instant::now(),
                 )
                 .with_transport_identity(identity)
-            },
-        );
-        launch.spawn_listener("LwM2M DTLS", &named, bound, serve);
-    }
+            }
+        },
+    )?;
     Ok(())
 }
 

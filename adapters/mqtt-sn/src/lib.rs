@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapter_kit::dtls::{serve_dtls_listener, DtlsSettings};
+use adapter_kit::dtls::spawn_dtls_listeners;
 use adapter_kit::{
     serve_datagram_listener, Beacon, DatagramChannel, DatagramMetrics, Demux, Flow, Launch,
     NamedListener, StartError, UdpListenerSettings,
@@ -102,23 +102,15 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         launch.spawn_listener("MQTT-SN", &named, bound, serve);
     }
     // No ADVERTISE: clients find a DTLS gateway by its configured address.
-    for (name, l) in sn.listeners.dtls.iter().filter(|(_, l)| l.enable) {
-        let named = NamedListener::new(ListenerKind::MqttSnDtls, name);
-        let Some(dtls) = DtlsSettings::from_config(&named, l)? else {
-            tracing::info!(listener = %named.name, "MQTT-SN DTLS listener not started: no dtls_options.psk_file");
-            continue;
-        };
-        let udp = l.udp();
-        let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
-        let settings = Arc::new(Settings::from_config(named.name.clone(), sn, &udp));
-        let broker = launch.broker().clone();
-        let serve = serve_dtls_listener(
-            socket,
-            UdpListenerSettings::from_config(named.name.clone(), &udp),
-            dtls,
-            broker.clone(),
-            Arc::new(DatagramMetrics::default()),
-            launch.shutdown_signal(),
+    let broker = launch.broker().clone();
+    spawn_dtls_listeners(
+        launch,
+        "MQTT-SN",
+        ListenerKind::MqttSnDtls,
+        &sn.listeners.dtls,
+        |named, udp| {
+            let settings = Arc::new(Settings::from_config(named.name.clone(), sn, udp));
+            let broker = broker.clone();
             move |peer, wakeup, _seed, identity| {
                 MqttSnChannel::new(
                     broker.clone(),
@@ -128,10 +120,9 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
                     Instant::now(),
                 )
                 .with_transport_identity(identity)
-            },
-        );
-        launch.spawn_listener("MQTT-SN DTLS", &named, bound, serve);
-    }
+            }
+        },
+    )?;
     Ok(())
 }
 

@@ -243,7 +243,7 @@ impl ServerCertificate {
 /// A DTLS listener's credentials and limits.
 #[derive(Clone)]
 pub struct DtlsSettings {
-    psk: Option<Arc<PskTable>>,
+    psk: Option<PskCredentials>,
     certificate: Option<Arc<ServerCertificate>>,
     /// Handshakes under way at once on the listener.
     pub max_handshakes: usize,
@@ -286,15 +286,9 @@ impl DtlsSettings {
         mtu: usize,
         stateless_cookies: bool,
     ) -> Result<DtlsSettings, DtlsSetupError> {
-        let psk = psk.map(Arc::new);
-        if let Some(table) = &psk {
-            let resolver = Arc::new(RecordingResolver {
-                table: table.clone(),
-                resolved: Mutex::new(None),
-            });
-            // Checked once here, so that a peer's own cannot fail.
-            psk_config(resolver, handshake_timeout, mtu)?;
-        }
+        let psk = psk
+            .map(|table| PskCredentials::new(table, handshake_timeout, mtu))
+            .transpose()?;
         let certificate_config = match &certificate {
             Some(certificate) => {
                 let require = !matches!(certificate.clients, ClientCertificates::Ignored);
@@ -391,14 +385,10 @@ impl DtlsSettings {
                 .any(|suite| suite == PSK_AES128_CCM_8)
         });
         match (&self.psk, &self.certificate, &self.certificate_config) {
-            (Some(table), _, _) if offers_psk || self.certificate.is_none() => {
-                let resolver = Arc::new(RecordingResolver {
-                    table: table.clone(),
-                    resolved: Mutex::new(None),
-                });
-                let config = psk_config(resolver.clone(), self.handshake_timeout, self.mtu)?;
-                Ok((Dtls::new_12_psk(Arc::new(config), now), Mode::Psk(resolver)))
-            }
+            (Some(psk), _, _) if offers_psk || self.certificate.is_none() => Ok((
+                Dtls::new_12_psk(psk.config.clone(), now),
+                Mode::Psk { identity: None },
+            )),
             (_, Some(certificate), Some(config)) => Ok((
                 Dtls::new_12(config.clone(), certificate.certificate.clone(), now),
                 Mode::Certificate {
@@ -411,17 +401,44 @@ impl DtlsSettings {
     }
 }
 
-fn psk_config(
-    resolver: Arc<RecordingResolver>,
-    handshake_timeout: Duration,
-    mtu: usize,
-) -> Result<dimpl::Config, DtlsSetupError> {
-    dimpl::Config::builder()
-        .with_psk_server(None, resolver)
-        .handshake_timeout(handshake_timeout)
-        .mtu(mtu)
-        .build()
-        .map_err(|error| DtlsSetupError::Engine(error.to_string()))
+/// A listener's pre-shared keys and the engine configuration that resolves them, made
+/// once: making a configuration runs the crypto provider's self-tests, key exchanges and
+/// signatures that cost many times a PSK handshake.
+#[derive(Clone)]
+struct PskCredentials {
+    table: Arc<PskTable>,
+    config: Arc<dimpl::Config>,
+}
+
+impl std::fmt::Debug for PskCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.table.fmt(f)
+    }
+}
+
+impl PskCredentials {
+    fn new(
+        table: PskTable,
+        handshake_timeout: Duration,
+        mtu: usize,
+    ) -> Result<PskCredentials, DtlsSetupError> {
+        let table = Arc::new(table);
+        let config = dimpl::Config::builder()
+            .with_psk_server(
+                None,
+                Arc::new(RecordingResolver {
+                    table: table.clone(),
+                }),
+            )
+            .handshake_timeout(handshake_timeout)
+            .mtu(mtu)
+            .build()
+            .map_err(|error| DtlsSetupError::Engine(error.to_string()))?;
+        Ok(PskCredentials {
+            table,
+            config: Arc::new(config),
+        })
+    }
 }
 
 /// Starts the enabled DTLS listeners of one kind (a gateway's `listeners.dtls` tables),
@@ -766,19 +783,36 @@ impl Demux for DtlsDemux {
     }
 }
 
-/// Resolves identities from the listener's table and remembers the one that resolved,
-/// which is the client's once the handshake's Finished messages prove the key.
+thread_local! {
+    /// The identity the shared resolver last resolved on this thread: an engine resolves
+    /// within the call that hands it a datagram, so the peer that made the call takes it
+    /// from here once the call returns (`resolved_during`).
+    static RESOLVED: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Resolves identities from the listener's table for every peer's engine, leaving the one
+/// that resolved to the peer whose datagram asked (`RESOLVED`); it is the client's once
+/// the handshake's Finished messages prove the key.
 struct RecordingResolver {
     table: Arc<PskTable>,
-    resolved: Mutex<Option<Vec<u8>>>,
 }
 
 impl dimpl::PskResolver for RecordingResolver {
     fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
         let secret = self.table.get(identity)?.to_vec();
-        *self.resolved.lock() = Some(identity.to_vec());
+        RESOLVED.with(|resolved| *resolved.borrow_mut() = Some(identity.to_vec()));
         Some(secret)
     }
+}
+
+/// Runs an engine call, and returns with its result the identity it resolved, if any.
+fn resolved_during<T>(call: impl FnOnce() -> T) -> (T, Option<Vec<u8>>) {
+    RESOLVED.with(|resolved| resolved.borrow_mut().take());
+    let result = call();
+    (
+        result,
+        RESOLVED.with(|resolved| resolved.borrow_mut().take()),
+    )
 }
 
 impl std::panic::UnwindSafe for RecordingResolver {}
@@ -791,7 +825,8 @@ pub type OpenChannel<C> = Box<dyn FnOnce(Option<Arc<str>>) -> C + Send>;
 
 /// How a peer's handshake authenticates it.
 enum Mode {
-    Psk(Arc<RecordingResolver>),
+    /// The identity whose key the engine was given, once it asked.
+    Psk { identity: Option<Vec<u8>> },
     Certificate {
         certificate: Arc<ServerCertificate>,
         /// The client's leaf certificate, once sent.
@@ -935,8 +970,8 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             return;
         };
         let identity = match mode {
-            Some(Mode::Psk(resolver)) => {
-                let Some(identity) = resolver.resolved.lock().take() else {
+            Some(Mode::Psk { identity }) => {
+                let Some(identity) = identity else {
                     tracing::warn!("DTLS handshake done without a resolved identity");
                     return;
                 };
@@ -1036,6 +1071,20 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         self.close(out, now)
     }
 
+    /// Keeps the identity whose key the engine was given for this peer's handshake.
+    fn note_resolved(&mut self, resolved: Option<Vec<u8>>) {
+        if let (
+            Some(resolved),
+            Phase::Handshake {
+                mode: Some(Mode::Psk { identity }),
+                ..
+            },
+        ) = (resolved, &mut self.phase)
+        {
+            *identity = Some(resolved);
+        }
+    }
+
     /// Makes the engine for the ClientHello that made the peer.
     fn start(&mut self, hello: &[u8], now: Instant) -> bool {
         match self.settings.engine(hello, now) {
@@ -1101,10 +1150,14 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         };
         if std::mem::take(&mut self.first) {
             let first = as_first_hello(&datagram);
-            if let Err(error) = guarded(|| {
-                engine.handle_timeout(now)?;
-                engine.handle_packet(&first)
-            }) {
+            let (result, resolved) = resolved_during(|| {
+                guarded(|| {
+                    engine.handle_timeout(now)?;
+                    engine.handle_packet(&first)
+                })
+            });
+            self.note_resolved(resolved);
+            if let Err(error) = result {
                 return self.fail(&error, out, now);
             }
             let mut dropped = Vec::new();
@@ -1113,11 +1166,15 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         let Some(engine) = self.engine.as_mut() else {
             return self.close(out, now);
         };
-        if let Err(error) = guarded(|| {
-            // The engine draws its random on its first timer.
-            engine.handle_timeout(now)?;
-            engine.handle_packet(&datagram)
-        }) {
+        let (result, resolved) = resolved_during(|| {
+            guarded(|| {
+                // The engine draws its random on its first timer.
+                engine.handle_timeout(now)?;
+                engine.handle_packet(&datagram)
+            })
+        });
+        self.note_resolved(resolved);
+        if let Err(error) = result {
             return self.fail(&error, out, now);
         }
         self.pump(out, now)

@@ -3,8 +3,12 @@
 one JSON event per line on stdout. One client context, so every request leaves from the same
 UDP port, as a device's would.
 
+Usage: coap_client.py [--psk IDENTITY KEY]; with a pre-shared key, `coaps://` requests go
+over DTLS 1.2 (aiocoap's tinydtls transport, on DTLSSocket) with that key, which must load.
+
 Commands (field "cmd"):
-  request      method, uri, payload (hex), non (bool)      -> response {code, payload}
+  request      method, uri, payload (hex), non (bool),
+               timeout (s, default 20)                     -> response {code, payload}
   observe      uri                                          -> observing {code, observe}
   notification timeout (s)                                  -> notification {payload, observe,
                                                                mtype} or timeout
@@ -26,6 +30,15 @@ def say(event, **fields):
 
 async def main():
     context = await Context.create_client_context()
+    if sys.argv[1:2] == ["--psk"]:
+        # aiocoap looks the transport up lazily: a missing DTLSSocket would otherwise
+        # show only as a failed request.
+        from DTLSSocket import dtls  # noqa: F401
+
+        identity, key = sys.argv[2:4]
+        context.client_credentials.load_from_dict(
+            {"coaps://*": {"dtls": {"psk": key.encode(), "client-identity": identity.encode()}}}
+        )
     notifications = asyncio.Queue()
     observation = None
     reader = None
@@ -45,7 +58,9 @@ async def main():
                     payload=bytes.fromhex(command.get("payload", "")),
                     mtype=NON if command.get("non") else CON,
                 )
-                response = await asyncio.wait_for(context.request(message).response, 20)
+                response = await asyncio.wait_for(
+                    context.request(message).response, command.get("timeout", 20)
+                )
                 say("response", code=response.code.dotted, payload=response.payload.hex())
             elif op == "observe":
                 request = context.request(Message(code=GET, uri=command["uri"], observe=0))

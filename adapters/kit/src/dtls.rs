@@ -772,6 +772,11 @@ impl Demux for DtlsDemux {
         datagram
     }
     fn admit(&self, from: SocketAddr, datagram: &Bytes, now: Instant) -> Admission {
+        // Arrived cut short: what it holds is not what was sent, whatever it looks like.
+        if datagram.len() > self.max_datagram {
+            self.metrics.dropped(RecordDrop::Oversized, 1);
+            return Admission::Drop;
+        }
         let gate = match &self.cookies {
             Some(cookies) => cookies.admit(from, datagram, now),
             None if parse_client_hello(datagram).is_some() => Gate::Proven,
@@ -781,11 +786,7 @@ impl Demux for DtlsDemux {
             Gate::Ignore => {
                 // Whatever it is, no session takes it: a record of a peer forgotten
                 // counts as garbage as much as bytes that are no record.
-                let why = match screen(datagram, self.max_datagram) {
-                    Err(RecordDrop::Oversized) => RecordDrop::Oversized,
-                    _ => RecordDrop::Garbage,
-                };
-                self.metrics.dropped(why, 1);
+                self.metrics.dropped(RecordDrop::Garbage, 1);
                 Admission::Drop
             }
             Gate::Verify(reply) => {
@@ -2057,10 +2058,15 @@ mod tests {
         }
         let oversized = Bytes::from(vec![CONTENT_HANDSHAKE; 201]);
         assert_eq!(demux.admit(addr(9), &oversized, now), Admission::Drop);
+        // A ClientHello cut short by the read is refused, not answered.
+        let mut long_hello = client_hello(0, 0, &[]);
+        long_hello.resize(201, 0);
+        let long_hello = Bytes::from(long_hello);
+        assert_eq!(demux.admit(addr(9), &long_hello, now), Admission::Drop);
         let metrics = settings.metrics();
         assert_eq!(count(&metrics.cookies_sent), 3);
         assert_eq!(count(&metrics.records_dropped_garbage), 3);
-        assert_eq!(count(&metrics.records_dropped_oversized), 1);
+        assert_eq!(count(&metrics.records_dropped_oversized), 2);
     }
 
     #[test]

@@ -11,9 +11,6 @@ fuzz_target!(|data: &[u8]| {
     let datagram = Bytes::copy_from_slice(data);
     if let Ok(message) = decode(&datagram) {
         let encoded = to_datagram(&message).expect("a decoded message fits a datagram");
-        assert_eq!(
-            decode(&encoded).expect("re-encoded message decodes"),
-            message
-        );
+        assert_eq!(decode(&encoded).expect("re-encoded message decodes"), message);
     }
 });

@@ -31,10 +31,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(frame.body.len() <= LIMITS.max_body_length);
         // Without content-length a body with a NUL cannot be sent again as it came, and
         // only 1.2 escapes can carry a CR inside a header.
-        let has_cr = frame
-            .headers
-            .iter()
-            .any(|(n, v)| n.contains('\r') || v.contains('\r'));
+        let has_cr = frame.headers.iter().any(|(n, v)| n.contains('\r') || v.contains('\r'));
         if (frame.header("content-length").is_none() && frame.body.contains(&0)) || has_cr {
             continue;
         }

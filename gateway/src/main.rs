@@ -234,8 +234,9 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
 /// How often certificate files are checked for changes.
 const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Reloads TLS and QUIC certificates on SIGHUP and when a file changes; connections accepted
-/// afterwards get the new ones. A reload that fails keeps the previous configuration.
+/// Reloads TLS and QUIC certificates and DTLS keys and certificates on SIGHUP and when a
+/// file changes; connections accepted afterwards get the new ones. A reload that fails
+/// keeps the previous configuration.
 async fn reload_certificates(
     certificates: Vec<WatchedCertificate>,
     mut shutdown: watch::Receiver<bool>,
@@ -255,9 +256,9 @@ async fn reload_certificates(
     };
     let mut seen = all_stamps();
     let reload = |key: &str, source: &dyn Reload, why: &str| match source.reload() {
-        Ok(()) => tracing::info!(listener = key, why, "TLS certificate reloaded"),
+        Ok(()) => tracing::info!(listener = key, why, "{} reloaded", source.what()),
         Err(error) => {
-            tracing::warn!(listener = key, why, %error, "TLS certificate reload failed; the previous one stays in use")
+            tracing::warn!(listener = key, why, %error, "{} reload failed; the previous ones stay in use", source.what())
         }
     };
     #[cfg(unix)]

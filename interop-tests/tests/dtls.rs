@@ -2,7 +2,10 @@
 //! OpenSSL and GnuTLS builds (Debian libcoap3-bin) publish and observe over `coaps://` and
 //! register as LwM2M devices, `openssl s_client` carries MQTT-SN, mosquitto clients on the
 //! MQTT side; a wrong key, a client id or endpoint not the key's, and ClientHellos from
-//! addresses that never receive are refused without a session.
+//! addresses that never receive are refused without a session. A key file changed on
+//! disk or after SIGHUP is taken without a restart, a removed key's session closed; wrong
+//! keys, garbage and oversized datagrams are counted under `$SYS` (read with
+//! mosquitto_sub) and leave other clients' sessions alone.
 
 #![allow(
     clippy::expect_used,
@@ -11,6 +14,7 @@
     clippy::indexing_slicing
 )]
 
+use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -25,6 +29,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 struct DtlsGateway {
     broker: Broker,
     port: u16,
+    /// The key file the listener reads.
+    keys: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -61,6 +67,7 @@ fn gateway_of(
     Some(DtlsGateway {
         broker,
         port,
+        keys: file,
         _dir: dir,
     })
 }
@@ -656,4 +663,312 @@ fn certificates_beside_keys_a_verified_common_name_is_the_identity_and_another_c
         assert!(ok, "{client}: {out}");
         assert_eq!(sub.recv(TIMEOUT).payload, b"by key");
     }
+}
+
+const SYS_INTERVAL: &str = "GATEWAY_SYS__INTERVAL";
+const LISTENER_SYS: &str = "$SYS/broker/listeners/coap:dtls:default/dtls";
+
+/// Reads the retained `$SYS` values of `topics` as the broker publishes them, until
+/// `done` holds for the latest of each or `TIMEOUT` passes; returns the latest.
+fn sys_values_until(
+    broker: &Broker,
+    topics: &[&str],
+    done: impl Fn(&BTreeMap<String, u64>) -> bool,
+) -> BTreeMap<String, u64> {
+    let mut sub = MosquittoSub::start(broker, Version::V311, topics, 0, &[]);
+    let mut values = BTreeMap::new();
+    let deadline = Instant::now() + TIMEOUT + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(msg) = sub.try_recv(Duration::from_millis(500)) {
+            let text = String::from_utf8_lossy(&msg.payload).into_owned();
+            let value = text
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{}: {text:?} is not a number", msg.topic));
+            values.insert(msg.topic, value);
+            if values.len() == topics.len() && done(&values) {
+                break;
+            }
+        }
+    }
+    sub.kill();
+    values
+}
+
+/// A subscriber to what [`posted`] publishes.
+struct Posts {
+    topic: String,
+    sub: MosquittoSub,
+    sent: usize,
+}
+
+impl Posts {
+    fn new(gw: &DtlsGateway) -> Posts {
+        let topic = unique_topic("dtls-post");
+        let sub = MosquittoSub::start(&gw.broker, Version::V5, &[&topic], 1, &[]);
+        Posts {
+            topic,
+            sub,
+            sent: 0,
+        }
+    }
+
+    /// Runs a coap-client POST over DTLS with `identity` and `key`: whether what it
+    /// posted was published (coap-client's exit status does not tell a failed
+    /// handshake).
+    fn posted(&mut self, gw: &DtlsGateway, identity: &str, key: &str) -> bool {
+        self.sent += 1;
+        let payload = format!("{identity} {key} {}", self.sent);
+        let mut cmd = coaps_command(CLIENTS[0], identity, key);
+        cmd.args(["-m", "post", "-e", &payload]);
+        cmd.arg(uri(gw, &format!("/ps/{}", self.topic)));
+        run(cmd);
+        // The publish is routed before the answer leaves.
+        while let Some(msg) = self.sub.try_recv(Duration::from_millis(300)) {
+            if msg.payload == payload.as_bytes() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Starts coap-client observing `topic` over DTLS with `identity` and `key`, and returns
+/// it once it printed a first notification.
+fn observing(gw: &DtlsGateway, identity: &str, key: &str, topic: &str) -> Proc {
+    let mut cmd = coaps_command(CLIENTS[0], identity, key);
+    cmd.args(["-m", "get", "-s", "60"]);
+    cmd.arg(uri(gw, &format!("/ps/{topic}?qos=1")));
+    cmd.stdin(std::process::Stdio::null());
+    let mut observer = Proc::spawn(CLIENTS[0], cmd);
+    let deadline = Instant::now() + TIMEOUT;
+    let mut n = 0;
+    while Instant::now() < deadline {
+        n += 1;
+        let payload = format!("notification {n}\n");
+        mosquitto_pub(
+            &gw.broker,
+            Version::V5,
+            topic,
+            payload.as_bytes(),
+            1,
+            false,
+            &[],
+        );
+        if let Line::Line(line) = observer.next_line(Duration::from_millis(500)) {
+            assert!(line.starts_with("notification "), "{line:?}");
+            return observer;
+        }
+    }
+    panic!("the observer saw no notification: {}", observer.stderr());
+}
+
+/// Whether `observer` prints `payload`, published to `topic`, within a while.
+fn notified(gw: &DtlsGateway, observer: &mut Proc, topic: &str, payload: &str) -> bool {
+    let line = format!("{payload}\n");
+    mosquitto_pub(
+        &gw.broker,
+        Version::V5,
+        topic,
+        line.as_bytes(),
+        1,
+        false,
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match observer.next_line(Duration::from_millis(500)) {
+            Line::Line(line) if line.contains(payload) => return true,
+            Line::Eof => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Writes the key file and puts its modification time back, so that only a SIGHUP, not
+/// the file watcher, can notice the change.
+fn write_keys_unnoticed(gw: &DtlsGateway, keys: &str) {
+    let before = std::fs::metadata(&gw.keys).unwrap().modified().unwrap();
+    std::fs::write(&gw.keys, keys).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&gw.keys)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+}
+
+#[test]
+fn a_changed_key_file_is_taken_without_restart_and_a_removed_keys_session_is_closed() {
+    let Some(gw) = gateway(
+        "sensor-1:old-key\nwatcher:watch-key\n",
+        &[Setting::new(SYS_INTERVAL, "1s")],
+    ) else {
+        return;
+    };
+    let mut posts = Posts::new(&gw);
+    assert!(posts.posted(&gw, "sensor-1", "old-key"));
+    let watched = unique_topic("dtls-revoked");
+    let mut observer = observing(&gw, "watcher", "watch-key", &watched);
+
+    // The file changes on disk: sensor-1 gets a new key, the watcher's is removed.
+    std::fs::write(&gw.keys, "sensor-1:new-key\n").unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while !posts.posted(&gw, "sensor-1", "new-key") {
+        assert!(
+            Instant::now() < deadline,
+            "the new key is never served:\n{}",
+            gw.broker.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(!posts.posted(&gw, "sensor-1", "old-key"));
+    // The watcher's session, made with a key the file no longer holds, is closed.
+    assert!(
+        !notified(&gw, &mut observer, &watched, "after revocation"),
+        "a revoked session is still served"
+    );
+    observer.kill();
+    assert!(
+        gw.broker
+            .log_tail()
+            .contains("DTLS session closed: the key file no longer holds its key"),
+        "{}",
+        gw.broker.log_tail()
+    );
+    let revoked = format!("{LISTENER_SYS}/sessions/revoked");
+    let values = sys_values_until(&gw.broker, &[&revoked], |v| v[&revoked] >= 1);
+    assert_eq!(values.get(&revoked), Some(&1), "{values:?}");
+
+    // SIGHUP alone: a change the file watcher cannot see is taken on the signal.
+    write_keys_unnoticed(&gw, "sensor-1:third-key\n");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        posts.posted(&gw, "sensor-1", "new-key"),
+        "reloaded before the signal"
+    );
+    gw.broker.signal(libc::SIGHUP);
+    let deadline = Instant::now() + TIMEOUT;
+    while !posts.posted(&gw, "sensor-1", "third-key") {
+        assert!(Instant::now() < deadline, "{}", gw.broker.log_tail());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // A broken file keeps the keys in use, and the log names the file and the line.
+    std::fs::write(&gw.keys, "sensor-1:fourth-key\nno secret on this line\n").unwrap();
+    gw.broker.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(posts.posted(&gw, "sensor-1", "third-key"));
+    assert!(!posts.posted(&gw, "sensor-1", "fourth-key"));
+    let log = gw.broker.log_tail();
+    assert!(log.contains("DTLS credentials reload failed"), "{log}");
+    assert!(
+        log.contains(&format!("{}, line 2", gw.keys.display())),
+        "{log}"
+    );
+}
+
+#[test]
+fn wrong_keys_are_refused_and_each_counted_once_under_sys() {
+    let Some(gw) = gateway("sensor-1:right-key\n", &[Setting::new(SYS_INTERVAL, "1s")]) else {
+        return;
+    };
+    let mut posts = Posts::new(&gw);
+    let topic = posts.topic.clone();
+    // Three wrong keys at once, from three clients, and one unknown identity.
+    let attempts: Vec<_> = [
+        ("sensor-1", "wrong-1"),
+        ("sensor-1", "wrong-2"),
+        ("sensor-1", "wrong-3"),
+        ("nobody", "right-key"),
+    ]
+    .into_iter()
+    .map(|(identity, key)| {
+        let mut cmd = coaps_command(CLIENTS[0], identity, key);
+        cmd.args(["-m", "post", "-e", "must not arrive"]);
+        cmd.arg(format!("coaps://127.0.0.1:{}/ps/{topic}", gw.port));
+        std::thread::spawn(move || run(cmd))
+    })
+    .collect();
+    for attempt in attempts {
+        let (_, out) = attempt.join().unwrap();
+        assert!(!out.contains("2.04"), "{out}");
+    }
+    assert!(posts.sub.try_recv(Duration::from_millis(300)).is_none());
+    assert!(posts.posted(&gw, "sensor-1", "right-key"));
+
+    let credentials = format!("{LISTENER_SYS}/handshakes/failed/credentials");
+    let completed = format!("{LISTENER_SYS}/handshakes/completed");
+    let total = "$SYS/broker/dtls/handshakes/failed/credentials";
+    let topics = [credentials.as_str(), completed.as_str(), total];
+    let values = sys_values_until(&gw.broker, &topics, |v| {
+        v[&credentials] >= 4 && v[&completed] >= 1
+    });
+    assert_eq!(values.get(&credentials), Some(&4), "{values:?}");
+    assert_eq!(values.get(total), Some(&4), "{values:?}");
+    assert_eq!(values.get(&completed), Some(&1), "{values:?}");
+    // Counted once each: the figures stay where they are.
+    std::thread::sleep(Duration::from_secs(2));
+    let later = sys_values_until(&gw.broker, &topics, |_| true);
+    assert_eq!(later, values);
+    assert!(
+        !gw.broker.log_tail().contains("DTLS handshake failed"),
+        "a failure logged on its own line"
+    );
+}
+
+#[test]
+fn garbage_and_oversized_datagrams_are_dropped_and_counted_while_a_session_goes_on() {
+    let Some(gw) = gateway(
+        "watcher:watch-key\n",
+        &[
+            Setting::new(SYS_INTERVAL, "1s"),
+            Setting::new(
+                "GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__MAX_PACKET_SIZE",
+                "512",
+            ),
+        ],
+    ) else {
+        return;
+    };
+    let topic = unique_topic("dtls-garbage");
+    let mut observer = observing(&gw, "watcher", "watch-key", &topic);
+    // From other addresses: bytes that are no records, truncated records, records of no
+    // session, and datagrams beyond 512 bytes and the record overhead.
+    let mut sent_garbage = 0;
+    let mut sent_oversized = 0;
+    for n in 0..10u8 {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let target = ("127.0.0.1", gw.port);
+        for garbage in [
+            vec![n; 40],
+            b"\x40\x01\x00\x01".to_vec(),
+            vec![0x17, 0xfe, 0xfd, 0, 1],
+            vec![
+                0x17, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, n, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+            ],
+        ] {
+            socket.send_to(&garbage, target).unwrap();
+            sent_garbage += 1;
+        }
+        let mut oversized = client_hello(n, &[]);
+        oversized.resize(1400, n);
+        socket.send_to(&oversized, target).unwrap();
+        socket.send_to(&[0x17; 2000], target).unwrap();
+        sent_oversized += 2;
+    }
+    assert!(
+        notified(&gw, &mut observer, &topic, "still observed"),
+        "the established session stopped: {}",
+        observer.stderr()
+    );
+    observer.kill();
+    let garbage = format!("{LISTENER_SYS}/records/dropped/garbage");
+    let oversized = format!("{LISTENER_SYS}/records/dropped/oversized");
+    let values = sys_values_until(&gw.broker, &[&garbage, &oversized], |v| {
+        v[&garbage] >= sent_garbage && v[&oversized] >= sent_oversized
+    });
+    assert_eq!(values.get(&garbage), Some(&sent_garbage), "{values:?}");
+    assert_eq!(values.get(&oversized), Some(&sent_oversized), "{values:?}");
 }

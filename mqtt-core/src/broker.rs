@@ -82,6 +82,18 @@ pub struct ListenerStats {
     pub dropped_queue_full: AtomicU64,
 }
 
+/// Counters a listener's transport keeps (datagrams, DTLS handshakes), which the broker
+/// knows nothing of but publishes under `$SYS` beside its own.
+pub trait ListenerFigures: Send + Sync {
+    /// Each counter as its topic below the listener's (`dtls/handshakes/completed`) and
+    /// its value. The same topic names the sum over every listener at the broker's level,
+    /// so a name says what it counts whatever listener it is read from.
+    fn figures(&self, out: &mut Vec<(&'static str, u64)>);
+}
+
+/// A listener's name and its transport counters.
+pub type NamedFigures = (Arc<str>, Arc<dyn ListenerFigures>);
+
 /// One filter of a SUBSCRIBE, as the client wrote it.
 pub(crate) struct SubscribeRequest<'a> {
     pub filter: &'a str,
@@ -167,6 +179,8 @@ pub struct Broker {
     holding: Mutex<Vec<Arc<SessionCell>>>,
     /// Per listener, by name, in the order first seen.
     listener_stats: Mutex<Vec<(Arc<str>, Arc<ListenerStats>)>>,
+    /// Transport counters by listener name, in the order added.
+    listener_figures: Mutex<Vec<NamedFigures>>,
     /// `None` when flapping detection is off.
     pub(crate) flapping: Option<FlappingDetector>,
 }
@@ -220,6 +234,7 @@ impl Broker {
             }),
             holding: Mutex::new(Vec::new()),
             listener_stats: Mutex::new(Vec::new()),
+            listener_figures: Mutex::new(Vec::new()),
             flapping: None,
         }
     }
@@ -536,6 +551,16 @@ impl Broker {
     /// Every listener's counters, in the order the listeners were first seen.
     pub fn all_listener_stats(&self) -> Vec<(Arc<str>, Arc<ListenerStats>)> {
         self.listener_stats.lock().clone()
+    }
+
+    /// Has `$SYS` publish `figures` under listener `name` (a listener may add several).
+    pub fn add_listener_figures(&self, name: Arc<str>, figures: Arc<dyn ListenerFigures>) {
+        self.listener_figures.lock().push((name, figures));
+    }
+
+    /// Every listener's transport counters, in the order they were added.
+    pub fn all_listener_figures(&self) -> Vec<NamedFigures> {
+        self.listener_figures.lock().clone()
     }
 
     pub fn limits(&self) -> &SessionLimits {

@@ -1,5 +1,6 @@
 //! `$SYS` topics, named as Mosquitto names them so existing dashboards keep working.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -112,10 +113,42 @@ pub fn publish_sys(broker: &Broker, now: Instant) {
     let figures = figures
         .into_iter()
         .map(|(topic, value)| (ByteString::from_static(topic), value))
-        .chain(per_listener);
+        .chain(per_listener)
+        .chain(transport_figures(broker));
     for (topic, value) in figures {
         let message = Message::new(topic, Bytes::from(value), QoS::AtMostOnce, true, now);
         // The broker's own figures: nobody to acknowledge or slow down.
         let _ = broker.dispatch(Arc::new(message), None);
     }
+}
+
+/// The listeners' transport counters, each under its listener and summed over all of
+/// them at the broker's level (`$SYS/broker/dtls/handshakes/completed`).
+fn transport_figures(broker: &Broker) -> Vec<(ByteString, String)> {
+    let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut figures = Vec::new();
+    for (name, source) in broker.all_listener_figures() {
+        figures.clear();
+        source.figures(&mut figures);
+        // A listener name is a configuration key, but a topic level it must not break.
+        let publish_listener = !name.contains(['/', '+', '#']);
+        for &(topic, value) in &figures {
+            let total = totals.entry(topic).or_default();
+            *total = total.saturating_add(value);
+            if publish_listener {
+                out.push((
+                    ByteString::from(format!("$SYS/broker/listeners/{name}/{topic}")),
+                    value.to_string(),
+                ));
+            }
+        }
+    }
+    out.extend(totals.into_iter().map(|(topic, value)| {
+        (
+            ByteString::from(format!("$SYS/broker/{topic}")),
+            value.to_string(),
+        )
+    }));
+    out
 }

@@ -149,3 +149,71 @@ fn the_drop_counters_are_published_under_sys() {
     .map(|(topic, value)| (topic.to_owned(), value.to_owned()));
     assert_eq!(figures, expected);
 }
+
+/// Fixed figures, as a listener's transport would keep them.
+struct Figures(Vec<(&'static str, u64)>);
+
+impl mqtt_core::broker::ListenerFigures for Figures {
+    fn figures(&self, out: &mut Vec<(&'static str, u64)>) {
+        out.extend_from_slice(&self.0);
+    }
+}
+
+#[test]
+fn transport_counters_are_published_per_listener_and_summed_at_the_brokers_level() {
+    let start = Instant::now();
+    let broker = broker_queueing(100, start);
+    broker.add_listener_figures(
+        Arc::from("coap:dtls:default"),
+        Arc::new(Figures(vec![
+            ("dtls/handshakes/completed", 3),
+            ("dtls/cookies/sent", 7),
+        ])),
+    );
+    broker.add_listener_figures(
+        Arc::from("lwm2m:dtls:default"),
+        Arc::new(Figures(vec![("dtls/handshakes/completed", 2)])),
+    );
+    // A name that would break a topic level is summed but not published on its own.
+    broker.add_listener_figures(
+        Arc::from("odd/+"),
+        Arc::new(Figures(vec![("dtls/handshakes/completed", 1)])),
+    );
+    let watcher = subscriber(
+        &broker,
+        "watcher",
+        "$SYS/broker/#",
+        QoS::AtMostOnce,
+        0,
+        start,
+    );
+    mqtt_core::sys::publish_sys(&broker, start);
+    let mut figures = Vec::new();
+    let mut state = watcher.session().state.lock();
+    while let Some(delivery) = state.pop_queued(start) {
+        let topic = delivery.message.topic.to_string();
+        if topic.contains("dtls") {
+            let value = String::from_utf8_lossy(&delivery.message.payload).into_owned();
+            figures.push((topic, value));
+        }
+    }
+    figures.sort();
+    let expected = [
+        ("$SYS/broker/dtls/cookies/sent", "7"),
+        ("$SYS/broker/dtls/handshakes/completed", "6"),
+        (
+            "$SYS/broker/listeners/coap:dtls:default/dtls/cookies/sent",
+            "7",
+        ),
+        (
+            "$SYS/broker/listeners/coap:dtls:default/dtls/handshakes/completed",
+            "3",
+        ),
+        (
+            "$SYS/broker/listeners/lwm2m:dtls:default/dtls/handshakes/completed",
+            "2",
+        ),
+    ]
+    .map(|(topic, value)| (topic.to_owned(), value.to_owned()));
+    assert_eq!(figures, expected);
+}

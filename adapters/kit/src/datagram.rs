@@ -140,7 +140,8 @@ pub struct Beacon {
     pub interval: Duration,
 }
 
-/// Per-listener counters.
+/// Per-listener counters, published under `$SYS/broker/listeners/{name}/` (`peers/current`,
+/// `datagrams/...`) and summed under `$SYS/broker/`.
 #[derive(Debug, Default)]
 pub struct DatagramMetrics {
     pub peers: AtomicU64,
@@ -157,6 +158,25 @@ pub struct DatagramMetrics {
     /// (a DTLS HelloVerifyRequest) or dropped unanswered, no peer made.
     pub datagrams_answered_statelessly: AtomicU64,
     pub datagrams_not_admitted: AtomicU64,
+}
+
+impl mqtt_core::broker::ListenerFigures for DatagramMetrics {
+    fn figures(&self, out: &mut Vec<(&'static str, u64)>) {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        out.extend([
+            ("peers/current", read(&self.peers)),
+            ("datagrams/received", read(&self.datagrams_received)),
+            ("datagrams/sent", read(&self.datagrams_sent)),
+            ("datagrams/dropped", read(&self.datagrams_dropped)),
+            ("datagrams/over_budget", read(&self.datagrams_over_budget)),
+            ("datagrams/claims_refused", read(&self.claims_refused)),
+            (
+                "datagrams/answered_statelessly",
+                read(&self.datagrams_answered_statelessly),
+            ),
+            ("datagrams/not_admitted", read(&self.datagrams_not_admitted)),
+        ]);
+    }
 }
 
 impl UdpListenerSettings {
@@ -300,6 +320,7 @@ pub async fn serve_datagram_listener<C, D, F>(
     D: Demux,
     F: Fn(SocketAddr, Arc<ConnWakeup>) -> C,
 {
+    broker.add_listener_figures(limits.name.clone(), stats.clone());
     let socket = Arc::new(socket);
     let demux = Arc::new(demux);
     let table = Arc::new(Mutex::new(PeerTable::default()));

@@ -13,6 +13,19 @@
 //! Handshakes are limited in number, per source address and in time. The key identity a
 //! client authenticated with is what the channel behind the peer is told: the adapters
 //! make it the client's user name and refuse a client id other than it.
+//!
+//! A datagram is screened before the engine sees it: one that is not whole DTLS records,
+//! or longer than the listener takes, is dropped and counted, so that nobody who can send
+//! from a peer's address ends its session with bytes that are not even records. The
+//! credentials are read again on SIGHUP and when their files change (see
+//! [`credentials`]); what the listener refuses, drops and completes is counted (see
+//! [`metrics`]).
+
+mod credentials;
+mod metrics;
+
+pub use credentials::DtlsReloader;
+pub use metrics::{DtlsMetrics, HandshakeFailure, RecordDrop};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +46,7 @@ use sha2::Sha256;
 use crate::datagram::{Admission, DatagramChannel, DatagramMetrics, Demux, UdpListenerSettings};
 use crate::launch::{Launch, NamedListener, StartError};
 use crate::{serve_datagram_listener, ConnWakeup, Seeds};
+use credentials::{CredentialCell, Credentials, KeyLease};
 
 /// How long a cookie stays good: it names the window it was made in, and the one before
 /// is accepted too, so a cookie lives one to two windows.
@@ -71,6 +85,12 @@ pub enum DtlsSetupError {
     Files(#[from] crate::tls::TlsSetupError),
     #[error("server certificate: {0}")]
     Certificate(String),
+    #[error("certificate {cert} and key {key}: {reason}")]
+    Pair {
+        cert: String,
+        key: String,
+        reason: String,
+    },
     #[error("neither psk_file nor certfile and keyfile")]
     NoCredentials,
 }
@@ -182,7 +202,10 @@ impl ServerCertificate {
         let chain = crate::tls::read_chain(certfile)?;
         let key = crate::tls::read_key(keyfile)?;
         let Some(leaf) = chain.into_iter().next() else {
-            return Err(DtlsSetupError::Certificate("no certificate".into()));
+            return Err(crate::tls::TlsSetupError::NoCertificate {
+                path: certfile.to_path_buf(),
+            }
+            .into());
         };
         let verifier = |optional: bool| -> Result<Arc<dyn ClientCertVerifier>, DtlsSetupError> {
             let Some(ca) = cacertfile else {
@@ -243,8 +266,9 @@ impl ServerCertificate {
 /// A DTLS listener's credentials and limits.
 #[derive(Clone)]
 pub struct DtlsSettings {
-    psk: Option<PskCredentials>,
-    certificate: Option<Arc<ServerCertificate>>,
+    /// Replaced whole by a reload; shared by the listener and every peer.
+    credentials: Arc<CredentialCell>,
+    metrics: Arc<DtlsMetrics>,
     /// Handshakes under way at once on the listener.
     pub max_handshakes: usize,
     /// Handshakes under way at once from one source IP address.
@@ -256,20 +280,20 @@ pub struct DtlsSettings {
     /// The listener answers ClientHellos without its cookie itself, keeping nothing;
     /// otherwise every ClientHello makes a peer whose engine asks for its own cookie.
     pub stateless_cookies: bool,
-    /// The engine's configuration for certificate handshakes, shared by every peer.
-    certificate_config: Option<Arc<dimpl::Config>>,
+    /// The longest datagram taken; a longer one is dropped unread, as oversized.
+    pub max_datagram: usize,
 }
 
 impl std::fmt::Debug for DtlsSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DtlsSettings")
-            .field("psk", &self.psk)
-            .field("certificate", &self.certificate.is_some())
+            .field("credentials", &self.credentials)
             .field("max_handshakes", &self.max_handshakes)
             .field("max_handshakes_per_source", &self.max_handshakes_per_source)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("mtu", &self.mtu)
             .field("stateless_cookies", &self.stateless_cookies)
+            .field("max_datagram", &self.max_datagram)
             .finish_non_exhaustive()
     }
 }
@@ -286,51 +310,16 @@ impl DtlsSettings {
         mtu: usize,
         stateless_cookies: bool,
     ) -> Result<DtlsSettings, DtlsSetupError> {
-        let psk = psk
-            .map(|table| PskCredentials::new(table, handshake_timeout, mtu))
-            .transpose()?;
-        let certificate_config = match &certificate {
-            Some(certificate) => {
-                let require = !matches!(certificate.clients, ClientCertificates::Ignored);
-                let config = dimpl::Config::builder()
-                    .require_client_certificate(require)
-                    .handshake_timeout(handshake_timeout)
-                    .mtu(mtu)
-                    .build()
-                    .map_err(|error| DtlsSetupError::Engine(error.to_string()))?;
-                // The engine reads the key when it is made, and panics on one it cannot
-                // use (RSA, say): make one now, so that a peer's cannot fail.
-                let config = Arc::new(config);
-                let pair = certificate.certificate.clone();
-                let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let mut engine = Dtls::new_12(config.clone(), pair, Instant::now());
-                    engine.handle_timeout(Instant::now())
-                }));
-                match probe {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => return Err(DtlsSetupError::Certificate(error.to_string())),
-                    Err(_) => {
-                        return Err(DtlsSetupError::Certificate(
-                            "the key is not an ECDSA P-256 or P-384 key".into(),
-                        ))
-                    }
-                }
-                Some(config)
-            }
-            None => None,
-        };
-        if psk.is_none() && certificate.is_none() {
-            return Err(DtlsSetupError::NoCredentials);
-        }
+        let credentials = Credentials::new(psk, certificate, handshake_timeout, mtu)?;
         Ok(DtlsSettings {
-            psk,
-            certificate: certificate.map(Arc::new),
+            credentials: CredentialCell::new(credentials),
+            metrics: Arc::default(),
             max_handshakes,
             max_handshakes_per_source,
             handshake_timeout,
             mtu,
             stateless_cookies,
-            certificate_config,
+            max_datagram: usize::from(u16::MAX) + RECORD_OVERHEAD,
         })
     }
 
@@ -343,36 +332,45 @@ impl DtlsSettings {
         if !l.has_credentials() {
             return Ok(None);
         }
-        let options = &l.dtls_options;
         let load = || -> Result<DtlsSettings, DtlsSetupError> {
-            let psk = options
-                .psk_file
-                .as_deref()
-                .map(PskTable::load)
-                .transpose()?;
-            let certificate = match (&options.certfile, &options.keyfile) {
-                (Some(cert), Some(key)) => Some(ServerCertificate::load(
-                    cert,
-                    key,
-                    options.verify,
-                    options.cacertfile.as_deref(),
-                )?),
-                _ => None,
-            };
-            DtlsSettings::new(
-                psk,
-                certificate,
-                l.max_handshakes as usize,
-                l.max_handshakes_per_source as usize,
-                l.handshake_timeout.get(),
-                MTU,
-                l.stateless_cookies,
-            )
+            let timeout = l.handshake_timeout.get();
+            let credentials = Credentials::read(&l.dtls_options, timeout, MTU)?;
+            Ok(DtlsSettings {
+                credentials: CredentialCell::new(credentials),
+                metrics: Arc::default(),
+                max_handshakes: l.max_handshakes as usize,
+                max_handshakes_per_source: l.max_handshakes_per_source as usize,
+                handshake_timeout: timeout,
+                mtu: MTU,
+                stateless_cookies: l.stateless_cookies,
+                max_datagram: (l.max_packet_size as usize).saturating_add(RECORD_OVERHEAD),
+            })
         };
         load().map(Some).map_err(|source| StartError::Dtls {
             key: named.key.clone(),
             source: Box::new(source),
         })
+    }
+
+    /// What the listener counts.
+    pub fn metrics(&self) -> &Arc<DtlsMetrics> {
+        &self.metrics
+    }
+
+    /// What reads `options`' files again and puts them in use for the listener of these
+    /// settings; `listener` names it in the log.
+    pub fn reloader(
+        &self,
+        options: &gateway_config::DtlsOptions,
+        listener: Arc<str>,
+    ) -> DtlsReloader {
+        DtlsReloader::new(
+            self.credentials.clone(),
+            options.clone(),
+            self.handshake_timeout,
+            self.mtu,
+            listener,
+        )
     }
 
     /// A new engine for a peer whose first datagram is `hello`: a PSK one when the
@@ -384,10 +382,15 @@ impl DtlsSettings {
                 .chunks_exact(2)
                 .any(|suite| suite == PSK_AES128_CCM_8)
         });
-        match (&self.psk, &self.certificate, &self.certificate_config) {
-            (Some(psk), _, _) if offers_psk || self.certificate.is_none() => Ok((
+        let credentials = self.credentials.current();
+        match (
+            &credentials.psk,
+            &credentials.certificate,
+            &credentials.certificate_config,
+        ) {
+            (Some(psk), _, _) if offers_psk || credentials.certificate.is_none() => Ok((
                 Dtls::new_12_psk(psk.config.clone(), now),
-                Mode::Psk { identity: None },
+                Mode::Psk { named: None },
             )),
             (_, Some(certificate), Some(config)) => Ok((
                 Dtls::new_12(config.clone(), certificate.certificate.clone(), now),
@@ -402,11 +405,11 @@ impl DtlsSettings {
 }
 
 /// A listener's pre-shared keys and the engine configuration that resolves them, made
-/// once: making a configuration runs the crypto provider's self-tests, key exchanges and
-/// signatures that cost many times a PSK handshake.
+/// once per key file read: making a configuration runs the crypto provider's self-tests,
+/// key exchanges and signatures that cost many times a PSK handshake.
 #[derive(Clone)]
-struct PskCredentials {
-    table: Arc<PskTable>,
+pub(crate) struct PskCredentials {
+    pub(crate) table: Arc<PskTable>,
     config: Arc<dimpl::Config>,
 }
 
@@ -417,7 +420,7 @@ impl std::fmt::Debug for PskCredentials {
 }
 
 impl PskCredentials {
-    fn new(
+    pub(crate) fn new(
         table: PskTable,
         handshake_timeout: Duration,
         mtu: usize,
@@ -468,6 +471,11 @@ where
         };
         let udp = l.udp();
         let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
+        // Through the same watcher as the TLS listeners' certificates.
+        launch.watch_certificate(
+            &named.key,
+            Arc::new(dtls.reloader(&l.dtls_options, named.name.clone())),
+        );
         let open = open_for(&named, &udp);
         let serve = serve_dtls_listener(
             socket,
@@ -498,9 +506,11 @@ pub async fn serve_dtls_listener<C, F>(
     C: DatagramChannel,
     F: Fn(SocketAddr, Arc<ConnWakeup>, u64, Option<Arc<str>>) -> C + Clone + Send + 'static,
 {
+    let mut dtls = dtls;
     // A record of the largest datagram accepted, and one byte more, so an oversized one
     // is seen as such rather than arriving truncated.
-    let read = listener.max_packet_size.saturating_add(RECORD_OVERHEAD + 1);
+    dtls.max_datagram = listener.max_packet_size.saturating_add(RECORD_OVERHEAD);
+    let read = dtls.max_datagram.saturating_add(1);
     let limits = listener.limits(read, None);
     let handshakes = HandshakeLimits::new(dtls.max_handshakes, dtls.max_handshakes_per_source);
     let demux = DtlsDemux::new(&dtls, handshakes.clone(), Instant::now());
@@ -512,7 +522,13 @@ pub async fn serve_dtls_listener<C, F>(
         .clone()
         .unwrap_or_else(|| Arc::new(CookieJar::new(Instant::now())));
     let seeds = Seeds::default();
-    serve_datagram_listener(
+    broker.add_listener_figures(listener.name.clone(), dtls.metrics.clone());
+    let report = metrics::report(
+        dtls.metrics.clone(),
+        listener.name.clone(),
+        shutdown.clone(),
+    );
+    let serve = serve_datagram_listener(
         socket,
         limits,
         demux,
@@ -522,12 +538,14 @@ pub async fn serve_dtls_listener<C, F>(
         move |peer, wakeup| {
             let seed = seeds.next(peer);
             let open = open.clone();
+            let session_wakeup = wakeup.clone();
             let make: OpenChannel<C> = Box::new(move |identity| open(peer, wakeup, seed, identity));
             DtlsChannel::new(&dtls, &handshakes, peer, make, Instant::now())
                 .with_restarts(restarts.clone())
+                .with_wakeup(session_wakeup)
         },
-    )
-    .await;
+    );
+    tokio::join!(serve, report);
 }
 
 /// What a ClientHello tells before any state exists for its sender.
@@ -759,6 +777,8 @@ pub struct DtlsDemux {
     /// `None` when the listener leaves cookies to each peer's engine.
     cookies: Option<Arc<CookieJar>>,
     limits: Arc<HandshakeLimits>,
+    metrics: Arc<DtlsMetrics>,
+    max_datagram: usize,
 }
 
 impl DtlsDemux {
@@ -768,6 +788,8 @@ impl DtlsDemux {
                 .stateless_cookies
                 .then(|| Arc::new(CookieJar::new(now))),
             limits,
+            metrics: settings.metrics.clone(),
+            max_datagram: settings.max_datagram,
         }
     }
 }
@@ -784,14 +806,27 @@ impl Demux for DtlsDemux {
         datagram
     }
     fn admit(&self, from: SocketAddr, datagram: &Bytes, now: Instant) -> Admission {
+        // Arrived cut short: what it holds is not what was sent, whatever it looks like.
+        if datagram.len() > self.max_datagram {
+            self.metrics.dropped(RecordDrop::Oversized, 1);
+            return Admission::Drop;
+        }
         let gate = match &self.cookies {
             Some(cookies) => cookies.admit(from, datagram, now),
             None if parse_client_hello(datagram).is_some() => Gate::Proven,
             None => Gate::Ignore,
         };
         match gate {
-            Gate::Ignore => Admission::Drop,
-            Gate::Verify(reply) => Admission::Reply(reply),
+            Gate::Ignore => {
+                // Whatever it is, no session takes it: a record of a peer forgotten
+                // counts as garbage as much as bytes that are no record.
+                self.metrics.dropped(RecordDrop::Garbage, 1);
+                Admission::Drop
+            }
+            Gate::Verify(reply) => {
+                self.metrics.cookie_sent();
+                Admission::Reply(reply)
+            }
             Gate::Proven if self.limits.has_room(from.ip()) => Admission::Accept,
             Gate::Proven => Admission::Drop,
         }
@@ -802,26 +837,37 @@ thread_local! {
     /// The identity the shared resolver last resolved on this thread: an engine resolves
     /// within the call that hands it a datagram, so the peer that made the call takes it
     /// from here once the call returns (`resolved_during`).
-    static RESOLVED: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+    static RESOLVED: std::cell::RefCell<Option<NamedKey>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Resolves identities from the listener's table for every peer's engine, leaving the one
-/// that resolved to the peer whose datagram asked (`RESOLVED`); it is the client's once
-/// the handshake's Finished messages prove the key.
+/// Resolves identities from one key table for every peer's engine made while it is
+/// current, leaving the identity the client named, with its secret (none for an unknown
+/// identity), to the peer whose datagram asked (`RESOLVED`): the client's once the
+/// handshake's Finished messages prove the key.
 struct RecordingResolver {
     table: Arc<PskTable>,
 }
 
+struct NamedKey {
+    identity: Vec<u8>,
+    secret: Option<Vec<u8>>,
+}
+
 impl dimpl::PskResolver for RecordingResolver {
     fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
-        let secret = self.table.get(identity)?.to_vec();
-        RESOLVED.with(|resolved| *resolved.borrow_mut() = Some(identity.to_vec()));
-        Some(secret)
+        let secret = self.table.get(identity).map(<[u8]>::to_vec);
+        RESOLVED.with(|resolved| {
+            *resolved.borrow_mut() = Some(NamedKey {
+                identity: identity.to_vec(),
+                secret: secret.clone(),
+            })
+        });
+        secret
     }
 }
 
 /// Runs an engine call, and returns with its result the identity it resolved, if any.
-fn resolved_during<T>(call: impl FnOnce() -> T) -> (T, Option<Vec<u8>>) {
+fn resolved_during<T>(call: impl FnOnce() -> T) -> (T, Option<NamedKey>) {
     RESOLVED.with(|resolved| resolved.borrow_mut().take());
     let result = call();
     (
@@ -840,8 +886,8 @@ pub type OpenChannel<C> = Box<dyn FnOnce(Option<Arc<str>>) -> C + Send>;
 
 /// How a peer's handshake authenticates it.
 enum Mode {
-    /// The identity whose key the engine was given, once it asked.
-    Psk { identity: Option<Vec<u8>> },
+    /// The identity the client named, once the engine asked for its key.
+    Psk { named: Option<NamedKey> },
     Certificate {
         certificate: Arc<ServerCertificate>,
         /// The client's leaf certificate, once sent.
@@ -884,6 +930,16 @@ pub struct DtlsChannel<C> {
     /// Version, random and session id of the ClientHello that made the peer: a late copy
     /// of one of its handshake's ClientHellos is no restart.
     opening: Vec<u8>,
+    /// Wakes the peer's task, so that a reload revoking the session's key closes it at
+    /// once.
+    wakeup: Option<Arc<ConnWakeup>>,
+    /// The key the session was made with, which a reload may revoke.
+    lease: Option<KeyLease>,
+    /// The identity the session was opened under, for the log.
+    identity: Option<Arc<str>>,
+    /// Application data records the engine handed over: what a datagram held and the
+    /// engine did not hand over, it dropped.
+    records_received: u64,
 }
 
 impl<C: DatagramChannel> DtlsChannel<C> {
@@ -916,6 +972,10 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             peer,
             restarts: None,
             opening: Vec::new(),
+            wakeup: None,
+            lease: None,
+            identity: None,
+            records_received: 0,
         }
     }
 
@@ -954,6 +1014,12 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         Flow::Close
     }
 
+    /// Has the peer's task woken through `wakeup` when a reload revokes the session's key.
+    pub fn with_wakeup(mut self, wakeup: Arc<ConnWakeup>) -> DtlsChannel<C> {
+        self.wakeup = Some(wakeup);
+        self
+    }
+
     /// Takes what the engine has to say: records to send, and the plaintext received,
     /// which goes to the channel. Loops until neither side has more.
     fn pump(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
@@ -966,7 +1032,14 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             let mut closed = false;
             loop {
                 match engine.poll_output(&mut self.buf) {
-                    Output::Packet(packet) => out.push(Bytes::copy_from_slice(packet)),
+                    Output::Packet(packet) => {
+                        if matches!(self.phase, Phase::Handshake { .. })
+                            && is_hello_verify_request(packet)
+                        {
+                            self.settings.metrics.cookie_sent();
+                        }
+                        out.push(Bytes::copy_from_slice(packet));
+                    }
                     Output::BufferTooSmall { needed } => self.buf.resize(needed, 0),
                     Output::Timeout(at) => {
                         self.engine_deadline = Some(at);
@@ -983,6 +1056,7 @@ impl<C: DatagramChannel> DtlsChannel<C> {
                         }
                     }
                     Output::ApplicationData(data) => {
+                        self.records_received += 1;
                         received.push(Bytes::copy_from_slice(data));
                     }
                     Output::CloseNotify => closed = true,
@@ -1029,29 +1103,48 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             self.phase = phase;
             return;
         };
+        let metrics = self.settings.metrics.clone();
         let identity = match mode {
-            Some(Mode::Psk { identity }) => {
-                let Some(identity) = identity else {
+            Some(Mode::Psk { named }) => {
+                let Some(NamedKey {
+                    identity,
+                    secret: Some(secret),
+                }) = named
+                else {
                     tracing::warn!("DTLS handshake done without a resolved identity");
+                    metrics.handshake_failed(HandshakeFailure::Credentials);
                     return;
                 };
+                let lease =
+                    self.settings
+                        .credentials
+                        .lease(&identity, &secret, self.wakeup.clone());
+                if lease.revoked() {
+                    tracing::debug!("DTLS handshake done with a key a reload has removed since");
+                    metrics.handshake_failed(HandshakeFailure::Credentials);
+                    return;
+                }
+                self.lease = Some(lease);
                 Some(Arc::from(String::from_utf8_lossy(&identity).as_ref()))
             }
             Some(Mode::Certificate { certificate, peer }) => {
                 match certificate.client_identity(peer.as_deref()) {
                     Ok(identity) => identity,
                     Err(reason) => {
-                        tracing::info!(reason, "DTLS client certificate refused");
+                        tracing::debug!(reason, "DTLS client certificate refused");
+                        metrics.handshake_failed(HandshakeFailure::Credentials);
                         return;
                     }
                 }
             }
             None => return,
         };
+        metrics.handshake_completed();
         match &identity {
             Some(identity) => tracing::info!(identity = %identity, "DTLS session established"),
             None => tracing::info!("DTLS session established without a client identity"),
         }
+        self.identity = identity.clone();
         self.phase = Phase::Open(open(identity));
     }
 
@@ -1075,6 +1168,7 @@ impl<C: DatagramChannel> DtlsChannel<C> {
     /// Ends the session: the channel is closed and told, a close_notify sent when the
     /// session was up.
     fn close(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
+        self.lease = None;
         if let Phase::Open(channel) = &mut self.phase {
             channel.handle_closed(now);
             if let Some(engine) = self.engine.as_mut() {
@@ -1123,25 +1217,28 @@ impl<C: DatagramChannel> DtlsChannel<C> {
     }
 
     fn fail(&mut self, error: &dimpl::Error, out: &mut Vec<Bytes>, now: Instant) -> Flow {
-        if matches!(self.phase, Phase::Handshake { .. }) {
-            tracing::info!(%error, "DTLS handshake failed");
+        if let Phase::Handshake { mode, .. } = &self.phase {
+            let why = failure_of(error, mode.as_ref());
+            self.settings.metrics.handshake_failed(why);
+            // Counted, and summed up in the log once per interval: not a line each.
+            tracing::debug!(%error, ?why, "DTLS handshake failed");
         } else {
             tracing::debug!(%error, "DTLS session failed");
         }
         self.close(out, now)
     }
 
-    /// Keeps the identity whose key the engine was given for this peer's handshake.
-    fn note_resolved(&mut self, resolved: Option<Vec<u8>>) {
+    /// Keeps the identity the client named in this peer's handshake.
+    fn note_resolved(&mut self, resolved: Option<NamedKey>) {
         if let (
             Some(resolved),
             Phase::Handshake {
-                mode: Some(Mode::Psk { identity }),
+                mode: Some(Mode::Psk { named }),
                 ..
             },
         ) = (resolved, &mut self.phase)
         {
-            *identity = Some(resolved);
+            *named = Some(resolved);
         }
     }
 
@@ -1161,6 +1258,93 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             }
         }
     }
+}
+
+/// Why a handshake the engine gave up on failed: the credentials when the client named an
+/// identity the listener does not know, or a key or certificate did not prove what it
+/// claimed (a record that does not decrypt under the key named, a Finished or a
+/// signature that does not verify, a certificate refused on either side).
+fn failure_of(error: &dimpl::Error, mode: Option<&Mode>) -> HandshakeFailure {
+    use dimpl::{CryptoError, CryptoOperation, Error, SecurityError};
+    if let Some(Mode::Psk { named: Some(named) }) = mode {
+        if named.secret.is_none() {
+            return HandshakeFailure::Credentials;
+        }
+    }
+    match error {
+        Error::Timeout(_) => HandshakeFailure::Timeout,
+        Error::CertificateError(_)
+        | Error::PskError(_)
+        | Error::SecurityError(SecurityError::ClientFinishedVerificationFailed)
+        | Error::CryptoError(
+            CryptoError::SignatureVerificationFailed { .. }
+            | CryptoError::OperationFailed(
+                CryptoOperation::Decrypt
+                | CryptoOperation::VerifySignature
+                | CryptoOperation::VerifyData,
+            ),
+        ) => HandshakeFailure::Credentials,
+        Error::SecurityError(SecurityError::FatalAlert { description })
+            if refuses_credentials(*description) =>
+        {
+            HandshakeFailure::Credentials
+        }
+        _ => HandshakeFailure::Malformed,
+    }
+}
+
+/// Alerts a client sends when it refuses what authenticates us, or tells that its key did
+/// not work (RFC 5246 7.2, RFC 4279 2): bad_record_mac, handshake_failure, the
+/// certificate alerts, access_denied, decrypt_error, unknown_psk_identity.
+fn refuses_credentials(description: u8) -> bool {
+    matches!(description, 20 | 40 | 42..=46 | 48 | 49 | 51 | 115)
+}
+
+/// Whether `packet` is a HelloVerifyRequest, in the clear.
+fn is_hello_verify_request(packet: &[u8]) -> bool {
+    packet.first() == Some(&CONTENT_HANDSHAKE)
+        && packet.get(3..5) == Some(&[0, 0][..])
+        && packet.get(RECORD_HEADER_LEN) == Some(&HELLO_VERIFY_REQUEST)
+}
+
+/// How many application data records of a protected epoch `datagram` holds, when it is
+/// nothing but whole DTLS records no longer than `max`; otherwise why it is dropped. What
+/// passes may still be refused by the engine; what fails would be, or would end a session
+/// that a forged source address could end at will.
+fn screen(datagram: &[u8], max: usize) -> Result<u64, RecordDrop> {
+    const CONTENT_TYPES: std::ops::RangeInclusive<u8> = 20..=23;
+    const CONTENT_APPLICATION_DATA: u8 = 23;
+    if datagram.len() > max {
+        return Err(RecordDrop::Oversized);
+    }
+    if datagram.is_empty() {
+        return Err(RecordDrop::Garbage);
+    }
+    let mut rest = datagram;
+    let mut application = 0;
+    while !rest.is_empty() {
+        let header = rest.get(..RECORD_HEADER_LEN).ok_or(RecordDrop::Garbage)?;
+        let (Some(&content), Some(&major), Some(&minor)) =
+            (header.first(), header.get(1), header.get(2))
+        else {
+            return Err(RecordDrop::Garbage);
+        };
+        // DTLS 1.0 (0xfeff) or 1.2 (0xfefd).
+        if !CONTENT_TYPES.contains(&content) || major != 0xfe || !matches!(minor, 0xfd | 0xff) {
+            return Err(RecordDrop::Garbage);
+        }
+        let (Some(&high), Some(&low)) = (header.get(11), header.get(12)) else {
+            return Err(RecordDrop::Garbage);
+        };
+        let length = usize::from(u16::from_be_bytes([high, low]));
+        rest = rest
+            .get(RECORD_HEADER_LEN + length..)
+            .ok_or(RecordDrop::Garbage)?;
+        if content == CONTENT_APPLICATION_DATA && header.get(3..5) != Some(&[0, 0][..]) {
+            application += 1;
+        }
+    }
+    Ok(application)
 }
 
 /// Runs an engine call that a peer's bytes drive, a panic in it taken as the end of that
@@ -1191,17 +1375,65 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             Ok(flow) => flow,
             Err(_) => {
                 tracing::warn!("DTLS session ended by a panic in its engine");
+                if matches!(self.phase, Phase::Handshake { .. }) {
+                    self.settings
+                        .metrics
+                        .handshake_failed(HandshakeFailure::Malformed);
+                }
                 self.engine = None;
+                self.lease = None;
                 self.phase = Phase::Closed;
                 Flow::Close
             }
         }
     }
 
+    /// Closes the session when a reload took its key away since.
+    fn revoked(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Option<Flow> {
+        if !self.lease.as_ref().is_some_and(KeyLease::revoked) {
+            return None;
+        }
+        self.settings.metrics.session_revoked();
+        let identity = self.identity.as_deref().unwrap_or_default();
+        tracing::info!(
+            identity,
+            "DTLS session closed: the key file no longer holds its key"
+        );
+        Some(self.close(out, now))
+    }
+
     fn receive(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
         if matches!(self.phase, Phase::Closed) {
             return Flow::Close;
         }
+        let application = match screen(&datagram, self.settings.max_datagram) {
+            Ok(application) => application,
+            Err(why) => {
+                self.settings.metrics.dropped(why, 1);
+                // A peer whose first datagram it was has nothing to go on.
+                return match self.engine {
+                    Some(_) => Flow::Continue,
+                    None => self.close(out, now),
+                };
+            }
+        };
+        let open = matches!(self.phase, Phase::Open(_));
+        let received = self.records_received;
+        let flow = self.deliver(datagram, out, now);
+        if open {
+            let handed = self.records_received.saturating_sub(received);
+            let dropped = application.saturating_sub(handed);
+            if dropped > 0 {
+                self.settings
+                    .metrics
+                    .dropped(RecordDrop::Undecryptable, dropped);
+            }
+        }
+        flow
+    }
+
+    /// Hands a screened datagram to the engine.
+    fn deliver(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
         if matches!(self.phase, Phase::Open(_)) {
             if let Some(hello) = parse_client_hello(&datagram) {
                 if hello.hello_prefix != self.opening.as_slice() {
@@ -1260,7 +1492,10 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         match &self.phase {
             Phase::Closed => return Flow::Close,
             Phase::Handshake { deadline, .. } if now >= *deadline => {
-                tracing::info!("DTLS handshake timed out");
+                self.settings
+                    .metrics
+                    .handshake_failed(HandshakeFailure::Timeout);
+                tracing::debug!("DTLS handshake timed out");
                 return self.close(out, now);
             }
             _ => {}
@@ -1291,17 +1526,26 @@ impl<C: DatagramChannel> DtlsChannel<C> {
 
 impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
     fn handle_datagram(&mut self, datagram: Bytes, out: &mut Vec<Bytes>, now: Instant) -> Flow {
-        self.contained(|this| this.receive(datagram, out, now))
+        self.contained(|this| match this.revoked(out, now) {
+            Some(flow) => flow,
+            None => this.receive(datagram, out, now),
+        })
     }
 
     fn handle_wakeup(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
-        self.contained(|this| {
-            this.drive_channel(out, now, |channel, plain| channel.handle_wakeup(plain, now))
+        self.contained(|this| match this.revoked(out, now) {
+            Some(flow) => flow,
+            None => {
+                this.drive_channel(out, now, |channel, plain| channel.handle_wakeup(plain, now))
+            }
         })
     }
 
     fn handle_timeout(&mut self, out: &mut Vec<Bytes>, now: Instant) -> Flow {
-        self.contained(|this| this.timeout(out, now))
+        self.contained(|this| match this.revoked(out, now) {
+            Some(flow) => flow,
+            None => this.timeout(out, now),
+        })
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -1331,6 +1575,7 @@ impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
         if let Phase::Open(channel) = &mut self.phase {
             channel.handle_closed(now);
         }
+        self.lease = None;
         self.phase = Phase::Closed;
     }
 
@@ -1354,6 +1599,7 @@ impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launch::Reload;
 
     fn client_hello(record_seq: u8, message_seq: u8, cookie: &[u8]) -> Vec<u8> {
         let mut body = vec![0xfe, 0xfd];
@@ -1601,6 +1847,21 @@ mod tests {
         (packets, connected)
     }
 
+    const KEYS: &str = "dev-1:key-one\ndev-2:key-two\n";
+
+    fn psk_settings(stateless: bool, keys: &str) -> DtlsSettings {
+        DtlsSettings::new(
+            Some(PskTable::parse(keys).unwrap()),
+            None,
+            16,
+            16,
+            Duration::from_secs(10),
+            1200,
+            stateless,
+        )
+        .unwrap()
+    }
+
     struct Run {
         channel: Option<DtlsChannel<Echo>>,
         limits: Arc<HandshakeLimits>,
@@ -1610,36 +1871,69 @@ mod tests {
         flow: Flow,
         /// Records the listener answered itself, before any peer.
         stateless_replies: usize,
+        client: Dtls,
+        now: Instant,
+        /// The peer's wake-up, as the listener gives it.
+        wakeup: Arc<ConnWakeup>,
+    }
+
+    impl Run {
+        /// Sends `data` from the client as one record; what the client received back.
+        fn send(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
+            self.client.send_application_data(data).unwrap();
+            let (packets, _) = poll_client(&mut self.client, &mut Vec::new());
+            self.deliver(packets)
+        }
+
+        /// Hands `datagrams` to the peer, and its answers to the client; the application
+        /// data the client received.
+        fn deliver(&mut self, datagrams: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+            let channel = self.channel.as_mut().expect("a peer");
+            for datagram in datagrams {
+                let mut out = Vec::new();
+                self.flow = channel.handle_datagram(Bytes::from(datagram), &mut out, self.now);
+                for reply in out {
+                    let _ = self.client.handle_packet(&reply);
+                }
+            }
+            let mut received = Vec::new();
+            poll_client(&mut self.client, &mut received);
+            received
+        }
     }
 
     /// A client and a listener's admission and peer, datagrams carried between them
     /// until neither has anything to say; `send` is sent once the client is connected.
     fn handshake(stateless: bool, identity: &str, key: &str, send: &[u8]) -> Run {
-        let now = Instant::now();
-        let settings = DtlsSettings::new(
-            Some(PskTable::parse("dev-1:key-one\ndev-2:key-two\n").unwrap()),
-            None,
-            4,
-            2,
-            Duration::from_secs(10),
-            1200,
-            stateless,
-        )
-        .unwrap();
+        let settings = psk_settings(stateless, KEYS);
         let limits = HandshakeLimits::new(4, 2);
-        let demux = DtlsDemux::new(&settings, limits.clone(), now);
-        let from = addr(5684);
+        handshake_on(&settings, &limits, addr(5684), identity, key, send)
+    }
+
+    /// The same with a listener's settings and limits, from `from`.
+    fn handshake_on(
+        settings: &DtlsSettings,
+        limits: &Arc<HandshakeLimits>,
+        from: SocketAddr,
+        identity: &str,
+        key: &str,
+        send: &[u8],
+    ) -> Run {
+        let now = Instant::now();
+        let demux = DtlsDemux::new(settings, limits.clone(), now);
         let mut run = Run {
             channel: None,
-            limits,
+            limits: limits.clone(),
             closed: Arc::new(Mutex::new(false)),
             connected: false,
             received: Vec::new(),
             flow: Flow::Continue,
             stateless_replies: 0,
+            client: psk_client(identity, key, now),
+            now,
+            wakeup: Arc::new(ConnWakeup::default()),
         };
-        let mut client = psk_client(identity, key, now);
-        let (mut to_server, _) = poll_client(&mut client, &mut run.received);
+        let (mut to_server, _) = poll_client(&mut run.client, &mut run.received);
         let mut sent = false;
         for _ in 0..20 {
             let mut to_client = Vec::new();
@@ -1656,8 +1950,10 @@ mod tests {
                             let closed = run.closed.clone();
                             let open: OpenChannel<Echo> =
                                 Box::new(move |identity| Echo { identity, closed });
-                            run.channel =
-                                Some(DtlsChannel::new(&settings, &run.limits, from, open, now));
+                            run.channel = Some(
+                                DtlsChannel::new(settings, &run.limits, from, open, now)
+                                    .with_wakeup(run.wakeup.clone()),
+                            );
                         }
                     }
                 }
@@ -1668,17 +1964,17 @@ mod tests {
                 }
             }
             for datagram in to_client {
-                if client.handle_packet(&datagram).is_err() {
+                if run.client.handle_packet(&datagram).is_err() {
                     return run;
                 }
             }
-            let (packets, connected) = poll_client(&mut client, &mut run.received);
+            let (packets, connected) = poll_client(&mut run.client, &mut run.received);
             run.connected |= connected;
             to_server = packets;
             if run.connected && !sent {
                 sent = true;
-                client.send_application_data(send).unwrap();
-                to_server.extend(poll_client(&mut client, &mut run.received).0);
+                run.client.send_application_data(send).unwrap();
+                to_server.extend(poll_client(&mut run.client, &mut run.received).0);
             }
             if to_server.is_empty() {
                 break;
@@ -1880,6 +2176,7 @@ mod tests {
         assert!(at <= now + Duration::from_secs(5) + Duration::from_millis(10));
         drop(channel);
         assert_eq!(limits.under_way(), 0);
+        assert_eq!(count(&settings.metrics().handshakes_failed_timeout), 1);
     }
 
     #[test]
@@ -1905,5 +2202,290 @@ mod tests {
             DtlsSettings::new(None, None, 1, 1, Duration::from_secs(5), 1200, true),
             Err(DtlsSetupError::NoCredentials)
         ));
+    }
+
+    fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn credentials(keys: &str) -> Credentials {
+        Credentials::new(
+            Some(PskTable::parse(keys).unwrap()),
+            None,
+            Duration::from_secs(10),
+            1200,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_wrong_key_and_unknown_identity_is_one_credentials_failure() {
+        let settings = psk_settings(false, KEYS);
+        let limits = HandshakeLimits::new(16, 16);
+        for port in 0..5 {
+            let run = handshake_on(
+                &settings,
+                &limits,
+                addr(6000 + port),
+                "dev-1",
+                "key-two",
+                b"x",
+            );
+            assert!(run.received.is_empty());
+        }
+        for port in 0..3 {
+            let run = handshake_on(
+                &settings,
+                &limits,
+                addr(7000 + port),
+                "dev-9",
+                "key-one",
+                b"x",
+            );
+            assert!(run.received.is_empty());
+        }
+        let run = handshake_on(&settings, &limits, addr(8000), "dev-2", "key-two", b"ping");
+        assert_eq!(run.received, vec![b"dev-2|ping".to_vec()]);
+        let metrics = settings.metrics();
+        assert_eq!(count(&metrics.handshakes_failed_credentials), 8);
+        assert_eq!(count(&metrics.handshakes_completed), 1);
+        assert_eq!(count(&metrics.handshakes_failed_timeout), 0);
+        assert_eq!(count(&metrics.handshakes_failed_malformed), 0);
+        // With stateless cookies off, each peer's engine sent one HelloVerifyRequest.
+        assert_eq!(count(&metrics.cookies_sent), 9);
+        assert_eq!(limits.under_way(), 0, "every handshake gave its place back");
+    }
+
+    #[test]
+    fn the_listeners_cookies_and_what_no_session_takes_are_counted() {
+        let now = Instant::now();
+        let mut settings = psk_settings(true, KEYS);
+        settings.max_datagram = 200;
+        let demux = DtlsDemux::new(&settings, HandshakeLimits::new(4, 4), now);
+        for port in 0..3 {
+            let hello = Bytes::from(client_hello(0, 0, &[]));
+            assert!(matches!(
+                demux.admit(addr(port), &hello, now),
+                Admission::Reply(_)
+            ));
+        }
+        for garbage in [&b"\x40\x01\x00\x01"[..], &[0x17, 0xfe, 0xfd, 0, 1], &[]] {
+            let garbage = Bytes::copy_from_slice(garbage);
+            assert_eq!(demux.admit(addr(9), &garbage, now), Admission::Drop);
+        }
+        let oversized = Bytes::from(vec![CONTENT_HANDSHAKE; 201]);
+        assert_eq!(demux.admit(addr(9), &oversized, now), Admission::Drop);
+        // A ClientHello cut short by the read is refused, not answered.
+        let mut long_hello = client_hello(0, 0, &[]);
+        long_hello.resize(201, 0);
+        let long_hello = Bytes::from(long_hello);
+        assert_eq!(demux.admit(addr(9), &long_hello, now), Admission::Drop);
+        let metrics = settings.metrics();
+        assert_eq!(count(&metrics.cookies_sent), 3);
+        assert_eq!(count(&metrics.records_dropped_garbage), 3);
+        assert_eq!(count(&metrics.records_dropped_oversized), 2);
+    }
+
+    #[test]
+    fn only_whole_dtls_records_within_the_size_pass_the_screen() {
+        let hello = client_hello(0, 0, &[]);
+        assert_eq!(screen(&hello, 1000), Ok(0));
+        let mut two = hello.clone();
+        two.extend_from_slice(&hello);
+        assert_eq!(screen(&two, 1000), Ok(0));
+        let application = [23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 0, 2, 9, 9];
+        assert_eq!(screen(&application, 1000), Ok(1));
+        let mut after_hello = hello.clone();
+        after_hello.extend_from_slice(&application);
+        assert_eq!(screen(&after_hello, 1000), Ok(1));
+        // Application data in the clear is not counted as a protected record.
+        let clear = [23, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 9];
+        assert_eq!(screen(&clear, 1000), Ok(0));
+        assert_eq!(screen(&hello, hello.len() - 1), Err(RecordDrop::Oversized));
+        let mut trailing = hello.clone();
+        trailing.push(0);
+        let mut short = hello.clone();
+        short.pop();
+        let mut content = hello.clone();
+        content[0] = 24;
+        let mut version = hello.clone();
+        version[2] = 0xfc;
+        for (name, bad) in [
+            ("empty", Vec::new()),
+            ("a trailing byte", trailing),
+            ("a record short of its length", short),
+            ("an unknown content type", content),
+            ("TLS's version", version),
+            ("a header alone", hello[..12].to_vec()),
+        ] {
+            assert_eq!(screen(&bad, 1000), Err(RecordDrop::Garbage), "{name}");
+        }
+    }
+
+    #[test]
+    fn garbage_oversized_and_forged_records_mid_session_are_dropped_and_the_session_goes_on() {
+        let mut settings = psk_settings(false, KEYS);
+        settings.max_datagram = 300;
+        let limits = HandshakeLimits::new(4, 4);
+        let mut run = handshake_on(&settings, &limits, addr(1), "dev-1", "key-one", b"first");
+        assert_eq!(run.received, vec![b"dev-1|first".to_vec()]);
+        let mut past_end = vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 9, 0, 50];
+        past_end.extend_from_slice(&[0; 20]);
+        for garbage in [
+            Vec::new(),
+            b"\x40\x01\x00\x01".to_vec(),
+            vec![0x17, 0xfe, 0xfd, 0, 1],
+            past_end,
+            vec![0xff; 40],
+        ] {
+            assert!(run.deliver(vec![garbage]).is_empty());
+            assert_eq!(run.flow, Flow::Continue);
+        }
+        assert!(run.deliver(vec![vec![23; 301]]).is_empty());
+        assert_eq!(run.flow, Flow::Continue);
+        // A record of the session whose ciphertext was changed on the way.
+        run.client.send_application_data(b"forged").unwrap();
+        let (mut packets, _) = poll_client(&mut run.client, &mut Vec::new());
+        assert_eq!(packets.len(), 1);
+        if let Some(byte) = packets[0].last_mut() {
+            *byte ^= 0x40;
+        }
+        assert!(run.deliver(packets).is_empty());
+        assert_eq!(run.flow, Flow::Continue);
+        assert_eq!(run.send(b"after"), vec![b"dev-1|after".to_vec()]);
+        let metrics = settings.metrics();
+        assert_eq!(count(&metrics.records_dropped_garbage), 5);
+        assert_eq!(count(&metrics.records_dropped_oversized), 1);
+        assert_eq!(count(&metrics.records_dropped_undecryptable), 1);
+        assert_eq!(count(&metrics.handshakes_completed), 1);
+        assert!(!*run.closed.lock());
+    }
+
+    #[test]
+    fn a_reload_serves_new_keys_and_closes_the_sessions_of_keys_it_removed_or_changed() {
+        let settings = psk_settings(false, KEYS);
+        let limits = HandshakeLimits::new(8, 8);
+        let mut one = handshake_on(&settings, &limits, addr(1), "dev-1", "key-one", b"a");
+        let mut two = handshake_on(&settings, &limits, addr(2), "dev-2", "key-two", b"b");
+        assert_eq!(one.received, vec![b"dev-1|a".to_vec()]);
+        assert_eq!(two.received, vec![b"dev-2|b".to_vec()]);
+        assert_eq!(settings.credentials.leases(), 2);
+
+        // dev-1 removed, dev-2 kept as it was, dev-3 added.
+        let revoked = settings
+            .credentials
+            .replace(credentials("dev-2:key-two\ndev-3:key-three\n"));
+        assert_eq!(revoked, 1);
+        // The idle session's task is woken to close it now.
+        let wakeup = one.wakeup.clone();
+        let mut woken = std::pin::pin!(wakeup.woken());
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(std::future::Future::poll(woken.as_mut(), &mut context).is_ready());
+        let mut out = Vec::new();
+        let channel = one.channel.as_mut().unwrap();
+        assert_eq!(channel.handle_wakeup(&mut out, one.now), Flow::Close);
+        assert!(*one.closed.lock(), "the channel behind it is told");
+        assert_eq!(out.len(), 1, "a close_notify");
+        assert_eq!(two.send(b"still"), vec![b"dev-2|still".to_vec()]);
+        assert_eq!(settings.credentials.leases(), 1);
+
+        // New handshakes: the removed key is refused, the added one served.
+        let refused = handshake_on(&settings, &limits, addr(3), "dev-1", "key-one", b"x");
+        assert!(refused.received.is_empty());
+        let three = handshake_on(&settings, &limits, addr(4), "dev-3", "key-three", b"c");
+        assert_eq!(three.received, vec![b"dev-3|c".to_vec()]);
+
+        // dev-2's key changed: its session is closed at its next datagram too.
+        assert_eq!(
+            settings
+                .credentials
+                .replace(credentials("dev-2:new-two\ndev-3:key-three\n")),
+            1
+        );
+        assert!(two.send(b"late").is_empty());
+        assert_eq!(two.flow, Flow::Close);
+        let metrics = settings.metrics();
+        assert_eq!(count(&metrics.sessions_revoked), 2);
+        assert_eq!(count(&metrics.handshakes_failed_credentials), 1);
+        drop((one, two));
+        assert_eq!(settings.credentials.leases(), 1, "dev-3's");
+    }
+
+    #[test]
+    fn a_reload_during_a_handshake_revokes_the_key_it_was_begun_with() {
+        let cell = CredentialCell::new(credentials(KEYS));
+        let kept = cell.lease(b"dev-1", b"key-one", None);
+        let stale = cell.lease(b"dev-2", b"old-two", None);
+        assert!(!kept.revoked());
+        assert!(stale.revoked(), "its key is not the table's");
+        assert_eq!(cell.leases(), 2);
+        drop((kept, stale));
+        assert_eq!(cell.leases(), 0);
+    }
+
+    #[test]
+    fn a_broken_key_file_keeps_the_keys_in_use_and_says_which_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("dtls-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("psk.txt");
+        std::fs::write(&file, "dev-1:key-one\n").unwrap();
+        let options = gateway_config::DtlsOptions {
+            psk_file: Some(file.clone()),
+            certfile: None,
+            keyfile: None,
+            cacertfile: None,
+            verify: gateway_config::TlsVerify::None,
+        };
+        let settings = DtlsSettings::new(
+            Some(PskTable::load(&file).unwrap()),
+            None,
+            4,
+            4,
+            Duration::from_secs(10),
+            1200,
+            false,
+        )
+        .unwrap();
+        let reloader = settings.reloader(&options, Arc::from("coap:dtls:test"));
+        assert_eq!(Reload::watched_files(&reloader), vec![file.clone()]);
+        let in_use = |identity: &[u8]| {
+            let current = settings.credentials.current();
+            current
+                .psk
+                .as_ref()
+                .and_then(|psk| psk.table.get(identity).map(<[u8]>::to_vec))
+        };
+
+        std::fs::write(&file, "dev-1:key-one\ndev-2 without a secret\n").unwrap();
+        let error = Reload::reload(&reloader).unwrap_err();
+        assert!(error.contains(&file.display().to_string()), "{error}");
+        assert!(error.contains("line 2"), "{error}");
+        assert_eq!(in_use(b"dev-1"), Some(b"key-one".to_vec()));
+
+        std::fs::write(&file, "# no keys left\n").unwrap();
+        assert!(Reload::reload(&reloader).is_err());
+        std::fs::remove_file(&file).unwrap();
+        let error = Reload::reload(&reloader).unwrap_err();
+        assert!(error.contains("cannot read"), "{error}");
+        assert_eq!(in_use(b"dev-1"), Some(b"key-one".to_vec()));
+
+        // A certificate that is not PEM: named, and the keys stay.
+        std::fs::write(&file, "dev-2:key-two\n").unwrap();
+        let cert = dir.join("cert.pem");
+        std::fs::write(&cert, "broken").unwrap();
+        let with_cert = gateway_config::DtlsOptions {
+            certfile: Some(cert.clone()),
+            keyfile: Some(cert.clone()),
+            ..options.clone()
+        };
+        let broken = settings.reloader(&with_cert, Arc::from("coap:dtls:test"));
+        let error = Reload::reload(&broken).unwrap_err();
+        assert!(error.contains(&cert.display().to_string()), "{error}");
+        assert_eq!(in_use(b"dev-2"), None);
+
+        assert_eq!(reloader.reload().unwrap(), 0);
+        assert_eq!(in_use(b"dev-1"), None);
+        assert_eq!(in_use(b"dev-2"), Some(b"key-two".to_vec()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

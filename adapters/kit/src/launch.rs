@@ -104,12 +104,17 @@ impl NamedListener {
     }
 }
 
-/// A certificate configuration in use, TLS or QUIC, that can be read again from its files.
+/// A certificate configuration in use, TLS or QUIC, or a DTLS listener's keys and
+/// certificate, that can be read again from its files.
 pub trait Reload: Send + Sync {
     /// Reads the files again; on error the configuration in use stays.
     fn reload(&self) -> Result<(), String>;
     /// The files the configuration is read from (none for a self-signed one).
     fn watched_files(&self) -> Vec<PathBuf>;
+    /// What is reloaded, as the log names it.
+    fn what(&self) -> &'static str {
+        "TLS certificate"
+    }
 }
 
 impl Reload for TlsAcceptor {

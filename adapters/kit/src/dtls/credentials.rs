@@ -1,0 +1,313 @@
+//! A DTLS listener's credentials, read from its files and replaced whole when they are read
+//! again (on SIGHUP, or when a file changes, as the TLS listeners' certificates are): new
+//! handshakes take the credentials current when they begin; sessions keep the engine they
+//! were made with. A session made with a pre-shared key holds a lease naming its identity
+//! and secret, and a reload after which the listener no longer accepts that pair (the
+//! identity removed, or given another secret) closes the session: a key taken out of the
+//! file is revoked, not merely refused to the next handshake. A session made with a
+//! certificate is not checked again; it lasts until it ends.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dimpl::Dtls;
+use gateway_config::DtlsOptions;
+use mqtt_core::session::Wakeup;
+use parking_lot::{Mutex, RwLock};
+
+use super::{ClientCertificates, DtlsSetupError, PskCredentials, PskTable, ServerCertificate};
+use crate::launch::Reload;
+use crate::ConnWakeup;
+
+/// What a listener authenticates with, as read at one time.
+pub(super) struct Credentials {
+    pub(super) psk: Option<PskCredentials>,
+    pub(super) certificate: Option<Arc<ServerCertificate>>,
+    /// The engine's configuration for certificate handshakes, shared by every peer.
+    pub(super) certificate_config: Option<Arc<dimpl::Config>>,
+}
+
+impl Credentials {
+    /// Pre-shared keys, a server certificate, or both, checked now so that no peer's
+    /// engine can fail on them later.
+    pub(super) fn new(
+        psk: Option<PskTable>,
+        certificate: Option<ServerCertificate>,
+        handshake_timeout: Duration,
+        mtu: usize,
+    ) -> Result<Credentials, DtlsSetupError> {
+        let psk = psk
+            .map(|table| PskCredentials::new(table, handshake_timeout, mtu))
+            .transpose()?;
+        let certificate_config = match &certificate {
+            Some(certificate) => Some(probe_certificate(certificate, handshake_timeout, mtu)?),
+            None => None,
+        };
+        if psk.is_none() && certificate.is_none() {
+            return Err(DtlsSetupError::NoCredentials);
+        }
+        Ok(Credentials {
+            psk,
+            certificate: certificate.map(Arc::new),
+            certificate_config,
+        })
+    }
+
+    /// The credentials `options` names, every file read now; an error names the file at
+    /// fault (and the line, in the key file).
+    pub(super) fn read(
+        options: &DtlsOptions,
+        handshake_timeout: Duration,
+        mtu: usize,
+    ) -> Result<Credentials, DtlsSetupError> {
+        let psk = options
+            .psk_file
+            .as_deref()
+            .map(PskTable::load)
+            .transpose()?;
+        let certificate = match (&options.certfile, &options.keyfile) {
+            (Some(cert), Some(key)) => {
+                let certificate = ServerCertificate::load(
+                    cert,
+                    key,
+                    options.verify,
+                    options.cacertfile.as_deref(),
+                )?;
+                // Probed here rather than in `new`, to say which files hold what the
+                // engine refused.
+                probe_certificate(&certificate, handshake_timeout, mtu).map_err(|error| {
+                    DtlsSetupError::Pair {
+                        cert: cert.display().to_string(),
+                        key: key.display().to_string(),
+                        reason: error.to_string(),
+                    }
+                })?;
+                Some(certificate)
+            }
+            _ => None,
+        };
+        Credentials::new(psk, certificate, handshake_timeout, mtu)
+    }
+}
+
+/// The engine's configuration for certificate handshakes with `certificate`. The engine
+/// reads the key when a peer's engine is made, and panics on one it cannot use (RSA, say):
+/// one is made now, so that no peer's can fail.
+fn probe_certificate(
+    certificate: &ServerCertificate,
+    handshake_timeout: Duration,
+    mtu: usize,
+) -> Result<Arc<dimpl::Config>, DtlsSetupError> {
+    let require = !matches!(certificate.clients, ClientCertificates::Ignored);
+    let config = dimpl::Config::builder()
+        .require_client_certificate(require)
+        .handshake_timeout(handshake_timeout)
+        .mtu(mtu)
+        .build()
+        .map_err(|error| DtlsSetupError::Engine(error.to_string()))?;
+    let config = Arc::new(config);
+    let pair = certificate.certificate.clone();
+    let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut engine = Dtls::new_12(config.clone(), pair, Instant::now());
+        engine.handle_timeout(Instant::now())
+    }));
+    match probe {
+        Ok(Ok(())) => Ok(config),
+        Ok(Err(error)) => Err(DtlsSetupError::Certificate(error.to_string())),
+        Err(_) => Err(DtlsSetupError::Certificate(
+            "the key is not an ECDSA P-256 or P-384 key".into(),
+        )),
+    }
+}
+
+/// The credentials in use, and the sessions made with a key.
+pub(super) struct CredentialCell {
+    current: RwLock<Arc<Credentials>>,
+    sessions: Mutex<HashMap<u64, KeySession>>,
+    next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for CredentialCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.current();
+        f.debug_struct("CredentialCell")
+            .field("psk", &current.psk)
+            .field("certificate", &current.certificate.is_some())
+            .field("key_sessions", &self.sessions.lock().len())
+            .finish()
+    }
+}
+
+/// A session made with a pre-shared key, as a reload checks it.
+struct KeySession {
+    identity: Box<[u8]>,
+    secret: Box<[u8]>,
+    revoked: Arc<AtomicBool>,
+    /// Wakes the session's task, so an idle session closes at the reload, not at its
+    /// next datagram.
+    wakeup: Option<Arc<ConnWakeup>>,
+}
+
+impl CredentialCell {
+    pub(super) fn new(credentials: Credentials) -> Arc<CredentialCell> {
+        Arc::new(CredentialCell {
+            current: RwLock::new(Arc::new(credentials)),
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(0),
+        })
+    }
+
+    pub(super) fn current(&self) -> Arc<Credentials> {
+        self.current.read().clone()
+    }
+
+    /// Puts `credentials` in use and revokes the sessions whose key they no longer hold;
+    /// returns how many.
+    pub(super) fn replace(&self, credentials: Credentials) -> usize {
+        let credentials = Arc::new(credentials);
+        *self.current.write() = credentials.clone();
+        let sessions = self.sessions.lock();
+        let mut revoked = 0;
+        for session in sessions.values() {
+            if !accepts(&credentials, &session.identity, &session.secret)
+                && !session.revoked.swap(true, Ordering::AcqRel)
+            {
+                revoked += 1;
+                if let Some(wakeup) = &session.wakeup {
+                    wakeup.wake();
+                }
+            }
+        }
+        revoked
+    }
+
+    /// Registers a session made with `identity` and `secret`, revoked at once when the
+    /// credentials were replaced during its handshake and hold that key no more.
+    pub(super) fn lease(
+        self: &Arc<Self>,
+        identity: &[u8],
+        secret: &[u8],
+        wakeup: Option<Arc<ConnWakeup>>,
+    ) -> KeyLease {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let revoked = Arc::new(AtomicBool::new(false));
+        let mut sessions = self.sessions.lock();
+        // Checked under the sessions' lock: a replacement either is seen here or sees
+        // this session.
+        if !accepts(&self.current(), identity, secret) {
+            revoked.store(true, Ordering::Release);
+        }
+        sessions.insert(
+            id,
+            KeySession {
+                identity: identity.into(),
+                secret: secret.into(),
+                revoked: revoked.clone(),
+                wakeup,
+            },
+        );
+        KeyLease {
+            cell: self.clone(),
+            id,
+            revoked,
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn leases(&self) -> usize {
+        self.sessions.lock().len()
+    }
+}
+
+fn accepts(credentials: &Credentials, identity: &[u8], secret: &[u8]) -> bool {
+    credentials
+        .psk
+        .as_ref()
+        .and_then(|psk| psk.table.get(identity))
+        .is_some_and(|current| current == secret)
+}
+
+/// A session's place among those a reload checks, given up when dropped.
+pub(super) struct KeyLease {
+    cell: Arc<CredentialCell>,
+    id: u64,
+    revoked: Arc<AtomicBool>,
+}
+
+impl KeyLease {
+    pub(super) fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for KeyLease {
+    fn drop(&mut self) {
+        self.cell.sessions.lock().remove(&self.id);
+    }
+}
+
+/// Reads a DTLS listener's files again; on error the credentials in use stay.
+pub struct DtlsReloader {
+    cell: Arc<CredentialCell>,
+    options: DtlsOptions,
+    handshake_timeout: Duration,
+    mtu: usize,
+    listener: Arc<str>,
+}
+
+impl DtlsReloader {
+    pub(super) fn new(
+        cell: Arc<CredentialCell>,
+        options: DtlsOptions,
+        handshake_timeout: Duration,
+        mtu: usize,
+        listener: Arc<str>,
+    ) -> DtlsReloader {
+        DtlsReloader {
+            cell,
+            options,
+            handshake_timeout,
+            mtu,
+            listener,
+        }
+    }
+
+    /// Reads the files again and puts what they hold in use; returns how many sessions
+    /// that revoked.
+    pub fn reload(&self) -> Result<usize, DtlsSetupError> {
+        let credentials = Credentials::read(&self.options, self.handshake_timeout, self.mtu)?;
+        let revoked = self.cell.replace(credentials);
+        if revoked > 0 {
+            tracing::info!(
+                listener = %self.listener,
+                revoked,
+                "DTLS sessions closing: the key file no longer holds their key"
+            );
+        }
+        Ok(revoked)
+    }
+}
+
+impl Reload for DtlsReloader {
+    fn reload(&self) -> Result<(), String> {
+        DtlsReloader::reload(self)
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    }
+
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let o = &self.options;
+        [&o.psk_file, &o.certfile, &o.keyfile, &o.cacertfile]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    fn what(&self) -> &'static str {
+        "DTLS credentials"
+    }
+}

@@ -3,6 +3,11 @@
 one JSON event per line on stdout. One client context, so every request leaves from the same
 UDP port, as a device's would.
 
+With arguments BASE CA_FILE (e.g. coaps+tcp://127.0.0.1:5684 ca.pem), the server behind BASE
+is trusted through aiocoap's client credentials when its certificate chains to CA_FILE (and
+names the host of BASE), for coaps+tcp and coaps+ws; without, a TLS server must be publicly
+trusted.
+
 Commands (field "cmd"):
   request      method, uri, payload (hex), non (bool)      -> response {code, payload}
   observe      uri                                          -> observing {code, observe}
@@ -26,6 +31,12 @@ def say(event, **fields):
 
 async def main():
     context = await Context.create_client_context()
+    if len(sys.argv) == 3:
+        base, ca_file = sys.argv[1], sys.argv[2]
+        # aiocoap looks the TLS credentials up by "SCHEME://HOSTINFO/*" exactly.
+        context.client_credentials.load_from_dict(
+            {base + "/*": {"tlscert": {"certfile": ca_file}}}
+        )
     notifications = asyncio.Queue()
     observation = None
     reader = None

@@ -2,7 +2,8 @@
 //! default) and `coaps+ws` (`gateway.coap.listeners.wss`, 8684), with certificates made by
 //! openssl at test time. aiocoap's `tlsclient` and `ws` transports, trusting the test CA
 //! through aiocoap's client credentials and checking the server's name, publish and
-//! observe against mosquitto clients; plaintext CoAP on the TLS port and a handshake left
+//! observe against mosquitto clients; libcoap's OpenSSL and GnuTLS clients present client
+//! certificates that name them; plaintext CoAP on the TLS port and a handshake left
 //! unfinished are closed without harming the clients beside them.
 
 #![allow(
@@ -12,10 +13,12 @@
     clippy::indexing_slicing
 )]
 
+use std::process::Command;
 use std::time::Duration;
 
-use interop_tests::certs::TestPki;
+use interop_tests::certs::{Pair, TestPki};
 use interop_tests::coap::publish_and_observe;
+use interop_tests::process::{Line, Proc};
 use interop_tests::tls::{
     is_tls_alert_or_nothing, plaintext_to_tls_port, s_client, stalled_handshake, tls_gateway,
     TlsGateway,
@@ -155,4 +158,114 @@ fn a_tls_handshake_left_unfinished_is_closed_at_the_heartbeat() {
     );
     let log = gw.broker.log_tail();
     assert!(log.contains("TLS handshake timed out"), "{log}");
+}
+
+/// Runs a libcoap client to its end: (exit success, stdout and stderr).
+fn run(mut cmd: Command) -> (bool, String) {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    cmd.stdin(std::process::Stdio::null());
+    let mut proc = Proc::spawn(&name, cmd);
+    let mut out = String::new();
+    loop {
+        match proc.next_line(TIMEOUT) {
+            Line::Line(line) => {
+                out.push_str(&line);
+                out.push('\n');
+            }
+            Line::Eof => break,
+            Line::Timeout => panic!("{name} hung; stderr:\n{}", proc.stderr()),
+        }
+    }
+    let status = proc.wait(TIMEOUT);
+    out.push_str(&proc.stderr());
+    (status.is_some_and(|s| s.success()), out)
+}
+
+/// libcoap's OpenSSL and GnuTLS clients over `coaps+tcp` with client certificates
+/// (`verify = "required"`, `peer_cert_as_username` and `peer_cert_as_clientid` = "cn"): the
+/// certificate's name is the user the ACL's `%u` sees and the one client id a request may
+/// name; a client without a certificate, or with another CA's, gets no session.
+#[test]
+fn libcoap_clients_with_certificates_are_named_by_them() {
+    let pki = TestPki::new();
+    let ca = pki.ca();
+    let acl = pki.dir().join("acl");
+    std::fs::write(
+        &acl,
+        "allow all publish devices/%u/#\nallow all subscribe #\ndeny all all #\n",
+    )
+    .unwrap();
+    let Some(gw) = tls_gateway(
+        SSL,
+        "SSL_OPTIONS",
+        pki,
+        &[
+            ("SSL_OPTIONS__VERIFY", "required".into()),
+            ("SSL_OPTIONS__CACERTFILE", ca.display().to_string()),
+            ("SSL_OPTIONS__PEER_CERT_AS_USERNAME", "cn".into()),
+            ("SSL_OPTIONS__PEER_CERT_AS_CLIENTID", "cn".into()),
+        ],
+        vec![Setting::new(
+            "GATEWAY_AUTH__ACL_FILE",
+            acl.display().to_string(),
+        )],
+    ) else {
+        return;
+    };
+    let mut sub = MosquittoSub::start(&gw.broker, Version::V5, &["devices/#"], 1, &[]);
+    let device = gw.pki.client("device-1", "ca");
+    let rogue = gw.pki.client("device-1", "rogue-ca");
+    let post = |client: &str, pair: Option<&Pair>, path: &str, payload: &str| {
+        let mut cmd = Command::new(client);
+        cmd.args(["-m", "post", "-e", payload]);
+        if let Some(pair) = pair {
+            cmd.arg("-c").arg(&pair.cert).arg("-j").arg(&pair.key);
+        }
+        // The gateway's certificate is checked against the CA too.
+        cmd.arg("-C").arg(&ca);
+        cmd.arg(format!(
+            "coaps+tcp://{}:{}{path}",
+            gw.broker.host, gw.tls_port
+        ));
+        run(cmd)
+    };
+    for client in ["coap-client-openssl", "coap-client-gnutls"] {
+        let payload = format!("{client} as device-1");
+        // The query's user name is not the one that counts.
+        let (ok, out) = post(
+            client,
+            Some(&device),
+            "/ps/devices/device-1/state?username=device-2",
+            &payload,
+        );
+        assert!(ok, "{client}: {out}");
+        let msg = sub.recv(TIMEOUT);
+        assert_eq!(
+            (msg.topic.as_str(), msg.payload.as_slice()),
+            ("devices/device-1/state", payload.as_bytes()),
+            "{client}"
+        );
+        let (_, out) = post(
+            client,
+            Some(&device),
+            "/ps/devices/device-2/state?username=device-2",
+            "not mine",
+        );
+        assert!(out.contains("4.01"), "{client}: {out}");
+        let (_, out) = post(
+            client,
+            Some(&device),
+            "/ps/devices/device-1/state?clientid=device-2",
+            "another client id",
+        );
+        assert!(out.contains("4.03"), "{client}: {out}");
+        for (pair, what) in [(None, "no certificate"), (Some(&rogue), "another CA's")] {
+            let (_, out) = post(client, pair, "/ps/devices/device-1/state", what);
+            assert!(!out.contains("2.04"), "{client} with {what}: {out}");
+        }
+        assert!(
+            sub.try_recv(Duration::from_millis(300)).is_none(),
+            "{client}: nothing else was routed"
+        );
+    }
 }

@@ -101,7 +101,7 @@ async def main():
             else:
                 say("error", error="unknown command " + op)
         except Exception as error:
-            say("error", error=repr(error))
+            say("error", error=repr(error), cause=repr(error.__cause__))
     await context.shutdown()
 
 

@@ -135,7 +135,7 @@ impl AiocoapClient {
     }
 
     /// Sends a confirmable `method` that the client cannot complete (no response comes);
-    /// returns the client's reason.
+    /// returns the client's reason and what caused it.
     pub fn request_error(&mut self, method: &str, path_and_query: &str, payload: &[u8]) -> String {
         let event = self.run(
             json!({
@@ -146,7 +146,11 @@ impl AiocoapClient {
             }),
             "error",
         );
-        event["error"].as_str().unwrap_or_default().to_owned()
+        format!(
+            "{} caused by {}",
+            event["error"].as_str().unwrap_or_default(),
+            event["cause"].as_str().unwrap_or_default()
+        )
     }
 
     /// Registers an observation; returns the response code.

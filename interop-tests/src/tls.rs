@@ -98,6 +98,21 @@ pub fn verified_within(host: &str, port: u16, ca: &Path, within: Duration) -> bo
     false
 }
 
+/// True once the gateway's log holds `line`, waiting for it up to [`TIMEOUT`]: a connection
+/// is closed as its handshake is given up, a moment before the log line says why.
+pub fn logs_within(broker: &Broker, line: &str) -> bool {
+    let until = Instant::now() + TIMEOUT;
+    loop {
+        if broker.log_tail().contains(line) {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends `plaintext` to a TLS port as a client of the protocol would without TLS, and
 /// returns everything the server sent back until it closed the connection (a TLS alert
 /// at most). Panics when the connection is still open after [`TIMEOUT`].

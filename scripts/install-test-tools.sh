@@ -9,7 +9,9 @@
 #   - aioquic, the QUIC implementation under the MQTT over QUIC test client (PyPI, pinned below),
 #   - libcoap's coap-client (Debian libcoap3-bin: coap-client-notls, and coap-client-openssl
 #     and coap-client-gnutls for CoAP over DTLS) and aiocoap (PyPI, pinned below) with
-#     websockets (PyPI, pinned below) for its CoAP over WebSocket transport,
+#     websockets (PyPI, pinned below) for its CoAP over WebSocket transport, and DTLSSocket
+#     (PyPI, pinned below), the tinydtls binding under its CoAP over DTLS transport, built
+#     from source (with autoconf, automake and a C compiler from Debian),
 #   - cbor2, the CBOR encoder of the LwM2M Send test's SenML (PyPI, pinned below),
 #   - the STOMP client stomp.py (PyPI, pinned below),
 #   - MQTT.js, @stomp/stompjs, ws and the LwM2M client libraries lwm2m-node-lib and
@@ -24,6 +26,12 @@ MQTTSN_VERSION=1.0.9
 AIOQUIC_VERSION=1.7.2
 AIOCOAP_VERSION=0.4.17
 WEBSOCKETS_VERSION=15.0.1
+# aiocoap asks for DTLSSocket >= 0.1.18; 0.2.3 is the one its DTLS tests run with. It is
+# published as source only: these pin what pip builds it with.
+DTLSSOCKET_VERSION=0.2.3
+CYTHON_VERSION=3.2.4
+SETUPTOOLS_VERSION=80.9.0
+WHEEL_VERSION=0.45.1
 STOMP_PY_VERSION=9.0.0
 CBOR2_VERSION=5.6.5
 
@@ -86,6 +94,30 @@ pip_pinned aiocoap "$AIOCOAP_VERSION"
 pip_pinned websockets "$WEBSOCKETS_VERSION"
 pip_pinned stomp-py "$STOMP_PY_VERSION"
 pip_pinned cbor2 "$CBOR2_VERSION"
+
+# DTLSSocket's build runs autoreconf and configure on the tinydtls sources it bundles and
+# compiles a Cython extension against the Python headers. Cython, setuptools and wheel are
+# installed by pip into the build's own environment, held to the pins by a constraints
+# file (pip applies PIP_CONSTRAINT there too).
+if [[ "$(installed_version DTLSSocket)" != "$DTLSSOCKET_VERSION" ]]; then
+    build_deps=()
+    for pkg in autoconf automake gcc libc6-dev; do
+        installed "$pkg" || build_deps+=("$pkg")
+    done
+    # A Debian Python's headers are in python3-dev; other builds ship their own.
+    "$python" -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' ||
+        build_deps+=(python3-dev)
+    if ((${#build_deps[@]} > 0)); then
+        quietly apt-get update
+        quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y "${build_deps[@]}"
+    fi
+    constraints=$(mktemp)
+    printf 'Cython==%s\nsetuptools==%s\nwheel==%s\n' \
+        "$CYTHON_VERSION" "$SETUPTOOLS_VERSION" "$WHEEL_VERSION" >"$constraints"
+    PIP_CONSTRAINT=$constraints pip_pinned DTLSSocket "$DTLSSOCKET_VERSION"
+    rm -f "$constraints"
+fi
+"$python" -c 'from DTLSSocket import dtls' 2>/dev/null || fail "DTLSSocket is installed but its tinydtls extension does not load in $python"
 
 # --- MQTT.js, @stomp/stompjs and lwm2m-node-lib ------------------------------------
 # npm ci wipes and rebuilds node_modules, so it runs only when the lock file changed

@@ -33,6 +33,10 @@ pub enum BenchError {
     Task(String),
     #[error("latency histogram: {0}")]
     Histogram(#[from] hdrhistogram::CreationError),
+    #[error("DTLS: {0}")]
+    Dtls(String),
+    #[error("CoAP: {0}")]
+    Coap(String),
     #[error("no {what} within {after:?}")]
     Timeout { what: &'static str, after: Duration },
 }

@@ -6,6 +6,7 @@
 //! which is how loss, duplication and reordering are counted exactly.
 
 pub mod client;
+pub mod coap;
 pub mod conn;
 pub mod error;
 pub mod payload;

@@ -3,13 +3,16 @@
 one JSON event per line on stdout. One client context, so every request leaves from the same
 UDP port, as a device's would.
 
-With arguments BASE CA_FILE (e.g. coaps+tcp://127.0.0.1:5684 ca.pem), the server behind BASE
-is trusted through aiocoap's client credentials when its certificate chains to CA_FILE (and
-names the host of BASE), for coaps+tcp and coaps+ws; without, a TLS server must be publicly
-trusted.
+Usage: coap_client.py [--psk IDENTITY KEY | --ca BASE CA_FILE]. With a pre-shared key,
+`coaps://` requests go over DTLS 1.2 (aiocoap's tinydtls transport, on DTLSSocket) with that
+key, which must load. With --ca (e.g. --ca coaps+tcp://127.0.0.1:5684 ca.pem), the server
+behind BASE is trusted through aiocoap's client credentials when its certificate chains to
+CA_FILE and names the host of BASE, for coaps+tcp and coaps+ws; without, a TLS server must
+be publicly trusted.
 
 Commands (field "cmd"):
-  request      method, uri, payload (hex), non (bool)      -> response {code, payload}
+  request      method, uri, payload (hex), non (bool),
+               timeout (s, default 20)                     -> response {code, payload}
   observe      uri                                          -> observing {code, observe}
   notification timeout (s)                                  -> notification {payload, observe,
                                                                mtype} or timeout
@@ -31,8 +34,17 @@ def say(event, **fields):
 
 async def main():
     context = await Context.create_client_context()
-    if len(sys.argv) == 3:
-        base, ca_file = sys.argv[1], sys.argv[2]
+    if sys.argv[1:2] == ["--psk"]:
+        # aiocoap looks the transport up lazily: a missing DTLSSocket would otherwise
+        # show only as a failed request.
+        from DTLSSocket import dtls  # noqa: F401
+
+        identity, key = sys.argv[2:4]
+        context.client_credentials.load_from_dict(
+            {"coaps://*": {"dtls": {"psk": key.encode(), "client-identity": identity.encode()}}}
+        )
+    elif sys.argv[1:2] == ["--ca"]:
+        base, ca_file = sys.argv[2:4]
         # aiocoap looks the TLS credentials up by "SCHEME://HOSTINFO/*" exactly.
         context.client_credentials.load_from_dict(
             {base + "/*": {"tlscert": {"certfile": ca_file}}}
@@ -56,7 +68,9 @@ async def main():
                     payload=bytes.fromhex(command.get("payload", "")),
                     mtype=NON if command.get("non") else CON,
                 )
-                response = await asyncio.wait_for(context.request(message).response, 20)
+                response = await asyncio.wait_for(
+                    context.request(message).response, command.get("timeout", 20)
+                )
                 say("response", code=response.code.dotted, payload=response.payload.hex())
             elif op == "observe":
                 request = context.request(Message(code=GET, uri=command["uri"], observe=0))

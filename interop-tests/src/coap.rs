@@ -1,5 +1,6 @@
 //! CoAP clients nobody here wrote: aiocoap from PyPI, driven through `py/coap_client.py`
-//! (one JSON command per line, one JSON event per answer), and libcoap's `coap-client`
+//! (one JSON command per line, one JSON event per answer; over UDP, TCP, WebSocket, TLS
+//! under either, and DTLS on its tinydtls transport), and libcoap's `coap-client`
 //! (Debian libcoap3-bin, the build without DTLS) run once per request.
 
 use std::path::{Path, PathBuf};
@@ -51,23 +52,29 @@ impl AiocoapClient {
     /// A client whose requests go to `base` (`coap://host:port`, `coap+tcp://host:port`,
     /// `coap+ws://host:port`) rather than to the broker's UDP port.
     pub fn spawn_to(base: String) -> AiocoapClient {
-        AiocoapClient::spawn_with(base, None)
+        AiocoapClient::spawn_with(base, &[])
+    }
+
+    /// A client whose requests go to `base` (`coaps://host:port`) over DTLS 1.2 with the
+    /// pre-shared key `key` of `identity`, on aiocoap's tinydtls transport.
+    pub fn spawn_dtls(base: String, identity: &str, key: &str) -> AiocoapClient {
+        AiocoapClient::spawn_with(base, &["--psk", identity, key])
     }
 
     /// A client whose requests go to `base` over TLS (`coaps+tcp://host:port`,
     /// `coaps+ws://host:port`), trusting the server whose certificate `ca` signed for the
     /// host of `base` (aiocoap checks the name).
     pub fn spawn_trusting(base: String, ca: &Path) -> AiocoapClient {
-        AiocoapClient::spawn_with(base, Some(ca))
+        let ca = ca.to_string_lossy();
+        let trust = base.clone();
+        AiocoapClient::spawn_with(base, &["--ca", &trust, &ca])
     }
 
-    fn spawn_with(base: String, ca: Option<&Path>) -> AiocoapClient {
+    fn spawn_with(base: String, args: &[&str]) -> AiocoapClient {
         let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut cmd = Command::new(python);
         cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/coap_client.py"));
-        if let Some(ca) = ca {
-            cmd.arg(&base).arg(ca);
-        }
+        cmd.args(args);
         // The transport the URI names, explicitly: a missing one (websockets not installed)
         // fails the test instead of going unnoticed.
         if base.starts_with("coap+tcp:") {
@@ -76,6 +83,8 @@ impl AiocoapClient {
             cmd.env("AIOCOAP_CLIENT_TRANSPORT", "tlsclient");
         } else if base.starts_with("coap+ws:") || base.starts_with("coaps+ws:") {
             cmd.env("AIOCOAP_CLIENT_TRANSPORT", "ws");
+        } else if base.starts_with("coaps:") {
+            cmd.env("AIOCOAP_CLIENT_TRANSPORT", "tinydtls");
         }
         let mut client = AiocoapClient {
             proc: Proc::spawn("aiocoap client", cmd),
@@ -151,6 +160,41 @@ impl AiocoapClient {
             event["error"].as_str().unwrap_or_default(),
             event["cause"].as_str().unwrap_or_default()
         )
+    }
+
+    /// A confirmable `request` whose client gives up after `timeout`: for a request that
+    /// may go unanswered. The response, or None when the client gave up or failed.
+    pub fn request_within(
+        &mut self,
+        method: &str,
+        path_and_query: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Option<CoapResponse> {
+        self.proc.send_line(
+            &json!({
+                "cmd": "request",
+                "method": method,
+                "uri": format!("{}{path_and_query}", self.base),
+                "payload": to_hex(payload),
+                "timeout": timeout.as_secs_f64(),
+            })
+            .to_string(),
+        );
+        match self.proc.next_line(timeout + COMMAND_TIMEOUT) {
+            Line::Line(line) => {
+                let event: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("aiocoap client printed {line:?}: {e}"));
+                (event["event"] == "response").then(|| CoapResponse {
+                    code: event["code"].as_str().unwrap_or_default().to_owned(),
+                    payload: from_hex(event["payload"].as_str().unwrap_or_default()),
+                })
+            }
+            other => panic!(
+                "aiocoap client: no answer ({other:?}); stderr:\n{}",
+                self.proc.stderr()
+            ),
+        }
     }
 
     /// Registers an observation; returns the response code.

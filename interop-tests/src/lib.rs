@@ -13,6 +13,7 @@ pub mod carried;
 pub mod certs;
 pub mod clients;
 pub mod coap;
+pub mod dtls;
 pub mod mosquitto;
 pub mod mqttsn;
 pub mod process;

@@ -243,7 +243,7 @@ impl ServerCertificate {
 /// A DTLS listener's credentials and limits.
 #[derive(Clone)]
 pub struct DtlsSettings {
-    psk: Option<Arc<PskTable>>,
+    psk: Option<PskCredentials>,
     certificate: Option<Arc<ServerCertificate>>,
     /// Handshakes under way at once on the listener.
     pub max_handshakes: usize,
@@ -286,15 +286,9 @@ impl DtlsSettings {
         mtu: usize,
         stateless_cookies: bool,
     ) -> Result<DtlsSettings, DtlsSetupError> {
-        let psk = psk.map(Arc::new);
-        if let Some(table) = &psk {
-            let resolver = Arc::new(RecordingResolver {
-                table: table.clone(),
-                resolved: Mutex::new(None),
-            });
-            // Checked once here, so that a peer's own cannot fail.
-            psk_config(resolver, handshake_timeout, mtu)?;
-        }
+        let psk = psk
+            .map(|table| PskCredentials::new(table, handshake_timeout, mtu))
+            .transpose()?;
         let certificate_config = match &certificate {
             Some(certificate) => {
                 let require = !matches!(certificate.clients, ClientCertificates::Ignored);
@@ -391,14 +385,10 @@ impl DtlsSettings {
                 .any(|suite| suite == PSK_AES128_CCM_8)
         });
         match (&self.psk, &self.certificate, &self.certificate_config) {
-            (Some(table), _, _) if offers_psk || self.certificate.is_none() => {
-                let resolver = Arc::new(RecordingResolver {
-                    table: table.clone(),
-                    resolved: Mutex::new(None),
-                });
-                let config = psk_config(resolver.clone(), self.handshake_timeout, self.mtu)?;
-                Ok((Dtls::new_12_psk(Arc::new(config), now), Mode::Psk(resolver)))
-            }
+            (Some(psk), _, _) if offers_psk || self.certificate.is_none() => Ok((
+                Dtls::new_12_psk(psk.config.clone(), now),
+                Mode::Psk { identity: None },
+            )),
             (_, Some(certificate), Some(config)) => Ok((
                 Dtls::new_12(config.clone(), certificate.certificate.clone(), now),
                 Mode::Certificate {
@@ -411,17 +401,44 @@ impl DtlsSettings {
     }
 }
 
-fn psk_config(
-    resolver: Arc<RecordingResolver>,
-    handshake_timeout: Duration,
-    mtu: usize,
-) -> Result<dimpl::Config, DtlsSetupError> {
-    dimpl::Config::builder()
-        .with_psk_server(None, resolver)
-        .handshake_timeout(handshake_timeout)
-        .mtu(mtu)
-        .build()
-        .map_err(|error| DtlsSetupError::Engine(error.to_string()))
+/// A listener's pre-shared keys and the engine configuration that resolves them, made
+/// once: making a configuration runs the crypto provider's self-tests, key exchanges and
+/// signatures that cost many times a PSK handshake.
+#[derive(Clone)]
+struct PskCredentials {
+    table: Arc<PskTable>,
+    config: Arc<dimpl::Config>,
+}
+
+impl std::fmt::Debug for PskCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.table.fmt(f)
+    }
+}
+
+impl PskCredentials {
+    fn new(
+        table: PskTable,
+        handshake_timeout: Duration,
+        mtu: usize,
+    ) -> Result<PskCredentials, DtlsSetupError> {
+        let table = Arc::new(table);
+        let config = dimpl::Config::builder()
+            .with_psk_server(
+                None,
+                Arc::new(RecordingResolver {
+                    table: table.clone(),
+                }),
+            )
+            .handshake_timeout(handshake_timeout)
+            .mtu(mtu)
+            .build()
+            .map_err(|error| DtlsSetupError::Engine(error.to_string()))?;
+        Ok(PskCredentials {
+            table,
+            config: Arc::new(config),
+        })
+    }
 }
 
 /// Starts the enabled DTLS listeners of one kind (a gateway's `listeners.dtls` tables),
@@ -487,6 +504,13 @@ pub async fn serve_dtls_listener<C, F>(
     let limits = listener.limits(read, None);
     let handshakes = HandshakeLimits::new(dtls.max_handshakes, dtls.max_handshakes_per_source);
     let demux = DtlsDemux::new(&dtls, handshakes.clone(), Instant::now());
+    // A client that restarts on an open session's address is asked for the listener's
+    // cookie, which then admits its next ClientHello (a jar of its own for the restarts,
+    // when the listener leaves cookies to the engines and admits any ClientHello).
+    let restarts = demux
+        .cookies
+        .clone()
+        .unwrap_or_else(|| Arc::new(CookieJar::new(Instant::now())));
     let seeds = Seeds::default();
     serve_datagram_listener(
         socket,
@@ -500,6 +524,7 @@ pub async fn serve_dtls_listener<C, F>(
             let open = open.clone();
             let make: OpenChannel<C> = Box::new(move |identity| open(peer, wakeup, seed, identity));
             DtlsChannel::new(&dtls, &handshakes, peer, make, Instant::now())
+                .with_restarts(restarts.clone())
         },
     )
     .await;
@@ -616,8 +641,13 @@ impl CookieJar {
         if self.valid(from, &hello, now) {
             return Gate::Proven;
         }
+        Gate::Verify(self.verify_request(from, &hello, now))
+    }
+
+    /// The HelloVerifyRequest that answers `hello` from `from`, with its cookie.
+    fn verify_request(&self, from: SocketAddr, hello: &ClientHello<'_>, now: Instant) -> Bytes {
         let cookie = self.cookie(self.window(now), from, hello.hello_prefix);
-        Gate::Verify(hello_verify_request(hello.record_sequence, &cookie))
+        hello_verify_request(hello.record_sequence, &cookie)
     }
 }
 
@@ -727,14 +757,16 @@ impl Drop for HandshakeSlot {
 /// the listener and its source, makes a peer.
 pub struct DtlsDemux {
     /// `None` when the listener leaves cookies to each peer's engine.
-    cookies: Option<CookieJar>,
+    cookies: Option<Arc<CookieJar>>,
     limits: Arc<HandshakeLimits>,
 }
 
 impl DtlsDemux {
     pub fn new(settings: &DtlsSettings, limits: Arc<HandshakeLimits>, now: Instant) -> DtlsDemux {
         DtlsDemux {
-            cookies: settings.stateless_cookies.then(|| CookieJar::new(now)),
+            cookies: settings
+                .stateless_cookies
+                .then(|| Arc::new(CookieJar::new(now))),
             limits,
         }
     }
@@ -766,19 +798,36 @@ impl Demux for DtlsDemux {
     }
 }
 
-/// Resolves identities from the listener's table and remembers the one that resolved,
-/// which is the client's once the handshake's Finished messages prove the key.
+thread_local! {
+    /// The identity the shared resolver last resolved on this thread: an engine resolves
+    /// within the call that hands it a datagram, so the peer that made the call takes it
+    /// from here once the call returns (`resolved_during`).
+    static RESOLVED: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Resolves identities from the listener's table for every peer's engine, leaving the one
+/// that resolved to the peer whose datagram asked (`RESOLVED`); it is the client's once
+/// the handshake's Finished messages prove the key.
 struct RecordingResolver {
     table: Arc<PskTable>,
-    resolved: Mutex<Option<Vec<u8>>>,
 }
 
 impl dimpl::PskResolver for RecordingResolver {
     fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
         let secret = self.table.get(identity)?.to_vec();
-        *self.resolved.lock() = Some(identity.to_vec());
+        RESOLVED.with(|resolved| *resolved.borrow_mut() = Some(identity.to_vec()));
         Some(secret)
     }
+}
+
+/// Runs an engine call, and returns with its result the identity it resolved, if any.
+fn resolved_during<T>(call: impl FnOnce() -> T) -> (T, Option<Vec<u8>>) {
+    RESOLVED.with(|resolved| resolved.borrow_mut().take());
+    let result = call();
+    (
+        result,
+        RESOLVED.with(|resolved| resolved.borrow_mut().take()),
+    )
 }
 
 impl std::panic::UnwindSafe for RecordingResolver {}
@@ -791,7 +840,8 @@ pub type OpenChannel<C> = Box<dyn FnOnce(Option<Arc<str>>) -> C + Send>;
 
 /// How a peer's handshake authenticates it.
 enum Mode {
-    Psk(Arc<RecordingResolver>),
+    /// The identity whose key the engine was given, once it asked.
+    Psk { identity: Option<Vec<u8>> },
     Certificate {
         certificate: Arc<ServerCertificate>,
         /// The client's leaf certificate, once sent.
@@ -822,11 +872,18 @@ pub struct DtlsChannel<C> {
     /// The engine's next retransmission or timer.
     engine_deadline: Option<Instant>,
     /// Whether the engine has yet to see the datagram that made the peer, a ClientHello
-    /// that returned the listener's cookie.
+    /// that returned a cookie: the listener's, or the one a client that restarted on an
+    /// open session was asked for.
     first: bool,
     /// Whether the listener proved the peer's address before it made the peer.
     proven: bool,
     buf: Vec<u8>,
+    peer: SocketAddr,
+    /// The cookies that a ClientHello on the open session must return to end it.
+    restarts: Option<Arc<CookieJar>>,
+    /// Version, random and session id of the ClientHello that made the peer: a late copy
+    /// of one of its handshake's ClientHellos is no restart.
+    opening: Vec<u8>,
 }
 
 impl<C: DatagramChannel> DtlsChannel<C> {
@@ -856,7 +913,45 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             first: settings.stateless_cookies,
             proven: settings.stateless_cookies,
             buf: vec![0; settings.mtu.max(2048)],
+            peer,
+            restarts: None,
+            opening: Vec::new(),
         }
+    }
+
+    /// Lets a client that lost its session start a new one from the same address (see
+    /// [`DtlsChannel::restarted`]), proving it receives there with a cookie of `jar`, the
+    /// listener's. Without it such a ClientHello goes to the session, which ignores it.
+    pub fn with_restarts(mut self, jar: Arc<CookieJar>) -> DtlsChannel<C> {
+        self.restarts = Some(jar);
+        self
+    }
+
+    /// RFC 6347 4.2.8: a ClientHello on an open session comes from a client that lost it,
+    /// typically a device restarted on the same port, whose records the session would
+    /// ignore until it expires. It is answered with a HelloVerifyRequest, keeping nothing;
+    /// only a ClientHello returning the cookie, which proves its sender receives at this
+    /// address, ends the session (a forged one cannot). That ClientHello is not answered:
+    /// the client sends it again, and the listener admits it by the same cookie as a new
+    /// peer, whose handshake starts as any other.
+    fn restarted(
+        &mut self,
+        hello: &ClientHello<'_>,
+        jar: &CookieJar,
+        out: &mut Vec<Bytes>,
+        now: Instant,
+    ) -> Flow {
+        if !jar.valid(self.peer, hello, now) {
+            out.push(jar.verify_request(self.peer, hello, now));
+            return Flow::Continue;
+        }
+        tracing::info!("DTLS client started a new session: the open one ends");
+        // No close_notify: the client has no keys left to read it with.
+        if let Phase::Open(channel) = &mut self.phase {
+            channel.handle_closed(now);
+        }
+        self.phase = Phase::Closed;
+        Flow::Close
     }
 
     /// Takes what the engine has to say: records to send, and the plaintext received,
@@ -935,8 +1030,8 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             return;
         };
         let identity = match mode {
-            Some(Mode::Psk(resolver)) => {
-                let Some(identity) = resolver.resolved.lock().take() else {
+            Some(Mode::Psk { identity }) => {
+                let Some(identity) = identity else {
                     tracing::warn!("DTLS handshake done without a resolved identity");
                     return;
                 };
@@ -1036,6 +1131,20 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         self.close(out, now)
     }
 
+    /// Keeps the identity whose key the engine was given for this peer's handshake.
+    fn note_resolved(&mut self, resolved: Option<Vec<u8>>) {
+        if let (
+            Some(resolved),
+            Phase::Handshake {
+                mode: Some(Mode::Psk { identity }),
+                ..
+            },
+        ) = (resolved, &mut self.phase)
+        {
+            *identity = Some(resolved);
+        }
+    }
+
     /// Makes the engine for the ClientHello that made the peer.
     fn start(&mut self, hello: &[u8], now: Instant) -> bool {
         match self.settings.engine(hello, now) {
@@ -1093,18 +1202,38 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         if matches!(self.phase, Phase::Closed) {
             return Flow::Close;
         }
-        if self.engine.is_none() && !self.start(&datagram, now) {
-            return self.close(out, now);
+        if matches!(self.phase, Phase::Open(_)) {
+            if let Some(hello) = parse_client_hello(&datagram) {
+                if hello.hello_prefix != self.opening.as_slice() {
+                    if let Some(jar) = self.restarts.clone() {
+                        return self.restarted(&hello, &jar, out, now);
+                    }
+                }
+            }
+        }
+        if self.engine.is_none() {
+            if let Some(hello) = parse_client_hello(&datagram) {
+                self.opening = hello.hello_prefix.to_vec();
+                // Its sender's second ClientHello: the engine takes it only after a first.
+                self.first |= !hello.cookie.is_empty();
+            }
+            if !self.start(&datagram, now) {
+                return self.close(out, now);
+            }
         }
         let Some(engine) = self.engine.as_mut() else {
             return self.close(out, now);
         };
         if std::mem::take(&mut self.first) {
             let first = as_first_hello(&datagram);
-            if let Err(error) = guarded(|| {
-                engine.handle_timeout(now)?;
-                engine.handle_packet(&first)
-            }) {
+            let (result, resolved) = resolved_during(|| {
+                guarded(|| {
+                    engine.handle_timeout(now)?;
+                    engine.handle_packet(&first)
+                })
+            });
+            self.note_resolved(resolved);
+            if let Err(error) = result {
                 return self.fail(&error, out, now);
             }
             let mut dropped = Vec::new();
@@ -1113,11 +1242,15 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         let Some(engine) = self.engine.as_mut() else {
             return self.close(out, now);
         };
-        if let Err(error) = guarded(|| {
-            // The engine draws its random on its first timer.
-            engine.handle_timeout(now)?;
-            engine.handle_packet(&datagram)
-        }) {
+        let (result, resolved) = resolved_during(|| {
+            guarded(|| {
+                // The engine draws its random on its first timer.
+                engine.handle_timeout(now)?;
+                engine.handle_packet(&datagram)
+            })
+        });
+        self.note_resolved(resolved);
+        if let Err(error) = result {
             return self.fail(&error, out, now);
         }
         self.pump(out, now)
@@ -1581,6 +1714,96 @@ mod tests {
         assert_eq!(run.stateless_replies, 1);
         assert!(!run.connected);
         assert!(run.channel.is_some(), "its second ClientHello made a peer");
+    }
+
+    /// A device restarted on its port sends a new ClientHello to its open session: it is
+    /// asked for a cookie, the session kept, until it returns the cookie; then the session
+    /// ends, and the listener admits the same ClientHello as a new peer. A cookie made for
+    /// another address, or a late copy of the session's own ClientHello, ends nothing.
+    #[test]
+    fn a_client_restarting_on_its_address_ends_its_session_by_returning_a_cookie() {
+        let now = Instant::now();
+        let from = addr(5684);
+        let run = handshake(false, "dev-2", "key-two", b"ping");
+        assert!(run.connected);
+        let jar = Arc::new(CookieJar::new(now));
+        let mut channel = run.channel.expect("a session").with_restarts(jar.clone());
+        let send = |channel: &mut DtlsChannel<Echo>, hello: &[u8]| {
+            let mut out = Vec::new();
+            let flow = channel.handle_datagram(Bytes::copy_from_slice(hello), &mut out, now);
+            (flow, out)
+        };
+
+        let hello = client_hello(0, 0, &[]);
+        let (flow, out) = send(&mut channel, &hello);
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!(out.len(), 1, "one HelloVerifyRequest");
+        assert!(out[0].len() <= hello.len());
+        assert_eq!(out[0][RECORD_HEADER_LEN], HELLO_VERIFY_REQUEST);
+        let cookie = cookie_of(&out[0]);
+        assert!(matches!(channel.phase, Phase::Open(_)));
+
+        let Gate::Verify(elsewhere) = jar.admit(addr(9), &hello, now) else {
+            panic!("no HelloVerifyRequest");
+        };
+        let (flow, out) = send(&mut channel, &client_hello(1, 1, &cookie_of(&elsewhere)));
+        assert_eq!((flow, out.len()), (Flow::Continue, 1));
+        assert!(matches!(channel.phase, Phase::Open(_)));
+
+        // The session's own ClientHello again, even with a valid cookie.
+        let opening = channel.opening.clone();
+        assert_eq!(opening.len(), 35, "version, random, empty session id");
+        let mut copy = client_hello(1, 1, &[]);
+        let body = RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN;
+        copy[body..body + 35].copy_from_slice(&opening);
+        let Gate::Verify(reply) = jar.admit(from, &copy, now) else {
+            panic!("no HelloVerifyRequest");
+        };
+        let mut copy = client_hello(1, 1, &cookie_of(&reply));
+        copy[body..body + 35].copy_from_slice(&opening);
+        assert_eq!(jar.admit(from, &copy, now), Gate::Proven);
+        assert_eq!(send(&mut channel, &copy).0, Flow::Continue);
+        assert!(matches!(channel.phase, Phase::Open(_)));
+        assert!(!*run.closed.lock());
+
+        let returned = client_hello(1, 1, &cookie);
+        let (flow, out) = send(&mut channel, &returned);
+        assert_eq!(flow, Flow::Close);
+        assert!(out.is_empty(), "nothing the restarted client could read");
+        assert!(*run.closed.lock(), "the channel was told");
+        assert_eq!(jar.admit(from, &returned, now), Gate::Proven);
+    }
+
+    /// With cookies left to the engines, the ClientHello that a restarted client sends
+    /// again with the cookie it was asked for (its second, message_seq 1) makes a peer
+    /// whose engine answers it, rather than waiting for a first that never comes.
+    #[test]
+    fn a_peer_made_by_a_client_hello_returning_a_cookie_is_answered_by_its_engine() {
+        let now = Instant::now();
+        let settings = DtlsSettings::new(
+            Some(PskTable::parse("dev-1:key-one\n").unwrap()),
+            None,
+            4,
+            2,
+            Duration::from_secs(10),
+            1200,
+            false,
+        )
+        .unwrap();
+        let limits = HandshakeLimits::new(4, 2);
+        let open: OpenChannel<Echo> = Box::new(|identity| Echo {
+            identity,
+            closed: Arc::default(),
+        });
+        let mut channel = DtlsChannel::new(&settings, &limits, addr(1), open, now);
+        let mut out = Vec::new();
+        let hello = Bytes::from(client_hello(1, 1, &[9; COOKIE_LEN]));
+        assert_eq!(
+            channel.handle_datagram(hello, &mut out, now),
+            Flow::Continue
+        );
+        assert_eq!(out.len(), 1, "the engine's HelloVerifyRequest");
+        assert_eq!(out[0][RECORD_HEADER_LEN], HELLO_VERIFY_REQUEST);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the reference clients that interop-tests/ drives, when they are missing:
 #   - mosquitto_pub / mosquitto_sub and the mosquitto broker (Debian packages),
-#   - openssl, which makes the TLS tests' certificates, and haproxy, the PROXY protocol
+#   - openssl, which makes the TLS tests' certificates and asks TLS listeners what they
+#     present (s_client), and haproxy, the PROXY protocol
 #     tests' load balancer (Debian packages),
 #   - paho-mqtt for Python (PyPI, pinned below),
 #   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),

@@ -415,7 +415,8 @@ pub struct GatewaysConfig {
     pub stomp: StompConfig,
 }
 
-/// STOMP 1.0, 1.1 and 1.2 over TCP and WebSocket (EMQX's `gateway.stomp`).
+/// STOMP 1.0, 1.1 and 1.2 over TCP, TLS, WebSocket and WebSocket over TLS (EMQX's
+/// `gateway.stomp`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StompConfig {
@@ -423,7 +424,8 @@ pub struct StompConfig {
     /// Prefix of every destination; `${clientid}` and `${username}` are replaced. A
     /// listener's own `mountpoint`, when not empty, replaces it.
     pub mountpoint: String,
-    /// Time allowed from accept (and WebSocket upgrade) to a complete CONNECT.
+    /// Time allowed from accept (TLS handshake and WebSocket upgrade included) to a
+    /// complete CONNECT.
     pub idle_timeout: Duration,
     /// How long the session of a client that named itself with `client-id` outlives its
     /// connection, holding its subscriptions and unacknowledged messages.
@@ -483,7 +485,11 @@ pub struct StompFrameConfig {
 #[serde(deny_unknown_fields)]
 pub struct StompListenersConfig {
     pub tcp: BTreeMap<String, StompTcpListenerConfig>,
+    /// STOMP over TLS (EMQX's `ssl` listeners, 61614).
+    pub ssl: BTreeMap<String, StompSslListenerConfig>,
     pub ws: BTreeMap<String, StompWsListenerConfig>,
+    /// STOMP over WebSocket over TLS.
+    pub wss: BTreeMap<String, StompWssListenerConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -526,9 +532,76 @@ pub struct StompWsListenerConfig {
     pub max_frame_size: u32,
 }
 
+/// A STOMP over TCP listener's keys, and its TLS settings under EMQX's name for a
+/// gateway listener's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StompSslListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
+    /// Replaces the gateway's mountpoint for this listener's clients; `""` keeps it.
+    pub mountpoint: String,
+    pub ssl_options: TlsConfig,
+}
+
+/// A STOMP over WebSocket listener's keys with TLS under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StompWssListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
+    /// Replaces the gateway's mountpoint for this listener's clients; `""` keeps it.
+    pub mountpoint: String,
+    /// The HTTP path of the upgrade.
+    pub path: String,
+    pub supported_subprotocols: Vec<String>,
+    pub fail_if_no_subprotocol: bool,
+    /// Bytes; also the largest message of fragmented frames.
+    pub max_frame_size: u32,
+    pub ssl_options: TlsConfig,
+}
+
 impl StompTcpListenerConfig {
     pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
         parse_bind(&self.bind)
+    }
+}
+
+impl StompSslListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+}
+
+impl StompWssListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+
+    /// The kit's WebSocket options for this listener, as a `ws` listener has them.
+    pub fn websocket(&self) -> WebSocketConfig {
+        gateway_websocket(
+            &self.path,
+            &self.supported_subprotocols,
+            self.fail_if_no_subprotocol,
+            self.max_frame_size,
+        )
     }
 }
 
@@ -537,20 +610,35 @@ impl StompWsListenerConfig {
         parse_bind(&self.bind)
     }
 
-    /// The kit's WebSocket options for this listener: no Origin check and no proxy
-    /// header, which STOMP listeners do not configure.
+    /// The kit's WebSocket options for this listener.
     pub fn websocket(&self) -> WebSocketConfig {
-        WebSocketConfig {
-            mqtt_path: self.path.clone(),
-            supported_subprotocols: self.supported_subprotocols.clone(),
-            fail_if_no_subprotocol: self.fail_if_no_subprotocol,
-            max_frame_size: self.max_frame_size,
-            check_origin_enable: false,
-            allow_origin_absence: true,
-            check_origins: Vec::new(),
-            proxy_address_header: String::new(),
-            trusted_proxies: Vec::new(),
-        }
+        gateway_websocket(
+            &self.path,
+            &self.supported_subprotocols,
+            self.fail_if_no_subprotocol,
+            self.max_frame_size,
+        )
+    }
+}
+
+/// A gateway's WebSocket options: no Origin check and no proxy header, which gateway
+/// listeners do not configure.
+fn gateway_websocket(
+    path: &str,
+    supported_subprotocols: &[String],
+    fail_if_no_subprotocol: bool,
+    max_frame_size: u32,
+) -> WebSocketConfig {
+    WebSocketConfig {
+        mqtt_path: path.to_owned(),
+        supported_subprotocols: supported_subprotocols.to_vec(),
+        fail_if_no_subprotocol,
+        max_frame_size,
+        check_origin_enable: false,
+        allow_origin_absence: true,
+        check_origins: Vec::new(),
+        proxy_address_header: String::new(),
+        trusted_proxies: Vec::new(),
     }
 }
 
@@ -561,7 +649,8 @@ impl StompWsListenerConfig {
 pub struct CoapConfig {
     pub enable: bool,
     /// Silence after which a client is pinged (it has observations) or forgotten; in
-    /// connection mode, the interval its PUT heartbeats must keep.
+    /// connection mode, the interval its PUT heartbeats must keep; on a stream listener,
+    /// the time its TLS handshake and WebSocket upgrade may take.
     pub heartbeat: Duration,
     /// Requests need a token from `POST /mqtt/connection`.
     pub connection_required: bool,
@@ -594,14 +683,19 @@ pub struct CoapConfig {
     pub listeners: CoapGatewayListenersConfig,
 }
 
-/// CoAP's listeners: over UDP (RFC 7252), and over TCP and WebSocket (RFC 8323).
+/// CoAP's listeners: over UDP and DTLS (RFC 7252), and over TCP, TLS, WebSocket and
+/// WebSocket over TLS (RFC 8323).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoapGatewayListenersConfig {
     pub udp: BTreeMap<String, UdpListenerConfig>,
     pub dtls: BTreeMap<String, DtlsListenerConfig>,
     pub tcp: BTreeMap<String, CoapTcpListenerConfig>,
+    /// `coaps+tcp`.
+    pub ssl: BTreeMap<String, CoapSslListenerConfig>,
     pub ws: BTreeMap<String, CoapWsListenerConfig>,
+    /// `coaps+ws`.
+    pub wss: BTreeMap<String, CoapWssListenerConfig>,
 }
 
 /// A UDP listener whose datagrams are DTLS 1.2 records (RFC 6347).
@@ -727,9 +821,78 @@ pub struct CoapWsListenerConfig {
     pub fail_if_no_subprotocol: bool,
 }
 
+/// CoAP over TLS (RFC 8323, `coaps+tcp`): a TCP listener's keys and its TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoapSslListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
+    /// Our Max-Message-Size (RFC 8323 5.3.1), as over TCP.
+    pub max_message_size: u32,
+    /// Replaces the gateway's mountpoint for this listener's clients; `""` keeps it.
+    pub mountpoint: String,
+    pub ssl_options: TlsConfig,
+}
+
+/// CoAP over WebSocket over TLS (RFC 8323, `coaps+ws`): a WebSocket listener's keys and
+/// its TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoapWssListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    pub max_connections: u32,
+    pub max_conn_rate: Rate,
+    /// Messages one client may publish per period; beyond it the client is paused until
+    /// the bucket refills (EMQX's `messages_rate`).
+    pub messages_rate: Rate,
+    /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).
+    pub bytes_rate: ByteRate,
+    /// Our Max-Message-Size, also the largest WebSocket message accepted.
+    pub max_message_size: u32,
+    /// Replaces the gateway's mountpoint for this listener's clients; `""` keeps it.
+    pub mountpoint: String,
+    /// The HTTP path of the upgrade (RFC 8323 4.1: `/.well-known/coap`).
+    pub path: String,
+    pub supported_subprotocols: Vec<String>,
+    pub fail_if_no_subprotocol: bool,
+    pub ssl_options: TlsConfig,
+}
+
 impl CoapTcpListenerConfig {
     pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
         parse_bind(&self.bind)
+    }
+}
+
+impl CoapSslListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+}
+
+impl CoapWssListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+
+    /// The kit's WebSocket options for this listener, as a `ws` listener has them.
+    pub fn websocket(&self) -> WebSocketConfig {
+        gateway_websocket(
+            &self.path,
+            &self.supported_subprotocols,
+            self.fail_if_no_subprotocol,
+            self.max_message_size,
+        )
     }
 }
 
@@ -740,17 +903,12 @@ impl CoapWsListenerConfig {
 
     /// The kit's WebSocket options for this listener.
     pub fn websocket(&self) -> WebSocketConfig {
-        WebSocketConfig {
-            mqtt_path: self.path.clone(),
-            supported_subprotocols: self.supported_subprotocols.clone(),
-            fail_if_no_subprotocol: self.fail_if_no_subprotocol,
-            max_frame_size: self.max_message_size,
-            check_origin_enable: false,
-            allow_origin_absence: true,
-            check_origins: Vec::new(),
-            proxy_address_header: String::new(),
-            trusted_proxies: Vec::new(),
-        }
+        gateway_websocket(
+            &self.path,
+            &self.supported_subprotocols,
+            self.fail_if_no_subprotocol,
+            self.max_message_size,
+        )
     }
 }
 

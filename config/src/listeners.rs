@@ -24,16 +24,24 @@ pub enum ListenerKind {
     /// CoAP over DTLS.
     CoapDtls,
     CoapTcp,
+    /// CoAP over TLS (`coaps+tcp`).
+    CoapSsl,
     CoapWs,
+    /// CoAP over WebSocket over TLS (`coaps+ws`).
+    CoapWss,
     Lwm2mUdp,
     /// LwM2M over DTLS.
     Lwm2mDtls,
     StompTcp,
+    /// STOMP over TLS.
+    StompSsl,
     StompWs,
+    /// STOMP over WebSocket over TLS.
+    StompWss,
 }
 
 impl ListenerKind {
-    pub const ALL: [ListenerKind; 15] = [
+    pub const ALL: [ListenerKind; 19] = [
         ListenerKind::Tcp,
         ListenerKind::Ssl,
         ListenerKind::Ws,
@@ -44,11 +52,15 @@ impl ListenerKind {
         ListenerKind::CoapUdp,
         ListenerKind::CoapDtls,
         ListenerKind::CoapTcp,
+        ListenerKind::CoapSsl,
         ListenerKind::CoapWs,
+        ListenerKind::CoapWss,
         ListenerKind::Lwm2mUdp,
         ListenerKind::Lwm2mDtls,
         ListenerKind::StompTcp,
+        ListenerKind::StompSsl,
         ListenerKind::StompWs,
+        ListenerKind::StompWss,
     ];
 
     /// The table of this kind's listeners, e.g. `gateway.coap.listeners.udp`.
@@ -64,11 +76,29 @@ impl ListenerKind {
             ListenerKind::CoapUdp => "gateway.coap.listeners.udp",
             ListenerKind::CoapDtls => "gateway.coap.listeners.dtls",
             ListenerKind::CoapTcp => "gateway.coap.listeners.tcp",
+            ListenerKind::CoapSsl => "gateway.coap.listeners.ssl",
             ListenerKind::CoapWs => "gateway.coap.listeners.ws",
+            ListenerKind::CoapWss => "gateway.coap.listeners.wss",
             ListenerKind::Lwm2mUdp => "gateway.lwm2m.listeners.udp",
             ListenerKind::Lwm2mDtls => "gateway.lwm2m.listeners.dtls",
             ListenerKind::StompTcp => "gateway.stomp.listeners.tcp",
+            ListenerKind::StompSsl => "gateway.stomp.listeners.ssl",
             ListenerKind::StompWs => "gateway.stomp.listeners.ws",
+            ListenerKind::StompWss => "gateway.stomp.listeners.wss",
+        }
+    }
+
+    /// The key of the table holding a TLS listener's TLS settings within the listener's
+    /// own: `tls` for MQTT's, `ssl_options` (EMQX's name) for a gateway's; None for kinds
+    /// without TLS over TCP or QUIC.
+    pub const fn tls_table(self) -> Option<&'static str> {
+        match self {
+            ListenerKind::Ssl | ListenerKind::Wss | ListenerKind::Quic => Some("tls"),
+            ListenerKind::CoapSsl
+            | ListenerKind::CoapWss
+            | ListenerKind::StompSsl
+            | ListenerKind::StompWss => Some("ssl_options"),
+            _ => None,
         }
     }
 
@@ -86,11 +116,15 @@ impl ListenerKind {
             ListenerKind::CoapUdp => "coap:udp",
             ListenerKind::CoapDtls => "coap:dtls",
             ListenerKind::CoapTcp => "coap:tcp",
+            ListenerKind::CoapSsl => "coap:ssl",
             ListenerKind::CoapWs => "coap:ws",
+            ListenerKind::CoapWss => "coap:wss",
             ListenerKind::Lwm2mUdp => "lwm2m:udp",
             ListenerKind::Lwm2mDtls => "lwm2m:dtls",
             ListenerKind::StompTcp => "stomp:tcp",
+            ListenerKind::StompSsl => "stomp:ssl",
             ListenerKind::StompWs => "stomp:ws",
+            ListenerKind::StompWss => "stomp:wss",
         }
     }
 
@@ -192,9 +226,27 @@ impl Config {
             &g.coap.listeners.tcp,
             |l| (&l.bind, l.enable && g.coap.enable),
         );
+        entries(
+            &mut out,
+            ListenerKind::CoapSsl,
+            &g.coap.listeners.ssl,
+            |l| {
+                let starts = l.enable && g.coap.enable && l.ssl_options.has_certificate();
+                (&l.bind, starts)
+            },
+        );
         entries(&mut out, ListenerKind::CoapWs, &g.coap.listeners.ws, |l| {
             (&l.bind, l.enable && g.coap.enable)
         });
+        entries(
+            &mut out,
+            ListenerKind::CoapWss,
+            &g.coap.listeners.wss,
+            |l| {
+                let starts = l.enable && g.coap.enable && l.ssl_options.has_certificate();
+                (&l.bind, starts)
+            },
+        );
         entries(
             &mut out,
             ListenerKind::Lwm2mUdp,
@@ -215,9 +267,27 @@ impl Config {
         );
         entries(
             &mut out,
+            ListenerKind::StompSsl,
+            &g.stomp.listeners.ssl,
+            |l| {
+                let starts = l.enable && g.stomp.enable && l.ssl_options.has_certificate();
+                (&l.bind, starts)
+            },
+        );
+        entries(
+            &mut out,
             ListenerKind::StompWs,
             &g.stomp.listeners.ws,
             |l| (&l.bind, l.enable && g.stomp.enable),
+        );
+        entries(
+            &mut out,
+            ListenerKind::StompWss,
+            &g.stomp.listeners.wss,
+            |l| {
+                let starts = l.enable && g.stomp.enable && l.ssl_options.has_certificate();
+                (&l.bind, starts)
+            },
         );
         out
     }
@@ -236,6 +306,18 @@ mod tests {
         let prefixes: std::collections::HashSet<_> =
             ListenerKind::ALL.iter().map(|k| k.name_prefix()).collect();
         assert_eq!(prefixes.len(), ListenerKind::ALL.len());
+    }
+
+    #[test]
+    fn no_tls_listener_starts_on_the_defaults_which_give_no_certificate() {
+        let config = Config::defaults().unwrap();
+        let started: Vec<String> = config
+            .all_listeners()
+            .iter()
+            .filter(|l| l.kind.tls_table().is_some() && l.starts)
+            .map(ListenerEntry::key)
+            .collect();
+        assert_eq!(started, Vec::<String>::new());
     }
 
     #[test]
@@ -259,11 +341,15 @@ mod tests {
                 "coap:udp:default",
                 "coap:dtls:default",
                 "coap:tcp:default",
+                "coap:ssl:default",
                 "coap:ws:default",
+                "coap:wss:default",
                 "lwm2m:udp:default",
                 "lwm2m:dtls:default",
                 "stomp:tcp:default",
+                "stomp:ssl:default",
                 "stomp:ws:default",
+                "stomp:wss:default",
             ]
         );
     }

@@ -480,31 +480,36 @@ fn check_stomp(
             format!("{p}.max_unacked must be at most {}", u16::MAX),
         );
     }
-    let listeners = stomp
-        .listeners
+    // A TLS listener binds only once it has a certificate.
+    let l = &stomp.listeners;
+    let listeners = l
         .tcp
         .iter()
         .map(|(name, l)| {
-            (
-                "tcp",
-                name,
-                l.enable,
-                &l.bind,
-                l.max_connections,
-                &l.mountpoint,
-            )
+            let common = (l.enable, &l.bind, l.max_connections, &l.mountpoint);
+            ("tcp", name, common)
         })
-        .chain(stomp.listeners.ws.iter().map(|(name, l)| {
+        .chain(l.ssl.iter().map(|(name, l)| {
+            let starts = l.enable && l.ssl_options.has_certificate();
             (
-                "ws",
+                "ssl",
                 name,
-                l.enable,
-                &l.bind,
-                l.max_connections,
-                &l.mountpoint,
+                (starts, &l.bind, l.max_connections, &l.mountpoint),
+            )
+        }))
+        .chain(l.ws.iter().map(|(name, l)| {
+            let common = (l.enable, &l.bind, l.max_connections, &l.mountpoint);
+            ("ws", name, common)
+        }))
+        .chain(l.wss.iter().map(|(name, l)| {
+            let starts = l.enable && l.ssl_options.has_certificate();
+            (
+                "wss",
+                name,
+                (starts, &l.bind, l.max_connections, &l.mountpoint),
             )
         }));
-    for (kind, name, enable, bind, max_connections, mountpoint) in listeners {
+    for (kind, name, (enable, bind, max_connections, mountpoint)) in listeners {
         let prefix = format!("{p}.listeners.{kind}.{name}");
         if !is_valid_listener_name(name) {
             fail(
@@ -521,26 +526,51 @@ fn check_stomp(
         check_mountpoint(&format!("{prefix}.mountpoint"), mountpoint, fail);
         check_bind(prefix, bind, enable && stomp.enable, tcp_started, fail);
     }
-    for (name, l) in &stomp.listeners.ws {
-        let prefix = format!("{p}.listeners.ws.{name}");
-        if !l.path.starts_with('/') {
-            fail(
-                &format!("{prefix}.path"),
-                format!("{prefix}.path must start with '/', got {:?}", l.path),
-            );
-        }
-        if l.max_frame_size == 0 {
+    for (name, l) in &l.ssl {
+        let prefix = format!("{p}.listeners.ssl.{name}.ssl_options");
+        check_tls(&prefix, &l.ssl_options, fail);
+    }
+    let websockets =
+        l.ws.iter()
+            .map(|(name, l)| ("ws", name, l.websocket()))
+            .chain(l.wss.iter().map(|(name, l)| ("wss", name, l.websocket())));
+    for (kind, name, websocket) in websockets {
+        let prefix = format!("{p}.listeners.{kind}.{name}");
+        check_gateway_websocket(&prefix, &websocket, fail);
+        if websocket.max_frame_size == 0 {
             fail(
                 &format!("{prefix}.max_frame_size"),
                 format!("{prefix}.max_frame_size must be >= 1"),
             );
         }
-        if l.fail_if_no_subprotocol && l.supported_subprotocols.is_empty() {
-            fail(
-                &format!("{prefix}.supported_subprotocols"),
-                format!("{prefix}.supported_subprotocols is empty while fail_if_no_subprotocol refuses every upgrade without one"),
-            );
-        }
+    }
+    for (name, l) in &l.wss {
+        let prefix = format!("{p}.listeners.wss.{name}.ssl_options");
+        check_tls(&prefix, &l.ssl_options, fail);
+    }
+}
+
+/// The WebSocket keys every gateway's WebSocket listener has (`path`, where MQTT's
+/// listeners have `websocket.mqtt_path`).
+fn check_gateway_websocket(
+    prefix: &str,
+    websocket: &WebSocketConfig,
+    fail: &mut impl FnMut(&str, String),
+) {
+    if !websocket.mqtt_path.starts_with('/') {
+        fail(
+            &format!("{prefix}.path"),
+            format!(
+                "{prefix}.path must start with '/', got {:?}",
+                websocket.mqtt_path
+            ),
+        );
+    }
+    if websocket.fail_if_no_subprotocol && websocket.supported_subprotocols.is_empty() {
+        fail(
+            &format!("{prefix}.supported_subprotocols"),
+            format!("{prefix}.supported_subprotocols is empty while fail_if_no_subprotocol refuses every upgrade without one"),
+        );
     }
 }
 
@@ -754,6 +784,7 @@ fn check_coap(
     let sizes = PacketSizes { least: 64, why: "" };
     check_udp_listeners(p, &coap.listeners.udp, coap.enable, sizes, enabled, fail);
     check_dtls_listeners(p, &coap.listeners.dtls, coap.enable, sizes, enabled, fail);
+    // A TLS listener binds only once it has a certificate.
     let streams = coap
         .listeners
         .tcp
@@ -762,9 +793,19 @@ fn check_coap(
             let common = (l.enable, &l.bind, l.max_connections, l.max_message_size);
             ("tcp", name, common, &l.mountpoint)
         })
+        .chain(coap.listeners.ssl.iter().map(|(name, l)| {
+            let starts = l.enable && l.ssl_options.has_certificate();
+            let common = (starts, &l.bind, l.max_connections, l.max_message_size);
+            ("ssl", name, common, &l.mountpoint)
+        }))
         .chain(coap.listeners.ws.iter().map(|(name, l)| {
             let common = (l.enable, &l.bind, l.max_connections, l.max_message_size);
             ("ws", name, common, &l.mountpoint)
+        }))
+        .chain(coap.listeners.wss.iter().map(|(name, l)| {
+            let starts = l.enable && l.ssl_options.has_certificate();
+            let common = (starts, &l.bind, l.max_connections, l.max_message_size);
+            ("wss", name, common, &l.mountpoint)
         }));
     for (kind, name, (enable, bind, max_connections, max_message_size), mountpoint) in streams {
         let prefix = format!("{p}.listeners.{kind}.{name}");
@@ -790,20 +831,27 @@ fn check_coap(
         check_mountpoint(&format!("{prefix}.mountpoint"), mountpoint, fail);
         check_bind(prefix, bind, enable && coap.enable, tcp_started, fail);
     }
-    for (name, l) in &coap.listeners.ws {
-        let prefix = format!("{p}.listeners.ws.{name}");
-        if !l.path.starts_with('/') {
-            fail(
-                &format!("{prefix}.path"),
-                format!("{prefix}.path must start with '/', got {:?}", l.path),
-            );
-        }
-        if l.fail_if_no_subprotocol && l.supported_subprotocols.is_empty() {
-            fail(
-                &format!("{prefix}.supported_subprotocols"),
-                format!("{prefix}.supported_subprotocols is empty while fail_if_no_subprotocol refuses every upgrade without one"),
-            );
-        }
+    let websockets = coap
+        .listeners
+        .ws
+        .iter()
+        .map(|(name, l)| ("ws", name, l.websocket()))
+        .chain(
+            coap.listeners
+                .wss
+                .iter()
+                .map(|(name, l)| ("wss", name, l.websocket())),
+        );
+    for (kind, name, websocket) in websockets {
+        check_gateway_websocket(&format!("{p}.listeners.{kind}.{name}"), &websocket, fail);
+    }
+    for (name, l) in &coap.listeners.ssl {
+        let prefix = format!("{p}.listeners.ssl.{name}.ssl_options");
+        check_tls(&prefix, &l.ssl_options, fail);
+    }
+    for (name, l) in &coap.listeners.wss {
+        let prefix = format!("{p}.listeners.wss.{name}.ssl_options");
+        check_tls(&prefix, &l.ssl_options, fail);
     }
 }
 

@@ -1128,3 +1128,113 @@ fn dtls_listeners_take_their_tables_defaults_start_only_with_keys_and_check_thei
         );
     }
 }
+
+/// STOMP's and CoAP's TLS listeners: a named one takes its table's defaults, starts (and
+/// claims its port) only with a certificate, and its `ssl_options` are checked as an MQTT
+/// ssl listener's `tls`.
+#[test]
+fn gateway_tls_listeners_start_only_with_a_certificate_and_check_ssl_options() {
+    let c = Config::from_toml_str(
+        r#"
+        [gateway.stomp.listeners.ssl.lan]
+        bind = 16614
+        [gateway.stomp.listeners.ssl.lan.ssl_options]
+        self_signed = true
+        [gateway.coap.listeners.wss.lan]
+        enable = true
+        bind = 18684
+        [gateway.coap.listeners.wss.lan.ssl_options]
+        certfile = "/c.pem"
+        keyfile = "/k.pem"
+        "#,
+    )
+    .unwrap();
+    let stomp = &c.gateway.stomp.listeners;
+    assert_eq!(stomp.ssl["default"].bind, "0.0.0.0:61614");
+    assert_eq!(stomp.wss["default"].bind, "0.0.0.0:15673");
+    assert_eq!(stomp.wss["default"].path, "/ws");
+    assert_eq!(stomp.ssl["lan"].max_connections, 1_024_000);
+    let coap = &c.gateway.coap.listeners;
+    assert_eq!(coap.ssl["default"].bind, "0.0.0.0:5684");
+    assert_eq!(coap.wss["default"].bind, "0.0.0.0:8684");
+    assert_eq!(coap.wss["lan"].path, "/.well-known/coap");
+    let starts: Vec<_> = c
+        .all_listeners()
+        .into_iter()
+        .filter(|l| l.kind.tls_table() == Some("ssl_options"))
+        .map(|l| (l.listener_name(), l.starts))
+        .collect();
+    let expected = [
+        ("coap:ssl:default", false),
+        ("coap:wss:default", false),
+        ("coap:wss:lan", true),
+        ("stomp:ssl:default", false),
+        ("stomp:ssl:lan", true),
+        ("stomp:wss:default", false),
+    ];
+    assert_eq!(
+        starts,
+        expected.map(|(name, starts)| (name.to_string(), starts))
+    );
+
+    // Without a certificate it claims no port; with one, it does.
+    Config::from_toml_str("[gateway.stomp.listeners.tcp.default]\nbind = 61614").unwrap();
+    let e = err_text(Config::from_toml_str(
+        "[gateway.stomp.listeners.tcp.default]\nbind = 61614\n\
+         [gateway.stomp.listeners.ssl.default.ssl_options]\nself_signed = true",
+    ));
+    assert!(e.contains("61614"), "{e}");
+    let e = err_text(Config::from_toml_str(
+        "[gateway.coap.listeners.tcp.default]\nbind = 5684\n\
+         [gateway.coap.listeners.ssl.default.ssl_options]\nself_signed = true",
+    ));
+    assert!(e.contains("5684"), "{e}");
+
+    for (table, toml, key) in [
+        (
+            "gateway.stomp.listeners.ssl.default",
+            "certfile = \"/c.pem\"",
+            "keyfile",
+        ),
+        (
+            "gateway.stomp.listeners.wss.default",
+            "verify = \"required\"",
+            "cacertfile",
+        ),
+        (
+            "gateway.coap.listeners.ssl.default",
+            "versions = []",
+            "versions",
+        ),
+        (
+            "gateway.coap.listeners.wss.default",
+            "keyfile = \"/k.pem\"",
+            "keyfile",
+        ),
+    ] {
+        let err = Config::from_toml_str(&format!("[{table}.ssl_options]\n{toml}")).unwrap_err();
+        let key = format!("{table}.ssl_options.{key}");
+        assert!(
+            err.problems().iter().any(|p| p.key == key),
+            "{toml}: expected a problem at {key}, got {err}"
+        );
+    }
+    for (toml, key) in [
+        (
+            "[gateway.stomp.listeners.wss.default]\npath = \"ws\"",
+            "gateway.stomp.listeners.wss.default.path",
+        ),
+        (
+            "[gateway.stomp.listeners.wss.default]\nmax_frame_size = 0",
+            "gateway.stomp.listeners.wss.default.max_frame_size",
+        ),
+        (
+            "[gateway.coap.listeners.wss.default]\nmax_message_size = 100",
+            "gateway.coap.listeners.wss.default.max_message_size",
+        ),
+        ("[gateway.coap.listeners.ssl.default]\ntls = {}", "tls"),
+    ] {
+        let e = err_text(Config::from_toml_str(toml));
+        assert!(e.contains(key), "{toml:?} -> {e}");
+    }
+}

@@ -3,8 +3,12 @@
 one JSON event per line on stdout. One client context, so every request leaves from the same
 UDP port, as a device's would.
 
-Usage: coap_client.py [--psk IDENTITY KEY]; with a pre-shared key, `coaps://` requests go
-over DTLS 1.2 (aiocoap's tinydtls transport, on DTLSSocket) with that key, which must load.
+Usage: coap_client.py [--psk IDENTITY KEY | --ca BASE CA_FILE]. With a pre-shared key,
+`coaps://` requests go over DTLS 1.2 (aiocoap's tinydtls transport, on DTLSSocket) with that
+key, which must load. With --ca (e.g. --ca coaps+tcp://127.0.0.1:5684 ca.pem), the server
+behind BASE is trusted through aiocoap's client credentials when its certificate chains to
+CA_FILE and names the host of BASE, for coaps+tcp and coaps+ws; without, a TLS server must
+be publicly trusted.
 
 Commands (field "cmd"):
   request      method, uri, payload (hex), non (bool),
@@ -38,6 +42,12 @@ async def main():
         identity, key = sys.argv[2:4]
         context.client_credentials.load_from_dict(
             {"coaps://*": {"dtls": {"psk": key.encode(), "client-identity": identity.encode()}}}
+        )
+    elif sys.argv[1:2] == ["--ca"]:
+        base, ca_file = sys.argv[2:4]
+        # aiocoap looks the TLS credentials up by "SCHEME://HOSTINFO/*" exactly.
+        context.client_credentials.load_from_dict(
+            {base + "/*": {"tlscert": {"certfile": ca_file}}}
         )
     notifications = asyncio.Queue()
     observation = None
@@ -105,7 +115,7 @@ async def main():
             else:
                 say("error", error="unknown command " + op)
         except Exception as error:
-            say("error", error=repr(error))
+            say("error", error=repr(error), cause=repr(error.__cause__))
     await context.shutdown()
 
 

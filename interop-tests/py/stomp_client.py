@@ -5,7 +5,9 @@ command answers with an "ok" event (or "failed").
 
 Commands (field "cmd"):
   connect     host, port, version ("1.0" | "1.1" | "1.2"), login, passcode, client_id,
-              heartbeats [cx, cy]                -> ok, then connected {headers} or error
+              heartbeats [cx, cy], tls {ca, cert, key} (over TLS, the server checked
+              against ca and named by host; cert and key: a client certificate)
+                                                 -> ok, then connected {headers} or error
   subscribe   destination, id, ack, headers {}  -> ok
   unsubscribe id, headers {}                    -> ok
   send        destination, body (hex), headers {} -> ok
@@ -86,7 +88,16 @@ def main():
                 options = {"auto_decode": False}
                 if kind is not stomp.Connection10:
                     options["heartbeats"] = tuple(command.get("heartbeats", [0, 0]))
-                conn = kind([(command["host"], command["port"])], **options)
+                host_and_port = (command["host"], command["port"])
+                conn = kind([host_and_port], **options)
+                tls = command.get("tls")
+                if tls is not None:
+                    conn.set_ssl(
+                        for_hosts=[host_and_port],
+                        ca_certs=tls["ca"],
+                        cert_file=tls.get("cert"),
+                        key_file=tls.get("key"),
+                    )
                 conn.set_listener("", listener)
                 if command.get("client_id"):
                     headers["client-id"] = command["client_id"]

@@ -1,16 +1,19 @@
 //! CoAP clients nobody here wrote: aiocoap from PyPI, driven through `py/coap_client.py`
-//! (one JSON command per line, one JSON event per answer; over UDP, TCP, WebSocket, and
-//! DTLS on its tinydtls transport), and libcoap's `coap-client`
+//! (one JSON command per line, one JSON event per answer; over UDP, TCP, WebSocket, TLS
+//! under either, and DTLS on its tinydtls transport), and libcoap's `coap-client`
 //! (Debian libcoap3-bin, the build without DTLS) run once per request.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::process::{Line, Proc};
-use crate::{from_hex, to_hex, Broker, MosquittoSub, TIMEOUT};
+use crate::{
+    from_hex, mosquitto_pub, to_hex, unique_client_id, unique_topic, Broker, MosquittoSub, Version,
+    TIMEOUT,
+};
 
 /// aiocoap gives up on a confirmable request after about 93 s by itself; the script stops
 /// waiting after 20 s, and this a little later so that its own report arrives first.
@@ -58,6 +61,15 @@ impl AiocoapClient {
         AiocoapClient::spawn_with(base, &["--psk", identity, key])
     }
 
+    /// A client whose requests go to `base` over TLS (`coaps+tcp://host:port`,
+    /// `coaps+ws://host:port`), trusting the server whose certificate `ca` signed for the
+    /// host of `base` (aiocoap checks the name).
+    pub fn spawn_trusting(base: String, ca: &Path) -> AiocoapClient {
+        let ca = ca.to_string_lossy();
+        let trust = base.clone();
+        AiocoapClient::spawn_with(base, &["--ca", &trust, &ca])
+    }
+
     fn spawn_with(base: String, args: &[&str]) -> AiocoapClient {
         let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut cmd = Command::new(python);
@@ -67,7 +79,9 @@ impl AiocoapClient {
         // fails the test instead of going unnoticed.
         if base.starts_with("coap+tcp:") {
             cmd.env("AIOCOAP_CLIENT_TRANSPORT", "tcpclient");
-        } else if base.starts_with("coap+ws:") {
+        } else if base.starts_with("coaps+tcp:") {
+            cmd.env("AIOCOAP_CLIENT_TRANSPORT", "tlsclient");
+        } else if base.starts_with("coap+ws:") || base.starts_with("coaps+ws:") {
             cmd.env("AIOCOAP_CLIENT_TRANSPORT", "ws");
         } else if base.starts_with("coaps:") {
             cmd.env("AIOCOAP_CLIENT_TRANSPORT", "tinydtls");
@@ -127,6 +141,25 @@ impl AiocoapClient {
             code: event["code"].as_str().unwrap_or_default().to_owned(),
             payload: from_hex(event["payload"].as_str().unwrap_or_default()),
         }
+    }
+
+    /// Sends a confirmable `method` that the client cannot complete (no response comes);
+    /// returns the client's reason and what caused it.
+    pub fn request_error(&mut self, method: &str, path_and_query: &str, payload: &[u8]) -> String {
+        let event = self.run(
+            json!({
+                "cmd": "request",
+                "method": method,
+                "uri": format!("{}{path_and_query}", self.base),
+                "payload": to_hex(payload),
+            }),
+            "error",
+        );
+        format!(
+            "{} caused by {}",
+            event["error"].as_str().unwrap_or_default(),
+            event["cause"].as_str().unwrap_or_default()
+        )
     }
 
     /// A confirmable `request` whose client gives up after `timeout`: for a request that
@@ -251,4 +284,64 @@ pub fn coap_client(broker: &Broker, args: &[&str], path_and_query: &str) -> (boo
     }
     let status = proc.wait(COMMAND_TIMEOUT);
     (status.is_some_and(|s| s.success()), stdout, proc.stderr())
+}
+
+/// Publishes through `client` (over any transport) and observes a wildcard, both
+/// cross-checked with mosquitto clients: QoS 1, a retained message a later subscriber gets,
+/// notifications at each QoS, and the codes of an unknown resource and method.
+pub fn publish_and_observe(broker: &Broker, client: &mut AiocoapClient, label: &str) {
+    let prefix = unique_topic(label);
+    let id = unique_client_id(label);
+    let mut sub = MosquittoSub::start(broker, Version::V5, &[&format!("{prefix}/#")], 2, &[]);
+    let answer = client.request(
+        "POST",
+        &format!("/ps/{prefix}/up?clientid={id}&qos=1"),
+        b"from coap",
+        false,
+    );
+    assert_eq!(answer.code, "2.04");
+    let msg = sub.recv(TIMEOUT);
+    assert_eq!(
+        (msg.topic.as_str(), msg.payload.as_slice(), msg.qos),
+        (format!("{prefix}/up").as_str(), &b"from coap"[..], 1)
+    );
+    let answer = client.request(
+        "PUT",
+        &format!("/ps/{prefix}/retained?clientid={id}&retain=true"),
+        b"kept",
+        false,
+    );
+    assert_eq!(answer.code, "2.04");
+    assert_eq!(sub.recv(TIMEOUT).payload, b"kept");
+    let mut late = MosquittoSub::start(
+        broker,
+        Version::V311,
+        &[&format!("{prefix}/retained")],
+        1,
+        &[],
+    );
+    assert!(late.recv(TIMEOUT).retain, "retained for later subscribers");
+
+    assert_eq!(
+        client.observe(&format!("/ps/{prefix}/down/%23?clientid={id}")),
+        "2.05"
+    );
+    for (n, qos) in [(0u8, 0u8), (1, 1), (2, 2)] {
+        let payload = format!("note {n}");
+        mosquitto_pub(
+            broker,
+            Version::V311,
+            &format!("{prefix}/down/{n}"),
+            payload.as_bytes(),
+            qos,
+            false,
+            &[],
+        );
+        assert_eq!(client.notification().payload, payload.as_bytes());
+    }
+    // Unknown resources and methods get their codes, as over UDP.
+    let missing = client.request("GET", &format!("/nothing?clientid={id}"), b"", false);
+    assert_eq!(missing.code, "4.04");
+    let delete = client.request("DELETE", &format!("/ps/{prefix}?clientid={id}"), b"", false);
+    assert_eq!(delete.code, "4.05");
 }

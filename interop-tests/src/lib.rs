@@ -21,6 +21,7 @@ pub mod quic;
 pub mod raw;
 pub mod script;
 pub mod stomp;
+pub mod tls;
 pub mod ws;
 
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! another kind are kept in order.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -52,9 +52,21 @@ impl StompPy {
 impl StompJs {
     /// A client for `ws://HOST:PORT/ws`, the STOMP WebSocket listener's default path.
     pub fn spawn(broker: &Broker) -> StompClient {
+        StompJs::spawn_url(
+            &format!("ws://{}:{}/ws", broker.host, broker.stomp_ws_port),
+            None,
+        )
+    }
+
+    /// A client for `url` (`ws://…` or `wss://…`), trusting the CA `ca` besides Node's own
+    /// (`NODE_EXTRA_CA_CERTS`).
+    pub fn spawn_url(url: &str, ca: Option<&Path>) -> StompClient {
         let mut cmd = Command::new("node");
         cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js/stomp_client.js"))
-            .arg(format!("ws://{}:{}/ws", broker.host, broker.stomp_ws_port));
+            .arg(url);
+        if let Some(ca) = ca {
+            cmd.env("NODE_EXTRA_CA_CERTS", ca);
+        }
         StompClient::start("stompjs client", cmd)
     }
 }
@@ -102,6 +114,32 @@ impl StompClient {
             "host": broker.host,
             "port": broker.stomp_port,
             "version": version,
+        });
+        merge(&mut command, extra);
+        self.run(command);
+    }
+
+    /// stomp.py: connects over TLS to `port`, checking the server's certificate against
+    /// `ca` and the broker's host name; presents `client` (certificate, key) when given.
+    pub fn connect_tls(
+        &mut self,
+        broker: &Broker,
+        port: u16,
+        ca: &Path,
+        client: Option<(&Path, &Path)>,
+        extra: Value,
+    ) {
+        let mut tls = json!({ "ca": ca });
+        if let Some((cert, key)) = client {
+            tls["cert"] = json!(cert);
+            tls["key"] = json!(key);
+        }
+        let mut command = json!({
+            "cmd": "connect",
+            "host": broker.host,
+            "port": port,
+            "version": "1.2",
+            "tls": tls,
         });
         merge(&mut command, extra);
         self.run(command);

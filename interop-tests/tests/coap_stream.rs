@@ -13,9 +13,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use interop_tests::coap::publish_and_observe;
 use interop_tests::{
-    mosquitto_pub, unique_client_id, unique_topic, AiocoapClient, Broker, MosquittoSub, Setting,
-    Version, TIMEOUT,
+    unique_client_id, unique_topic, AiocoapClient, Broker, MosquittoSub, Setting, Version, TIMEOUT,
 };
 
 fn gateway(settings: &[Setting]) -> Option<Broker> {
@@ -23,64 +23,6 @@ fn gateway(settings: &[Setting]) -> Option<Broker> {
     let port = broker.coap_tcp_port;
     broker.wait_listening(port);
     Some(broker)
-}
-
-/// Publishes through `client` and observes a wildcard, both cross-checked with mosquitto.
-fn publish_and_observe(broker: &Broker, client: &mut AiocoapClient, label: &str) {
-    let prefix = unique_topic(label);
-    let id = unique_client_id(label);
-    let mut sub = MosquittoSub::start(broker, Version::V5, &[&format!("{prefix}/#")], 2, &[]);
-    let answer = client.request(
-        "POST",
-        &format!("/ps/{prefix}/up?clientid={id}&qos=1"),
-        b"from coap",
-        false,
-    );
-    assert_eq!(answer.code, "2.04");
-    let msg = sub.recv(TIMEOUT);
-    assert_eq!(
-        (msg.topic.as_str(), msg.payload.as_slice(), msg.qos),
-        (format!("{prefix}/up").as_str(), &b"from coap"[..], 1)
-    );
-    let answer = client.request(
-        "PUT",
-        &format!("/ps/{prefix}/retained?clientid={id}&retain=true"),
-        b"kept",
-        false,
-    );
-    assert_eq!(answer.code, "2.04");
-    assert_eq!(sub.recv(TIMEOUT).payload, b"kept");
-    let mut late = MosquittoSub::start(
-        broker,
-        Version::V311,
-        &[&format!("{prefix}/retained")],
-        1,
-        &[],
-    );
-    assert!(late.recv(TIMEOUT).retain, "retained for later subscribers");
-
-    assert_eq!(
-        client.observe(&format!("/ps/{prefix}/down/%23?clientid={id}")),
-        "2.05"
-    );
-    for (n, qos) in [(0u8, 0u8), (1, 1), (2, 2)] {
-        let payload = format!("note {n}");
-        mosquitto_pub(
-            broker,
-            Version::V311,
-            &format!("{prefix}/down/{n}"),
-            payload.as_bytes(),
-            qos,
-            false,
-            &[],
-        );
-        assert_eq!(client.notification().payload, payload.as_bytes());
-    }
-    // Unknown resources and methods get their codes, as over UDP.
-    let missing = client.request("GET", &format!("/nothing?clientid={id}"), b"", false);
-    assert_eq!(missing.code, "4.04");
-    let delete = client.request("DELETE", &format!("/ps/{prefix}?clientid={id}"), b"", false);
-    assert_eq!(delete.code, "4.05");
 }
 
 #[test]

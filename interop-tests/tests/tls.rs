@@ -381,16 +381,16 @@ fn failed_start(env: &[(String, String)]) -> String {
 }
 
 #[test]
-fn a_bad_certificate_file_stops_start_up_naming_the_file() {
+fn a_bad_certificate_file_stops_start_up_naming_the_key_and_the_file() {
     let pki = TestPki::new();
     let garbage = pki.dir().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     let missing = pki.dir().join("missing.pem");
     let server = pki.server();
-    for (cert, key, named) in [
-        (&garbage, &server.key, &garbage),
-        (&missing, &server.key, &missing),
-        (&server.cert, &garbage, &garbage),
+    for (cert, key, named, setting) in [
+        (&garbage, &server.key, &garbage, "certfile"),
+        (&missing, &server.key, &missing, "certfile"),
+        (&server.cert, &garbage, &garbage, "keyfile"),
     ] {
         let stderr = failed_start(&[
             (
@@ -410,6 +410,11 @@ fn a_bad_certificate_file_stops_start_up_naming_the_file() {
             stderr.contains(&named.display().to_string()),
             "the error names {}:\n{stderr}",
             named.display()
+        );
+        let key_at_fault = format!("listeners.ssl.default.tls.{setting}");
+        assert!(
+            stderr.contains(&key_at_fault),
+            "the error names {key_at_fault}:\n{stderr}"
         );
     }
 }

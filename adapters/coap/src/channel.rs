@@ -23,7 +23,7 @@ use mqtt_core::client::{
 };
 use mqtt_core::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use mqtt_core::message::Delivery;
-use mqtt_core::protocol::Flow;
+use mqtt_core::protocol::{CertificateIdentity, Flow};
 use mqtt_core::rate::PublishRates;
 use mqtt_core::session::{ConnControl, SessionKey, Wakeup};
 use mqtt_core::storage::{HeldReplies, Ticket};
@@ -477,9 +477,11 @@ pub struct CoapChannel {
     /// or Reset of our message, our connection token): until then no notification goes
     /// out, since a forged source address would receive it; a ping asks first.
     validated: bool,
-    /// The identity the transport (DTLS) authenticated: the client's user name, and the
-    /// only client id it may use.
-    transport_identity: Option<Arc<str>>,
+    /// The user name the transport authenticated (a DTLS key identity, what a verified
+    /// TLS client certificate says): it replaces the query's.
+    transport_username: Option<Arc<str>>,
+    /// The client id the transport authenticated: the only one a request may name.
+    transport_client_id: Option<Arc<str>>,
 }
 
 /// The answer to a publish, sent once the store ticket it waits for is durable.
@@ -570,7 +572,8 @@ impl CoapChannel {
             block_transfer_until: None,
             output_full: false,
             validated: false,
-            transport_identity: None,
+            transport_username: None,
+            transport_client_id: None,
             settings,
         }
     }
@@ -579,16 +582,28 @@ impl CoapChannel {
     /// key identity): that is its user name, and the one client id it may use.
     /// `None` leaves it as a plain transport's.
     pub fn with_transport_identity(mut self, identity: Option<Arc<str>>) -> CoapChannel {
-        self.transport_identity = identity;
+        self.transport_username = identity.clone();
+        self.transport_client_id = identity;
+        self
+    }
+
+    /// The channel of a client whose TLS layer verified a certificate naming it, as the
+    /// listener's `peer_cert_as_username` and `peer_cert_as_clientid` took it: the user
+    /// name replaces the query's, and the client id is the one it may use.
+    pub fn with_certificate_identity(mut self, identity: CertificateIdentity) -> CoapChannel {
+        self.transport_username = identity.username.map(Arc::from);
+        self.transport_client_id = identity.client_id.map(Arc::from);
         self
     }
 
     /// A client the transport authenticated may act under its own identity only.
     fn check_claimed_client_id(&self, client_id: Option<&str>) -> Result<(), Refusal> {
-        match (&self.transport_identity, client_id) {
+        match (&self.transport_client_id, client_id) {
             (Some(identity), Some(claimed)) if **identity != *claimed => {
                 tracing::info!(claimed, identity = %identity, "client id other than the transport identity refused");
-                Err(Refusal::Forbidden("the clientid must be the DTLS identity"))
+                Err(Refusal::Forbidden(
+                    "the clientid must be the one the transport authenticated",
+                ))
             }
             _ => Ok(()),
         }
@@ -1111,7 +1126,7 @@ impl CoapChannel {
             protocol: COAP_NAMESPACE,
             listener: self.settings.listener.clone(),
             client_id: Arc::from(client_id),
-            username: match &self.transport_identity {
+            username: match &self.transport_username {
                 Some(identity) => Some(identity.to_string()),
                 None => query.username.clone(),
             },
@@ -1186,7 +1201,11 @@ impl CoapChannel {
             return self.admit_connected(query, now);
         }
         self.check_claimed_client_id(query.client_id.as_deref())?;
-        let client_id = match (&query.client_id, self.client_id(), &self.transport_identity) {
+        let client_id = match (
+            &query.client_id,
+            self.client_id(),
+            &self.transport_client_id,
+        ) {
             (Some(id), _, _) => id.clone(),
             (None, Some(bound), _) => bound.to_owned(),
             (None, None, Some(identity)) => identity.to_string(),

@@ -1,8 +1,8 @@
 //! CoAP (RFC 7252 with Observe, RFC 7641, and block-wise transfers, RFC 7959): the pub/sub
 //! resources `/ps/{topic}` and the connection resource `/mqtt/connection`, EMQX's URIs and
-//! queries, over UDP on the kit's CoAP message layer and datagram driver, and over TCP and
-//! WebSocket (RFC 8323) on the kit's byte-stream driver. The resources are one channel
-//! (`channel`) whatever carries them.
+//! queries, over UDP and DTLS on the kit's CoAP message layer and datagram driver, and over
+//! TCP, TLS, WebSocket and WebSocket over TLS (RFC 8323) on the kit's byte-stream driver.
+//! The resources are one channel (`channel`) whatever carries them.
 
 mod admission;
 pub mod channel;
@@ -233,22 +233,30 @@ impl StreamProtocol for CoapOverStream {
         } else {
             Framing::Tcp
         };
-        let channel = CoapStream::new(CoapChannel::new_stream(
-            self.broker.clone(),
-            self.settings.clone(),
-            Some(arrival.peer),
-            wakeup.clone(),
-            framing,
-            self.seeds.next(arrival.peer),
-            arrival.accepted,
-        ));
+        let channel = CoapStream::new(
+            CoapChannel::new_stream(
+                self.broker.clone(),
+                self.settings.clone(),
+                Some(arrival.peer),
+                wakeup.clone(),
+                framing,
+                self.seeds.next(arrival.peer),
+                arrival.accepted,
+            )
+            .with_certificate_identity(arrival.certificate_identity),
+        );
         // The first poll sends our CSM without waiting for the client's.
         wakeup.wake();
         channel
     }
 }
 
-/// Starts every enabled CoAP listener of `config`: `gateway.coap.listeners.{udp,dtls,tcp,ws}`.
+/// The ALPN protocol of CoAP over TLS (RFC 8323).
+const COAP_ALPN: &str = "coap";
+
+/// Starts every enabled CoAP listener of `config`:
+/// `gateway.coap.listeners.{udp,dtls,tcp,ssl,ws,wss}`; a DTLS or TLS one only once it has
+/// credentials.
 pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     let coap = &config.gateway.coap;
     if !coap.enable {
@@ -324,9 +332,34 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         let coap = protocol(launch, &named, &l.mountpoint, l.max_message_size, rates);
         launch.serve_stream("CoAP", &named, l.bind_addr(), settings, coap)?;
     }
+    for (name, l) in coap.listeners.ssl.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::CoapSsl, name);
+        let Some(acceptor) = launch.tls_acceptor(&named, &l.ssl_options, &[COAP_ALPN])? else {
+            continue;
+        };
+        let layers = Layers::Tls(acceptor);
+        let settings =
+            LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
+        let rates = PublishRates::new(l.messages_rate, l.bytes_rate);
+        let coap = protocol(launch, &named, &l.mountpoint, l.max_message_size, rates);
+        launch.serve_stream("CoAP", &named, l.bind_addr(), settings, coap)?;
+    }
     for (name, l) in coap.listeners.ws.iter().filter(|(_, l)| l.enable) {
         let named = NamedListener::new(ListenerKind::CoapWs, name);
         let layers = Layers::Ws(Arc::new(l.websocket()));
+        let settings =
+            LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
+        let rates = PublishRates::new(l.messages_rate, l.bytes_rate);
+        let coap = protocol(launch, &named, &l.mountpoint, l.max_message_size, rates);
+        launch.serve_stream("CoAP", &named, l.bind_addr(), settings, coap)?;
+    }
+    for (name, l) in coap.listeners.wss.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::CoapWss, name);
+        // HTTP is what the client negotiates here, if anything: no CoAP ALPN.
+        let Some(acceptor) = launch.tls_acceptor(&named, &l.ssl_options, &[])? else {
+            continue;
+        };
+        let layers = Layers::Wss(acceptor, Arc::new(l.websocket()));
         let settings =
             LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
         let rates = PublishRates::new(l.messages_rate, l.bytes_rate);

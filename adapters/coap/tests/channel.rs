@@ -29,7 +29,7 @@ use mqtt_core::auth::{AclAuthorizer, Auth, AuthOutcome, Authenticator, PasswordA
 use mqtt_core::broker::Broker;
 use mqtt_core::codec::QoS;
 use mqtt_core::message::Message as Routed;
-use mqtt_core::protocol::Flow;
+use mqtt_core::protocol::{CertificateIdentity, Flow};
 use mqtt_core::rate::PublishRates;
 use mqtt_core::session::{SessionCell, SessionKey};
 use mqtt_core::storage::MapStore;
@@ -1854,4 +1854,73 @@ fn a_transport_identity_is_the_user_name_and_the_only_client_id() {
         MessageClass::Response(ResponseType::Forbidden)
     );
     assert!(drain(&watcher, now).is_empty());
+}
+
+/// A client certificate over TLS names the user and the client apart, as the listener's
+/// `peer_cert_as_username` and `peer_cert_as_clientid` say: a user name alone leaves the
+/// client id to the request; a client id alone leaves the user name to the query.
+#[test]
+fn a_certificate_names_the_user_and_the_client_apart() {
+    let now = Instant::now();
+    let acl = "allow all publish dev/%u/#\nallow all publish id/%c/#\nallow all subscribe #\ndeny all all #\n";
+    let (broker, _) = broker_with_users(acl, now);
+    let watcher = mqtt_subscriber(&broker, "#", now);
+    let tls_peer = |username: Option<&str>, client_id: Option<&str>| Peer {
+        channel: CoapChannel::new(
+            broker.clone(),
+            Arc::new(settings()),
+            None,
+            Arc::new(NoWakeup),
+            9,
+            now,
+        )
+        .with_certificate_identity(CertificateIdentity {
+            username: username.map(str::to_owned),
+            client_id: client_id.map(str::to_owned),
+        }),
+        next_id: 100,
+        closed: false,
+        answers_address_check: true,
+    };
+    let changed = MessageClass::Response(ResponseType::Changed);
+
+    // The certificate's user, whatever the query says, with the password checked for it.
+    let mut peer = tls_peer(Some("alice"), None);
+    let ok = peer.post(
+        "/ps/dev/alice/t?clientid=desk-1&username=mallory&password=wonder",
+        b"v",
+        now,
+    );
+    assert_eq!(code(&ok), changed);
+    let refused = peer.post(
+        "/ps/dev/mallory/t?clientid=desk-1&username=mallory&password=wonder",
+        b"v",
+        now,
+    );
+    assert_eq!(
+        code(&refused),
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
+    assert_eq!(drain(&watcher, now).len(), 1);
+
+    // The certificate's client id: named or implied, and no other.
+    let mut peer = tls_peer(None, Some("device-9"));
+    let ok = peer.post("/ps/id/device-9/t?u=mallory&p=evil", b"v", now);
+    assert_eq!(code(&ok), changed);
+    let ok = peer.post(
+        "/ps/dev/mallory/t?clientid=device-9&u=mallory&p=evil",
+        b"v",
+        now,
+    );
+    assert_eq!(code(&ok), changed);
+    let other = peer.post(
+        "/ps/id/desk-2/t?clientid=desk-2&u=mallory&p=evil",
+        b"v",
+        now,
+    );
+    assert_eq!(
+        code(&other),
+        MessageClass::Response(ResponseType::Forbidden)
+    );
+    assert_eq!(drain(&watcher, now).len(), 2);
 }

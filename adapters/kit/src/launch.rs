@@ -46,7 +46,9 @@ pub enum StartError {
         #[source]
         source: Box<crate::dtls::DtlsSetupError>,
     },
-    #[error("{key}.tls")]
+    /// `key` is the TLS setting at fault (`listeners.ssl.default.tls.certfile`), or its
+    /// table when no one setting is.
+    #[error("{key}")]
     Tls {
         key: String,
         #[source]
@@ -72,6 +74,7 @@ pub enum StartError {
 /// give it (`listeners.tcp.default` is `tcp:default`).
 #[derive(Debug, Clone)]
 pub struct NamedListener {
+    pub kind: ListenerKind,
     pub key: String,
     pub name: Arc<str>,
 }
@@ -79,8 +82,28 @@ pub struct NamedListener {
 impl NamedListener {
     pub fn new(kind: ListenerKind, name: &str) -> NamedListener {
         NamedListener {
+            kind,
             key: format!("{}.{name}", kind.table()),
             name: Arc::from(kind.listener_name(name)),
+        }
+    }
+
+    /// The key of the listener's TLS settings: `listeners.ssl.default.tls`,
+    /// `gateway.stomp.listeners.ssl.default.ssl_options`.
+    pub fn tls_key(&self) -> String {
+        format!("{}.{}", self.key, self.kind.tls_table().unwrap_or("tls"))
+    }
+
+    /// The error of a TLS configuration of this listener that cannot be used, naming the
+    /// setting at fault.
+    pub fn tls_error(&self, tls: &TlsConfig, source: TlsSetupError) -> StartError {
+        let table = self.tls_key();
+        StartError::Tls {
+            key: match source.setting(tls) {
+                Some(setting) => format!("{table}.{setting}"),
+                None => table,
+            },
+            source: Box::new(source),
         }
     }
 
@@ -235,20 +258,20 @@ impl Launch {
         Ok((socket, bound))
     }
 
-    /// The TLS configuration of a listener, reloaded when its files change; `None` when it
-    /// has no certificate, in which case the listener does not start (said in the log).
+    /// The TLS configuration of a listener, reloaded when its files change, offering the
+    /// ALPN protocols `alpn` (none: the client's choice is not asked); `None` when it has no
+    /// certificate, in which case the listener does not start (said in the log).
     pub fn tls_acceptor(
         &mut self,
         listener: &NamedListener,
         tls: &TlsConfig,
+        alpn: &[&str],
     ) -> Result<Option<Arc<TlsAcceptor>>, StartError> {
-        if !starts_with_certificate(&listener.key, tls) {
+        if !starts_with_certificate(listener, tls) {
             return Ok(None);
         }
-        let acceptor = TlsAcceptor::new(tls, &[]).map_err(|source| StartError::Tls {
-            key: listener.key.clone(),
-            source: Box::new(source),
-        })?;
+        let acceptor =
+            TlsAcceptor::new(tls, alpn).map_err(|source| listener.tls_error(tls, source))?;
         let acceptor = Arc::new(acceptor);
         self.watch_certificate(&listener.key, acceptor.clone());
         Ok(Some(acceptor))
@@ -286,12 +309,14 @@ impl Launch {
     }
 }
 
-/// Whether a listener that needs a certificate has one, saying why not, or that it is a
-/// made-up one.
-pub fn starts_with_certificate(key: &str, tls: &TlsConfig) -> bool {
+/// Whether a listener that needs a certificate has one, saying once why not (naming the
+/// keys to set), or that it is a made-up one.
+pub fn starts_with_certificate(listener: &NamedListener, tls: &TlsConfig) -> bool {
+    let key = &listener.key;
     if !tls.has_certificate() {
+        let table = listener.tls_key();
         tracing::info!(
-            "{key}: not started: it has no certificate (set tls.certfile and tls.keyfile, or tls.self_signed = true)"
+            "{key}: not started: it has no certificate (set {table}.certfile and {table}.keyfile, or {table}.self_signed = true)"
         );
         return false;
     }

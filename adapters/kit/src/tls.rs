@@ -34,7 +34,7 @@ pub enum TlsSetupError {
     BadPem { path: PathBuf, reason: String },
     #[error("{}: {reason}", path.display())]
     BadCa { path: PathBuf, reason: String },
-    #[error("verify = {verify} needs tls.cacertfile, the CA that signs client certificates")]
+    #[error("verify = {verify} needs cacertfile, the CA that signs client certificates")]
     NoCa { verify: &'static str },
     #[error("unknown cipher suite {0:?} (rustls names, e.g. TLS13_AES_128_GCM_SHA256)")]
     UnknownCipher(String),
@@ -51,6 +51,34 @@ pub enum TlsSetupError {
     SelfSigned(String),
     #[error("TLS settings refused: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+impl TlsSetupError {
+    /// The key of `settings` at fault (`certfile`, `ciphers`), when one is.
+    pub fn setting(&self, settings: &TlsConfig) -> Option<&'static str> {
+        let file = |path: &Path| {
+            let is = |candidate: &Option<PathBuf>| candidate.as_deref() == Some(path);
+            if is(&settings.certfile) {
+                Some("certfile")
+            } else if is(&settings.keyfile) {
+                Some("keyfile")
+            } else if is(&settings.cacertfile) {
+                Some("cacertfile")
+            } else {
+                None
+            }
+        };
+        match self {
+            TlsSetupError::Read { path, .. } | TlsSetupError::BadPem { path, .. } => file(path),
+            TlsSetupError::NoCertificate { .. } => Some("certfile"),
+            TlsSetupError::NoKey { .. } => Some("keyfile"),
+            TlsSetupError::BadCa { .. } | TlsSetupError::NoCa { .. } => Some("cacertfile"),
+            TlsSetupError::UnknownCipher(_) | TlsSetupError::NoUsableCipher => Some("ciphers"),
+            TlsSetupError::SelfSigned(_) => Some("self_signed"),
+            // A certificate and key that do not match: neither alone is at fault.
+            TlsSetupError::Pair { .. } | TlsSetupError::Rustls(_) => None,
+        }
+    }
 }
 
 /// A listener's server configuration, replaceable while it runs: a reload affects the
@@ -445,5 +473,70 @@ impl SocketStream for TlsStream {
     fn end_output(&mut self) -> io::Result<()> {
         self.conn.send_close_notify();
         self.flush_records()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(certfile: &Path, keyfile: &Path) -> TlsConfig {
+        TlsConfig {
+            certfile: Some(certfile.to_owned()),
+            keyfile: Some(keyfile.to_owned()),
+            cacertfile: None,
+            verify: TlsVerify::None,
+            versions: vec![TlsVersion::Tlsv13, TlsVersion::Tlsv12],
+            ciphers: Vec::new(),
+            self_signed: false,
+            peer_cert_as_username: PeerCertField::None,
+            peer_cert_as_clientid: PeerCertField::None,
+        }
+    }
+
+    fn setting_at_fault(settings: &TlsConfig) -> Option<&'static str> {
+        match TlsAcceptor::new(settings, &[]) {
+            Ok(_) => panic!("{settings:?} was accepted"),
+            Err(error) => error.setting(settings),
+        }
+    }
+
+    /// Start-up errors name the one key to fix, whichever file it is.
+    #[test]
+    fn a_setup_error_names_the_setting_at_fault() {
+        let dir = std::env::temp_dir().join(format!("tls-setting-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key, garbage) = (dir.join("c.pem"), dir.join("k.pem"), dir.join("g.pem"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        std::fs::write(&garbage, "not PEM\n").unwrap();
+        let missing = dir.join("missing.pem");
+
+        assert!(TlsAcceptor::new(&settings(&cert, &key), &[]).is_ok());
+        assert_eq!(
+            setting_at_fault(&settings(&missing, &key)),
+            Some("certfile")
+        );
+        assert_eq!(
+            setting_at_fault(&settings(&garbage, &key)),
+            Some("certfile")
+        );
+        assert_eq!(
+            setting_at_fault(&settings(&cert, &missing)),
+            Some("keyfile")
+        );
+        assert_eq!(
+            setting_at_fault(&settings(&cert, &garbage)),
+            Some("keyfile")
+        );
+        let mut bad_ca = settings(&cert, &key);
+        bad_ca.verify = TlsVerify::Required;
+        bad_ca.cacertfile = Some(missing.clone());
+        assert_eq!(setting_at_fault(&bad_ca), Some("cacertfile"));
+        let mut bad_cipher = settings(&cert, &key);
+        bad_cipher.ciphers = vec!["TLS_NO_SUCH_SUITE".into()];
+        assert_eq!(setting_at_fault(&bad_cipher), Some("ciphers"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -126,7 +126,7 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     }
     for (name, l) in listeners.ssl.iter().filter(|(_, l)| l.enable) {
         let named = NamedListener::new(ListenerKind::Ssl, name);
-        let Some(acceptor) = launch.tls_acceptor(&named, &l.tls)? else {
+        let Some(acceptor) = launch.tls_acceptor(&named, &l.tls, &[])? else {
             continue;
         };
         let timeout = l.handshake_timeout.get();
@@ -158,7 +158,7 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     }
     for (name, l) in listeners.wss.iter().filter(|(_, l)| l.enable) {
         let named = NamedListener::new(ListenerKind::Wss, name);
-        let Some(acceptor) = launch.tls_acceptor(&named, &l.tls)? else {
+        let Some(acceptor) = launch.tls_acceptor(&named, &l.tls, &[])? else {
             continue;
         };
         let timeout = l.handshake_timeout.get();
@@ -175,7 +175,7 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     }
     for (name, l) in listeners.quic.iter().filter(|(_, l)| l.enable) {
         let named = NamedListener::new(ListenerKind::Quic, name);
-        if !starts_with_certificate(&named.key, &l.tls) {
+        if !starts_with_certificate(&named, &l.tls) {
             continue;
         }
         let bind = named.address(l.bind_addr())?;

@@ -18,7 +18,7 @@ use mqtt_core::client::{
 use mqtt_core::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use mqtt_core::message::{Delivery, Message as RoutedMessage};
 use mqtt_core::mountpoint::mounted_filter;
-use mqtt_core::protocol::Flow;
+use mqtt_core::protocol::{CertificateIdentity, Flow};
 use mqtt_core::rate::PublishRates;
 use mqtt_core::session::{ConnControl, Outgoing, OutgoingState, SessionState, Wakeup};
 use mqtt_core::storage::{HeldReplies, Ticket};
@@ -64,7 +64,7 @@ const MESSAGE_HEADERS: &[&str] = &[
 /// What every channel of one listener shares.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `tcp:NAME` or `ws:NAME`, as logs and auth rules name the listener.
+    /// `stomp:tcp:NAME`, `stomp:ssl:NAME` …, as logs and auth rules name the listener.
     pub listener: Arc<str>,
     pub limits: FrameLimits,
     /// May contain `${clientid}` and `${username}`.
@@ -223,6 +223,9 @@ pub struct StompChannel {
     last_received: Instant,
     last_sent: Instant,
     draining: bool,
+    /// What a verified client certificate says, boxed since most connections have none;
+    /// it replaces CONNECT's `login` and `client-id` where it names them.
+    certificate: Option<Box<CertificateIdentity>>,
 }
 
 impl StompChannel {
@@ -257,7 +260,17 @@ impl StompChannel {
             last_received: now,
             last_sent: now,
             draining: false,
+            certificate: None,
         }
+    }
+
+    /// The channel of a client whose TLS layer verified a certificate naming it: its user
+    /// name and client id, as the listener's `peer_cert_as_username` and
+    /// `peer_cert_as_clientid` took them, replace what CONNECT says.
+    pub fn with_certificate_identity(mut self, identity: CertificateIdentity) -> StompChannel {
+        let names_someone = identity.username.is_some() || identity.client_id.is_some();
+        self.certificate = names_someone.then(|| Box::new(identity));
+        self
     }
 
     pub fn handle_input(&mut self, input: &mut BytesMut, out: &mut BytesMut, now: Instant) -> Flow {
@@ -686,13 +699,21 @@ impl StompChannel {
             .header("client-id")
             .filter(|id| !id.is_empty())
             .map(str::to_owned);
+        // Naming a session is what asks for it to outlive the connection, whichever name
+        // it then gets.
         let persistent = named.is_some() && self.settings.session_expiry_interval > 0;
-        let client_id = named.unwrap_or_else(|| format!("stomp-{:016x}", self.seed));
+        let certificate = self.certificate.take().map(|identity| *identity);
+        let (certified_username, certified_client_id) = certificate
+            .map(|identity| (identity.username, identity.client_id))
+            .unwrap_or_default();
+        let client_id = certified_client_id
+            .or(named)
+            .unwrap_or_else(|| format!("stomp-{:016x}", self.seed));
         let presented = Presented {
             protocol: STOMP_NAMESPACE,
             listener: self.settings.listener.clone(),
             client_id: Arc::from(client_id.as_str()),
-            username: frame.header("login").map(str::to_owned),
+            username: certified_username.or_else(|| frame.header("login").map(str::to_owned)),
             password: frame
                 .header("passcode")
                 .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),

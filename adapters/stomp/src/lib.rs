@@ -1,6 +1,6 @@
-//! STOMP 1.0, 1.1 and 1.2 over TCP and WebSocket: frames (`frame`), the per-connection
-//! channel mapping frames onto a session of the unified model (`channel`), on the kit's
-//! byte-stream driver.
+//! STOMP 1.0, 1.1 and 1.2 over TCP, TLS, WebSocket and WebSocket over TLS: frames
+//! (`frame`), the per-connection channel mapping frames onto a session of the unified model
+//! (`channel`), on the kit's byte-stream driver and its layers.
 
 pub mod channel;
 pub mod frame;
@@ -68,10 +68,12 @@ impl StreamProtocol for Stomp {
             self.seeds.next(arrival.peer),
             arrival.accepted,
         )
+        .with_certificate_identity(arrival.certificate_identity)
     }
 }
 
-/// Starts every enabled STOMP listener of `config`: `gateway.stomp.listeners.{tcp,ws}`.
+/// Starts every enabled STOMP listener of `config`: `gateway.stomp.listeners.{tcp,ssl,ws,wss}`;
+/// a TLS one only once it has a certificate.
 pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     let stomp = &config.gateway.stomp;
     if !stomp.enable {
@@ -99,9 +101,33 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         let stomp = protocol(launch, &named, &l.mountpoint, rates);
         launch.serve_stream("STOMP", &named, l.bind_addr(), settings, stomp)?;
     }
+    for (name, l) in stomp.listeners.ssl.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::StompSsl, name);
+        let Some(acceptor) = launch.tls_acceptor(&named, &l.ssl_options, &[])? else {
+            continue;
+        };
+        let layers = Layers::Tls(acceptor);
+        let settings =
+            LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
+        let rates = PublishRates::new(l.messages_rate, l.bytes_rate);
+        let stomp = protocol(launch, &named, &l.mountpoint, rates);
+        launch.serve_stream("STOMP", &named, l.bind_addr(), settings, stomp)?;
+    }
     for (name, l) in stomp.listeners.ws.iter().filter(|(_, l)| l.enable) {
         let named = NamedListener::new(ListenerKind::StompWs, name);
         let layers = Layers::Ws(Arc::new(l.websocket()));
+        let settings =
+            LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
+        let rates = PublishRates::new(l.messages_rate, l.bytes_rate);
+        let stomp = protocol(launch, &named, &l.mountpoint, rates);
+        launch.serve_stream("STOMP", &named, l.bind_addr(), settings, stomp)?;
+    }
+    for (name, l) in stomp.listeners.wss.iter().filter(|(_, l)| l.enable) {
+        let named = NamedListener::new(ListenerKind::StompWss, name);
+        let Some(acceptor) = launch.tls_acceptor(&named, &l.ssl_options, &[])? else {
+            continue;
+        };
+        let layers = Layers::Wss(acceptor, Arc::new(l.websocket()));
         let settings =
             LayeredListener::new(&named, l.max_connections, l.max_conn_rate, timeout, layers);
         let rates = PublishRates::new(l.messages_rate, l.bytes_rate);

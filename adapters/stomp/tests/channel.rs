@@ -21,7 +21,7 @@ use mqtt_core::auth::{
 };
 use mqtt_core::broker::Broker;
 use mqtt_core::codec::QoS;
-use mqtt_core::protocol::Flow;
+use mqtt_core::protocol::{CertificateIdentity, Flow};
 use mqtt_core::rate::PublishRates;
 use mqtt_core::session::SessionKey;
 use mqtt_core::storage::MapStore;
@@ -134,13 +134,24 @@ impl Client {
         headers: &[(&str, &str)],
         now: Instant,
     ) -> (Client, Vec<Frame>) {
+        let client = Client::open(broker, settings, CertificateIdentity::default(), now);
+        client.send_connect(client_id, login, headers, now)
+    }
+
+    /// A connection not yet sent anything, whose TLS layer established `certificate`.
+    fn open(
+        broker: &Arc<Broker>,
+        settings: &Arc<Settings>,
+        certificate: CertificateIdentity,
+        now: Instant,
+    ) -> Client {
         let mut decoder = Decoder::new(FrameLimits {
             max_headers: 64,
             max_headers_length: 4096,
             max_body_length: 1 << 20,
         });
         decoder.set_version(Version::V1_2);
-        let mut client = Client {
+        Client {
             channel: StompChannel::new(
                 broker.clone(),
                 settings.clone(),
@@ -148,12 +159,24 @@ impl Client {
                 Arc::new(NoWakeup),
                 NEXT_SEED.fetch_add(1, Ordering::Relaxed),
                 now,
-            ),
+            )
+            .with_certificate_identity(certificate),
             decoder,
             out: BytesMut::new(),
             pending: Vec::new(),
             closed: false,
-        };
+        }
+    }
+
+    /// Sends CONNECT with `client-id` and `login` (with a passcode of the same name) when
+    /// given, and `headers`.
+    fn send_connect(
+        mut self,
+        client_id: Option<&str>,
+        login: Option<&str>,
+        headers: &[(&str, &str)],
+        now: Instant,
+    ) -> (Client, Vec<Frame>) {
         let mut connect = Frame::new(Command::Connect).with_header("accept-version", "1.2");
         if let Some(id) = client_id {
             connect = connect.with_header("client-id", id);
@@ -166,8 +189,8 @@ impl Client {
         for (name, value) in headers {
             connect = connect.with_header(name, *value);
         }
-        let answer = client.send(connect, now);
-        (client, answer)
+        let answer = self.send(connect, now);
+        (self, answer)
     }
 
     /// Sends one frame; returns what the channel answered.
@@ -641,6 +664,55 @@ fn another_users_named_session_is_refused_and_left_to_its_owner() {
     let resent = alice.wake(t0);
     assert_eq!(bodies(&resent), vec![&b"m1"[..], b"m2"]);
     assert!(resent.iter().all(|f| f.header("subscription") == Some("s")));
+}
+
+/// What a verified client certificate says names the client, whatever CONNECT claims: its
+/// user name is the one authenticated and authorized, and its client id names the session.
+#[test]
+fn a_certificate_identity_replaces_login_and_client_id() {
+    let t0 = Instant::now();
+    let broker = users_broker(t0);
+    let settings = settings(|_| {});
+    let certified = |username: &str, client_id: Option<&str>| CertificateIdentity {
+        username: Some(username.to_owned()),
+        client_id: client_id.map(str::to_owned),
+    };
+    // The certificate says mallory, CONNECT says alice with alice's passcode: the passcode
+    // is checked against mallory, so it fails.
+    let (client, answer) = Client::open(&broker, &settings, certified("mallory", None), t0)
+        .send_connect(None, Some("alice"), &[], t0);
+    assert_refused(&client, &answer, "Login Failed: authentication failed");
+    client.close(t0);
+
+    // With mallory's own passcode it passes, as mallory: refused where mallory is.
+    let (mut client, answer) = Client::open(
+        &broker,
+        &settings,
+        certified("mallory", Some("device-7")),
+        t0,
+    )
+    .send_connect(
+        Some("chosen"),
+        None,
+        &[("login", "alice"), ("passcode", "mallory")],
+        t0,
+    );
+    assert_eq!(answer[0].command, Command::Connected, "{answer:?}");
+    assert_eq!(answer[0].header("session"), Some("device-7"));
+    let key = |id: &str| SessionKey {
+        namespace: STOMP_NAMESPACE,
+        client_id: Arc::from(id),
+    };
+    assert!(broker.session(&key("device-7")).is_some());
+    assert!(broker.session(&key("chosen")).is_none());
+    let refused = client.send(
+        Client::frame(Command::Send, &[("destination", "secret/plans")]),
+        t0,
+    );
+    assert_eq!(refused[0].command, Command::Error, "{refused:?}");
+    client.close(t0);
+    // Naming the session (client-id) still makes it outlive the connection.
+    assert!(broker.session(&key("device-7")).is_some());
 }
 
 #[test]

@@ -103,34 +103,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Busy time of all cores over one second, in % of one core.
-machine_busy() {
-    local a b
-    a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-    awk -v a="$a" -v b="$b" -v n="$(nproc)" 'BEGIN {
-        split(a, x, " "); split(b, y, " ");
-        total = y[2] - x[2]; if (total <= 0) { print 0; exit }
-        printf "%.0f", (y[1] - x[1]) / total * 100 * n }'
-}
-wait_for_quiet() {
-    local waited=0
-    while (( $(machine_busy) > 25 && waited < ${QUIET_WAIT:-90} )); do
-        sleep 4
-        waited=$((waited + 5))
-    done
-}
+# shellcheck source=bench/machine.sh
+source bench/machine.sh
 
 # run LABEL ARGS...: a fresh gateway on core 0, coap-bench ARGS on core 1.
 run() {
     local label=$1
     shift
-    wait_for_quiet
+    wait_for_quiet >/dev/null
     local mqtt coap coaps
     mqtt=$(free_port)
     coap=$(free_port)

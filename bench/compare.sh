@@ -242,23 +242,16 @@ RUNS=$OUT/runs.jsonl
 
 BROKER_PID=""
 GEN_PID=""
+# shellcheck source=bench/machine.sh
+source bench/machine.sh
 cleanup() {
-    if [[ -n $GEN_PID ]]; then
-        kill "$GEN_PID" 2>/dev/null || true
-        wait "$GEN_PID" 2>/dev/null || true
-        GEN_PID=""
-    fi
-    if [[ -n $BROKER_PID ]]; then
-        kill "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-        BROKER_PID=""
-    fi
+    stop_pid "$GEN_PID"
+    GEN_PID=""
+    stop_pid "$BROKER_PID"
+    BROKER_PID=""
 }
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
-
-# shellcheck source=bench/machine.sh
-source bench/machine.sh
 
 wait_listening() {
     local port=$1

@@ -93,18 +93,14 @@ for i in $(seq 0 $((CLIENTS > CONCURRENCY ? CLIENTS : CONCURRENCY))); do
 done >"$OUT/psk.txt"
 
 BROKER_PID=""
+# shellcheck source=bench/machine.sh
+source bench/machine.sh
 cleanup() {
-    if [[ -n $BROKER_PID ]]; then
-        kill "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-        BROKER_PID=""
-    fi
+    stop_pid "$BROKER_PID"
+    BROKER_PID=""
 }
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
-
-# shellcheck source=bench/machine.sh
-source bench/machine.sh
 
 # run LABEL ARGS...: a fresh gateway on core 0, coap-bench ARGS on core 1.
 run() {

@@ -1,5 +1,14 @@
 # Shell functions the benchmark scripts share: sourced, not run.
 
+# Ends a background process started by the script, if PID is set.
+stop_pid() {
+    local pid=$1
+    if [[ -n $pid ]]; then
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+}
+
 # A TCP port free on loopback now.
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -155,8 +155,9 @@ pub struct DatagramMetrics {
     /// did not vouch for (served by a peer of their own instead).
     pub claims_refused: AtomicU64,
     /// Datagrams that would have made a peer and were answered by the listener itself
-    /// (a DTLS HelloVerifyRequest) or dropped unanswered, no peer made.
+    /// (a DTLS HelloVerifyRequest), no peer made.
     pub datagrams_answered_statelessly: AtomicU64,
+    /// Datagrams that would have made a peer and were dropped unanswered, no peer made.
     pub datagrams_not_admitted: AtomicU64,
 }
 

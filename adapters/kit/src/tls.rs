@@ -171,12 +171,12 @@ pub fn certificate_identity(
     }
 }
 
-/// One field of a certificate rustls has verified; None when it lacks the field.
 /// The subject's common name of a certificate.
 pub(crate) fn certificate_common_name(der: &CertificateDer<'_>) -> Option<String> {
     certificate_field(der, PeerCertField::Cn)
 }
 
+/// One field of a certificate rustls has verified; None when it lacks the field.
 fn certificate_field(der: &CertificateDer<'_>, field: PeerCertField) -> Option<String> {
     if field == PeerCertField::None {
         return None;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqtt_core::broker::{ListenerFigures, DROP_REPORT_INTERVAL};
+use mqtt_core::broker::{ListenerFigures, Stats, DROP_REPORT_INTERVAL};
 use tokio::sync::watch;
 
 /// Why a handshake did not make a session.
@@ -54,17 +54,13 @@ pub struct DtlsMetrics {
     pub sessions_revoked: AtomicU64,
 }
 
-fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
-
 fn read(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
 impl DtlsMetrics {
     pub fn handshake_failed(&self, why: HandshakeFailure) {
-        add(
+        Stats::add(
             match why {
                 HandshakeFailure::Credentials => &self.handshakes_failed_credentials,
                 HandshakeFailure::Timeout => &self.handshakes_failed_timeout,
@@ -75,15 +71,15 @@ impl DtlsMetrics {
     }
 
     pub fn handshake_completed(&self) {
-        add(&self.handshakes_completed, 1);
+        Stats::add(&self.handshakes_completed, 1);
     }
 
     pub fn cookie_sent(&self) {
-        add(&self.cookies_sent, 1);
+        Stats::add(&self.cookies_sent, 1);
     }
 
     pub fn dropped(&self, why: RecordDrop, n: u64) {
-        add(
+        Stats::add(
             match why {
                 RecordDrop::Garbage => &self.records_dropped_garbage,
                 RecordDrop::Oversized => &self.records_dropped_oversized,
@@ -94,7 +90,7 @@ impl DtlsMetrics {
     }
 
     pub fn session_revoked(&self) {
-        add(&self.sessions_revoked, 1);
+        Stats::add(&self.sessions_revoked, 1);
     }
 
     pub fn handshakes_failed(&self) -> u64 {

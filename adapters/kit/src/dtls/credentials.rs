@@ -42,16 +42,31 @@ impl Credentials {
         let psk = psk
             .map(|table| PskCredentials::new(table, handshake_timeout, mtu))
             .transpose()?;
-        let certificate_config = match &certificate {
-            Some(certificate) => Some(probe_certificate(certificate, handshake_timeout, mtu)?),
+        let certificate = match certificate {
+            Some(certificate) => {
+                let config = probe_certificate(&certificate, handshake_timeout, mtu)?;
+                Some((certificate, config))
+            }
             None => None,
         };
+        Credentials::assemble(psk, certificate)
+    }
+
+    /// Keys made ready and a certificate already probed, its engine configuration beside it.
+    fn assemble(
+        psk: Option<PskCredentials>,
+        certificate: Option<(ServerCertificate, Arc<dimpl::Config>)>,
+    ) -> Result<Credentials, DtlsSetupError> {
         if psk.is_none() && certificate.is_none() {
             return Err(DtlsSetupError::NoCredentials);
         }
+        let (certificate, certificate_config) = match certificate {
+            Some((certificate, config)) => (Some(Arc::new(certificate)), Some(config)),
+            None => (None, None),
+        };
         Ok(Credentials {
             psk,
-            certificate: certificate.map(Arc::new),
+            certificate,
             certificate_config,
         })
     }
@@ -67,6 +82,8 @@ impl Credentials {
             .psk_file
             .as_deref()
             .map(PskTable::load)
+            .transpose()?
+            .map(|table| PskCredentials::new(table, handshake_timeout, mtu))
             .transpose()?;
         let certificate = match (&options.certfile, &options.keyfile) {
             (Some(cert), Some(key)) => {
@@ -78,18 +95,19 @@ impl Credentials {
                 )?;
                 // Probed here rather than in `new`, to say which files hold what the
                 // engine refused.
-                probe_certificate(&certificate, handshake_timeout, mtu).map_err(|error| {
-                    DtlsSetupError::Pair {
-                        cert: cert.display().to_string(),
-                        key: key.display().to_string(),
-                        reason: error.to_string(),
-                    }
-                })?;
-                Some(certificate)
+                let config =
+                    probe_certificate(&certificate, handshake_timeout, mtu).map_err(|error| {
+                        DtlsSetupError::Pair {
+                            cert: cert.display().to_string(),
+                            key: key.display().to_string(),
+                            reason: error.to_string(),
+                        }
+                    })?;
+                Some((certificate, config))
             }
             _ => None,
         };
-        Credentials::new(psk, certificate, handshake_timeout, mtu)
+        Credentials::assemble(psk, certificate)
     }
 }
 

@@ -722,6 +722,9 @@ pub struct DtlsListenerConfig {
     /// ClientHellos without the listener's cookie are answered by the listener, which
     /// keeps nothing for them (RFC 6347 4.2.1); off, each makes a peer.
     pub stateless_cookies: bool,
+    /// Bytes of the connection ID (RFC 9146) a client that offers the extension gets;
+    /// 0: not negotiated.
+    pub connection_id_length: u32,
     /// Messages one client may publish per period (EMQX's `messages_rate`).
     pub messages_rate: Rate,
     /// Bytes of topic and payload one client may publish per period (EMQX's `bytes_rate`).

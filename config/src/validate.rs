@@ -17,6 +17,9 @@ pub(crate) struct Violation {
 
 /// Largest whole MQTT packet: a 268,435,455-byte remaining length plus the fixed header.
 const MQTT_MAX_PACKET: u32 = 268_435_460;
+/// The longest DTLS connection ID the engine issues (RFC 9146 allows 255 bytes; 32 keeps
+/// a record's overhead small and is what common DTLS stacks accept by default).
+const MAX_CONNECTION_ID_LENGTH: u32 = 32;
 
 pub(crate) fn is_valid_listener_name(name: &str) -> bool {
     !name.is_empty()
@@ -989,6 +992,14 @@ fn check_dtls_listeners(
                     format!("{prefix}.{key} must be >= 1"),
                 );
             }
+        }
+        if listener.connection_id_length > MAX_CONNECTION_ID_LENGTH {
+            fail(
+                &format!("{prefix}.connection_id_length"),
+                format!(
+                    "{prefix}.connection_id_length must be <= {MAX_CONNECTION_ID_LENGTH} (0 = none)"
+                ),
+            );
         }
         let options = &listener.dtls_options;
         if options.certfile.is_some() != options.keyfile.is_some() {

@@ -4,7 +4,8 @@
 //! engine or the established session). Arbitrary bytes from four sources, ClientHellos
 //! that return cookies the listener gave (to the sender or to another source), a real
 //! PSK client's flights (changed on the way or not), its application data and replays of
-//! it, and time passing, with stateless cookies on or off.
+//! it, in records carrying connection IDs both ways, and time passing, with stateless
+//! cookies on or off.
 //!
 //! Checked: no panic; a peer is made, with stateless cookies on, only for a ClientHello
 //! returning a cookie the listener sent to that very source; the listener's own answer
@@ -21,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use adapter_kit::dtls::{
-    DtlsChannel, DtlsDemux, DtlsSettings, HandshakeLimits, OpenChannel, PskTable,
+    DtlsChannel, DtlsDemux, DtlsSettings, EngineSettings, HandshakeLimits, OpenChannel, PskTable,
 };
 use adapter_kit::{Admission, DatagramChannel, Demux, Flow};
 use arbitrary::Arbitrary;
@@ -186,8 +187,7 @@ fn fixture() -> &'static Fixture {
                 None,
                 MAX_HANDSHAKES,
                 MAX_HANDSHAKES,
-                Duration::from_secs(5),
-                MTU,
+                EngineSettings::new(Duration::from_secs(5), MTU).with_connection_ids(8),
                 stateless,
             )
             .expect("settings");
@@ -200,6 +200,8 @@ fn fixture() -> &'static Fixture {
                     b"dev-1".to_vec(),
                     Arc::new(ClientKey(key.as_bytes().to_vec())),
                 )
+                // Its records carry the listener's connection ID, and the listener's its.
+                .dtls12_connection_id_len(4)
                 .build()
                 .expect("client config");
             Arc::new(config)

@@ -24,7 +24,7 @@
 mod credentials;
 mod metrics;
 
-pub use credentials::DtlsReloader;
+pub use credentials::{DtlsReloader, EngineSettings};
 pub use metrics::{DtlsMetrics, HandshakeFailure, RecordDrop};
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +55,8 @@ const COOKIE_LEN: usize = 32;
 const RECORD_HEADER_LEN: usize = 13;
 const HANDSHAKE_HEADER_LEN: usize = 12;
 const CONTENT_HANDSHAKE: u8 = 22;
+/// A record carrying a connection ID (RFC 9146).
+const CONTENT_TLS12_CID: u8 = 25;
 const CLIENT_HELLO: u8 = 1;
 const HELLO_VERIFY_REQUEST: u8 = 3;
 /// RFC 6347 4.2.1: the HelloVerifyRequest names DTLS 1.0, whatever is negotiated later.
@@ -273,10 +275,7 @@ pub struct DtlsSettings {
     pub max_handshakes: usize,
     /// Handshakes under way at once from one source IP address.
     pub max_handshakes_per_source: usize,
-    /// A handshake not done by then is given up, its peer forgotten.
-    pub handshake_timeout: Duration,
-    /// The largest datagram the engine sends.
-    pub mtu: usize,
+    pub engine: EngineSettings,
     /// The listener answers ClientHellos without its cookie itself, keeping nothing;
     /// otherwise every ClientHello makes a peer whose engine asks for its own cookie.
     pub stateless_cookies: bool,
@@ -290,8 +289,7 @@ impl std::fmt::Debug for DtlsSettings {
             .field("credentials", &self.credentials)
             .field("max_handshakes", &self.max_handshakes)
             .field("max_handshakes_per_source", &self.max_handshakes_per_source)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field("mtu", &self.mtu)
+            .field("engine", &self.engine)
             .field("stateless_cookies", &self.stateless_cookies)
             .field("max_datagram", &self.max_datagram)
             .finish_non_exhaustive()
@@ -306,20 +304,18 @@ impl DtlsSettings {
         certificate: Option<ServerCertificate>,
         max_handshakes: usize,
         max_handshakes_per_source: usize,
-        handshake_timeout: Duration,
-        mtu: usize,
+        engine: EngineSettings,
         stateless_cookies: bool,
     ) -> Result<DtlsSettings, DtlsSetupError> {
-        let credentials = Credentials::new(psk, certificate, handshake_timeout, mtu)?;
+        let credentials = Credentials::new(psk, certificate, engine)?;
         Ok(DtlsSettings {
             credentials: CredentialCell::new(credentials),
             metrics: Arc::default(),
             max_handshakes,
             max_handshakes_per_source,
-            handshake_timeout,
-            mtu,
+            engine,
             stateless_cookies,
-            max_datagram: usize::from(u16::MAX) + RECORD_OVERHEAD,
+            max_datagram: usize::from(u16::MAX) + engine.record_overhead(),
         })
     }
 
@@ -333,17 +329,19 @@ impl DtlsSettings {
             return Ok(None);
         }
         let load = || -> Result<DtlsSettings, DtlsSetupError> {
-            let timeout = l.handshake_timeout.get();
-            let credentials = Credentials::read(&l.dtls_options, timeout, MTU)?;
+            let mut engine = EngineSettings::new(l.handshake_timeout.get(), MTU);
+            if l.connection_id_length > 0 {
+                engine = engine.with_connection_ids(l.connection_id_length as usize);
+            }
+            let credentials = Credentials::read(&l.dtls_options, engine)?;
             Ok(DtlsSettings {
                 credentials: CredentialCell::new(credentials),
                 metrics: Arc::default(),
                 max_handshakes: l.max_handshakes as usize,
                 max_handshakes_per_source: l.max_handshakes_per_source as usize,
-                handshake_timeout: timeout,
-                mtu: MTU,
+                engine,
                 stateless_cookies: l.stateless_cookies,
-                max_datagram: (l.max_packet_size as usize).saturating_add(RECORD_OVERHEAD),
+                max_datagram: (l.max_packet_size as usize).saturating_add(engine.record_overhead()),
             })
         };
         load().map(Some).map_err(|source| StartError::Dtls {
@@ -367,8 +365,7 @@ impl DtlsSettings {
         DtlsReloader::new(
             self.credentials.clone(),
             options.clone(),
-            self.handshake_timeout,
-            self.mtu,
+            self.engine,
             listener,
         )
     }
@@ -422,19 +419,17 @@ impl std::fmt::Debug for PskCredentials {
 impl PskCredentials {
     pub(crate) fn new(
         table: PskTable,
-        handshake_timeout: Duration,
-        mtu: usize,
+        engine: EngineSettings,
     ) -> Result<PskCredentials, DtlsSetupError> {
         let table = Arc::new(table);
-        let config = dimpl::Config::builder()
+        let config = engine
+            .builder()
             .with_psk_server(
                 None,
                 Arc::new(RecordingResolver {
                     table: table.clone(),
                 }),
             )
-            .handshake_timeout(handshake_timeout)
-            .mtu(mtu)
             .build()
             .map_err(|error| DtlsSetupError::Engine(error.to_string()))?;
         Ok(PskCredentials {
@@ -509,7 +504,9 @@ pub async fn serve_dtls_listener<C, F>(
     let mut dtls = dtls;
     // A record of the largest datagram accepted, and one byte more, so an oversized one
     // is seen as such rather than arriving truncated.
-    dtls.max_datagram = listener.max_packet_size.saturating_add(RECORD_OVERHEAD);
+    dtls.max_datagram = listener
+        .max_packet_size
+        .saturating_add(dtls.engine.record_overhead());
     let read = dtls.max_datagram.saturating_add(1);
     let limits = listener.limits(read, None);
     let handshakes = HandshakeLimits::new(dtls.max_handshakes, dtls.max_handshakes_per_source);
@@ -779,6 +776,8 @@ pub struct DtlsDemux {
     limits: Arc<HandshakeLimits>,
     metrics: Arc<DtlsMetrics>,
     max_datagram: usize,
+    /// The length of the connection IDs the listener gives; 0 when it gives none.
+    cid_len: usize,
 }
 
 impl DtlsDemux {
@@ -790,17 +789,36 @@ impl DtlsDemux {
             limits,
             metrics: settings.metrics.clone(),
             max_datagram: settings.max_datagram,
+            cid_len: settings.engine.connection_id_len.unwrap_or(0),
         }
     }
+}
+
+/// The name under which a session with connection ID `cid` may be found from a new
+/// address.
+fn connection_id_identity(cid: &[u8]) -> Arc<str> {
+    let mut name = String::with_capacity(4 + 2 * cid.len());
+    name.push_str("cid:");
+    for byte in cid {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    Arc::from(name)
 }
 
 impl Demux for DtlsDemux {
     fn sub_key(&self, _datagram: &Bytes) -> Option<Bytes> {
         None
     }
-    /// A DTLS session is bound to its address; nothing in its records names a client.
-    fn identity(&self, _datagram: &Bytes) -> Option<Arc<str>> {
-        None
+    /// A record with a connection ID (RFC 9146) names the session it belongs to: from a
+    /// new address, that session's engine decides whether the record is its peer's.
+    /// Nothing else in a record names anything.
+    fn identity(&self, datagram: &Bytes) -> Option<Arc<str>> {
+        if self.cid_len == 0 || datagram.first() != Some(&CONTENT_TLS12_CID) {
+            return None;
+        }
+        let cid_at = RECORD_HEADER_LEN - 2;
+        let cid = datagram.get(cid_at..cid_at + self.cid_len)?;
+        Some(connection_id_identity(cid))
     }
     fn wrap(&self, _sub_key: &Bytes, datagram: Bytes) -> Bytes {
         datagram
@@ -940,6 +958,12 @@ pub struct DtlsChannel<C> {
     /// Application data records the engine handed over: what a datagram held and the
     /// engine did not hand over, it dropped.
     records_received: u64,
+    /// The name its connection ID gives the open session, under which a record from a new
+    /// address may claim it.
+    cid_identity: Option<Arc<str>>,
+    /// The peer moved to a new address on the strength of its connection ID: until its
+    /// channel sees it receive there, it is sent no more than the driver's budget allows.
+    moved: bool,
 }
 
 impl<C: DatagramChannel> DtlsChannel<C> {
@@ -956,7 +980,7 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             Some(slot) => Phase::Handshake {
                 open,
                 mode: None,
-                deadline: now + settings.handshake_timeout,
+                deadline: now + settings.engine.handshake_timeout,
                 _slot: slot,
             },
             None => Phase::Closed,
@@ -968,7 +992,7 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             engine_deadline: None,
             first: settings.stateless_cookies,
             proven: settings.stateless_cookies,
-            buf: vec![0; settings.mtu.max(2048)],
+            buf: vec![0; settings.engine.mtu.max(2048)],
             peer,
             restarts: None,
             opening: Vec::new(),
@@ -976,6 +1000,8 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             lease: None,
             identity: None,
             records_received: 0,
+            cid_identity: None,
+            moved: false,
         }
     }
 
@@ -1145,6 +1171,11 @@ impl<C: DatagramChannel> DtlsChannel<C> {
             None => tracing::info!("DTLS session established without a client identity"),
         }
         self.identity = identity.clone();
+        self.cid_identity = self
+            .engine
+            .as_ref()
+            .and_then(|engine| engine.connection_id())
+            .map(connection_id_identity);
         self.phase = Phase::Open(open(identity));
     }
 
@@ -1311,7 +1342,7 @@ fn is_hello_verify_request(packet: &[u8]) -> bool {
 /// nothing but whole DTLS records no longer than `max`; otherwise why it is dropped. What
 /// passes may still be refused by the engine; what fails would be, or would end a session
 /// that a forged source address could end at will.
-fn screen(datagram: &[u8], max: usize) -> Result<u64, RecordDrop> {
+fn screen(datagram: &[u8], max: usize, cid_len: usize) -> Result<u64, RecordDrop> {
     const CONTENT_TYPES: std::ops::RangeInclusive<u8> = 20..=23;
     const CONTENT_APPLICATION_DATA: u8 = 23;
     if datagram.len() > max {
@@ -1329,18 +1360,29 @@ fn screen(datagram: &[u8], max: usize) -> Result<u64, RecordDrop> {
         else {
             return Err(RecordDrop::Garbage);
         };
+        // A record with a connection ID (RFC 9146) has it before its length; its real
+        // content type, application data almost always, is inside the protection.
+        let with_cid = content == CONTENT_TLS12_CID && cid_len > 0;
         // DTLS 1.0 (0xfeff) or 1.2 (0xfefd).
-        if !CONTENT_TYPES.contains(&content) || major != 0xfe || !matches!(minor, 0xfd | 0xff) {
+        if !(CONTENT_TYPES.contains(&content) || with_cid)
+            || major != 0xfe
+            || !matches!(minor, 0xfd | 0xff)
+        {
             return Err(RecordDrop::Garbage);
         }
-        let (Some(&high), Some(&low)) = (header.get(11), header.get(12)) else {
+        let header_len = if with_cid {
+            RECORD_HEADER_LEN + cid_len
+        } else {
+            RECORD_HEADER_LEN
+        };
+        let (Some(&high), Some(&low)) = (rest.get(header_len - 2), rest.get(header_len - 1)) else {
             return Err(RecordDrop::Garbage);
         };
         let length = usize::from(u16::from_be_bytes([high, low]));
-        rest = rest
-            .get(RECORD_HEADER_LEN + length..)
-            .ok_or(RecordDrop::Garbage)?;
-        if content == CONTENT_APPLICATION_DATA && header.get(3..5) != Some(&[0, 0][..]) {
+        rest = rest.get(header_len + length..).ok_or(RecordDrop::Garbage)?;
+        if (content == CONTENT_APPLICATION_DATA || with_cid)
+            && header.get(3..5) != Some(&[0, 0][..])
+        {
             application += 1;
         }
     }
@@ -1406,7 +1448,8 @@ impl<C: DatagramChannel> DtlsChannel<C> {
         if matches!(self.phase, Phase::Closed) {
             return Flow::Close;
         }
-        let application = match screen(&datagram, self.settings.max_datagram) {
+        let cid_len = self.settings.engine.connection_id_len.unwrap_or(0);
+        let application = match screen(&datagram, self.settings.max_datagram, cid_len) {
             Ok(application) => application,
             Err(why) => {
                 self.settings.metrics.dropped(why, 1);
@@ -1579,20 +1622,44 @@ impl<C: DatagramChannel> DatagramChannel for DtlsChannel<C> {
         self.phase = Phase::Closed;
     }
 
+    /// An open session with a connection ID, by that ID.
     fn rebindable_identity(&self) -> Option<Arc<str>> {
-        None
+        match self.phase {
+            Phase::Open(_) => self.cid_identity.clone(),
+            _ => None,
+        }
     }
 
-    fn vouch(&mut self, _datagram: &Bytes, _from: SocketAddr, _now: Instant) -> bool {
-        false
+    /// RFC 9146 6: the record authenticates under the session's keys and is newer than any
+    /// the session received, so neither a forger nor a replay moves the session.
+    fn vouch(&mut self, datagram: &Bytes, _from: SocketAddr, _now: Instant) -> bool {
+        if !matches!(self.phase, Phase::Open(_)) {
+            return false;
+        }
+        let Some(engine) = self.engine.as_mut() else {
+            return false;
+        };
+        guarded(|| Ok(engine.vouches_for_move(datagram))).unwrap_or(false)
     }
 
-    fn rebound(&mut self, _address: SocketAddr) {}
+    fn rebound(&mut self, address: SocketAddr) {
+        tracing::debug!(old = %self.peer, "DTLS session follows its connection ID to a new address");
+        self.peer = address;
+        self.moved = true;
+        if let Phase::Open(channel) = &mut self.phase {
+            channel.rebound(address);
+        }
+    }
 
     /// The peer's ClientHello returned the listener's cookie, or its handshake, which
-    /// began with the engine's, is done.
+    /// began with the engine's, is done; after a move, only once the channel saw the peer
+    /// receive at its new address (DTLS 1.2 has no check of its own).
     fn address_validated(&self) -> bool {
-        self.proven || matches!(self.phase, Phase::Open(_))
+        match &self.phase {
+            Phase::Open(channel) if self.moved => channel.address_validated(),
+            Phase::Open(_) => true,
+            _ => self.proven,
+        }
     }
 }
 
@@ -1817,13 +1884,20 @@ mod tests {
     }
 
     fn psk_client(identity: &str, key: &str, now: Instant) -> Dtls {
-        let config = dimpl::Config::builder()
-            .with_psk_client(
-                identity.as_bytes().to_vec(),
-                Arc::new(ClientKey(key.as_bytes().to_vec())),
-            )
-            .build()
-            .unwrap();
+        psk_client_with(identity, key, now, None)
+    }
+
+    /// A client asking for a connection ID of `cid_len` bytes, when given.
+    fn psk_client_with(identity: &str, key: &str, now: Instant, cid_len: Option<usize>) -> Dtls {
+        let builder = dimpl::Config::builder().with_psk_client(
+            identity.as_bytes().to_vec(),
+            Arc::new(ClientKey(key.as_bytes().to_vec())),
+        );
+        let builder = match cid_len {
+            Some(len) => builder.dtls12_connection_id_len(len),
+            None => builder,
+        };
+        let config = builder.build().unwrap();
         let mut client = Dtls::new_12_psk(Arc::new(config), now);
         client.set_active(true);
         client.handle_timeout(now).unwrap();
@@ -1855,8 +1929,7 @@ mod tests {
             None,
             16,
             16,
-            Duration::from_secs(10),
-            1200,
+            EngineSettings::new(Duration::from_secs(10), 1200),
             stateless,
         )
         .unwrap()
@@ -1920,6 +1993,19 @@ mod tests {
         send: &[u8],
     ) -> Run {
         let now = Instant::now();
+        let client = psk_client(identity, key, now);
+        handshake_of(settings, limits, from, client, send, now)
+    }
+
+    /// The same with a client of the test's own.
+    fn handshake_of(
+        settings: &DtlsSettings,
+        limits: &Arc<HandshakeLimits>,
+        from: SocketAddr,
+        client: Dtls,
+        send: &[u8],
+        now: Instant,
+    ) -> Run {
         let demux = DtlsDemux::new(settings, limits.clone(), now);
         let mut run = Run {
             channel: None,
@@ -1929,7 +2015,7 @@ mod tests {
             received: Vec::new(),
             flow: Flow::Continue,
             stateless_replies: 0,
-            client: psk_client(identity, key, now),
+            client,
             now,
             wakeup: Arc::new(ConnWakeup::default()),
         };
@@ -1999,6 +2085,120 @@ mod tests {
             "the handshake's place is given back"
         );
         assert!(run.channel.is_some_and(|c| c.address_validated()));
+    }
+
+    fn cid_settings(cid_len: usize) -> DtlsSettings {
+        DtlsSettings::new(
+            Some(PskTable::parse(KEYS).unwrap()),
+            None,
+            16,
+            16,
+            EngineSettings::new(Duration::from_secs(10), 1200).with_connection_ids(cid_len),
+            false,
+        )
+        .unwrap()
+    }
+
+    /// The client's next record of `data`, not handed to the peer.
+    fn record_of(client: &mut Dtls, data: &[u8]) -> Bytes {
+        client.send_application_data(data).unwrap();
+        let (mut packets, _) = poll_client(client, &mut Vec::new());
+        assert_eq!(packets.len(), 1);
+        Bytes::from(packets.remove(0))
+    }
+
+    #[test]
+    fn a_session_with_a_connection_id_vouches_only_for_a_fresh_record_of_its_own_client() {
+        let settings = cid_settings(8);
+        let limits = HandshakeLimits::new(4, 2);
+        let now = Instant::now();
+        let client = psk_client_with("dev-1", "key-one", now, Some(0));
+        let mut run = handshake_of(&settings, &limits, addr(5684), client, b"ping", now);
+        assert!(run.connected);
+        assert_eq!(run.received, vec![b"dev-1|ping".to_vec()]);
+        let channel = run.channel.as_mut().expect("a peer");
+        let identity = channel
+            .rebindable_identity()
+            .expect("named by its connection ID");
+        assert!(identity.starts_with("cid:") && identity.len() == 4 + 16);
+
+        let demux = DtlsDemux::new(&settings, limits.clone(), now);
+        let fresh = record_of(&mut run.client, b"moved");
+        assert_eq!(fresh[0], CONTENT_TLS12_CID);
+        assert_eq!(demux.identity(&fresh), Some(identity.clone()));
+        let new_address = addr(40000);
+        let mut forged = fresh.to_vec();
+        *forged.last_mut().unwrap() ^= 1;
+        assert!(
+            !channel.vouch(&Bytes::from(forged), new_address, now),
+            "a forgery"
+        );
+        let mut other = fresh.to_vec();
+        other[RECORD_HEADER_LEN - 2] ^= 1;
+        assert!(
+            !channel.vouch(&Bytes::from(other), new_address, now),
+            "another ID"
+        );
+        assert!(channel.vouch(&fresh, new_address, now));
+        assert!(
+            channel.vouch(&fresh, new_address, now),
+            "vouching changes nothing"
+        );
+
+        channel.rebound(new_address);
+        assert!(
+            !channel.address_validated(),
+            "not yet seen to receive there"
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            channel.handle_datagram(fresh.clone(), &mut out, now),
+            Flow::Continue
+        );
+        assert_eq!(out.len(), 1);
+        let mut received = Vec::new();
+        run.client.handle_packet(&out[0]).unwrap();
+        poll_client(&mut run.client, &mut received);
+        assert_eq!(received, vec![b"dev-1|moved".to_vec()]);
+
+        // Once the session has it, the same record is a replay: it moves nothing.
+        assert!(!channel.vouch(&fresh, addr(40001), now), "a replay");
+        let later = record_of(&mut run.client, b"again");
+        assert!(channel.vouch(&later, addr(40001), now));
+    }
+
+    #[test]
+    fn connection_ids_go_both_ways_and_a_client_without_one_keeps_the_classic_records() {
+        let settings = cid_settings(4);
+        let limits = HandshakeLimits::new(4, 2);
+        let now = Instant::now();
+        // The client asks for records carrying an ID of its own, too.
+        let client = psk_client_with("dev-2", "key-two", now, Some(6));
+        let mut run = handshake_of(&settings, &limits, addr(5684), client, b"ping", now);
+        assert!(run.connected);
+        assert_eq!(run.received, vec![b"dev-2|ping".to_vec()]);
+        let reply = {
+            let record = record_of(&mut run.client, b"x");
+            let mut out = Vec::new();
+            let channel = run.channel.as_mut().unwrap();
+            channel.handle_datagram(record, &mut out, now);
+            out.remove(0)
+        };
+        assert_eq!(
+            reply[0], CONTENT_TLS12_CID,
+            "the gateway's record carries the client's ID"
+        );
+        assert_eq!(run.client.connection_id().map(<[u8]>::len), Some(6));
+
+        let client = psk_client("dev-2", "key-two", now);
+        let mut run = handshake_of(&settings, &limits, addr(5685), client, b"ping", now);
+        assert!(run.connected);
+        assert_eq!(run.received, vec![b"dev-2|ping".to_vec()]);
+        let channel = run.channel.as_mut().unwrap();
+        assert_eq!(channel.rebindable_identity(), None);
+        let record = record_of(&mut run.client, b"x");
+        assert_eq!(record[0], 23);
+        assert!(!channel.vouch(&record, addr(40000), now));
     }
 
     /// Why stateless cookies can be turned off: a client that takes one HelloVerifyRequest
@@ -2081,8 +2281,7 @@ mod tests {
             None,
             4,
             2,
-            Duration::from_secs(10),
-            1200,
+            EngineSettings::new(Duration::from_secs(10), 1200),
             false,
         )
         .unwrap();
@@ -2124,8 +2323,7 @@ mod tests {
             None,
             1,
             1,
-            Duration::from_secs(5),
-            1200,
+            EngineSettings::new(Duration::from_secs(5), 1200),
             true,
         )
         .unwrap();
@@ -2193,13 +2391,19 @@ mod tests {
             Some(certificate),
             1,
             1,
-            Duration::from_secs(5),
-            1200,
+            EngineSettings::new(Duration::from_secs(5), 1200),
             true,
         );
         assert!(settings.is_err());
         assert!(matches!(
-            DtlsSettings::new(None, None, 1, 1, Duration::from_secs(5), 1200, true),
+            DtlsSettings::new(
+                None,
+                None,
+                1,
+                1,
+                EngineSettings::new(Duration::from_secs(5), 1200),
+                true
+            ),
             Err(DtlsSetupError::NoCredentials)
         ));
     }
@@ -2212,8 +2416,7 @@ mod tests {
         Credentials::new(
             Some(PskTable::parse(keys).unwrap()),
             None,
-            Duration::from_secs(10),
-            1200,
+            EngineSettings::new(Duration::from_secs(10), 1200),
         )
         .unwrap()
     }
@@ -2289,19 +2492,22 @@ mod tests {
     #[test]
     fn only_whole_dtls_records_within_the_size_pass_the_screen() {
         let hello = client_hello(0, 0, &[]);
-        assert_eq!(screen(&hello, 1000), Ok(0));
+        assert_eq!(screen(&hello, 1000, 0), Ok(0));
         let mut two = hello.clone();
         two.extend_from_slice(&hello);
-        assert_eq!(screen(&two, 1000), Ok(0));
+        assert_eq!(screen(&two, 1000, 0), Ok(0));
         let application = [23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 0, 2, 9, 9];
-        assert_eq!(screen(&application, 1000), Ok(1));
+        assert_eq!(screen(&application, 1000, 0), Ok(1));
         let mut after_hello = hello.clone();
         after_hello.extend_from_slice(&application);
-        assert_eq!(screen(&after_hello, 1000), Ok(1));
+        assert_eq!(screen(&after_hello, 1000, 0), Ok(1));
         // Application data in the clear is not counted as a protected record.
         let clear = [23, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 9];
-        assert_eq!(screen(&clear, 1000), Ok(0));
-        assert_eq!(screen(&hello, hello.len() - 1), Err(RecordDrop::Oversized));
+        assert_eq!(screen(&clear, 1000, 0), Ok(0));
+        assert_eq!(
+            screen(&hello, hello.len() - 1, 0),
+            Err(RecordDrop::Oversized)
+        );
         let mut trailing = hello.clone();
         trailing.push(0);
         let mut short = hello.clone();
@@ -2318,7 +2524,7 @@ mod tests {
             ("TLS's version", version),
             ("a header alone", hello[..12].to_vec()),
         ] {
-            assert_eq!(screen(&bad, 1000), Err(RecordDrop::Garbage), "{name}");
+            assert_eq!(screen(&bad, 1000, 0), Err(RecordDrop::Garbage), "{name}");
         }
     }
 
@@ -2441,8 +2647,7 @@ mod tests {
             None,
             4,
             4,
-            Duration::from_secs(10),
-            1200,
+            EngineSettings::new(Duration::from_secs(10), 1200),
             false,
         )
         .unwrap();

@@ -22,6 +22,52 @@ use super::{ClientCertificates, DtlsSetupError, PskCredentials, PskTable, Server
 use crate::launch::Reload;
 use crate::ConnWakeup;
 
+/// What every engine of a listener is configured with besides its credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// A handshake not done by then is given up, its peer forgotten.
+    pub handshake_timeout: Duration,
+    /// The largest datagram the engine sends.
+    pub mtu: usize,
+    /// The length of the connection ID (RFC 9146) the listener gives a client that offers
+    /// the extension, so that the client keeps its session when its address changes; None:
+    /// the extension is not negotiated.
+    pub connection_id_len: Option<usize>,
+}
+
+impl EngineSettings {
+    pub fn new(handshake_timeout: Duration, mtu: usize) -> EngineSettings {
+        EngineSettings {
+            handshake_timeout,
+            mtu,
+            connection_id_len: None,
+        }
+    }
+
+    pub fn with_connection_ids(self, len: usize) -> EngineSettings {
+        EngineSettings {
+            connection_id_len: Some(len),
+            ..self
+        }
+    }
+
+    pub(super) fn builder(&self) -> dimpl::ConfigBuilder {
+        let builder = dimpl::Config::builder()
+            .handshake_timeout(self.handshake_timeout)
+            .mtu(self.mtu);
+        match self.connection_id_len {
+            Some(len) => builder.dtls12_connection_id_len(len),
+            None => builder,
+        }
+    }
+
+    /// Bytes a protected record adds to its content: header, explicit nonce, tag, and the
+    /// connection ID with the inner content type when one is in use.
+    pub fn record_overhead(&self) -> usize {
+        super::RECORD_OVERHEAD + self.connection_id_len.map_or(0, |len| len + 1)
+    }
+}
+
 /// What a listener authenticates with, as read at one time.
 pub(super) struct Credentials {
     pub(super) psk: Option<PskCredentials>,
@@ -36,15 +82,14 @@ impl Credentials {
     pub(super) fn new(
         psk: Option<PskTable>,
         certificate: Option<ServerCertificate>,
-        handshake_timeout: Duration,
-        mtu: usize,
+        engine: EngineSettings,
     ) -> Result<Credentials, DtlsSetupError> {
         let psk = psk
-            .map(|table| PskCredentials::new(table, handshake_timeout, mtu))
+            .map(|table| PskCredentials::new(table, engine))
             .transpose()?;
         let certificate = match certificate {
             Some(certificate) => {
-                let config = probe_certificate(&certificate, handshake_timeout, mtu)?;
+                let config = probe_certificate(&certificate, engine)?;
                 Some((certificate, config))
             }
             None => None,
@@ -75,15 +120,14 @@ impl Credentials {
     /// fault (and the line, in the key file).
     pub(super) fn read(
         options: &DtlsOptions,
-        handshake_timeout: Duration,
-        mtu: usize,
+        engine: EngineSettings,
     ) -> Result<Credentials, DtlsSetupError> {
         let psk = options
             .psk_file
             .as_deref()
             .map(PskTable::load)
             .transpose()?
-            .map(|table| PskCredentials::new(table, handshake_timeout, mtu))
+            .map(|table| PskCredentials::new(table, engine))
             .transpose()?;
         let certificate = match (&options.certfile, &options.keyfile) {
             (Some(cert), Some(key)) => {
@@ -95,14 +139,13 @@ impl Credentials {
                 )?;
                 // Probed here rather than in `new`, to say which files hold what the
                 // engine refused.
-                let config =
-                    probe_certificate(&certificate, handshake_timeout, mtu).map_err(|error| {
-                        DtlsSetupError::Pair {
-                            cert: cert.display().to_string(),
-                            key: key.display().to_string(),
-                            reason: error.to_string(),
-                        }
-                    })?;
+                let config = probe_certificate(&certificate, engine).map_err(|error| {
+                    DtlsSetupError::Pair {
+                        cert: cert.display().to_string(),
+                        key: key.display().to_string(),
+                        reason: error.to_string(),
+                    }
+                })?;
                 Some((certificate, config))
             }
             _ => None,
@@ -116,14 +159,12 @@ impl Credentials {
 /// one is made now, so that no peer's can fail.
 fn probe_certificate(
     certificate: &ServerCertificate,
-    handshake_timeout: Duration,
-    mtu: usize,
+    engine: EngineSettings,
 ) -> Result<Arc<dimpl::Config>, DtlsSetupError> {
     let require = !matches!(certificate.clients, ClientCertificates::Ignored);
-    let config = dimpl::Config::builder()
+    let config = engine
+        .builder()
         .require_client_certificate(require)
-        .handshake_timeout(handshake_timeout)
-        .mtu(mtu)
         .build()
         .map_err(|error| DtlsSetupError::Engine(error.to_string()))?;
     let config = Arc::new(config);
@@ -271,8 +312,7 @@ impl Drop for KeyLease {
 pub struct DtlsReloader {
     cell: Arc<CredentialCell>,
     options: DtlsOptions,
-    handshake_timeout: Duration,
-    mtu: usize,
+    engine: EngineSettings,
     listener: Arc<str>,
 }
 
@@ -280,15 +320,13 @@ impl DtlsReloader {
     pub(super) fn new(
         cell: Arc<CredentialCell>,
         options: DtlsOptions,
-        handshake_timeout: Duration,
-        mtu: usize,
+        engine: EngineSettings,
         listener: Arc<str>,
     ) -> DtlsReloader {
         DtlsReloader {
             cell,
             options,
-            handshake_timeout,
-            mtu,
+            engine,
             listener,
         }
     }
@@ -296,7 +334,7 @@ impl DtlsReloader {
     /// Reads the files again and puts what they hold in use; returns how many sessions
     /// that revoked.
     pub fn reload(&self) -> Result<usize, DtlsSetupError> {
-        let credentials = Credentials::read(&self.options, self.handshake_timeout, self.mtu)?;
+        let credentials = Credentials::read(&self.options, self.engine)?;
         let revoked = self.cell.replace(credentials);
         if revoked > 0 {
             tracing::info!(

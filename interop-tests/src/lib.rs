@@ -3,19 +3,23 @@
 //! The tests in `tests/` start the gateway binary (or use an external broker, see
 //! [`broker`]) and drive it with reference clients nobody here wrote: the mosquitto
 //! command line clients ([`mosquitto`]), paho-mqtt and MQTT.js through small scripts
-//! speaking a JSON line protocol ([`script`]), MQTT over QUIC on aioquic ([`quic`]), and,
-//! for what no client will send, a raw TCP socket ([`raw`]). Every wait has a deadline and
+//! speaking a JSON line protocol ([`script`]), MQTT over QUIC on aioquic ([`quic`]), CoAP
+//! over DTLS with RFC 9146 connection ids on Mbed TLS ([`cid_client`]), and, for what no
+//! client will send, a raw TCP socket ([`raw`]); a [`nat::Nat`] between a UDP client and
+//! the gateway moves the client to a new port when told. Every wait has a deadline and
 //! every child process is killed when its handle is dropped, so a broken broker fails a
 //! test, never hangs it.
 
 pub mod broker;
 pub mod carried;
 pub mod certs;
+pub mod cid_client;
 pub mod clients;
 pub mod coap;
 pub mod dtls;
 pub mod mosquitto;
 pub mod mqttsn;
+pub mod nat;
 pub mod process;
 pub mod quic;
 pub mod raw;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use interop_tests::broker::{gateway_passwd, password_file_only};
 use interop_tests::coap::COAP_CLIENT;
+use interop_tests::nat::Nat;
 use interop_tests::{
     coap_client, mosquitto_pub, unique_client_id, unique_topic, AiocoapClient, Broker,
     MosquittoSub, Setting, Version, TIMEOUT,
@@ -519,77 +520,6 @@ fn a_10_kb_notification_is_read_in_block2_blocks_by_aiocoap_and_coap_client() {
     );
 }
 
-/// A NAT in front of the gateway: datagrams from the client leave from an outside port of
-/// its own, and `rebind` moves that mapping to a new outside port and forgets the old one,
-/// as a NAT does when its mapping expires.
-struct Nat {
-    inside_port: u16,
-    rebind: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Nat {
-    fn start(target: String) -> Nat {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
-        let inside = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let inside_port = inside.local_addr().unwrap().port();
-        let rebind = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (rebind_flag, stop_flag) = (rebind.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let poll = Some(Duration::from_millis(5));
-            inside.set_read_timeout(poll).unwrap();
-            let outside_socket = || {
-                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-                socket.set_read_timeout(poll).unwrap();
-                socket
-            };
-            let mut outside = outside_socket();
-            let mut client = None;
-            let mut buf = [0u8; 65536];
-            while !stop_flag.load(Ordering::Relaxed) {
-                if rebind_flag.load(Ordering::SeqCst) {
-                    outside = outside_socket();
-                    rebind_flag.store(false, Ordering::SeqCst);
-                }
-                if let Ok((n, from)) = inside.recv_from(&mut buf) {
-                    client = Some(from);
-                    let _ = outside.send_to(&buf[..n], &target);
-                }
-                if let (Ok((n, _)), Some(client)) = (outside.recv_from(&mut buf), client) {
-                    let _ = inside.send_to(&buf[..n], client);
-                }
-            }
-        });
-        Nat {
-            inside_port,
-            rebind,
-            stop,
-        }
-    }
-
-    /// Returns once the NAT uses its new outside port.
-    fn rebind(&self) {
-        use std::sync::atomic::Ordering;
-        self.rebind.store(true, Ordering::SeqCst);
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        while self.rebind.load(Ordering::SeqCst) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the NAT did not rebind"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-impl Drop for Nat {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 #[test]
 fn a_client_behind_a_rebinding_nat_keeps_its_session_and_observations() {
     let Some(broker) = gateway("a CoAP listener", &[]) else {
@@ -597,8 +527,8 @@ fn a_client_behind_a_rebinding_nat_keeps_its_session_and_observations() {
     };
     let topic = unique_topic("coap-nat");
     let id = unique_client_id("nat");
-    let nat = Nat::start(format!("{}:{}", broker.host, broker.coap_port));
-    let mut client = AiocoapClient::spawn_to(format!("coap://127.0.0.1:{}", nat.inside_port));
+    let nat = Nat::start((broker.host.as_str(), broker.coap_port));
+    let mut client = AiocoapClient::spawn_to(format!("coap://{}", nat.addr()));
     assert_eq!(
         client.observe(&format!("/ps/{topic}/%23?clientid={id}")),
         "2.05"

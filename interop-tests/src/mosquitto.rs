@@ -4,7 +4,7 @@
 //! ("Subscribed (mid: 1): " and the granted QoS list once the SUBACK arrived); each message
 //! is printed on one line in a tab-separated format with the payload in hex.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -196,4 +196,31 @@ pub fn mosquitto_pub(
             proc.stderr()
         ),
     }
+}
+
+/// Reads the retained `$SYS` values of `topics` as the broker publishes them, until
+/// `done` holds for the latest of each or `TIMEOUT` passes; returns the latest.
+pub fn sys_values_until(
+    broker: &Broker,
+    topics: &[&str],
+    done: impl Fn(&BTreeMap<String, u64>) -> bool,
+) -> BTreeMap<String, u64> {
+    let mut sub = MosquittoSub::start(broker, Version::V311, topics, 0, &[]);
+    let mut values = BTreeMap::new();
+    let deadline = Instant::now() + TIMEOUT + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(msg) = sub.try_recv(Duration::from_millis(500)) {
+            let text = String::from_utf8_lossy(&msg.payload).into_owned();
+            let value = text
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{}: {text:?} is not a number", msg.topic));
+            values.insert(msg.topic, value);
+            if values.len() == topics.len() && done(&values) {
+                break;
+            }
+        }
+    }
+    sub.kill();
+    values
 }

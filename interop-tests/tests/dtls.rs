@@ -14,12 +14,12 @@
     clippy::indexing_slicing
 )]
 
-use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use interop_tests::broker::free_udp_port;
+use interop_tests::mosquitto::sys_values_until;
 use interop_tests::process::{Line, Proc};
 use interop_tests::{mosquitto_pub, unique_topic, Broker, MosquittoSub, Setting, Version, TIMEOUT};
 
@@ -667,33 +667,6 @@ fn certificates_beside_keys_a_verified_common_name_is_the_identity_and_another_c
 
 const SYS_INTERVAL: &str = "GATEWAY_SYS__INTERVAL";
 const LISTENER_SYS: &str = "$SYS/broker/listeners/coap:dtls:default/dtls";
-
-/// Reads the retained `$SYS` values of `topics` as the broker publishes them, until
-/// `done` holds for the latest of each or `TIMEOUT` passes; returns the latest.
-fn sys_values_until(
-    broker: &Broker,
-    topics: &[&str],
-    done: impl Fn(&BTreeMap<String, u64>) -> bool,
-) -> BTreeMap<String, u64> {
-    let mut sub = MosquittoSub::start(broker, Version::V311, topics, 0, &[]);
-    let mut values = BTreeMap::new();
-    let deadline = Instant::now() + TIMEOUT + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Some(msg) = sub.try_recv(Duration::from_millis(500)) {
-            let text = String::from_utf8_lossy(&msg.payload).into_owned();
-            let value = text
-                .trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("{}: {text:?} is not a number", msg.topic));
-            values.insert(msg.topic, value);
-            if values.len() == topics.len() && done(&values) {
-                break;
-            }
-        }
-    }
-    sub.kill();
-    values
-}
 
 /// A subscriber to what [`posted`] publishes.
 struct Posts {

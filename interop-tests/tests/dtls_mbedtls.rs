@@ -179,6 +179,15 @@ fn with_a_connection_id_a_client_moved_by_a_nat_keeps_its_session_without_a_hand
         Some(""),
         "the client asked for none in its own records"
     );
+    // Neither a ping nor a refusal before its first publish ends the DTLS session.
+    assert!(client.ping(), "a CoAP ping is answered");
+    assert_eq!(
+        client.post(
+            &format!("ps/{topic}/posted/x?clientid=sensor-2"),
+            "not mine"
+        ),
+        "4.03"
+    );
 
     let watched = format!("{topic}/watched");
     assert_eq!(client.observe(&format!("ps/{watched}?qos=1")).code, "2.05");

@@ -482,6 +482,11 @@ pub struct CoapChannel {
     transport_username: Option<Arc<str>>,
     /// The client id the transport authenticated: the only one a request may name.
     transport_client_id: Option<Arc<str>>,
+    /// A DTLS session carries the datagrams: forgetting the peer ends it, and the client
+    /// pays a handshake for the next, so a peer that acts for no client yet (it pinged,
+    /// or was refused) is kept as one that does is, until it is silent for the heartbeat
+    /// interval.
+    over_session: bool,
 }
 
 /// The answer to a publish, sent once the store ticket it waits for is durable.
@@ -574,16 +579,18 @@ impl CoapChannel {
             validated: false,
             transport_username: None,
             transport_client_id: None,
+            over_session: false,
             settings,
         }
     }
 
-    /// The channel of a client whose transport authenticated it as `identity` (a DTLS
-    /// key identity): that is its user name, and the one client id it may use.
-    /// `None` leaves it as a plain transport's.
+    /// The channel of a client on a DTLS session that authenticated it as `identity` (a
+    /// key identity, a certificate's name): that is its user name, and the one client id
+    /// it may use; `None` names nothing.
     pub fn with_transport_identity(mut self, identity: Option<Arc<str>>) -> CoapChannel {
         self.transport_username = identity.clone();
         self.transport_client_id = identity;
+        self.over_session = true;
         self
     }
 
@@ -723,7 +730,7 @@ impl CoapChannel {
         }
         self.release_held(out, now);
         self.fill(out, now);
-        if self.holds_nothing(now) {
+        if self.holds_nothing(now) && !self.over_session {
             return Flow::Close;
         }
         Flow::Continue
@@ -872,9 +879,9 @@ impl CoapChannel {
     }
 
     /// A UDP peer that acts for no client is not pinged: it is kept only while it holds
-    /// something (see `holds_nothing`).
+    /// something (see `holds_nothing`), unless a DTLS session carries it.
     fn without_client_over_udp(&self) -> bool {
-        self.client.is_none() && matches!(self.link, Link::Datagram(_))
+        self.client.is_none() && matches!(self.link, Link::Datagram(_)) && !self.over_session
     }
 
     /// UDP has nothing to say at shutdown: the session is handed back. A connection is

@@ -634,6 +634,65 @@ fn a_client_without_observations_is_forgotten_after_the_heartbeat() {
     assert!(peer.closed);
 }
 
+/// Over UDP a peer acting for no client is forgotten at once, as it costs nothing to make
+/// again; over DTLS that would end the session and cost the device a handshake, so a ping
+/// or a refused request first keeps it, until it is silent for the heartbeat interval.
+#[test]
+fn a_dtls_peer_acting_for_no_client_yet_is_kept_until_silent_for_the_heartbeat() {
+    let start = Instant::now();
+    let broker = broker(start);
+    let dtls_peer = || Peer {
+        channel: CoapChannel::new(
+            broker.clone(),
+            Arc::new(settings()),
+            None,
+            Arc::new(NoWakeup),
+            7,
+            start,
+        )
+        .with_transport_identity(Some(Arc::from("dev-1"))),
+        next_id: 100,
+        closed: false,
+        answers_address_check: true,
+    };
+    let ping = |peer: &mut Peer, at: Instant| {
+        peer.next_id += 1;
+        let mut empty = Packet::new();
+        empty.header.set_type(MessageType::Confirmable);
+        empty.header.message_id = peer.next_id;
+        peer.send_raw(empty.to_bytes().expect("an empty message"), at)
+    };
+
+    let mut udp = Peer::new(&broker, settings(), start);
+    assert_eq!(ping(&mut udp, start).len(), 1, "a reset");
+    assert!(udp.closed, "a plain UDP peer holds nothing worth keeping");
+
+    let mut peer = dtls_peer();
+    assert_eq!(ping(&mut peer, start).len(), 1, "a reset");
+    assert!(!peer.closed);
+    let refused = peer.post("/ps/t?clientid=someone-else", b"v", start);
+    assert_eq!(
+        code(&refused),
+        MessageClass::Response(ResponseType::Forbidden)
+    );
+    assert!(!peer.closed);
+    let later = start + Duration::from_secs(10);
+    let ok = peer.post("/ps/t", b"v", later);
+    assert_eq!(code(&ok), MessageClass::Response(ResponseType::Changed));
+    assert!(!peer.closed);
+
+    let mut idle = dtls_peer();
+    ping(&mut idle, start);
+    assert_eq!(
+        idle.channel.next_deadline(),
+        Some(start + Duration::from_secs(30))
+    );
+    idle.tick(start + Duration::from_secs(29));
+    assert!(!idle.closed);
+    idle.tick(start + Duration::from_secs(30));
+    assert!(idle.closed, "silent for the heartbeat interval");
+}
+
 #[test]
 fn connection_mode_hands_out_a_token_and_checks_it() {
     let now = Instant::now();

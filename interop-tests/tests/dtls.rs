@@ -472,65 +472,101 @@ fn lwm2m_devices_register_over_dtls_under_their_keys_identity_only() {
     }
 }
 
-/// Runs `openssl s_client` over DTLS 1.2 with a pre-shared key and returns what it printed:
-/// the gateway's answers, decrypted. Each step's message goes as a record of its own once
-/// the answers printed reach the step's count of bytes in all (the first answer proves
-/// the handshake done, so no two messages share a record), or after `TIMEOUT`; a step
-/// that expects no more waits a second instead, for anything unwanted to show.
-fn openssl_dtls(port: u16, identity: &str, key: &str, steps: &[(Vec<u8>, usize)]) -> Vec<u8> {
-    use std::io::{Read, Write};
-    use std::sync::{Arc, Mutex};
-    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-dtls1_2",
-            "-quiet",
-            "-cipher",
-            "PSK-AES128-CCM8",
-        ])
-        .args(["-psk", &hex, "-psk_identity", identity])
-        .args(["-connect", &format!("127.0.0.1:{port}")])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("openssl");
-    let mut stdout = child.stdout.take().unwrap();
-    let printed = Arc::new(Mutex::new(Vec::new()));
-    let reader = {
-        let printed = printed.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 1024];
-            while let Ok(n) = stdout.read(&mut chunk) {
-                if n == 0 {
-                    break;
+/// `openssl s_client` over DTLS 1.2 with a pre-shared key, as an MQTT-SN client's
+/// transport: what is written to it goes out as one record, what it prints is what the
+/// gateway sent.
+struct OpensslDtls {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    printed: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl OpensslDtls {
+    fn start(port: u16, identity: &str, key: &str) -> OpensslDtls {
+        use std::io::Read;
+        use std::sync::{Arc, Mutex};
+        let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-dtls1_2",
+                "-quiet",
+                "-cipher",
+                "PSK-AES128-CCM8",
+            ])
+            .args(["-psk", &hex, "-psk_identity", identity])
+            .args(["-connect", &format!("127.0.0.1:{port}")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl");
+        let mut stdout = child.stdout.take().unwrap();
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let printed = printed.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 1024];
+                while let Ok(n) = stdout.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    printed.lock().unwrap().extend_from_slice(&chunk[..n]);
                 }
-                printed.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        })
-    };
-    let mut stdin = child.stdin.take().unwrap();
+            })
+        };
+        let stdin = child.stdin.take().unwrap();
+        OpensslDtls {
+            child,
+            stdin,
+            printed,
+            reader,
+        }
+    }
+
+    /// Sends one message (s_client reads its input once the handshake is done: a first
+    /// message waits for it).
+    fn send(&mut self, message: &[u8]) {
+        use std::io::Write;
+        self.stdin.write_all(message).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits until the gateway has sent `len` bytes in all, or `TIMEOUT` passes.
+    fn wait_for(&self, len: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline && self.printed.lock().unwrap().len() < len {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the gateway sent.
+    fn finish(mut self) -> Vec<u8> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        let out = self.printed.lock().unwrap().clone();
+        out
+    }
+}
+
+/// Runs `steps` over one [`OpensslDtls`]: each message sent, then, when its count is
+/// above what came before, waiting until the gateway has sent that many bytes in all (a
+/// second otherwise); everything the gateway sent.
+fn openssl_dtls(port: u16, identity: &str, key: &str, steps: &[(Vec<u8>, usize)]) -> Vec<u8> {
+    let mut session = OpensslDtls::start(port, identity, key);
     let mut expected = 0;
     for (message, answered) in steps {
-        // s_client reads its input once the handshake is done: a first message waits.
-        stdin.write_all(message).unwrap();
-        stdin.flush().unwrap();
+        session.send(message);
         if *answered > expected {
             expected = *answered;
-            let deadline = Instant::now() + TIMEOUT;
-            while Instant::now() < deadline && printed.lock().unwrap().len() < expected {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            session.wait_for(expected);
         } else {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
-    let out = printed.lock().unwrap().clone();
-    out
+    session.finish()
 }
 
 /// An MQTT-SN 1.2 CONNECT (clean session, keep-alive 60 s).
@@ -598,6 +634,57 @@ fn mqtt_sn_clients_connect_over_dtls_under_their_keys_identity_only() {
     );
     assert!(out.is_empty(), "{out:?}");
     assert!(sub.try_recv(Duration::from_millis(500)).is_none());
+}
+
+/// An MQTT-SN QoS 0 SUBSCRIBE to a two-character short topic name.
+fn sn_subscribe_short(topic: &str, msg_id: u16) -> Vec<u8> {
+    let mut m = vec![7, 0x12, 0x02];
+    m.extend_from_slice(&msg_id.to_be_bytes());
+    m.extend_from_slice(topic.as_bytes());
+    m
+}
+
+#[test]
+fn an_mqtt_sn_client_over_dtls_subscribes_and_gets_what_mosquitto_publishes() {
+    let Some(gw) = gateway_of(
+        [
+            "GATEWAY_GATEWAY__MQTTSN__LISTENERS__DTLS__DEFAULT__BIND",
+            "GATEWAY_GATEWAY__MQTTSN__LISTENERS__DTLS__DEFAULT__DTLS_OPTIONS__PSK_FILE",
+        ],
+        "sn-dev-1:sn-key-one\n",
+        &[],
+    ) else {
+        return;
+    };
+    let mut session = OpensslDtls::start(gw.port, "sn-dev-1", "sn-key-one");
+    session.send(&sn_connect("sn-dev-1"));
+    session.wait_for(3);
+    session.send(&sn_subscribe_short("cd", 7));
+    // CONNACK, then SUBACK (8 bytes): granted QoS 0, message id 7, accepted.
+    session.wait_for(3 + 8);
+    for payload in [&b"from mosquitto"[..], &[0u8, 0xff, 0x0c, 0x00][..]] {
+        mosquitto_pub(&gw.broker, Version::V311, "cd", payload, 0, false, &[]);
+    }
+    let publishes: usize = [14usize, 4].iter().map(|len| 7 + len).sum();
+    session.wait_for(3 + 8 + publishes);
+    let out = session.finish();
+    assert_eq!(out.get(..3), Some(&[3, 5, 0][..]), "CONNACK: {out:?}");
+    let suback = &out[3..11];
+    assert_eq!(
+        (suback[0], suback[1], &suback[5..7], suback[7]),
+        (8, 0x13, &[0, 7][..], 0),
+        "SUBACK: {out:?}"
+    );
+    let mut rest = &out[11..];
+    for payload in [&b"from mosquitto"[..], &[0u8, 0xff, 0x0c, 0x00][..]] {
+        let len = usize::from(rest[0]);
+        let publish = &rest[..len];
+        assert_eq!(publish[1], 0x0c, "PUBLISH: {out:?}");
+        assert_eq!(&publish[3..5], b"cd", "the short topic name: {out:?}");
+        assert_eq!(&publish[7..], payload);
+        rest = &rest[len..];
+    }
+    assert!(rest.is_empty(), "{out:?}");
 }
 
 #[test]

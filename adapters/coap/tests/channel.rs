@@ -61,6 +61,15 @@ impl Peer {
         }
     }
 
+    /// A peer on a DTLS session that authenticated `identity`.
+    fn over_dtls(broker: &Arc<Broker>, settings: Settings, identity: &str, now: Instant) -> Peer {
+        let mut peer = Peer::new(broker, settings, now);
+        peer.channel = peer
+            .channel
+            .with_transport_identity(Some(Arc::from(identity)));
+        peer
+    }
+
     fn send_raw(&mut self, datagram: Vec<u8>, now: Instant) -> Vec<Packet> {
         let validated = self.channel.address_validated();
         let mut out = Vec::new();
@@ -641,20 +650,7 @@ fn a_client_without_observations_is_forgotten_after_the_heartbeat() {
 fn a_dtls_peer_acting_for_no_client_yet_is_kept_until_silent_for_the_heartbeat() {
     let start = Instant::now();
     let broker = broker(start);
-    let dtls_peer = || Peer {
-        channel: CoapChannel::new(
-            broker.clone(),
-            Arc::new(settings()),
-            None,
-            Arc::new(NoWakeup),
-            7,
-            start,
-        )
-        .with_transport_identity(Some(Arc::from("dev-1"))),
-        next_id: 100,
-        closed: false,
-        answers_address_check: true,
-    };
+    let dtls_peer = || Peer::over_dtls(&broker, settings(), "dev-1", start);
     let ping = |peer: &mut Peer, at: Instant| {
         peer.next_id += 1;
         let mut empty = Packet::new();
@@ -1824,20 +1820,7 @@ fn a_transport_identity_is_the_user_name_and_the_only_client_id() {
     let acl = "allow all publish dev/%u/#\nallow all subscribe #\ndeny all all #\n";
     let (broker, _) = broker_with_users(acl, now);
     let watcher = mqtt_subscriber(&broker, "dev/#", now);
-    let dtls_peer = |settings: Settings| Peer {
-        channel: CoapChannel::new(
-            broker.clone(),
-            Arc::new(settings),
-            None,
-            Arc::new(NoWakeup),
-            7,
-            now,
-        )
-        .with_transport_identity(Some(Arc::from("alice"))),
-        next_id: 100,
-        closed: false,
-        answers_address_check: true,
-    };
+    let dtls_peer = |settings: Settings| Peer::over_dtls(&broker, settings, "alice", now);
     // Connectionless: no clientid means the identity; the query's user name is not used.
     let mut peer = dtls_peer(settings());
     let ok = peer.post(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# DTLS cost on one core: CoAP publishes per second over DTLS against plain UDP, and DTLS
-# handshakes per second, the gateway on its embedded configuration (a key file added)
+# DTLS cost on one core: CoAP publishes per second over DTLS (with and without a connection
+# ID in the clients' records) against plain UDP, and DTLS handshakes per second, the gateway on its embedded configuration (a key file added)
 # pinned to one core and `coap-bench` to the other.
 #
 #   bench/dtls.sh [--reps N] [--duration S] [--out DIR]
@@ -56,7 +56,7 @@ us = lambda v: f"{v:.1f} µs"
 print("| run | rate, median (range) | broker CPU, % of a core | broker CPU per operation | accepted / delivered / lost |")
 print("|---|---|---|---|---|")
 rates = {}
-for label, key in [("coap-udp", "in_rate"), ("coap-dtls", "in_rate"), ("handshake", "handshake_rate")]:
+for label, key in [("coap-udp", "in_rate"), ("coap-dtls", "in_rate"), ("coap-dtls-cid", "in_rate"), ("handshake", "handshake_rate")]:
     reports = by.get(label, [])
     values = [r[key] for r in reports]
     rates[label] = statistics.median(values) if values else None
@@ -71,6 +71,8 @@ for label, key in [("coap-udp", "in_rate"), ("coap-dtls", "in_rate"), ("handshak
     print(f"| {label}{note} | {cell(values, si)}/s | {cell(cpu, lambda v: f'{v:.0f}')} | {cell(per_op, us)} | {counts} |")
 if rates.get("coap-udp") and rates.get("coap-dtls"):
     print(f"\nCoAP publishes over DTLS / over UDP: {rates['coap-dtls'] / rates['coap-udp']:.2f}")
+if rates.get("coap-dtls") and rates.get("coap-dtls-cid"):
+    print(f"CoAP publishes over DTLS with a connection ID / without: {rates['coap-dtls-cid'] / rates['coap-dtls']:.2f}")
 EOF
 }
 
@@ -142,6 +144,7 @@ run() {
     case $label in
         coap-udp) args=(publish --port "$coap" --mqtt-port "$mqtt" --clients "$CLIENTS") ;;
         coap-dtls) args=(publish --port "$coaps" --mqtt-port "$mqtt" --clients "$CLIENTS" --psk-file "$OUT/psk.txt") ;;
+        coap-dtls-cid) args=(publish --port "$coaps" --mqtt-port "$mqtt" --clients "$CLIENTS" --psk-file "$OUT/psk.txt" --connection-id) ;;
         handshake) args=(handshake --port "$coaps" --concurrency "$CONCURRENCY" --psk-file "$OUT/psk.txt") ;;
     esac
     local line
@@ -154,7 +157,7 @@ run() {
 
 for rep in $(seq 1 "$REPS"); do
     echo "== repetition $rep of $REPS" >&2
-    for label in coap-udp coap-dtls handshake; do
+    for label in coap-udp coap-dtls coap-dtls-cid handshake; do
         run "$label"
     done
 done

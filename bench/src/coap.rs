@@ -29,6 +29,9 @@ pub enum Security {
     Psk {
         identity: String,
         key: Vec<u8>,
+        /// Offers the connection ID extension (RFC 9146), asking for none of its own: its
+        /// records then carry the gateway's ID.
+        connection_id: bool,
     },
 }
 
@@ -81,9 +84,19 @@ impl dimpl::PskResolver for ClientKey {
 
 /// A client configuration for one pre-shared key. Made once and shared: building one runs
 /// the crypto provider's self-tests, which cost far more than a PSK handshake.
-pub fn psk_client_config(identity: &[u8], key: &[u8]) -> Result<Arc<dimpl::Config>, BenchError> {
-    dimpl::Config::builder()
-        .with_psk_client(identity.to_vec(), Arc::new(ClientKey(key.to_vec())))
+pub fn psk_client_config(
+    identity: &[u8],
+    key: &[u8],
+    connection_id: bool,
+) -> Result<Arc<dimpl::Config>, BenchError> {
+    let builder = dimpl::Config::builder()
+        .with_psk_client(identity.to_vec(), Arc::new(ClientKey(key.to_vec())));
+    let builder = if connection_id {
+        builder.dtls12_connection_id_len(0)
+    } else {
+        builder
+    };
+    builder
         .build()
         .map(Arc::new)
         .map_err(|error| BenchError::Dtls(error.to_string()))
@@ -259,8 +272,12 @@ pub async fn run_publisher(
     let socket = socket_to(source_for(spec.index as usize), spec.server).await?;
     let mut link = match &spec.security {
         Security::Udp => Link::Udp(socket),
-        Security::Psk { identity, key } => {
-            let config = psk_client_config(identity.as_bytes(), key)?;
+        Security::Psk {
+            identity,
+            key,
+            connection_id,
+        } => {
+            let config = psk_client_config(identity.as_bytes(), key, *connection_id)?;
             let session = DtlsSession::connect(&socket, config, spec.handshake_timeout).await?;
             Link::Dtls(socket, Box::new(session))
         }
@@ -390,21 +407,16 @@ impl HandshakeCounters {
     }
 }
 
-/// Handshakes back to back from `index`'s source until `stop`: each connects, then closes
-/// with a close_notify.
+/// Handshakes back to back from `index`'s source until `stop`, with `config` (a
+/// [`psk_client_config`]): each connects, then closes with a close_notify.
 pub async fn run_handshakes(
     index: usize,
     server: SocketAddr,
-    identity: String,
-    key: Vec<u8>,
+    config: Arc<dimpl::Config>,
     timeout: Duration,
     counters: Arc<HandshakeCounters>,
     stop: Arc<AtomicBool>,
 ) {
-    let config = match psk_client_config(identity.as_bytes(), &key) {
-        Ok(config) => config,
-        Err(error) => return counters.fail(&error),
-    };
     while !stop.load(Ordering::Relaxed) {
         let outcome = async {
             let socket = socket_to(source_for(index), server).await?;

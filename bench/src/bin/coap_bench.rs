@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use gateway_bench::client::{Conn, ConnectOptions};
 use gateway_bench::coap::{
-    run_handshakes, run_publisher, HandshakeCounters, PublishCounters, PublisherSpec, Security,
+    psk_client_config, run_handshakes, run_publisher, HandshakeCounters, PublishCounters,
+    PublisherSpec, Security,
 };
 use gateway_bench::payload::HEADER_LEN;
 use gateway_bench::report::{round2, LatencyFigures};
@@ -37,6 +38,10 @@ struct Cli {
     /// takes line `i`. Without it, `publish` is plain UDP.
     #[arg(long, global = true)]
     psk_file: Option<std::path::PathBuf>,
+    /// Over DTLS, offer the connection ID extension (RFC 9146): the records sent carry the
+    /// gateway's ID.
+    #[arg(long, global = true)]
+    connection_id: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +253,7 @@ async fn publish(
                     Security::Psk {
                         identity: identity.clone(),
                         key,
+                        connection_id: cli.connection_id,
                     },
                     identity,
                 )
@@ -340,17 +346,21 @@ async fn handshake(cli: &Cli, port: u16, concurrency: u32) -> Result<serde_json:
     let server = resolve(&cli.host, port)?;
     let counters = Arc::new(HandshakeCounters::default());
     let stop = Arc::new(AtomicBool::new(false));
+    // Made before the clock starts: a configuration costs the crypto provider's self-tests.
+    let configs = keys
+        .iter()
+        .map(|(identity, key)| psk_client_config(identity.as_bytes(), key, cli.connection_id))
+        .collect::<Result<Vec<_>, _>>()?;
     let cpu = CpuMark::now(cli.broker_pid);
     let started = Instant::now();
-    let tasks: Vec<_> = keys
+    let tasks: Vec<_> = configs
         .into_iter()
         .enumerate()
-        .map(|(index, (identity, key))| {
+        .map(|(index, config)| {
             tokio::spawn(run_handshakes(
                 index,
                 server,
-                identity,
-                key,
+                config,
                 Duration::from_secs(5),
                 counters.clone(),
                 stop.clone(),

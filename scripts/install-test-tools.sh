@@ -13,6 +13,8 @@
 #     (PyPI, pinned below), the tinydtls binding under its CoAP over DTLS transport, built
 #     from source (with autoconf, automake and a C compiler from Debian),
 #   - cbor2, the CBOR encoder of the LwM2M Send test's SenML (PyPI, pinned below),
+#   - curl, the admin API tests' HTTP client (Debian), and prometheus-client's parser of the
+#     Prometheus text format (PyPI, pinned below),
 #   - dtls_cid_coap (interop-tests/c/), a CoAP over DTLS client that negotiates RFC 9146
 #     connection ids, which no packaged client does: compiled with gcc against Mbed TLS
 #     3.6 from Debian trixie's libmbedtls-dev, whose .deb is fetched from the trixie archive
@@ -41,6 +43,7 @@ SETUPTOOLS_VERSION=80.9.0
 WHEEL_VERSION=0.45.1
 STOMP_PY_VERSION=9.0.0
 CBOR2_VERSION=5.6.5
+PROMETHEUS_CLIENT_VERSION=0.26.0
 # The Mbed TLS series dtls_cid_coap is built against: whatever 3.6.x trixie ships now.
 MBEDTLS_SERIES=3.6
 DEBIAN_MIRROR=${GATEWAY_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -76,7 +79,7 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 missing=()
-for pkg in mosquitto-clients mosquitto openssl haproxy libcoap3-bin; do
+for pkg in mosquitto-clients mosquitto openssl haproxy libcoap3-bin curl; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]} > 0)); then
@@ -192,6 +195,7 @@ pip_pinned aiocoap "$AIOCOAP_VERSION"
 pip_pinned websockets "$WEBSOCKETS_VERSION"
 pip_pinned stomp-py "$STOMP_PY_VERSION"
 pip_pinned cbor2 "$CBOR2_VERSION"
+pip_pinned prometheus-client "$PROMETHEUS_CLIENT_VERSION"
 
 # DTLSSocket's build runs autoreconf and configure on the tinydtls sources it bundles and
 # compiles a Cython extension against the Python headers. Cython, setuptools and wheel are

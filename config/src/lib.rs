@@ -48,8 +48,50 @@ pub struct Config {
     pub auth: AuthConfig,
     pub sys: SysConfig,
     pub flapping_detect: FlappingDetectConfig,
+    pub dashboard: DashboardConfig,
+    pub api_key: ApiKeyConfig,
     pub listeners: ListenersConfig,
     pub gateway: GatewaysConfig,
+}
+
+/// The admin HTTP API's server (EMQX's dashboard listener).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    pub listeners: DashboardListeners,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardListeners {
+    pub http: AdminListenerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminListenerConfig {
+    pub enable: bool,
+    #[serde(deserialize_with = "string_or_integer")]
+    pub bind: String,
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub max_connections: u32,
+    /// A request whose head has not arrived by then closes its connection.
+    pub request_timeout: Duration,
+}
+
+impl AdminListenerConfig {
+    pub fn bind_addr(&self) -> Result<SocketAddr, BindAddrError> {
+        parse_bind(&self.bind)
+    }
+}
+
+/// Who may use the admin HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// `key:secret` lines (EMQX's bootstrap file); `None` when `""`.
+    #[serde(with = "empty_is_none")]
+    pub bootstrap_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

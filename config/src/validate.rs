@@ -236,6 +236,8 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
         }
     }
 
+    check_admin(config, &mut fail);
+
     let listeners = &config.listeners;
     let mut common: Vec<CommonListener<'_>> = Vec::new();
     for (name, l) in &listeners.tcp {
@@ -437,6 +439,38 @@ pub(crate) fn warnings(config: &Config) -> Vec<Violation> {
         }
     }
     out
+}
+
+/// The admin API reaches every client and message: beyond loopback, never without keys.
+fn check_admin(config: &Config, fail: &mut impl FnMut(&str, String)) {
+    let http = &config.dashboard.listeners.http;
+    if !http.enable {
+        return;
+    }
+    let key = "dashboard.listeners.http.bind";
+    match http.bind_addr() {
+        Err(e) => fail(key, format!("{key}: {e}")),
+        Ok(addr) if !addr.ip().is_loopback() && config.api_key.bootstrap_file.is_none() => fail(
+            key,
+            format!(
+                "{key}: the admin API on {addr} would answer anyone: set \
+                 api_key.bootstrap_file, or bind it to a loopback address"
+            ),
+        ),
+        Ok(_) => {}
+    }
+    if http.max_connections == 0 {
+        fail(
+            "dashboard.listeners.http.max_connections",
+            "dashboard.listeners.http.max_connections must be at least 1".into(),
+        );
+    }
+    if http.request_timeout.is_zero() {
+        fail(
+            "dashboard.listeners.http.request_timeout",
+            "dashboard.listeners.http.request_timeout must be longer than 0s".into(),
+        );
+    }
 }
 
 fn check_stomp(

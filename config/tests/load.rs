@@ -1238,3 +1238,30 @@ fn gateway_tls_listeners_start_only_with_a_certificate_and_check_ssl_options() {
         assert!(e.contains(key), "{toml:?} -> {e}");
     }
 }
+
+#[test]
+fn the_admin_api_beyond_loopback_needs_keys() {
+    let open = "[dashboard.listeners.http]\nbind = \"0.0.0.0:18083\"\n";
+    let text = err_text(Config::from_toml_str(open));
+    assert!(
+        text.contains("dashboard.listeners.http.bind") && text.contains("api_key.bootstrap_file"),
+        "{text}"
+    );
+    let ipv6 = "[dashboard.listeners.http]\nbind = \"[::]:18083\"\n";
+    assert!(Config::from_toml_str(ipv6).is_err());
+    let keyed = format!("{open}[api_key]\nbootstrap_file = \"/etc/gateway/api_keys\"\n");
+    assert!(Config::from_toml_str(&keyed).is_ok());
+    for fine in [
+        "[dashboard.listeners.http]\nbind = \"[::1]:18083\"\n",
+        "[dashboard.listeners.http]\nenable = false\nbind = \"0.0.0.0:18083\"\n",
+    ] {
+        assert!(Config::from_toml_str(fine).is_ok(), "{fine}");
+    }
+    let text = err_text(Config::from_toml_str(
+        "[dashboard.listeners.http]\nmax_connections = 0\nrequest_timeout = \"0s\"\n",
+    ));
+    assert!(
+        text.contains("max_connections") && text.contains("request_timeout"),
+        "{text}"
+    );
+}

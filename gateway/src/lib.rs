@@ -1,3 +1,4 @@
 //! What the gateway binary shares with its tests: the log it installs.
 
+pub mod admin;
 pub mod logging;

@@ -209,8 +209,19 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
     for (adapter, start) in ADAPTERS {
         start(&config, &mut launch).with_context(|| format!("starting the {adapter} adapter"))?;
     }
+    let admin = gateway::admin::start(
+        &config,
+        broker.clone(),
+        launch.started_listeners(),
+        shutdown_rx.clone(),
+    )
+    .context("starting the admin API")?;
     let (mut tasks, certificates) = launch.finish();
     tasks.spawn(reload_certificates(certificates, shutdown_rx.clone()));
+    if let Some((bound, serve)) = admin {
+        tracing::info!(%bound, "admin API started");
+        tasks.spawn(serve);
+    }
 
     tasks.spawn(housekeeping(
         broker.clone(),

@@ -73,6 +73,8 @@ pub struct Broker {
     pub stomp_port: u16,
     /// STOMP over WebSocket (`/ws`), when a test enables it.
     pub stomp_ws_port: u16,
+    /// The admin HTTP API.
+    pub admin_port: u16,
     values: Vec<(&'static str, String)>,
     gateway: Option<Gateway>,
 }
@@ -117,7 +119,7 @@ pub fn gateway_bin() -> PathBuf {
 /// A command running the gateway binary with an environment free of the caller's
 /// `GATEWAY_*` variables: the gateway reads every one of those as configuration and
 /// rejects unknown keys, and the test harness's own (`GATEWAY_TEST_HOST`, ...) are not
-/// meant for it. Its store is in memory: gateways of tests running in parallel would
+/// meant for it. Its admin API is on a port of the system's choosing. Its store is in memory: gateways of tests running in parallel would
 /// otherwise share the default data directory (`with_data_dir` gives one of its own).
 pub fn gateway_command() -> Command {
     let mut cmd = Command::new(gateway_bin());
@@ -127,6 +129,8 @@ pub fn gateway_command() -> Command {
         }
     }
     cmd.env("GATEWAY_STORAGE__BACKEND", "memory");
+    // The admin API's fixed default port would clash between gateways running in parallel.
+    cmd.env("GATEWAY_DASHBOARD__LISTENERS__HTTP__BIND", "127.0.0.1:0");
     cmd
 }
 
@@ -271,6 +275,7 @@ impl Broker {
         let lwm2m_port = env_port("GATEWAY_TEST_LWM2M_PORT", 5783);
         let stomp_port = env_port("GATEWAY_TEST_STOMP_PORT", 61613);
         let stomp_ws_port = env_port("GATEWAY_TEST_STOMP_WS_PORT", 15674);
+        let admin_port = env_port("GATEWAY_TEST_ADMIN_PORT", 18083);
         Some(Broker {
             host,
             port,
@@ -282,6 +287,7 @@ impl Broker {
             ws_port,
             stomp_port,
             stomp_ws_port,
+            admin_port,
             values,
             gateway: None,
         })
@@ -330,6 +336,7 @@ impl Broker {
             "GATEWAY_GATEWAY__STOMP__LISTENERS__WS__DEFAULT__BIND",
             free_port(),
         );
+        let admin_port = bind("GATEWAY_DASHBOARD__LISTENERS__HTTP__BIND", free_port());
         // Extra configuration for every started gateway, e.g. to turn off a listener
         // whose fixed default port would clash between gateways running in parallel.
         if let Ok(extra) = std::env::var("GATEWAY_TEST_GATEWAY_ENV") {
@@ -366,6 +373,7 @@ impl Broker {
             ws_port,
             stomp_port,
             stomp_ws_port,
+            admin_port,
             values,
             gateway: Some(Gateway {
                 child,

@@ -10,6 +10,7 @@
 //! every child process is killed when its handle is dropped, so a broken broker fails a
 //! test, never hangs it.
 
+pub mod admin;
 pub mod broker;
 pub mod carried;
 pub mod certs;

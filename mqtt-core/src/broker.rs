@@ -87,7 +87,8 @@ pub struct ListenerStats {
 pub trait ListenerFigures: Send + Sync {
     /// Each counter as its topic below the listener's (`dtls/handshakes/completed`) and
     /// its value. The same topic names the sum over every listener at the broker's level,
-    /// so a name says what it counts whatever listener it is read from.
+    /// so a name says what it counts whatever listener it is read from. A name ending in
+    /// `/current` is a level (`peers/current`); the others only grow.
     fn figures(&self, out: &mut Vec<(&'static str, u64)>);
 }
 

@@ -171,6 +171,18 @@ pub struct Launch {
     shutdown: watch::Receiver<bool>,
     tasks: JoinSet<()>,
     certificates: Vec<WatchedCertificate>,
+    started: Vec<StartedListener>,
+}
+
+/// A listener that started, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedListener {
+    /// `tcp:default`, `coap:dtls:default`.
+    pub name: Arc<str>,
+    /// The protocol it serves, as its start-up log line says (`MQTT over QUIC`).
+    pub protocol: String,
+    /// The address it is bound to (the port the system chose for port 0).
+    pub bound: SocketAddr,
 }
 
 impl Launch {
@@ -180,6 +192,7 @@ impl Launch {
             shutdown,
             tasks: JoinSet::new(),
             certificates: Vec::new(),
+            started: Vec::new(),
         }
     }
 
@@ -295,7 +308,17 @@ impl Launch {
         serve: impl Future<Output = ()> + Send + 'static,
     ) {
         tracing::info!(listener = %listener.name, %bind, "{what} listener started");
+        self.started.push(StartedListener {
+            name: listener.name.clone(),
+            protocol: what.to_owned(),
+            bound: bind,
+        });
         self.tasks.spawn(serve);
+    }
+
+    /// The listeners started so far.
+    pub fn started_listeners(&self) -> &[StartedListener] {
+        &self.started
     }
 
     /// Runs a task of an adapter's that is not a listener, until shutdown.

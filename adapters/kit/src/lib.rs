@@ -23,7 +23,8 @@ pub use datagram::{
     Demux, UdpListenerSettings,
 };
 pub use launch::{
-    starts_with_certificate, Launch, NamedListener, Reload, StartError, WatchedCertificate,
+    starts_with_certificate, Launch, NamedListener, Reload, StartError, StartedListener,
+    WatchedCertificate,
 };
 pub use layered::{LayeredTransport, PlainStream, SocketStream};
 pub use mqtt_core::protocol::Flow;

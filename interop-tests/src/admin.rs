@@ -1,0 +1,98 @@
+//! The admin HTTP API as its users reach it: curl for the requests, and prometheus_client's
+//! parser (`py/prometheus_parse.py`) for the metrics.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::Broker;
+
+/// What a request got back.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header lines as curl printed them, names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {:?}", self.status, self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `curl` on the gateway's admin API: `method` `path` (with its query), with HTTP Basic
+/// `credentials` (`key:secret`) when given.
+pub fn http(broker: &Broker, method: &str, path: &str, credentials: Option<&str>) -> HttpReply {
+    let url = format!("http://{}:{}{path}", broker.host, broker.admin_port);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-D", "-", "-X", method]);
+    if let Some(credentials) = credentials {
+        cmd.args(["-u", credentials]);
+    }
+    let output = cmd
+        .arg(&url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl (installed by scripts/install-test-tools.sh)");
+    assert!(
+        output.status.success(),
+        "curl {method} {url}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head from {url}: {text:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line from {url}: {text:?}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    HttpReply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// The samples of a Prometheus text exposition as the reference parser reads it:
+/// `{"metric": {"label=value": value}, "_types": {"family": "counter"}}`. Panics when the
+/// parser refuses the text.
+pub fn parse_prometheus(text: &str) -> serde_json::Value {
+    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = Command::new(python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/prometheus_parse.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the Prometheus parser");
+    child
+        .stdin
+        .take()
+        .expect("the parser's stdin")
+        .write_all(text.as_bytes())
+        .expect("write to the parser");
+    let output = child.wait_with_output().expect("the parser's output");
+    assert!(
+        output.status.success(),
+        "prometheus_client refused the metrics: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the parser's JSON")
+}

@@ -1,0 +1,291 @@
+//! The admin HTTP API on the running binary, driven with curl: `/status` for health checks
+//! without credentials, `/api/v5` only with an API key when the gateway has keys, the
+//! metrics read by Prometheus' own parser moving as clients publish, the OpenAPI document
+//! naming every path it serves, and the limits a public port needs (no start beyond
+//! loopback without keys, a trickled request head cut off).
+
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use interop_tests::admin::{http, parse_prometheus};
+use interop_tests::broker::gateway_command;
+use interop_tests::process::Proc;
+use interop_tests::{mosquitto_pub, unique_topic, Broker, MosquittoSub, Setting, Version, TIMEOUT};
+
+const KEYS: &str = "# operators\nops:s3cret:administrator\nci:an:other:secret\n";
+
+/// A gateway with the keys above, and the file holding them.
+fn with_keys(extra: &[Setting]) -> Option<(Broker, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("api_keys");
+    std::fs::write(&file, KEYS).expect("write the key file");
+    let mut settings = vec![Setting::new(
+        "GATEWAY_API_KEY__BOOTSTRAP_FILE",
+        file.display().to_string(),
+    )];
+    settings.extend_from_slice(extra);
+    let broker = Broker::start_gateway_only("the admin API", &settings)?;
+    Some((broker, dir))
+}
+
+#[test]
+fn status_answers_health_checks_without_credentials() {
+    let Some((gw, _keys)) = with_keys(&[]) else {
+        return;
+    };
+    for path in ["/status", "/api/v5/status"] {
+        let reply = http(&gw, "GET", path, None);
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        assert_eq!(
+            reply.body,
+            "Node gateway@127.0.0.1 is started\ngateway is running"
+        );
+        let json = http(&gw, "GET", &format!("{path}?format=json"), None).json();
+        assert_eq!(json["status"], "running");
+        assert_eq!(json["node_name"], "gateway@127.0.0.1");
+    }
+    assert_eq!(http(&gw, "GET", "/status?format=xml", None).status, 400);
+}
+
+#[test]
+fn the_api_takes_only_a_key_of_the_gateways() {
+    let Some((gw, _keys)) = with_keys(&[]) else {
+        return;
+    };
+    for credentials in [None, Some("ops:wrong"), Some("nobody:s3cret"), Some("ops:")] {
+        let reply = http(&gw, "GET", "/api/v5/listeners", credentials);
+        assert_eq!(reply.status, 401, "{credentials:?}: {reply:?}");
+        assert_eq!(reply.json()["code"], "BAD_API_KEY_OR_SECRET");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Basic realm=\"gateway\"")
+        );
+    }
+    for credentials in ["ops:s3cret", "ci:an"] {
+        let reply = http(&gw, "GET", "/api/v5/listeners", Some(credentials));
+        assert_eq!(reply.status, 200, "{credentials}: {reply:?}");
+        let listeners = reply.json();
+        let tcp = listeners
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|l| l["id"] == "tcp:default")
+            .expect("tcp:default listed");
+        assert_eq!(tcp["running"], true);
+        assert_eq!(tcp["type"], "tcp");
+        assert_eq!(tcp["protocol"], "mqtt");
+        assert_eq!(tcp["bind"], format!("127.0.0.1:{}", gw.port));
+        let coap = listeners
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == "coap:udp:default")
+            .expect("coap:udp:default listed");
+        assert_eq!(
+            (coap["type"].as_str(), coap["protocol"].as_str()),
+            (Some("udp"), Some("coap"))
+        );
+    }
+    let unknown = http(&gw, "GET", "/api/v5/no-such-thing", Some("ops:s3cret"));
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["code"], "NOT_FOUND");
+}
+
+/// Reads the metrics through Prometheus' parser.
+fn scrape(gw: &Broker) -> serde_json::Value {
+    let reply = http(gw, "GET", "/metrics", None);
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{reply:?}"
+    );
+    parse_prometheus(&reply.body)
+}
+
+fn sample(metrics: &serde_json::Value, name: &str) -> f64 {
+    metrics[name][""]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_move_as_clients_publish() {
+    let Some((gw, _keys)) = with_keys(&[]) else {
+        return;
+    };
+    let before = scrape(&gw);
+    assert_eq!(before["_types"]["gateway_messages_received"], "counter");
+    assert_eq!(before["_types"]["gateway_clients_connected"], "gauge");
+    assert_eq!(sample(&before, "gateway_clients_connected"), 0.0);
+    let version = before["gateway_build_info"]
+        .as_object()
+        .expect("build info")
+        .keys()
+        .next()
+        .cloned()
+        .unwrap_or_default();
+    assert!(version.starts_with("version="), "{version}");
+
+    let topic = unique_topic("admin-metrics");
+    let mut sub = MosquittoSub::start(&gw, Version::V5, &[&topic], 1, &[]);
+    for n in 0..5 {
+        mosquitto_pub(
+            &gw,
+            Version::V311,
+            &topic,
+            format!("m{n}").as_bytes(),
+            1,
+            false,
+            &[],
+        );
+        sub.recv(TIMEOUT);
+    }
+    let after = scrape(&gw);
+    assert_eq!(
+        sample(&after, "gateway_clients_connected"),
+        1.0,
+        "the subscriber"
+    );
+    let received = sample(&after, "gateway_messages_received_total")
+        - sample(&before, "gateway_messages_received_total");
+    let sent = sample(&after, "gateway_messages_sent_total")
+        - sample(&before, "gateway_messages_sent_total");
+    assert!(received >= 5.0, "received {received}");
+    assert!(sent >= 5.0, "sent {sent}");
+    assert!(
+        sample(&after, "gateway_bytes_received_total")
+            > sample(&before, "gateway_bytes_received_total")
+    );
+    // EMQX's path gives the same figures.
+    let emqx = http(&gw, "GET", "/api/v5/prometheus/stats", None);
+    assert_eq!(emqx.status, 200);
+    parse_prometheus(&emqx.body);
+
+    let stats = http(
+        &gw,
+        "GET",
+        "/api/v5/stats?aggregate=true",
+        Some("ops:s3cret"),
+    )
+    .json();
+    assert_eq!(stats["connections.count"], 1);
+    assert_eq!(stats["subscriptions.count"], 1);
+    let per_node = http(&gw, "GET", "/api/v5/metrics", Some("ops:s3cret")).json();
+    assert_eq!(per_node[0]["node"], "gateway@127.0.0.1");
+    assert!(per_node[0]["messages.received"].as_u64().unwrap() >= 5);
+}
+
+#[test]
+fn the_openapi_document_names_what_the_server_serves() {
+    let Some((gw, _keys)) = with_keys(&[]) else {
+        return;
+    };
+    let reply = http(&gw, "GET", "/api-docs/openapi.json", None);
+    assert_eq!(reply.status, 200);
+    let document = reply.json();
+    assert!(document["openapi"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("3."));
+    assert_eq!(
+        document["components"]["securitySchemes"]["api_key"]["scheme"],
+        "basic"
+    );
+    let paths = document["paths"].as_object().expect("paths");
+    for path in [
+        "/status",
+        "/api/v5/status",
+        "/metrics",
+        "/api/v5/prometheus/stats",
+        "/api/v5/listeners",
+        "/api/v5/stats",
+        "/api/v5/metrics",
+    ] {
+        assert!(paths.contains_key(path), "{path} not documented");
+    }
+    // Every documented operation is served, and one that asks for a key is refused
+    // without it.
+    for (path, operations) in paths {
+        for (method, operation) in operations.as_object().unwrap() {
+            let secured = operation.get("security").is_some();
+            let with_key = http(&gw, &method.to_uppercase(), path, Some("ops:s3cret"));
+            assert_eq!(with_key.status, 200, "{method} {path}: {with_key:?}");
+            let without = http(&gw, &method.to_uppercase(), path, None);
+            assert_eq!(
+                without.status,
+                if secured { 401 } else { 200 },
+                "{method} {path} without a key"
+            );
+        }
+    }
+    assert_eq!(
+        http(&gw, "GET", "/api-docs/swagger.json", None).json(),
+        document
+    );
+}
+
+#[test]
+fn beyond_loopback_without_keys_the_gateway_does_not_start() {
+    if interop_tests::external_mode() {
+        return;
+    }
+    let mut cmd = gateway_command();
+    cmd.env("GATEWAY_DASHBOARD__LISTENERS__HTTP__BIND", "0.0.0.0:0")
+        .env("GATEWAY_LISTENERS__TCP__DEFAULT__BIND", "127.0.0.1:0")
+        .env("GATEWAY_LISTENERS__WS__DEFAULT__ENABLE", "false");
+    let mut proc = Proc::spawn("gateway with an open admin API", cmd);
+    match proc.wait(TIMEOUT) {
+        Some(status) => assert!(!status.success()),
+        None => panic!("the gateway started with its admin API open to anyone"),
+    }
+    let stderr = proc.stderr();
+    assert!(
+        stderr.contains("dashboard.listeners.http.bind")
+            && stderr.contains("api_key.bootstrap_file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_request_head_trickled_past_the_timeout_loses_its_connection() {
+    let Some((gw, _keys)) = with_keys(&[Setting::new(
+        "GATEWAY_DASHBOARD__LISTENERS__HTTP__REQUEST_TIMEOUT",
+        "1s",
+    )]) else {
+        return;
+    };
+    let mut slow = TcpStream::connect((gw.host.as_str(), gw.admin_port)).expect("connect");
+    slow.write_all(b"GET /status HTTP/1.1\r\nHost: gateway\r\n")
+        .expect("write part of a head");
+    slow.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    // Closed by the server (an answer, if any, is a 408 before the close).
+    loop {
+        match slow.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+                "{:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    // Others are served meanwhile and after.
+    assert_eq!(http(&gw, "GET", "/status", None).status, 200);
+}

@@ -13,8 +13,9 @@
 #     (PyPI, pinned below), the tinydtls binding under its CoAP over DTLS transport, built
 #     from source (with autoconf, automake and a C compiler from Debian),
 #   - cbor2, the CBOR encoder of the LwM2M Send test's SenML (PyPI, pinned below),
-#   - curl, the admin API tests' HTTP client (Debian), and prometheus-client's parser of the
-#     Prometheus text format (PyPI, pinned below),
+#   - curl, the admin API tests' HTTP client (Debian), prometheus-client's parser of the
+#     Prometheus text format and schemathesis, which checks the server against its OpenAPI
+#     document (PyPI, pinned below),
 #   - dtls_cid_coap (interop-tests/c/), a CoAP over DTLS client that negotiates RFC 9146
 #     connection ids, which no packaged client does: compiled with gcc against Mbed TLS
 #     3.6 from Debian trixie's libmbedtls-dev, whose .deb is fetched from the trixie archive
@@ -44,6 +45,7 @@ WHEEL_VERSION=0.45.1
 STOMP_PY_VERSION=9.0.0
 CBOR2_VERSION=5.6.5
 PROMETHEUS_CLIENT_VERSION=0.26.0
+SCHEMATHESIS_VERSION=4.32.5
 # The Mbed TLS series dtls_cid_coap is built against: whatever 3.6.x trixie ships now.
 MBEDTLS_SERIES=3.6
 DEBIAN_MIRROR=${GATEWAY_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -196,6 +198,7 @@ pip_pinned websockets "$WEBSOCKETS_VERSION"
 pip_pinned stomp-py "$STOMP_PY_VERSION"
 pip_pinned cbor2 "$CBOR2_VERSION"
 pip_pinned prometheus-client "$PROMETHEUS_CLIENT_VERSION"
+pip_pinned schemathesis "$SCHEMATHESIS_VERSION"
 
 # DTLSSocket's build runs autoreconf and configure on the tinydtls sources it bundles and
 # compiles a Cython extension against the Python headers. Cython, setuptools and wheel are

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +12,19 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AdminState;
+use super::{AdminState, ApiError};
+
+/// A query the handler cannot read, as EMQX answers it.
+fn bad_query(rejection: QueryRejection) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(ApiError {
+            code: "BAD_REQUEST".into(),
+            message: rejection.body_text(),
+        }),
+    )
+        .into_response()
+}
 
 /// What `/status` answers in JSON.
 #[derive(Debug, Serialize, ToSchema)]
@@ -26,6 +39,8 @@ pub struct NodeStatus {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// A parameter the operation does not know is refused, not ignored: a typo gets an error.
+#[serde(deny_unknown_fields)]
 pub struct StatusQuery {
     /// `text` (the default, EMQX's two lines) or `json`.
     #[param(inline)]
@@ -78,12 +93,25 @@ fn node_status(state: &AdminState, format: Option<StatusFormat>) -> Response {
     tag = "Status",
     params(StatusQuery),
     responses(
-        (status = 200, description = "Running", content_type = "text/plain", body = String),
-        (status = 503, description = "Shutting down", content_type = "text/plain", body = String),
+        (status = 200, description = "Running", content(
+            (String = "text/plain"),
+            (NodeStatus = "application/json"),
+        )),
+        (status = 503, description = "Shutting down", content(
+            (String = "text/plain"),
+            (NodeStatus = "application/json"),
+        )),
+        (status = 400, description = "A query that cannot be read", body = ApiError),
     )
 )]
-pub async fn status(State(state): State<AdminState>, Query(query): Query<StatusQuery>) -> Response {
-    node_status(&state, query.format)
+pub async fn status(
+    State(state): State<AdminState>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Response {
+    match query {
+        Ok(Query(query)) => node_status(&state, query.format),
+        Err(rejection) => bad_query(rejection),
+    }
 }
 
 /// The same as `/status`, under the API's prefix.
@@ -93,15 +121,25 @@ pub async fn status(State(state): State<AdminState>, Query(query): Query<StatusQ
     tag = "Status",
     params(StatusQuery),
     responses(
-        (status = 200, description = "Running", content_type = "text/plain", body = String),
-        (status = 503, description = "Shutting down", content_type = "text/plain", body = String),
+        (status = 200, description = "Running", content(
+            (String = "text/plain"),
+            (NodeStatus = "application/json"),
+        )),
+        (status = 503, description = "Shutting down", content(
+            (String = "text/plain"),
+            (NodeStatus = "application/json"),
+        )),
+        (status = 400, description = "A query that cannot be read", body = ApiError),
     )
 )]
 pub async fn status_v5(
     State(state): State<AdminState>,
-    Query(query): Query<StatusQuery>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Response {
-    node_status(&state, query.format)
+    match query {
+        Ok(Query(query)) => node_status(&state, query.format),
+        Err(rejection) => bad_query(rejection),
+    }
 }
 
 fn prometheus_text(state: &AdminState) -> Response {
@@ -168,7 +206,7 @@ pub struct Listener {
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The listeners", body = Vec<Listener>),
-        (status = 401, description = "No valid API key", body = super::ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
     )
 )]
 pub async fn listeners(State(state): State<AdminState>) -> Json<Vec<Listener>> {
@@ -177,10 +215,20 @@ pub async fn listeners(State(state): State<AdminState>) -> Json<Vec<Listener>> {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// A parameter the operation does not know is refused, not ignored: a typo gets an error.
+#[serde(deny_unknown_fields)]
 pub struct AggregateQuery {
     /// Whether to answer one object for the whole cluster rather than one per node (one
     /// node here, so both hold the same figures).
     aggregate: Option<bool>,
+}
+
+/// Figures per node, or aggregated.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum FiguresAnswer {
+    PerNode(Vec<Figures>),
+    Aggregated(Figures),
 }
 
 /// One node's figures, or the cluster's.
@@ -195,15 +243,15 @@ pub struct Figures {
 }
 
 fn figures_answer(state: &AdminState, aggregate: bool, values: BTreeMap<String, u64>) -> Response {
-    if aggregate {
-        Json(Figures { node: None, values }).into_response()
+    let answer = if aggregate {
+        FiguresAnswer::Aggregated(Figures { node: None, values })
     } else {
-        Json(vec![Figures {
+        FiguresAnswer::PerNode(vec![Figures {
             node: Some(state.node.to_string()),
             values,
         }])
-        .into_response()
-    }
+    };
+    Json(answer).into_response()
 }
 
 /// Counts of what the broker holds now (EMQX's `/stats`): connections, sessions,
@@ -215,14 +263,19 @@ fn figures_answer(state: &AdminState, aggregate: bool, values: BTreeMap<String, 
     security(("api_key" = [])),
     params(AggregateQuery),
     responses(
-        (status = 200, description = "One object per node, or one in all with aggregate=true", body = Vec<Figures>),
-        (status = 401, description = "No valid API key", body = super::ApiError),
+        (status = 200, description = "One object per node, or one in all with aggregate=true", body = FiguresAnswer),
+        (status = 400, description = "A query that cannot be read", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
     )
 )]
 pub async fn stats(
     State(state): State<AdminState>,
-    Query(query): Query<AggregateQuery>,
+    query: Result<Query<AggregateQuery>, QueryRejection>,
 ) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return bad_query(rejection),
+    };
     let broker = &state.broker;
     let connected = broker
         .stats
@@ -250,14 +303,19 @@ pub async fn stats(
     security(("api_key" = [])),
     params(AggregateQuery),
     responses(
-        (status = 200, description = "One object per node, or one in all with aggregate=true", body = Vec<Figures>),
-        (status = 401, description = "No valid API key", body = super::ApiError),
+        (status = 200, description = "One object per node, or one in all with aggregate=true", body = FiguresAnswer),
+        (status = 400, description = "A query that cannot be read", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
     )
 )]
 pub async fn broker_metrics(
     State(state): State<AdminState>,
-    Query(query): Query<AggregateQuery>,
+    query: Result<Query<AggregateQuery>, QueryRejection>,
 ) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return bad_query(rejection),
+    };
     let values = mqtt_core::sys::figures(&state.broker, Instant::now())
         .into_iter()
         .filter(|figure| figure.listener.is_none())

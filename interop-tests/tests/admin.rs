@@ -15,7 +15,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use interop_tests::admin::{http, parse_prometheus, schemathesis};
+use serde_json::json;
+
+use interop_tests::admin::{http, http_json, http_with_body, parse_prometheus, schemathesis};
 use interop_tests::broker::gateway_command;
 use interop_tests::process::Proc;
 use interop_tests::{mosquitto_pub, unique_topic, Broker, MosquittoSub, Setting, Version, TIMEOUT};
@@ -210,22 +212,31 @@ fn the_openapi_document_names_what_the_server_serves() {
         "/api/v5/listeners",
         "/api/v5/stats",
         "/api/v5/metrics",
+        "/api/v5/publish",
+        "/api/v5/publish/bulk",
+        "/api/v5/mqtt/retainer/messages",
+        "/api/v5/mqtt/retainer/message/{topic}",
     ] {
         assert!(paths.contains_key(path), "{path} not documented");
     }
-    // Every documented operation is served, and one that asks for a key is refused
-    // without it.
+    // Every documented operation is routed (never the fallback's 404 NOT_FOUND for a
+    // path), one that asks for a key is refused without it, and every GET without path
+    // parameters answers 200 with a key.
     for (path, operations) in paths {
+        let concrete = path.replace("{topic}", "no%2Fsuch%2Ftopic");
         for (method, operation) in operations.as_object().unwrap() {
             let secured = operation.get("security").is_some();
-            let with_key = http(&gw, &method.to_uppercase(), path, Some("ops:s3cret"));
-            assert_eq!(with_key.status, 200, "{method} {path}: {with_key:?}");
-            let without = http(&gw, &method.to_uppercase(), path, None);
-            assert_eq!(
-                without.status,
-                if secured { 401 } else { 200 },
-                "{method} {path} without a key"
-            );
+            let method = method.to_uppercase();
+            let without = http(&gw, &method, &concrete, None);
+            if secured {
+                assert_eq!(without.status, 401, "{method} {path} without a key");
+            }
+            let with_key = http(&gw, &method, &concrete, Some("ops:s3cret"));
+            assert_ne!(with_key.status, 401, "{method} {path}");
+            assert_ne!(with_key.status, 405, "{method} {path}");
+            if method == "GET" && !path.contains('{') {
+                assert_eq!(with_key.status, 200, "{method} {path}: {with_key:?}");
+            }
         }
     }
     assert_eq!(
@@ -312,4 +323,262 @@ fn schemathesis_finds_the_server_true_to_its_openapi_document() {
         assert_eq!(reply.status, 400, "{path}: {reply:?}");
         assert_eq!(reply.json()["code"], "BAD_REQUEST", "{path}");
     }
+}
+
+const KEY: Option<&str> = Some("ops:s3cret");
+
+#[test]
+fn an_operator_publishes_one_message_or_several_to_subscribers() {
+    let Some((gw, _keys)) = with_keys(&[]) else {
+        return;
+    };
+    let topic = unique_topic("admin-publish");
+    let mut sub = MosquittoSub::start(&gw, Version::V5, &[&format!("{topic}/#")], 2, &[]);
+    let reply = http_json(
+        &gw,
+        "POST",
+        "/api/v5/publish",
+        KEY,
+        &json!({"topic": format!("{topic}/a"), "payload": "hello", "qos": 1}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let id = reply.json()["id"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let msg = sub.recv(TIMEOUT);
+    assert_eq!(
+        (msg.topic, msg.payload),
+        (format!("{topic}/a"), b"hello".to_vec())
+    );
+
+    // Every byte value, base64 in the request.
+    let reply = http_json(
+        &gw,
+        "POST",
+        "/api/v5/publish",
+        KEY,
+        &json!({"topic": format!("{topic}/b"), "payload": "AP8KDQBtcXR0", "payload_encoding": "base64", "qos": 2}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(sub.recv(TIMEOUT).payload, b"\x00\xff\n\r\x00mqtt");
+
+    let nobody = http_json(
+        &gw,
+        "POST",
+        "/api/v5/publish",
+        KEY,
+        &json!({"topic": unique_topic("nobody-listens"), "payload": "x"}),
+    );
+    assert_eq!(nobody.status, 202);
+    assert_eq!(
+        nobody.json(),
+        json!({"message": "no_matching_subscribers", "reason_code": 16})
+    );
+
+    let bulk = http_json(
+        &gw,
+        "POST",
+        "/api/v5/publish/bulk",
+        KEY,
+        &json!([
+            {"topic": format!("{topic}/c"), "payload": "one"},
+            {"topic": unique_topic("nobody-listens"), "payload": "two"},
+            {"topic": format!("{topic}/d"), "payload": "three", "qos": 1},
+        ]),
+    );
+    assert_eq!(bulk.status, 200, "{bulk:?}");
+    let results = bulk.json();
+    assert!(
+        results[0]["id"].is_string() && results[2]["id"].is_string(),
+        "{results}"
+    );
+    assert_eq!(results[1]["reason_code"], 16);
+    assert_eq!(sub.recv(TIMEOUT).payload, b"one");
+    assert_eq!(sub.recv(TIMEOUT).payload, b"three");
+
+    // Refused, each with EMQX's error shape, and nothing published.
+    for (why, body) in [
+        (
+            "a filter",
+            json!({"topic": format!("{topic}/+"), "payload": "x"}),
+        ),
+        (
+            "the broker's own topics",
+            json!({"topic": "$SYS/broker/uptime", "payload": "x"}),
+        ),
+        (
+            "QoS 3",
+            json!({"topic": format!("{topic}/e"), "payload": "x", "qos": 3}),
+        ),
+        (
+            "not base64",
+            json!({"topic": format!("{topic}/e"), "payload": "%%", "payload_encoding": "base64"}),
+        ),
+        (
+            "an unknown field",
+            json!({"topic": format!("{topic}/e"), "payload": "x", "qso": 1}),
+        ),
+        ("no topic", json!({"payload": "x"})),
+        ("an empty topic", json!({"topic": "", "payload": "x"})),
+    ] {
+        let reply = http_json(&gw, "POST", "/api/v5/publish", KEY, &body);
+        assert_eq!(reply.status, 400, "{why}: {reply:?}");
+        assert_eq!(reply.json()["code"], "BAD_REQUEST", "{why}");
+    }
+    let half_bad = http_json(
+        &gw,
+        "POST",
+        "/api/v5/publish/bulk",
+        KEY,
+        &json!([{"topic": format!("{topic}/f"), "payload": "first"}, {"topic": "#", "payload": "x"}]),
+    );
+    assert_eq!(half_bad.status, 400, "{half_bad:?}");
+    assert!(half_bad.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("message 1:"));
+    let not_json = http_with_body(
+        &gw,
+        "POST",
+        "/api/v5/publish",
+        KEY,
+        Some(("application/json", "{topic")),
+    );
+    assert_eq!(not_json.status, 400);
+    let no_type = http_with_body(
+        &gw,
+        "POST",
+        "/api/v5/publish",
+        KEY,
+        Some(("text/plain", "{}")),
+    );
+    assert_eq!(no_type.status, 415);
+    let anonymous = http_json(
+        &gw,
+        "POST",
+        "/api/v5/publish",
+        None,
+        &json!({"topic": format!("{topic}/g"), "payload": "x"}),
+    );
+    assert_eq!(anonymous.status, 401);
+    assert!(
+        sub.try_recv(Duration::from_millis(500)).is_none(),
+        "a refused request published something"
+    );
+}
+
+#[test]
+fn an_operator_lists_reads_and_clears_retained_messages() {
+    let Some((gw, _keys)) = with_keys(&[]) else {
+        return;
+    };
+    let topic = unique_topic("admin-retained");
+    for n in 0..3 {
+        mosquitto_pub(
+            &gw,
+            Version::V5,
+            &format!("{topic}/r{n}"),
+            format!("kept {n}").as_bytes(),
+            1,
+            true,
+            &[],
+        );
+    }
+    let reply = http(
+        &gw,
+        "GET",
+        &format!("/api/v5/mqtt/retainer/messages?topic={topic}/%23&limit=2"),
+        KEY,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let page = reply.json();
+    assert_eq!(
+        page["meta"],
+        json!({"page": 1, "limit": 2, "count": 3, "hasnext": true})
+    );
+    let topics: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics, [format!("{topic}/r0"), format!("{topic}/r1")]);
+    let second = http(
+        &gw,
+        "GET",
+        &format!("/api/v5/mqtt/retainer/messages?topic={topic}/%23&limit=2&page=2"),
+        KEY,
+    )
+    .json();
+    assert_eq!(second["meta"]["hasnext"], false);
+    assert_eq!(second["data"][0]["topic"], format!("{topic}/r2"));
+
+    let encoded = format!("{topic}/r1").replace('/', "%2F");
+    let one = http(
+        &gw,
+        "GET",
+        &format!("/api/v5/mqtt/retainer/message/{encoded}"),
+        KEY,
+    );
+    assert_eq!(one.status, 200, "{one:?}");
+    assert_eq!(one.json()["payload"], "a2VwdCAx", "base64 of \"kept 1\"");
+    assert_eq!(one.json()["qos"], 1);
+
+    let cleared = http(
+        &gw,
+        "DELETE",
+        &format!("/api/v5/mqtt/retainer/message/{encoded}"),
+        KEY,
+    );
+    assert_eq!(cleared.status, 204, "{cleared:?}");
+    assert_eq!(
+        http(
+            &gw,
+            "GET",
+            &format!("/api/v5/mqtt/retainer/message/{encoded}"),
+            KEY
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        http(
+            &gw,
+            "DELETE",
+            &format!("/api/v5/mqtt/retainer/message/{encoded}"),
+            KEY
+        )
+        .status,
+        404
+    );
+    // A filter names no message, and clears none.
+    let filter = format!("{topic}/%2B");
+    assert_eq!(
+        http(
+            &gw,
+            "DELETE",
+            &format!("/api/v5/mqtt/retainer/message/{filter}"),
+            KEY
+        )
+        .status,
+        404
+    );
+    // A new subscriber gets the two left, and the cleared one is not sent to anyone.
+    let mut sub = MosquittoSub::start(&gw, Version::V5, &[&format!("{topic}/#")], 1, &[]);
+    let mut got: Vec<String> = (0..2).map(|_| sub.recv(TIMEOUT).topic).collect();
+    got.sort();
+    assert_eq!(got, [format!("{topic}/r0"), format!("{topic}/r2")]);
+    assert!(sub.try_recv(Duration::from_millis(500)).is_none());
+    assert_eq!(
+        http(
+            &gw,
+            "GET",
+            "/api/v5/mqtt/retainer/messages?topic=%23&limit=0",
+            KEY
+        )
+        .status,
+        400
+    );
 }

@@ -564,6 +564,11 @@ impl Broker {
         self.listener_figures.lock().clone()
     }
 
+    /// The most levels a topic name or filter may have (`mqtt.max_topic_levels`).
+    pub fn max_topic_levels(&self) -> usize {
+        self.config.max_topic_levels as usize
+    }
+
     pub fn limits(&self) -> &SessionLimits {
         &self.limits
     }
@@ -1199,6 +1204,38 @@ impl Broker {
             existed
         };
         self.remove_from_router(filter, session.id) || existed
+    }
+
+    /// A message from outside any client (an operator's, through the admin API): routed as
+    /// a client's publish is, retained when it says so, counted as received. No ACL applies:
+    /// whoever may call this is trusted with every topic. Returns the sessions it reached.
+    pub fn publish_unattributed(&self, message: Message) -> usize {
+        self.publish(Arc::new(message), None).reached
+    }
+
+    /// The live retained messages whose topic `filter` matches (`#`: all but the broker's
+    /// own `$` topics).
+    pub fn retained_messages(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+        self.retained.read().matching(filter, now)
+    }
+
+    /// Clears the retained message of topic name `topic` as an empty retained publish
+    /// would, without publishing anything; whether there was one (a filter clears nothing).
+    pub fn clear_retained(&self, topic: &str, now: Instant) -> bool {
+        if topic.contains(['+', '#']) || self.retained_messages(topic, now).is_empty() {
+            return false;
+        }
+        let clear = Message::new(
+            bytestring::ByteString::from(topic),
+            bytes::Bytes::new(),
+            QoS::AtMostOnce,
+            true,
+            now,
+        );
+        // Nobody waits for an operator's clearing to be durable: the store writes it with
+        // its batch.
+        let _ = self.retain(&clear);
+        true
     }
 
     /// Drops expired retained messages; called now and then by the runtime.

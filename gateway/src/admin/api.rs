@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -335,5 +335,416 @@ fn emqx_metric_name(figure: &str) -> String {
         "publish/messages/dropped/queue_full" => "delivery.dropped.queue_full".to_owned(),
         "publish/messages/dropped/qos0" => "delivery.dropped.qos0_msg".to_owned(),
         other => other.replace(['/', ' '], "."),
+    }
+}
+
+/// A request body the handler cannot read: 400 (EMQX's answer to a bad body), or what the
+/// transport level says (413 too large, 415 not JSON).
+fn bad_body(rejection: JsonRejection) -> Response {
+    let status = match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    api_error(status, "BAD_REQUEST", rejection.body_text())
+}
+
+fn api_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ApiError {
+            code: code.into(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadEncoding {
+    #[default]
+    Plain,
+    Base64,
+}
+
+/// A message to publish, as EMQX's `/publish` takes it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// A topic name (no wildcards); `$SYS` topics are the broker's own.
+    #[schema(
+        min_length = 1,
+        max_length = 65535,
+        pattern = r"^(?!\$SYS)[^+#\u0000]+$"
+    )]
+    pub topic: String,
+    #[serde(default)]
+    pub payload: String,
+    /// How `payload` is written.
+    #[serde(default)]
+    pub payload_encoding: PayloadEncoding,
+    /// 0, 1 or 2.
+    #[serde(default, deserialize_with = "integral")]
+    #[schema(minimum = 0, maximum = 2)]
+    pub qos: u8,
+    #[serde(default)]
+    pub retain: bool,
+}
+
+/// What became of one published message.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PublishResult {
+    /// Delivered to at least one session: the message's id.
+    Published { id: String },
+    /// Nobody subscribes to the topic (MQTT 5 reason code 16); a retained message is kept
+    /// all the same.
+    NoSubscribers { message: String, reason_code: u8 },
+}
+
+/// A small whole number, written as JSON writes it (`1`) or as a float with nothing after
+/// the point (`1.0`), as JSON Schema's `integer` allows.
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if value.fract() != 0.0 || !(0.0..=255.0).contains(&value) {
+        return Err(serde::de::Error::custom(format!(
+            "{value} is not a whole number within 0..=255"
+        )));
+    }
+    Ok(value as u8)
+}
+
+/// Checks `request` and makes its message; an error says what is wrong with it.
+fn message_of(
+    state: &AdminState,
+    request: PublishRequest,
+    now: Instant,
+) -> Result<mqtt_core::message::Message, String> {
+    use base64::Engine;
+    let max_levels = state.broker.max_topic_levels();
+    mqtt_core::topic::validate_topic_name(&request.topic, max_levels)
+        .map_err(|error| format!("topic {:?}: {error}", request.topic))?;
+    if request.topic.starts_with("$SYS") {
+        return Err("$SYS topics are the broker's own".into());
+    }
+    let qos = mqtt_core::codec::QoS::from_u8(request.qos)
+        .ok_or_else(|| format!("qos {} is not 0, 1 or 2", request.qos))?;
+    let payload = match request.payload_encoding {
+        PayloadEncoding::Plain => bytes::Bytes::from(request.payload.into_bytes()),
+        PayloadEncoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(request.payload.as_bytes())
+            .map(bytes::Bytes::from)
+            .map_err(|error| format!("payload is not base64: {error}"))?,
+    };
+    Ok(mqtt_core::message::Message::new(
+        bytestring::ByteString::from(request.topic),
+        payload,
+        qos,
+        request.retain,
+        now,
+    ))
+}
+
+fn publish_one(state: &AdminState, message: mqtt_core::message::Message) -> PublishResult {
+    if state.broker.publish_unattributed(message) > 0 {
+        PublishResult::Published { id: message_id() }
+    } else {
+        PublishResult::NoSubscribers {
+            message: "no_matching_subscribers".into(),
+            reason_code: 16,
+        }
+    }
+}
+
+/// An id for a published message, as EMQX answers one (32 hexadecimal digits).
+fn message_id() -> String {
+    format!("{:032X}", rand::random::<u128>())
+}
+
+/// Publishes a message as the broker, to whoever subscribes (no ACL applies: the key is
+/// trusted with every topic but `$SYS`).
+#[utoipa::path(
+    post,
+    path = "/api/v5/publish",
+    tag = "Publish",
+    security(("api_key" = [])),
+    request_body = PublishRequest,
+    responses(
+        (status = 200, description = "Published to at least one session", body = PublishResult),
+        (status = 202, description = "Nobody subscribes to the topic", body = PublishResult),
+        (status = 400, description = "A message that cannot be published", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 413, description = "The body is too large", body = ApiError),
+        (status = 415, description = "The body is not JSON", body = ApiError),
+    )
+)]
+pub async fn publish(
+    State(state): State<AdminState>,
+    body: Result<Json<PublishRequest>, JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => return bad_body(rejection),
+    };
+    let message = match message_of(&state, request, Instant::now()) {
+        Ok(message) => message,
+        Err(reason) => return api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", reason),
+    };
+    let result = publish_one(&state, message);
+    let status = match result {
+        PublishResult::Published { .. } => StatusCode::OK,
+        PublishResult::NoSubscribers { .. } => StatusCode::ACCEPTED,
+    };
+    (status, Json(result)).into_response()
+}
+
+/// Messages one bulk publish may hold.
+const MAX_BULK: usize = 1000;
+
+/// Publishes several messages, in order; none is published when one cannot be.
+#[utoipa::path(
+    post,
+    path = "/api/v5/publish/bulk",
+    tag = "Publish",
+    security(("api_key" = [])),
+    request_body = Vec<PublishRequest>,
+    responses(
+        (status = 200, description = "What became of each message, in order", body = Vec<PublishResult>),
+        (status = 400, description = "A message that cannot be published, or more than 1000", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 413, description = "The body is too large", body = ApiError),
+        (status = 415, description = "The body is not JSON", body = ApiError),
+    )
+)]
+pub async fn publish_bulk(
+    State(state): State<AdminState>,
+    body: Result<Json<Vec<PublishRequest>>, JsonRejection>,
+) -> Response {
+    let Json(requests) = match body {
+        Ok(body) => body,
+        Err(rejection) => return bad_body(rejection),
+    };
+    if requests.len() > MAX_BULK {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            format!("at most {MAX_BULK} messages at once"),
+        );
+    }
+    let now = Instant::now();
+    let mut messages = Vec::with_capacity(requests.len());
+    for (index, request) in requests.into_iter().enumerate() {
+        match message_of(&state, request, now) {
+            Ok(message) => messages.push(message),
+            Err(reason) => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_REQUEST",
+                    format!("message {index}: {reason}"),
+                )
+            }
+        }
+    }
+    let results: Vec<PublishResult> = messages
+        .into_iter()
+        .map(|message| publish_one(&state, message))
+        .collect();
+    Json(results).into_response()
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+// A parameter the operation does not know is refused, not ignored: a typo gets an error.
+#[serde(deny_unknown_fields)]
+pub struct RetainedQuery {
+    /// Page number, from 1.
+    #[param(minimum = 1)]
+    page: Option<u32>,
+    /// Messages a page, 1 to 1000 (100 when not given).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Only the messages whose topic this filter matches (`#` when not given).
+    #[param(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^(?:(?:\+|[^/+#\u0000]*)/)*(?:\+|#|[^/+#\u0000]*)$"
+    )]
+    topic: Option<String>,
+}
+
+/// A retained message, as EMQX's retainer lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetainedMessage {
+    pub topic: String,
+    pub qos: u8,
+    /// The client that published it, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_clientid: Option<String>,
+    /// The payload, base64 (only when one message is read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// Payload bytes.
+    pub payload_size: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PageMeta {
+    pub page: u32,
+    pub limit: u32,
+    /// Items in all pages.
+    pub count: usize,
+    pub hasnext: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetainedPage {
+    pub data: Vec<RetainedMessage>,
+    pub meta: PageMeta,
+}
+
+fn retained_view(message: &mqtt_core::message::Message, with_payload: bool) -> RetainedMessage {
+    use base64::Engine;
+    RetainedMessage {
+        topic: message.topic.to_string(),
+        qos: message.qos.as_u8(),
+        from_clientid: message.publisher_client_id.as_deref().map(str::to_owned),
+        payload: with_payload
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&message.payload)),
+        payload_size: message.payload.len(),
+    }
+}
+
+/// The retained messages, by topic, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v5/mqtt/retainer/messages",
+    tag = "Retainer",
+    security(("api_key" = [])),
+    params(RetainedQuery),
+    responses(
+        (status = 200, description = "A page of retained messages, without payloads", body = RetainedPage),
+        (status = 400, description = "A query that cannot be read", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+    )
+)]
+pub async fn retained_messages(
+    State(state): State<AdminState>,
+    query: Result<Query<RetainedQuery>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return bad_query(rejection),
+    };
+    let page = query.page.unwrap_or(1);
+    let limit = query.limit.unwrap_or(100);
+    if page == 0 || !(1..=1000).contains(&limit) {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "page must be at least 1 and limit within 1..=1000",
+        );
+    }
+    let filter = query.topic.as_deref().unwrap_or("#");
+    let max_levels = state.broker.max_topic_levels();
+    if let Err(error) = mqtt_core::topic::validate_topic_filter(filter, max_levels) {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            format!("topic {filter:?}: {error}"),
+        );
+    }
+    let mut messages = state.broker.retained_messages(filter, Instant::now());
+    messages.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let count = messages.len();
+    let skip = (page as usize - 1).saturating_mul(limit as usize);
+    let data: Vec<RetainedMessage> = messages
+        .iter()
+        .skip(skip)
+        .take(limit as usize)
+        .map(|message| retained_view(message, false))
+        .collect();
+    let hasnext = skip.saturating_add(data.len()) < count;
+    Json(RetainedPage {
+        data,
+        meta: PageMeta {
+            page,
+            limit,
+            count,
+            hasnext,
+        },
+    })
+    .into_response()
+}
+
+/// The topic of a retained message, percent-encoded in the path as EMQX takes it
+/// (`t%2Fa` for `t/a`).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RetainedTopic {
+    /// A topic name.
+    #[param(min_length = 1, max_length = 4096)]
+    topic: String,
+}
+
+/// One retained message, with its payload.
+#[utoipa::path(
+    get,
+    path = "/api/v5/mqtt/retainer/message/{topic}",
+    tag = "Retainer",
+    security(("api_key" = [])),
+    params(RetainedTopic),
+    responses(
+        (status = 200, description = "The message", body = RetainedMessage),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 404, description = "No retained message on that topic", body = ApiError),
+    )
+)]
+pub async fn retained_message(
+    State(state): State<AdminState>,
+    Path(RetainedTopic { topic }): Path<RetainedTopic>,
+) -> Response {
+    if topic.contains(['+', '#']) {
+        return not_retained();
+    }
+    match state
+        .broker
+        .retained_messages(&topic, Instant::now())
+        .first()
+    {
+        Some(message) => Json(retained_view(message, true)).into_response(),
+        None => not_retained(),
+    }
+}
+
+fn not_retained() -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "no retained message on that topic",
+    )
+}
+
+/// Clears one retained message; nothing is published.
+#[utoipa::path(
+    delete,
+    path = "/api/v5/mqtt/retainer/message/{topic}",
+    tag = "Retainer",
+    security(("api_key" = [])),
+    params(RetainedTopic),
+    responses(
+        (status = 204, description = "Cleared"),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 404, description = "No retained message on that topic", body = ApiError),
+    )
+)]
+pub async fn clear_retained_message(
+    State(state): State<AdminState>,
+    Path(RetainedTopic { topic }): Path<RetainedTopic>,
+) -> Response {
+    if state.broker.clear_retained(&topic, Instant::now()) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        not_retained()
     }
 }

@@ -109,6 +109,10 @@ fn router(state: AdminState) -> axum::Router {
         .routes(routes!(api::listeners))
         .routes(routes!(api::stats))
         .routes(routes!(api::broker_metrics))
+        .routes(routes!(api::publish))
+        .routes(routes!(api::publish_bulk))
+        .routes(routes!(api::retained_messages))
+        .routes(routes!(api::retained_message, api::clear_retained_message))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,

@@ -1,3 +1,5 @@
-//! What the gateway binary shares with its tests: the log it installs.
+//! What the gateway binary shares with its tests: the log it installs, and its notices to
+//! a service manager.
 
 pub mod logging;
+pub mod systemd;

@@ -54,23 +54,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 js_dir="$root/interop-tests/js"
 python=${GATEWAY_TEST_PYTHON:-python3}
 
-fail() {
-    echo "install-test-tools: $*" >&2
-    exit 1
-}
-
-# Runs a command with its output kept aside, shown only if it fails.
-quietly() {
-    local log
-    log=$(mktemp)
-    if ! "$@" >"$log" 2>&1; then
-        echo "install-test-tools: failed: $*" >&2
-        cat "$log" >&2
-        rm -f "$log"
-        exit 1
-    fi
-    rm -f "$log"
-}
+# shellcheck source=scripts/quietly.sh
+source "$(dirname "${BASH_SOURCE[0]}")/quietly.sh"
 
 for tool in "$python" node npm stdbuf; do
     command -v "$tool" >/dev/null || fail "$tool is required but not installed"

@@ -229,7 +229,11 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
         shutdown_rx.clone(),
     ));
 
+    // Every adapter has bound its listeners by now: start() binds before it spawns.
+    gateway::systemd::notify_ready();
+
     wait_for_signal().await;
+    gateway::systemd::notify_stopping();
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let drained = tokio::time::timeout(Duration::from_secs(10), async {

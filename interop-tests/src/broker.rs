@@ -131,6 +131,8 @@ pub fn gateway_command() -> Command {
     cmd.env("GATEWAY_STORAGE__BACKEND", "memory");
     // The admin API's fixed default port would clash between gateways running in parallel.
     cmd.env("GATEWAY_DASHBOARD__LISTENERS__HTTP__BIND", "127.0.0.1:0");
+    // A suite run by a service manager would otherwise have every gateway notify it.
+    cmd.env_remove("NOTIFY_SOCKET");
     cmd
 }
 

@@ -20,7 +20,10 @@ use serde_json::json;
 use interop_tests::admin::{http, http_json, http_with_body, parse_prometheus, schemathesis};
 use interop_tests::broker::gateway_command;
 use interop_tests::process::Proc;
-use interop_tests::{mosquitto_pub, unique_topic, Broker, MosquittoSub, Setting, Version, TIMEOUT};
+use interop_tests::{
+    coap_client, mosquitto_pub, unique_client_id, unique_topic, Broker, MosquittoSub, Setting,
+    Version, TIMEOUT,
+};
 
 const KEYS: &str = "# operators\nops:s3cret:administrator\nci:an:other:secret\n";
 
@@ -581,4 +584,176 @@ fn an_operator_lists_reads_and_clears_retained_messages() {
         .status,
         400
     );
+}
+
+/// `mosquitto_pub` as `client_id` and `username`: whether it connected and published, and
+/// what it printed.
+fn publish_as(gw: &Broker, client_id: &str, username: Option<&str>) -> (bool, String) {
+    let mut cmd = std::process::Command::new("mosquitto_pub");
+    cmd.args(["-h", &gw.host, "-p", &gw.port.to_string()])
+        .args([
+            "-V",
+            "mqttv5",
+            "-i",
+            client_id,
+            "-t",
+            "banned/test",
+            "-m",
+            "x",
+        ]);
+    if let Some(username) = username {
+        cmd.args(["-u", username]);
+    }
+    let output = cmd.output().expect("run mosquitto_pub");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_ban_refuses_its_clients_in_every_protocol_until_lifted() {
+    let Some((gw, _keys)) = with_keys(&[]) else {
+        return;
+    };
+    let device = unique_client_id("banned");
+    let made = http_json(
+        &gw,
+        "POST",
+        "/api/v5/banned",
+        KEY,
+        &json!({"as": "clientid", "who": device, "reason": "stolen", "by": "ops"}),
+    );
+    assert_eq!(made.status, 200, "{made:?}");
+    assert_eq!(made.json()["who"], device.as_str());
+    let (ok, said) = publish_as(&gw, &device, None);
+    assert!(!ok && said.contains("Banned"), "CONNACK 0x8A: {said}");
+    assert!(
+        publish_as(&gw, &unique_client_id("free"), None).0,
+        "another client id"
+    );
+
+    let made = http_json(
+        &gw,
+        "POST",
+        "/api/v5/banned",
+        KEY,
+        &json!({"as": "username", "who": "mallory"}),
+    );
+    assert_eq!(made.status, 200, "{made:?}");
+    assert!(!publish_as(&gw, &unique_client_id("m"), Some("mallory")).0);
+    assert!(publish_as(&gw, &unique_client_id("m"), Some("mallorie")).0);
+
+    // The whole loopback network, for a minute: MQTT and CoAP alike.
+    let until = time_in(60);
+    let made = http_json(
+        &gw,
+        "POST",
+        "/api/v5/banned",
+        KEY,
+        &json!({"as": "peerhost_net", "who": "127.0.0.0/8", "until": until}),
+    );
+    assert_eq!(made.status, 200, "{made:?}");
+    assert!(!publish_as(&gw, &unique_client_id("net"), None).0);
+    let coap_path = format!(
+        "/ps/{}?clientid={}",
+        unique_topic("banned"),
+        unique_client_id("c")
+    );
+    let (_, stdout, stderr) = coap_client(&gw, &["-m", "post", "-e", "x", "-v", "7"], &coap_path);
+    let said = format!("{stdout}\n{stderr}");
+    assert!(
+        said.contains("c:4.29") && said.contains("banned"),
+        "CoAP: {said}"
+    );
+
+    let listed = http(&gw, "GET", "/api/v5/banned", KEY).json();
+    assert_eq!(listed["meta"]["count"], 3, "{listed}");
+    let net = &listed["data"][2];
+    assert_eq!(
+        (net["as"].as_str(), net["who"].as_str()),
+        (Some("peerhost_net"), Some("127.0.0.0/8"))
+    );
+    assert!(
+        net["until"].as_str().unwrap_or_default().ends_with('Z'),
+        "{net}"
+    );
+
+    let lifted = http(
+        &gw,
+        "DELETE",
+        "/api/v5/banned/peerhost_net/127.0.0.0%2F8",
+        KEY,
+    );
+    assert_eq!(lifted.status, 204, "{lifted:?}");
+    assert!(publish_as(&gw, &unique_client_id("net"), None).0, "lifted");
+    let (ok, stdout, _) = coap_client(&gw, &["-m", "post", "-e", "x", "-v", "7"], &coap_path);
+    assert!(ok && stdout.contains("c:2.04"), "{stdout}");
+    assert_eq!(
+        http(
+            &gw,
+            "DELETE",
+            "/api/v5/banned/peerhost_net/127.0.0.0%2F8",
+            KEY
+        )
+        .status,
+        404
+    );
+
+    for (why, body) in [
+        (
+            "not an address",
+            json!({"as": "peerhost", "who": "localhost"}),
+        ),
+        (
+            "no such prefix",
+            json!({"as": "peerhost_net", "who": "10.0.0.0/33"}),
+        ),
+        (
+            "already over",
+            json!({"as": "clientid", "who": "x", "until": "2001-01-01T00:00:00Z"}),
+        ),
+        (
+            "not a time",
+            json!({"as": "clientid", "who": "x", "until": "tomorrow"}),
+        ),
+        ("no such kind", json!({"as": "clientid_re", "who": "x"})),
+        (
+            "an unknown field",
+            json!({"as": "clientid", "who": "x", "forever": true}),
+        ),
+        ("nobody", json!({"as": "clientid", "who": ""})),
+        (
+            "too long a name",
+            json!({"as": "username", "who": "u".repeat(1025)}),
+        ),
+    ] {
+        let reply = http_json(&gw, "POST", "/api/v5/banned", KEY, &body);
+        assert_eq!(reply.status, 400, "{why}: {reply:?}");
+    }
+    assert_eq!(
+        http_json(
+            &gw,
+            "POST",
+            "/api/v5/banned",
+            None,
+            &json!({"as": "clientid", "who": "y"})
+        )
+        .status,
+        401
+    );
+}
+
+/// RFC 3339, `seconds` from now.
+fn time_in(seconds: u64) -> String {
+    let output = std::process::Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("+{seconds} seconds"),
+            "+%Y-%m-%dT%H:%M:%SZ",
+        ])
+        .output()
+        .expect("run date");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }

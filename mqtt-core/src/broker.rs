@@ -184,10 +184,15 @@ pub struct Broker {
     listener_figures: Mutex<Vec<NamedFigures>>,
     /// `None` when flapping detection is off.
     pub(crate) flapping: Option<FlappingDetector>,
+    /// Clients an operator banned.
+    pub banned: crate::banned::BannedList,
 }
 
 /// How often the log sums up each session's dropped messages: one line per session and
 /// interval, however many it dropped, since a line per drop would cost more than delivery.
+/// Bans the banned list holds at most.
+pub const MAX_BANS: usize = 100_000;
+
 pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 struct DropReports {
@@ -237,6 +242,7 @@ impl Broker {
             listener_stats: Mutex::new(Vec::new()),
             listener_figures: Mutex::new(Vec::new()),
             flapping: None,
+            banned: crate::banned::BannedList::new(MAX_BANS),
         }
     }
 
@@ -1066,6 +1072,7 @@ impl Broker {
             reports.next_report = now + DROP_REPORT_INTERVAL;
             std::mem::take(&mut reports.sessions)
         };
+        self.banned.purge(std::time::SystemTime::now());
         // On the same cadence: clients whose flapping window and ban are over are forgotten.
         if let Some(flapping) = &self.flapping {
             flapping.purge(now);

@@ -45,8 +45,9 @@ pub enum ConnectRefused {
     SessionOwnedByAnother,
     #[error("will refused: {1}")]
     WillInvalid(ReasonCode, &'static str),
-    /// The client id connected too often (flapping detection); refused for this long.
-    #[error("client id banned for connecting too often; retry in {} s", .0.as_secs().max(1))]
+    /// The client is banned (by an operator, or for connecting too often); refused for
+    /// this long.
+    #[error("banned; retry in {} s", .0.as_secs().max(1))]
     Banned(std::time::Duration),
 }
 
@@ -268,6 +269,9 @@ impl Broker {
             namespace: client.protocol,
             client_id: client.client_id.clone(),
         };
+        if let Some(remaining) = self.banned.check(&client, std::time::SystemTime::now()) {
+            return Err(ConnectRefused::Banned(remaining));
+        }
         if let Some(flapping) = &self.flapping {
             if request.control.first_session() {
                 flapping

@@ -5,6 +5,7 @@
 
 pub mod arrival;
 pub mod auth;
+pub mod banned;
 pub mod broker;
 pub mod client;
 pub mod codec;

@@ -200,7 +200,7 @@ enum Refusal {
     #[error("a receiver is behind or the publish rate is exceeded; retry later")]
     Congested(Duration),
     /// Flapping detection: the client id connected too often; retry after the time.
-    #[error("client id banned for connecting too often")]
+    #[error("banned")]
     Banned(Duration),
 }
 

@@ -748,3 +748,286 @@ pub async fn clear_retained_message(
         not_retained()
     }
 }
+
+/// What a ban names, as EMQX's `as` field says it.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BanKind {
+    Clientid,
+    Username,
+    Peerhost,
+    /// `who` is a network, `address/prefix`.
+    PeerhostNet,
+}
+
+/// The longest `who`, `by` and `reason` of a ban, in characters.
+const MAX_BAN_TEXT: usize = 1024;
+
+/// A ban, as EMQX's `/banned` shows and takes it.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BanView {
+    #[serde(rename = "as")]
+    pub kind: BanKind,
+    /// The client id, user name, address, or `address/prefix`.
+    #[schema(min_length = 1, max_length = 1024)]
+    pub who: String,
+    #[serde(default)]
+    #[schema(max_length = 1024)]
+    pub by: Option<String>,
+    #[serde(default)]
+    #[schema(max_length = 1024)]
+    pub reason: Option<String>,
+    /// RFC 3339; now when not given.
+    #[serde(default)]
+    pub at: Option<String>,
+    /// RFC 3339; absent: until lifted.
+    #[serde(default)]
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BanPage {
+    pub data: Vec<BanView>,
+    pub meta: PageMeta,
+}
+
+fn rfc3339(at: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn parse_time(field: &str, text: &str) -> Result<std::time::SystemTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(std::time::SystemTime::from)
+        .map_err(|error| format!("{field} {text:?} is not an RFC 3339 time: {error}"))
+}
+
+fn target_of(kind: BanKind, who: &str) -> Result<mqtt_core::banned::BanTarget, String> {
+    use mqtt_core::banned::BanTarget;
+    let address = |text: &str| {
+        text.parse::<std::net::IpAddr>()
+            .map_err(|_| format!("{text:?} is not an IP address"))
+    };
+    match kind {
+        BanKind::Clientid => Ok(BanTarget::ClientId(who.to_owned())),
+        BanKind::Username => Ok(BanTarget::Username(who.to_owned())),
+        BanKind::Peerhost => Ok(BanTarget::PeerHost(address(who)?)),
+        BanKind::PeerhostNet => {
+            let (network, prefix) = who
+                .split_once('/')
+                .ok_or_else(|| format!("{who:?} is not address/prefix"))?;
+            let network = address(network)?;
+            let most = if network.is_ipv4() { 32 } else { 128 };
+            let prefix = prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|prefix| *prefix <= most)
+                .ok_or_else(|| format!("{prefix:?} is not a prefix length within 0..={most}"))?;
+            Ok(BanTarget::PeerNet { network, prefix })
+        }
+    }
+}
+
+fn view_of(ban: &mqtt_core::banned::Ban) -> BanView {
+    use mqtt_core::banned::BanTarget;
+    let (kind, who) = match &ban.target {
+        BanTarget::ClientId(id) => (BanKind::Clientid, id.clone()),
+        BanTarget::Username(name) => (BanKind::Username, name.clone()),
+        BanTarget::PeerHost(host) => (BanKind::Peerhost, host.to_string()),
+        BanTarget::PeerNet { network, prefix } => {
+            (BanKind::PeerhostNet, format!("{network}/{prefix}"))
+        }
+    };
+    BanView {
+        kind,
+        who,
+        by: Some(ban.by.clone()),
+        reason: Some(ban.reason.clone()),
+        at: Some(rfc3339(ban.at)),
+        until: ban.until.map(rfc3339),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+// A parameter the operation does not know is refused, not ignored: a typo gets an error.
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Page number, from 1.
+    #[param(minimum = 1)]
+    page: Option<u32>,
+    /// Items a page, 1 to 1000 (100 when not given).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// The bans in force, oldest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v5/banned",
+    tag = "Banned",
+    security(("api_key" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of bans", body = BanPage),
+        (status = 400, description = "A query that cannot be read", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+    )
+)]
+pub async fn banned(
+    State(state): State<AdminState>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return bad_query(rejection),
+    };
+    let (page, limit) = (query.page.unwrap_or(1), query.limit.unwrap_or(100));
+    if page == 0 || !(1..=1000).contains(&limit) {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "page must be at least 1 and limit within 1..=1000",
+        );
+    }
+    let bans = state.broker.banned.list(std::time::SystemTime::now());
+    let count = bans.len();
+    let skip = (page as usize - 1).saturating_mul(limit as usize);
+    let data: Vec<BanView> = bans
+        .iter()
+        .skip(skip)
+        .take(limit as usize)
+        .map(view_of)
+        .collect();
+    let hasnext = skip.saturating_add(data.len()) < count;
+    Json(BanPage {
+        data,
+        meta: PageMeta {
+            page,
+            limit,
+            count,
+            hasnext,
+        },
+    })
+    .into_response()
+}
+
+/// Bans a client id, a user name, an address or a network: sessions they open from now on
+/// are refused by every adapter. A ban of the same target replaces the older one.
+#[utoipa::path(
+    post,
+    path = "/api/v5/banned",
+    tag = "Banned",
+    security(("api_key" = [])),
+    request_body = BanView,
+    responses(
+        (status = 200, description = "In force", body = BanView),
+        (status = 400, description = "A ban that cannot be made: a bad target or time, one already over, or a full list", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 413, description = "The body is too large", body = ApiError),
+        (status = 415, description = "The body is not JSON", body = ApiError),
+    )
+)]
+pub async fn ban(
+    State(state): State<AdminState>,
+    body: Result<Json<BanView>, JsonRejection>,
+) -> Response {
+    let Json(view) = match body {
+        Ok(body) => body,
+        Err(rejection) => return bad_body(rejection),
+    };
+    let now = std::time::SystemTime::now();
+    let made = (|| -> Result<mqtt_core::banned::Ban, String> {
+        let texts = [
+            ("who", Some(&view.who)),
+            ("by", view.by.as_ref()),
+            ("reason", view.reason.as_ref()),
+        ];
+        for (field, text) in texts {
+            if text.is_some_and(|text| text.chars().count() > MAX_BAN_TEXT) {
+                return Err(format!("{field} is longer than {MAX_BAN_TEXT} characters"));
+            }
+        }
+        if view.who.is_empty() {
+            return Err("who must not be empty".into());
+        }
+        Ok(mqtt_core::banned::Ban {
+            target: target_of(view.kind, &view.who)?,
+            reason: view.reason.clone().unwrap_or_default(),
+            by: view.by.clone().unwrap_or_else(|| "api".into()),
+            at: view
+                .at
+                .as_deref()
+                .map(|at| parse_time("at", at))
+                .transpose()?
+                .unwrap_or(now),
+            until: view
+                .until
+                .as_deref()
+                .map(|until| parse_time("until", until))
+                .transpose()?,
+        })
+    })();
+    let ban = match made {
+        Ok(ban) => ban,
+        Err(reason) => return api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", reason),
+    };
+    let shown = view_of(&ban);
+    match state.broker.banned.add(ban, now) {
+        Ok(()) => Json(shown).into_response(),
+        Err(error) => api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", error.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct BanPath {
+    /// What the ban names.
+    #[serde(rename = "as")]
+    #[param(rename = "as", inline)]
+    kind: BanKind,
+    /// The client id, user name, address or `address/prefix` (percent-encoded).
+    #[param(min_length = 1, max_length = 1024)]
+    who: String,
+}
+
+/// Lifts a ban.
+#[utoipa::path(
+    delete,
+    path = "/api/v5/banned/{as}/{who}",
+    tag = "Banned",
+    security(("api_key" = [])),
+    params(BanPath),
+    responses(
+        (status = 204, description = "Lifted"),
+        (status = 400, description = "A target that cannot be read", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 404, description = "No such ban", body = ApiError),
+    )
+)]
+pub async fn unban(
+    State(state): State<AdminState>,
+    path: Result<Path<BanPath>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let BanPath { kind, who } = match path {
+        Ok(Path(path)) => path,
+        Err(rejection) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                rejection.body_text(),
+            )
+        }
+    };
+    let target = match target_of(kind, &who) {
+        Ok(target) => target,
+        Err(reason) => return api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", reason),
+    };
+    if state.broker.banned.remove(&target) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        api_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such ban")
+    }
+}

@@ -113,6 +113,8 @@ fn router(state: AdminState) -> axum::Router {
         .routes(routes!(api::publish_bulk))
         .routes(routes!(api::retained_messages))
         .routes(routes!(api::retained_message, api::clear_retained_message))
+        .routes(routes!(api::banned, api::ban))
+        .routes(routes!(api::unban))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,16 +14,56 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{AdminState, ApiError};
 
+/// A query string read as `T`; one that cannot be is answered as EMQX answers it, 400
+/// `BAD_REQUEST` with what is wrong.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(query)) => Ok(ApiQuery(query)),
+            Err(rejection) => Err(bad_query(rejection)),
+        }
+    }
+}
+
+/// A JSON body read as `T`; one that cannot be is answered with EMQX's error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(body)) => Ok(ApiJson(body)),
+            Err(rejection) => Err(bad_body(rejection)),
+        }
+    }
+}
+
 /// A query the handler cannot read, as EMQX answers it.
 fn bad_query(rejection: QueryRejection) -> Response {
-    (
+    api_error(
         StatusCode::BAD_REQUEST,
-        Json(ApiError {
-            code: "BAD_REQUEST".into(),
-            message: rejection.body_text(),
-        }),
+        "BAD_REQUEST",
+        rejection.body_text(),
     )
-        .into_response()
 }
 
 /// What `/status` answers in JSON.
@@ -106,12 +146,9 @@ fn node_status(state: &AdminState, format: Option<StatusFormat>) -> Response {
 )]
 pub async fn status(
     State(state): State<AdminState>,
-    query: Result<Query<StatusQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<StatusQuery>,
 ) -> Response {
-    match query {
-        Ok(Query(query)) => node_status(&state, query.format),
-        Err(rejection) => bad_query(rejection),
-    }
+    node_status(&state, query.format)
 }
 
 /// The same as `/status`, under the API's prefix.
@@ -134,12 +171,9 @@ pub async fn status(
 )]
 pub async fn status_v5(
     State(state): State<AdminState>,
-    query: Result<Query<StatusQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<StatusQuery>,
 ) -> Response {
-    match query {
-        Ok(Query(query)) => node_status(&state, query.format),
-        Err(rejection) => bad_query(rejection),
-    }
+    node_status(&state, query.format)
 }
 
 fn prometheus_text(state: &AdminState) -> Response {
@@ -270,12 +304,8 @@ fn figures_answer(state: &AdminState, aggregate: bool, values: BTreeMap<String, 
 )]
 pub async fn stats(
     State(state): State<AdminState>,
-    query: Result<Query<AggregateQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<AggregateQuery>,
 ) -> Response {
-    let query = match query {
-        Ok(Query(query)) => query,
-        Err(rejection) => return bad_query(rejection),
-    };
     let broker = &state.broker;
     let connected = broker
         .stats
@@ -310,12 +340,8 @@ pub async fn stats(
 )]
 pub async fn broker_metrics(
     State(state): State<AdminState>,
-    query: Result<Query<AggregateQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<AggregateQuery>,
 ) -> Response {
-    let query = match query {
-        Ok(Query(query)) => query,
-        Err(rejection) => return bad_query(rejection),
-    };
     let values = mqtt_core::sys::figures(&state.broker, Instant::now())
         .into_iter()
         .filter(|figure| figure.listener.is_none())
@@ -481,12 +507,8 @@ fn message_id() -> String {
 )]
 pub async fn publish(
     State(state): State<AdminState>,
-    body: Result<Json<PublishRequest>, JsonRejection>,
+    ApiJson(request): ApiJson<PublishRequest>,
 ) -> Response {
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => return bad_body(rejection),
-    };
     let message = match message_of(&state, request, Instant::now()) {
         Ok(message) => message,
         Err(reason) => return api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", reason),
@@ -519,12 +541,8 @@ const MAX_BULK: usize = 1000;
 )]
 pub async fn publish_bulk(
     State(state): State<AdminState>,
-    body: Result<Json<Vec<PublishRequest>>, JsonRejection>,
+    ApiJson(requests): ApiJson<Vec<PublishRequest>>,
 ) -> Response {
-    let Json(requests) = match body {
-        Ok(body) => body,
-        Err(rejection) => return bad_body(rejection),
-    };
     if requests.len() > MAX_BULK {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -597,6 +615,38 @@ pub struct PageMeta {
     pub hasnext: bool,
 }
 
+/// The page asked for (1 when not given) and its length (100 when not given, at most
+/// 1000), or why they cannot be.
+fn page_params(page: Option<u32>, limit: Option<u32>) -> Result<(u32, u32), &'static str> {
+    let (page, limit) = (page.unwrap_or(1), limit.unwrap_or(100));
+    if page == 0 || !(1..=1000).contains(&limit) {
+        return Err("page must be at least 1 and limit within 1..=1000");
+    }
+    Ok((page, limit))
+}
+
+/// Page `page` (from 1) of `items`, `limit` a page, each shown by `view`, and what the page
+/// says of the whole.
+fn page_of<T, V>(items: &[T], page: u32, limit: u32, view: impl Fn(&T) -> V) -> (Vec<V>, PageMeta) {
+    let skip = (page as usize)
+        .saturating_sub(1)
+        .saturating_mul(limit as usize);
+    let data: Vec<V> = items
+        .iter()
+        .skip(skip)
+        .take(limit as usize)
+        .map(view)
+        .collect();
+    let hasnext = skip.saturating_add(data.len()) < items.len();
+    let meta = PageMeta {
+        page,
+        limit,
+        count: items.len(),
+        hasnext,
+    };
+    (data, meta)
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RetainedPage {
     pub data: Vec<RetainedMessage>,
@@ -630,21 +680,12 @@ fn retained_view(message: &mqtt_core::message::Message, with_payload: bool) -> R
 )]
 pub async fn retained_messages(
     State(state): State<AdminState>,
-    query: Result<Query<RetainedQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<RetainedQuery>,
 ) -> Response {
-    let query = match query {
-        Ok(Query(query)) => query,
-        Err(rejection) => return bad_query(rejection),
+    let (page, limit) = match page_params(query.page, query.limit) {
+        Ok(params) => params,
+        Err(reason) => return api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", reason),
     };
-    let page = query.page.unwrap_or(1);
-    let limit = query.limit.unwrap_or(100);
-    if page == 0 || !(1..=1000).contains(&limit) {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            "page must be at least 1 and limit within 1..=1000",
-        );
-    }
     let filter = query.topic.as_deref().unwrap_or("#");
     let max_levels = state.broker.max_topic_levels();
     if let Err(error) = mqtt_core::topic::validate_topic_filter(filter, max_levels) {
@@ -656,25 +697,10 @@ pub async fn retained_messages(
     }
     let mut messages = state.broker.retained_messages(filter, Instant::now());
     messages.sort_by(|a, b| a.topic.cmp(&b.topic));
-    let count = messages.len();
-    let skip = (page as usize - 1).saturating_mul(limit as usize);
-    let data: Vec<RetainedMessage> = messages
-        .iter()
-        .skip(skip)
-        .take(limit as usize)
-        .map(|message| retained_view(message, false))
-        .collect();
-    let hasnext = skip.saturating_add(data.len()) < count;
-    Json(RetainedPage {
-        data,
-        meta: PageMeta {
-            page,
-            limit,
-            count,
-            hasnext,
-        },
-    })
-    .into_response()
+    let (data, meta) = page_of(&messages, page, limit, |message| {
+        retained_view(message, false)
+    });
+    Json(RetainedPage { data, meta }).into_response()
 }
 
 /// The topic of a retained message, percent-encoded in the path as EMQX takes it
@@ -878,40 +904,15 @@ pub struct PageQuery {
 )]
 pub async fn banned(
     State(state): State<AdminState>,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Response {
-    let query = match query {
-        Ok(Query(query)) => query,
-        Err(rejection) => return bad_query(rejection),
+    let (page, limit) = match page_params(query.page, query.limit) {
+        Ok(params) => params,
+        Err(reason) => return api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", reason),
     };
-    let (page, limit) = (query.page.unwrap_or(1), query.limit.unwrap_or(100));
-    if page == 0 || !(1..=1000).contains(&limit) {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            "page must be at least 1 and limit within 1..=1000",
-        );
-    }
     let bans = state.broker.banned.list(std::time::SystemTime::now());
-    let count = bans.len();
-    let skip = (page as usize - 1).saturating_mul(limit as usize);
-    let data: Vec<BanView> = bans
-        .iter()
-        .skip(skip)
-        .take(limit as usize)
-        .map(view_of)
-        .collect();
-    let hasnext = skip.saturating_add(data.len()) < count;
-    Json(BanPage {
-        data,
-        meta: PageMeta {
-            page,
-            limit,
-            count,
-            hasnext,
-        },
-    })
-    .into_response()
+    let (data, meta) = page_of(&bans, page, limit, view_of);
+    Json(BanPage { data, meta }).into_response()
 }
 
 /// Bans a client id, a user name, an address or a network: sessions they open from now on
@@ -930,14 +931,7 @@ pub async fn banned(
         (status = 415, description = "The body is not JSON", body = ApiError),
     )
 )]
-pub async fn ban(
-    State(state): State<AdminState>,
-    body: Result<Json<BanView>, JsonRejection>,
-) -> Response {
-    let Json(view) = match body {
-        Ok(body) => body,
-        Err(rejection) => return bad_body(rejection),
-    };
+pub async fn ban(State(state): State<AdminState>, ApiJson(view): ApiJson<BanView>) -> Response {
     let now = std::time::SystemTime::now();
     let made = (|| -> Result<mqtt_core::banned::Ban, String> {
         let texts = [

@@ -757,3 +757,44 @@ fn time_in(seconds: u64) -> String {
         .expect("run date");
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
+
+#[test]
+fn refused_logins_and_banned_clients_move_their_metrics() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let passwords = dir.path().join("passwd");
+    interop_tests::broker::gateway_passwd(&passwords, "alice", "wonderland");
+    let Some((gw, _keys)) = with_keys(&interop_tests::broker::password_file_only(&passwords))
+    else {
+        return;
+    };
+    let refused = |metrics: &serde_json::Value| {
+        (
+            sample(metrics, "gateway_clients_refused_authentication_total"),
+            sample(metrics, "gateway_clients_refused_banned_total"),
+        )
+    };
+    assert_eq!(refused(&scrape(&gw)), (0.0, 0.0));
+    for password in ["wrong", "Wonderland", ""] {
+        let output = std::process::Command::new("mosquitto_pub")
+            .args(["-h", &gw.host, "-p", &gw.port.to_string(), "-V", "mqttv5"])
+            .args(["-u", "alice", "-P", password, "-t", "t", "-m", "x"])
+            .output()
+            .expect("run mosquitto_pub");
+        assert!(!output.status.success(), "{password:?} let in");
+    }
+    let banned = http_json(
+        &gw,
+        "POST",
+        "/api/v5/banned",
+        KEY,
+        &json!({"as": "username", "who": "alice"}),
+    );
+    assert_eq!(banned.status, 200);
+    let output = std::process::Command::new("mosquitto_pub")
+        .args(["-h", &gw.host, "-p", &gw.port.to_string(), "-V", "mqttv5"])
+        .args(["-u", "alice", "-P", "wonderland", "-t", "t", "-m", "x"])
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(!output.status.success(), "banned");
+    assert_eq!(refused(&scrape(&gw)), (3.0, 1.0));
+}

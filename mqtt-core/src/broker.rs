@@ -44,6 +44,10 @@ pub struct Stats {
     pub slow_receivers_disconnected: AtomicU64,
     /// Pauses of clients that went over their listener's `messages_rate` or `bytes_rate`.
     pub rate_limited: AtomicU64,
+    /// Connections refused for credentials the authenticator denied, every protocol's.
+    pub authentication_failures: AtomicU64,
+    /// Sessions refused because their client is on the banned list.
+    pub banned_refused: AtomicU64,
 }
 
 impl Stats {

@@ -242,6 +242,7 @@ impl Broker {
             .authenticator
             .authenticate(&client, presented.password.as_deref())
         {
+            Stats::add(&self.stats.authentication_failures, 1);
             return Err(reason.into());
         }
         let mut values: Vec<(&'static str, &str)> = presented
@@ -270,6 +271,7 @@ impl Broker {
             client_id: client.client_id.clone(),
         };
         if let Some(remaining) = self.banned.check(&client, std::time::SystemTime::now()) {
+            Stats::add(&self.stats.banned_refused, 1);
             return Err(ConnectRefused::Banned(remaining));
         }
         if let Some(flapping) = &self.flapping {

@@ -114,6 +114,16 @@ pub fn figures(broker: &Broker, now: Instant) -> Vec<Figure> {
         // Times clients went over their listener's messages_rate or bytes_rate and were
         // paused (EMQX's limiter), not the messages that waited.
         Figure::broker("clients/rate_limited", Counter, read(&stats.rate_limited)),
+        Figure::broker(
+            "clients/refused/authentication",
+            Counter,
+            read(&stats.authentication_failures),
+        ),
+        Figure::broker(
+            "clients/refused/banned",
+            Counter,
+            read(&stats.banned_refused),
+        ),
     ];
     for (name, stats) in broker.all_listener_stats() {
         for (figure, value) in [

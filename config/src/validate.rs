@@ -1235,6 +1235,7 @@ mod tests {
             name,
             bind: "0",
             starts: true,
+            files: crate::ListenerFiles::None,
         };
         let mut problems = Vec::new();
         check_unique_listener_names(

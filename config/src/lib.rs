@@ -18,6 +18,7 @@ mod duration;
 mod ipnet;
 mod listeners;
 mod load;
+mod print;
 mod rate;
 mod text;
 mod validate;
@@ -30,8 +31,9 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{Duration, DurationError};
 pub use ipnet::{IpNet, IpNetError};
-pub use listeners::{ListenerEntry, ListenerKind};
+pub use listeners::{ListenerEntry, ListenerFiles, ListenerKind};
 pub use load::{ConfigError, Problem};
+pub use print::{PrintError, MASKED};
 pub use rate::{ByteRate, ByteRateError, Rate, RateError};
 
 /// The embedded defaults, a commented TOML file with every key of the schema.

@@ -1,7 +1,7 @@
 //! Every listener of every kind in one list, under the one name that logs and auth rules
 //! give it, so the binary, validation and `config check` cannot disagree on either.
 
-use crate::{parse_bind, BindAddrError, Config};
+use crate::{parse_bind, BindAddrError, Config, DtlsListenerConfig, QuicListenerConfig, TlsConfig};
 
 /// A table of named listeners. A listener added to a table under a new name takes its
 /// omitted keys from the table's `default` listener.
@@ -135,6 +135,19 @@ impl ListenerKind {
     }
 }
 
+/// The settings naming the files a listener reads when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerFiles<'a> {
+    /// A listener that reads no file.
+    None,
+    /// A TLS listener's `tls` or `ssl_options`.
+    Tls(&'a TlsConfig),
+    /// A QUIC listener, whose `tls` makes its TLS configuration with the rest.
+    Quic(&'a QuicListenerConfig),
+    /// A DTLS listener, whose `dtls_options` name its files.
+    Dtls(&'a DtlsListenerConfig),
+}
+
 /// One configured listener, whatever its kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerEntry<'a> {
@@ -144,6 +157,8 @@ pub struct ListenerEntry<'a> {
     pub bind: &'a str,
     /// Enabled, its gateway enabled, and given a certificate when it needs one: it will bind.
     pub starts: bool,
+    /// What names the files it reads when it starts.
+    pub files: ListenerFiles<'a>,
 }
 
 impl ListenerEntry<'_> {
@@ -171,6 +186,7 @@ impl Config {
             kind: ListenerKind,
             table: &'a std::collections::BTreeMap<String, L>,
             fields: impl Fn(&'a L) -> (&'a str, bool),
+            files: impl Fn(&'a L) -> ListenerFiles<'a>,
         ) {
             out.extend(table.iter().map(|(name, listener)| {
                 let (bind, starts) = fields(listener);
@@ -179,52 +195,83 @@ impl Config {
                     name,
                     bind,
                     starts,
+                    files: files(listener),
                 }
             }));
         }
         let mut out = Vec::new();
         let l = &self.listeners;
-        entries(&mut out, ListenerKind::Tcp, &l.tcp, |l| (&l.bind, l.enable));
-        entries(&mut out, ListenerKind::Ssl, &l.ssl, |l| {
-            (&l.bind, l.enable && l.tls.has_certificate())
-        });
-        entries(&mut out, ListenerKind::Ws, &l.ws, |l| (&l.bind, l.enable));
-        entries(&mut out, ListenerKind::Wss, &l.wss, |l| {
-            (&l.bind, l.enable && l.tls.has_certificate())
-        });
-        entries(&mut out, ListenerKind::Quic, &l.quic, |l| {
-            (&l.bind, l.enable && l.tls.has_certificate())
-        });
+        let none = ListenerFiles::None;
+        entries(
+            &mut out,
+            ListenerKind::Tcp,
+            &l.tcp,
+            |l| (&l.bind, l.enable),
+            |_| none,
+        );
+        entries(
+            &mut out,
+            ListenerKind::Ssl,
+            &l.ssl,
+            |l| (&l.bind, l.enable && l.tls.has_certificate()),
+            |l| ListenerFiles::Tls(&l.tls),
+        );
+        entries(
+            &mut out,
+            ListenerKind::Ws,
+            &l.ws,
+            |l| (&l.bind, l.enable),
+            |_| none,
+        );
+        entries(
+            &mut out,
+            ListenerKind::Wss,
+            &l.wss,
+            |l| (&l.bind, l.enable && l.tls.has_certificate()),
+            |l| ListenerFiles::Tls(&l.tls),
+        );
+        entries(
+            &mut out,
+            ListenerKind::Quic,
+            &l.quic,
+            |l| (&l.bind, l.enable && l.tls.has_certificate()),
+            ListenerFiles::Quic,
+        );
         let g = &self.gateway;
         entries(
             &mut out,
             ListenerKind::MqttSnUdp,
             &g.mqttsn.listeners.udp,
             |l| (&l.bind, l.enable && g.mqttsn.enable),
+            |_| none,
         );
         entries(
             &mut out,
             ListenerKind::MqttSnDtls,
             &g.mqttsn.listeners.dtls,
             |l| (&l.bind, l.enable && g.mqttsn.enable && l.has_credentials()),
+            ListenerFiles::Dtls,
         );
         entries(
             &mut out,
             ListenerKind::CoapUdp,
             &g.coap.listeners.udp,
             |l| (&l.bind, l.enable && g.coap.enable),
+            |_| none,
         );
         entries(
             &mut out,
             ListenerKind::CoapDtls,
             &g.coap.listeners.dtls,
             |l| (&l.bind, l.enable && g.coap.enable && l.has_credentials()),
+            ListenerFiles::Dtls,
         );
         entries(
             &mut out,
             ListenerKind::CoapTcp,
             &g.coap.listeners.tcp,
             |l| (&l.bind, l.enable && g.coap.enable),
+            |_| none,
         );
         entries(
             &mut out,
@@ -234,10 +281,15 @@ impl Config {
                 let starts = l.enable && g.coap.enable && l.ssl_options.has_certificate();
                 (&l.bind, starts)
             },
+            |l| ListenerFiles::Tls(&l.ssl_options),
         );
-        entries(&mut out, ListenerKind::CoapWs, &g.coap.listeners.ws, |l| {
-            (&l.bind, l.enable && g.coap.enable)
-        });
+        entries(
+            &mut out,
+            ListenerKind::CoapWs,
+            &g.coap.listeners.ws,
+            |l| (&l.bind, l.enable && g.coap.enable),
+            |_| none,
+        );
         entries(
             &mut out,
             ListenerKind::CoapWss,
@@ -246,24 +298,28 @@ impl Config {
                 let starts = l.enable && g.coap.enable && l.ssl_options.has_certificate();
                 (&l.bind, starts)
             },
+            |l| ListenerFiles::Tls(&l.ssl_options),
         );
         entries(
             &mut out,
             ListenerKind::Lwm2mUdp,
             &g.lwm2m.listeners.udp,
             |l| (&l.bind, l.enable && g.lwm2m.enable),
+            |_| none,
         );
         entries(
             &mut out,
             ListenerKind::Lwm2mDtls,
             &g.lwm2m.listeners.dtls,
             |l| (&l.bind, l.enable && g.lwm2m.enable && l.has_credentials()),
+            ListenerFiles::Dtls,
         );
         entries(
             &mut out,
             ListenerKind::StompTcp,
             &g.stomp.listeners.tcp,
             |l| (&l.bind, l.enable && g.stomp.enable),
+            |_| none,
         );
         entries(
             &mut out,
@@ -273,12 +329,14 @@ impl Config {
                 let starts = l.enable && g.stomp.enable && l.ssl_options.has_certificate();
                 (&l.bind, starts)
             },
+            |l| ListenerFiles::Tls(&l.ssl_options),
         );
         entries(
             &mut out,
             ListenerKind::StompWs,
             &g.stomp.listeners.ws,
             |l| (&l.bind, l.enable && g.stomp.enable),
+            |_| none,
         );
         entries(
             &mut out,
@@ -288,6 +346,7 @@ impl Config {
                 let starts = l.enable && g.stomp.enable && l.ssl_options.has_certificate();
                 (&l.bind, starts)
             },
+            |l| ListenerFiles::Tls(&l.ssl_options),
         );
         out
     }

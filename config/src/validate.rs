@@ -1269,6 +1269,7 @@ mod tests {
             name,
             bind: "0",
             starts: true,
+            files: crate::ListenerFiles::None,
         };
         let mut problems = Vec::new();
         check_unique_listener_names(

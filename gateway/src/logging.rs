@@ -34,12 +34,22 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// Installs the process's log: `log.level` as an `EnvFilter` over a [`CompactSubscriber`]
-/// writing to stderr, in `log.format` unless `format_flag` (`--log-format`) says otherwise,
-/// in colour when stderr is a terminal. Records of the `log` crate are logged too.
-pub fn init_logging(config: &Config, format_flag: Option<&str>) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
-        .with_context(|| format!("log.level: invalid filter {:?}", config.log.level))?;
+/// Installs the process's log: `RUST_LOG` when set, else `log.level`, as an `EnvFilter`
+/// over a [`CompactSubscriber`] writing to stderr, in `log.format` unless `format_flag`
+/// (`--log-format`) says otherwise, in colour when stderr is a terminal. Records of the
+/// `log` crate are logged too. The filter can be changed while the gateway runs through the
+/// [`LogLevel`] returned.
+pub fn init_logging(config: &Config, format_flag: Option<&str>) -> Result<LogLevel> {
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|directives| !directives.trim().is_empty());
+    let (filter, what) = match &from_env {
+        Some(directives) => (directives.as_str(), "RUST_LOG"),
+        None => (config.log.level.as_str(), "log.level"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("{what}: invalid filter {filter:?}"))?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let format = match format_flag {
         Some("json") => LogFormat::Json,
         Some(_) => LogFormat::Human,
@@ -51,7 +61,65 @@ pub fn init_logging(config: &Config, format_flag: Option<&str>) -> Result<()> {
         .with(filter)
         .try_init()
         .context("installing the log")?;
-    Ok(())
+    Ok(LogLevel {
+        handle: Box::new(handle),
+        in_force: parking_lot::Mutex::new(config.log.level.clone()),
+        pinned_by_env: from_env.is_some(),
+    })
+}
+
+/// The filter of the installed log, to change while the gateway runs.
+pub struct LogLevel {
+    handle: Box<dyn ReloadFilter>,
+    /// The `log.level` last put in force (or found in force at start).
+    in_force: parking_lot::Mutex<String>,
+    /// `RUST_LOG` chose the filter: it stays whatever the configuration says.
+    pinned_by_env: bool,
+}
+
+/// What changed when the configuration's `log.level` was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LevelChange {
+    /// It is the one in force already.
+    Same,
+    /// `RUST_LOG` is set and wins over `log.level`.
+    PinnedByEnv,
+    /// The new filter is in force; the previous one was this.
+    Changed { from: String },
+}
+
+impl LogLevel {
+    /// Puts `level` (an `EnvFilter` directive list, as `log.level`) in force unless it
+    /// already is or `RUST_LOG` chose the filter. An invalid one changes nothing.
+    pub fn apply(&self, level: &str) -> Result<LevelChange> {
+        let mut in_force = self.in_force.lock();
+        if *in_force == level {
+            return Ok(LevelChange::Same);
+        }
+        if self.pinned_by_env {
+            return Ok(LevelChange::PinnedByEnv);
+        }
+        let filter = tracing_subscriber::EnvFilter::try_new(level)
+            .with_context(|| format!("log.level: invalid filter {level:?}"))?;
+        self.handle.reload(filter)?;
+        let from = std::mem::replace(&mut *in_force, level.to_owned());
+        Ok(LevelChange::Changed { from })
+    }
+}
+
+/// The reload handle of the one filter layer, whatever subscriber it sits on.
+trait ReloadFilter: Send + Sync {
+    fn reload(&self, filter: tracing_subscriber::EnvFilter) -> Result<()>;
+}
+
+impl<S: 'static> ReloadFilter
+    for tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>
+{
+    fn reload(&self, filter: tracing_subscriber::EnvFilter) -> Result<()> {
+        // The handle rebuilds tracing's callsite interest, so callsites the old filter
+        // disabled are asked again.
+        tracing_subscriber::reload::Handle::reload(self, filter).context("replacing the log filter")
+    }
 }
 
 /// A `tracing` subscriber that formats as tracing-subscriber's `fmt` does but keeps each

@@ -1,15 +1,17 @@
 //! The gateway binary: command line, configuration, wiring and graceful shutdown.
 
-use std::path::PathBuf;
+mod check;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_kit::{Launch, Reload, StartError, WatchedCertificate};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use gateway::logging::init_logging;
+use gateway::logging::{init_logging, LevelChange, LogLevel};
 use gateway_config::Config;
-use mqtt_core::auth::Auth;
+use mqtt_core::auth::AuthFiles;
 use mqtt_core::broker::Broker;
 use tokio::sync::watch;
 
@@ -29,7 +31,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 )]
 struct Cli {
     /// TOML configuration file, applied over the embedded defaults.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, env = "GATEWAY_CONFIG")]
     config: Option<PathBuf>,
     /// Log format; overrides `log.format`.
     #[arg(long, value_parser = ["human", "json"])]
@@ -63,8 +65,12 @@ enum Command {
 enum ConfigAction {
     /// Print the embedded default configuration.
     PrintDefault,
-    /// Check a configuration file (with the environment applied): report its errors, or
-    /// else what it leaves open (warnings, which do not fail the check).
+    /// Print the configuration in effect: the embedded defaults, FILE (else the one of
+    /// --config or GATEWAY_CONFIG) and the GATEWAY_* environment, secrets masked.
+    Print { file: Option<PathBuf> },
+    /// Check a configuration file (with the environment applied) and every file it names:
+    /// report its errors, or else what it leaves open (warnings, which do not fail the
+    /// check).
     Check { file: PathBuf },
 }
 
@@ -90,10 +96,38 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some(Command::Config {
+            action: ConfigAction::Print { file },
+        }) => {
+            let file = file.or(cli.config);
+            let config = Config::load(file.as_deref()).context("loading the configuration")?;
+            let layers = match &file {
+                Some(file) => format!("the embedded defaults <- {} <- ", file.display()),
+                None => "the embedded defaults <- ".to_owned(),
+            };
+            println!(
+                "# The configuration in effect: {layers}GATEWAY_* environment variables.\n\
+                 # Secrets are shown as \"{}\".\n",
+                gateway_config::MASKED
+            );
+            print!("{}", config.to_masked_toml()?);
+            Ok(())
+        }
+        Some(Command::Config {
             action: ConfigAction::Check { file },
         }) => {
             let config = Config::load(Some(&file))
                 .with_context(|| format!("{} is not a valid configuration", file.display()))?;
+            let unusable = check::unusable_files(&config);
+            for problem in &unusable {
+                eprintln!("error: {}", check::one_line(problem));
+            }
+            if !unusable.is_empty() {
+                bail!(
+                    "{} names files the gateway cannot start with ({})",
+                    file.display(),
+                    unusable.len()
+                );
+            }
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
@@ -125,12 +159,16 @@ fn main() -> Result<()> {
         None => {
             let config =
                 Config::load(cli.config.as_deref()).context("loading the configuration")?;
-            init_logging(&config, cli.log_format.as_deref())?;
+            let log = init_logging(&config, cli.log_format.as_deref())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            runtime.block_on(run(config, cli.reset_unreadable_store))
+            let running = Running {
+                config_file: cli.config,
+                log,
+            };
+            runtime.block_on(run(config, running, cli.reset_unreadable_store))
         }
     }
 }
@@ -179,11 +217,22 @@ fn open_store(
     }
 }
 
-async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
-    let auth = Auth::from_config(&config.auth).context("loading authentication and ACL files")?;
+/// What SIGHUP reads the configuration from again, and what it changes.
+struct Running {
+    config_file: Option<PathBuf>,
+    log: LogLevel,
+}
+
+async fn run(config: Config, running: Running, reset_unreadable_store: bool) -> Result<()> {
+    let auth_files = Arc::new(check::load_auth(&config.auth)?);
     let now = Instant::now();
-    let broker = Broker::new(config.mqtt.clone(), &config.retainer, auth, now)
-        .with_flapping_detect(&config.flapping_detect);
+    let broker = Broker::new(
+        config.mqtt.clone(),
+        &config.retainer,
+        auth_files.auth(),
+        now,
+    )
+    .with_flapping_detect(&config.flapping_detect);
     let broker = match open_store(&config.storage, reset_unreadable_store)? {
         Some(store) => {
             let path = store.path().display().to_string();
@@ -217,7 +266,14 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
     )
     .context("starting the admin API")?;
     let (mut tasks, certificates) = launch.finish();
-    tasks.spawn(reload_certificates(certificates, shutdown_rx.clone()));
+    let mut watched = certificates;
+    watched.extend(AuthFile::watched(&auth_files));
+    tasks.spawn(reload_files(
+        watched,
+        running,
+        config.clone(),
+        shutdown_rx.clone(),
+    ));
     if let Some((bound, serve)) = admin {
         tracing::info!(%bound, "admin API started");
         tasks.spawn(serve);
@@ -246,39 +302,106 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
     Ok(())
 }
 
-/// How often certificate files are checked for changes.
-const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the files reloaded on change are checked.
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Reloads TLS and QUIC certificates and DTLS keys and certificates on SIGHUP and when a
-/// file changes; connections accepted afterwards get the new ones. A reload that fails
-/// keeps the previous configuration.
-async fn reload_certificates(
-    certificates: Vec<WatchedCertificate>,
+/// One file of `[auth]`, read again as certificates are.
+struct AuthFile {
+    files: Arc<AuthFiles>,
+    acl: bool,
+}
+
+impl AuthFile {
+    /// The files of `[auth]` that are configured, each under its key.
+    fn watched(files: &Arc<AuthFiles>) -> Vec<WatchedCertificate> {
+        let mut watched = Vec::new();
+        for (key, acl, configured) in [
+            ("auth.password_file", false, files.password_file().is_some()),
+            ("auth.acl_file", true, files.acl_file().is_some()),
+        ] {
+            if configured {
+                watched.push(WatchedCertificate {
+                    key: key.to_owned(),
+                    source: Arc::new(AuthFile {
+                        files: files.clone(),
+                        acl,
+                    }),
+                });
+            }
+        }
+        watched
+    }
+}
+
+impl Reload for AuthFile {
+    fn reload(&self) -> Result<(), String> {
+        let reloaded = if self.acl {
+            self.files.reload_acl_file()
+        } else {
+            self.files.reload_password_file()
+        };
+        reloaded.map(drop).map_err(|error| error.to_string())
+    }
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let path = if self.acl {
+            self.files.acl_file()
+        } else {
+            self.files.password_file()
+        };
+        path.map(Path::to_path_buf).into_iter().collect()
+    }
+    fn what(&self) -> &'static str {
+        if self.acl {
+            "ACL file"
+        } else {
+            "password file"
+        }
+    }
+}
+
+/// What tells a file changed: its modification time, its length and, on Unix, its inode
+/// (a file replaced by a rename within the clock's granularity still shows); `None` for a
+/// file that cannot be read, so its disappearance counts as a change.
+type Stamp = Option<(std::time::SystemTime, u64, u64)>;
+
+fn stamp(file: &Path) -> Stamp {
+    let metadata = std::fs::metadata(file).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((metadata.modified().ok()?, metadata.len(), inode))
+}
+
+/// Reads again, on SIGHUP and when one of its files changes, each source in `watched`: TLS
+/// and QUIC certificates, DTLS keys and certificates (connections accepted afterwards get
+/// the new ones), the password file and the ACL file (the next check uses them). A reload
+/// that fails keeps what is in force and says why once. SIGHUP also reads the configuration
+/// again for `log.level`.
+async fn reload_files(
+    watched: Vec<WatchedCertificate>,
+    running: Running,
+    config: Config,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let stamps = |source: &dyn Reload| -> Vec<Option<std::time::SystemTime>> {
+    let stamps = |source: &dyn Reload| -> Vec<Stamp> {
         source
             .watched_files()
             .iter()
-            .map(|file| std::fs::metadata(file).and_then(|m| m.modified()).ok())
+            .map(|file| stamp(file))
             .collect()
     };
-    let all_stamps = || -> Vec<_> {
-        certificates
-            .iter()
-            .map(|certificate| stamps(&*certificate.source))
-            .collect()
-    };
+    let all_stamps = || -> Vec<_> { watched.iter().map(|one| stamps(&*one.source)).collect() };
     let mut seen = all_stamps();
     let reload = |key: &str, source: &dyn Reload, why: &str| match source.reload() {
-        Ok(()) => tracing::info!(listener = key, why, "{} reloaded", source.what()),
+        Ok(()) => tracing::info!(key, why, "{} reloaded", source.what()),
         Err(error) => {
-            tracing::warn!(listener = key, why, %error, "{} reload failed; the previous ones stay in use", source.what())
+            tracing::warn!(key, why, %error, "{} reload failed; the one in force stays", source.what())
         }
     };
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
+    let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         #[cfg(unix)]
@@ -293,21 +416,52 @@ async fn reload_certificates(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = hangup_received => {
-                for certificate in &certificates {
-                    reload(&certificate.key, &*certificate.source, "SIGHUP");
+                reread_log_level(&running, &config);
+                for one in &watched {
+                    reload(&one.key, &*one.source, "SIGHUP");
                 }
                 seen = all_stamps();
             }
             _ = tick.tick() => {
-                for (certificate, seen) in certificates.iter().zip(seen.iter_mut()) {
-                    let now = stamps(&*certificate.source);
+                for (one, seen) in watched.iter().zip(seen.iter_mut()) {
+                    let now = stamps(&*one.source);
                     if now != *seen {
                         *seen = now;
-                        reload(&certificate.key, &*certificate.source, "file changed");
+                        reload(&one.key, &*one.source, "file changed");
                     }
                 }
             }
         }
+    }
+}
+
+/// Reads the configuration again and puts its `log.level` in force. Nothing else of it
+/// changes before a restart, which the log says when something else changed.
+fn reread_log_level(running: &Running, started_with: &Config) {
+    let config = match Config::load(running.config_file.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!(%error, "the configuration was not read again; the log level stays");
+            return;
+        }
+    };
+    match running.log.apply(&config.log.level) {
+        Ok(LevelChange::Same) => {}
+        Ok(LevelChange::PinnedByEnv) => tracing::info!(
+            level = %config.log.level,
+            "log.level not applied: RUST_LOG is set and stays in force"
+        ),
+        Ok(LevelChange::Changed { from }) => {
+            tracing::info!(%from, to = %config.log.level, "log level changed")
+        }
+        Err(error) => tracing::warn!(%error, "log.level not applied; the log level stays"),
+    }
+    let mut rest = config;
+    rest.log = started_with.log.clone();
+    if rest != *started_with {
+        tracing::info!(
+            "the configuration changed beyond log.level; those changes take effect at the next start"
+        );
     }
 }
 

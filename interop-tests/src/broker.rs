@@ -119,12 +119,14 @@ pub fn gateway_bin() -> PathBuf {
 /// A command running the gateway binary with an environment free of the caller's
 /// `GATEWAY_*` variables: the gateway reads every one of those as configuration and
 /// rejects unknown keys, and the test harness's own (`GATEWAY_TEST_HOST`, ...) are not
-/// meant for it. Its admin API is on a port of the system's choosing. Its store is in memory: gateways of tests running in parallel would
-/// otherwise share the default data directory (`with_data_dir` gives one of its own).
+/// meant for it. `RUST_LOG` is left out too, since it would replace the log filter the
+/// tests read the log under. Its admin API is on a port of the system's choosing. Its store
+/// is in memory: gateways of tests running in parallel would otherwise share the default
+/// data directory (`with_data_dir` gives one of its own).
 pub fn gateway_command() -> Command {
     let mut cmd = Command::new(gateway_bin());
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("GATEWAY_") {
+        if key.to_string_lossy().starts_with("GATEWAY_") || key == "RUST_LOG" {
             cmd.env_remove(key);
         }
     }
@@ -454,6 +456,14 @@ impl Broker {
         match self.values.iter().find(|(k, _)| *k == gateway_env) {
             Some((_, v)) => v,
             None => panic!("{gateway_env} was not among the settings this test asked for"),
+        }
+    }
+
+    /// The whole of the gateway's stdout/stderr ("" against an external broker).
+    pub fn log(&self) -> String {
+        match &self.gateway {
+            Some(gw) => read_tail(&gw.log_path, u64::MAX),
+            None => String::new(),
         }
     }
 

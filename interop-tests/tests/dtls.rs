@@ -846,8 +846,9 @@ fn notified(gw: &DtlsGateway, observer: &mut Proc, topic: &str, payload: &str) -
     false
 }
 
-/// Writes the key file and puts its modification time back, so that only a SIGHUP, not
-/// the file watcher, can notice the change.
+/// Writes the key file in place and puts its modification time back, so that only a
+/// SIGHUP, not the file watcher, can notice the change: `keys` must be as long as what the
+/// file held, since the watcher compares lengths too.
 fn write_keys_unnoticed(gw: &DtlsGateway, keys: &str) {
     let before = std::fs::metadata(&gw.keys).unwrap().modified().unwrap();
     std::fs::write(&gw.keys, keys).unwrap();
@@ -901,8 +902,9 @@ fn a_changed_key_file_is_taken_without_restart_and_a_removed_keys_session_is_clo
     let values = sys_values_until(&gw.broker, &[&revoked], |v| v[&revoked] >= 1);
     assert_eq!(values.get(&revoked), Some(&1), "{values:?}");
 
-    // SIGHUP alone: a change the file watcher cannot see is taken on the signal.
-    write_keys_unnoticed(&gw, "sensor-1:third-key\n");
+    // SIGHUP alone: a change the file watcher cannot see (the same length, file and
+    // modification time) is taken on the signal.
+    write_keys_unnoticed(&gw, "sensor-1:3rd-key\n");
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         posts.posted(&gw, "sensor-1", "new-key"),
@@ -910,7 +912,7 @@ fn a_changed_key_file_is_taken_without_restart_and_a_removed_keys_session_is_clo
     );
     gw.broker.signal(libc::SIGHUP);
     let deadline = Instant::now() + TIMEOUT;
-    while !posts.posted(&gw, "sensor-1", "third-key") {
+    while !posts.posted(&gw, "sensor-1", "3rd-key") {
         assert!(Instant::now() < deadline, "{}", gw.broker.log_tail());
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -919,7 +921,7 @@ fn a_changed_key_file_is_taken_without_restart_and_a_removed_keys_session_is_clo
     std::fs::write(&gw.keys, "sensor-1:fourth-key\nno secret on this line\n").unwrap();
     gw.broker.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(posts.posted(&gw, "sensor-1", "third-key"));
+    assert!(posts.posted(&gw, "sensor-1", "3rd-key"));
     assert!(!posts.posted(&gw, "sensor-1", "fourth-key"));
     let log = gw.broker.log_tail();
     assert!(log.contains("DTLS credentials reload failed"), "{log}");

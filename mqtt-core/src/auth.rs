@@ -45,6 +45,17 @@
 //! - Topic filters cannot contain whitespace in this format.
 //!
 //! Without an ACL file the rule list is empty and `auth.acl_no_match` decides everything.
+//!
+//! # Reloading
+//!
+//! [`AuthFiles`] holds both files as read last and reads either again on demand: a file
+//! that reads and parses replaces the one in force whole, one that does not changes
+//! nothing. The next CONNECT is checked against the users in force then, the next publish
+//! or subscription against the rules; nothing already admitted is checked again (a
+//! connected client whose user was removed keeps its connection and its session, and a
+//! subscription made under rules since changed keeps receiving), as in Mosquitto and EMQX.
+//! A check reads the files in force once, without a lock, so a reload never waits for
+//! clients and clients never wait for a reload.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -54,6 +65,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
@@ -209,21 +221,10 @@ impl fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// Reads the password and ACL files the config names.
+    /// Reads the password and ACL files the config names, once; [`AuthFiles`] reads them
+    /// again on demand.
     pub fn from_config(cfg: &AuthConfig) -> Result<Auth, AuthError> {
-        let users = cfg
-            .password_file
-            .as_deref()
-            .map(PasswordFile::load)
-            .transpose()?;
-        let acl = match cfg.acl_file.as_deref() {
-            Some(path) => AclAuthorizer::load(path, cfg.acl_no_match)?,
-            None => AclAuthorizer::empty(cfg.acl_no_match),
-        };
-        Ok(Auth {
-            authenticator: Arc::new(PasswordAuthenticator::new(users, cfg.allow_anonymous)),
-            authorizer: Arc::new(acl),
-        })
+        Ok(Arc::new(AuthFiles::load(cfg)?).auth())
     }
 
     pub fn allow_all() -> Auth {
@@ -258,6 +259,18 @@ pub enum AuthError {
     InvalidUsername(String),
     #[error("empty password")]
     EmptyPassword,
+}
+
+impl AuthError {
+    /// The file at fault, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            AuthError::Read { path, .. }
+            | AuthError::Write { path, .. }
+            | AuthError::Syntax { path, .. } => Some(path),
+            AuthError::InvalidUsername(_) | AuthError::EmptyPassword => None,
+        }
+    }
 }
 
 /// Lets everyone connect, publish and subscribe.
@@ -615,24 +628,142 @@ impl PasswordAuthenticator {
 
 impl Authenticator for PasswordAuthenticator {
     fn authenticate(&self, client: &ClientInfo, password: Option<&[u8]>) -> AuthOutcome {
-        let Some(username) = client.username.as_deref() else {
-            // MQTT 5 allows a password without a username; it proves nothing on its own.
-            return if self.allow_anonymous {
-                AuthOutcome::Allow
-            } else {
-                AuthOutcome::Deny(DenyReason::NotAuthorized)
-            };
-        };
-        let Some(users) = &self.users else {
-            return AuthOutcome::Allow;
-        };
-        // A missing password is checked like an empty one: same timing as a wrong one, and
-        // no stored hash can be of the empty password since `add_user` refuses it.
-        if users.verify(username, password.unwrap_or_default()) && password.is_some() {
+        check_credentials(self.users.as_ref(), self.allow_anonymous, client, password)
+    }
+}
+
+/// The anonymous policy, then `users` (when there is a password file) on the credentials.
+fn check_credentials(
+    users: Option<&PasswordFile>,
+    allow_anonymous: bool,
+    client: &ClientInfo,
+    password: Option<&[u8]>,
+) -> AuthOutcome {
+    let Some(username) = client.username.as_deref() else {
+        // MQTT 5 allows a password without a username; it proves nothing on its own.
+        return if allow_anonymous {
             AuthOutcome::Allow
         } else {
-            AuthOutcome::Deny(DenyReason::BadCredentials)
+            AuthOutcome::Deny(DenyReason::NotAuthorized)
+        };
+    };
+    let Some(users) = users else {
+        return AuthOutcome::Allow;
+    };
+    // A missing password is checked like an empty one: same timing as a wrong one, and
+    // no stored hash can be of the empty password since `add_user` refuses it.
+    if users.verify(username, password.unwrap_or_default()) && password.is_some() {
+        AuthOutcome::Allow
+    } else {
+        AuthOutcome::Deny(DenyReason::BadCredentials)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The files of `[auth]`, reloadable
+
+/// The password file and the ACL file of `[auth]` in force, each replaced whole when read
+/// again ([`reload_password_file`](Self::reload_password_file),
+/// [`reload_acl_file`](Self::reload_acl_file)); a broker built with [`AuthFiles::auth`]
+/// checks every client against what is in force at the time of the check. See the module
+/// docs for what a reload changes.
+pub struct AuthFiles {
+    allow_anonymous: bool,
+    acl_no_match: AclNoMatch,
+    /// `None` without a password file: user names are not checked.
+    users: Option<(PathBuf, ArcSwap<PasswordFile>)>,
+    /// `None` without an ACL file: `acl_no_match` decides everything.
+    acl_file: Option<PathBuf>,
+    acl: ArcSwap<AclAuthorizer>,
+}
+
+impl fmt::Debug for AuthFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthFiles")
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("password_file", &self.password_file())
+            .field("acl_file", &self.acl_file)
+            .field("acl_no_match", &self.acl_no_match)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthFiles {
+    /// Reads the files `cfg` names; either failing fails the whole, as at start-up.
+    pub fn load(cfg: &AuthConfig) -> Result<AuthFiles, AuthError> {
+        let users = match cfg.password_file.as_deref() {
+            Some(path) => Some((
+                path.to_owned(),
+                ArcSwap::from_pointee(PasswordFile::load(path)?),
+            )),
+            None => None,
+        };
+        let acl = match cfg.acl_file.as_deref() {
+            Some(path) => AclAuthorizer::load(path, cfg.acl_no_match)?,
+            None => AclAuthorizer::empty(cfg.acl_no_match),
+        };
+        Ok(AuthFiles {
+            allow_anonymous: cfg.allow_anonymous,
+            acl_no_match: cfg.acl_no_match,
+            users,
+            acl_file: cfg.acl_file.clone(),
+            acl: ArcSwap::from_pointee(acl),
+        })
+    }
+
+    /// The hooks a broker is built with, both reading what is in force at each check.
+    pub fn auth(self: &Arc<Self>) -> Auth {
+        Auth {
+            authenticator: self.clone(),
+            authorizer: self.clone(),
         }
+    }
+
+    pub fn password_file(&self) -> Option<&Path> {
+        self.users.as_ref().map(|(path, _)| path.as_path())
+    }
+
+    pub fn acl_file(&self) -> Option<&Path> {
+        self.acl_file.as_deref()
+    }
+
+    /// Reads the password file again and puts it in force: the number of users in it, or
+    /// `None` when there is no password file. On error the users in force stay.
+    pub fn reload_password_file(&self) -> Result<Option<usize>, AuthError> {
+        let Some((path, users)) = &self.users else {
+            return Ok(None);
+        };
+        let loaded = PasswordFile::load(path)?;
+        let count = loaded.len();
+        users.store(Arc::new(loaded));
+        Ok(Some(count))
+    }
+
+    /// Reads the ACL file again and puts it in force: the number of rules in it, or `None`
+    /// when there is no ACL file. On error the rules in force stay.
+    pub fn reload_acl_file(&self) -> Result<Option<usize>, AuthError> {
+        let Some(path) = &self.acl_file else {
+            return Ok(None);
+        };
+        let loaded = AclAuthorizer::load(path, self.acl_no_match)?;
+        let count = loaded.len();
+        self.acl.store(Arc::new(loaded));
+        Ok(Some(count))
+    }
+}
+
+impl Authenticator for AuthFiles {
+    fn authenticate(&self, client: &ClientInfo, password: Option<&[u8]>) -> AuthOutcome {
+        // A full reference rather than a guard: the hash takes long enough (PBKDF2) that
+        // holding one of the thread's few guard slots through it is not worth it.
+        let users = self.users.as_ref().map(|(_, users)| users.load_full());
+        check_credentials(users.as_deref(), self.allow_anonymous, client, password)
+    }
+}
+
+impl Authorizer for AuthFiles {
+    fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {
+        self.acl.load().authorize(client, action, topic)
     }
 }
 

@@ -7,12 +7,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gateway_config::{AclNoMatch, AuthConfig};
 use mqtt_core::auth::{
-    add_user, hash_password, verify_password, AclAuthorizer, Action, Auth, AuthError, AuthOutcome,
-    Authenticator, Authorizer, ClientInfo, DenyReason, PasswordAuthenticator, PasswordFile,
-    PBKDF2_ITERATIONS,
+    add_user, hash_password, verify_password, AclAuthorizer, Action, Auth, AuthError, AuthFiles,
+    AuthOutcome, Authenticator, Authorizer, ClientInfo, DenyReason, PasswordAuthenticator,
+    PasswordFile, PBKDF2_ITERATIONS,
 };
 
 /// Written by Debian's mosquitto 2.0.11 `mosquitto_passwd -b` (see the module docs of
@@ -577,4 +578,195 @@ fn auth_from_default_config_lets_everyone_in() {
         AuthOutcome::Allow
     );
     assert!(all.authorizer.authorize(&c, PUB, "$SYS/x"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reloading
+
+/// `AuthFiles` over a password file holding `users` and an ACL file holding `rules`, in a
+/// scratch directory: (files, password file, ACL file, directory).
+fn reloadable(
+    name: &str,
+    users: &[(&str, &str)],
+    rules: &str,
+) -> (Arc<AuthFiles>, PathBuf, PathBuf, PathBuf) {
+    let dir = scratch(name);
+    let passwd = dir.join("passwd");
+    std::fs::write(&passwd, "").unwrap();
+    for (user, password) in users {
+        add_user(&passwd, user, password).unwrap();
+    }
+    let acl_path = dir.join("acl");
+    std::fs::write(&acl_path, rules).unwrap();
+    let cfg = AuthConfig {
+        allow_anonymous: false,
+        password_file: Some(passwd.clone()),
+        acl_file: Some(acl_path.clone()),
+        acl_no_match: AclNoMatch::Deny,
+    };
+    (
+        Arc::new(AuthFiles::load(&cfg).unwrap()),
+        passwd,
+        acl_path,
+        dir,
+    )
+}
+
+#[test]
+fn a_reloaded_password_file_admits_the_users_added_and_no_longer_the_ones_removed() {
+    let (files, passwd, _, dir) = reloadable("reload_users", &[("old", "pw-old")], "");
+    let auth = files.auth();
+    let login = |user, password| check(&*auth.authenticator, Some(user), Some(password));
+    assert_eq!(login("old", "pw-old"), AuthOutcome::Allow);
+    assert_eq!(
+        login("new", "pw-new"),
+        AuthOutcome::Deny(DenyReason::BadCredentials)
+    );
+
+    // Written but not reloaded: nothing changes yet.
+    std::fs::write(&passwd, "").unwrap();
+    add_user(&passwd, "new", "pw-new").unwrap();
+    assert_eq!(
+        login("new", "pw-new"),
+        AuthOutcome::Deny(DenyReason::BadCredentials)
+    );
+    assert_eq!(login("old", "pw-old"), AuthOutcome::Allow);
+
+    assert_eq!(files.reload_password_file().unwrap(), Some(1));
+    assert_eq!(login("new", "pw-new"), AuthOutcome::Allow);
+    assert_eq!(
+        login("new", "wrong"),
+        AuthOutcome::Deny(DenyReason::BadCredentials)
+    );
+    assert_eq!(
+        login("old", "pw-old"),
+        AuthOutcome::Deny(DenyReason::BadCredentials)
+    );
+    // The anonymous policy is the configuration's, not the file's.
+    assert_eq!(
+        check(&*auth.authenticator, None, None),
+        AuthOutcome::Deny(DenyReason::NotAuthorized)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_broken_password_file_is_kept_out_and_its_error_names_the_file_and_line() {
+    let (files, passwd, _, dir) = reloadable("reload_broken_users", &[("kept", "pw")], "");
+    let auth = files.auth();
+    let valid = hash_password("other");
+    std::fs::write(
+        &passwd,
+        format!("fresh:{valid}\nbroken-line-without-hash\n"),
+    )
+    .unwrap();
+    let error = files.reload_password_file().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!("{}:2: expected username:hash", passwd.display())
+    );
+    assert_eq!(error.path(), Some(passwd.as_path()));
+    // Nothing of the broken file is in force, not even its good first line.
+    assert_eq!(
+        check(&*auth.authenticator, Some("kept"), Some("pw")),
+        AuthOutcome::Allow
+    );
+    assert_eq!(
+        check(&*auth.authenticator, Some("fresh"), Some("other")),
+        AuthOutcome::Deny(DenyReason::BadCredentials)
+    );
+
+    // A file gone is kept out the same way.
+    std::fs::remove_file(&passwd).unwrap();
+    let error = files.reload_password_file().unwrap_err();
+    assert!(matches!(error, AuthError::Read { .. }), "{error}");
+    assert!(
+        error.to_string().contains(&passwd.display().to_string()),
+        "{error}"
+    );
+    assert_eq!(
+        check(&*auth.authenticator, Some("kept"), Some("pw")),
+        AuthOutcome::Allow
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_reloaded_acl_file_decides_the_next_check_and_a_broken_one_changes_nothing() {
+    let (files, _, acl_path, dir) = reloadable(
+        "reload_acl",
+        &[],
+        "allow all publish open/#\ndeny all all #\n",
+    );
+    let auth = files.auth();
+    let c = client("c", Some("u"));
+    assert!(auth.authorizer.authorize(&c, PUB, "open/1"));
+    assert!(!auth.authorizer.authorize(&c, PUB, "closed/1"));
+
+    std::fs::write(&acl_path, "allow all all closed/#\n").unwrap();
+    assert_eq!(files.reload_acl_file().unwrap(), Some(1));
+    assert!(auth.authorizer.authorize(&c, PUB, "closed/1"));
+    assert!(auth.authorizer.authorize(&c, SUB, "closed/#"));
+    // No rule matches any more: acl_no_match = deny decides.
+    assert!(!auth.authorizer.authorize(&c, PUB, "open/1"));
+
+    std::fs::write(&acl_path, "allow all all open/#\nallow everyone all #\n").unwrap();
+    let error = files.reload_acl_file().unwrap_err();
+    let shown = error.to_string();
+    assert!(
+        shown.starts_with(&format!("{}:2: ", acl_path.display())),
+        "{shown}"
+    );
+    assert!(shown.contains("\"everyone\""), "{shown}");
+    assert!(auth.authorizer.authorize(&c, PUB, "closed/1"));
+    assert!(!auth.authorizer.authorize(&c, PUB, "open/1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_files_a_reload_has_nothing_to_read() {
+    let defaults = gateway_config::Config::defaults().unwrap().auth;
+    let files = AuthFiles::load(&defaults).unwrap();
+    assert_eq!(files.reload_password_file().unwrap(), None);
+    assert_eq!(files.reload_acl_file().unwrap(), None);
+    assert_eq!(files.password_file(), None);
+    assert_eq!(files.acl_file(), None);
+}
+
+/// Checks on other threads while the rules are replaced under them: both files allow the
+/// topic, so a check that ever saw no rules or half a file (`acl_no_match = deny`) would
+/// refuse it.
+#[test]
+fn checks_running_during_reloads_always_see_a_whole_file() {
+    let first = "allow all all a/#\n";
+    let second = "deny all all b/#\ndeny client:x all #\nallow all all a/#\n";
+    let (files, _, acl_path, dir) = reloadable("reload_race", &[], first);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let auth = files.auth();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let c = client("c", Some("u"));
+                let mut checks = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || checks == 0 {
+                    assert!(auth.authorizer.authorize(&c, PUB, "a/x"));
+                    checks += 1;
+                }
+                checks
+            })
+        })
+        .collect();
+    for round in 0..200 {
+        std::fs::write(&acl_path, if round % 2 == 0 { second } else { first }).unwrap();
+        assert_eq!(
+            files.reload_acl_file().unwrap(),
+            Some(1 + 2 * (1 - round % 2))
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -55,6 +55,14 @@ pub struct QuicSettings {
     pub enable_0rtt: bool,
 }
 
+impl QuicSettings {
+    /// Reads the certificate files and makes the configuration as binding does, without
+    /// binding.
+    pub fn check(&self) -> Result<(), QuicSetupError> {
+        server_config(self).map(drop)
+    }
+}
+
 /// A bound QUIC endpoint serving MQTT.
 pub struct QuicListener {
     endpoint: Endpoint,

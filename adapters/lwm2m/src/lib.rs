@@ -88,19 +88,22 @@ impl Demux for Lwm2mDemux {
     }
 }
 
+/// The object definitions: the built-in ones and those of `xml_dir`, whose failure names
+/// the key.
+pub fn object_registry(lwm2m: &gateway_config::Lwm2mConfig) -> Result<ObjectRegistry, StartError> {
+    ObjectRegistry::load(&lwm2m.xml_dir).map_err(|source| StartError::Setting {
+        key: "gateway.lwm2m.xml_dir".to_owned(),
+        source: Box::new(source),
+    })
+}
+
 /// Starts every enabled LwM2M listener of `config`: `gateway.lwm2m.listeners.{udp,dtls}`.
 pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     let lwm2m = &config.gateway.lwm2m;
     if !lwm2m.enable {
         return Ok(());
     }
-    let objects =
-        Arc::new(
-            ObjectRegistry::load(&lwm2m.xml_dir).map_err(|source| StartError::Setting {
-                key: "gateway.lwm2m.xml_dir".to_owned(),
-                source: Box::new(source),
-            })?,
-        );
+    let objects = Arc::new(object_registry(lwm2m)?);
     tracing::info!(objects = objects.len(), "LwM2M object definitions loaded");
     for (name, l) in lwm2m.listeners.udp.iter().filter(|(_, l)| l.enable) {
         let named = NamedListener::new(ListenerKind::Lwm2mUdp, name);

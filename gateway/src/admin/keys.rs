@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         #[source]

@@ -29,7 +29,8 @@ pub struct ObjectDefinition {
 pub enum DefinitionError {
     #[error("{file}: {why}")]
     Invalid { file: String, why: String },
-    #[error("{dir}: {source}")]
+    // The cause follows as the source, so a chain of errors does not say it twice.
+    #[error("cannot read {dir}")]
     Io {
         dir: String,
         #[source]

@@ -183,7 +183,9 @@ async fn run(config: Config, reset_unreadable_store: bool) -> Result<()> {
     let auth = Auth::from_config(&config.auth).context("loading authentication and ACL files")?;
     let now = Instant::now();
     let broker = Broker::new(config.mqtt.clone(), &config.retainer, auth, now)
-        .with_flapping_detect(&config.flapping_detect);
+        .with_wall_clock(std::time::SystemTime::now())
+        .with_flapping_detect(&config.flapping_detect)
+        .with_presence(&config.node.name, config.sys.sys_event_messages);
     let broker = match open_store(&config.storage, reset_unreadable_store)? {
         Some(store) => {
             let path = store.path().display().to_string();

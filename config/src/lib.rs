@@ -49,6 +49,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub sys: SysConfig,
+    pub node: NodeConfig,
     pub flapping_detect: FlappingDetectConfig,
     pub dashboard: DashboardConfig,
     pub api_key: ApiKeyConfig,
@@ -229,8 +230,32 @@ pub enum AclNoMatch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SysConfig {
+    /// Whether the periodic statistics are published; presence events have their own keys.
     pub enable: bool,
     pub interval: Duration,
+    pub sys_event_messages: SysEventMessages,
+}
+
+/// Which presence events the broker publishes under `$SYS/brokers/{node}/`
+/// (EMQX's `sys_topics.sys_event_messages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysEventMessages {
+    pub client_connected: bool,
+    pub client_disconnected: bool,
+    /// An MQTT-SN client went to sleep.
+    pub client_asleep: bool,
+    /// A sleeping MQTT-SN client became active again.
+    pub client_awake: bool,
+}
+
+/// This node as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The `{node}` level of `$SYS/brokers/{node}/...` (EMQX's `node.name`); checked to be
+    /// one topic level.
+    pub name: String,
 }
 
 /// A client id that connects more than `max_count` times within `window_time` is refused

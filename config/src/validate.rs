@@ -220,6 +220,15 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
             "sys.interval must be longer than 0s when sys.enable is true".into(),
         );
     }
+    // One topic level of every presence topic: a separator or a wildcard would make them
+    // unroutable or let them pass for another node's.
+    let node = &config.node.name;
+    if node.is_empty() || node.contains(['/', '+', '#', '\0']) || node.len() > 255 {
+        fail(
+            "node.name",
+            "node.name must be 1 to 255 bytes without \"/\", \"+\", \"#\" or NUL".into(),
+        );
+    }
     let flapping = &config.flapping_detect;
     if flapping.enable {
         if flapping.max_count == 0 {

@@ -267,6 +267,9 @@ fn bad_values_name_the_key() {
             "mqtt.session_expiry_interval must be at most",
         ),
         ("[sys]\ninterval = 0", "sys.interval must be longer"),
+        ("[node]\nname = \"a/b\"", "node.name must be 1 to 255 bytes"),
+        ("[node]\nname = \"+\"", "node.name must be 1 to 255 bytes"),
+        ("[node]\nname = \"\"", "node.name must be 1 to 255 bytes"),
         ("[log]\nlevel = \"\"", "log.level must not be empty"),
         (
             "[listeners.tcp.default]\nbind = \"localhost:1883\"",

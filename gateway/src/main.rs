@@ -232,7 +232,9 @@ async fn run(config: Config, running: Running, reset_unreadable_store: bool) -> 
         auth_files.auth(),
         now,
     )
-    .with_flapping_detect(&config.flapping_detect);
+    .with_wall_clock(std::time::SystemTime::now())
+    .with_flapping_detect(&config.flapping_detect)
+    .with_presence(&config.node.name, config.sys.sys_event_messages);
     let broker = match open_store(&config.storage, reset_unreadable_store)? {
         Some(store) => {
             let path = store.path().display().to_string();

@@ -18,6 +18,7 @@ pub mod cid_client;
 pub mod clients;
 pub mod coap;
 pub mod dtls;
+pub mod lwm2m;
 pub mod mosquitto;
 pub mod mqttsn;
 pub mod nat;

@@ -18,15 +18,15 @@
 //!
 //! One gateway per test function, so a failure names the adapter family.
 
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use interop_tests::broker::{free_port, free_udp_port, gateway_passwd, workspace_root};
+use interop_tests::broker::{free_port, free_udp_port, gateway_passwd};
 use interop_tests::certs::TestPki;
 use interop_tests::coap::coap_client;
+use interop_tests::lwm2m::node_device;
 use interop_tests::process::{Line, Proc};
 use interop_tests::quic::QuicClient;
 use interop_tests::script::ConnectOutcome;
@@ -827,22 +827,9 @@ fn lwm2m_device(
         Lwm2mLib::NodeLib => ("lwm2m-node-lib", "lwm2m_client.js"),
         Lwm2mLib::CoapNode => ("coap-node", "lwm2m_coap_node.js"),
     };
-    let js = workspace_root().join("interop-tests/js");
-    assert!(
-        js.join("node_modules").join(package).is_dir(),
-        "{package} is not installed in {}: run scripts/install-test-tools.sh",
-        js.display()
-    );
-    let mut cmd = Command::new("node");
-    cmd.arg(js.join(script))
-        .arg(&m.broker.host)
-        .arg(m.broker.lwm2m_port.to_string())
-        .arg(endpoint)
-        .arg("60");
-    if let Some((username, password)) = credentials {
-        cmd.arg(format!("imei={username}&password={password}"));
-    }
-    let mut device = Proc::spawn(package, cmd);
+    let query =
+        credentials.map(|(username, password)| format!("imei={username}&password={password}"));
+    let mut device = node_device(&m.broker, endpoint, package, script, query.as_deref());
     let code = loop {
         match device.next_line(TIMEOUT) {
             Line::Line(line) => {

@@ -15,45 +15,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use interop_tests::broker::workspace_root;
-use interop_tests::process::{Line, Proc};
+use interop_tests::lwm2m::{device, expect_line, node_device};
+use interop_tests::process::Proc;
 use interop_tests::{
     mosquitto_pub, unique_client_id, Broker, MosquittoSub, Setting, Version, TIMEOUT,
 };
 use serde_json::{json, Value};
-
-fn device(broker: &Broker, endpoint: &str) -> Proc {
-    node_device(broker, endpoint, "lwm2m-node-lib", "lwm2m_client.js")
-}
-
-/// A device on the npm `package`, run by `script` in interop-tests/js.
-fn node_device(broker: &Broker, endpoint: &str, package: &str, script: &str) -> Proc {
-    let js = workspace_root().join("interop-tests/js");
-    assert!(
-        js.join("node_modules").join(package).is_dir(),
-        "{package} is not installed in {}: run scripts/install-test-tools.sh",
-        js.display()
-    );
-    let mut cmd = Command::new("node");
-    cmd.arg(js.join(script))
-        .arg(&broker.host)
-        .arg(broker.lwm2m_port.to_string())
-        .arg(endpoint)
-        .arg("60");
-    Proc::spawn(package, cmd)
-}
-
-fn expect_line(device: &mut Proc, prefix: &str) -> String {
-    loop {
-        match device.next_line(TIMEOUT) {
-            Line::Line(line) if line.starts_with(prefix) => return line,
-            Line::Line(_) => continue,
-            other => panic!(
-                "device: waiting for {prefix:?}, got {other:?}; stderr:\n{}",
-                device.stderr()
-            ),
-        }
-    }
-}
 
 /// The next message on the `up/` topics, as (topic suffix, JSON).
 fn next_event(sub: &mut MosquittoSub, endpoint: &str) -> (String, Value) {
@@ -271,7 +238,7 @@ fn coap_node_device_answers_in_tlv_and_is_created_deleted_attributed_and_cancell
         0,
         &[],
     );
-    let mut device = node_device(&broker, &endpoint, "coap-node", "lwm2m_coap_node.js");
+    let mut device = node_device(&broker, &endpoint, "coap-node", "lwm2m_coap_node.js", None);
     assert_eq!(expect_line(&mut device, "registered"), "registered 2.01");
     let (topic, event) = next_event(&mut sub, &endpoint);
     assert_eq!(topic, "up/resp");

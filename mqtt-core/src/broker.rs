@@ -11,10 +11,12 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::auth::{Action, Auth, ClientInfo};
 use crate::client::ConnectRefused;
+use crate::clients::{Attachment, DisconnectReason};
 use crate::codec::{QoS, ReasonCode, SubscriptionOptions};
 use crate::flapping::FlappingDetector;
 use crate::message::{Delivery, Message, SessionId};
 use crate::mountpoint::mounted_filter;
+use crate::presence::{Event, Presence};
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::router::{Router, Subscriber};
 use crate::session::{
@@ -65,7 +67,7 @@ pub enum WillDisposition {
     Publish,
 }
 
-pub struct ConnectRequest {
+pub(crate) struct ConnectRequest {
     pub key: SessionKey,
     pub clean_start: bool,
     /// Seconds; `u32::MAX` = never expires.
@@ -77,6 +79,8 @@ pub struct ConnectRequest {
     pub owner: Option<Arc<str>>,
     /// The listener the connection came through, whose counters its drops go to.
     pub listener: Arc<str>,
+    /// Who connects and how, kept in the session for the operator's view.
+    pub attachment: Box<Attachment>,
 }
 
 /// What one listener's clients lost: the drops of every session last connected through it.
@@ -166,14 +170,15 @@ pub struct Broker {
     max_retained_payload: usize,
     router: Router,
     retained: RwLock<RetainedStore>,
-    registry: Mutex<HashMap<SessionKey, Arc<SessionCell>>>,
+    pub(crate) registry: Mutex<HashMap<SessionKey, Arc<SessionCell>>>,
     /// Due times of session expiries and delayed wills.
     timers: Mutex<BTreeMap<(Instant, SessionId), SessionKey>>,
     pub(crate) auth: Auth,
     pub stats: Stats,
     store: Arc<dyn Store>,
-    /// Stored expiries are wall-clock times, so they mean the same after a restart.
-    clock: WallClock,
+    /// Stored expiries are wall-clock times, so they mean the same after a restart; the
+    /// times the operator is shown are too.
+    pub(crate) clock: WallClock,
     next_session_id: AtomicU64,
     next_connection_id: AtomicU64,
     pub started_at: Instant,
@@ -190,6 +195,8 @@ pub struct Broker {
     pub(crate) flapping: Option<FlappingDetector>,
     /// Clients an operator banned.
     pub banned: crate::banned::BannedList,
+    /// `None` when no presence events are published (`with_presence`).
+    pub(crate) presence: Option<Presence>,
 }
 
 /// How often the log sums up each session's dropped messages: one line per session and
@@ -247,7 +254,16 @@ impl Broker {
             listener_figures: Mutex::new(Vec::new()),
             flapping: None,
             banned: crate::banned::BannedList::new(MAX_BANS),
+            presence: None,
         }
+    }
+
+    /// Reads wall-clock times (when clients connected, presence events) from the clock at
+    /// `wall_now`, the wall-clock time of the `now` given to `new`. Without it, or
+    /// `with_store`, they count from the Unix epoch at `now`, which tests rely on.
+    pub fn with_wall_clock(mut self, wall_now: SystemTime) -> Broker {
+        self.clock = WallClock::new(self.started_at, wall_now);
+        self
     }
 
     /// Refuses client ids that connect too often, as `config` says (nothing when it is off).
@@ -613,6 +629,9 @@ impl Broker {
     ) -> Result<Attached, ConnectRefused> {
         let mut wills = Vec::new();
         let mut ended = None;
+        // The connection this one replaces, announced as gone before this one comes.
+        let mut departed = None;
+        let expiry_interval = request.expiry_interval;
         let attached = {
             let mut registry = self.registry.lock();
             let existing = registry.get(&request.key).cloned();
@@ -636,6 +655,10 @@ impl Broker {
                     {
                         previous.close(ReasonCode::SESSION_TAKEN_OVER);
                         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                        departed = state
+                            .attachment
+                            .take()
+                            .map(|gone| (*gone, DisconnectReason::TakenOver));
                         // The old connection closed without DISCONNECT, so its will goes out
                         // unless a delay lets this resumption cancel it [MQTT-3.1.3-9].
                         if let Some(will) = state.will.take() {
@@ -650,6 +673,7 @@ impl Broker {
                     state.disconnected_at = None;
                     state.expiry_interval = request.expiry_interval;
                     state.listener = Some(self.listener_stats(&request.listener));
+                    state.attachment = Some(request.attachment);
                     self.store_session(&cell, &mut state);
                     drop(state);
                     Attached {
@@ -671,6 +695,7 @@ impl Broker {
                         state.expiry_interval = request.expiry_interval;
                         state.owner = request.owner;
                         state.listener = Some(self.listener_stats(&request.listener));
+                        state.attachment = Some(request.attachment);
                         self.store_session(&cell, &mut state);
                     }
                     registry.insert(request.key, cell.clone());
@@ -682,26 +707,42 @@ impl Broker {
             }
         };
         if let Some(previous) = ended {
-            if let Some(will) = self.finish_session(&previous, true) {
-                wills.push(will);
+            let (will, closed) = self.finish_session(&previous, ReasonCode::SESSION_TAKEN_OVER);
+            wills.extend(will);
+            departed = closed.map(|gone| (gone, DisconnectReason::Discarded));
+        }
+        let key = &attached.session.key;
+        if let Some((gone, reason)) = departed {
+            if gone.asleep {
+                // A sleeping client connecting again, from wherever: it woke up.
+                self.announce(key, &gone, Event::Awake, now);
             }
+            self.announce_departure(key, &gone, reason, now);
         }
         for will in wills {
-            self.publish_will(will, &attached.session.key, now);
+            self.publish_will(will, key, now);
         }
         Stats::add(&self.stats.connections, 1);
+        if self.presence.is_some() {
+            let arrived = attached.session.state.lock().attachment.clone();
+            if let Some(arrived) = arrived {
+                self.announce(key, &arrived, Event::Connected { expiry_interval }, now);
+            }
+        }
         Ok(attached)
     }
 
-    /// Detaches connection `conn_id` from its session. Does nothing if another connection
-    /// has taken the session over meanwhile.
+    /// Detaches connection `conn_id` from its session, which ended for `reason`. Does
+    /// nothing if another connection has taken the session over meanwhile.
     pub(crate) fn disconnect(
         &self,
         session: &Arc<SessionCell>,
         conn_id: u64,
         will: WillDisposition,
+        reason: DisconnectReason,
         now: Instant,
     ) {
+        let mut departed = None;
         let (end_now, publish_now) = {
             let mut state = session.state.lock();
             match &state.connection {
@@ -709,6 +750,12 @@ impl Broker {
                 _ => return,
             }
             session.set_connection(&mut state, None);
+            if let Some(attachment) = &mut state.attachment {
+                attachment.asleep = false;
+                if self.presence.is_some() {
+                    departed = Some((**attachment).clone());
+                }
+            }
             self.stats.connections.fetch_sub(1, Ordering::Relaxed);
             if will == WillDisposition::Discard {
                 state.will = None;
@@ -744,6 +791,9 @@ impl Broker {
                 (false, publish_now)
             }
         };
+        if let Some(gone) = departed {
+            self.announce_departure(&session.key, &gone, reason, now);
+        }
         if let Some(will) = publish_now {
             self.publish_will(will, &session.key, now);
         }
@@ -778,27 +828,40 @@ impl Broker {
             registry.remove(&session.key);
         }
         drop(registry);
-        self.finish_session(session, false)
+        self.finish_session(session, ReasonCode::UNSPECIFIED_ERROR)
+            .0
     }
 
-    /// Marks a session removed from the registry as ended and drops its subscriptions.
-    fn finish_session(&self, session: &Arc<SessionCell>, taken_over: bool) -> Option<Box<Will>> {
-        let (subscriptions, will) = {
+    /// Marks a session removed from the registry as ended and drops its subscriptions. A
+    /// connection still attached is told to close with `reason`. Returns the pending will,
+    /// due now that the session has ended, and who held the session if a connection did.
+    pub(crate) fn finish_session(
+        &self,
+        session: &Arc<SessionCell>,
+        reason: ReasonCode,
+    ) -> (Option<Box<Will>>, Option<Attachment>) {
+        let (subscriptions, will, closed) = {
             let mut state = session.state.lock();
             state.ended = true;
             state.stop_persisting();
-            if let Some(previous) = session.set_connection(&mut state, None) {
-                if taken_over {
-                    previous.close(ReasonCode::SESSION_TAKEN_OVER);
+            let closed = match session.set_connection(&mut state, None) {
+                Some(previous) => {
+                    previous.close(reason);
                     self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                    state.attachment.as_deref().cloned()
                 }
-            }
-            (std::mem::take(&mut state.subscriptions), state.will.take())
+                None => None,
+            };
+            (
+                std::mem::take(&mut state.subscriptions),
+                state.will.take(),
+                closed,
+            )
         };
         for filter in subscriptions.keys() {
             self.remove_from_router(filter, session.id);
         }
-        will
+        (will, closed)
     }
 
     fn remove_from_router(&self, filter: &str, session: SessionId) -> bool {
@@ -860,7 +923,7 @@ impl Broker {
         self.timers.lock().first_key_value().map(|((at, _), _)| *at)
     }
 
-    fn publish_will(&self, will: Box<Will>, publisher: &SessionKey, now: Instant) {
+    pub(crate) fn publish_will(&self, will: Box<Will>, publisher: &SessionKey, now: Instant) {
         let will = *will;
         let mut message = Message::new(will.topic, will.payload, will.qos, will.retain, now);
         message.properties = will.properties.into();
@@ -1160,17 +1223,26 @@ impl Broker {
             },
             arrival,
         );
-        {
+        let ended = {
             let mut state = session.state.lock();
-            state.subscriptions.insert(
-                filter.to_owned(),
-                Subscription {
-                    options,
-                    identifier,
-                },
-            );
-            // Only this subscription's entry: a session with thousands pays for one.
-            let _ = state.store_subscription(filter);
+            if !state.ended {
+                state.subscriptions.insert(
+                    filter.to_owned(),
+                    Subscription {
+                        options,
+                        identifier,
+                    },
+                );
+                // Only this subscription's entry: a session with thousands pays for one.
+                let _ = state.store_subscription(filter);
+            }
+            state.ended
+        };
+        if ended {
+            // Kicked out or replaced while this was on its way: the session's subscriptions
+            // left the router when it ended, and this one must not stay there without it.
+            self.remove_from_router(filter, session.id);
+            return Err(ReasonCode::UNSPECIFIED_ERROR);
         }
 
         // Retained messages are never sent for a shared subscription (MQTT 5.0 section

@@ -21,9 +21,11 @@ use crate::auth::{Action, AuthOutcome, ClientInfo, DenyReason};
 use crate::broker::{
     Broker, ConnectRequest, Dispatched, Granted, Stats, SubscribeRequest, WillDisposition,
 };
+use crate::clients::{Attachment, DisconnectReason, ProtoInfo};
 use crate::codec::{QoS, ReasonCode, SparseProperties, SubscriptionOptions};
 use crate::message::{Delivery, Message};
 use crate::mountpoint::{Mountpoint, UnsafeMountpointValue};
+use crate::presence::Event;
 use crate::rate::{PublishLimiter, PublishRates};
 use crate::session::{ConnControl, SessionCell, SessionKey, Will};
 
@@ -193,6 +195,13 @@ pub struct OpenSession {
     pub control: Arc<ConnControl>,
     /// What the client may publish: its listener's `messages_rate` and `bytes_rate`.
     pub rates: PublishRates,
+    /// The client's protocol and version, for the operator's view and presence events.
+    pub proto: ProtoInfo,
+    /// Seconds of silence the client is allowed (0: none), as its protocol counts them.
+    pub keepalive: u32,
+    /// Whether presence events announce the session: false for one that lives for a
+    /// single message (an MQTT-SN QoS -1 publish), which is not a client coming and going.
+    pub announce: bool,
 }
 
 /// A message a client may publish: what checking it found, carried to the routing call.
@@ -265,7 +274,7 @@ impl Broker {
         request: OpenSession,
         now: Instant,
     ) -> Result<ClientSession, ConnectRefused> {
-        let client = who.client;
+        let client = Arc::new(who.client);
         let key = SessionKey {
             namespace: client.protocol,
             client_id: client.client_id.clone(),
@@ -295,6 +304,15 @@ impl Broker {
                 control: request.control.clone(),
                 owner: client.username.as_deref().map(Arc::from),
                 listener: client.listener.clone(),
+                attachment: Box::new(Attachment {
+                    client: client.clone(),
+                    proto: request.proto,
+                    keepalive: request.keepalive,
+                    clean_start: request.clean_start,
+                    connected_at_ms: self.clock.unix_ms(now),
+                    announced: request.announce,
+                    asleep: false,
+                }),
             },
             now,
         )?;
@@ -378,7 +396,8 @@ fn is_sys_topic(topic: &str) -> bool {
 /// another connection takes it over, so channels close it on every way out.
 pub struct ClientSession {
     broker: Arc<Broker>,
-    client: ClientInfo,
+    /// Shared with the session's record of who holds it.
+    client: Arc<ClientInfo>,
     session: Arc<SessionCell>,
     control: Arc<ConnControl>,
     session_present: bool,
@@ -602,10 +621,53 @@ impl ClientSession {
             .redispatch_shared(filter, self.session.id, delivery)
     }
 
+    /// The client went to sleep for `duration` seconds (MQTT-SN): its connection stays,
+    /// and the operator's view and the `asleep` presence event say so.
+    pub fn fall_asleep(&self, duration: u32, now: Instant) {
+        self.set_asleep(true, Event::Asleep { duration }, now);
+    }
+
+    /// The sleeping client became active again (MQTT-SN CONNECT on the peer it sleeps
+    /// on): the `awake` event. A CONNECT from elsewhere takes the session over, and the
+    /// broker says `awake` then, before the takeover's events.
+    pub fn wake_up(&self, now: Instant) {
+        self.set_asleep(false, Event::Awake, now);
+    }
+
+    fn set_asleep(&self, asleep: bool, event: Event, now: Instant) {
+        let attachment = {
+            let mut state = self.session.state.lock();
+            let ours = state
+                .connection
+                .as_ref()
+                .is_some_and(|connection| connection.conn_id == self.control.conn_id);
+            match &mut state.attachment {
+                Some(attachment) if ours && attachment.asleep != asleep => {
+                    attachment.asleep = asleep;
+                    (**attachment).clone()
+                }
+                _ => return,
+            }
+        };
+        self.broker
+            .announce(&self.session.key, &attachment, event, now);
+    }
+
     /// Detaches this connection; the session ends or waits for its expiry, and the will is
     /// published or discarded as `will` says. Does nothing if another connection has taken
-    /// the session over meanwhile.
+    /// the session over meanwhile. The `disconnected` presence event gives the reason as
+    /// `will` implies it: a goodbye (`Discard`) is `normal`, anything else `sock_closed`;
+    /// [`close_because`](Self::close_because) names another.
     pub fn close(self, will: WillDisposition, now: Instant) {
+        let reason = match will {
+            WillDisposition::Discard => DisconnectReason::Normal,
+            WillDisposition::Publish => DisconnectReason::SockClosed,
+        };
+        self.close_because(will, reason, now);
+    }
+
+    /// [`close`](Self::close) for a connection that ended for `reason`.
+    pub fn close_because(self, will: WillDisposition, reason: DisconnectReason, now: Instant) {
         let refused = self.store_full_refusals.load(Ordering::Relaxed);
         if refused > 1 {
             tracing::warn!(
@@ -628,7 +690,7 @@ impl ClientSession {
             );
         }
         self.broker
-            .disconnect(&self.session, self.control.conn_id, will, now);
+            .disconnect(&self.session, self.control.conn_id, will, reason, now);
     }
 }
 

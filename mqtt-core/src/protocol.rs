@@ -14,6 +14,7 @@ use crate::broker::{Broker, Dispatched, Stats, WillDisposition};
 use crate::client::{
     ClientSession, ConnectRefused, OpenSession, Presented, PublishPermit, PublishRefused,
 };
+use crate::clients::{DisconnectReason, ProtoInfo, ProtoVer};
 use crate::codec::{
     encode, encoded_len, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder,
     Disconnect, DisconnectProperties, Packet, ProtocolVersion, PubResponse, Publish, QoS,
@@ -99,6 +100,8 @@ pub struct MqttChannel {
     /// Only MQTT 5 clients that use topic aliases pay for the maps.
     aliases: Option<Box<TopicAliases>>,
     will_disposition: WillDisposition,
+    /// Why the connection ends, once known otherwise than by `will_disposition`.
+    ending: Option<DisconnectReason>,
     /// A drain stopped at the output high-water mark with messages still queued.
     drain_blocked: bool,
     /// What was read while a receiver this client publishes to holds it back.
@@ -176,6 +179,7 @@ impl MqttChannel {
             client_topic_alias_max: 0,
             aliases: None,
             will_disposition: WillDisposition::Publish,
+            ending: None,
             drain_blocked: false,
             parked: None,
             arrival: (0, 0),
@@ -337,6 +341,7 @@ impl MqttChannel {
             Phase::Connected => match self.keep_alive_window {
                 Some(window) if now >= self.last_received + window => {
                     tracing::info!("keep-alive timeout");
+                    self.ending = Some(DisconnectReason::KeepaliveTimeout);
                     self.send_disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT, out);
                     self.close()
                 }
@@ -386,7 +391,10 @@ impl MqttChannel {
         }
         self.phase = Phase::Closed;
         if let Some(client) = self.client.take() {
-            client.close(self.will_disposition, now);
+            match self.ending {
+                Some(reason) => client.close_because(self.will_disposition, reason, now),
+                None => client.close(self.will_disposition, now),
+            }
         }
     }
 
@@ -611,6 +619,12 @@ impl MqttChannel {
                 will,
                 control: self.control.clone(),
                 rates: info.rates,
+                proto: ProtoInfo {
+                    name: "MQTT",
+                    version: ProtoVer::Level(self.version.level()),
+                },
+                keepalive: u32::from(keep_alive),
+                announce: true,
             },
             now,
         );
@@ -1052,6 +1066,7 @@ impl MqttChannel {
         } else {
             WillDisposition::Discard
         };
+        self.ending = Some(DisconnectReason::Normal);
         tracing::info!(reason = disconnect.reason_code.0, "client disconnected");
         self.close()
     }

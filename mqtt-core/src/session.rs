@@ -326,6 +326,9 @@ pub struct SessionState {
     holding: Option<Box<Holding>>,
     /// The counters of the listener its last connection came through.
     pub listener: Option<Arc<crate::broker::ListenerStats>>,
+    /// Who holds the session, or last held it, and how: what the operator's list of
+    /// clients shows. `None` for a session restored from the store and not resumed since.
+    pub(crate) attachment: Option<Box<crate::clients::Attachment>>,
 }
 
 /// A session's drops, and how many of them the log has been told of.
@@ -476,6 +479,7 @@ impl Default for SessionState {
             persistence: None,
             holding: None,
             listener: None,
+            attachment: None,
         }
     }
 }
@@ -517,6 +521,11 @@ impl SessionState {
 
     pub fn outgoing_len(&self) -> usize {
         self.outgoing.len()
+    }
+
+    /// Incoming QoS 2 packet ids received and not yet released.
+    pub fn awaiting_release_len(&self) -> usize {
+        self.awaiting_rel.as_ref().map_or(0, |ids| ids.len())
     }
 
     pub fn is_connected(&self) -> bool {

@@ -68,6 +68,57 @@ pub fn broker_on_config(config: &Config, auth: Auth, now: Instant) -> Broker {
     Broker::new(config.mqtt.clone(), &config.retainer, auth, now)
 }
 
+/// The node name in the presence topics of [`broker_with_presence`].
+pub const PRESENCE_NODE: &str = "test@node";
+
+/// A broker on the default configuration that lets anyone do anything and publishes every
+/// presence event under [`PRESENCE_NODE`].
+pub fn broker_with_presence(now: Instant) -> Arc<Broker> {
+    let every = gateway_config::SysEventMessages {
+        client_connected: true,
+        client_disconnected: true,
+        client_asleep: true,
+        client_awake: true,
+    };
+    Arc::new(
+        broker_on_config(&default_config(), Auth::allow_all(), now)
+            .with_wall_clock(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+            .with_presence(PRESENCE_NODE, every),
+    )
+}
+
+/// An MQTT application that receives every presence event of every node (`$SYS/brokers/#`),
+/// to read with [`presence_events`].
+pub fn presence_watcher(broker: &Arc<Broker>, now: Instant) -> ClientSession {
+    subscriber(
+        broker,
+        "presence-watcher",
+        "$SYS/brokers/#",
+        QoS::AtMostOnce,
+        0,
+        now,
+    )
+}
+
+/// The messages `watcher` was given since last asked: each one's topic and its payload as
+/// JSON (`null` for a payload that is not).
+pub fn presence_events(watcher: &ClientSession, now: Instant) -> Vec<(String, serde_json::Value)> {
+    let mut state = watcher.session().state.lock();
+    std::iter::from_fn(|| state.pop_queued(now))
+        .map(|delivery| {
+            let payload = serde_json::from_slice(&delivery.message.payload).unwrap_or_default();
+            (delivery.message.topic.to_string(), payload)
+        })
+        .collect()
+}
+
+/// The one message `watcher` was given since last asked (see [`presence_events`]).
+pub fn presence_event(watcher: &ClientSession, now: Instant) -> (String, serde_json::Value) {
+    let mut events = presence_events(watcher, now);
+    assert_eq!(events.len(), 1, "one presence event: {events:?}");
+    events.pop().expect("one event")
+}
+
 /// A broker on the default configuration that lets anyone do anything and keeps what
 /// is durable in `store`, without restoring what the store already holds.
 pub fn broker_on_store(store: Arc<dyn Store>, now: Instant) -> Arc<Broker> {
@@ -143,6 +194,12 @@ pub fn open_session_on(
             will: None,
             control,
             rates: crate::rate::PublishRates::UNLIMITED,
+            proto: crate::clients::ProtoInfo {
+                name: "MQTT",
+                version: crate::clients::ProtoVer::Level(5),
+            },
+            keepalive: 0,
+            announce: true,
         },
         now,
     )

@@ -579,6 +579,383 @@ fn takeover_sends_0x8e_to_the_old_connection() {
 }
 
 #[test]
+fn a_kick_sends_0x98_to_an_mqtt5_client_and_discards_its_persistent_session() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut watcher = Client::connect(&broker, "watcher", t0);
+    watcher.subscribe("wills/#", QoS::AtLeastOnce, t0);
+    let connect = Connect {
+        will: Some(will("wills/dev", Some(600))),
+        ..persistent_v5("dev", 3600)
+    };
+    let (mut dev, _) = Client::connect_with(&broker, connect, t0);
+    dev.subscribe("t", QoS::AtLeastOnce, t0);
+    let subscriptions = broker.subscription_count();
+
+    assert!(broker.kick(&key("dev"), t0));
+    assert!(dev.wakeup.count() > 0, "the connection was woken");
+    assert_eq!(dev.wake(t0), Flow::Close);
+    assert!(
+        matches!(dev.receive().as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode::ADMINISTRATIVE_ACTION)
+    );
+    // Ended whatever its expiry: gone from the registry and the router, its will out now
+    // rather than after its delay, as the session it waited for has ended.
+    assert!(broker.session(&key("dev")).is_none());
+    assert!(broker.client(&key("dev")).is_none());
+    assert_eq!(broker.subscription_count(), subscriptions - 1);
+    assert_eq!(watcher.publishes(t0).len(), 1, "the will");
+    assert_eq!(broker.connected_count(), 1, "the watcher");
+    let (_, connack) = Client::connect_with(&broker, persistent_v5("dev", 3600), t0 + secs(1));
+    assert!(!connack.session_present, "the client starts anew");
+    assert!(!broker.kick(&key("nobody"), t0), "no such session");
+}
+
+#[test]
+fn a_kick_closes_an_mqtt_3_1_1_client_without_a_disconnect_packet() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let connect = Connect {
+        protocol: ProtocolVersion::V3_1_1,
+        ..connect_v5("old")
+    };
+    let (mut old, connack) = Client::connect_with(&broker, connect, t0);
+    assert_eq!(connack.reason_code, ReasonCode::SUCCESS);
+    assert!(broker.kick(&key("old"), t0));
+    assert_eq!(old.wake(t0), Flow::Close);
+    assert!(old.receive().is_empty(), "3.1.1 has no server DISCONNECT");
+    assert_eq!(broker.connected_count(), 0);
+}
+
+#[test]
+fn a_kick_discards_a_session_outliving_its_connection_with_its_queue() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let (mut dev, _) = Client::connect_with(&broker, persistent_v5("dev", 3600), t0);
+    dev.subscribe("t", QoS::AtLeastOnce, t0);
+    dev.close(t0);
+    let mut publisher = Client::connect(&broker, "pub", t0);
+    publisher.publish("t", b"queued", QoS::AtLeastOnce, 1, t0);
+    assert_eq!(broker.client(&key("dev")).map(|c| c.mqueue_len), Some(1));
+    assert!(broker.kick(&key("dev"), t0 + secs(1)));
+    assert!(broker.session(&key("dev")).is_none());
+    let (mut back, connack) =
+        Client::connect_with(&broker, persistent_v5("dev", 3600), t0 + secs(2));
+    assert!(!connack.session_present);
+    assert!(
+        back.publishes(t0 + secs(2)).is_empty(),
+        "the queue went with it"
+    );
+}
+
+#[test]
+fn a_subscribe_handled_after_a_kick_leaves_nothing_in_the_router() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let mut dev = Client::connect(&broker, "dev", t0);
+    assert!(broker.kick(&key("dev"), t0));
+    // The SUBSCRIBE was read before the connection heard of the kick.
+    assert_eq!(
+        dev.subscribe("late", QoS::AtLeastOnce, t0),
+        [ReasonCode::UNSPECIFIED_ERROR]
+    );
+    assert_eq!(broker.subscription_count(), 0);
+    assert_eq!(dev.wake(t0), Flow::Close);
+}
+
+#[test]
+fn the_client_list_shows_each_client_as_it_connected() {
+    use mqtt_core::clients::{ClientQuery, ConnState, ProtoVer, TextMatch};
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let connect = Connect {
+        keep_alive: 30,
+        username: Some("alice".into()),
+        ..persistent_v5("dev-1", 600)
+    };
+    let (mut dev, _) = Client::connect_with(&broker, connect, t0);
+    dev.subscribe("a/+", QoS::AtLeastOnce, t0);
+    dev.subscribe("b", QoS::AtMostOnce, t0);
+    let connect = Connect {
+        protocol: ProtocolVersion::V3_1_1,
+        ..connect_v5("dev-2")
+    };
+    let _other = Client::connect_with(&broker, connect, t0 + secs(1));
+    let mut publisher = Client::connect(&broker, "pub", t0 + secs(2));
+    // Sent and not acknowledged: in flight.
+    publisher.publish("a/x", b"1", QoS::AtLeastOnce, 1, t0 + secs(2));
+    assert_eq!(dev.publishes(t0 + secs(2)).len(), 1);
+
+    let all = broker.clients(&ClientQuery::default());
+    let ids: Vec<&str> = all.iter().map(|c| &*c.key.client_id).collect();
+    assert_eq!(
+        ids,
+        ["dev-1", "dev-2", "pub"],
+        "ordered by when they connected"
+    );
+    let one = &all[0];
+    assert_eq!(one.proto.name, "MQTT");
+    assert_eq!(one.proto.version, ProtoVer::Level(5));
+    assert_eq!(all[1].proto.version, ProtoVer::Level(4));
+    assert_eq!(one.username.as_deref(), Some("alice"));
+    assert_eq!(&*one.listener, "tcp:test");
+    assert_eq!(one.state, ConnState::Connected);
+    assert_eq!(one.keepalive, 30);
+    assert!(!one.clean_start);
+    assert_eq!(one.expiry_interval, 600);
+    assert_eq!(one.subscriptions, 2);
+    assert_eq!(one.inflight, 1);
+    assert_eq!(one.mqueue_len, 0);
+    assert_eq!(
+        one.connected_at,
+        std::time::SystemTime::UNIX_EPOCH,
+        "tests' brokers count wall-clock time from the epoch at t0"
+    );
+    let filters: Vec<(String, QoS)> = broker
+        .client_subscriptions(&key("dev-1"))
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.filter, s.options.qos))
+        .collect();
+    assert_eq!(
+        filters,
+        [
+            ("a/+".to_owned(), QoS::AtLeastOnce),
+            ("b".to_owned(), QoS::AtMostOnce)
+        ]
+    );
+
+    let query = |edit: fn(&mut ClientQuery)| {
+        let mut query = ClientQuery::default();
+        edit(&mut query);
+        broker
+            .clients(&query)
+            .into_iter()
+            .map(|c| c.key.client_id.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        query(|q| q.client_id = Some(TextMatch::Contains("dev".into()))),
+        ["dev-1", "dev-2"]
+    );
+    assert_eq!(
+        query(|q| q.client_id = Some(TextMatch::Exact("dev".into()))),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        query(|q| q.username = Some(TextMatch::Exact("alice".into()))),
+        ["dev-1"]
+    );
+    assert_eq!(
+        query(|q| q.username = Some(TextMatch::Contains("lic".into()))),
+        ["dev-1"]
+    );
+    assert_eq!(
+        query(|q| q.namespace = Some("stomp".into())),
+        Vec::<String>::new()
+    );
+    assert_eq!(query(|q| q.namespace = Some("mqtt".into())).len(), 3);
+
+    // Gone, the persistent session stays listed as disconnected until it ends.
+    dev.close(t0 + secs(5));
+    let gone = broker.client(&key("dev-1")).unwrap();
+    assert_eq!(gone.state, ConnState::Disconnected);
+    assert_eq!(
+        gone.disconnected_at,
+        Some(std::time::SystemTime::UNIX_EPOCH + secs(5))
+    );
+    assert_eq!(
+        query(|q| q.state = Some(ConnState::Disconnected)),
+        ["dev-1"]
+    );
+    assert_eq!(broker.connected_count(), 2);
+}
+
+#[test]
+fn presence_events_follow_an_mqtt_client_through_every_way_out() {
+    let t0 = Instant::now();
+    let broker = testing::broker_with_presence(t0);
+    let watcher = testing::presence_watcher(&broker, t0);
+    let reasons = |now| -> Vec<(String, String)> {
+        testing::presence_events(&watcher, now)
+            .into_iter()
+            .map(|(topic, payload)| {
+                let event = topic.rsplit('/').next().unwrap_or_default().to_owned();
+                (event, payload["reason"].as_str().unwrap_or("").to_owned())
+            })
+            .collect()
+    };
+    let connect = Connect {
+        keep_alive: 10,
+        username: Some("u".into()),
+        ..persistent_v5("dev", 60)
+    };
+    let (mut dev, _) = Client::connect_with(&broker, connect.clone(), t0);
+    let (topic, payload) = testing::presence_event(&watcher, t0);
+    assert_eq!(topic, "$SYS/brokers/test@node/clients/dev/connected");
+    assert_eq!(payload["clientid"], "dev");
+    assert_eq!(payload["username"], "u");
+    assert_eq!(payload["protocol"], "mqtt");
+    assert_eq!(payload["proto_name"], "MQTT");
+    assert_eq!(payload["proto_ver"], 5);
+    assert_eq!(payload["keepalive"], 10);
+    assert_eq!(payload["clean_start"], false);
+    assert_eq!(payload["expiry_interval"], 60);
+    assert_eq!(payload["connected_at"], 1_700_000_000_000u64);
+    assert_eq!(payload["ts"], 1_700_000_000_000u64);
+    assert!(payload["ipaddress"].is_null(), "no peer in this test");
+
+    // Resumed by another connection: the first is taken over.
+    let (mut second, _) = Client::connect_with(&broker, connect.clone(), t0 + secs(1));
+    dev.wake(t0 + secs(1));
+    assert_eq!(
+        reasons(t0 + secs(1)),
+        [
+            ("disconnected".into(), "takenover".into()),
+            ("connected".into(), String::new())
+        ]
+    );
+    // Started anew by a clean one: discarded.
+    let clean = Connect {
+        username: Some("u".into()),
+        ..connect_v5("dev")
+    };
+    let (mut third, _) = Client::connect_with(&broker, clean.clone(), t0 + secs(2));
+    second.wake(t0 + secs(2));
+    assert_eq!(
+        reasons(t0 + secs(2)),
+        [
+            ("disconnected".into(), "discarded".into()),
+            ("connected".into(), String::new())
+        ]
+    );
+    third.send(
+        Packet::Disconnect(Box::new(Disconnect {
+            reason_code: ReasonCode::SUCCESS,
+            properties: Default::default(),
+        })),
+        t0 + secs(3),
+    );
+    assert_eq!(
+        reasons(t0 + secs(3)),
+        [("disconnected".into(), "normal".into())]
+    );
+    let (mut silent, _) = Client::connect_with(&broker, connect, t0 + secs(4));
+    silent.tick(t0 + secs(30));
+    let (mut dropped, _) = Client::connect_with(&broker, clean.clone(), t0 + secs(31));
+    dropped.close(t0 + secs(32));
+    let (_kicked, _) = Client::connect_with(&broker, clean, t0 + secs(33));
+    broker.kick(&key("dev"), t0 + secs(34));
+    let events = testing::presence_events(&watcher, t0 + secs(34));
+    let timeout = &events[1].1;
+    assert_eq!(timeout["reason"], "keepalive_timeout");
+    assert_eq!(timeout["disconnected_at"], 1_700_000_030_000u64);
+    assert_eq!(timeout["connected_at"], 1_700_000_004_000u64);
+    assert_eq!(
+        events
+            .iter()
+            .map(|(_, p)| p["reason"].as_str().unwrap_or("-"))
+            .collect::<Vec<_>>(),
+        ["-", "keepalive_timeout", "-", "sock_closed", "-", "kicked"]
+    );
+}
+
+#[test]
+fn a_client_id_cannot_pass_for_another_clients_presence() {
+    let t0 = Instant::now();
+    let broker = testing::broker_with_presence(t0);
+    let victim = testing::subscriber(
+        &broker,
+        "tracker",
+        "$SYS/brokers/+/clients/victim/#",
+        QoS::AtMostOnce,
+        0,
+        t0,
+    );
+    let any = testing::subscriber(
+        &broker,
+        "any",
+        "$SYS/brokers/+/clients/+/connected",
+        QoS::AtMostOnce,
+        0,
+        t0,
+    );
+    testing::presence_events(&any, t0);
+    for id in [
+        "victim/connected",
+        "+",
+        "#",
+        "victim%2Fx",
+        "victim/+/connected",
+    ] {
+        let mut client = Client::connect(&broker, id, t0);
+        client.close(t0);
+    }
+    assert!(
+        testing::presence_events(&victim, t0).is_empty(),
+        "nothing lands under the victim's topics"
+    );
+    let seen: Vec<(String, String)> = testing::presence_events(&any, t0)
+        .into_iter()
+        .map(|(topic, payload)| (topic, payload["clientid"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "$SYS/brokers/test@node/clients/victim%2Fconnected/connected".into(),
+                "victim/connected".into()
+            ),
+            (
+                "$SYS/brokers/test@node/clients/%2B/connected".into(),
+                "+".into()
+            ),
+            (
+                "$SYS/brokers/test@node/clients/%23/connected".into(),
+                "#".into()
+            ),
+            (
+                "$SYS/brokers/test@node/clients/victim%252Fx/connected".into(),
+                "victim%2Fx".into()
+            ),
+            (
+                "$SYS/brokers/test@node/clients/victim%2F%2B%2Fconnected/connected".into(),
+                "victim/+/connected".into()
+            ),
+        ],
+        "each under a level of its own, its true id in the payload"
+    );
+}
+
+#[test]
+fn presence_events_are_off_unless_asked_for_and_each_kind_has_its_switch() {
+    let t0 = Instant::now();
+    let quiet = broker(t0);
+    let watcher = testing::presence_watcher(&quiet, t0);
+    Client::connect(&quiet, "dev", t0).close(t0);
+    assert!(testing::presence_events(&watcher, t0).is_empty());
+
+    let config = testing::default_config();
+    let only_gone = gateway_config::SysEventMessages {
+        client_connected: false,
+        ..config.sys.sys_event_messages
+    };
+    let broker = Arc::new(
+        Broker::new(config.mqtt.clone(), &config.retainer, Auth::allow_all(), t0)
+            .with_presence(&config.node.name, only_gone),
+    );
+    let watcher = testing::presence_watcher(&broker, t0);
+    Client::connect(&broker, "dev", t0).close(t0);
+    let topics: Vec<String> = testing::presence_events(&watcher, t0)
+        .into_iter()
+        .map(|(topic, _)| topic)
+        .collect();
+    assert_eq!(
+        topics,
+        ["$SYS/brokers/gateway@127.0.0.1/clients/dev/disconnected"]
+    );
+}
+
+#[test]
 fn fan_out_to_a_thousand_sessions_shares_one_payload() {
     let t0 = Instant::now();
     let broker = broker(t0);

@@ -46,6 +46,12 @@ fn member(broker: &Arc<Broker>, id: &str, mountpoint: Option<&str>, now: Instant
                 will: None,
                 control,
                 rates: mqtt_core::rate::PublishRates::UNLIMITED,
+                proto: mqtt_core::clients::ProtoInfo {
+                    name: "MQTT",
+                    version: mqtt_core::clients::ProtoVer::Level(5),
+                },
+                keepalive: 0,
+                announce: true,
             },
             now,
         )

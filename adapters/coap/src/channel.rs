@@ -21,6 +21,7 @@ use mqtt_core::broker::{Broker, Stats, WillDisposition};
 use mqtt_core::client::{
     Authenticated, ClientSession, ConnectRefused, OpenSession, Presented, PublishRefused,
 };
+use mqtt_core::clients::{DisconnectReason, ProtoInfo, ProtoVer};
 use mqtt_core::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use mqtt_core::message::Delivery;
 use mqtt_core::protocol::{CertificateIdentity, Flow};
@@ -34,6 +35,12 @@ use crate::reliable::{self, ReliableLink};
 
 /// The namespace of CoAP sessions: a CoAP "dev1" is not the MQTT "dev1".
 pub const COAP_NAMESPACE: &str = "coap";
+
+/// How the operator's view and presence events name the protocol (EMQX's words).
+const COAP_PROTO: ProtoInfo = ProtoInfo {
+    name: "CoAP",
+    version: ProtoVer::Text("1"),
+};
 
 /// Critical options the resources understand: Uri-Host, Uri-Port, Uri-Path, Uri-Query,
 /// Accept. Others (If-Match, Proxy-Uri, ...) get 4.02 Bad Option.
@@ -487,6 +494,8 @@ pub struct CoapChannel {
     /// or was refused) is kept as one that does is, until it is silent for the heartbeat
     /// interval.
     over_session: bool,
+    /// Why the client is forgotten, once known: it went silent, or asked to go.
+    ending: Option<DisconnectReason>,
 }
 
 /// The answer to a publish, sent once the store ticket it waits for is durable.
@@ -580,6 +589,7 @@ impl CoapChannel {
             transport_username: None,
             transport_client_id: None,
             over_session: false,
+            ending: None,
             settings,
         }
     }
@@ -795,7 +805,9 @@ impl CoapChannel {
                 reason = reason.0,
                 "client taken over or closed by the broker"
             );
-            return Flow::Close;
+            // Over TCP or WebSocket the client is told the connection ends (RFC 8323 5.5);
+            // a UDP peer is only forgotten: CoAP has no message for it.
+            return self.shutdown(out);
         }
         self.release_held(out, now);
         self.fill(out, now);
@@ -811,6 +823,7 @@ impl CoapChannel {
             match tag {
                 Sent::Ping => {
                     tracing::info!("observer did not answer a ping; forgotten");
+                    self.ending = Some(DisconnectReason::KeepaliveTimeout);
                     return Flow::Close;
                 }
                 Sent::Notification { .. } => {
@@ -848,6 +861,7 @@ impl CoapChannel {
             // kept while it answers.
             if self.observations.is_empty() && matches!(self.link, Link::Datagram(_)) {
                 tracing::debug!("client silent for the heartbeat interval; forgotten");
+                self.ending = Some(DisconnectReason::KeepaliveTimeout);
                 return Flow::Close;
             }
             self.ping_in_flight = self.link.ping(now, out);
@@ -895,10 +909,11 @@ impl CoapChannel {
 
     /// The peer is forgotten; hands the session back to the broker.
     pub fn handle_closed(&mut self, now: Instant) {
-        self.release_session(now);
+        let reason = self.ending.unwrap_or(DisconnectReason::SockClosed);
+        self.release_session(reason, now);
     }
 
-    fn release_session(&mut self, now: Instant) {
+    fn release_session(&mut self, reason: DisconnectReason, now: Instant) {
         self.link.cancel_all();
         self.observations.clear();
         self.notification_in_flight = false;
@@ -907,7 +922,7 @@ impl CoapChannel {
         self.token = None;
         self.credentials = None;
         if let Some(client) = self.client.take() {
-            client.close(WillDisposition::Discard, now);
+            client.close_because(WillDisposition::Discard, reason, now);
         }
     }
 
@@ -1182,6 +1197,9 @@ impl CoapChannel {
                     will: None,
                     control: self.control.clone(),
                     rates: self.settings.rates,
+                    proto: COAP_PROTO,
+                    keepalive: u32::try_from(self.settings.heartbeat.as_secs()).unwrap_or(u32::MAX),
+                    announce: true,
                 },
                 now,
             )
@@ -1189,7 +1207,8 @@ impl CoapChannel {
                 tracing::info!(%refused, "session refused");
                 Refusal::of_connect(&refused)
             })?;
-        self.release_session(now);
+        // Another client behind the same address, or this one opening its connection anew.
+        self.release_session(DisconnectReason::Normal, now);
         tracing::Span::current().record("client_id", &**opened.client_id());
         tracing::info!(
             session_present = opened.session_present(),
@@ -1353,7 +1372,7 @@ impl CoapChannel {
                     return Ok(response(ResponseType::Changed, Vec::new()));
                 }
                 tracing::info!("connection closed by the client");
-                self.release_session(now);
+                self.release_session(DisconnectReason::Normal, now);
                 *close = true;
                 Ok(response(ResponseType::Deleted, Vec::new()))
             }

@@ -1966,3 +1966,55 @@ fn a_certificate_names_the_user_and_the_client_apart() {
     );
     assert_eq!(drain(&watcher, now).len(), 2);
 }
+
+#[test]
+fn a_kicked_client_is_forgotten_and_its_observations_end() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    peer.observe("/ps/k/1?clientid=k1", b"o", now);
+    let key = SessionKey {
+        namespace: "coap",
+        client_id: Arc::from("k1"),
+    };
+    assert_eq!(broker.client(&key).map(|c| c.subscriptions), Some(1));
+    assert!(broker.kick(&key, now));
+    assert!(peer.wake(now).is_empty(), "CoAP has no message for it");
+    assert!(peer.closed, "the peer is forgotten");
+    peer.channel.handle_closed(now);
+    assert!(broker.session(&key).is_none());
+    assert_eq!(broker.subscription_count(), 0);
+    assert_eq!(broker.connected_count(), 0);
+    // The client that comes back is a new one: authenticated and observing anew.
+    let mut back = Peer::new(&broker, settings(), now);
+    let answer = back.post("/ps/k/1?clientid=k1", b"v", now);
+    assert_eq!(code(&answer), MessageClass::Response(ResponseType::Changed));
+}
+
+#[test]
+fn presence_events_tell_of_coap_clients() {
+    let now = Instant::now();
+    let broker = testing::broker_with_presence(now);
+    let watcher = testing::presence_watcher(&broker, now);
+    let mut peer = Peer::new(&broker, settings(), now);
+    peer.post("/ps/p/1?clientid=c/x&username=u", b"v", now);
+    let (topic, connected) = testing::presence_event(&watcher, now);
+    assert_eq!(
+        topic,
+        "$SYS/brokers/test@node/gateway/coap/clients/c%2Fx/connected"
+    );
+    assert_eq!(connected["clientid"], "c/x");
+    assert_eq!(connected["username"], "u");
+    assert_eq!(connected["protocol"], "coap");
+    assert_eq!(connected["proto_name"], "CoAP");
+    assert_eq!(connected["proto_ver"], "1");
+    assert_eq!(connected["keepalive"], 30, "the heartbeat");
+    // Silent for the heartbeat: forgotten, and said so.
+    let later = now + Duration::from_secs(30);
+    peer.tick(later);
+    assert!(peer.closed);
+    peer.channel.handle_closed(later);
+    let (topic, gone) = testing::presence_event(&watcher, later);
+    assert!(topic.ends_with("/clients/c%2Fx/disconnected"), "{topic}");
+    assert_eq!(gone["reason"], "keepalive_timeout");
+}

@@ -354,3 +354,25 @@ fn a_qos_1_publish_is_answered_over_a_stream_once_durable() {
     );
     assert_eq!(answer.get_token(), b"pb");
 }
+
+#[test]
+fn a_kicked_client_over_a_stream_is_sent_a_release_and_closed() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let (mut client, _) = Client::connect(&broker, now);
+    client.send_raw(&[0x00, 0xE1], now);
+    client.send(
+        &request(RequestType::Get, "/ps/s?clientid=tcpk", b"ob", Some(0)),
+        now,
+    );
+    let key = mqtt_core::session::SessionKey {
+        namespace: "coap",
+        client_id: Arc::from("tcpk"),
+    };
+    assert!(broker.kick(&key, now));
+    let release = client.wake(now);
+    assert_eq!(release.len(), 1);
+    assert_eq!(release[0].code, 0xE4, "Release (RFC 8323 5.5)");
+    assert!(client.closed);
+    assert!(broker.session(&key).is_none());
+}

@@ -19,6 +19,7 @@ use mqtt_core::broker::{Broker, WillDisposition};
 use mqtt_core::client::{
     ClientSession, ConnectRefused, OpenSession, Presented, PublishPermit, PublishRefused,
 };
+use mqtt_core::clients::{DisconnectReason, ProtoInfo, ProtoVer};
 use mqtt_core::codec::{QoS, SubscriptionOptions};
 use mqtt_core::protocol::Flow;
 use mqtt_core::rate::PublishRates;
@@ -32,6 +33,15 @@ use crate::command::{self, Command, CommandError, Operation};
 
 /// The namespace of LwM2M sessions.
 pub const LWM2M_NAMESPACE: &str = "lwm2m";
+
+/// The device a registration opens a session for.
+struct Opening<'a> {
+    client_id: &'a str,
+    endpoint: &'a str,
+    proto: ProtoInfo,
+    /// Clamped: what the operator's view gives as its keep-alive.
+    lifetime: Duration,
+}
 
 /// Critical options understood: Uri-Host, Uri-Port, Uri-Path, Uri-Query, Accept.
 pub const UNDERSTOOD_CRITICAL: &[u16] = &[3, 7, 11, 15, 17];
@@ -294,6 +304,8 @@ pub struct Lwm2mChannel {
     /// The device answered a message of ours at its current address; until then the
     /// datagram driver bounds what it is sent.
     validated: bool,
+    /// Why the registration ends, once known: its lifetime ran out.
+    ending: Option<DisconnectReason>,
 }
 
 impl Lwm2mChannel {
@@ -326,6 +338,7 @@ impl Lwm2mChannel {
             next_sequence: 0,
             observations: HashMap::new(),
             validated: false,
+            ending: None,
         }
     }
 
@@ -509,6 +522,7 @@ impl Lwm2mChannel {
         if let Some(expiry) = self.expiry() {
             if now >= expiry {
                 tracing::info!("registration lifetime expired");
+                self.ending = Some(DisconnectReason::KeepaliveTimeout);
                 return Flow::Close;
             }
         }
@@ -546,10 +560,11 @@ impl Lwm2mChannel {
     }
 
     pub fn handle_closed(&mut self, now: Instant) {
-        self.end_registration(now);
+        let reason = self.ending.unwrap_or(DisconnectReason::SockClosed);
+        self.end_registration(reason, now);
     }
 
-    fn end_registration(&mut self, now: Instant) {
+    fn end_registration(&mut self, reason: DisconnectReason, now: Instant) {
         self.exchange.cancel_all();
         // Observations die with their registration.
         self.observations.clear();
@@ -557,7 +572,7 @@ impl Lwm2mChannel {
         self.in_flight = None;
         self.registration = None;
         if let Some(session) = self.session.take() {
-            session.close(WillDisposition::Discard, now);
+            session.close_because(WillDisposition::Discard, reason, now);
         }
     }
 
@@ -711,10 +726,23 @@ impl Lwm2mChannel {
         // Checked and opened before anything this channel holds is touched: a refused
         // register (wrong password, unsafe endpoint name, another user's session) leaves
         // the registration of whoever holds it as it was.
-        let (session, control) =
-            self.open_session(&client_id, &endpoint, username, password, now)?;
+        let proto = ProtoInfo {
+            name: "LwM2M",
+            version: ProtoVer::Text(match version.as_str() {
+                "1.1" => "1.1",
+                "1.2" => "1.2",
+                _ => "1.0",
+            }),
+        };
+        let opening = Opening {
+            client_id: &client_id,
+            endpoint: &endpoint,
+            proto,
+            lifetime: self.clamp_lifetime(lifetime),
+        };
+        let (session, control) = self.open_session(opening, username, password, now)?;
         // A second registration on a live channel starts over.
-        self.end_registration(now);
+        self.end_registration(DisconnectReason::Normal, now);
         self.control = control;
         self.session = Some(session);
         self.refused_events = 0;
@@ -724,7 +752,7 @@ impl Lwm2mChannel {
         {
             Ok(permit) => permit,
             Err(refusal) => {
-                self.end_registration(now);
+                self.end_registration(DisconnectReason::SockClosed, now);
                 return Err(refusal);
             }
         };
@@ -832,7 +860,7 @@ impl Lwm2mChannel {
             return Err(Refusal::NotFound);
         }
         tracing::info!("device de-registered");
-        self.end_registration(now);
+        self.end_registration(DisconnectReason::Normal, now);
         Ok((reply(ResponseType::Deleted, Vec::new()), None))
     }
 
@@ -874,12 +902,17 @@ impl Lwm2mChannel {
     /// Authenticates the device and opens its session on a connection of its own.
     fn open_session(
         &self,
-        client_id: &str,
-        endpoint: &str,
+        opening: Opening<'_>,
         username: String,
         password: Option<String>,
         now: Instant,
     ) -> Result<(ClientSession, Arc<ConnControl>), Refusal> {
+        let Opening {
+            client_id,
+            endpoint,
+            proto,
+            lifetime,
+        } = opening;
         let username = match &self.transport_identity {
             Some(identity) if **identity != *endpoint || **identity != *client_id => {
                 tracing::info!(endpoint, client_id, identity = %identity, "endpoint other than the transport identity refused");
@@ -918,6 +951,9 @@ impl Lwm2mChannel {
                     will: None,
                     control: control.clone(),
                     rates: self.settings.rates,
+                    proto,
+                    keepalive: u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX),
+                    announce: true,
                 },
                 now,
             )

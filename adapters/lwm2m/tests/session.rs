@@ -567,3 +567,73 @@ fn an_update_over_the_messages_rate_gets_5_03_with_the_seconds_left_as_max_age()
     );
     assert_eq!(received(&watcher, resume), ["lwm2m/rated/up/update"]);
 }
+
+fn lwm2m_key(endpoint: &str) -> mqtt_core::session::SessionKey {
+    mqtt_core::session::SessionKey {
+        namespace: "lwm2m",
+        client_id: Arc::from(endpoint),
+    }
+}
+
+#[test]
+fn a_kicked_device_is_forgotten_and_must_register_again() {
+    let now = Instant::now();
+    let broker = testing::broker(now);
+    let mut device = Device::new(&broker, settings(), now);
+    assert_eq!(device.register(&["ep=k"], now), ResponseType::Created);
+    assert!(broker.kick(&lwm2m_key("k"), now));
+    assert!(device.wakeup.count() > 0);
+    let (flow, out) = device.wake(now);
+    assert_eq!(flow, Flow::Close, "the registration is forgotten");
+    assert!(out.is_empty(), "LwM2M has no message for it");
+    device.channel.handle_closed(now);
+    assert!(broker.session(&lwm2m_key("k")).is_none());
+    assert_eq!(broker.subscription_count(), 0, "its command topic too");
+    // Its next update, on the peer the driver makes anew, is told to register again.
+    let mut again = Device::new(&broker, settings(), now);
+    let (_, out) = again.request(RequestType::Post, &["rd", "k"], &[], &[], now);
+    assert_eq!(response_code(&out[0]), ResponseType::NotFound);
+    assert_eq!(again.register(&["ep=k"], now), ResponseType::Created);
+}
+
+#[test]
+fn presence_events_tell_of_registrations() {
+    let now = Instant::now();
+    let broker = testing::broker_with_presence(now);
+    let watcher = testing::presence_watcher(&broker, now);
+    let mut device = Device::new(&broker, settings(), now);
+    assert_eq!(
+        device.register(&["ep=urn:dev:1", "lwm2m=1.1", "lt=300"], now),
+        ResponseType::Created
+    );
+    let lifetime = device.channel.registration().unwrap().lifetime.as_secs();
+    let (topic, connected) = testing::presence_event(&watcher, now);
+    assert_eq!(
+        topic,
+        "$SYS/brokers/test@node/gateway/lwm2m/clients/urn:dev:1/connected"
+    );
+    assert_eq!(connected["protocol"], "lwm2m");
+    assert_eq!(connected["proto_name"], "LwM2M");
+    assert_eq!(connected["proto_ver"], "1.1");
+    assert_eq!(connected["keepalive"], lifetime);
+    assert_eq!(connected["username"], "urn:dev:1");
+    let (flow, _) = device.request(RequestType::Delete, &["rd", "urn:dev:1"], &[], &[], now);
+    assert_eq!(flow, Flow::Close);
+    device.channel.handle_closed(now);
+    let events = testing::presence_events(&watcher, now);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].0.ends_with("/disconnected"));
+    assert_eq!(events[0].1["reason"], "normal");
+
+    // A registration whose lifetime runs out.
+    let mut device = Device::new(&broker, settings(), now);
+    assert_eq!(device.register(&["ep=quiet"], now), ResponseType::Created);
+    testing::presence_events(&watcher, now);
+    let expiry = device.channel.next_deadline().unwrap();
+    let mut out = Vec::new();
+    assert_eq!(device.channel.handle_timeout(&mut out, expiry), Flow::Close);
+    device.channel.handle_closed(expiry);
+    let events = testing::presence_events(&watcher, expiry);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["reason"], "keepalive_timeout");
+}

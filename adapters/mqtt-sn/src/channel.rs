@@ -12,6 +12,7 @@ use mqtt_core::broker::{Broker, Stats, WillDisposition};
 use mqtt_core::client::{
     Authenticated, ClientSession, ConnectRefused, OpenSession, Presented, PublishRefused,
 };
+use mqtt_core::clients::{DisconnectReason, ProtoInfo, ProtoVer};
 use mqtt_core::codec::{QoS, ReasonCode, SubscriptionOptions};
 use mqtt_core::message::Delivery;
 use mqtt_core::protocol::Flow;
@@ -27,6 +28,12 @@ use crate::topics::{Predefined, TopicRegistry};
 
 /// The namespace of MQTT-SN sessions: an MQTT-SN "dev1" is not the MQTT "dev1".
 pub const MQTTSN_NAMESPACE: &str = "mqtt-sn";
+
+/// How the operator's view and presence events name the protocol (EMQX's words).
+const MQTTSN_PROTO: ProtoInfo = ProtoInfo {
+    name: "MQTT-SN",
+    version: ProtoVer::Text("1.2"),
+};
 
 /// The client id QoS -1 publishes are authorized as (EMQX's name for it).
 pub const QOS_MINUS_ONE_CLIENT_ID: &str = "NegQoS-Client";
@@ -164,6 +171,8 @@ pub struct MqttSnChannel {
     /// Subscribed topic names still to REGISTER after a resume (`subs_resume`).
     resume_registers: Vec<ByteString>,
     will_disposition: WillDisposition,
+    /// Why the client went, once known otherwise than by `will_disposition`.
+    ending: Option<DisconnectReason>,
     /// PUBACKs and PUBRECs waiting for what their PUBLISH changed to be durable, in the
     /// order the PUBLISHes came: once one waits, those behind it wait too.
     held_acks: HeldReplies<Message>,
@@ -193,6 +202,7 @@ impl MqttSnChannel {
             in_flight: None,
             resume_registers: Vec::new(),
             will_disposition: WillDisposition::Publish,
+            ending: None,
             held_acks: HeldReplies::default(),
         }
     }
@@ -361,7 +371,10 @@ impl MqttSnChannel {
     pub fn handle_closed(&mut self, now: Instant) {
         self.phase = Phase::Closed;
         if let Some(client) = self.client.take() {
-            client.close(self.will_disposition, now);
+            match self.ending {
+                Some(reason) => client.close_because(self.will_disposition, reason, now),
+                None => client.close(self.will_disposition, now),
+            }
         }
     }
 
@@ -381,6 +394,9 @@ impl MqttSnChannel {
         if let (Lost::SleepTimeout, Some(client)) = (why, self.client.as_mut()) {
             // A sleep timeout ends the session (spec 6.14), whatever its clean flag said.
             client.set_expiry_interval(0);
+        }
+        if matches!(why, Lost::KeepAlive | Lost::SleepTimeout) {
+            self.ending = Some(DisconnectReason::KeepaliveTimeout);
         }
         self.will_disposition = WillDisposition::Publish;
         self.send(&Message::Disconnect { duration: None }, out);
@@ -426,7 +442,7 @@ impl MqttSnChannel {
                 Flow::Close
             }
             Message::PingReq { client_id } => self.handle_pingreq(client_id, out, now),
-            Message::Disconnect { duration } => self.handle_disconnect(duration, out),
+            Message::Disconnect { duration } => self.handle_disconnect(duration, out, now),
             other => {
                 if !matches!(
                     self.phase,
@@ -549,7 +565,11 @@ impl MqttSnChannel {
         }
         // A client that connects again (its CONNACK lost, or back from sleep) starts over on
         // the same peer: hand the session back first, keeping it if it is persistent.
+        let asleep = matches!(self.phase, Phase::Asleep { .. } | Phase::Awake { .. });
         if let Some(client) = self.client.take() {
+            if asleep && self.presented_client_id.as_deref() == Some(&*client_id) {
+                client.wake_up(now);
+            }
             client.close(WillDisposition::Discard, now);
             self.in_flight = None;
         }
@@ -683,6 +703,9 @@ impl MqttSnChannel {
                 will,
                 control: self.control.clone(),
                 rates: self.settings.rates,
+                proto: MQTTSN_PROTO,
+                keepalive: u32::from(pending.duration),
+                announce: true,
             },
             now,
         );
@@ -817,13 +840,23 @@ impl MqttSnChannel {
         }
     }
 
-    fn handle_disconnect(&mut self, duration: Option<u16>, out: &mut Vec<Bytes>) -> Flow {
+    fn handle_disconnect(
+        &mut self,
+        duration: Option<u16>,
+        out: &mut Vec<Bytes>,
+        now: Instant,
+    ) -> Flow {
         match (duration, &self.phase) {
             (Some(seconds), Phase::Connected | Phase::Asleep { .. } | Phase::Awake { .. })
                 if seconds > 0 =>
             {
                 let duration = Duration::from_secs(u64::from(seconds));
                 tracing::info!(seconds, "client asleep");
+                if let Some(client) = &self.client {
+                    // Announced once per sleep: a sleeping client's DISCONNECT only
+                    // changes its duration, and its PINGREQ wake-ups do not count.
+                    client.fall_asleep(u32::from(seconds), now);
+                }
                 self.phase = Phase::Asleep { duration };
                 self.send(&Message::Disconnect { duration: None }, out);
                 Flow::Continue
@@ -1166,6 +1199,10 @@ impl MqttSnChannel {
                         // A session that ends with its datagram has no rate to keep:
                         // nothing would count across QoS -1 messages.
                         rates: PublishRates::UNLIMITED,
+                        proto: MQTTSN_PROTO,
+                        keepalive: 0,
+                        // One message, not a client coming and going.
+                        announce: false,
                     },
                     now,
                 )

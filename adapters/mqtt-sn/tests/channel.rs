@@ -1980,3 +1980,116 @@ fn a_publish_over_the_messages_rate_is_answered_congestion_until_the_pause_ends(
         2
     );
 }
+
+#[test]
+fn a_kicked_client_gets_a_disconnect_and_its_session_is_discarded() {
+    let now = Instant::now();
+    let broker = broker(now);
+    let mut sn = Sn::connect(&broker, "dev1", false, now);
+    sn.subscribe("k/1", Qos::One, now);
+    assert!(broker.kick(&sn_key("dev1"), now));
+    assert!(sn.wakeup.count() > 0);
+    assert_eq!(sn.wake(now), vec![Message::Disconnect { duration: None }]);
+    assert!(sn.closed, "the peer is forgotten");
+    assert!(broker.session(&sn_key("dev1")).is_none());
+    assert_eq!(broker.subscription_count(), 0);
+    assert_eq!(broker.connected_count(), 0);
+
+    // Asleep, the client is kicked all the same; the DISCONNECT waits for nobody.
+    let mut sleeper = Sn::connect(&broker, "sleeper", false, now);
+    sleeper.send(Message::Disconnect { duration: Some(60) }, now);
+    assert!(broker.kick(&sn_key("sleeper"), now));
+    assert_eq!(
+        sleeper.wake(now),
+        vec![Message::Disconnect { duration: None }]
+    );
+    assert!(sleeper.closed);
+    assert!(broker.session(&sn_key("sleeper")).is_none());
+}
+
+#[test]
+fn presence_events_tell_of_mqttsn_clients_and_their_sleep() {
+    let now = Instant::now();
+    let broker = testing::broker_with_presence(now);
+    let watcher = testing::presence_watcher(&broker, now);
+    let prefix = "$SYS/brokers/test@node/gateway/mqttsn/clients/sleeper/";
+    // Each event since the last look as "{event} {reason}".
+    let names = |now| -> Vec<String> {
+        testing::presence_events(&watcher, now)
+            .into_iter()
+            .map(|(topic, payload)| {
+                format!(
+                    "{} {}",
+                    topic.trim_start_matches(prefix),
+                    payload["reason"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let mut sn = Sn::new(&broker, now);
+    sn.send(connect_message("sleeper", false, false, 30), now);
+    let (topic, connected) = testing::presence_event(&watcher, now);
+    assert_eq!(topic, format!("{prefix}connected"));
+    assert_eq!(connected["protocol"], "mqttsn");
+    assert_eq!(connected["proto_name"], "MQTT-SN");
+    assert_eq!(connected["proto_ver"], "1.2");
+    assert_eq!(connected["clientid"], "sleeper");
+    assert_eq!(connected["keepalive"], 30);
+    assert_eq!(connected["clean_start"], false);
+
+    sn.send(Message::Disconnect { duration: Some(60) }, now);
+    // Another DISCONNECT while asleep only changes the duration, and wake-ups by PINGREQ
+    // to collect messages are part of the sleep.
+    sn.send(Message::Disconnect { duration: Some(90) }, now);
+    sn.send(
+        Message::PingReq {
+            client_id: Some(ByteString::from("sleeper")),
+        },
+        now,
+    );
+    let (topic, asleep) = testing::presence_event(&watcher, now);
+    assert_eq!(topic, format!("{prefix}asleep"));
+    assert_eq!(asleep["duration"], 60);
+    use mqtt_core::clients::ConnState;
+    assert_eq!(
+        broker.client(&sn_key("sleeper")).map(|c| c.state),
+        Some(ConnState::Asleep)
+    );
+
+    // Back with CONNECT: awake, then the session handed back and opened again.
+    let t = now + Duration::from_secs(10);
+    sn.send(connect_message("sleeper", false, false, 30), t);
+    assert_eq!(names(t), ["awake ", "disconnected normal", "connected "]);
+    assert_eq!(
+        broker.client(&sn_key("sleeper")).map(|c| c.state),
+        Some(ConnState::Connected)
+    );
+
+    // Lost to its keep-alive: said so.
+    let late = t + Duration::from_secs(46);
+    sn.tick(late);
+    let events = testing::presence_events(&watcher, late);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["reason"], "keepalive_timeout");
+
+    // Asleep again, and back from another address: a new peer takes the session over.
+    let mut other = Sn::new(&broker, late);
+    other.send(connect_message("sleeper", false, false, 30), late);
+    other.send(Message::Disconnect { duration: Some(60) }, late);
+    testing::presence_events(&watcher, late);
+    let mut moved = Sn::new(&broker, late);
+    moved.send(connect_message("sleeper", false, false, 30), late);
+    assert_eq!(
+        names(late),
+        ["awake ", "disconnected takenover", "connected "],
+        "from another address"
+    );
+
+    // A QoS -1 publish is one message, not a client coming and going.
+    let mut once = Sn::new(&broker, late);
+    once.send(
+        publish(1, TopicIdType::Predefined, Qos::MinusOne, 0, b"neg"),
+        late,
+    );
+    assert!(testing::presence_events(&watcher, late).is_empty());
+}

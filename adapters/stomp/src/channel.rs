@@ -15,6 +15,7 @@ use mqtt_core::broker::{Broker, Stats, WillDisposition};
 use mqtt_core::client::{
     ClientSession, ConnectRefused, OpenSession, Presented, PublishPermit, PublishRefused,
 };
+use mqtt_core::clients::{DisconnectReason, ProtoInfo, ProtoVer};
 use mqtt_core::codec::{PublishProperties, QoS, ReasonCode, SubscriptionOptions};
 use mqtt_core::message::{Delivery, Message as RoutedMessage};
 use mqtt_core::mountpoint::mounted_filter;
@@ -182,6 +183,19 @@ pub enum StompError {
     /// be kept, so the receipt cannot be given.
     #[error("message refused: the store is full")]
     StoreFull,
+    /// The broker ends the connection: the MQTT reason code it gives says why.
+    #[error("{}", closed_by_broker(*.0))]
+    ClosedByBroker(ReasonCode),
+}
+
+/// The ERROR text for a connection the broker ends with `reason`.
+fn closed_by_broker(reason: ReasonCode) -> &'static str {
+    match reason {
+        ReasonCode::SESSION_TAKEN_OVER => "session taken over by another connection",
+        ReasonCode::ADMINISTRATIVE_ACTION => "kicked out by the administrator",
+        ReasonCode::QUOTA_EXCEEDED => "closed for taking no messages while they piled up",
+        _ => "closed by the server",
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +240,8 @@ pub struct StompChannel {
     /// What a verified client certificate says, boxed since most connections have none;
     /// it replaces CONNECT's `login` and `client-id` where it names them.
     certificate: Option<Box<CertificateIdentity>>,
+    /// Why the connection ends, once known: the client's DISCONNECT, its silence.
+    ending: Option<DisconnectReason>,
 }
 
 impl StompChannel {
@@ -261,6 +277,7 @@ impl StompChannel {
             last_sent: now,
             draining: false,
             certificate: None,
+            ending: None,
         }
     }
 
@@ -306,6 +323,9 @@ impl StompChannel {
                 reason = reason.0,
                 "client taken over or closed by the broker"
             );
+            if self.phase == Phase::Connected {
+                return self.refuse(StompError::ClosedByBroker(reason), None, out, now);
+            }
             return Flow::Close;
         }
         if self.phase == Phase::Closing {
@@ -343,6 +363,7 @@ impl StompChannel {
                             silent_ms = allowed.as_millis() as u64,
                             "connection closed: no heart-beat from the client"
                         );
+                        self.ending = Some(DisconnectReason::KeepaliveTimeout);
                         return Flow::Close;
                     }
                 }
@@ -471,7 +492,8 @@ impl StompChannel {
                 state.unpop_queued(delivery);
             }
         }
-        client.close(WillDisposition::Discard, now);
+        let reason = self.ending.unwrap_or(DisconnectReason::SockClosed);
+        client.close_because(WillDisposition::Discard, reason, now);
         tracing::debug!("session released");
     }
 
@@ -647,6 +669,7 @@ impl StompChannel {
                 // Everything before it has been handled and kept: the receipt says so.
                 self.receipt(&frame, None, out, now);
                 tracing::info!("client disconnected");
+                self.ending = Some(DisconnectReason::Normal);
                 self.phase = Phase::Closing;
                 return Ok(self.finish_closing(out, now));
             }
@@ -740,6 +763,15 @@ impl StompChannel {
                     will: None,
                     control: self.control.clone(),
                     rates: self.settings.rates,
+                    proto: ProtoInfo {
+                        name: "STOMP",
+                        version: ProtoVer::Text(version.as_str()),
+                    },
+                    // What the client sends, in whole seconds, rounded up.
+                    keepalive: heartbeat_in.map_or(0, |every| {
+                        u32::try_from(every.as_millis().div_ceil(1000)).unwrap_or(u32::MAX)
+                    }),
+                    announce: true,
                 },
                 now,
             )

@@ -1029,3 +1029,83 @@ fn a_transaction_holds_at_most_max_transaction_bytes() {
         "nothing of the transaction was published"
     );
 }
+
+fn stomp_key(client_id: &str) -> SessionKey {
+    SessionKey {
+        namespace: STOMP_NAMESPACE,
+        client_id: Arc::from(client_id),
+    }
+}
+
+#[test]
+fn a_kicked_client_gets_an_error_and_its_named_session_is_discarded() {
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let settings = settings(|_| {});
+    let mut desk = Client::connect(&broker, &settings, Some("desk"), t0);
+    desk.subscribe("k/1", "client", t0);
+    publish(&broker, "k/1", b"queued", t0);
+    assert!(broker.kick(&stomp_key("desk"), t0));
+    let answer = desk.wake(t0);
+    assert_refused(&desk, &answer, "kicked out by the administrator");
+    desk.close(t0);
+    assert!(broker.session(&stomp_key("desk")).is_none());
+    assert_eq!(broker.subscription_count(), 0);
+    // Named again, the client finds nothing of the old session.
+    let mut back = Client::connect(&broker, &settings, Some("desk"), t0);
+    assert!(back.wake(t0).is_empty());
+
+    // A session taken over says so too.
+    let mut first = Client::connect(&broker, &settings, Some("twice"), t0);
+    let _second = Client::connect(&broker, &settings, Some("twice"), t0);
+    let answer = first.wake(t0);
+    assert_refused(&first, &answer, "session taken over by another connection");
+}
+
+#[test]
+fn presence_events_tell_of_stomp_clients() {
+    let t0 = Instant::now();
+    let broker = testing::broker_with_presence(t0);
+    let watcher = testing::presence_watcher(&broker, t0);
+    let settings = settings(|_| {});
+    let (mut client, _) = Client::try_connect_with(
+        &broker,
+        &settings,
+        Some("desk"),
+        None,
+        &[("heart-beat", "1500,0")],
+        t0,
+    );
+    let (topic, connected) = testing::presence_event(&watcher, t0);
+    assert_eq!(
+        topic,
+        "$SYS/brokers/test@node/gateway/stomp/clients/desk/connected"
+    );
+    assert_eq!(connected["protocol"], "stomp");
+    assert_eq!(connected["proto_name"], "STOMP");
+    assert_eq!(connected["proto_ver"], "1.2");
+    assert_eq!(connected["keepalive"], 2, "1.5 s of heart-beat, rounded up");
+    assert_eq!(connected["clean_start"], false, "a named session is kept");
+    client.send(Client::frame(Command::Disconnect, &[]), t0);
+    client.close(t0);
+    let events = testing::presence_events(&watcher, t0);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["reason"], "normal");
+
+    // Silent past its heart-beat.
+    let (mut silent, _) = Client::try_connect_with(
+        &broker,
+        &settings,
+        None,
+        None,
+        &[("heart-beat", "1000,0")],
+        t0,
+    );
+    testing::presence_events(&watcher, t0);
+    silent.tick(t0 + Duration::from_secs(10));
+    assert!(silent.closed);
+    silent.close(t0 + Duration::from_secs(10));
+    let events = testing::presence_events(&watcher, t0 + Duration::from_secs(10));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1["reason"], "keepalive_timeout");
+}

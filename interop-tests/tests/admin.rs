@@ -798,3 +798,114 @@ fn refused_logins_and_banned_clients_move_their_metrics() {
     assert!(!output.status.success(), "banned");
     assert_eq!(refused(&scrape(&gw)), (3.0, 1.0));
 }
+
+/// The clients `path` lists, polled until `done` holds for them or `TIMEOUT` passes.
+fn clients_until(
+    gw: &Broker,
+    path: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let reply = http(gw, "GET", path, KEY);
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        let data = reply.json()["data"].as_array().cloned().unwrap_or_default();
+        if done(&data) || Instant::now() > deadline {
+            return data;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_operator_lists_and_kicks_clients_of_every_protocol() {
+    let Some((gw, _keys)) = with_keys(&[]) else {
+        return;
+    };
+    let id = unique_client_id("listed");
+    let mut cmd = std::process::Command::new("mosquitto_sub");
+    cmd.args(["-h", &gw.host, "-p", &gw.port.to_string(), "-V", "mqttv5"])
+        .args(["-i", &id, "-u", "carol", "-k", "42", "-t", "admin/kick/#"]);
+    let mut sub = Proc::spawn("mosquitto_sub to be kicked", cmd);
+    let listed = clients_until(
+        &gw,
+        &format!("/api/v5/clients?like_clientid={id}"),
+        |data| !data.is_empty(),
+    );
+    let client = &listed[0];
+    assert_eq!(client["clientid"], id.as_str());
+    assert_eq!(client["username"], "carol");
+    assert_eq!(client["proto_name"], "MQTT");
+    assert_eq!(client["proto_ver"], "5");
+    assert_eq!(client["keepalive"], 42);
+    assert_eq!(client["subscriptions_cnt"], 1);
+    assert_eq!(client["conn_state"], "connected");
+    assert_eq!(client["ip_address"], "127.0.0.1");
+    assert_eq!(client["listener"], "tcp:default");
+    let one = http(&gw, "GET", &format!("/api/v5/clients/{id}"), KEY);
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["clientid"], id.as_str());
+    let by_user = http(
+        &gw,
+        "GET",
+        "/api/v5/clients?username=carol&proto_name=MQTT",
+        KEY,
+    )
+    .json();
+    assert_eq!(by_user["meta"]["count"], 1);
+    assert_eq!(
+        http(
+            &gw,
+            "GET",
+            "/api/v5/clients?proto_name=CoAP&username=carol",
+            KEY
+        )
+        .json()["meta"]["count"],
+        0
+    );
+    assert_eq!(
+        http(&gw, "GET", "/api/v5/clients?proto_name=Telnet", KEY).status,
+        400
+    );
+
+    let kicked = http(&gw, "DELETE", &format!("/api/v5/clients/{id}"), KEY);
+    assert_eq!(kicked.status, 204, "{kicked:?}");
+    // mosquitto_sub runs until its connection ends: the kick ends it.
+    assert!(
+        sub.wait(TIMEOUT).is_some(),
+        "mosquitto_sub still connected after the kick"
+    );
+    assert_eq!(
+        http(&gw, "GET", &format!("/api/v5/clients/{id}"), KEY).status,
+        404
+    );
+    assert_eq!(
+        http(&gw, "DELETE", &format!("/api/v5/clients/{id}"), KEY).status,
+        404
+    );
+
+    // A CoAP client, through the gateway's own path.
+    let coap_id = unique_client_id("coap-listed");
+    let path = format!("/ps/{}?clientid={coap_id}", unique_topic("admin-coap"));
+    let (ok, stdout, _) = coap_client(&gw, &["-m", "post", "-e", "x", "-v", "7"], &path);
+    assert!(ok && stdout.contains("c:2.04"), "{stdout}");
+    let listed = clients_until(
+        &gw,
+        &format!("/api/v5/gateways/coap/clients?clientid={coap_id}"),
+        |data| !data.is_empty(),
+    );
+    assert_eq!(listed[0]["proto_name"], "CoAP");
+    // Not an MQTT client, though it has the id.
+    assert_eq!(
+        http(&gw, "GET", &format!("/api/v5/clients/{coap_id}"), KEY).status,
+        404
+    );
+    let one = format!("/api/v5/gateways/coap/clients/{coap_id}");
+    assert_eq!(http(&gw, "GET", &one, KEY).status, 200);
+    assert_eq!(http(&gw, "DELETE", &one, KEY).status, 204);
+    assert_eq!(http(&gw, "GET", &one, KEY).status, 404);
+    assert_eq!(
+        http(&gw, "GET", "/api/v5/gateways/telnet/clients", KEY).status,
+        400
+    );
+}

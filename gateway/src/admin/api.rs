@@ -1025,3 +1025,393 @@ pub async fn unban(
         api_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such ban")
     }
 }
+
+/// A client, as EMQX's `/clients` shows one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientView {
+    pub clientid: String,
+    pub username: Option<String>,
+    /// `MQTT`, `MQTT-SN`, `CoAP`, `LwM2M`, `STOMP`.
+    pub proto_name: String,
+    /// MQTT's protocol level (3, 4, 5) or the other protocols' version, as text.
+    pub proto_ver: String,
+    pub ip_address: Option<String>,
+    pub port: Option<u16>,
+    pub listener: String,
+    /// `connected`, `asleep` (an MQTT-SN client) or `disconnected` (its session outlives it).
+    pub conn_state: String,
+    pub connected: bool,
+    /// RFC 3339.
+    pub connected_at: String,
+    /// RFC 3339, once its connection has ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnected_at: Option<String>,
+    pub keepalive: u32,
+    pub clean_start: bool,
+    pub expiry_interval: u32,
+    pub subscriptions_cnt: usize,
+    pub mqueue_len: usize,
+    pub mqueue_dropped: u64,
+    pub inflight_cnt: usize,
+    pub awaiting_rel_cnt: usize,
+    pub node: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientPage {
+    pub data: Vec<ClientView>,
+    pub meta: PageMeta,
+}
+
+fn client_view(state: &AdminState, client: &mqtt_core::clients::ClientSnapshot) -> ClientView {
+    use mqtt_core::clients::ConnState;
+    ClientView {
+        clientid: client.key.client_id.to_string(),
+        username: client.username.clone(),
+        proto_name: client.proto.name.to_owned(),
+        proto_ver: client.proto.version.to_string(),
+        ip_address: client.peer.map(|peer| peer.ip().to_string()),
+        port: client.peer.map(|peer| peer.port()),
+        listener: client.listener.to_string(),
+        conn_state: client.state.as_str().to_owned(),
+        connected: client.state != ConnState::Disconnected,
+        connected_at: rfc3339(client.connected_at),
+        disconnected_at: client.disconnected_at.map(rfc3339),
+        keepalive: client.keepalive,
+        clean_start: client.clean_start,
+        expiry_interval: client.expiry_interval,
+        subscriptions_cnt: client.subscriptions,
+        mqueue_len: client.mqueue_len,
+        mqueue_dropped: client.mqueue_dropped,
+        inflight_cnt: client.inflight,
+        awaiting_rel_cnt: client.awaiting_rel,
+        node: state.node.to_string(),
+    }
+}
+
+/// The session namespace of a protocol as EMQX names it (`proto_name`), or of a gateway
+/// (`/gateways/{name}`).
+fn namespace_of(name: &str) -> Option<&'static str> {
+    match name {
+        "MQTT" | "mqtt" => Some("mqtt"),
+        "MQTT-SN" | "mqttsn" => Some("mqtt-sn"),
+        "CoAP" | "coap" => Some("coap"),
+        "LwM2M" | "lwm2m" => Some("lwm2m"),
+        "STOMP" | "stomp" => Some("stomp"),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnStateQuery {
+    Connected,
+    Asleep,
+    Disconnected,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+// A parameter the operation does not know is refused, not ignored: a typo gets an error.
+#[serde(deny_unknown_fields)]
+pub struct ClientsQuery {
+    /// Page number, from 1.
+    #[param(minimum = 1)]
+    page: Option<u32>,
+    /// Clients a page, 1 to 1000 (100 when not given).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// This client id exactly.
+    #[param(max_length = 1024)]
+    clientid: Option<String>,
+    /// Client ids containing this.
+    #[param(max_length = 1024)]
+    like_clientid: Option<String>,
+    /// This user name exactly.
+    #[param(max_length = 1024)]
+    username: Option<String>,
+    /// User names containing this.
+    #[param(max_length = 1024)]
+    like_username: Option<String>,
+    /// `MQTT`, `MQTT-SN`, `CoAP`, `LwM2M` or `STOMP`.
+    #[param(pattern = "^(MQTT|MQTT-SN|CoAP|LwM2M|STOMP)$")]
+    proto_name: Option<String>,
+    #[param(inline)]
+    conn_state: Option<ConnStateQuery>,
+}
+
+fn list_clients(
+    state: &AdminState,
+    query: ClientsQuery,
+    namespace: Option<&'static str>,
+) -> Response {
+    use mqtt_core::clients::{ClientQuery, ConnState, TextMatch};
+    let (page, limit) = match page_params(query.page, query.limit) {
+        Ok(params) => params,
+        Err(reason) => return api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", reason),
+    };
+    let namespace = match (namespace, query.proto_name.as_deref()) {
+        (Some(namespace), _) => Some(namespace),
+        (None, Some(name)) => match namespace_of(name) {
+            Some(namespace) => Some(namespace),
+            None => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_REQUEST",
+                    format!("no protocol is named {name:?}"),
+                )
+            }
+        },
+        (None, None) => None,
+    };
+    let text = |exact: Option<String>, like: Option<String>| {
+        exact
+            .map(TextMatch::Exact)
+            .or(like.map(TextMatch::Contains))
+    };
+    let filter = ClientQuery {
+        namespace: namespace.map(str::to_owned),
+        client_id: text(query.clientid, query.like_clientid),
+        username: text(query.username, query.like_username),
+        state: query.conn_state.map(|wanted| match wanted {
+            ConnStateQuery::Connected => ConnState::Connected,
+            ConnStateQuery::Asleep => ConnState::Asleep,
+            ConnStateQuery::Disconnected => ConnState::Disconnected,
+        }),
+    };
+    let clients = state.broker.clients(&filter);
+    let (data, meta) = page_of(&clients, page, limit, |client| client_view(state, client));
+    Json(ClientPage { data, meta }).into_response()
+}
+
+/// The clients of every protocol, a page at a time, oldest connection first.
+#[utoipa::path(
+    get,
+    path = "/api/v5/clients",
+    tag = "Clients",
+    security(("api_key" = [])),
+    params(ClientsQuery),
+    responses(
+        (status = 200, description = "A page of clients", body = ClientPage),
+        (status = 400, description = "A query that cannot be read", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+    )
+)]
+pub async fn clients(
+    State(state): State<AdminState>,
+    ApiQuery(query): ApiQuery<ClientsQuery>,
+) -> Response {
+    list_clients(&state, query, None)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ClientPath {
+    /// An MQTT client's id (percent-encoded).
+    #[param(min_length = 1, max_length = 1024)]
+    clientid: String,
+}
+
+/// The snapshot of `client_id` in `namespace`, found by listing: a key is never made from
+/// the request's text (it would intern a string per name asked for).
+fn find_client(
+    state: &AdminState,
+    namespace: &str,
+    client_id: String,
+) -> Option<mqtt_core::clients::ClientSnapshot> {
+    let query = mqtt_core::clients::ClientQuery {
+        namespace: Some(namespace.to_owned()),
+        client_id: Some(mqtt_core::clients::TextMatch::Exact(client_id)),
+        ..Default::default()
+    };
+    state.broker.clients(&query).into_iter().next()
+}
+
+fn no_client() -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        "CLIENTID_NOT_FOUND",
+        "no such client",
+    )
+}
+
+/// One MQTT client.
+#[utoipa::path(
+    get,
+    path = "/api/v5/clients/{clientid}",
+    tag = "Clients",
+    security(("api_key" = [])),
+    params(ClientPath),
+    responses(
+        (status = 200, description = "The client", body = ClientView),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 404, description = "No such client", body = ApiError),
+    )
+)]
+pub async fn client(
+    State(state): State<AdminState>,
+    Path(ClientPath { clientid }): Path<ClientPath>,
+) -> Response {
+    match find_client(&state, "mqtt", clientid) {
+        Some(client) => Json(client_view(&state, &client)).into_response(),
+        None => no_client(),
+    }
+}
+
+/// Kicks an MQTT client out: MQTT 5 gets DISCONNECT 0x98; its session is discarded and its
+/// will published.
+#[utoipa::path(
+    delete,
+    path = "/api/v5/clients/{clientid}",
+    tag = "Clients",
+    security(("api_key" = [])),
+    params(ClientPath),
+    responses(
+        (status = 204, description = "Kicked out"),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 404, description = "No such client", body = ApiError),
+    )
+)]
+pub async fn kick_client(
+    State(state): State<AdminState>,
+    Path(ClientPath { clientid }): Path<ClientPath>,
+) -> Response {
+    kick(&state, "mqtt", clientid)
+}
+
+fn kick(state: &AdminState, namespace: &str, client_id: String) -> Response {
+    match find_client(state, namespace, client_id) {
+        Some(client) if state.broker.kick(&client.key, Instant::now()) => {
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => no_client(),
+    }
+}
+
+/// A gateway's protocol.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayName {
+    Mqttsn,
+    Coap,
+    Lwm2m,
+    Stomp,
+}
+
+impl GatewayName {
+    fn namespace(self) -> &'static str {
+        match self {
+            GatewayName::Mqttsn => "mqtt-sn",
+            GatewayName::Coap => "coap",
+            GatewayName::Lwm2m => "lwm2m",
+            GatewayName::Stomp => "stomp",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct GatewayPath {
+    #[param(inline)]
+    name: GatewayName,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct GatewayClientPath {
+    #[param(inline)]
+    name: GatewayName,
+    /// The client's id in that gateway (percent-encoded).
+    #[param(min_length = 1, max_length = 1024)]
+    clientid: String,
+}
+
+/// A gateway's clients (EMQX's `/gateways/{name}/clients`).
+#[utoipa::path(
+    get,
+    path = "/api/v5/gateways/{name}/clients",
+    tag = "Clients",
+    security(("api_key" = [])),
+    params(GatewayPath, ClientsQuery),
+    responses(
+        (status = 200, description = "A page of the gateway's clients", body = ClientPage),
+        (status = 400, description = "A query that cannot be read", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+    )
+)]
+pub async fn gateway_clients(
+    State(state): State<AdminState>,
+    path: Result<Path<GatewayPath>, axum::extract::rejection::PathRejection>,
+    ApiQuery(query): ApiQuery<ClientsQuery>,
+) -> Response {
+    match path {
+        Ok(Path(GatewayPath { name })) => list_clients(&state, query, Some(name.namespace())),
+        Err(rejection) => api_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            rejection.body_text(),
+        ),
+    }
+}
+
+/// One client of a gateway.
+#[utoipa::path(
+    get,
+    path = "/api/v5/gateways/{name}/clients/{clientid}",
+    tag = "Clients",
+    security(("api_key" = [])),
+    params(GatewayClientPath),
+    responses(
+        (status = 200, description = "The client", body = ClientView),
+        (status = 400, description = "No such gateway", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 404, description = "No such client", body = ApiError),
+    )
+)]
+pub async fn gateway_client(
+    State(state): State<AdminState>,
+    path: Result<Path<GatewayClientPath>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    match path {
+        Ok(Path(GatewayClientPath { name, clientid })) => {
+            match find_client(&state, name.namespace(), clientid) {
+                Some(client) => Json(client_view(&state, &client)).into_response(),
+                None => no_client(),
+            }
+        }
+        Err(rejection) => api_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            rejection.body_text(),
+        ),
+    }
+}
+
+/// Kicks a gateway's client out, as its protocol says it (MQTT-SN DISCONNECT, a STOMP
+/// ERROR, a CoAP or LwM2M peer forgotten); its session is discarded.
+#[utoipa::path(
+    delete,
+    path = "/api/v5/gateways/{name}/clients/{clientid}",
+    tag = "Clients",
+    security(("api_key" = [])),
+    params(GatewayClientPath),
+    responses(
+        (status = 204, description = "Kicked out"),
+        (status = 400, description = "No such gateway", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 404, description = "No such client", body = ApiError),
+    )
+)]
+pub async fn kick_gateway_client(
+    State(state): State<AdminState>,
+    path: Result<Path<GatewayClientPath>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    match path {
+        Ok(Path(GatewayClientPath { name, clientid })) => kick(&state, name.namespace(), clientid),
+        Err(rejection) => api_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            rejection.body_text(),
+        ),
+    }
+}

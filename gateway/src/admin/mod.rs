@@ -115,6 +115,10 @@ fn router(state: AdminState) -> axum::Router {
         .routes(routes!(api::retained_message, api::clear_retained_message))
         .routes(routes!(api::banned, api::ban))
         .routes(routes!(api::unban))
+        .routes(routes!(api::clients))
+        .routes(routes!(api::client, api::kick_client))
+        .routes(routes!(api::gateway_clients))
+        .routes(routes!(api::gateway_client, api::kick_gateway_client))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,

@@ -57,6 +57,32 @@ where
     }
 }
 
+/// Path parameters read as `T`; ones that cannot be (a gateway that does not exist) are
+/// answered with EMQX's 400.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(path)) => Ok(ApiPath(path)),
+            Err(rejection) => Err(api_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
 /// A query the handler cannot read, as EMQX answers it.
 fn bad_query(rejection: QueryRejection) -> Response {
     api_error(
@@ -1003,18 +1029,8 @@ pub struct BanPath {
 )]
 pub async fn unban(
     State(state): State<AdminState>,
-    path: Result<Path<BanPath>, axum::extract::rejection::PathRejection>,
+    ApiPath(BanPath { kind, who }): ApiPath<BanPath>,
 ) -> Response {
-    let BanPath { kind, who } = match path {
-        Ok(Path(path)) => path,
-        Err(rejection) => {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                rejection.body_text(),
-            )
-        }
-    };
     let target = match target_of(kind, &who) {
         Ok(target) => target,
         Err(reason) => return api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", reason),
@@ -1341,17 +1357,10 @@ pub struct GatewayClientPath {
 )]
 pub async fn gateway_clients(
     State(state): State<AdminState>,
-    path: Result<Path<GatewayPath>, axum::extract::rejection::PathRejection>,
+    ApiPath(GatewayPath { name }): ApiPath<GatewayPath>,
     ApiQuery(query): ApiQuery<ClientsQuery>,
 ) -> Response {
-    match path {
-        Ok(Path(GatewayPath { name })) => list_clients(&state, query, Some(name.namespace())),
-        Err(rejection) => api_error(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            rejection.body_text(),
-        ),
-    }
+    list_clients(&state, query, Some(name.namespace()))
 }
 
 /// One client of a gateway.
@@ -1370,20 +1379,11 @@ pub async fn gateway_clients(
 )]
 pub async fn gateway_client(
     State(state): State<AdminState>,
-    path: Result<Path<GatewayClientPath>, axum::extract::rejection::PathRejection>,
+    ApiPath(GatewayClientPath { name, clientid }): ApiPath<GatewayClientPath>,
 ) -> Response {
-    match path {
-        Ok(Path(GatewayClientPath { name, clientid })) => {
-            match find_client(&state, name.namespace(), clientid) {
-                Some(client) => Json(client_view(&state, &client)).into_response(),
-                None => no_client(),
-            }
-        }
-        Err(rejection) => api_error(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            rejection.body_text(),
-        ),
+    match find_client(&state, name.namespace(), clientid) {
+        Some(client) => Json(client_view(&state, &client)).into_response(),
+        None => no_client(),
     }
 }
 
@@ -1404,14 +1404,7 @@ pub async fn gateway_client(
 )]
 pub async fn kick_gateway_client(
     State(state): State<AdminState>,
-    path: Result<Path<GatewayClientPath>, axum::extract::rejection::PathRejection>,
+    ApiPath(GatewayClientPath { name, clientid }): ApiPath<GatewayClientPath>,
 ) -> Response {
-    match path {
-        Ok(Path(GatewayClientPath { name, clientid })) => kick(&state, name.namespace(), clientid),
-        Err(rejection) => api_error(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            rejection.body_text(),
-        ),
-    }
+    kick(&state, name.namespace(), clientid)
 }

@@ -128,6 +128,24 @@ impl ListenerKind {
         }
     }
 
+    /// The protocol this kind serves, as its listeners' names start: `mqtt` for MQTT's own
+    /// listeners, the gateway's name (`coap`, `mqttsn`) for a gateway's.
+    pub fn protocol(self) -> &'static str {
+        match self.name_prefix().split_once(':') {
+            Some((gateway, _)) => gateway,
+            None => "mqtt",
+        }
+    }
+
+    /// The transport this kind's listeners take: `tcp`, `ssl`, `ws`, `wss`, `quic`, `udp`,
+    /// `dtls`.
+    pub fn transport(self) -> &'static str {
+        let prefix = self.name_prefix();
+        prefix
+            .split_once(':')
+            .map_or(prefix, |(_, transport)| transport)
+    }
+
     /// The name logs and auth rules give the listener `name` of this kind's table:
     /// `tcp:default`, `coap:udp:default`, `stomp:ws:browsers`.
     pub fn listener_name(self, name: &str) -> String {
@@ -365,6 +383,26 @@ mod tests {
         let prefixes: std::collections::HashSet<_> =
             ListenerKind::ALL.iter().map(|k| k.name_prefix()).collect();
         assert_eq!(prefixes.len(), ListenerKind::ALL.len());
+    }
+
+    #[test]
+    fn a_kind_says_its_protocol_and_transport_as_its_names_do() {
+        for (kind, protocol, transport) in [
+            (ListenerKind::Tcp, "mqtt", "tcp"),
+            (ListenerKind::Quic, "mqtt", "quic"),
+            (ListenerKind::MqttSnDtls, "mqttsn", "dtls"),
+            (ListenerKind::CoapWss, "coap", "wss"),
+            (ListenerKind::StompTcp, "stomp", "tcp"),
+        ] {
+            assert_eq!((kind.protocol(), kind.transport()), (protocol, transport));
+            assert_eq!(
+                kind.listener_name("x"),
+                match protocol {
+                    "mqtt" => format!("{transport}:x"),
+                    _ => format!("{protocol}:{transport}:x"),
+                }
+            );
+        }
     }
 
     #[test]

@@ -190,13 +190,10 @@ fn listener_views(config: &Config, started: &[StartedListener]) -> Vec<api::List
         .map(|entry| {
             let id = entry.listener_name();
             let running = started.iter().find(|s| *s.name == *id);
-            let mut parts = id.rsplitn(3, ':').skip(1);
-            let kind = parts.next().unwrap_or_default().to_owned();
-            let protocol = parts.next().unwrap_or("mqtt").to_owned();
             api::Listener {
-                kind,
+                kind: entry.kind.transport().to_owned(),
                 name: entry.name.to_owned(),
-                protocol,
+                protocol: entry.kind.protocol().to_owned(),
                 bind: running.map_or_else(|| entry.bind.to_owned(), |s| s.bound.to_string()),
                 enable: entry.starts,
                 running: running.is_some(),

@@ -797,10 +797,12 @@ impl DtlsDemux {
 /// The name under which a session with connection ID `cid` may be found from a new
 /// address.
 fn connection_id_identity(cid: &[u8]) -> Arc<str> {
+    use std::fmt::Write;
     let mut name = String::with_capacity(4 + 2 * cid.len());
     name.push_str("cid:");
     for byte in cid {
-        name.push_str(&format!("{byte:02x}"));
+        // Writing to a String cannot fail.
+        let _ = write!(name, "{byte:02x}");
     }
     Arc::from(name)
 }

@@ -160,7 +160,17 @@ fn ready_comes_from_the_gateway_once_every_listener_is_bound_and_stopping_at_sig
         gateway_bin().canonicalize().unwrap(),
         "READY=1 comes from the gateway's own process"
     );
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", ready.pid)).unwrap();
+    // SIGSTOP takes effect asynchronously: the state turns to T once the kernel has
+    // stopped every thread.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let stat = loop {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", ready.pid)).unwrap();
+        let stopped = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]) == Some("T");
+        if stopped || std::time::Instant::now() > deadline {
+            break stat;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
     assert_eq!(state, Some("T"), "the gateway is frozen: {stat}");
 

@@ -34,6 +34,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::reload::Reloader;
 use keys::{ApiKeys, KeysError};
 
 /// The node's name, as `/status` and EMQX's node fields give it.
@@ -70,6 +71,7 @@ pub struct AdminState {
     listeners: Arc<Vec<api::Listener>>,
     shutdown: watch::Receiver<bool>,
     node: Arc<str>,
+    reloader: Reloader,
 }
 
 #[derive(OpenApi)]
@@ -122,6 +124,7 @@ fn router(state: AdminState) -> axum::Router {
         .routes(routes!(api::subscriptions))
         .routes(routes!(api::client_subscriptions))
         .routes(routes!(api::gateway_client_subscriptions))
+        .routes(routes!(api::reload))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,
@@ -212,6 +215,7 @@ pub fn start(
     config: &Config,
     broker: Arc<Broker>,
     started: &[StartedListener],
+    reloader: Reloader,
     shutdown: watch::Receiver<bool>,
 ) -> Result<
     Option<(
@@ -245,6 +249,7 @@ pub fn start(
         listeners: Arc::new(listener_views(config, started)),
         shutdown: shutdown.clone(),
         node: Arc::from(NODE),
+        reloader,
     };
     let limits = Limits {
         max_connections: http.max_connections as usize,

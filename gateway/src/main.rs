@@ -260,10 +260,12 @@ async fn run(config: Config, running: Running, reset_unreadable_store: bool) -> 
     for (adapter, start) in ADAPTERS {
         start(&config, &mut launch).with_context(|| format!("starting the {adapter} adapter"))?;
     }
+    let downlinks = gateway::admin::Downlinks::from_launch(&mut launch);
     let admin = gateway::admin::start(
         &config,
         broker.clone(),
         launch.started_listeners(),
+        downlinks,
         shutdown_rx.clone(),
     )
     .context("starting the admin API")?;

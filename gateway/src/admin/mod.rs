@@ -9,6 +9,7 @@
 //! arrive (a client that trickles bytes holds nothing for long).
 
 mod api;
+mod downlink;
 pub mod keys;
 pub mod metrics;
 
@@ -34,6 +35,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use downlink::Downlinks;
 use keys::{ApiKeys, KeysError};
 
 /// The node's name, as `/status` and EMQX's node fields give it.
@@ -70,6 +72,8 @@ pub struct AdminState {
     listeners: Arc<Vec<api::Listener>>,
     shutdown: watch::Receiver<bool>,
     node: Arc<str>,
+    /// How requests reach the clients of the adapters that take them.
+    downlinks: Downlinks,
 }
 
 #[derive(OpenApi)]
@@ -119,6 +123,12 @@ fn router(state: AdminState) -> axum::Router {
         .routes(routes!(api::client, api::kick_client))
         .routes(routes!(api::gateway_clients))
         .routes(routes!(api::gateway_client, api::kick_gateway_client))
+        .routes(routes!(downlink::read))
+        .routes(routes!(downlink::write))
+        .routes(routes!(downlink::observe))
+        .routes(routes!(downlink::execute))
+        .routes(routes!(downlink::discover))
+        .routes(routes!(downlink::lookup))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,
@@ -209,6 +219,7 @@ pub fn start(
     config: &Config,
     broker: Arc<Broker>,
     started: &[StartedListener],
+    downlinks: Downlinks,
     shutdown: watch::Receiver<bool>,
 ) -> Result<
     Option<(
@@ -242,6 +253,7 @@ pub fn start(
         listeners: Arc::new(listener_views(config, started)),
         shutdown: shutdown.clone(),
         node: Arc::from(NODE),
+        downlinks,
     };
     let limits = Limits {
         max_connections: http.max_connections as usize,

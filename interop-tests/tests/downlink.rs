@@ -2,8 +2,10 @@
 //! lwm2m-node-lib (npm) registers, and curl reads, writes, observes, discovers and
 //! executes through EMQX's `/api/v5/gateways/lwm2m/clients/{clientid}/...` paths; the
 //! device's answers come back through `lookup` and, as an MQTT application's commands
-//! do, on the `up/` topics (mosquitto_sub). Invalid requests are refused before anything
-//! reaches the device.
+//! do, on the `up/` topics (mosquitto_sub). A CoAP device on aiocoap, connected in
+//! connection mode from the socket it serves its resources on, answers the requests
+//! curl sends it through EMQX's `/api/v5/gateways/coap/clients/{clientid}/request`.
+//! Invalid requests are refused before anything reaches a device.
 
 #![allow(
     clippy::expect_used,
@@ -14,9 +16,10 @@
 
 use std::time::{Duration, Instant};
 
-use interop_tests::admin::{http, HttpReply};
+use interop_tests::admin::{http, http_json, HttpReply};
 use interop_tests::lwm2m::{device, expect_line};
-use interop_tests::{unique_client_id, Broker, MosquittoSub, Version, TIMEOUT};
+use interop_tests::process::Proc;
+use interop_tests::{unique_client_id, Broker, MosquittoSub, Setting, Version, TIMEOUT};
 use serde_json::{json, Value};
 
 /// Percent-encodes a query value or path segment (everything but unreserved characters).
@@ -303,5 +306,222 @@ fn an_operator_reads_writes_observes_discovers_and_executes_on_a_device() {
         }
         assert!(Instant::now() < deadline, "still reachable: {reply:?}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A CoAP device on aiocoap that opened a connection (connection mode) from the socket
+/// its resources are served on (`py/coap_connected_server.py`).
+fn connected_coap_device(gw: &Broker, client_id: &str) -> Proc {
+    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/coap_connected_server.py"),
+    )
+    .arg(&gw.host)
+    .arg(gw.coap_port.to_string())
+    .arg(client_id);
+    let mut device = Proc::spawn("aiocoap device in connection mode", cmd);
+    expect_line(&mut device, "connected");
+    device
+}
+
+fn coap_request(gw: &Broker, client_id: &str, body: &Value) -> HttpReply {
+    http_json(
+        gw,
+        "POST",
+        &format!(
+            "/api/v5/gateways/coap/clients/{}/request",
+            encode(client_id)
+        ),
+        None,
+        body,
+    )
+}
+
+/// A CoAP response as an attacker on another port sends it: `kind` 0 (CON) or 1 (NON),
+/// 2.05 Content, the given token and payload.
+fn forged_response(kind: u8, token: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut datagram = vec![0x40 | (kind << 4) | token.len() as u8, 0x45, 0x12, 0x34];
+    datagram.extend_from_slice(token);
+    datagram.push(0xFF);
+    datagram.extend_from_slice(payload);
+    datagram
+}
+
+#[test]
+fn an_operator_requests_a_resource_of_a_coap_client_in_connection_mode() {
+    // Short retransmissions, so that a request the client never answers is given up on
+    // (and stops counting against its limit) within MAX_TRANSMIT_WAIT = 5.25 s.
+    let Some(gw) = Broker::start_gateway_only(
+        "a CoAP listener in connection mode and the admin API",
+        &[
+            Setting::new("GATEWAY_GATEWAY__COAP__CONNECTION_REQUIRED", "true"),
+            Setting::new("GATEWAY_GATEWAY__COAP__ACK_TIMEOUT", "500ms"),
+            Setting::new("GATEWAY_GATEWAY__COAP__MAX_RETRANSMIT", "2"),
+        ],
+    ) else {
+        return;
+    };
+    let client_id = unique_client_id("coap-served");
+    let mut device = connected_coap_device(&gw, &client_id);
+
+    // A GET of the client's resource: its response comes back in the HTTP answer.
+    let reply = coap_request(
+        &gw,
+        &client_id,
+        &json!({"method": "get", "path": "sensor", "timeout": "5s", "content_type": "text/plain"}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let answer = reply.json();
+    assert_eq!(answer["method"], "{ok,content}", "{answer}");
+    assert_eq!(answer["code"], "2.05");
+    assert_eq!(answer["payload"], "22.5");
+    assert!(answer["id"].as_u64().is_some(), "{answer}");
+    assert_eq!(expect_line(&mut device, "served"), "served GET sensor ");
+
+    // PUT with a payload and the operator's token, echoed; octet-stream both ways base64.
+    let reply = coap_request(
+        &gw,
+        &client_id,
+        &json!({"token": "op-1", "method": "put", "path": "/sensor", "timeout": "5s",
+                "content_type": "text/plain", "payload": "hello"}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let answer = reply.json();
+    assert_eq!(
+        (
+            &answer["token"],
+            &answer["code"],
+            &answer["method"],
+            &answer["payload"]
+        ),
+        (
+            &json!("op-1"),
+            &json!("2.04"),
+            &json!("{ok,changed}"),
+            &json!("hello")
+        )
+    );
+    assert_eq!(
+        expect_line(&mut device, "served"),
+        "served PUT sensor hello"
+    );
+    let reply = coap_request(
+        &gw,
+        &client_id,
+        &json!({"method": "post", "path": "sensor", "timeout": "5s",
+                "content_type": "application/octet-stream", "payload": "AAEC/w=="}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["payload"], "AAEC/w==");
+    expect_line(&mut device, "served POST");
+
+    // A resource the client does not have: its 4.04, as the answer.
+    let reply = coap_request(
+        &gw,
+        &client_id,
+        &json!({"path": "nowhere", "timeout": "5s"}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        (&reply.json()["code"], &reply.json()["method"]),
+        (&json!("4.04"), &json!("{error,not_found}"))
+    );
+
+    // A separate response (acknowledged first, answered 2 s later), while an attacker on
+    // another port sends responses with the same token: only the client's own counts.
+    std::thread::scope(|scope| {
+        let slow = scope.spawn(|| {
+            coap_request(
+                &gw,
+                &client_id,
+                &json!({"token": "spoof1", "path": "slow", "timeout": "8s"}),
+            )
+        });
+        expect_line(&mut device, "served GET slow");
+        let attacker = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for kind in [0, 1] {
+            attacker
+                .send_to(
+                    &forged_response(kind, b"spoof1", b"forged"),
+                    (gw.host.as_str(), gw.coap_port),
+                )
+                .unwrap();
+        }
+        let started = Instant::now();
+        let reply = slow.join().unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.json()["payload"], "late", "{reply:?}");
+        assert!(started.elapsed() >= Duration::from_millis(500));
+    });
+
+    // A client that acknowledges and never answers: EMQX's 504 at the timeout.
+    let started = Instant::now();
+    let reply = coap_request(&gw, &client_id, &json!({"path": "silent", "timeout": "1s"}));
+    assert_eq!(reply.status, 504, "{reply:?}");
+    assert_eq!(reply.json()["code"], "CLIENT_NOT_RESPONSE");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    expect_line(&mut device, "served GET silent");
+
+    // Refused before anything is sent.
+    for body in [
+        json!({"path": "sensor", "timeout": "soon"}),
+        json!({"path": "sensor", "timeout": "0s"}),
+        json!({"path": "sensor", "timeout": "5h"}),
+        json!({"path": "sensor", "token": "123456789"}),
+        json!({"path": "sensor", "method": "patch"}),
+        json!({"path": "../sensor"}),
+        json!({"path": "x".repeat(300)}),
+        json!({"path": "sensor", "payload": "p".repeat(2000)}),
+        json!({"path": "sensor", "content_type": "application/octet-stream", "payload": "!!"}),
+        json!({"path": "sensor", "content_type": "image/png"}),
+        json!({"path": "sensor", "extra": 1}),
+    ] {
+        let reply = coap_request(&gw, &client_id, &body);
+        assert_eq!(reply.status, 400, "{body}: {reply:?}");
+        assert_eq!(reply.json()["code"], "BAD_REQUEST", "{body}");
+    }
+
+    // Clients that are not connected here: 404, whatever their id holds.
+    for other in ["no-such-client", "a/b", "a+b", "#"] {
+        let reply = coap_request(&gw, other, &json!({"path": "sensor"}));
+        assert_eq!(reply.status, 404, "{other}: {reply:?}");
+        assert_eq!(reply.json()["code"], "CLIENT_NOT_FOUND");
+    }
+
+    // At most 4 requests per client wait or are in flight (the silent one above still
+    // is): the fifth is refused 429, and once given up on, they free their places.
+    std::thread::scope(|scope| {
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                scope.spawn(|| {
+                    coap_request(&gw, &client_id, &json!({"path": "silent", "timeout": "3s"}))
+                })
+            })
+            .collect();
+        for _ in 0..3 {
+            expect_line(&mut device, "served GET silent");
+        }
+        let reply = coap_request(&gw, &client_id, &json!({"path": "sensor", "timeout": "3s"}));
+        assert_eq!(reply.status, 429, "{reply:?}");
+        assert_eq!(reply.json()["code"], "TOO_MANY_REQUESTS");
+        for request in waiting {
+            assert_eq!(request.join().unwrap().status, 504);
+        }
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let reply = coap_request(&gw, &client_id, &json!({"path": "sensor", "timeout": "3s"}));
+        if reply.status == 200 {
+            assert_eq!(reply.json()["payload"], "22.5");
+            break;
+        }
+        assert_eq!(reply.status, 429, "{reply:?}");
+        assert!(Instant::now() < deadline, "the limit never freed");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

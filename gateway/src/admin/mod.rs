@@ -129,6 +129,7 @@ fn router(state: AdminState) -> axum::Router {
         .routes(routes!(downlink::execute))
         .routes(routes!(downlink::discover))
         .routes(routes!(downlink::lookup))
+        .routes(routes!(downlink::coap_client_request))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,

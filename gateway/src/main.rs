@@ -262,11 +262,13 @@ async fn run(config: Config, running: Running, reset_unreadable_store: bool) -> 
         start(&config, &mut launch).with_context(|| format!("starting the {adapter} adapter"))?;
     }
     let (reloader, reload_requests) = gateway::reload::channel();
+    let downlinks = gateway::admin::Downlinks::from_launch(&mut launch);
     let admin = gateway::admin::start(
         &config,
         broker.clone(),
         launch.started_listeners(),
         reloader,
+        downlinks,
         shutdown_rx.clone(),
     )
     .context("starting the admin API")?;

@@ -220,6 +220,12 @@ fn the_openapi_document_names_what_the_server_serves() {
         "/api/v5/publish/bulk",
         "/api/v5/mqtt/retainer/messages",
         "/api/v5/mqtt/retainer/message/{topic}",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/read",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/write",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/observe",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/execute",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/discover",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/lookup",
     ] {
         assert!(paths.contains_key(path), "{path} not documented");
     }

@@ -9,6 +9,7 @@
 //! arrive (a client that trickles bytes holds nothing for long).
 
 mod api;
+mod downlink;
 pub mod keys;
 pub mod metrics;
 
@@ -35,6 +36,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::reload::Reloader;
+pub use downlink::Downlinks;
 use keys::{ApiKeys, KeysError};
 
 /// The node's name, as `/status` and EMQX's node fields give it.
@@ -72,6 +74,8 @@ pub struct AdminState {
     shutdown: watch::Receiver<bool>,
     node: Arc<str>,
     reloader: Reloader,
+    /// How requests reach the clients of the adapters that take them.
+    downlinks: Downlinks,
 }
 
 #[derive(OpenApi)]
@@ -125,6 +129,13 @@ fn router(state: AdminState) -> axum::Router {
         .routes(routes!(api::client_subscriptions))
         .routes(routes!(api::gateway_client_subscriptions))
         .routes(routes!(api::reload))
+        .routes(routes!(downlink::read))
+        .routes(routes!(downlink::write))
+        .routes(routes!(downlink::observe))
+        .routes(routes!(downlink::execute))
+        .routes(routes!(downlink::discover))
+        .routes(routes!(downlink::lookup))
+        .routes(routes!(downlink::coap_client_request))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,
@@ -216,6 +227,7 @@ pub fn start(
     broker: Arc<Broker>,
     started: &[StartedListener],
     reloader: Reloader,
+    downlinks: Downlinks,
     shutdown: watch::Receiver<bool>,
 ) -> Result<
     Option<(
@@ -250,6 +262,7 @@ pub fn start(
         shutdown: shutdown.clone(),
         node: Arc::from(NODE),
         reloader,
+        downlinks,
     };
     let limits = Limits {
         max_connections: http.max_connections as usize,

@@ -9,6 +9,7 @@
 //! arrive (a client that trickles bytes holds nothing for long).
 
 mod api;
+pub mod banned_file;
 mod downlink;
 pub mod keys;
 pub mod metrics;

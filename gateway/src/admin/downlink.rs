@@ -246,6 +246,18 @@ fn send(state: &AdminState, client_id: &str, command: JsonValue) -> Response {
     }
 }
 
+/// Sends the command `msg_type` that names nothing but an object path.
+fn send_path_command(state: &AdminState, clientid: &str, path: &str, msg_type: &str) -> Response {
+    match object_path(path, 1) {
+        Ok(path) => send(
+            state,
+            clientid,
+            command_json(msg_type, json!({ "path": path })),
+        ),
+        Err(why) => bad_request(why),
+    }
+}
+
 /// Reads a path of the device; its answer is published on the response topic and given
 /// by `lookup` (action `read`).
 #[utoipa::path(
@@ -267,14 +279,7 @@ pub async fn read(
     ApiPath(DevicePath { clientid }): ApiPath<DevicePath>,
     ApiQuery(PathQuery { path }): ApiQuery<PathQuery>,
 ) -> Response {
-    match object_path(&path, 1) {
-        Ok(path) => send(
-            &state,
-            &clientid,
-            command_json("read", json!({ "path": path })),
-        ),
-        Err(why) => bad_request(why),
-    }
+    send_path_command(&state, &clientid, &path, "read")
 }
 
 /// Discovers a path's resources and attributes (beyond EMQX's API, as its MQTT command);
@@ -298,14 +303,7 @@ pub async fn discover(
     ApiPath(DevicePath { clientid }): ApiPath<DevicePath>,
     ApiQuery(PathQuery { path }): ApiQuery<PathQuery>,
 ) -> Response {
-    match object_path(&path, 1) {
-        Ok(path) => send(
-            &state,
-            &clientid,
-            command_json("discover", json!({ "path": path })),
-        ),
-        Err(why) => bad_request(why),
-    }
+    send_path_command(&state, &clientid, &path, "discover")
 }
 
 /// Writes one resource's value, typed as `type` says; a value that is not of that type is

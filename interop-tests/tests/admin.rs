@@ -19,6 +19,7 @@ use serde_json::json;
 
 use interop_tests::admin::{http, http_json, http_with_body, parse_prometheus, schemathesis};
 use interop_tests::broker::gateway_command;
+use interop_tests::mqttsn::SnClient;
 use interop_tests::process::Proc;
 use interop_tests::{
     coap_client, mosquitto_pub, unique_client_id, unique_topic, Broker, MosquittoSub, Setting,
@@ -908,4 +909,89 @@ fn an_operator_lists_and_kicks_clients_of_every_protocol() {
         http(&gw, "GET", "/api/v5/gateways/telnet/clients", KEY).status,
         400
     );
+}
+
+#[test]
+fn an_operator_lists_subscriptions_of_every_client_and_filters_them() {
+    let Some((gw, _keys)) = with_keys(&[]) else {
+        return;
+    };
+    let id = unique_client_id("subscribed");
+    let plain = unique_topic("admin-subs");
+    let shared_filter = format!("{}/+", unique_topic("admin-shared"));
+    let mut cmd = std::process::Command::new("mosquitto_sub");
+    cmd.args(["-h", &gw.host, "-p", &gw.port.to_string(), "-V", "mqttv5"])
+        .args(["-i", &id, "-q", "1", "-t", &plain])
+        .args(["-t", &format!("$share/grp/{shared_filter}")])
+        .args(["-D", "subscribe", "subscription-identifier", "7"]);
+    let _sub = Proc::spawn("mosquitto_sub with two subscriptions", cmd);
+    let mine = format!("/api/v5/subscriptions?clientid={id}");
+    let listed = clients_until(&gw, &mine, |data| data.len() == 2);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let topics: Vec<&str> = listed.iter().filter_map(|s| s["topic"].as_str()).collect();
+    assert!(topics.contains(&plain.as_str()), "{listed:?}");
+    assert!(
+        topics.contains(&format!("$share/grp/{shared_filter}").as_str()),
+        "{listed:?}"
+    );
+    for subscription in &listed {
+        assert_eq!(subscription["clientid"], id.as_str());
+        assert_eq!(subscription["qos"], 1);
+        assert_eq!(subscription["sub_id"], 7);
+        assert_eq!(subscription["rh"], 0);
+    }
+
+    // The filters narrow the list; a topic name matching the shared filter finds it.
+    let count = |query: &str| {
+        let reply = http(&gw, "GET", &format!("{mine}&{query}"), KEY);
+        assert_eq!(reply.status, 200, "{query}: {reply:?}");
+        reply.json()["meta"]["count"].as_u64().unwrap_or(u64::MAX)
+    };
+    assert_eq!(count("share_group=grp"), 1);
+    assert_eq!(count(&format!("topic={plain}")), 1);
+    let matching = shared_filter.replace('+', "device-9");
+    assert_eq!(count(&format!("match_topic={matching}")), 1);
+    assert_eq!(count("qos=0"), 0);
+    assert_eq!(count("limit=1"), 2);
+    let first_page = http(&gw, "GET", &format!("{mine}&limit=1"), KEY).json();
+    assert_eq!(first_page["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(first_page["meta"]["hasnext"], true);
+
+    // One client's, through its own path; none for a client that is not there.
+    let own = http(
+        &gw,
+        "GET",
+        &format!("/api/v5/clients/{id}/subscriptions"),
+        KEY,
+    );
+    assert_eq!(own.status, 200, "{own:?}");
+    assert_eq!(own.json().as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        http(&gw, "GET", "/api/v5/clients/nobody-here/subscriptions", KEY).status,
+        404
+    );
+    // A query that cannot be read is refused, not ignored.
+    for bad in ["qos=3", "limit=0", "colour=red"] {
+        assert_eq!(
+            http(&gw, "GET", &format!("/api/v5/subscriptions?{bad}"), KEY).status,
+            400,
+            "{bad}"
+        );
+    }
+    // Without a key, nothing.
+    assert_eq!(http(&gw, "GET", "/api/v5/subscriptions", None).status, 401);
+
+    // An MQTT-SN client is listed as a gateway's client with its subscription.
+    let sn_topic = unique_topic("admin-sn-subs");
+    let sn_id = unique_client_id("sn-subscribed");
+    let mut sn = SnClient::connected(&gw, &sn_id, json!({}));
+    sn.subscribe(&sn_topic, 1);
+    let sn_subs = http(
+        &gw,
+        "GET",
+        &format!("/api/v5/gateways/mqttsn/clients/{sn_id}/subscriptions"),
+        KEY,
+    );
+    assert_eq!(sn_subs.status, 200, "{sn_subs:?}");
+    assert_eq!(sn_subs.json()[0]["topic"], sn_topic.as_str());
 }

@@ -257,6 +257,38 @@ impl Broker {
         Some(subscriptions)
     }
 
+    /// Every subscription of every session a client opened in this run, with its session's
+    /// key, ordered by namespace, client id and filter, so that a page of it stays put
+    /// while others subscribe. Each session is read under its own lock, one at a time.
+    pub fn subscriptions(&self) -> Vec<(SessionKey, SubscriptionSnapshot)> {
+        let cells: Vec<Arc<SessionCell>> = self.registry.lock().values().cloned().collect();
+        let mut found: Vec<(SessionKey, SubscriptionSnapshot)> = Vec::new();
+        for cell in &cells {
+            let state = cell.state.lock();
+            if state.attachment.is_none() {
+                continue;
+            }
+            found.extend(state.subscriptions.iter().map(|(filter, subscription)| {
+                (
+                    cell.key.clone(),
+                    SubscriptionSnapshot {
+                        filter: filter.clone(),
+                        options: subscription.options,
+                        identifier: subscription.identifier,
+                    },
+                )
+            }));
+        }
+        found.sort_by(|(a_key, a), (b_key, b)| {
+            (a_key.namespace, &a_key.client_id, &a.filter).cmp(&(
+                b_key.namespace,
+                &b_key.client_id,
+                &b.filter,
+            ))
+        });
+        found
+    }
+
     /// Connections attached to a session now, of every protocol.
     pub fn connected_count(&self) -> usize {
         usize::try_from(self.stats.connections.load(Ordering::Relaxed)).unwrap_or(usize::MAX)

@@ -1408,3 +1408,199 @@ pub async fn kick_gateway_client(
 ) -> Response {
     kick(&state, name.namespace(), clientid)
 }
+
+/// One subscription, as EMQX shows it: the filter as the client wrote it (a
+/// `$share/{group}/` prefix kept), its options as numbers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionView {
+    pub clientid: String,
+    pub topic: String,
+    pub qos: u8,
+    /// No local: 1 when the client's own publications are not sent back to it.
+    pub nl: u8,
+    /// Retain as published.
+    pub rap: u8,
+    /// Retain handling: 0 retained messages on subscribing, 1 only on a new subscription,
+    /// 2 never.
+    pub rh: u8,
+    /// The MQTT 5 subscription identifier, if one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_id: Option<u32>,
+    pub node: String,
+}
+
+fn subscription_view(
+    state: &AdminState,
+    client_id: &str,
+    subscription: &mqtt_core::clients::SubscriptionSnapshot,
+) -> SubscriptionView {
+    let options = subscription.options;
+    SubscriptionView {
+        clientid: client_id.to_owned(),
+        topic: subscription.filter.clone(),
+        qos: options.qos.as_u8(),
+        nl: u8::from(options.no_local),
+        rap: u8::from(options.retain_as_published),
+        rh: options.retain_handling,
+        sub_id: subscription.identifier,
+        node: state.node.to_string(),
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionPage {
+    pub data: Vec<SubscriptionView>,
+    pub meta: PageMeta,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionsQuery {
+    /// Page number, from 1.
+    #[param(minimum = 1)]
+    page: Option<u32>,
+    /// Subscriptions a page, 1 to 1000 (100 when not given).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// This client's subscriptions (of any protocol).
+    #[param(max_length = 1024)]
+    clientid: Option<String>,
+    /// This filter exactly, as the client wrote it after any `$share/{group}/`.
+    #[param(max_length = 4096)]
+    topic: Option<String>,
+    /// Subscriptions of this maximum QoS.
+    #[param(minimum = 0, maximum = 2)]
+    qos: Option<u8>,
+    /// Shared subscriptions of this group.
+    #[param(max_length = 1024)]
+    share_group: Option<String>,
+    /// Subscriptions whose filter matches this topic name.
+    #[param(max_length = 4096)]
+    match_topic: Option<String>,
+}
+
+impl SubscriptionsQuery {
+    fn admits(&self, client_id: &str, filter: &str, qos: u8) -> bool {
+        let parsed = mqtt_core::topic::parse_subscription(filter, usize::MAX).ok();
+        let inner = parsed.map_or(filter, |parsed| parsed.filter());
+        let group = parsed.and_then(|parsed| parsed.group());
+        self.clientid
+            .as_deref()
+            .is_none_or(|wanted| wanted == client_id)
+            && self.topic.as_deref().is_none_or(|wanted| wanted == inner)
+            && self.qos.is_none_or(|wanted| wanted == qos)
+            && self
+                .share_group
+                .as_deref()
+                .is_none_or(|wanted| group == Some(wanted))
+            && self
+                .match_topic
+                .as_deref()
+                .is_none_or(|topic| mqtt_core::topic::matches(inner, topic))
+    }
+}
+
+/// The subscriptions of every client of every protocol, a page at a time, ordered by
+/// protocol, client id and filter.
+#[utoipa::path(
+    get,
+    path = "/api/v5/subscriptions",
+    tag = "Subscriptions",
+    security(("api_key" = [])),
+    params(SubscriptionsQuery),
+    responses(
+        (status = 200, description = "A page of subscriptions", body = SubscriptionPage),
+        (status = 400, description = "A query that cannot be read", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+    )
+)]
+pub async fn subscriptions(
+    State(state): State<AdminState>,
+    ApiQuery(query): ApiQuery<SubscriptionsQuery>,
+) -> Response {
+    let (page, limit) = match page_params(query.page, query.limit) {
+        Ok(params) => params,
+        Err(reason) => return api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", reason),
+    };
+    if query.qos.is_some_and(|qos| qos > 2) {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "qos must be 0, 1 or 2",
+        );
+    }
+    let admitted: Vec<_> = state
+        .broker
+        .subscriptions()
+        .into_iter()
+        .filter(|(key, subscription)| {
+            query.admits(
+                &key.client_id,
+                &subscription.filter,
+                subscription.options.qos.as_u8(),
+            )
+        })
+        .collect();
+    let (data, meta) = page_of(&admitted, page, limit, |(key, subscription)| {
+        subscription_view(&state, &key.client_id, subscription)
+    });
+    Json(SubscriptionPage { data, meta }).into_response()
+}
+
+fn client_subscriptions_of(state: &AdminState, namespace: &str, client_id: String) -> Response {
+    let Some(client) = find_client(state, namespace, client_id) else {
+        return no_client();
+    };
+    match state.broker.client_subscriptions(&client.key) {
+        Some(subscriptions) => Json(
+            subscriptions
+                .iter()
+                .map(|subscription| subscription_view(state, &client.key.client_id, subscription))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        None => no_client(),
+    }
+}
+
+/// An MQTT client's subscriptions.
+#[utoipa::path(
+    get,
+    path = "/api/v5/clients/{clientid}/subscriptions",
+    tag = "Clients",
+    security(("api_key" = [])),
+    params(ClientPath),
+    responses(
+        (status = 200, description = "Its subscriptions, by filter", body = Vec<SubscriptionView>),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 404, description = "No such client", body = ApiError),
+    )
+)]
+pub async fn client_subscriptions(
+    State(state): State<AdminState>,
+    Path(ClientPath { clientid }): Path<ClientPath>,
+) -> Response {
+    client_subscriptions_of(&state, "mqtt", clientid)
+}
+
+/// A gateway client's subscriptions.
+#[utoipa::path(
+    get,
+    path = "/api/v5/gateways/{name}/clients/{clientid}/subscriptions",
+    tag = "Clients",
+    security(("api_key" = [])),
+    params(GatewayClientPath),
+    responses(
+        (status = 200, description = "Its subscriptions, by filter", body = Vec<SubscriptionView>),
+        (status = 400, description = "No such gateway", body = ApiError),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 404, description = "No such client", body = ApiError),
+    )
+)]
+pub async fn gateway_client_subscriptions(
+    State(state): State<AdminState>,
+    ApiPath(GatewayClientPath { name, clientid }): ApiPath<GatewayClientPath>,
+) -> Response {
+    client_subscriptions_of(&state, name.namespace(), clientid)
+}

@@ -121,6 +121,9 @@ fn router(state: AdminState) -> axum::Router {
         .routes(routes!(api::client, api::kick_client))
         .routes(routes!(api::gateway_clients))
         .routes(routes!(api::gateway_client, api::kick_gateway_client))
+        .routes(routes!(api::subscriptions))
+        .routes(routes!(api::client_subscriptions))
+        .routes(routes!(api::gateway_client_subscriptions))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,

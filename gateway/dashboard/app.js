@@ -366,16 +366,19 @@ const clients = {
 // --- subscriptions -------------------------------------------------------------------
 
 const subscriptions = {
-  state: { page: 1, clientid: '', topic: '' },
+  state: { page: 1, clientid: '', topic: '', match: '' },
   async refresh() {
-    const { page, clientid, topic } = this.state;
-    const answer = await api('GET', `/api/v5/subscriptions${query({ page, limit: PAGE_SIZE, clientid, topic })}`);
+    const { page, clientid, topic, match } = this.state;
+    const answer = await api(
+      'GET',
+      `/api/v5/subscriptions${query({ page, limit: PAGE_SIZE, clientid, topic, match_topic: match })}`,
+    );
     pager('subs', this.state, answer.meta);
     $('subs-status').textContent = '';
     $('subs-status').classList.remove('error');
     $('subscriptions').tBodies[0].replaceChildren(
       ...answer.data.map((sub) =>
-        el('tr', {},
+        el('tr', { dataset: { clientid: sub.clientid } },
           el('td', { class: 'text' }, sub.clientid),
           el('td', { class: 'text' }, sub.topic),
           el('td', { class: 'num' }, sub.qos),
@@ -489,7 +492,12 @@ function wire() {
   });
   $('subs-filter').addEventListener('submit', (event) => {
     event.preventDefault();
-    Object.assign(subscriptions.state, { page: 1, clientid: $('subs-clientid').value, topic: $('subs-topic').value });
+    Object.assign(subscriptions.state, {
+      page: 1,
+      clientid: $('subs-clientid').value,
+      topic: $('subs-topic').value,
+      match: $('subs-match').value,
+    });
     start('subscriptions');
   });
   for (const [prefix, page, name] of [['clients', clients, 'clients'], ['subs', subscriptions, 'subscriptions']]) {

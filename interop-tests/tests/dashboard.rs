@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: Debian's Chromium, headless, driven over WebDriver by
 //! its chromedriver (fantoccini), against the gateway's admin port. The overview shows the
 //! listeners and the connections, a CoAP client (libcoap's coap-client) is listed and
-//! kicked from the clients page, a client id made of markup stays text, the key is asked
+//! kicked from the clients page, a client's subscriptions are listed and filtered, a
+//! client id, user name or filter made of markup stays text, the key is asked
 //! for when the gateway has keys, and the pages come with the headers that keep a browser
 //! from running anything but them.
 
@@ -398,6 +399,57 @@ fn a_client_id_made_of_markup_is_shown_as_text_and_runs_nothing() {
         vec![],
     );
     assert_eq!(inline, json!(false), "an inline script ran");
+}
+
+#[test]
+fn the_subscriptions_page_lists_a_clients_filters_as_text() {
+    let Some(gw) = Broker::start_gateway_only("the dashboard", &[]) else {
+        return;
+    };
+    let id = unique_client_id("dash-subs");
+    let filters = ["dash/+/temp", "dash/<i onmouseover=alert(1)>x</i>/#"];
+    let _sub = MosquittoSub::start(&gw, Version::V5, &filters, 1, &["-i", &id]);
+    // Another client's subscription, which the filter by client id leaves out.
+    let other = unique_client_id("dash-other");
+    let _other = MosquittoSub::start(&gw, Version::V5, &["dash/other"], 0, &["-i", &other]);
+
+    let browser = Browser::start();
+    browser.goto(&format!("{}#/subscriptions", dashboard_url(&gw)));
+    browser.until(
+        "both clients' subscriptions listed",
+        "return document.querySelectorAll('#subscriptions tbody tr').length === 3",
+        vec![],
+    );
+    browser.type_into("#subs-clientid", &id);
+    browser.click("#subs-submit");
+    let rows = browser.until(
+        "the client's two filters, and only those",
+        "const rows = [...document.querySelectorAll('#subscriptions tbody tr')];\
+         return rows.length === 2 && rows.every((row) => row.dataset.clientid === arguments[0])\
+            && rows.map((row) => [...row.cells].map((cell) => cell.textContent))",
+        vec![json!(id)],
+    );
+    let mut rows: Vec<Vec<String>> = serde_json::from_value(rows).expect("rows of cells");
+    rows.sort();
+    let expected = |filter: &str| {
+        vec![
+            id.clone(),
+            filter.to_owned(),
+            "1".into(),
+            "no".into(),
+            "no".into(),
+            "0".into(),
+        ]
+    };
+    assert_eq!(rows, [expected(filters[0]), expected(filters[1])]);
+    assert_eq!(
+        browser.js(
+            "return document.querySelectorAll('#subscriptions i').length",
+            vec![]
+        ),
+        json!(0),
+        "a filter made of markup became markup"
+    );
 }
 
 fn policy_of(reply: &HttpReply) -> String {

@@ -259,16 +259,22 @@ function drawChart() {
 
 const overview = {
   async refresh() {
-    const [stats, metrics, listeners, connected, prometheus, ...perProtocol] = await Promise.all([
+    const [stats, metrics, listeners, connected, prometheus] = await Promise.all([
       api('GET', '/api/v5/stats?aggregate=true'),
       api('GET', '/api/v5/metrics?aggregate=true'),
       api('GET', '/api/v5/listeners'),
       api('GET', `/api/v5/clients${query({ conn_state: 'connected', limit: 1000 })}`),
       api('GET', '/metrics'),
-      ...PROTOCOLS.map((proto) =>
-        api('GET', `/api/v5/clients${query({ proto_name: proto, conn_state: 'connected', limit: 1 })}`),
-      ),
     ]);
+    // Counted from the page of clients when it holds them all; else one count per protocol.
+    const perProtocol = connected.meta?.hasnext
+      ? await Promise.all(
+          PROTOCOLS.map(async (proto) => {
+            const page = await api('GET', `/api/v5/clients${query({ proto_name: proto, conn_state: 'connected', limit: 1 })}`);
+            return page.meta?.count;
+          }),
+        )
+      : PROTOCOLS.map((proto) => (connected.data ?? []).filter((client) => client.proto_name === proto).length);
     $('stat-connections').textContent = formatNumber(stats['connections.count']);
     $('stat-sessions').textContent = formatNumber(stats['sessions.count']);
     $('stat-subscriptions').textContent = formatNumber(stats['subscriptions.count']);
@@ -278,7 +284,7 @@ const overview = {
       ...PROTOCOLS.map((proto, i) =>
         el('tr', { dataset: { protocol: proto } },
           el('td', {}, proto),
-          el('td', { class: 'num' }, formatNumber(perProtocol[i]?.meta?.count))),
+          el('td', { class: 'num' }, formatNumber(perProtocol[i]))),
       ),
     );
 

@@ -995,3 +995,207 @@ fn an_operator_lists_subscriptions_of_every_client_and_filters_them() {
     assert_eq!(sn_subs.status, 200, "{sn_subs:?}");
     assert_eq!(sn_subs.json()[0]["topic"], sn_topic.as_str());
 }
+
+/// A labelled sample of `name`, e.g. `labels` = `protocol=coap`; 0 when it is not there yet.
+fn labelled(metrics: &serde_json::Value, name: &str, labels: &str) -> f64 {
+    metrics[name][labels].as_f64().unwrap_or(0.0)
+}
+
+/// Scrapes until `done` holds for the metrics or `TIMEOUT` passes; the last scrape.
+fn scrape_until(gw: &Broker, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let metrics = scrape(gw);
+        if done(&metrics) || Instant::now() > deadline {
+            return metrics;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_count_queues_drops_protocols_connections_retransmissions_and_commits() {
+    let Some((gw, _keys)) = with_keys(&[
+        Setting::new("GATEWAY_MQTT__MAX_QUEUED_MESSAGES", "3"),
+        Setting::new("GATEWAY_MQTT__RECEIVER_HIGH_WATER", "0"),
+        Setting::new("GATEWAY_GATEWAY__COAP__ACK_TIMEOUT", "100ms"),
+    ]) else {
+        return;
+    };
+    let before = scrape(&gw);
+    assert_eq!(
+        before["_types"]["gateway_store_commit_seconds"],
+        "histogram"
+    );
+
+    // A session outliving its subscriber: what is published meanwhile is queued, up to 3,
+    // and the rest dropped, counted.
+    let id = unique_client_id("metrics-offline");
+    let topic = unique_topic("admin-metrics-queue");
+    let mut cmd = std::process::Command::new("mosquitto_sub");
+    cmd.args(["-h", &gw.host, "-p", &gw.port.to_string(), "-V", "mqttv5"])
+        .args([
+            "-i", &id, "-c", "-x", "600", "-q", "1", "-t", &topic, "-C", "1",
+        ]);
+    let mut sub = Proc::spawn("mosquitto_sub with a lasting session", cmd);
+    clients_until(&gw, &format!("/api/v5/clients?clientid={id}"), |data| {
+        data.first().is_some_and(|c| c["subscriptions_cnt"] == 1)
+    });
+    mosquitto_pub(&gw, Version::V5, &topic, b"first", 1, false, &[]);
+    assert!(
+        sub.wait(TIMEOUT).is_some(),
+        "mosquitto_sub took its message"
+    );
+    clients_until(
+        &gw,
+        &format!("/api/v5/clients?clientid={id}&conn_state=disconnected"),
+        |data| !data.is_empty(),
+    );
+    let dropped_before = sample(
+        &scrape(&gw),
+        "gateway_publish_messages_dropped_queue_full_total",
+    );
+    for n in 0..5 {
+        mosquitto_pub(
+            &gw,
+            Version::V5,
+            &topic,
+            format!("q{n}").as_bytes(),
+            1,
+            false,
+            &[],
+        );
+    }
+    let held = scrape(&gw);
+    assert_eq!(sample(&held, "gateway_messages_queued"), 3.0);
+    assert_eq!(sample(&held, "gateway_messages_queued_deepest"), 3.0);
+    assert!(sample(&held, "gateway_messages_queued_bytes") > 0.0);
+    assert_eq!(
+        sample(&held, "gateway_publish_messages_dropped_queue_full_total") - dropped_before,
+        2.0
+    );
+    assert!(sample(&held, "gateway_publish_messages_dropped_total") >= 2.0);
+    assert_eq!(
+        labelled(
+            &held,
+            "gateway_listener_publish_messages_dropped_queue_full_total",
+            "listener=tcp:default"
+        ),
+        2.0
+    );
+    // The queued QoS 1 messages were stored: the store committed, each commit timed.
+    let commits = sample(&held, "gateway_store_commit_seconds_count");
+    assert!(commits >= 3.0, "{commits} commits");
+    let infinite = labelled(&held, "gateway_store_commit_seconds_bucket", "le=+Inf");
+    assert_eq!(infinite, commits);
+    assert!(sample(&held, "gateway_store_commit_seconds_sum") > 0.0);
+    // Every MQTT connection so far went through the TCP listener: 1 subscriber, 6 publishers.
+    assert!(
+        labelled(
+            &held,
+            "gateway_listener_connections_accepted_total",
+            "listener=tcp:default"
+        ) >= 7.0,
+        "{held}"
+    );
+    assert!(
+        labelled(
+            &held,
+            "gateway_protocol_clients_connections_total",
+            "protocol=mqtt"
+        ) >= 7.0
+    );
+
+    // A CoAP client and an LwM2M device are counted by protocol; a registration is a
+    // connection of the LwM2M protocol.
+    let coap_id = unique_client_id("metrics-coap");
+    let path = format!(
+        "/ps/{}?clientid={coap_id}",
+        unique_topic("admin-metrics-coap")
+    );
+    let (ok, stdout, stderr) = coap_client(&gw, &["-m", "post", "-e", "x"], &path);
+    assert!(ok, "{stdout}{stderr}");
+    let endpoint = unique_client_id("metrics-lwm2m");
+    let mut lwm2m = interop_tests::lwm2m::device(&gw, &endpoint);
+    interop_tests::lwm2m::expect_line(&mut lwm2m, "registered");
+    let counted = scrape_until(&gw, |m| {
+        labelled(
+            m,
+            "gateway_protocol_clients_connections_total",
+            "protocol=lwm2m",
+        ) >= 1.0
+            && labelled(
+                m,
+                "gateway_protocol_clients_connections_total",
+                "protocol=coap",
+            ) >= 1.0
+    });
+    assert_eq!(
+        labelled(
+            &counted,
+            "gateway_protocol_clients_connections_total",
+            "protocol=lwm2m"
+        ),
+        1.0
+    );
+    assert_eq!(
+        labelled(
+            &counted,
+            "gateway_protocol_clients_connected",
+            "protocol=lwm2m"
+        ),
+        1.0
+    );
+    assert_eq!(
+        labelled(
+            &counted,
+            "gateway_protocol_clients_connections_total",
+            "protocol=coap"
+        ),
+        1.0
+    );
+    lwm2m.kill();
+
+    // A CoAP observer that goes away without a word: its confirmable notification is sent
+    // again, and again, each time counted.
+    let observed = unique_topic("admin-metrics-observed");
+    mosquitto_pub(&gw, Version::V5, &observed, b"retained-now", 1, true, &[]);
+    let observer_id = unique_client_id("metrics-observer");
+    let mut cmd = std::process::Command::new(interop_tests::coap::COAP_CLIENT);
+    cmd.args(["-m", "get", "-s", "30"]).arg(format!(
+        "coap://{}:{}/ps/{observed}?clientid={observer_id}",
+        gw.host, gw.coap_port
+    ));
+    // coap-client writes what it receives only when it exits: the observation is seen
+    // from the gateway's side.
+    let mut observer = Proc::spawn("coap-client observing", cmd);
+    let observing = clients_until(
+        &gw,
+        &format!("/api/v5/subscriptions?clientid={observer_id}"),
+        |data| !data.is_empty(),
+    );
+    assert!(
+        !observing.is_empty(),
+        "coap-client's observation never arrived"
+    );
+    // Its retained message's notification acknowledged first.
+    std::thread::sleep(Duration::from_millis(300));
+    observer.kill();
+    mosquitto_pub(&gw, Version::V5, &observed, b"unheard", 1, false, &[]);
+    let retried = scrape_until(&gw, |m| {
+        labelled(
+            m,
+            "gateway_listener_coap_retransmissions_total",
+            "listener=coap:udp:default",
+        ) >= 2.0
+    });
+    assert!(
+        labelled(
+            &retried,
+            "gateway_listener_coap_retransmissions_total",
+            "listener=coap:udp:default"
+        ) >= 2.0,
+        "{retried}"
+    );
+    assert!(sample(&retried, "gateway_coap_retransmissions_total") >= 2.0);
+}

@@ -50,11 +50,62 @@ pub struct Stats {
     pub authentication_failures: AtomicU64,
     /// Sessions refused because their client is on the banned list.
     pub banned_refused: AtomicU64,
+    /// Connections and sessions of each protocol, in the order protocols first attached.
+    /// Behind a lock, as the registry is, since both change only when a connection attaches
+    /// or leaves.
+    protocols: Mutex<Vec<ProtocolCounts>>,
+}
+
+/// One protocol's clients, by its session namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolCounts {
+    /// `"mqtt"`, `"mqtt-sn"`, `"coap"`, `"lwm2m"`, `"stomp"`.
+    pub namespace: &'static str,
+    /// Connections attached to a session now.
+    pub connected: u64,
+    /// Connections ever attached to a session: MQTT and MQTT-SN CONNECTs, STOMP CONNECTs,
+    /// CoAP connections, LwM2M registrations accepted.
+    pub connections: u64,
 }
 
 impl Stats {
     pub fn add(counter: &AtomicU64, amount: u64) {
         counter.fetch_add(amount, Ordering::Relaxed);
+    }
+
+    /// A connection of protocol `namespace` attached to a session.
+    fn attached(&self, namespace: &'static str) {
+        Stats::add(&self.connections, 1);
+        let mut protocols = self.protocols.lock();
+        match protocols.iter_mut().find(|p| p.namespace == namespace) {
+            Some(counts) => {
+                counts.connected += 1;
+                counts.connections += 1;
+            }
+            None => protocols.push(ProtocolCounts {
+                namespace,
+                connected: 1,
+                connections: 1,
+            }),
+        }
+    }
+
+    /// A connection of protocol `namespace` left its session.
+    fn detached(&self, namespace: &'static str) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(counts) = self
+            .protocols
+            .lock()
+            .iter_mut()
+            .find(|p| p.namespace == namespace)
+        {
+            counts.connected = counts.connected.saturating_sub(1);
+        }
+    }
+
+    /// Each protocol's clients, for every protocol a connection ever attached with.
+    pub fn protocols(&self) -> Vec<ProtocolCounts> {
+        self.protocols.lock().clone()
     }
 }
 
@@ -654,7 +705,7 @@ impl Broker {
                         cell.set_connection(&mut state, Some(request.control.clone()))
                     {
                         previous.close(ReasonCode::SESSION_TAKEN_OVER);
-                        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                        self.stats.detached(cell.key.namespace);
                         departed = state
                             .attachment
                             .take()
@@ -722,7 +773,7 @@ impl Broker {
         for will in wills {
             self.publish_will(will, key, now);
         }
-        Stats::add(&self.stats.connections, 1);
+        self.stats.attached(key.namespace);
         if self.presence.is_some() {
             let arrived = attached.session.state.lock().attachment.clone();
             if let Some(arrived) = arrived {
@@ -756,7 +807,7 @@ impl Broker {
                     departed = Some((**attachment).clone());
                 }
             }
-            self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            self.stats.detached(session.key.namespace);
             if will == WillDisposition::Discard {
                 state.will = None;
             }
@@ -847,7 +898,7 @@ impl Broker {
             let closed = match session.set_connection(&mut state, None) {
                 Some(previous) => {
                     previous.close(reason);
-                    self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                    self.stats.detached(session.key.namespace);
                     state.attachment.as_deref().cloned()
                 }
                 None => None,

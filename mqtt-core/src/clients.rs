@@ -121,6 +121,20 @@ pub struct SubscriptionSnapshot {
     pub identifier: Option<u32>,
 }
 
+/// What the sessions hold for their clients, over all of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueTotals {
+    /// Messages queued for clients, and their bytes (topic and payload).
+    pub queued: u64,
+    pub queued_bytes: u64,
+    /// The longest queue of one session.
+    pub deepest: u64,
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    pub inflight: u64,
+    /// Incoming QoS 2 messages received and not yet released.
+    pub awaiting_release: u64,
+}
+
 /// A client as the broker saw it when asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSnapshot {
@@ -287,6 +301,23 @@ impl Broker {
             ))
         });
         found
+    }
+
+    /// What every session holds for its client now, summed, each session read under its
+    /// own lock, one at a time.
+    pub fn queue_totals(&self) -> QueueTotals {
+        let cells: Vec<Arc<SessionCell>> = self.registry.lock().values().cloned().collect();
+        let mut totals = QueueTotals::default();
+        for cell in &cells {
+            let state = cell.state.lock();
+            let queued = state.queue_len() as u64;
+            totals.queued += queued;
+            totals.queued_bytes += state.queued_bytes() as u64;
+            totals.deepest = totals.deepest.max(queued);
+            totals.inflight += state.outgoing_len() as u64;
+            totals.awaiting_release += state.awaiting_release_len() as u64;
+        }
+        totals
     }
 
     /// Connections attached to a session now, of every protocol.

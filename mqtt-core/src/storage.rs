@@ -118,6 +118,13 @@ pub trait Store: Send + Sync {
     /// missing after a restart, and its ticket becomes durable all the same.
     fn is_full(&self) -> bool;
 
+    /// How long its commits took, each from the start of its transaction to its data
+    /// being as durable as configured (its sync included); `None` for a store that does
+    /// not commit.
+    fn commit_latency(&self) -> Option<crate::sys::HistogramSnapshot> {
+        None
+    }
+
     /// False for a store that keeps nothing, so the broker does not even build its changes.
     fn persistent(&self) -> bool {
         true

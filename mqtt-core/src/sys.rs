@@ -1,9 +1,10 @@
 //! `$SYS` topics, named as Mosquitto names them so existing dashboards keep working.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -21,15 +22,24 @@ pub enum FigureKind {
     Gauge,
 }
 
+/// What a figure counts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The whole broker (a listener's counter summed over every listener included).
+    Broker,
+    /// One listener, by name.
+    Listener(Arc<str>),
+    /// One protocol's clients, by session namespace (`"coap"`).
+    Protocol(&'static str),
+}
+
 /// One of the broker's figures, as `$SYS` and the metrics endpoint both show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Figure {
     /// Its name below `$SYS/broker/` (Mosquitto's, where Mosquitto has the figure):
     /// `clients/connected`, `dtls/handshakes/completed`.
     pub name: &'static str,
-    /// The listener it counts for; `None` for the whole broker (a listener's counter
-    /// summed over every listener included).
-    pub listener: Option<Arc<str>>,
+    pub scope: Scope,
     pub kind: FigureKind,
     pub value: u64,
 }
@@ -38,7 +48,7 @@ impl Figure {
     fn broker(name: &'static str, kind: FigureKind, value: u64) -> Figure {
         Figure {
             name,
-            listener: None,
+            scope: Scope::Broker,
             kind,
             value,
         }
@@ -46,12 +56,16 @@ impl Figure {
 
     /// Its `$SYS` topic; `None` for a listener whose name would break the topic's levels.
     pub fn sys_topic(&self) -> Option<ByteString> {
-        match &self.listener {
-            None => Some(ByteString::from(format!("$SYS/broker/{}", self.name))),
+        match &self.scope {
+            Scope::Broker => Some(ByteString::from(format!("$SYS/broker/{}", self.name))),
             // A listener name is a configuration key, but a topic level it must not break.
-            Some(listener) if listener.contains(['/', '+', '#']) => None,
-            Some(listener) => Some(ByteString::from(format!(
+            Scope::Listener(listener) if listener.contains(['/', '+', '#']) => None,
+            Scope::Listener(listener) => Some(ByteString::from(format!(
                 "$SYS/broker/listeners/{listener}/{}",
+                self.name
+            ))),
+            Scope::Protocol(namespace) => Some(ByteString::from(format!(
+                "$SYS/broker/protocols/{namespace}/{}",
                 self.name
             ))),
         }
@@ -125,6 +139,29 @@ pub fn figures(broker: &Broker, now: Instant) -> Vec<Figure> {
             read(&stats.banned_refused),
         ),
     ];
+    // What the sessions hold, summed over them when asked rather than counted as messages
+    // come and go, which would put one more shared counter on every delivery.
+    let held = broker.queue_totals();
+    figures.extend([
+        Figure::broker("messages/queued", Gauge, held.queued),
+        Figure::broker("messages/queued/bytes", Gauge, held.queued_bytes),
+        Figure::broker("messages/queued/deepest", Gauge, held.deepest),
+        Figure::broker("messages/inflight", Gauge, held.inflight),
+        Figure::broker("messages/awaiting_release", Gauge, held.awaiting_release),
+    ]);
+    for counts in stats.protocols() {
+        for (name, kind, value) in [
+            ("clients/connected", Gauge, counts.connected),
+            ("clients/connections", Counter, counts.connections),
+        ] {
+            figures.push(Figure {
+                name,
+                scope: Scope::Protocol(counts.namespace),
+                kind,
+                value,
+            });
+        }
+    }
     for (name, stats) in broker.all_listener_stats() {
         for (figure, value) in [
             ("publish/messages/dropped/qos0", read(&stats.dropped_qos0)),
@@ -135,7 +172,7 @@ pub fn figures(broker: &Broker, now: Instant) -> Vec<Figure> {
         ] {
             figures.push(Figure {
                 name: figure,
-                listener: Some(name.clone()),
+                scope: Scope::Listener(name.clone()),
                 kind: Counter,
                 value,
             });
@@ -178,7 +215,7 @@ fn transport_figures(broker: &Broker, out: &mut Vec<Figure>) {
             *total = total.saturating_add(value);
             out.push(Figure {
                 name: figure,
-                listener: Some(name.clone()),
+                scope: Scope::Listener(name.clone()),
                 kind: transport_kind(figure),
                 value,
             });
@@ -186,7 +223,7 @@ fn transport_figures(broker: &Broker, out: &mut Vec<Figure>) {
     }
     out.extend(totals.into_iter().map(|(name, value)| Figure {
         name,
-        listener: None,
+        scope: Scope::Broker,
         kind: transport_kind(name),
         value,
     }));
@@ -198,5 +235,93 @@ fn transport_kind(name: &str) -> FigureKind {
         FigureKind::Gauge
     } else {
         FigureKind::Counter
+    }
+}
+
+/// A distribution of durations, kept as Prometheus shows one: how many fell at or under
+/// each bound, their sum and their count. Recording is three relaxed atomic additions, so
+/// a writer thread may record every operation while a scrape reads.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds, in microseconds, ascending.
+    bounds_us: &'static [u64],
+    /// One count per bound, then one for what is over the last.
+    buckets: Box<[AtomicU64]>,
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A histogram as read at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Each upper bound and how many fell at or under it (cumulative, as Prometheus has
+    /// them); what is over the last bound is in `count` only.
+    pub buckets: Vec<(Duration, u64)>,
+    pub sum: Duration,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds_us: &'static [u64]) -> Histogram {
+        Histogram {
+            bounds_us,
+            buckets: (0..=bounds_us.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let at = self.bounds_us.partition_point(|&bound| bound < us);
+        if let Some(bucket) = self.buckets.get(at) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut below = 0u64;
+        let buckets = self
+            .bounds_us
+            .iter()
+            .zip(self.buckets.iter())
+            .map(|(&bound, bucket)| {
+                below = below.saturating_add(bucket.load(Ordering::Relaxed));
+                (Duration::from_micros(bound), below)
+            })
+            .collect();
+        // Read last, so that it is never below the buckets' sum (a record landing between
+        // the reads counts here and in no bucket yet, as if over the last bound).
+        let count = self.count.load(Ordering::Relaxed).max(below);
+        HistogramSnapshot {
+            buckets,
+            sum: Duration::from_micros(self.sum_us.load(Ordering::Relaxed)),
+            count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_counts_in_the_first_bucket_whose_bound_it_does_not_exceed() {
+        let histogram = Histogram::new(&[100, 1_000]);
+        for us in [0, 100, 101, 1_000, 5_000] {
+            histogram.record(Duration::from_micros(us));
+        }
+        let snapshot = histogram.snapshot();
+        assert_eq!(
+            snapshot.buckets,
+            vec![
+                (Duration::from_micros(100), 2),
+                (Duration::from_micros(1_000), 4)
+            ]
+        );
+        assert_eq!(snapshot.count, 5);
+        assert_eq!(snapshot.sum, Duration::from_micros(6_201));
     }
 }

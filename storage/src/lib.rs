@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mqtt_core::session::Wakeup;
 use mqtt_core::storage::{Op, Store, StoreError, Table, Ticket};
+use mqtt_core::sys::{Histogram, HistogramSnapshot};
 use parking_lot::Mutex;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
@@ -67,7 +68,16 @@ struct Shared {
     waiters: Mutex<BTreeMap<Ticket, Vec<Arc<dyn Wakeup>>>>,
     full: AtomicBool,
     left_out: AtomicU64,
+    /// Every commit the writer made, a sync alone included, failed ones too.
+    commit_latency: Histogram,
 }
+
+/// Upper bounds of the commit latency histogram, in microseconds: from a commit that did
+/// not sync (tens of microseconds) to a disk stalling for seconds.
+const COMMIT_LATENCY_BOUNDS_US: &[u64] = &[
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000,
+];
 
 impl Shared {
     /// Marks every ticket up to `ticket` durable and wakes whoever waited for one.
@@ -136,6 +146,7 @@ impl DiskStore {
             waiters: Mutex::new(BTreeMap::new()),
             full: AtomicBool::new(false),
             left_out: AtomicU64::new(0),
+            commit_latency: Histogram::new(COMMIT_LATENCY_BOUNDS_US),
         });
         let (sender, receiver) = mpsc::channel();
         let fsync = options.fsync;
@@ -318,6 +329,10 @@ struct Change<'a> {
 }
 
 impl Store for DiskStore {
+    fn commit_latency(&self) -> Option<HistogramSnapshot> {
+        Some(self.shared.commit_latency.snapshot())
+    }
+
     fn submit(&self, ops: Vec<Op>) -> Ticket {
         self.send(ops, None)
     }
@@ -530,6 +545,18 @@ impl Writer {
     }
 
     fn commit(
+        &self,
+        batches: &[Batch],
+        durability: Durability,
+        room: &mut Room,
+    ) -> Result<(), redb::Error> {
+        let started = Instant::now();
+        let committed = self.commit_transaction(batches, durability, room);
+        self.shared.commit_latency.record(started.elapsed());
+        committed
+    }
+
+    fn commit_transaction(
         &self,
         batches: &[Batch],
         durability: Durability,

@@ -265,10 +265,14 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     for (name, l) in coap.listeners.udp.iter().filter(|(_, l)| l.enable) {
         let named = NamedListener::new(ListenerKind::CoapUdp, name);
         let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
+        let settings = Arc::new(Settings::from_config(named.name.clone(), coap, l));
+        launch
+            .broker()
+            .add_listener_figures(named.name.clone(), settings.transmission.counters.clone());
         let serve = serve_udp(
             socket,
             UdpListenerSettings::from_config(named.name.clone(), l),
-            Arc::new(Settings::from_config(named.name.clone(), coap, l)),
+            settings,
             launch.broker().clone(),
             Arc::new(DatagramMetrics::default()),
             launch.shutdown_signal(),
@@ -284,6 +288,7 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         |named, udp| {
             let settings = Arc::new(Settings::from_config(named.name.clone(), coap, udp));
             let broker = broker.clone();
+            broker.add_listener_figures(named.name.clone(), settings.transmission.counters.clone());
             move |peer, wakeup, seed, identity| {
                 CoapChannel::new(
                     broker.clone(),

@@ -9,6 +9,8 @@
 //! seed.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +41,30 @@ pub struct TransmissionParams {
     /// Critical option numbers the application understands; a request carrying another
     /// critical option is answered 4.02 Bad Option (RFC 7252 5.4.1).
     pub understood_critical: &'static [u16],
+    /// Shared by every exchange made with these parameters: a listener's, summed.
+    pub counters: Arc<ExchangeCounters>,
+}
+
+/// What the message layers of one listener's peers did, published as its figures
+/// (`$SYS/broker/listeners/{name}/coap/retransmissions`).
+#[derive(Debug, Default)]
+pub struct ExchangeCounters {
+    /// Confirmable messages of ours sent again for want of an acknowledgement.
+    pub retransmissions: AtomicU64,
+    /// Confirmable messages of ours given up after MAX_RETRANSMIT retransmissions.
+    pub given_up: AtomicU64,
+}
+
+impl mqtt_core::broker::ListenerFigures for ExchangeCounters {
+    fn figures(&self, out: &mut Vec<(&'static str, u64)>) {
+        out.extend([
+            (
+                "coap/retransmissions",
+                self.retransmissions.load(Ordering::Relaxed),
+            ),
+            ("coap/given_up", self.given_up.load(Ordering::Relaxed)),
+        ]);
+    }
 }
 
 impl TransmissionParams {
@@ -53,6 +79,7 @@ impl TransmissionParams {
             max_message_size: 1152,
             max_remembered: 256,
             understood_critical,
+            counters: Arc::default(),
         }
     }
 }
@@ -510,15 +537,18 @@ impl<T: Clone> Exchange<T> {
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Vec<T> {
         let mut given_up = Vec::new();
         let max = self.params.max_retransmit;
+        let counters = &self.params.counters;
         self.pending.retain(|message_id, pending| {
             if pending.due > now {
                 return true;
             }
             if pending.retransmits >= max {
                 tracing::debug!(message_id, "confirmable message given up");
+                counters.given_up.fetch_add(1, Ordering::Relaxed);
                 given_up.push(pending.tag.clone());
                 return false;
             }
+            counters.retransmissions.fetch_add(1, Ordering::Relaxed);
             pending.retransmits += 1;
             pending.timeout *= 2;
             pending.due = now + pending.timeout;

@@ -156,7 +156,9 @@ pub async fn serve_layered<P: StreamProtocol>(
         name: settings.name.clone(),
         max_connections: settings.max_connections,
         max_conn_rate: settings.max_conn_rate,
+        metrics: Arc::default(),
     };
+    broker.add_listener_figures(limits.name.clone(), limits.metrics.clone());
     let settings = Arc::new(settings);
     serve_stream_listener(listener, limits, shutdown, move |socket, peer, wakeup| {
         let arrival = Arrival {

@@ -31,5 +31,5 @@ pub use mqtt_core::protocol::Flow;
 pub use seeds::Seeds;
 pub use stream::{
     drive_stream, serve_stream_listener, Acceptor, ConnWakeup, DriveStream, ListenerLimits,
-    StreamChannel, Transport,
+    StreamChannel, StreamMetrics, Transport,
 };

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -685,12 +685,14 @@ pin_project_lite::pin_project! {
         connection: F,
         wakeup: Arc<ConnWakeup>,
         connections: Arc<Connections>,
+        metrics: Arc<StreamMetrics>,
         _permit: OwnedSemaphorePermit,
     }
 
     impl<F> PinnedDrop for Membership<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            this.metrics.current.fetch_sub(1, Ordering::Relaxed);
             this.connections.leave(this.wakeup);
         }
     }
@@ -726,6 +728,30 @@ pub struct ListenerLimits {
     pub name: Arc<str>,
     pub max_connections: usize,
     pub max_conn_rate: Rate,
+    /// Where the listener counts its connections; the caller publishes it as the
+    /// listener's figures.
+    pub metrics: Arc<StreamMetrics>,
+}
+
+/// A stream listener's connections, published under `$SYS/broker/listeners/{name}/`.
+#[derive(Debug, Default)]
+pub struct StreamMetrics {
+    /// Open now, handshakes under way included.
+    pub current: AtomicU64,
+    pub accepted: AtomicU64,
+    /// Closed at once: the listener had `max_connections` open.
+    pub refused: AtomicU64,
+}
+
+impl mqtt_core::broker::ListenerFigures for StreamMetrics {
+    fn figures(&self, out: &mut Vec<(&'static str, u64)>) {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        out.extend([
+            ("connections/current", read(&self.current)),
+            ("connections/accepted", read(&self.accepted)),
+            ("connections/refused", read(&self.refused)),
+        ]);
+    }
 }
 
 /// Accepts connections until `shutdown` turns true, then tells every connection to
@@ -780,10 +806,13 @@ pub async fn serve_stream_listener<A, F, Fut>(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            limits.metrics.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(listener = %limits.name, %peer, max = limits.max_connections, "connection refused: listener at max connections");
             drop(stream);
             continue;
         };
+        limits.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        limits.metrics.current.fetch_add(1, Ordering::Relaxed);
         // `client_addr` is filled in when a proxy names the real client.
         let span = tracing::info_span!(
             "conn",
@@ -803,6 +832,7 @@ pub async fn serve_stream_listener<A, F, Fut>(
                 connection,
                 wakeup,
                 connections: connections.clone(),
+                metrics: limits.metrics.clone(),
                 _permit: permit,
             }
             .instrument(span),

@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use adapter_kit::coap::{
@@ -116,7 +117,9 @@ fn a_duplicate_non_confirmable_request_is_dropped_for_non_lifetime() {
 
 #[test]
 fn a_confirmable_message_is_retransmitted_with_doubling_timeouts_then_given_up() {
-    let mut ex = exchange();
+    let params = params();
+    let counters = params.counters.clone();
+    let mut ex: Exchange<&'static str> = Exchange::new(params, 42);
     let start = Instant::now();
     let mut out = Vec::new();
     let id = ex
@@ -145,6 +148,9 @@ fn a_confirmable_message_is_retransmitted_with_doubling_timeouts_then_given_up()
     let given_up = ex.handle_timeout(now + Duration::from_secs(32), &mut out);
     assert_eq!(given_up, vec!["notification"]);
     assert!(out.is_empty());
+    // Counted for the listener whose parameters these are.
+    assert_eq!(counters.retransmissions.load(Ordering::Relaxed), 4);
+    assert_eq!(counters.given_up.load(Ordering::Relaxed), 1);
     assert_eq!(ex.in_flight(), 0);
     assert_eq!(ex.next_deadline(), None);
 }

@@ -311,6 +311,7 @@ fn listen(transport: Script) -> (Arc<Seen>, tokio::task::JoinHandle<()>, watch::
         name: Arc::from("tcp:test"),
         max_connections: 10,
         max_conn_rate: Rate::Infinity,
+        metrics: Arc::default(),
     };
     let channel_seen = seen.clone();
     let listener = tokio::spawn(serve_stream_listener(

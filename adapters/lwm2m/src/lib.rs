@@ -109,6 +109,9 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         let named = NamedListener::new(ListenerKind::Lwm2mUdp, name);
         let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
         let settings = Settings::from_config(named.name.clone(), lwm2m, l, objects.clone());
+        launch
+            .broker()
+            .add_listener_figures(named.name.clone(), settings.transmission.counters.clone());
         let serve = serve_udp(
             socket,
             UdpListenerSettings::from_config(named.name.clone(), l),
@@ -133,6 +136,7 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
                 objects.clone(),
             ));
             let broker = broker.clone();
+            broker.add_listener_figures(named.name.clone(), settings.transmission.counters.clone());
             move |peer, wakeup, seed, identity| {
                 Lwm2mChannel::new(
                     broker.clone(),

@@ -196,7 +196,11 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
             name: named.name.clone(),
             max_connections: l.max_connections as usize,
             max_conn_rate: l.max_conn_rate,
+            metrics: Arc::default(),
         };
+        launch
+            .broker()
+            .add_listener_figures(limits.name.clone(), limits.metrics.clone());
         let protocol = Arc::new(Mqtt::new(
             launch,
             l.handshake_timeout.get(),

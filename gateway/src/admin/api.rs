@@ -209,7 +209,7 @@ fn prometheus_text(state: &AdminState) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        super::metrics::render(&figures),
+        super::metrics::render(&figures, state.broker.store().commit_latency().as_ref()),
     )
         .into_response()
 }
@@ -370,7 +370,7 @@ pub async fn broker_metrics(
 ) -> Response {
     let values = mqtt_core::sys::figures(&state.broker, Instant::now())
         .into_iter()
-        .filter(|figure| figure.listener.is_none())
+        .filter(|figure| figure.scope == mqtt_core::sys::Scope::Broker)
         .map(|figure| (emqx_metric_name(figure.name), figure.value))
         .collect();
     figures_answer(&state, query.aggregate.unwrap_or(false), values)

@@ -53,6 +53,7 @@ pub fn settings(
             lockout: Duration::from_secs(5),
         },
         rates: PublishRates::UNLIMITED,
+        clients: Arc::default(),
     }
 }
 

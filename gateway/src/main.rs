@@ -10,6 +10,7 @@ use adapter_kit::{Launch, Reload, StartError, WatchedCertificate};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use gateway::logging::{init_logging, LevelChange, LogLevel};
+use gateway::reload::ReloadOutcome;
 use gateway_config::Config;
 use mqtt_core::auth::AuthFiles;
 use mqtt_core::broker::Broker;
@@ -260,10 +261,14 @@ async fn run(config: Config, running: Running, reset_unreadable_store: bool) -> 
     for (adapter, start) in ADAPTERS {
         start(&config, &mut launch).with_context(|| format!("starting the {adapter} adapter"))?;
     }
+    let (reloader, reload_requests) = gateway::reload::channel();
+    let downlinks = gateway::admin::Downlinks::from_launch(&mut launch);
     let admin = gateway::admin::start(
         &config,
         broker.clone(),
         launch.started_listeners(),
+        reloader,
+        downlinks,
         shutdown_rx.clone(),
     )
     .context("starting the admin API")?;
@@ -274,6 +279,7 @@ async fn run(config: Config, running: Running, reset_unreadable_store: bool) -> 
         watched,
         running,
         config.clone(),
+        reload_requests,
         shutdown_rx.clone(),
     ));
     if let Some((bound, serve)) = admin {
@@ -375,15 +381,17 @@ fn stamp(file: &Path) -> Stamp {
     Some((metadata.modified().ok()?, metadata.len(), inode))
 }
 
-/// Reads again, on SIGHUP and when one of its files changes, each source in `watched`: TLS
-/// and QUIC certificates, DTLS keys and certificates (connections accepted afterwards get
-/// the new ones), the password file and the ACL file (the next check uses them). A reload
-/// that fails keeps what is in force and says why once. SIGHUP also reads the configuration
-/// again for `log.level`.
+/// Reads again, on SIGHUP, on an operator's request through the admin API and when one of
+/// its files changes, each source in `watched`: TLS and QUIC certificates, DTLS keys and
+/// certificates (connections accepted afterwards get the new ones), the password file and
+/// the ACL file (the next check uses them). A reload that fails keeps what is in force and
+/// says why once. SIGHUP and a request also read the configuration again for `log.level`;
+/// a request is answered with what was reloaded and what was not.
 async fn reload_files(
     watched: Vec<WatchedCertificate>,
     running: Running,
     config: Config,
+    mut requests: gateway::reload::ReloadRequests,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let stamps = |source: &dyn Reload| -> Vec<Stamp> {
@@ -395,12 +403,30 @@ async fn reload_files(
     };
     let all_stamps = || -> Vec<_> { watched.iter().map(|one| stamps(&*one.source)).collect() };
     let mut seen = all_stamps();
-    let reload = |key: &str, source: &dyn Reload, why: &str| match source.reload() {
-        Ok(()) => tracing::info!(key, why, "{} reloaded", source.what()),
-        Err(error) => {
-            tracing::warn!(key, why, %error, "{} reload failed; the one in force stays", source.what())
+    let reload = |key: &str, source: &dyn Reload, why: &str| -> ReloadOutcome {
+        let result = source.reload();
+        match &result {
+            Ok(()) => tracing::info!(key, why, "{} reloaded", source.what()),
+            Err(error) => {
+                tracing::warn!(key, why, %error, "{} reload failed; the one in force stays", source.what())
+            }
+        }
+        ReloadOutcome {
+            key: key.to_owned(),
+            what: source.what().to_owned(),
+            error: result.err(),
         }
     };
+    let reload_all = |why: &str| -> Vec<ReloadOutcome> {
+        let mut outcomes = vec![reread_log_level(&running, &config)];
+        outcomes.extend(
+            watched
+                .iter()
+                .map(|one| reload(&one.key, &*one.source, why)),
+        );
+        outcomes
+    };
+    let mut serving_requests = true;
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
@@ -418,12 +444,17 @@ async fn reload_files(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = hangup_received => {
-                reread_log_level(&running, &config);
-                for one in &watched {
-                    reload(&one.key, &*one.source, "SIGHUP");
-                }
+                reload_all("SIGHUP");
                 seen = all_stamps();
             }
+            request = requests.next(), if serving_requests => match request {
+                Some(reply) => {
+                    reply.send(reload_all("admin API"));
+                    seen = all_stamps();
+                }
+                // The admin API is off: nobody will ask.
+                None => serving_requests = false,
+            },
             _ = tick.tick() => {
                 for (one, seen) in watched.iter().zip(seen.iter_mut()) {
                     let now = stamps(&*one.source);
@@ -439,25 +470,37 @@ async fn reload_files(
 
 /// Reads the configuration again and puts its `log.level` in force. Nothing else of it
 /// changes before a restart, which the log says when something else changed.
-fn reread_log_level(running: &Running, started_with: &Config) {
+fn reread_log_level(running: &Running, started_with: &Config) -> ReloadOutcome {
+    let outcome = |error: Option<String>| ReloadOutcome {
+        key: "log.level".to_owned(),
+        what: "log level".to_owned(),
+        error,
+    };
     let config = match Config::load(running.config_file.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             tracing::warn!(%error, "the configuration was not read again; the log level stays");
-            return;
+            return outcome(Some(format!("{error:#}")));
         }
     };
-    match running.log.apply(&config.log.level) {
-        Ok(LevelChange::Same) => {}
-        Ok(LevelChange::PinnedByEnv) => tracing::info!(
-            level = %config.log.level,
-            "log.level not applied: RUST_LOG is set and stays in force"
-        ),
-        Ok(LevelChange::Changed { from }) => {
-            tracing::info!(%from, to = %config.log.level, "log level changed")
+    let applied = match running.log.apply(&config.log.level) {
+        Ok(LevelChange::Same) => None,
+        Ok(LevelChange::PinnedByEnv) => {
+            tracing::info!(
+                level = %config.log.level,
+                "log.level not applied: RUST_LOG is set and stays in force"
+            );
+            None
         }
-        Err(error) => tracing::warn!(%error, "log.level not applied; the log level stays"),
-    }
+        Ok(LevelChange::Changed { from }) => {
+            tracing::info!(%from, to = %config.log.level, "log level changed");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "log.level not applied; the log level stays");
+            Some(error.to_string())
+        }
+    };
     let mut rest = config;
     rest.log = started_with.log.clone();
     if rest != *started_with {
@@ -465,6 +508,7 @@ fn reread_log_level(running: &Running, started_with: &Config) {
             "the configuration changed beyond log.level; those changes take effect at the next start"
         );
     }
+    outcome(applied)
 }
 
 /// Session expiry, delayed wills, retained-message expiry and `$SYS`.

@@ -220,6 +220,12 @@ fn the_openapi_document_names_what_the_server_serves() {
         "/api/v5/publish/bulk",
         "/api/v5/mqtt/retainer/messages",
         "/api/v5/mqtt/retainer/message/{topic}",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/read",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/write",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/observe",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/execute",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/discover",
+        "/api/v5/gateways/lwm2m/clients/{clientid}/lookup",
     ] {
         assert!(paths.contains_key(path), "{path} not documented");
     }
@@ -1198,4 +1204,68 @@ fn metrics_count_queues_drops_protocols_connections_retransmissions_and_commits(
         "{retried}"
     );
     assert!(sample(&retried, "gateway_coap_retransmissions_total") >= 2.0);
+}
+
+#[test]
+fn a_ban_kicks_out_the_clients_it_names_that_are_connected() {
+    let Some((gw, _keys)) = with_keys(&[]) else {
+        return;
+    };
+    let subscriber = |id: &str, user: &str| {
+        let mut cmd = std::process::Command::new("mosquitto_sub");
+        cmd.args(["-h", &gw.host, "-p", &gw.port.to_string(), "-V", "mqttv5"])
+            .args(["-i", id, "-u", user, "-t", "admin/ban-kick/#"]);
+        Proc::spawn("mosquitto_sub", cmd)
+    };
+    let eve_id = unique_client_id("eve");
+    let bystander_id = unique_client_id("bystander");
+    let mut eve = subscriber(&eve_id, "eve");
+    let _bystander = subscriber(&bystander_id, "bob");
+    let sn_id = unique_client_id("sn-banned");
+    let _sn = SnClient::connected(&gw, &sn_id, json!({}));
+    clients_until(&gw, "/api/v5/clients?conn_state=connected", |data| {
+        data.len() == 3
+    });
+
+    let made = http_json(
+        &gw,
+        "POST",
+        "/api/v5/banned",
+        KEY,
+        &json!({"as": "username", "who": "eve"}),
+    );
+    assert_eq!(made.status, 200, "{made:?}");
+    assert!(eve.wait(TIMEOUT).is_some(), "eve's client still connected");
+    assert_eq!(
+        http(&gw, "GET", &format!("/api/v5/clients/{eve_id}"), KEY).status,
+        404
+    );
+
+    let made = http_json(
+        &gw,
+        "POST",
+        "/api/v5/banned",
+        KEY,
+        &json!({"as": "clientid", "who": sn_id}),
+    );
+    assert_eq!(made.status, 200, "{made:?}");
+    assert_eq!(
+        http(
+            &gw,
+            "GET",
+            &format!("/api/v5/gateways/mqttsn/clients/{sn_id}"),
+            KEY
+        )
+        .status,
+        404,
+        "the MQTT-SN client's session ended"
+    );
+    // Whom no ban names goes on.
+    let bystander_seen = http(&gw, "GET", &format!("/api/v5/clients/{bystander_id}"), KEY);
+    assert_eq!(
+        bystander_seen.json()["conn_state"],
+        "connected",
+        "{bystander_seen:?}\n{}",
+        gw.log_tail()
+    );
 }

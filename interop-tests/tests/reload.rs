@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use interop_tests::admin::http;
 use interop_tests::broker::{gateway_passwd, password_file_only};
 use interop_tests::coap::coap_client;
 use interop_tests::process::Proc;
@@ -224,6 +225,48 @@ fn a_user_added_to_the_password_file_is_admitted_without_a_signal() {
     );
 }
 
+#[test]
+fn a_user_added_to_the_password_file_is_admitted_after_a_reload_through_the_admin_api() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("passwd");
+    gateway_passwd(&file, "device-1", "pw-1");
+    let Some(broker) = Broker::start_gateway_only(
+        "a gateway reloaded through its admin API",
+        &password_file_only(&file),
+    ) else {
+        return;
+    };
+    let topic = unique_topic("reload-api");
+    let refused = publish_as(&broker, Some(("asked", "pw")), &topic, "unknown").unwrap_err();
+    assert!(bad_credentials(&refused), "{refused}");
+
+    gateway_passwd(&file, "asked", "pw");
+    let asked = http(&broker, "POST", "/api/v5/reload", None);
+    assert_eq!(asked.status, 200, "{asked:?}");
+    let answer = asked.json();
+    assert_eq!(answer["failed"], serde_json::json!([]), "{answer}");
+    assert!(
+        answer["reloaded"].as_array().is_some_and(|done| done
+            .iter()
+            .any(|one| one["key"] == "auth.password_file" && one["what"] == "password file")),
+        "{answer}"
+    );
+    // Admitted at once, without waiting for the file's change to be noticed.
+    publish_as(&broker, Some(("asked", "pw")), &topic, "admitted").expect("admitted");
+    assert!(
+        !log_lines(
+            &broker,
+            &["auth.password_file", "admin API", "password file reloaded"]
+        )
+        .is_empty(),
+        "{}",
+        broker.log_tail()
+    );
+    // Only with a key, once the gateway has keys: tested with the other operations in
+    // admin.rs; a GET is not a reload.
+    assert_eq!(http(&broker, "GET", "/api/v5/reload", None).status, 405);
+}
+
 /// What a SUBACK grants an anonymous MQTT 5 client for `allowed/...` and `denied/...`,
 /// and which of two publishes, the `denied/...` one first, a subscriber allowed everything
 /// gets.
@@ -325,6 +368,25 @@ fn a_broken_acl_file_keeps_the_rules_in_force_and_is_named_once_with_its_line() 
         rules_in_force(&broker, &mut watcher, "acl-sighup"),
         as_loaded
     );
+
+    // So does an operator's request through the admin API, which answers which source
+    // kept what was in force, and why.
+    let asked = http(&broker, "POST", "/api/v5/reload", None);
+    assert_eq!(asked.status, 422, "{asked:?}");
+    let answer = asked.json();
+    let failed = answer["failed"].as_array().cloned().unwrap_or_default();
+    assert_eq!(failed.len(), 1, "{answer}");
+    assert_eq!(failed[0]["key"], "auth.acl_file");
+    assert_eq!(failed[0]["what"], "ACL file");
+    let why = failed[0]["error"].as_str().unwrap_or_default();
+    assert!(why.contains(&format!("{}:4:", acl.display())), "{why}");
+    assert!(
+        answer["reloaded"]
+            .as_array()
+            .is_some_and(|done| done.iter().any(|one| one["key"] == "log.level")),
+        "{answer}"
+    );
+    assert_eq!(rules_in_force(&broker, &mut watcher, "acl-api"), as_loaded);
 
     // Mended, with the rules turned around: the next checks follow them.
     std::fs::write(

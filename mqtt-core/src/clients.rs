@@ -354,6 +354,26 @@ impl Broker {
         true
     }
 
+    /// Kicks out, as [`Broker::kick`] does, every client connected now that the banned
+    /// list names (a ban made or a banned list read again): a ban refuses new sessions in
+    /// the session layer, and this ends the ones open before it. Returns how many.
+    pub fn kick_banned(&self, wall_now: SystemTime, now: Instant) -> usize {
+        let cells: Vec<Arc<SessionCell>> = self.registry.lock().values().cloned().collect();
+        let named: Vec<SessionKey> = cells
+            .iter()
+            .filter(|cell| {
+                let state = cell.state.lock();
+                state.is_connected()
+                    && state
+                        .attachment
+                        .as_deref()
+                        .is_some_and(|held| self.banned.check(&held.client, wall_now).is_some())
+            })
+            .map(|cell| cell.key.clone())
+            .collect();
+        named.iter().filter(|key| self.kick(key, now)).count()
+    }
+
     fn snapshot(&self, cell: &SessionCell) -> Option<ClientSnapshot> {
         let state = cell.state.lock();
         let attachment = state.attachment.as_deref()?;

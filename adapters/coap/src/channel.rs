@@ -30,6 +30,7 @@ use mqtt_core::session::{ConnControl, SessionKey, Wakeup};
 use mqtt_core::storage::{HeldReplies, Ticket};
 
 use crate::admission::{AuthFailureLimit, AuthFailures, Credentials};
+use crate::downlink::{Answer, Client, Clients, Failure, Outgoing, Reply};
 use crate::framing::{Frame, Framing};
 use crate::reliable::{self, ReliableLink};
 
@@ -78,6 +79,9 @@ pub struct Settings {
     pub auth_failures: AuthFailureLimit,
     /// What one client may publish: the listener's `messages_rate` and `bytes_rate`.
     pub rates: PublishRates,
+    /// The clients in connection mode the admin API sends requests to, shared by every
+    /// listener of the gateway.
+    pub clients: Arc<Clients>,
 }
 
 impl Settings {
@@ -135,6 +139,7 @@ impl Settings {
             separate_response: config.separate_response,
             auth_failures: AuthFailureLimit::from_config(config),
             rates,
+            clients: Arc::default(),
         }
     }
 }
@@ -150,6 +155,18 @@ enum Sent {
     Ping,
     /// A separate response to a confirmable request (RFC 7252 5.2.2).
     Response,
+    /// A request of the admin API's, by its sequence number.
+    Request(u64),
+}
+
+/// A request of the admin API's sent to the client, waiting for its response.
+struct RequestInFlight {
+    sequence: u64,
+    token: Vec<u8>,
+    reply: Reply,
+    client: Arc<Client>,
+    /// After an empty acknowledgement, the separate response is awaited until then.
+    separate_until: Option<Instant>,
 }
 
 /// One observe relation: a subscription of the session, notified with the request's token.
@@ -496,6 +513,11 @@ pub struct CoapChannel {
     over_session: bool,
     /// Why the client is forgotten, once known: it went silent, or asked to go.
     ending: Option<DisconnectReason>,
+    /// In connection mode over datagrams: how the admin API's requests reach the client,
+    /// entered in `settings.clients` under its client id.
+    downlink: Option<(Arc<str>, Arc<Client>)>,
+    requests: Vec<RequestInFlight>,
+    next_request: u64,
 }
 
 /// The answer to a publish, sent once the store ticket it waits for is durable.
@@ -590,6 +612,9 @@ impl CoapChannel {
             transport_client_id: None,
             over_session: false,
             ending: None,
+            downlink: None,
+            requests: Vec::new(),
+            next_request: 0,
             settings,
         }
     }
@@ -720,10 +745,25 @@ impl CoapChannel {
         };
         let flow = match exchange.receive(&datagram, now, out) {
             Inbound::Request(request) => self.handle_request(request, out, now),
+            Inbound::Acknowledged {
+                tag: Sent::Request(sequence),
+                response,
+            } => {
+                self.validated = true;
+                self.request_acknowledged(sequence, response, now);
+                Flow::Continue
+            }
             Inbound::Acknowledged { tag, .. } => {
                 // It answered a message id only the receiver of ours knew.
                 self.validated = true;
                 self.settled(tag, false);
+                Flow::Continue
+            }
+            Inbound::Reset {
+                tag: Some(Sent::Request(sequence)),
+            } => {
+                self.validated = true;
+                self.request_done(|r| r.sequence == sequence, Err(Failure::Reset));
                 Flow::Continue
             }
             Inbound::Reset { tag } => {
@@ -733,7 +773,11 @@ impl CoapChannel {
                 }
                 Flow::Continue
             }
-            Inbound::Response(_) | Inbound::Handled => Flow::Continue,
+            Inbound::Response(packet) => {
+                self.separate_response(packet);
+                Flow::Continue
+            }
+            Inbound::Handled => Flow::Continue,
         };
         if flow == Flow::Close {
             return Flow::Close;
@@ -809,6 +853,7 @@ impl CoapChannel {
             // a UDP peer is only forgotten: CoAP has no message for it.
             return self.shutdown(out);
         }
+        self.send_requests(out, now);
         self.release_held(out, now);
         self.fill(out, now);
         Flow::Continue
@@ -838,7 +883,22 @@ impl CoapChannel {
                 Sent::Response => {
                     tracing::info!("separate response not acknowledged after retransmissions");
                 }
+                Sent::Request(sequence) => {
+                    tracing::info!("request not acknowledged after retransmissions");
+                    self.request_done(|r| r.sequence == sequence, Err(Failure::Timeout));
+                }
             }
+        }
+        while self
+            .requests
+            .iter()
+            .any(|r| r.separate_until.is_some_and(|until| now >= until))
+        {
+            tracing::info!("separate response to a request never came");
+            self.request_done(
+                |r| r.separate_until.is_some_and(|until| now >= until),
+                Err(Failure::Timeout),
+            );
         }
         if self.without_client_over_udp() {
             // Kept only for what it still holds: a failed authentication to remember, an
@@ -886,6 +946,7 @@ impl CoapChannel {
             self.link.next_deadline(),
             self.block_transfer_until,
             self.client.as_ref().and_then(ClientSession::paused_until),
+            self.requests.iter().filter_map(|r| r.separate_until).min(),
         ]
         .into_iter()
         .flatten()
@@ -921,6 +982,7 @@ impl CoapChannel {
         self.block_transfer_until = None;
         self.token = None;
         self.credentials = None;
+        self.end_downlink();
         if let Some(client) = self.client.take() {
             client.close_because(WillDisposition::Discard, reason, now);
         }
@@ -930,7 +992,7 @@ impl CoapChannel {
     fn settled(&mut self, tag: Sent, failed: bool) {
         match tag {
             Sent::Ping => self.ping_in_flight = false,
-            Sent::Response => {}
+            Sent::Response | Sent::Request(_) => {}
             Sent::Notification {
                 subscription_id,
                 confirmable,
@@ -1330,6 +1392,127 @@ impl CoapChannel {
                 });
         }
         self.token = Some(token);
+        self.start_downlink();
+    }
+
+    // ---- requests of the admin API -------------------------------------------------------
+
+    /// Enters the client in connection mode in the registry the admin API reaches; over a
+    /// datagram transport only, where a response comes back as a message of its own.
+    fn start_downlink(&mut self) {
+        if !matches!(self.link, Link::Datagram(_)) {
+            return;
+        }
+        let Some(client_id) = self.client.as_ref().map(|c| c.client_id().clone()) else {
+            return;
+        };
+        self.end_downlink();
+        let client = Arc::new(Client::new(self.control.wakeup()));
+        self.settings
+            .clients
+            .insert(client_id.clone(), client.clone());
+        self.downlink = Some((client_id, client));
+    }
+
+    /// The connection ended: its requests fail, waiting or in flight.
+    fn end_downlink(&mut self) {
+        if let Some((client_id, client)) = self.downlink.take() {
+            client.close();
+            self.settings.clients.remove(&client_id, &client);
+        }
+        for request in self.requests.drain(..) {
+            let _ = request.reply.send(Err(Failure::Gone));
+        }
+    }
+
+    /// Sends the requests the admin API handed over, each as a confirmable message.
+    fn send_requests(&mut self, out: &mut Vec<Bytes>, now: Instant) {
+        let Some((_, client)) = &self.downlink else {
+            return;
+        };
+        let client = client.clone();
+        for waiting in client.take_pending() {
+            let request = waiting.request;
+            let token = if request.token.is_empty() {
+                let mut token = (self.link.random() as u32).to_be_bytes().to_vec();
+                while self.requests.iter().any(|r| r.token == token) {
+                    token = (self.link.random() as u32).to_be_bytes().to_vec();
+                }
+                token
+            } else {
+                request.token.clone()
+            };
+            if self.requests.iter().any(|r| r.token == token) {
+                let _ = waiting.reply.send(Err(Failure::TokenInUse));
+                client.finished();
+                continue;
+            }
+            let packet = outgoing_packet(&request, token.clone());
+            self.next_request += 1;
+            let sequence = self.next_request;
+            let Link::Datagram(exchange) = &mut self.link else {
+                let _ = waiting.reply.send(Err(Failure::Gone));
+                client.finished();
+                continue;
+            };
+            match exchange.send_confirmable(packet, Sent::Request(sequence), now, out) {
+                Ok(_) => self.requests.push(RequestInFlight {
+                    sequence,
+                    token,
+                    reply: waiting.reply,
+                    client: client.clone(),
+                    separate_until: None,
+                }),
+                Err(error) => {
+                    tracing::info!(%error, "request to the client not sent");
+                    let _ = waiting.reply.send(Err(Failure::TooLarge));
+                    client.finished();
+                }
+            }
+        }
+    }
+
+    /// Ends the first request `which` picks with `result`.
+    fn request_done(
+        &mut self,
+        which: impl Fn(&RequestInFlight) -> bool,
+        result: Result<Answer, Failure>,
+    ) {
+        if let Some(at) = self.requests.iter().position(which) {
+            let request = self.requests.swap_remove(at);
+            let _ = request.reply.send(result);
+            request.client.finished();
+        }
+    }
+
+    /// Our request was acknowledged: with its response piggybacked, or empty, the response
+    /// to follow within MAX_TRANSMIT_WAIT (RFC 7252 4.8.2).
+    fn request_acknowledged(&mut self, sequence: u64, response: Option<Packet>, now: Instant) {
+        match response.and_then(answer_of) {
+            Some(answer) => self.request_done(|r| r.sequence == sequence, Ok(answer)),
+            None => {
+                let params = self.settings.transmission.clone();
+                let wait = params
+                    .ack_timeout
+                    .mul_f64(params.ack_random_factor.max(1.0))
+                    .saturating_mul(
+                        2u32.saturating_pow(params.max_retransmit + 1)
+                            .saturating_sub(1),
+                    );
+                if let Some(request) = self.requests.iter_mut().find(|r| r.sequence == sequence) {
+                    request.separate_until = Some(now + wait);
+                }
+            }
+        }
+    }
+
+    /// A separate response, matched to our request by its token; the message layer has
+    /// acknowledged it already.
+    fn separate_response(&mut self, packet: Packet) {
+        let token = packet.get_token().to_vec();
+        if let Some(answer) = answer_of(packet) {
+            self.request_done(|r| r.token == token, Ok(answer));
+        }
     }
 
     fn serve_connection(
@@ -1740,6 +1923,42 @@ fn pong_timeout(params: &TransmissionParams) -> Duration {
     params
         .ack_timeout
         .mul_f64(f64::from(attempts) * params.ack_random_factor.max(1.0))
+}
+
+/// The confirmable request a request of the admin API's becomes.
+fn outgoing_packet(request: &Outgoing, token: Vec<u8>) -> Packet {
+    let mut packet = Packet::new();
+    packet.header.code = MessageClass::Request(request.method);
+    packet.set_token(token);
+    for segment in &request.path {
+        packet.add_option(CoapOption::UriPath, segment.clone().into_bytes());
+    }
+    for query in &request.queries {
+        packet.add_option(CoapOption::UriQuery, query.clone().into_bytes());
+    }
+    if let Some(format) = request.content_format {
+        packet.add_option(CoapOption::ContentFormat, uint_option(u32::from(format)));
+    }
+    packet.payload = request.payload.clone();
+    packet
+}
+
+/// A response as the admin API gives it back; `None` for anything but a response.
+fn answer_of(packet: Packet) -> Option<Answer> {
+    let MessageClass::Response(code) = packet.header.code else {
+        return None;
+    };
+    let content_format = packet
+        .get_first_option(CoapOption::ContentFormat)
+        .map(|raw| raw.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
+        .and_then(|n| u16::try_from(n).ok());
+    Some(Answer {
+        message_id: packet.header.message_id,
+        token: packet.get_token().to_vec(),
+        code,
+        content_format,
+        payload: packet.payload,
+    })
 }
 
 fn response(code: ResponseType, payload: Vec<u8>) -> Packet {

@@ -6,6 +6,7 @@
 
 mod admission;
 pub mod channel;
+pub mod downlink;
 pub mod framing;
 pub mod reliable;
 
@@ -262,10 +263,15 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
     if !coap.enable {
         return Ok(());
     }
+    // One registry for every datagram listener: a client id names one client.
+    let clients = launch.shared::<downlink::Clients>();
     for (name, l) in coap.listeners.udp.iter().filter(|(_, l)| l.enable) {
         let named = NamedListener::new(ListenerKind::CoapUdp, name);
         let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
-        let settings = Arc::new(Settings::from_config(named.name.clone(), coap, l));
+        let settings = Arc::new(Settings {
+            clients: clients.clone(),
+            ..Settings::from_config(named.name.clone(), coap, l)
+        });
         launch
             .broker()
             .add_listener_figures(named.name.clone(), settings.transmission.counters.clone());
@@ -286,7 +292,10 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         ListenerKind::CoapDtls,
         &coap.listeners.dtls,
         |named, udp| {
-            let settings = Arc::new(Settings::from_config(named.name.clone(), coap, udp));
+            let settings = Arc::new(Settings {
+                clients: clients.clone(),
+                ..Settings::from_config(named.name.clone(), coap, udp)
+            });
             let broker = broker.clone();
             broker.add_listener_figures(named.name.clone(), settings.transmission.counters.clone());
             move |peer, wakeup, seed, identity| {

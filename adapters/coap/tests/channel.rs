@@ -2018,3 +2018,136 @@ fn presence_events_tell_of_coap_clients() {
     assert!(topic.ends_with("/clients/c%2Fx/disconnected"), "{topic}");
     assert_eq!(gone["reason"], "keepalive_timeout");
 }
+
+/// A request of the operator's (the admin API's) to a client in connection mode goes out
+/// confirmable on its peer and ends in the client's piggybacked or separate answer, its
+/// Reset, the message layer giving up, or the connection's end.
+#[test]
+fn operator_requests_to_a_connected_client_end_in_its_answer_a_reset_or_a_timeout() {
+    use adapter_coap::downlink::{Failure, Outgoing};
+
+    let t0 = Instant::now();
+    let broker = broker(t0);
+    let settings = Settings {
+        connection_required: true,
+        ..settings()
+    };
+    let clients = settings.clients.clone();
+    let mut peer = Peer::new(&broker, settings, t0);
+    assert!(clients.get("dl1").is_none());
+    let created = peer.post("/mqtt/connection?clientid=dl1&username=u", b"", t0);
+    assert_eq!(
+        code(&created),
+        MessageClass::Response(ResponseType::Created)
+    );
+    let client = clients.get("dl1").expect("a connected client is reachable");
+    let get = |path: &str| Outgoing {
+        method: RequestType::Get,
+        path: vec![path.to_owned()],
+        queries: Vec::new(),
+        content_format: None,
+        payload: Vec::new(),
+        token: Vec::new(),
+    };
+    let send = |peer: &mut Peer, now: Instant| {
+        let mut out = Vec::new();
+        assert_eq!(peer.channel.handle_wakeup(&mut out, now), Flow::Continue);
+        let sent = decode_all(out);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        sent.into_iter().next().unwrap()
+    };
+    let reply = |kind: MessageType, id: u16, token: &[u8], response: Option<ResponseType>| {
+        let mut packet = Packet::new();
+        packet.header.set_type(kind);
+        packet.header.message_id = id;
+        match response {
+            Some(response) => {
+                packet.header.code = MessageClass::Response(response);
+                packet.set_token(token.to_vec());
+                packet.payload = b"21.5".to_vec();
+            }
+            None => packet.header.code = MessageClass::Empty,
+        }
+        packet.to_bytes().unwrap()
+    };
+
+    // Answered on the acknowledgement.
+    let mut answer = client.request(get("temp")).unwrap();
+    let request = send(&mut peer, t0);
+    assert_eq!(request.header.get_type(), MessageType::Confirmable);
+    assert_eq!(code(&request), MessageClass::Request(RequestType::Get));
+    assert_eq!(
+        request
+            .get_option(CoapOption::UriPath)
+            .unwrap()
+            .front()
+            .unwrap(),
+        b"temp"
+    );
+    let ack = reply(
+        MessageType::Acknowledgement,
+        request.header.message_id,
+        request.get_token(),
+        Some(ResponseType::Content),
+    );
+    peer.send_raw(ack, t0);
+    let got = answer.try_recv().unwrap().unwrap();
+    assert_eq!(
+        (got.code, got.payload.as_slice()),
+        (ResponseType::Content, &b"21.5"[..])
+    );
+
+    // Acknowledged empty, answered separately (matched by token, acknowledged by us).
+    let mut answer = client.request(get("temp")).unwrap();
+    let request = send(&mut peer, t0);
+    let empty = reply(
+        MessageType::Acknowledgement,
+        request.header.message_id,
+        b"",
+        None,
+    );
+    peer.send_raw(empty, t0);
+    assert!(answer.try_recv().is_err());
+    let separate = reply(
+        MessageType::Confirmable,
+        999,
+        request.get_token(),
+        Some(ResponseType::Content),
+    );
+    let acked = peer.send_raw(separate, t0);
+    assert!(acked.iter().any(is_empty_ack), "{acked:?}");
+    assert_eq!(answer.try_recv().unwrap().unwrap().message_id, 999);
+
+    // Rejected with Reset.
+    let mut answer = client.request(get("temp")).unwrap();
+    let request = send(&mut peer, t0);
+    peer.send_raw(
+        reply(MessageType::Reset, request.header.message_id, b"", None),
+        t0,
+    );
+    assert_eq!(answer.try_recv().unwrap(), Err(Failure::Reset));
+
+    // Never acknowledged: retransmitted, then given up.
+    let mut answer = client.request(get("temp")).unwrap();
+    send(&mut peer, t0);
+    let mut now = t0;
+    let mut retransmitted = 0;
+    let outcome = loop {
+        now += Duration::from_millis(500);
+        let mut out = Vec::new();
+        peer.channel.handle_timeout(&mut out, now);
+        retransmitted += out.len();
+        if let Ok(outcome) = answer.try_recv() {
+            break outcome;
+        }
+        assert!(now < t0 + Duration::from_secs(300), "never given up");
+    };
+    assert_eq!(outcome, Err(Failure::Timeout));
+    assert_eq!(retransmitted, 4, "MAX_RETRANSMIT retransmissions");
+
+    // The connection ends: what waits fails, and the client is no longer reachable.
+    let mut answer = client.request(get("temp")).unwrap();
+    peer.channel.handle_closed(now);
+    assert_eq!(answer.try_recv().unwrap(), Err(Failure::Gone));
+    assert!(clients.get("dl1").is_none());
+}

@@ -3,6 +3,8 @@
 //! Binding is synchronous, so an adapter's listeners are all bound (or the start failed,
 //! naming the configuration key at fault) before the next adapter starts.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -172,6 +174,9 @@ pub struct Launch {
     tasks: JoinSet<()>,
     certificates: Vec<WatchedCertificate>,
     started: Vec<StartedListener>,
+    /// What an adapter shares with the gateway beyond its listeners, one value per type
+    /// (`shared`).
+    shared: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
 }
 
 /// A listener that started, as the admin API shows it.
@@ -193,7 +198,21 @@ impl Launch {
             tasks: JoinSet::new(),
             certificates: Vec::new(),
             started: Vec::new(),
+            shared: HashMap::new(),
         }
+    }
+
+    /// The one value of type `T` of this launch, made on first use: what an adapter's
+    /// listeners share with each other and with the gateway (such as the registry by
+    /// which the admin API reaches an adapter's clients), without the kit knowing it.
+    pub fn shared<T: Any + Send + Sync + Default>(&mut self) -> Arc<T> {
+        let value = self
+            .shared
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()))
+            .clone();
+        // The entry for `T`'s id holds a `T`: the fallback is never taken.
+        value.downcast::<T>().unwrap_or_default()
     }
 
     pub fn broker(&self) -> &Arc<Broker> {

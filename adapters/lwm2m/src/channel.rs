@@ -30,6 +30,7 @@ use translations::lwm2m::objects::ObjectRegistry;
 use translations::lwm2m::{self, Path};
 
 use crate::command::{self, Command, CommandError, Operation};
+use crate::downlink::{Device, Devices};
 
 /// The namespace of LwM2M sessions.
 pub const LWM2M_NAMESPACE: &str = "lwm2m";
@@ -87,6 +88,8 @@ pub struct Settings {
     pub objects: Arc<ObjectRegistry>,
     /// What one device may publish: the listener's `messages_rate` and `bytes_rate`.
     pub rates: PublishRates,
+    /// The registrations the admin API reaches, shared by every listener of the gateway.
+    pub devices: Arc<Devices>,
 }
 
 fn qos(level: u8) -> QoS {
@@ -152,6 +155,7 @@ impl Settings {
             },
             objects,
             rates: PublishRates::new(listener_config.messages_rate, listener_config.bytes_rate),
+            devices: Arc::default(),
         }
     }
 }
@@ -301,6 +305,9 @@ pub struct Lwm2mChannel {
     next_sequence: u64,
     /// Observation token → the observe command, echoed in every notification.
     observations: HashMap<Vec<u8>, Command>,
+    /// The registration as the admin API reaches it, entered in `settings.devices` under
+    /// its client id.
+    device: Option<(Arc<str>, Arc<Device>)>,
     /// The device answered a message of ours at its current address; until then the
     /// datagram driver bounds what it is sent.
     validated: bool,
@@ -337,6 +344,7 @@ impl Lwm2mChannel {
             in_flight: None,
             next_sequence: 0,
             observations: HashMap::new(),
+            device: None,
             validated: false,
             ending: None,
         }
@@ -571,6 +579,9 @@ impl Lwm2mChannel {
         self.queue.clear();
         self.in_flight = None;
         self.registration = None;
+        if let Some((client_id, device)) = self.device.take() {
+            self.settings.devices.remove(&client_id, &device);
+        }
         if let Some(session) = self.session.take() {
             session.close_because(WillDisposition::Discard, reason, now);
         }
@@ -776,6 +787,15 @@ impl Lwm2mChannel {
         let event =
             json!({ "msgType": "register", "data": Json::Object(registration.info.clone()) });
         self.registration = Some(registration);
+        let device = Arc::new(Device::new(
+            self.wakeup.clone(),
+            self.settings.objects.clone(),
+        ));
+        let client_id: Arc<str> = Arc::from(client_id);
+        self.settings
+            .devices
+            .insert(client_id.clone(), device.clone());
+        self.device = Some((client_id, device));
         let ticket = self.publish_permitted(permit, &event, now);
         self.auto_observe(now);
 
@@ -1028,6 +1048,15 @@ impl Lwm2mChannel {
 
     /// Moves commands delivered to the session into the device's queue.
     fn take_commands(&mut self, now: Instant) {
+        // The operator's commands, from the admin API, take the same way from here on.
+        let handed = self
+            .device
+            .as_ref()
+            .map(|(_, device)| device.take_pending())
+            .unwrap_or_default();
+        for command in handed {
+            self.enqueue(command, None, now);
+        }
         let Some(session) = self.session.as_ref().map(|s| s.session().clone()) else {
             return;
         };
@@ -1228,6 +1257,7 @@ impl Lwm2mChannel {
             if !code.is_success() {
                 self.observations.remove(&token);
             }
+            self.record("observe", &body);
             self.publish(&self.settings.notify.clone(), &body, now);
             return;
         }
@@ -1280,7 +1310,15 @@ impl Lwm2mChannel {
             ),
             _ => command::response(Some(&command.json), &msg_type, &path, code, None, None),
         };
+        self.record(&msg_type, &body);
         self.publish(&self.settings.response.clone(), &body, now);
+    }
+
+    /// Keeps the device's answer for the admin API's lookup.
+    fn record(&self, action: &str, body: &Json) {
+        if let Some((_, device)) = &self.device {
+            device.record(action, body);
+        }
     }
 
     /// A read, observe or notification answer: the content typed by the definitions, or

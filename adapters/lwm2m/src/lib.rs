@@ -3,6 +3,7 @@
 
 pub mod channel;
 pub mod command;
+pub mod downlink;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 pub use channel::{Lwm2mChannel, Settings, LWM2M_NAMESPACE};
+pub use downlink::{Device, Devices};
 pub use translations::lwm2m::objects::ObjectRegistry;
 
 impl DatagramChannel for Lwm2mChannel {
@@ -104,11 +106,17 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         return Ok(());
     }
     let objects = Arc::new(object_registry(lwm2m)?);
+    // One registry for every listener: a client id names one registration, whichever
+    // listener it came through.
+    let devices = launch.shared::<Devices>();
     tracing::info!(objects = objects.len(), "LwM2M object definitions loaded");
     for (name, l) in lwm2m.listeners.udp.iter().filter(|(_, l)| l.enable) {
         let named = NamedListener::new(ListenerKind::Lwm2mUdp, name);
         let (socket, bound) = launch.bind_udp(&named, l.bind_addr(), false)?;
-        let settings = Settings::from_config(named.name.clone(), lwm2m, l, objects.clone());
+        let settings = Settings {
+            devices: devices.clone(),
+            ..Settings::from_config(named.name.clone(), lwm2m, l, objects.clone())
+        };
         launch
             .broker()
             .add_listener_figures(named.name.clone(), settings.transmission.counters.clone());
@@ -129,12 +137,10 @@ pub fn start(config: &Config, launch: &mut Launch) -> Result<(), StartError> {
         ListenerKind::Lwm2mDtls,
         &lwm2m.listeners.dtls,
         |named, udp| {
-            let settings = Arc::new(Settings::from_config(
-                named.name.clone(),
-                lwm2m,
-                udp,
-                objects.clone(),
-            ));
+            let settings = Arc::new(Settings {
+                devices: devices.clone(),
+                ..Settings::from_config(named.name.clone(), lwm2m, udp, objects.clone())
+            });
             let broker = broker.clone();
             broker.add_listener_figures(named.name.clone(), settings.transmission.counters.clone());
             move |peer, wakeup, seed, identity| {

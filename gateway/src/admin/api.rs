@@ -941,8 +941,9 @@ pub async fn banned(
     Json(BanPage { data, meta }).into_response()
 }
 
-/// Bans a client id, a user name, an address or a network: sessions they open from now on
-/// are refused by every adapter. A ban of the same target replaces the older one.
+/// Bans a client id, a user name, an address or a network: the clients it names that are
+/// connected are kicked out, and sessions they open from now on are refused by every
+/// adapter. A ban of the same target replaces the older one.
 #[utoipa::path(
     post,
     path = "/api/v5/banned",
@@ -996,7 +997,13 @@ pub async fn ban(State(state): State<AdminState>, ApiJson(view): ApiJson<BanView
     };
     let shown = view_of(&ban);
     match state.broker.banned.add(ban, now) {
-        Ok(()) => Json(shown).into_response(),
+        Ok(()) => {
+            let kicked = state.broker.kick_banned(now, Instant::now());
+            if kicked > 0 {
+                tracing::info!(kicked, "clients the new ban names kicked out");
+            }
+            Json(shown).into_response()
+        }
         Err(error) => api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", error.to_string()),
     }
 }
@@ -1603,4 +1610,48 @@ pub async fn gateway_client_subscriptions(
     ApiPath(GatewayClientPath { name, clientid }): ApiPath<GatewayClientPath>,
 ) -> Response {
     client_subscriptions_of(&state, name.namespace(), clientid)
+}
+
+/// What a reload did: each source read again, and each that was not, with why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReloadAnswer {
+    pub reloaded: Vec<crate::reload::ReloadOutcome>,
+    /// The sources that kept what was in force.
+    pub failed: Vec<crate::reload::ReloadOutcome>,
+}
+
+/// Reads again what SIGHUP reads again: the password and ACL files, the TLS, QUIC and DTLS
+/// certificates and keys, and the configuration's `log.level`. A source that cannot be read
+/// keeps what is in force; the answer says which and why.
+#[utoipa::path(
+    post,
+    path = "/api/v5/reload",
+    tag = "Operations",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Everything read again", body = ReloadAnswer),
+        (status = 401, description = "No valid API key", body = ApiError),
+        (status = 422, description = "Some sources kept what was in force", body = ReloadAnswer),
+        (status = 503, description = "Reloads already waiting, or shutting down", body = ApiError),
+    )
+)]
+pub async fn reload(State(state): State<AdminState>) -> Response {
+    match state.reloader.reload().await {
+        Ok(outcomes) => {
+            let (failed, reloaded): (Vec<_>, Vec<_>) = outcomes
+                .into_iter()
+                .partition(|outcome| outcome.error.is_some());
+            let status = if failed.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            (status, Json(ReloadAnswer { reloaded, failed })).into_response()
+        }
+        Err(error) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            error.to_string(),
+        ),
+    }
 }

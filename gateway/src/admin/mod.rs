@@ -11,6 +11,7 @@
 
 mod api;
 mod dashboard;
+mod downlink;
 pub mod keys;
 pub mod metrics;
 
@@ -36,6 +37,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::reload::Reloader;
+pub use downlink::Downlinks;
 use keys::{ApiKeys, KeysError};
 
 /// The node's name, as `/status` and EMQX's node fields give it.
@@ -72,6 +75,9 @@ pub struct AdminState {
     listeners: Arc<Vec<api::Listener>>,
     shutdown: watch::Receiver<bool>,
     node: Arc<str>,
+    reloader: Reloader,
+    /// How requests reach the clients of the adapters that take them.
+    downlinks: Downlinks,
 }
 
 #[derive(OpenApi)]
@@ -124,6 +130,14 @@ fn router(state: AdminState) -> axum::Router {
         .routes(routes!(api::subscriptions))
         .routes(routes!(api::client_subscriptions))
         .routes(routes!(api::gateway_client_subscriptions))
+        .routes(routes!(api::reload))
+        .routes(routes!(downlink::read))
+        .routes(routes!(downlink::write))
+        .routes(routes!(downlink::observe))
+        .routes(routes!(downlink::execute))
+        .routes(routes!(downlink::discover))
+        .routes(routes!(downlink::lookup))
+        .routes(routes!(downlink::coap_client_request))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,
@@ -217,6 +231,8 @@ pub fn start(
     config: &Config,
     broker: Arc<Broker>,
     started: &[StartedListener],
+    reloader: Reloader,
+    downlinks: Downlinks,
     shutdown: watch::Receiver<bool>,
 ) -> Result<
     Option<(
@@ -250,6 +266,8 @@ pub fn start(
         listeners: Arc::new(listener_views(config, started)),
         shutdown: shutdown.clone(),
         node: Arc::from(NODE),
+        reloader,
+        downlinks,
     };
     let limits = Limits {
         max_connections: http.max_connections as usize,

@@ -37,6 +37,7 @@ pub fn settings() -> Settings {
             lockout: Duration::from_secs(60),
         },
         rates: PublishRates::UNLIMITED,
+        clients: Arc::default(),
     }
 }
 

@@ -9,6 +9,7 @@ const POLL_MS = 3000;
 const HISTORY = 60;
 const PAGE_SIZE = 50;
 const LOOKUP_TIMEOUT_MS = 15000;
+const SAME_ANSWER_MS = 3000;
 const PROTOCOLS = ['MQTT', 'MQTT-SN', 'CoAP', 'LwM2M', 'STOMP'];
 // The gateway path under /api/v5/gateways of each protocol but MQTT.
 const GATEWAY_OF = { 'MQTT-SN': 'mqttsn', CoAP: 'coap', LwM2M: 'lwm2m', STOMP: 'stomp' };
@@ -452,21 +453,38 @@ const lwm2m = {
   base() {
     return `/api/v5/gateways/lwm2m/clients/${enc(this.selected)}`;
   },
-  /** Sends `action` and shows the device's answer once the lookup has it. */
+  /**
+   * Sends `action` and shows the device's answer once the lookup has it. The lookup keeps
+   * only the last answer for a path and action, with nothing telling one from the next:
+   * an answer is taken as this command's once it differs from what the lookup held before
+   * the command, or, the same, once the device has had SAME_ANSWER_MS to change it.
+   */
   async send(action, params, lookupAction = action) {
     if (!this.selected) return;
     const mine = ++this.command;
     const base = this.base();
+    const lookup = `${base}/lookup${query({ path: params.path, action: lookupAction })}`;
     this.showResult({ action: lookupAction, path: params.path, codeMsg: 'sending…' });
     try {
+      const before = JSON.stringify(await api('GET', lookup));
       await api('POST', `${base}/${action}${query(params)}`);
-      const deadline = performance.now() + LOOKUP_TIMEOUT_MS;
+      if (mine !== this.command) return;
+      this.showResult({ action: lookupAction, path: params.path, codeMsg: 'waiting for the device…' });
+      const sent = performance.now();
       for (;;) {
-        const result = await api('GET', `${base}/lookup${query({ path: params.path, action: lookupAction })}`);
-        if (mine !== this.command) return;
-        this.showResult(result);
-        if (result.codeMsg !== 'reply_not_received' || performance.now() > deadline) return;
         await new Promise((resolve) => setTimeout(resolve, 300));
+        const result = await api('GET', lookup);
+        if (mine !== this.command) return;
+        const waited = performance.now() - sent;
+        const answered = result.codeMsg !== 'reply_not_received';
+        if (answered && (JSON.stringify(result) !== before || waited > SAME_ANSWER_MS)) {
+          this.showResult(result);
+          return;
+        }
+        if (waited > LOOKUP_TIMEOUT_MS) {
+          this.showResult({ ...result, codeMsg: 'no answer from the device yet' });
+          return;
+        }
       }
     } catch (error) {
       if (mine !== this.command) return;
@@ -521,8 +539,11 @@ function wire() {
     event.preventDefault();
     lwm2m.send('read', { path: $('read-path').value });
   });
+  $('discover-submit').addEventListener('click', () => lwm2m.send('discover', { path: $('read-path').value }));
   $('observe-submit').addEventListener('click', () => lwm2m.send('observe', { path: $('read-path').value, enable: true }));
-  $('unobserve-submit').addEventListener('click', () => lwm2m.send('observe', { path: $('read-path').value, enable: false }));
+  $('unobserve-submit').addEventListener('click', () =>
+    lwm2m.send('observe', { path: $('read-path').value, enable: false }, 'cancel-observe'),
+  );
   $('write-form').addEventListener('submit', (event) => {
     event.preventDefault();
     lwm2m.send('write', { path: $('write-path').value, type: $('write-type').value, value: $('write-value').value });

@@ -2,7 +2,8 @@
 //! its chromedriver (fantoccini), against the gateway's admin port. The overview shows the
 //! listeners and the connections, a CoAP client (libcoap's coap-client) is listed and
 //! kicked from the clients page, a client's subscriptions are listed and filtered, a
-//! client id, user name or filter made of markup stays text, the key is asked
+//! client id, user name or filter made of markup stays text, an LwM2M device
+//! (lwm2m-node-lib) is read and written from its page, the key is asked
 //! for when the gateway has keys, and the pages come with the headers that keep a browser
 //! from running anything but them.
 
@@ -23,6 +24,7 @@ use serde_json::{json, Value};
 
 use interop_tests::admin::{http, HttpReply};
 use interop_tests::broker::{free_port, workspace_root};
+use interop_tests::lwm2m;
 use interop_tests::process::Proc;
 use interop_tests::{
     coap_client, mosquitto_pub, unique_client_id, Broker, MosquittoSub, Setting, Version, TIMEOUT,
@@ -451,6 +453,86 @@ fn the_subscriptions_page_lists_a_clients_filters_as_text() {
         "a filter made of markup became markup"
     );
 }
+
+#[test]
+fn an_lwm2m_device_is_read_and_written_from_its_page() {
+    let Some(gw) = Broker::start_gateway_only("the dashboard", &[]) else {
+        return;
+    };
+    let endpoint = unique_client_id("dash-ep");
+    let mut device = lwm2m::device(&gw, &endpoint);
+    assert_eq!(
+        lwm2m::expect_line(&mut device, "registered"),
+        format!("registered rd/{endpoint}")
+    );
+
+    let browser = Browser::start();
+    browser.goto(&format!("{}#/lwm2m", dashboard_url(&gw)));
+    let row = format!("#devices tr[data-clientid=\"{endpoint}\"]");
+    browser.click(&format!("{row} button"));
+    browser.until(
+        "the device's panel shown",
+        "return !document.getElementById('device').hidden\
+            && document.getElementById('device-name').textContent === arguments[0]",
+        vec![json!(endpoint)],
+    );
+
+    browser.type_into("#read-path", "/3/0/0");
+    browser.click("#read-submit");
+    let result = browser.until(
+        "the device's answer to the read",
+        RESULT_WHEN_ANSWERED,
+        vec![json!("read")],
+    );
+    assert_eq!(result["path"], "/3/0/0");
+    assert_eq!(result["code"], "2.05", "{result}");
+    assert_eq!(result["msg"], "content", "{result}");
+    assert!(
+        result["content"]
+            .as_str()
+            .unwrap()
+            .contains("Open Mobile Alliance"),
+        "{result}"
+    );
+
+    browser.type_into("#write-path", "/3/0/14");
+    browser.type_into("#write-value", "+02:00");
+    browser.click("#write-submit");
+    assert_eq!(
+        lwm2m::expect_line(&mut device, "write"),
+        "write /3/0/14 +02:00"
+    );
+    let result = browser.until(
+        "the device's answer to the write",
+        RESULT_WHEN_ANSWERED,
+        vec![json!("write")],
+    );
+    assert_eq!(result["code"], "2.04", "{result}");
+    assert_eq!(result["msg"], "changed", "{result}");
+
+    // Read back what the device stored.
+    browser.type_into("#read-path", "/3/0/14");
+    browser.click("#read-submit");
+    let result = browser.until(
+        "the device's answer to the read of what was written",
+        RESULT_WHEN_ANSWERED,
+        vec![json!("read")],
+    );
+    assert_eq!(result["path"], "/3/0/14");
+    assert_eq!(result["code"], "2.05", "{result}");
+    assert!(
+        result["content"].as_str().unwrap().contains("+02:00"),
+        "{result}"
+    );
+}
+
+/// The result panel once it holds the device's answer to `arguments[0]`.
+const RESULT_WHEN_ANSWERED: &str = "const text = (id) => document.getElementById(id).textContent;\
+    const msg = text('lookup-msg');\
+    return text('lookup-action') === arguments[0] && text('lookup-code') !== ''\
+        && msg !== 'reply_not_received' && msg !== 'sending…'\
+        && { path: text('lookup-path'), code: text('lookup-code'), msg,\
+             content: text('lookup-content') }";
 
 fn policy_of(reply: &HttpReply) -> String {
     reply

@@ -51,10 +51,21 @@ pub struct Config {
     pub sys: SysConfig,
     pub node: NodeConfig,
     pub flapping_detect: FlappingDetectConfig,
+    pub banned: BannedConfig,
     pub dashboard: DashboardConfig,
     pub api_key: ApiKeyConfig,
     pub listeners: ListenersConfig,
     pub gateway: GatewaysConfig,
+}
+
+/// The banned list (EMQX's `banned`): a file of bans, and the most it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BannedConfig {
+    /// A CSV file of bans with a header line; `None` when `""`.
+    #[serde(with = "empty_is_none")]
+    pub bootstrap_file: Option<PathBuf>,
+    pub max_entries: u32,
 }
 
 /// The admin HTTP API's server (EMQX's dashboard listener).

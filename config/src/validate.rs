@@ -245,6 +245,13 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
         }
     }
 
+    if config.banned.max_entries == 0 {
+        fail(
+            "banned.max_entries",
+            "banned.max_entries must be at least 1".into(),
+        );
+    }
+
     check_admin(config, &mut fail);
 
     let listeners = &config.listeners;

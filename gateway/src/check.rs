@@ -73,6 +73,22 @@ pub fn unusable_files(config: &Config) -> Vec<Error> {
             problems.push(error.into());
         }
     }
+    if let Some(path) = config.banned.bootstrap_file.as_deref() {
+        match gateway::admin::banned_file::read(path, std::time::SystemTime::now()) {
+            Ok(bans) if bans.len() > config.banned.max_entries as usize => {
+                problems.push(anyhow::anyhow!(
+                    "banned.bootstrap_file: {} holds {} bans, more than banned.max_entries ({})",
+                    path.display(),
+                    bans.len(),
+                    config.banned.max_entries
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                problems.push(Error::new(error).context("banned.bootstrap_file"));
+            }
+        }
+    }
     if config.dashboard.listeners.http.enable {
         if let Some(path) = config.api_key.bootstrap_file.as_deref() {
             if let Err(error) = gateway::admin::keys::ApiKeys::load(path) {

@@ -235,6 +235,7 @@ async fn run(config: Config, running: Running, reset_unreadable_store: bool) -> 
     )
     .with_wall_clock(std::time::SystemTime::now())
     .with_flapping_detect(&config.flapping_detect)
+    .with_banned_limit(config.banned.max_entries as usize)
     .with_presence(&config.node.name, config.sys.sys_event_messages);
     let broker = match open_store(&config.storage, reset_unreadable_store)? {
         Some(store) => {
@@ -275,6 +276,14 @@ async fn run(config: Config, running: Running, reset_unreadable_store: bool) -> 
     let (mut tasks, certificates) = launch.finish();
     let mut watched = certificates;
     watched.extend(AuthFile::watched(&auth_files));
+    if let Some(path) = config.banned.bootstrap_file.as_deref() {
+        let banned = gateway::admin::banned_file::BannedFile::load(path, broker.clone())
+            .context("banned.bootstrap_file")?;
+        watched.push(WatchedCertificate {
+            key: "banned.bootstrap_file".to_owned(),
+            source: Arc::new(banned),
+        });
+    }
     tasks.spawn(reload_files(
         watched,
         running,

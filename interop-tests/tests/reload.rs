@@ -495,3 +495,99 @@ fn rust_log_replaces_the_configured_level_and_stays_through_sighup() {
     publish_as(&broker, None, &topic, "y").unwrap();
     assert!(accepted(&broker) > before, "{}", broker.log_tail());
 }
+
+/// Publishes one message with `mosquitto_pub` (MQTT 5) as client `id`: whether it was let in,
+/// and what it said.
+fn publish_with_id(broker: &Broker, id: &str) -> Result<(), String> {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", &broker.host, "-p", &broker.port.to_string()])
+        .args(["-V", "mqttv5", "-i", id, "-t", "reload/banned", "-m", "x"]);
+    let mut proc = Proc::spawn("mosquitto_pub", cmd);
+    match proc.wait(TIMEOUT) {
+        Some(status) if status.success() => Ok(()),
+        Some(status) => Err(format!("{status}: {}", proc.stderr())),
+        None => panic!("mosquitto_pub as {id} hung; stderr:\n{}", proc.stderr()),
+    }
+}
+
+#[test]
+fn the_banned_file_is_read_at_start_and_again_and_a_broken_one_keeps_its_bans() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("banned.csv");
+    let stolen = unique_client_id("stolen");
+    std::fs::write(&file, format!("as,who,reason\nclientid,{stolen},lost\n")).unwrap();
+    let Some(broker) = Broker::start_gateway_only(
+        "a gateway with a banned file",
+        &[Setting::new(
+            "GATEWAY_BANNED__BOOTSTRAP_FILE",
+            file.display().to_string(),
+        )],
+    ) else {
+        return;
+    };
+    let refused = publish_with_id(&broker, &stolen).unwrap_err();
+    assert!(refused.contains("Banned"), "{refused}");
+    publish_with_id(&broker, &unique_client_id("free")).expect("another client id");
+
+    // A user added to the file: the reload kicks out the client it names, connected now.
+    let mut eve = Proc::spawn("mosquitto_sub as eve", {
+        let mut cmd = Command::new("mosquitto_sub");
+        cmd.args(["-h", &broker.host, "-p", &broker.port.to_string()])
+            .args(["-V", "mqttv5", "-u", "eve", "-t", "reload/#"]);
+        cmd
+    });
+    assert!(eventually(TIMEOUT, || {
+        http(&broker, "GET", "/api/v5/clients?username=eve", None).json()["meta"]["count"] == 1
+    }));
+    std::fs::write(
+        &file,
+        format!("as,who,reason\nclientid,{stolen},lost\nusername,eve,eavesdrops\n"),
+    )
+    .unwrap();
+    let asked = http(&broker, "POST", "/api/v5/reload", None);
+    assert_eq!(asked.status, 200, "{asked:?}");
+    assert!(eve.wait(TIMEOUT).is_some(), "eve's client still connected");
+    let listed = http(&broker, "GET", "/api/v5/banned", None).json();
+    assert_eq!(listed["meta"]["count"], 2, "{listed}");
+    assert_eq!(listed["data"][1]["by"], "banned.bootstrap_file");
+
+    // Broken on line 3: refused, named, and the bans read before stay in force.
+    std::fs::write(
+        &file,
+        format!("as,who\nclientid,{stolen}\npeerhost,localhost\n"),
+    )
+    .unwrap();
+    let asked = http(&broker, "POST", "/api/v5/reload", None);
+    assert_eq!(asked.status, 422, "{asked:?}");
+    let answer = asked.json();
+    assert_eq!(
+        answer["failed"][0]["key"], "banned.bootstrap_file",
+        "{answer}"
+    );
+    let why = answer["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(why.contains(&format!("{}:3:", file.display())), "{why}");
+    assert_eq!(
+        http(&broker, "GET", "/api/v5/banned", None).json()["meta"]["count"],
+        2
+    );
+    assert!(publish_with_id(&broker, &stolen).is_err());
+
+    // `config check` reads it as start-up would, and fails on the same line.
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[banned]\nbootstrap_file = {:?}\n",
+            file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = interop_tests::broker::gateway_command()
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .expect("run gateway config check");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains(&format!("{}:3:", file.display())), "{said}");
+}

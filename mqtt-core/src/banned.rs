@@ -1,7 +1,8 @@
 //! Clients an operator banned (EMQX's banned list): by client id, user name, source address
 //! or source network, until a time or for good. Checked in the session layer when a session
 //! opens, so every adapter refuses a banned client the same way, in its own terms (MQTT 5
-//! CONNACK 0x8A, a CoAP 4.29 with Max-Age, ...). Held in memory: a restart forgets them.
+//! CONNACK 0x8A, a CoAP 4.29 with Max-Age, ...). Held in memory: a restart forgets those
+//! made through the admin API; those of the banned file are read from it again.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,6 +75,8 @@ pub struct Ban {
     pub at: SystemTime,
     /// `None`: until it is lifted.
     pub until: Option<SystemTime>,
+    /// Read from the banned file: replaced when the file is read again.
+    pub from_file: bool,
 }
 
 impl Ban {
@@ -121,6 +124,38 @@ impl BannedList {
             return Err(BanError::Full(self.max));
         }
         bans.push(ban);
+        self.count.store(bans.len(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Puts the bans of a file read again in place of those it held before; bans made
+    /// otherwise stay, unless the file names their target. All or nothing: a list that
+    /// would go over its most keeps what it held.
+    pub fn replace_file_bans(&self, from_file: Vec<Ban>, now: SystemTime) -> Result<(), BanError> {
+        let mut bans = self.bans.write();
+        let mut kept: Vec<Ban> = bans
+            .iter()
+            .filter(|held| {
+                held.live(now)
+                    && !held.from_file
+                    && !from_file.iter().any(|ban| ban.target == held.target)
+            })
+            .cloned()
+            .collect();
+        let mut read: Vec<Ban> = Vec::with_capacity(from_file.len());
+        for ban in from_file.into_iter().filter(|ban| ban.live(now)) {
+            // A target named twice: its last line is the ban.
+            read.retain(|earlier| earlier.target != ban.target);
+            read.push(Ban {
+                from_file: true,
+                ..ban
+            });
+        }
+        if kept.len() + read.len() > self.max {
+            return Err(BanError::Full(self.max));
+        }
+        kept.extend(read);
+        *bans = kept;
         self.count.store(bans.len(), Ordering::Release);
         Ok(())
     }
@@ -195,7 +230,46 @@ mod tests {
             by: "ops".into(),
             at: SystemTime::UNIX_EPOCH,
             until,
+            from_file: false,
         }
+    }
+
+    #[test]
+    fn a_file_read_again_replaces_its_own_bans_and_keeps_the_others() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let list = BannedList::new(3);
+        list.add(ban(BanTarget::Username("by-api".into()), None), now)
+            .unwrap();
+        let first = vec![
+            ban(BanTarget::ClientId("a".into()), None),
+            ban(BanTarget::ClientId("b".into()), None),
+        ];
+        list.replace_file_bans(first, now).unwrap();
+        assert_eq!(list.list(now).len(), 3);
+        let second = vec![ban(BanTarget::ClientId("c".into()), None)];
+        list.replace_file_bans(second, now).unwrap();
+        let targets: Vec<BanTarget> = list.list(now).into_iter().map(|b| b.target).collect();
+        assert_eq!(
+            targets,
+            vec![
+                BanTarget::Username("by-api".into()),
+                BanTarget::ClientId("c".into())
+            ]
+        );
+        // Over the most: nothing changes.
+        let too_many = ["x", "y", "z"]
+            .map(|id| ban(BanTarget::ClientId(id.into()), None))
+            .to_vec();
+        assert_eq!(
+            list.replace_file_bans(too_many, now),
+            Err(BanError::Full(3))
+        );
+        assert_eq!(list.list(now).len(), 2);
+        // The file may name what the API banned: it takes that target over.
+        list.replace_file_bans(vec![ban(BanTarget::Username("by-api".into()), None)], now)
+            .unwrap();
+        assert_eq!(list.list(now).len(), 1);
+        assert!(list.list(now)[0].from_file);
     }
 
     #[test]

@@ -252,9 +252,6 @@ pub struct Broker {
 
 /// How often the log sums up each session's dropped messages: one line per session and
 /// interval, however many it dropped, since a line per drop would cost more than delivery.
-/// Bans the banned list holds at most.
-pub const MAX_BANS: usize = 100_000;
-
 pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 struct DropReports {
@@ -304,7 +301,8 @@ impl Broker {
             listener_stats: Mutex::new(Vec::new()),
             listener_figures: Mutex::new(Vec::new()),
             flapping: None,
-            banned: crate::banned::BannedList::new(MAX_BANS),
+            // No room until `with_banned_limit` gives the configured size.
+            banned: crate::banned::BannedList::new(0),
             presence: None,
         }
     }
@@ -318,6 +316,13 @@ impl Broker {
     }
 
     /// Refuses client ids that connect too often, as `config` says (nothing when it is off).
+    /// A banned list holding at most `max_entries` bans (`banned.max_entries`); a broker
+    /// made without one holds none.
+    pub fn with_banned_limit(mut self, max_entries: usize) -> Broker {
+        self.banned = crate::banned::BannedList::new(max_entries);
+        self
+    }
+
     pub fn with_flapping_detect(mut self, config: &gateway_config::FlappingDetectConfig) -> Broker {
         self.flapping = FlappingDetector::new(config);
         self

@@ -960,38 +960,7 @@ pub async fn banned(
 )]
 pub async fn ban(State(state): State<AdminState>, ApiJson(view): ApiJson<BanView>) -> Response {
     let now = std::time::SystemTime::now();
-    let made = (|| -> Result<mqtt_core::banned::Ban, String> {
-        let texts = [
-            ("who", Some(&view.who)),
-            ("by", view.by.as_ref()),
-            ("reason", view.reason.as_ref()),
-        ];
-        for (field, text) in texts {
-            if text.is_some_and(|text| text.chars().count() > MAX_BAN_TEXT) {
-                return Err(format!("{field} is longer than {MAX_BAN_TEXT} characters"));
-            }
-        }
-        if view.who.is_empty() {
-            return Err("who must not be empty".into());
-        }
-        Ok(mqtt_core::banned::Ban {
-            target: target_of(view.kind, &view.who)?,
-            reason: view.reason.clone().unwrap_or_default(),
-            by: view.by.clone().unwrap_or_else(|| "api".into()),
-            at: view
-                .at
-                .as_deref()
-                .map(|at| parse_time("at", at))
-                .transpose()?
-                .unwrap_or(now),
-            until: view
-                .until
-                .as_deref()
-                .map(|until| parse_time("until", until))
-                .transpose()?,
-        })
-    })();
-    let ban = match made {
+    let ban = match ban_of(&view, now) {
         Ok(ban) => ban,
         Err(reason) => return api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", reason),
     };
@@ -1006,6 +975,43 @@ pub async fn ban(State(state): State<AdminState>, ApiJson(view): ApiJson<BanView
         }
         Err(error) => api_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", error.to_string()),
     }
+}
+
+/// The ban `view` describes, made `now` unless it says when; or why it cannot be one.
+pub(crate) fn ban_of(
+    view: &BanView,
+    now: std::time::SystemTime,
+) -> Result<mqtt_core::banned::Ban, String> {
+    let texts = [
+        ("who", Some(&view.who)),
+        ("by", view.by.as_ref()),
+        ("reason", view.reason.as_ref()),
+    ];
+    for (field, text) in texts {
+        if text.is_some_and(|text| text.chars().count() > MAX_BAN_TEXT) {
+            return Err(format!("{field} is longer than {MAX_BAN_TEXT} characters"));
+        }
+    }
+    if view.who.is_empty() {
+        return Err("who must not be empty".into());
+    }
+    Ok(mqtt_core::banned::Ban {
+        target: target_of(view.kind, &view.who)?,
+        reason: view.reason.clone().unwrap_or_default(),
+        by: view.by.clone().unwrap_or_else(|| "api".into()),
+        at: view
+            .at
+            .as_deref()
+            .map(|at| parse_time("at", at))
+            .transpose()?
+            .unwrap_or(now),
+        until: view
+            .until
+            .as_deref()
+            .map(|until| parse_time("until", until))
+            .transpose()?,
+        from_file: false,
+    })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -10,6 +10,7 @@
 //! arrive (a client that trickles bytes holds nothing for long).
 
 mod api;
+pub mod banned_file;
 mod dashboard;
 mod downlink;
 pub mod keys;

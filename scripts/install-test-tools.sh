@@ -13,6 +13,8 @@
 #     (PyPI, pinned below), the tinydtls binding under its CoAP over DTLS transport, built
 #     from source (with autoconf, automake and a C compiler from Debian),
 #   - cbor2, the CBOR encoder of the LwM2M Send test's SenML (PyPI, pinned below),
+#   - Chromium and its chromedriver (Debian chromium, chromium-driver), the browser the
+#     dashboard test drives over WebDriver,
 #   - curl, the admin API tests' HTTP client (Debian), prometheus-client's parser of the
 #     Prometheus text format and schemathesis, which checks the server against its OpenAPI
 #     document (PyPI, pinned below),
@@ -66,7 +68,7 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 missing=()
-for pkg in mosquitto-clients mosquitto openssl haproxy libcoap3-bin curl; do
+for pkg in mosquitto-clients mosquitto openssl haproxy libcoap3-bin curl chromium chromium-driver; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]} > 0)); then

@@ -2,7 +2,8 @@
 //! metrics, and EMQX's `/api/v5/...` paths, described by an OpenAPI document generated
 //! from the handlers (`/api-docs/openapi.json`). Requests to `/api/v5` present an API key
 //! (HTTP Basic, `api_key.bootstrap_file`) when the gateway has keys; without keys the
-//! server may only listen on loopback (the configuration check refuses the rest).
+//! server may only listen on loopback (the configuration check refuses the rest). The
+//! dashboard's pages (`dashboard`) are served at `/` and call that same API.
 //!
 //! Served by a loop of our own over hyper, rather than `axum::serve`, for the two limits a
 //! public port needs: connections open at once, and the time a request's head may take to
@@ -10,6 +11,7 @@
 
 mod api;
 pub mod banned_file;
+mod dashboard;
 mod downlink;
 pub mod keys;
 pub mod metrics;
@@ -160,6 +162,9 @@ fn router(state: AdminState) -> axum::Router {
         )
         // EMQX's path for the same document.
         .route("/api-docs/swagger.json", axum::routing::get(serve_document))
+        // The dashboard, outside the document: pages, not API.
+        .route("/", axum::routing::get(dashboard::index))
+        .route("/assets/{name}", axum::routing::get(dashboard::asset))
         .fallback(not_found)
         .with_state(state)
 }

@@ -62,11 +62,35 @@ pub fn http_with_body(
     credentials: Option<&str>,
     body: Option<(&str, &str)>,
 ) -> HttpReply {
+    http_request(broker, method, path, credentials, body, &[])
+}
+
+/// The same with `headers` sent as a browser would send them (`Origin`, `Host`, ...).
+pub fn http_with_headers(
+    broker: &Broker,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpReply {
+    http_request(broker, method, path, None, None, headers)
+}
+
+fn http_request(
+    broker: &Broker,
+    method: &str,
+    path: &str,
+    credentials: Option<&str>,
+    body: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
+) -> HttpReply {
     let url = format!("http://{}:{}{path}", broker.host, broker.admin_port);
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "10", "-D", "-", "-X", method]);
     if let Some(credentials) = credentials {
         cmd.args(["-u", credentials]);
+    }
+    for (name, value) in headers {
+        cmd.args(["-H", &format!("{name}: {value}")]);
     }
     if let Some((content_type, body)) = body {
         cmd.args(["-H", &format!("Content-Type: {content_type}")])

@@ -1269,3 +1269,69 @@ fn a_ban_kicks_out_the_clients_it_names_that_are_connected() {
         gw.log_tail()
     );
 }
+
+#[test]
+fn a_page_of_another_site_cannot_steer_the_gateway_through_the_operators_browser() {
+    // Without keys, on loopback: what a browser visiting a hostile page would send.
+    let Some(gw) = Broker::start_gateway_only("the admin API without keys", &[]) else {
+        return;
+    };
+    let id = unique_client_id("steered");
+    let mut cmd = std::process::Command::new("mosquitto_sub");
+    cmd.args([
+        "-h",
+        &gw.host,
+        "-p",
+        &gw.port.to_string(),
+        "-i",
+        &id,
+        "-t",
+        "x",
+    ]);
+    let _sub = Proc::spawn("mosquitto_sub", cmd);
+    clients_until(&gw, &format!("/api/v5/clients?clientid={id}"), |data| {
+        !data.is_empty()
+    });
+    let kick = format!("/api/v5/clients/{id}");
+    let own = format!("{}:{}", gw.host, gw.admin_port);
+    for (why, headers) in [
+        (
+            "a form or fetch from another site",
+            vec![
+                ("Origin", "http://evil.example"),
+                ("Sec-Fetch-Site", "cross-site"),
+            ],
+        ),
+        (
+            "another origin, an older browser",
+            vec![("Origin", "http://evil.example")],
+        ),
+        ("a sandboxed page", vec![("Origin", "null")]),
+        (
+            "DNS rebinding: a hostile name resolved to loopback",
+            vec![("Host", "evil.example:18083")],
+        ),
+    ] {
+        let reply = interop_tests::admin::http_with_headers(&gw, "DELETE", &kick, &headers);
+        assert_eq!(reply.status, 403, "{why}: {reply:?}");
+        assert_eq!(reply.json()["code"], "FORBIDDEN", "{why}");
+    }
+    let rebound = interop_tests::admin::http_with_headers(
+        &gw,
+        "GET",
+        "/api/v5/clients",
+        &[("Host", "evil.example:18083")],
+    );
+    assert_eq!(rebound.status, 403, "DNS rebinding reads nothing");
+    // The client is still there; the dashboard's own requests go through.
+    let same_origin = interop_tests::admin::http_with_headers(
+        &gw,
+        "DELETE",
+        &kick,
+        &[
+            ("Origin", &format!("http://{own}")),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+    );
+    assert_eq!(same_origin.status, 204, "{same_origin:?}");
+}

@@ -183,6 +183,9 @@ async fn not_found() -> Response {
 /// Lets a request through when it presents a key of the gateway's, or when the gateway
 /// has none.
 async fn require_key(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if let Some(refusal) = browser_refusal(&request, state.keys.is_some()) {
+        return refusal;
+    }
     let Some(keys) = &state.keys else {
         return next.run(request).await;
     };
@@ -203,6 +206,60 @@ async fn require_key(State(state): State<AdminState>, request: Request, next: Ne
         }),
     )
         .into_response()
+}
+
+/// Refuses what a web page the operator's browser visits could make it send: a request
+/// another site started (`Sec-Fetch-Site: cross-site` or `same-site`, or an `Origin` not
+/// the one asked), since a page may fire requests at a loopback port it cannot read; and,
+/// without keys, a request for a host that is not loopback, the mark of DNS rebinding (a
+/// hostile name made to resolve to 127.0.0.1, so that its page may read the answers). A
+/// client that is not a browser sends neither header, and names the address it reached.
+fn browser_refusal(request: &Request, with_keys: bool) -> Option<Response> {
+    let headers = request.headers();
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = text(header::HOST);
+    // A browser's own word first: a proxy in front may have rewritten `Host`, so that
+    // even the dashboard's requests would seem to come from another origin.
+    let from_elsewhere = match text(header::HeaderName::from_static("sec-fetch-site")) {
+        Some(site) => matches!(site, "cross-site" | "same-site"),
+        None => text(header::ORIGIN).is_some_and(|origin| {
+            let origin_host = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            origin_host != host
+        }),
+    };
+    let refuse = |message: &str| {
+        Some(
+            (
+                StatusCode::FORBIDDEN,
+                Json(ApiError {
+                    code: "FORBIDDEN".into(),
+                    message: message.into(),
+                }),
+            )
+                .into_response(),
+        )
+    };
+    if from_elsewhere {
+        return refuse("a request another site's page started is refused");
+    }
+    if !with_keys && !host.is_none_or(is_loopback_host) {
+        return refuse("without API keys, only a loopback host name is served");
+    }
+    None
+}
+
+/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').map_or(bracketed, |(ip, _)| ip),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The listeners of the configuration, each marked running when it started.
@@ -338,4 +395,78 @@ async fn serve(
         while connections.try_join_next().is_some() {}
     }
     while connections.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> Request {
+        let mut builder = axum::http::Request::builder().uri("/api/v5/clients");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(axum::body::Body::empty()).expect("a request")
+    }
+
+    fn refused(headers: &[(&str, &str)], with_keys: bool) -> bool {
+        browser_refusal(&request(headers), with_keys).is_some()
+    }
+
+    #[test]
+    fn a_request_another_site_started_is_refused() {
+        let host = ("host", "127.0.0.1:18083");
+        for with_keys in [false, true] {
+            assert!(!refused(&[host], with_keys), "curl");
+            assert!(!refused(
+                &[host, ("sec-fetch-site", "same-origin")],
+                with_keys
+            ));
+            assert!(!refused(
+                &[host, ("origin", "http://127.0.0.1:18083")],
+                with_keys
+            ));
+            assert!(refused(
+                &[host, ("sec-fetch-site", "cross-site")],
+                with_keys
+            ));
+            assert!(refused(&[host, ("sec-fetch-site", "same-site")], with_keys));
+            assert!(refused(
+                &[host, ("origin", "http://evil.example")],
+                with_keys
+            ));
+            assert!(refused(&[host, ("origin", "null")], with_keys));
+        }
+        // Behind a proxy that rewrote Host, the browser's word decides.
+        assert!(!refused(
+            &[
+                ("host", "127.0.0.1:18083"),
+                ("origin", "https://gateway.example"),
+                ("sec-fetch-site", "same-origin")
+            ],
+            true
+        ));
+    }
+
+    #[test]
+    fn without_keys_only_a_loopback_host_is_served() {
+        for host in [
+            "127.0.0.1:18083",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:18083",
+            "127.1.2.3",
+        ] {
+            assert!(!refused(&[("host", host)], false), "{host}");
+        }
+        for host in [
+            "evil.example:18083",
+            "192.0.2.1",
+            "[2001:db8::1]:18083",
+            "localhost.evil",
+        ] {
+            assert!(refused(&[("host", host)], false), "{host}");
+            assert!(!refused(&[("host", host)], true), "{host}, with keys");
+        }
+    }
 }

@@ -573,7 +573,9 @@ impl CoapChannel {
         let link = ReliableLink::new(
             framing,
             settings.transmission.max_message_size,
-            pong_timeout(&settings.transmission),
+            // A Ping over a stream waits for its Pong as long as a confirmable message
+            // over UDP waits for its acknowledgement.
+            settings.transmission.max_transmit_wait(),
             settings.transmission.understood_critical,
             seed,
         );
@@ -1491,14 +1493,7 @@ impl CoapChannel {
         match response.and_then(answer_of) {
             Some(answer) => self.request_done(|r| r.sequence == sequence, Ok(answer)),
             None => {
-                let params = self.settings.transmission.clone();
-                let wait = params
-                    .ack_timeout
-                    .mul_f64(params.ack_random_factor.max(1.0))
-                    .saturating_mul(
-                        2u32.saturating_pow(params.max_retransmit + 1)
-                            .saturating_sub(1),
-                    );
+                let wait = self.settings.transmission.max_transmit_wait();
                 if let Some(request) = self.requests.iter_mut().find(|r| r.sequence == sequence) {
                     request.separate_until = Some(now + wait);
                 }
@@ -1912,17 +1907,6 @@ impl CoapChannel {
             }
         }
     }
-}
-
-/// How long a Ping over a stream waits for its Pong: MAX_TRANSMIT_WAIT (RFC 7252 4.8.2),
-/// as long as a confirmable message over UDP may wait for its acknowledgement.
-fn pong_timeout(params: &TransmissionParams) -> Duration {
-    let attempts = 2u32
-        .saturating_pow(params.max_retransmit.saturating_add(1).min(31))
-        .saturating_sub(1);
-    params
-        .ack_timeout
-        .mul_f64(f64::from(attempts) * params.ack_random_factor.max(1.0))
 }
 
 /// The confirmable request a request of the admin API's becomes.

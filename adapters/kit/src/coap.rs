@@ -68,6 +68,20 @@ impl mqtt_core::broker::ListenerFigures for ExchangeCounters {
 }
 
 impl TransmissionParams {
+    /// MAX_TRANSMIT_WAIT (RFC 7252 4.8.2): the longest a confirmable message may wait for
+    /// its acknowledgement through every retransmission, and so how long a peer is given to
+    /// send what it promised (a separate response, a Pong).
+    pub fn max_transmit_wait(&self) -> Duration {
+        let attempts = 2u32
+            .saturating_pow(self.max_retransmit.saturating_add(1).min(31))
+            .saturating_sub(1);
+        let first = Duration::try_from_secs_f64(
+            self.ack_timeout.as_secs_f64() * self.ack_random_factor.max(1.0),
+        )
+        .unwrap_or(Duration::MAX);
+        first.saturating_mul(attempts)
+    }
+
     /// RFC 7252's defaults, with EXCHANGE_LIFETIME 247 s and NON_LIFETIME 145 s.
     pub fn rfc7252(understood_critical: &'static [u16]) -> TransmissionParams {
         TransmissionParams {

@@ -574,3 +574,15 @@ fn a_deferred_request_is_acknowledged_now_never_delivered_again_and_answered_lat
     assert_eq!(response.header.get_type(), MessageType::NonConfirmable);
     assert_eq!(response.get_token(), b"nd");
 }
+
+#[test]
+fn max_transmit_wait_is_rfc_7252s_93_seconds_and_never_overflows() {
+    let rfc = TransmissionParams::rfc7252(UNDERSTOOD);
+    assert_eq!(rfc.max_transmit_wait(), Duration::from_secs(93));
+    let absurd = TransmissionParams {
+        ack_random_factor: 1e300,
+        max_retransmit: u32::MAX,
+        ..TransmissionParams::rfc7252(UNDERSTOOD)
+    };
+    assert_eq!(absurd.max_transmit_wait(), Duration::MAX);
+}

@@ -1213,15 +1213,8 @@ impl Lwm2mChannel {
     }
 
     fn separate_response_follows(&mut self, sequence: u64, now: Instant) {
-        let params = &self.settings.transmission;
-        // MAX_TRANSMIT_WAIT (RFC 7252 4.8.2) for the device to send what it promised.
-        let wait = params
-            .ack_timeout
-            .mul_f64(params.ack_random_factor.max(1.0))
-            .saturating_mul(
-                2u32.saturating_pow(params.max_retransmit + 1)
-                    .saturating_sub(1),
-            );
+        // For the device to send what it promised.
+        let wait = self.settings.transmission.max_transmit_wait();
         let Some(in_flight) = self.in_flight.as_mut().filter(|f| f.sequence == sequence) else {
             return;
         };

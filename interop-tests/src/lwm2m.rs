@@ -5,7 +5,9 @@ use std::process::Command;
 
 use crate::broker::workspace_root;
 use crate::process::{Line, Proc};
-use crate::{Broker, TIMEOUT};
+use serde_json::Value;
+
+use crate::{Broker, MosquittoSub, TIMEOUT};
 
 /// A device on lwm2m-node-lib registering as `endpoint` with a lifetime of 60 s; its
 /// stdin takes `set`, `update` and `deregister` (`js/lwm2m_client.js`).
@@ -52,4 +54,18 @@ pub fn expect_line(device: &mut Proc, prefix: &str) -> String {
             ),
         }
     }
+}
+
+/// The next message on the device's `lwm2m/{endpoint}/up/...` topics, as (topic suffix,
+/// JSON).
+pub fn next_event(sub: &mut MosquittoSub, endpoint: &str) -> (String, Value) {
+    let msg = sub.recv(TIMEOUT);
+    let suffix = msg
+        .topic
+        .strip_prefix(&format!("lwm2m/{endpoint}/"))
+        .unwrap_or_else(|| panic!("unexpected topic {}", msg.topic))
+        .to_owned();
+    let json = serde_json::from_slice(&msg.payload)
+        .unwrap_or_else(|e| panic!("{}: not JSON ({e})", String::from_utf8_lossy(&msg.payload)));
+    (suffix, json)
 }

@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use interop_tests::admin::{http, http_json, HttpReply};
-use interop_tests::lwm2m::{device, expect_line};
+use interop_tests::lwm2m::{device, expect_line, next_event};
 use interop_tests::process::Proc;
 use interop_tests::{unique_client_id, Broker, MosquittoSub, Setting, Version, TIMEOUT};
 use serde_json::{json, Value};
@@ -73,17 +73,6 @@ fn lookup_until(
 
 fn answered(result: &Value) -> bool {
     result["code"] != "6.01"
-}
-
-/// The next message on the device's `up/` topics, as (topic suffix, JSON).
-fn next_event(sub: &mut MosquittoSub, endpoint: &str) -> (String, Value) {
-    let msg = sub.recv(TIMEOUT);
-    let suffix = msg
-        .topic
-        .strip_prefix(&format!("lwm2m/{endpoint}/"))
-        .unwrap_or_else(|| panic!("unexpected topic {}", msg.topic))
-        .to_owned();
-    (suffix, serde_json::from_slice(&msg.payload).unwrap())
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use interop_tests::broker::{free_udp_port, workspace_root};
 use interop_tests::dtls::{DtlsGateway, DtlsListener};
+use interop_tests::lwm2m::next_event;
 use interop_tests::process::{Line, Proc};
 use interop_tests::{
     mosquitto_pub, sample_payloads, unique_topic, AiocoapClient, MosquittoSub, Setting, Version,
@@ -219,19 +220,6 @@ fn line(device: &mut Proc, timeout: Duration) -> String {
         Line::Line(line) => line,
         other => panic!("device: {other:?}; stderr:\n{}", device.stderr()),
     }
-}
-
-/// The next message on `lwm2m/{endpoint}/up/...`, as (topic suffix, JSON).
-fn next_event(sub: &mut MosquittoSub, endpoint: &str) -> (String, Value) {
-    let msg = sub.recv(TIMEOUT);
-    let suffix = msg
-        .topic
-        .strip_prefix(&format!("lwm2m/{endpoint}/"))
-        .unwrap_or_else(|| panic!("unexpected topic {}", msg.topic))
-        .to_owned();
-    let json = serde_json::from_slice(&msg.payload)
-        .unwrap_or_else(|e| panic!("{}: not JSON ({e})", String::from_utf8_lossy(&msg.payload)));
-    (suffix, json)
 }
 
 /// Publishes the command `body` to the device and returns the response published for it.

@@ -15,25 +15,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use interop_tests::broker::workspace_root;
-use interop_tests::lwm2m::{device, expect_line, node_device};
+use interop_tests::lwm2m::{device, expect_line, next_event, node_device};
 use interop_tests::process::Proc;
-use interop_tests::{
-    mosquitto_pub, unique_client_id, Broker, MosquittoSub, Setting, Version, TIMEOUT,
-};
+use interop_tests::{mosquitto_pub, unique_client_id, Broker, MosquittoSub, Setting, Version};
 use serde_json::{json, Value};
-
-/// The next message on the `up/` topics, as (topic suffix, JSON).
-fn next_event(sub: &mut MosquittoSub, endpoint: &str) -> (String, Value) {
-    let msg = sub.recv(TIMEOUT);
-    let suffix = msg
-        .topic
-        .strip_prefix(&format!("lwm2m/{endpoint}/"))
-        .unwrap_or_else(|| panic!("unexpected topic {}", msg.topic))
-        .to_owned();
-    let json = serde_json::from_slice(&msg.payload)
-        .unwrap_or_else(|e| panic!("{}: not JSON ({e})", String::from_utf8_lossy(&msg.payload)));
-    (suffix, json)
-}
 
 fn command(broker: &Broker, endpoint: &str, body: Value) {
     mosquitto_pub(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::auth::ClientInfo;
 use crate::broker::Broker;
 use crate::codec::{ReasonCode, SubscriptionOptions};
-use crate::session::{SessionCell, SessionKey, SessionState};
+use crate::session::{SessionCell, SessionKey, SessionState, Subscription};
 
 /// How a client's protocol names itself and its version, as EMQX reports them
 /// (`proto_name`, `proto_ver`).
@@ -133,6 +133,16 @@ pub struct QueueTotals {
     pub inflight: u64,
     /// Incoming QoS 2 messages received and not yet released.
     pub awaiting_release: u64,
+}
+
+impl SubscriptionSnapshot {
+    fn of((filter, subscription): (&String, &Subscription)) -> SubscriptionSnapshot {
+        SubscriptionSnapshot {
+            filter: filter.clone(),
+            options: subscription.options,
+            identifier: subscription.identifier,
+        }
+    }
 }
 
 /// A client as the broker saw it when asked.
@@ -261,11 +271,7 @@ impl Broker {
             .lock()
             .subscriptions
             .iter()
-            .map(|(filter, subscription)| SubscriptionSnapshot {
-                filter: filter.clone(),
-                options: subscription.options,
-                identifier: subscription.identifier,
-            })
+            .map(SubscriptionSnapshot::of)
             .collect();
         subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
         Some(subscriptions)
@@ -275,23 +281,19 @@ impl Broker {
     /// key, ordered by namespace, client id and filter, so that a page of it stays put
     /// while others subscribe. Each session is read under its own lock, one at a time.
     pub fn subscriptions(&self) -> Vec<(SessionKey, SubscriptionSnapshot)> {
-        let cells: Vec<Arc<SessionCell>> = self.registry.lock().values().cloned().collect();
+        let cells = self.all_sessions();
         let mut found: Vec<(SessionKey, SubscriptionSnapshot)> = Vec::new();
         for cell in &cells {
             let state = cell.state.lock();
             if state.attachment.is_none() {
                 continue;
             }
-            found.extend(state.subscriptions.iter().map(|(filter, subscription)| {
-                (
-                    cell.key.clone(),
-                    SubscriptionSnapshot {
-                        filter: filter.clone(),
-                        options: subscription.options,
-                        identifier: subscription.identifier,
-                    },
-                )
-            }));
+            found.extend(
+                state
+                    .subscriptions
+                    .iter()
+                    .map(|entry| (cell.key.clone(), SubscriptionSnapshot::of(entry))),
+            );
         }
         found.sort_by(|(a_key, a), (b_key, b)| {
             (a_key.namespace, &a_key.client_id, &a.filter).cmp(&(
@@ -306,7 +308,7 @@ impl Broker {
     /// What every session holds for its client now, summed, each session read under its
     /// own lock, one at a time.
     pub fn queue_totals(&self) -> QueueTotals {
-        let cells: Vec<Arc<SessionCell>> = self.registry.lock().values().cloned().collect();
+        let cells = self.all_sessions();
         let mut totals = QueueTotals::default();
         for cell in &cells {
             let state = cell.state.lock();
@@ -358,7 +360,7 @@ impl Broker {
     /// list names (a ban made or a banned list read again): a ban refuses new sessions in
     /// the session layer, and this ends the ones open before it. Returns how many.
     pub fn kick_banned(&self, wall_now: SystemTime, now: Instant) -> usize {
-        let cells: Vec<Arc<SessionCell>> = self.registry.lock().values().cloned().collect();
+        let cells = self.all_sessions();
         let named: Vec<SessionKey> = cells
             .iter()
             .filter(|cell| {
@@ -372,6 +374,12 @@ impl Broker {
             .map(|cell| cell.key.clone())
             .collect();
         named.iter().filter(|key| self.kick(key, now)).count()
+    }
+
+    /// Every session's handle, taken under the registry's lock, so that each session can
+    /// then be read under its own lock with the registry's released.
+    fn all_sessions(&self) -> Vec<Arc<SessionCell>> {
+        self.registry.lock().values().cloned().collect()
     }
 
     fn snapshot(&self, cell: &SessionCell) -> Option<ClientSnapshot> {

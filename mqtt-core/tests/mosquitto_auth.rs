@@ -378,3 +378,48 @@ fn argon2_lines_that_are_malformed_or_too_costly_are_refused_with_their_line() {
     .unwrap();
     assert!(ok.verify("ok", b"x"));
 }
+
+mod arbitrary {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("topic".to_owned()),
+            Just("pattern".to_owned()),
+            Just("user".to_owned()),
+            Just("read".to_owned()),
+            Just("deny".to_owned()),
+            Just("%u".to_owned()),
+            Just("%c".to_owned()),
+            "[a-c+#/$%ucu ]{0,6}",
+        ]
+    }
+
+    proptest! {
+        // Whatever the file and whoever asks, loading and deciding never panic, and a
+        // client whose name holds a wildcard is never granted a topic through a pattern
+        // alone.
+        #[test]
+        fn any_file_any_client(
+            lines in proptest::collection::vec(proptest::collection::vec(word(), 0..5), 0..8),
+            user in proptest::option::of("[a-c+#/]{0,4}"),
+            id in "[a-c+#/]{1,4}",
+            topic in "[a-c+#/$]{1,6}",
+        ) {
+            let text: String = lines.iter().map(|l| l.join(" ") + "\n").collect();
+            if let Ok(acl) = MosquittoAcl::parse(&text, Path::new("p")) {
+                let c = client(&id, user.as_deref());
+                let _ = acl.authorize(&c, PUB, &topic);
+                let _ = acl.authorize(&c, SUB, &topic);
+                let only_patterns = !text.lines().any(|l| l.trim_start().starts_with("topic"));
+                let wild = id.contains(['+', '#'])
+                    || user.as_deref().is_some_and(|u| u.contains(['+', '#']));
+                if only_patterns && wild {
+                    prop_assert!(!acl.authorize(&c, PUB, &topic));
+                    prop_assert!(!acl.authorize(&c, SUB, &topic));
+                }
+            }
+        }
+    }
+}

@@ -399,8 +399,10 @@ fn gateway_decides_a_mosquitto_acl_file_as_mosquitto_does() {
         mosquitto.log()
     );
     println!(
-        "{} cells, {allowed} allowed, equal on both brokers:\n{}",
+        "{} cells, {allowed} allowed by Mosquitto, the gateway deciding each alike but the {} \
+         where it is stricter:\n{}",
         theirs.len(),
+        STRICTER.len(),
         render(&ours, &theirs)
     );
 }

@@ -74,6 +74,12 @@ done
 if ((${#missing[@]} > 0)); then
     quietly apt-get update
     quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+    # The tests run their own Mosquitto brokers on free ports; the package's service would
+    # hold 1883 for nothing. Only a service this script just installed is stopped.
+    if [[ " ${missing[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null \
+        && systemctl is-enabled --quiet mosquitto 2>/dev/null; then
+        quietly systemctl disable --now mosquitto
+    fi
 fi
 
 # --- dtls_cid_coap on Mbed TLS 3.6 ------------------------------------------------

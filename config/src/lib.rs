@@ -229,6 +229,17 @@ pub struct AuthConfig {
     #[serde(with = "empty_is_none")]
     pub acl_file: Option<PathBuf>,
     pub acl_no_match: AclNoMatch,
+    pub acl_format: AclFormat,
+}
+
+/// The syntax and meaning of `auth.acl_file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AclFormat {
+    /// The gateway's ordered allow/deny rules.
+    Gateway,
+    /// Mosquitto's `acl_file`: `user`, `topic` and `pattern` lines, decided as Mosquitto does.
+    Mosquitto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

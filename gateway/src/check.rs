@@ -8,7 +8,7 @@ use adapter_kit::tls::TlsAcceptor;
 use adapter_kit::{NamedListener, StartError};
 use anyhow::{anyhow, Error};
 use gateway_config::{AuthConfig, Config, ListenerFiles};
-use mqtt_core::auth::{AclAuthorizer, AuthError, AuthFiles, PasswordFile};
+use mqtt_core::auth::{AclFile, AuthError, AuthFiles, PasswordFile};
 
 /// Reads the password and ACL files of `[auth]`; an error names the key of the file at
 /// fault.
@@ -38,7 +38,7 @@ pub fn unusable_files(config: &Config) -> Vec<Error> {
         }
     }
     if let Some(path) = auth.acl_file.as_deref() {
-        if let Err(error) = AclAuthorizer::load(path, auth.acl_no_match) {
+        if let Err(error) = AclFile::load(path, auth.acl_format, auth.acl_no_match) {
             problems.push(auth_error(auth, error));
         }
     }

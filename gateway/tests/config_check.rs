@@ -421,3 +421,60 @@ fn a_missing_api_key_file_fails_the_check_as_it_fails_start_up() {
         &missing,
     );
 }
+
+#[test]
+fn a_mosquitto_acl_file_is_checked_in_the_format_acl_format_names() {
+    let dir = scratch();
+    let acl = dir.join("mosquitto.acl");
+    std::fs::write(
+        &acl,
+        "user alice\ntopic read alice/#\npattern readwrite %u/#\n",
+    )
+    .unwrap();
+    let mosquitto = format!(
+        "{}[auth]\nacl_format = \"mosquitto\"\n{}",
+        all_on_any_port(),
+        path_setting("acl_file", &acl)
+    );
+    let output = check("mosquitto-acl.toml", &mosquitto);
+    assert!(output.status.success(), "{output:?}");
+    // The same file read as the gateway's format is refused on its first line.
+    let gateway_format = format!(
+        "{}[auth]\n{}",
+        all_on_any_port(),
+        path_setting("acl_file", &acl)
+    );
+    let output = check("mosquitto-acl-as-gateway.toml", &gateway_format);
+    assert!(!output.status.success(), "{output:?}");
+    let expected = format!("error: auth.acl_file: {}:1: ", acl.display());
+    assert!(
+        error_lines(&output)
+            .iter()
+            .any(|e| e.starts_with(&expected)),
+        "{output:?}"
+    );
+    // A Mosquitto file with an unknown access word names its line.
+    let broken = dir.join("broken-mosquitto.acl");
+    std::fs::write(
+        &broken,
+        "user alice\ntopic read alice/#\ntopic readonly x\n",
+    )
+    .unwrap();
+    let toml = format!(
+        "{}[auth]\nacl_format = \"mosquitto\"\n{}",
+        all_on_any_port(),
+        path_setting("acl_file", &broken)
+    );
+    let output = check("broken-mosquitto-acl.toml", &toml);
+    assert!(!output.status.success(), "{output:?}");
+    let expected = format!(
+        "error: auth.acl_file: {}:3: expected read, write, readwrite or deny",
+        broken.display()
+    );
+    assert!(
+        error_lines(&output)
+            .iter()
+            .any(|e| e.starts_with(&expected)),
+        "{output:?}"
+    );
+}

@@ -13,9 +13,16 @@
 //! - `$7$<iterations>$<salt>$<hash>`: PBKDF2-HMAC-SHA512, 64-byte hash;
 //! - `$6$<salt>$<hash>`: SHA512 over the password bytes followed by the salt bytes.
 //!
-//! Salt and hash are standard base64 with padding. New hashes ([`hash_password`]) are `$7$`
+//! - `$argon2id$v=19$m=<KiB>,t=<passes>,p=<lanes>$<salt>$<hash>`: Argon2id (RFC 9106) in the
+//!   PHC string form of the reference implementation, as Mosquitto 2.1's `mosquitto_passwd`
+//!   writes it (by default m=47104, t=1, p=1, a 64-byte salt and a 64-byte hash).
+//!
+//! Salt and hash are standard base64, padded or not. New hashes ([`hash_password`]) are `$7$`
 //! with a 12-byte salt (the length every Mosquitto release reads) and [`PBKDF2_ITERATIONS`].
-//! Argon2id lines written by newer Mosquitto builds are rejected at load, not skipped.
+//! Argon2id costs are bounded ([`MAX_ARGON2_MEMORY_KIB`], [`MAX_ARGON2_PASSES`],
+//! [`MAX_ARGON2_LANES`]): every CONNECT of that user pays them, so a line asking for more is
+//! refused at load like any malformed line. Other Argon2 variants (`$argon2i$`, `$argon2d$`)
+//! and versions other than 19 are refused.
 //!
 //! # ACL file
 //!
@@ -46,6 +53,9 @@
 //!
 //! Without an ACL file the rule list is empty and `auth.acl_no_match` decides everything.
 //!
+//! With `auth.acl_format = "mosquitto"` the ACL file is Mosquitto's instead, decided as
+//! Mosquitto decides; see [`MosquittoAcl`].
+//!
 //! # Reloading
 //!
 //! [`AuthFiles`] holds both files as read last and reads either again on demand: a file
@@ -70,12 +80,15 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STAN
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use bytestring::ByteString;
-use gateway_config::{AclNoMatch, AuthConfig, IpNet};
+use gateway_config::{AclFormat, AclNoMatch, AuthConfig, IpNet};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha512};
 use subtle::ConstantTimeEq as _;
 
 use crate::mountpoint::Mountpoint;
+
+mod mosquitto_acl;
+pub use mosquitto_acl::MosquittoAcl;
 
 /// PBKDF2 iterations for hashes we create.
 ///
@@ -88,6 +101,18 @@ use crate::mountpoint::Mountpoint;
 /// OWASP's 210 000 would cost ~120 ms per CONNECT, which a broker cannot afford; the defence
 /// that matters here is high-entropy device credentials.
 pub const PBKDF2_ITERATIONS: u32 = 1_000;
+
+/// Largest Argon2id memory cost accepted in a password file, KiB (256 MiB): 5.5 times
+/// Mosquitto's default. Each CONNECT of such a user holds that much memory while it hashes.
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
+/// Largest Argon2id pass count accepted in a password file.
+pub const MAX_ARGON2_PASSES: u32 = 16;
+/// Largest Argon2id lane count accepted in a password file; lanes are hashed one after the
+/// other here, so they cost time as passes do.
+pub const MAX_ARGON2_LANES: u32 = 16;
+// RFC 9106's minimum tag length, and a bound well above any generator's.
+const ARGON2_HASH_LEN: std::ops::RangeInclusive<usize> = 4..=128;
+const ARGON2_MAX_SALT_LEN: usize = 128;
 
 const SALT_LEN: usize = 12;
 const HASH_LEN: usize = 64;
@@ -303,6 +328,11 @@ enum PasswordHash {
         salt: Vec<u8>,
         hash: [u8; HASH_LEN],
     },
+    Argon2id {
+        params: argon2::Params,
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
 }
 
 impl PasswordHash {
@@ -332,10 +362,12 @@ impl PasswordHash {
                 salt: decode_salt(salt)?,
                 hash: decode_hash(hash)?,
             })
+        } else if let Some(rest) = text.strip_prefix("$argon2id$") {
+            parse_argon2id(rest)
         } else if text.starts_with("$argon2") {
-            Err("argon2 hashes are not supported; set the password again with `gateway passwd` or `mosquitto_passwd -H sha512-pbkdf2`".into())
+            Err("only the argon2id variant of Argon2 is supported".into())
         } else {
-            Err("not a $7$ (PBKDF2-SHA512) or $6$ (SHA512) hash; plain-text passwords are not accepted".into())
+            Err("not a $7$ (PBKDF2-SHA512), $6$ (SHA512) or $argon2id$ hash; plain-text passwords are not accepted".into())
         }
     }
 
@@ -357,6 +389,20 @@ impl PasswordHash {
                 pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut out);
                 (hash, out)
             }
+            PasswordHash::Argon2id { params, salt, hash } => {
+                let mut out = vec![0u8; hash.len()];
+                let argon = argon2::Argon2::new(
+                    argon2::Algorithm::Argon2id,
+                    argon2::Version::V0x13,
+                    params.clone(),
+                );
+                // Parameters were checked at load; a failure here (out of memory for the
+                // blocks) refuses the login rather than crash the broker.
+                if argon.hash_password_into(password, salt, &mut out).is_err() {
+                    return false;
+                }
+                return bool::from(hash.as_slice().ct_eq(&out));
+            }
         };
         bool::from(expected.ct_eq(&computed))
     }
@@ -375,8 +421,96 @@ impl PasswordHash {
                 STANDARD.encode(salt),
                 STANDARD.encode(hash)
             ),
+            PasswordHash::Argon2id { params, salt, hash } => format!(
+                "$argon2id$v=19$m={},t={},p={}${}${}",
+                params.m_cost(),
+                params.t_cost(),
+                params.p_cost(),
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(salt),
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash)
+            ),
         }
     }
+}
+
+/// `rest` is what follows `$argon2id$`: `v=19$m=..,t=..,p=..$salt$hash`.
+fn parse_argon2id(rest: &str) -> Result<PasswordHash, String> {
+    const SHAPE: &str = "expected $argon2id$v=19$m=<KiB>,t=<passes>,p=<lanes>$<salt>$<hash>";
+    let mut parts = rest.split('$');
+    let (Some(version), Some(costs), Some(salt), Some(hash), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(SHAPE.into());
+    };
+    if version != "v=19" {
+        return Err(format!(
+            "argon2id version {version:?} is not supported, only v=19"
+        ));
+    }
+    let (mut m, mut t, mut p) = (None, None, None);
+    for cost in costs.split(',') {
+        let Some((key, value)) = cost.split_once('=') else {
+            return Err(SHAPE.into());
+        };
+        let slot = match key {
+            "m" => &mut m,
+            "t" => &mut t,
+            "p" => &mut p,
+            _ => return Err(format!("unknown argon2id parameter {key:?}; {SHAPE}")),
+        };
+        if slot.is_some() {
+            return Err(format!("argon2id parameter {key:?} given twice"));
+        }
+        let value: u32 = value
+            .parse()
+            .map_err(|_| format!("argon2id parameter {key}={value:?} is not a number"))?;
+        *slot = Some(value);
+    }
+    let (Some(m), Some(t), Some(p)) = (m, t, p) else {
+        return Err(SHAPE.into());
+    };
+    if !(1..=MAX_ARGON2_PASSES).contains(&t) {
+        return Err(format!(
+            "argon2id t={t}: passes must be 1..={MAX_ARGON2_PASSES}"
+        ));
+    }
+    if !(1..=MAX_ARGON2_LANES).contains(&p) {
+        return Err(format!(
+            "argon2id p={p}: lanes must be 1..={MAX_ARGON2_LANES}"
+        ));
+    }
+    if m > MAX_ARGON2_MEMORY_KIB || m < 8 * p {
+        return Err(format!(
+            "argon2id m={m}: memory must be 8*p..={MAX_ARGON2_MEMORY_KIB} KiB"
+        ));
+    }
+    let salt = LENIENT_B64
+        .decode(salt)
+        .map_err(|e| format!("salt is not base64: {e}"))?;
+    if !(8..=ARGON2_MAX_SALT_LEN).contains(&salt.len()) {
+        return Err(format!(
+            "argon2id salt is {} bytes, expected 8..={ARGON2_MAX_SALT_LEN}",
+            salt.len()
+        ));
+    }
+    let hash = LENIENT_B64
+        .decode(hash)
+        .map_err(|e| format!("hash is not base64: {e}"))?;
+    if !ARGON2_HASH_LEN.contains(&hash.len()) {
+        return Err(format!(
+            "argon2id hash is {} bytes, expected {}..={}",
+            hash.len(),
+            ARGON2_HASH_LEN.start(),
+            ARGON2_HASH_LEN.end()
+        ));
+    }
+    let params = argon2::Params::new(m, t, p, Some(hash.len()))
+        .map_err(|e| format!("argon2id parameters refused: {e}"))?;
+    Ok(PasswordHash::Argon2id { params, salt, hash })
 }
 
 fn decode_salt(b64: &str) -> Result<Vec<u8>, String> {
@@ -670,11 +804,12 @@ fn check_credentials(
 pub struct AuthFiles {
     allow_anonymous: bool,
     acl_no_match: AclNoMatch,
+    acl_format: AclFormat,
     /// `None` without a password file: user names are not checked.
     users: Option<(PathBuf, ArcSwap<PasswordFile>)>,
     /// `None` without an ACL file: `acl_no_match` decides everything.
     acl_file: Option<PathBuf>,
-    acl: ArcSwap<AclAuthorizer>,
+    acl: ArcSwap<AclFile>,
 }
 
 impl fmt::Debug for AuthFiles {
@@ -684,6 +819,7 @@ impl fmt::Debug for AuthFiles {
             .field("password_file", &self.password_file())
             .field("acl_file", &self.acl_file)
             .field("acl_no_match", &self.acl_no_match)
+            .field("acl_format", &self.acl_format)
             .finish_non_exhaustive()
     }
 }
@@ -699,12 +835,13 @@ impl AuthFiles {
             None => None,
         };
         let acl = match cfg.acl_file.as_deref() {
-            Some(path) => AclAuthorizer::load(path, cfg.acl_no_match)?,
-            None => AclAuthorizer::empty(cfg.acl_no_match),
+            Some(path) => AclFile::load(path, cfg.acl_format, cfg.acl_no_match)?,
+            None => AclFile::Gateway(AclAuthorizer::empty(cfg.acl_no_match)),
         };
         Ok(AuthFiles {
             allow_anonymous: cfg.allow_anonymous,
             acl_no_match: cfg.acl_no_match,
+            acl_format: cfg.acl_format,
             users,
             acl_file: cfg.acl_file.clone(),
             acl: ArcSwap::from_pointee(acl),
@@ -745,7 +882,7 @@ impl AuthFiles {
         let Some(path) = &self.acl_file else {
             return Ok(None);
         };
-        let loaded = AclAuthorizer::load(path, self.acl_no_match)?;
+        let loaded = AclFile::load(path, self.acl_format, self.acl_no_match)?;
         let count = loaded.len();
         self.acl.store(Arc::new(loaded));
         Ok(Some(count))
@@ -769,6 +906,43 @@ impl Authorizer for AuthFiles {
 
 // ---------------------------------------------------------------------------------------------
 // ACL
+
+/// An ACL file in either format `auth.acl_format` names.
+#[derive(Debug, Clone)]
+pub enum AclFile {
+    Gateway(AclAuthorizer),
+    Mosquitto(MosquittoAcl),
+}
+
+impl AclFile {
+    pub fn load(path: &Path, format: AclFormat, no_match: AclNoMatch) -> Result<Self, AuthError> {
+        Ok(match format {
+            AclFormat::Gateway => AclFile::Gateway(AclAuthorizer::load(path, no_match)?),
+            AclFormat::Mosquitto => AclFile::Mosquitto(MosquittoAcl::load(path)?),
+        })
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        match self {
+            AclFile::Gateway(acl) => acl.len(),
+            AclFile::Mosquitto(acl) => acl.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Authorizer for AclFile {
+    fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {
+        match self {
+            AclFile::Gateway(acl) => acl.authorize(client, action, topic),
+            AclFile::Mosquitto(acl) => acl.authorize(client, action, topic),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Who {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gateway_config::{AclNoMatch, AuthConfig};
+use gateway_config::{AclFormat, AclNoMatch, AuthConfig};
 use mqtt_core::auth::{
     add_user, hash_password, verify_password, AclAuthorizer, Action, Auth, AuthError, AuthFiles,
     AuthOutcome, Authenticator, Authorizer, ClientInfo, DenyReason, PasswordAuthenticator,
@@ -534,6 +534,7 @@ fn auth_from_config_reads_both_files() {
         password_file: Some(data(MOSQUITTO_PASSWD)),
         acl_file: Some(acl_path),
         acl_no_match: AclNoMatch::Deny,
+        acl_format: AclFormat::Gateway,
     };
     let auth = Auth::from_config(&cfg).unwrap();
     let alice = client("c", Some("alice"));
@@ -603,6 +604,7 @@ fn reloadable(
         password_file: Some(passwd.clone()),
         acl_file: Some(acl_path.clone()),
         acl_no_match: AclNoMatch::Deny,
+        acl_format: AclFormat::Gateway,
     };
     (
         Arc::new(AuthFiles::load(&cfg).unwrap()),

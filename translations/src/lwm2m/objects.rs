@@ -9,7 +9,8 @@
 //! file's own is ever expanded (billion laughs) and nothing outside the file is fetched.
 //!
 //! Limits, each refused naming the file: a file over `MAX_FILE_BYTES`, more XML nodes
-//! than `MAX_NODES`, more than `MAX_FILES` files in `xml_dir`. Resources are keyed by
+//! than `MAX_NODES`, more than `MAX_FILES` files in `xml_dir`, a `.xml` that is not a
+//! regular file (a FIFO would hold start-up). Resources are keyed by
 //! their 16-bit id, so an object holds at most 65,536 of them, each once.
 //!
 //! An object id defined twice is refused when both definitions come from the operator
@@ -66,6 +67,8 @@ pub enum DefinitionError {
     },
     #[error("{file}: larger than {MAX_FILE_BYTES} bytes")]
     TooLarge { file: String },
+    #[error("{file}: not a regular file")]
+    NotAFile { file: String },
     #[error("{dir}: more than {MAX_FILES} definition files")]
     TooManyFiles { dir: String },
     #[error("{file}: object {id} is already defined by {first}")]
@@ -202,6 +205,12 @@ fn read_bounded(file: &FsPath, name: &str) -> Result<String, DefinitionError> {
         dir: name.to_owned(),
         source,
     };
+    // A FIFO or a device under a `.xml` name would hold start-up on its open or its read.
+    if !std::fs::metadata(file).map_err(io)?.is_file() {
+        return Err(DefinitionError::NotAFile {
+            file: name.to_owned(),
+        });
+    }
     let mut bytes = Vec::new();
     std::fs::File::open(file)
         .map_err(io)?
@@ -651,6 +660,26 @@ mod tests {
         assert!(error
             .to_string()
             .ends_with("huge.xml: larger than 1048576 bytes"));
+        std::fs::remove_file(dir.join("huge.xml")).unwrap();
+
+        // A FIFO is not opened (the open would wait for a writer), nor a directory read.
+        let status = std::process::Command::new("mkfifo")
+            .arg(dir.join("fifo.xml"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let error = ObjectRegistry::load(dir.to_str().unwrap()).unwrap_err();
+        assert!(
+            error.to_string().ends_with("fifo.xml: not a regular file"),
+            "{error}"
+        );
+        std::fs::remove_file(dir.join("fifo.xml")).unwrap();
+        std::fs::create_dir(dir.join("dir.xml")).unwrap();
+        let error = ObjectRegistry::load(dir.to_str().unwrap()).unwrap_err();
+        assert!(
+            error.to_string().ends_with("dir.xml: not a regular file"),
+            "{error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
 
         let error = ObjectRegistry::load("/nonexistent-xml-dir").unwrap_err();

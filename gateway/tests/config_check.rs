@@ -261,6 +261,46 @@ fn a_missing_certificate_fails_the_check_as_it_fails_start_up() {
 }
 
 #[test]
+fn a_malformed_object_definition_fails_the_check_and_start_up_naming_its_file_and_line() {
+    let dir = scratch().join("malformed-xml-dir");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let definition = dir.join("9000.xml");
+    std::fs::write(
+        &definition,
+        "<?xml version=\"1.0\"?>\n<LWM2M>\n  <Object>\n    <ObjectID>9000</ObjectID>\n  </Objet>\n</LWM2M>\n",
+    )
+    .unwrap();
+    let toml = format!(
+        "{}[gateway.lwm2m]\n{}",
+        all_on_any_port(),
+        path_setting("xml_dir", &dir)
+    );
+    let file = write("malformed-xml.toml", &toml);
+    let output = gateway()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{output:?}");
+    let errors = error_lines(&output);
+    assert_eq!(
+        errors,
+        [format!(
+            "error: gateway.lwm2m.xml_dir: {}:5:3: expected 'Object' tag, not 'Objet'",
+            definition.display()
+        )],
+        "{output:?}"
+    );
+    let start_up = start_up_failure(&file);
+    assert!(start_up.contains("gateway.lwm2m.xml_dir"), "{start_up}");
+    assert!(
+        start_up.contains(&format!("{}:5:3: ", definition.display())),
+        "{start_up}"
+    );
+}
+
+#[test]
 fn every_file_the_configuration_names_is_read_and_each_unusable_one_named() {
     // A directory of its own, emptied: the files the test makes usable must be missing at
     // first however often it runs.

@@ -446,3 +446,62 @@ fn lwm2m_1_1_send_in_senml_cbor_and_json_is_published_on_the_notify_topic() {
     );
     assert_eq!(expect_line(&mut device, "deregister"), "deregister 2.02");
 }
+
+/// A device on aiocoap registering with link format that splitting on `,` misreads (a
+/// quoted `,` and `;`, an escaped quote, LwM2M 1.1's root with a list of content formats,
+/// whitespace), then sending an object list that is not link format in an update and in a
+/// new registration: both refused 4.00, nothing published, the registration kept.
+#[test]
+fn an_aiocoap_device_s_link_format_is_read_whole_and_a_malformed_one_refused_4_00() {
+    let Some(broker) = Broker::start_gateway_only("an LwM2M listener", &[]) else {
+        return;
+    };
+    let endpoint = unique_client_id("lwm2m-links");
+    let mut sub = MosquittoSub::start(
+        &broker,
+        Version::V311,
+        &[&format!("lwm2m/{endpoint}/up/#")],
+        0,
+        &[],
+    );
+    let good = r#"</>;rt="oma.lwm2m";ct="60 110 112 11542 11543", </1/0>;title="a,</9/0>;b",</3/0>;title="say \"hi\", ok""#;
+    let bad = r#"</3/0>;title="a,b"#;
+    let update = "</3/0>,\r\n</3303/0>;pmin=10";
+    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(python);
+    cmd.arg(workspace_root().join("interop-tests/py/lwm2m_register.py"))
+        .arg(&broker.host)
+        .arg(broker.lwm2m_port.to_string())
+        .arg(&endpoint)
+        .args([good, bad, update]);
+    let mut device = Proc::spawn("aiocoap LwM2M 1.1 device", cmd);
+    assert_eq!(
+        expect_line(&mut device, "register"),
+        format!("register 2.01 rd/{endpoint}")
+    );
+    let (topic, event) = next_event(&mut sub, &endpoint);
+    assert_eq!(topic, "up/resp");
+    assert_eq!(event["data"]["alternatePath"], "/", "{event}");
+    assert_eq!(
+        event["data"]["objectList"],
+        json!(["/1/0", "/3/0"]),
+        "{event}"
+    );
+
+    assert_eq!(expect_line(&mut device, "update-bad"), "update-bad 4.00");
+    assert_eq!(
+        expect_line(&mut device, "register-bad"),
+        "register-bad 4.00"
+    );
+    assert_eq!(expect_line(&mut device, "update"), "update 2.04");
+    // The next event is the good update's: the refused ones published nothing.
+    let (topic, event) = next_event(&mut sub, &endpoint);
+    assert_eq!(topic, "up/update", "{event}");
+    assert_eq!(
+        event["data"]["objectList"],
+        json!(["/3/0", "/3303/0"]),
+        "{event}"
+    );
+    assert_eq!(event["data"]["lwm2m"], "1.1", "{event}");
+    assert_eq!(expect_line(&mut device, "deregister"), "deregister 2.02");
+}

@@ -26,6 +26,7 @@ use mqtt_core::rate::PublishRates;
 use mqtt_core::session::{ConnControl, Wakeup};
 use mqtt_core::storage::{HeldReplies, Ticket};
 use serde_json::{json, Map, Value as Json};
+use translations::link_format;
 use translations::lwm2m::objects::ObjectRegistry;
 use translations::lwm2m::{self, Path};
 
@@ -1293,14 +1294,29 @@ impl Lwm2mChannel {
                     .retain(|_, observed| observed.request_path() != path);
                 self.read_like(&command, &msg_type, packet, code)
             }
-            Some(Operation::Discover) if code.is_success() => command::response(
-                Some(&command.json),
-                &msg_type,
-                &path,
-                code,
-                Some(command::discover_content(packet)),
-                None,
-            ),
+            Some(Operation::Discover) if code.is_success() => {
+                match command::discover_content(packet) {
+                    Ok(links) => command::response(
+                        Some(&command.json),
+                        &msg_type,
+                        &path,
+                        code,
+                        Some(links),
+                        None,
+                    ),
+                    Err(error) => {
+                        tracing::info!(%error, "device answer not decoded");
+                        command::response(
+                            Some(&command.json),
+                            &msg_type,
+                            &path,
+                            ResponseType::BadRequest,
+                            None,
+                            Some(error),
+                        )
+                    }
+                }
+            }
             _ => command::response(Some(&command.json), &msg_type, &path, code, None, None),
         };
         self.record(&msg_type, &body);
@@ -1476,24 +1492,20 @@ fn alternate_path_text(segments: &[String]) -> String {
 }
 
 /// The CoRE link-format object list of a registration: the alternate path (a link with
-/// `rt="oma.lwm2m"`) and the object and instance links under it.
+/// `rt="oma.lwm2m"`) and the object and instance links under it. A payload that is not
+/// link format is refused whole.
 fn parse_object_list(payload: &[u8]) -> Result<(Vec<String>, Vec<String>), Refusal> {
     let text =
         std::str::from_utf8(payload).map_err(|_| Refusal::BadRequest("invalid object list"))?;
+    let parsed = link_format::parse(text).map_err(|error| {
+        tracing::info!(%error, "object list refused");
+        Refusal::BadRequest("invalid object list")
+    })?;
     let mut alternate: Vec<String> = Vec::new();
     let mut links = Vec::new();
-    for link in text.split(',').map(str::trim).filter(|l| !l.is_empty()) {
-        let mut parts = link.split(';');
-        let target = parts
-            .next()
-            .and_then(|t| t.trim().strip_prefix('<'))
-            .and_then(|t| t.strip_suffix('>'))
-            .ok_or(Refusal::BadRequest("invalid object list"))?;
-        let is_root = parts.any(|attr| {
-            let attr = attr.trim();
-            attr == "rt=\"oma.lwm2m\"" || attr == "rt=oma.lwm2m"
-        });
-        if is_root {
+    for link in parsed {
+        let target = link.target;
+        if link.has_resource_type("oma.lwm2m") {
             alternate = target
                 .split('/')
                 .filter(|s| !s.is_empty())
@@ -1541,5 +1553,25 @@ mod tests {
         assert!(alternate.is_empty());
         assert_eq!(objects, ["/1/0", "/3303/0"]);
         assert!(parse_object_list(b"/1/0").is_err());
+        // LwM2M 1.1's root, quoted separators in a parameter, whitespace.
+        let (alternate, objects) = parse_object_list(
+            br#"</>;rt="oma.lwm2m";ct="60 110 112 11542 11543", </1/0>;title="a,b;c",</3/0>"#,
+        )
+        .unwrap();
+        assert!(alternate.is_empty());
+        assert_eq!(objects, ["/1/0", "/3/0"]);
+        for broken in [
+            &br#"</3/0>;title="a,b"#[..],
+            b"</1/0>,",
+            b"</1/0>junk,</3/0>",
+            b"</1/0",
+            b"\xff</1/0>",
+        ] {
+            assert!(
+                matches!(parse_object_list(broken), Err(Refusal::BadRequest(_))),
+                "{}",
+                String::from_utf8_lossy(broken)
+            );
+        }
     }
 }

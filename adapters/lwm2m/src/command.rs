@@ -5,6 +5,7 @@
 
 use adapter_kit::coap::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use serde_json::{json, Map, Value as Json};
+use translations::link_format;
 use translations::lwm2m::objects::ObjectRegistry;
 use translations::lwm2m::{self, ContentFormat, Entry, FormatError, Path, ResourceType, Value};
 
@@ -422,14 +423,16 @@ pub fn read_content(
     Ok(Json::Array(entries.iter().map(Entry::to_json).collect()))
 }
 
-/// The `content` of a discover response: the links as strings.
-pub fn discover_content(packet: &Packet) -> Json {
-    let text = String::from_utf8_lossy(&packet.payload);
-    json!(text
-        .split(',')
-        .map(str::trim)
-        .filter(|link| !link.is_empty())
-        .collect::<Vec<_>>())
+/// The `content` of a discover response: each link as the device wrote it, or why the
+/// answer is not link format.
+pub fn discover_content(packet: &Packet) -> Result<Json, String> {
+    let text = std::str::from_utf8(&packet.payload)
+        .map_err(|_| "discover answer is not UTF-8".to_owned())?;
+    let links = link_format::parse(text).map_err(|error| error.to_string())?;
+    Ok(json!(links
+        .iter()
+        .map(|link| link.text)
+        .collect::<Vec<_>>()))
 }
 
 #[cfg(test)]

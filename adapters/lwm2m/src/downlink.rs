@@ -19,6 +19,7 @@ use std::sync::Arc;
 use mqtt_core::session::Wakeup;
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value as Json};
+use translations::link_format;
 use translations::lwm2m::objects::ObjectRegistry;
 use translations::lwm2m::Path;
 
@@ -238,7 +239,8 @@ pub fn discovered_resources(links: &Json, objects: &ObjectRegistry) -> Json {
         .iter()
         .filter_map(Json::as_str)
         .filter_map(|link| {
-            let target = link.trim().strip_prefix('<')?.split('>').next()?;
+            let links = link_format::parse(link).ok()?;
+            let target = links.first()?.target;
             // An alternate path's segments come before the object id.
             let ids: Vec<u16> = target
                 .split('/')
@@ -358,7 +360,10 @@ mod tests {
             "</3/0/4>",
             "</lwm2m/3/0/13>;pmin=10",
             "</9999/0/1>",
-            "junk"
+            "junk",
+            // Read as link format: a quoted `>` is text, an unterminated target no link.
+            "</3/0/1>;title=\"x>/5/0/1,y\"",
+            "</3/0/2",
         ]);
         assert_eq!(
             discovered_resources(&links, &objects),
@@ -367,6 +372,7 @@ mod tests {
                 {"path": "/3/0/4", "name": "Reboot", "operations": "E"},
                 {"path": "/3/0/13", "name": "Current Time", "operations": "RW", "dataType": "Time"},
                 {"path": "/9999/0/1"},
+                {"path": "/3/0/1", "name": "Model Number", "operations": "R", "dataType": "String"},
             ])
         );
     }

@@ -501,6 +501,36 @@ fn create_delete_write_attr_discover_and_batch_writes_reach_the_device_as_the_sp
         h.one("lwm2m/dm/up/resp", now)["data"]["content"],
         json!(["</3303/0>", "</3303/0/5700>;pmin=5", "</3303/0/5701>"])
     );
+    // A quoted separator stays inside its link; an answer that is not link format is a
+    // 4.00 naming where, and the next command still goes.
+    for (id, payload, content, msg) in [
+        (
+            51,
+            &br#"</3303/0>;title="a,b;c", </3303/0/5700>"#[..],
+            json!([r#"</3303/0>;title="a,b;c""#, "</3303/0/5700>"]),
+            None,
+        ),
+        (
+            52,
+            br#"</3303/0>;title="a,b"#,
+            Value::Null,
+            Some(r#"not CoRE link format (RFC 6690) at byte 16: "\"a,b""#),
+        ),
+    ] {
+        let out = h.command(
+            "dm",
+            json!({"reqID": id, "msgType": "discover", "data": {"path": "/3303/0"}}),
+            now,
+        );
+        let get = the_request(&out, RequestType::Get, "/3303/0");
+        h.answer(&get, ResponseType::Content, Some(LINK_FORMAT), payload, now);
+        let answer = h.one("lwm2m/dm/up/resp", now);
+        assert_eq!(answer["data"]["content"], content, "{answer}");
+        if let Some(msg) = msg {
+            assert_eq!(answer["data"]["code"], "4.00", "{answer}");
+            assert_eq!(answer["data"]["error"], msg, "{answer}");
+        }
+    }
 
     // Delete: DELETE on the instance.
     let out = h.command(

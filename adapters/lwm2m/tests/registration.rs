@@ -167,6 +167,81 @@ fn registration_interface_errors() {
 }
 
 #[test]
+fn an_object_list_that_is_not_link_format_is_refused_4_00_and_changes_nothing() {
+    let now = Instant::now();
+    let (_broker, mut channel) = setup(now);
+    // Separators quoted in a parameter, LwM2M 1.1's root, whitespace: one link each.
+    let (_, out) = send(
+        &mut channel,
+        request(
+            RequestType::Post,
+            1,
+            &["rd"],
+            &["ep=lf", "lwm2m=1.1"],
+            br#"</>;rt="oma.lwm2m";ct="60 11543", </1/0>;title="a,</9/9>;b",</3/0>"#,
+        ),
+        now,
+    );
+    assert_eq!(
+        out[0].header.code,
+        MessageClass::Response(ResponseType::Created)
+    );
+    assert_eq!(
+        channel.registration().unwrap().object_list,
+        ["/1/0", "/3/0"]
+    );
+    let malformed: [&[u8]; 5] = [
+        br#"</3/0>;title="a,b"#,
+        b"</1/0>,</3/0",
+        b"</1/0>,,</3/0>",
+        b"/1/0,/3/0",
+        b"</1/0> </3/0>",
+    ];
+    for (id, payload) in (10..).zip(malformed) {
+        // An update carrying it changes neither the list nor the lifetime.
+        let (_, out) = send(
+            &mut channel,
+            request(RequestType::Post, id, &["rd", "lf"], &["lt=600"], payload),
+            now,
+        );
+        assert_eq!(
+            out[0].header.code,
+            MessageClass::Response(ResponseType::BadRequest),
+            "{}",
+            String::from_utf8_lossy(payload)
+        );
+        // A new registration carrying it leaves the live one as it was.
+        let (_, out) = send(
+            &mut channel,
+            request(RequestType::Post, id + 100, &["rd"], &["ep=lf"], payload),
+            now,
+        );
+        assert_eq!(
+            out[0].header.code,
+            MessageClass::Response(ResponseType::BadRequest)
+        );
+        let registration = channel.registration().unwrap();
+        assert_eq!(registration.object_list, ["/1/0", "/3/0"]);
+        assert_eq!(registration.version, "1.1");
+        assert_ne!(registration.lifetime, Duration::from_secs(600));
+    }
+    // The registration still serves its device.
+    let (_, out) = send(
+        &mut channel,
+        request(RequestType::Post, 300, &["rd", "lf"], &[], b"</3/0>,</5/0>"),
+        now,
+    );
+    assert_eq!(
+        out[0].header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    assert_eq!(
+        channel.registration().unwrap().object_list,
+        ["/3/0", "/5/0"]
+    );
+}
+
+#[test]
 fn queue_mode_holds_commands_until_the_device_speaks() {
     let start = Instant::now();
     let (broker, mut channel) = setup(start);

@@ -10,7 +10,7 @@
     clippy::type_complexity
 )]
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

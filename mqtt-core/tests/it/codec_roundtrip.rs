@@ -9,7 +9,7 @@
     clippy::indexing_slicing
 )]
 
-mod common;
+use crate::common;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;

@@ -230,6 +230,9 @@ pub struct AuthConfig {
     pub acl_file: Option<PathBuf>,
     pub acl_no_match: AclNoMatch,
     pub acl_format: AclFormat,
+    /// Password checks costing a millisecond or more of a core (Argon2id, PBKDF2 with many
+    /// iterations) that may run at once; a CONNECT over it is refused as busy.
+    pub max_costly_password_checks: u32,
 }
 
 /// The syntax and meaning of `auth.acl_file`.

@@ -214,6 +214,14 @@ pub(crate) fn check(config: &Config) -> Vec<Violation> {
                 .into(),
         );
     }
+    if config.auth.max_costly_password_checks == 0 {
+        fail(
+            "auth.max_costly_password_checks",
+            "auth.max_costly_password_checks must be at least 1: with 0 no user with a costly \
+             hash could ever log in"
+                .into(),
+        );
+    }
     if config.sys.enable && config.sys.interval.is_zero() {
         fail(
             "sys.interval",

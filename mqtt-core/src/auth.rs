@@ -73,6 +73,7 @@ use std::fmt;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -188,6 +189,9 @@ pub enum DenyReason {
     BadCredentials,
     /// The credentials may be fine but this client may not connect (e.g. anonymous).
     NotAuthorized,
+    /// The credentials were not checked: as many costly password checks as
+    /// `auth.max_costly_password_checks` allows are running. The client may retry.
+    Busy,
 }
 
 impl DenyReason {
@@ -196,6 +200,7 @@ impl DenyReason {
         match self {
             DenyReason::BadCredentials => 0x86,
             DenyReason::NotAuthorized => 0x87,
+            DenyReason::Busy => 0x89,
         }
     }
 
@@ -204,6 +209,7 @@ impl DenyReason {
         match self {
             DenyReason::BadCredentials => 4,
             DenyReason::NotAuthorized => 5,
+            DenyReason::Busy => 3,
         }
     }
 }
@@ -368,6 +374,19 @@ impl PasswordHash {
             Err("only the argon2id variant of Argon2 is supported".into())
         } else {
             Err("not a $7$ (PBKDF2-SHA512), $6$ (SHA512) or $argon2id$ hash; plain-text passwords are not accepted".into())
+        }
+    }
+
+    /// What one check of this hash costs, roughly in microseconds of one core (measured
+    /// with the release profile: PBKDF2-SHA512 about 0.56 µs per iteration, Argon2id about
+    /// 1 µs per KiB and pass). Only compared with [`COSTLY_CHECK_MICROS`].
+    fn cost_micros(&self) -> u64 {
+        match self {
+            PasswordHash::Sha512 { .. } => 1,
+            PasswordHash::Pbkdf2Sha512 { iterations, .. } => u64::from(*iterations) * 56 / 100,
+            PasswordHash::Argon2id { params, .. } => {
+                u64::from(params.m_cost()) * u64::from(params.t_cost())
+            }
         }
     }
 
@@ -661,6 +680,64 @@ fn restrict_permissions(_tmp: &std::fs::File, _original: &Path) -> std::io::Resu
 #[derive(Clone, Default)]
 pub struct PasswordFile {
     users: HashMap<String, PasswordHash>,
+    /// The costliest hash of the file, checked for a user the file does not name, so that
+    /// the time an answer takes does not tell which user names exist (beyond which users
+    /// have cheaper hashes than the costliest). `None` for an empty file.
+    decoy: Option<PasswordHash>,
+}
+
+/// Checks of a password hash costing at least this (see `PasswordHash::cost_micros`) hold a
+/// runtime worker long enough to count against `auth.max_costly_password_checks`; Mosquitto
+/// 2.0's `$7$` hashes (101 iterations) and `gateway passwd`'s (1,000) cost less.
+pub const COSTLY_CHECK_MICROS: u64 = 1_000;
+
+/// How many costly password checks may run at once. A check runs on the thread of the
+/// connection that asked, holding a runtime worker (and, for Argon2id, its memory cost) until
+/// it ends; without a bound, clients naming a user with a costly hash (a known user name is
+/// enough, with any password) could hold every worker and stall every other client.
+/// One over the bound is refused as busy at once rather than queued, since queueing would
+/// hold a worker too.
+#[derive(Debug)]
+pub struct CostlyChecks {
+    running: AtomicUsize,
+    limit: usize,
+}
+
+impl CostlyChecks {
+    pub fn new(limit: usize) -> CostlyChecks {
+        CostlyChecks {
+            running: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// A permit to run one costly check, or `None` when `limit` are running.
+    fn begin(&self) -> Option<CostlyCheck<'_>> {
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < self.limit).then_some(running + 1)
+            })
+            .ok()
+            .map(|_| CostlyCheck(self))
+    }
+}
+
+/// One costly check running; the slot is given back when dropped.
+struct CostlyCheck<'a>(&'a CostlyChecks);
+
+impl Drop for CostlyCheck<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a password check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Match,
+    Mismatch,
+    /// Not checked: the check is costly and [`CostlyChecks`] had no room for it.
+    Busy,
 }
 
 impl fmt::Debug for PasswordFile {
@@ -710,7 +787,11 @@ impl PasswordFile {
             first_line.insert(user.to_owned(), line_no);
             users.insert(user.to_owned(), hash);
         }
-        Ok(PasswordFile { users })
+        let decoy = users
+            .values()
+            .max_by_key(|hash| hash.cost_micros())
+            .cloned();
+        Ok(PasswordFile { users, decoy })
     }
 
     pub fn len(&self) -> usize {
@@ -725,44 +806,68 @@ impl PasswordFile {
         self.users.contains_key(username)
     }
 
-    /// `false` for an unknown user too, after the same work as a known one so response time
-    /// does not tell which usernames exist.
+    /// `false` for an unknown user too, after the work of the file's costliest hash, so
+    /// that response time does not tell which usernames exist. Never refused as busy: for
+    /// tools and tests; connections go through [`PasswordFile::check`].
     pub fn verify(&self, username: &str, password: &[u8]) -> bool {
-        match self.users.get(username) {
-            Some(hash) => hash.verify(password),
-            None => {
-                let decoy = PasswordHash::Pbkdf2Sha512 {
-                    iterations: PBKDF2_ITERATIONS,
-                    salt: vec![0u8; SALT_LEN],
-                    hash: [0u8; HASH_LEN],
-                };
-                let _ = decoy.verify(password);
-                false
+        self.check(username, password, &CostlyChecks::new(usize::MAX)) == Verdict::Match
+    }
+
+    /// [`PasswordFile::verify`], with the costly checks bounded by `costly`.
+    pub fn check(&self, username: &str, password: &[u8], costly: &CostlyChecks) -> Verdict {
+        let (hash, known) = match (self.users.get(username), &self.decoy) {
+            (Some(hash), _) => (hash, true),
+            (None, Some(decoy)) => (decoy, false),
+            (None, None) => return Verdict::Mismatch,
+        };
+        let _permit = if hash.cost_micros() >= COSTLY_CHECK_MICROS {
+            match costly.begin() {
+                Some(permit) => Some(permit),
+                None => return Verdict::Busy,
             }
+        } else {
+            None
+        };
+        if hash.verify(password) && known {
+            Verdict::Match
+        } else {
+            Verdict::Mismatch
         }
     }
 }
 
 /// Username/password check against an optional password file, plus the anonymous policy.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PasswordAuthenticator {
     users: Option<PasswordFile>,
     allow_anonymous: bool,
+    costly: CostlyChecks,
 }
 
 impl PasswordAuthenticator {
-    /// Without a password file, usernames and passwords are not checked.
+    /// Without a password file, usernames and passwords are not checked. Costly checks
+    /// are bounded as by default ([`DEFAULT_COSTLY_PASSWORD_CHECKS`]).
     pub fn new(users: Option<PasswordFile>, allow_anonymous: bool) -> Self {
         PasswordAuthenticator {
             users,
             allow_anonymous,
+            costly: CostlyChecks::new(DEFAULT_COSTLY_PASSWORD_CHECKS),
         }
     }
 }
 
+/// `auth.max_costly_password_checks` by default: one runtime worker at most hashing.
+pub const DEFAULT_COSTLY_PASSWORD_CHECKS: usize = 1;
+
 impl Authenticator for PasswordAuthenticator {
     fn authenticate(&self, client: &ClientInfo, password: Option<&[u8]>) -> AuthOutcome {
-        check_credentials(self.users.as_ref(), self.allow_anonymous, client, password)
+        check_credentials(
+            self.users.as_ref(),
+            self.allow_anonymous,
+            &self.costly,
+            client,
+            password,
+        )
     }
 }
 
@@ -770,6 +875,7 @@ impl Authenticator for PasswordAuthenticator {
 fn check_credentials(
     users: Option<&PasswordFile>,
     allow_anonymous: bool,
+    costly: &CostlyChecks,
     client: &ClientInfo,
     password: Option<&[u8]>,
 ) -> AuthOutcome {
@@ -786,10 +892,10 @@ fn check_credentials(
     };
     // A missing password is checked like an empty one: same timing as a wrong one, and
     // no stored hash can be of the empty password since `add_user` refuses it.
-    if users.verify(username, password.unwrap_or_default()) && password.is_some() {
-        AuthOutcome::Allow
-    } else {
-        AuthOutcome::Deny(DenyReason::BadCredentials)
+    match users.check(username, password.unwrap_or_default(), costly) {
+        Verdict::Match if password.is_some() => AuthOutcome::Allow,
+        Verdict::Busy => AuthOutcome::Deny(DenyReason::Busy),
+        Verdict::Match | Verdict::Mismatch => AuthOutcome::Deny(DenyReason::BadCredentials),
     }
 }
 
@@ -810,6 +916,7 @@ pub struct AuthFiles {
     /// `None` without an ACL file: `acl_no_match` decides everything.
     acl_file: Option<PathBuf>,
     acl: ArcSwap<AclFile>,
+    costly: CostlyChecks,
 }
 
 impl fmt::Debug for AuthFiles {
@@ -845,6 +952,7 @@ impl AuthFiles {
             users,
             acl_file: cfg.acl_file.clone(),
             acl: ArcSwap::from_pointee(acl),
+            costly: CostlyChecks::new(cfg.max_costly_password_checks as usize),
         })
     }
 
@@ -894,7 +1002,13 @@ impl Authenticator for AuthFiles {
         // A full reference rather than a guard: the hash takes long enough (PBKDF2) that
         // holding one of the thread's few guard slots through it is not worth it.
         let users = self.users.as_ref().map(|(_, users)| users.load_full());
-        check_credentials(users.as_deref(), self.allow_anonymous, client, password)
+        check_credentials(
+            users.as_deref(),
+            self.allow_anonymous,
+            &self.costly,
+            client,
+            password,
+        )
     }
 }
 

@@ -51,6 +51,10 @@ pub enum ConnectRefused {
     /// this long.
     #[error("banned; retry in {} s", .0.as_secs().max(1))]
     Banned(std::time::Duration),
+    /// The credentials could not be checked now (too many costly password checks running);
+    /// the client may retry.
+    #[error("too many password checks running; retry")]
+    Busy,
 }
 
 impl ConnectRefused {
@@ -66,6 +70,7 @@ impl ConnectRefused {
             }
             ConnectRefused::WillInvalid(reason, _) => *reason,
             ConnectRefused::Banned(_) => ReasonCode::BANNED,
+            ConnectRefused::Busy => ReasonCode::SERVER_BUSY,
         }
     }
 
@@ -80,6 +85,7 @@ impl From<DenyReason> for ConnectRefused {
         match reason {
             DenyReason::BadCredentials => ConnectRefused::BadCredentials,
             DenyReason::NotAuthorized => ConnectRefused::NotAuthorized,
+            DenyReason::Busy => ConnectRefused::Busy,
         }
     }
 }

@@ -196,6 +196,9 @@ struct ConnectionToken {
 /// How long a client told to wait by 5.03 waits (Max-Age, RFC 7252 5.9.3.4): the store
 /// frees room as subscribers take their messages, in seconds rather than milliseconds.
 const STORE_FULL_RETRY: Duration = Duration::from_secs(5);
+/// Max-Age of a 5.03 for credentials not checked because too many costly password checks
+/// were running: each lasts milliseconds, so a second is plenty.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a request is refused, with the response code it gets.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -226,6 +229,9 @@ enum Refusal {
     /// Flapping detection: the client id connected too often; retry after the time.
     #[error("banned")]
     Banned(Duration),
+    /// The credentials were not checked: too many costly password checks running.
+    #[error("too many password checks running; retry later")]
+    Busy(Duration),
 }
 
 impl Refusal {
@@ -238,7 +244,9 @@ impl Refusal {
             Refusal::BadOption(_) => ResponseType::BadOption,
             Refusal::NotFound => ResponseType::NotFound,
             Refusal::TooManyRequests(_) | Refusal::Banned(_) => ResponseType::TooManyRequests,
-            Refusal::Unavailable(_) | Refusal::Congested(_) => ResponseType::ServiceUnavailable,
+            Refusal::Unavailable(_) | Refusal::Congested(_) | Refusal::Busy(_) => {
+                ResponseType::ServiceUnavailable
+            }
         }
     }
 
@@ -251,6 +259,7 @@ impl Refusal {
         if let Refusal::TooManyRequests(after)
         | Refusal::Unavailable(after)
         | Refusal::Congested(after)
+        | Refusal::Busy(after)
         | Refusal::Banned(after) = self
         {
             set_retry_after(&mut response, *after);
@@ -273,6 +282,7 @@ impl Refusal {
             }
             ConnectRefused::WillInvalid(..) => Refusal::BadRequest("invalid will"),
             ConnectRefused::Banned(remaining) => Refusal::Banned(*remaining),
+            ConnectRefused::Busy => Refusal::Busy(BUSY_RETRY),
         }
     }
 }

@@ -228,6 +228,10 @@ enum Refusal {
     /// Flapping detection: the endpoint registered too often (RFC 8516 4.29).
     #[error("endpoint banned for registering too often")]
     Banned,
+    /// The credentials were not checked: too many costly password checks running. A
+    /// check lasts milliseconds: retry after a second (Max-Age).
+    #[error("too many password checks running; retry later")]
+    Busy,
 }
 
 impl Refusal {
@@ -238,7 +242,9 @@ impl Refusal {
             Refusal::Forbidden(_) => ResponseType::Forbidden,
             Refusal::NotFound => ResponseType::NotFound,
             Refusal::MethodNotAllowed => ResponseType::MethodNotAllowed,
-            Refusal::StoreFull | Refusal::Congested(_) => ResponseType::ServiceUnavailable,
+            Refusal::StoreFull | Refusal::Congested(_) | Refusal::Busy => {
+                ResponseType::ServiceUnavailable
+            }
             Refusal::Banned => ResponseType::TooManyRequests,
         }
     }
@@ -256,6 +262,7 @@ impl From<ConnectRefused> for Refusal {
                 Refusal::BadRequest("invalid queries")
             }
             ConnectRefused::Banned(_) => Refusal::Banned,
+            ConnectRefused::Busy => Refusal::Busy,
         }
     }
 }
@@ -666,6 +673,9 @@ impl Lwm2mChannel {
                 let mut response = reply(refusal.code(), refusal.to_string().into_bytes());
                 if let Refusal::Congested(after) = refusal {
                     set_retry_after(&mut response, after);
+                } else if let Refusal::Busy = refusal {
+                    set_retry_after(&mut response, Duration::from_secs(1));
+                    tracing::info!(reason = %refusal, "request refused");
                 } else {
                     tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
                 }

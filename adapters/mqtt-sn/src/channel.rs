@@ -659,10 +659,15 @@ impl MqttSnChannel {
     }
 
     /// Answers CONNECT with the refusal of the session layer and forgets the peer. MQTT-SN
-    /// has no return code for credentials or ownership: all are 0x03 "not supported".
+    /// has no return code for credentials or ownership: all are 0x03 "not supported", but
+    /// for credentials not checked for want of room, 0x01 "congestion": try again later.
     fn refuse_connect(&mut self, refused: &ConnectRefused, out: &mut Vec<Bytes>) -> Flow {
         tracing::info!(%refused, "connection refused");
-        self.send_connack(ReturnCode::NOT_SUPPORTED, out);
+        let code = match refused {
+            ConnectRefused::Busy => ReturnCode::CONGESTION,
+            _ => ReturnCode::NOT_SUPPORTED,
+        };
+        self.send_connack(code, out);
         Flow::Close
     }
 

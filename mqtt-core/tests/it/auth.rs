@@ -535,6 +535,7 @@ fn auth_from_config_reads_both_files() {
         acl_file: Some(acl_path),
         acl_no_match: AclNoMatch::Deny,
         acl_format: AclFormat::Gateway,
+        max_costly_password_checks: 1,
     };
     let auth = Auth::from_config(&cfg).unwrap();
     let alice = client("c", Some("alice"));
@@ -605,6 +606,7 @@ fn reloadable(
         acl_file: Some(acl_path.clone()),
         acl_no_match: AclNoMatch::Deny,
         acl_format: AclFormat::Gateway,
+        max_costly_password_checks: 1,
     };
     (
         Arc::new(AuthFiles::load(&cfg).unwrap()),

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use gateway_config::{AclFormat, AclNoMatch, AuthConfig};
 use mqtt_core::auth::{
-    Action, AuthError, AuthFiles, Authorizer, ClientInfo, MosquittoAcl, PasswordFile,
+    Action, AuthError, AuthFiles, AuthOutcome, Authorizer, ClientInfo, CostlyChecks, DenyReason,
+    MosquittoAcl, PasswordFile, Verdict,
 };
 
 const PUB: Action = Action::Publish {
@@ -241,6 +242,7 @@ fn auth_files_read_the_mosquitto_format_and_reload_it() {
         // Not consulted by the Mosquitto format: nothing matching is refused.
         acl_no_match: AclNoMatch::Allow,
         acl_format: AclFormat::Mosquitto,
+        max_costly_password_checks: 1,
     };
     let files = Arc::new(AuthFiles::load(&cfg).unwrap());
     let auth = files.auth();
@@ -264,6 +266,7 @@ fn auth_files_read_the_mosquitto_format_and_reload_it() {
     // The gateway's format of the same file is refused: the setting decides the syntax.
     let gateway = AuthConfig {
         acl_format: AclFormat::Gateway,
+        max_costly_password_checks: 1,
         ..cfg
     };
     std::fs::write(&path, "user alice\ntopic read b/#\n").unwrap();
@@ -287,6 +290,62 @@ const ARGON2ID_SMALL: &str =
 /// Same tool, `Type.I`: a variant Mosquitto never writes.
 const ARGON2I: &str =
     "$argon2i$v=19$m=19456,t=2,p=2$hAjpKjUGNiBLaFhiR3O3lw$i1LcI+IAW7aJChW26yghzx+OxGsev0XQzlM8ct70n5o";
+
+#[test]
+fn costly_checks_beyond_the_bound_are_refused_as_busy_and_cheap_ones_never_are() {
+    let cheap = mqtt_core::auth::hash_password("cheap-secret");
+    let text = format!("mosq:{ARGON2ID_MOSQUITTO}\ncheap:{cheap}\n");
+    let file = PasswordFile::parse(&text, Path::new("pw")).unwrap();
+    // No room at all: the Argon2id user is not checked, nor is a user the file does not
+    // name (checked against the costliest hash so as to take as long), but `$7$` with
+    // 1,000 iterations is cheap and goes on.
+    let none = CostlyChecks::new(0);
+    assert_eq!(file.check("mosq", b"argon-secret", &none), Verdict::Busy);
+    assert_eq!(file.check("nobody", b"argon-secret", &none), Verdict::Busy);
+    assert_eq!(file.check("cheap", b"cheap-secret", &none), Verdict::Match);
+    assert_eq!(file.check("cheap", b"wrong", &none), Verdict::Mismatch);
+    // One at a time: each check gives its room back when it ends.
+    let one = CostlyChecks::new(1);
+    for _ in 0..2 {
+        assert_eq!(file.check("mosq", b"argon-secret", &one), Verdict::Match);
+        assert_eq!(file.check("mosq", b"wrong", &one), Verdict::Mismatch);
+        assert_eq!(
+            file.check("nobody", b"argon-secret", &one),
+            Verdict::Mismatch
+        );
+    }
+}
+
+#[test]
+fn a_busy_password_check_refuses_the_connection_as_busy_not_as_bad_credentials() {
+    let dir = scratch("busy");
+    let passwd = dir.join("passwd");
+    std::fs::write(&passwd, format!("mosq:{ARGON2ID_MOSQUITTO}\n")).unwrap();
+    let cfg = |limit| AuthConfig {
+        allow_anonymous: false,
+        password_file: Some(passwd.clone()),
+        acl_file: None,
+        acl_no_match: AclNoMatch::Allow,
+        acl_format: AclFormat::Gateway,
+        max_costly_password_checks: limit,
+    };
+    let client = client("c1", Some("mosq"));
+    let busy = Arc::new(AuthFiles::load(&cfg(0)).unwrap()).auth();
+    assert_eq!(
+        busy.authenticator
+            .authenticate(&client, Some(b"argon-secret")),
+        AuthOutcome::Deny(DenyReason::Busy)
+    );
+    assert_eq!(DenyReason::Busy.mqtt5_reason_code(), 0x89);
+    assert_eq!(DenyReason::Busy.mqtt3_return_code(), 3);
+    let room = Arc::new(AuthFiles::load(&cfg(1)).unwrap()).auth();
+    assert_eq!(
+        room.authenticator
+            .authenticate(&client, Some(b"argon-secret")),
+        AuthOutcome::Allow
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
 #[test]
 fn argon2id_hashes_of_the_reference_implementation_verify() {

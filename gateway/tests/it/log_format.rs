@@ -286,7 +286,7 @@ fn a_connection_line_reads_as_the_interop_tests_expect() {
     assert_eq!(
         text,
         "2026-12-07T06:00:13.902015Z  INFO conn{listener=tcp:default peer=127.0.0.1:59524 \
-         client_addr=192.0.2.7:1883 client_id=\"device-1\"}: log_format: client disconnected \
+         client_addr=192.0.2.7:1883 client_id=\"device-1\"}: it::log_format: client disconnected \
          reason=0\n"
     );
 }

@@ -48,6 +48,7 @@ STOMP_PY_VERSION=9.0.0
 CBOR2_VERSION=5.6.5
 PROMETHEUS_CLIENT_VERSION=0.26.0
 SCHEMATHESIS_VERSION=4.32.5
+JUNITPARSER_VERSION=5.0.3
 # The Mbed TLS series dtls_cid_coap is built against: whatever 3.6.x trixie ships now.
 MBEDTLS_SERIES=3.6
 DEBIAN_MIRROR=${GATEWAY_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -192,6 +193,7 @@ pip_pinned stomp-py "$STOMP_PY_VERSION"
 pip_pinned cbor2 "$CBOR2_VERSION"
 pip_pinned prometheus-client "$PROMETHEUS_CLIENT_VERSION"
 pip_pinned schemathesis "$SCHEMATHESIS_VERSION"
+pip_pinned junitparser "$JUNITPARSER_VERSION"
 
 # DTLSSocket's build runs autoreconf and configure on the tinydtls sources it bundles and
 # compiles a Cython extension against the Python headers. Cython, setuptools and wheel are

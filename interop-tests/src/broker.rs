@@ -53,6 +53,56 @@ impl Setting {
     }
 }
 
+/// What a test prints, ending a line, when it does not run against an external
+/// broker: `not applicable in external mode: needs REQUIREMENT`. REQUIREMENT is
+/// configuration keys with the values the test needs (`auth.allow_anonymous=false,
+/// mqtt.max_packet_size=1024`), or, when no configuration gives it, what the test needs
+/// in brackets (`[control of the gateway process: restart]`). The conformance runner reads
+/// it to report skips.
+pub const SKIP_MARKER: &str = "not applicable in external mode: needs ";
+
+/// Prints the skip line (see [`SKIP_MARKER`]) for `requirement`.
+pub fn skip_external(requirement: &str) {
+    println!("{SKIP_MARKER}{requirement}");
+}
+
+/// The configuration key an environment variable of the gateway sets:
+/// `GATEWAY_MQTT__MAX_PACKET_SIZE` is `mqtt.max_packet_size`.
+pub fn config_key(gateway_env: &str) -> String {
+    // Not configuration (`RUST_LOG`, `NOTIFY_SOCKET`): the variable itself.
+    let Some(key) = gateway_env.strip_prefix("GATEWAY_") else {
+        return gateway_env.to_string();
+    };
+    key.split("__")
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// `key=value, key=value` for `settings`, else `[needs]`: the requirement of a test that
+/// an external broker cannot meet. A value naming a file or an address the test made is
+/// of no use to the reader and would make every run's line differ: it is `<file>` or
+/// `<address>`.
+fn requirement(needs: &str, settings: &[Setting]) -> String {
+    if settings.is_empty() {
+        return format!("[{needs}]");
+    }
+    settings
+        .iter()
+        .map(|s| {
+            let value = if s.value.starts_with('/') {
+                "<file>"
+            } else if s.value.parse::<std::net::SocketAddr>().is_ok() {
+                "<address>"
+            } else {
+                s.value.as_str()
+            };
+            format!("{}={value}", config_key(s.gateway_env))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The broker a test talks to. Dropping it stops a gateway the test started.
 pub struct Broker {
     pub host: String,
@@ -189,8 +239,12 @@ fn env_port(var: &str, default: u16) -> u16 {
 }
 
 /// Adds `username` with `password` to the password file `file` (made when missing) with
-/// `gateway passwd FILE USERNAME --password PASSWORD`.
+/// `gateway passwd FILE USERNAME --password PASSWORD`. Nothing in external mode: the file is
+/// only ever given to a gateway the test starts, and the gateway binary need not be there.
 pub fn gateway_passwd(file: &Path, username: &str, password: &str) {
+    if external_mode() {
+        return;
+    }
     let mut cmd = gateway_command();
     cmd.arg("passwd")
         .arg(file)
@@ -242,10 +296,12 @@ impl Broker {
         Broker::spawn_gateway(settings)
     }
 
-    /// A gateway-only check: None, after saying so, in external mode.
+    /// A gateway-only check: None, after printing the skip line, in external mode. The
+    /// line names `settings` as configuration keys, or `needs` when there are none (what
+    /// no configuration gives, such as control of the gateway process).
     pub fn start_gateway_only(needs: &str, settings: &[Setting]) -> Option<Broker> {
         if external_mode() {
-            println!("not applicable in external mode: needs {needs}");
+            skip_external(&requirement(needs, settings));
             return None;
         }
         Some(Broker::spawn_gateway(settings))
@@ -264,10 +320,10 @@ impl Broker {
                         Some(var) => format!(" (set {var} to the broker's value to run it)"),
                         None => String::new(),
                     };
-                    println!(
-                        "not applicable in external mode: needs {}={}{how}",
-                        s.gateway_env, s.value
-                    );
+                    skip_external(&format!(
+                        "{}{how}",
+                        requirement("", std::slice::from_ref(s))
+                    ));
                     return None;
                 }
             }

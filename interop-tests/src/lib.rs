@@ -32,7 +32,7 @@ pub mod ws;
 
 use std::time::Duration;
 
-pub use broker::{external_mode, Broker, Setting};
+pub use broker::{external_mode, skip_external, Broker, Setting, SKIP_MARKER};
 pub use clients::{Family, Publisher, Subscriber};
 pub use coap::{coap_client, AiocoapClient};
 pub use mosquitto::{mosquitto_pub, MosquittoSub};

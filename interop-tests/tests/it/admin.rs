@@ -42,9 +42,31 @@ fn with_keys(extra: &[Setting]) -> Option<(Broker, tempfile::TempDir)> {
     Some((broker, dir))
 }
 
+/// The admin API of an external gateway, or a gateway with the keys above: for a test that
+/// sends the key only to be let in, which a gateway without keys (the default, on loopback)
+/// ignores, and that sees nothing of other clients.
+fn admin_api() -> Option<(Broker, Option<tempfile::TempDir>)> {
+    if interop_tests::external_mode() {
+        return Some((Broker::start(), None));
+    }
+    with_keys(&[]).map(|(broker, keys)| (broker, Some(keys)))
+}
+
+/// A gateway of the test's own with the keys above: for a test that counts every client
+/// or changes what every client sees, which tests beside it on a shared gateway would upset.
+fn own_gateway_with_keys() -> Option<(Broker, tempfile::TempDir)> {
+    if interop_tests::external_mode() {
+        interop_tests::skip_external(
+            "[a gateway of the test's own: it counts or bans every client of the gateway]",
+        );
+        return None;
+    }
+    with_keys(&[])
+}
+
 #[test]
 fn status_answers_health_checks_without_credentials() {
-    let Some((gw, _keys)) = with_keys(&[]) else {
+    let Some((gw, _keys)) = admin_api() else {
         return;
     };
     for path in ["/status", "/api/v5/status"] {
@@ -126,7 +148,7 @@ fn sample(metrics: &serde_json::Value, name: &str) -> f64 {
 
 #[test]
 fn metrics_parse_as_prometheus_text_and_move_as_clients_publish() {
-    let Some((gw, _keys)) = with_keys(&[]) else {
+    let Some((gw, _keys)) = own_gateway_with_keys() else {
         return;
     };
     let before = scrape(&gw);
@@ -258,6 +280,7 @@ fn the_openapi_document_names_what_the_server_serves() {
 #[test]
 fn beyond_loopback_without_keys_the_gateway_does_not_start() {
     if interop_tests::external_mode() {
+        interop_tests::skip_external("[a gateway the test starts: start-up checks]");
         return;
     }
     let mut cmd = gateway_command();
@@ -313,7 +336,7 @@ fn a_request_head_trickled_past_the_timeout_loses_its_connection() {
 
 #[test]
 fn schemathesis_finds_the_server_true_to_its_openapi_document() {
-    let Some((gw, _keys)) = with_keys(&[]) else {
+    let Some((gw, _keys)) = own_gateway_with_keys() else {
         return;
     };
     for credentials in [Some("ops:s3cret"), None] {
@@ -481,7 +504,7 @@ fn an_operator_publishes_one_message_or_several_to_subscribers() {
 
 #[test]
 fn an_operator_lists_reads_and_clears_retained_messages() {
-    let Some((gw, _keys)) = with_keys(&[]) else {
+    let Some((gw, _keys)) = admin_api() else {
         return;
     };
     let topic = unique_topic("admin-retained");
@@ -620,7 +643,7 @@ fn publish_as(gw: &Broker, client_id: &str, username: Option<&str>) -> (bool, St
 
 #[test]
 fn a_ban_refuses_its_clients_in_every_protocol_until_lifted() {
-    let Some((gw, _keys)) = with_keys(&[]) else {
+    let Some((gw, _keys)) = own_gateway_with_keys() else {
         return;
     };
     let device = unique_client_id("banned");
@@ -826,7 +849,7 @@ fn clients_until(
 
 #[test]
 fn an_operator_lists_and_kicks_clients_of_every_protocol() {
-    let Some((gw, _keys)) = with_keys(&[]) else {
+    let Some((gw, _keys)) = own_gateway_with_keys() else {
         return;
     };
     let id = unique_client_id("listed");
@@ -919,7 +942,7 @@ fn an_operator_lists_and_kicks_clients_of_every_protocol() {
 
 #[test]
 fn an_operator_lists_subscriptions_of_every_client_and_filters_them() {
-    let Some((gw, _keys)) = with_keys(&[]) else {
+    let Some((gw, _keys)) = own_gateway_with_keys() else {
         return;
     };
     let id = unique_client_id("subscribed");
@@ -1208,7 +1231,7 @@ fn metrics_count_queues_drops_protocols_connections_retransmissions_and_commits(
 
 #[test]
 fn a_ban_kicks_out_the_clients_it_names_that_are_connected() {
-    let Some((gw, _keys)) = with_keys(&[]) else {
+    let Some((gw, _keys)) = own_gateway_with_keys() else {
         return;
     };
     let subscriber = |id: &str, user: &str| {
@@ -1273,9 +1296,7 @@ fn a_ban_kicks_out_the_clients_it_names_that_are_connected() {
 #[test]
 fn a_page_of_another_site_cannot_steer_the_gateway_through_the_operators_browser() {
     // Without keys, on loopback: what a browser visiting a hostile page would send.
-    let Some(gw) = Broker::start_gateway_only("the admin API without keys", &[]) else {
-        return;
-    };
+    let gw = Broker::start();
     let id = unique_client_id("steered");
     let mut cmd = std::process::Command::new("mosquitto_sub");
     cmd.args([

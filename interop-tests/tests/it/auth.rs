@@ -18,9 +18,9 @@ fn broker_with_user() -> Option<(Broker, String, String, Option<tempfile::TempDi
             std::env::var("GATEWAY_TEST_USERNAME"),
             std::env::var("GATEWAY_TEST_PASSWORD"),
         ) else {
-            println!(
-                "not applicable in external mode: needs a broker with anonymous access off and a user named by \
-                 GATEWAY_TEST_USERNAME / GATEWAY_TEST_PASSWORD"
+            interop_tests::skip_external(
+                "auth.allow_anonymous=false (set GATEWAY_TEST_USERNAME and GATEWAY_TEST_PASSWORD \
+                 to a user of the broker to run it)",
             );
             return None;
         };
@@ -133,7 +133,9 @@ fn v5_connect_with_an_unsupported_authentication_method_gets_connack_0x8c() {
 /// `{name}-secret`; None in external mode, which cannot be configured so.
 fn broker_with_two_users() -> Option<(Broker, tempfile::TempDir)> {
     if external_mode() {
-        println!("not applicable in external mode: needs a password file with two users");
+        interop_tests::skip_external(
+            "auth.allow_anonymous=false, auth.password_file=[a file with the users alice and bob]",
+        );
         return None;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -245,7 +247,7 @@ fn clients_cannot_publish_to_sys_topics() {
 #[test]
 fn a_client_id_holding_a_wildcard_or_separator_is_refused_a_per_client_mountpoint() {
     if external_mode() {
-        println!("not applicable in external mode: needs a listener mountpoint");
+        interop_tests::skip_external("listeners.tcp.default.mountpoint=tenants/${clientid}/");
         return;
     }
     let Some(broker) = Broker::start_with(&[Setting::new(

@@ -19,7 +19,11 @@ use interop_tests::{
     MosquittoSub, Setting, Version, TIMEOUT,
 };
 
+/// The broker, external or started; with `settings`, a gateway started with them.
 fn gateway(needs: &str, settings: &[Setting]) -> Option<Broker> {
+    if settings.is_empty() {
+        return Some(Broker::start());
+    }
     Broker::start_gateway_only(needs, settings)
 }
 
@@ -134,7 +138,8 @@ fn aiocoap_observes_a_wildcard_with_non_and_con_notifications() {
 
 #[test]
 fn an_observer_answering_reset_is_removed() {
-    let Some(broker) = gateway("a CoAP listener", &[]) else {
+    // The gateway's log is what tells the observer was removed.
+    let Some(broker) = Broker::start_gateway_only("the gateway's log", &[]) else {
         return;
     };
     let topic = unique_topic("coap-rst");
@@ -576,8 +581,9 @@ fn a_client_behind_a_rebinding_nat_keeps_its_session_and_observations() {
         (&b"after"[..], "CON")
     );
     assert!(after.observe > before.observe);
+    // What the gateway says of it; another broker's log is not at hand.
     assert!(
-        broker.log_tail().contains("peer moved to a new address"),
+        !broker.is_gateway() || broker.log_tail().contains("peer moved to a new address"),
         "log:\n{}",
         broker.log_tail()
     );

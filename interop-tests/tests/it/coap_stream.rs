@@ -19,7 +19,11 @@ use interop_tests::{
 };
 
 fn gateway(settings: &[Setting]) -> Option<Broker> {
-    let mut broker = Broker::start_gateway_only("CoAP over TCP and WebSocket listeners", settings)?;
+    let mut broker = if settings.is_empty() {
+        Broker::start()
+    } else {
+        Broker::start_gateway_only("CoAP over TCP and WebSocket listeners", settings)?
+    };
     let port = broker.coap_tcp_port;
     broker.wait_listening(port);
     Some(broker)
@@ -145,8 +149,9 @@ fn csm_ping_pong_and_abort_on_a_raw_connection() {
     assert!(diagnostic.contains("token length 9"), "{diagnostic}");
     let mut byte = [0u8; 1];
     assert_eq!(socket.read(&mut byte).unwrap(), 0, "closed after the Abort");
+    // What the gateway says of it; another broker's log is not at hand.
     assert!(
-        broker.log_tail().contains("malformed CoAP message"),
+        !broker.is_gateway() || broker.log_tail().contains("malformed CoAP message"),
         "log:\n{}",
         broker.log_tail()
     );

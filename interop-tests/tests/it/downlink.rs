@@ -77,9 +77,7 @@ fn answered(result: &Value) -> bool {
 
 #[test]
 fn an_operator_reads_writes_observes_discovers_and_executes_on_a_device() {
-    let Some(gw) = Broker::start_gateway_only("an LwM2M listener and the admin API", &[]) else {
-        return;
-    };
+    let gw = Broker::start();
     let endpoint = unique_client_id("downlink-ep");
     let mut sub = MosquittoSub::start(
         &gw,

@@ -14,6 +14,7 @@ mod auth_matrix;
 mod coap;
 mod coap_stream;
 mod coap_tls;
+mod conformance;
 mod dashboard;
 mod downlink;
 mod dtls;

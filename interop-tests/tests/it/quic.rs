@@ -412,7 +412,7 @@ fn certificates_are_reloaded_on_sighup_and_when_their_files_change() {
 
 #[test]
 fn the_quic_listener_stays_off_without_a_certificate() {
-    let Some(broker) = Broker::start_gateway_only("the default configuration", &[]) else {
+    let Some(broker) = Broker::start_gateway_only("the gateway's log", &[]) else {
         return;
     };
     wait_for_log(

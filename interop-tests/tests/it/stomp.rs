@@ -21,7 +21,11 @@ use interop_tests::{
 use serde_json::json;
 
 fn gateway(settings: &[Setting]) -> Option<Broker> {
-    let mut broker = Broker::start_gateway_only("a STOMP listener", settings)?;
+    let mut broker = if settings.is_empty() {
+        Broker::start()
+    } else {
+        Broker::start_gateway_only("a STOMP listener", settings)?
+    };
     let port = broker.stomp_port;
     broker.wait_listening(port);
     Some(broker)
@@ -618,9 +622,11 @@ fn mountpoints_are_per_listener_and_mqtt_clients_see_the_prefixed_topics() {
 /// RECEIPT came before the crash reaches a persistent MQTT subscriber after it.
 #[test]
 fn a_persistent_stomp_session_and_its_receipted_sends_survive_a_gateway_crash() {
-    let Some(mut broker) = gateway(&[]) else {
+    let Some(mut broker) = Broker::start_gateway_only("a gateway to kill and restart", &[]) else {
         return;
     };
+    let port = broker.stomp_port;
+    broker.wait_listening(port);
     let topic = unique_topic("stomp-crash");
     let client_id = unique_client_id("stomp-crash");
     let mut stomp = stomp_py(&broker, "1.2", json!({"client_id": client_id}));

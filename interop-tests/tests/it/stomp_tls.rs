@@ -335,7 +335,7 @@ fn certificates_are_reloaded_on_sighup_and_when_their_files_change() {
 #[test]
 fn a_bad_certificate_file_stops_start_up_naming_the_key() {
     if interop_tests::external_mode() {
-        println!("not applicable in external mode: starts the gateway itself");
+        interop_tests::skip_external("[a gateway the test starts: start-up checks]");
         return;
     }
     let pki = TestPki::new();

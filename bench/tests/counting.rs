@@ -13,20 +13,26 @@
 )]
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use interop_tests::broker::wait_mqtt_ready;
+use interop_tests::ports::{bound_listeners, server_port};
 use serde_json::Value;
 
 /// Every generator run must finish within this, or the test fails instead of hanging.
 const RUN_LIMIT: Duration = Duration::from_secs(45);
 
+/// How long a broker may take to start and answer a CONNECT.
+const START_LIMIT: Duration = Duration::from_secs(10);
+
 /// Kills the broker when the test ends, whether it passed or not.
 struct Broker {
     child: Child,
     port: u16,
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for Broker {
@@ -34,33 +40,6 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-impl Broker {
-    fn wait_until_listening(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the broker exited at start-up: {status}");
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "the broker did not listen on port {} within 10 s",
-            self.port
-        );
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn release_binary(name: &str) -> PathBuf {
@@ -75,41 +54,71 @@ fn release_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The gateway with MQTT over TCP only, on a port of the system's choosing that it reports
+/// in its log; ready once it answers a CONNECT.
 fn start_gateway() -> Broker {
-    let port = free_port();
-    let child = Command::new(release_binary("gateway"))
-        .env(
-            "GATEWAY_LISTENERS__TCP__DEFAULT__BIND",
-            format!("127.0.0.1:{port}"),
-        )
-        // Only the TCP listener: the WebSocket one's fixed port would clash between runs.
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("gateway.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(release_binary("gateway"))
+        .env("GATEWAY_LISTENERS__TCP__DEFAULT__BIND", "127.0.0.1:0")
+        // Only the TCP listener: the others would take fixed ports that clash between runs.
         .env("GATEWAY_LISTENERS__WS__DEFAULT__ENABLE", "false")
+        .env("GATEWAY_GATEWAY__MQTTSN__ENABLE", "false")
+        .env("GATEWAY_GATEWAY__COAP__ENABLE", "false")
+        .env("GATEWAY_GATEWAY__LWM2M__ENABLE", "false")
+        .env("GATEWAY_GATEWAY__STOMP__ENABLE", "false")
+        .env("GATEWAY_DASHBOARD__LISTENERS__HTTP__ENABLE", "false")
         .env("GATEWAY_MQTT__MAX_QUEUED_MESSAGES", "100000")
         .env("GATEWAY_SYS__ENABLE", "false")
-        // Only MQTT is measured; MQTT-SN's fixed UDP port would clash between runs.
-        .env("GATEWAY_GATEWAY__MQTTSN__ENABLE", "false")
-        .env("GATEWAY_LOG__LEVEL", "warn")
+        // Quiet, but for the line saying where the listener is bound.
+        .env("GATEWAY_LOG__LEVEL", "warn,adapter_kit::launch=info")
         // As Mosquitto runs here: nothing kept on disk, and no data directory to share.
         .env("GATEWAY_STORAGE__BACKEND", "memory")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .expect("starting the gateway");
-    let mut broker = Broker { child, port };
-    broker.wait_until_listening();
+    let deadline = Instant::now() + START_LIMIT;
+    let addr: SocketAddr = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(tcp) = bound_listeners(&text)
+            .into_iter()
+            .find(|l| l.name == "tcp:default")
+        {
+            break tcp.addr;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the gateway exited at start-up: {status}\n{text}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the gateway reported no tcp:default listener within {START_LIMIT:?}:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let broker = Broker {
+        child,
+        port: addr.port(),
+        _dir: dir,
+    };
+    wait_mqtt_ready(addr, START_LIMIT);
     broker
 }
 
 /// Mosquitto that keeps at most 10 messages for a client it cannot write to, and drops
-/// the rest, QoS 0 included.
-fn start_dropping_mosquitto(dir: &std::path::Path) -> Broker {
+/// the rest, QoS 0 included; ready once it answers a CONNECT.
+fn start_dropping_mosquitto() -> Broker {
     let mosquitto = PathBuf::from("/usr/sbin/mosquitto");
     assert!(
         mosquitto.exists(),
         "/usr/sbin/mosquitto is missing: apt-get install -y mosquitto"
     );
-    let port = free_port();
-    let config = dir.join("mosquitto.conf");
+    let dir = tempfile::tempdir().unwrap();
+    // Mosquitto cannot report a port-0 bind: a port below the ephemeral range, which no
+    // client socket is given.
+    let port = server_port();
+    let config = dir.path().join("mosquitto.conf");
     std::fs::write(
         &config,
         format!(
@@ -125,8 +134,12 @@ fn start_dropping_mosquitto(dir: &std::path::Path) -> Broker {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting mosquitto");
-    let mut broker = Broker { child, port };
-    broker.wait_until_listening();
+    let broker = Broker {
+        child,
+        port,
+        _dir: dir,
+    };
+    wait_mqtt_ready(([127, 0, 0, 1], port).into(), START_LIMIT);
     broker
 }
 
@@ -227,9 +240,7 @@ fn every_qos1_and_qos2_message_through_the_gateway_is_counted_once() {
 
 #[test]
 fn messages_a_broker_drops_are_reported_lost() {
-    let dir = std::env::temp_dir().join(format!("gateway-bench-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mosquitto = start_dropping_mosquitto(&dir);
+    let mosquitto = start_dropping_mosquitto();
     // 60 MB of QoS 0 at a subscriber that reads nothing for 8 s, long enough for the
     // publishers to finish even on a loaded machine: more than the socket buffers on both
     // sides can hold (32 MiB receive, 4 MiB send at most), so Mosquitto has to queue, and
@@ -254,7 +265,6 @@ fn messages_a_broker_drops_are_reported_lost() {
             "1",
         ],
     );
-    let _ = std::fs::remove_dir_all(&dir);
     let expected = count(&report, "expected");
     let unique = count(&report, "unique");
     let lost = count(&report, "lost");

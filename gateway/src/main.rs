@@ -75,6 +75,10 @@ enum ConfigAction {
     Check { file: PathBuf },
 }
 
+/// The name the admin API's listener (`dashboard.listeners.http`) goes by in the log line
+/// saying where it is bound, after the pattern of the adapters' `tcp:default`.
+const ADMIN_LISTENER: &str = "dashboard:http";
+
 /// How an adapter starts its listeners from the configuration.
 type Start = fn(&Config, &mut Launch) -> Result<(), StartError>;
 
@@ -292,7 +296,7 @@ async fn run(config: Config, running: Running, reset_unreadable_store: bool) -> 
         shutdown_rx.clone(),
     ));
     if let Some((bound, serve)) = admin {
-        tracing::info!(%bound, "admin API started");
+        tracing::info!(listener = ADMIN_LISTENER, %bound, "admin API started");
         tasks.spawn(serve);
     }
 

@@ -13,7 +13,6 @@ request served: `served METHOD PATH PAYLOAD`. Resources:
 """
 
 import asyncio
-import socket
 import sys
 
 import aiocoap
@@ -53,12 +52,6 @@ class Silent(resource.Resource):
         await asyncio.Event().wait()
 
 
-def free_udp_port():
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-        probe.bind(("::", 0))
-        return probe.getsockname()[1]
-
-
 async def main():
     host, port, client_id = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     site = resource.Site()
@@ -66,7 +59,8 @@ async def main():
     site.add_resource(["slow"], Slow())
     site.add_resource(["silent"], Silent())
     context = await aiocoap.Context.create_server_context(
-        site, bind=("::", free_udp_port()), transports=["udp6"]
+        # Port 0: the system's choice, the gateway learns it from the connection request.
+        site, bind=("::", 0), transports=["udp6"]
     )
     connect = Message(
         code=Code.POST,

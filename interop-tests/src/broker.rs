@@ -1,21 +1,21 @@
 //! The broker under test: a gateway process started for one test, or an external
 //! broker named by `GATEWAY_TEST_HOST` / `GATEWAY_TEST_MQTT_PORT`.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::ports::{bound_listeners, BoundListener};
 use crate::process::Proc;
 use crate::TIMEOUT;
 
-/// How long a freshly started gateway may take to accept TCP connections.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a freshly started gateway may take to report its listeners bound and answer
+/// an MQTT CONNECT.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the gateway gets to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much of the gateway's log a failing test prints.
@@ -111,15 +111,15 @@ pub struct Broker {
     pub mqttsn_port: u16,
     /// The CoAP listener (UDP).
     pub coap_port: u16,
-    /// CoAP over TCP (RFC 8323); check it with [`Broker::wait_listening`] first.
+    /// CoAP over TCP (RFC 8323).
     pub coap_tcp_port: u16,
     /// CoAP over WebSocket (`/.well-known/coap`), when a test enables it.
     pub coap_ws_port: u16,
     /// The LwM2M listener (UDP).
     pub lwm2m_port: u16,
-    /// MQTT over WebSocket (`/mqtt`); check it with [`Broker::wait_listening`] first.
+    /// MQTT over WebSocket (`/mqtt`).
     pub ws_port: u16,
-    /// STOMP over TCP; check it with [`Broker::wait_listening`] first.
+    /// STOMP over TCP.
     pub stomp_port: u16,
     /// STOMP over WebSocket (`/ws`), when a test enables it.
     pub stomp_ws_port: u16,
@@ -134,6 +134,8 @@ struct Gateway {
     /// What started it, to start it again after a crash.
     command: Command,
     log_path: PathBuf,
+    /// Where each listener is bound, as the gateway reported at its last start.
+    listeners: Vec<BoundListener>,
     // Holds the log file (and anything else the test put there) until the end.
     _dir: tempfile::TempDir,
 }
@@ -192,40 +194,6 @@ pub fn gateway_command() -> Command {
 pub fn with_data_dir(cmd: &mut Command, dir: &std::path::Path) {
     cmd.env("GATEWAY_STORAGE__BACKEND", "disk");
     cmd.env("GATEWAY_STORAGE__DATA_DIR", dir);
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago and that no other test of this
-/// process has been given.
-pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    ungiven_port(&GIVEN, || {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        listener.local_addr().expect("local address").port()
-    })
-}
-
-/// A UDP port on 127.0.0.1 that was free a moment ago and that no other test of this
-/// process has been given.
-pub fn free_udp_port() -> u16 {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    ungiven_port(&GIVEN, || {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
-        socket.local_addr().expect("local address").port()
-    })
-}
-
-/// The first port `ephemeral` comes up with that is not in `given`, which then holds it:
-/// the system may hand a port out again once it is closed, while a gateway the test gave
-/// it to has not bound it yet.
-fn ungiven_port(given: &Mutex<Option<HashSet<u16>>>, ephemeral: impl Fn() -> u16) -> u16 {
-    let mut given = given.lock().unwrap_or_else(|e| e.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
-    loop {
-        let port = ephemeral();
-        if given.insert(port) {
-            return port;
-        }
-    }
 }
 
 /// The port in `$var`, else `default`: where an external broker listens.
@@ -360,43 +328,11 @@ impl Broker {
         let mut cmd = gateway_command();
         // The default store, on disk, so the whole suite runs with it.
         with_data_dir(&mut cmd, &dir.path().join("data"));
-        // Every listener the defaults start gets a port of its own, so gateways of tests
-        // running in parallel do not collide.
-        let mut bind = |bind_env: &str, port: u16| {
-            cmd.env(bind_env, format!("127.0.0.1:{port}"));
-            port
-        };
-        let port = bind("GATEWAY_LISTENERS__TCP__DEFAULT__BIND", free_port());
-        let ws_port = bind("GATEWAY_LISTENERS__WS__DEFAULT__BIND", free_port());
-        let mqttsn_port = bind(
-            "GATEWAY_GATEWAY__MQTTSN__LISTENERS__UDP__DEFAULT__BIND",
-            free_udp_port(),
-        );
-        let coap_port = bind(
-            "GATEWAY_GATEWAY__COAP__LISTENERS__UDP__DEFAULT__BIND",
-            free_udp_port(),
-        );
-        let coap_tcp_port = bind(
-            "GATEWAY_GATEWAY__COAP__LISTENERS__TCP__DEFAULT__BIND",
-            free_port(),
-        );
-        let coap_ws_port = bind(
-            "GATEWAY_GATEWAY__COAP__LISTENERS__WS__DEFAULT__BIND",
-            free_port(),
-        );
-        let lwm2m_port = bind(
-            "GATEWAY_GATEWAY__LWM2M__LISTENERS__UDP__DEFAULT__BIND",
-            free_udp_port(),
-        );
-        let stomp_port = bind(
-            "GATEWAY_GATEWAY__STOMP__LISTENERS__TCP__DEFAULT__BIND",
-            free_port(),
-        );
-        let stomp_ws_port = bind(
-            "GATEWAY_GATEWAY__STOMP__LISTENERS__WS__DEFAULT__BIND",
-            free_port(),
-        );
-        let admin_port = bind("GATEWAY_DASHBOARD__LISTENERS__HTTP__BIND", free_port());
+        // Every listener the defaults start binds port 0 and reports the port it got, so
+        // gateways of tests running in parallel never collide.
+        for prefix in DEFAULT_LISTENERS {
+            cmd.env(format!("{prefix}__BIND"), "127.0.0.1:0");
+        }
         // Extra configuration for every started gateway, e.g. to turn off a listener
         // whose fixed default port would clash between gateways running in parallel.
         if let Ok(extra) = std::env::var("GATEWAY_TEST_GATEWAY_ENV") {
@@ -422,55 +358,62 @@ impl Broker {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut broker = Broker {
-            host: "127.0.0.1".to_string(),
-            port,
-            mqttsn_port,
-            coap_port,
-            coap_tcp_port,
-            coap_ws_port,
-            lwm2m_port,
-            ws_port,
-            stomp_port,
-            stomp_ws_port,
-            admin_port,
-            values,
-            gateway: Some(Gateway {
-                child,
-                command: cmd,
-                log_path,
-                _dir: dir,
-            }),
+        let mut gateway = Gateway {
+            child,
+            command: cmd,
+            log_path,
+            listeners: Vec::new(),
+            _dir: dir,
         };
-        broker.wait_ready();
-        broker
-    }
-
-    /// Polls the TCP port until it accepts a connection; panics when the gateway exits
-    /// or stays closed for READY_TIMEOUT (Drop then prints its log).
-    fn wait_ready(&mut self) {
-        self.wait_listening(self.port);
-    }
-
-    /// Polls `port` until it accepts a connection: listeners bind one after another, so
-    /// a test on another listener than TCP waits for its port too.
-    pub fn wait_listening(&mut self, port: u16) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let addr = format!("{}:{port}", self.host);
-        loop {
-            if TcpStream::connect(&addr).is_ok() {
-                return;
-            }
-            if let Some(gw) = self.gateway.as_mut() {
-                if let Ok(Some(status)) = gw.child.try_wait() {
-                    panic!("gateway exited during start-up ({status})");
-                }
-            }
-            if Instant::now() > deadline {
-                panic!("gateway not accepting connections on {addr} after {READY_TIMEOUT:?}");
-            }
-            thread::sleep(Duration::from_millis(25));
+        let expected = expected_listeners(&gateway.command);
+        gateway.listeners = match gateway.wait_ready(0, &expected) {
+            Ok(listeners) => listeners,
+            Err(why) => gateway.fail(&why),
+        };
+        let port_of = |name: &str| {
+            gateway
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+                .map_or(0, |l| l.addr.port())
+        };
+        Broker {
+            host: "127.0.0.1".to_string(),
+            port: port_of("tcp:default"),
+            mqttsn_port: port_of("mqttsn:udp:default"),
+            coap_port: port_of("coap:udp:default"),
+            coap_tcp_port: port_of("coap:tcp:default"),
+            coap_ws_port: port_of("coap:ws:default"),
+            lwm2m_port: port_of("lwm2m:udp:default"),
+            ws_port: port_of("ws:default"),
+            stomp_port: port_of("stomp:tcp:default"),
+            stomp_ws_port: port_of("stomp:ws:default"),
+            admin_port: port_of("dashboard:http"),
+            values,
+            gateway: Some(gateway),
         }
+    }
+
+    /// Where the started gateway's listener `name` (`ssl:default`, `coap:dtls:default`)
+    /// is bound, as its log reported: every listener a test configures binds port 0, and
+    /// the gateway is not ready before each one has reported.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        let gw = self
+            .gateway
+            .as_ref()
+            .expect("only a gateway started by the test reports its listeners");
+        match gw.listeners.iter().find(|l| l.name == name) {
+            Some(l) => l.addr,
+            None => panic!(
+                "the gateway reported no listener {name}; it reported {:?}",
+                gw.listeners
+            ),
+        }
+    }
+
+    /// The port of [`Broker::listener`].
+    pub fn listener_port(&self, name: &str) -> u16 {
+        self.listener(name).port()
     }
 
     /// Checks a promise the gateway makes beyond what the MQTT spec demands (a SHOULD
@@ -552,23 +495,56 @@ impl Broker {
 
     /// Starts a crashed gateway again with the same configuration, ports and data
     /// directory, and waits until it listens.
+    ///
+    /// Clients of the test reconnect to the ports of the first start, so each listener
+    /// binds the address it reported then, explicitly. That is safe enough: those ports
+    /// are in the ephemeral range, but the system picks a client socket's port at random
+    /// among tens of thousands, so one given up a moment ago is seldom taken before the
+    /// restart binds it again (`SO_REUSEADDR` covers the old connections in TIME_WAIT);
+    /// should another socket have taken it all the same, the start fails on that bind and
+    /// is tried again until the port is free or the start timeout has passed.
     pub fn restart(&mut self) {
         let gw = self
             .gateway
             .as_mut()
             .expect("only a gateway started by the test can be restarted");
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&gw.log_path)
-            .expect("reopen the gateway log");
-        gw.command
-            .stdout(log.try_clone().expect("dup log handle"))
-            .stderr(log);
-        gw.child = gw
-            .command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot restart the gateway: {e}"));
-        self.wait_ready();
+        let mut expected = Vec::new();
+        for listener in &gw.listeners {
+            if let Some(key) = bind_env(&listener.name) {
+                gw.command.env(key, listener.addr.to_string());
+                expected.push(listener.name.clone());
+            }
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let offset = std::fs::metadata(&gw.log_path).map_or(0, |m| m.len());
+            let log = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&gw.log_path)
+                .expect("reopen the gateway log");
+            gw.command
+                .stdout(log.try_clone().expect("dup log handle"))
+                .stderr(log);
+            gw.child = gw
+                .command
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot restart the gateway: {e}"));
+            match gw.wait_ready(offset, &expected) {
+                Ok(listeners) => {
+                    gw.listeners = listeners;
+                    return;
+                }
+                Err(why) => {
+                    let taken = read_from(&gw.log_path, offset).contains("cannot listen");
+                    if !taken || Instant::now() > deadline {
+                        gw.fail(&why);
+                    }
+                    let _ = gw.child.kill();
+                    let _ = gw.child.wait();
+                    thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
     }
 
     /// Sends the gateway SIGTERM and waits for it to exit: how long it took, or None when
@@ -624,4 +600,265 @@ fn read_tail(path: &Path, max: u64) -> String {
     let mut bytes = Vec::new();
     let _ = file.read_to_end(&mut bytes);
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn read_from(path: &Path, offset: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let _ = file.seek(SeekFrom::Start(offset));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The listeners every started gateway binds to port 0, by the prefix of their keys in
+/// the environment.
+const DEFAULT_LISTENERS: [&str; 10] = [
+    "GATEWAY_LISTENERS__TCP__DEFAULT",
+    "GATEWAY_LISTENERS__WS__DEFAULT",
+    "GATEWAY_GATEWAY__MQTTSN__LISTENERS__UDP__DEFAULT",
+    "GATEWAY_GATEWAY__COAP__LISTENERS__UDP__DEFAULT",
+    "GATEWAY_GATEWAY__COAP__LISTENERS__TCP__DEFAULT",
+    "GATEWAY_GATEWAY__COAP__LISTENERS__WS__DEFAULT",
+    "GATEWAY_GATEWAY__LWM2M__LISTENERS__UDP__DEFAULT",
+    "GATEWAY_GATEWAY__STOMP__LISTENERS__TCP__DEFAULT",
+    "GATEWAY_GATEWAY__STOMP__LISTENERS__WS__DEFAULT",
+    "GATEWAY_DASHBOARD__LISTENERS__HTTP",
+];
+
+/// The environment key of the `bind` of the listener that reports as `name`:
+/// `tcp:default` is `GATEWAY_LISTENERS__TCP__DEFAULT__BIND`, `coap:dtls:default`
+/// `GATEWAY_GATEWAY__COAP__LISTENERS__DTLS__DEFAULT__BIND`.
+fn bind_env(name: &str) -> Option<String> {
+    Some(format!("{}__BIND", listener_env_prefix(name)?))
+}
+
+fn listener_env_prefix(name: &str) -> Option<String> {
+    let parts: Vec<String> = name.split(':').map(str::to_uppercase).collect();
+    match parts.as_slice() {
+        [dashboard, http] if dashboard == "DASHBOARD" => {
+            Some(format!("GATEWAY_DASHBOARD__LISTENERS__{http}"))
+        }
+        [kind, name] => Some(format!("GATEWAY_LISTENERS__{kind}__{name}")),
+        [gateway, kind, name] => Some(format!(
+            "GATEWAY_GATEWAY__{gateway}__LISTENERS__{kind}__{name}"
+        )),
+        _ => None,
+    }
+}
+
+/// The name a listener reports under, from the prefix of its keys in the environment:
+/// `GATEWAY_LISTENERS__SSL__DEFAULT` is `ssl:default`.
+pub fn listener_name(env_prefix: &str) -> String {
+    listener_of_bind_env(&format!("{env_prefix}__BIND"))
+        .unwrap_or_else(|| panic!("{env_prefix} is not the prefix of a listener's keys"))
+}
+
+/// The name of the listener whose `bind` is the environment key `key`, the inverse of
+/// [`bind_env`].
+fn listener_of_bind_env(key: &str) -> Option<String> {
+    let prefix = key.strip_suffix("__BIND")?;
+    let parts: Vec<&str> = prefix.split("__").collect();
+    let name = match parts.as_slice() {
+        ["GATEWAY_DASHBOARD", "LISTENERS", http] => format!("dashboard:{http}"),
+        ["GATEWAY_LISTENERS", kind, name] => format!("{kind}:{name}"),
+        ["GATEWAY_GATEWAY", gateway, "LISTENERS", kind, name] => {
+            format!("{gateway}:{kind}:{name}")
+        }
+        _ => return None,
+    };
+    Some(name.to_lowercase())
+}
+
+/// The listeners the environment of `cmd` binds to port 0 and enables: those the
+/// gateway must report before it is ready.
+fn expected_listeners(cmd: &Command) -> Vec<String> {
+    let env: Vec<(String, String)> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v?.to_str()?.to_owned())))
+        .collect();
+    let value = |key: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.trim().to_ascii_lowercase())
+    };
+    let mut expected = Vec::new();
+    for (key, bind) in &env {
+        let Some(name) = listener_of_bind_env(key) else {
+            continue;
+        };
+        if !bind.ends_with(":0") || expected.contains(&name) {
+            continue;
+        }
+        let Some(prefix) = listener_env_prefix(&name) else {
+            continue;
+        };
+        // Off by default: CoAP's and STOMP's WebSocket listeners.
+        let on_by_default = !(name.starts_with("coap:ws")
+            || name.starts_with("coap:wss")
+            || name.starts_with("stomp:ws")
+            || name.starts_with("stomp:wss"));
+        let enabled = match value(&format!("{prefix}__ENABLE")) {
+            Some(v) => v == "true",
+            None => on_by_default,
+        };
+        let gateway_enabled = match name.split(':').collect::<Vec<_>>().as_slice() {
+            [gateway, _, _] => value(&format!(
+                "GATEWAY_GATEWAY__{}__ENABLE",
+                gateway.to_uppercase()
+            ))
+            .is_none_or(|v| v == "true"),
+            _ => true,
+        };
+        if enabled && gateway_enabled {
+            expected.push(name);
+        }
+    }
+    expected
+}
+
+impl Gateway {
+    /// Waits until every listener in `expected` has reported in the log past `offset`
+    /// (the start of this run's lines), then for an MQTT CONNACK on `tcp:default` when it
+    /// is among them. Every reported listener is bound, hence already queues connections
+    /// and datagrams: nothing but MQTT needs a check of its own.
+    fn wait_ready(
+        &mut self,
+        offset: u64,
+        expected: &[String],
+    ) -> Result<Vec<BoundListener>, String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let listeners = loop {
+            let reported = bound_listeners(&read_from(&self.log_path, offset));
+            let missing: Vec<&String> = expected
+                .iter()
+                .filter(|name| !reported.iter().any(|l| &l.name == *name))
+                .collect();
+            if missing.is_empty() {
+                break reported;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("gateway exited during start-up ({status})"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "gateway did not report listeners {missing:?} bound within {READY_TIMEOUT:?}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        // A gateway under a service manager says itself when it is ready (READY=1, once
+        // every listener has reported), and the test playing the manager may freeze it
+        // right then: readiness is that exchange, the test's to check.
+        let managed = expected_value(&self.command, "NOTIFY_SOCKET").is_some();
+        let tcp = listeners.iter().find(|l| l.name == "tcp:default");
+        if let Some(tcp) = tcp.filter(|_| !managed) {
+            let proxied = expected_value(
+                &self.command,
+                "GATEWAY_LISTENERS__TCP__DEFAULT__PROXY_PROTOCOL",
+            )
+            .is_some_and(|v| v == "true");
+            mqtt_ready(tcp.addr, proxied, deadline)
+                .map_err(|e| format!("no CONNACK on tcp:default ({}): {e}", tcp.addr))?;
+        }
+        Ok(listeners)
+    }
+
+    /// Panics with `why` and the end of the log (the gateway is killed by Drop).
+    fn fail(&mut self, why: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!(
+            "{why}\n---- gateway log tail ({}) ----\n{}\n---- end of gateway log ----",
+            self.log_path.display(),
+            read_tail(&self.log_path, LOG_TAIL_BYTES)
+        );
+    }
+}
+
+fn expected_value(cmd: &Command, key: &str) -> Option<String> {
+    cmd.get_envs()
+        .filter(|(k, _)| k.to_str().is_some_and(|k| k.eq_ignore_ascii_case(key)))
+        .last()
+        .and_then(|(_, v)| Some(v?.to_str()?.trim().to_ascii_lowercase()))
+}
+
+/// Waits until the MQTT server a test started at `addr` (mosquitto, a proxy in front of the
+/// gateway) answers a CONNECT with a CONNACK, trying again while it is not listening yet;
+/// panics after `timeout` with the last error.
+pub fn wait_mqtt_ready(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match mqtt_ready(addr, false, deadline) {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => {
+                panic!("no MQTT CONNACK from {addr} within {timeout:?}: {e}")
+            }
+            Err(_) => thread::sleep(Duration::from_millis(25)),
+        }
+    }
+}
+
+/// A CONNECT answered by a CONNACK, then the server's close: the exchange that proves an
+/// MQTT server serves. The CONNECT names protocol level 0, which no version has, so the
+/// server refuses it (CONNACK 0x01, unacceptable protocol version) before any
+/// authentication: the probe opens no session, counts no refused login, sends no presence
+/// event and lists no client that a test could see. A listener taking the PROXY protocol
+/// gets a header naming the probe's own addresses first.
+fn mqtt_ready(addr: SocketAddr, proxied: bool, deadline: Instant) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind, Write};
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100))
+    };
+    let mut stream = TcpStream::connect_timeout(&addr, left())?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(left()))?;
+    if proxied {
+        let local = stream.local_addr()?;
+        let family = if addr.is_ipv4() { "TCP4" } else { "TCP6" };
+        let header = format!(
+            "PROXY {family} {} {} {} {}\r\n",
+            local.ip(),
+            addr.ip(),
+            local.port(),
+            addr.port()
+        );
+        stream.write_all(header.as_bytes())?;
+    }
+    let client_id = b"ready";
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        0,
+        0x02,
+        0,
+        60,
+        0,
+        client_id.len() as u8,
+    ];
+    body.extend_from_slice(client_id);
+    let mut connect = vec![0x10, body.len() as u8];
+    connect.extend_from_slice(&body);
+    stream.write_all(&connect)?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack)?;
+    if connack != [0x20, 2, 0, 1] {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("not the CONNACK refusing protocol level 0: {connack:02x?}"),
+        ));
+    }
+    // The server closes after the refusal: read to the end, so the probe's connection is
+    // gone before the test starts.
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    Ok(())
 }

@@ -22,6 +22,7 @@ pub mod lwm2m;
 pub mod mosquitto;
 pub mod mqttsn;
 pub mod nat;
+pub mod ports;
 pub mod process;
 pub mod quic;
 pub mod raw;

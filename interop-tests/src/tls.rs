@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::broker::free_port;
+use crate::broker::listener_name;
 use crate::certs::TestPki;
 use crate::{Broker, Setting, TIMEOUT};
 
@@ -21,7 +21,7 @@ pub struct TlsGateway {
 }
 
 /// Starts a gateway whose listener `listener` (its environment prefix, e.g.
-/// `GATEWAY_GATEWAY__STOMP__LISTENERS__SSL__DEFAULT`) listens on a free port with the
+/// `GATEWAY_GATEWAY__STOMP__LISTENERS__SSL__DEFAULT`) listens on a port of the system's choosing with the
 /// server certificate of `pki` in its table `tls_table` (`TLS` or `SSL_OPTIONS`), with
 /// `extra` listener keys (relative to it, e.g. `SSL_OPTIONS__VERIFY`) and `settings`.
 /// None in external mode.
@@ -32,11 +32,10 @@ pub fn tls_gateway(
     extra: &[(&str, String)],
     mut settings: Vec<Setting>,
 ) -> Option<TlsGateway> {
-    let port = free_port();
     let server = pki.server();
     let key = |k: &str| -> &'static str { Box::leak(format!("{listener}__{k}").into_boxed_str()) };
     settings.extend([
-        Setting::new(key("BIND"), format!("127.0.0.1:{port}")),
+        Setting::new(key("BIND"), "127.0.0.1:0"),
         Setting::new(
             key(&format!("{tls_table}__CERTFILE")),
             server.cert.display().to_string(),
@@ -49,9 +48,8 @@ pub fn tls_gateway(
     for (k, v) in extra {
         settings.push(Setting::new(key(k), v.clone()));
     }
-    let mut broker =
-        Broker::start_gateway_only("a TLS listener with test certificates", &settings)?;
-    broker.wait_listening(port);
+    let broker = Broker::start_gateway_only("a TLS listener with test certificates", &settings)?;
+    let port = broker.listener_port(&listener_name(listener));
     Some(TlsGateway {
         broker,
         tls_port: port,
@@ -186,29 +184,26 @@ fn read_until_closed(socket: &mut TcpStream, timeout: Duration) -> Option<Vec<u8
     }
 }
 
-/// Starts the gateway with `env` (plus a free TCP port for MQTT) and expects it to exit
+/// Starts the gateway with `env` (plus MQTT over TCP on port 0) and expects it to exit
 /// with an error; returns its stderr.
 pub fn failed_start(env: &[(String, String)]) -> String {
     let mut cmd = crate::broker::gateway_command();
-    cmd.env(
-        "GATEWAY_LISTENERS__TCP__DEFAULT__BIND",
-        format!("127.0.0.1:{}", free_port()),
-    )
-    .env("GATEWAY_LISTENERS__WS__DEFAULT__ENABLE", "false")
-    .env("GATEWAY_GATEWAY__MQTTSN__ENABLE", "false")
-    .env("GATEWAY_GATEWAY__LWM2M__ENABLE", "false")
-    .env(
-        "GATEWAY_GATEWAY__COAP__LISTENERS__UDP__DEFAULT__ENABLE",
-        "false",
-    )
-    .env(
-        "GATEWAY_GATEWAY__COAP__LISTENERS__TCP__DEFAULT__ENABLE",
-        "false",
-    )
-    .env(
-        "GATEWAY_GATEWAY__STOMP__LISTENERS__TCP__DEFAULT__ENABLE",
-        "false",
-    );
+    cmd.env("GATEWAY_LISTENERS__TCP__DEFAULT__BIND", "127.0.0.1:0")
+        .env("GATEWAY_LISTENERS__WS__DEFAULT__ENABLE", "false")
+        .env("GATEWAY_GATEWAY__MQTTSN__ENABLE", "false")
+        .env("GATEWAY_GATEWAY__LWM2M__ENABLE", "false")
+        .env(
+            "GATEWAY_GATEWAY__COAP__LISTENERS__UDP__DEFAULT__ENABLE",
+            "false",
+        )
+        .env(
+            "GATEWAY_GATEWAY__COAP__LISTENERS__TCP__DEFAULT__ENABLE",
+            "false",
+        )
+        .env(
+            "GATEWAY_GATEWAY__STOMP__LISTENERS__TCP__DEFAULT__ENABLE",
+            "false",
+        );
     for (k, v) in env {
         cmd.env(k, v);
     }

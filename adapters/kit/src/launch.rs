@@ -326,7 +326,9 @@ impl Launch {
         bind: SocketAddr,
         serve: impl Future<Output = ()> + Send + 'static,
     ) {
-        tracing::info!(listener = %listener.name, %bind, "{what} listener started");
+        // The one line a listener logs once bound, with the port the system chose for
+        // port 0: what tests and operators read to learn where it listens.
+        tracing::info!(listener = %listener.name, bound = %bind, "{what} listener started");
         self.started.push(StartedListener {
             name: listener.name.clone(),
             protocol: what.to_owned(),

@@ -19,14 +19,11 @@ use interop_tests::{
 };
 
 fn gateway(settings: &[Setting]) -> Option<Broker> {
-    let mut broker = if settings.is_empty() {
-        Broker::start()
+    if settings.is_empty() {
+        Some(Broker::start())
     } else {
-        Broker::start_gateway_only("CoAP over TCP and WebSocket listeners", settings)?
-    };
-    let port = broker.coap_tcp_port;
-    broker.wait_listening(port);
-    Some(broker)
+        Broker::start_gateway_only("CoAP over TCP and WebSocket listeners", settings)
+    }
 }
 
 #[test]
@@ -43,14 +40,13 @@ fn aiocoap_publishes_and_observes_over_tcp() {
 
 #[test]
 fn aiocoap_publishes_and_observes_over_websocket() {
-    let Some(mut broker) = gateway(&[Setting::new(
+    let Some(broker) = gateway(&[Setting::new(
         "GATEWAY_GATEWAY__COAP__LISTENERS__WS__DEFAULT__ENABLE",
         "true",
     )]) else {
         return;
     };
     let port = broker.coap_ws_port;
-    broker.wait_listening(port);
     let mut client = AiocoapClient::spawn_to(format!("coap+ws://{}:{port}", broker.host));
     publish_and_observe(&broker, &mut client, "coap-ws");
 }

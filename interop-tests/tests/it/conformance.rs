@@ -2,7 +2,6 @@
 //! default configuration, then has the runner run a few of this very binary's tests of
 //! different protocols against it, and reads the report and the JUnit XML.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -70,9 +69,7 @@ fn read_junit(path: &Path) -> Value {
 
 #[test]
 fn the_runner_reports_per_protocol_and_writes_junit_xml_a_reader_accepts() {
-    let mut broker = Broker::start();
-    let stomp_port = broker.stomp_port;
-    broker.wait_listening(stomp_port);
+    let broker = Broker::start();
     let dir = tempfile::tempdir().expect("a temp dir");
     let junit = dir.path().join("report.xml");
     let tests = [MQTT_TEST, COAP_TEST, STOMP_TEST, SKIPPED_TEST];
@@ -141,11 +138,9 @@ fn the_runner_reports_per_protocol_and_writes_junit_xml_a_reader_accepts() {
 #[test]
 fn a_test_failing_against_the_gateway_fails_the_run_with_its_output_in_the_junit_file() {
     let broker = Broker::start();
-    // A port nothing listens on, in place of the gateway's MQTT port.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port")
-        .port();
+    // A port nothing listens on, in place of the gateway's MQTT port: one of those held
+    // for servers, which no other test binds while this process holds it.
+    let closed = interop_tests::ports::server_port();
     let dir = tempfile::tempdir().expect("a temp dir");
     let junit = dir.path().join("report.xml");
     let out = runner(&broker, closed, &[MQTT_TEST], &junit);

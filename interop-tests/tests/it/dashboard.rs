@@ -23,8 +23,9 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
 use interop_tests::admin::{http, HttpReply};
-use interop_tests::broker::{free_port, workspace_root};
+use interop_tests::broker::workspace_root;
 use interop_tests::lwm2m;
+use interop_tests::ports::server_port;
 use interop_tests::process::Proc;
 use interop_tests::{
     coap_client, mosquitto_pub, unique_client_id, Broker, MosquittoSub, Setting, Version, TIMEOUT,
@@ -52,7 +53,8 @@ struct Browser {
 impl Browser {
     fn start() -> Browser {
         let turn = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-        let port = free_port();
+        // chromedriver cannot report a port-0 bind.
+        let port = server_port();
         let mut cmd = Command::new(CHROMEDRIVER);
         cmd.arg(format!("--port={port}"));
         let driver = Proc::spawn("chromedriver", cmd);

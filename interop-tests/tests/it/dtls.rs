@@ -18,7 +18,7 @@ use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use interop_tests::broker::free_udp_port;
+use interop_tests::broker::listener_name;
 use interop_tests::mosquitto::sys_values_until;
 use interop_tests::process::{Line, Proc};
 use interop_tests::{mosquitto_pub, unique_topic, Broker, MosquittoSub, Setting, Version, TIMEOUT};
@@ -35,7 +35,7 @@ struct DtlsGateway {
 }
 
 /// A gateway whose CoAP DTLS listener knows `keys` (`identity:secret` lines), ready once
-/// the listener answers a ClientHello.
+/// the listener has reported where it is bound.
 fn gateway(keys: &str, extra: &[Setting]) -> Option<DtlsGateway> {
     gateway_of(
         [
@@ -56,14 +56,14 @@ fn gateway_of(
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("psk.txt");
     std::fs::write(&file, keys).unwrap();
-    let port = free_udp_port();
     let mut settings = vec![
-        Setting::new(bind_and_keys[0], format!("127.0.0.1:{port}")),
+        Setting::new(bind_and_keys[0], "127.0.0.1:0"),
         Setting::new(bind_and_keys[1], file.display().to_string()),
     ];
     settings.extend_from_slice(extra);
     let broker = Broker::start_gateway_only("a CoAP DTLS listener", &settings)?;
-    wait_dtls(port);
+    let listener = bind_and_keys[0].trim_end_matches("__BIND");
+    let port = broker.listener_port(&listener_name(listener));
     Some(DtlsGateway {
         broker,
         port,
@@ -115,17 +115,6 @@ fn exchange(socket: &UdpSocket, port: u16, datagram: &[u8]) -> Vec<Vec<u8>> {
             .unwrap();
     }
     replies
-}
-
-fn wait_dtls(port: u16) {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        if !exchange(&socket, port, &client_hello(1, &[])).is_empty() {
-            return;
-        }
-    }
-    panic!("the DTLS listener on {port} never answered a ClientHello");
 }
 
 fn coaps_command(client: &str, identity: &str, key: &str) -> Command {

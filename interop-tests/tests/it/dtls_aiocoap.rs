@@ -15,9 +15,10 @@
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use interop_tests::broker::{free_udp_port, workspace_root};
+use interop_tests::broker::workspace_root;
 use interop_tests::dtls::{DtlsGateway, DtlsListener};
 use interop_tests::lwm2m::next_event;
+use interop_tests::ports::server_port;
 use interop_tests::process::{Line, Proc};
 use interop_tests::{
     mosquitto_pub, sample_payloads, unique_topic, AiocoapClient, MosquittoSub, Setting, Version,
@@ -418,7 +419,8 @@ fn an_lwm2m_device_restarted_on_its_port_registers_again_over_dtls() {
             0,
             &[],
         );
-        let port = free_udp_port();
+        // Both devices bind it in turn: a port no client socket is given meanwhile.
+        let port = server_port();
         let mut before = device_on(&gw, endpoint, "meter-1", "key-one", "20", Some(port));
         assert_eq!(line(&mut before, TIMEOUT), "registered rd/meter-1");
         assert_eq!(next_event(&mut sub, endpoint).1["msgType"], "register");

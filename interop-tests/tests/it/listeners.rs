@@ -13,7 +13,8 @@
 
 use std::time::{Duration, Instant};
 
-use interop_tests::broker::free_port;
+use interop_tests::broker::listener_name;
+use interop_tests::ports::{parse_bound_line, BoundListener};
 use interop_tests::{
     mosquitto_pub, unique_client_id, unique_topic, Broker, MosquittoSub, Setting, Version, TIMEOUT,
 };
@@ -22,18 +23,17 @@ const QUIET: Duration = Duration::from_millis(500);
 
 /// A gateway with a second TCP listener configured by `(key, value)` pairs; its port.
 fn with_second_listener(pairs: &[(&'static str, &str)]) -> Option<(Broker, String)> {
-    let port = free_port();
     let mut settings = vec![Setting::new(
         "GATEWAY_LISTENERS__TCP__MOUNTED__BIND",
-        format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
     )];
     settings.extend(
         pairs
             .iter()
             .map(|(key, value)| Setting::new(key, value.to_string())),
     );
-    let mut broker = Broker::start_gateway_only("a second TCP listener", &settings)?;
-    broker.wait_listening(port);
+    let broker = Broker::start_gateway_only("a second TCP listener", &settings)?;
+    let port = broker.listener_port("tcp:mounted");
     Some((broker, port.to_string()))
 }
 
@@ -209,4 +209,95 @@ fn connections_beyond_the_listener_rate_wait_and_are_then_served() {
         elapsed >= least,
         "{CONNECTIONS} connections at {rate} took {elapsed:?}, less than {least:?}"
     );
+}
+
+/// Every listener kind, by the prefix of its keys, and the key that gives it what it needs
+/// to start (a self-signed certificate, a key file) with its value, if any.
+fn every_listener(psk_file: &str) -> Vec<(String, Option<(&'static str, String)>)> {
+    let mqtt_tls = Some(("TLS__SELF_SIGNED", "true".to_owned()));
+    let gateway_tls = Some(("SSL_OPTIONS__SELF_SIGNED", "true".to_owned()));
+    let dtls = Some(("DTLS_OPTIONS__PSK_FILE", psk_file.to_owned()));
+    let mut all = vec![
+        ("GATEWAY_LISTENERS__TCP__DEFAULT".to_owned(), None),
+        (
+            "GATEWAY_LISTENERS__SSL__DEFAULT".to_owned(),
+            mqtt_tls.clone(),
+        ),
+        ("GATEWAY_LISTENERS__WS__DEFAULT".to_owned(), None),
+        (
+            "GATEWAY_LISTENERS__WSS__DEFAULT".to_owned(),
+            mqtt_tls.clone(),
+        ),
+        ("GATEWAY_LISTENERS__QUIC__DEFAULT".to_owned(), mqtt_tls),
+        ("GATEWAY_DASHBOARD__LISTENERS__HTTP".to_owned(), None),
+    ];
+    for (gateway, kinds) in [
+        ("MQTTSN", &["UDP", "DTLS"][..]),
+        ("COAP", &["UDP", "DTLS", "TCP", "SSL", "WS", "WSS"][..]),
+        ("LWM2M", &["UDP", "DTLS"][..]),
+        ("STOMP", &["TCP", "SSL", "WS", "WSS"][..]),
+    ] {
+        for kind in kinds {
+            let needs = match *kind {
+                "SSL" | "WSS" => gateway_tls.clone(),
+                "DTLS" => dtls.clone(),
+                _ => None,
+            };
+            all.push((
+                format!("GATEWAY_GATEWAY__{gateway}__LISTENERS__{kind}__DEFAULT"),
+                needs,
+            ));
+        }
+    }
+    all
+}
+
+#[test]
+fn every_listener_bound_to_port_0_reports_where_it_is_bound_in_both_log_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let psk_file = dir.path().join("psk.txt");
+    std::fs::write(&psk_file, "device:secret\n").unwrap();
+    let listeners = every_listener(&psk_file.display().to_string());
+    let key = |k: String| -> &'static str { Box::leak(k.into_boxed_str()) };
+    for format in ["human", "json"] {
+        let mut settings = vec![Setting::new("GATEWAY_LOG__FORMAT", format)];
+        for (prefix, needs) in &listeners {
+            settings.push(Setting::new(key(format!("{prefix}__BIND")), "127.0.0.1:0"));
+            settings.push(Setting::new(key(format!("{prefix}__ENABLE")), "true"));
+            if let Some((k, v)) = needs {
+                settings.push(Setting::new(key(format!("{prefix}__{k}")), v.clone()));
+            }
+        }
+        let Some(broker) = Broker::start_gateway_only("every listener", &settings) else {
+            return;
+        };
+        let log = broker.log();
+        let reports: Vec<(&str, BoundListener)> = log
+            .lines()
+            .filter_map(|line| Some((line, parse_bound_line(line)?)))
+            .collect();
+        let mut names: Vec<String> = reports.iter().map(|(_, b)| b.name.clone()).collect();
+        let mut expected: Vec<String> = listeners.iter().map(|(p, _)| listener_name(p)).collect();
+        names.sort();
+        expected.sort();
+        // One line for each, no more.
+        assert_eq!(names, expected, "{format}:\n{log}");
+        for (line, bound) in &reports {
+            assert_eq!(line.starts_with('{'), format == "json", "{line}");
+            assert_ne!(bound.addr.port(), 0, "{line}");
+            assert_eq!(bound.addr.ip().to_string(), "127.0.0.1", "{line}");
+            // The port reported is the one held: binding it again fails.
+            let name = bound.name.as_str();
+            let datagrams =
+                name.contains(":udp:") || name.contains(":dtls:") || name == "quic:default";
+            let taken = if datagrams {
+                std::net::UdpSocket::bind(bound.addr).is_err()
+            } else {
+                std::net::TcpListener::bind(bound.addr).is_err()
+            };
+            assert!(taken, "{name} does not hold {}: {line}", bound.addr);
+        }
+        assert_eq!(broker.port, broker.listener_port("tcp:default"));
+        assert_eq!(broker.admin_port, broker.listener_port("dashboard:http"));
+    }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use interop_tests::broker::free_port;
+use interop_tests::ports::server_port;
 use interop_tests::process::{Line, Proc};
 use interop_tests::{Broker, Setting, TIMEOUT};
 
@@ -102,7 +102,8 @@ struct Mosquitto {
 impl Mosquitto {
     fn start(acl: &Path) -> Mosquitto {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
+        // mosquitto cannot report a port-0 bind.
+        let port = server_port();
         let conf = dir.path().join("mosquitto.conf");
         let log = dir.path().join("mosquitto.log");
         std::fs::write(

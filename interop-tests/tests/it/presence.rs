@@ -151,7 +151,7 @@ fn assert_disconnected(event: &Event, reason: &str) {
 
 #[test]
 fn clients_of_every_protocol_are_seen_coming_and_going() {
-    let Some(mut broker) = Broker::start_gateway_only(
+    let Some(broker) = Broker::start_gateway_only(
         "the gateway's presence events",
         &[
             Setting::new("GATEWAY_NODE__NAME", NODE),
@@ -161,8 +161,6 @@ fn clients_of_every_protocol_are_seen_coming_and_going() {
     ) else {
         return;
     };
-    let stomp_port = broker.stomp_port;
-    broker.wait_listening(stomp_port);
     let mut sub = watch(&broker);
 
     // MQTT: mosquitto_pub connects, publishes and says goodbye.

@@ -12,8 +12,9 @@
 use std::io::Write;
 use std::process::Command;
 
-use interop_tests::broker::free_port;
+use interop_tests::broker::wait_mqtt_ready;
 use interop_tests::certs::TestPki;
+use interop_tests::ports::server_port;
 use interop_tests::process::Proc;
 use interop_tests::{unique_topic, Broker, MosquittoSub, Setting, Version, TIMEOUT};
 
@@ -39,17 +40,13 @@ fn setup() -> Option<Setup> {
     drop(file);
     let pki = TestPki::new();
     let server = pki.server();
-    let gateway_tls = free_port();
-    let mut broker = Broker::start_gateway_only(
+    let broker = Broker::start_gateway_only(
         "listeners behind HAProxy",
         &[
             Setting::new("GATEWAY_AUTH__ACL_FILE", acl.display().to_string()),
             Setting::new("GATEWAY_LISTENERS__TCP__DEFAULT__PROXY_PROTOCOL", "true"),
             Setting::new("GATEWAY_LISTENERS__SSL__DEFAULT__PROXY_PROTOCOL", "true"),
-            Setting::new(
-                "GATEWAY_LISTENERS__SSL__DEFAULT__BIND",
-                format!("127.0.0.1:{gateway_tls}"),
-            ),
+            Setting::new("GATEWAY_LISTENERS__SSL__DEFAULT__BIND", "127.0.0.1:0"),
             Setting::new(
                 "GATEWAY_LISTENERS__SSL__DEFAULT__TLS__CERTFILE",
                 server.cert.display().to_string(),
@@ -60,8 +57,9 @@ fn setup() -> Option<Setup> {
             ),
         ],
     )?;
-    broker.wait_listening(gateway_tls);
-    let (v2_port, v1_port, tls_port) = (free_port(), free_port(), free_port());
+    let gateway_tls = broker.listener_port("ssl:default");
+    // haproxy cannot report a port-0 bind.
+    let (v2_port, v1_port, tls_port) = (server_port(), server_port(), server_port());
     let config = dir.path().join("haproxy.cfg");
     std::fs::write(
         &config,
@@ -94,8 +92,10 @@ backend gateway_tls
     let mut cmd = Command::new("haproxy");
     cmd.arg("-db").arg("-f").arg(&config);
     let haproxy = Proc::spawn("haproxy", cmd);
-    for port in [v2_port, v1_port, tls_port] {
-        broker.wait_listening(port);
+    // haproxy binds every frontend before it serves any: once both plain ones carry an
+    // MQTT exchange through to the gateway, the TLS one listens too.
+    for port in [v2_port, v1_port] {
+        wait_mqtt_ready(([127, 0, 0, 1], port).into(), TIMEOUT);
     }
     Some(Setup {
         broker,

@@ -16,7 +16,6 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use interop_tests::broker::free_udp_port;
 use interop_tests::certs::TestPki;
 use interop_tests::quic::{QuicClient, QuicEnd};
 use interop_tests::{
@@ -29,7 +28,7 @@ struct QuicGateway {
     pki: TestPki,
 }
 
-/// A gateway with its quic listener on a UDP port of its own and a certificate for
+/// A gateway with its quic listener on a UDP port of the system's choosing and a certificate for
 /// localhost, plus `settings`.
 fn quic_gateway(settings: Vec<Setting>) -> Option<QuicGateway> {
     quic_gateway_with(TestPki::new(), settings)
@@ -37,13 +36,9 @@ fn quic_gateway(settings: Vec<Setting>) -> Option<QuicGateway> {
 
 /// `quic_gateway` with certificates from `pki`.
 fn quic_gateway_with(pki: TestPki, mut settings: Vec<Setting>) -> Option<QuicGateway> {
-    let port = free_udp_port();
     let server = pki.server();
     settings.extend([
-        Setting::new(
-            "GATEWAY_LISTENERS__QUIC__DEFAULT__BIND",
-            format!("127.0.0.1:{port}"),
-        ),
+        Setting::new("GATEWAY_LISTENERS__QUIC__DEFAULT__BIND", "127.0.0.1:0"),
         Setting::new(
             "GATEWAY_LISTENERS__QUIC__DEFAULT__TLS__CERTFILE",
             server.cert.display().to_string(),
@@ -54,12 +49,11 @@ fn quic_gateway_with(pki: TestPki, mut settings: Vec<Setting>) -> Option<QuicGat
         ),
     ]);
     let broker = Broker::start_gateway_only("a QUIC listener with test certificates", &settings)?;
-    wait_for_log(&broker, "listener=quic:default");
+    let port = broker.listener_port("quic:default");
     Some(QuicGateway { broker, port, pki })
 }
 
-/// Waits until the gateway's log shows `text`: a UDP listener cannot be probed the way a
-/// TCP one is.
+/// Waits until the gateway's log shows `text`.
 fn wait_for_log(broker: &Broker, text: &str) {
     let deadline = Instant::now() + TIMEOUT;
     while !broker.log_tail().contains(text) {

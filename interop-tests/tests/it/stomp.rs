@@ -21,14 +21,11 @@ use interop_tests::{
 use serde_json::json;
 
 fn gateway(settings: &[Setting]) -> Option<Broker> {
-    let mut broker = if settings.is_empty() {
-        Broker::start()
+    if settings.is_empty() {
+        Some(Broker::start())
     } else {
-        Broker::start_gateway_only("a STOMP listener", settings)?
-    };
-    let port = broker.stomp_port;
-    broker.wait_listening(port);
-    Some(broker)
+        Broker::start_gateway_only("a STOMP listener", settings)
+    }
 }
 
 /// A stomp.py client connected with `version` and `extra` connect fields.
@@ -381,14 +378,12 @@ fn stomp_py_login_is_checked_against_the_password_file() {
 
 #[test]
 fn stompjs_over_websocket_exchanges_messages_with_mqtt_clients() {
-    let Some(mut broker) = gateway(&[Setting::new(
+    let Some(broker) = gateway(&[Setting::new(
         "GATEWAY_GATEWAY__STOMP__LISTENERS__WS__DEFAULT__ENABLE",
         "true",
     )]) else {
         return;
     };
-    let port = broker.stomp_ws_port;
-    broker.wait_listening(port);
     let prefix = unique_topic("stompjs");
     let mut js = StompJs::spawn(&broker);
     js.connect_ws(json!({}));
@@ -552,7 +547,7 @@ fn shared_redelivery_session_keeps_unacknowledged_messages_for_the_returning_cli
 /// the gateway's `web/`, and MQTT clients see the prefixed topics.
 #[test]
 fn mountpoints_are_per_listener_and_mqtt_clients_see_the_prefixed_topics() {
-    let Some(mut broker) = gateway(&[
+    let Some(broker) = gateway(&[
         Setting::new("GATEWAY_GATEWAY__STOMP__MOUNTPOINT", "web/"),
         Setting::new(
             "GATEWAY_GATEWAY__STOMP__LISTENERS__TCP__DEFAULT__MOUNTPOINT",
@@ -565,8 +560,6 @@ fn mountpoints_are_per_listener_and_mqtt_clients_see_the_prefixed_topics() {
     ]) else {
         return;
     };
-    let port = broker.stomp_ws_port;
-    broker.wait_listening(port);
     let client_id = unique_client_id("stomp-mp");
     let mut sub = MosquittoSub::start(&broker, Version::V5, &["stomp/+/up/#", "web/up/#"], 1, &[]);
     let mut stomp = stomp_py(&broker, "1.2", json!({"client_id": client_id}));
@@ -625,8 +618,6 @@ fn a_persistent_stomp_session_and_its_receipted_sends_survive_a_gateway_crash() 
     let Some(mut broker) = Broker::start_gateway_only("a gateway to kill and restart", &[]) else {
         return;
     };
-    let port = broker.stomp_port;
-    broker.wait_listening(port);
     let topic = unique_topic("stomp-crash");
     let client_id = unique_client_id("stomp-crash");
     let mut stomp = stomp_py(&broker, "1.2", json!({"client_id": client_id}));
@@ -661,8 +652,6 @@ fn a_persistent_stomp_session_and_its_receipted_sends_survive_a_gateway_crash() 
     }
 
     broker.crash_and_restart();
-    let stomp_port = broker.stomp_port;
-    broker.wait_listening(stomp_port);
     stomp.resume();
     drop(stomp);
     drop(sender);

@@ -368,10 +368,7 @@ fn a_bad_certificate_file_stops_start_up_naming_the_key() {
         ] {
             let stderr = failed_start(&[
                 (format!("{env}__ENABLE"), "true".into()),
-                (
-                    format!("{env}__BIND"),
-                    format!("127.0.0.1:{}", interop_tests::broker::free_port()),
-                ),
+                (format!("{env}__BIND"), "127.0.0.1:0".into()),
                 (
                     format!("{env}__SSL_OPTIONS__CERTFILE"),
                     cert.display().to_string(),

@@ -143,8 +143,8 @@ fn ready_comes_from_the_gateway_once_every_listener_is_bound_and_stopping_at_sig
     });
 
     let settings = [Setting::new("NOTIFY_SOCKET", path.display().to_string())];
-    // Returns once the MQTT port accepts, which a frozen gateway's port still does (the
-    // kernel completes the handshake into the listen backlog).
+    // Returns once every listener has reported where it is bound, which the gateway logs
+    // before READY=1; with NOTIFY_SOCKET set, the harness leaves readiness to READY=1.
     let Some(mut broker) =
         Broker::start_gateway_only("a gateway under a service manager", &settings)
     else {

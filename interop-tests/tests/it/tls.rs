@@ -13,7 +13,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use interop_tests::broker::{free_port, gateway_command};
+use interop_tests::broker::gateway_command;
 use interop_tests::carried::exchange_with_tcp_clients;
 use interop_tests::certs::{Pair, TestPki};
 use interop_tests::process::Proc;
@@ -38,22 +38,20 @@ fn tls_gateway_with(
     extra: &[(&'static str, String)],
     mut settings: Vec<Setting>,
 ) -> Option<TlsGateway> {
-    let port = free_port();
     let server = pki.server();
     let key = |k: &str| -> &'static str {
         Box::leak(format!("GATEWAY_LISTENERS__{kind}__DEFAULT__{k}").into_boxed_str())
     };
     settings.extend([
-        Setting::new(key("BIND"), format!("127.0.0.1:{port}")),
+        Setting::new(key("BIND"), "127.0.0.1:0"),
         Setting::new(key("TLS__CERTFILE"), server.cert.display().to_string()),
         Setting::new(key("TLS__KEYFILE"), server.key.display().to_string()),
     ]);
     for (k, v) in extra {
         settings.push(Setting::new(key(k), v.clone()));
     }
-    let mut broker =
-        Broker::start_gateway_only("a TLS listener with test certificates", &settings)?;
-    broker.wait_listening(port);
+    let broker = Broker::start_gateway_only("a TLS listener with test certificates", &settings)?;
+    let port = broker.listener_port(&format!("{}:default", kind.to_lowercase()));
     Some(TlsGateway {
         broker,
         tls_port: port,
@@ -364,11 +362,8 @@ fn paho_and_mqttjs_over_wss_exchange_messages_with_tcp_clients() {
 /// Starts the gateway with `env` and expects it to exit with an error; returns its stderr.
 fn failed_start(env: &[(String, String)]) -> String {
     let mut cmd = gateway_command();
-    cmd.env(
-        "GATEWAY_LISTENERS__TCP__DEFAULT__BIND",
-        format!("127.0.0.1:{}", free_port()),
-    )
-    .env("GATEWAY_LISTENERS__WS__DEFAULT__ENABLE", "false");
+    cmd.env("GATEWAY_LISTENERS__TCP__DEFAULT__BIND", "127.0.0.1:0")
+        .env("GATEWAY_LISTENERS__WS__DEFAULT__ENABLE", "false");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -399,7 +394,7 @@ fn a_bad_certificate_file_stops_start_up_naming_the_key_and_the_file() {
         let stderr = failed_start(&[
             (
                 "GATEWAY_LISTENERS__SSL__DEFAULT__BIND".into(),
-                format!("127.0.0.1:{}", free_port()),
+                "127.0.0.1:0".into(),
             ),
             (
                 "GATEWAY_LISTENERS__SSL__DEFAULT__TLS__CERTFILE".into(),
@@ -425,20 +420,16 @@ fn a_bad_certificate_file_stops_start_up_naming_the_key_and_the_file() {
 
 #[test]
 fn a_self_signed_certificate_is_made_up_with_a_warning() {
-    let port = free_port();
-    let Some(mut broker) = Broker::start_gateway_only(
+    let Some(broker) = Broker::start_gateway_only(
         "a self-signed TLS listener",
         &[
-            Setting::new(
-                "GATEWAY_LISTENERS__SSL__DEFAULT__BIND",
-                format!("127.0.0.1:{port}"),
-            ),
+            Setting::new("GATEWAY_LISTENERS__SSL__DEFAULT__BIND", "127.0.0.1:0"),
             Setting::new("GATEWAY_LISTENERS__SSL__DEFAULT__TLS__SELF_SIGNED", "true"),
         ],
     ) else {
         return;
     };
-    broker.wait_listening(port);
+    let port = broker.listener_port("ssl:default");
     assert!(
         broker.log_tail().contains("self-signed"),
         "{}",

@@ -22,10 +22,7 @@ use interop_tests::{
 };
 
 fn ws_broker(settings: &[Setting]) -> Option<Broker> {
-    let mut broker = Broker::start_with(settings)?;
-    let port = broker.ws_port;
-    broker.wait_listening(port);
-    Some(broker)
+    Broker::start_with(settings)
 }
 
 fn open(broker: &Broker, protocols: &[&str]) -> RawWs {

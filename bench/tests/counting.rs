@@ -3,7 +3,8 @@
 //! its drops as losses that add up.
 //!
 //! Needs `target/release/gateway` (`cargo build --release -p gateway -p gateway-bench`) and
-//! `/usr/sbin/mosquitto` (`apt-get install -y mosquitto`).
+//! `/usr/sbin/mosquitto` (Debian `mosquitto`, which `scripts/install-test-tools.sh` installs
+//! without starting its service).
 
 #![allow(
     clippy::unwrap_used,
@@ -106,7 +107,7 @@ fn start_dropping_mosquitto(dir: &std::path::Path) -> Broker {
     let mosquitto = PathBuf::from("/usr/sbin/mosquitto");
     assert!(
         mosquitto.exists(),
-        "/usr/sbin/mosquitto is missing: apt-get install -y mosquitto"
+        "/usr/sbin/mosquitto is missing: run scripts/install-test-tools.sh"
     );
     let port = free_port();
     let config = dir.join("mosquitto.conf");

@@ -91,7 +91,7 @@ backend gateway_tls
         ),
     )
     .unwrap();
-    let mut cmd = Command::new("haproxy");
+    let mut cmd = Command::new(interop_tests::tools::sbin("haproxy"));
     cmd.arg("-db").arg("-f").arg(&config);
     let haproxy = Proc::spawn("haproxy", cmd);
     for port in [v2_port, v1_port, tls_port] {

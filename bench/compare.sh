@@ -34,7 +34,8 @@
 # used more than MAX_OTHERS=25 % of a core, or that failed, is run once more, and the
 # summary leaves such runs out (and says how many).
 #
-# Needs: cargo, python3, taskset; installs mosquitto (Debian package) if it is missing.
+# Needs: cargo, python3, taskset; installs mosquitto (Debian package) if it is missing,
+# without starting its service (scripts/debian-packages.sh).
 # Only loopback addresses are used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -222,10 +223,12 @@ cargo build --profile perf -p gateway -p gateway-bench
 GATEWAY=target/perf/gateway
 BENCH=target/perf/gateway-bench
 MOSQUITTO=/usr/sbin/mosquitto
-if [[ ! -x $MOSQUITTO ]]; then
-    apt-get update
-    apt-get install -y mosquitto
-fi
+# shellcheck source=scripts/quietly.sh
+source scripts/quietly.sh
+# shellcheck source=scripts/debian-packages.sh
+source scripts/debian-packages.sh
+# Installed without its service: 1883 stays free.
+debian_packages mosquitto
 
 # Both the broker and the generator hold one descriptor per connection.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"

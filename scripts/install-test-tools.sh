@@ -4,20 +4,17 @@
 #   - openssl, which makes the TLS tests' certificates and asks TLS listeners what they
 #     present (s_client), and haproxy, the PROXY protocol
 #     tests' load balancer (Debian packages),
-#   - paho-mqtt for Python (PyPI, pinned below),
-#   - the MQTT-SN client mqtt-sn-12 for Python (PyPI, pinned below),
-#   - aioquic, the QUIC implementation under the MQTT over QUIC test client (PyPI, pinned below),
 #   - libcoap's coap-client (Debian libcoap3-bin: coap-client-notls, and coap-client-openssl
-#     and coap-client-gnutls for CoAP over DTLS) and aiocoap (PyPI, pinned below) with
-#     websockets (PyPI, pinned below) for its CoAP over WebSocket transport, and DTLSSocket
-#     (PyPI, pinned below), the tinydtls binding under its CoAP over DTLS transport, built
-#     from source (with autoconf, automake and a C compiler from Debian),
-#   - cbor2, the CBOR encoder of the LwM2M Send test's SenML (PyPI, pinned below),
+#     and coap-client-gnutls for CoAP over DTLS),
 #   - Chromium and its chromedriver (Debian chromium, chromium-driver), the browser the
 #     dashboard test drives over WebDriver,
-#   - curl, the admin API tests' HTTP client (Debian), prometheus-client's parser of the
-#     Prometheus text format and schemathesis, which checks the server against its OpenAPI
-#     document (PyPI, pinned below),
+#   - curl, the admin API tests' HTTP client (Debian),
+#   - the Python clients of interop-tests/py/requirements.txt (paho-mqtt, mqtt-sn-12,
+#     aioquic, aiocoap with websockets and DTLSSocket, the tinydtls binding under its CoAP
+#     over DTLS transport, built from source, stomp.py, cbor2, prometheus-client,
+#     schemathesis, junitparser), every package pinned by interop-tests/py/constraints.txt, in a virtual
+#     environment of their own, target/test-venv, whose python the tests run
+#     (interop-tests/src/tools.rs),
 #   - dtls_cid_coap (interop-tests/c/), a CoAP over DTLS client that negotiates RFC 9146
 #     connection ids, which no packaged client does: compiled with gcc against Mbed TLS
 #     3.6 from Debian trixie's libmbedtls-dev, whose .deb is fetched from the trixie archive
@@ -25,70 +22,52 @@
 #     each SHA256 down to the .deb), unpacked under target/test-tools/mbedtls and linked
 #     statically into target/test-tools/bin/dtls_cid_coap (bookworm's own libmbedtls-dev
 #     is 2.28, without connection ids, and trixie's packages are not installed on it),
-#   - the STOMP client stomp.py (PyPI, pinned below),
 #   - MQTT.js, @stomp/stompjs, ws and the LwM2M client libraries lwm2m-node-lib and
 #     coap-node (npm ci from interop-tests/js/package-lock.json, all pinned there).
-# Meant for a Debian machine that has Rust, Python 3.11+ with pip and Node 20+ with
-# npm; run as root. Idempotent; silent when there is nothing to do or all went well,
-# and prints the failing command's output otherwise.
+# Meant for a Debian machine that has Rust, Python 3.11+ and Node 20+ with npm. Only the
+# Debian packages need root: when some are missing it installs them as root, or with
+# `sudo -n` when that works, and otherwise stops with the apt-get line to run; the rest
+# goes into the checkout (target/, interop-tests/js/node_modules) as the user running it.
+# Idempotent; silent when there is nothing to do or all went well, and prints the
+# failing command's output otherwise.
 set -euo pipefail
 
-PAHO_VERSION=2.2.0
-MQTTSN_VERSION=1.0.9
-AIOQUIC_VERSION=1.7.2
-AIOCOAP_VERSION=0.4.17
-WEBSOCKETS_VERSION=15.0.1
-# aiocoap asks for DTLSSocket >= 0.1.18; 0.2.3 is the one its DTLS tests run with. It is
-# published as source only: these pin what pip builds it with.
-DTLSSOCKET_VERSION=0.2.3
-CYTHON_VERSION=3.2.4
-SETUPTOOLS_VERSION=80.9.0
-WHEEL_VERSION=0.45.1
-STOMP_PY_VERSION=9.0.0
-CBOR2_VERSION=5.6.5
-PROMETHEUS_CLIENT_VERSION=0.26.0
-SCHEMATHESIS_VERSION=4.32.5
-JUNITPARSER_VERSION=5.0.3
 # The Mbed TLS series dtls_cid_coap is built against: whatever 3.6.x trixie ships now.
 MBEDTLS_SERIES=3.6
 DEBIAN_MIRROR=${GATEWAY_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# Every Debian package the tests and this script use, the only things it installs that
+# need root (scripts/debian-packages.sh), named in the README's apt-get line too:
+# python3-venv and python3-dev make the virtual environment and build DTLSSocket on
+# Debian's Python (harmless beside another one), autoconf, automake, gcc and libc6-dev
+# build DTLSSocket and dtls_cid_coap, and xz-utils, gpgv and debian-archive-keyring fetch
+# and check the Mbed TLS package.
+DEBIAN_PACKAGES=(
+    mosquitto mosquitto-clients openssl haproxy libcoap3-bin curl chromium chromium-driver
+    python3-venv python3-dev autoconf automake gcc libc6-dev xz-utils gpgv debian-archive-keyring
+)
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 js_dir="$root/interop-tests/js"
-python=${GATEWAY_TEST_PYTHON:-python3}
+py_dir="$root/interop-tests/py"
+# The interpreter the virtual environment is made from.
+base_python=python3
 
 # shellcheck source=scripts/quietly.sh
 source "$(dirname "${BASH_SOURCE[0]}")/quietly.sh"
 
-for tool in "$python" node npm stdbuf; do
+# shellcheck source=scripts/debian-packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/debian-packages.sh"
+
+# --- Debian packages -------------------------------------------------------------------
+debian_packages "${DEBIAN_PACKAGES[@]}"
+for tool in "$base_python" node npm stdbuf; do
     command -v "$tool" >/dev/null || fail "$tool is required but not installed"
 done
 
-# --- Debian packages ----------------------------------------------------------------
-installed() {
-    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
-}
-missing=()
-for pkg in mosquitto-clients mosquitto openssl haproxy libcoap3-bin curl chromium chromium-driver; do
-    installed "$pkg" || missing+=("$pkg")
-done
-if ((${#missing[@]} > 0)); then
-    quietly apt-get update
-    quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
-    # The tests run their own Mosquitto brokers on free ports; the package's service would
-    # hold 1883 for nothing. Only a service this script just installed is stopped.
-    if [[ " ${missing[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null \
-        && systemctl is-enabled --quiet mosquitto 2>/dev/null; then
-        quietly systemctl disable --now mosquitto
-    fi
-fi
-
 # --- dtls_cid_coap on Mbed TLS 3.6 ------------------------------------------------
 # Inside target/ (ignored by git, per checkout, found there by interop-tests/src/cid_client.rs);
-# `cargo clean` removes it and the next run of this script puts it back. This script runs
-# as root: what it makes there is given to the checkout's owner, whose cargo writes target/.
+# `cargo clean` removes it and the next run of this script puts it back.
 tools_dir="$root/target/test-tools"
-owner=$(stat -c %u:%g "$root")
 mbedtls_dir="$tools_dir/mbedtls"
 cid_src="$root/interop-tests/c/dtls_cid_coap.c"
 cid_bin="$tools_dir/bin/dtls_cid_coap"
@@ -97,14 +76,7 @@ cid_bin="$tools_dir/bin/dtls_cid_coap"
 # Nothing is trusted that the archive's signature does not cover: InRelease is checked
 # with gpgv, Packages.xz against InRelease's SHA256, the .deb against Packages'.
 fetch_mbedtls() {
-    local deps=() work arch index_sha record version filename deb_sha
-    for pkg in curl xz-utils gpgv debian-archive-keyring; do
-        installed "$pkg" || deps+=("$pkg")
-    done
-    if ((${#deps[@]} > 0)); then
-        quietly apt-get update
-        quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y "${deps[@]}"
-    fi
+    local work arch index_sha record version filename deb_sha
     work=$(mktemp -d)
     arch=$(dpkg --print-architecture)
     quietly curl -fsSL --retry 3 -o "$work/InRelease" "$DEBIAN_MIRROR/dists/trixie/InRelease"
@@ -146,14 +118,6 @@ fi
 # Rebuilt when the source or the library changed since the last build.
 cid_want="$(sha256sum "$cid_src" | cut -d' ' -f1) $mbedtls_version"
 if [[ ! -x "$cid_bin" || "$(cat "$cid_bin.stamp" 2>/dev/null || true)" != "$cid_want" ]]; then
-    build_deps=()
-    for pkg in gcc libc6-dev; do
-        installed "$pkg" || build_deps+=("$pkg")
-    done
-    if ((${#build_deps[@]} > 0)); then
-        quietly apt-get update
-        quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y "${build_deps[@]}"
-    fi
     libdir=$(dirname "$(find "$mbedtls_dir/usr/lib" -name libmbedtls.a -print -quit)")
     mkdir -p "$(dirname "$cid_bin")"
     # Static: the binary needs nothing from the unpacked package to run, and bookworm's
@@ -163,59 +127,25 @@ if [[ ! -x "$cid_bin" || "$(cat "$cid_bin.stamp" 2>/dev/null || true)" != "$cid_
         "$libdir/libmbedtls.a" "$libdir/libmbedx509.a" "$libdir/libmbedcrypto.a"
     mv "$cid_bin.new" "$cid_bin"
     echo "$cid_want" >"$cid_bin.stamp"
-    chown "$owner" "$root/target"
-    chown -R "$owner" "$tools_dir"
 fi
 # Without arguments it prints its usage and exits 1: proof that it starts.
 cid_status=0
 "$cid_bin" >/dev/null 2>&1 || cid_status=$?
 ((cid_status == 1)) || fail "$cid_bin does not start (exit status $cid_status without arguments)"
 
-# --- Python packages, each pinned --------------------------------------------------
-installed_version() {
-    "$python" -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$1" 2>/dev/null || true
-}
-pip_pinned() {
-    local package=$1 version=$2
-    [[ "$(installed_version "$package")" == "$version" ]] && return
-    # A Debian-managed Python refuses pip installs unless told otherwise (PEP 668);
-    # the variables are ignored by a pip that does not know them.
-    quietly env PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        "$python" -m pip install --quiet "$package==$version"
-    [[ "$(installed_version "$package")" == "$version" ]] || fail "$package $version not importable by $python after install"
-}
-pip_pinned paho-mqtt "$PAHO_VERSION"
-pip_pinned mqtt-sn-12 "$MQTTSN_VERSION"
-pip_pinned aioquic "$AIOQUIC_VERSION"
-pip_pinned aiocoap "$AIOCOAP_VERSION"
-pip_pinned websockets "$WEBSOCKETS_VERSION"
-pip_pinned stomp-py "$STOMP_PY_VERSION"
-pip_pinned cbor2 "$CBOR2_VERSION"
-pip_pinned prometheus-client "$PROMETHEUS_CLIENT_VERSION"
-pip_pinned schemathesis "$SCHEMATHESIS_VERSION"
-pip_pinned junitparser "$JUNITPARSER_VERSION"
-
-# DTLSSocket's build runs autoreconf and configure on the tinydtls sources it bundles and
-# compiles a Cython extension against the Python headers. Cython, setuptools and wheel are
-# installed by pip into the build's own environment, held to the pins by a constraints
-# file (pip applies PIP_CONSTRAINT there too).
-if [[ "$(installed_version DTLSSocket)" != "$DTLSSOCKET_VERSION" ]]; then
-    build_deps=()
-    for pkg in autoconf automake gcc libc6-dev; do
-        installed "$pkg" || build_deps+=("$pkg")
-    done
-    # A Debian Python's headers are in python3-dev; other builds ship their own.
-    "$python" -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' ||
-        build_deps+=(python3-dev)
-    if ((${#build_deps[@]} > 0)); then
-        quietly apt-get update
-        quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y "${build_deps[@]}"
-    fi
-    constraints=$(mktemp)
-    printf 'Cython==%s\nsetuptools==%s\nwheel==%s\n' \
-        "$CYTHON_VERSION" "$SETUPTOOLS_VERSION" "$WHEEL_VERSION" >"$constraints"
-    PIP_CONSTRAINT=$constraints pip_pinned DTLSSocket "$DTLSSOCKET_VERSION"
-    rm -f "$constraints"
+# --- Python packages, in target/test-venv ----------------------------------------
+# Made again from scratch when requirements.txt, constraints.txt or the interpreter
+# changed since it was made (recorded in a stamp inside it), so that it holds exactly what
+# they name. pip applies PIP_CONSTRAINT to DTLSSocket's isolated build environment too.
+venv="$root/target/test-venv"
+python="$venv/bin/python"
+venv_want="$(cat "$py_dir/requirements.txt" "$py_dir/constraints.txt" | sha256sum | cut -d' ' -f1) $("$base_python" -c 'import sys; print(sys.version.split()[0], sys.base_prefix)')"
+if [[ ! -x "$python" || "$(cat "$venv/.stamp" 2>/dev/null || true)" != "$venv_want" ]]; then
+    rm -rf "$venv"
+    quietly "$base_python" -m venv "$venv"
+    quietly env PIP_CONSTRAINT="$py_dir/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        "$python" -m pip install --quiet --requirement "$py_dir/requirements.txt"
+    echo "$venv_want" >"$venv/.stamp"
 fi
 "$python" -c 'from DTLSSocket import dtls' 2>/dev/null || fail "DTLSSocket is installed but its tinydtls extension does not load in $python"
 
@@ -233,3 +163,11 @@ fi
 (cd "$js_dir" && node -e 'require("lwm2m-node-lib")' 2>/dev/null) || fail "lwm2m-node-lib is not loadable from $js_dir"
 (cd "$js_dir" && node -e 'require("coap-node"); require("smartobject")' 2>/dev/null) ||
     fail "coap-node or smartobject is not loadable from $js_dir"
+
+# Run as root (CI) on a checkout someone else owns, what was made in it goes to the owner,
+# whose cargo and npm write there next.
+if ((EUID == 0)); then
+    owner=$(stat -c %u:%g "$root")
+    chown "$owner" "$root/target"
+    chown -R "$owner" "$tools_dir" "$venv" "$js_dir/node_modules"
+fi

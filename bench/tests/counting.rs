@@ -3,7 +3,8 @@
 //! its drops as losses that add up.
 //!
 //! Needs `target/release/gateway` (`cargo build --release -p gateway -p gateway-bench`) and
-//! `/usr/sbin/mosquitto` (`apt-get install -y mosquitto`).
+//! `/usr/sbin/mosquitto` (Debian `mosquitto`, which `scripts/install-test-tools.sh` installs
+//! without starting its service).
 
 #![allow(
     clippy::unwrap_used,
@@ -112,7 +113,7 @@ fn start_dropping_mosquitto() -> Broker {
     let mosquitto = PathBuf::from("/usr/sbin/mosquitto");
     assert!(
         mosquitto.exists(),
-        "/usr/sbin/mosquitto is missing: apt-get install -y mosquitto"
+        "/usr/sbin/mosquitto is missing: run scripts/install-test-tools.sh"
     );
     let dir = tempfile::tempdir().unwrap();
     // Mosquitto cannot report a port-0 bind: a port below the ephemeral range, which no

@@ -131,7 +131,7 @@ fn http_request(
 /// `{"metric": {"label=value": value}, "_types": {"family": "counter"}}`. Panics when the
 /// parser refuses the text.
 pub fn parse_prometheus(text: &str) -> serde_json::Value {
-    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::tools::python();
     let mut child = Command::new(python)
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/prometheus_parse.py"))
         .stdin(Stdio::piped())
@@ -164,7 +164,7 @@ pub fn parse_prometheus(text: &str) -> serde_json::Value {
 /// `positive_data_acceptance`, which cannot know what a schema does not say (a payload
 /// that `payload_encoding` declares base64 must be base64).
 pub fn schemathesis(broker: &Broker, credentials: Option<&str>) -> (bool, String) {
-    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::tools::python();
     let url = format!(
         "http://{}:{}/api-docs/openapi.json",
         broker.host, broker.admin_port

@@ -71,7 +71,7 @@ impl AiocoapClient {
     }
 
     fn spawn_with(base: String, args: &[&str]) -> AiocoapClient {
-        let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = crate::tools::python();
         let mut cmd = Command::new(python);
         cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/coap_client.py"));
         cmd.args(args);

@@ -29,6 +29,7 @@ pub mod raw;
 pub mod script;
 pub mod stomp;
 pub mod tls;
+pub mod tools;
 pub mod ws;
 
 use std::time::Duration;

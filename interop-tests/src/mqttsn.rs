@@ -31,7 +31,7 @@ pub struct SnClient {
 
 impl SnClient {
     pub fn spawn(broker: &Broker) -> SnClient {
-        let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = crate::tools::python();
         let mut cmd = Command::new(python);
         cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/mqttsn_client.py"))
             .arg(&broker.host)

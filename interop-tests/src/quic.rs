@@ -31,7 +31,7 @@ impl QuicClient {
     /// A client for the QUIC listener on `port` of 127.0.0.1 that trusts `cafile` for
     /// "localhost"; no packet is sent yet.
     pub fn spawn(port: u16, cafile: &Path) -> QuicClient {
-        let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = crate::tools::python();
         let mut cmd = Command::new(python);
         cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/quic_client.py"))
             .arg("127.0.0.1")

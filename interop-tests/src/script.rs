@@ -110,7 +110,7 @@ fn script_command(lib: Lib, broker: &Broker, version: Version, carrier: &Carrier
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut cmd = match lib {
         Lib::Paho => {
-            let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+            let python = crate::tools::python();
             let mut cmd = Command::new(python);
             cmd.arg(dir.join("py/client.py"));
             cmd

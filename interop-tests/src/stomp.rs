@@ -42,7 +42,7 @@ pub struct StompJs;
 
 impl StompPy {
     pub fn spawn() -> StompClient {
-        let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = crate::tools::python();
         let mut cmd = Command::new(python);
         cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/stomp_client.py"));
         StompClient::start("stomp.py client", cmd)

@@ -82,7 +82,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use bytestring::ByteString;
 use gateway_config::{AclFormat, AclNoMatch, AuthConfig, IpNet};
-use rand::RngCore as _;
+use rand::Rng as _;
 use sha2::{Digest as _, Sha512};
 use subtle::ConstantTimeEq as _;
 
@@ -553,7 +553,7 @@ fn decode_hash(b64: &str) -> Result<[u8; HASH_LEN], String> {
 
 fn hash_with(password: &[u8], iterations: u32) -> PasswordHash {
     let mut salt = vec![0u8; SALT_LEN];
-    rand::thread_rng().fill_bytes(&mut salt);
+    rand::rng().fill_bytes(&mut salt);
     let mut hash = [0u8; HASH_LEN];
     pbkdf2::pbkdf2_hmac::<Sha512>(password, &salt, iterations, &mut hash);
     PasswordHash::Pbkdf2Sha512 {

@@ -1222,8 +1222,7 @@ impl MqttChannel {
 }
 
 fn generate_client_id() -> String {
-    use rand::Rng;
-    let suffix: u64 = rand::thread_rng().gen();
+    let suffix: u64 = rand::random();
     format!("auto-{suffix:016x}")
 }
 

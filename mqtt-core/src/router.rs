@@ -301,7 +301,7 @@ impl Router {
             return None;
         }
         let start = match self.strategy {
-            SharedSubscriptionStrategy::Random => rand::random::<usize>() % count,
+            SharedSubscriptionStrategy::Random => rand::random_range(0..count),
             SharedSubscriptionStrategy::RoundRobin => {
                 group.next.fetch_add(1, Ordering::Relaxed) % count
             }
@@ -313,7 +313,7 @@ impl Router {
                 {
                     Some(index) => index,
                     None => {
-                        let index = first_connected(members, rand::random::<usize>() % count);
+                        let index = first_connected(members, rand::random_range(0..count));
                         if let Some(member) = members.get(index) {
                             group.sticky.store(member.session.id, Ordering::Relaxed);
                         }

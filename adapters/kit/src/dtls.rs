@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use dimpl::{Dtls, Output};
 use gateway_config::{DtlsListenerConfig, ListenerKind, UdpListenerConfig};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use mqtt_core::protocol::Flow;
 use parking_lot::Mutex;
 use rustls::server::danger::ClientCertVerifier;

@@ -52,8 +52,7 @@ fn runner(broker: &Broker, mqtt_port: u16, tests: &[&str], junit: &Path) -> Outp
 /// The JUnit file as junitparser reads it (`py/junit_read.py`): `{"tests": n, "suites":
 /// {name: [{classname, name, time, outcome, message, text}]}}`; panics when it refuses it.
 fn read_junit(path: &Path) -> Value {
-    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = Command::new(python)
+    let output = Command::new(interop_tests::tools::python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("py/junit_read.py"))
         .arg(path)
         .output()

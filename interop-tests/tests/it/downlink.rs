@@ -299,7 +299,7 @@ fn an_operator_reads_writes_observes_discovers_and_executes_on_a_device() {
 /// A CoAP device on aiocoap that opened a connection (connection mode) from the socket
 /// its resources are served on (`py/coap_connected_server.py`).
 fn connected_coap_device(gw: &Broker, client_id: &str) -> Proc {
-    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = interop_tests::tools::python();
     let mut cmd = std::process::Command::new(python);
     cmd.arg(
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/coap_connected_server.py"),

@@ -204,7 +204,7 @@ fn device_on(
     timeout: &str,
     local_port: Option<u16>,
 ) -> Proc {
-    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = interop_tests::tools::python();
     let mut cmd = Command::new(python);
     cmd.arg(workspace_root().join("interop-tests/py/lwm2m_dtls_client.py"))
         .args(["127.0.0.1", &gw.port.to_string(), endpoint, identity, key])

@@ -408,7 +408,7 @@ fn lwm2m_1_1_send_in_senml_cbor_and_json_is_published_on_the_notify_topic() {
         0,
         &[],
     );
-    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = interop_tests::tools::python();
     let mut cmd = Command::new(python);
     cmd.arg(workspace_root().join("interop-tests/py/lwm2m_send.py"))
         .arg(&broker.host)
@@ -461,7 +461,7 @@ fn an_aiocoap_device_s_link_format_is_read_whole_and_a_malformed_one_refused_4_0
     let good = r#"</>;rt="oma.lwm2m";ct="60 110 112 11542 11543", </1/0>;title="a,</9/0>;b",</3/0>;title="say \"hi\", ok""#;
     let bad = r#"</3/0>;title="a,b"#;
     let update = "</3/0>,\r\n</3303/0>;pmin=10";
-    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = interop_tests::tools::python();
     let mut cmd = Command::new(python);
     cmd.arg(workspace_root().join("interop-tests/py/lwm2m_register.py"))
         .arg(&broker.host)

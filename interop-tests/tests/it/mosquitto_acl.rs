@@ -116,7 +116,7 @@ impl Mosquitto {
             ),
         )
         .expect("write mosquitto.conf");
-        let mut child = Command::new("mosquitto")
+        let mut child = Command::new(interop_tests::tools::sbin("mosquitto"))
             .arg("-c")
             .arg(&conf)
             .stdin(std::process::Stdio::null())

@@ -89,7 +89,7 @@ backend gateway_tls
         ),
     )
     .unwrap();
-    let mut cmd = Command::new("haproxy");
+    let mut cmd = Command::new(interop_tests::tools::sbin("haproxy"));
     cmd.arg("-db").arg("-f").arg(&config);
     let haproxy = Proc::spawn("haproxy", cmd);
     // haproxy binds every frontend before it serves any: once both plain ones carry an

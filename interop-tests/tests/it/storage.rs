@@ -21,7 +21,7 @@ use interop_tests::{
 
 /// One role of `py/crash_flow.py` (paho-mqtt) against `broker`.
 fn crash_flow(broker: &Broker, args: &[&str]) -> Proc {
-    let python = std::env::var("GATEWAY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = interop_tests::tools::python();
     let mut cmd = Command::new(python);
     cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/crash_flow.py"))
         .arg(&broker.host)

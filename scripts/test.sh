@@ -13,7 +13,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 # --no-fail-fast: one failing test binary must not hide the results of the others.
-cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# The interop tests spend most of their time waiting on the processes they drive, so they
+# run two per core (every test has its own gateway, ports, client ids and topics);
+# RUST_TEST_THREADS set by the caller wins.
+RUST_TEST_THREADS=${RUST_TEST_THREADS:-$(($(nproc) * 2))} \
+    cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # The vendored DTLS engine's own tests, on the crypto backend the gateway uses
 # (vendor/dimpl/README.md says what was changed there).
 cargo test --locked --manifest-path vendor/dimpl/Cargo.toml --target-dir target/vendor-dimpl \

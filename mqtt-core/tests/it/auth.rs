@@ -35,7 +35,7 @@ fn data(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn client(client_id: &str, username: Option<&str>) -> ClientInfo {
+pub(crate) fn client(client_id: &str, username: Option<&str>) -> ClientInfo {
     ClientInfo {
         protocol: "mqtt",
         listener: "default".into(),
@@ -66,18 +66,18 @@ fn from_ip(client_id: &str, ip: &str) -> ClientInfo {
 }
 
 /// A fresh directory per test; the tests run in parallel in one process.
-fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mqtt-core-auth-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_default();
     dir
 }
 
-const PUB: Action = Action::Publish {
+pub(crate) const PUB: Action = Action::Publish {
     qos: 1,
     retain: false,
 };
-const SUB: Action = Action::Subscribe { qos: 1 };
+pub(crate) const SUB: Action = Action::Subscribe { qos: 1 };
 
 fn acl(text: &str, no_match: AclNoMatch) -> AclAuthorizer {
     AclAuthorizer::parse(text, Path::new("test.acl"), no_match).unwrap()

@@ -9,36 +9,18 @@ use std::sync::Arc;
 
 use gateway_config::{AclFormat, AclNoMatch, AuthConfig};
 use mqtt_core::auth::{
-    Action, AuthError, AuthFiles, AuthOutcome, Authorizer, ClientInfo, CostlyChecks, DenyReason,
-    MosquittoAcl, PasswordFile, Verdict,
+    AuthError, AuthFiles, AuthOutcome, Authorizer, CostlyChecks, DenyReason, MosquittoAcl,
+    PasswordFile, Verdict,
 };
 
-const PUB: Action = Action::Publish {
-    qos: 1,
-    retain: false,
-};
-const SUB: Action = Action::Subscribe { qos: 1 };
-
-fn client(client_id: &str, username: Option<&str>) -> ClientInfo {
-    ClientInfo {
-        protocol: "mqtt",
-        listener: "default".into(),
-        client_id: client_id.into(),
-        username: username.map(Into::into),
-        peer: None,
-        mountpoint: None,
-    }
-}
+use super::auth::{client, PUB, SUB};
 
 fn acl(text: &str) -> MosquittoAcl {
     MosquittoAcl::parse(text, Path::new("m.acl")).unwrap()
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mqtt-core-mosq-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    super::auth::scratch(&format!("mosquitto-{name}"))
 }
 
 #[test]

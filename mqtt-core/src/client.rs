@@ -57,6 +57,10 @@ pub enum ConnectRefused {
     Busy,
 }
 
+/// When a client refused as [`ConnectRefused::Busy`] is told to retry, where its protocol
+/// can say (CoAP's Max-Age): a password check lasts milliseconds, so a second is plenty.
+pub const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl ConnectRefused {
     /// CONNACK reason code of MQTT 5.
     pub fn mqtt5_reason_code(&self) -> ReasonCode {

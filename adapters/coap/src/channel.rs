@@ -196,9 +196,6 @@ struct ConnectionToken {
 /// How long a client told to wait by 5.03 waits (Max-Age, RFC 7252 5.9.3.4): the store
 /// frees room as subscribers take their messages, in seconds rather than milliseconds.
 const STORE_FULL_RETRY: Duration = Duration::from_secs(5);
-/// Max-Age of a 5.03 for credentials not checked because too many costly password checks
-/// were running: each lasts milliseconds, so a second is plenty.
-const BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a request is refused, with the response code it gets.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -282,7 +279,7 @@ impl Refusal {
             }
             ConnectRefused::WillInvalid(..) => Refusal::BadRequest("invalid will"),
             ConnectRefused::Banned(remaining) => Refusal::Banned(*remaining),
-            ConnectRefused::Busy => Refusal::Busy(BUSY_RETRY),
+            ConnectRefused::Busy => Refusal::Busy(mqtt_core::client::BUSY_RETRY),
         }
     }
 }

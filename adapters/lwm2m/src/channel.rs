@@ -228,8 +228,8 @@ enum Refusal {
     /// Flapping detection: the endpoint registered too often (RFC 8516 4.29).
     #[error("endpoint banned for registering too often")]
     Banned,
-    /// The credentials were not checked: too many costly password checks running. A
-    /// check lasts milliseconds: retry after a second (Max-Age).
+    /// The credentials were not checked: too many costly password checks running; retry
+    /// after `mqtt_core::client::BUSY_RETRY` (Max-Age).
     #[error("too many password checks running; retry later")]
     Busy,
 }
@@ -674,7 +674,7 @@ impl Lwm2mChannel {
                 if let Refusal::Congested(after) = refusal {
                     set_retry_after(&mut response, after);
                 } else if let Refusal::Busy = refusal {
-                    set_retry_after(&mut response, Duration::from_secs(1));
+                    set_retry_after(&mut response, mqtt_core::client::BUSY_RETRY);
                     tracing::info!(reason = %refusal, "request refused");
                 } else {
                     tracing::info!(code = %MessageClass::Response(refusal.code()), reason = %refusal, "request refused");
